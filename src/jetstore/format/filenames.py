@@ -1,0 +1,60 @@
+"""Every file name jetstore uses, formatted and parsed in one place.
+
+Log generations are written as 8 uppercase hex digits (`edb0000002A.log`), the current log is
+always `edb.log`, and the next log is prepared ahead of use as `edbtmp.log`. Nothing else in
+the engine builds or parses these names.
+"""
+
+from __future__ import annotations
+
+import re
+
+BASE_NAME = "edb"
+CURRENT_LOG = f"{BASE_NAME}.log"
+TEMP_LOG = f"{BASE_NAME}tmp.log"
+CHECKPOINT_FILE = f"{BASE_NAME}.chk"
+LOCK_FILE = "jetstore.lock"
+EVENT_LOG = "events.jsonl"
+DATABASE_SUFFIX = ".edb"
+RESERVE_LOG_COUNT = 2
+
+MAX_GENERATION = 0xFFFFFFFF
+_GENERATION_RE = re.compile(r"^edb([0-9A-F]{8})\.log$")
+_RESERVE_RE = re.compile(r"^edbres(\d{5})\.jrs$")
+_DATABASE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]{0,63})\.edb$")
+_DATABASE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+
+
+def generation_log_name(generation: int) -> str:
+    """Name of a closed generation: `edb` + 8 uppercase hex digits + `.log`."""
+    if not 0 < generation <= MAX_GENERATION:
+        raise ValueError(f"log generation out of range: {generation}")
+    return f"{BASE_NAME}{generation:08X}.log"
+
+
+def parse_generation_log_name(name: str) -> int | None:
+    """The generation of a closed-generation file name, or None if `name` is not one."""
+    match = _GENERATION_RE.match(name)
+    return int(match.group(1), 16) if match else None
+
+
+def reserve_log_name(index: int) -> str:
+    return f"{BASE_NAME}res{index:05d}.jrs"
+
+
+def parse_reserve_log_name(name: str) -> int | None:
+    match = _RESERVE_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def database_file_name(name: str) -> str:
+    return f"{name}{DATABASE_SUFFIX}"
+
+
+def parse_database_file_name(file_name: str) -> str | None:
+    match = _DATABASE_RE.match(file_name)
+    return match.group(1) if match else None
+
+
+def is_valid_database_name(name: str) -> bool:
+    return _DATABASE_NAME_RE.match(name) is not None

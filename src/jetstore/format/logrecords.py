@@ -1,0 +1,189 @@
+"""Log record payloads: what one (reassembled) log record says.
+
+Every record starts with a type byte. All integers are little-endian.
+
+```
+COMMIT (1): one committed transaction on one database
+  u8  type = 1
+  u32 database id
+  u64 transaction id
+  u64 commit time (microseconds since the epoch, UTC)
+  u32 operation count
+  operations, each:
+    u8  op (1 = PUT, 2 = DELETE)
+    u16 key length, key bytes
+    PUT only: u32 value length, value bytes
+
+CREATE_DATABASE (2): a database was created in this instance
+  u8  type = 2
+  u32 database id
+  u32 page size
+  16s database signature random bytes, u64 signature time
+  u16 name length, name (utf-8)
+
+SHUTDOWN (3): clean shutdown; everything before it is in the databases' page files
+  u8  type = 3
+  u64 time
+
+START (4): the instance started writing this log stream (first record of every open)
+  u8  type = 4
+  u64 time
+```
+
+Records carry B+tree operations (keys and values as the tree stores them), so replay never
+re-runs table logic. Decoding anything malformed raises `LogFileCorrupt`, naming the position.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from jetstore.errors import LogFileCorrupt
+from jetstore.format.positions import LogPosition
+
+RECORD_COMMIT: Final = 1
+RECORD_CREATE_DATABASE: Final = 2
+RECORD_SHUTDOWN: Final = 3
+RECORD_START: Final = 4
+
+OP_PUT: Final = 1
+OP_DELETE: Final = 2
+
+_COMMIT_HEAD = struct.Struct("<BIQQI")
+_PUT_HEAD = struct.Struct("<BH")
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_CREATE_HEAD = struct.Struct("<BII16sQ")
+_TIMED = struct.Struct("<BQ")
+
+# An operation: (OP_PUT, key, value) or (OP_DELETE, key, None).
+Operation = tuple[int, bytes, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    database_id: int
+    transaction_id: int
+    time_us: int
+    operations: list[Operation]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDatabaseRecord:
+    database_id: int
+    page_size: int
+    signature_random: bytes
+    signature_time_us: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRecord:
+    time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartRecord:
+    time_us: int
+
+
+LogRecord = CommitRecord | CreateDatabaseRecord | ShutdownRecord | StartRecord
+
+
+def encode_commit(
+    database_id: int, transaction_id: int, time_us: int, operations: list[Operation]
+) -> bytes:
+    parts: list[bytes] = [
+        _COMMIT_HEAD.pack(RECORD_COMMIT, database_id, transaction_id, time_us, len(operations))
+    ]
+    append = parts.append
+    put_head = _PUT_HEAD.pack
+    u32 = _U32.pack
+    for op, key, value in operations:
+        append(put_head(op, len(key)))
+        append(key)
+        if op == OP_PUT:
+            assert value is not None
+            append(u32(len(value)))
+            append(value)
+    return b"".join(parts)
+
+
+def encode_create_database(
+    database_id: int, page_size: int, signature_random: bytes, signature_time_us: int, name: str
+) -> bytes:
+    raw = name.encode("utf-8")
+    return (
+        _CREATE_HEAD.pack(
+            RECORD_CREATE_DATABASE, database_id, page_size, signature_random, signature_time_us
+        )
+        + _U16.pack(len(raw))
+        + raw
+    )
+
+
+def encode_shutdown(time_us: int) -> bytes:
+    return _TIMED.pack(RECORD_SHUTDOWN, time_us)
+
+
+def encode_start(time_us: int) -> bytes:
+    return _TIMED.pack(RECORD_START, time_us)
+
+
+def decode_record(data: bytes, position: LogPosition | None = None) -> LogRecord:
+    """Decode one reassembled record; `position` only names the place in errors."""
+    try:
+        kind = data[0]
+        if kind == RECORD_COMMIT:
+            return _decode_commit(data)
+        if kind == RECORD_CREATE_DATABASE:
+            _, db_id, page_size, sig, sig_time = _CREATE_HEAD.unpack_from(data, 0)
+            (name_length,) = _U16.unpack_from(data, _CREATE_HEAD.size)
+            start = _CREATE_HEAD.size + 2
+            raw = data[start : start + name_length]
+            if len(raw) != name_length or start + name_length != len(data):
+                raise ValueError("bad name length")
+            return CreateDatabaseRecord(db_id, page_size, sig, sig_time, raw.decode("utf-8"))
+        if kind in (RECORD_SHUTDOWN, RECORD_START):
+            if len(data) != _TIMED.size:
+                raise ValueError("bad length")
+            _, time_us = _TIMED.unpack_from(data, 0)
+            return ShutdownRecord(time_us) if kind == RECORD_SHUTDOWN else StartRecord(time_us)
+        raise ValueError(f"unknown record type {kind}")
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+        where = f" at log position {position}" if position is not None else ""
+        raise LogFileCorrupt(f"undecodable log record{where}: {exc}") from exc
+
+
+def _decode_commit(data: bytes) -> CommitRecord:
+    _, db_id, txn_id, time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
+    pos = _COMMIT_HEAD.size
+    operations: list[Operation] = []
+    append = operations.append
+    put_head = _PUT_HEAD.unpack_from
+    u32 = _U32.unpack_from
+    end = len(data)
+    for _ in range(count):
+        op, key_length = put_head(data, pos)
+        pos += 3
+        key = data[pos : pos + key_length]
+        pos += key_length
+        if op == OP_PUT:
+            (value_length,) = u32(data, pos)
+            pos += 4
+            value = data[pos : pos + value_length]
+            pos += value_length
+            if pos > end:
+                raise ValueError("operation runs past the end of the record")
+            append((OP_PUT, key, value))
+        elif op == OP_DELETE:
+            if pos > end:
+                raise ValueError("operation runs past the end of the record")
+            append((OP_DELETE, key, None))
+        else:
+            raise ValueError(f"unknown operation {op}")
+    if pos != end:
+        raise ValueError(f"{end - pos} trailing bytes after the last operation")
+    return CommitRecord(db_id, txn_id, time_us, operations)

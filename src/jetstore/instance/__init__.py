@@ -1,0 +1,1 @@
+"""The instance layer: open/close, attached databases, checkpoints, recovery, events."""

@@ -1,0 +1,262 @@
+"""A database attached to an instance: its page file, its published tree, its transactions.
+
+Invariants:
+- `_published` is one tuple (root, position, plan epoch), replaced whole under the instance's
+  commit lock: a reader takes a consistent snapshot with one attribute read.
+- The tree published at position P holds exactly the commits for this database whose records
+  end at or before P (in log order): commits are applied and published in the order their
+  records were appended, under the commit lock.
+- A commit conflicts (`WriteConflict`, -1102) when another transaction committed a change to
+  one of its keys after its snapshot; the later committer fails, the earlier one wins.
+- Every open transaction is registered with its snapshot position; pages a commit frees are
+  reused only after every older snapshot ended (see `jetstore.pages.pagefile`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from jetstore.errors import KeyDuplicate, WriteConflict
+from jetstore.format.common import now_us
+from jetstore.format.logrecords import OP_DELETE, OP_PUT, Operation, encode_commit
+from jetstore.format.positions import LogPosition
+from jetstore.pages.btree import Mutation, Node, iterate
+from jetstore.pages.pagefile import DatabaseFile
+from jetstore.tables.keys import prefix_successor
+from jetstore.tables.records import RecordCodec
+from jetstore.tables.schema import TableDef, decode_table_def
+from jetstore.transactions.transaction import Transaction, next_epoch
+
+if TYPE_CHECKING:
+    from jetstore.instance.instance import Instance
+
+_TXN_IDS = itertools.count(1)
+
+
+class Database:
+    """One `NAME.edb` attached to an `Instance`. Obtain it with `Instance.database(name)`."""
+
+    def __init__(
+        self,
+        instance: Instance,
+        name: str,
+        db_id: int,
+        file: DatabaseFile,
+        position: LogPosition,
+    ) -> None:
+        self._instance = instance
+        self.name = name
+        self.db_id = db_id
+        self.file = file
+        self.page_size = file.page_size
+        self.max_transaction_bytes = instance.options.max_transaction_bytes
+        self._published: tuple[Node | None, LogPosition, int] = (file.root(), position, 0)
+        self._active: dict[int, LogPosition] = {}
+        self._active_lock = threading.Lock()
+        self._recent: dict[bytes, LogPosition] = {}
+        self._recent_log: deque[tuple[LogPosition, list[bytes]]] = deque()
+        self._defs: dict[bytes, TableDef] = {}
+        self._codecs: dict[int, tuple[TableDef, RecordCodec]] = {}
+        self.commits = 0
+        self.conflicts = 0
+
+    # ----------------------------------------------------------------- public API
+
+    def transaction(self) -> Transaction:
+        """Begin a transaction reading the database as of now."""
+        self._instance.check_open()
+        txn_id = next(_TXN_IDS)
+        with self._active_lock:
+            # Registered before the snapshot is read: a concurrent commit either sees us
+            # (and keeps its keys for our conflict check) or is already in our snapshot.
+            self._active[txn_id] = LogPosition.MIN
+        root, position, plan_epoch = self._published
+        with self._active_lock:
+            self._active[txn_id] = position
+        return Transaction(self, txn_id, root, position, plan_epoch)
+
+    def create_table(
+        self,
+        name: str,
+        columns: object,
+        primary_key: object,
+        indexes: object = (),
+    ) -> TableDef:
+        """Create a table in a transaction of its own (schema changes are logged like data)."""
+        with self.transaction() as txn:
+            return txn.create_table(name, columns, primary_key, indexes)
+
+    def drop_table(self, name: str) -> None:
+        with self.transaction() as txn:
+            txn.drop_table(name)
+
+    def table_names(self) -> list[str]:
+        with self.transaction() as txn:
+            return txn.table_names()
+
+    @property
+    def position(self) -> LogPosition:
+        """Log position of the last commit applied to this database."""
+        return self._published[1]
+
+    @property
+    def root(self) -> Node | None:
+        return self._published[0]
+
+    @property
+    def published(self) -> tuple[Node | None, LogPosition, int]:
+        return self._published
+
+    def active_transactions(self) -> int:
+        return len(self._active)
+
+    def oldest_snapshot(self) -> LogPosition | None:
+        with self._active_lock:
+            return min(self._active.values()) if self._active else None
+
+    # ----------------------------------------------------------------- schema cache
+
+    def table_def_from_bytes(self, raw: bytes) -> TableDef:
+        table_def = self._defs.get(raw)
+        if table_def is None:
+            table_def = decode_table_def(raw)
+            if len(self._defs) > 1024:
+                self._defs.clear()
+            self._defs[raw] = table_def
+        return table_def
+
+    def codec_for(self, table_def: TableDef) -> RecordCodec:
+        cached = self._codecs.get(table_def.table_id)
+        if cached is not None and cached[0] == table_def:
+            return cached[1]
+        codec = RecordCodec(table_def)
+        self._codecs[table_def.table_id] = (table_def, codec)
+        return codec
+
+    # ----------------------------------------------------------------- commit pipeline
+
+    def end_transaction(self, txn: Transaction) -> None:
+        with self._active_lock:
+            self._active.pop(txn.id, None)
+
+    def commit_transaction(self, txn: Transaction, *, lazy: bool) -> LogPosition | None:
+        operations = txn.operations
+        if not operations:
+            txn._finish_committed(None)
+            self.end_transaction(txn)
+            return None
+        instance = self._instance
+        log = instance.log
+        with instance.commit_lock:
+            instance.check_writable()
+            root, _position, plan_epoch = self._published
+            mutation = txn.mutation
+            fast = (
+                root is txn.snapshot_root and plan_epoch == txn.plan_epoch and mutation is not None
+            )
+            if fast:
+                assert mutation is not None
+                new_root, freed = mutation.root, mutation.freed
+            else:
+                self._check_conflicts(txn)
+                self._check_unique(txn, root)
+                replay = Mutation(self.file, root, next_epoch(), [])
+                for key, value in operations.items():
+                    if value is None:
+                        replay.delete(key)
+                    else:
+                        replay.put(key, value)
+                new_root, freed = replay.root, replay.freed
+            ops: list[Operation] = [
+                (OP_DELETE, key, None) if value is None else (OP_PUT, key, value)
+                for key, value in operations.items()
+            ]
+            payload = encode_commit(self.db_id, txn.id, now_us(), ops)
+            end = log.append(payload)
+            self._published = (new_root, end, plan_epoch)
+            self.file.note_freed(end, freed)
+            self._remember_writes(txn, end, operations.keys())
+            self.commits += 1
+            instance.note_commit(len(payload))
+        txn._finish_committed(end)
+        self.end_transaction(txn)
+        if not lazy:
+            instance.wait_durable(end)
+        return end
+
+    def _check_conflicts(self, txn: Transaction) -> None:
+        recent = self._recent
+        if not recent:
+            return
+        snapshot = txn.snapshot_position
+        for key in txn.operations:
+            changed = recent.get(key)
+            if changed is not None and changed > snapshot:
+                self.conflicts += 1
+                raise WriteConflict(
+                    f"transaction {txn.id} on database {self.name!r} changed a record that "
+                    f"another transaction committed at log position {changed}, after this "
+                    f"transaction's snapshot ({snapshot})",
+                    hint="retry the transaction: it was rolled back",
+                )
+
+    def _check_unique(self, txn: Transaction, root: Node | None) -> None:
+        operations = txn.operations
+        for prefix, own_key in txn.unique_checks:
+            if operations.get(own_key) is None:
+                continue  # the entry was removed again later in the transaction
+            for key, _ in iterate(self.file, root, prefix, prefix_successor(prefix)):
+                if key == own_key or (key in operations and operations[key] is None):
+                    continue
+                raise KeyDuplicate(
+                    f"a concurrent transaction committed the same unique index key in "
+                    f"database {self.name!r} first (entry {key.hex()[:32]}…)",
+                    hint="the transaction was rolled back; retry it",
+                )
+
+    def _remember_writes(
+        self, txn: Transaction, position: LogPosition, keys: Iterable[bytes]
+    ) -> None:
+        """Keep written keys while an older snapshot could still commit over them."""
+        with self._active_lock:
+            others = [p for tid, p in self._active.items() if tid != txn.id]
+        recent, log = self._recent, self._recent_log
+        if others:
+            key_list = list(keys)
+            for key in key_list:
+                recent[key] = position
+            log.append((position, key_list))
+        oldest = min(others) if others else None
+        while log and (oldest is None or log[0][0] <= oldest):
+            old_position, old_keys = log.popleft()
+            for key in old_keys:
+                if recent.get(key) == old_position:
+                    del recent[key]
+
+    # ----------------------------------------------------------------- recovery
+
+    def apply_replayed(self, operations: list[Operation], position: LogPosition) -> None:
+        """Apply a committed record found in the log (recovery; single-threaded)."""
+        root, _position, plan_epoch = self._published
+        mutation = Mutation(self.file, root, next_epoch(), [])
+        for op, key, value in operations:
+            if op == OP_PUT:
+                assert value is not None
+                mutation.put(key, value)
+            else:
+                mutation.delete(key)
+        self._published = (mutation.root, position, plan_epoch)
+        self.file.note_freed(position, mutation.freed)
+
+    def bump_plan_epoch(self) -> None:
+        """A checkpoint assigned pages: transactions that copied nodes before must replay."""
+        root, position, plan_epoch = self._published
+        self._published = (root, position, plan_epoch + 1)
+
+    def close_transactions(self) -> None:
+        with self._active_lock:
+            self._active.clear()

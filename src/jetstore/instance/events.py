@@ -1,0 +1,122 @@
+"""The event log: what the engine did and why, for operators (ESE's application event log).
+
+Events are JSON lines in `events.jsonl` in the instance directory, one object per line:
+`{"time": "...Z", "time_us": int, "id": int, "level": "info|warning|error", "name": "...",
+"message": "...", "fields": {...}}`. Event ids are stable (table `EVENTS` below); a monitoring
+script may match on them. The most recent events are also kept in memory for `counters` and
+the control socket. Writing an event never raises: the event log is diagnostics, and a full
+disk must not turn a warning into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from typing import Any, Final
+
+from jetstore.errors import JetError
+from jetstore.format.common import format_time_us, now_us
+from jetstore.format.filenames import EVENT_LOG
+from jetstore.io.files import File, FileSystem
+
+_logger = logging.getLogger("jetstore.events")
+
+# id: (name, level)
+EVENTS: Final[dict[int, tuple[str, str]]] = {
+    100: ("instance_started", "info"),
+    101: ("instance_stopped", "info"),
+    102: ("instance_failed", "error"),
+    110: ("recovery_started", "info"),
+    111: ("recovery_finished", "info"),
+    112: ("recovery_checkpoint_file_ignored", "warning"),
+    120: ("checkpoint_written", "info"),
+    121: ("checkpoint_file_write_failed", "warning"),
+    122: ("checkpoint_file_write_recovered", "info"),
+    130: ("database_created", "info"),
+    131: ("database_attached", "info"),
+    132: ("database_header_repaired", "warning"),
+    140: ("log_generation_started", "info"),
+}
+_BY_NAME: Final = {name: (event_id, level) for event_id, (name, level) in EVENTS.items()}
+
+
+class EventLog:
+    def __init__(self, fs: FileSystem, directory: str, *, owner: str, keep: int = 200) -> None:
+        self._fs = fs
+        self._path = os.path.join(directory, EVENT_LOG)
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._file: File | None = None
+        self._offset = 0
+        try:
+            self._file = fs.open(self._path, owner=owner, create=True)
+            self._offset = self._file.size()
+        except JetError as exc:
+            _logger.warning("cannot open the event log %s: %s", self._path, exc)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def emit(self, name: str, message: str, **fields: Any) -> dict[str, Any]:
+        event_id, level = _BY_NAME[name]
+        time_us = now_us()
+        event = {
+            "time": format_time_us(time_us),
+            "time_us": time_us,
+            "id": event_id,
+            "level": level,
+            "name": name,
+            "message": message,
+            "fields": {k: _jsonable(v) for k, v in fields.items()},
+        }
+        line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
+        with self._lock:
+            self._recent.append(event)
+            if self._file is not None:
+                try:
+                    self._file.pwrite(line, self._offset)
+                    self._offset += len(line)
+                except JetError as exc:
+                    _logger.warning("cannot write the event log %s: %s", self._path, exc)
+        getattr(_logger, "error" if level == "error" else level)("%s: %s", name, message)
+        return event
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._recent)[-limit:]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def read_events(path: str) -> list[dict[str, Any]]:
+    """Every parseable event of an event log file (damaged lines are skipped)."""
+    events: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        return []
+    return events

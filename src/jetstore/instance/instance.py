@@ -1,0 +1,626 @@
+"""The instance: one directory, one log stream, one checkpoint file, the databases attached.
+
+State machine (every public call checks it):
+
+    CLOSED --open()--> RECOVERING --recovery ok--> OPEN --close()--> CLOSED
+                            |                        |
+                            | recovery error         | fsync/write failure of the log, a
+                            v                        v page file or a header
+                         (raised; every handle     FAILED: every update and commit raises;
+                          released, nothing         reads of already published data still
+                          written)                  work; close() releases everything and
+                                                    the next open recovers from the log
+
+Invariants:
+- Exclusive: the directory lock is held from open to close (`FileAccessDenied` otherwise).
+- WAL rule: a checkpoint makes the log durable up to its position before writing any page.
+- Checkpoint order: pages, sync, both header copies of every database, then the checkpoint
+  file; the durable checkpoint value changes only after the checkpoint file was synced.
+- `close()` is a clean shutdown: a final checkpoint marks every header clean (no logs needed);
+  it releases every handle even when something fails on the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jetstore.errors import (
+    DatabaseNotFound,
+    InstanceUnavailable,
+    InvalidParameter,
+    JetError,
+)
+from jetstore.format.checkpoint import AttachedDatabase, CheckpointState, encode_checkpoint_copy
+from jetstore.format.common import PAGE_SIZES, Signature, now_us
+from jetstore.format.dbheader import DatabaseHeader, DatabaseState
+from jetstore.format.filenames import (
+    CHECKPOINT_FILE,
+    database_file_name,
+    is_valid_database_name,
+)
+from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_database
+from jetstore.format.positions import LogPosition
+from jetstore.instance.database import Database
+from jetstore.instance.events import EventLog
+from jetstore.instance.recovery import RecoveryOutcome, open_database_files, recover
+from jetstore.io.files import FileSystem
+from jetstore.io.handles import HandleRegistry
+from jetstore.io.locking import DirectoryLock, acquire_directory_lock
+from jetstore.io.threads import ManagedThread
+from jetstore.log.writer import LogConfig, LogWriter
+from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InstanceOptions:
+    """Settings of an open instance (`jetstore.open(path, **options)`)."""
+
+    circular_logging: bool = False
+    log_file_size: int = 5 * MIB
+    page_size: int = 8192
+    checkpoint_depth: int = 20 * MIB
+    checkpoint_interval: float = 30.0
+    cache_size: int = 256 * MIB
+    max_transaction_bytes: int = 1024 * MIB
+    lazy_flush_interval: float = 0.05
+
+    def validate(self) -> None:
+        if self.page_size not in PAGE_SIZES:
+            raise InvalidParameter(
+                f"page_size {self.page_size} is not supported",
+                hint=f"use one of {sorted(PAGE_SIZES)}",
+            )
+        if self.checkpoint_depth < 64 * 1024:
+            raise InvalidParameter("checkpoint_depth must be at least 64 KiB")
+        if self.cache_size < 16 * self.page_size:
+            raise InvalidParameter("cache_size must hold at least 16 pages")
+        if self.max_transaction_bytes < 64 * 1024:
+            raise InvalidParameter("max_transaction_bytes must be at least 64 KiB")
+        if self.checkpoint_interval <= 0 or self.lazy_flush_interval <= 0:
+            raise InvalidParameter("intervals must be positive")
+
+
+class InstanceState(enum.Enum):
+    RECOVERING = "recovering"
+    OPEN = "open"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class Instance:
+    """An open instance directory. Use `jetstore.open(path, **options)` to get one."""
+
+    def __init__(
+        self,
+        directory: str,
+        options: InstanceOptions,
+        filesystem: FileSystem | None = None,
+    ) -> None:
+        options.validate()
+        self.directory = os.path.abspath(directory)
+        self.options = options
+        self.owner = f"instance:{self.directory}"
+        self.registry = HandleRegistry(self.owner)
+        base = filesystem if filesystem is not None else FileSystem()
+        self.fs = base.with_registry(self.registry)
+        self.cache_pages = max(16, options.cache_size // options.page_size)
+        self.state = InstanceState.RECOVERING
+        self.failure: JetError | None = None
+        self.commit_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._databases: dict[str, Database] = {}
+        self._lock: DirectoryLock | None = None
+        self._events: EventLog | None = None
+        self._log: LogWriter | None = None
+        self._background: ManagedThread | None = None
+        self._wake = threading.Event()
+        self._bytes_since_checkpoint = 0
+        self._last_checkpoint_time = time.monotonic()
+        self._roll_pending = False
+        self.durable_checkpoint: LogPosition | None = None
+        self.candidate_checkpoint: LogPosition | None = None
+        self.checkpoint_file_error: JetError | None = None
+        self.checkpoints = 0
+        self.commits = 0
+        self.recovery: RecoveryOutcome | None = None
+
+    # ----------------------------------------------------------------- open
+
+    def _open(self) -> None:
+        try:
+            self.fs.makedirs(self.directory)
+            self._lock = acquire_directory_lock(self.fs, self.directory, owner=self.owner)
+            self._events = EventLog(self.fs, self.directory, owner=self.owner)
+            files = open_database_files(self)
+            try:
+                outcome = recover(self, files)
+            except BaseException:
+                for file in files.values():
+                    file.close()
+                raise
+            self.recovery = outcome
+            if outcome.checkpoint is not None:
+                self._checkpoint_seq = outcome.checkpoint.seq
+            if outcome.needed:
+                self.events.emit(
+                    "recovery_finished",
+                    f"soft recovery replayed {outcome.replayed} committed transaction(s) "
+                    f"from log position {outcome.start}",
+                    replayed=outcome.replayed,
+                    start=str(outcome.start),
+                    created=outcome.created,
+                    notes=outcome.notes,
+                )
+            signature = outcome.signature or Signature.new()
+            self._log = LogWriter(
+                self.fs,
+                LogConfig(
+                    self.directory,
+                    self.options.log_file_size,
+                    self.options.page_size,
+                    self.options.circular_logging,
+                    signature,
+                ),
+                owner=self.owner,
+            )
+            self._log.start(outcome.tail)
+            self._log.on_roll = self._on_roll
+            # The first checkpoint marks every database attached (dirty) and, after a
+            # recovery, writes the replayed changes: from here on, the logs before it are
+            # not needed any more.
+            self.state = InstanceState.OPEN
+            self.checkpoint(final=False)
+            if self.failure is not None:
+                raise self.failure
+            self._background = ManagedThread(
+                self.registry, self.owner, "jetstore-background", self._background_loop
+            )
+            self.events.emit(
+                "instance_started",
+                f"instance '{self.directory}' is open at log generation "
+                f"{self._log.current_generation}",
+                databases=sorted(self._databases),
+            )
+        except BaseException:
+            self._release_everything()
+            self.state = InstanceState.CLOSED
+            raise
+
+    def attach_recovered(
+        self, files: Mapping[str, DatabaseFile], outcome: RecoveryOutcome
+    ) -> dict[str, Database]:
+        for name, file in files.items():
+            if name not in self._databases:
+                header = file.header
+                self._databases[name] = Database(
+                    self, name, header.db_id, file, header.checkpoint_position
+                )
+        return self._databases
+
+    def create_database_file(self, record: CreateDatabaseRecord) -> Database:
+        """Create a database's file from its creation record (creation or its replay)."""
+        path = os.path.join(self.directory, database_file_name(record.name))
+        signature = Signature(record.signature_random, record.signature_time_us)
+        header = DatabaseHeader(
+            page_size=record.page_size,
+            state=DatabaseState.JUST_CREATED,
+            db_id=record.database_id,
+            db_signature=signature,
+            log_signature=Signature.NONE,
+            created_time=record.signature_time_us,
+            name=record.name,
+        )
+        file = DatabaseFile.create(
+            self.fs, path, header, owner=self.owner, cache_pages=self.cache_pages
+        )
+        db = Database(self, record.name, record.database_id, file, LogPosition.MIN)
+        self._databases[record.name] = db
+        return db
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def log(self) -> LogWriter:
+        log = self._log
+        if log is None:
+            raise InstanceUnavailable(f"instance '{self.directory}' is not open")
+        return log
+
+    @property
+    def events(self) -> EventLog:
+        assert self._events is not None
+        return self._events
+
+    def check_open(self) -> None:
+        if self.state is InstanceState.CLOSED:
+            raise InstanceUnavailable(
+                f"instance '{self.directory}' is closed", hint="open it again with jetstore.open"
+            )
+
+    def check_writable(self) -> None:
+        if self.state is InstanceState.OPEN:
+            log_failure = self._log.failed if self._log is not None else None
+            if log_failure is None:
+                return
+            self._fail(log_failure)
+        if self.state is InstanceState.FAILED:
+            failure = self.failure
+            raise InstanceUnavailable(
+                f"instance '{self.directory}' stopped accepting updates after an error: {failure}",
+                hint="close the instance and open it again; recovery replays every "
+                "acknowledged commit from the log",
+            ) from failure
+        self.check_open()
+
+    def _fail(self, error: JetError) -> None:
+        if self.state in (InstanceState.OPEN, InstanceState.RECOVERING):
+            self.failure = error
+            self.state = InstanceState.FAILED
+            if self._events is not None:
+                self._events.emit(
+                    "instance_failed",
+                    f"instance stopped accepting updates: {error}",
+                    error=error.name,
+                )
+
+    # ----------------------------------------------------------------- databases
+
+    def database(self, name: str, create: bool = False) -> Database:
+        """The attached database `name` (`NAME.edb`); with create=True, create it if absent."""
+        self.check_open()
+        db = self._databases.get(name)
+        if db is not None:
+            return db
+        if not is_valid_database_name(name):
+            raise InvalidParameter(
+                f"invalid database name {name!r}",
+                hint="use letters, digits, '_' or '-', starting with a letter or '_' "
+                "(at most 64 characters)",
+            )
+        if not create:
+            raise DatabaseNotFound(
+                f"instance '{self.directory}' has no database {name!r} "
+                f"(databases: {', '.join(sorted(self._databases)) or 'none'})",
+                hint="pass create=True to create it",
+                path=os.path.join(self.directory, database_file_name(name)),
+            )
+        with self.commit_lock:
+            self.check_writable()
+            if name in self._databases:
+                return self._databases[name]
+            db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
+            signature = Signature.new()
+            record = CreateDatabaseRecord(
+                db_id, self.options.page_size, signature.random, signature.time_us, name
+            )
+            end = self.log.append(
+                encode_create_database(
+                    db_id,
+                    record.page_size,
+                    record.signature_random,
+                    record.signature_time_us,
+                    name,
+                )
+            )
+            # The creation is durable in the log before the file exists: if the file is
+            # lost in a crash, recovery re-creates it from the record.
+            self.wait_durable(end)
+            db = self.create_database_file(record)
+            try:
+                db.file.write_header(
+                    state=DatabaseState.DIRTY,
+                    log_signature=self.log.signature,
+                    checkpoint_position=end,
+                    generation_min_required=end.generation,
+                    generation_max_required=self.log.current_generation,
+                    generation_max_committed=end.generation,
+                    last_attach_position=end,
+                    last_attach_time=now_us(),
+                )
+            except JetError as exc:
+                self._fail(exc)
+                raise
+            db._published = (None, end, 0)
+        self.events.emit("database_created", f"database {name!r} created", database=name)
+        return db
+
+    def databases(self) -> list[str]:
+        return sorted(self._databases)
+
+    # ----------------------------------------------------------------- commit support
+
+    def note_commit(self, nbytes: int) -> None:
+        self.commits += 1
+        self._bytes_since_checkpoint += nbytes
+        if self._bytes_since_checkpoint >= self.options.checkpoint_depth:
+            self._wake.set()
+
+    def wait_durable(self, position: LogPosition) -> None:
+        try:
+            self.log.wait_durable(position)
+        except JetError as exc:
+            self._fail(exc)
+            raise
+
+    def _on_roll(self, generation: int) -> None:
+        self._roll_pending = True
+        self._wake.set()
+
+    # ----------------------------------------------------------------- checkpoint
+
+    def checkpoint(self, *, final: bool = False) -> LogPosition | None:
+        """Write every database's changes up to now to its page file, then the headers, then
+        the checkpoint file. Returns the durable checkpoint position afterwards.
+        """
+        with self._checkpoint_lock:
+            if self.state is not InstanceState.OPEN:
+                return self.durable_checkpoint
+            try:
+                self._checkpoint_locked(final)
+            except JetError as exc:
+                self._fail(exc)
+                if final:
+                    raise
+            return self.durable_checkpoint
+
+    def _checkpoint_locked(self, final: bool) -> None:
+        log = self.log
+        with self.commit_lock:
+            position = log.end_position
+            plans: list[tuple[Database, CheckpointPlan]] = []
+            for db in self._databases.values():
+                plan = db.file.plan_checkpoint(db.root, position)
+                if plan.dirty:
+                    db.bump_plan_epoch()
+                plans.append((db, plan))
+            self._bytes_since_checkpoint = 0
+        self.candidate_checkpoint = position
+        self._last_checkpoint_time = time.monotonic()
+        log.wait_durable(position)  # WAL rule: the log first, then the pages
+        for _db, plan in plans:
+            _db.file.write_checkpoint_pages(plan)
+        generation = log.current_generation
+        signature = log.signature
+        for db, plan in plans:
+            header = db.file.header
+            changes: dict[str, Any] = {
+                "log_signature": signature,
+                "generation_max_committed": max(
+                    header.generation_max_committed, db.position.generation
+                ),
+            }
+            if final:
+                changes.update(
+                    state=DatabaseState.CLEAN,
+                    generation_min_required=0,
+                    generation_max_required=0,
+                    last_consistent_position=position,
+                    last_consistent_time=now_us(),
+                )
+            else:
+                changes.update(
+                    state=DatabaseState.DIRTY,
+                    generation_min_required=position.generation,
+                    generation_max_required=generation,
+                )
+                if header.state is not DatabaseState.DIRTY:
+                    changes.update(last_attach_position=position, last_attach_time=now_us())
+            db.file.header_for_plan(plan, **changes)
+        for db, plan in plans:
+            db.file.finish_checkpoint(plan, db.oldest_snapshot())
+        self.checkpoints += 1
+        self._roll_pending = False
+        self._write_checkpoint_file(position)
+
+    def _write_checkpoint_file(self, position: LogPosition) -> None:
+        """Write both copies of `edb.chk`; the durable checkpoint moves only on success."""
+        path = os.path.join(self.directory, CHECKPOINT_FILE)
+        previous = self._checkpoint_seq
+        state = CheckpointState(
+            seq=previous + 1,
+            log_signature=self.log.signature,
+            checkpoint_position=position,
+            written_time=now_us(),
+            circular_logging=self.options.circular_logging,
+            log_file_size=self.options.log_file_size,
+            page_size=self.options.page_size,
+            attached=tuple(
+                AttachedDatabase(db.db_id, db.name, db.file.header.db_signature)
+                for db in sorted(self._databases.values(), key=lambda d: d.db_id)
+            ),
+        )
+        encoded = encode_checkpoint_copy(state)
+        try:
+            created = not self.fs.exists(path)
+            with self.fs.open(path, owner=self.owner, create=created) as file:
+                file.pwrite(encoded, 0)
+                file.fdatasync()
+                file.pwrite(encoded, len(encoded))
+                file.fdatasync()
+            if created:
+                self.fs.fsync_directory(self.directory, owner=self.owner)
+        except JetError as exc:
+            if self.checkpoint_file_error is None:
+                self.events.emit(
+                    "checkpoint_file_write_failed",
+                    f"cannot write the checkpoint file: {exc}; the durable checkpoint stays "
+                    f"at {self.durable_checkpoint} and no log it names will be deleted",
+                    error=exc.name,
+                    path=path,
+                )
+            self.checkpoint_file_error = exc
+            return
+        if self.checkpoint_file_error is not None:
+            self.events.emit(
+                "checkpoint_file_write_recovered",
+                f"the checkpoint file is writable again; checkpoint at {position}",
+                path=path,
+            )
+        self.checkpoint_file_error = None
+        self._checkpoint_seq = state.seq
+        self.durable_checkpoint = position
+
+    _checkpoint_seq = 0
+
+    def _update_required_range(self) -> None:
+        """After a log roll: every header learns the newest generation holding its commits.
+
+        Recovery compares it with the end of the log, so losing the newest log files is
+        detected (`RequiredLogFilesMissing`) instead of silently losing commits.
+        """
+        self._roll_pending = False
+        generation = self.log.current_generation
+        with self._checkpoint_lock:
+            if self.state is not InstanceState.OPEN:
+                return
+            try:
+                for db in list(self._databases.values()):
+                    header = db.file.header
+                    if header.generation_max_required < generation:
+                        db.file.write_header(generation_max_required=generation)
+            except JetError as exc:
+                self._fail(exc)
+
+    # ----------------------------------------------------------------- background
+
+    def _background_loop(self, stop: threading.Event) -> None:
+        options = self.options
+        while not stop.is_set():
+            self._wake.wait(options.lazy_flush_interval)
+            self._wake.clear()
+            if stop.is_set() or self.state is not InstanceState.OPEN:
+                continue
+            log = self.log
+            try:
+                if log.needs_flush():
+                    log.flush()  # lazy commits become durable within the interval
+            except JetError as exc:
+                self._fail(exc)
+                continue
+            due = self._bytes_since_checkpoint >= options.checkpoint_depth or (
+                self._bytes_since_checkpoint > 0
+                and time.monotonic() - self._last_checkpoint_time >= options.checkpoint_interval
+            )
+            if not due and self.checkpoint_file_error is not None:
+                due = time.monotonic() - self._last_checkpoint_time >= 1.0
+            if due:
+                self.checkpoint()
+            elif self._roll_pending:
+                self._update_required_range()
+
+    # ----------------------------------------------------------------- counters
+
+    def counters(self) -> dict[str, Any]:
+        log = self._log
+        durable = self.durable_checkpoint
+        end = log.end_position if log is not None else None
+        lag_generations = (
+            end.generation - durable.generation if end is not None and durable is not None else 0
+        )
+        caches = [db.file.cache for db in self._databases.values()]
+        return {
+            "state": self.state.value,
+            "handles": self.registry.counts(),
+            "handles_open": self.registry.total(),
+            "log_generation": log.current_generation if log is not None else 0,
+            "log_end": str(end) if end is not None else None,
+            "log_durable": str(log.durable_position) if log is not None else None,
+            "log_bytes_appended": log.bytes_appended if log is not None else 0,
+            "log_records": log.records_appended if log is not None else 0,
+            "log_flushes": log.flushes if log is not None else 0,
+            "log_rolls": log.rolls if log is not None else 0,
+            "commits": self.commits,
+            "checkpoints": self.checkpoints,
+            "checkpoint_durable": str(durable) if durable is not None else None,
+            "checkpoint_candidate": (
+                str(self.candidate_checkpoint) if self.candidate_checkpoint else None
+            ),
+            "checkpoint_lag_generations": lag_generations,
+            "checkpoint_file_error": str(self.checkpoint_file_error)
+            if self.checkpoint_file_error
+            else None,
+            "bytes_since_checkpoint": self._bytes_since_checkpoint,
+            "cache_hits": sum(c.hits for c in caches),
+            "cache_misses": sum(c.misses for c in caches),
+            "pages_read": sum(db.file.pages_read for db in self._databases.values()),
+            "pages_written": sum(db.file.pages_written for db in self._databases.values()),
+            "write_conflicts": sum(db.conflicts for db in self._databases.values()),
+            "active_transactions": sum(db.active_transactions() for db in self._databases.values()),
+            "databases": sorted(self._databases),
+        }
+
+    # ----------------------------------------------------------------- close
+
+    def close(self) -> None:
+        """Clean shutdown: final checkpoint (headers clean), then release every handle."""
+        if self.state is InstanceState.CLOSED:
+            return
+        error: BaseException | None = None
+        try:
+            if self._background is not None:
+                self._background.close()
+                self._background = None
+            if self.state is InstanceState.OPEN:
+                self.checkpoint(final=True)
+        except BaseException as exc:
+            error = exc
+        if self._events is not None and self.state is InstanceState.OPEN:
+            self._events.emit("instance_stopped", f"instance '{self.directory}' shut down cleanly")
+        self._release_everything()
+        self.state = InstanceState.CLOSED
+        if error is not None:
+            raise error
+
+    def _release_everything(self) -> None:
+        if self._background is not None:
+            try:
+                self._background.close()
+            except Exception:
+                pass
+            self._background = None
+        if self._log is not None:
+            try:
+                self._log.close()
+            except JetError:
+                pass
+        for db in self._databases.values():
+            db.close_transactions()
+            db.file.close()
+        if self._events is not None:
+            self._events.close()
+        if self._lock is not None:
+            self._lock.release()
+        self.registry.close_owner(self.owner)
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<jetstore.Instance {self.directory!r} {self.state.value}>"
+
+
+def open_instance(
+    path: str | os.PathLike[str], *, filesystem: FileSystem | None = None, **options: Any
+) -> Instance:
+    fields = {f.name for f in dataclasses.fields(InstanceOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise InvalidParameter(
+            f"unknown option(s) {', '.join(unknown)}",
+            hint=f"valid options: {', '.join(sorted(fields))}",
+        )
+    instance = Instance(os.fspath(path), InstanceOptions(**options), filesystem)
+    instance._open()
+    return instance

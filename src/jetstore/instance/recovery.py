@@ -1,0 +1,303 @@
+"""Soft recovery: bring every database of an instance directory up to the end of the log.
+
+Runs at every open, before anything is written:
+
+1. Read the checkpoint file (a hint: missing, damaged, foreign or pointing at a generation
+   that no longer exists is noted and ignored), take the log inventory, open every `*.edb`.
+2. Decide the log stream's signature and check every database belongs to it
+   (`DatabaseLogSetMismatch` for a dirty database of another stream).
+3. The start position is the lowest of the valid checkpoint file's position and the
+   checkpoint positions in the headers of the databases that are not cleanly shut down.
+   The headers are the authority: the generations they require must exist
+   (`MissingLogFile` / `RequiredLogFilesMissing`, naming the range and what is present).
+4. Scan the log from the start, verifying the whole chain (`jetstore.log.reader`); apply each
+   committed record to its database if it starts at or after that database's own checkpoint
+   position; create databases whose creation record is replayed but whose file is missing.
+5. After the scan, check the log reaches every generation the headers say holds their
+   commits (`RequiredLogFilesMissing` if the end of the log is gone).
+
+Every check happens before the first write: a recovery that fails leaves every file as it
+found it. Replay is idempotent: the page file only changes at the checkpoint that follows,
+so a crash during recovery just means recovery runs again from the same place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from jetstore.errors import (
+    AttachedDatabaseMismatch,
+    DatabaseLogSetMismatch,
+    FileNotFound,
+    JetError,
+    MissingLogFile,
+    RequiredLogFilesMissing,
+)
+from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
+from jetstore.format.common import Signature
+from jetstore.format.dbheader import DatabaseHeader, DatabaseState
+from jetstore.format.filenames import (
+    CHECKPOINT_FILE,
+    database_file_name,
+    generation_log_name,
+    parse_database_file_name,
+)
+from jetstore.format.logrecords import (
+    CommitRecord,
+    CreateDatabaseRecord,
+    decode_record,
+)
+from jetstore.format.positions import LogPosition
+from jetstore.log.reader import LogInventory, LogScanner, take_inventory
+from jetstore.log.writer import LogTail
+from jetstore.pages.pagefile import DatabaseFile
+
+if TYPE_CHECKING:
+    from jetstore.instance.database import Database
+    from jetstore.instance.instance import Instance
+
+
+@dataclass
+class RecoveryOutcome:
+    signature: Signature | None = None
+    tail: LogTail | None = None
+    start: LogPosition | None = None
+    replayed: int = 0
+    skipped: int = 0
+    needed: bool = False
+    created: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checkpoint: CheckpointState | None = None
+    torn_tail: LogPosition | None = None
+
+
+def read_checkpoint(instance: Instance, notes: list[str]) -> CheckpointState | None:
+    path = os.path.join(instance.directory, CHECKPOINT_FILE)
+    fs = instance.fs
+    if not fs.exists(path):
+        notes.append(f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide")
+        return None
+    try:
+        data = fs.read_file(path, owner=instance.owner)
+        state, problems = read_checkpoint_file(data, path=path)
+    except JetError as exc:
+        notes.append(f"checkpoint file ignored: {exc.detail or exc}")
+        return None
+    notes.extend(problems)
+    return state
+
+
+def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
+    files: dict[str, DatabaseFile] = {}
+    try:
+        for name in instance.fs.listdir(instance.directory):
+            db_name = parse_database_file_name(name)
+            if db_name is None:
+                continue
+            path = os.path.join(instance.directory, name)
+            files[db_name] = DatabaseFile.open(
+                instance.fs,
+                path,
+                owner=instance.owner,
+                cache_pages=instance.cache_pages,
+                writable=True,
+            )
+    except BaseException:
+        for file in files.values():
+            file.close()
+        raise
+    return files
+
+
+def _is_dirty(header: DatabaseHeader) -> bool:
+    return header.state is not DatabaseState.CLEAN
+
+
+def _required_range(header: DatabaseHeader) -> tuple[int, int]:
+    low = header.checkpoint_position.generation
+    high = max(header.generation_max_required, low)
+    return low, high
+
+
+def _missing_message(
+    name: str, header: DatabaseHeader, missing: list[int], inventory: LogInventory
+) -> str:
+    low, high = _required_range(header)
+    files = ", ".join(generation_log_name(g) for g in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return (
+        f"database {name!r} needs log generations {low}-{high} "
+        f"({generation_log_name(low)} to {generation_log_name(high)}) to recover, but "
+        f"{files}{more} are missing; {inventory.describe_present()}"
+    )
+
+
+_OPTIONS_HINT = (
+    "restore the missing log files, or restore from backup; `jetstore diagnose DIR` shows "
+    "the options, including `jetstore recover DIR --accept-data-loss` to stop at the last "
+    "point the present logs allow"
+)
+
+
+def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutcome:
+    """Replay the log into the opened `files`; registers every database with `instance`."""
+    outcome = RecoveryOutcome()
+    notes = outcome.notes
+    fs = instance.fs
+    checkpoint = read_checkpoint(instance, notes)
+    inventory = take_inventory(fs, instance.directory, owner=instance.owner)
+    notes.extend(inventory.problems)
+
+    # The stream's signature: the logs are the stream; the checkpoint file only a hint.
+    lowest = inventory.lowest
+    stream_signature: Signature | None = None
+    if lowest is not None:
+        log_header = inventory.files[lowest].header
+        assert log_header is not None
+        stream_signature = log_header.log_signature
+    if checkpoint is not None and stream_signature is not None:
+        if checkpoint.log_signature != stream_signature:
+            notes.append(
+                f"checkpoint file ignored: it belongs to log stream {checkpoint.log_signature}, "
+                f"the logs present are stream {stream_signature}"
+            )
+            checkpoint = None
+        elif checkpoint.checkpoint_position.generation not in inventory.files:
+            notes.append(
+                f"checkpoint file ignored: it points to generation "
+                f"{checkpoint.checkpoint_position.generation}, which is not present"
+            )
+            checkpoint = None
+    outcome.checkpoint = checkpoint
+
+    dirty: dict[str, DatabaseHeader] = {}
+    for name, file in files.items():
+        header = file.header
+        if header.log_signature.is_none:
+            continue
+        if stream_signature is None or header.log_signature != stream_signature:
+            if _is_dirty(header):
+                if stream_signature is None:
+                    low, high = _required_range(header)
+                    raise MissingLogFile(
+                        f"database {name!r} was not shut down cleanly and needs log generations "
+                        f"{low}-{high}, but no log files are present in '{instance.directory}'",
+                        hint=_OPTIONS_HINT,
+                        path=file.path,
+                    )
+                raise DatabaseLogSetMismatch(
+                    f"database {name!r} belongs to log stream {header.log_signature}, but the "
+                    f"logs in '{instance.directory}' are stream {stream_signature}",
+                    hint="put the database next to its own log files, or restore from backup",
+                    path=file.path,
+                )
+            continue  # a clean database may join a new stream
+        if _is_dirty(header):
+            dirty[name] = header
+
+    for name, header in dirty.items():
+        low, high = _required_range(header)
+        missing = inventory.missing(low, high)
+        if missing:
+            error = MissingLogFile if low in missing else RequiredLogFilesMissing
+            raise error(
+                _missing_message(name, header, missing, inventory),
+                hint=_OPTIONS_HINT,
+                path=os.path.join(instance.directory, generation_log_name(missing[0])),
+            )
+
+    if checkpoint is not None:
+        for attached in checkpoint.attached:
+            if attached.name not in files:
+                notes.append(
+                    f"database {attached.name!r} listed in the checkpoint file has no file; "
+                    "it must be re-created by the log or it is reported missing"
+                )
+
+    candidates = [h.checkpoint_position for h in dirty.values()]
+    if checkpoint is not None:
+        candidates.append(checkpoint.checkpoint_position)
+    highest = inventory.highest
+    if highest is None:
+        outcome.signature = None
+        instance.attach_recovered(files, outcome)
+        return outcome
+    if not candidates:
+        candidates.append(LogPosition(highest, 0))
+    start = min(candidates)
+    outcome.start = start
+    outcome.signature = stream_signature
+    outcome.needed = bool(dirty)
+
+    # Databases become live objects now; replay applies to their in-memory trees only.
+    databases = instance.attach_recovered(files, outcome)
+    by_id: dict[int, Database] = {db.db_id: db for db in databases.values()}
+    pending_create: dict[int, CreateDatabaseRecord] = {}
+    pending_ops: dict[int, list[tuple[LogPosition, CommitRecord]]] = {}
+    scanner = LogScanner(fs, inventory, owner=instance.owner, signature=stream_signature)
+    for entry in scanner.records(start):
+        record = decode_record(entry.payload, entry.start)
+        if isinstance(record, CommitRecord):
+            db = by_id.get(record.database_id)
+            if db is None:
+                if record.database_id in pending_create:
+                    pending_ops[record.database_id].append((entry.end, record))
+                    outcome.replayed += 1
+                    continue
+                raise AttachedDatabaseMismatch(
+                    f"the log at {entry.start} holds changes for database id "
+                    f"{record.database_id}, but no database file in '{instance.directory}' "
+                    f"has that id",
+                    hint="put the missing database file back, or restore from backup",
+                )
+            if entry.start >= db.file.header.checkpoint_position:
+                db.apply_replayed(record.operations, entry.end)
+                outcome.replayed += 1
+                outcome.needed = True
+            else:
+                outcome.skipped += 1
+        elif isinstance(record, CreateDatabaseRecord):
+            existing = by_id.get(record.database_id)
+            if existing is not None:
+                if existing.file.header.db_signature.random != record.signature_random:
+                    raise AttachedDatabaseMismatch(
+                        f"database file {existing.file.path!r} has id {record.database_id} "
+                        "but is not the database the log created with that id",
+                        hint="move the foreign database file away, or restore from backup",
+                        path=existing.file.path,
+                    )
+                continue
+            if record.name in files:
+                raise AttachedDatabaseMismatch(
+                    f"database file for {record.name!r} exists with another id than the log "
+                    f"created it with ({record.database_id})",
+                    path=os.path.join(instance.directory, database_file_name(record.name)),
+                )
+            pending_create[record.database_id] = record
+            pending_ops[record.database_id] = []
+            outcome.needed = True
+    result = scanner.result
+    outcome.tail = result.tail
+    outcome.torn_tail = result.torn_position
+    notes.extend(result.notes)
+    tail_generation = result.tail.generation if result.tail is not None else 0
+    for name, header in dirty.items():
+        if header.generation_max_required > tail_generation:
+            missing = list(range(tail_generation + 1, header.generation_max_required + 1))
+            raise RequiredLogFilesMissing(
+                _missing_message(name, header, missing, inventory),
+                hint=_OPTIONS_HINT,
+                path=os.path.join(instance.directory, generation_log_name(missing[0])),
+            )
+    if stream_signature is not None:
+        for file in files.values():
+            if file.header.log_signature.is_none and _is_dirty(file.header):
+                raise FileNotFound(f"database '{file.path}' has no log stream")
+    for db_id, create in pending_create.items():
+        db = instance.create_database_file(create)
+        for end, commit in pending_ops[db_id]:
+            db.apply_replayed(commit.operations, end)
+        outcome.created.append(create.name)
+    return outcome

@@ -1,0 +1,391 @@
+"""The log reader: which generations exist, whether they chain, and the records they hold.
+
+Read-only: nothing here writes, renames or deletes (diagnose and dump rely on that).
+
+Chain verification (each failure stops reading with ESE's error, naming the generation):
+- every file's header is valid (`LogFileCorrupt`) and its generation matches its name
+  (`LogGenerationMismatch`); every generation carries the stream's signature (`BadLogSignature`);
+- generations are contiguous (`MissingLogFile`, naming the missing file);
+- each header's `previous_generation_created_time` equals the previous file's creation time
+  (`InvalidLogSequence`), and its `previous_generation_end` / `previous_generation_checksum`
+  equal where the previous file's frames really end and their running checksum
+  (`LogFileCorrupt` / `LogSequenceChecksumMismatch`);
+- a bad frame inside a closed generation is corruption (`LogFileCorrupt` with its position);
+  in the newest generation a bad frame is the end of the log (a torn last flush) unless a later
+  valid frame proves the bytes had been synced before (then it is corruption).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from jetstore.errors import (
+    BadLogSignature,
+    InvalidLogSequence,
+    JetError,
+    LogFileCorrupt,
+    LogGenerationMismatch,
+    LogSequenceChecksumMismatch,
+    MissingLogFile,
+)
+from jetstore.format.common import Signature
+from jetstore.format.filenames import (
+    CURRENT_LOG,
+    TEMP_LOG,
+    generation_log_name,
+    parse_generation_log_name,
+)
+from jetstore.format.logframe import (
+    KIND_FIRST,
+    KIND_FULL,
+    KIND_LAST,
+    KIND_MIDDLE,
+    accumulate,
+    decode_frame,
+    find_next_valid_frame,
+)
+from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import FileSystem
+from jetstore.log.writer import LogTail
+
+
+@dataclass
+class GenerationFile:
+    """One log file found on disk and what its header says (or why it cannot be read)."""
+
+    generation: int
+    path: str
+    is_current: bool
+    size: int
+    header: LogFileHeader | None
+    error: JetError | None = None
+
+
+@dataclass
+class LogInventory:
+    """Every log file of an instance directory, by generation."""
+
+    directory: str
+    files: dict[int, GenerationFile] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    unreadable: list[GenerationFile] = field(default_factory=list)
+
+    @property
+    def generations(self) -> list[int]:
+        return sorted(self.files)
+
+    @property
+    def lowest(self) -> int | None:
+        return min(self.files) if self.files else None
+
+    @property
+    def highest(self) -> int | None:
+        return max(self.files) if self.files else None
+
+    def missing(self, first: int, last: int) -> list[int]:
+        return [g for g in range(first, last + 1) if g not in self.files]
+
+    def describe_present(self) -> str:
+        gens = self.generations
+        if not gens:
+            return "no log generations are present"
+        runs: list[str] = []
+        start = prev = gens[0]
+        for g in [*gens[1:], -1]:
+            if g != prev + 1:
+                runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+                start = g
+            prev = g
+        return "generations present: " + ", ".join(runs)
+
+
+def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventory:
+    """List the log files of `directory` and read their headers (never writes)."""
+    inventory = LogInventory(directory)
+    names = fs.listdir(directory) if fs.is_directory(directory) else []
+    for name in names:
+        generation = parse_generation_log_name(name)
+        if generation is None and name != CURRENT_LOG:
+            continue
+        path = os.path.join(directory, name)
+        entry = _read_header(fs, path, generation, owner=owner)
+        if entry.header is None:
+            inventory.unreadable.append(entry)
+            inventory.problems.append(f"{name}: {entry.error}")
+            continue
+        if entry.generation in inventory.files:
+            other = inventory.files[entry.generation]
+            inventory.problems.append(
+                f"{name} and {os.path.basename(other.path)} both hold generation {entry.generation}"
+            )
+            if not entry.is_current:
+                continue
+        inventory.files[entry.generation] = entry
+    if TEMP_LOG in names:
+        inventory.problems.append(f"{TEMP_LOG} is a prepared next log file (not part of the log)")
+    return inventory
+
+
+def _read_header(
+    fs: FileSystem, path: str, generation_from_name: int | None, *, owner: str
+) -> GenerationFile:
+    is_current = generation_from_name is None
+    try:
+        size = fs.size(path)
+        data = fs.read_file(path, owner=owner, limit=LOG_HEADER_SIZE)
+        header = decode_log_header(data, path=path)
+    except JetError as exc:
+        return GenerationFile(generation_from_name or 0, path, is_current, 0, None, exc)
+    if generation_from_name is not None and header.generation != generation_from_name:
+        error = LogGenerationMismatch(
+            f"'{path}' is named for generation {generation_from_name} but its header says "
+            f"{header.generation}",
+            path=path,
+        )
+        return GenerationFile(generation_from_name, path, False, size, None, error)
+    return GenerationFile(header.generation, path, is_current, size, header)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecordEntry:
+    """One complete record: where it starts, where the next one may start, its bytes."""
+
+    start: LogPosition
+    end: LogPosition
+    payload: bytes
+
+
+@dataclass
+class ScanResult:
+    """Filled in while scanning: where the stream ends and what was noticed on the way."""
+
+    tail: LogTail | None = None
+    torn_tail: bool = False
+    torn_position: LogPosition | None = None
+    records: int = 0
+    signature: Signature | None = None
+    first_generation: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class LogScanner:
+    """Reads records from `start` to the end of the stream, verifying the whole chain.
+
+    Every generation from `start.generation` to the newest one is read from its first frame
+    (so running checksums are complete), but only records starting at or after `start` are
+    yielded. After iteration, `result.tail` says where the stream ends.
+    """
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        inventory: LogInventory,
+        *,
+        owner: str,
+        signature: Signature | None = None,
+    ) -> None:
+        self._fs = fs
+        self._inventory = inventory
+        self._owner = owner
+        self._signature = signature
+        self.result = ScanResult()
+
+    def records(self, start: LogPosition) -> Iterator[LogRecordEntry]:
+        inventory = self._inventory
+        highest = inventory.highest
+        if highest is None:
+            return
+        first = max(start.generation, 1)
+        if first > highest:
+            if first == highest + 1 and start.offset <= LOG_HEADER_SIZE:
+                # The start is the very beginning of a generation that was never created.
+                return
+            raise MissingLogFile(
+                f"log generation {first} ({generation_log_name(first)}) is needed from "
+                f"position {start} but the newest generation present is {highest}",
+                hint="restore from backup, or run `jetstore diagnose DIR` to see the options",
+            )
+        self.result.first_generation = first
+        prev_header: LogFileHeader | None = None
+        prev_end = 0
+        prev_checksum = 0
+        partial: list[bytes] | None = None
+        partial_start = LogPosition.MIN
+        signature = self._signature
+        for generation in range(first, highest + 1):
+            entry = inventory.files.get(generation)
+            if entry is None or entry.header is None:
+                name = generation_log_name(generation)
+                raise MissingLogFile(
+                    f"log generation {generation} ({name}) is missing; "
+                    f"{inventory.describe_present()}",
+                    hint="restore the missing file or restore from backup; "
+                    "`jetstore diagnose DIR` explains the options",
+                    path=os.path.join(inventory.directory, name),
+                )
+            header = entry.header
+            if signature is None:
+                signature = header.log_signature
+                self.result.signature = signature
+            elif header.log_signature != signature:
+                raise BadLogSignature(
+                    f"'{entry.path}' (generation {generation}) belongs to another log stream "
+                    f"(signature {header.log_signature}, expected {signature})",
+                    hint="move the foreign log file out of the instance directory",
+                    path=entry.path,
+                )
+            if prev_header is not None:
+                self._check_link(entry, header, prev_header, prev_end, prev_checksum)
+            next_entry = inventory.files.get(generation + 1)
+            expected_end = (
+                next_entry.header.previous_generation_end
+                if next_entry is not None and next_entry.header is not None
+                else None
+            )
+            is_newest = generation == highest
+            data = self._fs.read_file(entry.path, owner=self._owner)
+            offset = header.data_start
+            checksum = 0
+            limit = min(len(data), header.log_file_size)
+            if expected_end is not None and not is_newest:
+                limit = min(limit, expected_end)
+            first_frame_in_gen = True
+            while offset < limit:
+                frame = decode_frame(data, offset, generation)
+                if frame is None or frame.next_offset > limit:
+                    break
+                checksum = accumulate(checksum, frame.crc)
+                kind = frame.kind
+                position = LogPosition(generation, offset)
+                if kind in (KIND_FULL, KIND_FIRST):
+                    if partial is not None:
+                        if not first_frame_in_gen:
+                            raise LogFileCorrupt(
+                                f"record at {partial_start} is interrupted by a new record at "
+                                f"{position} in '{entry.path}'",
+                                path=entry.path,
+                            )
+                        # A record cut off by a crash at the end of the previous generation
+                        # was never acknowledged; the stream went on with a new generation.
+                        self.result.notes.append(
+                            f"incomplete record at {partial_start} was abandoned by a crash"
+                        )
+                        partial = None
+                    if kind == KIND_FULL:
+                        if position >= start:
+                            self.result.records += 1
+                            yield LogRecordEntry(
+                                position, LogPosition(generation, frame.next_offset), frame.payload
+                            )
+                    else:
+                        partial = [frame.payload]
+                        partial_start = position
+                elif partial is None:
+                    if position >= start and not first_frame_in_gen:
+                        raise LogFileCorrupt(
+                            f"continuation frame at {position} in '{entry.path}' has no beginning",
+                            path=entry.path,
+                        )
+                    # Continuation of a record that began before `start`: not ours to replay.
+                elif kind == KIND_MIDDLE:
+                    partial.append(frame.payload)
+                else:
+                    assert kind == KIND_LAST
+                    partial.append(frame.payload)
+                    if partial_start >= start:
+                        self.result.records += 1
+                        yield LogRecordEntry(
+                            partial_start,
+                            LogPosition(generation, frame.next_offset),
+                            b"".join(partial),
+                        )
+                    partial = None
+                first_frame_in_gen = False
+                offset = frame.next_offset
+            end_of_frames = offset
+            if is_newest:
+                if end_of_frames < min(len(data), header.log_file_size):
+                    later = find_next_valid_frame(data, end_of_frames, generation)
+                    if later is not None and later.durable_before > end_of_frames:
+                        raise LogFileCorrupt(
+                            f"damaged log data at {LogPosition(generation, end_of_frames)} in "
+                            f"'{entry.path}': later frames show it had been written safely",
+                            hint="restore from backup, or `jetstore recover --accept-data-loss` "
+                            "to stop at the last good record",
+                            path=entry.path,
+                        )
+                    if later is not None or _has_nonzero(data, end_of_frames):
+                        self.result.torn_tail = True
+                        self.result.torn_position = LogPosition(generation, end_of_frames)
+            elif expected_end is not None and end_of_frames != expected_end:
+                raise LogFileCorrupt(
+                    f"log generation {generation} ('{entry.path}') has valid frames only up to "
+                    f"offset {end_of_frames}, but generation {generation + 1} records that it "
+                    f"holds data up to offset {expected_end}",
+                    hint="the file is damaged: restore it from backup",
+                    path=entry.path,
+                )
+            prev_header = header
+            prev_end = end_of_frames
+            prev_checksum = checksum
+            self.result.tail = LogTail(
+                generation=generation,
+                created_time=header.created_time,
+                end_offset=end_of_frames,
+                checksum=checksum,
+                is_current_file=entry.is_current,
+            )
+
+    def _check_link(
+        self,
+        entry: GenerationFile,
+        header: LogFileHeader,
+        prev_header: LogFileHeader,
+        prev_end: int,
+        prev_checksum: int,
+    ) -> None:
+        generation = header.generation
+        if header.previous_generation_created_time != prev_header.created_time:
+            raise InvalidLogSequence(
+                f"'{entry.path}' (generation {generation}) does not follow generation "
+                f"{generation - 1}: it records the previous file's creation time as "
+                f"{header.previous_generation_created_time}, the file present has "
+                f"{prev_header.created_time}",
+                hint="a log file from another run or another restore is mixed in; "
+                "remove the foreign files or restore from backup",
+                path=entry.path,
+            )
+        if header.previous_generation_end != prev_end:
+            raise LogFileCorrupt(
+                f"generation {generation - 1} ends at offset {prev_end} but generation "
+                f"{generation} records its end as {header.previous_generation_end}",
+                path=entry.path,
+            )
+        if header.previous_generation_checksum != prev_checksum:
+            raise LogSequenceChecksumMismatch(
+                f"the frames of generation {generation - 1} do not match the checksum "
+                f"recorded in '{entry.path}' (generation {generation})",
+                hint="a log file was altered or replaced; restore from backup",
+                path=entry.path,
+            )
+
+
+def _has_nonzero(data: bytes, offset: int) -> bool:
+    return data.count(0, offset) != len(data) - offset
+
+
+def scan_to_end(
+    fs: FileSystem,
+    inventory: LogInventory,
+    start: LogPosition,
+    *,
+    owner: str,
+    signature: Signature | None = None,
+) -> tuple[list[LogRecordEntry], ScanResult]:
+    """Convenience: every record from `start` in a list, and the scan result."""
+    scanner = LogScanner(fs, inventory, owner=owner, signature=signature)
+    records = list(scanner.records(start))
+    return records, scanner.result

@@ -1,0 +1,490 @@
+"""The log writer: generations, preallocated files, crash-safe rolls and group commit.
+
+Lifecycle of the files (all in the instance directory):
+
+    edbtmp.log  --prepared ahead by a background thread: created at full size, zero-filled, synced
+        |        roll: write the new generation's header, sync,
+        |              rename edb.log -> edbXXXXXXXX.log, rename edbtmp.log -> edb.log,
+        v              fsync the directory, then start preparing the next edbtmp.log
+    edb.log     --frames are appended; a flush overwrites preallocated bytes and fdatasyncs
+
+Invariants:
+- Positions are assigned at `append` time, under the writer's lock, in log order; a record
+  that does not fit in the current generation continues in the next one (FIRST ... LAST).
+- Group commit (leader/follower): the first waiter that finds no flush under way becomes the
+  leader, takes every appended byte, writes and syncs it, and wakes all waiters it covered.
+  Appends continue while the leader does I/O.
+- A generation is rolled only after its data is synced, so only the newest generation can end
+  with a torn frame.
+- A failed write, sync or roll makes the writer fail for good (sticky, like SQLite's pager ERROR
+  state): nothing appended after it is ever acknowledged; the instance must be reopened, and
+  recovery replays what reached the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jetstore.errors import (
+    DiskFull,
+    InvalidParameter,
+    JetError,
+    LogDiskFull,
+    LogSequenceEnd,
+    LogWriteFail,
+)
+from jetstore.format.common import Signature, now_us
+from jetstore.format.filenames import CURRENT_LOG, TEMP_LOG, generation_log_name
+from jetstore.format.logframe import (
+    KIND_FIRST,
+    KIND_FULL,
+    KIND_LAST,
+    KIND_MIDDLE,
+    accumulate,
+    encode_frame,
+    max_payload_for,
+)
+from jetstore.format.logheader import (
+    LOG_HEADER_SIZE,
+    LogFileFlags,
+    LogFileHeader,
+    encode_log_header,
+)
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import File, FileSystem
+from jetstore.io.threads import ManagedThread
+
+MIN_LOG_FILE_SIZE = 64 * 1024
+MAX_LOG_FILE_SIZE = 1024 * 1024 * 1024
+DATA_START = LOG_HEADER_SIZE
+_ZERO_CHUNK = bytes(1024 * 1024)
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """Where an existing log stream ends: what a new generation's header must link to."""
+
+    generation: int
+    created_time: int
+    end_offset: int
+    checksum: int
+    is_current_file: bool  # the newest generation is still named edb.log
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    directory: str
+    log_file_size: int
+    page_size: int
+    circular_logging: bool
+    signature: Signature
+
+    def validate(self) -> None:
+        size = self.log_file_size
+        if size < MIN_LOG_FILE_SIZE or size > MAX_LOG_FILE_SIZE or size % 4096:
+            raise InvalidParameter(
+                f"log_file_size {size} is invalid",
+                hint=f"use a multiple of 4096 between {MIN_LOG_FILE_SIZE} and "
+                f"{MAX_LOG_FILE_SIZE} bytes",
+            )
+
+
+RollCallback = Callable[[int], None]
+
+
+class LogWriter:
+    """Appends records to the log stream and makes them durable, many committers per sync."""
+
+    def __init__(self, fs: FileSystem, config: LogConfig, *, owner: str) -> None:
+        config.validate()
+        self._fs = fs
+        self._config = config
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._file_size = config.log_file_size
+        # Logical (append) state, guarded by _lock.
+        self._gen = 0
+        self._end = DATA_START
+        self._gen_checksum = 0
+        self._closed_gens: dict[int, tuple[int, int]] = {}
+        self._pending: list[tuple[int, int, bytearray]] = []
+        self._durable = LogPosition.MIN
+        self._flushing = False
+        self._failed: JetError | None = None
+        # Physical state, owned by whoever holds the flushing role.
+        self._file: File | None = None
+        self._file_gen = 0
+        self._file_created = 0
+        # Preparation of the next file, by a background thread.
+        self._prepare_request = threading.Event()
+        self._prepare_cond = threading.Condition()
+        self._prepare_state = "idle"  # idle -> preparing -> ready -> idle (taken)
+        self._prepared: File | None = None
+        self._prepared_error: JetError | None = None
+        self._preparer: ManagedThread | None = None
+        self.on_roll: RollCallback | None = None
+        # Counters.
+        self.bytes_appended = 0
+        self.records_appended = 0
+        self.flushes = 0
+        self.rolls = 0
+
+    # ----------------------------------------------------------------- start / stop
+
+    def start(self, tail: LogTail | None) -> None:
+        """Open the stream: always begins a fresh generation after `tail` (or generation 1).
+
+        Starting a new generation on every open means the previous newest file is never
+        appended to again, so whatever lies beyond its valid end (a torn flush) can never be
+        mistaken for data later: the new header records exactly where the old one ends.
+        """
+        self._preparer = ManagedThread(
+            self._fs.registry, self._owner, "jetstore-log-preparer", self._prepare_loop
+        )
+        if tail is None:
+            new_gen, prev_created, prev_end, prev_checksum = 1, 0, 0, 0
+        else:
+            if tail.generation >= 0xFFFFFFFF - 1:
+                raise LogSequenceEnd(f"log generation {tail.generation:08X} is the last one")
+            new_gen = tail.generation + 1
+            prev_created, prev_end, prev_checksum = (
+                tail.created_time,
+                tail.end_offset,
+                tail.checksum,
+            )
+        self._file_gen = tail.generation if tail is not None else 0
+        self._install_generation(
+            new_gen,
+            prev_created,
+            prev_end,
+            prev_checksum,
+            archive_current=tail is not None and tail.is_current_file,
+        )
+        self._gen = new_gen
+        self._end = DATA_START
+        self._gen_checksum = 0
+        self._durable = LogPosition(new_gen, DATA_START)
+
+    def close(self) -> None:
+        """Flush what can be flushed, then release every handle (idempotent)."""
+        try:
+            if self._failed is None and self._file is not None:
+                self.flush()
+        finally:
+            if self._preparer is not None:
+                self._preparer.close()
+                self._preparer = None
+            if self._prepared is not None:
+                self._prepared.close()
+                self._prepared = None
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def end_position(self) -> LogPosition:
+        with self._lock:
+            return LogPosition(self._gen, self._end)
+
+    @property
+    def durable_position(self) -> LogPosition:
+        return self._durable
+
+    @property
+    def current_generation(self) -> int:
+        return self._gen
+
+    @property
+    def failed(self) -> JetError | None:
+        return self._failed
+
+    @property
+    def signature(self) -> Signature:
+        return self._config.signature
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    def _raise_failed(self) -> None:
+        failed = self._failed
+        assert failed is not None
+        if isinstance(failed, LogDiskFull | LogWriteFail):
+            raise type(failed)(failed.detail, hint=failed.hint, path=failed.path) from failed
+        raise LogWriteFail(
+            f"the log can no longer be written ({failed})",
+            hint="the instance stopped logging after an I/O error; fix the cause, then close "
+            "and reopen the instance (recovery replays what reached the disk)",
+        ) from failed
+
+    # ----------------------------------------------------------------- append
+
+    def append(self, payload: bytes) -> LogPosition:
+        """Give `payload` its place in the log; returns the position just after it."""
+        with self._lock:
+            if self._failed is not None:
+                self._raise_failed()
+            done = 0
+            total = len(payload)
+            file_size = self._file_size
+            while True:
+                space = file_size - self._end
+                capacity = max_payload_for(space)
+                if capacity < 1:
+                    self._close_generation()
+                    continue
+                take = min(capacity, total - done)
+                last = done + take == total
+                if done == 0:
+                    kind = KIND_FULL if last else KIND_FIRST
+                    piece = payload if last else payload[:take]
+                else:
+                    kind = KIND_LAST if last else KIND_MIDDLE
+                    piece = payload[done : done + take]
+                durable = self._durable
+                durable_before = durable.offset if durable.generation == self._gen else DATA_START
+                frame, crc = encode_frame(self._gen, self._end, durable_before, kind, piece)
+                self._add_pending(self._gen, self._end, frame)
+                self._gen_checksum = accumulate(self._gen_checksum, crc)
+                self._end += len(frame)
+                done += take
+                if last:
+                    break
+                self._close_generation()
+            self.bytes_appended += len(payload)
+            self.records_appended += 1
+            return LogPosition(self._gen, self._end)
+
+    def _add_pending(self, gen: int, offset: int, frame: bytes) -> None:
+        pending = self._pending
+        if pending:
+            last_gen, last_offset, buffer = pending[-1]
+            if last_gen == gen and last_offset + len(buffer) == offset:
+                buffer += frame
+                return
+        pending.append((gen, offset, bytearray(frame)))
+
+    def _close_generation(self) -> None:
+        if self._gen >= 0xFFFFFFFF - 1:
+            raise LogSequenceEnd(f"log generation {self._gen:08X} is the last one")
+        self._closed_gens[self._gen] = (self._end, self._gen_checksum)
+        self._gen += 1
+        self._end = DATA_START
+        self._gen_checksum = 0
+
+    # ----------------------------------------------------------------- durability
+
+    def wait_durable(self, target: LogPosition) -> None:
+        """Return once everything before `target` is on stable storage (group commit)."""
+        if self._durable >= target and self._failed is None:
+            return
+        with self._cond:
+            while True:
+                if self._failed is not None:
+                    self._raise_failed()
+                if self._durable >= target:
+                    return
+                if not self._flushing:
+                    break
+                self._cond.wait()
+            self._flushing = True
+            chunks = self._pending
+            self._pending = []
+            end = LogPosition(self._gen, self._end)
+            closed = {g: info for g, info in self._closed_gens.items() if g < end.generation}
+        try:
+            self._write_chunks(chunks, closed)
+        except JetError as exc:
+            with self._cond:
+                if isinstance(exc, DiskFull):
+                    self._failed = LogDiskFull(
+                        f"the log volume is full ({exc.detail})",
+                        hint="free space on the volume holding the logs, then reopen the "
+                        "instance; no acknowledged commit is lost",
+                        path=exc.path,
+                    )
+                else:
+                    self._failed = exc
+                self._flushing = False
+                self._cond.notify_all()
+            self._raise_failed()
+        except BaseException:
+            with self._cond:
+                self._failed = LogWriteFail("the log writer was interrupted")
+                self._flushing = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if end > self._durable:
+                self._durable = end
+            for g in closed:
+                self._closed_gens.pop(g, None)
+            self._flushing = False
+            self.flushes += 1
+            self._cond.notify_all()
+
+    def flush(self) -> LogPosition:
+        """Make everything appended so far durable; returns the durable position."""
+        end = self.end_position
+        self.wait_durable(end)
+        return end
+
+    def needs_flush(self) -> bool:
+        return self._durable < LogPosition(self._gen, self._end) and self._failed is None
+
+    def _write_chunks(
+        self, chunks: list[tuple[int, int, bytearray]], closed: dict[int, tuple[int, int]]
+    ) -> None:
+        file = self._file
+        assert file is not None
+        for gen, offset, data in chunks:
+            while gen > self._file_gen:
+                # Every byte of the current generation reaches the disk before the roll, so
+                # only the newest generation can ever end with a torn frame.
+                file.fdatasync()
+                prev_end, prev_checksum = closed[self._file_gen]
+                self._roll(prev_end, prev_checksum)
+                file = self._file
+                assert file is not None
+            file.pwrite(data, offset)
+        file.fdatasync()
+
+    # ----------------------------------------------------------------- rolls
+
+    def _roll(self, prev_end: int, prev_checksum: int) -> None:
+        new_gen = self._file_gen + 1
+        self._install_generation(
+            new_gen, self._file_created, prev_end, prev_checksum, archive_current=True
+        )
+        self.rolls += 1
+        callback = self.on_roll
+        if callback is not None:
+            callback(new_gen)
+
+    def _install_generation(
+        self,
+        generation: int,
+        prev_created: int,
+        prev_end: int,
+        prev_checksum: int,
+        *,
+        archive_current: bool,
+    ) -> None:
+        directory = self._config.directory
+        tmp = self._take_prepared()
+        created = now_us()
+        if created <= prev_created:
+            created = prev_created + 1  # the chain link must be unique even if clocks step
+        header = LogFileHeader(
+            generation=generation,
+            log_signature=self._config.signature,
+            created_time=created,
+            previous_generation_created_time=prev_created,
+            previous_generation_end=prev_end,
+            previous_generation_checksum=prev_checksum,
+            log_file_size=self._file_size,
+            data_start=DATA_START,
+            page_size=self._config.page_size,
+            flags=(
+                LogFileFlags.CIRCULAR_LOGGING
+                if self._config.circular_logging
+                else LogFileFlags.NONE
+            ),
+        )
+        try:
+            tmp.pwrite(encode_log_header(header), 0)
+            tmp.fdatasync()
+            current_path = os.path.join(directory, CURRENT_LOG)
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if archive_current:
+                self._fs.rename(
+                    current_path, os.path.join(directory, generation_log_name(self._file_gen))
+                )
+            self._fs.rename(os.path.join(directory, TEMP_LOG), current_path)
+            self._fs.fsync_directory(directory, owner=self._owner)
+        except BaseException:
+            tmp.close()
+            raise
+        tmp.path = current_path
+        self._file = tmp
+        self._file_gen = generation
+        self._file_created = created
+        self._request_prepare()
+
+    def _request_prepare(self) -> None:
+        with self._prepare_cond:
+            if self._prepare_state == "idle":
+                self._prepare_state = "preparing"
+                self._prepare_request.set()
+
+    def _take_prepared(self) -> File:
+        """The prepared `edbtmp.log`, waiting for the preparer if it is still at work.
+
+        Only one preparation is ever under way and none starts until the previous file was
+        taken and renamed, so the preparer never touches a file the roll is renaming.
+        """
+        preparer = self._preparer
+        if preparer is None:
+            raise LogWriteFail("the log writer is closed")
+        self._request_prepare()
+        with self._prepare_cond:
+            while self._prepare_state == "preparing":
+                self._prepare_cond.wait(0.5)
+                if self._prepare_state == "preparing" and not preparer.alive:
+                    raise LogWriteFail("the log file preparer thread stopped")
+            error, file = self._prepared_error, self._prepared
+            self._prepared_error, self._prepared = None, None
+            self._prepare_state = "idle"
+        if error is not None:
+            raise error
+        assert file is not None
+        return file
+
+    def _prepare_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self._prepare_request.wait(0.2):
+                continue
+            self._prepare_request.clear()
+            if stop.is_set():
+                return
+            file: File | None = None
+            error: JetError | None = None
+            try:
+                file = self._prepare_file()
+            except JetError as exc:
+                error = exc
+            with self._prepare_cond:
+                self._prepared, self._prepared_error = file, error
+                self._prepare_state = "ready"
+                self._prepare_cond.notify_all()
+
+    def _prepare_file(self) -> File:
+        """Create `edbtmp.log` at full size, every byte written once, synced.
+
+        Overwriting an already-written file later costs about half the sync time of an
+        append that grows the file, which is what every commit pays.
+        """
+        path = os.path.join(self._config.directory, TEMP_LOG)
+        file = self._fs.open(path, owner=self._owner, create=True)
+        try:
+            file.truncate(0)
+            offset = 0
+            while offset < self._file_size:
+                chunk = min(len(_ZERO_CHUNK), self._file_size - offset)
+                file.pwrite(
+                    _ZERO_CHUNK[:chunk] if chunk < len(_ZERO_CHUNK) else _ZERO_CHUNK, offset
+                )
+                offset += chunk
+            file.fdatasync()
+        except BaseException:
+            file.close()
+            raise
+        return file

@@ -1,0 +1,995 @@
+"""The persistent (copy-on-write) B+tree over bytes keys and values (design decision D2).
+
+This module owns the tree algorithms and the node page format; it does no I/O. Pages are read
+through a `NodeStore` (the page file's node cache in the engine, `MemoryNodeStore` in tests) and
+written by the checkpointer, which uses `dirty_nodes_postorder`, `encode_node` and `swizzle`.
+
+Nodes
+-----
+A `Node` is a plain Python object. A leaf holds sorted `keys` and their `values`; a branch holds
+`keys` and `children` with ``len(children) == len(keys) + 1``; every key of ``children[i]`` is
+``< keys[i]`` and every key of ``children[i + 1]`` is ``>= keys[i]`` (lookups choose
+``children[bisect_right(keys, key)]``). Separators are the shortest prefix of the right
+subtree's smallest key that is still greater than the left subtree's largest key, so branches
+stay dense whatever the key length. A child is either a `Node` or the int page number of a node
+that lives on disk and is loaded through the store.
+
+Invariants and why
+------------------
+- Published nodes are immutable: readers (`lookup`, `iterate`) walk a root without locks and see
+  exactly the tree that root was published with, forever. A `Mutation` with epoch E changes in
+  place only the nodes it created (``owner == E`` and not yet written); every other node on the
+  way is copied first (path copying), and when the copy replaces a written node that node's page
+  number goes to `freed` (once), for the engine to reuse when no durable header and no reader
+  can reach it any more (D4).
+- The only writes allowed on a published node are semantically neutral ones done by the
+  checkpointer: setting `pgno` of a dirty node, and `swizzle` (a child `Node` replaced by the
+  page number it was written to: a single list-item store, atomic under the GIL).
+- A written node never points to a dirty one (the checkpointer writes children first), so the
+  dirty nodes of a tree form a subtree at its root.
+- Every node fits one page when encoded: ``nbytes <= payload_capacity(page_size)``, where
+  `nbytes` is the node's encoded payload size, maintained incrementally. Each leaf entry
+  (``LEAF_ENTRY_OVERHEAD`` + key + value) is at most `max_entry_size(page_size)`, so any two
+  entries share a page and a split at the byte midpoint always yields two fitting halves; keys
+  are at most `MAX_KEY_SIZE` bytes, so a branch always holds at least three separators.
+- All leaves are at the same depth. A non-root node is never empty; a node that shrinks below
+  `min_fill(page_size)` merges with a sibling, or takes entries from it when both do not fit
+  one page; a branch root left with one child is replaced by that child; an empty tree is the
+  root None.
+
+Node page payloads (inside the page envelope of `jetstore.format.page`; the header's entry
+count is the number of keys; all integers little-endian). The lengths come first so a decoder
+reads all of them with one `struct` call:
+
+```
+leaf (page type 2), n entries:
+  n x (key length u16, value length u32)
+  key 0, value 0, key 1, value 1, ... (bytes, in key order)
+branch (page type 1), n keys, n + 1 children:
+  (n + 1) x child pgno u64
+  n x key length u16
+  key 0, key 1, ... (bytes)
+```
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from itertools import accumulate, pairwise
+from typing import Final, NoReturn, Protocol, final
+
+from jetstore.errors import DatabaseCorrupted, InvalidParameter, JetError, PageNotInitialized
+from jetstore.format.page import PAGE_HEADER_SIZE, PageType, encode_page, payload_capacity
+from jetstore.format.page import verify_page as _verify_page
+
+__all__ = [
+    "BRANCH_ENTRY_OVERHEAD",
+    "LEAF_ENTRY_OVERHEAD",
+    "MAX_KEY_SIZE",
+    "MemoryNodeStore",
+    "Mutation",
+    "Node",
+    "NodeStore",
+    "TreeStats",
+    "count_entries",
+    "decode_node",
+    "dirty_nodes_postorder",
+    "encode_node",
+    "iter_nodes",
+    "iterate",
+    "lookup",
+    "max_entry_size",
+    "min_fill",
+    "swizzle",
+    "verify_tree",
+]
+
+MAX_KEY_SIZE: Final = 1024
+#: Encoded bytes per leaf entry besides the key and value: key length u16, value length u32.
+LEAF_ENTRY_OVERHEAD: Final = 6
+#: Encoded bytes per branch separator besides the key: key length u16 and one more child u64.
+BRANCH_ENTRY_OVERHEAD: Final = 10
+#: Encoded bytes of a branch without separators (its first child).
+_BRANCH_BASE: Final = 8
+
+
+def max_entry_size(page_size: int) -> int:
+    """Largest encoded leaf entry (``LEAF_ENTRY_OVERHEAD + len(key) + len(value)``)."""
+    return payload_capacity(page_size) // 2
+
+
+def min_fill(page_size: int) -> int:
+    """A non-root node whose payload falls below this many bytes is rebalanced."""
+    return payload_capacity(page_size) // 4
+
+
+@final
+class Node:
+    """One B+tree node; see the module docstring for the invariants.
+
+    For a leaf `children` is empty; for a branch `values` is empty.
+    """
+
+    __slots__ = ("children", "keys", "leaf", "nbytes", "owner", "pgno", "values")
+
+    leaf: bool
+    keys: list[bytes]
+    values: list[bytes]
+    children: list[Node | int]
+    pgno: int | None
+    owner: int
+    nbytes: int
+
+    def __init__(
+        self,
+        leaf: bool,
+        keys: list[bytes],
+        values: list[bytes],
+        children: list[Node | int],
+        pgno: int | None,
+        owner: int,
+        nbytes: int,
+    ) -> None:
+        self.leaf = leaf
+        self.keys = keys
+        self.values = values
+        self.children = children
+        self.pgno = pgno
+        self.owner = owner
+        self.nbytes = nbytes
+
+    @classmethod
+    def new_leaf(
+        cls, keys: list[bytes], values: list[bytes], *, owner: int = 0, pgno: int | None = None
+    ) -> Node:
+        """A leaf with `nbytes` computed from its entries."""
+        nbytes = LEAF_ENTRY_OVERHEAD * len(keys) + sum(map(len, keys)) + sum(map(len, values))
+        return cls(True, keys, values, [], pgno, owner, nbytes)
+
+    @classmethod
+    def new_branch(
+        cls,
+        keys: list[bytes],
+        children: list[Node | int],
+        *,
+        owner: int = 0,
+        pgno: int | None = None,
+    ) -> Node:
+        """A branch with `nbytes` computed from its separators."""
+        return cls(False, keys, [], children, pgno, owner, _branch_size(keys))
+
+    def __repr__(self) -> str:
+        kind = "leaf" if self.leaf else "branch"
+        return (
+            f"<Node {kind} keys={len(self.keys)} nbytes={self.nbytes} pgno={self.pgno} "
+            f"owner={self.owner}>"
+        )
+
+
+def _branch_size(keys: list[bytes]) -> int:
+    return _BRANCH_BASE + BRANCH_ENTRY_OVERHEAD * len(keys) + sum(map(len, keys))
+
+
+class NodeStore(Protocol):
+    """Where a tree's on-disk nodes come from (the engine's node cache, or a test store)."""
+
+    page_size: int
+
+    def load(self, pgno: int) -> Node:
+        """The node written at `pgno`, with `pgno` set and `owner` 0.
+
+        The same object may be returned to many callers: it must never be changed.
+        """
+        ...
+
+
+# --- node page codec ---------------------------------------------------------------------
+
+_LEAF_DIRS: dict[int, struct.Struct] = {}
+_BRANCH_DIRS: dict[int, struct.Struct] = {}
+_NO_CHILDREN_MSG: Final = "a branch page with no separator"
+
+
+def _leaf_dir(n: int) -> struct.Struct:
+    s = _LEAF_DIRS.get(n)
+    if s is None:
+        s = _LEAF_DIRS[n] = struct.Struct("<" + "HI" * n)
+    return s
+
+
+def _branch_dir(n: int) -> struct.Struct:
+    s = _BRANCH_DIRS.get(n)
+    if s is None:
+        s = _BRANCH_DIRS[n] = struct.Struct(f"<{n + 1}Q{n}H")
+    return s
+
+
+def encode_node(node: Node, page_size: int, pgno: int, checkpoint_seq: int) -> bytes:
+    """The page image of `node` written at `pgno` (the node itself is not changed).
+
+    Every child of a branch must be a page number or a node with `pgno` set.
+    """
+    keys = node.keys
+    n = len(keys)
+    if node.leaf:
+        values = node.values
+        if len(values) != n:
+            raise InvalidParameter(f"leaf for page {pgno} has {n} keys but {len(values)} values")
+        body: list[bytes] = [b""] * (2 * n)
+        body[0::2] = keys
+        body[1::2] = values
+        try:
+            directory = _leaf_dir(n).pack(*map(len, body))
+        except struct.error:
+            raise InvalidParameter(f"an entry of the leaf for page {pgno} is too long") from None
+        payload = directory + b"".join(body)
+        page_type = PageType.LEAF
+    else:
+        children = node.children
+        if len(children) != n + 1:
+            raise InvalidParameter(
+                f"branch for page {pgno} has {n} keys but {len(children)} children"
+            )
+        if n == 0:
+            raise InvalidParameter(f"{_NO_CHILDREN_MSG} cannot be written (page {pgno})")
+        child_pgnos = [c.pgno if type(c) is Node else c for c in children]
+        if None in child_pgnos:
+            raise InvalidParameter(
+                f"branch for page {pgno} has a child without a page number: write children "
+                "before their parent"
+            )
+        try:
+            directory = _branch_dir(n).pack(*child_pgnos, *map(len, keys))
+        except struct.error:
+            raise InvalidParameter(f"a key of the branch for page {pgno} is too long") from None
+        payload = directory + b"".join(keys)
+        page_type = PageType.BRANCH
+    return encode_page(pgno, page_type, n, payload, page_size, checkpoint_seq)
+
+
+def decode_node(
+    pgno: int, data: bytes | bytearray | memoryview, *, path: str = "", page_size: int | None = None
+) -> Node:
+    """The node stored in page `pgno` (verified), with `pgno` set and `owner` 0.
+
+    Any malformed page raises a `JetError` naming the page (`DatabaseCorrupted` for a bad
+    payload, the page-envelope errors of `jetstore.format.page` for a bad page).
+    """
+    page, page_type, n, _seq, plen = _verify_page(pgno, data, path=path, page_size=page_size)
+    try:
+        if page_type == PageType.LEAF:
+            return _decode_leaf(pgno, page, n, plen, path)
+        if page_type == PageType.BRANCH:
+            return _decode_branch(pgno, page, n, plen, path)
+    except JetError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
+        raise _corrupt(pgno, path, f"malformed node payload ({exc})") from None
+    raise _corrupt(pgno, path, f"is a {page_type.name} page, not a B+tree node")
+
+
+def _corrupt(pgno: int, path: str, what: str) -> DatabaseCorrupted:
+    where = f"page {pgno} of {path!r}" if path else f"page {pgno}"
+    return DatabaseCorrupted(f"{where}: {what}", path=path or None)
+
+
+def _decode_leaf(pgno: int, page: bytes, n: int, plen: int, path: str) -> Node:
+    start = PAGE_HEADER_SIZE + 6 * n
+    end = PAGE_HEADER_SIZE + plen
+    if start > end:
+        raise _corrupt(pgno, path, f"leaf directory of {n} entries exceeds the payload")
+    if n == 0:
+        if plen:
+            raise _corrupt(pgno, path, "empty leaf with a non-empty payload")
+        return Node(True, [], [], [], pgno, 0, 0)
+    lens = _leaf_dir(n).unpack_from(page, PAGE_HEADER_SIZE)
+    if sum(lens) != end - start:
+        raise _corrupt(pgno, path, "leaf entry lengths do not add up to the payload length")
+    if max(lens[0::2]) > MAX_KEY_SIZE:
+        raise _corrupt(pgno, path, f"leaf key longer than {MAX_KEY_SIZE} bytes")
+    # One struct call slices every key and value in C: decoding speed bounds cold reads. A
+    # one-off Struct (not struct.unpack_from's format cache) keeps other modules' cached
+    # formats from being evicted by these never-repeating ones.
+    if lens[0::2].count(lens[0]) == n and lens[1::2].count(lens[1]) == n:
+        # Fixed-size entries (common for index and catalog keys): no per-field formatting.
+        layout = "<" + f"{lens[0]}s{lens[1]}s" * n
+    else:
+        layout = "<" + "%ds" * (2 * n) % lens
+    fields = struct.Struct(layout).unpack_from(page, start)
+    keys = list(fields[0::2])
+    values = list(fields[1::2])
+    return Node(True, keys, values, [], pgno, 0, plen)
+
+
+def _decode_branch(pgno: int, page: bytes, n: int, plen: int, path: str) -> Node:
+    if n == 0:
+        raise _corrupt(pgno, path, _NO_CHILDREN_MSG)
+    start = PAGE_HEADER_SIZE + 10 * n + 8
+    end = PAGE_HEADER_SIZE + plen
+    if start > end:
+        raise _corrupt(pgno, path, f"branch directory of {n} keys exceeds the payload")
+    fields = _branch_dir(n).unpack_from(page, PAGE_HEADER_SIZE)
+    children: list[Node | int] = list(fields[: n + 1])
+    klens = fields[n + 1 :]
+    if sum(klens) != end - start:
+        raise _corrupt(pgno, path, "branch key lengths do not add up to the payload length")
+    if max(klens) > MAX_KEY_SIZE:
+        raise _corrupt(pgno, path, f"branch key longer than {MAX_KEY_SIZE} bytes")
+    if pgno in children:
+        raise _corrupt(pgno, path, "branch page names itself as a child")
+    keys = list(struct.Struct("<" + "%ds" * n % klens).unpack_from(page, start))
+    return Node(False, keys, [], children, pgno, 0, plen)
+
+
+# --- readers (any published root, no locks) ----------------------------------------------
+
+
+def lookup(store: NodeStore, root: Node | None, key: bytes) -> bytes | None:
+    """The value stored under `key` in the tree at `root`, or None."""
+    node = root
+    if node is None:
+        return None
+    while not node.leaf:
+        child = node.children[bisect_right(node.keys, key)]
+        node = child if type(child) is Node else store.load(child)
+    keys = node.keys
+    i = bisect_left(keys, key)
+    if i != len(keys) and keys[i] == key:
+        return node.values[i]
+    return None
+
+
+def iterate(
+    store: NodeStore,
+    root: Node | None,
+    start: bytes | None = None,
+    stop: bytes | None = None,
+    reverse: bool = False,
+) -> Iterator[tuple[bytes, bytes]]:
+    """Lazily yield (key, value) for ``start <= key < stop`` in key order (or reversed).
+
+    None bounds are unbounded. The generator only reads immutable nodes, so it keeps yielding
+    the tree of `root` while other threads publish new roots or checkpoint.
+    """
+    if root is None or (start is not None and stop is not None and start >= stop):
+        return
+    if reverse:
+        yield from _iterate_reverse(store, root, start, stop)
+    else:
+        yield from _iterate_forward(store, root, start, stop)
+
+
+def _iterate_forward(
+    store: NodeStore, root: Node, start: bytes | None, stop: bytes | None
+) -> Iterator[tuple[bytes, bytes]]:
+    stack: list[tuple[Node, int]] = []
+    node = root
+    while not node.leaf:
+        i = 0 if start is None else bisect_right(node.keys, start)
+        stack.append((node, i))
+        child = node.children[i]
+        node = child if type(child) is Node else store.load(child)
+    lo = 0 if start is None else bisect_left(node.keys, start)
+    while True:
+        keys = node.keys
+        if stop is None or not keys or keys[-1] < stop:
+            hi = len(keys)
+            done = False
+        else:
+            hi = bisect_left(keys, stop)
+            done = True
+        if lo < hi:
+            yield from zip(keys[lo:hi], node.values[lo:hi], strict=True)
+        if done:
+            return
+        lo = 0
+        # Climb to the nearest ancestor with a child to the right, then take its leftmost leaf.
+        while stack:
+            parent, i = stack.pop()
+            if i + 1 < len(parent.children):
+                i += 1
+                break
+        else:
+            return
+        while True:
+            stack.append((parent, i))
+            child = parent.children[i]
+            node = child if type(child) is Node else store.load(child)
+            if node.leaf:
+                break
+            parent, i = node, 0
+
+
+def _iterate_reverse(
+    store: NodeStore, root: Node, start: bytes | None, stop: bytes | None
+) -> Iterator[tuple[bytes, bytes]]:
+    stack: list[tuple[Node, int]] = []
+    node = root
+    while not node.leaf:
+        # keys[i] <= every key of children[i + 1], so children past bisect_left(keys, stop)
+        # hold only keys >= stop.
+        i = len(node.keys) if stop is None else bisect_left(node.keys, stop)
+        stack.append((node, i))
+        child = node.children[i]
+        node = child if type(child) is Node else store.load(child)
+    hi = len(node.keys) if stop is None else bisect_left(node.keys, stop)
+    while True:
+        keys = node.keys
+        if start is None or not keys or keys[0] >= start:
+            lo = 0
+            done = False
+        else:
+            lo = bisect_left(keys, start)
+            done = True
+        if lo < hi:
+            yield from zip(reversed(keys[lo:hi]), reversed(node.values[lo:hi]), strict=True)
+        if done:
+            return
+        while stack:
+            parent, i = stack.pop()
+            if i > 0:
+                i -= 1
+                break
+        else:
+            return
+        while True:
+            stack.append((parent, i))
+            child = parent.children[i]
+            node = child if type(child) is Node else store.load(child)
+            if node.leaf:
+                break
+            parent, i = node, len(node.children) - 1
+        hi = len(node.keys)
+
+
+def iter_nodes(store: NodeStore, root: Node | None) -> Iterator[Node]:
+    """Every node of the tree at `root`, parents before children (on-disk ones are loaded)."""
+    if root is None:
+        return
+    stack: list[Node] = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        if not node.leaf:
+            for child in reversed(node.children):
+                stack.append(child if type(child) is Node else store.load(child))
+
+
+def count_entries(store: NodeStore, root: Node | None) -> int:
+    """The number of keys in the tree at `root` (walks every leaf)."""
+    return sum(len(node.keys) for node in iter_nodes(store, root) if node.leaf)
+
+
+# --- checkpointer helpers ----------------------------------------------------------------
+
+
+def dirty_nodes_postorder(root: Node | None) -> list[tuple[Node, Node | None, int]]:
+    """Every never-written node of the tree at `root`, children before parents.
+
+    Each item is (node, parent, index of node in parent.children); the root comes last, with
+    parent None and index -1. Written nodes are not descended into: they cannot reach a dirty
+    node.
+    """
+    out: list[tuple[Node, Node | None, int]] = []
+    if root is None or root.pgno is not None:
+        return out
+    # (node, parent, index, next child to visit), in left-to-right post-order so that sibling
+    # leaves receive ascending page numbers.
+    stack: list[tuple[Node, Node | None, int]] = [(root, None, -1)]
+    positions: list[int] = [0]
+    while stack:
+        node, parent, index = stack[-1]
+        pos = positions[-1]
+        children = node.children
+        while pos < len(children):
+            child = children[pos]
+            if type(child) is Node and child.pgno is None:
+                break
+            pos += 1
+        if pos < len(children):
+            positions[-1] = pos + 1
+            child = children[pos]
+            assert type(child) is Node
+            stack.append((child, node, pos))
+            positions.append(0)
+        else:
+            stack.pop()
+            positions.pop()
+            out.append((node, parent, index))
+    return out
+
+
+def swizzle(parent: Node, index: int, pgno: int) -> None:
+    """Replace the written child node ``parent.children[index]`` by its page number `pgno`.
+
+    Semantically neutral, so it is allowed on published nodes: readers then load the child
+    through the store. The child must already carry that page number.
+    """
+    child = parent.children[index]
+    current = child.pgno if type(child) is Node else child
+    if current != pgno:
+        raise InvalidParameter(
+            f"cannot swizzle child {index} to page {pgno}: it is stored at page {current}"
+        )
+    parent.children[index] = pgno
+
+
+# --- mutation ----------------------------------------------------------------------------
+
+
+def _separator(lo: bytes, hi: bytes) -> bytes:
+    """The shortest prefix of `hi` that is greater than `lo` (requires lo < hi)."""
+    n = min(len(lo), len(hi))
+    if lo[:n] == hi[:n]:
+        common = n
+    else:
+        # Binary search on slice equality: log(n) C-level compares instead of a byte loop.
+        a, b = 0, n - 1
+        while a < b:
+            mid = (a + b + 1) // 2
+            if lo[:mid] == hi[:mid]:
+                a = mid
+            else:
+                b = mid - 1
+        common = a
+    return hi[: common + 1]
+
+
+def _leaf_split_point(keys: list[bytes], values: list[bytes], total: int) -> tuple[int, int]:
+    """(m, size of keys[:m]): the boundary nearest the byte midpoint, both sides non-empty."""
+    n = len(keys)
+    prefix = list(
+        accumulate(
+            map(int.__add__, map(len, keys), map(len, values)),
+            lambda acc, size: acc + size + LEAF_ENTRY_OVERHEAD,
+            initial=0,
+        )
+    )
+    # prefix[m] is the size of the first m entries.
+    j = bisect_left(prefix, (total + 1) // 2)
+    best_m = -1
+    best_cost = best_left = 0
+    for m in (j - 1, j):
+        if 1 <= m <= n - 1:
+            left = prefix[m]
+            cost = max(left, total - left)
+            if best_m < 0 or cost < best_cost:
+                best_m, best_cost, best_left = m, cost, left
+    return best_m, best_left
+
+
+def _branch_split_point(keys: list[bytes], total: int) -> tuple[int, int, int]:
+    """(m, left size, right size) for pushing keys[m] up; both sides keep a separator."""
+    n = len(keys)
+    best = (-1, 0, 0)
+    best_cost = -1
+    before = 0  # encoded size of the separators left of m
+    for m in range(n - 1):
+        entry = BRANCH_ENTRY_OVERHEAD + len(keys[m])
+        if m >= 1:
+            left = _BRANCH_BASE + before
+            right = total - before - entry
+            cost = max(left, right)
+            if best_cost < 0 or cost < best_cost:
+                best, best_cost = (m, left, right), cost
+            elif left > right:
+                break  # past the midpoint: the cost only grows from here
+        before += entry
+    if best[0] < 0:
+        raise AssertionError(f"cannot split a branch of {n} separators")
+    return best
+
+
+class Mutation:
+    """One write batch over a tree: changes a private copy of the path, then `root` is published.
+
+    `epoch` identifies the nodes this mutation creates (must be > 0 and unique per mutation);
+    they are changed in place, everything else is copied first. Page numbers of written nodes
+    that the new tree no longer uses are appended to `freed`, each once.
+    """
+
+    __slots__ = ("_capacity", "_epoch", "_freed", "_max_entry", "_min_fill", "_root", "_store")
+
+    def __init__(self, store: NodeStore, root: Node | None, epoch: int, freed: list[int]) -> None:
+        if epoch <= 0:
+            # Nodes loaded from disk have owner 0: epoch 0 would change them in place.
+            raise InvalidParameter(f"mutation epoch must be positive, got {epoch}")
+        self._store = store
+        self._root = root
+        self._epoch = epoch
+        self._freed = freed
+        self._capacity = payload_capacity(store.page_size)
+        self._max_entry = max_entry_size(store.page_size)
+        self._min_fill = min_fill(store.page_size)
+
+    @property
+    def root(self) -> Node | None:
+        """The root of the tree with this mutation's changes (None: empty tree)."""
+        return self._root
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def freed(self) -> list[int]:
+        return self._freed
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value under `key`, including this mutation's own changes."""
+        return lookup(self._store, self._root, key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Insert or replace `key`."""
+        if type(key) is not bytes or type(value) is not bytes:
+            key, value = _as_bytes(key, "key"), _as_bytes(value, "value")
+        size = LEAF_ENTRY_OVERHEAD + len(key) + len(value)
+        if size > self._max_entry or len(key) > MAX_KEY_SIZE:
+            self._reject(key, value)
+        epoch = self._epoch
+        node = self._root
+        if node is None:
+            self._root = Node(True, [key], [value], [], None, epoch, size)
+            return
+        if node.owner != epoch or node.pgno is not None:
+            node = self._root = self._copy(node)
+        path: list[Node] = []
+        indexes: list[int] = []
+        while not node.leaf:
+            i = bisect_right(node.keys, key)
+            child = node.children[i]
+            if type(child) is not Node:
+                child = self._copy(self._store.load(child))
+                node.children[i] = child
+            elif child.owner != epoch or child.pgno is not None:
+                child = self._copy(child)
+                node.children[i] = child
+            path.append(node)
+            indexes.append(i)
+            node = child
+        keys = node.keys
+        i = bisect_left(keys, key)
+        if i != len(keys) and keys[i] == key:
+            values = node.values
+            node.nbytes += len(value) - len(values[i])
+            values[i] = value
+        else:
+            keys.insert(i, key)
+            node.values.insert(i, value)
+            node.nbytes += size
+        nbytes = node.nbytes
+        if nbytes > self._capacity or (nbytes < self._min_fill and path):
+            self._fix(node, path, indexes)
+
+    def delete(self, key: bytes) -> bool:
+        """Remove `key`; False (and nothing copied or freed) when it is absent."""
+        if lookup(self._store, self._root, key) is None:
+            return False
+        node = self._root
+        assert node is not None
+        if node.owner != self._epoch or node.pgno is not None:
+            node = self._root = self._copy(node)
+        path: list[Node] = []
+        indexes: list[int] = []
+        while not node.leaf:
+            i = bisect_right(node.keys, key)
+            child = self._own_child(node, i)
+            path.append(node)
+            indexes.append(i)
+            node = child
+        i = bisect_left(node.keys, key)
+        k = node.keys.pop(i)
+        v = node.values.pop(i)
+        node.nbytes -= LEAF_ENTRY_OVERHEAD + len(k) + len(v)
+        if path:
+            if node.nbytes < self._min_fill:
+                self._fix(node, path, indexes)
+        elif not node.keys:
+            self._root = None
+        return True
+
+    # -- internals --
+
+    def _reject(self, key: bytes, value: bytes) -> NoReturn:
+        if len(key) > MAX_KEY_SIZE:
+            raise InvalidParameter(
+                f"key of {len(key)} bytes is longer than the maximum of {MAX_KEY_SIZE}"
+            )
+        raise InvalidParameter(
+            f"entry of {len(key)}-byte key and {len(value)}-byte value needs "
+            f"{LEAF_ENTRY_OVERHEAD + len(key) + len(value)} bytes, more than the "
+            f"{self._max_entry} a {self._store.page_size}-byte page allows per entry",
+            hint="Store long values outside the tree (the tables layer's long-value store).",
+        )
+
+    def _copy(self, node: Node) -> Node:
+        if node.pgno is not None:
+            self._freed.append(node.pgno)
+        # The unused one of values/children is empty, so copying both costs nothing.
+        return Node(
+            node.leaf,
+            node.keys.copy(),
+            node.values.copy(),
+            node.children.copy(),
+            None,
+            self._epoch,
+            node.nbytes,
+        )
+
+    def _owned(self, node: Node) -> bool:
+        return node.owner == self._epoch and node.pgno is None
+
+    def _child(self, parent: Node, index: int) -> Node:
+        child = parent.children[index]
+        return child if type(child) is Node else self._store.load(child)
+
+    def _own_child(self, parent: Node, index: int) -> Node:
+        """parent.children[index], copied into this mutation if needed (parent is owned)."""
+        child = self._child(parent, index)
+        if not self._owned(child):
+            child = self._copy(child)
+            parent.children[index] = child
+        return child
+
+    def _discard(self, node: Node) -> None:
+        if node.pgno is not None:
+            self._freed.append(node.pgno)
+
+    def _fix(self, node: Node, path: list[Node], indexes: list[int]) -> None:
+        """Restore the size invariants upward from `node`, the changed end of `path`.
+
+        Each level changes its parent by at most one separator (added by a split, removed by a
+        merge, replaced by a redistribution), so a split always yields two fitting halves.
+        """
+        capacity = self._capacity
+        low = self._min_fill
+        while path:
+            parent = path.pop()
+            index = indexes.pop()
+            if node.nbytes > capacity:
+                separator, right = self._split(node)
+                parent.keys.insert(index, separator)
+                parent.children.insert(index + 1, right)
+                parent.nbytes += BRANCH_ENTRY_OVERHEAD + len(separator)
+            elif node.nbytes < low:
+                self._rebalance(parent, index, node)
+            else:
+                return
+            node = parent
+        # `node` is the root.
+        if node.nbytes > capacity:
+            separator, right = self._split(node)
+            self._root = Node(
+                False,
+                [separator],
+                [],
+                [node, right],
+                None,
+                self._epoch,
+                _BRANCH_BASE + BRANCH_ENTRY_OVERHEAD + len(separator),
+            )
+        elif node.leaf:
+            if not node.keys:
+                self._root = None
+        else:
+            while not node.leaf and not node.keys:
+                node = self._child(node, 0)
+            self._root = node
+
+    def _split(self, node: Node) -> tuple[bytes, Node]:
+        """Move the upper half (by bytes) of `node` to a new right sibling."""
+        keys = node.keys
+        if node.leaf:
+            values = node.values
+            m, left = _leaf_split_point(keys, values, node.nbytes)
+            right = Node(True, keys[m:], values[m:], [], None, self._epoch, node.nbytes - left)
+            del keys[m:], values[m:]
+            node.nbytes = left
+            return _separator(keys[-1], right.keys[0]), right
+        children = node.children
+        m, left, right_size = _branch_split_point(keys, node.nbytes)
+        separator = keys[m]
+        right = Node(False, keys[m + 1 :], [], children[m + 1 :], None, self._epoch, right_size)
+        del keys[m:], children[m + 1 :]
+        node.nbytes = left
+        return separator, right
+
+    def _rebalance(self, parent: Node, index: int, node: Node) -> None:
+        """Merge the underfull `node` (parent.children[index]) with a sibling, or even out."""
+        if index > 0:
+            li = index - 1
+            sibling = self._child(parent, li)
+            left, right = sibling, node
+        else:
+            li = 0
+            sibling = self._child(parent, 1)
+            left, right = node, sibling
+        separator = parent.keys[li]
+        if node.leaf:
+            merged = left.nbytes + right.nbytes
+        else:
+            merged = left.nbytes + right.nbytes + BRANCH_ENTRY_OVERHEAD + len(separator) - 8
+        if merged <= self._capacity:
+            # Merge into `node`, which this mutation owns; the sibling leaves the tree.
+            self._discard(sibling)
+            if node.leaf:
+                node.keys = left.keys + right.keys
+                node.values = left.values + right.values
+            else:
+                node.keys = [*left.keys, separator, *right.keys]
+                node.children = left.children + right.children
+            node.nbytes = merged
+            del parent.keys[li], parent.children[li + 1]
+            parent.children[li] = node
+            parent.nbytes -= BRANCH_ENTRY_OVERHEAD + len(separator)
+            return
+        if sibling is left:
+            left = self._own_child(parent, li)
+        else:
+            right = self._own_child(parent, li + 1)
+        if node.leaf:
+            keys = left.keys + right.keys
+            values = left.values + right.values
+            m, left_size = _leaf_split_point(keys, values, merged)
+            left.keys, right.keys = keys[:m], keys[m:]
+            left.values, right.values = values[:m], values[m:]
+            left.nbytes, right.nbytes = left_size, merged - left_size
+            new_separator = _separator(keys[m - 1], keys[m])
+        else:
+            keys = [*left.keys, separator, *right.keys]
+            children = left.children + right.children
+            m, left_size, right_size = _branch_split_point(keys, merged)
+            left.keys, right.keys = keys[:m], keys[m + 1 :]
+            left.children, right.children = children[: m + 1], children[m + 1 :]
+            left.nbytes, right.nbytes = left_size, right_size
+            new_separator = keys[m]
+        parent.keys[li] = new_separator
+        parent.nbytes += len(new_separator) - len(separator)
+
+
+def _as_bytes(data: object, what: str) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise InvalidParameter(f"{what} must be bytes, not {type(data).__name__}")
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+class TreeStats:
+    """What `verify_tree` found: entry, node and depth counts and the emptiest non-root leaf."""
+
+    __slots__ = ("branches", "depth", "entries", "leaves", "min_leaf_nbytes")
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.leaves = 0
+        self.branches = 0
+        self.depth = 0
+        self.min_leaf_nbytes: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TreeStats(entries={self.entries}, leaves={self.leaves}, "
+            f"branches={self.branches}, depth={self.depth}, "
+            f"min_leaf_nbytes={self.min_leaf_nbytes})"
+        )
+
+
+def verify_tree(store: NodeStore, root: Node | None) -> TreeStats:
+    """Check every structural invariant of the tree at `root`; DatabaseCorrupted if broken.
+
+    Checked: keys strictly ascending in every node, separators bounding their subtrees, all
+    leaves at one depth, child counts, `nbytes` equal to the encoded size and within the page,
+    entry and key size limits, no empty non-root node.
+    """
+    stats = TreeStats()
+    if root is None:
+        return stats
+    page_size = store.page_size
+    capacity = payload_capacity(page_size)
+    max_entry = max_entry_size(page_size)
+    leaf_depth: list[int] = []
+
+    def fail(node: Node, what: str) -> DatabaseCorrupted:
+        return DatabaseCorrupted(f"B+tree node {node!r}: {what}")
+
+    # (node, depth, lower bound inclusive, upper bound exclusive)
+    stack: list[tuple[Node, int, bytes | None, bytes | None]] = [(root, 1, None, None)]
+    while stack:
+        node, depth, lo, hi = stack.pop()
+        keys = node.keys
+        if any(a >= b for a, b in pairwise(keys)):
+            raise fail(node, "keys are not strictly ascending")
+        if keys and ((lo is not None and keys[0] < lo) or (hi is not None and keys[-1] >= hi)):
+            raise fail(node, f"keys outside the separator range [{lo!r}, {hi!r})")
+        if node.nbytes > capacity:
+            raise fail(node, f"{node.nbytes} bytes exceed the page capacity {capacity}")
+        if any(len(k) > MAX_KEY_SIZE for k in keys):
+            raise fail(node, f"a key is longer than {MAX_KEY_SIZE} bytes")
+        if node.leaf:
+            if len(node.values) != len(keys) or node.children:
+                raise fail(node, "leaf with mismatched values or with children")
+            size = LEAF_ENTRY_OVERHEAD * len(keys) + sum(map(len, keys))
+            size += sum(map(len, node.values))
+            if size != node.nbytes:
+                raise fail(node, f"nbytes {node.nbytes} but the entries take {size}")
+            for k, v in zip(keys, node.values, strict=True):
+                if LEAF_ENTRY_OVERHEAD + len(k) + len(v) > max_entry:
+                    raise fail(node, f"an entry is larger than {max_entry} bytes")
+            if node is not root:
+                if not keys:
+                    raise fail(node, "empty non-root leaf")
+                if stats.min_leaf_nbytes is None or node.nbytes < stats.min_leaf_nbytes:
+                    stats.min_leaf_nbytes = node.nbytes
+            leaf_depth.append(depth)
+            if leaf_depth[0] != depth:
+                raise fail(node, f"leaf at depth {depth}, another at {leaf_depth[0]}")
+            stats.leaves += 1
+            stats.entries += len(keys)
+        else:
+            if not keys or len(node.children) != len(keys) + 1 or node.values:
+                raise fail(node, "branch without separators, or with mismatched children")
+            if node.nbytes != _branch_size(keys):
+                raise fail(node, f"nbytes {node.nbytes} but encodes to {_branch_size(keys)}")
+            stats.branches += 1
+            bounds = [lo, *keys, hi]
+            for i, child in enumerate(node.children):
+                if type(child) is Node:
+                    if node.pgno is not None and child.pgno is None:
+                        raise fail(node, "a written branch points to a dirty node")
+                    child_node = child
+                else:
+                    child_node = store.load(child)
+                stack.append((child_node, depth + 1, bounds[i], bounds[i + 1]))
+    stats.depth = leaf_depth[0] if leaf_depth else 0
+    return stats
+
+
+# --- a store for tests -------------------------------------------------------------------
+
+
+class MemoryNodeStore:
+    """A `NodeStore` over a dict of encoded pages, never reusing a page number.
+
+    `load` decodes the page every time (no cache), so tests exercise the on-disk paths.
+    """
+
+    def __init__(self, page_size: int = 4096, *, path: str = "memory.edb", first_pgno: int = 2):
+        payload_capacity(page_size)  # validates page_size
+        self.page_size = page_size
+        self.path = path
+        self.pages: dict[int, bytes] = {}
+        self.next_pgno = first_pgno
+        self.loads = 0
+
+    def load(self, pgno: int) -> Node:
+        data = self.pages.get(pgno)
+        if data is None:
+            raise PageNotInitialized(f"page {pgno} of {self.path!r} was never written")
+        self.loads += 1
+        return decode_node(pgno, data, path=self.path, page_size=self.page_size)
+
+    def write(self, node: Node, checkpoint_seq: int = 0) -> int:
+        """Give the dirty `node` the next page number, encode and store it; returns the pgno."""
+        if node.pgno is not None:
+            raise InvalidParameter(f"node is already written at page {node.pgno}")
+        pgno = self.next_pgno
+        self.pages[pgno] = encode_node(node, self.page_size, pgno, checkpoint_seq)
+        self.next_pgno += 1
+        node.pgno = pgno
+        return pgno
+
+    def checkpoint(self, root: Node | None, checkpoint_seq: int = 0) -> int:
+        """Write every dirty node of `root` children first, swizzling each into its parent.
+
+        Returns the number of pages written. `root` itself stays a `Node` (with pgno set).
+        """
+        dirty = dirty_nodes_postorder(root)
+        for node, parent, index in dirty:
+            pgno = self.write(node, checkpoint_seq)
+            if parent is not None:
+                swizzle(parent, index, pgno)
+        return len(dirty)

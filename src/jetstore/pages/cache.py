@@ -1,0 +1,56 @@
+"""The node cache: decoded, clean B+tree nodes by page number, least recently used first out.
+
+Invariants:
+- Only clean nodes (written, `pgno` set, immutable) are cached, so evicting one never loses
+  data: it is re-read and re-verified from its page on the next access.
+- Dirty nodes are never here; they live only in the tree that references them until a
+  checkpoint writes them.
+- A page number is dropped from the cache before its page may be reused for another node.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from jetstore.pages.btree import Node
+
+
+class NodeCache:
+    def __init__(self, capacity_pages: int) -> None:
+        self.capacity = max(16, capacity_pages)
+        self._nodes: OrderedDict[int, Node] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def get(self, pgno: int) -> Node | None:
+        with self._lock:
+            node = self._nodes.get(pgno)
+            if node is None:
+                self.misses += 1
+                return None
+            self._nodes.move_to_end(pgno)
+            self.hits += 1
+            return node
+
+    def put(self, pgno: int, node: Node) -> None:
+        with self._lock:
+            nodes = self._nodes
+            nodes[pgno] = node
+            nodes.move_to_end(pgno)
+            while len(nodes) > self.capacity:
+                nodes.popitem(last=False)
+                self.evictions += 1
+
+    def discard(self, pgno: int) -> None:
+        with self._lock:
+            self._nodes.pop(pgno, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._nodes.clear()
+
+    def __len__(self) -> int:
+        return len(self._nodes)

@@ -1,0 +1,385 @@
+"""The database page file: header pair, page reads through the node cache, free space, and the
+page side of a checkpoint.
+
+File layout: page 0 and page 1 hold the two copies of the database header
+(`jetstore.format.dbheader`); every other page is a B+tree branch or leaf, or a free-list page
+(`jetstore.format.page` envelope). Free-list page payload: u64 next free-list page (0 = last),
+then u64 page numbers (the page's entry count says how many).
+
+Invariants:
+- Copy-on-write: a checkpoint writes dirty nodes only to pages that no durable header and no
+  open snapshot can reach: pages from `_free`, or new pages past the end of the file.
+- Header writes go copy 0, sync, copy 1, sync; a torn write damages at most one copy and the
+  reader takes the valid copy with the highest sequence number.
+- A page freed by a commit at log position S (`note_freed`) becomes reusable only once the
+  durable header is at a position >= S (the header no longer reaches it) and no open
+  snapshot is older than S (no reader reaches it). Until then it waits in `_pending`.
+- The persisted free list of a header lists exactly the pages free in that header's tree:
+  the reusable pages, the pages freed at or before its checkpoint position, and the previous
+  free-list chain; never a page the tree uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import os
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from jetstore.errors import (
+    DatabaseCorrupted,
+    DatabaseDuplicate,
+    JetError,
+    PageNotInitialized,
+)
+from jetstore.format.dbheader import (
+    HEADER_COPIES,
+    DatabaseHeader,
+    choose_db_header,
+    encode_db_header,
+    peek_page_size,
+)
+from jetstore.format.page import PageType, decode_page, encode_page, payload_capacity
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import File, FileSystem
+from jetstore.pages.btree import Node, decode_node, dirty_nodes_postorder, encode_node
+from jetstore.pages.cache import NodeCache
+
+_FREELIST_HEAD = struct.Struct("<Q")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass
+class CheckpointPlan:
+    """What one checkpoint writes for one database, decided under the commit lock."""
+
+    position: LogPosition
+    root: Node | None
+    dirty: list[tuple[Node, Node | None, int]]
+    checkpoint_seq: int
+    chain: list[int]
+    free_list: list[int]
+    old_chain: list[int]
+    page_count: int
+    pages_written: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class DatabaseFile:
+    """One open `NAME.edb` file. Thread-safe: readers load pages while a checkpoint writes."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        file: File,
+        header: DatabaseHeader,
+        *,
+        cache_pages: int,
+        problems: list[str] | None = None,
+    ) -> None:
+        self._fs = fs
+        self._file = file
+        self.path = file.path
+        self.page_size = header.page_size
+        self._header = header
+        self.problems = problems or []
+        self.cache = NodeCache(cache_pages)
+        self._space_lock = threading.Lock()
+        self._header_lock = threading.Lock()
+        self._free: list[int] = []
+        self._pending: deque[tuple[LogPosition, list[int]]] = deque()
+        self._chain: list[int] = []
+        self._page_count = header.page_count
+        self.pages_read = 0
+        self.pages_written = 0
+        self._load_free_list()
+
+    # ----------------------------------------------------------------- create / open
+
+    @classmethod
+    def create(
+        cls, fs: FileSystem, path: str, header: DatabaseHeader, *, owner: str, cache_pages: int
+    ) -> DatabaseFile:
+        if fs.exists(path):
+            raise DatabaseDuplicate(
+                f"database file '{path}' already exists",
+                hint="open it with create=False, or choose another name",
+                path=path,
+            )
+        header = dataclasses.replace(header, header_seq=1, page_count=HEADER_COPIES)
+        file = fs.open(path, owner=owner, create=True, exclusive=True)
+        try:
+            encoded = encode_db_header(header)
+            file.pwrite(encoded, 0)
+            file.pwrite(encoded, header.page_size)
+            file.fsync()
+            fs.fsync_directory(os.path.dirname(path) or ".", owner=owner)
+            return cls(fs, file, header, cache_pages=cache_pages)
+        except BaseException:
+            file.close()
+            raise
+
+    @classmethod
+    def open(
+        cls, fs: FileSystem, path: str, *, owner: str, cache_pages: int, writable: bool = True
+    ) -> DatabaseFile:
+        file = fs.open(path, owner=owner, writable=writable)
+        try:
+            first = file.pread(4096, 0)
+            page_size = peek_page_size(first)
+            if page_size is None:
+                # The first copy cannot even say its page size: try every size for copy 1.
+                page_size = _guess_page_size(file) or 8192
+            copy0 = file.pread(page_size, 0)
+            copy1 = file.pread(page_size, page_size)
+            header, problems = choose_db_header(copy0, copy1, path=path)
+            db = cls(fs, file, header, cache_pages=cache_pages, problems=problems)
+            if problems and writable:
+                db._write_header_copies(header)  # repair the damaged copy from the good one
+            return db
+        except BaseException:
+            file.close()
+            raise
+
+    def close(self) -> None:
+        self._file.close()
+        self.cache.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    # ----------------------------------------------------------------- header
+
+    @property
+    def header(self) -> DatabaseHeader:
+        """The last header written (or read at open): the durable one."""
+        return self._header
+
+    def write_header(self, **changes: object) -> DatabaseHeader:
+        """Write both header copies with `changes` applied to the durable header."""
+        with self._header_lock:
+            header = dataclasses.replace(self._header, **changes)  # type: ignore[arg-type]
+            return self._write_header_copies(header)
+
+    def _write_header_copies(self, header: DatabaseHeader) -> DatabaseHeader:
+        header = dataclasses.replace(header, header_seq=self._header.header_seq + 1)
+        encoded = encode_db_header(header)
+        self._file.pwrite(encoded, 0)
+        self._file.fdatasync()
+        self._file.pwrite(encoded, header.page_size)
+        self._file.fdatasync()
+        self._header = header
+        return header
+
+    # ----------------------------------------------------------------- pages
+
+    def load(self, pgno: int) -> Node:
+        """The node at `pgno` (NodeStore protocol), from the cache or read and verified."""
+        node = self.cache.get(pgno)
+        if node is not None:
+            return node
+        if pgno < HEADER_COPIES or pgno >= self._page_count:
+            raise PageNotInitialized(
+                f"page {pgno} of '{self.path}' is outside the database "
+                f"(pages {HEADER_COPIES}..{self._page_count - 1} are in use)",
+                hint="the database is damaged: run `jetstore checksum` and restore from backup",
+                path=self.path,
+            )
+        data = self._file.pread(self.page_size, pgno * self.page_size)
+        self.pages_read += 1
+        node = decode_node(pgno, data, path=self.path, page_size=self.page_size)
+        self.cache.put(pgno, node)
+        return node
+
+    def root(self) -> Node | None:
+        pgno = self._header.root_pgno
+        return None if pgno == 0 else self.load(pgno)
+
+    def read_raw_page(self, pgno: int) -> bytes:
+        return self._file.pread(self.page_size, pgno * self.page_size)
+
+    @property
+    def page_count(self) -> int:
+        return self._page_count
+
+    # ----------------------------------------------------------------- free space
+
+    def _load_free_list(self) -> None:
+        pgno = self._header.freelist_pgno
+        seen: set[int] = set()
+        free: list[int] = []
+        chain: list[int] = []
+        while pgno:
+            if pgno in seen or not HEADER_COPIES <= pgno < self._page_count:
+                raise DatabaseCorrupted(
+                    f"free-list chain of '{self.path}' is broken at page {pgno}",
+                    hint="run `jetstore integrity` and restore from backup",
+                    path=self.path,
+                )
+            seen.add(pgno)
+            chain.append(pgno)
+            page = decode_page(pgno, self._file.pread(self.page_size, pgno * self.page_size))
+            if page.page_type != PageType.FREE_LIST:
+                raise DatabaseCorrupted(
+                    f"page {pgno} of '{self.path}' should be a free-list page", path=self.path
+                )
+            payload = bytes(page.payload)
+            (next_pgno,) = _FREELIST_HEAD.unpack_from(payload, 0)
+            entries = struct.unpack_from(f"<{page.count}Q", payload, _FREELIST_HEAD.size)
+            free.extend(entries)
+            pgno = next_pgno
+        heapq.heapify(free)
+        self._free = free
+        self._chain = chain
+
+    def note_freed(self, position: LogPosition, pgnos: list[int]) -> None:
+        """Pages a commit ending at `position` stopped using (see the module invariants)."""
+        if pgnos:
+            with self._space_lock:
+                self._pending.append((position, list(pgnos)))
+
+    def _allocate(self) -> int:
+        if self._free:
+            pgno = heapq.heappop(self._free)
+            self.cache.discard(pgno)
+            return pgno
+        pgno = self._page_count
+        self._page_count += 1
+        return pgno
+
+    @property
+    def free_pages(self) -> int:
+        return len(self._free)
+
+    @property
+    def pending_free_pages(self) -> int:
+        return sum(len(p) for _, p in self._pending)
+
+    # ----------------------------------------------------------------- checkpoint
+
+    def plan_checkpoint(self, root: Node | None, position: LogPosition) -> CheckpointPlan:
+        """Assign pages to the dirty nodes of `root` and lay out the free list.
+
+        Called under the commit lock: no commit changes the tree or frees pages meanwhile.
+        """
+        with self._space_lock:
+            dirty = dirty_nodes_postorder(root)
+            for node, _parent, _index in dirty:
+                node.pgno = self._allocate()
+            freed_by_p = [p for s, pages in self._pending if s <= position for p in pages]
+            old_chain = list(self._chain)
+            per_page = (payload_capacity(self.page_size) - _FREELIST_HEAD.size) // _U64.size
+            chain: list[int] = []
+            while len(chain) * per_page < len(self._free) + len(freed_by_p) + len(old_chain):
+                chain.append(self._allocate())
+            free_list = sorted([*self._free, *freed_by_p, *old_chain])
+            return CheckpointPlan(
+                position=position,
+                root=root,
+                dirty=dirty,
+                checkpoint_seq=self._header.checkpoint_seq + 1,
+                chain=chain,
+                free_list=free_list,
+                old_chain=old_chain,
+                page_count=self._page_count,
+            )
+
+    def write_checkpoint_pages(self, plan: CheckpointPlan) -> None:
+        """Write the plan's pages and sync them (outside the commit lock).
+
+        The log must already be durable up to `plan.position` (WAL rule): the caller does it.
+        """
+        page_size = self.page_size
+        seq = plan.checkpoint_seq
+        batch: list[bytes] = []
+        batch_start = -1
+        written = 0
+
+        def flush_batch() -> None:
+            nonlocal batch, batch_start
+            if batch:
+                self._file.pwrite(b"".join(batch), batch_start * page_size)
+                batch = []
+
+        pages: list[tuple[int, bytes]] = []
+        for node, _parent, _index in plan.dirty:
+            pgno = node.pgno
+            assert pgno is not None
+            pages.append((pgno, encode_node(node, page_size, pgno, seq)))
+        per_page = (payload_capacity(page_size) - _FREELIST_HEAD.size) // _U64.size
+        entries = plan.free_list
+        for i, pgno in enumerate(plan.chain):
+            chunk = entries[i * per_page : (i + 1) * per_page]
+            next_pgno = plan.chain[i + 1] if i + 1 < len(plan.chain) else 0
+            payload = _FREELIST_HEAD.pack(next_pgno) + struct.pack(f"<{len(chunk)}Q", *chunk)
+            pages.append(
+                (pgno, encode_page(pgno, PageType.FREE_LIST, len(chunk), payload, page_size, seq))
+            )
+        pages.sort()
+        for pgno, data in pages:
+            if batch and pgno != batch_start + len(batch):
+                flush_batch()
+            if not batch:
+                batch_start = pgno
+            batch.append(data)
+            written += 1
+            if len(batch) >= 256:
+                flush_batch()
+        flush_batch()
+        self._file.fdatasync()
+        plan.pages_written = written
+        self.pages_written += written
+
+    def finish_checkpoint(self, plan: CheckpointPlan, oldest_snapshot: LogPosition | None) -> None:
+        """After the header naming `plan` is durable: release pages, swizzle, cache nodes."""
+        with self._space_lock:
+            for pgno in plan.old_chain:
+                heapq.heappush(self._free, pgno)
+            self._chain = list(plan.chain)
+            limit = plan.position
+            if oldest_snapshot is not None and oldest_snapshot < limit:
+                limit = oldest_snapshot
+            while self._pending and self._pending[0][0] <= limit:
+                _, pages = self._pending.popleft()
+                for pgno in pages:
+                    self.cache.discard(pgno)
+                    heapq.heappush(self._free, pgno)
+        for node, _parent, _index in plan.dirty:
+            if not node.leaf:
+                children = node.children
+                for i, child in enumerate(children):
+                    if type(child) is Node and child.pgno is not None:
+                        children[i] = child.pgno
+            assert node.pgno is not None
+            self.cache.put(node.pgno, node)
+
+    def header_for_plan(self, plan: CheckpointPlan, **changes: object) -> DatabaseHeader:
+        """Write both header copies naming the plan's tree; returns the new durable header."""
+        root = plan.root
+        return self.write_header(
+            root_pgno=0 if root is None else root.pgno,
+            freelist_pgno=plan.chain[0] if plan.chain else 0,
+            free_page_count=len(plan.free_list),
+            page_count=plan.page_count,
+            checkpoint_seq=plan.checkpoint_seq,
+            checkpoint_position=plan.position,
+            **changes,
+        )
+
+    def sync(self) -> None:
+        self._file.fdatasync()
+
+
+def _guess_page_size(file: File) -> int | None:
+    for size in (4096, 8192, 16384, 32768):
+        data = file.pread(size, size)
+        try:
+            if len(data) == size and peek_page_size(data) == size:
+                return size
+        except JetError:
+            continue
+    return None

@@ -1,0 +1,272 @@
+"""Record codec: the byte form of one row, stored as the value of its primary-key B+tree entry.
+
+This module owns that byte form. It is pure (no I/O) and knows nothing about which values the
+table layer moves to the long-value store: it stores and returns a ``LongValueRef`` wherever
+the table layer put one in a text or bytes column.
+
+Invariants
+----------
+1. ``codec.decode(codec.encode(r)) == r`` for every record ``r`` validated by
+   ``TableDef.validate_record`` (or with a LongValueRef in a text/bytes column), except that
+   an aware datetime comes back as the same instant in UTC.
+2. A record written under a table definition with fewer columns (columns appended later)
+   decodes under the longer definition, the missing trailing columns taking their default.
+3. ``decode`` of any byte string either returns a record whose values have the types of its
+   columns or raises ``DatabaseCorrupted``; no other exception escapes it.
+
+Byte format (little-endian)
+---------------------------
+::
+
+    u8   version (1)
+    u16  column count N (the table definition's column count when written)
+    N times, in table-definition order: u8 tag, then the value
+      0x00 NULL        nothing
+      0x01 INT         i64
+      0x02 FLOAT       f64 (IEEE-754 binary64)
+      0x03 BOOL        u8: 0 False, 1 True
+      0x04 DATETIME    i64 microseconds since 1970-01-01T00:00Z (a naive value taken as UTC),
+                       u8 flag: 0 naive, 1 aware (decoded with tzinfo=UTC)
+      0x05 TEXT        u32 byte length, UTF-8 (``surrogatepass``)
+      0x06 BYTES       u32 byte length, the bytes
+      0x07 LONG VALUE  u64 lv_id, u64 length, u8 is_text (must match the column: 1 for text)
+
+A tag must fit its column's type (NULL and LONG VALUE aside, exactly one tag per type), N may
+not exceed the current definition's column count, and nothing may follow the last column.
+NULL decodes in any column: NOT NULL is a rule for writes (``validate_record``), and a column
+made NOT NULL later must not turn old rows into "corruption".
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from jetstore.errors import DatabaseCorrupted, InvalidParameter, RecordTooBig
+from jetstore.tables.keys import (
+    MAX_DATETIME_MICROS,
+    MIN_DATETIME_MICROS,
+    datetime_to_micros,
+    micros_to_datetime,
+)
+from jetstore.tables.schema import ColumnType, TableDef
+
+__all__ = ["RECORD_VERSION", "LongValueRef", "RecordCodec"]
+
+RECORD_VERSION = 1
+
+TAG_NULL = 0x00
+TAG_INT = 0x01
+TAG_FLOAT = 0x02
+TAG_BOOL = 0x03
+TAG_DATETIME = 0x04
+TAG_TEXT = 0x05
+TAG_BYTES = 0x06
+TAG_LONG_VALUE = 0x07
+
+_TAG_FOR_TYPE: dict[ColumnType, int] = {
+    ColumnType.INT: TAG_INT,
+    ColumnType.FLOAT: TAG_FLOAT,
+    ColumnType.BOOL: TAG_BOOL,
+    ColumnType.DATETIME: TAG_DATETIME,
+    ColumnType.TEXT: TAG_TEXT,
+    ColumnType.BYTES: TAG_BYTES,
+}
+
+_HEADER = struct.Struct("<BH")
+_TAG_I64 = struct.Struct("<Bq")
+_TAG_F64 = struct.Struct("<Bd")
+_TAG_I64_FLAG = struct.Struct("<BqB")
+_TAG_U32 = struct.Struct("<BI")
+_TAG_LV = struct.Struct("<BQQB")
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+_I64_FLAG = struct.Struct("<qB")
+_U32 = struct.Struct("<I")
+_LV = struct.Struct("<QQB")
+
+_B_NULL = bytes([TAG_NULL])
+_B_FALSE = bytes([TAG_BOOL, 0])
+_B_TRUE = bytes([TAG_BOOL, 1])
+
+
+@dataclass(frozen=True, slots=True)
+class LongValueRef:
+    """Stands in a record for a text/bytes value kept in the table's long-value store."""
+
+    lv_id: int
+    length: int
+    is_text: bool
+
+
+class RecordCodec:
+    """Encoder/decoder of the records of one table definition; build once, use many times."""
+
+    __slots__ = ("_decode_plan", "_encode_plan", "_header", "_ncolumns", "table_def")
+
+    def __init__(self, table_def: TableDef) -> None:
+        self.table_def = table_def
+        cols = table_def.columns
+        self._ncolumns = len(cols)
+        self._header = _HEADER.pack(RECORD_VERSION, len(cols))
+        self._encode_plan = tuple((c.name, _TAG_FOR_TYPE[c.type]) for c in cols)
+        self._decode_plan = tuple(
+            (c.name, _TAG_FOR_TYPE[c.type], c.type is ColumnType.TEXT, c.default) for c in cols
+        )
+
+    def encode(self, record: Mapping[str, object]) -> bytes:
+        """Encode a validated record (every column present, values of the column types).
+
+        Raises InvalidParameter for a missing column or a value the format cannot hold, and
+        RecordTooBig for an inline text/bytes value of 4 GiB or more.
+        """
+        parts = [self._header]
+        append = parts.append
+        name = ""
+        v: object = None
+        tag = TAG_NULL
+        try:
+            for name, tag in self._encode_plan:
+                v = record[name]
+                if v is None:
+                    append(_B_NULL)
+                elif tag == TAG_INT:
+                    append(_TAG_I64.pack(TAG_INT, v))
+                elif tag == TAG_TEXT:
+                    if type(v) is str:
+                        raw = v.encode("utf-8", "surrogatepass")
+                        append(_TAG_U32.pack(TAG_TEXT, len(raw)))
+                        append(raw)
+                    else:
+                        append(_encode_lv(v, True))
+                elif tag == TAG_BYTES:
+                    if type(v) is bytes:
+                        append(_TAG_U32.pack(TAG_BYTES, len(v)))
+                        append(v)
+                    else:
+                        append(_encode_lv(v, False))
+                elif tag == TAG_FLOAT:
+                    append(_TAG_F64.pack(TAG_FLOAT, v))
+                elif tag == TAG_BOOL:
+                    append(_B_TRUE if v else _B_FALSE)
+                else:
+                    if not isinstance(v, datetime):
+                        raise TypeError("not a datetime")
+                    aware = v.tzinfo is not None and v.utcoffset() is not None
+                    append(_TAG_I64_FLAG.pack(TAG_DATETIME, datetime_to_micros(v), aware))
+        except KeyError:
+            raise InvalidParameter(
+                f"record for table {self.table_def.name!r} lacks column {name!r}",
+                hint="validate records with TableDef.validate_record before encoding",
+            ) from None
+        except struct.error as exc:
+            # Only the u32 length of an inline str/bytes value can overflow.
+            if tag in (TAG_TEXT, TAG_BYTES) and isinstance(v, (str, bytes, bytearray, memoryview)):
+                raise RecordTooBig(
+                    f"value of column {name!r} of table {self.table_def.name!r} is 4 GiB or "
+                    "more; store it as a long value"
+                ) from None
+            raise InvalidParameter(
+                f"column {name!r} of table {self.table_def.name!r}: cannot encode value ({exc})"
+            ) from None
+        except (TypeError, AttributeError) as exc:
+            raise InvalidParameter(
+                f"column {name!r} of table {self.table_def.name!r}: cannot encode value ({exc})",
+                hint="validate records with TableDef.validate_record before encoding",
+            ) from None
+        return b"".join(parts)
+
+    def decode(self, data: bytes | bytearray | memoryview) -> dict[str, object]:
+        """Decode a record; anything malformed raises DatabaseCorrupted."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        if n < 3:
+            raise self._corrupt(data, 0, "shorter than the record header")
+        version, count = _HEADER.unpack_from(data)
+        if version != RECORD_VERSION:
+            raise self._corrupt(data, 0, f"unknown record version {version}")
+        if count > self._ncolumns:
+            raise self._corrupt(data, 1, f"{count} columns but the table has only {self._ncolumns}")
+        out: dict[str, object] = {}
+        plan = self._decode_plan
+        pos = 3
+        try:
+            for i in range(count):
+                name, expected, is_text, _ = plan[i]
+                tag = data[pos]
+                pos += 1
+                if tag == TAG_NULL:
+                    out[name] = None
+                    continue
+                if tag != expected:
+                    if tag == TAG_LONG_VALUE and expected in (TAG_TEXT, TAG_BYTES):
+                        lv_id, length, flag = _LV.unpack_from(data, pos)
+                        if flag != is_text:
+                            raise self._corrupt(data, pos, f"long value flag of column {name!r}")
+                        out[name] = LongValueRef(lv_id, length, is_text)
+                        pos += 17
+                        continue
+                    raise self._corrupt(data, pos - 1, f"tag 0x{tag:02x} in column {name!r}")
+                if tag == TAG_INT:
+                    out[name] = _I64.unpack_from(data, pos)[0]
+                    pos += 8
+                elif tag in (TAG_TEXT, TAG_BYTES):
+                    length = _U32.unpack_from(data, pos)[0]
+                    pos += 4
+                    end = pos + length
+                    if end > n:
+                        raise self._corrupt(data, pos, f"value of column {name!r} overruns")
+                    if tag == TAG_TEXT:
+                        out[name] = data[pos:end].decode("utf-8", "surrogatepass")
+                    else:
+                        out[name] = data[pos:end]
+                    pos = end
+                elif tag == TAG_FLOAT:
+                    out[name] = _F64.unpack_from(data, pos)[0]
+                    pos += 8
+                elif tag == TAG_BOOL:
+                    b = data[pos]
+                    if b > 1:
+                        raise self._corrupt(data, pos, f"bool byte {b} in column {name!r}")
+                    out[name] = b == 1
+                    pos += 1
+                else:
+                    micros, flag = _I64_FLAG.unpack_from(data, pos)
+                    if flag > 1 or not MIN_DATETIME_MICROS <= micros <= MAX_DATETIME_MICROS:
+                        raise self._corrupt(data, pos, f"datetime in column {name!r}")
+                    out[name] = micros_to_datetime(micros, flag == 1)
+                    pos += 9
+        except (struct.error, IndexError):
+            raise self._corrupt(data, pos, "truncated") from None
+        except UnicodeDecodeError:
+            raise self._corrupt(data, pos, "invalid UTF-8 in a text column") from None
+        if pos != n:
+            raise self._corrupt(data, pos, f"{n - pos} trailing bytes")
+        # Columns appended to the table after this record was written.
+        for i in range(count, self._ncolumns):
+            name, _, _, default = plan[i]
+            out[name] = default
+        return out
+
+    def _corrupt(self, data: bytes, pos: int, what: str) -> DatabaseCorrupted:
+        return DatabaseCorrupted(
+            f"malformed record of table {self.table_def.name!r} at byte {pos} of "
+            f"{len(data)}: {what}"
+        )
+
+
+def _encode_lv(v: object, is_text: bool) -> bytes:
+    if type(v) is LongValueRef:
+        if v.is_text != is_text:
+            raise TypeError("long value reference of the wrong kind (text vs bytes)")
+        return _TAG_LV.pack(TAG_LONG_VALUE, v.lv_id, v.length, v.is_text)
+    if is_text and isinstance(v, str):
+        raw = str(v).encode("utf-8", "surrogatepass")
+        return _TAG_U32.pack(TAG_TEXT, len(raw)) + raw
+    if not is_text and isinstance(v, (bytes, bytearray, memoryview)):
+        raw = bytes(v)
+        return _TAG_U32.pack(TAG_BYTES, len(raw)) + raw
+    raise TypeError(f"{type(v).__name__} is not a {'text' if is_text else 'bytes'} value")

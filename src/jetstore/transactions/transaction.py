@@ -1,0 +1,303 @@
+"""Transactions: a snapshot to read, a private write set, and the commit pipeline's input.
+
+Lifecycle (one state per transaction, checked by every operation):
+
+    ACTIVE --commit()--> COMMITTED          (changes logged, published, durable unless lazy)
+       |  \\--rollback() / exception in `with` / commit failure--> ROLLED_BACK
+       \\--write set over its memory bound--> ROLLED_BACK (VersionStoreOutOfMemory)
+
+Invariants:
+- A transaction reads the database as of its start (its snapshot root) plus its own writes;
+  it never blocks and is never blocked by other transactions.
+- Its writes go to a private copy-on-write mutation of its snapshot: nothing is shared, logged
+  or written to a page file before commit, so a rollback just drops the private tree (the log
+  is redo-only: no undo is ever needed).
+- `operations` records, per key, the last value written (or None for a delete): exactly the
+  B+tree operations the commit record will carry.
+- An iterator over the private tree stays valid while the transaction keeps writing: the
+  first write after an iterator was handed out moves the private tree to a new epoch, so the
+  nodes the iterator holds are copied, not changed in place.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from jetstore.errors import (
+    InvalidParameter,
+    NotInTransaction,
+    ObjectNotFound,
+    TableDuplicate,
+    VersionStoreOutOfMemory,
+)
+from jetstore.format.positions import LogPosition
+from jetstore.pages.btree import Mutation, Node, iterate, lookup
+from jetstore.tables.catalog import (
+    NEXT_OBJECT_ID_KEY,
+    TABLE_ENTRY_PREFIX,
+    decode_next_object_id,
+    encode_next_object_id,
+    table_entry_key,
+    table_name_from_key,
+)
+from jetstore.tables.keys import prefix_successor
+from jetstore.tables.schema import TableDef, encode_table_def, make_table_def
+from jetstore.tables.table import Table
+
+if TYPE_CHECKING:
+    from jetstore.instance.database import Database
+
+_EPOCHS = itertools.count(1)
+_OP_OVERHEAD = 16  # bytes charged per operation on top of key and value
+
+
+def next_epoch() -> int:
+    return next(_EPOCHS)
+
+
+class TransactionState(enum.Enum):
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+
+
+class Transaction:
+    """One transaction on one database. Use it as a context manager:
+
+    ``with db.transaction() as txn: txn.table("t").insert({...})`` commits on normal exit and
+    rolls back if the block raises.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        transaction_id: int,
+        snapshot_root: Node | None,
+        snapshot_position: LogPosition,
+        plan_epoch: int,
+    ) -> None:
+        self._db = database
+        self.id = transaction_id
+        self.snapshot_root = snapshot_root
+        self.snapshot_position = snapshot_position
+        self.plan_epoch = plan_epoch
+        self.state = TransactionState.ACTIVE
+        self.page_size = database.page_size
+        self.mutation: Mutation | None = None
+        self.operations: dict[bytes, bytes | None] = {}
+        self.unique_checks: list[tuple[bytes, bytes]] = []
+        self.commit_position: LogPosition | None = None
+        self._bytes = 0
+        self._limit = database.max_transaction_bytes
+        self._iterators_out = False
+        self._tables: dict[str, Table] = {}
+
+    # ----------------------------------------------------------------- state
+
+    def _check_active(self) -> None:
+        if self.state is not TransactionState.ACTIVE:
+            raise NotInTransaction(
+                f"transaction {self.id} is {self.state.value}; start a new one",
+                hint="a transaction can be used only until it commits or rolls back",
+            )
+
+    @property
+    def is_active(self) -> bool:
+        return self.state is TransactionState.ACTIVE
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    @property
+    def size(self) -> int:
+        """Bytes of private changes held (what the memory bound is checked against)."""
+        return self._bytes
+
+    # ----------------------------------------------------------------- TreeView
+
+    def get(self, key: bytes) -> bytes | None:
+        self._check_active()
+        mutation = self.mutation
+        if mutation is not None:
+            return mutation.get(key)
+        return lookup(self._db.file, self.snapshot_root, key)
+
+    def iterate(
+        self, start: bytes | None, stop: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        self._check_active()
+        mutation = self.mutation
+        root = self.snapshot_root if mutation is None else mutation.root
+        if mutation is not None:
+            self._iterators_out = True
+        return iterate(self._db.file, root, start, stop, reverse)
+
+    def _writable_mutation(self) -> Mutation:
+        mutation = self.mutation
+        if mutation is None:
+            mutation = self.mutation = Mutation(self._db.file, self.snapshot_root, next_epoch(), [])
+        elif self._iterators_out:
+            # Nodes an iterator may still hold must not change: continue in a new epoch.
+            mutation = self.mutation = Mutation(
+                self._db.file, mutation.root, next_epoch(), mutation.freed
+            )
+            self._iterators_out = False
+        return mutation
+
+    def _charge(self, amount: int) -> None:
+        self._bytes += amount
+        if self._bytes > self._limit:
+            size = self._bytes
+            self._abort()
+            raise VersionStoreOutOfMemory(
+                f"transaction {self.id} holds {size} bytes of changes, more than its bound of "
+                f"{self._limit} bytes; it was rolled back and left nothing behind",
+                hint="split the work into smaller transactions, or open the instance with a "
+                "larger max_transaction_bytes",
+            )
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._check_active()
+        self._writable_mutation().put(key, value)
+        self.operations[key] = value
+        self._charge(len(key) + len(value) + _OP_OVERHEAD)
+
+    def delete(self, key: bytes) -> None:
+        self._check_active()
+        mutation = self._writable_mutation()
+        if mutation.delete(key) or key in self.operations:
+            self.operations[key] = None
+            self._charge(len(key) + _OP_OVERHEAD)
+
+    def add_unique_check(self, prefix: bytes, own_key: bytes) -> None:
+        self.unique_checks.append((prefix, own_key))
+
+    # ----------------------------------------------------------------- tables
+
+    def table(self, name: str) -> Table:
+        """The table `name` as this transaction sees it (`ObjectNotFound` if absent)."""
+        self._check_active()
+        table = self._tables.get(name)
+        if table is not None:
+            return table
+        raw = self.get(table_entry_key(name))
+        if raw is None:
+            raise ObjectNotFound(
+                f"database {self._db.name!r} has no table {name!r}",
+                hint="create it with Database.create_table, or check the name "
+                f"(tables: {', '.join(self.table_names()) or 'none'})",
+            )
+        table_def = self._db.table_def_from_bytes(raw)
+        table = Table(self, table_def, self._db.codec_for(table_def))
+        self._tables[name] = table
+        return table
+
+    def table_names(self) -> list[str]:
+        return [
+            table_name_from_key(key)
+            for key, _ in self.iterate(TABLE_ENTRY_PREFIX, prefix_successor(TABLE_ENTRY_PREFIX))
+        ]
+
+    def create_table(
+        self,
+        name: str,
+        columns: object,
+        primary_key: object,
+        indexes: object = (),
+    ) -> TableDef:
+        """Create a table in this transaction (visible to others once it commits)."""
+        self._check_active()
+        if self.get(table_entry_key(name)) is not None:
+            raise TableDuplicate(f"database {self._db.name!r} already has a table {name!r}")
+        index_list = list(indexes) if isinstance(indexes, list | tuple) else []
+        if not isinstance(indexes, list | tuple) and indexes:
+            raise InvalidParameter("indexes must be a list")
+        next_id = decode_next_object_id(self.get(NEXT_OBJECT_ID_KEY))
+        table_id, lv_id = next_id, next_id + 1
+        index_ids = tuple(range(next_id + 2, next_id + 2 + len(index_list)))
+        table_def = make_table_def(
+            name,
+            columns,  # type: ignore[arg-type]
+            primary_key,  # type: ignore[arg-type]
+            index_list,
+            table_id=table_id,
+            lv_id=lv_id,
+            index_ids=index_ids,
+        )
+        self.put(NEXT_OBJECT_ID_KEY, encode_next_object_id(next_id + 2 + len(index_list)))
+        self.put(table_entry_key(name), encode_table_def(table_def))
+        return table_def
+
+    def drop_table(self, name: str) -> None:
+        """Remove a table and all its records, indexes and long values."""
+        table = self.table(name)
+        definition = table.definition
+        from jetstore.tables.catalog import object_prefix
+
+        for object_id in (definition.table_id, definition.lv_id, *definition.index_ids):
+            prefix = object_prefix(object_id)
+            keys = [key for key, _ in self.iterate(prefix, prefix_successor(prefix))]
+            for key in keys:
+                self.delete(key)
+        self.delete(table_entry_key(name))
+        self._tables.pop(name, None)
+
+    # ----------------------------------------------------------------- end
+
+    def commit(self, lazy: bool = False) -> LogPosition | None:
+        """Make the changes visible and durable (lazy: durable soon, returns at once).
+
+        Returns the commit record's end position, or None for a transaction that changed
+        nothing. On `WriteConflict`, `KeyDuplicate` or any failure the transaction is rolled
+        back.
+        """
+        self._check_active()
+        try:
+            position = self._db.commit_transaction(self, lazy=lazy)
+        except BaseException:
+            if self.state is TransactionState.ACTIVE:
+                self._abort()
+            raise
+        return position
+
+    def rollback(self) -> None:
+        """Drop every change (nothing was logged or written, so there is nothing to undo)."""
+        if self.state is TransactionState.ACTIVE:
+            self._abort()
+
+    def _abort(self) -> None:
+        self.state = TransactionState.ROLLED_BACK
+        self.mutation = None
+        self.operations = {}
+        self.unique_checks = []
+        self._tables.clear()
+        self._db.end_transaction(self)
+
+    def _finish_committed(self, position: LogPosition | None) -> None:
+        self.state = TransactionState.COMMITTED
+        self.commit_position = position
+        self.mutation = None
+        self._tables.clear()
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.state is not TransactionState.ACTIVE:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    def __del__(self) -> None:
+        # An abandoned transaction must not pin old pages forever.
+        try:
+            if self.state is TransactionState.ACTIVE:
+                self._abort()
+        except Exception:
+            pass
