@@ -321,7 +321,8 @@ def test_freed_gets_exactly_the_replaced_written_pages() -> None:
     assert set(freed) == leaf_pgnos
     assert freed[0] == root.pgno
     # A later mutation built on this one frees nothing already freed (those nodes are dirty).
-    m2 = Mutation(store, m.root, 3, freed2 := [])
+    freed2: list[int] = []
+    m2 = Mutation(store, m.root, 3, freed2)
     m2.put(prefix + b"000002", b"x")
     assert freed2 == []
 
@@ -594,6 +595,7 @@ def test_damaged_node_pages_raise_page_errors() -> None:
 def test_dirty_nodes_postorder_and_swizzle() -> None:
     store = MemoryNodeStore(PAGE)
     root = build(store, [(b"%05d" % i, b"v" * 60) for i in range(3000)])
+    assert root is not None
     dirty = dirty_nodes_postorder(root)
     assert dirty[-1] == (root, None, -1)
     seen: set[int] = set()
@@ -610,7 +612,7 @@ def test_dirty_nodes_postorder_and_swizzle() -> None:
         pgno = store.write(node)
         if parent is not None:
             swizzle(parent, index, pgno)
-    leaves = [n.pgno for n in iter_nodes(store, root) if n.leaf]
+    leaves = [n.pgno or 0 for n in iter_nodes(store, root) if n.leaf]
     assert leaves == sorted(leaves)
     assert dirty_nodes_postorder(root) == []
     assert dirty_nodes_postorder(None) == []

@@ -182,7 +182,11 @@ class Instance:
             if self.failure is not None:
                 raise self.failure
             self._background = ManagedThread(
-                self.registry, self.owner, "jetstore-background", self._background_loop
+                self.registry,
+                self.owner,
+                "jetstore-background",
+                self._background_loop,
+                wake=self._wake.set,
             )
             self.events.emit(
                 "instance_started",
@@ -579,6 +583,20 @@ class Instance:
         self.state = InstanceState.CLOSED
         if error is not None:
             raise error
+
+    def simulate_crash(self) -> None:
+        """Stop as a killed process would: no flush, no checkpoint, no clean header.
+
+        Bytes already handed to the OS stay (as after a real process kill); log records
+        appended but not yet flushed (lazy commits) are lost. For crash tests and the demo.
+        """
+        if self.state is InstanceState.CLOSED:
+            return
+        self.state = InstanceState.FAILED
+        if self._log is not None:
+            self._log._failed = InstanceUnavailable("simulated crash")
+        self._release_everything()
+        self.state = InstanceState.CLOSED
 
     def _release_everything(self) -> None:
         if self._background is not None:

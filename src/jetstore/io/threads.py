@@ -1,7 +1,8 @@
 """Engine threads, registered in the handle registry and stopped deterministically.
 
-A `ManagedThread` runs `target(stop_event)`; `close()` sets the event and joins the thread, so
-an instance that closes leaves no thread behind. A thread that dies of an exception records it
+A `ManagedThread` runs `target(stop_event)`; `close()` sets the event, calls `wake` (so a
+thread sleeping on some other event notices at once) and joins the thread, so an instance that
+closes leaves no thread behind. A thread that dies of an exception records it
 in `error` (the owner decides what it means) instead of printing a traceback.
 """
 
@@ -20,8 +21,10 @@ class ManagedThread:
         owner: str,
         name: str,
         target: Callable[[threading.Event], None],
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self._wake = wake
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self._target = target
@@ -37,6 +40,8 @@ class ManagedThread:
 
     def _join(self) -> None:
         self.stop_event.set()
+        if self._wake is not None:
+            self._wake()  # a thread sleeping on its own event must see the stop at once
         if threading.current_thread() is not self._thread:
             self._thread.join()
 

@@ -143,7 +143,11 @@ class LogWriter:
         mistaken for data later: the new header records exactly where the old one ends.
         """
         self._preparer = ManagedThread(
-            self._fs.registry, self._owner, "jetstore-log-preparer", self._prepare_loop
+            self._fs.registry,
+            self._owner,
+            "jetstore-log-preparer",
+            self._prepare_loop,
+            wake=self._prepare_request.set,
         )
         if tail is None:
             new_gen, prev_created, prev_end, prev_checksum = 1, 0, 0, 0

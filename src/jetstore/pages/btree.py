@@ -54,6 +54,7 @@ branch (page type 1), n keys, n + 1 children:
 
 from __future__ import annotations
 
+import functools
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
@@ -582,6 +583,12 @@ def _branch_split_point(keys: list[bytes], total: int) -> tuple[int, int, int]:
     return best
 
 
+@functools.cache
+def _limits(page_size: int) -> tuple[int, int, int]:
+    # Cached: a commit creates one Mutation per database, and this keeps that cheap.
+    return payload_capacity(page_size), max_entry_size(page_size), min_fill(page_size)
+
+
 class Mutation:
     """One write batch over a tree: changes a private copy of the path, then `root` is published.
 
@@ -600,9 +607,7 @@ class Mutation:
         self._root = root
         self._epoch = epoch
         self._freed = freed
-        self._capacity = payload_capacity(store.page_size)
-        self._max_entry = max_entry_size(store.page_size)
-        self._min_fill = min_fill(store.page_size)
+        self._capacity, self._max_entry, self._min_fill = _limits(store.page_size)
 
     @property
     def root(self) -> Node | None:
@@ -810,7 +815,8 @@ class Mutation:
         if node.leaf:
             merged = left.nbytes + right.nbytes
         else:
-            merged = left.nbytes + right.nbytes + BRANCH_ENTRY_OVERHEAD + len(separator) - 8
+            merged = left.nbytes + right.nbytes + BRANCH_ENTRY_OVERHEAD + len(separator)
+            merged -= _BRANCH_BASE  # the two first-children become one list
         if merged <= self._capacity:
             # Merge into `node`, which this mutation owns; the sibling leaves the tree.
             self._discard(sibling)

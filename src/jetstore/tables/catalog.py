@@ -7,6 +7,7 @@ range and a range scan of one object never touches another:
 | --- | --- | --- |
 | catalog (id 0) | `00000000 'T' name(utf-8)` | encoded `TableDef` |
 | catalog (id 0) | `00000000 'N'` | next free object id (u32 big-endian) |
+| catalog (id 0) | `00000000 'D' name(utf-8) 00 chunk(u32 BE)` | chunk of a large `TableDef` |
 | table data | `table_id pk` | encoded record |
 | secondary index | `index_id index_key pk` | `pk` (the record's encoded primary key) |
 | long values | `lv_id pk column(u16) chunk(u32)` | one chunk of a long text/bytes value |
@@ -14,6 +15,12 @@ range and a range scan of one object never touches another:
 `pk` and `index_key` are `jetstore.tables.keys.encode_key` encodings. Putting `pk` at the end
 of index keys makes every index entry unique, so unique and non-unique indexes share one
 layout; uniqueness is checked by scanning the `index_id index_key` prefix.
+
+A table definition is stored in its `'T'` entry when the entry fits the B+tree's entry limit.
+A larger one (a table with many columns) is split into `'D'` chunks and its `'T'` entry holds
+`00 length(u32 big-endian) chunk count(u32 big-endian)` instead; an encoded definition is JSON
+and starts with `{`, so the leading 00 byte tells the two forms apart. Names cannot contain a 00
+byte, so `'D' name 00` is the chunk prefix of exactly one table.
 
 Catalog entries are ordinary tree entries: creating a table is a write in a transaction,
 logged and replayed like data, and invisible to other transactions until it commits.
@@ -24,6 +31,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from jetstore.errors import DatabaseCorrupted
+from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, max_entry_size
 from jetstore.tables.schema import TableDef, decode_table_def, encode_table_def
 
 CATALOG_ID: Final = 0
@@ -32,7 +41,11 @@ _OBJECT = struct.Struct(">I")
 CATALOG_PREFIX: Final = _OBJECT.pack(CATALOG_ID)
 TABLE_ENTRY_PREFIX: Final = CATALOG_PREFIX + b"T"
 NEXT_OBJECT_ID_KEY: Final = CATALOG_PREFIX + b"N"
+TABLE_DEF_CHUNK_PREFIX: Final = CATALOG_PREFIX + b"D"
 _LV_SUFFIX = struct.Struct(">HI")
+_CHUNK_NUMBER = struct.Struct(">I")
+_CHUNKED = struct.Struct(">BII")  # 00, total length, chunk count
+_CHUNKED_MARK = 0
 
 
 def object_prefix(object_id: int) -> bytes:
@@ -45,6 +58,55 @@ def table_entry_key(name: str) -> bytes:
 
 def table_name_from_key(key: bytes) -> str:
     return key[len(TABLE_ENTRY_PREFIX) :].decode("utf-8")
+
+
+def table_def_chunk_prefix(name: str) -> bytes:
+    """Prefix of the chunk entries of table `name`'s definition (see the module docstring)."""
+    return TABLE_DEF_CHUNK_PREFIX + name.encode("utf-8") + b"\x00"
+
+
+def table_def_chunk_key(name: str, chunk: int) -> bytes:
+    return table_def_chunk_prefix(name) + _CHUNK_NUMBER.pack(chunk)
+
+
+def table_def_entries(name: str, encoded: bytes, page_size: int) -> list[tuple[bytes, bytes]]:
+    """The catalog entries storing table `name`'s encoded definition on `page_size` pages."""
+    entry_key = table_entry_key(name)
+    limit = max_entry_size(page_size) - LEAF_ENTRY_OVERHEAD
+    if len(entry_key) + len(encoded) <= limit:
+        return [(entry_key, encoded)]
+    size = limit - len(table_def_chunk_key(name, 0))
+    chunks = [encoded[start : start + size] for start in range(0, len(encoded), size)]
+    return [
+        (entry_key, _CHUNKED.pack(_CHUNKED_MARK, len(encoded), len(chunks))),
+        *((table_def_chunk_key(name, i), chunk) for i, chunk in enumerate(chunks)),
+    ]
+
+
+def chunked_table_def(value: bytes) -> tuple[int, int] | None:
+    """(length, chunk count) when a `'T'` entry's value says the definition is chunked."""
+    if not value or value[0] != _CHUNKED_MARK:
+        return None
+    if len(value) != _CHUNKED.size:
+        raise DatabaseCorrupted(f"malformed chunked table definition entry ({value.hex()})")
+    _mark, length, count = _CHUNKED.unpack(value)
+    return int(length), int(count)
+
+
+def join_table_def_chunks(name: str, value: bytes, chunks: list[bytes]) -> bytes:
+    """The encoded definition from its `'T'` entry `value` and its chunks, in key order."""
+    shape = chunked_table_def(value)
+    if shape is None:
+        return value
+    length, count = shape
+    data = b"".join(chunks)
+    if len(chunks) != count or len(data) != length:
+        raise DatabaseCorrupted(
+            f"the definition of table {name!r} should have {count} chunk(s) of {length} bytes "
+            f"in all; the catalog holds {len(chunks)} chunk(s) of {len(data)} bytes",
+            hint="run `jetstore integrity` on the database",
+        )
+    return data
 
 
 def encode_next_object_id(value: int) -> bytes:
@@ -68,15 +130,21 @@ __all__ = [
     "CATALOG_PREFIX",
     "FIRST_OBJECT_ID",
     "NEXT_OBJECT_ID_KEY",
+    "TABLE_DEF_CHUNK_PREFIX",
     "TABLE_ENTRY_PREFIX",
     "TableDef",
+    "chunked_table_def",
     "decode_next_object_id",
     "decode_table_def",
     "encode_next_object_id",
     "encode_table_def",
+    "join_table_def_chunks",
     "long_value_key",
     "long_value_prefix",
     "object_prefix",
+    "table_def_chunk_key",
+    "table_def_chunk_prefix",
+    "table_def_entries",
     "table_entry_key",
     "table_name_from_key",
 ]

@@ -10,16 +10,25 @@ The `Table` turns record operations into B+tree operations on the transaction's 
 Invariants:
 - A record and all its index entries and chunks change together, in one transaction, so every
   committed state has each index entry matching its record and vice versa.
+- A write either fails before changing anything or changes everything: every check that can
+  fail (unique indexes, key and record sizes) runs before the first B+tree operation, so a
+  caught `KeyDuplicate`, `KeyTooBig` or `RecordTooBig` leaves the transaction as it was.
 - A unique index never holds two records with the same non-NULL key (checked at write time
   against the transaction's view, and again at commit against the latest state).
 - Every leaf entry fits the B+tree's entry limit: values that would not are moved out of the
   record into long-value chunks, largest first; a record that still does not fit raises
-  `RecordTooBig`, and a key that does not fit raises `KeyTooBig`.
+  `RecordTooBig`, and a key that does not fit raises `KeyTooBig`. An encoded primary key is
+  at most `MAX_PRIMARY_KEY_SIZE` bytes, so that its long-value chunk keys fit too.
+- A scan reads the transaction's view as of the moment `scan()` was called (records, index
+  entries and long values alike): writes made while iterating neither break it nor show up in
+  it. Scan bounds are checked and converted like column values, so ``start=5`` on a float
+  key means 5.0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from jetstore.errors import (
@@ -34,27 +43,41 @@ from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, MAX_KEY_SIZE, max_entry_si
 from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
 from jetstore.tables.keys import KeyInput, encode_key, prefix_successor
 from jetstore.tables.records import LongValueRef, RecordCodec
-from jetstore.tables.schema import ColumnType, IndexDef, TableDef
+from jetstore.tables.schema import Column, ColumnType, IndexDef, TableDef
 
 _LV_KEY_EXTRA = 4 + 2 + 4  # lv object id, column, chunk number
+#: Longest encoded primary key: its long-value chunk keys must stay within MAX_KEY_SIZE.
+MAX_PRIMARY_KEY_SIZE = MAX_KEY_SIZE - _LV_KEY_EXTRA
 
 
-class TreeView(Protocol):
-    """What a table needs from its transaction: reads and writes of the private tree view."""
-
-    page_size: int
+class ReadView(Protocol):
+    """Reads of one state of a transaction's tree."""
 
     def get(self, key: bytes) -> bytes | None: ...
-
-    def put(self, key: bytes, value: bytes) -> None: ...
-
-    def delete(self, key: bytes) -> None: ...
 
     def iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]: ...
 
+    def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
+        """Every entry in ``[start, stop)``, read at once (the view may change afterwards)."""
+        ...
+
+
+class TreeView(ReadView, Protocol):
+    """What a table needs from its transaction: reads and writes of the private tree view."""
+
+    page_size: int
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
     def add_unique_check(self, prefix: bytes, own_key: bytes) -> None: ...
+
+    def frozen(self) -> ReadView:
+        """The view as it is now, unaffected by later writes (for lazy iteration)."""
+        ...
 
 
 def _as_tuple(key: object) -> tuple[Any, ...]:
@@ -63,6 +86,15 @@ def _as_tuple(key: object) -> tuple[Any, ...]:
     if isinstance(key, list):
         return tuple(key)
     return (key,)
+
+
+@dataclass(frozen=True, slots=True)
+class _OldRecord:
+    """What replacing or removing a stored record must undo."""
+
+    pk: bytes
+    entries: dict[str, bytes]  # index name -> index entry key
+    long_columns: tuple[int, ...]  # positions of the columns stored as long values
 
 
 class Table:
@@ -84,6 +116,8 @@ class Table:
             if column.type in (ColumnType.TEXT, ColumnType.BYTES)
         ]
         self._pk_names = table_def.primary_key
+        self._pk_columns = tuple(table_def.column(name) for name in self._pk_names)
+        self._index_columns = frozenset(c for index in table_def.indexes for c in index.columns)
 
     @property
     def name(self) -> str:
@@ -102,20 +136,21 @@ class Table:
             dict(zip(self._pk_names, values, strict=True)), partial=True
         )
         encoded = encode_key([cast(KeyInput, checked[name]) for name in self._pk_names])
-        if len(encoded) + 4 > MAX_KEY_SIZE:
+        if len(encoded) > MAX_PRIMARY_KEY_SIZE:
             raise KeyTooBig(
                 f"primary key of table {self.name!r} encodes to {len(encoded)} bytes; "
-                f"the limit is {MAX_KEY_SIZE - 4 - _LV_KEY_EXTRA}"
+                f"the limit is {MAX_PRIMARY_KEY_SIZE}"
             )
         return encoded
 
     def _index_entry(self, index: IndexDef, record: Mapping[str, object], pk: bytes) -> bytes:
         values = [cast(KeyInput, record[name]) for name in index.columns]
         key = self._index_prefixes[index.name] + encode_key(values) + pk
-        if len(key) > MAX_KEY_SIZE:
+        if len(key) > MAX_KEY_SIZE or LEAF_ENTRY_OVERHEAD + len(key) + len(pk) > self._max_entry:
             raise KeyTooBig(
                 f"index {index.name!r} of table {self.name!r}: the entry key encodes to "
-                f"{len(key)} bytes; the limit is {MAX_KEY_SIZE}"
+                f"{len(key)} bytes (primary key included); the limit is "
+                f"{min(MAX_KEY_SIZE, self._max_entry - LEAF_ENTRY_OVERHEAD - len(pk))}"
             )
         return key
 
@@ -125,29 +160,47 @@ class Table:
             return None  # NULLs never collide, as in SQL
         return self._index_prefixes[index.name] + encode_key(values)
 
+    def _encode_bound(self, prefix: bytes, columns: Sequence[Column], bound: object) -> bytes:
+        """A scan bound: a value or a tuple prefix of `columns`, checked like column values."""
+        values = _as_tuple(bound)
+        if len(values) > len(columns):
+            raise InvalidParameter(
+                f"scan bound {bound!r} of table {self.name!r} has {len(values)} values; the key "
+                f"has {len(columns)} column(s): {[c.name for c in columns]}"
+            )
+        checked: list[KeyInput] = []
+        for column, value in zip(columns, values, strict=False):
+            if value is None:
+                checked.append(None)  # NULL sorts first; a legal bound for any column
+            else:
+                normalized = self.definition.validate_record({column.name: value}, partial=True)
+                checked.append(cast(KeyInput, normalized[column.name]))
+        return prefix + encode_key(checked)
+
     # ----------------------------------------------------------------- reads
 
     def get(self, key: object) -> dict[str, object] | None:
         """The record with primary key `key` (a value, or a tuple for compound keys)."""
         pk = self._encode_pk(key)
         raw = self._view.get(self._prefix + pk)
-        return None if raw is None else self._materialize(pk, raw)
+        return None if raw is None else self._materialize(self._view, pk, raw)
 
     def __contains__(self, key: object) -> bool:
         return self._view.get(self._prefix + self._encode_pk(key)) is not None
 
-    def _materialize(self, pk: bytes, raw: bytes) -> dict[str, object]:
+    def _materialize(self, view: ReadView, pk: bytes, raw: bytes) -> dict[str, object]:
         record = self._codec.decode(raw)
         for position, name, _is_text in self._lv_columns:
             value = record.get(name)
             if isinstance(value, LongValueRef):
-                record[name] = self._read_long_value(pk, position, value)
+                record[name] = self._read_long_value(view, pk, position, value)
         return record
 
-    def _read_long_value(self, pk: bytes, column: int, ref: LongValueRef) -> str | bytes:
+    def _read_long_value(
+        self, view: ReadView, pk: bytes, column: int, ref: LongValueRef
+    ) -> str | bytes:
         prefix = long_value_prefix(self.definition.lv_id, pk, column)
-        parts = [chunk for _key, chunk in self._view.iterate(prefix, prefix_successor(prefix))]
-        data = b"".join(parts)
+        data = b"".join([chunk for _key, chunk in view.items(prefix, prefix_successor(prefix))])
         if len(data) != ref.length:
             raise DatabaseCorrupted(
                 f"long value of column {self.definition.columns[column].name!r} in table "
@@ -164,32 +217,45 @@ class Table:
         reverse: bool = False,
     ) -> Iterator[dict[str, object]]:
         """Records in key order of the primary key or of `index`, from `start` (inclusive) to
-        `stop` (exclusive); either may be a partial key (a tuple prefix of the key columns).
+        `stop` (exclusive); either may be a partial key (a tuple prefix of the key columns;
+        for an index, the index columns followed by the primary key columns).
+
+        The scan reads the transaction's view as of this call: writes made while iterating
+        do not show up in it and do not disturb it.
         """
         if index is None:
             prefix = self._prefix
+            columns = self._pk_columns
         else:
-            self.definition.index(index)  # IndexNotFound for an unknown name
+            index_def = self.definition.index(index)  # IndexNotFound for an unknown name
             prefix = self._index_prefixes[index]
-        low = prefix if start is None else prefix + encode_key(list(_as_tuple(start)))
+            columns = (
+                *(self.definition.column(c) for c in index_def.columns),
+                *self._pk_columns,
+            )
+        low = prefix if start is None else self._encode_bound(prefix, columns, start)
         high = (
-            prefix_successor(prefix) if stop is None else prefix + encode_key(list(_as_tuple(stop)))
+            prefix_successor(prefix) if stop is None else self._encode_bound(prefix, columns, stop)
         )
-        view = self._view
-        if index is None:
-            plen = len(prefix)
-            for key, raw in view.iterate(low, high, reverse):
-                yield self._materialize(key[plen:], raw)
-        else:
-            table_prefix = self._prefix
-            for _key, pk in view.iterate(low, high, reverse):
-                record_raw = view.get(table_prefix + pk)
-                if record_raw is None:
+        return self._scan(self._view.frozen(), index is not None, low, high, reverse)
+
+    def _scan(
+        self, view: ReadView, by_index: bool, low: bytes, high: bytes | None, reverse: bool
+    ) -> Iterator[dict[str, object]]:
+        table_prefix = self._prefix
+        plen = len(table_prefix)
+        for key, value in view.iterate(low, high, reverse):
+            if by_index:
+                pk = value
+                raw = view.get(table_prefix + pk)
+                if raw is None:
                     raise DatabaseCorrupted(
-                        f"index {index!r} of table {self.name!r} points to a missing record",
+                        f"an index of table {self.name!r} points to a missing record",
                         hint="run `jetstore integrity` on the database",
                     )
-                yield self._materialize(pk, record_raw)
+            else:
+                pk, raw = key[plen:], value
+            yield self._materialize(view, pk, raw)
 
     def __iter__(self) -> Iterator[dict[str, object]]:
         return self.scan()
@@ -200,14 +266,12 @@ class Table:
         """Add a record; `KeyDuplicate` if its primary key or a unique index key exists."""
         checked = self.definition.validate_record(record)
         pk = self._encode_pk([checked[name] for name in self._pk_names])
-        key = self._prefix + pk
-        view = self._view
-        if view.get(key) is not None:
+        if self._view.get(self._prefix + pk) is not None:
             raise KeyDuplicate(
                 f"table {self.name!r} already has a record with primary key "
                 f"{self._describe_key(checked)}"
             )
-        self._write_record(key, pk, checked, old=None)
+        self._store(pk, checked, None)
 
     def update(self, key: object, changes: Mapping[str, object]) -> dict[str, object]:
         """Change some columns of the record with primary key `key`; returns the new record.
@@ -221,128 +285,155 @@ class Table:
             raise RecordNotFound(
                 f"table {self.name!r} has no record with primary key {_as_tuple(key)!r}"
             )
-        old = self._materialize(pk, raw)
         self.definition.validate_record(changes, partial=True)
-        merged = {**old, **changes}
-        checked = self.definition.validate_record(merged)
+        old = self._materialize(view, pk, raw)
+        checked = self.definition.validate_record({**old, **changes})
         new_pk = self._encode_pk([checked[name] for name in self._pk_names])
-        if new_pk != pk:
-            if view.get(self._prefix + new_pk) is not None:
-                raise KeyDuplicate(
-                    f"table {self.name!r} already has a record with primary key "
-                    f"{self._describe_key(checked)}"
-                )
-            self._remove_record(pk, old, self._codec.decode(raw))
-            self._write_record(self._prefix + new_pk, new_pk, checked, old=None)
-        else:
-            self._write_record(self._prefix + pk, pk, checked, old=(old, self._codec.decode(raw)))
+        if new_pk != pk and view.get(self._prefix + new_pk) is not None:
+            raise KeyDuplicate(
+                f"table {self.name!r} already has a record with primary key "
+                f"{self._describe_key(checked)}"
+            )
+        self._store(new_pk, checked, self._old_record(pk, raw, old))
         return dict(checked)
 
     def delete(self, key: object) -> None:
         """Remove the record with primary key `key`; `RecordNotFound` if there is none."""
         pk = self._encode_pk(key)
-        raw = self._view.get(self._prefix + pk)
+        view = self._view
+        raw = view.get(self._prefix + pk)
         if raw is None:
             raise RecordNotFound(
                 f"table {self.name!r} has no record with primary key {_as_tuple(key)!r}"
             )
-        self._remove_record(pk, self._materialize(pk, raw), self._codec.decode(raw))
+        old = self._old_record(pk, raw, None)
+        for entry in old.entries.values():
+            view.delete(entry)
+        for position in old.long_columns:
+            self._delete_long_value(pk, position)
+        view.delete(self._prefix + pk)
 
     def upsert(self, record: Mapping[str, object]) -> None:
         """Insert the record, or replace every column of the existing one with the same key."""
         checked = self.definition.validate_record(record)
         pk = self._encode_pk([checked[name] for name in self._pk_names])
         raw = self._view.get(self._prefix + pk)
-        if raw is None:
-            self._write_record(self._prefix + pk, pk, checked, old=None)
-        else:
-            old = self._materialize(pk, raw)
-            self._write_record(self._prefix + pk, pk, checked, old=(old, self._codec.decode(raw)))
+        self._store(pk, checked, None if raw is None else self._old_record(pk, raw, None))
 
     # ----------------------------------------------------------------- internals
 
     def _describe_key(self, record: Mapping[str, object]) -> str:
         return repr(tuple(record[name] for name in self._pk_names))
 
-    def _write_record(
-        self,
-        key: bytes,
-        pk: bytes,
-        record: dict[str, object],
-        old: tuple[dict[str, object], dict[str, object]] | None,
-    ) -> None:
+    def _old_record(self, pk: bytes, raw: bytes, record: Mapping[str, object] | None) -> _OldRecord:
+        """The index entries and long-value columns of the stored record `raw` under `pk`.
+
+        `record` is its materialized form when the caller has it; otherwise only the long
+        values of indexed columns are read.
+        """
+        stored = self._codec.decode(raw)
+        long_columns = tuple(
+            position
+            for position, name, _is_text in self._lv_columns
+            if isinstance(stored.get(name), LongValueRef)
+        )
+        if record is None:
+            record = stored
+            for position, name, _is_text in self._lv_columns:
+                ref = stored.get(name)
+                if isinstance(ref, LongValueRef) and name in self._index_columns:
+                    stored[name] = self._read_long_value(self._view, pk, position, ref)
+        entries = {
+            index.name: self._index_entry_unchecked(index, record, pk)
+            for index in self.definition.indexes
+        }
+        return _OldRecord(pk, entries, long_columns)
+
+    def _index_entry_unchecked(
+        self, index: IndexDef, record: Mapping[str, object], pk: bytes
+    ) -> bytes:
+        values = [cast(KeyInput, record[name]) for name in index.columns]
+        return self._index_prefixes[index.name] + encode_key(values) + pk
+
+    def _store(self, pk: bytes, record: dict[str, object], old: _OldRecord | None) -> None:
+        """Write `record` under `pk`, replacing `old` (which may live under another key).
+
+        Phase 1 checks everything that can fail without touching the view; phase 2 writes.
+        """
         view = self._view
-        # Unique indexes first, so a violation leaves the view unchanged.
-        for index in self.definition.indexes:
+        key = self._prefix + pk
+        indexes = self.definition.indexes
+        old_entries = old.entries if old is not None else {}
+        own_pks = {pk} if old is None else {pk, old.pk}
+        # Phase 1: index entries (KeyTooBig), unique indexes (KeyDuplicate), the record's
+        # stored form (RecordTooBig).
+        entries = {index.name: self._index_entry(index, record, pk) for index in indexes}
+        for index in indexes:
             unique = self._unique_prefix(index, record)
-            if unique is None:
+            if unique is None or old_entries.get(index.name) == entries[index.name]:
                 continue
-            if old is not None and self._unique_prefix(index, old[0]) == unique:
-                continue
-            for other_key, other_pk in view.iterate(unique, prefix_successor(unique)):
-                if other_pk != pk:
+            for other_key, other_pk in view.items(unique, prefix_successor(unique)):
+                if other_pk not in own_pks:
                     raise KeyDuplicate(
                         f"unique index {index.name!r} of table {self.name!r} already has "
-                        f"key {tuple(record[c] for c in index.columns)!r} (other record "
-                        f"in the way; entry {other_key.hex()[:32]}…)"
+                        f"key {tuple(record[c] for c in index.columns)!r} (another record; "
+                        f"entry {other_key.hex()[:32]}…)"
                     )
-        # Index entries: remove stale ones, add new ones.
-        for index in self.definition.indexes:
-            entry = self._index_entry(index, record, pk)
-            if old is not None:
-                old_entry = self._index_entry(index, old[0], pk)
-                if old_entry == entry:
-                    continue
-                view.delete(old_entry)
+        encoded, long_values = self._encode_stored(key, record)
+        # Phase 2: remove what the old record had and the new one does not, then write.
+        if old is not None:
+            for name, entry in old_entries.items():
+                if entries[name] != entry:
+                    view.delete(entry)
+            for position in old.long_columns:
+                self._delete_long_value(old.pk, position)
+            if old.pk != pk:
+                view.delete(self._prefix + old.pk)
+        for index in indexes:
+            entry = entries[index.name]
+            if old_entries.get(index.name) == entry:
+                continue
             view.put(entry, pk)
             unique = self._unique_prefix(index, record)
             if unique is not None:
                 view.add_unique_check(unique, entry)
-        # Long values: drop the old chunks of every text/bytes column, write new ones.
-        stored = dict(record)
-        if old is not None:
-            for position, name, _is_text in self._lv_columns:
-                if isinstance(old[1].get(name), LongValueRef):
-                    self._delete_long_value(pk, position)
-        encoded = self._codec.encode(stored)
-        limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(key)
-        if len(encoded) > limit:
-            candidates = sorted(
-                (
-                    (len(value), position, name, is_text)
-                    for position, name, is_text in self._lv_columns
-                    if isinstance(value := stored.get(name), str | bytes)
-                ),
-                reverse=True,
-            )
-            for _size, position, name, is_text in candidates:
-                value = stored[name]
-                assert isinstance(value, str | bytes)
-                data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
-                self._write_long_value(pk, position, data)
-                stored[name] = LongValueRef(position, len(data), is_text)
-                encoded = self._codec.encode(stored)
-                if len(encoded) <= limit:
-                    break
-            if len(encoded) > limit:
-                raise RecordTooBig(
-                    f"a record of table {self.name!r} needs {len(encoded)} bytes even with its "
-                    f"text and bytes values stored apart; a page of {self._view.page_size} "
-                    f"bytes holds at most {limit}",
-                    hint="use a larger page_size or fewer/smaller non-text columns",
-                )
+        for position, data in long_values:
+            self._write_long_value(pk, position, data)
         view.put(key, encoded)
 
-    def _remove_record(
-        self, pk: bytes, record: dict[str, object], stored: dict[str, object]
-    ) -> None:
-        view = self._view
-        for index in self.definition.indexes:
-            view.delete(self._index_entry(index, record, pk))
-        for position, name, _is_text in self._lv_columns:
-            if isinstance(stored.get(name), LongValueRef):
-                self._delete_long_value(pk, position)
-        view.delete(self._prefix + pk)
+    def _encode_stored(
+        self, key: bytes, record: dict[str, object]
+    ) -> tuple[bytes, list[tuple[int, bytes]]]:
+        """The record entry's value, and the (column, data) long values it refers to."""
+        stored = dict(record)
+        encoded = self._codec.encode(stored)
+        limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(key)
+        long_values: list[tuple[int, bytes]] = []
+        if len(encoded) <= limit:
+            return encoded, long_values
+        candidates = sorted(
+            (
+                (len(value), position, name, is_text)
+                for position, name, is_text in self._lv_columns
+                if isinstance(value := stored.get(name), str | bytes)
+            ),
+            reverse=True,
+        )
+        for _size, position, name, is_text in candidates:
+            value = stored[name]
+            assert isinstance(value, str | bytes)
+            data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+            long_values.append((position, data))
+            stored[name] = LongValueRef(position, len(data), is_text)
+            encoded = self._codec.encode(stored)
+            if len(encoded) <= limit:
+                return encoded, long_values
+        raise RecordTooBig(
+            f"a record of table {self.name!r} needs {len(encoded)} bytes even with its "
+            f"text and bytes values stored apart; a page of {self._view.page_size} "
+            f"bytes holds at most {limit}",
+            hint="use a larger page_size or fewer/smaller non-text columns",
+        )
 
     def _chunk_size(self, pk: bytes) -> int:
         key_size = len(pk) + _LV_KEY_EXTRA
@@ -358,9 +449,9 @@ class Table:
 
     def _delete_long_value(self, pk: bytes, column: int) -> None:
         prefix = long_value_prefix(self.definition.lv_id, pk, column)
-        keys = [key for key, _ in self._view.iterate(prefix, prefix_successor(prefix))]
-        for key in keys:
-            self._view.delete(key)
+        delete = self._view.delete
+        for key, _ in self._view.items(prefix, prefix_successor(prefix)):
+            delete(key)
 
 
 def key_values(key: object) -> Sequence[object]:

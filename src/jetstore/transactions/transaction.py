@@ -15,8 +15,12 @@ Invariants:
 - `operations` records, per key, the last value written (or None for a delete): exactly the
   B+tree operations the commit record will carry.
 - An iterator over the private tree stays valid while the transaction keeps writing: the
-  first write after an iterator was handed out moves the private tree to a new epoch, so the
-  nodes the iterator holds are copied, not changed in place.
+  first write after an iterator (or a `frozen` view) was handed out moves the private tree to
+  a new epoch, so the nodes the iterator holds are copied, not changed in place. An iterator
+  yields the tree as it was when it was created.
+- Nothing is read for a finished transaction: every read, including the next step of an
+  iterator handed out before, raises `NotInTransaction` (its snapshot's pages may be reused
+  once it ended).
 """
 
 from __future__ import annotations
@@ -38,8 +42,13 @@ from jetstore.pages.btree import Mutation, Node, iterate, lookup
 from jetstore.tables.catalog import (
     NEXT_OBJECT_ID_KEY,
     TABLE_ENTRY_PREFIX,
+    chunked_table_def,
     decode_next_object_id,
     encode_next_object_id,
+    join_table_def_chunks,
+    object_prefix,
+    table_def_chunk_prefix,
+    table_def_entries,
     table_entry_key,
     table_name_from_key,
 )
@@ -129,12 +138,24 @@ class Transaction:
     def iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
+        """Entries with ``start <= key < stop`` (None: unbounded) as of this call, lazily."""
+        return self.frozen().iterate(start, stop, reverse)
+
+    def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
+        """Entries with ``start <= key < stop``, read at once (no iterator stays out)."""
         self._check_active()
-        mutation = self.mutation
-        root = self.snapshot_root if mutation is None else mutation.root
-        if mutation is not None:
+        return list(iterate(self._db.file, self._current_root(), start, stop))
+
+    def frozen(self) -> FrozenView:
+        """A read-only view of the transaction's tree as it is now, unaffected by later writes."""
+        self._check_active()
+        if self.mutation is not None:
             self._iterators_out = True
-        return iterate(self._db.file, root, start, stop, reverse)
+        return FrozenView(self, self._current_root())
+
+    def _current_root(self) -> Node | None:
+        mutation = self.mutation
+        return self.snapshot_root if mutation is None else mutation.root
 
     def _writable_mutation(self) -> Mutation:
         mutation = self.mutation
@@ -184,7 +205,7 @@ class Transaction:
         table = self._tables.get(name)
         if table is not None:
             return table
-        raw = self.get(table_entry_key(name))
+        raw = self._read_table_def(name) if isinstance(name, str) else None
         if raw is None:
             raise ObjectNotFound(
                 f"database {self._db.name!r} has no table {name!r}",
@@ -196,10 +217,19 @@ class Transaction:
         self._tables[name] = table
         return table
 
+    def _read_table_def(self, name: str) -> bytes | None:
+        """The encoded definition of table `name` (joined from its chunks), or None."""
+        raw = self.get(table_entry_key(name))
+        if raw is None or chunked_table_def(raw) is None:
+            return raw
+        prefix = table_def_chunk_prefix(name)
+        chunks = [value for _key, value in self.items(prefix, prefix_successor(prefix))]
+        return join_table_def_chunks(name, raw, chunks)
+
     def table_names(self) -> list[str]:
         return [
             table_name_from_key(key)
-            for key, _ in self.iterate(TABLE_ENTRY_PREFIX, prefix_successor(TABLE_ENTRY_PREFIX))
+            for key, _ in self.items(TABLE_ENTRY_PREFIX, prefix_successor(TABLE_ENTRY_PREFIX))
         ]
 
     def create_table(
@@ -211,6 +241,8 @@ class Transaction:
     ) -> TableDef:
         """Create a table in this transaction (visible to others once it commits)."""
         self._check_active()
+        if not isinstance(name, str):
+            raise InvalidParameter(f"table name must be a string, got {name!r}")
         if self.get(table_entry_key(name)) is not None:
             raise TableDuplicate(f"database {self._db.name!r} already has a table {name!r}")
         index_list = list(indexes) if isinstance(indexes, list | tuple) else []
@@ -229,19 +261,27 @@ class Transaction:
             index_ids=index_ids,
         )
         self.put(NEXT_OBJECT_ID_KEY, encode_next_object_id(next_id + 2 + len(index_list)))
-        self.put(table_entry_key(name), encode_table_def(table_def))
+        for key, value in table_def_entries(name, encode_table_def(table_def), self.page_size):
+            self.put(key, value)
         return table_def
 
     def drop_table(self, name: str) -> None:
         """Remove a table and all its records, indexes and long values."""
         table = self.table(name)
         definition = table.definition
-        from jetstore.tables.catalog import object_prefix
-
-        for object_id in (definition.table_id, definition.lv_id, *definition.index_ids):
-            prefix = object_prefix(object_id)
-            keys = [key for key, _ in self.iterate(prefix, prefix_successor(prefix))]
-            for key in keys:
+        chunk_prefix = table_def_chunk_prefix(name)
+        ranges = [
+            (prefix, prefix_successor(prefix))
+            for prefix in (
+                *(
+                    object_prefix(object_id)
+                    for object_id in (definition.table_id, definition.lv_id, *definition.index_ids)
+                ),
+                chunk_prefix,
+            )
+        ]
+        for start, stop in ranges:
+            for key, _ in self.items(start, stop):
                 self.delete(key)
         self.delete(table_entry_key(name))
         self._tables.pop(name, None)
@@ -301,3 +341,47 @@ class Transaction:
                 self._abort()
         except Exception:
             pass
+
+
+class FrozenView:
+    """One state of a transaction's tree (`Transaction.frozen`): reads only, while it is active.
+
+    The nodes under `root` never change (the transaction moves to a new epoch before its next
+    write), so reads through this view see exactly that state.
+    """
+
+    __slots__ = ("_root", "_txn")
+
+    def __init__(self, txn: Transaction, root: Node | None) -> None:
+        self._txn = txn
+        self._root = root
+
+    def get(self, key: bytes) -> bytes | None:
+        txn = self._txn
+        txn._check_active()
+        return lookup(txn.database.file, self._root, key)
+
+    def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
+        txn = self._txn
+        txn._check_active()
+        return list(iterate(txn.database.file, self._root, start, stop))
+
+    def iterate(
+        self, start: bytes | None, stop: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        txn = self._txn
+        txn._check_active()
+        return _guarded(txn, iterate(txn.database.file, self._root, start, stop, reverse))
+
+
+def _guarded(
+    txn: Transaction, entries: Iterator[tuple[bytes, bytes]]
+) -> Iterator[tuple[bytes, bytes]]:
+    """`entries`, checking before each step that `txn` is still active."""
+    check = txn._check_active
+    while True:
+        check()
+        entry = next(entries, None)
+        if entry is None:
+            return
+        yield entry

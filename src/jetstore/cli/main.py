@@ -1,0 +1,128 @@
+"""The `jetstore` command group and the process entry point (`jetstore.cli.main:main`).
+
+This module owns wiring, not behaviour: it lists the commands (one module each), adds
+`--version` and `--help`, and is the last line of defence for the exit-code contract of
+`jetstore.cli.output`. Whatever escapes a command ends here as a clean message and one of the
+documented exit codes; a traceback is shown only for an unexpected (non-engine) exception and
+only when JETSTORE_DEBUG=1 is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+import click
+from rich.text import Text
+
+from jetstore._version import __version__
+from jetstore.cli.demo import demo_command
+from jetstore.cli.errors_cmd import error_command
+from jetstore.cli.output import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    emit_json,
+    envelope,
+    report_error,
+    report_usage,
+    stderr_console,
+)
+from jetstore.errors import JetError
+
+__all__ = ["cli", "main", "run"]
+
+_PROG = "jetstore"
+
+
+@click.group(
+    name=_PROG,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, "--version", prog_name=_PROG, message="%(prog)s %(version)s")
+def cli() -> None:
+    """jetstore: a crash-safe embedded transactional storage engine (ESE lineage).
+
+    Every command that prints results accepts --json and then prints exactly one JSON object
+    on stdout: {"schema": 1, "ok": ..., "command": ..., "result" | "error": ...}.
+    """
+
+
+cli.add_command(demo_command)
+cli.add_command(error_command)
+
+
+def _command_name(args: Sequence[str]) -> str:
+    """The sub-command named on the command line, for the JSON envelope of early failures."""
+    for arg in args:
+        if arg in cli.commands:
+            return arg
+    return _PROG
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with `argv` (default: the process arguments); returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Decided from the raw arguments because a usage error happens before click has parsed
+    # the flag; a "--json" given as an argument value would only change the error's format.
+    as_json = "--json" in args
+    command = _command_name(args)
+    try:
+        outcome = cli.main(args=args, prog_name=_PROG, standalone_mode=False)
+    except click.UsageError as exc:
+        if as_json:
+            return int(report_usage(exc.format_message(), command=command, as_json=True))
+        exc.show()
+        return int(ExitCode.USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        stderr_console().print("aborted")
+        return int(ExitCode.INTERRUPTED)
+    except JetError as exc:  # commands catch their own; this is the safety net
+        return int(report_error(exc, command=command, as_json=as_json))
+    except Exception as exc:  # the contract is "exit 5 with a message", not a bare traceback
+        return _internal_error(exc, command=command, as_json=as_json)
+    # In non-standalone mode click returns the code of ctx.exit()/Exit, or the callback's value.
+    return outcome if isinstance(outcome, int) else int(ExitCode.OK)
+
+
+def _internal_error(exc: Exception, *, command: str, as_json: bool) -> int:
+    debug = os.environ.get("JETSTORE_DEBUG") == "1"
+    message = f"internal error: {type(exc).__name__}: {exc}"
+    if as_json:
+        emit_json(
+            envelope(
+                command,
+                ok=False,
+                error={
+                    "code": None,
+                    "name": type(exc).__name__,
+                    "category": "internal",
+                    "message": message,
+                    "exit_code": int(ExitCode.INTERNAL),
+                },
+            )
+        )
+    console = stderr_console()
+    if debug:
+        console.print(Text("".join(traceback.format_exception(exc))))
+    console.print(Text.assemble(("error: ", "bold red"), message))
+    console.print(
+        "  what to do: this is a bug in jetstore; report it with the command line "
+        "(JETSTORE_DEBUG=1 shows the traceback)."
+    )
+    return int(ExitCode.INTERNAL)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""What every `jetstore` command shares: exit codes, the `--json` envelope, error reporting.
+
+This module owns the CLI's contract with scripts and operators:
+
+* Exit codes (``ExitCode``): 0 ok, 1 problems found, 2 usage, 3 wrong database state, 4 I/O
+  error, 5 internal error (130 when interrupted with Ctrl-C, as shells expect).
+* The JSON envelope: with ``--json`` a command prints exactly one JSON object on stdout,
+  ``{"schema": 1, "ok": bool, "command": str, "result": {...}}`` or, when it failed,
+  ``{"schema": 1, "ok": false, "command": str, "error": {...}}``. Nothing else goes to stdout.
+* How a ``JetError`` is shown: never a traceback; its ESE name, number, detail and what to do,
+  on stderr, with the exit code chosen by the error's category (``exit_code_for``).
+
+Commands decorate their callback with ``@command_errors("name")`` and end with
+``finish(...)``; both raise ``click.exceptions.Exit`` so `jetstore.cli.main` sees one path.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.padding import Padding
+from rich.text import Text
+
+from jetstore.errors import JetError
+
+__all__ = [
+    "EXIT_CODES_HELP",
+    "JSON_SCHEMA_VERSION",
+    "ExitCode",
+    "command_errors",
+    "emit_json",
+    "envelope",
+    "exit_code_for",
+    "finish",
+    "json_option",
+    "report_error",
+    "stderr_console",
+    "stdout_console",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Bumped only when a field changes meaning or disappears; new fields do not bump it.
+JSON_SCHEMA_VERSION: Final = 1
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    PROBLEMS = 1
+    USAGE = 2
+    STATE = 3
+    IO = 4
+    INTERNAL = 5
+    INTERRUPTED = 130
+
+
+#: For the group's `--help` epilog. The "\b" line stops click from re-wrapping the list.
+EXIT_CODES_HELP: Final = (
+    "\b\nExit codes:\n"
+    "    0  ok\n"
+    "    1  problems found (a check failed, or corruption)\n"
+    "    2  usage error (bad option, unknown error code, invalid argument)\n"
+    "    3  wrong database state (needs recovery, inconsistent files, not open)\n"
+    "    4  I/O error (file missing, access denied, disk failure)\n"
+    "    5  internal error (a bug, or a resource the engine ran out of)\n"
+    "  130  interrupted (Ctrl-C)"
+)
+
+# Category (see jetstore.errors.CATEGORIES) -> exit code. Categories not listed (operation,
+# resource, conflict) mean the engine could not do its job for a reason the operator cannot
+# fix by changing the command line or the files: "internal".
+_EXIT_BY_CATEGORY: Final[Mapping[str, ExitCode]] = {
+    "state": ExitCode.STATE,
+    "inconsistent": ExitCode.STATE,
+    "io": ExitCode.IO,
+    "corruption": ExitCode.PROBLEMS,
+    "usage": ExitCode.USAGE,
+}
+
+
+def exit_code_for(error: JetError | type[JetError]) -> ExitCode:
+    """The exit code a command ends with when `error` (or an error of that class) escapes it."""
+    return _EXIT_BY_CATEGORY.get(error.category, ExitCode.INTERNAL)
+
+
+def stdout_console() -> Console:
+    # Created per use, not at import: tests swap sys.stdout, and rich binds `file` lazily only
+    # when none is given, so a fresh Console always writes where stdout points now.
+    return Console(highlight=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def envelope(
+    command: str,
+    *,
+    ok: bool,
+    result: Mapping[str, Any] | None = None,
+    error: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one JSON object a command prints with `--json`."""
+    document: dict[str, Any] = {"schema": JSON_SCHEMA_VERSION, "ok": ok, "command": command}
+    if error is not None:
+        document["error"] = dict(error)
+    else:
+        document["result"] = dict(result or {})
+    return document
+
+
+def emit_json(document: Mapping[str, Any]) -> None:
+    # Plain write, not rich: rich would wrap long lines and add colour codes to the JSON.
+    sys.stdout.write(json.dumps(document, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def error_document(error: JetError) -> dict[str, Any]:
+    """`JetError.as_dict()` plus the number in every printed form and the exit code."""
+    document = error.as_dict()
+    unsigned = error.code % (1 << 32)
+    document.update(
+        unsigned=unsigned,
+        hex=f"0x{unsigned:08x}",
+        exit_code=int(exit_code_for(error)),
+    )
+    return document
+
+
+def report_error(error: JetError, *, command: str, as_json: bool) -> ExitCode:
+    """Show `error` the way the CLI promises (JSON on stdout, or text on stderr)."""
+    code = exit_code_for(error)
+    if as_json:
+        emit_json(envelope(command, ok=False, error=error_document(error)))
+        return code
+    console = stderr_console()
+    number = f"{error.code}, 0x{error.code % (1 << 32):08x}" if error.code else "no number"
+    # Text objects, not markup strings: details quote paths and keys that may contain "[".
+    head = Text.assemble(
+        ("error: ", "bold red"), (error.ese_name, "bold"), f" ({number}, {error.category})"
+    )
+    console.print(head)
+    message = (error.detail or error.description).strip()
+    if message:
+        end = "" if message.endswith((".", "?", "!")) else "."
+        console.print(Padding(Text(f"{message}{end}"), (0, 0, 0, 2)))
+    if error.hint:
+        console.print(Padding(Text.assemble(("what to do: ", "bold"), error.hint), (0, 0, 0, 2)))
+    return code
+
+
+def report_usage(message: str, *, command: str, as_json: bool) -> ExitCode:
+    """A usage problem found by the CLI itself (not by the engine)."""
+    if as_json:
+        emit_json(
+            envelope(
+                command,
+                ok=False,
+                error={
+                    "code": None,
+                    "name": "UsageError",
+                    "category": "usage",
+                    "message": message,
+                    "exit_code": int(ExitCode.USAGE),
+                },
+            )
+        )
+    else:
+        stderr_console().print(Text.assemble(("error: ", "bold red"), message))
+    return ExitCode.USAGE
+
+
+def finish(
+    command: str,
+    *,
+    as_json: bool,
+    ok: bool,
+    result: Mapping[str, Any],
+    failed_code: ExitCode = ExitCode.PROBLEMS,
+) -> NoReturn:
+    """End a command: the JSON envelope if asked for, and exit 0 (ok) or `failed_code`."""
+    if as_json:
+        emit_json(envelope(command, ok=ok, result=result))
+    raise click.exceptions.Exit(int(ExitCode.OK if ok else failed_code))
+
+
+def json_option(function: Callable[P, R]) -> Callable[P, R]:
+    """The `--json` flag every command that prints results has (parameter ``as_json``)."""
+    decorator = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help='Print one JSON object on stdout: {"schema": 1, "ok", "command", "result"|"error"}.',
+    )
+    return decorator(function)
+
+
+def command_errors(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn a `JetError` escaping the command into the promised message and exit code.
+
+    Reads the command's ``as_json`` keyword argument to pick the format.
+    """
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return function(*args, **kwargs)
+            except JetError as error:
+                code = report_error(error, command=command, as_json=bool(kwargs.get("as_json")))
+                raise click.exceptions.Exit(int(code)) from None
+
+        return wrapper
+
+    return decorate
