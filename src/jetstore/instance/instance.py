@@ -123,9 +123,9 @@ class Instance:
         self._log: LogWriter | None = None
         self._background: ManagedThread | None = None
         self._wake = threading.Event()
+        self._closing = False
         self._bytes_since_checkpoint = 0
         self._last_checkpoint_time = time.monotonic()
-        self._roll_pending = False
         self.durable_checkpoint: LogPosition | None = None
         self.candidate_checkpoint: LogPosition | None = None
         self.checkpoint_file_error: JetError | None = None
@@ -148,9 +148,22 @@ class Instance:
                     file.close()
                 raise
             self.recovery = outcome
+            for note in outcome.notes:
+                if note.startswith("checkpoint file ignored") or "no checkpoint file" in note:
+                    self.events.emit("recovery_checkpoint_file_ignored", note)
+            for name, file in files.items():
+                for problem in file.problems:
+                    self.events.emit(
+                        "database_header_repaired", problem, database=name, path=file.path
+                    )
             if outcome.checkpoint is not None:
                 self._checkpoint_seq = outcome.checkpoint.seq
             if outcome.needed:
+                self.events.emit(
+                    "recovery_started",
+                    f"soft recovery from log position {outcome.start}",
+                    start=str(outcome.start),
+                )
                 self.events.emit(
                     "recovery_finished",
                     f"soft recovery replayed {outcome.replayed} committed transaction(s) "
@@ -188,6 +201,14 @@ class Instance:
                 self._background_loop,
                 wake=self._wake.set,
             )
+            for name, db in sorted(self._databases.items()):
+                self.events.emit(
+                    "database_attached",
+                    f"database {name!r} attached",
+                    database=name,
+                    db_id=db.db_id,
+                    path=db.file.path,
+                )
             self.events.emit(
                 "instance_started",
                 f"instance '{self.directory}' is open at log generation "
@@ -251,6 +272,10 @@ class Instance:
             )
 
     def check_writable(self) -> None:
+        if self._closing:
+            raise InstanceUnavailable(
+                f"instance '{self.directory}' is shutting down; no more updates are accepted"
+            )
         if self.state is InstanceState.OPEN:
             log_failure = self._log.failed if self._log is not None else None
             if log_failure is None:
@@ -356,8 +381,18 @@ class Instance:
             raise
 
     def _on_roll(self, generation: int) -> None:
-        self._roll_pending = True
-        self._wake.set()
+        """Called by the log writer after a roll, before any record reaches the new generation.
+
+        Every database header learns that logs up to `generation` may hold its commits, so an
+        acknowledged commit always lies in a generation its header requires: losing the newest
+        log files is then detected (`RequiredLogFilesMissing`), never silent. A failure here
+        fails the flush (the commits waiting on it are not acknowledged).
+        """
+        for db in list(self._databases.values()):
+            db.file.write_header(raise_max_required=generation)
+        self.events.emit(
+            "log_generation_started", f"log generation {generation} started", generation=generation
+        )
 
     # ----------------------------------------------------------------- checkpoint
 
@@ -414,16 +449,24 @@ class Instance:
                 changes.update(
                     state=DatabaseState.DIRTY,
                     generation_min_required=position.generation,
-                    generation_max_required=generation,
                 )
                 if header.state is not DatabaseState.DIRTY:
                     changes.update(last_attach_position=position, last_attach_time=now_us())
-            db.file.header_for_plan(plan, **changes)
+            db.file.header_for_plan(
+                plan, raise_max_required=None if final else generation, **changes
+            )
         for db, plan in plans:
             db.file.finish_checkpoint(plan, db.oldest_snapshot())
         self.checkpoints += 1
-        self._roll_pending = False
         self._write_checkpoint_file(position)
+        self.events.emit(
+            "checkpoint_written",
+            f"checkpoint at log position {position}"
+            + ("" if self.checkpoint_file_error is None else " (checkpoint file not updated)"),
+            position=str(position),
+            pages=sum(plan.pages_written for _db, plan in plans),
+            final=final,
+        )
 
     def _write_checkpoint_file(self, position: LogPosition) -> None:
         """Write both copies of `edb.chk`; the durable checkpoint moves only on success."""
@@ -475,25 +518,6 @@ class Instance:
 
     _checkpoint_seq = 0
 
-    def _update_required_range(self) -> None:
-        """After a log roll: every header learns the newest generation holding its commits.
-
-        Recovery compares it with the end of the log, so losing the newest log files is
-        detected (`RequiredLogFilesMissing`) instead of silently losing commits.
-        """
-        self._roll_pending = False
-        generation = self.log.current_generation
-        with self._checkpoint_lock:
-            if self.state is not InstanceState.OPEN:
-                return
-            try:
-                for db in list(self._databases.values()):
-                    header = db.file.header
-                    if header.generation_max_required < generation:
-                        db.file.write_header(generation_max_required=generation)
-            except JetError as exc:
-                self._fail(exc)
-
     # ----------------------------------------------------------------- background
 
     def _background_loop(self, stop: threading.Event) -> None:
@@ -518,8 +542,6 @@ class Instance:
                 due = time.monotonic() - self._last_checkpoint_time >= 1.0
             if due:
                 self.checkpoint()
-            elif self._roll_pending:
-                self._update_required_range()
 
     # ----------------------------------------------------------------- counters
 
@@ -573,6 +595,8 @@ class Instance:
             if self._background is not None:
                 self._background.close()
                 self._background = None
+            with self.commit_lock:
+                self._closing = True  # no commit may slip in after the final checkpoint
             if self.state is InstanceState.OPEN:
                 self.checkpoint(final=True)
         except BaseException as exc:

@@ -37,7 +37,13 @@ from jetstore.errors import (
     LogWriteFail,
 )
 from jetstore.format.common import Signature, now_us
-from jetstore.format.filenames import CURRENT_LOG, TEMP_LOG, generation_log_name
+from jetstore.format.filenames import (
+    CURRENT_LOG,
+    RESERVE_LOG_COUNT,
+    TEMP_LOG,
+    generation_log_name,
+    reserve_log_name,
+)
 from jetstore.format.logframe import (
     KIND_FIRST,
     KIND_FULL,
@@ -160,6 +166,7 @@ class LogWriter:
                 tail.end_offset,
                 tail.checksum,
             )
+        self._ensure_reserve_logs()
         self._file_gen = tail.generation if tail is not None else 0
         self._install_generation(
             new_gen,
@@ -172,6 +179,32 @@ class LogWriter:
         self._end = DATA_START
         self._gen_checksum = 0
         self._durable = LogPosition(new_gen, DATA_START)
+
+    def _ensure_reserve_logs(self) -> None:
+        """Preallocate the reserve log files (ESE's res1/res2): space set aside so the engine
+        can still reach a clean state when the log disk fills up."""
+        created = False
+        for index in range(1, RESERVE_LOG_COUNT + 1):
+            path = os.path.join(self._config.directory, reserve_log_name(index))
+            if self._fs.exists(path) and self._fs.size(path) == self._file_size:
+                continue
+            file = self._fs.open(path, owner=self._owner, create=True)
+            try:
+                self._zero_fill(file)
+            finally:
+                file.close()
+            created = True
+        if created:
+            self._fs.fsync_directory(self._config.directory, owner=self._owner)
+
+    def _zero_fill(self, file: File) -> None:
+        file.truncate(0)
+        offset = 0
+        while offset < self._file_size:
+            chunk = min(len(_ZERO_CHUNK), self._file_size - offset)
+            file.pwrite(_ZERO_CHUNK[:chunk] if chunk < len(_ZERO_CHUNK) else _ZERO_CHUNK, offset)
+            offset += chunk
+        file.fdatasync()
 
     def close(self) -> None:
         """Flush what can be flushed, then release every handle (idempotent)."""

@@ -159,9 +159,19 @@ class DatabaseFile:
         """The last header written (or read at open): the durable one."""
         return self._header
 
-    def write_header(self, **changes: object) -> DatabaseHeader:
-        """Write both header copies with `changes` applied to the durable header."""
+    def write_header(
+        self, *, raise_max_required: int | None = None, **changes: object
+    ) -> DatabaseHeader:
+        """Write both header copies with `changes` applied to the durable header.
+
+        `raise_max_required` raises `generation_max_required` to at least that generation and
+        never lowers it: a log roll and a checkpoint may both write it, in either order.
+        """
         with self._header_lock:
+            if raise_max_required is not None:
+                changes["generation_max_required"] = max(
+                    self._header.generation_max_required, raise_max_required
+                )
             header = dataclasses.replace(self._header, **changes)  # type: ignore[arg-type]
             return self._write_header_copies(header)
 
@@ -357,10 +367,13 @@ class DatabaseFile:
             assert node.pgno is not None
             self.cache.put(node.pgno, node)
 
-    def header_for_plan(self, plan: CheckpointPlan, **changes: object) -> DatabaseHeader:
+    def header_for_plan(
+        self, plan: CheckpointPlan, *, raise_max_required: int | None = None, **changes: object
+    ) -> DatabaseHeader:
         """Write both header copies naming the plan's tree; returns the new durable header."""
         root = plan.root
         return self.write_header(
+            raise_max_required=raise_max_required,
             root_pgno=0 if root is None else root.pgno,
             freelist_pgno=plan.chain[0] if plan.chain else 0,
             free_page_count=len(plan.free_list),

@@ -1,0 +1,216 @@
+"""Instance lifecycle: files in the directory, the exclusive lock, options, clean shutdown,
+several databases on one log stream, checkpoints, counters and handles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jetstore
+from jetstore.errors import (
+    DatabaseNotFound,
+    FileAccessDenied,
+    InstanceUnavailable,
+    InvalidParameter,
+)
+from jetstore.format.checkpoint import read_checkpoint_file
+from jetstore.format.dbheader import DatabaseState, choose_db_header
+
+SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
+
+
+def header_of(path: Path):
+    data = path.read_bytes()
+    size = 8192
+    header, problems = choose_db_header(data[:size], data[size : 2 * size], path=str(path))
+    assert problems == []
+    return header
+
+
+def fill(db: jetstore.Database, n: int, start: int = 0) -> None:
+    if "t" not in db.table_names():
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    with db.transaction() as txn:
+        table = txn.table("t")
+        for i in range(start, start + n):
+            table.insert({"id": i, "v": f"value {i}" * 10})
+
+
+def count(db: jetstore.Database) -> int:
+    with db.transaction() as txn:
+        return sum(1 for _ in txn.table("t").scan())
+
+
+def test_directory_holds_the_expected_files(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 2000)
+        names = set(os.listdir(tmp_path))
+        assert {"edb.chk", "edb.log", "main.edb", "events.jsonl", "jetstore.lock"} <= names
+        assert "edbres00001.jrs" in names and "edbres00002.jrs" in names
+        assert any(n.startswith("edb000000") and n.endswith(".log") for n in names)
+        for name in names:
+            if name.startswith("edb0"):
+                assert name[3:11] == name[3:11].upper()
+
+
+def test_second_opener_in_same_process_is_refused(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL):
+        with pytest.raises(FileAccessDenied) as info:
+            jetstore.open(tmp_path, **SMALL)
+        assert str(os.getpid()) in str(info.value)
+        assert info.value.code == -1032
+
+
+def test_second_opener_in_other_process_is_refused_naming_the_pid(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL):
+        script = (
+            "import sys, jetstore\n"
+            "try:\n"
+            "    jetstore.open(sys.argv[1])\n"
+            "except jetstore.errors.FileAccessDenied as e:\n"
+            "    print(e); sys.exit(7)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+        )
+        assert result.returncode == 7, result.stderr
+        assert str(os.getpid()) in result.stdout
+    # Once closed, the directory opens again.
+    with jetstore.open(tmp_path, **SMALL):
+        pass
+
+
+def test_clean_shutdown_marks_headers_clean_and_needs_no_logs(tmp_path: Path) -> None:
+    instance = jetstore.open(tmp_path, **SMALL)
+    fill(instance.database("main", create=True), 500)
+    while_open = header_of(tmp_path / "main.edb")
+    assert while_open.state is DatabaseState.DIRTY
+    assert while_open.generation_min_required > 0
+    instance.close()
+    closed = header_of(tmp_path / "main.edb")
+    assert closed.state is DatabaseState.CLEAN
+    assert (closed.generation_min_required, closed.generation_max_required) == (0, 0)
+    assert closed.last_consistent_position == closed.checkpoint_position
+    state, problems = read_checkpoint_file((tmp_path / "edb.chk").read_bytes(), path="edb.chk")
+    assert problems == []
+    assert state.checkpoint_position == closed.checkpoint_position
+    assert [a.name for a in state.attached] == ["main"]
+    with jetstore.open(tmp_path, **SMALL) as again:
+        assert again.recovery is not None and again.recovery.replayed == 0
+        assert count(again.database("main")) == 500
+
+
+def test_close_releases_every_handle_and_is_idempotent(tmp_path: Path) -> None:
+    instance = jetstore.open(tmp_path, **SMALL)
+    fill(instance.database("main", create=True), 3000)
+    counts = instance.counters()["handles"]
+    assert counts["lock"] == 1 and counts["thread"] >= 1 and counts["file"] >= 2
+    instance.close()
+    instance.close()
+    assert instance.registry.total() == 0
+    with pytest.raises(InstanceUnavailable):
+        instance.database("main")
+
+
+def test_options_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameter):
+        jetstore.open(tmp_path, page_size=1000)
+    with pytest.raises(InvalidParameter):
+        jetstore.open(tmp_path, log_file_size=1000)
+    with pytest.raises(InvalidParameter) as info:
+        jetstore.open(tmp_path, no_such_option=1)
+    assert "no_such_option" in str(info.value)
+    # A refused open leaves no handle and no lock behind.
+    with jetstore.open(tmp_path, **SMALL):
+        pass
+
+
+def test_unknown_database_needs_create(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        with pytest.raises(DatabaseNotFound):
+            instance.database("nope")
+        with pytest.raises(InvalidParameter):
+            instance.database("../evil", create=True)
+
+
+def test_several_databases_share_one_log_stream(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        a = instance.database("a", create=True)
+        b = instance.database("b", create=True)
+        for i in range(5):
+            fill(a, 100, start=i * 100)
+            fill(b, 50, start=i * 50)
+        instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert sorted(instance.databases()) == ["a", "b"]
+        assert count(instance.database("a")) == 500
+        assert count(instance.database("b")) == 250
+        ha = header_of(tmp_path / "a.edb")
+        hb = header_of(tmp_path / "b.edb")
+        assert ha.log_signature == hb.log_signature
+        assert ha.db_signature != hb.db_signature
+
+
+def test_checkpoint_by_volume_happens_in_background(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        before = instance.checkpoints
+        for i in range(40):
+            fill(db, 50, start=i * 50)
+        deadline = __import__("time").monotonic() + 10
+        while instance.checkpoints <= before + 1 and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.05)
+        assert instance.checkpoints > before + 1
+        counters = instance.counters()
+        assert counters["checkpoint_durable"] is not None
+        assert counters["pages_written"] > 0
+
+
+def test_checkpoint_by_time(tmp_path: Path) -> None:
+    import time
+
+    with jetstore.open(tmp_path, checkpoint_interval=0.2, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        fill(db, 10)
+        before = instance.checkpoints
+        deadline = time.monotonic() + 10
+        while instance.checkpoints == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert instance.checkpoints > before
+
+
+def test_pages_are_reused_after_checkpoints(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, page_size=4096, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        fill(db, 2000)
+        instance.checkpoint()
+        size_after_load = os.path.getsize(tmp_path / "main.edb")
+        for _round in range(10):
+            with db.transaction() as txn:
+                table = txn.table("t")
+                for i in range(0, 2000, 3):
+                    table.update(i, {"v": f"changed {_round} {i}" * 10})
+            instance.checkpoint()
+        growth = os.path.getsize(tmp_path / "main.edb") / size_after_load
+        assert growth < 3.0, f"freed pages are not reused (file grew {growth:.1f}x)"
+
+
+def test_counters_report_log_and_handles(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 1000)
+        counters = instance.counters()
+        for key in (
+            "handles",
+            "log_generation",
+            "log_bytes_appended",
+            "commits",
+            "checkpoints",
+            "checkpoint_lag_generations",
+        ):
+            assert key in counters
+        assert counters["commits"] >= 2
+        assert counters["log_rolls"] >= 1

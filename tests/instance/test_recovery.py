@@ -1,0 +1,263 @@
+"""Soft recovery: replay after a crash, recovery without a trustworthy checkpoint file, and
+precise refusals (before anything is written) when required logs are missing or damaged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+import jetstore
+from jetstore.errors import (
+    AttachedDatabaseMismatch,
+    BadLogSignature,
+    DatabaseLogSetMismatch,
+    FileAccessDenied,
+    InvalidLogSequence,
+    JetError,
+    LogFileCorrupt,
+    MissingLogFile,
+    RequiredLogFilesMissing,
+)
+from jetstore.format.filenames import generation_log_name
+from jetstore.io import FileSystem, IOEvent
+
+SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    return {
+        name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        for name in sorted(os.listdir(directory))
+        if name != "jetstore.lock"
+    }
+
+
+def crashed_instance(
+    directory: Path, batches: int = 30, per_batch: int = 40, checkpoint_after_create: bool = False
+) -> int:
+    """Commit data across several generations after the last checkpoint, then crash."""
+    instance = jetstore.open(directory, **SMALL)
+    db = instance.database("main", create=True)
+    db.create_table(
+        "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+    )
+    if checkpoint_after_create:
+        instance.checkpoint()
+    n = 0
+    for _ in range(batches):
+        with db.transaction() as txn:
+            table = txn.table("t")
+            for _ in range(per_batch):
+                table.insert({"id": n, "v": f"{n:06d}" * 20})
+                n += 1
+    instance.simulate_crash()
+    return n
+
+
+def read_ids(instance: jetstore.Instance) -> list[int]:
+    with instance.database("main").transaction() as txn:
+        rows = list(txn.table("t").scan())
+        by_index = list(txn.table("t").scan(index="by_v"))
+    assert [r["id"] for r in by_index] == [r["id"] for r in rows]
+    return [row["id"] for row in rows]
+
+
+def generations(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith("edb0"))
+
+
+def test_crash_then_replay(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert instance.recovery is not None
+        assert instance.recovery.replayed > 0
+        assert read_ids(instance) == list(range(n))
+    events = (tmp_path / "events.jsonl").read_text()
+    assert "recovery_finished" in events
+
+
+def test_recovery_is_repeatable_after_a_crash_during_recovery(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    failing = {"armed": True}
+
+    def hook(event: IOEvent) -> None:
+        # Fail the first page write of the checkpoint that follows the replay.
+        if failing["armed"] and event.op == "write" and event.path.endswith("main.edb"):
+            failing["armed"] = False
+            raise OSError(5, "injected EIO during recovery")
+
+    with pytest.raises(JetError):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+
+
+def test_missing_checkpoint_file_recovers_from_headers(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    os.unlink(tmp_path / "edb.chk")
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+        assert any("no checkpoint file" in note for note in instance.recovery.notes)
+    assert (tmp_path / "edb.chk").exists()
+
+
+@pytest.mark.parametrize("damage", ["both_copies_corrupt", "truncated", "garbage"])
+def test_damaged_checkpoint_file_recovers_from_headers(tmp_path: Path, damage: str) -> None:
+    n = crashed_instance(tmp_path)
+    path = tmp_path / "edb.chk"
+    data = bytearray(path.read_bytes())
+    if damage == "both_copies_corrupt":
+        data[100] ^= 0xFF
+        data[4096 + 100] ^= 0xFF
+    elif damage == "truncated":
+        data = data[:10]
+    else:
+        data = bytearray(os.urandom(len(data)))
+    path.write_bytes(bytes(data))
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+
+
+def test_checkpoint_file_of_another_stream_is_ignored(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    crashed_instance(other, batches=1)
+    with jetstore.open(other, **SMALL):
+        pass
+    n = crashed_instance(tmp_path / "main", batches=3)
+    os.replace(other / "edb.chk", tmp_path / "main" / "edb.chk")
+    with jetstore.open(tmp_path / "main", **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+        assert any("another" in note or "stream" in note for note in instance.recovery.notes)
+
+
+def test_missing_generation_refused_before_writing_anything(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    assert len(gens) >= 3
+    os.unlink(tmp_path / gens[1])
+    before = snapshot(tmp_path)
+    with pytest.raises((MissingLogFile, RequiredLogFilesMissing)) as info:
+        jetstore.open(tmp_path, **SMALL)
+    message = str(info.value)
+    assert gens[1] in message
+    assert "present" in message
+    assert "backup" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_missing_newest_logs_refused(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    os.unlink(tmp_path / "edb.log")
+    before = snapshot(tmp_path)
+    with pytest.raises(RequiredLogFilesMissing):
+        jetstore.open(tmp_path, **SMALL)
+    assert snapshot(tmp_path) == before
+
+
+def test_all_logs_missing_with_dirty_database_refused(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    for name in [*generations(tmp_path), "edb.log"]:
+        os.unlink(tmp_path / name)
+    with pytest.raises(MissingLogFile):
+        jetstore.open(tmp_path, **SMALL)
+
+
+def test_corrupt_closed_generation_refused(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    path = tmp_path / gens[-1]
+    data = bytearray(path.read_bytes())
+    data[4096 + 200] ^= 0x40
+    path.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    with pytest.raises(LogFileCorrupt) as info:
+        jetstore.open(tmp_path, **SMALL)
+    assert gens[-1] in str(info.value) or str(int(gens[-1][3:11], 16)) in str(info.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_torn_tail_is_the_end_of_the_log(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    path = tmp_path / "edb.log"
+    data = bytearray(path.read_bytes())
+    # Find the end of the valid data (first run of zeros after the header) and tear it.
+    end = len(data.rstrip(b"\x00"))
+    data[end : end + 300] = os.urandom(300)
+    path.write_bytes(bytes(data))
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+        assert instance.recovery.torn_tail is not None
+
+
+def test_foreign_generation_refused(tmp_path: Path) -> None:
+    crashed_instance(tmp_path / "a")
+    crashed_instance(tmp_path / "b")
+    name = generations(tmp_path / "a")[-1]
+    os.replace(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.raises((BadLogSignature, InvalidLogSequence)):
+        jetstore.open(tmp_path / "a", **SMALL)
+
+
+def test_dirty_database_with_logs_of_another_stream_refused(tmp_path: Path) -> None:
+    crashed_instance(tmp_path / "a")
+    crashed_instance(tmp_path / "b")
+    os.replace(tmp_path / "b" / "main.edb", tmp_path / "a" / "main.edb")
+    with pytest.raises(DatabaseLogSetMismatch):
+        jetstore.open(tmp_path / "a", **SMALL)
+
+
+def test_database_created_after_last_checkpoint_is_recreated(tmp_path: Path) -> None:
+    instance = jetstore.open(tmp_path, **SMALL)
+    db = instance.database("late", create=True)
+    db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "one"})
+    instance.simulate_crash()
+    os.unlink(tmp_path / "late.edb")  # as if the file never reached the disk
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert instance.recovery.created == ["late"]
+        with instance.database("late").transaction() as txn:
+            assert txn.table("t").get(1) == {"id": 1, "v": "one"}
+
+
+def test_database_of_the_log_missing_is_refused(tmp_path: Path) -> None:
+    # Created before the last checkpoint: the log no longer holds its creation.
+    crashed_instance(tmp_path, checkpoint_after_create=True)
+    os.unlink(tmp_path / "main.edb")
+    with pytest.raises(AttachedDatabaseMismatch):
+        jetstore.open(tmp_path, **SMALL)
+
+
+def test_database_that_cannot_be_opened_stops_recovery(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    before = snapshot(tmp_path)
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "open" and event.path.endswith("main.edb"):
+            raise PermissionError(13, "held by a backup program")
+
+    with pytest.raises(FileAccessDenied):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    assert snapshot(tmp_path) == before
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert len(read_ids(instance)) > 0
+
+
+def test_recovery_after_many_crashes_in_a_row(tmp_path: Path) -> None:
+    total = crashed_instance(tmp_path, batches=2)
+    for round_ in range(5):
+        instance = jetstore.open(tmp_path, **SMALL)
+        with instance.database("main").transaction() as txn:
+            table = txn.table("t")
+            for i in range(total, total + 30):
+                table.insert({"id": i, "v": f"{i:06d}" * 20})
+        total += 30
+        if round_ % 2:
+            instance.checkpoint()
+        instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(total))
+    assert generation_log_name(1) in os.listdir(tmp_path)
