@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from jetstore.errors import (
@@ -117,6 +118,9 @@ class Table:
         ]
         self._pk_names = table_def.primary_key
         self._pk_columns = tuple(table_def.column(name) for name in self._pk_names)
+        self._datetime_columns = tuple(
+            column.name for column in table_def.columns if column.type is ColumnType.DATETIME
+        )
         self._index_columns = frozenset(c for index in table_def.indexes for c in index.columns)
 
     @property
@@ -274,7 +278,8 @@ class Table:
         self._store(pk, checked, None)
 
     def update(self, key: object, changes: Mapping[str, object]) -> dict[str, object]:
-        """Change some columns of the record with primary key `key`; returns the new record.
+        """Change some columns of the record with primary key `key`; returns the new record
+        (as `get` would return it).
 
         Changing primary-key columns moves the record (its old key disappears).
         """
@@ -295,7 +300,7 @@ class Table:
                 f"{self._describe_key(checked)}"
             )
         self._store(new_pk, checked, self._old_record(pk, raw, old))
-        return dict(checked)
+        return self._as_read(checked)
 
     def delete(self, key: object) -> None:
         """Remove the record with primary key `key`; `RecordNotFound` if there is none."""
@@ -321,6 +326,15 @@ class Table:
         self._store(pk, checked, None if raw is None else self._old_record(pk, raw, None))
 
     # ----------------------------------------------------------------- internals
+
+    def _as_read(self, record: dict[str, object]) -> dict[str, object]:
+        """`record` as a read returns it: aware datetimes in UTC (the same instant)."""
+        out = dict(record)
+        for name in self._datetime_columns:
+            value = out[name]
+            if isinstance(value, datetime) and value.utcoffset() is not None:
+                out[name] = value.astimezone(UTC)
+        return out
 
     def _describe_key(self, record: Mapping[str, object]) -> str:
         return repr(tuple(record[name] for name in self._pk_names))

@@ -1,0 +1,1021 @@
+"""The table layer through the public API: records of every column type, compound keys,
+secondary indexes, long values, size limits and errors.
+
+Every test checks its results, closes the instance cleanly, opens it again and checks them
+again: what a transaction committed is what the page file and log hold. Leftovers are checked
+on the raw tree (`Transaction.iterate(None, None)` lists every entry of the database's single
+B+tree): each table object (records, long values, each index) holds exactly the entries its
+records call for, and no entry lives under an object id no table owns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jetstore
+from jetstore.errors import (
+    ColumnNotFound,
+    IndexNotFound,
+    InvalidColumnType,
+    InvalidParameter,
+    KeyDuplicate,
+    KeyTooBig,
+    NotInTransaction,
+    NullInvalid,
+    ObjectNotFound,
+    RecordNotFound,
+    RecordTooBig,
+)
+from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, max_entry_size
+from jetstore.tables.catalog import CATALOG_ID
+from jetstore.tables.keys import encode_key
+from jetstore.tables.table import MAX_PRIMARY_KEY_SIZE
+
+LOG = 64 * 1024
+PAGE = 8192
+MAX_ENTRY = max_entry_size(PAGE)
+
+
+class Store:
+    """An instance directory that tests can close and reopen."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        self.path = path
+        self.options = {"log_file_size": LOG, **options}
+        self.inst = jetstore.open(path, **self.options)
+        self.db = self.inst.database("main", create=True)
+
+    def reopen(self) -> None:
+        self.inst.close()
+        self.inst = jetstore.open(self.path, **self.options)
+        self.db = self.inst.database("main")
+
+    def close(self) -> None:
+        self.inst.close()
+
+    def read(self, table: str) -> list[dict[str, object]]:
+        with self.db.transaction() as txn:
+            return list(txn.table(table).scan())
+
+    def checked_twice(self, check: Callable[[], None]) -> None:
+        """Run `check`, reopen the instance, run it again."""
+        check()
+        self.reopen()
+        check()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path)
+    yield s
+    s.close()
+
+
+def layout(db: jetstore.Database, name: str) -> dict[str, int]:
+    """Entry counts of table `name`'s objects in the raw tree: records, lv, one per index.
+
+    Also asserts that every entry of the tree belongs to the catalog or to some table.
+    """
+    with db.transaction() as txn:
+        per_object = Counter(int.from_bytes(key[:4], "big") for key, _ in txn.iterate(None, None))
+        owned = {CATALOG_ID}
+        for table_name in txn.table_names():
+            d = txn.table(table_name).definition
+            owned.update((d.table_id, d.lv_id, *d.index_ids))
+        assert set(per_object) <= owned, "entries under an object id that no table owns"
+        d = txn.table(name).definition
+        out = {"records": per_object[d.table_id], "lv": per_object[d.lv_id]}
+        for index, index_id in zip(d.indexes, d.index_ids, strict=True):
+            out[index.name] = per_object[index_id]
+        return out
+
+
+def same(a: object, b: object) -> bool:
+    """Equality of stored values: aware datetimes come back as the same instant in UTC."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        if a.tzinfo is None:
+            return b.tzinfo is None and a == b
+        return b.tzinfo is not None and b.utcoffset() == timedelta(0) and a == b
+    return type(a) is type(b) and a == b
+
+
+def same_record(expected: dict[str, object], got: dict[str, object] | None) -> bool:
+    return (
+        got is not None
+        and list(got) == list(expected)
+        and all(same(expected[k], got[k]) for k in expected)
+    )
+
+
+# --------------------------------------------------------------------------- column types
+
+ALL_TYPES = [
+    ("id", "int"),
+    ("i", "int"),
+    ("f", "float"),
+    ("s", "text"),
+    ("b", "bytes"),
+    ("flag", "bool"),
+    ("naive", "datetime"),
+    ("aware", "datetime"),
+]
+
+IST = timezone(timedelta(hours=5, minutes=30))
+WEST = timezone(-timedelta(hours=8))
+
+TYPED_RECORDS: list[dict[str, object]] = [
+    {
+        "id": 1,
+        "i": -(2**63),
+        "f": -0.5,
+        "s": "",
+        "b": b"",
+        "flag": False,
+        "naive": datetime(1, 1, 1),
+        "aware": datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=IST),
+    },
+    {
+        "id": 2,
+        "i": 2**63 - 1,
+        "f": math.inf,
+        "s": "nul\x00inside, ünïcödé, 𝄞 and a lone surrogate \ud800",
+        "b": bytes(range(256)),
+        "flag": True,
+        "naive": datetime(9999, 12, 31, 23, 59, 59, 999999),
+        "aware": datetime(1969, 12, 31, 16, 0, tzinfo=WEST),
+    },
+    {
+        "id": 3,
+        "i": 0,
+        "f": 1e-300,
+        "s": "x" * 500,
+        "b": b"\x00" * 500,
+        "flag": True,
+        "naive": datetime(2000, 1, 1, 12, 0, 0, 1),
+        "aware": datetime(2000, 1, 1, 12, 0, tzinfo=UTC),
+    },
+    # Every nullable column NULL.
+    {
+        "id": 4,
+        "i": None,
+        "f": None,
+        "s": None,
+        "b": None,
+        "flag": None,
+        "naive": None,
+        "aware": None,
+    },
+]
+
+
+def test_every_column_type_round_trips_and_survives_reopen(store: Store) -> None:
+    store.db.create_table("t", ALL_TYPES, "id")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for record in TYPED_RECORDS:
+            t.insert(record)
+        # Read-your-own-writes before commit.
+        assert same_record(TYPED_RECORDS[1], t.get(2))
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            for record in TYPED_RECORDS:
+                got = t.get(record["id"])
+                assert same_record(record, got), (record, got)
+            aware = t.get(1)
+            assert aware is not None and isinstance(aware["aware"], datetime)
+            assert aware["aware"].tzinfo is not None
+            assert aware["aware"] == datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=UTC)
+            naive = t.get(3)
+            assert naive is not None and isinstance(naive["naive"], datetime)
+            assert naive["naive"].tzinfo is None
+            rows = list(t.scan())
+            assert [r["id"] for r in rows] == [1, 2, 3, 4]
+            assert all(same_record(e, g) for e, g in zip(TYPED_RECORDS, rows, strict=True))
+            assert t.get(99) is None
+            assert 1 in t and 99 not in t
+        assert layout(store.db, "t") == {"records": 4, "lv": 0}
+
+    store.checked_twice(check)
+
+
+def test_values_are_normalized_to_their_column_type(store: Store) -> None:
+    store.db.create_table("t", ALL_TYPES, "id")
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "f": 3, "b": bytearray(b"ab"), "s": "x"})
+        txn.table("t").insert({"id": 2, "f": 2.5, "b": memoryview(b"cd")})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            one, two = txn.table("t").get(1), txn.table("t").get(2)
+            assert one is not None and two is not None
+            assert type(one["f"]) is float and one["f"] == 3.0
+            assert one["b"] == b"ab" and type(one["b"]) is bytes
+            assert two["b"] == b"cd" and type(two["b"]) is bytes
+            # Columns not given are NULL.
+            assert one["i"] is None and one["naive"] is None and two["s"] is None
+
+    store.checked_twice(check)
+
+
+def test_defaults_and_not_null_columns(store: Store) -> None:
+    store.db.create_table(
+        "t",
+        [
+            jetstore.Column("id", "int"),
+            jetstore.Column("name", "text", nullable=False),
+            jetstore.Column("level", "int", nullable=False, default=7),
+            jetstore.Column("when", "datetime", default=datetime(2020, 1, 1)),
+            jetstore.Column("raw", "bytes", default=b"\x01\x02"),
+        ],
+        "id",
+    )
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "name": "a"})
+        with pytest.raises(NullInvalid):
+            t.insert({"id": 2})  # name is NOT NULL without a default
+        with pytest.raises(NullInvalid):
+            t.insert({"id": 2, "name": None})
+        with pytest.raises(NullInvalid):
+            t.insert({"id": 2, "name": "b", "level": None})
+        with pytest.raises(NullInvalid):
+            t.update(1, {"level": None})
+        t.insert({"id": 3, "name": "c", "level": 1, "when": None, "raw": None})
+
+    def check() -> None:
+        rows = store.read("t")
+        assert rows == [
+            {"id": 1, "name": "a", "level": 7, "when": datetime(2020, 1, 1), "raw": b"\x01\x02"},
+            {"id": 3, "name": "c", "level": 1, "when": None, "raw": None},
+        ]
+        assert layout(store.db, "t") == {"records": 2, "lv": 0}
+
+    store.checked_twice(check)
+
+
+def test_update_delete_upsert_of_every_type(store: Store) -> None:
+    store.db.create_table("t", ALL_TYPES, "id")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for record in TYPED_RECORDS:
+            t.insert(record)
+    expected = {r["id"]: dict(r) for r in TYPED_RECORDS}
+    changes: dict[str, object] = {
+        "i": 42,
+        "f": -1e300,
+        "s": "changed",
+        "b": b"\xff\x00",
+        "flag": True,
+        "naive": datetime(1999, 12, 31),
+        "aware": datetime(2030, 6, 1, 8, tzinfo=IST),
+    }
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        # Values to NULL and NULL to values, one column at a time and all at once.
+        for column, value in changes.items():
+            returned = t.update(4, {column: value})
+            expected[4][column] = value
+            assert same_record(expected[4], returned)
+        returned = t.update(1, {c: None for c in changes})
+        expected[1].update({c: None for c in changes})
+        assert same_record(expected[1], returned)
+        t.delete(2)
+        del expected[2]
+        # upsert replaces every column: the ones not given take their default (NULL here).
+        t.upsert({"id": 3, "s": "upserted"})
+        expected[3] = {c: None for c, _ in ALL_TYPES} | {"id": 3, "s": "upserted"}
+        t.upsert({"id": 5, "i": 5, "aware": datetime(2001, 1, 1, tzinfo=WEST)})
+        expected[5] = {c: None for c, _ in ALL_TYPES} | {
+            "id": 5,
+            "i": 5,
+            "aware": datetime(2001, 1, 1, tzinfo=WEST),
+        }
+        with pytest.raises(RecordNotFound):
+            t.update(2, {"i": 1})
+        with pytest.raises(RecordNotFound):
+            t.delete(2)
+        with pytest.raises(KeyError):  # RecordNotFound is also a KeyError
+            t.delete(99)
+
+    def check() -> None:
+        rows = store.read("t")
+        assert [r["id"] for r in rows] == sorted(expected)
+        for row in rows:
+            assert same_record(expected[row["id"]], row), row
+        assert layout(store.db, "t") == {"records": 4, "lv": 0}
+
+    store.checked_twice(check)
+
+
+# --------------------------------------------------------------------------- compound keys
+
+
+def test_compound_primary_key(store: Store) -> None:
+    store.db.create_table(
+        "t",
+        [("region", "text"), ("day", "datetime"), ("seq", "int"), ("v", "float")],
+        ("region", "day", "seq"),
+    )
+    days = [datetime(2024, 1, d) for d in (1, 2, 3)]
+    keys = [(r, d, s) for r in ("eu", "us") for d in days for s in (2, 1, 3)]
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for n, (r, d, s) in enumerate(keys):
+            t.insert({"region": r, "day": d, "seq": s, "v": float(n)})
+        with pytest.raises(KeyDuplicate):
+            t.insert({"region": "eu", "day": days[0], "seq": 1, "v": 0.0})
+        with pytest.raises(InvalidParameter):
+            t.get(("eu", days[0]))  # not the whole key
+        with pytest.raises(InvalidParameter):
+            t.get("eu")
+
+    ordered = sorted(keys)
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert t.get(("eu", days[1], 3)) == {
+                "region": "eu",
+                "day": days[1],
+                "seq": 3,
+                "v": float(keys.index(("eu", days[1], 3))),
+            }
+            assert t.get(["us", days[2], 1]) is not None  # a list works as a key too
+            assert t.get(("us", days[2], 4)) is None
+            key_of = lambda r: (r["region"], r["day"], r["seq"])  # noqa: E731
+            assert [key_of(r) for r in t.scan()] == ordered
+            assert [key_of(r) for r in t.scan(reverse=True)] == ordered[::-1]
+            # Partial keys: start inclusive, stop exclusive, both as tuple prefixes.
+            assert [key_of(r) for r in t.scan(start=("us",))] == [
+                k for k in ordered if k[0] >= "us"
+            ]
+            assert [key_of(r) for r in t.scan(stop="us")] == [k for k in ordered if k[0] < "us"]
+            assert [key_of(r) for r in t.scan(start=("eu", days[1]), stop=("eu", days[2]))] == [
+                k for k in ordered if k[0] == "eu" and k[1] == days[1]
+            ]
+            assert [key_of(r) for r in t.scan(start=("eu", days[1], 2), stop=("us",))] == [
+                k for k in ordered if ("eu", days[1], 2) <= k < ("us",)
+            ]
+            assert [
+                key_of(r) for r in t.scan(start=("eu", days[1], 2), stop=("us",), reverse=True)
+            ] == [k for k in ordered if ("eu", days[1], 2) <= k < ("us",)][::-1]
+            assert list(t.scan(start="zz")) == []
+            assert list(t.scan(start="us", stop="eu")) == []
+
+    store.checked_twice(check)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.update(("eu", days[0], 1), {"v": -1.0})
+        t.delete(("us", days[0], 2))
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        assert t.get(("eu", days[0], 1))["v"] == -1.0  # type: ignore[index]
+        assert t.get(("us", days[0], 2)) is None
+    assert layout(store.db, "t") == {"records": len(keys) - 1, "lv": 0}
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+def people_table(db: jetstore.Database) -> None:
+    db.create_table(
+        "people",
+        [
+            ("id", "int"),
+            ("name", "text"),
+            ("email", "text"),
+            ("city", "text"),
+            ("age", "int"),
+            ("score", "float"),
+        ],
+        "id",
+        indexes=[
+            ("by_name", "name"),
+            ("by_email", "email", True),
+            ("by_city_age", ["city", "age"]),
+            jetstore.IndexDef("by_city_name", ["city", "name"], unique=True),
+            ("by_score", "score"),
+        ],
+    )
+
+
+PEOPLE = [
+    {"id": 1, "name": "ada", "email": "ada@x", "city": "london", "age": 36, "score": 9.5},
+    {"id": 2, "name": "bob", "email": "bob@x", "city": "paris", "age": 40, "score": 5.0},
+    {"id": 3, "name": "cy", "email": None, "city": "london", "age": 20, "score": 7.25},
+    {"id": 4, "name": "ada", "email": "ada2@x", "city": "rome", "age": 36, "score": 1.0},
+    {"id": 5, "name": "dee", "email": None, "city": "paris", "age": 20, "score": 5.0},
+    {"id": 6, "name": None, "email": "n@x", "city": "london", "age": None, "score": None},
+    {"id": 7, "name": "eve", "email": "eve@x", "city": "london", "age": 36, "score": -2.0},
+]
+
+
+def index_order(rows: list[dict[str, Any]], columns: list[str]) -> list[int]:
+    """Record ids in index order: NULL first, ties broken by primary key."""
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (*((r[c] is not None, r[c] if r[c] is not None else 0) for c in columns), r["id"])
+
+    return [r["id"] for r in sorted(rows, key=key)]
+
+
+def ids(rows: Iterator[dict[str, object]]) -> list[object]:
+    return [r["id"] for r in rows]
+
+
+def test_secondary_indexes_scan_forwards_backwards_and_by_range(store: Store) -> None:
+    people_table(store.db)
+    with store.db.transaction() as txn:
+        for p in PEOPLE:
+            txn.table("people").insert(p)
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("people")
+            for index, columns in [
+                ("by_name", ["name"]),
+                ("by_email", ["email"]),
+                ("by_city_age", ["city", "age"]),
+                ("by_city_name", ["city", "name"]),
+                ("by_score", ["score"]),
+            ]:
+                expected = index_order(PEOPLE, columns)
+                assert ids(t.scan(index=index)) == expected, index
+                assert ids(t.scan(index=index, reverse=True)) == expected[::-1], index
+            # Equal index values come out in primary key order.
+            assert ids(t.scan(index="by_name", start="ada", stop="ada\x00")) == [1, 4]
+            # start inclusive, stop exclusive.
+            assert ids(t.scan(index="by_name", start="bob")) == [2, 3, 5, 7]
+            assert ids(t.scan(index="by_name", stop="bob")) == [6, 1, 4]
+            assert ids(t.scan(index="by_name", start="ada", stop="cy")) == [1, 4, 2]
+            assert ids(t.scan(index="by_name", start="ada", stop="cy", reverse=True)) == [2, 4, 1]
+            # NULL is a key value that sorts first.
+            assert ids(t.scan(index="by_name", start=None, stop="a")) == [6]
+            assert ids(t.scan(index="by_name", start=(None,), stop=("a",))) == [6]
+            # Partial keys on a two-column index.
+            london = ids(t.scan(index="by_city_age", start=("london",), stop=("london\x00",)))
+            assert london == [6, 3, 1, 7]
+            assert ids(t.scan(index="by_city_age", start=("london", 21), stop=("london", 37))) == [
+                1,
+                7,
+            ]
+            assert ids(
+                t.scan(index="by_city_age", start=("london", 21), stop=("paris",), reverse=True)
+            ) == [7, 1]
+            assert ids(t.scan(index="by_city_age", start=("paris",))) == [5, 2, 4]
+            # The primary key may follow the index columns in a bound (resume a scan).
+            assert ids(t.scan(index="by_city_age", start=("london", 36, 7))) == [7, 5, 2, 4]
+            assert ids(t.scan(index="by_name", start=("ada", 2), stop=("ada", 5))) == [4]
+            # A float key: int bounds mean the same number.
+            assert ids(t.scan(index="by_score", start=5, stop=9)) == [2, 5, 3]
+            assert ids(t.scan(index="by_score", start=5.0, stop=9.0)) == [2, 5, 3]
+            assert ids(t.scan(index="by_score", start=-100, stop=0)) == [7]
+            # Bounds are checked like column values.
+            with pytest.raises(InvalidColumnType):
+                list(t.scan(index="by_city_age", start=("london", "old")))
+            with pytest.raises(InvalidParameter):
+                list(t.scan(index="by_name", start=("ada", 1, 2)))
+            with pytest.raises(IndexNotFound):
+                t.scan(index="nope")
+        assert layout(store.db, "people") == {
+            "records": 7,
+            "lv": 0,
+            "by_name": 7,
+            "by_email": 7,
+            "by_city_age": 7,
+            "by_city_name": 7,
+            "by_score": 7,
+        }
+
+    store.checked_twice(check)
+
+
+def test_index_entries_move_on_update_and_vanish_on_delete(store: Store) -> None:
+    people_table(store.db)
+    with store.db.transaction() as txn:
+        for p in PEOPLE:
+            txn.table("people").insert(p)
+    rows = {p["id"]: dict(p) for p in PEOPLE}
+    with store.db.transaction() as txn:
+        t = txn.table("people")
+        t.update(1, {"name": "zed", "city": "oslo", "score": 100.0})
+        rows[1].update(name="zed", city="oslo", score=100.0)
+        t.update(6, {"name": "fay", "age": 50})
+        rows[6].update(name="fay", age=50)
+        t.update(2, {"email": None})
+        rows[2]["email"] = None
+        t.update(3, {"email": "cy@x"})
+        rows[3]["email"] = "cy@x"
+        t.upsert({"id": 4, "name": "ada", "city": "rome", "age": 37, "email": "ada2@x"})
+        rows[4] = {"id": 4, "name": "ada", "email": "ada2@x", "city": "rome", "age": 37}
+        rows[4]["score"] = None
+        t.delete(5)
+        del rows[5]
+        # Read-your-own-writes through the indexes.
+        assert ids(t.scan(index="by_name", start="zed")) == [1]
+
+    def check() -> None:
+        current = list(rows.values())
+        with store.db.transaction() as txn:
+            t = txn.table("people")
+            for index, columns in [
+                ("by_name", ["name"]),
+                ("by_email", ["email"]),
+                ("by_city_age", ["city", "age"]),
+                ("by_city_name", ["city", "name"]),
+                ("by_score", ["score"]),
+            ]:
+                assert ids(t.scan(index=index)) == index_order(current, columns), index
+            # The old positions are empty.
+            assert ids(t.scan(index="by_name", start="ada", stop="ada\x00")) == [4]
+            assert ids(t.scan(index="by_city_age", start=("london", 36), stop=("london", 37))) == [
+                7
+            ]
+            assert ids(t.scan(index="by_email", start="bob@x", stop="bob@x\x00")) == []
+            assert ids(t.scan(index="by_score", start=9.5, stop=9.6)) == []
+            assert ids(t.scan(index="by_name", start="dee", stop="dee\x00")) == []
+            assert all(same_record(rows[r["id"]], r) for r in t.scan())  # type: ignore[index]
+        counts = layout(store.db, "people")
+        assert counts == {"records": 6, "lv": 0} | {
+            i: 6 for i in ("by_name", "by_email", "by_city_age", "by_city_name", "by_score")
+        }
+
+    store.checked_twice(check)
+
+
+def test_unique_violations_on_insert_and_update_leave_nothing_behind(store: Store) -> None:
+    people_table(store.db)
+    with store.db.transaction() as txn:
+        for p in PEOPLE:
+            txn.table("people").insert(p)
+    before = layout(store.db, "people")
+    with store.db.transaction() as txn:
+        t = txn.table("people")
+        with pytest.raises(KeyDuplicate):
+            t.insert({"id": 10, "name": "new", "email": "bob@x", "city": "x", "age": 1})
+        with pytest.raises(KeyDuplicate):  # by_city_name ("london", "ada")
+            t.insert({"id": 10, "name": "ada", "email": "q@x", "city": "london"})
+        with pytest.raises(KeyDuplicate):
+            t.update(3, {"email": "eve@x"})
+        with pytest.raises(KeyDuplicate):
+            t.update(4, {"city": "london"})  # ("london", "ada") is taken by record 1
+        with pytest.raises(KeyDuplicate):
+            t.upsert({"id": 2, "email": "ada@x"})
+        with pytest.raises(KeyDuplicate):  # duplicate primary key
+            t.insert({"id": 1, "name": "zz", "email": "zz@x"})
+        with pytest.raises(KeyDuplicate):  # moving the record onto an existing key
+            t.update(3, {"id": 2})
+        # The failed writes changed nothing: every record is still as it was.
+        assert [r for r in t.scan()] == PEOPLE
+        # NULLs never collide, neither alone nor inside a multi-column unique key.
+        t.insert({"id": 11, "name": "n1", "email": None, "city": "london"})
+        t.insert({"id": 12, "name": "n2", "email": None, "city": None})
+        t.insert({"id": 13, "name": "n2", "email": None, "city": None})
+        t.insert({"id": 14, "name": None, "email": None, "city": "london"})
+        # Re-setting a record's own unique value is not a collision.
+        t.update(1, {"email": "ada@x", "age": 37})
+        # A value freed earlier in the same transaction can be taken.
+        t.update(2, {"email": "bobby@x"})
+        t.insert({"id": 15, "name": "b2", "email": "bob@x", "city": "nice"})
+
+    def check() -> None:
+        counts = layout(store.db, "people")
+        assert counts == {k: v + 5 for k, v in before.items() if k != "lv"} | {"lv": 0}
+        with store.db.transaction() as txn:
+            t = txn.table("people")
+            assert ids(t.scan(index="by_email", start="bob@x", stop="bob@x\x00")) == [15]
+            assert ids(t.scan(index="by_email", stop="a")) == [3, 5, 11, 12, 13, 14]
+            assert t.get(1)["age"] == 37  # type: ignore[index]
+
+    store.checked_twice(check)
+
+
+def test_primary_key_change_moves_the_record_its_index_entries_and_long_values(
+    store: Store,
+) -> None:
+    store.db.create_table(
+        "t",
+        [("id", "int"), ("code", "text"), ("blob", "bytes")],
+        "id",
+        indexes=[("by_code", "code", True)],
+    )
+    blob = bytes(range(256)) * 100  # a long value (25.6 KB)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "code": "a", "blob": blob})
+        t.insert({"id": 2, "code": "b", "blob": b"small"})
+    lv_entries = layout(store.db, "t")["lv"]
+    assert lv_entries > 1
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        # Moving onto an existing key, or with a unique value another record holds, fails
+        # and leaves the record where it was (nothing half done).
+        with pytest.raises(KeyDuplicate):
+            t.update(1, {"id": 2})
+        with pytest.raises(KeyDuplicate):
+            t.update(1, {"id": 3, "code": "b"})
+        assert t.get(1) == {"id": 1, "code": "a", "blob": blob}
+        assert t.get(3) is None
+        moved = t.update(1, {"id": 3})  # same unique value, new key: not a collision
+        assert moved == {"id": 3, "code": "a", "blob": blob}
+        t.update(2, {"id": 0, "code": "c"})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert t.get(1) is None and t.get(2) is None
+            assert t.get(3) == {"id": 3, "code": "a", "blob": blob}
+            assert t.get(0) == {"id": 0, "code": "c", "blob": b"small"}
+            assert ids(t.scan(index="by_code")) == [3, 0]
+            assert ids(t.scan()) == [0, 3]
+        assert layout(store.db, "t") == {"records": 2, "lv": lv_entries, "by_code": 2}
+
+    store.checked_twice(check)
+    with store.db.transaction() as txn:
+        txn.table("t").delete(3)
+    assert layout(store.db, "t") == {"records": 1, "lv": 0, "by_code": 1}
+
+
+def test_datetime_index_orders_instants_and_keeps_naive_and_aware_apart(store: Store) -> None:
+    store.db.create_table(
+        "t", [("id", "int"), ("at", "datetime")], "id", indexes=[("by_at", "at", True)]
+    )
+    naive = datetime(2024, 1, 1, 12)
+    values = {
+        1: naive,
+        2: naive.replace(tzinfo=UTC),  # same instant, aware: another key
+        3: datetime(2024, 1, 1, 17, 30, tzinfo=IST),  # 12:00 UTC as well
+        4: datetime(2024, 1, 1, 11, 59),
+        5: datetime(2024, 1, 1, 4, 1, tzinfo=WEST),  # 12:01 UTC
+    }
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for i in (1, 2, 4, 5):
+            t.insert({"id": i, "at": values[i]})
+        with pytest.raises(KeyDuplicate):  # the same aware instant in another zone
+            t.insert({"id": 3, "at": values[3]})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert ids(t.scan(index="by_at")) == [4, 1, 2, 5]
+            got = t.get(5)
+            assert got is not None and same(values[5], got["at"])
+            start = datetime(2024, 1, 1, 12, tzinfo=UTC)
+            assert ids(t.scan(index="by_at", start=start)) == [2, 5]
+            assert ids(t.scan(index="by_at", start=values[3])) == [2, 5]
+
+    store.checked_twice(check)
+
+
+# --------------------------------------------------------------------------- long values
+
+
+def inline_limit(pk: bytes, fixed: int) -> int:
+    """Largest text/bytes value kept in a record whose other fields encode to `fixed` bytes."""
+    key_size = 4 + len(pk)
+    return MAX_ENTRY - LEAF_ENTRY_OVERHEAD - key_size - fixed - 5  # tag + u32 length
+
+
+def test_long_values_around_the_inline_limit(store: Store) -> None:
+    store.db.create_table("t", [("id", "int"), ("s", "text"), ("b", "bytes")], "id")
+    # Record: header 3, int 9, then one value of each; the other one NULL (1 byte).
+    limit = inline_limit(encode_key([0]), 3 + 9 + 1)
+    sizes = [0, 1, 100, limit - 1, limit, limit + 1, limit + 2, 2 * MAX_ENTRY, 10 * MAX_ENTRY + 7]
+    expected: dict[int, dict[str, object]] = {}
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for n, size in enumerate(sizes):
+            data = bytes((n + i) % 251 for i in range(size))
+            expected[2 * n] = {"id": 2 * n, "s": None, "b": data}
+            t.insert(expected[2 * n])
+            # Text counts UTF-8 bytes: "é" is 2 bytes, so this is `size` bytes as well.
+            text = "é" * (size // 2) + "x" * (size % 2)
+            expected[2 * n + 1] = {"id": 2 * n + 1, "s": text, "b": None}
+            t.insert(expected[2 * n + 1])
+    # Values up to the limit stay inline; above it they become chunks.
+    long_sizes = [s for s in sizes if s > limit]
+    chunk_payload = MAX_ENTRY - LEAF_ENTRY_OVERHEAD - (len(encode_key([0])) + 10)
+    chunks = 2 * sum(math.ceil(s / chunk_payload) for s in long_sizes)
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            for key, record in expected.items():
+                assert t.get(key) == record, key
+            assert [r["id"] for r in t.scan()] == sorted(expected)
+            assert list(t.scan()) == [expected[k] for k in sorted(expected)]
+        assert layout(store.db, "t") == {"records": len(expected), "lv": chunks}
+
+    store.checked_twice(check)
+    # Updates across the limit both ways, then deletes: chunks follow exactly.
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for n, size in enumerate(sizes):
+            if size > limit:
+                expected[2 * n] = t.update(2 * n, {"b": b"short"})
+                expected[2 * n + 1] = t.update(2 * n + 1, {"s": "y" * (size + MAX_ENTRY)})
+            else:
+                expected[2 * n] = t.update(2 * n, {"b": b"\x07" * (limit + 1 + size)})
+    stored = [
+        value.encode() if isinstance(value, str) else value
+        for r in expected.values()
+        for value in (r["s"], r["b"])
+        if isinstance(value, str | bytes)
+    ]
+    chunks = sum(math.ceil(len(v) / chunk_payload) for v in stored if len(v) > limit)
+    assert chunks > 0
+
+    store.checked_twice(check)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for key in list(expected):
+            t.delete(key)
+    assert layout(store.db, "t") == {"records": 0, "lv": 0}
+    store.reopen()
+    assert layout(store.db, "t") == {"records": 0, "lv": 0}
+
+
+def test_several_long_values_in_one_record(store: Store) -> None:
+    store.db.create_table(
+        "t",
+        [("id", "text"), ("a", "text"), ("b", "bytes"), ("c", "text"), ("n", "int")],
+        "id",
+    )
+    record: dict[str, object] = {
+        "id": "k\x00ey",
+        "a": "a" * 3000,
+        "b": b"b" * 3500,
+        "c": "c" * 1500,
+        "n": 1,
+    }
+    big = {"id": "big", "a": "\u03b1" * 50_000, "b": b"\x00" * 70_000, "c": "\u03b3" * 20_000, "n": 2}
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert(record)
+        t.insert(big)
+        assert t.get("k\x00ey") == record
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert t.get("k\x00ey") == record
+            assert t.get("big") == big
+            assert list(t.scan()) == [big, record]
+        assert layout(store.db, "t")["lv"] > 0
+
+    store.checked_twice(check)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.update("big", {"n": 3})  # an unrelated column: long values stay intact
+        big["n"] = 3
+        assert t.get("big") == big
+        t.update("k\x00ey", {"a": None, "b": None})
+        record.update(a=None, b=None)
+    store.checked_twice(check)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.delete("big")
+        t.delete("k\x00ey")
+    assert layout(store.db, "t") == {"records": 0, "lv": 0}
+
+
+def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None:
+    """A 64 MiB bytes value and a multi-MiB text value, through a reopen, then gone."""
+    store.db.create_table("t", [("id", "int"), ("b", "bytes"), ("s", "text")], "id")
+    pattern = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    huge = b"".join(pattern[i:] + pattern[:i] for i in range(64))  # 64 MiB, not periodic
+    text = "".join(f"line {i} ünïcödé 𝄞\n" for i in range(150_000))  # ~4 MiB of UTF-8
+    assert len(huge) == 64 * 1024 * 1024 and len(text.encode()) > 3 * 1024 * 1024
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "b": huge, "s": text})
+        t.insert({"id": 2, "b": b"tiny", "s": "tiny"})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            got = t.get(1)
+            assert got is not None
+            assert got["b"] == huge
+            assert got["s"] == text
+            assert t.get(2) == {"id": 2, "b": b"tiny", "s": "tiny"}
+        assert layout(store.db, "t")["lv"] > (64 * 1024 * 1024) // MAX_ENTRY
+
+    store.checked_twice(check)
+    with store.db.transaction() as txn:
+        txn.table("t").update(1, {"b": b"small now"})
+    with store.db.transaction() as txn:
+        assert txn.table("t").get(1) == {"id": 1, "b": b"small now", "s": text}
+    text_chunks = layout(store.db, "t")["lv"]
+    assert 0 < text_chunks < 2 * len(text.encode()) // MAX_ENTRY
+    with store.db.transaction() as txn:
+        txn.table("t").delete(1)
+    assert layout(store.db, "t") == {"records": 1, "lv": 0}
+    store.reopen()
+    assert layout(store.db, "t") == {"records": 1, "lv": 0}
+
+
+# --------------------------------------------------------------------------- size limits
+
+
+def test_record_too_big_with_many_non_text_columns(store: Store) -> None:
+    # 600 int columns need 3 + 600 * 9 bytes: more than a leaf entry of an 8 KiB page holds,
+    # and no text or bytes value can be moved out. (The definition itself is large too: the
+    # catalog stores it in chunks.)
+    columns = [("id", "int"), ("name", "text")] + [(f"c{i}", "int") for i in range(600)]
+    store.db.create_table("wide", columns, "id", indexes=[("by_name", "name", True)])
+    full = {"id": 1, "name": "w"} | {f"c{i}": i for i in range(600)}
+    half = {"id": 2, "name": "h"} | {f"c{i}": i for i in range(300)}  # 3 + 300 * 9 + 300: fits
+    with store.db.transaction() as txn:
+        t = txn.table("wide")
+        with pytest.raises(RecordTooBig):
+            t.insert(full)
+        t.insert(half)
+        with pytest.raises(RecordTooBig):
+            t.update(2, {f"c{i}": -i for i in range(300, 600)})
+        with pytest.raises(RecordTooBig):
+            t.upsert(full | {"id": 2})
+        with pytest.raises(RecordTooBig):
+            t.update(2, {f"c{i}": -i for i in range(300, 600)} | {"name": "moved", "id": 9})
+        # Nothing of the failed writes is left, not even an index entry.
+        assert t.get(1) is None and t.get(9) is None
+        assert ids(t.scan(index="by_name")) == [2]
+
+    expected = {c: None for c, _ in columns} | half
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("wide")
+            assert t.definition.column_names == tuple(c for c, _ in columns)
+            assert list(t.scan()) == [expected]
+            assert ids(t.scan(index="by_name")) == [2]
+        assert layout(store.db, "wide") == {"records": 1, "lv": 0, "by_name": 1}
+        assert store.db.table_names() == ["wide"]
+
+    store.checked_twice(check)
+
+
+def test_key_too_big(store: Store) -> None:
+    store.db.create_table(
+        "t",
+        [("k", "bytes"), ("label", "text"), ("v", "bytes")],
+        "k",
+        indexes=[("by_label", "label")],
+    )
+    longest = b"k" * (MAX_PRIMARY_KEY_SIZE - 2)  # tag + bytes + terminator
+    assert len(encode_key([longest])) == MAX_PRIMARY_KEY_SIZE
+    value = bytes(range(256)) * 40  # a long value: its chunk keys carry the primary key
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"k": longest, "label": "x", "v": value})
+        with pytest.raises(KeyTooBig):
+            t.insert({"k": longest + b"k", "label": "y", "v": value})
+        with pytest.raises(KeyTooBig):
+            t.get(b"k" * 5000)
+        # An index entry holds the index key and the primary key.
+        with pytest.raises(KeyTooBig):
+            t.insert({"k": b"short", "label": "l" * 1100, "v": b""})
+        with pytest.raises(KeyTooBig):
+            t.insert({"k": b"k" * 600, "label": "l" * 500, "v": b""})
+        t.insert({"k": b"short", "label": "ok", "v": b""})
+        with pytest.raises(KeyTooBig):
+            t.update(b"short", {"label": "l" * 1100})
+        with pytest.raises(KeyTooBig):
+            t.update(b"short", {"k": b"k" * 2000})
+        assert ids_k(t.scan(index="by_label")) == [b"short", longest]
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert t.get(longest) == {"k": longest, "label": "x", "v": value}
+            assert t.get(b"short") == {"k": b"short", "label": "ok", "v": b""}
+        chunk_payload = MAX_ENTRY - LEAF_ENTRY_OVERHEAD - (MAX_PRIMARY_KEY_SIZE + 10)
+        chunks = math.ceil(len(value) / chunk_payload)
+        assert layout(store.db, "t") == {"records": 2, "lv": chunks, "by_label": 2}
+
+    store.checked_twice(check)
+
+
+def ids_k(rows: Iterator[dict[str, object]]) -> list[object]:
+    return [r["k"] for r in rows]
+
+
+def test_key_too_big_on_small_pages(tmp_path: Path) -> None:
+    """On 4 KiB pages an index entry (key + primary key as value) has a tighter limit."""
+    s = Store(tmp_path, page_size=4096)
+    try:
+        s.db.create_table(
+            "t", [("k", "text"), ("label", "text")], "k", indexes=[("by_label", "label")]
+        )
+        with s.db.transaction() as txn:
+            t = txn.table("t")
+            # Index key 4 + 7 + 1012 = 1023 bytes (within MAX_KEY_SIZE), but with the 1012-byte
+            # primary key as its value the entry needs 2041 bytes; a 4 KiB page allows 2032.
+            with pytest.raises(KeyTooBig):
+                t.insert({"k": "k" * 1010, "label": "l" * 5})
+            with pytest.raises(KeyTooBig):
+                t.insert({"k": "k" * 1000, "label": "l" * 1000})
+            t.insert({"k": "k" * 1000, "label": "l" * 10})
+            t.insert({"k": "k", "label": "l" * 1000})
+            with pytest.raises(KeyTooBig):
+                t.update("k" * 1000, {"k": "k" * 1010, "label": "l"})
+        for _ in range(2):
+            assert s.read("t") == [
+                {"k": "k", "label": "l" * 1000},
+                {"k": "k" * 1000, "label": "l" * 10},
+            ]
+            # The 1002-byte primary key column of the "k" * 1000 record does not fit inline
+            # next to its 1006-byte key (the record entry may hold 1010 bytes): it is the
+            # long value.
+            assert layout(s.db, "t") == {"records": 2, "lv": 1, "by_label": 2}
+            s.reopen()
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors_for_bad_columns_types_nulls_and_names(store: Store) -> None:
+    store.db.create_table(
+        "t", [("id", "int"), ("name", "text", False), ("n", "float"), ("at", "datetime")], "id"
+    )
+    with pytest.raises(InvalidParameter):
+        store.db.create_table("u", [("id", "decimal")], "id")
+    with pytest.raises(ColumnNotFound):
+        store.db.create_table("u", [("id", "int")], "nope")
+    with pytest.raises(ColumnNotFound):
+        store.db.create_table("u", [("id", "int")], "id", indexes=[("i", "nope")])
+    with pytest.raises(InvalidParameter):
+        store.db.create_table(123, [("id", "int")], "id")  # type: ignore[arg-type]
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "name": "a"})
+        with pytest.raises(ColumnNotFound):
+            t.insert({"id": 2, "name": "b", "color": "red"})
+        with pytest.raises(ColumnNotFound):
+            t.update(1, {"color": "red"})
+        with pytest.raises(ColumnNotFound):
+            t.upsert({"id": 1, "name": "a", "color": "red"})
+        with pytest.raises(InvalidColumnType):
+            t.insert({"id": "two", "name": "b"})
+        with pytest.raises(InvalidColumnType):
+            t.insert({"id": 2, "name": b"bytes"})
+        with pytest.raises(InvalidColumnType):
+            t.insert({"id": 2, "name": "b", "n": "1.5"})
+        with pytest.raises(InvalidColumnType):
+            t.insert({"id": True, "name": "b"})  # bool is not an int here
+        with pytest.raises(InvalidColumnType):
+            t.update(1, {"at": "2020-01-01"})
+        with pytest.raises(InvalidColumnType):
+            t.get("1")
+        with pytest.raises(InvalidParameter):
+            t.insert({"id": 2**63, "name": "b"})  # outside the signed 64-bit range
+        with pytest.raises(NullInvalid):
+            t.insert({"id": None, "name": "b"})
+        with pytest.raises(NullInvalid):
+            t.get(None)
+        with pytest.raises(NullInvalid):
+            t.update(1, {"name": None})
+        with pytest.raises(ObjectNotFound):
+            txn.table("nope")
+        with pytest.raises(ObjectNotFound):
+            txn.table(5)  # type: ignore[arg-type]
+        assert t.get(1) == {"id": 1, "name": "a", "n": None, "at": None}
+        t.insert({"id": 2, "name": "b"})
+    store.reopen()
+    assert store.read("t") == [
+        {"id": 1, "name": "a", "n": None, "at": None},
+        {"id": 2, "name": "b", "n": None, "at": None},
+    ]
+    assert layout(store.db, "t") == {"records": 2, "lv": 0}
+
+
+def test_a_table_object_dies_with_its_transaction(store: Store) -> None:
+    store.db.create_table("t", [("id", "int")], "id")
+    txn = store.db.transaction()
+    t = txn.table("t")
+    t.insert({"id": 1})
+    txn.commit()
+    for use in (
+        lambda: t.get(1),
+        lambda: t.insert({"id": 2}),
+        lambda: t.delete(1),
+        lambda: list(t.scan()),
+        lambda: 1 in t,
+    ):
+        with pytest.raises(NotInTransaction):
+            use()
+    assert store.read("t") == [{"id": 1}]
