@@ -12,6 +12,8 @@ The package is layered; each sub-package owns one job (docs/design.md):
 io -> format -> log -> pages -> tables -> transactions -> instance -> cli.
 """
 
+import logging
+
 from jetstore import errors
 from jetstore._version import __version__
 from jetstore.errors import JetError, describe
@@ -21,6 +23,9 @@ from jetstore.instance.instance import Instance, InstanceOptions, open_instance
 from jetstore.tables.schema import Column, ColumnType, IndexDef
 from jetstore.tables.table import Table
 from jetstore.transactions.transaction import Transaction
+
+# A library never configures logging; the application decides where events go.
+logging.getLogger("jetstore").addHandler(logging.NullHandler())
 
 open = open_instance
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from jetstore.instance.instance import Instance
 
 _TXN_IDS = itertools.count(1)
+_REPLAY_BATCH_BYTES = 256 * 1024 * 1024
 
 
 class Database:
@@ -56,13 +57,18 @@ class Database:
         self.max_transaction_bytes = instance.options.max_transaction_bytes
         self._published: tuple[Node | None, LogPosition, int] = (file.root(), position, 0)
         self._active: dict[int, LogPosition] = {}
-        self._active_lock = threading.Lock()
+        # Re-entrant: an abandoned transaction may be collected (and end itself) while this
+        # thread holds the lock.
+        self._active_lock = threading.RLock()
         self._recent: dict[bytes, LogPosition] = {}
         self._recent_log: deque[tuple[LogPosition, list[bytes]]] = deque()
         self._defs: dict[bytes, TableDef] = {}
         self._codecs: dict[int, tuple[TableDef, RecordCodec]] = {}
         self.commits = 0
         self.conflicts = 0
+        self._replay: dict[bytes, bytes | None] = {}
+        self._replay_bytes = 0
+        self._replay_end: LogPosition | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -240,17 +246,40 @@ class Database:
     # ----------------------------------------------------------------- recovery
 
     def apply_replayed(self, operations: list[Operation], position: LogPosition) -> None:
-        """Apply a committed record found in the log (recovery; single-threaded)."""
-        root, _position, plan_epoch = self._published
-        mutation = Mutation(self.file, root, next_epoch(), [])
+        """Take a committed record found in the log (recovery; single-threaded).
+
+        Changes are gathered (last write per key wins, as in the log's order) and applied in
+        key order by `finish_replay`, or earlier when a lot has gathered: far cheaper than one
+        copy-on-write mutation per record, and the result is the same tree contents.
+        """
+        changes = self._replay
+        size = self._replay_bytes
         for op, key, value in operations:
-            if op == OP_PUT:
-                assert value is not None
-                mutation.put(key, value)
-            else:
+            changes[key] = value if op == OP_PUT else None
+            size += len(key) + (len(value) if value is not None else 0) + 32
+        self._replay_bytes = size
+        self._replay_end = position
+        if size >= _REPLAY_BATCH_BYTES:
+            self.finish_replay()
+
+    def finish_replay(self) -> None:
+        """Apply the gathered replayed changes to the tree and publish it."""
+        changes, end = self._replay, self._replay_end
+        if not changes or end is None:
+            return
+        root, _position, plan_epoch = self._published
+        freed: list[int] = []
+        mutation = Mutation(self.file, root, next_epoch(), freed)
+        for key in sorted(changes):
+            value = changes[key]
+            if value is None:
                 mutation.delete(key)
-        self._published = (mutation.root, position, plan_epoch)
-        self.file.note_freed(position, mutation.freed)
+            else:
+                mutation.put(key, value)
+        self._published = (mutation.root, end, plan_epoch)
+        self.file.note_freed(end, freed)
+        self._replay = {}
+        self._replay_bytes = 0
 
     def bump_plan_epoch(self) -> None:
         """A checkpoint assigned pages: transactions that copied nodes before must replay."""

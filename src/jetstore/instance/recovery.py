@@ -77,7 +77,8 @@ def read_checkpoint(instance: Instance, notes: list[str]) -> CheckpointState | N
     path = os.path.join(instance.directory, CHECKPOINT_FILE)
     fs = instance.fs
     if not fs.exists(path):
-        notes.append(f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide")
+        if any(name.endswith((".log", ".edb")) for name in fs.listdir(instance.directory)):
+            notes.append(f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide")
         return None
     try:
         data = fs.read_file(path, owner=instance.owner)
@@ -278,6 +279,8 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
             pending_create[record.database_id] = record
             pending_ops[record.database_id] = []
             outcome.needed = True
+    for db in databases.values():
+        db.finish_replay()
     result = scanner.result
     outcome.tail = result.tail
     outcome.torn_tail = result.torn_position
@@ -299,5 +302,6 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
         db = instance.create_database_file(create)
         for end, commit in pending_ops[db_id]:
             db.apply_replayed(commit.operations, end)
+        db.finish_replay()
         outcome.created.append(create.name)
     return outcome

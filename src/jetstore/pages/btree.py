@@ -57,8 +57,9 @@ from __future__ import annotations
 import functools
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
-from itertools import accumulate, pairwise
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, compress, islice, pairwise, repeat
+from operator import add, is_, is_not, itemgetter, lt
 from typing import Final, NoReturn, Protocol, final
 
 from jetstore.errors import DatabaseCorrupted, InvalidParameter, JetError, PageNotInitialized
@@ -74,6 +75,7 @@ __all__ = [
     "Node",
     "NodeStore",
     "TreeStats",
+    "build_tree",
     "count_entries",
     "decode_node",
     "dirty_nodes_postorder",
@@ -82,6 +84,7 @@ __all__ = [
     "iterate",
     "lookup",
     "max_entry_size",
+    "merge_sorted",
     "min_fill",
     "swizzle",
     "verify_tree",
@@ -698,16 +701,7 @@ class Mutation:
     # -- internals --
 
     def _reject(self, key: bytes, value: bytes) -> NoReturn:
-        if len(key) > MAX_KEY_SIZE:
-            raise InvalidParameter(
-                f"key of {len(key)} bytes is longer than the maximum of {MAX_KEY_SIZE}"
-            )
-        raise InvalidParameter(
-            f"entry of {len(key)}-byte key and {len(value)}-byte value needs "
-            f"{LEAF_ENTRY_OVERHEAD + len(key) + len(value)} bytes, more than the "
-            f"{self._max_entry} a {self._store.page_size}-byte page allows per entry",
-            hint="Store long values outside the tree (the tables layer's long-value store).",
-        )
+        raise _entry_error(key, value, self._store.page_size)
 
     def _copy(self, node: Node) -> Node:
         if node.pgno is not None:
@@ -859,6 +853,325 @@ def _as_bytes(data: object, what: str) -> bytes:
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     raise InvalidParameter(f"{what} must be bytes, not {type(data).__name__}")
+
+
+def _entry_error(key: bytes, value: bytes, page_size: int) -> InvalidParameter:
+    """The error for an entry that `Mutation.put` and the bulk builders both refuse."""
+    if len(key) > MAX_KEY_SIZE:
+        return InvalidParameter(
+            f"key of {len(key)} bytes is longer than the maximum of {MAX_KEY_SIZE}"
+        )
+    return InvalidParameter(
+        f"entry of {len(key)}-byte key and {len(value)}-byte value needs "
+        f"{LEAF_ENTRY_OVERHEAD + len(key) + len(value)} bytes, more than the "
+        f"{max_entry_size(page_size)} a {page_size}-byte page allows per entry",
+        hint="Store long values outside the tree (the tables layer's long-value store).",
+    )
+
+
+# --- bulk building -----------------------------------------------------------------------
+
+#: Entries gathered before leaves are cut from them: enough that the per-batch Python work is
+#: amortised over C-level passes, few enough that a streamed input is never held in full.
+_BULK_BATCH: Final = 1 << 15
+_FIRST: Final = itemgetter(0)
+_SECOND: Final = itemgetter(1)
+_BYTES_ONLY: Final = frozenset({bytes})
+_BYTES_OR_NONE: Final = frozenset({bytes, type(None)})
+
+
+def _bulk_target(capacity: int) -> int:
+    """Bytes a bulk-built node is filled to: nearly full (fewer pages, a shallower tree), yet
+    with room left so that the first few puts into a leaf do not split it at once."""
+    return capacity * 9 // 10
+
+
+def _as_bytes_list(items: list[bytes], what: str) -> list[bytes]:
+    # One C-level pass over the types; the per-item conversion only runs for odd inputs.
+    if set(map(type, items)) <= _BYTES_ONLY:
+        return items
+    return [_as_bytes(item, what) for item in items]
+
+
+def _check_ascending(keys: list[bytes], last: bytes | None) -> None:
+    """InvalidParameter unless `keys` (after `last`, if given) are strictly ascending."""
+    if (last is None or last < keys[0]) and all(map(lt, keys, islice(keys, 1, None))):
+        return
+    previous = [last, *keys] if last is not None else keys
+    for a, b in pairwise(previous):
+        if not a < b:
+            what = "a duplicate key" if a == b else "keys out of order"
+            raise InvalidParameter(
+                f"bulk input must be sorted by key with unique keys: {what} "
+                f"({a[:40]!r} then {b[:40]!r})",
+                hint="Sort the items by key and keep only the last value for each key.",
+            )
+    raise AssertionError("unreachable: an out-of-order pair was detected")
+
+
+class _TreeBuilder:
+    """Packs ascending entries into leaves as they stream in, then builds the branch levels.
+
+    Every node made is owned by `epoch` (``owner == epoch``, ``pgno`` None) with exact
+    `nbytes`, and every list it holds is fresh (never one of the caller's or an old tree's), so
+    later mutations of that epoch may change the nodes in place.
+    """
+
+    __slots__ = (
+        "_capacity",
+        "_epoch",
+        "_keys",
+        "_leaves",
+        "_low",
+        "_max_entry",
+        "_page_size",
+        "_sizes",
+        "_target",
+        "_values",
+    )
+
+    def __init__(self, page_size: int, epoch: int) -> None:
+        if epoch <= 0:
+            # Nodes loaded from disk have owner 0: epoch 0 would let a mutation change them.
+            raise InvalidParameter(f"bulk build epoch must be positive, got {epoch}")
+        self._capacity, self._max_entry, self._low = _limits(page_size)
+        self._target = _bulk_target(self._capacity)
+        self._page_size = page_size
+        self._epoch = epoch
+        # Entries not yet cut into a leaf, with their encoded sizes.
+        self._keys: list[bytes] = []
+        self._values: list[bytes] = []
+        self._sizes: list[int] = []
+        self._leaves: list[Node] = []
+
+    def extend(self, keys: list[bytes], values: list[bytes], *, checked: bool) -> None:
+        """Append entries that sort after every earlier one (the caller checks the order).
+
+        Unless `checked`, entries over the `Mutation.put` size limits raise InvalidParameter.
+        """
+        if not keys:
+            return
+        sizes = list(
+            map(add, map(add, map(len, keys), map(len, values)), repeat(LEAF_ENTRY_OVERHEAD))
+        )
+        # A key over MAX_KEY_SIZE makes its entry over MAX_KEY_SIZE + overhead as well, so
+        # the common small-entry batch is cleared by this one max().
+        if not checked and max(sizes) > MAX_KEY_SIZE + LEAF_ENTRY_OVERHEAD:
+            max_entry = self._max_entry
+            for key, value, size in zip(keys, values, sizes, strict=True):
+                if size > max_entry or len(key) > MAX_KEY_SIZE:
+                    raise _entry_error(key, value, self._page_size)
+        self._keys += keys
+        self._values += values
+        self._sizes += sizes
+        if len(self._sizes) >= _BULK_BATCH:
+            self._cut_leaves(final=False)
+
+    def finish(self) -> Node | None:
+        """The root of the tree of every entry added (None if there were none)."""
+        self._cut_leaves(final=True)
+        level, self._leaves = self._leaves, []
+        if not level:
+            return None
+        separators = [_separator(a.keys[-1], b.keys[0]) for a, b in pairwise(level)]
+        while len(level) > 1:
+            level, separators = self._branch_level(level, separators)
+        return level[0]
+
+    def _cut_leaves(self, final: bool) -> None:
+        """Cut the pending entries into leaves; unless `final`, keep back an unfinished one."""
+        keys, values, sizes = self._keys, self._values, self._sizes
+        n = len(keys)
+        # cum[i] is the encoded size of the first i pending entries, so the leaf of entries
+        # [s, e) takes cum[e] - cum[s] bytes and its end is found by bisection.
+        cum = list(accumulate(sizes, initial=0))
+        self._keys, self._values, self._sizes = [], [], []
+        total = cum[n]
+        leaves = self._leaves
+        epoch = self._epoch
+        if final and not leaves and total <= self._capacity:
+            if n:  # everything fits one page: a single leaf is the root
+                leaves.append(Node(True, keys, values, [], None, epoch, total))
+            return
+        target = self._target
+        s = 0
+        # Greedy: a leaf takes the most entries within `target`, and is only cut once an
+        # entry past it is known; as any entry is at most capacity / 2, the leaf is then over
+        # target - capacity / 2 (40% of a page), above min_fill (25%).
+        while total - cum[s] > target:
+            e = bisect_right(cum, cum[s] + target, s + 1) - 1
+            leaves.append(Node(True, keys[s:e], values[s:e], [], None, epoch, cum[e] - cum[s]))
+            s = e
+        if not final:
+            self._keys, self._values, self._sizes = keys[s:], values[s:], sizes[s:]
+            return
+        rest = total - cum[s]
+        if s == n:
+            return
+        if rest >= self._low or not leaves:
+            leaves.append(Node(True, keys[s:], values[s:], [], None, epoch, rest))
+            return
+        # The last leaf is underfull: join it to its left neighbour, and if the two do not fit
+        # one page, split them at the byte midpoint (each half is then over capacity / 4).
+        left = leaves.pop()
+        keys = left.keys + keys[s:]
+        values = left.values + values[s:]
+        total = left.nbytes + rest
+        if total <= self._capacity:
+            leaves.append(Node(True, keys, values, [], None, epoch, total))
+            return
+        m, size = _leaf_split_point(keys, values, total)
+        leaves.append(Node(True, keys[:m], values[:m], [], None, epoch, size))
+        leaves.append(Node(True, keys[m:], values[m:], [], None, epoch, total - size))
+
+    def _branch_level(
+        self, children: list[Node], separators: list[bytes]
+    ) -> tuple[list[Node], list[bytes]]:
+        """The branches over one level of `children` and the separators between branches.
+
+        ``separators[i]`` lies between ``children[i]`` and ``children[i + 1]``; each either
+        becomes a key of the branch holding both, or moves up between two branches.
+        """
+        epoch = self._epoch
+        m = len(children)
+        # cum[i] is the encoded size of separators[:i]; the branch over children [s, j] holds
+        # separators [s, j) and takes _BRANCH_BASE + cum[j] - cum[s] bytes.
+        cum = list(
+            accumulate(map(add, map(len, separators), repeat(BRANCH_ENTRY_OVERHEAD)), initial=0)
+        )
+        if _BRANCH_BASE + cum[-1] <= self._capacity:
+            kids: list[Node | int] = list(children)
+            return [Node(False, separators, [], kids, None, epoch, _BRANCH_BASE + cum[-1])], []
+        limit = self._target - _BRANCH_BASE
+        nodes: list[Node] = []
+        up: list[bytes] = []
+        s = 0
+        # As for leaves: a separator takes at most MAX_KEY_SIZE + 10 bytes, far below `limit`,
+        # so each branch gets at least one, and the loop stops with children left over.
+        while cum[m - 1] - cum[s] > limit:
+            j = bisect_right(cum, cum[s] + limit, s + 1) - 1
+            size = _BRANCH_BASE + cum[j] - cum[s]
+            kids = list(children[s : j + 1])
+            nodes.append(Node(False, separators[s:j], [], kids, None, epoch, size))
+            up.append(separators[j])
+            s = j + 1
+        rest = _BRANCH_BASE + cum[m - 1] - cum[s]
+        if m - s >= 2 and rest >= self._low:
+            kids = list(children[s:])
+            nodes.append(Node(False, separators[s:], [], kids, None, epoch, rest))
+            return nodes, up
+        # A lone last child, or an underfull last branch: join it to the branch on its left
+        # (the separator between them comes back down), splitting again if that overflows.
+        left = nodes.pop()
+        keys = [*left.keys, up.pop(), *separators[s:]]
+        kids = [*left.children, *children[s:]]
+        total = _branch_size(keys)
+        if total <= self._capacity:
+            nodes.append(Node(False, keys, [], kids, None, epoch, total))
+            return nodes, up
+        k, left_size, right_size = _branch_split_point(keys, total)
+        nodes.append(Node(False, keys[:k], [], kids[: k + 1], None, epoch, left_size))
+        up.append(keys[k])
+        nodes.append(Node(False, keys[k + 1 :], [], kids[k + 1 :], None, epoch, right_size))
+        return nodes, up
+
+
+def build_tree(items: Iterable[tuple[bytes, bytes]], page_size: int, epoch: int) -> Node | None:
+    """A new tree holding `items`, built bottom-up; None when there are none.
+
+    `items` must be sorted by key with unique keys (else InvalidParameter, raised as soon as
+    the batch holding the offending pair is read); each entry obeys the `Mutation.put` limits
+    (else InvalidParameter). The input is consumed in batches, never held in full.
+
+    The result satisfies every invariant `verify_tree` checks, and more: leaves are filled to
+    about 90% of a page and never past it; every non-root leaf holds at least `min_fill`
+    bytes (the last one is evened out with its left neighbour if needed); branch separators
+    are the short ones `Mutation` would make. Every node is dirty and owned by `epoch`
+    (``owner == epoch``, ``pgno`` None), exactly like nodes a `Mutation` of that epoch made:
+    that mutation may go on changing the tree in place, and the checkpointer writes all of it.
+    """
+    builder = _TreeBuilder(page_size, epoch)
+    it = iter(items)
+    last: bytes | None = None
+    while batch := list(islice(it, _BULK_BATCH)):
+        keys = _as_bytes_list(list(map(_FIRST, batch)), "key")
+        values = _as_bytes_list(list(map(_SECOND, batch)), "value")
+        _check_ascending(keys, last)
+        builder.extend(keys, values, checked=False)
+        last = keys[-1]
+    return builder.finish()
+
+
+def merge_sorted(
+    store: NodeStore,
+    root: Node | None,
+    changes: Sequence[tuple[bytes, bytes | None]],
+    epoch: int,
+    freed: list[int],
+) -> Node | None:
+    """A new tree: the tree at `root` with `changes` applied, built by `build_tree` rules.
+
+    `changes` are (key, value) sorted by key with unique keys; value None deletes the key
+    (a no-op when it is absent). Invalid changes raise InvalidParameter before anything else.
+    The old tree's entries stream, one leaf at a time, into the new tree: every node of the
+    result is new and owned by `epoch` (as for `build_tree`), and the old tree is only read,
+    so snapshots of it stay valid. The page number of every written node of the old tree is
+    appended to `freed` exactly once (unwritten ones are simply dropped), and only once the
+    new tree is complete, so a failure leaves `freed` as it was.
+
+    Cost is proportional to old tree + changes whatever the number of changes: for a few
+    changes into a large tree, `Mutation` (path copying) is far cheaper.
+    """
+    builder = _TreeBuilder(store.page_size, epoch)
+    ckeys = _as_bytes_list(list(map(_FIRST, changes)), "key")
+    cvalues: list[bytes | None] = list(map(_SECOND, changes))
+    if not set(map(type, cvalues)) <= _BYTES_OR_NONE:
+        cvalues = [None if v is None else _as_bytes(v, "value") for v in cvalues]
+    n = len(ckeys)
+    has_deletes = False
+    if n:
+        _check_ascending(ckeys, None)
+        is_put = list(map(is_not, cvalues, repeat(None)))
+        has_deletes = not all(is_put)
+        put_keys = list(compress(ckeys, is_put))
+        put_values: list[bytes] = list(compress(cvalues, is_put))  # type: ignore[arg-type]
+        # Checked up front, so that a bad change fails before the old tree is read at all.
+        _TreeBuilder(store.page_size, epoch).extend(put_keys, put_values, checked=False)
+    pgnos: list[int] = []
+    pos = 0  # changes[:pos] are merged
+    for node in iter_nodes(store, root):
+        if node.pgno is not None:
+            pgnos.append(node.pgno)
+        keys = node.keys
+        if not node.leaf or not keys:
+            continue
+        # The changes up to this leaf's last key belong here (those past the previous leaf's
+        # last key and before this leaf's first one included): leaves arrive in key order.
+        end = bisect_right(ckeys, keys[-1], pos) if pos < n else pos
+        if end == pos:
+            builder.extend(keys, node.values, checked=True)
+            continue
+        merged: dict[bytes, bytes | None] = dict(zip(keys, node.values, strict=True))
+        merged.update(zip(ckeys[pos:end], cvalues[pos:end], strict=True))
+        if has_deletes:
+            # Every deleted key is in `merged` now (with value None), old or not.
+            for key in compress(ckeys[pos:end], map(is_, cvalues[pos:end], repeat(None))):
+                del merged[key]
+        # The dict holds the old keys in order and then the new ones in order: sorted() finds
+        # the two runs and merges them in linear time.
+        mkeys = sorted(merged)
+        builder.extend(mkeys, list(map(merged.__getitem__, mkeys)), checked=True)  # type: ignore[arg-type]
+        pos = end
+    if pos < n:
+        tail_keys, tail_values = ckeys[pos:], cvalues[pos:]
+        if has_deletes:
+            keep = list(map(is_not, tail_values, repeat(None)))
+            tail_keys = list(compress(tail_keys, keep))
+            tail_values = list(compress(tail_values, keep))
+        builder.extend(tail_keys, tail_values, checked=True)  # type: ignore[arg-type]
+    new_root = builder.finish()
+    freed.extend(pgnos)
+    return new_root
 
 
 # --- checks ------------------------------------------------------------------------------

@@ -6,12 +6,15 @@ Invariants:
 - Dirty nodes are never here; they live only in the tree that references them until a
   checkpoint writes them.
 - A page number is dropped from the cache before its page may be reused for another node.
+
+Replacement is second-chance FIFO (CLOCK): a hit only marks the page referenced, without a lock
+or any reordering, so concurrent readers never contend; eviction, under the lock, gives a
+referenced page one more round instead of dropping it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
 from jetstore.pages.btree import Node
 
@@ -19,38 +22,46 @@ from jetstore.pages.btree import Node
 class NodeCache:
     def __init__(self, capacity_pages: int) -> None:
         self.capacity = max(16, capacity_pages)
-        self._nodes: OrderedDict[int, Node] = OrderedDict()
+        self._nodes: dict[int, Node] = {}
+        self._referenced: set[int] = set()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
 
     def get(self, pgno: int) -> Node | None:
-        with self._lock:
-            node = self._nodes.get(pgno)
-            if node is None:
-                self.misses += 1
-                return None
-            self._nodes.move_to_end(pgno)
-            self.hits += 1
-            return node
+        node = self._nodes.get(pgno)
+        if node is None:
+            self.misses += 1
+            return None
+        self._referenced.add(pgno)
+        self.hits += 1
+        return node
 
     def put(self, pgno: int, node: Node) -> None:
         with self._lock:
             nodes = self._nodes
+            nodes.pop(pgno, None)
             nodes[pgno] = node
-            nodes.move_to_end(pgno)
+            referenced = self._referenced
             while len(nodes) > self.capacity:
-                nodes.popitem(last=False)
-                self.evictions += 1
+                oldest = next(iter(nodes))
+                if oldest in referenced:
+                    referenced.discard(oldest)
+                    nodes[oldest] = nodes.pop(oldest)  # second chance: back of the queue
+                else:
+                    del nodes[oldest]
+                    self.evictions += 1
 
     def discard(self, pgno: int) -> None:
         with self._lock:
             self._nodes.pop(pgno, None)
+            self._referenced.discard(pgno)
 
     def clear(self) -> None:
         with self._lock:
             self._nodes.clear()
+            self._referenced.clear()
 
     def __len__(self) -> int:
         return len(self._nodes)

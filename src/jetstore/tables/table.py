@@ -37,6 +37,7 @@ from jetstore.errors import (
     InvalidParameter,
     KeyDuplicate,
     KeyTooBig,
+    ObjectNotFound,
     RecordNotFound,
     RecordTooBig,
 )
@@ -117,6 +118,7 @@ class Table:
             if column.type in (ColumnType.TEXT, ColumnType.BYTES)
         ]
         self._pk_names = table_def.primary_key
+        self._dropped = False
         self._pk_columns = tuple(table_def.column(name) for name in self._pk_names)
         self._datetime_columns = tuple(
             column.name for column in table_def.columns if column.type is ColumnType.DATETIME
@@ -127,9 +129,19 @@ class Table:
     def name(self) -> str:
         return self.definition.name
 
+    def mark_dropped(self) -> None:
+        """The table was dropped in this transaction: every later use raises ObjectNotFound
+        (a write would otherwise leave entries under object ids no table owns)."""
+        self._dropped = True
+
+    def _check_usable(self) -> None:
+        if self._dropped:
+            raise ObjectNotFound(f"table {self.name!r} was dropped in this transaction")
+
     # ----------------------------------------------------------------- keys
 
     def _encode_pk(self, key: object) -> bytes:
+        self._check_usable()
         values = _as_tuple(key)
         if len(values) != len(self._pk_names):
             raise InvalidParameter(
@@ -227,6 +239,7 @@ class Table:
         The scan reads the transaction's view as of this call: writes made while iterating
         do not show up in it and do not disturb it.
         """
+        self._check_usable()
         if index is None:
             prefix = self._prefix
             columns = self._pk_columns

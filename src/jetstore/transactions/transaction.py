@@ -285,6 +285,7 @@ class Transaction:
                 self.delete(key)
         self.delete(table_entry_key(name))
         self._tables.pop(name, None)
+        table.mark_dropped()
 
     # ----------------------------------------------------------------- end
 
