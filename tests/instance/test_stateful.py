@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -144,3 +145,16 @@ EngineVersusDict.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestEngineVersusDict = EngineVersusDict.TestCase
+
+
+class SoakEngineVersusDict(EngineVersusDict):
+    pass
+
+
+SoakEngineVersusDict.TestCase.settings = settings(
+    max_examples=1000,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSoakEngineVersusDict = pytest.mark.soak(SoakEngineVersusDict.TestCase)

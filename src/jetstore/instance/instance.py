@@ -191,7 +191,11 @@ class Instance:
             # recovery, writes the replayed changes: from here on, the logs before it are
             # not needed any more.
             self.state = InstanceState.OPEN
-            self.checkpoint(final=False)
+            if outcome.needed:
+                # Soft recovery ends like ESE's: the replayed changes are written and every
+                # header is marked clean (nothing left to replay) before the instance is used.
+                self.checkpoint(final=True)
+            self.checkpoint(final=False)  # attach: headers dirty while the instance is open
             if self.failure is not None:
                 raise self.failure
             self._background = ManagedThread(

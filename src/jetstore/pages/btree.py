@@ -893,6 +893,27 @@ def _as_bytes_list(items: list[bytes], what: str) -> list[bytes]:
     return [_as_bytes(item, what) for item in items]
 
 
+def _entry_sizes(keys: list[bytes], values: list[bytes]) -> list[int]:
+    """The encoded size of each leaf entry, computed by C-level passes."""
+    return list(map(add, map(add, map(len, keys), map(len, values)), repeat(LEAF_ENTRY_OVERHEAD)))
+
+
+def _check_entry_sizes(
+    keys: list[bytes], values: list[bytes], page_size: int, sizes: list[int] | None = None
+) -> None:
+    """InvalidParameter for the first entry that `Mutation.put` would refuse."""
+    if sizes is None:
+        sizes = _entry_sizes(keys, values)
+    # A key over MAX_KEY_SIZE makes its entry over MAX_KEY_SIZE + overhead as well, so the
+    # common batch of small entries is cleared by this one max().
+    if not sizes or max(sizes) <= MAX_KEY_SIZE + LEAF_ENTRY_OVERHEAD:
+        return
+    max_entry = max_entry_size(page_size)
+    for key, value, size in zip(keys, values, sizes, strict=True):
+        if size > max_entry or len(key) > MAX_KEY_SIZE:
+            raise _entry_error(key, value, page_size)
+
+
 def _check_ascending(keys: list[bytes], last: bytes | None) -> None:
     """InvalidParameter unless `keys` (after `last`, if given) are strictly ascending."""
     if (last is None or last < keys[0]) and all(map(lt, keys, islice(keys, 1, None))):
@@ -923,7 +944,6 @@ class _TreeBuilder:
         "_keys",
         "_leaves",
         "_low",
-        "_max_entry",
         "_page_size",
         "_sizes",
         "_target",
@@ -934,7 +954,7 @@ class _TreeBuilder:
         if epoch <= 0:
             # Nodes loaded from disk have owner 0: epoch 0 would let a mutation change them.
             raise InvalidParameter(f"bulk build epoch must be positive, got {epoch}")
-        self._capacity, self._max_entry, self._low = _limits(page_size)
+        self._capacity, _, self._low = _limits(page_size)
         self._target = _bulk_target(self._capacity)
         self._page_size = page_size
         self._epoch = epoch
@@ -951,16 +971,9 @@ class _TreeBuilder:
         """
         if not keys:
             return
-        sizes = list(
-            map(add, map(add, map(len, keys), map(len, values)), repeat(LEAF_ENTRY_OVERHEAD))
-        )
-        # A key over MAX_KEY_SIZE makes its entry over MAX_KEY_SIZE + overhead as well, so
-        # the common small-entry batch is cleared by this one max().
-        if not checked and max(sizes) > MAX_KEY_SIZE + LEAF_ENTRY_OVERHEAD:
-            max_entry = self._max_entry
-            for key, value, size in zip(keys, values, sizes, strict=True):
-                if size > max_entry or len(key) > MAX_KEY_SIZE:
-                    raise _entry_error(key, value, self._page_size)
+        sizes = _entry_sizes(keys, values)
+        if not checked:
+            _check_entry_sizes(keys, values, self._page_size, sizes)
         self._keys += keys
         self._values += values
         self._sizes += sizes
@@ -1113,11 +1126,11 @@ def merge_sorted(
 
     `changes` are (key, value) sorted by key with unique keys; value None deletes the key
     (a no-op when it is absent). Invalid changes raise InvalidParameter before anything else.
-    The old tree's entries stream, one leaf at a time, into the new tree: every node of the
-    result is new and owned by `epoch` (as for `build_tree`), and the old tree is only read,
-    so snapshots of it stay valid. The page number of every written node of the old tree is
-    appended to `freed` exactly once (unwritten ones are simply dropped), and only once the
-    new tree is complete, so a failure leaves `freed` as it was.
+    The old tree's entries stream, a batch of leaves at a time, into the new tree: every node
+    of the result is new and owned by `epoch` (as for `build_tree`), and the old tree is only
+    read, so snapshots of it stay valid. The page number of every written node of the old
+    tree is appended to `freed` exactly once (unwritten ones are simply dropped), and only
+    once the new tree is complete, so a failure leaves `freed` as it was.
 
     Cost is proportional to old tree + changes whatever the number of changes: for a few
     changes into a large tree, `Mutation` (path copying) is far cheaper.
@@ -1127,51 +1140,80 @@ def merge_sorted(
     cvalues: list[bytes | None] = list(map(_SECOND, changes))
     if not set(map(type, cvalues)) <= _BYTES_OR_NONE:
         cvalues = [None if v is None else _as_bytes(v, "value") for v in cvalues]
-    n = len(ckeys)
-    has_deletes = False
-    if n:
+    if ckeys:
         _check_ascending(ckeys, None)
         is_put = list(map(is_not, cvalues, repeat(None)))
-        has_deletes = not all(is_put)
-        put_keys = list(compress(ckeys, is_put))
         put_values: list[bytes] = list(compress(cvalues, is_put))  # type: ignore[arg-type]
-        # Checked up front, so that a bad change fails before the old tree is read at all.
-        _TreeBuilder(store.page_size, epoch).extend(put_keys, put_values, checked=False)
+        # Checked up front, so that a bad change fails before the old tree is even read.
+        _check_entry_sizes(list(compress(ckeys, is_put)), put_values, store.page_size)
     pgnos: list[int] = []
-    pos = 0  # changes[:pos] are merged
+    n = len(ckeys)
+    pos = 0  # ckeys[:pos] are merged
+    # Old entries are merged a batch of leaves at a time: per-leaf merging would cost more
+    # Python work (and garbage-collector passes over the big young lists) than the entries.
+    old_keys: list[bytes] = []
+    old_values: list[bytes] = []
     for node in iter_nodes(store, root):
         if node.pgno is not None:
             pgnos.append(node.pgno)
-        keys = node.keys
-        if not node.leaf or not keys:
-            continue
-        # The changes up to this leaf's last key belong here (those past the previous leaf's
-        # last key and before this leaf's first one included): leaves arrive in key order.
-        end = bisect_right(ckeys, keys[-1], pos) if pos < n else pos
-        if end == pos:
-            builder.extend(keys, node.values, checked=True)
-            continue
-        merged: dict[bytes, bytes | None] = dict(zip(keys, node.values, strict=True))
-        merged.update(zip(ckeys[pos:end], cvalues[pos:end], strict=True))
-        if has_deletes:
-            # Every deleted key is in `merged` now (with value None), old or not.
-            for key in compress(ckeys[pos:end], map(is_, cvalues[pos:end], repeat(None))):
-                del merged[key]
-        # The dict holds the old keys in order and then the new ones in order: sorted() finds
-        # the two runs and merges them in linear time.
-        mkeys = sorted(merged)
-        builder.extend(mkeys, list(map(merged.__getitem__, mkeys)), checked=True)  # type: ignore[arg-type]
-        pos = end
-    if pos < n:
-        tail_keys, tail_values = ckeys[pos:], cvalues[pos:]
-        if has_deletes:
-            keep = list(map(is_not, tail_values, repeat(None)))
-            tail_keys = list(compress(tail_keys, keep))
-            tail_values = list(compress(tail_values, keep))
-        builder.extend(tail_keys, tail_values, checked=True)  # type: ignore[arg-type]
+        if node.leaf:
+            old_keys += node.keys
+            old_values += node.values
+            if len(old_keys) >= _BULK_BATCH:
+                # The changes up to the batch's last key go here; later ones sort after it.
+                end = bisect_right(ckeys, old_keys[-1], pos)
+                _merge_into(builder, old_keys, old_values, ckeys[pos:end], cvalues[pos:end])
+                pos = end
+                old_keys, old_values = [], []
+    _merge_into(builder, old_keys, old_values, ckeys[pos:n], cvalues[pos:n])
     new_root = builder.finish()
     freed.extend(pgnos)
     return new_root
+
+
+def _merge_into(
+    builder: _TreeBuilder,
+    keys: list[bytes],
+    values: list[bytes],
+    ckeys: list[bytes],
+    cvalues: list[bytes | None],
+) -> None:
+    """Feed `builder` the entries (keys, values) with the changes (ckeys, cvalues) applied.
+
+    Both are ascending; the changes all sort before the next entries `builder` will get.
+    """
+    n = len(keys)
+    k = len(ckeys)
+    if not k:
+        builder.extend(keys, values, checked=True)
+    elif 4 * k < n:
+        # Few changes: copy the runs of old entries between them, so the cost is mostly the
+        # C-level slice copies rather than per-entry work.
+        out_keys: list[bytes] = []
+        out_values: list[bytes] = []
+        lo = 0
+        for key, value in zip(ckeys, cvalues, strict=True):
+            i = bisect_left(keys, key, lo)
+            out_keys += keys[lo:i]
+            out_values += values[lo:i]
+            lo = i + 1 if i < n and keys[i] == key else i
+            if value is not None:
+                out_keys.append(key)
+                out_values.append(value)
+        out_keys += keys[lo:]
+        out_values += values[lo:]
+        builder.extend(out_keys, out_values, checked=True)
+    else:
+        # Many changes: let C do the per-entry work. The dict overrides old values (None for
+        # a delete, dropped next); it holds the old keys in order, then the added ones in
+        # order, so sorted() finds the two runs and merges them in linear time.
+        merged: dict[bytes, bytes | None] = dict(zip(keys, values, strict=True))
+        merged.update(zip(ckeys, cvalues, strict=True))
+        for key in compress(ckeys, map(is_, cvalues, repeat(None))):
+            del merged[key]
+        mkeys = sorted(merged)
+        mvalues: list[bytes] = list(map(merged.__getitem__, mkeys))  # type: ignore[arg-type]
+        builder.extend(mkeys, mvalues, checked=True)
 
 
 # --- checks ------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ class _OldRecord:
 
     pk: bytes
     entries: dict[str, bytes]  # index name -> index entry key
-    long_columns: tuple[int, ...]  # positions of the columns stored as long values
+    long_values: dict[int, LongValueRef]  # column position -> its long value
+    values: Mapping[str, object] | None  # the materialized record, when it was read
 
 
 class Table:
@@ -215,6 +216,10 @@ class Table:
     def _read_long_value(
         self, view: ReadView, pk: bytes, column: int, ref: LongValueRef
     ) -> str | bytes:
+        data = self._read_long_bytes(view, pk, column, ref)
+        return data.decode("utf-8", "surrogatepass") if ref.is_text else data
+
+    def _read_long_bytes(self, view: ReadView, pk: bytes, column: int, ref: LongValueRef) -> bytes:
         prefix = long_value_prefix(self.definition.lv_id, pk, column)
         data = b"".join([chunk for _key, chunk in view.items(prefix, prefix_successor(prefix))])
         if len(data) != ref.length:
@@ -223,7 +228,7 @@ class Table:
                 f"{self.name!r} has {len(data)} bytes, its record says {ref.length}",
                 hint="run `jetstore integrity` on the database",
             )
-        return data.decode("utf-8", "surrogatepass") if ref.is_text else data
+        return data
 
     def scan(
         self,
@@ -327,7 +332,7 @@ class Table:
         old = self._old_record(pk, raw, None)
         for entry in old.entries.values():
             view.delete(entry)
-        for position in old.long_columns:
+        for position in old.long_values:
             self._delete_long_value(pk, position)
         view.delete(self._prefix + pk)
 
@@ -359,22 +364,47 @@ class Table:
         values of indexed columns are read.
         """
         stored = self._codec.decode(raw)
-        long_columns = tuple(
-            position
+        long_values = {
+            position: ref
             for position, name, _is_text in self._lv_columns
-            if isinstance(stored.get(name), LongValueRef)
-        )
+            if isinstance(ref := stored.get(name), LongValueRef)
+        }
+        values = record
         if record is None:
-            record = stored
+            record = dict(stored)
             for position, name, _is_text in self._lv_columns:
                 ref = stored.get(name)
                 if isinstance(ref, LongValueRef) and name in self._index_columns:
-                    stored[name] = self._read_long_value(self._view, pk, position, ref)
+                    record[name] = self._read_long_value(self._view, pk, position, ref)
         entries = {
             index.name: self._index_entry_unchecked(index, record, pk)
             for index in self.definition.indexes
         }
-        return _OldRecord(pk, entries, long_columns)
+        return _OldRecord(pk, entries, long_values, values)
+
+    def _unchanged_long_values(
+        self, pk: bytes, long_values: list[tuple[int, bytes]], old: _OldRecord | None
+    ) -> set[int]:
+        """Columns whose new long value equals the old one under the same key: their chunks
+        stay as they are (an update of another column does not rewrite, or log, them)."""
+        kept: set[int] = set()
+        if old is None or old.pk != pk:
+            return kept
+        names = self.definition.columns
+        for position, data in long_values:
+            ref = old.long_values.get(position)
+            if ref is None or ref.length != len(data):
+                continue
+            known = None if old.values is None else old.values.get(names[position].name)
+            if isinstance(known, str):
+                same = known.encode("utf-8", "surrogatepass") == data
+            elif isinstance(known, bytes):
+                same = known == data
+            else:
+                same = self._read_long_bytes(self._view, pk, position, ref) == data
+            if same:
+                kept.add(position)
+        return kept
 
     def _index_entry_unchecked(
         self, index: IndexDef, record: Mapping[str, object], pk: bytes
@@ -407,13 +437,15 @@ class Table:
                         f"entry {other_key.hex()[:32]}…)"
                     )
         encoded, long_values = self._encode_stored(key, record)
+        kept = self._unchanged_long_values(pk, long_values, old)
         # Phase 2: remove what the old record had and the new one does not, then write.
         if old is not None:
             for name, entry in old_entries.items():
                 if entries[name] != entry:
                     view.delete(entry)
-            for position in old.long_columns:
-                self._delete_long_value(old.pk, position)
+            for position in old.long_values:
+                if position not in kept:
+                    self._delete_long_value(old.pk, position)
             if old.pk != pk:
                 view.delete(self._prefix + old.pk)
         for index in indexes:
@@ -425,7 +457,8 @@ class Table:
             if unique is not None:
                 view.add_unique_check(unique, entry)
         for position, data in long_values:
-            self._write_long_value(pk, position, data)
+            if position not in kept:
+                self._write_long_value(pk, position, data)
         view.put(key, encoded)
 
     def _encode_stored(
