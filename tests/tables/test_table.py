@@ -11,6 +11,8 @@ records call for, and no entry lives under an object id no table owns.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import jetstore
 from jetstore.errors import (
@@ -760,7 +765,13 @@ def test_several_long_values_in_one_record(store: Store) -> None:
         "c": "c" * 1500,
         "n": 1,
     }
-    big = {"id": "big", "a": "\u03b1" * 50_000, "b": b"\x00" * 70_000, "c": "\u03b3" * 20_000, "n": 2}
+    big = {
+        "id": "big",
+        "a": "\u03b1" * 50_000,
+        "b": b"\x00" * 70_000,
+        "c": "\u03b3" * 20_000,
+        "n": 2,
+    }
     with store.db.transaction() as txn:
         t = txn.table("t")
         t.insert(record)
@@ -791,6 +802,32 @@ def test_several_long_values_in_one_record(store: Store) -> None:
     assert layout(store.db, "t") == {"records": 0, "lv": 0}
 
 
+def test_unchanged_long_values_are_not_rewritten(store: Store) -> None:
+    store.db.create_table("t", [("id", "int"), ("n", "int"), ("s", "text"), ("b", "bytes")], "id")
+    text, data = "\u00e9" * 30_000, bytes(range(256)) * 200
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "n": 0, "s": text, "b": data})
+    chunks = layout(store.db, "t")["lv"]
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.update(1, {"n": 1})
+        t.upsert({"id": 1, "n": 2, "s": text, "b": data})  # same values: nothing to rewrite
+        assert len(txn.operations) == 1  # the record entry only
+        # The same length with other content, and another length: rewritten.
+        t.update(1, {"b": bytes(reversed(data))})
+        t.update(1, {"s": text + "x"})
+        assert len(txn.operations) > 1
+    store.reopen()
+    with store.db.transaction() as txn:
+        assert txn.table("t").get(1) == {
+            "id": 1,
+            "n": 2,
+            "s": text + "x",
+            "b": bytes(reversed(data)),
+        }
+    assert layout(store.db, "t")["lv"] == chunks  # 60,000 and 60,001 bytes: as many chunks
+
+
 def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None:
     """A 64 MiB bytes value and a multi-MiB text value, through a reopen, then gone."""
     store.db.create_table("t", [("id", "int"), ("b", "bytes"), ("s", "text")], "id")
@@ -815,6 +852,8 @@ def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None
 
     store.checked_twice(check)
     with store.db.transaction() as txn:
+        txn.table("t").update(1, {"s": text})  # unchanged: the chunks are kept, not rewritten
+        assert len(txn.operations) == 1
         txn.table("t").update(1, {"b": b"small now"})
     with store.db.transaction() as txn:
         assert txn.table("t").get(1) == {"id": 1, "b": b"small now", "s": text}
@@ -1019,3 +1058,184 @@ def test_a_table_object_dies_with_its_transaction(store: Store) -> None:
         with pytest.raises(NotInTransaction):
             use()
     assert store.read("t") == [{"id": 1}]
+
+
+# --------------------------------------------------------------------------- model-based
+
+
+NAMES = ["ann", "bo", "cy", None]
+EMAILS = ["a@x", "b@x", "c@x", None]
+BLOB_SIZES = [0, 10, 4000, 4100, 20_000]  # around the inline limit, and chunked
+
+
+def blob_of(size: int | None, salt: int) -> bytes | None:
+    return None if size is None else bytes((salt + i) % 251 for i in range(size))
+
+
+class TableMachine(RuleBasedStateMachine):
+    """Random inserts, updates (including key changes), upserts and deletes on a table with a
+    non-unique index, a unique index and a long-value column, against a dict model; with
+    commits, rollbacks, checkpoints and reopens. After every step every index scans in the
+    model's order, and the raw tree holds exactly one entry per record and index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="jetstore-table-machine-"))
+        self.store = Store(self.dir, cache_size=16 * PAGE)
+        self.store.db.create_table(
+            "t",
+            [("id", "int"), ("name", "text"), ("email", "text"), ("blob", "bytes")],
+            "id",
+            indexes=[("by_name", "name"), ("by_email", "email", True)],
+        )
+        self.committed: dict[int, dict[str, object]] = {}
+        self.view: dict[int, dict[str, object]] = {}
+        self.txn: jetstore.Transaction | None = None
+
+    def table(self) -> jetstore.Table:
+        if self.txn is None:
+            self.txn = self.store.db.transaction()
+            self.view = {k: dict(v) for k, v in self.committed.items()}
+        return self.txn.table("t")
+
+    def email_taken(self, email: object, by_other_than: int | None) -> bool:
+        return email is not None and any(
+            r["email"] == email and k != by_other_than for k, r in self.view.items()
+        )
+
+    @rule(
+        k=st.integers(0, 5),
+        name=st.sampled_from(NAMES),
+        email=st.sampled_from(EMAILS),
+        size=st.sampled_from([None, *BLOB_SIZES]),
+        salt=st.integers(0, 250),
+        upsert=st.booleans(),
+    )
+    def write(
+        self, k: int, name: str | None, email: str | None, size: int | None, salt: int, upsert: bool
+    ) -> None:
+        t = self.table()
+        record = {"id": k, "name": name, "email": email, "blob": blob_of(size, salt)}
+        duplicate = (k in self.view and not upsert) or self.email_taken(
+            email, k if upsert else None
+        )
+        if duplicate:
+            with pytest.raises(KeyDuplicate):
+                t.upsert(record) if upsert else t.insert(record)
+        else:
+            t.upsert(record) if upsert else t.insert(record)
+            self.view[k] = record
+
+    @rule(
+        k=st.integers(0, 5),
+        new_k=st.none() | st.integers(0, 5),
+        name=st.none() | st.sampled_from(NAMES),
+        email=st.none() | st.sampled_from(EMAILS),
+        size=st.none() | st.sampled_from(BLOB_SIZES),
+        salt=st.integers(0, 250),
+    )
+    def update(
+        self,
+        k: int,
+        new_k: int | None,
+        name: str | None,
+        email: str | None,
+        size: int | None,
+        salt: int,
+    ) -> None:
+        t = self.table()
+        changes: dict[str, object] = {}
+        if new_k is not None:
+            changes["id"] = new_k
+        if name is not None:
+            changes["name"] = name
+        if email is not None:
+            changes["email"] = email
+        if size is not None:
+            changes["blob"] = blob_of(size, salt)
+        if k not in self.view:
+            with pytest.raises(RecordNotFound):
+                t.update(k, changes)
+            return
+        merged = {**self.view[k], **changes}
+        target = merged["id"]
+        assert isinstance(target, int)
+        if (target != k and target in self.view) or self.email_taken(merged["email"], k):
+            with pytest.raises(KeyDuplicate):
+                t.update(k, changes)
+            return
+        assert t.update(k, changes) == merged
+        del self.view[k]
+        self.view[target] = merged
+
+    @rule(k=st.integers(0, 5))
+    def delete(self, k: int) -> None:
+        t = self.table()
+        if k in self.view:
+            t.delete(k)
+            del self.view[k]
+        else:
+            with pytest.raises(RecordNotFound):
+                t.delete(k)
+
+    @rule()
+    def commit(self) -> None:
+        if self.txn is not None:
+            self.txn.commit()
+            self.txn = None
+            self.committed = self.view
+
+    @rule()
+    def rollback(self) -> None:
+        if self.txn is not None:
+            self.txn.rollback()
+            self.txn = None
+            self.view = {k: dict(v) for k, v in self.committed.items()}
+
+    @rule()
+    def checkpoint(self) -> None:
+        self.store.inst.checkpoint()
+
+    @rule()
+    def reopen(self) -> None:
+        self.commit()
+        self.store.reopen()
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        records = self.view if self.txn is not None else self.committed
+        t = self.table() if self.txn is not None else None
+        if t is None:
+            txn = self.store.db.transaction()
+            t = txn.table("t")
+        expected = [records[k] for k in sorted(records)]
+        assert list(t.scan()) == expected
+        assert list(t.scan(reverse=True)) == expected[::-1]
+        for index, column in (("by_name", "name"), ("by_email", "email")):
+            order = index_order(list(records.values()), [column])
+            assert [r["id"] for r in t.scan(index=index)] == order
+        for k in range(6):
+            assert t.get(k) == records.get(k)
+        if self.txn is None:
+            txn.rollback()
+            counts = layout(self.store.db, "t")
+            n = len(records)
+            assert counts["records"] == counts["by_name"] == counts["by_email"] == n
+            long_blobs = sum(
+                1
+                for r in records.values()
+                if isinstance(r["blob"], bytes) and len(r["blob"]) > 4050
+            )
+            assert (counts["lv"] == 0) == (long_blobs == 0)
+
+    def teardown(self) -> None:
+        try:
+            if self.txn is not None:
+                self.txn.rollback()
+            self.store.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TableMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=25, deadline=None)
+test_table_against_a_model = TableMachine.TestCase

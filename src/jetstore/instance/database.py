@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 _TXN_IDS = itertools.count(1)
 _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
+_CREATE_RETRIES = 5
 
 
 class Database:
@@ -92,9 +93,19 @@ class Database:
         primary_key: object,
         indexes: object = (),
     ) -> TableDef:
-        """Create a table in a transaction of its own (schema changes are logged like data)."""
-        with self.transaction() as txn:
-            return txn.create_table(name, columns, primary_key, indexes)
+        """Create a table in a transaction of its own (schema changes are logged like data).
+
+        Concurrent creations of different tables both take the next object id; the later one
+        is retried rather than reported as a WriteConflict.
+        """
+        for attempt in range(_CREATE_RETRIES):
+            try:
+                with self.transaction() as txn:
+                    return txn.create_table(name, columns, primary_key, indexes)
+            except WriteConflict:
+                if attempt == _CREATE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def drop_table(self, name: str) -> None:
         with self.transaction() as txn:
@@ -199,7 +210,7 @@ class Database:
         if not recent:
             return
         snapshot = txn.snapshot_position
-        for key in txn.operations:
+        for key in itertools.chain(txn.operations, txn.schema_keys):
             changed = recent.get(key)
             if changed is not None and changed > snapshot:
                 self.conflicts += 1

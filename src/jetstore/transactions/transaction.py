@@ -98,6 +98,7 @@ class Transaction:
         self.mutation: Mutation | None = None
         self.operations: dict[bytes, bytes | None] = {}
         self.unique_checks: list[tuple[bytes, bytes]] = []
+        self.schema_keys: set[bytes] = set()
         self.commit_position: LogPosition | None = None
         self._bytes = 0
         self._limit = database.max_transaction_bytes
@@ -215,6 +216,9 @@ class Transaction:
         table_def = self._db.table_def_from_bytes(raw)
         table = Table(self, table_def, self._db.codec_for(table_def))
         self._tables[name] = table
+        # Writing through this table relies on its definition: a concurrent drop or
+        # re-creation committed first makes this transaction's commit a WriteConflict.
+        self.schema_keys.add(table_entry_key(name))
         return table
 
     def _read_table_def(self, name: str) -> bytes | None:

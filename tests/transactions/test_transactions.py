@@ -1,0 +1,576 @@
+"""Transactions through the public API: commit and rollback, finished transactions, schema
+changes, snapshot isolation, reading one's own writes, the memory bound, lazy commits.
+
+"Leaves nothing behind" is checked on the raw tree: `Transaction.iterate(None, None)` lists
+every entry of the database's B+tree, so a rollback must give back exactly the entries that
+were there before, byte for byte.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jetstore
+from jetstore.errors import (
+    InvalidParameter,
+    KeyDuplicate,
+    NotInTransaction,
+    ObjectNotFound,
+    TableDuplicate,
+    VersionStoreOutOfMemory,
+    WriteConflict,
+)
+from jetstore.tables.catalog import (
+    CATALOG_PREFIX,
+    NEXT_OBJECT_ID_KEY,
+    TABLE_DEF_CHUNK_PREFIX,
+    object_prefix,
+    table_entry_key,
+)
+from jetstore.transactions.transaction import TransactionState
+
+LOG = 64 * 1024
+
+
+class Store:
+    def __init__(self, path: Path, **options: Any) -> None:
+        self.path = path
+        self.options = {"log_file_size": LOG, **options}
+        self.inst = jetstore.open(path, **self.options)
+        self.db = self.inst.database("main", create=True)
+
+    def reopen(self) -> None:
+        self.inst.close()
+        self.inst = jetstore.open(self.path, **self.options)
+        self.db = self.inst.database("main")
+
+    def close(self) -> None:
+        self.inst.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path)
+    yield s
+    s.close()
+
+
+def raw(db: jetstore.Database) -> list[tuple[bytes, bytes]]:
+    with db.transaction() as txn:
+        return list(txn.iterate(None, None))
+
+
+def rows(db: jetstore.Database, table: str = "t") -> list[dict[str, object]]:
+    with db.transaction() as txn:
+        return list(txn.table(table).scan())
+
+
+def make_table(db: jetstore.Database, name: str = "t") -> None:
+    db.create_table(
+        name,
+        [("id", "int"), ("v", "text"), ("blob", "bytes")],
+        "id",
+        indexes=[("by_v", "v", True)],
+    )
+
+
+# --------------------------------------------------------------------------- commit/rollback
+
+
+def test_context_manager_commits_on_exit_and_rolls_back_on_exception(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "one"})
+    assert txn.state is TransactionState.COMMITTED
+    assert rows(store.db) == [{"id": 1, "v": "one", "blob": None}]
+    before = raw(store.db)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 2, "v": "two"})
+        t.update(1, {"v": "uno"})
+        raise Boom
+    assert txn.state is TransactionState.ROLLED_BACK
+    assert raw(store.db) == before
+    # A failing write inside the block rolls the whole transaction back too.
+    with pytest.raises(KeyDuplicate), store.db.transaction() as txn:
+        txn.table("t").insert({"id": 3, "v": "three"})
+        txn.table("t").insert({"id": 4, "v": "one"})
+    assert raw(store.db) == before
+    store.reopen()
+    assert rows(store.db) == [{"id": 1, "v": "one", "blob": None}]
+    assert raw(store.db) == before
+
+
+def test_explicit_commit_and_rollback(store: Store) -> None:
+    make_table(store.db)
+    txn = store.db.transaction()
+    assert txn.is_active and txn.commit() is None  # nothing changed: no commit record
+    txn = store.db.transaction()
+    txn.table("t").insert({"id": 1, "v": "a"})
+    position = txn.commit()
+    assert isinstance(position, jetstore.LogPosition) and position > jetstore.LogPosition.MIN
+    assert txn.commit_position == position and store.db.position >= position
+    txn = store.db.transaction()
+    txn.table("t").insert({"id": 2, "v": "b"})
+    txn.rollback()
+    assert not txn.is_active and txn.state is TransactionState.ROLLED_BACK
+    txn.rollback()  # rolling back a finished transaction again is harmless
+    assert rows(store.db) == [{"id": 1, "v": "a", "blob": None}]
+    assert store.db.active_transactions() == 0
+
+
+def test_rollback_leaves_nothing_after_many_writes_and_a_table_creation(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        for i in range(300):
+            t.insert({"id": i, "v": f"v{i}", "blob": bytes([i % 256]) * (i * 37)})
+    before = raw(store.db)
+    position = store.db.position
+    txn = store.db.transaction()
+    t = txn.table("t")
+    for i in range(300, 2300):  # enough to split and copy many nodes
+        t.insert({"id": i, "v": f"v{i}", "blob": b"\x01" * (i % 9000)})
+    for i in range(0, 300, 3):
+        t.update(i, {"v": f"changed {i}", "blob": b"\x02" * 20_000})
+    for i in range(1, 300, 3):
+        t.delete(i)
+    txn.create_table("fresh", [("k", "text"), ("n", "int")], "k", indexes=[("by_n", "n")])
+    txn.table("fresh").insert({"k": "x", "n": 1})
+    txn.drop_table("t")
+    assert txn.table_names() == ["fresh"]
+    assert len(txn.operations) > 2000
+    txn.rollback()
+    assert raw(store.db) == before
+    assert store.db.position == position  # nothing was logged
+    assert store.db.table_names() == ["t"]
+    store.reopen()
+    assert raw(store.db) == before
+    with store.db.transaction() as txn, pytest.raises(ObjectNotFound):
+        txn.table("fresh")
+    # The object ids the rolled-back creation used are free again.
+    store.db.create_table("fresh", [("k", "text")], "k")
+    with store.db.transaction() as txn:
+        assert txn.table("fresh").definition.table_id == txn.table("t").definition.index_ids[-1] + 1
+
+
+def test_a_finished_transaction_raises_not_in_transaction(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "a"})
+    committed = txn
+    rolled_back = store.db.transaction()
+    rolled_back.table("t").insert({"id": 2, "v": "b"})
+    rolled_back.rollback()
+    with pytest.raises(RuntimeError), store.db.transaction() as failed:
+        raise RuntimeError
+    for done in (committed, rolled_back, failed):
+        for use in (
+            lambda d=done: d.table("t"),
+            lambda d=done: d.table_names(),
+            lambda d=done: d.commit(),
+            lambda d=done: d.get(b"\x00"),
+            lambda d=done: d.put(b"k", b"v"),
+            lambda d=done: d.delete(b"k"),
+            lambda d=done: d.iterate(None, None),
+            lambda d=done: d.create_table("x", [("id", "int")], "id"),
+            lambda d=done: d.drop_table("t"),
+        ):
+            with pytest.raises(NotInTransaction) as info:
+                use()
+            assert info.value.code == -1054
+    assert rows(store.db) == [{"id": 1, "v": "a", "blob": None}]
+
+
+def test_an_iterator_stops_when_its_transaction_ends(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        for i in range(500):
+            txn.table("t").insert({"id": i, "v": str(i)})
+    txn = store.db.transaction()
+    records = txn.table("t").scan()
+    entries = txn.iterate(None, None)
+    assert next(records)["id"] == 0
+    next(entries)
+    txn.rollback()
+    # Its snapshot's pages may be reused from now on: nothing more is read.
+    with pytest.raises(NotInTransaction):
+        next(records)
+    with pytest.raises(NotInTransaction):
+        next(entries)
+
+
+def test_an_abandoned_transaction_does_not_stay_registered(store: Store) -> None:
+    make_table(store.db)
+    txn = store.db.transaction()
+    txn.table("t").insert({"id": 1, "v": "a"})
+    assert store.db.active_transactions() == 1
+    del txn
+    gc.collect()
+    assert store.db.active_transactions() == 0
+    assert rows(store.db) == []
+
+
+# --------------------------------------------------------------------------- schema changes
+
+
+def test_schema_changes_are_transactional(store: Store) -> None:
+    creator = store.db.transaction()
+    creator.create_table("t", [("id", "int"), ("v", "text")], "id", indexes=[("by_v", "v")])
+    creator.table("t").insert({"id": 1, "v": "a"})
+    assert creator.table_names() == ["t"]
+    other = store.db.transaction()
+    assert other.table_names() == []
+    with pytest.raises(ObjectNotFound):
+        other.table("t")
+    with pytest.raises(TableDuplicate):
+        creator.create_table("t", [("id", "int")], "id")
+    creator.rollback()
+    for txn in (other, store.db.transaction()):
+        assert txn.table_names() == []
+        with pytest.raises(ObjectNotFound):
+            txn.table("t")
+    other.rollback()
+    assert raw(store.db) == []
+
+    creator = store.db.transaction()
+    creator.create_table("t", [("id", "int"), ("v", "text")], "id", indexes=[("by_v", "v")])
+    creator.table("t").insert({"id": 1, "v": "a"})
+    before_commit = store.db.transaction()
+    creator.commit()
+    # A transaction that began before the creation committed still does not see the table.
+    with pytest.raises(ObjectNotFound):
+        before_commit.table("t")
+    before_commit.rollback()
+    with pytest.raises(TableDuplicate):
+        store.db.create_table("t", [("id", "int")], "id")
+    store.reopen()
+    assert store.db.table_names() == ["t"]
+    assert rows(store.db) == [{"id": 1, "v": "a"}]
+
+
+def test_drop_table_removes_everything(store: Store) -> None:
+    make_table(store.db, "keep")
+    # Many columns: the definition is stored in several catalog chunks.
+    columns = [("id", "int"), ("v", "text"), ("blob", "bytes")]
+    columns += [(f"c{i}", "int") for i in range(300)]
+    store.db.create_table("t", columns, "id", indexes=[("by_v", "v", True), ("by_c", ["c1", "c2"])])
+    with store.db.transaction() as txn:
+        for i in range(200):
+            txn.table("keep").insert({"id": i, "v": f"k{i}", "blob": b"k" * (i * 100)})
+            txn.table("t").insert(
+                {"id": i, "v": f"t{i}", "blob": b"t" * (i * 100), "c1": i % 5, "c2": i}
+            )
+    keep_before = [(k, v) for k, v in raw(store.db)]
+    with store.db.transaction() as txn:
+        d = txn.table("t").definition
+        t_objects = [object_prefix(o) for o in (d.table_id, d.lv_id, *d.index_ids)]
+    assert {k[:4] for k, _ in keep_before} >= set(t_objects)
+    assert any(k.startswith(TABLE_DEF_CHUNK_PREFIX) for k, _ in keep_before)
+
+    # A drop that is rolled back changes nothing.
+    txn = store.db.transaction()
+    txn.drop_table("t")
+    assert txn.table_names() == ["keep"]
+    with pytest.raises(ObjectNotFound):
+        txn.table("t")
+    txn.rollback()
+    assert raw(store.db) == keep_before
+
+    store.db.drop_table("t")
+    after = raw(store.db)
+    assert not [k for k, _ in after if k[:4] in t_objects]
+    # The catalog keeps only the other table and the object id counter (no definition
+    # chunks of the dropped table either).
+    assert [k for k, _ in after if k.startswith(CATALOG_PREFIX)] == [
+        NEXT_OBJECT_ID_KEY,
+        table_entry_key("keep"),
+    ]
+    # Every other entry is untouched.
+    assert [
+        (k, v) for k, v in keep_before if k[:4] not in t_objects and k[:4] != CATALOG_PREFIX
+    ] == [(k, v) for k, v in after if not k.startswith(CATALOG_PREFIX)]
+    with pytest.raises(ObjectNotFound):
+        store.db.drop_table("t")
+    with store.db.transaction() as txn, pytest.raises(ObjectNotFound):
+        txn.table("t")
+    # The name can be used again; the new table starts empty with new object ids.
+    store.db.create_table("t", [("id", "int"), ("w", "float")], "id")
+    with store.db.transaction() as txn:
+        assert list(txn.table("t").scan()) == []
+        assert object_prefix(txn.table("t").definition.table_id) not in t_objects
+        txn.table("t").insert({"id": 1, "w": 1.5})
+    store.reopen()
+    assert store.db.table_names() == ["keep", "t"]
+    assert rows(store.db) == [{"id": 1, "w": 1.5}]
+    assert len(rows(store.db, "keep")) == 200
+
+
+def test_a_table_object_of_a_dropped_table_refuses_every_use(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "a"})
+    before = raw(store.db)
+    txn = store.db.transaction()
+    t = txn.table("t")
+    txn.drop_table("t")
+    for use in (
+        lambda: t.insert({"id": 2, "v": "b"}),
+        lambda: t.upsert({"id": 1, "v": "b"}),
+        lambda: t.update(1, {"v": "b"}),
+        lambda: t.delete(1),
+        lambda: t.get(1),
+        lambda: t.scan(),
+    ):
+        with pytest.raises(ObjectNotFound):
+            use()
+    # Re-created in the same transaction: a new table with new object ids, empty.
+    txn.create_table("t", [("id", "int")], "id")
+    assert list(txn.table("t").scan()) == []
+    txn.table("t").insert({"id": 5})
+    txn.rollback()
+    assert raw(store.db) == before
+
+
+def test_a_write_racing_a_drop_table_leaves_no_orphans(store: Store) -> None:
+    make_table(store.db)
+    writer = store.db.transaction()
+    t = writer.table("t")
+    store.db.drop_table("t")
+    t.insert({"id": 1, "v": "late", "blob": b"x" * 10_000})
+    try:
+        writer.commit()
+    except (WriteConflict, ObjectNotFound):
+        pass
+    assert raw(store.db) == [(NEXT_OBJECT_ID_KEY, raw(store.db)[0][1])]
+
+
+def test_a_definition_stored_in_chunks_survives_reopen(store: Store) -> None:
+    # Defaults on a few columns only: a record of 2000 NULLs fits, 2000 ints would not.
+    columns = [
+        jetstore.Column(f"column_number_{i:05d}", "int", default=i if i % 500 == 0 else None)
+        for i in range(2000)
+    ]
+    store.db.create_table("wide", columns, "column_number_00000")
+    with store.db.transaction() as txn:
+        txn.table("wide").insert({"column_number_00000": 7, "column_number_01999": -1})
+    store.reopen()
+    with store.db.transaction() as txn:
+        t = txn.table("wide")
+        assert t.definition.columns == tuple(
+            jetstore.Column(c.name, c.type, c.name != "column_number_00000", c.default)
+            for c in columns
+        )
+        record = t.get(7)
+        assert record is not None and record["column_number_01999"] == -1
+        assert record["column_number_01000"] == 1000 and record["column_number_01001"] is None
+
+
+def test_create_table_in_a_transaction_rejects_bad_input(store: Store) -> None:
+    with store.db.transaction() as txn:
+        with pytest.raises(InvalidParameter):
+            txn.create_table("t", [("id", "int")], "id", indexes="by_id")
+        with pytest.raises(InvalidParameter):
+            txn.create_table("1bad", [("id", "int")], "id")
+        with pytest.raises(InvalidParameter):
+            txn.create_table(None, [("id", "int")], "id")  # type: ignore[arg-type]
+    assert raw(store.db) == []
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+def test_snapshot_isolation_across_commits_and_checkpoints(tmp_path: Path) -> None:
+    # A small cache, so old snapshots are read back from disk pages.
+    store = Store(tmp_path, cache_size=16 * 8192)
+    try:
+        make_table(store.db)
+        with store.db.transaction() as txn:
+            for i in range(400):
+                txn.table("t").insert({"id": i, "v": f"v{i}", "blob": bytes([i % 256]) * 5000})
+        original = rows(store.db)
+        original_raw = raw(store.db)
+        reader = store.db.transaction()
+        seen: list[list[dict[str, object]]] = []
+        for round_ in range(5):
+            with store.db.transaction() as txn:
+                t = txn.table("t")
+                for i in range(round_, 390, 5):
+                    t.update(i, {"v": f"r{round_}-{i}", "blob": b"\xee" * (100 * round_)})
+                t.delete(399 - round_)
+                t.insert({"id": 1000 + round_, "v": f"new{round_}"})
+                txn.create_table(f"extra{round_}", [("id", "int")], "id")
+            store.inst.checkpoint()
+            # The reader still sees exactly what was there when it began.
+            assert list(reader.table("t").scan()) == original
+            assert reader.table_names() == ["t"]
+            assert list(reader.iterate(None, None)) == original_raw
+            seen.append(rows(store.db))
+        assert reader.table("t").get(399) == original[399]
+        assert reader.table("t").get(1000) is None
+        reader.rollback()
+        assert len(seen[-1]) == 400 and seen[-1][0]["v"] == "r0-0"
+        assert seen[-1][4]["v"] == "r4-4" and seen[-1][5]["blob"] == b""
+        assert seen[-1] != original
+    finally:
+        store.close()
+
+
+def test_read_your_own_writes_and_nobody_elses(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        for i in range(10):
+            txn.table("t").insert({"id": i, "v": f"v{i}"})
+    writer = store.db.transaction()
+    observer = store.db.transaction()
+    t = writer.table("t")
+    t.insert({"id": 100, "v": "new", "blob": b"x" * 50_000})
+    t.update(3, {"v": "three"})
+    t.delete(5)
+    t.upsert({"id": 6, "v": "six"})
+    assert t.get(100) == {"id": 100, "v": "new", "blob": b"x" * 50_000}
+    assert t.get(3) == {"id": 3, "v": "three", "blob": None}
+    assert t.get(5) is None
+    assert [r["id"] for r in t.scan()] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 100]
+    assert [r["v"] for r in t.scan(index="by_v", start="s", stop="u")] == ["six", "three"]
+    # The observer sees none of it, before or after the writer commits.
+    o = observer.table("t")
+    assert o.get(100) is None and o.get(5) is not None and o.get(3)["v"] == "v3"  # type: ignore[index]
+    writer.commit()
+    assert o.get(100) is None and [r["id"] for r in o.scan()] == list(range(10))
+    observer.rollback()
+    assert [r["id"] for r in rows(store.db)] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 100]
+
+
+def test_scans_interleaved_with_writes_in_the_same_transaction(store: Store) -> None:
+    """A scan shows the transaction's state when it began, whatever is written meanwhile."""
+    make_table(store.db)
+    n = 3000
+    with store.db.transaction() as txn:
+        for i in range(0, 2 * n, 2):
+            txn.table("t").insert({"id": i, "v": f"v{i:05d}", "blob": b"b" * (i % 7000)})
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        start = list(t.scan())
+        # Forward scan, inserting right after each record (into the leaf being read), deleting
+        # records not reached yet, and rewriting long values of records ahead.
+        seen = []
+        for record in t.scan():
+            i = record["id"]
+            assert isinstance(i, int)
+            seen.append(record)
+            t.insert({"id": i + 1, "v": f"odd{i:05d}"})
+            if i + 10 < 2 * n and (i + 10) % 100 != 20:  # not one deleted below
+                t.update(i + 10, {"blob": b"u" * 9000})
+            if i % 100 == 0 and i + 20 < 2 * n:
+                t.delete(i + 20)
+        assert seen == start
+        # Backward scan over an index while moving entries of that index.
+        by_v = list(t.scan(index="by_v", reverse=True))
+        seen = []
+        for record in t.scan(index="by_v", reverse=True):
+            seen.append(record)
+            t.update(record["id"], {"v": f"moved {record['id']}"})
+        assert seen == by_v
+        assert [r["v"] for r in t.scan(index="by_v", stop="moved!")] == sorted(
+            f"moved {r['id']}" for r in by_v
+        )
+        # Raw entries, while removing and re-adding the entry just read (the leaf being read
+        # changes under the iterator) and writing past the end.
+        entries = list(txn.iterate(None, None))
+        got = []
+        for key, value in txn.iterate(None, None):
+            got.append((key, value))
+            if len(got) % 50 == 0:
+                txn.delete(key)
+                txn.put(key, value)
+                txn.put(b"\xff\xff\xff\xff" + key, b"after the end")
+        assert got == entries
+        for key, _ in txn.items(b"\xff\xff\xff\xff", None):
+            txn.delete(key)
+        assert list(txn.iterate(None, None)) == entries
+        expected_ids = sorted(
+            {r["id"] for r in start}
+            - {i + 20 for i in range(0, 2 * n, 2) if i % 100 == 0 and i + 20 < 2 * n}
+            | {r["id"] + 1 for r in start}  # type: ignore[operator]
+        )
+        final = list(t.scan())
+        assert [r["id"] for r in final] == expected_ids
+    assert [r["id"] for r in rows(store.db)] == expected_ids
+    store.reopen()
+    assert [r["id"] for r in rows(store.db)] == expected_ids
+
+
+# --------------------------------------------------------------------------- memory bound
+
+
+def test_version_store_out_of_memory_rolls_back_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameter):
+        jetstore.open(tmp_path / "x", log_file_size=LOG, max_transaction_bytes=1000)
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        make_table(store.db)
+        with store.db.transaction() as txn:
+            for i in range(20):
+                txn.table("t").insert({"id": i, "v": f"v{i}"})
+        before = raw(store.db)
+        position = store.db.position
+        # Many small writes, and a table creation, in one transaction.
+        txn = store.db.transaction()
+        txn.create_table("doomed", [("id", "int")], "id")
+        with pytest.raises(VersionStoreOutOfMemory) as info:
+            for i in range(100, 100_000):
+                txn.table("t").insert({"id": i, "v": f"value {i}"})
+        assert info.value.code == -1069
+        assert txn.state is TransactionState.ROLLED_BACK
+        with pytest.raises(NotInTransaction):
+            txn.table("t")
+        assert raw(store.db) == before and store.db.position == position
+        assert store.db.active_transactions() == 0
+        # One long value over the bound, inside a `with` block: nothing is committed.
+        with pytest.raises(VersionStoreOutOfMemory), store.db.transaction() as txn:
+            txn.table("t").update(1, {"v": "changed"})
+            txn.table("t").insert({"id": 500, "blob": b"z" * 100_000})
+        assert raw(store.db) == before
+        # The instance keeps working, for transactions under the bound.
+        with store.db.transaction() as txn:
+            txn.table("t").insert({"id": 500, "blob": b"z" * 30_000})
+            txn.table("t").update(1, {"v": "changed"})
+        store.reopen()
+        assert store.db.table_names() == ["t"]
+        got = rows(store.db)
+        assert len(got) == 21 and got[1]["v"] == "changed"
+        assert got[-1] == {"id": 500, "v": None, "blob": b"z" * 30_000}
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- lazy commit
+
+
+def test_lazy_commits_are_present_after_a_clean_close(store: Store) -> None:
+    make_table(store.db)
+    positions = []
+    for i in range(50):
+        txn = store.db.transaction()
+        txn.table("t").insert({"id": i, "v": f"v{i}", "blob": b"l" * (i * 300)})
+        position = txn.commit(lazy=True)
+        assert position is not None
+        positions.append(position)
+    assert positions == sorted(positions)
+    with store.db.transaction() as txn:
+        txn.table("t").delete(0)
+        txn.commit(lazy=True)
+    store.reopen()
+    got = rows(store.db)
+    assert [r["id"] for r in got] == list(range(1, 50))
+    assert got[-1] == {"id": 49, "v": "v49", "blob": b"l" * (49 * 300)}
