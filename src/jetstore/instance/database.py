@@ -29,6 +29,7 @@ from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.keys import prefix_successor
 from jetstore.tables.records import RecordCodec
 from jetstore.tables.schema import TableDef, decode_table_def
+from jetstore.tables.table import TableShape
 from jetstore.transactions.transaction import Transaction, next_epoch
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Database:
         self._recent_log: deque[tuple[LogPosition, list[bytes]]] = deque()
         self._defs: dict[bytes, TableDef] = {}
         self._codecs: dict[int, tuple[TableDef, RecordCodec]] = {}
+        self._shapes: dict[int, tuple[TableDef, RecordCodec, TableShape]] = {}
         self.commits = 0
         self.conflicts = 0
         self._replay: dict[bytes, bytes | None] = {}
@@ -145,6 +147,16 @@ class Database:
                 self._defs.clear()
             self._defs[raw] = table_def
         return table_def
+
+    def shape_for(self, table_def: TableDef) -> tuple[RecordCodec, TableShape]:
+        """The codec and derived layout of a table definition, built once per definition."""
+        cached = self._shapes.get(table_def.table_id)
+        if cached is not None and cached[0] is table_def:
+            return cached[1], cached[2]
+        codec = self.codec_for(table_def)
+        shape = TableShape(table_def, self.page_size)
+        self._shapes[table_def.table_id] = (table_def, codec, shape)
+        return codec, shape
 
     def codec_for(self, table_def: TableDef) -> RecordCodec:
         cached = self._codecs.get(table_def.table_id)

@@ -100,31 +100,96 @@ class _OldRecord:
     values: Mapping[str, object] | None  # the materialized record, when it was read
 
 
-class Table:
-    """Records of one table inside one transaction. Obtain it with `Transaction.table(name)`."""
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 63) - 1
+_FAST_KEY_TYPES = {ColumnType.INT: int, ColumnType.TEXT: str, ColumnType.BYTES: bytes}
 
-    def __init__(self, view: TreeView, table_def: TableDef, codec: RecordCodec) -> None:
-        self._view = view
+
+class TableShape:
+    """What a `Table` derives from its definition, computed once per definition."""
+
+    __slots__ = (
+        "datetime_columns",
+        "definition",
+        "fast_pk",
+        "index_columns",
+        "index_prefixes",
+        "lv_columns",
+        "max_entry",
+        "pk_columns",
+        "pk_names",
+        "prefix",
+    )
+
+    def __init__(self, table_def: TableDef, page_size: int) -> None:
         self.definition = table_def
-        self._codec = codec
-        self._prefix = object_prefix(table_def.table_id)
-        self._index_prefixes = {
+        self.prefix = object_prefix(table_def.table_id)
+        self.index_prefixes = {
             index.name: object_prefix(index_id)
             for index, index_id in zip(table_def.indexes, table_def.index_ids, strict=True)
         }
-        self._max_entry = max_entry_size(view.page_size)
-        self._lv_columns = [
+        self.max_entry = max_entry_size(page_size)
+        self.lv_columns = [
             (i, column.name, column.type is ColumnType.TEXT)
             for i, column in enumerate(table_def.columns)
             if column.type in (ColumnType.TEXT, ColumnType.BYTES)
         ]
-        self._pk_names = table_def.primary_key
-        self._dropped = False
-        self._pk_columns = tuple(table_def.column(name) for name in self._pk_names)
-        self._datetime_columns = tuple(
+        self.pk_names = table_def.primary_key
+        self.pk_columns = tuple(table_def.column(name) for name in self.pk_names)
+        self.datetime_columns = tuple(
             column.name for column in table_def.columns if column.type is ColumnType.DATETIME
         )
-        self._index_columns = frozenset(c for index in table_def.indexes for c in index.columns)
+        self.index_columns = frozenset(c for index in table_def.indexes for c in index.columns)
+        # A one-column key of int, text or bytes is encoded without the general validation
+        # when the value already has exactly that type (the common point read and insert).
+        self.fast_pk: type | None = (
+            _FAST_KEY_TYPES.get(self.pk_columns[0].type) if len(self.pk_columns) == 1 else None
+        )
+
+
+class Table:
+    """Records of one table inside one transaction. Obtain it with `Transaction.table(name)`."""
+
+    __slots__ = (
+        "_codec",
+        "_datetime_columns",
+        "_dropped",
+        "_fast_pk",
+        "_index_columns",
+        "_index_prefixes",
+        "_lv_columns",
+        "_max_entry",
+        "_pk_columns",
+        "_pk_names",
+        "_prefix",
+        "_view",
+        "definition",
+    )
+
+    def __init__(
+        self,
+        view: TreeView,
+        table_def: TableDef,
+        codec: RecordCodec,
+        shape: TableShape | None = None,
+    ) -> None:
+        if shape is None or shape.definition is not table_def:
+            shape = TableShape(table_def, view.page_size)
+        self._view = view
+        self.definition = table_def
+        self._codec = codec
+        self._dropped = False
+        # Everything derived from the definition is computed once per table (TableShape),
+        # not once per transaction: a transaction is often a single-row commit.
+        self._prefix = shape.prefix
+        self._index_prefixes = shape.index_prefixes
+        self._max_entry = shape.max_entry
+        self._lv_columns = shape.lv_columns
+        self._pk_names = shape.pk_names
+        self._pk_columns = shape.pk_columns
+        self._datetime_columns = shape.datetime_columns
+        self._index_columns = shape.index_columns
+        self._fast_pk = shape.fast_pk
 
     @property
     def name(self) -> str:
@@ -142,7 +207,17 @@ class Table:
     # ----------------------------------------------------------------- keys
 
     def _encode_pk(self, key: object) -> bytes:
-        self._check_usable()
+        if self._dropped:
+            self._check_usable()
+        fast = self._fast_pk
+        if (
+            fast is not None
+            and type(key) is fast
+            and (fast is not int or _INT_MIN <= key <= _INT_MAX)  # type: ignore[operator]
+        ):
+            encoded = encode_key((key,))  # type: ignore[arg-type]
+            if len(encoded) <= MAX_PRIMARY_KEY_SIZE:
+                return encoded
         values = _as_tuple(key)
         if len(values) != len(self._pk_names):
             raise InvalidParameter(
@@ -152,6 +227,18 @@ class Table:
         checked = self.definition.validate_record(
             dict(zip(self._pk_names, values, strict=True)), partial=True
         )
+        encoded = encode_key([cast(KeyInput, checked[name]) for name in self._pk_names])
+        if len(encoded) > MAX_PRIMARY_KEY_SIZE:
+            raise KeyTooBig(
+                f"primary key of table {self.name!r} encodes to {len(encoded)} bytes; "
+                f"the limit is {MAX_PRIMARY_KEY_SIZE}"
+            )
+        return encoded
+
+    def _encode_checked_pk(self, checked: Mapping[str, object]) -> bytes:
+        """The primary key of a record that `validate_record` already checked."""
+        if self._dropped:
+            self._check_usable()
         encoded = encode_key([cast(KeyInput, checked[name]) for name in self._pk_names])
         if len(encoded) > MAX_PRIMARY_KEY_SIZE:
             raise KeyTooBig(
@@ -206,7 +293,9 @@ class Table:
         return self._view.get(self._prefix + self._encode_pk(key)) is not None
 
     def _materialize(self, view: ReadView, pk: bytes, raw: bytes) -> dict[str, object]:
-        record = self._codec.decode(raw)
+        record, may_hold_long_values = self._codec.decode_plain(raw)
+        if not may_hold_long_values:
+            return record
         for position, name, _is_text in self._lv_columns:
             value = record.get(name)
             if isinstance(value, LongValueRef):
@@ -287,7 +376,7 @@ class Table:
     def insert(self, record: Mapping[str, object]) -> None:
         """Add a record; `KeyDuplicate` if its primary key or a unique index key exists."""
         checked = self.definition.validate_record(record)
-        pk = self._encode_pk([checked[name] for name in self._pk_names])
+        pk = self._encode_checked_pk(checked)
         if self._view.get(self._prefix + pk) is not None:
             raise KeyDuplicate(
                 f"table {self.name!r} already has a record with primary key "
@@ -420,6 +509,13 @@ class Table:
         view = self._view
         key = self._prefix + pk
         indexes = self.definition.indexes
+        if old is None and not indexes:
+            # A new record of a table without secondary indexes: nothing to check or undo.
+            encoded, long_values = self._encode_stored(key, record)
+            for position, data in long_values:
+                self._write_long_value(pk, position, data)
+            view.put(key, encoded)
+            return
         old_entries = old.entries if old is not None else {}
         own_pks = {pk} if old is None else {pk, old.pk}
         # Phase 1: index entries (KeyTooBig), unique indexes (KeyDuplicate), the record's
@@ -465,12 +561,12 @@ class Table:
         self, key: bytes, record: dict[str, object]
     ) -> tuple[bytes, list[tuple[int, bytes]]]:
         """The record entry's value, and the (column, data) long values it refers to."""
-        stored = dict(record)
-        encoded = self._codec.encode(stored)
+        encoded = self._codec.encode(record)
         limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(key)
         long_values: list[tuple[int, bytes]] = []
         if len(encoded) <= limit:
             return encoded, long_values
+        stored = dict(record)
         candidates = sorted(
             (
                 (len(value), position, name, is_text)

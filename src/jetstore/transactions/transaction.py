@@ -73,6 +73,9 @@ class TransactionState(enum.Enum):
     ROLLED_BACK = "rolled back"
 
 
+_ACTIVE = TransactionState.ACTIVE
+
+
 class Transaction:
     """One transaction on one database. Use it as a context manager:
 
@@ -130,7 +133,8 @@ class Transaction:
     # ----------------------------------------------------------------- TreeView
 
     def get(self, key: bytes) -> bytes | None:
-        self._check_active()
+        if self.state is not _ACTIVE:
+            self._check_active()
         mutation = self.mutation
         if mutation is not None:
             return mutation.get(key)
@@ -183,10 +187,16 @@ class Transaction:
             )
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._check_active()
-        self._writable_mutation().put(key, value)
+        if self.state is not _ACTIVE:
+            self._check_active()
+        mutation = self.mutation
+        if mutation is None or self._iterators_out:
+            mutation = self._writable_mutation()
+        mutation.put(key, value)
         self.operations[key] = value
-        self._charge(len(key) + len(value) + _OP_OVERHEAD)
+        self._bytes += len(key) + len(value) + _OP_OVERHEAD
+        if self._bytes > self._limit:
+            self._charge(0)
 
     def delete(self, key: bytes) -> None:
         self._check_active()
@@ -214,7 +224,8 @@ class Transaction:
                 f"(tables: {', '.join(self.table_names()) or 'none'})",
             )
         table_def = self._db.table_def_from_bytes(raw)
-        table = Table(self, table_def, self._db.codec_for(table_def))
+        codec, shape = self._db.shape_for(table_def)
+        table = Table(self, table_def, codec, shape)
         self._tables[name] = table
         # Writing through this table relies on its definition: a concurrent drop or
         # re-creation committed first makes this transaction's commit a WriteConflict.
