@@ -261,3 +261,30 @@ def test_recovery_after_many_crashes_in_a_row(tmp_path: Path) -> None:
     with jetstore.open(tmp_path, **SMALL) as instance:
         assert read_ids(instance) == list(range(total))
     assert generation_log_name(1) in os.listdir(tmp_path)
+
+
+def test_crash_between_the_two_renames_of_a_roll(tmp_path: Path) -> None:
+    """A roll renames edb.log to its generation name, then edbtmp.log to edb.log; a crash in
+    between leaves no edb.log. Recovery must take the newest closed generation as the end."""
+    n = crashed_instance(tmp_path)
+    from jetstore.format.logheader import decode_log_header
+
+    current = tmp_path / "edb.log"
+    generation = decode_log_header(current.read_bytes()[:4096], path=str(current)).generation
+    os.replace(current, tmp_path / generation_log_name(generation))
+    assert (tmp_path / "edbtmp.log").exists()
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+
+
+def test_reopen_with_another_log_file_size(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    options = dict(SMALL, log_file_size=128 * 1024)
+    with jetstore.open(tmp_path, **options) as instance:
+        with instance.database("main").transaction() as txn:
+            txn.table("t").insert({"id": n, "v": "x"})
+        instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n + 1))
