@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING
 
 from jetstore.errors import KeyDuplicate, WriteConflict
 from jetstore.format.common import now_us
-from jetstore.format.logrecords import OP_DELETE, OP_PUT, Operation, encode_commit
+from jetstore.format.logrecords import (
+    OP_DELETE,
+    OP_PUT,
+    Operation,
+    encode_commit,
+    gather_commit_operations,
+)
 from jetstore.format.positions import LogPosition
-from jetstore.pages.btree import Mutation, Node, iterate
+from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted
 from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.keys import prefix_successor
 from jetstore.tables.records import RecordCodec
@@ -268,21 +274,19 @@ class Database:
 
     # ----------------------------------------------------------------- recovery
 
-    def apply_replayed(self, operations: list[Operation], position: LogPosition) -> None:
+    def apply_replayed(self, payload: bytes, position: LogPosition) -> None:
         """Take a committed record found in the log (recovery; single-threaded).
 
-        Changes are gathered (last write per key wins, as in the log's order) and applied in
-        key order by `finish_replay`, or earlier when a lot has gathered: far cheaper than one
-        copy-on-write mutation per record, and the result is the same tree contents.
+        Changes are gathered (last write per key wins, in log order) and applied in key order
+        by `finish_replay`, or earlier when a lot has gathered: far cheaper than one
+        copy-on-write mutation per record, and the resulting tree holds the same entries.
         """
         changes = self._replay
-        size = self._replay_bytes
-        for op, key, value in operations:
-            changes[key] = value if op == OP_PUT else None
-            size += len(key) + (len(value) if value is not None else 0) + 32
-        self._replay_bytes = size
+        before = len(changes)
+        size = gather_commit_operations(payload, changes, position)
+        self._replay_bytes += size + 32 * (len(changes) - before)
         self._replay_end = position
-        if size >= _REPLAY_BATCH_BYTES:
+        if self._replay_bytes >= _REPLAY_BATCH_BYTES:
             self.finish_replay()
 
     def finish_replay(self) -> None:
@@ -292,14 +296,22 @@ class Database:
             return
         root, _position, plan_epoch = self._published
         freed: list[int] = []
-        mutation = Mutation(self.file, root, next_epoch(), freed)
-        for key in sorted(changes):
-            value = changes[key]
-            if value is None:
-                mutation.delete(key)
-            else:
-                mutation.put(key, value)
-        self._published = (mutation.root, end, plan_epoch)
+        tree_bytes = self.file.page_count * self.page_size if root is not None else 0
+        if self._replay_bytes * 4 >= tree_bytes:
+            # Many changes relative to the tree: rebuild it bottom-up in one streaming merge
+            # (about 1 µs per entry) instead of copying paths change by change.
+            items = [(key, changes[key]) for key in sorted(changes)]
+            new_root = merge_sorted(self.file, root, items, next_epoch(), freed)
+        else:
+            mutation = Mutation(self.file, root, next_epoch(), freed)
+            for key in sorted(changes):
+                value = changes[key]
+                if value is None:
+                    mutation.delete(key)
+                else:
+                    mutation.put(key, value)
+            new_root = mutation.root
+        self._published = (new_root, end, plan_epoch)
         self.file.note_freed(end, freed)
         self._replay = {}
         self._replay_bytes = 0

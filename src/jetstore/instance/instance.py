@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import os
 import threading
 import time
@@ -141,12 +142,19 @@ class Instance:
             self._lock = acquire_directory_lock(self.fs, self.directory, owner=self.owner)
             self._events = EventLog(self.fs, self.directory, owner=self.owner)
             files = open_database_files(self)
+            # Replay allocates millions of long-lived objects; the cyclic collector would
+            # rescan them over and over (they hold no cycles), so it pauses for the replay.
+            collecting = gc.isenabled()
+            gc.disable()
             try:
                 outcome = recover(self, files)
             except BaseException:
                 for file in files.values():
                     file.close()
                 raise
+            finally:
+                if collecting:
+                    gc.enable()
             self.recovery = outcome
             for note in outcome.notes:
                 if note.startswith("checkpoint file ignored") or "no checkpoint file" in note:

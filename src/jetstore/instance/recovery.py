@@ -45,9 +45,11 @@ from jetstore.format.filenames import (
     parse_database_file_name,
 )
 from jetstore.format.logrecords import (
-    CommitRecord,
+    RECORD_COMMIT,
     CreateDatabaseRecord,
+    decode_commit_header,
     decode_record,
+    record_type,
 )
 from jetstore.format.positions import LogPosition
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
@@ -236,30 +238,33 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
     databases = instance.attach_recovered(files, outcome)
     by_id: dict[int, Database] = {db.db_id: db for db in databases.values()}
     pending_create: dict[int, CreateDatabaseRecord] = {}
-    pending_ops: dict[int, list[tuple[LogPosition, CommitRecord]]] = {}
+    pending_ops: dict[int, list[tuple[LogPosition, bytes]]] = {}
     scanner = LogScanner(fs, inventory, owner=instance.owner, signature=stream_signature)
     for entry in scanner.records(start):
-        record = decode_record(entry.payload, entry.start)
-        if isinstance(record, CommitRecord):
-            db = by_id.get(record.database_id)
+        payload = entry.payload
+        if record_type(payload) == RECORD_COMMIT:
+            database_id, _count = decode_commit_header(payload, entry.start)
+            db = by_id.get(database_id)
             if db is None:
-                if record.database_id in pending_create:
-                    pending_ops[record.database_id].append((entry.end, record))
+                if database_id in pending_create:
+                    pending_ops[database_id].append((entry.end, payload))
                     outcome.replayed += 1
                     continue
                 raise AttachedDatabaseMismatch(
                     f"the log at {entry.start} holds changes for database id "
-                    f"{record.database_id}, but no database file in '{instance.directory}' "
+                    f"{database_id}, but no database file in '{instance.directory}' "
                     f"has that id",
                     hint="put the missing database file back, or restore from backup",
                 )
             if entry.start >= db.file.header.checkpoint_position:
-                db.apply_replayed(record.operations, entry.end)
+                db.apply_replayed(payload, entry.end)
                 outcome.replayed += 1
                 outcome.needed = True
             else:
                 outcome.skipped += 1
-        elif isinstance(record, CreateDatabaseRecord):
+            continue
+        record = decode_record(payload, entry.start)
+        if isinstance(record, CreateDatabaseRecord):
             existing = by_id.get(record.database_id)
             if existing is not None:
                 if existing.file.header.db_signature.random != record.signature_random:
@@ -300,8 +305,8 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
                 raise FileNotFound(f"database '{file.path}' has no log stream")
     for db_id, create in pending_create.items():
         db = instance.create_database_file(create)
-        for end, commit in pending_ops[db_id]:
-            db.apply_replayed(commit.operations, end)
+        for end, payload in pending_ops[db_id]:
+            db.apply_replayed(payload, end)
         db.finish_replay()
         outcome.created.append(create.name)
     return outcome
