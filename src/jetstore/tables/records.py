@@ -205,6 +205,13 @@ class RecordCodec:
             return fast
         return self._decode_general(data)
 
+    @property
+    def fast_decode(self) -> Callable[[bytes], dict[str, object] | None]:
+        """The generated decoder of the common record: a dict, or None when the record needs
+        the general path; it may raise IndexError, struct.error or UnicodeDecodeError on
+        malformed input, which callers treat as "general path"."""
+        return self._fast_decode
+
     def decode_plain(self, data: bytes) -> tuple[dict[str, object], bool]:
         """Decode a record; the flag is False when it certainly holds no `LongValueRef`."""
         try:

@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -355,6 +356,18 @@ class Table:
     ) -> Iterator[dict[str, object]]:
         table_prefix = self._prefix
         plen = len(table_prefix)
+        if not by_index:
+            # The scan loop of the engine: the generated decoder handles the common record
+            # (no NULL, no long value) inline; anything else takes the general path.
+            fast = self._codec.fast_decode
+            materialize = self._materialize
+            for key, value in view.iterate(low, high, reverse):
+                try:
+                    record = fast(value)
+                except (IndexError, struct.error, UnicodeDecodeError):
+                    record = None
+                yield record if record is not None else materialize(view, key[plen:], value)
+            return
         for key, value in view.iterate(low, high, reverse):
             if by_index:
                 pk = value
