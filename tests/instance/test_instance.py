@@ -214,3 +214,35 @@ def test_counters_report_log_and_handles(tmp_path: Path) -> None:
             assert key in counters
         assert counters["commits"] >= 2
         assert counters["log_rolls"] >= 1
+
+
+def test_lock_probe_reports_the_holder(tmp_path: Path) -> None:
+    from jetstore.io import FileSystem, HandleRegistry
+    from jetstore.io.locking import is_locked, read_lock_holder
+
+    registry = HandleRegistry("probe")
+    fs = FileSystem(registry)
+    assert not is_locked(fs, str(tmp_path))
+    with jetstore.open(tmp_path, **SMALL):
+        assert is_locked(fs, str(tmp_path))
+        assert read_lock_holder(fs, str(tmp_path)) == os.getpid()
+    assert not is_locked(fs, str(tmp_path))
+    assert registry.total() == 0
+
+
+def test_event_log_records_the_lifecycle(tmp_path: Path) -> None:
+    from jetstore.instance.events import read_events
+    from jetstore.io import FileSystem
+
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 100)
+        instance.checkpoint()
+    names = [event["name"] for event in read_events(FileSystem(), str(tmp_path / "events.jsonl"))]
+    for expected in (
+        "instance_started",
+        "database_created",
+        "checkpoint_written",
+        "instance_stopped",
+    ):
+        assert expected in names
+    assert names.index("instance_started") < names.index("instance_stopped")

@@ -107,16 +107,16 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def read_events(path: str) -> list[dict[str, Any]]:
+def read_events(fs: FileSystem, path: str) -> list[dict[str, Any]]:
     """Every parseable event of an event log file (damaged lines are skipped)."""
-    events: list[dict[str, Any]] = []
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
+        data = fs.read_file(path, owner="event-reader")
+    except JetError:
         return []
+    events: list[dict[str, Any]] = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
     return events

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from jetstore.errors import FileAccessDenied, from_os_error
+from jetstore.errors import FileAccessDenied, JetError, from_os_error
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import File, FileSystem
 from jetstore.io.handles import Handle, HandleKind
@@ -33,34 +33,34 @@ class DirectoryLock:
         self._file.close()
 
 
-def read_lock_holder(directory: str) -> int | None:
+def read_lock_holder(fs: FileSystem, directory: str) -> int | None:
     """The pid written in the lock file, if any (the holder may be gone already)."""
     try:
-        with open(os.path.join(directory, LOCK_FILE), "rb") as f:
-            text = f.read(64).decode("ascii", "replace").strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
+        data = fs.read_file(os.path.join(directory, LOCK_FILE), owner="lock-probe", limit=64)
+    except JetError:
         return None
+    text = data.decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
 
 
-def is_locked(directory: str) -> bool:
+def is_locked(fs: FileSystem, directory: str) -> bool:
     """True if some process holds the directory lock right now (probes without keeping it)."""
     path = os.path.join(directory, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        file = fs.open(path, owner="lock-probe", writable=False)
+    except JetError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:
         return False
     else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(file.fd, fcntl.LOCK_UN)
         return False
     finally:
-        os.close(fd)
+        file.close()
 
 
 def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> DirectoryLock:
@@ -70,7 +70,7 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
         fcntl.flock(file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         file.close()
-        holder = read_lock_holder(directory)
+        holder = read_lock_holder(fs, directory)
         who = f"process {holder}" if holder is not None else "another opener"
         if holder == os.getpid():
             who = f"this process ({holder}), through another Instance object"
