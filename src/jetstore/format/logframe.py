@@ -40,6 +40,7 @@ FRAME_HEADER_SIZE: Final = FRAME_HEADER.size
 FRAME_ALIGN: Final = 8
 MAX_FRAME_PAYLOAD: Final = (1 << 30) - 1
 _POSITION = struct.Struct("<II")
+_TAIL = struct.Struct("<III")
 
 KIND_FULL: Final = 0
 KIND_FIRST: Final = 1
@@ -61,6 +62,27 @@ def max_payload_for(space: int) -> int:
     return (space & ~(FRAME_ALIGN - 1)) - FRAME_HEADER_SIZE
 
 
+def encode_frame_parts(
+    generation: int,
+    offset: int,
+    durable_before: int,
+    kind: int,
+    payload: bytes,
+) -> tuple[bytes, bytes, int]:
+    """The frame as (header, padding) around `payload`, not joined, and its crc.
+
+    Keeping the payload apart lets the writer hand a large record to the disk without copying
+    it again; the crc feeds the generation's running checksum.
+    """
+    length = len(payload)
+    tail = _TAIL.pack(generation, durable_before, length | (kind << 30))
+    crc = google_crc32c.extend(
+        google_crc32c.value(_POSITION.pack(generation, offset) + tail), payload
+    )
+    pad = (-(FRAME_HEADER_SIZE + length)) % FRAME_ALIGN
+    return crc.to_bytes(4, "little") + tail, _ZERO_PAD[:pad], crc
+
+
 def encode_frame(
     generation: int,
     offset: int,
@@ -68,14 +90,9 @@ def encode_frame(
     kind: int,
     payload: bytes,
 ) -> tuple[bytes, int]:
-    """The padded frame bytes and its crc (the crc feeds the generation's running checksum)."""
-    length = len(payload)
-    tail = struct.pack("<III", generation, durable_before, length | (kind << 30))
-    crc = google_crc32c.extend(
-        google_crc32c.value(_POSITION.pack(generation, offset) + tail), payload
-    )
-    pad = (-(FRAME_HEADER_SIZE + length)) % FRAME_ALIGN
-    return b"".join((crc.to_bytes(4, "little"), tail, payload, _ZERO_PAD[:pad])), crc
+    """The padded frame bytes and its crc."""
+    header, padding, crc = encode_frame_parts(generation, offset, durable_before, kind, payload)
+    return header + payload + padding, crc
 
 
 class Frame(NamedTuple):

@@ -27,6 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jetstore.errors import (
     DiskFull,
@@ -50,7 +51,7 @@ from jetstore.format.logframe import (
     KIND_LAST,
     KIND_MIDDLE,
     accumulate,
-    encode_frame,
+    encode_frame_parts,
     max_payload_for,
 )
 from jetstore.format.logheader import (
@@ -117,7 +118,8 @@ class LogWriter:
         self._end = DATA_START
         self._gen_checksum = 0
         self._closed_gens: dict[int, tuple[int, int]] = {}
-        self._pending: list[tuple[int, int, bytearray]] = []
+        # Each entry: [generation, offset, size, parts]; the parts are joined when written.
+        self._pending: list[list[Any]] = []
         self._durable = LogPosition.MIN
         self._flushing = False
         self._failed: JetError | None = None
@@ -286,10 +288,13 @@ class LogWriter:
                     piece = payload[done : done + take]
                 durable = self._durable
                 durable_before = durable.offset if durable.generation == self._gen else DATA_START
-                frame, crc = encode_frame(self._gen, self._end, durable_before, kind, piece)
-                self._add_pending(self._gen, self._end, frame)
+                header, padding, crc = encode_frame_parts(
+                    self._gen, self._end, durable_before, kind, piece
+                )
+                size = len(header) + len(piece) + len(padding)
+                self._add_pending(self._gen, self._end, size, (header, piece, padding))
                 self._gen_checksum = accumulate(self._gen_checksum, crc)
-                self._end += len(frame)
+                self._end += size
                 done += take
                 if last:
                     break
@@ -298,14 +303,19 @@ class LogWriter:
             self.records_appended += 1
             return LogPosition(self._gen, self._end)
 
-    def _add_pending(self, gen: int, offset: int, frame: bytes) -> None:
+    def _add_pending(
+        self, gen: int, offset: int, size: int, parts: tuple[bytes, bytes, bytes]
+    ) -> None:
+        """Queue a frame for the next flush: contiguous frames of one generation share an
+        entry whose parts are joined once, at write time (one copy of the data, not three)."""
         pending = self._pending
         if pending:
-            last_gen, last_offset, buffer = pending[-1]
-            if last_gen == gen and last_offset + len(buffer) == offset:
-                buffer += frame
+            last = pending[-1]
+            if last[0] == gen and last[1] + last[2] == offset:
+                last[3].extend(parts)
+                last[2] += size
                 return
-        pending.append((gen, offset, bytearray(frame)))
+        pending.append([gen, offset, size, list(parts)])
 
     def _close_generation(self) -> None:
         if self._gen >= 0xFFFFFFFF - 1:
@@ -375,12 +385,12 @@ class LogWriter:
     def needs_flush(self) -> bool:
         return self._durable < LogPosition(self._gen, self._end) and self._failed is None
 
-    def _write_chunks(
-        self, chunks: list[tuple[int, int, bytearray]], closed: dict[int, tuple[int, int]]
-    ) -> None:
+    def _write_chunks(self, chunks: list[list[Any]], closed: dict[int, tuple[int, int]]) -> None:
         file = self._file
         assert file is not None
-        for gen, offset, data in chunks:
+        for gen, offset, _size, parts in chunks:
+            data = b"".join(parts)
+            parts.clear()  # the joined copy is the only one kept while it is written
             while gen > self._file_gen:
                 # Every byte of the current generation reaches the disk before the roll, so
                 # only the newest generation can ever end with a torn frame.
