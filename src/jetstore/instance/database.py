@@ -88,10 +88,10 @@ class Database:
         with self._active_lock:
             # Registered before the snapshot is read: a concurrent commit either sees us
             # (and keeps its keys for our conflict check) or is already in our snapshot.
-            self._active[txn_id] = LogPosition.MIN
-        root, position, plan_epoch = self._published
-        with self._active_lock:
-            self._active[txn_id] = position
+            active = self._active
+            active[txn_id] = LogPosition.MIN
+            root, position, plan_epoch = self._published
+            active[txn_id] = position
         return Transaction(self, txn_id, root, position, plan_epoch)
 
     def create_table(
@@ -257,6 +257,8 @@ class Database:
         self, txn: Transaction, position: LogPosition, keys: Iterable[bytes]
     ) -> None:
         """Keep written keys while an older snapshot could still commit over them."""
+        if len(self._active) <= 1 and not self._recent_log:
+            return  # nobody else could conflict, and nothing is kept from before
         with self._active_lock:
             others = [p for tid, p in self._active.items() if tid != txn.id]
         recent, log = self._recent, self._recent_log
