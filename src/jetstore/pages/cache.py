@@ -41,17 +41,19 @@ class NodeCache:
     def put(self, pgno: int, node: Node) -> None:
         with self._lock:
             nodes = self._nodes
-            nodes.pop(pgno, None)
+            if nodes.pop(pgno, None) is None:
+                # The victim is chosen among the pages already cached, before the new one
+                # joins the queue: a page just read is never its own victim.
+                referenced = self._referenced
+                while len(nodes) >= self.capacity:
+                    oldest = next(iter(nodes))
+                    if oldest in referenced:
+                        referenced.discard(oldest)
+                        nodes[oldest] = nodes.pop(oldest)  # second chance: back of the queue
+                    else:
+                        del nodes[oldest]
+                        self.evictions += 1
             nodes[pgno] = node
-            referenced = self._referenced
-            while len(nodes) > self.capacity:
-                oldest = next(iter(nodes))
-                if oldest in referenced:
-                    referenced.discard(oldest)
-                    nodes[oldest] = nodes.pop(oldest)  # second chance: back of the queue
-                else:
-                    del nodes[oldest]
-                    self.evictions += 1
 
     def discard(self, pgno: int) -> None:
         with self._lock:
