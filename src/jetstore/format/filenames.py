@@ -19,10 +19,10 @@ DATABASE_SUFFIX = ".edb"
 RESERVE_LOG_COUNT = 2
 
 MAX_GENERATION = 0xFFFFFFFF
-_GENERATION_RE = re.compile(r"^edb([0-9A-F]{8})\.log$")
-_RESERVE_RE = re.compile(r"^edbres(\d{5})\.jrs$")
-_DATABASE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]{0,63})\.edb$")
-_DATABASE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+_GENERATION_RE = re.compile(r"edb([0-9A-F]{8})\.log")
+_RESERVE_RE = re.compile(r"edbres([0-9]{5})\.jrs")
+_DATABASE_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]{0,63})\.edb")
+_DATABASE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
 
 def generation_log_name(generation: int) -> str:
@@ -34,8 +34,9 @@ def generation_log_name(generation: int) -> str:
 
 def parse_generation_log_name(name: str) -> int | None:
     """The generation of a closed-generation file name, or None if `name` is not one."""
-    match = _GENERATION_RE.match(name)
-    return int(match.group(1), 16) if match else None
+    match = _GENERATION_RE.fullmatch(name)
+    generation = int(match.group(1), 16) if match else 0
+    return generation if generation > 0 else None
 
 
 def reserve_log_name(index: int) -> str:
@@ -43,7 +44,7 @@ def reserve_log_name(index: int) -> str:
 
 
 def parse_reserve_log_name(name: str) -> int | None:
-    match = _RESERVE_RE.match(name)
+    match = _RESERVE_RE.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
@@ -52,9 +53,9 @@ def database_file_name(name: str) -> str:
 
 
 def parse_database_file_name(file_name: str) -> str | None:
-    match = _DATABASE_RE.match(file_name)
+    match = _DATABASE_RE.fullmatch(file_name)
     return match.group(1) if match else None
 
 
 def is_valid_database_name(name: str) -> bool:
-    return _DATABASE_NAME_RE.match(name) is not None
+    return _DATABASE_NAME_RE.fullmatch(name) is not None

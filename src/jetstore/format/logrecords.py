@@ -216,7 +216,9 @@ def gather_commit_operations(
     decoding avoids building one tuple per operation.
     """
     try:
-        _, _db_id, _txn_id, _time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
+        kind, _db_id, _txn_id, _time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
+        if kind != RECORD_COMMIT:
+            raise ValueError(f"record type {kind} is not a commit")
         pos = _COMMIT_HEAD.size
         put_head = _PUT_HEAD.unpack_from
         u32 = _U32.unpack_from

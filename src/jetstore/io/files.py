@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jetstore.errors import from_os_error
+from jetstore.errors import InvalidParameter, from_os_error
 from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind, HandleRegistry
 
 
@@ -59,7 +59,17 @@ class File:
     def fd(self) -> int:
         return self._fd
 
+    def _closed_error(self) -> InvalidParameter:
+        # The descriptor number may already belong to another file: never touch it.
+        return InvalidParameter(
+            f"file '{self.path}' was used after it was closed",
+            hint="this is a bug in the caller; please report it",
+            path=self.path,
+        )
+
     def pread(self, size: int, offset: int) -> bytes:
+        if self._handle.closed:
+            raise self._closed_error()
         hook = self._fs.hook
         if hook is not None:
             self._fs._call_hook(IOEvent("read", self.path, offset, size))
@@ -81,14 +91,17 @@ class File:
             raise from_os_error(exc, op="read", path=self.path) from exc
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        if self._handle.closed:
+            raise self._closed_error()
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
         hook = self._fs.hook
         if hook is not None:
-            self._fs._call_hook(IOEvent("write", self.path, offset, len(data), data))
+            self._fs._call_hook(IOEvent("write", self.path, offset, size, data))
         try:
             written = os.pwrite(self._fd, data, offset)
-            if written < len(data):
-                view = memoryview(data)
-                while written < len(view):
+            if written < size:
+                view = memoryview(data).cast("B")
+                while written < size:
                     n = os.pwrite(self._fd, view[written:], offset + written)
                     if n <= 0:
                         raise OSError(28, "short write: no progress")
@@ -97,6 +110,8 @@ class File:
             raise from_os_error(exc, op="write", path=self.path) from exc
 
     def fdatasync(self) -> None:
+        if self._handle.closed:
+            raise self._closed_error()
         if self._fs.hook is not None:
             self._fs._call_hook(IOEvent("fdatasync", self.path))
         try:
@@ -105,6 +120,8 @@ class File:
             raise from_os_error(exc, op="fdatasync", path=self.path) from exc
 
     def fsync(self) -> None:
+        if self._handle.closed:
+            raise self._closed_error()
         if self._fs.hook is not None:
             self._fs._call_hook(IOEvent("fsync", self.path))
         try:
@@ -113,6 +130,8 @@ class File:
             raise from_os_error(exc, op="fsync", path=self.path) from exc
 
     def truncate(self, size: int) -> None:
+        if self._handle.closed:
+            raise self._closed_error()
         if self._fs.hook is not None:
             self._fs._call_hook(IOEvent("truncate", self.path, size=size))
         try:
@@ -127,7 +146,10 @@ class File:
             raise from_os_error(exc, op="stat", path=self.path) from exc
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError as exc:
+            raise from_os_error(exc, op="close", path=self.path) from exc
 
     def __enter__(self) -> File:
         return self
@@ -201,7 +223,10 @@ class FileSystem:
         except OSError as exc:
             raise from_os_error(exc, op="fsync directory", path=path) from exc
         finally:
-            handle.close()
+            try:
+                handle.close()
+            except OSError as exc:
+                raise from_os_error(exc, op="close directory", path=path) from exc
 
     def rename(self, source: str, target: str) -> None:
         """Atomic rename (replaces `target`). Call `fsync_directory` before relying on it."""

@@ -1,0 +1,329 @@
+"""Log record payloads: round trips of every record type, the fast commit path agrees with
+the full decoder, and malformed input only ever raises LogFileCorrupt."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from jetstore.errors import JetError, LogFileCorrupt
+from jetstore.format.logrecords import (
+    OP_DELETE,
+    OP_PUT,
+    RECORD_COMMIT,
+    RECORD_CREATE_DATABASE,
+    RECORD_SHUTDOWN,
+    RECORD_START,
+    CommitRecord,
+    CreateDatabaseRecord,
+    ShutdownRecord,
+    StartRecord,
+    decode_commit_header,
+    decode_record,
+    encode_commit,
+    encode_create_database,
+    encode_shutdown,
+    encode_start,
+    gather_commit_operations,
+    record_type,
+)
+from jetstore.format.positions import LogPosition
+
+U32 = st.integers(0, 2**32 - 1)
+U64 = st.integers(0, 2**64 - 1)
+KEYS = st.binary(min_size=0, max_size=300)
+VALUES = st.binary(min_size=0, max_size=2000)
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just(OP_PUT), KEYS, VALUES),
+        st.tuples(st.just(OP_DELETE), KEYS, st.none()),
+    ),
+    max_size=20,
+)
+NAMES = st.text(max_size=40)
+
+POSITION = LogPosition(0x2A, 0x1000)
+
+
+def apply(operations: list, changes: dict[bytes, bytes | None]) -> None:
+    for op, key, value in operations:
+        changes[key] = value if op == OP_PUT else None
+
+
+def sample_records() -> list[bytes]:
+    return [
+        encode_commit(
+            3,
+            77,
+            1_700_000_000_000_000,
+            [
+                (OP_PUT, b"alpha", b"one"),
+                (OP_DELETE, b"beta", None),
+                (OP_PUT, b"", b""),
+                (OP_PUT, b"k" * 300, b"v" * 5000),
+            ],
+        ),
+        encode_commit(1, 1, 0, []),
+        encode_create_database(2, 8192, bytes(range(16)), 123456, "orders_2024"),
+        encode_create_database(9, 4096, b"\xff" * 16, 0, "naïve-数据"),
+        encode_shutdown(2**63),
+        encode_start(5),
+    ]
+
+
+# ----------------------------------------------------------------- round trips
+
+
+def test_type_bytes() -> None:
+    assert (RECORD_COMMIT, RECORD_CREATE_DATABASE, RECORD_SHUTDOWN, RECORD_START) == (1, 2, 3, 4)
+    assert (OP_PUT, OP_DELETE) == (1, 2)
+    records = sample_records()
+    assert [record_type(r) for r in records] == [1, 1, 2, 2, 3, 4]
+    assert record_type(b"") == 0
+
+
+def test_commit_layout() -> None:
+    data = encode_commit(0x01020304, 5, 6, [(OP_PUT, b"ab", b"xyz"), (OP_DELETE, b"c", None)])
+    assert data == (
+        struct.pack("<BIQQI", 1, 0x01020304, 5, 6, 2)
+        + struct.pack("<BH", 1, 2)
+        + b"ab"
+        + struct.pack("<I", 3)
+        + b"xyz"
+        + struct.pack("<BH", 2, 1)
+        + b"c"
+    )
+
+
+def test_commit_round_trip_examples() -> None:
+    ops = [
+        (OP_PUT, b"alpha", b"one"),
+        (OP_DELETE, b"beta", None),
+        (OP_PUT, b"", b""),
+        (OP_DELETE, b"", None),
+        (OP_PUT, b"k" * 65535, b"v" * 70000),
+    ]
+    record = decode_record(encode_commit(2**32 - 1, 2**64 - 1, 2**64 - 1, ops))
+    assert record == CommitRecord(2**32 - 1, 2**64 - 1, 2**64 - 1, ops)
+    assert decode_record(encode_commit(0, 0, 0, [])) == CommitRecord(0, 0, 0, [])
+
+
+@settings(max_examples=150)
+@given(db=U32, txn=U64, time_us=U64, operations=OPERATIONS)
+def test_commit_round_trip(db: int, txn: int, time_us: int, operations: list) -> None:
+    data = encode_commit(db, txn, time_us, operations)
+    record = decode_record(data, POSITION)
+    assert isinstance(record, CommitRecord)
+    assert record == CommitRecord(db, txn, time_us, operations)
+    assert decode_commit_header(data) == (db, len(operations))
+    assert decode_commit_header(data, POSITION) == (db, len(operations))
+
+    expected: dict[bytes, bytes | None] = {}
+    apply(record.operations, expected)
+    gathered: dict[bytes, bytes | None] = {}
+    size = gather_commit_operations(data, gathered, POSITION)
+    assert gathered == expected
+    assert size == sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations)
+
+
+@settings(max_examples=60)
+@given(records=st.lists(st.tuples(U32, OPERATIONS), min_size=1, max_size=6))
+def test_gather_over_many_records_is_last_write_wins(records: list) -> None:
+    # Few distinct keys so that records overwrite each other.
+    expected: dict[bytes, bytes | None] = {}
+    gathered: dict[bytes, bytes | None] = {b"preexisting": b"kept"}  # keys here are <= 1 byte
+    for db, operations in records:
+        small_ops = [(op, key[:1], value) for op, key, value in operations]
+        data = encode_commit(db, 1, 2, small_ops)
+        record = decode_record(data)
+        assert isinstance(record, CommitRecord)
+        apply(record.operations, expected)
+        gather_commit_operations(data, gathered)
+    assert gathered.pop(b"preexisting") == b"kept"
+    assert gathered == expected
+
+
+def test_gather_last_write_wins_within_one_record() -> None:
+    ops = [
+        (OP_PUT, b"a", b"1"),
+        (OP_PUT, b"b", b"2"),
+        (OP_DELETE, b"a", None),
+        (OP_PUT, b"b", b"3"),
+        (OP_DELETE, b"c", None),
+        (OP_PUT, b"c", b"4"),
+    ]
+    changes: dict[bytes, bytes | None] = {}
+    assert gather_commit_operations(encode_commit(1, 1, 1, ops), changes) == 2 + 2 + 1 + 2 + 1 + 2
+    assert changes == {b"a": None, b"b": b"3", b"c": b"4"}
+
+
+@settings(max_examples=100)
+@given(
+    db=U32,
+    page_size=U32,
+    signature=st.binary(min_size=16, max_size=16),
+    sig_time=U64,
+    name=NAMES,
+)
+def test_create_database_round_trip(
+    db: int, page_size: int, signature: bytes, sig_time: int, name: str
+) -> None:
+    assume(len(name.encode("utf-8")) <= 65535)
+    data = encode_create_database(db, page_size, signature, sig_time, name)
+    assert record_type(data) == RECORD_CREATE_DATABASE
+    assert decode_record(data, POSITION) == CreateDatabaseRecord(
+        db, page_size, signature, sig_time, name
+    )
+
+
+@pytest.mark.parametrize("name", ["", "a", "orders", "naïve", "数据库", "emoji-🗄️", "x" * 1000])
+def test_create_database_unicode_names(name: str) -> None:
+    data = encode_create_database(1, 8192, b"S" * 16, 99, name)
+    record = decode_record(data)
+    assert isinstance(record, CreateDatabaseRecord)
+    assert record.name == name
+    assert record.signature_random == b"S" * 16
+
+
+@given(time_us=U64)
+def test_shutdown_and_start_round_trip(time_us: int) -> None:
+    assert decode_record(encode_shutdown(time_us)) == ShutdownRecord(time_us)
+    assert decode_record(encode_start(time_us)) == StartRecord(time_us)
+    assert len(encode_shutdown(time_us)) == 9
+    assert record_type(encode_start(time_us)) == RECORD_START
+
+
+# ----------------------------------------------------------------- malformed input
+
+
+def assert_corrupt(call, *args) -> LogFileCorrupt:
+    with pytest.raises(LogFileCorrupt) as info:
+        call(*args)
+    assert isinstance(info.value, JetError)
+    return info.value
+
+
+def test_specific_malformed_records() -> None:
+    good_commit = encode_commit(1, 2, 3, [(OP_PUT, b"key", b"value")])
+    cases = [
+        b"",
+        b"\x00",
+        b"\x05rest",
+        b"\xff" * 40,
+        good_commit + b"\x00",  # trailing byte
+        good_commit[:-1],  # value cut short
+        encode_commit(1, 2, 3, [(3, b"k", None)]),  # unknown operation
+        encode_shutdown(1) + b"\x00",
+        encode_start(1)[:-1],
+        encode_create_database(1, 4096, bytes(16), 0, "db") + b"x",
+        encode_create_database(1, 4096, bytes(16), 0, "db")[:-1],
+        encode_create_database(1, 4096, bytes(16), 0, "db")[:-2] + b"\xff\xfe",  # bad utf-8
+    ]
+    for data in cases:
+        err = assert_corrupt(decode_record, data, POSITION)
+        assert str(POSITION) in str(err)
+        assert err.code == -501
+
+
+def test_gather_and_header_reject_malformed_commits() -> None:
+    good = encode_commit(1, 2, 3, [(OP_PUT, b"key", b"value"), (OP_DELETE, b"d", None)])
+    for data in [b"", good[:10], good[:-1], good + b"\x00", good[:25]]:
+        assert_corrupt(gather_commit_operations, data, {}, POSITION)
+    for data in [b"", good[:24]]:
+        err = assert_corrupt(decode_commit_header, data, POSITION)
+        assert str(POSITION) in str(err)
+    assert_corrupt(decode_commit_header, encode_start(1) + bytes(30))
+    err = assert_corrupt(gather_commit_operations, good[:-1], {}, POSITION)
+    assert str(POSITION) in str(err)
+
+
+def check_only_corrupt(data: bytes) -> None:
+    """The three decoders either succeed or raise LogFileCorrupt, and agree with each other."""
+    decoded = None
+    try:
+        decoded = decode_record(data, POSITION)
+    except LogFileCorrupt:
+        pass
+    try:
+        decode_commit_header(data, POSITION)
+    except LogFileCorrupt:
+        pass
+    changes: dict[bytes, bytes | None] = {}
+    try:
+        gather_commit_operations(data, changes, POSITION)
+    except LogFileCorrupt:
+        assert not isinstance(decoded, CommitRecord)
+    else:
+        if record_type(data) == RECORD_COMMIT:
+            assert isinstance(decoded, CommitRecord)
+        if isinstance(decoded, CommitRecord):
+            expected: dict[bytes, bytes | None] = {}
+            apply(decoded.operations, expected)
+            assert changes == expected
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=200))
+def test_random_bytes_only_raise_log_file_corrupt(data: bytes) -> None:
+    check_only_corrupt(data)
+
+
+@settings(max_examples=300)
+@given(kind=st.integers(1, 4), rest=st.binary(max_size=120))
+def test_random_bytes_with_valid_type_only_raise_log_file_corrupt(kind: int, rest: bytes) -> None:
+    check_only_corrupt(bytes([kind]) + rest)
+
+
+def test_every_truncation_of_valid_records_is_corrupt() -> None:
+    for data in sample_records():
+        for cut in range(len(data)):
+            truncated = data[:cut]
+            assert_corrupt(decode_record, truncated, POSITION)
+            if record_type(data) == RECORD_COMMIT:
+                assert_corrupt(gather_commit_operations, truncated, {}, POSITION)
+                if cut < 25:
+                    assert_corrupt(decode_commit_header, truncated, POSITION)
+            check_only_corrupt(truncated)
+
+
+def test_every_single_byte_mutation_only_raises_log_file_corrupt() -> None:
+    small = [
+        encode_commit(3, 77, 5, [(OP_PUT, b"ab", b"xyz"), (OP_DELETE, b"q", None)]),
+        encode_create_database(2, 8192, bytes(range(16)), 1, "naïve"),
+        encode_shutdown(7),
+        encode_start(8),
+    ]
+    for data in small:
+        for index in range(len(data)):
+            for value in (0x00, 0x01, 0x02, 0x03, 0x04, 0x7F, 0x80, 0xC3, 0xFF):
+                mutated = bytearray(data)
+                mutated[index] = value
+                check_only_corrupt(bytes(mutated))
+
+
+@settings(max_examples=200)
+@given(
+    operations=OPERATIONS.filter(lambda ops: len(ops) > 0),
+    data=st.data(),
+)
+def test_mutated_commits_only_raise_log_file_corrupt(operations: list, data) -> None:
+    record = encode_commit(1, 2, 3, operations)
+    index = data.draw(st.integers(0, len(record) - 1))
+    value = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(record)))
+    mutated = bytearray(record)
+    mutated[index] = value
+    check_only_corrupt(bytes(mutated))
+    check_only_corrupt(bytes(mutated[:cut]))
+
+
+@pytest.mark.parametrize("type_byte", [0, RECORD_CREATE_DATABASE, RECORD_SHUTDOWN, 5, 0xFF])
+def test_gather_rejects_a_record_that_is_not_a_commit(type_byte: int) -> None:
+    data = bytes([type_byte]) + encode_commit(1, 2, 3, [(OP_PUT, b"k", b"v")])[1:]
+    assert_corrupt(decode_record, data, POSITION)
+    assert_corrupt(decode_commit_header, data, POSITION)
+    changes: dict[bytes, bytes | None] = {}
+    assert_corrupt(gather_commit_operations, data, changes, POSITION)

@@ -1,0 +1,244 @@
+"""The instance directory lock: exclusive in this process and across processes, and gone
+when the holder dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jetstore.errors import FileAccessDenied, JetError
+from jetstore.format.filenames import LOCK_FILE
+from jetstore.io.files import FileSystem
+from jetstore.io.handles import HandleKind, HandleRegistry
+from jetstore.io.locking import (
+    DirectoryLock,
+    acquire_directory_lock,
+    is_locked,
+    read_lock_holder,
+)
+
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+
+
+@pytest.fixture
+def registry() -> HandleRegistry:
+    return HandleRegistry("lock-test")
+
+
+@pytest.fixture
+def fs(registry: HandleRegistry) -> FileSystem:
+    return FileSystem(registry)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_child(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        check=False,
+    )
+
+
+def test_acquire_registers_lock_and_writes_pid(
+    fs: FileSystem, registry: HandleRegistry, tmp_path
+) -> None:
+    directory = str(tmp_path)
+    assert not is_locked(fs, directory)
+    assert read_lock_holder(fs, directory) is None
+    lock = acquire_directory_lock(fs, directory, owner="inst")
+    try:
+        assert isinstance(lock, DirectoryLock)
+        assert lock.held
+        counts = registry.counts("inst")
+        assert counts[HandleKind.LOCK.value] == 1
+        assert counts[HandleKind.FILE.value] == 1
+        assert read_lock_holder(fs, directory) == os.getpid()
+        assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+        assert is_locked(fs, directory)
+        # probing leaves no handle behind
+        assert registry.total() == 2
+    finally:
+        lock.release()
+    assert not lock.held
+    assert registry.total() == 0
+    assert not is_locked(fs, directory)
+    lock.release()  # idempotent
+    assert registry.total() == 0
+
+
+def test_second_acquire_in_same_process_is_refused(
+    fs: FileSystem, registry: HandleRegistry, tmp_path
+) -> None:
+    directory = str(tmp_path)
+    lock = acquire_directory_lock(fs, directory, owner="first")
+    try:
+        for other_fs in (fs, FileSystem(HandleRegistry("other"))):
+            with pytest.raises(FileAccessDenied) as info:
+                acquire_directory_lock(other_fs, directory, owner="second")
+            err = info.value
+            assert err.code == -1032
+            assert isinstance(err, JetError)
+            assert str(os.getpid()) in str(err)
+            assert "this process" in str(err)
+            assert directory in str(err)
+            assert err.path == os.path.join(directory, LOCK_FILE)
+            assert other_fs.registry.total("second") == 0  # the refused attempt leaks nothing
+        assert lock.held
+        assert is_locked(fs, directory)
+        assert read_lock_holder(fs, directory) == os.getpid()
+        assert registry.total("first") == 2
+    finally:
+        lock.release()
+
+
+def test_release_then_reacquire(fs: FileSystem, registry: HandleRegistry, tmp_path) -> None:
+    directory = str(tmp_path)
+    for _ in range(3):
+        lock = acquire_directory_lock(fs, directory, owner="inst")
+        assert is_locked(fs, directory)
+        lock.release()
+        assert not is_locked(fs, directory)
+    assert registry.total() == 0
+    assert registry.opened_total == registry.closed_total
+
+
+def test_close_owner_releases_the_lock(fs: FileSystem, registry: HandleRegistry, tmp_path) -> None:
+    directory = str(tmp_path)
+    lock = acquire_directory_lock(fs, directory, owner="inst/lock")
+    assert registry.close_owner("inst") == []
+    assert not lock.held
+    assert not is_locked(fs, directory)
+    lock2 = acquire_directory_lock(fs, directory, owner="inst")
+    lock2.release()
+    lock.release()  # after close_owner, still harmless
+
+
+def test_missing_directory_is_a_jet_error(fs: FileSystem, registry: HandleRegistry, tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(JetError):
+        acquire_directory_lock(fs, missing, owner="inst")
+    assert not is_locked(fs, missing)
+    assert read_lock_holder(fs, missing) is None
+    assert registry.total() == 0
+
+
+def test_read_lock_holder_ignores_garbage(fs: FileSystem, tmp_path) -> None:
+    (tmp_path / LOCK_FILE).write_bytes(b"not a pid\n")
+    assert read_lock_holder(fs, str(tmp_path)) is None
+    (tmp_path / LOCK_FILE).write_bytes(b"")
+    assert read_lock_holder(fs, str(tmp_path)) is None
+    (tmp_path / LOCK_FILE).write_bytes(b"  4242\n")
+    assert read_lock_holder(fs, str(tmp_path)) == 4242
+    # a stale pid in an unlocked file does not make the directory locked
+    assert not is_locked(fs, str(tmp_path))
+
+
+def test_another_process_is_refused_naming_the_holder(fs: FileSystem, tmp_path) -> None:
+    directory = str(tmp_path)
+    lock = acquire_directory_lock(fs, directory, owner="inst")
+    try:
+        result = run_child(
+            f"""
+            import sys
+            from jetstore.errors import FileAccessDenied
+            from jetstore.io.files import FileSystem
+            from jetstore.io.locking import acquire_directory_lock, is_locked, read_lock_holder
+            fs = FileSystem()
+            print("locked", is_locked(fs, {directory!r}))
+            print("holder", read_lock_holder(fs, {directory!r}))
+            try:
+                acquire_directory_lock(fs, {directory!r}, owner="child")
+            except FileAccessDenied as exc:
+                print("refused", exc.code, str(exc))
+                print("handles", fs.registry.total())
+            else:
+                print("ACQUIRED")
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "locked True"
+        assert lines[1] == f"holder {os.getpid()}"
+        assert lines[2].startswith("refused -1032 ")
+        assert f"process {os.getpid()}" in lines[2]
+        assert "this process" not in lines[2]
+        assert lines[3] == "handles 0"
+        assert lock.held
+    finally:
+        lock.release()
+
+    # Released: the other process gets it now.
+    result = run_child(
+        f"""
+        import os
+        from jetstore.io.files import FileSystem
+        from jetstore.io.locking import acquire_directory_lock, read_lock_holder
+        fs = FileSystem()
+        lock = acquire_directory_lock(fs, {directory!r}, owner="child")
+        print(read_lock_holder(fs, {directory!r}) == os.getpid())
+        lock.release()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_lock_dies_with_its_holder(fs: FileSystem, tmp_path) -> None:
+    directory = str(tmp_path)
+    code = f"""
+        import sys, time
+        from jetstore.io.files import FileSystem
+        from jetstore.io.locking import acquire_directory_lock
+        lock = acquire_directory_lock(FileSystem(), {directory!r}, owner="child")
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip() == "ready", child.stderr.read() if child.stderr else ""
+        assert is_locked(fs, directory)
+        assert read_lock_holder(fs, directory) == child.pid
+        with pytest.raises(FileAccessDenied) as info:
+            acquire_directory_lock(fs, directory, owner="parent")
+        assert f"process {child.pid}" in str(info.value)
+        assert fs.registry.total("parent") == 0
+
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+
+    # No stale lock: the kernel dropped it with the process (its pid is still in the file).
+    assert read_lock_holder(fs, directory) == child.pid
+    assert not is_locked(fs, directory)
+    lock = acquire_directory_lock(fs, directory, owner="parent")
+    try:
+        assert read_lock_holder(fs, directory) == os.getpid()
+    finally:
+        lock.release()
