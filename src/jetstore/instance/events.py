@@ -35,10 +35,13 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     120: ("checkpoint_written", "info"),
     121: ("checkpoint_file_write_failed", "warning"),
     122: ("checkpoint_file_write_recovered", "info"),
+    123: ("checkpoint_depth_warning", "warning"),
     130: ("database_created", "info"),
     131: ("database_attached", "info"),
     132: ("database_header_repaired", "warning"),
     140: ("log_generation_started", "info"),
+    141: ("logs_deleted", "info"),
+    142: ("log_delete_failed", "warning"),
 }
 _BY_NAME: Final = {name: (event_id, level) for event_id, (name, level) in EVENTS.items()}
 

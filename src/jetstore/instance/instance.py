@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jetstore.errors import (
+    CheckpointDepthTooDeep,
     DatabaseNotFound,
     InstanceUnavailable,
     InvalidParameter,
@@ -44,7 +45,9 @@ from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     database_file_name,
+    generation_log_name,
     is_valid_database_name,
+    parse_generation_log_name,
 )
 from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_database
 from jetstore.format.positions import LogPosition
@@ -55,6 +58,7 @@ from jetstore.io.files import FileSystem
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread
+from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogWriter
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
 
@@ -73,6 +77,8 @@ class InstanceOptions:
     cache_size: int = 256 * MIB
     max_transaction_bytes: int = 1024 * MIB
     lazy_flush_interval: float = 0.05
+    checkpoint_too_deep: int = 1024
+    checkpoint_warning_interval: float = 60.0
 
     def validate(self) -> None:
         if self.page_size not in PAGE_SIZES:
@@ -86,8 +92,18 @@ class InstanceOptions:
             raise InvalidParameter("cache_size must hold at least 16 pages")
         if self.max_transaction_bytes < 64 * 1024:
             raise InvalidParameter("max_transaction_bytes must be at least 64 KiB")
-        if self.checkpoint_interval <= 0 or self.lazy_flush_interval <= 0:
+        if (
+            self.checkpoint_interval <= 0
+            or self.lazy_flush_interval <= 0
+            or self.checkpoint_warning_interval <= 0
+        ):
             raise InvalidParameter("intervals must be positive")
+        if self.checkpoint_too_deep < 4:
+            raise InvalidParameter(
+                "checkpoint_too_deep must be at least 4 generations",
+                hint="it is the checkpoint lag, in log generations, at which updates are "
+                "refused until the checkpoint file can be written again",
+            )
 
 
 class InstanceState(enum.Enum):
@@ -130,6 +146,10 @@ class Instance:
         self.durable_checkpoint: LogPosition | None = None
         self.candidate_checkpoint: LogPosition | None = None
         self.checkpoint_file_error: JetError | None = None
+        self._checkpoint_error_reported = 0.0
+        self._depth_warned = False
+        self.logs_deleted = 0
+        self.log_delete_error: JetError | None = None
         self.checkpoints = 0
         self.commits = 0
         self.recovery: RecoveryOutcome | None = None
@@ -166,6 +186,9 @@ class Instance:
                     )
             if outcome.checkpoint is not None:
                 self._checkpoint_seq = outcome.checkpoint.seq
+                # What the checkpoint file on disk says is the durable checkpoint until a
+                # newer one is written: log deletion and back-pressure start from it.
+                self.durable_checkpoint = outcome.checkpoint.checkpoint_position
             if outcome.needed:
                 self.events.emit(
                     "recovery_started",
@@ -194,6 +217,7 @@ class Instance:
                 owner=self.owner,
             )
             self._log.start(outcome.tail)
+            self._first_generation = self._log.current_generation
             self._log.on_roll = self._on_roll
             # The first checkpoint marks every database attached (dirty) and, after a
             # recovery, writes the replayed changes: from here on, the logs before it are
@@ -283,6 +307,34 @@ class Instance:
                 f"instance '{self.directory}' is closed", hint="open it again with jetstore.open"
             )
 
+    def _check_depth(self) -> None:
+        """Back-pressure, not data loss: while the checkpoint file cannot be written the logs
+        it needs pile up; past `checkpoint_too_deep` generations updates are refused until it
+        catches up (ESE's JET_errCheckpointDepthTooDeep)."""
+        lag = self.checkpoint_lag_generations()
+        limit = self.options.checkpoint_too_deep
+        if lag >= limit:
+            raise CheckpointDepthTooDeep(
+                f"the durable checkpoint is {lag} log generations behind the current log "
+                f"(limit {limit}); updates are refused until it catches up"
+                + (
+                    f" (the checkpoint file cannot be written: {self.checkpoint_file_error})"
+                    if self.checkpoint_file_error is not None
+                    else ""
+                ),
+                hint="make the checkpoint file (edb.chk) writable again — another program may "
+                "hold it; the engine retries every second and updates resume by themselves",
+            )
+        if lag >= limit // 4 and not self._depth_warned:
+            self._depth_warned = True
+            self.events.emit(
+                "checkpoint_depth_warning",
+                f"the durable checkpoint is {lag} log generations behind (updates will be "
+                f"refused at {limit})",
+                lag_generations=lag,
+                limit=limit,
+            )
+
     def check_writable(self) -> None:
         if self._closing:
             raise InstanceUnavailable(
@@ -291,6 +343,7 @@ class Instance:
         if self.state is InstanceState.OPEN:
             log_failure = self._log.failed if self._log is not None else None
             if log_failure is None:
+                self._check_depth()
                 return
             self._fail(log_failure)
         if self.state is InstanceState.FAILED:
@@ -508,13 +561,21 @@ class Instance:
             if created:
                 self.fs.fsync_directory(self.directory, owner=self.owner)
         except JetError as exc:
-            if self.checkpoint_file_error is None:
+            now = time.monotonic()
+            if (
+                self.checkpoint_file_error is None
+                or now - self._checkpoint_error_reported >= self.options.checkpoint_warning_interval
+            ):
+                self._checkpoint_error_reported = now
                 self.events.emit(
                     "checkpoint_file_write_failed",
                     f"cannot write the checkpoint file: {exc}; the durable checkpoint stays "
-                    f"at {self.durable_checkpoint} and no log it names will be deleted",
+                    f"at {self.durable_checkpoint} and no log it names will be deleted "
+                    f"(checkpoint lag {self.checkpoint_lag_generations()} generation(s))",
                     error=exc.name,
+                    code=exc.code,
                     path=path,
+                    lag_generations=self.checkpoint_lag_generations(),
                 )
             self.checkpoint_file_error = exc
             return
@@ -527,8 +588,105 @@ class Instance:
         self.checkpoint_file_error = None
         self._checkpoint_seq = state.seq
         self.durable_checkpoint = position
+        self._depth_warned = False
+        if self.options.circular_logging:
+            self._delete_old_logs()
+
+    def _deletion_limit(self) -> DeletionLimit:
+        durable = self.durable_checkpoint
+        return deletion_limit(
+            checkpoint_file_generation=None if durable is None else durable.generation,
+            header_generations=[
+                (db.name, db.file.header.checkpoint_position.generation)
+                for db in self._databases.values()
+            ],
+        )
+
+    def _archived_generations(self) -> list[int]:
+        present = []
+        for name in self.fs.listdir(self.directory):
+            generation = parse_generation_log_name(name)
+            if generation is not None:
+                present.append(generation)
+        return present
+
+    def _delete_old_logs(self) -> None:
+        """Circular logging: delete the closed generations no durable state needs any more.
+
+        Runs only right after the checkpoint file was written and synced (the durable value
+        just moved), ascending, stopping at the first failure; see `jetstore.log.policy`.
+        """
+        limit = self._deletion_limit()
+        victims = deletable(self._archived_generations(), limit)
+        if not victims:
+            return
+        deleted: list[int] = []
+        try:
+            for generation in victims:
+                self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
+                deleted.append(generation)
+        except JetError as exc:
+            if self.log_delete_error is None:
+                self.events.emit(
+                    "log_delete_failed",
+                    f"circular logging could not delete log generation "
+                    f"{victims[len(deleted)]}: {exc}; deletion stops there and resumes later",
+                    error=exc.name,
+                )
+            self.log_delete_error = exc
+        else:
+            self.log_delete_error = None
+        if deleted:
+            self.fs.fsync_directory(self.directory, owner=self.owner)
+            self.logs_deleted += len(deleted)
+            self.events.emit(
+                "logs_deleted",
+                f"circular logging deleted log generations {deleted[0]}-{deleted[-1]} "
+                f"(kept from {limit.keep_from}: {limit.reason})",
+                first=deleted[0],
+                last=deleted[-1],
+                keep_from=limit.keep_from,
+            )
+
+    def checkpoint_lag_generations(self) -> int:
+        """Log generations between the durable checkpoint file and the current log."""
+        log = self._log
+        if log is None:
+            return 0
+        durable = self.durable_checkpoint
+        base = durable.generation if durable is not None else self._first_generation
+        return max(0, log.current_generation - base)
+
+    def checkpoint_lag_bytes(self) -> int:
+        log = self._log
+        if log is None:
+            return 0
+        durable = self.durable_checkpoint
+        end = log.end_position
+        if durable is None:
+            durable = LogPosition(self._first_generation, 0)
+        size = self.options.log_file_size
+        return max(0, (end.generation - durable.generation) * size + end.offset - durable.offset)
+
+    def removable_logs(self) -> dict[str, Any]:
+        """Which closed generations crash recovery no longer needs (the admin's question).
+
+        `not_needed_for_recovery`: below every durable checkpoint (file and headers) with the
+        margin kept; `covered_by_backup`: those also inside a completed backup (removing them
+        loses no restore point). Without backups the second list is empty.
+        """
+        limit = self._deletion_limit()
+        present = sorted(self._archived_generations())
+        return {
+            "keep_from": limit.keep_from,
+            "reason": limit.reason,
+            "present": present,
+            "not_needed_for_recovery": deletable(present, limit),
+            "covered_by_backup": [],
+        }
 
     _checkpoint_seq = 0
+    _first_generation = 0
 
     # ----------------------------------------------------------------- background
 
@@ -561,9 +719,7 @@ class Instance:
         log = self._log
         durable = self.durable_checkpoint
         end = log.end_position if log is not None else None
-        lag_generations = (
-            end.generation - durable.generation if end is not None and durable is not None else 0
-        )
+        lag_generations = self.checkpoint_lag_generations()
         caches = [db.file.cache for db in self._databases.values()]
         return {
             "state": self.state.value,
@@ -583,6 +739,11 @@ class Instance:
                 str(self.candidate_checkpoint) if self.candidate_checkpoint else None
             ),
             "checkpoint_lag_generations": lag_generations,
+            "checkpoint_lag_bytes": self.checkpoint_lag_bytes(),
+            "checkpoint_too_deep": self.options.checkpoint_too_deep,
+            "circular_logging": self.options.circular_logging,
+            "logs_deleted": self.logs_deleted,
+            "log_delete_error": str(self.log_delete_error) if self.log_delete_error else None,
             "checkpoint_file_error": str(self.checkpoint_file_error)
             if self.checkpoint_file_error
             else None,
