@@ -288,3 +288,88 @@ def test_reopen_with_another_log_file_size(tmp_path: Path) -> None:
         instance.simulate_crash()
     with jetstore.open(tmp_path, **SMALL) as instance:
         assert read_ids(instance) == list(range(n + 1))
+
+
+def _open_accepting_loss(directory: Path) -> jetstore.Instance:
+    return jetstore.open(directory, accept_data_loss=True, **SMALL)
+
+
+def test_accept_data_loss_stops_at_a_missing_generation(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+    with _open_accepting_loss(tmp_path) as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and loss.databases == ["main"]
+        assert loss.moved_logs_to is not None and os.path.isdir(loss.moved_logs_to)
+        ids = read_ids(instance)
+        # A prefix of the commits: everything up to the gap, nothing after it, no holes.
+        assert ids == list(range(len(ids)))
+        assert 0 < len(ids) < n
+        header = instance.database("main").file.header
+        assert header.repair_count == 1
+        with instance.database("main").transaction() as txn:
+            txn.table("t").insert({"id": 10**6, "v": "after the loss"})
+        instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        ids_after = read_ids(instance)
+        assert ids_after == [*ids, 10**6]
+    events = (tmp_path / "events.jsonl").read_text()
+    assert "recovery_data_loss" in events
+
+
+def test_accept_data_loss_stops_at_damage(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    path = tmp_path / gens[-1]
+    data = bytearray(path.read_bytes())
+    data[4096 + 5000] ^= 0x40
+    path.write_bytes(bytes(data))
+    with _open_accepting_loss(tmp_path) as instance:
+        assert instance.recovery.data_loss is not None
+        ids = read_ids(instance)
+        assert ids == list(range(len(ids)))
+
+
+def test_accept_data_loss_without_any_log(tmp_path: Path) -> None:
+    instance = jetstore.open(tmp_path, **SMALL)
+    db = instance.database("main", create=True)
+    db.create_table(
+        "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+    )
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 0, "v": "checkpointed"})
+    instance.checkpoint()
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "only in the log"})
+    instance.simulate_crash()
+    for name in [*generations(tmp_path), "edb.log"]:
+        os.unlink(tmp_path / name)
+    with _open_accepting_loss(tmp_path) as instance:
+        assert instance.recovery.data_loss is not None
+        assert read_ids(instance) == [0]
+
+
+def test_accept_data_loss_changes_nothing_when_nothing_is_lost(tmp_path: Path) -> None:
+    n = crashed_instance(tmp_path)
+    with _open_accepting_loss(tmp_path) as instance:
+        assert instance.recovery.data_loss is None
+        assert read_ids(instance) == list(range(n))
+
+
+def test_crash_after_data_loss_repair_before_logs_moved(tmp_path: Path) -> None:
+    """The repair writes the databases (clean, no log stream) before it moves the old logs; a
+    crash in between must not replay the old logs into the repaired database."""
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "mkdir" and "lost-logs" in event.path:
+            raise OSError(5, "crash before the logs are moved")
+
+    with pytest.raises(JetError):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        ids = read_ids(instance)
+        assert ids == list(range(len(ids)))

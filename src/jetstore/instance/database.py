@@ -318,6 +318,11 @@ class Database:
         self._replay = {}
         self._replay_bytes = 0
 
+    def rebase_position(self, position: LogPosition) -> None:
+        """After recovery with data loss the database starts over on a new log stream."""
+        root, _position, plan_epoch = self._published
+        self._published = (root, position, plan_epoch)
+
     def bump_plan_epoch(self) -> None:
         """A checkpoint assigned pages: transactions that copied nodes before must replay."""
         root, position, plan_epoch = self._published

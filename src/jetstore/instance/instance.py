@@ -79,6 +79,7 @@ class InstanceOptions:
     lazy_flush_interval: float = 0.05
     checkpoint_too_deep: int = 1024
     checkpoint_warning_interval: float = 60.0
+    accept_data_loss: bool = False
 
     def validate(self) -> None:
         if self.page_size not in PAGE_SIZES:
@@ -167,7 +168,7 @@ class Instance:
             collecting = gc.isenabled()
             gc.disable()
             try:
-                outcome = recover(self, files)
+                outcome = recover(self, files, accept_data_loss=self.options.accept_data_loss)
             except BaseException:
                 for file in files.values():
                     file.close()
@@ -189,6 +190,19 @@ class Instance:
                 # What the checkpoint file on disk says is the durable checkpoint until a
                 # newer one is written: log deletion and back-pressure start from it.
                 self.durable_checkpoint = outcome.checkpoint.checkpoint_position
+            if outcome.data_loss is not None:
+                loss = outcome.data_loss
+                self.events.emit(
+                    "recovery_data_loss",
+                    f"recovery accepted data loss: {loss.reason}; databases "
+                    f"{', '.join(loss.databases) or 'none'} were brought to the last consistent "
+                    f"point the logs allowed ({loss.stopped_at or 'their checkpoint'}); the old "
+                    f"logs were moved to {loss.moved_logs_to or 'nowhere (none present)'} and a "
+                    "new log stream begins",
+                    databases=loss.databases,
+                    stopped_at=str(loss.stopped_at) if loss.stopped_at else None,
+                    moved_logs_to=loss.moved_logs_to,
+                )
             if outcome.needed:
                 self.events.emit(
                     "recovery_started",
@@ -429,6 +443,9 @@ class Instance:
 
     def databases(self) -> list[str]:
         return sorted(self._databases)
+
+    def attached_databases(self) -> list[Database]:
+        return [self._databases[name] for name in sorted(self._databases)]
 
     # ----------------------------------------------------------------- commit support
 

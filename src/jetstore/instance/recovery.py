@@ -29,20 +29,27 @@ from typing import TYPE_CHECKING
 
 from jetstore.errors import (
     AttachedDatabaseMismatch,
+    BadLogSignature,
     DatabaseLogSetMismatch,
     FileNotFound,
+    InvalidLogSequence,
     JetError,
+    LogFileCorrupt,
+    LogSequenceChecksumMismatch,
     MissingLogFile,
     RequiredLogFilesMissing,
 )
 from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
-from jetstore.format.common import Signature
+from jetstore.format.common import Signature, format_time_us, now_us
 from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
+    CURRENT_LOG,
+    TEMP_LOG,
     database_file_name,
     generation_log_name,
     parse_database_file_name,
+    parse_generation_log_name,
 )
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
@@ -52,13 +59,23 @@ from jetstore.format.logrecords import (
     record_type,
 )
 from jetstore.format.positions import LogPosition
-from jetstore.log.reader import LogInventory, LogScanner, take_inventory
+from jetstore.log.reader import LogInventory, LogRecordEntry, LogScanner, take_inventory
 from jetstore.log.writer import LogTail
 from jetstore.pages.pagefile import DatabaseFile
 
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
     from jetstore.instance.instance import Instance
+
+
+@dataclass
+class DataLoss:
+    """What a recovery with `accept_data_loss` could not replay, and where the logs went."""
+
+    reason: str
+    stopped_at: LogPosition | None
+    databases: list[str]
+    moved_logs_to: str | None = None
 
 
 @dataclass
@@ -73,6 +90,7 @@ class RecoveryOutcome:
     notes: list[str] = field(default_factory=list)
     checkpoint: CheckpointState | None = None
     torn_tail: LogPosition | None = None
+    data_loss: DataLoss | None = None
 
 
 def read_checkpoint(instance: Instance, notes: list[str]) -> CheckpointState | None:
@@ -144,9 +162,19 @@ _OPTIONS_HINT = (
 )
 
 
-def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutcome:
-    """Replay the log into the opened `files`; registers every database with `instance`."""
+def recover(
+    instance: Instance, files: dict[str, DatabaseFile], *, accept_data_loss: bool = False
+) -> RecoveryOutcome:
+    """Replay the log into the opened `files`; registers every database with `instance`.
+
+    With `accept_data_loss`, missing or damaged logs do not stop recovery: every database is
+    brought to the last consistent point the logs present allow (replay stops at the first gap
+    or damage; the page file of a copy-on-write database is consistent at its checkpoint by
+    itself), the old logs are moved aside and a new log stream begins; `outcome.data_loss`
+    says what was lost.
+    """
     outcome = RecoveryOutcome()
+    losses: list[tuple[str, str]] = []
     notes = outcome.notes
     fs = instance.fs
     checkpoint = read_checkpoint(instance, notes)
@@ -184,6 +212,9 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
             if _is_dirty(header):
                 if stream_signature is None:
                     low, high = _required_range(header)
+                    if accept_data_loss:
+                        losses.append((name, f"no log files are present (needed {low}-{high})"))
+                        continue
                     raise MissingLogFile(
                         f"database {name!r} was not shut down cleanly and needs log generations "
                         f"{low}-{high}, but no log files are present in '{instance.directory}'",
@@ -204,6 +235,9 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
         low, high = _required_range(header)
         missing = inventory.missing(low, high)
         if missing:
+            if accept_data_loss:
+                losses.append((name, _missing_message(name, header, missing, inventory)))
+                continue
             error = MissingLogFile if low in missing else RequiredLogFilesMissing
             raise error(
                 _missing_message(name, header, missing, inventory),
@@ -219,6 +253,20 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
                     "it must be re-created by the log or it is reported missing"
                 )
 
+    members = [f for f in files.values() if f.header.log_signature == stream_signature]
+    if (
+        checkpoint is not None
+        and not members
+        and all(attached.name in files for attached in checkpoint.attached)
+    ):
+        # Every database the checkpoint lists is here but none belongs to this stream any
+        # more (set apart by a data-loss repair, or joined elsewhere): the old logs are only
+        # needed to continue the chain, so only the newest generation is read.
+        notes.append(
+            "no database belongs to the log stream in this directory any more; only its "
+            "newest generation is read"
+        )
+        checkpoint = None
     candidates = [h.checkpoint_position for h in dirty.values()]
     if checkpoint is not None:
         candidates.append(checkpoint.checkpoint_position)
@@ -226,6 +274,8 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
     if highest is None:
         outcome.signature = None
         instance.attach_recovered(files, outcome)
+        if losses:
+            _settle_data_loss(instance, outcome, losses, None, dirty)
         return outcome
     if not candidates:
         candidates.append(LogPosition(highest, 0))
@@ -236,54 +286,35 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
 
     # Databases become live objects now; replay applies to their in-memory trees only.
     databases = instance.attach_recovered(files, outcome)
-    by_id: dict[int, Database] = {db.db_id: db for db in databases.values()}
+    # Only databases of this log stream receive its records. A database stamped with another
+    # stream (or none: repaired after data loss, or a clean copy from another instance)
+    # shares nothing with these logs, even if its id collides with one of them.
+    by_id: dict[int, Database] = {
+        db.db_id: db
+        for db in databases.values()
+        if db.file.header.log_signature == stream_signature
+    }
+    foreign_ids = {db.db_id for db in databases.values() if db.db_id not in by_id}
     pending_create: dict[int, CreateDatabaseRecord] = {}
     pending_ops: dict[int, list[tuple[LogPosition, bytes]]] = {}
     scanner = LogScanner(fs, inventory, owner=instance.owner, signature=stream_signature)
-    for entry in scanner.records(start):
-        payload = entry.payload
-        if record_type(payload) == RECORD_COMMIT:
-            database_id, _count = decode_commit_header(payload, entry.start)
-            db = by_id.get(database_id)
-            if db is None:
-                if database_id in pending_create:
-                    pending_ops[database_id].append((entry.end, payload))
-                    outcome.replayed += 1
-                    continue
-                raise AttachedDatabaseMismatch(
-                    f"the log at {entry.start} holds changes for database id "
-                    f"{database_id}, but no database file in '{instance.directory}' "
-                    f"has that id",
-                    hint="put the missing database file back, or restore from backup",
-                )
-            if entry.start >= db.file.header.checkpoint_position:
-                db.apply_replayed(payload, entry.end)
-                outcome.replayed += 1
-                outcome.needed = True
-            else:
-                outcome.skipped += 1
-            continue
-        record = decode_record(payload, entry.start)
-        if isinstance(record, CreateDatabaseRecord):
-            existing = by_id.get(record.database_id)
-            if existing is not None:
-                if existing.file.header.db_signature.random != record.signature_random:
-                    raise AttachedDatabaseMismatch(
-                        f"database file {existing.file.path!r} has id {record.database_id} "
-                        "but is not the database the log created with that id",
-                        hint="move the foreign database file away, or restore from backup",
-                        path=existing.file.path,
-                    )
-                continue
-            if record.name in files:
-                raise AttachedDatabaseMismatch(
-                    f"database file for {record.name!r} exists with another id than the log "
-                    f"created it with ({record.database_id})",
-                    path=os.path.join(instance.directory, database_file_name(record.name)),
-                )
-            pending_create[record.database_id] = record
-            pending_ops[record.database_id] = []
-            outcome.needed = True
+    last_good: LogPosition | None = None
+    try:
+        for entry in scanner.records(start):
+            _replay_entry(
+                instance, entry, by_id, foreign_ids, pending_create, pending_ops, files, outcome
+            )
+            last_good = entry.end
+    except (
+        MissingLogFile,
+        LogFileCorrupt,
+        InvalidLogSequence,
+        LogSequenceChecksumMismatch,
+        BadLogSignature,
+    ) as exc:
+        if not accept_data_loss:
+            raise
+        losses.append(("*", f"replay stopped at {last_good or start}: {exc.detail or exc}"))
     for db in databases.values():
         db.finish_replay()
     result = scanner.result
@@ -294,6 +325,9 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
     for name, header in dirty.items():
         if header.generation_max_required > tail_generation:
             missing = list(range(tail_generation + 1, header.generation_max_required + 1))
+            if accept_data_loss:
+                losses.append((name, _missing_message(name, header, missing, inventory)))
+                continue
             raise RequiredLogFilesMissing(
                 _missing_message(name, header, missing, inventory),
                 hint=_OPTIONS_HINT,
@@ -309,4 +343,133 @@ def recover(instance: Instance, files: dict[str, DatabaseFile]) -> RecoveryOutco
             db.apply_replayed(payload, end)
         db.finish_replay()
         outcome.created.append(create.name)
+    if losses:
+        _settle_data_loss(instance, outcome, losses, last_good, dirty)
     return outcome
+
+
+def _settle_data_loss(
+    instance: Instance,
+    outcome: RecoveryOutcome,
+    losses: list[tuple[str, str]],
+    stopped_at: LogPosition | None,
+    dirty: dict[str, DatabaseHeader],
+) -> None:
+    """Make the recovered state stand on its own, then set the unusable logs aside.
+
+    Order matters for a crash in the middle: first every database is written (pages, then
+    both header copies: clean, no log stream, marked repaired), so it needs no log at all;
+    only then are the old logs moved into `lost-logs-<time>/` and a new log stream starts.
+    """
+    databases = instance.attached_databases()
+    now = now_us()
+    for db in databases:
+        root, position, _epoch = db.published
+        plan = db.file.plan_checkpoint(root, position)
+        db.file.write_checkpoint_pages(plan)
+        header = db.file.header
+        db.file.header_for_plan(
+            plan,
+            state=DatabaseState.CLEAN,
+            log_signature=Signature.NONE,
+            generation_min_required=0,
+            generation_max_required=0,
+            repair_count=header.repair_count + (1 if db.name in dirty else 0),
+            last_repair_time=now if db.name in dirty else header.last_repair_time,
+        )
+        db.file.write_header(checkpoint_position=LogPosition.MIN)
+        db.file.finish_checkpoint(plan, None)
+        db.rebase_position(LogPosition.MIN)
+    moved = _move_logs_aside(instance)
+    affected = sorted({name for name, _ in losses if name != "*"} | set(dirty))
+    outcome.data_loss = DataLoss(
+        reason="; ".join(reason for _, reason in losses),
+        stopped_at=stopped_at,
+        databases=affected,
+        moved_logs_to=moved,
+    )
+    outcome.signature = None
+    outcome.tail = None
+    outcome.checkpoint = None
+    outcome.needed = True
+
+
+def _move_logs_aside(instance: Instance) -> str | None:
+    fs = instance.fs
+    names = [
+        name
+        for name in fs.listdir(instance.directory)
+        if name in (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE)
+        or parse_generation_log_name(name) is not None
+    ]
+    if not names:
+        return None
+    stamp = format_time_us(now_us()).replace(":", "").replace("-", "")
+    target = os.path.join(instance.directory, f"lost-logs-{stamp}")
+    fs.makedirs(target)
+    for name in names:
+        fs.rename(os.path.join(instance.directory, name), os.path.join(target, name))
+    fs.fsync_directory(target, owner=instance.owner)
+    fs.fsync_directory(instance.directory, owner=instance.owner)
+    return target
+
+
+def _replay_entry(
+    instance: Instance,
+    entry: LogRecordEntry,
+    by_id: dict[int, Database],
+    foreign_ids: set[int],
+    pending_create: dict[int, CreateDatabaseRecord],
+    pending_ops: dict[int, list[tuple[LogPosition, bytes]]],
+    files: dict[str, DatabaseFile],
+    outcome: RecoveryOutcome,
+) -> None:
+    """Apply one record found in the log (or remember it for a database still to create)."""
+    payload = entry.payload
+    if record_type(payload) == RECORD_COMMIT:
+        database_id, _count = decode_commit_header(payload, entry.start)
+        db = by_id.get(database_id)
+        if db is None:
+            if database_id in foreign_ids and database_id not in pending_create:
+                outcome.skipped += 1
+                return
+            if database_id in pending_create:
+                pending_ops[database_id].append((entry.end, payload))
+                outcome.replayed += 1
+                return
+            raise AttachedDatabaseMismatch(
+                f"the log at {entry.start} holds changes for database id "
+                f"{database_id}, but no database file in '{instance.directory}' "
+                f"has that id",
+                hint="put the missing database file back, or restore from backup",
+            )
+        if entry.start >= db.file.header.checkpoint_position:
+            db.apply_replayed(payload, entry.end)
+            outcome.replayed += 1
+            outcome.needed = True
+        else:
+            outcome.skipped += 1
+        return
+    record = decode_record(payload, entry.start)
+    if isinstance(record, CreateDatabaseRecord):
+        existing = by_id.get(record.database_id)
+        if existing is not None:
+            if existing.file.header.db_signature.random != record.signature_random:
+                raise AttachedDatabaseMismatch(
+                    f"database file {existing.file.path!r} has id {record.database_id} "
+                    "but is not the database the log created with that id",
+                    hint="move the foreign database file away, or restore from backup",
+                    path=existing.file.path,
+                )
+            return
+        if record.name in files:
+            if files[record.name].header.db_id in foreign_ids:
+                return  # created in this stream, since set apart from it (see by_id)
+            raise AttachedDatabaseMismatch(
+                f"database file for {record.name!r} exists with another id than the log "
+                f"created it with ({record.database_id})",
+                path=os.path.join(instance.directory, database_file_name(record.name)),
+            )
+        pending_create[record.database_id] = record
+        pending_ops[record.database_id] = []
+        outcome.needed = True
