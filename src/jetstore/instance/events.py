@@ -43,6 +43,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     140: ("log_generation_started", "info"),
     141: ("logs_deleted", "info"),
     142: ("log_delete_failed", "warning"),
+    143: ("log_disk_full", "error"),
 }
 _BY_NAME: Final = {name: (event_id, level) for event_id, (name, level) in EVENTS.items()}
 

@@ -38,6 +38,7 @@ from jetstore.errors import (
     InstanceUnavailable,
     InvalidParameter,
     JetError,
+    LogDiskFull,
 )
 from jetstore.format.checkpoint import AttachedDatabase, CheckpointState, encode_checkpoint_copy
 from jetstore.format.common import PAGE_SIZES, Signature, now_us
@@ -233,6 +234,7 @@ class Instance:
             self._log.start(outcome.tail)
             self._first_generation = self._log.current_generation
             self._log.on_roll = self._on_roll
+            self._log.on_disk_full = self._on_disk_full
             # The first checkpoint marks every database attached (dirty) and, after a
             # recovery, writes the replayed changes: from here on, the logs before it are
             # not needed any more.
@@ -355,8 +357,16 @@ class Instance:
                 f"instance '{self.directory}' is shutting down; no more updates are accepted"
             )
         if self.state is InstanceState.OPEN:
-            log_failure = self._log.failed if self._log is not None else None
+            log = self._log
+            log_failure = log.failed if log is not None else None
             if log_failure is None:
+                if log is not None and log.disk_full:
+                    raise LogDiskFull(
+                        f"the log volume of '{self.directory}' is full: the instance runs on its "
+                        "reserve log; reads go on, updates are refused",
+                        hint="free space on the log volume, then close and reopen the instance; "
+                        "no acknowledged commit is lost",
+                    )
                 self._check_depth()
                 return
             self._fail(log_failure)
@@ -461,6 +471,14 @@ class Instance:
         except JetError as exc:
             self._fail(exc)
             raise
+
+    def _on_disk_full(self, reserve: int) -> None:
+        self.events.emit(
+            "log_disk_full",
+            f"the log volume is full: reserve log {reserve} is in use; updates are refused "
+            "until space is freed and the instance reopened (reads go on)",
+            reserve=reserve,
+        )
 
     def _on_roll(self, generation: int) -> None:
         """Called by the log writer after a roll, before any record reaches the new generation.
@@ -749,6 +767,8 @@ class Instance:
             "log_records": log.records_appended if log is not None else 0,
             "log_flushes": log.flushes if log is not None else 0,
             "log_rolls": log.rolls if log is not None else 0,
+            "log_disk_full": log.disk_full if log is not None else False,
+            "reserve_logs_used": log.reserve_logs_used if log is not None else 0,
             "commits": self.commits,
             "checkpoints": self.checkpoints,
             "checkpoint_durable": str(durable) if durable is not None else None,

@@ -135,6 +135,9 @@ class LogWriter:
         self._prepared_error: JetError | None = None
         self._preparer: ManagedThread | None = None
         self.on_roll: RollCallback | None = None
+        self.on_disk_full: Callable[[int], None] | None = None
+        self.disk_full = False
+        self.reserve_logs_used = 0
         # Counters.
         self.bytes_appended = 0
         self.records_appended = 0
@@ -517,21 +520,41 @@ class LogWriter:
         """Create `edbtmp.log` at full size, every byte written once, synced.
 
         Overwriting an already-written file later costs about half the sync time of an
-        append that grows the file, which is what every commit pays.
+        append that grows the file, which is what every commit pays. When the volume is full,
+        a reserve log (preallocated at open) takes its place: the log can still roll, what
+        was committed still reaches the disk and the instance can shut down cleanly, while
+        new updates are refused (`disk_full`).
         """
         path = os.path.join(self._config.directory, TEMP_LOG)
-        file = self._fs.open(path, owner=self._owner, create=True)
         try:
-            file.truncate(0)
-            offset = 0
-            while offset < self._file_size:
-                chunk = min(len(_ZERO_CHUNK), self._file_size - offset)
-                file.pwrite(
-                    _ZERO_CHUNK[:chunk] if chunk < len(_ZERO_CHUNK) else _ZERO_CHUNK, offset
-                )
-                offset += chunk
-            file.fdatasync()
+            file = self._fs.open(path, owner=self._owner, create=True)
+        except DiskFull:
+            return self._take_reserve(path)
+        try:
+            self._zero_fill(file)
+        except DiskFull:
+            file.close()
+            return self._take_reserve(path)
         except BaseException:
             file.close()
             raise
         return file
+
+    def _take_reserve(self, tmp_path: str) -> File:
+        for index in range(1, RESERVE_LOG_COUNT + 1):
+            path = os.path.join(self._config.directory, reserve_log_name(index))
+            if not self._fs.exists(path) or self._fs.size(path) != self._file_size:
+                continue
+            self._fs.rename(path, tmp_path)  # replaces the partial edbtmp.log, freeing it
+            self._fs.fsync_directory(self._config.directory, owner=self._owner)
+            self.reserve_logs_used += 1
+            self.disk_full = True
+            callback = self.on_disk_full
+            if callback is not None:
+                callback(index)
+            return self._fs.open(tmp_path, owner=self._owner)
+        raise LogDiskFull(
+            f"the log volume of '{self._config.directory}' is full and both reserve logs are used",
+            hint="free space on the log volume, then reopen the instance; no acknowledged "
+            "commit is lost",
+        )
