@@ -309,7 +309,11 @@ class LogScanner:
             if is_newest:
                 if end_of_frames < min(len(data), header.log_file_size):
                     later = find_next_valid_frame(data, end_of_frames, generation)
-                    if later is not None and later.durable_before > end_of_frames:
+                    proof = later
+                    while proof is not None and proof.durable_before <= end_of_frames:
+                        # Any later frame may prove the bytes were synced, not only the first.
+                        proof = find_next_valid_frame(data, proof.offset, generation)
+                    if proof is not None:
                         raise LogFileCorrupt(
                             f"damaged log data at {LogPosition(generation, end_of_frames)} in "
                             f"'{entry.path}': later frames show it had been written safely",
