@@ -246,3 +246,31 @@ def test_event_log_records_the_lifecycle(tmp_path: Path) -> None:
     ):
         assert expected in names
     assert names.index("instance_started") < names.index("instance_stopped")
+
+
+def test_error_events_carry_the_code_in_three_forms(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from jetstore.io import FileSystem, IOEvent
+
+    locked = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if locked["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "held")
+
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL) as instance:
+        fill(instance.database("main", create=True), 10)
+        locked["on"] = True
+        instance.checkpoint()
+        locked["on"] = False
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["name"] == "checkpoint_file_write_failed"]
+    assert failed and failed[0]["fields"]["code_forms"] == [-1032, 4294966264, "0xfffffbf8"]
+    assert all(e["instance"] == str(tmp_path) for e in events)
+    records = [
+        r for r in caplog.records if getattr(r, "event_name", "") == "checkpoint_file_write_failed"
+    ]
+    assert records and records[0].event_id == 121  # type: ignore[attr-defined]

@@ -2,7 +2,9 @@
 
 Events are JSON lines in `events.jsonl` in the instance directory, one object per line:
 `{"time": "...Z", "time_us": int, "id": int, "level": "info|warning|error", "name": "...",
-"message": "...", "fields": {...}}`. Event ids are stable (table `EVENTS` below); a monitoring
+"instance": "<directory>", "message": "...", "fields": {...}}`; an event about an error carries
+its code in the three forms an admin meets (`fields.code_forms`). Python `logging` records go
+to the `jetstore.events` logger with `event_id`, `event_name` and `instance` attributes. Event ids are stable (table `EVENTS` below); a monitoring
 script may match on them. The most recent events are also kept in memory for `counters` and
 the control socket. Writing an event never raises: the event log is diagnostics, and a full
 disk must not turn a warning into a failure.
@@ -52,6 +54,7 @@ class EventLog:
     def __init__(self, fs: FileSystem, directory: str, *, owner: str, keep: int = 200) -> None:
         self._fs = fs
         self._path = os.path.join(directory, EVENT_LOG)
+        self._directory = directory
         self._owner = owner
         self._lock = threading.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=keep)
@@ -70,14 +73,21 @@ class EventLog:
     def emit(self, name: str, message: str, **fields: Any) -> dict[str, Any]:
         event_id, level = _BY_NAME[name]
         time_us = now_us()
+        clean = {k: _jsonable(v) for k, v in fields.items()}
+        code = clean.get("code")
+        if isinstance(code, int) and code < 0:
+            # An admin may meet the number in any of its three forms (-1811, 4294965485,
+            # 0xfffff8ed): the event carries all of them.
+            clean["code_forms"] = [code, code & 0xFFFFFFFF, f"0x{code & 0xFFFFFFFF:08x}"]
         event = {
             "time": format_time_us(time_us),
             "time_us": time_us,
             "id": event_id,
             "level": level,
             "name": name,
+            "instance": self._directory,
             "message": message,
-            "fields": {k: _jsonable(v) for k, v in fields.items()},
+            "fields": clean,
         }
         line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
@@ -88,7 +98,12 @@ class EventLog:
                     self._offset += len(line)
                 except JetError as exc:
                     _logger.warning("cannot write the event log %s: %s", self._path, exc)
-        getattr(_logger, "error" if level == "error" else level)("%s: %s", name, message)
+        getattr(_logger, "error" if level == "error" else level)(
+            "%s: %s",
+            name,
+            message,
+            extra={"event_id": event_id, "event_name": name, "instance": self._directory},
+        )
         return event
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:

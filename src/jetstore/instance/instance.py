@@ -388,6 +388,7 @@ class Instance:
                     "instance_failed",
                     f"instance stopped accepting updates: {error}",
                     error=error.name,
+                    code=error.code,
                 )
 
     # ----------------------------------------------------------------- databases
