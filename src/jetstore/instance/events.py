@@ -4,10 +4,12 @@ Events are JSON lines in `events.jsonl` in the instance directory, one object pe
 `{"time": "...Z", "time_us": int, "id": int, "level": "info|warning|error", "name": "...",
 "instance": "<directory>", "message": "...", "fields": {...}}`; an event about an error carries
 its code in the three forms an admin meets (`fields.code_forms`). Python `logging` records go
-to the `jetstore.events` logger with `event_id`, `event_name` and `instance` attributes. Event ids are stable (table `EVENTS` below); a monitoring
-script may match on them. The most recent events are also kept in memory for `counters` and
-the control socket. Writing an event never raises: the event log is diagnostics, and a full
-disk must not turn a warning into a failure.
+to the `jetstore.events` logger with `event_id`, `event_name` and `instance` attributes.
+
+Event ids are stable (table `EVENTS` below, `docs/events.md`); a monitoring script may match on
+them. The most recent events are also kept in memory for `counters` and the control socket.
+Writing an event never raises: the event log is diagnostics, and a full disk must not turn a
+warning into a failure.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     130: ("database_created", "info"),
     131: ("database_attached", "info"),
     132: ("database_header_repaired", "warning"),
+    133: ("database_detached", "info"),
     140: ("log_generation_started", "info"),
     141: ("logs_deleted", "info"),
     142: ("log_delete_failed", "warning"),

@@ -34,6 +34,9 @@ from typing import Any
 
 from jetstore.errors import (
     CheckpointDepthTooDeep,
+    DatabaseDirtyShutdown,
+    DatabaseDuplicate,
+    DatabaseInUse,
     DatabaseNotFound,
     InstanceUnavailable,
     InvalidParameter,
@@ -48,6 +51,7 @@ from jetstore.format.filenames import (
     database_file_name,
     generation_log_name,
     is_valid_database_name,
+    parse_database_file_name,
     parse_generation_log_name,
 )
 from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_database
@@ -454,6 +458,111 @@ class Instance:
 
     def databases(self) -> list[str]:
         return sorted(self._databases)
+
+    def detach(self, name: str) -> str:
+        """Detach database `name`: it is checkpointed, marked clean and bound to no log stream,
+        so it needs no log of this instance any more and may be attached to another instance
+        (`Instance.attach`). Returns the path of its file (it stays where it is).
+        """
+        self.check_writable()
+        db = self.database(name)
+        if db.active_transactions():
+            raise DatabaseInUse(
+                f"database {name!r} has {db.active_transactions()} open transaction(s)",
+                hint="commit or roll back every transaction of the database, then detach it",
+            )
+        self.checkpoint()  # everything committed reaches its page file
+        with self.commit_lock:
+            if db.active_transactions():
+                raise DatabaseInUse(f"database {name!r} got a new transaction while detaching")
+            try:
+                db.file.write_header(
+                    state=DatabaseState.CLEAN,
+                    log_signature=Signature.NONE,
+                    checkpoint_position=LogPosition.MIN,
+                    generation_min_required=0,
+                    generation_max_required=0,
+                    last_consistent_position=db.position,
+                    last_consistent_time=now_us(),
+                )
+            except JetError as exc:
+                self._fail(exc)
+                raise
+            del self._databases[name]
+            path = db.file.path
+            db.close_transactions()
+            db.file.close()
+        self.checkpoint()  # the checkpoint file no longer lists it
+        self.events.emit("database_detached", f"database {name!r} detached", database=name)
+        return path
+
+    def attach(self, path: str | os.PathLike[str]) -> Database:
+        """Attach a cleanly shut down database file: it is moved into the instance directory
+        (same file system), gets an id in this instance and joins its log stream.
+
+        A database that was not shut down cleanly is refused (`DatabaseDirtyShutdown`): its
+        changes are in the logs of the instance it came from; recover it there first.
+        """
+        self.check_writable()
+        source = os.path.abspath(os.fspath(path))
+        file_name = os.path.basename(source)
+        name = parse_database_file_name(file_name)
+        if name is None:
+            raise InvalidParameter(
+                f"'{source}' is not a database file name (NAME.edb)", path=source
+            )
+        if name in self._databases:
+            raise DatabaseDuplicate(
+                f"instance '{self.directory}' already has a database {name!r}", path=source
+            )
+        target = os.path.join(self.directory, database_file_name(name))
+        probe = DatabaseFile.open(
+            self.fs, source, owner=self.owner, cache_pages=self.cache_pages, writable=False
+        )
+        try:
+            header = probe.header
+        finally:
+            probe.close()
+        if header.state is not DatabaseState.CLEAN:
+            raise DatabaseDirtyShutdown(
+                f"database '{source}' is in state {header.state.name.lower()}, not clean",
+                hint="recover it with the log files of the instance it belongs to "
+                "(`jetstore recover DIR`), then attach it",
+                path=source,
+            )
+        if source != target:
+            if self.fs.exists(target):
+                raise DatabaseDuplicate(f"'{target}' already exists", path=target)
+            self.fs.rename(source, target)
+            self.fs.fsync_directory(self.directory, owner=self.owner)
+            self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
+        file = DatabaseFile.open(self.fs, target, owner=self.owner, cache_pages=self.cache_pages)
+        try:
+            with self.commit_lock:
+                self.check_writable()
+                db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
+                end = self.log.end_position
+                file.write_header(
+                    state=DatabaseState.DIRTY,
+                    db_id=db_id,
+                    log_signature=self.log.signature,
+                    checkpoint_position=end,
+                    generation_min_required=end.generation,
+                    generation_max_required=self.log.current_generation,
+                    last_attach_position=end,
+                    last_attach_time=now_us(),
+                    name=name,
+                )
+                db = Database(self, name, db_id, file, end)
+                self._databases[name] = db
+        except BaseException:
+            file.close()
+            raise
+        self.checkpoint()  # the checkpoint file lists it
+        self.events.emit(
+            "database_attached", f"database {name!r} attached from '{source}'", database=name
+        )
+        return db
 
     def attached_databases(self) -> list[Database]:
         return [self._databases[name] for name in sorted(self._databases)]
