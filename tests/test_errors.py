@@ -147,10 +147,10 @@ def test_known_numbers_match_ese(cls: type[JetError], code: int) -> None:
 
 
 def test_hints_name_the_operator_commands() -> None:
-    assert "jetstore diagnose" in FileNotFound.hint
+    assert "jetstore logs verify" in FileNotFound.hint
     assert "backup" in FileNotFound.hint
     for cls in (MissingLogFile, RequiredLogFilesMissing):
-        assert "jetstore diagnose" in cls.hint
+        assert "jetstore logs verify" in cls.hint
         assert "backup" in cls.hint
         assert "jetstore recover --accept-data-loss" in cls.hint
     assert "jetstore recover DIR" in DatabaseDirtyShutdown.hint

@@ -366,7 +366,7 @@ class StateError(ProgrammingError):
 
 # --- hint fragments shared by several errors ---------------------------------------------
 
-_DIAGNOSE = "Run `jetstore diagnose DIR` to see which files are present and what they contain"
+_DIAGNOSE = "Run `jetstore logs verify DIR` to see which files are present and what they contain"
 _DIAGNOSE_LC = "r" + _DIAGNOSE[1:]
 _RESTORE = "restore the database from a backup"
 _LOSSY = (
@@ -385,7 +385,7 @@ _CORRUPT = (
 class InternalError(JetError):
     description = "The engine reached a state it considers impossible (a bug)"
     hint = (
-        "Report it with the full message and `jetstore diagnose DIR` output; reopening the "
+        "Report it with the full message and `jetstore logs verify DIR` output; reopening the "
         "instance runs recovery and normally restores service."
     )
     code = -107
@@ -407,8 +407,8 @@ class InstanceNameInUse(OperationalError):
     category = "conflict"
     description = "Another open instance already uses this name or directory"
     hint = (
-        "Close the other instance or process using this directory, or choose a different name; "
-        "`jetstore diagnose DIR` shows who holds the instance lock."
+        "Close the other instance or process using this directory (the message names its "
+        "process id), or choose a different directory."
     )
     code = -1086
 
@@ -579,7 +579,7 @@ class CheckpointCorrupt(CorruptionError):
 class RedoAbruptEnded(CorruptionError):
     description = "Replay stopped early because a log file could not be read to its end"
     hint = (
-        "Run `jetstore diagnose DIR` to find the damaged log generation. Put an intact copy "
+        "Run `jetstore logs verify DIR` to find the damaged log generation. Put an intact copy "
         f"back or "
         f"{_RESTORE}; {_LOSSY}."
     )
@@ -845,7 +845,7 @@ class FileAccessDenied(IOFailure):
     description = "The file cannot be opened: permission denied, read-only, or locked"
     hint = (
         "Check the file's permissions and that its volume is writable, and make sure no other "
-        "process has the instance open (`jetstore diagnose DIR` shows the lock holder)."
+        "process has the instance open (the message names the lock holder's process id)."
     )
     code = -1032
 
@@ -920,7 +920,7 @@ class DatabaseDuplicate(IntegrityError):
 class DatabaseInUse(OperationalError):
     category = "conflict"
     description = "The database is in use by another session or instance"
-    hint = "Close the other user of the database first; `jetstore diagnose DIR` shows who."
+    hint = "Close the other user of the database first (commit or roll back its transactions)."
     code = -1202
 
 
@@ -1066,7 +1066,8 @@ class FileInvalidType(InconsistentError):
 class LogCorrupted(CorruptionError):
     description = "The log files cannot be interpreted"
     hint = (
-        f"Run `jetstore diagnose DIR` to find the damaged log generation; {_RESTORE}, or {_LOSSY}."
+        "Run `jetstore logs verify DIR` to find the damaged log generation; "
+        f"{_RESTORE}, or {_LOSSY}."
     )
     code = -1852
 

@@ -48,12 +48,14 @@ from jetstore.format.common import PAGE_SIZES, Signature, now_us
 from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
+    CURRENT_LOG,
     database_file_name,
     generation_log_name,
     is_valid_database_name,
     parse_database_file_name,
     parse_generation_log_name,
 )
+from jetstore.format.logheader import decode_log_header
 from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_database
 from jetstore.format.positions import LogPosition
 from jetstore.instance.database import Database
@@ -983,6 +985,21 @@ def open_instance(
             f"unknown option(s) {', '.join(unknown)}",
             hint=f"valid options: {', '.join(sorted(fields))}",
         )
-    instance = Instance(os.fspath(path), InstanceOptions(**options), filesystem)
+    directory = os.fspath(path)
+    if "log_file_size" not in options:
+        existing = _existing_log_file_size(directory)
+        if existing is not None:
+            # An existing stream keeps its log file size unless the caller asks otherwise.
+            options["log_file_size"] = existing
+    instance = Instance(directory, InstanceOptions(**options), filesystem)
     instance._open()
     return instance
+
+
+def _existing_log_file_size(directory: str) -> int | None:
+    path = os.path.join(directory, CURRENT_LOG)
+    try:
+        data = FileSystem().read_file(path, owner="open-peek", limit=4096)
+        return decode_log_header(data, path=path).log_file_size
+    except JetError:
+        return None

@@ -156,9 +156,9 @@ def _missing_message(
 
 
 _OPTIONS_HINT = (
-    "restore the missing log files, or restore from backup; `jetstore diagnose DIR` shows "
-    "the options, including `jetstore recover DIR --accept-data-loss` to stop at the last "
-    "point the present logs allow"
+    "restore the missing log files, or restore from backup; or, accepting the loss of what "
+    "they held, `jetstore recover DIR --accept-data-loss` brings every database to the last "
+    "point the present logs allow (`jetstore logs verify DIR` shows what is present)"
 )
 
 
@@ -173,6 +173,29 @@ def recover(
     itself), the old logs are moved aside and a new log stream begins; `outcome.data_loss`
     says what was lost.
     """
+    # A database whose creation was cut short (its header still says "just created", no log
+    # stream yet) is re-created from its CREATE_DATABASE record, which is always durable
+    # before the file is made and always after the durable checkpoint.
+    creating = {
+        name: file
+        for name, file in files.items()
+        if file.header.state is DatabaseState.JUST_CREATED
+    }
+    for name in creating:
+        del files[name]
+    try:
+        return _recover(instance, files, creating, accept_data_loss)
+    finally:
+        for file in creating.values():
+            file.close()
+
+
+def _recover(
+    instance: Instance,
+    files: dict[str, DatabaseFile],
+    creating: dict[str, DatabaseFile],
+    accept_data_loss: bool,
+) -> RecoveryOutcome:
     outcome = RecoveryOutcome()
     losses: list[tuple[str, str]] = []
     notes = outcome.notes
@@ -322,7 +345,10 @@ def recover(
     outcome.torn_tail = result.torn_position
     notes.extend(result.notes)
     tail_generation = result.tail.generation if result.tail is not None else 0
+    scan_stopped = any(name == "*" for name, _ in losses)
     for name, header in dirty.items():
+        if scan_stopped:
+            break  # the scan error already says where the usable log ends
         if header.generation_max_required > tail_generation:
             missing = list(range(tail_generation + 1, header.generation_max_required + 1))
             if accept_data_loss:
@@ -337,7 +363,20 @@ def recover(
         for file in files.values():
             if file.header.log_signature.is_none and _is_dirty(file.header):
                 raise FileNotFound(f"database '{file.path}' has no log stream")
+    unmatched = set(creating) - {create.name for create in pending_create.values()}
+    if unmatched:
+        name = sorted(unmatched)[0]
+        raise AttachedDatabaseMismatch(
+            f"database file {creating[name].path!r} was being created, but the log holds no "
+            "record of its creation",
+            hint="move the file away (it holds no data), then open the instance",
+            path=creating[name].path,
+        )
     for db_id, create in pending_create.items():
+        partial = creating.pop(create.name, None)
+        if partial is not None:
+            partial.close()
+            instance.fs.unlink(partial.path)
         db = instance.create_database_file(create)
         for end, payload in pending_ops[db_id]:
             db.apply_replayed(payload, end)
@@ -382,8 +421,9 @@ def _settle_data_loss(
         db.rebase_position(LogPosition.MIN)
     moved = _move_logs_aside(instance)
     affected = sorted({name for name, _ in losses if name != "*"} | set(dirty))
+    reasons = list(dict.fromkeys(reason for _, reason in losses))  # each once, in order
     outcome.data_loss = DataLoss(
-        reason="; ".join(reason for _, reason in losses),
+        reason="; ".join(reasons),
         stopped_at=stopped_at,
         databases=affected,
         moved_logs_to=moved,

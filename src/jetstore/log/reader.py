@@ -33,7 +33,6 @@ from jetstore.errors import (
 from jetstore.format.common import Signature
 from jetstore.format.filenames import (
     CURRENT_LOG,
-    TEMP_LOG,
     generation_log_name,
     parse_generation_log_name,
 )
@@ -124,8 +123,6 @@ def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventor
             if not entry.is_current:
                 continue
         inventory.files[entry.generation] = entry
-    if TEMP_LOG in names:
-        inventory.problems.append(f"{TEMP_LOG} is a prepared next log file (not part of the log)")
     return inventory
 
 
@@ -206,7 +203,7 @@ class LogScanner:
             raise MissingLogFile(
                 f"log generation {first} ({generation_log_name(first)}) is needed from "
                 f"position {start} but the newest generation present is {highest}",
-                hint="restore from backup, or run `jetstore diagnose DIR` to see the options",
+                hint="restore from backup; `jetstore logs verify DIR` shows which logs are present",
             )
         self.result.first_generation = first
         prev_header: LogFileHeader | None = None
@@ -223,7 +220,7 @@ class LogScanner:
                     f"log generation {generation} ({name}) is missing; "
                     f"{inventory.describe_present()}",
                     hint="restore the missing file or restore from backup; "
-                    "`jetstore diagnose DIR` explains the options",
+                    "`jetstore logs verify DIR` shows what is present",
                     path=os.path.join(inventory.directory, name),
                 )
             header = entry.header

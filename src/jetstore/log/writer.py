@@ -458,6 +458,9 @@ class LogWriter:
                 self._fs.rename(
                     current_path, os.path.join(directory, generation_log_name(self._file_gen))
                 )
+                # Directory changes may reach the disk in any order: without this sync, the
+                # next rename could persist alone and replace generation N's only name.
+                self._fs.fsync_directory(directory, owner=self._owner)
             self._fs.rename(os.path.join(directory, TEMP_LOG), current_path)
             self._fs.fsync_directory(directory, owner=self._owner)
         except BaseException:
