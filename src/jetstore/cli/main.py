@@ -19,8 +19,12 @@ import click
 from rich.text import Text
 
 from jetstore._version import __version__
+from jetstore.cli.counters import counters_command
 from jetstore.cli.demo import demo_command
+from jetstore.cli.dump import dump_group
 from jetstore.cli.errors_cmd import error_command
+from jetstore.cli.events_cmd import events_command
+from jetstore.cli.logs_cmd import logs_group
 from jetstore.cli.output import (
     EXIT_CODES_HELP,
     ExitCode,
@@ -30,6 +34,7 @@ from jetstore.cli.output import (
     report_usage,
     stderr_console,
 )
+from jetstore.cli.recover import recover_command
 from jetstore.errors import JetError
 
 __all__ = ["cli", "main", "run"]
@@ -53,13 +58,26 @@ def cli() -> None:
 
 cli.add_command(demo_command)
 cli.add_command(error_command)
+cli.add_command(dump_group)
+cli.add_command(logs_group)
+cli.add_command(recover_command)
+cli.add_command(events_command)
+cli.add_command(counters_command)
 
 
 def _command_name(args: Sequence[str]) -> str:
-    """The sub-command named on the command line, for the JSON envelope of early failures."""
-    for arg in args:
-        if arg in cli.commands:
-            return arg
+    """The sub-command named on the command line, for the JSON envelope of early failures
+    (``"dump header"`` for a command of a group, ``"dump"`` when the group's command is
+    missing or unknown)."""
+    for index, arg in enumerate(args):
+        command = cli.commands.get(arg)
+        if command is None:
+            continue
+        if isinstance(command, click.Group):
+            for sub in args[index + 1 :]:
+                if sub in command.commands:
+                    return f"{arg} {sub}"
+        return arg
     return _PROG
 
 

@@ -123,23 +123,29 @@ def emit_json(document: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def error_document(error: JetError) -> dict[str, Any]:
+def error_document(error: JetError, *, exit_code: ExitCode | None = None) -> dict[str, Any]:
     """`JetError.as_dict()` plus the number in every printed form and the exit code."""
     document = error.as_dict()
     unsigned = error.code % (1 << 32)
     document.update(
         unsigned=unsigned,
         hex=f"0x{unsigned:08x}",
-        exit_code=int(exit_code_for(error)),
+        exit_code=int(exit_code_for(error) if exit_code is None else exit_code),
     )
     return document
 
 
-def report_error(error: JetError, *, command: str, as_json: bool) -> ExitCode:
-    """Show `error` the way the CLI promises (JSON on stdout, or text on stderr)."""
-    code = exit_code_for(error)
+def report_error(
+    error: JetError, *, command: str, as_json: bool, exit_code: ExitCode | None = None
+) -> ExitCode:
+    """Show `error` the way the CLI promises (JSON on stdout, or text on stderr).
+
+    `exit_code` overrides the code chosen by the error's category, for the few situations a
+    command classifies itself (an instance in use by another process is "wrong state", 3).
+    """
+    code = exit_code_for(error) if exit_code is None else exit_code
     if as_json:
-        emit_json(envelope(command, ok=False, error=error_document(error)))
+        emit_json(envelope(command, ok=False, error=error_document(error, exit_code=code)))
         return code
     console = stderr_console()
     number = f"{error.code}, 0x{error.code % (1 << 32):08x}" if error.code else "no number"

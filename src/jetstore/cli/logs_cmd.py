@@ -1,0 +1,203 @@
+"""`jetstore logs verify|removable`: is the log intact, and which log files may go.
+
+This module owns the two `logs` commands:
+
+* `logs verify DIR`: `jetstore.log.verify.verify_logs`, read-only (esentutl /ml). Exit 0 when
+  no problem has severity "error" (a torn tail of the newest log is normal after a crash and
+  is shown as a note), 1 otherwise. `result` is `LogVerification.as_dict()` unchanged.
+* `logs removable DIR`: opens the instance (only when no other process holds it: exit 3
+  otherwise), asks `Instance.removable_logs()`, closes it, and lists with file names what
+  crash recovery no longer needs and what is also covered by a backup. Nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from jetstore.cli.dump import print_log_problems
+from jetstore.cli.output import command_errors, finish, json_option, stdout_console
+from jetstore.cli.support import (
+    OWNER,
+    ensure_instance_directory,
+    instance_options,
+    open_instance,
+    refuse_if_in_use,
+)
+from jetstore.format.filenames import generation_log_name
+from jetstore.io.files import FileSystem
+from jetstore.log.verify import verify_logs
+
+__all__ = ["logs_group"]
+
+
+@click.group("logs", short_help="Verify the log files; list those no longer needed.")
+def logs_group() -> None:
+    """Check the log files of an instance directory, and say which ones may be removed."""
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _print_verification(result: dict[str, Any]) -> None:
+    console = stdout_console()
+    table = Table(title=f"Log files in {result['directory']}", title_justify="left")
+    for name, justify in (
+        ("gen", "right"),
+        ("file", "left"),
+        ("status", "left"),
+        ("created", "left"),
+        ("records", "right"),
+        ("frames", "right"),
+        ("end", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in result["generations"]:
+        status = row["status"]
+        style = {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red")
+        table.add_row(
+            Text("—" if row["generation"] is None else str(row["generation"])),
+            Text(row["file_name"]),
+            Text(status, style),
+            Text(str(row["created"] or "—")),
+            Text(str(row["records"])),
+            Text(str(row["frames"])),
+            Text("—" if row["end_offset"] is None else str(row["end_offset"])),
+        )
+    console.print(table)
+    print_log_problems(console, result["problems"])
+    counts = result["counts"]
+    if result["missing_files"]:
+        console.print(Text(f"missing: {', '.join(result['missing_files'])}", "bold red"))
+    if result["ok"]:
+        torn = [p for p in result["problems"] if p["check"] == "torn-tail"]
+        note = (
+            " (the newest log ends in a torn write: normal after a crash; recovery ends the "
+            "log there)"
+            if torn
+            else ""
+        )
+        console.print(Text(f"ok: the logs can be used by recovery{note}", "bold green"))
+    else:
+        console.print(
+            Text(
+                f"{counts['error']} error(s), {counts['warning']} warning(s): recovery would "
+                "refuse these logs or lose acknowledged data",
+                "bold red",
+            )
+        )
+
+
+@logs_group.command("verify", short_help="Check every log file; report every problem.")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
+@json_option
+@command_errors("logs verify")
+def logs_verify_command(directory: str, as_json: bool) -> None:
+    """Check every log file of DIR, read-only (esentutl /ml): headers, the chain, every frame.
+
+    Exits 0 when recovery can use the logs (a torn tail of the newest log is normal after a
+    crash), 1 when a problem of severity "error" was found.
+    """
+    verification = verify_logs(FileSystem(), directory, owner=OWNER)
+    result = verification.as_dict()
+    if not as_json:
+        _print_verification(result)
+    finish("logs verify", as_json=as_json, ok=verification.ok, result=result)
+
+
+# --------------------------------------------------------------------------- removable
+
+
+def _files(fs: FileSystem, directory: str, generations: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for generation in generations:
+        name = generation_log_name(generation)
+        path = os.path.join(directory, name)
+        size = fs.size(path) if fs.exists(path) else None
+        rows.append({"generation": generation, "file": name, "size": size})
+    return rows
+
+
+@logs_group.command("removable", short_help="List log files crash recovery no longer needs.")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
+@json_option
+@command_errors("logs removable")
+def logs_removable_command(directory: str, as_json: bool) -> None:
+    """List the log files of DIR that crash recovery no longer needs. Deletes nothing.
+
+    Opens the instance for the purpose (recovery runs if it was not shut down cleanly) and
+    closes it again; refuses (exit 3) when another process has it open.
+    """
+    fs = FileSystem()
+    path = ensure_instance_directory(fs, directory)
+    why = "the removable logs are computed by opening the instance"
+    refuse_if_in_use(fs, path, command="logs removable", as_json=as_json, why=why)
+    options = instance_options(fs, path)
+    instance = open_instance(path, command="logs removable", as_json=as_json, why=why, **options)
+    try:
+        answer = instance.removable_logs()
+        recovery = instance.recovery
+        replayed = recovery.replayed if recovery is not None and recovery.needed else None
+    finally:
+        instance.close()
+    not_needed = _files(fs, path, answer["not_needed_for_recovery"])
+    covered = _files(fs, path, answer["covered_by_backup"])
+    result: dict[str, Any] = {
+        "directory": path,
+        "opened_for_this": True,
+        "recovery_replayed": replayed,
+        "keep_from": answer["keep_from"],
+        "keep_from_file": generation_log_name(answer["keep_from"])
+        if answer["keep_from"] > 0
+        else None,
+        "reason": answer["reason"],
+        "present": answer["present"],
+        "not_needed_for_recovery": not_needed,
+        "not_needed_bytes": sum(f["size"] or 0 for f in not_needed),
+        "covered_by_backup": covered,
+    }
+    if not as_json:
+        _print_removable(result)
+    finish("logs removable", as_json=as_json, ok=True, result=result)
+
+
+def _print_removable(result: dict[str, Any]) -> None:
+    console = stdout_console()
+    console.print(Text(f"opened {result['directory']} for this command, then closed it"))
+    if result["recovery_replayed"] is not None:
+        console.print(
+            Text(f"recovery ran on open and replayed {result['recovery_replayed']} record(s)")
+        )
+    keep = result["keep_from_file"]
+    console.print(
+        Text(f"keep from generation {result['keep_from']} ({keep or 'all'}): {result['reason']}")
+    )
+    table = Table(title="Not needed for crash recovery", title_justify="left")
+    table.add_column("gen", justify="right")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    table.add_column("covered by a backup")
+    covered = {f["generation"] for f in result["covered_by_backup"]}
+    for row in result["not_needed_for_recovery"]:
+        table.add_row(
+            str(row["generation"]),
+            Text(row["file"]),
+            "—" if row["size"] is None else str(row["size"]),
+            "yes" if row["generation"] in covered else "no",
+        )
+    if result["not_needed_for_recovery"]:
+        console.print(table)
+        console.print(
+            Text(
+                "No backup covers them yet: removing them keeps crash recovery working but "
+                "loses the ability to roll a restored backup forward through them."
+                if not covered
+                else "Files covered by a backup can be removed without losing a restore point."
+            )
+        )
+    else:
+        console.print(Text("every log file present is still needed for crash recovery"))

@@ -1,0 +1,256 @@
+"""`jetstore recover DIR`: soft recovery in place, or on a copy (esentutl /r).
+
+This module owns the command. Recovery itself is the engine's: `jetstore.open(DIR)` replays
+the log from the checkpoint and `close()` leaves every database clean. The command adds:
+
+* the refusal to touch an instance another process has open (exit 3);
+* `--accept-data-loss`: passed to `jetstore.open`; missing or damaged logs then stop replay at
+  the last consistent point instead of failing, and `result.data_loss` says what was lost;
+* `--into COPY`: every file of DIR except `jetstore.lock` is copied into COPY (which must not
+  exist or be empty) and the copy is recovered; DIR is only read;
+* the report: records replayed, where replay started, notes, databases created by replay,
+  the torn tail, the data loss.
+
+A recovery error (MissingLogFile -528, RequiredLogFilesMissing -543, ...) is shown with the
+shared error display; its message names the generations needed, those present and the
+options, and the exit code follows its category (3 for missing or mismatched logs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Final
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from jetstore.cli.output import (
+    command_errors,
+    finish,
+    json_option,
+    stderr_console,
+    stdout_console,
+)
+from jetstore.cli.support import (
+    OWNER,
+    ensure_instance_directory,
+    instance_options,
+    open_instance,
+    position_dict,
+    progress,
+    refuse_if_in_use,
+    usage_failure,
+)
+from jetstore.errors import JetError
+from jetstore.format.filenames import LOCK_FILE, TEMP_LOG
+from jetstore.io.files import FileSystem
+
+__all__ = ["copy_instance", "recover_command"]
+
+COPY_CHUNK: Final = 1 << 20
+
+
+def _walk(fs: FileSystem, source: str) -> list[tuple[str, int]]:
+    """Every file under `source` (relative path, size), the lock file left out."""
+    found: list[tuple[str, int]] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        for name in fs.listdir(os.path.join(source, relative)):
+            if not relative and name == LOCK_FILE:
+                continue
+            path = os.path.join(source, relative, name)
+            if fs.is_directory(path):
+                pending.append(os.path.join(relative, name))
+            else:
+                found.append((os.path.join(relative, name), fs.size(path)))
+    return sorted(found)
+
+
+def copy_instance(
+    fs: FileSystem, source: str, target: str, *, show_progress: bool
+) -> dict[str, Any]:
+    """Copy every file of `source` except the lock into the new or empty `target`.
+
+    Files are read and written through `fs` (so the I/O hook sees them), each synced, then
+    the directories. Returns ``{"files": n, "bytes": b}``.
+    """
+    files = _walk(fs, source)
+    total = sum(size for _name, size in files)
+    fs.makedirs(target)
+    directories = {target}
+    with progress(show_progress, kind="bytes") as bar:
+        task = bar.add_task("copying", total=max(total, 1))
+        for relative, size in files:
+            destination = os.path.join(target, relative)
+            parent = os.path.dirname(destination)
+            if parent not in directories:
+                fs.makedirs(parent)
+                directories.add(parent)
+            with (
+                fs.open(os.path.join(source, relative), owner=OWNER, writable=False) as reader,
+                fs.open(destination, owner=OWNER, create=True, exclusive=True) as writer,
+            ):
+                offset = 0
+                while offset < size:
+                    chunk = reader.pread(min(COPY_CHUNK, size - offset), offset)
+                    if not chunk:
+                        break
+                    writer.pwrite(chunk, offset)
+                    offset += len(chunk)
+                    bar.advance(task, len(chunk))
+                writer.fsync()
+    for directory in sorted(directories, key=len, reverse=True):
+        fs.fsync_directory(directory, owner=OWNER)
+    return {"files": len(files), "bytes": total}
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    console = stdout_console()
+    if result["source"] is not None:
+        console.print(
+            Text(
+                f"copied {result['copied']['files']} file(s), {result['copied']['bytes']} "
+                f"bytes from {result['source']} into {result['directory']} (original untouched)"
+            )
+        )
+    table = Table(title=f"Recovery of {result['directory']}", show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("recovery needed", "yes" if result["needed"] else "no (clean shutdown)")
+    start = result["start"]
+    shown = "—" if start is None or not result["needed"] else start["text"]
+    table.add_row("replay started at", shown)
+    table.add_row("records replayed", str(result["replayed"]))
+    table.add_row("databases", Text(", ".join(result["databases"]) or "none"))
+    table.add_row("created by replay", Text(", ".join(result["created"]) or "none"))
+    torn = result["torn_tail"]
+    table.add_row("torn log tail", "none" if torn is None else f"at {torn['text']} (discarded)")
+    table.add_row("log generation now", str(result["log_generation"]))
+    table.add_row("time", f"{result['seconds']:.2f} s")
+    console.print(table)
+    for note in result["notes"]:
+        if not note.startswith(TEMP_LOG):  # the prepared next log is always there
+            console.print(Text(f"note: {note}"))
+    loss = result["data_loss"]
+    if loss is not None:
+        console.print(Text("DATA LOSS ACCEPTED", "bold red"))
+        console.print(Text(f"  reason: {loss['reason']}"))
+        stopped = loss["stopped_at"]
+        console.print(
+            Text(
+                "  replay stopped at: "
+                + ("each database's checkpoint" if stopped is None else stopped["text"])
+            )
+        )
+        console.print(Text(f"  databases: {', '.join(loss['databases']) or 'none'}"))
+        console.print(Text(f"  old logs moved to: {loss['moved_logs_to'] or 'nowhere'}"))
+    else:
+        console.print(Text("recovered: every database is clean", "bold green"))
+
+
+@click.command("recover", short_help="Soft recovery: replay the logs, leave databases clean.")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
+@click.option(
+    "--accept-data-loss",
+    is_flag=True,
+    help="When logs are missing or damaged, stop replay at the last consistent point, move "
+    "the old logs aside and start a new log stream (what was lost is reported).",
+)
+@click.option(
+    "--into",
+    "into",
+    metavar="COPY",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Copy DIR (without jetstore.lock) into COPY, which must not exist or be empty, and "
+    "recover the copy; DIR is left untouched.",
+)
+@json_option
+@command_errors("recover")
+def recover_command(
+    directory: str, accept_data_loss: bool, into: str | None, as_json: bool
+) -> None:
+    """Run soft recovery on the instance in DIR and shut it down cleanly (esentutl /r).
+
+    Refuses (exit 3) when another process has the instance open. A missing or damaged log
+    file stops recovery with an error naming the files (exit 3) unless --accept-data-loss.
+    """
+    fs = FileSystem()
+    source = ensure_instance_directory(fs, directory)
+    why = "recovery needs the instance to itself"
+    refuse_if_in_use(fs, source, command="recover", as_json=as_json, why=why)
+    target = source
+    copied: dict[str, Any] | None = None
+    if into is not None:
+        target = os.path.abspath(into)
+        if target == source or target.startswith(source + os.sep):
+            usage_failure(
+                f"--into {target} must not be DIR or inside it",
+                command="recover",
+                as_json=as_json,
+            )
+        if fs.exists(target) and (not fs.is_directory(target) or fs.listdir(target)):
+            usage_failure(
+                f"--into {target} exists and is not an empty directory",
+                command="recover",
+                as_json=as_json,
+            )
+        copied = copy_instance(fs, source, target, show_progress=not as_json)
+    options = instance_options(fs, target)
+    started = time.monotonic()
+    try:
+        with progress(not as_json, kind="spinner") as bar:
+            bar.add_task(f"recovering {target}", total=None)
+            instance = open_instance(
+                target,
+                command="recover",
+                as_json=as_json,
+                why=why,
+                accept_data_loss=accept_data_loss,
+                **options,
+            )
+            try:
+                outcome = instance.recovery
+                log_generation = instance.counters()["log_generation"]
+                databases = instance.databases()
+            finally:
+                instance.close()
+    except JetError:
+        if copied is not None and not as_json:
+            stderr_console().print(
+                Text(f"the copy in {target} was left as it is; {source} was not touched")
+            )
+        raise
+    assert outcome is not None
+    loss = outcome.data_loss
+    result: dict[str, Any] = {
+        "directory": target,
+        "source": source if copied is not None else None,
+        "copied": copied,
+        "accept_data_loss": accept_data_loss,
+        "options": options,
+        "needed": outcome.needed,
+        "replayed": outcome.replayed,
+        "skipped": outcome.skipped,
+        "start": position_dict(outcome.start),
+        "torn_tail": position_dict(outcome.torn_tail),
+        "notes": list(outcome.notes),
+        "created": list(outcome.created),
+        "databases": databases,
+        "log_generation": log_generation,
+        "data_loss": None
+        if loss is None
+        else {
+            "reason": loss.reason,
+            "stopped_at": position_dict(loss.stopped_at),
+            "databases": list(loss.databases),
+            "moved_logs_to": loss.moved_logs_to,
+        },
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if not as_json:
+        _print_result(result)
+    finish("recover", as_json=as_json, ok=True, result=result)

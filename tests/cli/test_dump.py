@@ -1,0 +1,242 @@
+"""`jetstore dump header|checkpoint|logs`: real instance files, clean, dirty and damaged.
+
+Every dump is read-only: the tests that matter for it hash the directory before and after.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jetstore.format.checkpoint import CHECKPOINT_COPY_SIZE
+from jetstore.format.filenames import CHECKPOINT_FILE, CURRENT_LOG, generation_log_name
+from jetstore.format.logheader import LOG_HEADER_SIZE
+
+from .conftest import ROWS, RunJson, flip, run_entry_point, snapshot
+
+PAGE = 8192
+
+
+# --------------------------------------------------------------------------- header
+
+
+def test_dump_header_dirty_names_the_required_logs(crashed: Path) -> None:
+    before = snapshot(crashed)
+    done = run_entry_point("dump", "header", crashed / "main.edb", "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert (document["ok"], document["command"]) == (True, "dump header")
+    result = document["result"]
+    assert result["state"] == "dirty"
+    required = result["required"]
+    assert (required["low"], required["high"]) == (1, 3)
+    assert required["first_file"] == generation_log_name(1)
+    assert required["last_file"] == CURRENT_LOG  # generation 3 is still the current log
+    assert result["checkpoint_position"]["generation"] == 1
+    assert result["log_signature"] != "none" and "@" in result["log_signature"]
+    assert result["name"] == "main"
+    assert result["page_size"] == PAGE
+    assert result["format_version"] == 1
+    assert result["engine_version"].startswith("jetstore")
+    assert all(backup["never"] for backup in result["backups"].values())
+    assert set(result["backups"]) == {"full", "incremental", "differential", "copy"}
+    assert [c["valid"] for c in result["copies"]] == [True, True]
+    assert result["problems"] == []
+    assert snapshot(crashed) == before
+
+
+def test_dump_header_clean_needs_no_logs(closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("dump", "header", closed / "main.edb")
+    assert code == 0
+    result = document["result"]
+    assert result["state"] == "clean"
+    assert result["required"]["text"] == "0-0: no logs needed"
+    assert (result["required"]["low"], result["required"]["high"]) == (0, 0)
+    assert result["last_consistent"]["time"] is not None
+    assert result["page_count"] > 2
+    assert result["free_pages"] >= 0
+    assert result["repair_count"] == 0
+
+
+def test_dump_header_human_output(closed: Path) -> None:
+    done = run_entry_point("dump", "header", closed / "main.edb")
+    assert done.returncode == 0
+    assert "clean" in done.stdout
+    assert "no logs needed" in done.stdout
+    assert "never" in done.stdout
+
+
+def test_dump_header_damaged_copy_is_a_problem(closed: Path, run_json: RunJson) -> None:
+    flip(closed / "main.edb", PAGE + 100)  # inside header copy 1
+    code, document = run_json("dump", "header", closed / "main.edb")
+    assert code == 1
+    result = document["result"]
+    assert result["state"] == "clean"  # copy 0 is still good and used
+    assert [c["valid"] for c in result["copies"]] == [True, False]
+    assert result["copies"][1]["error"]
+    assert len(result["problems"]) == 1 and "copy 0 is valid" in result["problems"][0]
+
+
+def test_dump_header_copy_zero_damaged_finds_page_size_from_copy_one(
+    closed: Path, run_json: RunJson
+) -> None:
+    flip(closed / "main.edb", 20)  # the page size field of copy 0
+    code, document = run_json("dump", "header", closed / "main.edb")
+    assert code == 1
+    result = document["result"]
+    assert result["page_size_from"] == "copy 1"
+    assert [c["valid"] for c in result["copies"]] == [False, True]
+
+
+def test_dump_header_both_copies_damaged_is_an_error(closed: Path, run_json: RunJson) -> None:
+    flip(closed / "main.edb", 100)
+    flip(closed / "main.edb", PAGE + 100)
+    code, document = run_json("dump", "header", closed / "main.edb")
+    assert code == 1
+    assert document["error"]["name"] == "ReadVerifyFailure"
+    assert document["error"]["exit_code"] == 1
+
+
+def test_dump_header_of_a_log_file_and_of_no_file(closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("dump", "header", closed / generation_log_name(1))
+    assert (code, document["error"]["name"]) == (3, "FileInvalidType")
+    code, document = run_json("dump", "header", closed / "nothing.edb")
+    assert (code, document["error"]["name"]) == (4, "FileNotFound")
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def test_dump_checkpoint(crashed: Path, run_json: RunJson) -> None:
+    code, document = run_json("dump", "checkpoint", crashed / CHECKPOINT_FILE)
+    assert code == 0
+    result = document["result"]
+    assert result["checkpoint_position"]["generation"] == 1
+    assert result["first_log_needed"] == {
+        "generation": 1,
+        "file": generation_log_name(1),
+        "present": True,
+    }
+    assert result["circular_logging"] is False
+    assert result["log_file_size"] == 64 * 1024
+    assert [c["valid"] for c in result["copies"]] == [True, True]
+    assert result["copies"][0]["seq"] == result["seq"]
+    assert result["problems"] == []
+
+
+def test_dump_checkpoint_corrupt_copy_is_reported(closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("dump", "checkpoint", closed / CHECKPOINT_FILE)
+    assert code == 0
+    attached = document["result"]["attached"]
+    assert [a["name"] for a in attached] == ["main"]
+
+    flip(closed / CHECKPOINT_FILE, 60)  # inside copy 0
+    before = snapshot(closed)
+    code, document = run_json("dump", "checkpoint", closed / CHECKPOINT_FILE)
+    assert code == 1
+    result = document["result"]
+    assert [c["valid"] for c in result["copies"]] == [False, True]
+    assert "checkpoint copy 0" in result["copies"][0]["error"]
+    assert result["copies"][1]["seq"] == result["seq"]
+    assert len(result["problems"]) == 1
+    assert snapshot(closed) == before  # nothing was rewritten
+
+    flip(closed / CHECKPOINT_FILE, CHECKPOINT_COPY_SIZE + 60)  # and copy 1
+    code, document = run_json("dump", "checkpoint", closed / CHECKPOINT_FILE)
+    assert (code, document["error"]["name"]) == (1, "CheckpointCorrupt")
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def test_dump_logs_lists_every_generation_with_header_fields(
+    crashed: Path, run_json: RunJson
+) -> None:
+    code, document = run_json("dump", "logs", crashed)
+    assert code == 0
+    result = document["result"]
+    rows = result["generations"]
+    assert [r["generation"] for r in rows] == [1, 2, 3]
+    assert [r["file_name"] for r in rows] == [
+        generation_log_name(1),
+        generation_log_name(2),
+        CURRENT_LOG,
+    ]
+    assert all(r["status"] == "ok" for r in rows)
+    assert rows[0]["previous_generation_end"] == 0
+    assert rows[1]["previous_generation_end"] == rows[0]["end_offset"]
+    assert rows[2]["data_start"] == LOG_HEADER_SIZE
+    assert all(r["signature"] == result["signature"] for r in rows)
+    assert "records" not in result  # only with --records
+
+    code, document = run_json("dump", "logs", crashed, "--range", "2-3")
+    assert [r["generation"] for r in document["result"]["generations"]] == [2, 3]
+    code, document = run_json("dump", "logs", crashed, "--range", generation_log_name(2))
+    assert [r["generation"] for r in document["result"]["generations"]] == [2]
+
+
+def test_dump_logs_records_as_json_lines(crashed: Path) -> None:
+    done = run_entry_point("dump", "logs", crashed, "--records", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    *records, envelope = lines
+    assert (envelope["schema"], envelope["ok"], envelope["command"]) == (1, True, "dump logs")
+    result = envelope["result"]
+    assert result["records"] == len(records)
+    assert result["records_error"] is None
+    assert len(records) == sum(r["records"] for r in result["generations"])
+    assert records[0]["type"] == "create_database" and records[0]["name"] == "main"
+    commits = [r for r in records if r["type"] == "commit"]
+    assert sum(r["operations"] for r in commits) >= ROWS
+    big = max(commits, key=lambda r: r["operations"])
+    assert big["database_id"] == 1
+    assert big["keys_truncated"] is True and len(big["keys"]) == 8
+    assert all(len(k["key"]) <= 65 for k in big["keys"])  # 32 bytes as hex, then "…"
+    positions = [(r["generation"], r["offset"]) for r in records]
+    assert positions == sorted(positions)
+
+    done = run_entry_point("dump", "logs", crashed, "--records", "--json", "--range", "2-3")
+    *ranged, envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    assert ranged and all(2 <= r["generation"] <= 3 for r in ranged)
+    assert envelope["result"]["records"] == len(ranged)
+
+
+def test_dump_logs_records_stop_at_a_missing_generation(crashed: Path) -> None:
+    (crashed / generation_log_name(2)).unlink()
+    done = run_entry_point("dump", "logs", crashed, "--records", "--json")
+    assert done.returncode == 1
+    *records, envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    assert records and all(r["generation"] == 1 for r in records)
+    result = envelope["result"]
+    assert result["missing"] == [2]
+    assert result["records_error"]["name"] == "MissingLogFile"
+
+
+def test_dump_logs_human_with_records(crashed: Path) -> None:
+    done = run_entry_point("dump", "logs", crashed, "--records", "--range", "1")
+    assert done.returncode == 0, done.stderr
+    assert "create_database" in done.stdout
+    assert "commit" in done.stdout
+    assert "record(s)" in done.stdout
+
+
+def test_dump_logs_bad_range_is_a_usage_error(crashed: Path, run_json: RunJson) -> None:
+    code, document = run_json("dump", "logs", crashed, "--range", "3-1")
+    assert code == 2
+    assert document["command"] == "dump logs"
+    assert "below the first" in document["error"]["message"]
+    code, document = run_json("dump", "logs", crashed, "--range", "x")
+    assert code == 2
+
+
+def test_dump_checkpoint_truncated_file_names_the_missing_copy(
+    closed: Path, run_json: RunJson
+) -> None:
+    path = closed / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[:CHECKPOINT_COPY_SIZE])
+    code, document = run_json("dump", "checkpoint", path)
+    assert code == 1
+    result = document["result"]
+    assert result["file_size"] == CHECKPOINT_COPY_SIZE
+    assert [c["valid"] for c in result["copies"]] == [True, False]
+    assert "missing" in result["copies"][1]["error"]

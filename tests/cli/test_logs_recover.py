@@ -1,0 +1,262 @@
+"""`jetstore logs verify|removable`, `recover`, `events`, `counters` on real instances.
+
+Covers the exit-code contract of each: torn tail = ok, damage in a closed generation = 1,
+missing log = 3 (without --accept-data-loss), instance in use = 3, not an instance = 2,
+no directory = 4; and that `recover --into` leaves the original untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import jetstore
+from jetstore.cli.main import run
+from jetstore.format.filenames import CURRENT_LOG, generation_log_name
+from jetstore.format.logframe import decode_frame
+from jetstore.format.logheader import LOG_HEADER_SIZE
+
+from .conftest import ROWS, SMALL, RunJson, flip, run_entry_point, snapshot
+
+# --------------------------------------------------------------------------- logs verify
+
+
+def test_logs_verify_ok_and_torn_tail_is_ok(crashed: Path, run_json: RunJson) -> None:
+    code, document = run_json("logs", "verify", crashed)
+    assert code == 0
+    assert document["command"] == "logs verify"
+    assert document["result"]["ok"] is True
+    assert [g["status"] for g in document["result"]["generations"]] == ["ok", "ok", "ok"]
+
+    # A torn last write: garbage just past the last frame of the newest log.
+    end = document["result"]["generations"][-1]["end_offset"]
+    with (crashed / CURRENT_LOG).open("r+b") as file:
+        file.seek(end)
+        file.write(b"\x5a" * 100)
+    done = run_entry_point("logs", "verify", crashed)
+    assert done.returncode == 0, done.stdout
+    assert "torn" in done.stdout
+    code, document = run_json("logs", "verify", crashed)
+    assert code == 0
+    problems = document["result"]["problems"]
+    assert [p["check"] for p in problems] == ["torn-tail"]
+    assert problems[0]["severity"] == "info"
+
+
+def test_logs_verify_damaged_closed_generation_exits_1(crashed: Path, run_json: RunJson) -> None:
+    path = crashed / generation_log_name(1)
+    data = path.read_bytes()
+    frame = decode_frame(data, LOG_HEADER_SIZE, 1)
+    assert frame is not None
+    second = decode_frame(data, frame.next_offset, 1)
+    assert second is not None
+    flip(path, second.offset + 40)
+    before = snapshot(crashed)
+    done = run_entry_point("logs", "verify", crashed, "--json")
+    assert done.returncode == 1
+    document = json.loads(done.stdout)
+    assert document["ok"] is False
+    errors = [p for p in document["result"]["problems"] if p["severity"] == "error"]
+    assert errors and errors[0]["generation"] == 1
+    assert errors[0]["offset"] == second.offset
+    assert errors[0]["error"] == "LogFileCorrupt"
+    assert snapshot(crashed) == before
+    human = run_entry_point("logs", "verify", crashed)
+    assert human.returncode == 1
+    assert "damaged" in human.stdout
+
+
+def test_logs_verify_missing_directory_exits_4(tmp_path: Path, run_json: RunJson) -> None:
+    code, document = run_json("logs", "verify", tmp_path / "absent")
+    assert (code, document["error"]["name"]) == (4, "FileNotFound")
+
+
+# --------------------------------------------------------------------------- logs removable
+
+
+def test_logs_removable_lists_file_names(closed: Path, run_json: RunJson) -> None:
+    # One more open and close: the durable checkpoint moves past the first generations.
+    jetstore.open(closed, **SMALL).close()
+    code, document = run_json("logs", "removable", closed)
+    assert code == 0
+    result = document["result"]
+    assert result["opened_for_this"] is True
+    assert result["covered_by_backup"] == []
+    assert result["keep_from"] >= 1
+    for row in result["not_needed_for_recovery"]:
+        assert row["file"] == generation_log_name(row["generation"])
+        assert row["generation"] < result["keep_from"]
+        assert (closed / row["file"]).exists()  # nothing was deleted
+    assert result["not_needed_for_recovery"], result
+    assert result["not_needed_bytes"] == 64 * 1024 * len(result["not_needed_for_recovery"])
+
+
+def test_logs_removable_refuses_an_instance_in_use(closed: Path, run_json: RunJson) -> None:
+    with jetstore.open(closed, **SMALL):
+        code, document = run_json("logs", "removable", closed)
+    assert code == 3
+    assert document["error"]["name"] == "InstanceNameInUse"
+    assert document["error"]["exit_code"] == 3
+    assert "in use" in document["error"]["detail"]
+
+
+# --------------------------------------------------------------------------- recover
+
+
+def _rows(directory: Path) -> int:
+    with jetstore.open(directory, **SMALL) as instance:
+        db = instance.database("main")
+        with db.transaction() as txn:
+            return sum(1 for _ in txn.table("t").scan())
+
+
+def test_recover_dirty_instance(crashed: Path, run_json: RunJson) -> None:
+    code, document = run_json("recover", crashed)
+    assert code == 0
+    result = document["result"]
+    assert result["needed"] is True
+    assert result["replayed"] > 0
+    assert result["start"]["generation"] == 1
+    assert result["data_loss"] is None
+    assert result["databases"] == ["main"]
+    assert result["options"]["log_file_size"] == 64 * 1024
+    code, document = run_json("dump", "header", crashed / "main.edb")
+    assert document["result"]["state"] == "clean"
+    assert _rows(crashed) == ROWS
+
+
+def test_recover_missing_log_exits_3_then_accepts_data_loss(
+    crashed: Path, run_json: RunJson
+) -> None:
+    (crashed / generation_log_name(2)).unlink()
+    before = snapshot(crashed)
+    done = run_entry_point("recover", crashed)
+    assert done.returncode == 3
+    assert "JET_err" in done.stderr and "edb00000002.log" in done.stderr
+    assert snapshot(crashed) == before  # refused before writing anything
+    code, document = run_json("recover", crashed)
+    assert code == 3
+    assert document["error"]["name"] in ("MissingLogFile", "RequiredLogFilesMissing")
+    assert "--accept-data-loss" in document["error"]["hint"]
+
+    code, document = run_json("recover", crashed, "--accept-data-loss")
+    assert code == 0
+    loss = document["result"]["data_loss"]
+    assert loss is not None
+    assert loss["databases"] == ["main"]
+    assert "edb00000002.log" in loss["reason"]
+    assert loss["stopped_at"]["generation"] == 1
+    assert loss["moved_logs_to"] and Path(loss["moved_logs_to"]).is_dir()
+    code, document = run_json("dump", "header", crashed / "main.edb")
+    assert document["result"]["state"] == "clean"
+    assert document["result"]["repair_count"] == 1
+
+
+def test_recover_into_a_copy_leaves_the_original_untouched(
+    crashed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    before = snapshot(crashed)
+    copy = tmp_path / "copy"
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert code == 0
+    result = document["result"]
+    assert result["source"] == str(crashed)
+    assert result["directory"] == str(copy)
+    assert result["copied"]["files"] == len(before)
+    assert result["replayed"] > 0
+    assert snapshot(crashed) == before
+    code, document = run_json("dump", "header", copy / "main.edb")
+    assert document["result"]["state"] == "clean"
+    code, document = run_json("dump", "header", crashed / "main.edb")
+    assert document["result"]["state"] == "dirty"
+    assert _rows(copy) == ROWS
+
+    # The copy is not empty any more: a second --into it is a usage error.
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert (code, document["error"]["name"]) == (2, "UsageError")
+
+
+def test_recover_into_with_missing_log_keeps_the_original(
+    crashed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    (crashed / generation_log_name(2)).unlink()
+    before = snapshot(crashed)
+    code, document = run_json("recover", crashed, "--into", tmp_path / "c1")
+    assert code == 3
+    code, document = run_json("recover", crashed, "--into", tmp_path / "c2", "--accept-data-loss")
+    assert code == 0
+    assert document["result"]["data_loss"] is not None
+    assert snapshot(crashed) == before
+
+
+def test_recover_refuses_in_use_and_non_instances(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    with jetstore.open(closed, **SMALL):
+        code, document = run_json("recover", closed)
+    assert (code, document["error"]["name"]) == (3, "InstanceNameInUse")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, document = run_json("recover", empty)
+    assert (code, document["error"]["name"]) == (2, "InvalidPath")
+    assert os.listdir(empty) == []  # no instance was created there
+    code, document = run_json("recover", tmp_path / "absent")
+    assert (code, document["error"]["name"]) == (4, "FileNotFound")
+    assert not (tmp_path / "absent").exists()
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_events_filters(closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("events", closed)
+    assert code == 0
+    result = document["result"]
+    assert result["exists"] is True
+    assert result["total"] == result["shown"] > 0
+    names = {e["name"] for e in result["events"]}
+    assert {"database_created", "log_generation_started", "instance_stopped"} <= names
+
+    code, document = run_json("events", closed, "--level", "warning")
+    assert all(e["level"] in ("warning", "error") for e in document["result"]["events"])
+    code, document = run_json("events", closed, "--since", "2999-01-01T00:00:00Z")
+    assert document["result"]["shown"] == 0
+    code, document = run_json("events", closed, "--since", "2000-01-01")
+    assert document["result"]["shown"] == result["total"]
+    code, document = run_json("events", closed, "--since", "yesterday")
+    assert code == 2
+
+
+def test_events_human_table(closed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["events", str(closed)]) == 0
+    out = capsys.readouterr().out
+    assert "database_created" in out
+    assert "event(s) shown" in out
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_counters_opens_a_closed_instance(closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("counters", closed)
+    assert code == 0
+    result = document["result"]
+    assert result["opened_for_this"] is True and result["live"] is False
+    assert result["counters"]["state"] == "open"
+    assert result["counters"]["databases"] == ["main"]
+    # It was closed again: a normal open works.
+    jetstore.open(closed, **SMALL).close()
+
+
+def test_counters_of_an_instance_in_use_need_the_control_socket(
+    closed: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with jetstore.open(closed, **SMALL):
+        code, document = run_json("counters", closed)
+        assert code == 3
+        assert "control socket" in document["error"]["detail"]
+        assert run(["counters", str(closed)]) == 3
+        assert "control socket" in " ".join(capsys.readouterr().err.split())
