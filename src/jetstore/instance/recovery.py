@@ -61,7 +61,7 @@ from jetstore.format.logrecords import (
 from jetstore.format.positions import LogPosition
 from jetstore.log.reader import LogInventory, LogRecordEntry, LogScanner, take_inventory
 from jetstore.log.writer import LogTail
-from jetstore.pages.pagefile import DatabaseFile
+from jetstore.pages.pagefile import CREATING_SUFFIX, DatabaseFile
 
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
@@ -114,6 +114,11 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
     files: dict[str, DatabaseFile] = {}
     try:
         for name in instance.fs.listdir(instance.directory):
+            if name.endswith(CREATING_SUFFIX):
+                # A creation cut short: the file holds no data (recovery re-creates the
+                # database from its log record).
+                instance.fs.unlink(os.path.join(instance.directory, name))
+                continue
             db_name = parse_database_file_name(name)
             if db_name is None:
                 continue

@@ -49,6 +49,8 @@ from jetstore.pages.btree import Node, decode_node, dirty_nodes_postorder, encod
 from jetstore.pages.cache import NodeCache
 
 _FREELIST_HEAD = struct.Struct("<Q")
+#: Suffix of a database file being created (never opened as a database).
+CREATING_SUFFIX = ".creating"
 _U64 = struct.Struct("<Q")
 
 
@@ -110,13 +112,21 @@ class DatabaseFile:
                 path=path,
             )
         header = dataclasses.replace(header, header_seq=1, page_count=HEADER_COPIES)
-        file = fs.open(path, owner=owner, create=True, exclusive=True)
+        # Built under a temporary name and renamed only once both header copies are synced:
+        # a crash during creation never leaves a `NAME.edb` without a valid header (recovery
+        # re-creates the database from its log record instead).
+        temporary = path + CREATING_SUFFIX
+        if fs.exists(temporary):
+            fs.unlink(temporary)
+        file = fs.open(temporary, owner=owner, create=True, exclusive=True)
         try:
             encoded = encode_db_header(header)
             file.pwrite(encoded, 0)
             file.pwrite(encoded, header.page_size)
             file.fsync()
+            fs.rename(temporary, path)
             fs.fsync_directory(os.path.dirname(path) or ".", owner=owner)
+            file.path = path
             return cls(fs, file, header, cache_pages=cache_pages)
         except BaseException:
             file.close()
