@@ -75,8 +75,12 @@ def test_crash_then_replay(tmp_path: Path) -> None:
         assert instance.recovery is not None
         assert instance.recovery.replayed > 0
         assert read_ids(instance) == list(range(n))
+        generations_read = [g for g, _ in instance.recovery.generations]
+        assert generations_read == sorted(generations_read) and len(generations_read) > 1
+        assert sum(r for _, r in instance.recovery.generations) >= instance.recovery.replayed
     events = (tmp_path / "events.jsonl").read_text()
     assert "recovery_finished" in events
+    assert events.count("recovery_generation_replayed") == len(generations_read)
 
 
 def test_recovery_is_repeatable_after_a_crash_during_recovery(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     111: ("recovery_finished", "info"),
     112: ("recovery_checkpoint_file_ignored", "warning"),
     113: ("recovery_data_loss", "error"),
+    114: ("recovery_generation_replayed", "info"),
     120: ("checkpoint_written", "info"),
     121: ("checkpoint_file_write_failed", "warning"),
     122: ("checkpoint_file_write_recovered", "info"),

@@ -216,6 +216,13 @@ class Instance:
                     f"soft recovery from log position {outcome.start}",
                     start=str(outcome.start),
                 )
+                for generation, records in outcome.generations:
+                    self.events.emit(
+                        "recovery_generation_replayed",
+                        f"log generation {generation} read: {records} record(s) end in it",
+                        generation=generation,
+                        records=records,
+                    )
                 self.events.emit(
                     "recovery_finished",
                     f"soft recovery replayed {outcome.replayed} committed transaction(s) "

@@ -91,6 +91,7 @@ class RecoveryOutcome:
     checkpoint: CheckpointState | None = None
     torn_tail: LogPosition | None = None
     data_loss: DataLoss | None = None
+    generations: list[tuple[int, int]] = field(default_factory=list)
 
 
 def read_checkpoint(instance: Instance, notes: list[str]) -> CheckpointState | None:
@@ -346,6 +347,7 @@ def _recover(
     for db in databases.values():
         db.finish_replay()
     result = scanner.result
+    outcome.generations = list(result.generations)
     outcome.tail = result.tail
     outcome.torn_tail = result.torn_position
     notes.extend(result.notes)

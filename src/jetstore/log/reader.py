@@ -166,6 +166,8 @@ class ScanResult:
     signature: Signature | None = None
     first_generation: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: (generation, records that end in it) for every generation read, in order.
+    generations: list[tuple[int, int]] = field(default_factory=list)
 
 
 class LogScanner:
@@ -224,6 +226,7 @@ class LogScanner:
                     path=os.path.join(inventory.directory, name),
                 )
             header = entry.header
+            records_before = self.result.records
             if signature is None:
                 signature = header.log_signature
                 self.result.signature = signature
@@ -332,6 +335,7 @@ class LogScanner:
             prev_header = header
             prev_end = end_of_frames
             prev_checksum = checksum
+            self.result.generations.append((generation, self.result.records - records_before))
             self.result.tail = LogTail(
                 generation=generation,
                 created_time=header.created_time,
