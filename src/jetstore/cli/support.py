@@ -39,7 +39,6 @@ import jetstore
 from jetstore.cli.output import ExitCode, report_error, report_usage, stderr_console
 from jetstore.errors import (
     FileAccessDenied,
-    FileNotFound,
     InstanceNameInUse,
     InvalidPath,
     JetError,
@@ -153,18 +152,11 @@ def ensure_instance_directory(fs: FileSystem, directory: str) -> str:
     an instance must never create one where there was none.
     """
     path = os.path.abspath(directory)
-    if not fs.exists(path):
-        raise FileNotFound(
-            f"instance directory '{path}' does not exist",
-            hint="give the directory that holds the instance's edb.log, edb.chk and .edb files",
-            path=path,
-        )
-    if not fs.is_directory(path):
-        raise InvalidPath(
-            f"'{path}' is not a directory",
-            hint="give the directory that holds the instance's edb.log, edb.chk and .edb files",
-            path=path,
-        )
+    fs.require_directory(
+        path,
+        what="instance directory",
+        hint="give the directory that holds the instance's edb.log, edb.chk and .edb files",
+    )
     names = fs.listdir(path)
     if not any(_is_instance_file(name) for name in names):
         raise InvalidPath(

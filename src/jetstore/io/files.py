@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jetstore.errors import InvalidParameter, from_os_error
+from jetstore.errors import FileNotFound, InvalidParameter, InvalidPath, from_os_error
 from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind, HandleRegistry
 
 
@@ -264,6 +264,13 @@ class FileSystem:
             return stat.S_ISDIR(os.stat(path).st_mode)
         except OSError:
             return False
+
+    def require_directory(self, path: str, *, what: str, hint: str) -> None:
+        """FileNotFound if `path` does not exist, InvalidPath if it is not a directory."""
+        if not self.exists(path):
+            raise FileNotFound(f"{what} '{path}' does not exist", hint=hint, path=path)
+        if not self.is_directory(path):
+            raise InvalidPath(f"'{path}' is not a directory", hint=hint, path=path)
 
     def size(self, path: str) -> int:
         try:

@@ -53,9 +53,7 @@ from typing import Any, Final, Literal
 
 from jetstore.errors import (
     BadLogSignature,
-    FileNotFound,
     InvalidLogSequence,
-    InvalidPath,
     JetError,
     LogFileCorrupt,
     LogFileSizeMismatch,
@@ -374,18 +372,9 @@ class _Verifier:
     def run(self) -> LogVerification:
         directory = self._directory
         fs = self._fs
-        if not fs.exists(directory):
-            raise FileNotFound(
-                f"log directory '{directory}' does not exist",
-                hint="give the instance directory that holds edb.log",
-                path=directory,
-            )
-        if not fs.is_directory(directory):
-            raise InvalidPath(
-                f"'{directory}' is not a directory",
-                hint="give the instance directory that holds edb.log",
-                path=directory,
-            )
+        fs.require_directory(
+            directory, what="log directory", hint="give the instance directory that holds edb.log"
+        )
         names = fs.listdir(directory)
         for name in names:
             generation = parse_generation_log_name(name)
