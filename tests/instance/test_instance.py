@@ -274,3 +274,24 @@ def test_error_events_carry_the_code_in_three_forms(
         r for r in caplog.records if getattr(r, "event_name", "") == "checkpoint_file_write_failed"
     ]
     assert records and records[0].event_id == 121  # type: ignore[attr-defined]
+
+
+def test_durable_commit_of_nothing_makes_earlier_lazy_commits_durable(tmp_path: Path) -> None:
+    # Found by the model-based test: lazy commit, then a durable commit that changed nothing,
+    # then a crash. The durable commit promised everything it could see.
+    options = dict(SMALL, lazy_flush_interval=60.0)
+    instance = jetstore.open(tmp_path, **options)
+    db = instance.database("main", create=True)
+    fill(db, 1)
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 7, "v": "lazy"})
+        txn.commit(lazy=True)
+    with db.transaction() as txn:
+        assert txn.table("t").get(7) is not None
+        txn.commit()  # nothing to write; must still wait for the lazy commit
+    instance.simulate_crash()
+    with (
+        jetstore.open(tmp_path, **options) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        assert txn.table("t").get(7) == {"id": 7, "v": "lazy"}

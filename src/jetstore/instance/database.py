@@ -183,9 +183,16 @@ class Database:
         if not operations:
             txn._finish_committed(None)
             self.end_transaction(txn)
+            if not lazy:
+                # A durable commit, even of nothing, returns only once everything it could
+                # have seen is durable: lazy commits before it must not be lost after it.
+                log = self._instance.log
+                if log.needs_flush():
+                    self._instance.wait_durable(log.end_position)
             return None
         instance = self._instance
         log = instance.log
+        txn.prepare_commit()  # the private tree is built outside the commit lock
         with instance.commit_lock:
             instance.check_writable()
             root, _position, plan_epoch = self._published

@@ -618,7 +618,15 @@ class Instance:
     def checkpoint(self, *, final: bool = False) -> LogPosition | None:
         """Write every database's changes up to now to its page file, then the headers, then
         the checkpoint file. Returns the durable checkpoint position afterwards.
+
+        A failed page or header write raises (and the instance stops accepting updates, D9);
+        a checkpoint file that cannot be written does not (the durable value stays, event 121).
         """
+        if self.state is InstanceState.FAILED:
+            self.check_writable()  # raises: say why the instance stopped
+        return self._checkpoint(final=final, raise_errors=True)
+
+    def _checkpoint(self, *, final: bool, raise_errors: bool) -> LogPosition | None:
         with self._checkpoint_lock:
             if self.state is not InstanceState.OPEN:
                 return self.durable_checkpoint
@@ -626,7 +634,7 @@ class Instance:
                 self._checkpoint_locked(final)
             except JetError as exc:
                 self._fail(exc)
-                if final:
+                if raise_errors:
                     raise
             return self.durable_checkpoint
 
@@ -865,7 +873,9 @@ class Instance:
             if not due and self.checkpoint_file_error is not None:
                 due = time.monotonic() - self._last_checkpoint_time >= 1.0
             if due:
-                self.checkpoint()
+                # The background never raises: a failure is recorded (FAILED state, event)
+                # and the next API call reports it.
+                self._checkpoint(final=False, raise_errors=False)
 
     # ----------------------------------------------------------------- counters
 

@@ -1203,10 +1203,14 @@ def _merge_into(
     if not k:
         builder.extend(keys, values, checked=True)
     elif not n:
-        # Nothing old in this stretch (a tree built from scratch): the puts, as they are.
+        # Nothing old in this stretch (a tree built from scratch): the puts, as they are, fed
+        # a batch at a time as the builder expects (one huge batch costs far more to cut).
         is_put = list(map(is_not, cvalues, repeat(None)))
+        put_keys = list(compress(ckeys, is_put))
         put_values: list[bytes] = list(compress(cvalues, is_put))  # type: ignore[arg-type]
-        builder.extend(list(compress(ckeys, is_put)), put_values, checked=True)
+        for start in range(0, len(put_keys), _BULK_BATCH):
+            stop = start + _BULK_BATCH
+            builder.extend(put_keys[start:stop], put_values[start:stop], checked=True)
     elif 4 * k < n:
         # Few changes: copy the runs of old entries between them, so the cost is mostly the
         # C-level slice copies rather than per-entry work.
