@@ -14,7 +14,7 @@ so the harness's own per-operation cost is the same for every peer:
 - `settle()`: brings the store to rest after a workload, so no deferred work of one peer runs
   during another peer's measurement (jetstore: an explicit checkpoint, timed and reported).
 
-Settings follow /work/shared/research/perf-baselines.md: sqlite3 in WAL mode with
+Settings follow planning's perf-baselines.md in shared/research: sqlite3 in WAL mode with
 `synchronous=FULL`, a 512 MiB page cache, a `WITHOUT ROWID` table with a BLOB primary key and
 autocommit statements; lmdb with `sync=True, metasync=True`; jetstore with the engine's
 defaults except `cache_size` (512 MiB, like sqlite3's page cache), as the bench brief sets them.

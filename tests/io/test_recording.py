@@ -422,18 +422,20 @@ def test_pristine_files_are_durable(tmp_path: Path, scratch: Path) -> None:
 
 def test_anomalies_are_reported_not_raised(scratch: Path) -> None:
     ops = [
-        RecordedOp(0, "write", "/root/missing", 0, 1, b"x"),
+        RecordedOp(0, "write", "/nonexistent/missing", 0, 1, b"x"),
         RecordedOp(1, "fsync", "/elsewhere/f"),
-        RecordedOp(2, "rename", "/root/nothing", target="/root/b"),  # a failed rename: skipped
-        RecordedOp(3, "unlink", "/root/nothing"),  # a failed unlink: skipped
+        RecordedOp(
+            2, "rename", "/nonexistent/nothing", target="/nonexistent/b"
+        ),  # a failed rename: skipped
+        RecordedOp(3, "unlink", "/nonexistent/nothing"),
     ]
-    sim = CrashSimulator(ops, "/root")
+    sim = CrashSimulator(ops, "/nonexistent")
     state = sim.materialise(4, str(scratch / "s"), Variant(DataVariant.ALL, DirVariant.APPLY))
     assert state.files == {}
     assert len(sim.anomalies) == 2
     assert "no such file" in sim.anomalies[0] and "outside the root" in sim.anomalies[1]
     with pytest.raises(ValueError):
-        CrashSimulator([RecordedOp(3, "fsync", "/root/a")], "/root")
+        CrashSimulator([RecordedOp(3, "fsync", "/elsewhere/a")], "/nonexistent")
 
 
 def test_crash_state_describes_itself(tmp_path: Path, scratch: Path) -> None:
