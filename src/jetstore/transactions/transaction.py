@@ -246,11 +246,16 @@ class Transaction:
     def put(self, key: bytes, value: bytes) -> None:
         if self.state is not _ACTIVE:
             self._check_active()
-        if type(key) is not bytes or type(value) is not bytes or len(key) > MAX_KEY_SIZE:
-            # Checked now (not when the gathered writes are applied) so the caller sees it.
+        if (
+            type(key) is not bytes
+            or type(value) is not bytes
+            or len(key) > MAX_KEY_SIZE
+            or len(key) + len(value) + LEAF_ENTRY_OVERHEAD > self._max_entry
+        ):
+            # Checked now, not when the gathered writes are applied, so the caller sees the
+            # B+tree's own error (InvalidParameter) for an entry it would refuse.
             Mutation(self._db.file, None, next_epoch(), []).put(key, value)
-        elif len(key) + len(value) + LEAF_ENTRY_OVERHEAD > self._max_entry:
-            Mutation(self._db.file, None, next_epoch(), []).put(key, value)
+            key, value = bytes(key), bytes(value)
         self.operations[key] = value
         self._pending[key] = value
         size = len(key) + len(value) + _OP_OVERHEAD
