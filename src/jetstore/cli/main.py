@@ -35,6 +35,7 @@ from jetstore.cli.output import (
     stderr_console,
 )
 from jetstore.cli.recover import recover_command
+from jetstore.cli.status import status_command
 from jetstore.errors import JetError
 
 __all__ = ["cli", "main", "run"]
@@ -63,6 +64,7 @@ cli.add_command(logs_group)
 cli.add_command(recover_command)
 cli.add_command(events_command)
 cli.add_command(counters_command)
+cli.add_command(status_command)
 
 
 def _command_name(args: Sequence[str]) -> str:

@@ -1,0 +1,163 @@
+"""`jetstore status DIR`: a one-screen, read-only summary of an instance directory, for
+monitoring.
+
+This module owns the command only. It never writes (it works while the instance is open by
+another process): it reads the database headers, the checkpoint file and the log headers, and
+says in plain words what state everything is in. Warnings (exit 1, for monitoring scripts):
+a database that was not shut down cleanly while no process has the instance open (it needs
+recovery), a checkpoint file that is missing or damaged, a checkpoint lag of more than 256
+generations, problems in the log inventory. Exit 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from jetstore.cli.output import command_errors, finish, json_option, stdout_console
+from jetstore.cli.support import OWNER, ensure_instance_directory
+from jetstore.errors import JetError
+from jetstore.format.checkpoint import read_checkpoint_file
+from jetstore.format.dbheader import DatabaseState, choose_db_header, peek_page_size
+from jetstore.format.filenames import (
+    CHECKPOINT_FILE,
+    generation_log_name,
+    parse_database_file_name,
+)
+from jetstore.io.files import FileSystem
+from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.log.reader import take_inventory
+
+__all__ = ["status_command"]
+
+LAG_WARNING = 256
+
+
+def _database(fs: FileSystem, path: str) -> dict[str, Any]:
+    try:
+        first = fs.read_file(path, owner=OWNER, limit=4096)
+        page_size = peek_page_size(first) or 8192
+        data = fs.read_file(path, owner=OWNER, limit=2 * page_size)
+        header, problems = choose_db_header(
+            data[:page_size], data[page_size : 2 * page_size], path=path
+        )
+    except JetError as exc:
+        return {"file": os.path.basename(path), "error": str(exc)}
+    low, high = header.generation_min_required, header.generation_max_required
+    full = header.last_full_backup
+    return {
+        "file": os.path.basename(path),
+        "state": header.state.name.lower().replace("_", " "),
+        "clean": header.state is DatabaseState.CLEAN,
+        "logs_required": [low, high],
+        "logs_required_files": (
+            [generation_log_name(low), generation_log_name(high)] if low and high else []
+        ),
+        "checkpoint_generation": header.checkpoint_position.generation,
+        "last_full_backup": None if full.is_none else str(full),
+        "header_problems": problems,
+    }
+
+
+@click.command("status", short_help="One-screen summary of an instance (read-only).")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
+@json_option
+@command_errors("status")
+def status_command(directory: str, as_json: bool) -> None:
+    """Summarize the instance in DIR without changing anything: database states, required
+    logs, checkpoint and its lag, log files, last backup, warnings (exit 1 when any)."""
+    fs = FileSystem()
+    path = ensure_instance_directory(fs, directory)
+    open_by = read_lock_holder(fs, path) if is_locked(fs, path) else None
+    warnings: list[str] = []
+    databases = [
+        _database(fs, os.path.join(path, name))
+        for name in fs.listdir(path)
+        if parse_database_file_name(name) is not None
+    ]
+    for db in databases:
+        if "error" in db:
+            warnings.append(f"{db['file']}: {db['error']}")
+        elif not db["clean"] and open_by is None:
+            warnings.append(
+                f"{db['file']} was not shut down cleanly and needs logs "
+                f"{db['logs_required'][0]}-{db['logs_required'][1]}: run `jetstore recover "
+                f"{path}`"
+            )
+        for problem in db.get("header_problems", []):
+            warnings.append(f"{db['file']}: {problem}")
+    inventory = take_inventory(fs, path, owner=OWNER)
+    warnings.extend(inventory.problems)
+    generations = inventory.generations
+    log_bytes = sum(entry.size for entry in inventory.files.values())
+    checkpoint: dict[str, Any] | None = None
+    chk_path = os.path.join(path, CHECKPOINT_FILE)
+    if fs.exists(chk_path):
+        try:
+            state, problems = read_checkpoint_file(
+                fs.read_file(chk_path, owner=OWNER, limit=8192), path=chk_path
+            )
+            checkpoint = {
+                "generation": state.checkpoint_position.generation,
+                "position": str(state.checkpoint_position),
+                "circular_logging": state.circular_logging,
+                "problems": problems,
+            }
+            warnings.extend(f"{CHECKPOINT_FILE}: {p}" for p in problems)
+        except JetError as exc:
+            warnings.append(f"{CHECKPOINT_FILE} is unreadable: {exc}")
+    elif generations:
+        warnings.append(f"{CHECKPOINT_FILE} is missing (recovery uses the database headers)")
+    lag = None
+    if checkpoint is not None and generations:
+        lag = max(generations) - checkpoint["generation"]
+        if lag > LAG_WARNING:
+            warnings.append(
+                f"the checkpoint is {lag} generations behind the newest log: check that "
+                f"{CHECKPOINT_FILE} is writable"
+            )
+    result: dict[str, Any] = {
+        "directory": path,
+        "open_by_pid": open_by,
+        "databases": databases,
+        "checkpoint": checkpoint,
+        "checkpoint_lag_generations": lag,
+        "log_generations": [min(generations), max(generations)] if generations else [],
+        "log_files": len(generations),
+        "log_bytes": log_bytes,
+        "warnings": warnings,
+    }
+    if not as_json:
+        console = stdout_console()
+        opened = f"open by process {open_by}" if open_by is not None else "not open"
+        console.print(Text(f"{path}: {opened}"))
+        table = Table(title="Databases", title_justify="left")
+        for column in ("file", "state", "logs required", "last full backup"):
+            table.add_column(column)
+        for db in databases:
+            required = db.get("logs_required", [0, 0])
+            table.add_row(
+                db["file"],
+                db.get("state", "unreadable"),
+                "none" if required == [0, 0] else f"{required[0]}-{required[1]}",
+                db.get("last_full_backup") or "never",
+            )
+        console.print(table)
+        if generations:
+            console.print(
+                Text(
+                    f"logs: generations {min(generations)}-{max(generations)} "
+                    f"({len(generations)} files, {log_bytes} bytes); checkpoint at "
+                    f"{checkpoint['position'] if checkpoint else 'unknown'}"
+                    + (f", {lag} generation(s) behind" if lag is not None else "")
+                )
+            )
+        for warning in warnings:
+            console.print(Text(f"warning: {warning}"))
+        if not warnings:
+            console.print(Text("no warnings"))
+    finish("status", as_json=as_json, ok=not warnings, result=result)

@@ -1,0 +1,79 @@
+"""`jetstore status DIR`: read-only summary; exit 1 on warnings (for monitoring)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import jetstore
+from jetstore.cli.main import main
+
+SMALL = {"log_file_size": 64 * 1024}
+
+
+def run(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def make(directory: Path, crash: bool) -> None:
+    instance = jetstore.open(directory, **SMALL)
+    db = instance.database("main", create=True)
+    db.create_table("t", [("id", "int")], primary_key="id")
+    with db.transaction() as txn:
+        for i in range(200):
+            txn.table("t").insert({"id": i})
+    if crash:
+        instance.simulate_crash()
+    else:
+        instance.close()
+
+
+def hashes(directory: Path) -> dict[str, str]:
+    return {
+        n: hashlib.sha256((directory / n).read_bytes()).hexdigest()
+        for n in sorted(os.listdir(directory))
+        if (directory / n).is_file()
+    }
+
+
+def test_clean_instance_has_no_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make(tmp_path, crash=False)
+    before = hashes(tmp_path)
+    assert run(["status", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert result["warnings"] == []
+    assert result["databases"][0]["state"] == "clean"
+    assert result["open_by_pid"] is None
+    assert hashes(tmp_path) == before  # read-only
+
+
+def test_dirty_instance_warns_and_names_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(tmp_path, crash=True)
+    (tmp_path / "edb.chk").unlink()
+    before = hashes(tmp_path)
+    assert run(["status", str(tmp_path), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)["result"]
+    text = " ".join(result["warnings"])
+    assert "jetstore recover" in text and "edb.chk is missing" in text
+    assert result["databases"][0]["state"] == "dirty"
+    assert hashes(tmp_path) == before
+
+
+def test_open_instance_is_reported_not_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        instance.database("main", create=True)
+        assert run(["status", str(tmp_path), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)["result"]
+        assert result["open_by_pid"] == os.getpid()
