@@ -8,7 +8,13 @@ nothing to do with the engine. They are off; the number of examples stays as eac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+from instance_store import Store
 
 settings.register_profile(
     "jetstore",
@@ -16,3 +22,11 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("jetstore")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An instance with database "main" in a fresh directory, closed after the test."""
+    s = Store(tmp_path)
+    yield s
+    s.close()

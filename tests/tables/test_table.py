@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import jetstore
+from instance_store import Store
 from jetstore.errors import (
     ColumnNotFound,
     IndexNotFound,
@@ -43,44 +44,8 @@ from jetstore.tables.catalog import CATALOG_ID
 from jetstore.tables.keys import encode_key
 from jetstore.tables.table import MAX_PRIMARY_KEY_SIZE
 
-LOG = 64 * 1024
 PAGE = 8192
 MAX_ENTRY = max_entry_size(PAGE)
-
-
-class Store:
-    """An instance directory that tests can close and reopen."""
-
-    def __init__(self, path: Path, **options: Any) -> None:
-        self.path = path
-        self.options = {"log_file_size": LOG, **options}
-        self.inst = jetstore.open(path, **self.options)
-        self.db = self.inst.database("main", create=True)
-
-    def reopen(self) -> None:
-        self.inst.close()
-        self.inst = jetstore.open(self.path, **self.options)
-        self.db = self.inst.database("main")
-
-    def close(self) -> None:
-        self.inst.close()
-
-    def read(self, table: str) -> list[dict[str, object]]:
-        with self.db.transaction() as txn:
-            return list(txn.table(table).scan())
-
-    def checked_twice(self, check: Callable[[], None]) -> None:
-        """Run `check`, reopen the instance, run it again."""
-        check()
-        self.reopen()
-        check()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path)
-    yield s
-    s.close()
 
 
 def layout(db: jetstore.Database, name: str) -> dict[str, int]:

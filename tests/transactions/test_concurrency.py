@@ -10,13 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import jetstore
+from instance_store import LOG, Store
 from jetstore.errors import (
     KeyDuplicate,
     NotInTransaction,
@@ -24,31 +24,6 @@ from jetstore.errors import (
     WriteConflict,
 )
 from jetstore.transactions.transaction import TransactionState
-
-LOG = 64 * 1024
-
-
-class Store:
-    def __init__(self, path: Path, **options: Any) -> None:
-        self.path = path
-        self.options = {"log_file_size": LOG, **options}
-        self.inst = jetstore.open(path, **self.options)
-        self.db = self.inst.database("main", create=True)
-
-    def reopen(self) -> None:
-        self.inst.close()
-        self.inst = jetstore.open(self.path, **self.options)
-        self.db = self.inst.database("main")
-
-    def close(self) -> None:
-        self.inst.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path)
-    yield s
-    s.close()
 
 
 def rows(db: jetstore.Database, table: str = "t") -> list[dict[str, object]]:

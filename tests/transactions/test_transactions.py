@@ -9,13 +9,12 @@ were there before, byte for byte.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import jetstore
+from instance_store import LOG, Store
 from jetstore.errors import (
     InvalidParameter,
     KeyDuplicate,
@@ -33,31 +32,6 @@ from jetstore.tables.catalog import (
     table_entry_key,
 )
 from jetstore.transactions.transaction import TransactionState
-
-LOG = 64 * 1024
-
-
-class Store:
-    def __init__(self, path: Path, **options: Any) -> None:
-        self.path = path
-        self.options = {"log_file_size": LOG, **options}
-        self.inst = jetstore.open(path, **self.options)
-        self.db = self.inst.database("main", create=True)
-
-    def reopen(self) -> None:
-        self.inst.close()
-        self.inst = jetstore.open(self.path, **self.options)
-        self.db = self.inst.database("main")
-
-    def close(self) -> None:
-        self.inst.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path)
-    yield s
-    s.close()
 
 
 def raw(db: jetstore.Database) -> list[tuple[bytes, bytes]]:
