@@ -548,3 +548,17 @@ def test_lazy_commits_are_present_after_a_clean_close(store: Store) -> None:
     got = rows(store.db)
     assert [r["id"] for r in got] == list(range(1, 50))
     assert got[-1] == {"id": 49, "v": "v49", "blob": b"l" * (49 * 300)}
+
+
+def test_a_commit_that_leaves_the_tree_unchanged_still_conflicts(store: Store) -> None:
+    # Found by the interleaving property: insert then delete is a write of the key even though
+    # the tree ends as it was; a concurrent writer of the same key must get WriteConflict.
+    store.db.create_table("t", [("id", "int")], "id")
+    first = store.db.transaction()
+    second = store.db.transaction()
+    first.table("t").insert({"id": 2})
+    first.table("t").delete(2)
+    first.commit()
+    second.table("t").insert({"id": 2})
+    with pytest.raises(WriteConflict):
+        second.commit()

@@ -195,10 +195,14 @@ class Database:
         txn.prepare_commit()  # the private tree is built outside the commit lock
         with instance.commit_lock:
             instance.check_writable()
-            root, _position, plan_epoch = self._published
+            root, position, plan_epoch = self._published
             mutation = txn.mutation
+            # Nothing committed since the snapshot (every commit moves the position, even one
+            # that leaves the tree as it was), and no checkpoint assigned pages meanwhile.
             fast = (
-                root is txn.snapshot_root and plan_epoch == txn.plan_epoch and mutation is not None
+                position == txn.snapshot_position
+                and plan_epoch == txn.plan_epoch
+                and mutation is not None
             )
             if fast:
                 assert mutation is not None
