@@ -50,6 +50,13 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     141: ("logs_deleted", "info"),
     142: ("log_delete_failed", "warning"),
     143: ("log_disk_full", "error"),
+    150: ("backup_started", "info"),
+    151: ("backup_completed", "info"),
+    152: ("backup_aborted", "warning"),
+    153: ("backup_failed", "error"),
+    160: ("control_socket_started", "info"),
+    161: ("control_request_rejected", "warning"),
+    162: ("control_socket_failed", "error"),
 }
 _BY_NAME: Final = {name: (event_id, level) for event_id, (name, level) in EVENTS.items()}
 

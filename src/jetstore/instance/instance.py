@@ -28,11 +28,13 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetstore.errors import (
+    BackupInProgress,
     CheckpointDepthTooDeep,
     DatabaseDirtyShutdown,
     DatabaseDuplicate,
@@ -68,6 +70,9 @@ from jetstore.io.threads import ManagedThread
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogWriter
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
+
+if TYPE_CHECKING:
+    from jetstore.backup.session import BackupKind, BackupSession
 
 MIB = 1024 * 1024
 
@@ -161,6 +166,12 @@ class Instance:
         self.checkpoints = 0
         self.commits = 0
         self.recovery: RecoveryOutcome | None = None
+        self._backup: BackupSession | None = None
+        self._backup_lock = threading.Lock()
+        self.backup_bytes_streamed = 0
+        self.backups_completed = 0
+        self.backups_aborted = 0
+        self.backups_failed = 0
 
     # ----------------------------------------------------------------- open
 
@@ -754,14 +765,18 @@ class Instance:
         if self.options.circular_logging:
             self._delete_old_logs()
 
-    def _deletion_limit(self) -> DeletionLimit:
+    def _deletion_limit(self, *, margin: int | None = None) -> DeletionLimit:
         durable = self.durable_checkpoint
+        backup = self._backup
+        extra: dict[str, int] = {} if margin is None else {"margin": margin}
         return deletion_limit(
             checkpoint_file_generation=None if durable is None else durable.generation,
             header_generations=[
                 (db.name, db.file.header.checkpoint_position.generation)
                 for db in self._databases.values()
             ],
+            backup_generation=backup.first_generation if backup is not None else None,
+            **extra,
         )
 
     def _archived_generations(self) -> list[int]:
@@ -839,13 +854,111 @@ class Instance:
         """
         limit = self._deletion_limit()
         present = sorted(self._archived_generations())
+        not_needed = deletable(present, limit)
+        covered_to = self.backed_up_through()
         return {
             "keep_from": limit.keep_from,
             "reason": limit.reason,
             "present": present,
-            "not_needed_for_recovery": deletable(present, limit),
-            "covered_by_backup": [],
+            "not_needed_for_recovery": not_needed,
+            "covered_by_backup": [g for g in not_needed if g <= covered_to],
+            "backed_up_through": covered_to,
         }
+
+    def backed_up_through(self) -> int:
+        """The highest generation every attached database has in a completed full or
+        incremental backup (0 if any has none): logs up to it are in a backup set."""
+        highest: list[int] = []
+        for db in self._databases.values():
+            header = db.file.header
+            full = header.last_full_backup
+            if full.is_none:
+                return 0
+            high = full.generation_high
+            incremental = header.last_incremental_backup
+            if not incremental.is_none:
+                high = max(high, incremental.generation_high)
+            highest.append(high)
+        return min(highest, default=0)
+
+    # ----------------------------------------------------------------- backup
+
+    def begin_backup(self, kind: str | BackupKind = "full") -> BackupSession:
+        """Start an online backup (see `jetstore.backup.session`): a `BackupSession` that
+        lists the files to copy and streams them verified; end it with `complete()` or
+        `abort()` (leaving its `with` block without `complete()` aborts)."""
+        from jetstore.backup.session import begin_backup
+
+        return begin_backup(self, kind)
+
+    @property
+    def backup_session(self) -> BackupSession | None:
+        return self._backup
+
+    def backup_started(self, session: BackupSession) -> None:
+        """Register `session` as the running backup (BackupInProgress if one runs)."""
+        if self.state is InstanceState.FAILED:
+            self.check_writable()  # raises: say why the instance stopped
+        self.check_open()
+        if self._closing:
+            raise InstanceUnavailable(f"instance '{self.directory}' is shutting down")
+        with self._backup_lock:
+            running = self._backup
+            if running is not None:
+                raise BackupInProgress(
+                    f"backup {running.id} ({running.kind.value}) of '{self.directory}' is "
+                    "still running; one backup at a time",
+                    hint="wait for it to finish, or abort it",
+                )
+            self._backup = session
+
+    def backup_ended(self, session: BackupSession) -> None:
+        with self._backup_lock:
+            if self._backup is session:
+                self._backup = None
+        if session.state == "completed":
+            self.backups_completed += 1
+        elif session.state == "failed":
+            self.backups_failed += 1
+        else:
+            self.backups_aborted += 1
+
+    @contextmanager
+    def checkpoint_guard(self) -> Iterator[None]:
+        """Hold off checkpoints (and the log deletion that follows them) for a moment."""
+        with self._checkpoint_lock:
+            yield
+
+    def truncate_logs_after_backup(self, first_copied: int) -> list[int]:
+        """After a completed full or incremental backup: delete the closed generations below
+        min(durable checkpoint file, every header's checkpoint, `first_copied`). Nothing
+        with circular logging (it deletes by itself). Returns the generations deleted."""
+        if self.options.circular_logging:
+            return []
+        with self._checkpoint_lock:
+            limit = self._deletion_limit(margin=0)
+            if first_copied < limit.keep_from:
+                limit = DeletionLimit(first_copied, f"the backup copied from {first_copied}")
+            victims = deletable(self._archived_generations(), limit)
+            deleted: list[int] = []
+            try:
+                for generation in victims:
+                    self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
+                    deleted.append(generation)
+            finally:
+                if deleted:
+                    self.fs.fsync_directory(self.directory, owner=self.owner)
+                    self.logs_deleted += len(deleted)
+            if deleted:
+                self.events.emit(
+                    "logs_deleted",
+                    f"backup truncation deleted log generations {deleted[0]}-{deleted[-1]} "
+                    f"(kept from {limit.keep_from}: {limit.reason})",
+                    first=deleted[0],
+                    last=deleted[-1],
+                    keep_from=limit.keep_from,
+                )
+            return deleted
 
     _checkpoint_seq = 0
     _first_generation = 0
@@ -921,6 +1034,12 @@ class Instance:
             "write_conflicts": sum(db.conflicts for db in self._databases.values()),
             "active_transactions": sum(db.active_transactions() for db in self._databases.values()),
             "databases": sorted(self._databases),
+            "backup_sessions_active": 1 if self._backup is not None else 0,
+            "backup": self._backup.describe() if self._backup is not None else None,
+            "backup_bytes_streamed": self.backup_bytes_streamed,
+            "backups_completed": self.backups_completed,
+            "backups_aborted": self.backups_aborted,
+            "backups_failed": self.backups_failed,
         }
 
     # ----------------------------------------------------------------- close
@@ -930,6 +1049,7 @@ class Instance:
         if self.state is InstanceState.CLOSED:
             return
         error: BaseException | None = None
+        self._abort_backup("the instance is closing")
         try:
             if self._background is not None:
                 self._background.close()
@@ -961,7 +1081,16 @@ class Instance:
         self._release_everything()
         self.state = InstanceState.CLOSED
 
+    def _abort_backup(self, reason: str) -> None:
+        session = self._backup
+        if session is not None:
+            try:
+                session.abort(reason)
+            except Exception:
+                session._end("aborted")  # whatever the event log did, release the handles
+
     def _release_everything(self) -> None:
+        self._abort_backup("the instance stopped")
         if self._background is not None:
             try:
                 self._background.close()

@@ -349,7 +349,7 @@ class LogWriter:
             end = LogPosition(self._gen, self._end)
             closed = {g: info for g, info in self._closed_gens.items() if g < end.generation}
         try:
-            self._write_chunks(chunks, closed)
+            self._write_chunks(chunks, closed, end.generation)
         except JetError as exc:
             with self._cond:
                 if isinstance(exc, DiskFull):
@@ -385,10 +385,26 @@ class LogWriter:
         self.wait_durable(end)
         return end
 
+    def roll(self) -> int:
+        """Close the current generation now, even if it is empty, and make it durable under
+        its archived name; returns its number. Everything appended before the call lies in
+        that generation or an earlier one (a backup's end point). Appenders wait only for
+        this one flush."""
+        with self._lock:
+            if self._failed is not None:
+                self._raise_failed()
+            closed = self._gen
+            self._close_generation()
+            target = LogPosition(self._gen, self._end)
+        self.wait_durable(target)
+        return closed
+
     def needs_flush(self) -> bool:
         return self._durable < LogPosition(self._gen, self._end) and self._failed is None
 
-    def _write_chunks(self, chunks: list[list[Any]], closed: dict[int, tuple[int, int]]) -> None:
+    def _write_chunks(
+        self, chunks: list[list[Any]], closed: dict[int, tuple[int, int]], end_generation: int
+    ) -> None:
         file = self._file
         assert file is not None
         for gen, offset, _size, parts in chunks:
@@ -403,6 +419,13 @@ class LogWriter:
                 file = self._file
                 assert file is not None
             file.pwrite(data, offset)
+        while end_generation > self._file_gen:
+            # A roll with nothing written to the new generation yet (`roll`).
+            file.fdatasync()
+            prev_end, prev_checksum = closed[self._file_gen]
+            self._roll(prev_end, prev_checksum)
+            file = self._file
+            assert file is not None
         file.fdatasync()
 
     # ----------------------------------------------------------------- rolls

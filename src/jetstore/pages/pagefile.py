@@ -12,8 +12,9 @@ Invariants:
 - Header writes go copy 0, sync, copy 1, sync; a torn write damages at most one copy and the
   reader takes the valid copy with the highest sequence number.
 - A page freed by a commit at log position S (`note_freed`) becomes reusable only once the
-  durable header is at a position >= S (the header no longer reaches it) and no open
-  snapshot is older than S (no reader reaches it). Until then it waits in `_pending`.
+  durable header is at a position >= S (the header no longer reaches it), no open
+  snapshot is older than S (no reader reaches it) and no pin (`pin`: a running backup
+  copying the tree of an older header) is older than S. Until then it waits in `_pending`.
 - The persisted free list of a header lists exactly the pages free in that header's tree:
   the reusable pages, the pages freed at or before its checkpoint position, and the previous
   free-list chain; never a page the tree uses.
@@ -95,6 +96,8 @@ class DatabaseFile:
         self._pending: deque[tuple[LogPosition, list[int]]] = deque()
         self._chain: list[int] = []
         self._page_count = header.page_count
+        self._pins: dict[int, LogPosition] = {}
+        self._next_pin = 1
         self.pages_read = 0
         self.pages_written = 0
         self._load_free_list()
@@ -271,6 +274,29 @@ class DatabaseFile:
         self._page_count += 1
         return pgno
 
+    def pin(self) -> tuple[int, DatabaseHeader]:
+        """Keep every page the durable header reaches from being reused until `unpin`.
+
+        Returns (token, that header). Call it with no checkpoint in flight (the instance holds
+        its checkpoint lock): pages the header reaches are then either in its tree or waiting
+        in `_pending` at positions after the header's, and the pin holds those back.
+        """
+        with self._space_lock:
+            token = self._next_pin
+            self._next_pin += 1
+            header = self._header
+            self._pins[token] = header.checkpoint_position
+            return token, header
+
+    def unpin(self, token: int) -> None:
+        """End a pin (idempotent); its pages are released by the next checkpoint."""
+        with self._space_lock:
+            self._pins.pop(token, None)
+
+    @property
+    def pins(self) -> int:
+        return len(self._pins)
+
     @property
     def free_pages(self) -> int:
         return len(self._free)
@@ -292,7 +318,7 @@ class DatabaseFile:
                 node.pgno = self._allocate()
             freed_by_p = [p for s, pages in self._pending if s <= position for p in pages]
             old_chain = list(self._chain)
-            per_page = (payload_capacity(self.page_size) - _FREELIST_HEAD.size) // _U64.size
+            per_page = free_list_capacity(self.page_size)
             chain: list[int] = []
             while len(chain) * per_page < len(self._free) + len(freed_by_p) + len(old_chain):
                 chain.append(self._allocate())
@@ -330,15 +356,7 @@ class DatabaseFile:
             pgno = node.pgno
             assert pgno is not None
             pages.append((pgno, encode_node(node, page_size, pgno, seq)))
-        per_page = (payload_capacity(page_size) - _FREELIST_HEAD.size) // _U64.size
-        entries = plan.free_list
-        for i, pgno in enumerate(plan.chain):
-            chunk = entries[i * per_page : (i + 1) * per_page]
-            next_pgno = plan.chain[i + 1] if i + 1 < len(plan.chain) else 0
-            payload = _FREELIST_HEAD.pack(next_pgno) + struct.pack(f"<{len(chunk)}Q", *chunk)
-            pages.append(
-                (pgno, encode_page(pgno, PageType.FREE_LIST, len(chunk), payload, page_size, seq))
-            )
+        pages.extend(encode_free_list(plan.chain, plan.free_list, page_size, seq))
         pages.sort()
         for pgno, data in pages:
             if batch and pgno != batch_start + len(batch):
@@ -363,6 +381,8 @@ class DatabaseFile:
             limit = plan.position
             if oldest_snapshot is not None and oldest_snapshot < limit:
                 limit = oldest_snapshot
+            if self._pins:
+                limit = min(limit, *self._pins.values())
             while self._pending and self._pending[0][0] <= limit:
                 _, pages = self._pending.popleft()
                 for pgno in pages:
@@ -395,6 +415,39 @@ class DatabaseFile:
 
     def sync(self) -> None:
         self._file.fdatasync()
+
+
+def free_list_capacity(page_size: int) -> int:
+    """How many page numbers one free-list page holds."""
+    return (payload_capacity(page_size) - _FREELIST_HEAD.size) // _U64.size
+
+
+def chain_length(free_count: int, page_size: int) -> int:
+    """Free-list pages needed to list `free_count` pages (the chain's own pages excluded)."""
+    per_page = free_list_capacity(page_size)
+    return -(-free_count // per_page)
+
+
+def encode_free_list(
+    chain: list[int], entries: list[int], page_size: int, checkpoint_seq: int
+) -> list[tuple[int, bytes]]:
+    """The free-list pages listing `entries` (ascending) in the pages `chain`, linked in
+    order; returns (page number, page image) pairs."""
+    per_page = free_list_capacity(page_size)
+    pages: list[tuple[int, bytes]] = []
+    for i, pgno in enumerate(chain):
+        chunk = entries[i * per_page : (i + 1) * per_page]
+        next_pgno = chain[i + 1] if i + 1 < len(chain) else 0
+        payload = _FREELIST_HEAD.pack(next_pgno) + struct.pack(f"<{len(chunk)}Q", *chunk)
+        pages.append(
+            (
+                pgno,
+                encode_page(
+                    pgno, PageType.FREE_LIST, len(chunk), payload, page_size, checkpoint_seq
+                ),
+            )
+        )
+    return pages
 
 
 def _guess_page_size(file: File) -> int | None:

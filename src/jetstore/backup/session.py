@@ -1,0 +1,631 @@
+"""Online backup sessions: what a backup copies from a running instance, streamed and checked.
+
+`Instance.begin_backup(kind)` starts a `BackupSession`. The session lists its files, database
+images first (`jetstore.backup.image`), then log generations (`jetstore.backup.logcopy`);
+`read(file)` streams one as verified chunks; `complete()` or `abort()` ends it.
+
+| kind | images | log generations (to the roll) | on complete |
+| --- | --- | --- | --- |
+| full | yes, at a fresh checkpoint | from the images' checkpoint | "last full"; truncates |
+| copy | as full | as full | nothing |
+| incremental | no | after the last full or incremental | "last incremental"; truncates |
+| differential | no | after the last full | "last differential" |
+
+The log is rolled when the log list is first asked for (after the images), so the backup
+holds every transaction acknowledged before that moment. Truncation (circular logging off)
+deletes the closed generations below min(durable checkpoint file, every database header's
+checkpoint, the first generation this backup copied).
+
+Invariants:
+- One session per instance at a time (`BackupInProgress`, -505, for a second one).
+- Every handle a session opens is registered under its own owner
+  (`<instance owner>/backup-<id>`); `_end()` closes them all with one `close_owner` call, is
+  idempotent, and runs on every way out: complete, abort, a failed read, the context manager's
+  exit, instance close (which aborts the backup and records event 152).
+- While a session runs, the pages its images copy are pinned (never reused) and the log
+  generations it copies are kept (circular deletion stops below its first generation).
+- Only `complete()`, after every listed file was streamed to its end, records history or
+  deletes logs; a failed or aborted backup changes nothing on disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jetstore.backup.image import DatabaseImage
+from jetstore.backup.logcopy import read_log_header, stream_generation
+from jetstore.errors import (
+    BackupAbortByServer,
+    BackupInProgress,
+    InstanceUnavailable,
+    InvalidBackup,
+    InvalidBackupSequence,
+    InvalidParameter,
+    JetError,
+    MissingFullBackup,
+    MissingLogFile,
+)
+from jetstore.format.common import ENGINE_VERSION, FORMAT_VERSION, Signature, now_us
+from jetstore.format.dbheader import BackupInfo, DatabaseHeader
+from jetstore.format.filenames import CURRENT_LOG, database_file_name, generation_log_name
+from jetstore.format.logheader import LogFileHeader
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import File
+
+if TYPE_CHECKING:
+    from jetstore.instance.database import Database
+    from jetstore.instance.instance import Instance
+
+#: Size of the chunks `read` yields (the last one of a file may be shorter).
+CHUNK_SIZE = 1024 * 1024
+_session_ids = itertools.count(1)
+
+
+class BackupKind(enum.StrEnum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    DIFFERENTIAL = "differential"
+    COPY = "copy"
+
+    @classmethod
+    def parse(cls, value: str | BackupKind) -> BackupKind:
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidParameter(
+                f"unknown backup kind {value!r}",
+                hint=f"use one of {', '.join(k.value for k in cls)}",
+            ) from None
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    """One file of a backup: a database image or a log generation."""
+
+    name: str  # its name in the backup set and in a restored instance directory
+    kind: str  # "database" or "log"
+    size: int  # bytes `read` yields for it
+    database: str | None = None
+    generation: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a backup says about one database image."""
+
+    name: str
+    db_id: int
+    signature: Signature
+    page_size: int
+    page_count: int
+    checkpoint: LogPosition
+    generation_min_required: int
+
+
+@dataclass
+class BackupResult:
+    """What a completed backup holds (the manifest of a backup set is built from it)."""
+
+    session: int
+    kind: BackupKind
+    instance: str
+    log_signature: Signature
+    log_file_size: int
+    page_size: int
+    generation_low: int
+    generation_high: int
+    started_us: int
+    completed_us: int
+    images: list[ImageInfo]
+    files: list[BackupFile]
+    databases: list[str]  # every database attached when the backup began
+    engine_version: str = ENGINE_VERSION
+    format_version: int = FORMAT_VERSION
+    truncated: list[int] = field(default_factory=list)
+    bytes_streamed: int = 0
+
+
+@dataclass
+class _Image:
+    db: Database
+    pin: int
+    header: DatabaseHeader
+    image: DatabaseImage | None = None
+
+
+class BackupSession:
+    """One running backup. Use as a context manager: leaving it without `complete()` aborts."""
+
+    def __init__(self, instance: Instance, kind: BackupKind) -> None:
+        self.id = next(_session_ids)
+        self.instance = instance
+        self.kind = kind
+        self.owner = f"{instance.owner}/backup-{self.id}"
+        self.started_us = now_us()
+        self.state = "starting"  # starting -> running -> completed | aborted | failed
+        self.error: JetError | None = None
+        self.bytes_streamed = 0
+        self.first_generation: int | None = None
+        self.last_generation: int | None = None
+        self._images: list[_Image] = []
+        self._databases: list[Database] = []
+        self._log_files: list[BackupFile] | None = None
+        self._streamed: set[str] = set()
+        self._result: BackupResult | None = None
+        self._lock = threading.RLock()
+        self.progress: Callable[[BackupFile, int], None] | None = None
+
+    # ----------------------------------------------------------------- start
+
+    def _start(self) -> None:
+        """Called by `Instance.begin_backup` once the session is registered."""
+        instance = self.instance
+        kind = self.kind
+        if kind in (BackupKind.INCREMENTAL, BackupKind.DIFFERENTIAL):
+            if instance.options.circular_logging:
+                raise InvalidBackup(
+                    f"an {kind.value} backup needs every log generation since the last full "
+                    "backup, and circular logging deletes them",
+                    hint="take a full backup, or reopen the instance with circular_logging=False",
+                )
+        else:
+            # A fresh checkpoint keeps the log part of the backup short.
+            instance.checkpoint()
+        with instance.checkpoint_guard():
+            self._databases = instance.attached_databases()
+            current = instance.log.current_generation
+            if kind in (BackupKind.FULL, BackupKind.COPY):
+                for db in self._databases:
+                    token, header = db.file.pin()
+                    self._images.append(_Image(db, token, header))
+                low = min(
+                    (image.header.checkpoint_position.generation for image in self._images),
+                    default=current,
+                )
+                low = max(1, low)
+            else:
+                low = self._generation_after_previous()
+            missing = [
+                g
+                for g in range(low, current)
+                if not instance.fs.exists(os.path.join(instance.directory, generation_log_name(g)))
+            ]
+            if missing:
+                raise MissingLogFile(
+                    f"an {kind.value} backup needs log generations {low}-{current - 1}, but "
+                    f"{generation_log_name(missing[0])} is gone from '{instance.directory}'",
+                    hint="take a full backup (a later backup or `logs remove` deleted the "
+                    "logs this one would continue from)",
+                    path=os.path.join(instance.directory, generation_log_name(missing[0])),
+                )
+            self.first_generation = low  # from here on circular logging keeps them
+        for image in self._images:
+            path = image.db.file.path
+            file = instance.fs.open(path, owner=self.owner, writable=False)
+            image.image = DatabaseImage(file, image.header, path=path)
+        self.state = "running"
+
+    def _generation_after_previous(self) -> int:
+        if not self._databases:
+            raise MissingFullBackup(
+                f"instance '{self.instance.directory}' has no database to take an "
+                f"{self.kind.value} backup of",
+                hint="create a database and take a full backup first",
+            )
+        lows: list[int] = []
+        for db in self._databases:
+            header = db.file.header
+            full = header.last_full_backup
+            if full.is_none:
+                raise MissingFullBackup(
+                    f"database {db.name!r} has no full backup for an {self.kind.value} backup "
+                    "to follow",
+                    hint="take a full backup first",
+                    path=db.file.path,
+                )
+            previous = full
+            if self.kind is BackupKind.INCREMENTAL:
+                incremental = header.last_incremental_backup
+                if (
+                    not incremental.is_none
+                    and incremental.generation_high > previous.generation_high
+                ):
+                    previous = incremental
+            lows.append(previous.generation_high + 1)
+        return min(lows)
+
+    # ----------------------------------------------------------------- files
+
+    def database_files(self) -> list[BackupFile]:
+        return [
+            BackupFile(
+                database_file_name(image.db.name),
+                "database",
+                image.image.size if image.image is not None else 0,
+                database=image.db.name,
+            )
+            for image in self._images
+        ]
+
+    def log_files(self) -> list[BackupFile]:
+        """The log generations of the backup. The first call rolls the log: the backup ends
+        there (every transaction acknowledged before it is in these files)."""
+        with self._lock:
+            self._check_running()
+            if self._log_files is None:
+                try:
+                    high = self.instance.log.roll()
+                except JetError as exc:
+                    self._fail(exc)
+                    raise
+                low = self.first_generation
+                assert low is not None
+                self.last_generation = high
+                files = []
+                for generation in range(low, high + 1):
+                    name = generation_log_name(generation)
+                    size = self.instance.options.log_file_size
+                    try:
+                        size = self.instance.fs.size(os.path.join(self.instance.directory, name))
+                    except JetError as exc:
+                        self._fail(exc)
+                        raise
+                    files.append(BackupFile(name, "log", size, generation=generation))
+                self._log_files = files
+            return list(self._log_files)
+
+    def files(self) -> Iterator[BackupFile]:
+        """Every file, in the order a backup copies them (the log list comes last, see
+        `log_files`)."""
+        yield from self.database_files()
+        yield from self.log_files()
+
+    def read(self, file: BackupFile) -> Iterator[bytes]:
+        """The contents of `file` as verified chunks. A failed check or read ends the whole
+        backup (state failed, nothing recorded) and raises the error naming its place."""
+        self._check_running()
+        try:
+            if file.kind == "database":
+                source = self._image_for(file)
+                chunks = source.chunks()
+            else:
+                chunks = self._log_chunks(file)
+            for chunk in chunks:
+                if self.state != "running":
+                    raise self._aborted_error()
+                self.bytes_streamed += len(chunk)
+                self.instance.backup_bytes_streamed += len(chunk)
+                yield chunk
+        except JetError as exc:
+            if self.state != "running":
+                raise self._aborted_error() from exc
+            self._fail(exc)
+            raise
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            if self.state == "running":
+                self._fail(BackupAbortByServer(f"backup stopped by {type(exc).__name__}"))
+            raise
+        self._streamed.add(file.name)
+
+    def _image_for(self, file: BackupFile) -> DatabaseImage:
+        for image in self._images:
+            if database_file_name(image.db.name) == file.name and image.image is not None:
+                return image.image
+        raise InvalidParameter(f"{file.name!r} is not a database file of backup {self.id}")
+
+    def _log_chunks(self, file: BackupFile) -> Iterator[bytes]:
+        log_files = self._log_files or []
+        if file.generation is None or file not in log_files:
+            raise InvalidParameter(
+                f"{file.name!r} is not a log file of backup {self.id}",
+                hint="take the file list from `log_files()`",
+            )
+        generation = file.generation
+        directory = self.instance.directory
+        path = os.path.join(directory, file.name)
+        successor = self._successor_header(generation + 1)
+        handle = self.instance.fs.open(path, owner=self.owner, writable=False)
+        try:
+            yield from _rechunk(
+                stream_generation(
+                    handle,
+                    path,
+                    generation=generation,
+                    signature=self.instance.log.signature,
+                    successor=successor,
+                )
+            )
+        finally:
+            handle.close()
+
+    def _successor_header(self, generation: int) -> LogFileHeader:
+        """The header of `generation` (archived, or still the current log file)."""
+        directory = self.instance.directory
+        for _attempt in range(3):
+            for name in (generation_log_name(generation), CURRENT_LOG):
+                path = os.path.join(directory, name)
+                try:
+                    handle: File = self.instance.fs.open(path, owner=self.owner, writable=False)
+                except JetError:
+                    continue
+                try:
+                    header = read_log_header(handle, path)
+                finally:
+                    handle.close()
+                if header.generation == generation:
+                    return header
+        raise MissingLogFile(
+            f"log generation {generation}, which records where generation {generation - 1} "
+            f"ends, is not in '{directory}'",
+            hint="a log file was removed while the backup ran; take the backup again",
+            path=os.path.join(directory, generation_log_name(generation)),
+        )
+
+    # ----------------------------------------------------------------- end
+
+    def unread_files(self) -> list[str]:
+        """Files listed but not yet read to their end (rolls the log, see `log_files`)."""
+        return [
+            f.name
+            for f in [*self.database_files(), *self.log_files()]
+            if f.name not in self._streamed
+        ]
+
+    def result(self) -> BackupResult:
+        """What the backup holds, once every file was read: for a backup set's manifest,
+        written (and made durable) before `complete()` deletes any log."""
+        with self._lock:
+            self._check_running()
+            unread = self.unread_files()
+            if unread:
+                raise InvalidBackupSequence(
+                    f"backup {self.id} is not finished: {len(unread)} file(s) were not read to "
+                    f"the end ({', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''})",
+                    hint="read every file of `files()` first, or `abort()`",
+                )
+            if self._result is None:
+                low = self.first_generation
+                high = self.last_generation
+                assert low is not None and high is not None
+                instance = self.instance
+                self._result = BackupResult(
+                    session=self.id,
+                    kind=self.kind,
+                    instance=instance.directory,
+                    log_signature=instance.log.signature,
+                    log_file_size=instance.options.log_file_size,
+                    page_size=instance.options.page_size,
+                    generation_low=low,
+                    generation_high=high,
+                    started_us=self.started_us,
+                    completed_us=now_us(),
+                    images=[
+                        ImageInfo(
+                            image.db.name,
+                            image.header.db_id,
+                            image.header.db_signature,
+                            image.header.page_size,
+                            image.header.page_count,
+                            image.header.checkpoint_position,
+                            image.header.generation_min_required,
+                        )
+                        for image in self._images
+                    ],
+                    files=[*self.database_files(), *self.log_files()],
+                    databases=[db.name for db in self._databases],
+                    bytes_streamed=self.bytes_streamed,
+                )
+            return self._result
+
+    def complete(self) -> BackupResult:
+        """End the backup successfully: record it in the database headers (not for a copy)
+        and, for full and incremental backups without circular logging, delete the log
+        generations it makes unnecessary. Every listed file must have been read to its end."""
+        with self._lock:
+            result = self.result()
+            instance = self.instance
+            if instance.state.value != "open":
+                raise InstanceUnavailable(
+                    f"backup {self.id} cannot complete: instance '{instance.directory}' is "
+                    f"{instance.state.value}",
+                    hint="nothing was recorded; take the backup again once the instance is open",
+                )
+            low, high = result.generation_low, result.generation_high
+            try:
+                self._record_history(low, high, result.completed_us)
+                if self.kind in (BackupKind.FULL, BackupKind.INCREMENTAL):
+                    result.truncated = instance.truncate_logs_after_backup(low)
+            except JetError as exc:
+                self._fail(exc)
+                raise
+            self._end("completed")
+            instance.events.emit(
+                "backup_completed",
+                f"{self.kind.value} backup {self.id} completed: log generations {low}-{high}, "
+                f"{len(self._images)} database image(s), {self.bytes_streamed} bytes"
+                + (
+                    f"; deleted log generations {result.truncated[0]}-{result.truncated[-1]}"
+                    if result.truncated
+                    else ""
+                ),
+                session=self.id,
+                kind=self.kind.value,
+                generation_low=low,
+                generation_high=high,
+                bytes=self.bytes_streamed,
+                truncated=result.truncated,
+            )
+            return result
+
+    def _record_history(self, low: int, high: int, completed: int) -> None:
+        if self.kind is BackupKind.COPY:
+            return
+        for db in self._databases:
+            if db.file.closed:
+                continue  # detached while the backup ran
+            position = LogPosition(low, 0)
+            for image in self._images:
+                if image.db is db:
+                    position = image.header.checkpoint_position
+            info = BackupInfo(low, high, position, completed)
+            field_name = {
+                BackupKind.FULL: "last_full_backup",
+                BackupKind.INCREMENTAL: "last_incremental_backup",
+                BackupKind.DIFFERENTIAL: "last_differential_backup",
+            }[self.kind]
+            changes: dict[str, Any] = {field_name: info}
+            if self.kind is BackupKind.FULL:
+                # A new full backup starts a new chain: older incrementals and differentials
+                # do not apply on top of it.
+                changes["last_incremental_backup"] = BackupInfo.NONE
+                changes["last_differential_backup"] = BackupInfo.NONE
+            db.file.write_header(**changes)
+
+    def abort(self, reason: str = "aborted by the caller") -> None:
+        """End the backup without recording anything (idempotent)."""
+        with self._lock:
+            if self.state in ("completed", "aborted", "failed"):
+                return
+            self._end("aborted")
+        self.instance.events.emit(
+            "backup_aborted",
+            f"{self.kind.value} backup {self.id} aborted: {reason}; nothing was recorded and no "
+            "log was deleted",
+            session=self.id,
+            kind=self.kind.value,
+            reason=reason,
+            bytes=self.bytes_streamed,
+        )
+
+    def _fail(self, error: JetError) -> None:
+        with self._lock:
+            if self.state in ("completed", "aborted", "failed"):
+                return
+            self.error = error
+            self._end("failed")
+        self.instance.events.emit(
+            "backup_failed",
+            f"{self.kind.value} backup {self.id} failed: {error}; nothing was recorded and no "
+            "log was deleted",
+            session=self.id,
+            kind=self.kind.value,
+            error=error.name,
+            code=error.code,
+            path=error.path,
+        )
+
+    def _end(self, state: str) -> None:
+        """Release everything the session holds (idempotent: only the first call acts)."""
+        with self._lock:
+            if self.state in ("completed", "aborted", "failed"):
+                return
+            self.state = state
+            for image in self._images:
+                image.db.file.unpin(image.pin)
+            self.instance.registry.close_owner(self.owner)
+            self.instance.backup_ended(self)
+
+    def _check_running(self) -> None:
+        if self.state == "running":
+            return
+        if self.state == "failed" and self.error is not None:
+            raise InvalidBackupSequence(
+                f"backup {self.id} failed ({self.error.name}: {self.error.detail})",
+                hint="start a new backup",
+            )
+        raise InvalidBackupSequence(
+            f"backup {self.id} is {self.state}", hint="start a new backup with begin_backup"
+        )
+
+    def _aborted_error(self) -> JetError:
+        if self.state == "failed" and self.error is not None:
+            return InvalidBackupSequence(
+                f"backup {self.id} failed ({self.error.name}: {self.error.detail})",
+                hint="start a new backup",
+            )
+        return BackupAbortByServer(
+            f"backup {self.id} was {self.state} while a file was being read",
+            hint="start the backup again",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "session": self.id,
+            "kind": self.kind.value,
+            "state": self.state,
+            "started_us": self.started_us,
+            "first_generation": self.first_generation,
+            "last_generation": self.last_generation,
+            "bytes_streamed": self.bytes_streamed,
+            "handles": self.instance.registry.total(self.owner),
+        }
+
+    def __enter__(self) -> BackupSession:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.state in ("starting", "running"):
+            self.abort(
+                "left the session without complete()"
+                if exc is None
+                else f"an exception ended the session ({type(exc).__name__})"
+            )
+
+
+def _rechunk(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Regroup a stream of pieces into CHUNK_SIZE chunks (the last one may be shorter)."""
+    pending: list[bytes] = []
+    size = 0
+    for piece in chunks:
+        pending.append(piece)
+        size += len(piece)
+        if size >= CHUNK_SIZE:
+            data = b"".join(pending)
+            for start in range(0, len(data) - CHUNK_SIZE + 1, CHUNK_SIZE):
+                yield data[start : start + CHUNK_SIZE]
+            rest = data[len(data) - len(data) % CHUNK_SIZE :]
+            pending = [rest] if rest else []
+            size = len(rest)
+    if pending:
+        yield b"".join(pending)
+
+
+def begin_backup(instance: Instance, kind: str | BackupKind) -> BackupSession:
+    """Start a backup of `instance` (see `Instance.begin_backup`)."""
+    parsed = BackupKind.parse(kind)
+    session = BackupSession(instance, parsed)
+    instance.backup_started(session)  # raises BackupInProgress if one runs
+    try:
+        session._start()
+    except BaseException as exc:
+        error = exc if isinstance(exc, JetError) else BackupAbortByServer(str(exc))
+        session._fail(error)
+        raise
+    instance.events.emit(
+        "backup_started",
+        f"{parsed.value} backup {session.id} started: {len(session._images)} database "
+        f"image(s), log generations from {session.first_generation}",
+        session=session.id,
+        kind=parsed.value,
+        first_generation=session.first_generation,
+    )
+    return session
+
+
+__all__ = [
+    "BackupFile",
+    "BackupInProgress",
+    "BackupKind",
+    "BackupResult",
+    "BackupSession",
+    "ImageInfo",
+    "begin_backup",
+]

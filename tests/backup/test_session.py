@@ -1,0 +1,419 @@
+"""The in-process backup session (`Instance.begin_backup`): what it copies, what it pins, what
+it records and deletes, and that every way out leaves no handle behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jetstore
+from jetstore.backup.session import BackupSession
+from jetstore.errors import (
+    BackupAbortByServer,
+    BackupInProgress,
+    InvalidBackup,
+    InvalidBackupSequence,
+    JetError,
+    LogFileCorrupt,
+    MissingFullBackup,
+    MissingLogFile,
+    ReadVerifyFailure,
+)
+from jetstore.format.filenames import generation_log_name
+from jetstore.instance.events import EVENTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _open(path: Path, **options: Any) -> jetstore.Instance:
+    options.setdefault("log_file_size", 64 * 1024)
+    return jetstore.open(path, **options)
+
+
+def _load(inst: jetstore.Instance, first: int, count: int, *, width: int = 200) -> None:
+    db = inst.database("main", create=True)
+    if "kv" not in db.table_names():
+        db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    for i in range(first, first + count):
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": f"{i}:" + "x" * width})
+
+
+def _rows(inst: jetstore.Instance) -> dict[int, str]:
+    db = inst.database("main")
+    with db.transaction() as txn:
+        return {r["k"]: r["v"] for r in txn.table("kv").scan()}
+
+
+def _copy(session: BackupSession, dest: Path) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for file in session.files():
+        with open(dest / file.name, "wb") as out:
+            size = 0
+            for chunk in session.read(file):
+                out.write(chunk)
+                size += len(chunk)
+        assert size == file.size, file
+        names.append(file.name)
+    return names
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _open_from_copies(target: Path, *sets: Path) -> jetstore.Instance:
+    target.mkdir()
+    for source in sets:
+        for name in os.listdir(source):
+            shutil.copy(source / name, target / name)
+    return jetstore.open(target)
+
+
+def test_full_backup_copies_a_consistent_image_and_the_logs_to_the_roll(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 300)
+        baseline = inst.registry.counts()
+        with inst.begin_backup("full") as session:
+            names = _copy(session, tmp_path / "set")
+            result = session.complete()
+        assert names[0] == "main.edb"
+        assert names[1:] == [
+            generation_log_name(g) for g in range(result.generation_low, result.generation_high + 1)
+        ]
+        assert inst.registry.counts() == baseline
+        counters = inst.counters()
+        assert counters["backups_completed"] == 1
+        assert counters["backup_sessions_active"] == 0
+        assert counters["backup_bytes_streamed"] == result.bytes_streamed > 0
+        expected = _rows(inst)
+        header = inst.database("main").file.header
+        assert header.last_full_backup.generation_low == result.generation_low
+        assert header.last_full_backup.generation_high == result.generation_high
+    finally:
+        inst.close()
+    restored = _open_from_copies(tmp_path / "restored", tmp_path / "set")
+    try:
+        assert _rows(restored) == expected
+    finally:
+        restored.close()
+
+
+def test_image_stays_consistent_while_writers_and_checkpoints_run(tmp_path: Path) -> None:
+    """Pages the image copies are pinned: commits and checkpoints during the copy (which free
+    and reuse pages) must not change what the image reads."""
+    inst = _open(tmp_path / "live", checkpoint_depth=64 * 1024)
+    stop = threading.Event()
+    acknowledged: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        db = inst.database("main")
+        i = 10_000
+        try:
+            while not stop.is_set():
+                with db.transaction() as txn:
+                    table = txn.table("kv")
+                    table.insert({"k": i, "v": "w" * 300})
+                    table.delete(i - 10_000)  # frees pages of the old tree
+                acknowledged.append(i)
+                i += 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    try:
+        _load(inst, 0, 2000, width=300)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            with inst.begin_backup("full") as session:
+                dest = tmp_path / "set"
+                dest.mkdir()
+                for file in session.database_files():
+                    with open(dest / file.name, "wb") as out:
+                        for chunk in session.read(file):
+                            out.write(chunk)
+                            inst.checkpoint()  # free and reuse pages mid-copy
+                # Everything acknowledged so far must be in the backup.
+                before_roll = list(acknowledged)
+                for file in session.log_files():
+                    with open(dest / file.name, "wb") as out:
+                        for chunk in session.read(file):
+                            out.write(chunk)
+                session.complete()
+        finally:
+            stop.set()
+            thread.join()
+        assert not errors
+        assert len(before_roll) > 0
+    finally:
+        inst.close()
+    restored = _open_from_copies(tmp_path / "restored", tmp_path / "set")
+    try:
+        rows = _rows(restored)
+        for key in before_roll:
+            assert key in rows
+            assert key - 10_000 not in rows
+    finally:
+        restored.close()
+
+
+def test_incremental_and_differential_chains_restore_to_the_live_state(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 100)
+        with inst.begin_backup("full") as session:
+            _copy(session, tmp_path / "full")
+            session.complete()
+        _load(inst, 100, 100)
+        with inst.begin_backup("differential") as session:
+            _copy(session, tmp_path / "diff")
+            diff = session.complete()
+        _load(inst, 200, 100)
+        with inst.begin_backup("incremental") as session:
+            _copy(session, tmp_path / "inc1")
+            inc1 = session.complete()
+        _load(inst, 300, 100)
+        inst.checkpoint()  # the checkpoint moves past what the differential would need
+        with inst.begin_backup("incremental") as session:
+            _copy(session, tmp_path / "inc2")
+            inc2 = session.complete()
+        assert inc2.generation_low == inc1.generation_high + 1
+        assert diff.truncated == []
+        expected = _rows(inst)
+        # The second incremental truncated what the differential would continue from.
+        with pytest.raises(MissingLogFile, match="take a full backup"):
+            inst.begin_backup("differential")
+    finally:
+        inst.close()
+    restored = _open_from_copies(
+        tmp_path / "r1", tmp_path / "full", tmp_path / "inc1", tmp_path / "inc2"
+    )
+    try:
+        assert _rows(restored) == expected
+    finally:
+        restored.close()
+
+
+def test_copy_backup_records_nothing_and_truncates_nothing(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 400)
+        logs_before = sorted(
+            n for n in os.listdir(inst.directory) if re.fullmatch(r"edb[0-9A-F]{8}\.log", n)
+        )
+        with inst.begin_backup("copy") as session:
+            _copy(session, tmp_path / "set")
+            result = session.complete()
+        assert result.truncated == []
+        header = inst.database("main").file.header
+        assert header.last_full_backup.is_none
+        logs_after = {
+            n for n in os.listdir(inst.directory) if re.fullmatch(r"edb[0-9A-F]{8}\.log", n)
+        }
+        assert set(logs_before) <= logs_after
+        with pytest.raises(MissingFullBackup):
+            inst.begin_backup("incremental")
+    finally:
+        inst.close()
+
+
+def test_full_backup_truncates_logs_below_the_checkpoint(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 600, width=600)
+        archived = [g for g in range(1, inst.log.current_generation)]
+        assert len(archived) > 3
+        with inst.begin_backup("full") as session:
+            _copy(session, tmp_path / "set")
+            result = session.complete()
+        assert result.truncated, "a full backup with the checkpoint far ahead deletes old logs"
+        for generation in result.truncated:
+            assert generation < result.generation_low
+            assert not (Path(inst.directory) / generation_log_name(generation)).exists()
+        removable = inst.removable_logs()
+        assert removable["backed_up_through"] == result.generation_high
+    finally:
+        inst.close()
+    # The instance still recovers and opens with what is left.
+    with jetstore.open(tmp_path / "live") as again:
+        assert len(_rows(again)) == 600
+
+
+def test_one_backup_at_a_time_and_kinds_refused(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 10)
+        with pytest.raises(MissingFullBackup):
+            inst.begin_backup("incremental")
+        with pytest.raises(jetstore.errors.InvalidParameter):
+            inst.begin_backup("weekly")
+        with inst.begin_backup("full") as session:
+            with pytest.raises(BackupInProgress) as info:
+                inst.begin_backup("copy")
+            assert info.value.code == -505
+        assert session.state == "aborted"
+        inst.begin_backup("copy").abort()
+    finally:
+        inst.close()
+    circular = _open(tmp_path / "circ", circular_logging=True)
+    try:
+        _load(circular, 0, 10)
+        with pytest.raises(InvalidBackup) as refused:
+            circular.begin_backup("incremental")
+        assert refused.value.code == -526
+        with pytest.raises(InvalidBackup):
+            circular.begin_backup("differential")
+    finally:
+        circular.close()
+
+
+def test_abort_and_context_exit_change_nothing_and_release_every_handle(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 400)
+        baseline_handles = inst.registry.counts()
+        baseline_fds = _fds()
+        logs_before = sorted(os.listdir(inst.directory))
+        for way_out in ("abort", "exit", "exception", "abandon", "incomplete"):
+            session = inst.begin_backup("full")
+            files = list(session.database_files())
+            chunks = session.read(files[0])
+            next(chunks)  # a file is open mid-stream
+            assert inst.registry.total(session.owner) >= 1
+            if way_out == "abort":
+                session.abort("test")
+            elif way_out == "exit":
+                with session:
+                    pass
+            elif way_out == "exception":
+                with pytest.raises(RuntimeError), session:
+                    raise RuntimeError("boom")
+            elif way_out == "abandon":
+                chunks.close()
+                session.abort()
+            else:
+                with pytest.raises(InvalidBackupSequence, match="not read to the end"):
+                    session.complete()
+                session.abort()
+            assert session.state == "aborted"
+            with pytest.raises((BackupAbortByServer, InvalidBackupSequence, StopIteration)):
+                next(chunks)
+            session.abort()  # idempotent
+            assert inst.registry.counts() == baseline_handles, way_out
+            assert _fds() == baseline_fds, way_out
+        header = inst.database("main").file.header
+        assert header.last_full_backup.is_none
+        after = sorted(os.listdir(inst.directory))
+        assert [n for n in logs_before if n.endswith(".log") and n not in after] == []
+        assert inst.counters()["backups_aborted"] == 5
+    finally:
+        inst.close()
+
+
+def test_instance_close_aborts_a_running_backup(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    _load(inst, 0, 100)
+    session = inst.begin_backup("full")
+    chunks = session.read(session.database_files()[0])
+    next(chunks)
+    inst.close()
+    assert session.state == "aborted"
+    with pytest.raises((BackupAbortByServer, InvalidBackupSequence)):
+        next(chunks)
+    assert inst.registry.total() == 0
+    events = (Path(inst.directory) / "events.jsonl").read_text()
+    assert '"backup_aborted"' in events and "closing" in events
+
+
+def test_a_damaged_page_fails_the_backup_naming_it(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live", cache_size=16 * 8192)
+    try:
+        _load(inst, 0, 300)
+        inst.checkpoint()
+        db = inst.database("main")
+        header = db.file.header
+        victim = header.root_pgno
+        with open(db.file.path, "r+b") as raw:
+            raw.seek(victim * header.page_size + 100)
+            byte = raw.read(1)
+            raw.seek(victim * header.page_size + 100)
+            raw.write(bytes([byte[0] ^ 0xFF]))
+        baseline = inst.registry.counts()
+        with pytest.raises(JetError) as info:
+            session = inst.begin_backup("full")
+            _copy(session, tmp_path / "set")
+        assert isinstance(info.value, ReadVerifyFailure) or "page" in str(info.value)
+        assert f"page {victim}" in str(info.value)
+        assert inst.registry.counts() == baseline
+        assert inst.backup_session is None
+        assert db.file.header.last_full_backup.is_none
+        assert inst.counters()["backups_failed"] == 1
+    finally:
+        inst.simulate_crash()
+
+
+def test_a_damaged_log_frame_fails_the_backup_naming_its_position(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 300)
+        session = inst.begin_backup("copy")
+        for file in session.database_files():
+            for _chunk in session.read(file):
+                pass
+        logs = session.log_files()
+        victim = Path(inst.directory) / logs[0].name
+        with open(victim, "r+b") as raw:
+            raw.seek(4096 + 40)
+            byte = raw.read(1)
+            raw.seek(4096 + 40)
+            raw.write(bytes([byte[0] ^ 0xFF]))
+        with pytest.raises(LogFileCorrupt) as info:
+            for _chunk in session.read(logs[0]):
+                pass
+        assert logs[0].name in str(info.value)
+        assert session.state == "failed"
+        with pytest.raises(InvalidBackupSequence, match="failed"):
+            session.complete()
+    finally:
+        inst.simulate_crash()
+
+
+def test_circular_logging_keeps_what_a_running_backup_copies(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live", circular_logging=True, checkpoint_depth=64 * 1024)
+    try:
+        _load(inst, 0, 50)
+        session = inst.begin_backup("full")
+        first = session.first_generation
+        assert first is not None
+        _load(inst, 50, 1500)  # many rolls and checkpoints: circular deletion runs
+        inst.checkpoint()
+        assert (Path(inst.directory) / generation_log_name(first)).exists()
+        _copy(session, tmp_path / "set")
+        result = session.complete()
+        assert result.truncated == []  # circular logging deletes by itself
+        inst.checkpoint()
+        inst.checkpoint()
+        assert not (Path(inst.directory) / generation_log_name(first)).exists()
+        expected = _rows(inst)
+    finally:
+        inst.close()
+    restored = _open_from_copies(tmp_path / "restored", tmp_path / "set")
+    try:
+        assert _rows(restored) == expected
+    finally:
+        restored.close()
+
+
+def test_every_event_is_documented() -> None:
+    text = (ROOT / "docs" / "events.md").read_text()
+    for event_id, (name, level) in EVENTS.items():
+        assert f"| {event_id} | {name} | {level} |" in text, name
