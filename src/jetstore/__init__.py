@@ -16,6 +16,8 @@ import logging
 
 from jetstore import errors
 from jetstore._version import __version__
+from jetstore.backup.restore import RestorePlan, RestoreResult, restore
+from jetstore.backup.verify import BackupVerification, verify_backup
 from jetstore.errors import JetError, describe
 from jetstore.format.positions import LogPosition
 from jetstore.instance.database import Database
@@ -30,6 +32,7 @@ logging.getLogger("jetstore").addHandler(logging.NullHandler())
 open = open_instance
 
 __all__ = [
+    "BackupVerification",
     "Column",
     "ColumnType",
     "Database",
@@ -38,10 +41,14 @@ __all__ = [
     "InstanceOptions",
     "JetError",
     "LogPosition",
+    "RestorePlan",
+    "RestoreResult",
     "Table",
     "Transaction",
     "__version__",
     "describe",
     "errors",
     "open",
+    "restore",
+    "verify_backup",
 ]

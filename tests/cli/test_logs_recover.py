@@ -254,7 +254,7 @@ def test_counters_opens_a_closed_instance(closed: Path, run_json: RunJson) -> No
 def test_counters_of_an_instance_in_use_need_the_control_socket(
     closed: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with jetstore.open(closed, **SMALL):
+    with jetstore.open(closed, **SMALL, control_socket=False):
         code, document = run_json("counters", closed)
         assert code == 3
         assert "control socket" in document["error"]["detail"]

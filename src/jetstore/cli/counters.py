@@ -1,9 +1,10 @@
 """`jetstore counters DIR`: the instance's performance counters (`Instance.counters()`).
 
-This module owns the command only. A running instance's live counters need the control
-socket, which does not exist yet: when another process has the instance open the command
-says so and exits 3. Otherwise it opens the instance for the purpose (recovery runs if it
-was not shut down cleanly), prints the counters just after the open, and closes it again.
+This module owns the command only. When another process has the instance open, the live
+counters come from its control socket (`jetstore.control.client`; ``"live": true``); if that
+process serves no socket the command says so and exits 3. Otherwise it opens the instance for
+the purpose (recovery runs if it was not shut down cleanly), prints the counters just after
+the open, and closes it again (``"live": false, "opened_for_this": true``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from jetstore.cli.support import (
     open_instance,
     refuse_if_in_use,
 )
+from jetstore.control.client import connect
+from jetstore.errors import InstanceUnavailable
 from jetstore.io.files import FileSystem
+from jetstore.io.locking import is_locked
 
 __all__ = ["counters_command"]
 
-_WHY = "the live counters of a running instance need the control socket, which is not available yet"
+_WHY = (
+    "its live counters come from its control socket, and it serves none (opened with "
+    "control_socket=False, or its directory path is too long for a socket)"
+)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -38,20 +45,46 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-@click.command("counters", short_help="Show the instance's counters (opens it if not open).")
+def _live_counters(path: str) -> dict[str, Any] | None:
+    """The counters from the control socket of the process that has `path` open (None if
+    no process serves it)."""
+    try:
+        with connect(path, timeout=30.0) as client:
+            return client.counters()
+    except InstanceUnavailable:
+        return None
+
+
+@click.command("counters", short_help="Show the instance's counters (live if it is open).")
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
 @json_option
 @command_errors("counters")
 def counters_command(directory: str, as_json: bool) -> None:
     """Show the counters of the instance in DIR.
 
-    The instance is opened for the purpose and closed again (recovery runs if needed).
-    When another process has it open: exit 3 (live counters need the control socket).
+    When another process has the instance open, its live counters come from its control
+    socket (exit 3 if it serves none). Otherwise the instance is opened for the purpose and
+    closed again (recovery runs if needed).
     """
     fs = FileSystem()
     path = ensure_instance_directory(fs, directory)
+    live = _live_counters(path) if is_locked(fs, path) else None
+    if live is not None:
+        result: dict[str, Any] = {
+            "directory": path,
+            "opened_for_this": False,
+            "live": True,
+            "recovery_replayed": None,
+            "counters": live,
+        }
+        if not as_json:
+            stdout_console().print(Text(f"{path} is open: live counters from its control socket"))
+            _print_table(live)
+        finish("counters", as_json=as_json, ok=True, result=result)
+        return
     refuse_if_in_use(fs, path, command="counters", as_json=as_json, why=_WHY)
     options = instance_options(fs, path)
+    options["control_socket"] = False  # opened for a moment: nobody to serve
     instance = open_instance(path, command="counters", as_json=as_json, why=_WHY, **options)
     try:
         counters = instance.counters()
@@ -59,7 +92,7 @@ def counters_command(directory: str, as_json: bool) -> None:
         replayed = recovery.replayed if recovery is not None and recovery.needed else None
     finally:
         instance.close()
-    result: dict[str, Any] = {
+    result = {
         "directory": path,
         "opened_for_this": True,
         "live": False,
@@ -76,10 +109,14 @@ def counters_command(directory: str, as_json: bool) -> None:
         )
         if replayed is not None:
             console.print(Text(f"recovery ran on open and replayed {replayed} record(s)"))
-        table = Table(title="Counters", title_justify="left")
-        table.add_column("counter")
-        table.add_column("value", justify="right", overflow="fold")
-        for key, value in _flatten(counters):
-            table.add_row(key, Text("—" if value is None else str(value)))
-        console.print(table)
+        _print_table(counters)
     finish("counters", as_json=as_json, ok=True, result=result)
+
+
+def _print_table(counters: dict[str, Any]) -> None:
+    table = Table(title="Counters", title_justify="left")
+    table.add_column("counter")
+    table.add_column("value", justify="right", overflow="fold")
+    for key, value in _flatten(counters):
+        table.add_row(key, Text("—" if value is None else str(value)))
+    stdout_console().print(table)

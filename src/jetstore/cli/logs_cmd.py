@@ -1,6 +1,6 @@
-"""`jetstore logs verify|removable`: is the log intact, and which log files may go.
+"""`jetstore logs verify|removable|remove`: is the log intact, which log files may go.
 
-This module owns the two `logs` commands:
+This module owns the three `logs` commands:
 
 * `logs verify DIR`: `jetstore.log.verify.verify_logs`, read-only (esentutl /ml). Exit 0 when
   no problem has severity "error" (a torn tail of the newest log is normal after a crash and
@@ -8,6 +8,11 @@ This module owns the two `logs` commands:
 * `logs removable DIR`: opens the instance (only when no other process holds it: exit 3
   otherwise), asks `Instance.removable_logs()`, closes it, and lists with file names what
   crash recovery no longer needs and what is also covered by a backup. Nothing is deleted.
+* `logs remove DIR --safe`: deletes the generations both lists hold (no restore point is
+  lost); `--unneeded` deletes every generation crash recovery no longer needs (the backups
+  taken so far can then no longer roll forward through them). `--dry-run` lists only.
+  `Instance.remove_logs` does the work, under the same rules as circular logging: ascending,
+  stopping at the first failure, never a generation a running backup copies.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from jetstore.cli.support import (
     instance_options,
     open_instance,
     refuse_if_in_use,
+    usage_failure,
 )
 from jetstore.format.filenames import generation_log_name
 from jetstore.io.files import FileSystem
@@ -201,3 +207,81 @@ def _print_removable(result: dict[str, Any]) -> None:
         )
     else:
         console.print(Text("every log file present is still needed for crash recovery"))
+
+
+@logs_group.command("remove", short_help="Delete log files no longer needed (--safe: backed up).")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
+@click.option(
+    "--safe",
+    "mode",
+    flag_value="safe",
+    help="Delete only what crash recovery no longer needs AND a completed backup holds.",
+)
+@click.option(
+    "--unneeded",
+    "mode",
+    flag_value="unneeded",
+    help="Delete everything crash recovery no longer needs, backed up or not "
+    "(restore points are lost).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@json_option
+@command_errors("logs remove")
+def logs_remove_command(directory: str, mode: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete closed log files of DIR that crash recovery no longer needs.
+
+    One of --safe or --unneeded is required. Opens the instance for the purpose and closes it
+    again; refuses (exit 3) when another process has it open.
+    """
+    if mode is None:
+        usage_failure(
+            "say which logs to remove: --safe (backed up) or --unneeded (loses restore points)",
+            command="logs remove",
+            as_json=as_json,
+        )
+    fs = FileSystem()
+    path = ensure_instance_directory(fs, directory)
+    why = "log files are removed by opening the instance"
+    refuse_if_in_use(fs, path, command="logs remove", as_json=as_json, why=why)
+    options = instance_options(fs, path)
+    instance = open_instance(path, command="logs remove", as_json=as_json, why=why, **options)
+    try:
+        planned = _files(fs, path, instance.remove_logs(safe=mode == "safe", dry_run=True))
+        removed = [] if dry_run else instance.remove_logs(safe=mode == "safe")
+        answer = instance.removable_logs()
+    finally:
+        instance.close()
+    result: dict[str, Any] = {
+        "directory": path,
+        "mode": mode,
+        "dry_run": dry_run,
+        "selected": planned,
+        "removed": removed,
+        "bytes": sum(f["size"] or 0 for f in planned),
+        "backed_up_through": answer["backed_up_through"],
+        "keep_from": answer["keep_from"],
+        "reason": answer["reason"],
+    }
+    if not as_json:
+        console = stdout_console()
+        verb = "would remove" if dry_run else "removed"
+        if planned:
+            console.print(
+                Text(
+                    f"{verb} {len(planned)} log file(s), {result['bytes']} bytes: "
+                    f"{planned[0]['file']} .. {planned[-1]['file']}"
+                )
+            )
+        else:
+            console.print(
+                Text(
+                    "nothing to remove"
+                    + (
+                        " (no completed backup covers the logs crash recovery no longer needs)"
+                        if mode == "safe"
+                        else ""
+                    )
+                )
+            )
+        console.print(Text(f"kept from generation {result['keep_from']}: {result['reason']}"))
+    finish("logs remove", as_json=as_json, ok=True, result=result)

@@ -19,6 +19,7 @@ import click
 from rich.text import Text
 
 from jetstore._version import __version__
+from jetstore.cli.backup_cmd import backup_command, verify_backup_command
 from jetstore.cli.counters import counters_command
 from jetstore.cli.demo import demo_command
 from jetstore.cli.dump import dump_group
@@ -35,6 +36,7 @@ from jetstore.cli.output import (
     stderr_console,
 )
 from jetstore.cli.recover import recover_command
+from jetstore.cli.restore_cmd import restore_command
 from jetstore.cli.status import status_command
 from jetstore.errors import JetError
 
@@ -65,6 +67,9 @@ cli.add_command(recover_command)
 cli.add_command(events_command)
 cli.add_command(counters_command)
 cli.add_command(status_command)
+cli.add_command(backup_command)
+cli.add_command(verify_backup_command)
+cli.add_command(restore_command)
 
 
 def _command_name(args: Sequence[str]) -> str:

@@ -44,7 +44,7 @@ from jetstore.cli.support import (
     usage_failure,
 )
 from jetstore.errors import JetError
-from jetstore.format.filenames import LOCK_FILE, TEMP_LOG
+from jetstore.format.filenames import CONTROL_SOCKET, LOCK_FILE, TEMP_LOG
 from jetstore.io.files import FileSystem
 
 __all__ = ["copy_instance", "recover_command"]
@@ -53,14 +53,14 @@ COPY_CHUNK: Final = 1 << 20
 
 
 def _walk(fs: FileSystem, source: str) -> list[tuple[str, int]]:
-    """Every file under `source` (relative path, size), the lock file left out."""
+    """Every file under `source` (relative path, size), the lock file and socket left out."""
     found: list[tuple[str, int]] = []
     pending = [""]
     while pending:
         relative = pending.pop()
         for name in fs.listdir(os.path.join(source, relative)):
-            if not relative and name == LOCK_FILE:
-                continue
+            if not relative and name in (LOCK_FILE, CONTROL_SOCKET):
+                continue  # the lock, and a stale control socket a crash left (not a file)
             path = os.path.join(source, relative, name)
             if fs.is_directory(path):
                 pending.append(os.path.join(relative, name))

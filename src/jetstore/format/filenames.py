@@ -15,6 +15,7 @@ TEMP_LOG = f"{BASE_NAME}tmp.log"
 CHECKPOINT_FILE = f"{BASE_NAME}.chk"
 LOCK_FILE = "jetstore.lock"
 EVENT_LOG = "events.jsonl"
+CONTROL_SOCKET = "jetstore.sock"  # the open instance's control socket (jetstore.control)
 DATABASE_SUFFIX = ".edb"
 RESERVE_LOG_COUNT = 2
 

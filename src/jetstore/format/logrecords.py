@@ -206,6 +206,19 @@ def decode_commit_header(data: bytes, position: LogPosition | None = None) -> tu
     return db_id, count
 
 
+def commit_time_us(data: bytes, position: LogPosition | None = None) -> int:
+    """The commit time of a COMMIT record (microseconds since the epoch, UTC)."""
+    try:
+        kind, _db_id, _txn_id, time_us, _count = _COMMIT_HEAD.unpack_from(data, 0)
+    except struct.error as exc:
+        where = f" at log position {position}" if position is not None else ""
+        raise LogFileCorrupt(f"undecodable commit record{where}: {exc}") from exc
+    if kind != RECORD_COMMIT:
+        raise LogFileCorrupt(f"record at {position} is not a commit record")
+    result: int = time_us
+    return result
+
+
 def gather_commit_operations(
     data: bytes, changes: dict[bytes, bytes | None], position: LogPosition | None = None
 ) -> int:

@@ -47,7 +47,7 @@ from jetstore.errors import (
 )
 from jetstore.format.checkpoint import AttachedDatabase, CheckpointState, encode_checkpoint_copy
 from jetstore.format.common import PAGE_SIZES, Signature, now_us
-from jetstore.format.dbheader import DatabaseHeader, DatabaseState
+from jetstore.format.dbheader import BackupInfo, DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
@@ -62,7 +62,12 @@ from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_datab
 from jetstore.format.positions import LogPosition
 from jetstore.instance.database import Database
 from jetstore.instance.events import EventLog
-from jetstore.instance.recovery import RecoveryOutcome, open_database_files, recover
+from jetstore.instance.recovery import (
+    RecoveryOutcome,
+    RestoreRequest,
+    open_database_files,
+    recover,
+)
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import DirectoryLock, acquire_directory_lock
@@ -72,7 +77,9 @@ from jetstore.log.writer import LogConfig, LogWriter
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
 
 if TYPE_CHECKING:
+    from jetstore.backup.backupset import Manifest, Progress
     from jetstore.backup.session import BackupKind, BackupSession
+    from jetstore.control.server import ControlServer
 
 MIB = 1024 * 1024
 
@@ -92,6 +99,8 @@ class InstanceOptions:
     checkpoint_too_deep: int = 1024
     checkpoint_warning_interval: float = 60.0
     accept_data_loss: bool = False
+    #: Serve the control socket `DIR/jetstore.sock` while open (`jetstore.control`).
+    control_socket: bool = True
 
     def validate(self) -> None:
         if self.page_size not in PAGE_SIZES:
@@ -167,11 +176,14 @@ class Instance:
         self.commits = 0
         self.recovery: RecoveryOutcome | None = None
         self._backup: BackupSession | None = None
+        #: Set by `jetstore.backup.restore` before opening a restored directory.
+        self.restore_request: RestoreRequest | None = None
         self._backup_lock = threading.Lock()
         self.backup_bytes_streamed = 0
         self.backups_completed = 0
         self.backups_aborted = 0
         self.backups_failed = 0
+        self._control: ControlServer | None = None
 
     # ----------------------------------------------------------------- open
 
@@ -186,7 +198,12 @@ class Instance:
             collecting = gc.isenabled()
             gc.disable()
             try:
-                outcome = recover(self, files, accept_data_loss=self.options.accept_data_loss)
+                outcome = recover(
+                    self,
+                    files,
+                    accept_data_loss=self.options.accept_data_loss,
+                    restore=self.restore_request,
+                )
             except BaseException:
                 for file in files.values():
                     file.close()
@@ -291,6 +308,7 @@ class Instance:
                 f"{self._log.current_generation}",
                 databases=sorted(self._databases),
             )
+            self._start_control()
         except BaseException:
             self._release_everything()
             self.state = InstanceState.CLOSED
@@ -504,6 +522,11 @@ class Instance:
                     generation_max_required=0,
                     last_consistent_position=db.position,
                     last_consistent_time=now_us(),
+                    # Its backup history names generations of this stream only.
+                    last_full_backup=BackupInfo.NONE,
+                    last_incremental_backup=BackupInfo.NONE,
+                    last_differential_backup=BackupInfo.NONE,
+                    last_copy_backup=BackupInfo.NONE,
                 )
             except JetError as exc:
                 self._fail(exc)
@@ -865,6 +888,42 @@ class Instance:
             "backed_up_through": covered_to,
         }
 
+    def remove_logs(self, *, safe: bool = True, dry_run: bool = False) -> list[int]:
+        """Delete closed log generations crash recovery no longer needs (`logs remove`).
+
+        `safe` (the default): only those also covered by a completed full or incremental
+        backup, so no restore point is lost. `safe=False`: every generation below the durable
+        checkpoints (the backups taken so far can then no longer be rolled forward through
+        them). Ascending, stopping at the first failure; never what a running backup copies.
+        Returns the generations deleted (or that would be, with `dry_run`).
+        """
+        self.check_open()
+        with self._checkpoint_lock:
+            answer = self.removable_logs()
+            victims: list[int] = answer["covered_by_backup" if safe else "not_needed_for_recovery"]
+            if dry_run or not victims:
+                return list(victims)
+            deleted: list[int] = []
+            try:
+                for generation in victims:
+                    self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
+                    deleted.append(generation)
+            finally:
+                if deleted:
+                    self.fs.fsync_directory(self.directory, owner=self.owner)
+                    self.logs_deleted += len(deleted)
+                    self.events.emit(
+                        "logs_deleted",
+                        f"logs remove ({'safe' if safe else 'not needed for recovery'}) deleted "
+                        f"log generations {deleted[0]}-{deleted[-1]} (kept from "
+                        f"{answer['keep_from']}: {answer['reason']})",
+                        first=deleted[0],
+                        last=deleted[-1],
+                        keep_from=answer["keep_from"],
+                        safe=safe,
+                    )
+            return deleted
+
     def backed_up_through(self) -> int:
         """The highest generation every attached database has in a completed full or
         incremental backup (0 if any has none): logs up to it are in a backup set."""
@@ -890,6 +949,21 @@ class Instance:
         from jetstore.backup.session import begin_backup
 
         return begin_backup(self, kind)
+
+    def backup(
+        self,
+        dest: str | os.PathLike[str],
+        kind: str | BackupKind = "full",
+        progress: Progress | None = None,
+        compress: bool = False,
+    ) -> Manifest:
+        """Take an online backup into the new backup set directory `dest` (which must not
+        exist or be empty): `begin_backup(kind)`, then `jetstore.backup.backupset.
+        write_backup_set`, which completes the session only once the set is durable."""
+        from jetstore.backup.backupset import write_backup_set
+
+        with self.begin_backup(kind) as session:
+            return write_backup_set(session, dest, compress=compress, progress=progress)
 
     @property
     def backup_session(self) -> BackupSession | None:
@@ -1049,6 +1123,7 @@ class Instance:
         if self.state is InstanceState.CLOSED:
             return
         error: BaseException | None = None
+        self._stop_control()  # first: no client may start anything while we shut down
         self._abort_backup("the instance is closing")
         try:
             if self._background is not None:
@@ -1089,7 +1164,21 @@ class Instance:
             except Exception:
                 session._end("aborted")  # whatever the event log did, release the handles
 
+    def _start_control(self) -> None:
+        """Serve the control socket (never raises: a failure is event 162)."""
+        if self.options.control_socket and self._control is None:
+            from jetstore.control.server import ControlServer
+
+            self._control = ControlServer.start(self)
+
+    def _stop_control(self) -> None:
+        """Stop the control socket: threads joined, sockets closed, socket file removed."""
+        control, self._control = self._control, None
+        if control is not None:
+            control.stop()
+
     def _release_everything(self) -> None:
+        self._stop_control()
         self._abort_backup("the instance stopped")
         if self._background is not None:
             try:

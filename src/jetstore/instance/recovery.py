@@ -16,6 +16,12 @@ Runs at every open, before anything is written:
 5. After the scan, check the log reaches every generation the headers say holds their
    commits (`RequiredLogFilesMissing` if the end of the log is gone).
 
+Restore (`jetstore.backup.restore`) runs the same recovery on a directory of copied images
+and logs with a `RestoreRequest`: replay may stop at a generation or a commit time, and the
+result is settled into databases that stand alone (clean, no log stream, backup history
+cleared), the copied logs removed, so the restored instance starts a log stream of its own
+and can never be mixed up with the original's logs or backups.
+
 Every check happens before the first write: a recovery that fails leaves every file as it
 found it. Replay is idempotent: the page file only changes at the checkpoint that follows,
 so a crash during recovery just means recovery runs again from the same place.
@@ -41,7 +47,7 @@ from jetstore.errors import (
 )
 from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
 from jetstore.format.common import Signature, format_time_us, now_us
-from jetstore.format.dbheader import DatabaseHeader, DatabaseState
+from jetstore.format.dbheader import BackupInfo, DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
@@ -54,6 +60,7 @@ from jetstore.format.filenames import (
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
     CreateDatabaseRecord,
+    commit_time_us,
     decode_commit_header,
     decode_record,
     record_type,
@@ -78,6 +85,21 @@ class DataLoss:
     moved_logs_to: str | None = None
 
 
+@dataclass(frozen=True)
+class RestoreRequest:
+    """Recovery of a restored directory: where replay stops (None: the end of the log)."""
+
+    stop_generation: int | None = None
+    stop_time_us: int | None = None
+
+    def stops_before(self, entry: LogRecordEntry) -> bool:
+        if self.stop_generation is not None and entry.end.generation > self.stop_generation:
+            return True
+        if self.stop_time_us is not None and record_type(entry.payload) == RECORD_COMMIT:
+            return commit_time_us(entry.payload, entry.start) > self.stop_time_us
+        return False
+
+
 @dataclass
 class RecoveryOutcome:
     signature: Signature | None = None
@@ -92,6 +114,8 @@ class RecoveryOutcome:
     torn_tail: LogPosition | None = None
     data_loss: DataLoss | None = None
     generations: list[tuple[int, int]] = field(default_factory=list)
+    restored_to: LogPosition | None = None  # restore: the end of the last record replayed
+    restore_stopped: bool = False  # restore: replay stopped before the end of the log
 
 
 def read_checkpoint(instance: Instance, notes: list[str]) -> CheckpointState | None:
@@ -169,7 +193,11 @@ _OPTIONS_HINT = (
 
 
 def recover(
-    instance: Instance, files: dict[str, DatabaseFile], *, accept_data_loss: bool = False
+    instance: Instance,
+    files: dict[str, DatabaseFile],
+    *,
+    accept_data_loss: bool = False,
+    restore: RestoreRequest | None = None,
 ) -> RecoveryOutcome:
     """Replay the log into the opened `files`; registers every database with `instance`.
 
@@ -190,7 +218,7 @@ def recover(
     for name in creating:
         del files[name]
     try:
-        return _recover(instance, files, creating, accept_data_loss)
+        return _recover(instance, files, creating, accept_data_loss, restore)
     finally:
         for file in creating.values():
             file.close()
@@ -201,6 +229,7 @@ def _recover(
     files: dict[str, DatabaseFile],
     creating: dict[str, DatabaseFile],
     accept_data_loss: bool,
+    restore: RestoreRequest | None = None,
 ) -> RecoveryOutcome:
     outcome = RecoveryOutcome()
     losses: list[tuple[str, str]] = []
@@ -330,6 +359,9 @@ def _recover(
     last_good: LogPosition | None = None
     try:
         for entry in scanner.records(start):
+            if restore is not None and restore.stops_before(entry):
+                outcome.restore_stopped = True
+                break
             _replay_entry(
                 instance, entry, by_id, foreign_ids, pending_create, pending_ops, files, outcome
             )
@@ -354,8 +386,9 @@ def _recover(
     tail_generation = result.tail.generation if result.tail is not None else 0
     scan_stopped = any(name == "*" for name, _ in losses)
     for name, header in dirty.items():
-        if scan_stopped:
-            break  # the scan error already says where the usable log ends
+        if scan_stopped or outcome.restore_stopped:
+            break  # the scan error already says where the usable log ends; a restore
+            # stopped on purpose, and its images are consistent at their checkpoints
         if header.generation_max_required > tail_generation:
             missing = list(range(tail_generation + 1, header.generation_max_required + 1))
             if accept_data_loss:
@@ -391,7 +424,51 @@ def _recover(
         outcome.created.append(create.name)
     if losses:
         _settle_data_loss(instance, outcome, losses, last_good, dirty)
+    elif restore is not None:
+        _settle_restored(instance, outcome, last_good)
     return outcome
+
+
+def _settle_restored(
+    instance: Instance, outcome: RecoveryOutcome, stopped_at: LogPosition | None
+) -> None:
+    """End a restore: every database written clean and bound to no log stream (pages, then
+    both header copies), backup history cleared; then the copied logs and checkpoint file
+    are deleted. A crash in between leaves databases that need no log: recovery at the next
+    open starts a new stream either way."""
+    for db in instance.attached_databases():
+        root, position, _epoch = db.published
+        plan = db.file.plan_checkpoint(root, position)
+        db.file.write_checkpoint_pages(plan)
+        db.file.header_for_plan(
+            plan,
+            state=DatabaseState.CLEAN,
+            log_signature=Signature.NONE,
+            generation_min_required=0,
+            generation_max_required=0,
+            generation_max_committed=0,
+            last_consistent_position=LogPosition.MIN,
+            last_consistent_time=now_us(),
+            last_full_backup=BackupInfo.NONE,
+            last_incremental_backup=BackupInfo.NONE,
+            last_differential_backup=BackupInfo.NONE,
+            last_copy_backup=BackupInfo.NONE,
+        )
+        db.file.write_header(checkpoint_position=LogPosition.MIN)
+        db.file.finish_checkpoint(plan, None)
+        db.rebase_position(LogPosition.MIN)
+    fs = instance.fs
+    for name in fs.listdir(instance.directory):
+        if name in (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE) or (
+            parse_generation_log_name(name) is not None
+        ):
+            fs.unlink(os.path.join(instance.directory, name))
+    fs.fsync_directory(instance.directory, owner=instance.owner)
+    outcome.restored_to = stopped_at
+    outcome.signature = None
+    outcome.tail = None
+    outcome.checkpoint = None
+    outcome.needed = True
 
 
 def _settle_data_loss(
@@ -422,6 +499,11 @@ def _settle_data_loss(
             generation_max_required=0,
             repair_count=header.repair_count + (1 if db.name in dirty else 0),
             last_repair_time=now if db.name in dirty else header.last_repair_time,
+            # The generations the history names belong to the stream being set aside.
+            last_full_backup=BackupInfo.NONE,
+            last_incremental_backup=BackupInfo.NONE,
+            last_differential_backup=BackupInfo.NONE,
+            last_copy_backup=BackupInfo.NONE,
         )
         db.file.write_header(checkpoint_position=LogPosition.MIN)
         db.file.finish_checkpoint(plan, None)

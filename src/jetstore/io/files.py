@@ -250,6 +250,14 @@ class FileSystem:
         except OSError as exc:
             raise from_os_error(exc, op="create directory", path=path) from exc
 
+    def rmdir(self, path: str) -> None:
+        """Remove the empty directory `path` (call `fsync_directory` on its parent after)."""
+        self._call_hook(IOEvent("rmdir", path))
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            raise from_os_error(exc, op="remove directory", path=path) from exc
+
     def listdir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))

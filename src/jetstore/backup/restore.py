@@ -1,0 +1,496 @@
+"""Restore: a full backup set plus a chain of incrementals (or one differential), and optionally
+the surviving logs of the damaged instance, into a fresh instance directory, rolled forward.
+
+`restore(backup_paths, target_dir, logs_from=None, until=None, dry_run=False)`:
+
+1. Plan and check, before anything is written: exactly one full (or copy) set; the others
+   all incrementals or one differential; every set of the same log stream (signature) as the
+   full one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the
+   full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations);
+   every file the manifests list present; the surviving logs, when given, of the same stream
+   and continuing the last set without a gap; a stop point (`until`: a generation, or a
+   time) the images can reach (`EndingRestoreLogTooLow`, -553); the target absent or an
+   empty directory and not the directory of an open instance.
+2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
+   a staging directory next to the target (`<target>.restoring`).
+3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
+   image's checkpoint to the stop point or the end of the logs; the databases are then
+   written clean and bound to no log stream, their backup history cleared, the copied logs
+   removed. The instance is opened and closed once, so it starts its own log stream.
+4. Rename the staging directory to the target and sync the parent directory.
+
+Invariants:
+- A refused restore writes nothing; a failed one removes its staging directory; the target
+  appears (by one rename) only when it holds a clean instance that opens without recovery.
+- A restored instance never shares a log stream with the original: logs and backups of the
+  two can never be mixed up (generation numbers alone would allow it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jetstore.backup.backupset import Manifest, ManifestFile, read_backup_file, read_manifest
+from jetstore.errors import (
+    EndingRestoreLogTooLow,
+    FileAccessDenied,
+    FileNotFound,
+    GivenLogFileHasBadSignature,
+    GivenLogFileIsNotContiguous,
+    InvalidBackup,
+    InvalidParameter,
+    InvalidPath,
+    MissingRestoreLogFiles,
+)
+from jetstore.format.common import format_time_us
+from jetstore.format.filenames import CURRENT_LOG, generation_log_name
+from jetstore.io.files import FileSystem
+from jetstore.io.handles import HandleRegistry
+from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.log.reader import take_inventory
+
+#: Staging directory suffix: the restore is built there, then renamed into place.
+STAGING_SUFFIX = ".restoring"
+_COPY_CHUNK = 1024 * 1024
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class RestoreStep:
+    """One file the restore writes into the instance directory."""
+
+    name: str
+    kind: str  # "database" or "log"
+    size: int
+    source: str  # the backup set (or the surviving log directory) it comes from
+    generation: int | None = None
+    entry: ManifestFile | None = None  # None: a surviving log file, copied as it is
+
+
+@dataclass
+class RestorePlan:
+    target: str
+    sets: list[Manifest]
+    steps: list[RestoreStep]
+    generation_low: int
+    generation_high: int  # the last generation the restore has (sets and surviving logs)
+    stop_generation: int | None
+    stop_time_us: int | None
+    databases: list[str]
+    surviving_logs: list[int] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(step.size for step in self.steps)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "sets": [
+                {
+                    "path": m.path,
+                    "kind": m.kind,
+                    "generation_low": m.generation_low,
+                    "generation_high": m.generation_high,
+                    "completed": format_time_us(m.completed_us),
+                }
+                for m in self.sets
+            ],
+            "databases": self.databases,
+            "generation_low": self.generation_low,
+            "generation_high": self.generation_high,
+            "surviving_logs": self.surviving_logs,
+            "stop_generation": self.stop_generation,
+            "stop_time": format_time_us(self.stop_time_us) if self.stop_time_us else None,
+            "files": [
+                {"name": s.name, "kind": s.kind, "size": s.size, "from": s.source}
+                for s in self.steps
+            ],
+            "bytes": self.total_bytes,
+        }
+
+    def describe(self) -> list[str]:
+        """The plan in words, one line each (for `--dry-run`)."""
+        lines = [f"restore into {self.target}"]
+        for m in self.sets:
+            lines.append(
+                f"  {m.kind} backup {m.path}: log generations {m.generation_low}-"
+                f"{m.generation_high}, completed {format_time_us(m.completed_us)}"
+            )
+        if self.surviving_logs:
+            lines.append(
+                f"  surviving logs: generations {self.surviving_logs[0]}-{self.surviving_logs[-1]}"
+            )
+        stop = "the end of the logs"
+        if self.stop_generation is not None:
+            stop = f"the end of log generation {self.stop_generation}"
+        elif self.stop_time_us is not None:
+            stop = f"the last commit at or before {format_time_us(self.stop_time_us)}"
+        lines.append(
+            f"  databases {', '.join(self.databases) or '(none)'}; roll forward through "
+            f"generations {self.generation_low}-{self.generation_high}, stopping at {stop}"
+        )
+        lines.append(f"  {len(self.steps)} file(s), {self.total_bytes} bytes")
+        return lines
+
+
+@dataclass
+class RestoreResult:
+    plan: RestorePlan
+    executed: bool
+    replayed: int = 0
+    restored_to: str | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.as_dict(),
+            "executed": self.executed,
+            "replayed": self.replayed,
+            "restored_to": self.restored_to,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def restore(
+    backup_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    target_dir: str | os.PathLike[str],
+    *,
+    logs_from: str | os.PathLike[str] | None = None,
+    until: int | datetime | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore backup sets into `target_dir` (see the module docstring).
+
+    `until`: an int stops after that log generation; a datetime (naive = UTC) stops after the
+    last commit at or before it. `dry_run` checks everything and returns the plan only.
+    """
+    started = time.monotonic()
+    fs = FileSystem(HandleRegistry("restore"))
+    plan = plan_restore(backup_paths, target_dir, logs_from=logs_from, until=until, fs=fs)
+    if dry_run:
+        return RestoreResult(plan, executed=False, seconds=time.monotonic() - started)
+    result = _execute(plan, fs, progress)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _paths(value: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(value, str | os.PathLike):
+        return [os.path.abspath(os.fspath(value))]
+    return [os.path.abspath(os.fspath(p)) for p in value]
+
+
+def _stop_time_us(until: datetime) -> int:
+    moment = until if until.tzinfo is not None else until.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def plan_restore(
+    backup_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    target_dir: str | os.PathLike[str],
+    *,
+    logs_from: str | os.PathLike[str] | None = None,
+    until: int | datetime | None = None,
+    fs: FileSystem | None = None,
+) -> RestorePlan:
+    """Every check of a restore, nothing written: the plan, or the error that refuses it."""
+    fs = fs or FileSystem(HandleRegistry("restore"))
+    paths = _paths(backup_paths)
+    if not paths:
+        raise InvalidParameter("no backup set given", hint="name a full backup set to restore")
+    target = os.path.abspath(os.fspath(target_dir))
+    _check_target(fs, target)
+    manifests = [read_manifest(path) for path in paths]
+    base_sets = [m for m in manifests if m.kind in ("full", "copy")]
+    if len(base_sets) != 1:
+        raise InvalidBackup(
+            f"a restore takes exactly one full (or copy) backup set, {len(base_sets)} given "
+            f"({', '.join(m.path for m in base_sets) or 'none'})",
+            hint="name one full backup, then the incrementals or the differential after it",
+        )
+    base = base_sets[0]
+    later = sorted((m for m in manifests if m is not base), key=lambda m: m.generation_low)
+    kinds = {m.kind for m in later}
+    if "differential" in kinds and len(later) > 1:
+        raise InvalidBackup(
+            "a restore takes one differential backup, or a chain of incrementals, not both "
+            f"({', '.join(f'{m.kind} {m.path}' for m in later)})",
+            hint="use the newest differential alone, or the incrementals alone",
+        )
+    for m in later:
+        if m.log_signature != base.log_signature:
+            raise GivenLogFileHasBadSignature(
+                f"backup set '{m.path}' belongs to log stream {m.log_signature}, the full "
+                f"backup '{base.path}' to {base.log_signature}",
+                hint="remove the backup of another instance (or of a restored copy) from the list",
+                path=m.path,
+            )
+    expected = base.generation_high + 1
+    for m in later:
+        if m.generation_low != expected:
+            if m.generation_low > expected:
+                missing = f"generations {expected}-{m.generation_low - 1} are in no set given"
+            else:
+                missing = (
+                    f"it starts at generation {m.generation_low}, inside what the sets before "
+                    f"it cover (up to {expected - 1})"
+                )
+            raise GivenLogFileIsNotContiguous(
+                f"{m.kind} backup '{m.path}' does not continue the chain: {missing}",
+                hint="add the missing incremental backups, or restore from a later full backup",
+                path=m.path,
+            )
+        expected = m.generation_high + 1
+    steps: list[RestoreStep] = []
+    for m in [base, *later]:
+        for entry in m.files:
+            if entry.kind == "database" and m is not base:
+                continue
+            stored = os.path.join(m.path, entry.stored_name)
+            if not fs.exists(stored):
+                error = MissingRestoreLogFiles if entry.kind == "log" else FileNotFound
+                raise error(
+                    f"backup set '{m.path}' lists {entry.name}, but {entry.stored_name} is not "
+                    "there",
+                    hint="copy the whole backup set again, then retry",
+                    path=stored,
+                )
+            steps.append(
+                RestoreStep(entry.name, entry.kind, entry.size, m.path, entry.generation, entry)
+            )
+    for m in [base, *later]:
+        if m.generation_low == 0 and m.generation_high == 0:
+            continue  # an offline backup of a clean instance: images only
+        generations = sorted(e.generation for e in m.files if e.generation is not None)
+        wanted = list(range(m.generation_low, m.generation_high + 1))
+        if generations != wanted:
+            missing_generations = sorted(set(wanted) - set(generations))
+            raise MissingRestoreLogFiles(
+                f"backup set '{m.path}' covers generations {m.generation_low}-"
+                f"{m.generation_high} but lists no file for "
+                f"{', '.join(map(str, missing_generations)) or 'some of them'}",
+                hint="the manifest is inconsistent: use another backup",
+                path=m.path,
+            )
+    surviving: list[int] = []
+    if logs_from is not None:
+        surviving_steps = _surviving_logs(fs, os.fspath(logs_from), base, expected, target)
+        surviving = [s.generation for s in surviving_steps if s.generation is not None]
+        steps.extend(surviving_steps)
+        if surviving:
+            expected = surviving[-1] + 1
+    high = expected - 1
+    stop_generation: int | None = None
+    stop_time: int | None = None
+    image_generation = max(
+        (image.checkpoint.generation for image in base.images), default=base.generation_low
+    )
+    if isinstance(until, datetime):
+        stop_time = _stop_time_us(until)
+        if stop_time < base.started_us:
+            raise EndingRestoreLogTooLow(
+                f"the restore should stop at {format_time_us(stop_time)}, before the full "
+                f"backup '{base.path}' began ({format_time_us(base.started_us)}): its images "
+                "already hold later changes",
+                hint="stop at a later time, or restore an older full backup",
+                path=base.path,
+            )
+    elif isinstance(until, int) and not isinstance(until, bool):
+        stop_generation = until
+        if until < image_generation:
+            raise EndingRestoreLogTooLow(
+                f"the restore should stop after generation {until}, but the images of "
+                f"'{base.path}' are at generation {image_generation}",
+                hint=f"stop at generation {image_generation} or later",
+                path=base.path,
+            )
+        if until > high:
+            raise MissingRestoreLogFiles(
+                f"the restore should stop after generation {until}, but the logs given end "
+                f"at generation {high}",
+                hint="add the later incremental backups or the surviving logs (--logs-from)",
+            )
+    elif until is not None:
+        raise InvalidParameter(
+            f"until must be a generation number or a datetime, not {until!r}",
+        )
+    return RestorePlan(
+        target=target,
+        sets=[base, *later],
+        steps=steps,
+        generation_low=base.generation_low,
+        generation_high=high,
+        stop_generation=stop_generation,
+        stop_time_us=stop_time,
+        databases=[image.name for image in base.images],
+        surviving_logs=surviving,
+    )
+
+
+def _check_target(fs: FileSystem, target: str) -> None:
+    if fs.exists(target):
+        if not fs.is_directory(target):
+            raise InvalidPath(
+                f"restore target '{target}' exists and is not a directory",
+                hint="name a new directory",
+                path=target,
+            )
+        if is_locked(fs, target):
+            holder = read_lock_holder(fs, target)
+            raise FileAccessDenied(
+                f"restore target '{target}' is the directory of an open instance"
+                + (f" (process {holder})" if holder else ""),
+                hint="close that instance first, or restore into a new directory",
+                path=target,
+            )
+        if fs.listdir(target):
+            raise InvalidPath(
+                f"restore target '{target}' is not empty",
+                hint="restore into a new or empty directory (move the old files away first)",
+                path=target,
+            )
+    parent = os.path.dirname(target)
+    fs.require_directory(parent, what="the parent of the restore target", hint="create it first")
+    staging = target + STAGING_SUFFIX
+    if fs.exists(staging):
+        raise InvalidPath(
+            f"'{staging}' exists: an earlier restore into '{target}' was interrupted",
+            hint=f"delete '{staging}', then retry",
+            path=staging,
+        )
+
+
+def _surviving_logs(
+    fs: FileSystem, directory: str, base: Manifest, expected: int, target: str
+) -> list[RestoreStep]:
+    directory = os.path.abspath(directory)
+    if directory == target:
+        raise InvalidParameter("the surviving logs cannot come from the restore target")
+    fs.require_directory(
+        directory, what="surviving log directory", hint="name the damaged instance's directory"
+    )
+    if is_locked(fs, directory):
+        raise FileAccessDenied(
+            f"'{directory}' is the directory of an open instance: its logs are still written",
+            hint="close (or stop) that instance first",
+            path=directory,
+        )
+    inventory = take_inventory(fs, directory, owner="restore")
+    steps: list[RestoreStep] = []
+    for generation in sorted(inventory.files):
+        if generation < expected:
+            continue
+        entry = inventory.files[generation]
+        header = entry.header
+        if header is None:
+            raise MissingRestoreLogFiles(
+                f"surviving log file '{entry.path}' cannot be read: {entry.error}",
+                hint="leave it out (stop the restore before it with --until)",
+                path=entry.path,
+            )
+        if header.log_signature != base.log_signature:
+            raise GivenLogFileHasBadSignature(
+                f"surviving log file '{entry.path}' belongs to log stream "
+                f"{header.log_signature}, the backup to {base.log_signature}",
+                hint="name the directory of the instance the backup was taken of",
+                path=entry.path,
+            )
+        if generation != expected:
+            raise GivenLogFileIsNotContiguous(
+                f"the surviving logs in '{directory}' start at generation {generation}, but the "
+                f"backup sets end at generation {expected - 1}: generations {expected}-"
+                f"{generation - 1} are missing",
+                hint="add the incremental backups that hold them",
+                path=entry.path,
+            )
+        name = CURRENT_LOG if entry.is_current else generation_log_name(generation)
+        steps.append(RestoreStep(name, "log", entry.size, entry.path, generation, None))
+        expected += 1
+    return steps
+
+
+def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> RestoreResult:
+    from jetstore.instance.instance import Instance, InstanceOptions
+    from jetstore.instance.recovery import RestoreRequest
+
+    target = plan.target
+    staging = target + STAGING_SUFFIX
+    owner = "restore"
+    base = plan.sets[0]
+    fs.makedirs(staging)
+    try:
+        done = 0
+        total = plan.total_bytes
+        for step in plan.steps:
+            destination = os.path.join(staging, step.name)
+            out = fs.open(destination, owner=owner, create=True, exclusive=True)
+            try:
+                offset = 0
+                if step.entry is not None:
+                    chunks = read_backup_file(step.source, step.entry, fs=fs, owner=owner)
+                else:
+                    chunks = _read_plain(fs, step.source, owner)
+                for chunk in chunks:
+                    out.pwrite(chunk, offset)
+                    offset += len(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total, step.name)
+                out.fdatasync()
+            finally:
+                out.close()
+        fs.fsync_directory(staging, owner=owner)
+        options: dict[str, Any] = {
+            "log_file_size": base.log_file_size,
+            "page_size": base.page_size,
+        }
+        if "control_socket" in InstanceOptions.__dataclass_fields__:
+            options["control_socket"] = False
+        instance = Instance(staging, InstanceOptions(**options))
+        instance.restore_request = RestoreRequest(plan.stop_generation, plan.stop_time_us)
+        instance._open()
+        outcome = instance.recovery
+        instance.close()
+        if fs.exists(target):
+            os.rmdir(target)  # checked empty by the plan
+        fs.rename(staging, target)
+        fs.fsync_directory(os.path.dirname(target), owner=owner)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        fs.registry.close_owner(owner)
+    assert outcome is not None
+    return RestoreResult(
+        plan,
+        executed=True,
+        replayed=outcome.replayed,
+        restored_to=str(outcome.restored_to) if outcome.restored_to else None,
+        stopped_early=outcome.restore_stopped,
+    )
+
+
+def _read_plain(fs: FileSystem, path: str, owner: str) -> Iterator[bytes]:
+    with fs.open(path, owner=owner, writable=False) as source:
+        offset = 0
+        size = source.size()
+        while offset < size:
+            chunk = source.pread(min(_COPY_CHUNK, size - offset), offset)
+            if not chunk:
+                break
+            yield chunk
+            offset += len(chunk)
+
+
+__all__ = ["RestorePlan", "RestoreResult", "RestoreStep", "plan_restore", "restore"]

@@ -1,0 +1,377 @@
+"""The control socket client: talk to the instance that serves a directory, from any process.
+
+`connect(instance_dir)` returns a `ControlClient`; `counters()`, `events(limit)` and `ping()`
+are one request each; `backup(dest, kind, compress, progress)` takes an online backup through
+the socket and writes it with `jetstore.backup.backupset.SetWriter`, so a set written here is
+the same as one written in-process by `write_backup_set` (files written into `DEST.partial`,
+each fsynced, `manifest.json` from the server's `BackupResult`, renamed to DEST, parent
+fsynced); `read_manifest`, verification and restore read both alike.
+
+Invariants:
+- The backup rule: ``{"op": "complete"}`` (after which the server records the backup and
+  may truncate logs) is sent only after `SetWriter.publish` made the whole set durable at
+  DEST. Any failure before that (a write error, a bad frame, a server error, an interrupt)
+  sends ``abort`` if the connection still works, removes `DEST.partial`, and raises.
+- The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR``) and
+  the set's files in the registry of the `FileSystem` used (owner ``backup-set:DEST``); all
+  are closed on every way out (`backup` uses the connection up and closes it).
+- Every failure is a `JetError`: a server error arrives as the class of its code, with its
+  path and hint; a missing, stale or forbidden socket names the path and the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+from jetstore.backup.backupset import Manifest, Progress, SetWriter, manifest_from_result
+from jetstore.backup.session import BackupFile, BackupKind, BackupResult, ImageInfo
+from jetstore.control.protocol import (
+    FRAME_ERROR,
+    FRAME_HEADER,
+    MAX_REPLY,
+    decode_reply,
+    encode_line,
+    error_from_object,
+)
+from jetstore.control.server import MAX_SOCKET_PATH, socket_path
+from jetstore.errors import (
+    FileAccessDenied,
+    InstanceUnavailable,
+    InvalidParameter,
+    InvalidPath,
+    JetError,
+    from_os_error,
+)
+from jetstore.format.common import Signature
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import FileSystem
+from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind
+
+#: Default seconds a client waits for the server (the backup's first checkpoint included).
+DEFAULT_TIMEOUT: Final = 120.0
+
+
+class ControlClient:
+    """One connection to an instance's control socket. Use as a context manager."""
+
+    def __init__(self, sock: socket.socket, handle: Handle, directory: str, path: str) -> None:
+        self._sock = sock
+        self._handle = handle
+        self.directory = directory
+        self.path = path
+        self._buffer = bytearray()
+        #: The server's reply to ``complete`` after a `backup` (``result.truncated``: the log
+        #: generations the completion deleted).
+        self.completion: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- basics
+
+    def close(self) -> None:
+        self._handle.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return its reply; a failed reply raises its `JetError`."""
+        self._send(message)
+        return self._reply(self._read_line())
+
+    def ping(self) -> dict[str, Any]:
+        return self.request({"op": "ping"})
+
+    def counters(self) -> dict[str, Any]:
+        """The live `Instance.counters()` of the instance (plus the control_* counters)."""
+        counters: dict[str, Any] = self.request({"op": "counters"})["counters"]
+        return counters
+
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent events the instance keeps in memory, oldest first."""
+        events: list[dict[str, Any]] = self.request({"op": "events", "limit": limit})["events"]
+        return events
+
+    # ----------------------------------------------------------------- backup
+
+    def backup(
+        self,
+        dest: str | os.PathLike[str],
+        kind: str = "full",
+        compress: bool = False,
+        progress: Progress | None = None,
+        *,
+        fs: FileSystem | None = None,
+    ) -> Manifest:
+        """Take an online backup of kind `kind` into the new backup set `dest` (absent or an
+        empty directory) and return its manifest. The connection is used up (the server
+        closes it after the backup); the server's final reply (with the log generations the
+        completion truncated) is kept in `completion`."""
+        files = fs if fs is not None else FileSystem()
+        writer = SetWriter(
+            files,
+            dest,
+            owner=f"backup-set:{os.path.abspath(os.fspath(dest))}",
+            compress=compress,
+            progress=progress,
+        )
+        confirmed = False
+        try:
+            writer.prepare()
+            self._send({"op": "backup", "kind": kind})
+            self._reply(self._read_line())  # "started" (or the error that refused it)
+            while True:
+                message = self._reply(self._read_line())
+                stage = message.get("stage")
+                if stage == "files":
+                    listed = message.get("files")
+                    if not isinstance(listed, list):
+                        raise self._protocol_error("a files line without a list")
+                    writer.announce(sum(_backup_file(f).size for f in listed))
+                elif stage == "file":
+                    file = _backup_file(message.get("file"))
+                    writer.add(file, self._frames(file))
+                elif stage == "streamed":
+                    result = result_from_json(message.get("result"), source=self.path)
+                    break
+                else:
+                    raise self._protocol_error(f"an unexpected backup stage {stage!r}")
+            manifest = writer.publish(
+                manifest_from_result(result, compress=compress, path=writer.dest)
+            )
+            # The set is durable at dest: only now may the server record the backup and
+            # truncate logs.
+            self._send({"op": "complete"})
+            confirmed = True
+            self.completion = self._reply(self._read_line())
+            return manifest
+        except BaseException as exc:
+            if not confirmed:
+                self._try_abort()
+                writer.discard()
+            if isinstance(exc, OSError):
+                raise from_os_error(exc, op="write backup set", path=writer.partial) from exc
+            raise
+        finally:
+            self.close()
+
+    def _frames(self, file: BackupFile) -> Iterator[bytes]:
+        """The content of `file` as the server frames it (raises the server's error)."""
+        while True:
+            (length,) = FRAME_HEADER.unpack(self._read_exact(FRAME_HEADER.size))
+            if length == 0:
+                return
+            if length == FRAME_ERROR:
+                self._reply(self._read_line())  # raises the server's error
+                raise self._protocol_error(f"{file.name} cut short without an error")
+            yield self._read_exact(length)
+
+    def _try_abort(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._sock.settimeout(1.0)
+            self._sock.sendall(encode_line({"op": "abort"}))
+        except OSError:
+            pass
+
+    # ----------------------------------------------------------------- wire
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self._sock.sendall(encode_line(message))
+        except OSError as exc:
+            raise self._gone(exc) from exc
+
+    def _fill(self) -> None:
+        try:
+            data = self._sock.recv(1 << 20)
+        except TimeoutError as exc:
+            raise InstanceUnavailable(
+                f"the instance serving '{self.directory}' did not answer on '{self.path}' in time",
+                hint="check the instance's events (jetstore events) and retry",
+                path=self.path,
+            ) from exc
+        except OSError as exc:
+            raise self._gone(exc) from exc
+        if not data:
+            raise self._gone(None)
+        self._buffer += data
+
+    def _read_line(self) -> bytes:
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", start)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > MAX_REPLY:
+                raise self._protocol_error(f"a reply line over {MAX_REPLY} bytes")
+            start = len(self._buffer)
+            self._fill()
+
+    def _read_exact(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._fill()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _reply(self, line: bytes) -> dict[str, Any]:
+        message = decode_reply(line, source=self.path)
+        if not message["ok"]:
+            raise error_from_object(message.get("error"), source=self.path)
+        return message
+
+    def _gone(self, exc: OSError | None) -> JetError:
+        why = f" ({exc.strerror or exc})" if exc is not None else ""
+        return InstanceUnavailable(
+            f"the instance serving '{self.directory}' closed the control connection{why}",
+            hint="the instance may have closed; see its events (jetstore events DIR)",
+            path=self.path,
+        )
+
+    def _protocol_error(self, what: str) -> JetError:
+        return InvalidParameter(
+            f"the control socket '{self.path}' sent {what}",
+            hint="the server speaks another protocol version; use the jetstore of the instance",
+            path=self.path,
+        )
+
+
+def connect(
+    instance_dir: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT
+) -> ControlClient:
+    """Connect to the instance that has `instance_dir` open (InstanceUnavailable if none)."""
+    directory = os.path.abspath(os.fspath(instance_dir))
+    path = socket_path(directory)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise InvalidPath(
+            f"the control socket path '{path}' is longer than the {MAX_SOCKET_PATH} bytes an "
+            "AF_UNIX address holds, so no instance can serve it",
+            hint="open the instance from a shorter path",
+            path=path,
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    handle = DEFAULT_REGISTRY.register(
+        HandleKind.SOCKET, f"control-client:{directory}", path, sock.close
+    )
+    try:
+        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:
+                # EAGAIN: the listen backlog is full (a burst of clients); the server is
+                # accepting, so wait a moment, up to the timeout.
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the listen backlog of '{path}' stayed full") from None
+                time.sleep(0.005)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        handle.close()
+        stale = isinstance(exc, ConnectionRefusedError)
+        raise InstanceUnavailable(
+            f"no instance serves '{directory}': "
+            + (
+                f"'{path}' is a stale socket left by a process that ended"
+                if stale
+                else f"there is no control socket '{path}'"
+            ),
+            hint="open the instance (a running instance serves the socket unless opened with "
+            "control_socket=False); offline commands work on a closed instance",
+            path=path,
+        ) from exc
+    except PermissionError as exc:
+        handle.close()
+        raise FileAccessDenied(
+            f"connecting to the control socket '{path}' was refused: {exc.strerror}",
+            hint="run as the user that opened the instance (the socket is mode 0600)",
+            path=path,
+        ) from exc
+    except OSError as exc:
+        handle.close()
+        raise from_os_error(exc, op="connect to the control socket", path=path) from exc
+    return ControlClient(sock, handle, directory, path)
+
+
+# --------------------------------------------------------------------- backup set writing
+
+
+def _backup_file(value: object) -> BackupFile:
+    if not isinstance(value, dict):
+        raise InvalidParameter("the control socket sent a file line without a file")
+    try:
+        return BackupFile(
+            name=str(value["name"]),
+            kind=str(value["kind"]),
+            size=int(value["size"]),
+            database=value.get("database"),
+            generation=value.get("generation"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidParameter(f"the control socket sent a malformed file line: {exc!r}") from None
+
+
+def result_from_json(value: object, *, source: str) -> BackupResult:
+    """The `BackupResult` the server sent (as `protocol.to_jsonable` encodes it)."""
+    try:
+        if not isinstance(value, dict):
+            raise TypeError("not an object")
+
+        def signature(data: Any) -> Signature:
+            return Signature(bytes.fromhex(data["random"]), int(data["time_us"]))
+
+        def position(data: Any) -> LogPosition:
+            return LogPosition(int(data["generation"]), int(data["offset"]))
+
+        return BackupResult(
+            session=int(value["session"]),
+            kind=BackupKind(value["kind"]),
+            instance=str(value["instance"]),
+            log_signature=signature(value["log_signature"]),
+            log_file_size=int(value["log_file_size"]),
+            page_size=int(value["page_size"]),
+            generation_low=int(value["generation_low"]),
+            generation_high=int(value["generation_high"]),
+            started_us=int(value["started_us"]),
+            completed_us=int(value["completed_us"]),
+            images=[
+                ImageInfo(
+                    name=str(image["name"]),
+                    db_id=int(image["db_id"]),
+                    signature=signature(image["signature"]),
+                    page_size=int(image["page_size"]),
+                    page_count=int(image["page_count"]),
+                    checkpoint=position(image["checkpoint"]),
+                    generation_min_required=int(image["generation_min_required"]),
+                )
+                for image in value["images"]
+            ],
+            files=[_backup_file(f) for f in value["files"]],
+            databases=[str(name) for name in value["databases"]],
+            engine_version=str(value["engine_version"]),
+            format_version=int(value["format_version"]),
+            truncated=[int(g) for g in value.get("truncated", [])],
+            bytes_streamed=int(value.get("bytes_streamed", 0)),
+        )
+    except (KeyError, TypeError, ValueError, JetError) as exc:
+        raise InvalidParameter(
+            f"the control socket '{source}' sent a malformed backup result: {exc!r}",
+            hint="the server speaks another protocol version; use the jetstore of the instance",
+            path=source,
+        ) from None
+
+
+__all__ = ["ControlClient", "connect", "result_from_json"]

@@ -1,0 +1,749 @@
+"""The control socket server: an open instance answers local clients on `DIR/jetstore.sock`.
+
+`ControlServer.start(instance)` binds an AF_UNIX stream socket in the instance directory
+(mode 0600, checked before `listen`), and serves it from one registered thread
+(``jetstore-control``) running a `selectors` loop; `stop()` undoes all of it. The protocol is
+in `jetstore.control.protocol` and docs/design.md ("Control socket").
+
+Who does what:
+- The selector thread accepts clients and answers ``ping``, ``counters`` and ``events`` with
+  non-blocking sockets: a slow or silent client never blocks another one, and a request is
+  never longer than `MAX_REQUEST` bytes (longer: an error reply, then the connection closes).
+- A ``backup`` request hands its connection to a backup worker (its own registered
+  `ManagedThread`): it runs `instance.begin_backup(kind)`, streams every file in frames with
+  blocking sends bounded by `STALL_TIMEOUT`, and calls `session.complete()` only after the
+  client's ``{"op": "complete"}`` (the client sends it once its backup set is durable: logs
+  are never truncated before that). Between frames it polls the connection, so an ``abort``
+  or a hang-up is seen at once. The selector thread goes on serving ``counters`` meanwhile.
+
+Invariants:
+- Every OS handle of the server is registered under ``<instance owner>/control``: the
+  listening socket, the wake socket pair, each client connection (`HandleKind.SOCKET`) and
+  each thread (`HandleKind.THREAD`). A finished backup worker is joined and unregistered by
+  the selector thread; `stop()` closes whatever is left, so a closed instance holds none.
+- A backup that does not reach ``complete`` is aborted on every way out (client abort,
+  disconnect, SIGKILLed client, stalled client, instance closing, any error): the worker's
+  `finally` calls `session.abort`, which closes every handle registered under the session.
+- The server never raises into the instance: a failure to start or a dead selector thread is
+  event 162 (`control_socket_failed`) and the instance goes on without the socket. A bad
+  request is an error reply plus event 161; no request can end the selector thread.
+- The socket file is only ever a socket: a stale one (crashed process; the directory lock
+  proves no live instance serves it) is replaced at start; a non-socket file of that name is
+  left alone (event 162). `stop()` removes the socket file only if it is still the one this
+  server bound (same inode).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import select
+import selectors
+import socket
+import stat
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from jetstore.control.protocol import (
+    FRAME_ERROR,
+    MAX_REQUEST,
+    PROTOCOL_VERSION,
+    decode_request,
+    encode_line,
+    error_reply,
+    frame_header,
+    to_jsonable,
+)
+from jetstore.errors import (
+    BackupInProgress,
+    InternalError,
+    InvalidBackupSequence,
+    InvalidParameter,
+    JetError,
+    OutOfSessions,
+)
+from jetstore.format.filenames import CONTROL_SOCKET
+from jetstore.io.handles import Handle, HandleKind
+from jetstore.io.threads import ManagedThread
+
+if TYPE_CHECKING:
+    from jetstore.backup.session import BackupFile, BackupSession
+    from jetstore.instance.instance import Instance
+
+#: sun_path holds 108 bytes on Linux, the terminating NUL included.
+MAX_SOCKET_PATH: Final = 107
+#: Clients served at once (a backup connection counts until its worker ends).
+MAX_CLIENTS: Final = 64
+#: A reply backlog above this stops reading that client's requests until it reads replies.
+MAX_PENDING_OUTPUT: Final = 1024 * 1024
+#: Seconds a backup client may leave a frame unread (or stay silent) before the backup is
+#: aborted. Module-level so tests can shorten it.
+STALL_TIMEOUT: float = 60.0
+#: Seconds the server waits for the client's ``complete`` or ``abort`` after the last file.
+CONFIRM_TIMEOUT: float = 300.0
+#: Backup workers at a time (one streams; the others are refused or ending).
+MAX_BACKUP_WORKERS: Final = 4
+#: Most recent events an ``events`` request may ask for.
+MAX_EVENTS: Final = 10_000
+_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE, never SIGPIPE
+_worker_ids = itertools.count(1)
+
+
+def socket_path(directory: str) -> str:
+    """Where the instance in `directory` serves its control socket."""
+    return os.path.join(os.path.abspath(directory), CONTROL_SOCKET)
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One client connection served by the selector thread."""
+
+    sock: socket.socket
+    handle: Handle
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    closing: bool = False  # close once outbuf is sent (after a fatal protocol error)
+
+
+class _ClientGone(Exception):
+    """The backup client hung up, stalled, or the instance is closing (reason in args[0])."""
+
+
+class _ClientAbort(Exception):
+    """The backup client sent ``{"op": "abort"}``."""
+
+
+class ControlServer:
+    """The control socket of one open instance (see the module docstring)."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.path = socket_path(instance.directory)
+        self.owner = f"{instance.owner}/control"
+        self._registry = instance.registry
+        self._listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._thread: ManagedThread | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._workers: dict[int, _BackupWorker] = {}
+        self._finished: collections.deque[int] = collections.deque()
+        self._inode: tuple[int, int] | None = None
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self.requests = 0
+        self.rejected = 0
+
+    # ----------------------------------------------------------------- start / stop
+
+    @classmethod
+    def start(cls, instance: Instance) -> ControlServer | None:
+        """Serve `instance`'s control socket; None (and event 162) if it cannot be served."""
+        server = cls(instance)
+        try:
+            replaced = server._bind()
+            server._thread = ManagedThread(
+                server._registry, server.owner, "jetstore-control", server._serve, server._wake
+            )
+        except Exception as exc:
+            server.stop()
+            error = exc if isinstance(exc, JetError) else _os_error(exc, "serve", server.path)
+            instance.events.emit(
+                "control_socket_failed",
+                f"the control socket '{server.path}' cannot be served: {error}; the instance "
+                "goes on without it (live counters and online backups by other processes are "
+                "unavailable)",
+                path=server.path,
+                error=error.name,
+                code=error.code,
+            )
+            return None
+        instance.events.emit(
+            "control_socket_started",
+            f"control socket listening at '{server.path}'"
+            + (" (replaced a stale socket file left by a process that ended)" if replaced else ""),
+            path=server.path,
+            replaced_stale=replaced,
+        )
+        return server
+
+    def _bind(self) -> bool:
+        """Create, bind (mode 0600) and listen. True if a stale socket file was replaced."""
+        path = self.path
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise InvalidParameter(
+                f"the socket path '{path}' is {len(os.fsencode(path))} bytes, more than the "
+                f"{MAX_SOCKET_PATH} an AF_UNIX address holds",
+                hint="open the instance from a shorter directory path to get a control socket",
+                path=path,
+            )
+        replaced = False
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error(exc, "inspect", path) from exc
+        else:
+            if not stat.S_ISSOCK(info.st_mode):
+                raise InvalidParameter(
+                    f"'{path}' exists and is not a socket; it was left alone",
+                    hint="move that file away and reopen the instance",
+                    path=path,
+                )
+            # The directory lock is ours, so no live instance serves this socket: a process
+            # that held the directory before us died without removing it.
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise _os_error(exc, "remove the stale socket", path) from exc
+            replaced = True
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener = listener
+        self._registry.register(HandleKind.SOCKET, self.owner, f"listen {path}", listener.close)
+        try:
+            listener.bind(path)
+            info = os.lstat(path)
+            self._inode = (info.st_dev, info.st_ino)
+            # chmod before listen: until listen() no client can connect, so no one ever
+            # connects while the mode is the umask's.
+            os.chmod(path, 0o600)
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            if mode != 0o600:
+                raise InvalidParameter(
+                    f"the socket '{path}' has mode {mode:o} after chmod 600",
+                    hint="the file system does not keep socket permissions; open the instance "
+                    "on a local file system",
+                    path=path,
+                )
+            listener.listen(socket.SOMAXCONN)
+            listener.setblocking(False)
+        except OSError as exc:
+            raise _os_error(exc, "bind the control socket", path) from exc
+        wake_r, wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = wake_r, wake_w
+        self._registry.register(HandleKind.SOCKET, self.owner, "control wake (read)", wake_r.close)
+        self._registry.register(HandleKind.SOCKET, self.owner, "control wake (write)", wake_w.close)
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        # PollSelector holds no file descriptor of its own (epoll would be one more handle).
+        self._selector = selectors.PollSelector()
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._selector.register(wake_r, selectors.EVENT_READ, None)
+        return replaced
+
+    def stop(self) -> None:
+        """Stop serving: join every thread, close every handle, remove the socket file.
+        Idempotent; never raises."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.close()  # the selector thread closes its connections on the way out
+        for worker in list(self._workers.values()):
+            worker.close()  # interrupts its socket; the worker aborts its backup
+        self._workers.clear()
+        self._registry.close_owner(self.owner)
+        if self._inode is not None:
+            try:
+                info = os.lstat(self.path)
+                if (info.st_dev, info.st_ino) == self._inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass  # gone already, or not ours: nothing to remove
+
+    def _wake(self) -> None:
+        wake = self._wake_w
+        if wake is None:
+            return
+        try:
+            wake.send(b"x", _SEND_FLAGS)
+        except OSError:
+            pass  # buffer full (a wake is pending anyway) or closed (stopping)
+
+    # ----------------------------------------------------------------- selector loop
+
+    def _serve(self, stop: threading.Event) -> None:
+        selector = self._selector
+        assert selector is not None
+        try:
+            while not stop.is_set():
+                for key, mask in selector.select():
+                    if key.fileobj is self._listener:
+                        self._accept(selector)
+                    elif key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    else:
+                        conn = key.data
+                        assert isinstance(conn, _Conn)
+                        self._service(selector, conn, mask)
+                self._reap_workers()
+        except Exception as exc:
+            error = exc if isinstance(exc, JetError) else InternalError(repr(exc))
+            self.instance.events.emit(
+                "control_socket_failed",
+                f"the control socket thread of '{self.path}' stopped: {error}; the instance "
+                "goes on without it",
+                path=self.path,
+                error=error.name,
+                code=error.code,
+            )
+        finally:
+            for conn in list(self._conns.values()):
+                self._drop(selector, conn)
+            selector.close()
+
+    def _drain_wake(self) -> None:
+        assert self._wake_r is not None
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _reap_workers(self) -> None:
+        while self._finished:
+            ident = self._finished.popleft()
+            worker = self._workers.pop(ident, None)
+            if worker is not None:
+                worker.close()  # already returned: the join is immediate
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # ECONNABORTED, EMFILE...: the client retries; the loop goes on
+            handle = self._registry.register(
+                HandleKind.SOCKET, self.owner, f"client of {self.path}", sock.close
+            )
+            sock.setblocking(False)
+            conn = _Conn(sock, handle)
+            if len(self._conns) + len(self._workers) >= MAX_CLIENTS:
+                error = OutOfSessions(
+                    f"the control socket '{self.path}' serves {MAX_CLIENTS} clients already",
+                    hint="close idle control connections and connect again",
+                )
+                try:
+                    sock.send(encode_line(error_reply(error)), _SEND_FLAGS)
+                except OSError:
+                    pass
+                handle.close()
+                continue
+            self._conns[sock.fileno()] = conn
+            selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _service(self, selector: selectors.BaseSelector, conn: _Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and conn.outbuf:
+            try:
+                sent = conn.sock.send(conn.outbuf, _SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(selector, conn)
+                return
+            del conn.outbuf[:sent]
+        if mask & selectors.EVENT_READ and not conn.closing:
+            try:
+                data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._drop(selector, conn)
+                return
+            if data is not None:
+                if not data:
+                    # Hang-up, possibly mid-request: whatever it sent is dropped with it.
+                    self._drop(selector, conn)
+                    return
+                conn.inbuf += data
+                if self._process(selector, conn):
+                    return  # handed to a backup worker
+        if conn.closing and not conn.outbuf:
+            self._drop(selector, conn)
+            return
+        events = 0
+        if conn.outbuf:
+            events |= selectors.EVENT_WRITE
+        if not conn.closing and len(conn.outbuf) < MAX_PENDING_OUTPUT:
+            events |= selectors.EVENT_READ
+        if events != selector.get_key(conn.sock).events:
+            selector.modify(conn.sock, events, conn)
+
+    def _process(self, selector: selectors.BaseSelector, conn: _Conn) -> bool:
+        """Answer every complete request in `conn.inbuf`; True if a backup took the
+        connection."""
+        while not conn.closing:
+            end = conn.inbuf.find(b"\n")
+            if end < 0 and len(conn.inbuf) < MAX_REQUEST:
+                return False
+            if end < 0 or end + 1 > MAX_REQUEST:
+                size = len(conn.inbuf) if end < 0 else end + 1
+                self._reject(
+                    conn,
+                    InvalidParameter(
+                        f"request of {size}+ bytes is over the {MAX_REQUEST}-byte limit of "
+                        f"the control socket '{self.path}'; the connection is closed",
+                        hint="requests are short JSON lines; reconnect and send one",
+                    ),
+                    None,
+                )
+                conn.inbuf.clear()
+                conn.closing = True
+                return False
+            line = bytes(conn.inbuf[:end])
+            del conn.inbuf[: end + 1]
+            if not line.strip():
+                continue  # an empty line is not a request
+            if self._answer(selector, conn, line):
+                return True
+        return False
+
+    def _answer(self, selector: selectors.BaseSelector, conn: _Conn, line: bytes) -> bool:
+        """Answer one request line; True if it started a backup (connection handed over)."""
+        self.requests += 1
+        try:
+            request = decode_request(line)
+        except InvalidParameter as exc:
+            self._reject(conn, exc, None)
+            return False
+        op = request["op"]
+        try:
+            if op == "ping":
+                reply = {
+                    "ok": True,
+                    "op": "ping",
+                    "protocol": PROTOCOL_VERSION,
+                    "instance": self.instance.directory,
+                    "pid": os.getpid(),
+                    "state": self.instance.state.value,
+                }
+            elif op == "counters":
+                counters = self.instance.counters()
+                counters["control_requests"] = self.requests
+                counters["control_rejected"] = self.rejected
+                counters["control_clients"] = len(self._conns) + len(self._workers)
+                reply = {"ok": True, "op": "counters", "counters": to_jsonable(counters)}
+            elif op == "events":
+                limit = request.get("limit", 50)
+                if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+                    raise InvalidParameter(
+                        f'"limit" must be a positive integer, got {limit!r}',
+                        hint=f'ask for {{"op": "events", "limit": 50}} (at most {MAX_EVENTS})',
+                    )
+                events = self.instance.events.recent(min(limit, MAX_EVENTS))
+                reply = {"ok": True, "op": "events", "events": to_jsonable(events)}
+            elif op == "backup":
+                return self._start_backup(selector, conn, request)
+            elif op in ("complete", "abort"):
+                raise InvalidBackupSequence(
+                    f'"{op}" outside a backup: no backup runs on this connection',
+                    hint='send {"op": "backup", "kind": "full"} first, on the same connection',
+                )
+            else:
+                raise InvalidParameter(
+                    f"unknown op {op!r} on the control socket '{self.path}'",
+                    hint="ops: ping, counters, events, backup (then complete or abort)",
+                )
+        except JetError as exc:
+            self._reject(conn, exc, op)
+            return False
+        except Exception as exc:  # a bug must cost one reply, never the selector thread
+            self._reject(conn, InternalError(f"{op} failed: {exc!r}"), op)
+            return False
+        conn.outbuf += encode_line(reply)
+        return False
+
+    def _reject(self, conn: _Conn, error: JetError, op: object) -> None:
+        self.rejected += 1
+        conn.outbuf += encode_line(error_reply(error, op))
+        self.instance.events.emit(
+            "control_request_rejected",
+            f"control socket request rejected: {error}",
+            op=op if isinstance(op, str) else None,
+            error=error.name,
+            code=error.code,
+        )
+
+    def _start_backup(
+        self, selector: selectors.BaseSelector, conn: _Conn, request: dict[str, Any]
+    ) -> bool:
+        kind = request.get("kind", "full")
+        if not isinstance(kind, str):
+            raise InvalidParameter(f'"kind" must be a string, got {kind!r}')
+        self._reap_workers()
+        if len(self._workers) >= MAX_BACKUP_WORKERS:
+            # The instance runs one backup at a time and `begin_backup` is the judge (a
+            # worker that just ended its session may not be reaped yet); this bound only
+            # keeps a flood of backup requests from costing a thread each.
+            running = self.instance.backup_session
+            raise BackupInProgress(
+                f"a backup of '{self.instance.directory}' is already streaming"
+                + (f" (backup {running.id})" if running is not None else ""),
+                hint="wait for it to finish, or abort it",
+            )
+        selector.unregister(conn.sock)
+        del self._conns[conn.sock.fileno()]
+        worker = _BackupWorker(self, conn, kind)
+        self._workers[worker.ident] = worker
+        worker.begin()
+        return True
+
+    def _worker_done(self, worker: _BackupWorker) -> None:
+        self._finished.append(worker.ident)
+        self._wake()
+
+    def _drop(self, selector: selectors.BaseSelector, conn: _Conn) -> None:
+        try:
+            selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        self._conns.pop(conn.sock.fileno(), None)
+        conn.handle.close()
+
+
+class _BackupWorker:
+    """Streams one backup to one client, in its own registered thread."""
+
+    def __init__(self, server: ControlServer, conn: _Conn, kind: str) -> None:
+        self.ident = next(_worker_ids)
+        self.server = server
+        self.conn = conn
+        self.kind = kind
+        self.sock = conn.sock
+        self.inbuf = bytearray(conn.inbuf)  # requests pipelined after "backup"
+        self.session: BackupSession | None = None
+        self._thread: ManagedThread | None = None
+        self._stop: threading.Event | None = None
+        self._in_file = False
+        self._poll = select.poll()  # no file descriptor of its own
+
+    def begin(self) -> None:
+        self.sock.settimeout(STALL_TIMEOUT)
+        self._poll.register(self.sock, select.POLLIN)
+        self._thread = ManagedThread(
+            self.server._registry,
+            self.server.owner,
+            f"jetstore-control-backup-{self.ident}",
+            self.run,
+            self.interrupt,
+        )
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.close()
+
+    def interrupt(self) -> None:
+        """Called by `close()` from another thread: a blocked send or recv returns at once."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # ----------------------------------------------------------------- the stream
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        session: BackupSession | None = None
+        reason = "the control connection ended before the backup completed"
+        try:
+            if self.conn.outbuf:
+                self._send(bytes(self.conn.outbuf))
+            try:
+                session = self.server.instance.begin_backup(self.kind)
+            except JetError as exc:
+                self._send_line(error_reply(exc, "backup"))
+                return
+            self.session = session
+            self._send_line(
+                {
+                    "ok": True,
+                    "op": "backup",
+                    "stage": "started",
+                    "session": session.id,
+                    "kind": session.kind.value,
+                }
+            )
+            # The images first, then the log list (taking it rolls the log: the backup holds
+            # every transaction acknowledged before that moment). Each list is announced so
+            # the client knows the sizes ahead (progress totals).
+            for listing in (session.database_files, session.log_files):
+                self._check_client()
+                files = listing()
+                self._send_line(
+                    {"ok": True, "op": "backup", "stage": "files", "files": to_jsonable(files)}
+                )
+                for file in files:
+                    self._check_client()
+                    self._send_line(
+                        {"ok": True, "op": "backup", "stage": "file", "file": to_jsonable(file)}
+                    )
+                    self._stream(session, file)
+            result = session.result()
+            self._send_line(
+                {"ok": True, "op": "backup", "stage": "streamed", "result": to_jsonable(result)}
+            )
+            request = self._wait_confirmation()
+            if request == "complete":
+                final = session.complete()
+                self._send_line({"ok": True, "op": "complete", "result": to_jsonable(final)})
+            else:
+                reason = "aborted by the control client"
+                session.abort(reason)
+                self._send_line({"ok": True, "op": "abort", "session": session.id})
+        except _ClientAbort:
+            reason = "aborted by the control client while the files streamed"
+            if session is not None:
+                session.abort(reason)
+            self._try_send_line({"ok": True, "op": "abort", "session": self._session_id()})
+        except _ClientGone as gone:
+            reason = str(gone)
+        except JetError as exc:
+            # A file failed its check (the session failed itself), complete() failed, or
+            # the client broke the protocol: tell the client, and end the session.
+            reason = f"the backup stopped: {exc.name}"
+            self._send_error(exc)
+        except Exception as exc:
+            reason = f"the control server failed: {exc!r}"
+            self._send_error(InternalError(f"backup stream failed: {exc!r}"))
+        finally:
+            if session is not None and session.state in ("starting", "running"):
+                try:
+                    session.abort(reason)
+                except Exception:
+                    session._end("aborted")  # whatever the event log did, free the handles
+            self.conn.handle.close()
+            self.server._worker_done(self)
+
+    def _session_id(self) -> int | None:
+        return self.session.id if self.session is not None else None
+
+    def _stream(self, session: BackupSession, file: BackupFile) -> None:
+        chunks = session.read(file)
+        self._in_file = True
+        try:
+            for chunk in chunks:
+                self._check_client()
+                self._send(frame_header(len(chunk)))
+                self._send(chunk)
+            self._send(frame_header(0))
+            self._in_file = False
+        finally:
+            if isinstance(chunks, Generator):
+                chunks.close()  # stops the reader at once, closing its file
+
+    def _check_client(self) -> None:
+        """Between frames: stop if the instance closes, the client hung up or sent abort."""
+        stop = self._stop
+        if stop is not None and stop.is_set():
+            raise _ClientGone("the instance is closing")
+        while self._poll.poll(0):
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise _ClientGone(f"the control client's connection failed ({exc})") from None
+            if not data:
+                raise _ClientGone("the control client disconnected while the files streamed")
+            self.inbuf += data
+            op = self._next_op()
+            if op == "abort":
+                raise _ClientAbort()
+            if op is not None:
+                raise InvalidBackupSequence(
+                    f'"{op}" while the files stream: only "abort" may be sent before the '
+                    '"streamed" line',
+                    hint='read every file, then send {"op": "complete"}',
+                )
+
+    def _next_op(self) -> str | None:
+        end = self.inbuf.find(b"\n")
+        if end < 0:
+            if len(self.inbuf) >= MAX_REQUEST:
+                raise InvalidParameter(
+                    f"request over the {MAX_REQUEST}-byte limit during a backup",
+                    hint="requests are short JSON lines",
+                )
+            return None
+        line = bytes(self.inbuf[:end])
+        del self.inbuf[: end + 1]
+        op: str = decode_request(line)["op"]
+        return op
+
+    def _wait_confirmation(self) -> str:
+        """The client's ``complete`` or ``abort`` (a hang-up or silence aborts)."""
+        self.sock.settimeout(CONFIRM_TIMEOUT)
+        while True:
+            op = self._next_op()
+            if op in ("complete", "abort"):
+                return op
+            if op is not None:
+                raise InvalidBackupSequence(
+                    f'"{op}" after the last file: the backup waits for "complete" or "abort"',
+                    hint='send {"op": "complete"} once the backup set is durable',
+                )
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise _ClientGone(
+                    f"the control client sent neither complete nor abort within "
+                    f"{CONFIRM_TIMEOUT:g} s"
+                ) from None
+            except OSError as exc:
+                raise _ClientGone(f"the control client's connection failed ({exc})") from None
+            if not data:
+                if self._stop is not None and self._stop.is_set():
+                    raise _ClientGone("the instance is closing")
+                raise _ClientGone("the control client disconnected before confirming")
+            self.inbuf += data
+
+    def _send(self, data: bytes | memoryview) -> None:
+        stop = self._stop
+        try:
+            self.sock.sendall(data, _SEND_FLAGS)
+        except TimeoutError:
+            raise _ClientGone(
+                f"the control client read nothing for {STALL_TIMEOUT:g} s (stalled)"
+            ) from None
+        except OSError as exc:
+            if stop is not None and stop.is_set():
+                raise _ClientGone("the instance is closing") from None
+            raise _ClientGone(f"the control client disconnected ({exc.strerror or exc})") from None
+
+    def _send_line(self, message: dict[str, Any]) -> None:
+        self._send(encode_line(message))
+
+    def _try_send_line(self, message: dict[str, Any]) -> None:
+        try:
+            self._send_line(message)
+        except _ClientGone:
+            pass
+
+    def _send_error(self, error: JetError) -> None:
+        try:
+            if self._in_file:
+                self._send(frame_header(FRAME_ERROR))
+            self._send_line(error_reply(error, "backup"))
+        except _ClientGone:
+            pass
+
+
+def _os_error(exc: BaseException, op: str, path: str) -> JetError:
+    from jetstore.errors import from_os_error
+
+    if isinstance(exc, OSError):
+        return from_os_error(exc, op=op, path=path)
+    return InternalError(f"{op} '{path}': {exc!r}", path=path)
+
+
+__all__ = ["CONFIRM_TIMEOUT", "MAX_SOCKET_PATH", "STALL_TIMEOUT", "ControlServer", "socket_path"]

@@ -1,0 +1,172 @@
+"""`jetstore backup` and `jetstore verify-backup` end to end (click's CliRunner): the JSON
+envelope, the exit codes (0 ok, 1 damaged set, 2 usage, 3 dirty or open instance, 4 missing
+path) and the text output."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import jetstore
+from jetstore.backup.backupset import MANIFEST_NAME, PARTIAL_SUFFIX
+from jetstore.cli.main import cli
+
+OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024, "checkpoint_interval": 1e6}
+
+
+def build(path: Path, *, crash: bool = False) -> None:
+    inst = jetstore.open(path, **OPTIONS)
+    db = inst.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    for i in range(40):
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": "c" * 1000})
+    if crash:
+        inst.simulate_crash()
+    else:
+        inst.close()
+
+
+def invoke(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def invoke_json(*args: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
+    code, out, _err = invoke(*args, "--json")
+    document = json.loads(out)  # exactly one JSON object on stdout
+    assert document["schema"] == 1
+    assert document["ok"] is (code == 0)
+    return code, document
+
+
+@pytest.fixture
+def clean(tmp_path: Path) -> Path:
+    path = tmp_path / "clean"
+    build(path)
+    return path
+
+
+@pytest.fixture
+def dirty(tmp_path: Path) -> Path:
+    path = tmp_path / "dirty"
+    build(path, crash=True)
+    return path
+
+
+def test_backup_then_verify(clean: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    code, document = invoke_json("backup", clean, "--to", dest, "--compress")
+    assert code == 0, document
+    assert document["command"] == "backup"
+    result = document["result"]
+    assert result["path"] == str(dest)
+    assert result["offline"] is True and result["kind"] == "full"
+    assert result["compression"] == "zstd"
+    assert [f["name"] for f in result["files"]] == ["main.edb"]
+    assert (dest / MANIFEST_NAME).exists()
+
+    code, document = invoke_json("verify-backup", dest)
+    assert code == 0
+    assert document["command"] == "verify-backup"
+    assert document["result"]["ok"] is True
+
+    code, out, _err = invoke("verify-backup", dest)
+    assert code == 0
+    assert "ok: full offline backup set" in out
+
+    # Damage: exit 1, the problem named.
+    stored = dest / "main.edb.zst"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    code, document = invoke_json("verify-backup", dest)
+    assert code == 1
+    problems = document["result"]["problems"]
+    assert problems and problems[0]["file"] == "main.edb"
+    code, out, _err = invoke("verify-backup", dest)
+    assert code == 1
+    assert "problem" in out and "main.edb" in out
+
+
+def test_backup_text_output(clean: Path, tmp_path: Path) -> None:
+    code, out, _err = invoke("backup", clean, "--to", tmp_path / "set")
+    assert code == 0
+    assert "backup set written" in out
+    assert "main.edb" in out
+
+
+def test_backup_of_a_dirty_instance(dirty: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    code, document = invoke_json("backup", dirty, "--to", dest)
+    assert code == 3
+    error = document["error"]
+    assert error["name"] == "DatabaseDirtyShutdown" and error["code"] == -550
+    assert "--recover" in error["hint"]
+    assert not dest.exists()
+
+    code, _out, err = invoke("backup", dirty, "--to", dest)
+    assert code == 3
+    assert "JET_errDatabaseDirtyShutdown" in err
+
+    code, document = invoke_json("backup", dirty, "--to", dest, "--recover")
+    assert code == 0, document
+    assert invoke_json("verify-backup", dest)[0] == 0
+
+
+def test_backup_of_an_open_instance_without_a_control_socket(clean: Path, tmp_path: Path) -> None:
+    """An open instance is backed up online through its control socket (tests/control); one
+    that serves none is refused with exit 3, naming the holder and the ways out."""
+    inst = jetstore.open(clean, control_socket=False, **OPTIONS)
+    try:
+        dest = tmp_path / "set"
+        code, document = invoke_json("backup", clean, "--to", dest)
+        assert code == 3
+        error = document["error"]
+        assert "control socket" in error["detail"]
+        assert str(os.getpid()) in error["detail"]
+        assert not dest.exists()
+        code, _out, err = invoke("backup", clean, "--to", dest, "--kind", "incremental")
+        assert code == 3
+        assert "control socket" in err
+    finally:
+        inst.close()
+
+
+def test_backup_usage_errors(clean: Path, tmp_path: Path) -> None:
+    code, document = invoke_json("backup", clean, "--to", tmp_path / "x", "--kind", "incremental")
+    assert code == 2
+    assert "offline backup is always a full" in document["error"]["message"]
+
+    dest = tmp_path / "busy"
+    dest.mkdir()
+    (dest / "file").write_text("x")
+    code, document = invoke_json("backup", clean, "--to", dest)
+    assert code == 2
+    assert document["error"]["name"] == "InvalidPath"
+    assert not os.path.exists(str(dest) + PARTIAL_SUFFIX)
+
+    code, document = invoke_json("backup", clean, "--to", clean / "inside")
+    assert code == 2
+
+    code, _out, _err = invoke("backup", clean)  # --to is required
+    assert code == 2
+
+    code, document = invoke_json("backup", tmp_path / "nowhere", "--to", tmp_path / "y")
+    assert code == 4
+
+
+def test_verify_backup_missing_paths(tmp_path: Path) -> None:
+    code, document = invoke_json("verify-backup", tmp_path / "nowhere")
+    assert code == 4
+    assert document["error"]["name"] == "FileNotFound"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, document = invoke_json("verify-backup", empty)
+    assert code == 1
+    assert document["result"]["problems"][0]["error"] == "FileNotFound"

@@ -1,0 +1,475 @@
+"""Backup sets written from online sessions (`write_backup_set`, `Instance.backup`).
+
+Round trips for every kind, compressed and not; the manifest read back and its tampering
+detected; `read_backup_file` checking size and CRC32C; the destination rules; and the
+failure contract: a fault injected into any destination operation leaves no partial set, no
+backup history, every log file in place, and the handle registry and the process's open
+descriptors exactly where they were.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import pytest
+
+import jetstore
+from jetstore.backup.backupset import (
+    MANIFEST_NAME,
+    PARTIAL_MARKER,
+    PARTIAL_SUFFIX,
+    Manifest,
+    manifest_checksum,
+    read_backup_file,
+    read_manifest,
+    write_backup_set,
+)
+from jetstore.errors import DiskFull, FileNotFound, InvalidBackup, InvalidPath, JetError
+from jetstore.errors import ReadVerifyFailure as ReadVerify
+from jetstore.format.dbheader import BackupInfo
+from jetstore.io.files import FileSystem, IOEvent
+from jetstore.io.handles import HandleRegistry
+
+OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024, "checkpoint_interval": 1e6}
+
+
+def commit(db: jetstore.Database, start: int, count: int, width: int = 1500) -> None:
+    for i in range(start, start + count):
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": f"{i}:" + "v" * width})
+
+
+def make_instance(path: Path, **options: Any) -> jetstore.Instance:
+    inst = jetstore.open(path, **{**OPTIONS, **options})
+    db = inst.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    commit(db, 0, 40)
+    return inst
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def log_files(path: Path) -> list[str]:
+    return sorted(n for n in os.listdir(path) if n.startswith("edb") and n.endswith(".log"))
+
+
+def quiet(inst: jetstore.Instance) -> None:
+    """Wait until the log writer's preparer is not creating `edbtmp.log` (it opens and
+    closes handles of its own while it works)."""
+    deadline = time.monotonic() + 10
+    while inst.log._prepare_state == "preparing" and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def baseline_of(inst: jetstore.Instance) -> tuple[dict[str, int], int]:
+    quiet(inst)
+    return inst.registry.counts(), open_fds()
+
+
+def settle(inst: jetstore.Instance, baseline: dict[str, int], fds: int) -> None:
+    """With the preparer quiet, the handles and descriptors are exactly the baseline."""
+    quiet(inst)
+    assert inst.registry.counts() == baseline
+    assert open_fds() == fds
+
+
+@pytest.fixture
+def inst(tmp_path: Path) -> Iterator[jetstore.Instance]:
+    instance = make_instance(tmp_path / "live")
+    yield instance
+    instance.close()
+
+
+def content(path: Path, manifest: Manifest, name: str) -> bytes:
+    registry = HandleRegistry("test")
+    entry = manifest.file(name)
+    data = b"".join(read_backup_file(path, entry, fs=FileSystem(registry), owner="t"))
+    assert registry.total() == 0
+    return data
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
+@pytest.mark.parametrize("kind", ["full", "incremental", "differential", "copy"])
+def test_round_trip(inst: jetstore.Instance, tmp_path: Path, kind: str, compress: bool) -> None:
+    db = inst.database("main")
+    if kind in ("incremental", "differential"):
+        inst.backup(tmp_path / "base", kind="full")
+        commit(db, 40, 80)  # several generations
+    before = db.file.header
+    baseline, fds = baseline_of(inst)
+    dest = tmp_path / "set"
+    seen: list[tuple[int, int, str]] = []
+    manifest = inst.backup(
+        dest, kind=kind, compress=compress, progress=lambda d, t, n: seen.append((d, t, n))
+    )
+    settle(inst, baseline, fds)
+
+    assert manifest.kind == kind and not manifest.offline
+    assert manifest.path == str(dest)
+    assert manifest.source == inst.directory
+    assert manifest.log_signature == inst.log.signature
+    assert manifest.compression == ("zstd" if compress else "none")
+    assert manifest.logs == "included"
+    generations = list(range(manifest.generation_low, manifest.generation_high + 1))
+    assert manifest.generations == generations and generations
+    if kind in ("full", "copy"):
+        assert [f.name for f in manifest.database_files] == ["main.edb"]
+        image = manifest.images[0]
+        assert image.name == "main" and image.signature == db.file.header.db_signature
+        assert manifest.generation_low <= image.checkpoint.generation
+    else:
+        assert manifest.images == [] and manifest.database_files == []
+        assert len(generations) >= 2
+    assert manifest.databases == ["main"]
+    assert not os.path.exists(str(dest) + PARTIAL_SUFFIX)
+    stored = sorted(os.listdir(dest))
+    expected = sorted([MANIFEST_NAME, *(f.stored_name for f in manifest.files)])
+    assert stored == expected
+    for entry in manifest.files:
+        assert entry.stored_name == entry.name + (".zst" if compress else "")
+        assert os.path.getsize(dest / entry.stored_name) == entry.stored_size
+        if compress and entry.kind == "log":
+            assert entry.stored_size < entry.size
+
+    # The manifest reads back equal, and every file's content matches size and CRC32C.
+    again = read_manifest(dest)
+    assert again == manifest
+    assert read_manifest(dest / MANIFEST_NAME) == manifest
+    for entry in manifest.files:
+        data = content(dest, manifest, entry.name)
+        assert len(data) == entry.size
+        assert int(google_crc32c.value(data)) == entry.crc32c
+    # Log copies are the source frames up to the recorded end (the source may be gone
+    # after truncation only for generations below this backup).
+    last = manifest.log_files[-1]
+    source = Path(inst.directory) / last.name
+    data = content(dest, manifest, last.name)
+    assert source.read_bytes()[:4096] == data[:4096]
+
+    verification = jetstore.verify_backup(dest)
+    assert verification.ok, verification.problems
+
+    # Progress: monotonic, ends at the total, names every file.
+    assert seen and seen[-1][0] == seen[-1][1] == manifest.total_size
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
+    assert {n for _d, _t, n in seen if n} == {f.name for f in manifest.files}
+
+    header = db.file.header
+    field = {
+        "full": "last_full_backup",
+        "incremental": "last_incremental_backup",
+        "differential": "last_differential_backup",
+    }.get(kind)
+    if field is None:  # copy: no history
+        assert header.last_full_backup == before.last_full_backup
+        assert header.last_incremental_backup == before.last_incremental_backup
+    else:
+        info: BackupInfo = getattr(header, field)
+        assert (info.generation_low, info.generation_high) == (
+            manifest.generation_low,
+            manifest.generation_high,
+        )
+    counters = inst.counters()
+    assert counters["backup_sessions_active"] == 0
+
+
+def test_empty_directory_is_a_valid_destination(inst: jetstore.Instance, tmp_path: Path) -> None:
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    manifest = inst.backup(dest)
+    assert jetstore.verify_backup(dest).ok
+    assert manifest.path == str(dest)
+
+
+def test_write_backup_set_with_an_explicit_session(inst: jetstore.Instance, tmp_path: Path) -> None:
+    with inst.begin_backup("copy") as session:
+        manifest = write_backup_set(session, tmp_path / "nested" / "deeper" / "set")
+        assert session.state == "completed"
+    assert jetstore.verify_backup(manifest.path).ok
+
+
+# --------------------------------------------------------------------------- destination
+
+
+def test_non_empty_destination_is_refused_before_anything(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    dest = tmp_path / "full"
+    dest.mkdir()
+    (dest / "other").write_text("x")
+    before = inst.database("main").file.header.last_full_backup
+    with pytest.raises(InvalidPath, match="not empty"):
+        inst.backup(dest)
+    assert os.listdir(dest) == ["other"]
+    assert not os.path.exists(str(dest) + PARTIAL_SUFFIX)
+    assert inst.database("main").file.header.last_full_backup == before
+    assert inst.counters()["backups_aborted"] == 1
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidPath, match="not a directory"):
+        inst.backup(tmp_path / "file")
+
+
+def test_leftover_partial_directory(inst: jetstore.Instance, tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    partial = Path(str(dest) + PARTIAL_SUFFIX)
+    partial.mkdir()
+    (partial / "main.edb").write_bytes(b"half")
+    with pytest.raises(InvalidPath, match="not left by an interrupted backup"):
+        inst.backup(dest)
+    assert (partial / "main.edb").exists()
+    (partial / PARTIAL_MARKER).write_bytes(b"")
+    inst.backup(dest)  # ours (marked): removed, then the backup runs
+    assert not partial.exists()
+    assert jetstore.verify_backup(dest).ok
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_tampering_is_detected(inst: jetstore.Instance, tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    inst.backup(dest)
+    path = dest / MANIFEST_NAME
+    original = path.read_text()
+    document = json.loads(original)
+    assert document["checksum"] == manifest_checksum(
+        {k: v for k, v in document.items() if k != "checksum"}
+    )
+
+    document["files"][0]["size"] += 1
+    path.write_text(json.dumps(document))
+    with pytest.raises(InvalidBackup, match="fails its checksum") as caught:
+        read_manifest(dest)
+    assert caught.value.path == str(path)
+    verification = jetstore.verify_backup(dest)
+    assert not verification.ok
+    assert [(p.file, p.error) for p in verification.problems] == [(MANIFEST_NAME, "InvalidBackup")]
+
+    path.write_text(original.replace('"kind": "full"', '"kind": "fulL"'))
+    with pytest.raises(InvalidBackup, match="checksum"):
+        read_manifest(dest)
+    path.write_text("{not json")
+    with pytest.raises(InvalidBackup, match="not valid JSON"):
+        read_manifest(dest)
+    path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(InvalidBackup, match="not a jetstore backup manifest"):
+        read_manifest(dest)
+    # A manifest whose checksum is right but whose fields are not (a foreign writer).
+    body = {k: v for k, v in json.loads(original).items() if k != "checksum"}
+    del body["files"]
+    path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
+    with pytest.raises(InvalidBackup, match="malformed"):
+        read_manifest(dest)
+    path.unlink()
+    with pytest.raises(FileNotFound, match=MANIFEST_NAME):
+        read_manifest(dest)
+    with pytest.raises(FileNotFound, match="does not exist"):
+        read_manifest(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
+def test_read_backup_file_checks_content(
+    inst: jetstore.Instance, tmp_path: Path, compress: bool
+) -> None:
+    dest = tmp_path / "set"
+    manifest = inst.backup(dest, compress=compress)
+    entry = manifest.file("main.edb")
+    stored = dest / entry.stored_name
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    stored.write_bytes(bytes(data))
+    registry = HandleRegistry("test")
+    fs = FileSystem(registry)
+    with pytest.raises(ReadVerify) as caught:
+        for _chunk in read_backup_file(dest, entry, fs=fs, owner="t"):
+            pass
+    assert entry.stored_name in str(caught.value)
+    assert registry.total() == 0
+    # A truncated file is refused before the first byte.
+    stored.write_bytes(bytes(data[:-1]))
+    with pytest.raises(ReadVerify, match="its manifest says"):
+        next(iter(read_backup_file(dest, entry, fs=fs, owner="t")))
+    assert registry.total() == 0
+    stored.unlink()
+    with pytest.raises(FileNotFound, match=entry.stored_name):
+        next(iter(read_backup_file(dest, entry, fs=fs, owner="t")))
+    assert registry.total() == 0
+
+
+def test_abandoned_reader_releases_its_handle(inst: jetstore.Instance, tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    manifest = inst.backup(dest)
+    registry = HandleRegistry("test")
+    reader = read_backup_file(dest, manifest.file("main.edb"), fs=FileSystem(registry), owner="t")
+    next(reader)
+    assert registry.total() == 1
+    reader.close()
+    assert registry.total() == 0
+
+
+# --------------------------------------------------------------------------- faults
+
+
+class FaultHook:
+    """Fails the `nth` destination operation `op` (under the backup's directories) with
+    ENOSPC (EIO for operations that do not write)."""
+
+    def __init__(self, root: str, op: str, nth: int) -> None:
+        self.root = root
+        self.op = op
+        self.nth = nth
+        self.seen = 0
+        self.fired = False
+
+    def __call__(self, event: IOEvent) -> None:
+        if self.fired or event.op != self.op:
+            return
+        inside = event.path.startswith(self.root) or (
+            event.op == "fsync_dir" and event.path == os.path.dirname(self.root)
+        )
+        if not inside:
+            return
+        self.seen += 1
+        if self.seen == self.nth:
+            self.fired = True
+            code = errno.ENOSPC if self.op in ("write", "create") else errno.EIO
+            raise OSError(code, os.strerror(code))
+
+
+FAULTS = [
+    ("mkdir", 1),
+    ("create", 1),  # the partial marker
+    ("create", 2),  # the image
+    ("write", 1),  # first chunk of the image
+    ("write", 2),  # the log copy
+    ("fsync", 1),
+    ("create", 4),  # the manifest
+    ("write", 3),  # the manifest
+    ("fsync", 3),  # the manifest
+    ("unlink", 1),  # the marker
+    ("fsync_dir", 2),  # the partial directory
+    ("rename", 1),
+    ("fsync_dir", 3),  # the parent, after the rename
+]
+
+
+@pytest.mark.parametrize(("op", "nth"), FAULTS, ids=[f"{op}{n}" for op, n in FAULTS])
+def test_destination_fault_changes_nothing(tmp_path: Path, op: str, nth: int) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    dest = backups / "set"
+    hook = FaultHook(str(dest), op, nth)
+    hook.fired = True  # armed after the warm-up
+    inst = make_instance(tmp_path / "live", filesystem=FileSystem(hook=hook))
+    try:
+        db = inst.database("main")
+        inst.backup(backups / "warm-up")  # the first full backup, and a roll, are behind us
+        commit(db, 40, 40)
+        history = db.file.header
+        logs = log_files(Path(inst.directory))
+        baseline, fds = baseline_of(inst)
+        hook.fired = False
+        with pytest.raises(JetError) as caught:
+            inst.backup(dest, compress=(nth % 2 == 0))
+        assert hook.fired, "the fault was not reached"
+        error = caught.value
+        assert not isinstance(error, OSError)
+        if op in ("write", "create"):
+            assert isinstance(error, DiskFull)
+        assert error.path is not None
+        assert not dest.exists()
+        assert not os.path.exists(str(dest) + PARTIAL_SUFFIX)
+        assert sorted(os.listdir(backups)) == ["warm-up"]
+        header = db.file.header
+        assert header.last_full_backup == history.last_full_backup
+        assert header.last_incremental_backup == history.last_incremental_backup
+        assert set(logs) <= set(log_files(Path(inst.directory)))  # nothing deleted
+        settle(inst, baseline, fds)
+        counters = inst.counters()
+        assert counters["backup_sessions_active"] == 0
+        assert counters["backups_completed"] == 1
+        assert counters["backups_aborted"] + counters["backups_failed"] == 1
+        # The instance is fine and the next backup works.
+        commit(db, 80, 5)
+        manifest = inst.backup(dest)
+        assert jetstore.verify_backup(dest).ok
+        assert db.file.header.last_full_backup.generation_high == manifest.generation_high
+    finally:
+        inst.close()
+
+
+def test_source_read_failure_aborts_and_cleans_up(tmp_path: Path) -> None:
+    """A failure on the source side (a read of the database file) ends the same way."""
+    state = {"armed": False}
+
+    def hook(event: IOEvent) -> None:
+        if state["armed"] and event.op == "read" and event.path.endswith("main.edb"):
+            state["armed"] = False
+            raise OSError(errno.EIO, "injected")
+
+    inst = make_instance(tmp_path / "live", filesystem=FileSystem(hook=hook))
+    try:
+        baseline, fds = baseline_of(inst)
+        state["armed"] = True
+        dest = tmp_path / "set"
+        with pytest.raises(JetError) as caught:
+            inst.backup(dest)
+        assert caught.value.name == "DiskIO"
+        assert not dest.exists() and not os.path.exists(str(dest) + PARTIAL_SUFFIX)
+        settle(inst, baseline, fds)
+        assert inst.database("main").file.header.last_full_backup.is_none
+    finally:
+        inst.close()
+
+
+def test_interrupt_in_progress_callback_aborts(inst: jetstore.Instance, tmp_path: Path) -> None:
+    baseline, fds = baseline_of(inst)
+
+    def stop(done: int, total: int, name: str) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    dest = tmp_path / "set"
+    with pytest.raises(KeyboardInterrupt):
+        inst.backup(dest, progress=stop)
+    assert not dest.exists() and not os.path.exists(str(dest) + PARTIAL_SUFFIX)
+    settle(inst, baseline, fds)
+    assert inst.database("main").file.header.last_full_backup.is_none
+    callback: Callable[[int, int, str], None] = lambda d, t, n: None  # noqa: E731
+    inst.backup(dest, progress=callback)
+    assert jetstore.verify_backup(dest).ok
+
+
+def test_rmdir_goes_through_the_hook(tmp_path: Path) -> None:
+    """`FileSystem.rmdir` (added for removing a partial set) is hooked and never raises a
+    bare OSError."""
+    seen: list[str] = []
+
+    def hook(event: IOEvent) -> None:
+        seen.append(event.op)
+        if event.path.endswith("fail"):
+            raise OSError(errno.EIO, "injected")
+
+    fs = FileSystem(HandleRegistry("test"), hook)
+    (tmp_path / "gone").mkdir()
+    fs.rmdir(str(tmp_path / "gone"))
+    assert seen == ["rmdir"] and not (tmp_path / "gone").exists()
+    (tmp_path / "fail").mkdir()
+    with pytest.raises(JetError) as caught:
+        fs.rmdir(str(tmp_path / "fail"))
+    assert caught.value.name == "DiskIO" and not isinstance(caught.value, OSError)
+    with pytest.raises(FileNotFound):
+        fs.rmdir(str(tmp_path / "nothing"))

@@ -1,0 +1,249 @@
+"""`jetstore.restore`: chains of backup sets, surviving logs, stop points, and every refusal
+happening before anything is written."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jetstore
+from jetstore.backup.restore import STAGING_SUFFIX, plan_restore
+from jetstore.errors import (
+    EndingRestoreLogTooLow,
+    FileAccessDenied,
+    GivenLogFileHasBadSignature,
+    GivenLogFileIsNotContiguous,
+    InvalidBackup,
+    InvalidPath,
+    JetError,
+)
+from jetstore.format.positions import LogPosition
+
+
+def _open(path: Path, **options: Any) -> jetstore.Instance:
+    options.setdefault("log_file_size", 64 * 1024)
+    return jetstore.open(path, **options)
+
+
+class Writer:
+    """Commits rows one per transaction and remembers where each commit ended."""
+
+    def __init__(self, inst: jetstore.Instance) -> None:
+        self.inst = inst
+        self.db = inst.database("main", create=True)
+        if "kv" not in self.db.table_names():
+            self.db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+        self.ends: dict[int, LogPosition] = {}
+        self.times: dict[int, float] = {}
+        self.next = 0
+
+    def commit(self, count: int, *, width: int = 200) -> None:
+        for _ in range(count):
+            i = self.next
+            with self.db.transaction() as txn:
+                txn.table("kv").insert({"k": i, "v": f"{i}:" + "r" * width})
+            self.ends[i] = self.inst.log.end_position
+            self.times[i] = time.time()
+            self.next += 1
+
+
+def _rows(inst: jetstore.Instance) -> dict[int, str]:
+    with inst.database("main").transaction() as txn:
+        return {r["k"]: r["v"] for r in txn.table("kv").scan()}
+
+
+def _restored_rows(target: Path) -> dict[int, str]:
+    with jetstore.open(target) as inst:
+        assert inst.recovery is not None and not inst.recovery.needed
+        return _rows(inst)
+
+
+def test_full_then_incrementals_then_surviving_logs_equal_the_live_state(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(100)
+    sets = [tmp_path / "full"]
+    inst.backup(sets[0], kind="full")
+    for n in range(3):
+        writer.commit(150)
+        sets.append(tmp_path / f"inc{n}")
+        inst.backup(sets[-1], kind="incremental")
+    writer.commit(200)  # only in the surviving logs
+    expected = _rows(inst)
+    inst.simulate_crash()  # the damaged instance: its page file is not trusted, its logs are
+
+    result = jetstore.restore(sets, tmp_path / "restored", logs_from=live)
+    assert result.executed and result.replayed > 0
+    assert not (tmp_path / ("restored" + STAGING_SUFFIX)).exists()
+    assert _restored_rows(tmp_path / "restored") == expected
+
+    # Without the surviving logs: exactly what the last incremental held.
+    jetstore.restore(sets, tmp_path / "restored-sets-only")
+    rows = _restored_rows(tmp_path / "restored-sets-only")
+    assert set(rows) == set(range(550))
+
+
+def test_differential_restore(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(50)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(50)
+    inst.backup(tmp_path / "diff1", kind="differential")
+    writer.commit(50)
+    inst.backup(tmp_path / "diff2", kind="differential")
+    expected = _rows(inst)
+    inst.close()
+    jetstore.restore([tmp_path / "full", tmp_path / "diff2"], tmp_path / "restored")
+    assert _restored_rows(tmp_path / "restored") == expected
+    with pytest.raises(InvalidBackup, match="one differential"):
+        plan_restore(
+            [tmp_path / "full", tmp_path / "diff1", tmp_path / "diff2"], tmp_path / "other"
+        )
+
+
+def test_a_gap_or_a_foreign_set_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(50)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(300)
+    inst.backup(tmp_path / "inc1", kind="incremental")
+    writer.commit(300)
+    inst.backup(tmp_path / "inc2", kind="incremental")
+    inst.close()
+    other = _open(tmp_path / "other")
+    other_writer = Writer(other)
+    other_writer.commit(20)
+    other.backup(tmp_path / "other-full", kind="full")
+    other_writer.commit(20)
+    other.backup(tmp_path / "other-inc", kind="incremental")
+    other.close()
+
+    target = tmp_path / "restored"
+    with pytest.raises(GivenLogFileIsNotContiguous) as gap:
+        jetstore.restore([tmp_path / "full", tmp_path / "inc2"], target)
+    assert "generations" in str(gap.value) and gap.value.code == -556
+    assert not target.exists()
+    assert not Path(str(target) + STAGING_SUFFIX).exists()
+    with pytest.raises(GivenLogFileHasBadSignature) as foreign:
+        jetstore.restore([tmp_path / "full", tmp_path / "other-inc"], target)
+    assert "other-inc" in str(foreign.value)
+    assert not target.exists()
+    with pytest.raises(InvalidBackup):
+        jetstore.restore([tmp_path / "inc1"], target)
+    with pytest.raises(InvalidBackup):
+        jetstore.restore([tmp_path / "full", tmp_path / "other-full"], target)
+    # The plan alone (dry run) writes nothing either.
+    result = jetstore.restore(
+        [tmp_path / "full", tmp_path / "inc1", tmp_path / "inc2"], target, dry_run=True
+    )
+    assert not result.executed and not target.exists()
+    assert any("incremental" in line for line in result.plan.describe())
+
+
+def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    try:
+        with pytest.raises(FileAccessDenied, match="open instance"):
+            jetstore.restore(tmp_path / "full", tmp_path / "live")
+    finally:
+        inst.close()
+    with pytest.raises(InvalidPath, match="not empty"):
+        jetstore.restore(tmp_path / "full", tmp_path / "live")
+    (tmp_path / "empty").mkdir()
+    jetstore.restore(tmp_path / "full", tmp_path / "empty")
+    assert len(_restored_rows(tmp_path / "empty")) == 10
+
+
+def test_stop_at_a_generation(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    generations = sorted({end.generation for end in writer.ends.values()})
+    stop = generations[len(generations) // 2]
+    jetstore.restore([tmp_path / "full", tmp_path / "inc"], tmp_path / "restored", until=stop)
+    rows = _restored_rows(tmp_path / "restored")
+    # Commits that ended in a generation after the stop are gone; the earlier ones are there
+    # (a commit ending exactly at a generation's start offset is the only ambiguous case).
+    for key, end in writer.ends.items():
+        if end.generation <= stop - 1 or (key < 20):
+            assert key in rows, key
+        if end.generation > stop:
+            assert key not in rows, key
+    with pytest.raises(EndingRestoreLogTooLow):
+        plan_restore([tmp_path / "full", tmp_path / "inc"], tmp_path / "x", until=0)
+    with pytest.raises(JetError, match="end at generation"):
+        plan_restore([tmp_path / "full", tmp_path / "inc"], tmp_path / "x", until=10_000)
+
+
+def test_stop_at_a_time(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(30)
+    time.sleep(0.05)
+    moment = datetime.now(UTC)
+    time.sleep(0.05)
+    writer.commit(30)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    jetstore.restore([tmp_path / "full", tmp_path / "inc"], tmp_path / "restored", until=moment)
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(40))
+    with pytest.raises(EndingRestoreLogTooLow):
+        plan_restore(
+            [tmp_path / "full", tmp_path / "inc"],
+            tmp_path / "x",
+            until=datetime(2000, 1, 1, tzinfo=UTC),
+        )
+
+
+def test_a_restored_instance_has_its_own_log_stream(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(30)
+    inst.backup(tmp_path / "full", kind="full")
+    original = inst.log.signature
+    inst.close()
+    jetstore.restore(tmp_path / "full", tmp_path / "restored")
+    with jetstore.open(tmp_path / "restored") as restored:
+        assert restored.log.signature != original
+        header = restored.database("main").file.header
+        assert header.last_full_backup.is_none  # a new chain starts with a new full backup
+        writer = Writer(restored)
+        writer.next = 1000
+        writer.commit(5)
+        restored.backup(tmp_path / "restored-full", kind="full")
+        writer.commit(5)
+        restored.backup(tmp_path / "restored-inc", kind="incremental")
+    with pytest.raises(GivenLogFileHasBadSignature):
+        plan_restore([tmp_path / "full", tmp_path / "restored-inc"], tmp_path / "x")
+
+
+def test_a_damaged_backup_file_fails_the_restore_and_leaves_nothing(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(100)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    image = tmp_path / "full" / "main.edb"
+    data = bytearray(image.read_bytes())
+    data[3 * 8192 + 200] ^= 0xFF
+    image.write_bytes(bytes(data))
+    target = tmp_path / "restored"
+    with pytest.raises(JetError):
+        jetstore.restore(tmp_path / "full", target)
+    assert not target.exists()
+    assert not Path(str(target) + STAGING_SUFFIX).exists()
+    assert sorted(os.listdir(tmp_path)) == ["full", "live"]

@@ -1,0 +1,253 @@
+"""`jetstore.verify_backup`: every promise of the manifest checked, every breach reported with
+its file and place (a flipped byte in an image page or a log frame, a missing file, a gap in
+the generations, a foreign log, a broken chain link, a damaged compressed file)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import pytest
+
+import jetstore
+from jetstore.backup.backupset import MANIFEST_NAME, manifest_checksum
+from jetstore.errors import FileNotFound
+from jetstore.format.dbheader import HEADER_COPIES
+from jetstore.format.logframe import decode_frame
+from jetstore.format.logheader import LOG_HEADER_SIZE
+from jetstore.io.handles import DEFAULT_REGISTRY
+
+OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024, "checkpoint_interval": 1e6}
+
+
+def commit(db: jetstore.Database, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": f"{i}:" + "w" * 1500})
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A full set (plain and zstd) and an incremental set of four or more generations."""
+    base = tmp_path_factory.mktemp("verify-sets")
+    inst = jetstore.open(base / "live", **OPTIONS)
+    try:
+        db = inst.database("main", create=True)
+        db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+        commit(db, 0, 60)
+        inst.backup(base / "full")
+        inst.backup(base / "full-zstd", kind="copy", compress=True)
+        commit(db, 60, 120)
+        manifest = inst.backup(base / "incremental", kind="incremental")
+        assert len(manifest.generations) >= 4
+    finally:
+        inst.close()
+    # A second instance's log for the foreign-file case.
+    other = jetstore.open(base / "other", **OPTIONS)
+    try:
+        db = other.database("main", create=True)
+        db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+        commit(db, 0, 60)
+        other.backup(base / "other-inc-base")
+        commit(db, 60, 120)
+        other.backup(base / "other-incremental", kind="incremental")
+    finally:
+        other.close()
+    return {p.name: p for p in base.iterdir()}
+
+
+@pytest.fixture
+def copy(sets: dict[str, Path], tmp_path: Path) -> Any:
+    def make(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(sets[name], target)
+        return target
+
+    return make
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+def rewrite_manifest(path: Path, change: Any) -> None:
+    file = path / MANIFEST_NAME
+    document = json.loads(file.read_text())
+    del document["checksum"]
+    change(document)
+    document["checksum"] = manifest_checksum(document)
+    file.write_text(json.dumps(document))
+
+
+def test_intact_sets_verify(sets: dict[str, Path]) -> None:
+    before = DEFAULT_REGISTRY.total()
+    for name in ("full", "full-zstd", "incremental"):
+        verification = jetstore.verify_backup(sets[name])
+        assert verification.ok, verification.problems
+        result = verification.as_dict()
+        assert result["ok"] is True and result["problems"] == []
+        assert all(f["status"] == "ok" for f in result["files"])
+        json.dumps(result)
+    full = jetstore.verify_backup(sets["full"] / MANIFEST_NAME)  # the manifest's path works too
+    assert full.ok and full.files[0].pages > 0
+    assert DEFAULT_REGISTRY.total() == before
+
+
+def test_flipped_byte_in_an_image_page(copy: Any) -> None:
+    path = copy("full")
+    image = path / "main.edb"
+    data = image.read_bytes()
+    page_size = 8192
+    pgno = next(
+        p
+        for p in range(HEADER_COPIES, len(data) // page_size)
+        if data[p * page_size : (p + 1) * page_size].count(0) != page_size
+    )
+    flip(image, pgno * page_size + 300)
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    page_problems = [p for p in verification.problems if p.page == pgno]
+    assert page_problems and page_problems[0].error == "ReadVerifyFailure"
+    assert page_problems[0].file == "main.edb"
+    assert page_problems[0].offset == pgno * page_size
+    assert page_problems[0].code == -1018
+    assert any("CRC32C" in p.message for p in verification.problems)
+    assert verification.files[0].status == "damaged"
+
+
+def test_flipped_byte_in_an_image_header(copy: Any) -> None:
+    path = copy("full")
+    flip(path / "main.edb", 100)  # header copy 0
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    assert any(p.page == 0 and p.file == "main.edb" for p in verification.problems)
+
+
+def test_flipped_byte_in_a_log_frame(copy: Any) -> None:
+    path = copy("incremental")
+    document = json.loads((path / MANIFEST_NAME).read_text())
+    for entry in document["files"][:-1]:  # a generation with frames and a successor
+        name = entry["name"]
+        log = path / name
+        data = log.read_bytes()
+        frame = decode_frame(data, LOG_HEADER_SIZE, entry["generation"])
+        if frame is not None and decode_frame(data, frame.next_offset, entry["generation"]):
+            break
+    assert frame is not None
+    flip(log, frame.next_offset + 24)  # inside the second frame's payload
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    corrupt = [p for p in verification.problems if p.error == "LogFileCorrupt" and p.file == name]
+    assert corrupt and corrupt[0].offset == frame.next_offset
+    assert "after its last valid frame" in corrupt[0].message
+
+
+def test_flipped_byte_in_a_compressed_file(copy: Any) -> None:
+    path = copy("full-zstd")
+    stored = path / "main.edb.zst"
+    flip(stored, stored.stat().st_size // 2)
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    assert any(p.file == "main.edb" for p in verification.problems)
+    assert all(p.error != "" for p in verification.problems)
+
+
+def test_missing_file(copy: Any) -> None:
+    path = copy("incremental")
+    document = json.loads((path / MANIFEST_NAME).read_text())
+    name = document["files"][-1]["stored_name"]
+    (path / name).unlink()
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    missing = [p for p in verification.problems if p.error == "FileNotFound"]
+    assert [p.file for p in missing] == [name]
+    assert name in missing[0].message
+    assert [f.status for f in verification.files if f.name == name] == ["missing"]
+
+
+def test_gap_in_generations(copy: Any) -> None:
+    path = copy("incremental")
+
+    def drop_middle(document: dict[str, Any]) -> None:
+        dropped = document["files"].pop(1)
+        (path / dropped["stored_name"]).unlink()
+
+    rewrite_manifest(path, drop_middle)
+    document = json.loads((path / MANIFEST_NAME).read_text())
+    low = document["generation_low"]
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    gaps = [p for p in verification.problems if p.error == "MissingLogFile"]
+    assert len(gaps) == 1
+    assert f"{low + 1}" in gaps[0].message and gaps[0].code == -528
+
+
+def test_range_that_misses_the_images_checkpoint(copy: Any) -> None:
+    path = copy("full")
+
+    def shift(document: dict[str, Any]) -> None:
+        image = document["images"][0]
+        image["checkpoint"]["generation"] = document["generation_low"] - 1
+
+    rewrite_manifest(path, shift)
+    verification = jetstore.verify_backup(path)
+    errors = {(p.error, p.file) for p in verification.problems}
+    assert ("MissingLogFile", "main.edb") in errors
+
+
+def test_foreign_log_file(copy: Any, sets: dict[str, Path]) -> None:
+    path = copy("incremental")
+    document = json.loads((path / MANIFEST_NAME).read_text())
+    entry = document["files"][1]
+    foreign = sets["other-incremental"] / entry["name"]
+    if not foreign.exists():
+        pytest.skip("the other instance has no log of that generation")
+    shutil.copyfile(foreign, path / entry["name"])
+    verification = jetstore.verify_backup(path)
+    errors = {p.error for p in verification.problems if p.file == entry["name"]}
+    assert "BadLogSignature" in errors
+
+
+def test_broken_chain_link(copy: Any) -> None:
+    """A log whose frames are intact but whose successor recorded another end: the link
+    check (generation G+1's header against G) catches it."""
+    path = copy("incremental")
+    document = json.loads((path / MANIFEST_NAME).read_text())
+    for index, entry in enumerate(document["files"][:-1]):  # one with a successor
+        log = path / entry["name"]
+        data = bytearray(log.read_bytes())
+        generation = entry["generation"]
+        offset = LOG_HEADER_SIZE
+        last = None
+        while (frame := decode_frame(bytes(data), offset, generation)) is not None:
+            last = frame
+            offset = frame.next_offset
+        if last is not None:
+            position = index
+            break
+    assert last is not None
+    # Cut the last frame off cleanly (zeros): every remaining frame verifies on its own.
+    data[last.offset : offset] = bytes(offset - last.offset)
+    log.write_bytes(bytes(data))
+
+    def fix_crc(document: dict[str, Any]) -> None:
+        document["files"][position]["crc32c"] = f"{int(google_crc32c.value(bytes(data))):08x}"
+
+    rewrite_manifest(path, fix_crc)
+    verification = jetstore.verify_backup(path)
+    assert [(p.error, p.file) for p in verification.problems] == [("LogFileCorrupt", entry["name"])]
+    assert "records its end" in verification.problems[0].message
+
+
+def test_manifest_problems(copy: Any, tmp_path: Path) -> None:
+    path = copy("full")
+    (path / MANIFEST_NAME).unlink()
+    verification = jetstore.verify_backup(path)
+    assert [(p.file, p.error) for p in verification.problems] == [(MANIFEST_NAME, "FileNotFound")]
+    with pytest.raises(FileNotFound):
+        jetstore.verify_backup(tmp_path / "nowhere")

@@ -1,0 +1,284 @@
+"""Online backups through the control socket: from another process, completed, aborted by the
+client, the client SIGKILLed or stalled mid-stream, the destination failing, a source file
+failing its check, the instance closing mid-stream. After each, the instance holds exactly
+the fds, threads and handles it had before, and no backup session is left running."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from control_support import Agent, Baseline, Raw, load, open_instance, rows, wait_for, wait_idle
+
+import jetstore
+from jetstore.backup.backupset import read_backup_file, read_manifest
+from jetstore.backup.restore import restore
+from jetstore.control import server
+from jetstore.control.client import connect
+from jetstore.errors import JetError
+from jetstore.format.filenames import generation_log_name
+from jetstore.io.files import FileSystem
+
+
+@pytest.fixture
+def inst(tmp_path: Path) -> Iterator[jetstore.Instance]:
+    instance = open_instance(tmp_path / "i")
+    load(instance, 0, 300)
+    yield instance
+    instance.close()
+
+
+def check_set(path: Path) -> None:
+    """The set's manifest reads back and every file matches its size and CRC32C
+    (`verify_backup` as well when that module exists)."""
+    if importlib.util.find_spec("jetstore.backup.verify") is not None:
+        from jetstore.backup.verify import verify_backup  # type: ignore[import-not-found]
+
+        verify_backup(path)
+    manifest = read_manifest(path)
+    for entry in manifest.files:
+        size = sum(
+            len(chunk)
+            for chunk in read_backup_file(str(path), entry, fs=FileSystem(), owner="check")
+        )
+        assert size == entry.size
+
+
+def restored_rows(sets: list[Path], target: Path) -> dict[int, str]:
+    restore([str(s) for s in sets], str(target))
+    with open_instance(target, control_socket=False) as copy:
+        return rows(copy)
+
+
+def events_named(inst: jetstore.Instance, name: str) -> list[dict[str, Any]]:
+    return [e for e in inst.events.recent(200) if e["name"] == name]
+
+
+def test_full_and_incremental_from_a_child_process_restore(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    agent = Agent()  # its pipes are fds of this process: the baseline counts them
+    baseline = Baseline.take(inst)
+    try:
+        before_full = rows(inst)
+        reply = agent.run(
+            {
+                "dir": inst.directory,
+                "dest": str(tmp_path / "full"),
+                "kind": "full",
+                "mode": "complete",
+            }
+        )
+        assert reply["ok"] and reply["completed"], reply
+        assert "main.edb" in reply["files"]
+        wait_idle(inst)
+        baseline.wait(inst)
+        load(inst, 300, 200)
+        before_incremental = rows(inst)
+        reply = agent.run(
+            {
+                "dir": inst.directory,
+                "dest": str(tmp_path / "inc"),
+                "kind": "incremental",
+                "mode": "complete",
+                "compress": True,
+            }
+        )
+        assert reply["ok"] and reply["completed"], reply
+        assert all(name.endswith(".log") for name in reply["files"])
+        wait_idle(inst)
+        baseline.wait(inst)
+    finally:
+        agent.close()
+    counters = inst.counters()
+    assert counters["backups_completed"] == 2 and counters["backups_aborted"] == 0
+    check_set(tmp_path / "full")
+    check_set(tmp_path / "inc")
+    assert read_manifest(tmp_path / "inc").compression == "zstd"
+    assert restored_rows([tmp_path / "full"], tmp_path / "r1") == before_full
+    assert restored_rows([tmp_path / "full", tmp_path / "inc"], tmp_path / "r2") == (
+        before_incremental
+    )
+
+
+def test_in_process_client_backup_leaves_nothing_on_either_side(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    baseline = Baseline.take(inst)
+    seen: list[tuple[int, int, str]] = []
+    client = connect(inst.directory)
+    manifest = client.backup(
+        tmp_path / "set", "copy", progress=lambda d, t, n: seen.append((d, t, n))
+    )
+    assert client.closed
+    assert manifest.kind.value == "copy" and manifest.path == str(tmp_path / "set")
+    assert seen[-1][0] == seen[-1][1] == manifest.total_size
+    assert client.completion is not None and client.completion["op"] == "complete"
+    wait_idle(inst)
+    baseline.wait(inst)
+    check_set(tmp_path / "set")
+
+
+def _raw_backup_to_first_frame(inst: jetstore.Instance, kind: str = "full") -> Raw:
+    raw = Raw(Path(inst.directory))
+    started = raw.request({"op": "backup", "kind": kind})
+    assert started["ok"] and started["stage"] == "started", started
+    listing = raw.line()
+    assert listing["stage"] == "files"
+    file = raw.line()
+    assert file["stage"] == "file"
+    assert raw.frame()
+    return raw
+
+
+def test_client_abort_mid_stream(inst: jetstore.Instance) -> None:
+    baseline = Baseline.take(inst)
+    raw = _raw_backup_to_first_frame(inst)
+    raw.send(b'{"op": "abort"}\n')
+    tail = bytearray()
+    while True:
+        data = raw.sock.recv(1 << 20)
+        if not data:
+            break
+        tail += data
+    raw.close()
+    assert b'{"ok":true,"op":"abort"' in tail
+    wait_idle(inst)
+    baseline.wait(inst)
+    aborted = events_named(inst, "backup_aborted")[-1]
+    assert "aborted by the control client" in aborted["message"]
+    assert inst.counters()["backups_aborted"] == 1
+    load(inst, 300, 5)  # the instance goes on
+
+
+def test_counters_are_served_while_a_backup_streams(inst: jetstore.Instance) -> None:
+    baseline = Baseline.take(inst)
+    raw = _raw_backup_to_first_frame(inst)  # then stops reading
+    with connect(inst.directory) as client:
+        counters = client.counters()
+        assert counters["backup_sessions_active"] == 1
+        assert counters["backup"]["state"] == "running"
+        assert counters["backup"]["handles"] >= 1
+        assert client.ping()["ok"]
+        with pytest.raises(jetstore.errors.BackupInProgress):
+            client.request({"op": "backup", "kind": "copy"})
+    raw.close()  # hang up mid-stream
+    wait_idle(inst)
+    baseline.wait(inst)
+    assert "disconnected" in events_named(inst, "backup_aborted")[-1]["message"]
+
+
+def test_client_sigkilled_mid_stream_leaves_nothing_behind(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    load(inst, 300, 3000)  # more than the socket buffers hold
+    baseline = Baseline.take(inst)
+    agent = Agent()
+    agent.send(
+        {"dir": inst.directory, "dest": str(tmp_path / "killed"), "kind": "full", "mode": "kill"}
+    )
+    assert agent.read()["midstream"]
+    assert inst.counters()["backup_sessions_active"] == 1
+    agent.kill()
+    wait_idle(inst)
+    baseline.wait(inst)
+    assert inst.counters()["backups_aborted"] == 1
+    assert inst.counters()["backups_completed"] == 0
+    # The next backup to the same destination cleans the partial set and completes.
+    agent = Agent()
+    try:
+        reply = agent.run(
+            {
+                "dir": inst.directory,
+                "dest": str(tmp_path / "killed"),
+                "kind": "full",
+                "mode": "complete",
+            }
+        )
+        assert reply["ok"], reply
+        wait_idle(inst)
+    finally:
+        agent.close()
+    baseline.wait(inst)
+    check_set(tmp_path / "killed")
+
+
+def test_destination_write_failure_on_the_client(inst: jetstore.Instance, tmp_path: Path) -> None:
+    agent = Agent()
+    baseline = Baseline.take(inst)
+    try:
+        reply = agent.run(
+            {"dir": inst.directory, "dest": str(tmp_path / "full"), "kind": "full", "mode": "fail"}
+        )
+        wait_idle(inst)
+        baseline.wait(inst)
+    finally:
+        agent.close()
+    assert reply["ok"] and reply["error"] == "DiskFull", reply
+    assert "injected" in reply["message"]
+    assert not reply["dest_exists"] and not reply["partial_exists"]
+    counters = inst.counters()
+    assert counters["backups_aborted"] == 1 and counters["backups_completed"] == 0
+
+
+def test_client_that_stops_reading_is_cut_off(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load(inst, 300, 3000)
+    monkeypatch.setattr(server, "STALL_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "CONFIRM_TIMEOUT", 0.5)
+    baseline = Baseline.take(inst)
+    raw = _raw_backup_to_first_frame(inst)  # then reads nothing more
+    wait_idle(inst)
+    message = events_named(inst, "backup_aborted")[-1]["message"]
+    assert "stalled" in message or "neither complete nor abort" in message
+    raw.close()
+    baseline.wait(inst)
+
+
+def test_a_source_file_failing_its_check_fails_the_backup_cleanly(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    with connect(inst.directory) as client:
+        client.backup(tmp_path / "full", "full")
+    load(inst, 300, 800)  # several generations after the full backup
+    generation = inst.log.current_generation - 1
+    path = Path(inst.directory) / generation_log_name(generation)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    baseline = Baseline.take(inst)
+    with pytest.raises(JetError) as caught:
+        connect(inst.directory).backup(tmp_path / "inc", "incremental")
+    wait_idle(inst)
+    baseline.wait(inst)
+    failed = events_named(inst, "backup_failed")[-1]
+    assert failed["fields"]["error"] == caught.value.name
+    assert not (tmp_path / "inc").exists() and not (tmp_path / "inc.partial").exists()
+    assert inst.counters()["backups_failed"] == 1
+
+
+def test_instance_close_mid_stream_stops_everything(tmp_path: Path) -> None:
+    threads = threading.active_count()
+    inst = open_instance(tmp_path / "i")
+    load(inst, 0, 3000)
+    raw = _raw_backup_to_first_frame(inst)
+    began = time.monotonic()
+    inst.close()
+    assert time.monotonic() - began < 10
+    assert not (tmp_path / "i" / "jetstore.sock").exists()
+    assert inst.registry.total() == 0
+    wait_for(lambda: threading.active_count() == threads, "threads to end")
+    assert raw.closed_by_server()
+    raw.close()
+    assert (
+        "closing"
+        in [e for e in inst.events.recent() if e["name"] == "backup_aborted"][-1]["message"]
+    )
+    os.listdir(tmp_path / "i")

@@ -1,0 +1,81 @@
+"""The CLI on an open instance: `jetstore counters` reads live counters through the control
+socket, `jetstore backup` takes an online backup through it (any kind)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from control_support import Baseline, load, open_instance, wait_idle
+
+from jetstore.backup.backupset import read_manifest
+from jetstore.cli.main import run
+
+
+def _json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object]]:
+    capsys.readouterr()
+    code = run([*args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_live_counters_and_online_backups_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 100)
+        baseline = Baseline.take(inst)
+        code, document = _json(capsys, "counters", str(tmp_path / "i"))
+        assert code == 0, document
+        result = document["result"]
+        assert isinstance(result, dict)
+        assert result["live"] is True and result["opened_for_this"] is False
+        assert result["counters"]["commits"] == inst.counters()["commits"]
+        code, document = _json(capsys, "backup", str(tmp_path / "i"), "--to", str(tmp_path / "f"))
+        assert code == 0, document
+        load(inst, 100, 100)
+        code, document = _json(
+            capsys,
+            "backup",
+            str(tmp_path / "i"),
+            "--to",
+            str(tmp_path / "d"),
+            "--kind",
+            "differential",
+            "--compress",
+        )
+        assert code == 0, document
+        wait_idle(inst)
+        baseline.wait(inst)
+        assert inst.counters()["backups_completed"] == 2
+    assert read_manifest(tmp_path / "f").kind.value == "full"
+    differential = read_manifest(tmp_path / "d")
+    assert differential.kind.value == "differential" and differential.compression == "zstd"
+
+
+def test_online_backup_of_an_instance_without_a_socket_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_instance(tmp_path / "i", control_socket=False) as inst:
+        load(inst, 0, 10)
+        code, document = _json(capsys, "backup", str(tmp_path / "i"), "--to", str(tmp_path / "f"))
+        assert code == 3
+        error = document["error"]
+        assert isinstance(error, dict)
+        assert "serves no control socket" in str(error["detail"])
+        assert not (tmp_path / "f").exists()
+
+
+def test_recover_into_a_copy_skips_a_stale_control_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 10)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "i" / "jetstore.sock"))  # as a SIGKILLed process leaves it
+    stale.close()
+    code, document = _json(capsys, "recover", str(tmp_path / "i"), "--into", str(tmp_path / "c"))
+    assert code == 0, document
+    assert not (tmp_path / "c" / "jetstore.sock").exists()

@@ -1,0 +1,247 @@
+"""The control socket's request/reply protocol, its socket file and its lifecycle: bad
+requests get error replies (event 161) without hurting other clients, and the instance ends
+every test holding exactly the fds, threads and handles it started with."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from control_support import Baseline, Raw, load, open_instance, wait_for
+
+import jetstore
+from jetstore.control.client import connect
+from jetstore.control.protocol import MAX_REQUEST
+from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
+
+
+@pytest.fixture
+def inst(tmp_path: Path) -> Iterator[jetstore.Instance]:
+    instance = open_instance(tmp_path / "i")
+    load(instance, 0, 20)
+    yield instance
+    instance.close()
+
+
+def _rejections(inst: jetstore.Instance) -> list[dict[str, object]]:
+    return [e for e in inst.events.recent(200) if e["id"] == 161]
+
+
+def test_ping_counters_events(inst: jetstore.Instance) -> None:
+    baseline = Baseline.take(inst)
+    with connect(inst.directory) as client:
+        pong = client.ping()
+        assert pong["protocol"] == 1 and pong["pid"] == os.getpid() and pong["state"] == "open"
+        counters = client.counters()
+        assert counters["commits"] == inst.counters()["commits"] >= 20
+        assert counters["state"] == "open" and counters["control_clients"] == 1
+        events = client.events(3)
+        assert len(events) == 3
+        assert [e["id"] for e in events] == [e["id"] for e in inst.events.recent(3)]
+        assert any(e["name"] == "control_socket_started" for e in client.events(500))
+    baseline.wait(inst)
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"{not json\n", "not valid JSON"),
+        (b"[1, 2]\n", "must be a JSON object"),
+        (b'{"kind": "full"}\n', 'no "op"'),
+        (b"\xff\xfe\n", "not UTF-8"),
+        (b'{"op": "events", "limit": -1}\n', "positive integer"),
+    ],
+)
+def test_malformed_requests_get_an_error_reply_and_the_connection_goes_on(
+    inst: jetstore.Instance, payload: bytes, why: str
+) -> None:
+    baseline = Baseline.take(inst)
+    before = len(_rejections(inst))
+    raw = Raw(Path(inst.directory))
+    raw.send(payload)
+    reply = raw.line()
+    assert reply["ok"] is False
+    error = reply["error"]
+    assert error["name"] == "InvalidParameter" and error["code"] == -1003
+    assert why in error["message"]
+    assert raw.request({"op": "ping"})["ok"] is True  # the connection still works
+    raw.close()
+    assert len(_rejections(inst)) == before + 1
+    baseline.wait(inst)
+
+
+def test_unknown_op_and_backup_ops_outside_a_backup(inst: jetstore.Instance) -> None:
+    baseline = Baseline.take(inst)
+    raw = Raw(Path(inst.directory))
+    reply = raw.request({"op": "format_c"})
+    assert (
+        reply
+        == {
+            "ok": False,
+            "op": "format_c",
+            "error": reply["error"],
+        }
+        and "unknown op 'format_c'" in reply["error"]["message"]
+    )
+    for op in ("complete", "abort"):
+        reply = raw.request({"op": op})
+        assert reply["error"]["name"] == "InvalidBackupSequence"
+    raw.close()
+    rejected = _rejections(inst)
+    assert [e["fields"]["op"] for e in rejected[-3:]] == ["format_c", "complete", "abort"]
+    with connect(inst.directory) as client:
+        with pytest.raises(InvalidParameter, match="unknown op"):
+            client.request({"op": "nope"})
+        with pytest.raises(InvalidBackupSequence):
+            client.request({"op": "complete"})
+        assert client.ping()["ok"]
+    baseline.wait(inst)
+
+
+@pytest.mark.parametrize("newline", [False, True])
+def test_a_request_over_64_kib_is_refused_and_the_connection_closed(
+    inst: jetstore.Instance, newline: bool
+) -> None:
+    baseline = Baseline.take(inst)
+    raw = Raw(Path(inst.directory))
+    body = b'{"op": "ping", "pad": "' + b"x" * MAX_REQUEST + b'"}' + (b"\n" if newline else b"")
+    try:
+        raw.send(body)
+    except OSError:
+        pass  # the server may close before it read everything
+    reply = raw.line()
+    assert reply["ok"] is False and "over the 65536-byte limit" in reply["error"]["message"]
+    assert raw.closed_by_server()
+    raw.close()
+    # Exactly at the limit is fine.
+    raw = Raw(Path(inst.directory))
+    pad = MAX_REQUEST - len(b'{"op":"ping","pad":""}\n')
+    raw.send(b'{"op":"ping","pad":"' + b"y" * pad + b'"}\n')
+    assert raw.line()["ok"] is True
+    raw.close()
+    baseline.wait(inst)
+
+
+def test_client_disconnect_mid_request_is_cleaned_up(inst: jetstore.Instance) -> None:
+    baseline = Baseline.take(inst)
+    for _ in range(10):
+        raw = Raw(Path(inst.directory))
+        raw.send(b'{"op": "coun')
+        raw.close()
+        raw = Raw(Path(inst.directory))
+        raw.send(b'{"op": "counters"}\n')  # the reply will find nobody to read it
+        raw.close()
+    wait_for(lambda: inst.registry.counts()["socket"] == baseline.handles["socket"], "cleanup")
+    baseline.wait(inst)
+    with connect(inst.directory) as client:
+        assert client.ping()["ok"]
+    baseline.wait(inst)
+
+
+def test_many_clients_and_a_silent_one_do_not_block_each_other(inst: jetstore.Instance) -> None:
+    baseline = Baseline.take(inst)
+    silent = Raw(Path(inst.directory))
+    silent.send(b'{"op": "ping"')  # never finishes its request
+    hog = Raw(Path(inst.directory))
+    hog.send(b'{"op": "counters"}\n' * 2000)  # never reads its replies
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                with connect(inst.directory, timeout=10) as client:
+                    assert client.counters()["state"] == "open"
+                    assert client.ping()["ok"]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    silent.close()
+    hog.close()
+    baseline.wait(inst)
+
+
+def test_socket_is_owner_only_and_removed_on_close(tmp_path: Path) -> None:
+    inst = open_instance(tmp_path / "i")
+    path = tmp_path / "i" / "jetstore.sock"
+    info = os.lstat(path)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    started = [e for e in inst.events.recent() if e["name"] == "control_socket_started"]
+    assert started and started[-1]["fields"]["path"] == str(path)
+    threads = threading.active_count()
+    inst.close()
+    assert not path.exists()
+    assert threading.active_count() < threads
+    with pytest.raises(InstanceUnavailable, match="no instance serves") as caught:
+        connect(tmp_path / "i")
+    assert caught.value.path == str(path)
+
+
+def test_stale_socket_left_by_a_crashed_process_is_replaced(tmp_path: Path) -> None:
+    directory = tmp_path / "i"
+    directory.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(directory / "jetstore.sock"))  # bound, never removed: as after SIGKILL
+    stale.close()
+    with pytest.raises(InstanceUnavailable, match="stale socket"):
+        connect(directory)
+    with open_instance(directory) as inst:
+        started = [e for e in inst.events.recent() if e["name"] == "control_socket_started"]
+        assert started[-1]["fields"]["replaced_stale"] is True
+        with connect(directory) as client:
+            assert client.ping()["ok"]
+    assert not (directory / "jetstore.sock").exists()
+
+
+def test_a_non_socket_file_in_the_way_is_left_alone_and_the_instance_goes_on(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "i"
+    directory.mkdir()
+    (directory / "jetstore.sock").write_text("not mine")
+    with open_instance(directory) as inst:
+        failed = [e for e in inst.events.recent() if e["name"] == "control_socket_failed"]
+        assert failed and "is not a socket" in failed[-1]["message"]
+        load(inst, 0, 3)
+        assert inst.registry.counts()["socket"] == 0
+    assert (directory / "jetstore.sock").read_text() == "not mine"
+
+
+def test_a_path_too_long_for_af_unix_is_an_event_not_a_failure(tmp_path: Path) -> None:
+    directory = tmp_path / ("d" * 100)
+    with open_instance(directory) as inst:
+        failed = [e for e in inst.events.recent() if e["name"] == "control_socket_failed"]
+        assert failed and "more than the 107" in failed[-1]["message"]
+        assert failed[-1]["level"] == "error"
+        load(inst, 0, 3)
+    with pytest.raises(jetstore.errors.InvalidPath, match="longer than"):
+        connect(directory)
+
+
+def test_control_socket_option_off(tmp_path: Path) -> None:
+    with open_instance(tmp_path / "i", control_socket=False) as inst:
+        assert not (tmp_path / "i" / "jetstore.sock").exists()
+        assert inst.registry.counts()["socket"] == 0
+        with pytest.raises(InstanceUnavailable):
+            connect(tmp_path / "i")
+
+
+def test_counters_json_is_the_instance_counters(inst: jetstore.Instance) -> None:
+    raw = Raw(Path(inst.directory))
+    reply = raw.request({"op": "counters"})
+    raw.close()
+    local = json.loads(json.dumps(inst.counters()))
+    assert set(local) <= set(reply["counters"])
+    assert reply["counters"]["databases"] == ["main"]
