@@ -20,8 +20,10 @@ from rich.text import Text
 
 from jetstore._version import __version__
 from jetstore.cli.backup_cmd import backup_command, verify_backup_command
+from jetstore.cli.checksum_cmd import checksum_command
 from jetstore.cli.counters import counters_command
 from jetstore.cli.demo import demo_command
+from jetstore.cli.diagnose_cmd import diagnose_command
 from jetstore.cli.dump import dump_group
 from jetstore.cli.errors_cmd import error_command
 from jetstore.cli.events_cmd import events_command
@@ -38,6 +40,13 @@ from jetstore.cli.output import (
 from jetstore.cli.recover import recover_command
 from jetstore.cli.restore_cmd import restore_command
 from jetstore.cli.status import status_command
+from jetstore.cli.tools_cmd import (
+    compact_command,
+    export_command,
+    import_command,
+    integrity_command,
+    repair_command,
+)
 from jetstore.errors import JetError
 
 __all__ = ["cli", "main", "run"]
@@ -67,9 +76,16 @@ cli.add_command(recover_command)
 cli.add_command(events_command)
 cli.add_command(counters_command)
 cli.add_command(status_command)
+cli.add_command(diagnose_command)
+cli.add_command(checksum_command)
 cli.add_command(backup_command)
 cli.add_command(verify_backup_command)
 cli.add_command(restore_command)
+cli.add_command(integrity_command)
+cli.add_command(compact_command)
+cli.add_command(repair_command)
+cli.add_command(export_command)
+cli.add_command(import_command)
 
 
 def _command_name(args: Sequence[str]) -> str:

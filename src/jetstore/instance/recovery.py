@@ -486,6 +486,9 @@ def _settle_data_loss(
     """
     databases = instance.attached_databases()
     now = now_us()
+    # Every database that lost data is marked repaired: those replay reached (`dirty`) and
+    # those set aside before replay (named in `losses`, e.g. when no log is left at all).
+    repaired = set(dirty) | {name for name, _ in losses}
     for db in databases:
         root, position, _epoch = db.published
         plan = db.file.plan_checkpoint(root, position)
@@ -497,8 +500,8 @@ def _settle_data_loss(
             log_signature=Signature.NONE,
             generation_min_required=0,
             generation_max_required=0,
-            repair_count=header.repair_count + (1 if db.name in dirty else 0),
-            last_repair_time=now if db.name in dirty else header.last_repair_time,
+            repair_count=header.repair_count + (1 if db.name in repaired else 0),
+            last_repair_time=now if db.name in repaired else header.last_repair_time,
             # The generations the history names belong to the stream being set aside.
             last_full_backup=BackupInfo.NONE,
             last_incremental_backup=BackupInfo.NONE,

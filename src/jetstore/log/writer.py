@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -500,6 +501,18 @@ class LogWriter:
             if self._prepare_state == "idle":
                 self._prepare_state = "preparing"
                 self._prepare_request.set()
+
+    def wait_prepared(self, timeout: float = 10.0) -> bool:
+        """Wait until no preparation of the next log file is under way (it holds one file
+        handle while it works). For tests and tools that count handles; True if settled."""
+        deadline = time.monotonic() + timeout
+        with self._prepare_cond:
+            while self._prepare_state == "preparing":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._prepare_cond.wait(min(left, 0.1))
+        return True
 
     def _take_prepared(self) -> File:
         """The prepared `edbtmp.log`, waiting for the preparer if it is still at work.

@@ -1,0 +1,389 @@
+"""`jetstore integrity | compact | repair | export | import`: the offline database tools.
+
+This module owns the command lines and the display; the work is done by `jetstore.tools`
+(one library function per command). What the commands add:
+
+* exit codes: `integrity` 1 when a problem is found; `repair` without `--accept-data-loss`
+  1 when data would be lost; `import` 1 when a row failed; 3 when the instance is open
+  (`InstanceNameInUse`) or the database is not clean (`DatabaseDirtyShutdown`); 4 when
+  compaction finds too little free space (`DiskFull`); the rest by the error's category;
+* `export --output FILE` (stdout by default; with `--json` an output file is required, since
+  stdout then holds the JSON document);
+* `import` opens the instance holding DB (the database's directory) itself, refusing when
+  another process has it open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TextIO, TypeVar
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from jetstore.cli.output import ExitCode, finish, json_option, stderr_console, stdout_console
+from jetstore.cli.support import (
+    ensure_instance_directory,
+    fail,
+    instance_options,
+    open_instance,
+    refuse_if_in_use,
+    usage_failure,
+)
+from jetstore.errors import (
+    DiskFull,
+    FileNotFound,
+    InstanceNameInUse,
+    InvalidPath,
+    JetError,
+    from_os_error,
+)
+from jetstore.format.filenames import parse_database_file_name
+from jetstore.io.files import FileSystem
+from jetstore.tools.compact import compact_database
+from jetstore.tools.export import FORMATS, export_table
+from jetstore.tools.importer import import_rows
+from jetstore.tools.integrity import IntegrityReport, check_integrity
+from jetstore.tools.repair import repair_database
+
+__all__ = [
+    "compact_command",
+    "export_command",
+    "import_command",
+    "integrity_command",
+    "repair_command",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _tool_errors(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """`command_errors` with the tools' own exit codes for an open instance and disk full."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            as_json = bool(kwargs.get("as_json"))
+            try:
+                return function(*args, **kwargs)
+            except InstanceNameInUse as error:
+                fail(error, command=command, as_json=as_json, exit_code=ExitCode.STATE)
+            except DiskFull as error:
+                fail(error, command=command, as_json=as_json, exit_code=ExitCode.IO)
+            except JetError as error:
+                fail(error, command=command, as_json=as_json)
+
+        return wrapper
+
+    return decorate
+
+
+_DB_ARGUMENT = click.argument("database", metavar="DB", type=click.Path(path_type=str))
+
+
+def _problem_lines(report: IntegrityReport, limit: int = 50) -> None:
+    console = stdout_console()
+    for problem in report.problems[:limit]:
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(Text(str(problem), style=style))
+    hidden = len(report.problems) - limit + report.more_problems
+    if hidden > 0:
+        console.print(Text(f"... and {hidden} more (use --json for the full list)"))
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+@click.command("integrity", short_help="Check a database file's consistency (read-only).")
+@_DB_ARGUMENT
+@json_option
+@_tool_errors("integrity")
+def integrity_command(database: str, as_json: bool) -> None:
+    """Check the database file DB, read-only (esentutl /g): B+tree order and balance, free
+    space accounting, catalog, records, index entries and long values.
+
+    The database must be shut down cleanly (exit 3 otherwise: run `jetstore recover`) and its
+    instance must not be open. Exit 1 when a problem is found; each names its page, table and
+    key.
+    """
+    report = check_integrity(database)
+    result = report.as_dict()
+    if not as_json:
+        console = stdout_console()
+        table = Table(title=f"Integrity of {report.path}", show_header=False)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_row("pages", f"{report.page_count} of {report.page_size} bytes")
+        table.add_row(
+            "tree",
+            f"depth {report.depth}, {report.branch_pages} branch + {report.leaf_pages} leaf "
+            f"pages, {report.entries} entries",
+        )
+        table.add_row(
+            "free space", f"{report.free_pages} free pages, {report.free_list_pages} list pages"
+        )
+        for name, counts in sorted(report.tables.items()):
+            indexes = ", ".join(f"{k} {v}" for k, v in counts.index_entries.items()) or "none"
+            table.add_row(
+                f"table {name}",
+                f"{counts.records} records; index entries: {indexes}; "
+                f"{counts.long_values} long values",
+            )
+        console.print(table)
+        _problem_lines(report)
+        if report.ok:
+            console.print(Text("integrity check passed", "bold green"))
+        else:
+            console.print(Text(f"integrity check FAILED: {report.errors} problem(s)", "bold red"))
+    finish("integrity", as_json=as_json, ok=report.ok, result=result)
+
+
+# --------------------------------------------------------------------------- compact
+
+
+@click.command("compact", short_help="Offline defragmentation of a database file.")
+@_DB_ARGUMENT
+@click.option(
+    "--keep-original",
+    is_flag=True,
+    help="Keep the original file as NAME.edb.precompact.",
+)
+@json_option
+@_tool_errors("compact")
+def compact_command(database: str, keep_original: bool, as_json: bool) -> None:
+    """Rebuild the database file DB densely (esentutl /d): same database, fewer pages.
+
+    The instance must not be open and the database must be clean (exit 3). The new file is
+    written as NAME.edb.compacting, synced, checked with `integrity`, then renamed over DB.
+    Too little free disk space for the live data is refused before anything is written
+    (exit 4).
+    """
+    result = compact_database(database, keep_original=keep_original)
+    if not as_json:
+        console = stdout_console()
+        console.print(
+            Text(
+                f"compacted {result.path}: {result.pages_before} -> {result.pages_after} pages "
+                f"({result.bytes_before} -> {result.bytes_after} bytes), {result.entries} "
+                f"entries, integrity ok, {result.seconds:.2f} s"
+            )
+        )
+        if result.kept_original:
+            console.print(Text(f"original kept as {result.kept_original}"))
+    finish("compact", as_json=as_json, ok=True, result=result.as_dict())
+
+
+# --------------------------------------------------------------------------- repair
+
+
+@click.command("repair", short_help="Salvage a damaged database (last resort).")
+@_DB_ARGUMENT
+@click.option(
+    "--accept-data-loss",
+    is_flag=True,
+    help="Replace DB by what can be salvaged; without it, only report what would be lost.",
+)
+@json_option
+@_tool_errors("repair")
+def repair_command(database: str, accept_data_loss: bool, as_json: bool) -> None:
+    """Salvage every readable record of DB into a new database (esentutl /p).
+
+    Without --accept-data-loss nothing is written: the report says what a repair would keep
+    and drop (exit 1 if anything would be lost). With it, the repaired database (new
+    signature, clean, bound to no log stream) replaces DB, the damaged file is kept as
+    NAME.edb.damaged-<time>, and the instance's log and checkpoint files are moved into
+    lost-logs-<time>/ so they can never be replayed into it.
+    """
+    report = repair_database(database, accept_data_loss=accept_data_loss)
+    result = report.as_dict()
+    if not as_json:
+        _print_repair(result)
+    ok = report.applied or not report.data_lost
+    finish("repair", as_json=as_json, ok=ok, result=result)
+
+
+def _print_repair(result: dict[str, Any]) -> None:
+    console = stdout_console()
+    title = "Repair of" if result["applied"] else "Repair (report only) of"
+    console.print(Text(f"{title} {result['path']}", style="bold"))
+    if result["header_lost"]:
+        console.print(Text(f"both header copies unusable: {result['header_lost']}", "red"))
+    if result["was_dirty"]:
+        console.print(
+            Text("the database was not shut down cleanly: changes in the logs are not replayed")
+        )
+    for page in result["damaged_pages"][:20]:
+        console.print(Text(f"damaged page {page['page']}: {page['reason']}", "red"))
+    console.print(
+        Text(
+            f"{result['entries_salvaged']} entries salvaged ({result['entries_from_old_pages']} "
+            f"from {result['old_pages_used']} older page copies)"
+        )
+    )
+    for name, table in result["tables"].items():
+        console.print(
+            Text(
+                f"table {name}: {table['records_kept']} records kept, "
+                f"{table['records_dropped']} dropped, {table['records_lost_known']} lost "
+                f"(known from index entries or long values), "
+                f"{table['index_entries_rebuilt']} index entries rebuilt"
+            )
+        )
+        for dropped in table["dropped"][:10]:
+            console.print(Text(f"  dropped {dropped['key']}: {dropped['reason']}"))
+        if table["lost_known"]:
+            console.print(Text(f"  lost: {', '.join(table['lost_known'][:10])}"))
+    for name in result["lost_tables"]:
+        console.print(Text(f"table {name}: its definition is lost, with all its data", "red"))
+    for lost in result["lost_objects"]:
+        console.print(
+            Text(f"object {lost['object_id']}: {lost['entries']} entries of a lost table", "red")
+        )
+    if result["applied"]:
+        console.print(Text(f"repaired; the damaged file is kept as {result['kept_damaged']}"))
+        if result["moved_logs_to"]:
+            console.print(Text(f"old logs moved to {result['moved_logs_to']}"))
+    elif result["data_lost"]:
+        console.print(
+            Text("run again with --accept-data-loss to replace the database", "bold yellow")
+        )
+    else:
+        console.print(Text("nothing would be lost", "bold green"))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    temporary = path + ".partial"
+    try:
+        stream = open(temporary, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise from_os_error(exc, op="create", path=temporary) from exc
+    try:
+        with stream:
+            yield stream
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+@click.command("export", short_help="Write a table's records as JSON lines or CSV.")
+@_DB_ARGUMENT
+@click.argument("table", metavar="TABLE")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Write to FILE (written as FILE.partial, renamed when complete); default stdout.",
+)
+@json_option
+@_tool_errors("export")
+def export_command(database: str, table: str, fmt: str, output: str | None, as_json: bool) -> None:
+    """Export the records of TABLE of the database file DB (clean, instance not open).
+
+    Values: bytes as base64, datetimes as ISO 8601, NULL as null (JSON) or \\N (CSV).
+    """
+    if as_json and output is None:
+        usage_failure(
+            "--json needs --output FILE (stdout holds the JSON document)",
+            command="export",
+            as_json=as_json,
+        )
+    with _output(output) as stream:
+        result = export_table(database, table, stream, fmt=fmt)
+    if not as_json:
+        where = output or "stdout"
+        stderr_console().print(Text(f"exported {result.rows} row(s) of {table} to {where}"))
+    finish("export", as_json=as_json, ok=True, result={**result.as_dict(), "output": output})
+
+
+# --------------------------------------------------------------------------- import
+
+
+@click.command("import", short_help="Insert records from JSON lines or CSV into a table.")
+@_DB_ARGUMENT
+@click.argument("table", metavar="TABLE")
+@click.argument("source", metavar="FILE", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Default: csv for a .csv FILE, else jsonl.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@json_option
+@_tool_errors("import")
+def import_command(
+    database: str, table: str, source: str, fmt: str | None, batch_size: int, as_json: bool
+) -> None:
+    """Insert the rows of FILE ('-' for stdin) into TABLE of the database file DB.
+
+    Opens the instance that holds DB (its directory; exit 3 if another process has it open);
+    the table must exist. Rows are inserted in transactions of --batch-size rows; a row that
+    fails is reported with its line number and the rest go on (exit 1 if any failed).
+    """
+    fs = FileSystem()
+    full = os.path.abspath(database)
+    name = parse_database_file_name(os.path.basename(full))
+    if name is None:
+        raise InvalidPath(
+            f"'{full}' is not a database file name (NAME.edb)",
+            hint="give the path of NAME.edb inside the instance directory",
+            path=full,
+        )
+    if not fs.exists(full):
+        raise FileNotFound(
+            f"database file '{full}' does not exist",
+            hint="create the database and its table first; import does not create them",
+            path=full,
+        )
+    directory = ensure_instance_directory(fs, os.path.dirname(full))
+    why = "import opens the instance"
+    refuse_if_in_use(fs, directory, command="import", as_json=as_json, why=why)
+    fmt = fmt or ("csv" if source.lower().endswith(".csv") else "jsonl")
+    options = instance_options(fs, directory)
+    try:
+        stream: TextIO = (
+            sys.stdin if source == "-" else open(source, encoding="utf-8", newline="")  # noqa: SIM115
+        )
+    except OSError as exc:
+        raise from_os_error(exc, op="open", path=source) from exc
+    try:
+        instance = open_instance(directory, command="import", as_json=as_json, why=why, **options)
+        try:
+            result = import_rows(
+                instance.database(name), table, stream, fmt=fmt, batch_size=batch_size
+            )
+        finally:
+            instance.close()
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    if not as_json:
+        console = stdout_console()
+        console.print(
+            Text(
+                f"imported {result.inserted} of {result.rows} row(s) into {table} "
+                f"({result.batches} transaction(s)); {result.failed} failed"
+            )
+        )
+        for failure in result.failures[:50]:
+            console.print(Text(f"line {failure['line']}: {failure['error']}", "red"))
+    finish("import", as_json=as_json, ok=result.failed == 0, result=result.as_dict())

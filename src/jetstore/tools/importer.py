@@ -1,0 +1,180 @@
+"""`import_rows`: insert records read from JSON lines or CSV into a table, in batches.
+
+This module owns reading an exported file back (the text forms of `jetstore.tools.values`,
+typed by the table's schema) and inserting it through the engine, one transaction per batch:
+the caller gives an attached `Database` of an open instance (the CLI opens the instance,
+which must not be open elsewhere). The table must exist.
+
+Invariants:
+- A row that cannot be parsed or inserted (bad value, unknown column, duplicate key, NULL in
+  a NOT NULL column) is a failure with its line number; the other rows of its batch are
+  inserted (`Table.insert` changes nothing when it fails).
+- A batch whose commit fails counts all its rows as failures; earlier batches stay.
+- CSV: the first row names the columns; an unknown name stops the import before anything is
+  inserted (`ColumnNotFound`). Columns left out take their default.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+from jetstore.errors import ColumnNotFound, InvalidParameter, JetError
+from jetstore.instance.database import Database
+from jetstore.tables.schema import ColumnType, TableDef
+from jetstore.tools.export import FORMATS
+from jetstore.tools.values import from_csv, from_json
+
+__all__ = ["ImportResult", "import_rows"]
+
+#: Failures listed in a result; more are only counted.
+_LIST_LIMIT: Final = 1000
+
+
+@dataclass
+class ImportResult:
+    table: str
+    format: str
+    rows: int = 0
+    inserted: int = 0
+    failed: int = 0
+    batches: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, line: int, message: str) -> None:
+        self.failed += 1
+        if len(self.failures) < _LIST_LIMIT:
+            self.failures.append({"line": line, "error": message})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "format": self.format,
+            "rows": self.rows,
+            "inserted": self.inserted,
+            "failed": self.failed,
+            "batches": self.batches,
+            "failures": list(self.failures),
+        }
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, JetError):
+        return f"{exc.ese_name}: {exc.detail or exc.description}"
+    return str(exc)
+
+
+def _jsonl_rows(
+    source: TextIO, types: dict[str, ColumnType]
+) -> Iterator[tuple[int, dict[str, object] | str]]:
+    for line_number, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)
+            if not isinstance(document, dict):
+                raise ValueError("a line must hold one JSON object")
+            row: dict[str, object] = {}
+            for name, value in document.items():
+                ctype = types.get(name)
+                if ctype is None:
+                    raise ValueError(f"unknown column {name!r}")
+                try:
+                    row[name] = from_json(ctype, value)
+                except ValueError as exc:
+                    raise ValueError(f"column {name!r}: {exc}") from None
+        except ValueError as exc:
+            yield line_number, str(exc)
+            continue
+        yield line_number, row
+
+
+def _csv_rows(
+    source: TextIO, types: dict[str, ColumnType], table: str
+) -> Iterator[tuple[int, dict[str, object] | str]]:
+    reader = csv.reader(source)
+    header = next(reader, None)
+    if header is None:
+        return
+    unknown = [name for name in header if name not in types]
+    if unknown:
+        raise ColumnNotFound(
+            f"the CSV header names column(s) {', '.join(map(repr, unknown))}, which table "
+            f"{table!r} does not have",
+            hint="columns are: " + ", ".join(types),
+        )
+    for fields in reader:
+        line_number = reader.line_num
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            yield line_number, f"{len(fields)} field(s), the header has {len(header)}"
+            continue
+        row: dict[str, object] = {}
+        try:
+            for name, text in zip(header, fields, strict=True):
+                try:
+                    row[name] = from_csv(types[name], text)
+                except ValueError as exc:
+                    raise ValueError(f"column {name!r}: {exc}") from None
+        except ValueError as exc:
+            yield line_number, str(exc)
+            continue
+        yield line_number, row
+
+
+def import_rows(
+    db: Database,
+    table: str,
+    source: TextIO,
+    *,
+    fmt: str = "jsonl",
+    batch_size: int = 1000,
+) -> ImportResult:
+    """Insert the rows of `source` into `table` of `db` (see the module docstring)."""
+    if fmt not in FORMATS:
+        raise InvalidParameter(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise InvalidParameter(f"batch size must be at least 1, got {batch_size}")
+    with db.transaction() as txn:
+        table_def: TableDef = txn.table(table).definition  # ObjectNotFound when missing
+    types = {c.name: c.type for c in table_def.columns}
+    rows = _csv_rows(source, types, table) if fmt == "csv" else _jsonl_rows(source, types)
+    result = ImportResult(table, fmt)
+    batch: list[tuple[int, dict[str, object]]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        result.batches += 1
+        inserted: list[int] = []
+        try:
+            with db.transaction() as txn:
+                target = txn.table(table)
+                for line_number, row in batch:
+                    try:
+                        target.insert(row)
+                        inserted.append(line_number)
+                    except JetError as exc:
+                        result.fail(line_number, _error_text(exc))
+        except JetError as exc:
+            for line_number in inserted:
+                result.fail(line_number, f"the batch's commit failed: {_error_text(exc)}")
+            inserted = []
+        result.inserted += len(inserted)
+        batch.clear()
+
+    for line_number, row in rows:
+        result.rows += 1
+        if isinstance(row, str):
+            result.fail(line_number, row)
+            continue
+        batch.append((line_number, row))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    result.failures.sort(key=lambda failure: int(failure["line"]))
+    return result

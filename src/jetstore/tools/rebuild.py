@@ -1,0 +1,83 @@
+"""`write_database_file`: a new, dense database file from sorted tree entries.
+
+This module owns how the tools (compact, repair) lay out a database they rebuild: the tree is
+built bottom-up (`jetstore.pages.btree.build_tree`: leaves about 90 % full, then the branch
+levels), its pages numbered from 2 in the order `dirty_nodes_postorder` gives (sibling leaves
+ascending, every child before its parent), written in runs, then both header copies, then one
+fsync. There is no free page and no free list: ``page_count == 2 + tree pages``.
+
+Invariants:
+- The file is created under the name it is given and must not exist (the caller writes to a
+  temporary name and renames it into place after checking it).
+- Every page carries the header's `checkpoint_seq` (never newer than the header).
+- On any failure the partial file is removed; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Final
+
+from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, encode_db_header
+from jetstore.io.files import FileSystem
+from jetstore.pages.btree import build_tree, dirty_nodes_postorder, encode_node
+from jetstore.tools.dbfile import OWNER
+
+__all__ = ["write_database_file"]
+
+#: Pages written per write call.
+_RUN_PAGES: Final = 256
+
+
+def write_database_file(
+    fs: FileSystem,
+    path: str,
+    header: DatabaseHeader,
+    items: Iterable[tuple[bytes, bytes]],
+    *,
+    owner: str = OWNER,
+) -> DatabaseHeader:
+    """Write a database file at `path` holding `items` (sorted, unique keys) under `header`.
+
+    Only the tree and space fields of `header` are replaced (root, free list, page count);
+    `header_seq` is raised by one. Returns the header written. The file is synced.
+    """
+    page_size = header.page_size
+    seq = max(header.checkpoint_seq, 1)
+    root = build_tree(items, page_size, epoch=1)
+    nodes = dirty_nodes_postorder(root)
+    file = fs.open(path, owner=owner, create=True, exclusive=True)
+    try:
+        next_pgno = HEADER_COPIES
+        run: list[bytes] = []
+        run_start = next_pgno
+        for node, _parent, _index in nodes:
+            node.pgno = next_pgno
+            run.append(encode_node(node, page_size, next_pgno, seq))
+            next_pgno += 1
+            if len(run) >= _RUN_PAGES:
+                file.pwrite(b"".join(run), run_start * page_size)
+                run_start += len(run)
+                run = []
+        if run:
+            file.pwrite(b"".join(run), run_start * page_size)
+        written = dataclasses.replace(
+            header,
+            header_seq=header.header_seq + 1,
+            checkpoint_seq=seq,
+            root_pgno=0 if root is None else (root.pgno or 0),
+            freelist_pgno=0,
+            free_page_count=0,
+            page_count=next_pgno,
+        )
+        encoded = encode_db_header(written)
+        file.pwrite(encoded * HEADER_COPIES, 0)
+        file.fsync()
+    except BaseException:
+        file.close()
+        if fs.exists(path):
+            fs.unlink(path)
+        raise
+    file.close()
+    return written

@@ -1,0 +1,136 @@
+"""The text forms of column values in exported files (JSON lines and CSV), both ways.
+
+This module owns the mapping between column values and what `jetstore export` writes and
+`jetstore import` reads, per column type:
+
+| type | JSON lines | CSV |
+| --- | --- | --- |
+| int | number | decimal |
+| float | number; `"nan"`, `"inf"`, `"-inf"` as strings | `repr` (`nan`, `inf`, `-inf`) |
+| bool | `true` / `false` | `true` / `false` (import also takes `1` / `0`) |
+| text | string | the text; one more leading `\\` when it starts with `\\` |
+| bytes | base64 string | base64 |
+| datetime | ISO 8601 string (`2026-01-02T03:04:05.000006`, aware ones with `+00:00`) | same |
+| NULL | `null` | `\\N` |
+
+Invariants: `from_json(t, to_json(t, v)) == v` and `from_csv(t, to_csv(t, v)) == v` for every
+value `v` a column of type `t` holds (aware datetimes come back as the same instant in UTC,
+as the engine returns them); a malformed input raises `ValueError` with what was expected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import datetime
+from typing import Final
+
+from jetstore.tables.schema import ColumnType
+
+__all__ = ["CSV_NULL", "from_csv", "from_json", "to_csv", "to_json"]
+
+CSV_NULL: Final = "\\N"
+_SPECIAL_FLOATS: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def to_json(ctype: ColumnType, value: object) -> object:
+    """The JSON value of a column value."""
+    if value is None:
+        return None
+    if ctype is ColumnType.FLOAT:
+        assert isinstance(value, float)
+        return value if math.isfinite(value) else repr(value)
+    if ctype is ColumnType.BYTES:
+        assert isinstance(value, bytes)
+        return base64.b64encode(value).decode("ascii")
+    if ctype is ColumnType.DATETIME:
+        assert isinstance(value, datetime)
+        return value.isoformat(timespec="microseconds")
+    return value
+
+
+def from_json(ctype: ColumnType, value: object) -> object:
+    """The column value of a JSON value (ValueError when it does not fit the type)."""
+    if value is None:
+        return None
+    if ctype is ColumnType.INT:
+        if type(value) is not int:
+            raise ValueError(f"expected an integer, got {value!r:.60}")
+        return value
+    if ctype is ColumnType.FLOAT:
+        if isinstance(value, str) and value in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[value]
+        if type(value) not in (int, float):
+            raise ValueError(f"expected a number, got {value!r:.60}")
+        return float(value)  # type: ignore[arg-type]
+    if ctype is ColumnType.BOOL:
+        if type(value) is not bool:
+            raise ValueError(f"expected true or false, got {value!r:.60}")
+        return value
+    if ctype is ColumnType.TEXT:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r:.60}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r:.60}")
+    if ctype is ColumnType.BYTES:
+        return _base64(value)
+    return _datetime(value)
+
+
+def to_csv(ctype: ColumnType, value: object) -> str:
+    """The CSV field of a column value."""
+    if value is None:
+        return CSV_NULL
+    if ctype is ColumnType.TEXT:
+        assert isinstance(value, str)
+        return "\\" + value if value.startswith("\\") else value
+    if ctype is ColumnType.BOOL:
+        return "true" if value else "false"
+    if ctype is ColumnType.FLOAT:
+        return repr(value)
+    encoded = to_json(ctype, value)
+    return str(encoded)
+
+
+def from_csv(ctype: ColumnType, field: str) -> object:
+    """The column value of a CSV field (ValueError when it does not fit the type)."""
+    if field == CSV_NULL:
+        return None
+    if ctype is ColumnType.TEXT:
+        return field[1:] if field.startswith("\\") else field
+    if ctype is ColumnType.INT:
+        try:
+            return int(field.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {field!r:.60}") from None
+    if ctype is ColumnType.FLOAT:
+        try:
+            return float(field.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {field!r:.60}") from None
+    if ctype is ColumnType.BOOL:
+        text = field.strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise ValueError(f"expected true or false, got {field!r:.60}")
+    if ctype is ColumnType.BYTES:
+        return _base64(field)
+    return _datetime(field)
+
+
+def _base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"expected base64, got {text!r:.60}") from None
+
+
+def _datetime(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 date and time, got {text!r:.60}") from None

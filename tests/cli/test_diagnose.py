@@ -1,0 +1,354 @@
+"""`jetstore diagnose DIR`: the verdict agrees with what `jetstore.open` then does.
+
+The matrix is the one of `tests/instance/test_recovery_matrix.py` (checkpoint file state x log
+presence x header state): on each state, diagnose runs first (every file hashed before and
+after: it writes nothing), then the instance is opened and the outcome compared: success
+with the predicted start, records and verdict, or the predicted error class; and for a
+refusal, the same state opened with `accept_data_loss` stops where the plan said. Then the
+command end to end on the CLI builders' states.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import jetstore
+from jetstore.errors import JetError
+from jetstore.format.filenames import CURRENT_LOG, generation_log_name, parse_generation_log_name
+from jetstore.format.logframe import decode_frame
+from jetstore.format.logheader import LOG_HEADER_SIZE
+from jetstore.instance.diagnosis import RecoveryPlan, plan_recovery
+
+from .conftest import SMALL, RunJson, build, flip, run_entry_point, snapshot
+
+OPTIONS = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
+ROWS_PER_BATCH = 150
+
+CHECKPOINT_STATES = ["valid", "missing", "corrupt", "foreign", "stale"]
+LOG_STATES = ["all", "missing_middle", "missing_newest", "missing_all"]
+HEADER_STATES = ["clean", "dirty"]
+
+
+def _batch(db: jetstore.Database, start: int) -> int:
+    with db.transaction() as txn:
+        for i in range(start, start + ROWS_PER_BATCH):
+            txn.table("t").insert({"id": i, "v": f"{i:08d}" * 30})
+    return start + ROWS_PER_BATCH
+
+
+def _build(directory: Path, header_state: str) -> tuple[bytes, int]:
+    """As the recovery matrix builds it: work before and after a checkpoint."""
+    instance = jetstore.open(directory, **OPTIONS)
+    db = instance.database("main", create=True)
+    db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    early = (directory / "edb.chk").read_bytes()
+    n = 0
+    for _ in range(4):
+        n = _batch(db, n)
+    instance.checkpoint()
+    for _ in range(4):
+        n = _batch(db, n)
+    checkpoint_generation = db.file.header.checkpoint_position.generation
+    if header_state == "clean":
+        instance.close()
+    else:
+        instance.simulate_crash()
+    return early, checkpoint_generation
+
+
+def _generations(directory: Path) -> list[int]:
+    gens = (parse_generation_log_name(name) for name in os.listdir(directory))
+    return sorted(g for g in gens if g is not None)
+
+
+@pytest.fixture(scope="module")
+def matrix_templates(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, bytes, int]]:
+    base = tmp_path_factory.mktemp("diagnose-matrix")
+    built: dict[str, tuple[Path, bytes, int]] = {}
+    for state in HEADER_STATES:
+        early, generation = _build(base / state, state)
+        built[state] = (base / state, early, generation)
+    other = base / "other"
+    with jetstore.open(other, **OPTIONS) as instance:
+        instance.database("x", create=True)
+    built["foreign"] = (other, (other / "edb.chk").read_bytes(), 0)
+    return built
+
+
+def _make_state(
+    directory: Path,
+    templates: dict[str, tuple[Path, bytes, int]],
+    checkpoint_state: str,
+    log_state: str,
+    header_state: str,
+) -> None:
+    template, early, checkpoint_generation = templates[header_state]
+    shutil.copytree(template, directory)
+    chk = directory / "edb.chk"
+    present = _generations(directory)
+    if checkpoint_state == "missing":
+        chk.unlink()
+    elif checkpoint_state == "corrupt":
+        data = bytearray(chk.read_bytes())
+        data[40] ^= 0xFF
+        data[4096 + 40] ^= 0xFF
+        chk.write_bytes(bytes(data))
+    elif checkpoint_state == "foreign":
+        chk.write_bytes(templates["foreign"][1])
+    elif checkpoint_state == "stale":
+        chk.write_bytes(early)
+        if checkpoint_generation > 1 or header_state == "clean":
+            (directory / generation_log_name(1)).unlink()
+    if log_state == "missing_middle":
+        victim = max(checkpoint_generation + 1, present[len(present) // 2])
+        if (directory / generation_log_name(victim)).exists():
+            (directory / generation_log_name(victim)).unlink()
+    elif log_state == "missing_newest":
+        (directory / CURRENT_LOG).unlink()
+    elif log_state == "missing_all":
+        for name in os.listdir(directory):
+            if name == CURRENT_LOG or parse_generation_log_name(name) is not None:
+                (directory / name).unlink()
+
+
+def _diagnose_read_only(directory: Path) -> RecoveryPlan:
+    before = snapshot(directory)
+    plan = plan_recovery(directory)
+    assert snapshot(directory) == before, "diagnose must not change any file"
+    return plan
+
+
+def assert_plan_matches_open(directory: Path, plan: RecoveryPlan, **options: object) -> None:
+    """Open `directory` (a copy is kept for the data-loss check) and compare with `plan`."""
+    spare = directory.with_name(directory.name + "-loss")
+    shutil.copytree(directory, spare)
+    try:
+        instance = jetstore.open(directory, **options)
+    except JetError as exc:
+        assert plan.error is not None, f"plan said open succeeds; it raised {exc!r}"
+        assert type(exc).name == plan.error.name, (exc, plan.error)
+        assert plan.verdict in ("data-loss", "restore")
+        assert plan.data_loss is not None
+        if plan.data_loss.possible:
+            with jetstore.open(spare, accept_data_loss=True, **options) as lossy:
+                outcome = lossy.recovery
+                assert outcome is not None and outcome.data_loss is not None
+                assert outcome.data_loss.stopped_at == plan.data_loss.stopped_at
+                assert sorted(outcome.data_loss.databases) == plan.data_loss.databases
+        else:
+            with pytest.raises(JetError) as info:
+                jetstore.open(spare, accept_data_loss=True, **options)
+            assert plan.data_loss.error is not None
+            assert type(info.value).name == plan.data_loss.error.name
+        return
+    finally:
+        shutil.rmtree(spare, ignore_errors=True)
+    with instance:
+        outcome = instance.recovery
+        assert outcome is not None
+        assert plan.error is None and plan.ok
+        assert plan.verdict == ("recoverable" if outcome.needed else "clean")
+        assert outcome.start == plan.start
+        assert outcome.replayed == plan.records_to_replay
+        assert outcome.skipped == plan.records_skipped
+        assert outcome.created == plan.to_create
+        assert outcome.torn_tail == plan.torn_tail
+        assert outcome.notes == [n for n in plan.notes if n in outcome.notes]
+        ignored = any(n.startswith("checkpoint file ignored") for n in outcome.notes)
+        if plan.checkpoint is not None and plan.checkpoint.status in ("damaged", "foreign"):
+            assert ignored
+
+
+@pytest.mark.parametrize("header_state", HEADER_STATES)
+@pytest.mark.parametrize("log_state", LOG_STATES)
+@pytest.mark.parametrize("checkpoint_state", CHECKPOINT_STATES)
+def test_diagnose_agrees_with_open(
+    tmp_path: Path,
+    matrix_templates: dict[str, tuple[Path, bytes, int]],
+    checkpoint_state: str,
+    log_state: str,
+    header_state: str,
+) -> None:
+    directory = tmp_path / "instance"
+    _make_state(directory, matrix_templates, checkpoint_state, log_state, header_state)
+    plan = _diagnose_read_only(directory)
+    must_fail = header_state == "dirty" and log_state != "all"
+    assert (plan.verdict == "data-loss") is must_fail, plan.summary
+    if must_fail:
+        assert plan.data_loss is not None and plan.data_loss.possible
+        assert any("--accept-data-loss" in c for c in plan.next_commands)
+        assert "restore from backup" in plan.summary
+    if checkpoint_state != "valid" and header_state == "dirty" and not must_fail:
+        assert plan.checkpoint is not None and not plan.checkpoint.used
+        assert plan.checkpoint.safe_because is not None
+    assert_plan_matches_open(directory, plan, **OPTIONS)
+
+
+# --------------------------------------------------------------------------- CLI states
+
+
+def _diagnose(run_json: RunJson, directory: Path) -> tuple[int, dict[str, object]]:
+    before = snapshot(directory)
+    code, document = run_json("diagnose", directory)
+    assert snapshot(directory) == before
+    assert document["command"] == "diagnose"
+    result = document["result"]
+    assert isinstance(result, dict)
+    return code, result
+
+
+def test_clean_instance(closed: Path, run_json: RunJson) -> None:
+    code, result = _diagnose(run_json, closed)
+    assert code == 0
+    assert result["verdict"] == "clean"
+    assert str(result["summary"]).startswith("clean; no logs needed")
+    assert result["next_commands"] == []
+    assert_plan_matches_open(closed, plan_recovery(closed), **SMALL)
+
+
+def test_crashed_instance_recovers_from_generation_1(crashed: Path, run_json: RunJson) -> None:
+    code, result = _diagnose(run_json, crashed)
+    assert code == 0
+    assert result["verdict"] == "recoverable"
+    assert "soft recovery will succeed from generation 1" in str(result["summary"])
+    assert result["replay_generations"] == [1, 3]
+    assert result["next_commands"][0] == f"jetstore recover {crashed}"  # type: ignore[index]
+    human = run_entry_point("diagnose", crashed)
+    assert human.returncode == 0, human.stderr
+    assert "soft recovery will succeed" in human.stdout
+    assert f"jetstore recover {crashed}" in human.stdout
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_missing_log_needs_restore_or_data_loss(crashed: Path, run_json: RunJson) -> None:
+    (crashed / generation_log_name(2)).unlink()
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1
+    assert result["verdict"] == "data-loss"
+    summary = str(result["summary"])
+    assert summary.startswith("generation 2 missing (edb00000002.log)")
+    assert "restore from backup, or recover with data loss to position 00000001:" in summary
+    assert result["open_error"]["name"] in ("MissingLogFile", "RequiredLogFilesMissing")  # type: ignore[index]
+    assert f"jetstore recover {crashed} --accept-data-loss" in result["next_commands"]  # type: ignore[operator]
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_torn_tail_is_recoverable(crashed: Path, run_json: RunJson) -> None:
+    code, document = run_json("logs", "verify", crashed)
+    end = document["result"]["generations"][-1]["end_offset"]
+    with (crashed / CURRENT_LOG).open("r+b") as file:
+        file.seek(end)
+        file.write(b"\x5a" * 100)
+    code, result = _diagnose(run_json, crashed)
+    assert code == 0
+    assert result["verdict"] == "recoverable"
+    assert result["torn_tail"] == f"00000003:{end:08X}"
+    assert "torn tail" in str(result["summary"])
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_damaged_closed_generation(crashed: Path, run_json: RunJson) -> None:
+    path = crashed / generation_log_name(2)
+    data = path.read_bytes()
+    frame = decode_frame(data, LOG_HEADER_SIZE, 2)
+    assert frame is not None
+    flip(path, frame.offset + 40)
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1
+    assert result["verdict"] == "data-loss"
+    assert f"the log is damaged at 00000002:{frame.offset:08X} (edb00000002.log" in str(
+        result["summary"]
+    )
+    assert result["open_error"]["name"] == "LogFileCorrupt"  # type: ignore[index]
+    assert str(result["data_loss"]["stopped_at"]).startswith("00000001:")  # type: ignore[index]
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_foreign_log_generation(crashed: Path, tmp_path: Path, run_json: RunJson) -> None:
+    other = tmp_path / "other"
+    build(other, crash=True)  # the same history, another log stream
+    shutil.copy(other / generation_log_name(2), crashed / generation_log_name(2))
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1
+    assert result["verdict"] == "data-loss"
+    assert result["open_error"]["name"] == "BadLogSignature"  # type: ignore[index]
+    assert "edb00000002.log" in str(result["summary"])
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_database_of_another_stream(crashed: Path, tmp_path: Path, run_json: RunJson) -> None:
+    other = tmp_path / "other"
+    instance = jetstore.open(other, **SMALL)
+    instance.database("main", create=True)
+    instance.simulate_crash()
+    shutil.copy(other / "main.edb", crashed / "main.edb")
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1
+    assert result["verdict"] == "restore"
+    assert "database 'main' belongs to another log stream" in str(result["summary"])
+    assert result["open_error"]["name"] == "DatabaseLogSetMismatch"  # type: ignore[index]
+    assert result["data_loss"]["possible"] is False  # type: ignore[index]
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_unreadable_database_header(crashed: Path, run_json: RunJson) -> None:
+    flip(crashed / "main.edb", 50)
+    code, result = _diagnose(run_json, crashed)
+    assert code == 0  # one copy is enough; opening rewrites the other
+    assert any("rewrites it from the good copy" in n for n in result["notes"])  # type: ignore[union-attr]
+    flip(crashed / "main.edb", 8192 + 50)
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1
+    assert result["verdict"] == "restore"
+    assert "the header of database 'main' is unreadable" in str(result["summary"])
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_damaged_checkpoint_file_uses_headers(crashed: Path, run_json: RunJson) -> None:
+    flip(crashed / "edb.chk", 40)
+    flip(crashed / "edb.chk", 4096 + 40)
+    code, result = _diagnose(run_json, crashed)
+    assert code == 0
+    assert result["verdict"] == "recoverable"
+    checkpoint = result["checkpoint"]
+    assert checkpoint["status"] == "damaged" and checkpoint["used"] is False  # type: ignore[index]
+    assert "names its own starting point" in checkpoint["safe_because"]  # type: ignore[index]
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_instance_open_elsewhere_exits_3(closed: Path, run_json: RunJson) -> None:
+    with jetstore.open(closed, control_socket=False, **SMALL):
+        code, result = _diagnose(run_json, closed)
+    assert code == 3
+    assert result["verdict"] == "in-use"
+    assert result["open_by_pid"] == os.getpid()
+    assert f"process {os.getpid()}" in str(result["summary"])
+    assert result["next_commands"][0] == f"jetstore status {closed}"  # type: ignore[index]
+
+
+def test_not_an_instance_and_missing(tmp_path: Path, run_json: RunJson) -> None:
+    code, document = run_json("diagnose", tmp_path)
+    assert (code, document["error"]["name"]) == (2, "InvalidPath")
+    code, document = run_json("diagnose", tmp_path / "absent")
+    assert (code, document["error"]["name"]) == (4, "FileNotFound")
+
+
+# --------------------------------------------------------------------------- found by diagnose
+
+
+def test_data_loss_with_no_logs_at_all_raises_the_repair_count(crashed: Path) -> None:
+    for name in os.listdir(crashed):
+        if name == CURRENT_LOG or parse_generation_log_name(name) is not None:
+            (crashed / name).unlink()
+    plan = plan_recovery(crashed)
+    assert plan.data_loss is not None and plan.data_loss.databases == ["main"]
+    with jetstore.open(crashed, accept_data_loss=True, **SMALL) as instance:
+        loss = instance.recovery.data_loss  # type: ignore[union-attr]
+        assert loss is not None and loss.databases == ["main"]
+        assert instance.database("main").file.header.repair_count == 1

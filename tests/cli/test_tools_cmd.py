@@ -1,0 +1,109 @@
+"""`jetstore integrity | compact | repair | export | import`: JSON output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jetstore
+from jetstore.io.files import FileSystem
+from jetstore.pages.btree import iter_nodes
+from jetstore.tools.dbfile import OfflineDatabase
+
+from .conftest import ROWS, SMALL, RunJson, flip, run_entry_point
+
+
+def leaf_pages(path: Path) -> tuple[list[int], int]:
+    with OfflineDatabase(FileSystem(), str(path)) as db:
+        pages = [n.pgno for n in iter_nodes(db, db.root()) if n.leaf and n.pgno is not None]
+        return pages, db.page_size
+
+
+def test_integrity_clean_then_damaged(closed: Path, run_json: RunJson) -> None:
+    db = closed / "main.edb"
+    code, document = run_json("integrity", db)
+    assert code == 0 and document["result"]["ok"] is True
+    assert document["result"]["tables"]["t"]["records"] == ROWS
+    pages, page_size = leaf_pages(db)
+    flip(db, pages[1] * page_size + 100)
+    code, document = run_json("integrity", db)
+    assert code == 1 and document["ok"] is False
+    problems = document["result"]["problems"]
+    assert problems[0]["page"] == pages[1] and problems[0]["area"] == "tree"
+
+
+def test_integrity_refuses_dirty_and_open(crashed: Path, closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("integrity", crashed / "main.edb")
+    assert code == 3 and document["error"]["name"] == "DatabaseDirtyShutdown"
+    assert "jetstore recover" in document["error"]["hint"]
+    with jetstore.open(closed, **SMALL):
+        code, document = run_json("integrity", closed / "main.edb")
+    assert code == 3 and document["error"]["name"] == "InstanceNameInUse"
+    code, document = run_json("integrity", closed / "nope.edb")
+    assert code == 4 and document["error"]["name"] == "FileNotFound"
+
+
+def test_compact_reports_pages(closed: Path, run_json: RunJson) -> None:
+    code, document = run_json("compact", closed / "main.edb", "--keep-original")
+    assert code == 0
+    result = document["result"]
+    assert result["pages_after"] <= result["pages_before"]
+    assert result["integrity"]["ok"] is True
+    assert Path(result["kept_original"]).exists()
+    code, document = run_json("integrity", closed / "main.edb")
+    assert code == 0
+
+
+def test_repair_report_then_apply(closed: Path, run_json: RunJson) -> None:
+    db = closed / "main.edb"
+    code, document = run_json("repair", db)
+    assert code == 0 and document["result"]["data_lost"] is False
+    pages, page_size = leaf_pages(db)
+    flip(db, pages[2] * page_size + 100)
+    code, document = run_json("repair", db)
+    assert code == 1 and document["result"]["applied"] is False
+    assert document["result"]["damaged_pages"][0]["page"] == pages[2]
+    code, document = run_json("repair", db, "--accept-data-loss")
+    assert code == 0 and document["result"]["applied"] is True
+    result = document["result"]
+    assert result["integrity_ok"] is True and result["moved_logs_to"]
+    kept = result["tables"]["t"]["records_kept"]
+    assert 0 < kept < ROWS
+    code, document = run_json("integrity", db)
+    assert code == 0 and document["result"]["tables"]["t"]["records"] == kept
+
+
+def test_export_import_through_the_cli(closed: Path, tmp_path: Path, run_json: RunJson) -> None:
+    out = tmp_path / "t.csv"
+    code, document = run_json("export", closed / "main.edb", "t", "--format", "csv", "-o", out)
+    assert code == 0 and document["result"]["rows"] == ROWS
+    code, document = run_json("export", closed / "main.edb", "t")
+    assert code == 2  # --json needs --output
+    target = tmp_path / "target"
+    with jetstore.open(target, **SMALL) as instance:
+        instance.database("main", create=True).create_table(
+            "t", [("id", "int"), ("v", "text")], primary_key="id"
+        )
+    code, document = run_json("import", target / "main.edb", "t", out)
+    assert code == 0 and document["result"]["inserted"] == ROWS
+    code, document = run_json("import", target / "main.edb", "t", out)
+    assert code == 1 and document["result"]["failed"] == ROWS
+    assert document["result"]["failures"][0]["line"] == 2
+    assert "KeyDuplicate" in document["result"]["failures"][0]["error"]
+    with jetstore.open(target, **SMALL):
+        code, document = run_json("import", target / "main.edb", "t", out)
+    assert code == 3
+
+
+def test_entry_point_integrity_and_export(closed: Path, tmp_path: Path) -> None:
+    completed = run_entry_point("integrity", closed / "main.edb", "--json")
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert document["command"] == "integrity" and document["ok"] is True
+    completed = run_entry_point("export", closed / "main.edb", "t")
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert len(lines) == ROWS and json.loads(lines[0])["id"] == 0
+    completed = run_entry_point("compact", closed / "main.edb")
+    assert completed.returncode == 0, completed.stderr
+    assert "compacted" in completed.stdout

@@ -1,0 +1,149 @@
+"""`export_table` and `import_rows`: every column type survives the round trip."""
+
+from __future__ import annotations
+
+import io
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jetstore
+from jetstore.errors import ColumnNotFound, DatabaseDirtyShutdown, ObjectNotFound
+from jetstore.tables.schema import ColumnType
+from jetstore.tools.export import export_table
+from jetstore.tools.importer import import_rows
+from jetstore.tools.values import from_csv, from_json, to_csv, to_json
+
+from .conftest import OPTIONS
+
+COLUMNS: list[Any] = [
+    ("id", "int"),
+    {"name": "name", "type": "text", "nullable": True},
+    {"name": "photo", "type": "bytes", "nullable": True},
+    {"name": "when", "type": "datetime", "nullable": True},
+    {"name": "score", "type": "float", "nullable": True},
+    {"name": "flag", "type": "bool", "nullable": True},
+]
+ROWS: list[dict[str, object]] = [
+    {
+        "id": 1,
+        "name": "Ada",
+        "photo": b"\x00\x01\xff",
+        "when": datetime(2024, 5, 6, 7, 8, 9, 10),
+        "score": 1.5,
+        "flag": True,
+    },
+    {"id": 2, "name": None, "photo": None, "when": None, "score": None, "flag": None},
+    {
+        "id": 3,
+        "name": "\\N",
+        "photo": b"",
+        "when": datetime(2024, 1, 1, tzinfo=UTC),
+        "score": -0.0,
+        "flag": False,
+    },
+    {
+        "id": 4,
+        "name": '\\back, "quoted"\nnewline',
+        "photo": b"x" * 9000,
+        "when": datetime(1970, 1, 1),
+        "score": math.inf,
+        "flag": None,
+    },
+    {"id": 5, "name": "", "photo": b"y", "when": None, "score": 1e300, "flag": True},
+]
+
+
+def make(directory: Path, rows: list[dict[str, object]]) -> None:
+    with jetstore.open(directory, **OPTIONS) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", COLUMNS, primary_key="id")
+        with db.transaction() as txn:
+            for row in rows:
+                txn.table("t").insert(row)
+
+
+def read(directory: Path) -> list[dict[str, object]]:
+    with (
+        jetstore.open(directory, **OPTIONS) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        return list(txn.table("t").scan())
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_round_trip(tmp_path: Path, fmt: str) -> None:
+    make(tmp_path / "a", ROWS)
+    make(tmp_path / "b", [])
+    out = io.StringIO()
+    result = export_table(tmp_path / "a" / "main.edb", "t", out, fmt=fmt)
+    assert result.rows == len(ROWS)
+    with jetstore.open(tmp_path / "b", **OPTIONS) as instance:
+        imported = import_rows(
+            instance.database("main"), "t", io.StringIO(out.getvalue()), fmt=fmt, batch_size=2
+        )
+    assert imported.inserted == len(ROWS) and imported.failed == 0 and imported.batches == 3
+    assert read(tmp_path / "b") == read(tmp_path / "a")
+
+
+def test_import_reports_failures_with_line_numbers(tmp_path: Path) -> None:
+    make(tmp_path, [])
+    lines = "\n".join(
+        [
+            '{"id": 1, "name": "ok"}',
+            '{"id": "two"}',
+            "not json",
+            '{"id": 1, "name": "duplicate"}',
+            '{"id": 5, "nope": 1}',
+            "",
+            '{"id": 6, "photo": "!!notbase64"}',
+            '{"id": 7, "when": "2024-02-03T04:05:06"}',
+        ]
+    )
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", io.StringIO(lines))
+    assert result.inserted == 2 and result.rows == 7
+    assert [f["line"] for f in result.failures] == [2, 3, 4, 5, 7]
+    assert "KeyDuplicate" in result.failures[2]["error"]
+    assert [r["id"] for r in read(tmp_path)] == [1, 7]
+
+
+def test_import_csv_with_unknown_column_is_refused(tmp_path: Path) -> None:
+    make(tmp_path, [])
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        with pytest.raises(ColumnNotFound):
+            import_rows(instance.database("main"), "t", io.StringIO("id,bogus\n1,2\n"), fmt="csv")
+        with pytest.raises(ObjectNotFound):
+            import_rows(instance.database("main"), "missing", io.StringIO(""))
+
+
+def test_export_refuses_a_dirty_database_and_unknown_table(tmp_path: Path) -> None:
+    make(tmp_path / "a", ROWS[:1])
+    with pytest.raises(ObjectNotFound, match="tables: t"):
+        export_table(tmp_path / "a" / "main.edb", "zz", io.StringIO())
+    instance = jetstore.open(tmp_path / "b", **OPTIONS)
+    instance.database("main", create=True)
+    instance.simulate_crash()
+    with pytest.raises(DatabaseDirtyShutdown):
+        export_table(tmp_path / "b" / "main.edb", "t", io.StringIO())
+
+
+@pytest.mark.parametrize("ctype", list(ColumnType))
+def test_values_round_trip(ctype: ColumnType) -> None:
+    samples: dict[ColumnType, list[object]] = {
+        ColumnType.INT: [0, -(1 << 63), (1 << 63) - 1],
+        ColumnType.FLOAT: [0.1, -math.inf, 5e-324],
+        ColumnType.BOOL: [True, False],
+        ColumnType.TEXT: ["", "\\N", "\\", "a\\b", "\u00e9\n"],
+        ColumnType.BYTES: [b"", b"\x00" * 5],
+        ColumnType.DATETIME: [datetime(2000, 1, 1), datetime(2000, 1, 1, tzinfo=UTC)],
+    }
+    for value in [*samples[ctype], None]:
+        assert from_json(ctype, to_json(ctype, value)) == value
+        assert from_csv(ctype, to_csv(ctype, value)) == value
+    assert math.isnan(from_json(ColumnType.FLOAT, to_json(ColumnType.FLOAT, math.nan)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expected"):
+        from_csv(ColumnType.INT, "x")
