@@ -1,12 +1,12 @@
 """`make bench`: jetstore against sqlite3 and lmdb, side by side, in one invocation.
 
-Runs W1-W7 (see bench/README.md and workloads.py) on every selected peer, alternating the peers
+Runs W1-W8 (see bench/README.md and workloads.py) on every selected peer, alternating the peers
 workload by workload, prints a table of figures with jetstore/peer ratios and PASS/MISS per
 target, then one `BENCH_JSON {...}` line with everything (grep for it).
 
 Each peer lives in its own worker process (workloads.py), started fresh for every repeat, so
 its peak RSS is its own: the worker reports ru_maxrss after every workload and this process
-collects the worker's final rusage with os.wait4. W7 runs in a worker of its own.
+collects the worker's final rusage with os.wait4. W7 and W8 run in workers of their own.
 
 Exit status: 0 when every cell was measured (MISSes included), 1 when a workload failed
 (its cell reads ERROR and the error, traceback and a command to reproduce it are printed).
@@ -41,9 +41,9 @@ from workloads import PROTOCOL_PREFIX, TITLES, UNITS, WORKLOADS  # noqa: E402
 WORKLOADS_PY = os.path.join(BENCH_DIR, "workloads.py")
 ENGINE = "jetstore"
 BASELINE = "sqlite3"
-# Order inside one repeat, as perf-baselines.md: load, reads, scan, then commits; W7 last.
-ORDER = ("W3", "W4", "W5", "W1", "W2", "W6", "W7")
-ENGINE_ONLY = {"W7"}
+# Order inside one repeat, as perf-baselines.md: load, reads, scan, then commits; W7, W8 last.
+ORDER = ("W3", "W4", "W5", "W1", "W2", "W6", "W7", "W8")
+ENGINE_ONLY = {"W7", "W8"}
 # Targets from issue #2: jetstore / sqlite3 in the same run; W7 in MB/s.
 RATIO_TARGETS = {"W1": 1.3, "W2": 2.0, "W3": 1.0, "W4": 2.0, "W5": 1.0, "W6": 1.2}
 ABSOLUTE_TARGETS = {"W7": 100.0}
@@ -226,6 +226,8 @@ def workload_params(args: argparse.Namespace) -> dict[str, Any]:
         "commit_seconds": args.commit_seconds,
         "threads": args.threads,
         "replay_bytes": int(args.replay_mib * (1 << 20)),
+        "backup_bytes": int(args.backup_mib * (1 << 20)),
+        "w8_idle_seconds": args.commit_seconds,
         "seed": args.seed,
     }
 
@@ -237,6 +239,8 @@ def timeout_for(workload: str, args: argparse.Namespace) -> float:
         return 4 * float(args.commit_seconds) + 600.0  # the settle checkpoint may be slow
     if workload == "W7":
         return 1800.0 + float(args.replay_mib) * 10.0
+    if workload == "W8":
+        return 1800.0 + float(args.backup_mib) * 2.0
     return 600.0 + int(args.n) / 500.0
 
 
@@ -252,6 +256,8 @@ def reproduce_command(workload: str, peer: str, args: argparse.Namespace) -> str
     ]
     if workload == "W7":
         parts.append(f"--replay-mib {args.replay_mib:g}")
+    if workload == "W8":
+        parts.append(f"--backup-mib {args.backup_mib:g}")
     return " ".join(parts)
 
 
@@ -394,6 +400,42 @@ def run_repeat(report: Report, repeat: int, scratch: str) -> None:
                 rss_rows[ENGINE]["w7_loader_process_peak_mib"] = reply["result"].get(
                     "loader_peak_rss_mib"
                 )
+    if "W8" in report.workloads and ENGINE in report.peers:
+        cell = report.cell("W8", ENGINE)
+        label = f"[repeat {repeat + 1}] W8 {ENGINE}"
+        progress(f"{label}: loading ~{args.backup_mib:g} MiB, then a full backup under load ...")
+        w8 = None
+        try:
+            w8 = Worker(ENGINE, os.path.join(base, "w8"))
+            reply = w8.request(
+                {"op": "run", "workload": "W8", "params": params}, timeout_for("W8", args)
+            )
+        except (WorkerFailed, OSError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if reply.get("ok"):
+            result = reply["result"]
+            result["repeat"] = repeat + 1
+            cell.values.append(result["value"])
+            cell.runs.append(result)
+            progress(
+                f"{label}: {format_value(result['value'])} MB/s "
+                f"(plain copy {format_value(result['plain_copy_mb_per_s'])} MB/s)"
+            )
+        else:
+            cell.errors.append(reply.get("error", "?"))
+            record_error(
+                report,
+                "W8",
+                ENGINE,
+                repeat,
+                reply.get("error", "?"),
+                reply.get("traceback", ""),
+                args,
+            )
+            progress(f"{label}: ERROR {reply.get('error')}")
+        if w8 is not None:
+            w8.finish(timeout=600.0)
+            rss_rows[ENGINE]["w8_process_peak_mib"] = w8.peak_rss_mib
     for peer, row in rss_rows.items():
         report.rss.setdefault(peer, []).append(row)
 
@@ -474,7 +516,8 @@ def print_table(report: Report, machine: dict[str, Any]) -> None:
     print()
     print(
         f"jetstore bench: n={args.n:,} rows, commits {args.commit_seconds:g} s, "
-        f"W2 threads={args.threads}, W7 log ~{args.replay_mib:g} MiB, repeat={args.repeat} "
+        f"W2 threads={args.threads}, W7 log ~{args.replay_mib:g} MiB, "
+        f"W8 database ~{args.backup_mib:g} MiB, repeat={args.repeat} "
         f"(medians), peers={','.join(peers)}"
     )
     print(
@@ -571,6 +614,25 @@ def print_details(report: Report) -> None:
                 )
                 parts.append(f"records replayed {first['records_replayed']:,}")
                 parts.append(f"rows recovered {first['rows_recovered']:,}")
+            elif workload == "W8":
+                last = runs[-1]
+                parts.append(
+                    f"set {last['backup_bytes'] / 1e6:,.0f} MB in "
+                    f"{format_value(_median_of(runs, 'backup_s'))} s"
+                )
+                parts.append(
+                    f"plain copy of the database "
+                    f"{format_value(_median_of(runs, 'plain_copy_mb_per_s'))} MB/s"
+                )
+                parts.append(f"backup/copy {format_value(_median_of(runs, 'backup_vs_copy'))}")
+                parts.append(
+                    f"writer p99 idle {format_value(_median_of(runs, 'idle_p99_us'))} us, "
+                    f"during backup {format_value(_median_of(runs, 'during_p99_us'))} us"
+                )
+                parts.append(
+                    f"commits/s idle {format_value(_median_of(runs, 'idle_commits_per_s'))}, "
+                    f"during {format_value(_median_of(runs, 'commits_per_s_during_backup'))}"
+                )
             settle = [r.get("settle", {}).get("checkpoint_s") for r in runs]
             settle_values = [s for s in settle if isinstance(s, float)]
             if settle_values:
@@ -590,11 +652,13 @@ def print_rss(report: Report) -> None:
     print("peak RSS (MiB; each peer in its own worker process, max over repeats):")
     keys = ["start_mib"] + [f"after_{w}_mib" for w in ORDER if w not in ENGINE_ONLY]
     keys += ["process_peak_mib", "w7_reopen_process_peak_mib", "w7_loader_process_peak_mib"]
+    keys += ["w8_process_peak_mib"]
     labels = {
         "start_mib": "worker started (interpreter + imports)",
         "process_peak_mib": "whole worker process (os.wait4)",
         "w7_reopen_process_peak_mib": "W7 reopen (recovery) process",
         "w7_loader_process_peak_mib": "W7 loader process",
+        "w8_process_peak_mib": "W8 backup process",
     }
     peers = report.peers
     print(f"  {'':<40}" + "".join(f" {p:>10}" for p in peers))
@@ -659,6 +723,7 @@ def json_report(report: Report, machine: dict[str, Any], elapsed: float) -> dict
             "threads": args.threads,
             "repeat": args.repeat,
             "replay_mib": args.replay_mib,
+            "backup_mib": args.backup_mib,
             "quick": args.quick,
             "peers": report.peers,
             "workloads": report.workloads,
@@ -678,13 +743,14 @@ def json_report(report: Report, machine: dict[str, Any], elapsed: float) -> dict
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="jetstore vs sqlite3 and lmdb, side by side (W1-W7); see bench/README.md"
+        description="jetstore vs sqlite3 and lmdb, side by side (W1-W8); see bench/README.md"
     )
     parser.add_argument("--n", type=int, help="rows for W3/W4/W5 (default 1,000,000)")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="n=100,000, 2 s commit workloads, 25 MiB of log for W7 (unless set explicitly)",
+        help="n=100,000, 2 s commit workloads, 25 MiB of log for W7, 64 MiB for W8 (unless set "
+        "explicitly)",
     )
     parser.add_argument("--commit-seconds", type=float, help="seconds per W1/W2/W6 (default 5)")
     parser.add_argument("--repeat", type=int, default=1, help="repeats; medians are reported")
@@ -695,6 +761,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=4, help="writer threads for W2")
     parser.add_argument("--replay-mib", type=float, help="log to replay in W7 (default 100)")
+    parser.add_argument(
+        "--backup-mib", type=float, help="database size backed up in W8 (default 1024)"
+    )
     parser.add_argument("--timeout", type=float, help="seconds per workload before giving up")
     parser.add_argument("--seed", type=int, default=20261121, help="data seed")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
@@ -705,6 +774,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.commit_seconds = 2.0 if args.quick else 5.0
     if args.replay_mib is None:
         args.replay_mib = 25.0 if args.quick else 100.0
+    if args.backup_mib is None:
+        args.backup_mib = 64.0 if args.quick else 1024.0
     if args.n < 1 or args.commit_seconds <= 0 or args.repeat < 1 or args.threads < 1:
         parser.error("--n, --commit-seconds, --repeat and --threads must be positive")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]

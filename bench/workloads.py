@@ -24,6 +24,14 @@ and SIGKILLs itself right after its last durable commit. The worker then times `
 (soft recovery plus the checkpoint that open writes): replay MB/s = log bytes appended by the
 child / open seconds. The events file splits that time into replay and checkpoint, and a full
 scan afterwards checks that every committed row came back.
+
+W8 (jetstore only): online backup throughput. An instance is loaded with 4 KiB rows until its
+database file holds `backup_mib`, checkpointed; then (1) a plain copy of the database file
+(read, write, fsync: the physical limit on this machine, from the same page cache), (2) a
+writer thread's durable single-row commits for a few seconds with no backup (idle latency),
+(3) `instance.backup()` of a full backup set while that writer keeps committing. Figure:
+backup MB/s (bytes of the set / seconds), next to the copy's MB/s, and the writer's commit
+latency p99 during the backup against idle. The set is verified and its commits counted.
 """
 
 from __future__ import annotations
@@ -58,11 +66,14 @@ SPACE_W1 = 1 << 40
 SPACE_W2 = 2 << 40  # thread t uses SPACE_W2 + (t << 36)
 SPACE_W6 = 3 << 40
 SPACE_W7 = 4 << 40
+SPACE_W8 = 5 << 40
+W8_VALUE = 4000
+W8_BATCH_ROWS = 2000
 
 _MASK = (1 << 64) - 1
 _KEY = struct.Struct(">QQ")
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 TITLES = {
     "W1": "durable 1-row commits, 1 thread",
     "W2": "durable 1-row commits, N threads",
@@ -71,6 +82,7 @@ TITLES = {
     "W5": "full ordered scan",
     "W6": "durable 4 KiB commits, 1 thread",
     "W7": "log replay after crash",
+    "W8": "online full backup, writer running",
 }
 UNITS = {
     "W1": "commits/s",
@@ -80,6 +92,7 @@ UNITS = {
     "W5": "rows/s",
     "W6": "commits/s",
     "W7": "MB/s",
+    "W8": "MB/s",
 }
 
 
@@ -524,6 +537,125 @@ def w7_replay(state: WorkerState, params: Params) -> Result:
     }
 
 
+# --------------------------------------------------------------------------- W8
+
+
+def _copy_file(source: str, target: str) -> int:
+    """Plain copy, 1 MiB at a time, then fsync: what copying these bytes costs at best."""
+    copied = 0
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        while True:
+            chunk = reader.read(1 << 20)
+            if not chunk:
+                break
+            writer.write(chunk)
+            copied += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return copied
+
+
+def w8_backup(state: WorkerState, params: Params) -> Result:
+    if state.peer_name != "jetstore":
+        raise BenchError("W8 measures jetstore's online backup only")
+    import jetstore
+
+    directory = os.path.join(state.directory, "w8")
+    target = int(params["backup_bytes"])
+    instance = jetstore.open(directory, **JETSTORE_OPTIONS)
+    try:
+        db = instance.database("bench", create=True)
+        db.create_table("kv", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        path = db.file.path
+        rnd = random.Random(params["seed"] + 8)
+        rows = 0
+        load_start = time.perf_counter()
+        while os.path.getsize(path) < target:
+            keys = key_blob(range(SPACE_W8 + rows, SPACE_W8 + rows + W8_BATCH_ROWS))
+            with db.transaction() as txn:
+                insert = txn.table("kv").insert
+                for key, value in bulk_rows(keys, W8_VALUE, rnd.getrandbits(32)):
+                    insert({"k": key, "v": value})
+            rows += W8_BATCH_ROWS
+            instance.checkpoint()
+        load_s = time.perf_counter() - load_start
+        db_bytes = os.path.getsize(path)
+
+        copy_start = time.perf_counter()
+        copied = _copy_file(path, os.path.join(state.directory, "w8-plain-copy.edb"))
+        copy_s = time.perf_counter() - copy_start
+        os.unlink(os.path.join(state.directory, "w8-plain-copy.edb"))
+
+        seconds = float(params["w8_idle_seconds"])
+
+        def write(key: bytes, value: bytes) -> None:
+            with db.transaction() as txn:
+                txn.table("kv").insert({"k": key, "v": value})
+
+        idle_commits, idle_lat, t0, t1 = _commit_loop(
+            write, SPACE_W8 + (1 << 36), SMALL_VALUE, seconds, params["seed"] + 80
+        )
+        during: list[float] = []
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def writer() -> None:
+            rnd_w = random.Random(params["seed"] + 81)
+            n = SPACE_W8 + (2 << 36)
+            try:
+                while not stop.is_set():
+                    key = _KEY.pack(scramble(n), n)
+                    value = rnd_w.randbytes(SMALL_VALUE)
+                    before = time.perf_counter()
+                    write(key, value)
+                    during.append(time.perf_counter() - before)
+                    n += 1
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        thread = threading.Thread(target=writer, name="w8-writer")
+        thread.start()
+        dest = os.path.join(state.directory, "w8-set")
+        try:
+            backup_start = time.perf_counter()
+            manifest = instance.backup(dest, kind="full")
+            backup_s = time.perf_counter() - backup_start
+        finally:
+            stop.set()
+            thread.join()
+        if failures:
+            raise BenchError(f"the W8 writer failed during the backup: {failures[0]!r}")
+        backup_bytes = sum(f.size for f in manifest.files)
+        verification = jetstore.verify_backup(dest)
+        if not verification.ok:
+            raise BenchError(f"the W8 backup set does not verify: {verification.as_dict()}")
+    finally:
+        instance.close()
+    idle = latency_summary(idle_lat)
+    busy = latency_summary(during)
+    backup_rate = backup_bytes / backup_s / MB
+    copy_rate = copied / copy_s / MB
+    return {
+        "value": backup_rate,
+        "backup_bytes": backup_bytes,
+        "backup_s": backup_s,
+        "database_bytes": db_bytes,
+        "plain_copy_mb_per_s": copy_rate,
+        "backup_vs_copy": backup_rate / copy_rate if copy_rate else None,
+        "rows_loaded": rows,
+        "load_s": load_s,
+        "idle_commits": idle_commits,
+        "idle_commits_per_s": idle_commits / (t1 - t0) if t1 > t0 else None,
+        "commits_during_backup": len(during),
+        "commits_per_s_during_backup": len(during) / backup_s if backup_s else None,
+        "idle_p99_us": idle["p99_us"],
+        "during_p99_us": busy["p99_us"],
+        "idle_median_us": idle["median_us"],
+        "during_median_us": busy["median_us"],
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
 RUNNERS: dict[str, Callable[[WorkerState, Params], Result]] = {
     "W1": w1_commits,
     "W2": w2_commits,
@@ -532,6 +664,7 @@ RUNNERS: dict[str, Callable[[WorkerState, Params], Result]] = {
     "W5": w5_scan,
     "W6": w6_commits,
     "W7": w7_replay,
+    "W8": w8_backup,
 }
 
 
