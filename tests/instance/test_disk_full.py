@@ -138,3 +138,44 @@ def test_real_full_disk_on_a_small_tmpfs(small_tmpfs: Path, size_kib: int) -> No
         assert set(acked) <= ids(instance)
         with instance.database("main").transaction() as txn:
             txn.table("t").insert({"id": 10**6, "v": "space again"})
+
+
+def test_low_log_volume_is_reported_once_until_space_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event 144 comes at the roll that finds less than `log_disk_low_files` log files of
+    free space, once; it is armed again when space comes back."""
+    free = {"bytes": 1 << 40}
+    with jetstore.open(tmp_path / "i", log_disk_low_files=4, **OPTIONS) as instance:
+        monkeypatch.setattr(instance.fs, "free_bytes", lambda path: free["bytes"])
+        db = setup(instance)
+
+        def roll_a_few(start: int) -> None:
+            first = instance.log.current_generation
+            i = start
+            while instance.log.current_generation < first + 3:
+                with db.transaction() as txn:
+                    txn.table("t").insert({"id": i, "v": "x" * 2000})
+                i += 1
+
+        def low_events() -> list[dict[str, object]]:
+            import json
+
+            lines = (tmp_path / "i" / "events.jsonl").read_text().splitlines()
+            return [e for e in map(json.loads, lines) if e["name"] == "log_disk_low"]
+
+        roll_a_few(0)
+        assert low_events() == [] and instance.counters()["log_disk_low"] is False
+        free["bytes"] = 3 * 64 * 1024  # under 4 log files
+        roll_a_few(10_000)
+        events = low_events()
+        assert len(events) == 1 and events[0]["id"] == 144
+        assert events[0]["fields"]["free_bytes"] == 3 * 64 * 1024
+        counters = instance.counters()
+        assert counters["log_disk_low"] is True
+        assert counters["log_disk_free_bytes"] == 3 * 64 * 1024
+        free["bytes"] = 1 << 40
+        roll_a_few(20_000)
+        free["bytes"] = 1024
+        roll_a_few(30_000)
+        assert len(low_events()) == 2

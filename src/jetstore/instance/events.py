@@ -50,6 +50,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     141: ("logs_deleted", "info"),
     142: ("log_delete_failed", "warning"),
     143: ("log_disk_full", "error"),
+    144: ("log_disk_low", "warning"),
     150: ("backup_started", "info"),
     151: ("backup_completed", "info"),
     152: ("backup_aborted", "warning"),

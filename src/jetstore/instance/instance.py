@@ -101,6 +101,9 @@ class InstanceOptions:
     accept_data_loss: bool = False
     #: Serve the control socket `DIR/jetstore.sock` while open (`jetstore.control`).
     control_socket: bool = True
+    #: Event 144 (log disk low) when the log volume's free space falls below this many log
+    #: files at a roll (the reserve logs are extra). 0 turns the warning off.
+    log_disk_low_files: int = 8
 
     def validate(self) -> None:
         if self.page_size not in PAGE_SIZES:
@@ -120,6 +123,8 @@ class InstanceOptions:
             or self.checkpoint_warning_interval <= 0
         ):
             raise InvalidParameter("intervals must be positive")
+        if self.log_disk_low_files < 0:
+            raise InvalidParameter("log_disk_low_files must be 0 (off) or more")
         if self.checkpoint_too_deep < 4:
             raise InvalidParameter(
                 "checkpoint_too_deep must be at least 4 generations",
@@ -175,6 +180,8 @@ class Instance:
         self.checkpoints = 0
         self.commits = 0
         self.recovery: RecoveryOutcome | None = None
+        self._disk_low_warned = False
+        self.log_disk_free_bytes: int | None = None
         self._backup: BackupSession | None = None
         #: Set by `jetstore.backup.restore` before opening a restored directory.
         self.restore_request: RestoreRequest | None = None
@@ -646,6 +653,32 @@ class Instance:
         self.events.emit(
             "log_generation_started", f"log generation {generation} started", generation=generation
         )
+        self._check_log_disk_space()
+
+    def _check_log_disk_space(self) -> None:
+        """Warn (event 144, once until space comes back) when the log volume runs low, so
+        an operator can act before the reserve logs are needed (event 143)."""
+        files = self.options.log_disk_low_files
+        if files == 0:
+            return
+        threshold = files * self.options.log_file_size
+        try:
+            free = self.fs.free_bytes(self.directory)
+        except JetError:
+            return  # the warning is advice; the log write itself reports real trouble
+        self.log_disk_free_bytes = free
+        if free < threshold and not self._disk_low_warned:
+            self._disk_low_warned = True
+            self.events.emit(
+                "log_disk_low",
+                f"the log volume of '{self.directory}' has {free} bytes free, less than "
+                f"{files} log files ({threshold} bytes); when it fills up the instance runs "
+                "on its reserve logs and refuses updates",
+                free_bytes=free,
+                threshold_bytes=threshold,
+            )
+        elif free >= threshold:
+            self._disk_low_warned = False
 
     # ----------------------------------------------------------------- checkpoint
 
@@ -1085,6 +1118,8 @@ class Instance:
             "log_rolls": log.rolls if log is not None else 0,
             "log_disk_full": log.disk_full if log is not None else False,
             "reserve_logs_used": log.reserve_logs_used if log is not None else 0,
+            "log_disk_free_bytes": self.log_disk_free_bytes,
+            "log_disk_low": self._disk_low_warned,
             "commits": self.commits,
             "checkpoints": self.checkpoints,
             "checkpoint_durable": str(durable) if durable is not None else None,

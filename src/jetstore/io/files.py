@@ -280,6 +280,14 @@ class FileSystem:
         if not self.is_directory(path):
             raise InvalidPath(f"'{path}' is not a directory", hint=hint, path=path)
 
+    def free_bytes(self, path: str) -> int:
+        """Bytes available to this process on the volume holding `path`."""
+        try:
+            stats = os.statvfs(path)
+        except OSError as exc:
+            raise from_os_error(exc, op="statvfs", path=path) from exc
+        return stats.f_bavail * stats.f_frsize
+
     def size(self, path: str) -> int:
         try:
             return os.stat(path).st_size
