@@ -38,6 +38,7 @@ from jetstore.pages.btree import (
     encode_node,
     iter_nodes,
     iterate,
+    iterate_chunks,
     lookup,
     max_entry_size,
     min_fill,
@@ -646,3 +647,76 @@ def test_verify_tree_detects_broken_trees() -> None:
     root.keys[0] = first.keys[-1]
     with pytest.raises(DatabaseCorrupted, match="range"):
         verify_tree(store, root)
+
+
+def test_iterate_chunks_is_iterate_a_leaf_at_a_time() -> None:
+    rng = random.Random(5)
+    store = MemoryNodeStore(4096)
+    mutation = Mutation(store, None, 1, [])
+    model = {
+        rng.randbytes(rng.randint(1, 8)): rng.randbytes(rng.randint(0, 90)) for _ in range(3000)
+    }
+    for key, value in model.items():
+        mutation.put(key, value)
+    root = mutation.root
+    store.checkpoint(root)
+    ordered = sorted(model)
+    bounds = [None, b"", ordered[0], ordered[100], ordered[100] + b"\x00", ordered[-1], b"\xff" * 9]
+    for start in bounds:
+        for stop in bounds:
+            for reverse in (False, True):
+                chunks = list(iterate_chunks(store, root, start, stop, reverse))
+                assert all(keys and len(keys) == len(values) for keys, values in chunks)
+                flat = [e for keys, values in chunks for e in zip(keys, values, strict=True)]
+                assert flat == list(iterate(store, root, start, stop, reverse))
+                # Fresh lists: changing them changes no node.
+                for keys, values in chunks:
+                    keys.clear()
+                    values.clear()
+                assert flat == list(iterate(store, root, start, stop, reverse))
+    assert len(list(iterate_chunks(store, root))) > 10
+    assert list(iterate_chunks(store, None)) == []
+
+
+class CachingStore(MemoryNodeStore):
+    """Keeps each decoded node, as the engine's node cache does."""
+
+    def __init__(self, page_size: int) -> None:
+        super().__init__(page_size)
+        self.cached: dict[int, Node] = {}
+
+    def load(self, pgno: int) -> Node:
+        node = self.cached.get(pgno)
+        if node is None:
+            node = self.cached[pgno] = super().load(pgno)
+        return node
+
+
+def test_lookup_indexes_written_leaves_only() -> None:
+    rng = random.Random(11)
+    store = CachingStore(4096)
+    mutation = Mutation(store, None, 1, [])
+    model = {rng.randbytes(6): rng.randbytes(rng.randint(0, 60)) for _ in range(2000)}
+    for key, value in model.items():
+        mutation.put(key, value)
+    root = mutation.root
+    assert root is not None and not root.leaf
+    probes = [*model, *(rng.randbytes(6) for _ in range(200)), b"", b"\xff" * 7]
+    # Unwritten leaves (a mutation may still change them in place) are bisected.
+    assert [lookup(store, root, k) for k in probes] == [model.get(k) for k in probes]
+    assert all(n.index is None for n in iter_nodes(store, root))
+    store.checkpoint(root)
+    assert [lookup(store, root, k) for k in probes] == [model.get(k) for k in probes]
+    leaves = [n for n in store.cached.values() if n.leaf]
+    assert leaves and all(n.index is not None for n in leaves)
+    for leaf in leaves:
+        assert leaf.index == dict(zip(leaf.keys, leaf.values, strict=True))
+    # A mutation copies an indexed leaf before changing it: the old one keeps its entries.
+    key = next(iter(model))
+    change = Mutation(store, root, 2, [])
+    change.put(key, b"changed")
+    assert lookup(store, change.root, key) == b"changed"
+    assert lookup(store, root, key) == model[key]
+    assert [lookup(store, change.root, k) for k in probes] == [
+        b"changed" if k == key else model.get(k) for k in probes
+    ]

@@ -483,3 +483,56 @@ def test_merge_rejects_bad_changes_before_freeing_anything() -> None:
     freed = []
     new_root = merge_sorted(store, root, [(b"k" * (MAX_KEY_SIZE + 1), None)], 2, freed)
     check_built(store, new_root, {b"a": b"1", b"b": b"2"}, 2)
+
+
+@pytest.mark.parametrize("gap_min", [1, 3, btree._GAP_MIN])
+@pytest.mark.parametrize("batch", [1, 7, DEFAULT_BATCH])
+def test_merge_feeds_runs_between_old_leaves_as_they_are(gap_min: int, batch: int) -> None:
+    """Changes before, between and after the old tree's leaves (runs of every length, puts
+    and deletes of absent keys) next to changes that interleave with old entries."""
+    rng = random.Random(gap_min * 1000 + batch)
+    page_size = 4096
+    # Old keys are even numbers in a few clusters; changes fill clusters of odd ones.
+    model = {
+        (2 * i).to_bytes(4, "big"): rng.randbytes(rng.randint(0, 120))
+        for base in (1000, 5000, 9000)
+        for i in range(base, base + 400)
+    }
+    store = MemoryNodeStore(page_size)
+    root = build_tree(sorted(model.items()), page_size, 1)
+    store.checkpoint(root)
+    written = sorted(n.pgno for n in iter_nodes(store, root) if n.pgno is not None)
+    changes: dict[bytes, bytes | None] = {}
+    for lo, hi in ((0, 1500), (2790, 3000), (4000, 8000), (18000, 20000), (19000, 30000)):
+        for k in range(lo, hi, rng.choice([1, 3, 17])):
+            changes[k.to_bytes(4, "big")] = None if rng.random() < 0.1 else rng.randbytes(9)
+    old_model = dict(model)
+    freed: list[int] = []
+    keys = sorted(changes)
+    values = [changes[k] for k in keys]
+    with batch_size(batch), mock.patch.object(btree, "_GAP_MIN", gap_min):
+        new_root = btree.merge_sorted_columns(store, root, keys, values, 2, freed)
+    assert keys == sorted(changes) and values == [changes[k] for k in keys]  # untouched
+    for key, value in changes.items():
+        if value is None:
+            model.pop(key, None)
+        else:
+            model[key] = value
+    check_built(store, new_root, model, 2)
+    assert sorted(freed) == written
+    check_tree(store, root, old_model)
+
+
+def test_merge_into_an_empty_tree_needs_no_old_entries() -> None:
+    store = MemoryNodeStore(4096)
+    keys = [i.to_bytes(4, "big") for i in range(5000)]
+    values: list[bytes | None] = [None if i % 7 == 0 else b"v" * (i % 50) for i in range(5000)]
+    freed: list[int] = []
+    root = btree.merge_sorted_columns(store, None, keys, values, 3, freed)
+    model = {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+    check_built(store, root, model, 3)
+    assert freed == []
+    big = b"v" * max_entry_size(4096)
+    with pytest.raises(InvalidParameter):
+        btree.merge_sorted_columns(store, root, [b"a"], [big], 4, freed)
+    assert freed == []

@@ -18,6 +18,7 @@ from jetstore.tables.keys import (
     encode_key,
     encode_key_prefix,
     prefix_successor,
+    single_key_encoder,
 )
 
 INT64_MIN = -(1 << 63)
@@ -268,3 +269,39 @@ def test_prefix_successor_bounds_exactly_the_strings_with_the_prefix(
             assert prefix < successor
             # [prefix, successor) holds exactly the strings starting with prefix.
             assert (prefix <= x < successor) == starts, (prefix, x, successor)
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(max_size=6),
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(st.characters() | st.sampled_from(["\x00", "\ud800"]), max_size=20),
+        st.integers(-(1 << 64), 1 << 64),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        st.none(),
+    ),
+    st.integers(0, 50),
+)
+def test_single_key_encoder_is_encode_key_or_declines(
+    head: bytes, value: object, max_size: int
+) -> None:
+    for kind in (bytes, str, int):
+        encode = single_key_encoder(head, kind, max_size)
+        got = encode(value)
+        if type(value) is not kind:
+            assert got is None
+            continue
+        try:
+            expected: bytes | None = encode_key((value,))  # type: ignore[arg-type]
+        except InvalidParameter:
+            expected = None
+        if expected is not None and len(expected) > max_size:
+            expected = None
+        assert got == (None if expected is None else head + expected)
+
+
+def test_single_key_encoder_refuses_other_kinds() -> None:
+    with pytest.raises(InvalidParameter):
+        single_key_encoder(b"", float, 100)

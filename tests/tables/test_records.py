@@ -326,3 +326,82 @@ def test_memoryview_input_is_accepted() -> None:
     codec = RecordCodec(three_columns())
     data = codec.encode({"id": 3, "name": "n", "blob": b"b"})
     assert codec.decode(memoryview(data)) == {"id": 3, "name": "n", "blob": b"b"}
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _decode_or_error(codec: RecordCodec, data: bytes) -> object:
+    try:
+        return codec.decode(data)
+    except DatabaseCorrupted:
+        return DatabaseCorrupted
+
+
+def _agree(a: object, b: object) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return a is b
+
+
+@settings(max_examples=300)
+@given(tables_and_records(), st.data())
+def test_remembered_layouts_decode_like_the_sequential_decoder(
+    case: tuple[TableDef, dict[str, object]], data: st.DataObject
+) -> None:
+    """A codec that learned a record's layout (struct split by length) decodes every record,
+    valid or damaged, of that length exactly as a codec that never saw it."""
+    t, record = case
+    valid = RecordCodec(t).encode(record)
+    learned = RecordCodec(t)
+    learned.decode(valid)
+    learned.decode(valid)  # the second decode takes the remembered layout, if any
+    damaged = bytearray(valid)
+    for _ in range(data.draw(st.integers(0, 3))):
+        pos = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[pos] = data.draw(st.integers(0, 255))
+    for candidate in (valid, bytes(damaged)):
+        assert _agree(
+            _decode_or_error(learned, candidate), _decode_or_error(RecordCodec(t), candidate)
+        )
+        batch = [valid, candidate, valid]
+        try:
+            many: object = learned.decode_many(batch)
+        except (IndexError, struct.error, UnicodeDecodeError):
+            many = None
+        if many is not None:
+            assert isinstance(many, list) and len(many) == 3
+            for raw, got in zip(batch, many, strict=True):
+                expected = RecordCodec(t).fast_decode(raw)
+                assert _agree(got, expected)
+
+
+def test_layouts_tell_apart_records_of_one_length() -> None:
+    """Two records of the same length but different splits of their text and bytes values,
+    more lengths than the codec remembers, and a batch that mixes them."""
+    t = three_columns()
+    codec = RecordCodec(t)
+    records = [{"id": i, "name": "n" * i, "blob": b"b" * (20 - i)} for i in range(20)]
+    records += [{"id": i, "name": "x" * i, "blob": b"y" * i} for i in range(100)]
+    encoded = [codec.encode(r) for r in records]
+    for _ in range(2):
+        assert [codec.decode(e) for e in encoded] == records
+        assert codec.decode_many(encoded) == records
+        assert codec.decode_many(encoded[:20]) == records[:20]
+        assert codec.decode_many(encoded[5:6] * 7) == records[5:6] * 7
+    # Records a decoder refuses (NULL, long value) come back as None.
+    with_null = codec.encode({"id": 1, "name": None, "blob": b""})
+    with_lv = codec.encode({"id": 1, "name": "a", "blob": LongValueRef(5, 9, False)})
+    assert codec.decode_many([encoded[0], with_null, with_lv]) == [records[0], None, None]
+
+
+def test_fast_encode_matches_encode_or_declines() -> None:
+    t = three_columns()
+    codec = RecordCodec(t)
+    record = {"id": 7, "name": "é", "blob": b"\x00"}
+    assert codec.fast_encode(record) == codec.encode(record)
+    assert codec.fast_encode({"id": True, "name": "a", "blob": b""}) is None
+    assert codec.fast_encode({"id": 1, "name": None, "blob": b""}) is None
+    assert codec.fast_encode({"id": 1, "name": "a", "blob": bytearray()}) is None
+    with pytest.raises(KeyError):
+        codec.fast_encode({"id": 1, "name": "a"})

@@ -1204,3 +1204,79 @@ class TableMachine(RuleBasedStateMachine):
 
 TableMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=25, deadline=None)
 test_table_against_a_model = TableMachine.TestCase
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def raw_entries(db: jetstore.Database) -> list[tuple[bytes, bytes]]:
+    with db.transaction() as txn:
+        return list(txn.iterate(None, None))
+
+
+@pytest.mark.parametrize("key_type", ["int", "text", "bytes"])
+def test_fast_insert_writes_what_the_general_path_writes(tmp_path: Path, key_type: str) -> None:
+    """Exactly-typed dict records take the fast insert path; any other mapping the general
+    one. Both leave the same entries, and the same errors, in two identical databases."""
+    keys: dict[str, list[object]] = {
+        "int": [0, -(2**63), 2**63 - 1, 5],
+        "text": ["", "a\x00b", "é" * 300, "\ud800"],
+        "bytes": [b"", b"\x00", b"\x00\xff" * 100, b"k"],
+    }
+    stores = [Store(tmp_path / "fast"), Store(tmp_path / "general")]
+    try:
+        for store in stores:
+            store.db.create_table("t", [("id", key_type), *ALL_TYPES[1:]], "id")
+        for i, key in enumerate(keys[key_type]):
+            record = dict(TYPED_RECORDS[i % len(TYPED_RECORDS)], id=key)
+            if i == 2:
+                record["b"] = b"x" * (MAX_ENTRY + 10)  # a long value: not inline
+            for store, as_given in zip(stores, (dict, MappingProxy), strict=True):
+                with store.db.transaction() as txn:
+                    txn.table("t").insert(as_given(record))
+                    with pytest.raises(KeyDuplicate):  # in the same transaction
+                        txn.table("t").insert(as_given(record))
+                with pytest.raises(KeyDuplicate), store.db.transaction() as txn:
+                    txn.table("t").insert(as_given(record))  # committed before
+        assert raw_entries(stores[0].db) == raw_entries(stores[1].db)
+        for i, key in enumerate(keys[key_type]):
+            expected = dict(TYPED_RECORDS[i % len(TYPED_RECORDS)], id=key)
+            if i == 2:
+                expected["b"] = b"x" * (MAX_ENTRY + 10)
+            with stores[0].db.transaction() as txn:
+                assert same_record(expected, txn.table("t").get(key))
+    finally:
+        for store in stores:
+            store.close()
+
+
+class MappingProxy(dict[str, object]):
+    """A dict subclass: `Table.insert` sends it down the general path."""
+
+
+def test_fast_insert_falls_back_for_anything_unusual(store: Store) -> None:
+    store.db.create_table("t", [("id", "int"), ("n", "int"), ("s", "text")], "id")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "n": 1, "s": "a"})
+        with pytest.raises(ColumnNotFound):
+            t.insert({"id": 2, "n": 1, "s": "a", "extra": 1})
+        with pytest.raises(InvalidColumnType):
+            t.insert({"id": 2, "n": True, "s": "a"})
+        with pytest.raises(InvalidParameter):
+            t.insert({"id": 2, "n": 2**63, "s": "a"})
+        with pytest.raises(InvalidParameter):
+            t.insert({"id": 2**63, "n": 1, "s": "a"})
+        t.insert({"id": 2, "n": 1})  # a nullable column left out: NULL
+        t.insert({"id": 3, "n": 1, "s": None})
+        assert t.get(2) == {"id": 2, "n": 1, "s": None} == dict(t.get(3) or {}, id=2)
+        assert 2 in t and 4 not in t
+    txn = store.db.transaction()
+    t = txn.table("t")
+    txn.drop_table("t")
+    with pytest.raises(ObjectNotFound):
+        t.insert({"id": 9, "n": 1, "s": "a"})
+    with pytest.raises(ObjectNotFound):
+        t.get(1)
+    txn.rollback()
+    assert [r["id"] for r in store.read("t")] == [1, 2, 3]

@@ -562,3 +562,28 @@ def test_a_commit_that_leaves_the_tree_unchanged_still_conflicts(store: Store) -
     second.table("t").insert({"id": 2})
     with pytest.raises(WriteConflict):
         second.commit()
+
+
+def test_put_new_writes_only_absent_keys(store: Store) -> None:
+    with store.db.transaction() as txn:
+        txn.put(b"\x00\x00\x00\x09a", b"1")
+    txn = store.db.transaction()
+    assert not txn.put_new(b"\x00\x00\x00\x09a", b"2")  # in the snapshot
+    assert txn.put_new(bytearray(b"\x00\x00\x00\x09b"), memoryview(b"3"))  # type: ignore[arg-type]
+    assert not txn.put_new(b"\x00\x00\x00\x09b", b"4")  # written by this transaction
+    txn.delete(b"\x00\x00\x00\x09a")
+    assert txn.put_new(b"\x00\x00\x00\x09a", b"5")  # deleted by this transaction
+    with pytest.raises(InvalidParameter):
+        txn.put_new(b"\x00\x00\x00\x09c", b"v" * 10_000)
+    assert txn.size == (5 + 1 + 16) + (5 + 16) + (5 + 1 + 16)  # put b, delete a, put a
+    txn.commit()
+    with store.db.transaction() as txn:
+        assert txn.items(b"\x00\x00\x00\x09", b"\x00\x00\x00\x0a") == [
+            (b"\x00\x00\x00\x09a", b"5"),
+            (b"\x00\x00\x00\x09b", b"3"),
+        ]
+        # A write after a range read is applied next time the tree is needed.
+        assert txn.put_new(b"\x00\x00\x00\x09c", b"6")
+        assert txn.items(b"\x00\x00\x00\x09c", None) == [(b"\x00\x00\x00\x09c", b"6")]
+    with pytest.raises(NotInTransaction):
+        txn.put_new(b"\x00\x00\x00\x09d", b"7")

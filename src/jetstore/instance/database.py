@@ -14,10 +14,12 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 from collections import deque
 from collections.abc import Iterable
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from jetstore.errors import KeyDuplicate, WriteConflict
@@ -30,7 +32,7 @@ from jetstore.format.logrecords import (
     gather_commit_operations,
 )
 from jetstore.format.positions import LogPosition
-from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted
+from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted_columns
 from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.keys import prefix_successor
 from jetstore.tables.records import RecordCodec
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 _TXN_IDS = itertools.count(1)
 _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
 _CREATE_RETRIES = 5
+_BIG_COMMIT = 4096  # operations from which a commit record is built with the collector paused
 
 
 class Database:
@@ -217,11 +220,7 @@ class Database:
                     else:
                         replay.put(key, value)
                 new_root, freed = replay.root, replay.freed
-            ops: list[Operation] = [
-                (OP_DELETE, key, None) if value is None else (OP_PUT, key, value)
-                for key, value in operations.items()
-            ]
-            payload = encode_commit(self.db_id, txn.id, now_us(), ops)
+            payload = self._commit_payload(txn)
             end = log.append(payload)
             self._published = (new_root, end, plan_epoch)
             self.file.note_freed(end, freed)
@@ -233,6 +232,29 @@ class Database:
         if not lazy:
             instance.wait_durable(end)
         return end
+
+    def _commit_payload(self, txn: Transaction) -> bytes:
+        """The commit record of `txn`: its operations, in the order they were first written."""
+        operations = txn.operations
+        big = len(operations) >= _BIG_COMMIT and gc.isenabled()
+        if big:
+            # One tuple per operation, all alive until encoded: the cyclic collector would
+            # traverse them (and every other live container) again and again.
+            gc.disable()
+        try:
+            values = list(operations.values())
+            ops: list[Operation]
+            if None in values:
+                ops = [
+                    (OP_DELETE, key, None) if value is None else (OP_PUT, key, value)
+                    for key, value in operations.items()
+                ]
+            else:
+                ops = list(zip(repeat(OP_PUT, len(values)), operations, values, strict=True))
+            return encode_commit(self.db_id, txn.id, now_us(), ops)
+        finally:
+            if big:
+                gc.enable()
 
     def _check_conflicts(self, txn: Transaction) -> None:
         recent = self._recent
@@ -313,8 +335,10 @@ class Database:
         if self._replay_bytes * 4 >= tree_bytes:
             # Many changes relative to the tree: rebuild it bottom-up in one streaming merge
             # (about 1 µs per entry) instead of copying paths change by change.
-            items = [(key, changes[key]) for key in sorted(changes)]
-            new_root = merge_sorted(self.file, root, items, next_epoch(), freed)
+            # Keys from a dict, sorted: unique and ascending, as merge_sorted_columns needs.
+            keys = sorted(changes)
+            values = list(map(changes.__getitem__, keys))
+            new_root = merge_sorted_columns(self.file, root, keys, values, next_epoch(), freed)
         else:
             mutation = Mutation(self.file, root, next_epoch(), freed)
             for key in sorted(changes):

@@ -22,9 +22,13 @@ Invariants and why
   way is copied first (path copying), and when the copy replaces a written node that node's page
   number goes to `freed` (once), for the engine to reuse when no durable header and no reader
   can reach it any more (D4).
-- The only writes allowed on a published node are semantically neutral ones done by the
-  checkpointer: setting `pgno` of a dirty node, and `swizzle` (a child `Node` replaced by the
-  page number it was written to: a single list-item store, atomic under the GIL).
+- The only writes allowed on a published node are semantically neutral ones: by the
+  checkpointer, setting `pgno` of a dirty node, and `swizzle` (a child `Node` replaced by the
+  page number it was written to: a single list-item store, atomic under the GIL); by
+  `lookup`, setting `index` of a written leaf (``pgno`` set, so it never changes again) to a
+  dict of its entries, for point reads by one hash probe (two racing readers build equal
+  dicts; the attribute store is atomic). A leaf's `index` costs about as much memory as its
+  key and value lists; it lives and goes with the node (the cache evicts both).
 - A written node never points to a dirty one (the checkpointer writes children first), so the
   dirty nodes of a tree form a subtree at its root.
 - Every node fits one page when encoded: ``nbytes <= payload_capacity(page_size)``, where
@@ -40,10 +44,17 @@ Invariants and why
 Bulk building
 -------------
 `build_tree` packs sorted entries bottom-up into nearly full leaves and then branch levels;
-`merge_sorted` streams an old tree's entries merged with sorted changes into it (a new tree:
-the old one stays readable, its written pages go to `freed`). Both do their per-entry work in
-C-level passes over lists (sizes, cumulative sizes, bisection for the leaf boundaries), which
-is what log replay and large transactions need; their trees keep all the invariants above.
+`merge_sorted` (and `merge_sorted_columns`, the same with the changes as a key list and a value
+list) streams an old tree's entries merged with sorted changes into it (a new tree: the old
+one stays readable, its written pages go to `freed`). Runs of changes that fall between old
+leaves (all of them for an empty tree, or for keys past the old ones) go to the new leaves as
+they are; only changes among old entries are merged entry by entry. Both do their per-entry
+work in C-level passes over lists (sizes, cumulative sizes, bisection for the leaf
+boundaries), which is what log replay and large transactions need; their trees keep all the
+invariants above.
+
+Readers get entries one at a time (`iterate`) or a leaf at a time (`iterate_chunks`: fresh
+lists, so a caller can process a leaf with C-level passes).
 
 Node page payloads (inside the page envelope of `jetstore.format.page`; the header's entry
 count is the number of keys; all integers little-endian). The lengths come first so a decoder
@@ -90,9 +101,11 @@ __all__ = [
     "encode_node",
     "iter_nodes",
     "iterate",
+    "iterate_chunks",
     "lookup",
     "max_entry_size",
     "merge_sorted",
+    "merge_sorted_columns",
     "min_fill",
     "swizzle",
     "verify_tree",
@@ -124,7 +137,7 @@ class Node:
     For a leaf `children` is empty; for a branch `values` is empty.
     """
 
-    __slots__ = ("children", "keys", "leaf", "nbytes", "owner", "pgno", "values")
+    __slots__ = ("children", "index", "keys", "leaf", "nbytes", "owner", "pgno", "values")
 
     leaf: bool
     keys: list[bytes]
@@ -133,6 +146,8 @@ class Node:
     pgno: int | None
     owner: int
     nbytes: int
+    #: A written leaf's entries as a dict, built by the first `lookup` that reaches it.
+    index: dict[bytes, bytes] | None
 
     def __init__(
         self,
@@ -151,6 +166,7 @@ class Node:
         self.pgno = pgno
         self.owner = owner
         self.nbytes = nbytes
+        self.index = None
 
     @classmethod
     def new_leaf(
@@ -229,14 +245,15 @@ def encode_node(node: Node, page_size: int, pgno: int, checkpoint_seq: int) -> b
         values = node.values
         if len(values) != n:
             raise InvalidParameter(f"leaf for page {pgno} has {n} keys but {len(values)} values")
-        body: list[bytes] = [b""] * (2 * n)
-        body[0::2] = keys
-        body[1::2] = values
+        # body[0] becomes the directory: the payload is then joined in one copy.
+        body: list[bytes] = [b""] * (2 * n + 1)
+        body[1::2] = keys
+        body[2::2] = values
         try:
-            directory = _leaf_dir(n).pack(*map(len, body))
+            body[0] = _leaf_dir(n).pack(*map(len, islice(body, 1, None)))
         except struct.error:
             raise InvalidParameter(f"an entry of the leaf for page {pgno} is too long") from None
-        payload = directory + b"".join(body)
+        payload = b"".join(body)
         page_type = PageType.LEAF
     else:
         children = node.children
@@ -346,6 +363,14 @@ def lookup(store: NodeStore, root: Node | None, key: bytes) -> bytes | None:
     while not node.leaf:
         child = node.children[bisect_right(node.keys, key)]
         node = child if type(child) is Node else store.load(child)
+    index = node.index
+    if index is not None:
+        return index.get(key)
+    if node.pgno is not None:
+        # A written leaf never changes: one hash probe finds a key where a bisection would
+        # compare it with several keys scattered in memory.
+        index = node.index = dict(zip(node.keys, node.values, strict=True))
+        return index.get(key)
     keys = node.keys
     i = bisect_left(keys, key)
     if i != len(keys) and keys[i] == key:
@@ -365,6 +390,22 @@ def iterate(
     None bounds are unbounded. The generator only reads immutable nodes, so it keeps yielding
     the tree of `root` while other threads publish new roots or checkpoint.
     """
+    for keys, values in iterate_chunks(store, root, start, stop, reverse):
+        yield from zip(keys, values, strict=True)
+
+
+def iterate_chunks(
+    store: NodeStore,
+    root: Node | None,
+    start: bytes | None = None,
+    stop: bytes | None = None,
+    reverse: bool = False,
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """What `iterate` yields, a leaf at a time: (keys, values), two new non-empty lists.
+
+    Lets a caller process a leaf's entries with C-level passes (a scan decodes a leaf of
+    records at once) instead of one generator step per entry.
+    """
     if root is None or (start is not None and stop is not None and start >= stop):
         return
     if reverse:
@@ -375,7 +416,7 @@ def iterate(
 
 def _iterate_forward(
     store: NodeStore, root: Node, start: bytes | None, stop: bytes | None
-) -> Iterator[tuple[bytes, bytes]]:
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
     stack: list[tuple[Node, int]] = []
     node = root
     while not node.leaf:
@@ -393,7 +434,7 @@ def _iterate_forward(
             hi = bisect_left(keys, stop)
             done = True
         if lo < hi:
-            yield from zip(keys[lo:hi], node.values[lo:hi], strict=True)
+            yield keys[lo:hi], node.values[lo:hi]
         if done:
             return
         lo = 0
@@ -416,7 +457,7 @@ def _iterate_forward(
 
 def _iterate_reverse(
     store: NodeStore, root: Node, start: bytes | None, stop: bytes | None
-) -> Iterator[tuple[bytes, bytes]]:
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
     stack: list[tuple[Node, int]] = []
     node = root
     while not node.leaf:
@@ -436,7 +477,10 @@ def _iterate_reverse(
             lo = bisect_left(keys, start)
             done = True
         if lo < hi:
-            yield from zip(reversed(keys[lo:hi]), reversed(node.values[lo:hi]), strict=True)
+            chunk_keys, chunk_values = keys[lo:hi], node.values[lo:hi]
+            chunk_keys.reverse()
+            chunk_values.reverse()
+            yield chunk_keys, chunk_values
         if done:
             return
         while stack:
@@ -552,13 +596,7 @@ def _separator(lo: bytes, hi: bytes) -> bytes:
 def _leaf_split_point(keys: list[bytes], values: list[bytes], total: int) -> tuple[int, int]:
     """(m, size of keys[:m]): the boundary nearest the byte midpoint, both sides non-empty."""
     n = len(keys)
-    prefix = list(
-        accumulate(
-            map(int.__add__, map(len, keys), map(len, values)),
-            lambda acc, size: acc + size + LEAF_ENTRY_OVERHEAD,
-            initial=0,
-        )
-    )
+    prefix = list(accumulate(_entry_sizes(keys, values), initial=0))
     # prefix[m] is the size of the first m entries.
     j = bisect_left(prefix, (total + 1) // 2)
     best_m = -1
@@ -885,6 +923,9 @@ def _entry_error(key: bytes, value: bytes, page_size: int) -> InvalidParameter:
 #: young lists stay cheap for the garbage collector to traverse at each generation-0
 #: collection (measured: 1024 beats 512 and 4096; 32768 is up to 1.5x slower).
 _BULK_BATCH: Final = 1024
+#: A run of at least this many changes between two old leaves is fed to the new tree as it
+#: is, cutting the batch of old entries there (see `merge_sorted_columns`).
+_GAP_MIN: Final = 64
 _FIRST: Final = itemgetter(0)
 _SECOND: Final = itemgetter(1)
 _BYTES_ONLY: Final = frozenset({bytes})
@@ -975,14 +1016,23 @@ class _TreeBuilder:
         self._sizes: list[int] = []
         self._leaves: list[Node] = []
 
-    def extend(self, keys: list[bytes], values: list[bytes], *, checked: bool) -> None:
+    def extend(
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        *,
+        checked: bool,
+        sizes: list[int] | None = None,
+    ) -> None:
         """Append entries that sort after every earlier one (the caller checks the order).
 
         Unless `checked`, entries over the `Mutation.put` size limits raise InvalidParameter.
+        `sizes`, when given, are the entries' `_entry_sizes` (computed once by the caller).
         """
         if not keys:
             return
-        sizes = _entry_sizes(keys, values)
+        if sizes is None:
+            sizes = _entry_sizes(keys, values)
         if not checked:
             _check_entry_sizes(keys, values, self._page_size, sizes)
         self._keys += keys
@@ -1149,39 +1199,93 @@ def merge_sorted(
     once the new tree is complete, so a failure leaves `freed` as it was.
 
     Cost is proportional to old tree + changes whatever the number of changes: for a few
-    changes into a large tree, `Mutation` (path copying) is far cheaper.
+    changes into a large tree, `Mutation` (path copying) is far cheaper. Changes that fall
+    between old leaves (all of them, for an empty tree or keys past the old ones) go to the
+    new leaves as they are, without being merged entry by entry.
     """
-    builder = _TreeBuilder(store.page_size, epoch)
     ckeys = _as_bytes_list(list(map(_FIRST, changes)), "key")
     cvalues: list[bytes | None] = list(map(_SECOND, changes))
     if not set(map(type, cvalues)) <= _BYTES_OR_NONE:
         cvalues = [None if v is None else _as_bytes(v, "value") for v in cvalues]
     if ckeys:
         _check_ascending(ckeys, None)
-        is_put = list(map(is_not, cvalues, repeat(None)))
-        put_values: list[bytes] = list(compress(cvalues, is_put))  # type: ignore[arg-type]
-        # Checked up front, so that a bad change fails before the old tree is even read.
-        _check_entry_sizes(list(compress(ckeys, is_put)), put_values, store.page_size)
+    return merge_sorted_columns(store, root, ckeys, cvalues, epoch, freed)
+
+
+def merge_sorted_columns(
+    store: NodeStore,
+    root: Node | None,
+    keys: list[bytes],
+    values: list[bytes | None],
+    epoch: int,
+    freed: list[int],
+) -> Node | None:
+    """`merge_sorted` with the changes as two lists, for callers that hold them so.
+
+    The caller guarantees what `merge_sorted` checks first: `keys` are bytes, strictly
+    ascending, and `values` bytes or None. Entry sizes are checked here (InvalidParameter
+    before anything else). The lists are not changed.
+    """
+    page_size = store.page_size
+    builder = _TreeBuilder(page_size, epoch)
+    n = len(keys)
+    if None in values:
+        is_put = list(map(is_not, values, repeat(None)))
+        put_keys = list(compress(keys, is_put))
+        put_values: list[bytes] = list(compress(values, is_put))  # type: ignore[arg-type]
+        # put_index[i]: how many of the changes before the i-th are puts.
+        put_index: list[int] | None = list(accumulate(is_put, initial=0))
+    else:
+        put_keys, put_values = keys, values  # type: ignore[assignment]
+        put_index = None
+    # Checked up front, so that a bad change fails before the old tree is even read.
+    sizes = _entry_sizes(put_keys, put_values)
+    _check_entry_sizes(put_keys, put_values, page_size, sizes)
+
+    def feed(a: int, b: int) -> None:
+        """Give the builder the puts among changes [a, b), which fall between old entries."""
+        if put_index is not None:
+            a, b = put_index[a], put_index[b]
+        for s in range(a, b, _BULK_BATCH):
+            e = min(b, s + _BULK_BATCH)
+            builder.extend(put_keys[s:e], put_values[s:e], checked=True, sizes=sizes[s:e])
+
     pgnos: list[int] = []
-    n = len(ckeys)
-    pos = 0  # ckeys[:pos] are merged
+    pos = 0  # keys[:pos] are merged
     # Old entries are merged a batch of leaves at a time: per-leaf merging would cost more
     # Python work (and garbage-collector passes over the big young lists) than the entries.
+    # A batch is cut early where a run of changes falls between two old leaves: those go
+    # in as they are.
     old_keys: list[bytes] = []
     old_values: list[bytes] = []
     for node in iter_nodes(store, root):
         if node.pgno is not None:
             pgnos.append(node.pgno)
-        if node.leaf:
-            old_keys += node.keys
-            old_values += node.values
-            if len(old_keys) >= _BULK_BATCH:
-                # The changes up to the batch's last key go here; later ones sort after it.
-                end = bisect_right(ckeys, old_keys[-1], pos)
-                _merge_into(builder, old_keys, old_values, ckeys[pos:end], cvalues[pos:end])
-                pos = end
+        if not node.leaf or not node.keys:
+            continue
+        first = node.keys[0]
+        if pos < n and keys[pos] < first:
+            # Changes before this leaf: those after the batch's last key are a gap.
+            gap_end = bisect_left(keys, first, pos)
+            gap_start = bisect_right(keys, old_keys[-1], pos, gap_end) if old_keys else pos
+            if gap_end - gap_start >= _GAP_MIN or not old_keys:
+                _merge_into(
+                    builder, old_keys, old_values, keys[pos:gap_start], values[pos:gap_start]
+                )
                 old_keys, old_values = [], []
-    _merge_into(builder, old_keys, old_values, ckeys[pos:n], cvalues[pos:n])
+                feed(gap_start, gap_end)
+                pos = gap_end
+        old_keys += node.keys
+        old_values += node.values
+        if len(old_keys) >= _BULK_BATCH:
+            # The changes up to the batch's last key go here; later ones sort after it.
+            end = bisect_right(keys, old_keys[-1], pos)
+            _merge_into(builder, old_keys, old_values, keys[pos:end], values[pos:end])
+            pos = end
+            old_keys, old_values = [], []
+    end = bisect_right(keys, old_keys[-1], pos) if old_keys else pos
+    _merge_into(builder, old_keys, old_values, keys[pos:end], values[pos:end])
+    feed(end, n)
     new_root = builder.finish()
     freed.extend(pgnos)
     return new_root

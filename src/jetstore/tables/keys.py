@@ -46,7 +46,7 @@ come back naive. It only breaks ties between equal instants, so it does not dist
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from jetstore.errors import DatabaseCorrupted, InvalidParameter
@@ -62,6 +62,7 @@ __all__ = [
     "encode_key_prefix",
     "micros_to_datetime",
     "prefix_successor",
+    "single_key_encoder",
 ]
 
 KeyValue = None | bool | int | float | str | bytes | datetime
@@ -195,6 +196,50 @@ def _float_bits(v: float) -> int:
     # Negative floats order backwards as unsigned ints, so invert them entirely; non-negative
     # ones only need to move above every negative one.
     return bits ^ _MASK64 if bits & _SIGN else bits | _SIGN
+
+
+def single_key_encoder(head: bytes, kind: type, max_size: int) -> Callable[[object], bytes | None]:
+    """A fast ``head + encode_key((v,))`` for a one-element key of type `kind` (int, str or
+    bytes): the function returns None, instead of raising, when ``type(v) is not kind``, the
+    value is out of range, or the encoding (without `head`) exceeds `max_size` bytes; callers
+    then take the general path, which raises the precise error."""
+    if kind is bytes:
+        bytes_head = head + _B_BYTES
+
+        def encode_bytes(v: object) -> bytes | None:
+            if type(v) is not bytes:
+                return None
+            if _NUL in v:
+                v = v.replace(_NUL, _NUL_ESCAPED)
+            if len(v) + 2 > max_size:
+                return None
+            return bytes_head + v + _TERMINATOR
+
+        return encode_bytes
+    if kind is str:
+        str_head = head + _B_STR
+
+        def encode_str(v: object) -> bytes | None:
+            if type(v) is not str:
+                return None
+            raw = v.encode("utf-8", "surrogatepass")
+            if _NUL in raw:
+                raw = raw.replace(_NUL, _NUL_ESCAPED)
+            if len(raw) + 2 > max_size:
+                return None
+            return str_head + raw + _TERMINATOR
+
+        return encode_str
+    if kind is int:
+        pack = struct.Struct(f">{len(head)}sBQ").pack
+
+        def encode_int(v: object) -> bytes | None:
+            if type(v) is not int or not _INT_MIN <= v <= _INT_MAX or max_size < 9:
+                return None
+            return pack(head, TAG_INT, v + _SIGN)
+
+        return encode_int
+    raise InvalidParameter(f"no single-key encoder for {kind.__name__}")
 
 
 def encode_key_prefix(values: Sequence[KeyInput]) -> bytes:

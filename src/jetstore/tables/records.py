@@ -13,6 +13,10 @@ Invariants
    decodes under the longer definition, the missing trailing columns taking their default.
 3. ``decode`` of any byte string either returns a record whose values have the types of its
    columns or raises ``DatabaseCorrupted``; no other exception escapes it.
+4. The generated decoders (``fast_decode``, ``decode_many``) remember record layouts as
+   ``struct`` formats (a bounded memo per codec); a remembered layout is used only when every
+   header, tag and length field of a record matches it, so every result is the one the
+   sequential decoder gives.
 
 Byte format (little-endian)
 ---------------------------
@@ -43,6 +47,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 
 from jetstore.errors import DatabaseCorrupted, InvalidParameter, RecordTooBig
 from jetstore.tables.keys import (
@@ -87,6 +92,8 @@ _I64_FLAG = struct.Struct("<qB")
 _U32 = struct.Struct("<I")
 _LV = struct.Struct("<QQB")
 
+_VAR_TYPES = (ColumnType.TEXT, ColumnType.BYTES)
+
 _B_NULL = bytes([TAG_NULL])
 _B_FALSE = bytes([TAG_BOOL, 0])
 _B_TRUE = bytes([TAG_BOOL, 1])
@@ -105,6 +112,7 @@ class RecordCodec:
     """Encoder/decoder of the records of one table definition; build once, use many times."""
 
     __slots__ = (
+        "_decode_many",
         "_decode_plan",
         "_encode_plan",
         "_fast_decode",
@@ -123,7 +131,7 @@ class RecordCodec:
         self._decode_plan = tuple(
             (c.name, _TAG_FOR_TYPE[c.type], c.type is ColumnType.TEXT, c.default) for c in cols
         )
-        self._fast_decode, self._fast_encode = _compile_fast_paths(table_def)
+        self._fast_decode, self._fast_encode, self._decode_many = _compile_fast_paths(table_def)
 
     def encode(self, record: Mapping[str, object]) -> bytes:
         """Encode a validated record (every column present, values of the column types).
@@ -211,6 +219,20 @@ class RecordCodec:
         the general path; it may raise IndexError, struct.error or UnicodeDecodeError on
         malformed input, which callers treat as "general path"."""
         return self._fast_decode
+
+    @property
+    def fast_encode(self) -> Callable[[Mapping[str, object]], bytes | None]:
+        """The generated encoder of the common record: the bytes `encode` returns, or None
+        when the record is not every column with a non-NULL value of exactly its type
+        (then it may also raise, for a missing column or a value out of range)."""
+        return self._fast_encode
+
+    @property
+    def decode_many(self) -> Callable[[list[bytes]], list[dict[str, object] | None]]:
+        """`fast_decode` of each of a non-empty list of records (a leaf's worth, say), in one
+        call: the records of one layout are split by C-level passes. It may raise what
+        `fast_decode` raises, for the whole list."""
+        return self._decode_many
 
     def decode_plain(self, data: bytes) -> tuple[dict[str, object], bool]:
         """Decode a record; the flag is False when it certainly holds no `LongValueRef`."""
@@ -313,18 +335,36 @@ def _encode_lv(v: object, is_text: bool) -> bytes:
     raise TypeError(f"{type(v).__name__} is not a {'text' if is_text else 'bytes'} value")
 
 
+#: Record layouts (per codec) that the struct-based decoders remember; see `_compile_fast_paths`.
+_MAX_LAYOUTS = 64
+_STRUCT_CODES = {ColumnType.INT: "q", ColumnType.FLOAT: "d"}
+
+
 def _compile_fast_paths(
     table_def: TableDef,
 ) -> tuple[
-    Callable[[bytes], dict[str, object] | None], Callable[[Mapping[str, object]], bytes | None]
+    Callable[[bytes], dict[str, object] | None],
+    Callable[[Mapping[str, object]], bytes | None],
+    Callable[[list[bytes]], list[dict[str, object] | None]],
 ]:
-    """Straight-line decoder and encoder for the common record of one table definition.
+    """Straight-line decoders and encoder for the common record of one table definition.
 
     They handle only records written with the current column count, every column non-NULL
     and stored inline (no long value), and return None for anything else, which then takes
     the general path (which also produces the precise corruption error). Generating the code
     once per table removes the per-column dispatch from the hottest loops of the engine
     (point reads, scans, bulk loads).
+
+    For a table whose columns are all int, float, text or bytes, the decoders also remember
+    up to `_MAX_LAYOUTS` record layouts (the byte lengths of the text and bytes values) by
+    record length, each as one `struct` format: a record of a known length is then split by
+    one C call, and taken only if every header, tag and length field read that way equals the
+    layout's (anything else goes the sequential way), so the result is the same as the
+    sequential decoder's. `decode_many` applies this to a whole leaf of records of one layout
+    at once: the records are joined and split by two structs (every header, tag and length
+    field, checked against the layout's; then the values), also remembered, up to
+    `_MAX_LAYOUTS`, by (record length, record count). Each record is first checked to have
+    the layout's length, so the fields read are each record's own.
     """
     cols = table_def.columns
     env: dict[str, object] = {
@@ -344,15 +384,35 @@ def _compile_fast_paths(
         "B_TRUE": _B_TRUE,
         "B_FALSE": _B_FALSE,
         "datetime": datetime,
+        "Struct": struct.Struct,
+        "itemgetter": itemgetter,
+        "LAYOUTS": {},
+        "BATCHES": {},
+        "MAX_LAYOUTS": _MAX_LAYOUTS,
     }
+    layouts = all(c.type in _STRUCT_CODES or c.type in _VAR_TYPES for c in cols)
     dec = [
-        "def fast_decode(data):",
+        "def slow_decode(data):" if layouts else "def fast_decode(data):",
         "    if data[:3] != HEADER:",
         "        return None",
         "    p = 3",
     ]
     enc = ["def fast_encode(r):"]
     parts = ["HEADER"]
+    # The struct form of a layout: the format, the meta fields (header, tags, lengths) that
+    # must match, and the expression of each value in the unpacked tuple `t`.
+    fmt = ["'<3s"]
+    meta_fields = [0]
+    meta_values = ["HEADER"]
+    lengths: list[str] = []
+    values: list[str] = []
+    field = 1
+    # The batch form, for `n` records of one layout joined: one struct reads every header,
+    # tag and length (the payloads skipped), another every value (the rest skipped).
+    batch_meta_fmt = ["BH"]
+    batch_meta_values = [str(RECORD_VERSION), str(len(cols))]
+    batch_values_fmt = ["3x"]
+    batch_values: list[str] = []
     for i, c in enumerate(cols):
         tag = _TAG_FOR_TYPE[c.type]
         v = f"v{i}"
@@ -407,9 +467,98 @@ def _compile_fast_paths(
             dec.append(f"    p = e{i}")
             parts.append(f"P_U32({tag}, len({v}))")
             parts.append(v)
+        if layouts:
+            meta_fields.append(field)
+            meta_values.append(str(tag))
+            batch_meta_values.append(str(tag))
+            decode = ".decode('utf-8', 'surrogatepass')" if c.type is ColumnType.TEXT else ""
+            batch_values.append(f"b{i}{decode}")
+            if c.type in _STRUCT_CODES:
+                code = _STRUCT_CODES[c.type]
+                fmt.append(f"B{code}")
+                batch_meta_fmt.append("B8x")
+                batch_values_fmt.append(f"x{code}")
+                values.append(f"t[{field + 1}]")
+                field += 2
+            else:
+                fmt.append("BI{n" + str(i) + "}s")
+                batch_meta_fmt.append("BI{n" + str(i) + "}x")
+                batch_values_fmt.append("5x{n" + str(i) + "}s")
+                meta_fields.append(field + 1)
+                meta_values.append(f"n{i}")
+                batch_meta_values.append(f"n{i}")
+                lengths.append(f"n{i}")
+                values.append(f"t[{field + 2}]{decode}")
+                field += 3
     dec += ["    if p != len(data):", "        return None"]
-    dec.append("    return {" + ", ".join(f"{c.name!r}: v{i}" for i, c in enumerate(cols)) + "}")
+    record = "{" + ", ".join(f"{c.name!r}: v{i}" for i, c in enumerate(cols)) + "}"
+    if layouts:
+        dec += [
+            "    if len(LAYOUTS) < MAX_LAYOUTS:",
+            "        learn(" + "".join(f"{n}, " for n in lengths) + "p)",
+        ]
+    dec.append("    return " + record)
     enc.append("    return b''.join((" + ", ".join(parts) + ",))")
     code = "\n".join(dec) + "\n\n" + "\n".join(enc) + "\n"
+    if layouts:
+        built = "{" + ", ".join(f"{c.name!r}: {x}" for c, x in zip(cols, values, strict=True)) + "}"
+        batch_built = (
+            "{"
+            + ", ".join(f"{c.name!r}: {x}" for c, x in zip(cols, batch_values, strict=True))
+            + "}"
+        )
+        names = "".join(f"b{i}, " for i in range(len(cols)))
+        code += "\n".join(
+            [
+                "",
+                "def learn(" + "".join(f"{n}, " for n in lengths) + "size):",
+                "    LAYOUTS[size] = (",
+                "        Struct(f" + "".join(fmt) + "').unpack,",
+                "        (" + ", ".join(meta_values) + ",),",
+                "        f'" + "".join(batch_meta_fmt) + "',",
+                "        f'" + "".join(batch_values_fmt) + "',",
+                "        (" + ", ".join(batch_meta_values) + ",),",
+                "    )",
+                "",
+                f"META = itemgetter({', '.join(map(str, meta_fields))})",
+                "",
+                "def fast_decode(data):",
+                "    layout = LAYOUTS.get(len(data))",
+                "    if layout is not None:",
+                "        t = layout[0](data)",
+                "        if META(t) == layout[1]:",
+                "            return " + built,
+                "    return slow_decode(data)",
+                "",
+                "def decode_many(values):",
+                "    n = len(values)",
+                "    size = len(values[0])",
+                "    layout = LAYOUTS.get(size)",
+                "    if layout is not None and list(map(len, values)).count(size) == n:",
+                "        batch = BATCHES.get((size, n))",
+                "        if batch is None and len(BATCHES) < MAX_LAYOUTS:",
+                "            batch = BATCHES[size, n] = (",
+                "                Struct('<' + layout[2] * n).unpack,",
+                "                Struct('<' + layout[3] * n).unpack,",
+                "                layout[4] * n,",
+                "            )",
+                "        if batch is not None:",
+                "            blob = b''.join(values)",
+                "            if batch[0](blob) == batch[2]:",
+                "                it = iter(batch[1](blob))",
+                "                return [",
+                "                    " + batch_built,
+                "                    for " + names + "in zip(" + "it, " * len(cols) + ")",
+                "                ]",
+                "        else:",
+                "            ts = list(map(layout[0], values))",
+                "            if list(map(META, ts)).count(layout[1]) == n:",
+                "                return [" + built + " for t in ts]",
+                "    return list(map(fast_decode, values))",
+                "",
+            ]
+        )
+    else:
+        code += "\ndef decode_many(values):\n    return list(map(fast_decode, values))\n"
     exec(compile(code, f"<record codec of {table_def.name}>", "exec"), env)
-    return env["fast_decode"], env["fast_encode"]  # type: ignore[return-value]
+    return env["fast_decode"], env["fast_encode"], env["decode_many"]  # type: ignore[return-value]

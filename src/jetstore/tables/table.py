@@ -22,13 +22,18 @@ Invariants:
 - A scan reads the transaction's view as of the moment `scan()` was called (records, index
   entries and long values alike): writes made while iterating neither break it nor show up in
   it. Scan bounds are checked and converted like column values, so ``start=5`` on a float
-  key means 5.0.
+  key means 5.0. It reads a leaf at a time, but yields each record only while the
+  transaction is active.
+- An insert of a dict giving every column a value of exactly its type, into a table without
+  secondary indexes, skips `validate_record` (the record is valid as given) and writes its
+  entry with one `put_new`; it stores exactly what the general path would, and anything else
+  (including a duplicate) goes the general path, which raises the precise error.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -44,13 +49,20 @@ from jetstore.errors import (
 )
 from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, MAX_KEY_SIZE, max_entry_size
 from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
-from jetstore.tables.keys import KeyInput, encode_key, prefix_successor
+from jetstore.tables.keys import KeyInput, encode_key, prefix_successor, single_key_encoder
 from jetstore.tables.records import LongValueRef, RecordCodec
 from jetstore.tables.schema import Column, ColumnType, IndexDef, TableDef
 
 _LV_KEY_EXTRA = 4 + 2 + 4  # lv object id, column, chunk number
 #: Longest encoded primary key: its long-value chunk keys must stay within MAX_KEY_SIZE.
 MAX_PRIMARY_KEY_SIZE = MAX_KEY_SIZE - _LV_KEY_EXTRA
+
+
+class Stateful(Protocol):
+    """Something with a `state` (a transaction)."""
+
+    @property
+    def state(self) -> object: ...
 
 
 class ReadView(Protocol):
@@ -61,6 +73,21 @@ class ReadView(Protocol):
     def iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def chunks(
+        self, start: bytes | None, stop: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """`iterate`'s entries a leaf at a time, as (keys, values) lists."""
+        ...
+
+    def check_active(self) -> None:
+        """Raise `NotInTransaction` once the transaction ended."""
+        ...
+
+    @property
+    def transaction(self) -> Stateful:
+        """The transaction read: its `state` changes (once, for good) when it ends."""
+        ...
 
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         """Every entry in ``[start, stop)``, read at once (the view may change afterwards)."""
@@ -77,6 +104,10 @@ class TreeView(ReadView, Protocol):
     def delete(self, key: bytes) -> None: ...
 
     def add_unique_check(self, prefix: bytes, own_key: bytes) -> None: ...
+
+    def put_new(self, key: bytes, value: bytes) -> bool:
+        """`put` unless `key` is present (then False, and nothing changes)."""
+        ...
 
     def frozen(self) -> ReadView:
         """The view as it is now, unaffected by later writes (for lazy iteration)."""
@@ -112,7 +143,9 @@ class TableShape:
     __slots__ = (
         "datetime_columns",
         "definition",
+        "fast_insert",
         "fast_pk",
+        "full_key",
         "index_columns",
         "index_prefixes",
         "lv_columns",
@@ -146,6 +179,20 @@ class TableShape:
         self.fast_pk: type | None = (
             _FAST_KEY_TYPES.get(self.pk_columns[0].type) if len(self.pk_columns) == 1 else None
         )
+        # The record entry's whole key (table prefix + primary key) of such a value, or None
+        # when the value needs the general path.
+        self.full_key: Callable[[object], bytes | None] = (
+            _no_full_key
+            if self.fast_pk is None
+            else single_key_encoder(self.prefix, self.fast_pk, MAX_PRIMARY_KEY_SIZE)
+        )
+        # Inserts of exactly-typed records skip validation (see `Table.insert`) when the
+        # table has no secondary index to maintain.
+        self.fast_insert = self.fast_pk is not None and not table_def.indexes
+
+
+def _no_full_key(key: object) -> None:
+    return None
 
 
 class Table:
@@ -155,11 +202,15 @@ class Table:
         "_codec",
         "_datetime_columns",
         "_dropped",
+        "_fast_decode",
+        "_fast_encode",
         "_fast_pk",
+        "_full_key",
         "_index_columns",
         "_index_prefixes",
         "_lv_columns",
         "_max_entry",
+        "_ncolumns",
         "_pk_columns",
         "_pk_names",
         "_prefix",
@@ -191,6 +242,11 @@ class Table:
         self._datetime_columns = shape.datetime_columns
         self._index_columns = shape.index_columns
         self._fast_pk = shape.fast_pk
+        self._full_key = shape.full_key
+        self._fast_decode = codec.fast_decode
+        # The generated encoder when inserts may skip validation, else None.
+        self._fast_encode = codec.fast_encode if shape.fast_insert else None
+        self._ncolumns = len(table_def.columns)
 
     @property
     def name(self) -> str:
@@ -286,22 +342,38 @@ class Table:
 
     def get(self, key: object) -> dict[str, object] | None:
         """The record with primary key `key` (a value, or a tuple for compound keys)."""
-        pk = self._encode_pk(key)
-        raw = self._view.get(self._prefix + pk)
-        return None if raw is None else self._materialize(self._view, pk, raw)
+        full = self._full_key(key)
+        if full is None or self._dropped:
+            full = self._prefix + self._encode_pk(key)
+        raw = self._view.get(full)
+        if raw is None:
+            return None
+        try:
+            record = self._fast_decode(raw)
+        except (IndexError, struct.error, UnicodeDecodeError, ValueError):
+            record = None
+        if record is None:  # not the common record: the general path
+            return self._materialize(self._view, full[len(self._prefix) :], raw)
+        return record
 
     def __contains__(self, key: object) -> bool:
-        return self._view.get(self._prefix + self._encode_pk(key)) is not None
+        full = self._full_key(key)
+        if full is None or self._dropped:
+            full = self._prefix + self._encode_pk(key)
+        return self._view.get(full) is not None
 
     def _materialize(self, view: ReadView, pk: bytes, raw: bytes) -> dict[str, object]:
         record, may_hold_long_values = self._codec.decode_plain(raw)
-        if not may_hold_long_values:
-            return record
+        if may_hold_long_values:
+            self._load_long_values(view, pk, record)
+        return record
+
+    def _load_long_values(self, view: ReadView, pk: bytes, record: dict[str, object]) -> None:
+        """Replace each `LongValueRef` of `record` (stored under `pk`) by its value."""
         for position, name, _is_text in self._lv_columns:
             value = record.get(name)
             if isinstance(value, LongValueRef):
                 record[name] = self._read_long_value(view, pk, position, value)
-        return record
 
     def _read_long_value(
         self, view: ReadView, pk: bytes, column: int, ref: LongValueRef
@@ -357,16 +429,31 @@ class Table:
         table_prefix = self._prefix
         plen = len(table_prefix)
         if not by_index:
-            # The scan loop of the engine: the generated decoder handles the common record
-            # (no NULL, no long value) inline; anything else takes the general path.
-            fast = self._codec.fast_decode
+            # The scan loop of the engine: a leaf of records is decoded by one call to the
+            # generated decoder (the common record: no NULL, no long value); anything else
+            # takes the general path, record by record.
+            decode_many = self._codec.decode_many
             materialize = self._materialize
-            for key, value in view.iterate(low, high, reverse):
+            check = view.check_active
+            # Every record is yielded only while the transaction is active: its state is
+            # compared (cheaply) with the state it had when the scan began, and once it
+            # changed check_active raises NotInTransaction.
+            txn = view.transaction
+            active = txn.state
+            for keys, values in view.chunks(low, high, reverse):
                 try:
-                    record = fast(value)
+                    records = decode_many(values)
                 except (IndexError, struct.error, UnicodeDecodeError):
-                    record = None
-                yield record if record is not None else materialize(view, key[plen:], value)
+                    records = [None] * len(values)
+                if None not in records:
+                    for record in records:
+                        if txn.state is not active:
+                            check()
+                        yield record  # type: ignore[misc]
+                    continue
+                for key, value, plain in zip(keys, values, records, strict=True):
+                    check()
+                    yield plain if plain is not None else materialize(view, key[plen:], value)
             return
         for key, value in view.iterate(low, high, reverse):
             if by_index:
@@ -388,6 +475,26 @@ class Table:
 
     def insert(self, record: Mapping[str, object]) -> None:
         """Add a record; `KeyDuplicate` if its primary key or a unique index key exists."""
+        fast_encode = self._fast_encode
+        if fast_encode is not None and type(record) is dict and not self._dropped:
+            # A record giving every column a value of exactly its type (no NULL) is valid
+            # as it is: `validate_record` would return it unchanged, and the generated
+            # encoder refuses (None, or an exception) anything else. Without secondary
+            # indexes, a record that fits its entry inline is then one new tree entry.
+            # Anything unusual, including a duplicate key, takes the general path below,
+            # which raises the precise error.
+            try:
+                encoded = fast_encode(record)
+            except Exception:
+                encoded = None
+            if encoded is not None and len(record) == self._ncolumns:
+                key = self._full_key(record[self._pk_names[0]])
+                if (
+                    key is not None
+                    and len(encoded) + len(key) + LEAF_ENTRY_OVERHEAD <= self._max_entry
+                    and self._view.put_new(key, encoded)
+                ):
+                    return
         checked = self.definition.validate_record(record)
         pk = self._encode_checked_pk(checked)
         if self._view.get(self._prefix + pk) is not None:

@@ -13,7 +13,10 @@ Invariants:
   or written to a page file before commit, so a rollback just drops the private tree (the log
   is redo-only: no undo is ever needed).
 - `operations` records, per key, the last value written (or None for a delete): exactly the
-  B+tree operations the commit record will carry.
+  B+tree operations the commit record will carry. Point reads look there first, then in the
+  snapshot; the private tree is brought up to date (in key order, in bulk when the writes are
+  many) only when a range read or the commit needs it. Until then the pending writes are
+  `operations` itself.
 - An iterator over the private tree stays valid while the transaction keeps writing: the
   first write after an iterator (or a `frozen` view) was handed out moves the private tree to
   a new epoch, so the nodes the iterator holds are copied, not changed in place. An iterator
@@ -29,7 +32,7 @@ import enum
 import gc
 import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from jetstore.errors import (
     InvalidParameter,
@@ -45,9 +48,10 @@ from jetstore.pages.btree import (
     Mutation,
     Node,
     iterate,
+    iterate_chunks,
     lookup,
     max_entry_size,
-    merge_sorted,
+    merge_sorted_columns,
 )
 from jetstore.tables.catalog import (
     NEXT_OBJECT_ID_KEY,
@@ -104,6 +108,7 @@ class Transaction:
         plan_epoch: int,
     ) -> None:
         self._db = database
+        self._file = database.file
         self.id = transaction_id
         self.snapshot_root = snapshot_root
         self.snapshot_position = snapshot_position
@@ -113,9 +118,10 @@ class Transaction:
         self.mutation: Mutation | None = None
         self.operations: dict[bytes, bytes | None] = {}
         # Writes not yet applied to `mutation` (applied in key order when a range read or the
-        # commit needs the tree).
-        self._pending: dict[bytes, bytes | None] = {}
-        self._pending_bytes = 0
+        # commit needs the tree). None until the first application: then every operation is
+        # pending, and `operations` itself serves (one dict store per write, not two).
+        self._pending: dict[bytes, bytes | None] | None = None
+        self._applied_bytes = 0  # `_bytes` when the pending writes were last applied
         self._max_entry = max_entry_size(database.page_size)
         self.unique_checks: list[tuple[bytes, bytes]] = []
         self.schema_keys: set[bytes] = set()
@@ -154,16 +160,33 @@ class Transaction:
             self._check_active()
         # The transaction's view is its snapshot with `operations` applied: a point read needs
         # no private tree, so writes can be gathered and applied in bulk (see `_apply_pending`).
-        value = self.operations.get(key, _ABSENT)
-        if value is not _ABSENT:
-            return value  # type: ignore[return-value]
-        return lookup(self._db.file, self.snapshot_root, key)
+        operations = self.operations
+        if operations:
+            value = operations.get(key, _ABSENT)
+            if value is not _ABSENT:
+                return value  # type: ignore[return-value]
+        return lookup(self._file, self.snapshot_root, key)
 
     def iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         """Entries with ``start <= key < stop`` (None: unbounded) as of this call, lazily."""
         return self.frozen().iterate(start, stop, reverse)
+
+    def chunks(
+        self, start: bytes | None, stop: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """`iterate`'s entries a leaf at a time, as (keys, values) lists."""
+        return self.frozen().chunks(start, stop, reverse)
+
+    def check_active(self) -> None:
+        """Raise `NotInTransaction` unless the transaction is active."""
+        if self.state is not _ACTIVE:
+            self._check_active()
+
+    @property
+    def transaction(self) -> Transaction:
+        return self
 
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         """Entries with ``start <= key < stop``, read at once (no iterator stays out)."""
@@ -189,7 +212,7 @@ class Transaction:
         Many writes relative to the tree (a bulk load) rebuild it in one streaming merge
         (about 1 µs an entry); a few are applied by copy-on-write path copies.
         """
-        pending = self._pending
+        pending = self.operations if self._pending is None else self._pending
         if not pending:
             return
         store = self._db.file
@@ -202,7 +225,8 @@ class Transaction:
             self._iterators_out = False
         keys = sorted(pending)
         tree_bytes = store.page_count * store.page_size if mutation.root is not None else 0
-        if len(keys) >= _BULK_MIN and self._pending_bytes * 4 >= tree_bytes:
+        pending_bytes = self._bytes - self._applied_bytes
+        if len(keys) >= _BULK_MIN and pending_bytes * 4 >= tree_bytes:
             epoch = next_epoch()
             freed = mutation.freed
             # The merge allocates hundreds of thousands of short-lived lists with no cycles;
@@ -210,8 +234,9 @@ class Transaction:
             collecting = gc.isenabled()
             gc.disable()
             try:
-                changes = list(zip(keys, map(pending.__getitem__, keys), strict=True))
-                root = merge_sorted(store, mutation.root, changes, epoch, freed)
+                # Keys from a dict, sorted: unique and ascending; `put` checked every entry.
+                values = list(map(pending.__getitem__, keys))
+                root = merge_sorted_columns(store, mutation.root, keys, values, epoch, freed)
             finally:
                 if collecting:
                     gc.enable()
@@ -224,8 +249,8 @@ class Transaction:
                     delete(key)
                 else:
                     put(key, value)
-        pending.clear()
-        self._pending_bytes = 0
+        self._pending = {}
+        self._applied_bytes = self._bytes
 
     def prepare_commit(self) -> None:
         """Build the private tree before the commit lock is taken (the fast path publishes it)."""
@@ -257,19 +282,49 @@ class Transaction:
             Mutation(self._db.file, None, next_epoch(), []).put(key, value)
             key, value = bytes(key), bytes(value)
         self.operations[key] = value
-        self._pending[key] = value
-        size = len(key) + len(value) + _OP_OVERHEAD
-        self._pending_bytes += size
-        self._bytes += size
+        pending = self._pending
+        if pending is not None:
+            pending[key] = value
+        self._bytes += len(key) + len(value) + _OP_OVERHEAD
         if self._bytes > self._limit:
             self._charge(0)
+
+    def put_new(self, key: bytes, value: bytes) -> bool:
+        """`put` unless `key` is present (then False, and nothing changes)."""
+        if self.state is not _ACTIVE:
+            self._check_active()
+        size = len(key) + len(value)
+        if (
+            type(key) is not bytes
+            or type(value) is not bytes
+            or len(key) > MAX_KEY_SIZE
+            or size + LEAF_ENTRY_OVERHEAD > self._max_entry
+        ):
+            Mutation(self._db.file, None, next_epoch(), []).put(key, value)  # as `put` does
+            key, value = bytes(key), bytes(value)
+        operations = self.operations
+        current = operations.get(key, _ABSENT)
+        if current is _ABSENT:
+            if lookup(self._file, self.snapshot_root, key) is not None:
+                return False
+        elif current is not None:
+            return False
+        operations[key] = value
+        pending = self._pending
+        if pending is not None:
+            pending[key] = value
+        self._bytes += size + _OP_OVERHEAD
+        if self._bytes > self._limit:
+            self._charge(0)
+        return True
 
     def delete(self, key: bytes) -> None:
         self._check_active()
         if key in self.operations or self.get(key) is not None:
             self.operations[key] = None
-            self._pending[key] = None
-            self._pending_bytes += len(key) + _OP_OVERHEAD
+            pending = self._pending
+            if pending is not None:
+                pending[key] = None
             self._charge(len(key) + _OP_OVERHEAD)
 
     def add_unique_check(self, prefix: bytes, own_key: bytes) -> None:
@@ -432,14 +487,17 @@ class FrozenView:
     """One state of a transaction's tree (`Transaction.frozen`): reads only, while it is active.
 
     The nodes under `root` never change (the transaction moves to a new epoch before its next
-    write), so reads through this view see exactly that state.
+    write), so reads through this view see exactly that state. `check_active` raises
+    `NotInTransaction` once the transaction ended (a scan calls it before each record).
     """
 
-    __slots__ = ("_root", "_txn")
+    __slots__ = ("_root", "_txn", "check_active", "transaction")
 
     def __init__(self, txn: Transaction, root: Node | None) -> None:
         self._txn = txn
         self._root = root
+        self.check_active = txn._check_active
+        self.transaction = txn
 
     def get(self, key: bytes) -> bytes | None:
         txn = self._txn
@@ -458,15 +516,24 @@ class FrozenView:
         txn._check_active()
         return _guarded(txn, iterate(txn.database.file, self._root, start, stop, reverse))
 
+    def chunks(
+        self, start: bytes | None, stop: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """What `iterate` yields, a leaf at a time (see `jetstore.pages.btree.iterate_chunks`)."""
+        txn = self._txn
+        txn._check_active()
+        return _guarded(txn, iterate_chunks(txn.database.file, self._root, start, stop, reverse))
 
-def _guarded(
-    txn: Transaction, entries: Iterator[tuple[bytes, bytes]]
-) -> Iterator[tuple[bytes, bytes]]:
+
+_T = TypeVar("_T")
+
+
+def _guarded(txn: Transaction, entries: Iterator[_T]) -> Iterator[_T]:
     """`entries`, checking before each step that `txn` is still active."""
     check = txn._check_active
     while True:
         check()
-        entry = next(entries, None)
-        if entry is None:
+        entry = next(entries, _ABSENT)
+        if entry is _ABSENT:
             return
-        yield entry
+        yield entry  # type: ignore[misc]
