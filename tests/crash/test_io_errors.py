@@ -2,8 +2,11 @@
 
 A small workload (a database, a table with a secondary index and a counter table, ten
 transactions of inserts, updates and deletes, one with a 10 KB long value, a rolled-back
-transaction, at least one log roll, two explicit checkpoints, a clean close) runs in-process
-through `FileSystem(hook=Injector)`. A first run only counts the I/O calls the hook sees: N.
+transaction, at least one log roll, two explicit checkpoints, an online full backup after
+transaction 7 (`Instance.backup` into a set next to the instance directory: it rolls the log,
+reads the database and the logs, writes and publishes the set, records its history in the
+header and truncates the logs), a clean close) runs in-process through
+`FileSystem(hook=Injector)`. A first run only counts the I/O calls the hook sees: N.
 Then, for a call index i, the workload runs again with a fault injected:
 
 - mode `once`: call i fails, every other call succeeds;
@@ -23,11 +26,24 @@ run is checked:
    acknowledged step (or after one unacknowledged step that followed it, if that one reached
    the disk), every transaction's invariants hold (each group's counter row equals the number
    and the amount sum of its items; a scan by the secondary index returns exactly the records
-   of a scan by primary key; the rolled-back row is absent), and the instance closes cleanly.
+   of a scan by primary key; the rolled-back row is absent), the instance closes cleanly, and
+   then every database file passes `check_integrity` (tree, free space, records against
+   indexes, long values; every run, no sampling: ~7 ms a file);
+5. the backup (`check_backup`): no handle of the backup session left in the registry and no
+   descriptor on the set once `backup()` returned or raised; failed before its set was durable
+   (the fault at or before the directory sync after the rename of `DEST.partial`): nothing
+   recorded (header history, `backups_completed`) and no log deleted; failed later (in
+   `complete()`) or succeeded: the set at DEST verifies (`verify_backup`) and only
+   generations below its first one were deleted; a single fault in the backup's own calls
+   (anything on the set, a read of the database or a log) leaves the instance open and the
+   later commits acknowledged.
+
+A failed header history write in the backup's `complete()` fails the instance like any other
+header write (D9): `test_failed_backup_history_write_fails_the_instance` pins it down.
 
 A second sweep starts from a crashed instance (transactions 0-5, one checkpoint, then
 `simulate_crash`): the faults hit the recovering open (log and page reads, replay, the recovery
-checkpoint), two more transactions and close.
+checkpoint), two more transactions and close (no backup in this phase).
 
 Determinism: the log writer prepares the next log file on a background thread. The hook makes
 every other thread wait while a preparation is under way (it reads the writer's
@@ -59,8 +75,12 @@ from typing import Any
 import pytest
 
 import jetstore
+from jetstore.backup.backupset import read_manifest
+from jetstore.backup.verify import verify_backup
 from jetstore.errors import JetError
 from jetstore.io.files import FileSystem, IOEvent
+
+from .consistency import integrity_problems
 
 OPTIONS: dict[str, Any] = {
     "log_file_size": 64 * 1024,
@@ -72,6 +92,8 @@ DEFAULT_SEED = 20260406
 SEED = int(os.environ.get("JETSTORE_SEED", DEFAULT_SEED))
 PREPARER = "jetstore-log-preparer"
 ROLLED_BACK_ID = 10**6
+BACKUP_AFTER = 7  # the online full backup runs after this transaction and its checkpoint
+BACKUP_SET = "backup-set"  # its destination, next to the instance directory
 LOG_NAME = re.compile(r"^edb([0-9A-F]{8})?\.log$")
 STICKY_OPS = frozenset({"write", "fsync", "fdatasync"})
 SYNC_OPS = frozenset({"fsync", "fdatasync"})
@@ -99,6 +121,8 @@ class Injected:
     op: str
     path: str
     thread: str
+    in_instance: bool = True  # the path is in the instance directory
+    in_backup: bool = False  # the path is the backup set (DEST, DEST.partial) or in it
 
     @property
     def name(self) -> str:
@@ -115,8 +139,14 @@ class Injected:
     @property
     def sticky(self) -> bool:
         """D9: a failed write or sync of the log or of a page file (or header) fails the
-        instance."""
-        return self.op in STICKY_OPS and (self.on_log or self.on_page_file)
+        instance. (The backup set holds files of the same names: not the instance's.)"""
+        return self.in_instance and self.op in STICKY_OPS and (self.on_log or self.on_page_file)
+
+    @property
+    def backup_own(self) -> bool:
+        """A call of the backup's own that must not stop the instance: anything on the
+        backup set, or a read (the session's reads of the database and the logs)."""
+        return self.in_backup or (self.in_instance and self.op == "read")
 
     @property
     def log_sync(self) -> bool:
@@ -131,6 +161,7 @@ class Injector:
 
     def __init__(self, fault: Fault | None = None) -> None:
         self.fault = fault
+        self.instance_dir = ""  # set by the workload; paths are traced relative to its parent
         self.lock = threading.Lock()
         self.calls = 0
         self.trace: list[tuple[str, str, str]] = []  # op, file name, thread
@@ -166,13 +197,41 @@ class Injector:
         with self.lock:
             self.calls += 1
             index = self.calls
-            self.trace.append((event.op, os.path.basename(event.path), thread))
+            self.trace.append((event.op, self._name(event.path), thread))
             fault = self.fault
             if fault is None:
                 return
             if index == fault.index or (fault.mode == "from" and index > fault.index):
-                self.injected.append(Injected(index, event.op, event.path, thread))
+                in_instance = os.path.dirname(event.path) == self.instance_dir
+                self.injected.append(
+                    Injected(
+                        index,
+                        event.op,
+                        event.path,
+                        thread,
+                        in_instance,
+                        _in_backup_set(event.path, self.instance_dir),
+                    )
+                )
                 raise OSError(fault.err, os.strerror(fault.err))
+
+    def _name(self, path: str) -> str:
+        """`inst/edb.log`, `backup-set.partial/main.edb`, `.` (the scratch directory): the
+        same in every run (the scratch directory's own name is random)."""
+        if not self.instance_dir:
+            return os.path.basename(path)
+        return os.path.relpath(path, os.path.dirname(self.instance_dir))
+
+
+def _in_backup_set(path: str, instance_dir: str) -> bool:
+    """Whether `path` is the workload's backup set (DEST or DEST.partial) or inside it."""
+    if not instance_dir:
+        return False
+    return _under_set(path, os.path.join(os.path.dirname(instance_dir), BACKUP_SET))
+
+
+def _under_set(path: str, dest: str) -> bool:
+    return any(path == d or path.startswith(d + os.sep) for d in (dest, dest + ".partial"))
 
 
 # ----------------------------------------------------------------- the workload
@@ -314,9 +373,29 @@ class Step:
 
 
 @dataclass
+class BackupRecord:
+    """The online backup of the workload and what the instance looked like around it."""
+
+    call: Call
+    dest: str
+    closed_logs_before: set[str]
+    closed_logs_after: set[str]
+    history_before: Any = None  # the database header's last_full_backup
+    history_after: Any = None
+    completed_before: int = 0  # instance.backups_completed
+    completed_after: int = 0
+    state_after: str = ""  # the instance's state right after the call
+    backup_handles: list[str] = field(default_factory=list)  # registry, after the call
+    set_fds: list[str] = field(default_factory=list)  # descriptors on the set, after the call
+    truncated: list[int] = field(default_factory=list)  # fault-free: generations deleted
+
+
+@dataclass
 class Run:
     fault: Fault | None
     injector: Injector
+    backup: BackupRecord | None = None
+    backup_durable_at: int = 0  # call index (reference run) after which the set is durable
     calls: list[Call] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     instance: Any = None
@@ -333,9 +412,11 @@ class Run:
 
 
 class Workload:
-    def __init__(self, directory: str, run: Run) -> None:
+    def __init__(self, directory: str, run: Run, backup: bool = True) -> None:
         self.directory = directory
         self.run = run
+        self.backup_enabled = backup
+        run.injector.instance_dir = directory
         self.model = Model()
         self.instance: Any = None
         self.db: Any = None
@@ -391,6 +472,8 @@ class Workload:
                     self.rolled_back()
                 if number in (3, 7):
                     self.call(f"checkpoint after t{number}", instance.checkpoint)
+                if number == BACKUP_AFTER and self.backup_enabled:
+                    self.backup()
         ok, counters = self.call("counters", instance.counters)
         if ok:
             self.run.counters = counters
@@ -398,6 +481,43 @@ class Workload:
             instance.simulate_crash()
         else:
             self.call("close", instance.close)
+
+    def backup(self) -> None:
+        """An online full backup (`Instance.backup`: a `begin_backup` session streamed into a
+        backup set next to the instance directory; `complete()` records it in the database
+        header and truncates the logs), with what it changed recorded around it."""
+        instance = self.instance
+        dest = os.path.join(os.path.dirname(self.directory), BACKUP_SET)
+        before = _closed_logs(self.directory)
+        history = self._history()
+        completed = instance.backups_completed
+        self.call("backup", lambda: instance.backup(dest, kind="full"))
+        after = _closed_logs(self.directory)
+        self.run.backup = BackupRecord(
+            call=self.run.calls[-1],
+            dest=dest,
+            closed_logs_before=before,
+            closed_logs_after=after,
+            history_before=history,
+            history_after=self._history(),
+            completed_before=completed,
+            completed_after=instance.backups_completed,
+            state_after=instance.state.value,
+            backup_handles=[
+                f"{h.owner}: {h.description}"
+                for h in instance.registry.open_handles()
+                if "/backup-" in h.owner
+            ],
+            set_fds=_fds_under(dest),
+            truncated=sorted(int(name[3:11], 16) for name in before - after),
+        )
+
+    def _history(self) -> Any:
+        """The database's last full backup as its header (in memory) says."""
+        try:
+            return self.instance.database("main").file.header.last_full_backup
+        except JetError:
+            return None
 
     def schema(self) -> None:
         db = self.db
@@ -528,6 +648,29 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _fds_under(dest: str) -> list[str]:
+    """The paths of this process's open descriptors on the backup set `dest` (or on
+    `dest.partial`) or in it."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if _under_set(target, dest):
+            found.append(target)
+    return found
+
+
+def _closed_logs(directory: str) -> set[str]:
+    """The closed log generations' file names in an instance directory."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return set()
+    return {n for n in names if LOG_NAME.match(n) and n != "edb.log"}
+
+
 def _settle_threads(target: int) -> int:
     deadline = time.monotonic() + 2.0
     while threading.active_count() > target and time.monotonic() < deadline:
@@ -556,22 +699,26 @@ def make_template(base: str) -> Template:
     """Run transactions 0-5 (one checkpoint) and stop as a killed process would."""
     directory = os.path.join(tempfile.mkdtemp(prefix="ioerr-template-", dir=base), "inst")
     run = Run(None, Injector())
-    workload = Workload(directory, run)
+    workload = Workload(directory, run, backup=False)
     workload.run_all(range(6), crash=True)
     assert not run.problems and all(c.error is None for c in run.calls), run.calls
     return Template(directory, workload.model)
 
 
-def execute(base: str, fault: Fault | None, template: Template | None = None) -> Run:
+def execute(
+    base: str, fault: Fault | None, template: Template | None = None, durable_at: int = 0
+) -> Run:
     """One run of the workload (fresh), or of its recovery phase (from `template`: a
-    recovering open, transactions 6-7, a checkpoint, close), with `fault` injected."""
+    recovering open, transactions 6-7, a checkpoint, close), with `fault` injected.
+    `durable_at`: the call after which the backup set is durable (see `backup_durable_at`)."""
     threads, fds = threading.active_count(), _fd_count()
-    run = Run(fault, Injector(fault))
+    run = Run(fault, Injector(fault), backup_durable_at=durable_at)
     with _scratch(base) as directory:
         workload = Workload(os.path.join(directory, "inst"), run)
         if template is None:
             workload.run_all()
         else:
+            workload.backup_enabled = False  # the recovery phase is about recovery's calls
             shutil.copytree(template.directory, workload.directory)
             workload.model = run.initial = template.model
             workload.run_all(range(6, 8))
@@ -594,6 +741,7 @@ def execute(base: str, fault: Fault | None, template: Template | None = None) ->
         run.check(after_fds == fds, f"check 3: {after_fds - fds} file descriptor(s) left open")
         check_calls(run)
         check_sticky(run)
+        check_backup(run)
         if fault is not None:
             check_recovery(run, workload.directory, threads, fds)
     return run
@@ -641,6 +789,97 @@ def check_sticky(run: Run) -> None:
     run.checks += 1
 
 
+def check_backup(run: Run) -> None:
+    """Check 5: the online backup (`Instance.backup`) under a fault.
+
+    - nothing of the backup stays open once `backup()` returned or raised: no handle of a
+      backup session's owner in the registry, no descriptor on the set (/proc/self/fd);
+    - a backup that failed before its set was durable (the fault at or before the directory
+      sync after `DEST.partial` was renamed to DEST, or no fault of its own) recorded nothing
+      (the header's last full backup, `backups_completed`) and deleted no log;
+    - a backup that failed later (in `complete()`: the header history write, the truncation)
+      left a whole set at DEST (`verify_backup`), and deleted only generations below the set's
+      first one;
+    - a backup that succeeded although a fault hit it (or in the fault-free run) wrote a set
+      that verifies;
+    - a single fault in the backup's own calls (anything on the set; a read of the database
+      or a log) leaves the instance open and acknowledging commits (D9 is for the instance's
+      own log and header writes)."""
+    record = run.backup
+    if record is None:
+        return
+    call = record.call
+    where = f"backup ({call.error!r})" if call.error is not None else "backup (succeeded)"
+    run.check(
+        not record.backup_handles,
+        f"check 5: {where}: handles of the backup left in the registry: {record.backup_handles}",
+    )
+    run.check(
+        not record.set_fds, f"check 5: {where}: descriptors left on the set: {record.set_fds}"
+    )
+    deleted = sorted(record.closed_logs_before - record.closed_logs_after)
+    first = call.injected[0] if call.injected else None
+    durable = first is not None and 0 < run.backup_durable_at < first.index
+    if call.error is not None and not durable:
+        run.check(
+            record.history_after == record.history_before
+            and record.completed_after == record.completed_before,
+            f"check 5: {where} failed before its set was durable but was recorded: header "
+            f"{record.history_before} -> {record.history_after}, backups_completed "
+            f"{record.completed_before} -> {record.completed_after}",
+        )
+        run.check(not deleted, f"check 5: {where} failed but deleted logs {deleted}")
+    elif call.error is not None or call.injected or run.fault is None:
+        problems = _set_problems(record.dest, deleted)
+        run.check(not problems, f"check 5: {where}: {problems}")
+    once = run.fault is not None and run.fault.mode == "once"
+    if once and first is not None and all(f.backup_own for f in call.injected):
+        run.check(
+            record.state_after == "open",
+            f"check 5: {where}: a fault in the backup's own I/O ({first}) left the "
+            f"instance {record.state_after!r}",
+        )
+        later = [s for s in run.steps if s.first >= call.last]
+        run.check(
+            bool(later) and all(s.acked for s in later),
+            f"check 5: {where}: commits after a fault in the backup's own I/O ({first}) "
+            f"were not acknowledged: {[s.name for s in later if not s.acked]}",
+        )
+
+
+def _set_problems(dest: str, deleted: list[str]) -> str:
+    """'' when DEST is a whole backup set (it verifies) and every log generation in `deleted`
+    lies below its first generation."""
+    try:
+        verification = verify_backup(dest)
+        manifest = read_manifest(dest)
+    except JetError as exc:
+        return f"the set at {dest} cannot be read: {type(exc).__name__}: {exc}"
+    if not verification.ok:
+        return f"the set does not verify: {[str(p) for p in verification.problems][:3]}"
+    low = manifest.generation_low
+    above = [name for name in deleted if int(name[3:11], 16) >= low]
+    if above:
+        return f"logs {above} were deleted although the set starts at generation {low}"
+    return ""
+
+
+def backup_durable_at(trace: list[tuple[str, str, str]]) -> int:
+    """The index of the call after which the backup set of a run is durable: the directory
+    sync that follows the rename of `DEST.partial` to DEST (0 if the run takes no backup)."""
+    renamed = next(
+        (
+            i
+            for i, (op, name, _) in enumerate(trace, 1)
+            if op == "rename" and name == BACKUP_SET + ".partial"
+        ),
+        None,
+    )
+    if renamed is None:
+        return 0
+    return next(i for i, (op, _, _) in enumerate(trace, 1) if i > renamed and op == "fsync_dir")
+
+
 def check_recovery(run: Run, directory: str, threads: int, fds: int) -> None:
     """Check 4: reopen without the fault; acknowledged commits present, nothing partial."""
     acked = [i for i, s in enumerate(run.steps) if s.acked]
@@ -673,6 +912,10 @@ def check_recovery(run: Run, directory: str, threads: int, fds: int) -> None:
         run.check(True, "")
     except BaseException as exc:
         run.check(False, f"check 4: close after recovery: {type(exc).__name__}: {exc}")
+    else:
+        found, checked = integrity_problems(directory)
+        run.checks += checked
+        run.check(not found, f"check 4: recovered database files: {found}")
     total = instance.registry.total()
     run.check(total == 0, f"check 4: {total} handle(s) left after the recovered close")
     run.check(_settle_threads(threads) == threads, "check 4: thread left after recovery")
@@ -765,11 +1008,12 @@ def count_calls(base: str, template: Template | None = None) -> Run:
 def sweep(base: str, soak: bool = False, template: Template | None = None) -> Summary:
     """Count the calls of a fault-free run, then inject a fault at each chosen call."""
     trace = count_calls(base, template).injector.trace
+    durable_at = backup_durable_at(trace)
     summary = Summary(len(trace))
     start = time.monotonic()
     for index in choose(len(trace), soak):
         for fault in faults_at(index, trace[index - 1][0], soak):
-            summary.add(execute(base, fault, template), trace)
+            summary.add(execute(base, fault, template, durable_at), trace)
     summary.seconds = time.monotonic() - start
     print("\n" + summary.report())
     return summary
@@ -798,6 +1042,18 @@ def test_reference_run_counts_calls(base: str) -> None:
     assert any(len(v[2]) >= 10_000 for v in first_model_items(first))
     ops = {op for op, _, _ in first.injector.trace}
     assert {"create", "write", "fdatasync", "rename", "fsync_dir"} <= ops
+    # The online backup ran inside the workload: it read the database and the logs, wrote
+    # the set, published it, recorded itself and truncated the logs.
+    backup = first.backup
+    assert backup is not None and backup.call.error is None, backup
+    assert backup.truncated and backup.completed_after == backup.completed_before + 1, backup
+    assert backup.history_before.is_none and not backup.history_after.is_none, backup
+    assert {"read", "unlink", "mkdir"} <= ops
+    backup_calls = first.injector.trace[backup.call.first : backup.call.last]
+    names = {name.split(os.sep)[0] for _, name, _ in backup_calls}
+    assert {"inst", BACKUP_SET + ".partial", "."} <= names, names
+    assert 0 < backup_durable_at(first.injector.trace) <= backup.call.last
+    print(f"backup: {len(backup_calls)} calls, deleted generations {backup.truncated}")
     print(f"\nN={first.injector.calls} I/O calls, ops {sorted(ops)}")
 
 
@@ -823,6 +1079,24 @@ def test_io_error_at_every_call_of_recovery(base: str) -> None:
     summary = sweep(base, template=make_template(base))
     assert summary.runs > 0
     assert not summary.failures, summary.report()
+
+
+def test_failed_backup_history_write_fails_the_instance(base: str) -> None:
+    """D9 for the backup's own header write: once the set is durable, `complete()` writes
+    the backup history into the database header; if that write fails, the instance must be
+    FAILED and acknowledge no later commit (like any other failed header write)."""
+    trace = count_calls(base).injector.trace
+    durable = backup_durable_at(trace)
+    index = next(
+        i
+        for i, (op, name, _) in enumerate(trace, 1)
+        if i > durable and op == "write" and name == "inst/main.edb"
+    )
+    run = execute(base, Fault(index, "once", errno.EIO), durable_at=durable)
+    record = run.backup
+    assert record is not None and isinstance(record.call.error, JetError), record
+    later = [s.name for s in run.steps if s.first >= record.call.last and s.acked]
+    assert record.state_after == "failed" and not later, (record.state_after, later)
 
 
 @pytest.mark.soak

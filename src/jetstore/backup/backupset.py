@@ -437,7 +437,8 @@ def read_manifest(path: str | os.PathLike[str], *, fs: FileSystem | None = None)
 
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # RecursionError: nested deeper than the interpreter's limit (never one of ours).
         raise damaged(f"is not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise damaged("is not a JSON object")
@@ -758,8 +759,10 @@ def write_backup_set(
     `dest` must not exist or be an empty directory. The set is durable at `dest` before
     `session.complete()` records the backup and truncates logs. On any failure before that,
     the session is aborted, the partial set removed and a `JetError` raised. If `complete()`
-    itself fails, the set at `dest` stays (it is whole and durable; only the instance did not
-    record it, and no log was deleted) and its error is raised.
+    itself fails (its header history write: the instance then fails too, D9), the set at
+    `dest` stays (it is whole and durable; the instance did not record it and deleted no log)
+    and its error is raised. A log that cannot be deleted by the truncation after it is not
+    an error: it stays (event 142).
     """
     fs = session.instance.fs
     writer = SetWriter(fs, dest, owner=session.owner, compress=compress, progress=progress)

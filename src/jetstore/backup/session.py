@@ -446,11 +446,16 @@ class BackupSession:
             low, high = result.generation_low, result.generation_high
             try:
                 self._record_history(low, high, result.completed_us)
-                if self.kind in (BackupKind.FULL, BackupKind.INCREMENTAL):
-                    result.truncated = instance.truncate_logs_after_backup(low)
             except JetError as exc:
+                # A header write that fails stops the instance like any other (D9): what
+                # reached the header copies is unknown.
+                instance.fail(exc)
                 self._fail(exc)
                 raise
+            if self.kind in (BackupKind.FULL, BackupKind.INCREMENTAL):
+                # Never raises: a log that cannot be deleted stays (event 142), as with
+                # circular logging; the backup is complete either way.
+                result.truncated = instance.truncate_logs_after_backup(low)
             self._end("completed")
             instance.events.emit(
                 "backup_completed",

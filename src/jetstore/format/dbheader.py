@@ -293,6 +293,16 @@ def decode_db_header(data: bytes, *, path: str = "", copy: int = 0) -> DatabaseH
         error=ReadVerifyFailure,
         block_size=len(data),
     )
+
+    def corrupted(reason: str) -> DatabaseCorrupted:
+        return DatabaseCorrupted(f"{subject} is damaged: {reason}", path=path or None)
+
+    if len(body) < _FIELDS.size:
+        # The block verifies but cannot hold the fields: never let struct.error escape.
+        raise corrupted(
+            f"the copy is {len(data)} bytes, too short to hold the header fields "
+            f"({PREFIX_SIZE + _FIELDS.size} bytes)"
+        )
     (
         page_size,
         header_seq,
@@ -325,9 +335,6 @@ def decode_db_header(data: bytes, *, path: str = "", copy: int = 0) -> DatabaseH
         differential,
         copy_backup,
     ) = _FIELDS.unpack_from(body)
-
-    def corrupted(reason: str) -> DatabaseCorrupted:
-        return DatabaseCorrupted(f"{subject} is damaged: {reason}", path=path or None)
 
     if page_size != len(data):
         raise corrupted(f"its page size field says {page_size} but the copy is {len(data)} bytes")

@@ -428,6 +428,11 @@ class Instance:
             ) from failure
         self.check_open()
 
+    def fail(self, error: JetError) -> None:
+        """Stop accepting updates after `error` (D9); for engine parts outside this module
+        whose own writes of a page file or header failed (a backup's history write)."""
+        self._fail(error)
+
     def _fail(self, error: JetError) -> None:
         if self.state in (InstanceState.OPEN, InstanceState.RECOVERING):
             self.failure = error
@@ -1052,10 +1057,20 @@ class Instance:
                 for generation in victims:
                     self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
                     deleted.append(generation)
-            finally:
                 if deleted:
                     self.fs.fsync_directory(self.directory, owner=self.owner)
-                    self.logs_deleted += len(deleted)
+            except JetError as exc:
+                # Deletion is housekeeping: what could not be deleted stays, in order, and
+                # the next truncation or `logs remove` tries again (as circular logging does).
+                self.log_delete_error = exc
+                self.events.emit(
+                    "log_delete_failed",
+                    f"backup truncation could not delete log generation "
+                    f"{victims[len(deleted)] if len(deleted) < len(victims) else victims[-1]}: "
+                    f"{exc}; deletion stops there",
+                    error=exc.name,
+                )
+            self.logs_deleted += len(deleted)
             if deleted:
                 self.events.emit(
                     "logs_deleted",
