@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -53,13 +54,14 @@ def build(directory: Path, *, crash: bool) -> None:
 
 
 def snapshot(directory: Path) -> dict[str, str]:
-    """sha256 of every file under `directory` (the lock file left out: probing it is fine)."""
+    """sha256 of every regular file under `directory` (the lock file left out: probing it is
+    fine; a live instance's control socket is no file to hash)."""
     digests: dict[str, str] = {}
     for root, _dirs, files in os.walk(directory):
         for name in files:
             path = Path(root) / name
             relative = str(path.relative_to(directory))
-            if relative == LOCK_FILE:
+            if relative == LOCK_FILE or not stat.S_ISREG(path.lstat().st_mode):
                 continue
             digests[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests

@@ -387,6 +387,17 @@ def _surviving_logs(
             path=directory,
         )
     inventory = take_inventory(fs, directory, owner="restore")
+    for generation in sorted(inventory.files):
+        # Every log file there must be of the backup's stream, also those the sets already
+        # hold: another instance's directory is refused, not silently left unused.
+        header = inventory.files[generation].header
+        if header is not None and header.log_signature != base.log_signature:
+            raise GivenLogFileHasBadSignature(
+                f"surviving log file '{inventory.files[generation].path}' belongs to log "
+                f"stream {header.log_signature}, the backup to {base.log_signature}",
+                hint="name the directory of the instance the backup was taken of",
+                path=inventory.files[generation].path,
+            )
     steps: list[RestoreStep] = []
     for generation in sorted(inventory.files):
         if generation < expected:

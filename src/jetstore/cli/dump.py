@@ -291,7 +291,9 @@ def _print_header(result: dict[str, Any]) -> None:
 
 
 @dump_group.command("header", short_help="Show a database file's header (both copies).")
-@click.argument("database", metavar="DB.edb", type=click.Path(dir_okay=False, path_type=str))
+@click.argument(
+    "database", metavar="DB.edb", type=click.Path(dir_okay=False, readable=False, path_type=str)
+)
 @json_option
 @command_errors("dump header")
 def dump_header_command(database: str, as_json: bool) -> None:
@@ -423,7 +425,9 @@ def _print_checkpoint(result: dict[str, Any]) -> None:
 
 
 @dump_group.command("checkpoint", short_help="Show the checkpoint file (both copies).")
-@click.argument("path", metavar="edb.chk", type=click.Path(dir_okay=False, path_type=str))
+@click.argument(
+    "path", metavar="edb.chk", type=click.Path(dir_okay=False, readable=False, path_type=str)
+)
 @json_option
 @command_errors("dump checkpoint")
 def dump_checkpoint_command(path: str, as_json: bool) -> None:

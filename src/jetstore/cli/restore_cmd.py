@@ -12,6 +12,7 @@ the time says otherwise). `--logs-from DIR` adds the surviving logs of the damag
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from jetstore.backup.restore import restore
-from jetstore.cli.output import command_errors, finish, json_option, stdout_console
-from jetstore.cli.support import progress, usage_failure
+from jetstore.cli.output import ExitCode, command_errors, finish, json_option, stdout_console
+from jetstore.cli.support import fail, progress, usage_failure
+from jetstore.errors import FileAccessDenied
+from jetstore.io.files import FileSystem
+from jetstore.io.locking import is_locked
 
 __all__ = ["restore_command"]
 
@@ -35,6 +39,10 @@ def _parse_time(text: str, *, as_json: bool) -> datetime:
             command="restore",
             as_json=as_json,
         )
+
+
+def _is_live_instance(path: str | None) -> bool:
+    return path is not None and os.path.isdir(path) and is_locked(FileSystem(), path)
 
 
 @click.command("restore", short_help="Restore backup sets into a new instance directory.")
@@ -90,9 +98,21 @@ def restore_command(
         def advance(done: int, total: int, name: str) -> None:
             bar.update(task, completed=done, total=max(total, 1), description=name)
 
-        outcome = restore(
-            list(sets), target, logs_from=logs_from, until=until, dry_run=dry_run, progress=advance
-        )
+        try:
+            outcome = restore(
+                list(sets),
+                target,
+                logs_from=logs_from,
+                until=until,
+                dry_run=dry_run,
+                progress=advance,
+            )
+        except FileAccessDenied as exc:
+            # The target (or --logs-from) is the directory of an open instance: a wrong-state
+            # condition (exit 3), as "in use" is for every admin command, not an I/O error.
+            if _is_live_instance(exc.path):
+                fail(exc, command="restore", as_json=as_json, exit_code=ExitCode.STATE)
+            raise
     result: dict[str, Any] = outcome.as_dict()
     if not as_json:
         console = stdout_console()
