@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,80 +365,85 @@ def run_repeat(report: Report, repeat: int, scratch: str) -> None:
         finish(peer)
 
     if "W7" in report.workloads and ENGINE in report.peers:
-        cell = report.cell("W7", ENGINE)
-        label = f"[repeat {repeat + 1}] W7 {ENGINE}"
-        progress(f"{label}: loading ~{args.replay_mib:g} MiB of log, killing, reopening ...")
-        w7 = None
-        try:
-            w7 = Worker(ENGINE, os.path.join(base, "w7"))
-            reply = w7.request(
-                {"op": "run", "workload": "W7", "params": params}, timeout_for("W7", args)
-            )
-        except (WorkerFailed, OSError) as exc:
-            reply = {"ok": False, "error": str(exc)}
-        if reply.get("ok"):
-            result = reply["result"]
-            result["repeat"] = repeat + 1
-            cell.values.append(result["value"])
-            cell.runs.append(result)
-            progress(f"{label}: {format_value(result['value'])} MB/s")
-        else:
-            cell.errors.append(reply.get("error", "?"))
-            record_error(
-                report,
-                "W7",
-                ENGINE,
-                repeat,
-                reply.get("error", "?"),
-                reply.get("traceback", ""),
-                args,
-            )
-            progress(f"{label}: ERROR {reply.get('error')}")
-        if w7 is not None:
-            w7.finish(timeout=600.0)
-            rss_rows[ENGINE]["w7_reopen_process_peak_mib"] = w7.peak_rss_mib
+        reply, peak = run_engine_only(
+            report,
+            "W7",
+            repeat,
+            os.path.join(base, "w7"),
+            params,
+            f"loading ~{args.replay_mib:g} MiB of log, killing, reopening ...",
+            lambda result: f"{format_value(result['value'])} MB/s",
+        )
+        if peak is not None:
+            rss_rows[ENGINE]["w7_reopen_process_peak_mib"] = peak
             if reply.get("ok"):
                 rss_rows[ENGINE]["w7_loader_process_peak_mib"] = reply["result"].get(
                     "loader_peak_rss_mib"
                 )
     if "W8" in report.workloads and ENGINE in report.peers:
-        cell = report.cell("W8", ENGINE)
-        label = f"[repeat {repeat + 1}] W8 {ENGINE}"
-        progress(f"{label}: loading ~{args.backup_mib:g} MiB, then a full backup under load ...")
-        w8 = None
-        try:
-            w8 = Worker(ENGINE, os.path.join(base, "w8"))
-            reply = w8.request(
-                {"op": "run", "workload": "W8", "params": params}, timeout_for("W8", args)
-            )
-        except (WorkerFailed, OSError) as exc:
-            reply = {"ok": False, "error": str(exc)}
-        if reply.get("ok"):
-            result = reply["result"]
-            result["repeat"] = repeat + 1
-            cell.values.append(result["value"])
-            cell.runs.append(result)
-            progress(
-                f"{label}: {format_value(result['value'])} MB/s "
+        _reply, peak = run_engine_only(
+            report,
+            "W8",
+            repeat,
+            os.path.join(base, "w8"),
+            params,
+            f"loading ~{args.backup_mib:g} MiB, then a full backup under load ...",
+            lambda result: (
+                f"{format_value(result['value'])} MB/s "
                 f"(plain copy {format_value(result['plain_copy_mb_per_s'])} MB/s)"
-            )
-        else:
-            cell.errors.append(reply.get("error", "?"))
-            record_error(
-                report,
-                "W8",
-                ENGINE,
-                repeat,
-                reply.get("error", "?"),
-                reply.get("traceback", ""),
-                args,
-            )
-            progress(f"{label}: ERROR {reply.get('error')}")
-        if w8 is not None:
-            w8.finish(timeout=600.0)
-            rss_rows[ENGINE]["w8_process_peak_mib"] = w8.peak_rss_mib
+            ),
+        )
+        if peak is not None:
+            rss_rows[ENGINE]["w8_process_peak_mib"] = peak
     for peer, row in rss_rows.items():
         report.rss.setdefault(peer, []).append(row)
+
+
+def run_engine_only(
+    report: Report,
+    workload: str,
+    repeat: int,
+    directory: str,
+    params: dict[str, Any],
+    announce: str,
+    describe: Callable[[dict[str, Any]], str],
+) -> tuple[dict[str, Any], float | None]:
+    """Run a jetstore-only workload (W7, W8) in a worker of its own; returns the worker's
+    reply and its peak RSS (None when it did not start)."""
+    cell = report.cell(workload, ENGINE)
+    label = f"[repeat {repeat + 1}] {workload} {ENGINE}"
+    progress(f"{label}: {announce}")
+    worker = None
+    try:
+        worker = Worker(ENGINE, directory)
+        reply = worker.request(
+            {"op": "run", "workload": workload, "params": params},
+            timeout_for(workload, report.args),
+        )
+    except (WorkerFailed, OSError) as exc:
+        reply = {"ok": False, "error": str(exc)}
+    if reply.get("ok"):
+        result = reply["result"]
+        result["repeat"] = repeat + 1
+        cell.values.append(result["value"])
+        cell.runs.append(result)
+        progress(f"{label}: {describe(result)}")
+    else:
+        cell.errors.append(reply.get("error", "?"))
+        record_error(
+            report,
+            workload,
+            ENGINE,
+            repeat,
+            reply.get("error", "?"),
+            reply.get("traceback", ""),
+            report.args,
+        )
+        progress(f"{label}: ERROR {reply.get('error')}")
+    if worker is None:
+        return reply, None
+    worker.finish(timeout=600.0)
+    return reply, worker.peak_rss_mib
 
 
 def record_error(

@@ -61,7 +61,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from jetstore.errors import (
     DatabaseCorrupted,
@@ -150,6 +150,15 @@ class BackupInfo:
 
 
 BackupInfo.NONE = BackupInfo(0, 0, LogPosition.MIN, 0)
+
+#: Header changes that clear the backup history (`write_header(**NO_BACKUP_HISTORY)`): for a
+#: database leaving its log stream, whose history names that stream's generations.
+NO_BACKUP_HISTORY: dict[str, Any] = {
+    "last_full_backup": BackupInfo.NONE,
+    "last_incremental_backup": BackupInfo.NONE,
+    "last_differential_backup": BackupInfo.NONE,
+    "last_copy_backup": BackupInfo.NONE,
+}
 assert BackupInfo._STRUCT.size == BackupInfo.SIZE
 
 

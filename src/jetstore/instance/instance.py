@@ -47,7 +47,7 @@ from jetstore.errors import (
 )
 from jetstore.format.checkpoint import AttachedDatabase, CheckpointState, encode_checkpoint_copy
 from jetstore.format.common import PAGE_SIZES, Signature, now_us
-from jetstore.format.dbheader import BackupInfo, DatabaseHeader, DatabaseState
+from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
@@ -535,10 +535,7 @@ class Instance:
                     last_consistent_position=db.position,
                     last_consistent_time=now_us(),
                     # Its backup history names generations of this stream only.
-                    last_full_backup=BackupInfo.NONE,
-                    last_incremental_backup=BackupInfo.NONE,
-                    last_differential_backup=BackupInfo.NONE,
-                    last_copy_backup=BackupInfo.NONE,
+                    **NO_BACKUP_HISTORY,
                 )
             except JetError as exc:
                 self._fail(exc)

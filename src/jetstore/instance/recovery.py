@@ -47,7 +47,7 @@ from jetstore.errors import (
 )
 from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
 from jetstore.format.common import Signature, format_time_us, now_us
-from jetstore.format.dbheader import BackupInfo, DatabaseHeader, DatabaseState
+from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
@@ -449,10 +449,7 @@ def _settle_restored(
             generation_max_committed=0,
             last_consistent_position=LogPosition.MIN,
             last_consistent_time=now_us(),
-            last_full_backup=BackupInfo.NONE,
-            last_incremental_backup=BackupInfo.NONE,
-            last_differential_backup=BackupInfo.NONE,
-            last_copy_backup=BackupInfo.NONE,
+            **NO_BACKUP_HISTORY,
         )
         db.file.write_header(checkpoint_position=LogPosition.MIN)
         db.file.finish_checkpoint(plan, None)
@@ -503,10 +500,7 @@ def _settle_data_loss(
             repair_count=header.repair_count + (1 if db.name in repaired else 0),
             last_repair_time=now if db.name in repaired else header.last_repair_time,
             # The generations the history names belong to the stream being set aside.
-            last_full_backup=BackupInfo.NONE,
-            last_incremental_backup=BackupInfo.NONE,
-            last_differential_backup=BackupInfo.NONE,
-            last_copy_backup=BackupInfo.NONE,
+            **NO_BACKUP_HISTORY,
         )
         db.file.write_header(checkpoint_position=LogPosition.MIN)
         db.file.finish_checkpoint(plan, None)

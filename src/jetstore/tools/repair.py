@@ -63,7 +63,6 @@ from jetstore.errors import (
 from jetstore.format.common import Signature, format_time_us, now_us
 from jetstore.format.dbheader import (
     HEADER_COPIES,
-    BackupInfo,
     DatabaseHeader,
     DatabaseState,
 )
@@ -356,11 +355,7 @@ def _repaired_header(old: DatabaseHeader, path: str, signature: Signature) -> Da
         checkpoint_seq=1,
         repair_count=old.repair_count + 1,
         last_repair_time=now,
-        name=name,
-        last_full_backup=BackupInfo.NONE,
-        last_incremental_backup=BackupInfo.NONE,
-        last_differential_backup=BackupInfo.NONE,
-        last_copy_backup=BackupInfo.NONE,
+        name=name,  # and no backup history (the defaults): the history named old logs
     )
 
 
