@@ -194,29 +194,27 @@ def record_type(data: bytes) -> int:
     return data[0] if data else 0
 
 
-def decode_commit_header(data: bytes, position: LogPosition | None = None) -> tuple[int, int]:
-    """(database id, operation count) of a COMMIT record, without decoding its operations."""
+def _commit_head(data: bytes, position: LogPosition | None) -> tuple[int, int, int, int]:
+    """(database id, transaction id, commit time, operation count) of a COMMIT record."""
     try:
-        kind, db_id, _txn_id, _time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
+        kind, db_id, txn_id, time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
     except struct.error as exc:
         where = f" at log position {position}" if position is not None else ""
         raise LogFileCorrupt(f"undecodable commit record{where}: {exc}") from exc
     if kind != RECORD_COMMIT:
         raise LogFileCorrupt(f"record at {position} is not a commit record")
+    return db_id, txn_id, time_us, count
+
+
+def decode_commit_header(data: bytes, position: LogPosition | None = None) -> tuple[int, int]:
+    """(database id, operation count) of a COMMIT record, without decoding its operations."""
+    db_id, _txn_id, _time_us, count = _commit_head(data, position)
     return db_id, count
 
 
 def commit_time_us(data: bytes, position: LogPosition | None = None) -> int:
     """The commit time of a COMMIT record (microseconds since the epoch, UTC)."""
-    try:
-        kind, _db_id, _txn_id, time_us, _count = _COMMIT_HEAD.unpack_from(data, 0)
-    except struct.error as exc:
-        where = f" at log position {position}" if position is not None else ""
-        raise LogFileCorrupt(f"undecodable commit record{where}: {exc}") from exc
-    if kind != RECORD_COMMIT:
-        raise LogFileCorrupt(f"record at {position} is not a commit record")
-    result: int = time_us
-    return result
+    return _commit_head(data, position)[2]
 
 
 def gather_commit_operations(

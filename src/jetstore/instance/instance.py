@@ -855,33 +855,46 @@ class Instance:
         victims = deletable(self._archived_generations(), limit)
         if not victims:
             return
+        deleted, error = self._unlink_generations(victims)
+        if error is not None and self.log_delete_error is None:
+            self.events.emit(
+                "log_delete_failed",
+                f"circular logging could not delete log generation "
+                f"{victims[len(deleted)]}: {error}; deletion stops there and resumes later",
+                error=error.name,
+            )
+        self.log_delete_error = error
+        if deleted:
+            self.fs.fsync_directory(self.directory, owner=self.owner)
+            self._report_deleted("circular logging", deleted, limit.keep_from, limit.reason)
+
+    def _unlink_generations(self, victims: list[int]) -> tuple[list[int], JetError | None]:
+        """Delete closed generations in ascending order, stopping at the first failure, so
+        what remains is always a contiguous run up to the current log. Returns those deleted
+        and the error that stopped it; the caller syncs the directory and decides what the
+        error means (`jetstore.log.policy`)."""
         deleted: list[int] = []
         try:
             for generation in victims:
                 self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
                 deleted.append(generation)
         except JetError as exc:
-            if self.log_delete_error is None:
-                self.events.emit(
-                    "log_delete_failed",
-                    f"circular logging could not delete log generation "
-                    f"{victims[len(deleted)]}: {exc}; deletion stops there and resumes later",
-                    error=exc.name,
-                )
-            self.log_delete_error = exc
-        else:
-            self.log_delete_error = None
-        if deleted:
-            self.fs.fsync_directory(self.directory, owner=self.owner)
-            self.logs_deleted += len(deleted)
-            self.events.emit(
-                "logs_deleted",
-                f"circular logging deleted log generations {deleted[0]}-{deleted[-1]} "
-                f"(kept from {limit.keep_from}: {limit.reason})",
-                first=deleted[0],
-                last=deleted[-1],
-                keep_from=limit.keep_from,
-            )
+            return deleted, exc
+        return deleted, None
+
+    def _report_deleted(
+        self, what: str, deleted: list[int], keep_from: int, reason: str, **fields: Any
+    ) -> None:
+        self.logs_deleted += len(deleted)
+        self.events.emit(
+            "logs_deleted",
+            f"{what} deleted log generations {deleted[0]}-{deleted[-1]} "
+            f"(kept from {keep_from}: {reason})",
+            first=deleted[0],
+            last=deleted[-1],
+            keep_from=keep_from,
+            **fields,
+        )
 
     def checkpoint_lag_generations(self) -> int:
         """Log generations between the durable checkpoint file and the current log."""
@@ -938,25 +951,18 @@ class Instance:
             victims: list[int] = answer["covered_by_backup" if safe else "not_needed_for_recovery"]
             if dry_run or not victims:
                 return list(victims)
-            deleted: list[int] = []
-            try:
-                for generation in victims:
-                    self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
-                    deleted.append(generation)
-            finally:
-                if deleted:
-                    self.fs.fsync_directory(self.directory, owner=self.owner)
-                    self.logs_deleted += len(deleted)
-                    self.events.emit(
-                        "logs_deleted",
-                        f"logs remove ({'safe' if safe else 'not needed for recovery'}) deleted "
-                        f"log generations {deleted[0]}-{deleted[-1]} (kept from "
-                        f"{answer['keep_from']}: {answer['reason']})",
-                        first=deleted[0],
-                        last=deleted[-1],
-                        keep_from=answer["keep_from"],
-                        safe=safe,
-                    )
+            deleted, error = self._unlink_generations(victims)
+            if deleted:
+                self.fs.fsync_directory(self.directory, owner=self.owner)
+                self._report_deleted(
+                    f"logs remove ({'safe' if safe else 'not needed for recovery'})",
+                    deleted,
+                    answer["keep_from"],
+                    answer["reason"],
+                    safe=safe,
+                )
+            if error is not None:
+                raise error  # the operator asked for it: say what could not be deleted
             return deleted
 
     def backed_up_through(self) -> int:
@@ -1049,34 +1055,25 @@ class Instance:
             if first_copied < limit.keep_from:
                 limit = DeletionLimit(first_copied, f"the backup copied from {first_copied}")
             victims = deletable(self._archived_generations(), limit)
-            deleted: list[int] = []
+            deleted, error = self._unlink_generations(victims)
             try:
-                for generation in victims:
-                    self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
-                    deleted.append(generation)
                 if deleted:
                     self.fs.fsync_directory(self.directory, owner=self.owner)
             except JetError as exc:
+                error = error or exc
+            if error is not None:
                 # Deletion is housekeeping: what could not be deleted stays, in order, and
                 # the next truncation or `logs remove` tries again (as circular logging does).
-                self.log_delete_error = exc
+                self.log_delete_error = error
                 self.events.emit(
                     "log_delete_failed",
                     f"backup truncation could not delete log generation "
                     f"{victims[len(deleted)] if len(deleted) < len(victims) else victims[-1]}: "
-                    f"{exc}; deletion stops there",
-                    error=exc.name,
+                    f"{error}; deletion stops there",
+                    error=error.name,
                 )
-            self.logs_deleted += len(deleted)
             if deleted:
-                self.events.emit(
-                    "logs_deleted",
-                    f"backup truncation deleted log generations {deleted[0]}-{deleted[-1]} "
-                    f"(kept from {limit.keep_from}: {limit.reason})",
-                    first=deleted[0],
-                    last=deleted[-1],
-                    keep_from=limit.keep_from,
-                )
+                self._report_deleted("backup truncation", deleted, limit.keep_from, limit.reason)
             return deleted
 
     _checkpoint_seq = 0
