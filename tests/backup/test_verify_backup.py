@@ -15,10 +15,11 @@ import pytest
 import jetstore
 from jetstore.backup.backupset import MANIFEST_NAME, manifest_checksum
 from jetstore.errors import FileNotFound
-from jetstore.format.dbheader import HEADER_COPIES
+from jetstore.format.dbheader import HEADER_COPIES, choose_db_header
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.io.handles import DEFAULT_REGISTRY
+from jetstore.pages.btree import decode_node, encode_node, ref_pgno
 
 OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024, "checkpoint_interval": 1e6}
 
@@ -118,6 +119,41 @@ def test_flipped_byte_in_an_image_page(copy: Any) -> None:
     assert page_problems[0].code == -1018
     assert any("CRC32C" in p.message for p in verification.problems)
     assert verification.files[0].status == "damaged"
+
+
+def test_image_page_that_is_not_the_image_its_parent_names(copy: Any) -> None:
+    """A page replaced by another valid image of itself (an older copy, after a lost write:
+    here the same leaf with one value changed, encoded at the same page number) verifies on its
+    own; the reference in its parent names the image it was written with (design D12)."""
+    path = copy("full")
+    image = path / "main.edb"
+    data = bytearray(image.read_bytes())
+    page_size = 8192
+    header, _notes = choose_db_header(
+        bytes(data[:page_size]), bytes(data[page_size:][:page_size]), path=str(image)
+    )
+    root = decode_node(header.root_pgno, bytes(data[header.root_pgno * page_size :][:page_size]))
+    assert not root.leaf, "the set must hold a tree of more than one page"
+    child = root.children[1]
+    assert isinstance(child, int)
+    pgno = ref_pgno(child)
+    leaf = decode_node(pgno, bytes(data[pgno * page_size :][:page_size]))
+    leaf.values[0] = bytes(len(leaf.values[0]))  # an older value of the same size
+    older = encode_node(leaf, page_size, pgno, max(header.checkpoint_seq - 1, 0))
+    data[pgno * page_size : (pgno + 1) * page_size] = older
+    image.write_bytes(bytes(data))
+
+    def fix_crc(document: dict[str, Any]) -> None:
+        for entry in document["files"]:
+            if entry["name"] == "main.edb":
+                entry["crc32c"] = f"{int(google_crc32c.value(bytes(data))):08x}"
+
+    rewrite_manifest(path, fix_crc)
+    verification = jetstore.verify_backup(path)
+    assert [(p.error, p.file, p.page, p.offset, p.code) for p in verification.problems] == [
+        ("ReadLostFlushVerifyFailure", "main.edb", pgno, pgno * page_size, -1119)
+    ]
+    assert f"branch page {header.root_pgno}" in verification.problems[0].message
 
 
 def test_flipped_byte_in_an_image_header(copy: Any) -> None:

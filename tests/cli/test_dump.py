@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from jetstore.format.checkpoint import CHECKPOINT_COPY_SIZE
+from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import CHECKPOINT_FILE, CURRENT_LOG, generation_log_name
 from jetstore.format.logheader import LOG_HEADER_SIZE
 
@@ -36,7 +37,7 @@ def test_dump_header_dirty_names_the_required_logs(crashed: Path) -> None:
     assert result["log_signature"] != "none" and "@" in result["log_signature"]
     assert result["name"] == "main"
     assert result["page_size"] == PAGE
-    assert result["format_version"] == 1
+    assert result["format_version"] == FORMAT_VERSION
     assert result["engine_version"].startswith("jetstore")
     assert all(backup["never"] for backup in result["backups"].values())
     assert set(result["backups"]) == {"full", "incremental", "differential", "copy"}

@@ -23,7 +23,9 @@ exactly k tail transactions (k = the number of marker rows read). The cases:
    page must read back exactly the original content. One header copy damaged is survived and
    repaired (event 132); both damaged is refused.
 2. a zeroed 512-byte sector inside a reachable page, two pages swapped (misdirected write),
-   a page replaced by an older copy of itself (lost write: what is detected is counted).
+   a page replaced by an older copy of itself (a lost write: every one is
+   `ReadLostFlushVerifyFailure` naming the page, on read, by the checksum tool and by the
+   integrity check, through the parent's reference to the image it was written with, D12).
 3. one seeded bit flipped in every 512-byte block of the frame area of each log generation
    (crashed variant): ``verify_logs`` reports an error, or a torn tail when the block lies in
    the newest generation's last flush region; ``jetstore.open`` raises a ``JetError`` or, for
@@ -38,9 +40,8 @@ damaged page, exactly that one; a page past the header's page count as "info"), 
 or checkpoint-file copy, the log generation and the offset of the damaged frame (a torn tail
 as a note at that frame, not an error). A page swapped with a blank one, or left all zeros by
 a zeroed sector, is an *unused* page to the checksum tool (nothing in the page says it is in
-use): there the integrity check, whose tree walk reaches it, must name it. The lost-write
-case stays the strict xfail it is (it needs a format change). The reference copies must
-checksum clean.
+use): there the integrity check, whose tree walk reaches it, must name it. The reference
+copies must checksum clean.
 
 Every test prints a summary (damaged, detected, missed). Reproducing: ``JETSTORE_SEED=<n>``.
 """
@@ -717,45 +718,56 @@ def _lost_write_pages(ref: Reference) -> list[int]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lost write not detected, wrong answer returned silently: main.edb page 2 (a leaf "
-    "holding the catalog and rows 0-15) replaced by its copy from before two update rounds "
-    "verifies (same page number, valid CRC32C) and is used: the old versions of rows 7 and 10 "
-    "are returned, and the by_grp index (on another page) still lists them under their new "
-    "group, so a scan by index returns records whose grp differs from the index key. The page "
-    "envelope carries checkpoint_seq but nothing checks it against the parent (no ESE dbtime / "
-    "LSN check); the other 62 of 63 stale pages are caught only by cross-checks "
-    "(DatabaseCorrupted: index points to a missing record, wrong page type, ...)",
-)
 def test_lost_write_older_copy_of_a_page(refs: dict[str, Reference], tmp_path: Path) -> None:
+    """A page replaced by an older valid copy of itself (same page number, valid CRC32C): the
+    parent's reference (or the header's) names the image it was written with (D12), so the
+    read, the checksum tool and the integrity check each name the page as a lost write."""
     ref = refs["clean"]
     pages = _lost_write_pages(ref)  # all of them (about 60): each case is cheap
     assert pages, "the workload must reuse pages after the early copy"
+    assert set(pages) - ref.tree_pages, "the workload must also have a stale free-list page"
     old = ref.old_db
     cases = [
         Case(
             f"page {p} replaced by its older copy",
             ((DB_FILE, p * PAGE_SIZE, old[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]),),
             write_after=True,
+            integrity=True,
         )
         for p in pages
     ]
     results = _run(ref, cases, tmp_path)
     _never_crash_or_hang(results)
     counts: Counter[str] = Counter()
-    silent = []
+    failures = []
     for pgno, result in zip(pages, results, strict=True):
         kind = "tree" if pgno in ref.tree_pages else "free-list"
-        if result["outcome"] == "jet":
-            counts[f"{kind} detected {result['error']}"] += 1
-        elif result["digest"] != ref.full or result["digest_after"] != ref.after_extra:
-            counts[f"{kind} SILENTLY WRONG"] += 1
-            silent.append(result["label"])
-        else:
-            counts[f"{kind} not detected, content intact"] += 1
+        lost = [
+            f
+            for f in _checksum_errors(result, "database")
+            if f["error"] == "ReadLostFlushVerifyFailure"
+        ]
+        if [f["page"] for f in lost] != [pgno]:
+            failures.append(f"{result['label']}: the checksum tool reports {result['checksum']}")
+        counts[f"{kind} checksum tool located"] += [f["page"] for f in lost] == [pgno]
+        by_integrity = {
+            f["page"] for f in result["integrity"] if "ReadLostFlushVerifyFailure" in f["message"]
+        }
+        if pgno not in by_integrity:
+            failures.append(f"{result['label']}: check_integrity reports {result['integrity']}")
+        counts[f"{kind} check_integrity located"] += pgno in by_integrity
+        if result["outcome"] != "jet":
+            intact = result["digest"] == ref.full and result["digest_after"] == ref.after_extra
+            counts[f"{kind} {'not detected' if intact else 'SILENTLY WRONG'}"] += 1
+            failures.append(f"{result['label']}: not detected on read")
+            continue
+        counts[f"{kind} detected {result['error']}"] += 1
+        if result["error"] != "ReadLostFlushVerifyFailure" or not _names_page(
+            result["message"], {pgno}
+        ):
+            failures.append(f"{result['label']}: {result['error']}: {result['message']}")
     _summary(f"clean: {len(pages)} lost writes (older copy of a page)", {"lost write": counts})
-    assert not silent, f"lost writes returned wrong content silently: {silent[:10]}"
+    assert not failures, "\n".join(failures[:20])
 
 
 # ----------------------------------------------------------------- 3. logs and checkpoint file

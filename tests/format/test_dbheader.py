@@ -58,8 +58,10 @@ backups = st.builds(BackupInfo, U32, U32, positions, U64)
 
 @st.composite
 def headers(draw: st.DrawFn) -> DatabaseHeader:
-    page_count = draw(st.integers(2, 2**64 - 1))
+    page_count = draw(st.integers(2, 2**32))
     pgnos = st.just(0) | st.integers(2, page_count - 1) if page_count > 2 else st.just(0)
+    root_pgno = draw(pgnos)
+    freelist_pgno = draw(pgnos)
     return DatabaseHeader(
         header_seq=draw(U64),
         page_size=draw(st.sampled_from(sorted(PAGE_SIZES))),
@@ -76,8 +78,10 @@ def headers(draw: st.DrawFn) -> DatabaseHeader:
         last_attach_position=draw(positions),
         last_attach_time=draw(U64),
         created_time=draw(U64),
-        root_pgno=draw(pgnos),
-        freelist_pgno=draw(pgnos),
+        root_pgno=root_pgno,
+        freelist_pgno=freelist_pgno,
+        root_crc=draw(U32) if root_pgno else 0,
+        freelist_crc=draw(U32) if freelist_pgno else 0,
         free_page_count=draw(st.integers(0, page_count - 2)),
         page_count=page_count,
         checkpoint_seq=draw(U64),
@@ -110,6 +114,8 @@ def sample_header(**changes: object) -> DatabaseHeader:
         created_time=1_600_000_000_000_001,
         root_pgno=12,
         freelist_pgno=13,
+        root_crc=0xCAFEF00D,
+        freelist_crc=0x1234ABCD,
         free_page_count=4,
         page_count=40,
         checkpoint_seq=11,
@@ -177,7 +183,8 @@ def test_documented_offsets() -> None:
     assert page[312:336] == h.last_incremental_backup.pack()
     assert page[336:360] == h.last_differential_backup.pack()
     assert page[360:384] == h.last_copy_backup.pack()
-    assert page[384:] == bytes(8192 - 384)
+    assert [at("I", o) for o in (384, 388)] == [0xCAFEF00D, 0x1234ABCD]
+    assert page[392:] == bytes(8192 - 392)
     assert at("I", 0) == google_crc32c.value(page[4:])
 
 
@@ -227,6 +234,10 @@ def test_decoded_state_is_enum() -> None:
         {"root_pgno": 40},
         {"freelist_pgno": 99},
         {"free_page_count": 39},
+        {"page_count": 2**32 + 1},
+        {"root_pgno": 0},  # a root checksum without a root
+        {"freelist_pgno": 0},  # a free-list checksum without a free list
+        {"root_crc": 2**32},
         {"header_seq": -1},
         {"db_id": 2**32},
         {"name": "x" * 65},
@@ -342,7 +353,7 @@ def test_valid_crc_but_impossible_values_is_database_corrupted() -> None:
 def test_unknown_version_is_corruption_for_database() -> None:
     page = bytearray(encode_db_header(sample_header()))
     struct.pack_into("<H", page, 14, FORMAT_VERSION + 1)
-    with pytest.raises(ReadVerifyFailure, match="format version 2"):
+    with pytest.raises(ReadVerifyFailure, match=f"format version {FORMAT_VERSION + 1}"):
         decode_db_header(reseal(page))
 
 
@@ -458,7 +469,7 @@ def test_both_copies_other_file_type() -> None:
 def test_torn_write_of_copy_0(page_size: int) -> None:
     """Copy 0 part new, part old (the write tore); copy 1 still holds the old header.
 
-    The fields end at byte 384 and the padding is the same in both versions, so a tear is only
+    The fields end at byte 392 and the padding is the same in both versions, so a tear is only
     visible when it falls before the last differing byte; a later tear leaves a complete new
     header, which is then rightly chosen.
     """

@@ -124,6 +124,16 @@ def test_options_are_validated(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameter) as info:
         jetstore.open(tmp_path, no_such_option=1)
     assert "no_such_option" in str(info.value)
+    # Wrong types are refused by name, never a bare TypeError from a comparison.
+    for name, value in (
+        ("log_file_size", {"log_file_size": 65536}),
+        ("page_size", "8192"),
+        ("circular_logging", 1),
+        ("cache_size", True),
+        ("checkpoint_interval", "30"),
+    ):
+        with pytest.raises(InvalidParameter, match=name):
+            jetstore.open(tmp_path, **{name: value})
     # A refused open leaves no handle and no lock behind.
     with jetstore.open(tmp_path, **SMALL):
         pass

@@ -29,9 +29,11 @@ from jetstore.format.page import PageType, encode_page, payload_capacity
 from jetstore.pages.btree import (
     LEAF_ENTRY_OVERHEAD,
     MAX_KEY_SIZE,
+    MAX_PGNO,
     MemoryNodeStore,
     Mutation,
     Node,
+    child_ref,
     count_entries,
     decode_node,
     dirty_nodes_postorder,
@@ -42,6 +44,10 @@ from jetstore.pages.btree import (
     lookup,
     max_entry_size,
     min_fill,
+    node_ref,
+    page_crc_of,
+    ref_crc,
+    ref_pgno,
     swizzle,
     verify_tree,
 )
@@ -76,7 +82,7 @@ def written_pgnos(store: MemoryNodeStore, root: Node | None) -> list[int]:
     while stack:
         item = stack.pop()
         if type(item) is int:
-            out.append(item)
+            out.append(ref_pgno(item))
             node = store.load(item)
         else:
             assert isinstance(item, Node)
@@ -110,7 +116,7 @@ def assert_unchanged(prints: Prints) -> None:
             if now is then:
                 continue
             # The only allowed change: a written child swizzled to its page number.
-            assert type(now) is int and type(then) is Node and then.pgno == now
+            assert type(now) is int and type(then) is Node and node_ref(then) == now
 
 
 def check_tree(store: MemoryNodeStore, root: Node | None, model: dict[bytes, bytes]) -> None:
@@ -518,10 +524,15 @@ def test_leaf_and_branch_round_trip() -> None:
     assert back.children == []
 
     child = Node.new_leaf([b"z"], [b"y"], pgno=12)
-    branch = Node.new_branch([b"m", b"t" * 50], [10, child, 2**63])
+    child.page_crc = 0xDEADBEEF
+    far = child_ref(MAX_PGNO, 0xFFFFFFFF)
+    branch = Node.new_branch([b"m", b"t" * 50], [10, child, far])
     back = decode_node(8, encode_node(branch, PAGE, 8, 3))
-    assert not back.leaf and back.keys == branch.keys and back.children == [10, 12, 2**63]
+    assert not back.leaf and back.keys == branch.keys
+    assert back.children == [10, child_ref(12, 0xDEADBEEF), far]
+    assert [ref_pgno(c) for c in back.children if isinstance(c, int)] == [10, 12, MAX_PGNO]
     assert back.nbytes == branch.nbytes and back.values == []
+    assert back.page_crc == page_crc_of(encode_node(branch, PAGE, 8, 3))
 
     empty = decode_node(9, encode_node(Node.new_leaf([], []), PAGE, 9, 0))
     assert empty.leaf and empty.keys == [] and empty.nbytes == 0
@@ -541,7 +552,11 @@ def test_leaf_codec_property(entries: list[tuple[bytes, bytes]], page_size: int)
 
 def test_branch_with_a_dirty_child_cannot_be_encoded() -> None:
     branch = Node.new_branch([b"m"], [5, Node.new_leaf([b"x"], [b"y"])])
-    with pytest.raises(InvalidParameter, match="without a page number"):
+    with pytest.raises(InvalidParameter, match="no page image yet"):
+        encode_node(branch, PAGE, 3, 0)
+    # A page number alone is not enough: the parent records the child's exact image.
+    branch = Node.new_branch([b"m"], [5, Node.new_leaf([b"x"], [b"y"], pgno=6)])
+    with pytest.raises(InvalidParameter, match="no page image yet"):
         encode_node(branch, PAGE, 3, 0)
     with pytest.raises(InvalidParameter):
         encode_node(Node.new_branch([], [5]), PAGE, 3, 0)
@@ -610,23 +625,28 @@ def test_dirty_nodes_postorder_and_swizzle() -> None:
     assert len(dirty) == sum(1 for _ in iter_nodes(store, root))
     # Written left to right: leaves get ascending page numbers in key order.
     for node, parent, index in dirty:
-        pgno = store.write(node)
+        ref = store.write(node)
+        assert ref_pgno(ref) == node.pgno and ref_crc(ref) == node.page_crc
         if parent is not None:
-            swizzle(parent, index, pgno)
+            swizzle(parent, index, ref)
     leaves = [n.pgno or 0 for n in iter_nodes(store, root) if n.leaf]
     assert leaves == sorted(leaves)
     assert dirty_nodes_postorder(root) == []
     assert dirty_nodes_postorder(None) == []
     assert root.pgno is not None and all(type(c) is int for c in root.children)
 
-    branch = Node.new_branch([b"m"], [Node.new_leaf([b"a"], [b"b"], pgno=4), 5])
+    leaf = Node.new_leaf([b"a"], [b"b"], pgno=4)
+    leaf.page_crc = 77
+    branch = Node.new_branch([b"m"], [leaf, 5])
     with pytest.raises(InvalidParameter):
         swizzle(branch, 0, 9)
     with pytest.raises(InvalidParameter):
+        swizzle(branch, 0, 4)  # the right page, but not the image the child was written as
+    with pytest.raises(InvalidParameter):
         swizzle(branch, 1, 9)
-    swizzle(branch, 0, 4)
+    swizzle(branch, 0, child_ref(4, 77))
     swizzle(branch, 1, 5)
-    assert branch.children == [4, 5]
+    assert branch.children == [child_ref(4, 77), 5]
     with pytest.raises(InvalidParameter, match="already written"):
         store.write(root)
 

@@ -36,6 +36,7 @@ from jetstore.pages.btree import (
     max_entry_size,
     merge_sorted,
     min_fill,
+    node_ref,
     verify_tree,
 )
 
@@ -322,7 +323,7 @@ def test_dirty_nodes_postorder_lists_every_built_node() -> None:
     check_tree(store, root, model)
     # Read back from the pages alone.
     assert root.pgno is not None
-    check_tree(store, store.load(root.pgno), model)
+    check_tree(store, store.load(node_ref(root)), model)
 
 
 # --- merge_sorted -------------------------------------------------------------------------

@@ -18,16 +18,28 @@ import pytest
 
 from jetstore.errors import (
     DatabaseDuplicate,
+    JetError,
     PageNotInitialized,
+    ReadLostFlushVerifyFailure,
     ReadPgnoVerifyFailure,
     ReadVerifyFailure,
 )
 from jetstore.format.dbheader import DatabaseHeader, decode_db_header
-from jetstore.format.page import PageType, decode_page
+from jetstore.format.page import PageType, decode_page, verify_page
 from jetstore.format.positions import LogPosition
 from jetstore.io import FileSystem, HandleRegistry
-from jetstore.pages.btree import Mutation, Node, decode_node, iter_nodes, iterate, verify_tree
+from jetstore.pages.btree import (
+    Mutation,
+    Node,
+    decode_node,
+    iter_nodes,
+    iterate,
+    node_ref,
+    ref_pgno,
+    verify_tree,
+)
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
+from jetstore.pages.references import PageReferences
 
 PAGE = 4096
 OWNER = "t"
@@ -145,9 +157,9 @@ def read_free_list(db: DatabaseFile) -> tuple[list[int], list[int]]:
         page = decode_page(pgno, db.read_raw_page(pgno), page_size=db.page_size)
         assert page.page_type == PageType.FREE_LIST
         payload = bytes(page.payload)
-        (next_pgno,) = struct.unpack_from("<Q", payload, 0)
+        (next_ref,) = struct.unpack_from("<Q", payload, 0)
         free.extend(struct.unpack_from(f"<{page.count}Q", payload, 8))
-        pgno = next_pgno
+        pgno = ref_pgno(next_ref)
     return chain, free
 
 
@@ -208,7 +220,7 @@ def contents(db: DatabaseFile, root: Node | None) -> list[tuple[bytes, bytes]]:
 
 
 def _shape(node: Node) -> tuple[list[bytes], list[bytes], list[int | None]]:
-    children = [c if isinstance(c, int) else c.pgno for c in node.children]
+    children = [c if isinstance(c, int) else node_ref(c) for c in node.children]
     return node.keys, node.values, children
 
 
@@ -730,15 +742,15 @@ def test_page_copied_to_another_place(fs: FileSystem, path: str) -> None:
     h = _checkpointed(fs, path)
     h.db.close()
     db = reopen(fs, path)
-    leaves = [n.pgno for n in iter_nodes(db, db.root()) if n.leaf]
+    refs = [node_ref(n) for n in iter_nodes(db, db.root()) if n.leaf]
     db.close()
-    source, target = leaves[0], leaves[-1]
-    assert source is not None and target is not None and source != target
+    source, target = ref_pgno(refs[0]), ref_pgno(refs[-1])
+    assert source != target
     _patch(path, target * PAGE, _read(path, source * PAGE, PAGE))
     db = reopen(fs, path)
-    assert db.load(source).pgno == source
+    assert db.load(refs[0]).pgno == source
     with pytest.raises(ReadPgnoVerifyFailure) as info:
-        db.load(target)
+        db.load(refs[-1])
     assert f"page {target}" in info.value.detail and f"page {source}" in info.value.detail
     db.close()
 
@@ -796,3 +808,71 @@ def test_every_handle_closed(fs: FileSystem, path: str, registry: HandleRegistry
     with pytest.raises(ReadVerifyFailure):
         reopen(fs, path)
     assert registry.total() == 0
+
+
+# --- lost writes (D12) ----------------------------------------------------------------------
+
+
+def _verified_pages(data: bytes, page_size: int) -> PageReferences:
+    """`PageReferences` over a whole file image, as the offline checkers build it."""
+    count = len(data) // page_size
+    references = PageReferences(count)
+    for pgno in range(2, count):
+        page = data[pgno * page_size : (pgno + 1) * page_size]
+        try:
+            _data, page_type, entries, _seq, _length = verify_page(pgno, page, page_size=page_size)
+        except JetError:
+            continue
+        references.add(pgno, page, page_type, entries)
+    return references
+
+
+def test_lost_write_of_every_rewritten_page_is_detected(fs: FileSystem, path: str) -> None:
+    """Every page the durable header reaches, replaced by an older valid copy of itself, is
+    `ReadLostFlushVerifyFailure` naming it: on the read through its parent (or at open, for
+    the free-list chain) and in `PageReferences`; the intact file has no finding."""
+    rng = random.Random(12)
+    h = Harness(fs, path)
+    h.commit([(b"key%06d" % i, rng.randbytes(120)) for i in range(400)])
+    h.checkpoint()
+    for _ in range(2):
+        h.random_commit(rng, 400, 150)
+        h.checkpoint()
+    old = _read(path, 0, os.path.getsize(path))  # the pages are synced by the checkpoint
+    for _ in range(4):  # pages are reused every other checkpoint: every page gets rewritten
+        h.random_commit(rng, 400, 150)
+        h.checkpoint()
+    header = h.db.header
+    tree = {ref_pgno(node_ref(n)) for n in iter_nodes(h.db, h.root)}
+    chain, _free = read_free_list(h.db)
+    assert chain, "the workload must leave a free-list chain"
+    h.db.close()
+    new = _read(path, 0, os.path.getsize(path))
+    assert _verified_pages(new, PAGE).lost_writes(header) == []
+    stale = [
+        p
+        for p in sorted(tree | set(chain))
+        if (p + 1) * PAGE <= len(old)
+        and old[p * PAGE : (p + 1) * PAGE] not in (new[p * PAGE : (p + 1) * PAGE], bytes(PAGE))
+    ]
+    assert set(stale) & tree and set(stale) & set(chain)
+    for pgno in stale:
+        image = bytearray(new)
+        image[pgno * PAGE : (pgno + 1) * PAGE] = old[pgno * PAGE : (pgno + 1) * PAGE]
+        with open(path, "wb") as f:
+            f.write(image)
+        with pytest.raises(ReadLostFlushVerifyFailure, match=rf"\bpage {pgno}\b"):
+            db = reopen(fs, path)
+            try:
+                contents(db, db.root())
+            finally:
+                db.close()
+        found = _verified_pages(bytes(image), PAGE).lost_writes(header)
+        assert [lost.pgno for lost in found] == [pgno]
+        referrer = "free-list page" if pgno in chain else "branch page"
+        assert found[0].referrer == "the database header" or referrer in found[0].referrer
+    with open(path, "wb") as f:
+        f.write(new)
+    db = reopen(fs, path)
+    assert dict(contents(db, db.root())) == h.model
+    db.close()

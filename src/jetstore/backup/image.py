@@ -7,8 +7,9 @@ a file of `header.page_count` pages where
   fields changed (state, checkpoint position and required generations stay, so opening the
   image next to the logs replays from the header's checkpoint, as soft recovery does);
 - every page the header's tree reaches is the source page, byte for byte, checked as it is
-  read: CRC32C with its page number (a misdirected write is caught), and the page type the
-  tree expects there (a leaf where a leaf must be);
+  read: CRC32C with its page number (a misdirected write is caught), the exact image its
+  parent (or the header, for the root) was written with (a lost write is caught, D12), and
+  the page type the tree expects there (a leaf where a leaf must be);
 - every other page is free in the image: the lowest of them hold a new free-list chain that
   lists the rest, which are zeros (never read: a free page is written before it is used).
 
@@ -18,8 +19,9 @@ Invariants:
 - The tree is walked before the first byte is streamed (only branch pages are read for it:
   the leaves are the children of the lowest branch level, every leaf being at one depth), so
   the image size and free list are known up front and the pages then stream in file order.
-- A page that fails a check stops the image with `ReadVerifyFailure` or `DatabaseCorrupted`
-  naming the file and page: a backup is never completed over a damaged page.
+- A page that fails a check stops the image with `ReadVerifyFailure`,
+  `ReadLostFlushVerifyFailure` or `DatabaseCorrupted` naming the file and page: a backup is
+  never completed over a damaged page.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from typing import Protocol
 from jetstore.errors import DatabaseCorrupted
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, encode_db_header
 from jetstore.format.page import PageType, verify_page
-from jetstore.pages.btree import decode_node
+from jetstore.pages.btree import (
+    MAX_PGNO,
+    check_page_crc,
+    child_ref,
+    decode_node,
+    page_crc_of,
+    ref_crc,
+)
 from jetstore.pages.pagefile import chain_length, encode_free_list
 
 #: Pages read from the source per read call while streaming.
@@ -53,8 +62,9 @@ class DatabaseImage:
         self.path = path
         self.page_size = header.page_size
         self.page_count = header.page_count
-        self._leaves: set[int] = set()
-        self._branches: set[int] = set()
+        # page -> the CRC32C its parent (or the header) expects of it
+        self._leaves: dict[int, int] = {}
+        self._branches: dict[int, int] = {}
         self._walk()
         unreachable = [
             pgno
@@ -69,9 +79,13 @@ class DatabaseImage:
             chain_count += 1
         self._chain = unreachable[:chain_count]
         self._free_entries = unreachable[chain_count:]
+        self._generated = encode_free_list(
+            self._chain, self._free_entries, self.page_size, header.checkpoint_seq
+        )
         self.image_header = dataclasses.replace(
             header,
             freelist_pgno=self._chain[0] if self._chain else 0,
+            freelist_crc=page_crc_of(self._generated[0][1]) if self._generated else 0,
             free_page_count=len(self._free_entries),
         )
 
@@ -90,19 +104,21 @@ class DatabaseImage:
         root = self.header.root_pgno
         if root == 0:
             return
-        level = [root]
+        level = [child_ref(root, self.header.root_crc)]
         seen: set[int] = set()
         while level:
             # Find out whether this level is the leaf level from its first page.
-            first = self._read(level[0])
+            first_pgno = level[0] & MAX_PGNO
+            first = self._read(first_pgno)
             _page, ptype, _count, _seq, _plen = verify_page(
-                level[0], first, path=self.path, page_size=self.page_size
+                first_pgno, first, path=self.path, page_size=self.page_size
             )
             if ptype == PageType.LEAF:
-                self._leaves.update(level)
+                self._leaves.update((ref & MAX_PGNO, ref_crc(ref)) for ref in level)
                 return
             next_level: list[int] = []
-            for pgno in level:
+            for ref in level:
+                pgno = ref & MAX_PGNO
                 if pgno in seen or not HEADER_COPIES <= pgno < self.page_count:
                     raise DatabaseCorrupted(
                         f"page {pgno} of '{self.path}' is reached twice or lies outside the "
@@ -111,14 +127,20 @@ class DatabaseImage:
                         path=self.path,
                     )
                 seen.add(pgno)
-                node = decode_node(pgno, self._read(pgno), path=self.path, page_size=self.page_size)
+                node = decode_node(
+                    pgno,
+                    self._read(pgno),
+                    path=self.path,
+                    page_size=self.page_size,
+                    expected_crc=ref_crc(ref),
+                )
                 if node.leaf:
                     raise DatabaseCorrupted(
                         f"page {pgno} of '{self.path}' is a leaf at a branch level of the tree",
                         hint="the database is damaged: restore it from a backup",
                         path=self.path,
                     )
-                self._branches.add(pgno)
+                self._branches[pgno] = ref_crc(ref)
                 next_level.extend(child for child in node.children if isinstance(child, int))
             level = next_level
         raise DatabaseCorrupted(f"the tree of '{self.path}' has no leaves", path=self.path)
@@ -128,9 +150,7 @@ class DatabaseImage:
         page_size = self.page_size
         header_page = encode_db_header(self.image_header)
         yield header_page * HEADER_COPIES
-        generated = dict(
-            encode_free_list(self._chain, self._free_entries, page_size, self.header.checkpoint_seq)
-        )
+        generated = dict(self._generated)
         zero = bytes(page_size)
         leaves = self._leaves
         branches = self._branches
@@ -154,6 +174,12 @@ class DatabaseImage:
                         current, page, path=self.path, page_size=page_size
                     )
                     expected = PageType.LEAF if current in leaves else PageType.BRANCH
+                    check_page_crc(
+                        current,
+                        page,
+                        leaves[current] if current in leaves else branches[current],
+                        path=self.path,
+                    )
                     if ptype != expected:
                         raise DatabaseCorrupted(
                             f"page {current} of '{self.path}' is a {ptype.name} page where the "

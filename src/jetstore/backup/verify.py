@@ -10,7 +10,9 @@ and the error recovery or restore would raise:
 - every database image: both header pages decode and agree (`choose_db_header`), the header's
   database signature, log signature, page size and page count match the manifest, the file is
   exactly page_count pages; every page that is not all zeros verifies with its page number
-  (`verify_page`: checksum, misplaced page, page type); an offline image must be clean;
+  (`verify_page`: checksum, misplaced page, page type); every page the header's references
+  reach is the image they name (`ReadLostFlushVerifyFailure`, design D12); an offline image
+  must be clean;
 - every log file: its header decodes, names the generation the manifest says and the set's
   log signature, and its size is the stream's log file size; its frames verify up to where they
   end, their padding is zero and every byte after the last frame is zero (a copy holds zeros
@@ -24,7 +26,8 @@ Invariants:
 - Read-only: nothing in the set is written, renamed or deleted.
 - Damage is a finding, never an exception: only a backup set directory that does not exist
   (or is not a directory) raises. Every handle is closed before `verify_backup` returns.
-- One log file (at most the stream's log file size) and one page are held in memory at a time.
+- One log file (at most the stream's log file size) and one page are held in memory at a time,
+  plus what the reference walk keeps (`jetstore.pages.references`: about 5 bytes a page).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from jetstore.errors import (
     LogGenerationMismatch,
     LogSequenceChecksumMismatch,
     MissingLogFile,
+    ReadLostFlushVerifyFailure,
 )
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, DatabaseState, choose_db_header
 from jetstore.format.filenames import generation_log_name
@@ -64,6 +68,7 @@ from jetstore.format.logframe import FRAME_HEADER_SIZE, accumulate, decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
 from jetstore.format.page import verify_page
 from jetstore.io.files import FileSystem
+from jetstore.pages.references import PageReferences
 
 __all__ = ["BackupProblem", "BackupVerification", "FileReport", "verify_backup"]
 
@@ -438,6 +443,7 @@ class _ImageChecker(_Capped):
         self.pgno = 0
         self.header_pages: list[bytes] = []
         self.header: DatabaseHeader | None = None
+        self.references: PageReferences | None = None
 
     def feed(self, chunk: bytes) -> None:
         self.pending += chunk
@@ -462,11 +468,15 @@ class _ImageChecker(_Capped):
         if page.count(0) == len(page):
             return  # a free page of the image: never read, written before it is used
         try:
-            verify_page(pgno, page, path=name, page_size=self.page_size)
+            _data, page_type, entries, _seq, _length = verify_page(
+                pgno, page, path=name, page_size=self.page_size
+            )
         except JetError as exc:
             self.problem(exc, offset=pgno * self.page_size, page=pgno)
         else:
             self.report.pages += 1
+            if self.references is not None:
+                self.references.add(pgno, page, page_type, entries)
 
     def _header(self) -> None:
         name = self.entry.name
@@ -476,6 +486,7 @@ class _ImageChecker(_Capped):
             self.problem(exc, offset=0, page=0)
             return
         self.header = header
+        self.references = PageReferences(header.page_count)
         for note in notes:
             self.problem(DatabaseCorrupted(f"{name}: {note}"), offset=0, page=0)
         image = self.image
@@ -548,6 +559,13 @@ class _ImageChecker(_Capped):
                     f"{name} holds {self.pgno} pages, the manifest says {self.image.page_count}"
                 )
             )
+        if self.header is not None and self.references is not None:
+            for lost in self.references.lost_writes(self.header):
+                self.problem(
+                    ReadLostFlushVerifyFailure(f"{name}: {lost.describe()}", path=name),
+                    offset=lost.pgno * self.page_size,
+                    page=lost.pgno,
+                )
         self.close()
 
 

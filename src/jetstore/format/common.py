@@ -10,7 +10,7 @@ offset 667 in all its headers for the same reason). Little-endian:
 | 0 | 4 | CRC32C over bytes [4, block_size) of this block |
 | 4 | 8 | magic `b"JETSTORE"` |
 | 12 | 2 | file type (`FileType`, below) |
-| 14 | 2 | format version (`FORMAT_VERSION` = 1) |
+| 14 | 2 | format version (`FORMAT_VERSION` = 2) |
 | 16 | 4 | block size: the number of bytes the CRC covers (the whole header block) |
 | 20 | ... | type-specific fields, then zero padding to the block size |
 
@@ -46,7 +46,7 @@ from jetstore._version import __version__
 from jetstore.errors import BadLogVersion, FileInvalidType, InvalidParameter, JetError
 
 MAGIC = b"JETSTORE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # crc u32, magic 8s, file type u16, format version u16, block size u32.
 _PREFIX = struct.Struct("<I8sHHI")

@@ -40,7 +40,9 @@ Offsets are from the start of the page, little-endian:
 | 312 | 24 | last incremental backup |
 | 336 | 24 | last differential backup |
 | 360 | 24 | last copy backup |
-| 384 | ... | zero to the end of the page (covered by the CRC) |
+| 384 | 4 | root_crc (u32): CRC32C of the root page's image (0 with no root) |
+| 388 | 4 | freelist_crc (u32): CRC32C of the head free-list page's image (0 with no free list) |
+| 392 | ... | zero to the end of the page (covered by the CRC) |
 
 `BackupInfo` (24 bytes): generation_low u32, generation_high u32, position `LogPosition` (8),
 time_us u64; all zero means "never".
@@ -50,7 +52,10 @@ All times are u64 microseconds since the Unix epoch, UTC.
 Invariants (checked by the encoder as InvalidParameter and by the decoder as DatabaseCorrupted):
 - page_size is one of `PAGE_SIZES` and equals the block size, so a copy is exactly one page.
 - page_count >= 2; root_pgno and freelist_pgno are 0 or a page in [2, page_count) (pages 0 and
-  1 are the header copies); free_page_count <= page_count - 2.
+  1 are the header copies); free_page_count <= page_count - 2; page_count <= 2**32 (page
+  numbers are 32 bits, D12).
+- root_crc and freelist_crc name the exact page images the header was written with: a read of
+  the root or the head free-list page compares them (lost-write detection, D12).
 - Both copies of one header update carry the same header_seq. Copy 0 is written (and synced)
   before copy 1, so an interrupted update leaves at most one copy torn or older; the reader
   (`choose_db_header`) takes the valid copy with the highest header_seq and reports the other.
@@ -183,6 +188,8 @@ class DatabaseHeader:
     created_time: int = 0
     root_pgno: int = 0
     freelist_pgno: int = 0
+    root_crc: int = 0
+    freelist_crc: int = 0
     free_page_count: int = 0
     page_count: int = HEADER_COPIES
     checkpoint_seq: int = 0
@@ -216,8 +223,11 @@ _FIELDS = struct.Struct(
     "16s"  # 204 engine_version
     "H64s2x"  # 220 name length, 222 name, 286 reserved
     "24s24s24s24s"  # 288 backups: full, incremental, differential, copy
+    "II"  # 384 root_crc, freelist_crc
 )
-assert PREFIX_SIZE + _FIELDS.size == 384
+assert PREFIX_SIZE + _FIELDS.size == 392
+#: Page numbers are 32 bits (the low half of a child reference, D12).
+MAX_PAGE_COUNT = 1 << 32
 assert min(PAGE_SIZES) >= PREFIX_SIZE + _FIELDS.size
 _PAGE_SIZE_OFFSET = PREFIX_SIZE
 
@@ -229,6 +239,10 @@ def _invariant_problems(h: DatabaseHeader) -> list[str]:
         problems.append(f"page size {h.page_size} is not one of {sorted(PAGE_SIZES)}")
     if h.page_count < HEADER_COPIES:
         problems.append(f"page count {h.page_count} is below {HEADER_COPIES} (the header pages)")
+    if h.page_count > MAX_PAGE_COUNT:
+        problems.append(f"page count {h.page_count} exceeds the maximum {MAX_PAGE_COUNT}")
+    if (h.root_pgno == 0 and h.root_crc) or (h.freelist_pgno == 0 and h.freelist_crc):
+        problems.append("a page checksum is recorded for an empty tree or free list")
     for label, pgno in (("root page", h.root_pgno), ("free list page", h.freelist_pgno)):
         if pgno != 0 and not FIRST_DATA_PGNO <= pgno < h.page_count:
             problems.append(f"{label} {pgno} is outside [{FIRST_DATA_PGNO}, {h.page_count})")
@@ -281,6 +295,8 @@ def encode_db_header(h: DatabaseHeader) -> bytes:
         h.last_incremental_backup.pack(),
         h.last_differential_backup.pack(),
         h.last_copy_backup.pack(),
+        h.root_crc,
+        h.freelist_crc,
         what="database header",
     )
     return encode_block(FileType.DATABASE, body, h.page_size)
@@ -343,6 +359,8 @@ def decode_db_header(data: bytes, *, path: str = "", copy: int = 0) -> DatabaseH
         incremental,
         differential,
         copy_backup,
+        root_crc,
+        freelist_crc,
     ) = _FIELDS.unpack_from(body)
 
     if page_size != len(data):
@@ -371,6 +389,8 @@ def decode_db_header(data: bytes, *, path: str = "", copy: int = 0) -> DatabaseH
         created_time=created_time,
         root_pgno=root_pgno,
         freelist_pgno=freelist_pgno,
+        root_crc=root_crc,
+        freelist_crc=freelist_crc,
         free_page_count=free_page_count,
         page_count=page_count,
         checkpoint_seq=checkpoint_seq,

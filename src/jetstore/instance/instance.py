@@ -1264,6 +1264,7 @@ def open_instance(
             f"unknown option(s) {', '.join(unknown)}",
             hint=f"valid options: {', '.join(sorted(fields))}",
         )
+    _check_option_types(options)
     directory = os.fspath(path)
     if "log_file_size" not in options:
         existing = _existing_log_file_size(directory)
@@ -1273,6 +1274,30 @@ def open_instance(
     instance = Instance(directory, InstanceOptions(**options), filesystem)
     instance._open()
     return instance
+
+
+def _check_option_types(options: dict[str, Any]) -> None:
+    """InvalidParameter for an option of the wrong type: `validate` compares numbers, and a
+    comparison with a str or a dict would surface as a bare TypeError."""
+    for field in dataclasses.fields(InstanceOptions):
+        if field.name not in options:
+            continue
+        value = options[field.name]
+        default = field.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            expected = "True or False"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            expected = "an integer"
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            expected = "a number"
+        if not ok:
+            raise InvalidParameter(
+                f"option {field.name}={value!r} is {type(value).__name__}, not {expected}",
+                hint=f"pass {field.name} as {expected}",
+            )
 
 
 def _existing_log_file_size(directory: str) -> int | None:

@@ -11,8 +11,9 @@ A `Node` is a plain Python object. A leaf holds sorted `keys` and their `values`
 ``< keys[i]`` and every key of ``children[i + 1]`` is ``>= keys[i]`` (lookups choose
 ``children[bisect_right(keys, key)]``). Separators are the shortest prefix of the right
 subtree's smallest key that is still greater than the left subtree's largest key, so branches
-stay dense whatever the key length. A child is either a `Node` or the int page number of a node
-that lives on disk and is loaded through the store.
+stay dense whatever the key length. A child is either a `Node` or the int *child reference* of
+a node that lives on disk and is loaded through the store: ``pgno | page_crc << 32``, the page
+number and the CRC32C the page was written with (`child_ref`, `ref_pgno`, `ref_crc`).
 
 Invariants and why
 ------------------
@@ -36,6 +37,13 @@ Invariants and why
   (``LEAF_ENTRY_OVERHEAD`` + key + value) is at most `max_entry_size(page_size)`, so any two
   entries share a page and a split at the byte midpoint always yields two fitting halves; keys
   are at most `MAX_KEY_SIZE` bytes, so a branch always holds at least three separators.
+- A parent names the exact image of each child it was written with (design D12, lost writes):
+  every child reference carries the child page's CRC32C, and every load through a reference
+  compares it with the page read (`ReadLostFlushVerifyFailure` when a valid but different,
+  i.e. older, image of the page is found). A node written by a checkpoint keeps its page's
+  CRC in `page_crc` (set by the checkpointer after encoding it, before its parent is encoded:
+  semantically neutral, like `pgno`); a node decoded from a page carries that page's CRC.
+  Page numbers therefore fit 32 bits (`MAX_PGNO`).
 - All leaves are at the same depth. A non-root node is never empty; a node that shrinks below
   `min_fill(page_size)` merges with a sibling, or takes entries from it when both do not fit
   one page; a branch root left with one child is replaced by that child; an empty tree is the
@@ -65,7 +73,7 @@ leaf (page type 2), n entries:
   n x (key length u16, value length u32)
   key 0, value 0, key 1, value 1, ... (bytes, in key order)
 branch (page type 1), n keys, n + 1 children:
-  (n + 1) x child pgno u64
+  (n + 1) x child reference u64: child pgno (low 32 bits) | child page CRC32C << 32
   n x key length u16
   key 0, key 1, ... (bytes)
 ```
@@ -81,7 +89,13 @@ from itertools import accumulate, compress, islice, pairwise, repeat
 from operator import add, is_, is_not, itemgetter, lt
 from typing import Final, NoReturn, Protocol, final
 
-from jetstore.errors import DatabaseCorrupted, InvalidParameter, JetError, PageNotInitialized
+from jetstore.errors import (
+    DatabaseCorrupted,
+    InvalidParameter,
+    JetError,
+    PageNotInitialized,
+    ReadLostFlushVerifyFailure,
+)
 from jetstore.format.page import PAGE_HEADER_SIZE, PageType, encode_page, payload_capacity
 from jetstore.format.page import verify_page as _verify_page
 
@@ -89,12 +103,15 @@ __all__ = [
     "BRANCH_ENTRY_OVERHEAD",
     "LEAF_ENTRY_OVERHEAD",
     "MAX_KEY_SIZE",
+    "MAX_PGNO",
     "MemoryNodeStore",
     "Mutation",
     "Node",
     "NodeStore",
     "TreeStats",
     "build_tree",
+    "check_page_crc",
+    "child_ref",
     "count_entries",
     "decode_node",
     "dirty_nodes_postorder",
@@ -107,6 +124,10 @@ __all__ = [
     "merge_sorted",
     "merge_sorted_columns",
     "min_fill",
+    "node_ref",
+    "page_crc_of",
+    "ref_crc",
+    "ref_pgno",
     "swizzle",
     "verify_tree",
 ]
@@ -118,6 +139,57 @@ LEAF_ENTRY_OVERHEAD: Final = 6
 BRANCH_ENTRY_OVERHEAD: Final = 10
 #: Encoded bytes of a branch without separators (its first child).
 _BRANCH_BASE: Final = 8
+#: Page numbers are the low 32 bits of a child reference; the page's CRC32C the high 32.
+MAX_PGNO: Final = (1 << 32) - 1
+_CRC_SHIFT: Final = 32
+_PAGE_CRC: Final = struct.Struct("<I")
+
+
+def child_ref(pgno: int, page_crc: int) -> int:
+    """The reference a parent keeps to the page `pgno` written with checksum `page_crc`."""
+    return pgno | (page_crc << _CRC_SHIFT)
+
+
+def ref_pgno(ref: int) -> int:
+    """The page number a child reference names."""
+    return ref & MAX_PGNO
+
+
+def ref_crc(ref: int) -> int:
+    """The page CRC32C a child reference expects."""
+    return ref >> _CRC_SHIFT
+
+
+def page_crc_of(data: bytes | bytearray | memoryview) -> int:
+    """The CRC32C stored in a page image (its first 4 bytes)."""
+    return int(_PAGE_CRC.unpack_from(data)[0])
+
+
+def check_page_crc(
+    pgno: int,
+    data: bytes | bytearray | memoryview,
+    expected_crc: int,
+    *,
+    path: str = "",
+    referrer: str = "its parent",
+) -> None:
+    """ReadLostFlushVerifyFailure unless the page image `data` is the one `expected_crc` names.
+
+    Call it on a page that already verified (its own checksum and page number): a valid page
+    with another checksum than its referrer recorded is an older (or newer) image of the page
+    than the one the tree was written with, i.e. a write the disk acknowledged but lost.
+    """
+    found = page_crc_of(data)
+    if found != expected_crc:
+        where = f"page {pgno} of {path!r}" if path else f"page {pgno}"
+        raise ReadLostFlushVerifyFailure(
+            f"{where} is a valid page but not the image {referrer} was written with "
+            f"(checksum {found:#010x}, expected {expected_crc:#010x}): a write of this page "
+            "was lost or the page was overwritten with an older copy",
+            hint="the database is damaged: run `jetstore integrity` to see what it reaches, "
+            "then restore from backup or run `jetstore repair`",
+            path=path or None,
+        )
 
 
 def max_entry_size(page_size: int) -> int:
@@ -137,7 +209,17 @@ class Node:
     For a leaf `children` is empty; for a branch `values` is empty.
     """
 
-    __slots__ = ("children", "index", "keys", "leaf", "nbytes", "owner", "pgno", "values")
+    __slots__ = (
+        "children",
+        "index",
+        "keys",
+        "leaf",
+        "nbytes",
+        "owner",
+        "page_crc",
+        "pgno",
+        "values",
+    )
 
     leaf: bool
     keys: list[bytes]
@@ -148,6 +230,8 @@ class Node:
     nbytes: int
     #: A written leaf's entries as a dict, built by the first `lookup` that reaches it.
     index: dict[bytes, bytes] | None
+    #: The CRC32C of the page the node was written to (None until a checkpoint encodes it).
+    page_crc: int | None
 
     def __init__(
         self,
@@ -167,6 +251,7 @@ class Node:
         self.owner = owner
         self.nbytes = nbytes
         self.index = None
+        self.page_crc = None
 
     @classmethod
     def new_leaf(
@@ -205,12 +290,23 @@ class NodeStore(Protocol):
 
     page_size: int
 
-    def load(self, pgno: int) -> Node:
-        """The node written at `pgno`, with `pgno` set and `owner` 0.
+    def load(self, ref: int) -> Node:
+        """The node a child reference (`child_ref`) names, with `pgno` set and `owner` 0.
 
-        The same object may be returned to many callers: it must never be changed.
+        The page read must be the exact image the reference names (`check_page_crc`). The
+        same object may be returned to many callers: it must never be changed.
         """
         ...
+
+
+def node_ref(node: Node) -> int:
+    """The child reference to a written node (InvalidParameter if it was never written)."""
+    pgno, crc = node.pgno, node.page_crc
+    if pgno is None or crc is None:
+        raise InvalidParameter(
+            f"{node!r} has no page image yet: write children before their parent"
+        )
+    return pgno | (crc << _CRC_SHIFT)
 
 
 # --- node page codec ---------------------------------------------------------------------
@@ -263,14 +359,9 @@ def encode_node(node: Node, page_size: int, pgno: int, checkpoint_seq: int) -> b
             )
         if n == 0:
             raise InvalidParameter(f"{_NO_CHILDREN_MSG} cannot be written (page {pgno})")
-        child_pgnos = [c.pgno if type(c) is Node else c for c in children]
-        if None in child_pgnos:
-            raise InvalidParameter(
-                f"branch for page {pgno} has a child without a page number: write children "
-                "before their parent"
-            )
+        refs = [node_ref(c) if type(c) is Node else c for c in children]
         try:
-            directory = _branch_dir(n).pack(*child_pgnos, *map(len, keys))
+            directory = _branch_dir(n).pack(*refs, *map(len, keys))
         except struct.error:
             raise InvalidParameter(f"a key of the branch for page {pgno} is too long") from None
         payload = directory + b"".join(keys)
@@ -279,24 +370,36 @@ def encode_node(node: Node, page_size: int, pgno: int, checkpoint_seq: int) -> b
 
 
 def decode_node(
-    pgno: int, data: bytes | bytearray | memoryview, *, path: str = "", page_size: int | None = None
+    pgno: int,
+    data: bytes | bytearray | memoryview,
+    *,
+    path: str = "",
+    page_size: int | None = None,
+    expected_crc: int | None = None,
 ) -> Node:
-    """The node stored in page `pgno` (verified), with `pgno` set and `owner` 0.
+    """The node stored in page `pgno` (verified), with `pgno` and `page_crc` set, `owner` 0.
 
     Any malformed page raises a `JetError` naming the page (`DatabaseCorrupted` for a bad
-    payload, the page-envelope errors of `jetstore.format.page` for a bad page).
+    payload, the page-envelope errors of `jetstore.format.page` for a bad page). With
+    `expected_crc` (the reference's, `ref_crc`), a valid page holding another image than the
+    one its parent was written with is `ReadLostFlushVerifyFailure`.
     """
     page, page_type, n, _seq, plen = _verify_page(pgno, data, path=path, page_size=page_size)
+    if expected_crc is not None:
+        check_page_crc(pgno, page, expected_crc, path=path)
     try:
         if page_type == PageType.LEAF:
-            return _decode_leaf(pgno, page, n, plen, path)
-        if page_type == PageType.BRANCH:
-            return _decode_branch(pgno, page, n, plen, path)
+            node = _decode_leaf(pgno, page, n, plen, path)
+        elif page_type == PageType.BRANCH:
+            node = _decode_branch(pgno, page, n, plen, path)
+        else:
+            raise _corrupt(pgno, path, f"is a {page_type.name} page, not a B+tree node")
     except JetError:
         raise
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise _corrupt(pgno, path, f"malformed node payload ({exc})") from None
-    raise _corrupt(pgno, path, f"is a {page_type.name} page, not a B+tree node")
+    node.page_crc = page_crc_of(page)
+    return node
 
 
 def _corrupt(pgno: int, path: str, what: str) -> DatabaseCorrupted:
@@ -346,7 +449,7 @@ def _decode_branch(pgno: int, page: bytes, n: int, plen: int, path: str) -> Node
         raise _corrupt(pgno, path, "branch key lengths do not add up to the payload length")
     if max(klens) > MAX_KEY_SIZE:
         raise _corrupt(pgno, path, f"branch key longer than {MAX_KEY_SIZE} bytes")
-    if pgno in children:
+    if pgno in [ref & MAX_PGNO for ref in fields[: n + 1]]:
         raise _corrupt(pgno, path, "branch page names itself as a child")
     keys = list(struct.Struct("<" + "%ds" * n % klens).unpack_from(page, start))
     return Node(False, keys, [], children, pgno, 0, plen)
@@ -557,19 +660,21 @@ def dirty_nodes_postorder(root: Node | None) -> list[tuple[Node, Node | None, in
     return out
 
 
-def swizzle(parent: Node, index: int, pgno: int) -> None:
-    """Replace the written child node ``parent.children[index]`` by its page number `pgno`.
+def swizzle(parent: Node, index: int, ref: int) -> None:
+    """Replace the written child node ``parent.children[index]`` by its reference `ref`.
 
     Semantically neutral, so it is allowed on published nodes: readers then load the child
-    through the store. The child must already carry that page number.
+    through the store. The child must already be written to exactly that page image.
     """
     child = parent.children[index]
-    current = child.pgno if type(child) is Node else child
-    if current != pgno:
+    current = node_ref(child) if type(child) is Node else child
+    if current != ref:
         raise InvalidParameter(
-            f"cannot swizzle child {index} to page {pgno}: it is stored at page {current}"
+            f"cannot swizzle child {index} to page {ref_pgno(ref)} (checksum "
+            f"{ref_crc(ref):#010x}): it is stored at page {ref_pgno(current)} (checksum "
+            f"{ref_crc(current):#010x})"
         )
-    parent.children[index] = pgno
+    parent.children[index] = ref
 
 
 # --- mutation ----------------------------------------------------------------------------
@@ -1455,22 +1560,27 @@ class MemoryNodeStore:
         self.next_pgno = first_pgno
         self.loads = 0
 
-    def load(self, pgno: int) -> Node:
+    def load(self, ref: int) -> Node:
+        pgno = ref & MAX_PGNO
         data = self.pages.get(pgno)
         if data is None:
             raise PageNotInitialized(f"page {pgno} of {self.path!r} was never written")
         self.loads += 1
-        return decode_node(pgno, data, path=self.path, page_size=self.page_size)
+        return decode_node(
+            pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
+        )
 
     def write(self, node: Node, checkpoint_seq: int = 0) -> int:
-        """Give the dirty `node` the next page number, encode and store it; returns the pgno."""
+        """Give the dirty `node` the next page number, encode and store it; returns the
+        child reference to it (`child_ref`)."""
         if node.pgno is not None:
             raise InvalidParameter(f"node is already written at page {node.pgno}")
         pgno = self.next_pgno
-        self.pages[pgno] = encode_node(node, self.page_size, pgno, checkpoint_seq)
+        data = self.pages[pgno] = encode_node(node, self.page_size, pgno, checkpoint_seq)
         self.next_pgno += 1
         node.pgno = pgno
-        return pgno
+        node.page_crc = page_crc_of(data)
+        return node_ref(node)
 
     def checkpoint(self, root: Node | None, checkpoint_seq: int = 0) -> int:
         """Write every dirty node of `root` children first, swizzling each into its parent.
@@ -1479,7 +1589,7 @@ class MemoryNodeStore:
         """
         dirty = dirty_nodes_postorder(root)
         for node, parent, index in dirty:
-            pgno = self.write(node, checkpoint_seq)
+            ref = self.write(node, checkpoint_seq)
             if parent is not None:
-                swizzle(parent, index, pgno)
+                swizzle(parent, index, ref)
         return len(dirty)

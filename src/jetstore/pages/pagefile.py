@@ -3,8 +3,9 @@ page side of a checkpoint.
 
 File layout: page 0 and page 1 hold the two copies of the database header
 (`jetstore.format.dbheader`); every other page is a B+tree branch or leaf, or a free-list page
-(`jetstore.format.page` envelope). Free-list page payload: u64 next free-list page (0 = last),
-then u64 page numbers (the page's entry count says how many).
+(`jetstore.format.page` envelope). Free-list page payload: u64 reference to the next free-list
+page (`jetstore.pages.btree.child_ref`: page number | page CRC32C << 32; 0 = last), then u64
+page numbers (the page's entry count says how many).
 
 Invariants:
 - Copy-on-write: a checkpoint writes dirty nodes only to pages that no durable header and no
@@ -18,6 +19,10 @@ Invariants:
 - The persisted free list of a header lists exactly the pages free in that header's tree:
   the reusable pages, the pages freed at or before its checkpoint position, and the previous
   free-list chain; never a page the tree uses.
+- Every page the header reaches is read through a reference naming its exact image (D12): the
+  header holds the root's and the first free-list page's CRC32C, branches and free-list pages
+  hold their successors'. A valid but different image of a page (a lost write) is
+  `ReadLostFlushVerifyFailure`, never data. Page numbers stay within `MAX_PGNO` (32 bits).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from jetstore.errors import (
     DatabaseCorrupted,
     DatabaseDuplicate,
     JetError,
+    OutOfDatabaseSpace,
     PageNotInitialized,
 )
 from jetstore.format.dbheader import (
@@ -46,7 +52,18 @@ from jetstore.format.dbheader import (
 from jetstore.format.page import PageType, decode_page, encode_page, payload_capacity
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File, FileSystem
-from jetstore.pages.btree import Node, decode_node, dirty_nodes_postorder, encode_node
+from jetstore.pages.btree import (
+    MAX_PGNO,
+    Node,
+    check_page_crc,
+    child_ref,
+    decode_node,
+    dirty_nodes_postorder,
+    encode_node,
+    node_ref,
+    page_crc_of,
+    ref_crc,
+)
 from jetstore.pages.cache import NodeCache
 
 _FREELIST_HEAD = struct.Struct("<Q")
@@ -68,6 +85,8 @@ class CheckpointPlan:
     old_chain: list[int]
     page_count: int
     pages_written: int = 0
+    #: CRC32C of the first free-list page once written (0 for an empty chain).
+    freelist_crc: int = 0
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -200,8 +219,13 @@ class DatabaseFile:
 
     # ----------------------------------------------------------------- pages
 
-    def load(self, pgno: int) -> Node:
-        """The node at `pgno` (NodeStore protocol), from the cache or read and verified."""
+    def load(self, ref: int) -> Node:
+        """The node `ref` names (NodeStore protocol), from the cache or read and verified.
+
+        A cached node is the image its page was last written or read with: the page's
+        reference can only change when the page is freed, and freeing drops it from the cache.
+        """
+        pgno = ref & MAX_PGNO
         node = self.cache.get(pgno)
         if node is not None:
             return node
@@ -214,13 +238,16 @@ class DatabaseFile:
             )
         data = self._file.pread(self.page_size, pgno * self.page_size)
         self.pages_read += 1
-        node = decode_node(pgno, data, path=self.path, page_size=self.page_size)
+        node = decode_node(
+            pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
+        )
         self.cache.put(pgno, node)
         return node
 
     def root(self) -> Node | None:
-        pgno = self._header.root_pgno
-        return None if pgno == 0 else self.load(pgno)
+        header = self._header
+        pgno = header.root_pgno
+        return None if pgno == 0 else self.load(child_ref(pgno, header.root_crc))
 
     def read_raw_page(self, pgno: int) -> bytes:
         return self._file.pread(self.page_size, pgno * self.page_size)
@@ -233,6 +260,8 @@ class DatabaseFile:
 
     def _load_free_list(self) -> None:
         pgno = self._header.freelist_pgno
+        expected_crc = self._header.freelist_crc
+        referrer = "the database header"
         seen: set[int] = set()
         free: list[int] = []
         chain: list[int] = []
@@ -245,16 +274,19 @@ class DatabaseFile:
                 )
             seen.add(pgno)
             chain.append(pgno)
-            page = decode_page(pgno, self._file.pread(self.page_size, pgno * self.page_size))
+            data = self._file.pread(self.page_size, pgno * self.page_size)
+            page = decode_page(pgno, data, path=self.path)
+            check_page_crc(pgno, data, expected_crc, path=self.path, referrer=referrer)
             if page.page_type != PageType.FREE_LIST:
                 raise DatabaseCorrupted(
                     f"page {pgno} of '{self.path}' should be a free-list page", path=self.path
                 )
             payload = bytes(page.payload)
-            (next_pgno,) = _FREELIST_HEAD.unpack_from(payload, 0)
+            (next_ref,) = _FREELIST_HEAD.unpack_from(payload, 0)
             entries = struct.unpack_from(f"<{page.count}Q", payload, _FREELIST_HEAD.size)
             free.extend(entries)
-            pgno = next_pgno
+            referrer = f"free-list page {pgno}"
+            pgno, expected_crc = next_ref & MAX_PGNO, ref_crc(next_ref)
         heapq.heapify(free)
         self._free = free
         self._chain = chain
@@ -271,6 +303,12 @@ class DatabaseFile:
             self.cache.discard(pgno)
             return pgno
         pgno = self._page_count
+        if pgno > MAX_PGNO:
+            raise OutOfDatabaseSpace(
+                f"database '{self.path}' has reached its maximum of {MAX_PGNO + 1} pages",
+                hint="delete data and run `jetstore compact`, or split the data over databases",
+                path=self.path,
+            )
         self._page_count += 1
         return pgno
 
@@ -352,11 +390,16 @@ class DatabaseFile:
                 batch = []
 
         pages: list[tuple[int, bytes]] = []
+        # Children before parents (postorder): a parent's encoding takes each child's CRC.
         for node, _parent, _index in plan.dirty:
             pgno = node.pgno
             assert pgno is not None
-            pages.append((pgno, encode_node(node, page_size, pgno, seq)))
-        pages.extend(encode_free_list(plan.chain, plan.free_list, page_size, seq))
+            data = encode_node(node, page_size, pgno, seq)
+            node.page_crc = page_crc_of(data)
+            pages.append((pgno, data))
+        free_pages = encode_free_list(plan.chain, plan.free_list, page_size, seq)
+        plan.freelist_crc = page_crc_of(free_pages[0][1]) if free_pages else 0
+        pages.extend(free_pages)
         pages.sort()
         for pgno, data in pages:
             if batch and pgno != batch_start + len(batch):
@@ -393,7 +436,7 @@ class DatabaseFile:
                 children = node.children
                 for i, child in enumerate(children):
                     if type(child) is Node and child.pgno is not None:
-                        children[i] = child.pgno
+                        children[i] = node_ref(child)
             assert node.pgno is not None
             self.cache.put(node.pgno, node)
 
@@ -405,7 +448,9 @@ class DatabaseFile:
         return self.write_header(
             raise_max_required=raise_max_required,
             root_pgno=0 if root is None else root.pgno,
+            root_crc=0 if root is None else root.page_crc,
             freelist_pgno=plan.chain[0] if plan.chain else 0,
+            freelist_crc=plan.freelist_crc,
             free_page_count=len(plan.free_list),
             page_count=plan.page_count,
             checkpoint_seq=plan.checkpoint_seq,
@@ -432,21 +477,20 @@ def encode_free_list(
     chain: list[int], entries: list[int], page_size: int, checkpoint_seq: int
 ) -> list[tuple[int, bytes]]:
     """The free-list pages listing `entries` (ascending) in the pages `chain`, linked in
-    order; returns (page number, page image) pairs."""
+    order; returns (page number, page image) pairs in chain order (the first is the head, whose
+    CRC the header records)."""
     per_page = free_list_capacity(page_size)
     pages: list[tuple[int, bytes]] = []
-    for i, pgno in enumerate(chain):
+    next_ref = 0
+    # Last page first: each page's link names its successor's exact image.
+    for i in range(len(chain) - 1, -1, -1):
+        pgno = chain[i]
         chunk = entries[i * per_page : (i + 1) * per_page]
-        next_pgno = chain[i + 1] if i + 1 < len(chain) else 0
-        payload = _FREELIST_HEAD.pack(next_pgno) + struct.pack(f"<{len(chunk)}Q", *chunk)
-        pages.append(
-            (
-                pgno,
-                encode_page(
-                    pgno, PageType.FREE_LIST, len(chunk), payload, page_size, checkpoint_seq
-                ),
-            )
-        )
+        payload = _FREELIST_HEAD.pack(next_ref) + struct.pack(f"<{len(chunk)}Q", *chunk)
+        data = encode_page(pgno, PageType.FREE_LIST, len(chunk), payload, page_size, checkpoint_seq)
+        pages.append((pgno, data))
+        next_ref = child_ref(pgno, page_crc_of(data))
+    pages.reverse()
     return pages
 
 

@@ -14,7 +14,11 @@ Invariants:
   `decode_log_header`, `decode_frame`) and log files go through `verify_logs` (the whole
   chain: frames, torn tail vs damage, links between generations); nothing re-implements them.
 - Classification of database pages: pages 0 and 1 are the header copies; every other page
-  is verified with its page number (`verify_page`, so a misplaced page is caught); an
+  is verified with its page number (`verify_page`, so a misplaced page is caught); then the
+  references of the durable header are followed (root, branches, free-list chain: D12) and a
+  page that verifies but is not the image its referrer was written with is a lost write
+  (`ReadLostFlushVerifyFailure`). That walk needs a still file: it is skipped, with a note,
+  for a database whose instance is open; an
   all-zero page is *unused*, not damage; a page at or past the header's `page_count` is
   *beyond the end* (no durable header reaches it: a crash after a checkpoint wrote pages but
   before its header did leaves such pages) and is never counted as damage; pages the header
@@ -23,7 +27,8 @@ Invariants:
   recovery repairs or tolerates (an older header or checkpoint copy, a torn log tail with
   valid frames past it, a missing log generation: no block of it is bad, `jetstore diagnose`
   says what it means for recovery); "info" is normal (a torn tail, pages beyond the end).
-- Memory: a database is read `CHUNK_BYTES` at a time; one log file is held at a time.
+- Memory: a database is read `CHUNK_BYTES` at a time; one log file is held at a time; the
+  reference walk keeps what `jetstore.pages.references` says (about 5 bytes a page).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from jetstore.errors import (
     JetError,
     LogFileCorrupt,
     PageNotInitialized,
+    ReadLostFlushVerifyFailure,
 )
 from jetstore.format.checkpoint import (
     CHECKPOINT_COPIES,
@@ -70,6 +76,7 @@ from jetstore.format.page import PageType, verify_page
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import is_locked, read_lock_holder
 from jetstore.log.verify import LogProblem, verify_logs
+from jetstore.pages.references import PageReferences
 
 __all__ = [
     "CHUNK_BYTES",
@@ -208,6 +215,10 @@ def checksum_path(
         if kind == "backup":
             return _backup(fs, os.path.dirname(target))
         report = ChecksumReport(target, kind)
+        directory = os.path.dirname(target)
+        if kind == "database" and is_locked(fs, directory):
+            report.open_elsewhere = True
+            report.open_by_pid = read_lock_holder(fs, directory)
         _check_file(fs, report, target, kind, owner, progress)
         return report
     finally:
@@ -376,6 +387,7 @@ def _database(
         "branch": 0,
         "leaf": 0,
         "free_list": 0,
+        "lost_writes": 0,
     }
     check.counts = counts
     try:
@@ -438,16 +450,34 @@ def _database(
             counts["bad"] += page_count - pages_in_file
         per_chunk = max(1, CHUNK_BYTES // page_size)
         description = f"pages of {os.path.basename(path)}"
+        pages = PageReferences(pages_in_file)
         pgno = _HEADER_PAGES
         while pgno < pages_in_file:
             count = min(per_chunk, pages_in_file - pgno)
             chunk = file.pread(count * page_size, pgno * page_size)
             for index in range(count):
                 page = chunk[index * page_size : (index + 1) * page_size]
-                _page(report, path, pgno + index, page, page_size, page_count, counts)
+                found = _page(report, path, pgno + index, page, page_size, page_count, counts)
+                if found is not None:
+                    pages.add(pgno + index, page, *found)
             pgno += count
             if progress is not None:
                 progress(description, pgno, pages_in_file)
+    if chosen is not None:
+        if report.open_elsewhere:
+            _problem(
+                report,
+                "info",
+                path,
+                "database",
+                "page references",
+                None,
+                "the instance is open, so pages may be reused while they are read: the check "
+                "that every page is the image its parent names (lost writes) was skipped; "
+                "close the instance (or check a backup) to run it",
+            )
+        else:
+            _references(report, path, chosen, pages, counts)
     if counts["bad"] or counts["header_copies_ok"] == 0:
         check.status = "damaged"
     return check
@@ -507,17 +537,18 @@ def _page(
     page_size: int,
     page_count: int | None,
     counts: dict[str, Any],
-) -> None:
+) -> tuple[PageType, int] | None:
+    """Verify one page; its (type, entry count) when it verifies, else None."""
     beyond = page_count is not None and pgno >= page_count
     if beyond:
         counts["beyond_end"] += 1
     try:
-        _data, page_type, _count, _seq, _length = verify_page(
+        _data, page_type, entries, _seq, _length = verify_page(
             pgno, page, path=path, page_size=page_size
         )
     except PageNotInitialized:
         counts["unused"] += 1
-        return
+        return None
     except JetError as exc:
         if beyond:
             _problem(
@@ -531,7 +562,7 @@ def _page(
                 f"verify ({exc.detail or exc}); no header reaches it, so it is not damage",
                 page=pgno,
             )
-            return
+            return None
         counts["bad"] += 1
         _problem(
             report,
@@ -544,7 +575,7 @@ def _page(
             page=pgno,
             offset=pgno * page_size,
         )
-        return
+        return None
     counts["verified"] += 1
     if page_type is PageType.BRANCH:
         counts["branch"] += 1
@@ -552,6 +583,31 @@ def _page(
         counts["leaf"] += 1
     elif page_type is PageType.FREE_LIST:
         counts["free_list"] += 1
+    return page_type, entries
+
+
+def _references(
+    report: ChecksumReport,
+    path: str,
+    header: DatabaseHeader,
+    pages: PageReferences,
+    counts: dict[str, Any],
+) -> None:
+    """Report every lost write the durable header's references reveal (D12)."""
+    for lost in pages.lost_writes(header):
+        counts["lost_writes"] += 1
+        counts["bad"] += 1
+        _problem(
+            report,
+            "error",
+            path,
+            "database",
+            f"page {lost.pgno}",
+            ReadLostFlushVerifyFailure,
+            lost.describe(),
+            page=lost.pgno,
+            offset=lost.pgno * header.page_size,
+        )
 
 
 # --------------------------------------------------------------------------- checkpoint

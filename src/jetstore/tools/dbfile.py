@@ -54,7 +54,7 @@ from jetstore.format.filenames import LOCK_FILE
 from jetstore.format.page import PAGE_SIZES
 from jetstore.io.files import File, FileSystem
 from jetstore.io.locking import acquire_directory_lock, is_locked, read_lock_holder
-from jetstore.pages.btree import Node, decode_node
+from jetstore.pages.btree import Node, child_ref, decode_node, ref_crc, ref_pgno
 from jetstore.tables.catalog import (
     CATALOG_PREFIX,
     NEXT_OBJECT_ID_KEY,
@@ -182,8 +182,10 @@ class OfflineDatabase:
         self.pages_read += 1
         return self._file.pread(self.page_size, pgno * self.page_size)
 
-    def load(self, pgno: int) -> Node:
-        """The verified node at `pgno` (`NodeStore` protocol)."""
+    def load(self, ref: int) -> Node:
+        """The verified node a child reference names (`NodeStore` protocol), checked against
+        the image the reference records (a lost write is `ReadLostFlushVerifyFailure`)."""
+        pgno = ref_pgno(ref)
         node = self._cache.get(pgno)
         if node is not None:
             self._cache.move_to_end(pgno)
@@ -203,7 +205,9 @@ class OfflineDatabase:
                 hint="restore the database from a backup, or `jetstore repair` it",
                 path=self.path,
             )
-        node = decode_node(pgno, data, path=self.path, page_size=self.page_size)
+        node = decode_node(
+            pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
+        )
         self._cache[pgno] = node
         if len(self._cache) > _CACHE_NODES:
             self._cache.popitem(last=False)
@@ -211,7 +215,7 @@ class OfflineDatabase:
 
     def root(self) -> Node | None:
         pgno = self.header.root_pgno
-        return None if pgno == 0 else self.load(pgno)
+        return None if pgno == 0 else self.load(child_ref(pgno, self.header.root_crc))
 
     def reread_header(self) -> DatabaseHeader:
         """The header as it is on disk now (to notice a writer that came meanwhile)."""

@@ -47,10 +47,14 @@ from jetstore.format.page import PageType, decode_page, payload_capacity
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import (
     LEAF_ENTRY_OVERHEAD,
+    check_page_crc,
+    child_ref,
     decode_node,
     iterate,
     max_entry_size,
     min_fill,
+    ref_crc,
+    ref_pgno,
 )
 from jetstore.tables.catalog import CATALOG_ID, object_prefix
 from jetstore.tables.keys import prefix_successor
@@ -278,12 +282,13 @@ def _walk_tree(
     last_key: bytes | None = None
     last_leaf: int | None = None
     underfull: list[tuple[int, int]] = []
-    # (page, depth, low bound inclusive, high bound exclusive, parent)
+    # (child reference, depth, low bound inclusive, high bound exclusive, parent)
     stack: list[tuple[int, int, bytes | None, bytes | None, int | None]] = [
-        (header.root_pgno, 1, None, None, None)
+        (child_ref(header.root_pgno, header.root_crc), 1, None, None, None)
     ]
     while stack:
-        pgno, depth, lo, hi, parent = stack.pop()
+        ref, depth, lo, hi, parent = stack.pop()
+        pgno = ref_pgno(ref)
         whence = "the header's root" if parent is None else f"branch page {parent}"
         if not HEADER_COPIES <= pgno < header.page_count:
             report.add(
@@ -310,7 +315,9 @@ def _walk_tree(
         try:
             if len(data) != page_size:
                 raise _short_page(db, pgno)
-            node = decode_node(pgno, data, path=db.path, page_size=page_size)
+            node = decode_node(
+                pgno, data, path=db.path, page_size=page_size, expected_crc=ref_crc(ref)
+            )
         except JetError as exc:
             report.add(
                 Problem("tree", f"{exc.ese_name}: {exc.detail} (reached from {whence})", pgno=pgno)
@@ -423,6 +430,8 @@ def _check_space(
     chain: list[int] = []
     free: list[int] = []
     pgno = header.freelist_pgno
+    expected_crc = header.freelist_crc
+    referrer = "the database header"
     broken = False
     while pgno:
         if pgno in chain or not HEADER_COPIES <= pgno < header.page_count:
@@ -438,7 +447,9 @@ def _check_space(
             break
         chain.append(pgno)
         try:
-            page = decode_page(pgno, db.read_page(pgno), path=db.path, page_size=db.page_size)
+            data = db.read_page(pgno)
+            page = decode_page(pgno, data, path=db.path, page_size=db.page_size)
+            check_page_crc(pgno, data, expected_crc, path=db.path, referrer=referrer)
         except JetError as exc:
             report.add(Problem("space", f"free-list page: {exc.ese_name}: {exc.detail}", pgno=pgno))
             broken = True
@@ -458,11 +469,12 @@ def _check_space(
             report.add(Problem("space", "free-list page payload length is wrong", pgno=pgno))
             broken = True
             break
-        next_pgno = int.from_bytes(payload[:8], "little")
+        next_ref = int.from_bytes(payload[:8], "little")
         free.extend(
             int.from_bytes(payload[8 + 8 * i : 16 + 8 * i], "little") for i in range(page.count)
         )
-        pgno = next_pgno
+        referrer = f"free-list page {pgno}"
+        pgno, expected_crc = ref_pgno(next_ref), ref_crc(next_ref)
     report.free_pages = len(free)
     report.free_list_pages = len(chain)
     if not broken and header.free_page_count != len(free):

@@ -10,6 +10,8 @@ Invariants:
 - The file is created under the name it is given and must not exist (the caller writes to a
   temporary name and renames it into place after checking it).
 - Every page carries the header's `checkpoint_seq` (never newer than the header).
+- Every parent and the header name the exact image of each page they reach (D12): a node's
+  CRC is taken as it is encoded, before its parent is.
 - On any failure the partial file is removed; nothing else is touched.
 """
 
@@ -21,7 +23,7 @@ from typing import Final
 
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, encode_db_header
 from jetstore.io.files import FileSystem
-from jetstore.pages.btree import build_tree, dirty_nodes_postorder, encode_node
+from jetstore.pages.btree import build_tree, dirty_nodes_postorder, encode_node, page_crc_of
 from jetstore.tools.dbfile import OWNER
 
 __all__ = ["write_database_file"]
@@ -54,7 +56,9 @@ def write_database_file(
         run_start = next_pgno
         for node, _parent, _index in nodes:
             node.pgno = next_pgno
-            run.append(encode_node(node, page_size, next_pgno, seq))
+            data = encode_node(node, page_size, next_pgno, seq)
+            node.page_crc = page_crc_of(data)
+            run.append(data)
             next_pgno += 1
             if len(run) >= _RUN_PAGES:
                 file.pwrite(b"".join(run), run_start * page_size)
@@ -67,7 +71,9 @@ def write_database_file(
             header_seq=header.header_seq + 1,
             checkpoint_seq=seq,
             root_pgno=0 if root is None else (root.pgno or 0),
+            root_crc=0 if root is None else (root.page_crc or 0),
             freelist_pgno=0,
+            freelist_crc=0,
             free_page_count=0,
             page_count=next_pgno,
         )

@@ -76,7 +76,7 @@ from jetstore.format.filenames import (
 from jetstore.format.page import PAGE_SIZES, PageType, verify_page
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
-from jetstore.pages.btree import Node, decode_node
+from jetstore.pages.btree import Node, child_ref, decode_node, ref_crc, ref_pgno
 from jetstore.tables.catalog import (
     CATALOG_ID,
     FIRST_OBJECT_ID,
@@ -449,11 +449,13 @@ def _walk(
     report: RepairReport,
 ) -> None:
     seen: set[int] = set()
+    # (child reference, parent page, low bound inclusive, high bound exclusive)
     stack: list[tuple[int, int | None, bytes | None, bytes | None]] = [
-        (header.root_pgno, None, None, None)
+        (child_ref(header.root_pgno, header.root_crc), None, None, None)
     ]
     while stack:
-        pgno, parent, lo, hi = stack.pop()
+        ref, parent, lo, hi = stack.pop()
+        pgno = ref_pgno(ref)
         reason: str | None = None
         node: Node | None = None
         if not HEADER_COPIES <= pgno < header.page_count or pgno in seen:
@@ -462,7 +464,9 @@ def _walk(
             seen.add(pgno)
             data = db.read_page(pgno)
             try:
-                node = decode_node(pgno, data, path=db.path, page_size=db.page_size)
+                node = decode_node(
+                    pgno, data, path=db.path, page_size=db.page_size, expected_crc=ref_crc(ref)
+                )
             except JetError as exc:
                 reason = f"{exc.ese_name}: {exc.detail}"
             if node is not None:
