@@ -39,9 +39,8 @@ flipped page, free ones included) must be reported with its location: the page n
 damaged page, exactly that one; a page past the header's page count as "info"), the header
 or checkpoint-file copy, the log generation and the offset of the damaged frame (a torn tail
 as a note at that frame, not an error). A page swapped with a blank one, or left all zeros by
-a zeroed sector, is an *unused* page to the checksum tool (nothing in the page says it is in
-use): there the integrity check, whose tree walk reaches it, must name it. The reference
-copies must checksum clean.
+a zeroed sector, looks unused on its own: both tools name it through the reference that
+reaches it (D12). The reference copies must checksum clean.
 
 Every test prints a summary (damaged, detected, missed). Reproducing: ``JETSTORE_SEED=<n>``.
 """
@@ -634,13 +633,16 @@ def test_zeroed_sector_in_a_page(
     counts: Counter[str] = Counter()
     failures = []
     for pgno, result in zip(pages, results, strict=True):
-        # A page left all zeros is "unused" to the checksum tool (nothing says it is in use):
-        # then the integrity check, whose tree walk reaches it, must name it.
+        # Both offline tools name the page: the checksum tool (bad checksum, or a page left all
+        # zeros that a reference reaches, D12) and the integrity check (its tree walk).
         problem = _checksum_page_problem(result, {pgno}, ref.page_count)
-        by_integrity = {f["page"] for f in result["integrity"]}
-        if problem and pgno not in by_integrity:
-            failures.append(f"{result['label']}: {problem}; check_integrity: {by_integrity}")
-        counts["checksum tool located" if not problem else "check_integrity located"] += 1
+        if problem:
+            failures.append(f"{result['label']}: {problem}")
+        counts["checksum tool located" if not problem else "checksum tool MISSED"] += 1
+        by_integrity = {f["page"] for f in result["integrity"] if f["page"] is not None}
+        if pgno not in by_integrity:
+            failures.append(f"{result['label']}: check_integrity names {sorted(by_integrity)}")
+        counts["check_integrity located" if pgno in by_integrity else "integrity MISSED"] += 1
         if result["outcome"] != "jet":
             counts["missed"] += 1
             failures.append(f"{result['label']}: not detected")
@@ -680,12 +682,13 @@ def test_swapped_pages_misdirected_write(
     failures = []
     for (a, b), result in zip(pairs, results, strict=True):
         named = {a, b} & ref.reachable
-        # The offline tools name every reachable page of the pair: the checksum tool (the
-        # page number is in the CRC), or the integrity check (a blank page moved into the
-        # tree verifies as "unused" for the checksum tool; the tree walk still reaches it).
+        # The checksum tool names every reachable page of the pair (the page number is in the
+        # CRC; a blank page moved into the tree is named by the reference that reaches it,
+        # D12). The integrity check names what its tree walk reaches (not below a damaged
+        # branch).
         by_checksum = {f["page"] for f in _checksum_errors(result, "database")}
-        by_integrity = {f["page"] for f in result["integrity"]}
-        if not named <= by_checksum | by_integrity:
+        by_integrity = {f["page"] for f in result["integrity"] if f["page"] is not None}
+        if not named <= by_checksum or not named & by_integrity:
             failures.append(
                 f"{result['label']}: the checksum tool names pages {sorted(by_checksum)}, "
                 f"check_integrity pages {sorted(by_integrity)}, expected {sorted(named)}"

@@ -11,8 +11,8 @@ and the error recovery or restore would raise:
   database signature, log signature, page size and page count match the manifest, the file is
   exactly page_count pages; every page that is not all zeros verifies with its page number
   (`verify_page`: checksum, misplaced page, page type); every page the header's references
-  reach is the image they name (`ReadLostFlushVerifyFailure`, design D12); an offline image
-  must be clean;
+  reach is the image they name (`ReadLostFlushVerifyFailure`, or `PageNotInitialized` for an
+  all-zero page they reach; design D12); an offline image must be clean;
 - every log file: its header decodes, names the generation the manifest says and the set's
   log signature, and its size is the stream's log file size; its frames verify up to where they
   end, their padding is zero and every byte after the last frame is zero (a copy holds zeros
@@ -60,7 +60,6 @@ from jetstore.errors import (
     LogGenerationMismatch,
     LogSequenceChecksumMismatch,
     MissingLogFile,
-    ReadLostFlushVerifyFailure,
 )
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, DatabaseState, choose_db_header
 from jetstore.format.filenames import generation_log_name
@@ -466,7 +465,11 @@ class _ImageChecker(_Capped):
                 self._header()
             return
         if page.count(0) == len(page):
-            return  # a free page of the image: never read, written before it is used
+            # A free page of the image (never read, written before it is used), unless a
+            # reference reaches it: the walk in `finish` tells.
+            if self.references is not None:
+                self.references.blank(pgno)
+            return
         try:
             _data, page_type, entries, _seq, _length = verify_page(
                 pgno, page, path=name, page_size=self.page_size
@@ -560,11 +563,11 @@ class _ImageChecker(_Capped):
                 )
             )
         if self.header is not None and self.references is not None:
-            for lost in self.references.lost_writes(self.header):
+            for problem in self.references.problems(self.header):
                 self.problem(
-                    ReadLostFlushVerifyFailure(f"{name}: {lost.describe()}", path=name),
-                    offset=lost.pgno * self.page_size,
-                    page=lost.pgno,
+                    problem.error(f"{name}: {problem.describe()}", path=name),
+                    offset=problem.pgno * self.page_size,
+                    page=problem.pgno,
                 )
         self.close()
 

@@ -17,8 +17,9 @@ Invariants:
   is verified with its page number (`verify_page`, so a misplaced page is caught); then the
   references of the durable header are followed (root, branches, free-list chain: D12) and a
   page that verifies but is not the image its referrer was written with is a lost write
-  (`ReadLostFlushVerifyFailure`). That walk needs a still file: it is skipped, with a note,
-  for a database whose instance is open; an
+  (`ReadLostFlushVerifyFailure`), and an all-zero page the tree or the chain needs is
+  `PageNotInitialized`. That walk needs a still file: it is skipped, with a note, for a
+  database whose instance is open; otherwise an
   all-zero page is *unused*, not damage; a page at or past the header's `page_count` is
   *beyond the end* (no durable header reaches it: a crash after a checkpoint wrote pages but
   before its header did leaves such pages) and is never counted as damage; pages the header
@@ -48,7 +49,6 @@ from jetstore.errors import (
     JetError,
     LogFileCorrupt,
     PageNotInitialized,
-    ReadLostFlushVerifyFailure,
 )
 from jetstore.format.checkpoint import (
     CHECKPOINT_COPIES,
@@ -192,6 +192,10 @@ class ChecksumReport:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+#: What `_page` returns for an all-zero page.
+_UNUSED: Final = "unused"
 
 
 def checksum_path(
@@ -388,6 +392,7 @@ def _database(
         "leaf": 0,
         "free_list": 0,
         "lost_writes": 0,
+        "referenced_blank": 0,
     }
     check.counts = counts
     try:
@@ -458,8 +463,10 @@ def _database(
             for index in range(count):
                 page = chunk[index * page_size : (index + 1) * page_size]
                 found = _page(report, path, pgno + index, page, page_size, page_count, counts)
-                if found is not None:
+                if isinstance(found, tuple):
                     pages.add(pgno + index, page, *found)
+                elif found == _UNUSED:
+                    pages.blank(pgno + index)
             pgno += count
             if progress is not None:
                 progress(description, pgno, pages_in_file)
@@ -537,8 +544,9 @@ def _page(
     page_size: int,
     page_count: int | None,
     counts: dict[str, Any],
-) -> tuple[PageType, int] | None:
-    """Verify one page; its (type, entry count) when it verifies, else None."""
+) -> tuple[PageType, int] | str | None:
+    """Verify one page: its (type, entry count) when it verifies, `_UNUSED` when it is all
+    zeros, None when it is damaged."""
     beyond = page_count is not None and pgno >= page_count
     if beyond:
         counts["beyond_end"] += 1
@@ -548,7 +556,7 @@ def _page(
         )
     except PageNotInitialized:
         counts["unused"] += 1
-        return None
+        return _UNUSED
     except JetError as exc:
         if beyond:
             _problem(
@@ -593,20 +601,24 @@ def _references(
     pages: PageReferences,
     counts: dict[str, Any],
 ) -> None:
-    """Report every lost write the durable header's references reveal (D12)."""
-    for lost in pages.lost_writes(header):
-        counts["lost_writes"] += 1
+    """Report every page the durable header's references reach that is not the image they
+    name (D12): a lost write, or a blank page where the tree needs one."""
+    for problem in pages.problems(header):
+        if problem.found_crc is None:
+            counts["referenced_blank"] += 1
+        else:
+            counts["lost_writes"] += 1
         counts["bad"] += 1
         _problem(
             report,
             "error",
             path,
             "database",
-            f"page {lost.pgno}",
-            ReadLostFlushVerifyFailure,
-            lost.describe(),
-            page=lost.pgno,
-            offset=lost.pgno * header.page_size,
+            f"page {problem.pgno}",
+            problem.error,
+            problem.describe(),
+            page=problem.pgno,
+            offset=problem.pgno * header.page_size,
         )
 
 
