@@ -17,6 +17,11 @@ unsynced directory entries reverted, applied, a subset), and each state is opene
   the records of a scan by primary key, per group too);
 - recovery run twice gives the same result (crash right after the first recovery, reopen,
   compare; then a clean close);
+- a crash *during* recovery loses nothing (`test_crash_during_recovery`): for a sample of
+  crash states (the latest one and others; more in `make soak`), the recovery itself runs
+  under a recorder, and every sampled crash point of it (all in `make soak`), in every ordered
+  variant, materialised over the crash state, recovers to exactly what the uninterrupted
+  recovery gives and passes every check above;
 - after that clean close, every database file passes `check_integrity`
   (`jetstore.tools.integrity`: tree order and balance, free space accounting, records against
   indexes, long values): any error fails the state, with its crash point and variant. Every
@@ -609,9 +614,12 @@ def _ranges(generations: list[int]) -> str:
     return ", ".join(parts)
 
 
-def check_state(rec: Recording, directory: str, point: int) -> tuple[list[str], int]:
+def check_state(
+    rec: Recording, directory: str, point: int, expected: Canonical | None = None
+) -> tuple[list[str], int]:
     """Open a crash state twice; return what is wrong (empty: all good) and the number of
-    checks made."""
+    checks made. With `expected`, the first recovery must give exactly that content (a state
+    left by a crash during recovery recovers to what the interrupted recovery would have)."""
     lo, hi = rec.acknowledged(point), rec.started(point)
     problems, checks = required_generation_problems(directory)  # before recovery writes
     checks += 1
@@ -625,6 +633,13 @@ def check_state(rec: Recording, directory: str, point: int) -> tuple[list[str], 
         checks += INVARIANT_CHECKS
     finally:
         instance.simulate_crash()
+    if expected is not None:
+        checks += 1
+        if first != expected:
+            problems.append(
+                f"recovered {_short(first)}, but the uninterrupted recovery gives "
+                f"{_short(expected)}"
+            )
     matches = [j for j, state in enumerate(rec.states) if state == first]
     checks += 2
     if not matches:
@@ -887,6 +902,105 @@ def test_crash_states_soak(tmp_path: Path) -> None:
         points_of=_main_points(True),
         label="crash states (soak)",
     )
+    assert not outcome.failures, outcome.failures[:5]
+
+
+#: Crash states of the workload whose recovery is itself crashed (`make soak`: more), and
+#: crash points of each recovery explored (all of them in `make soak`).
+RECOVERY_STATES = 3
+RECOVERY_POINTS = 24
+
+
+def run_crash_during_recovery(tmp_path: Path, soak: bool) -> Outcome:
+    """Crash states of the workload, each recovered under a recorder; then every (sampled)
+    crash point of that recovery, materialised over the crash state, must recover to exactly
+    what the uninterrupted recovery gives, and pass every check of `check_state`."""
+    seed = int(os.environ.get("JETSTORE_SEED", str(DEFAULT_SEED)))
+    started = time.monotonic()
+    rng = random.Random(seed + 7)
+    rec = load_or_run(tmp_path, seed, MAIN)
+    sim = CrashSimulator(rec.ops, rec.root)
+    window = database_creation_window(rec.ops)
+    # Late points leave the most log to replay: recovery then replays, rolls a generation and
+    # checkpoints; earlier ones are sampled too.
+    candidates = [p for p in sim.crash_points() if p not in window and p > window.stop]
+    count = RECOVERY_STATES * (4 if soak else 1)
+    late = candidates[-max(1, len(candidates) // 4) :]
+    originals = sorted(
+        {candidates[-1], *rng.sample(late, min(count // 2, len(late)))}
+        | set(rng.sample(candidates, min(count - count // 2 - 1, len(candidates))))
+    )
+    total = Outcome()
+    recovery_ops = 0
+    for number, point in enumerate(originals):
+        base = tmp_path / f"recovery-{number}"
+        state_dir, pristine, reference = base / "state", base / "pristine", base / "reference"
+        os.makedirs(base)
+        sim.materialise(point, str(state_dir), Variant(DataVariant.ALL, DirVariant.APPLY, seed))
+        shutil.copytree(state_dir, pristine)
+        shutil.copytree(state_dir, reference)
+        instance = jetstore.open(str(reference), **rec.options)
+        try:
+            expected, _found = read_state(instance)
+        finally:
+            instance.close()
+        recorder = Recorder()
+        instance = jetstore.open(
+            str(state_dir), filesystem=FileSystem(hook=recorder), **rec.options
+        )
+        instance.simulate_crash()
+        ops = recorder.ops
+        recovery_ops += len(ops)
+        rsim = CrashSimulator(ops, str(state_dir), str(pristine))
+        points = rsim.crash_points()
+        if not soak and len(points) > RECOVERY_POINTS:
+            points = sorted(rng.sample(points, RECOVERY_POINTS))
+        for rpoint in points:
+            for variant in ordered_variants(rsim, rpoint, seed, soak):
+                target = tempfile.mkdtemp(dir=base)
+                try:
+                    crash = rsim.materialise(rpoint, target, variant)
+                    total.states += 1
+                    problems, checks = check_state(rec, target, point, expected)
+                    total.checked += 1
+                    total.checks += checks
+                finally:
+                    shutil.rmtree(target, ignore_errors=True)
+                if problems:
+                    total.failed += 1
+                    if len(total.failures) < 20:
+                        op = ops[rpoint].describe() if rpoint < len(ops) else "end"
+                        total.failures.append(
+                            f"workload crash point {point}, recovery {crash.describe()} "
+                            f"(next op {op}): " + "; ".join(problems)
+                        )
+        if rsim.anomalies:
+            total.failed += 1
+            total.failures.append(f"recovery of point {point}: anomalies {rsim.anomalies[:5]}")
+        shutil.rmtree(base, ignore_errors=True)
+    total.seconds = time.monotonic() - started
+    print(
+        f"\ncrash during recovery: {len(originals)} workload crash states {originals}, "
+        f"{recovery_ops} recovery ops recorded, {total.states} states materialised, "
+        f"{total.checked} checked, {total.checks} checks, {total.failed} failure(s); "
+        f"seed {seed}; {total.seconds:.1f} s"
+    )
+    for failure in total.failures:
+        print("FAIL", failure)
+    return total
+
+
+def test_crash_during_recovery(tmp_path: Path) -> None:
+    """Issue 6 item 2: a power loss during recovery (replay, the new generation, the recovery
+    checkpoint) loses nothing: the next recovery gives what the interrupted one would have."""
+    outcome = run_crash_during_recovery(tmp_path, soak=False)
+    assert outcome.checked >= RECOVERY_STATES * 20
+    assert not outcome.failures, outcome.failures[:5]
+
+
+@pytest.mark.soak
+def test_crash_during_recovery_soak(tmp_path: Path) -> None:
+    outcome = run_crash_during_recovery(tmp_path, soak=True)
     assert not outcome.failures, outcome.failures[:5]
 
 

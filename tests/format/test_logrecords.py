@@ -327,3 +327,122 @@ def test_gather_rejects_a_record_that_is_not_a_commit(type_byte: int) -> None:
     assert_corrupt(decode_commit_header, data, POSITION)
     changes: dict[bytes, bytes | None] = {}
     assert_corrupt(gather_commit_operations, data, changes, POSITION)
+
+
+# ----------------------------------------------------------------- runs of one shape
+#
+# `gather_commit_operations` decodes runs of operations of one shape (op, key length, value
+# length) with cached structs; these records are made of such runs, broken at random places,
+# so that runs start, end and resume at every kind of boundary.
+
+RUN_KEYS = st.sampled_from([b"", b"k", b"key-27-bytes-long-exactly!!", b"\x00" * 28, b"z" * 29])
+RUN_VALUES = st.sampled_from([b"", b"v", b"\x81" * 129, b"w" * 129, b"x" * 300])
+RUN_OPERATION = st.one_of(
+    st.tuples(st.just(OP_PUT), RUN_KEYS, RUN_VALUES),
+    st.tuples(st.just(OP_DELETE), RUN_KEYS, st.none()),
+)
+RUN_OPERATIONS = st.lists(
+    st.tuples(RUN_OPERATION, st.integers(1, 40), st.integers(0, 2**16 - 1)), max_size=8
+).map(
+    # Each (operation, repeat, salt): `repeat` operations of that shape whose keys differ.
+    lambda runs: [
+        (op, key[:-2] + ((salt + i) % 65536).to_bytes(2, "big") if len(key) >= 2 else key, value)
+        for (op, key, value), repeat, salt in runs
+        for i in range(repeat)
+    ]
+)
+
+
+@settings(max_examples=200)
+@given(operations=RUN_OPERATIONS)
+def test_gather_runs_agree_with_the_full_decoder(operations: list) -> None:
+    data = encode_commit(1, 2, 3, operations)
+    record = decode_record(data, POSITION)
+    assert isinstance(record, CommitRecord)
+    assert record.operations == operations
+    expected: dict[bytes, bytes | None] = {}
+    apply(record.operations, expected)
+    for _ in range(2):  # the second time every shape's structs are cached
+        gathered: dict[bytes, bytes | None] = {}
+        size = gather_commit_operations(data, gathered, POSITION)
+        assert gathered == expected
+        assert list(gathered) == list(expected)  # same insertion order: log order
+        assert size == sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations)
+
+
+@settings(max_examples=200)
+@given(operations=RUN_OPERATIONS.filter(lambda ops: len(ops) > 0), data=st.data())
+def test_mutated_or_cut_runs_only_raise_log_file_corrupt(operations: list, data) -> None:
+    record = encode_commit(1, 2, 3, operations)
+    gather_commit_operations(record, {})  # cache the shapes the mutated copies start from
+    index = data.draw(st.integers(0, len(record) - 1))
+    value = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(record)))
+    mutated = bytearray(record)
+    mutated[index] = value
+    check_only_corrupt(bytes(mutated))
+    check_only_corrupt(bytes(mutated[:cut]))
+    check_only_corrupt(record[:cut])
+
+
+def test_a_run_broken_by_one_operation_of_another_shape() -> None:
+    # The replay benchmark's pattern: most keys one length, a few one byte longer.
+    operations: list = []
+    for i in range(300):
+        key = b"k" * (27 + (i % 37 == 5)) + i.to_bytes(2, "big")
+        operations.append((OP_PUT, key, bytes([i % 256]) * 129))
+        if i % 50 == 49:
+            operations.append((OP_DELETE, key, None))
+    data = encode_commit(1, 2, 3, operations)
+    expected: dict[bytes, bytes | None] = {}
+    apply(operations, expected)
+    for _ in range(2):
+        gathered: dict[bytes, bytes | None] = {}
+        gather_commit_operations(data, gathered)
+        assert gathered == expected
+    # A key length changed inside a run: the run ends there and the rest does not parse.
+    broken = bytearray(data)
+    second = 25 + 3 + 29 + 4 + 129  # the second operation's header
+    assert broken[second : second + 3] == bytes([OP_PUT, 29, 0])
+    broken[second + 1] = 30
+    assert_corrupt(gather_commit_operations, bytes(broken), {}, POSITION)
+    check_only_corrupt(bytes(broken))
+
+
+def test_run_struct_cache_is_bounded() -> None:
+    from jetstore.format import logrecords
+
+    for length in range(logrecords._RUNS_LIMIT + 50):
+        ops = [(OP_PUT, b"a", b"v" * length), (OP_PUT, b"b", b"v" * length)]
+        changes: dict[bytes, bytes | None] = {}
+        gather_commit_operations(encode_commit(1, 1, 1, ops), changes)
+        assert changes == {b"a": b"v" * length, b"b": b"v" * length}
+        assert len(logrecords._RUNS) <= logrecords._RUNS_LIMIT
+
+
+def test_records_without_runs_take_the_plain_loop_and_make_no_structs() -> None:
+    from jetstore.format import logrecords
+
+    logrecords._RUNS.clear()
+    # Alternating shapes (a row, then its index entry), then every value length different,
+    # then a delete and a put cut short: all past the point where the plain loop takes over.
+    operations: list = []
+    for i in range(40):
+        operations.append((OP_PUT, b"row" + bytes([i]), b"r" * 50))
+        operations.append((OP_PUT, b"index" + bytes([i]), b"i" * 9))
+    operations += [(OP_PUT, b"var" + bytes([i]), b"x" * i) for i in range(40)]
+    operations += [(OP_DELETE, b"row" + bytes([3]), None), (OP_PUT, b"last", b"")]
+    data = encode_commit(1, 2, 3, operations)
+    expected: dict[bytes, bytes | None] = {}
+    apply(operations, expected)
+    gathered: dict[bytes, bytes | None] = {}
+    size = gather_commit_operations(data, gathered, POSITION)
+    assert gathered == expected
+    assert size == sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations)
+    assert logrecords._RUNS == {}
+    for cut in range(25, len(data), 7):
+        assert_corrupt(gather_commit_operations, data[:cut], {}, POSITION)
+    bad_op = bytearray(data)
+    bad_op[-3 - 4 - 4] = 7  # the last operation's op byte
+    assert_corrupt(gather_commit_operations, bytes(bad_op), {}, POSITION)
+    check_only_corrupt(bytes(bad_op))

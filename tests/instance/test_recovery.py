@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,10 @@ from jetstore.errors import (
     MissingLogFile,
     RequiredLogFilesMissing,
 )
-from jetstore.format.filenames import generation_log_name
+from jetstore.format.filenames import CURRENT_LOG, generation_log_name
+from jetstore.format.logframe import KIND_FULL, decode_frame, encode_frame
+from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
+from jetstore.format.logrecords import OP_PUT, RECORD_COMMIT
 from jetstore.io import FileSystem, IOEvent
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
@@ -377,3 +381,49 @@ def test_crash_after_data_loss_repair_before_logs_moved(tmp_path: Path) -> None:
     with jetstore.open(tmp_path, **SMALL) as instance:
         ids = read_ids(instance)
         assert ids == list(range(len(ids)))
+
+
+def test_undecodable_commit_record_is_not_half_replayed(tmp_path: Path) -> None:
+    """A frame whose checksum is valid but whose commit record breaks after its first
+    operation (a software bug or a collision, not a torn write): without accept_data_loss the
+    open refuses with the position; with it, replay stops before the record and none of its
+    operations is applied, since a transaction is all or nothing even when data is lost."""
+    instance = jetstore.open(tmp_path, **SMALL)
+    db = instance.database("main", create=True)
+    db.create_table(
+        "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+    )
+    for i in range(5):
+        with db.transaction() as txn:
+            txn.table("t").insert({"id": i, "v": f"row {i}"})
+    with db.transaction() as txn:
+        for i in (100, 101, 102):
+            txn.table("t").insert({"id": i, "v": f"row {i}"})
+    instance.simulate_crash()
+    log = tmp_path / CURRENT_LOG
+    data = bytearray(log.read_bytes())
+    generation = decode_log_header(bytes(data[:LOG_HEADER_SIZE]), path=str(log)).generation
+    offset, last = LOG_HEADER_SIZE, None
+    while (frame := decode_frame(bytes(data), offset, generation)) is not None:
+        if frame.payload[:1] == bytes([RECORD_COMMIT]):
+            last = frame
+        offset = frame.next_offset
+    assert last is not None and last.kind == KIND_FULL
+    payload = bytearray(last.payload)
+    # Skip the commit header and the first operation (a PUT); break the second one's op byte.
+    position = 25
+    (key_length,) = struct.unpack_from("<H", payload, position + 1)
+    position += 3 + key_length
+    (value_length,) = struct.unpack_from("<I", payload, position)
+    position += 4 + value_length
+    assert payload[position] == OP_PUT
+    payload[position] = 0x7F
+    frame_bytes, _ = encode_frame(
+        generation, last.offset, last.durable_before, KIND_FULL, bytes(payload)
+    )
+    data[last.offset : last.offset + len(frame_bytes)] = frame_bytes
+    log.write_bytes(bytes(data))
+    with pytest.raises(LogFileCorrupt):
+        jetstore.open(tmp_path, **SMALL)
+    with jetstore.open(tmp_path, accept_data_loss=True, **SMALL) as reopened:
+        assert read_ids(reopened) == [0, 1, 2, 3, 4]

@@ -32,13 +32,20 @@ START (4): the instance started writing this log stream (first record of every o
 
 Records carry B+tree operations (keys and values as the tree stores them), so replay never
 re-runs table logic. Decoding anything malformed raises `LogFileCorrupt`, naming the position.
+`gather_commit_operations` (replay) decodes runs of same-shaped operations with cached
+structs; it yields exactly what `decode_record` yields, and a bounded cache (`_RUNS`) keeps a
+log of ever-new lengths from growing it.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from itertools import compress, repeat
+from operator import itemgetter, ne
+from typing import Final, cast
 
 from jetstore.errors import LogFileCorrupt
 from jetstore.format.positions import LogPosition
@@ -223,37 +230,154 @@ def gather_commit_operations(
     """Decode a COMMIT record's operations straight into `changes` (key -> value, None for a
     delete; later records overwrite earlier ones). Returns the bytes of keys and values.
 
-    The replay of a long log spends most of its time here: writing into the dict while
-    decoding avoids building one tuple per operation.
+    The replay of a long log spends most of its time here. Operations often come in runs of
+    one shape (op, key length, value length: rows of one table with fixed-size columns), and
+    a run is decoded by C code: one `iter_unpack` of a header-only struct finds where the run
+    ends, a second one yields its (key, value) pairs straight into the dict. An operation of
+    another shape than the one before it is decoded on its own; after `_SINGLES_LIMIT` of
+    those in a row (variable lengths, or alternating shapes such as a row and its index
+    entry) the rest of the record goes through the plain per-operation loop, so such records
+    cost what they cost before the runs existed and make no structs. On malformed input,
+    operations before the bad one may already be in `changes`.
     """
     try:
-        kind, _db_id, _txn_id, _time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
+        kind, _db_id, _txn_id, _time_us, remaining = _COMMIT_HEAD.unpack_from(data, 0)
         if kind != RECORD_COMMIT:
             raise ValueError(f"record type {kind} is not a commit")
         pos = _COMMIT_HEAD.size
-        put_head = _PUT_HEAD.unpack_from
-        u32 = _U32.unpack_from
         end = len(data)
         size = 0
-        for _ in range(count):
+        put_head = _PUT_HEAD.unpack_from
+        u32 = _U32.unpack_from
+        last_op = last_key_length = last_value_length = -1
+        singles = 0
+        while remaining:
             op, key_length = put_head(data, pos)
-            pos += 3
-            key = data[pos : pos + key_length]
-            pos += key_length
             if op == OP_PUT:
-                (value_length,) = u32(data, pos)
-                pos += 4
-                changes[key] = data[pos : pos + value_length]
-                pos += value_length
-                size += key_length + value_length
+                (value_length,) = u32(data, pos + 3 + key_length)
             elif op == OP_DELETE:
-                changes[key] = None
-                size += key_length
+                value_length = -4  # no length field and no value: the width below is 3 + key
             else:
                 raise ValueError(f"unknown operation {op}")
+            width = 7 + key_length + value_length
+            following = pos + width
+            if following > end:
+                raise ValueError("operation runs past the end of the record")
+            if op != last_op or key_length != last_key_length or value_length != last_value_length:
+                # Another shape than the operation before: this one alone. A shape that does
+                # not repeat right away seldom repeats (variable-length values), so a run
+                # starts only on the second operation of a shape.
+                if singles == _SINGLES_LIMIT:
+                    size, pos = _gather_plain(data, pos, remaining, changes, size)
+                    break
+                singles += 1
+                last_op, last_key_length, last_value_length = op, key_length, value_length
+                key = data[pos + 3 : pos + 3 + key_length]
+                if op == OP_PUT:
+                    changes[key] = data[pos + 7 + key_length : following]
+                    size += key_length + value_length
+                else:
+                    changes[key] = None
+                    size += key_length
+                pos = following
+                remaining -= 1
+                continue
+            singles = 0
+            count = _gather_run(data, pos, width, min(remaining, (end - pos) // width), changes)
+            size += count * (key_length + value_length if op == OP_PUT else key_length)
+            pos += count * width
+            remaining -= count
         if pos != end:
             raise ValueError(f"the operations end at byte {pos} of a {end}-byte record")
         return size
     except (struct.error, IndexError, ValueError) as exc:
         where = f" at log position {position}" if position is not None else ""
         raise LogFileCorrupt(f"undecodable commit record{where}: {exc}") from exc
+
+
+def _gather_run(
+    data: bytes, pos: int, width: int, limit: int, changes: dict[bytes, bytes | None]
+) -> int:
+    """Gather the run of operations of the shape of the one at `pos` (of `width` bytes), at
+    most `limit` (>= 1) of them, all known to fit in `data`; returns how many it took (>= 1).
+
+    The run ends at the first operation whose header differs from the shape; every operation
+    before it sits where the shape says, so its bytes are exactly what the per-operation
+    decoding reads.
+    """
+    op, key_length = _PUT_HEAD.unpack_from(data, pos)
+    shape: tuple[int, ...]
+    if op == OP_PUT:
+        shape = (op, key_length, width - 7 - key_length)
+    else:
+        shape = (op, key_length)
+    run = _RUNS.get(shape)
+    if run is None:
+        run = _make_run(shape)
+    heads, entries = run
+    block = memoryview(data)[pos : pos + limit * width]
+    count = next(compress(itertools.count(), map(ne, heads(block), repeat(shape))), limit)
+    block = block[: count * width]
+    if op == OP_PUT:
+        # A PUT shape's entries struct yields (key, value) pairs.
+        changes.update(cast("Iterator[tuple[bytes, bytes]]", entries(block)))
+    else:
+        changes.update(zip(map(_FIRST, entries(block)), repeat(None)))
+    return count
+
+
+def _gather_plain(
+    data: bytes, pos: int, remaining: int, changes: dict[bytes, bytes | None], size: int
+) -> tuple[int, int]:
+    """The per-operation loop over the `remaining` operations from `pos`: (size, end)."""
+    put_head = _PUT_HEAD.unpack_from
+    u32 = _U32.unpack_from
+    end = len(data)
+    for _ in range(remaining):
+        op, key_length = put_head(data, pos)
+        pos += 3
+        key = data[pos : pos + key_length]
+        pos += key_length
+        if op == OP_PUT:
+            (value_length,) = u32(data, pos)
+            pos += 4
+            changes[key] = data[pos : pos + value_length]
+            pos += value_length
+            size += key_length + value_length
+        elif op == OP_DELETE:
+            changes[key] = None
+            size += key_length
+        else:
+            raise ValueError(f"unknown operation {op}")
+        if pos > end:
+            raise ValueError("operation runs past the end of the record")
+    return size, pos
+
+
+# Per operation shape: iter_unpack of (header fields only, every key and value skipped) and
+# of (key, value) or (key,). Bounded: a log of ever-new lengths cannot grow it without end.
+_RunStructs = tuple[
+    Callable[[memoryview], Iterator[tuple[int, ...]]],
+    Callable[[memoryview], Iterator[tuple[bytes, ...]]],
+]
+_RUNS: dict[tuple[int, ...], _RunStructs] = {}
+_RUNS_LIMIT: Final = 512
+# Operations decoded alone in a row after which a record is taken for one without runs.
+_SINGLES_LIMIT: Final = 16
+_FIRST = itemgetter(0)
+
+
+def _make_run(shape: tuple[int, ...]) -> _RunStructs:
+    if len(shape) == 3:
+        _, key_length, value_length = shape
+        heads = struct.Struct(f"<BH{key_length}xI{value_length}x")
+        entries = struct.Struct(f"<3x{key_length}s4x{value_length}s")
+    else:
+        _, key_length = shape
+        heads = struct.Struct(f"<BH{key_length}x")
+        entries = struct.Struct(f"<3x{key_length}s")
+    if len(_RUNS) >= _RUNS_LIMIT:
+        _RUNS.clear()
+    run: _RunStructs = (heads.iter_unpack, entries.iter_unpack)
+    _RUNS[shape] = run
+    return run

@@ -318,7 +318,11 @@ class Database:
         """
         changes = self._replay
         before = len(changes)
-        size = gather_commit_operations(payload, changes, position)
+        # Into a scratch map first: a record that turns out undecodable halfway (recovery with
+        # accept_data_loss then stops before it) must leave none of its operations behind.
+        record: dict[bytes, bytes | None] = {}
+        size = gather_commit_operations(payload, record, position)
+        changes.update(record)
         self._replay_bytes += size + 32 * (len(changes) - before)
         self._replay_end = position
         if self._replay_bytes >= _REPLAY_BATCH_BYTES:
