@@ -634,29 +634,26 @@ def dirty_nodes_postorder(root: Node | None) -> list[tuple[Node, Node | None, in
     out: list[tuple[Node, Node | None, int]] = []
     if root is None or root.pgno is not None:
         return out
-    # (node, parent, index, next child to visit), in left-to-right post-order so that sibling
-    # leaves receive ascending page numbers.
-    stack: list[tuple[Node, Node | None, int]] = [(root, None, -1)]
-    positions: list[int] = [0]
+    # (node, parent, index, children already pushed). A branch is pushed back, marked, above
+    # its dirty children (pushed right to left), so it is emitted after all of them, and
+    # sibling leaves leave the stack left to right: ascending page numbers. One comprehension
+    # per branch finds its dirty children (a freshly built tree has thousands of nodes).
+    stack: list[tuple[Node, Node | None, int, bool]] = [(root, None, -1, False)]
+    pop, push, extend, emit = stack.pop, stack.append, stack.extend, out.append
     while stack:
-        node, parent, index = stack[-1]
-        pos = positions[-1]
+        node, parent, index, expanded = pop()
+        if expanded or node.leaf:
+            emit((node, parent, index))
+            continue
+        push((node, parent, index, True))
         children = node.children
-        while pos < len(children):
-            child = children[pos]
-            if type(child) is Node and child.pgno is None:
-                break
-            pos += 1
-        if pos < len(children):
-            positions[-1] = pos + 1
-            child = children[pos]
-            assert type(child) is Node
-            stack.append((child, node, pos))
-            positions.append(0)
-        else:
-            stack.pop()
-            positions.pop()
-            out.append((node, parent, index))
+        dirty = [
+            (child, node, i, False)
+            for i, child in enumerate(children)
+            if type(child) is Node and child.pgno is None
+        ]
+        dirty.reverse()
+        extend(dirty)
     return out
 
 
