@@ -54,7 +54,11 @@ soak test explores every crash point of both recordings.
 `test_required_generation_check_sees_a_gone_generation` shows the invariant check reports a
 generation removed by hand.
 
-`test_trace_audit` runs an ALICE-style audit (G4) over the same kind of recording.
+`test_trace_audit` runs an ALICE-style audit (G4) over the recording of each workload: directory
+fsyncs after relied-on entry changes (rule A), log syncs before page batches (B), the exact WAL
+rule (C), and no in-place overwrite of durable data larger than a sector relied on for
+atomicity (D: header and checkpoint-file copies only with the other copy durable, pages only
+where no durable header reaches, logs never).
 
 Reproducing: a failure prints its crash point, variant and seed, and the recording is saved
 with its acknowledgements (and the name of its workload); `JETSTORE_CRASH_RECORDING=<file>
@@ -72,6 +76,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -82,7 +87,7 @@ import pytest
 
 import jetstore
 from jetstore.errors import JetError
-from jetstore.format.checkpoint import read_checkpoint_file
+from jetstore.format.checkpoint import CHECKPOINT_COPY_SIZE, read_checkpoint_file
 from jetstore.format.common import PAGE_SIZES
 from jetstore.format.dbheader import (
     DatabaseHeader,
@@ -100,9 +105,11 @@ from jetstore.format.filenames import (
     parse_generation_log_name,
 )
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
+from jetstore.format.page import PAGE_HEADER_SIZE
 from jetstore.io.files import FileSystem
 from jetstore.io.recording import (
     BASIC_VARIANTS,
+    SECTOR_SIZE,
     AuditFinding,
     CrashSimulator,
     DataVariant,
@@ -114,7 +121,14 @@ from jetstore.io.recording import (
     load_recording,
     save_recording,
 )
-from jetstore.pages.btree import iterate
+from jetstore.pages.btree import (
+    child_ref,
+    decode_node,
+    iterate,
+    page_crc_of,
+    ref_crc,
+    ref_pgno,
+)
 from jetstore.tables.catalog import object_prefix
 from jetstore.tools.dbfile import OfflineDatabase, decode_catalog
 from jetstore.tools.rebuild import write_database_file
@@ -1303,25 +1317,251 @@ def audit_wal(ops: list[RecordedOp]) -> tuple[list[AuditFinding], int]:
     return findings, checked
 
 
-def test_trace_audit(tmp_path: Path) -> None:
-    """G4 over the reference workload's recording: entry changes of relied-on files are
-    followed by a directory fsync before the next acknowledgement (rule A), page batches are
-    preceded by a log sync (rule B) and never reach beyond the durable log (rule C)."""
-    rec = run_workload(str(tmp_path / "instance"), DEFAULT_SEED)
+@dataclass
+class _FileImage:
+    """One file of a recording as the audit follows it: what is durable, what is written."""
+
+    durable: bytearray = field(default_factory=bytearray)
+    current: bytearray = field(default_factory=bytearray)
+    pending: list[tuple[int, int]] = field(default_factory=list)  # unsynced write ranges
+    version: int = 0  # bumped at every sync (the durable content may have changed)
+
+
+def _write_into(buf: bytearray, offset: int, data: bytes) -> None:
+    if len(buf) < offset:
+        buf.extend(bytes(offset - len(buf)))
+    buf[offset : offset + len(data)] = data
+
+
+def _durable_tree_pages(image: bytes) -> set[int]:
+    """Every page a durable header copy of a database image reaches: tree and free-list
+    chain of each valid copy (D12 references, so an image that is not the one named stops
+    the walk, as a reader would)."""
+    reached: set[int] = set()
+    page_size = peek_page_size(image[:4096]) if len(image) >= 4096 else None
+    if page_size is None:
+        return reached
+    for copy in (0, 1):
+        try:
+            header = decode_db_header(image[copy * page_size : (copy + 1) * page_size], copy=copy)
+        except JetError:
+            continue
+        stack = [child_ref(header.root_pgno, header.root_crc)] if header.root_pgno else []
+        while stack:
+            ref = stack.pop()
+            pgno = ref_pgno(ref)
+            page = image[pgno * page_size : (pgno + 1) * page_size]
+            reached.add(pgno)
+            try:
+                node = decode_node(pgno, page, expected_crc=ref_crc(ref))
+            except JetError:
+                continue
+            stack.extend(c for c in node.children if isinstance(c, int))
+        pgno, crc = header.freelist_pgno, header.freelist_crc
+        while pgno and pgno not in reached:
+            reached.add(pgno)
+            page = image[pgno * page_size : (pgno + 1) * page_size]
+            if len(page) < page_size or page_crc_of(page) != crc:
+                break
+            link = int.from_bytes(page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 8], "little")
+            pgno, crc = ref_pgno(link), ref_crc(link)
+    return reached
+
+
+def audit_overwrites(ops: list[RecordedOp]) -> tuple[list[AuditFinding], dict[str, int]]:
+    """Rule D (G4: no in-place overwrite larger than one sector is relied on for atomicity).
+
+    Every write that overwrites durable non-zero bytes of a relied-on file (more than one
+    sector of them) must be one the engine can lose half of:
+    - a database or checkpoint-file copy (header copy 0 or 1, checkpoint copy 0 or 1): the
+      other copy is durable and has no unsynced write, so a torn copy is survived;
+    - a database page: no durable header copy reaches it (a free page, copy-on-write);
+    - a log file: never (frames are appended after the durable end; a torn append is the
+      torn tail, the acknowledged frames before it are not rewritten).
+    Files are followed through renames. Returns the findings and counts by kind.
+    """
+    files: dict[str, _FileImage] = {}
+    reachable: dict[int, tuple[int, set[int]]] = {}  # id(image) -> (version, pages)
+    counts: Counter[str] = Counter()
+    findings: list[AuditFinding] = []
+    for op in ops:
+        if op.op == "create":
+            files.setdefault(op.path, _FileImage())
+        elif op.op == "rename":
+            moved = files.pop(op.path, None)
+            if moved is not None:
+                files[op.target] = moved
+        elif op.op == "unlink":
+            files.pop(op.path, None)
+        elif op.op in ("fsync", "fdatasync"):
+            image = files.get(op.path)
+            if image is not None:
+                image.durable = bytearray(image.current)
+                image.pending.clear()
+                image.version += 1
+        elif op.op == "truncate":
+            image = files.get(op.path)
+            if image is not None:
+                del image.current[op.size :]
+                image.pending.append((op.size, 0))
+        elif op.op == "write" and op.data is not None:
+            image = files.setdefault(op.path, _FileImage())
+            old = bytes(image.durable[op.offset : op.offset + op.size])
+            overwritten = len(old) - old.count(0)
+            name = os.path.basename(op.path)
+            if op.size > SECTOR_SIZE and overwritten and (_is_log(op.path) or is_relied_on(name)):
+                problem = _overwrite_problem(op, image, reachable)
+                counts[problem[0]] += 1
+                if problem[1]:
+                    findings.append(AuditFinding("overwrite", op.index, problem[1]))
+            _write_into(image.current, op.offset, op.data)
+            image.pending.append((op.offset, op.size))
+    return findings, dict(counts)
+
+
+def _overwrite_problem(
+    op: RecordedOp, image: _FileImage, reachable: dict[int, tuple[int, set[int]]]
+) -> tuple[str, str]:
+    """(kind of overwrite, what is wrong with it or '')."""
+    name = os.path.basename(op.path)
+    if _is_log(op.path):
+        return "log", f"{op.describe()}: rewrites durable bytes of a log file in place"
+    if name == CHECKPOINT_FILE or _is_database(op.path):
+        copy_size = CHECKPOINT_COPY_SIZE
+        if name != CHECKPOINT_FILE:
+            copy_size = peek_page_size(bytes(image.durable[:4096])) or PAGE_SIZE
+        copy = op.offset // copy_size
+        if copy >= 2:  # a database page
+            cached = reachable.get(id(image))
+            if cached is None or cached[0] != image.version:
+                cached = reachable[id(image)] = (
+                    image.version,
+                    _durable_tree_pages(bytes(image.durable)),
+                )
+            first, last = op.offset // copy_size, (op.offset + op.size - 1) // copy_size
+            hit = sorted(p for p in range(first, last + 1) if p in cached[1])
+            if hit:
+                return "page", f"{op.describe()}: overwrites page(s) {hit} a durable header reaches"
+            return "page", ""
+        kind = "checkpoint copy" if name == CHECKPOINT_FILE else "header copy"
+        if op.offset % copy_size or op.size > copy_size:
+            return kind, f"{op.describe()}: a {kind} write that is not exactly one copy"
+        other = (1 - copy) * copy_size
+        other_bytes = bytes(image.durable[other : other + copy_size])
+        if other_bytes.count(0) == len(other_bytes):
+            return kind, f"{op.describe()}: overwrites {kind} {copy} with no durable other copy"
+        if any(start < other + copy_size and start + size > other for start, size in image.pending):
+            return kind, (
+                f"{op.describe()}: overwrites {kind} {copy} while the other copy has an "
+                "unsynced write (both may tear)"
+            )
+        return kind, ""
+    return "other", ""
+
+
+def _is_generation_unlink(op: RecordedOp) -> bool:
+    return op.op == "unlink" and parse_generation_log_name(os.path.basename(op.path)) is not None
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_trace_audit(tmp_path: Path, name: str) -> None:
+    """G4 over each reference workload's recording (main; circular logging; online backups
+    with log truncation): entry changes of relied-on files are followed by a directory fsync
+    before the next acknowledgement (rule A), page batches are preceded by a log sync (rule B)
+    and never reach beyond the durable log (rule C), and no overwrite of durable data is
+    relied on for atomicity (rule D)."""
+    rec = run_workload(str(tmp_path / "instance"), DEFAULT_SEED, WORKLOADS[name])
     sim = CrashSimulator(rec.ops, rec.root)
     entry = audit_entry_syncs(sim, rec.acks, is_relied_on)
+    # Deleting a log generation is not relied on for correctness: only generations nothing
+    # needs are deleted, and one that comes back after a crash is ignored
+    # (`test_crash_states_log_deletion` explores exactly those states). A commit of another
+    # thread may be acknowledged between the unlinks and the directory fsync that ends the
+    # deletion; the deletion must still end with one.
+    entry = [f for f in entry if not _is_generation_unlink(rec.ops[f.index])]
+    unsynced_deletions = [
+        (first, end) for first, end in deletion_batches(rec.ops) if rec.ops[end].op != "fsync_dir"
+    ]
     strict = audit_entry_syncs(sim, rec.acks, lambda name: is_relied_on(name) or name == TEMP_LOG)
     log_first = audit_log_before_pages(rec.ops)
     wal, wal_checked = audit_wal(rec.ops)
+    overwrites, kinds = audit_overwrites(rec.ops)
     changes = [c for c in sim.entry_changes() if is_relied_on(c.name) or is_relied_on(c.target)]
     print(
         f"\ntrace audit: {len(rec.ops)} ops; rule A: {len(changes)} entry changes of relied-on "
         f"files, {len(entry)} finding(s) ({len(strict) - len(entry)} more if edbtmp.log "
         f"counted); rule B: {len(_page_batches(rec.ops))} page batches, {len(log_first)} "
         f"finding(s); rule C: {wal_checked} batches checked against the durable log, "
-        f"{len(wal)} finding(s)"
+        f"{len(wal)} finding(s); rule D: in-place overwrites of durable data {kinds}, "
+        f"{len(overwrites)} finding(s)"
     )
-    for finding in entry + log_first + wal:
+    for finding in entry + log_first + wal + overwrites:
         print("FINDING", finding)
     assert len(changes) >= 10 and wal_checked >= 3
-    assert not entry and not log_first and not wal
+    assert kinds.get("header copy", 0) >= 3 and kinds.get("page", 0) >= 1, kinds
+    assert not entry and not log_first and not wal and not overwrites
+    assert not unsynced_deletions, unsynced_deletions
+
+
+def test_trace_audit_overwrite_rule_sees_violations(tmp_path: Path) -> None:
+    """Rule D is not vacuous: synthetic recordings that rewrite durable log bytes, overwrite a
+    header or checkpoint copy while the other copy is unsynced or absent, or overwrite a page
+    the durable header reaches, each give exactly one finding of that kind."""
+    instance = jetstore.open(str(tmp_path / "source"), **OPTIONS)
+    db = instance.database("main", create=True)
+    db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    with db.transaction() as txn:
+        for key in range(40):
+            txn.table("t").insert({"id": key, "v": _text(key, 300)})
+    instance.close()
+    image = (tmp_path / "source" / "main.edb").read_bytes()
+    header = decode_db_header(image[:PAGE_SIZE])
+    root = tmp_path / "audit"
+
+    def recording(*steps: tuple[str, str, int, bytes | None]) -> list[RecordedOp]:
+        return [
+            RecordedOp(index, op, str(root / name), offset, len(data or b""), data)
+            for index, (op, name, offset, data) in enumerate(steps)
+        ]
+
+    frames = b"\x5a" * 8192
+    cases = {
+        "log": recording(
+            ("create", "edb.log", 0, None),
+            ("write", "edb.log", 4096, frames),
+            ("fdatasync", "edb.log", 0, None),
+            ("write", "edb.log", 8192, b"\x5b" * 1024),  # rewrites acknowledged frames
+        ),
+        "checkpoint copy": recording(
+            ("create", CHECKPOINT_FILE, 0, None),
+            ("write", CHECKPOINT_FILE, 0, b"\x01" * 4096 + b"\x02" * 4096),
+            ("fsync", CHECKPOINT_FILE, 0, None),
+            ("write", CHECKPOINT_FILE, 4096, b"\x03" * 4096),
+            ("write", CHECKPOINT_FILE, 0, b"\x04" * 4096),  # copy 1 not synced yet
+        ),
+        "header copy": recording(
+            ("create", "main.edb", 0, None),
+            ("write", "main.edb", 0, image[:PAGE_SIZE]),  # copy 1 never written
+            ("fsync", "main.edb", 0, None),
+            ("write", "main.edb", 0, image[:PAGE_SIZE]),
+        ),
+        "page": recording(
+            ("create", "main.edb", 0, None),
+            ("write", "main.edb", 0, image),
+            ("fsync", "main.edb", 0, None),
+            ("write", "main.edb", header.root_pgno * PAGE_SIZE, b"\x07" * PAGE_SIZE),
+        ),
+    }
+    for kind, ops in cases.items():
+        findings, kinds = audit_overwrites(ops)
+        assert set(kinds) == {kind}, (kind, kinds)
+        assert [f.index for f in findings] == [len(ops) - 1], (kind, findings)
+    # The same page write to a page no header reaches is a copy-on-write write: no finding.
+    free = max(_durable_tree_pages(image)) + 1
+    ops = recording(
+        ("create", "main.edb", 0, None),
+        ("write", "main.edb", 0, image + b"\x09" * PAGE_SIZE),
+        ("fsync", "main.edb", 0, None),
+        ("write", "main.edb", free * PAGE_SIZE, b"\x07" * PAGE_SIZE),
+    )
+    assert audit_overwrites(ops) == ([], {"page": 1})
