@@ -1254,6 +1254,58 @@ class MappingProxy(dict[str, object]):
     """A dict subclass: `Table.insert` sends it down the general path."""
 
 
+def test_fast_insert_of_long_values_writes_what_the_general_path_writes(tmp_path: Path) -> None:
+    """Records too large to keep inline take the fast path too (no validation, entry and
+    long-value chunks written directly): the same entries, duplicates and RecordTooBig as
+    the general path, in two identical databases."""
+    columns = [("id", "bytes"), ("n", "int"), ("t", "text"), ("b", "bytes"), ("c", "bytes")]
+    sizes = [0, 10, MAX_ENTRY // 3, MAX_ENTRY // 2, MAX_ENTRY, 3 * MAX_ENTRY + 7, 70_000]
+    stores = [Store(tmp_path / "fast"), Store(tmp_path / "general")]
+    try:
+        for store in stores:
+            store.db.create_table("t", columns, "id")
+        records = []
+        for i, (t_size, b_size) in enumerate(zip(sizes, reversed(sizes), strict=True)):
+            record = {
+                "id": i.to_bytes(4, "big"),
+                "n": i,
+                "t": "é" * (t_size // 2),
+                "b": bytes([i]) * b_size,
+                "c": b"\x00" * (i * 97),
+            }
+            records.append(record)
+            for store, as_given in zip(stores, (dict, MappingProxy), strict=True):
+                with store.db.transaction() as txn:
+                    txn.table("t").insert(as_given(record))
+                    with pytest.raises(KeyDuplicate):  # in the same transaction
+                        txn.table("t").insert(as_given(record))
+                with pytest.raises(KeyDuplicate), store.db.transaction() as txn:
+                    txn.table("t").insert(as_given(record))  # committed before
+        # A long key leaves less room for the record entry.
+        long_key = {
+            "id": b"k" * (MAX_PRIMARY_KEY_SIZE - 3),
+            "n": 1,
+            "t": "x" * 5000,
+            "b": b"",
+            "c": b"",
+        }
+        columns_too_big = [("id", "bytes"), *[(f"n{i}", "int") for i in range(900)], ("t", "text")]
+        for store, as_given in zip(stores, (dict, MappingProxy), strict=True):
+            store.db.create_table("wide", columns_too_big, "id")
+            wide = {"id": b"w", **{f"n{i}": i for i in range(900)}, "t": "x" * 9000}
+            with store.db.transaction() as txn:
+                with pytest.raises(RecordTooBig):
+                    txn.table("wide").insert(as_given(wide))
+                txn.table("t").insert(as_given(long_key))
+        assert raw_entries(stores[0].db) == raw_entries(stores[1].db)
+        with stores[0].db.transaction() as txn:
+            for record in [*records, long_key]:
+                assert txn.table("t").get(record["id"]) == record
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_fast_insert_falls_back_for_anything_unusual(store: Store) -> None:
     store.db.create_table("t", [("id", "int"), ("n", "int"), ("s", "text")], "id")
     with store.db.transaction() as txn:

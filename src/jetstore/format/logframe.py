@@ -40,7 +40,11 @@ FRAME_HEADER_SIZE: Final = FRAME_HEADER.size
 FRAME_ALIGN: Final = 8
 MAX_FRAME_PAYLOAD: Final = (1 << 30) - 1
 _POSITION = struct.Struct("<II")
-_TAIL = struct.Struct("<III")
+# What the crc covers before the payload: the position (generation, offset), then bytes 4-16
+# of the header (generation, durable_before, length and kind).
+_CRC_PREFIX = struct.Struct("<IIIII")
+_crc_value = google_crc32c.value
+_crc_extend = google_crc32c.extend
 
 KIND_FULL: Final = 0
 KIND_FIRST: Final = 1
@@ -62,6 +66,28 @@ def max_payload_for(space: int) -> int:
     return (space & ~(FRAME_ALIGN - 1)) - FRAME_HEADER_SIZE
 
 
+def encode_frame_header(
+    generation: int,
+    offset: int,
+    durable_before: int,
+    kind: int,
+    payload: bytes,
+) -> tuple[bytes, int]:
+    """The 16-byte header of the frame holding `payload`, and its crc (every commit pays
+    this: the crc's covered prefix, position then header tail, is one `struct` call)."""
+    length_kind = len(payload) | (kind << 30)
+    crc: int = _crc_extend(
+        _crc_value(_CRC_PREFIX.pack(generation, offset, generation, durable_before, length_kind)),
+        payload,
+    )
+    return FRAME_HEADER.pack(crc, generation, durable_before, length_kind), crc
+
+
+def frame_padding(payload_length: int) -> bytes:
+    """The zero bytes that follow a payload of this length up to the next frame."""
+    return _ZERO_PAD[: (-(FRAME_HEADER_SIZE + payload_length)) % FRAME_ALIGN]
+
+
 def encode_frame_parts(
     generation: int,
     offset: int,
@@ -74,13 +100,8 @@ def encode_frame_parts(
     Keeping the payload apart lets the writer hand a large record to the disk without copying
     it again; the crc feeds the generation's running checksum.
     """
-    length = len(payload)
-    tail = _TAIL.pack(generation, durable_before, length | (kind << 30))
-    crc = google_crc32c.extend(
-        google_crc32c.value(_POSITION.pack(generation, offset) + tail), payload
-    )
-    pad = (-(FRAME_HEADER_SIZE + length)) % FRAME_ALIGN
-    return crc.to_bytes(4, "little") + tail, _ZERO_PAD[:pad], crc
+    header, crc = encode_frame_header(generation, offset, durable_before, kind, payload)
+    return header, frame_padding(len(payload)), crc
 
 
 def encode_frame(

@@ -59,6 +59,7 @@ OP_PUT: Final = 1
 OP_DELETE: Final = 2
 
 _COMMIT_HEAD = struct.Struct("<BIQQI")
+_COMMIT_ONE_PUT = struct.Struct("<BIQQIBH")  # a commit head, then its only operation's (a PUT)
 _PUT_HEAD = struct.Struct("<BH")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
@@ -113,6 +114,51 @@ def encode_commit(
         append(key)
         if op == OP_PUT:
             assert value is not None
+            append(u32(len(value)))
+            append(value)
+    return b"".join(parts)
+
+
+def encode_commit_changes(
+    database_id: int, transaction_id: int, time_us: int, changes: dict[bytes, bytes | None]
+) -> bytes:
+    """`encode_commit` of a transaction's change map (key -> value, None for a delete), in the
+    map's order: byte for byte the record `encode_commit` makes of the same operations as
+    tuples, without building the tuples (every commit takes this path)."""
+    count = len(changes)
+    if count == 1:
+        # A single-row commit: header and operation head in one `struct` call.
+        ((key, value),) = changes.items()
+        if value is not None:
+            return b"".join(
+                (
+                    _COMMIT_ONE_PUT.pack(
+                        RECORD_COMMIT,
+                        database_id,
+                        transaction_id,
+                        time_us,
+                        1,
+                        OP_PUT,
+                        len(key),
+                    ),
+                    key,
+                    _U32.pack(len(value)),
+                    value,
+                )
+            )
+    parts: list[bytes] = [
+        _COMMIT_HEAD.pack(RECORD_COMMIT, database_id, transaction_id, time_us, count)
+    ]
+    append = parts.append
+    put_head = _PUT_HEAD.pack
+    u32 = _U32.pack
+    for key, value in changes.items():
+        if value is None:
+            append(put_head(OP_DELETE, len(key)))
+            append(key)
+        else:
+            append(put_head(OP_PUT, len(key)))
+            append(key)
             append(u32(len(value)))
             append(value)
     return b"".join(parts)

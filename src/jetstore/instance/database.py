@@ -8,29 +8,24 @@ Invariants:
   records were appended, under the commit lock.
 - A commit conflicts (`WriteConflict`, -1102) when another transaction committed a change to
   one of its keys after its snapshot; the later committer fails, the earlier one wins.
+- Catalog entries (table definitions) change only through `commit_transaction` once
+  transactions exist (replay happens before the first one), so the definitions cached for
+  snapshots since the last catalog change (`catalog_cache`) are those the tree holds.
 - Every open transaction is registered with its snapshot position; pages a commit frees are
   reused only after every older snapshot ended (see `jetstore.pages.pagefile`).
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import threading
 from collections import deque
 from collections.abc import Iterable
-from itertools import repeat
 from typing import TYPE_CHECKING
 
 from jetstore.errors import KeyDuplicate, WriteConflict
 from jetstore.format.common import now_us
-from jetstore.format.logrecords import (
-    OP_DELETE,
-    OP_PUT,
-    Operation,
-    encode_commit,
-    gather_commit_operations,
-)
+from jetstore.format.logrecords import encode_commit_changes, gather_commit_operations
 from jetstore.format.positions import LogPosition
 from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted_columns
 from jetstore.pages.pagefile import DatabaseFile
@@ -43,10 +38,10 @@ from jetstore.transactions.transaction import Transaction, next_epoch
 if TYPE_CHECKING:
     from jetstore.instance.instance import Instance
 
+CachedTable = tuple[bytes, TableDef, RecordCodec, TableShape]
 _TXN_IDS = itertools.count(1)
 _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
 _CREATE_RETRIES = 5
-_BIG_COMMIT = 4096  # operations from which a commit record is built with the collector paused
 
 
 class Database:
@@ -76,6 +71,10 @@ class Database:
         self._defs: dict[bytes, TableDef] = {}
         self._codecs: dict[int, tuple[TableDef, RecordCodec]] = {}
         self._shapes: dict[int, tuple[TableDef, RecordCodec, TableShape]] = {}
+        # (position of the last commit that changed a catalog entry, table name -> (entry key,
+        # definition, codec, shape) as every snapshot at or after it sees them). Replaced
+        # whole, before the commit is published, when a commit changes the catalog.
+        self._catalog: tuple[LogPosition, dict[str, CachedTable]] = (LogPosition.MIN, {})
         self.commits = 0
         self.conflicts = 0
         self._replay: dict[bytes, bytes | None] = {}
@@ -167,6 +166,18 @@ class Database:
         self._shapes[table_def.table_id] = (table_def, codec, shape)
         return codec, shape
 
+    def catalog_cache(self, snapshot: LogPosition) -> dict[str, CachedTable] | None:
+        """The cache of table definitions valid for a transaction that reads the snapshot at
+        `snapshot` and wrote nothing yet, or None if its snapshot predates the last catalog
+        change. Such a transaction may read and fill it (`Transaction.table`).
+
+        Sound because `_catalog` is replaced before `_published` (under the commit lock): a
+        snapshot taken after a catalog change finds the new cache; a reader holding the old
+        one took its snapshot before that change, when the old cache was still right.
+        """
+        position, cache = self._catalog
+        return cache if snapshot >= position else None
+
     def codec_for(self, table_def: TableDef) -> RecordCodec:
         cached = self._codecs.get(table_def.table_id)
         if cached is not None and cached[0] == table_def:
@@ -220,11 +231,16 @@ class Database:
                     else:
                         replay.put(key, value)
                 new_root, freed = replay.root, replay.freed
-            payload = self._commit_payload(txn)
+            # The record lists the operations in the order they were first written.
+            payload = encode_commit_changes(self.db_id, txn.id, now_us(), operations)
             end = log.append(payload)
+            if txn.catalog_written:
+                self._catalog = (end, {})  # before publishing: see `catalog_cache`
             self._published = (new_root, end, plan_epoch)
-            self.file.note_freed(end, freed)
-            self._remember_writes(txn, end, operations.keys())
+            if freed:
+                self.file.note_freed(end, freed)
+            if len(self._active) > 1 or self._recent_log:
+                self._remember_writes(txn, end, operations.keys())
             self.commits += 1
             instance.note_commit(len(payload))
         txn._finish_committed(end)
@@ -232,29 +248,6 @@ class Database:
         if not lazy:
             instance.wait_durable(end)
         return end
-
-    def _commit_payload(self, txn: Transaction) -> bytes:
-        """The commit record of `txn`: its operations, in the order they were first written."""
-        operations = txn.operations
-        big = len(operations) >= _BIG_COMMIT and gc.isenabled()
-        if big:
-            # One tuple per operation, all alive until encoded: the cyclic collector would
-            # traverse them (and every other live container) again and again.
-            gc.disable()
-        try:
-            values = list(operations.values())
-            ops: list[Operation]
-            if None in values:
-                ops = [
-                    (OP_DELETE, key, None) if value is None else (OP_PUT, key, value)
-                    for key, value in operations.items()
-                ]
-            else:
-                ops = list(zip(repeat(OP_PUT, len(values)), operations, values, strict=True))
-            return encode_commit(self.db_id, txn.id, now_us(), ops)
-        finally:
-            if big:
-                gc.enable()
 
     def _check_conflicts(self, txn: Transaction) -> None:
         recent = self._recent

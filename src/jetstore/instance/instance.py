@@ -401,6 +401,24 @@ class Instance:
             )
 
     def check_writable(self) -> None:
+        """Raise unless updates are accepted now (every commit asks, under the commit lock)."""
+        log = self._log
+        if (
+            self.state is InstanceState.OPEN
+            and log is not None
+            and log.failed is None
+            and not log.disk_full
+            and not self._closing
+        ):
+            # The common case in a few attribute reads: the checkpoint lag is below the
+            # warning threshold, so `_check_depth` would neither warn nor refuse.
+            durable = self.durable_checkpoint
+            base = durable.generation if durable is not None else self._first_generation
+            if log.current_generation - base < self.options.checkpoint_too_deep // 4:
+                return
+        self._check_writable()
+
+    def _check_writable(self) -> None:
         if self._closing:
             raise InstanceUnavailable(
                 f"instance '{self.directory}' is shutting down; no more updates are accepted"

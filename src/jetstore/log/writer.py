@@ -12,8 +12,12 @@ Invariants:
 - Positions are assigned at `append` time, under the writer's lock, in log order; a record
   that does not fit in the current generation continues in the next one (FIRST ... LAST).
 - Group commit (leader/follower): the first waiter that finds no flush under way becomes the
-  leader, takes every appended byte, writes and syncs it, and wakes all waiters it covered.
-  Appends continue while the leader does I/O.
+  leader, takes every appended byte, writes and syncs it with no lock held, and wakes the
+  waiters it covered plus one it did not (the next leader). Appends continue while the leader
+  does I/O; a waiter is woken only when a flush covers it or it is to lead the next one.
+  When the last flush woke several committers, the next leader yields the GIL once before
+  taking its batch, so that they join it (larger groups when Python, not the disk, is the
+  bottleneck).
 - A generation is rolled only after its data is synced, so only the newest generation can end
   with a torn frame.
 - A failed write, sync or roll makes the writer fail for good (sticky, like SQLite's pager ERROR
@@ -23,12 +27,16 @@ Invariants:
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 import time
+from _thread import LockType
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import google_crc32c
 
 from jetstore.errors import (
     DiskFull,
@@ -47,12 +55,16 @@ from jetstore.format.filenames import (
     reserve_log_name,
 )
 from jetstore.format.logframe import (
+    FRAME_ALIGN,
+    FRAME_HEADER_SIZE,
     KIND_FIRST,
     KIND_FULL,
     KIND_LAST,
     KIND_MIDDLE,
     accumulate,
+    encode_frame_header,
     encode_frame_parts,
+    frame_padding,
     max_payload_for,
 )
 from jetstore.format.logheader import (
@@ -69,6 +81,17 @@ MIN_LOG_FILE_SIZE = 64 * 1024
 MAX_LOG_FILE_SIZE = 1024 * 1024 * 1024
 DATA_START = LOG_HEADER_SIZE
 _ZERO_CHUNK = bytes(1024 * 1024)
+_allocate_lock = _thread.allocate_lock
+_sleep = time.sleep
+_crc_extend = google_crc32c.extend
+# `LogPosition(generation, offset)` without the NamedTuple's Python-level `__new__`.
+_new_position = tuple.__new__
+_ALIGN_DOWN = -FRAME_ALIGN
+_ALIGN_LOW = FRAME_ALIGN - 1
+# `frame_padding(n)` by n mod FRAME_ALIGN (the header is a multiple of FRAME_ALIGN).
+_PADDING = tuple(frame_padding(n) for n in range(FRAME_ALIGN))
+_NO_CLOSED: dict[int, tuple[int, int]] = {}
+_NO_WAITERS: list[LockType] = []
 
 
 @dataclass(frozen=True)
@@ -112,7 +135,6 @@ class LogWriter:
         self._config = config
         self._owner = owner
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self._file_size = config.log_file_size
         # Logical (append) state, guarded by _lock.
         self._gen = 0
@@ -123,6 +145,11 @@ class LogWriter:
         self._pending: list[list[Any]] = []
         self._durable = LogPosition.MIN
         self._flushing = False
+        # Callers blocked in `wait_durable` while a flush is under way: (target, a locked
+        # lock the leader releases once). Guarded by _lock.
+        self._waiters: list[tuple[LogPosition, LockType]] = []
+        # The last flush woke other committers besides the next leader (see `wait_durable`).
+        self._gather = False
         self._failed: JetError | None = None
         # Physical state, owned by whoever holds the flushing role.
         self._file: File | None = None
@@ -273,39 +300,80 @@ class LogWriter:
         with self._lock:
             if self._failed is not None:
                 self._raise_failed()
-            done = 0
-            total = len(payload)
-            file_size = self._file_size
-            while True:
-                space = file_size - self._end
-                capacity = max_payload_for(space)
-                if capacity < 1:
-                    self._close_generation()
-                    continue
-                take = min(capacity, total - done)
-                last = done + take == total
-                if done == 0:
-                    kind = KIND_FULL if last else KIND_FIRST
-                    piece = payload if last else payload[:take]
-                else:
-                    kind = KIND_LAST if last else KIND_MIDDLE
-                    piece = payload[done : done + take]
+            gen = self._gen
+            end = self._end
+            length = len(payload)
+            # `max_payload_for(space)`, inlined: the largest payload that fits what is left.
+            if 0 < ((self._file_size - end) & _ALIGN_DOWN) - FRAME_HEADER_SIZE >= length:
+                # The common case, a record that fits the current generation: one FULL frame,
+                # byte for byte what `_append_frames` would write.
                 durable = self._durable
-                durable_before = durable.offset if durable.generation == self._gen else DATA_START
-                header, padding, crc = encode_frame_parts(
-                    self._gen, self._end, durable_before, kind, piece
+                header, crc = encode_frame_header(
+                    gen,
+                    end,
+                    durable.offset if durable.generation == gen else DATA_START,
+                    KIND_FULL,
+                    payload,
                 )
-                size = len(header) + len(piece) + len(padding)
-                self._add_pending(self._gen, self._end, size, (header, piece, padding))
-                self._gen_checksum = accumulate(self._gen_checksum, crc)
-                self._end += size
-                done += take
-                if last:
-                    break
+                padding = _PADDING[length & _ALIGN_LOW]
+                size = FRAME_HEADER_SIZE + length + len(padding)
+                pending = self._pending
+                last = pending[-1] if pending else None
+                if last is not None and last[0] == gen and last[1] + last[2] == end:
+                    last[2] += size
+                    parts = last[3]
+                else:
+                    parts = []
+                    pending.append([gen, end, size, parts])
+                parts.append(header)
+                parts.append(payload)
+                if padding:
+                    parts.append(padding)
+                # `accumulate`, inlined.
+                self._gen_checksum = _crc_extend(self._gen_checksum, crc.to_bytes(4, "little"))
+                end += size
+                self._end = end
+                self.bytes_appended += length
+                self.records_appended += 1
+                return _new_position(LogPosition, (gen, end))
+            return self._append_frames(payload)
+
+    def _append_frames(self, payload: bytes) -> LogPosition:
+        """`append` of a record that does not fit the rest of the current generation: FIRST,
+        MIDDLE ... LAST frames across generations. Called with `_lock` held."""
+        done = 0
+        total = len(payload)
+        file_size = self._file_size
+        while True:
+            space = file_size - self._end
+            capacity = max_payload_for(space)
+            if capacity < 1:
                 self._close_generation()
-            self.bytes_appended += len(payload)
-            self.records_appended += 1
-            return LogPosition(self._gen, self._end)
+                continue
+            take = min(capacity, total - done)
+            last = done + take == total
+            if done == 0:
+                kind = KIND_FULL if last else KIND_FIRST
+                piece = payload if last else payload[:take]
+            else:
+                kind = KIND_LAST if last else KIND_MIDDLE
+                piece = payload[done : done + take]
+            durable = self._durable
+            durable_before = durable.offset if durable.generation == self._gen else DATA_START
+            header, padding, crc = encode_frame_parts(
+                self._gen, self._end, durable_before, kind, piece
+            )
+            size = len(header) + len(piece) + len(padding)
+            self._add_pending(self._gen, self._end, size, (header, piece, padding))
+            self._gen_checksum = accumulate(self._gen_checksum, crc)
+            self._end += size
+            done += take
+            if last:
+                break
+            self._close_generation()
+        self.bytes_appended += len(payload)
+        self.records_appended += 1
+        return LogPosition(self._gen, self._end)
 
     def _add_pending(
         self, gen: int, offset: int, size: int, parts: tuple[bytes, bytes, bytes]
@@ -332,27 +400,61 @@ class LogWriter:
     # ----------------------------------------------------------------- durability
 
     def wait_durable(self, target: LogPosition) -> None:
-        """Return once everything before `target` is on stable storage (group commit)."""
+        """Return once everything before `target` is on stable storage (group commit).
+
+        The first caller that finds no flush under way becomes the leader: it takes every
+        appended byte, writes and syncs it with no lock held (appends go on meanwhile, into
+        the next group), then wakes the waiters it covered and hands leadership to one waiter
+        it did not cover. Every other caller waits on a lock of its own, released once by a
+        leader: a wake-up is one C call, not a condition variable's Python, and a waiter the
+        flush did not cover sleeps on instead of waking to wait again.
+        """
         if self._durable >= target and self._failed is None:
             return
-        with self._cond:
-            while True:
-                if self._failed is not None:
-                    self._raise_failed()
-                if self._durable >= target:
-                    return
-                if not self._flushing:
-                    break
-                self._cond.wait()
-            self._flushing = True
-            chunks = self._pending
-            self._pending = []
-            end = LogPosition(self._gen, self._end)
-            closed = {g: info for g, info in self._closed_gens.items() if g < end.generation}
+        lock = self._lock
+        waiter: LockType | None = None
+        leading = False
         try:
+            while True:
+                with lock:
+                    if self._failed is not None:
+                        self._raise_failed()
+                    if self._durable >= target:
+                        return
+                    if not self._flushing:
+                        self._flushing = True
+                        leading = True
+                        gather = self._gather
+                        break
+                    if waiter is None:
+                        waiter = _allocate_lock()
+                        waiter.acquire()
+                    self._waiters.append((target, waiter))
+                # Released exactly once by the leader that removes it from `_waiters`; the
+                # acquire re-arms it for another round.
+                waiter.acquire()
+            if gather:
+                # The flush before woke other committers: hand them the GIL once, so that
+                # they append (and then wait for this flush) before the batch is taken. One
+                # sync then covers them, instead of this leader syncing alone and them next.
+                _sleep(0)
+        except BaseException:
+            self._leave(waiter, leading)
+            raise
+        try:
+            with lock:
+                chunks = self._pending
+                self._pending = []
+                end = _new_position(LogPosition, (self._gen, self._end))
+                closed_gens = self._closed_gens
+                closed = (
+                    {g: info for g, info in closed_gens.items() if g < end.generation}
+                    if closed_gens
+                    else _NO_CLOSED
+                )
             self._write_chunks(chunks, closed, end.generation)
         except JetError as exc:
-            with self._cond:
+            with lock:
                 if isinstance(exc, DiskFull):
                     self._failed = LogDiskFull(
                         f"the log volume is full ({exc.detail})",
@@ -363,22 +465,72 @@ class LogWriter:
                 else:
                     self._failed = exc
                 self._flushing = False
-                self._cond.notify_all()
+                wake = self._take_waiters(None)
+            for other in wake:
+                other.release()
             self._raise_failed()
         except BaseException:
-            with self._cond:
+            with lock:
                 self._failed = LogWriteFail("the log writer was interrupted")
                 self._flushing = False
-                self._cond.notify_all()
+                wake = self._take_waiters(None)
+            for other in wake:
+                other.release()
             raise
-        with self._cond:
+        with lock:
             if end > self._durable:
                 self._durable = end
-            for g in closed:
-                self._closed_gens.pop(g, None)
+            if closed:
+                for g in closed:
+                    self._closed_gens.pop(g, None)
             self._flushing = False
             self.flushes += 1
-            self._cond.notify_all()
+            wake = self._take_waiters(self._durable) if self._waiters else _NO_WAITERS
+            self._gather = len(wake) > 1
+        for other in wake:
+            other.release()
+
+    def _leave(self, waiter: LockType | None, leading: bool) -> None:
+        """`wait_durable` ends without a flush (its caller failed, or an exception such as
+        KeyboardInterrupt arrived while it waited): make sure no other waiter is stranded.
+
+        A leader that wrote nothing gives up the role (waking the next leader); a waiter
+        leaves the queue, and if a leader's wake-up reached it already (it may have been
+        chosen to lead the next flush) while no flush is under way, the first waiter left
+        is woken to take over.
+        """
+        with self._lock:
+            if leading:
+                self._flushing = False
+                wake = self._take_waiters(self._durable)
+            else:
+                self._waiters = [entry for entry in self._waiters if entry[1] is not waiter]
+                wake = [self._waiters.pop(0)[1]] if self._waiters and not self._flushing else []
+        for other in wake:
+            other.release()
+
+    def _take_waiters(self, durable: LogPosition | None) -> list[LockType]:
+        """The waiters to wake after a flush ended (called with `_lock` held): those whose
+        target is durable now, plus the first one that is not, which becomes the next leader
+        (the others wait for a flush that covers them). `durable` None (the writer failed):
+        all of them."""
+        waiters = self._waiters
+        if durable is None:
+            self._waiters = []
+            return [waiter for _target, waiter in waiters]
+        wake: list[LockType] = []
+        keep: list[tuple[LogPosition, LockType]] = []
+        leader = False
+        for entry in waiters:
+            if entry[0] <= durable:
+                wake.append(entry[1])
+            elif not leader:
+                leader = True
+                wake.append(entry[1])
+            else:
+                keep.append(entry)
+        self._waiters = keep
+        return wake
 
     def flush(self) -> LogPosition:
         """Make everything appended so far durable; returns the durable position."""

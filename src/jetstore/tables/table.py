@@ -26,7 +26,8 @@ Invariants:
   transaction is active.
 - An insert of a dict giving every column a value of exactly its type, into a table without
   secondary indexes, skips `validate_record` (the record is valid as given) and writes its
-  entry with one `put_new`; it stores exactly what the general path would, and anything else
+  entry with one `put_new` (or, when it is too large to keep inline, its entry and long-value
+  chunks as `_store` does); it stores exactly what the general path would, and anything else
   (including a duplicate) goes the general path, which raises the precise error.
 """
 
@@ -489,12 +490,16 @@ class Table:
                 encoded = None
             if encoded is not None and len(record) == self._ncolumns:
                 key = self._full_key(record[self._pk_names[0]])
-                if (
-                    key is not None
-                    and len(encoded) + len(key) + LEAF_ENTRY_OVERHEAD <= self._max_entry
-                    and self._view.put_new(key, encoded)
-                ):
-                    return
+                if key is not None:
+                    if len(encoded) + len(key) + LEAF_ENTRY_OVERHEAD <= self._max_entry:
+                        if self._view.put_new(key, encoded):
+                            return
+                    elif self._view.get(key) is None:
+                        # Too large to keep inline: a new record with long values, stored
+                        # as `_store` stores the general path's (which would find nothing
+                        # more to check: no indexes, and `record` is what validation gives).
+                        self._store_new(key, record, encoded)
+                        return
         checked = self.definition.validate_record(record)
         pk = self._encode_checked_pk(checked)
         if self._view.get(self._prefix + pk) is not None:
@@ -631,10 +636,7 @@ class Table:
         indexes = self.definition.indexes
         if old is None and not indexes:
             # A new record of a table without secondary indexes: nothing to check or undo.
-            encoded, long_values = self._encode_stored(key, record)
-            for position, data in long_values:
-                self._write_long_value(pk, position, data)
-            view.put(key, encoded)
+            self._store_new(key, record, None)
             return
         old_entries = old.entries if old is not None else {}
         own_pks = {pk} if old is None else {pk, old.pk}
@@ -677,11 +679,23 @@ class Table:
                 self._write_long_value(pk, position, data)
         view.put(key, encoded)
 
+    def _store_new(self, key: bytes, record: dict[str, object], encoded: bytes | None) -> None:
+        """Write a new record (no old one, no secondary indexes) under the entry key `key`;
+        `encoded` is `record` already encoded whole, if the caller has it."""
+        encoded, long_values = self._encode_stored(key, record, encoded)
+        if long_values:
+            pk = key[len(self._prefix) :]
+            for position, data in long_values:
+                self._write_long_value(pk, position, data)
+        self._view.put(key, encoded)
+
     def _encode_stored(
-        self, key: bytes, record: dict[str, object]
+        self, key: bytes, record: dict[str, object], encoded: bytes | None = None
     ) -> tuple[bytes, list[tuple[int, bytes]]]:
-        """The record entry's value, and the (column, data) long values it refers to."""
-        encoded = self._codec.encode(record)
+        """The record entry's value, and the (column, data) long values it refers to
+        (`encoded`: `record` already encoded whole, if the caller has it)."""
+        if encoded is None:
+            encoded = self._codec.encode(record)
         limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(key)
         long_values: list[tuple[int, bytes]] = []
         if len(encoded) <= limit:

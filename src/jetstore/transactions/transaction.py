@@ -21,6 +21,9 @@ Invariants:
   first write after an iterator (or a `frozen` view) was handed out moves the private tree to
   a new epoch, so the nodes the iterator holds are copied, not changed in place. An iterator
   yields the tree as it was when it was created.
+- `catalog_written` is set once any write below the first object id (a catalog entry) has
+  reached the private tree; every write does before the commit (`prepare_commit`), so the
+  commit knows whether the database's cached table definitions stay valid.
 - Nothing is read for a finished transaction: every read, including the next step of an
   iterator handed out before, raises `NotInTransaction` (its snapshot's pages may be reused
   once it ended).
@@ -29,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 import itertools
 from collections.abc import Iterator
@@ -54,6 +58,7 @@ from jetstore.pages.btree import (
     merge_sorted_columns,
 )
 from jetstore.tables.catalog import (
+    FIRST_OBJECT_ID,
     NEXT_OBJECT_ID_KEY,
     TABLE_ENTRY_PREFIX,
     chunked_table_def,
@@ -90,6 +95,9 @@ class TransactionState(enum.Enum):
 _ACTIVE = TransactionState.ACTIVE
 _ABSENT = object()
 _BULK_MIN = 4096  # gathered writes below this are applied by path copies
+_CATALOG_END = object_prefix(FIRST_OBJECT_ID)  # every catalog key sorts below it
+_CATALOG_CACHE_MAX = 256  # cached table definitions per database (it is cleared when full)
+_max_entry_size = functools.cache(max_entry_size)
 
 
 class Transaction:
@@ -98,6 +106,32 @@ class Transaction:
     ``with db.transaction() as txn: txn.table("t").insert({...})`` commits on normal exit and
     rolls back if the block raises.
     """
+
+    # Slots: a single-row commit creates one transaction and reads its attributes a few dozen
+    # times; slots make both cheaper than an instance dict.
+    __slots__ = (
+        "_applied_bytes",
+        "_bytes",
+        "_db",
+        "_file",
+        "_iterators_out",
+        "_limit",
+        "_max_entry",
+        "_pending",
+        "_tables",
+        "catalog_written",
+        "commit_position",
+        "id",
+        "mutation",
+        "operations",
+        "page_size",
+        "plan_epoch",
+        "schema_keys",
+        "snapshot_position",
+        "snapshot_root",
+        "state",
+        "unique_checks",
+    )
 
     def __init__(
         self,
@@ -122,9 +156,12 @@ class Transaction:
         # pending, and `operations` itself serves (one dict store per write, not two).
         self._pending: dict[bytes, bytes | None] | None = None
         self._applied_bytes = 0  # `_bytes` when the pending writes were last applied
-        self._max_entry = max_entry_size(database.page_size)
+        self._max_entry = _max_entry_size(database.page_size)
         self.unique_checks: list[tuple[bytes, bytes]] = []
         self.schema_keys: set[bytes] = set()
+        # Set when a write below the first object id (a catalog entry) reaches the private
+        # tree: the commit then invalidates the database's cache of table definitions.
+        self.catalog_written = False
         self.commit_position: LogPosition | None = None
         self._bytes = 0
         self._limit = database.max_transaction_bytes
@@ -224,9 +261,11 @@ class Transaction:
             mutation = self.mutation = Mutation(store, mutation.root, next_epoch(), mutation.freed)
             self._iterators_out = False
         keys = sorted(pending)
-        tree_bytes = store.page_count * store.page_size if mutation.root is not None else 0
-        pending_bytes = self._bytes - self._applied_bytes
-        if len(keys) >= _BULK_MIN and pending_bytes * 4 >= tree_bytes:
+        if keys[0] < _CATALOG_END:
+            self.catalog_written = True  # every write passes here before its commit
+        if len(keys) >= _BULK_MIN and (self._bytes - self._applied_bytes) * 4 >= (
+            store.page_count * store.page_size if mutation.root is not None else 0
+        ):
             epoch = next_epoch()
             freed = mutation.freed
             # The merge allocates hundreds of thousands of short-lived lists with no cycles;
@@ -334,10 +373,27 @@ class Transaction:
 
     def table(self, name: str) -> Table:
         """The table `name` as this transaction sees it (`ObjectNotFound` if absent)."""
-        self._check_active()
+        if self.state is not _ACTIVE:
+            self._check_active()
         table = self._tables.get(name)
         if table is not None:
             return table
+        # Before its first write a transaction sees exactly its snapshot's catalog, which the
+        # database caches for every snapshot since the last catalog change: no tree lookup
+        # and no decoding for the table of a single-row commit.
+        cache = (
+            self._db.catalog_cache(self.snapshot_position)
+            if not self.operations and type(name) is str
+            else None
+        )
+        if cache is not None:
+            entry = cache.get(name)
+            if entry is not None:
+                entry_key, table_def, codec, shape = entry
+                table = Table(self, table_def, codec, shape)
+                self._tables[name] = table
+                self.schema_keys.add(entry_key)
+                return table
         raw = self._read_table_def(name) if isinstance(name, str) else None
         if raw is None:
             raise ObjectNotFound(
@@ -351,7 +407,12 @@ class Transaction:
         self._tables[name] = table
         # Writing through this table relies on its definition: a concurrent drop or
         # re-creation committed first makes this transaction's commit a WriteConflict.
-        self.schema_keys.add(table_entry_key(name))
+        entry_key = table_entry_key(name)
+        self.schema_keys.add(entry_key)
+        if cache is not None:
+            if len(cache) >= _CATALOG_CACHE_MAX:
+                cache.clear()
+            cache[name] = (entry_key, table_def, codec, shape)
         return table
 
     def _read_table_def(self, name: str) -> bytes | None:
@@ -433,7 +494,8 @@ class Transaction:
         nothing. On `WriteConflict`, `KeyDuplicate` or any failure the transaction is rolled
         back.
         """
-        self._check_active()
+        if self.state is not _ACTIVE:
+            self._check_active()
         try:
             position = self._db.commit_transaction(self, lazy=lazy)
         except BaseException:

@@ -1,0 +1,110 @@
+"""The commit path's encoders agree byte for byte with the general ones they stand in for:
+`encode_commit_changes` (a change map) with `encode_commit` (operation tuples), and
+`encode_frame_header`/`frame_padding` with `encode_frame`."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jetstore.format.logframe import (
+    FRAME_ALIGN,
+    FRAME_HEADER_SIZE,
+    KIND_FIRST,
+    KIND_FULL,
+    KIND_LAST,
+    KIND_MIDDLE,
+    decode_frame,
+    encode_frame,
+    encode_frame_header,
+    encode_frame_parts,
+    frame_padding,
+)
+from jetstore.format.logrecords import (
+    OP_DELETE,
+    OP_PUT,
+    CommitRecord,
+    decode_record,
+    encode_commit,
+    encode_commit_changes,
+)
+
+U32 = st.integers(0, 2**32 - 1)
+U64 = st.integers(0, 2**64 - 1)
+CHANGES = st.dictionaries(
+    st.binary(max_size=300), st.one_of(st.none(), st.binary(max_size=2000)), max_size=20
+)
+
+
+def as_operations(changes: dict[bytes, bytes | None]) -> list[tuple[int, bytes, bytes | None]]:
+    return [
+        (OP_DELETE, key, None) if value is None else (OP_PUT, key, value)
+        for key, value in changes.items()
+    ]
+
+
+@settings(max_examples=300)
+@given(db=U32, txn=U64, time_us=U64, changes=CHANGES)
+def test_change_map_encodes_like_operation_tuples(
+    db: int, txn: int, time_us: int, changes: dict[bytes, bytes | None]
+) -> None:
+    data = encode_commit_changes(db, txn, time_us, changes)
+    operations = as_operations(changes)
+    assert data == encode_commit(db, txn, time_us, operations)
+    assert decode_record(data) == CommitRecord(db, txn, time_us, operations)
+
+
+@settings(max_examples=200)
+@given(db=U32, txn=U64, time_us=U64, key=st.binary(max_size=65535), value=st.binary(max_size=9000))
+def test_single_put_encodes_like_operation_tuples(
+    db: int, txn: int, time_us: int, key: bytes, value: bytes
+) -> None:
+    # The one-operation PUT shortcut (one `struct` call for the head) and the general loop.
+    assert encode_commit_changes(db, txn, time_us, {key: value}) == encode_commit(
+        db, txn, time_us, [(OP_PUT, key, value)]
+    )
+
+
+def test_edge_change_maps() -> None:
+    for changes in ({}, {b"": None}, {b"": b""}, {b"k": None}, {b"a": b"1", b"b": None}):
+        assert encode_commit_changes(1, 2, 3, changes) == encode_commit(
+            1, 2, 3, as_operations(changes)
+        )
+    # The order of the map is the order of the record (insertion order, not key order).
+    record = decode_record(encode_commit_changes(1, 2, 3, {b"z": b"1", b"a": b"2", b"m": None}))
+    assert isinstance(record, CommitRecord)
+    assert [key for _op, key, _value in record.operations] == [b"z", b"a", b"m"]
+
+
+@settings(max_examples=300)
+@given(
+    generation=st.integers(1, 2**32 - 1),
+    offset=st.integers(0, 2**28).map(lambda n: n * FRAME_ALIGN),
+    durable=U32,
+    kind=st.sampled_from([KIND_FULL, KIND_FIRST, KIND_MIDDLE, KIND_LAST]),
+    payload=st.binary(max_size=5000),
+)
+def test_frame_header_and_padding_make_the_frame(
+    generation: int, offset: int, durable: int, kind: int, payload: bytes
+) -> None:
+    header, crc = encode_frame_header(generation, offset, durable, kind, payload)
+    frame, frame_crc = encode_frame(generation, offset, durable, kind, payload)
+    assert len(header) == FRAME_HEADER_SIZE
+    assert header + payload + frame_padding(len(payload)) == frame
+    assert crc == frame_crc
+    assert encode_frame_parts(generation, offset, durable, kind, payload) == (
+        header,
+        frame_padding(len(payload)),
+        crc,
+    )
+    decoded = decode_frame(frame, offset, generation, base=offset)
+    assert decoded is not None and decoded.payload == payload and decoded.crc == crc
+
+
+def test_frame_padding_depends_on_the_length_modulo_the_alignment() -> None:
+    for length in range(64):
+        padding = frame_padding(length)
+        assert padding == bytes(len(padding))
+        assert (FRAME_HEADER_SIZE + length + len(padding)) % FRAME_ALIGN == 0
+        assert len(padding) < FRAME_ALIGN
+        assert padding == frame_padding(length % FRAME_ALIGN)

@@ -1,0 +1,346 @@
+"""The log writer's commit path: the one-frame `append` shortcut writes exactly what the general
+frame loop writes, and group commit's hand-offs (covered waiters woken, one uncovered waiter
+leads the next flush, failures wake everyone, a waiter that leaves early strands nobody)."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jetstore.log.writer as writer_module
+from jetstore.errors import LogWriteFail
+from jetstore.format.common import Signature
+from jetstore.format.positions import LogPosition
+from jetstore.io import FileSystem, HandleRegistry, IOEvent
+from jetstore.log.reader import scan_to_end, take_inventory
+from jetstore.log.writer import LogConfig, LogWriter
+
+SIZE = 64 * 1024
+TIMEOUT = 30.0
+
+
+def make_writer(
+    directory: str,
+    hook: Callable[[IOEvent], None] | None = None,
+    signature: Signature | None = None,
+) -> LogWriter:
+    fs = FileSystem(HandleRegistry("test"), hook)
+    writer = LogWriter(
+        fs, LogConfig(directory, SIZE, 8192, False, signature or Signature.new()), owner="log"
+    )
+    writer.start(None)
+    return writer
+
+
+def read_payloads(directory: str) -> list[bytes]:
+    fs = FileSystem(HandleRegistry("reader"))
+    records, _ = scan_to_end(
+        fs, take_inventory(fs, directory, owner="r"), LogPosition(1, 0), owner="r"
+    )
+    return [record.payload for record in records]
+
+
+def pending_bytes(writer: LogWriter) -> list[tuple[int, int, int, bytes]]:
+    return [(g, o, s, b"".join(parts)) for g, o, s, parts in writer._pending]
+
+
+def general_append(writer: LogWriter, payload: bytes) -> LogPosition:
+    with writer._lock:
+        return writer._append_frames(payload)
+
+
+# --------------------------------------------------------------------------- append
+
+
+@settings(max_examples=40)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 300), st.integers(0, 3 * SIZE)),
+            st.booleans(),  # flush after this append
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_append_shortcut_writes_what_the_frame_loop_writes(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[int, bool]]
+) -> None:
+    # Two writers fed the same records, one through `append` (the one-frame shortcut where a
+    # record fits, the loop elsewhere), one always through the loop: same positions, same
+    # frames, same running checksums, same files.
+    signature = Signature.new()
+    fast = make_writer(str(tmp_path_factory.mktemp("fast")), signature=signature)
+    loop = make_writer(str(tmp_path_factory.mktemp("loop")), signature=signature)
+    rng = random.Random(len(steps))
+    payloads = []
+    try:
+        for size, flush in steps:
+            payload = rng.randbytes(size)
+            payloads.append(payload)
+            assert fast.append(payload) == general_append(loop, payload)
+            assert pending_bytes(fast) == pending_bytes(loop)
+            assert (fast._gen, fast._end, fast._gen_checksum) == (
+                loop._gen,
+                loop._end,
+                loop._gen_checksum,
+            )
+            assert fast._closed_gens == loop._closed_gens
+            assert (fast.bytes_appended, fast.records_appended) == (
+                loop.bytes_appended,
+                loop.records_appended,
+            )
+            if flush:
+                assert fast.flush() == loop.flush()
+    finally:
+        fast.close()
+        loop.close()
+    assert read_payloads(fast.config.directory) == payloads
+    assert read_payloads(loop.config.directory) == payloads
+
+
+def test_append_at_the_exact_end_of_a_generation(tmp_path) -> None:
+    # Records sized so that one ends exactly at the file's end, then one that has no room.
+    w = make_writer(str(tmp_path))
+    payloads = []
+    for _ in range(3):
+        room = SIZE - w._end
+        payloads.append(os.urandom(room - 16))  # header + payload fill the file exactly
+        end = w.append(payloads[-1])
+        assert end.offset == SIZE
+        payloads.append(b"")  # no room left: continues in the next generation
+        end = w.append(payloads[-1])
+        assert end.generation == w.current_generation
+        w.flush()
+    w.close()
+    assert read_payloads(str(tmp_path)) == payloads
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+def slow_sync_hook(seconds: float) -> Callable[[IOEvent], None]:
+    def hook(event: IOEvent) -> None:
+        if event.op == "fdatasync" and event.path.endswith("edb.log"):
+            time.sleep(seconds)
+
+    return hook
+
+
+def run_threads(targets: list[Callable[[], None]]) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def wrap(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported to the test
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "a committer was stranded"
+    return errors
+
+
+def test_slow_syncs_group_many_committers(tmp_path) -> None:
+    w = make_writer(str(tmp_path), slow_sync_hook(0.002))
+    per_thread, threads = 40, 8
+    written: list[bytes] = []
+
+    def committer(n: int) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(per_thread):
+                payload = f"{n}:{i}".encode() * (1 + i % 5)
+                written.append(payload)
+                position = w.append(payload)
+                w.wait_durable(position)
+                assert w.durable_position >= position
+
+        return run
+
+    assert run_threads([committer(n) for n in range(threads)]) == []
+    assert w._waiters == []
+    assert not w._flushing
+    # Eight committers and 2 ms syncs: groups must form.
+    assert w.flushes < per_thread * threads / 2
+    w.close()
+    assert sorted(read_payloads(str(tmp_path))) == sorted(written)
+
+
+def blocking_failing_sync() -> tuple[Callable[[IOEvent], None], threading.Event, threading.Event]:
+    """A hook whose first armed sync of edb.log blocks until `release`, then fails (EIO)."""
+    armed, release = threading.Event(), threading.Event()
+
+    def hook(event: IOEvent) -> None:
+        if armed.is_set() and event.op == "fdatasync" and event.path.endswith("edb.log"):
+            assert release.wait(TIMEOUT)
+            raise OSError(5, "injected EIO")
+
+    return hook, armed, release
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+def test_a_failed_sync_wakes_every_waiter(tmp_path) -> None:
+    hook, armed, release = blocking_failing_sync()
+    w = make_writer(str(tmp_path), hook)
+    w.wait_durable(w.append(b"durable"))
+    armed.set()
+
+    def committer() -> None:
+        w.wait_durable(w.append(b"x" * 50))
+
+    errors: list[BaseException] = []
+    threads = []
+    for count in range(6):
+        thread = threading.Thread(target=lambda: errors.append(capture(committer)), daemon=True)
+        thread.start()
+        threads.append(thread)
+        # The first leads (and blocks in its sync); the others queue behind it.
+        wait_for(lambda count=count: len(w._waiters) == count)
+    release.set()
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "a waiter was not woken by the failure"
+    assert len(errors) == 6 and all(isinstance(e, LogWriteFail) for e in errors)
+    assert w._waiters == []
+    with pytest.raises(LogWriteFail):
+        w.append(b"after")
+    w.close()
+
+
+def capture(target: Callable[[], None]) -> BaseException | None:
+    try:
+        target()
+    except BaseException as exc:  # returned to the test
+        return exc
+    return None
+
+
+class Interrupted(BaseException):
+    """Stands for an asynchronous exception (KeyboardInterrupt) in a waiting committer."""
+
+
+class FlakyLock:
+    """A waiter lock that raises `Interrupted` on its blocking wait, before or after it."""
+
+    def __init__(self, when: str) -> None:
+        self._lock = _thread.allocate_lock()
+        self._when = when
+        self._acquires = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self._acquires += 1
+        if self._acquires == 2 and self._when == "before":
+            raise Interrupted
+        got = self._lock.acquire(blocking, timeout)
+        if self._acquires == 2 and self._when == "after":
+            raise Interrupted
+        return got
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_waiter_that_leaves_early_strands_nobody(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    # The leader blocks in its sync; X then Y queue behind it, neither covered by that flush.
+    # X leaves: while still queued ("before") or right after the leader's wake-up chose it to
+    # lead the next flush ("after"). Y must still become durable.
+    gate = threading.Event()
+    blocking = threading.Event()
+
+    def hook(event: IOEvent) -> None:
+        if blocking.is_set() and event.op == "fdatasync" and event.path.endswith("edb.log"):
+            blocking.clear()
+            assert gate.wait(TIMEOUT)
+
+    w = make_writer(str(tmp_path), hook)
+    blocking.set()
+    leader = threading.Thread(target=lambda: w.wait_durable(w.append(b"leader")), daemon=True)
+    leader.start()
+    wait_for(lambda: w._flushing and not blocking.is_set())
+
+    locks: dict[str, Any] = {}
+
+    def allocate() -> Any:
+        name = threading.current_thread().name
+        lock = FlakyLock(when) if name == "X" else _thread.allocate_lock()
+        locks[name] = lock
+        return lock
+
+    monkeypatch.setattr(writer_module, "_allocate_lock", allocate)
+    outcomes: dict[str, BaseException | None] = {}
+
+    def committer(name: str) -> Callable[[], None]:
+        def run() -> None:
+            outcomes[name] = capture(lambda: w.wait_durable(w.append(name.encode())))
+
+        return run
+
+    x = threading.Thread(target=committer("X"), name="X", daemon=True)
+    x.start()
+    if when == "before":
+        x.join(TIMEOUT)  # X raised before blocking: it must have left the queue
+        assert isinstance(outcomes["X"], Interrupted)
+        assert w._waiters == []
+    else:
+        wait_for(lambda: len(w._waiters) == 1)
+    y = threading.Thread(target=committer("Y"), name="Y", daemon=True)
+    y.start()
+    wait_for(lambda: len(w._waiters) == (1 if when == "before" else 2))
+    gate.set()
+    for thread in (leader, x, y):
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), f"{thread.name} was stranded"
+    assert isinstance(outcomes["X"], Interrupted)
+    assert outcomes["Y"] is None
+    assert w.durable_position == w.end_position
+    assert w._waiters == [] and not w._flushing
+    w.close()
+    assert read_payloads(str(tmp_path)) == [b"leader", b"X", b"Y"]
+
+
+def test_a_leader_interrupted_before_its_batch_hands_over(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A leader that yields the GIL to gather committers (`_gather`) and is interrupted there
+    # wrote nothing: it gives up the role instead of failing the writer.
+    w = make_writer(str(tmp_path))
+    w._gather = True
+
+    def interrupted_sleep(_seconds: float) -> None:
+        raise Interrupted
+
+    monkeypatch.setattr(writer_module, "_sleep", interrupted_sleep)
+    position = w.append(b"a")
+    with pytest.raises(Interrupted):
+        w.wait_durable(position)
+    assert not w._flushing and w.failed is None
+    monkeypatch.setattr(writer_module, "_sleep", time.sleep)
+    w.wait_durable(position)
+    assert w.durable_position >= position
+    w.close()
+    assert read_payloads(str(tmp_path)) == [b"a"]
