@@ -572,17 +572,7 @@ def _page(
             )
             return None
         counts["bad"] += 1
-        _problem(
-            report,
-            "error",
-            path,
-            "database",
-            f"page {pgno}",
-            exc,
-            exc.detail or str(exc),
-            page=pgno,
-            offset=pgno * page_size,
-        )
+        _bad_page(report, path, pgno, page_size, exc, exc.detail or str(exc))
         return None
     counts["verified"] += 1
     if page_type is PageType.BRANCH:
@@ -592,6 +582,28 @@ def _page(
     elif page_type is PageType.FREE_LIST:
         counts["free_list"] += 1
     return page_type, entries
+
+
+def _bad_page(
+    report: ChecksumReport,
+    path: str,
+    pgno: int,
+    page_size: int,
+    error: JetError | type[JetError],
+    message: str,
+) -> None:
+    """A damaged database page: an error located by page number and byte offset."""
+    _problem(
+        report,
+        "error",
+        path,
+        "database",
+        f"page {pgno}",
+        error,
+        message,
+        page=pgno,
+        offset=pgno * page_size,
+    )
 
 
 def _references(
@@ -609,17 +621,7 @@ def _references(
         else:
             counts["lost_writes"] += 1
         counts["bad"] += 1
-        _problem(
-            report,
-            "error",
-            path,
-            "database",
-            f"page {problem.pgno}",
-            problem.error,
-            problem.describe(),
-            page=problem.pgno,
-            offset=problem.pgno * header.page_size,
-        )
+        _bad_page(report, path, problem.pgno, header.page_size, problem.error, problem.describe())
 
 
 # --------------------------------------------------------------------------- checkpoint
