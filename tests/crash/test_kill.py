@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import jetstore
+
+from .child_runner import run_and_kill
 
 ROUNDS = 50
 SOAK_ROUNDS = 1000
@@ -27,35 +25,10 @@ CHILD = str(Path(__file__).with_name("kill_child.py"))
 
 def run_round(directory: str, start: int, rng: random.Random, lazy_every: int) -> list[int]:
     """Run the child until a random moment, SIGKILL it, return the acknowledged order ids."""
-    child = subprocess.Popen(
-        [sys.executable, CHILD, directory, str(start), str(lazy_every)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return run_and_kill(
+        [CHILD, directory, str(start), str(lazy_every)],
+        lambda: time.sleep(rng.uniform(0.0, 0.4)),
     )
-    acks: list[int] = []
-    ready = threading.Event()
-
-    def reader() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith("READY"):
-                ready.set()
-            elif line.startswith("ACK "):
-                acks.append(int(line.split()[1]))
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    if not ready.wait(30):
-        child.kill()
-        thread.join()
-        pytest.fail(f"child did not start: {child.stderr.read() if child.stderr else ''}")
-    time.sleep(rng.uniform(0.0, 0.4))
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    thread.join()
-    assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
-    return acks
 
 
 def check(directory: str, acknowledged: set[int]) -> int:

@@ -15,10 +15,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +25,8 @@ import pytest
 import jetstore
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.filenames import parse_generation_log_name
+
+from .child_runner import run_and_kill
 
 ROUNDS = 20
 SOAK_ROUNDS = 500
@@ -41,40 +40,14 @@ def run_child(
     lock: Callable[[], None],
     rng: random.Random,
 ) -> list[int]:
-    child = subprocess.Popen(
-        [sys.executable, CHILD, str(directory), str(start), str(flag or "")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    acks: list[int] = []
-    ready = threading.Event()
-
-    def reader() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith("READY"):
-                ready.set()
-            elif line.startswith("ACK "):
-                acks.append(int(line.split()[1]))
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        if not ready.wait(30):
-            pytest.fail(f"child did not start: {child.stderr.read() if child.stderr else ''}")
+    def hold_the_file_then_wait() -> None:
         time.sleep(0.1)  # a checkpoint or two while the file is writable
         lock()
         time.sleep(rng.uniform(0.3, 1.2))  # commits across many generations, file held
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        thread.join()
-    assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
-    return acks
+
+    return run_and_kill(
+        [CHILD, str(directory), str(start), str(flag or "")], hold_the_file_then_wait
+    )
 
 
 def logs_named_by_checkpoint_file_present(directory: Path) -> None:
