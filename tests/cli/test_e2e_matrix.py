@@ -13,6 +13,8 @@ The states are built once (per run of this module) as templates and copied for e
 - `clean`: closed cleanly; `dirty`: `simulate_crash()` after the commits (three generations);
 - `missing_log`: dirty, closed generation 2 deleted;
 - `corrupt_page`: clean, a byte flipped in a leaf page of `main.edb`;
+- `lost_write`: clean, a leaf page of `main.edb` replaced by another valid image of itself (what
+  a lost write leaves: same page number, valid checksum; design D12);
 - `torn_tail`: dirty, garbage over the end of the newest log (`edb.log`), past its last frame;
 - `corrupt_log`: dirty, a byte flipped in the first frame of closed generation 2;
 - `foreign_log`: dirty, generation 2 replaced by generation 2 of another instance;
@@ -53,7 +55,7 @@ from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.io.files import FileSystem
-from jetstore.pages.btree import iter_nodes
+from jetstore.pages.btree import decode_node, encode_node, iter_nodes
 from jetstore.tools.dbfile import OfflineDatabase
 
 from .conftest import ROWS, SMALL, build, flip, snapshot
@@ -102,6 +104,14 @@ def build_templates(base: Path) -> dict[str, Path]:
     db = derive("corrupt_page", "clean") / "main.edb"
     pages, page_size = _leaf_pages(db)
     flip(db, pages[1] * page_size + 100)
+
+    db = derive("lost_write", "clean") / "main.edb"
+    data = bytearray(db.read_bytes())
+    pgno = pages[1]
+    node = decode_node(pgno, bytes(data[pgno * page_size : (pgno + 1) * page_size]))
+    node.values[0] = bytes(len(node.values[0]))  # an older value of the same size
+    data[pgno * page_size : (pgno + 1) * page_size] = encode_node(node, page_size, pgno, 1)
+    db.write_bytes(bytes(data))
 
     end = _log_end(t["dirty"])
     with (derive("torn_tail", "dirty") / CURRENT_LOG).open("r+b") as file:
@@ -394,9 +404,13 @@ def _integrity_ok(r: Body, run: Run) -> None:
     assert r["tables"]["t"]["records"] == ROWS
 
 
-def _integrity_damaged(r: Body, run: Run) -> None:
+def _integrity_damaged(r: Body, run: Run, error: str = "ReadVerifyFailure") -> None:
     assert r["ok"] is False and r["errors"] >= 1
-    assert r["problems"][0]["area"] == "tree" and "ReadVerifyFailure" in r["problems"][0]["message"]
+    assert r["problems"][0]["area"] == "tree" and error in r["problems"][0]["message"]
+
+
+def _integrity_lost_write(r: Body, run: Run) -> None:
+    _integrity_damaged(r, run, "ReadLostFlushVerifyFailure")
 
 
 def _logs_ok(r: Body, run: Run) -> None:
@@ -617,6 +631,7 @@ def _usage(r: Body, run: Run) -> None:
 E_DIRTY = ("DatabaseDirtyShutdown", -550)
 E_IN_USE = ("InstanceNameInUse", -1086)
 E_PAGE = ("ReadVerifyFailure", -1018)
+E_LOST = ("ReadLostFlushVerifyFailure", -1119)
 E_MISSING = ("RequiredLogFilesMissing", -543)
 E_CORRUPT = ("LogFileCorrupt", -501)
 RO = True  # read-only: nothing under {dir} may change
@@ -697,6 +712,17 @@ CASES: list[Case] = [
     Case("corrupt_page", "export", "export {db} t --output {work}/t.jsonl", 1, E_PAGE, RO,
          _nothing_at("t.jsonl")),
     Case("corrupt_page", "backup-offline", "backup {dir} --to {work}/bk", 1, E_PAGE, RO,
+         _nothing_at("bk", "bk.partial")),
+    # ---- lost write: a leaf replaced by another valid image of itself (D12)
+    Case("lost_write", "checksum", "checksum {dir}", 1, None, RO,
+         _checksum_finds("ReadLostFlushVerifyFailure", -1119, "page ")),
+    Case("lost_write", "integrity", "integrity {db}", 1, None, RO, _integrity_lost_write),
+    Case("lost_write", "repair-report", "repair {db}", 1, None, RO, _repair_report(True)),
+    Case("lost_write", "compact", "compact {db}", 1, E_LOST, False,
+         _nothing_at_dir("main.edb.compacting")),
+    Case("lost_write", "export", "export {db} t --output {work}/t.jsonl", 1, E_LOST, RO,
+         _nothing_at("t.jsonl")),
+    Case("lost_write", "backup-offline", "backup {dir} --to {work}/bk", 1, E_LOST, RO,
          _nothing_at("bk", "bk.partial")),
     # ---- torn tail: garbage past the last frame of the newest log (normal after a crash)
     Case("torn_tail", "logs-verify", "logs verify {dir}", 0, None, RO, _logs_torn),
