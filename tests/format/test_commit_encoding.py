@@ -65,6 +65,29 @@ def test_single_put_encodes_like_operation_tuples(
     )
 
 
+@settings(max_examples=100)
+@given(
+    db=U32,
+    txn=U64,
+    time_us=U64,
+    changes=st.dictionaries(
+        st.binary(max_size=40), st.binary(max_size=300), min_size=64, max_size=300
+    ),
+    delete=st.booleans(),
+)
+def test_bulk_change_maps_encode_like_operation_tuples(
+    db: int, txn: int, time_us: int, changes: dict[bytes, bytes | None], delete: bool
+) -> None:
+    # From 64 operations, a map of puts is encoded by C-level passes; one delete sends it
+    # back to the general loop. Both must give `encode_commit`'s bytes.
+    if delete:
+        changes[next(iter(changes))] = None
+    data = encode_commit_changes(db, txn, time_us, changes)
+    operations = as_operations(changes)
+    assert data == encode_commit(db, txn, time_us, operations)
+    assert decode_record(data) == CommitRecord(db, txn, time_us, operations)
+
+
 def test_edge_change_maps() -> None:
     for changes in ({}, {b"": None}, {b"": b""}, {b"k": None}, {b"a": b"1", b"b": None}):
         assert encode_commit_changes(1, 2, 3, changes) == encode_commit(
