@@ -25,7 +25,7 @@ test: lint typecheck $(STAMP)
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
-	JETSTORE_SOAK=1 $(BIN)/python -m pytest -q -m soak -o addopts=''
+	JETSTORE_SOAK=1 $(BIN)/python -m pytest -q -m soak -o addopts='' --timeout=14400
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
