@@ -427,3 +427,43 @@ def test_undecodable_commit_record_is_not_half_replayed(tmp_path: Path) -> None:
         jetstore.open(tmp_path, **SMALL)
     with jetstore.open(tmp_path, accept_data_loss=True, **SMALL) as reopened:
         assert read_ids(reopened) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RequiredLogFilesMissing,
+    reason="found by the kill soak: a checkpoint raised the header's required generation to "
+    "N+1 (the log had closed generation N logically) and the process died inside the roll, "
+    "after edb.log was renamed to generation N's name and before edbtmp.log (already holding "
+    "N+1's synced header, no frame) became edb.log. Nothing acknowledged is lost, but "
+    "recovery refuses with RequiredLogFilesMissing for generation N+1: it should take the "
+    "prepared edbtmp.log of generation N+1 as the empty current log and finish the roll",
+)
+def test_crash_inside_a_roll_after_the_header_required_the_new_generation(
+    tmp_path: Path,
+) -> None:
+    n = crashed_instance(tmp_path, batches=2)
+    failing = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if failing["on"] and event.op == "rename" and event.path.endswith("edbtmp.log"):
+            raise OSError(5, "injected: the process dies before this rename")
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    generation = instance.log.current_generation
+    failing["on"] = True
+    with pytest.raises(JetError):
+        instance.log.roll()
+    instance.simulate_crash()
+    assert not (tmp_path / "edb.log").exists() and (tmp_path / "edbtmp.log").exists()
+    # What the racing checkpoint had written: the header requires the new generation.
+    from jetstore.io.handles import HandleRegistry
+    from jetstore.pages.pagefile import DatabaseFile
+
+    db = DatabaseFile.open(
+        FileSystem(HandleRegistry("t")), str(tmp_path / "main.edb"), owner="t", cache_pages=16
+    )
+    db.write_header(raise_max_required=generation + 1)
+    db.close()
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert read_ids(reopened) == list(range(n))
