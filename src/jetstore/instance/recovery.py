@@ -422,6 +422,11 @@ def _recover(
             db.apply_replayed(payload, end)
         db.finish_replay()
         outcome.created.append(create.name)
+    if inventory.interrupted_roll is not None:
+        # Finish the roll the crash cut short: the new generation's file (header only) takes
+        # the current log's name, as the second rename would have done.
+        fs.rename(inventory.interrupted_roll.path, os.path.join(instance.directory, CURRENT_LOG))
+        fs.fsync_directory(instance.directory, owner=instance.owner)
     if losses:
         _settle_data_loss(instance, outcome, losses, last_good, dirty)
     elif restore is not None:

@@ -33,10 +33,12 @@ from jetstore.errors import (
 from jetstore.format.common import Signature
 from jetstore.format.filenames import (
     CURRENT_LOG,
+    TEMP_LOG,
     generation_log_name,
     parse_generation_log_name,
 )
 from jetstore.format.logframe import (
+    FRAME_HEADER_SIZE,
     KIND_FIRST,
     KIND_FULL,
     KIND_LAST,
@@ -71,6 +73,9 @@ class LogInventory:
     files: dict[int, GenerationFile] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     unreadable: list[GenerationFile] = field(default_factory=list)
+    #: `edbtmp.log` standing for the current log of a roll cut short between its renames
+    #: (`take_inventory`); recovery finishes the roll by renaming it to `edb.log`.
+    interrupted_roll: GenerationFile | None = None
 
     @property
     def generations(self) -> list[int]:
@@ -123,7 +128,43 @@ def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventor
             if not entry.is_current:
                 continue
         inventory.files[entry.generation] = entry
+    if CURRENT_LOG not in names and TEMP_LOG in names:
+        interrupted = _interrupted_roll(fs, directory, inventory, owner=owner)
+        if interrupted is not None:
+            inventory.files[interrupted.generation] = interrupted
+            inventory.interrupted_roll = interrupted
+            inventory.problems.append(
+                f"a roll to generation {interrupted.generation} was cut short between its two "
+                f"renames: {TEMP_LOG} (the new generation's header, no record) takes the place "
+                f"of {CURRENT_LOG}"
+            )
     return inventory
+
+
+def _interrupted_roll(
+    fs: FileSystem, directory: str, inventory: LogInventory, *, owner: str
+) -> GenerationFile | None:
+    """`edbtmp.log` as the current log when a roll stopped between archiving `edb.log` and
+    renaming `edbtmp.log` to it: its header is the generation after the newest archived one,
+    linked to it (signature, previous creation time), and no frame follows it (a roll writes
+    the header and syncs it before either rename; records go in only after both)."""
+    newest = inventory.highest
+    if newest is None:
+        return None
+    path = os.path.join(directory, TEMP_LOG)
+    entry = _read_header(fs, path, None, owner=owner)
+    header, previous = entry.header, inventory.files[newest].header
+    if header is None or previous is None or header.generation != newest + 1:
+        return None
+    if (
+        header.log_signature != previous.log_signature
+        or header.previous_generation_created_time != previous.created_time
+    ):
+        return None
+    data = fs.read_file(path, owner=owner, limit=LOG_HEADER_SIZE + FRAME_HEADER_SIZE)
+    if any(data[LOG_HEADER_SIZE:]):
+        return None  # something after the header: not a roll cut short before its records
+    return entry
 
 
 def _read_header(
