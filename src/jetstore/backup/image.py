@@ -34,12 +34,12 @@ from jetstore.errors import DatabaseCorrupted
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, encode_db_header
 from jetstore.format.page import PageType, verify_page
 from jetstore.pages.btree import (
-    MAX_PGNO,
     check_page_crc,
     child_ref,
     decode_node,
     page_crc_of,
     ref_crc,
+    ref_pgno,
 )
 from jetstore.pages.pagefile import chain_length, encode_free_list
 
@@ -108,17 +108,17 @@ class DatabaseImage:
         seen: set[int] = set()
         while level:
             # Find out whether this level is the leaf level from its first page.
-            first_pgno = level[0] & MAX_PGNO
+            first_pgno = ref_pgno(level[0])
             first = self._read(first_pgno)
             _page, ptype, _count, _seq, _plen = verify_page(
                 first_pgno, first, path=self.path, page_size=self.page_size
             )
             if ptype == PageType.LEAF:
-                self._leaves.update((ref & MAX_PGNO, ref_crc(ref)) for ref in level)
+                self._leaves.update((ref_pgno(ref), ref_crc(ref)) for ref in level)
                 return
             next_level: list[int] = []
             for ref in level:
-                pgno = ref & MAX_PGNO
+                pgno = ref_pgno(ref)
                 if pgno in seen or not HEADER_COPIES <= pgno < self.page_count:
                     raise DatabaseCorrupted(
                         f"page {pgno} of '{self.path}' is reached twice or lies outside the "
