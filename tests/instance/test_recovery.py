@@ -467,3 +467,44 @@ def test_crash_inside_a_roll_after_the_header_required_the_new_generation(
     assert (tmp_path / "edb.log").exists()
     with jetstore.open(tmp_path, **SMALL) as reopened:
         assert read_ids(reopened) == list(range(n))
+
+
+def test_checkpoint_requires_only_generations_on_disk(tmp_path: Path) -> None:
+    """A commit appended while a checkpoint writes its pages may close the log generation
+    (logically: the record does not fit) without a flush. The checkpoint's header must not
+    require that next generation: it may never reach the disk before a crash, and recovery
+    would then call it missing although nothing acknowledged was lost."""
+    state = {"armed": False}
+    instance_box: list[jetstore.Instance] = []
+
+    def hook(event: IOEvent) -> None:
+        if state["armed"] and event.op == "write" and event.path.endswith("main.edb"):
+            state["armed"] = False
+            # A lazy commit big enough to close the current generation, appended while the
+            # checkpoint writes pages (the commit lock is free then).
+            db = instance_box[0].database("main")
+            txn = db.transaction()
+            txn.table("big").insert({"id": 1, "blob": b"x" * 60_000})
+            txn.commit(lazy=True)
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    instance_box.append(instance)
+    db = instance.database("main", create=True)
+    db.create_table(
+        "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+    )
+    db.create_table("big", [("id", "int"), ("blob", "bytes")], primary_key="id")
+    with db.transaction() as txn:
+        for i in range(5):
+            txn.table("t").insert({"id": i, "v": f"row {i}"})
+    generation = instance.log.current_generation
+    state["armed"] = True
+    instance.checkpoint()
+    assert not state["armed"], "the hook did not run"
+    assert instance.log.current_generation == generation + 1  # closed logically only
+    assert instance.log.durable_position.generation == generation
+    header = db.file.header
+    assert header.generation_max_required == generation, header
+    instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert read_ids(reopened) == [0, 1, 2, 3, 4]

@@ -741,7 +741,13 @@ class Instance:
         log.wait_durable(position)  # WAL rule: the log first, then the pages
         for _db, plan in plans:
             _db.file.write_checkpoint_pages(plan)
-        generation = log.current_generation
+        # The generation of the checkpoint's position, which the wait above made durable
+        # (the log rolled to it on disk), not the log's current one: a commit appended since
+        # may have closed that generation in memory only, and a header requiring a
+        # generation a crash can leave unwritten would make recovery refuse the instance
+        # (RequiredLogFilesMissing) with nothing acknowledged lost. Later generations are
+        # required by the flushes that create them (`_on_roll`).
+        generation = position.generation
         signature = log.signature
         for db, plan in plans:
             header = db.file.header
