@@ -131,3 +131,15 @@ def test_frame_padding_depends_on_the_length_modulo_the_alignment() -> None:
         assert (FRAME_HEADER_SIZE + length + len(padding)) % FRAME_ALIGN == 0
         assert len(padding) < FRAME_ALIGN
         assert padding == frame_padding(length % FRAME_ALIGN)
+
+
+def test_many_operation_shapes() -> None:
+    # A PUT is packed by a struct for its (key length, value length), kept in a bounded
+    # cache: more shapes than it keeps (it is emptied and refilled) still encode exactly.
+    from jetstore.format import logrecords
+
+    changes = {i.to_bytes(2, "big") * (1 + i % 40): b"v" * (i % 211) for i in range(9000)}
+    for _ in range(2):
+        data = encode_commit_changes(1, 2, 3, changes)
+        assert data == encode_commit(1, 2, 3, as_operations(changes))
+        assert len(logrecords._PUT_SHAPES) <= logrecords._PUT_SHAPES_MAX

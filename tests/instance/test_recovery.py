@@ -4,6 +4,7 @@ precise refusals (before anything is written) when required logs are missing or 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from pathlib import Path
@@ -508,3 +509,43 @@ def test_checkpoint_requires_only_generations_on_disk(tmp_path: Path) -> None:
     instance.simulate_crash()
     with jetstore.open(tmp_path, **SMALL) as reopened:
         assert read_ids(reopened) == [0, 1, 2, 3, 4]
+
+
+def test_a_flush_across_generations_raises_the_headers_once(tmp_path: Path) -> None:
+    """D8: a large transaction crossing several generations rewrites each database header once
+    (to the newest generation), after its bytes are synced and before its commit returns; a
+    crash then recovers it whole."""
+    header_writes: list[int] = []
+    state = {"counting": False}
+
+    def hook(event: IOEvent) -> None:
+        header = event.op == "write" and event.path.endswith("main.edb") and event.offset == 0
+        if state["counting"] and header:
+            header_writes.append(event.offset)
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    db = instance.database("main", create=True)
+    db.create_table(
+        "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+    )
+    first = instance.log.current_generation
+    started: list[int] = []
+    state["counting"] = True
+    with db.transaction() as txn:
+        table = txn.table("t")
+        for i in range(600):
+            table.insert({"id": i, "v": f"{i:06d}" * 60})
+    state["counting"] = False
+    last = instance.log.current_generation
+    assert last >= first + 3, (first, last)
+    assert len(header_writes) == 1, header_writes
+    assert db.file.header.generation_max_required == last
+    with open(tmp_path / "events.jsonl", encoding="utf-8") as events:
+        for line in events:
+            event = json.loads(line)
+            if event["name"] == "log_generation_started":
+                started.append(event["fields"]["generation"])
+    assert set(range(first + 1, last + 1)) <= set(started)
+    instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert read_ids(reopened) == list(range(600))

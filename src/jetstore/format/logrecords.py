@@ -66,6 +66,11 @@ _U16 = struct.Struct("<H")
 _CREATE_HEAD = struct.Struct("<BII16sQ")
 _TIMED = struct.Struct("<BQ")
 
+#: Packers of a whole PUT operation by (key length, value length), for `encode_commit_changes`;
+#: emptied when it grows past the bound (a workload of ever-new shapes gains nothing from it).
+_PUT_SHAPES: dict[tuple[int, int], Callable[..., bytes]] = {}
+_PUT_SHAPES_MAX: Final = 4096
+
 # An operation: (OP_PUT, key, value) or (OP_DELETE, key, None).
 Operation = tuple[int, bytes, bytes | None]
 
@@ -151,16 +156,23 @@ def encode_commit_changes(
     ]
     append = parts.append
     put_head = _PUT_HEAD.pack
-    u32 = _U32.pack
+    shapes = _PUT_SHAPES
+    shape_of = shapes.get
     for key, value in changes.items():
         if value is None:
             append(put_head(OP_DELETE, len(key)))
             append(key)
         else:
-            append(put_head(OP_PUT, len(key)))
-            append(key)
-            append(u32(len(value)))
-            append(value)
+            # A whole PUT in one `struct` call, by a struct for its (key, value) lengths:
+            # large transactions repeat a few shapes, and one call and one list item per
+            # operation is about a third cheaper than four.
+            shape = (len(key), len(value))
+            pack = shape_of(shape)
+            if pack is None:
+                if len(shapes) >= _PUT_SHAPES_MAX:
+                    shapes.clear()
+                pack = shapes[shape] = struct.Struct(f"<BH{shape[0]}sI{shape[1]}s").pack
+            append(pack(OP_PUT, shape[0], key, shape[1], value))
     return b"".join(parts)
 
 

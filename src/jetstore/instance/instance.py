@@ -660,19 +660,23 @@ class Instance:
             reserve=reserve,
         )
 
-    def _on_roll(self, generation: int) -> None:
-        """Called by the log writer after a roll, before any record reaches the new generation.
+    def _on_roll(self, first: int, last: int) -> None:
+        """Called by the log writer after a flush that started generations `first`..`last`,
+        once its bytes are synced and before any commit in it is acknowledged.
 
-        Every database header learns that logs up to `generation` may hold its commits, so an
+        Every database header learns that logs up to `last` may hold its commits, so an
         acknowledged commit always lies in a generation its header requires: losing the newest
-        log files is then detected (`RequiredLogFilesMissing`), never silent. A failure here
-        fails the flush (the commits waiting on it are not acknowledged).
+        log files is then detected (`RequiredLogFilesMissing`), never silent (D8). A failure
+        here fails the flush (the commits waiting on it are not acknowledged).
         """
         for db in list(self._databases.values()):
-            db.file.write_header(raise_max_required=generation)
-        self.events.emit(
-            "log_generation_started", f"log generation {generation} started", generation=generation
-        )
+            db.file.write_header(raise_max_required=last)
+        for generation in range(first, last + 1):
+            self.events.emit(
+                "log_generation_started",
+                f"log generation {generation} started",
+                generation=generation,
+            )
         self._check_log_disk_space()
 
     def _check_log_disk_space(self) -> None:

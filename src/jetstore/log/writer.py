@@ -123,7 +123,9 @@ class LogConfig:
             )
 
 
-RollCallback = Callable[[int], None]
+#: Called once per flush that rolled, with the first and the last generation it started, after
+#: every byte of the flush is synced and before any commit in it is acknowledged.
+RollCallback = Callable[[int, int], None]
 
 
 class LogWriter:
@@ -560,6 +562,7 @@ class LogWriter:
     ) -> None:
         file = self._file
         assert file is not None
+        first_generation = self._file_gen
         for gen, offset, _size, parts in chunks:
             data = b"".join(parts)
             parts.clear()  # the joined copy is the only one kept while it is written
@@ -580,6 +583,14 @@ class LogWriter:
             file = self._file
             assert file is not None
         file.fdatasync()
+        callback = self.on_roll
+        if self._file_gen > first_generation and callback is not None:
+            # Once per flush, however many generations it started (a large transaction
+            # crosses dozens): the databases' headers then require the newest one before any
+            # commit of this flush is acknowledged, which is all D8 needs. A crash before it
+            # leaves the header requiring less than the log holds: recovery replays what is
+            # there; what a lost newer file held was never acknowledged.
+            callback(first_generation + 1, self._file_gen)
 
     # ----------------------------------------------------------------- rolls
 
@@ -589,9 +600,6 @@ class LogWriter:
             new_gen, self._file_created, prev_end, prev_checksum, archive_current=True
         )
         self.rolls += 1
-        callback = self.on_roll
-        if callback is not None:
-            callback(new_gen)
 
     def _install_generation(
         self,
