@@ -740,3 +740,47 @@ def test_lookup_indexes_written_leaves_only() -> None:
     assert [lookup(store, change.root, k) for k in probes] == [
         b"changed" if k == key else model.get(k) for k in probes
     ]
+
+
+def test_copied_branches_share_keys_until_a_separator_changes() -> None:
+    # A path copy shares the branch's key list with the published node; splits, merges and
+    # redistributions in later epochs must take a private copy first. Many short epochs over
+    # one deep tree (long keys: a branch holds a few separators, so branches split and merge
+    # too), every published root kept and checked.
+    store = MemoryNodeStore(PAGE)
+    prefix = b"p" * 150
+
+    def key_of(i: int) -> bytes:
+        return prefix + b"%06d" % i
+
+    items = {key_of(i): b"a" * 30 for i in range(0, 6000, 2)}
+    root = build(store, items.items())
+    store.checkpoint(root)
+    model = dict(items)
+    kept: list[tuple[Node | None, dict[bytes, bytes], Prints]] = [
+        (root, dict(model), fingerprint(root))
+    ]
+    rnd = random.Random(11)
+    shared_seen = 0
+    for epoch in range(2, 400):
+        m = Mutation(store, root, epoch, [])
+        for _ in range(rnd.randint(1, 30)):
+            key = key_of(rnd.randrange(6000))
+            if rnd.random() < 0.55:
+                value = b"b" * rnd.randint(0, 300)
+                m.put(key, value)
+                model[key] = value
+            else:
+                m.delete(key)
+                model.pop(key, None)
+        root = m.root
+        shared_seen += sum(1 for n in iter_nodes(store, root) if n.shared_keys)
+        verify_tree(store, root)
+        kept.append((root, dict(model), fingerprint(root)))
+        if epoch % 50 == 0:
+            store.checkpoint(root)
+    assert shared_seen > 0
+    assert verify_tree(store, root).depth >= 3
+    for snapshot_root, snapshot_model, prints in kept:
+        assert_unchanged(prints)
+        assert list(iterate(store, snapshot_root)) == sorted(snapshot_model.items())

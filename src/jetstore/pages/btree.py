@@ -22,7 +22,9 @@ Invariants and why
   place only the nodes it created (``owner == E`` and not yet written); every other node on the
   way is copied first (path copying), and when the copy replaces a written node that node's page
   number goes to `freed` (once), for the engine to reuse when no durable header and no reader
-  can reach it any more (D4).
+  can reach it any more (D4). A copied branch shares its key list with the node it copies
+  (`shared_keys`) until the mutation changes a separator: it then takes a private copy first,
+  so a published node's lists are never changed in place either.
 - The only writes allowed on a published node are semantically neutral ones: by the
   checkpointer, setting `pgno` of a dirty node, and `swizzle` (a child `Node` replaced by the
   page number it was written to: a single list-item store, atomic under the GIL); by
@@ -218,6 +220,7 @@ class Node:
         "owner",
         "page_crc",
         "pgno",
+        "shared_keys",
         "values",
     )
 
@@ -232,6 +235,9 @@ class Node:
     index: dict[bytes, bytes] | None
     #: The CRC32C of the page the node was written to (None until a checkpoint encodes it).
     page_crc: int | None
+    #: A branch copied by a mutation shares its `keys` list with the node it copies until it
+    #: changes them (`Mutation._private_keys`).
+    shared_keys: bool
 
     def __init__(
         self,
@@ -252,6 +258,7 @@ class Node:
         self.nbytes = nbytes
         self.index = None
         self.page_crc = None
+        self.shared_keys = False
 
     @classmethod
     def new_leaf(
@@ -854,16 +861,25 @@ class Mutation:
     def _copy(self, node: Node) -> Node:
         if node.pgno is not None:
             self._freed.append(node.pgno)
-        # The unused one of values/children is empty, so copying both costs nothing.
-        return Node(
-            node.leaf,
-            node.keys.copy(),
-            node.values.copy(),
-            node.children.copy(),
-            None,
-            self._epoch,
-            node.nbytes,
-        )
+        if node.leaf:
+            return Node(
+                True, node.keys.copy(), node.values.copy(), [], None, self._epoch, node.nbytes
+            )
+        # A path copy changes one child of a branch and, rarely, a separator: the copy shares
+        # the original's key list until it changes it. That halves the copy (a branch holds
+        # hundreds of separators) and leaves the cyclic collector one new list per copied
+        # branch to scan instead of two, every commit.
+        copy = Node(False, node.keys, [], node.children.copy(), None, self._epoch, node.nbytes)
+        copy.shared_keys = True
+        return copy
+
+    @staticmethod
+    def _private_keys(node: Node) -> list[bytes]:
+        """The key list of `node` (owned by this mutation), ready to change in place."""
+        if node.shared_keys:
+            node.keys = node.keys.copy()
+            node.shared_keys = False
+        return node.keys
 
     def _owned(self, node: Node) -> bool:
         return node.owner == self._epoch and node.pgno is None
@@ -897,7 +913,7 @@ class Mutation:
             index = indexes.pop()
             if node.nbytes > capacity:
                 separator, right = self._split(node)
-                parent.keys.insert(index, separator)
+                self._private_keys(parent).insert(index, separator)
                 parent.children.insert(index + 1, right)
                 parent.nbytes += BRANCH_ENTRY_OVERHEAD + len(separator)
             elif node.nbytes < low:
@@ -939,7 +955,9 @@ class Mutation:
         m, left, right_size = _branch_split_point(keys, node.nbytes)
         separator = keys[m]
         right = Node(False, keys[m + 1 :], [], children[m + 1 :], None, self._epoch, right_size)
-        del keys[m:], children[m + 1 :]
+        node.keys = keys[:m]  # a new list: `keys` may be shared with a published node
+        node.shared_keys = False
+        del children[m + 1 :]
         node.nbytes = left
         return separator, right
 
@@ -967,9 +985,10 @@ class Mutation:
                 node.values = left.values + right.values
             else:
                 node.keys = [*left.keys, separator, *right.keys]
+                node.shared_keys = False
                 node.children = left.children + right.children
             node.nbytes = merged
-            del parent.keys[li], parent.children[li + 1]
+            del self._private_keys(parent)[li], parent.children[li + 1]
             parent.children[li] = node
             parent.nbytes -= BRANCH_ENTRY_OVERHEAD + len(separator)
             return
@@ -990,10 +1009,11 @@ class Mutation:
             children = left.children + right.children
             m, left_size, right_size = _branch_split_point(keys, merged)
             left.keys, right.keys = keys[:m], keys[m + 1 :]
+            left.shared_keys = right.shared_keys = False
             left.children, right.children = children[: m + 1], children[m + 1 :]
             left.nbytes, right.nbytes = left_size, right_size
             new_separator = keys[m]
-        parent.keys[li] = new_separator
+        self._private_keys(parent)[li] = new_separator
         parent.nbytes += len(new_separator) - len(separator)
 
 
