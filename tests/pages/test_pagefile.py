@@ -32,8 +32,10 @@ from jetstore.pages.btree import (
     Mutation,
     Node,
     decode_node,
+    dirty_nodes_postorder,
     iter_nodes,
     iterate,
+    merge_sorted_columns,
     node_ref,
     ref_pgno,
     verify_tree,
@@ -327,6 +329,44 @@ def test_random_checkpoint_cycles_reopen_to_the_model(fs: FileSystem, path: str)
         assert_cache_matches_disk(h.db)
         if cycle % 7 == 6:
             h.reopen_and_continue()
+    h.db.close()
+
+
+def test_replayed_leaf_images_are_written_then_dropped(fs: FileSystem, path: str) -> None:
+    """A replay merge (`images`) into a written tree: the checkpoint writes the new leaves
+    from their images, drops every image, and a fresh open reads the model."""
+    rng = random.Random(77)
+    h = Harness(fs, path)
+    h.random_commit(rng, keys=600, ops=200)
+    h.checkpoint()
+    changes: dict[bytes, bytes | None] = {}
+    for _ in range(3000):
+        key = b"key%06d" % rng.randrange(2000)
+        changes[key] = None if rng.random() < 0.1 else rng.randbytes(rng.randrange(0, 300))
+    keys = sorted(changes)
+    freed: list[int] = []
+    h.epoch += 1
+    h.root = merge_sorted_columns(
+        h.db, h.root, keys, [changes[k] for k in keys], h.epoch, freed, images=True
+    )
+    for key, value in changes.items():
+        if value is None:
+            h.model.pop(key, None)
+        else:
+            h.model[key] = value
+    h.db.note_freed(h.next_position(), freed)
+    dirty = [node for node, _parent, _index in dirty_nodes_postorder(h.root)]
+    assert any(node.leaf and node.image is not None for node in dirty)
+    h.checkpoint()
+    assert all(node.image is None for node in dirty)
+    assert contents(h.db, h.root) == sorted(h.model.items())
+    other = reopen(fs, path)
+    try:
+        assert contents(other, other.root()) == sorted(h.model.items())
+        verify_tree(other, other.root())
+        check_accounting(other)
+    finally:
+        other.close()
     h.db.close()
 
 

@@ -333,9 +333,16 @@ class Database:
             # Many changes relative to the tree: rebuild it bottom-up in one streaming merge
             # (about 1 µs per entry) instead of copying paths change by change.
             # Keys from a dict, sorted: unique and ascending, as merge_sorted_columns needs.
+            # The entries lie in memory in log order, not key order: the merge makes the new
+            # leaves' page payloads as it builds them (`images`), while a batch of entries
+            # is in the CPU caches, so the checkpoint that ends recovery writes them without
+            # another pass over the entries. The epoch is this merge's alone, as `images`
+            # requires.
             keys = sorted(changes)
             values = list(map(changes.__getitem__, keys))
-            new_root = merge_sorted_columns(self.file, root, keys, values, next_epoch(), freed)
+            new_root = merge_sorted_columns(
+                self.file, root, keys, values, next_epoch(), freed, images=True
+            )
         else:
             mutation = Mutation(self.file, root, next_epoch(), freed)
             for key in sorted(changes):

@@ -31,7 +31,11 @@ Invariants and why
   `lookup`, setting `index` of a written leaf (``pgno`` set, so it never changes again) to a
   dict of its entries, for point reads by one hash probe (two racing readers build equal
   dicts; the attribute store is atomic). A leaf's `index` costs about as much memory as its
-  key and value lists; it lives and goes with the node (the cache evicts both).
+  key and value lists; it lives and goes with the node (the cache evicts both). The
+  checkpointer also drops a leaf's `image` once it wrote it.
+- A leaf's `image`, when set, is exactly its page payload (what `encode_node` would encode):
+  only a bulk build with `images` sets it (log replay), for an epoch no mutation uses, so
+  the node is never changed in place while it has one.
 - A written node never points to a dirty one (the checkpointer writes children first), so the
   dirty nodes of a tree form a subtree at its root.
 - Every node fits one page when encoded: ``nbytes <= payload_capacity(page_size)``, where
@@ -60,8 +64,10 @@ one stays readable, its written pages go to `freed`). Runs of changes that fall 
 leaves (all of them for an empty tree, or for keys past the old ones) go to the new leaves as
 they are; only changes among old entries are merged entry by entry. Both do their per-entry
 work in C-level passes over lists (sizes, cumulative sizes, bisection for the leaf
-boundaries), which is what log replay and large transactions need; their trees keep all the
-invariants above.
+boundaries), a batch of entries at a time so that the batch stays in the CPU caches from
+one pass to the next, which is what log replay and large transactions need; their trees
+keep all the invariants above. Log replay also has each new leaf's page payload made in the
+same batch (`images`), for the checkpoint that follows.
 
 Readers get entries one at a time (`iterate`) or a leaf at a time (`iterate_chunks`: fresh
 lists, so a caller can process a leaf with C-level passes).
@@ -213,6 +219,7 @@ class Node:
 
     __slots__ = (
         "children",
+        "image",
         "index",
         "keys",
         "leaf",
@@ -238,6 +245,9 @@ class Node:
     #: A branch copied by a mutation shares its `keys` list with the node it copies until it
     #: changes them (`Mutation._private_keys`).
     shared_keys: bool
+    #: A bulk-built leaf's page payload, made while its entries were in the CPU caches, for
+    #: the checkpoint that writes it (`encode_node` uses it, the checkpointer drops it).
+    image: bytes | None
 
     def __init__(
         self,
@@ -259,6 +269,7 @@ class Node:
         self.index = None
         self.page_crc = None
         self.shared_keys = False
+        self.image = None
 
     @classmethod
     def new_leaf(
@@ -337,6 +348,17 @@ def _branch_dir(n: int) -> struct.Struct:
     return s
 
 
+def _leaf_payload(keys: list[bytes], values: list[bytes]) -> bytes:
+    """A leaf's page payload (struct.error if an entry's lengths do not fit the directory)."""
+    n = len(keys)
+    # body[0] becomes the directory: the payload is then joined in one copy.
+    body: list[bytes] = [b""] * (2 * n + 1)
+    body[1::2] = keys
+    body[2::2] = values
+    body[0] = _leaf_dir(n).pack(*map(len, islice(body, 1, None)))
+    return b"".join(body)
+
+
 def encode_node(node: Node, page_size: int, pgno: int, checkpoint_seq: int) -> bytes:
     """The page image of `node` written at `pgno` (the node itself is not changed).
 
@@ -348,15 +370,15 @@ def encode_node(node: Node, page_size: int, pgno: int, checkpoint_seq: int) -> b
         values = node.values
         if len(values) != n:
             raise InvalidParameter(f"leaf for page {pgno} has {n} keys but {len(values)} values")
-        # body[0] becomes the directory: the payload is then joined in one copy.
-        body: list[bytes] = [b""] * (2 * n + 1)
-        body[1::2] = keys
-        body[2::2] = values
-        try:
-            body[0] = _leaf_dir(n).pack(*map(len, islice(body, 1, None)))
-        except struct.error:
-            raise InvalidParameter(f"an entry of the leaf for page {pgno} is too long") from None
-        payload = b"".join(body)
+        payload = node.image
+        # The image's length is the node's exact `nbytes`: a cheap guard against a stale one.
+        if payload is None or len(payload) != node.nbytes:
+            try:
+                payload = _leaf_payload(keys, values)
+            except struct.error:
+                raise InvalidParameter(
+                    f"an entry of the leaf for page {pgno} is too long"
+                ) from None
         page_type = PageType.LEAF
     else:
         children = node.children
@@ -1109,12 +1131,15 @@ class _TreeBuilder:
 
     Every node made is owned by `epoch` (``owner == epoch``, ``pgno`` None) with exact
     `nbytes`, and every list it holds is fresh (never one of the caller's or an old tree's), so
-    later mutations of that epoch may change the nodes in place.
+    later mutations of that epoch may change the nodes in place. With `images`, every leaf
+    gets its page payload (`Node.image`) as it is cut, while its entries are still in the CPU
+    caches: then no mutation may change the nodes in place (see `merge_sorted_columns`).
     """
 
     __slots__ = (
         "_capacity",
         "_epoch",
+        "_images",
         "_keys",
         "_leaves",
         "_low",
@@ -1124,10 +1149,11 @@ class _TreeBuilder:
         "_values",
     )
 
-    def __init__(self, page_size: int, epoch: int) -> None:
+    def __init__(self, page_size: int, epoch: int, *, images: bool = False) -> None:
         if epoch <= 0:
             # Nodes loaded from disk have owner 0: epoch 0 would let a mutation change them.
             raise InvalidParameter(f"bulk build epoch must be positive, got {epoch}")
+        self._images = images
         self._capacity, _, self._low = _limits(page_size)
         self._target = _bulk_target(self._capacity)
         self._page_size = page_size
@@ -1163,6 +1189,10 @@ class _TreeBuilder:
         if len(self._sizes) >= _BULK_BATCH:
             self._cut_leaves(final=False)
 
+    def check(self, keys: list[bytes], values: list[bytes]) -> None:
+        """InvalidParameter for the first of these entries `Mutation.put` would refuse."""
+        _check_entry_sizes(keys, values, self._page_size)
+
     def finish(self) -> Node | None:
         """The root of the tree of every entry added (None if there were none)."""
         self._cut_leaves(final=True)
@@ -1176,6 +1206,17 @@ class _TreeBuilder:
 
     def _cut_leaves(self, final: bool) -> None:
         """Cut the pending entries into leaves; unless `final`, keep back an unfinished one."""
+        if not self._images:
+            self._cut(final)
+            return
+        # The leaves made now (and perhaps the one before, which a final cut may replace).
+        start = max(len(self._leaves) - 1, 0)
+        self._cut(final)
+        for leaf in islice(self._leaves, start, None):
+            if leaf.image is None:
+                leaf.image = _leaf_payload(leaf.keys, leaf.values)
+
+    def _cut(self, final: bool) -> None:
         keys, values, sizes = self._keys, self._values, self._sizes
         n = len(keys)
         # cum[i] is the encoded size of the first i pending entries, so the leaf of entries
@@ -1341,36 +1382,41 @@ def merge_sorted_columns(
     values: list[bytes | None],
     epoch: int,
     freed: list[int],
+    *,
+    images: bool = False,
 ) -> Node | None:
     """`merge_sorted` with the changes as two lists, for callers that hold them so.
 
     The caller guarantees what `merge_sorted` checks first: `keys` are bytes, strictly
-    ascending, and `values` bytes or None. Entry sizes are checked here (InvalidParameter
-    before anything else). The lists are not changed.
+    ascending, and `values` bytes or None. Entry sizes are checked here, a batch at a time as
+    the changes stream in (InvalidParameter; `freed` is then as it was and the old tree only
+    read). The lists are not changed.
+
+    Every per-change pass runs on a batch of changes while its objects are in the CPU caches
+    (delete filter, sizes, the leaf cut): the caller's key and value objects may lie in
+    memory in another order than the keys (log replay: in log order), and then each pass
+    over all of them in key order misses the caches on every object. With `images`, every
+    new leaf also gets its page payload (`Node.image`) in that batch, for the checkpoint to
+    write as it is; it costs about as much memory as the leaves' entries until that
+    checkpoint. Only for an `epoch` that no mutation will use: a payload would go stale if a
+    node were changed in place.
     """
     page_size = store.page_size
-    builder = _TreeBuilder(page_size, epoch)
+    builder = _TreeBuilder(page_size, epoch, images=images)
     n = len(keys)
-    if None in values:
-        is_put = list(map(is_not, values, repeat(None)))
-        put_keys = list(compress(keys, is_put))
-        put_values: list[bytes] = list(compress(values, is_put))  # type: ignore[arg-type]
-        # put_index[i]: how many of the changes before the i-th are puts.
-        put_index: list[int] | None = list(accumulate(is_put, initial=0))
-    else:
-        put_keys, put_values = keys, values  # type: ignore[assignment]
-        put_index = None
-    # Checked up front, so that a bad change fails before the old tree is even read.
-    sizes = _entry_sizes(put_keys, put_values)
-    _check_entry_sizes(put_keys, put_values, page_size, sizes)
 
     def feed(a: int, b: int) -> None:
         """Give the builder the puts among changes [a, b), which fall between old entries."""
-        if put_index is not None:
-            a, b = put_index[a], put_index[b]
         for s in range(a, b, _BULK_BATCH):
             e = min(b, s + _BULK_BATCH)
-            builder.extend(put_keys[s:e], put_values[s:e], checked=True, sizes=sizes[s:e])
+            batch_keys = keys[s:e]
+            batch_values = values[s:e]
+            if None in batch_values:
+                is_put = list(map(is_not, batch_values, repeat(None)))
+                batch_keys = list(compress(batch_keys, is_put))
+                batch_values = list(compress(batch_values, is_put))
+            # Sizes are computed and checked by the builder for this batch alone.
+            builder.extend(batch_keys, batch_values, checked=False)  # type: ignore[arg-type]
 
     pgnos: list[int] = []
     pos = 0  # keys[:pos] are merged
@@ -1428,16 +1474,20 @@ def _merge_into(
     k = len(ckeys)
     if not k:
         builder.extend(keys, values, checked=True)
-    elif not n:
+        return
+    is_put = list(map(is_not, cvalues, repeat(None)))
+    put_keys = list(compress(ckeys, is_put))
+    put_values: list[bytes] = list(compress(cvalues, is_put))  # type: ignore[arg-type]
+    if not n:
         # Nothing old in this stretch (a tree built from scratch): the puts, as they are, fed
         # a batch at a time as the builder expects (one huge batch costs far more to cut).
-        is_put = list(map(is_not, cvalues, repeat(None)))
-        put_keys = list(compress(ckeys, is_put))
-        put_values: list[bytes] = list(compress(cvalues, is_put))  # type: ignore[arg-type]
         for start in range(0, len(put_keys), _BULK_BATCH):
             stop = start + _BULK_BATCH
-            builder.extend(put_keys[start:stop], put_values[start:stop], checked=True)
-    elif 4 * k < n:
+            builder.extend(put_keys[start:stop], put_values[start:stop], checked=False)
+        return
+    # The changes' entries are checked here, the old ones are valid already.
+    builder.check(put_keys, put_values)
+    if 4 * k < n:
         # Few changes: copy the runs of old entries between them, so the cost is mostly the
         # C-level slice copies rather than per-entry work.
         out_keys: list[bytes] = []

@@ -396,6 +396,7 @@ class DatabaseFile:
             assert pgno is not None
             data = encode_node(node, page_size, pgno, seq)
             node.page_crc = page_crc_of(data)
+            node.image = None  # written: the payload made by replay is not needed any more
             pages.append((pgno, data))
         free_pages = encode_free_list(plan.chain, plan.free_list, page_size, seq)
         plan.freelist_crc = page_crc_of(free_pages[0][1]) if free_pages else 0
