@@ -2,7 +2,7 @@
 
 Each adapter owns one store in one directory, inside the worker process that runs it (see
 `workloads.py`): nothing else touches the store, and the worker's peak RSS is the peer's.
-Every adapter offers the same five operations, and the timed loops in `workloads.py` are shared,
+Every adapter offers the same operations, and the timed loops in `workloads.py` are shared,
 so the harness's own per-operation cost is the same for every peer:
 
 - `writer()`: a context giving a durable single-row commit function for the calling thread
@@ -12,7 +12,11 @@ so the harness's own per-operation cost is the same for every peer:
   (perf-baselines.md's trap: a live read snapshot must not outlast the reads);
 - `scanner()`: a context giving an iterator over every row in key order;
 - `settle()`: brings the store to rest after a workload, so no deferred work of one peer runs
-  during another peer's measurement (jetstore: an explicit checkpoint, timed and reported).
+  during another peer's measurement (jetstore: an explicit checkpoint, timed and reported);
+- `checkpointer()`: a context giving a function that runs one checkpoint from the calling
+  thread (W2C's checkpoint thread; jetstore: `instance.checkpoint()`, sqlite3:
+  `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own). `CHECKPOINT` names it, and is
+  None for a peer without a checkpoint (lmdb), whose W2C runs without that thread.
 
 Settings follow planning's perf-baselines.md in shared/research: sqlite3 in WAL mode with
 `synchronous=FULL`, a 512 MiB page cache, a `WITHOUT ROWID` table with a BLOB primary key and
@@ -32,6 +36,7 @@ from typing import Any
 
 Writer = Callable[[bytes, bytes], None]
 Getter = Callable[[bytes], object]
+Checkpointer = Callable[[], object]
 Row = tuple[bytes, bytes]
 
 MIB = 1 << 20
@@ -57,6 +62,8 @@ class Peer:
     """One store in one directory. Subclasses implement every method."""
 
     name = "peer"
+    # What W2C's checkpoint thread runs, for the report; None: the peer has no checkpoint.
+    CHECKPOINT: str | None = None
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -85,6 +92,17 @@ class Peer:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    @contextmanager
+    def checkpointer(self) -> Iterator[Checkpointer]:
+        """A function running one checkpoint from the calling thread (W2C); only for a peer
+        whose `CHECKPOINT` is set. What it returns goes to `checkpoint_summary`."""
+        raise NotImplementedError(f"{self.name} has no checkpoint")
+        yield  # pragma: no cover
+
+    def checkpoint_summary(self, outputs: list[object]) -> dict[str, Any]:
+        """Peer-specific figures from what the checkpoint function returned (W2C)."""
+        return {}
+
     def settle(self) -> dict[str, Any]:
         """Finish deferred work after a workload; returns what it did (for the report)."""
         return {}
@@ -100,6 +118,7 @@ class Peer:
 
 class JetstorePeer(Peer):
     name = "jetstore"
+    CHECKPOINT = "instance.checkpoint()"
 
     def __init__(self, directory: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(directory)
@@ -152,6 +171,10 @@ class JetstorePeer(Peer):
         finally:
             txn.rollback()
 
+    @contextmanager
+    def checkpointer(self) -> Iterator[Checkpointer]:
+        yield self._instance.checkpoint
+
     def settle(self) -> dict[str, Any]:
         start = time.perf_counter()
         self._instance.checkpoint()
@@ -181,6 +204,7 @@ class JetstorePeer(Peer):
 
 class SqlitePeer(Peer):
     name = "sqlite3"
+    CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory)
@@ -226,6 +250,29 @@ class SqlitePeer(Peer):
         finally:
             if not own:
                 conn.close()
+
+    @contextmanager
+    def checkpointer(self) -> Iterator[Checkpointer]:
+        # A connection of its own (the calling thread is not the worker's main thread).
+        conn = self._connect()
+        execute = conn.execute
+        sql = "PRAGMA wal_checkpoint(PASSIVE)"
+
+        def checkpoint() -> object:
+            # (busy, frames in the WAL, frames of the WAL already copied to the database)
+            return execute(sql).fetchone()
+
+        try:
+            yield checkpoint
+        finally:
+            conn.close()
+
+    def checkpoint_summary(self, outputs: list[object]) -> dict[str, Any]:
+        rows = [r for r in outputs if isinstance(r, tuple) and len(r) == 3]
+        return {
+            "checkpointer_busy": sum(1 for r in rows if r[0]),
+            "checkpointer_wal_frames_max": max((r[1] for r in rows), default=None),
+        }
 
     def bulk_load(self, items: Iterable[Row]) -> None:
         conn = self.conn

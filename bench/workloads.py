@@ -1,10 +1,16 @@
-"""Workloads W1-W7 and the worker process that runs them against one peer.
+"""Workloads W1-W8 (and W2C) and the worker process that runs them against one peer.
 
 `run.py` starts one worker per peer (`python bench/workloads.py worker PEER DIR`) and sends it
 one JSON command per line on stdin; the worker answers each with one line on stdout that starts
 with `@@BENCH ` (anything else a library prints is passed through). A worker keeps its store
-open between commands, so W4/W5 read what W3 loaded and W1/W2/W6 commit into the loaded
+open between commands, so W4/W5 read what W3 loaded and W1/W2/W2C/W6 commit into the loaded
 database, as in perf-baselines.md; `run.py` alternates the peers workload by workload.
+
+W2C is W2 (durable single-row commits from N threads) with one more thread in the same process
+checkpointing the peer back to back for the whole measured period (jetstore:
+`instance.checkpoint()`, sqlite3: `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own):
+a CPU-bound thread delays every group-commit hand-back under the GIL, and W2C shows by how
+much. lmdb has no checkpoint, so its W2C is a plain W2 (reported as "no checkpoint").
 
 Data (perf-baselines.md): keys are 16 bytes, the first 8 a scrambled 64-bit counter
 (splitmix64's finaliser, a bijection, so inserts arrive in random key order and never collide),
@@ -63,20 +69,22 @@ W7_BATCH_ROWS = 1000
 # Counter ranges (bits 40 and up): one per workload, one per W2 thread.
 SPACE_BULK = 0
 SPACE_W1 = 1 << 40
-SPACE_W2 = 2 << 40  # thread t uses SPACE_W2 + (t << 36)
+SPACE_W2 = 2 << 40  # thread t uses SPACE_W2 + (t << 32): up to 256 threads in the space
 SPACE_W6 = 3 << 40
 SPACE_W7 = 4 << 40
 SPACE_W8 = 5 << 40
+SPACE_W2C = 6 << 40  # thread t uses SPACE_W2C + (t << 32)
 W8_VALUE = 4000
 W8_BATCH_ROWS = 2000
 
 _MASK = (1 << 64) - 1
 _KEY = struct.Struct(">QQ")
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
+WORKLOADS = ("W1", "W2", "W2C", "W3", "W4", "W5", "W6", "W7", "W8")
 TITLES = {
     "W1": "durable 1-row commits, 1 thread",
     "W2": "durable 1-row commits, N threads",
+    "W2C": "durable 1-row commits, N threads, checkpoint running",
     "W3": "bulk load, 1 txn, random order",
     "W4": "random point reads, warm",
     "W5": "full ordered scan",
@@ -87,6 +95,7 @@ TITLES = {
 UNITS = {
     "W1": "commits/s",
     "W2": "commits/s",
+    "W2C": "commits/s",
     "W3": "rows/s",
     "W4": "reads/s",
     "W5": "rows/s",
@@ -271,12 +280,31 @@ def w6_commits(state: WorkerState, params: Params) -> Result:
 
 
 def w2_commits(state: WorkerState, params: Params) -> Result:
+    return _threaded_commits(state, params, "w2", SPACE_W2, params["seed"] + 20, checkpoint=False)
+
+
+def w2c_commits(state: WorkerState, params: Params) -> Result:
+    """W2 with a checkpoint thread running for the whole measured period (see the module doc)."""
+    return _threaded_commits(state, params, "w2c", SPACE_W2C, params["seed"] + 40, checkpoint=True)
+
+
+def _threaded_commits(
+    state: WorkerState, params: Params, name: str, space: int, seed: int, checkpoint: bool
+) -> Result:
+    """`threads` writer threads run `_commit_loop` at once (thread i on counters
+    `space + (i << 32)`); with `checkpoint` and a peer that has one, one more thread calls the
+    peer's checkpoint back to back from the common start until every writer is done."""
     peer = state.ensure_open()
     threads: int = params["threads"]
     seconds: float = params["commit_seconds"]
-    barrier = threading.Barrier(threads + 1)
+    checkpointing = checkpoint and peer.CHECKPOINT is not None
+    barrier = threading.Barrier(threads + 1 + (1 if checkpointing else 0))
     outcomes: list[tuple[int, list[float], float, float] | None] = [None] * threads
     failures: list[str] = []
+    checkpoint_failures: list[str] = []
+    stop = threading.Event()
+    durations: list[float] = []  # of each checkpoint the checkpoint thread completed
+    outputs: list[object] = []  # what each returned (peer-specific, see checkpoint_summary)
 
     def run(index: int) -> None:
         try:
@@ -284,18 +312,42 @@ def w2_commits(state: WorkerState, params: Params) -> Result:
                 barrier.wait()
                 outcomes[index] = _commit_loop(
                     write,
-                    SPACE_W2 + (index << 36),
+                    space + (index << 32),
                     SMALL_VALUE,
                     seconds,
-                    params["seed"] + 20 + index,
+                    seed + index,
                 )
         except BaseException:
             failures.append(f"thread {index}:\n{traceback.format_exc()}")
             barrier.abort()
 
+    def checkpoint_loop() -> None:
+        clock = time.perf_counter
+        started = False
+        try:
+            with peer.checkpointer() as run_checkpoint:
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:
+                    return  # a writer failed before the start: that failure is reported
+                started = True
+                while not stop.is_set():
+                    before = clock()
+                    output = run_checkpoint()
+                    durations.append(clock() - before)
+                    outputs.append(output)
+        except BaseException:
+            checkpoint_failures.append(f"checkpoint thread:\n{traceback.format_exc()}")
+            if not started:  # once past the barrier, aborting it could fail a waking writer
+                barrier.abort()
+
     workers = [
-        threading.Thread(target=run, args=(i,), name=f"bench-w2-{i}") for i in range(threads)
+        threading.Thread(target=run, args=(i,), name=f"bench-{name}-{i}") for i in range(threads)
     ]
+    checkpointer = threading.Thread(target=checkpoint_loop, name=f"bench-{name}-checkpoint")
+    stats_before = peer.stats() if checkpointing else {}
+    if checkpointing:
+        checkpointer.start()
     for worker in workers:
         worker.start()
     try:
@@ -304,20 +356,49 @@ def w2_commits(state: WorkerState, params: Params) -> Result:
         pass
     for worker in workers:
         worker.join()
+    stop.set()
+    if checkpointing:
+        checkpointer.join()
+    stats_after = peer.stats() if checkpointing else {}
     done = [o for o in outcomes if o is not None]
     commits = sum(o[0] for o in done)
     state.rows_total += commits
-    if failures:
+    if failures or checkpoint_failures:
+        what = [f"{len(failures)} of {threads} writer threads failed"] if failures else []
+        if checkpoint_failures:
+            what.append("the checkpoint thread failed")
         raise BenchError(
-            f"{len(failures)} of {threads} writer threads failed ({commits} commits done before)",
-            remote_traceback="\n".join(failures),
+            f"{' and '.join(what)} ({commits} commits done before)",
+            remote_traceback="\n".join(checkpoint_failures + failures),
         )
     latencies = [x for o in done for x in o[1]]
     elapsed = max(o[3] for o in done) - min(o[2] for o in done)
     result = _commit_result(commits, latencies, elapsed, SMALL_VALUE)
     result["threads"] = threads
     result["per_thread_commits"] = [o[0] for o in done]
+    if checkpoint:
+        result.update(_checkpointer_result(peer, durations, outputs))
+        if checkpointing:
+            delta = _numeric_delta(stats_before, stats_after)
+            for key in ("checkpoints", "pages_written"):
+                if key in delta:
+                    result[f"checkpointer_engine_{key}"] = delta[key]
     return result
+
+
+def _checkpointer_result(peer: Peer, durations: list[float], outputs: list[object]) -> Result:
+    """What W2C's checkpoint thread did, for the report (`checkpointer` None: no thread)."""
+    if peer.CHECKPOINT is None:
+        return {"checkpointer": None, "checkpointer_note": f"{peer.name} has no checkpoint"}
+    ordered = sorted(durations)
+    return {
+        "checkpointer": peer.CHECKPOINT,
+        "checkpointer_calls": len(durations),
+        "checkpointer_seconds": sum(durations),
+        "checkpointer_median_ms": percentile(ordered, 0.5) * 1e3 if ordered else None,
+        "checkpointer_max_ms": ordered[-1] * 1e3 if ordered else None,
+        **peer.checkpoint_summary(outputs),
+    }
 
 
 # --------------------------------------------------------------------------- data workloads
@@ -659,6 +740,7 @@ def w8_backup(state: WorkerState, params: Params) -> Result:
 RUNNERS: dict[str, Callable[[WorkerState, Params], Result]] = {
     "W1": w1_commits,
     "W2": w2_commits,
+    "W2C": w2c_commits,
     "W3": w3_bulk_load,
     "W4": w4_point_reads,
     "W5": w5_scan,
