@@ -35,6 +35,7 @@ from jetstore.pages.btree import (
     dirty_nodes_postorder,
     iter_nodes,
     iterate,
+    lookup,
     merge_sorted_columns,
     node_ref,
     ref_pgno,
@@ -367,6 +368,36 @@ def test_replayed_leaf_images_are_written_then_dropped(fs: FileSystem, path: str
         check_accounting(other)
     finally:
         other.close()
+
+
+def test_lookup_agrees_with_btree_lookup_and_counts_cache_hits(fs: FileSystem, path: str) -> None:
+    """`DatabaseFile.lookup` (cache hits taken inline) answers as `btree.lookup` does, on live
+    trees (dirty nodes, swizzled children, a cache smaller than the tree: hits, misses and
+    evictions) and on a reopened file, and counts each cache hit and miss as `load` does."""
+    rng = random.Random(99)
+    h = Harness(fs, path)
+    probes = [b"key%06d" % i for i in range(0, 2000, 3)] + [b"", b"key", b"zzz"]
+    for cycle in range(12):
+        for _ in range(3):
+            h.random_commit(rng, keys=2000, ops=150)
+        for root in (h.root, None):
+            assert [h.db.lookup(root, k) for k in probes] == [lookup(h.db, root, k) for k in probes]
+        assert [h.db.lookup(h.root, k) for k in probes] == [h.model.get(k) for k in probes]
+        if cycle % 2:
+            h.checkpoint()
+        assert [h.db.lookup(h.root, k) for k in probes] == [h.model.get(k) for k in probes]
+    h.checkpoint()
+    counts = []
+    for read in (lookup, DatabaseFile.lookup):
+        other = reopen(fs, path)
+        try:
+            root = other.root()
+            got = [read(other, root, k) for k in probes]  # type: ignore[operator]
+            assert got == [h.model.get(k) for k in probes]
+            counts.append((other.cache.hits, other.cache.misses, other.cache.evictions))
+        finally:
+            other.close()
+    assert counts[0] == counts[1] and counts[0][0] > 0 and counts[0][1] > 0
     h.db.close()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -1332,3 +1332,124 @@ def test_fast_insert_falls_back_for_anything_unusual(store: Store) -> None:
         t.get(1)
     txn.rollback()
     assert [r["id"] for r in store.read("t")] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- fast point reads
+
+_FAST_KEYS = (
+    st.binary(max_size=12)
+    | st.lists(st.sampled_from([b"\x00", b"\xff", b"\x00\xff", b"k"]), max_size=6).map(b"".join)
+    | st.integers(MAX_PRIMARY_KEY_SIZE - 4, MAX_PRIMARY_KEY_SIZE + 2).map(lambda n: b"\x00" * n)
+    | st.integers(MAX_PRIMARY_KEY_SIZE - 4, MAX_PRIMARY_KEY_SIZE + 2).map(lambda n: b"q" * n)
+)
+_FAST_RECORDS = st.dictionaries(
+    _FAST_KEYS,
+    st.tuples(
+        st.none() | st.binary(max_size=40) | st.sampled_from([b"L" * (MAX_ENTRY + 5)]),
+        st.none() | st.integers(-(2**63), 2**63 - 1),
+    ),
+    max_size=12,
+)
+
+
+def _read_all(
+    txn: jetstore.Transaction, probes: list[bytes]
+) -> list[dict[str, object] | type[BaseException] | None]:
+    """`get` of each probe (or the error class it raised), then `in` agreeing with it."""
+    t = txn.table("t")
+    out: list[dict[str, object] | type[BaseException] | None] = []
+    for key in probes:
+        try:
+            got = t.get(key)
+        except KeyTooBig:
+            out.append(KeyTooBig)
+            continue
+        assert (key in t) == (got is not None)
+        out.append(got)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(records=_FAST_RECORDS, absent=st.lists(_FAST_KEYS, max_size=4))
+def test_fast_point_reads_agree_with_the_general_path(
+    records: dict[bytes, tuple[bytes | None, int | None]], absent: list[bytes]
+) -> None:
+    """`Table.get` of a lone bytes key in a transaction without writes (key encoded inline,
+    the snapshot read directly) returns what the general path returns (a transaction with
+    a write of its own reads through `Transaction.get`), and what was stored: NUL bytes in
+    keys, keys at and over the size limit (KeyTooBig), NULLs, long values, absent keys."""
+    directory = Path(tempfile.mkdtemp())
+    store = Store(directory)
+    try:
+        store.db.create_table("t", [("k", "bytes"), ("v", "bytes"), ("n", "int")], "k")
+        store.db.create_table("other", [("id", "int")], "id")
+        expected: list[dict[str, object] | type[BaseException] | None] = []
+        with store.db.transaction() as txn:
+            for key, (v, n) in records.items():
+                try:
+                    txn.table("t").insert({"k": key, "v": v, "n": n})
+                except KeyTooBig:
+                    assert len(encode_key((key,))) > MAX_PRIMARY_KEY_SIZE
+                    expected.append(KeyTooBig)
+                else:
+                    expected.append({"k": key, "v": v, "n": n})
+        probes = [*records, *(key for key in absent if key not in records)]
+        for key in probes[len(records) :]:
+            too_big = len(encode_key((key,))) > MAX_PRIMARY_KEY_SIZE
+            expected.append(KeyTooBig if too_big else None)
+        for _ in range(2):  # the committed tree in memory, then as read back from its pages
+            with store.db.transaction() as txn:
+                assert _read_all(txn, probes) == expected
+            with store.db.transaction() as txn:
+                txn.table("other").insert({"id": 1})  # a write: the general path
+                assert _read_all(txn, probes) == expected
+                txn.rollback()
+            store.reopen()
+    finally:
+        store.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_fast_point_reads_keep_snapshot_isolation_and_own_writes(store: Store) -> None:
+    """A reading transaction sees its snapshot, not later commits; once it writes, its own
+    writes (puts and deletes) too; a finished transaction and a dropped table raise."""
+    store.db.create_table("t", [("k", "bytes"), ("v", "bytes")], "k")
+    with store.db.transaction() as txn:
+        for key in (b"a", b"b\x00", b"c"):
+            txn.table("t").insert({"k": key, "v": key * 2})
+    reader = store.db.transaction()
+    t = reader.table("t")
+    assert t.get(b"b\x00") == {"k": b"b\x00", "v": b"b\x00b\x00"}
+    with store.db.transaction() as other:
+        other.table("t").update(b"a", {"v": b"new"})
+        other.table("t").delete(b"b\x00")
+        other.table("t").insert({"k": b"d", "v": b"d"})
+    assert [t.get(k) for k in (b"a", b"b\x00", b"d")] == [
+        {"k": b"a", "v": b"aa"},
+        {"k": b"b\x00", "v": b"b\x00b\x00"},
+        None,
+    ]
+    t.delete(b"c")
+    t.insert({"k": b"e", "v": b"e"})
+    t.update(b"a", {"v": b"mine"})
+    assert [t.get(k) for k in (b"a", b"c", b"d", b"e")] == [
+        {"k": b"a", "v": b"mine"},
+        None,
+        None,
+        {"k": b"e", "v": b"e"},
+    ]
+    reader.rollback()
+    with pytest.raises(NotInTransaction):
+        t.get(b"a")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        assert t.get(b"a") == {"k": b"a", "v": b"new"}
+        txn.commit()
+        with pytest.raises(NotInTransaction):
+            t.get(b"a")
+    txn = store.db.transaction()
+    t = txn.table("t")
+    txn.drop_table("t")
+    with pytest.raises(ObjectNotFound):
+        t.get(b"a")
+    txn.rollback()

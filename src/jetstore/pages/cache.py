@@ -15,6 +15,7 @@ referenced page one more round instead of dropping it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 
 from jetstore.pages.btree import Node
 
@@ -24,6 +25,12 @@ class NodeCache:
         self.capacity = max(16, capacity_pages)
         self._nodes: dict[int, Node] = {}
         self._referenced: set[int] = set()
+        # The hit path of `get` without its call, for the hottest reader (`DatabaseFile.lookup`
+        # probes `nodes` itself, then calls `mark(pgno)` and counts the hit, exactly as `get`
+        # does; a miss goes through `get`). Both objects live as long as the cache: `clear`
+        # empties them in place.
+        self.nodes: Mapping[int, Node] = self._nodes
+        self.mark: Callable[[int], None] = self._referenced.add
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0

@@ -32,6 +32,7 @@ import heapq
 import os
 import struct
 import threading
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -109,6 +110,8 @@ class DatabaseFile:
         self._header = header
         self.problems = problems or []
         self.cache = NodeCache(cache_pages)
+        self._cached = self.cache.nodes.get  # `lookup`'s inline cache hits
+        self._mark = self.cache.mark
         self._space_lock = threading.Lock()
         self._header_lock = threading.Lock()
         self._free: list[int] = []
@@ -243,6 +246,47 @@ class DatabaseFile:
         )
         self.cache.put(pgno, node)
         return node
+
+    def lookup(self, root: Node | None, key: bytes) -> bytes | None:
+        """`jetstore.pages.btree.lookup` of `key` in this file's tree at `root` (same result).
+
+        The point-read path: a child found in the node cache is taken inline (the hit marked
+        and counted as `NodeCache.get` does) instead of through `load` and `NodeCache.get`,
+        two calls per tree level; anything else goes through `load`.
+        """
+        node = root
+        if node is None:
+            return None
+        cached, mark = self._cached, self._mark
+        hits = 0
+        while not node.leaf:
+            child = node.children[bisect_right(node.keys, key)]
+            if type(child) is Node:
+                node = child
+            else:
+                pgno = child & MAX_PGNO
+                hit = cached(pgno)
+                if hit is None:
+                    node = self.load(child)
+                else:
+                    mark(pgno)
+                    hits += 1
+                    node = hit
+        if hits:
+            self.cache.hits += hits
+        # The leaf, as `btree.lookup` reads it: a written leaf never changes, so its entries
+        # as a dict (built on the first point read that reaches it) answer in one probe.
+        index = node.index
+        if index is not None:
+            return index.get(key)
+        if node.pgno is not None:
+            index = node.index = dict(zip(node.keys, node.values, strict=True))
+            return index.get(key)
+        keys = node.keys
+        i = bisect_left(keys, key)
+        if i != len(keys) and keys[i] == key:
+            return node.values[i]
+        return None
 
     def root(self) -> Node | None:
         header = self._header

@@ -399,20 +399,24 @@ def _compile_fast_paths(
     ]
     enc = ["def fast_encode(r):"]
     parts = ["HEADER"]
-    # The struct form of a layout: the format, the meta fields (header, tags, lengths) that
-    # must match, and the expression of each value in the unpacked tuple `t`.
-    fmt = ["'<3s"]
-    meta_fields = [0]
-    meta_values = ["HEADER"]
+    # The struct form of a layout: the format, and the expression of each value in the
+    # unpacked tuple `t`. Each column's meta fields (its tag and length; the record header
+    # too for the first) are read as one bytes field, so a layout is checked by comparing
+    # one bytes object a column with the bytes it must hold (`meta_bytes`).
+    fmt = ["'<"]
+    meta_size = 3
+    meta_bytes = ["HEADER"]
+    meta_fields: list[int] = []
     lengths: list[str] = []
     values: list[str] = []
-    field = 1
+    field = 0
     # The batch form, for `n` records of one layout joined: one struct reads every header,
     # tag and length (the payloads skipped), another every value (the rest skipped).
     batch_meta_fmt = ["BH"]
     batch_meta_values = [str(RECORD_VERSION), str(len(cols))]
     batch_values_fmt = ["3x"]
     batch_values: list[str] = []
+    meta_checks: list[str] = []
     for i, c in enumerate(cols):
         tag = _TAG_FOR_TYPE[c.type]
         v = f"v{i}"
@@ -469,27 +473,28 @@ def _compile_fast_paths(
             parts.append(v)
         if layouts:
             meta_fields.append(field)
-            meta_values.append(str(tag))
             batch_meta_values.append(str(tag))
             decode = ".decode('utf-8', 'surrogatepass')" if c.type is ColumnType.TEXT else ""
             batch_values.append(f"b{i}{decode}")
             if c.type in _STRUCT_CODES:
                 code = _STRUCT_CODES[c.type]
-                fmt.append(f"B{code}")
+                fmt.append(f"{meta_size + 1}s{code}")
+                meta_bytes.append(f"bytes(({tag},))")
                 batch_meta_fmt.append("B8x")
                 batch_values_fmt.append(f"x{code}")
-                values.append(f"t[{field + 1}]")
-                field += 2
             else:
-                fmt.append("BI{n" + str(i) + "}s")
+                fmt.append(f"{meta_size + 5}s" + "{n" + str(i) + "}s")
+                meta_bytes.append(f"P_U32({tag}, n{i})")
                 batch_meta_fmt.append("BI{n" + str(i) + "}x")
                 batch_values_fmt.append("5x{n" + str(i) + "}s")
-                meta_fields.append(field + 1)
-                meta_values.append(f"n{i}")
                 batch_meta_values.append(f"n{i}")
                 lengths.append(f"n{i}")
-                values.append(f"t[{field + 2}]{decode}")
-                field += 3
+            values.append(f"t[{field + 1}]{decode}")
+            field += 2
+            # The column's meta bytes (after the header, for the first), as learned.
+            meta_checks.append(" + ".join(meta_bytes))
+            meta_bytes = []
+            meta_size = 0
     dec += ["    if p != len(data):", "        return None"]
     record = "{" + ", ".join(f"{c.name!r}: v{i}" for i, c in enumerate(cols)) + "}"
     if layouts:
@@ -508,13 +513,16 @@ def _compile_fast_paths(
             + "}"
         )
         names = "".join(f"b{i}, " for i in range(len(cols)))
+        # META(t) of a record of the layout: one bytes object a column, a tuple of them for
+        # several columns (itemgetter of one index gives the item itself).
+        expected = "(" + ", ".join(meta_checks) + ",)" if len(cols) > 1 else meta_checks[0]
         code += "\n".join(
             [
                 "",
                 "def learn(" + "".join(f"{n}, " for n in lengths) + "size):",
                 "    LAYOUTS[size] = (",
                 "        Struct(f" + "".join(fmt) + "').unpack,",
-                "        (" + ", ".join(meta_values) + ",),",
+                "        " + expected + ",",
                 "        f'" + "".join(batch_meta_fmt) + "',",
                 "        f'" + "".join(batch_values_fmt) + "',",
                 "        (" + ", ".join(batch_meta_values) + ",),",

@@ -29,6 +29,10 @@ Invariants:
   entry with one `put_new` (or, when it is too large to keep inline, its entry and long-value
   chunks as `_store` does); it stores exactly what the general path would, and anything else
   (including a duplicate) goes the general path, which raises the precise error.
+- `get` of a lone bytes key encodes it inline, and a transaction that has written nothing
+  and is still in the state it opened the table in is read straight from its snapshot's tree
+  (the lookup `Transaction.table` handed over); the result is what the general path
+  (`encode_key`, `Transaction.get`) gives, and anything else takes that path.
 """
 
 from __future__ import annotations
@@ -48,9 +52,18 @@ from jetstore.errors import (
     RecordNotFound,
     RecordTooBig,
 )
-from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, MAX_KEY_SIZE, max_entry_size
+from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, MAX_KEY_SIZE, Node, max_entry_size
 from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
-from jetstore.tables.keys import KeyInput, encode_key, prefix_successor, single_key_encoder
+from jetstore.tables.keys import (
+    KEY_BYTES_TAG,
+    KEY_NUL,
+    KEY_NUL_ESCAPED,
+    KEY_TERMINATOR,
+    KeyInput,
+    encode_key,
+    prefix_successor,
+    single_key_encoder,
+)
 from jetstore.tables.records import LongValueRef, RecordCodec
 from jetstore.tables.schema import Column, ColumnType, IndexDef, TableDef
 
@@ -93,6 +106,27 @@ class ReadView(Protocol):
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         """Every entry in ``[start, stop)``, read at once (the view may change afterwards)."""
         ...
+
+
+class SnapshotSource(Protocol):
+    """A transaction whose point reads `Table.get` may take straight from its snapshot while
+    it is in the state it had when the table was opened and holds no writes."""
+
+    @property
+    def state(self) -> object: ...
+
+    @property
+    def operations(self) -> Mapping[bytes, bytes | None]:
+        """Its writes (key -> value, None for a delete); empty: it reads its snapshot as is."""
+        ...
+
+    @property
+    def snapshot_root(self) -> Node | None: ...
+
+
+#: What a transaction hands `Table` for direct point reads: itself, and the lookup of its
+#: snapshot's tree (`DatabaseFile.lookup`: root, key -> value).
+Snapshot = tuple[SnapshotSource, Callable[[Node | None, bytes], bytes | None]]
 
 
 class TreeView(ReadView, Protocol):
@@ -142,6 +176,7 @@ class TableShape:
     """What a `Table` derives from its definition, computed once per definition."""
 
     __slots__ = (
+        "bytes_head",
         "datetime_columns",
         "definition",
         "fast_insert",
@@ -187,6 +222,10 @@ class TableShape:
             if self.fast_pk is None
             else single_key_encoder(self.prefix, self.fast_pk, MAX_PRIMARY_KEY_SIZE)
         )
+        # A one-column bytes key's entry key starts with this (`Table.get` encodes it inline).
+        self.bytes_head: bytes | None = (
+            self.prefix + KEY_BYTES_TAG if self.fast_pk is bytes else None
+        )
         # Inserts of exactly-typed records skip validation (see `Table.insert`) when the
         # table has no secondary index to maintain.
         self.fast_insert = self.fast_pk is not None and not table_def.indexes
@@ -196,10 +235,17 @@ def _no_full_key(key: object) -> None:
     return None
 
 
+def _no_lookup(root: Node | None, key: bytes) -> None:
+    return None  # never called: `Table.get` reads the snapshot only when it was handed one
+
+
 class Table:
     """Records of one table inside one transaction. Obtain it with `Transaction.table(name)`."""
 
     __slots__ = (
+        "_active",
+        "_bytes_head",
+        "_bytes_limit",
         "_codec",
         "_datetime_columns",
         "_dropped",
@@ -209,12 +255,15 @@ class Table:
         "_full_key",
         "_index_columns",
         "_index_prefixes",
+        "_lookup",
         "_lv_columns",
         "_max_entry",
         "_ncolumns",
         "_pk_columns",
         "_pk_names",
         "_prefix",
+        "_root",
+        "_snapshot",
         "_view",
         "definition",
     )
@@ -225,6 +274,7 @@ class Table:
         table_def: TableDef,
         codec: RecordCodec,
         shape: TableShape | None = None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         if shape is None or shape.definition is not table_def:
             shape = TableShape(table_def, view.page_size)
@@ -248,6 +298,20 @@ class Table:
         # The generated encoder when inserts may skip validation, else None.
         self._fast_encode = codec.fast_encode if shape.fast_insert else None
         self._ncolumns = len(table_def.columns)
+        # Direct point reads (see `get`): the transaction, its state now (active: only an
+        # active transaction opens tables), its snapshot's root and the lookup of its tree.
+        self._snapshot: SnapshotSource | None = None
+        self._active: object = None
+        self._root: Node | None = None
+        self._lookup: Callable[[Node | None, bytes], bytes | None] = _no_lookup
+        if snapshot is not None:
+            self._snapshot, self._lookup = snapshot
+            self._active = self._snapshot.state
+            self._root = self._snapshot.snapshot_root
+        # A one-column bytes key is encoded inline by `get` up to this entry-key length (the
+        # longest `full_key` accepts); None once the table is dropped.
+        self._bytes_head = shape.bytes_head
+        self._bytes_limit = MAX_PRIMARY_KEY_SIZE + len(self._prefix)
 
     @property
     def name(self) -> str:
@@ -257,6 +321,7 @@ class Table:
         """The table was dropped in this transaction: every later use raises ObjectNotFound
         (a write would otherwise leave entries under object ids no table owns)."""
         self._dropped = True
+        self._bytes_head = None  # `get` then takes the general path, which raises
 
     def _check_usable(self) -> None:
         if self._dropped:
@@ -343,10 +408,29 @@ class Table:
 
     def get(self, key: object) -> dict[str, object] | None:
         """The record with primary key `key` (a value, or a tuple for compound keys)."""
-        full = self._full_key(key)
-        if full is None or self._dropped:
-            full = self._prefix + self._encode_pk(key)
-        raw = self._view.get(full)
+        # The hottest read, kept to one call per layer: a lone bytes key is encoded here
+        # (`single_key_encoder`'s bytes case), a transaction with no writes of its own reads
+        # its snapshot's tree directly (what `Transaction.get` does then), and the record is
+        # decoded by its remembered layout. Anything else takes the general calls.
+        head = self._bytes_head
+        if head is not None and type(key) is bytes:
+            if 0 in key:  # `0 in`: a bytes needle costs a failed int conversion first
+                full = head + key.replace(KEY_NUL, KEY_NUL_ESCAPED) + KEY_TERMINATOR
+            else:
+                full = head + key + KEY_TERMINATOR
+            if len(full) > self._bytes_limit:
+                full = self._prefix + self._encode_pk(key)  # raises KeyTooBig
+        else:
+            encoded = self._full_key(key)
+            if encoded is None or self._dropped:
+                encoded = self._prefix + self._encode_pk(key)
+            full = encoded
+        txn = self._snapshot
+        raw: bytes | None
+        if txn is not None and txn.state is self._active and not txn.operations:
+            raw = self._lookup(self._root, full)
+        else:
+            raw = self._view.get(full)
         if raw is None:
             return None
         try:

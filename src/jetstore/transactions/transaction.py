@@ -202,7 +202,7 @@ class Transaction:
             value = operations.get(key, _ABSENT)
             if value is not _ABSENT:
                 return value  # type: ignore[return-value]
-        return lookup(self._file, self.snapshot_root, key)
+        return self._file.lookup(self.snapshot_root, key)
 
     def iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
@@ -344,7 +344,7 @@ class Transaction:
         operations = self.operations
         current = operations.get(key, _ABSENT)
         if current is _ABSENT:
-            if lookup(self._file, self.snapshot_root, key) is not None:
+            if self._file.lookup(self.snapshot_root, key) is not None:
                 return False
         elif current is not None:
             return False
@@ -390,7 +390,7 @@ class Transaction:
             entry = cache.get(name)
             if entry is not None:
                 entry_key, table_def, codec, shape = entry
-                table = Table(self, table_def, codec, shape)
+                table = Table(self, table_def, codec, shape, (self, self._file.lookup))
                 self._tables[name] = table
                 self.schema_keys.add(entry_key)
                 return table
@@ -403,7 +403,7 @@ class Transaction:
             )
         table_def = self._db.table_def_from_bytes(raw)
         codec, shape = self._db.shape_for(table_def)
-        table = Table(self, table_def, codec, shape)
+        table = Table(self, table_def, codec, shape, (self, self._file.lookup))
         self._tables[name] = table
         # Writing through this table relies on its definition: a concurrent drop or
         # re-creation committed first makes this transaction's commit a WriteConflict.
