@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import select
@@ -853,6 +854,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity (a latency of a run without samples) as None: JSON
+    has no such numbers, and a strict parser refuses the line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.dir:
@@ -877,7 +890,12 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     print_table(report, machine)
     print(f"elapsed {elapsed:.0f} s")
-    line = json.dumps(json_report(report, machine, elapsed), default=str, separators=(",", ":"))
+    line = json.dumps(
+        _finite(json_report(report, machine, elapsed)),
+        default=str,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
     print("BENCH_JSON " + line)
     sys.stdout.flush()
     return 1 if report.errors else 0
