@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import jetstore
-from jetstore.errors import DatabaseDirtyShutdown, DatabaseInUse
+from jetstore.errors import DatabaseDirtyShutdown, DatabaseInUse, JetError
 from jetstore.format.dbheader import DatabaseState
+from jetstore.io import FileSystem, IOEvent
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
 
@@ -75,3 +76,48 @@ def test_attach_refuses_a_dirty_database(tmp_path: Path) -> None:
             other.attach(a / "main.edb")
         assert other.databases() == []
     assert (a / "main.edb").exists()
+
+
+@pytest.mark.parametrize("dies_at", ["edb.log", "edb.chk", "other.edb"])
+def test_attach_after_a_lazy_commit_closed_the_generation(tmp_path: Path, dies_at: str) -> None:
+    """A lazy commit too big for the rest of the generation closes it in memory only. An
+    attach right after must not write a header requiring the next generation before that
+    generation is on disk: a crash before the log rolls would leave an instance that refuses
+    to start (MissingLogFile for the attached database) with nothing acknowledged lost.
+    The process "dies" at the first write, after the attach began, of the log, the checkpoint
+    file or the other database's pages (the checkpoint that ends the attach)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    armed = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if armed["on"] and event.op == "write" and event.path.endswith(dies_at):
+            raise OSError(5, "injected: the process dies here")
+
+    second = jetstore.open(b, filesystem=FileSystem(hook=hook), **SMALL)
+    db = second.database("other", create=True)
+    db.create_table("big", [("id", "int"), ("blob", "bytes")], primary_key="id")
+    fill(db, 0, 5)
+    generation = second.log.current_generation
+    blob_id = 0
+    while second.log.current_generation == generation:
+        blob_id += 1
+        txn = db.transaction()
+        txn.table("big").insert({"id": blob_id, "blob": b"x" * 9_000})
+        txn.commit(lazy=True)
+    assert second.log.durable_position.generation == generation  # closed in memory only
+    armed["on"] = True
+    try:
+        second.attach(path)
+    except JetError:
+        assert dies_at != "edb.chk"  # a checkpoint file that cannot be written is not fatal
+    second.simulate_crash()
+    with jetstore.open(b, **SMALL) as reopened:
+        assert rows(reopened.database("other")) == list(range(5))
+        if "moving" in reopened.databases():
+            assert rows(reopened.database("moving")) == list(range(20))
+        else:
+            # The attach failed before the file took this instance's header: it is back.
+            assert os.path.exists(path)

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import gc
@@ -600,18 +601,27 @@ class Instance:
                 "(`jetstore recover DIR`), then attach it",
                 path=source,
             )
+        if source != target and self.fs.exists(target):
+            raise DatabaseDuplicate(f"'{target}' already exists", path=target)
+        # The header written below requires the log's current generation, so that generation
+        # must be on disk first: a lazy commit may have closed the previous one in memory
+        # only, and a crash before the roll would leave a database requiring a generation
+        # that never existed (the instance would refuse to start with nothing lost). Flushed
+        # before the file moves, so that a failure here leaves it where it was.
+        self.wait_durable(self.log.end_position)
         if source != target:
-            if self.fs.exists(target):
-                raise DatabaseDuplicate(f"'{target}' already exists", path=target)
             self.fs.rename(source, target)
             self.fs.fsync_directory(self.directory, owner=self.owner)
             self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
+        header_written = False
         file = DatabaseFile.open(self.fs, target, owner=self.owner, cache_pages=self.cache_pages)
         try:
             with self.commit_lock:
                 self.check_writable()
                 db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
                 end = self.log.end_position
+                self.wait_durable(end)  # a commit since the flush above may need one more
+                header_written = True  # from here on the file may carry this instance's header
                 file.write_header(
                     state=DatabaseState.DIRTY,
                     db_id=db_id,
@@ -627,6 +637,13 @@ class Instance:
                 self._databases[name] = db
         except BaseException:
             file.close()
+            if not header_written and source != target:
+                # Still the clean file it was: put it back, so that the next open of this
+                # instance does not find a foreign database in its directory.
+                with contextlib.suppress(JetError):
+                    self.fs.rename(target, source)
+                    self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
+                    self.fs.fsync_directory(self.directory, owner=self.owner)
             raise
         self.checkpoint()  # the checkpoint file lists it
         self.events.emit(
