@@ -171,7 +171,8 @@ class BackupSession:
         if kind in (BackupKind.INCREMENTAL, BackupKind.DIFFERENTIAL):
             if instance.options.circular_logging:
                 raise InvalidBackup(
-                    f"an {kind.value} backup needs every log generation since the last full "
+                    f"{_article(kind)} {kind.value} backup needs every log generation since "
+                    "the last full "
                     "backup, and circular logging deletes them",
                     hint="take a full backup, or reopen the instance with circular_logging=False",
                 )
@@ -180,7 +181,12 @@ class BackupSession:
             instance.checkpoint()
         with instance.checkpoint_guard():
             self._databases = instance.attached_databases()
-            current = instance.log.current_generation
+            # Generations before the newest one on disk are archived files; the log's current
+            # generation may be ahead of it in memory only (a lazy commit that did not fit
+            # closed the previous one), and its predecessor is then still edb.log, not yet
+            # archived: it must not count as gone. The flush rolls the log on disk first.
+            instance.log.flush()
+            current = instance.log.durable_position.generation
             if kind in (BackupKind.FULL, BackupKind.COPY):
                 for db in self._databases:
                     token, header = db.file.pin()
@@ -199,7 +205,8 @@ class BackupSession:
             ]
             if missing:
                 raise MissingLogFile(
-                    f"an {kind.value} backup needs log generations {low}-{current - 1}, but "
+                    f"{_article(kind)} {kind.value} backup needs log generations "
+                    f"{low}-{current - 1}, but "
                     f"{generation_log_name(missing[0])} is gone from '{instance.directory}'",
                     hint="take a full backup (a later backup or `logs remove` deleted the "
                     "logs this one would continue from)",
@@ -215,8 +222,8 @@ class BackupSession:
     def _generation_after_previous(self) -> int:
         if not self._databases:
             raise MissingFullBackup(
-                f"instance '{self.instance.directory}' has no database to take an "
-                f"{self.kind.value} backup of",
+                f"instance '{self.instance.directory}' has no database to take "
+                f"{_article(self.kind)} {self.kind.value} backup of",
                 hint="create a database and take a full backup first",
             )
         lows: list[int] = []
@@ -225,7 +232,8 @@ class BackupSession:
             full = header.last_full_backup
             if full.is_none:
                 raise MissingFullBackup(
-                    f"database {db.name!r} has no full backup for an {self.kind.value} backup "
+                    f"database {db.name!r} has no full backup for {_article(self.kind)} "
+                    f"{self.kind.value} backup "
                     "to follow",
                     hint="take a full backup first",
                     path=db.file.path,
@@ -639,3 +647,8 @@ __all__ = [
     "ImageInfo",
     "begin_backup",
 ]
+
+
+def _article(kind: BackupKind) -> str:
+    """The indefinite article for a backup kind's name in messages."""
+    return "an" if kind.value[:1] in "aeiou" else "a"
