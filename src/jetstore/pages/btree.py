@@ -30,7 +30,9 @@ Invariants and why
   page number it was written to: a single list-item store, atomic under the GIL); by
   `lookup`, setting `index` of a written leaf (``pgno`` set, so it never changes again) to a
   dict of its entries, for point reads by one hash probe (two racing readers build equal
-  dicts; the attribute store is atomic). A leaf's `index` costs about as much memory as its
+  dicts; the attribute store is atomic); by the node cache, its CLOCK bit `referenced` (set
+  on a hit, cleared by eviction: a lost update only changes which page is evicted). A leaf's
+  `index` costs about as much memory as its
   key and value lists; it lives and goes with the node (the cache evicts both). The
   checkpointer also drops a leaf's `image` once it wrote it.
 - A leaf's `image`, when set, is exactly its page payload (what `encode_node` would encode):
@@ -227,6 +229,7 @@ class Node:
         "owner",
         "page_crc",
         "pgno",
+        "referenced",
         "shared_keys",
         "values",
     )
@@ -245,6 +248,8 @@ class Node:
     #: A branch copied by a mutation shares its `keys` list with the node it copies until it
     #: changes them (`Mutation._private_keys`).
     shared_keys: bool
+    #: The node cache's CLOCK bit: set by a cache hit, cleared by the eviction sweep.
+    referenced: bool
     #: A bulk-built leaf's page payload, made while its entries were in the CPU caches, for
     #: the checkpoint that writes it (`encode_node` uses it, the checkpointer drops it).
     image: bytes | None
@@ -269,6 +274,7 @@ class Node:
         self.index = None
         self.page_crc = None
         self.shared_keys = False
+        self.referenced = False
         self.image = None
 
     @classmethod

@@ -7,15 +7,16 @@ Invariants:
   checkpoint writes them.
 - A page number is dropped from the cache before its page may be reused for another node.
 
-Replacement is second-chance FIFO (CLOCK): a hit only marks the page referenced, without a lock
-or any reordering, so concurrent readers never contend; eviction, under the lock, gives a
-referenced page one more round instead of dropping it.
+Replacement is second-chance FIFO (CLOCK): a hit only sets the node's `referenced` bit,
+without a lock or any reordering, so concurrent readers never contend (a bit on the node the
+reader touches anyway, not a set of page numbers: no extra memory to miss on); eviction, under
+the lock, gives a referenced page one more round (clearing its bit) instead of dropping it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from jetstore.pages.btree import Node
 
@@ -24,13 +25,11 @@ class NodeCache:
     def __init__(self, capacity_pages: int) -> None:
         self.capacity = max(16, capacity_pages)
         self._nodes: dict[int, Node] = {}
-        self._referenced: set[int] = set()
         # The hit path of `get` without its call, for the hottest reader (`DatabaseFile.lookup`
-        # probes `nodes` itself, then calls `mark(pgno)` and counts the hit, exactly as `get`
-        # does; a miss goes through `get`). Both objects live as long as the cache: `clear`
-        # empties them in place.
+        # probes `nodes` itself, then sets the node's `referenced` bit and counts the hit,
+        # exactly as `get` does; a miss goes through `get`). The dict lives as long as the
+        # cache: `clear` empties it in place.
         self.nodes: Mapping[int, Node] = self._nodes
-        self.mark: Callable[[int], None] = self._referenced.add
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -41,7 +40,7 @@ class NodeCache:
         if node is None:
             self.misses += 1
             return None
-        self._referenced.add(pgno)
+        node.referenced = True
         self.hits += 1
         return node
 
@@ -51,11 +50,11 @@ class NodeCache:
             if nodes.pop(pgno, None) is None:
                 # The victim is chosen among the pages already cached, before the new one
                 # joins the queue: a page just read is never its own victim.
-                referenced = self._referenced
                 while len(nodes) >= self.capacity:
                     oldest = next(iter(nodes))
-                    if oldest in referenced:
-                        referenced.discard(oldest)
+                    victim = nodes[oldest]
+                    if victim.referenced:
+                        victim.referenced = False
                         nodes[oldest] = nodes.pop(oldest)  # second chance: back of the queue
                     else:
                         del nodes[oldest]
@@ -65,12 +64,10 @@ class NodeCache:
     def discard(self, pgno: int) -> None:
         with self._lock:
             self._nodes.pop(pgno, None)
-            self._referenced.discard(pgno)
 
     def clear(self) -> None:
         with self._lock:
             self._nodes.clear()
-            self._referenced.clear()
 
     def __len__(self) -> int:
         return len(self._nodes)

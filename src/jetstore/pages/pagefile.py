@@ -111,7 +111,6 @@ class DatabaseFile:
         self.problems = problems or []
         self.cache = NodeCache(cache_pages)
         self._cached = self.cache.nodes.get  # `lookup`'s inline cache hits
-        self._mark = self.cache.mark
         self._space_lock = threading.Lock()
         self._header_lock = threading.Lock()
         self._free: list[int] = []
@@ -257,7 +256,7 @@ class DatabaseFile:
         node = root
         if node is None:
             return None
-        cached, mark = self._cached, self._mark
+        cached = self._cached
         hits = 0
         while not node.leaf:
             child = node.children[bisect_right(node.keys, key)]
@@ -269,7 +268,7 @@ class DatabaseFile:
                 if hit is None:
                     node = self.load(child)
                 else:
-                    mark(pgno)
+                    hit.referenced = True
                     hits += 1
                     node = hit
         if hits:
