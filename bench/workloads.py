@@ -307,9 +307,14 @@ def _threaded_commits(
     outputs: list[object] = []  # what each returned (peer-specific, see checkpoint_summary)
 
     def run(index: int) -> None:
+        started = False
         try:
             with peer.writer() as write:
-                barrier.wait()
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:
+                    return  # another thread failed before the start: that failure is reported
+                started = True
                 outcomes[index] = _commit_loop(
                     write,
                     space + (index << 32),
@@ -319,7 +324,8 @@ def _threaded_commits(
                 )
         except BaseException:
             failures.append(f"thread {index}:\n{traceback.format_exc()}")
-            barrier.abort()
+            if not started:  # once past the barrier, aborting it could fail a waking thread
+                barrier.abort()
 
     def checkpoint_loop() -> None:
         clock = time.perf_counter
