@@ -129,6 +129,7 @@ __all__ = [
     "iter_nodes",
     "iterate",
     "iterate_chunks",
+    "leaf_get",
     "lookup",
     "max_entry_size",
     "merge_sorted",
@@ -501,18 +502,23 @@ def lookup(store: NodeStore, root: Node | None, key: bytes) -> bytes | None:
     while not node.leaf:
         child = node.children[bisect_right(node.keys, key)]
         node = child if type(child) is Node else store.load(child)
-    index = node.index
+    return leaf_get(node, key)
+
+
+def leaf_get(leaf: Node, key: bytes) -> bytes | None:
+    """The value under `key` in `leaf`, or None (the last step of every point read)."""
+    index = leaf.index
     if index is not None:
         return index.get(key)
-    if node.pgno is not None:
+    if leaf.pgno is not None:
         # A written leaf never changes: one hash probe finds a key where a bisection would
         # compare it with several keys scattered in memory.
-        index = node.index = dict(zip(node.keys, node.values, strict=True))
+        index = leaf.index = dict(zip(leaf.keys, leaf.values, strict=True))
         return index.get(key)
-    keys = node.keys
+    keys = leaf.keys
     i = bisect_left(keys, key)
     if i != len(keys) and keys[i] == key:
-        return node.values[i]
+        return leaf.values[i]
     return None
 
 

@@ -32,7 +32,7 @@ import heapq
 import os
 import struct
 import threading
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -61,6 +61,7 @@ from jetstore.pages.btree import (
     decode_node,
     dirty_nodes_postorder,
     encode_node,
+    leaf_get,
     node_ref,
     page_crc_of,
     ref_crc,
@@ -273,19 +274,12 @@ class DatabaseFile:
                     node = hit
         if hits:
             self.cache.hits += hits
-        # The leaf, as `btree.lookup` reads it: a written leaf never changes, so its entries
-        # as a dict (built on the first point read that reaches it) answer in one probe.
+        # A written leaf's entries as a dict answer in one probe (the common case, kept
+        # inline); the rest as `btree.lookup` reads a leaf.
         index = node.index
         if index is not None:
             return index.get(key)
-        if node.pgno is not None:
-            index = node.index = dict(zip(node.keys, node.values, strict=True))
-            return index.get(key)
-        keys = node.keys
-        i = bisect_left(keys, key)
-        if i != len(keys) and keys[i] == key:
-            return node.values[i]
-        return None
+        return leaf_get(node, key)
 
     def root(self) -> Node | None:
         header = self._header
