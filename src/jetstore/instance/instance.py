@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import gc
 import os
 import threading
 import time
@@ -75,6 +74,7 @@ from jetstore.io.locking import DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogWriter
+from jetstore.pages.collector import building_in_bulk
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
 
 if TYPE_CHECKING:
@@ -201,24 +201,20 @@ class Instance:
             self._lock = acquire_directory_lock(self.fs, self.directory, owner=self.owner)
             self._events = EventLog(self.fs, self.directory, owner=self.owner)
             files = open_database_files(self)
-            # Replay allocates millions of long-lived objects; the cyclic collector would
-            # rescan them over and over (they hold no cycles), so it pauses for the replay.
-            collecting = gc.isenabled()
-            gc.disable()
+            # Replay allocates millions of long-lived objects that hold no cycles: the
+            # cyclic collector pauses for the replay (`building_in_bulk`).
             try:
-                outcome = recover(
-                    self,
-                    files,
-                    accept_data_loss=self.options.accept_data_loss,
-                    restore=self.restore_request,
-                )
+                with building_in_bulk():
+                    outcome = recover(
+                        self,
+                        files,
+                        accept_data_loss=self.options.accept_data_loss,
+                        restore=self.restore_request,
+                    )
             except BaseException:
                 for file in files.values():
                     file.close()
                 raise
-            finally:
-                if collecting:
-                    gc.enable()
             self.recovery = outcome
             for note in outcome.notes:
                 if note.startswith("checkpoint file ignored") or "no checkpoint file" in note:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import gc
 import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypeVar
@@ -57,6 +56,7 @@ from jetstore.pages.btree import (
     max_entry_size,
     merge_sorted_columns,
 )
+from jetstore.pages.collector import building_in_bulk
 from jetstore.tables.catalog import (
     FIRST_OBJECT_ID,
     NEXT_OBJECT_ID_KEY,
@@ -268,17 +268,12 @@ class Transaction:
         ):
             epoch = next_epoch()
             freed = mutation.freed
-            # The merge allocates hundreds of thousands of short-lived lists with no cycles;
-            # the cyclic collector would rescan every live object for each batch of them.
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
+            # The merge allocates hundreds of thousands of lists with no cycles: the cyclic
+            # collector pauses for it (`building_in_bulk`).
+            with building_in_bulk():
                 # Keys from a dict, sorted: unique and ascending; `put` checked every entry.
                 values = list(map(pending.__getitem__, keys))
                 root = merge_sorted_columns(store, mutation.root, keys, values, epoch, freed)
-            finally:
-                if collecting:
-                    gc.enable()
             mutation = self.mutation = Mutation(store, root, epoch, freed)
         else:
             put, delete = mutation.put, mutation.delete
