@@ -11,13 +11,14 @@ Invariants:
 - Read-only: files are opened read-only, nothing is written, renamed or deleted, no lock is
   taken (the instance lock is only probed). `tests/cli/test_diagnose.py` hashes every file
   before and after.
-- Same facts, same order as `jetstore.instance.recovery`: the checkpoint file (a hint; missing,
-  damaged, foreign or stale is noted and ignored), the log inventory (`take_inventory`), every
-  `*.edb` header (`choose_db_header`, as `DatabaseFile.open` reads it), the stream signature,
-  the required ranges, the start position, then the same chain scan (`LogScanner`) with the
-  same record-to-database matching, then the post-scan checks. Where recovery raises, the plan
-  names the same error class (`RecoveryPlan.error`); where it succeeds, the plan has none.
-  `_simulate` mirrors `recovery._recover` step by step and must change with it;
+- Same decisions as `jetstore.instance.recovery`, by construction: `_simulate` reads the same
+  facts in the same order (the checkpoint file, the log inventory from `take_inventory`, every
+  `*.edb` header as `DatabaseFile.open` reads it with `choose_db_header`) and hands them to
+  the same functions of `jetstore.instance.recoverydecisions` (`decide_start`,
+  `RecordMatcher` over the same `LogScanner` chain scan, `check_after_scan`). It only counts
+  where recovery writes. Where recovery raises, the plan names the same error class
+  (`RecoveryPlan.error`; a refusal of the decisions also has recovery's detail, hint and
+  path); where it succeeds, the plan has none.
   `tests/cli/test_diagnose.py` checks the two agree on every state of the recovery matrix.
 - A refusal is simulated a second time with `accept_data_loss`, to say what that option would
   keep (where replay stops, which databases are affected) or that it would not help.
@@ -32,19 +33,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jetstore.errors import (
-    AttachedDatabaseMismatch,
-    BadLogSignature,
-    DatabaseLogSetMismatch,
-    FileNotFound,
-    InvalidLogSequence,
-    JetError,
-    LogFileCorrupt,
-    LogSequenceChecksumMismatch,
-    MissingLogFile,
-    RequiredLogFilesMissing,
-)
-from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
+from jetstore.errors import JetError
 from jetstore.format.common import PAGE_SIZES, Signature, format_time_us
 from jetstore.format.dbheader import (
     PEEK_SIZE,
@@ -53,22 +42,26 @@ from jetstore.format.dbheader import (
     choose_db_header,
     peek_page_size,
 )
-from jetstore.format.filenames import (
-    CHECKPOINT_FILE,
-    generation_log_name,
-    parse_database_file_name,
-)
-from jetstore.format.logrecords import (
-    RECORD_COMMIT,
-    CreateDatabaseRecord,
-    decode_commit_header,
-    decode_record,
-    record_type,
-)
+from jetstore.format.filenames import generation_log_name, parse_database_file_name
 from jetstore.format.positions import LogPosition
+from jetstore.instance.recoverydecisions import (
+    SCAN_STOPS,
+    CheckpointReading,
+    HeaderOnDisk,
+    RecordMatcher,
+    RecoveryStart,
+    Refused,
+    check_after_scan,
+    decide_start,
+    is_dirty,
+    read_checkpoint,
+    required_range,
+    scan_stop_loss,
+    stream_signature,
+)
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import is_locked, read_lock_holder
-from jetstore.log.reader import LogInventory, LogRecordEntry, LogScanner, take_inventory
+from jetstore.log.reader import LogInventory, LogScanner, take_inventory
 from jetstore.log.verify import LogVerification, verify_logs
 from jetstore.pages.pagefile import CREATING_SUFFIX
 
@@ -82,15 +75,6 @@ __all__ = [
 ]
 
 Verdict = Literal["clean", "recoverable", "data-loss", "restore", "in-use"]
-
-#: Errors a recovery with `accept_data_loss` turns into a stop (recovery._recover catches them).
-_SCAN_STOPS = (
-    MissingLogFile,
-    LogFileCorrupt,
-    InvalidLogSequence,
-    LogSequenceChecksumMismatch,
-    BadLogSignature,
-)
 
 
 @dataclass
@@ -271,11 +255,6 @@ def _runs(values: list[int]) -> list[list[int]]:
     return runs
 
 
-def _generations_text(values: list[int]) -> str:
-    plural = "s" if len(values) != 1 else ""
-    return f"generation{plural} {_runs_text(values)} {'are' if plural else 'is'}"
-
-
 def _runs_text(values: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in _runs(values))
 
@@ -308,32 +287,6 @@ def _read_database(fs: FileSystem, path: str, name: str, owner: str) -> Database
     return facts
 
 
-def _is_dirty(header: DatabaseHeader) -> bool:
-    return header.state is not DatabaseState.CLEAN
-
-
-def _required_range(header: DatabaseHeader) -> tuple[int, int]:
-    low = header.checkpoint_position.generation
-    return low, max(header.generation_max_required, low)
-
-
-@dataclass
-class _Blocker:
-    """Where a simulated recovery was refused (for the plain-words verdict)."""
-
-    kind: str  # "missing", "scan", "foreign", "mismatch", "no-stream", "header"
-    database: str | None = None
-    missing: list[int] = field(default_factory=list)
-    position: LogPosition | None = None
-
-
-class _Refused(Exception):
-    def __init__(self, error: JetError, blocker: _Blocker) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.blocker = blocker
-
-
 @dataclass
 class _Simulation:
     notes: list[str] = field(default_factory=list)
@@ -353,280 +306,85 @@ class _Simulation:
     dirty: list[str] = field(default_factory=list)
 
 
-def _read_checkpoint(
-    fs: FileSystem, directory: str, owner: str, names: list[str], notes: list[str]
-) -> tuple[CheckpointState | None, CheckpointFacts]:
-    """As `recovery.read_checkpoint`, plus what the operator should hear about it."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    if not fs.exists(path):
-        if any(name.endswith((".log", ".edb")) for name in names):
-            notes.append(f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide")
-        return None, CheckpointFacts("missing", reason=f"there is no {CHECKPOINT_FILE}")
-    try:
-        data = fs.read_file(path, owner=owner)
-        state, problems = read_checkpoint_file(data, path=path)
-    except JetError as exc:
-        notes.append(f"checkpoint file ignored: {exc.detail or exc}")
-        return None, CheckpointFacts("damaged", reason=f"{exc.name}: {exc.detail or exc}")
-    notes.extend(problems)
-    facts = CheckpointFacts(
-        "valid", position=state.checkpoint_position, used=True, problems=list(problems)
+def _checkpoint_facts(reading: CheckpointReading, decided: RecoveryStart) -> CheckpointFacts:
+    state = reading.state
+    return CheckpointFacts(
+        decided.checkpoint_status,
+        position=None if state is None else state.checkpoint_position,
+        used=decided.checkpoint_status == "valid",
+        reason=decided.checkpoint_reason,
+        problems=list(reading.problems),
     )
-    return state, facts
 
 
 def _simulate(
     fs: FileSystem,
     directory: str,
     owner: str,
-    names: list[str],
     inventory: LogInventory,
     databases: list[DatabaseFacts],
     *,
     accept_data_loss: bool,
 ) -> _Simulation:
-    """`recovery._recover` without the writes. Raises `_Refused` where recovery raises."""
+    """`recovery._recover` without the writes: the same decisions (`recoverydecisions`), acted
+    on by counting. Raises `Refused` where recovery raises."""
     sim = _Simulation()
-    notes = sim.notes
-    losses = sim.losses
     # DatabaseFile.open: an unreadable header fails the open before recovery starts.
     for facts in databases:
         if facts.error is not None:
-            raise _Refused(facts.error, _Blocker("header", database=facts.name))
-    headers = {f.name: f.header for f in databases if f.header is not None}
-    creating = {n: h for n, h in headers.items() if h.state is DatabaseState.JUST_CREATED}
-    files = {n: h for n, h in headers.items() if n not in creating}
-
-    checkpoint, checkpoint_facts = _read_checkpoint(fs, directory, owner, names, notes)
-    sim.checkpoint = checkpoint_facts
-    notes.extend(inventory.problems)
-
-    lowest = inventory.lowest
-    stream_signature: Signature | None = None
-    if lowest is not None:
-        log_header = inventory.files[lowest].header
-        assert log_header is not None
-        stream_signature = log_header.log_signature
-    if checkpoint is not None and stream_signature is not None:
-        if checkpoint.log_signature != stream_signature:
-            notes.append(
-                f"checkpoint file ignored: it belongs to log stream {checkpoint.log_signature}, "
-                f"the logs present are stream {stream_signature}"
-            )
-            checkpoint_facts.status, checkpoint_facts.used = "foreign", False
-            checkpoint_facts.reason = "it belongs to another log stream than the logs present"
-            checkpoint = None
-        elif checkpoint.checkpoint_position.generation not in inventory.files:
-            generation = checkpoint.checkpoint_position.generation
-            notes.append(
-                f"checkpoint file ignored: it points to generation {generation}, which is "
-                "not present"
-            )
-            checkpoint_facts.status, checkpoint_facts.used = "stale", False
-            checkpoint_facts.reason = f"it points to generation {generation}, which is not present"
-            checkpoint = None
-
-    dirty: dict[str, DatabaseHeader] = {}
-    for name, header in files.items():
-        if header.log_signature.is_none:
-            continue
-        if stream_signature is None or header.log_signature != stream_signature:
-            if _is_dirty(header):
-                if stream_signature is None:
-                    low, high = _required_range(header)
-                    if accept_data_loss:
-                        losses.append((name, f"no log files are present (needed {low}-{high})"))
-                        continue
-                    raise _Refused(
-                        MissingLogFile(
-                            f"database {name!r} was not shut down cleanly and needs log "
-                            f"generations {low}-{high}, but no log files are present in "
-                            f"'{directory}'"
-                        ),
-                        _Blocker("missing", database=name, missing=list(range(low, high + 1))),
-                    )
-                raise _Refused(
-                    DatabaseLogSetMismatch(
-                        f"database {name!r} belongs to log stream {header.log_signature}, but "
-                        f"the logs in '{directory}' are stream {stream_signature}"
-                    ),
-                    _Blocker("foreign", database=name),
-                )
-            continue
-        if _is_dirty(header):
-            dirty[name] = header
-    sim.dirty = list(dirty)
-
-    for name, header in dirty.items():
-        low, high = _required_range(header)
-        missing = inventory.missing(low, high)
-        if missing:
-            if accept_data_loss:
-                losses.append((name, f"{_generations_text(missing)} missing"))
-                continue
-            error = MissingLogFile if low in missing else RequiredLogFilesMissing
-            raise _Refused(
-                error(
-                    f"database {name!r} needs log generations {low}-{high}, but "
-                    f"{_runs_text(missing)} are missing; {inventory.describe_present()}"
-                ),
-                _Blocker("missing", database=name, missing=missing),
-            )
-
-    if checkpoint is not None:
-        for attached in checkpoint.attached:
-            if attached.name not in files:
-                notes.append(
-                    f"database {attached.name!r} listed in the checkpoint file has no file; "
-                    "it must be re-created by the log or it is reported missing"
-                )
-
-    members = [n for n, h in files.items() if h.log_signature == stream_signature]
-    if (
-        checkpoint is not None
-        and not members
-        and all(attached.name in files for attached in checkpoint.attached)
-    ):
-        notes.append(
-            "no database belongs to the log stream in this directory any more; only its "
-            "newest generation is read"
-        )
-        checkpoint_facts.status, checkpoint_facts.used = "set aside", False
-        checkpoint_facts.reason = "no database belongs to its log stream any more"
-        checkpoint = None
-    candidates = [h.checkpoint_position for h in dirty.values()]
-    if checkpoint is not None:
-        candidates.append(checkpoint.checkpoint_position)
-    highest = inventory.highest
-    if highest is None:
-        sim.signature = None
-        return sim
-    if not candidates:
-        candidates.append(LogPosition(highest, 0))
-    start = min(candidates)
-    sim.start = start
-    sim.signature = stream_signature
-    sim.needed = bool(dirty)
-
-    by_id: dict[int, str] = {
-        h.db_id: n for n, h in files.items() if h.log_signature == stream_signature
+            raise Refused(facts.error, "header", database=facts.name)
+    on_disk = {
+        f.name: HeaderOnDisk(os.path.join(directory, f.file), f.header)
+        for f in databases
+        if f.header is not None
     }
-    foreign_ids = {h.db_id for h in files.values() if h.db_id not in by_id}
-    pending_create: dict[int, CreateDatabaseRecord] = {}
-    scanner = LogScanner(fs, inventory, owner=owner, signature=stream_signature)
+    creating = {n: d for n, d in on_disk.items() if d.header.state is DatabaseState.JUST_CREATED}
+    files = {n: d for n, d in on_disk.items() if n not in creating}
+
+    reading = read_checkpoint(fs, directory, owner)
+    decided = decide_start(reading, inventory, files, directory, accept_data_loss=accept_data_loss)
+    sim.notes.extend(decided.notes)
+    sim.checkpoint = _checkpoint_facts(reading, decided)
+    sim.losses.extend(decided.losses)
+    sim.dirty = list(decided.dirty)
+    start = decided.start
+    if start is None:
+        return sim
+    sim.start = start
+    sim.signature = decided.signature
+    sim.needed = bool(decided.dirty)
+
+    matcher = RecordMatcher(files, decided)
+    scanner = LogScanner(fs, inventory, owner=owner, signature=decided.signature)
+    scan_stopped = False
     try:
         for entry in scanner.records(start):
-            _match_entry(sim, entry, files, by_id, foreign_ids, pending_create, directory)
+            found = matcher.match(entry)
+            if found is not None:
+                if found.kind == "apply":
+                    sim.applied[found.name] = entry.end
+                matcher.count(found)
             sim.last_good = entry.end
-    except _SCAN_STOPS as exc:
+    except SCAN_STOPS as exc:
         if not accept_data_loss:
-            raise _Refused(exc, _Blocker("scan", position=sim.last_good or start)) from None
-        losses.append(("*", f"replay stopped at {sim.last_good or start}: {exc.detail or exc}"))
+            raise Refused(exc, "scan", position=sim.last_good or start) from None
+        sim.losses.append(scan_stop_loss(exc, sim.last_good, start))
+        scan_stopped = True
+    sim.replayed, sim.skipped = matcher.replayed, matcher.skipped
+    sim.needed = sim.needed or matcher.needed
     result = scanner.result
     sim.read_generations = [g for g, _records in result.generations]
     sim.torn_tail = result.torn_position
     if result.tail is not None:
         sim.tail_end = LogPosition(result.tail.generation, result.tail.end_offset)
-    notes.extend(result.notes)
-    tail_generation = result.tail.generation if result.tail is not None else 0
-    scan_stopped = any(name == "*" for name, _ in losses)
-    for name, header in dirty.items():
-        if scan_stopped:
-            break
-        if header.generation_max_required > tail_generation:
-            missing = list(range(tail_generation + 1, header.generation_max_required + 1))
-            if accept_data_loss:
-                losses.append((name, f"{_generations_text(missing)} missing"))
-                continue
-            raise _Refused(
-                RequiredLogFilesMissing(
-                    f"database {name!r} needs log generations up to "
-                    f"{header.generation_max_required}, but the log ends in generation "
-                    f"{tail_generation}"
-                ),
-                _Blocker("missing", database=name, missing=missing),
-            )
-    if stream_signature is not None:
-        for name, header in files.items():
-            if header.log_signature.is_none and _is_dirty(header):
-                raise _Refused(
-                    FileNotFound(f"database {name!r} has no log stream"),
-                    _Blocker("no-stream", database=name),
-                )
-    unmatched = set(creating) - {create.name for create in pending_create.values()}
-    if unmatched:
-        name = sorted(unmatched)[0]
-        raise _Refused(
-            AttachedDatabaseMismatch(
-                f"database file for {name!r} was being created, but the log holds no record "
-                "of its creation"
-            ),
-            _Blocker("mismatch", database=name),
+    sim.notes.extend(result.notes)
+    sim.created = [create.name for create in matcher.pending_create.values()]
+    sim.losses.extend(
+        check_after_scan(
+            decided, files, creating, sim.created, result.tail, replay_stopped=scan_stopped
         )
-    sim.created = [create.name for create in pending_create.values()]
+    )
     return sim
-
-
-def _match_entry(
-    sim: _Simulation,
-    entry: LogRecordEntry,
-    files: dict[str, DatabaseHeader],
-    by_id: dict[int, str],
-    foreign_ids: set[int],
-    pending_create: dict[int, CreateDatabaseRecord],
-    directory: str,
-) -> None:
-    """`recovery._replay_entry` without applying anything: count, match, refuse alike."""
-    payload = entry.payload
-    if record_type(payload) == RECORD_COMMIT:
-        database_id, _count = decode_commit_header(payload, entry.start)
-        name = by_id.get(database_id)
-        if name is None:
-            if database_id in foreign_ids and database_id not in pending_create:
-                sim.skipped += 1
-                return
-            if database_id in pending_create:
-                sim.replayed += 1
-                return
-            raise _Refused(
-                AttachedDatabaseMismatch(
-                    f"the log at {entry.start} holds changes for database id {database_id}, "
-                    f"but no database file in '{directory}' has that id"
-                ),
-                _Blocker("mismatch", position=entry.start),
-            )
-        if entry.start >= files[name].checkpoint_position:
-            sim.replayed += 1
-            sim.needed = True
-            sim.applied[name] = entry.end
-        else:
-            sim.skipped += 1
-        return
-    record = decode_record(payload, entry.start)
-    if isinstance(record, CreateDatabaseRecord):
-        existing = by_id.get(record.database_id)
-        if existing is not None:
-            if files[existing].db_signature.random != record.signature_random:
-                raise _Refused(
-                    AttachedDatabaseMismatch(
-                        f"database file for {existing!r} has id {record.database_id} but is "
-                        "not the database the log created with that id"
-                    ),
-                    _Blocker("mismatch", database=existing, position=entry.start),
-                )
-            return
-        if record.name in files:
-            if files[record.name].db_id in foreign_ids:
-                return
-            raise _Refused(
-                AttachedDatabaseMismatch(
-                    f"database file for {record.name!r} exists with another id than the log "
-                    f"created it with ({record.database_id})"
-                ),
-                _Blocker("mismatch", database=record.name, position=entry.start),
-            )
-        pending_create[record.database_id] = record
-        sim.needed = True
 
 
 # --------------------------------------------------------------------------- the plan
@@ -692,10 +450,7 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
         logs=logs,
         notes=notes,
     )
-    stream: Signature | None = None
-    if inventory.lowest is not None:
-        first_header = inventory.files[inventory.lowest].header
-        stream = None if first_header is None else first_header.log_signature
+    stream = stream_signature(inventory)
     for facts in databases:
         header = facts.header
         if header is None:
@@ -708,15 +463,15 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
             facts.stream = "another stream" if stream is not None else "its own (no logs)"
         for problem in facts.header_problems:
             notes.append(f"{facts.file}: {problem} (opening rewrites it from the good copy)")
-        if _is_dirty(header) and header.state is not DatabaseState.JUST_CREATED:
-            facts.required = _required_range(header)
+        if is_dirty(header) and header.state is not DatabaseState.JUST_CREATED:
+            facts.required = required_range(header)
             facts.missing = inventory.missing(*facts.required)
 
     try:
-        sim = _simulate(fs, path, owner, names, inventory, databases, accept_data_loss=False)
-    except _Refused as refused:
+        sim = _simulate(fs, path, owner, inventory, databases, accept_data_loss=False)
+    except Refused as refused:
         plan.error = refused.error
-        _refusal(fs, plan, path, owner, names, inventory, refused, command)
+        _refusal(fs, plan, path, owner, inventory, refused, command)
         return plan
     _success(plan, sim, command)
     return plan
@@ -809,20 +564,17 @@ def _refusal(
     plan: RecoveryPlan,
     path: str,
     owner: str,
-    names: list[str],
     inventory: LogInventory,
-    refused: _Refused,
+    refused: Refused,
     command: str,
 ) -> None:
     quoted = _quote(path)
-    error, blocker = refused.error, refused.blocker
+    error = refused.error
     # The facts gathered before the refusal (checkpoint, start) come from a run that
     # accepts data loss; if that run is refused too, no option helps.
     try:
-        loss_sim = _simulate(
-            fs, path, owner, names, inventory, plan.databases, accept_data_loss=True
-        )
-    except _Refused as again:
+        loss_sim = _simulate(fs, path, owner, inventory, plan.databases, accept_data_loss=True)
+    except Refused as again:
         plan.data_loss = DataLossPlan(
             False,
             reason=f"even accepting data loss, opening fails: {again.error.name}",
@@ -853,18 +605,18 @@ def _refusal(
             if target is not None
             else ", ".join(f"{n} to {p}" for n, p in recovered_to.items()) or "their checkpoints"
         )
-        if blocker.kind == "missing":
-            gens = blocker.missing
+        if refused.kind == "missing":
+            gens = refused.missing
             files = ", ".join(generation_log_name(g) for g in gens[:4])
             more = f" and {len(gens) - 4} more" if len(gens) > 4 else ""
             what = (
                 f"generation{'s' if len(gens) != 1 else ''} {_runs_text(gens)} "
                 f"missing ({files}{more})"
             )
-            if blocker.database is not None:
-                what = f"{what}, needed by database {blocker.database!r}"
+            if refused.database is not None:
+                what = f"{what}, needed by database {refused.database!r}"
         else:
-            what = _damage_text(plan, error, blocker)
+            what = _damage_text(plan, refused)
         plan.summary = (
             f"{what}: restore from backup, or recover with data loss to {to} "
             "(what was committed after that is lost)"
@@ -878,18 +630,18 @@ def _refusal(
             _explain_checkpoint(plan.checkpoint, loss_sim, True)
         return
     plan.verdict = "restore"
-    name = blocker.database
-    if blocker.kind == "foreign":
+    name = refused.database
+    if refused.kind == "foreign":
         plan.summary = (
             f"database {name!r} belongs to another log stream than the logs in this directory: "
             "put it next to its own log files (then recover there), or restore it from backup"
         )
-    elif blocker.kind == "header":
+    elif refused.kind == "header":
         plan.summary = (
             f"the header of database {name!r} is unreadable (both copies: "
             f"{error.name}): restore the database from backup"
         )
-    elif blocker.kind == "no-stream":
+    elif refused.kind == "no-stream":
         plan.summary = (
             f"database {name!r} is not shut down cleanly but is bound to no log stream: "
             "restore it from backup"
@@ -908,9 +660,10 @@ def _refusal(
     ]
 
 
-def _damage_text(plan: RecoveryPlan, error: JetError, blocker: _Blocker) -> str:
+def _damage_text(plan: RecoveryPlan, refused: Refused) -> str:
     """Where the scan broke, in the verifier's words when it found the same place."""
-    after = blocker.position.generation if blocker.position is not None else 0
+    error = refused.error
+    after = refused.position.generation if refused.position is not None else 0
     logs = plan.logs
     found = [
         p
@@ -927,7 +680,7 @@ def _damage_text(plan: RecoveryPlan, error: JetError, blocker: _Blocker) -> str:
             f"fails with {error.name})"
         )
     detail = (error.detail or str(error)).rstrip(".")
-    return f"the log cannot be read after {blocker.position} ({error.name}: {detail})"
+    return f"the log cannot be read after {refused.position} ({error.name}: {detail})"
 
 
 def _quote(path: str) -> str:

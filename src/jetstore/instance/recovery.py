@@ -1,5 +1,11 @@
 """Soft recovery: bring every database of an instance directory up to the end of the log.
 
+This module owns the acting side of recovery: opening the database files, replaying records
+into them, creating the databases the log re-creates, finishing an interrupted roll, and
+settling a data loss or a restore. What to do is decided in
+`jetstore.instance.recoverydecisions`, the same code `jetstore diagnose` reports from; this
+module makes no decision of its own about errors, losses, notes or the start position.
+
 Runs at every open, before anything is written:
 
 1. Read the checkpoint file (a hint: missing, damaged, foreign or pointing at a generation
@@ -15,6 +21,9 @@ Runs at every open, before anything is written:
    position; create databases whose creation record is replayed but whose file is missing.
 5. After the scan, check the log reaches every generation the headers say holds their
    commits (`RequiredLogFilesMissing` if the end of the log is gone).
+
+Steps 1 to 3 are `decide_start`, the matching in 4 is `RecordMatcher`, 5 is
+`check_after_scan`; a refusal there (`Refused`) is raised as the `JetError` it carries.
 
 Restore (`jetstore.backup.restore`) runs the same recovery on a directory of copied images
 and logs with a `RestoreRequest`: replay may stop at a generation or a commit time, and the
@@ -33,45 +42,32 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from jetstore.errors import (
-    AttachedDatabaseMismatch,
-    BadLogSignature,
-    DatabaseLogSetMismatch,
-    FileNotFound,
-    InvalidLogSequence,
-    JetError,
-    LogFileCorrupt,
-    LogSequenceChecksumMismatch,
-    MissingLogFile,
-    RequiredLogFilesMissing,
-)
-from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
 from jetstore.format.common import Signature, format_time_us, now_us
 from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
     TEMP_LOG,
-    database_file_name,
-    generation_log_name,
     parse_database_file_name,
     parse_generation_log_name,
 )
-from jetstore.format.logrecords import (
-    RECORD_COMMIT,
-    CreateDatabaseRecord,
-    commit_time_us,
-    decode_commit_header,
-    decode_record,
-    record_type,
-)
+from jetstore.format.logrecords import RECORD_COMMIT, commit_time_us, record_type
 from jetstore.format.positions import LogPosition
-from jetstore.log.reader import LogInventory, LogRecordEntry, LogScanner, take_inventory
+from jetstore.instance.recoverydecisions import (
+    SCAN_STOPS,
+    RecordMatcher,
+    Refused,
+    check_after_scan,
+    decide_start,
+    read_checkpoint,
+    scan_stop_loss,
+)
+from jetstore.log.reader import LogRecordEntry, LogScanner, take_inventory
 from jetstore.log.writer import LogTail
 from jetstore.pages.pagefile import CREATING_SUFFIX, DatabaseFile
 
 if TYPE_CHECKING:
-    from jetstore.instance.database import Database
+    from jetstore.format.checkpoint import CheckpointState
     from jetstore.instance.instance import Instance
 
 
@@ -118,23 +114,6 @@ class RecoveryOutcome:
     restore_stopped: bool = False  # restore: replay stopped before the end of the log
 
 
-def read_checkpoint(instance: Instance, notes: list[str]) -> CheckpointState | None:
-    path = os.path.join(instance.directory, CHECKPOINT_FILE)
-    fs = instance.fs
-    if not fs.exists(path):
-        if any(name.endswith((".log", ".edb")) for name in fs.listdir(instance.directory)):
-            notes.append(f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide")
-        return None
-    try:
-        data = fs.read_file(path, owner=instance.owner)
-        state, problems = read_checkpoint_file(data, path=path)
-    except JetError as exc:
-        notes.append(f"checkpoint file ignored: {exc.detail or exc}")
-        return None
-    notes.extend(problems)
-    return state
-
-
 def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
     files: dict[str, DatabaseFile] = {}
     try:
@@ -160,36 +139,6 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
             file.close()
         raise
     return files
-
-
-def _is_dirty(header: DatabaseHeader) -> bool:
-    return header.state is not DatabaseState.CLEAN
-
-
-def _required_range(header: DatabaseHeader) -> tuple[int, int]:
-    low = header.checkpoint_position.generation
-    high = max(header.generation_max_required, low)
-    return low, high
-
-
-def _missing_message(
-    name: str, header: DatabaseHeader, missing: list[int], inventory: LogInventory
-) -> str:
-    low, high = _required_range(header)
-    files = ", ".join(generation_log_name(g) for g in missing[:5])
-    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-    return (
-        f"database {name!r} needs log generations {low}-{high} "
-        f"({generation_log_name(low)} to {generation_log_name(high)}) to recover, but "
-        f"{files}{more} are missing; {inventory.describe_present()}"
-    )
-
-
-_OPTIONS_HINT = (
-    "restore the missing log files, or restore from backup; or, accepting the loss of what "
-    "they held, `jetstore recover DIR --accept-data-loss` brings every database to the last "
-    "point the present logs allow (`jetstore logs verify DIR` shows what is present)"
-)
 
 
 def recover(
@@ -219,6 +168,9 @@ def recover(
         del files[name]
     try:
         return _recover(instance, files, creating, accept_data_loss, restore)
+    except Refused as refused:
+        # What blocked is spelled out for the diagnosis; open() reports the error alone.
+        raise refused.error from None
     finally:
         for file in creating.values():
             file.close()
@@ -232,150 +184,58 @@ def _recover(
     restore: RestoreRequest | None = None,
 ) -> RecoveryOutcome:
     outcome = RecoveryOutcome()
-    losses: list[tuple[str, str]] = []
     notes = outcome.notes
     fs = instance.fs
-    checkpoint = read_checkpoint(instance, notes)
+    reading = read_checkpoint(fs, instance.directory, instance.owner)
     inventory = take_inventory(fs, instance.directory, owner=instance.owner)
-    notes.extend(inventory.problems)
-
-    # The stream's signature: the logs are the stream; the checkpoint file only a hint.
-    lowest = inventory.lowest
-    stream_signature: Signature | None = None
-    if lowest is not None:
-        log_header = inventory.files[lowest].header
-        assert log_header is not None
-        stream_signature = log_header.log_signature
-    if checkpoint is not None and stream_signature is not None:
-        if checkpoint.log_signature != stream_signature:
-            notes.append(
-                f"checkpoint file ignored: it belongs to log stream {checkpoint.log_signature}, "
-                f"the logs present are stream {stream_signature}"
-            )
-            checkpoint = None
-        elif checkpoint.checkpoint_position.generation not in inventory.files:
-            notes.append(
-                f"checkpoint file ignored: it points to generation "
-                f"{checkpoint.checkpoint_position.generation}, which is not present"
-            )
-            checkpoint = None
-    outcome.checkpoint = checkpoint
-
-    dirty: dict[str, DatabaseHeader] = {}
-    for name, file in files.items():
-        header = file.header
-        if header.log_signature.is_none:
-            continue
-        if stream_signature is None or header.log_signature != stream_signature:
-            if _is_dirty(header):
-                if stream_signature is None:
-                    low, high = _required_range(header)
-                    if accept_data_loss:
-                        losses.append((name, f"no log files are present (needed {low}-{high})"))
-                        continue
-                    raise MissingLogFile(
-                        f"database {name!r} was not shut down cleanly and needs log generations "
-                        f"{low}-{high}, but no log files are present in '{instance.directory}'",
-                        hint=_OPTIONS_HINT,
-                        path=file.path,
-                    )
-                raise DatabaseLogSetMismatch(
-                    f"database {name!r} belongs to log stream {header.log_signature}, but the "
-                    f"logs in '{instance.directory}' are stream {stream_signature}",
-                    hint="put the database next to its own log files, or restore from backup",
-                    path=file.path,
-                )
-            continue  # a clean database may join a new stream
-        if _is_dirty(header):
-            dirty[name] = header
-
-    for name, header in dirty.items():
-        low, high = _required_range(header)
-        missing = inventory.missing(low, high)
-        if missing:
-            if accept_data_loss:
-                losses.append((name, _missing_message(name, header, missing, inventory)))
-                continue
-            error = MissingLogFile if low in missing else RequiredLogFilesMissing
-            raise error(
-                _missing_message(name, header, missing, inventory),
-                hint=_OPTIONS_HINT,
-                path=os.path.join(instance.directory, generation_log_name(missing[0])),
-            )
-
-    if checkpoint is not None:
-        for attached in checkpoint.attached:
-            if attached.name not in files:
-                notes.append(
-                    f"database {attached.name!r} listed in the checkpoint file has no file; "
-                    "it must be re-created by the log or it is reported missing"
-                )
-
-    members = [f for f in files.values() if f.header.log_signature == stream_signature]
-    if (
-        checkpoint is not None
-        and not members
-        and all(attached.name in files for attached in checkpoint.attached)
-    ):
-        # Every database the checkpoint lists is here but none belongs to this stream any
-        # more (set apart by a data-loss repair, or joined elsewhere): the old logs are only
-        # needed to continue the chain, so only the newest generation is read.
-        notes.append(
-            "no database belongs to the log stream in this directory any more; only its "
-            "newest generation is read"
-        )
-        checkpoint = None
-    candidates = [h.checkpoint_position for h in dirty.values()]
-    if checkpoint is not None:
-        candidates.append(checkpoint.checkpoint_position)
-    highest = inventory.highest
-    if highest is None:
+    decided = decide_start(
+        reading, inventory, files, instance.directory, accept_data_loss=accept_data_loss
+    )
+    notes.extend(decided.notes)
+    outcome.checkpoint = decided.checkpoint
+    losses = list(decided.losses)
+    dirty = decided.dirty
+    start = decided.start
+    if start is None:
         outcome.signature = None
         instance.attach_recovered(files, outcome)
         if losses:
             _settle_data_loss(instance, outcome, losses, None, dirty)
         return outcome
-    if not candidates:
-        candidates.append(LogPosition(highest, 0))
-    start = min(candidates)
     outcome.start = start
-    outcome.signature = stream_signature
+    outcome.signature = decided.signature
     outcome.needed = bool(dirty)
 
     # Databases become live objects now; replay applies to their in-memory trees only.
     databases = instance.attach_recovered(files, outcome)
-    # Only databases of this log stream receive its records. A database stamped with another
-    # stream (or none: repaired after data loss, or a clean copy from another instance)
-    # shares nothing with these logs, even if its id collides with one of them.
-    by_id: dict[int, Database] = {
-        db.db_id: db
-        for db in databases.values()
-        if db.file.header.log_signature == stream_signature
-    }
-    foreign_ids = {db.db_id for db in databases.values() if db.db_id not in by_id}
-    pending_create: dict[int, CreateDatabaseRecord] = {}
+    matcher = RecordMatcher(files, decided)
     pending_ops: dict[int, list[tuple[LogPosition, bytes]]] = {}
-    scanner = LogScanner(fs, inventory, owner=instance.owner, signature=stream_signature)
+    scanner = LogScanner(fs, inventory, owner=instance.owner, signature=decided.signature)
     last_good: LogPosition | None = None
+    scan_stopped = False
     try:
         for entry in scanner.records(start):
             if restore is not None and restore.stops_before(entry):
                 outcome.restore_stopped = True
                 break
-            _replay_entry(
-                instance, entry, by_id, foreign_ids, pending_create, pending_ops, files, outcome
-            )
+            found = matcher.match(entry)
+            if found is not None:
+                if found.kind == "apply":
+                    databases[found.name].apply_replayed(entry.payload, entry.end)
+                elif found.kind == "create":
+                    pending_ops[found.database_id] = []
+                elif found.kind == "pending":
+                    pending_ops[found.database_id].append((entry.end, entry.payload))
+                matcher.count(found)
             last_good = entry.end
-    except (
-        MissingLogFile,
-        LogFileCorrupt,
-        InvalidLogSequence,
-        LogSequenceChecksumMismatch,
-        BadLogSignature,
-    ) as exc:
+    except SCAN_STOPS as exc:
         if not accept_data_loss:
             raise
-        losses.append(("*", f"replay stopped at {last_good or start}: {exc.detail or exc}"))
+        losses.append(scan_stop_loss(exc, last_good, start))
+        scan_stopped = True
+    outcome.replayed = matcher.replayed
+    outcome.skipped = matcher.skipped
+    outcome.needed = outcome.needed or matcher.needed
     for db in databases.values():
         db.finish_replay()
     result = scanner.result
@@ -383,35 +243,17 @@ def _recover(
     outcome.tail = result.tail
     outcome.torn_tail = result.torn_position
     notes.extend(result.notes)
-    tail_generation = result.tail.generation if result.tail is not None else 0
-    scan_stopped = any(name == "*" for name, _ in losses)
-    for name, header in dirty.items():
-        if scan_stopped or outcome.restore_stopped:
-            break  # the scan error already says where the usable log ends; a restore
-            # stopped on purpose, and its images are consistent at their checkpoints
-        if header.generation_max_required > tail_generation:
-            missing = list(range(tail_generation + 1, header.generation_max_required + 1))
-            if accept_data_loss:
-                losses.append((name, _missing_message(name, header, missing, inventory)))
-                continue
-            raise RequiredLogFilesMissing(
-                _missing_message(name, header, missing, inventory),
-                hint=_OPTIONS_HINT,
-                path=os.path.join(instance.directory, generation_log_name(missing[0])),
-            )
-    if stream_signature is not None:
-        for file in files.values():
-            if file.header.log_signature.is_none and _is_dirty(file.header):
-                raise FileNotFound(f"database '{file.path}' has no log stream")
-    unmatched = set(creating) - {create.name for create in pending_create.values()}
-    if unmatched:
-        name = sorted(unmatched)[0]
-        raise AttachedDatabaseMismatch(
-            f"database file {creating[name].path!r} was being created, but the log holds no "
-            "record of its creation",
-            hint="move the file away (it holds no data), then open the instance",
-            path=creating[name].path,
+    pending_create = matcher.pending_create
+    losses.extend(
+        check_after_scan(
+            decided,
+            files,
+            creating,
+            [create.name for create in pending_create.values()],
+            result.tail,
+            replay_stopped=scan_stopped or outcome.restore_stopped,
         )
+    )
     for db_id, create in pending_create.items():
         partial = creating.pop(create.name, None)
         if partial is not None:
@@ -543,64 +385,3 @@ def _move_logs_aside(instance: Instance) -> str | None:
     fs.fsync_directory(target, owner=instance.owner)
     fs.fsync_directory(instance.directory, owner=instance.owner)
     return target
-
-
-def _replay_entry(
-    instance: Instance,
-    entry: LogRecordEntry,
-    by_id: dict[int, Database],
-    foreign_ids: set[int],
-    pending_create: dict[int, CreateDatabaseRecord],
-    pending_ops: dict[int, list[tuple[LogPosition, bytes]]],
-    files: dict[str, DatabaseFile],
-    outcome: RecoveryOutcome,
-) -> None:
-    """Apply one record found in the log (or remember it for a database still to create)."""
-    payload = entry.payload
-    if record_type(payload) == RECORD_COMMIT:
-        database_id, _count = decode_commit_header(payload, entry.start)
-        db = by_id.get(database_id)
-        if db is None:
-            if database_id in foreign_ids and database_id not in pending_create:
-                outcome.skipped += 1
-                return
-            if database_id in pending_create:
-                pending_ops[database_id].append((entry.end, payload))
-                outcome.replayed += 1
-                return
-            raise AttachedDatabaseMismatch(
-                f"the log at {entry.start} holds changes for database id "
-                f"{database_id}, but no database file in '{instance.directory}' "
-                f"has that id",
-                hint="put the missing database file back, or restore from backup",
-            )
-        if entry.start >= db.file.header.checkpoint_position:
-            db.apply_replayed(payload, entry.end)
-            outcome.replayed += 1
-            outcome.needed = True
-        else:
-            outcome.skipped += 1
-        return
-    record = decode_record(payload, entry.start)
-    if isinstance(record, CreateDatabaseRecord):
-        existing = by_id.get(record.database_id)
-        if existing is not None:
-            if existing.file.header.db_signature.random != record.signature_random:
-                raise AttachedDatabaseMismatch(
-                    f"database file {existing.file.path!r} has id {record.database_id} "
-                    "but is not the database the log created with that id",
-                    hint="move the foreign database file away, or restore from backup",
-                    path=existing.file.path,
-                )
-            return
-        if record.name in files:
-            if files[record.name].header.db_id in foreign_ids:
-                return  # created in this stream, since set apart from it (see by_id)
-            raise AttachedDatabaseMismatch(
-                f"database file for {record.name!r} exists with another id than the log "
-                f"created it with ({record.database_id})",
-                path=os.path.join(instance.directory, database_file_name(record.name)),
-            )
-        pending_create[record.database_id] = record
-        pending_ops[record.database_id] = []
-        outcome.needed = True

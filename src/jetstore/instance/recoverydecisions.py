@@ -1,0 +1,572 @@
+"""The decisions of soft recovery, made once for the recovery that acts on them and the
+diagnosis that reports them.
+
+This module owns everything `jetstore.open` decides about an instance directory before it
+writes: what the checkpoint file is worth (`read_checkpoint`, then `decide_start`: kept, or
+ignored as foreign, stale or set aside), which log stream the directory holds, which databases
+need replay, from which position and which generations they require (`decide_start`), which
+database each log record goes to (`RecordMatcher`), what a scan stopped early costs
+(`scan_stop_loss`), and the checks once the scan has reached the end of the log
+(`check_after_scan`). `jetstore.instance.recovery` acts on these decisions (replays, creates
+databases, settles a data loss); `jetstore.instance.diagnosis` only counts and reports them
+(`jetstore diagnose`). Neither makes a decision of its own, so the two cannot disagree.
+
+Invariants:
+- Read-only: the checkpoint file is the only file read here, and nothing is written. The other
+  facts come from the caller, each read its own way (recovery opens `DatabaseFile`s for
+  writing, diagnosis peeks at headers read-only; both scan with `LogScanner`).
+- A refusal raises `Refused`: its `error` is exactly the `JetError` `jetstore.open` raises
+  (class, detail, hint, path); `kind`, `database`, `missing` and `position` say what blocked,
+  for the diagnosis's plain words (so it never works them out again). Recovery raises
+  `error` alone.
+- One order, the first failing check refuses: each stamped database against the log stream
+  (dirty of another stream, or dirty with no log at all), the generations each dirty header
+  requires, (the caller's scan, which may refuse with `SCAN_STOPS`), the generations required
+  beyond the end of the log, a dirty database bound to no stream, a database being created
+  that the log never created.
+- With `accept_data_loss`, a missing or unreadable generation is a loss `(database, reason)`
+  (database "*" for a scan that stopped) instead of a refusal; the reason texts are the ones
+  recovery reports in `DataLoss.reason`. A refusal no option fixes refuses either way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from jetstore.errors import (
+    AttachedDatabaseMismatch,
+    BadLogSignature,
+    DatabaseLogSetMismatch,
+    FileNotFound,
+    InvalidLogSequence,
+    JetError,
+    LogFileCorrupt,
+    LogSequenceChecksumMismatch,
+    MissingLogFile,
+    RequiredLogFilesMissing,
+)
+from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
+from jetstore.format.common import Signature
+from jetstore.format.dbheader import DatabaseHeader, DatabaseState
+from jetstore.format.filenames import CHECKPOINT_FILE, database_file_name, generation_log_name
+from jetstore.format.logrecords import (
+    RECORD_COMMIT,
+    CreateDatabaseRecord,
+    decode_commit_header,
+    decode_record,
+    record_type,
+)
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import FileSystem
+from jetstore.log.reader import LogInventory, LogRecordEntry
+from jetstore.log.writer import LogTail
+
+__all__ = [
+    "SCAN_STOPS",
+    "CheckpointReading",
+    "CheckpointStatus",
+    "DatabaseOnDisk",
+    "HeaderOnDisk",
+    "RecordMatch",
+    "RecordMatcher",
+    "RecoveryStart",
+    "RefusalKind",
+    "Refused",
+    "check_after_scan",
+    "decide_start",
+    "is_dirty",
+    "read_checkpoint",
+    "required_range",
+    "scan_stop_loss",
+    "stream_signature",
+]
+
+#: The scan errors a recovery with `accept_data_loss` turns into a stop instead of a refusal.
+SCAN_STOPS: tuple[type[JetError], ...] = (
+    MissingLogFile,
+    LogFileCorrupt,
+    InvalidLogSequence,
+    LogSequenceChecksumMismatch,
+    BadLogSignature,
+)
+
+#: "missing": generations are missing; "foreign": a dirty database of another log stream;
+#: "no-stream": a dirty database bound to no stream; "mismatch": database files and log do not
+#: belong together; "scan": the chain scan failed; "header": a database header is unreadable
+#: (the last two are found by the caller, which reads the files).
+RefusalKind = Literal["missing", "foreign", "no-stream", "mismatch", "scan", "header"]
+
+#: "valid" (kept), "missing", "damaged" (as read); "foreign", "stale", "set aside" (ignored by
+#: `decide_start`).
+CheckpointStatus = Literal["valid", "missing", "damaged", "foreign", "stale", "set aside"]
+
+_OPTIONS_HINT = (
+    "restore the missing log files, or restore from backup; or, accepting the loss of what "
+    "they held, `jetstore recover DIR --accept-data-loss` brings every database to the last "
+    "point the present logs allow (`jetstore logs verify DIR` shows what is present)"
+)
+
+
+class Refused(Exception):
+    """Recovery refuses: `error` is what `jetstore.open` raises, the rest what blocked it."""
+
+    def __init__(
+        self,
+        error: JetError,
+        kind: RefusalKind,
+        *,
+        database: str | None = None,
+        missing: list[int] | None = None,
+        position: LogPosition | None = None,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.kind: RefusalKind = kind
+        self.database = database
+        self.missing: list[int] = [] if missing is None else missing
+        self.position = position
+
+
+class DatabaseOnDisk(Protocol):
+    """A database file as the decisions see it (`DatabaseFile` is one)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def header(self) -> DatabaseHeader: ...
+
+
+@dataclass(frozen=True)
+class HeaderOnDisk:
+    """A database file's path and header, read without opening it for writing."""
+
+    path: str
+    header: DatabaseHeader
+
+
+def is_dirty(header: DatabaseHeader) -> bool:
+    return header.state is not DatabaseState.CLEAN
+
+
+def required_range(header: DatabaseHeader) -> tuple[int, int]:
+    """The generations a dirty database needs: from its checkpoint to the newest it names."""
+    low = header.checkpoint_position.generation
+    return low, max(header.generation_max_required, low)
+
+
+def stream_signature(inventory: LogInventory) -> Signature | None:
+    """The log stream of a directory: the lowest generation's (the logs are the stream; the
+    checkpoint file is only a hint)."""
+    lowest = inventory.lowest
+    if lowest is None:
+        return None
+    log_header = inventory.files[lowest].header
+    assert log_header is not None  # take_inventory lists unreadable headers apart
+    return log_header.log_signature
+
+
+def _missing_message(
+    name: str, header: DatabaseHeader, missing: list[int], inventory: LogInventory
+) -> str:
+    low, high = required_range(header)
+    files = ", ".join(generation_log_name(g) for g in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return (
+        f"database {name!r} needs log generations {low}-{high} "
+        f"({generation_log_name(low)} to {generation_log_name(high)}) to recover, but "
+        f"{files}{more} are missing; {inventory.describe_present()}"
+    )
+
+
+# --------------------------------------------------------------------------- before the scan
+
+
+@dataclass(frozen=True)
+class CheckpointReading:
+    """The checkpoint file as read: a hint, never an authority."""
+
+    state: CheckpointState | None  # None: missing or damaged
+    status: Literal["valid", "missing", "damaged"]
+    reason: str | None = None
+    notes: tuple[str, ...] = ()  # what recovery reports about it
+    problems: tuple[str, ...] = ()  # a damaged copy of a valid file
+
+
+def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointReading:
+    """`edb.chk` of `directory`; missing or damaged is a status, never an error."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    if not fs.exists(path):
+        notes: tuple[str, ...] = ()
+        if any(name.endswith((".log", ".edb")) for name in fs.listdir(directory)):
+            notes = (f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide",)
+        return CheckpointReading(None, "missing", f"there is no {CHECKPOINT_FILE}", notes)
+    try:
+        data = fs.read_file(path, owner=owner)
+        state, problems = read_checkpoint_file(data, path=path)
+    except JetError as exc:
+        return CheckpointReading(
+            None,
+            "damaged",
+            f"{exc.name}: {exc.detail or exc}",
+            (f"checkpoint file ignored: {exc.detail or exc}",),
+        )
+    return CheckpointReading(state, "valid", None, tuple(problems), tuple(problems))
+
+
+@dataclass
+class RecoveryStart:
+    """What recovery decided before the scan, and the facts it decided from."""
+
+    directory: str
+    inventory: LogInventory
+    accept_data_loss: bool
+    #: The checkpoint file's state unless ignored as foreign or stale (it may still be set
+    #: aside for the start position: `checkpoint_status`).
+    checkpoint: CheckpointState | None = None
+    checkpoint_status: CheckpointStatus = "missing"
+    checkpoint_reason: str | None = None
+    signature: Signature | None = None  # the log stream; None: no log present
+    dirty: dict[str, DatabaseHeader] = field(default_factory=dict)  # of this stream
+    losses: list[tuple[str, str]] = field(default_factory=list)
+    start: LogPosition | None = None  # None: no log present, nothing to scan
+    #: In recovery's order: the checkpoint file's, the log inventory's, then the decisions'.
+    notes: list[str] = field(default_factory=list)
+
+
+def decide_start(
+    reading: CheckpointReading,
+    inventory: LogInventory,
+    files: Mapping[str, DatabaseOnDisk],
+    directory: str,
+    *,
+    accept_data_loss: bool,
+) -> RecoveryStart:
+    """The log stream, the dirty databases and where replay starts; `Refused` where `open`
+    refuses (`accept_data_loss` turns missing generations into losses).
+
+    `files` are the databases that are not being created (those wait for their creation
+    record: `check_after_scan`).
+    """
+    decided = RecoveryStart(directory, inventory, accept_data_loss)
+    notes, losses = decided.notes, decided.losses
+    notes.extend(reading.notes)
+    notes.extend(inventory.problems)
+    decided.checkpoint_status, decided.checkpoint_reason = reading.status, reading.reason
+    checkpoint = reading.state
+    signature = stream_signature(inventory)
+    decided.signature = signature
+    if checkpoint is not None and signature is not None:
+        if checkpoint.log_signature != signature:
+            notes.append(
+                f"checkpoint file ignored: it belongs to log stream {checkpoint.log_signature}, "
+                f"the logs present are stream {signature}"
+            )
+            decided.checkpoint_status = "foreign"
+            decided.checkpoint_reason = "it belongs to another log stream than the logs present"
+            checkpoint = None
+        elif checkpoint.checkpoint_position.generation not in inventory.files:
+            generation = checkpoint.checkpoint_position.generation
+            notes.append(
+                f"checkpoint file ignored: it points to generation {generation}, which is "
+                "not present"
+            )
+            decided.checkpoint_status = "stale"
+            decided.checkpoint_reason = (
+                f"it points to generation {generation}, which is not present"
+            )
+            checkpoint = None
+    decided.checkpoint = checkpoint
+
+    dirty = decided.dirty
+    for name, file in files.items():
+        header = file.header
+        if header.log_signature.is_none:
+            continue
+        if signature is None or header.log_signature != signature:
+            if is_dirty(header):
+                low, high = required_range(header)
+                if signature is None:
+                    if accept_data_loss:
+                        losses.append((name, f"no log files are present (needed {low}-{high})"))
+                        continue
+                    raise Refused(
+                        MissingLogFile(
+                            f"database {name!r} was not shut down cleanly and needs log "
+                            f"generations {low}-{high}, but no log files are present in "
+                            f"'{directory}'",
+                            hint=_OPTIONS_HINT,
+                            path=file.path,
+                        ),
+                        "missing",
+                        database=name,
+                        missing=list(range(low, high + 1)),
+                    )
+                raise Refused(
+                    DatabaseLogSetMismatch(
+                        f"database {name!r} belongs to log stream {header.log_signature}, but "
+                        f"the logs in '{directory}' are stream {signature}",
+                        hint="put the database next to its own log files, or restore from backup",
+                        path=file.path,
+                    ),
+                    "foreign",
+                    database=name,
+                )
+            continue  # a clean database may join a new stream
+        if is_dirty(header):
+            dirty[name] = header
+
+    for name, header in dirty.items():
+        low, high = required_range(header)
+        missing = inventory.missing(low, high)
+        if missing:
+            message = _missing_message(name, header, missing, inventory)
+            if accept_data_loss:
+                losses.append((name, message))
+                continue
+            error = MissingLogFile if low in missing else RequiredLogFilesMissing
+            raise Refused(
+                error(
+                    message,
+                    hint=_OPTIONS_HINT,
+                    path=os.path.join(directory, generation_log_name(missing[0])),
+                ),
+                "missing",
+                database=name,
+                missing=missing,
+            )
+
+    if checkpoint is not None:
+        for attached in checkpoint.attached:
+            if attached.name not in files:
+                notes.append(
+                    f"database {attached.name!r} listed in the checkpoint file has no file; "
+                    "it must be re-created by the log or it is reported missing"
+                )
+
+    members = [f for f in files.values() if f.header.log_signature == signature]
+    if (
+        checkpoint is not None
+        and not members
+        and all(attached.name in files for attached in checkpoint.attached)
+    ):
+        # Every database the checkpoint lists is here but none belongs to this stream any
+        # more (set apart by a data-loss repair, or joined elsewhere): the old logs are only
+        # needed to continue the chain, so only the newest generation is read.
+        notes.append(
+            "no database belongs to the log stream in this directory any more; only its "
+            "newest generation is read"
+        )
+        decided.checkpoint_status = "set aside"
+        decided.checkpoint_reason = "no database belongs to its log stream any more"
+        checkpoint = None
+    highest = inventory.highest
+    if highest is None:
+        return decided
+    # The headers are the authority; a kept checkpoint file can only start replay earlier.
+    candidates = [h.checkpoint_position for h in dirty.values()]
+    if checkpoint is not None:
+        candidates.append(checkpoint.checkpoint_position)
+    decided.start = min(candidates) if candidates else LogPosition(highest, 0)
+    return decided
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+@dataclass(frozen=True)
+class RecordMatch:
+    """What a log record means for database `name` (`database_id`).
+
+    "apply": a committed record to apply to it; "skip": a committed record it already holds
+    (before its checkpoint) or that is not for it (a database set apart from this stream);
+    "create": its creation record, the database has no file (it is created once the scan is
+    over; the records kept for it start again); "pending": a committed record to keep for it
+    until then.
+    """
+
+    kind: Literal["apply", "skip", "create", "pending"]
+    name: str
+    database_id: int
+
+
+class RecordMatcher:
+    """Which database each record of the scan belongs to, and the counts recovery reports.
+
+    Only databases of this log stream receive its records. A database stamped with another
+    stream (or none: repaired after data loss, or a clean copy from another instance) shares
+    nothing with these logs, even if its id collides with one of them.
+    """
+
+    def __init__(self, files: Mapping[str, DatabaseOnDisk], decided: RecoveryStart) -> None:
+        self._files = files
+        self._directory = decided.directory
+        self._by_id: dict[int, str] = {
+            file.header.db_id: name
+            for name, file in files.items()
+            if file.header.log_signature == decided.signature
+        }
+        self._foreign: dict[int, str] = {
+            file.header.db_id: name
+            for name, file in files.items()
+            if file.header.db_id not in self._by_id
+        }
+        #: Creation records replayed for databases without a file, by database id.
+        self.pending_create: dict[int, CreateDatabaseRecord] = {}
+        self.replayed = 0
+        self.skipped = 0
+        self.needed = False  # a record is applied or a database created
+
+    def match(self, entry: LogRecordEntry) -> RecordMatch | None:
+        """What `entry` means for which database (None: for none, e.g. not a commit or a
+        creation); `Refused` ("mismatch") when the files and the log do not belong together.
+        The caller acts on it, then `count`s it."""
+        payload = entry.payload
+        if record_type(payload) == RECORD_COMMIT:
+            database_id, _count = decode_commit_header(payload, entry.start)
+            name = self._by_id.get(database_id)
+            if name is None:
+                foreign = self._foreign.get(database_id)
+                if foreign is not None and database_id not in self.pending_create:
+                    return RecordMatch("skip", foreign, database_id)
+                create = self.pending_create.get(database_id)
+                if create is not None:
+                    return RecordMatch("pending", create.name, database_id)
+                raise Refused(
+                    AttachedDatabaseMismatch(
+                        f"the log at {entry.start} holds changes for database id "
+                        f"{database_id}, but no database file in '{self._directory}' "
+                        f"has that id",
+                        hint="put the missing database file back, or restore from backup",
+                    ),
+                    "mismatch",
+                    position=entry.start,
+                )
+            # Records before a database's own checkpoint are already in its pages.
+            if entry.start >= self._files[name].header.checkpoint_position:
+                return RecordMatch("apply", name, database_id)
+            return RecordMatch("skip", name, database_id)
+        record = decode_record(payload, entry.start)
+        if isinstance(record, CreateDatabaseRecord):
+            return self._match_create(record, entry.start)
+        return None
+
+    def count(self, found: RecordMatch) -> None:
+        """Count a record once it is acted on: one recovery fails to apply (it does not
+        decode) is neither replayed nor skipped."""
+        if found.kind == "skip":
+            self.skipped += 1
+            return
+        if found.kind in ("apply", "pending"):
+            self.replayed += 1
+        if found.kind in ("apply", "create"):
+            self.needed = True
+
+    def _match_create(self, record: CreateDatabaseRecord, at: LogPosition) -> RecordMatch | None:
+        existing = self._by_id.get(record.database_id)
+        if existing is not None:
+            file = self._files[existing]
+            if file.header.db_signature.random != record.signature_random:
+                raise Refused(
+                    AttachedDatabaseMismatch(
+                        f"database file {file.path!r} has id {record.database_id} "
+                        "but is not the database the log created with that id",
+                        hint="move the foreign database file away, or restore from backup",
+                        path=file.path,
+                    ),
+                    "mismatch",
+                    database=existing,
+                    position=at,
+                )
+            return None
+        if record.name in self._files:
+            if self._files[record.name].header.db_id in self._foreign:
+                return None  # created in this stream, since set apart from it
+            raise Refused(
+                AttachedDatabaseMismatch(
+                    f"database file for {record.name!r} exists with another id than the log "
+                    f"created it with ({record.database_id})",
+                    path=os.path.join(self._directory, database_file_name(record.name)),
+                ),
+                "mismatch",
+                database=record.name,
+                position=at,
+            )
+        self.pending_create[record.database_id] = record
+        return RecordMatch("create", record.name, record.database_id)
+
+
+def scan_stop_loss(
+    exc: JetError, last_good: LogPosition | None, start: LogPosition
+) -> tuple[str, str]:
+    """The loss when a scan with `accept_data_loss` stops at one of `SCAN_STOPS`."""
+    return "*", f"replay stopped at {last_good or start}: {exc.detail or exc}"
+
+
+# --------------------------------------------------------------------------- after the scan
+
+
+def check_after_scan(
+    decided: RecoveryStart,
+    files: Mapping[str, DatabaseOnDisk],
+    creating: Mapping[str, DatabaseOnDisk],
+    created: Collection[str],
+    tail: LogTail | None,
+    *,
+    replay_stopped: bool,
+) -> list[tuple[str, str]]:
+    """The checks once the scan has ended at `tail`; `Refused` where `open` refuses, else the
+    losses they add under `accept_data_loss`.
+
+    `created` names the databases whose creation record the scan replayed; `replay_stopped`
+    says the scan ended early (a scan error, already a loss; or a restore stopped on purpose,
+    whose images are consistent at their checkpoints), so the end of the log is not where the
+    headers' required generations should be looked for.
+    """
+    losses: list[tuple[str, str]] = []
+    tail_generation = tail.generation if tail is not None else 0
+    for name, header in decided.dirty.items():
+        if replay_stopped:
+            break
+        if header.generation_max_required > tail_generation:
+            missing = list(range(tail_generation + 1, header.generation_max_required + 1))
+            message = _missing_message(name, header, missing, decided.inventory)
+            if decided.accept_data_loss:
+                losses.append((name, message))
+                continue
+            raise Refused(
+                RequiredLogFilesMissing(
+                    message,
+                    hint=_OPTIONS_HINT,
+                    path=os.path.join(decided.directory, generation_log_name(missing[0])),
+                ),
+                "missing",
+                database=name,
+                missing=missing,
+            )
+    if decided.signature is not None:
+        for name, file in files.items():
+            if file.header.log_signature.is_none and is_dirty(file.header):
+                raise Refused(
+                    FileNotFound(f"database '{file.path}' has no log stream"),
+                    "no-stream",
+                    database=name,
+                )
+    unmatched = set(creating) - set(created)
+    if unmatched:
+        name = sorted(unmatched)[0]
+        path = creating[name].path
+        raise Refused(
+            AttachedDatabaseMismatch(
+                f"database file {path!r} was being created, but the log holds no record of "
+                "its creation",
+                hint="move the file away (it holds no data), then open the instance",
+                path=path,
+            ),
+            "mismatch",
+            database=name,
+        )
+    return losses
