@@ -951,6 +951,16 @@ class AttachedDatabaseMismatch(InconsistentError):
     code = -1216
 
 
+class DatabaseSignInUse(InconsistentError):
+    description = "Two database files in one log stream carry the same database id"
+    hint = (
+        "Move the copy that does not belong to the instance out of its directory (the "
+        "checkpoint file lists the one that does: `jetstore dump checkpoint DIR/edb.chk`), then "
+        "open again; to keep the copy, attach it (`Instance.attach`): it gets an id of its own."
+    )
+    code = -1222
+
+
 class TableDuplicate(IntegrityError):
     description = "A table with this name already exists"
     hint = "Choose another name, or open the existing table."

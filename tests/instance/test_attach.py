@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import jetstore
-from jetstore.errors import DatabaseDirtyShutdown, DatabaseInUse, JetError
+from jetstore.errors import DatabaseDirtyShutdown, DatabaseInUse, DatabaseSignInUse, JetError
 from jetstore.format.dbheader import DatabaseState
+from jetstore.instance.diagnosis import plan_recovery
 from jetstore.io import FileSystem, IOEvent
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
@@ -121,3 +122,92 @@ def test_attach_after_a_lazy_commit_closed_the_generation(tmp_path: Path, dies_a
         else:
             # The attach failed before the file took this instance's header: it is back.
             assert os.path.exists(path)
+
+
+def _clean_database_elsewhere(directory: Path, name: str, count: int) -> Path:
+    """A cleanly shut down `name.edb` made by an instance of its own (database id 1 there)."""
+    with jetstore.open(directory, **SMALL) as elsewhere:
+        db = elsewhere.database(name, create=True)
+        fill(db, 0, count)
+        assert db.db_id == 1
+    return directory / f"{name}.edb"
+
+
+@pytest.mark.parametrize("crash_before_reopen", [False, True])
+def test_a_clean_database_copied_in_with_a_taken_id_joins_under_a_new_id(
+    tmp_path: Path, crash_before_reopen: bool
+) -> None:
+    """A clean database file put into an instance directory joins its log stream at open. Its
+    id routes log records: when another database here has it, it gets a new id (and an
+    event), instead of an instance that cannot write its checkpoint file (it used to fail
+    every open with InvalidParameter until the file was moved away)."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    with jetstore.open(home, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 30)
+    copied = _clean_database_elsewhere(elsewhere, "guest", 20)
+    os.replace(copied, home / "guest.edb")
+    plan = plan_recovery(str(home))
+    assert plan.verdict == "clean"
+    assert any("'guest' joins this log stream under a new id" in n for n in plan.notes)
+    instance = jetstore.open(home, **SMALL)
+    try:
+        main, guest = instance.database("main"), instance.database("guest")
+        assert (main.db_id, guest.db_id) == (1, 2)
+        assert guest.file.header.db_id == 2  # written by the open's first checkpoint
+        renumbered = [e for e in instance.events.recent() if e["name"] == "database_renumbered"]
+        assert [(e["fields"]["old_id"], e["fields"]["db_id"]) for e in renumbered] == [(1, 2)]
+        # Both take commits that recovery must route by the new ids.
+        fill(main, 30, 10)
+        fill(guest, 20, 15)
+        if crash_before_reopen:
+            instance.simulate_crash()
+        else:
+            instance.close()
+    except BaseException:
+        instance.close()
+        raise
+    with jetstore.open(home, **SMALL) as reopened:
+        assert rows(reopened.database("main")) == list(range(40))
+        assert rows(reopened.database("guest")) == list(range(35))
+        assert reopened.database("guest").db_id == 2
+        assert reopened.recovery is not None
+        assert reopened.recovery.needed is crash_before_reopen
+
+
+def test_two_clean_databases_joining_with_one_id_get_ids_of_their_own(tmp_path: Path) -> None:
+    """Two clean files from two other instances (both id 1) join a directory with no logs
+    at all: the first in name order keeps id 1, the second gets the next free one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name, count in (("left", 5), ("right", 7)):
+        copied = _clean_database_elsewhere(tmp_path / name, name, count)
+        os.replace(copied, home / f"{name}.edb")
+    with jetstore.open(home, **SMALL) as instance:
+        assert instance.database("left").db_id == 1
+        assert instance.database("right").db_id == 2
+        fill(instance.database("right"), 7, 3)
+        instance.simulate_crash()
+    with jetstore.open(home, **SMALL) as reopened:
+        assert rows(reopened.database("left")) == list(range(5))
+        assert rows(reopened.database("right")) == list(range(10))
+
+
+def test_a_copy_of_a_database_inside_its_instance_is_refused_clearly(tmp_path: Path) -> None:
+    """A copy made inside the instance directory carries the same id in the same log stream:
+    the log cannot tell their changes apart, so open refuses (DatabaseSignInUse, -1222)
+    naming both files, and `diagnose` says the same, until the copy is moved away."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 10)
+    (tmp_path / "copy.edb").write_bytes((tmp_path / "main.edb").read_bytes())
+    with pytest.raises(DatabaseSignInUse) as raised:
+        jetstore.open(tmp_path, **SMALL)
+    assert raised.value.code == -1222
+    message = str(raised.value)
+    assert "'main'" in message and "'copy'" in message and "database id 1" in message
+    plan = plan_recovery(str(tmp_path))
+    assert plan.verdict == "restore"
+    assert "same id" in plan.summary
+    assert plan.error is not None and plan.error.code == -1222
+    os.remove(tmp_path / "copy.edb")
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert rows(instance.database("main")) == list(range(10))

@@ -42,7 +42,11 @@ from jetstore.format.dbheader import (
     choose_db_header,
     peek_page_size,
 )
-from jetstore.format.filenames import generation_log_name, parse_database_file_name
+from jetstore.format.filenames import (
+    CHECKPOINT_FILE,
+    generation_log_name,
+    parse_database_file_name,
+)
 from jetstore.format.positions import LogPosition
 from jetstore.instance.recoverydecisions import (
     SCAN_STOPS,
@@ -641,6 +645,18 @@ def _refusal(
             f"the header of database {name!r} is unreadable (both copies: "
             f"{error.name}): restore the database from backup"
         )
+    elif refused.kind == "duplicate-id":
+        plan.summary = (
+            f"two database files carry the same id in this log stream "
+            f"({(error.detail or str(error)).rstrip('.')}): move the one that is not the "
+            "instance's out of the directory (the checkpoint file lists the instance's), then "
+            "open again; attach it afterwards to keep it under an id of its own"
+        )
+        plan.next_commands = [
+            f"{command} dump checkpoint {_quote(os.path.join(path, CHECKPOINT_FILE))}",
+            f"{command} dump header {_quote(os.path.join(path, str(name) + '.edb'))}",
+        ]
+        return
     elif refused.kind == "no-stream":
         plan.summary = (
             f"database {name!r} is not shut down cleanly but is bound to no log stream: "

@@ -277,6 +277,7 @@ class Instance:
                 owner=self.owner,
             )
             self._log.start(outcome.tail)
+            self._renumber_joining_databases(outcome)
             self._first_generation = self._log.current_generation
             self._log.on_roll = self._on_roll
             self._log.on_disk_full = self._on_disk_full
@@ -328,6 +329,42 @@ class Instance:
                     self, name, header.db_id, file, header.checkpoint_position
                 )
         return self._databases
+
+    def _renumber_joining_databases(self, outcome: RecoveryOutcome) -> None:
+        """Give a clean database joining the log stream at open an id no other has.
+
+        Log records name their database by id, so ids are unique in an instance. The
+        databases the log knows (its stream's, and those its creation records re-created)
+        keep theirs; a clean file from elsewhere (another instance's, or set apart by a
+        data-loss repair) keeps its own unless one of those, or a joining file before it in
+        name order, has it (`recoverydecisions` notes which). Its new id reaches its header
+        with the stream's signature in the first checkpoint, before any record can carry it;
+        a crash before that leaves it a joining file again.
+        """
+        stream = self.log.signature
+        known = set(outcome.created)
+        databases = self._databases
+        joining = [
+            name
+            for name in sorted(databases)
+            if name not in known and databases[name].file.header.log_signature != stream
+        ]
+        taken = {db.db_id for name, db in databases.items() if name not in joining}
+        for name in joining:
+            db = databases[name]
+            if db.db_id in taken:
+                old_id = db.db_id
+                db.db_id = max(d.db_id for d in databases.values()) + 1
+                self.events.emit(
+                    "database_renumbered",
+                    f"database {name!r} joins this instance's log stream as id {db.db_id}: "
+                    f"its id {old_id} belongs to another database here",
+                    database=name,
+                    old_id=old_id,
+                    db_id=db.db_id,
+                    path=db.file.path,
+                )
+            taken.add(db.db_id)
 
     def create_database_file(self, record: CreateDatabaseRecord) -> Database:
         """Create a database's file from its creation record (creation or its replay)."""
@@ -769,6 +806,7 @@ class Instance:
         for db, plan in plans:
             header = db.file.header
             changes: dict[str, Any] = {
+                "db_id": db.db_id,  # new only for a joining database: `_renumber_joining_databases`
                 "log_signature": signature,
                 "generation_max_committed": max(
                     header.generation_max_committed, db.position.generation

@@ -20,10 +20,12 @@ Invariants:
   for the diagnosis's plain words (so it never works them out again). Recovery raises
   `error` alone.
 - One order, the first failing check refuses: each stamped database against the log stream
-  (dirty of another stream, or dirty with no log at all), the generations each dirty header
-  requires, (the caller's scan, which may refuse with `SCAN_STOPS`), the generations required
-  beyond the end of the log, a dirty database bound to no stream, a database being created
-  that the log never created.
+  (dirty of another stream, or dirty with no log at all), two databases of the stream with
+  one id, the generations each dirty header requires, (the caller's scan, which may refuse
+  with `SCAN_STOPS`), the generations required beyond the end of the log, a dirty database
+  bound to no stream, a database being created that the log never created.
+- Database ids are unique among the stream's databases; a clean database joining it whose id
+  is taken is noted here and renumbered by `Instance` before its header is first written.
 - With `accept_data_loss`, a missing or unreadable generation is a loss `(database, reason)`
   (database "*" for a scan that stopped) instead of a refusal; the reason texts are the ones
   recovery reports in `DataLoss.reason`. A refusal no option fixes refuses either way.
@@ -40,6 +42,7 @@ from jetstore.errors import (
     AttachedDatabaseMismatch,
     BadLogSignature,
     DatabaseLogSetMismatch,
+    DatabaseSignInUse,
     FileNotFound,
     InvalidLogSequence,
     JetError,
@@ -97,7 +100,9 @@ SCAN_STOPS: tuple[type[JetError], ...] = (
 #: "no-stream": a dirty database bound to no stream; "mismatch": database files and log do not
 #: belong together; "scan": the chain scan failed; "header": a database header is unreadable
 #: (the last two are found by the caller, which reads the files).
-RefusalKind = Literal["missing", "foreign", "no-stream", "mismatch", "scan", "header"]
+RefusalKind = Literal[
+    "missing", "foreign", "no-stream", "mismatch", "scan", "header", "duplicate-id"
+]
 
 #: "valid" (kept), "missing", "damaged" (as read); "foreign", "stale", "set aside" (ignored by
 #: `decide_start`).
@@ -319,6 +324,8 @@ def decide_start(
         if is_dirty(header):
             dirty[name] = header
 
+    _check_ids(files, signature, notes)
+
     for name, header in dirty.items():
         low, high = required_range(header)
         missing = inventory.missing(low, high)
@@ -372,6 +379,46 @@ def decide_start(
         candidates.append(checkpoint.checkpoint_position)
     decided.start = min(candidates) if candidates else LogPosition(highest, 0)
     return decided
+
+
+def _check_ids(
+    files: Mapping[str, DatabaseOnDisk], signature: Signature | None, notes: list[str]
+) -> None:
+    """Database ids route log records: within the stream they must be unique.
+
+    Two members with one id (a copy of a database file made inside the instance directory, or
+    two files stamped alike by hand) make the log ambiguous: `Refused` (DatabaseSignInUse).
+    A clean database joining the stream keeps its id unless a member or a database joining
+    before it (in name order) has it; then `Instance` gives it a new one before the first
+    checkpoint writes its header (noted here, so the diagnosis says it too).
+    """
+    taken: dict[int, str] = {}
+    joining: list[str] = []
+    for name in sorted(files):
+        header = files[name].header
+        if signature is None or header.log_signature != signature:
+            joining.append(name)
+            continue
+        other = taken.setdefault(header.db_id, name)
+        if other != name:
+            raise Refused(
+                DatabaseSignInUse(
+                    f"databases {other!r} ('{files[other].path}') and {name!r} "
+                    f"('{files[name].path}') both carry database id {header.db_id} in the log "
+                    "stream of this directory: its records cannot be told apart",
+                    path=files[name].path,
+                ),
+                "duplicate-id",
+                database=name,
+            )
+    for name in joining:
+        db_id = files[name].header.db_id
+        other = taken.setdefault(db_id, name)
+        if other != name:
+            notes.append(
+                f"database {name!r} joins this log stream under a new id: its id {db_id} "
+                f"is database {other!r}'s"
+            )
 
 
 # --------------------------------------------------------------------------- the scan
