@@ -41,6 +41,7 @@ from typing import Literal, Protocol
 from jetstore.errors import (
     AttachedDatabaseMismatch,
     BadLogSignature,
+    ConsistentTimeMismatch,
     DatabaseLogSetMismatch,
     DatabaseSignInUse,
     FileNotFound,
@@ -236,6 +237,12 @@ class RecoveryStart:
     checkpoint_reason: str | None = None
     signature: Signature | None = None  # the log stream; None: no log present
     dirty: dict[str, DatabaseHeader] = field(default_factory=dict)  # of this stream
+    #: Clean databases of this stream older than the checkpoint file (an older copy of the
+    #: file put back): replay brings them forward from their own position (`_older_copies`).
+    behind: dict[str, DatabaseHeader] = field(default_factory=dict)
+    #: Older copies whose log is gone, kept as they are under `accept_data_loss`: the scan
+    #: gives them none of the records after their position.
+    kept_as_copies: set[str] = field(default_factory=set)
     losses: list[tuple[str, str]] = field(default_factory=list)
     start: LogPosition | None = None  # None: no log present, nothing to scan
     #: In recovery's order: the checkpoint file's, the log inventory's, then the decisions'.
@@ -325,6 +332,7 @@ def decide_start(
             dirty[name] = header
 
     _check_ids(files, signature, notes)
+    _older_copies(decided, files, checkpoint)
 
     for name, header in dirty.items():
         low, high = required_range(header)
@@ -375,10 +383,89 @@ def decide_start(
         return decided
     # The headers are the authority; a kept checkpoint file can only start replay earlier.
     candidates = [h.checkpoint_position for h in dirty.values()]
+    candidates += [h.checkpoint_position for h in decided.behind.values()]
     if checkpoint is not None:
         candidates.append(checkpoint.checkpoint_position)
     decided.start = min(candidates) if candidates else LogPosition(highest, 0)
     return decided
+
+
+def _older_copies(
+    decided: RecoveryStart,
+    files: Mapping[str, DatabaseOnDisk],
+    checkpoint: CheckpointState | None,
+) -> None:
+    """Clean databases of the stream whose file may be an older copy put back.
+
+    A clean database of the stream holds every change up to its position and none after: a
+    log record for it after its position means the file was replaced by an older copy. Replay
+    must then start at its position, or it would skip the changes in between and apply the
+    later ones on top (a database that never existed). So a clean database whose log from
+    its position is present starts replay no later than there (`behind`; for a database that
+    is not a copy this changes nothing: the last clean shutdown wrote every header and the
+    checkpoint file at one position). Where that log is gone, the checkpoint file is the
+    evidence: every checkpoint writes each attached database's header before the file, so a
+    database it lists (same id and signature) is never clean at an earlier position unless
+    it is a copy: `Refused` (ConsistentTimeMismatch), or a loss under `accept_data_loss` (it
+    stays as the copy left it). Without that evidence the scan refuses at the first record
+    for it (`RecordMatcher`).
+    """
+    if decided.signature is None:
+        return
+    listed = set() if checkpoint is None else {(a.db_id, a.signature) for a in checkpoint.attached}
+    inventory = decided.inventory
+    for name in sorted(files):
+        file = files[name]
+        header = file.header
+        if header.log_signature != decided.signature or is_dirty(header):
+            continue
+        position = header.checkpoint_position
+        low = max(position.generation, 1)
+        high = inventory.highest
+        missing = inventory.missing(low, high) if high is not None and low <= high else [low]
+        older = (
+            checkpoint is not None
+            and (header.db_id, header.db_signature) in listed
+            and position < checkpoint.checkpoint_position
+        )
+        if not missing:
+            decided.behind[name] = header
+            if older:
+                assert checkpoint is not None
+                decided.notes.append(
+                    f"database {name!r} is older than the instance's checkpoint (clean at "
+                    f"{position}, the checkpoint file is at {checkpoint.checkpoint_position}): "
+                    "an older copy of its file; replay brings it forward from there"
+                )
+            continue
+        if not older:
+            continue
+        assert checkpoint is not None
+        gone = ", ".join(generation_log_name(g) for g in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        message = (
+            f"database {name!r} ('{file.path}') is clean at log position {position}, older than "
+            f"the instance's checkpoint at {checkpoint.checkpoint_position}: the file was "
+            f"replaced by an older copy, and the log files that would bring it forward "
+            f"({gone}{more}) are gone"
+        )
+        if decided.accept_data_loss:
+            decided.losses.append((name, message))
+            decided.kept_as_copies.add(name)
+            continue
+        raise Refused(
+            ConsistentTimeMismatch(message, hint=_OLDER_COPY_HINT, path=file.path),
+            "missing",
+            database=name,
+            missing=missing,
+        )
+
+
+_OLDER_COPY_HINT = (
+    "put the database file the instance last wrote back in place, or restore from backup; "
+    "`jetstore recover DIR --accept-data-loss` keeps the older copy as it is (what was "
+    "committed after it is lost)"
+)
 
 
 def _check_ids(
@@ -451,6 +538,8 @@ class RecordMatcher:
     def __init__(self, files: Mapping[str, DatabaseOnDisk], decided: RecoveryStart) -> None:
         self._files = files
         self._directory = decided.directory
+        self._start = decided.start
+        self._kept_as_copies = decided.kept_as_copies
         self._by_id: dict[int, str] = {
             file.header.db_id: name
             for name, file in files.items()
@@ -493,9 +582,28 @@ class RecordMatcher:
                     position=entry.start,
                 )
             # Records before a database's own checkpoint are already in its pages.
-            if entry.start >= self._files[name].header.checkpoint_position:
-                return RecordMatch("apply", name, database_id)
-            return RecordMatch("skip", name, database_id)
+            header = self._files[name].header
+            if entry.start < header.checkpoint_position or name in self._kept_as_copies:
+                return RecordMatch("skip", name, database_id)
+            if self._start is not None and header.checkpoint_position < self._start:
+                # Only an older copy of a clean database's file gets here (`_older_copies`
+                # starts replay at every other clean database's position): what changed
+                # between its position and the start of the scan is out of reach.
+                raise Refused(
+                    ConsistentTimeMismatch(
+                        f"database {name!r} ('{self._files[name].path}') is clean at log "
+                        f"position {header.checkpoint_position}, but the log holds a change "
+                        f"to it at {entry.start}: the file was replaced by an older copy, and "
+                        f"the log from its position is gone (replay starts at {self._start})",
+                        hint="put the database file the instance last wrote back in place, "
+                        "or restore from backup",
+                        path=self._files[name].path,
+                    ),
+                    "mismatch",
+                    database=name,
+                    position=entry.start,
+                )
+            return RecordMatch("apply", name, database_id)
         record = decode_record(payload, entry.start)
         if isinstance(record, CreateDatabaseRecord):
             return self._match_create(record, entry.start)
