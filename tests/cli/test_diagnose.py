@@ -253,6 +253,33 @@ def test_torn_tail_is_recoverable(crashed: Path, run_json: RunJson) -> None:
     assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
 
 
+def test_truncated_newest_log_is_data_loss_not_a_torn_tail(
+    crashed: Path, run_json: RunJson
+) -> None:
+    """A newest log file cut short is damage (log files are preallocated in full): diagnose
+    says so like `logs verify`, and agrees with open and with open accepting the loss."""
+    path = crashed / CURRENT_LOG
+    end = len(path.read_bytes().rstrip(b"\x00"))
+    size = (LOG_HEADER_SIZE + end) // 2
+    os.truncate(path, size)
+    code, document = run_json("logs", "verify", crashed)
+    assert [p["error"] for p in document["result"]["problems"] if p["check"] == "size"] == [
+        "LogFileSizeMismatch"
+    ]
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1
+    assert result["verdict"] == "data-loss"
+    assert result["torn_tail"] is None
+    assert result["open_error"]["name"] == "LogFileSizeMismatch"  # type: ignore[index]
+    assert f"it holds {size} bytes" in result["open_error"]["detail"]  # type: ignore[index]
+    assert result["data_loss"]["possible"] is True  # type: ignore[index]
+    assert f"jetstore recover {crashed} --accept-data-loss" in result["next_commands"]  # type: ignore[operator]
+    human = run_entry_point("diagnose", crashed)
+    assert human.returncode == 1, human.stderr
+    assert "recoverable" not in human.stdout.split("\n")[0]
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
 def test_damaged_closed_generation(crashed: Path, run_json: RunJson) -> None:
     path = crashed / generation_log_name(2)
     data = path.read_bytes()

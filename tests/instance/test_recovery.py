@@ -20,6 +20,7 @@ from jetstore.errors import (
     InvalidLogSequence,
     JetError,
     LogFileCorrupt,
+    LogFileSizeMismatch,
     MissingLogFile,
     RequiredLogFilesMissing,
 )
@@ -200,6 +201,189 @@ def test_torn_tail_is_the_end_of_the_log(tmp_path: Path) -> None:
     with jetstore.open(tmp_path, **SMALL) as instance:
         assert read_ids(instance) == list(range(n))
         assert instance.recovery.torn_tail is not None
+
+
+def _data_end(path: Path) -> int:
+    """Where the frames of a log file end: the rest of a preallocated file is zeros."""
+    return len(path.read_bytes().rstrip(b"\x00"))
+
+
+@pytest.mark.parametrize("cut", ["mid-frame", "in-the-zeros", "header-only"])
+def test_truncated_newest_log_is_refused_not_a_torn_tail(tmp_path: Path, cut: str) -> None:
+    """A newest log file shorter than its header's size was cut after the fact (log files are
+    written at full size before use): recovery refuses it like `logs verify` does, whatever
+    the cut left, instead of dropping acknowledged commits as a torn tail."""
+    n = crashed_instance(tmp_path)
+    path = tmp_path / CURRENT_LOG
+    original = path.read_bytes()
+    end = _data_end(path)
+    size = {
+        "mid-frame": (LOG_HEADER_SIZE + end) // 2,
+        "in-the-zeros": end + 100,  # nothing of the log's records is cut off
+        "header-only": LOG_HEADER_SIZE,
+    }[cut]
+    os.truncate(path, size)
+    before = snapshot(tmp_path)
+    with pytest.raises(LogFileSizeMismatch) as info:
+        jetstore.open(tmp_path, **SMALL)
+    error = info.value
+    assert error.code == -541 and error.path == str(path)
+    text = str(error)
+    assert (
+        f"edb.log (generation {decode_log_header(original[:4096], path='edb.log').generation})"
+        in text
+    )
+    assert f"is truncated: it holds {size} bytes" in text
+    assert f"created with {len(original)} bytes" in text
+    assert "restore from backup" in text
+    assert f"jetstore recover {tmp_path} --accept-data-loss" in text
+    assert snapshot(tmp_path) == before, "a refused recovery writes nothing"
+    # The diagnosis refuses the same way.
+    plan = plan_recovery(str(tmp_path))
+    assert plan.error is not None and plan.error.name == "LogFileSizeMismatch"
+    assert plan.verdict == "data-loss"
+    # The complete file put back: every acknowledged commit is there.
+    path.write_bytes(original)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+
+
+def test_longer_newest_log_is_refused(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    path = tmp_path / CURRENT_LOG
+    with path.open("ab") as file:
+        file.write(b"\x00" * 4096)
+    with pytest.raises(LogFileSizeMismatch, match="is longer than it should be"):
+        jetstore.open(tmp_path, **SMALL)
+
+
+def test_accept_data_loss_stops_at_a_truncated_log(tmp_path: Path) -> None:
+    """With `accept_data_loss` the replay stops at the cut: exactly the commits whose records
+    lie before it survive (the same as if the cut-off part had never been written)."""
+    n = crashed_instance(tmp_path / "cut")
+    path = tmp_path / "cut" / CURRENT_LOG
+    original = path.read_bytes()
+    cut = (LOG_HEADER_SIZE + _data_end(path)) // 2
+    # The oracle: the same bytes up to the cut, zeros after it (never written: a legitimate
+    # end of the log, full size) recover normally.
+    os.makedirs(tmp_path / "oracle")
+    for name in os.listdir(tmp_path / "cut"):
+        if name != "jetstore.lock":
+            (tmp_path / "oracle" / name).write_bytes((tmp_path / "cut" / name).read_bytes())
+    (tmp_path / "oracle" / CURRENT_LOG).write_bytes(original[:cut] + bytes(len(original) - cut))
+    with jetstore.open(tmp_path / "oracle", **SMALL) as instance:
+        expected = read_ids(instance)
+    assert 0 < len(expected) < n
+    os.truncate(path, cut)
+    with _open_accepting_loss(tmp_path / "cut") as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and loss.databases == ["main"]
+        assert "edb.log (generation" in loss.reason and "is truncated" in loss.reason
+        assert loss.moved_logs_to is not None
+        assert os.path.getsize(os.path.join(loss.moved_logs_to, CURRENT_LOG)) == cut
+        assert read_ids(instance) == expected
+    events = (tmp_path / "cut" / "events.jsonl").read_text()
+    assert "recovery_data_loss" in events
+    with jetstore.open(tmp_path / "cut", **SMALL) as instance:
+        assert read_ids(instance) == expected
+
+
+@pytest.mark.parametrize("cut", ["frames", "past-the-recorded-end"])
+def test_truncated_closed_generation_is_refused(tmp_path: Path, cut: str) -> None:
+    """A closed generation is held to the same size rule, also when the cut removed none of
+    its frames (the verifier calls it an error either way)."""
+    n = crashed_instance(tmp_path)
+    instance = jetstore.open(tmp_path, **SMALL)
+    for _ in range(5):
+        with instance.database("main").transaction() as txn:
+            txn.table("t").insert({"id": n, "v": f"{n:06d}" * 20})
+            n += 1
+    closed = instance.log.roll()  # closed early: room after its recorded end
+    with instance.database("main").transaction() as txn:
+        txn.table("t").insert({"id": n, "v": f"{n:06d}" * 20})
+        n += 1
+    instance.simulate_crash()
+    path = tmp_path / generation_log_name(closed)
+    original = path.read_bytes()
+    successor = decode_log_header((tmp_path / CURRENT_LOG).read_bytes()[:4096], path="edb.log")
+    assert successor.generation == closed + 1
+    recorded_end = successor.previous_generation_end
+    assert LOG_HEADER_SIZE + 1000 < recorded_end < len(original)
+    size = recorded_end - 1000 if cut == "frames" else recorded_end
+    os.truncate(path, size)
+    with pytest.raises(LogFileSizeMismatch) as info:
+        jetstore.open(tmp_path, **SMALL)
+    assert info.value.path == str(path) and f"it holds {size} bytes" in str(info.value)
+    assert plan_recovery(str(tmp_path)).verdict == "data-loss"
+    path.write_bytes(original)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+
+
+BIG_FILES = dict(SMALL, log_file_size=2 * 1024 * 1024)  # preallocated in two 1 MiB writes
+
+
+def _fail_second_write_to(name: str, armed: dict[str, int]) -> FileSystem:
+    """Fail the write of `name`'s second MiB once armed: a preallocation cut short after 1 MiB."""
+
+    def hook(event: IOEvent) -> None:
+        if (
+            armed["on"]
+            and event.op == "write"
+            and os.path.basename(event.path) == name
+            and event.offset == 1024 * 1024
+        ):
+            raise OSError(5, "injected: the process dies during preallocation")
+
+    return FileSystem(hook=hook)
+
+
+def test_crash_while_preparing_the_next_log_file_recovers(tmp_path: Path) -> None:
+    """The next log file is prepared as edbtmp.log; cut short by a crash it is shorter than
+    its size and has no header: not part of the log, never a reason to refuse."""
+    armed = {"on": 0}
+    instance = jetstore.open(
+        tmp_path, filesystem=_fail_second_write_to("edbtmp.log", armed), **BIG_FILES
+    )
+    db = instance.database("main", create=True)
+    db.create_table(
+        "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+    )
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 0, "v": "a: before the roll"})
+    assert instance.log.wait_prepared()
+    armed["on"] = 1
+    instance.log.roll()  # takes the prepared file; the next preparation fails half way
+    assert instance.log.wait_prepared()
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "b: after the roll"})
+    instance.simulate_crash()
+    assert os.path.getsize(tmp_path / "edbtmp.log") == 1024 * 1024
+    assert plan_recovery(str(tmp_path)).verdict == "recoverable"
+    with jetstore.open(tmp_path, **BIG_FILES) as reopened:
+        assert read_ids(reopened) == [0, 1]
+    with jetstore.open(tmp_path, **BIG_FILES) as reopened:
+        assert read_ids(reopened) == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["edbtmp.log", "edbres00001.jrs"])
+def test_crash_while_preallocating_the_first_files_recovers(tmp_path: Path, name: str) -> None:
+    """The very first open dies while preallocating a log or reserve file: the next open
+    starts over (the short file holds no header, nothing was acknowledged)."""
+    armed = {"on": 1}
+    with pytest.raises(JetError):
+        jetstore.open(tmp_path, filesystem=_fail_second_write_to(name, armed), **BIG_FILES)
+    assert os.path.getsize(tmp_path / name) == 1024 * 1024
+    with jetstore.open(tmp_path, **BIG_FILES) as instance:
+        db = instance.database("main", create=True)
+        db.create_table(
+            "t", [("id", "int"), ("v", "text")], primary_key="id", indexes=[("by_v", ["v"])]
+        )
+        with db.transaction() as txn:
+            txn.table("t").insert({"id": 7, "v": "x"})
+        instance.simulate_crash()
+    with jetstore.open(tmp_path, **BIG_FILES) as instance:
+        assert read_ids(instance) == [7]
 
 
 def test_foreign_generation_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ start of the file, little-endian:
 | 56 | 8 | previous_generation_created_time (u64): created_time of generation - 1 (*) |
 | 64 | 4 | previous_generation_end (u32): offset just past its last frame (*) |
 | 68 | 4 | previous_generation_checksum (u32): accumulated checksum of its frames (*) |
-| 72 | 4 | log_file_size (u32): the fixed size of every log file of this stream |
+| 72 | 4 | log_file_size (u32): this file's size (the option at its creation) (**) |
 | 76 | 4 | data_start (u32): first byte of the frame area (`LOG_HEADER_SIZE`) |
 | 80 | 4 | page_size (u32): the instance's database page size |
 | 84 | 4 | flags (u32, `LogFileFlags`): bit 0 circular logging on at creation, bit 1 reserve log |
@@ -21,6 +21,11 @@ start of the file, little-endian:
 | 104 | ... | zero to 4096 (covered by the CRC) |
 
 (*) about the previous generation; all three are 0 in the first generation of a stream.
+(**) a log file is written in full (zero-filled, synced) before its header is written, so a
+file whose header decodes is exactly this long: any other length is damage done after (a cut
+or a broken copy), never a crash (`log_file_length_problem`, one rule for recovery, the
+verifier and the diagnosis). Generations of one stream may differ when the option changed
+between opens.
 
 Times are u64 microseconds since the Unix epoch, UTC.
 
@@ -119,6 +124,25 @@ def log_file_size_problem(log_file_size: int) -> str | None:
             f"larger than the {LOG_HEADER_SIZE}-byte header"
         )
     return None
+
+
+def log_file_length_problem(name: str, header: LogFileHeader, length: int) -> str | None:
+    """Why a log file `name` of `length` bytes with this `header` is damaged, or None.
+
+    The one size rule for recovery (`jetstore.log.reader`) and the verifier
+    (`jetstore.log.verify`): the file's own header, not the current option, says how long it
+    is, because the option may have changed since the file was made. The writer fills and
+    syncs the whole file before it writes the header, so no crash leaves a short file with a
+    valid header (a preallocation cut short has no header yet: it is not part of the log).
+    """
+    expected = header.log_file_size
+    if length == expected:
+        return None
+    what = "is truncated" if length < expected else "is longer than it should be"
+    return (
+        f"{name} (generation {header.generation}) {what}: it holds {length} bytes, its header "
+        f"says it was created with {expected} bytes"
+    )
 
 
 def _invariant_problems(h: LogFileHeader) -> list[str]:

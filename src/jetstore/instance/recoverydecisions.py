@@ -48,6 +48,7 @@ from jetstore.errors import (
     InvalidLogSequence,
     JetError,
     LogFileCorrupt,
+    LogFileSizeMismatch,
     LogSequenceChecksumMismatch,
     MissingLogFile,
     RequiredLogFilesMissing,
@@ -92,6 +93,7 @@ __all__ = [
 SCAN_STOPS: tuple[type[JetError], ...] = (
     MissingLogFile,
     LogFileCorrupt,
+    LogFileSizeMismatch,
     InvalidLogSequence,
     LogSequenceChecksumMismatch,
     BadLogSignature,

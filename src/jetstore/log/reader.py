@@ -5,6 +5,10 @@ Read-only: nothing here writes, renames or deletes (diagnose and dump rely on th
 Chain verification (each failure stops reading with ESE's error, naming the generation):
 - every file's header is valid (`LogFileCorrupt`) and its generation matches its name
   (`LogGenerationMismatch`); every generation carries the stream's signature (`BadLogSignature`);
+- every file read is exactly as long as its header's `log_file_size` (`LogFileSizeMismatch`,
+  after the records before the damage were read; the rule the verifier applies too,
+  `log_file_length_problem`): log files are written in full before use, so a short newest
+  file is a cut, never a torn tail;
 - generations are contiguous (`MissingLogFile`, naming the missing file);
 - each header's `previous_generation_created_time` equals the previous file's creation time
   (`InvalidLogSequence`), and its `previous_generation_end` / `previous_generation_checksum`
@@ -20,12 +24,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from jetstore.errors import (
     BadLogSignature,
     InvalidLogSequence,
     JetError,
     LogFileCorrupt,
+    LogFileSizeMismatch,
     LogGenerationMismatch,
     LogSequenceChecksumMismatch,
     MissingLogFile,
@@ -47,7 +53,12 @@ from jetstore.format.logframe import (
     decode_frame,
     find_next_valid_frame,
 )
-from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
+from jetstore.format.logheader import (
+    LOG_HEADER_SIZE,
+    LogFileHeader,
+    decode_log_header,
+    log_file_length_problem,
+)
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
 from jetstore.log.writer import LogTail
@@ -347,6 +358,11 @@ class LogScanner:
                 first_frame_in_gen = False
                 offset = frame.next_offset
             end_of_frames = offset
+            size_problem = log_file_length_problem(os.path.basename(entry.path), header, len(data))
+            if size_problem is not None:
+                # Checked before the torn-tail rule: a file cut short may end in what looks
+                # like a torn flush (or in nothing at all), but no crash makes one.
+                self._refuse_size(entry, size_problem, LogPosition(generation, end_of_frames))
             if is_newest:
                 # An all-zero rest (a fresh preallocated file) holds no frame and nothing torn:
                 # counting zeros is ~10x faster than searching them for the generation.
@@ -388,6 +404,25 @@ class LogScanner:
                 checksum=checksum,
                 is_current_file=entry.is_current,
             )
+
+    def _refuse_size(self, entry: GenerationFile, problem: str, read_to: LogPosition) -> NoReturn:
+        """A log file of another size than its header records: damage, not a torn tail.
+
+        Its frames up to the damage were yielded (each verifies on its own), so a recovery
+        that accepts the data loss stops at `read_to`, as for any other damage.
+        """
+        raise LogFileSizeMismatch(
+            f"'{entry.path}': {problem}. Log files are written at their full size before "
+            f"they are used, so no crash leaves one like this: it was cut or badly copied. "
+            f"Its records are readable up to {read_to}; whatever the log held after that "
+            "(acknowledged commits among it) is lost unless the complete file is put back",
+            hint="put the complete file back (from where it was copied, or restore from "
+            "backup); or, accepting the loss of what it held after "
+            f"{read_to}, `jetstore recover {self._inventory.directory} --accept-data-loss` "
+            "brings every database to the last record before the damage "
+            f"(`jetstore logs verify {self._inventory.directory}` lists every problem)",
+            path=entry.path,
+        )
 
     def _check_link(
         self,

@@ -18,7 +18,8 @@ Invariants:
 What is checked (the error class named in a problem is the one recovery would raise):
 - each file's header decodes (`LogFileCorrupt`, `BadLogVersion`, `FileInvalidType`: status
   "unreadable") and its generation matches its name (`LogGenerationMismatch`);
-- each file's size equals its header's `log_file_size` (`LogFileSizeMismatch`);
+- each file's size equals its header's `log_file_size` (`LogFileSizeMismatch`): the rule
+  recovery applies too (`jetstore.format.logheader.log_file_length_problem`);
 - every file carries the stream's signature, the one most files carry (`BadLogSignature` for
   the odd ones out; ties go to the newest generation's signature);
 - generations are contiguous from the lowest to the highest present (`MissingLogFile`, one
@@ -77,7 +78,12 @@ from jetstore.format.logframe import (
     decode_frame,
     find_next_valid_frame,
 )
-from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
+from jetstore.format.logheader import (
+    LOG_HEADER_SIZE,
+    LogFileHeader,
+    decode_log_header,
+    log_file_length_problem,
+)
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
 
@@ -434,16 +440,15 @@ class _Verifier:
             entry.header = None  # the name decides where the file sits; its header is wrong
             return
         entry.usable = True
-        if entry.size != header.log_file_size:
-            size = entry.size or 0
-            what = "is truncated" if size < header.log_file_size else "is longer than it should be"
+        size = entry.size or 0
+        size_problem = log_file_length_problem(entry.name, header, size)
+        if size_problem is not None:
             self._report_on(
                 entry,
                 "error",
                 "size",
                 LogFileSizeMismatch,
-                f"{entry.name} (generation {header.generation}) {what}: it holds {size} bytes, "
-                f"its header says log files of this stream are {header.log_file_size} bytes",
+                size_problem,
                 offset=min(size, header.log_file_size),
             )
 
