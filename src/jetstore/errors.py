@@ -596,10 +596,13 @@ class DatabaseLogSetMismatch(InconsistentError):
 
 
 class LogFileSizeMismatch(InconsistentError):
-    description = "Existing log files have a different size than the configured log file size"
+    # Each log file records its own size (the option may change between opens), so the
+    # only way to a mismatch is a file cut or extended after it was written.
+    description = "A log file's size differs from the size its header records"
     hint = (
-        "Open the instance with the log file size the logs were written with; to change it, "
-        "shut down cleanly first, then change the setting."
+        "The file was cut short or extended after it was written (log files are written at "
+        "full size before use; no crash does this). Put the complete file back or "
+        f"{_RESTORE}; {_LOSSY}."
     )
     code = -541
 
