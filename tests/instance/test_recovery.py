@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -423,6 +424,36 @@ def test_database_of_the_log_missing_is_refused(tmp_path: Path) -> None:
     os.unlink(tmp_path / "main.edb")
     with pytest.raises(AttachedDatabaseMismatch):
         jetstore.open(tmp_path, **SMALL)
+
+
+@pytest.mark.parametrize("how", ["closed", "detached"])
+def test_database_of_the_log_replaced_by_another_is_refused(tmp_path: Path, how: str) -> None:
+    """The crashed database's file replaced by another instance's database of the same name
+    and id (clean, or detached: bound to no stream). Skipping the log's records for that id as
+    if they belonged to the newcomer would drop the crashed database's commits silently; open
+    and diagnose refuse instead, naming the file, until the right file is back."""
+    home, other = tmp_path / "home", tmp_path / "other"
+    rows = crashed_instance(home, checkpoint_after_create=True)
+    with jetstore.open(other, **SMALL) as elsewhere:
+        db = elsewhere.database("main", create=True)
+        assert db.db_id == 1
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        if how == "detached":
+            elsewhere.detach("main")
+    original = home / "main.edb.original"
+    os.replace(home / "main.edb", original)
+    shutil.copy(other / "main.edb", home / "main.edb")
+    before = snapshot(home)
+    with pytest.raises(AttachedDatabaseMismatch) as raised:
+        jetstore.open(home, **SMALL)
+    assert "is another database" in str(raised.value)
+    assert str(home / "main.edb") in str(raised.value)
+    assert snapshot(home) == before
+    plan = plan_recovery(str(home))
+    assert plan.error is not None and plan.error.code == -1216
+    os.replace(original, home / "main.edb")
+    with jetstore.open(home, **SMALL) as instance:
+        assert read_ids(instance) == list(range(rows))
 
 
 def test_database_that_cannot_be_opened_stops_recovery(tmp_path: Path) -> None:

@@ -368,7 +368,11 @@ def decide_start(
     if (
         checkpoint is not None
         and not members
-        and all(attached.name in files for attached in checkpoint.attached)
+        and all(
+            attached.name in files
+            and files[attached.name].header.db_signature == attached.signature
+            for attached in checkpoint.attached
+        )
     ):
         # Every database the checkpoint lists is here but none belongs to this stream any
         # more (set apart by a data-loss repair, or joined elsewhere): the old logs are only
@@ -532,9 +536,14 @@ class RecordMatch:
 class RecordMatcher:
     """Which database each record of the scan belongs to, and the counts recovery reports.
 
-    Only databases of this log stream receive its records. A database stamped with another
-    stream (or none: repaired after data loss, or a clean copy from another instance) shares
-    nothing with these logs, even if its id collides with one of them.
+    Only databases of this log stream receive its records. A database set apart from the
+    stream (clean and bound to none: detached, or repaired after data loss) may have left
+    records of its own before it was set apart: they are skipped. But a record whose id
+    belongs to no database of the stream is refused (AttachedDatabaseMismatch) when the file
+    with that id cannot have written it: one stamped with another log stream (a copy from
+    another instance), or one whose signature is not that of the database the checkpoint
+    file lists under the id. The record's own database is then missing, and skipping it
+    would lose committed changes without a word.
     """
 
     def __init__(self, files: Mapping[str, DatabaseOnDisk], decided: RecoveryStart) -> None:
@@ -552,6 +561,13 @@ class RecordMatcher:
             for name, file in files.items()
             if file.header.db_id not in self._by_id
         }
+        checkpoint = decided.checkpoint
+        #: Database signatures of the checkpoint file's attached databases, by id.
+        self._listed = (
+            {}
+            if checkpoint is None
+            else {attached.db_id: attached for attached in checkpoint.attached}
+        )
         #: Creation records replayed for databases without a file, by database id.
         self.pending_create: dict[int, CreateDatabaseRecord] = {}
         self.replayed = 0
@@ -569,6 +585,7 @@ class RecordMatcher:
             if name is None:
                 foreign = self._foreign.get(database_id)
                 if foreign is not None and database_id not in self.pending_create:
+                    self._check_set_apart(foreign, database_id, entry.start)
                     return RecordMatch("skip", foreign, database_id)
                 create = self.pending_create.get(database_id)
                 if create is not None:
@@ -610,6 +627,33 @@ class RecordMatcher:
         if isinstance(record, CreateDatabaseRecord):
             return self._match_create(record, entry.start)
         return None
+
+    def _check_set_apart(self, name: str, database_id: int, at: LogPosition) -> None:
+        """`Refused` unless database `name`, not of this stream, can have written a record
+        for `database_id` at `at` before it was set apart (see the class)."""
+        file = self._files[name]
+        header = file.header
+        listed = self._listed.get(database_id)
+        if not header.log_signature.is_none:
+            why = f"it belongs to log stream {header.log_signature} (a copy from another instance?)"
+        elif listed is not None and listed.signature != header.db_signature:
+            why = f"the checkpoint file lists database {listed.name!r} under that id, not this file"
+        else:
+            return
+        owner = f" ({listed.name!r} in the checkpoint file)" if listed is not None else ""
+        raise Refused(
+            AttachedDatabaseMismatch(
+                f"the log at {at} holds changes for database id {database_id}{owner}, but the "
+                f"file with that id, '{file.path}', is another database: {why}; the database "
+                "the log changes is missing",
+                hint="put the database file that belongs to this instance back in place (move "
+                "this one away), or restore from backup",
+                path=file.path,
+            ),
+            "mismatch",
+            database=name,
+            position=at,
+        )
 
     def count(self, found: RecordMatch) -> None:
         """Count a record once it is acted on: one recovery fails to apply (it does not
