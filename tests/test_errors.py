@@ -385,6 +385,9 @@ def _errno(name: str) -> int:
         ("ENFILE", OutOfFileHandles),
         ("ENOTDIR", InvalidPath),
         ("ENAMETOOLONG", InvalidPath),
+        ("EISDIR", InvalidPath),
+        ("EEXIST", InvalidPath),
+        ("ELOOP", InvalidPath),
         ("ENOMEM", OutOfMemory),
         ("EIO", DiskIO),
         ("EINVAL", DiskIO),
@@ -398,7 +401,40 @@ def test_from_os_error_maps_errno(errno_name: str, expected: type[JetError]) -> 
     assert err.__cause__ is os_err
     assert err.errno == number
     assert err.path == "/x/edb.log"
-    assert err.detail == f"write failed on '/x/edb.log': [Errno {number}] some OS message"
+    os_message = f"[Errno {number}] some OS message"
+    if expected is InvalidPath:
+        # A path error says what is wrong with the path, then what the OS said.
+        assert err.detail.endswith(f"(write failed: {os_message})")
+        assert "/x/edb.log" in err.detail and err.hint != InvalidPath.hint
+    else:
+        assert err.detail == f"write failed on '/x/edb.log': {os_message}"
+
+
+@pytest.mark.parametrize(
+    ("errno_name", "op", "says"),
+    [
+        ("EISDIR", "create", "'/x/edbtmp.log' is a directory, where the engine keeps a file"),
+        ("EEXIST", "create directory", "'/x/edbtmp.log' is a file, where the engine needs a"),
+        ("EEXIST", "create", "'/x/edbtmp.log' already exists"),
+        ("ENOTDIR", "create", "a parent of '/x/edbtmp.log' is a file, not a directory"),
+        ("ENAMETOOLONG", "create", "is too long for the file system"),
+        ("ELOOP", "create", "loop of symbolic links"),
+    ],
+)
+def test_from_os_error_path_errors_say_what_is_wrong(errno_name: str, op: str, says: str) -> None:
+    number = _errno(errno_name)
+    err = from_os_error(OSError(number, "msg"), op=op, path="/x/edbtmp.log")
+    assert type(err) is InvalidPath
+    assert says in err.detail
+    # Never the disk-hardware advice of DiskIO.
+    assert "SMART" not in str(err) and "cabling" not in str(err)
+
+
+def test_from_os_error_path_errors_without_errno() -> None:
+    err = from_os_error(IsADirectoryError("x"), op="open", path="/x/main.edb")
+    assert type(err) is InvalidPath and "is a directory" in err.detail
+    err = from_os_error(FileExistsError("x"), op="create", path="/x/main.edb")
+    assert type(err) is InvalidPath and "already exists" in err.detail
 
 
 def test_from_os_error_real_exception_and_raise_from(tmp_path: Path) -> None:

@@ -827,7 +827,10 @@ class DiskIO(IOFailure):
 
 
 class InvalidPath(UsageError):
-    description = "A file path is invalid (too long, or a parent is not a directory)"
+    description = (
+        "A file path is invalid (empty, too long, a parent is not a directory, a directory "
+        "where a file belongs or the reverse, or a place that cannot hold the engine's files)"
+    )
     hint = "Check the path in the message: every parent must be an existing directory."
     code = -1023
 
@@ -1200,7 +1203,7 @@ def _errno_table() -> dict[int, type[JetError]]:
         (("EACCES", "EPERM", "EROFS", "ETXTBSY", "EBUSY"), FileAccessDenied),
         (("ENOSPC", "EDQUOT", "EFBIG"), DiskFull),
         (("EMFILE", "ENFILE"), OutOfFileHandles),
-        (("ENOTDIR", "ENAMETOOLONG"), InvalidPath),
+        (("ENOTDIR", "ENAMETOOLONG", "EISDIR", "EEXIST", "ELOOP"), InvalidPath),
         (("ENOMEM",), OutOfMemory),
     ]
     table: dict[int, type[JetError]] = {}
@@ -1218,7 +1221,51 @@ _BY_OSERROR_TYPE: Final[tuple[tuple[type[OSError], type[JetError]], ...]] = (
     (FileNotFoundError, FileNotFound),
     (PermissionError, FileAccessDenied),
     (NotADirectoryError, InvalidPath),
+    (IsADirectoryError, InvalidPath),
+    (FileExistsError, InvalidPath),
 )
+
+
+def _path_problem(number: int | None, op: str, path: str) -> tuple[str, str] | None:
+    """What is wrong with `path` for a path errno, and what to do: (explanation, hint).
+
+    None for the other errors (their class's hint fits). The explanation is about the path,
+    never the disk: a directory where a file belongs is an operator's mistake, not an I/O
+    error, and "check the cabling" would send them the wrong way.
+    """
+    if number == _errno.EISDIR:
+        return (
+            f"'{path}' is a directory, where the engine keeps a file",
+            f"Move the directory '{path}' away (or rename it): the name is one the engine "
+            "uses for a file of its own. Then retry.",
+        )
+    if number == _errno.EEXIST:
+        if op == "create directory":
+            return (
+                f"'{path}' is a file, where the engine needs a directory",
+                "Give a path that is a directory or does not exist yet, or move the file away.",
+            )
+        return (
+            f"'{path}' already exists",
+            "Move the existing file away or give another path, then retry.",
+        )
+    if number == _errno.ENOTDIR:
+        return (
+            f"a parent of '{path}' is a file, not a directory",
+            "Check the path: every parent must be a directory (or not exist yet, where the "
+            "engine creates directories).",
+        )
+    if number == _errno.ENAMETOOLONG:
+        return (
+            f"the path '{path}' (or one of its names) is too long for the file system",
+            "Use a shorter path.",
+        )
+    if number == _errno.ELOOP:
+        return (
+            f"'{path}' goes through a loop of symbolic links (or too many of them)",
+            "Fix the symbolic links on the path, or give a path without them.",
+        )
+    return None
 
 
 def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
@@ -1226,7 +1273,9 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
 
     The result names the operation, the path and the OS message, carries ``errno`` and has
     ``__cause__`` set to ``exc``. Callers raise it: ``raise from_os_error(e, ...) from e``.
-    Unrecognised errors (EIO and the rest) become ``DiskIO``.
+    Unrecognised errors (EIO and the rest) become ``DiskIO``. Errors about the path itself
+    (EISDIR, EEXIST, ENOTDIR, ENAMETOOLONG, ELOOP) become ``InvalidPath`` whose detail says
+    what is wrong with the path and whose hint what to do about it.
     """
     cls: type[JetError] | None = None
     if exc.errno is not None:
@@ -1242,7 +1291,17 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
         os_message = f"[Errno {exc.errno}] {exc.strerror}"
     else:
         os_message = str(exc) or type(exc).__name__
-    err = cls(f"{op} failed on {path!r}: {os_message}", path=path)
+    number = exc.errno
+    if number is None and isinstance(exc, IsADirectoryError):
+        number = _errno.EISDIR
+    elif number is None and isinstance(exc, FileExistsError):
+        number = _errno.EEXIST
+    problem = _path_problem(number, op, path) if cls is InvalidPath else None
+    if problem is None:
+        err = cls(f"{op} failed on {path!r}: {os_message}", path=path)
+    else:
+        explanation, hint = problem
+        err = cls(f"{explanation} ({op} failed: {os_message})", hint=hint, path=path)
     err.errno = exc.errno
     err.__cause__ = exc
     return err

@@ -260,3 +260,45 @@ def test_counters_of_an_instance_in_use_need_the_control_socket(
         assert "control socket" in document["error"]["detail"]
         assert run(["counters", str(closed)]) == 3
         assert "control socket" in " ".join(capsys.readouterr().err.split())
+
+
+def test_logs_verify_refuses_a_directory_that_is_no_instance(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    code, document = run_json("logs", "verify", tmp_path)
+    assert (code, document["error"]["name"]) == (2, "InvalidPath")
+    assert "not a jetstore instance directory" in document["error"]["message"]
+
+
+def _remove_logs(directory: Path) -> None:
+    for name in os.listdir(directory):
+        if name.endswith((".log", ".jrs")):
+            (directory / name).unlink()
+
+
+def test_logs_verify_without_logs_on_clean_databases_says_none_needed(
+    closed: Path, run_json: RunJson
+) -> None:
+    _remove_logs(closed)
+    code, document = run_json("logs", "verify", closed)
+    assert code == 0
+    assert document["result"]["generations"] == []
+    assert document["result"]["databases_needing_logs"] == []
+    human = run_entry_point("logs", "verify", closed)
+    assert human.returncode == 0
+    assert "no log files; none are needed (every database is clean)" in human.stdout
+    assert "can be used by recovery" not in human.stdout
+
+
+def test_logs_verify_without_logs_on_a_dirty_database_exits_1(
+    crashed: Path, run_json: RunJson
+) -> None:
+    _remove_logs(crashed)
+    code, document = run_json("logs", "verify", crashed)
+    assert code == 1
+    assert document["result"]["ok"] is False
+    [entry] = document["result"]["databases_needing_logs"]
+    assert (entry["database"], entry["state"]) == ("main", "DIRTY")
+    human = run_entry_point("logs", "verify", crashed)
+    assert human.returncode == 1
+    assert "database(s) need them" in human.stdout

@@ -16,6 +16,7 @@ from jetstore.errors import (
     FileAccessDenied,
     InstanceUnavailable,
     InvalidParameter,
+    InvalidPath,
 )
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.dbheader import DatabaseState, choose_db_header
@@ -305,3 +306,62 @@ def test_durable_commit_of_nothing_makes_earlier_lazy_commits_durable(tmp_path: 
         instance.database("main").transaction() as txn,
     ):
         assert txn.table("t").get(7) == {"id": 7, "v": "lazy"}
+
+
+# --------------------------------------------------------------------------- operator's paths
+
+
+def test_empty_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidPath, match="path is empty") as info:
+        jetstore.open("", **SMALL)
+    assert "'.'" in info.value.hint
+    assert os.listdir(tmp_path) == []  # nothing created in the current directory
+
+
+def test_regular_file_as_instance_directory_is_a_path_error(tmp_path: Path) -> None:
+    path = tmp_path / "afile"
+    path.write_bytes(b"")
+    with pytest.raises(InvalidPath, match="is a file, not a directory") as info:
+        jetstore.open(path, **SMALL)
+    assert str(path) in str(info.value) and "SMART" not in str(info.value)
+    with pytest.raises(InvalidPath, match=r"a parent of .* is a file"):
+        jetstore.open(path / "below", **SMALL)
+
+
+@pytest.mark.parametrize("name", ["junk.edb", "edbtmp.log", "jetstore.lock"])
+def test_directory_where_the_engine_keeps_a_file(tmp_path: Path, name: str) -> None:
+    instance_dir = tmp_path / "i"
+    jetstore.open(instance_dir, **SMALL).close()
+    target = instance_dir / name
+    if target.exists():
+        target.unlink()
+    target.mkdir()
+    with pytest.raises(InvalidPath) as info:
+        jetstore.open(instance_dir, **SMALL)
+    err = info.value
+    assert f"'{target}' is a directory, where the engine keeps a file" in err.detail
+    assert "Move the directory" in err.hint
+    assert "SMART" not in str(err) and "cabling" not in str(err)
+    target.rmdir()
+    jetstore.open(instance_dir, **SMALL).close()  # once it is moved away, all is well
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("path", ["/proc", "/proc/jetstore-no-such-instance"])
+def test_special_file_system_cannot_hold_an_instance(path: str) -> None:
+    with pytest.raises((InvalidPath, FileAccessDenied)) as info:
+        jetstore.open(path, **SMALL)
+    text = str(info.value)
+    assert "cannot hold an instance" in text
+    assert "backup" not in text  # no "restore from a backup" for an instance never made
+
+
+def test_unwritable_directory_cannot_hold_an_instance(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(FileAccessDenied, match="cannot hold an instance") as info:
+        jetstore.open(locked, **SMALL)
+    assert "backup" not in str(info.value)

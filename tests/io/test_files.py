@@ -8,7 +8,14 @@ import os
 
 import pytest
 
-from jetstore.errors import DiskFull, DiskIO, FileAccessDenied, FileNotFound, JetError
+from jetstore.errors import (
+    DiskFull,
+    DiskIO,
+    FileAccessDenied,
+    FileNotFound,
+    InvalidPath,
+    JetError,
+)
 from jetstore.io.files import File, FileSystem, IOEvent
 from jetstore.io.handles import HandleKind, HandleRegistry
 
@@ -114,7 +121,8 @@ def test_exclusive_create_refuses_existing_file(
         f.pwrite(b"keep", 0)
     with pytest.raises(JetError) as info:
         fs.open(path, owner=OWNER, create=True, exclusive=True)
-    assert not isinstance(info.value, FileNotFound)
+    assert isinstance(info.value, InvalidPath)
+    assert "already exists" in info.value.detail
     assert info.value.errno == errno.EEXIST
     assert path in str(info.value)
     assert isinstance(info.value.__cause__, FileExistsError)
@@ -610,3 +618,45 @@ def test_use_after_close_never_touches_another_file(fs: FileSystem, tmp_path) ->
                 a.pwrite(b"CLOBBER!", 0)
         finally:
             assert b.pread(8, 0) == b"precious"
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_open_refuses_a_directory_as_a_path_error(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, writable: bool
+) -> None:
+    path = str(tmp_path / "edbtmp.log")
+    os.mkdir(path)
+    with pytest.raises(InvalidPath) as info:
+        fs.open(path, owner=OWNER, create=writable, writable=writable)
+    err = info.value
+    assert err.errno == errno.EISDIR
+    assert f"'{path}' is a directory, where the engine keeps a file" in err.detail
+    assert "Move the directory" in err.hint and "SMART" not in str(err)
+    assert no_handles(registry)
+
+
+def test_makedirs_on_a_file_and_under_a_file_are_path_errors(fs: FileSystem, tmp_path) -> None:
+    path = tmp_path / "afile"
+    path.write_bytes(b"")
+    with pytest.raises(InvalidPath, match="is a file, where the engine needs a directory"):
+        fs.makedirs(str(path))
+    with pytest.raises(InvalidPath, match=r"a parent of .* is a file, not a directory"):
+        fs.makedirs(str(path / "x"))
+
+
+def test_symlink_loop_is_a_path_error(fs: FileSystem, tmp_path) -> None:
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    with pytest.raises(InvalidPath, match="loop of symbolic links") as info:
+        fs.open(str(loop), owner=OWNER)
+    assert info.value.errno == errno.ELOOP
+
+
+def test_genuine_io_error_stays_disk_io(tmp_path) -> None:
+    def hook(event: IOEvent) -> None:
+        if event.op == "fsync":
+            raise OSError(errno.EIO, "Input/output error")
+
+    fs = FileSystem(HandleRegistry("t"), hook)
+    with fs.open(str(tmp_path / "f"), owner=OWNER, create=True) as f, pytest.raises(DiskIO):
+        f.fsync()

@@ -17,6 +17,7 @@ import struct
 import pytest
 
 from jetstore.errors import (
+    DatabaseCorrupted,
     DatabaseDuplicate,
     JetError,
     PageNotInitialized,
@@ -956,3 +957,62 @@ def test_lost_write_of_every_rewritten_page_is_detected(fs: FileSystem, path: st
     db = reopen(fs, path)
     assert dict(contents(db, db.root())) == h.model
     db.close()
+
+
+# --------------------------------------------------------------------------- truncated files
+
+
+def _instance_with_rows(directory: str, rows: int) -> str:
+    import jetstore
+
+    options = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
+    with jetstore.open(directory, **options) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        with db.transaction() as txn:
+            for n in range(rows):
+                txn.table("t").insert({"id": n, "v": "x" * 100})
+    return os.path.join(directory, "main.edb")
+
+
+@pytest.mark.parametrize("size", [0, 100, 5000])
+def test_file_shorter_than_one_page_is_truncated(tmp_path, size: int) -> None:
+    path = _instance_with_rows(str(tmp_path / "i"), 10)
+    os.truncate(path, size)
+    with pytest.raises(DatabaseCorrupted) as info:
+        DatabaseFile.open(FileSystem(HandleRegistry("t")), path, owner="t", cache_pages=16)
+    err = info.value
+    assert f"'{path}' is {size} bytes, shorter than one page" in err.detail
+    assert "it is truncated" in err.detail
+    assert "restore the database from a backup" in err.hint and "repair" in err.hint
+
+
+def test_page_beyond_the_end_of_the_file_is_truncated(tmp_path) -> None:
+    path = _instance_with_rows(str(tmp_path / "i"), 3000)
+    size = 8192 * 3
+    os.truncate(path, size)
+    registry = HandleRegistry("t")
+    db = DatabaseFile.open(FileSystem(registry), path, owner="t", cache_pages=16)
+    try:
+        with pytest.raises(DatabaseCorrupted) as info:
+            db.root()
+    finally:
+        db.close()
+    err = info.value
+    assert "is beyond the end of the file" in err.detail
+    assert f"({size} bytes;" in err.detail and "the file is truncated" in err.detail
+    assert "bytes long, expected" not in err.detail
+
+
+def test_page_cut_short_by_the_end_of_the_file(tmp_path) -> None:
+    path = _instance_with_rows(str(tmp_path / "i"), 3000)
+    db = DatabaseFile.open(FileSystem(HandleRegistry("t")), path, owner="t", cache_pages=16)
+    root = db.header.root_pgno
+    db.close()
+    os.truncate(path, root * 8192 + 100)
+    db = DatabaseFile.open(FileSystem(HandleRegistry("t")), path, owner="t", cache_pages=16)
+    try:
+        with pytest.raises(DatabaseCorrupted, match=r"cut short by the end of the file \(100 of"):
+            db.root()
+    finally:
+        db.close()

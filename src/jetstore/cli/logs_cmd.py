@@ -2,9 +2,12 @@
 
 This module owns the three `logs` commands:
 
-* `logs verify DIR`: `jetstore.log.verify.verify_logs`, read-only (esentutl /ml). Exit 0 when
-  no problem has severity "error" (a torn tail of the newest log is normal after a crash and
-  is shown as a note), 1 otherwise. `result` is `LogVerification.as_dict()` unchanged.
+* `logs verify DIR`: `jetstore.log.verify.verify_logs`, read-only (esentutl /ml). DIR must
+  be an instance directory (`ensure_instance_directory`). Exit 0 when no problem has
+  severity "error" (a torn tail of the newest log is normal after a crash and is shown as a
+  note), 1 otherwise. `result` is `LogVerification.as_dict()`; when DIR holds no log file at
+  all it also has `databases_needing_logs` (the databases not cleanly shut down, or whose
+  header cannot be read), and `ok` is false (exit 1) unless that list is empty.
 * `logs removable DIR`: opens the instance (only when no other process holds it: exit 3
   otherwise), asks `Instance.removable_logs()`, closes it, and lists with file names what
   crash recovery no longer needs and what is also covered by a backup. Nothing is deleted.
@@ -34,7 +37,9 @@ from jetstore.cli.support import (
     refuse_if_in_use,
     usage_failure,
 )
-from jetstore.format.filenames import generation_log_name
+from jetstore.errors import JetError
+from jetstore.format.dbheader import PEEK_SIZE, DatabaseState, choose_db_header, peek_page_size
+from jetstore.format.filenames import generation_log_name, parse_database_file_name
 from jetstore.io.files import FileSystem
 from jetstore.log.verify import verify_logs
 
@@ -79,7 +84,26 @@ def _print_verification(result: dict[str, Any]) -> None:
     counts = result["counts"]
     if result["missing_files"]:
         console.print(Text(f"missing: {', '.join(result['missing_files'])}", "bold red"))
-    if result["ok"]:
+    if "databases_needing_logs" in result:
+        needing = result["databases_needing_logs"]
+        if not needing:
+            console.print(
+                Text("no log files; none are needed (every database is clean)", "bold green")
+            )
+        else:
+            for entry in needing:
+                console.print(
+                    Text(f"database {entry['database']!r} ({entry['file']}): {entry['reason']}")
+                )
+            console.print(
+                Text(
+                    f"no log files, but {len(needing)} database(s) need them: recovery would "
+                    "refuse to open the instance; put the log files back, or restore from a "
+                    "backup",
+                    "bold red",
+                )
+            )
+    elif result["ok"]:
         torn = [p for p in result["problems"] if p["check"] == "torn-tail"]
         note = (
             " (the newest log ends in a torn write: normal after a crash; recovery ends the "
@@ -108,11 +132,48 @@ def logs_verify_command(directory: str, as_json: bool) -> None:
     Exits 0 when recovery can use the logs (a torn tail of the newest log is normal after a
     crash), 1 when a problem of severity "error" was found.
     """
-    verification = verify_logs(FileSystem(), directory, owner=OWNER)
+    fs = FileSystem()
+    ensure_instance_directory(fs, directory)
+    verification = verify_logs(fs, directory, owner=OWNER)
     result = verification.as_dict()
+    ok = verification.ok
+    if not verification.generations:
+        # No log at all: fine when no database needs one (all shut down cleanly), fatal for
+        # recovery otherwise. "the logs can be used" would be no answer either way.
+        needing = _databases_needing_logs(fs, directory)
+        result["databases_needing_logs"] = needing
+        ok = ok and not needing
+        result["ok"] = ok
     if not as_json:
         _print_verification(result)
-    finish("logs verify", as_json=as_json, ok=verification.ok, result=result)
+    finish("logs verify", as_json=as_json, ok=ok, result=result)
+
+
+def _databases_needing_logs(fs: FileSystem, directory: str) -> list[dict[str, Any]]:
+    """The databases of `directory` that are not clean (recovery would need logs for them),
+    or whose header cannot be read (nobody can tell): database, file, state, reason."""
+    needing: list[dict[str, Any]] = []
+    for file_name in fs.listdir(directory):
+        name = parse_database_file_name(file_name)
+        if name is None:
+            continue
+        path = os.path.join(directory, file_name)
+        entry: dict[str, Any] = {"database": name, "file": file_name, "state": None}
+        try:
+            with fs.open(path, owner=OWNER, writable=False) as file:
+                page_size = peek_page_size(file.pread(PEEK_SIZE, 0)) or PEEK_SIZE
+                copy0 = file.pread(page_size, 0)
+                copy1 = file.pread(page_size, page_size)
+            header, _problems = choose_db_header(copy0, copy1, path=path)
+        except JetError as exc:
+            entry["reason"] = f"its header cannot be read ({exc.name}: {exc.detail})"
+            needing.append(entry)
+            continue
+        if header.state is not DatabaseState.CLEAN:
+            entry["state"] = header.state.name
+            entry["reason"] = f"it was not shut down cleanly (state {header.state.name})"
+            needing.append(entry)
+    return needing
 
 
 # --------------------------------------------------------------------------- removable

@@ -40,8 +40,11 @@ from jetstore.errors import (
     DatabaseDuplicate,
     DatabaseInUse,
     DatabaseNotFound,
+    FileAccessDenied,
+    FileNotFound,
     InstanceUnavailable,
     InvalidParameter,
+    InvalidPath,
     JetError,
     LogDiskFull,
 )
@@ -197,8 +200,7 @@ class Instance:
 
     def _open(self) -> None:
         try:
-            self.fs.makedirs(self.directory)
-            self._lock = acquire_directory_lock(self.fs, self.directory, owner=self.owner)
+            self._lock = self._claim_directory()
             self._events = EventLog(self.fs, self.directory, owner=self.owner)
             files = open_database_files(self)
             # Replay allocates millions of long-lived objects that hold no cycles: the
@@ -318,6 +320,45 @@ class Instance:
             self._release_everything()
             self.state = InstanceState.CLOSED
             raise
+
+    def _claim_directory(self) -> DirectoryLock:
+        """Create the instance directory if needed and take its lock.
+
+        This is where a new instance begins, so a failure here is about the place, not about
+        lost files: "restore from a backup" would be wrong advice for an instance that never
+        existed. A path that is a file is InvalidPath; a directory the engine cannot create
+        files in (a special file system like /proc, which answers ENOENT, or a read-only
+        one) is InvalidPath or FileAccessDenied with a hint to choose another directory.
+        """
+        directory = self.directory
+        if self.fs.exists(directory) and not self.fs.is_directory(directory):
+            raise InvalidPath(
+                f"'{directory}' is a file, not a directory: an instance is a directory of its own",
+                hint="Give the instance directory: an existing one, or a path that does not "
+                "exist yet (it is created).",
+                path=directory,
+            )
+        try:
+            self.fs.makedirs(directory)
+            return acquire_directory_lock(self.fs, directory, owner=self.owner)
+        except FileNotFound as exc:
+            raise InvalidPath(
+                f"'{directory}' cannot hold an instance: {exc.detail}; the engine cannot "
+                "create files there (a special file system such as /proc or /sys, or the "
+                "directory was removed while opening)",
+                hint="Choose an instance directory on a writable, ordinary file system.",
+                path=exc.path or directory,
+            ) from exc
+        except FileAccessDenied as exc:
+            if exc.errno is None:
+                raise  # the lock is held by another opener: its message says by whom
+            raise FileAccessDenied(
+                f"'{directory}' cannot hold an instance: {exc.detail}; this process may not "
+                "create files there (permissions, or a read-only or special file system)",
+                hint="Choose an instance directory this process can write to, or make this "
+                "one writable for it.",
+                path=exc.path or directory,
+            ) from exc
 
     def attach_recovered(
         self, files: Mapping[str, DatabaseFile], outcome: RecoveryOutcome
@@ -1345,6 +1386,13 @@ def open_instance(
         )
     _check_option_types(options)
     directory = os.fspath(path)
+    if not directory:
+        # os.path.abspath("") is the current directory: an empty string (an unset variable,
+        # a missing argument) must not quietly put an instance there.
+        raise InvalidPath(
+            "the instance directory path is empty",
+            hint="Give the instance directory's path (use '.' for the current directory).",
+        )
     if "log_file_size" not in options:
         existing = _existing_log_file_size(directory)
         if existing is not None:

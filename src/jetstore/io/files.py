@@ -3,7 +3,10 @@
 Invariants:
 - Every open file is a `File` registered in a `HandleRegistry`; `File.close()` is idempotent.
 - Every OS failure leaves this module as a `jetstore.errors.JetError` naming the operation and
-  the path (`from_os_error`), never as a bare `OSError`.
+  the path (`from_os_error`), never as a bare `OSError`. A mistake in the path (a directory
+  where a file belongs or the reverse, a parent that is a file, a name too long, a symlink
+  loop) is `InvalidPath` saying what is wrong with it; only genuine I/O errors are `DiskIO`.
+- `open` never returns a `File` for a directory (InvalidPath, as EISDIR), even read-only.
 - `pwrite` writes everything or raises; `pread` returns fewer bytes only at end of file.
 - Every durability-relevant operation (create, write, fsync, fdatasync, directory fsync,
   rename, unlink, truncate) first goes through the file system's `hook`, if one is set. The
@@ -15,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -202,6 +206,17 @@ class FileSystem:
             fd = os.open(path, flags, 0o644)
         except OSError as exc:
             raise from_os_error(exc, op=op, path=path) from exc
+        try:
+            is_directory = stat.S_ISDIR(os.fstat(fd).st_mode)
+        except OSError as exc:
+            os.close(fd)
+            raise from_os_error(exc, op="stat", path=path) from exc
+        if is_directory:
+            # Read-only opens of a directory succeed; say what is wrong now, not at the
+            # first read ("Is a directory") or, worse, after judging its size as a file's.
+            os.close(fd)
+            cause = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            raise from_os_error(cause, op=op, path=path) from cause
         handle = self.registry.register(HandleKind.FILE, owner, path, lambda: os.close(fd))
         return File(self, fd, path, handle, writable)
 

@@ -19,6 +19,9 @@ Invariants:
 - The persisted free list of a header lists exactly the pages free in that header's tree:
   the reusable pages, the pages freed at or before its checkpoint position, and the previous
   free-list chain; never a page the tree uses.
+- A file shorter than one page, or ending before a page the header counts, is
+  `DatabaseCorrupted` saying it is truncated (with the file's size), never a decoding error
+  about the short read.
 - Every page the header reaches is read through a reference naming its exact image (D12): the
   header holds the root's and the first free-list page's CRC32C, branches and free-list pages
   hold their successors'. A valid but different image of a page (a lost write) is
@@ -90,6 +93,15 @@ class CheckpointPlan:
     #: CRC32C of the first free-list page once written (0 for an empty chain).
     freelist_crc: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def truncated_hint(path: str) -> str:
+    """What to do about a database file that ends before its pages do."""
+    return (
+        "The file was cut short (an interrupted copy, a full disk, or a truncation): restore "
+        f"the database from a backup. If there is none, `jetstore repair '{path}'` reports "
+        "what can be salvaged (and with --accept-data-loss keeps it)."
+    )
 
 
 class DatabaseFile:
@@ -168,6 +180,16 @@ class DatabaseFile:
             if page_size is None:
                 # The first copy cannot even say its page size: try every size for copy 1.
                 page_size = _guess_page_size(file) or 8192
+            size = file.size()
+            if size < page_size:
+                # Else both header copies fail on their own terms ("block size field says
+                # 8192, expected 5000"), which hides what happened: the file was cut short.
+                raise DatabaseCorrupted(
+                    f"'{path}' is {size} bytes, shorter than one page ({page_size} bytes): "
+                    "it is truncated",
+                    hint=truncated_hint(path),
+                    path=path,
+                )
             copy0 = file.pread(page_size, 0)
             copy1 = file.pread(page_size, page_size)
             header, problems = choose_db_header(copy0, copy1, path=path)
@@ -239,7 +261,7 @@ class DatabaseFile:
                 hint="the database is damaged: run `jetstore checksum` and restore from backup",
                 path=self.path,
             )
-        data = self._file.pread(self.page_size, pgno * self.page_size)
+        data = self._read_page(pgno)
         self.pages_read += 1
         node = decode_node(
             pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
@@ -286,6 +308,25 @@ class DatabaseFile:
         pgno = header.root_pgno
         return None if pgno == 0 else self.load(child_ref(pgno, header.root_crc))
 
+    def _read_page(self, pgno: int) -> bytes:
+        """Page `pgno` as read; DatabaseCorrupted naming the file's size if the file ends
+        before the page does (the header says the page exists: the file was truncated)."""
+        data = self._file.pread(self.page_size, pgno * self.page_size)
+        if len(data) < self.page_size:
+            size = self._file.size()
+            where = (
+                "beyond the end of the file"
+                if not data
+                else f"cut short by the end of the file ({len(data)} of {self.page_size} bytes)"
+            )
+            raise DatabaseCorrupted(
+                f"page {pgno} of '{self.path}' is {where} ({size} bytes; the database has "
+                f"{self._page_count} pages of {self.page_size} bytes): the file is truncated",
+                hint=truncated_hint(self.path),
+                path=self.path,
+            )
+        return data
+
     def read_raw_page(self, pgno: int) -> bytes:
         return self._file.pread(self.page_size, pgno * self.page_size)
 
@@ -311,7 +352,7 @@ class DatabaseFile:
                 )
             seen.add(pgno)
             chain.append(pgno)
-            data = self._file.pread(self.page_size, pgno * self.page_size)
+            data = self._read_page(pgno)
             page = decode_page(pgno, data, path=self.path)
             check_page_crc(pgno, data, expected_crc, path=self.path, referrer=referrer)
             if page.page_type != PageType.FREE_LIST:
