@@ -359,6 +359,29 @@ def test_instance_open_elsewhere_exits_3(closed: Path, run_json: RunJson) -> Non
     assert result["next_commands"][0] == f"jetstore status {closed}"  # type: ignore[index]
 
 
+def test_database_file_locked_by_another_instance_is_in_use(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    """A directory holding a hard link to an open instance's database file: "in-use" with
+    the file and its holder named, never advice to accept data loss (design D13)."""
+    other = tmp_path / "linked"
+    other.mkdir()
+    os.link(closed / "main.edb", other / "main.edb")
+    with jetstore.open(closed, control_socket=False, **SMALL):
+        code, result = _diagnose(run_json, other)
+        assert code == 3
+        assert result["verdict"] == "in-use"
+        assert "main.edb" in str(result["summary"])
+        assert f"instance '{closed}'" in str(result["summary"])
+        assert result["open_by_pid"] == os.getpid()
+        assert result["open_error"]["name"] == "FileAccessDenied"  # type: ignore[index]
+        assert result["data_loss"] is None
+        assert not any("accept-data-loss" in c for c in result["next_commands"])  # type: ignore[attr-defined]
+    # Once that instance is closed the file is clean and the linked directory a plain one.
+    code, result = _diagnose(run_json, other)
+    assert (code, result["verdict"]) == (0, "clean")
+
+
 def test_not_an_instance_and_missing(tmp_path: Path, run_json: RunJson) -> None:
     code, document = run_json("diagnose", tmp_path)
     assert (code, document["error"]["name"]) == (2, "InvalidPath")

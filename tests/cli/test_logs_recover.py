@@ -155,6 +155,28 @@ def test_recover_missing_log_exits_3_then_accepts_data_loss(
     assert document["result"]["repair_count"] == 1
 
 
+def test_recover_refuses_a_database_file_another_instance_has_open(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    """The adversarial case of design D13: a hard link to a live instance's database file in
+    another directory is refused (exit 3, FileAccessDenied), with or without
+    --accept-data-loss, and the live file is not written."""
+    other = tmp_path / "linked"
+    other.mkdir()
+    os.link(closed / "main.edb", other / "main.edb")
+    with jetstore.open(closed, control_socket=False, **SMALL) as instance:
+        header = (closed / "main.edb").read_bytes()[: 2 * 8192]
+        for extra in ((), ("--accept-data-loss",)):
+            code, document = run_json("recover", other, *extra)
+            assert code == 3
+            assert document["error"]["name"] == "FileAccessDenied"
+            assert str(other / "main.edb") in document["error"]["message"]
+            assert f"instance '{closed}'" in document["error"]["message"]
+        assert (closed / "main.edb").read_bytes()[: 2 * 8192] == header
+        assert not [name for name in os.listdir(other) if name.startswith("lost-logs")]
+        instance.checkpoint()
+
+
 def test_recover_into_a_copy_leaves_the_original_untouched(
     crashed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

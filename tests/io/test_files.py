@@ -660,3 +660,22 @@ def test_genuine_io_error_stays_disk_io(tmp_path) -> None:
     fs = FileSystem(HandleRegistry("t"), hook)
     with fs.open(str(tmp_path / "f"), owner=OWNER, create=True) as f, pytest.raises(DiskIO):
         f.fsync()
+
+
+def test_path_problem_tells_deleted_moved_and_replaced_files(fs: FileSystem, tmp_path) -> None:
+    path = tmp_path / "main.edb"
+    path.write_bytes(b"data")
+    link = tmp_path / "link.edb"
+    link.symlink_to(path)
+    with fs.open(str(path), owner="t") as file, fs.open(str(link), owner="t") as through_link:
+        assert file.path_problem() is None
+        assert through_link.path_problem() is None  # a symlink names the same file
+        os.rename(path, tmp_path / "moved.edb")
+        assert file.path_problem() == "was moved or renamed away (nothing is at its path now)"
+        (tmp_path / "other.edb").write_bytes(b"other")
+        os.rename(tmp_path / "other.edb", path)
+        assert file.path_problem() == "was replaced by another file"
+        os.unlink(tmp_path / "moved.edb")
+        assert file.path_problem() == "was deleted"
+    with pytest.raises(JetError):
+        file.path_problem()  # closed: never touch a descriptor number that may be reused

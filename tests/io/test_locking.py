@@ -1,5 +1,5 @@
-"""The instance directory lock: exclusive in this process and across processes, and gone
-when the holder dies."""
+"""The instance directory lock and the database file locks: exclusive in this process and
+across processes, and gone when the holder dies."""
 
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import HandleKind, HandleRegistry
 from jetstore.io.locking import (
+    PROC_LOCKS,
     DirectoryLock,
     acquire_directory_lock,
+    file_lock_holder,
     is_locked,
+    lock_file,
+    lock_holder_pid,
     read_lock_holder,
 )
 
@@ -242,3 +246,102 @@ def test_lock_dies_with_its_holder(fs: FileSystem, tmp_path) -> None:
         assert read_lock_holder(fs, directory) == os.getpid()
     finally:
         lock.release()
+
+
+# --------------------------------------------------------------------- database file locks
+
+
+def test_file_lock_refuses_a_second_opener_naming_the_holder(
+    fs: FileSystem, registry: HandleRegistry, tmp_path
+) -> None:
+    path = tmp_path / "main.edb"
+    path.write_bytes(b"x" * 100)
+    link = tmp_path / "elsewhere.edb"
+    os.link(path, link)
+    first = fs.open(str(path), owner="a")
+    lock = lock_file(fs, first, owner="a", holder="instance '/a'", what="database file")
+    try:
+        assert lock.held
+        assert registry.counts("a")[HandleKind.LOCK.value] == 1
+        # Another open of the same inode (here through a hard link) is refused, in this
+        # process too: the lock belongs to the open file description.
+        second = fs.open(str(link), owner="b")
+        with pytest.raises(FileAccessDenied) as info:
+            lock_file(fs, second, owner="b", holder="instance '/b'", what="database file")
+        second.close()
+        err = info.value
+        assert err.path == str(link)
+        assert str(link) in str(err)
+        assert f"instance '/a' in this process ({os.getpid()})" in str(err)
+        assert registry.total("b") == 0
+        assert file_lock_holder(fs, str(link)) == f"instance '/a' in this process ({os.getpid()})"
+        assert lock_holder_pid(fs, str(path)) == os.getpid()
+        assert registry.total() == 2  # probing leaves nothing behind
+    finally:
+        lock.release()
+        first.close()
+    assert not lock.held
+    lock.release()  # idempotent
+    assert registry.total() == 0
+    assert file_lock_holder(fs, str(link)) is None
+    assert file_lock_holder(fs, str(tmp_path / "absent.edb")) is None
+    again = fs.open(str(link), owner="b")
+    lock_file(fs, again, owner="b", holder="instance '/b'", what="database file").release()
+    again.close()
+
+
+def test_file_lock_read_only_opens_are_not_refused(fs: FileSystem, tmp_path) -> None:
+    path = tmp_path / "main.edb"
+    path.write_bytes(b"data")
+    writer = fs.open(str(path), owner="a")
+    lock = lock_file(fs, writer, owner="a", holder="instance '/a'", what="database file")
+    try:
+        with fs.open(str(path), owner="reader", writable=False) as reader:
+            assert reader.pread(4, 0) == b"data"
+    finally:
+        lock.release()
+        writer.close()
+
+
+def test_file_lock_of_another_process_names_its_pid(fs: FileSystem, tmp_path) -> None:
+    path = tmp_path / "main.edb"
+    path.write_bytes(b"data")
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import fcntl, os, sys
+                fd = os.open({str(path)!r}, os.O_RDWR)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                print("locked", flush=True)
+                sys.stdin.read()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        file = fs.open(str(path), owner="b")
+        try:
+            with pytest.raises(FileAccessDenied) as info:
+                lock_file(fs, file, owner="b", holder="instance '/b'", what="database file")
+        finally:
+            file.close()
+        holder = file_lock_holder(fs, str(path))
+        if os.path.exists(PROC_LOCKS):
+            assert holder == f"process {child.pid}"
+            assert f"process {child.pid}" in str(info.value)
+            assert lock_holder_pid(fs, str(path)) == child.pid
+        else:
+            assert holder is not None
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert file_lock_holder(fs, str(path)) is None  # the kernel dropped it with the process

@@ -19,6 +19,8 @@ import pytest
 from jetstore.errors import (
     DatabaseCorrupted,
     DatabaseDuplicate,
+    FileAccessDenied,
+    FileNotFound,
     JetError,
     PageNotInitialized,
     ReadLostFlushVerifyFailure,
@@ -29,6 +31,7 @@ from jetstore.format.dbheader import DatabaseHeader, decode_db_header
 from jetstore.format.page import PageType, decode_page, verify_page
 from jetstore.format.positions import LogPosition
 from jetstore.io import FileSystem, HandleRegistry
+from jetstore.io.locking import lock_file
 from jetstore.pages.btree import (
     Mutation,
     Node,
@@ -286,6 +289,56 @@ def test_create_over_an_existing_file_is_refused(
         DatabaseFile.create(fs, other, new_header(), owner=OWNER, cache_pages=CACHE)
     assert _read(other, 0, 3 * PAGE) == before
     assert registry.total() == 0
+
+
+def test_writers_lock_the_file_and_readers_do_not(
+    fs: FileSystem, path: str, registry: HandleRegistry
+) -> None:
+    db = DatabaseFile.create(fs, path, new_header(), owner=OWNER, cache_pages=CACHE, holder="A")
+    assert db.locked
+    assert registry.counts(OWNER)["lock"] == 1
+    link = path + ".link.edb"
+    os.link(path, link)
+    # A second writer (another instance's directory holding a hard link, or a symlink) is
+    # refused before it reads anything; a read-only opener is not.
+    for other in (path, link):
+        with pytest.raises(FileAccessDenied) as info:
+            DatabaseFile.open(fs, other, owner="B", cache_pages=CACHE, holder="B")
+        assert info.value.path == other
+        assert "A in this process" in str(info.value)
+        with pytest.raises(FileAccessDenied):
+            DatabaseFile.open(fs, other, owner="B", cache_pages=CACHE, writable=False, lock=True)
+        reader = reopen(fs, other)
+        assert not reader.locked
+        assert reader.header == db.header
+        reader.close()
+    assert registry.total("B") == 0
+    db.close()
+    assert not db.locked and registry.total() == 0
+    writer = reopen(fs, link, writable=True)
+    assert writer.locked
+    writer.close()
+    assert registry.total() == 0
+
+
+def test_check_path_names_a_deleted_or_replaced_file(fs: FileSystem, path: str) -> None:
+    db = DatabaseFile.create(fs, path, new_header(), owner=OWNER, cache_pages=CACHE)
+    db.check_path()
+    os.rename(path, path + ".aside")
+    with open(path, "wb") as f:
+        f.write(b"someone else's file")
+    with pytest.raises(FileNotFound) as info:
+        db.check_path()
+    assert info.value.path == path
+    assert "was replaced by another file" in str(info.value)
+    os.unlink(path)
+    os.unlink(path + ".aside")
+    with pytest.raises(FileNotFound) as info:
+        db.check_path()
+    assert "was deleted" in str(info.value)
+    assert f"/proc/{os.getpid()}/fd/" in str(info.value)
+    assert "Do not create a new database" in str(info.value)
+    db.close()
 
 
 # --------------------------------------------------------------------- checkpoint cycles
@@ -864,21 +917,31 @@ def test_raise_max_required_never_lowers(fs: FileSystem, path: str) -> None:
 
 def test_every_handle_closed(fs: FileSystem, path: str, registry: HandleRegistry) -> None:
     h = _checkpointed(fs, path)
-    assert registry.total() == 1
+    counts = registry.counts()
+    assert (counts["file"], counts["lock"], registry.total()) == (1, 1, 2)  # a writer's lock
     h.db.close()
     assert registry.total() == 0
     h.db.close()  # idempotent
     assert h.db.closed and registry.total() == 0
     readers = [reopen(fs, path) for _ in range(3)]
     writer = reopen(fs, path, writable=True)
-    assert registry.total() == 4
+    assert registry.total() == 5
     for db in [*readers, writer]:
         db.close()
     assert registry.total() == 0
-    # Failed opens leave nothing behind.
+    # Failed opens leave nothing behind: a damaged header, a file locked by another writer.
     _patch(path, 0, b"\0" * 2 * PAGE)
     with pytest.raises(ReadVerifyFailure):
         reopen(fs, path)
+    with pytest.raises(ReadVerifyFailure):
+        reopen(fs, path, writable=True)
+    assert registry.total() == 0
+    holder = fs.open(path, owner="holder")
+    lock_file(fs, holder, owner="holder", holder="another instance", what="database file")
+    with pytest.raises(FileAccessDenied):
+        reopen(fs, path, writable=True)
+    assert registry.total(OWNER) == 0
+    registry.close_owner("holder")
     assert registry.total() == 0
 
 

@@ -51,6 +51,7 @@ from jetstore.format.filenames import (
     DATABASE_SUFFIX,
     LOCK_FILE,
     generation_log_name,
+    parse_database_file_name,
     parse_generation_log_name,
 )
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
@@ -241,6 +242,10 @@ def open_instance(
                 as_json=as_json,
                 exit_code=ExitCode.STATE,
             )
+        if exc.path is not None and parse_database_file_name(os.path.basename(exc.path)):
+            # A database file another instance holds (a hard link or symlink to its file):
+            # in use, like the instance lock, and its message names the holder.
+            fail(exc, command=command, as_json=as_json, exit_code=ExitCode.STATE)
         raise
 
 

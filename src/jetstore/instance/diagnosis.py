@@ -9,7 +9,10 @@ an unreadable database header, a log record for a database that is not there).
 
 Invariants:
 - Read-only: files are opened read-only, nothing is written, renamed or deleted, no lock is
-  taken (the instance lock is only probed). `tests/cli/test_diagnose.py` hashes every file
+  kept (the instance lock and each database file's lock are only probed). A database file
+  locked by another instance (reached through a hard link or symlink) makes the verdict
+  "in-use", as for the directory's own lock: its files change while it runs, and recovering
+  here would write to that instance's open database. `tests/cli/test_diagnose.py` hashes every file
   before and after.
 - Same decisions as `jetstore.instance.recovery`, by construction: `_simulate` reads the same
   facts in the same order (the checkpoint file, the log inventory from `take_inventory`, every
@@ -33,7 +36,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jetstore.errors import JetError
+from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.common import PAGE_SIZES, Signature, format_time_us
 from jetstore.format.dbheader import (
     PEEK_SIZE,
@@ -64,7 +67,7 @@ from jetstore.instance.recoverydecisions import (
     stream_signature,
 )
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.io.locking import file_lock_holder, is_locked, lock_holder_pid, read_lock_holder
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
 from jetstore.log.verify import LogVerification, verify_logs
 from jetstore.pages.pagefile import CREATING_SUFFIX
@@ -431,6 +434,34 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
             open_by_pid=pid,
         )
     names = fs.listdir(path)
+    for name in names:
+        if parse_database_file_name(name) is None:
+            continue
+        file_path = os.path.join(path, name)
+        holder = file_lock_holder(fs, file_path, owner=owner)
+        if holder is not None:
+            summary = (
+                f"database file {name} is open for writing by {holder}, another instance "
+                "(this directory reaches its file through a hard link or symbolic link): it "
+                "changes while that instance runs, and opening or recovering this directory "
+                "(even accepting data loss) is refused rather than write to it"
+            )
+            return RecoveryPlan(
+                path,
+                "in-use",
+                summary,
+                [
+                    f"{command} diagnose {quoted}   (again, once that instance is closed)",
+                    f"{command} dump header {_quote(file_path)}",
+                ],
+                error=FileAccessDenied(
+                    f"database file '{file_path}' is in use by {holder}",
+                    hint="close that instance first; never give one database file to two "
+                    "instances at once (copy it instead of linking it)",
+                    path=file_path,
+                ),
+                open_by_pid=lock_holder_pid(fs, file_path),
+            )
     notes: list[str] = []
     databases: list[DatabaseFacts] = []
     for name in names:

@@ -157,6 +157,8 @@ class Instance:
         self.directory = os.path.abspath(directory)
         self.options = options
         self.owner = f"instance:{self.directory}"
+        #: Who holds this instance's database file locks, as a refused opener is told.
+        self.lock_holder = f"instance '{self.directory}'"
         self.registry = HandleRegistry(self.owner)
         base = filesystem if filesystem is not None else FileSystem()
         self.fs = base.with_registry(self.registry)
@@ -421,7 +423,12 @@ class Instance:
             name=record.name,
         )
         file = DatabaseFile.create(
-            self.fs, path, header, owner=self.owner, cache_pages=self.cache_pages
+            self.fs,
+            path,
+            header,
+            owner=self.owner,
+            cache_pages=self.cache_pages,
+            holder=self.lock_holder,
         )
         db = Database(self, record.name, record.database_id, file, LogPosition.MIN)
         self._databases[record.name] = db
@@ -661,8 +668,18 @@ class Instance:
                 f"instance '{self.directory}' already has a database {name!r}", path=source
             )
         target = os.path.join(self.directory, database_file_name(name))
+        # Read-only but locked: a file another instance has open (its own, or one it reaches
+        # through a link) is refused here, before it is moved (FileAccessDenied). The lock
+        # is dropped with the probe; the writable open below takes it again, and a file
+        # locked in between is refused there and moved back.
         probe = DatabaseFile.open(
-            self.fs, source, owner=self.owner, cache_pages=self.cache_pages, writable=False
+            self.fs,
+            source,
+            owner=self.owner,
+            cache_pages=self.cache_pages,
+            writable=False,
+            lock=True,
+            holder=self.lock_holder,
         )
         try:
             header = probe.header
@@ -688,8 +705,17 @@ class Instance:
             self.fs.fsync_directory(self.directory, owner=self.owner)
             self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
         header_written = False
-        file = DatabaseFile.open(self.fs, target, owner=self.owner, cache_pages=self.cache_pages)
+        file: DatabaseFile | None = None
         try:
+            # Inside the try: a refused open (another opener locked the file since the probe)
+            # moves the file back like any other failure before its header is written.
+            file = DatabaseFile.open(
+                self.fs,
+                target,
+                owner=self.owner,
+                cache_pages=self.cache_pages,
+                holder=self.lock_holder,
+            )
             with self.commit_lock:
                 self.check_writable()
                 db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
@@ -710,7 +736,8 @@ class Instance:
                 db = Database(self, name, db_id, file, end)
                 self._databases[name] = db
         except BaseException:
-            file.close()
+            if file is not None:
+                file.close()
             if not header_written and source != target:
                 # Still the clean file it was: put it back, so that the next open of this
                 # instance does not find a foreign database in its directory.
@@ -834,6 +861,13 @@ class Instance:
         self.candidate_checkpoint = position
         self._last_checkpoint_time = time.monotonic()
         log.wait_durable(position)  # WAL rule: the log first, then the pages
+        # A database file or the current log deleted, moved or replaced behind the instance's
+        # back takes every later write with it, silently (the open descriptor still works):
+        # stop here, loudly (D9, D13), while the open files and the log still hold the data.
+        # Two system calls per file per checkpoint; the commit path is not checked.
+        for _db, _plan in plans:
+            _db.file.check_path()
+        log.check_current_file()
         for _db, plan in plans:
             _db.file.write_checkpoint_pages(plan)
         # The generation of the checkpoint's position, which the wait above made durable

@@ -133,6 +133,7 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
                 owner=instance.owner,
                 cache_pages=instance.cache_pages,
                 writable=True,
+                holder=instance.lock_holder,
             )
     except BaseException:
         for file in files.values():

@@ -149,6 +149,31 @@ class File:
         except OSError as exc:
             raise from_os_error(exc, op="stat", path=self.path) from exc
 
+    def path_problem(self) -> str | None:
+        """Why `self.path` no longer names this open file, or None if it still does.
+
+        An open file outlives its name: writes to a file deleted or replaced behind the
+        engine's back succeed and are lost when it is closed. Two system calls (fstat, stat):
+        for checkpoints and log rolls, never for every commit.
+        """
+        if self._handle.closed:
+            raise self._closed_error()
+        try:
+            opened = os.fstat(self._fd)
+        except OSError as exc:
+            raise from_os_error(exc, op="stat", path=self.path) from exc
+        if opened.st_nlink == 0:
+            return "was deleted"
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return "was moved or renamed away (nothing is at its path now)"
+        except OSError as exc:
+            raise from_os_error(exc, op="stat", path=self.path) from exc
+        if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+            return "was replaced by another file"
+        return None
+
     def close(self) -> None:
         try:
             self._handle.close()

@@ -1,15 +1,29 @@
-"""The instance directory lock: one opener at a time, in this process or any other.
+"""Exclusive locks: the instance directory lock, and the lock on every database file an
+instance writes. One opener at a time, in this process or any other.
 
-The lock is `fcntl.flock(LOCK_EX | LOCK_NB)` on `jetstore.lock` inside the instance directory.
-flock locks belong to the open file description, so a second open in the same process
-conflicts too, and the kernel drops the lock when the holder dies (no stale lock to clean up).
-The holder writes its pid into the file so a refused opener can name it.
+Both are `fcntl.flock(LOCK_EX | LOCK_NB)`: on `jetstore.lock` inside the instance directory,
+and on the open database file itself (`lock_file`). flock locks belong to the open file
+description, so a second open in the same process conflicts too, and the kernel drops the
+lock when the holder dies (no stale lock to clean up).
+
+Invariants:
+- The directory lock's holder writes its pid into the lock file so a refused opener can name
+  it. A database file cannot carry a pid, so its holder is named from this process's table of
+  the files it locked (`_HELD`, by device and inode: a hard link or symlink reaches the same
+  entry) or, for another process, from the kernel's lock table (`/proc/locks`), best effort.
+- Every lock is registered in the handle registry (kind LOCK) when taken and released by
+  its handle's `close()`, exactly once; releasing also removes the `_HELD` entry.
+- The database file lock is advisory and only writers take it: read-only openers (diagnose,
+  checksum, dump, a backup reading the pages) never lock and are never refused by it.
+- Probes (`is_locked`, `file_lock_holder`) take the lock for an instant and drop it; they
+  never keep it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 
 from jetstore.errors import FileAccessDenied, JetError, from_os_error
 from jetstore.format.filenames import LOCK_FILE
@@ -91,6 +105,146 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
         file.close()
         raise
     return DirectoryLock(file, handle)
+
+
+class FileLock:
+    """An exclusive lock on one open file; `release()` is idempotent and leaves the file open
+    (the file's owner closes it right after)."""
+
+    def __init__(self, handle: Handle) -> None:
+        self._handle = handle
+
+    @property
+    def held(self) -> bool:
+        return not self._handle.closed
+
+    def release(self) -> None:
+        self._handle.close()
+
+
+#: Files locked by this process: (st_dev, st_ino) -> who holds it (for the refusal message).
+_HELD: dict[tuple[int, int], str] = {}
+_HELD_LOCK = threading.Lock()
+#: The kernel's table of file locks (Linux); read only to name another process's lock.
+PROC_LOCKS = "/proc/locks"
+
+
+def lock_file(fs: FileSystem, file: File, *, owner: str, holder: str, what: str) -> FileLock:
+    """Lock the open `file` exclusively, or raise `FileAccessDenied` naming its holder.
+
+    `holder` says who takes it (for example "instance '/data/a'"), `what` what the file is
+    ("database file"): both appear in the refusal another opener gets.
+    """
+    try:
+        info = os.fstat(file.fd)
+    except OSError as exc:
+        raise from_os_error(exc, op="stat", path=file.path) from exc
+    key = (info.st_dev, info.st_ino)
+    try:
+        fcntl.flock(file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise FileAccessDenied(
+            f"{what} '{file.path}' is in use by {_describe_holder(fs, key)}; it is locked "
+            "by the instance that has it open for writing (a hard link or symbolic link "
+            "reaches the same file from another directory)",
+            hint="close that instance first; never give one database file to two instances "
+            "at once (copy it instead of linking it), and do not recover or repair it while "
+            "it is open",
+            path=file.path,
+        ) from None
+    except OSError as exc:
+        raise from_os_error(exc, op="lock", path=file.path) from exc
+    with _HELD_LOCK:
+        _HELD[key] = holder
+    fd = file.fd
+
+    def unlock() -> None:
+        with _HELD_LOCK:
+            if _HELD.get(key) == holder:
+                del _HELD[key]
+        _unlock_quietly(fd)
+
+    return FileLock(fs.registry.register(HandleKind.LOCK, owner, file.path, unlock))
+
+
+def file_lock_holder(fs: FileSystem, path: str, *, owner: str = "lock-probe") -> str | None:
+    """Who holds the lock on the file at `path` right now (None: nobody, or no such file).
+
+    Probes with a shared lock taken and dropped at once: it never keeps the file locked.
+    """
+    try:
+        file = fs.open(path, owner=owner, writable=False)
+    except JetError:
+        return None
+    try:
+        try:
+            info = os.fstat(file.fd)
+            fcntl.flock(file.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe_holder(fs, (info.st_dev, info.st_ino))
+        except OSError:
+            return None
+        fcntl.flock(file.fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        file.close()
+
+
+def _describe_holder(fs: FileSystem, key: tuple[int, int]) -> str:
+    with _HELD_LOCK:
+        holder = _HELD.get(key)
+    if holder is not None:
+        return f"{holder} in this process ({os.getpid()})"
+    pid = _kernel_lock_holder(fs, key)
+    return f"process {pid}" if pid is not None else "another process"
+
+
+def lock_holder_pid(fs: FileSystem, path: str) -> int | None:
+    """The pid holding an flock write lock on the file at `path`, from the kernel's lock
+    table (None when it cannot be told: no such file, no table, no lock)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    with _HELD_LOCK:
+        if (info.st_dev, info.st_ino) in _HELD:
+            return os.getpid()
+    return _kernel_lock_holder(fs, (info.st_dev, info.st_ino))
+
+
+def _kernel_lock_holder(fs: FileSystem, key: tuple[int, int]) -> int | None:
+    """The pid of the flock write lock on device/inode `key` in `/proc/locks` (Linux: lines
+    like "1: FLOCK  ADVISORY  WRITE 3998 fe:00:2147820 0 EOF", device numbers in hex)."""
+    dev, ino = key
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    try:
+        file = fs.open(PROC_LOCKS, owner="lock-probe", writable=False)
+    except JetError:
+        return None
+    try:
+        chunks: list[bytes] = []
+        offset = 0
+        while offset < (1 << 22):  # the size of a /proc file is 0: read until it ends
+            data = file.pread(65536, offset)
+            if not data:
+                break
+            chunks.append(data)
+            offset += len(data)
+    except JetError:
+        return None
+    finally:
+        file.close()
+    for line in b"".join(chunks).decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if (
+            len(parts) >= 6
+            and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+            and parts[5] == wanted
+            and parts[4].isdigit()
+            and int(parts[4]) > 0
+        ):
+            return int(parts[4])
+    return None
 
 
 def _unlock_quietly(fd: int) -> None:

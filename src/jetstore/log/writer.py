@@ -23,6 +23,9 @@ Invariants:
 - A failed write, sync or roll makes the writer fail for good (sticky, like SQLite's pager ERROR
   state): nothing appended after it is ever acknowledged; the instance must be reopened, and
   recovery replays what reached the disk.
+- `edb.log` deleted, moved or replaced while open (its descriptor still takes writes, which
+  vanish at close) fails the writer the same way: checked before every roll archives it and
+  at every checkpoint (`check_current_file`), never per commit.
 """
 
 from __future__ import annotations
@@ -554,6 +557,34 @@ class LogWriter:
         self.wait_durable(target)
         return closed
 
+    def check_current_file(self) -> None:
+        """Fail the writer (sticky `LogWriteFail`) if `edb.log` no longer names the file it
+        writes. The instance asks at every checkpoint; a flush under way is skipped (it owns
+        the file, and a roll in it checks the file itself before archiving it)."""
+        with self._lock:
+            if self._failed is not None:
+                self._raise_failed()
+            if self._flushing or self._file is None:
+                return
+            error = self._lost_file_error(self._file)
+            if error is not None:
+                self._failed = error
+                raise error
+
+    def _lost_file_error(self, file: File) -> LogWriteFail | None:
+        problem = file.path_problem()
+        if problem is None:
+            return None
+        return LogWriteFail(
+            f"the current log file '{file.path}' {problem} while the instance was writing it; "
+            "commits acknowledged since its generation began are only in that open file",
+            hint="do not close the instance yet: copy the open file back to "
+            f"'{file.path}' from /proc/{os.getpid()}/fd/{file.fd} while this process runs, "
+            "then close and reopen the instance (recovery replays it); never delete or replace "
+            "log files of an open instance",
+            path=file.path,
+        )
+
     def needs_flush(self) -> bool:
         return self._durable < LogPosition(self._gen, self._end) and self._failed is None
 
@@ -635,6 +666,12 @@ class LogWriter:
             tmp.pwrite(encode_log_header(header), 0)
             tmp.fdatasync()
             current_path = os.path.join(directory, CURRENT_LOG)
+            if archive_current and self._file is not None:
+                # Archiving renames whatever is at `edb.log` now: if that is not the file
+                # written (deleted or replaced), the generation would be lost or forged.
+                lost = self._lost_file_error(self._file)
+                if lost is not None:
+                    raise lost
             if self._file is not None:
                 self._file.close()
                 self._file = None

@@ -26,6 +26,12 @@ Invariants:
   header holds the root's and the first free-list page's CRC32C, branches and free-list pages
   hold their successors'. A valid but different image of a page (a lost write) is
   `ReadLostFlushVerifyFailure`, never data. Page numbers stay within `MAX_PGNO` (32 bits).
+- A file opened for writing (`create`, `open(writable=True)`) is locked exclusively
+  (`jetstore.io.locking.lock_file`) before anything in it is read or written, and stays locked
+  until `close()`: no two instances (another directory holding a hard link or symlink to it,
+  in this process or another) ever write one database file. Read-only opens take no lock.
+- `check_path` (at every checkpoint) fails loudly when the file was deleted, moved or replaced
+  behind the instance's back: writes to it would succeed and vanish at close.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from dataclasses import dataclass, field
 from jetstore.errors import (
     DatabaseCorrupted,
     DatabaseDuplicate,
+    FileNotFound,
     JetError,
     OutOfDatabaseSpace,
     PageNotInitialized,
@@ -56,6 +63,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.page import PageType, decode_page, encode_page, payload_capacity
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File, FileSystem
+from jetstore.io.locking import FileLock, lock_file
 from jetstore.pages.btree import (
     MAX_PGNO,
     Node,
@@ -115,9 +123,11 @@ class DatabaseFile:
         *,
         cache_pages: int,
         problems: list[str] | None = None,
+        lock: FileLock | None = None,
     ) -> None:
         self._fs = fs
         self._file = file
+        self._lock = lock
         self.path = file.path
         self.page_size = header.page_size
         self._header = header
@@ -140,7 +150,14 @@ class DatabaseFile:
 
     @classmethod
     def create(
-        cls, fs: FileSystem, path: str, header: DatabaseHeader, *, owner: str, cache_pages: int
+        cls,
+        fs: FileSystem,
+        path: str,
+        header: DatabaseHeader,
+        *,
+        owner: str,
+        cache_pages: int,
+        holder: str | None = None,
     ) -> DatabaseFile:
         if fs.exists(path):
             raise DatabaseDuplicate(
@@ -156,7 +173,10 @@ class DatabaseFile:
         if fs.exists(temporary):
             fs.unlink(temporary)
         file = fs.open(temporary, owner=owner, create=True, exclusive=True)
+        lock: FileLock | None = None
         try:
+            # Locked under its temporary name: the lock is the inode's, so it holds once renamed.
+            lock = lock_file(fs, file, owner=owner, holder=holder or owner, what="database file")
             encoded = encode_db_header(header)
             file.pwrite(encoded, 0)
             file.pwrite(encoded, header.page_size)
@@ -164,17 +184,37 @@ class DatabaseFile:
             fs.rename(temporary, path)
             fs.fsync_directory(os.path.dirname(path) or ".", owner=owner)
             file.path = path
-            return cls(fs, file, header, cache_pages=cache_pages)
+            return cls(fs, file, header, cache_pages=cache_pages, lock=lock)
         except BaseException:
+            if lock is not None:
+                lock.release()
             file.close()
             raise
 
     @classmethod
     def open(
-        cls, fs: FileSystem, path: str, *, owner: str, cache_pages: int, writable: bool = True
+        cls,
+        fs: FileSystem,
+        path: str,
+        *,
+        owner: str,
+        cache_pages: int,
+        writable: bool = True,
+        lock: bool | None = None,
+        holder: str | None = None,
     ) -> DatabaseFile:
+        """Open `path`; `lock` (default: `writable`) takes the file's exclusive lock first,
+        refused with `FileAccessDenied` naming the holder while another instance has it.
+        `holder` names this opener in such a refusal (default: `owner`)."""
         file = fs.open(path, owner=owner, writable=writable)
+        held: FileLock | None = None
         try:
+            if writable if lock is None else lock:
+                # Before the header is read: what another instance is writing is not read
+                # (or "repaired" below) as if it were ours.
+                held = lock_file(
+                    fs, file, owner=owner, holder=holder or owner, what="database file"
+                )
             first = file.pread(4096, 0)
             page_size = peek_page_size(first)
             if page_size is None:
@@ -193,17 +233,48 @@ class DatabaseFile:
             copy0 = file.pread(page_size, 0)
             copy1 = file.pread(page_size, page_size)
             header, problems = choose_db_header(copy0, copy1, path=path)
-            db = cls(fs, file, header, cache_pages=cache_pages, problems=problems)
+            db = cls(fs, file, header, cache_pages=cache_pages, problems=problems, lock=held)
             if problems and writable:
                 db._write_header_copies(header)  # repair the damaged copy from the good one
             return db
         except BaseException:
+            if held is not None:
+                held.release()
             file.close()
             raise
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()  # before the descriptor closes, while the fd is still ours
         self._file.close()
         self.cache.clear()
+
+    @property
+    def locked(self) -> bool:
+        """True while this opener holds the file's exclusive lock."""
+        return self._lock is not None and self._lock.held
+
+    def check_path(self) -> None:
+        """Raise `FileNotFound` if the file's path no longer names the file open here.
+
+        A database file deleted (or replaced) while the instance has it open takes every
+        later write with it: commits, checkpoints and a clean close all succeed, and the next
+        open finds no database. Checked at every checkpoint (two system calls), so the
+        instance stops (D9) while the data is still in the open file and the log.
+        """
+        problem = self._file.path_problem()
+        if problem is None:
+            return
+        raise FileNotFound(
+            f"database file '{self.path}' {problem} while the instance had it open; its "
+            "changes since the last checkpoint are in the log, the rest only in the open file",
+            hint=f"put the file back at '{self.path}' before the instance is closed: while "
+            f"this process (pid {os.getpid()}) runs, its contents can be copied back from "
+            f"/proc/{os.getpid()}/fd/{self._file.fd}; otherwise restore it from backup. Do "
+            "not create a new database of that name: reopen the instance once the file is "
+            "back, and recovery replays the log into it",
+            path=self.path,
+        )
 
     @property
     def closed(self) -> bool:
