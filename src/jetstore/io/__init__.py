@@ -1,4 +1,5 @@
-"""The io layer: files, directories, the instance lock, threads and the handle registry.
+"""The io layer: files, directories, the instance and database file locks, threads and the
+handle registry.
 
 Nothing above this layer calls `os.open`, `os.fsync`, `os.rename` or starts a thread itself:
 everything goes through `FileSystem` (which carries the fault-injection and recording hook)

@@ -162,7 +162,10 @@ def lock_file(fs: FileSystem, file: File, *, owner: str, holder: str, what: str)
         with _HELD_LOCK:
             if _HELD.get(key) == holder:
                 del _HELD[key]
-        _unlock_quietly(fd)
+        # A file closed first took the lock with its descriptor, whose number may belong to
+        # another file by now: unlocking it would drop someone else's lock.
+        if not file.closed:
+            _unlock_quietly(fd)
 
     return FileLock(fs.registry.register(HandleKind.LOCK, owner, file.path, unlock))
 
