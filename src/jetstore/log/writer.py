@@ -131,6 +131,26 @@ class LogConfig:
 RollCallback = Callable[[int, int], None]
 
 
+class _DurableFlushFailure(Exception):
+    """`on_roll` failed after the flush's records were synced: its commits are durable (the
+    next open replays them) although none is acknowledged. The committers of that flush get
+    `error`: the cause's own class (a database header that could not be written is not a log
+    write failure) and a message that says so; later appends get the sticky LogWriteFail."""
+
+    def __init__(self, original: JetError) -> None:
+        super().__init__(str(original))
+        self.original = original
+        detail = (original.detail or original.description).rstrip(". ")
+        self.error: JetError = type(original)(
+            f"{detail}; the log records of the commits this flush was for had reached the "
+            "disk: they are durable (the next open replays them) though not acknowledged, "
+            "and the instance writes no more log",
+            hint=f"{original.hint.rstrip('. ') + '; then ' if original.hint else ''}close and "
+            "reopen the instance: recovery replays the log, those commits included",
+            path=original.path,
+        )
+
+
 class LogWriter:
     """Appends records to the log stream and makes them durable, many committers per sync."""
 
@@ -458,6 +478,14 @@ class LogWriter:
                     else _NO_CLOSED
                 )
             self._write_chunks(chunks, closed, end.generation)
+        except _DurableFlushFailure as durable:
+            with lock:
+                self._failed = durable.original
+                self._flushing = False
+                wake = self._take_waiters(None)
+            for other in wake:
+                other.release()
+            raise durable.error from durable.original
         except JetError as exc:
             with lock:
                 if isinstance(exc, DiskFull):
@@ -621,7 +649,10 @@ class LogWriter:
             # commit of this flush is acknowledged, which is all D8 needs. A crash before it
             # leaves the header requiring less than the log holds: recovery replays what is
             # there; what a lost newer file held was never acknowledged.
-            callback(first_generation + 1, self._file_gen)
+            try:
+                callback(first_generation + 1, self._file_gen)
+            except JetError as exc:
+                raise _DurableFlushFailure(exc) from exc
 
     # ----------------------------------------------------------------- rolls
 
