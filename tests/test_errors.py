@@ -499,3 +499,11 @@ def test_subclass_of_concrete_error_keeps_identity_and_is_not_registered() -> No
     assert SpecificFileNotFound.code == -1811
     assert SpecificFileNotFound.ese_name == "JET_errFileNotFound"
     assert ERRORS_BY_CODE[-1811] is FileNotFound
+
+
+def test_brief_is_the_message_without_what_to_do() -> None:
+    from jetstore.errors import FileNotFound
+
+    error = FileNotFound("'x.edb' is gone.", hint="Put it back.")
+    assert error.brief() == "JET_errFileNotFound (-1811): 'x.edb' is gone"
+    assert str(error) == f"{error.brief()}. What to do: Put it back."

@@ -230,13 +230,18 @@ class JetError(Exception):
         self.errno = None
 
     def __str__(self) -> str:
-        head = f"{self.ese_name} ({self.code})" if self.code else self.ese_name
-        message = (self.detail or self.description).rstrip(". ")
-        text = f"{head}: {message}" if message else head
+        text = self.brief()
         if self.hint:
             sep = " " if text.endswith(("?", "!")) else ". "
             text = f"{text}{sep}What to do: {self.hint}"
         return text
+
+    def brief(self) -> str:
+        """`str()` without the hint: the error named inside another message (an event's, or
+        an error's that it caused), which says what to do at its own end."""
+        head = f"{self.ese_name} ({self.code})" if self.code else self.ese_name
+        message = (self.detail or self.description).rstrip(". ")
+        return f"{head}: {message}" if message else head
 
     def __repr__(self) -> str:
         parts = [repr(self.detail)]

@@ -46,8 +46,9 @@ def test_a_commit_whose_roll_cannot_write_the_headers_is_reported_durable(
     assert error.path is not None and error.path.endswith("main.edb")
     assert "durable" in str(error) and "next open replays them" in str(error)
     # The instance writes no more log: later commits fail (the failure is sticky).
-    with pytest.raises(JetError), db.transaction() as txn:
+    with pytest.raises(JetError) as later, db.transaction() as txn:
         txn.table("t").insert({"id": 10**6, "v": "late"})
+    assert str(later.value).count("What to do") == 1  # the cause's advice comes first in it
     instance.simulate_crash()
     with (
         jetstore.open(tmp_path, **OPTIONS) as reopened,

@@ -521,9 +521,12 @@ class Instance:
             self._fail(log_failure)
         if self.state is InstanceState.FAILED:
             failure = self.failure
+            first = f"{failure.hint.rstrip('. ')}; then " if failure and failure.hint else ""
             raise InstanceUnavailable(
-                f"instance '{self.directory}' stopped accepting updates after an error: {failure}",
-                hint="close the instance and open it again; recovery replays every "
+                "instance "
+                f"'{self.directory}' stopped accepting updates after an error: "
+                f"{failure.brief() if failure else 'unknown'}",
+                hint=f"{first}close the instance and open it again; recovery replays every "
                 "acknowledged commit from the log",
             ) from failure
         self.check_open()
@@ -954,9 +957,10 @@ class Instance:
                 self._checkpoint_error_reported = now
                 self.events.emit(
                     "checkpoint_file_write_failed",
-                    f"cannot write the checkpoint file: {exc}; the durable checkpoint stays "
-                    f"at {self.durable_checkpoint} and no log it names will be deleted "
-                    f"(checkpoint lag {self.checkpoint_lag_generations()} generation(s))",
+                    f"cannot write the checkpoint file: {exc.brief()}; the durable checkpoint "
+                    f"stays at {self.durable_checkpoint} and no log it names will be deleted "
+                    f"(checkpoint lag {self.checkpoint_lag_generations()} generation(s))"
+                    f"{_what_to_do(exc)}",
                     error=exc.name,
                     code=exc.code,
                     path=path,
@@ -1014,7 +1018,8 @@ class Instance:
             self.events.emit(
                 "log_delete_failed",
                 f"circular logging could not delete log generation "
-                f"{victims[len(deleted)]}: {error}; deletion stops there and resumes later",
+                f"{victims[len(deleted)]}: {error.brief()}; deletion stops there and resumes "
+                f"later{_what_to_do(error)}",
                 error=error.name,
             )
         self.log_delete_error = error
@@ -1223,7 +1228,7 @@ class Instance:
                     "log_delete_failed",
                     f"backup truncation could not delete log generation "
                     f"{victims[len(deleted)] if len(deleted) < len(victims) else victims[-1]}: "
-                    f"{error}; deletion stops there",
+                    f"{error.brief()}; deletion stops there{_what_to_do(error)}",
                     error=error.name,
                 )
             if deleted:
@@ -1406,6 +1411,11 @@ class Instance:
 
     def __repr__(self) -> str:
         return f"<jetstore.Instance {self.directory!r} {self.state.value}>"
+
+
+def _what_to_do(error: JetError) -> str:
+    """The end of an event message that names `error` by `JetError.brief`: its hint."""
+    return f". What to do: {error.hint}" if error.hint else ""
 
 
 def open_instance(
