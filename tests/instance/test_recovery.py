@@ -426,6 +426,40 @@ def test_database_of_the_log_missing_is_refused(tmp_path: Path) -> None:
         jetstore.open(tmp_path, **SMALL)
 
 
+def test_accept_data_loss_recovers_the_others_without_a_missing_database(
+    tmp_path: Path,
+) -> None:
+    """One of two databases lost its file after a crash: plain open refuses (the log holds
+    its changes); accepting data loss recovers the other in full and drops the missing one's
+    changes, named in the loss, as `diagnose` foretells."""
+    options = {**SMALL, "checkpoint_depth": 64 * 1024}
+    instance = jetstore.open(tmp_path, **options)
+    for name in ("a", "b"):
+        db = instance.database(name, create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        for first in range(0, 300, 10):
+            with db.transaction() as txn:
+                for i in range(first, first + 10):
+                    txn.table("t").insert({"id": i, "v": "x" * 200})
+    instance.simulate_crash()
+    os.unlink(tmp_path / "b.edb")
+    with pytest.raises(AttachedDatabaseMismatch) as raised:
+        jetstore.open(tmp_path, **options)
+    assert "--accept-data-loss" in str(raised.value)
+    plan = plan_recovery(str(tmp_path))
+    assert plan.data_loss is not None and plan.data_loss.possible
+    assert "b" in plan.data_loss.databases
+    with jetstore.open(tmp_path, **options, accept_data_loss=True) as recovered:
+        assert recovered.databases() == ["a"]
+        loss = recovered.recovery.data_loss if recovered.recovery else None
+        assert loss is not None and "b" in loss.databases
+        assert "changes in the log were dropped" in loss.reason
+        with recovered.database("a").transaction() as txn:
+            assert [row["id"] for row in txn.table("t").scan()] == list(range(300))
+    with jetstore.open(tmp_path, **options) as reopened:
+        assert reopened.databases() == ["a"]
+
+
 @pytest.mark.parametrize("how", ["closed", "detached"])
 def test_database_of_the_log_replaced_by_another_is_refused(tmp_path: Path, how: str) -> None:
     """The crashed database's file replaced by another instance's database of the same name

@@ -377,6 +377,7 @@ def _simulate(
             raise Refused(exc, "scan", position=sim.last_good or start) from None
         sim.losses.append(scan_stop_loss(exc, sim.last_good, start))
         scan_stopped = True
+    sim.losses.extend(matcher.losses)
     sim.replayed, sim.skipped = matcher.replayed, matcher.skipped
     sim.needed = sim.needed or matcher.needed
     result = scanner.result

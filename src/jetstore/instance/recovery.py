@@ -234,6 +234,7 @@ def _recover(
             raise
         losses.append(scan_stop_loss(exc, last_good, start))
         scan_stopped = True
+    losses.extend(matcher.losses)
     outcome.replayed = matcher.replayed
     outcome.skipped = matcher.skipped
     outcome.needed = outcome.needed or matcher.needed

@@ -568,6 +568,11 @@ class RecordMatcher:
             if checkpoint is None
             else {attached.db_id: attached for attached in checkpoint.attached}
         )
+        self._accept_data_loss = decided.accept_data_loss
+        #: Under `accept_data_loss`: databases whose file is missing (or is another
+        #: database), whose records are dropped instead of refused; one loss each.
+        self.losses: list[tuple[str, str]] = []
+        self._lost_ids: set[int] = set()
         #: Creation records replayed for databases without a file, by database id.
         self.pending_create: dict[int, CreateDatabaseRecord] = {}
         self.replayed = 0
@@ -585,20 +590,28 @@ class RecordMatcher:
             if name is None:
                 foreign = self._foreign.get(database_id)
                 if foreign is not None and database_id not in self.pending_create:
-                    self._check_set_apart(foreign, database_id, entry.start)
+                    try:
+                        self._check_set_apart(foreign, database_id, entry.start)
+                    except Refused as refused:
+                        return self._lose_or_refuse(refused, database_id)
                     return RecordMatch("skip", foreign, database_id)
                 create = self.pending_create.get(database_id)
                 if create is not None:
                     return RecordMatch("pending", create.name, database_id)
-                raise Refused(
-                    AttachedDatabaseMismatch(
-                        f"the log at {entry.start} holds changes for database id "
-                        f"{database_id}, but no database file in '{self._directory}' "
-                        f"has that id",
-                        hint="put the missing database file back, or restore from backup",
+                return self._lose_or_refuse(
+                    Refused(
+                        AttachedDatabaseMismatch(
+                            f"the log at {entry.start} holds changes for database id "
+                            f"{database_id}, but no database file in '{self._directory}' "
+                            f"has that id",
+                            hint="put the missing database file back, or restore from backup; "
+                            "`jetstore recover DIR --accept-data-loss` recovers the other "
+                            "databases and drops this one's changes",
+                        ),
+                        "mismatch",
+                        position=entry.start,
                     ),
-                    "mismatch",
-                    position=entry.start,
+                    database_id,
                 )
             # Records before a database's own checkpoint are already in its pages.
             header = self._files[name].header
@@ -627,6 +640,20 @@ class RecordMatcher:
         if isinstance(record, CreateDatabaseRecord):
             return self._match_create(record, entry.start)
         return None
+
+    def _lose_or_refuse(self, refused: Refused, database_id: int) -> RecordMatch:
+        """A record whose database is not here: `refused`, or under `accept_data_loss` a
+        loss (once per database) and the record skipped, so that the other databases are
+        still recovered in full."""
+        if not self._accept_data_loss:
+            raise refused
+        listed = self._listed.get(database_id)
+        name = listed.name if listed is not None else f"database id {database_id}"
+        if database_id not in self._lost_ids:
+            self._lost_ids.add(database_id)
+            detail = (refused.error.detail or str(refused.error)).rstrip(". ")
+            self.losses.append((name, f"{detail}; its changes in the log were dropped"))
+        return RecordMatch("skip", name, database_id)
 
     def _check_set_apart(self, name: str, database_id: int, at: LogPosition) -> None:
         """`Refused` unless database `name`, not of this stream, can have written a record
