@@ -18,6 +18,7 @@ from jetstore.errors import (
     BadLogSignature,
     DatabaseLogSetMismatch,
     FileAccessDenied,
+    FileNotFound,
     InvalidLogSequence,
     JetError,
     LogFileCorrupt,
@@ -424,6 +425,24 @@ def test_database_of_the_log_missing_is_refused(tmp_path: Path) -> None:
     os.unlink(tmp_path / "main.edb")
     with pytest.raises(AttachedDatabaseMismatch):
         jetstore.open(tmp_path, **SMALL)
+
+
+def test_a_database_file_deleted_while_closed_is_reported_not_offered_for_creation(
+    tmp_path: Path,
+) -> None:
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        instance.database("main", create=True)
+        instance.database("other", create=True)
+    os.unlink(tmp_path / "main.edb")
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert instance.databases() == ["other"]
+        missing = [e for e in instance.events.recent() if e["name"] == "database_missing"]
+        assert [e["fields"]["database"] for e in missing] == ["main"]
+        with pytest.raises(FileNotFound) as raised:
+            instance.database("main")
+        assert "edb.chk lists it" in str(raised.value) and "put the database file back" in str(
+            raised.value
+        )
 
 
 def test_accept_data_loss_recovers_the_others_without_a_missing_database(

@@ -47,6 +47,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     132: ("database_header_repaired", "warning"),
     133: ("database_detached", "info"),
     134: ("database_renumbered", "warning"),
+    135: ("database_missing", "warning"),
     140: ("log_generation_started", "info"),
     141: ("logs_deleted", "info"),
     142: ("log_delete_failed", "warning"),

@@ -282,6 +282,20 @@ class Instance:
             )
             self._log.start(outcome.tail)
             self._renumber_joining_databases(outcome)
+            if outcome.checkpoint is not None:
+                for attached in outcome.checkpoint.attached:
+                    if attached.name not in self._databases:
+                        # The checkpoint written below will not list it any more: this event
+                        # is what is left of it.
+                        self.events.emit(
+                            "database_missing",
+                            f"database {attached.name!r} (id {attached.db_id}) was attached "
+                            f"at the last checkpoint, but its file "
+                            f"'{os.path.join(self.directory, database_file_name(attached.name))}'"
+                            " is missing; the instance opens without it",
+                            database=attached.name,
+                            db_id=attached.db_id,
+                        )
             self._first_generation = self._log.current_generation
             self._log.on_roll = self._on_roll
             self._log.on_disk_full = self._on_disk_full
@@ -563,11 +577,23 @@ class Instance:
                 "(at most 64 characters)",
             )
         if not create:
+            path = os.path.join(self.directory, database_file_name(name))
+            listed = self.recovery.checkpoint if self.recovery is not None else None
+            if listed is not None and any(a.name == name for a in listed.attached):
+                # Its file went missing while the instance was closed: say so, rather than
+                # invite create=True, which would make a new, empty database in its place.
+                raise FileNotFound(
+                    f"database {name!r} was attached when the instance last checkpointed "
+                    f"({CHECKPOINT_FILE} lists it), but its file '{path}' is missing",
+                    hint="close the instance, put the database file back and open it again; "
+                    "create=True would make a new, empty database under that name",
+                    path=path,
+                )
             raise DatabaseNotFound(
                 f"instance '{self.directory}' has no database {name!r} "
                 f"(databases: {', '.join(sorted(self._databases)) or 'none'})",
                 hint="pass create=True to create it",
-                path=os.path.join(self.directory, database_file_name(name)),
+                path=path,
             )
         with self.commit_lock:
             self.check_writable()
