@@ -31,11 +31,11 @@ from jetstore.io.files import File, FileSystem
 from jetstore.io.handles import Handle, HandleKind
 
 
-class DirectoryLock:
-    """An exclusive lock on an instance directory; `release()` is idempotent."""
+class FileLock:
+    """An exclusive lock on one open file; `release()` is idempotent and leaves the file open
+    (the file's owner closes it right after)."""
 
-    def __init__(self, file: File, handle: Handle) -> None:
-        self._file = file
+    def __init__(self, handle: Handle) -> None:
         self._handle = handle
 
     @property
@@ -44,6 +44,18 @@ class DirectoryLock:
 
     def release(self) -> None:
         self._handle.close()
+
+
+class DirectoryLock(FileLock):
+    """An exclusive lock on an instance directory: its lock file stays open while it is held,
+    and `release()` (idempotent) closes it too."""
+
+    def __init__(self, file: File, handle: Handle) -> None:
+        super().__init__(handle)
+        self._file = file
+
+    def release(self) -> None:
+        super().release()
         self._file.close()
 
 
@@ -105,21 +117,6 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
         file.close()
         raise
     return DirectoryLock(file, handle)
-
-
-class FileLock:
-    """An exclusive lock on one open file; `release()` is idempotent and leaves the file open
-    (the file's owner closes it right after)."""
-
-    def __init__(self, handle: Handle) -> None:
-        self._handle = handle
-
-    @property
-    def held(self) -> bool:
-        return not self._handle.closed
-
-    def release(self) -> None:
-        self._handle.close()
 
 
 #: Files locked by this process: (st_dev, st_ino) -> who holds it (for the refusal message).
