@@ -16,7 +16,8 @@ import pytest
 import jetstore
 from jetstore.backup.backupset import PARTIAL_SUFFIX, read_backup_file, read_manifest
 from jetstore.backup.offline import backup_offline
-from jetstore.errors import DatabaseDirtyShutdown, DiskFull, FileAccessDenied
+from jetstore.backup.restore import restore
+from jetstore.errors import DatabaseDirtyShutdown, DiskFull, FileAccessDenied, InvalidPath
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.io.handles import DEFAULT_REGISTRY, HandleRegistry
@@ -174,3 +175,27 @@ def test_offline_backup_of_a_copy_elsewhere(tmp_path: Path) -> None:
     manifest = backup_offline(moved, tmp_path / "set")
     assert manifest.source == str(moved)
     assert rows_of(moved) == expected
+
+
+def test_empty_paths_are_refused_not_taken_for_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`os.path.abspath("")` is the current directory: a backup set, a restore target, a set
+    to restore or a `logs_from` given as "" (an unset variable) must be refused, never put
+    into (or read from) wherever the process happens to run."""
+    instance_dir = tmp_path / "instance"
+    with jetstore.open(instance_dir) as instance:
+        instance.database("main", create=True)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(InvalidPath, match="backup set path is empty"):
+        backup_offline(instance_dir, "")
+    backup_offline(instance_dir, tmp_path / "set")
+    with pytest.raises(InvalidPath, match="restore target path is empty"):
+        restore(tmp_path / "set", "")
+    with pytest.raises(InvalidPath, match="backup set path is empty"):
+        restore("", tmp_path / "restored")
+    with pytest.raises(InvalidPath, match="logs-from path is empty"):
+        restore(tmp_path / "set", tmp_path / "restored", logs_from="")
+    assert os.listdir(cwd) == []

@@ -60,7 +60,7 @@ from jetstore.errors import (
 )
 from jetstore.format.common import Signature, format_time_us, now_us
 from jetstore.format.positions import LogPosition
-from jetstore.io.files import File, FileSystem
+from jetstore.io.files import File, FileSystem, absolute_path
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -576,7 +576,7 @@ class SetWriter:
         progress: Progress | None,
     ) -> None:
         self.fs = fs
-        self.dest = os.path.abspath(os.fspath(dest))
+        self.dest = absolute_path(dest, what="backup set")
         self.partial = self.dest + PARTIAL_SUFFIX
         self.owner = owner
         self.compress = compress

@@ -50,7 +50,7 @@ from jetstore.errors import (
 )
 from jetstore.format.common import format_time_us
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
-from jetstore.io.files import FileSystem
+from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import is_locked, read_lock_holder
 from jetstore.log.reader import take_inventory
@@ -187,8 +187,8 @@ def restore(
 
 def _paths(value: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
     if isinstance(value, str | os.PathLike):
-        return [os.path.abspath(os.fspath(value))]
-    return [os.path.abspath(os.fspath(p)) for p in value]
+        return [absolute_path(value, what="backup set")]
+    return [absolute_path(p, what="backup set") for p in value]
 
 
 def _stop_time_us(until: datetime) -> int:
@@ -209,7 +209,7 @@ def plan_restore(
     paths = _paths(backup_paths)
     if not paths:
         raise InvalidParameter("no backup set given", hint="name a full backup set to restore")
-    target = os.path.abspath(os.fspath(target_dir))
+    target = absolute_path(target_dir, what="restore target")
     _check_target(fs, target)
     manifests = [read_manifest(path) for path in paths]
     base_sets = [m for m in manifests if m.kind in ("full", "copy")]
@@ -285,7 +285,9 @@ def plan_restore(
             )
     surviving: list[int] = []
     if logs_from is not None:
-        surviving_steps = _surviving_logs(fs, os.fspath(logs_from), base, expected, target)
+        surviving_steps = _surviving_logs(
+            fs, absolute_path(logs_from, what="--logs-from"), base, expected, target
+        )
         surviving = [s.generation for s in surviving_steps if s.generation is not None]
         steps.extend(surviving_steps)
         if surviving:

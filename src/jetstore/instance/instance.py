@@ -71,7 +71,7 @@ from jetstore.instance.recovery import (
     open_database_files,
     recover,
 )
-from jetstore.io.files import FileSystem
+from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread
@@ -1455,14 +1455,8 @@ def open_instance(
             hint=f"valid options: {', '.join(sorted(fields))}",
         )
     _check_option_types(options)
+    absolute_path(path, what="instance directory")  # refuses an empty path
     directory = os.fspath(path)
-    if not directory:
-        # os.path.abspath("") is the current directory: an empty string (an unset variable,
-        # a missing argument) must not quietly put an instance there.
-        raise InvalidPath(
-            "the instance directory path is empty",
-            hint="Give the instance directory's path (use '.' for the current directory).",
-        )
     if "log_file_size" not in options:
         existing = _existing_log_file_size(directory)
         if existing is not None:

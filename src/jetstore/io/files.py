@@ -187,6 +187,21 @@ class File:
         self.close()
 
 
+def absolute_path(path: str | os.PathLike[str], *, what: str) -> str:
+    """`path` made absolute; `InvalidPath` when it is empty.
+
+    `os.path.abspath("")` is the current directory: an empty string (an unset variable, a
+    missing argument) must never quietly put an instance, a backup set or a restore there.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise InvalidPath(
+            f"the {what} path is empty",
+            hint="Give the path (use '.' for the current directory).",
+        )
+    return os.path.abspath(text)
+
+
 class FileSystem:
     """The engine's view of the OS file API, with an optional hook on every operation.
 
