@@ -1,5 +1,6 @@
 """The commit path's encoders agree byte for byte with the general ones they stand in for:
-`encode_commit_changes` (a change map) with `encode_commit` (operation tuples), and
+`encode_commit_changes` (a change map) and `encode_commit_ordered` (parallel key and value
+lists) with `encode_commit` (operation tuples), and
 `encode_frame_header`/`frame_padding` with `encode_frame`."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jetstore.format.logrecords import (
     decode_record,
     encode_commit,
     encode_commit_changes,
+    encode_commit_ordered,
 )
 
 U32 = st.integers(0, 2**32 - 1)
@@ -50,6 +52,18 @@ def test_change_map_encodes_like_operation_tuples(
 ) -> None:
     data = encode_commit_changes(db, txn, time_us, changes)
     operations = as_operations(changes)
+    assert data == encode_commit(db, txn, time_us, operations)
+    assert decode_record(data) == CommitRecord(db, txn, time_us, operations)
+
+
+@settings(max_examples=200)
+@given(db=U32, txn=U64, time_us=U64, changes=CHANGES)
+def test_ordered_operations_encode_like_operation_tuples(
+    db: int, txn: int, time_us: int, changes: dict[bytes, bytes | None]
+) -> None:
+    keys = sorted(changes)
+    data = encode_commit_ordered(db, txn, time_us, keys, [changes[key] for key in keys])
+    operations = sorted(as_operations(changes), key=lambda operation: operation[1])
     assert data == encode_commit(db, txn, time_us, operations)
     assert decode_record(data) == CommitRecord(db, txn, time_us, operations)
 

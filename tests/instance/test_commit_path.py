@@ -1,6 +1,7 @@
 """The per-commit checks of `Instance.check_writable`: its shortcut (a few attribute reads
 while the checkpoint lag is below the warning threshold) gives way to the full checks exactly
-at the threshold, and the records commits write are those of the general encoder."""
+at the threshold, and the records commits write are those of the general encoder, their
+operations in key order when the transaction applied its writes in one pass."""
 
 from __future__ import annotations
 
@@ -68,16 +69,33 @@ def test_a_full_log_volume_and_shutdown_refuse_commits(tmp_path: Path) -> None:
     inst.close()
 
 
-def test_commit_records_list_the_operations_in_write_order(tmp_path: Path) -> None:
+def test_commit_records_list_the_operations_in_key_order_when_applied_in_one_pass(
+    tmp_path: Path,
+) -> None:
+    k = b"\x00\x00\x00\x09"
     with jetstore.open(tmp_path) as inst:
         db = inst.database("main", create=True)
         with db.transaction() as txn:
-            txn.put(b"\x00\x00\x00\x09b", b"1")
-            txn.put(b"\x00\x00\x00\x09a", b"2")
+            txn.put(k + b"b", b"1")
+            txn.put(k + b"a", b"2")
         with db.transaction() as txn:
-            txn.put(b"\x00\x00\x00\x09c", b"3")
-            txn.delete(b"\x00\x00\x00\x09b")
-            txn.put(b"\x00\x00\x00\x09c", b"4")  # the last value, at its first place
+            txn.put(k + b"c", b"3")
+            txn.delete(k + b"b")
+            txn.put(k + b"c", b"4")  # the last value counts
+        with db.transaction() as txn:
+            txn.put(k + b"z", b"5")
+            txn.put(k + b"x", b"6")
+            assert (k + b"x", b"6") in list(txn.iterate(None, None))  # applies the writes
+        with db.transaction() as txn:
+            txn.put(k + b"z", b"7")
+            assert (k + b"z", b"7") in list(txn.iterate(None, None))
+            txn.put(k + b"y", b"8")  # written after the application: first-written order
+            txn.put(k + b"w", b"9")
+        with db.transaction() as txn:
+            txn.put(k + b"z", b"10")
+            assert (k + b"z", b"10") in list(txn.iterate(None, None))
+            txn.put(k + b"z", b"11")  # a new value for an applied key: first-written order
+            txn.put(k + b"d", b"12")
         signature = inst.log.signature
     fs = FileSystem(HandleRegistry("reader"))
     records, _ = scan_to_end(
@@ -93,6 +111,19 @@ def test_commit_records_list_the_operations_in_write_order(tmp_path: Path) -> No
         if isinstance(decoded := decode_record(record.payload), CommitRecord)
     ]
     assert [c.operations for c in commits] == [
-        [(OP_PUT, b"\x00\x00\x00\x09b", b"1"), (OP_PUT, b"\x00\x00\x00\x09a", b"2")],
-        [(OP_PUT, b"\x00\x00\x00\x09c", b"4"), (OP_DELETE, b"\x00\x00\x00\x09b", None)],
+        [(OP_PUT, k + b"a", b"2"), (OP_PUT, k + b"b", b"1")],
+        [(OP_DELETE, k + b"b", None), (OP_PUT, k + b"c", b"4")],
+        [(OP_PUT, k + b"x", b"6"), (OP_PUT, k + b"z", b"5")],
+        [(OP_PUT, k + b"z", b"7"), (OP_PUT, k + b"y", b"8"), (OP_PUT, k + b"w", b"9")],
+        [(OP_PUT, k + b"z", b"11"), (OP_PUT, k + b"d", b"12")],
     ]
+    with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as txn:
+        assert [(key, value) for key, value in txn.iterate(None, None) if key.startswith(k)] == [
+            (k + b"a", b"2"),
+            (k + b"c", b"4"),
+            (k + b"d", b"12"),
+            (k + b"w", b"9"),
+            (k + b"x", b"6"),
+            (k + b"y", b"8"),
+            (k + b"z", b"11"),
+        ]

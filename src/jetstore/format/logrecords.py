@@ -31,7 +31,11 @@ START (4): the instance started writing this log stream (first record of every o
 ```
 
 Records carry B+tree operations (keys and values as the tree stores them), so replay never
-re-runs table logic. Decoding anything malformed raises `LogFileCorrupt`, naming the position.
+re-runs table logic. A COMMIT names each key once, so the order of its operations does not
+change what replay makes of it: a transaction whose writes were applied to its tree in one
+pass lists them in key order (`encode_commit_ordered`; replay's sort of the gathered keys
+then finds long ascending runs), any other in the order the keys were first written.
+Decoding anything malformed raises `LogFileCorrupt`, naming the position.
 `gather_commit_operations` (replay) decodes runs of same-shaped operations with cached
 structs; it yields exactly what `decode_record` yields, and a bounded cache (`_RUNS`) keeps a
 log of ever-new lengths from growing it.
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import itemgetter, ne
@@ -151,6 +155,35 @@ def encode_commit_changes(
                     value,
                 )
             )
+    return _encode_operations(database_id, transaction_id, time_us, count, changes.items())
+
+
+def encode_commit_ordered(
+    database_id: int,
+    transaction_id: int,
+    time_us: int,
+    keys: list[bytes],
+    values: list[bytes | None],
+) -> bytes:
+    """`encode_commit` of operations given as parallel lists (a transaction's writes in key
+    order, see `Transaction.operations_in_key_order`).
+
+    Replay gathers every record's operations into one map and sorts its keys; records whose
+    operations are in key order give that sort long ascending runs (about half its cost for
+    large transactions) and leave the entries in memory in runs of key order.
+    """
+    return _encode_operations(
+        database_id, transaction_id, time_us, len(keys), zip(keys, values, strict=True)
+    )
+
+
+def _encode_operations(
+    database_id: int,
+    transaction_id: int,
+    time_us: int,
+    count: int,
+    operations: Iterable[tuple[bytes, bytes | None]],
+) -> bytes:
     parts: list[bytes] = [
         _COMMIT_HEAD.pack(RECORD_COMMIT, database_id, transaction_id, time_us, count)
     ]
@@ -158,7 +191,7 @@ def encode_commit_changes(
     put_head = _PUT_HEAD.pack
     shapes = _PUT_SHAPES
     shape_of = shapes.get
-    for key, value in changes.items():
+    for key, value in operations:
         if value is None:
             append(put_head(OP_DELETE, len(key)))
             append(key)

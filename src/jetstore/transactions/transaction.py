@@ -115,6 +115,7 @@ class Transaction:
         "_db",
         "_file",
         "_iterators_out",
+        "_key_order",
         "_limit",
         "_max_entry",
         "_pending",
@@ -156,6 +157,9 @@ class Transaction:
         # pending, and `operations` itself serves (one dict store per write, not two).
         self._pending: dict[bytes, bytes | None] | None = None
         self._applied_bytes = 0  # `_bytes` when the pending writes were last applied
+        # Every operation's key in key order, from an application by path copies that covered
+        # all of `operations`: see `operations_in_key_order`.
+        self._key_order: list[bytes] | None = None
         self._max_entry = _max_entry_size(database.page_size)
         self.unique_checks: list[tuple[bytes, bytes]] = []
         self.schema_keys: set[bytes] = set()
@@ -249,7 +253,8 @@ class Transaction:
         Many writes relative to the tree (a bulk load) rebuild it in one streaming merge
         (about 1 µs an entry); a few are applied by copy-on-write path copies.
         """
-        pending = self.operations if self._pending is None else self._pending
+        whole = self._pending is None
+        pending = self.operations if whole else self._pending
         if not pending:
             return
         store = self._db.file
@@ -275,6 +280,9 @@ class Transaction:
                 values = list(map(pending.__getitem__, keys))
                 root = merge_sorted_columns(store, mutation.root, keys, values, epoch, freed)
             mutation = self.mutation = Mutation(store, root, epoch, freed)
+            # Not kept for the commit record: encoding a bulk load in key order would visit
+            # its entries in an order random in memory (measured ~0.5 µs a row more).
+            whole = False
         else:
             put, delete = mutation.put, mutation.delete
             for key in keys:
@@ -285,10 +293,23 @@ class Transaction:
                     put(key, value)
         self._pending = {}
         self._applied_bytes = self._bytes
+        self._key_order = keys if whole else None
 
     def prepare_commit(self) -> None:
         """Build the private tree before the commit lock is taken (the fast path publishes it)."""
         self._apply_pending()
+
+    def operations_in_key_order(self) -> tuple[list[bytes], list[bytes | None]] | None:
+        """Every operation's key and value, in key order, or None if that is not at hand.
+
+        At hand when one application of the gathered writes covered all of `operations` and
+        nothing was written since: every write adds to `_bytes`, and `operations` never loses
+        a key, so unchanged `_bytes` means unchanged keys and values.
+        """
+        keys = self._key_order
+        if keys is None or self._bytes != self._applied_bytes:
+            return None
+        return keys, list(map(self.operations.__getitem__, keys))
 
     def _charge(self, amount: int) -> None:
         self._bytes += amount
@@ -509,6 +530,7 @@ class Transaction:
         self.mutation = None
         self.operations = {}
         self._pending = {}
+        self._key_order = None
         self.unique_checks = []
         self._tables.clear()
         self._db.end_transaction(self)
@@ -518,6 +540,7 @@ class Transaction:
         self.commit_position = position
         self.mutation = None
         self._pending = {}
+        self._key_order = None
         self._tables.clear()
 
     def __enter__(self) -> Transaction:
