@@ -25,6 +25,7 @@ from jetstore.errors import (
     DiskIO,
     ErrorInfo,
     FileAccessDenied,
+    FileAlreadyExists,
     FileNotFound,
     InconsistentError,
     IntegrityError,
@@ -386,7 +387,7 @@ def _errno(name: str) -> int:
         ("ENOTDIR", InvalidPath),
         ("ENAMETOOLONG", InvalidPath),
         ("EISDIR", InvalidPath),
-        ("EEXIST", InvalidPath),
+        ("EEXIST", FileAlreadyExists),
         ("ELOOP", InvalidPath),
         ("ENOMEM", OutOfMemory),
         ("EIO", DiskIO),
@@ -402,7 +403,7 @@ def test_from_os_error_maps_errno(errno_name: str, expected: type[JetError]) -> 
     assert err.errno == number
     assert err.path == "/x/edb.log"
     os_message = f"[Errno {number}] some OS message"
-    if expected is InvalidPath:
+    if expected in (InvalidPath, FileAlreadyExists):
         # A path error says what is wrong with the path, then what the OS said.
         assert err.detail.endswith(f"(write failed: {os_message})")
         assert "/x/edb.log" in err.detail and err.hint != InvalidPath.hint
@@ -424,7 +425,7 @@ def test_from_os_error_maps_errno(errno_name: str, expected: type[JetError]) -> 
 def test_from_os_error_path_errors_say_what_is_wrong(errno_name: str, op: str, says: str) -> None:
     number = _errno(errno_name)
     err = from_os_error(OSError(number, "msg"), op=op, path="/x/edbtmp.log")
-    assert type(err) is InvalidPath
+    assert type(err) is (FileAlreadyExists if says.endswith("already exists") else InvalidPath)
     assert says in err.detail
     # Never the disk-hardware advice of DiskIO.
     assert "SMART" not in str(err) and "cabling" not in str(err)
@@ -434,7 +435,8 @@ def test_from_os_error_path_errors_without_errno() -> None:
     err = from_os_error(IsADirectoryError("x"), op="open", path="/x/main.edb")
     assert type(err) is InvalidPath and "is a directory" in err.detail
     err = from_os_error(FileExistsError("x"), op="create", path="/x/main.edb")
-    assert type(err) is InvalidPath and "already exists" in err.detail
+    assert type(err) is FileAlreadyExists and "already exists" in err.detail
+    assert err.code == -1814 and err.hint != FileAlreadyExists.hint
 
 
 def test_from_os_error_real_exception_and_raise_from(tmp_path: Path) -> None:

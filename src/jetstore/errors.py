@@ -64,6 +64,7 @@ __all__ = [
     "Error",
     "ErrorInfo",
     "FileAccessDenied",
+    "FileAlreadyExists",
     "FileInvalidType",
     "FileNotFound",
     "GivenLogFileHasBadSignature",
@@ -840,6 +841,15 @@ class InvalidPath(UsageError):
     code = -1023
 
 
+class FileAlreadyExists(UsageError):
+    description = "A file the engine was to create already exists"
+    hint = (
+        "Move the existing file away or give another path, then retry: the engine does not "
+        "overwrite a file it did not expect."
+    )
+    code = -1814
+
+
 class RecordTooBig(UsageError):
     description = "The record is larger than the maximum record size"
     hint = "Store large values in long-value columns, or split the record."
@@ -1208,7 +1218,8 @@ def _errno_table() -> dict[int, type[JetError]]:
         (("EACCES", "EPERM", "EROFS", "ETXTBSY", "EBUSY"), FileAccessDenied),
         (("ENOSPC", "EDQUOT", "EFBIG"), DiskFull),
         (("EMFILE", "ENFILE"), OutOfFileHandles),
-        (("ENOTDIR", "ENAMETOOLONG", "EISDIR", "EEXIST", "ELOOP"), InvalidPath),
+        (("ENOTDIR", "ENAMETOOLONG", "EISDIR", "ELOOP"), InvalidPath),
+        (("EEXIST",), FileAlreadyExists),
         (("ENOMEM",), OutOfMemory),
     ]
     table: dict[int, type[JetError]] = {}
@@ -1227,7 +1238,7 @@ _BY_OSERROR_TYPE: Final[tuple[tuple[type[OSError], type[JetError]], ...]] = (
     (PermissionError, FileAccessDenied),
     (NotADirectoryError, InvalidPath),
     (IsADirectoryError, InvalidPath),
-    (FileExistsError, InvalidPath),
+    (FileExistsError, FileAlreadyExists),
 )
 
 
@@ -1279,8 +1290,9 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
     The result names the operation, the path and the OS message, carries ``errno`` and has
     ``__cause__`` set to ``exc``. Callers raise it: ``raise from_os_error(e, ...) from e``.
     Unrecognised errors (EIO and the rest) become ``DiskIO``. Errors about the path itself
-    (EISDIR, EEXIST, ENOTDIR, ENAMETOOLONG, ELOOP) become ``InvalidPath`` whose detail says
-    what is wrong with the path and whose hint what to do about it.
+    (EISDIR, ENOTDIR, ENAMETOOLONG, ELOOP, and EEXIST where a directory was to be made)
+    become ``InvalidPath``, and EEXIST of a file ``FileAlreadyExists``; their detail says what
+    is wrong with the path and their hint what to do about it.
     """
     cls: type[JetError] | None = None
     if exc.errno is not None:
@@ -1301,7 +1313,9 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
         number = _errno.EISDIR
     elif number is None and isinstance(exc, FileExistsError):
         number = _errno.EEXIST
-    problem = _path_problem(number, op, path) if cls is InvalidPath else None
+    if cls is FileAlreadyExists and op == "create directory":
+        cls = InvalidPath  # a file stands where a directory belongs
+    problem = _path_problem(number, op, path) if cls in (InvalidPath, FileAlreadyExists) else None
     if problem is None:
         err = cls(f"{op} failed on {path!r}: {os_message}", path=path)
     else:

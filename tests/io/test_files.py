@@ -12,6 +12,7 @@ from jetstore.errors import (
     DiskFull,
     DiskIO,
     FileAccessDenied,
+    FileAlreadyExists,
     FileNotFound,
     InvalidPath,
     JetError,
@@ -121,7 +122,7 @@ def test_exclusive_create_refuses_existing_file(
         f.pwrite(b"keep", 0)
     with pytest.raises(JetError) as info:
         fs.open(path, owner=OWNER, create=True, exclusive=True)
-    assert isinstance(info.value, InvalidPath)
+    assert isinstance(info.value, FileAlreadyExists) and info.value.code == -1814
     assert "already exists" in info.value.detail
     assert info.value.errno == errno.EEXIST
     assert path in str(info.value)
