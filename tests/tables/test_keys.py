@@ -19,6 +19,7 @@ from jetstore.tables.keys import (
     encode_key_prefix,
     prefix_successor,
     single_key_encoder,
+    tuple_prefix_stop,
 )
 
 INT64_MIN = -(1 << 63)
@@ -131,6 +132,28 @@ def test_partial_key_is_a_byte_prefix(pair: tuple[tuple[KeyValue, ...], ...]) ->
         assert encoded.startswith(partial)
         successor = prefix_successor(partial)
         assert successor is None or encoded < successor
+
+
+@given(same_typed_pair())
+def test_tuple_prefix_stop_bounds_exactly_the_extensions(
+    pair: tuple[tuple[KeyValue, ...], ...],
+) -> None:
+    a, b = pair
+    encoded_b = encode_key(b)
+    for k in range(len(a) + 1):
+        partial = encode_key_prefix(a[:k])
+        inside = partial <= encoded_b < tuple_prefix_stop(partial)
+        expected = len(b) >= k and all(model(x) == model(y) for x, y in zip(a[:k], b, strict=False))
+        assert inside == expected, (a, b, k)
+
+
+def test_tuple_prefix_stop_excludes_values_extended_by_nul_bytes() -> None:
+    for short, longer in (("a", "a\x00"), (b"a", b"a\x00\x00"), ("", "\x00"), (b"", b"\x00")):
+        partial = encode_key((short,))
+        extended = encode_key((longer, 1))
+        assert extended.startswith(partial)  # a byte prefix, yet another value
+        assert not partial <= extended < tuple_prefix_stop(partial)
+        assert partial <= encode_key((short, 1)) < tuple_prefix_stop(partial)
 
 
 @pytest.mark.parametrize("kind", sorted(STRATEGIES))

@@ -571,6 +571,38 @@ def test_unique_violations_on_insert_and_update_leave_nothing_behind(store: Stor
     store.checked_twice(check)
 
 
+def test_unique_index_values_that_extend_another_by_nul_bytes_do_not_collide(
+    store: Store,
+) -> None:
+    # "a" encodes as a byte prefix of "a\x00" (40 61 00 | 40 61 00 FF 00): the uniqueness check
+    # must compare whole index keys, not byte prefixes.
+    store.db.create_table(
+        "t",
+        [("id", "int"), ("code", "text"), ("blob", "bytes")],
+        "id",
+        indexes=[("by_code", "code", True), ("by_blob", "blob", True)],
+    )
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "code": "a\x00", "blob": b"a\x00\x00"})
+        t.insert({"id": 2, "code": "a", "blob": b"a"})
+        t.insert({"id": 3, "code": "", "blob": b""})
+        t.insert({"id": 4, "code": "\x00", "blob": b"\x00"})
+        with pytest.raises(KeyDuplicate):
+            t.insert({"id": 5, "code": "a\x00"})
+        with pytest.raises(KeyDuplicate):
+            t.update(4, {"blob": b"a"})
+        t.update(4, {"code": "a\x00\x00", "blob": b"a\x00"})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert ids(t.scan(index="by_code")) == [3, 2, 1, 4]
+            assert ids(t.scan(index="by_blob")) == [3, 2, 4, 1]
+
+    store.checked_twice(check)
+
+
 def test_primary_key_change_moves_the_record_its_index_entries_and_long_values(
     store: Store,
 ) -> None:

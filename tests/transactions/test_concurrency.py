@@ -240,6 +240,12 @@ def test_concurrent_inserts_of_one_unique_key(store: Store) -> None:
     # The key freed by that update can be taken by a transaction that saw it free.
     with store.db.transaction() as txn:
         txn.table("t").insert({"id": 6, "email": "x@y"})
+    # A committed value that merely extends this one by NUL bytes is another key: no collision.
+    a, b = store.db.transaction(), store.db.transaction()
+    a.table("t").insert({"id": 7, "email": "n@y\x00"})
+    b.table("t").insert({"id": 8, "email": "n@y"})
+    a.commit()
+    b.commit()
     # Many threads, each inserting its own record with the same unique key: exactly one wins.
     threads = 8
     start = threading.Barrier(threads)

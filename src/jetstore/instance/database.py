@@ -33,7 +33,7 @@ from jetstore.format.logrecords import (
 from jetstore.format.positions import LogPosition
 from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted_columns
 from jetstore.pages.pagefile import DatabaseFile
-from jetstore.tables.keys import prefix_successor
+from jetstore.tables.keys import tuple_prefix_stop
 from jetstore.tables.records import RecordCodec
 from jetstore.tables.schema import TableDef, decode_table_def
 from jetstore.tables.table import TableShape
@@ -278,7 +278,7 @@ class Database:
         for prefix, own_key in txn.unique_checks:
             if operations.get(own_key) is None:
                 continue  # the entry was removed again later in the transaction
-            for key, _ in iterate(self.file, root, prefix, prefix_successor(prefix)):
+            for key, _ in iterate(self.file, root, prefix, tuple_prefix_stop(prefix)):
                 if key == own_key or (key in operations and operations[key] is None):
                     continue
                 raise KeyDuplicate(

@@ -14,7 +14,9 @@ range and a range scan of one object never touches another:
 
 `pk` and `index_key` are `jetstore.tables.keys.encode_key` encodings. Putting `pk` at the end
 of index keys makes every index entry unique, so unique and non-unique indexes share one
-layout; uniqueness is checked by scanning the `index_id index_key` prefix.
+layout; uniqueness is checked by scanning the entries that start with the whole
+`index_id index_key` (up to `keys.tuple_prefix_stop` of it: a byte prefix alone would also
+take a text or bytes value followed by NUL bytes for the same value).
 
 A table definition is stored in its `'T'` entry when the entry fits the B+tree's entry limit.
 A larger one (a table with many columns) is split into `'D'` chunks and its `'T'` entry holds

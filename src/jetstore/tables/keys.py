@@ -14,7 +14,10 @@ Invariants
    instant are different keys (the naive one first), as they are unequal in Python.
 2. **Prefix.** ``encode_key(t[:k])`` is a byte prefix of ``encode_key(t)``: every element is
    self-delimiting and the encoding is a plain concatenation. So a range scan over all tuples
-   starting with ``p`` is ``[encode_key_prefix(p), prefix_successor(encode_key_prefix(p)))``.
+   starting with ``p`` is ``[encode_key_prefix(p), tuple_prefix_stop(encode_key_prefix(p)))``.
+   Not up to ``prefix_successor`` of it: a str or bytes value's encoding is also a byte prefix
+   of the encoding of that value followed by NUL bytes (``"a"`` is ``40 61 00``, ``"a\x00"``
+   is ``40 61 00 FF 00``), and that range would hold those tuples too.
 3. **Round trip.** ``decode_key(encode_key(t)) == t``, with bytes-like values coming back as
    ``bytes``, aware datetimes as the same instant in UTC, naive datetimes as naive.
 
@@ -63,6 +66,7 @@ __all__ = [
     "micros_to_datetime",
     "prefix_successor",
     "single_key_encoder",
+    "tuple_prefix_stop",
 ]
 
 KeyValue = None | bool | int | float | str | bytes | datetime
@@ -100,6 +104,8 @@ _NUL = b"\x00"
 # than the rest of encoding a short key.
 _NUL_BYTE = 0
 _NUL_ESCAPED = b"\x00\xff"
+# Above every tag byte, so `encoded + _TUPLE_STOP` bounds the extensions of a tuple.
+_TUPLE_STOP = b"\xff"
 _TERMINATOR = b"\x00"
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
@@ -259,9 +265,21 @@ def encode_key_prefix(values: Sequence[KeyInput]) -> bytes:
 
     Identical to encode_key: the encoding of a tuple is a byte prefix of the encoding of every
     tuple that extends it, so this is the lower bound of a prefix range scan and
-    ``prefix_successor`` of it is the exclusive upper bound.
+    ``tuple_prefix_stop`` of it is the exclusive upper bound.
     """
     return encode_key(values)
+
+
+def tuple_prefix_stop(encoded: bytes) -> bytes:
+    """The exclusive upper bound of the keys that start with the tuple encoded as `encoded`
+    (``encoded + FF``): the keys in ``[encoded, encoded + FF)`` are exactly the tuple itself
+    and its extensions by further elements, each of which starts with a tag byte below 0xFF.
+
+    ``prefix_successor(encoded)`` is too far when the tuple ends in a str or bytes value:
+    the encoding of that value followed by NUL bytes continues with FF (``"a"`` is
+    ``40 61 00``, ``"a\x00"`` is ``40 61 00 FF 00``) and would be taken for an equal value.
+    """
+    return encoded + _TUPLE_STOP
 
 
 def _corrupt(data: bytes, pos: int, what: str) -> DatabaseCorrupted:

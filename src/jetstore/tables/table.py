@@ -63,6 +63,7 @@ from jetstore.tables.keys import (
     encode_key,
     prefix_successor,
     single_key_encoder,
+    tuple_prefix_stop,
 )
 from jetstore.tables.records import LongValueRef, RecordCodec
 from jetstore.tables.schema import Column, ColumnType, IndexDef, TableDef
@@ -731,7 +732,7 @@ class Table:
             unique = self._unique_prefix(index, record)
             if unique is None or old_entries.get(index.name) == entries[index.name]:
                 continue
-            for other_key, other_pk in view.items(unique, prefix_successor(unique)):
+            for other_key, other_pk in view.items(unique, tuple_prefix_stop(unique)):
                 if other_pk not in own_pks:
                     raise KeyDuplicate(
                         f"unique index {index.name!r} of table {self.name!r} already has "
