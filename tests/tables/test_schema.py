@@ -250,6 +250,13 @@ def test_validate_record_errors(record: dict[Any, Any], error: type[Exception]) 
         people().validate_record(record)
 
 
+@pytest.mark.parametrize("record", [None, [("id", 1), ("name", "a")], "id", 5, ("id", "name")])
+@pytest.mark.parametrize("partial", [False, True])
+def test_validate_record_refuses_what_is_not_a_mapping(record: Any, partial: bool) -> None:
+    with pytest.raises(InvalidParameter, match="must be a mapping"):
+        people().validate_record(record, partial=partial)
+
+
 def test_type_error_names_column_and_table() -> None:
     with pytest.raises(InvalidColumnType, match=r"'id'.*'people'"):
         people().validate_record({"id": "x", "name": "a"})

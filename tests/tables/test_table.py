@@ -1029,6 +1029,15 @@ def test_errors_for_bad_columns_types_nulls_and_names(store: Store) -> None:
             txn.table("nope")
         with pytest.raises(ObjectNotFound):
             txn.table(5)  # type: ignore[arg-type]
+        # Not a mapping of column names to values: a clear error, never a bare TypeError
+        # (nor a misleading NullInvalid for a list of pairs).
+        for not_a_record in (None, [("id", 2), ("name", "b")], "id", 2):
+            with pytest.raises(InvalidParameter, match="must be a mapping"):
+                t.insert(not_a_record)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be a mapping"):
+                t.upsert(not_a_record)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be a mapping"):
+                t.update(1, not_a_record)  # type: ignore[arg-type]
         assert t.get(1) == {"id": 1, "name": "a", "n": None, "at": None}
         t.insert({"id": 2, "name": "b"})
     store.reopen()

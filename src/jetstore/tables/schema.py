@@ -400,8 +400,15 @@ class TableDef:
         column) unless ``partial``, in which case only the given columns are returned (for
         updates). Unknown column: ColumnNotFound; None in a NOT NULL column: NullInvalid;
         wrong type: InvalidColumnType; right type but not storable (an int beyond 64 bits, a
-        datetime outside the UTC range): InvalidParameter.
+        datetime outside the UTC range): InvalidParameter, as is a ``record`` that is not a
+        mapping of column names to values.
         """
+        if type(record) is not dict and not isinstance(record, Mapping):
+            raise InvalidParameter(
+                f"a record of table {self.name!r} must be a mapping of column names to values, "
+                f"got {type(record).__name__} {record!r:.80}",
+                hint="pass a dict such as {'column': value, ...}",
+            )
         out: dict[str, object] = {}
         matched = 0
         for name, col, check in self._checks:
