@@ -996,6 +996,18 @@ def test_errors_for_bad_columns_types_nulls_and_names(store: Store) -> None:
         store.db.create_table("u", [("id", "int")], "id", indexes=[("i", "nope")])
     with pytest.raises(InvalidParameter):
         store.db.create_table(123, [("id", "int")], "id")  # type: ignore[arg-type]
+    # Definitions of the wrong shape: clear errors, never a bare TypeError.
+    for columns, key, indexes in (
+        (None, "id", ()),
+        (5, "id", ()),
+        ([("id", "int")], None, ()),
+        ([("id", "int")], 5, ()),
+        ([("id", "int"), ("x", "int")], {"id", "x"}, ()),
+        ([("id", "int")], "id", [("i", None)]),
+        ([("id", "int")], "id", [("i", 5)]),
+    ):
+        with pytest.raises(InvalidParameter):
+            store.db.create_table("u", columns, key, indexes)
     with store.db.transaction() as txn:
         t = txn.table("t")
         t.insert({"id": 1, "name": "a"})

@@ -248,7 +248,8 @@ class Column:
 
 @dataclass(frozen=True, init=False)
 class IndexDef:
-    """A secondary index over one or more columns. ``columns`` may be a str for one column."""
+    """A secondary index over one or more columns: a list or tuple of names in key order, or a
+    str for one column."""
 
     name: str
     columns: tuple[str, ...]
@@ -256,12 +257,9 @@ class IndexDef:
 
     def __init__(self, name: str, columns: str | Sequence[str], unique: bool = False) -> None:
         _check_name("index", name)
-        cols = (columns,) if isinstance(columns, str) else tuple(columns)
+        cols = _column_names(f"the columns of index {name!r}", columns)
         if not cols:
             raise InvalidParameter(f"index {name!r} must name at least one column")
-        for c in cols:
-            if not isinstance(c, str):
-                raise InvalidParameter(f"index {name!r}: column names must be strings, got {c!r}")
         if len(set(cols)) != len(cols):
             raise InvalidParameter(f"index {name!r} names a column twice: {list(cols)}")
         if not isinstance(unique, bool):
@@ -269,6 +267,25 @@ class IndexDef:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "columns", cols)
         object.__setattr__(self, "unique", unique)
+
+
+def _column_names(what: str, value: object) -> tuple[str, ...]:
+    """A key's column names, in key order, from a name or an ordered sequence of names.
+
+    Anything else is InvalidParameter: a set (its order, which would be the key's order,
+    is arbitrary), a mapping, a non-iterable (None, a number), or an element not a str.
+    """
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise InvalidParameter(
+            f"{what} must be a column name or a list of column names in key order, "
+            f"got {type(value).__name__} {value!r:.80}"
+        )
+    for c in value:
+        if not isinstance(c, str):
+            raise InvalidParameter(f"{what} must be column names, got {c!r:.80}")
+    return tuple(value)
 
 
 def _check_object_id(what: str, value: object) -> int:
@@ -521,23 +538,26 @@ def make_table_def(
     """Build a validated TableDef from user-friendly input.
 
     ``columns``: Column objects, ``(name, type)`` / ``(name, type, nullable)`` tuples or dicts
-    with keys name, type, nullable, default. ``primary_key``: a column name or a sequence of
-    them. ``indexes``: IndexDef objects, ``(name, columns)`` / ``(name, columns, unique)``
-    tuples or dicts with keys name, columns, unique. ``index_ids`` parallels ``indexes``.
+    with keys name, type, nullable, default. ``primary_key``: a column name or a list or
+    tuple of them, in key order. ``indexes``: IndexDef objects, ``(name, columns)`` /
+    ``(name, columns, unique)`` tuples or dicts with keys name, columns, unique (``columns``
+    also a name or a list or tuple of them). ``index_ids`` parallels ``indexes``.
     Primary key columns become NOT NULL. Bad input raises InvalidParameter, ColumnDuplicate,
     IndexDuplicate or ColumnNotFound (a key or index naming a missing column).
     """
-    if isinstance(columns, (str, bytes, Mapping)):
-        raise InvalidParameter("columns must be a sequence of column specifications")
-    if isinstance(indexes, (str, bytes, Mapping)):
-        raise InvalidParameter("indexes must be a sequence of index specifications")
-    if isinstance(primary_key, str):
-        pk: tuple[str, ...] = (primary_key,)
-    else:
-        pk = tuple(primary_key)
-        for c in pk:
-            if not isinstance(c, str):
-                raise InvalidParameter(f"primary key columns must be names, got {c!r}")
+    if isinstance(columns, (str, bytes, Mapping, set, frozenset)) or not isinstance(
+        columns, Iterable
+    ):
+        raise InvalidParameter(
+            "columns must be a sequence of column specifications, "
+            f"got {type(columns).__name__} {columns!r:.80}"
+        )
+    if isinstance(indexes, (str, bytes, Mapping)) or not isinstance(indexes, Iterable):
+        raise InvalidParameter(
+            "indexes must be a sequence of index specifications, "
+            f"got {type(indexes).__name__} {indexes!r:.80}"
+        )
+    pk = _column_names("the primary key", primary_key)
     return TableDef(
         name=name,
         columns=tuple(_column_from_spec(c) for c in columns),
