@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -269,6 +270,25 @@ def test_validate_record_errors(record: dict[Any, Any], error: type[Exception]) 
 def test_validate_record_refuses_what_is_not_a_mapping(record: Any, partial: bool) -> None:
     with pytest.raises(InvalidParameter, match="must be a mapping"):
         people().validate_record(record, partial=partial)
+
+
+def test_out_of_range_datetime_error_is_one_message() -> None:
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    with pytest.raises(InvalidParameter) as info:
+        people().validate_record({"id": 1, "name": "a", "born": late})
+    text = str(info.value)
+    assert "'born'" in text and "'people'" in text and "UTC range" in text
+    # Not the inner error's whole text (its code and hint) inside the outer one's.
+    assert text.count("JET_err") == 1 and text.count("What to do") == 1
+
+
+def test_invalid_catalog_definition_error_is_one_message() -> None:
+    doc = json.loads(encode_table_def(people()))
+    doc["primary_key"] = ["nope"]
+    with pytest.raises(DatabaseCorrupted) as info:
+        decode_table_def(json.dumps(doc).encode("ascii"))
+    text = str(info.value)
+    assert "'nope'" in text and text.count("JET_err") == 1
 
 
 def test_type_error_names_column_and_table() -> None:

@@ -196,7 +196,7 @@ def _check_datetime(v: object) -> object:
         try:
             datetime_to_micros(v)
         except InvalidParameter as exc:
-            raise _OutOfRange(str(exc)) from None
+            raise _OutOfRange(exc.detail) from None
         return v
     raise _Mismatch
 
@@ -671,4 +671,5 @@ def decode_table_def(data: bytes) -> TableDef:
     ) as exc:
         if isinstance(exc, DatabaseCorrupted):
             raise
-        raise DatabaseCorrupted(f"malformed table definition in the catalog: {exc}") from exc
+        what = exc.detail if isinstance(exc, JetError) else exc  # not its code and hint again
+        raise DatabaseCorrupted(f"malformed table definition in the catalog: {what}") from exc
