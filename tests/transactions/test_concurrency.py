@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -23,7 +24,7 @@ from jetstore.errors import (
     RecordNotFound,
     WriteConflict,
 )
-from jetstore.transactions.transaction import TransactionState
+from jetstore.transactions.transaction import Transaction, TransactionState
 
 
 def rows(db: jetstore.Database, table: str = "t") -> list[dict[str, object]]:
@@ -213,6 +214,33 @@ def test_no_lost_updates_between_threads(store: Store) -> None:
     assert next(conflicts) >= threads - 1  # the threads did collide
     store.reopen()
     assert rows(store.db) == [{"id": 0, "n": threads * increments}]
+
+
+def test_create_table_retried_after_a_concurrent_creation_keeps_its_columns(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another table is created and committed between this creation's snapshot and its commit:
+    # the retry must see the same columns and indexes even when they came as generators.
+    create = Transaction.create_table
+    raced: list[bool] = []
+
+    def racing(self: Transaction, *args: Any, **kwargs: Any) -> Any:
+        created = create(self, *args, **kwargs)
+        if not raced:
+            raced.append(True)
+            with store.db.transaction() as other:
+                other.create_table("other", [("id", "int")], "id")
+        return created
+
+    monkeypatch.setattr(Transaction, "create_table", racing)
+    columns = (c for c in [("id", "int"), ("v", "text")])
+    store.db.create_table("t", columns, "id", (i for i in [("by_v", "v")]))
+    assert raced
+    assert sorted(store.db.table_names()) == ["other", "t"]
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        assert t.definition.column_names == ("id", "v")
+        assert [i.name for i in t.definition.indexes] == ["by_v"]
 
 
 def test_concurrent_inserts_of_one_unique_key(store: Store) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from jetstore.errors import KeyDuplicate, WriteConflict
@@ -110,8 +110,13 @@ class Database:
         """Create a table in a transaction of its own (schema changes are logged like data).
 
         Concurrent creations of different tables both take the next object id; the later one
-        is retried rather than reported as a WriteConflict.
+        is retried rather than reported as a WriteConflict (with the same specifications: a
+        one-shot iterator of columns or indexes is read once, before the first attempt).
         """
+        if isinstance(columns, Iterator):
+            columns = list(columns)
+        if isinstance(indexes, Iterator):
+            indexes = list(indexes)
         for attempt in range(_CREATE_RETRIES):
             try:
                 with self.transaction() as txn:
