@@ -587,3 +587,42 @@ def test_put_new_writes_only_absent_keys(store: Store) -> None:
         assert txn.items(b"\x00\x00\x00\x09c", None) == [(b"\x00\x00\x00\x09c", b"6")]
     with pytest.raises(NotInTransaction):
         txn.put_new(b"\x00\x00\x00\x09d", b"7")
+
+
+def test_raw_reads_and_deletes_refuse_keys_that_are_not_bytes(store: Store) -> None:
+    key = b"\x00\x00\x00\x09a"
+    with store.db.transaction() as txn:
+        txn.put(key, b"1")
+    txn = store.db.transaction()
+    for written in (False, True):  # reads of the snapshot alone, then with writes gathered
+        for bad in ("a", None, 5, [b"a"]):
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                txn.get(bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                txn.delete(bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                txn.frozen().get(bad)  # type: ignore[arg-type]
+            if bad is None:
+                continue  # an unbounded end of a range
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                txn.iterate(bad, None)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                txn.chunks(None, bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                txn.items(bad, None)  # type: ignore[arg-type]
+            view = txn.frozen()
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                view.items(None, bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter, match="must be bytes"):
+                view.iterate(bad, None)  # type: ignore[arg-type]
+        # Bytes-like keys are taken as bytes, as `put` takes them.
+        assert txn.get(bytearray(key)) == b"1"
+        assert txn.frozen().get(memoryview(key)) == b"1"
+        assert list(txn.iterate(bytearray(key), memoryview(key + b"\x00"))) == [(key, b"1")]
+        if not written:
+            txn.put(b"\x00\x00\x00\x09b", b"2")
+    txn.delete(bytearray(key))
+    assert txn.get(key) is None
+    txn.commit()
+    with store.db.transaction() as txn:
+        assert txn.items(b"\x00\x00\x00\x09", b"\x00\x00\x00\x0a") == [(b"\x00\x00\x00\x09b", b"2")]

@@ -27,6 +27,9 @@ Invariants:
 - Nothing is read for a finished transaction: every read, including the next step of an
   iterator handed out before, raises `NotInTransaction` (its snapshot's pages may be reused
   once it ended).
+- The raw tree API (`get`, `put`, `delete`, `iterate`, `chunks`, `items`, and a `frozen`
+  view's reads) takes keys and bounds as bytes (bytes-like values are converted); anything
+  else is `InvalidParameter`, never a `TypeError` from inside the tree.
 """
 
 from __future__ import annotations
@@ -199,6 +202,8 @@ class Transaction:
     def get(self, key: bytes) -> bytes | None:
         if self.state is not _ACTIVE:
             self._check_active()
+        if type(key) is not bytes:
+            key = _raw_key(key)
         # The transaction's view is its snapshot with `operations` applied: a point read needs
         # no private tree, so writes can be gathered and applied in bulk (see `_apply_pending`).
         operations = self.operations
@@ -212,12 +217,14 @@ class Transaction:
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         """Entries with ``start <= key < stop`` (None: unbounded) as of this call, lazily."""
+        start, stop = _raw_bounds(start, stop)
         return self.frozen().iterate(start, stop, reverse)
 
     def chunks(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
     ) -> Iterator[tuple[list[bytes], list[bytes]]]:
         """`iterate`'s entries a leaf at a time, as (keys, values) lists."""
+        start, stop = _raw_bounds(start, stop)
         return self.frozen().chunks(start, stop, reverse)
 
     def check_active(self) -> None:
@@ -232,6 +239,7 @@ class Transaction:
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         """Entries with ``start <= key < stop``, read at once (no iterator stays out)."""
         self._check_active()
+        start, stop = _raw_bounds(start, stop)
         return list(iterate(self._db.file, self._current_root(), start, stop))
 
     def frozen(self) -> FrozenView:
@@ -375,6 +383,8 @@ class Transaction:
 
     def delete(self, key: bytes) -> None:
         self._check_active()
+        if type(key) is not bytes:
+            key = _raw_key(key)
         if key in self.operations or self.get(key) is not None:
             self.operations[key] = None
             pending = self._pending
@@ -582,11 +592,14 @@ class FrozenView:
     def get(self, key: bytes) -> bytes | None:
         txn = self._txn
         txn._check_active()
+        if type(key) is not bytes:
+            key = _raw_key(key)
         return lookup(txn.database.file, self._root, key)
 
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         txn = self._txn
         txn._check_active()
+        start, stop = _raw_bounds(start, stop)
         return list(iterate(txn.database.file, self._root, start, stop))
 
     def iterate(
@@ -594,6 +607,7 @@ class FrozenView:
     ) -> Iterator[tuple[bytes, bytes]]:
         txn = self._txn
         txn._check_active()
+        start, stop = _raw_bounds(start, stop)
         return _guarded(txn, iterate(txn.database.file, self._root, start, stop, reverse))
 
     def chunks(
@@ -602,10 +616,32 @@ class FrozenView:
         """What `iterate` yields, a leaf at a time (see `jetstore.pages.btree.iterate_chunks`)."""
         txn = self._txn
         txn._check_active()
+        start, stop = _raw_bounds(start, stop)
         return _guarded(txn, iterate_chunks(txn.database.file, self._root, start, stop, reverse))
 
 
 _T = TypeVar("_T")
+
+
+def _raw_key(key: object) -> bytes:
+    """A key of the raw tree API given as something other than `bytes`: a bytes-like value as
+    bytes (as `put` takes it), anything else InvalidParameter rather than a TypeError from
+    deep inside the tree."""
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise InvalidParameter(
+        f"key must be bytes, not {type(key).__name__}",
+        hint="the raw tree API (get, put, delete, iterate) takes byte strings; "
+        "use Transaction.table(name) for records",
+    )
+
+
+def _raw_bounds(start: object, stop: object) -> tuple[bytes | None, bytes | None]:
+    """Range bounds of the raw tree API: None (unbounded) or keys, as `_raw_key` takes them."""
+    return (
+        start if start is None or type(start) is bytes else _raw_key(start),
+        stop if stop is None or type(stop) is bytes else _raw_key(stop),
+    )
 
 
 def _guarded(txn: Transaction, entries: Iterator[_T]) -> Iterator[_T]:
