@@ -211,6 +211,39 @@ def test_stop_at_a_time(tmp_path: Path) -> None:
         )
 
 
+def test_a_stop_time_before_the_images_were_taken_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A commit acknowledged after the backup call began but before its checkpoint is in the
+    # images: a stop time before that commit cannot be reached, and restoring to it must be
+    # refused, not yield a state holding the later commit.
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(5)
+    moments: list[datetime] = []
+    checkpoint = inst.checkpoint
+
+    def checkpoint_after_a_commit(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.01)
+        moments.append(datetime.now(UTC))
+        time.sleep(0.01)
+        writer.commit(1)  # as a concurrent writer would, while the backup starts
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(inst, "checkpoint", checkpoint_after_a_commit)
+    inst.backup(tmp_path / "full", kind="full")
+    monkeypatch.setattr(inst, "checkpoint", checkpoint)
+    writer.commit(3)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    with pytest.raises(EndingRestoreLogTooLow, match="images"):
+        jetstore.restore(sets, tmp_path / "early", until=moments[0])
+    assert not (tmp_path / "early").exists()
+    jetstore.restore(sets, tmp_path / "restored", until=datetime.now(UTC))
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(9))
+
+
 def test_a_restored_instance_has_its_own_log_stream(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     Writer(inst).commit(30)

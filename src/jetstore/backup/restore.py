@@ -9,7 +9,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations);
    every file the manifests list present; the surviving logs, when given, of the same stream
    and continuing the last set without a gap; a stop point (`until`: a generation, or a
-   time) the images can reach (`EndingRestoreLogTooLow`, -553); the target absent or an
+   time, not before the full set's `started_us`: when its images were pinned) the images
+   can reach (`EndingRestoreLogTooLow`, -553); the target absent or an
    empty directory and not the directory of an open instance.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
    a staging directory next to the target (`<target>.restoring`).
@@ -302,9 +303,9 @@ def plan_restore(
         stop_time = _stop_time_us(until)
         if stop_time < base.started_us:
             raise EndingRestoreLogTooLow(
-                f"the restore should stop at {format_time_us(stop_time)}, before the full "
-                f"backup '{base.path}' began ({format_time_us(base.started_us)}): its images "
-                "already hold later changes",
+                f"the restore should stop at {format_time_us(stop_time)}, before the images "
+                f"of the full backup '{base.path}' were taken ({format_time_us(base.started_us)}"
+                "): they may already hold later changes",
                 hint="stop at a later time, or restore an older full backup",
                 path=base.path,
             )

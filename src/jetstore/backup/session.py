@@ -26,6 +26,8 @@ Invariants:
   generations it copies are kept (circular deletion stops below its first generation).
 - Only `complete()`, after every listed file was streamed to its end, records history or
   deletes logs; a failed or aborted backup changes nothing on disk.
+- `started_us` is taken once the starting point is fixed (images pinned, first generation
+  chosen): the images hold no commit after it, so a restore to an earlier time is refused.
 """
 
 from __future__ import annotations
@@ -213,6 +215,11 @@ class BackupSession:
                     path=os.path.join(instance.directory, generation_log_name(missing[0])),
                 )
             self.first_generation = low  # from here on circular logging keeps them
+            # The backup's starting point is fixed now: the images (pinned above, at the
+            # checkpoint just taken) hold every commit of their checkpoint, and a writer may
+            # have committed since the session was created. A restore to a time before this
+            # moment could get a state with later commits, so `started_us` is taken here.
+            self.started_us = now_us()
         for image in self._images:
             path = image.db.file.path
             file = instance.fs.open(path, owner=self.owner, writable=False)
