@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from control_support import Baseline, load, open_instance, wait_idle
 
-from jetstore.backup.backupset import read_manifest
+from jetstore.backup.backupset import SetWriter, read_manifest
 from jetstore.cli.main import run
+from jetstore.errors import DiskFull
 
 
 def _json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object]]:
@@ -64,6 +65,45 @@ def test_online_backup_of_an_instance_without_a_socket_exits_3(
         assert isinstance(error, dict)
         assert "serves no control socket" in str(error["detail"])
         assert not (tmp_path / "f").exists()
+
+
+def test_online_backup_errors_keep_their_own_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/cli.md: 2 for DEST not empty, 5 for a full destination disk, 3 only when the
+    # instance cannot be backed up (here: an incremental with no full backup to follow).
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 10)
+        baseline = Baseline.take(inst)
+        instance = str(tmp_path / "i")
+        (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / "other").write_text("x")
+        code, document = _json(capsys, "backup", instance, "--to", str(tmp_path / "taken"))
+        assert code == 2, document
+        assert document["error"]["name"] == "InvalidPath"  # type: ignore[index]
+        code, document = _json(
+            capsys, "backup", instance, "--to", str(tmp_path / "inc"), "--kind", "incremental"
+        )
+        assert code == 3, document
+        assert document["error"]["name"] == "MissingFullBackup"  # type: ignore[index]
+
+        def disk_full(self: SetWriter, file: object, chunks: object) -> None:
+            raise DiskFull(
+                f"write failed on '{self.partial}': [Errno 28] No space left on device",
+                path=self.partial,
+            )
+
+        monkeypatch.setattr(SetWriter, "add", disk_full)
+        code, document = _json(capsys, "backup", instance, "--to", str(tmp_path / "full"))
+        assert code == 5, document
+        assert document["error"]["name"] == "DiskFull"  # type: ignore[index]
+        assert document["error"]["exit_code"] == 5  # type: ignore[index]
+        monkeypatch.undo()
+        assert not (tmp_path / "full").exists()
+        wait_idle(inst)
+        baseline.wait(inst)
+        code, document = _json(capsys, "backup", instance, "--to", str(tmp_path / "full"))
+        assert code == 0, document
 
 
 def test_recover_into_a_copy_skips_a_stale_control_socket(

@@ -8,7 +8,8 @@ This module owns the two commands:
   instance is open (its lock is held), the backup has to be taken by the process that has it
   open: from another process that goes through the instance's control socket,
   `_online_backup` (`jetstore.control.client`); any kind (full, incremental, differential,
-  copy) works online.
+  copy) works online. Exit codes as docs/cli.md lists them, online too: what the instance
+  refuses is 3, a bad DEST 2, an I/O error 4, a full disk 5, a damaged source 1.
   `result` is the set's manifest (`Manifest.to_dict()`) plus `path`.
 * `verify-backup PATH`: `jetstore.verify_backup`, read-only. Exit 0 when the set is whole,
   1 when a problem was found; `result` is `BackupVerification.as_dict()` unchanged.
@@ -76,6 +77,16 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
             )
 
         return client.backup(dest, kind, compress=compress, progress=report)
+
+
+def _online_exit_code(error: JetError) -> ExitCode | None:
+    """The exit code of a failed online backup: 3 when the instance could not be backed up
+    (in use without a socket, its state, a backup already running, gone meanwhile); a bad
+    DEST, an I/O error, a damaged source or a full disk keep their category's code (2, 4, 1,
+    5), as docs/cli.md lists them."""
+    if error.category in ("usage", "io", "corruption", "resource"):
+        return None
+    return ExitCode.STATE
 
 
 def _size_text(size: int) -> str:
@@ -171,7 +182,7 @@ def backup_command(
         try:
             manifest = _online_backup(source, target, kind, compress, as_json)
         except JetError as exc:
-            fail(exc, command="backup", as_json=as_json, exit_code=ExitCode.STATE)
+            fail(exc, command="backup", as_json=as_json, exit_code=_online_exit_code(exc))
     else:
         if kind != BackupKind.FULL.value:
             _refuse(
@@ -201,7 +212,12 @@ def backup_command(
                 try:
                     manifest = _online_backup(source, target, kind, compress, as_json)
                 except JetError as online:
-                    fail(online, command="backup", as_json=as_json, exit_code=ExitCode.STATE)
+                    fail(
+                        online,
+                        command="backup",
+                        as_json=as_json,
+                        exit_code=_online_exit_code(online),
+                    )
     result = {**manifest.to_dict(), "path": manifest.path}
     if not as_json:
         _print_manifest(result)
