@@ -4,6 +4,7 @@ happening before anything is written."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,9 @@ from jetstore.errors import (
     InvalidBackup,
     InvalidPath,
     JetError,
+    MissingRestoreLogFiles,
 )
+from jetstore.format.filenames import generation_log_name
 from jetstore.format.positions import LogPosition
 
 
@@ -146,6 +149,62 @@ def test_a_gap_or_a_foreign_set_is_refused_before_anything_is_written(tmp_path: 
     )
     assert not result.executed and not target.exists()
     assert any("incremental" in line for line in result.plan.describe())
+
+
+def _damage_log_header(path: Path) -> None:
+    with open(path, "r+b") as file:
+        file.seek(10)
+        file.write(b"\xff\xff\xff")
+
+
+def test_an_unreadable_or_missing_surviving_log_is_refused_unless_the_stop_is_before_it(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(600, width=600)
+    inst.simulate_crash()
+    current = max(end.generation for end in writer.ends.values())
+    assert current >= 5
+    full = tmp_path / "full"
+
+    def restored_through(target: Path, stop: int) -> None:
+        rows = _restored_rows(target)
+        for key, end in writer.ends.items():
+            if end.generation < stop or key < 20:
+                assert key in rows, key
+            if end.generation > stop:
+                assert key not in rows, key
+
+    # The current log unreadable: its commits are not left out silently.
+    _damage_log_header(live / "edb.log")
+    with pytest.raises(MissingRestoreLogFiles, match=re.escape("edb.log")) as unreadable:
+        plan_restore(full, tmp_path / "x", logs_from=live)
+    assert f"--until-generation {current - 1}" in str(unreadable.value)
+    jetstore.restore(full, tmp_path / "before-current", logs_from=live, until=current - 1)
+    restored_through(tmp_path / "before-current", current - 1)
+
+    # An archived generation unreadable: named, and a stop before it restores.
+    middle = current - 2
+    _damage_log_header(live / generation_log_name(middle))
+    middle_name = re.escape(generation_log_name(middle))
+    with pytest.raises(MissingRestoreLogFiles, match=middle_name) as damaged:
+        plan_restore(full, tmp_path / "x", logs_from=live, until=current - 1)
+    assert f"--until-generation {middle - 1}" in str(damaged.value)
+    jetstore.restore(full, tmp_path / "before-middle", logs_from=live, until=middle - 1)
+    restored_through(tmp_path / "before-middle", middle - 1)
+
+    # The same generation missing: a gap inside the surviving logs, said as such.
+    os.unlink(live / generation_log_name(middle))
+    with pytest.raises(GivenLogFileIsNotContiguous, match="surviving logs") as gap:
+        plan_restore(full, tmp_path / "x", logs_from=live, until=current - 1)
+    message = str(gap.value)
+    assert generation_log_name(middle) in message
+    assert f"--until-generation {middle - 1}" in message
+    assert not (tmp_path / "x").exists()
 
 
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    full one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the
    full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations);
    every file the manifests list present; the surviving logs, when given, of the same stream
-   and continuing the last set without a gap; a stop point (`until`: a generation, or a
+   and continuing the last set without a gap (or an unreadable file) before their end or the
+   stop generation; a stop point (`until`: a generation, or a
    time, not before the full set's `started_us`: when its images were pinned) the images
    can reach (`EndingRestoreLogTooLow`, -553); the target absent or an
    empty directory and not the directory of an open instance.
@@ -287,7 +288,12 @@ def plan_restore(
     surviving: list[int] = []
     if logs_from is not None:
         surviving_steps = _surviving_logs(
-            fs, absolute_path(logs_from, what="--logs-from"), base, expected, target
+            fs,
+            absolute_path(logs_from, what="--logs-from"),
+            base,
+            expected,
+            target,
+            stop=until if isinstance(until, int) and not isinstance(until, bool) else None,
         )
         surviving = [s.generation for s in surviving_steps if s.generation is not None]
         steps.extend(surviving_steps)
@@ -375,8 +381,18 @@ def _check_target(fs: FileSystem, target: str) -> None:
 
 
 def _surviving_logs(
-    fs: FileSystem, directory: str, base: Manifest, expected: int, target: str
+    fs: FileSystem,
+    directory: str,
+    base: Manifest,
+    expected: int,
+    target: str,
+    *,
+    stop: int | None = None,
 ) -> list[RestoreStep]:
+    """The surviving log files that continue the sets from generation `expected`, up to
+    generation `stop` when given. A generation missing or unreadable before the end of the
+    surviving logs (or before `stop`) refuses the restore, naming it: replay would end there,
+    and the commits after it would be lost without a word."""
     directory = os.path.abspath(directory)
     if directory == target:
         raise InvalidParameter("the surviving logs cannot come from the restore target")
@@ -401,35 +417,54 @@ def _surviving_logs(
                 hint="name the directory of the instance the backup was taken of",
                 path=inventory.files[generation].path,
             )
+    # Unreadable files (`take_inventory` lists them apart): an archived one by the generation
+    # its name says; an unreadable current log (edb.log) stands for the generation after
+    # the newest readable one.
+    unreadable = {entry.generation: entry for entry in inventory.unreadable if entry.generation}
+    newest = max(inventory.files, default=expected - 1)
+    for bad_file in inventory.unreadable:
+        if bad_file.is_current:
+            unreadable.setdefault(newest + 1, bad_file)
+    first = expected
     steps: list[RestoreStep] = []
-    for generation in sorted(inventory.files):
-        if generation < expected:
-            continue
-        entry = inventory.files[generation]
-        header = entry.header
-        if header is None:
-            raise MissingRestoreLogFiles(
-                f"surviving log file '{entry.path}' cannot be read: {entry.error}",
-                hint="leave it out (stop the restore before it with --until)",
-                path=entry.path,
+    while stop is None or expected <= stop:
+        entry = inventory.files.get(expected)
+        if entry is None:
+            later = [g for g in inventory.files if g > expected]
+            bad = unreadable.get(expected)
+            file_name = generation_log_name(expected) if bad is None else os.path.basename(bad.path)
+            stop_hint = (
+                f"restore up to generation {expected - 1} with --until-generation "
+                f"{expected - 1} (the commits after it are lost), or put a good copy of "
+                f"{file_name} back into '{directory}'"
             )
-        if header.log_signature != base.log_signature:
-            raise GivenLogFileHasBadSignature(
-                f"surviving log file '{entry.path}' belongs to log stream "
-                f"{header.log_signature}, the backup to {base.log_signature}",
-                hint="name the directory of the instance the backup was taken of",
-                path=entry.path,
-            )
-        if generation != expected:
+            if bad is not None:
+                why = f"{bad.error.name}: {bad.error.detail}" if bad.error else "unreadable"
+                raise MissingRestoreLogFiles(
+                    f"surviving log file '{bad.path}' (generation {expected}, next after "
+                    f"generation {expected - 1}) cannot be read ({why})",
+                    hint=stop_hint,
+                    path=bad.path,
+                )
+            if not later:
+                break  # the end of the surviving logs
+            if not steps:
+                raise GivenLogFileIsNotContiguous(
+                    f"the surviving logs in '{directory}' start at generation {min(later)}, but "
+                    f"the backup sets end at generation {expected - 1}: generations {expected}-"
+                    f"{min(later) - 1} are missing",
+                    hint="add the incremental backups that hold them",
+                    path=os.path.join(directory, generation_log_name(min(later))),
+                )
             raise GivenLogFileIsNotContiguous(
-                f"the surviving logs in '{directory}' start at generation {generation}, but the "
-                f"backup sets end at generation {expected - 1}: generations {expected}-"
-                f"{generation - 1} are missing",
-                hint="add the incremental backups that hold them",
-                path=entry.path,
+                f"generation {expected} ({generation_log_name(expected)}) is missing from the "
+                f"surviving logs in '{directory}': they continue the backup sets with "
+                f"generations {first}-{expected - 1}, then go on at generation {min(later)}",
+                hint=stop_hint,
+                path=os.path.join(directory, generation_log_name(expected)),
             )
-        name = CURRENT_LOG if entry.is_current else generation_log_name(generation)
-        steps.append(RestoreStep(name, "log", entry.size, entry.path, generation, None))
+        name = CURRENT_LOG if entry.is_current else generation_log_name(expected)
+        steps.append(RestoreStep(name, "log", entry.size, entry.path, expected, None))
         expected += 1
     return steps
 
