@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import jetstore
 from jetstore.cli.main import cli
+from jetstore.errors import InvalidPath
 
 
 def _sets(tmp_path: Path) -> tuple[Path, Path]:
@@ -80,3 +83,55 @@ def test_until_options_are_exclusive(tmp_path: Path) -> None:
         cli, ["restore", str(full), "--to", str(tmp_path / "r"), "--until-time", "yesterday"]
     )
     assert bad_time.exit_code == 2
+
+
+def _hashes(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+def test_commands_that_write_refuse_a_backup_set_and_leave_it_whole(tmp_path: Path) -> None:
+    # A careless operator points `recover` (or another command that opens or rewrites an
+    # instance's files) at a backup set: replaying its logs into its image would leave a set
+    # that no longer matches its manifest. Refused, naming `jetstore restore`.
+    full, _inc = _sets(tmp_path)
+    clean = jetstore.open(tmp_path / "clean")
+    clean.database("main", create=True).create_table("kv", [("k", "int")], primary_key="k")
+    clean.close()
+    offline = tmp_path / "offline"
+    assert CliRunner().invoke(cli, ["backup", str(tmp_path / "clean"), "--to", str(offline)])
+    assert jetstore.verify_backup(offline).ok  # clean images: the tools would take them
+    before = {path: _hashes(path) for path in (full, offline)}
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"k": 1}\n')
+    commands = [
+        ["recover", str(full)],
+        ["recover", str(full), "--into", str(tmp_path / "copy")],
+        ["recover", str(full), "--accept-data-loss"],
+        ["backup", str(full), "--to", str(tmp_path / "again"), "--recover"],
+        ["logs", "remove", str(full), "--unneeded"],
+        ["repair", str(full / "main.edb"), "--accept-data-loss"],
+        ["compact", str(offline / "main.edb")],
+        ["import", str(offline / "main.edb"), "kv", str(rows)],
+        ["counters", str(offline)],
+    ]
+    for command in commands:
+        result = CliRunner().invoke(cli, [*command, "--json"])
+        assert result.exit_code == 2, (command, result.output)
+        error = json.loads(result.stdout)["error"]
+        assert error["name"] == "InvalidPath", (command, error)
+        assert "backup set" in error["message"] and "jetstore restore" in error["hint"]
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "again").exists()
+    with pytest.raises(InvalidPath, match="backup set"):
+        jetstore.open(full)
+    for path, hashes in before.items():
+        assert _hashes(path) == hashes, path
+        assert jetstore.verify_backup(path).ok
+    # Read-only commands still work on a set's images.
+    export = CliRunner().invoke(cli, ["export", str(offline / "main.edb"), "kv"])
+    assert export.exit_code == 0, export.output
+    jetstore.restore(full, tmp_path / "restored")
+    assert _count(tmp_path / "restored") == 30

@@ -74,6 +74,7 @@ __all__ = [
     "Progress",
     "read_backup_file",
     "read_manifest",
+    "refuse_backup_set",
     "write_backup_set",
 ]
 
@@ -390,6 +391,30 @@ def _choice(data: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def refuse_backup_set(fs: FileSystem, directory: str, *, what: str) -> None:
+    """InvalidPath if `directory` is a backup set (it holds `manifest.json`) or a set being
+    written (`.jetstore-partial`): `what` (opening it as an instance, a tool that rewrites a
+    database file) would change its files, and a set must keep matching its manifest."""
+    if fs.exists(os.path.join(directory, MANIFEST_NAME)):
+        raise InvalidPath(
+            f"'{directory}' is a backup set (it holds {MANIFEST_NAME}), not an instance "
+            f"directory: {what} would change its files, and the set would no longer match its "
+            "manifest",
+            hint="restore it into a new directory with `jetstore restore SET --to NEW_DIR` "
+            "(`jetstore.restore`) and work on the restored instance; `jetstore verify-backup "
+            "SET` checks the set",
+            path=directory,
+        )
+    if fs.exists(os.path.join(directory, PARTIAL_MARKER)):
+        raise InvalidPath(
+            f"'{directory}' is a backup set still being written, or left by a backup that was "
+            f"interrupted (it holds {PARTIAL_MARKER}), not an instance directory",
+            hint="it is no usable backup (the next backup to its destination removes it); "
+            "restore a complete set with `jetstore restore SET --to NEW_DIR`",
+            path=directory,
+        )
 
 
 def manifest_path(path: str | os.PathLike[str]) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 This module owns the command. Recovery itself is the engine's: `jetstore.open(DIR)` replays
 the log from the checkpoint and `close()` leaves every database clean. The command adds:
 
-* the refusal to touch an instance another process has open (exit 3);
+* the refusal to touch an instance another process has open (exit 3), or a backup set
+  (InvalidPath, exit 2: the engine refuses to open one, and `--into` refuses before copying);
 * `--accept-data-loss`: passed to `jetstore.open`; missing or damaged logs then stop replay at
   the last consistent point instead of failing, and `result.data_loss` says what was lost;
 * `--into COPY`: every file of DIR except `jetstore.lock` is copied into COPY (which must not
@@ -26,6 +27,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from jetstore.backup.backupset import refuse_backup_set
 from jetstore.cli.output import (
     command_errors,
     finish,
@@ -185,6 +187,9 @@ def recover_command(
     target = source
     copied: dict[str, Any] | None = None
     if into is not None:
+        # Refused before the copy as the open of DIR itself would be (the copy would be a
+        # set too): a backup set is restored with `jetstore restore`.
+        refuse_backup_set(fs, source, what="recovering a copy of it")
         target = os.path.abspath(into)
         if target == source or target.startswith(source + os.sep):
             usage_failure(

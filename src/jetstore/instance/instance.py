@@ -354,6 +354,11 @@ class Instance:
                 "exist yet (it is created).",
                 path=directory,
             )
+        if self.fs.exists(directory):
+            from jetstore.backup.backupset import refuse_backup_set
+
+            # Recovery would replay a set's logs into its images: the set would be lost.
+            refuse_backup_set(self.fs, directory, what="opening it as an instance")
         try:
             self.fs.makedirs(directory)
             return acquire_directory_lock(self.fs, directory, owner=self.owner)

@@ -256,7 +256,11 @@ def _in_use(fs: FileSystem, directory: str, what: str) -> InstanceNameInUse:
 
 @contextlib.contextmanager
 def exclusive_directory(fs: FileSystem, directory: str, *, what: str) -> Iterator[None]:
-    """Hold the instance directory lock: no instance can open the directory meanwhile."""
+    """Hold the instance directory lock: no instance can open the directory meanwhile.
+    A backup set is refused (InvalidPath): the tools that take the lock rewrite files."""
+    from jetstore.backup.backupset import refuse_backup_set
+
+    refuse_backup_set(fs, directory, what=what)
     try:
         lock = acquire_directory_lock(fs, directory, owner=OWNER)
     except FileAccessDenied as exc:
