@@ -201,6 +201,10 @@ def test_backup_set_is_delegated(closed: Path, tmp_path: Path, run_json: RunJson
         instance.backup(dest)
     code, result = _checksum(run_json, dest)
     assert code == 0 and result["kind"] == "backup"
+    human = run_entry_point("checksum", dest)
+    assert human.returncode == 0, human.stdout + human.stderr
+    assert "None" not in human.stdout and "pages verified" in human.stdout
+    assert "frames verified" in human.stdout
     image = next(p for p in dest.iterdir() if p.suffix == ".edb")
     flip(image, 3 * 8192 + 100)
     code, result = _checksum(run_json, dest)

@@ -60,7 +60,15 @@ def checksum_command(path: str, as_json: bool) -> None:
     finish("checksum", as_json=as_json, ok=report.ok, result=report.as_dict())
 
 
-def _detail(counts: dict[str, object], kind: str) -> str:
+def _detail(counts: dict[str, object], kind: str, *, backup: bool = False) -> str:
+    if backup:
+        # `verify_backup`'s findings per file of a set: pages or frames, not the counts of a
+        # database or log file checked on its own.
+        if counts.get("pages") is None and counts.get("frames") is None:
+            return "not read"
+        if kind == "database":
+            return f"{counts.get('pages')} pages verified"
+        return f"{counts.get('frames')} frames verified, end at {counts.get('end_offset')}"
     if kind == "database":
         return (
             f"{counts.get('pages')} pages ({counts.get('page_size')} bytes): "
@@ -99,7 +107,7 @@ def _print(report: ChecksumReport) -> None:
             str(data["file"]),
             file.kind,
             Text(file.status, style=style),
-            _detail(file.counts, file.kind),
+            _detail(file.counts, file.kind, backup=report.kind == "backup"),
         )
     console.print(table)
     for problem in report.problems[:MAX_PRINTED]:
