@@ -223,6 +223,27 @@ def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path)
     assert len(_restored_rows(tmp_path / "empty")) == 10
 
 
+def test_a_mount_point_as_target_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The restore is built next to the target and renamed over it: an (empty) mount point
+    # cannot be replaced so, and the work was lost at the end with a bare OSError (EBUSY).
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(volume) or ismount(p))
+    with pytest.raises(InvalidPath, match="mount point") as refused:
+        jetstore.restore(tmp_path / "full", volume)
+    assert str(volume / "NAME") in refused.value.hint
+    assert not Path(str(volume) + STAGING_SUFFIX).exists() and not any(volume.iterdir())
+    jetstore.restore(tmp_path / "full", volume / "restored")
+    assert len(_restored_rows(volume / "restored")) == 10
+
+
 def test_stop_at_a_generation(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     writer = Writer(inst)

@@ -12,7 +12,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    stop generation; a stop point (`until`: a generation, or a
    time, not before the full set's `started_us`: when its images were pinned) the images
    can reach (`EndingRestoreLogTooLow`, -553); the target absent or an
-   empty directory and not the directory of an open instance.
+   empty directory, not the directory of an open instance and no mount point (step 4 renames
+   over it).
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
    a staging directory next to the target (`<target>.restoring`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
@@ -369,6 +370,14 @@ def _check_target(fs: FileSystem, target: str) -> None:
                 hint="restore into a new or empty directory (move the old files away first)",
                 path=target,
             )
+        if os.path.ismount(target):
+            raise InvalidPath(
+                f"restore target '{target}' is a mount point: the restore is built next to "
+                f"it ('{target + STAGING_SUFFIX}', on the file system above) and renamed into "
+                "its place, which a mount point cannot be",
+                hint=f"restore into a directory inside it: --to {os.path.join(target, 'NAME')}",
+                path=target,
+            )
     parent = os.path.dirname(target)
     fs.require_directory(parent, what="the parent of the restore target", hint="create it first")
     staging = target + STAGING_SUFFIX
@@ -512,7 +521,7 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         outcome = instance.recovery
         instance.close()
         if fs.exists(target):
-            os.rmdir(target)  # checked empty by the plan
+            fs.rmdir(target)  # checked empty (and no mount point) by the plan
         fs.rename(staging, target)
         fs.fsync_directory(os.path.dirname(target), owner=owner)
     except BaseException:
