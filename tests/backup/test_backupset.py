@@ -222,6 +222,26 @@ def test_non_empty_destination_is_refused_before_anything(
         inst.backup(tmp_path / "file")
 
 
+def test_a_mount_point_destination_is_refused_before_anything(
+    inst: jetstore.Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The set is written next to DEST and renamed over it: an empty mount point (a freshly
+    # mounted backup volume) cannot be replaced so. It failed only at the end, with EBUSY as
+    # FileAccessDenied and a hint about permissions and the instance lock.
+    dest = tmp_path / "volume"
+    dest.mkdir()
+    ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(dest) or ismount(p))
+    before = inst.database("main").file.header.last_full_backup
+    with pytest.raises(InvalidPath, match="mount point") as refused:
+        inst.backup(dest)
+    assert str(dest / "NAME") in refused.value.hint
+    assert not os.path.exists(str(dest) + PARTIAL_SUFFIX) and os.listdir(dest) == []
+    assert inst.database("main").file.header.last_full_backup == before
+    inst.backup(dest / "full")
+    assert jetstore.verify_backup(dest / "full").ok
+
+
 def test_leftover_partial_directory(inst: jetstore.Instance, tmp_path: Path) -> None:
     dest = tmp_path / "set"
     partial = Path(str(dest) + PARTIAL_SUFFIX)

@@ -23,7 +23,8 @@ uncompressed content, the stored size, and the database or generation it holds.
 Invariants:
 - A set is written into the sibling `DEST.partial` (marked by `.jetstore-partial`), every file
   and the directory are fsynced, and only then is it renamed to DEST and DEST's parent fsynced:
-  a directory named DEST is always a complete, durable set.
+  a directory named DEST is always a complete, durable set. DEST must not exist or be an
+  empty directory that is no mount point (the rename could not replace one).
 - `session.complete()` (backup history, log truncation) runs only after that rename is
   durable: no log is ever deleted on the strength of a backup that could still vanish.
 - Any failure before that point aborts the session (nothing recorded, no log deleted),
@@ -628,6 +629,14 @@ class SetWriter:
             if fs.listdir(dest):
                 raise InvalidPath(
                     f"backup destination '{dest}' exists and is not empty", hint=hint, path=dest
+                )
+            if os.path.ismount(dest):
+                raise InvalidPath(
+                    f"backup destination '{dest}' is a mount point: the set is written next to "
+                    f"it ('{self.partial}', on the file system above) and renamed into its "
+                    "place, which a mount point cannot be",
+                    hint=f"give a directory inside it: {os.path.join(dest, 'NAME')}",
+                    path=dest,
                 )
         if fs.exists(self.partial):
             if not fs.exists(os.path.join(self.partial, PARTIAL_MARKER)):
