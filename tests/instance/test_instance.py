@@ -85,6 +85,65 @@ def test_second_opener_in_other_process_is_refused_naming_the_pid(tmp_path: Path
         pass
 
 
+def test_a_forked_child_cannot_use_the_instance_and_leaves_the_parents_alone(
+    tmp_path: Path,
+) -> None:
+    """A child forked while the instance is open shares its descriptors and flock locks: it
+    is refused every use, and its close() (here: leaving the `with` block, as `sys.exit` in a
+    careless child does) used to checkpoint the parent's databases, release the parent's
+    directory lock (another process could then open the directory under the parent) and
+    remove its control socket."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        fill(db, 10)
+        before_fork = db.transaction()
+        before_fork.table("t").insert({"id": 100, "v": "written before the fork"})
+        chk = (tmp_path / "edb.chk").read_bytes()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what it was told, then leave the with block
+            code = 1
+            try:
+                os.close(read_end)
+                outcomes = []
+                for attempt in (
+                    db.transaction,
+                    before_fork.commit,
+                    lambda: instance.database("other", create=True),
+                    instance.checkpoint,
+                    lambda: instance.backup(tmp_path / "set"),
+                ):
+                    try:
+                        attempt()
+                        outcomes.append("done")
+                    except InstanceUnavailable as exc:
+                        outcomes.append("refused" if str(os.getppid()) in str(exc) else str(exc))
+                    except BaseException as exc:  # reported to the parent
+                        outcomes.append(repr(exc))
+                instance.close()
+                outcomes.append(f"handles {instance.registry.total()}")
+                os.write(write_end, ";".join(outcomes).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read().decode()
+        assert os.waitpid(pid, 0)[1] == 0
+        assert report == "refused;refused;refused;refused;refused;handles 0"
+        # The parent's lock is still held, its socket is there, nothing was checkpointed.
+        with pytest.raises(FileAccessDenied):
+            jetstore.open(tmp_path, **SMALL)
+        assert (tmp_path / "jetstore.sock").exists()
+        assert (tmp_path / "edb.chk").read_bytes() == chk
+        assert not (tmp_path / "other.edb").exists()
+        before_fork.commit()
+        instance.checkpoint()
+    with jetstore.open(tmp_path, **SMALL) as again:
+        assert again.recovery is not None and again.recovery.replayed == 0
+        assert count(again.database("main")) == 11
+
+
 def test_clean_shutdown_marks_headers_clean_and_needs_no_logs(tmp_path: Path) -> None:
     instance = jetstore.open(tmp_path, **SMALL)
     fill(instance.database("main", create=True), 500)

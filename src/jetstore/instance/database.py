@@ -31,6 +31,7 @@ from jetstore.format.logrecords import (
     gather_commit_operations,
 )
 from jetstore.format.positions import LogPosition
+from jetstore.io import forks
 from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted_columns
 from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.keys import tuple_prefix_stop
@@ -202,6 +203,11 @@ class Database:
             self._active.pop(txn.id, None)
 
     def commit_transaction(self, txn: Transaction, *, lazy: bool) -> LogPosition | None:
+        instance = self._instance
+        if instance.pid != forks.PID:
+            # Before any lock (a forked child may have inherited it held) and before the log:
+            # the log and the files are the parent's (`jetstore.io.forks`).
+            raise instance.forked_error()
         operations = txn.operations
         if not operations:
             txn._finish_committed(None)
@@ -213,7 +219,6 @@ class Database:
                 if log.needs_flush():
                     self._instance.wait_durable(log.end_position)
             return None
-        instance = self._instance
         log = instance.log
         txn.prepare_commit()  # the private tree is built outside the commit lock
         ordered = txn.operations_in_key_order() if len(operations) > 1 else None

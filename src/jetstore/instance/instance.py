@@ -18,6 +18,11 @@ Invariants:
   file; the durable checkpoint value changes only after the checkpoint file was synced.
 - `close()` is a clean shutdown: a final checkpoint marks every header clean (no logs needed);
   it releases every handle even when something fails on the way.
+- An instance belongs to the process that opened it. In a child forked from it (which shares
+  its descriptors and flock locks) every use raises `InstanceUnavailable` before any lock is
+  taken, and `close()` only lets go of the child's copies of the descriptors
+  (`HandleRegistry.forget_owner`): no checkpoint, no unlock, no socket removed
+  (`jetstore.io.forks`).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from jetstore.instance.recovery import (
     open_database_files,
     recover,
 )
+from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import DirectoryLock, acquire_directory_lock
@@ -164,6 +170,8 @@ class Instance:
         self.fs = base.with_registry(self.registry)
         self.cache_pages = max(16, options.cache_size // options.page_size)
         self.state = InstanceState.RECOVERING
+        #: The process that opened the instance (`jetstore.io.forks`): only it may use it.
+        self.pid = forks.PID
         self.failure: JetError | None = None
         self.commit_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
@@ -468,10 +476,26 @@ class Instance:
         return self._events
 
     def check_open(self) -> None:
+        if self.pid != forks.PID:
+            raise self.forked_error()
         if self.state is InstanceState.CLOSED:
             raise InstanceUnavailable(
                 f"instance '{self.directory}' is closed", hint="open it again with jetstore.open"
             )
+
+    def forked_error(self) -> InstanceUnavailable:
+        """The refusal a child forked from the opening process gets for any use."""
+        return InstanceUnavailable(
+            f"instance '{self.directory}' was opened by process {self.pid}; this process "
+            f"({forks.PID}) is a child forked from it and cannot use it: it shares the "
+            "parent's open files and locks, and anything it wrote would damage the parent's "
+            "instance",
+            hint="open the instance in the process that uses it (in the child, after the "
+            "parent closed it), or start workers with multiprocessing's 'spawn' method; in "
+            "the child, close() only lets go of the inherited copy and leaves the parent's "
+            "instance alone",
+            path=self.directory,
+        )
 
     def _check_depth(self) -> None:
         """Back-pressure, not data loss: while the checkpoint file cannot be written the logs
@@ -506,6 +530,7 @@ class Instance:
         log = self._log
         if (
             self.state is InstanceState.OPEN
+            and self.pid == forks.PID
             and log is not None
             and log.failed is None
             and not log.disk_full
@@ -520,6 +545,8 @@ class Instance:
         self._check_writable()
 
     def _check_writable(self) -> None:
+        if self.pid != forks.PID:
+            raise self.forked_error()
         if self._closing:
             raise InstanceUnavailable(
                 f"instance '{self.directory}' is shutting down; no more updates are accepted"
@@ -865,6 +892,8 @@ class Instance:
         A failed page or header write raises (and the instance stops accepting updates, D9);
         a checkpoint file that cannot be written does not (the durable value stays, event 121).
         """
+        if self.pid != forks.PID:
+            raise self.forked_error()
         if self.state is InstanceState.FAILED:
             self.check_writable()  # raises: say why the instance stopped
         return self._checkpoint(final=final, raise_errors=True)
@@ -1353,8 +1382,15 @@ class Instance:
     # ----------------------------------------------------------------- close
 
     def close(self) -> None:
-        """Clean shutdown: final checkpoint (headers clean), then release every handle."""
+        """Clean shutdown: final checkpoint (headers clean), then release every handle.
+
+        In a child forked from the process that opened the instance it only lets go of the
+        child's copies of the descriptors (`_let_go_in_child`): the instance is the parent's.
+        """
         if self.state is InstanceState.CLOSED:
+            return
+        if self.pid != forks.PID:
+            self._let_go_in_child()
             return
         error: BaseException | None = None
         self._stop_control()  # first: no client may start anything while we shut down
@@ -1384,10 +1420,23 @@ class Instance:
         """
         if self.state is InstanceState.CLOSED:
             return
+        if self.pid != forks.PID:
+            self._let_go_in_child()
+            return
         self.state = InstanceState.FAILED
         if self._log is not None:
             self._log._failed = InstanceUnavailable("simulated crash")
         self._release_everything()
+        self.state = InstanceState.CLOSED
+
+    def _let_go_in_child(self) -> None:
+        """Close a forked child's copy of the instance without touching the parent's: its
+        descriptors are closed; no checkpoint, event, unlock, thread join or socket removal
+        (each would act on the parent's files, locks or socket)."""
+        self._control = None
+        self._background = None
+        self._backup = None
+        self.registry.forget_owner(self.owner)
         self.state = InstanceState.CLOSED
 
     def _abort_backup(self, reason: str) -> None:

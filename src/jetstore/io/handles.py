@@ -7,6 +7,9 @@ Invariants:
   open handles where it found it (the seed failure Q249148 was a handle leak on every backup).
 - Closing an owner (`close_owner`) closes every handle registered under it, newest first, and
   keeps going past errors, so one cleanup call releases everything on every exit path.
+- In a child forked from the process that registered them (`jetstore.io.forks`), an owner's
+  handles are let go instead (`forget_owner`): descriptors closed, locks and threads only
+  unregistered (an unlock would release the parent's lock; the threads run in the parent).
 """
 
 from __future__ import annotations
@@ -106,6 +109,24 @@ class HandleRegistry:
             except Exception as exc:  # keep closing the rest; report all
                 errors.append(exc)
         return errors
+
+    def forget_owner(self, owner: str) -> None:
+        """In a forked child: let go of every handle of `owner` (and its sub-owners).
+
+        The child's copies of file, directory and socket descriptors are closed (that touches
+        nothing of the parent's); locks and threads are unregistered without running their
+        closers: an flock belongs to the open file description parent and child share, so an
+        unlock here would release the parent's lock, and the threads exist in the parent only.
+        """
+        for handle in sorted(self.open_handles(owner), key=lambda h: -h.ident):
+            if not self._unregister(handle):
+                continue
+            if handle.kind in (HandleKind.LOCK, HandleKind.THREAD):
+                continue
+            try:
+                handle.closer()
+            except Exception:
+                pass  # a descriptor this process cannot close is not the parent's concern
 
 
 DEFAULT_REGISTRY = HandleRegistry("default")

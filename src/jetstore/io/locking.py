@@ -122,6 +122,17 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
 #: Files locked by this process: (st_dev, st_ino) -> who holds it (for the refusal message).
 _HELD: dict[tuple[int, int], str] = {}
 _HELD_LOCK = threading.Lock()
+
+
+def _forget_held_in_child() -> None:
+    """A forked child holds none of these locks for itself: they are its parent's (which may
+    have been taking `_HELD_LOCK` at the moment of the fork)."""
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_in_child)
 #: The kernel's table of file locks (Linux); read only to name another process's lock.
 PROC_LOCKS = "/proc/locks"
 
