@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from jetstore.errors import (
 )
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.dbheader import DatabaseState, choose_db_header
+from jetstore.io import FileSystem, IOEvent
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
 
@@ -177,6 +179,57 @@ def test_close_releases_every_handle_and_is_idempotent(tmp_path: Path) -> None:
         instance.database("main")
 
 
+def test_two_threads_closing_at_once_get_one_clean_shutdown(tmp_path: Path) -> None:
+    """A second close() while the first was finishing ran a final checkpoint of its own on
+    the files the first one was closing: `InvalidParameter` "file ... used after it was
+    closed: a bug in the caller". It now waits for the first one and returns."""
+    stopping, resume = threading.Event(), threading.Event()
+    second_checkpoints, resume_second = threading.Event(), threading.Event()
+    threads: dict[str, threading.Thread] = {}
+
+    def hook(event: IOEvent) -> None:
+        if (
+            event.op == "write"
+            and event.path.endswith("events.jsonl")
+            and event.data is not None
+            and b"instance_stopped" in bytes(event.data)
+            and not stopping.is_set()
+        ):
+            # The first close, its final checkpoint done, stops before releasing anything.
+            stopping.set()
+            resume.wait(30)
+        elif threading.current_thread() is threads.get("second") and event.op == "fdatasync":
+            second_checkpoints.set()  # the old code: a checkpoint in the second close
+            resume_second.wait(30)
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    fill(instance.database("main", create=True), 500)
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            instance.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads["first"] = threading.Thread(target=close)
+    threads["first"].start()
+    assert stopping.wait(30)
+    threads["second"] = threading.Thread(target=close)
+    threads["second"].start()
+    second_checkpoints.wait(1.0)  # never set now: the second close waits for the first
+    resume.set()
+    threads["first"].join()
+    resume_second.set()
+    threads["second"].join()
+    assert errors == []
+    assert instance.registry.total() == 0
+    assert threading.active_count() == 1
+    with jetstore.open(tmp_path, **SMALL) as again:
+        assert again.recovery is not None and again.recovery.replayed == 0
+        assert count(again.database("main")) == 500
+
+
 def test_options_are_validated(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameter):
         jetstore.open(tmp_path, page_size=1000)
@@ -323,8 +376,6 @@ def test_error_events_carry_the_code_in_three_forms(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import json
-
-    from jetstore.io import FileSystem, IOEvent
 
     locked = {"on": False}
 

@@ -182,6 +182,9 @@ class Instance:
         self._background: ManagedThread | None = None
         self._wake = threading.Event()
         self._closing = False
+        # One close (or simulated crash) at a time: a second caller waits for the first to
+        # finish instead of closing the files under its final checkpoint.
+        self._close_lock = threading.RLock()
         self._bytes_since_checkpoint = 0
         self._last_checkpoint_time = time.monotonic()
         self.durable_checkpoint: LogPosition | None = None
@@ -547,9 +550,13 @@ class Instance:
     def _check_writable(self) -> None:
         if self.pid != forks.PID:
             raise self.forked_error()
+        if self.state is InstanceState.CLOSED:
+            self.check_open()
         if self._closing:
             raise InstanceUnavailable(
-                f"instance '{self.directory}' is shutting down; no more updates are accepted"
+                f"instance '{self.directory}' is shutting down; no more updates are accepted",
+                hint="close() was called: start no more updates on this instance (open it "
+                "again with jetstore.open once it is closed)",
             )
         if self.state is InstanceState.OPEN:
             log = self._log
@@ -1387,11 +1394,14 @@ class Instance:
         In a child forked from the process that opened the instance it only lets go of the
         child's copies of the descriptors (`_let_go_in_child`): the instance is the parent's.
         """
-        if self.state is InstanceState.CLOSED:
-            return
         if self.pid != forks.PID:
             self._let_go_in_child()
             return
+        with self._close_lock:
+            if self.state is not InstanceState.CLOSED:
+                self._close()
+
+    def _close(self) -> None:
         error: BaseException | None = None
         self._stop_control()  # first: no client may start anything while we shut down
         self._abort_backup("the instance is closing")
@@ -1418,16 +1428,17 @@ class Instance:
         Bytes already handed to the OS stay (as after a real process kill); log records
         appended but not yet flushed (lazy commits) are lost. For crash tests and the demo.
         """
-        if self.state is InstanceState.CLOSED:
-            return
         if self.pid != forks.PID:
             self._let_go_in_child()
             return
-        self.state = InstanceState.FAILED
-        if self._log is not None:
-            self._log._failed = InstanceUnavailable("simulated crash")
-        self._release_everything()
-        self.state = InstanceState.CLOSED
+        with self._close_lock:
+            if self.state is InstanceState.CLOSED:
+                return
+            self.state = InstanceState.FAILED
+            if self._log is not None:
+                self._log._failed = InstanceUnavailable("simulated crash")
+            self._release_everything()
+            self.state = InstanceState.CLOSED
 
     def _let_go_in_child(self) -> None:
         """Close a forked child's copy of the instance without touching the parent's: its
