@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 import jetstore
-from jetstore.errors import DatabaseDirtyShutdown, DatabaseInUse, DatabaseSignInUse, JetError
+from jetstore.errors import (
+    DatabaseDirtyShutdown,
+    DatabaseInUse,
+    DatabaseNotFound,
+    DatabaseSignInUse,
+    JetError,
+)
 from jetstore.format.dbheader import DatabaseState
 from jetstore.instance.diagnosis import plan_recovery
 from jetstore.io import FileSystem, IOEvent
@@ -65,6 +71,18 @@ def test_detach_refuses_a_database_with_open_transactions(tmp_path: Path) -> Non
             instance.detach("main")
         txn.rollback()
         instance.detach("main")
+
+
+def test_a_detached_database_object_refuses_new_transactions(tmp_path: Path) -> None:
+    """Its file is closed: a transaction began on it used to read a closed file
+    (`InvalidParameter`, "a bug in the caller")."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        fill(db, 0, 10)
+        instance.detach("main")
+        with pytest.raises(DatabaseNotFound) as info:
+            db.transaction()
+        assert "detached" in str(info.value)
 
 
 def test_attach_refuses_a_dirty_database(tmp_path: Path) -> None:

@@ -183,6 +183,46 @@ def test_an_iterator_stops_when_its_transaction_ends(store: Store) -> None:
         next(entries)
 
 
+def test_a_transaction_open_when_the_instance_closes_is_rolled_back_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """A transaction (its tables, its iterators) used after its instance closed used to go on
+    reading: pages in the cache answered, a page read from the closed file was
+    `InvalidParameter` "this is a bug in the caller", and a commit said "shutting down: look
+    at the first error reported". It is rolled back by the close and says so."""
+    store = Store(tmp_path, cache_size=128 * 1024)  # 16 pages: scans read the closed file
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        for i in range(2000):
+            txn.table("t").insert({"id": i, "v": f"value {i}" * 4})
+    store.inst.checkpoint()
+    reader = store.db.transaction()
+    table = reader.table("t")
+    records = table.scan()
+    assert next(records)["id"] == 0
+    writer = store.db.transaction()
+    writer.table("t").insert({"id": 5000, "v": "never committed"})
+    store.close()
+    for done in (reader, writer):
+        assert done.state is TransactionState.ROLLED_BACK
+    for use in (
+        lambda: next(records),
+        lambda: table.get(1500),
+        lambda: reader.table("t"),
+        lambda: reader.commit(),
+        lambda: writer.commit(),
+        lambda: writer.table("t").insert({"id": 5001, "v": "x"}),
+    ):
+        with pytest.raises(NotInTransaction) as info:
+            use()
+        assert "closed" in str(info.value)
+    writer.rollback()  # ending it again is harmless
+    store.inst = jetstore.open(tmp_path, **store.options)
+    store.db = store.inst.database("main")
+    assert len(rows(store.db)) == 2000
+    store.close()
+
+
 def test_an_abandoned_transaction_does_not_stay_registered(store: Store) -> None:
     make_table(store.db)
     txn = store.db.transaction()

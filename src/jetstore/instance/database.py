@@ -13,17 +13,21 @@ Invariants:
   snapshots since the last catalog change (`catalog_cache`) are those the tree holds.
 - Every open transaction is registered with its snapshot position; pages a commit frees are
   reused only after every older snapshot ended (see `jetstore.pages.pagefile`).
+- When the instance closes (`close_transactions`) every transaction still open is rolled
+  back: its next use, a step of its iterators included, raises `NotInTransaction` saying the
+  instance closed, and no new one begins (its file is closed).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from jetstore.errors import KeyDuplicate, WriteConflict
+from jetstore.errors import DatabaseNotFound, KeyDuplicate, WriteConflict
 from jetstore.format.common import now_us
 from jetstore.format.logrecords import (
     encode_commit_changes,
@@ -68,6 +72,10 @@ class Database:
         self.max_transaction_bytes = instance.options.max_transaction_bytes
         self._published: tuple[Node | None, LogPosition, int] = (file.root(), position, 0)
         self._active: dict[int, LogPosition] = {}
+        # The open transactions themselves, weakly (an abandoned one must still be collected
+        # and end itself): rolled back when the instance closes.
+        self._live: dict[int, weakref.ref[Transaction]] = {}
+        self._closed = False
         # Re-entrant: an abandoned transaction may be collected (and end itself) while this
         # thread holds the lock.
         self._active_lock = threading.RLock()
@@ -93,13 +101,17 @@ class Database:
         self._instance.check_open()
         txn_id = next(_TXN_IDS)
         with self._active_lock:
+            if self._closed:
+                self._refuse_closed()
             # Registered before the snapshot is read: a concurrent commit either sees us
             # (and keeps its keys for our conflict check) or is already in our snapshot.
             active = self._active
             active[txn_id] = LogPosition.MIN
             root, position, plan_epoch = self._published
             active[txn_id] = position
-        return Transaction(self, txn_id, root, position, plan_epoch)
+            txn = Transaction(self, txn_id, root, position, plan_epoch)
+            self._live[txn_id] = weakref.ref(txn)
+        return txn
 
     def create_table(
         self,
@@ -201,6 +213,7 @@ class Database:
     def end_transaction(self, txn: Transaction) -> None:
         with self._active_lock:
             self._active.pop(txn.id, None)
+            self._live.pop(txn.id, None)
 
     def commit_transaction(self, txn: Transaction, *, lazy: bool) -> LogPosition | None:
         instance = self._instance
@@ -385,6 +398,29 @@ class Database:
         root, position, plan_epoch = self._published
         self._published = (root, position, plan_epoch + 1)
 
+    def _refuse_closed(self) -> None:
+        instance = self._instance
+        instance.check_open()  # the instance closed (meanwhile): says so
+        raise DatabaseNotFound(
+            f"database {self.name!r} was detached from instance '{instance.directory}'; this "
+            "Database object can no longer be used",
+            hint="attach the file again (Instance.attach) and use the Database it returns",
+            path=self.file.path,
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once its instance closed it (or it was detached)."""
+        return self._closed
+
     def close_transactions(self) -> None:
+        """Roll back every transaction still open (the instance closes, or the database is
+        detached); none begins after this."""
         with self._active_lock:
+            self._closed = True
+            live = [ref() for ref in self._live.values()]
             self._active.clear()
+            self._live.clear()
+        for txn in live:
+            if txn is not None:
+                txn._abort()

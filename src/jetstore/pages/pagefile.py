@@ -49,6 +49,7 @@ from jetstore.errors import (
     DatabaseCorrupted,
     DatabaseDuplicate,
     FileNotFound,
+    InstanceUnavailable,
     JetError,
     OutOfDatabaseSpace,
     PageNotInitialized,
@@ -280,6 +281,15 @@ class DatabaseFile:
     def closed(self) -> bool:
         return self._file.closed
 
+    def _closed_error(self) -> InstanceUnavailable:
+        return InstanceUnavailable(
+            f"database file '{self.path}' was closed while it was still being read: its "
+            "instance was closed (or the database detached)",
+            hint="end every transaction and scan before closing the instance; open it again "
+            "to read on",
+            path=self.path,
+        )
+
     # ----------------------------------------------------------------- header
 
     @property
@@ -332,11 +342,18 @@ class DatabaseFile:
                 hint="the database is damaged: run `jetstore checksum` and restore from backup",
                 path=self.path,
             )
-        data = self._read_page(pgno)
+        try:
+            data = self._read_page(pgno)
+            node = decode_node(
+                pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
+            )
+        except JetError:
+            if self._file.closed:
+                # Closed under a reader (its instance closed): not a damaged page, and not
+                # a bug of the caller's either.
+                raise self._closed_error() from None
+            raise
         self.pages_read += 1
-        node = decode_node(
-            pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
-        )
         self.cache.put(pgno, node)
         return node
 

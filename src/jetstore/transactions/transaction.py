@@ -26,7 +26,8 @@ Invariants:
   commit knows whether the database's cached table definitions stay valid.
 - Nothing is read for a finished transaction: every read, including the next step of an
   iterator handed out before, raises `NotInTransaction` (its snapshot's pages may be reused
-  once it ended).
+  once it ended). A transaction still open when its instance closes is rolled back then
+  (`Database.close_transactions`), and says so.
 - The raw tree API (`get`, `put`, `delete`, `iterate`, `chunks`, `items`, and a `frozen`
   view's reads) takes keys and bounds as bytes (bytes-like values are converted); anything
   else is `InvalidParameter`, never a `TypeError` from inside the tree.
@@ -113,6 +114,7 @@ class Transaction:
     # Slots: a single-row commit creates one transaction and reads its attributes a few dozen
     # times; slots make both cheaper than an instance dict.
     __slots__ = (
+        "__weakref__",
         "_applied_bytes",
         "_bytes",
         "_db",
@@ -179,6 +181,13 @@ class Transaction:
 
     def _check_active(self) -> None:
         if self.state is not TransactionState.ACTIVE:
+            if self._db.closed and self.state is TransactionState.ROLLED_BACK:
+                raise NotInTransaction(
+                    f"transaction {self.id} on database {self._db.name!r} was rolled back: "
+                    "its instance was closed (or the database detached) while it was open",
+                    hint="commit or roll back every transaction before closing the instance; "
+                    "open the instance again and start a new transaction",
+                )
             raise NotInTransaction(
                 f"transaction {self.id} is {self.state.value}; start a new one",
                 hint="a transaction can be used only until it commits or rolls back",
