@@ -344,3 +344,70 @@ def test_a_leader_interrupted_before_its_batch_hands_over(
     assert w.durable_position >= position
     w.close()
     assert read_payloads(str(tmp_path)) == [b"a"]
+
+
+# --------------------------------------------------------------------------- interrupts
+
+
+def _lines_of(function: Callable[..., Any]) -> list[int]:
+    return sorted({line for _s, _e, line in function.__code__.co_lines() if line is not None})
+
+
+def _interrupt_at(function: Callable[..., Any], line: int) -> Callable[..., Any]:
+    """A trace function raising KeyboardInterrupt before `line` of `function` first runs, as
+    a signal handler's exception can arrive between any two lines."""
+    code = function.__code__
+    fired = False
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal fired
+        if event == "line" and frame.f_lineno == line and not fired:
+            fired = True
+            raise KeyboardInterrupt(f"line {line}")
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code else None
+
+    return tracer
+
+
+def test_an_interrupt_at_any_line_of_wait_durable_strands_no_committer(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """KeyboardInterrupt from a signal handler can arrive between any two lines. Before, one
+    arriving after the leader set `_flushing` and before it took the batch (or after it wrote
+    it and before it cleared the flag) left the flag set for good: every later commit, and
+    close(), waited forever. Now the next committer always finishes: its record is durable,
+    or the writer failed (LogWriteFail) because the interrupted flush's outcome is unknown."""
+    import sys
+
+    for line in _lines_of(LogWriter.wait_durable):
+        directory = str(tmp_path_factory.mktemp(f"line{line}"))
+        writer = make_writer(directory)
+        target = writer.append(b"interrupted")
+        sys.settrace(_interrupt_at(LogWriter.wait_durable, line))
+        try:
+            writer.wait_durable(target)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        outcome: list[object] = []
+
+        def next_committer(writer: LogWriter = writer, outcome: list[object] = outcome) -> None:
+            try:
+                writer.wait_durable(writer.append(b"next"))
+                outcome.append("durable")
+            except LogWriteFail:
+                outcome.append("failed")
+
+        thread = threading.Thread(target=next_committer, daemon=True)
+        thread.start()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), f"an interrupt at line {line} stranded the next commit"
+        assert outcome in (["durable"], ["failed"]), (line, outcome)
+        failed = writer.failed is not None
+        writer.close()
+        if not failed:
+            assert read_payloads(directory)[-1] == b"next", line

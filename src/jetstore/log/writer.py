@@ -20,6 +20,10 @@ Invariants:
   bottleneck).
 - A generation is rolled only after its data is synced, so only the newest generation can end
   with a torn frame.
+- An exception that interrupts `wait_durable` at any line (KeyboardInterrupt from a signal
+  handler) never strands other committers: before its batch is taken it leaves the queue,
+  after the batch was written it finishes the flush's bookkeeping, in between it fails the
+  writer (sticky, below).
 - A failed write, sync or roll makes the writer fail for good (sticky, like SQLite's pager ERROR
   state): nothing appended after it is ever acknowledged; the instance must be reopened, and
   recovery replays what reached the disk.
@@ -31,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import threading
 import time
@@ -439,6 +444,16 @@ class LogWriter:
         lock = self._lock
         waiter: LockType | None = None
         leading = False
+        # How far this call got, for an exception (KeyboardInterrupt from a signal handler
+        # included) that may arrive between any two lines: before the batch is taken, it
+        # leaves the queue (`_leave`); once taken, the writer fails (what was written is
+        # unknown); once written, the flush's bookkeeping is finished (`_settle`). One
+        # `try` covers it all, so there is no line where an exception escapes untreated and
+        # leaves `_flushing` set, which would strand every committer for good.
+        taken = written = False
+        wake: list[LockType] = _NO_WAITERS
+        end = LogPosition.MIN
+        closed = _NO_CLOSED
         try:
             while True:
                 with lock:
@@ -447,13 +462,17 @@ class LogWriter:
                     if self._durable >= target:
                         return
                     if not self._flushing:
+                        leading = True  # first: `_leave` then gives up a role it may hold
                         self._flushing = True
-                        leading = True
                         gather = self._gather
                         break
                     if waiter is None:
                         waiter = _allocate_lock()
                         waiter.acquire()
+                    elif any(entry[1] is waiter for entry in self._waiters):
+                        # Woken by `_settle` after an interrupted flush while queued again:
+                        # never listed twice (a leader would release it twice).
+                        self._waiters = [e for e in self._waiters if e[1] is not waiter]
                     self._waiters.append((target, waiter))
                 # Released exactly once by the leader that removes it from `_waiters`; the
                 # acquire re-arms it for another round.
@@ -463,11 +482,8 @@ class LogWriter:
                 # they append (and then wait for this flush) before the batch is taken. One
                 # sync then covers them, instead of this leader syncing alone and them next.
                 _sleep(0)
-        except BaseException:
-            self._leave(waiter, leading)
-            raise
-        try:
             with lock:
+                taken = True  # before the batch leaves `_pending`: from here on, fail
                 chunks = self._pending
                 self._pending = []
                 end = _new_position(LogPosition, (self._gen, self._end))
@@ -478,6 +494,19 @@ class LogWriter:
                     else _NO_CLOSED
                 )
             self._write_chunks(chunks, closed, end.generation)
+            written = True
+            with lock:
+                if end > self._durable:
+                    self._durable = end
+                if closed:
+                    for g in closed:
+                        self._closed_gens.pop(g, None)
+                self._flushing = False
+                self.flushes += 1
+                wake = self._take_waiters(self._durable) if self._waiters else _NO_WAITERS
+                self._gather = len(wake) > 1
+            for other in wake:
+                other.release()
         except _DurableFlushFailure as durable:
             with lock:
                 self._failed = durable.original
@@ -487,6 +516,9 @@ class LogWriter:
                 other.release()
             raise durable.error from durable.original
         except JetError as exc:
+            if not taken:
+                self._leave(waiter, leading)
+                raise
             with lock:
                 if isinstance(exc, DiskFull):
                     self._failed = LogDiskFull(
@@ -502,26 +534,45 @@ class LogWriter:
             for other in wake:
                 other.release()
             self._raise_failed()
-        except BaseException:
-            with lock:
-                self._failed = LogWriteFail("the log writer was interrupted")
-                self._flushing = False
-                wake = self._take_waiters(None)
-            for other in wake:
-                other.release()
+        except BaseException as exc:
+            if not taken:
+                self._leave(waiter, leading)
+            elif written:
+                self._settle(end, closed, wake)
+            else:
+                with lock:
+                    self._failed = LogWriteFail(
+                        f"a flush of the log was interrupted ({type(exc).__name__}) while "
+                        "it wrote; whether its records reached the disk is unknown, so the "
+                        "log takes no more records",
+                        hint="close and reopen the instance: recovery replays every record "
+                        "that reached the disk (the interrupted commits may or may not be "
+                        "among them; every acknowledged one is)",
+                    )
+                    self._flushing = False
+                    wake = self._take_waiters(None)
+                for other in wake:
+                    other.release()
             raise
-        with lock:
+
+    def _settle(
+        self, end: LogPosition, closed: dict[int, tuple[int, int]], woken: list[LockType]
+    ) -> None:
+        """Finish the bookkeeping of a flush that wrote and synced everything up to `end`
+        but was interrupted before it ended (idempotent: any part may be done already).
+        Every waiter is woken, those the interrupted bookkeeping may have taken off the queue
+        without waking them included; a waiter woken twice only checks again."""
+        with self._lock:
             if end > self._durable:
                 self._durable = end
-            if closed:
-                for g in closed:
-                    self._closed_gens.pop(g, None)
+            for g in closed:
+                self._closed_gens.pop(g, None)
             self._flushing = False
-            self.flushes += 1
-            wake = self._take_waiters(self._durable) if self._waiters else _NO_WAITERS
-            self._gather = len(wake) > 1
-        for other in wake:
-            other.release()
+            queued = [lock for _target, lock in self._waiters]
+            self._waiters = []
+        for other in [*woken, *queued]:
+            with contextlib.suppress(RuntimeError):  # released already
+                other.release()
 
     def _leave(self, waiter: LockType | None, leading: bool) -> None:
         """`wait_durable` ends without a flush (its caller failed, or an exception such as
