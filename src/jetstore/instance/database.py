@@ -6,6 +6,9 @@ Invariants:
 - The tree published at position P holds exactly the commits for this database whose records
   end at or before P (in log order): commits are applied and published in the order their
   records were appended, under the commit lock.
+- A commit interrupted between its log record and the end of its publication (an exception
+  such as KeyboardInterrupt from a signal handler) fails the instance (D9): the log and the
+  published tree disagree until recovery replays the log.
 - A commit conflicts (`WriteConflict`, -1102) when another transaction committed a change to
   one of its keys after its snapshot; the later committer fails, the earlier one wins.
 - Catalog entries (table definitions) change only through `commit_transaction` once
@@ -264,14 +267,25 @@ class Database:
                 payload = encode_commit_changes(self.db_id, txn.id, now_us(), operations)
             else:
                 payload = encode_commit_ordered(self.db_id, txn.id, now_us(), *ordered)
-            end = log.append(payload)
-            if txn.catalog_written:
-                self._catalog = (end, {})  # before publishing: see `catalog_cache`
-            self._published = (new_root, end, plan_epoch)
-            if freed:
-                self.file.note_freed(end, freed)
-            if len(self._active) > 1 or self._recent_log:
-                self._remember_writes(txn, end, operations.keys())
+            appended = log.records_appended
+            try:
+                end = log.append(payload)
+                if txn.catalog_written:
+                    self._catalog = (end, {})  # before publishing: see `catalog_cache`
+                self._published = (new_root, end, plan_epoch)
+                if freed:
+                    self.file.note_freed(end, freed)
+                if len(self._active) > 1 or self._recent_log:
+                    self._remember_writes(txn, end, operations.keys())
+            except BaseException as exc:
+                # Interrupted (KeyboardInterrupt from a signal handler) between the log and
+                # the tree: the log holds a commit the published tree or the conflict check
+                # may not know. Serving on would lose it at a clean close, or let a later
+                # commit overwrite it unchecked: stop accepting updates; reopening replays it.
+                # (Every record is appended under the commit lock: the count tells.)
+                if log.records_appended != appended:
+                    instance.commit_interrupted(txn.id, exc)
+                raise
             self.commits += 1
             instance.note_commit(len(payload))
         txn._finish_committed(end)

@@ -584,6 +584,18 @@ class Instance:
             ) from failure
         self.check_open()
 
+    def commit_interrupted(self, txn_id: int, exc: BaseException) -> None:
+        """A commit was interrupted after its record reached the log buffer and before its
+        publication ended (`Database.commit_transaction`): stop accepting updates (D9)."""
+        self._fail(
+            InstanceUnavailable(
+                f"the commit of transaction {txn_id} was interrupted ({type(exc).__name__}) "
+                "after its log record was written and before the database showed it",
+                hint="close the instance and open it again: recovery replays the log, that "
+                "commit included",
+            )
+        )
+
     def fail(self, error: JetError) -> None:
         """Stop accepting updates after `error` (D9); for engine parts outside this module
         whose own writes of a page file or header failed (a backup's history write)."""
