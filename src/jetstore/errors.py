@@ -873,7 +873,7 @@ class FileAccessDenied(IOFailure):
 
 class NotInTransaction(StateError):
     description = "The operation needs an open transaction"
-    hint = "Begin a transaction first (`with db.begin() as txn:`)."
+    hint = "Begin a transaction first (`with db.transaction() as txn:`)."
     code = -1054
 
 
