@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -411,3 +412,49 @@ def test_an_interrupt_at_any_line_of_wait_durable_strands_no_committer(
         writer.close()
         if not failed:
             assert read_payloads(directory)[-1] == b"next", line
+
+
+@pytest.mark.parametrize("op", ["write", "fdatasync"])
+def test_an_interrupt_during_a_flush_write_completes_the_flush_then_propagates(
+    tmp_path: Path, op: str
+) -> None:
+    """A KeyboardInterrupt arriving while the leader writes or syncs a flush that stays in
+    the current generation (most of a durable commit's time is the sync) used to fail the
+    log for good: whether the bytes reached the disk was unknown. The flush is now written
+    and synced again, its committers are woken, and then the interrupt propagates: the
+    interrupted commit is durable and the log takes more records."""
+    armed = [True]
+
+    def hook(event: IOEvent) -> None:
+        if event.op == op and event.path.endswith("edb.log") and armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt(f"during {op}")
+
+    w = make_writer(str(tmp_path), hook)
+    target = w.append(b"interrupted")
+    with pytest.raises(KeyboardInterrupt, match=f"during {op}"):
+        w.wait_durable(target)
+    assert not armed[0], "the hook fired"
+    assert w.failed is None and not w._flushing
+    assert w.durable_position >= target
+    w.wait_durable(w.append(b"next"))
+    w.close()
+    assert read_payloads(str(tmp_path)) == [b"interrupted", b"next"]
+
+
+def test_a_second_interrupt_while_the_flush_is_redone_fails_the_log(tmp_path: Path) -> None:
+    # Interrupted twice: the outcome stays unknown, and the log refuses more records.
+    interrupts = [2]
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "fdatasync" and event.path.endswith("edb.log") and interrupts[0]:
+            interrupts[0] -= 1
+            raise KeyboardInterrupt("again")
+
+    w = make_writer(str(tmp_path), hook)
+    with pytest.raises(KeyboardInterrupt):
+        w.wait_durable(w.append(b"a"))
+    assert isinstance(w.failed, LogWriteFail)
+    with pytest.raises(LogWriteFail, match="interrupted"):
+        w.wait_durable(w.append(b"b"))
+    w.close()

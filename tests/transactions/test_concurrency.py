@@ -663,3 +663,36 @@ def test_a_commit_interrupted_after_its_log_record_loses_no_update(tmp_path: Pat
             store.reopen()
             assert {row["id"]: row["v"] for row in rows(store.db)} == shown, line
         store.close()
+
+
+def test_ctrl_c_during_a_durable_commits_sync_leaves_the_instance_serving(
+    tmp_path: Path,
+) -> None:
+    """Most of a durable commit's time is its log sync, so that is where Ctrl-C lands. The
+    flush completes first: the commit is durable (and committed), KeyboardInterrupt reaches
+    the caller, and the instance goes on taking commits (it used to stop for good)."""
+    from jetstore.io import FileSystem, IOEvent
+
+    armed = [False]
+
+    def hook(event: IOEvent) -> None:
+        if armed[0] and event.op == "fdatasync" and event.path.endswith("edb.log"):
+            armed[0] = False
+            raise KeyboardInterrupt("Ctrl-C")
+
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook)) as inst:
+        db = inst.database("main", create=True)
+        db.create_table("t", [("id", "int")], primary_key="id")
+        txn = db.transaction()
+        txn.table("t").insert({"id": 1})
+        armed[0] = True
+        with pytest.raises(KeyboardInterrupt):
+            txn.commit()
+        assert not armed[0]
+        assert txn.state is TransactionState.COMMITTED
+        assert inst.log.durable_position >= txn.commit_position
+        with db.transaction() as after:
+            after.table("t").insert({"id": 2})
+        inst.simulate_crash()
+    with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as txn:
+        assert [row["id"] for row in txn.table("t").scan()] == [1, 2]

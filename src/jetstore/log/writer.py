@@ -451,6 +451,7 @@ class LogWriter:
         # `try` covers it all, so there is no line where an exception escapes untreated and
         # leaves `_flushing` set, which would strand every committer for good.
         taken = written = False
+        deferred: BaseException | None = None
         wake: list[LockType] = _NO_WAITERS
         end = LogPosition.MIN
         closed = _NO_CLOSED
@@ -493,7 +494,7 @@ class LogWriter:
                     if closed_gens
                     else _NO_CLOSED
                 )
-            self._write_chunks(chunks, closed, end.generation)
+            deferred = self._write_chunks(chunks, closed, end.generation)
             written = True
             with lock:
                 if end > self._durable:
@@ -554,6 +555,10 @@ class LogWriter:
                 for other in wake:
                     other.release()
             raise
+        if deferred is not None:
+            # An interrupt that arrived while this flush wrote, once the flush completed and
+            # its committers were woken: the record of the commit it interrupted is durable.
+            raise deferred
 
     def _settle(
         self, end: LogPosition, closed: dict[int, tuple[int, int]], woken: list[LockType]
@@ -669,10 +674,35 @@ class LogWriter:
 
     def _write_chunks(
         self, chunks: list[list[Any]], closed: dict[int, tuple[int, int]], end_generation: int
-    ) -> None:
+    ) -> BaseException | None:
+        """Write and sync `chunks`, rolling as they need; returns a deferred interrupt.
+
+        A flush within the current generation (the common case) that is interrupted by a
+        BaseException other than an Exception (KeyboardInterrupt from a signal handler, most
+        often while the sync runs) writes the same bytes at the same offsets again and syncs,
+        which makes the outcome known, and returns the interrupt for the caller to raise once
+        the flush's bookkeeping is done: the commit stays durable and the log serves on. A
+        flush that rolls is not repeatable that way (renames); an interrupt there, or a
+        second one here, propagates and fails the writer (`wait_durable`).
+        """
         file = self._file
         assert file is not None
         first_generation = self._file_gen
+        if end_generation == first_generation:
+            # Every chunk is in the current generation. The parts are kept until the chunks
+            # are dropped (at most one generation's bytes), so the bytes can be written again.
+            try:
+                for _gen, offset, _size, parts in chunks:
+                    file.pwrite(b"".join(parts), offset)
+                file.fdatasync()
+            except Exception:
+                raise
+            except BaseException as interrupt:
+                for _gen, offset, _size, parts in chunks:
+                    file.pwrite(b"".join(parts), offset)
+                file.fdatasync()
+                return interrupt
+            return None
         for gen, offset, _size, parts in chunks:
             data = b"".join(parts)
             parts.clear()  # the joined copy is the only one kept while it is written
@@ -704,6 +734,7 @@ class LogWriter:
                 callback(first_generation + 1, self._file_gen)
             except JetError as exc:
                 raise _DurableFlushFailure(exc) from exc
+        return None
 
     # ----------------------------------------------------------------- rolls
 
