@@ -3,6 +3,7 @@ several databases on one log stream, checkpoints, counters and handles."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -245,6 +246,18 @@ def test_options_are_validated(tmp_path: Path) -> None:
         ("circular_logging", 1),
         ("cache_size", True),
         ("checkpoint_interval", "30"),
+    ):
+        with pytest.raises(InvalidParameter, match=name):
+            jetstore.open(tmp_path, **{name: value})
+    # NaN passed `<= 0` (a lazy_flush_interval of NaN made the background thread spin), and a
+    # lazy_flush_interval beyond threading.TIMEOUT_MAX killed it: no checkpoint ran again.
+    for name, value in (
+        ("lazy_flush_interval", math.nan),
+        ("lazy_flush_interval", 1e300),
+        ("lazy_flush_interval", math.inf),
+        ("checkpoint_interval", math.nan),
+        ("checkpoint_warning_interval", math.nan),
+        ("checkpoint_interval", -1.0),
     ):
         with pytest.raises(InvalidParameter, match=name):
             jetstore.open(tmp_path, **{name: value})

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import math
 import os
 import threading
 import time
@@ -127,12 +128,18 @@ class InstanceOptions:
             raise InvalidParameter("cache_size must hold at least 16 pages")
         if self.max_transaction_bytes < 64 * 1024:
             raise InvalidParameter("max_transaction_bytes must be at least 64 KiB")
-        if (
-            self.checkpoint_interval <= 0
-            or self.lazy_flush_interval <= 0
-            or self.checkpoint_warning_interval <= 0
-        ):
-            raise InvalidParameter("intervals must be positive")
+        for name in ("checkpoint_interval", "lazy_flush_interval", "checkpoint_warning_interval"):
+            # `not > 0` also refuses NaN, which passed `<= 0` (lazy_flush_interval NaN: the
+            # background thread spun). The background thread waits lazy_flush_interval: a
+            # wait beyond threading.TIMEOUT_MAX killed it, and no checkpoint ran again.
+            value = getattr(self, name)
+            limit = threading.TIMEOUT_MAX if name == "lazy_flush_interval" else math.inf
+            if not 0 < value <= limit:
+                raise InvalidParameter(
+                    f"{name} {value!r} is invalid",
+                    hint=f"give {name} in seconds, more than 0"
+                    + (f" and at most {limit:g}" if limit < math.inf else ""),
+                )
         if self.log_disk_low_files < 0:
             raise InvalidParameter("log_disk_low_files must be 0 (off) or more")
         if self.checkpoint_too_deep < 4:
