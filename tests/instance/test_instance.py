@@ -266,6 +266,28 @@ def test_options_are_validated(tmp_path: Path) -> None:
         pass
 
 
+def test_cache_size_bounds_the_cache_of_every_database_together(tmp_path: Path) -> None:
+    # cache_size is the instance's: each database's node cache held up to cache_size (counted
+    # in pages of the page_size option), so 4 databases held 4x, and a database of 32 KiB
+    # pages 4x more bytes again.
+    cache_size = 256 * 8192  # above the floors: 16 pages of each cache
+    with jetstore.open(tmp_path, **SMALL, cache_size=cache_size) as instance:
+        names = ["a", "b", "c"]
+        for name in names:
+            fill(instance.database(name, create=True), 20000)
+    with jetstore.open(tmp_path, page_size=32768, **SMALL) as instance:
+        fill(instance.database("big", create=True), 20000)
+    with jetstore.open(tmp_path, **SMALL, cache_size=cache_size) as instance:
+        for name in [*names, "big"]:
+            db = instance.database(name)
+            with db.transaction() as txn:
+                assert sum(1 for _ in txn.table("t").scan()) == 20000
+        files = [instance.database(name).file for name in [*names, "big"]]
+        held = sum(len(file.cache) * file.page_size for file in files)
+        assert held <= cache_size
+        assert instance.counters()["cache_misses"] > 0
+
+
 def test_unknown_database_needs_create(tmp_path: Path) -> None:
     with jetstore.open(tmp_path, **SMALL) as instance:
         with pytest.raises(DatabaseNotFound):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from jetstore.pages.btree import Node
-from jetstore.pages.cache import NodeCache
+from jetstore.pages.cache import MIN_PAGES, CacheBudget, NodeCache
 
 CAPACITY = 16
 
@@ -214,3 +214,37 @@ def test_get_is_safe_while_other_threads_put_and_discard() -> None:
     for pgno in range(len(table)):
         cache.put(pgno, table[pgno])
         assert len(cache) <= capacity
+
+
+def test_caches_sharing_a_budget_stay_within_it() -> None:
+    # An instance's databases share one cache_size (in bytes: a 32 KiB-page cache counts
+    # four times an 8 KiB one), taken from the cache that holds the most, never below
+    # MIN_PAGES pages of any cache.
+    budget = CacheBudget(128 * 8192)
+    small = NodeCache(128, page_size=8192, budget=budget)
+    large = NodeCache(32, page_size=32768, budget=budget)
+    for pgno in range(200):
+        small.put(pgno, node(pgno))
+        assert budget.used == len(small) * 8192 <= budget.limit
+    assert len(small) == 128
+    for pgno in range(200):
+        large.put(pgno, node(pgno))
+        assert budget.used == len(small) * 8192 + len(large) * 32768
+        assert budget.used <= budget.limit
+    # The cache holding the most gives way: the two end up holding about as many bytes.
+    assert len(small) > MIN_PAGES and len(large) > MIN_PAGES
+    assert abs(len(small) * 8192 - len(large) * 32768) <= 2 * 32768 + 8192
+    # Both floors beyond the limit: the budget is overrun by the floors only.
+    tiny = CacheBudget(16 * 8192)
+    a = NodeCache(16, page_size=8192, budget=tiny)
+    b = NodeCache(16, page_size=8192, budget=tiny)
+    for pgno in range(40):
+        a.put(pgno, node(pgno))
+        b.put(pgno, node(pgno))
+    assert len(a) == len(b) == MIN_PAGES
+    a.discard(39)
+    assert tiny.used == 31 * 8192
+    a.release()
+    assert tiny.used == 16 * 8192 and tiny.caches == [b]
+    b.clear()
+    assert tiny.used == 0

@@ -84,6 +84,7 @@ from jetstore.io.locking import DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogWriter
+from jetstore.pages.cache import CacheBudget
 from jetstore.pages.collector import building_in_bulk
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
 
@@ -176,6 +177,8 @@ class Instance:
         base = filesystem if filesystem is not None else FileSystem()
         self.fs = base.with_registry(self.registry)
         self.cache_pages = max(16, options.cache_size // options.page_size)
+        #: cache_size is the instance's: the node caches of all its databases share it.
+        self.cache_budget = CacheBudget(options.cache_size)
         self.state = InstanceState.RECOVERING
         #: The process that opened the instance (`jetstore.io.forks`): only it may use it.
         self.pid = forks.PID
@@ -465,6 +468,7 @@ class Instance:
             header,
             owner=self.owner,
             cache_pages=self.cache_pages,
+            cache_budget=self.cache_budget,
             holder=self.lock_holder,
         )
         db = Database(self, record.name, record.database_id, file, LogPosition.MIN)
@@ -764,6 +768,7 @@ class Instance:
             source,
             owner=self.owner,
             cache_pages=self.cache_pages,
+            cache_budget=self.cache_budget,
             writable=False,
             lock=True,
             holder=self.lock_holder,
@@ -801,6 +806,7 @@ class Instance:
                 target,
                 owner=self.owner,
                 cache_pages=self.cache_pages,
+                cache_budget=self.cache_budget,
                 holder=self.lock_holder,
             )
             with self.commit_lock:

@@ -132,6 +132,7 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
                 path,
                 owner=instance.owner,
                 cache_pages=instance.cache_pages,
+                cache_budget=instance.cache_budget,
                 writable=True,
                 holder=instance.lock_holder,
             )

@@ -11,6 +11,13 @@ Replacement is second-chance FIFO (CLOCK): a hit only sets the node's `reference
 without a lock or any reordering, so concurrent readers never contend (a bit on the node the
 reader touches anyway, not a set of page numbers: no extra memory to miss on); eviction, under
 the lock, gives a referenced page one more round (clearing its bit) instead of dropping it.
+
+An instance's databases share one `cache_size` (`CacheBudget`, in bytes of pages: databases
+of different page sizes count what they hold): their caches share the budget's lock, and a
+put that would take them past the limit first evicts (CLOCK) from the cache holding the most
+bytes among those above `MIN_PAGES` pages (no cache shrinks below that for another, so only
+those floors can overrun the budget). Without a budget (tools, tests) a cache is bounded by
+its own capacity only.
 """
 
 from __future__ import annotations
@@ -20,17 +27,37 @@ from collections.abc import Mapping
 
 from jetstore.pages.btree import Node
 
+#: A cache never shrinks below this many pages to make room for another cache of its budget.
+MIN_PAGES = 16
+
+
+class CacheBudget:
+    """The instance's `cache_size` in bytes, shared by the node caches of its databases."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0  # bytes of pages held by the caches below
+        self.lock = threading.Lock()
+        self.caches: list[NodeCache] = []
+
 
 class NodeCache:
-    def __init__(self, capacity_pages: int) -> None:
-        self.capacity = max(16, capacity_pages)
+    def __init__(
+        self, capacity_pages: int, *, page_size: int = 0, budget: CacheBudget | None = None
+    ) -> None:
+        self.capacity = max(MIN_PAGES, capacity_pages)
         self._nodes: dict[int, Node] = {}
         # The hit path of `get` without its call, for the hottest reader (`DatabaseFile.lookup`
         # probes `nodes` itself, then sets the node's `referenced` bit and counts the hit,
         # exactly as `get` does; a miss goes through `get`). The dict lives as long as the
         # cache: `clear` empties it in place.
         self.nodes: Mapping[int, Node] = self._nodes
-        self._lock = threading.Lock()
+        self.page_size = page_size
+        self._budget = budget
+        self._lock = budget.lock if budget is not None else threading.Lock()
+        if budget is not None:
+            with budget.lock:
+                budget.caches.append(self)
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -51,22 +78,55 @@ class NodeCache:
                 # The victim is chosen among the pages already cached, before the new one
                 # joins the queue: a page just read is never its own victim.
                 while len(nodes) >= self.capacity:
-                    oldest = next(iter(nodes))
-                    victim = nodes[oldest]
-                    if victim.referenced:
-                        victim.referenced = False
-                        nodes[oldest] = nodes.pop(oldest)  # second chance: back of the queue
-                    else:
-                        del nodes[oldest]
-                        self.evictions += 1
+                    self._evict_one()
+                budget = self._budget
+                if budget is not None:
+                    while budget.used + self.page_size > budget.limit:
+                        above = [c for c in budget.caches if len(c._nodes) > MIN_PAGES]
+                        if not above:
+                            break  # every cache at its floor: the floors overrun the budget
+                        max(above, key=NodeCache._held)._evict_one()
+                    budget.used += self.page_size
             nodes[pgno] = node
+
+    def _held(self) -> int:
+        return len(self._nodes) * self.page_size
+
+    def _evict_one(self) -> None:
+        """Drop the first page of the queue without its referenced bit (under the lock)."""
+        nodes = self._nodes
+        while True:
+            oldest = next(iter(nodes))
+            victim = nodes[oldest]
+            if victim.referenced:
+                victim.referenced = False
+                nodes[oldest] = nodes.pop(oldest)  # second chance: back of the queue
+            else:
+                del nodes[oldest]
+                self.evictions += 1
+                if self._budget is not None:
+                    self._budget.used -= self.page_size
+                return
 
     def discard(self, pgno: int) -> None:
         with self._lock:
-            self._nodes.pop(pgno, None)
+            if self._nodes.pop(pgno, None) is not None and self._budget is not None:
+                self._budget.used -= self.page_size
 
     def clear(self) -> None:
         with self._lock:
+            if self._budget is not None:
+                self._budget.used -= self._held()
+            self._nodes.clear()
+
+    def release(self) -> None:
+        """Empty the cache and leave its budget (its database file closed)."""
+        with self._lock:
+            budget = self._budget
+            if budget is not None:
+                budget.used -= self._held()
+                if self in budget.caches:
+                    budget.caches.remove(self)
             self._nodes.clear()
 
     def __len__(self) -> int:

@@ -78,7 +78,7 @@ from jetstore.pages.btree import (
     page_crc_of,
     ref_crc,
 )
-from jetstore.pages.cache import NodeCache
+from jetstore.pages.cache import CacheBudget, NodeCache
 
 _FREELIST_HEAD = struct.Struct("<Q")
 #: Suffix of a database file being created (never opened as a database).
@@ -123,6 +123,7 @@ class DatabaseFile:
         header: DatabaseHeader,
         *,
         cache_pages: int,
+        cache_budget: CacheBudget | None = None,
         problems: list[str] | None = None,
         lock: FileLock | None = None,
     ) -> None:
@@ -133,7 +134,9 @@ class DatabaseFile:
         self.page_size = header.page_size
         self._header = header
         self.problems = problems or []
-        self.cache = NodeCache(cache_pages)
+        if cache_budget is not None:  # the instance's cache_size, in this file's pages
+            cache_pages = cache_budget.limit // header.page_size
+        self.cache = NodeCache(cache_pages, page_size=header.page_size, budget=cache_budget)
         self._cached = self.cache.nodes.get  # `lookup`'s inline cache hits
         self._space_lock = threading.Lock()
         self._header_lock = threading.Lock()
@@ -158,6 +161,7 @@ class DatabaseFile:
         *,
         owner: str,
         cache_pages: int,
+        cache_budget: CacheBudget | None = None,
         holder: str | None = None,
     ) -> DatabaseFile:
         if fs.exists(path):
@@ -185,7 +189,9 @@ class DatabaseFile:
             fs.rename(temporary, path)
             fs.fsync_directory(os.path.dirname(path) or ".", owner=owner)
             file.path = path
-            return cls(fs, file, header, cache_pages=cache_pages, lock=lock)
+            return cls(
+                fs, file, header, cache_pages=cache_pages, cache_budget=cache_budget, lock=lock
+            )
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -200,6 +206,7 @@ class DatabaseFile:
         *,
         owner: str,
         cache_pages: int,
+        cache_budget: CacheBudget | None = None,
         writable: bool = True,
         lock: bool | None = None,
         holder: str | None = None,
@@ -234,7 +241,15 @@ class DatabaseFile:
             copy0 = file.pread(page_size, 0)
             copy1 = file.pread(page_size, page_size)
             header, problems = choose_db_header(copy0, copy1, path=path)
-            db = cls(fs, file, header, cache_pages=cache_pages, problems=problems, lock=held)
+            db = cls(
+                fs,
+                file,
+                header,
+                cache_pages=cache_pages,
+                cache_budget=cache_budget,
+                problems=problems,
+                lock=held,
+            )
             if problems and writable:
                 db._write_header_copies(header)  # repair the damaged copy from the good one
             return db
@@ -248,7 +263,7 @@ class DatabaseFile:
         if self._lock is not None:
             self._lock.release()  # before the descriptor closes, while the fd is still ours
         self._file.close()
-        self.cache.clear()
+        self.cache.release()
 
     @property
     def locked(self) -> bool:
