@@ -261,6 +261,15 @@ def test_options_are_validated(tmp_path: Path) -> None:
     ):
         with pytest.raises(InvalidParameter, match=name):
             jetstore.open(tmp_path, **{name: value})
+    # cache_size is a byte budget for databases of any page size: 16 pages of the smallest
+    # page size is the floor, whatever page_size (new databases' size) says.
+    with pytest.raises(InvalidParameter, match="cache_size"):
+        jetstore.open(tmp_path, cache_size=16 * 4096 - 1)
+    with jetstore.open(tmp_path, page_size=32768, cache_size=16 * 4096) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int")], primary_key="id")
+        with db.transaction() as txn:
+            txn.table("t").insert({"id": 1})
     # A refused open leaves no handle and no lock behind.
     with jetstore.open(tmp_path, **SMALL):
         pass

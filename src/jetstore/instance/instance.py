@@ -125,8 +125,13 @@ class InstanceOptions:
             )
         if self.checkpoint_depth < 64 * 1024:
             raise InvalidParameter("checkpoint_depth must be at least 64 KiB")
-        if self.cache_size < 16 * self.page_size:
-            raise InvalidParameter("cache_size must hold at least 16 pages")
+        # The budget is in bytes and shared by databases of any page size (`page_size` only
+        # sets new databases'); each cache keeps 16 of its own pages whatever the budget.
+        if self.cache_size < 16 * min(PAGE_SIZES):
+            raise InvalidParameter(
+                f"cache_size {self.cache_size} is below 16 pages of {min(PAGE_SIZES)} bytes",
+                hint=f"give a cache_size of at least {16 * min(PAGE_SIZES)} bytes",
+            )
         if self.max_transaction_bytes < 64 * 1024:
             raise InvalidParameter("max_transaction_bytes must be at least 64 KiB")
         for name in ("checkpoint_interval", "lazy_flush_interval", "checkpoint_warning_interval"):
