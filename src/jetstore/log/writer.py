@@ -349,24 +349,51 @@ class LogWriter:
                 size = FRAME_HEADER_SIZE + length + len(padding)
                 pending = self._pending
                 last = pending[-1] if pending else None
-                if last is not None and last[0] == gen and last[1] + last[2] == end:
-                    last[2] += size
-                    parts = last[3]
-                else:
-                    parts = []
-                    pending.append([gen, end, size, parts])
-                parts.append(header)
-                parts.append(payload)
-                if padding:
-                    parts.append(padding)
-                # `accumulate`, inlined.
-                self._gen_checksum = _crc_extend(self._gen_checksum, crc.to_bytes(4, "little"))
-                end += size
-                self._end = end
+                try:
+                    if last is not None and last[0] == gen and last[1] + last[2] == end:
+                        last[2] += size
+                        parts = last[3]
+                    else:
+                        parts = []
+                        pending.append([gen, end, size, parts])
+                    parts.append(header)
+                    parts.append(payload)
+                    if padding:
+                        parts.append(padding)
+                    # `accumulate`, inlined.
+                    self._gen_checksum = _crc_extend(self._gen_checksum, crc.to_bytes(4, "little"))
+                    end += size
+                    self._end = end
+                except BaseException as exc:
+                    self._append_broken(exc)
+                    raise
                 self.bytes_appended += length
                 self.records_appended += 1
                 return _new_position(LogPosition, (gen, end))
-            return self._append_frames(payload)
+            try:
+                return self._append_frames(payload)
+            except BaseException as exc:
+                self._append_broken(exc)
+                raise
+
+    def _append_broken(self, exc: BaseException) -> None:
+        """An append raised after it may have changed the pending bytes, the end or the
+        generation's running checksum (KeyboardInterrupt from a signal handler between two
+        updates, or `LogSequenceEnd` between two frames of a record): they may disagree, and
+        flushing on would write a frame the chain link does not count (recovery would refuse
+        the log). The writer fails instead; every record appended before is intact. Called
+        with `_lock` held."""
+        if self._failed is None:
+            self._failed = (
+                exc
+                if isinstance(exc, JetError)
+                else LogWriteFail(
+                    f"appending a log record was interrupted ({type(exc).__name__}) halfway; "
+                    "the log takes no more records",
+                    hint="close and reopen the instance: recovery replays every record that "
+                    "reached the disk (every acknowledged commit is among them)",
+                )
+            )
 
     def _append_frames(self, payload: bytes) -> LogPosition:
         """`append` of a record that does not fit the rest of the current generation: FIRST,
