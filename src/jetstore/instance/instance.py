@@ -480,6 +480,22 @@ class Instance:
         self._databases[record.name] = db
         return db
 
+    def open_database_file(
+        self, path: str, *, writable: bool = True, lock: bool | None = None
+    ) -> DatabaseFile:
+        """`DatabaseFile.open` of `path` with this instance's file system, owner, node-cache
+        budget and lock holder name (`lock` defaults to `writable`)."""
+        return DatabaseFile.open(
+            self.fs,
+            path,
+            owner=self.owner,
+            cache_pages=self.cache_pages,
+            cache_budget=self.cache_budget,
+            writable=writable,
+            lock=lock,
+            holder=self.lock_holder,
+        )
+
     # ----------------------------------------------------------------- properties
 
     @property
@@ -768,16 +784,7 @@ class Instance:
         # through a link) is refused here, before it is moved (FileAccessDenied). The lock
         # is dropped with the probe; the writable open below takes it again, and a file
         # locked in between is refused there and moved back.
-        probe = DatabaseFile.open(
-            self.fs,
-            source,
-            owner=self.owner,
-            cache_pages=self.cache_pages,
-            cache_budget=self.cache_budget,
-            writable=False,
-            lock=True,
-            holder=self.lock_holder,
-        )
+        probe = self.open_database_file(source, writable=False, lock=True)
         try:
             header = probe.header
         finally:
@@ -806,14 +813,7 @@ class Instance:
         try:
             # Inside the try: a refused open (another opener locked the file since the probe)
             # moves the file back like any other failure before its header is written.
-            file = DatabaseFile.open(
-                self.fs,
-                target,
-                owner=self.owner,
-                cache_pages=self.cache_pages,
-                cache_budget=self.cache_budget,
-                holder=self.lock_holder,
-            )
+            file = self.open_database_file(target)
             with self.commit_lock:
                 self.check_writable()
                 db_id = max((d.db_id for d in self._databases.values()), default=0) + 1

@@ -127,15 +127,7 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
             if db_name is None:
                 continue
             path = os.path.join(instance.directory, name)
-            files[db_name] = DatabaseFile.open(
-                instance.fs,
-                path,
-                owner=instance.owner,
-                cache_pages=instance.cache_pages,
-                cache_budget=instance.cache_budget,
-                writable=True,
-                holder=instance.lock_holder,
-            )
+            files[db_name] = instance.open_database_file(path)
     except BaseException:
         for file in files.values():
             file.close()
