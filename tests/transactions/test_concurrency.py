@@ -20,6 +20,7 @@ import jetstore
 from instance_store import LOG, Store
 from jetstore.errors import (
     InstanceUnavailable,
+    JetError,
     KeyDuplicate,
     NotInTransaction,
     RecordNotFound,
@@ -644,6 +645,10 @@ def test_a_commit_interrupted_after_its_log_record_loses_no_update(tmp_path: Pat
         finally:
             sys.settrace(None)
         if store.inst.state.value == "failed":
+            # Not "rolled back": the record is in the log, so the outcome waits for a reopen.
+            assert txn.state is TransactionState.IN_DOUBT, line
+            with pytest.raises(NotInTransaction, match="in doubt"):
+                txn.table("t")
             with pytest.raises(InstanceUnavailable) as info, store.db.transaction() as other:
                 other.table("t").update(2, {"v": 2})
             assert "interrupted" in str(info.value), line
@@ -696,3 +701,38 @@ def test_ctrl_c_during_a_durable_commits_sync_leaves_the_instance_serving(
         inst.simulate_crash()
     with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as txn:
         assert [row["id"] for row in txn.table("t").scan()] == [1, 2]
+
+
+def test_a_durable_commit_whose_log_flush_fails_is_in_doubt(tmp_path: Path) -> None:
+    """A flush that fails under a durable commit fails the instance after the commit's record
+    was handed to the log (and possibly written): the transaction is neither committed nor
+    rolled back as far as anyone can know before a reopen. It says IN_DOUBT, with its record's
+    position, and the reopen decides (here the write reached the file, so it is replayed)."""
+    from jetstore.io import FileSystem, IOEvent
+
+    armed = [False]
+
+    def hook(event: IOEvent) -> None:
+        if armed[0] and event.op == "fdatasync" and event.path.endswith("edb.log"):
+            armed[0] = False
+            raise OSError(5, "Input/output error")
+
+    inst = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook))
+    db = inst.database("main", create=True)
+    db.create_table("t", [("id", "int")], primary_key="id")
+    txn = db.transaction()
+    txn.table("t").insert({"id": 1})
+    armed[0] = True
+    with pytest.raises(JetError):
+        txn.commit()
+    assert not armed[0]
+    assert inst.state.value == "failed"
+    assert txn.state is TransactionState.IN_DOUBT
+    position = txn.commit_position
+    assert position is not None
+    expected = f"in doubt: its commit record \\(ending at log position {position}\\)"
+    with pytest.raises(NotInTransaction, match=expected):
+        txn.table("t")
+    inst.close()
+    with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as reader:
+        assert [row["id"] for row in reader.table("t").scan()] == [1]

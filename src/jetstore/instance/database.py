@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from jetstore.errors import DatabaseNotFound, KeyDuplicate, WriteConflict
+from jetstore.errors import DatabaseNotFound, JetError, KeyDuplicate, WriteConflict
 from jetstore.format.common import now_us
 from jetstore.format.logrecords import (
     encode_commit_changes,
@@ -45,7 +45,7 @@ from jetstore.tables.keys import tuple_prefix_stop
 from jetstore.tables.records import RecordCodec
 from jetstore.tables.schema import TableDef, decode_table_def
 from jetstore.tables.table import TableShape
-from jetstore.transactions.transaction import Transaction, next_epoch
+from jetstore.transactions.transaction import Transaction, TransactionState, next_epoch
 
 if TYPE_CHECKING:
     from jetstore.instance.instance import Instance
@@ -268,6 +268,7 @@ class Database:
             else:
                 payload = encode_commit_ordered(self.db_id, txn.id, now_us(), *ordered)
             appended = log.records_appended
+            end: LogPosition | None = None
             try:
                 end = log.append(payload)
                 if txn.catalog_written:
@@ -285,13 +286,22 @@ class Database:
                 # (Every record is appended under the commit lock: the count tells.)
                 if log.records_appended != appended:
                     instance.commit_interrupted(txn.id, exc)
+                    txn._finish_in_doubt(end)
                 raise
             self.commits += 1
             instance.note_commit(len(payload))
         txn._finish_committed(end)
         self.end_transaction(txn)
         if not lazy:
-            instance.wait_durable(end)
+            try:
+                instance.wait_durable(end)
+            except JetError:
+                # The flush under this commit failed and failed the instance: the record may
+                # or may not be on disk (a partial write), so the outcome is only known after
+                # a reopen. (An interrupt while waiting leaves it COMMITTED: the instance
+                # completes the flush and serves on.)
+                txn.state = TransactionState.IN_DOUBT
+                raise
         return end
 
     def _check_conflicts(self, txn: Transaction) -> None:

@@ -4,7 +4,16 @@ Lifecycle (one state per transaction, checked by every operation):
 
     ACTIVE --commit()--> COMMITTED          (changes logged, published, durable unless lazy)
        |  \\--rollback() / exception in `with` / commit failure--> ROLLED_BACK
+       |  \\--commit failure after its record reached the log--> IN_DOUBT
        \\--write set over its memory bound--> ROLLED_BACK (VersionStoreOutOfMemory)
+
+IN_DOUBT is the honest answer when a commit fails after its record was appended to the log
+and the instance fails with it (an interrupt between the append and the publication, or a
+failed log flush under a durable commit): whether the commit survives depends on whether the
+record reaches the disk before the process ends, so only reopening tells. `commit_position`
+then names the record (when known), so the application can look for its effect after the
+reopen. A commit interrupted while it waits for its flush on an instance that goes on serving
+stays COMMITTED: its flush is completed and the changes are visible, as a lazy commit's are.
 
 Invariants:
 - A transaction reads the database as of its start (its snapshot root) plus its own writes;
@@ -94,6 +103,7 @@ class TransactionState(enum.Enum):
     ACTIVE = "active"
     COMMITTED = "committed"
     ROLLED_BACK = "rolled back"
+    IN_DOUBT = "in doubt"
 
 
 _ACTIVE = TransactionState.ACTIVE
@@ -187,6 +197,18 @@ class Transaction:
                     "its instance was closed (or the database detached) while it was open",
                     hint="commit or roll back every transaction before closing the instance; "
                     "open the instance again and start a new transaction",
+                )
+            if self.state is TransactionState.IN_DOUBT:
+                where = (
+                    f"ending at log position {self.commit_position}"
+                    if self.commit_position is not None
+                    else "at a log position not known"
+                )
+                raise NotInTransaction(
+                    f"transaction {self.id} is in doubt: its commit record ({where}) was "
+                    "handed to the log, then the instance failed",
+                    hint="close the instance and open it again: recovery replays the log, and "
+                    "the commit is there if its record reached the disk",
                 )
             raise NotInTransaction(
                 f"transaction {self.id} is {self.state.value}; start a new one",
@@ -526,8 +548,9 @@ class Transaction:
         """Make the changes visible and durable (lazy: durable soon, returns at once).
 
         Returns the commit record's end position, or None for a transaction that changed
-        nothing. On `WriteConflict`, `KeyDuplicate` or any failure the transaction is rolled
-        back.
+        nothing. On `WriteConflict`, `KeyDuplicate` or any failure before its record reached
+        the log the transaction is rolled back; a failure after that which fails the instance
+        leaves it IN_DOUBT (reopen the instance to learn the outcome).
         """
         if self.state is not _ACTIVE:
             self._check_active()
@@ -538,6 +561,20 @@ class Transaction:
                 self._abort()
             raise
         return position
+
+    def _finish_in_doubt(self, position: LogPosition | None) -> None:
+        """The commit failed after its record reached the log and the instance failed: only a
+        reopen tells whether it survived (see the module docstring)."""
+        self.state = TransactionState.IN_DOUBT
+        if position is not None:
+            self.commit_position = position
+        self.mutation = None
+        self.operations = {}
+        self._pending = {}
+        self._key_order = None
+        self.unique_checks = []
+        self._tables.clear()
+        self._db.end_transaction(self)
 
     def rollback(self) -> None:
         """Drop every change (nothing was logged or written, so there is nothing to undo)."""
