@@ -368,6 +368,63 @@ def test_a_write_racing_a_drop_table_leaves_no_orphans(store: Store) -> None:
     assert raw(store.db) == [(NEXT_OBJECT_ID_KEY, raw(store.db)[0][1])]
 
 
+def test_a_transaction_that_only_read_a_dropped_table_commits_its_other_writes(
+    store: Store,
+) -> None:
+    # Snapshot isolation conflicts on writes only: a transaction that read table t and wrote
+    # to table w must commit although t was dropped (and re-created) after its snapshot.
+    make_table(store.db)
+    make_table(store.db, "w")
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "a"})
+    reader = store.db.transaction()
+    seen = [r["v"] for r in reader.table("t").scan()]
+    store.db.drop_table("t")
+    make_table(store.db)
+    reader.table("w").insert({"id": 1, "v": ",".join(seen)})
+    reader.commit()
+    assert rows(store.db, "w") == [{"id": 1, "v": "a", "blob": None}]
+    assert rows(store.db) == []
+    # A writer of the dropped table still conflicts, and the error names the table.
+    writer = store.db.transaction()
+    writer.table("t").insert({"id": 2, "v": "late"})
+    store.db.drop_table("t")
+    with pytest.raises(WriteConflict, match="table 't'"):
+        writer.commit()
+    assert store.db.table_names() == ["w"]
+    store.reopen()
+    assert rows(store.db, "w") == [{"id": 1, "v": "a", "blob": None}]
+
+
+def test_a_write_conflict_names_the_table_and_key(store: Store) -> None:
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 7, "v": "a"})
+    first, second = store.db.transaction(), store.db.transaction()
+    first.table("t").update(7, {"v": "b"})
+    second.table("t").update(7, {"v": "c"})
+    first.commit()
+    with pytest.raises(WriteConflict, match=r"primary key \(7,\).* of table 't'"):
+        second.commit()
+    # Two creations of one table name in explicit transactions: the later one conflicts,
+    # never both win.
+    first, second = store.db.transaction(), store.db.transaction()
+    first.create_table("u", [("id", "int")], "id")
+    second.create_table("u", [("id", "float")], "id")
+    first.commit()
+    with pytest.raises(WriteConflict, match="table"):
+        second.commit()
+    # A unique key committed concurrently names the index and its table.
+    first, second = store.db.transaction(), store.db.transaction()
+    first.table("t").insert({"id": 8, "v": "same"})
+    second.table("t").insert({"id": 9, "v": "same"})
+    first.commit()
+    with pytest.raises(KeyDuplicate, match=r"index 'by_v' of table 't'.*'same'"):
+        second.commit()
+    with store.db.transaction() as txn:
+        assert txn.table("u").definition.column("id").type == "int"
+
+
 def test_a_definition_stored_in_chunks_survives_reopen(store: Store) -> None:
     # Defaults on a few columns only: a record of 2000 NULLs fits, 2000 ints would not.
     columns = [
@@ -398,6 +455,27 @@ def test_create_table_in_a_transaction_rejects_bad_input(store: Store) -> None:
         with pytest.raises(InvalidParameter):
             txn.create_table(None, [("id", "int")], "id")  # type: ignore[arg-type]
     assert raw(store.db) == []
+
+
+def test_table_names_that_cannot_exist_are_not_found(store: Store) -> None:
+    # A name that is unhashable or not encodable (a lone surrogate) is simply no table:
+    # ObjectNotFound, or InvalidParameter from create_table, never a TypeError or a
+    # UnicodeEncodeError from inside the engine.
+    make_table(store.db)
+    before = raw(store.db)
+    for name in (["t"], {"t": 1}, "\ud800", "t\udfff"):
+        with store.db.transaction() as txn:
+            with pytest.raises(ObjectNotFound):
+                txn.table(name)  # type: ignore[arg-type]
+            with pytest.raises(ObjectNotFound):
+                txn.drop_table(name)  # type: ignore[arg-type]
+            with pytest.raises(InvalidParameter):
+                txn.create_table(name, [("id", "int")], "id")  # type: ignore[arg-type]
+        with pytest.raises(ObjectNotFound):
+            store.db.drop_table(name)  # type: ignore[arg-type]
+        with pytest.raises(InvalidParameter):
+            store.db.create_table(name, [("id", "int")], "id")  # type: ignore[arg-type]
+    assert raw(store.db) == before
 
 
 # --------------------------------------------------------------------------- isolation

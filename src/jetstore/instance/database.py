@@ -10,7 +10,10 @@ Invariants:
   such as KeyboardInterrupt from a signal handler) fails the instance (D9): the log and the
   published tree disagree until recovery replays the log.
 - A commit conflicts (`WriteConflict`, -1102) when another transaction committed a change to
-  one of its keys after its snapshot; the later committer fails, the earlier one wins.
+  one of its keys after its snapshot; the later committer fails, the earlier one wins. A
+  transaction that wrote under a table's object ids also conflicts with a drop or re-creation
+  of that table committed after its snapshot (its writes would be orphans); one that only read
+  the table does not. The error names the entry (`Transaction.describe_key`).
 - Catalog entries (table definitions) change only through `commit_transaction` once
   transactions exist (replay happens before the first one), so the definitions cached for
   snapshots since the last catalog change (`catalog_cache`) are those the tree holds.
@@ -309,16 +312,37 @@ class Database:
         if not recent:
             return
         snapshot = txn.snapshot_position
-        for key in itertools.chain(txn.operations, txn.schema_keys):
+        for key in txn.operations:
             changed = recent.get(key)
             if changed is not None and changed > snapshot:
                 self.conflicts += 1
                 raise WriteConflict(
-                    f"transaction {txn.id} on database {self.name!r} changed a record that "
-                    f"another transaction committed at log position {changed}, after this "
-                    f"transaction's snapshot ({snapshot})",
+                    f"transaction {txn.id} on database {self.name!r} changed "
+                    f"{txn.describe_key(key)}, which another transaction committed at log "
+                    f"position {changed}, after this transaction's snapshot ({snapshot})",
                     hint="retry the transaction: it was rolled back",
                 )
+        # A table dropped or re-created after the snapshot: a conflict only for a transaction
+        # that wrote under its object ids (those writes would be orphans, or land in the new
+        # table unchecked); one that only read it read its snapshot, as snapshot isolation
+        # promises, and commits.
+        written: set[int] | None = None
+        for entry_key, definition in txn.schema_keys.items():
+            changed = recent.get(entry_key)
+            if changed is None or changed <= snapshot:
+                continue
+            if written is None:
+                written = {int.from_bytes(key[:4], "big") for key in txn.operations}
+            objects = {definition.table_id, definition.lv_id, *definition.index_ids}
+            if written.isdisjoint(objects):
+                continue
+            self.conflicts += 1
+            raise WriteConflict(
+                f"transaction {txn.id} on database {self.name!r} wrote to table "
+                f"{definition.name!r}, which another transaction dropped or re-created at log "
+                f"position {changed}, after this transaction's snapshot ({snapshot})",
+                hint="retry the transaction: it was rolled back",
+            )
 
     def _check_unique(self, txn: Transaction, root: Node | None) -> None:
         operations = txn.operations
@@ -329,8 +353,9 @@ class Database:
                 if key == own_key or (key in operations and operations[key] is None):
                     continue
                 raise KeyDuplicate(
-                    f"a concurrent transaction committed the same unique index key in "
-                    f"database {self.name!r} first (entry {key.hex()[:32]}…)",
+                    f"a concurrent transaction committed {txn.describe_key(key)} in database "
+                    f"{self.name!r} first; this transaction wrote {txn.describe_key(own_key)}, "
+                    "the same key of that unique index",
                     hint="the transaction was rolled back; retry it",
                 )
 

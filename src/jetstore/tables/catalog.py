@@ -31,10 +31,12 @@ logged and replayed like data, and invisible to other transactions until it comm
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Final
 
-from jetstore.errors import DatabaseCorrupted
+from jetstore.errors import DatabaseCorrupted, JetError
 from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, max_entry_size
+from jetstore.tables.keys import decode_key
 from jetstore.tables.schema import TableDef, decode_table_def, encode_table_def
 
 CATALOG_ID: Final = 0
@@ -54,8 +56,14 @@ def object_prefix(object_id: int) -> bytes:
     return _OBJECT.pack(object_id)
 
 
+def _name_bytes(name: str) -> bytes:
+    # Stored names are ASCII (`schema` refuses anything else), but a lookup may be handed any
+    # str: one with a lone surrogate must find nothing, not raise UnicodeEncodeError.
+    return name.encode("utf-8", "surrogatepass")
+
+
 def table_entry_key(name: str) -> bytes:
-    return TABLE_ENTRY_PREFIX + name.encode("utf-8")
+    return TABLE_ENTRY_PREFIX + _name_bytes(name)
 
 
 def table_name_from_key(key: bytes) -> str:
@@ -64,7 +72,7 @@ def table_name_from_key(key: bytes) -> str:
 
 def table_def_chunk_prefix(name: str) -> bytes:
     """Prefix of the chunk entries of table `name`'s definition (see the module docstring)."""
-    return TABLE_DEF_CHUNK_PREFIX + name.encode("utf-8") + b"\x00"
+    return TABLE_DEF_CHUNK_PREFIX + _name_bytes(name) + b"\x00"
 
 
 def table_def_chunk_key(name: str, chunk: int) -> bytes:
@@ -111,6 +119,49 @@ def join_table_def_chunks(name: str, value: bytes, chunks: list[bytes]) -> bytes
     return data
 
 
+def describe_key(key: bytes, tables: Iterable[TableDef]) -> str:
+    """What the tree entry `key` is, in words, for error messages: a catalog entry, or the
+    record, index entry or long-value chunk of one of `tables` (with its key values).
+
+    A key of no table in `tables` is named by its bytes. Never raises.
+    """
+    try:
+        return _describe(key, tables)
+    except (JetError, ValueError, IndexError, struct.error):
+        return f"the entry with key {_hex(key)}"
+
+
+def _describe(key: bytes, tables: Iterable[TableDef]) -> str:
+    if key.startswith(TABLE_ENTRY_PREFIX):
+        return f"the definition of table {table_name_from_key(key)!r}"
+    if key == NEXT_OBJECT_ID_KEY:
+        return "the catalog's next object id (another table was created)"
+    if key.startswith(TABLE_DEF_CHUNK_PREFIX):
+        name = key[len(TABLE_DEF_CHUNK_PREFIX) : key.index(0, len(TABLE_DEF_CHUNK_PREFIX))]
+        return f"the definition of table {name.decode('utf-8')!r}"
+    object_id = int(_OBJECT.unpack_from(key)[0])
+    rest = key[_OBJECT.size :]
+    for t in tables:
+        if object_id == t.table_id:
+            return f"the record with primary key {decode_key(rest)!r} of table {t.name!r}"
+        if object_id == t.lv_id:
+            pk = decode_key(rest[: -_LV_SUFFIX.size])
+            return f"a long value of the record with primary key {pk!r} of table {t.name!r}"
+        for index, index_id in zip(t.indexes, t.index_ids, strict=True):
+            if object_id == index_id:
+                values = decode_key(rest)
+                width = len(index.columns)
+                return (
+                    f"the entry for key {values[:width]!r} (primary key {values[width:]!r}) of "
+                    f"index {index.name!r} of table {t.name!r}"
+                )
+    return f"the entry with key {_hex(key)}"
+
+
+def _hex(key: bytes) -> str:
+    return key.hex() if len(key) <= 32 else key[:32].hex() + "…"
+
+
 def encode_next_object_id(value: int) -> bytes:
     return _OBJECT.pack(value)
 
@@ -138,6 +189,7 @@ __all__ = [
     "chunked_table_def",
     "decode_next_object_id",
     "decode_table_def",
+    "describe_key",
     "encode_next_object_id",
     "encode_table_def",
     "join_table_def_chunks",

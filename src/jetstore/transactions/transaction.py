@@ -76,6 +76,7 @@ from jetstore.tables.catalog import (
     TABLE_ENTRY_PREFIX,
     chunked_table_def,
     decode_next_object_id,
+    describe_key,
     encode_next_object_id,
     join_table_def_chunks,
     object_prefix,
@@ -177,7 +178,10 @@ class Transaction:
         self._key_order: list[bytes] | None = None
         self._max_entry = _max_entry_size(database.page_size)
         self.unique_checks: list[tuple[bytes, bytes]] = []
-        self.schema_keys: set[bytes] = set()
+        # The catalog entry of every table this transaction opened, and its definition as
+        # read: a commit that wrote under the table's object ids conflicts with a concurrent
+        # drop or re-creation of it (a read alone does not: see `Database._check_conflicts`).
+        self.schema_keys: dict[bytes, TableDef] = {}
         # Set when a write below the first object id (a catalog entry) reaches the private
         # tree: the commit then invalidates the database's cache of table definitions.
         self.catalog_written = False
@@ -432,7 +436,10 @@ class Transaction:
         """The table `name` as this transaction sees it (`ObjectNotFound` if absent)."""
         if self.state is not _ACTIVE:
             self._check_active()
-        table = self._tables.get(name)
+        try:
+            table = self._tables.get(name)
+        except TypeError:
+            table = None  # an unhashable name: no table has it (ObjectNotFound below)
         if table is not None:
             return table
         # Before its first write a transaction sees exactly its snapshot's catalog, which the
@@ -449,7 +456,7 @@ class Transaction:
                 entry_key, table_def, codec, shape = entry
                 table = Table(self, table_def, codec, shape, (self, self._file.lookup))
                 self._tables[name] = table
-                self.schema_keys.add(entry_key)
+                self.schema_keys[entry_key] = table_def
                 return table
         raw = self._read_table_def(name) if isinstance(name, str) else None
         if raw is None:
@@ -465,12 +472,17 @@ class Transaction:
         # Writing through this table relies on its definition: a concurrent drop or
         # re-creation committed first makes this transaction's commit a WriteConflict.
         entry_key = table_entry_key(name)
-        self.schema_keys.add(entry_key)
+        self.schema_keys[entry_key] = table_def
         if cache is not None:
             if len(cache) >= _CATALOG_CACHE_MAX:
                 cache.clear()
             cache[name] = (entry_key, table_def, codec, shape)
         return table
+
+    def describe_key(self, key: bytes) -> str:
+        """The tree entry `key` in words (its table, index and key values when it belongs to
+        a table this transaction opened), for error messages."""
+        return describe_key(key, self.schema_keys.values())
 
     def _read_table_def(self, name: str) -> bytes | None:
         """The encoded definition of table `name` (joined from its chunks), or None."""
