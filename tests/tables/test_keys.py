@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
@@ -220,6 +220,29 @@ def test_unrepresentable_aware_datetime_is_invalid_parameter() -> None:
     east = timezone(timedelta(hours=5))
     with pytest.raises(InvalidParameter):
         encode_key((datetime(1, 1, 1, tzinfo=east),))
+
+
+class _BrokenZone(tzinfo):
+    """A tzinfo whose offset Python's datetime refuses (or that fails outright)."""
+
+    def __init__(self, offset: object) -> None:
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        if isinstance(self.offset, Exception):
+            raise self.offset
+        return self.offset  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "offset", [timedelta(hours=30), 5, ArithmeticError("no offset"), LookupError("zone")]
+)
+def test_a_datetime_whose_zone_gives_no_valid_offset_is_invalid_parameter(offset: object) -> None:
+    value = datetime(2020, 1, 1, tzinfo=_BrokenZone(offset))
+    with pytest.raises(InvalidParameter, match="UTC offset"):
+        datetime_to_micros(value)
+    with pytest.raises(InvalidParameter, match="UTC offset"):
+        encode_key((value,))
 
 
 @pytest.mark.parametrize(

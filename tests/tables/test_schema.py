@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
@@ -183,6 +183,11 @@ def test_invalid_definitions(kwargs: dict[str, Any], error: type[Exception]) -> 
         make_table_def(**args)
 
 
+class _TooFarEast(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)  # datetime itself refuses this offset (ValueError)
+
+
 def test_lookups_raise_not_found() -> None:
     t = people()
     with pytest.raises(ColumnNotFound):
@@ -191,6 +196,14 @@ def test_lookups_raise_not_found() -> None:
         t.column_index("nope")
     with pytest.raises(IndexNotFound):
         t.index("nope")
+    # Names that are no strings are not found either, even those whose hash fails.
+    for odd in (["by_name"], {"a": 1}, 1, None, datetime(2020, 1, 1, tzinfo=_TooFarEast())):
+        with pytest.raises(ColumnNotFound):
+            t.column(odd)  # type: ignore[arg-type]
+        with pytest.raises(ColumnNotFound):
+            t.column_index(odd)  # type: ignore[arg-type]
+        with pytest.raises(IndexNotFound):
+            t.index(odd)  # type: ignore[arg-type]
 
 
 # --- record validation --------------------------------------------------------------------------
@@ -280,6 +293,14 @@ def test_out_of_range_datetime_error_is_one_message() -> None:
     assert "'born'" in text and "'people'" in text and "UTC range" in text
     # Not the inner error's whole text (its code and hint) inside the outer one's.
     assert text.count("JET_err") == 1 and text.count("What to do") == 1
+
+
+def test_a_datetime_in_a_broken_zone_is_invalid_parameter_naming_the_column() -> None:
+    broken = datetime(2020, 1, 1, tzinfo=_TooFarEast())
+    with pytest.raises(InvalidParameter, match=r"'born'.*'people'.*UTC offset"):
+        people().validate_record({"id": 1, "name": "a", "born": broken})
+    with pytest.raises(InvalidParameter, match=r"'born'.*UTC offset"):
+        Column("born", "datetime", default=broken)
 
 
 def test_invalid_catalog_definition_error_is_one_message() -> None:

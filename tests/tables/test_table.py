@@ -690,6 +690,70 @@ def inline_limit(pk: bytes, fixed: int) -> int:
     return MAX_ENTRY - LEAF_ENTRY_OVERHEAD - key_size - fixed - 5  # tag + u32 length
 
 
+def test_float_keys_are_equal_by_their_bytes_not_by_python_equality(store: Store) -> None:
+    # The documented choice (docs/design.md, key layout): -0.0 and 0.0 are two keys, every NaN
+    # is one key after +inf; both in the primary key and in a unique index.
+    store.db.create_table("f", [("k", "float"), ("v", "float")], "k", [("by_v", "v", True)])
+    with store.db.transaction() as txn:
+        t = txn.table("f")
+        t.insert({"k": 0.0, "v": 0.0})
+        t.insert({"k": -0.0, "v": -0.0})  # neither key collides
+        t.insert({"k": math.nan, "v": math.nan})
+        t.insert({"k": math.inf, "v": -math.inf})
+        with pytest.raises(KeyDuplicate):
+            t.insert({"k": -math.nan, "v": 1.0})  # another NaN: the same primary key
+        with pytest.raises(KeyDuplicate):
+            t.insert({"k": 5.0, "v": float("nan")})  # the same unique index key
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("f")
+            keys = [r["k"] for r in t.scan()]
+            assert [math.copysign(1, k) for k in keys[:2]] == [-1, 1] and keys[:2] == [0, 0]
+            assert keys[2] == math.inf and math.isnan(keys[3])
+            values = [r["v"] for r in t.scan(index="by_v", reverse=True)]
+            assert math.isnan(values[0]) and values[1:] == [0.0, -0.0, -math.inf]
+            assert math.copysign(1, values[2]) == -1
+            zero, minus_zero = t.get(0.0), t.get(-0.0)
+            assert zero is not None and math.copysign(1, zero["v"]) == 1
+            assert minus_zero is not None and math.copysign(1, minus_zero["v"]) == -1
+            nan = t.get(float("-nan"))
+            assert nan is not None and math.isnan(nan["v"])
+
+    store.checked_twice(check)
+
+
+def test_scan_bounds_empty_ranges_and_nulls_in_both_directions(store: Store) -> None:
+    store.db.create_table("n", [("id", "int"), ("x", "int")], "id", [("by_x", "x")])
+    with store.db.transaction() as txn:
+        t = txn.table("n")
+        for i in range(6):
+            t.insert({"id": i, "x": None if i % 2 else 10 - i})
+    with store.db.transaction() as txn:
+        t = txn.table("n")
+
+        def ids(rows: Iterator[dict[str, Any]]) -> list[Any]:
+            return [r["id"] for r in rows]
+
+        for reverse in (False, True):
+            assert ids(t.scan(start=3, stop=1, reverse=reverse)) == []
+            assert ids(t.scan(start=2, stop=2, reverse=reverse)) == []
+        # The range is start <= key < stop in either direction.
+        assert ids(t.scan(start=1, stop=3, reverse=True)) == [2, 1]
+        # NULLs first forwards, last backwards; (None,) bounds at NULL, None is no bound.
+        assert ids(t.scan(index="by_x")) == [1, 3, 5, 4, 2, 0]
+        assert ids(t.scan(index="by_x", reverse=True)) == [0, 2, 4, 5, 3, 1]
+        assert ids(t.scan(index="by_x", stop=(None,))) == []
+        assert ids(t.scan(index="by_x", start=(None,), stop=(-(2**63),))) == [1, 3, 5]
+        assert ids(t.scan(index="by_x", start=(None,), stop=(8,), reverse=True)) == [4, 5, 3, 1]
+        assert ids(t.scan(index="by_x", start=6)) == [4, 2, 0]
+        # A bound of the wrong type or with too many values is refused, like a column value.
+        with pytest.raises(InvalidColumnType):
+            t.scan(start="1")
+        with pytest.raises(InvalidParameter):
+            t.scan(index="by_x", start=(1, 2, 3))
+
+
 def test_long_values_around_the_inline_limit(store: Store) -> None:
     store.db.create_table("t", [("id", "int"), ("s", "text"), ("b", "bytes")], "id")
     # Record: header 3, int 9, then one value of each; the other one NULL (1 byte).

@@ -9,6 +9,7 @@ were there before, byte for byte.
 from __future__ import annotations
 
 import gc
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 import pytest
@@ -457,13 +458,18 @@ def test_create_table_in_a_transaction_rejects_bad_input(store: Store) -> None:
     assert raw(store.db) == []
 
 
+class _TooFarEast(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)  # hashing a datetime in this zone raises ValueError
+
+
 def test_table_names_that_cannot_exist_are_not_found(store: Store) -> None:
     # A name that is unhashable or not encodable (a lone surrogate) is simply no table:
     # ObjectNotFound, or InvalidParameter from create_table, never a TypeError or a
     # UnicodeEncodeError from inside the engine.
     make_table(store.db)
     before = raw(store.db)
-    for name in (["t"], {"t": 1}, "\ud800", "t\udfff"):
+    for name in (["t"], {"t": 1}, "\ud800", "t\udfff", datetime(2020, 1, 1, tzinfo=_TooFarEast())):
         with store.db.transaction() as txn:
             with pytest.raises(ObjectNotFound):
                 txn.table(name)  # type: ignore[arg-type]

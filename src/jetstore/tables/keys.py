@@ -120,12 +120,25 @@ MAX_DATETIME_MICROS = (datetime.max - _EPOCH_NAIVE) // _ONE_MICROSECOND
 def datetime_to_micros(value: datetime) -> int:
     """Microseconds since the Unix epoch; a naive datetime is taken as UTC.
 
-    Raises InvalidParameter when the instant cannot be represented as a UTC datetime.
+    Raises InvalidParameter when the instant cannot be represented as a UTC datetime, or when
+    its tzinfo gives no valid UTC offset.
     """
-    if value.tzinfo is None or value.utcoffset() is None:
-        micros = (value - _EPOCH_NAIVE) // _ONE_MICROSECOND
-    else:
-        micros = (value - _EPOCH_UTC) // _ONE_MICROSECOND
+    try:
+        if value.tzinfo is None or value.utcoffset() is None:
+            micros = (value - _EPOCH_NAIVE) // _ONE_MICROSECOND
+        else:
+            micros = (value - _EPOCH_UTC) // _ONE_MICROSECOND
+    except Exception as exc:
+        # Only the zone's own code can fail here (datetime refuses an offset of a day or more
+        # or of the wrong type; a tzinfo's utcoffset may raise anything): the value is then
+        # no instant at all, which is the caller's to fix, not a failure of the engine.
+        zone = type(value.tzinfo).__name__
+        raise InvalidParameter(
+            f"datetime {value.replace(tzinfo=None).isoformat()} in zone {zone} has no valid UTC "
+            f"offset: {type(exc).__name__}: {exc}",
+            hint="give a naive datetime, or an aware one whose tzinfo returns a timedelta "
+            "of less than a day from utcoffset()",
+        ) from None
     if micros < MIN_DATETIME_MICROS or micros > MAX_DATETIME_MICROS:
         raise InvalidParameter(f"datetime {value!r} is outside the representable UTC range")
     return micros

@@ -383,26 +383,27 @@ class TableDef:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    # Names are looked up only when they are strings: hashing anything else runs the caller's
+    # code (a list is unhashable, a datetime's hash asks its tzinfo), and no name is anything
+    # else.
+
     def column(self, name: str) -> Column:
         """The column called ``name``; ColumnNotFound if there is none."""
-        try:
-            return self.columns[self._positions[name]]
-        except (KeyError, TypeError):
-            raise ColumnNotFound(f"column {name!r} not found in table {self.name!r}") from None
+        return self.columns[self.column_index(name)]
 
     def column_index(self, name: str) -> int:
         """Position of column ``name`` in ``columns`` (and in encoded records)."""
-        try:
-            return self._positions[name]
-        except (KeyError, TypeError):
-            raise ColumnNotFound(f"column {name!r} not found in table {self.name!r}") from None
+        position = self._positions.get(name) if isinstance(name, str) else None
+        if position is None:
+            raise ColumnNotFound(f"column {name!r} not found in table {self.name!r}")
+        return position
 
     def index(self, name: str) -> IndexDef:
         """The secondary index called ``name``; IndexNotFound if there is none."""
-        try:
-            return self._index_by_name[name]
-        except (KeyError, TypeError):
-            raise IndexNotFound(f"index {name!r} not found in table {self.name!r}") from None
+        index = self._index_by_name.get(name) if isinstance(name, str) else None
+        if index is None:
+            raise IndexNotFound(f"index {name!r} not found in table {self.name!r}")
+        return index
 
     def index_id(self, name: str) -> int:
         """Object id of the secondary index called ``name``."""

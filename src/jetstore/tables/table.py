@@ -489,6 +489,14 @@ class Table:
         `stop` (exclusive); either may be a partial key (a tuple prefix of the key columns;
         for an index, the index columns followed by the primary key columns).
 
+        The range is always ``start <= key < stop``: `reverse` walks the same range from its
+        top down, so ``scan(start=1, stop=3, reverse=True)`` yields 2 then 1, and a range with
+        ``start >= stop`` is empty. A partial bound stands for its tuple, which sorts before
+        every key it begins: ``stop=(3,)`` excludes every key starting with 3. NULL sorts
+        before every value (forwards and backwards alike): ``start=None`` / ``stop=None`` mean
+        no bound, while ``(None,)`` is the bound NULL, so ``stop=(None,)`` yields nothing and
+        ``start=(None,), stop=(v,)`` yields the NULLs and the values below `v`.
+
         The scan reads the transaction's view as of this call: writes made while iterating
         do not show up in it and do not disturb it.
         """

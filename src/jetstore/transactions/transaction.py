@@ -48,7 +48,7 @@ import enum
 import functools
 import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from jetstore.errors import (
     InvalidParameter,
@@ -436,10 +436,11 @@ class Transaction:
         """The table `name` as this transaction sees it (`ObjectNotFound` if absent)."""
         if self.state is not _ACTIVE:
             self._check_active()
-        try:
-            table = self._tables.get(name)
-        except TypeError:
-            table = None  # an unhashable name: no table has it (ObjectNotFound below)
+        if type(name) is not str and not isinstance(name, str):
+            # No table has such a name, and hashing it would run the caller's code (a list
+            # is unhashable, a datetime's hash asks its tzinfo).
+            self._no_table(name)
+        table = self._tables.get(name)
         if table is not None:
             return table
         # Before its first write a transaction sees exactly its snapshot's catalog, which the
@@ -458,13 +459,9 @@ class Transaction:
                 self._tables[name] = table
                 self.schema_keys[entry_key] = table_def
                 return table
-        raw = self._read_table_def(name) if isinstance(name, str) else None
+        raw = self._read_table_def(name)
         if raw is None:
-            raise ObjectNotFound(
-                f"database {self._db.name!r} has no table {name!r}",
-                hint="create it with Database.create_table, or check the name "
-                f"(tables: {', '.join(self.table_names()) or 'none'})",
-            )
+            self._no_table(name)
         table_def = self._db.table_def_from_bytes(raw)
         codec, shape = self._db.shape_for(table_def)
         table = Table(self, table_def, codec, shape, (self, self._file.lookup))
@@ -478,6 +475,13 @@ class Transaction:
                 cache.clear()
             cache[name] = (entry_key, table_def, codec, shape)
         return table
+
+    def _no_table(self, name: object) -> NoReturn:
+        raise ObjectNotFound(
+            f"database {self._db.name!r} has no table {name!r}",
+            hint="create it with Database.create_table, or check the name "
+            f"(tables: {', '.join(self.table_names()) or 'none'})",
+        )
 
     def describe_key(self, key: bytes) -> str:
         """The tree entry `key` in words (its table, index and key values when it belongs to
