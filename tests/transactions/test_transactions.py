@@ -652,6 +652,30 @@ def test_version_store_out_of_memory_rolls_back_and_leaves_nothing(tmp_path: Pat
         store.close()
 
 
+def test_a_table_too_large_to_drop_at_once_says_how_to_drop_it(tmp_path: Path) -> None:
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        store.db.create_table("big", [("id", "int")], "id")
+        for start in range(0, 5000, 500):  # filled in transactions under the bound
+            with store.db.transaction() as txn:
+                for i in range(start, start + 500):
+                    txn.table("big").insert({"id": i})
+        before = raw(store.db)
+        with pytest.raises(VersionStoreOutOfMemory, match=r"table 'big'.*smaller transactions"):
+            store.db.drop_table("big")
+        assert raw(store.db) == before
+        # What the message says works.
+        for start in range(0, 5000, 500):
+            with store.db.transaction() as txn:
+                for i in range(start, start + 500):
+                    txn.table("big").delete(i)
+        store.db.drop_table("big")
+        store.reopen()
+        assert store.db.table_names() == []
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- lazy commit
 
 

@@ -510,7 +510,12 @@ class Transaction:
         primary_key: object,
         indexes: object = (),
     ) -> TableDef:
-        """Create a table in this transaction (visible to others once it commits)."""
+        """Create a table in this transaction (visible to others once it commits).
+
+        Every creation takes the catalog's next object ids: of two transactions creating
+        tables (the same name or not) at once, the later commit is a `WriteConflict`
+        (`Database.create_table` retries it, and then finds a table of the same name there).
+        """
         self._check_active()
         if not isinstance(name, str):
             raise InvalidParameter(f"table name must be a string, got {name!r}")
@@ -537,7 +542,12 @@ class Transaction:
         return table_def
 
     def drop_table(self, name: str) -> None:
-        """Remove a table and all its records, indexes and long values."""
+        """Remove a table and all its records, indexes and long values.
+
+        Transactions with older snapshots go on reading the table as of their snapshot; one
+        of them that writes to it fails its commit with `WriteConflict` (its writes would be
+        orphans), one that only read it commits its other writes.
+        """
         table = self.table(name)
         definition = table.definition
         chunk_prefix = table_def_chunk_prefix(name)
@@ -551,10 +561,19 @@ class Transaction:
                 chunk_prefix,
             )
         ]
-        for start, stop in ranges:
-            for key, _ in self.items(start, stop):
-                self.delete(key)
-        self.delete(table_entry_key(name))
+        try:
+            for start, stop in ranges:
+                for key, _ in self.items(start, stop):
+                    self.delete(key)
+            self.delete(table_entry_key(name))
+        except VersionStoreOutOfMemory as exc:
+            # The generic hint (smaller transactions) cannot apply to one drop: say what does.
+            raise VersionStoreOutOfMemory(
+                f"dropping table {name!r} deletes each of its entries in this transaction, "
+                f"more than its bound allows ({exc.detail})",
+                hint="delete the table's records in several smaller transactions first, then "
+                "drop it; or open the instance with a larger max_transaction_bytes",
+            ) from None
         self._tables.pop(name, None)
         table.mark_dropped()
 
