@@ -413,7 +413,7 @@ def test_a_write_conflict_names_the_table_and_key(store: Store) -> None:
     first.create_table("u", [("id", "int")], "id")
     second.create_table("u", [("id", "float")], "id")
     first.commit()
-    with pytest.raises(WriteConflict, match="table"):
+    with pytest.raises(WriteConflict, match="the definition of table 'u'"):
         second.commit()
     # A unique key committed concurrently names the index and its table.
     first, second = store.db.transaction(), store.db.transaction()

@@ -44,6 +44,7 @@ from jetstore.format.positions import LogPosition
 from jetstore.io import forks
 from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted_columns
 from jetstore.pages.pagefile import DatabaseFile
+from jetstore.tables.catalog import NEXT_OBJECT_ID_KEY, TABLE_ENTRY_PREFIX
 from jetstore.tables.keys import tuple_prefix_stop
 from jetstore.tables.records import RecordCodec
 from jetstore.tables.schema import TableDef, decode_table_def
@@ -315,6 +316,9 @@ class Database:
         for key in txn.operations:
             changed = recent.get(key)
             if changed is not None and changed > snapshot:
+                if key == NEXT_OBJECT_ID_KEY:
+                    # Both created tables: name the table when both created the same one.
+                    key, changed = self._same_table_created(txn, snapshot) or (key, changed)
                 self.conflicts += 1
                 raise WriteConflict(
                     f"transaction {txn.id} on database {self.name!r} changed "
@@ -343,6 +347,17 @@ class Database:
                 f"position {changed}, after this transaction's snapshot ({snapshot})",
                 hint="retry the transaction: it was rolled back",
             )
+
+    def _same_table_created(
+        self, txn: Transaction, snapshot: LogPosition
+    ) -> tuple[bytes, LogPosition] | None:
+        """A table definition entry `txn` wrote that another commit changed after `snapshot`."""
+        for key in txn.operations:
+            if key.startswith(TABLE_ENTRY_PREFIX):
+                changed = self._recent.get(key)
+                if changed is not None and changed > snapshot:
+                    return key, changed
+        return None
 
     def _check_unique(self, txn: Transaction, root: Node | None) -> None:
         operations = txn.operations
