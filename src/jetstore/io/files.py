@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable
@@ -149,6 +150,35 @@ class File:
         except OSError as exc:
             raise from_os_error(exc, op="stat", path=self.path) from exc
 
+    def stat(self) -> os.stat_result:
+        """`fstat` of the open file (what it is, whatever its path names now)."""
+        if self._handle.closed:
+            raise self._closed_error()
+        try:
+            return os.fstat(self._fd)
+        except OSError as exc:
+            raise from_os_error(exc, op="stat", path=self.path) from exc
+
+    def try_lock(self, *, shared: bool = False) -> bool:
+        """Take the file's flock without waiting: False if another open file description
+        holds a conflicting one (see `jetstore.io.locking`), a JetError if locking fails."""
+        if self._handle.closed:
+            raise self._closed_error()
+        try:
+            return _flock_at_once(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except OSError as exc:
+            raise from_os_error(exc, op="lock", path=self.path) from exc
+
+    def unlock(self) -> None:
+        """Drop this file's flock, quietly: closing the descriptor drops it anyway, and a
+        file already closed is never touched (its number may be another file's by now)."""
+        if self._handle.closed:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+
     def path_problem(self) -> str | None:
         """Why `self.path` no longer names this open file, or None if it still does.
 
@@ -185,6 +215,15 @@ class File:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _flock_at_once(fd: int, operation: int) -> bool:
+    """`flock(fd, operation | LOCK_NB)`: False if a conflicting lock is held elsewhere."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def absolute_path(path: str | os.PathLike[str], *, what: str) -> str:

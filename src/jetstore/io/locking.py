@@ -21,11 +21,10 @@ Invariants:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 
-from jetstore.errors import FileAccessDenied, JetError, from_os_error
+from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import File, FileSystem
 from jetstore.io.handles import Handle, HandleKind
@@ -77,13 +76,11 @@ def is_locked(fs: FileSystem, directory: str) -> bool:
     except JetError:
         return False
     try:
-        fcntl.flock(file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
+        if not file.try_lock():
+            return True
+        file.unlock()
         return False
-    else:
-        fcntl.flock(file.fd, fcntl.LOCK_UN)
+    except JetError:
         return False
     finally:
         file.close()
@@ -93,8 +90,11 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
     path = os.path.join(directory, LOCK_FILE)
     file = fs.open(path, owner=owner, create=True)
     try:
-        fcntl.flock(file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        locked = file.try_lock()
+    except BaseException:
+        file.close()
+        raise
+    if not locked:
         file.close()
         holder = read_lock_holder(fs, directory)
         who = f"process {holder}" if holder is not None else "another opener"
@@ -104,11 +104,8 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
             f"instance directory '{directory}' is already open by {who}",
             hint="close the other opener first; only one Instance may hold a directory",
             path=path,
-        ) from None
-    except OSError as exc:
-        file.close()
-        raise from_os_error(exc, op="lock", path=path) from exc
-    handle = fs.registry.register(HandleKind.LOCK, owner, path, lambda: _unlock_quietly(file.fd))
+        )
+    handle = fs.registry.register(HandleKind.LOCK, owner, path, file.unlock)
     try:
         file.truncate(0)
         file.pwrite(f"{os.getpid()}\n".encode("ascii"), 0)
@@ -143,14 +140,9 @@ def lock_file(fs: FileSystem, file: File, *, owner: str, holder: str, what: str)
     `holder` says who takes it (for example "instance '/data/a'"), `what` what the file is
     ("database file"): both appear in the refusal another opener gets.
     """
-    try:
-        info = os.fstat(file.fd)
-    except OSError as exc:
-        raise from_os_error(exc, op="stat", path=file.path) from exc
+    info = file.stat()
     key = (info.st_dev, info.st_ino)
-    try:
-        fcntl.flock(file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not file.try_lock():
         raise FileAccessDenied(
             f"{what} '{file.path}' is in use by {_describe_holder(fs, key)}; it is locked "
             "by the instance that has it open for writing (a hard link or symbolic link "
@@ -159,21 +151,17 @@ def lock_file(fs: FileSystem, file: File, *, owner: str, holder: str, what: str)
             "at once (copy it instead of linking it), and do not recover or repair it while "
             "it is open",
             path=file.path,
-        ) from None
-    except OSError as exc:
-        raise from_os_error(exc, op="lock", path=file.path) from exc
+        )
     with _HELD_LOCK:
         _HELD[key] = holder
-    fd = file.fd
 
     def unlock() -> None:
         with _HELD_LOCK:
             if _HELD.get(key) == holder:
                 del _HELD[key]
-        # A file closed first took the lock with its descriptor, whose number may belong to
-        # another file by now: unlocking it would drop someone else's lock.
-        if not file.closed:
-            _unlock_quietly(fd)
+        # Never through a descriptor number closed meanwhile (`File.unlock`): it may belong
+        # to another file by now, and unlocking it would drop someone else's lock.
+        file.unlock()
 
     return FileLock(fs.registry.register(HandleKind.LOCK, owner, file.path, unlock))
 
@@ -188,14 +176,12 @@ def file_lock_holder(fs: FileSystem, path: str, *, owner: str = "lock-probe") ->
     except JetError:
         return None
     try:
-        try:
-            info = os.fstat(file.fd)
-            fcntl.flock(file.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+        info = file.stat()
+        if not file.try_lock(shared=True):
             return _describe_holder(fs, (info.st_dev, info.st_ino))
-        except OSError:
-            return None
-        fcntl.flock(file.fd, fcntl.LOCK_UN)
+        file.unlock()
+        return None
+    except JetError:
         return None
     finally:
         file.close()
@@ -256,10 +242,3 @@ def _kernel_lock_holder(fs: FileSystem, key: tuple[int, int]) -> int | None:
         ):
             return int(parts[4])
     return None
-
-
-def _unlock_quietly(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    except OSError:
-        pass  # closing the descriptor right after releases the lock anyway
