@@ -324,3 +324,86 @@ def test_logs_verify_without_logs_on_a_dirty_database_exits_1(
     human = run_entry_point("logs", "verify", crashed)
     assert human.returncode == 1
     assert "database(s) need them" in human.stdout
+
+
+# ------------------------------------------------------------ logs verify: what recovery needs
+
+
+def _damage_second_frame(path: Path, generation: int) -> int:
+    """Flip a bit inside the second frame of a closed generation; returns its offset."""
+    data = path.read_bytes()
+    frame = decode_frame(data, LOG_HEADER_SIZE, generation)
+    assert frame is not None
+    second = decode_frame(data, frame.next_offset, generation)
+    assert second is not None
+    flip(path, second.offset + 40)
+    return second.offset
+
+
+def test_logs_verify_damage_recovery_no_longer_needs_is_a_warning(
+    closed: Path, run_json: RunJson
+) -> None:
+    """Damage in a generation below where recovery starts (a clean shutdown's checkpoint is
+    in the newest generation) cannot stop recovery: a warning naming the file and saying it
+    can be removed, not an error, and the exit is 0. The verdict is exactly recovery's."""
+    offset = _damage_second_frame(closed / generation_log_name(1), 1)
+    before = snapshot(closed)
+    code, document = run_json("logs", "verify", closed)
+    assert snapshot(closed) == before
+    assert code == 0, document
+    result = document["result"]
+    assert result["ok"] is True
+    assert result["counts"]["error"] == 0
+    needs = result["recovery_needs"]
+    assert (needs["first_generation"], needs["first_file"]) == (3, CURRENT_LOG)
+    assert "checkpoint" in needs["reason"]
+    [problem] = [p for p in result["problems"] if p["error"] == "LogFileCorrupt"]
+    assert (problem["severity"], problem["generation"], problem["offset"]) == (
+        "warning",
+        1,
+        offset,
+    )
+    assert problem["needed"] is False
+    assert "recovery no longer needs generation 1" in problem["message"]
+    assert "jetstore logs remove" in problem["message"]
+    assert [g["needed"] for g in result["generations"]] == [False, False, True]
+    assert result["generations"][0]["status"] == "damaged"
+    # Opening agrees: recovery does not read generation 1.
+    with jetstore.open(closed, **SMALL) as instance:
+        assert instance.recovery is not None and not instance.recovery.needed
+    human = run_entry_point("logs", "verify", closed)
+    assert human.returncode == 0, human.stdout
+    assert "not needed" in human.stdout
+
+
+def test_logs_verify_damage_recovery_needs_stays_an_error(crashed: Path, run_json: RunJson) -> None:
+    """The crashed instance's database header requires generation 1 (no checkpoint since
+    it was created): damage there is an error, and says that recovery needs it."""
+    _damage_second_frame(crashed / generation_log_name(1), 1)
+    code, document = run_json("logs", "verify", crashed)
+    assert code == 1
+    result = document["result"]
+    assert result["recovery_needs"]["first_generation"] == 1
+    [problem] = [p for p in result["problems"] if p["error"] == "LogFileCorrupt"]
+    assert (problem["severity"], problem["needed"]) == ("error", True)
+    with pytest.raises(jetstore.JetError):
+        jetstore.open(crashed, **SMALL)
+
+
+def test_logs_verify_when_nothing_says_what_recovery_needs_damage_is_an_error(
+    closed: Path, run_json: RunJson
+) -> None:
+    """Without a checkpoint file and without a readable database header nobody can tell
+    which generations recovery needs: every damage stays an error (the conservative answer),
+    and the result says why."""
+    _damage_second_frame(closed / generation_log_name(1), 1)
+    (closed / "edb.chk").unlink()
+    flip(closed / "main.edb", 100)
+    flip(closed / "main.edb", 8192 + 100)
+    code, document = run_json("logs", "verify", closed)
+    assert code == 1
+    needs = document["result"]["recovery_needs"]
+    assert needs["first_generation"] is None
+    assert "main.edb" in needs["reason"]
+    [problem] = [p for p in document["result"]["problems"] if p["error"] == "LogFileCorrupt"]
+    assert (problem["severity"], problem["needed"]) == ("error", None)

@@ -178,8 +178,16 @@ def test_clean_directory_is_ok_with_exact_generations_and_record_counts(tmp_path
         "frames",
         "end_offset",
         "status",
+        "needed",
         "problems",
     }
+    # Without `needed_from` nothing says where recovery starts: every generation counts.
+    assert as_dict["recovery_needs"] == {
+        "first_generation": None,
+        "first_file": None,
+        "reason": None,
+    }
+    assert {g["needed"] for g in as_dict["generations"]} == {None}
 
 
 def test_directory_errors_raise_and_empty_directory_is_a_warning(tmp_path: Path) -> None:
@@ -525,3 +533,71 @@ def test_random_damage_never_raises_and_never_writes(tmp_path: Path) -> None:
             if report.status == "damaged":
                 assert any(p.severity == "error" for p in report.problems)
         shutil.rmtree(directory)
+
+
+# --------------------------------------------------------------------------- what recovery needs
+
+
+def test_problems_below_where_recovery_starts_are_warnings_at_the_boundary(
+    tmp_path: Path,
+) -> None:
+    """`needed_from` turns problems that concern only generations recovery does not read
+    into warnings. A broken link is recorded in the later generation's header but concerns
+    the generation before it: when recovery starts at the later one, it never checks that
+    link. When recovery reads the earlier one too, the problem stays an error."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    n = build(a)
+    shutil.copytree(a, b)
+    os.unlink(b / "jetstore.lock")
+    build(a, batches=10, start=n)
+    build(b, batches=10, start=n + 1000)
+    closed = closed_generations(a)
+    forked = [name for name in closed if (b / name).exists()][-1]
+    os.replace(b / forked, a / forked)
+    plain = verify_unchanged(a)
+    forked_generation = report_for(plain, forked).generation
+    assert forked_generation is not None
+    (link,) = errors(plain)
+    assert (link.check, link.generation) == ("sequence", forked_generation + 1)
+    fs = FileSystem(HandleRegistry("verify-test"))
+
+    start = forked_generation + 1
+    below = verify_logs(fs, str(a), needed_from=start, needed_reason="test reason")
+    assert below.ok and not errors(below)
+    (warning,) = [p for p in below.problems if p.check == "sequence"]
+    assert (warning.severity, warning.needed, warning.error) == (
+        "warning",
+        False,
+        "InvalidLogSequence",
+    )
+    assert f"recovery no longer needs generation {forked_generation}" in warning.message
+    assert f"it starts reading at generation {start}: test reason" in warning.message
+    assert report_for(below, forked).needed is False
+    assert report_for(below, CURRENT_LOG).needed is True
+    assert below.as_dict()["recovery_needs"] == {
+        "first_generation": start,
+        "first_file": CURRENT_LOG,
+        "reason": "test reason",
+    }
+
+    at = verify_logs(fs, str(a), needed_from=forked_generation, needed_reason="test reason")
+    assert not at.ok
+    assert [(p.check, p.needed) for p in errors(at)] == [("sequence", True)]
+
+    # Unknown: as before, every problem keeps its severity and `needed` is None.
+    unknown = verify_logs(fs, str(a))
+    assert [(p.severity, p.check, p.message) for p in unknown.problems] == [
+        (p.severity, p.check, p.message) for p in plain.problems
+    ]
+    assert {p.needed for p in unknown.problems} == {None}
+
+
+def test_a_foreign_file_below_where_recovery_starts_stays_an_error(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    build(a)
+    build(b)
+    name = closed_generations(a)[0]
+    os.replace(b / name, a / name)
+    result = verify_logs(FileSystem(), str(a), needed_from=10**6, needed_reason="test")
+    (problem,) = errors(result)
+    assert (problem.error, problem.needed) == ("BadLogSignature", False)

@@ -3,10 +3,15 @@
 This module owns the three `logs` commands:
 
 * `logs verify DIR`: `jetstore.log.verify.verify_logs`, read-only (esentutl /ml). DIR must
-  be an instance directory (`ensure_instance_directory`). Exit 0 when no problem has
-  severity "error" (a torn tail of the newest log is normal after a crash and is shown as a
-  note), 1 otherwise. `result` is `LogVerification.as_dict()`; when DIR holds no log file at
-  all it also has `databases_needing_logs` (the databases not cleanly shut down, or whose
+  be an instance directory (`ensure_instance_directory`). Where recovery starts reading
+  (`jetstore.instance.diagnosis.logs_needed`, recovery's own decision) is passed in: damage
+  in a generation below it is a warning ("not needed", removable), damage in a generation
+  recovery reads stays an error, and when nothing trustworthy says where recovery starts
+  (no valid checkpoint file and no database of the stream, an unreadable database header)
+  every generation counts as needed. Exit 0 when no problem has severity "error" (a torn
+  tail of the newest log is normal after a crash and is shown as a note), 1 otherwise.
+  `result` is `LogVerification.as_dict()` (with `recovery_needs`); when DIR holds no log file
+  at all it also has `databases_needing_logs` (the databases not cleanly shut down, or whose
   header cannot be read), and `ok` is false (exit 1) unless that list is empty.
 * `logs removable DIR`: opens the instance (only when no other process holds it: exit 3
   otherwise), asks `Instance.removable_logs()`, closes it, and lists with file names what
@@ -40,6 +45,7 @@ from jetstore.cli.support import (
 from jetstore.errors import JetError
 from jetstore.format.dbheader import PEEK_SIZE, DatabaseState, choose_db_header, peek_page_size
 from jetstore.format.filenames import generation_log_name, parse_database_file_name
+from jetstore.instance.diagnosis import logs_needed
 from jetstore.io.files import FileSystem
 from jetstore.log.verify import verify_logs
 
@@ -70,6 +76,8 @@ def _print_verification(result: dict[str, Any]) -> None:
     for row in result["generations"]:
         status = row["status"]
         style = {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red")
+        if row["needed"] is False and status in ("damaged", "unreadable"):
+            status, style = f"{status} (not needed)", "yellow"
         table.add_row(
             Text("—" if row["generation"] is None else str(row["generation"])),
             Text(row["file_name"]),
@@ -82,8 +90,29 @@ def _print_verification(result: dict[str, Any]) -> None:
     console.print(table)
     print_log_problems(console, result["problems"])
     counts = result["counts"]
-    if result["missing_files"]:
-        console.print(Text(f"missing: {', '.join(result['missing_files'])}", "bold red"))
+    needs = result["recovery_needs"]
+    if result["generations"]:
+        if needs["first_generation"] is not None:
+            console.print(
+                Text(
+                    f"recovery reads from generation {needs['first_generation']} "
+                    f"({needs['first_file']}): {needs['reason']}"
+                )
+            )
+        else:
+            console.print(Text(f"every generation counts as needed: {needs['reason']}"))
+    first = needs["first_generation"]
+    missing = result["missing_files"]
+    unneeded_missing = [
+        name for g, name in zip(result["missing"], missing, strict=True) if first and g < first
+    ]
+    needed_missing = [name for name in missing if name not in unneeded_missing]
+    if needed_missing:
+        console.print(Text(f"missing: {', '.join(needed_missing)}", "bold red"))
+    if unneeded_missing:
+        console.print(
+            Text(f"missing (not needed by recovery): {', '.join(unneeded_missing)}", "yellow")
+        )
     if "databases_needing_logs" in result:
         needing = result["databases_needing_logs"]
         if not needing:
@@ -112,6 +141,24 @@ def _print_verification(result: dict[str, Any]) -> None:
             else ""
         )
         console.print(Text(f"ok: the logs can be used by recovery{note}", "bold green"))
+        unneeded = sorted(
+            {
+                p["file_name"]
+                for p in result["problems"]
+                if p["needed"] is False
+                and p["error"] is not None
+                and p["check"] != "missing"
+                and p["file_name"]
+            }
+        )
+        if unneeded:
+            console.print(
+                Text(
+                    f"damaged but not needed by recovery: {', '.join(unneeded)}; they can be "
+                    f"removed (`jetstore logs removable {result['directory']}`)",
+                    "yellow",
+                )
+            )
     else:
         console.print(
             Text(
@@ -130,11 +177,19 @@ def logs_verify_command(directory: str, as_json: bool) -> None:
     """Check every log file of DIR, read-only (esentutl /ml): headers, the chain, every frame.
 
     Exits 0 when recovery can use the logs (a torn tail of the newest log is normal after a
-    crash), 1 when a problem of severity "error" was found.
+    crash; damage in a generation recovery no longer reads is a warning), 1 when a problem
+    of severity "error" was found.
     """
     fs = FileSystem()
     ensure_instance_directory(fs, directory)
-    verification = verify_logs(fs, directory, owner=OWNER)
+    needs = logs_needed(fs, directory, owner=OWNER)
+    verification = verify_logs(
+        fs,
+        directory,
+        owner=OWNER,
+        needed_from=needs.first_generation,
+        needed_reason=needs.reason,
+    )
     result = verification.as_dict()
     ok = verification.ok
     if not verification.generations:

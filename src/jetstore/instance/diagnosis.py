@@ -76,8 +76,10 @@ __all__ = [
     "CheckpointFacts",
     "DataLossPlan",
     "DatabaseFacts",
+    "LogsNeeded",
     "RecoveryPlan",
     "Verdict",
+    "logs_needed",
     "plan_recovery",
 ]
 
@@ -393,6 +395,109 @@ def _simulate(
         )
     )
     return sim
+
+
+# --------------------------------------------------------------------------- logs needed
+
+
+@dataclass(frozen=True)
+class LogsNeeded:
+    """The first log generation soft recovery would read, and what sets it.
+
+    `first_generation` is None when nothing trustworthy says where recovery starts (no valid
+    checkpoint file and no database of the log stream, a database header that cannot be
+    read, or a directory recovery would refuse anyway): every generation then counts as
+    needed.
+    """
+
+    first_generation: int | None
+    reason: str
+
+
+def logs_needed(fs: FileSystem, directory: str, *, owner: str) -> LogsNeeded:
+    """Where recovery of `directory` would start reading the log (read-only).
+
+    The same decision as recovery's (`decide_start` on the same facts `_simulate` reads):
+    the lowest of the valid checkpoint file's position, the checkpoint positions of the
+    databases that are not clean and the positions of the clean databases of the stream
+    that replay brings forward. Generations below it are never read by recovery, so damage
+    there cannot stop it (`jetstore logs verify` reports it as a warning).
+    """
+    databases: list[DatabaseFacts] = []
+    for name in sorted(fs.listdir(directory)):
+        db_name = parse_database_file_name(name)
+        if db_name is not None and not name.endswith(CREATING_SUFFIX):
+            databases.append(_read_database(fs, os.path.join(directory, name), db_name, owner))
+    for facts in databases:
+        if facts.error is not None:
+            return LogsNeeded(
+                None,
+                f"the header of {facts.file} cannot be read ({facts.error.name}): nobody can "
+                "tell which log generations it needs, so every one counts as needed",
+            )
+    files = {
+        f.name: HeaderOnDisk(os.path.join(directory, f.file), f.header)
+        for f in databases
+        if f.header is not None and f.header.state is not DatabaseState.JUST_CREATED
+    }
+    reading = read_checkpoint(fs, directory, owner)
+    inventory = take_inventory(fs, directory, owner=owner)
+    try:
+        decided = decide_start(reading, inventory, files, directory, accept_data_loss=False)
+    except Refused as refused:
+        return LogsNeeded(
+            None,
+            f"recovery would refuse this directory ({refused.error.name}: "
+            f"{refused.error.detail or refused.error}), so every generation counts as needed",
+        )
+    start = decided.start
+    if start is None:
+        return LogsNeeded(None, "there is no log file")
+    # In this order, so that the reason given is the plainest one that sets the start.
+    candidates: list[tuple[LogPosition, str]] = []
+    checkpoint = decided.checkpoint
+    if decided.checkpoint_status == "valid" and checkpoint is not None:
+        candidates.append(
+            (
+                checkpoint.checkpoint_position,
+                f"the checkpoint file ({CHECKPOINT_FILE}) is at {checkpoint.checkpoint_position}",
+            )
+        )
+    if decided.checkpoint_status == "set aside":
+        candidates.append(
+            (
+                start,
+                "no database belongs to this log stream any more: recovery reads only its "
+                "newest generation",
+            )
+        )
+    for name, header in decided.dirty.items():
+        candidates.append(
+            (
+                header.checkpoint_position,
+                f"database {name!r} was not shut down cleanly and needs the log from its "
+                f"checkpoint at {header.checkpoint_position}",
+            )
+        )
+    for name, header in decided.behind.items():
+        candidates.append(
+            (
+                header.checkpoint_position,
+                f"database {name!r} was shut down cleanly at {header.checkpoint_position}; "
+                "recovery reads the log from there (in case its file is an older copy)",
+            )
+        )
+    reasons = [reason for position, reason in candidates if position == start]
+    if not reasons:
+        # Recovery would start at the newest generation only because nothing names an
+        # earlier one (no checkpoint file, no database of the stream): not proof enough.
+        why = decided.checkpoint_reason or f"there is no {CHECKPOINT_FILE}"
+        return LogsNeeded(
+            None,
+            f"neither a checkpoint file nor a database of this log stream says where recovery "
+            f"starts ({why}), so every generation counts as needed",
+        )
+    return LogsNeeded(start.generation, reasons[0])
 
 
 # --------------------------------------------------------------------------- the plan

@@ -43,6 +43,17 @@ What is checked (the error class named in a problem is the one recovery would ra
 Severities: "error" means recovery would refuse these logs (or lose acknowledged data);
 "warning" means something unusual that recovery tolerates; "info" is a normal consequence of
 a crash. `LogVerification.ok` is true when there is no error.
+
+What recovery needs: the caller may say where recovery starts reading (`needed_from`, the
+generation `jetstore.instance.diagnosis.logs_needed` works out from the checkpoint file and
+the database headers, exactly as recovery decides it). A problem that concerns only
+generations below it (damage, a size or header problem, a gap, a broken link from the
+generation before it) cannot stop recovery: it is reported as a "warning" with `needed`
+false, and a message that says so and that the file can be removed; the generation's status
+stays "damaged"/"unreadable". A file of another log stream stays an error wherever it is
+(recovery takes the stream's signature from the lowest generation present). Without
+`needed_from` (nothing says where recovery starts) every generation counts as needed:
+`needed` is None and every problem keeps its severity.
 """
 
 from __future__ import annotations
@@ -133,6 +144,9 @@ class LogProblem:
     offset: int | None
     file_name: str | None
     message: str
+    #: Whether recovery reads the generation(s) the problem concerns: None when unknown
+    #: (no `needed_from` given, or the problem concerns no generation).
+    needed: bool | None = None
 
     @property
     def position(self) -> LogPosition | None:
@@ -151,6 +165,7 @@ class LogProblem:
             "offset": self.offset,
             "file_name": self.file_name,
             "message": self.message,
+            "needed": self.needed,
         }
 
 
@@ -175,6 +190,8 @@ class GenerationReport:
     end_offset: int | None
     status: GenerationStatus
     problems: list[LogProblem] = field(default_factory=list)
+    #: Whether recovery reads this generation (None: unknown, see `verify_logs`).
+    needed: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +206,7 @@ class GenerationReport:
             "frames": self.frames,
             "end_offset": self.end_offset,
             "status": self.status,
+            "needed": self.needed,
             "problems": [p.as_dict() for p in self.problems],
         }
 
@@ -202,6 +220,10 @@ class LogVerification:
     problems: list[LogProblem]
     #: The stream's signature (the one most files carry), None when no header was readable.
     signature: str | None = None
+    #: The first generation recovery reads (None: unknown, every generation counts as
+    #: needed), and what sets it (or why it is unknown).
+    needed_from: int | None = None
+    needed_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -238,6 +260,12 @@ class LogVerification:
     def _known_generations(self) -> list[int]:
         return sorted({r.generation for r in self.generations if r.generation is not None})
 
+    def _file_name_of(self, generation: int) -> str:
+        for report in self.generations:
+            if report.generation == generation:
+                return report.file_name
+        return generation_log_name(generation)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (`jetstore logs verify DIR --json`); keys are stable snake_case."""
         counts: Counter[str] = Counter(p.severity for p in self.problems)
@@ -251,20 +279,36 @@ class LogVerification:
             "missing": self.missing,
             "missing_files": self.missing_files,
             "counts": {severity: counts[severity] for severity in _SEVERITY_RANK},
+            "recovery_needs": {
+                "first_generation": self.needed_from,
+                "first_file": None
+                if self.needed_from is None
+                else self._file_name_of(self.needed_from),
+                "reason": self.needed_reason,
+            },
             "generations": [g.as_dict() for g in self.generations],
             "problems": [p.as_dict() for p in self.problems],
         }
 
 
 def verify_logs(
-    fs: FileSystem, directory: str | os.PathLike[str], *, owner: str = "verify"
+    fs: FileSystem,
+    directory: str | os.PathLike[str],
+    *,
+    owner: str = "verify",
+    needed_from: int | None = None,
+    needed_reason: str | None = None,
 ) -> LogVerification:
     """Verify every log file of `directory` and report every problem (never writes).
+
+    `needed_from`: the first generation recovery reads, and `needed_reason` what sets it
+    (or why it is unknown); problems that concern only generations below it are warnings
+    (see the module docstring). None: every generation counts as needed.
 
     Raises only when the directory itself cannot be used: `FileNotFound` if it does not
     exist, `InvalidPath` if it is not a directory, or the error listing it gave.
     """
-    return _Verifier(fs, os.fspath(directory), owner).run()
+    return _Verifier(fs, os.fspath(directory), owner, needed_from, needed_reason).run()
 
 
 # --------------------------------------------------------------------------- implementation
@@ -318,11 +362,28 @@ class _Carry:
     unknown_before: bool = True
 
 
+#: Checks whose errors stay errors below the generations recovery needs: recovery takes the
+#: log stream's signature from the lowest generation present, needed or not.
+_ALWAYS_ERRORS: Final = frozenset({"signature"})
+
+
 class _Verifier:
-    def __init__(self, fs: FileSystem, directory: str, owner: str) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        owner: str,
+        needed_from: int | None = None,
+        needed_reason: str | None = None,
+    ) -> None:
         self._fs = fs
         self._directory = directory
         self._owner = owner
+        self._needed_from = needed_from
+        self._needed_reason = needed_reason
+        #: Problems turned from errors into warnings: they concern no generation recovery
+        #: needs (their generation's status still says damaged).
+        self._unneeded: set[int] = set()
         self._problems: list[LogProblem] = []
         self._entries: list[_Entry] = []
         self._stream_signature: Signature | None = None
@@ -339,18 +400,50 @@ class _Verifier:
         generation: int | None,
         offset: int | None,
         file_name: str | None,
+        concerns: int | Literal["same"] | None = "same",
     ) -> None:
-        self._problems.append(
-            LogProblem(
-                severity=severity,
-                check=check,
-                error=None if error is None else error.name,
-                code=None if error is None else error.code,
-                generation=generation,
-                offset=offset,
-                file_name=file_name,
-                message=message,
+        """Record a problem. `concerns` is the newest generation the problem concerns
+        ("same": `generation`; a broken link concerns the generation before the one whose
+        header records it, a gap its last missing generation)."""
+        last = generation if concerns == "same" else concerns
+        needed = None if self._needed_from is None or last is None else last >= self._needed_from
+        unneeded = severity == "error" and needed is False and check not in _ALWAYS_ERRORS
+        if unneeded:
+            assert last is not None and self._needed_from is not None
+            severity = "warning"
+            message = f"{message}; {self._unneeded_note(last, file_name, check)}"
+        problem = LogProblem(
+            severity=severity,
+            check=check,
+            error=None if error is None else error.name,
+            code=None if error is None else error.code,
+            generation=generation,
+            offset=offset,
+            file_name=file_name,
+            message=message,
+            needed=needed,
+        )
+        if unneeded:
+            self._unneeded.add(id(problem))
+        self._problems.append(problem)
+
+    def _unneeded_note(self, generation: int, file_name: str | None, check: str) -> str:
+        first = self._needed_from
+        why = f": {self._needed_reason}" if self._needed_reason else ""
+        needs = (
+            f"recovery no longer needs generation {generation} (it starts reading at "
+            f"generation {first}{why}), so this is a warning, not an error"
+        )
+        if check == "missing":
+            return (
+                f"{needs}: nothing has to be put back, but a restore of an older backup cannot "
+                "roll forward across the gap"
             )
+        what = file_name or generation_log_name(generation)
+        return (
+            f"{needs}: {what} can be removed (`jetstore logs removable {self._directory}` "
+            "lists what `jetstore logs remove DIR --unneeded` deletes), but a restore of an "
+            "older backup cannot roll forward through it"
         )
 
     def _report_on(
@@ -362,6 +455,7 @@ class _Verifier:
         message: str,
         *,
         offset: int | None,
+        concerns: int | Literal["same"] | None = "same",
     ) -> None:
         self._report(
             severity,
@@ -371,6 +465,7 @@ class _Verifier:
             generation=entry.generation,
             offset=offset,
             file_name=entry.name,
+            concerns=concerns,
         )
 
     # ----------------------------------------------------------------- driver
@@ -549,6 +644,7 @@ class _Verifier:
             generation=gap[0],
             offset=None,
             file_name=names[0],
+            concerns=gap[-1],
         )
 
     # ----------------------------------------------------------------- chain and frames
@@ -607,6 +703,7 @@ class _Verifier:
                 f"{_time(prev_header.created_time)} (a log file of another run or restore is "
                 "mixed in)",
                 offset=_HEADER_PREV_CREATED,
+                concerns=generation - 1,
             )
             return False
         if header.previous_generation_end < prev_header.data_start:
@@ -619,6 +716,7 @@ class _Verifier:
                 f"{generation - 1} ends at offset {header.previous_generation_end}, before its "
                 f"data start {prev_header.data_start}",
                 offset=_HEADER_PREV_END,
+                concerns=generation - 1,
             )
             return False
         if previous.clean and header.previous_generation_checksum != previous.checksum:
@@ -632,6 +730,7 @@ class _Verifier:
                 f"{previous.checksum:#010x} computed, {header.previous_generation_checksum:#010x} "
                 "recorded (a log file was altered or replaced)",
                 offset=_HEADER_PREV_CHECKSUM,
+                concerns=generation - 1,
             )
         return True
 
@@ -673,7 +772,7 @@ class _Verifier:
             status: GenerationStatus
             if entry.unreadable:
                 status = "unreadable"
-            elif any(p.severity == "error" for p in own):
+            elif any(p.severity == "error" or id(p) in self._unneeded for p in own):
                 status = "damaged"
             elif entry.torn:
                 status = "torn-tail"
@@ -692,6 +791,9 @@ class _Verifier:
                     end_offset=entry.end_offset if entry.verified else None,
                     status=status,
                     problems=own,
+                    needed=None
+                    if self._needed_from is None or entry.generation is None
+                    else entry.generation >= self._needed_from,
                 )
             )
         stream = self._stream_signature
@@ -700,6 +802,8 @@ class _Verifier:
             generations=reports,
             problems=problems,
             signature=None if stream is None else _signature_text(stream),
+            needed_from=self._needed_from,
+            needed_reason=self._needed_reason,
         )
 
 
