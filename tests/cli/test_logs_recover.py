@@ -155,6 +155,50 @@ def test_recover_missing_log_exits_3_then_accepts_data_loss(
     assert document["result"]["repair_count"] == 1
 
 
+def test_recover_accepting_data_loss_names_only_the_databases_that_lost_data(
+    tmp_path: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two databases, one file lost after a crash: only that one lost data. The other got
+    every record it needed, is said to be recovered completely and keeps its repair count."""
+    directory = tmp_path / "two"
+    instance = jetstore.open(directory, **SMALL)
+    for name in ("a", "b"):
+        db = instance.database(name, create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    for first in range(0, 200, 10):
+        if first == 100:
+            instance.checkpoint()
+        for name in ("a", "b"):
+            with instance.database(name).transaction() as txn:
+                for i in range(first, first + 10):
+                    txn.table("t").insert({"id": i, "v": "x" * 200})
+    instance.simulate_crash()
+    (directory / "b.edb").unlink()
+    code, document = run_json("diagnose", directory)
+    assert document["result"]["data_loss"]["databases"] == ["b"]
+    code, document = run_json("recover", directory, "--accept-data-loss")
+    assert code == 0
+    loss = document["result"]["data_loss"]
+    assert loss["databases"] == ["b"]
+    assert loss["recovered_completely"] == ["a"]
+    code, document = run_json("dump", "header", directory / "a.edb")
+    assert (document["result"]["state"], document["result"]["repair_count"]) == ("clean", 0)
+    with jetstore.open(directory, **SMALL) as reopened, reopened.database("a").transaction() as txn:
+        assert sum(1 for _ in txn.table("t").scan()) == 200
+
+
+def test_recover_accepting_data_loss_human_output_names_both_lists(
+    crashed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (crashed / generation_log_name(2)).unlink()
+    capsys.readouterr()
+    assert run(["recover", str(crashed), "--accept-data-loss"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "DATA LOSS ACCEPTED" in out
+    assert "databases that lost data: main" in out
+    assert "recovered completely: none" in out
+
+
 def test_recover_refuses_a_database_file_another_instance_has_open(
     closed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

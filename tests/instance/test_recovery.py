@@ -26,11 +26,14 @@ from jetstore.errors import (
     MissingLogFile,
     RequiredLogFilesMissing,
 )
+from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import KIND_FULL, decode_frame, encode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.logrecords import OP_PUT, RECORD_COMMIT
+from jetstore.format.positions import LogPosition
 from jetstore.instance.diagnosis import plan_recovery
+from jetstore.instance.recoverydecisions import databases_losing_data
 from jetstore.io import FileSystem, IOEvent
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
@@ -473,15 +476,54 @@ def test_accept_data_loss_recovers_the_others_without_a_missing_database(
     plan = plan_recovery(str(tmp_path))
     assert plan.data_loss is not None and plan.data_loss.possible
     assert "b" in plan.data_loss.databases
+    assert plan.data_loss.databases == ["b"]  # a is recovered in full
     with jetstore.open(tmp_path, **options, accept_data_loss=True) as recovered:
         assert recovered.databases() == ["a"]
         loss = recovered.recovery.data_loss if recovered.recovery else None
-        assert loss is not None and "b" in loss.databases
+        assert loss is not None
+        # Only b lost anything: a got every record it needed and is not "affected".
+        assert loss.databases == ["b"]
+        assert loss.recovered_completely == ["a"]
         assert "changes in the log were dropped" in loss.reason
         with recovered.database("a").transaction() as txn:
             assert [row["id"] for row in txn.table("t").scan()] == list(range(300))
+        assert recovered.database("a").file.header.repair_count == 0
+    (event,) = [
+        json.loads(line)
+        for line in (tmp_path / "events.jsonl").read_text().splitlines()
+        if '"recovery_data_loss"' in line
+    ]
+    assert event["fields"]["databases"] == ["b"]
+    assert event["fields"]["recovered_completely"] == ["a"]
+    assert "databases b were brought" in event["message"]
+    assert "a lost nothing" in event["message"]
     with jetstore.open(tmp_path, **options) as reopened:
         assert reopened.databases() == ["a"]
+
+
+def test_databases_losing_data_are_those_a_loss_names_or_a_stopped_scan_reaches() -> None:
+    """The rule recovery and diagnose share: a loss naming a database touches it; a scan that
+    stopped in generation S touches every dirty database whose header requires S or later
+    (its acknowledged commits may lie there), not one that requires only earlier ones."""
+
+    def dirty_at(checkpoint: int, max_required: int) -> DatabaseHeader:
+        return DatabaseHeader(
+            state=DatabaseState.DIRTY,
+            checkpoint_position=LogPosition(checkpoint, 4096),
+            generation_max_required=max_required,
+        )
+
+    dirty = {"old": dirty_at(2, 4), "busy": dirty_at(2, 9), "new": dirty_at(7, 9)}
+    named = [("gone", "its file is missing; its changes in the log were dropped")]
+    assert databases_losing_data(named, dirty, stopped_in=None) == ["gone"]
+    stop = [("*", "replay stopped at 00000005:00001000: damaged")]
+    assert databases_losing_data(stop, dirty, stopped_in=5) == ["busy", "new"]
+    assert databases_losing_data(stop + named, dirty, stopped_in=4) == [
+        "busy",
+        "gone",
+        "new",
+        "old",
+    ]
 
 
 @pytest.mark.parametrize("how", ["closed", "detached"])

@@ -6,7 +6,8 @@ the log from the checkpoint and `close()` leaves every database clean. The comma
 * the refusal to touch an instance another process has open (exit 3), or a backup set
   (InvalidPath, exit 2: the engine refuses to open one, and `--into` refuses before copying);
 * `--accept-data-loss`: passed to `jetstore.open`; missing or damaged logs then stop replay at
-  the last consistent point instead of failing, and `result.data_loss` says what was lost;
+  the last consistent point instead of failing, and `result.data_loss` says what was lost,
+  which databases lost it (`databases`) and which were recovered completely;
 * `--into COPY`: every file of DIR except `jetstore.lock` is copied into COPY (which must not
   exist or be empty) and the copy is recovered; DIR is only read;
 * the report: records replayed, where replay started, notes, databases created by replay,
@@ -147,7 +148,10 @@ def _print_result(result: dict[str, Any]) -> None:
                 + ("each database's checkpoint" if stopped is None else stopped["text"])
             )
         )
-        console.print(Text(f"  databases: {', '.join(loss['databases']) or 'none'}"))
+        console.print(Text(f"  databases that lost data: {', '.join(loss['databases']) or 'none'}"))
+        console.print(
+            Text(f"  recovered completely: {', '.join(loss['recovered_completely']) or 'none'}")
+        )
         console.print(Text(f"  old logs moved to: {loss['moved_logs_to'] or 'nowhere'}"))
     else:
         console.print(Text("recovered: every database is clean", "bold green"))
@@ -252,6 +256,7 @@ def recover_command(
             "reason": loss.reason,
             "stopped_at": position_dict(loss.stopped_at),
             "databases": list(loss.databases),
+            "recovered_completely": list(loss.recovered_completely),
             "moved_logs_to": loss.moved_logs_to,
         },
         "seconds": round(time.monotonic() - started, 3),

@@ -59,10 +59,12 @@ from jetstore.instance.recoverydecisions import (
     RecoveryStart,
     Refused,
     check_after_scan,
+    databases_losing_data,
     decide_start,
     is_dirty,
     read_checkpoint,
     required_range,
+    scan_stop_generation,
     scan_stop_loss,
     stream_signature,
 )
@@ -312,7 +314,9 @@ class _Simulation:
     losses: list[tuple[str, str]] = field(default_factory=list)
     last_good: LogPosition | None = None
     applied: dict[str, LogPosition] = field(default_factory=dict)
-    dirty: list[str] = field(default_factory=list)
+    dirty: dict[str, DatabaseHeader] = field(default_factory=dict)
+    #: The generation a scan that stopped (accepting data loss) could not read through.
+    stopped_in: int | None = None
 
 
 def _checkpoint_facts(reading: CheckpointReading, decided: RecoveryStart) -> CheckpointFacts:
@@ -355,7 +359,7 @@ def _simulate(
     sim.notes.extend(decided.notes)
     sim.checkpoint = _checkpoint_facts(reading, decided)
     sim.losses.extend(decided.losses)
-    sim.dirty = list(decided.dirty)
+    sim.dirty = dict(decided.dirty)
     start = decided.start
     if start is None:
         return sim
@@ -379,6 +383,7 @@ def _simulate(
             raise Refused(exc, "scan", position=sim.last_good or start) from None
         sim.losses.append(scan_stop_loss(exc, sim.last_good, start))
         scan_stopped = True
+        sim.stopped_in = scan_stop_generation(scanner.result, start)
     sim.losses.extend(matcher.losses)
     sim.replayed, sim.skipped = matcher.replayed, matcher.skipped
     sim.needed = sim.needed or matcher.needed
@@ -724,7 +729,9 @@ def _refusal(
         loss_sim = None
     if loss_sim is not None:
         _apply_sim(plan, loss_sim)
-        affected = sorted({n for n, _ in loss_sim.losses if n != "*"} | set(loss_sim.dirty))
+        affected = databases_losing_data(
+            loss_sim.losses, loss_sim.dirty, stopped_in=loss_sim.stopped_in
+        )
         recovered_to: dict[str, str] = {}
         for facts in plan.databases:
             header = facts.header

@@ -261,14 +261,21 @@ class Instance:
                 self.durable_checkpoint = outcome.checkpoint.checkpoint_position
             if outcome.data_loss is not None:
                 loss = outcome.data_loss
+                complete = (
+                    f"; {', '.join(loss.recovered_completely)} lost nothing (every record "
+                    "they needed was replayed)"
+                    if loss.recovered_completely
+                    else ""
+                )
                 self.events.emit(
                     "recovery_data_loss",
                     f"recovery accepted data loss: {loss.reason}; databases "
                     f"{', '.join(loss.databases) or 'none'} were brought to the last consistent "
-                    f"point the logs allowed ({loss.stopped_at or 'their checkpoint'}); the old "
-                    f"logs were moved to {loss.moved_logs_to or 'nowhere (none present)'} and a "
-                    "new log stream begins",
+                    f"point the logs allowed ({loss.stopped_at or 'their checkpoint'}){complete}; "
+                    f"the old logs were moved to {loss.moved_logs_to or 'nowhere (none present)'} "
+                    "and a new log stream begins",
                     databases=loss.databases,
+                    recovered_completely=loss.recovered_completely,
                     stopped_at=str(loss.stopped_at) if loss.stopped_at else None,
                     moved_logs_to=loss.moved_logs_to,
                 )

@@ -58,8 +58,10 @@ from jetstore.instance.recoverydecisions import (
     RecordMatcher,
     Refused,
     check_after_scan,
+    databases_losing_data,
     decide_start,
     read_checkpoint,
+    scan_stop_generation,
     scan_stop_loss,
 )
 from jetstore.log.reader import LogRecordEntry, LogScanner, take_inventory
@@ -73,12 +75,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class DataLoss:
-    """What a recovery with `accept_data_loss` could not replay, and where the logs went."""
+    """What a recovery with `accept_data_loss` could not replay, and where the logs went.
+
+    `databases` are those that lost data (`databases_losing_data`); `recovered_completely`
+    the attached databases that got every record they needed.
+    """
 
     reason: str
     stopped_at: LogPosition | None
     databases: list[str]
     moved_logs_to: str | None = None
+    recovered_completely: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ def recover(
     brought to the last consistent point the logs present allow (replay stops at the first gap
     or damage; the page file of a copy-on-write database is consistent at its checkpoint by
     itself), the old logs are moved aside and a new log stream begins; `outcome.data_loss`
-    says what was lost.
+    says what was lost and which databases lost it (the others are recovered completely).
     """
     # A database whose creation was cut short (its header still says "just created", no log
     # stream yet) is re-created from its CREATE_DATABASE record, which is always durable
@@ -194,7 +201,7 @@ def _recover(
         outcome.signature = None
         instance.attach_recovered(files, outcome)
         if losses:
-            _settle_data_loss(instance, outcome, losses, None, dirty)
+            _settle_data_loss(instance, outcome, losses, None, dirty, stopped_in=None)
         return outcome
     outcome.start = start
     outcome.signature = decided.signature
@@ -207,6 +214,7 @@ def _recover(
     scanner = LogScanner(fs, inventory, owner=instance.owner, signature=decided.signature)
     last_good: LogPosition | None = None
     scan_stopped = False
+    stopped_in: int | None = None  # the generation a stopped scan could not read through
     try:
         for entry in scanner.records(start):
             if restore is not None and restore.stops_before(entry):
@@ -227,6 +235,7 @@ def _recover(
             raise
         losses.append(scan_stop_loss(exc, last_good, start))
         scan_stopped = True
+        stopped_in = scan_stop_generation(scanner.result, start)
     losses.extend(matcher.losses)
     outcome.replayed = matcher.replayed
     outcome.skipped = matcher.skipped
@@ -265,7 +274,7 @@ def _recover(
         fs.rename(inventory.interrupted_roll.path, os.path.join(instance.directory, CURRENT_LOG))
         fs.fsync_directory(instance.directory, owner=instance.owner)
     if losses:
-        _settle_data_loss(instance, outcome, losses, last_good, dirty)
+        _settle_data_loss(instance, outcome, losses, last_good, dirty, stopped_in=stopped_in)
     elif restore is not None:
         _settle_restored(instance, outcome, last_good)
     return outcome
@@ -316,18 +325,23 @@ def _settle_data_loss(
     losses: list[tuple[str, str]],
     stopped_at: LogPosition | None,
     dirty: dict[str, DatabaseHeader],
+    *,
+    stopped_in: int | None,
 ) -> None:
     """Make the recovered state stand on its own, then set the unusable logs aside.
 
     Order matters for a crash in the middle: first every database is written (pages, then
-    both header copies: clean, no log stream, marked repaired), so it needs no log at all;
-    only then are the old logs moved into `lost-logs-<time>/` and a new log stream starts.
+    both header copies: clean, no log stream; those that lost data marked repaired), so it
+    needs no log at all; only then are the old logs moved into `lost-logs-<time>/` and a new
+    log stream starts.
     """
     databases = instance.attached_databases()
     now = now_us()
-    # Every database that lost data is marked repaired: those replay reached (`dirty`) and
-    # those set aside before replay (named in `losses`, e.g. when no log is left at all).
-    repaired = set(dirty) | {name for name, _ in losses}
+    # Only the databases that lost data are marked repaired (`databases_losing_data`: named
+    # in `losses`, or needing the generation a stopped scan could not read); the others got
+    # every record they needed and are recovered completely.
+    affected = databases_losing_data(losses, dirty, stopped_in=stopped_in)
+    repaired = set(affected)
     for db in databases:
         root, position, _epoch = db.published
         plan = db.file.plan_checkpoint(root, position)
@@ -348,13 +362,13 @@ def _settle_data_loss(
         db.file.finish_checkpoint(plan, None)
         db.rebase_position(LogPosition.MIN)
     moved = _move_logs_aside(instance)
-    affected = sorted({name for name, _ in losses if name != "*"} | set(dirty))
     reasons = list(dict.fromkeys(reason for _, reason in losses))  # each once, in order
     outcome.data_loss = DataLoss(
         reason="; ".join(reasons),
         stopped_at=stopped_at,
         databases=affected,
         moved_logs_to=moved,
+        recovered_completely=sorted(db.name for db in databases if db.name not in repaired),
     )
     outcome.signature = None
     outcome.tail = None

@@ -29,6 +29,10 @@ Invariants:
 - With `accept_data_loss`, a missing or unreadable generation is a loss `(database, reason)`
   (database "*" for a scan that stopped) instead of a refusal; the reason texts are the ones
   recovery reports in `DataLoss.reason`. A refusal no option fixes refuses either way.
+  Which databases the loss touches is `databases_losing_data`: those a loss names, and for a
+  scan that stopped in generation S (`scan_stop_generation`) the databases not shut down
+  cleanly whose header requires S or later. Every other database got every record it
+  needed and is recovered completely.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from jetstore.format.logrecords import (
 )
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
-from jetstore.log.reader import LogInventory, LogRecordEntry
+from jetstore.log.reader import LogInventory, LogRecordEntry, ScanResult
 from jetstore.log.writer import LogTail
 
 __all__ = [
@@ -81,10 +85,12 @@ __all__ = [
     "RefusalKind",
     "Refused",
     "check_after_scan",
+    "databases_losing_data",
     "decide_start",
     "is_dirty",
     "read_checkpoint",
     "required_range",
+    "scan_stop_generation",
     "scan_stop_loss",
     "stream_signature",
 ]
@@ -732,6 +738,39 @@ def scan_stop_loss(
 ) -> tuple[str, str]:
     """The loss when a scan with `accept_data_loss` stops at one of `SCAN_STOPS`."""
     return "*", f"replay stopped at {last_good or start}: {exc.detail or exc}"
+
+
+def scan_stop_generation(result: ScanResult, start: LogPosition) -> int:
+    """The generation a scan that stopped at one of `SCAN_STOPS` could not read through: the
+    one after the last generation it finished (every record before it was yielded)."""
+    if result.tail is not None:
+        return result.tail.generation + 1
+    return max(start.generation, 1)
+
+
+def databases_losing_data(
+    losses: Collection[tuple[str, str]],
+    dirty: Mapping[str, DatabaseHeader],
+    *,
+    stopped_in: int | None,
+) -> list[str]:
+    """The databases a recovery with `accept_data_loss` does not bring fully up to date.
+
+    Each database a loss names (its generations missing, its file missing, an older copy
+    kept as it is, ...), and, when the scan stopped in generation `stopped_in` (a "*" loss),
+    each database not shut down cleanly whose header requires `stopped_in` or a later
+    generation: what lies from there on is unknown, any of its commits may be there. A dirty
+    database whose header requires only earlier generations got every record it needed
+    (every acknowledged commit lies in a generation its header requires: the log roll
+    raises `generation_max_required` before a commit in the new generation is
+    acknowledged), as did every database no loss names when the scan did not stop.
+    """
+    affected = {name for name, _reason in losses if name != "*"}
+    if stopped_in is not None:
+        affected.update(
+            name for name, header in dirty.items() if required_range(header)[1] >= stopped_in
+        )
+    return sorted(affected)
 
 
 # --------------------------------------------------------------------------- after the scan
