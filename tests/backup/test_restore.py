@@ -360,3 +360,42 @@ def test_a_damaged_backup_file_fails_the_restore_and_leaves_nothing(tmp_path: Pa
     assert not target.exists()
     assert not Path(str(target) + STAGING_SUFFIX).exists()
     assert sorted(os.listdir(tmp_path)) == ["full", "live"]
+
+
+# --------------------------------------------------------------------------- time stops
+
+
+def _moment(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def test_a_stop_time_between_the_images_last_commit_and_their_pin_restores(
+    tmp_path: Path,
+) -> None:
+    """The images hold every commit up to their checkpoint and none after: a stop time after
+    their last commit but before the backup pinned them is a state they reflect exactly."""
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(5)
+    time.sleep(0.05)
+    quiet = datetime.now(UTC)  # after the last commit, before the backup
+    time.sleep(0.05)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(3)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    result = jetstore.restore(sets, tmp_path / "restored", until=quiet)
+    assert result.executed
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(5))
+    # Before the images' last commit it is still refused, saying which stop works.
+    with pytest.raises(EndingRestoreLogTooLow) as early:
+        plan_restore(sets, tmp_path / "x", until=_moment(writer.times[3]))
+    message = str(early.value)
+    assert "already hold a commit" in message
+    suggested = re.search(r"--until-time ([0-9T:.\-]+Z)", message)
+    assert suggested is not None
+    moment = datetime.fromisoformat(suggested.group(1).replace("Z", "+00:00"))
+    assert _moment(writer.times[3]) < moment <= _moment(writer.times[4])
+    jetstore.restore(sets, tmp_path / "earliest", until=moment)
+    assert set(_restored_rows(tmp_path / "earliest")) == set(range(5))

@@ -9,11 +9,12 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations);
    every file the manifests list present; the surviving logs, when given, of the same stream
    and continuing the last set without a gap (or an unreadable file) before their end or the
-   stop generation; a stop point (`until`: a generation, or a
-   time, not before the full set's `started_us`: when its images were pinned) the images
-   can reach (`EndingRestoreLogTooLow`, -553); the target absent or an
-   empty directory, not the directory of an open instance and no mount point (step 4 renames
-   over it).
+   stop generation; a stop point (`until`: a generation, or a time) the images can
+   reach (`EndingRestoreLogTooLow`, -553): a time before the full set's `started_us` (when
+   its images were pinned) only when no commit the images hold is later
+   (`_check_images_at`); the target absent or an empty directory, not the directory of an
+   open instance and no mount point (step 4 renames over it). The time checks read the
+   commit records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
    a staging directory next to the target (`<target>.restoring`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
@@ -36,10 +37,11 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jetstore.backup.backupset import Manifest, ManifestFile, read_backup_file, read_manifest
+from jetstore.backup.stoptime import LogSource, images_commit_bound
 from jetstore.errors import (
     EndingRestoreLogTooLow,
     FileAccessDenied,
@@ -194,9 +196,42 @@ def _paths(value: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> 
     return [absolute_path(p, what="backup set") for p in value]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _stop_time_us(until: datetime) -> int:
+    # Exact to the microsecond (a float timestamp can land one below), so that a stop time
+    # printed by `_iso_us` and given back means that very microsecond.
     moment = until if until.tzinfo is not None else until.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _iso_us(time_us: int) -> str:
+    """`--until-time` text for a stored time, to the microsecond (`format_time_us` shows
+    seconds only, which can name an earlier time than meant)."""
+    moment = _EPOCH + timedelta(microseconds=time_us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _log_sources(fs: FileSystem, steps: Sequence[RestoreStep]) -> list[LogSource]:
+    """The log files of `steps` as `jetstore.backup.stoptime` reads them, by generation."""
+    sources: list[LogSource] = []
+    for step in sorted(
+        (s for s in steps if s.kind == "log" and s.generation is not None),
+        key=lambda s: s.generation or 0,
+    ):
+        assert step.generation is not None
+        name = step.source if step.entry is None else f"{step.source}: {step.name}"
+        sources.append(LogSource(step.generation, _reader(fs, step), name))
+    return sources
+
+
+def _reader(fs: FileSystem, step: RestoreStep) -> Callable[[], bytes]:
+    entry = step.entry
+    if entry is None:
+        return lambda: fs.read_file(step.source, owner="restore")
+    # A set's file, decompressed and checked against its manifest as it is read.
+    return lambda: b"".join(read_backup_file(step.source, entry, fs=fs, owner="restore"))
 
 
 def plan_restore(
@@ -309,13 +344,7 @@ def plan_restore(
     if isinstance(until, datetime):
         stop_time = _stop_time_us(until)
         if stop_time < base.started_us:
-            raise EndingRestoreLogTooLow(
-                f"the restore should stop at {format_time_us(stop_time)}, before the images "
-                f"of the full backup '{base.path}' were taken ({format_time_us(base.started_us)}"
-                "): they may already hold later changes",
-                hint="stop at a later time, or restore an older full backup",
-                path=base.path,
-            )
+            _check_images_at(fs, base, steps, stop_time)
     elif isinstance(until, int) and not isinstance(until, bool):
         stop_generation = until
         if until < image_generation:
@@ -476,6 +505,55 @@ def _surviving_logs(
         steps.append(RestoreStep(name, "log", entry.size, entry.path, expected, None))
         expected += 1
     return steps
+
+
+def _check_images_at(
+    fs: FileSystem, base: Manifest, steps: Sequence[RestoreStep], stop_time: int
+) -> None:
+    """A stop time before the full set's images were pinned: allowed when they hold no
+    commit later than it (`images_commit_bound`), else `EndingRestoreLogTooLow` with the
+    earliest stop they allow.
+
+    The images are their checkpoint's tree: every commit whose record starts before that
+    position is in them, none after. A state at `stop_time` is then theirs exactly when no
+    commit before the checkpoint is later than `stop_time`; replay from the checkpoint adds
+    the commits up to `stop_time` and stops at the first one after it. An earlier time
+    cannot be reached: an image cannot be rolled back."""
+    checkpoint = max((image.checkpoint for image in base.images), default=None)
+    if checkpoint is None or base.generation_low == 0:
+        # An offline backup of a clean instance (no log): its images hold everything up to
+        # their shutdown, whose time the set does not record; keep to when it was taken.
+        raise EndingRestoreLogTooLow(
+            f"the restore should stop at {_iso_us(stop_time)}, before the backup "
+            f"'{base.path}' was taken ({_iso_us(base.started_us)}), and the set holds no log "
+            "that tells when its images' last commit was",
+            hint=f"stop at {_iso_us(base.started_us)} or later (--until-time "
+            f"{_iso_us(base.started_us)}), or restore an older full backup",
+            path=base.path,
+        )
+    bound = images_commit_bound(
+        [s for s in _log_sources(fs, steps) if s.generation >= base.generation_low], checkpoint
+    )
+    if stop_time >= bound.time_us:
+        return
+    if bound.commit is not None:
+        held = (
+            f"already hold a commit of {_iso_us(bound.time_us)} (the record at "
+            f"{bound.commit.start}, the last before their checkpoint at {checkpoint})"
+        )
+    else:
+        held = (
+            f"already hold commits up to {_iso_us(bound.time_us)} at the latest (no "
+            f"commit lies before their checkpoint at {checkpoint} in the set's logs; the log "
+            f"generation {checkpoint.generation} they start in was begun then)"
+        )
+    raise EndingRestoreLogTooLow(
+        f"the restore should stop at {_iso_us(stop_time)}, but the images of the full "
+        f"backup '{base.path}' {held}: an image cannot be taken back to an earlier state",
+        hint=f"stop at {_iso_us(bound.time_us)} or later (--until-time {_iso_us(bound.time_us)}"
+        "), or restore an older full backup",
+        path=base.path,
+    )
 
 
 def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> RestoreResult:

@@ -27,7 +27,9 @@ Invariants:
 - Only `complete()`, after every listed file was streamed to its end, records history or
   deletes logs; a failed or aborted backup changes nothing on disk.
 - `started_us` is taken once the starting point is fixed (images pinned, first generation
-  chosen): the images hold no commit after it, so a restore to an earlier time is refused.
+  chosen): the images hold no commit after it, so a restore to a later time is always
+  possible; to an earlier one only when no commit the images hold is later (the restore
+  reads that from the set's logs: `jetstore.backup.restore._check_images_at`).
 """
 
 from __future__ import annotations
