@@ -369,6 +369,70 @@ def _moment(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+def _crashed_with_a_gap(tmp_path: Path, how: str = "missing") -> tuple[Writer, Path, Path, int]:
+    """A full backup, then commits over several generations in the surviving logs, a crash,
+    and one surviving generation lost (or its header damaged: `how`) in the middle. Returns
+    (writer, full, live, gap)."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(600, width=600)
+    inst.simulate_crash()
+    current = max(end.generation for end in writer.ends.values())
+    gap = current - 2
+    assert gap > min(end.generation for key, end in writer.ends.items() if key >= 20) + 1
+    if how == "missing":
+        os.unlink(live / generation_log_name(gap))
+    else:
+        _damage_log_header(live / generation_log_name(gap))
+    return writer, tmp_path / "full", live, gap
+
+
+@pytest.mark.parametrize("how", ["missing", "unreadable"])
+def test_a_stop_time_before_a_gap_in_the_surviving_logs_restores(tmp_path: Path, how: str) -> None:
+    """`--until-time T` with a generation missing from (or unreadable in) the surviving
+    logs: when a commit after T lies before the gap, replay stops there and never reaches
+    the gap, so every commit at or before T is restored and none after it; exactly as with a
+    generation stop before the gap, which was already allowed."""
+    writer, full, live, gap = _crashed_with_a_gap(tmp_path, how)
+    # The last commit that ends two generations before the gap: the one after it (a later
+    # time) also lies before the gap.
+    last = max(key for key, end in writer.ends.items() if end.generation == gap - 2)
+    stop = _moment(writer.times[last])
+    plan = plan_restore(full, tmp_path / "x", logs_from=live, until=stop)
+    assert plan.generation_high == gap - 1
+    assert not (tmp_path / "x").exists()
+    result = jetstore.restore(full, tmp_path / "restored", logs_from=live, until=stop)
+    assert result.stopped_early
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(last + 1))
+
+
+def test_a_stop_time_not_proven_before_a_gap_is_refused(tmp_path: Path) -> None:
+    """Every commit before the gap is at or before T: the missing generation may hold
+    commits at or before T too, which replay would skip without a word. Refused, naming the
+    gap and the nearest stops that can be honored."""
+    writer, full, live, gap = _crashed_with_a_gap(tmp_path)
+    before_gap = max(key for key, end in writer.ends.items() if end.generation < gap)
+    for stop in (_moment(writer.times[before_gap]), datetime.now(UTC)):
+        with pytest.raises(GivenLogFileIsNotContiguous) as refused:
+            plan_restore(full, tmp_path / "x", logs_from=live, until=stop)
+        message = str(refused.value)
+        assert generation_log_name(gap) in message
+        assert "no commit after" in message
+        assert f"--until-generation {gap - 1}" in message
+        assert "--until-time " in message
+    # The suggested time is honored: the last commit before the gap is the first one after
+    # it, so everything before that commit is restored.
+    suggested = re.search(r"--until-time ([0-9T:.\-]+Z)", str(refused.value))
+    assert suggested is not None
+    moment = datetime.fromisoformat(suggested.group(1).replace("Z", "+00:00"))
+    jetstore.restore(full, tmp_path / "suggested", logs_from=live, until=moment)
+    assert set(_restored_rows(tmp_path / "suggested")) == set(range(before_gap))
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_stop_time_between_the_images_last_commit_and_their_pin_restores(
     tmp_path: Path,
 ) -> None:

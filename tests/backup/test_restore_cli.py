@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 import jetstore
 from jetstore.cli.main import cli
 from jetstore.errors import InvalidPath
+from jetstore.format.filenames import generation_log_name
 
 
 def _sets(tmp_path: Path) -> tuple[Path, Path]:
@@ -135,3 +138,40 @@ def test_commands_that_write_refuse_a_backup_set_and_leave_it_whole(tmp_path: Pa
     assert export.exit_code == 0, export.output
     jetstore.restore(full, tmp_path / "restored")
     assert _count(tmp_path / "restored") == 30
+
+
+def test_until_time_before_a_gap_in_the_surviving_logs(tmp_path: Path) -> None:
+    """`--until-time` before a generation missing from `--logs-from`: restored (exit 0) when
+    a later commit before the gap proves replay stops before it; refused (exit 3, naming the
+    gap and the stops that work) when nothing proves it."""
+    live = tmp_path / "live"
+    inst = jetstore.open(live, log_file_size=64 * 1024)
+    db = inst.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    inst.backup(tmp_path / "full", kind="full")
+    stamps: dict[int, tuple[int, float]] = {}
+    for i in range(400):
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": "v" * 600})
+        stamps[i] = (inst.log.end_position.generation, time.time())
+    inst.simulate_crash()
+    gap = max(generation for generation, _ in stamps.values()) - 1
+    (live / generation_log_name(gap)).unlink()
+    last = max(i for i, (generation, _) in stamps.items() if generation == gap - 2)
+    moment = datetime.fromtimestamp(stamps[last][1], UTC).isoformat()
+    runner = CliRunner()
+    args = ["restore", str(tmp_path / "full"), "--logs-from", str(live), "--json"]
+    done = runner.invoke(cli, [*args, "--to", str(tmp_path / "r"), "--until-time", moment])
+    assert done.exit_code == 0, done.output
+    document = json.loads(done.stdout)
+    assert document["result"]["stopped_early"] is True
+    assert document["result"]["plan"]["generation_high"] == gap - 1
+    assert _count(tmp_path / "r") == last + 1
+    late = datetime.now(UTC).isoformat()
+    refused = runner.invoke(cli, [*args, "--to", str(tmp_path / "late"), "--until-time", late])
+    assert refused.exit_code == 3
+    error = json.loads(refused.stdout)["error"]
+    assert error["name"] == "GivenLogFileIsNotContiguous"
+    assert generation_log_name(gap) in error["detail"]
+    assert f"--until-generation {gap - 1}" in error["hint"] and "--until-time" in error["hint"]
+    assert not (tmp_path / "late").exists()

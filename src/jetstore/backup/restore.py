@@ -9,7 +9,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations);
    every file the manifests list present; the surviving logs, when given, of the same stream
    and continuing the last set without a gap (or an unreadable file) before their end or the
-   stop generation; a stop point (`until`: a generation, or a time) the images can
+   stop point (a generation before it; a time when a commit later than it lies before it,
+   `_check_stop_before_gap`); a stop point (`until`: a generation, or a time) the images can
    reach (`EndingRestoreLogTooLow`, -553): a time before the full set's `started_us` (when
    its images were pinned) only when no commit the images hold is later
    (`_check_images_at`); the target absent or an empty directory, not the directory of an
@@ -41,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jetstore.backup.backupset import Manifest, ManifestFile, read_backup_file, read_manifest
-from jetstore.backup.stoptime import LogSource, images_commit_bound
+from jetstore.backup.stoptime import LogSource, first_commit_after, images_commit_bound
 from jetstore.errors import (
     EndingRestoreLogTooLow,
     FileAccessDenied,
@@ -51,6 +52,7 @@ from jetstore.errors import (
     InvalidBackup,
     InvalidParameter,
     InvalidPath,
+    JetError,
     MissingRestoreLogFiles,
 )
 from jetstore.format.common import format_time_us
@@ -322,14 +324,16 @@ def plan_restore(
                 path=m.path,
             )
     surviving: list[int] = []
+    gap: JetError | None = None  # a gap in the surviving logs a time stop may end before
     if logs_from is not None:
-        surviving_steps = _surviving_logs(
+        surviving_steps, gap = _surviving_logs(
             fs,
             absolute_path(logs_from, what="--logs-from"),
             base,
             expected,
             target,
             stop=until if isinstance(until, int) and not isinstance(until, bool) else None,
+            defer_gap=isinstance(until, datetime),
         )
         surviving = [s.generation for s in surviving_steps if s.generation is not None]
         steps.extend(surviving_steps)
@@ -345,6 +349,8 @@ def plan_restore(
         stop_time = _stop_time_us(until)
         if stop_time < base.started_us:
             _check_images_at(fs, base, steps, stop_time)
+        if gap is not None:
+            _check_stop_before_gap(fs, steps, stop_time, gap, high)
     elif isinstance(until, int) and not isinstance(until, bool):
         stop_generation = until
         if until < image_generation:
@@ -426,11 +432,14 @@ def _surviving_logs(
     target: str,
     *,
     stop: int | None = None,
-) -> list[RestoreStep]:
+    defer_gap: bool = False,
+) -> tuple[list[RestoreStep], JetError | None]:
     """The surviving log files that continue the sets from generation `expected`, up to
     generation `stop` when given. A generation missing or unreadable before the end of the
     surviving logs (or before `stop`) refuses the restore, naming it: replay would end there,
-    and the commits after it would be lost without a word."""
+    and the commits after it would be lost without a word. With `defer_gap` (a time stop,
+    which may end before it: `_check_stop_before_gap`) the files before it and the refusal
+    are returned instead; otherwise the second value is None."""
     directory = os.path.abspath(directory)
     if directory == target:
         raise InvalidParameter("the surviving logs cannot come from the restore target")
@@ -476,17 +485,18 @@ def _surviving_logs(
                 f"{expected - 1} (the commits after it are lost), or put a good copy of "
                 f"{file_name} back into '{directory}'"
             )
+            refusal: JetError
             if bad is not None:
                 why = f"{bad.error.name}: {bad.error.detail}" if bad.error else "unreadable"
-                raise MissingRestoreLogFiles(
+                refusal = MissingRestoreLogFiles(
                     f"surviving log file '{bad.path}' (generation {expected}, next after "
                     f"generation {expected - 1}) cannot be read ({why})",
                     hint=stop_hint,
                     path=bad.path,
                 )
-            if not later:
+            elif not later:
                 break  # the end of the surviving logs
-            if not steps:
+            elif not steps:
                 raise GivenLogFileIsNotContiguous(
                     f"the surviving logs in '{directory}' start at generation {min(later)}, but "
                     f"the backup sets end at generation {expected - 1}: generations {expected}-"
@@ -494,17 +504,22 @@ def _surviving_logs(
                     hint="add the incremental backups that hold them",
                     path=os.path.join(directory, generation_log_name(min(later))),
                 )
-            raise GivenLogFileIsNotContiguous(
-                f"generation {expected} ({generation_log_name(expected)}) is missing from the "
-                f"surviving logs in '{directory}': they continue the backup sets with "
-                f"generations {first}-{expected - 1}, then go on at generation {min(later)}",
-                hint=stop_hint,
-                path=os.path.join(directory, generation_log_name(expected)),
-            )
+            else:
+                refusal = GivenLogFileIsNotContiguous(
+                    f"generation {expected} ({generation_log_name(expected)}) is missing from "
+                    f"the surviving logs in '{directory}': they continue the backup sets with "
+                    f"generations {first}-{expected - 1}, then go on at generation "
+                    f"{min(later)}",
+                    hint=stop_hint,
+                    path=os.path.join(directory, generation_log_name(expected)),
+                )
+            if defer_gap:
+                return steps, refusal
+            raise refusal
         name = CURRENT_LOG if entry.is_current else generation_log_name(expected)
         steps.append(RestoreStep(name, "log", entry.size, entry.path, expected, None))
         expected += 1
-    return steps
+    return steps, None
 
 
 def _check_images_at(
@@ -553,6 +568,37 @@ def _check_images_at(
         hint=f"stop at {_iso_us(bound.time_us)} or later (--until-time {_iso_us(bound.time_us)}"
         "), or restore an older full backup",
         path=base.path,
+    )
+
+
+def _check_stop_before_gap(
+    fs: FileSystem, steps: Sequence[RestoreStep], stop_time: int, gap: JetError, high: int
+) -> None:
+    """A time stop with a gap (or an unreadable file) in the surviving logs after generation
+    `high`: allowed when a complete commit later than `stop_time` lies in the logs before it
+    (replay stops at the first such commit and never reaches the gap; commit times do not
+    decrease in log order, so no commit at or before `stop_time` lies after it). Otherwise
+    the missing generation may hold commits at or before `stop_time`, which replay would
+    skip without a word: `gap` is raised, saying so and naming the nearest stops allowed."""
+    after, last = first_commit_after(_log_sources(fs, steps), stop_time)
+    if after is not None:
+        return
+    if last is not None:
+        earlier = (
+            f"stop before the last commit before it, of {_iso_us(last.time_us)} "
+            f"(--until-time {_iso_us(last.time_us - 1)}: everything before that commit), or"
+        )
+        seen = f"the last one before it is of {_iso_us(last.time_us)}"
+    else:
+        earlier = "stop"
+        seen = "they hold no commit"
+    raise type(gap)(
+        f"{gap.detail}; the restore should stop at {_iso_us(stop_time)}, and no commit "
+        f"after that lies in the logs before the gap ({seen}), so commits at or before it may "
+        "be in the missing generation and would be skipped",
+        hint=f"{earlier} after generation {high} (--until-generation {high}), or put a good "
+        f"copy of {os.path.basename(gap.path or '') or 'the missing file'} back",
+        path=gap.path,
     )
 
 
