@@ -120,3 +120,26 @@ def test_the_file_the_instance_wrote_still_opens_without_replay(tmp_path: Path) 
         assert instance.recovery is not None and not instance.recovery.needed
         assert instance.recovery.replayed == 0
         assert ids(instance) == list(range(300))
+
+
+def test_an_older_copy_cut_short_by_damage_is_named_as_losing_data(tmp_path: Path) -> None:
+    """Accepting data loss while an older copy is brought forward and the scan stops at
+    damage in a closed generation: the copy did not get every record it needed, so it is
+    named as losing data (repair count raised), never as recovered completely."""
+    older_copy_put_back(tmp_path, crash=True)
+    closed = sorted(
+        name for name in os.listdir(tmp_path) if parse_generation_log_name(name) is not None
+    )
+    path = tmp_path / closed[-1]
+    data = bytearray(path.read_bytes())
+    data[4096 + 3000] ^= 0x40  # inside the frames of the newest closed generation
+    path.write_bytes(bytes(data))
+    plan = plan_recovery(str(tmp_path))
+    assert plan.data_loss is not None and plan.data_loss.databases == ["main"]
+    with jetstore.open(tmp_path, **SMALL, accept_data_loss=True) as instance:
+        loss = instance.recovery.data_loss if instance.recovery is not None else None
+        assert loss is not None
+        assert (loss.databases, loss.recovered_completely) == (["main"], [])
+        assert instance.database("main").file.header.repair_count == 1
+        rows = ids(instance)
+        assert rows == list(range(len(rows))) and 300 <= len(rows) < 600

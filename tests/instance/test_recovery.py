@@ -33,8 +33,9 @@ from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.logrecords import OP_PUT, RECORD_COMMIT
 from jetstore.format.positions import LogPosition
 from jetstore.instance.diagnosis import plan_recovery
-from jetstore.instance.recoverydecisions import databases_losing_data
+from jetstore.instance.recoverydecisions import RecoveryStart, databases_losing_data
 from jetstore.io import FileSystem, IOEvent
+from jetstore.log.reader import LogInventory
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
 
@@ -504,23 +505,42 @@ def test_accept_data_loss_recovers_the_others_without_a_missing_database(
 def test_databases_losing_data_are_those_a_loss_names_or_a_stopped_scan_reaches() -> None:
     """The rule recovery and diagnose share: a loss naming a database touches it; a scan that
     stopped in generation S touches every dirty database whose header requires S or later
-    (its acknowledged commits may lie there), not one that requires only earlier ones."""
+    (its acknowledged commits may lie there), not one that requires only earlier ones, and
+    the clean older copies replay was bringing forward, not a clean database with no sign of
+    a later record."""
 
-    def dirty_at(checkpoint: int, max_required: int) -> DatabaseHeader:
+    def header(state: DatabaseState, checkpoint: int, max_required: int) -> DatabaseHeader:
         return DatabaseHeader(
-            state=DatabaseState.DIRTY,
+            state=state,
             checkpoint_position=LogPosition(checkpoint, 4096),
             generation_max_required=max_required,
         )
 
-    dirty = {"old": dirty_at(2, 4), "busy": dirty_at(2, 9), "new": dirty_at(7, 9)}
+    decided = RecoveryStart("dir", LogInventory("dir"), accept_data_loss=True)
+    decided.dirty = {
+        "old": header(DatabaseState.DIRTY, 2, 4),
+        "busy": header(DatabaseState.DIRTY, 2, 9),
+        "new": header(DatabaseState.DIRTY, 7, 9),
+    }
+    decided.behind = {
+        "copy": header(DatabaseState.CLEAN, 1, 0),
+        "listed": header(DatabaseState.CLEAN, 1, 0),
+        "clean": header(DatabaseState.CLEAN, 3, 0),
+    }
+    decided.older_copies = {"listed"}
     named = [("gone", "its file is missing; its changes in the log were dropped")]
-    assert databases_losing_data(named, dirty, stopped_in=None) == ["gone"]
+    assert databases_losing_data(named, decided, stopped_in=None) == ["gone"]
     stop = [("*", "replay stopped at 00000005:00001000: damaged")]
-    assert databases_losing_data(stop, dirty, stopped_in=5) == ["busy", "new"]
-    assert databases_losing_data(stop + named, dirty, stopped_in=4) == [
+    assert databases_losing_data(stop, decided, stopped_in=5, brought_forward={"copy"}) == [
+        "busy",
+        "copy",
+        "listed",
+        "new",
+    ]
+    assert databases_losing_data(stop + named, decided, stopped_in=4) == [
         "busy",
         "gone",
+        "listed",
         "new",
         "old",
     ]

@@ -13,7 +13,7 @@ they are), before anything is written, for two questions of
   before anything after it is read: a gap or an unreadable file after it is never reached.
 
 Invariants:
-- Read-only; one log file in memory at a time.
+- Read-only; at most two log files in memory at a time (one, and the next for its header).
 - Frames are read as `jetstore.log.reader.LogScanner` reads them: from the header's data
   start, up to where the next generation's header says this one ends (or, without a next
   generation, up to the first frame that does not decode); records are reassembled across

@@ -314,7 +314,9 @@ class _Simulation:
     losses: list[tuple[str, str]] = field(default_factory=list)
     last_good: LogPosition | None = None
     applied: dict[str, LogPosition] = field(default_factory=dict)
-    dirty: dict[str, DatabaseHeader] = field(default_factory=dict)
+    dirty: list[str] = field(default_factory=list)
+    #: The decisions the simulation acted on (None until `decide_start` ran).
+    decided: RecoveryStart | None = None
     #: The generation a scan that stopped (accepting data loss) could not read through.
     stopped_in: int | None = None
 
@@ -359,7 +361,8 @@ def _simulate(
     sim.notes.extend(decided.notes)
     sim.checkpoint = _checkpoint_facts(reading, decided)
     sim.losses.extend(decided.losses)
-    sim.dirty = dict(decided.dirty)
+    sim.dirty = list(decided.dirty)
+    sim.decided = decided
     start = decided.start
     if start is None:
         return sim
@@ -729,8 +732,12 @@ def _refusal(
         loss_sim = None
     if loss_sim is not None:
         _apply_sim(plan, loss_sim)
+        assert loss_sim.decided is not None  # `_simulate` returns only after `decide_start`
         affected = databases_losing_data(
-            loss_sim.losses, loss_sim.dirty, stopped_in=loss_sim.stopped_in
+            loss_sim.losses,
+            loss_sim.decided,
+            stopped_in=loss_sim.stopped_in,
+            brought_forward=loss_sim.applied,
         )
         recovered_to: dict[str, str] = {}
         for facts in plan.databases:

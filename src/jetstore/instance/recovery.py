@@ -39,11 +39,12 @@ so a crash during recovery just means recovery runs again from the same place.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from jetstore.format.common import Signature, format_time_us, now_us
-from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseHeader, DatabaseState
+from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
@@ -56,6 +57,7 @@ from jetstore.format.positions import LogPosition
 from jetstore.instance.recoverydecisions import (
     SCAN_STOPS,
     RecordMatcher,
+    RecoveryStart,
     Refused,
     check_after_scan,
     databases_losing_data,
@@ -201,7 +203,7 @@ def _recover(
         outcome.signature = None
         instance.attach_recovered(files, outcome)
         if losses:
-            _settle_data_loss(instance, outcome, losses, None, dirty, stopped_in=None)
+            _settle_data_loss(instance, outcome, losses, None, decided, stopped_in=None)
         return outcome
     outcome.start = start
     outcome.signature = decided.signature
@@ -215,6 +217,7 @@ def _recover(
     last_good: LogPosition | None = None
     scan_stopped = False
     stopped_in: int | None = None  # the generation a stopped scan could not read through
+    brought_forward: set[str] = set()  # databases records were applied to
     try:
         for entry in scanner.records(start):
             if restore is not None and restore.stops_before(entry):
@@ -224,6 +227,7 @@ def _recover(
             if found is not None:
                 if found.kind == "apply":
                     databases[found.name].apply_replayed(entry.payload, entry.end)
+                    brought_forward.add(found.name)
                 elif found.kind == "create":
                     pending_ops[found.database_id] = []
                 elif found.kind == "pending":
@@ -274,7 +278,15 @@ def _recover(
         fs.rename(inventory.interrupted_roll.path, os.path.join(instance.directory, CURRENT_LOG))
         fs.fsync_directory(instance.directory, owner=instance.owner)
     if losses:
-        _settle_data_loss(instance, outcome, losses, last_good, dirty, stopped_in=stopped_in)
+        _settle_data_loss(
+            instance,
+            outcome,
+            losses,
+            last_good,
+            decided,
+            stopped_in=stopped_in,
+            brought_forward=brought_forward,
+        )
     elif restore is not None:
         _settle_restored(instance, outcome, last_good)
     return outcome
@@ -324,9 +336,10 @@ def _settle_data_loss(
     outcome: RecoveryOutcome,
     losses: list[tuple[str, str]],
     stopped_at: LogPosition | None,
-    dirty: dict[str, DatabaseHeader],
+    decided: RecoveryStart,
     *,
     stopped_in: int | None,
+    brought_forward: Collection[str] = (),
 ) -> None:
     """Make the recovered state stand on its own, then set the unusable logs aside.
 
@@ -338,9 +351,11 @@ def _settle_data_loss(
     databases = instance.attached_databases()
     now = now_us()
     # Only the databases that lost data are marked repaired (`databases_losing_data`: named
-    # in `losses`, or needing the generation a stopped scan could not read); the others got
+    # in `losses`, or needing what lies past where a stopped scan ended); the others got
     # every record they needed and are recovered completely.
-    affected = databases_losing_data(losses, dirty, stopped_in=stopped_in)
+    affected = databases_losing_data(
+        losses, decided, stopped_in=stopped_in, brought_forward=brought_forward
+    )
     repaired = set(affected)
     for db in databases:
         root, position, _epoch = db.published

@@ -31,8 +31,8 @@ Invariants:
   recovery reports in `DataLoss.reason`. A refusal no option fixes refuses either way.
   Which databases the loss touches is `databases_losing_data`: those a loss names, and for a
   scan that stopped in generation S (`scan_stop_generation`) the databases not shut down
-  cleanly whose header requires S or later. Every other database got every record it
-  needed and is recovered completely.
+  cleanly whose header requires S or later, and the clean older copies replay was bringing
+  forward. Every other database got every record it needed and is recovered completely.
 """
 
 from __future__ import annotations
@@ -248,6 +248,9 @@ class RecoveryStart:
     #: Clean databases of this stream older than the checkpoint file (an older copy of the
     #: file put back): replay brings them forward from their own position (`_older_copies`).
     behind: dict[str, DatabaseHeader] = field(default_factory=dict)
+    #: Those of `behind` the checkpoint file proves older copies (it lists them at a later
+    #: position): records after their position are to be expected.
+    older_copies: set[str] = field(default_factory=set)
     #: Older copies whose log is gone, kept as they are under `accept_data_loss`: the scan
     #: gives them none of the records after their position.
     kept_as_copies: set[str] = field(default_factory=set)
@@ -444,6 +447,7 @@ def _older_copies(
             decided.behind[name] = header
             if older:
                 assert checkpoint is not None
+                decided.older_copies.add(name)
                 decided.notes.append(
                     f"database {name!r} is older than the instance's checkpoint (clean at "
                     f"{position}, the checkpoint file is at {checkpoint.checkpoint_position}): "
@@ -750,25 +754,41 @@ def scan_stop_generation(result: ScanResult, start: LogPosition) -> int:
 
 def databases_losing_data(
     losses: Collection[tuple[str, str]],
-    dirty: Mapping[str, DatabaseHeader],
+    decided: RecoveryStart,
     *,
     stopped_in: int | None,
+    brought_forward: Collection[str] = (),
 ) -> list[str]:
     """The databases a recovery with `accept_data_loss` does not bring fully up to date.
 
     Each database a loss names (its generations missing, its file missing, an older copy
-    kept as it is, ...), and, when the scan stopped in generation `stopped_in` (a "*" loss),
-    each database not shut down cleanly whose header requires `stopped_in` or a later
-    generation: what lies from there on is unknown, any of its commits may be there. A dirty
-    database whose header requires only earlier generations got every record it needed
-    (every acknowledged commit lies in a generation its header requires: the log roll
-    raises `generation_max_required` before a commit in the new generation is
-    acknowledged), as did every database no loss names when the scan did not stop.
+    kept as it is, ...), and, when the scan stopped in generation `stopped_in` (a "*" loss):
+
+    - each database not shut down cleanly whose header requires `stopped_in` or a later
+      generation: what lies from there on is unknown, and any of its commits may be there. One
+      whose header requires only earlier generations got every record it needed (every
+      acknowledged commit lies in a generation its header requires: the log roll raises
+      `generation_max_required` before a commit in the new generation is acknowledged);
+    - each clean database of the stream that replay was bringing forward from its position
+      (`decided.behind`) with evidence that it is an older copy: records were applied to it
+      (`brought_forward`), or the checkpoint file lists it at a later position
+      (`decided.older_copies`); its later records may lie past the stop. Without such
+      evidence a clean database has no record after its position (an open marks every
+      header dirty before the database can be changed) and lost nothing.
+
+    Every database no loss names is recovered completely when the scan did not stop.
     """
     affected = {name for name, _reason in losses if name != "*"}
     if stopped_in is not None:
         affected.update(
-            name for name, header in dirty.items() if required_range(header)[1] >= stopped_in
+            name
+            for name, header in decided.dirty.items()
+            if required_range(header)[1] >= stopped_in
+        )
+        affected.update(
+            name
+            for name in decided.behind
+            if name in decided.older_copies or name in brought_forward
         )
     return sorted(affected)
 
