@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointDepthTooDeep",
     "CheckpointFileNotFound",
     "ColumnDuplicate",
+    "ColumnIndexed",
     "ColumnNotFound",
     "CommittedLogFilesMissing",
     "ConsistentTimeMismatch",
@@ -1010,6 +1011,15 @@ class NullInvalid(IntegrityError):
     description = "A column that may not be null was left empty"
     hint = "Give the column a value, or make it nullable."
     code = -1504
+
+
+class ColumnIndexed(UsageError):
+    description = "The column is part of the primary key or of an index, so it cannot be deleted"
+    hint = (
+        "Drop the indexes that use the column first (a primary key column cannot be dropped: "
+        "copy the rows into a new table instead)."
+    )
+    code = -1505
 
 
 class ColumnNotFound(UsageError):

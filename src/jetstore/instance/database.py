@@ -30,7 +30,7 @@ import itertools
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from jetstore.errors import DatabaseNotFound, JetError, KeyDuplicate, WriteConflict
@@ -47,7 +47,7 @@ from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.catalog import NEXT_OBJECT_ID_KEY, TABLE_ENTRY_PREFIX
 from jetstore.tables.keys import tuple_prefix_stop
 from jetstore.tables.records import RecordCodec
-from jetstore.tables.schema import TableDef, decode_table_def
+from jetstore.tables.schema import ColumnType, TableDef, decode_table_def
 from jetstore.tables.table import TableShape
 from jetstore.transactions.transaction import Transaction, TransactionState, next_epoch
 
@@ -149,6 +149,49 @@ class Database:
     def drop_table(self, name: str) -> None:
         with self.transaction() as txn:
             txn.drop_table(name)
+
+    # Schema changes of an existing table, each in a transaction of its own. A concurrent
+    # write to the table committed first makes the change a WriteConflict; it is retried (on
+    # a new snapshot, which holds that write) as `create_table` is.
+
+    def create_index(
+        self,
+        table: str,
+        name: str,
+        columns: str | list[str] | tuple[str, ...],
+        unique: bool = False,
+    ) -> TableDef:
+        """`Transaction.create_index` in a transaction of its own."""
+        return self._schema_change(lambda txn: txn.create_index(table, name, columns, unique))
+
+    def drop_index(self, table: str, name: str) -> TableDef:
+        """`Transaction.drop_index` in a transaction of its own."""
+        return self._schema_change(lambda txn: txn.drop_index(table, name))
+
+    def add_column(
+        self,
+        table: str,
+        name: str,
+        type: ColumnType | str,
+        nullable: bool = True,
+        default: object = None,
+    ) -> TableDef:
+        """`Transaction.add_column` in a transaction of its own."""
+        return self._schema_change(lambda txn: txn.add_column(table, name, type, nullable, default))
+
+    def drop_column(self, table: str, name: str) -> TableDef:
+        """`Transaction.drop_column` in a transaction of its own."""
+        return self._schema_change(lambda txn: txn.drop_column(table, name))
+
+    def _schema_change(self, change: Callable[[Transaction], TableDef]) -> TableDef:
+        for attempt in range(_CREATE_RETRIES):
+            try:
+                with self.transaction() as txn:
+                    return change(txn)
+            except WriteConflict:
+                if attempt == _CREATE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def table_names(self) -> list[str]:
         with self.transaction() as txn:
@@ -343,10 +386,44 @@ class Database:
             self.conflicts += 1
             raise WriteConflict(
                 f"transaction {txn.id} on database {self.name!r} wrote to table "
-                f"{definition.name!r}, which another transaction dropped or re-created at log "
-                f"position {changed}, after this transaction's snapshot ({snapshot})",
+                f"{definition.name!r}, whose definition another transaction changed (dropped, "
+                f"re-created, or an index or column added or dropped) at log position "
+                f"{changed}, after this transaction's snapshot ({snapshot})",
                 hint="retry the transaction: it was rolled back",
             )
+        if txn.redefined:
+            self._check_redefined(txn, snapshot)
+
+    def _check_redefined(self, txn: Transaction, snapshot: LogPosition) -> None:
+        """A transaction that changed a table's definition conflicts with every write to the
+        table committed after its snapshot: its index build did not see that write, or its
+        rewrite of the records would undo it.
+
+        Every commit made while this transaction was open is in `_recent_log` (it was open,
+        so the commit saw another open transaction and kept its keys) and stays there while
+        this snapshot is open: the newest entries are searched back to the snapshot. This
+        costs the schema change's commit alone; other commits do nothing more.
+        """
+        owners: dict[int, TableDef] = {}
+        for definition in txn.redefined.values():
+            for object_id in (definition.table_id, definition.lv_id, *definition.index_ids):
+                owners[object_id] = definition
+        for position, keys in reversed(self._recent_log):
+            if position <= snapshot:
+                break
+            for key in keys:
+                owner = owners.get(int.from_bytes(key[:4], "big"))
+                if owner is None:
+                    continue
+                self.conflicts += 1
+                raise WriteConflict(
+                    f"transaction {txn.id} on database {self.name!r} changed the definition "
+                    f"of table {owner.name!r}, to which another transaction committed a "
+                    f"write at log position {position}, after this transaction's snapshot "
+                    f"({snapshot}): the change did not see it",
+                    hint="retry the transaction (it was rolled back): it then sees every "
+                    "committed write",
+                )
 
     def _same_table_created(
         self, txn: Transaction, snapshot: LogPosition

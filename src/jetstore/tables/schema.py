@@ -51,6 +51,7 @@ from typing import Any
 
 from jetstore.errors import (
     ColumnDuplicate,
+    ColumnIndexed,
     ColumnNotFound,
     DatabaseCorrupted,
     IndexDuplicate,
@@ -408,6 +409,83 @@ class TableDef:
     def index_id(self, name: str) -> int:
         """Object id of the secondary index called ``name``."""
         return self.index_ids[self.indexes.index(self.index(name))]
+
+    # Schema changes of an existing table (`Transaction.create_index` and the rest): each
+    # returns a new, validated definition and leaves this one as it is. Every other field,
+    # the object ids of the table, its long values and its other indexes included, stays.
+
+    def _changed(
+        self,
+        columns: tuple[Column, ...] | None = None,
+        indexes: tuple[IndexDef, ...] | None = None,
+        index_ids: tuple[int, ...] | None = None,
+    ) -> TableDef:
+        return TableDef(
+            name=self.name,
+            columns=self.columns if columns is None else columns,
+            primary_key=self.primary_key,
+            indexes=self.indexes if indexes is None else indexes,
+            table_id=self.table_id,
+            lv_id=self.lv_id,
+            index_ids=self.index_ids if index_ids is None else index_ids,
+        )
+
+    def with_index(self, index: IndexDef, index_id: int) -> TableDef:
+        """This definition plus `index` (stored under object id `index_id`), last.
+
+        IndexDuplicate if the table has an index of that name; ColumnNotFound if the index
+        names a column the table lacks.
+        """
+        if index.name in self._index_by_name:
+            raise IndexDuplicate(
+                f"table {self.name!r} already has an index {index.name!r}",
+                hint="choose another name, or drop the existing index first",
+            )
+        return self._changed(indexes=(*self.indexes, index), index_ids=(*self.index_ids, index_id))
+
+    def without_index(self, name: str) -> TableDef:
+        """This definition without the index called `name` (IndexNotFound if none)."""
+        position = self.indexes.index(self.index(name))
+        return self._changed(
+            indexes=self.indexes[:position] + self.indexes[position + 1 :],
+            index_ids=self.index_ids[:position] + self.index_ids[position + 1 :],
+        )
+
+    def with_column(self, column: Column) -> TableDef:
+        """This definition plus `column`, appended after the existing ones (so records written
+        before decode under the new definition, the new column reading its default).
+
+        ColumnDuplicate if the table has a column of that name.
+        """
+        if column.name in self._positions:
+            raise ColumnDuplicate(
+                f"table {self.name!r} already has a column {column.name!r}",
+                hint="choose another name, or drop the existing column first",
+            )
+        return self._changed(columns=(*self.columns, column))
+
+    def without_column(self, name: str) -> TableDef:
+        """This definition without column `name`; later columns move down one position.
+
+        ColumnNotFound if there is none; ColumnIndexed if it is a primary key column or a
+        column of a secondary index (the key or index would lose a column).
+        """
+        position = self.column_index(name)
+        if name in self.primary_key:
+            raise ColumnIndexed(
+                f"column {name!r} is part of the primary key {list(self.primary_key)} of "
+                f"table {self.name!r} and cannot be dropped",
+                hint="a primary key cannot change: create a new table without the column and "
+                "copy the rows over",
+            )
+        users = [index.name for index in self.indexes if name in index.columns]
+        if users:
+            raise ColumnIndexed(
+                f"column {name!r} of table {self.name!r} is used by index(es) "
+                f"{', '.join(map(repr, users))} and cannot be dropped",
+                hint="drop those indexes first (Transaction.drop_index), then the column",
+            )
+        return self._changed(columns=self.columns[:position] + self.columns[position + 1 :])
 
     def validate_record(
         self, record: Mapping[str, object], *, partial: bool = False

@@ -51,6 +51,7 @@ from jetstore.errors import (
     ObjectNotFound,
     RecordNotFound,
     RecordTooBig,
+    VersionStoreOutOfMemory,
 )
 from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, MAX_KEY_SIZE, Node, max_entry_size
 from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
@@ -60,6 +61,7 @@ from jetstore.tables.keys import (
     KEY_NUL_ESCAPED,
     KEY_TERMINATOR,
     KeyInput,
+    decode_key,
     encode_key,
     prefix_successor,
     single_key_encoder,
@@ -69,6 +71,9 @@ from jetstore.tables.records import LongValueRef, RecordCodec
 from jetstore.tables.schema import Column, ColumnType, IndexDef, TableDef
 
 _LV_KEY_EXTRA = 4 + 2 + 4  # lv object id, column, chunk number
+_LV_SUFFIX = struct.Struct(">HI")  # a long-value chunk key ends with column, chunk number
+#: Bytes a transaction charges per operation on top of its key and value (its memory bound).
+OPERATION_OVERHEAD = 16
 #: Longest encoded primary key: its long-value chunk keys must stay within MAX_KEY_SIZE.
 MAX_PRIMARY_KEY_SIZE = MAX_KEY_SIZE - _LV_KEY_EXTRA
 
@@ -317,6 +322,13 @@ class Table:
     @property
     def name(self) -> str:
         return self.definition.name
+
+    def redefine(self, table_def: TableDef, codec: RecordCodec, shape: TableShape) -> None:
+        """The transaction changed this table's definition (an index or column added or
+        dropped): from now on this object reads and writes by the new one, so a reference the
+        caller kept cannot write records that miss the new index or have the old layout.
+        Direct snapshot reads end (the transaction has writes now)."""
+        Table.__init__(self, self._view, table_def, codec, shape, None)
 
     def mark_dropped(self) -> None:
         """The table was dropped in this transaction: every later use raises ObjectNotFound
@@ -835,6 +847,141 @@ class Table:
         delete = self._view.delete
         for key, _ in self._view.items(prefix, prefix_successor(prefix)):
             delete(key)
+
+    # ----------------------------------------------------------------- schema changes
+
+    def index_entries(self, index_name: str, budget: int) -> list[tuple[bytes, bytes]]:
+        """Every entry of index `index_name` for the table's records in the view as it is now,
+        in key order, as (entry key, primary key): exactly what inserting each record writes
+        (NULLs included, long values read). Nothing is written.
+
+        KeyDuplicate if the index is unique and two records share a key without NULL (the
+        message names the values and both primary keys); KeyTooBig for an entry too large;
+        VersionStoreOutOfMemory once the entries would charge more than `budget` bytes.
+        """
+        self._check_usable()
+        index = self.definition.index(index_name)
+        view = self._view.frozen()
+        prefix = self._prefix
+        plen = len(prefix)
+        index_prefix = self._index_prefixes[index.name]
+        codec = self._codec
+        decode_many, decode = codec.decode_many, codec.decode
+        columns = index.columns
+        lv_positions = [
+            (position, name) for position, name, _is_text in self._lv_columns if name in columns
+        ]
+        # The entry key's bound, as `_index_entry` checks it for one record.
+        max_key = MAX_KEY_SIZE
+        max_entry = self._max_entry - LEAF_ENTRY_OVERHEAD
+        seen: dict[bytes, bytes] | None = {} if index.unique else None
+        entries: list[tuple[bytes, bytes]] = []
+        append = entries.append
+        used = 0
+        for keys, values in view.chunks(prefix, prefix_successor(prefix)):
+            try:
+                records = decode_many(values)
+            except (IndexError, struct.error, UnicodeDecodeError, ValueError):
+                records = [None] * len(values)
+            for key, raw, plain in zip(keys, values, records, strict=True):
+                pk = key[plen:]
+                record: Mapping[str, object]
+                if plain is not None:
+                    record = plain  # the common record: no NULL, no long value
+                else:
+                    record = full = decode(raw)
+                    for position, name in lv_positions:
+                        ref = full.get(name)
+                        if isinstance(ref, LongValueRef):
+                            full[name] = self._read_long_value(view, pk, position, ref)
+                key_values = [record[name] for name in columns]
+                head = index_prefix + encode_key(key_values)  # type: ignore[arg-type]
+                entry = head + pk
+                if len(entry) > max_key or len(entry) + len(pk) > max_entry:
+                    self._index_entry(index, record, pk)  # raises the precise KeyTooBig
+                if seen is not None and None not in key_values:
+                    # NULLs never collide (as `_unique_prefix` says); otherwise the entry
+                    # without its primary key is the whole key, byte for byte.
+                    other = seen.setdefault(head, pk)
+                    if other != pk:
+                        raise KeyDuplicate(
+                            f"unique index {index.name!r} of table {self.name!r} cannot be "
+                            f"built: the records with primary keys {decode_key(other)!r} and "
+                            f"{decode_key(pk)!r} both have key {tuple(key_values)!r} "
+                            f"(columns {list(columns)})",
+                            hint="change or delete the duplicates first, or create the index "
+                            "without unique=True; nothing was written",
+                        )
+                append((entry, pk))
+                used += len(entry) + len(pk) + OPERATION_OVERHEAD
+            if used > budget:
+                raise VersionStoreOutOfMemory(
+                    f"building index {index.name!r} of table {self.name!r} writes more "
+                    f"than the {budget} bytes left under the transaction's bound "
+                    f"({len(entries)} entries so far); nothing was written",
+                    hint="open the instance with a larger max_transaction_bytes (the "
+                    "build is one transaction), or create a new table with the index and "
+                    "copy the rows over in several smaller transactions",
+                )
+        entries.sort()
+        return entries
+
+    def entries_without_column(
+        self, name: str, codec: RecordCodec, budget: int
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[tuple[bytes, bytes]]]:
+        """What dropping column `name` changes, for a definition whose records `codec`
+        encodes: (record entries rewritten without it, long-value chunk keys to delete, chunk
+        entries to write). Later columns move down one position, so their long-value
+        references and chunk keys are renumbered. Nothing is written.
+
+        VersionStoreOutOfMemory once the changes would charge more than `budget` bytes.
+        """
+        self._check_usable()
+        position = self.definition.column_index(name)
+        view = self._view.frozen()
+        prefix = self._prefix
+        decode = self._codec.decode
+        encode = codec.encode
+        used = 0
+
+        def charge(amount: int) -> None:
+            nonlocal used
+            used += amount + OPERATION_OVERHEAD
+            if used > budget:
+                raise VersionStoreOutOfMemory(
+                    f"dropping column {name!r} of table {self.name!r} rewrites each of its "
+                    f"records in this transaction, more than the {budget} bytes left under "
+                    "its bound; nothing was written",
+                    hint="open the instance with a larger max_transaction_bytes (the rewrite "
+                    "is one transaction)",
+                )
+
+        records: list[tuple[bytes, bytes]] = []
+        for keys, values in view.chunks(prefix, prefix_successor(prefix)):
+            for key, raw in zip(keys, values, strict=True):
+                record = decode(raw)
+                del record[name]
+                for column, column_name, _is_text in self._lv_columns:
+                    ref = record.get(column_name)
+                    if column > position and isinstance(ref, LongValueRef):
+                        record[column_name] = LongValueRef(column - 1, ref.length, ref.is_text)
+                encoded = encode(record)
+                records.append((key, encoded))
+                charge(len(key) + len(encoded))
+        deleted: list[bytes] = []
+        moved: list[tuple[bytes, bytes]] = []
+        lv_prefix = object_prefix(self.definition.lv_id)
+        for key, value in view.iterate(lv_prefix, prefix_successor(lv_prefix)):
+            column, chunk = _LV_SUFFIX.unpack_from(key, len(key) - _LV_SUFFIX.size)
+            if column < position:
+                continue
+            deleted.append(key)
+            charge(len(key))
+            if column > position:
+                new_key = key[: len(key) - _LV_SUFFIX.size] + _LV_SUFFIX.pack(column - 1, chunk)
+                moved.append((new_key, value))
+                charge(len(new_key) + len(value))
+        return records, deleted, moved
 
 
 def key_values(key: object) -> Sequence[object]:

@@ -47,12 +47,13 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from jetstore.errors import (
     InvalidParameter,
     NotInTransaction,
+    NullInvalid,
     ObjectNotFound,
     TableDuplicate,
     VersionStoreOutOfMemory,
@@ -86,14 +87,21 @@ from jetstore.tables.catalog import (
     table_name_from_key,
 )
 from jetstore.tables.keys import prefix_successor
-from jetstore.tables.schema import TableDef, encode_table_def, make_table_def
-from jetstore.tables.table import Table
+from jetstore.tables.schema import (
+    Column,
+    ColumnType,
+    IndexDef,
+    TableDef,
+    encode_table_def,
+    make_table_def,
+)
+from jetstore.tables.table import OPERATION_OVERHEAD, Table
 
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
 
 _EPOCHS = itertools.count(1)
-_OP_OVERHEAD = 16  # bytes charged per operation on top of key and value
+_OP_OVERHEAD = OPERATION_OVERHEAD  # bytes charged per operation on top of key and value
 
 
 def next_epoch() -> int:
@@ -143,6 +151,7 @@ class Transaction:
         "operations",
         "page_size",
         "plan_epoch",
+        "redefined",
         "schema_keys",
         "snapshot_position",
         "snapshot_root",
@@ -182,6 +191,11 @@ class Transaction:
         # read: a commit that wrote under the table's object ids conflicts with a concurrent
         # drop or re-creation of it (a read alone does not: see `Database._check_conflicts`).
         self.schema_keys: dict[bytes, TableDef] = {}
+        # The catalog entry of every table whose definition this transaction changed (an
+        # index or column added or dropped), and its definition before the first change: the
+        # commit conflicts with any write to the table committed after the snapshot (a new
+        # index would miss it, a rewrite would undo it: see `Database._check_conflicts`).
+        self.redefined: dict[bytes, TableDef] = {}
         # Set when a write below the first object id (a catalog entry) reaches the private
         # tree: the commit then invalidates the database's cache of table definitions.
         self.catalog_written = False
@@ -577,6 +591,179 @@ class Transaction:
         self._tables.pop(name, None)
         table.mark_dropped()
 
+    # ----------------------------------------------------------------- schema changes
+    #
+    # Each changes an existing table's definition in this transaction, logged like data:
+    # the new catalog entry and every entry the change adds or removes are ordinary writes.
+    # Every check that can fail runs before the first write, so a failure (KeyDuplicate,
+    # KeyTooBig, ColumnIndexed, VersionStoreOutOfMemory of the change itself ...) leaves the
+    # transaction as it was. Concurrency: the commit is a WriteConflict if another
+    # transaction committed a write to the table after this one's snapshot, and a
+    # transaction with an older snapshot that writes to the table and commits after this
+    # one is a WriteConflict (`Database._check_conflicts`).
+
+    def create_index(
+        self,
+        table: str,
+        name: str,
+        columns: str | list[str] | tuple[str, ...],
+        unique: bool = False,
+    ) -> TableDef:
+        """Add a secondary index to table `table` and build it from the table's records as
+        this transaction sees them; returns the new definition.
+
+        The index holds exactly the entries it would hold had it been defined at
+        `create_table` (NULLs included; a unique index lets NULLs repeat). A unique index over
+        records that share a key fails with KeyDuplicate naming the values and the records.
+        The entries are gathered, sorted and written as one batch (applied to the tree by the
+        bulk merge when they are many): their size counts toward the transaction's bound.
+        """
+        self._check_active()
+        t = self.table(table)
+        old = t.definition
+        index = IndexDef(name, columns, unique)
+        next_id = decode_next_object_id(self.get(NEXT_OBJECT_ID_KEY))
+        new = old.with_index(index, next_id)
+        definition = self._definition_writes(new)
+        next_entry = (NEXT_OBJECT_ID_KEY, encode_next_object_id(next_id + 1))
+        reserved = _writes_size([*definition, next_entry])
+        codec, shape = self._db.shape_for(new)
+        builder = Table(self, new, codec, shape)
+        entries = builder.index_entries(name, self._limit - self._bytes - reserved)
+        self.put(*next_entry)
+        self._write_definition(old, definition)
+        self._put_checked(entries)
+        self._redefine(t, old, new)
+        return new
+
+    def drop_index(self, table: str, name: str) -> TableDef:
+        """Remove secondary index `name` of table `table` and all its entries; returns the
+        new definition (IndexNotFound if there is no such index)."""
+        self._check_active()
+        t = self.table(table)
+        old = t.definition
+        index_id = old.index_id(name)
+        new = old.without_index(name)
+        start = object_prefix(index_id)
+        self._bounded(
+            f"dropping index {name!r} of table {table!r} deletes each of its entries in this "
+            "transaction",
+            lambda: self._delete_range(start, prefix_successor(start)),
+        )
+        self._write_definition(old, self._definition_writes(new))
+        self._redefine(t, old, new)
+        return new
+
+    def add_column(
+        self,
+        table: str,
+        name: str,
+        type: ColumnType | str,
+        nullable: bool = True,
+        default: object = None,
+    ) -> TableDef:
+        """Append a column to table `table`; returns the new definition.
+
+        No record is rewritten: a record written before reads `default` (None: NULL) in the
+        new column, as the record format promises for columns appended later. A NOT NULL
+        column needs a default (NullInvalid otherwise), which the existing records then hold.
+        """
+        self._check_active()
+        t = self.table(table)
+        old = t.definition
+        column = Column(name, type, nullable, default)
+        if not column.nullable and column.default is None:
+            raise NullInvalid(
+                f"column {name!r} added to table {old.name!r} is NOT NULL but has no default, "
+                "so the records already there would hold NULL in it",
+                hint="give the column a default, or add it as nullable",
+            )
+        new = old.with_column(column)
+        self._write_definition(old, self._definition_writes(new))
+        self._redefine(t, old, new)
+        return new
+
+    def drop_column(self, table: str, name: str) -> TableDef:
+        """Remove column `name` from table `table`; returns the new definition.
+
+        Every record is rewritten without it (later columns move down one position, their
+        long values with them). A primary key column or a column of a secondary index is
+        ColumnIndexed (drop the indexes first).
+        """
+        self._check_active()
+        t = self.table(table)
+        old = t.definition
+        new = old.without_column(name)
+        definition = self._definition_writes(new)
+        codec, _shape = self._db.shape_for(new)
+        records, deleted, moved = t.entries_without_column(
+            name, codec, self._limit - self._bytes - _writes_size(definition)
+        )
+        self._put_checked(records)
+        self._delete_existing(deleted)
+        self._put_checked(moved)
+        self._write_definition(old, definition)
+        self._redefine(t, old, new)
+        return new
+
+    def _definition_writes(self, definition: TableDef) -> list[tuple[bytes, bytes]]:
+        """The catalog entries holding `definition` (its `'T'` entry, and chunks if large)."""
+        return table_def_entries(definition.name, encode_table_def(definition), self.page_size)
+
+    def _write_definition(self, old: TableDef, entries: list[tuple[bytes, bytes]]) -> None:
+        """Replace table `old`'s catalog entries by `entries` (chunks it no longer needs go)."""
+        prefix = table_def_chunk_prefix(old.name)
+        keep = {key for key, _value in entries}
+        for key, _value in self.items(prefix, prefix_successor(prefix)):
+            if key not in keep:
+                self.delete(key)
+        for key, value in entries:
+            self.put(key, value)
+
+    def _put_checked(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """Write entries the table layer already checked against the entry limit, in one
+        step (charged together: over the bound, the transaction rolls back as for `put`)."""
+        operations = self.operations
+        size = 0
+        for key, value in entries:
+            operations[key] = value
+            size += len(key) + len(value) + _OP_OVERHEAD
+        if self._pending is not None:
+            self._pending.update(entries)
+        self._charge(size)
+
+    def _delete_range(self, start: bytes, stop: bytes | None) -> None:
+        """Delete every entry in ``[start, stop)`` as one batch (each is known to exist)."""
+        self._delete_existing([key for key, _value in self.items(start, stop)])
+
+    def _delete_existing(self, keys: list[bytes]) -> None:
+        """Delete `keys`, each present in the transaction's view, charged together."""
+        operations = self.operations
+        pending = self._pending
+        for key in keys:
+            operations[key] = None
+            if pending is not None:
+                pending[key] = None
+        self._charge(sum(len(key) + _OP_OVERHEAD for key in keys))
+
+    def _bounded(self, what: str, work: Callable[[], None]) -> None:
+        """Run `work`; the transaction's bound exceeded inside it says `what` did it."""
+        try:
+            work()
+        except VersionStoreOutOfMemory as exc:
+            raise VersionStoreOutOfMemory(
+                f"{what}, more than its bound allows ({exc.detail})",
+                hint="open the instance with a larger max_transaction_bytes",
+            ) from None
+
+    def _redefine(self, table: Table, old: TableDef, new: TableDef) -> None:
+        """`table` (and every later `table(name)` in this transaction) now follows `new`."""
+        entry_key = table_entry_key(new.name)
+        self.redefined.setdefault(entry_key, old)
+        self.schema_keys[entry_key] = new
+        codec, shape = self._db.shape_for(new)
+        table.redefine(new, codec, shape)
+
     # ----------------------------------------------------------------- end
 
     def commit(self, lazy: bool = False) -> LogPosition | None:
@@ -702,6 +889,11 @@ class FrozenView:
 
 
 _T = TypeVar("_T")
+
+
+def _writes_size(entries: list[tuple[bytes, bytes]]) -> int:
+    """What writing `entries` charges against the transaction's bound."""
+    return sum(len(key) + len(value) + _OP_OVERHEAD for key, value in entries)
 
 
 def _raw_key(key: object) -> bytes:

@@ -1,0 +1,241 @@
+"""Schema changes of existing tables (`Transaction.create_index`, `drop_index`, `add_column`,
+`drop_column` and their `Database` conveniences): what each writes, what it refuses, how it
+conflicts with concurrent writers, and that recovery and the offline integrity check agree.
+
+The reference for an index built later is the same index defined at `create_table`: the two
+must hold the same entries (byte for byte, after the object id) for the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jetstore
+from instance_store import Store
+from jetstore.errors import (
+    ColumnNotFound,
+    IndexDuplicate,
+    KeyDuplicate,
+    ObjectNotFound,
+    VersionStoreOutOfMemory,
+)
+from jetstore.format.filenames import parse_database_file_name
+from jetstore.tables.catalog import object_prefix
+from jetstore.tables.keys import prefix_successor
+from jetstore.tables.schema import TableDef
+from jetstore.tools.integrity import check_integrity
+from jetstore.transactions.transaction import Transaction
+
+COLUMNS = [("id", "int"), ("a", "text"), ("b", "int"), ("f", "float"), ("d", "bytes")]
+INDEXES = [
+    ("by_a", "a"),
+    ("u_a", "a", True),
+    ("by_ab", ["a", "b"]),
+    ("u_bf", ["b", "f"], True),
+    ("by_d", "d"),
+]
+# On 4 KiB pages, the largest column of its record: kept as a long value, yet indexable.
+LONG = "L" * 995
+
+
+def tricky_rows() -> list[dict[str, Any]]:
+    """Rows whose index keys hit the edge cases: NULLs (repeated, also under the unique
+    indexes), values extended by NUL bytes, -0.0 and 0.0, NaN, an indexed long value."""
+    rows: list[dict[str, Any]] = [
+        {"id": 1, "a": None, "b": 1, "f": 0.0, "d": b""},
+        {"id": 2, "a": None, "b": 1, "f": -0.0, "d": b"\x00"},
+        {"id": 3, "a": "x", "b": None, "f": math.nan, "d": None},
+        {"id": 4, "a": "x\x00", "b": None, "f": math.nan, "d": b"\xff"},
+        {"id": 5, "a": "", "b": 2, "f": None, "d": b"\x00\x00"},
+        {"id": 6, "a": "y", "b": 2, "f": math.inf, "d": None},
+        {"id": 7, "a": LONG, "b": 3, "f": 1.5, "d": b"z" * 994},
+    ]
+    return rows
+
+
+def index_entries(txn: Transaction, table: str, index: str) -> list[tuple[bytes, bytes]]:
+    """Entries of `index` without their object id (which differs between tables)."""
+    definition = txn.table(table).definition
+    prefix = object_prefix(definition.index_id(index))
+    return [(k[4:], v) for k, v in txn.items(prefix, prefix_successor(prefix))]
+
+
+def integrity_ok(store: Store) -> None:
+    """Close the instance, check every database file offline, open it again."""
+    store.inst.close()
+    for name in os.listdir(store.path):
+        if parse_database_file_name(name):
+            report = check_integrity(str(store.path / name))
+            assert report.ok, [str(p) for p in report.problems]
+    store.inst = jetstore.open(store.path, **store.options)
+    store.db = store.inst.database("main")
+
+
+def crash_and_reopen(store: Store) -> None:
+    store.inst.simulate_crash()
+    store.inst = jetstore.open(store.path, **store.options)
+    store.db = store.inst.database("main")
+
+
+def definition(store: Store, table: str = "t") -> TableDef:
+    with store.db.transaction() as txn:
+        return txn.table(table).definition
+
+
+def same_scans(txn: Transaction, early: str, late: str, index: str) -> None:
+    def canon(rows: list[dict[str, Any]]) -> list[str]:
+        return [repr(sorted(r.items())) for r in rows]
+
+    assert index_entries(txn, early, index) == index_entries(txn, late, index)
+    assert canon(list(txn.table(early).scan(index=index))) == canon(
+        list(txn.table(late).scan(index=index))
+    )
+    assert canon(list(txn.table(early).scan(index=index, reverse=True))) == canon(
+        list(txn.table(late).scan(index=index, reverse=True))
+    )
+
+
+# --------------------------------------------------------------------------- create_index
+
+
+@pytest.fixture
+def small_pages(tmp_path: Path) -> Any:
+    store = Store(tmp_path, page_size=4096)
+    yield store
+    store.close()
+
+
+def test_index_built_later_equals_index_defined_at_create(small_pages: Store) -> None:
+    store = small_pages
+    store.db.create_table("early", COLUMNS, "id", indexes=INDEXES)
+    store.db.create_table("late", COLUMNS, "id")
+    with store.db.transaction() as txn:
+        for row in tricky_rows():
+            txn.table("early").insert(row)
+            txn.table("late").insert(row)
+        lv = object_prefix(txn.table("late").definition.lv_id)
+        assert txn.items(lv, prefix_successor(lv))  # row 7's indexed value is a long value
+    for spec in INDEXES:
+        store.db.create_index("late", *spec)  # type: ignore[arg-type]
+    with store.db.transaction() as txn:
+        assert txn.table("late").definition.indexes == txn.table("early").definition.indexes
+        for spec in INDEXES:
+            same_scans(txn, "early", "late", spec[0])
+    # Maintained like a create-time index from then on.
+    with store.db.transaction() as txn:
+        for table in ("early", "late"):
+            t = txn.table(table)
+            t.update(1, {"a": "moved", "b": 9})
+            t.delete(3)
+            t.insert({"id": 8, "a": None, "b": 1, "f": 0.0, "d": b"\x00"})
+            with pytest.raises(KeyDuplicate):
+                t.insert({"id": 9, "a": "y"})  # u_a
+    integrity_ok(store)
+    with store.db.transaction() as txn:
+        for spec in INDEXES:
+            same_scans(txn, "early", "late", spec[0])
+
+
+def test_create_index_sees_the_transactions_own_rows_and_later_writes_maintain_it(
+    store: Store,
+) -> None:
+    store.db.create_table("t", COLUMNS, "id")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 1, "a": "p"})
+        new = txn.create_index("t", "by_a", "a")
+        assert t.definition is new  # the Table already held follows the new definition
+        t.insert({"id": 2, "a": "o"})
+        assert [r["id"] for r in t.scan(index="by_a")] == [2, 1]
+    with store.db.transaction() as txn:
+        assert [r["id"] for r in txn.table("t").scan(index="by_a")] == [2, 1]
+    integrity_ok(store)
+
+
+def test_unique_index_over_duplicates_fails_and_leaves_nothing(store: Store) -> None:
+    store.db.create_table("t", COLUMNS, "id")
+    with store.db.transaction() as txn:
+        for i, a in enumerate(["p", None, "q", None, "p"]):
+            txn.table("t").insert({"id": i, "a": a, "b": i})
+    before = definition(store)
+    with store.db.transaction() as txn:
+        size = txn.size
+        with pytest.raises(KeyDuplicate) as caught:
+            txn.create_index("t", "u_a", "a", unique=True)
+        message = str(caught.value)
+        assert "'u_a'" in message and "'t'" in message and "('p',)" in message
+        assert "(0,)" in message and "(4,)" in message
+        assert txn.size == size and txn.is_active  # nothing written, still usable
+        assert txn.table("t").definition == before
+        # NULLs repeat in a unique index, as at create_table.
+        txn.create_index("t", "u_b", "b", unique=True)
+    with pytest.raises(KeyDuplicate):
+        store.db.create_index("t", "u_a", "a", unique=True)
+    after = definition(store)
+    assert [i.name for i in after.indexes] == ["u_b"]
+    integrity_ok(store)
+
+
+def test_create_index_refusals(store: Store) -> None:
+    store.db.create_table("t", COLUMNS, "id", indexes=[("by_a", "a")])
+    with pytest.raises(IndexDuplicate, match="'by_a'"):
+        store.db.create_index("t", "by_a", "b")
+    with pytest.raises(ColumnNotFound, match="'nope'"):
+        store.db.create_index("t", "by_x", ["a", "nope"])
+    with pytest.raises(ObjectNotFound, match="'missing'"):
+        store.db.create_index("missing", "by_a", "a")
+    assert definition(store).indexes == (definition(store).index("by_a"),)
+
+
+def test_create_index_over_the_transaction_bound_says_what_to_do(tmp_path: Path) -> None:
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        store.db.create_table("t", COLUMNS, "id")
+        for start in range(0, 4000, 500):
+            with store.db.transaction() as txn:
+                for i in range(start, start + 500):
+                    txn.table("t").insert({"id": i, "a": f"value {i}"})
+        with store.db.transaction() as txn:
+            with pytest.raises(VersionStoreOutOfMemory) as caught:
+                txn.create_index("t", "by_a", "a")
+            assert "'by_a'" in str(caught.value) and "max_transaction_bytes" in str(caught.value)
+            assert txn.is_active and not txn.operations
+        assert definition(store).indexes == ()
+    finally:
+        store.close()
+
+
+def test_create_index_rolled_back_or_crashed_before_commit_leaves_nothing(store: Store) -> None:
+    store.db.create_table("t", COLUMNS, "id")
+    with store.db.transaction() as txn:
+        for i in range(50):
+            txn.table("t").insert({"id": i, "a": str(i % 7)})
+    txn = store.db.transaction()
+    txn.create_index("t", "by_a", "a")
+    txn.rollback()
+    assert definition(store).indexes == ()
+    txn = store.db.transaction()
+    txn.create_index("t", "by_a", "a")
+    crash_and_reopen(store)
+    assert definition(store).indexes == ()
+    integrity_ok(store)
+
+
+def test_create_index_survives_a_crash(store: Store) -> None:
+    store.db.create_table("t", COLUMNS, "id")
+    with store.db.transaction() as txn:
+        for i in range(300):
+            txn.table("t").insert({"id": i, "a": str(i % 7), "d": b"x" * (i % 5)})
+    store.db.create_index("t", "by_a", ["a", "d"])
+    with store.db.transaction() as txn:
+        expected = index_entries(txn, "t", "by_a")
+        assert len(expected) == 300
+    crash_and_reopen(store)
+    with store.db.transaction() as txn:
+        assert index_entries(txn, "t", "by_a") == expected
+    integrity_ok(store)
