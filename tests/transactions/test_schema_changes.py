@@ -23,13 +23,14 @@ from jetstore.errors import (
     KeyDuplicate,
     ObjectNotFound,
     VersionStoreOutOfMemory,
+    WriteConflict,
 )
 from jetstore.format.filenames import parse_database_file_name
 from jetstore.tables.catalog import object_prefix
 from jetstore.tables.keys import prefix_successor
 from jetstore.tables.schema import TableDef
 from jetstore.tools.integrity import check_integrity
-from jetstore.transactions.transaction import Transaction
+from jetstore.transactions.transaction import Transaction, TransactionState
 
 COLUMNS = [("id", "int"), ("a", "text"), ("b", "int"), ("f", "float"), ("d", "bytes")]
 INDEXES = [
@@ -239,3 +240,118 @@ def test_create_index_survives_a_crash(store: Store) -> None:
     with store.db.transaction() as txn:
         assert index_entries(txn, "t", "by_a") == expected
     integrity_ok(store)
+
+
+# --------------------------------------------------------------------------- concurrency
+
+SCHEMA_CHANGES = {
+    "create_index": lambda txn: txn.create_index("t", "by_a", "a"),
+    "drop_index": lambda txn: txn.drop_index("t", "by_b"),
+    "add_column": lambda txn: txn.add_column("t", "extra", "int", default=1),
+    "drop_column": lambda txn: txn.drop_column("t", "f"),
+}
+
+
+def populated(store: Store) -> None:
+    store.db.create_table("t", COLUMNS, "id", indexes=[("by_b", "b")])
+    store.db.create_table("other", [("id", "int")], "id")
+    with store.db.transaction() as txn:
+        for i in range(20):
+            txn.table("t").insert({"id": i, "a": f"a{i % 3}", "b": i, "f": 0.5, "d": b"x"})
+
+
+@pytest.mark.parametrize("change", sorted(SCHEMA_CHANGES))
+@pytest.mark.parametrize("opened_before", [True, False])
+def test_older_writer_committing_after_a_schema_change_conflicts(
+    store: Store, change: str, opened_before: bool
+) -> None:
+    populated(store)
+    writer = store.db.transaction()
+    reader = store.db.transaction()
+    if opened_before:
+        writer.table("t")
+    with store.db.transaction() as ddl:
+        SCHEMA_CHANGES[change](ddl)
+    # The writer's definition is its snapshot's: it did not maintain the new index, or
+    # writes the old record layout.
+    writer.table("t").insert({"id": 100, "a": "new", "b": 100})
+    with pytest.raises(WriteConflict, match=r"'t'.*definition another transaction changed"):
+        writer.commit()
+    assert writer.state is TransactionState.ROLLED_BACK
+    # A transaction that only read the table commits its other writes.
+    assert len(list(reader.table("t").scan())) == 20
+    reader.table("other").insert({"id": 1})
+    reader.commit()
+    integrity_ok(store)
+
+
+@pytest.mark.parametrize("change", sorted(SCHEMA_CHANGES))
+@pytest.mark.parametrize("written", ["before_change", "after_change"])
+def test_schema_change_conflicts_with_a_write_committed_after_its_snapshot(
+    store: Store, change: str, written: str
+) -> None:
+    populated(store)
+    ddl = store.db.transaction()
+    if written == "after_change":
+        SCHEMA_CHANGES[change](ddl)
+    with store.db.transaction() as writer:
+        writer.table("t").update(3, {"a": "changed"})
+    if written == "before_change":
+        SCHEMA_CHANGES[change](ddl)  # reads the snapshot: the update is not there
+    # drop_column rewrote the record itself: the key-based check names that record first.
+    expected = "record with primary key" if change == "drop_column" else "committed a write"
+    with pytest.raises(WriteConflict, match=f"table 't'.*{expected}|{expected}.*table 't'"):
+        ddl.commit()
+    assert ddl.state is TransactionState.ROLLED_BACK
+    # Retried on a new snapshot, it sees the write.
+    with store.db.transaction() as ddl:
+        SCHEMA_CHANGES[change](ddl)
+        if change == "create_index":
+            assert [r["id"] for r in ddl.table("t").scan(index="by_a", start="c")] == [3]
+    integrity_ok(store)
+
+
+def test_schema_change_commits_beside_writes_to_other_tables(store: Store) -> None:
+    populated(store)
+    ddl = store.db.transaction()
+    ddl.create_index("t", "by_a", "a")
+    with store.db.transaction() as writer:
+        writer.table("other").insert({"id": 5})
+    with store.db.transaction() as old_reader_of_t:
+        old_reader_of_t.table("t").get(1)
+    ddl.commit()
+    assert [i.name for i in definition(store).indexes] == ["by_b", "by_a"]
+
+
+def test_two_schema_changes_of_one_table_conflict(store: Store) -> None:
+    populated(store)
+    first, second = store.db.transaction(), store.db.transaction()
+    first.add_column("t", "x", "int")
+    second.add_column("t", "y", "int")
+    first.commit()
+    with pytest.raises(WriteConflict, match="definition of table 't'"):
+        second.commit()
+    assert [c.name for c in definition(store).columns][-1] == "x"
+
+
+def test_database_schema_change_is_retried_after_a_conflict(store: Store) -> None:
+    """The convenience retries on a new snapshot, as create_table does."""
+    populated(store)
+    writes = iter(range(200, 202))
+    original = store.db.transaction
+
+    def interfering() -> Transaction:
+        txn = original()
+        value = next(writes, None)
+        if value is not None:  # a write lands after each of the first two snapshots
+            with original() as writer:
+                writer.table("t").insert({"id": value, "a": "late"})
+        return txn
+
+    store.db.transaction = interfering  # type: ignore[method-assign]
+    try:
+        store.db.create_index("t", "by_a", "a")
+    finally:
+        del store.db.transaction
+    with store.db.transaction() as txn:
+        assert [r["id"] for r in txn.table("t").scan(index="by_a", start="late")] == [200, 201]
