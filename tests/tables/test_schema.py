@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from jetstore.errors import (
     ColumnDuplicate,
+    ColumnIndexed,
     ColumnNotFound,
     DatabaseCorrupted,
     IndexDuplicate,
@@ -448,3 +449,44 @@ def test_malformed_catalog_entries_raise_database_corrupted(data: bytes) -> None
 def test_garbage_catalog_entry_raises_only_database_corrupted(data: bytes) -> None:
     with pytest.raises(DatabaseCorrupted):
         decode_table_def(data)
+
+
+def test_schema_change_helpers_keep_everything_else_and_round_trip() -> None:
+    t = make_table_def(
+        "t", [("id", "int"), ("a", "text"), ("b", "int")], "id", [("by_a", "a")],
+        table_id=1, lv_id=2, index_ids=[3],
+    )  # fmt: skip
+    added = t.with_index(IndexDef("by_b", ["b", "a"], unique=True), 9)
+    assert [i.name for i in added.indexes] == ["by_a", "by_b"] and added.index_ids == (3, 9)
+    assert added.index_id("by_b") == 9 and (added.table_id, added.lv_id) == (1, 2)
+    assert added.without_index("by_a").index_ids == (9,)
+    widened = t.with_column(Column("c", "float", False, 0.5))
+    assert widened.column_names == ("id", "a", "b", "c") and widened.indexes == t.indexes
+    narrowed = widened.without_column("b")
+    assert narrowed.column_names == ("id", "a", "c") and narrowed.column_index("c") == 2
+    for changed in (added, widened, narrowed):
+        assert decode_table_def(encode_table_def(changed)) == changed
+    assert t.column_names == ("id", "a", "b")  # the original is unchanged
+
+
+def test_schema_change_helpers_refuse() -> None:
+    t = make_table_def(
+        "t", [("id", "int"), ("a", "text"), ("b", "int")], "id", [("by_a", "a")],
+        table_id=1, lv_id=2, index_ids=[3],
+    )  # fmt: skip
+    with pytest.raises(IndexDuplicate):
+        t.with_index(IndexDef("by_a", "b"), 9)
+    with pytest.raises(ColumnNotFound):
+        t.with_index(IndexDef("by_x", "x"), 9)
+    with pytest.raises(InvalidParameter):  # object ids stay distinct
+        t.with_index(IndexDef("by_b", "b"), 3)
+    with pytest.raises(IndexNotFound):
+        t.without_index("nope")
+    with pytest.raises(ColumnDuplicate):
+        t.with_column(Column("a", "int"))
+    with pytest.raises(ColumnIndexed, match="primary key"):
+        t.without_column("id")
+    with pytest.raises(ColumnIndexed, match="'by_a'"):
+        t.without_column("a")
+    with pytest.raises(ColumnNotFound):
+        t.without_column("nope")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,13 @@ import pytest
 import jetstore
 from instance_store import Store
 from jetstore.errors import (
+    ColumnDuplicate,
+    ColumnIndexed,
     ColumnNotFound,
     IndexDuplicate,
+    IndexNotFound,
     KeyDuplicate,
+    NullInvalid,
     ObjectNotFound,
     VersionStoreOutOfMemory,
     WriteConflict,
@@ -355,3 +360,179 @@ def test_database_schema_change_is_retried_after_a_conflict(store: Store) -> Non
         del store.db.transaction
     with store.db.transaction() as txn:
         assert [r["id"] for r in txn.table("t").scan(index="by_a", start="late")] == [200, 201]
+
+
+# --------------------------------------------------------------------------- drop_index
+
+
+def test_drop_index_removes_definition_and_entries(store: Store) -> None:
+    populated(store)
+    with store.db.transaction() as txn:
+        index_id = txn.table("t").definition.index_id("by_b")
+    new = store.db.drop_index("t", "by_b")
+    assert new.indexes == ()
+    with store.db.transaction() as txn:
+        prefix = object_prefix(index_id)
+        assert txn.items(prefix, prefix_successor(prefix)) == []
+        with pytest.raises(IndexNotFound, match="'by_b'"):
+            list(txn.table("t").scan(index="by_b"))
+        txn.table("t").insert({"id": 50, "b": 50})  # no entry under the old id
+    with store.db.transaction() as txn:
+        assert txn.items(prefix, prefix_successor(prefix)) == []
+    with pytest.raises(IndexNotFound, match=r"'by_b'.*'t'"):
+        store.db.drop_index("t", "by_b")
+    integrity_ok(store)
+    # The name can be used again, for another index under a new object id.
+    store.db.create_index("t", "by_b", ["a", "b"], unique=True)
+    with store.db.transaction() as txn:
+        assert txn.table("t").definition.index_id("by_b") != index_id
+        assert len(index_entries(txn, "t", "by_b")) == 21
+    integrity_ok(store)
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def test_added_column_reads_its_default_in_old_rows_without_rewriting_them(store: Store) -> None:
+    populated(store)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        before = dict(txn.items(object_prefix(t.definition.table_id), None))
+    when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    store.db.add_column("t", "n", "int", nullable=False, default=42)
+    store.db.add_column("t", "note", "text")
+    store.db.add_column("t", "at", "datetime", default=when)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        # Old records are the bytes they were; they read the defaults.
+        prefix = object_prefix(t.definition.table_id)
+        assert {k: v for k, v in txn.items(prefix, prefix_successor(prefix))} == {
+            k: v for k, v in before.items() if k.startswith(prefix)
+        }
+        assert t.get(1) == {
+            "id": 1, "a": "a1", "b": 1, "f": 0.5, "d": b"x", "n": 42, "note": None, "at": when
+        }  # fmt: skip
+        assert all(r["n"] == 42 and r["note"] is None for r in t.scan())
+        t.insert({"id": 30, "a": "new"})  # new rows take the defaults too
+        t.insert({"id": 31, "n": 7, "note": "hi"})
+        assert t.get(30)["n"] == 42 and t.get(31)["n"] == 7  # type: ignore[index]
+        t.update(2, {"note": "updated"})
+        assert t.get(2)["n"] == 42  # type: ignore[index]
+    # An index created on the new column afterwards holds the defaults, exactly as an index
+    # defined with the column at create_table would.
+    store.db.create_index("t", "by_n", ["n", "note"])
+    store.db.create_table(
+        "early",
+        [*COLUMNS, ("n", "int", False, 42), ("note", "text"), ("at", "datetime", True, when)],
+        "id",
+        indexes=[("by_n", ["n", "note"])],
+    )
+    with store.db.transaction() as txn:
+        for row in txn.table("t").scan():
+            txn.table("early").insert(row)
+    with store.db.transaction() as txn:
+        same_scans(txn, "early", "t", "by_n")
+    integrity_ok(store)
+    crash_and_reopen(store)
+    with store.db.transaction() as txn:
+        assert txn.table("t").get(5)["n"] == 42  # type: ignore[index]
+        same_scans(txn, "early", "t", "by_n")
+
+
+def test_add_column_refusals(store: Store) -> None:
+    populated(store)
+    with pytest.raises(NullInvalid, match=r"'n'.*'t'.*default"):
+        store.db.add_column("t", "n", "int", nullable=False)
+    with pytest.raises(ColumnDuplicate, match="'a'"):
+        store.db.add_column("t", "a", "int")
+    with pytest.raises(jetstore.errors.InvalidParameter):
+        store.db.add_column("t", "n", "int", default="text")
+    assert len(definition(store).columns) == len(COLUMNS)
+
+
+def test_drop_column_rewrites_records_and_moves_later_long_values(
+    small_pages: Store,
+) -> None:
+    store = small_pages
+    columns = [("id", "int"), ("x", "text"), ("gone", "bytes"), ("y", "text"), ("z", "int")]
+    store.db.create_table("t", columns, "id", indexes=[("by_z", "z")])
+    big = "Y" * 1500
+    rows = [
+        {"id": 1, "x": "a", "gone": b"g" * 1800, "y": big, "z": 1},  # both kept apart
+        {"id": 2, "x": None, "gone": None, "y": "short", "z": None},
+        {"id": 3, "x": "b" * 1700, "gone": b"h", "y": big, "z": 3},
+    ]
+    with store.db.transaction() as txn:
+        for row in rows:
+            txn.table("t").insert(row)
+    new = store.db.drop_column("t", "gone")
+    assert [c.name for c in new.columns] == ["id", "x", "y", "z"]
+    expected = [{k: v for k, v in row.items() if k != "gone"} for row in rows]
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert list(t.scan()) == expected
+            assert [r["id"] for r in t.scan(index="by_z")] == [2, 1, 3]
+            t.update(1, {"y": "now short"})
+            t.update(1, {"y": big})
+            txn.rollback()
+
+    check()
+    integrity_ok(store)
+    check()
+    crash_and_reopen(store)
+    check()
+    # A column of the same name again is a new, empty column.
+    store.db.add_column("t", "gone", "bytes")
+    with store.db.transaction() as txn:
+        assert all(r["gone"] is None for r in txn.table("t").scan())
+    integrity_ok(store)
+
+
+def test_drop_column_refusals(store: Store) -> None:
+    store.db.create_table(
+        "t", [("k1", "int"), ("k2", "text"), ("a", "int"), ("b", "int")], ["k1", "k2"],
+        indexes=[("by_ab", ["a", "b"])],
+    )  # fmt: skip
+    for column in ("k1", "k2"):
+        with pytest.raises(ColumnIndexed, match=f"'{column}'.*primary key"):
+            store.db.drop_column("t", column)
+    with pytest.raises(ColumnIndexed, match=r"'b'.*'by_ab'") as caught:
+        store.db.drop_column("t", "b")
+    assert "drop_index" in caught.value.hint
+    with pytest.raises(ColumnNotFound, match="'c'"):
+        store.db.drop_column("t", "c")
+    assert len(definition(store).columns) == 4
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.parametrize("change", sorted(SCHEMA_CHANGES))
+def test_each_schema_change_is_replayed_after_a_crash(store: Store, change: str) -> None:
+    populated(store)
+    with store.db.transaction() as txn:
+        SCHEMA_CHANGES[change](txn)
+        expected_def = txn.table("t").definition
+        expected = txn.items(None, None)
+    crash_and_reopen(store)
+    assert definition(store) == expected_def
+    with store.db.transaction() as txn:
+        assert txn.items(None, None) == expected
+    integrity_ok(store)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 99, "a": "after", "b": 99})
+    integrity_ok(store)
+
+
+@pytest.mark.parametrize("change", sorted(SCHEMA_CHANGES))
+def test_each_schema_change_rolled_back_leaves_nothing(store: Store, change: str) -> None:
+    populated(store)
+    with store.db.transaction() as txn:
+        before = txn.items(None, None)
+    txn = store.db.transaction()
+    SCHEMA_CHANGES[change](txn)
+    txn.rollback()
+    with store.db.transaction() as txn:
+        assert txn.items(None, None) == before
