@@ -11,9 +11,13 @@ Invariants:
   published tree disagree until recovery replays the log.
 - A commit conflicts (`WriteConflict`, -1102) when another transaction committed a change to
   one of its keys after its snapshot; the later committer fails, the earlier one wins. A
-  transaction that wrote under a table's object ids also conflicts with a drop or re-creation
-  of that table committed after its snapshot (its writes would be orphans); one that only read
-  the table does not. The error names the entry (`Transaction.describe_key`).
+  transaction that wrote under a table's object ids also conflicts with any change of that
+  table's definition committed after its snapshot (a drop or re-creation: its writes would be
+  orphans; an index or column added or dropped: it did not maintain the index, or wrote the
+  old record layout); one that only read the table does not. A transaction that changed a
+  table's definition conflicts with every write to that table committed after its snapshot
+  (`_check_redefined`: its build or rewrite missed it). The error names the entry
+  (`Transaction.describe_key`) or the table.
 - Catalog entries (table definitions) change only through `commit_transaction` once
   transactions exist (replay happens before the first one), so the definitions cached for
   snapshots since the last catalog change (`catalog_cache`) are those the tree holds.

@@ -24,8 +24,10 @@ A larger one (a table with many columns) is split into `'D'` chunks and its `'T'
 and starts with `{`, so the leading 00 byte tells the two forms apart. Names cannot contain a 00
 byte, so `'D' name 00` is the chunk prefix of exactly one table.
 
-Catalog entries are ordinary tree entries: creating a table is a write in a transaction,
-logged and replayed like data, and invisible to other transactions until it commits.
+Catalog entries are ordinary tree entries: creating a table, or changing its definition
+(`Transaction.create_index`, `drop_index`, `add_column`, `drop_column`: the `'T'` entry and its
+chunks rewritten, a new index taking the next object id), is a write in a transaction, logged
+and replayed like data, and invisible to other transactions until it commits.
 """
 
 from __future__ import annotations
