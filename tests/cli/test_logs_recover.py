@@ -181,6 +181,7 @@ def test_recover_accepting_data_loss_names_only_the_databases_that_lost_data(
     loss = document["result"]["data_loss"]
     assert loss["databases"] == ["b"]
     assert loss["recovered_completely"] == ["a"]
+    assert loss["without_file"] == ["b"]
     code, document = run_json("dump", "header", directory / "a.edb")
     assert (document["result"]["state"], document["result"]["repair_count"]) == ("clean", 0)
     with jetstore.open(directory, **SMALL) as reopened, reopened.database("a").transaction() as txn:

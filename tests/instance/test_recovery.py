@@ -485,6 +485,7 @@ def test_accept_data_loss_recovers_the_others_without_a_missing_database(
         # Only b lost anything: a got every record it needed and is not "affected".
         assert loss.databases == ["b"]
         assert loss.recovered_completely == ["a"]
+        assert loss.without_file == ["b"]
         assert "changes in the log were dropped" in loss.reason
         with recovered.database("a").transaction() as txn:
             assert [row["id"] for row in txn.table("t").scan()] == list(range(300))
@@ -496,7 +497,10 @@ def test_accept_data_loss_recovers_the_others_without_a_missing_database(
     ]
     assert event["fields"]["databases"] == ["b"]
     assert event["fields"]["recovered_completely"] == ["a"]
-    assert "databases b were brought" in event["message"]
+    # b had no file: nothing was "brought" anywhere, its logged changes went aside.
+    assert event["fields"]["without_file"] == ["b"]
+    assert "databases none were brought" in event["message"]
+    assert "b had no file to recover" in event["message"]
     assert "a lost nothing" in event["message"]
     with jetstore.open(tmp_path, **options) as reopened:
         assert reopened.databases() == ["a"]

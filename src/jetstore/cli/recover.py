@@ -149,6 +149,13 @@ def _print_result(result: dict[str, Any]) -> None:
             )
         )
         console.print(Text(f"  databases that lost data: {', '.join(loss['databases']) or 'none'}"))
+        if loss["without_file"]:
+            console.print(
+                Text(
+                    "  without a file (logged changes set aside): "
+                    + ", ".join(loss["without_file"])
+                )
+            )
         console.print(
             Text(f"  recovered completely: {', '.join(loss['recovered_completely']) or 'none'}")
         )
@@ -257,6 +264,7 @@ def recover_command(
             "stopped_at": position_dict(loss.stopped_at),
             "databases": list(loss.databases),
             "recovered_completely": list(loss.recovered_completely),
+            "without_file": list(loss.without_file),
             "moved_logs_to": loss.moved_logs_to,
         },
         "seconds": round(time.monotonic() - started, 3),

@@ -267,14 +267,23 @@ class Instance:
                     if loss.recovered_completely
                     else ""
                 )
+                brought = [name for name in loss.databases if name not in loss.without_file]
+                fileless = (
+                    f"; {', '.join(loss.without_file)} had no file to recover (the changes the "
+                    "logs held for them were set aside with the logs)"
+                    if loss.without_file
+                    else ""
+                )
                 self.events.emit(
                     "recovery_data_loss",
                     f"recovery accepted data loss: {loss.reason}; databases "
-                    f"{', '.join(loss.databases) or 'none'} were brought to the last consistent "
-                    f"point the logs allowed ({loss.stopped_at or 'their checkpoint'}){complete}; "
+                    f"{', '.join(brought) or 'none'} were brought to the last consistent "
+                    f"point the logs allowed ({loss.stopped_at or 'their checkpoint'})"
+                    f"{fileless}{complete}; "
                     f"the old logs were moved to {loss.moved_logs_to or 'nowhere (none present)'} "
                     "and a new log stream begins",
                     databases=loss.databases,
+                    without_file=loss.without_file,
                     recovered_completely=loss.recovered_completely,
                     stopped_at=str(loss.stopped_at) if loss.stopped_at else None,
                     moved_logs_to=loss.moved_logs_to,

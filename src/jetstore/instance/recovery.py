@@ -80,7 +80,8 @@ class DataLoss:
     """What a recovery with `accept_data_loss` could not replay, and where the logs went.
 
     `databases` are those that lost data (`databases_losing_data`); `recovered_completely`
-    the attached databases that got every record they needed.
+    the attached databases that got every record they needed; `without_file` those of
+    `databases` that had no file to recover (their logged changes went aside with the logs).
     """
 
     reason: str
@@ -88,6 +89,7 @@ class DataLoss:
     databases: list[str]
     moved_logs_to: str | None = None
     recovered_completely: list[str] = field(default_factory=list)
+    without_file: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -384,6 +386,7 @@ def _settle_data_loss(
         databases=affected,
         moved_logs_to=moved,
         recovered_completely=sorted(db.name for db in databases if db.name not in repaired),
+        without_file=sorted(repaired - {db.name for db in databases}),
     )
     outcome.signature = None
     outcome.tail = None
