@@ -27,6 +27,11 @@ Invariants:
 - The server never raises into the instance: a failure to start or a dead selector thread is
   event 162 (`control_socket_failed`) and the instance goes on without the socket. A bad
   request is an error reply plus event 161; no request can end the selector thread.
+- The server reaches its instance weakly (`Instance.weak_self`): its threads must not keep
+  alive an instance the application dropped (`jetstore.instance.unclosed`). A request that
+  arrives while such an instance is being shut down gets `InstanceUnavailable`; a backup
+  worker holds its session, and so the instance, until the backup ends (as an application
+  holding the session would).
 - The socket file is only ever a socket: a stale one (crashed process; the directory lock
   proves no live instance serves it) is replaced at start; a non-socket file of that name is
   left alone (event 162). `stop()` removes the socket file only if it is still the one this
@@ -59,6 +64,7 @@ from jetstore.control.protocol import (
 )
 from jetstore.errors import (
     BackupInProgress,
+    InstanceUnavailable,
     InternalError,
     InvalidBackupSequence,
     InvalidParameter,
@@ -120,7 +126,8 @@ class ControlServer:
     """The control socket of one open instance (see the module docstring)."""
 
     def __init__(self, instance: Instance) -> None:
-        self.instance = instance
+        self._instance = instance.weak_self
+        self.directory = instance.directory
         self.path = socket_path(instance.directory)
         self.owner = f"{instance.owner}/control"
         self._registry = instance.registry
@@ -137,6 +144,25 @@ class ControlServer:
         self._stop_lock = threading.Lock()
         self.requests = 0
         self.rejected = 0
+
+    @property
+    def instance(self) -> Instance:
+        """The instance served (`InstanceUnavailable` once the application dropped it)."""
+        instance = self._instance.get()
+        if instance is None:
+            raise InstanceUnavailable(
+                f"instance '{self.directory}' is shutting down: the application dropped it "
+                "without closing it",
+                hint="connect again once it is reopened",
+            )
+        return instance
+
+    def _emit(self, name: str, message: str, **fields: Any) -> None:
+        """An event of the instance, if it is still there (the server never raises into
+        its own threads for want of an event log)."""
+        instance = self._instance.get()
+        if instance is not None:
+            instance.events.emit(name, message, **fields)
 
     # ----------------------------------------------------------------- start / stop
 
@@ -286,7 +312,7 @@ class ControlServer:
                 self._reap_workers()
         except Exception as exc:
             error = exc if isinstance(exc, JetError) else InternalError(repr(exc))
-            self.instance.events.emit(
+            self._emit(
                 "control_socket_failed",
                 f"the control socket thread of '{self.path}' stopped: {error}; the instance "
                 "goes on without it",
@@ -423,7 +449,7 @@ class ControlServer:
                     "ok": True,
                     "op": "ping",
                     "protocol": PROTOCOL_VERSION,
-                    "instance": self.instance.directory,
+                    "instance": self.directory,
                     "pid": os.getpid(),
                     "state": self.instance.state.value,
                 }
@@ -466,7 +492,7 @@ class ControlServer:
     def _reject(self, conn: _Conn, error: JetError, op: object) -> None:
         self.rejected += 1
         conn.outbuf += encode_line(error_reply(error, op))
-        self.instance.events.emit(
+        self._emit(
             "control_request_rejected",
             f"control socket request rejected: {error}",
             op=op if isinstance(op, str) else None,
@@ -622,6 +648,10 @@ class _BackupWorker:
                 except Exception:
                     session._end("aborted")  # whatever the event log did, free the handles
             self.conn.handle.close()
+            # The session references the instance: a finished worker waiting to be reaped
+            # must not keep it alive.
+            self.session = None
+            session = None
             self.server._worker_done(self)
 
     def _session_id(self) -> int | None:

@@ -33,6 +33,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     100: ("instance_started", "info"),
     101: ("instance_stopped", "info"),
     102: ("instance_failed", "error"),
+    103: ("instance_not_closed", "warning"),
     110: ("recovery_started", "info"),
     111: ("recovery_finished", "info"),
     112: ("recovery_checkpoint_file_ignored", "warning"),

@@ -23,6 +23,13 @@ Invariants:
   taken, and `close()` only lets go of the child's copies of the descriptors
   (`HandleRegistry.forget_owner`): no checkpoint, no unlock, no socket removed
   (`jetstore.io.forks`).
+- Nothing but the application keeps an open instance alive: its threads (background, log
+  preparer, control socket) reach it through `weak_self` only. When the application drops
+  the last reference (to the instance and to every `Database`, `Transaction`, `Table` or
+  backup session of it, each of which keeps it alive), `__del__` hands it to its own
+  background thread, which shuts it down as `close()` does after a `ResourceWarning`
+  (`jetstore.instance.unclosed`, which also closes the instances still open at interpreter
+  exit). The finalizer itself takes no lock: the collector may run inside engine code.
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import math
 import os
+import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -69,6 +79,7 @@ from jetstore.format.filenames import (
 from jetstore.format.logheader import decode_log_header
 from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_database
 from jetstore.format.positions import LogPosition
+from jetstore.instance import unclosed
 from jetstore.instance.database import Database
 from jetstore.instance.events import EventLog
 from jetstore.instance.recovery import (
@@ -81,7 +92,7 @@ from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import DirectoryLock, acquire_directory_lock
-from jetstore.io.threads import ManagedThread
+from jetstore.io.threads import ManagedThread, WeakOwner
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogWriter
 from jetstore.pages.cache import CacheBudget
@@ -195,7 +206,18 @@ class Instance:
         self._events: EventLog | None = None
         self._log: LogWriter | None = None
         self._background: ManagedThread | None = None
-        self._wake = threading.Event()
+        # What the background thread waits on: None wakes it early (a checkpoint is due, or
+        # it is to stop); the instance itself, put there by its finalizer, is to be shut down
+        # (`jetstore.instance.unclosed`). A SimpleQueue: its `put` takes no lock, so the
+        # finalizer may call it wherever the collector runs.
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._wake_pending = False
+        # Held by the background thread while a round holds the instance strongly: whoever
+        # must see whether the application dropped it (`unclosed.collect`) takes it first.
+        self._round_lock = threading.Lock()
+        #: How the engine's threads reach this instance without keeping it alive.
+        self.weak_self: WeakOwner[Instance] = WeakOwner(self)
+        self._closed_event = threading.Event()
         self._closing = False
         # One close (or simulated crash) at a time: a second caller waits for the first to
         # finish instead of closing the files under its final checkpoint.
@@ -339,8 +361,10 @@ class Instance:
                             db_id=attached.db_id,
                         )
             self._first_generation = self._log.current_generation
-            self._log.on_roll = self._on_roll
-            self._log.on_disk_full = self._on_disk_full
+            # The log preparer thread holds the writer, and the writer these callbacks:
+            # weakly bound, so that the thread does not keep the instance alive.
+            self._log.on_roll = self.weak_self.bind(Instance._on_roll)
+            self._log.on_disk_full = self.weak_self.bind(Instance._on_disk_full)
             # The first checkpoint marks every database attached (dirty) and, after a
             # recovery, writes the replayed changes: from here on, the logs before it are
             # not needed any more.
@@ -356,8 +380,14 @@ class Instance:
                 self.registry,
                 self.owner,
                 "jetstore-background",
-                self._background_loop,
-                wake=self._wake.set,
+                functools.partial(
+                    _background_loop,
+                    self.weak_self,
+                    self._inbox,
+                    self._round_lock,
+                    self.options.lazy_flush_interval,
+                ),
+                wake=functools.partial(self._inbox.put, None),
             )
             for name, db in sorted(self._databases.items()):
                 self.events.emit(
@@ -374,9 +404,10 @@ class Instance:
                 databases=sorted(self._databases),
             )
             self._start_control()
+            unclosed.track(self, self._round_lock)
         except BaseException:
             self._release_everything()
-            self.state = InstanceState.CLOSED
+            self._mark_closed()
             raise
 
     def _claim_directory(self) -> DirectoryLock:
@@ -874,8 +905,9 @@ class Instance:
     def note_commit(self, nbytes: int) -> None:
         self.commits += 1
         self._bytes_since_checkpoint += nbytes
-        if self._bytes_since_checkpoint >= self.options.checkpoint_depth:
-            self._wake.set()
+        if self._bytes_since_checkpoint >= self.options.checkpoint_depth and not self._wake_pending:
+            self._wake_pending = True  # one wake a round, not one a commit until it runs
+            self._inbox.put(None)
 
     def wait_durable(self, position: LogPosition) -> None:
         try:
@@ -1353,30 +1385,30 @@ class Instance:
 
     # ----------------------------------------------------------------- background
 
-    def _background_loop(self, stop: threading.Event) -> None:
+    def _background_round(self) -> None:
+        """One round of the background thread (`_background_loop`): the lazy flush, and a
+        checkpoint when one is due."""
+        self._wake_pending = False
+        if self.state is not InstanceState.OPEN:
+            return
         options = self.options
-        while not stop.is_set():
-            self._wake.wait(options.lazy_flush_interval)
-            self._wake.clear()
-            if stop.is_set() or self.state is not InstanceState.OPEN:
-                continue
-            log = self.log
-            try:
-                if log.needs_flush():
-                    log.flush()  # lazy commits become durable within the interval
-            except JetError as exc:
-                self._fail(exc)
-                continue
-            due = self._bytes_since_checkpoint >= options.checkpoint_depth or (
-                self._bytes_since_checkpoint > 0
-                and time.monotonic() - self._last_checkpoint_time >= options.checkpoint_interval
-            )
-            if not due and self.checkpoint_file_error is not None:
-                due = time.monotonic() - self._last_checkpoint_time >= 1.0
-            if due:
-                # The background never raises: a failure is recorded (FAILED state, event)
-                # and the next API call reports it.
-                self._checkpoint(final=False, raise_errors=False)
+        log = self.log
+        try:
+            if log.needs_flush():
+                log.flush()  # lazy commits become durable within the interval
+        except JetError as exc:
+            self._fail(exc)
+            return
+        due = self._bytes_since_checkpoint >= options.checkpoint_depth or (
+            self._bytes_since_checkpoint > 0
+            and time.monotonic() - self._last_checkpoint_time >= options.checkpoint_interval
+        )
+        if not due and self.checkpoint_file_error is not None:
+            due = time.monotonic() - self._last_checkpoint_time >= 1.0
+        if due:
+            # The background never raises: a failure is recorded (FAILED state, event)
+            # and the next API call reports it.
+            self._checkpoint(final=False, raise_errors=False)
 
     # ----------------------------------------------------------------- counters
 
@@ -1464,7 +1496,7 @@ class Instance:
         if self._events is not None and self.state is InstanceState.OPEN:
             self._events.emit("instance_stopped", f"instance '{self.directory}' shut down cleanly")
         self._release_everything()
-        self.state = InstanceState.CLOSED
+        self._mark_closed()
         if error is not None:
             raise error
 
@@ -1484,7 +1516,7 @@ class Instance:
             if self._log is not None:
                 self._log._failed = InstanceUnavailable("simulated crash")
             self._release_everything()
-            self.state = InstanceState.CLOSED
+            self._mark_closed()
 
     def _let_go_in_child(self) -> None:
         """Close a forked child's copy of the instance without touching the parent's: its
@@ -1494,7 +1526,68 @@ class Instance:
         self._background = None
         self._backup = None
         self.registry.forget_owner(self.owner)
+        self._mark_closed()
+
+    def _mark_closed(self) -> None:
         self.state = InstanceState.CLOSED
+        self._closed_event.set()
+        unclosed.forget(self)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the instance is closed (by anyone); True if it is."""
+        return self._closed_event.wait(timeout)
+
+    def close_unreferenced(self, why: str, *, wait: bool) -> None:
+        """Shut down an instance the application did not close (`jetstore.instance.unclosed`):
+        a ResourceWarning and event 103, then what `close()` does. Never raises a JetError:
+        what failed is in the events, everything is released anyway, and the next open
+        recovers. With `wait=False` (the instance's background thread) it returns at once if
+        another thread is closing the instance: that one joins the background thread, which
+        must not wait for it in turn."""
+        if not self._close_lock.acquire(blocking=wait):
+            return
+        try:
+            if self.state is InstanceState.CLOSED:
+                return
+            unclosed.warn(unclosed.message(self), self)
+            if self._events is not None:
+                self._events.emit(
+                    "instance_not_closed",
+                    f"instance '{self.directory}' was not closed ({why}); shutting it down "
+                    "as close() does",
+                    why=why,
+                    state=self.state.value,
+                )
+            try:
+                self._close()
+            except JetError as exc:
+                unclosed.warn(
+                    f"jetstore instance at {self.directory} could not be shut down cleanly "
+                    f"({exc.brief()}); its handles are released and the next open recovers "
+                    "from the log",
+                    self,
+                )
+        finally:
+            self._close_lock.release()
+
+    def __del__(self) -> None:
+        # The last reference is gone while the instance is open: hand it to its background
+        # thread to be shut down (`jetstore.instance.unclosed`). Nothing more here: the
+        # collector may run on any thread, inside engine code holding the locks a shutdown
+        # takes. Resurrected by the hand-over; `__del__` does not run a second time.
+        try:
+            if sys.is_finalizing():
+                return  # threads may be frozen already: the OS and soft recovery take over
+        except Exception:
+            return
+        if getattr(self, "state", InstanceState.CLOSED) is InstanceState.CLOSED:
+            return  # closed, or its open failed (or never began: __init__ raised)
+        if self.pid != forks.PID:
+            return  # a forked child's copy of the parent's instance: not ours to touch
+        # The collector cleared the weak references before calling us: the threads and
+        # callbacks that use them see the instance again while it shuts down.
+        self.weak_self.rebind(self)
+        unclosed.hand_off(self, self._background, self._inbox)
 
     def _abort_backup(self, reason: str) -> None:
         session = self._backup
@@ -1550,6 +1643,46 @@ class Instance:
         return f"<jetstore.Instance {self.directory!r} {self.state.value}>"
 
 
+def _background_loop(
+    weak: WeakOwner[Instance],
+    inbox: queue.SimpleQueue[object],
+    round_lock: threading.Lock,
+    interval: float,
+    stop: threading.Event,
+) -> None:
+    """The instance's background thread: every `interval` (or when woken) a round of lazy
+    flush and checkpoint (`Instance._background_round`); and the shutdown of the instance
+    when its finalizer hands it over (`jetstore.instance.unclosed`).
+
+    A function, not a method, and the instance is taken from `weak` for one round at a time,
+    under `round_lock`: a running thread keeps what it references alive, and this one must
+    not keep the instance alive once the application dropped it (`unclosed.collect` takes
+    the lock to look between rounds).
+    """
+    while not stop.is_set():
+        try:
+            message = inbox.get(timeout=interval)
+        except queue.Empty:
+            message = None
+        while message is None and not inbox.empty():  # only this thread takes from it
+            message = inbox.get_nowait()
+        if isinstance(message, Instance):
+            # Between rounds this thread holds no engine lock: a safe place to shut down.
+            message.close_unreferenced(unclosed.WHY_DROPPED, wait=False)
+            return
+        if stop.is_set():
+            return
+        with round_lock:
+            if stop.is_set():
+                return  # closed while this thread waited for the lock
+            instance = weak.get()
+            if instance is not None:
+                instance._background_round()
+            # Collected (its hand-over is on its way here) or not: nothing is held while
+            # waiting.
+            del instance
+
+
 def _what_to_do(error: JetError) -> str:
     """The end of an event message that names `error` by `JetError.brief`: its hint."""
     return f". What to do: {error.hint}" if error.hint else ""
@@ -1574,7 +1707,16 @@ def open_instance(
             # An existing stream keeps its log file size unless the caller asks otherwise.
             options["log_file_size"] = existing
     instance = Instance(directory, InstanceOptions(**options), filesystem)
-    instance._open()
+    try:
+        instance._open()
+    except FileAccessDenied as exc:
+        # A lock this process holds (errno None: a lock, not a permission) may belong to an
+        # instance the application dropped without closing it, still waiting for the cyclic
+        # collector: collect, let it shut down, and try once more.
+        if exc.errno is not None or not unclosed.reclaim():
+            raise
+        instance = Instance(directory, InstanceOptions(**options), filesystem)
+        instance._open()
     return instance
 
 

@@ -4,14 +4,62 @@ A `ManagedThread` runs `target(stop_event)`; `close()` sets the event, calls `wa
 thread sleeping on some other event notices at once) and joins the thread, so an instance that
 closes leaves no thread behind. A thread that dies of an exception records it
 in `error` (the owner decides what it means) instead of printing a traceback.
+
+Invariants:
+- A running thread is a root for the garbage collector: whatever its target references stays
+  alive. So an engine thread reaches the object that owns it (the `Instance` the application
+  holds) only through a `WeakOwner`, never strongly: when the application drops its last
+  reference, the owner is collected and its finalizer runs, although its threads still run
+  (`jetstore.instance.unclosed`).
+- A thread never joins itself: `close()` from the thread's own code (an owner shut down by its
+  own background thread) stops and unregisters it, and the thread ends when its target returns.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Concatenate, Generic, ParamSpec, TypeVar
 
 from jetstore.io.handles import HandleKind, HandleRegistry
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class WeakOwner(Generic[T]):
+    """How an engine thread (or a callback an engine thread calls) reaches its owner without
+    keeping it alive.
+
+    One object shared by every thread-side user of an owner, so that an owner resurrected by
+    its finalizer (whose weak references the collector cleared first) makes all of them see
+    it again with one `rebind`.
+    """
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, owner: T) -> None:
+        self._ref: weakref.ref[T] = weakref.ref(owner)
+
+    def get(self) -> T | None:
+        """The owner, or None once it was collected."""
+        return self._ref()
+
+    def rebind(self, owner: T) -> None:
+        """Point at `owner` again (from its finalizer, which keeps it alive to shut it down)."""
+        self._ref = weakref.ref(owner)
+
+    def bind(self, function: Callable[Concatenate[T, P], None]) -> Callable[P, None]:
+        """`function(owner, ...)` as a callback that holds the owner weakly; once the owner is
+        gone the call does nothing (nothing is left to tell)."""
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> None:
+            owner = self._ref()
+            if owner is not None:
+                function(owner, *args, **kwargs)
+
+        return call
 
 
 class ManagedThread:
@@ -48,6 +96,17 @@ class ManagedThread:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def is_current(self) -> bool:
+        """True when called from this thread's own code."""
+        return threading.current_thread() is self._thread
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end by itself, without stopping it; True once it ended."""
+        if not self.is_current:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def close(self) -> None:
         self._handle.close()
