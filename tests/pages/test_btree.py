@@ -34,6 +34,7 @@ from jetstore.pages.btree import (
     Mutation,
     Node,
     child_ref,
+    count_dirty_nodes,
     count_entries,
     decode_node,
     dirty_nodes_postorder,
@@ -140,6 +141,8 @@ class BTreeMachine(RuleBasedStateMachine):
         self.mutation = Mutation(self.store, None, self.epoch, self.freed)
         self.model: dict[bytes, bytes] = {}
         self.base_written: set[int] = set()
+        # Dirty nodes of the tree the current mutation started from (`dirty_counted`).
+        self.dirty_base = 0
         self.snapshots: list[tuple[Node | None, dict[bytes, bytes], Prints]] = []
 
     @initialize(seed=st.integers(0, 2**32), count=st.sampled_from([0, 10, 300]))
@@ -209,6 +212,7 @@ class BTreeMachine(RuleBasedStateMachine):
         assert set(self.freed) == self.base_written - set(now_written)
         self.freed.clear()
         self.base_written = set(now_written)
+        self.dirty_base += self.mutation.dirtied
         self.epoch += 1
         self.mutation = Mutation(self.store, root, self.epoch, self.freed)
         return root
@@ -223,6 +227,7 @@ class BTreeMachine(RuleBasedStateMachine):
         self.store.checkpoint(root, checkpoint_seq=self.epoch)
         self.base_written = set(written_pgnos(self.store, root))
         assert dirty_nodes_postorder(root) == []
+        self.dirty_base = 0
 
     @rule()
     def checkpoint_mid_mutation(self) -> None:
@@ -231,6 +236,7 @@ class BTreeMachine(RuleBasedStateMachine):
         root = self.mutation.root
         self.store.checkpoint(root, checkpoint_seq=self.epoch)
         self.base_written |= set(written_pgnos(self.store, root))
+        self.dirty_base = -self.mutation.dirtied  # nothing is dirty now
         self.snapshots.append((root, dict(self.model), fingerprint(root)))
         del self.snapshots[:-4]
 
@@ -245,6 +251,13 @@ class BTreeMachine(RuleBasedStateMachine):
     @invariant()
     def structure(self) -> None:
         check_tree(self.store, self.mutation.root, self.model)
+
+    @invariant()
+    def dirty_counted(self) -> None:
+        # What the engine adds up to bound the dirty bytes a checkpoint has to write.
+        root = self.mutation.root
+        dirty = self.dirty_base + self.mutation.dirtied
+        assert dirty == len(dirty_nodes_postorder(root)) == count_dirty_nodes(root)
 
     @invariant()
     def snapshots_are_immutable(self) -> None:

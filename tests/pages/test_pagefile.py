@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import tracemalloc
 
 import pytest
 
@@ -31,6 +32,7 @@ from jetstore.format.dbheader import DatabaseHeader, decode_db_header
 from jetstore.format.page import PageType, decode_page, verify_page
 from jetstore.format.positions import LogPosition
 from jetstore.io import FileSystem, HandleRegistry
+from jetstore.io.files import File
 from jetstore.io.locking import lock_file
 from jetstore.pages.btree import (
     Mutation,
@@ -45,7 +47,7 @@ from jetstore.pages.btree import (
     ref_pgno,
     verify_tree,
 )
-from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
+from jetstore.pages.pagefile import _WRITE_BATCH, CheckpointPlan, DatabaseFile
 from jetstore.pages.references import PageReferences
 
 PAGE = 4096
@@ -422,6 +424,53 @@ def test_replayed_leaf_images_are_written_then_dropped(fs: FileSystem, path: str
         check_accounting(other)
     finally:
         other.close()
+
+
+def test_a_large_checkpoint_writes_its_pages_as_it_encodes_them(
+    fs: FileSystem, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint holds at most a batch of page images at a time, not one per dirty node:
+    it used to encode them all before writing any, doubling the memory of a large checkpoint
+    (the dirty nodes, then their images). Writes stay in page order, in runs of consecutive
+    pages, and the file reopens to the model with every page accounted for."""
+    h = Harness(fs, path)
+    h.commit([(b"k%06d" % i, b"v" * 200) for i in range(200)])
+    h.checkpoint()  # some written pages, so that the next plan also reuses freed ones
+    h.commit([(b"k%06d" % i, bytes([i % 251]) * 300) for i in range(0, 40_000, 2)])
+    plan = h.plan()
+    image_bytes = len(plan.dirty) * PAGE
+    bound = 3 * _WRITE_BATCH * PAGE  # a batch of images and its joined copy, and some slack
+    assert image_bytes > 4 * bound, "the tree must be large for the bound to say anything"
+    writes: list[tuple[int, int]] = []
+    real_pwrite = File.pwrite
+
+    def pwrite(self: File, data: bytes, offset: int) -> None:
+        writes.append((offset // PAGE, len(data) // PAGE))
+        real_pwrite(self, data, offset)
+
+    monkeypatch.setattr(File, "pwrite", pwrite)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        h.db.write_checkpoint_pages(plan)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        monkeypatch.undo()
+    assert peak < bound, f"{peak} bytes held while writing {image_bytes} bytes of pages"
+    assert all(n <= _WRITE_BATCH for _start, n in writes)
+    assert [start for start, _n in writes] == sorted(start for start, _n in writes)
+    assert sum(n for _start, n in writes) == plan.pages_written
+    h.db.header_for_plan(plan)
+    h.db.finish_checkpoint(plan, None)
+    h.durable_model = dict(h.model)
+    other = reopen(fs, path)
+    try:
+        assert contents(other, other.root()) == sorted(h.model.items())
+        check_accounting(other)
+    finally:
+        other.close()
+    h.db.close()
 
 
 def test_lookup_agrees_with_btree_lookup_and_counts_cache_hits(fs: FileSystem, path: str) -> None:

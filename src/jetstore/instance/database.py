@@ -23,6 +23,11 @@ Invariants:
   snapshots since the last catalog change (`catalog_cache`) are those the tree holds.
 - Every open transaction is registered with its snapshot position; pages a commit frees are
   reused only after every older snapshot ended (see `jetstore.pages.pagefile`).
+- `dirty_nodes` is the number of never-written nodes of the published tree (what the next
+  checkpoint writes), kept under the commit lock from each commit's `Mutation.dirtied` (or
+  counted after a bulk merge) and set to 0 when a checkpoint assigns them pages
+  (`bump_plan_epoch`). They are held in memory outside the node cache until written: the
+  instance checkpoints early, and makes committers wait, when they grow past `cache_size`.
 - When the instance closes (`close_transactions`) every transaction still open is rolled
   back: its next use, a step of its iterators included, raises `NotInTransaction` saying the
   instance closed, and no new one begins (its file is closed).
@@ -46,7 +51,13 @@ from jetstore.format.logrecords import (
 )
 from jetstore.format.positions import LogPosition
 from jetstore.io import forks
-from jetstore.pages.btree import Mutation, Node, iterate, merge_sorted_columns
+from jetstore.pages.btree import (
+    Mutation,
+    Node,
+    count_dirty_nodes,
+    iterate,
+    merge_sorted_columns,
+)
 from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.catalog import NEXT_OBJECT_ID_KEY, TABLE_ENTRY_PREFIX
 from jetstore.tables.keys import tuple_prefix_stop
@@ -82,6 +93,7 @@ class Database:
         self.page_size = file.page_size
         self.max_transaction_bytes = instance.options.max_transaction_bytes
         self._published: tuple[Node | None, LogPosition, int] = (file.root(), position, 0)
+        self.dirty_nodes = 0
         self._active: dict[int, LogPosition] = {}
         # The open transactions themselves, weakly (an abandoned one must still be collected
         # and end itself): rolled back when the instance closes.
@@ -287,6 +299,11 @@ class Database:
                     self._instance.wait_durable(log.end_position)
             return None
         log = instance.log
+        _root, position, plan_epoch = self._published
+        if plan_epoch != txn.plan_epoch and position == txn.snapshot_position:
+            # Only a checkpoint's plan since the snapshot: build the private tree again on the
+            # written snapshot, outside the lock, rather than replay every write under it.
+            txn.rebase(plan_epoch)
         txn.prepare_commit()  # the private tree is built outside the commit lock
         ordered = txn.operations_in_key_order() if len(operations) > 1 else None
         with instance.commit_lock:
@@ -303,9 +320,13 @@ class Database:
             if fast:
                 assert mutation is not None
                 new_root, freed = mutation.root, mutation.freed
+                absolute, dirtied = txn.dirty_nodes()
+                dirty = dirtied if absolute else self.dirty_nodes + dirtied
             else:
                 self._check_conflicts(txn)
                 self._check_unique(txn, root)
+                # The private tree was built on an older root: not kept beside the replay.
+                mutation = txn.mutation = None
                 replay = Mutation(self.file, root, next_epoch(), [])
                 for key, value in operations.items():
                     if value is None:
@@ -313,6 +334,7 @@ class Database:
                     else:
                         replay.put(key, value)
                 new_root, freed = replay.root, replay.freed
+                dirty = self.dirty_nodes + replay.dirtied
             # In key order when at hand (replay sorts runs faster), else as first written.
             if ordered is None:
                 payload = encode_commit_changes(self.db_id, txn.id, now_us(), operations)
@@ -325,6 +347,8 @@ class Database:
                 if txn.catalog_written:
                     self._catalog = (end, {})  # before publishing: see `catalog_cache`
                 self._published = (new_root, end, plan_epoch)
+                dirtied_bytes = (dirty - self.dirty_nodes) * self.page_size
+                self.dirty_nodes = dirty
                 if freed:
                     self.file.note_freed(end, freed)
                 if len(self._active) > 1 or self._recent_log:
@@ -340,7 +364,7 @@ class Database:
                     txn._finish_in_doubt(end)
                 raise
             self.commits += 1
-            instance.note_commit(len(payload))
+            instance.note_commit(len(payload), dirtied_bytes)
         txn._finish_committed(end)
         self.end_transaction(txn)
         if not lazy:
@@ -353,6 +377,7 @@ class Database:
                 # completes the flush and serves on.)
                 txn.state = TransactionState.IN_DOUBT
                 raise
+        instance.write_back()  # back-pressure: a checkpoint first when dirty pages are too many
         return end
 
     def _check_conflicts(self, txn: Transaction) -> None:
@@ -519,6 +544,7 @@ class Database:
             new_root = merge_sorted_columns(
                 self.file, root, keys, values, next_epoch(), freed, images=True
             )
+            self.dirty_nodes = count_dirty_nodes(new_root)
         else:
             mutation = Mutation(self.file, root, next_epoch(), freed)
             for key in sorted(changes):
@@ -528,6 +554,7 @@ class Database:
                 else:
                     mutation.put(key, value)
             new_root = mutation.root
+            self.dirty_nodes += mutation.dirtied
         self._published = (new_root, end, plan_epoch)
         self.file.note_freed(end, freed)
         self._replay = {}
@@ -539,9 +566,11 @@ class Database:
         self._published = (root, position, plan_epoch)
 
     def bump_plan_epoch(self) -> None:
-        """A checkpoint assigned pages: transactions that copied nodes before must replay."""
+        """A checkpoint assigned pages to every dirty node: transactions that copied nodes
+        before must build their tree again (`Transaction.rebase`) or replay."""
         root, position, plan_epoch = self._published
         self._published = (root, position, plan_epoch + 1)
+        self.dirty_nodes = 0
 
     def _refuse_closed(self) -> None:
         instance = self._instance

@@ -16,6 +16,12 @@ Invariants:
 - WAL rule: a checkpoint makes the log durable up to its position before writing any page.
 - Checkpoint order: pages, sync, both header copies of every database, then the checkpoint
   file; the durable checkpoint value changes only after the checkpoint file was synced.
+- Dirty pages (never-written nodes of the published trees, `_dirty_bytes`, counted in pages)
+  start a checkpoint at half of `cache_size`, and a commit that leaves them at `cache_size` or
+  more returns only after a checkpoint wrote them (`write_back`), so the memory they take is
+  bounded by the cache budget as the cached clean pages are, and not only by the log volume
+  between checkpoints (`checkpoint_depth`), which for small records spread over many leaves
+  dirtied a page per record.
 - `close()` is a clean shutdown: a final checkpoint marks every header clean (no logs needed);
   it releases every handle even when something fails on the way.
 - An instance belongs to the process that opened it. In a child forked from it (which shares
@@ -201,6 +207,8 @@ class Instance:
         self.failure: JetError | None = None
         self.commit_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
+        # The thread holding `_checkpoint_lock` (its commits must not wait for a checkpoint).
+        self._checkpoint_holder: int | None = None
         self._databases: dict[str, Database] = {}
         self._lock: DirectoryLock | None = None
         self._events: EventLog | None = None
@@ -223,6 +231,9 @@ class Instance:
         # finish instead of closing the files under its final checkpoint.
         self._close_lock = threading.RLock()
         self._bytes_since_checkpoint = 0
+        #: Bytes of pages the next checkpoint writes (the dirty nodes' count, in pages).
+        self._dirty_bytes = 0
+        self.write_backs = 0
         self._last_checkpoint_time = time.monotonic()
         self.durable_checkpoint: LogPosition | None = None
         self.candidate_checkpoint: LogPosition | None = None
@@ -902,12 +913,32 @@ class Instance:
 
     # ----------------------------------------------------------------- commit support
 
-    def note_commit(self, nbytes: int) -> None:
+    def note_commit(self, nbytes: int, dirtied_bytes: int = 0) -> None:
+        """A commit of `nbytes` of log changed the dirty pages by `dirtied_bytes` (under the
+        commit lock): the background checkpoint starts at `checkpoint_depth` bytes of log or
+        at half of `cache_size` of dirty pages, whichever comes first."""
         self.commits += 1
         self._bytes_since_checkpoint += nbytes
-        if self._bytes_since_checkpoint >= self.options.checkpoint_depth and not self._wake_pending:
+        self._dirty_bytes += dirtied_bytes
+        if (
+            self._bytes_since_checkpoint >= self.options.checkpoint_depth
+            or self._dirty_bytes >= self.options.cache_size // 2
+        ) and not self._wake_pending:
             self._wake_pending = True  # one wake a round, not one a commit until it runs
             self._inbox.put(None)
+
+    def write_back(self) -> None:
+        """Back-pressure, called by a committer holding no lock: while the dirty pages reach
+        `cache_size` (the background checkpoint started at half of it and has not caught up,
+        or one commit dirtied that much), checkpoint before returning, as ESE's writers wait
+        for the cache to be written back. Not within a `checkpoint_guard` of this thread.
+        A failed checkpoint fails the instance (D9) as a background one does; the commit
+        itself succeeded and returns normally."""
+        if self._dirty_bytes < self.options.cache_size:
+            return
+        if self._checkpoint_holder == threading.get_ident():
+            return
+        self._checkpoint(final=False, raise_errors=False, write_back=True)
 
     def wait_durable(self, position: LogPosition) -> None:
         try:
@@ -983,10 +1014,16 @@ class Instance:
             self.check_writable()  # raises: say why the instance stopped
         return self._checkpoint(final=final, raise_errors=True)
 
-    def _checkpoint(self, *, final: bool, raise_errors: bool) -> LogPosition | None:
-        with self._checkpoint_lock:
+    def _checkpoint(
+        self, *, final: bool, raise_errors: bool, write_back: bool = False
+    ) -> LogPosition | None:
+        with self._holding_checkpoint_lock():
             if self.state is not InstanceState.OPEN:
                 return self.durable_checkpoint
+            if write_back:
+                if self._dirty_bytes < self.options.cache_size:
+                    return self.durable_checkpoint  # a checkpoint wrote them meanwhile
+                self.write_backs += 1
             try:
                 self._checkpoint_locked(final)
             except JetError as exc:
@@ -994,6 +1031,15 @@ class Instance:
                 if raise_errors:
                     raise
             return self.durable_checkpoint
+
+    @contextmanager
+    def _holding_checkpoint_lock(self) -> Iterator[None]:
+        with self._checkpoint_lock:
+            self._checkpoint_holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._checkpoint_holder = None
 
     def _checkpoint_locked(self, final: bool) -> None:
         log = self.log
@@ -1006,6 +1052,7 @@ class Instance:
                     db.bump_plan_epoch()
                 plans.append((db, plan))
             self._bytes_since_checkpoint = 0
+            self._dirty_bytes = 0  # every dirty node has its page now
         self.candidate_checkpoint = position
         self._last_checkpoint_time = time.monotonic()
         log.wait_durable(position)  # WAL rule: the log first, then the pages
@@ -1345,7 +1392,7 @@ class Instance:
     @contextmanager
     def checkpoint_guard(self) -> Iterator[None]:
         """Hold off checkpoints (and the log deletion that follows them) for a moment."""
-        with self._checkpoint_lock:
+        with self._holding_checkpoint_lock():
             yield
 
     def truncate_logs_after_backup(self, first_copied: int) -> list[int]:
@@ -1399,7 +1446,10 @@ class Instance:
         except JetError as exc:
             self._fail(exc)
             return
-        due = self._bytes_since_checkpoint >= options.checkpoint_depth or (
+        due = (
+            self._bytes_since_checkpoint >= options.checkpoint_depth
+            or self._dirty_bytes >= options.cache_size // 2
+        ) or (
             self._bytes_since_checkpoint > 0
             and time.monotonic() - self._last_checkpoint_time >= options.checkpoint_interval
         )
@@ -1449,6 +1499,9 @@ class Instance:
             if self.checkpoint_file_error
             else None,
             "bytes_since_checkpoint": self._bytes_since_checkpoint,
+            "dirty_bytes": self._dirty_bytes,
+            "write_backs": self.write_backs,
+            "cache_bytes": self.cache_budget.used,
             "cache_hits": sum(c.hits for c in caches),
             "cache_misses": sum(c.misses for c in caches),
             "pages_read": sum(db.file.pages_read for db in self._databases.values()),

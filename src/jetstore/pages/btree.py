@@ -122,6 +122,7 @@ __all__ = [
     "build_tree",
     "check_page_crc",
     "child_ref",
+    "count_dirty_nodes",
     "count_entries",
     "decode_node",
     "dirty_nodes_postorder",
@@ -665,6 +666,23 @@ def count_entries(store: NodeStore, root: Node | None) -> int:
 # --- checkpointer helpers ----------------------------------------------------------------
 
 
+def count_dirty_nodes(root: Node | None) -> int:
+    """How many never-written nodes the tree at `root` has (what its checkpoint writes).
+
+    Walks the dirty nodes only (written ones cannot reach a dirty node): use it where the
+    tree was just built (a bulk merge), and `Mutation.dirtied` to follow changes.
+    """
+    count = 0
+    stack = [] if root is None or root.pgno is not None else [root]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        node = pop()
+        count += 1
+        if not node.leaf:
+            extend([c for c in node.children if type(c) is Node and c.pgno is None])
+    return count
+
+
 def dirty_nodes_postorder(root: Node | None) -> list[tuple[Node, Node | None, int]]:
     """Every never-written node of the tree at `root`, children before parents.
 
@@ -787,9 +805,25 @@ class Mutation:
     `epoch` identifies the nodes this mutation creates (must be > 0 and unique per mutation);
     they are changed in place, everything else is copied first. Page numbers of written nodes
     that the new tree no longer uses are appended to `freed`, each once.
+
+    `dirtied` is how many more dirty (never written) nodes the tree at `root` has than the tree
+    the mutation started from: a written node copied, a split or a new root adds one; a dirty
+    node that leaves the tree (merged away, a collapsed root) takes one off; a dirty node of
+    another epoch replaced by its copy changes nothing. The engine adds it up per commit to
+    know how many page bytes the next checkpoint has to write (the dirty nodes are held in
+    memory until then, outside the node cache and its budget).
     """
 
-    __slots__ = ("_capacity", "_epoch", "_freed", "_max_entry", "_min_fill", "_root", "_store")
+    __slots__ = (
+        "_capacity",
+        "_epoch",
+        "_freed",
+        "_max_entry",
+        "_min_fill",
+        "_root",
+        "_store",
+        "dirtied",
+    )
 
     def __init__(self, store: NodeStore, root: Node | None, epoch: int, freed: list[int]) -> None:
         if epoch <= 0:
@@ -800,6 +834,7 @@ class Mutation:
         self._epoch = epoch
         self._freed = freed
         self._capacity, self._max_entry, self._min_fill = _limits(store.page_size)
+        self.dirtied = 0
 
     @property
     def root(self) -> Node | None:
@@ -829,6 +864,7 @@ class Mutation:
         node = self._root
         if node is None:
             self._root = Node(True, [key], [value], [], None, epoch, size)
+            self.dirtied += 1
             return
         if node.owner != epoch or node.pgno is not None:
             node = self._root = self._copy(node)
@@ -885,6 +921,7 @@ class Mutation:
                 self._fix(node, path, indexes)
         elif not node.keys:
             self._root = None
+            self.dirtied -= 1  # the root leaf, owned (so dirty) since it was copied above
         return True
 
     # -- internals --
@@ -895,6 +932,7 @@ class Mutation:
     def _copy(self, node: Node) -> Node:
         if node.pgno is not None:
             self._freed.append(node.pgno)
+            self.dirtied += 1  # else a dirty node is replaced by its dirty copy
         if node.leaf:
             return Node(
                 True, node.keys.copy(), node.values.copy(), [], None, self._epoch, node.nbytes
@@ -933,6 +971,8 @@ class Mutation:
     def _discard(self, node: Node) -> None:
         if node.pgno is not None:
             self._freed.append(node.pgno)
+        else:
+            self.dirtied -= 1
 
     def _fix(self, node: Node, path: list[Node], indexes: list[int]) -> None:
         """Restore the size invariants upward from `node`, the changed end of `path`.
@@ -955,7 +995,7 @@ class Mutation:
             else:
                 return
             node = parent
-        # `node` is the root.
+        # `node` is the root (owned, so dirty).
         if node.nbytes > capacity:
             separator, right = self._split(node)
             self._root = Node(
@@ -967,11 +1007,15 @@ class Mutation:
                 self._epoch,
                 _BRANCH_BASE + BRANCH_ENTRY_OVERHEAD + len(separator),
             )
+            self.dirtied += 1
         elif node.leaf:
             if not node.keys:
                 self._root = None
+                self.dirtied -= 1
         else:
             while not node.leaf and not node.keys:
+                if node.pgno is None:
+                    self.dirtied -= 1
                 node = self._child(node, 0)
             self._root = node
 
@@ -982,6 +1026,7 @@ class Mutation:
             values = node.values
             m, left = _leaf_split_point(keys, values, node.nbytes)
             right = Node(True, keys[m:], values[m:], [], None, self._epoch, node.nbytes - left)
+            self.dirtied += 1
             del keys[m:], values[m:]
             node.nbytes = left
             return _separator(keys[-1], right.keys[0]), right
@@ -989,6 +1034,7 @@ class Mutation:
         m, left, right_size = _branch_split_point(keys, node.nbytes)
         separator = keys[m]
         right = Node(False, keys[m + 1 :], [], children[m + 1 :], None, self._epoch, right_size)
+        self.dirtied += 1
         node.keys = keys[:m]  # a new list: `keys` may be shared with a published node
         node.shared_keys = False
         del children[m + 1 :]

@@ -4,7 +4,8 @@ Invariants:
 - Only clean nodes (written, `pgno` set, immutable) are cached, so evicting one never loses
   data: it is re-read and re-verified from its page on the next access.
 - Dirty nodes are never here; they live only in the tree that references them until a
-  checkpoint writes them.
+  checkpoint writes them (the instance bounds them by `cache_size` as well, by checkpointing
+  early: `Instance.write_back`, design D17).
 - A page number is dropped from the cache before its page may be reused for another node.
 
 Replacement is second-chance FIFO (CLOCK): a hit only sets the node's `referenced` bit,

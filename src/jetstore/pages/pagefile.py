@@ -84,6 +84,8 @@ _FREELIST_HEAD = struct.Struct("<Q")
 #: Suffix of a database file being created (never opened as a database).
 CREATING_SUFFIX = ".creating"
 _U64 = struct.Struct("<Q")
+#: Most pages a checkpoint writes with one call (and holds encoded at once).
+_WRITE_BATCH = 256
 
 
 @dataclass
@@ -557,20 +559,30 @@ class DatabaseFile:
         """Write the plan's pages and sync them (outside the commit lock).
 
         The log must already be durable up to `plan.position` (WAL rule): the caller does it.
+
+        Pages are written as they are encoded, a run of consecutive page numbers (at most
+        `_WRITE_BATCH` pages) at a time: holding every image until the end doubled the
+        memory of a large checkpoint (the dirty nodes, then as many page images again).
+        `plan_checkpoint` numbers the dirty nodes in postorder from the lowest free page up,
+        so the runs are as long as the free space allows.
         """
         page_size = self.page_size
         seq = plan.checkpoint_seq
+        file = self._file
         batch: list[bytes] = []
         batch_start = -1
         written = 0
 
-        def flush_batch() -> None:
-            nonlocal batch, batch_start
-            if batch:
-                self._file.pwrite(b"".join(batch), batch_start * page_size)
+        def add(pgno: int, data: bytes) -> None:
+            nonlocal batch, batch_start, written
+            if batch and (pgno != batch_start + len(batch) or len(batch) >= _WRITE_BATCH):
+                file.pwrite(b"".join(batch), batch_start * page_size)
                 batch = []
+            if not batch:
+                batch_start = pgno
+            batch.append(data)
+            written += 1
 
-        pages: list[tuple[int, bytes]] = []
         # Children before parents (postorder): a parent's encoding takes each child's CRC.
         for node, _parent, _index in plan.dirty:
             pgno = node.pgno
@@ -578,22 +590,14 @@ class DatabaseFile:
             data = encode_node(node, page_size, pgno, seq)
             node.page_crc = page_crc_of(data)
             node.image = None  # written: the payload made by replay is not needed any more
-            pages.append((pgno, data))
+            add(pgno, data)
         free_pages = encode_free_list(plan.chain, plan.free_list, page_size, seq)
         plan.freelist_crc = page_crc_of(free_pages[0][1]) if free_pages else 0
-        pages.extend(free_pages)
-        pages.sort()
-        for pgno, data in pages:
-            if batch and pgno != batch_start + len(batch):
-                flush_batch()
-            if not batch:
-                batch_start = pgno
-            batch.append(data)
-            written += 1
-            if len(batch) >= 256:
-                flush_batch()
-        flush_batch()
-        self._file.fdatasync()
+        for pgno, data in free_pages:
+            add(pgno, data)
+        if batch:
+            file.pwrite(b"".join(batch), batch_start * page_size)
+        file.fdatasync()
         plan.pages_written = written
         self.pages_written += written
 

@@ -26,6 +26,10 @@ Invariants:
   snapshot; the private tree is brought up to date (in key order, in bulk when the writes are
   many) only when a range read or the commit needs it. Until then the pending writes are
   `operations` itself.
+- The private tree is built on the snapshot's nodes as they were: once a checkpoint assigned
+  pages to the snapshot's dirty nodes (its plan epoch moved), the commit builds it again from
+  `operations` (`rebase`, when nothing was committed since the snapshot) or replays them.
+  Its dirty nodes are counted (`dirty_nodes`) for the database's dirty-page bound.
 - An iterator over the private tree stays valid while the transaction keeps writing: the
   first write after an iterator (or a `frozen` view) was handed out moves the private tree to
   a new epoch, so the nodes the iterator holds are copied, not changed in place. An iterator
@@ -64,6 +68,7 @@ from jetstore.pages.btree import (
     MAX_KEY_SIZE,
     Mutation,
     Node,
+    count_dirty_nodes,
     iterate,
     iterate_chunks,
     lookup,
@@ -137,6 +142,8 @@ class Transaction:
         "_applied_bytes",
         "_bytes",
         "_db",
+        "_dirty",
+        "_dirty_absolute",
         "_file",
         "_iterators_out",
         "_key_order",
@@ -204,6 +211,11 @@ class Transaction:
         self._limit = database.max_transaction_bytes
         self._iterators_out = False
         self._tables: dict[str, Table] = {}
+        # Dirty nodes of the private tree beyond the snapshot's, from mutations replaced
+        # since (the current one counts its own: `dirty_nodes`); after a bulk merge rebuilt
+        # the tree, all of its dirty nodes (`_dirty_absolute`).
+        self._dirty = 0
+        self._dirty_absolute = False
 
     # ----------------------------------------------------------------- state
 
@@ -320,6 +332,7 @@ class Transaction:
             mutation = self.mutation = Mutation(store, self.snapshot_root, next_epoch(), [])
         elif self._iterators_out:
             # Nodes an iterator may still hold must not change: continue in a new epoch.
+            self._dirty += mutation.dirtied
             mutation = self.mutation = Mutation(store, mutation.root, next_epoch(), mutation.freed)
             self._iterators_out = False
         keys = sorted(pending)
@@ -337,6 +350,7 @@ class Transaction:
                 values = list(map(pending.__getitem__, keys))
                 root = merge_sorted_columns(store, mutation.root, keys, values, epoch, freed)
             mutation = self.mutation = Mutation(store, root, epoch, freed)
+            self._dirty, self._dirty_absolute = count_dirty_nodes(root), True
             # Not kept for the commit record: encoding a bulk load in key order would visit
             # its entries in an order random in memory (measured ~0.5 µs a row more).
             whole = False
@@ -355,6 +369,32 @@ class Transaction:
     def prepare_commit(self) -> None:
         """Build the private tree before the commit lock is taken (the fast path publishes it)."""
         self._apply_pending()
+
+    def rebase(self, plan_epoch: int) -> None:
+        """A checkpoint assigned pages to the snapshot's dirty nodes, and nothing was committed
+        since the snapshot: drop the private tree (built on them while they were dirty) so
+        that `prepare_commit` builds it again from `operations`, as for a transaction that
+        began after that checkpoint's plan (whose snapshot is this one, now written). The
+        commit can then take the fast path instead of replaying every write under the commit
+        lock beside the private tree, which for a bulk load doubled its memory and held up
+        every other committer meanwhile.
+        """
+        self.plan_epoch = plan_epoch
+        if self.mutation is None:
+            return  # nothing applied yet: every write is still pending
+        self.mutation = None
+        self._pending = None  # every operation is pending again
+        self._applied_bytes = 0
+        self._key_order = None
+        self._iterators_out = False  # they hold nodes of the dropped tree: never changed now
+        self._dirty, self._dirty_absolute = 0, False
+
+    def dirty_nodes(self) -> tuple[bool, int]:
+        """(absolute, count): how many more dirty nodes the private tree has than its
+        snapshot, or, when `absolute`, how many it has (a bulk merge rebuilt it)."""
+        mutation = self.mutation
+        count = self._dirty + (mutation.dirtied if mutation is not None else 0)
+        return self._dirty_absolute, count
 
     def operations_in_key_order(self) -> tuple[list[bytes], list[bytes | None]] | None:
         """Every operation's key and value, in key order, or None if that is not at hand.
