@@ -455,7 +455,22 @@ def test_create_table_in_a_transaction_rejects_bad_input(store: Store) -> None:
             txn.create_table("1bad", [("id", "int")], "id")
         with pytest.raises(InvalidParameter):
             txn.create_table(None, [("id", "int")], "id")  # type: ignore[arg-type]
+        for not_a_list in (b"by_id", {"by_v": ["v"]}, 7):
+            with pytest.raises(InvalidParameter, match="indexes must be a list"):
+                txn.create_table("t", [("id", "int"), ("v", "int")], "id", indexes=not_a_list)
     assert raw(store.db) == []
+
+
+def test_create_table_in_a_transaction_takes_indexes_from_any_iterable(store: Store) -> None:
+    # As Database.create_table does: a generator of index specs is read once.
+    with store.db.transaction() as txn:
+        specs = (spec for spec in [("by_v", ["v"]), ("by_w", ["w"])])
+        txn.create_table("t", [("id", "int"), ("v", "int"), ("w", "int")], "id", indexes=specs)
+        txn.table("t").insert({"id": 1, "v": 5, "w": 9})
+    with store.db.transaction() as txn:
+        table = txn.table("t")
+        assert [index.name for index in table.definition.indexes] == ["by_v", "by_w"]
+        assert [row["id"] for row in table.scan(index="by_w")] == [1]
 
 
 class _TooFarEast(tzinfo):

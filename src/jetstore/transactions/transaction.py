@@ -51,8 +51,8 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from jetstore.errors import (
     InvalidParameter,
@@ -575,9 +575,7 @@ class Transaction:
             raise InvalidParameter(f"table name must be a string, got {name!r}")
         if self.get(table_entry_key(name)) is not None:
             raise TableDuplicate(f"database {self._db.name!r} already has a table {name!r}")
-        index_list = list(indexes) if isinstance(indexes, list | tuple) else []
-        if not isinstance(indexes, list | tuple) and indexes:
-            raise InvalidParameter("indexes must be a list")
+        index_list = _index_list(indexes)
         next_id = decode_next_object_id(self.get(NEXT_OBJECT_ID_KEY))
         table_id, lv_id = next_id, next_id + 1
         index_ids = tuple(range(next_id + 2, next_id + 2 + len(index_list)))
@@ -879,6 +877,19 @@ class Transaction:
                 self._abort()
         except Exception:
             pass
+
+
+def _index_list(indexes: object) -> list[Any]:
+    """`create_table`'s indexes as a list: any iterable of index specs, as `Database.create_table`
+    takes (a generator included), but not a lone string, bytes or mapping, whose iteration
+    would make nonsense specs out of its characters or keys."""
+    if indexes is None:
+        return []
+    if isinstance(indexes, str | bytes | bytearray | Mapping) or not isinstance(indexes, Iterable):
+        raise InvalidParameter(
+            f"indexes must be a list of index specs, got {type(indexes).__name__} {indexes!r}"
+        )
+    return list(indexes)
 
 
 class FrozenView:
