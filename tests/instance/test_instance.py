@@ -17,8 +17,10 @@ from jetstore.errors import (
     DatabaseNotFound,
     FileAccessDenied,
     InstanceUnavailable,
+    InternalError,
     InvalidParameter,
     InvalidPath,
+    JetError,
 )
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.dbheader import DatabaseState, choose_db_header
@@ -520,3 +522,49 @@ def test_unwritable_directory_cannot_hold_an_instance(tmp_path: Path) -> None:
     with pytest.raises(FileAccessDenied, match="cannot hold an instance") as info:
         jetstore.open(locked, **SMALL)
     assert "backup" not in str(info.value)
+
+
+def test_an_unexpected_error_in_the_background_round_fails_the_instance_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (any non-JetError) in a background round used to end the thread in silence:
+    lazy commits stopped being flushed and checkpoints stopped while the instance took
+    commits. It now fails the instance with InternalError (event 102); the lazy commit made
+    before is flushed at close and survives."""
+    from jetstore.instance.instance import Instance
+
+    original = Instance._background_round
+    armed = threading.Event()
+    hit = threading.Event()
+
+    def round_with_a_bug(self: Instance) -> None:
+        if armed.is_set():
+            hit.set()
+            raise ZeroDivisionError("injected bug")
+        original(self)
+
+    monkeypatch.setattr(Instance, "_background_round", round_with_a_bug)
+    inst = jetstore.open(tmp_path, lazy_flush_interval=0.01)
+    db = inst.database("main", create=True)
+    db.create_table("t", [("id", "int")], primary_key="id")
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 1})
+        txn.commit(lazy=True)
+    armed.set()
+    assert hit.wait(10)
+    for _ in range(1000):
+        if inst.state.value == "failed":
+            break
+        threading.Event().wait(0.01)
+    assert inst.state.value == "failed"
+    assert isinstance(inst.failure, InternalError)
+    assert "ZeroDivisionError" in str(inst.failure)
+    with pytest.raises(JetError) as refused, db.transaction() as txn:
+        txn.table("t").insert({"id": 2})
+    assert "background thread" in str(refused.value)
+    events = (tmp_path / "events.jsonl").read_text()
+    assert '"instance_failed"' in events and "injected bug" in events
+    inst.close()
+    monkeypatch.undo()
+    with jetstore.open(tmp_path) as reopened, reopened.database("main").transaction() as txn:
+        assert [row["id"] for row in txn.table("t").scan()] == [1]

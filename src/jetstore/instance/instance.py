@@ -65,6 +65,7 @@ from jetstore.errors import (
     FileAccessDenied,
     FileNotFound,
     InstanceUnavailable,
+    InternalError,
     InvalidParameter,
     InvalidPath,
     JetError,
@@ -1730,7 +1731,22 @@ def _background_loop(
                 return  # closed while this thread waited for the lock
             instance = weak.get()
             if instance is not None:
-                instance._background_round()
+                try:
+                    instance._background_round()
+                except Exception as exc:
+                    # Not a JetError (those are handled in the round): a bug, or MemoryError.
+                    # Dying here in silence would stop lazy flushes and checkpoints while the
+                    # instance went on taking commits, its log growing without end: stop
+                    # accepting updates instead, loudly (event 102), and keep the thread for
+                    # the shutdown hand-over.
+                    instance.fail(
+                        InternalError(
+                            f"the background thread of instance '{instance.directory}' failed "
+                            f"in a flush or checkpoint round: {exc!r}",
+                            hint="close the instance and open it again (recovery replays the "
+                            "log); report the message if it happens again",
+                        )
+                    )
             # Collected (its hand-over is on its way here) or not: nothing is held while
             # waiting.
             del instance
