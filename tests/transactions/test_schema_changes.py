@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +450,57 @@ def test_add_column_refusals(store: Store) -> None:
     assert len(definition(store).columns) == len(COLUMNS)
 
 
+def test_added_float_columns_keep_their_own_signed_zero_default(store: Store) -> None:
+    """Regression (model test): two transactions adding a float column whose defaults differ
+    only in the sign of zero. Python's -0.0 == 0.0 made the two definitions equal, so the
+    second was served the first one's record codec (`Database.codec_for`) and its old rows
+    read 0.0, before the commit and after, until the instance closed."""
+    store.db.create_table("z", [("k", "int")], "k")
+    with store.db.transaction() as txn:
+        txn.table("z").insert({"k": 1})
+    first, second = store.db.transaction(), store.db.transaction()
+    first.add_column("z", "f", "float", default=0.0)
+    assert math.copysign(1.0, first.table("z").get(1)["f"]) == 1.0  # type: ignore[index, arg-type]
+    second.add_column("z", "f", "float", default=-0.0)
+    assert math.copysign(1.0, second.table("z").get(1)["f"]) == -1.0  # type: ignore[index, arg-type]
+    first.rollback()
+    second.commit()
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            value = txn.table("z").get(1)["f"]  # type: ignore[index]
+            assert math.copysign(1.0, value) == -1.0  # type: ignore[arg-type]
+
+    store.checked_twice(check)
+
+
+def test_added_column_with_an_aware_datetime_default_reads_it_in_utc(store: Store) -> None:
+    """Regression (model test): an aware default given in another zone was kept as given, so
+    old rows read it in that zone (in the adding transaction, and after its commit while the
+    cached codec lived), where every other read of an aware datetime is in UTC, as the row's
+    own value and the reopened catalog are."""
+    store.db.create_table("z", [("k", "int")], "k")
+    with store.db.transaction() as txn:
+        txn.table("z").insert({"k": 1})
+    given = datetime(2020, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    in_utc = datetime(2020, 1, 1, tzinfo=UTC)
+
+    def reads_utc(txn: Transaction) -> None:
+        for row in txn.table("z").scan():
+            assert row["d"] == in_utc and row["d"].utcoffset() == timedelta(0)  # type: ignore[union-attr]
+
+    with store.db.transaction() as txn:
+        assert txn.add_column("z", "d", "datetime", default=given).columns[-1].default == in_utc
+        txn.table("z").insert({"k": 2})
+        reads_utc(txn)
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            reads_utc(txn)
+
+    store.checked_twice(check)
+
+
 def test_drop_column_rewrites_records_and_moves_later_long_values(
     small_pages: Store,
 ) -> None:
@@ -488,6 +539,42 @@ def test_drop_column_rewrites_records_and_moves_later_long_values(
     with store.db.transaction() as txn:
         assert all(r["gone"] is None for r in txn.table("t").scan())
     integrity_ok(store)
+
+
+def test_drop_column_moves_a_long_default_of_an_old_record_out_of_it(
+    small_pages: Store,
+) -> None:
+    """Regression (model test): a record stored before a text column with a long default
+    was added decodes with that default; dropping another column rewrote it with the default
+    inline, an entry over the page's limit, and the drop failed with the B+tree's
+    InvalidParameter. The rewrite now keeps such values apart, as an insert does."""
+    store = small_pages
+    store.db.create_table("t", [("id", "int"), ("gone", "int"), ("s", "text")], "id")
+    with store.db.transaction() as txn:
+        for i in range(3):
+            txn.table("t").insert({"id": i, "gone": i, "s": "L" * 3000 if i == 2 else "s"})
+    long_default = "D" * 3000
+    store.db.add_column("t", "d", "text", default=long_default)
+    store.db.add_column("t", "e", "bytes", default=b"E" * 2500)
+    store.db.drop_column("t", "gone")
+    expected = [
+        {"id": i, "s": "L" * 3000 if i == 2 else "s", "d": long_default, "e": b"E" * 2500}
+        for i in range(3)
+    ]
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            assert list(txn.table("t").scan()) == expected
+
+    check()
+    integrity_ok(store)
+    check()
+    store.db.drop_column("t", "s")  # the chunks written by the first rewrite move down too
+    expected = [{k: v for k, v in row.items() if k != "s"} for row in expected]
+    crash_and_reopen(store)
+    check()
+    integrity_ok(store)
+    check()
 
 
 def test_drop_column_refusals(store: Store) -> None:

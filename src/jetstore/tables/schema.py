@@ -16,7 +16,9 @@ Invariants
    signed 64-bit range (never bool), floats as ``float``, bytes-like values as ``bytes``,
    datetimes whose UTC instant is representable, None only in nullable columns.
 3. ``decode_table_def(encode_table_def(t)) == t``, and the encoding is deterministic (the same
-   definition always gives the same bytes).
+   definition always gives the same bytes). Definitions are equal exactly when they encode
+   alike: a float default compares by its stored form (-0.0 is not 0.0, NaN equals NaN), so
+   a cache keyed by an equal definition (`Database.codec_for`) serves the right defaults.
 
 Names (tables, columns, indexes): 1 to 64 ASCII letters, digits or underscores, not starting
 with a digit; compared case-sensitively.
@@ -45,7 +47,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -212,9 +214,15 @@ _CHECKERS: dict[ColumnType, Callable[[object], object]] = {
 }
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True, init=False, eq=False)
 class Column:
-    """A typed column. ``type`` accepts a ColumnType or its (case-insensitive) name."""
+    """A typed column. ``type`` accepts a ColumnType or its (case-insensitive) name.
+
+    Two columns are equal when they are stored alike (invariant 3): a float default compares
+    as the catalog stores it (``float.hex()``), so -0.0 and 0.0 are two defaults (old records
+    read each as itself, and a definition cached under one must not serve the other) and
+    every NaN is one (a definition with a NaN default equals its decoded copy).
+    """
 
     name: str
     type: ColumnType
@@ -241,10 +249,27 @@ class Column:
                 ) from None
             except _OutOfRange as exc:
                 raise InvalidParameter(f"default of column {name!r}: {exc}") from None
+            if isinstance(default, datetime) and default.utcoffset() is not None:
+                # As the catalog stores it and as every read returns an aware value: in UTC
+                # (a record written before the column was added reads this very object).
+                default = default.astimezone(UTC)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "type", ctype)
         object.__setattr__(self, "nullable", nullable)
         object.__setattr__(self, "default", default)
+
+    def _identity(self) -> tuple[object, ...]:
+        default = self.default
+        stored = ("float", default.hex()) if isinstance(default, float) else ("value", default)
+        return (self.name, self.type, self.nullable, stored)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Column):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
 
 
 @dataclass(frozen=True, init=False)

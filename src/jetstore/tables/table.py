@@ -835,12 +835,19 @@ class Table:
         return self._max_entry - LEAF_ENTRY_OVERHEAD - key_size
 
     def _write_long_value(self, pk: bytes, column: int, data: bytes) -> None:
+        put = self._view.put
+        for key, chunk in self._long_value_chunks(pk, column, data):
+            put(key, chunk)
+
+    def _long_value_chunks(
+        self, pk: bytes, column: int, data: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The chunk entries holding long value `data` of column `column` of record `pk`."""
         size = self._chunk_size(pk)
         lv_id = self.definition.lv_id
-        put = self._view.put
         view = memoryview(data)
         for chunk, start in enumerate(range(0, len(data), size)):
-            put(long_value_key(lv_id, pk, column, chunk), bytes(view[start : start + size]))
+            yield long_value_key(lv_id, pk, column, chunk), bytes(view[start : start + size])
 
     def _delete_long_value(self, pk: bytes, column: int) -> None:
         prefix = long_value_prefix(self.definition.lv_id, pk, column)
@@ -927,12 +934,17 @@ class Table:
         return entries
 
     def entries_without_column(
-        self, name: str, codec: RecordCodec, budget: int
+        self, name: str, codec: RecordCodec, shape: TableShape, budget: int
     ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[tuple[bytes, bytes]]]:
-        """What dropping column `name` changes, for a definition whose records `codec`
-        encodes: (record entries rewritten without it, long-value chunk keys to delete, chunk
-        entries to write). Later columns move down one position, so their long-value
-        references and chunk keys are renumbered. Nothing is written.
+        """What dropping column `name` changes, for the definition `shape` describes and whose
+        records `codec` encodes: (record entries rewritten without it, long-value chunk keys
+        to delete, chunk entries to write). Later columns move down one position, so their
+        long-value references and chunk keys are renumbered. Nothing is written.
+
+        A record stored before columns were appended decodes with their defaults, which the
+        rewrite then stores: when that makes its entry too large (a long text default), its
+        largest values move to long-value chunks as an insert's would (so every entry still
+        fits the B+tree's limit).
 
         VersionStoreOutOfMemory once the changes would charge more than `budget` bytes.
         """
@@ -942,6 +954,7 @@ class Table:
         prefix = self._prefix
         decode = self._codec.decode
         encode = codec.encode
+        rewriter = Table(self._view, shape.definition, codec, shape)
         used = 0
 
         def charge(amount: int) -> None:
@@ -957,6 +970,10 @@ class Table:
                 )
 
         records: list[tuple[bytes, bytes]] = []
+        # Chunks of values the rewrite moves out of their record (new positions: no chunk of
+        # the record is there, as the value was inline), written after the deletes below.
+        moved: list[tuple[bytes, bytes]] = []
+        limit = self._max_entry - LEAF_ENTRY_OVERHEAD
         for keys, values in view.chunks(prefix, prefix_successor(prefix)):
             for key, raw in zip(keys, values, strict=True):
                 record = decode(raw)
@@ -966,10 +983,16 @@ class Table:
                     if column > position and isinstance(ref, LongValueRef):
                         record[column_name] = LongValueRef(column - 1, ref.length, ref.is_text)
                 encoded = encode(record)
+                if len(encoded) > limit - len(key):
+                    encoded, long_values = rewriter._encode_stored(key, record, encoded)
+                    pk = key[len(prefix) :]
+                    for column, data in long_values:
+                        for chunk_key, chunk in rewriter._long_value_chunks(pk, column, data):
+                            moved.append((chunk_key, chunk))
+                            charge(len(chunk_key) + len(chunk))
                 records.append((key, encoded))
                 charge(len(key) + len(encoded))
         deleted: list[bytes] = []
-        moved: list[tuple[bytes, bytes]] = []
         lv_prefix = object_prefix(self.definition.lv_id)
         for key, value in view.iterate(lv_prefix, prefix_successor(lv_prefix)):
             column, chunk = _LV_SUFFIX.unpack_from(key, len(key) - _LV_SUFFIX.size)

@@ -733,9 +733,9 @@ class Transaction:
         old = t.definition
         new = old.without_column(name)
         definition = self._definition_writes(new)
-        codec, _shape = self._db.shape_for(new)
+        codec, shape = self._db.shape_for(new)
         records, deleted, moved = t.entries_without_column(
-            name, codec, self._limit - self._bytes - _writes_size(definition)
+            name, codec, shape, self._limit - self._bytes - _writes_size(definition)
         )
         self._put_checked(records)
         self._delete_existing(deleted)
