@@ -377,6 +377,24 @@ def test_nan_default_round_trips() -> None:
     assert isinstance(default, float) and math.isnan(default)
 
 
+def test_columns_are_equal_exactly_when_stored_alike() -> None:
+    """Invariant 3: a float default compares by its stored bits (-0.0 is not 0.0, NaN is NaN,
+    so a definition with a NaN default equals its decoded copy); an aware datetime default
+    is kept in UTC, as stored and as every read returns it."""
+    assert Column("f", "float", default=-0.0) != Column("f", "float", default=0.0)
+    assert Column("f", "float", default=math.nan) == Column("f", "float", default=math.nan)
+    assert len({Column("f", "float", default=x) for x in (0.0, -0.0, math.nan, math.nan)}) == 3
+    t = make_table_def(
+        "t", [("a", "int"), ("f", "float", True, math.nan)], "a", table_id=1, lv_id=2
+    )
+    assert decode_table_def(encode_table_def(t)) == t
+    plus_one = datetime(2020, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    column = Column("d", "datetime", default=plus_one)
+    assert column.default == plus_one and column.default.utcoffset() == timedelta(0)  # type: ignore[attr-defined]
+    assert column == Column("d", "datetime", default=datetime(2020, 1, 1, tzinfo=UTC))
+    assert column != Column("d", "datetime", default=datetime(2020, 1, 1))  # naive: another
+
+
 def test_encoding_is_compact_sorted_json() -> None:
     t = make_table_def("t", [("a", "int")], "a", table_id=1, lv_id=2)
     assert encode_table_def(t) == (
