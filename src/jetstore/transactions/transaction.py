@@ -825,16 +825,9 @@ class Transaction:
     def _finish_in_doubt(self, position: LogPosition | None) -> None:
         """The commit failed after its record reached the log and the instance failed: only a
         reopen tells whether it survived (see the module docstring)."""
-        self.state = TransactionState.IN_DOUBT
         if position is not None:
             self.commit_position = position
-        self.mutation = None
-        self.operations = {}
-        self._pending = {}
-        self._key_order = None
-        self.unique_checks = []
-        self._tables.clear()
-        self._db.end_transaction(self)
+        self._drop_changes(TransactionState.IN_DOUBT)
 
     def rollback(self) -> None:
         """Drop every change (nothing was logged or written, so there is nothing to undo)."""
@@ -842,7 +835,11 @@ class Transaction:
             self._abort()
 
     def _abort(self) -> None:
-        self.state = TransactionState.ROLLED_BACK
+        self._drop_changes(TransactionState.ROLLED_BACK)
+
+    def _drop_changes(self, state: TransactionState) -> None:
+        """End the transaction in `state` without publishing anything of it."""
+        self.state = state
         self.mutation = None
         self.operations = {}
         self._pending = {}
