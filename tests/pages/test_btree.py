@@ -47,6 +47,7 @@ from jetstore.pages.btree import (
     min_fill,
     node_ref,
     page_crc_of,
+    paired_entry_size,
     ref_crc,
     ref_pgno,
     swizzle,
@@ -55,6 +56,8 @@ from jetstore.pages.btree import (
 
 PAGE = 4096
 MAX_ENTRY = max_entry_size(PAGE)
+CHUNK_ENTRY = paired_entry_size(PAGE)
+CAPACITY = payload_capacity(PAGE)
 # Key families: short keys, and keys behind long shared prefixes (separators then stay long,
 # so a 4 KiB branch holds only a few and the tree gets deep with few entries).
 PREFIXES = (b"", b"k", b"p" * 300, b"q" * 1000)
@@ -164,6 +167,23 @@ class BTreeMachine(RuleBasedStateMachine):
         for _ in range(count):
             key = make_key(rnd.randrange(len(PREFIXES)), rnd.randbytes(rnd.randint(0, 5)))
             value = make_value(key, rnd.choice((rnd.randint(0, 60), rnd.randint(0, MAX_ENTRY))))
+            self.mutation.put(key, value)
+            self.model[key] = value
+
+    @rule(
+        seed=st.integers(0, 2**32),
+        count=st.integers(2, 60),
+        entry=st.sampled_from([0, 60, 400, CHUNK_ENTRY, MAX_ENTRY]),
+    )
+    def put_run(self, seed: int, count: int, entry: int) -> None:
+        """Ascending puts under one prefix (a long value's chunks, a load in key order),
+        perhaps into the middle of keys already there: leaves split at the run's end."""
+        rnd = random.Random(seed)
+        prefix = make_key(rnd.randrange(len(PREFIXES)), rnd.randbytes(rnd.randint(0, 3)))
+        for n in range(count):
+            key = prefix + n.to_bytes(2, "big")
+            size = entry - LEAF_ENTRY_OVERHEAD - len(key) if entry else rnd.randint(0, 60)
+            value = make_value(key, size)
             self.mutation.put(key, value)
             self.model[key] = value
 
@@ -398,6 +418,68 @@ def test_sequential_and_reverse_inserts_keep_invariants() -> None:
         items = [(b"%08d" % i, b"v" * (i % 90)) for i in range(20_000)][::order]
         root = build(store, items)
         check_tree(store, root, dict(items))
+
+
+def _put_all(mutation: Mutation, items: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    model = {}
+    for key, value in items:
+        mutation.put(key, value)
+        model[key] = value
+    return model
+
+
+def _entry(key: bytes, entry_size: int) -> tuple[bytes, bytes]:
+    return key, bytes(entry_size - LEAF_ENTRY_OVERHEAD - len(key))
+
+
+@pytest.mark.parametrize("entry_size", [24, 300, 1000, CHUNK_ENTRY])
+def test_ascending_puts_leave_full_leaves_behind(entry_size: int) -> None:
+    """A run of ascending puts splits each full leaf at the run's end, not at its midpoint:
+    every leaf it leaves behind holds what it held (at least 3/4 of a page, less one
+    entry), and entries sized two a leaf (long-value chunks) sit two a leaf. A midpoint
+    split left every leaf behind half full, and chunks one a leaf."""
+    store = MemoryNodeStore(PAGE)
+    mutation = Mutation(store, None, 1, [])
+    model = _put_all(mutation, (_entry(b"k%06d" % i, entry_size) for i in range(3000)))
+    check_tree(store, mutation.root, model)
+    leaves = [node for node in iter_nodes(store, mutation.root) if node.leaf]
+    assert len(leaves) > 10
+    for leaf in leaves[:-1]:
+        assert leaf.nbytes >= 3 * CAPACITY // 4 - entry_size
+    if entry_size == CHUNK_ENTRY:
+        assert [len(leaf.keys) for leaf in leaves[:-1]] == [2] * (len(leaves) - 1)
+    # The same entries in random order still split at midpoints (both halves >= 1/4).
+    shuffled = sorted(model.items())
+    random.Random(entry_size).shuffle(shuffled)
+    store = MemoryNodeStore(PAGE)
+    mutation = Mutation(store, None, 1, [])
+    assert _put_all(mutation, shuffled) == model
+    check_tree(store, mutation.root, model)
+
+
+def test_a_run_into_the_middle_of_the_tree_fills_its_leaves() -> None:
+    """A run of chunk-sized entries between keys already there (a long value of a record in
+    the middle of the table) fills its leaves two entries each; the keys after the run move
+    right ahead of it, and every other leaf keeps the invariants."""
+    store = MemoryNodeStore(PAGE)
+    mutation = Mutation(store, None, 1, [])
+    model = _put_all(
+        mutation,
+        [(b"a%04d" % i, b"x" * 100) for i in range(300)]
+        + [(b"z%04d" % i, b"y" * 100) for i in range(300)],
+    )
+    store.checkpoint(mutation.root, checkpoint_seq=1)
+    mutation = Mutation(store, mutation.root, 2, [])
+    model.update(_put_all(mutation, (_entry(b"m%04d" % i, CHUNK_ENTRY) for i in range(200))))
+    check_tree(store, mutation.root, model)
+    run_leaves = [
+        node
+        for node in iter_nodes(store, mutation.root)
+        if node.leaf and all(key.startswith(b"m") for key in node.keys)
+    ]
+    # Each run of two chunks fills a leaf; at most the run's last leaf holds one.
+    assert sum(len(leaf.keys) for leaf in run_leaves) >= 198
+    assert sum(len(leaf.keys) == 2 for leaf in run_leaves) >= len(run_leaves) - 1
 
 
 def test_entry_and_key_limits() -> None:

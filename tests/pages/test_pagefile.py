@@ -436,7 +436,7 @@ def test_a_large_checkpoint_writes_its_pages_as_it_encodes_them(
     h = Harness(fs, path)
     h.commit([(b"k%06d" % i, b"v" * 200) for i in range(200)])
     h.checkpoint()  # some written pages, so that the next plan also reuses freed ones
-    h.commit([(b"k%06d" % i, bytes([i % 251]) * 300) for i in range(0, 40_000, 2)])
+    h.commit([(b"k%06d" % i, bytes([i % 251]) * 600) for i in range(0, 40_000, 2)])
     plan = h.plan()
     image_bytes = len(plan.dirty) * PAGE
     bound = 3 * _WRITE_BATCH * PAGE  # a batch of images and its joined copy, and some slack
@@ -1026,12 +1026,26 @@ def test_lost_write_of_every_rewritten_page_is_detected(fs: FileSystem, path: st
         h.random_commit(rng, 400, 150)
         h.checkpoint()
     old = _read(path, 0, os.path.getsize(path))  # the pages are synced by the checkpoint
-    for _ in range(4):  # pages are reused every other checkpoint: every page gets rewritten
+
+    def rewritten(pages: set[int]) -> set[int]:
+        new = _read(path, 0, os.path.getsize(path))
+        return {
+            p
+            for p in pages
+            if (p + 1) * PAGE <= len(old)
+            and old[p * PAGE : (p + 1) * PAGE] not in (new[p * PAGE : (p + 1) * PAGE], bytes(PAGE))
+        }
+
+    # Pages are reused every other checkpoint: commit until both a page of the tree and one
+    # of the free-list chain hold a newer image than `old` has.
+    for _ in range(20):
         h.random_commit(rng, 400, 150)
         h.checkpoint()
+        tree = {ref_pgno(node_ref(n)) for n in iter_nodes(h.db, h.root)}
+        chain, _free = read_free_list(h.db)
+        if rewritten(tree) and rewritten(set(chain)):
+            break
     header = h.db.header
-    tree = {ref_pgno(node_ref(n)) for n in iter_nodes(h.db, h.root)}
-    chain, _free = read_free_list(h.db)
     assert chain, "the workload must leave a free-list chain"
     h.db.close()
     new = _read(path, 0, os.path.getsize(path))

@@ -11,6 +11,7 @@ records call for, and no entry lives under an object id no table owns.
 from __future__ import annotations
 
 import math
+import random
 import shutil
 import tempfile
 from collections import Counter
@@ -39,13 +40,20 @@ from jetstore.errors import (
     RecordNotFound,
     RecordTooBig,
 )
-from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, max_entry_size
+from jetstore.pages.btree import (
+    LEAF_ENTRY_OVERHEAD,
+    iter_nodes,
+    max_entry_size,
+    paired_entry_size,
+)
 from jetstore.tables.catalog import CATALOG_ID
-from jetstore.tables.keys import encode_key
+from jetstore.tables.keys import encode_key, prefix_successor
 from jetstore.tables.table import MAX_PRIMARY_KEY_SIZE
 
 PAGE = 8192
 MAX_ENTRY = max_entry_size(PAGE)
+#: A long-value chunk entry: two of them fill a leaf built in bulk.
+CHUNK_ENTRY = paired_entry_size(PAGE)
 
 
 def layout(db: jetstore.Database, name: str) -> dict[str, int]:
@@ -772,7 +780,7 @@ def test_long_values_around_the_inline_limit(store: Store) -> None:
             t.insert(expected[2 * n + 1])
     # Values up to the limit stay inline; above it they become chunks.
     long_sizes = [s for s in sizes if s > limit]
-    chunk_payload = MAX_ENTRY - LEAF_ENTRY_OVERHEAD - (len(encode_key([0])) + 10)
+    chunk_payload = CHUNK_ENTRY - LEAF_ENTRY_OVERHEAD - (len(encode_key([0])) + 10)
     chunks = 2 * sum(math.ceil(s / chunk_payload) for s in long_sizes)
 
     def check() -> None:
@@ -889,6 +897,56 @@ def test_unchanged_long_values_are_not_rewritten(store: Store) -> None:
     assert layout(store.db, "t")["lv"] == chunks  # 60,000 and 60,001 bytes: as many chunks
 
 
+def lv_leaf_pages(db: jetstore.Database, name: str) -> int:
+    """Leaves of the tree holding chunks of table `name`'s long values."""
+    with db.transaction() as txn:
+        prefix = txn.table(name).definition.lv_id.to_bytes(4, "big")
+    return sum(
+        1
+        for node in iter_nodes(db.file, db.root)
+        if node.leaf and any(key.startswith(prefix) for key in node.keys)
+    )
+
+
+def test_long_values_take_little_more_than_their_size(store: Store) -> None:
+    """Chunks are sized two a leaf (`paired_entry_size`) and evenly (a value's chunks within
+    a byte of each other), and a run of chunks fills leaves whether it is applied by path
+    copies (a value written alone) or by the bulk merge (a large transaction): values of a
+    few pages and more take ~1.1-1.2x their size in leaves. Chunks of a full entry used to
+    sit one a leaf: twice the value's size."""
+    store.db.create_table("t", [("id", "int"), ("b", "bytes")], "id")
+    rng = random.Random(5)
+    sizes = {0: 1 << 20, 1: 5 << 20}  # alone, by path copies; in bulk, by the merge
+    values = {key: rng.randbytes(size) for key, size in sizes.items()}
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 0, "b": values[0]})
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "b": values[1]})
+    with store.db.transaction() as txn:  # 40 values of 64 KiB at random keys, one by one
+        for n in rng.sample(range(2, 10_000), 40):
+            values[n] = rng.randbytes(64 << 10)
+            txn.table("t").insert({"id": n, "b": values[n]})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert all(t.get(key) == {"id": key, "b": value} for key, value in values.items())
+            definition = t.definition
+            prefix = definition.lv_id.to_bytes(4, "big")
+            per_value: dict[bytes, list[int]] = {}
+            for key, chunk in txn.iterate(prefix, prefix_successor(prefix)):
+                per_value.setdefault(key[:-4], []).append(len(chunk))
+        assert len(per_value) == len(values)
+        for value_prefix, lengths in per_value.items():
+            payload = CHUNK_ENTRY - LEAF_ENTRY_OVERHEAD - (len(value_prefix) + 4)
+            assert max(lengths) <= payload and max(lengths) - min(lengths) <= 1
+            assert len(lengths) == math.ceil(sum(lengths) / payload)
+        data = sum(map(len, values.values()))
+        assert lv_leaf_pages(store.db, "t") * PAGE <= 1.2 * data
+
+    store.checked_twice(check)
+
+
 def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None:
     """A 64 MiB bytes value and a multi-MiB text value, through a reopen, then gone."""
     store.db.create_table("t", [("id", "int"), ("b", "bytes"), ("s", "text")], "id")
@@ -909,7 +967,7 @@ def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None
             assert got["b"] == huge
             assert got["s"] == text
             assert t.get(2) == {"id": 2, "b": b"tiny", "s": "tiny"}
-        assert layout(store.db, "t")["lv"] > (64 * 1024 * 1024) // MAX_ENTRY
+        assert layout(store.db, "t")["lv"] > (64 * 1024 * 1024) // CHUNK_ENTRY
 
     store.checked_twice(check)
     with store.db.transaction() as txn:
@@ -919,7 +977,7 @@ def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None
     with store.db.transaction() as txn:
         assert txn.table("t").get(1) == {"id": 1, "b": b"small now", "s": text}
     text_chunks = layout(store.db, "t")["lv"]
-    assert 0 < text_chunks < 2 * len(text.encode()) // MAX_ENTRY
+    assert 0 < text_chunks < 2 * len(text.encode()) // CHUNK_ENTRY
     with store.db.transaction() as txn:
         txn.table("t").delete(1)
     assert layout(store.db, "t") == {"records": 1, "lv": 0}
@@ -1001,7 +1059,7 @@ def test_key_too_big(store: Store) -> None:
             t = txn.table("t")
             assert t.get(longest) == {"k": longest, "label": "x", "v": value}
             assert t.get(b"short") == {"k": b"short", "label": "ok", "v": b""}
-        chunk_payload = MAX_ENTRY - LEAF_ENTRY_OVERHEAD - (MAX_PRIMARY_KEY_SIZE + 10)
+        chunk_payload = CHUNK_ENTRY - LEAF_ENTRY_OVERHEAD - (MAX_PRIMARY_KEY_SIZE + 10)
         chunks = math.ceil(len(value) / chunk_payload)
         assert layout(store.db, "t") == {"records": 2, "lv": chunks, "by_label": 2}
 
@@ -1038,8 +1096,9 @@ def test_key_too_big_on_small_pages(tmp_path: Path) -> None:
             ]
             # The 1002-byte primary key column of the "k" * 1000 record does not fit inline
             # next to its 1006-byte key (the record entry may hold 1010 bytes): it is the
-            # long value.
-            assert layout(s.db, "t") == {"records": 2, "lv": 1, "by_label": 2}
+            # long value, two chunks (a chunk entry, ~1,828 bytes on 4 KiB pages, holds
+            # 806 bytes next to its 1,016-byte key).
+            assert layout(s.db, "t") == {"records": 2, "lv": 2, "by_label": 2}
             s.reopen()
     finally:
         s.close()

@@ -138,6 +138,7 @@ __all__ = [
     "min_fill",
     "node_ref",
     "page_crc_of",
+    "paired_entry_size",
     "ref_crc",
     "ref_pgno",
     "swizzle",
@@ -207,6 +208,15 @@ def check_page_crc(
 def max_entry_size(page_size: int) -> int:
     """Largest encoded leaf entry (``LEAF_ENTRY_OVERHEAD + len(key) + len(value)``)."""
     return payload_capacity(page_size) // 2
+
+
+def paired_entry_size(page_size: int) -> int:
+    """Largest leaf entry two of which fill a leaf built in bulk to its target and no more.
+
+    For entries that come in long runs of one size (long-value chunks): with entries of up to
+    `max_entry_size` (half a page), a bulk-built leaf (filled to 90 %) holds only one of them.
+    """
+    return _bulk_target(payload_capacity(page_size)) // 2
 
 
 def min_fill(page_size: int) -> int:
@@ -771,6 +781,31 @@ def _leaf_split_point(keys: list[bytes], values: list[bytes], total: int) -> tup
     return best_m, best_left
 
 
+def _run_split_point(
+    keys: list[bytes], values: list[bytes], total: int, run: int, capacity: int, low: int
+) -> tuple[int, int]:
+    """(m, size of keys[:m]) for an overfull leaf whose entry `run` continues a run of
+    ascending puts: the split just after that entry, or the nearest one below it whose right
+    side keeps `low` bytes. The byte midpoint (`_leaf_split_point`) if neither side would fit.
+
+    Why: a run split at the midpoint leaves every leaf behind it half full, and entries of
+    nearly half a page (long-value chunks) one a leaf. Split at the run's end, the left leaf
+    keeps what it holds and the run goes on in the right one: ascending puts fill leaves to
+    between 75 % and 100 % (chunks two a leaf), and the keys after the run (if any) move
+    right with it.
+    """
+    n = len(keys)
+    m = min(run + 1, n - 1)
+    right = sum(_entry_sizes(keys[m:], values[m:]))
+    while right < low and m > 1:
+        m -= 1
+        right += LEAF_ENTRY_OVERHEAD + len(keys[m]) + len(values[m])
+    left = total - right
+    if low <= left <= capacity and low <= right <= capacity:
+        return m, left
+    return _leaf_split_point(keys, values, total)
+
+
 def _branch_split_point(keys: list[bytes], total: int) -> tuple[int, int, int]:
     """(m, left size, right size) for pushing keys[m] up; both sides keep a separator."""
     n = len(keys)
@@ -818,6 +853,7 @@ class Mutation:
         "_capacity",
         "_epoch",
         "_freed",
+        "_last_put",
         "_max_entry",
         "_min_fill",
         "_root",
@@ -835,6 +871,7 @@ class Mutation:
         self._freed = freed
         self._capacity, self._max_entry, self._min_fill = _limits(store.page_size)
         self.dirtied = 0
+        self._last_put: bytes | None = None
 
     @property
     def root(self) -> Node | None:
@@ -892,8 +929,14 @@ class Mutation:
             keys.insert(i, key)
             node.values.insert(i, value)
             node.nbytes += size
+        previous, self._last_put = self._last_put, key
         nbytes = node.nbytes
-        if nbytes > self._capacity or (nbytes < self._min_fill and path):
+        if nbytes > self._capacity:
+            # A put right after this mutation's previous one continues a run of ascending
+            # keys (a long value's chunks, a load in key order): split at the run's end.
+            run = i if i and keys[i - 1] == previous else -1
+            self._fix(node, path, indexes, run)
+        elif nbytes < self._min_fill and path:
             self._fix(node, path, indexes)
 
     def delete(self, key: bytes) -> bool:
@@ -974,11 +1017,13 @@ class Mutation:
         else:
             self.dirtied -= 1
 
-    def _fix(self, node: Node, path: list[Node], indexes: list[int]) -> None:
+    def _fix(self, node: Node, path: list[Node], indexes: list[int], run: int = -1) -> None:
         """Restore the size invariants upward from `node`, the changed end of `path`.
 
         Each level changes its parent by at most one separator (added by a split, removed by a
         merge, replaced by a redistribution), so a split always yields two fitting halves.
+        `run` >= 0: `node` is an overfull leaf whose entry `run` continues a run of ascending
+        puts (see `_split`).
         """
         capacity = self._capacity
         low = self._min_fill
@@ -986,7 +1031,8 @@ class Mutation:
             parent = path.pop()
             index = indexes.pop()
             if node.nbytes > capacity:
-                separator, right = self._split(node)
+                separator, right = self._split(node, run)
+                run = -1
                 self._private_keys(parent).insert(index, separator)
                 parent.children.insert(index + 1, right)
                 parent.nbytes += BRANCH_ENTRY_OVERHEAD + len(separator)
@@ -997,7 +1043,7 @@ class Mutation:
             node = parent
         # `node` is the root (owned, so dirty).
         if node.nbytes > capacity:
-            separator, right = self._split(node)
+            separator, right = self._split(node, run)
             self._root = Node(
                 False,
                 [separator],
@@ -1019,12 +1065,21 @@ class Mutation:
                 node = self._child(node, 0)
             self._root = node
 
-    def _split(self, node: Node) -> tuple[bytes, Node]:
-        """Move the upper half (by bytes) of `node` to a new right sibling."""
+    def _split(self, node: Node, run: int = -1) -> tuple[bytes, Node]:
+        """Move the upper half (by bytes) of `node` to a new right sibling.
+
+        For a leaf whose entry `run` (>= 0) continues a run of ascending puts, the split is at
+        the run's end instead (`_run_split_point`), when both sides can keep `min_fill`.
+        """
         keys = node.keys
         if node.leaf:
             values = node.values
-            m, left = _leaf_split_point(keys, values, node.nbytes)
+            if run < 0:
+                m, left = _leaf_split_point(keys, values, node.nbytes)
+            else:
+                m, left = _run_split_point(
+                    keys, values, node.nbytes, run, self._capacity, self._min_fill
+                )
             right = Node(True, keys[m:], values[m:], [], None, self._epoch, node.nbytes - left)
             self.dirtied += 1
             del keys[m:], values[m:]

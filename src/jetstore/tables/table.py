@@ -53,7 +53,13 @@ from jetstore.errors import (
     RecordTooBig,
     VersionStoreOutOfMemory,
 )
-from jetstore.pages.btree import LEAF_ENTRY_OVERHEAD, MAX_KEY_SIZE, Node, max_entry_size
+from jetstore.pages.btree import (
+    LEAF_ENTRY_OVERHEAD,
+    MAX_KEY_SIZE,
+    Node,
+    max_entry_size,
+    paired_entry_size,
+)
 from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
 from jetstore.tables.keys import (
     KEY_BYTES_TAG,
@@ -831,8 +837,12 @@ class Table:
         )
 
     def _chunk_size(self, pk: bytes) -> int:
+        # Two chunk entries fill a leaf to the bulk target: a long value written in one
+        # transaction takes ~1.1x its size in pages. Chunks of a full entry (half a page)
+        # left one chunk a leaf, twice the value's size. Readers join whatever chunks they
+        # find, so values written with the older size read the same.
         key_size = len(pk) + _LV_KEY_EXTRA
-        return self._max_entry - LEAF_ENTRY_OVERHEAD - key_size
+        return paired_entry_size(self._view.page_size) - LEAF_ENTRY_OVERHEAD - key_size
 
     def _write_long_value(self, pk: bytes, column: int, data: bytes) -> None:
         put = self._view.put
@@ -842,12 +852,21 @@ class Table:
     def _long_value_chunks(
         self, pk: bytes, column: int, data: bytes
     ) -> Iterator[tuple[bytes, bytes]]:
-        """The chunk entries holding long value `data` of column `column` of record `pk`."""
-        size = self._chunk_size(pk)
+        """The chunk entries holding long value `data` of column `column` of record `pk`.
+
+        As few chunks as `_chunk_size` allows, of even sizes (within a byte of each other):
+        a remainder chunk of a few bytes could not share a leaf with its neighbours' full
+        chunks, and a value of 1.1 chunks would take two half-empty leaves.
+        """
+        count = -(-len(data) // self._chunk_size(pk))
+        base, longer = divmod(len(data), count) if count else (0, 0)
         lv_id = self.definition.lv_id
         view = memoryview(data)
-        for chunk, start in enumerate(range(0, len(data), size)):
-            yield long_value_key(lv_id, pk, column, chunk), bytes(view[start : start + size])
+        start = 0
+        for chunk in range(count):
+            end = start + base + (chunk < longer)
+            yield long_value_key(lv_id, pk, column, chunk), bytes(view[start:end])
+            start = end
 
     def _delete_long_value(self, pk: bytes, column: int) -> None:
         prefix = long_value_prefix(self.definition.lv_id, pk, column)
