@@ -390,6 +390,91 @@ def test_drop_index_removes_definition_and_entries(store: Store) -> None:
     integrity_ok(store)
 
 
+def filled_under_the_bound(store: Store, indexes: list[tuple[str, str]]) -> None:
+    """Table t with 4000 rows, written in transactions under a 64 KiB bound: deleting all the
+    entries of its index (or rewriting its records) in one transaction is over it."""
+    store.db.create_table("t", COLUMNS, "id", indexes=indexes)
+    for start in range(0, 4000, 500):
+        with store.db.transaction() as txn:
+            for i in range(start, start + 500):
+                txn.table("t").insert({"id": i, "a": f"value {i}"})
+
+
+def test_drop_index_over_the_transaction_bound_leaves_the_transaction_usable(
+    tmp_path: Path,
+) -> None:
+    """Regression: drop_index deleted entries until the bound was crossed, which rolled the
+    whole transaction back (its earlier writes with it), where create_index and drop_column
+    refuse before writing and leave the transaction usable."""
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        filled_under_the_bound(store, [("by_a", "a")])
+        with store.db.transaction() as txn:
+            txn.table("t").insert({"id": 5000, "a": "mine"})  # an earlier write of its own
+            size, operations = txn.size, dict(txn.operations)
+            with pytest.raises(VersionStoreOutOfMemory) as caught:
+                txn.drop_index("t", "by_a")
+            assert caught.value.code == -1069
+            message = str(caught.value)
+            assert "index 'by_a' of table 't'" in message and "nothing was written" in message
+            assert "max_transaction_bytes" in caught.value.hint
+            # Its own writes took part of the bound: the way out names them.
+            assert "in a transaction of its own" in caught.value.hint
+            assert txn.is_active and txn.size == size and txn.operations == operations
+            assert [i.name for i in txn.table("t").definition.indexes] == ["by_a"]
+            txn.table("t").insert({"id": 5001, "a": "still usable"})  # maintains by_a
+        with store.db.transaction() as txn:
+            found = txn.table("t").scan(index="by_a", start="m", stop="t")
+            assert [r["id"] for r in found] == [5000, 5001]
+            assert len(index_entries(txn, "t", "by_a")) == 4002
+        # Alone in its transaction, the same drop is refused the same way (no hint about
+        # other changes), and the table keeps its index.
+        with store.db.transaction() as txn:
+            with pytest.raises(VersionStoreOutOfMemory) as caught:
+                txn.drop_index("t", "by_a")
+            assert "in a transaction of its own" not in caught.value.hint
+            assert txn.is_active and not txn.operations
+        with pytest.raises(VersionStoreOutOfMemory, match="'by_a'"):
+            store.db.drop_index("t", "by_a")
+        assert [i.name for i in definition(store).indexes] == ["by_a"]
+        integrity_ok(store)
+    finally:
+        store.close()
+    # What the message says works: a larger bound.
+    store = Store(tmp_path, max_transaction_bytes=1024 * 1024)
+    try:
+        assert store.db.drop_index("t", "by_a").indexes == ()
+        integrity_ok(store)
+    finally:
+        store.close()
+
+
+def test_add_column_near_the_transaction_bound_leaves_the_transaction_usable(
+    tmp_path: Path,
+) -> None:
+    """add_column writes only the definition, but a transaction with less room left than that
+    is refused before the write, as the other schema changes are, not rolled back."""
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        populated(store)
+        with store.db.transaction() as txn:
+            i = 0
+            while store.db.max_transaction_bytes - txn.size > 150:
+                txn.table("other").insert({"id": i})
+                i += 1
+            size = txn.size
+            with pytest.raises(VersionStoreOutOfMemory) as caught:
+                txn.add_column("t", "extra", "int", default=1)
+            assert "column 'extra' to table 't'" in str(caught.value)
+            assert "in a transaction of its own" in caught.value.hint
+            assert txn.is_active and txn.size == size
+            assert "extra" not in txn.table("t").definition.column_names
+        assert len(store.read("other")) == i
+        assert "extra" not in definition(store).column_names
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- columns
 
 

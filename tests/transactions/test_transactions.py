@@ -691,6 +691,35 @@ def test_a_table_too_large_to_drop_at_once_says_how_to_drop_it(tmp_path: Path) -
         store.close()
 
 
+def test_a_table_too_large_to_drop_leaves_the_transaction_usable(tmp_path: Path) -> None:
+    """Regression: the drop deleted entries until the bound was crossed, which rolled back the
+    whole transaction with its earlier writes; it now refuses before its first delete, as the
+    schema changes of a table do (`Transaction.drop_index` and the rest)."""
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        store.db.create_table("big", [("id", "int")], "id")
+        make_table(store.db)
+        for start in range(0, 5000, 500):
+            with store.db.transaction() as txn:
+                for i in range(start, start + 500):
+                    txn.table("big").insert({"id": i})
+        with store.db.transaction() as txn:
+            txn.table("t").insert({"id": 1, "v": "kept"})
+            size, operations = txn.size, dict(txn.operations)
+            with pytest.raises(VersionStoreOutOfMemory) as info:
+                txn.drop_table("big")
+            assert info.value.code == -1069
+            assert "table 'big'" in str(info.value) and "nothing was written" in str(info.value)
+            assert "in a transaction of its own" in info.value.hint
+            assert txn.state is TransactionState.ACTIVE
+            assert txn.size == size and txn.operations == operations
+            assert txn.table("big").get(4999) == {"id": 4999}
+        assert rows(store.db)[0]["v"] == "kept"
+        assert sorted(store.db.table_names()) == ["big", "t"]
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- lazy commit
 
 

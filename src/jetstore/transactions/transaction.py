@@ -7,6 +7,11 @@ Lifecycle (one state per transaction, checked by every operation):
        |  \\--commit failure after its record reached the log--> IN_DOUBT
        \\--write set over its memory bound--> ROLLED_BACK (VersionStoreOutOfMemory)
 
+A schema change (`create_index`, `drop_index`, `add_column`, `drop_column`) and `drop_table`
+measure what they would write before writing it: over the bound they raise
+VersionStoreOutOfMemory and the transaction stays ACTIVE, as it was (its other changes kept,
+the change not begun).
+
 IN_DOUBT is the honest answer when a commit fails after its record was appended to the log
 and the instance fails with it (an interrupt between the append and the publication, or a
 failed log flush under a durable commit): whether the commit survives depends on whether the
@@ -51,7 +56,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from jetstore.errors import (
@@ -602,7 +607,7 @@ class Transaction:
         """
         table = self.table(name)
         definition = table.definition
-        chunk_prefix = table_def_chunk_prefix(name)
+        entry_key = table_entry_key(name)
         ranges = [
             (prefix, prefix_successor(prefix))
             for prefix in (
@@ -610,22 +615,25 @@ class Transaction:
                     object_prefix(object_id)
                     for object_id in (definition.table_id, definition.lv_id, *definition.index_ids)
                 ),
-                chunk_prefix,
+                table_def_chunk_prefix(name),
             )
         ]
-        try:
-            for start, stop in ranges:
-                for key, _ in self.items(start, stop):
-                    self.delete(key)
-            self.delete(table_entry_key(name))
-        except VersionStoreOutOfMemory as exc:
+        # Checked before the first delete, as a schema change is: over the bound, the
+        # transaction stays as it was (and usable) rather than rolling back.
+        budget = self._limit - self._bytes - (len(entry_key) + _OP_OVERHEAD)
+        keys = self._keys_within(ranges, budget)
+        if keys is None:
             # The generic hint (smaller transactions) cannot apply to one drop: say what does.
             raise VersionStoreOutOfMemory(
                 f"dropping table {name!r} deletes each of its entries in this transaction, "
-                f"more than its bound allows ({exc.detail})",
+                f"more than the {max(budget, 0)} bytes left under its bound of {self._limit} "
+                "bytes; nothing was written and the transaction is still usable",
                 hint="delete the table's records in several smaller transactions first, then "
-                "drop it; or open the instance with a larger max_transaction_bytes",
-            ) from None
+                "drop it; or open the instance with a larger max_transaction_bytes"
+                + self._own_changes_hint("drop the table"),
+            )
+        keys.append(entry_key)
+        self._delete_existing(keys)
         self._tables.pop(name, None)
         table.mark_dropped()
 
@@ -664,7 +672,7 @@ class Transaction:
         new = old.with_index(index, next_id)
         definition = self._definition_writes(new)
         next_entry = (NEXT_OBJECT_ID_KEY, encode_next_object_id(next_id + 1))
-        reserved = _writes_size([*definition, next_entry])
+        reserved = self._definition_cost(old, definition) + _writes_size([next_entry])
         codec, shape = self._db.shape_for(new)
         builder = Table(self, new, codec, shape)
         entries = builder.index_entries(name, self._limit - self._bytes - reserved)
@@ -682,13 +690,24 @@ class Transaction:
         old = t.definition
         index_id = old.index_id(name)
         new = old.without_index(name)
+        definition = self._definition_writes(new)
         start = object_prefix(index_id)
-        self._bounded(
-            f"dropping index {name!r} of table {table!r} deletes each of its entries in this "
-            "transaction",
-            lambda: self._delete_range(start, prefix_successor(start)),
-        )
-        self._write_definition(old, self._definition_writes(new))
+        # Every check before the first write, as `create_index` does: over the bound, the
+        # transaction stays as it was (and usable) rather than rolling back.
+        budget = self._limit - self._bytes - self._definition_cost(old, definition)
+        keys = self._keys_within([(start, prefix_successor(start))], budget)
+        if keys is None:
+            raise VersionStoreOutOfMemory(
+                f"dropping index {name!r} of table {table!r} deletes each of its entries in "
+                f"this transaction, more than the {max(budget, 0)} bytes left under its bound "
+                f"of {self._limit} bytes; nothing was written and the transaction is still "
+                "usable",
+                hint="open the instance with a larger max_transaction_bytes (the drop is one "
+                "transaction: an index cannot be dropped in parts)"
+                + self._own_changes_hint("drop the index"),
+            )
+        self._delete_existing(keys)
+        self._write_definition(old, definition)
         self._redefine(t, old, new)
         return new
 
@@ -717,7 +736,20 @@ class Transaction:
                 hint="give the column a default, or add it as nullable",
             )
         new = old.with_column(column)
-        self._write_definition(old, self._definition_writes(new))
+        definition = self._definition_writes(new)
+        left = self._limit - self._bytes
+        if self._definition_cost(old, definition) > left:
+            # Only the definition is written, but a transaction near its bound must not roll
+            # back for it: refused first, as the other schema changes are.
+            raise VersionStoreOutOfMemory(
+                f"adding column {name!r} to table {old.name!r} writes the table's definition, "
+                f"more than the {max(left, 0)} bytes left under the transaction's bound of "
+                f"{self._limit} bytes; nothing was written and the transaction is still usable",
+                hint="commit this transaction's other changes first and add the column in a "
+                "transaction of its own, or open the instance with a larger "
+                "max_transaction_bytes",
+            )
+        self._write_definition(old, definition)
         self._redefine(t, old, new)
         return new
 
@@ -735,7 +767,7 @@ class Transaction:
         definition = self._definition_writes(new)
         codec, shape = self._db.shape_for(new)
         records, deleted, moved = t.entries_without_column(
-            name, codec, shape, self._limit - self._bytes - _writes_size(definition)
+            name, codec, shape, self._limit - self._bytes - self._definition_cost(old, definition)
         )
         self._put_checked(records)
         self._delete_existing(deleted)
@@ -770,10 +802,6 @@ class Transaction:
             self._pending.update(entries)
         self._charge(size)
 
-    def _delete_range(self, start: bytes, stop: bytes | None) -> None:
-        """Delete every entry in ``[start, stop)`` as one batch (each is known to exist)."""
-        self._delete_existing([key for key, _value in self.items(start, stop)])
-
     def _delete_existing(self, keys: list[bytes]) -> None:
         """Delete `keys`, each present in the transaction's view, charged together."""
         operations = self.operations
@@ -784,15 +812,46 @@ class Transaction:
                 pending[key] = None
         self._charge(sum(len(key) + _OP_OVERHEAD for key in keys))
 
-    def _bounded(self, what: str, work: Callable[[], None]) -> None:
-        """Run `work`; the transaction's bound exceeded inside it says `what` did it."""
-        try:
-            work()
-        except VersionStoreOutOfMemory as exc:
-            raise VersionStoreOutOfMemory(
-                f"{what}, more than its bound allows ({exc.detail})",
-                hint="open the instance with a larger max_transaction_bytes",
-            ) from None
+    def _definition_cost(self, old: TableDef, entries: list[tuple[bytes, bytes]]) -> int:
+        """What `_write_definition(old, entries)` charges: its puts, and the deletes of the
+        chunks of `old` that `entries` no longer holds (a definition that shrank)."""
+        prefix = table_def_chunk_prefix(old.name)
+        keep = {key for key, _value in entries}
+        stale = sum(
+            len(key) + _OP_OVERHEAD
+            for key, _value in self.items(prefix, prefix_successor(prefix))
+            if key not in keep
+        )
+        return _writes_size(entries) + stale
+
+    def _keys_within(
+        self, ranges: list[tuple[bytes, bytes | None]], budget: int
+    ) -> list[bytes] | None:
+        """Every key in `ranges` of the transaction's view, or None once deleting them would
+        charge more than `budget` bytes. Nothing is written, so a caller over the bound can
+        refuse with the transaction as it was; the keys gathered never exceed the bound."""
+        if budget < 0:
+            return None
+        keys: list[bytes] = []
+        used = 0
+        view = self.frozen()
+        for start, stop in ranges:
+            for chunk, _values in view.chunks(start, stop):
+                keys += chunk
+                used += sum(map(len, chunk)) + len(chunk) * _OP_OVERHEAD
+                if used > budget:
+                    return None
+        return keys
+
+    def _own_changes_hint(self, what: str) -> str:
+        """The hint's addition when this transaction's own earlier changes took part of the
+        bound: doing the change in a transaction of its own leaves it the whole bound."""
+        if not self._bytes:
+            return ""
+        return (
+            f"; this transaction already holds {self._bytes} bytes of other changes: commit "
+            f"them first and {what} in a transaction of its own"
+        )
 
     def _redefine(self, table: Table, old: TableDef, new: TableDef) -> None:
         """`table` (and every later `table(name)` in this transaction) now follows `new`."""
