@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from jetstore.errors import (
 from jetstore.format.filenames import parse_database_file_name
 from jetstore.tables.catalog import object_prefix
 from jetstore.tables.keys import prefix_successor
-from jetstore.tables.schema import TableDef
+from jetstore.tables.schema import TableDef, decode_table_def, encode_table_def
 from jetstore.tools.integrity import check_integrity
 from jetstore.transactions.transaction import Transaction, TransactionState
 
@@ -582,6 +582,76 @@ def test_added_column_with_an_aware_datetime_default_reads_it_in_utc(store: Stor
     def check() -> None:
         with store.db.transaction() as txn:
             reads_utc(txn)
+
+    store.checked_twice(check)
+
+
+class _FallBack(tzinfo):
+    """A zone whose clocks go back an hour: a wall time of the repeated hour is UTC-4 with
+    fold=0 and UTC-5 with fold=1 (as America/New_York at the end of summer time), without
+    depending on the system's time zone data."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=-5 if dt is not None and dt.fold else -4)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "FALLBACK"
+
+
+def test_a_datetime_default_with_fold_1_reads_as_a_stored_value_does(store: Store) -> None:
+    """Regression (model test): a datetime default given with fold=1 was kept as given, so
+    rows written before the column was added read fold=1 (in the adding transaction, and
+    after its commit while the cached codec lived) and fold=0 once the catalog was read
+    again. A stored datetime reads fold=0 always (neither the record nor the key format
+    keeps fold; an aware value's fold only chooses its instant), so a default is now made
+    at `Column` what a stored value reads: every row reads the same value, fold included."""
+    store.db.create_table("z", [("k", "int")], "k")
+    with store.db.transaction() as txn:
+        txn.table("z").insert({"k": 1})
+    given = {
+        "naive": datetime(2021, 11, 7, 1, 30, fold=1),
+        "utc": datetime(2021, 11, 7, 5, 30, tzinfo=UTC, fold=1),
+        "zone": datetime(2021, 11, 7, 1, 30, tzinfo=_FallBack(), fold=1),
+    }
+    expected = {
+        "naive": datetime(2021, 11, 7, 1, 30),
+        "utc": datetime(2021, 11, 7, 5, 30, tzinfo=UTC),
+        "zone": datetime(2021, 11, 7, 6, 30, tzinfo=UTC),  # fold=1 chose UTC-5
+    }
+
+    def exactly(value: object) -> tuple[object, ...]:
+        assert isinstance(value, datetime)
+        return (value, value.fold, value.tzinfo, type(value))
+
+    def reads_as_stored(txn: Transaction) -> None:
+        rows = {row["k"]: row for row in txn.table("z").scan()}
+        assert sorted(rows) == [1, 2, 3]
+        for name, value in expected.items():
+            for k in (1, 2, 3):  # old row, row given the default, row given the value
+                assert exactly(rows[k][name]) == exactly(value), (k, name)
+        for column in txn.table("z").definition.columns[1:]:
+            assert exactly(column.default) == exactly(expected[column.name])
+
+    with store.db.transaction() as txn:
+        for name, value in given.items():
+            txn.add_column("z", name, "datetime", default=value)
+        txn.table("z").insert({"k": 2})
+        txn.table("z").insert({"k": 3, **given})
+        reads_as_stored(txn)
+        # The record `update` returns is as a read returns it, too.
+        returned = txn.table("z").update(3, given)
+        assert [exactly(returned[name]) for name in given] == list(map(exactly, expected.values()))
+        new = txn.table("z").definition
+        assert decode_table_def(encode_table_def(new)) == new
+        # The catalog bytes are what they always were: no field for fold.
+        assert b"fold" not in encode_table_def(new)
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            reads_as_stored(txn)
 
     store.checked_twice(check)
 

@@ -19,7 +19,8 @@ Invariants
    of the encoding of that value followed by NUL bytes (``"a"`` is ``40 61 00``, ``"a\x00"``
    is ``40 61 00 FF 00``), and that range would hold those tuples too.
 3. **Round trip.** ``decode_key(encode_key(t)) == t``, with bytes-like values coming back as
-   ``bytes``, aware datetimes as the same instant in UTC, naive datetimes as naive.
+   ``bytes``, aware datetimes as the same instant in UTC, naive datetimes as naive, every
+   datetime with ``fold`` 0 (``datetime_as_read``).
 
 Byte format, one element after another, each starting with a type tag byte
 ---------------------------------------------------------------------------
@@ -59,6 +60,7 @@ __all__ = [
     "MIN_DATETIME_MICROS",
     "KeyInput",
     "KeyValue",
+    "datetime_as_read",
     "datetime_to_micros",
     "decode_key",
     "encode_key",
@@ -149,6 +151,16 @@ def micros_to_datetime(micros: int, aware: bool) -> datetime:
     if aware:
         return _EPOCH_UTC + timedelta(microseconds=micros)
     return _EPOCH_NAIVE + timedelta(microseconds=micros)
+
+
+def datetime_as_read(value: datetime) -> datetime:
+    """`value` as reading it back gives it after it was stored (as a key or in a record): the
+    same instant, naive when given naive, else aware in UTC, a plain `datetime` with `fold`
+    0. Neither format keeps `fold`: a naive value is taken as UTC, where no wall time
+    repeats, and an aware value's fold has done its only work once it chose the instant
+    (its UTC offset at a repeated wall time). Used where a value is handed back without
+    being read (a column default, the record `update` returns), so it matches a read."""
+    return micros_to_datetime(datetime_to_micros(value), _is_aware(value))
 
 
 def _is_aware(value: datetime) -> bool:

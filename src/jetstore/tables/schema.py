@@ -47,7 +47,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -63,7 +63,7 @@ from jetstore.errors import (
     JetError,
     NullInvalid,
 )
-from jetstore.tables.keys import datetime_to_micros, micros_to_datetime
+from jetstore.tables.keys import datetime_as_read, datetime_to_micros, micros_to_datetime
 
 __all__ = [
     "MAX_COLUMNS",
@@ -221,7 +221,10 @@ class Column:
     Two columns are equal when they are stored alike (invariant 3): a float default compares
     as the catalog stores it (``float.hex()``), so -0.0 and 0.0 are two defaults (old records
     read each as itself, and a definition cached under one must not serve the other) and
-    every NaN is one (a definition with a NaN default equals its decoded copy).
+    every NaN is one (a definition with a NaN default equals its decoded copy). A datetime
+    default is kept as a stored value reads (``keys.datetime_as_read``: aware in UTC, fold
+    0), which is all the catalog keeps of it, so ``==`` (which ignores fold) cannot make two
+    definitions equal that old records would read differently.
     """
 
     name: str
@@ -249,10 +252,11 @@ class Column:
                 ) from None
             except _OutOfRange as exc:
                 raise InvalidParameter(f"default of column {name!r}: {exc}") from None
-            if isinstance(default, datetime) and default.utcoffset() is not None:
-                # As the catalog stores it and as every read returns an aware value: in UTC
-                # (a record written before the column was added reads this very object).
-                default = default.astimezone(UTC)
+            if isinstance(default, datetime):
+                # As the catalog stores it and as every read returns a stored datetime: an
+                # aware one in UTC, fold 0 (a record written before the column was added
+                # reads this very object, and must read what a stored value reads).
+                default = datetime_as_read(default)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "type", ctype)
         object.__setattr__(self, "nullable", nullable)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, cast
 
 from jetstore.errors import (
@@ -67,6 +67,7 @@ from jetstore.tables.keys import (
     KEY_NUL_ESCAPED,
     KEY_TERMINATOR,
     KeyInput,
+    datetime_as_read,
     decode_key,
     encode_key,
     prefix_successor,
@@ -671,12 +672,15 @@ class Table:
     # ----------------------------------------------------------------- internals
 
     def _as_read(self, record: dict[str, object]) -> dict[str, object]:
-        """`record` as a read returns it: aware datetimes in UTC (the same instant)."""
+        """`record` as a read returns it: aware datetimes in UTC (the same instant), every
+        datetime with fold 0 (`keys.datetime_as_read`)."""
         out = dict(record)
         for name in self._datetime_columns:
             value = out[name]
-            if isinstance(value, datetime) and value.utcoffset() is not None:
-                out[name] = value.astimezone(UTC)
+            if isinstance(value, datetime) and (
+                value.fold or type(value) is not datetime or value.utcoffset() is not None
+            ):
+                out[name] = datetime_as_read(value)
         return out
 
     def _describe_key(self, record: Mapping[str, object]) -> str:
