@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from jetstore.errors import (
     WriteConflict,
 )
 from jetstore.format.filenames import parse_database_file_name
+from jetstore.instance.database import SCHEMA_CHANGE_ATTEMPTS
 from jetstore.tables.catalog import object_prefix
 from jetstore.tables.keys import prefix_successor
 from jetstore.tables.schema import TableDef, decode_table_def, encode_table_def
@@ -360,6 +362,96 @@ def test_database_schema_change_is_retried_after_a_conflict(store: Store) -> Non
         del store.db.transaction
     with store.db.transaction() as txn:
         assert [r["id"] for r in txn.table("t").scan(index="by_a", start="late")] == [200, 201]
+
+
+def test_database_create_index_rebuilds_after_a_concurrent_writer_and_matches_a_fresh_build(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer thread commits inserts, an update and a delete to the table while the first
+    attempt's index is built (after the build, before its commit): that commit conflicts,
+    the second attempt rebuilds on a snapshot holding the writes, and the index equals one
+    built from scratch over the same rows."""
+    store.db.create_table("t", COLUMNS, "id")
+    with store.db.transaction() as txn:
+        for i, row in enumerate([*tricky_rows(), *({"id": 100 + i} for i in range(200))]):
+            txn.table("t").insert({**row, "a": row.get("a", f"a{i % 13}"), "b": i})
+    built, written = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        built.wait(30)
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            t.insert({"id": 1000, "a": "from the writer", "b": -1})
+            t.update(100, {"a": "changed", "b": 7})
+            t.delete(101)
+        written.set()
+
+    attempts = 0
+    original = Transaction.create_index
+
+    def build_then_let_the_writer_commit(self: Transaction, *args: Any, **kw: Any) -> TableDef:
+        nonlocal attempts
+        attempts += 1
+        new = original(self, *args, **kw)
+        if attempts == 1:
+            built.set()
+            assert written.wait(30)
+        return new
+
+    monkeypatch.setattr(Transaction, "create_index", build_then_let_the_writer_commit)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        store.db.create_index("t", "u_ab", ["a", "b"], unique=True)
+    finally:
+        built.set()
+        thread.join()
+    monkeypatch.undo()
+    assert attempts == 2
+    store.db.create_table("fresh", COLUMNS, "id", indexes=[("u_ab", ["a", "b"], True)])
+    with store.db.transaction() as txn:
+        for row in txn.table("t").scan():
+            txn.table("fresh").insert(row)
+    with store.db.transaction() as txn:
+        assert len(index_entries(txn, "t", "u_ab")) == 7 + 200
+        same_scans(txn, "fresh", "t", "u_ab")
+        found = txn.table("t").scan(index="u_ab", start=("from the writer",))
+        assert [r["id"] for r in found][:1] == [1000]
+    integrity_ok(store)
+
+
+def test_database_create_index_gives_up_after_its_attempts_and_says_so(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that commits during every attempt: the convenience stops after
+    SCHEMA_CHANGE_ATTEMPTS, and its error says how many attempts it made and what to do."""
+    populated(store)
+    attempts = 0
+    original = Transaction.create_index
+
+    def build_then_a_write_commits(self: Transaction, *args: Any, **kw: Any) -> TableDef:
+        nonlocal attempts
+        attempts += 1
+        new = original(self, *args, **kw)
+        with store.db.transaction() as writer:
+            writer.table("t").insert({"id": 1000 + attempts, "a": "busy"})
+        return new
+
+    monkeypatch.setattr(Transaction, "create_index", build_then_a_write_commits)
+    with pytest.raises(WriteConflict) as caught:
+        store.db.create_index("t", "by_a", "a")
+    monkeypatch.undo()
+    assert attempts == SCHEMA_CHANGE_ATTEMPTS == 5
+    message = str(caught.value)
+    assert caught.value.code == -1102
+    assert "index 'by_a' of table 't' gave up after 5 attempts" in message
+    assert "record with primary key" in message or "committed a write" in message
+    assert "pause the application's writes to the table" in caught.value.hint
+    assert isinstance(caught.value.__cause__, WriteConflict)
+    assert [i.name for i in definition(store).indexes] == ["by_b"]
+    assert len(store.read("t")) == 20 + 5  # every writer's commit stands
+    store.db.create_index("t", "by_a", "a")  # once the writes pause, it goes through
+    integrity_ok(store)
 
 
 # --------------------------------------------------------------------------- drop_index

@@ -73,6 +73,9 @@ CachedTable = tuple[bytes, TableDef, RecordCodec, TableShape]
 _TXN_IDS = itertools.count(1)
 _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
 _CREATE_RETRIES = 5
+#: How many times a `Database` schema change convenience (`create_index` and the rest) runs
+#: its change before it gives up on the WriteConflicts of concurrent writes to the table.
+SCHEMA_CHANGE_ATTEMPTS = 5
 
 
 class Database:
@@ -166,9 +169,10 @@ class Database:
         with self.transaction() as txn:
             txn.drop_table(name)
 
-    # Schema changes of an existing table, each in a transaction of its own. A concurrent
-    # write to the table committed first makes the change a WriteConflict; it is retried (on
-    # a new snapshot, which holds that write) as `create_table` is.
+    # Schema changes of an existing table, each in a transaction of its own. A write to the
+    # table committed after the change's snapshot makes its commit a WriteConflict (an index
+    # build missed the write, a rewrite would undo it); the change is then done again on a
+    # new snapshot, which holds that write, at most `SCHEMA_CHANGE_ATTEMPTS` times in all.
 
     def create_index(
         self,
@@ -177,12 +181,32 @@ class Database:
         columns: str | list[str] | tuple[str, ...],
         unique: bool = False,
     ) -> TableDef:
-        """`Transaction.create_index` in a transaction of its own."""
-        return self._schema_change(lambda txn: txn.create_index(table, name, columns, unique))
+        """`Transaction.create_index` in a transaction of its own, retried on a conflict.
+
+        A write to the table committed while the index is built makes the commit a
+        WriteConflict. The call then starts again on a new snapshot, which holds that write,
+        and builds the whole index again from the records (a failed attempt leaves nothing:
+        its entries were only in its own transaction, rolled back). Each attempt costs a full
+        build, about 10 µs a record. At most `SCHEMA_CHANGE_ATTEMPTS` (5) attempts, one after
+        the other with no pause; when every one conflicts, the last WriteConflict is raised
+        saying how many were made: pause the writes to the table while the index is built
+        (a table written all the time never leaves a build that long without a write), or
+        try again when it is less busy.
+        """
+        return self._schema_change(
+            f"creating index {name!r} of table {table!r}",
+            "the index is built",
+            lambda txn: txn.create_index(table, name, columns, unique),
+        )
 
     def drop_index(self, table: str, name: str) -> TableDef:
-        """`Transaction.drop_index` in a transaction of its own."""
-        return self._schema_change(lambda txn: txn.drop_index(table, name))
+        """`Transaction.drop_index` in a transaction of its own, retried on a conflict as
+        `create_index` is."""
+        return self._schema_change(
+            f"dropping index {name!r} of table {table!r}",
+            "the index is dropped",
+            lambda txn: txn.drop_index(table, name),
+        )
 
     def add_column(
         self,
@@ -192,21 +216,43 @@ class Database:
         nullable: bool = True,
         default: object = None,
     ) -> TableDef:
-        """`Transaction.add_column` in a transaction of its own."""
-        return self._schema_change(lambda txn: txn.add_column(table, name, type, nullable, default))
+        """`Transaction.add_column` in a transaction of its own, retried on a conflict as
+        `create_index` is."""
+        return self._schema_change(
+            f"adding column {name!r} to table {table!r}",
+            "the column is added",
+            lambda txn: txn.add_column(table, name, type, nullable, default),
+        )
 
     def drop_column(self, table: str, name: str) -> TableDef:
-        """`Transaction.drop_column` in a transaction of its own."""
-        return self._schema_change(lambda txn: txn.drop_column(table, name))
+        """`Transaction.drop_column` in a transaction of its own, retried on a conflict as
+        `create_index` is (each attempt rewrites every record again)."""
+        return self._schema_change(
+            f"dropping column {name!r} of table {table!r}",
+            "the column is dropped",
+            lambda txn: txn.drop_column(table, name),
+        )
 
-    def _schema_change(self, change: Callable[[Transaction], TableDef]) -> TableDef:
-        for attempt in range(_CREATE_RETRIES):
+    def _schema_change(
+        self, what: str, during: str, change: Callable[[Transaction], TableDef]
+    ) -> TableDef:
+        """Run `change` in a transaction of its own, again on a WriteConflict, at most
+        `SCHEMA_CHANGE_ATTEMPTS` times; `what` and `during` name it in the final error."""
+        for attempt in range(1, SCHEMA_CHANGE_ATTEMPTS + 1):
             try:
                 with self.transaction() as txn:
                     return change(txn)
-            except WriteConflict:
-                if attempt == _CREATE_RETRIES - 1:
-                    raise
+            except WriteConflict as exc:
+                if attempt == SCHEMA_CHANGE_ATTEMPTS:
+                    raise WriteConflict(
+                        f"{what} gave up after {attempt} attempts: each conflicted with a "
+                        "commit made while it ran (a write to the table, or another change "
+                        "of its definition), and each started over on a new snapshot; the "
+                        f"last conflict: {exc.detail}",
+                        hint=f"pause the application's writes to the table while {during}, "
+                        "or try again when the table is less busy; nothing of the change "
+                        "was committed",
+                    ) from exc
         raise AssertionError("unreachable")
 
     def table_names(self) -> list[str]:
