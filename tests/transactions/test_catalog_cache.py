@@ -6,14 +6,19 @@ concurrent transactions."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import jetstore.instance.database as database_module
 from instance_store import Store
 from jetstore.errors import ObjectNotFound
 from jetstore.tables.catalog import table_entry_key
+from jetstore.tables.records import RecordCodec
+from jetstore.tables.schema import Column
+from jetstore.tables.table import TableShape
 
 
 def columns(version: int) -> list[tuple[str, str]]:
@@ -140,3 +145,69 @@ def test_every_snapshot_sees_its_own_tables(
             txn.rollback()  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+def test_two_definitions_of_one_table_in_use_at_once_keep_their_codecs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the codec and shape cache (`Database.shape_for`, `codec_for`) held one
+    definition per table, so transactions begun before an add_column, alternating with
+    transactions begun after it, rebuilt both for every table they opened. Each definition
+    now keeps its own, and each transaction decodes by its own definition."""
+    store.db.create_table("t", [("id", "int"), ("v", "text")], "id")
+    store.db.create_table("w", [("id", "int")], "id")
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "a"})
+        txn.table("w")  # its codec is built here, not in the loop below
+    before = [store.db.transaction() for _ in range(6)]  # snapshots of the old definition
+    store.db.add_column("t", "x", "int", default=7)
+    built: list[str] = []
+
+    def counted(cls: type[Any]) -> Any:
+        def make(*args: Any) -> Any:
+            built.append(cls.__name__)
+            return cls(*args)
+
+        return make
+
+    monkeypatch.setattr(database_module, "RecordCodec", counted(RecordCodec))
+    monkeypatch.setattr(database_module, "TableShape", counted(TableShape))
+    codecs: dict[str, list[RecordCodec]] = {"old": [], "new": []}
+    for i, old in enumerate(before):
+        # A transaction that wrote first does not use the catalog cache: it reads the
+        # definition and asks `shape_for` for its codec, as a snapshot older than the last
+        # catalog change does.
+        with store.db.transaction() as new:
+            new.table("w").insert({"id": i})
+            t = new.table("t")
+            assert t.get(1) == {"id": 1, "v": "a", "x": 7}
+            codecs["new"].append(store.db.shape_for(t.definition)[0])
+        t = old.table("t")
+        assert t.get(1) == {"id": 1, "v": "a"}
+        assert list(t.scan()) == [{"id": 1, "v": "a"}]
+        codecs["old"].append(store.db.shape_for(t.definition)[0])
+        old.rollback()
+        if i == 0:
+            # The first new transaction built the shape of the definition read from the
+            # catalog (its codec is the adding transaction's: an equal definition).
+            assert built == ["TableShape"]
+    assert built == ["TableShape"]  # then every lookup hit
+    for kind in ("old", "new"):
+        assert all(codec is codecs[kind][0] for codec in codecs[kind])
+    assert codecs["old"][0] is not codecs["new"][0]
+
+
+def test_the_codec_cache_keeps_a_few_definitions_of_a_table(store: Store) -> None:
+    store.db.create_table("t", [("id", "int")], "id")
+    with store.db.transaction() as txn:
+        first = txn.table("t").definition
+    definitions = [first]
+    for i in range(4):
+        definitions.append(definitions[-1].with_column(Column(f"c{i}", "int", default=i)))
+    codecs = [store.db.shape_for(d)[0] for d in definitions]
+    assert len({id(codec) for codec in codecs}) == 5
+    # The last four stay (in any order of use); the oldest built was evicted.
+    for d, codec in reversed(list(zip(definitions[1:], codecs[1:], strict=True))):
+        assert store.db.shape_for(d)[0] is codec
+        assert store.db.codec_for(d) is codec
+    assert store.db.shape_for(first)[0] is not codecs[0]

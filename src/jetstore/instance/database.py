@@ -73,6 +73,10 @@ CachedTable = tuple[bytes, TableDef, RecordCodec, TableShape]
 _TXN_IDS = itertools.count(1)
 _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
 _CREATE_RETRIES = 5
+# Definitions of one table whose codec and shape stay cached: two are common (transactions
+# begun before and after a schema change), a few more cover a burst of changes while older
+# readers run; a bound keeps a table changed many times from holding every old codec.
+_DEFINITIONS_PER_TABLE = 4
 #: How many times a `Database` schema change convenience (`create_index` and the rest) runs
 #: its change before it gives up on the WriteConflicts of concurrent writes to the table.
 SCHEMA_CHANGE_ATTEMPTS = 5
@@ -108,8 +112,11 @@ class Database:
         self._recent: dict[bytes, LogPosition] = {}
         self._recent_log: deque[tuple[LogPosition, list[bytes]]] = deque()
         self._defs: dict[bytes, TableDef] = {}
-        self._codecs: dict[int, tuple[TableDef, RecordCodec]] = {}
-        self._shapes: dict[int, tuple[TableDef, RecordCodec, TableShape]] = {}
+        # Record codecs and table shapes by table id, the most recently built first, at most
+        # `_DEFINITIONS_PER_TABLE` each (see `shape_for`). Each tuple is replaced whole, never
+        # changed in place, so a thread reading one meanwhile sees a consistent one.
+        self._codecs: dict[int, tuple[tuple[TableDef, RecordCodec], ...]] = {}
+        self._shapes: dict[int, tuple[tuple[TableDef, RecordCodec, TableShape], ...]] = {}
         # (position of the last commit that changed a catalog entry, table name -> (entry key,
         # definition, codec, shape) as every snapshot at or after it sees them). Replaced
         # whole, before the commit is published, when a commit changes the catalog.
@@ -291,13 +298,24 @@ class Database:
         return table_def
 
     def shape_for(self, table_def: TableDef) -> tuple[RecordCodec, TableShape]:
-        """The codec and derived layout of a table definition, built once per definition."""
-        cached = self._shapes.get(table_def.table_id)
-        if cached is not None and cached[0] is table_def:
-            return cached[1], cached[2]
+        """The codec and derived layout of a table definition, built once per definition.
+
+        Kept per table for the last `_DEFINITIONS_PER_TABLE` definitions built, not only the
+        last one: transactions open at once may hold different definitions of one table (one
+        begun before an `add_column` committed, one after, and the adding transaction's own),
+        and one slot per table made each of them rebuild what the other had just replaced. A
+        shape is found by identity (a `Table` requires the very definition object its shape
+        was built from; definitions read from the catalog are one object per encoding, see
+        `table_def_from_bytes`); the codec by equality (`codec_for`).
+        """
+        table_id = table_def.table_id
+        cached = self._shapes.get(table_id, ())
+        for entry in cached:
+            if entry[0] is table_def:
+                return entry[1], entry[2]
         codec = self.codec_for(table_def)
         shape = TableShape(table_def, self.page_size)
-        self._shapes[table_def.table_id] = (table_def, codec, shape)
+        self._shapes[table_id] = ((table_def, codec, shape), *cached[: _DEFINITIONS_PER_TABLE - 1])
         return codec, shape
 
     def catalog_cache(self, snapshot: LogPosition) -> dict[str, CachedTable] | None:
@@ -313,11 +331,16 @@ class Database:
         return cache if snapshot >= position else None
 
     def codec_for(self, table_def: TableDef) -> RecordCodec:
-        cached = self._codecs.get(table_def.table_id)
-        if cached is not None and cached[0] == table_def:
-            return cached[1]
+        """The record codec of a table definition, one per equal definition (definitions are
+        equal exactly when they encode alike, defaults included: `schema` invariant 3), for
+        the last `_DEFINITIONS_PER_TABLE` definitions of each table (as `shape_for`)."""
+        table_id = table_def.table_id
+        cached = self._codecs.get(table_id, ())
+        for entry in cached:
+            if entry[0] is table_def or entry[0] == table_def:
+                return entry[1]
         codec = RecordCodec(table_def)
-        self._codecs[table_def.table_id] = (table_def, codec)
+        self._codecs[table_id] = ((table_def, codec), *cached[: _DEFINITIONS_PER_TABLE - 1])
         return codec
 
     # ----------------------------------------------------------------- commit pipeline
