@@ -603,7 +603,9 @@ class Transaction:
 
         Transactions with older snapshots go on reading the table as of their snapshot; one
         of them that writes to it fails its commit with `WriteConflict` (its writes would be
-        orphans), one that only read it commits its other writes.
+        orphans), one that only read it commits its other writes. A table whose entries
+        exceed what is left of the transaction's bound is VersionStoreOutOfMemory before the
+        first delete, and the transaction stays as it was.
         """
         table = self.table(name)
         definition = table.definition
@@ -684,7 +686,11 @@ class Transaction:
 
     def drop_index(self, table: str, name: str) -> TableDef:
         """Remove secondary index `name` of table `table` and all its entries; returns the
-        new definition (IndexNotFound if there is no such index)."""
+        new definition (IndexNotFound if there is no such index).
+
+        The deletes count toward the transaction's bound: over it, VersionStoreOutOfMemory
+        before the first of them, and the transaction stays as it was (as `create_index`).
+        """
         self._check_active()
         t = self.table(table)
         old = t.definition
