@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 
 import jetstore
-from jetstore.errors import FileNotFound, InvalidPath, LogFileCorrupt
+from jetstore.errors import BadLogSignature, FileNotFound, InvalidPath, JetError, LogFileCorrupt
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import KIND_FULL, Frame, decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.format.positions import LogPosition
+from jetstore.instance.diagnosis import logs_needed
 from jetstore.io import FileSystem, HandleRegistry
 from jetstore.log.reader import scan_to_end, take_inventory
 from jetstore.log.verify import GenerationReport, LogProblem, LogVerification, verify_logs
@@ -592,12 +593,86 @@ def test_problems_below_where_recovery_starts_are_warnings_at_the_boundary(
     assert {p.needed for p in unknown.problems} == {None}
 
 
-def test_a_foreign_file_below_where_recovery_starts_stays_an_error(tmp_path: Path) -> None:
+def test_stream_signature_is_the_lowest_generations_not_the_majoritys(tmp_path: Path) -> None:
+    """More foreign generations than the instance's own: recovery still takes the stream's
+    signature from the lowest generation and refuses at the first foreign one, so that is
+    what verification reports (a majority vote would call the foreign files healthy and the
+    instance's own generations foreign)."""
     a, b = tmp_path / "a", tmp_path / "b"
     build(a)
     build(b)
-    name = closed_generations(a)[0]
+    foreign = [*closed_generations(a)[2:], CURRENT_LOG]
+    assert len(foreign) > len(closed_generations(a)) + 1 - len(foreign)
+    for name in foreign:
+        os.replace(b / name, a / name)
+    own = closed_generations(a)[:2]
+
+    result = verify_unchanged(a)
+    assert result.signature == report_for(result, own[0]).signature
+    assert [(p.error, p.file_name, p.offset) for p in errors(result)] == [
+        ("BadLogSignature", name, 24) for name in foreign
+    ]
+    assert all(report_for(result, name).status == "ok" for name in own)
+    assert all(report_for(result, name).status == "damaged" for name in foreign)
+    first = errors(result)[0]
+    assert "the lowest generation present, whose signature recovery takes" in first.message
+    assert own[0] in first.message and f"Move {foreign[0]} out of the directory" in first.message
+    # What a real open does: the stream is the lowest generation's; refused at the first
+    # foreign generation, the one verification names first.
+    with pytest.raises(BadLogSignature) as refused:
+        jetstore.open(a, **SMALL)
+    assert refused.value.path is not None and refused.value.path.endswith(foreign[0])
+
+
+def test_a_foreign_lowest_generation_is_the_stream_as_recovery_takes_it(tmp_path: Path) -> None:
+    """A stray file of another stream as the lowest generation: recovery takes its signature
+    for the stream's and refuses the instance's own logs; verification reports the same
+    generations as foreign and names the lowest file as the one that sets the stream."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    build(a)
+    build(b)
+    stray = closed_generations(a)[0]
+    os.replace(b / stray, a / stray)
+    fs = FileSystem()
+
+    needs = logs_needed(fs, str(a), owner="verify-test")
+    assert needs.first_generation is None  # recovery refuses: every generation is needed
+    result = verify_logs(fs, str(a), needed_from=needs.first_generation)
+    assert result.signature == report_for(result, stray).signature
+    assert report_for(result, stray).status == "ok"
+    foreign = {p.file_name for p in errors(result) if p.error == "BadLogSignature"}
+    assert foreign == {*closed_generations(a)[1:], CURRENT_LOG}
+    assert all(f"if {stray} is the stray file, move that one" in p.message for p in errors(result))
+    with pytest.raises(JetError):
+        jetstore.open(a, **SMALL)
+
+
+def test_a_foreign_file_below_where_recovery_starts_is_a_warning(tmp_path: Path) -> None:
+    """A file of another stream that recovery does not read (below where it starts, above the
+    lowest generation, which sets the stream) cannot stop recovery: a warning that says to
+    move it away, and a real open agrees."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    build(a, crash=False)  # a clean shutdown: recovery reads only the newest generation
+    build(b)
+    name = closed_generations(a)[1]
     os.replace(b / name, a / name)
-    result = verify_logs(FileSystem(), str(a), needed_from=10**6, needed_reason="test")
-    (problem,) = errors(result)
-    assert (problem.error, problem.needed) == ("BadLogSignature", False)
+    fs = FileSystem()
+
+    needs = logs_needed(fs, str(a), owner="verify-test")
+    assert needs.first_generation is not None and needs.first_generation > 2
+    result = verify_logs(fs, str(a), needed_from=needs.first_generation, needed_reason=needs.reason)
+    assert result.ok and not errors(result)
+    (problem,) = [p for p in result.problems if p.check == "signature"]
+    assert (problem.severity, problem.error, problem.needed, problem.file_name) == (
+        "warning",
+        "BadLogSignature",
+        False,
+        name,
+    )
+    assert "recovery no longer needs generation 2" in problem.message
+    assert f"move {name} out of the directory" in problem.message
+    assert report_for(result, name).status == "damaged"
+    with jetstore.open(a, **SMALL) as instance:
+        assert instance.recovery is not None and not instance.recovery.needed
+    # Without knowing where recovery starts, the foreign file stays an error.
+    assert [p.file_name for p in errors(verify_logs(fs, str(a)))] == [name]

@@ -174,13 +174,9 @@ def required_range(header: DatabaseHeader) -> tuple[int, int]:
 
 def stream_signature(inventory: LogInventory) -> Signature | None:
     """The log stream of a directory: the lowest generation's (the logs are the stream; the
-    checkpoint file is only a hint)."""
-    lowest = inventory.lowest
-    if lowest is None:
-        return None
-    log_header = inventory.files[lowest].header
-    assert log_header is not None  # take_inventory lists unreadable headers apart
-    return log_header.log_signature
+    checkpoint file is only a hint). The rule is `jetstore.log.reader.stream_signature_of`,
+    which the offline log tools apply too."""
+    return inventory.stream_signature()
 
 
 def _missing_message(

@@ -4,7 +4,10 @@ Read-only: nothing here writes, renames or deletes (diagnose and dump rely on th
 
 Chain verification (each failure stops reading with ESE's error, naming the generation):
 - every file's header is valid (`LogFileCorrupt`) and its generation matches its name
-  (`LogGenerationMismatch`); every generation carries the stream's signature (`BadLogSignature`);
+  (`LogGenerationMismatch`); every generation carries the stream's signature (`BadLogSignature`).
+  The stream's signature is the lowest generation's (`stream_signature_of`): recovery,
+  diagnose, `logs verify`, `dump logs` and `checksum` all take it from there, so no tool
+  calls a generation foreign that recovery reads as the stream's, or the other way round;
 - every file read is exactly as long as its header's `log_file_size` (`LogFileSizeMismatch`,
   after the records before the damage were read; the rule the verifier applies too,
   `log_file_length_problem`): log files are written in full before use, so a short newest
@@ -22,7 +25,7 @@ Chain verification (each failure stops reading with ESE's error, naming the gene
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -103,6 +106,12 @@ class LogInventory:
     def missing(self, first: int, last: int) -> list[int]:
         return [g for g in range(first, last + 1) if g not in self.files]
 
+    def stream_signature(self) -> Signature | None:
+        """The log stream of the directory (`stream_signature_of`); None: no log present."""
+        return stream_signature_of(
+            {g: f.header for g, f in self.files.items() if f.header is not None}
+        )
+
     def describe_present(self) -> str:
         gens = self.generations
         if not gens:
@@ -115,6 +124,24 @@ class LogInventory:
                 start = g
             prev = g
         return "generations present: " + ", ".join(runs)
+
+
+def stream_signature_of(headers: Mapping[int, LogFileHeader]) -> Signature | None:
+    """The signature of the log stream `headers` (by generation) make up: the lowest
+    generation's. None when there is none.
+
+    `headers` are the files that can be part of the chain: header readable, generation as
+    the name says, `edb.log` rather than an archived file of the same generation
+    (`take_inventory`'s rules). The lowest generation is where the stream's history starts;
+    every later generation must carry its signature, and the checkpoint file and the database
+    headers are checked against it, never the other way round (they are hints about where
+    replay starts, not about which files are the log). A count of files decides nothing: a
+    directory with more foreign files than its own still recovers from its own lowest file
+    onwards, or refuses at the first foreign one.
+    """
+    if not headers:
+        return None
+    return headers[min(headers)].log_signature
 
 
 def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventory:

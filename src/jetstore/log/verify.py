@@ -20,8 +20,10 @@ What is checked (the error class named in a problem is the one recovery would ra
   "unreadable") and its generation matches its name (`LogGenerationMismatch`);
 - each file's size equals its header's `log_file_size` (`LogFileSizeMismatch`): the rule
   recovery applies too (`jetstore.format.logheader.log_file_length_problem`);
-- every file carries the stream's signature, the one most files carry (`BadLogSignature` for
-  the odd ones out; ties go to the newest generation's signature);
+- every file carries the stream's signature (`BadLogSignature` for the others): the lowest
+  generation's, the rule recovery applies (`jetstore.log.reader.stream_signature_of`), not
+  the one most files carry: recovery reads its own stream from the lowest file on and
+  refuses at the first foreign one, however many there are;
 - generations are contiguous from the lowest to the highest present (`MissingLogFile`, one
   problem per gap naming the missing files);
 - the chain links: each header's `previous_generation_created_time` equals the previous
@@ -50,10 +52,10 @@ the database headers, exactly as recovery decides it). A problem that concerns o
 generations below it (damage, a size or header problem, a gap, a broken link from the
 generation before it) cannot stop recovery: it is reported as a "warning" with `needed`
 false, and a message that says so and that the file can be removed; the generation's status
-stays "damaged"/"unreadable". A file of another log stream stays an error wherever it is
-(recovery takes the stream's signature from the lowest generation present). Without
-`needed_from` (nothing says where recovery starts) every generation counts as needed:
-`needed` is None and every problem keeps its severity.
+stays "damaged"/"unreadable". That includes a file of another log stream below it: recovery
+never reads it (the lowest generation, which sets the stream's signature, is never such a
+file, by that rule). Without `needed_from` (nothing says where recovery starts) every
+generation counts as needed: `needed` is None and every problem keeps its severity.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ from jetstore.format.logheader import (
 )
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
+from jetstore.log.reader import stream_signature_of
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -218,7 +221,8 @@ class LogVerification:
     directory: str
     generations: list[GenerationReport]
     problems: list[LogProblem]
-    #: The stream's signature (the one most files carry), None when no header was readable.
+    #: The stream's signature (the lowest generation's, as recovery takes it), None when no
+    #: header was readable.
     signature: str | None = None
     #: The first generation recovery reads (None: unknown, every generation counts as
     #: needed), and what sets it (or why it is unknown).
@@ -362,11 +366,6 @@ class _Carry:
     unknown_before: bool = True
 
 
-#: Checks whose errors stay errors below the generations recovery needs: recovery takes the
-#: log stream's signature from the lowest generation present, needed or not.
-_ALWAYS_ERRORS: Final = frozenset({"signature"})
-
-
 class _Verifier:
     def __init__(
         self,
@@ -407,7 +406,7 @@ class _Verifier:
         header records it, a gap its last missing generation)."""
         last = generation if concerns == "same" else concerns
         needed = None if self._needed_from is None or last is None else last >= self._needed_from
-        unneeded = severity == "error" and needed is False and check not in _ALWAYS_ERRORS
+        unneeded = severity == "error" and needed is False
         if unneeded:
             assert last is not None and self._needed_from is not None
             severity = "warning"
@@ -440,6 +439,15 @@ class _Verifier:
                 "roll forward across the gap"
             )
         what = file_name or generation_log_name(generation)
+        if check == "signature":
+            # Harmless only while a generation of the stream lies below it: were it the
+            # lowest left, recovery would take its signature for the stream's.
+            return (
+                f"{needs}: move {what} out of the directory (`jetstore logs remove DIR "
+                "--unneeded` deletes it with the other generations recovery no longer needs); "
+                "were it the lowest generation left, recovery would take its signature for the "
+                "stream's and refuse the logs"
+            )
         return (
             f"{needs}: {what} can be removed (`jetstore logs removable {self._directory}` "
             "lists what `jetstore logs remove DIR --unneeded` deletes), but a restore of an "
@@ -573,17 +581,15 @@ class _Verifier:
 
     def _check_signatures(self) -> None:
         usable = [e for e in self._entries if e.usable and e.header is not None]
-        if not usable:
+        # Duplicates are already out of the chain: one entry per generation, as in recovery.
+        by_generation = {e.header.generation: e for e in usable if e.header is not None}
+        stream = stream_signature_of(
+            {g: e.header for g, e in by_generation.items() if e.header is not None}
+        )
+        if stream is None:
             return
-        counts = Counter(e.header.log_signature for e in usable if e.header is not None)
-        newest: dict[Signature, int] = {}
-        for e in usable:
-            assert e.header is not None
-            newest[e.header.log_signature] = max(
-                newest.get(e.header.log_signature, 0), e.header.generation
-            )
-        stream = max(counts, key=lambda s: (counts[s], newest[s]))
         self._stream_signature = stream
+        lowest = by_generation[min(by_generation)]
         for entry in usable:
             assert entry.header is not None
             if entry.header.log_signature == stream:
@@ -595,8 +601,11 @@ class _Verifier:
                 "signature",
                 BadLogSignature,
                 f"{entry.name} (generation {entry.header.generation}) belongs to another log "
-                f"stream: signature {entry.header.log_signature}, the stream's is {stream}; "
-                "its frames are not verified",
+                f"stream than {lowest.name} (generation {lowest.generation}), the lowest "
+                "generation present, whose signature recovery takes for the stream's: "
+                f"signature {entry.header.log_signature}, the stream's is {stream}; its frames "
+                f"are not verified. Move {entry.name} out of the directory, or, if "
+                f"{lowest.name} is the stray file, move that one",
                 offset=_HEADER_SIGNATURE,
             )
 
