@@ -24,6 +24,8 @@ import pytest
 import jetstore
 from jetstore.cli.main import run
 from jetstore.format.filenames import LOCK_FILE
+from jetstore.format.logframe import decode_frame
+from jetstore.format.logheader import LOG_HEADER_SIZE
 
 SMALL: dict[str, Any] = {
     "log_file_size": 64 * 1024,
@@ -73,6 +75,17 @@ def flip(path: Path, offset: int, mask: int = 0x40) -> None:
         byte = file.read(1)[0]
         file.seek(offset)
         file.write(bytes([byte ^ mask]))
+
+
+def damage_second_frame(path: Path, generation: int) -> int:
+    """Flip a bit inside the second frame of a closed generation; returns its offset."""
+    data = path.read_bytes()
+    frame = decode_frame(data, LOG_HEADER_SIZE, generation)
+    assert frame is not None
+    second = decode_frame(data, frame.next_offset, generation)
+    assert second is not None
+    flip(path, second.offset + 40)
+    return second.offset
 
 
 @pytest.fixture(scope="session")

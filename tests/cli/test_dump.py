@@ -13,7 +13,7 @@ from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import CHECKPOINT_FILE, CURRENT_LOG, generation_log_name
 from jetstore.format.logheader import LOG_HEADER_SIZE
 
-from .conftest import ROWS, RunJson, flip, run_entry_point, snapshot
+from .conftest import ROWS, RunJson, damage_second_frame, flip, run_entry_point, snapshot
 
 PAGE = 8192
 
@@ -211,6 +211,105 @@ def test_dump_logs_records_stop_at_a_missing_generation(crashed: Path) -> None:
     result = envelope["result"]
     assert result["missing"] == [2]
     assert result["records_error"]["name"] == "MissingLogFile"
+
+
+def test_dump_logs_damage_recovery_no_longer_needs_is_a_warning(
+    closed: Path, run_json: RunJson
+) -> None:
+    """As in `logs verify`: damage in a generation below where recovery starts (a clean
+    shutdown's checkpoint is in the newest generation) is a warning, and the exit is 0; the
+    record scan says where it broke and resumes where recovery starts reading."""
+    offset = damage_second_frame(closed / generation_log_name(1), 1)
+    before = snapshot(closed)
+    code, document = run_json("dump", "logs", closed)
+    assert code == 0, document
+    result = document["result"]
+    assert result["verified_ok"] is True
+    needs = result["recovery_needs"]
+    assert (needs["first_generation"], needs["first_file"]) == (3, CURRENT_LOG)
+    [problem] = [p for p in result["problems"] if p["error"] == "LogFileCorrupt"]
+    assert (problem["severity"], problem["needed"], problem["offset"]) == ("warning", False, offset)
+    assert "recovery no longer needs generation 1" in problem["message"]
+    assert [(r["status"], r["needed"]) for r in result["generations"]] == [
+        ("damaged", False),
+        ("ok", False),
+        ("ok", True),
+    ]
+
+    done = run_entry_point("dump", "logs", closed, "--records", "--json")
+    assert done.returncode == 0, done.stdout
+    *records, envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    result = envelope["result"]
+    assert (envelope["ok"], result["records_error"]) == (True, None)
+    warning = result["records_warning"]
+    assert warning["error"]["name"] == "LogFileCorrupt"
+    assert warning["resumed_at_generation"] == 3
+    assert warning["stopped_at"].startswith("00000001:")
+    assert "warning, not an error" in warning["message"]
+    assert "generation 3 (edb.log: the checkpoint file" in warning["message"]
+    # Generation 1 up to the damage, then what recovery reads: nothing of generation 2.
+    assert [r["generation"] for r in records] == sorted(r["generation"] for r in records)
+    assert {r["generation"] for r in records} == {1, 3}
+    assert all(r["offset"] < offset for r in records if r["generation"] == 1)
+    assert result["records"] == len(records)
+
+    human = run_entry_point("dump", "logs", closed, "--records")
+    assert human.returncode == 0, human.stdout
+    assert "damaged but not needed by recovery: edb00000001.log" in human.stdout
+    assert "warning: records stop at 00000001:" in human.stdout
+    assert "recovery reads from generation 3 (edb.log)" in human.stdout
+    assert snapshot(closed) == before
+
+
+def test_dump_logs_damage_recovery_needs_stays_an_error(crashed: Path, run_json: RunJson) -> None:
+    """The crashed instance's header requires generation 1: damage there is an error, in the
+    verification and in the record scan (no warning, no resuming)."""
+    damage_second_frame(crashed / generation_log_name(1), 1)
+    code, document = run_json("dump", "logs", crashed)
+    assert code == 1
+    [problem] = [p for p in document["result"]["problems"] if p["error"] == "LogFileCorrupt"]
+    assert (problem["severity"], problem["needed"]) == ("error", True)
+    done = run_entry_point("dump", "logs", crashed, "--records", "--json")
+    assert done.returncode == 1
+    *records, envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    result = envelope["result"]
+    assert result["records_error"]["name"] == "LogFileCorrupt"
+    assert result["records_warning"] is None
+    assert {r["generation"] for r in records} == {1}
+
+
+def test_dump_logs_damage_where_recovery_starts_reading_stays_an_error(
+    closed: Path, run_json: RunJson
+) -> None:
+    """Damage in the first frame of the generation recovery starts reading (the record scan
+    from generation 1 breaks there before showing any of its records): reading it again as
+    recovery does breaks the same way, so it is an error, not a warning."""
+    flip(closed / CURRENT_LOG, LOG_HEADER_SIZE + 40)
+    done = run_entry_point("dump", "logs", closed, "--records", "--json")
+    assert done.returncode == 1, done.stdout
+    *records, envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    result = envelope["result"]
+    assert result["recovery_needs"]["first_generation"] == 3
+    assert result["records_error"]["name"] == "LogFileCorrupt"
+    assert result["records_warning"] is None
+    assert {r["generation"] for r in records} == {1, 2}
+    assert [(p["severity"], p["needed"]) for p in result["problems"]] == [("error", True)]
+
+
+def test_dump_logs_records_of_a_range_use_the_streams_signature(
+    crashed: Path, closed: Path
+) -> None:
+    """The stream's signature is the lowest generation's, as in recovery, also when the
+    range starts higher: a foreign generation 2 is refused, not read as if it were the
+    stream (its records are not the instance's)."""
+    (crashed / generation_log_name(2)).write_bytes((closed / generation_log_name(2)).read_bytes())
+    done = run_entry_point("dump", "logs", crashed, "--records", "--json", "--range", "2")
+    assert done.returncode == 1
+    *records, envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    assert records == []
+    assert envelope["result"]["records_error"]["name"] == "BadLogSignature"
+    [problem] = envelope["result"]["problems"]
+    assert (problem["error"], problem["file_name"]) == ("BadLogSignature", generation_log_name(2))
 
 
 def test_dump_logs_human_with_records(crashed: Path) -> None:

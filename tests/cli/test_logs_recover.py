@@ -19,7 +19,15 @@ from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 
-from .conftest import ROWS, SMALL, RunJson, flip, run_entry_point, snapshot
+from .conftest import (
+    ROWS,
+    SMALL,
+    RunJson,
+    damage_second_frame,
+    flip,
+    run_entry_point,
+    snapshot,
+)
 
 # --------------------------------------------------------------------------- logs verify
 
@@ -374,24 +382,13 @@ def test_logs_verify_without_logs_on_a_dirty_database_exits_1(
 # ------------------------------------------------------------ logs verify: what recovery needs
 
 
-def _damage_second_frame(path: Path, generation: int) -> int:
-    """Flip a bit inside the second frame of a closed generation; returns its offset."""
-    data = path.read_bytes()
-    frame = decode_frame(data, LOG_HEADER_SIZE, generation)
-    assert frame is not None
-    second = decode_frame(data, frame.next_offset, generation)
-    assert second is not None
-    flip(path, second.offset + 40)
-    return second.offset
-
-
 def test_logs_verify_damage_recovery_no_longer_needs_is_a_warning(
     closed: Path, run_json: RunJson
 ) -> None:
     """Damage in a generation below where recovery starts (a clean shutdown's checkpoint is
     in the newest generation) cannot stop recovery: a warning naming the file and saying it
     can be removed, not an error, and the exit is 0. The verdict is exactly recovery's."""
-    offset = _damage_second_frame(closed / generation_log_name(1), 1)
+    offset = damage_second_frame(closed / generation_log_name(1), 1)
     before = snapshot(closed)
     code, document = run_json("logs", "verify", closed)
     assert snapshot(closed) == before
@@ -424,7 +421,7 @@ def test_logs_verify_damage_recovery_no_longer_needs_is_a_warning(
 def test_logs_verify_damage_recovery_needs_stays_an_error(crashed: Path, run_json: RunJson) -> None:
     """The crashed instance's database header requires generation 1 (no checkpoint since
     it was created): damage there is an error, and says that recovery needs it."""
-    _damage_second_frame(crashed / generation_log_name(1), 1)
+    damage_second_frame(crashed / generation_log_name(1), 1)
     code, document = run_json("logs", "verify", crashed)
     assert code == 1
     result = document["result"]
@@ -441,7 +438,7 @@ def test_logs_verify_when_nothing_says_what_recovery_needs_damage_is_an_error(
     """Without a checkpoint file and without a readable database header nobody can tell
     which generations recovery needs: every damage stays an error (the conservative answer),
     and the result says why."""
-    _damage_second_frame(closed / generation_log_name(1), 1)
+    damage_second_frame(closed / generation_log_name(1), 1)
     (closed / "edb.chk").unlink()
     flip(closed / "main.edb", 100)
     flip(closed / "main.edb", 8192 + 100)

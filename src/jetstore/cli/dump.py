@@ -11,9 +11,13 @@ writes, renames or deletes anything:
 * `dump checkpoint edb.chk`: both checkpoint copies, the position recovery starts from, the
   first log still needed, circular logging, attached databases. Exit 1 when a copy is bad.
 * `dump logs DIR`: every generation's header (`take_inventory`) with its verification result
-  (`verify_logs`), optionally every record (`LogScanner` + `decode_record`), as a table or as
-  JSON Lines. Exit 1 when verification finds an error, a record cannot be decoded, or the
-  record scan stops on a broken chain.
+  (`verify_logs_as_recovery_needs`, as `logs verify` reports it), optionally every record
+  (`LogScanner` + `decode_record`), as a table or as JSON Lines. Exit 1 when verification
+  finds an error, a record cannot be decoded, or the record scan stops on a broken chain in
+  a generation recovery reads. Damage only in generations recovery no longer reads is a
+  warning (exit 0), as in `logs verify`: the record scan then resumes where recovery starts
+  reading, and reads from there exactly as recovery does (the stream's signature is the
+  lowest generation's, `LogInventory.stream_signature`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import click
@@ -53,7 +58,7 @@ from jetstore.format.checkpoint import (
     decode_checkpoint_copy,
     read_checkpoint_file,
 )
-from jetstore.format.common import PAGE_SIZES
+from jetstore.format.common import PAGE_SIZES, Signature
 from jetstore.format.dbheader import (
     PEEK_SIZE,
     BackupInfo,
@@ -75,11 +80,21 @@ from jetstore.format.logrecords import (
     decode_record,
 )
 from jetstore.format.positions import LogPosition
+from jetstore.instance.diagnosis import verify_logs_as_recovery_needs
+from jetstore.instance.recoverydecisions import scan_stop_generation
 from jetstore.io.files import File, FileSystem
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
-from jetstore.log.verify import GenerationReport, LogProblem, LogVerification, verify_logs
+from jetstore.log.verify import GenerationReport, LogProblem, LogVerification
 
-__all__ = ["checkpoint_result", "dump_group", "header_result", "record_dict"]
+__all__ = [
+    "checkpoint_result",
+    "dump_group",
+    "generation_status",
+    "header_result",
+    "print_log_problems",
+    "print_recovery_needs",
+    "record_dict",
+]
 
 #: How the header states read (ESE's dbstate names, lower case).
 STATE_NAMES: Final[dict[DatabaseState, str]] = {
@@ -550,23 +565,116 @@ def _record_line(record: dict[str, Any]) -> Text:
     return Text(head + body)
 
 
+@dataclass(frozen=True)
+class _Skipped:
+    """The record scan broke where recovery does not read: a warning, not an error."""
+
+    error: JetError
+    #: Where the records read end (the last record's end or the end of the last generation
+    #: read through, whichever is later; the scan's start when neither).
+    at: LogPosition
+    #: The generation recovery starts reading at, where the records resume (None: past the
+    #: range shown, nothing to resume).
+    resumes_at: int | None
+    message: str
+
+
 def _scan_records(
     fs: FileSystem,
     inventory: LogInventory,
     first: int,
     last: int | None,
     counts: dict[str, int],
-) -> Iterator[dict[str, Any]]:
-    """Records from generation `first` up to `last` (None: the end of the log)."""
-    scanner = LogScanner(fs, inventory, owner=OWNER)
-    for entry in scanner.records(LogPosition(first, 0)):
-        if last is not None and entry.start.generation > last:
-            break
-        record = record_dict(entry.start, entry.end, entry.payload)
-        counts["records"] += 1
-        if record["type"] == "undecodable":
-            counts["undecodable"] += 1
-        yield record
+    *,
+    signature: Signature | None,
+    needed_from: int | None,
+    needed_reason: str | None,
+) -> Iterator[dict[str, Any] | _Skipped]:
+    """Records from generation `first` up to `last` (None: the end of the log).
+
+    A break below `needed_from` (where recovery starts reading) is yielded as `_Skipped` and
+    the scan resumes at `needed_from`, reading from there as recovery does; a break recovery
+    would meet raises. Breaks in `needed_from` itself are told apart by reading it again as
+    recovery does: a broken link to the generation before it is not read by recovery (the
+    resumed scan gets past it), damage in it is (the resumed scan breaks the same way).
+    """
+    start = LogPosition(first, 0)
+    scanner = LogScanner(fs, inventory, owner=OWNER, signature=signature)
+    read_needed = False  # a record recovery reads was shown: any break from here is needed
+    at = start  # where the records shown end
+    try:
+        for entry in scanner.records(start):
+            if last is not None and entry.start.generation > last:
+                return
+            read_needed = read_needed or (
+                needed_from is not None and entry.start.generation >= needed_from
+            )
+            at = entry.end
+            yield _counted(record_dict(entry.start, entry.end, entry.payload), counts)
+        return
+    except JetError as exc:
+        if (
+            needed_from is None
+            or read_needed
+            or first >= needed_from
+            or scan_stop_generation(scanner.result, start) > needed_from
+        ):
+            raise
+        tail = scanner.result.tail
+        if tail is not None:
+            at = max(at, LogPosition(tail.generation, tail.end_offset))
+        held = exc
+    resumes_at = needed_from if last is None or last >= needed_from else None
+    resume = f"; records resume at generation {needed_from}" if resumes_at is not None else ""
+    detail = (held.detail or str(held)).rstrip(".")
+    first_file = log_file_name(fs, inventory.directory, needed_from)
+    why = f": {needed_reason}" if needed_reason else ""
+    skipped = _Skipped(
+        held,
+        at,
+        resumes_at,
+        f"records stop at {at}: {held.name}: {detail}. Recovery starts reading at generation "
+        f"{needed_from} ({first_file}{why}) and does not read what broke, so this is a "
+        f"warning, not an error (`jetstore logs removable {inventory.directory}` lists the "
+        f"generations recovery no longer needs){resume}",
+    )
+    if resumes_at is None:
+        yield skipped
+        return
+    announced = False
+    scanner = LogScanner(fs, inventory, owner=OWNER, signature=signature)
+    try:
+        for entry in scanner.records(LogPosition(needed_from, 0)):
+            if last is not None and entry.start.generation > last:
+                break
+            if not announced:
+                announced = True
+                yield skipped
+            yield _counted(record_dict(entry.start, entry.end, entry.payload), counts)
+    except JetError as exc:
+        if not announced and type(exc) is type(held) and str(exc) == str(held):
+            raise  # the same break where recovery reads: the damage is in `needed_from`
+        if not announced:
+            yield skipped
+        raise
+    if not announced:
+        yield skipped
+
+
+def _counted(record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+    counts["records"] += 1
+    if record["type"] == "undecodable":
+        counts["undecodable"] += 1
+    return record
+
+
+def generation_status(row: dict[str, Any]) -> Text:
+    """A generation's status as `logs verify` and `dump logs` show it: a damaged or
+    unreadable generation recovery no longer reads is marked "(not needed)", in yellow."""
+    status = row["status"]
+    if row.get("needed") is False and status in ("damaged", "unreadable"):
+        return Text(f"{status} (not needed)", "yellow")
+    return Text(status, {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red"))
 
 
 def _print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
@@ -583,12 +691,10 @@ def _print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
-        status = row["status"]
-        style = {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red")
         table.add_row(
             _text(row["generation"]),
             Text(row["file_name"]),
-            Text(status, style),
+            generation_status(row),
             _text(row["records"]),
             _text(row["frames"]),
             _text(row["end_offset"]),
@@ -646,6 +752,20 @@ def print_log_problems(console: Console, problems: list[dict[str, Any]]) -> None
     console.print(table)
 
 
+def print_recovery_needs(console: Console, needs: dict[str, Any]) -> None:
+    """Where recovery starts reading and why (`recovery_needs` of `LogVerification.as_dict`),
+    or why every generation counts as needed (shared with `logs verify`)."""
+    if needs["first_generation"] is not None:
+        console.print(
+            Text(
+                f"recovery reads from generation {needs['first_generation']} "
+                f"({needs['first_file']}): {needs['reason']}"
+            )
+        )
+    else:
+        console.print(Text(f"every generation counts as needed: {needs['reason']}"))
+
+
 def _problem_in_range(problem: LogProblem, first: int | None, last: int | None) -> bool:
     return problem.generation is None or _in_range(problem.generation, first, last)
 
@@ -684,11 +804,13 @@ def dump_logs_command(
     With --records also every record (position, type, database, operations, keys in hex).
     With --json --records the output is JSON Lines: one object per record, then the usual
     envelope as the last line. Exits 1 when verification finds an error or a record cannot
-    be read.
+    be read; damage only in generations recovery no longer reads is a warning (exit 0), as
+    in `logs verify`.
     """
     fs = FileSystem()
-    verification: LogVerification = verify_logs(fs, directory, owner=OWNER)
+    verification: LogVerification = verify_logs_as_recovery_needs(fs, directory, owner=OWNER)
     inventory = take_inventory(fs, directory, owner=OWNER)
+    needs = verification.as_dict()["recovery_needs"]
     first, last = generation_range if generation_range is not None else (None, None)
     rows = [
         _generation_dict(report, inventory)
@@ -708,6 +830,7 @@ def dump_logs_command(
         "generations": rows,
         "problems": problem_dicts,
         "verified_ok": ok,
+        "recovery_needs": needs,
     }
     console = stdout_console()
     if not as_json:
@@ -716,9 +839,26 @@ def dump_logs_command(
         )
         _print_generations(console, rows)
         print_log_problems(console, problem_dicts)
+        if rows:
+            print_recovery_needs(console, needs)
+        unneeded = [
+            r["file_name"]
+            for r in rows
+            if r["needed"] is False and r["status"] in ("damaged", "unreadable")
+        ]
+        if unneeded:
+            console.print(
+                Text(
+                    f"damaged but not needed by recovery: {', '.join(unneeded)}; warnings, not "
+                    f"errors (`jetstore logs removable {result['directory']}` lists what may "
+                    "be removed)",
+                    "yellow",
+                )
+            )
     if records:
         counts = {"records": 0, "undecodable": 0}
         records_error: dict[str, Any] | None = None
+        records_warning: dict[str, Any] | None = None
         lowest = inventory.lowest
         start = max(first or 1, lowest) if lowest is not None else None
         if start is not None and (last is None or start <= last):
@@ -726,8 +866,28 @@ def dump_logs_command(
             assert end is not None
             with progress(not as_json) as bar:
                 task = bar.add_task("reading records", total=max(end - start + 1, 1))
+                scan = _scan_records(
+                    fs,
+                    inventory,
+                    start,
+                    last,
+                    counts,
+                    signature=inventory.stream_signature(),
+                    needed_from=verification.needed_from,
+                    needed_reason=verification.needed_reason,
+                )
                 try:
-                    for record in _scan_records(fs, inventory, start, last, counts):
+                    for record in scan:
+                        if isinstance(record, _Skipped):
+                            records_warning = {
+                                "message": record.message,
+                                "stopped_at": str(record.at),
+                                "resumed_at_generation": record.resumes_at,
+                                "error": error_document(record.error),
+                            }
+                            if not as_json:
+                                console.print(Text(f"warning: {record.message}", "yellow"))
+                            continue
                         bar.update(task, completed=record["generation"] - start)
                         if as_json:
                             emit_json(record)
@@ -741,6 +901,7 @@ def dump_logs_command(
             records=counts["records"],
             undecodable_records=counts["undecodable"],
             records_error=records_error,
+            records_warning=records_warning,
         )
         ok = ok and records_error is None and counts["undecodable"] == 0
         if not as_json:

@@ -4,7 +4,8 @@ This module owns the three `logs` commands:
 
 * `logs verify DIR`: `jetstore.log.verify.verify_logs`, read-only (esentutl /ml). DIR must
   be an instance directory (`ensure_instance_directory`). Where recovery starts reading
-  (`jetstore.instance.diagnosis.logs_needed`, recovery's own decision) is passed in: damage
+  (`jetstore.instance.diagnosis.logs_needed`, recovery's own decision) is passed in
+  (`verify_logs_as_recovery_needs`, shared with `dump logs` and `checksum`): damage
   in a generation below it is a warning ("not needed", removable), damage in a generation
   recovery reads stays an error, and when nothing trustworthy says where recovery starts
   (no valid checkpoint file and no database of the stream, an unreadable database header)
@@ -32,7 +33,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from jetstore.cli.dump import print_log_problems
+from jetstore.cli.dump import generation_status, print_log_problems, print_recovery_needs
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import (
     OWNER,
@@ -45,9 +46,8 @@ from jetstore.cli.support import (
 from jetstore.errors import JetError
 from jetstore.format.dbheader import PEEK_SIZE, DatabaseState, choose_db_header, peek_page_size
 from jetstore.format.filenames import generation_log_name, parse_database_file_name
-from jetstore.instance.diagnosis import logs_needed
+from jetstore.instance.diagnosis import verify_logs_as_recovery_needs
 from jetstore.io.files import FileSystem
-from jetstore.log.verify import verify_logs
 
 __all__ = ["logs_group"]
 
@@ -74,14 +74,10 @@ def _print_verification(result: dict[str, Any]) -> None:
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in result["generations"]:
-        status = row["status"]
-        style = {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red")
-        if row["needed"] is False and status in ("damaged", "unreadable"):
-            status, style = f"{status} (not needed)", "yellow"
         table.add_row(
             Text("—" if row["generation"] is None else str(row["generation"])),
             Text(row["file_name"]),
-            Text(status, style),
+            generation_status(row),
             Text(str(row["created"] or "—")),
             Text(str(row["records"])),
             Text(str(row["frames"])),
@@ -92,15 +88,7 @@ def _print_verification(result: dict[str, Any]) -> None:
     counts = result["counts"]
     needs = result["recovery_needs"]
     if result["generations"]:
-        if needs["first_generation"] is not None:
-            console.print(
-                Text(
-                    f"recovery reads from generation {needs['first_generation']} "
-                    f"({needs['first_file']}): {needs['reason']}"
-                )
-            )
-        else:
-            console.print(Text(f"every generation counts as needed: {needs['reason']}"))
+        print_recovery_needs(console, needs)
     first = needs["first_generation"]
     missing = result["missing_files"]
     unneeded_missing = [
@@ -182,14 +170,7 @@ def logs_verify_command(directory: str, as_json: bool) -> None:
     """
     fs = FileSystem()
     ensure_instance_directory(fs, directory)
-    needs = logs_needed(fs, directory, owner=OWNER)
-    verification = verify_logs(
-        fs,
-        directory,
-        owner=OWNER,
-        needed_from=needs.first_generation,
-        needed_reason=needs.reason,
-    )
+    verification = verify_logs_as_recovery_needs(fs, directory, owner=OWNER)
     result = verification.as_dict()
     ok = verification.ok
     if not verification.generations:

@@ -71,7 +71,7 @@ from jetstore.instance.recoverydecisions import (
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import file_lock_holder, is_locked, lock_holder_pid, read_lock_holder
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
-from jetstore.log.verify import LogVerification, verify_logs
+from jetstore.log.verify import LogVerification, require_log_directory, verify_logs
 from jetstore.pages.pagefile import CREATING_SUFFIX
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "Verdict",
     "logs_needed",
     "plan_recovery",
+    "verify_logs_as_recovery_needs",
 ]
 
 Verdict = Literal["clean", "recoverable", "data-loss", "restore", "in-use"]
@@ -506,6 +507,28 @@ def logs_needed(fs: FileSystem, directory: str, *, owner: str) -> LogsNeeded:
             f"starts ({why}), so every generation counts as needed",
         )
     return LogsNeeded(start.generation, reasons[0])
+
+
+def verify_logs_as_recovery_needs(
+    fs: FileSystem, directory: str | os.PathLike[str], *, owner: str
+) -> LogVerification:
+    """`verify_logs` of `directory` told where recovery starts reading (`logs_needed`).
+
+    The one way the offline log tools (`logs verify`, `dump logs`, `checksum`) tell damage
+    recovery would meet (an error) from damage in generations it no longer reads (a warning
+    marked `needed: false`), so they cannot disagree with each other or with recovery.
+    Raises what `verify_logs` raises for a directory that cannot be used.
+    """
+    path = os.fspath(directory)
+    require_log_directory(fs, path)  # before `logs_needed` lists it: the same error as verify
+    needs = logs_needed(fs, path, owner=owner)
+    return verify_logs(
+        fs,
+        path,
+        owner=owner,
+        needed_from=needs.first_generation,
+        needed_reason=needs.reason,
+    )
 
 
 # --------------------------------------------------------------------------- the plan

@@ -108,6 +108,7 @@ __all__ = [
     "LogProblem",
     "LogVerification",
     "Severity",
+    "require_log_directory",
     "verify_logs",
 ]
 
@@ -315,6 +316,14 @@ def verify_logs(
     return _Verifier(fs, os.fspath(directory), owner, needed_from, needed_reason).run()
 
 
+def require_log_directory(fs: FileSystem, directory: str) -> None:
+    """What `verify_logs` raises for a `directory` it cannot verify: `FileNotFound` if it does
+    not exist, `InvalidPath` if it is not a directory."""
+    fs.require_directory(
+        directory, what="log directory", hint="give the instance directory that holds edb.log"
+    )
+
+
 # --------------------------------------------------------------------------- implementation
 
 
@@ -481,9 +490,7 @@ class _Verifier:
     def run(self) -> LogVerification:
         directory = self._directory
         fs = self._fs
-        fs.require_directory(
-            directory, what="log directory", hint="give the instance directory that holds edb.log"
-        )
+        require_log_directory(fs, directory)
         names = fs.listdir(directory)
         for name in names:
             generation = parse_generation_log_name(name)
