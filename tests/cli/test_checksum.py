@@ -22,7 +22,7 @@ from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.format.page import PageType, verify_page
 from jetstore.pages.btree import decode_node, encode_node
 
-from .conftest import SMALL, RunJson, flip, run_entry_point, snapshot
+from .conftest import SMALL, RunJson, damage_second_frame, flip, run_entry_point, snapshot
 
 
 def _checksum(run_json: RunJson, path: Path) -> tuple[int, dict[str, Any]]:
@@ -169,6 +169,46 @@ def test_frame_in_closed_generation(crashed: Path, run_json: RunJson) -> None:
         assert (errors[0]["generation"], errors[0]["offset"]) == (1, second.offset)
         assert errors[0]["error"] == "LogFileCorrupt" and errors[0]["code"] == -501
         assert f"offset 0x{second.offset:X}" in errors[0]["location"]
+
+
+def test_bad_block_in_a_generation_recovery_no_longer_reads_is_a_warning(
+    closed: Path, run_json: RunJson
+) -> None:
+    """As in `logs verify`: after a clean shutdown recovery reads only the newest generation,
+    so a bad block in generation 1 is a warning (exit 0) that says so, while the file is
+    still shown as damaged; opening agrees that nothing there is read."""
+    path = closed / generation_log_name(1)
+    offset = damage_second_frame(path, 1)
+    for target in (closed, path):
+        code, result = _checksum(run_json, target)
+        assert code == 0, result
+        assert result["ok"] is True and result["bad"] == 0
+        (problem,) = [p for p in result["problems"] if p["error"] == "LogFileCorrupt"]
+        assert (problem["severity"], problem["file"]) == ("warning", str(path))
+        assert (problem["generation"], problem["offset"]) == (1, offset)
+        assert "recovery no longer needs generation 1" in problem["message"]
+        assert "warning, not an error" in problem["message"]
+        (log,) = [f for f in result["files"] if f["file"] == path.name]
+        assert (log["status"], log["needed"]) == ("damaged", False)
+    human = run_entry_point("checksum", closed)
+    assert human.returncode == 0, human.stdout
+    assert "damaged but not needed by recovery: edb00000001.log" in human.stdout
+    with jetstore.open(closed, **SMALL) as instance:
+        assert instance.recovery is not None and not instance.recovery.needed
+
+
+def test_bad_block_in_a_generation_recovery_reads_stays_an_error(
+    crashed: Path, run_json: RunJson
+) -> None:
+    """The crashed instance's header requires generation 1: a bad block there is an error."""
+    path = crashed / generation_log_name(1)
+    damage_second_frame(path, 1)
+    code, result = _checksum(run_json, crashed)
+    assert code == 1
+    (problem,) = _errors(result)
+    assert (problem["error"], problem["file"]) == ("LogFileCorrupt", str(path))
+    (log,) = [f for f in result["files"] if f["file"] == path.name]
+    assert (log["status"], log["needed"]) == ("damaged", True)
 
 
 def test_checkpoint_copy(crashed: Path, run_json: RunJson) -> None:

@@ -38,9 +38,10 @@ sectors, ``check_integrity`` on ``main.edb``. Every damage the engine detects (a
 flipped page, free ones included) must be reported with its location: the page number (a
 damaged page, exactly that one; a page past the header's page count as "info"), the header
 or checkpoint-file copy, the log generation and the offset of the damaged frame (a torn tail
-as a note at that frame, not an error). A page swapped with a blank one, or left all zeros by
-a zeroed sector, looks unused on its own: both tools name it through the reference that
-reaches it (D12). The reference copies must checksum clean.
+as a note at that frame, not an error; damage in a generation recovery no longer reads as a
+warning, as `jetstore logs verify` reports it). A page swapped with a blank one, or left all
+zeros by a zeroed sector, looks unused on its own: both tools name it through the reference
+that reaches it (D12). The reference copies must checksum clean.
 
 Every test prints a summary (damaged, detected, missed). Reproducing: ``JETSTORE_SEED=<n>``.
 """
@@ -881,10 +882,16 @@ def _check_log_flip(
         if f["kind"] == "log" and f["file"] == layout.name and f["generation"] == layout.generation
     ]
     errors = {f["offset"] for f in found if f["severity"] == "error"}
+    warnings = {f["offset"] for f in found if f["severity"] == "warning"}
     noted = {f["offset"] for f in found}
     if not result["verify_ok"]:
-        # Damage: the checksum tool reports the damaged frame, by generation and offset.
-        located = frame_start in errors
+        # Damage: the checksum tool reports the damaged frame, by generation and offset: an
+        # error in a generation recovery reads, a warning in one it no longer reads (as
+        # `logs verify` judges it; recovery reads whole generations from its start's).
+        if layout.generation >= ref.recovery_start.generation:
+            located = frame_start in errors
+        else:
+            located = frame_start in warnings and not errors
     else:
         # A torn tail (not damage): reported as such, at the frame where the log ends.
         located = frame_start in noted and not errors

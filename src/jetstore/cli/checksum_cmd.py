@@ -4,8 +4,9 @@ This module owns the command; the checks are `jetstore.tools.checksum.checksum_p
 database file, a log file, a checkpoint file, an instance directory, or a backup set, which
 is delegated to `jetstore.verify_backup`). The command adds a progress bar (stderr, only on a
 terminal, per database file), the human tables and the exit code: 0 no bad page or block, 1
-at least one, 2 not a jetstore file or directory, 3 a file of an unknown type
-(`FileInvalidType`), 4 PATH missing. Read-only.
+at least one (a bad block in a log generation recovery no longer reads is a warning, as in
+`jetstore logs verify`: it does not count), 2 not a jetstore file or directory, 3 a file of
+an unknown type (`FileInvalidType`), 4 PATH missing. Read-only.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def checksum_command(path: str, as_json: bool) -> None:
     checked against its manifest, as `verify-backup` does). Each bad page or block is named
     with its file, page number, log position or copy, and its ESE error.
 
-    Exit 0 nothing bad, 1 at least one bad page or block.
+    Exit 0 nothing bad, 1 at least one bad page or block. A bad block in a log generation
+    recovery no longer reads is a warning (exit 0), as in `logs verify`.
     """
     fs = FileSystem()
     if fs.is_directory(path) and not fs.exists(os.path.join(path, MANIFEST_NAME)):
@@ -102,11 +104,13 @@ def _print(report: ChecksumReport) -> None:
         table.add_column(column)
     for file in report.files:
         data = file.as_dict()
-        style = "green" if file.status == "ok" else "bold red"
+        status, style = file.status, "green" if file.status == "ok" else "bold red"
+        if file.status != "ok" and data.get("needed") is False:
+            status, style = f"{file.status} (not needed)", "yellow"
         table.add_row(
             str(data["file"]),
             file.kind,
-            Text(file.status, style=style),
+            Text(status, style=style),
             _detail(file.counts, file.kind, backup=report.kind == "backup"),
         )
     console.print(table)
@@ -124,8 +128,24 @@ def _print(report: ChecksumReport) -> None:
         console.print(Text(f"... and {len(report.problems) - MAX_PRINTED} more (--json)"))
     for skipped in report.not_checked:
         console.print(Text(f"not checked: {skipped['file']} ({skipped['reason']})", style="dim"))
+    unneeded = [
+        file for file in report.files if file.status != "ok" and file.counts.get("needed") is False
+    ]
     bad = len(report.bad)
     if bad:
         console.print(Text(f"{bad} bad page(s) or block(s)", style="bold red"))
+    elif unneeded:
+        console.print(Text("no bad page or block that recovery reads", style="bold green"))
     else:
         console.print(Text("no bad page or block", style="bold green"))
+    if unneeded:
+        names = ", ".join(os.path.basename(file.path) for file in unneeded)
+        directory = os.path.dirname(unneeded[0].path)
+        console.print(
+            Text(
+                f"damaged but not needed by recovery: {names}; warnings, not errors (recovery "
+                f"no longer reads these log files; `jetstore logs removable {directory}` lists "
+                "what may be removed)",
+                style="yellow",
+            )
+        )

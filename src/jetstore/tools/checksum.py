@@ -12,7 +12,12 @@ Invariants:
   (`FileNotFound`, `InvalidPath`, `FileInvalidType` for a file that is no jetstore file).
 - Codecs are `jetstore.format`'s (`decode_db_header`, `verify_page`, `decode_checkpoint_copy`,
   `decode_log_header`, `decode_frame`) and log files go through `verify_logs` (the whole
-  chain: frames, torn tail vs damage, links between generations); nothing re-implements them.
+  chain: frames, torn tail vs damage, links between generations; the stream's signature is
+  the lowest generation's, as recovery takes it); nothing re-implements them.
+- Log damage is judged as `jetstore logs verify` judges it, by the same function
+  (`jetstore.instance.diagnosis.verify_logs_as_recovery_needs`): a bad block in a generation
+  recovery no longer reads is a "warning" (the report stays ok; the file's status stays
+  "damaged"/"unreadable", with `needed` false), a bad block recovery would read an "error".
 - Classification of database pages: pages 0 and 1 are the header copies; every other page
   is verified with its page number (`verify_page`, so a misplaced page is caught); then the
   references of the durable header are followed (root, branches, free-list chain: D12) and a
@@ -27,7 +32,8 @@ Invariants:
 - Severity "error" is a bad page or block (the report is not ok); "warning" is something
   recovery repairs or tolerates (an older header or checkpoint copy, a torn log tail with
   valid frames past it, a missing log generation: no block of it is bad, `jetstore diagnose`
-  says what it means for recovery); "info" is normal (a torn tail, pages beyond the end).
+  says what it means for recovery; a bad block in a log generation recovery no longer reads);
+  "info" is normal (a torn tail, pages beyond the end).
 - Memory: a database is read `CHUNK_BYTES` at a time; one log file is held at a time; the
   reference walk keeps what `jetstore.pages.references` says (about 5 bytes a page).
 """
@@ -73,9 +79,10 @@ from jetstore.format.filenames import (
 from jetstore.format.logframe import decode_frame, find_next_valid_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.page import PageType, verify_page
+from jetstore.instance.diagnosis import verify_logs_as_recovery_needs
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import is_locked, read_lock_holder
-from jetstore.log.verify import LogProblem, verify_logs
+from jetstore.log.verify import LogProblem
 from jetstore.pages.references import PageReferences
 
 __all__ = [
@@ -707,16 +714,19 @@ def _logs(
     if only is not None and only != CURRENT_LOG and parse_generation_log_name(only) is None:
         report.files.append(_lone_log(fs, report, os.path.join(directory, only), owner))
         return
-    verification = verify_logs(fs, directory, owner=owner)
+    verification = verify_logs_as_recovery_needs(fs, directory, owner=owner)
     for generation in verification.generations:
         if only is not None and generation.file_name != only:
             continue
+        bad = any(p.severity == "error" for p in generation.problems)
+        # Damage recovery no longer reads is only a warning, but the file is still damaged.
+        unneeded = generation.needed is False and generation.status in ("damaged", "unreadable")
         report.files.append(
             FileCheck(
                 os.path.join(directory, generation.file_name),
                 "log",
                 status="ok"
-                if not any(p.severity == "error" for p in generation.problems)
+                if not (bad or unneeded)
                 else ("unreadable" if generation.status == "unreadable" else "damaged"),
                 size=generation.size or 0,
                 counts={
@@ -725,6 +735,7 @@ def _logs(
                     "records": generation.records,
                     "end_offset": generation.end_offset,
                     "log_status": generation.status,
+                    "needed": generation.needed,
                 },
             )
         )
