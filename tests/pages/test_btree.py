@@ -457,6 +457,30 @@ def test_ascending_puts_leave_full_leaves_behind(entry_size: int) -> None:
     check_tree(store, mutation.root, model)
 
 
+def test_ascending_puts_one_per_mutation_leave_full_leaves_behind() -> None:
+    """A counter committed row by row (one put per mutation, checkpoints in between) is a
+    run too: the leaf remembers its last put (`Node.last_put`, kept by its copies), so the
+    next key after it splits the leaf at its end. The keys after the run (another object's,
+    as an index behind a table) move right ahead of it."""
+    store = MemoryNodeStore(PAGE)
+    epoch = 1
+    mutation = Mutation(store, None, epoch, [])
+    model = _put_all(mutation, [(b"z%04d" % i, b"tail") for i in range(5)])
+    root = mutation.root
+    for i in range(3000):
+        epoch += 1
+        mutation = Mutation(store, root, epoch, [])
+        model.update(_put_all(mutation, [_entry(b"k%06d" % i, 60)]))
+        root = mutation.root
+        if i % 500 == 499:
+            store.checkpoint(root, checkpoint_seq=epoch)
+    check_tree(store, root, model)
+    leaves = [node for node in iter_nodes(store, root) if node.leaf]
+    assert len(leaves) > 20
+    for leaf in leaves[:-1]:
+        assert leaf.nbytes >= 3 * CAPACITY // 4 - 60
+
+
 def test_a_run_into_the_middle_of_the_tree_fills_its_leaves() -> None:
     """A run of chunk-sized entries between keys already there (a long value of a record in
     the middle of the table) fills its leaves two entries each; the keys after the run move

@@ -43,8 +43,10 @@ Invariants and why
 - Every node fits one page when encoded: ``nbytes <= payload_capacity(page_size)``, where
   `nbytes` is the node's encoded payload size, maintained incrementally. Each leaf entry
   (``LEAF_ENTRY_OVERHEAD`` + key + value) is at most `max_entry_size(page_size)`, so any two
-  entries share a page and a split at the byte midpoint always yields two fitting halves; keys
-  are at most `MAX_KEY_SIZE` bytes, so a branch always holds at least three separators.
+  entries share a page and a split at the byte midpoint always yields two fitting halves (a
+  leaf in an ascending sequence splits at the sequence's end instead, `_run_split_point`, only
+  when both sides fit and keep `min_fill`); keys are at most `MAX_KEY_SIZE` bytes, so a
+  branch always holds at least three separators.
 - A parent names the exact image of each child it was written with (design D12, lost writes):
   every child reference carries the child page's CRC32C, and every load through a reference
   compares it with the page read (`ReadLostFlushVerifyFailure` when a valid but different,
@@ -236,6 +238,7 @@ class Node:
         "image",
         "index",
         "keys",
+        "last_put",
         "leaf",
         "nbytes",
         "owner",
@@ -265,6 +268,11 @@ class Node:
     #: A bulk-built leaf's page payload, made while its entries were in the CPU caches, for
     #: the checkpoint that writes it (`encode_node` uses it, the checkpointer drops it).
     image: bytes | None
+    #: The key a mutation put into this leaf last (kept by its copies and by the side of a
+    #: split that holds it; None for a leaf read or built in bulk): a put landing right after
+    #: it continues an ascending sequence, and the leaf then splits at the sequence's end
+    #: (`_run_split_point`). Only a hint: a stale one costs fill, never correctness.
+    last_put: bytes | None
 
     def __init__(
         self,
@@ -288,6 +296,7 @@ class Node:
         self.shared_keys = False
         self.referenced = False
         self.image = None
+        self.last_put = None
 
     @classmethod
     def new_leaf(
@@ -853,7 +862,6 @@ class Mutation:
         "_capacity",
         "_epoch",
         "_freed",
-        "_last_put",
         "_max_entry",
         "_min_fill",
         "_root",
@@ -871,7 +879,6 @@ class Mutation:
         self._freed = freed
         self._capacity, self._max_entry, self._min_fill = _limits(store.page_size)
         self.dirtied = 0
-        self._last_put: bytes | None = None
 
     @property
     def root(self) -> Node | None:
@@ -929,11 +936,12 @@ class Mutation:
             keys.insert(i, key)
             node.values.insert(i, value)
             node.nbytes += size
-        previous, self._last_put = self._last_put, key
+        previous, node.last_put = node.last_put, key
         nbytes = node.nbytes
         if nbytes > self._capacity:
-            # A put right after this mutation's previous one continues a run of ascending
-            # keys (a long value's chunks, a load in key order): split at the run's end.
+            # A put right after the leaf's previous put continues an ascending sequence (a
+            # long value's chunks, a load in key order, a counter committed row by row):
+            # split at the sequence's end, not at the midpoint.
             run = i if i and keys[i - 1] == previous else -1
             self._fix(node, path, indexes, run)
         elif nbytes < self._min_fill and path:
@@ -977,9 +985,11 @@ class Mutation:
             self._freed.append(node.pgno)
             self.dirtied += 1  # else a dirty node is replaced by its dirty copy
         if node.leaf:
-            return Node(
+            leaf = Node(
                 True, node.keys.copy(), node.values.copy(), [], None, self._epoch, node.nbytes
             )
+            leaf.last_put = node.last_put
+            return leaf
         # A path copy changes one child of a branch and, rarely, a separator: the copy shares
         # the original's key list until it changes it. That halves the copy (a branch holds
         # hundreds of separators) and leaves the cyclic collector one new list per copied
@@ -1082,6 +1092,9 @@ class Mutation:
                 )
             right = Node(True, keys[m:], values[m:], [], None, self._epoch, node.nbytes - left)
             self.dirtied += 1
+            hint = node.last_put
+            if hint is not None and hint >= right.keys[0]:
+                right.last_put, node.last_put = hint, None
             del keys[m:], values[m:]
             node.nbytes = left
             return _separator(keys[-1], right.keys[0]), right
