@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import jetstore
@@ -10,7 +12,7 @@ from jetstore.io.files import FileSystem
 from jetstore.pages.btree import iter_nodes
 from jetstore.tools.dbfile import OfflineDatabase
 
-from .conftest import ROWS, SMALL, RunJson, flip, run_entry_point
+from .conftest import ROWS, SMALL, RunJson, entry_point, flip, run_entry_point
 
 
 def leaf_pages(path: Path) -> tuple[list[int], int]:
@@ -107,3 +109,52 @@ def test_entry_point_integrity_and_export(closed: Path, tmp_path: Path) -> None:
     completed = run_entry_point("compact", closed / "main.edb")
     assert completed.returncode == 0, completed.stderr
     assert "compacted" in completed.stdout
+
+
+def test_export_and_import_keep_text_with_lone_surrogates(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    """A text value may hold lone surrogates (the engine stores text as UTF-8 with
+    surrogatepass, as a Python str allows): inline and as long-value chunks, with a
+    surrogate at a chunk boundary. Export wrote them to a strict UTF-8 stream and failed
+    with an internal error; the file now holds them as the engine does, and import reads
+    them back exactly, also a high surrogate followed by a low one (not an astral
+    character), in both formats, through a file and through stdout."""
+    source = tmp_path / "source"
+    texts = {
+        1: "a\ud800b",
+        2: "\udfff" * 3000 + "€" * 4000,  # a long value: chunks split surrogates and euros
+        3: "\ud83d\ude00 and 😀",  # two lone surrogates, then the character they would pair to
+        4: "plain é",
+    }
+    with jetstore.open(source, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        with db.transaction() as txn:
+            for key, text in texts.items():
+                txn.table("t").insert({"id": key, "v": text})
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"t.{fmt}"
+        code, document = run_json("export", source / "main.edb", "t", "--format", fmt, "-o", out)
+        assert code == 0, document
+        assert document["result"]["rows"] == len(texts)
+        target = tmp_path / f"target-{fmt}"
+        with jetstore.open(target, **SMALL) as instance:
+            instance.database("main", create=True).create_table(
+                "t", [("id", "int"), ("v", "text")], primary_key="id"
+            )
+        code, document = run_json("import", target / "main.edb", "t", out)
+        assert code == 0 and document["result"]["inserted"] == len(texts), document
+        with jetstore.open(target, **SMALL) as instance:
+            txn = instance.database("main").transaction()
+            assert {r["id"]: r["v"] for r in txn.table("t").scan()} == texts
+            txn.rollback()
+    completed = subprocess.run(
+        [str(entry_point()), "export", str(source / "main.edb"), "t"],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    documents = map(json.loads, completed.stdout.decode("utf-8", "surrogatepass").splitlines())
+    assert {document["id"]: document["v"] for document in documents} == texts

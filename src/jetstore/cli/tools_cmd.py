@@ -15,8 +15,10 @@ This module owns the command lines and the display; the work is done by `jetstor
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
+import io
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -260,14 +262,43 @@ def _print_repair(result: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- export
 
 
+#: How exported and imported files encode text: as the engine stores it (UTF-8, a lone
+#: surrogate, which a str and a text column may hold, in its `surrogatepass` form). Text that
+#: is valid Unicode is plain UTF-8; a strict codec made export fail on the rest (an internal
+#: error) and import refuse it.
+_TEXT_ENCODING = "utf-8"
+_TEXT_ERRORS = "surrogatepass"
+
+
+@contextlib.contextmanager
+def _passing_surrogates(stream: TextIO) -> Iterator[TextIO]:
+    """`stream` (stdout or stdin) reading and writing lone surrogates as the files do, while
+    the block runs, when it is a UTF-8 text stream; as it is otherwise (the handler exists
+    for UTF codecs only)."""
+    if not isinstance(stream, io.TextIOWrapper) or codecs.lookup(stream.encoding).name != (
+        _TEXT_ENCODING
+    ):
+        yield stream
+        return
+    errors = stream.errors
+    stream.reconfigure(errors=_TEXT_ERRORS)
+    try:
+        yield stream
+    finally:
+        stream.reconfigure(errors=errors)
+
+
 @contextlib.contextmanager
 def _output(path: str | None) -> Iterator[TextIO]:
     if path is None:
-        yield sys.stdout
+        with _passing_surrogates(sys.stdout) as stdout:
+            yield stdout
         return
     temporary = path + ".partial"
     try:
-        stream = open(temporary, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        stream = open(  # noqa: SIM115
+            temporary, "w", encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline=""
+        )
     except OSError as exc:
         raise from_os_error(exc, op="create", path=temporary) from exc
     try:
@@ -361,16 +392,19 @@ def import_command(
     options = instance_options(fs, directory)
     try:
         stream: TextIO = (
-            sys.stdin if source == "-" else open(source, encoding="utf-8", newline="")  # noqa: SIM115
+            sys.stdin
+            if source == "-"
+            else open(source, encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline="")  # noqa: SIM115
         )
     except OSError as exc:
         raise from_os_error(exc, op="open", path=source) from exc
     try:
         instance = open_instance(directory, command="import", as_json=as_json, why=why, **options)
         try:
-            result = import_rows(
-                instance.database(name), table, stream, fmt=fmt, batch_size=batch_size
-            )
+            with _passing_surrogates(stream) as rows:
+                result = import_rows(
+                    instance.database(name), table, rows, fmt=fmt, batch_size=batch_size
+                )
         finally:
             instance.close()
     finally:
