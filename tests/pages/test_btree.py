@@ -187,6 +187,41 @@ class BTreeMachine(RuleBasedStateMachine):
             self.mutation.put(key, value)
             self.model[key] = value
 
+    @rule(
+        seed=st.integers(0, 2**32),
+        count=st.integers(2, 40),
+        where=st.sampled_from(["first", "last", "existing", "anywhere"]),
+    )
+    def put_run_mixed(self, seed: int, count: int, where: str) -> None:
+        """A run that hits every edge of `_run_split_point`: from the first or the last key
+        of the tree, or over keys already there (each put replaces one: a long value
+        rewritten), entries of the largest size among tiny ones, and deletes in between of
+        the key right after the run (a shorter value's leftover chunks) or of one elsewhere."""
+        rnd = random.Random(seed)
+        existing = sorted(self.model)
+        if where == "existing" and existing:
+            start = rnd.randrange(len(existing))
+            run_keys = existing[start : start + count]
+        else:
+            if where == "first":
+                base = b""  # keys 0000, 0001, ...: before every key but b"" and b"\x00"
+            elif where == "last":
+                base = existing[-1] + b"\xff" if existing else b"z"
+            else:
+                base = make_key(rnd.randrange(len(PREFIXES)), rnd.randbytes(rnd.randint(0, 3)))
+            base = base[: MAX_KEY_SIZE - 2]
+            run_keys = [base + n.to_bytes(2, "big") for n in range(count)]
+        for key in run_keys:
+            size = rnd.choice((0, 5, CHUNK_ENTRY, MAX_ENTRY, rnd.randint(0, MAX_ENTRY)))
+            value = make_value(key, size - LEAF_ENTRY_OVERHEAD - len(key))
+            self.mutation.put(key, value)
+            self.model[key] = value
+            if rnd.random() < 0.2 and self.model:
+                later = [k for k in sorted(self.model) if k > key]
+                victim = later[0] if later and rnd.random() < 0.7 else rnd.choice(list(self.model))
+                assert self.mutation.delete(victim)
+                del self.model[victim]
+
     @rule(key=st.one_of(keys, keys_st))
     def delete(self, key: bytes) -> None:
         assert self.mutation.delete(key) == (key in self.model)
