@@ -26,6 +26,7 @@ from jetstore.errors import (
     RecordNotFound,
     WriteConflict,
 )
+from jetstore.instance.database import SCHEMA_CHANGE_ATTEMPTS
 from jetstore.transactions.transaction import Transaction, TransactionState
 
 
@@ -243,6 +244,44 @@ def test_create_table_retried_after_a_concurrent_creation_keeps_its_columns(
         t = txn.table("t")
         assert t.definition.column_names == ("id", "v")
         assert [i.name for i in t.definition.indexes] == ["by_v"]
+
+
+def test_create_table_gives_up_after_its_attempts_and_says_so(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another table is created during every attempt: `Database.create_table` stops after
+    SCHEMA_CHANGE_ATTEMPTS, as the schema change conveniences do, and says so: how many
+    attempts, what they conflicted with, the last conflict (also its cause) and what to do."""
+    create = Transaction.create_table
+    attempts = 0
+
+    def always_racing(self: Transaction, *args: Any, **kwargs: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        created = create(self, *args, **kwargs)
+        with store.db.transaction() as other:
+            create(other, f"other{attempts}", [("id", "int")], "id")  # not patched
+        return created
+
+    monkeypatch.setattr(Transaction, "create_table", always_racing)
+    with pytest.raises(WriteConflict) as caught:
+        store.db.create_table("t", [("id", "int"), ("v", "text")], "id")
+    monkeypatch.undo()
+    assert attempts == SCHEMA_CHANGE_ATTEMPTS == 5
+    error = caught.value
+    assert error.code == -1102
+    message = str(error)
+    assert "creating table 't' gave up after 5 attempts" in message
+    assert "each creation takes the catalog's next object id" in message
+    assert "the last conflict: " in message
+    assert isinstance(error.__cause__, WriteConflict)
+    assert error.__cause__.detail is not None and error.__cause__.detail in message
+    assert error.hint is not None and "one at a time" in error.hint
+    assert "nothing of the change was committed" in error.hint
+    # Every racing creation stands; "t" was not created, and is once the races stop.
+    assert sorted(store.db.table_names()) == [f"other{i}" for i in range(1, 6)]
+    store.db.create_table("t", [("id", "int"), ("v", "text")], "id")
+    assert "t" in store.db.table_names()
 
 
 def test_concurrent_inserts_of_one_unique_key(store: Store) -> None:

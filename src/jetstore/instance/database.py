@@ -72,14 +72,21 @@ if TYPE_CHECKING:
 CachedTable = tuple[bytes, TableDef, RecordCodec, TableShape]
 _TXN_IDS = itertools.count(1)
 _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
-_CREATE_RETRIES = 5
 # Definitions of one table whose codec and shape stay cached: two are common (transactions
 # begun before and after a schema change), a few more cover a burst of changes while older
 # readers run; a bound keeps a table changed many times from holding every old codec.
 _DEFINITIONS_PER_TABLE = 4
-#: How many times a `Database` schema change convenience (`create_index` and the rest) runs
-#: its change before it gives up on the WriteConflicts of concurrent writes to the table.
+#: How many times a `Database` schema change convenience (`create_table`, `create_index` and
+#: the rest) runs its change before it gives up on the WriteConflicts of concurrent commits.
 SCHEMA_CHANGE_ATTEMPTS = 5
+
+
+def _pause_writes_hint(during: str) -> str:
+    """The way out when a change of an existing table kept conflicting with writes to it."""
+    return (
+        f"pause the application's writes to the table while {during}, or try again when the "
+        "table is less busy; nothing of the change was committed"
+    )
 
 
 class Database:
@@ -155,22 +162,28 @@ class Database:
     ) -> TableDef:
         """Create a table in a transaction of its own (schema changes are logged like data).
 
-        Concurrent creations of different tables both take the next object id; the later one
-        is retried rather than reported as a WriteConflict (with the same specifications: a
-        one-shot iterator of columns or indexes is read once, before the first attempt).
+        Concurrent creations of tables (the same name or not) all take the catalog's next
+        object id, so the later commit is a WriteConflict; it is retried on a new snapshot
+        rather than reported, at most `SCHEMA_CHANGE_ATTEMPTS` (5) attempts, with the same
+        specifications (a one-shot iterator of columns or indexes is read once, before the
+        first attempt). When every attempt conflicts, the WriteConflict raised says how many
+        were made, as the schema change conveniences do (`_schema_change`).
         """
         if isinstance(columns, Iterator):
             columns = list(columns)
         if isinstance(indexes, Iterator):
             indexes = list(indexes)
-        for attempt in range(_CREATE_RETRIES):
-            try:
-                with self.transaction() as txn:
-                    return txn.create_table(name, columns, primary_key, indexes)
-            except WriteConflict:
-                if attempt == _CREATE_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return self._schema_change(
+            f"creating table {name!r}",
+            lambda txn: txn.create_table(name, columns, primary_key, indexes),
+            conflicts=(
+                "another table or index created meanwhile: each creation takes the catalog's "
+                f"next object id; or table {name!r} created or dropped meanwhile"
+            ),
+            hint="create the application's tables and indexes one at a time (or before the "
+            "concurrent work that creates others starts), or try again; nothing of the "
+            "change was committed",
+        )
 
     def drop_table(self, name: str) -> None:
         with self.transaction() as txn:
@@ -202,8 +215,8 @@ class Database:
         """
         return self._schema_change(
             f"creating index {name!r} of table {table!r}",
-            "the index is built",
             lambda txn: txn.create_index(table, name, columns, unique),
+            hint=_pause_writes_hint("the index is built"),
         )
 
     def drop_index(self, table: str, name: str) -> TableDef:
@@ -211,8 +224,8 @@ class Database:
         `create_index` is."""
         return self._schema_change(
             f"dropping index {name!r} of table {table!r}",
-            "the index is dropped",
             lambda txn: txn.drop_index(table, name),
+            hint=_pause_writes_hint("the index is dropped"),
         )
 
     def add_column(
@@ -227,8 +240,8 @@ class Database:
         `create_index` is."""
         return self._schema_change(
             f"adding column {name!r} to table {table!r}",
-            "the column is added",
             lambda txn: txn.add_column(table, name, type, nullable, default),
+            hint=_pause_writes_hint("the column is added"),
         )
 
     def drop_column(self, table: str, name: str) -> TableDef:
@@ -236,29 +249,34 @@ class Database:
         `create_index` is (each attempt rewrites every record again)."""
         return self._schema_change(
             f"dropping column {name!r} of table {table!r}",
-            "the column is dropped",
             lambda txn: txn.drop_column(table, name),
+            hint=_pause_writes_hint("the column is dropped"),
         )
 
     def _schema_change(
-        self, what: str, during: str, change: Callable[[Transaction], TableDef]
+        self,
+        what: str,
+        change: Callable[[Transaction], TableDef],
+        *,
+        hint: str,
+        conflicts: str = "a write to the table, or another change of its definition",
     ) -> TableDef:
         """Run `change` in a transaction of its own, again on a WriteConflict, at most
-        `SCHEMA_CHANGE_ATTEMPTS` times; `what` and `during` name it in the final error."""
+        `SCHEMA_CHANGE_ATTEMPTS` times. The final error names the change (`what`), what its
+        attempts conflicted with (`conflicts`) and the way out (`hint`)."""
         for attempt in range(1, SCHEMA_CHANGE_ATTEMPTS + 1):
             try:
                 with self.transaction() as txn:
                     return change(txn)
             except WriteConflict as exc:
                 if attempt == SCHEMA_CHANGE_ATTEMPTS:
+                    # A new error rather than the last conflict as is: that one names a key
+                    # and says nothing of the attempts before it; it stays the cause.
                     raise WriteConflict(
                         f"{what} gave up after {attempt} attempts: each conflicted with a "
-                        "commit made while it ran (a write to the table, or another change "
-                        "of its definition), and each started over on a new snapshot; the "
-                        f"last conflict: {exc.detail}",
-                        hint=f"pause the application's writes to the table while {during}, "
-                        "or try again when the table is less busy; nothing of the change "
-                        "was committed",
+                        f"commit made while it ran ({conflicts}), and each started over on a "
+                        f"new snapshot; the last conflict: {exc.detail}",
+                        hint=hint,
                     ) from exc
         raise AssertionError("unreachable")
 
