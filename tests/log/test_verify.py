@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -671,8 +672,15 @@ def test_a_foreign_file_below_where_recovery_starts_is_a_warning(tmp_path: Path)
     )
     assert "recovery no longer needs generation 2" in problem.message
     assert f"move {name} out of the directory" in problem.message
+    # The advice is given once (the note's), not also the one for a file recovery reads.
+    assert len(re.findall(r"\bmove\b", problem.message, re.IGNORECASE)) == 1, problem.message
+    assert "is the stray file" not in problem.message
     assert report_for(result, name).status == "damaged"
     with jetstore.open(a, **SMALL) as instance:
         assert instance.recovery is not None and not instance.recovery.needed
-    # Without knowing where recovery starts, the foreign file stays an error.
-    assert [p.file_name for p in errors(verify_logs(fs, str(a)))] == [name]
+    # Without knowing where recovery starts, the foreign file stays an error, with the
+    # advice for a file recovery reads.
+    (unknown,) = errors(verify_logs(fs, str(a)))
+    assert unknown.file_name == name
+    assert f"Move {name} out of the directory, or, if " in unknown.message
+    assert len(re.findall(r"\bmove\b", unknown.message, re.IGNORECASE)) == 2  # it or the lowest

@@ -414,7 +414,7 @@ class _Verifier:
         ("same": `generation`; a broken link concerns the generation before the one whose
         header records it, a gap its last missing generation)."""
         last = generation if concerns == "same" else concerns
-        needed = None if self._needed_from is None or last is None else last >= self._needed_from
+        needed = self._is_needed(last)
         unneeded = severity == "error" and needed is False
         if unneeded:
             assert last is not None and self._needed_from is not None
@@ -434,6 +434,12 @@ class _Verifier:
         if unneeded:
             self._unneeded.add(id(problem))
         self._problems.append(problem)
+
+    def _is_needed(self, generation: int | None) -> bool | None:
+        """Whether recovery reads `generation` (None: unknown, or no generation)."""
+        if self._needed_from is None or generation is None:
+            return None
+        return generation >= self._needed_from
 
     def _unneeded_note(self, generation: int, file_name: str | None, check: str) -> str:
         first = self._needed_from
@@ -602,18 +608,22 @@ class _Verifier:
             if entry.header.log_signature == stream:
                 continue
             entry.usable = False
-            self._report_on(
-                entry,
-                "error",
-                "signature",
-                BadLogSignature,
+            message = (
                 f"{entry.name} (generation {entry.header.generation}) belongs to another log "
                 f"stream than {lowest.name} (generation {lowest.generation}), the lowest "
                 "generation present, whose signature recovery takes for the stream's: "
                 f"signature {entry.header.log_signature}, the stream's is {stream}; its frames "
-                f"are not verified. Move {entry.name} out of the directory, or, if "
-                f"{lowest.name} is the stray file, move that one",
-                offset=_HEADER_SIGNATURE,
+                "are not verified"
+            )
+            # Below where recovery starts, the note `_report` appends says to move it away
+            # (and why that is safe): the advice is given once, there.
+            if self._is_needed(entry.header.generation) is not False:
+                message += (
+                    f". Move {entry.name} out of the directory, or, if {lowest.name} is the "
+                    "stray file, move that one"
+                )
+            self._report_on(
+                entry, "error", "signature", BadLogSignature, message, offset=_HEADER_SIGNATURE
             )
 
     def _check_missing(self) -> None:
