@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,15 @@ from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.instance.diagnosis import RecoveryPlan, plan_recovery
 
-from .conftest import SMALL, RunJson, build, flip, run_entry_point, snapshot
+from .conftest import (
+    SMALL,
+    RunJson,
+    build,
+    damage_second_frame,
+    flip,
+    run_entry_point,
+    snapshot,
+)
 
 OPTIONS = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
 ROWS_PER_BATCH = 150
@@ -295,6 +304,108 @@ def test_damaged_closed_generation(crashed: Path, run_json: RunJson) -> None:
     assert result["open_error"]["name"] == "LogFileCorrupt"  # type: ignore[index]
     assert str(result["data_loss"]["stopped_at"]).startswith("00000001:")  # type: ignore[index]
     assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def _serious(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in problems if p["severity"] in ("error", "warning")]
+
+
+def test_log_damage_recovery_does_not_read_is_a_warning_as_in_logs_verify(
+    closed: Path, run_json: RunJson
+) -> None:
+    """Damage only in a generation recovery no longer reads (a clean shutdown's checkpoint is
+    in the newest generation): diagnose judges it as `logs verify` does (the same warnings,
+    `logs.ok` true), says in a note that recovery does not read it, advises neither recover
+    nor restore, and opening agrees: it succeeds without replaying anything."""
+    path = closed / generation_log_name(1)
+    offset = damage_second_frame(path, 1)
+    code, result = _diagnose(run_json, closed)
+    assert code == 0, result
+    assert (result["verdict"], result["ok"], result["open_error"]) == ("clean", True, None)
+    assert result["next_commands"] == []
+    logs: dict[str, Any] = result["logs"]  # type: ignore[assignment]
+    assert (logs["ok"], logs["errors"]) == (True, [])
+    (warning,) = logs["warnings"]
+    assert (warning["file_name"], warning["offset"], warning["needed"]) == (
+        path.name,
+        offset,
+        False,
+    )
+    assert warning["error"] == "LogFileCorrupt"
+    assert logs["recovery_needs"]["first_generation"] == 3
+    _code, verified = run_json("logs", "verify", closed)
+    assert verified["result"]["ok"] is True
+    assert _serious(verified["result"]["problems"]) == _serious(logs["errors"] + logs["warnings"])
+    (note,) = [n for n in result["notes"] if "log damage" in n]  # type: ignore[union-attr]
+    assert note.startswith("log damage that recovery does not read: edb00000001.log")
+    assert "starts reading at generation 3" in note
+    assert "a warning, not an error" in note
+    human = run_entry_point("diagnose", closed)
+    assert human.returncode == 0, human.stdout
+    text = " ".join(human.stdout.split())  # as the console wrapped it, unwrapped
+    assert "1 warning(s) in generations recovery does not read" in text
+    assert "error(s)" not in text
+    assert "next:" not in text
+    plan = plan_recovery(closed)
+    assert_plan_matches_open(closed, plan, **SMALL)
+    with jetstore.open(closed, **SMALL) as instance:
+        assert instance.recovery is not None and not instance.recovery.needed
+
+
+def test_log_damage_below_a_crashed_instances_checkpoint_still_recovers(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    """A crashed instance whose checkpoint is past generation 1: damage in generation 1 is a
+    warning and diagnose still says "recover" (which then succeeds); damage in a generation
+    replay reads as well is an error, the verdict data loss (restore, or accept the loss),
+    with the summary naming that damage, not the warning, and opening refuses."""
+    base = tmp_path / "instance"
+    _early, checkpoint_generation = _build(base, "dirty")
+    assert (
+        checkpoint_generation > 1 and (base / generation_log_name(checkpoint_generation)).exists()
+    )
+    damage_second_frame(base / generation_log_name(1), 1)
+    both = tmp_path / "both"
+    shutil.copytree(base, both)
+
+    code, result = _diagnose(run_json, base)
+    assert code == 0, result
+    assert result["verdict"] == "recoverable"
+    commands: list[str] = result["next_commands"]  # type: ignore[assignment]
+    assert commands[0] == f"jetstore recover {base}"
+    assert not any("restore" in c or "accept-data-loss" in c for c in commands)
+    logs: dict[str, Any] = result["logs"]  # type: ignore[assignment]
+    assert (logs["ok"], logs["errors"]) == (True, [])
+    assert [(w["file_name"], w["needed"]) for w in logs["warnings"]] == [
+        (generation_log_name(1), False)
+    ]
+    assert logs["recovery_needs"]["first_generation"] == checkpoint_generation
+    assert any("log damage that recovery does not read" in n for n in result["notes"])  # type: ignore[union-attr]
+    assert_plan_matches_open(base, plan_recovery(base), **OPTIONS)
+
+    needed = both / generation_log_name(checkpoint_generation)
+    second = damage_second_frame(needed, checkpoint_generation)
+    code, result = _diagnose(run_json, both)
+    assert code == 1
+    assert result["verdict"] == "data-loss"
+    assert f"the log is damaged at {checkpoint_generation:08X}:{second:08X} ({needed.name}" in str(
+        result["summary"]
+    )
+    commands = result["next_commands"]  # type: ignore[assignment]
+    assert any(c.startswith("jetstore restore") for c in commands)
+    assert f"jetstore recover {both} --accept-data-loss" in commands
+    logs = result["logs"]  # type: ignore[assignment]
+    assert logs["ok"] is False
+    assert [(e["file_name"], e["needed"]) for e in logs["errors"]] == [(needed.name, True)]
+    assert [(w["file_name"], w["needed"]) for w in logs["warnings"]] == [
+        (generation_log_name(1), False)
+    ]
+    human = run_entry_point("diagnose", both)
+    assert human.returncode == 1
+    text = " ".join(human.stdout.split())  # as the console wrapped it, unwrapped
+    assert "1 error(s) in `logs verify`" in text
+    assert "1 warning(s) in generations recovery does not read" in text
+    assert_plan_matches_open(both, plan_recovery(both), **OPTIONS)
 
 
 def test_foreign_log_generation(crashed: Path, tmp_path: Path, run_json: RunJson) -> None:

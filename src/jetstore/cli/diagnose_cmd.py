@@ -94,12 +94,18 @@ def _print(plan: RecoveryPlan) -> None:
     logs = document["logs"]
     if logs is not None:
         runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in document["generations"])
+        unneeded = [w for w in logs["warnings"] if w["needed"] is False]
         console.print(
             Text(
                 f"logs: generations {runs or 'none'}"
                 + (f"; log end {plan.end}" if plan.end is not None else "")
                 + (f"; torn tail at {plan.torn_tail}" if plan.torn_tail is not None else "")
                 + ("" if logs["ok"] else f"; {len(logs['errors'])} error(s) in `logs verify`")
+                + (
+                    f"; {len(unneeded)} warning(s) in generations recovery does not read"
+                    if unneeded
+                    else ""
+                )
             )
         )
     if plan.data_loss is not None:

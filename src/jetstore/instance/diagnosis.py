@@ -23,6 +23,9 @@ Invariants:
   (`RecoveryPlan.error`; a refusal of the decisions also has recovery's detail, hint and
   path); where it succeeds, the plan has none.
   `tests/cli/test_diagnose.py` checks the two agree on every state of the recovery matrix.
+- Log damage is judged as `logs verify`, `dump logs` and `checksum` judge it
+  (`verify_logs_as_recovery_needs`): damage only in generations recovery no longer reads is a
+  warning (`logs.ok` stays true, a note lists it), damage it reads an error.
 - A refusal is simulated a second time with `accept_data_loss`, to say what that option would
   keep (where replay stops, which databases are affected) or that it would not help.
 - What the plan does not see: damaged B+tree pages that replay would read (`jetstore checksum`
@@ -71,7 +74,7 @@ from jetstore.instance.recoverydecisions import (
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import file_lock_holder, is_locked, lock_holder_pid, read_lock_holder
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
-from jetstore.log.verify import LogVerification, require_log_directory, verify_logs
+from jetstore.log.verify import LogProblem, LogVerification, require_log_directory, verify_logs
 from jetstore.pages.pagefile import CREATING_SUFFIX
 
 __all__ = [
@@ -236,6 +239,8 @@ class RecoveryPlan:
                 "last_generation": logs.last_generation,
                 "missing": logs.missing,
                 "errors": [p.as_dict() for p in logs.errors],
+                "warnings": [p.as_dict() for p in logs.problems if p.severity == "warning"],
+                "recovery_needs": logs.as_dict()["recovery_needs"],
             },
             "notes": self.notes,
         }
@@ -514,9 +519,9 @@ def verify_logs_as_recovery_needs(
 ) -> LogVerification:
     """`verify_logs` of `directory` told where recovery starts reading (`logs_needed`).
 
-    The one way the offline log tools (`logs verify`, `dump logs`, `checksum`) tell damage
-    recovery would meet (an error) from damage in generations it no longer reads (a warning
-    marked `needed: false`), so they cannot disagree with each other or with recovery.
+    The one way the offline tools (`logs verify`, `dump logs`, `checksum`, `diagnose`) tell
+    damage recovery would meet (an error) from damage in generations it no longer reads (a
+    warning marked `needed: false`), so they cannot disagree with each other or with recovery.
     Raises what `verify_logs` raises for a directory that cannot be used.
     """
     path = os.fspath(directory)
@@ -612,7 +617,9 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
         if db_name is not None:
             databases.append(_read_database(fs, os.path.join(path, name), db_name, owner))
     inventory = take_inventory(fs, path, owner=owner)
-    logs = verify_logs(fs, path, owner=owner)
+    # Judged as `logs verify`, `dump logs` and `checksum` judge it: damage only in generations
+    # recovery no longer reads is a warning, so `logs.ok` means the same in all four.
+    logs = verify_logs_as_recovery_needs(fs, path, owner=owner)
     plan = RecoveryPlan(
         path,
         "clean",
@@ -644,8 +651,10 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
     except Refused as refused:
         plan.error = refused.error
         _refusal(fs, plan, path, owner, inventory, refused, command)
+        _log_damage_not_read(plan, command)
         return plan
     _success(plan, sim, command)
+    _log_damage_not_read(plan, command)
     return plan
 
 
@@ -697,7 +706,6 @@ def _success(plan: RecoveryPlan, sim: _Simulation, command: str) -> None:
         if not plan.databases:
             plan.summary = "clean; no database and nothing to replay"
         plan.next_commands = []
-    _log_damage_outside(plan, command)
 
 
 def _explain_checkpoint(checkpoint: CheckpointFacts, sim: _Simulation, needed: bool) -> None:
@@ -716,19 +724,47 @@ def _explain_checkpoint(checkpoint: CheckpointFacts, sim: _Simulation, needed: b
     )
 
 
-def _log_damage_outside(plan: RecoveryPlan, command: str) -> None:
+def _log_damage_not_read(plan: RecoveryPlan, command: str) -> None:
+    """A note on log damage that opening does not meet, in the words of `logs verify`."""
     logs = plan.logs
-    if logs is None or logs.ok:
+    if logs is None:
         return
-    first = plan.replay_generations[0] if plan.replay_generations else None
-    errors = [p for p in logs.errors if first is None or (p.generation or 0) < first]
-    if errors:
-        where = ", ".join(f"{p.file_name or '?'} ({p.error or 'problem'})" for p in errors[:3])
+    quoted = _quote(plan.directory)
+    unneeded = [p for p in logs.problems if p.needed is False and p.severity == "warning"]
+    if unneeded:
+        first = logs.needed_from
+        why = f": {logs.needed_reason}" if logs.needed_reason else ""
         plan.notes.append(
-            f"log damage that recovery does not read (before where replay starts): {where}; "
-            f"`{command} logs verify {_quote(plan.directory)}` shows all of it; a backup taken "
-            "now would need those generations only if it went back that far"
+            f"log damage that recovery does not read: {_problems_text(unneeded)}. Recovery "
+            f"starts reading at generation {first}{why}; opening does not read what lies "
+            f"below, so this damage is a warning, not an error (`{command} logs verify "
+            f"{quoted}` shows all of it; `{command} logs removable {quoted}` lists the "
+            "generations `logs remove --unneeded` deletes; an older backup can no longer be "
+            "rolled forward through them)"
         )
+    if plan.error is not None or logs.needed_from is not None:
+        return
+    # Nothing durable says where recovery starts (no checkpoint file, no database of the
+    # stream), so every generation counts as needed and damage below this replay is an
+    # error there too; opening now does not read it, which the verdict already reflects.
+    first_read = plan.replay_generations[0] if plan.replay_generations else None
+    below = [
+        p
+        for p in logs.errors
+        if first_read is None or (p.generation is not None and p.generation < first_read)
+    ]
+    if below:
+        start = f"generation {first_read}" if first_read is not None else "no generation"
+        plan.notes.append(
+            f"log damage that opening now does not read (it reads from {start}): "
+            f"{_problems_text(below)}; `{command} logs verify {quoted}` counts it as errors "
+            f"because {logs.needed_reason or 'nothing says where recovery starts'}"
+        )
+
+
+def _problems_text(problems: list[LogProblem]) -> str:
+    where = ", ".join(f"{p.file_name or '?'} ({p.error or p.check})" for p in problems[:3])
+    return where if len(problems) <= 3 else f"{where} and {len(problems) - 3} more"
 
 
 def _refusal(
