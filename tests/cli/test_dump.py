@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+import jetstore
+from jetstore.cli.main import run
 from jetstore.format.checkpoint import CHECKPOINT_COPY_SIZE
 from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import CHECKPOINT_FILE, CURRENT_LOG, generation_log_name
@@ -259,6 +263,52 @@ def test_dump_logs_damage_recovery_no_longer_needs_is_a_warning(
     assert "warning: records stop at 00000001:" in human.stdout
     assert "recovery reads from generation 3 (edb.log)" in human.stdout
     assert snapshot(closed) == before
+
+
+def _table_rows(output: str, title: str) -> list[list[str]]:
+    """The body rows of the rich table titled `title` in `output`, as stripped cells."""
+    lines = output.splitlines()
+    start = lines.index(next(line for line in lines if line.strip() == title))
+    rows: list[list[str]] = []
+    for line in lines[start + 4 :]:  # title, top rule, header, header rule
+        if not line.startswith("│"):
+            break
+        rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return rows
+
+
+@pytest.mark.parametrize("log_file_size", [64 * 1024, 1024 * 1024])
+def test_dump_logs_tables_fit_80_columns_without_cutting_a_cell(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    log_file_size: int,
+) -> None:
+    """At 80 columns, with the longest status ("damaged (not needed)") and 7-digit sizes and
+    offsets (1 MiB log files, as real ones of 5 MiB have), every cell of both tables is shown
+    in full: nothing cut to "…", each line within 80 columns."""
+    directory = tmp_path / "instance"
+    with jetstore.open(directory, log_file_size=log_file_size) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        for n in range(3 * log_file_size // 20_000):
+            with db.transaction() as txn:
+                txn.table("t").insert({"id": n, "v": "x" * 20_000})
+    damage_second_frame(directory / generation_log_name(1), 1)
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert run(["dump", "logs", str(directory)]) == 0
+    output = capsys.readouterr().out
+    assert max(len(line) for line in output.splitlines()) <= 80
+    generations = _table_rows(output, "Log generations")
+    headers = _table_rows(output, "Log file headers")
+    assert generations[0][:3] == ["1", generation_log_name(1), "damaged (not needed)"]
+    assert [row[1] for row in generations][-1] == CURRENT_LOG
+    assert len(headers) == len(generations) >= 3
+    for row in generations + headers:
+        assert not any("…" in cell for cell in row), row
+    assert {row[2] for row in headers} == {str(log_file_size)}  # every file's size, in full
+    assert generations[0][5] == str(log_file_size)  # generation 1's frames end, in full
 
 
 def test_dump_logs_damage_recovery_needs_stays_an_error(crashed: Path, run_json: RunJson) -> None:
