@@ -408,6 +408,32 @@ def test_log_damage_below_a_crashed_instances_checkpoint_still_recovers(
     assert_plan_matches_open(both, plan_recovery(both), **OPTIONS)
 
 
+def test_log_damage_stays_an_error_when_nothing_says_where_recovery_starts(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    """No checkpoint file and no database of the stream: every generation counts as needed,
+    so damage in generation 1 is an error in `logs verify` and in diagnose's `logs` alike,
+    while opening reads only the newest generation: the verdict is clean, and a note says
+    why `logs verify` counts what opening does not read. Opening agrees."""
+    with jetstore.open(closed, **SMALL) as instance:
+        instance.detach("main")
+    os.replace(closed / "main.edb", tmp_path / "main.edb")
+    (closed / "edb.chk").unlink()
+    damage_second_frame(closed / generation_log_name(1), 1)
+    _code, verified = run_json("logs", "verify", closed)
+    assert verified["result"]["recovery_needs"]["first_generation"] is None
+    code, result = _diagnose(run_json, closed)
+    assert code == 0
+    assert (result["verdict"], result["next_commands"]) == ("clean", [])
+    logs: dict[str, Any] = result["logs"]  # type: ignore[assignment]
+    assert logs["ok"] is verified["result"]["ok"] is False
+    assert _serious(verified["result"]["problems"]) == _serious(logs["errors"] + logs["warnings"])
+    (note,) = [n for n in result["notes"] if "log damage" in n]  # type: ignore[union-attr]
+    assert note.startswith("log damage that opening now does not read")
+    assert "counts it as errors because neither a checkpoint file" in note
+    assert_plan_matches_open(closed, plan_recovery(closed), **SMALL)
+
+
 def test_foreign_log_generation(crashed: Path, tmp_path: Path, run_json: RunJson) -> None:
     other = tmp_path / "other"
     build(other, crash=True)  # the same history, another log stream
