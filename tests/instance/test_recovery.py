@@ -174,6 +174,76 @@ def test_missing_newest_logs_refused(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == before
 
 
+def test_missing_newest_logs_say_edb_log_is_absent(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    os.unlink(tmp_path / "edb.log")
+    newest = generation_log_name(len(generations(tmp_path)) + 1)
+    with pytest.raises(RequiredLogFilesMissing) as info:
+        jetstore.open(tmp_path, **SMALL)
+    assert f"neither {newest} nor edb.log is there" in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["empty", "zeroed", "garbage"])
+def test_an_unreadable_edb_log_is_named_not_called_missing(tmp_path: Path, damage: str) -> None:
+    """The newest generation lives in edb.log under no number: when that file cannot be
+    read, the refusal says so and why, instead of sending the user to look for
+    edbXXXXXXXX.log, which never existed. Nothing is written."""
+    crashed_instance(tmp_path)
+    newest = len(generations(tmp_path)) + 1
+    path = tmp_path / CURRENT_LOG
+    size = path.stat().st_size
+    path.write_bytes(
+        b"" if damage == "empty" else bytes(size) if damage == "zeroed" else os.urandom(size)
+    )
+    before = snapshot(tmp_path)
+    with pytest.raises(RequiredLogFilesMissing) as info:
+        jetstore.open(tmp_path, **SMALL)
+    message = str(info.value)
+    assert f"but generation {newest} is missing" in message
+    assert "edb.log, where the newest generation is written, cannot be read" in message
+    assert {"empty": "empty (0 bytes)", "zeroed": "are zero", "garbage": "not a jetstore log"}[
+        damage
+    ] in message
+    assert snapshot(tmp_path) == before
+
+
+def test_swapped_generation_files_are_named_with_the_renames_that_fix_them(
+    tmp_path: Path,
+) -> None:
+    """Two archived generations swapped (or renamed by hand): the refusal names the file
+    holding each generation and says which renames put them back; after the renames the
+    instance recovers everything."""
+    n = crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    assert len(gens) >= 3
+    first, second = tmp_path / gens[1], tmp_path / gens[2]
+    os.rename(first, tmp_path / "swap")
+    os.rename(second, first)
+    os.rename(tmp_path / "swap", second)
+    before = snapshot(tmp_path)
+    with pytest.raises(RequiredLogFilesMissing) as info:
+        jetstore.open(tmp_path, **SMALL)
+    message, hint = str(info.value), info.value.hint or ""
+    assert f"{gens[1]} holds generation {int(gens[2][3:11], 16)}" in message
+    assert f"{gens[2]} holds generation {int(gens[1][3:11], 16)}" in message
+    assert f"{gens[1]} to {gens[2]}" in hint and f"{gens[2]} to {gens[1]}" in hint
+    assert snapshot(tmp_path) == before
+    os.rename(first, tmp_path / "swap")
+    os.rename(second, first)
+    os.rename(tmp_path / "swap", second)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+
+
+def test_an_unreadable_archived_generation_is_named(tmp_path: Path) -> None:
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    (tmp_path / gens[1]).write_bytes(bytes(100))
+    with pytest.raises((MissingLogFile, RequiredLogFilesMissing)) as info:
+        jetstore.open(tmp_path, **SMALL)
+    assert f"{gens[1]} cannot be read (LogFileCorrupt" in str(info.value)
+
+
 def test_all_logs_missing_with_dirty_database_refused(tmp_path: Path) -> None:
     crashed_instance(tmp_path)
     for name in [*generations(tmp_path), "edb.log"]:

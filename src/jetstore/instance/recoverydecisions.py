@@ -60,7 +60,12 @@ from jetstore.errors import (
 from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
 from jetstore.format.common import Signature
 from jetstore.format.dbheader import DatabaseHeader, DatabaseState
-from jetstore.format.filenames import CHECKPOINT_FILE, database_file_name, generation_log_name
+from jetstore.format.filenames import (
+    CHECKPOINT_FILE,
+    CURRENT_LOG,
+    database_file_name,
+    generation_log_name,
+)
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
     CreateDatabaseRecord,
@@ -70,7 +75,7 @@ from jetstore.format.logrecords import (
 )
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
-from jetstore.log.reader import LogInventory, LogRecordEntry, ScanResult
+from jetstore.log.reader import GenerationFile, LogInventory, LogRecordEntry, ScanResult
 from jetstore.log.writer import LogTail
 
 __all__ = [
@@ -183,12 +188,83 @@ def _missing_message(
     name: str, header: DatabaseHeader, missing: list[int], inventory: LogInventory
 ) -> str:
     low, high = required_range(header)
-    files = ", ".join(generation_log_name(g) for g in missing[:5])
+    shown = ", ".join(str(g) for g in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    which = f"generation {shown} is" if len(missing) == 1 else f"generations {shown}{more} are"
     return (
         f"database {name!r} needs log generations {low}-{high} "
-        f"({generation_log_name(low)} to {generation_log_name(high)}) to recover, but "
-        f"{files}{more} are missing; {inventory.describe_present()}"
+        f"({generation_log_name(low)} to {generation_log_name(high)}, or {CURRENT_LOG} for "
+        f"the newest) to recover, but {which} missing: "
+        f"{'; '.join(_why_missing(missing[:5], inventory))}; {inventory.describe_present()}"
+    )
+
+
+def _why_missing(missing: list[int], inventory: LogInventory) -> list[str]:
+    """What the directory holds instead of each of the `missing` generations: a file named
+    for another generation that holds it (misnamed or swapped files), a file under its name
+    that cannot be read, the current log (`edb.log`, where the newest generation is written
+    under no number) unreadable or absent, or nothing at all. A bare "missing" sent users to
+    look for a file that was there all along."""
+    holding = {
+        entry.holds_generation: entry
+        for entry in inventory.unreadable
+        if entry.holds_generation is not None
+    }
+    unreadable = {
+        entry.generation: entry
+        for entry in inventory.unreadable
+        if entry.holds_generation is None and not entry.is_current
+    }
+    current = next((entry for entry in inventory.unreadable if entry.is_current), None)
+    current_present = current is not None or any(f.is_current for f in inventory.files.values())
+    newest = inventory.highest
+    reasons: list[str] = []
+    for generation in missing:
+        name = generation_log_name(generation)
+        entry = holding.get(generation)
+        if entry is not None:
+            reasons.append(
+                f"{os.path.basename(entry.path)} holds generation {generation} (its header "
+                f"says so) under the name of generation {entry.generation}"
+            )
+        elif generation in unreadable:
+            reasons.append(f"{name} cannot be read ({_error_text(unreadable[generation])})")
+        elif newest is None or generation > newest:
+            # The newest generation is written as edb.log: that is the file to look at.
+            if current is not None:
+                reasons.append(
+                    f"{name} is not there and {CURRENT_LOG}, where the newest generation is "
+                    f"written, cannot be read ({_error_text(current)})"
+                )
+            elif not current_present:
+                reasons.append(f"neither {name} nor {CURRENT_LOG} is there")
+            else:
+                reasons.append(f"{name} is not there")
+        else:
+            reasons.append(f"{name} is not there")
+    return reasons
+
+
+def _error_text(entry: GenerationFile) -> str:
+    error = entry.error
+    if error is None:
+        return "unreadable"
+    return f"{error.name}: {error.detail or error}"
+
+
+def _missing_hint(missing: list[int], inventory: LogInventory) -> str:
+    """`_OPTIONS_HINT`, led by the renames that would put misnamed files back."""
+    renames = [
+        (os.path.basename(entry.path), generation_log_name(entry.holds_generation))
+        for entry in inventory.unreadable
+        if entry.holds_generation is not None and entry.holds_generation in missing
+    ]
+    if not renames:
+        return _OPTIONS_HINT
+    steps = ", ".join(f"{old} to {new}" for old, new in renames)
+    return (
+        f"rename each misnamed file to the generation its header holds ({steps}; through a "
+        f"temporary name where two files swap names), then open again; otherwise " + _OPTIONS_HINT
     )
 
 
@@ -353,7 +429,7 @@ def decide_start(
             raise Refused(
                 error(
                     message,
-                    hint=_OPTIONS_HINT,
+                    hint=_missing_hint(missing, inventory),
                     path=os.path.join(directory, generation_log_name(missing[0])),
                 ),
                 "missing",
@@ -823,7 +899,7 @@ def check_after_scan(
             raise Refused(
                 RequiredLogFilesMissing(
                     message,
-                    hint=_OPTIONS_HINT,
+                    hint=_missing_hint(missing, decided.inventory),
                     path=os.path.join(decided.directory, generation_log_name(missing[0])),
                 ),
                 "missing",

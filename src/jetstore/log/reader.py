@@ -77,6 +77,9 @@ class GenerationFile:
     size: int
     header: LogFileHeader | None
     error: JetError | None = None
+    #: A file whose header names another generation than its name (`error` is then
+    #: LogGenerationMismatch, `header` None): the generation it really holds.
+    holds_generation: int | None = None
 
 
 @dataclass
@@ -221,7 +224,9 @@ def _read_header(
             f"{header.generation}",
             path=path,
         )
-        return GenerationFile(generation_from_name, path, False, size, None, error)
+        return GenerationFile(
+            generation_from_name, path, False, size, None, error, holds_generation=header.generation
+        )
     return GenerationFile(header.generation, path, is_current, size, header)
 
 
