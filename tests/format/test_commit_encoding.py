@@ -5,6 +5,8 @@ lists) with `encode_commit` (operation tuples), and
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,7 @@ from jetstore.format.logframe import (
     frame_padding,
 )
 from jetstore.format.logrecords import (
+    BUFFERED_RECORD_OPERATIONS,
     OP_DELETE,
     OP_PUT,
     CommitRecord,
@@ -66,6 +69,31 @@ def test_ordered_operations_encode_like_operation_tuples(
     operations = sorted(as_operations(changes), key=lambda operation: operation[1])
     assert data == encode_commit(db, txn, time_us, operations)
     assert decode_record(data) == CommitRecord(db, txn, time_us, operations)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), extra=st.integers(0, 300))
+def test_large_records_are_written_into_one_buffer_byte_for_byte(seed: int, extra: int) -> None:
+    """From BUFFERED_RECORD_OPERATIONS operations on, both encoders write the record into one
+    bytearray of its exact size (no part per operation, no join): the same bytes as the
+    general encoder, with deletes, empty values and many shapes."""
+    rng = random.Random(seed)
+    changes: dict[bytes, bytes | None] = {}
+    while len(changes) < BUFFERED_RECORD_OPERATIONS + extra:
+        key = rng.randbytes(rng.choice([0, 1, 16, 40, 300]))
+        roll = rng.random()
+        changes[key] = (
+            None if roll < 0.2 else b"" if roll < 0.3 else rng.randbytes(rng.choice([1, 100, 2000]))
+        )
+    data = encode_commit_changes(7, 8, 9, changes)
+    assert isinstance(data, bytearray)
+    operations = as_operations(changes)
+    assert data == encode_commit(7, 8, 9, operations)
+    keys = sorted(changes)
+    ordered = encode_commit_ordered(7, 8, 9, keys, [changes[key] for key in keys])
+    assert isinstance(ordered, bytearray)
+    assert ordered == encode_commit(7, 8, 9, sorted(operations, key=lambda operation: operation[1]))
+    assert decode_record(bytes(data)) == CommitRecord(7, 8, 9, operations)
 
 
 @settings(max_examples=200)

@@ -53,6 +53,8 @@ KIND_LAST: Final = 3
 KIND_NAMES: Final = ("FULL", "FIRST", "MIDDLE", "LAST")
 
 _ZERO_PAD = bytes(FRAME_ALIGN)
+# Bytes of a view copied at a time to feed the crc (`_crc_of`).
+_CRC_CHUNK: Final = 256 * 1024
 
 
 def padded_size(payload_length: int) -> int:
@@ -93,15 +95,33 @@ def encode_frame_parts(
     offset: int,
     durable_before: int,
     kind: int,
-    payload: bytes,
+    payload: bytes | memoryview,
 ) -> tuple[bytes, bytes, int]:
     """The frame as (header, padding) around `payload`, not joined, and its crc.
 
     Keeping the payload apart lets the writer hand a large record to the disk without copying
-    it again; the crc feeds the generation's running checksum.
+    it again; the crc feeds the generation's running checksum. `payload` may be a view of a
+    larger record (a piece of it for one generation): no copy of the piece is kept.
     """
-    header, crc = encode_frame_header(generation, offset, durable_before, kind, payload)
+    length_kind = len(payload) | (kind << 30)
+    crc = _crc_of(
+        _crc_value(_CRC_PREFIX.pack(generation, offset, generation, durable_before, length_kind)),
+        payload,
+    )
+    header = FRAME_HEADER.pack(crc, generation, durable_before, length_kind)
     return header, frame_padding(len(payload)), crc
+
+
+def _crc_of(crc: int, data: bytes | memoryview) -> int:
+    """`crc` extended by `data`. The crc32c extension takes only `bytes`: a view (or a
+    bytearray behind it) goes through in chunks copied one at a time, so a piece of a large
+    record is never copied whole."""
+    if type(data) is bytes:
+        return int(_crc_extend(crc, data))
+    view = memoryview(data)
+    for start in range(0, len(view), _CRC_CHUNK):
+        crc = _crc_extend(crc, view[start : start + _CRC_CHUNK].tobytes())
+    return crc
 
 
 def encode_frame(

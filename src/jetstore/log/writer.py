@@ -325,7 +325,7 @@ class LogWriter:
 
     # ----------------------------------------------------------------- append
 
-    def append(self, payload: bytes) -> LogPosition:
+    def append(self, payload: bytes | bytearray) -> LogPosition:
         """Give `payload` its place in the log; returns the position just after it."""
         with self._lock:
             if self._failed is not None:
@@ -334,7 +334,10 @@ class LogWriter:
             end = self._end
             length = len(payload)
             # `max_payload_for(space)`, inlined: the largest payload that fits what is left.
-            if 0 < ((self._file_size - end) & _ALIGN_DOWN) - FRAME_HEADER_SIZE >= length:
+            if (
+                0 < ((self._file_size - end) & _ALIGN_DOWN) - FRAME_HEADER_SIZE >= length
+                and type(payload) is bytes
+            ):
                 # The common case, a record that fits the current generation: one FULL frame,
                 # byte for byte what `_append_frames` would write.
                 durable = self._durable
@@ -395,11 +398,17 @@ class LogWriter:
                 )
             )
 
-    def _append_frames(self, payload: bytes) -> LogPosition:
+    def _append_frames(self, payload: bytes | bytearray) -> LogPosition:
         """`append` of a record that does not fit the rest of the current generation: FIRST,
-        MIDDLE ... LAST frames across generations. Called with `_lock` held."""
+        MIDDLE ... LAST frames across generations (or of a bytearray record). Called with
+        `_lock` held.
+
+        Each frame's piece is a view of `payload`, not a copy: a record of hundreds of MB
+        used to be held twice until its flush (the record, and its pieces). The flush joins
+        one generation's parts at a time."""
         done = 0
         total = len(payload)
+        view = memoryview(payload)
         file_size = self._file_size
         while True:
             space = file_size - self._end
@@ -411,10 +420,9 @@ class LogWriter:
             last = done + take == total
             if done == 0:
                 kind = KIND_FULL if last else KIND_FIRST
-                piece = payload if last else payload[:take]
             else:
                 kind = KIND_LAST if last else KIND_MIDDLE
-                piece = payload[done : done + take]
+            piece = view[done : done + take]
             durable = self._durable
             durable_before = durable.offset if durable.generation == self._gen else DATA_START
             header, padding, crc = encode_frame_parts(
@@ -433,7 +441,7 @@ class LogWriter:
         return LogPosition(self._gen, self._end)
 
     def _add_pending(
-        self, gen: int, offset: int, size: int, parts: tuple[bytes, bytes, bytes]
+        self, gen: int, offset: int, size: int, parts: tuple[bytes, bytes | memoryview, bytes]
     ) -> None:
         """Queue a frame for the next flush: contiguous frames of one generation share an
         entry whose parts are joined once, at write time (one copy of the data, not three)."""
