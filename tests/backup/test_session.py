@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import jetstore
-from jetstore.backup.session import BackupSession
+from jetstore.backup.session import BackupKind, BackupSession
 from jetstore.errors import (
     BackupAbortByServer,
     BackupInProgress,
@@ -471,3 +471,60 @@ def test_incremental_after_a_lazy_commit_closed_the_generation(tmp_path: Path) -
             assert rows == expected
         else:
             assert set(rows) < set(expected) and all(expected[k] == v for k, v in rows.items())
+
+
+def test_a_close_while_the_backup_starts_leaves_no_handle_and_no_running_session(
+    tmp_path: Path,
+) -> None:
+    # Another thread closes the instance while `begin_backup` opens the database image:
+    # the close aborted the session, then the start opened the image under the ended
+    # session's owner (a descriptor nobody closed) and marked the session running again.
+    from jetstore.io.files import FileSystem, IOEvent
+
+    closer: list[threading.Thread] = []
+    armed = threading.Event()
+    live = tmp_path / "live"
+
+    def hook(event: IOEvent) -> None:
+        if armed.is_set() and event.op == "open" and event.path.endswith("main.edb"):
+            armed.clear()
+            thread = threading.Thread(target=inst.close)
+            closer.append(thread)
+            thread.start()
+            thread.join(1.0)  # the old code let the close finish here
+
+    inst = _open(live, filesystem=FileSystem(hook=hook))
+    fds = _fds()
+    _load(inst, 0, 50)
+    armed.set()
+    try:
+        session = inst.begin_backup("full")
+    except BackupAbortByServer:
+        session = None
+    assert closer, "the image was not opened"
+    closer[0].join(30)
+    assert not closer[0].is_alive()
+    assert inst.state.value == "closed"
+    if session is not None:
+        assert session.state == "aborted"
+        with pytest.raises((BackupAbortByServer, InvalidBackupSequence)):
+            next(session.read(session.database_files()[0]))
+    assert inst.registry.counts() == {k: 0 for k in inst.registry.counts()}
+    assert _fds() <= fds
+
+
+def test_a_session_aborted_before_it_starts_refuses_to_start(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 20)
+        baseline = _handles(inst)
+        session = BackupSession(inst, BackupKind.FULL)
+        inst.backup_started(session)
+        session.abort("test")
+        with pytest.raises(BackupAbortByServer, match="before it started"):
+            session._start()
+        assert inst.backup_session is None
+        assert _handles(inst) == baseline
+        assert inst.database("main").file.pins == 0
+    finally:
+        inst.close()

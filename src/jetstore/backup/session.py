@@ -169,7 +169,25 @@ class BackupSession:
     # ----------------------------------------------------------------- start
 
     def _start(self) -> None:
-        """Called by `Instance.begin_backup` once the session is registered."""
+        """Called by `Instance.begin_backup` once the session is registered.
+
+        Runs under the session lock, as `_end` does: an `abort()` from another thread (the
+        instance closing: `Instance.close` aborts the running backup) waits until the start
+        is over and then releases everything it opened, or it came first and the start
+        refuses to go on (`BackupAbortByServer`). Without that, a close landing while the
+        images were being opened ended the session, then the start opened an image under the
+        ended session's owner (a handle nobody would close) and marked it running again.
+        """
+        with self._lock:
+            if self.state != "starting":
+                raise BackupAbortByServer(
+                    f"backup {self.id} of '{self.instance.directory}' was {self.state} before "
+                    "it started (the instance was closed, or the backup aborted, meanwhile)",
+                    hint="start the backup again once the instance is open",
+                )
+            self._start_locked()
+
+    def _start_locked(self) -> None:
         instance = self.instance
         kind = self.kind
         if kind in (BackupKind.INCREMENTAL, BackupKind.DIFFERENTIAL):
