@@ -229,3 +229,72 @@ def test_a_copy_of_a_database_inside_its_instance_is_refused_clearly(tmp_path: P
     os.remove(tmp_path / "copy.edb")
     with jetstore.open(tmp_path, **SMALL) as instance:
         assert rows(instance.database("main")) == list(range(10))
+
+
+def _external_database(directory: Path, name: str, first_id: int) -> str:
+    """A clean database file detached from an instance of its own (attachable elsewhere)."""
+    with jetstore.open(directory, **SMALL) as other:
+        fill(other.database(name, create=True), first_id, 5)
+        return other.detach(name)
+
+
+def test_detach_and_attach_wait_for_a_running_backup(tmp_path: Path) -> None:
+    # A database detached while a backup ran had its pinned pages reused by a later attach
+    # (the backup then failed calling the database damaged: "lost flush"); one attached
+    # meanwhile got the detached one's id, and a restore of the backup replayed its rows into
+    # the detached database's image (silently); one attached under a new id made the
+    # completed backup unrestorable (no file has that id). Both wait for the backup now.
+    live = tmp_path / "live"
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    with jetstore.open(live, **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 50)
+        fill(inst.database("other", create=True), 0, 50)
+        before = inst.registry.counts()
+        with inst.begin_backup("full") as session:
+            with pytest.raises(jetstore.errors.BackupInProgress, match="detach database 'other'"):
+                inst.detach("other")
+            with pytest.raises(jetstore.errors.BackupInProgress, match="attach database 'third'"):
+                inst.attach(outside)
+            assert os.path.exists(outside)  # refused before it was moved
+            assert inst.databases() == ["main", "other"]
+            fill(inst.database("other"), 50, 10)
+            dest = tmp_path / "set"
+            from jetstore.backup.backupset import write_backup_set
+
+            write_backup_set(session, dest)
+        assert inst.registry.counts() == before
+        # Once the backup ended, both work again.
+        inst.detach("other")
+        inst.attach(outside)
+        assert inst.database("third").db_id == 2  # the detached database's id, reused
+        fill(inst.database("third"), 1005, 5)
+    jetstore.restore([str(dest)], str(tmp_path / "restored"))
+    with jetstore.open(tmp_path / "restored", **SMALL) as restored:
+        assert restored.databases() == ["main", "other"]
+        assert rows(restored.database("other")) == list(range(60))
+
+
+def test_attach_refused_by_a_backup_leaves_the_file_where_it_was(tmp_path: Path) -> None:
+    # The backup may start between attach's first check and its header write: the check
+    # under the backup lock refuses it there, and the file is moved back.
+    live = tmp_path / "live"
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    with jetstore.open(live, **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 20)
+        original = inst._refuse_during_backup
+        started: list[object] = []
+
+        def start_backup_after_first_check(action: str, name: str, *, locked: bool = False):
+            if not locked and not started:
+                original(action, name)  # passes: no backup yet
+                started.append(inst.begin_backup("full"))  # and then one begins
+                return
+            original(action, name, locked=locked)
+
+        inst._refuse_during_backup = start_backup_after_first_check  # type: ignore[method-assign]
+        with pytest.raises(jetstore.errors.BackupInProgress):
+            inst.attach(outside)
+        assert os.path.exists(outside)
+        assert not (live / "third.edb").exists()
+        assert inst.databases() == ["main"]
+        started[0].abort()  # type: ignore[attr-defined]

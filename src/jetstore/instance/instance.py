@@ -787,13 +787,17 @@ class Instance:
         """
         self.check_writable()
         db = self.database(name)
+        self._refuse_during_backup("detach", name)
         if db.active_transactions():
             raise DatabaseInUse(
                 f"database {name!r} has {db.active_transactions()} open transaction(s)",
                 hint="commit or roll back every transaction of the database, then detach it",
             )
         self.checkpoint()  # everything committed reaches its page file
-        with self.commit_lock:
+        # The backup lock around the removal: a backup registered before it sees the
+        # database attached and is refused here; one registered after it finds it gone.
+        with self._backup_lock, self.commit_lock:
+            self._refuse_during_backup("detach", name, locked=True)
             if db.active_transactions():
                 raise DatabaseInUse(f"database {name!r} got a new transaction while detaching")
             try:
@@ -838,6 +842,7 @@ class Instance:
             raise DatabaseDuplicate(
                 f"instance '{self.directory}' already has a database {name!r}", path=source
             )
+        self._refuse_during_backup("attach", name)
         target = os.path.join(self.directory, database_file_name(name))
         # Read-only but locked: a file another instance has open (its own, or one it reaches
         # through a link) is refused here, before it is moved (FileAccessDenied). The lock
@@ -873,7 +878,8 @@ class Instance:
             # Inside the try: a refused open (another opener locked the file since the probe)
             # moves the file back like any other failure before its header is written.
             file = self.open_database_file(target)
-            with self.commit_lock:
+            with self._backup_lock, self.commit_lock:
+                self._refuse_during_backup("attach", name, locked=True)
                 self.check_writable()
                 db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
                 end = self.log.end_position
@@ -908,6 +914,33 @@ class Instance:
             "database_attached", f"database {name!r} attached from '{source}'", database=name
         )
         return db
+
+    def _refuse_during_backup(self, action: str, name: str, *, locked: bool = False) -> None:
+        """`BackupInProgress` (-505) if a backup session runs: `attach` and `detach` wait for
+        it (as ESE's do).
+
+        Invariant: the databases of a running backup stay the databases of the instance until
+        it ends. A backup holds each database's image and the log from the image's checkpoint
+        on, and log records name a database only by its id: a database detached while the
+        backup ran had its pinned pages reused (the backup then failed calling the database
+        damaged), and one attached meanwhile (its id maybe the detached one's) put records
+        in the backup's logs that its restore either refused (no file has that id) or
+        replayed into the wrong database. `locked`: the caller holds `_backup_lock`, so no
+        backup can start until its change of the database list is made.
+        """
+        if locked:
+            session = self._backup
+        else:
+            with self._backup_lock:
+                session = self._backup
+        if session is None:
+            return
+        raise BackupInProgress(
+            f"cannot {action} database {name!r} of '{self.directory}' while "
+            f"{session.kind.value} backup {session.id} runs: the backup copies the databases "
+            "attached when it began and the log records of each, by database id",
+            hint=f"wait for the backup to complete (or abort it), then {action} the database",
+        )
 
     def attached_databases(self) -> list[Database]:
         return [self._databases[name] for name in sorted(self._databases)]
