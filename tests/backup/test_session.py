@@ -528,3 +528,19 @@ def test_a_session_aborted_before_it_starts_refuses_to_start(tmp_path: Path) -> 
         assert inst.database("main").file.pins == 0
     finally:
         inst.close()
+
+
+def test_a_backup_ended_by_the_instance_closing_says_so_at_its_next_call(tmp_path: Path) -> None:
+    # It used to say only "backup N is aborted", and to start a new backup: on a closed
+    # instance. The reason the event gave is in the error now, and the way out fits.
+    inst = _open(tmp_path / "live")
+    _load(inst, 0, 20)
+    session = inst.begin_backup("full")
+    chunks = session.read(session.database_files()[0])
+    next(chunks)
+    inst.close()
+    with pytest.raises(InvalidBackupSequence, match="the instance is closing") as info:
+        session.log_files()
+    assert "once the instance is open again" in (info.value.hint or "")
+    with pytest.raises(BackupAbortByServer, match="the instance is closing"):
+        next(chunks)

@@ -155,6 +155,9 @@ class BackupSession:
         self.started_us = now_us()
         self.state = "starting"  # starting -> running -> completed | aborted | failed
         self.error: JetError | None = None
+        #: Why `abort()` ended the session (the instance closing, the caller, ...): every
+        #: later call on the session says it, not only the event.
+        self.abort_reason: str | None = None
         self.bytes_streamed = 0
         self.first_generation: int | None = None
         self.last_generation: int | None = None
@@ -182,7 +185,7 @@ class BackupSession:
             if self.state != "starting":
                 raise BackupAbortByServer(
                     f"backup {self.id} of '{self.instance.directory}' was {self.state} before "
-                    "it started (the instance was closed, or the backup aborted, meanwhile)",
+                    f"it started{self._why()}",
                     hint="start the backup again once the instance is open",
                 )
             self._start_locked()
@@ -539,6 +542,7 @@ class BackupSession:
         with self._lock:
             if self.state in ("completed", "aborted", "failed"):
                 return
+            self.abort_reason = reason
             self._end("aborted")
         self.instance.events.emit(
             "backup_aborted",
@@ -587,8 +591,17 @@ class BackupSession:
                 hint="start a new backup",
             )
         raise InvalidBackupSequence(
-            f"backup {self.id} is {self.state}", hint="start a new backup with begin_backup"
+            f"backup {self.id} is {self.state}{self._why()}",
+            hint="start a new backup with begin_backup"
+            + (" once the instance is open again" if self._instance_gone() else ""),
         )
+
+    def _why(self) -> str:
+        """' (the reason)' of an aborted session, or ''."""
+        return f" ({self.abort_reason})" if self.abort_reason else ""
+
+    def _instance_gone(self) -> bool:
+        return self.instance.state.value != "open"
 
     def _aborted_error(self) -> JetError:
         if self.state == "failed" and self.error is not None:
@@ -597,8 +610,9 @@ class BackupSession:
                 hint="start a new backup",
             )
         return BackupAbortByServer(
-            f"backup {self.id} was {self.state} while a file was being read",
-            hint="start the backup again",
+            f"backup {self.id} was {self.state} while a file was being read{self._why()}",
+            hint="start the backup again"
+            + (" once the instance is open again" if self._instance_gone() else ""),
         )
 
     def describe(self) -> dict[str, Any]:
