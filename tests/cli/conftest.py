@@ -147,3 +147,15 @@ def run_entry_point(*args: str | os.PathLike[str]) -> subprocess.CompletedProces
         text=True,
         timeout=60,
     )
+
+
+def table_rows(output: str, title: str) -> list[list[str]]:
+    """The body rows of the rich table titled `title` in `output`, as stripped cells."""
+    lines = output.splitlines()
+    start = lines.index(next(line for line in lines if line.strip() == title))
+    rows: list[list[str]] = []
+    for line in lines[start + 4 :]:  # title, top rule, header, header rule
+        if not line.startswith("│"):
+            break
+        rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return rows

@@ -17,7 +17,15 @@ from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import CHECKPOINT_FILE, CURRENT_LOG, generation_log_name
 from jetstore.format.logheader import LOG_HEADER_SIZE
 
-from .conftest import ROWS, RunJson, damage_second_frame, flip, run_entry_point, snapshot
+from .conftest import (
+    ROWS,
+    RunJson,
+    damage_second_frame,
+    flip,
+    run_entry_point,
+    snapshot,
+    table_rows,
+)
 
 PAGE = 8192
 
@@ -265,18 +273,6 @@ def test_dump_logs_damage_recovery_no_longer_needs_is_a_warning(
     assert snapshot(closed) == before
 
 
-def _table_rows(output: str, title: str) -> list[list[str]]:
-    """The body rows of the rich table titled `title` in `output`, as stripped cells."""
-    lines = output.splitlines()
-    start = lines.index(next(line for line in lines if line.strip() == title))
-    rows: list[list[str]] = []
-    for line in lines[start + 4 :]:  # title, top rule, header, header rule
-        if not line.startswith("│"):
-            break
-        rows.append([cell.strip() for cell in line.strip("│").split("│")])
-    return rows
-
-
 @pytest.mark.parametrize("log_file_size", [64 * 1024, 1024 * 1024])
 def test_dump_logs_tables_fit_80_columns_without_cutting_a_cell(
     tmp_path: Path,
@@ -300,8 +296,8 @@ def test_dump_logs_tables_fit_80_columns_without_cutting_a_cell(
     assert run(["dump", "logs", str(directory)]) == 0
     output = capsys.readouterr().out
     assert max(len(line) for line in output.splitlines()) <= 80
-    generations = _table_rows(output, "Log generations")
-    headers = _table_rows(output, "Log file headers")
+    generations = table_rows(output, "Log generations")
+    headers = table_rows(output, "Log file headers")
     assert generations[0][:3] == ["1", generation_log_name(1), "damaged (not needed)"]
     assert [row[1] for row in generations][-1] == CURRENT_LOG
     assert len(headers) == len(generations) >= 3

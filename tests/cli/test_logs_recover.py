@@ -27,6 +27,7 @@ from .conftest import (
     flip,
     run_entry_point,
     snapshot,
+    table_rows,
 )
 
 # --------------------------------------------------------------------------- logs verify
@@ -416,6 +417,47 @@ def test_logs_verify_damage_recovery_no_longer_needs_is_a_warning(
     human = run_entry_point("logs", "verify", closed)
     assert human.returncode == 0, human.stdout
     assert "not needed" in human.stdout
+
+
+def test_logs_verify_tables_fit_80_columns_without_cutting_a_cell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 80 columns, with real-sized log files (1 MiB: 7-digit offsets and sizes, as the
+    default 5 MiB ones have) and the two longest statuses, "damaged (not needed)" and
+    "unreadable (not needed)", every cell is shown in full: file names, statuses, creation
+    times and sizes, nothing cut to "…", each line within 80 columns."""
+    log_file_size = 1024 * 1024
+    directory = tmp_path / "instance"
+    with jetstore.open(directory, log_file_size=log_file_size) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        for n in range(4 * log_file_size // 20_000):
+            with db.transaction() as txn:
+                txn.table("t").insert({"id": n, "v": "x" * 20_000})
+    damage_second_frame(directory / generation_log_name(1), 1)
+    flip(directory / generation_log_name(2), 10)  # in the header: the file is unreadable
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert run(["logs", "verify", str(directory)]) == 0
+    output = capsys.readouterr().out
+    assert max(len(line) for line in output.splitlines()) <= 80
+    assert "…" not in output
+    generations = table_rows(output, "Log generations")
+    headers = table_rows(output, "Log file headers")
+    assert [row[:3] for row in generations[:2]] == [
+        ["1", generation_log_name(1), "damaged (not needed)"],
+        ["2", generation_log_name(2), "unreadable (not needed)"],
+    ]
+    assert generations[-1][1] == CURRENT_LOG
+    assert len(headers) == len(generations) >= 4
+    for row in generations + headers:
+        assert not any("…" in cell for cell in row), row
+    assert generations[0][5] == str(log_file_size)  # generation 1's frames end, in full
+    assert [row[1] for row in headers] == [row[1] for row in generations]
+    created = [row[2] for row in headers]
+    assert created[1] == "—"  # generation 2's header cannot be read
+    assert all(len(time) == len("2026-11-22T19:30:37Z") for time in created[:1] + created[2:])
+    assert {row[3] for row in headers} == {str(log_file_size)}
 
 
 def test_logs_verify_damage_recovery_needs_stays_an_error(crashed: Path, run_json: RunJson) -> None:

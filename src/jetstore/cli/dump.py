@@ -91,6 +91,7 @@ __all__ = [
     "dump_group",
     "generation_status",
     "header_result",
+    "print_generations",
     "print_log_problems",
     "print_recovery_needs",
     "record_dict",
@@ -677,12 +678,15 @@ def generation_status(row: dict[str, Any]) -> Text:
     return Text(status, {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red"))
 
 
-def _print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
-    # Two narrow tables rather than one wide one, each within 80 columns with the values of
-    # real log files (5 MiB: 7-digit offsets and sizes) and the longest status, "damaged
-    # (not needed)": the verification in one, the header fields and the file size (which
-    # the size check compares with the header's) in the other. The flags, rarely set, are
-    # lines below rather than a column that would push the second table past 80.
+def print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
+    """The verification of each generation as a table titled "Log generations" (shared with
+    `logs verify`): gen, file, status, records, frames, end.
+
+    Within 80 columns with the values of real log files (5 MiB: 7-digit offsets) and the
+    longest status, "unreadable (not needed)" (80 wide then, 77 with "damaged (not
+    needed)"): every column is no_wrap, as a status or file name split over lines reads
+    as two. Anything else a command shows per file goes to a second table, not here.
+    """
     table = Table(title="Log generations", title_justify="left")
     for name, justify in (
         ("gen", "right"),
@@ -703,6 +707,14 @@ def _print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
             _text(row["end_offset"]),
         )
     console.print(table)
+
+
+def _print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
+    # Two narrow tables rather than one wide one, each within 80 columns: the verification
+    # in one, the header fields and the file size (which the size check compares with the
+    # header's) in the other. The flags, rarely set, are lines below rather than a column
+    # that would push the second table past 80.
+    print_generations(console, rows)
     headers = Table(title="Log file headers", title_justify="left")
     for name, justify in (
         ("gen", "right"),

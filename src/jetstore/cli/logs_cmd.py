@@ -33,7 +33,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from jetstore.cli.dump import generation_status, print_log_problems, print_recovery_needs
+from jetstore.cli.dump import print_generations, print_log_problems, print_recovery_needs
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import (
     OWNER,
@@ -62,28 +62,29 @@ def logs_group() -> None:
 
 def _print_verification(result: dict[str, Any]) -> None:
     console = stdout_console()
-    table = Table(title=f"Log files in {result['directory']}", title_justify="left")
-    for name, justify in (
-        ("gen", "right"),
-        ("file", "left"),
-        ("status", "left"),
-        ("created", "left"),
-        ("records", "right"),
-        ("frames", "right"),
-        ("end", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in result["generations"]:
-        table.add_row(
-            Text("—" if row["generation"] is None else str(row["generation"])),
-            Text(row["file_name"]),
-            generation_status(row),
-            Text(str(row["created"] or "—")),
-            Text(str(row["records"])),
-            Text(str(row["frames"])),
-            Text("—" if row["end_offset"] is None else str(row["end_offset"])),
-        )
-    console.print(table)
+    # The directory on a line of its own rather than in a table title, and the creation
+    # times and file sizes in a second table: one table with them all was 109 columns wide,
+    # so at 80 rich cut the file names and times to "…" and split the status. Each table
+    # now fits 80 columns with real log files (`print_generations` says with which values).
+    console.print(Text(f"Log files in {result['directory']}"))
+    print_generations(console, result["generations"])
+    if result["generations"]:
+        headers = Table(title="Log file headers", title_justify="left")
+        for name, justify in (
+            ("gen", "right"),
+            ("file", "left"),
+            ("created", "left"),
+            ("size", "right"),
+        ):
+            headers.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for row in result["generations"]:
+            headers.add_row(
+                Text("—" if row["generation"] is None else str(row["generation"])),
+                Text(row["file_name"]),
+                Text(str(row["created"] or "—")),
+                Text("—" if row["size"] is None else str(row["size"])),
+            )
+        console.print(headers)
     print_log_problems(console, result["problems"])
     counts = result["counts"]
     needs = result["recovery_needs"]
