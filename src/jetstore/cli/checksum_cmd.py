@@ -100,8 +100,12 @@ def _print(report: ChecksumReport) -> None:
             )
         )
     table = Table(title=f"Checksums of {report.path}", title_justify="left")
-    for column in ("file", "kind", "status", "checked"):
-        table.add_column(column)
+    # kind and status never wrap ("unreadable (not needed)" split over two lines reads as
+    # two statuses); the description of what was checked wraps instead.
+    table.add_column("file")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("checked")
     for file in report.files:
         data = file.as_dict()
         status, style = file.status, "green" if file.status == "ok" else "bold red"

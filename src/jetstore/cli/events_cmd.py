@@ -110,12 +110,16 @@ def _print_events(result: dict[str, Any]) -> None:
     if not result["exists"]:
         console.print(Text(f"no event log: {result['path']} does not exist"))
         return
-    table = Table(title=f"Events in {result['path']}", title_justify="left")
+    # The message below the name in one cell, not a column of its own: with the longest
+    # names (32 characters, "recovery_checkpoint_file_ignored") a message column was left 4
+    # wide at 80 columns and rich cut the level to "warn…". time, id, level and the longest
+    # name take 75 columns; the message wraps within the name's width, whole words first.
+    console.print(Text(f"Events in {result['path']}"))
+    table = Table()
     table.add_column("time", no_wrap=True)
-    table.add_column("id", justify="right")
-    table.add_column("level")
-    table.add_column("name", no_wrap=True)
-    table.add_column("message", overflow="fold")
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("level", no_wrap=True)
+    table.add_column("event", overflow="fold")
     for event in result["events"]:
         level = str(event.get("level", ""))
         style = {"error": "bold red", "warning": "yellow"}.get(level, "")
@@ -123,8 +127,9 @@ def _print_events(result: dict[str, Any]) -> None:
             Text(str(event.get("time", ""))),
             Text(str(event.get("id", ""))),
             Text(level, style),
-            Text(str(event.get("name", ""))),
-            Text(str(event.get("message", ""))),
+            Text.assemble(
+                (str(event.get("name", "")), "bold"), "\n", str(event.get("message", ""))
+            ),
         )
     console.print(table)
     console.print(Text(f"{result['shown']} of {result['total']} event(s) shown"))

@@ -120,9 +120,10 @@ def restore_command(
             console.print(Text(line))
         if outcome.executed:
             table = Table(show_header=False, title="Restore")
-            table.add_column(style="bold")
-            table.add_column()
-            table.add_row("target", outcome.plan.target)
+            # The value folds rather than ending in "…": the target is a path to copy.
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(overflow="fold")
+            table.add_row("target", Text(outcome.plan.target))  # a path: no markup
             table.add_row("transactions replayed", str(outcome.replayed))
             table.add_row("stopped early", "yes" if outcome.stopped_early else "no")
             table.add_row("last record replayed ends at", outcome.restored_to or "-")
