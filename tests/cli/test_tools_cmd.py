@@ -7,7 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import jetstore
+from jetstore.cli.main import run
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import iter_nodes
 from jetstore.tools.dbfile import OfflineDatabase
@@ -158,3 +161,52 @@ def test_export_and_import_keep_text_with_lone_surrogates(
     assert completed.returncode == 0, completed.stderr
     documents = map(json.loads, completed.stdout.decode("utf-8", "surrogatepass").splitlines())
     assert {document["id"]: document["v"] for document in documents} == texts
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_export_and_import_through_stdio_are_utf8_whatever_the_locale(
+    tmp_path: Path, encoding: str
+) -> None:
+    """The export format is UTF-8 (lone surrogates in their surrogatepass form) also on
+    stdout and stdin: with a locale encoding that cannot represent the text (latin-1 has no
+    "€", ASCII not even "é"), export ended in an internal error (exit 5). Now stdout gets
+    the same bytes a file would, and `import -` reads them back as they were."""
+    texts = {1: "a\ud800b", 2: "€ and é", 3: "plain"}
+    source, target = tmp_path / "source", tmp_path / "target"
+    for directory in (source, target):
+        with jetstore.open(directory, **SMALL) as instance:
+            db = instance.database("main", create=True)
+            db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+            if directory == source:
+                with db.transaction() as txn:
+                    for key, text in texts.items():
+                        txn.table("t").insert({"id": key, "v": text})
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "LC_ALL": "C", "LANG": "C"}
+    for fmt in ("jsonl", "csv"):
+        exported = subprocess.run(
+            [str(entry_point()), "export", str(source / "main.edb"), "t", "--format", fmt],
+            capture_output=True,
+            timeout=60,
+            env=env,
+        )
+        assert exported.returncode == 0, exported.stderr
+        written = tmp_path / f"t.{fmt}"
+        assert _export_to_file(source, fmt, written) == 0
+        assert exported.stdout == written.read_bytes()  # the bytes --output writes
+    imported = subprocess.run(
+        [str(entry_point()), "import", str(target / "main.edb"), "t", "-", "--format", "csv"],
+        input=exported.stdout,
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    assert imported.returncode == 0, imported.stderr
+    with jetstore.open(target, **SMALL) as instance:
+        txn = instance.database("main").transaction()
+        assert {r["id"]: r["v"] for r in txn.table("t").scan()} == texts
+        txn.rollback()
+
+
+def _export_to_file(source: Path, fmt: str, output: Path) -> int:
+    """`jetstore export` to a file, in-process."""
+    return run(["export", str(source / "main.edb"), "t", "--format", fmt, "-o", str(output)])

@@ -8,14 +8,14 @@ This module owns the command lines and the display; the work is done by `jetstor
   (`InstanceNameInUse`) or the database is not clean (`DatabaseDirtyShutdown`); 4 when
   compaction finds too little free space (`DiskFull`); the rest by the error's category;
 * `export --output FILE` (stdout by default; with `--json` an output file is required, since
-  stdout then holds the JSON document);
+  stdout then holds the JSON document); the format is UTF-8 on stdout and on `import`'s
+  stdin too, whatever the locale's encoding (`_in_export_encoding`);
 * `import` opens the instance holding DB (the database's directory) itself, refusing when
   another process has it open.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import functools
 import io
@@ -271,27 +271,39 @@ _TEXT_ERRORS = "surrogatepass"
 
 
 @contextlib.contextmanager
-def _passing_surrogates(stream: TextIO) -> Iterator[TextIO]:
-    """`stream` (stdout or stdin) reading and writing lone surrogates as the files do, while
-    the block runs, when it is a UTF-8 text stream; as it is otherwise (the handler exists
-    for UTF codecs only)."""
-    if not isinstance(stream, io.TextIOWrapper) or codecs.lookup(stream.encoding).name != (
-        _TEXT_ENCODING
-    ):
+def _in_export_encoding(stream: TextIO) -> Iterator[TextIO]:
+    """`stream` (stdout or stdin) as a text stream of the export format's encoding while
+    the block runs: a new text layer over its byte buffer, whatever the locale's encoding.
+
+    The format is UTF-8 by definition, so `export > FILE` writes the same bytes as
+    `export -o FILE`, and `import -` reads them as from a file. The locale's encoding
+    (PYTHONIOENCODING, LANG=C with ASCII, latin-1) made export end in an internal error on
+    text it cannot represent, and import read UTF-8 as mojibake. A stream without a buffer
+    (a StringIO an embedding program put there) takes and gives str as it is.
+    """
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
         yield stream
         return
-    errors = stream.errors
-    stream.reconfigure(errors=_TEXT_ERRORS)
+    if stream.writable():
+        stream.flush()  # what was written through the old layer goes first
+    layer = io.TextIOWrapper(buffer, encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline="")
     try:
-        yield stream
+        yield layer
+        if layer.writable():
+            layer.flush()
     finally:
-        stream.reconfigure(errors=errors)
+        # detach, never close: the buffer stays stdout's or stdin's (a layer collected while
+        # attached would close it). A flush that failed above fails here again: suppressed,
+        # the first error is the one reported.
+        with contextlib.suppress(OSError, ValueError):
+            layer.detach()
 
 
 @contextlib.contextmanager
 def _output(path: str | None) -> Iterator[TextIO]:
     if path is None:
-        with _passing_surrogates(sys.stdout) as stdout:
+        with _in_export_encoding(sys.stdout) as stdout:
             yield stdout
         return
     temporary = path + ".partial"
@@ -401,7 +413,7 @@ def import_command(
     try:
         instance = open_instance(directory, command="import", as_json=as_json, why=why, **options)
         try:
-            with _passing_surrogates(stream) as rows:
+            with _in_export_encoding(stream) as rows:
                 result = import_rows(
                     instance.database(name), table, rows, fmt=fmt, batch_size=batch_size
                 )
