@@ -1066,6 +1066,52 @@ def test_key_too_big(store: Store) -> None:
     store.checked_twice(check)
 
 
+def test_key_too_big_for_an_index_entry_says_the_primary_key_counts(store: Store) -> None:
+    """With 8 KiB pages the index key and the primary key of an index entry together may
+    take 1020 bytes (its key also holds the 4-byte index id, within MAX_KEY_SIZE, 1024): a
+    primary key of 1012 encoded bytes leaves 8, too few for an int (9). The KeyTooBig says
+    so, with the sizes, and that a shorter primary key is the way out, where it used to
+    name only the index and the limit."""
+    assert MAX_PRIMARY_KEY_SIZE == 1014
+    store.db.create_table("t", [("k", "bytes"), ("n", "int")], "k", indexes=[("by_n", "n")])
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"k": b"k" * 1009, "n": 1})  # 1011 + 9 = 1020: fits exactly
+        t.insert({"k": b"k" * 1012, "n": None})  # the longest primary key: a NULL fits
+        with pytest.raises(KeyTooBig) as caught:
+            t.insert({"k": b"k" * 1010, "n": 2})
+        error = caught.value
+        assert error.detail == (
+            "index 'by_n' of table 't': the entry's key would be 1025 bytes, the limit is "
+            "1024. An index entry's key holds the index id (4 bytes), the encoded index key "
+            "(9 bytes) and the record's encoded primary key (1012 bytes), so the primary "
+            "key's length counts: with this primary key the index key may be at most 8 bytes"
+        )
+        assert "give the table a shorter primary key" in error.hint
+        assert "(1014 bytes encoded) leaves no room for index entries" in error.hint
+        assert "the index key and the primary key together may take 1020 bytes" in error.hint
+        # The record was not written: a failed write leaves the transaction as it was.
+        assert [r["n"] for r in t.scan()] == [1, None]
+
+
+def test_key_too_big_for_an_index_entry_on_small_pages_names_the_entry_limit(
+    tmp_path: Path,
+) -> None:
+    """On 4 KiB pages the entry, which holds the primary key again as its value, is the
+    tighter bound: a primary key of 1014 bytes leaves no room for any index key."""
+    s = Store(tmp_path, page_size=4096)
+    try:
+        s.db.create_table("t", [("k", "bytes"), ("n", "int")], "k", indexes=[("by_n", "n")])
+        with s.db.transaction() as txn, pytest.raises(KeyTooBig) as caught:
+            txn.table("t").insert({"k": b"k" * 1012, "n": None})
+        detail = caught.value.detail
+        assert "the limit is 1012" in detail
+        assert "with this primary key no index key fits (a NULL takes 1 byte)" in detail
+        assert "must fit 2032 bytes on this page size" in detail
+    finally:
+        s.close()
+
+
 def ids_k(rows: Iterator[dict[str, object]]) -> list[object]:
     return [r["k"] for r in rows]
 

@@ -162,6 +162,9 @@ class Database:
     ) -> TableDef:
         """Create a table in a transaction of its own (schema changes are logged like data).
 
+        Key sizes as `Transaction.create_table` says: a primary key of at most 1014 encoded
+        bytes, and with indexes, index key + primary key at most 1020 bytes (8 KiB pages).
+
         Concurrent creations of tables (the same name or not) all take the catalog's next
         object id, so the later commit is a WriteConflict; it is retried on a new snapshot
         rather than reported, at most `SCHEMA_CHANGE_ATTEMPTS` (5) attempts, with the same

@@ -18,7 +18,12 @@ Invariants:
 - Every leaf entry fits the B+tree's entry limit: values that would not are moved out of the
   record into long-value chunks, largest first; a record that still does not fit raises
   `RecordTooBig`, and a key that does not fit raises `KeyTooBig`. An encoded primary key is
-  at most `MAX_PRIMARY_KEY_SIZE` bytes, so that its long-value chunk keys fit too.
+  at most `MAX_PRIMARY_KEY_SIZE` bytes (1014), so that its long-value chunk keys fit too. An
+  index entry's key holds the 4-byte index id, the encoded index key and the encoded primary
+  key, within `MAX_KEY_SIZE` (1024): index key + primary key <= 1020 bytes (the entry, which
+  holds the primary key again as its value, is the tighter bound on 4 KiB pages only:
+  index key + 2 x primary key <= 2022). So a primary key near the limit leaves no room for
+  index entries: at 1014 bytes only a NULL or a bool (1, 2 bytes) fits, not an int (9).
 - A scan reads the transaction's view as of the moment `scan()` was called (records, index
   entries and long values alike): writes made while iterating neither break it nor show up in
   it. Scan bounds are checked and converted like column values, so ``start=5`` on a float
@@ -392,14 +397,52 @@ class Table:
 
     def _index_entry(self, index: IndexDef, record: Mapping[str, object], pk: bytes) -> bytes:
         values = [cast(KeyInput, record[name]) for name in index.columns]
-        key = self._index_prefixes[index.name] + encode_key(values) + pk
+        prefix = self._index_prefixes[index.name]
+        index_key = encode_key(values)
+        key = prefix + index_key + pk
         if len(key) > MAX_KEY_SIZE or LEAF_ENTRY_OVERHEAD + len(key) + len(pk) > self._max_entry:
-            raise KeyTooBig(
-                f"index {index.name!r} of table {self.name!r}: the entry key encodes to "
-                f"{len(key)} bytes (primary key included); the limit is "
-                f"{min(MAX_KEY_SIZE, self._max_entry - LEAF_ENTRY_OVERHEAD - len(pk))}"
-            )
+            raise self._index_entry_too_big(index, len(prefix), len(index_key), len(pk))
         return key
+
+    def _index_entry_too_big(
+        self, index: IndexDef, prefix: int, index_key: int, pk: int
+    ) -> KeyTooBig:
+        """KeyTooBig for an index entry, saying that the record's primary key is part of it:
+        a primary key near MAX_PRIMARY_KEY_SIZE leaves little or no room for the index key,
+        which a message naming only the index would not explain."""
+        # The entry's key is index id + index key + primary key, within MAX_KEY_SIZE; the
+        # entry also holds the primary key as its value, within the page's entry limit (the
+        # tighter bound on 4 KiB pages only).
+        by_entry = self._max_entry - LEAF_ENTRY_OVERHEAD - pk
+        limit = min(MAX_KEY_SIZE, by_entry)
+        room = limit - prefix - pk
+        detail = (
+            f"index {index.name!r} of table {self.name!r}: the entry's key would be "
+            f"{prefix + index_key + pk} bytes, the limit is {limit}. An index entry's key "
+            f"holds the index id ({prefix} bytes), the encoded index key ({index_key} "
+            f"bytes) and the record's encoded primary key ({pk} bytes), so the primary key's "
+            "length counts: "
+            + (
+                f"with this primary key the index key may be at most {room} bytes"
+                if room >= 1
+                else "with this primary key no index key fits (a NULL takes 1 byte)"
+            )
+        )
+        if by_entry < MAX_KEY_SIZE:
+            detail += (
+                f" (the entry holds the primary key again as its value and must fit "
+                f"{self._max_entry} bytes on this page size)"
+            )
+        return KeyTooBig(
+            detail,
+            hint=(
+                "index shorter values, or give the table a shorter primary key (a short id, "
+                "with the long natural key in a column of its own): a primary key near "
+                f"the most a record allows ({MAX_PRIMARY_KEY_SIZE} bytes encoded) leaves "
+                "no room for index entries; with pages of 8 KiB or more the index key and the "
+                f"primary key together may take {MAX_KEY_SIZE - len(object_prefix(0))} bytes"
+            ),
+        )
 
     def _unique_prefix(self, index: IndexDef, record: Mapping[str, object]) -> bytes | None:
         values = [cast(KeyInput, record[name]) for name in index.columns]

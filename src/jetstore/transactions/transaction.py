@@ -571,6 +571,12 @@ class Transaction:
     ) -> TableDef:
         """Create a table in this transaction (visible to others once it commits).
 
+        A primary key encodes to at most `MAX_PRIMARY_KEY_SIZE` (1014) bytes. Every index
+        entry holds the record's primary key as well as the index key, which together may
+        take 1020 bytes with the default 8 KiB pages (fewer on 4 KiB pages): a table with
+        indexes needs primary keys well below the limit (at 1014 bytes not even an int
+        index key fits), or its inserts fail with `KeyTooBig`, which says so.
+
         Every creation takes the catalog's next object ids: of two transactions creating
         tables (the same name or not) at once, the later commit is a `WriteConflict`
         (`Database.create_table` retries it, and then finds a table of the same name there).
