@@ -13,18 +13,24 @@ from jetstore.errors import JetError, LogFileCorrupt
 from jetstore.format.logrecords import (
     OP_DELETE,
     OP_PUT,
+    RECORD_ATTACH_DATABASE,
     RECORD_COMMIT,
     RECORD_CREATE_DATABASE,
+    RECORD_DETACH_DATABASE,
     RECORD_SHUTDOWN,
     RECORD_START,
+    AttachDatabaseRecord,
     CommitRecord,
     CreateDatabaseRecord,
+    DetachDatabaseRecord,
     ShutdownRecord,
     StartRecord,
     decode_commit_header,
     decode_record,
+    encode_attach_database,
     encode_commit,
     encode_create_database,
+    encode_detach_database,
     encode_shutdown,
     encode_start,
     gather_commit_operations,
@@ -71,6 +77,8 @@ def sample_records() -> list[bytes]:
         encode_create_database(9, 4096, b"\xff" * 16, 0, "naïve-数据"),
         encode_shutdown(2**63),
         encode_start(5),
+        encode_detach_database(2, bytes(range(16)), 123456, "other"),
+        encode_attach_database(2, b"\xfe" * 16, 7, "naïve-数据"),
     ]
 
 
@@ -79,9 +87,10 @@ def sample_records() -> list[bytes]:
 
 def test_type_bytes() -> None:
     assert (RECORD_COMMIT, RECORD_CREATE_DATABASE, RECORD_SHUTDOWN, RECORD_START) == (1, 2, 3, 4)
+    assert (RECORD_DETACH_DATABASE, RECORD_ATTACH_DATABASE) == (5, 6)
     assert (OP_PUT, OP_DELETE) == (1, 2)
     records = sample_records()
-    assert [record_type(r) for r in records] == [1, 1, 2, 2, 3, 4]
+    assert [record_type(r) for r in records] == [1, 1, 2, 2, 3, 4, 5, 6]
     assert record_type(b"") == 0
 
 
@@ -188,6 +197,38 @@ def test_create_database_unicode_names(name: str) -> None:
     assert record.signature_random == b"S" * 16
 
 
+def test_detach_and_attach_layout() -> None:
+    signature = bytes(range(16))
+    data = encode_detach_database(0x01020304, signature, 0x1122334455667788, "other")
+    assert data == (
+        struct.pack("<BI16sQ", 5, 0x01020304, signature, 0x1122334455667788)
+        + struct.pack("<H", 5)
+        + b"other"
+    )
+    attach = encode_attach_database(0x01020304, signature, 0x1122334455667788, "other")
+    assert attach == b"\x06" + data[1:]
+
+
+@settings(max_examples=100)
+@given(db=U32, signature=st.binary(min_size=16, max_size=16), sig_time=U64, name=NAMES)
+def test_detach_and_attach_round_trip(db: int, signature: bytes, sig_time: int, name: str) -> None:
+    assume(len(name.encode("utf-8")) <= 65535)
+    detach = encode_detach_database(db, signature, sig_time, name)
+    assert record_type(detach) == RECORD_DETACH_DATABASE
+    assert decode_record(detach, POSITION) == DetachDatabaseRecord(db, signature, sig_time, name)
+    attach = encode_attach_database(db, signature, sig_time, name)
+    assert record_type(attach) == RECORD_ATTACH_DATABASE
+    assert decode_record(attach, POSITION) == AttachDatabaseRecord(db, signature, sig_time, name)
+
+
+def test_binding_records_refuse_a_bad_signature_and_unknown_types_are_named() -> None:
+    with pytest.raises(ValueError):
+        encode_detach_database(1, bytes(15), 0, "x")
+    err = assert_corrupt(decode_record, b"\x07" + bytes(40), POSITION)
+    assert "unknown record type 7" in str(err)
+    assert str(POSITION) in str(err)
+
+
 @given(time_us=U64)
 def test_shutdown_and_start_round_trip(time_us: int) -> None:
     assert decode_record(encode_shutdown(time_us)) == ShutdownRecord(time_us)
@@ -221,6 +262,9 @@ def test_specific_malformed_records() -> None:
         encode_create_database(1, 4096, bytes(16), 0, "db") + b"x",
         encode_create_database(1, 4096, bytes(16), 0, "db")[:-1],
         encode_create_database(1, 4096, bytes(16), 0, "db")[:-2] + b"\xff\xfe",  # bad utf-8
+        encode_detach_database(1, bytes(16), 0, "db") + b"x",
+        encode_detach_database(1, bytes(16), 0, "db")[:-1],
+        encode_attach_database(1, bytes(16), 0, "db")[:-2] + b"\xff\xfe",  # bad utf-8
     ]
     for data in cases:
         err = assert_corrupt(decode_record, data, POSITION)
@@ -272,7 +316,7 @@ def test_random_bytes_only_raise_log_file_corrupt(data: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(kind=st.integers(1, 4), rest=st.binary(max_size=120))
+@given(kind=st.integers(1, 6), rest=st.binary(max_size=120))
 def test_random_bytes_with_valid_type_only_raise_log_file_corrupt(kind: int, rest: bytes) -> None:
     check_only_corrupt(bytes([kind]) + rest)
 
@@ -295,6 +339,8 @@ def test_every_single_byte_mutation_only_raises_log_file_corrupt() -> None:
         encode_create_database(2, 8192, bytes(range(16)), 1, "naïve"),
         encode_shutdown(7),
         encode_start(8),
+        encode_detach_database(2, bytes(range(16)), 1, "naïve"),
+        encode_attach_database(2, bytes(range(16)), 1, "db"),
     ]
     for data in small:
         for index in range(len(data)):

@@ -156,6 +156,13 @@ class RestoreResult:
     restored_to: str | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    #: (database, log position): each restored database the later logs detached; it is
+    #: restored as it was at its detach, no later record of its id applied to it.
+    detached: list[tuple[str, str]] = field(default_factory=list)
+    #: (database, log position): each database the later logs attached that the backup
+    #: does not hold; its records were skipped.
+    not_restored: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -164,6 +171,10 @@ class RestoreResult:
             "replayed": self.replayed,
             "restored_to": self.restored_to,
             "stopped_early": self.stopped_early,
+            "detached": [{"database": name, "position": at} for name, at in self.detached],
+            "not_restored": [
+                {"database": name, "attached_at": at} for name, at in self.not_restored
+            ],
             "seconds": round(self.seconds, 3),
         }
 
@@ -660,6 +671,14 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         replayed=outcome.replayed,
         restored_to=str(outcome.restored_to) if outcome.restored_to else None,
         stopped_early=outcome.restore_stopped,
+        detached=[(name, str(at)) for name, at in outcome.detached],
+        not_restored=[(name, str(at)) for name, at in outcome.not_restored],
+        notes=[
+            note
+            for note in outcome.notes
+            if any(note.startswith(f"database {name!r}") for name, _ in outcome.detached)
+            or any(note.startswith(f"database {name!r}") for name, _ in outcome.not_restored)
+        ],
     )
 
 

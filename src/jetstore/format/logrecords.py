@@ -28,7 +28,25 @@ SHUTDOWN (3): clean shutdown; everything before it is in the databases' page fil
 START (4): the instance started writing this log stream (first record of every open)
   u8  type = 4
   u64 time
+
+DETACH_DATABASE (5): a database left the instance (`Instance.detach`, after its final
+  checkpoint; durable before detach returns). Records for its id after this one are never
+  its own: the id may be given to another database.
+  u8  type = 5
+  u32 database id
+  16s database signature random bytes, u64 signature time
+  u16 name length, name (utf-8)
+
+ATTACH_DATABASE (6): a database file joined the instance (`Instance.attach`; durable before
+  the database is usable). Records for its id after this one are this database's.
+  u8  type = 6
+  (then as DETACH_DATABASE)
 ```
+
+A reader meets only the record types it knows: an unknown type is `LogFileCorrupt` naming
+the position and the type (never skipped, never guessed at). Types 5 and 6 add to format
+version 2: logs without attach or detach are byte for byte what older engines write, and an
+older engine stops at the first attach/detach record with "unknown record type".
 
 Records carry B+tree operations (keys and values as the tree stores them), so replay never
 re-runs table logic. A COMMIT names each key once, so the order of its operations does not
@@ -58,6 +76,8 @@ RECORD_COMMIT: Final = 1
 RECORD_CREATE_DATABASE: Final = 2
 RECORD_SHUTDOWN: Final = 3
 RECORD_START: Final = 4
+RECORD_DETACH_DATABASE: Final = 5
+RECORD_ATTACH_DATABASE: Final = 6
 
 OP_PUT: Final = 1
 OP_DELETE: Final = 2
@@ -69,6 +89,7 @@ _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _CREATE_HEAD = struct.Struct("<BII16sQ")
 _TIMED = struct.Struct("<BQ")
+_BINDING_HEAD = struct.Struct("<BI16sQ")
 
 #: Structs of a whole PUT operation by (key length, value length), for `encode_commit_changes`;
 #: emptied when it grows past the bound (a workload of ever-new shapes gains nothing from it).
@@ -109,7 +130,35 @@ class StartRecord:
     time_us: int
 
 
-LogRecord = CommitRecord | CreateDatabaseRecord | ShutdownRecord | StartRecord
+@dataclass(frozen=True, slots=True)
+class DetachDatabaseRecord:
+    """Database `name` (id, signature) left the instance here (RECORD_DETACH_DATABASE)."""
+
+    database_id: int
+    signature_random: bytes
+    signature_time_us: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachDatabaseRecord:
+    """Database `name` (signature) joined the instance here under `database_id`
+    (RECORD_ATTACH_DATABASE)."""
+
+    database_id: int
+    signature_random: bytes
+    signature_time_us: int
+    name: str
+
+
+LogRecord = (
+    CommitRecord
+    | CreateDatabaseRecord
+    | ShutdownRecord
+    | StartRecord
+    | DetachDatabaseRecord
+    | AttachDatabaseRecord
+)
 
 
 def encode_commit(
@@ -265,6 +314,35 @@ def encode_create_database(
     )
 
 
+def _encode_binding(
+    kind: int, database_id: int, signature_random: bytes, signature_time_us: int, name: str
+) -> bytes:
+    if len(signature_random) != 16:
+        raise ValueError(f"a signature's random part is 16 bytes, not {len(signature_random)}")
+    raw = name.encode("utf-8")
+    return (
+        _BINDING_HEAD.pack(kind, database_id, signature_random, signature_time_us)
+        + _U16.pack(len(raw))
+        + raw
+    )
+
+
+def encode_detach_database(
+    database_id: int, signature_random: bytes, signature_time_us: int, name: str
+) -> bytes:
+    return _encode_binding(
+        RECORD_DETACH_DATABASE, database_id, signature_random, signature_time_us, name
+    )
+
+
+def encode_attach_database(
+    database_id: int, signature_random: bytes, signature_time_us: int, name: str
+) -> bytes:
+    return _encode_binding(
+        RECORD_ATTACH_DATABASE, database_id, signature_random, signature_time_us, name
+    )
+
+
 def encode_shutdown(time_us: int) -> bytes:
     return _TIMED.pack(RECORD_SHUTDOWN, time_us)
 
@@ -292,7 +370,19 @@ def decode_record(data: bytes, position: LogPosition | None = None) -> LogRecord
                 raise ValueError("bad length")
             _, time_us = _TIMED.unpack_from(data, 0)
             return ShutdownRecord(time_us) if kind == RECORD_SHUTDOWN else StartRecord(time_us)
-        raise ValueError(f"unknown record type {kind}")
+        if kind in (RECORD_DETACH_DATABASE, RECORD_ATTACH_DATABASE):
+            _, db_id, sig, sig_time = _BINDING_HEAD.unpack_from(data, 0)
+            (name_length,) = _U16.unpack_from(data, _BINDING_HEAD.size)
+            start = _BINDING_HEAD.size + 2
+            raw = data[start : start + name_length]
+            if len(raw) != name_length or start + name_length != len(data):
+                raise ValueError("bad name length")
+            cls = DetachDatabaseRecord if kind == RECORD_DETACH_DATABASE else AttachDatabaseRecord
+            return cls(db_id, sig, sig_time, raw.decode("utf-8"))
+        raise ValueError(
+            f"unknown record type {kind} (a newer engine's record? the log file header names "
+            "the engine that wrote it)"
+        )
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         where = f" at log position {position}" if position is not None else ""
         raise LogFileCorrupt(f"undecodable log record{where}: {exc}") from exc

@@ -39,6 +39,8 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     112: ("recovery_checkpoint_file_ignored", "warning"),
     113: ("recovery_data_loss", "error"),
     114: ("recovery_generation_replayed", "info"),
+    115: ("recovery_database_detached", "info"),
+    116: ("restore_database_not_restored", "warning"),
     120: ("checkpoint_written", "info"),
     121: ("checkpoint_file_write_failed", "warning"),
     122: ("checkpoint_file_write_recovered", "info"),

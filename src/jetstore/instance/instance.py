@@ -84,7 +84,12 @@ from jetstore.format.filenames import (
     parse_generation_log_name,
 )
 from jetstore.format.logheader import decode_log_header
-from jetstore.format.logrecords import CreateDatabaseRecord, encode_create_database
+from jetstore.format.logrecords import (
+    CreateDatabaseRecord,
+    encode_attach_database,
+    encode_create_database,
+    encode_detach_database,
+)
 from jetstore.format.positions import LogPosition
 from jetstore.instance import unclosed
 from jetstore.instance.database import Database
@@ -283,6 +288,23 @@ class Instance:
             for note in outcome.notes:
                 if note.startswith("checkpoint file ignored") or "no checkpoint file" in note:
                     self.events.emit("recovery_checkpoint_file_ignored", note)
+            for name, at in outcome.detached:
+                self.events.emit(
+                    "recovery_database_detached",
+                    f"replay reached the detach of database {name!r} at log position {at}: "
+                    "it is recovered as it was there, later records of its id are another "
+                    "database's",
+                    database=name,
+                    position=str(at),
+                )
+            for name, at in outcome.not_restored:
+                self.events.emit(
+                    "restore_database_not_restored",
+                    f"database {name!r}, attached at log position {at} after the backup, is "
+                    "not in the backup: its changes in the later logs were skipped",
+                    database=name,
+                    position=str(at),
+                )
             for name, file in files.items():
                 for problem in file.problems:
                     self.events.emit(
@@ -812,6 +834,15 @@ class Instance:
                     # Its backup history names generations of this stream only.
                     **NO_BACKUP_HISTORY,
                 )
+                # Logged after the final checkpoint and the clean header, durable before
+                # detach returns: records of its id after this one belong to whatever
+                # database gets the id next, and a roll-forward of an older image of this
+                # database stops applying them here (see `RecordMatcher`).
+                signature = db.file.header.db_signature
+                detached_at = self.log.append(
+                    encode_detach_database(db.db_id, signature.random, signature.time_us, name)
+                )
+                self.wait_durable(detached_at)
             except JetError as exc:
                 self._fail(exc)
                 raise
@@ -882,8 +913,15 @@ class Instance:
                 self._refuse_during_backup("attach", name, locked=True)
                 self.check_writable()
                 db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
-                end = self.log.end_position
-                self.wait_durable(end)  # a commit since the flush above may need one more
+                # The binding of the id to this database is logged and durable before the
+                # database is usable (and before its header names this stream): records of
+                # the id from here on are its own (see `RecordMatcher`). Its header's
+                # checkpoint is just after the record.
+                signature = file.header.db_signature
+                end = self.log.append(
+                    encode_attach_database(db_id, signature.random, signature.time_us, name)
+                )
+                self.wait_durable(end)
                 header_written = True  # from here on the file may carry this instance's header
                 file.write_header(
                     state=DatabaseState.DIRTY,

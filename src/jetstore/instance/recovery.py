@@ -123,6 +123,12 @@ class RecoveryOutcome:
     generations: list[tuple[int, int]] = field(default_factory=list)
     restored_to: LogPosition | None = None  # restore: the end of the last record replayed
     restore_stopped: bool = False  # restore: replay stopped before the end of the log
+    #: (database, log position) of each database file the log detached during replay: it
+    #: is recovered as it was there (`RecordMatcher`).
+    detached: list[tuple[str, LogPosition]] = field(default_factory=list)
+    #: restore: (database, log position) of each database attached after the backup (its
+    #: records skipped, it has no image).
+    not_restored: list[tuple[str, LogPosition]] = field(default_factory=list)
 
 
 def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
@@ -213,7 +219,7 @@ def _recover(
 
     # Databases become live objects now; replay applies to their in-memory trees only.
     databases = instance.attach_recovered(files, outcome)
-    matcher = RecordMatcher(files, decided)
+    matcher = RecordMatcher(files, decided, restoring=restore is not None)
     pending_ops: dict[int, list[tuple[LogPosition, bytes]]] = {}
     scanner = LogScanner(fs, inventory, owner=instance.owner, signature=decided.signature)
     last_good: LogPosition | None = None
@@ -243,6 +249,9 @@ def _recover(
         scan_stopped = True
         stopped_in = scan_stop_generation(scanner.result, start)
     losses.extend(matcher.losses)
+    notes.extend(matcher.notes)
+    outcome.detached = list(matcher.detached)
+    outcome.not_restored = list(matcher.not_restored)
     outcome.replayed = matcher.replayed
     outcome.skipped = matcher.skipped
     outcome.needed = outcome.needed or matcher.needed

@@ -68,7 +68,9 @@ from jetstore.format.filenames import (
 )
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
+    AttachDatabaseRecord,
     CreateDatabaseRecord,
+    DetachDatabaseRecord,
     decode_commit_header,
     decode_record,
     record_type,
@@ -626,9 +628,27 @@ class RecordMatcher:
     another instance), or one whose signature is not that of the database the checkpoint
     file lists under the id. The record's own database is then missing, and skipping it
     would lose committed changes without a word.
+
+    Ids are reused (a new database gets the highest attached id + 1), so an id names a
+    database only between the records that bind it: CREATE_DATABASE and ATTACH_DATABASE
+    bind it, DETACH_DATABASE ends the binding. After the DETACH record of a database with a
+    file here (signature equal), that file is final: no later record of its id is applied to
+    it, whichever database has the id next (a backup image rolled forward over later logs is
+    restored as it was at its detach). After an ATTACH record binding an id to a database
+    that has no file here, its records are skipped with a note in a restore (`restoring`:
+    the database was attached after the backup, which does not hold it) and refused
+    otherwise (AttachedDatabaseMismatch, or a loss under `accept_data_loss`), never applied
+    to another database's file. Logs written before these records existed have none: there
+    the ids are taken as the files say, as before.
     """
 
-    def __init__(self, files: Mapping[str, DatabaseOnDisk], decided: RecoveryStart) -> None:
+    def __init__(
+        self,
+        files: Mapping[str, DatabaseOnDisk],
+        decided: RecoveryStart,
+        *,
+        restoring: bool = False,
+    ) -> None:
         self._files = files
         self._directory = decided.directory
         self._start = decided.start
@@ -660,6 +680,18 @@ class RecordMatcher:
         self.replayed = 0
         self.skipped = 0
         self.needed = False  # a record is applied or a database created
+        self._restoring = restoring
+        #: Ids whose binding a DETACH or ATTACH record changed so that no file here has it:
+        #: id -> (what, database name, log position of the record); `what` is "detached"
+        #: (no database has the id) or "attached" (a database without a file here has it).
+        self._rebound: dict[int, tuple[Literal["detached", "attached"], str, LogPosition]] = {}
+        #: What the binding records did to the files and the skipped records (for reports).
+        self.notes: list[str] = []
+        #: (database name, position) of each file made final by its DETACH record.
+        self.detached: list[tuple[str, LogPosition]] = []
+        #: (database name, position) of each database attached without a file here.
+        self.not_restored: list[tuple[str, LogPosition]] = []
+        self._noted_skips: set[tuple[int, LogPosition]] = set()
 
     def match(self, entry: LogRecordEntry) -> RecordMatch | None:
         """What `entry` means for which database (None: for none, e.g. not a commit or a
@@ -669,6 +701,8 @@ class RecordMatcher:
         if record_type(payload) == RECORD_COMMIT:
             database_id, _count = decode_commit_header(payload, entry.start)
             name = self._by_id.get(database_id)
+            if name is None and database_id in self._rebound:
+                return self._match_rebound(database_id, entry.start)
             if name is None:
                 foreign = self._foreign.get(database_id)
                 if foreign is not None and database_id not in self.pending_create:
@@ -720,8 +754,102 @@ class RecordMatcher:
             return RecordMatch("apply", name, database_id)
         record = decode_record(payload, entry.start)
         if isinstance(record, CreateDatabaseRecord):
+            self._rebound.pop(record.database_id, None)
             return self._match_create(record, entry.start)
+        if isinstance(record, DetachDatabaseRecord):
+            self._match_detach(record, entry.start)
+        elif isinstance(record, AttachDatabaseRecord):
+            self._match_attach(record, entry.start)
         return None
+
+    def _bound_file(self, database_id: int, signature_random: bytes) -> str | None:
+        """The database of this stream that has `database_id` here, if it is the one with
+        that signature."""
+        name = self._by_id.get(database_id)
+        if name is not None and self._files[name].header.db_signature.random == signature_random:
+            return name
+        return None
+
+    def _end_binding(self, database_id: int, at: LogPosition, why: str) -> None:
+        """The file bound to `database_id` receives no record from `at` on."""
+        name = self._by_id.pop(database_id)
+        self.detached.append((name, at))
+        self.notes.append(
+            f"database {name!r} (id {database_id}) {why} at log position {at}: it is "
+            f"recovered as it was there; later records of id {database_id} are not its own"
+        )
+
+    def _match_detach(self, record: DetachDatabaseRecord, at: LogPosition) -> None:
+        database_id = record.database_id
+        name = self._bound_file(database_id, record.signature_random)
+        if name is not None:
+            self._end_binding(database_id, at, "was detached")
+            self._rebound[database_id] = ("detached", name, at)
+            return
+        pending = self.pending_create.get(database_id)
+        if pending is not None and pending.signature_random == record.signature_random:
+            # Created from the log in this replay, then detached: it is still created, as
+            # it was at its detach; later records of the id are not kept for it.
+            self.notes.append(
+                f"database {pending.name!r} (id {database_id}), created after the images, was "
+                f"detached at log position {at}: it is recovered as it was there"
+            )
+            self._rebound[database_id] = ("detached", pending.name, at)
+            return
+        if database_id not in self._by_id:
+            # A database without a file here (not restored, or set apart): the id is free.
+            self._rebound[database_id] = ("detached", record.name, at)
+
+    def _match_attach(self, record: AttachDatabaseRecord, at: LogPosition) -> None:
+        database_id = record.database_id
+        if self._bound_file(database_id, record.signature_random) is not None:
+            self._rebound.pop(database_id, None)
+            return  # its own file is here: its records after its checkpoint are applied
+        if database_id in self._by_id:
+            # The file with this id is another database, whose detach the log does not hold
+            # (written before DETACH records existed): it left the instance before this.
+            self._end_binding(database_id, at, "left the instance (another database took its id)")
+        self._rebound[database_id] = ("attached", record.name, at)
+
+    def _match_rebound(self, database_id: int, at: LogPosition) -> RecordMatch:
+        """A commit of an id whose binding a DETACH or ATTACH record changed (`_rebound`)."""
+        what, name, bound_at = self._rebound[database_id]
+        if what == "attached" and self._restoring:
+            if (database_id, bound_at) not in self._noted_skips:
+                self._noted_skips.add((database_id, bound_at))
+                self.not_restored.append((name, bound_at))
+                self.notes.append(
+                    f"database {name!r} attached at log position {bound_at} (id "
+                    f"{database_id}) is not in the backup: its changes in the later logs "
+                    f"(from {at} on) are not restored"
+                )
+            return RecordMatch("skip", name, database_id)
+        if what == "attached":
+            detail = (
+                f"the log at {at} holds changes for database {name!r} (id {database_id}, "
+                f"attached at {bound_at}), but no database file in '{self._directory}' is "
+                "that database"
+            )
+        else:
+            detail = (
+                f"the log at {at} holds changes for database id {database_id}, which database "
+                f"{name!r} left at its detach at {bound_at}, and the log does not say which "
+                "database had the id next (its attach was logged by an older engine)"
+            )
+        return self._lose_or_refuse(
+            Refused(
+                AttachedDatabaseMismatch(
+                    detail,
+                    hint="put the database file that belongs to this instance back in place, "
+                    "or restore from backup; `jetstore recover DIR --accept-data-loss` "
+                    "recovers the other databases and drops this one's changes",
+                ),
+                "mismatch",
+                database=name,
+                position=at,
+            ),
+            database_id,
+        )
 
     def _lose_or_refuse(self, refused: Refused, database_id: int) -> RecordMatch:
         """A record whose database is not here: `refused`, or under `accept_data_loss` a
@@ -804,6 +932,15 @@ class RecordMatcher:
                 "mismatch",
                 database=record.name,
                 position=at,
+            )
+        earlier = self.pending_create.get(record.database_id)
+        if earlier is not None:
+            # Created from the log, detached, and its id given to this one: one database per
+            # id is created from the log, the last.
+            self.notes.append(
+                f"database {earlier.name!r} (id {record.database_id}), created and detached "
+                f"after the images, is not recovered: database {record.name!r} took its id "
+                f"at log position {at}"
             )
         self.pending_create[record.database_id] = record
         return RecordMatch("create", record.name, record.database_id)

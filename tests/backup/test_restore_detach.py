@@ -1,0 +1,166 @@
+"""Roll-forward of a backup over later logs that detach a database and give its id to
+another: the detached database is restored exactly as it was at its detach, and records of
+the id after it (another database's) are never applied to its image."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jetstore
+from jetstore.format.logrecords import (
+    AttachDatabaseRecord,
+    DetachDatabaseRecord,
+    decode_record,
+    record_type,
+)
+from jetstore.format.positions import LogPosition
+from jetstore.io.files import FileSystem
+from jetstore.io.handles import HandleRegistry
+from jetstore.log.reader import LogScanner, take_inventory
+
+KV = [("k", "int"), ("v", "text")]
+
+
+def _open(path: Path) -> jetstore.Instance:
+    return jetstore.open(path, log_file_size=64 * 1024)
+
+
+def _load(inst: jetstore.Instance, name: str, keys: range, tag: str) -> None:
+    db = inst.database(name, create=True)
+    if "kv" not in db.table_names():
+        db.create_table("kv", KV, primary_key="k")
+    for i in keys:
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": f"{tag}{i}"})
+
+
+def _rows(inst: jetstore.Instance, name: str) -> dict[int, str]:
+    with inst.database(name).transaction() as txn:
+        return {row["k"]: row["v"] for row in txn.table("kv").scan()}
+
+
+def _foreign_database(tmp_path: Path) -> Path:
+    """A clean `third.edb` from another instance (id 1 there), ready to attach."""
+    other = _open(tmp_path / "elsewhere")
+    _load(other, "third", range(5000, 5001), "x")
+    path = Path(other.detach("third"))
+    other.close()
+    return path
+
+
+def _binding_records(directory: Path) -> list[Any]:
+    fs = FileSystem(HandleRegistry("test"))
+    try:
+        inventory = take_inventory(fs, str(directory), owner="test")
+        scanner = LogScanner(fs, inventory, owner="test")
+        first = min(inventory.generations)
+        found = []
+        for entry in scanner.records(LogPosition(first, 0)):
+            if record_type(entry.payload) in (5, 6):
+                found.append(decode_record(entry.payload, entry.start))
+        return found
+    finally:
+        fs.registry.close_owner("test")
+
+
+def test_restore_across_detach_and_attach_under_the_same_id(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(50), "m")
+    _load(inst, "other", range(50), "o")
+    other_id = inst.database("other").db_id
+    inst.backup(tmp_path / "full")
+    _load(inst, "other", range(50, 60), "o")
+    expected_other = _rows(inst, "other")
+    detached = Path(inst.detach("other"))
+    shutil.move(detached, tmp_path / "other.edb")
+    third = inst.attach(_foreign_database(tmp_path))
+    assert third.db_id == other_id  # the id is given again
+    _load(inst, "third", range(1000, 1010), "t")
+    _load(inst, "main", range(50, 55), "m")
+    expected_main = _rows(inst, "main")
+    inst.close()
+
+    result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert [name for name, _at in result.detached] == ["other"]
+    assert [name for name, _at in result.not_restored] == ["third"]
+    assert any("'third'" in note and "not in the backup" in note for note in result.notes)
+    data = result.as_dict()
+    assert data["detached"][0]["database"] == "other"
+    assert data["not_restored"][0]["database"] == "third"
+
+    restored = _open(tmp_path / "restored")
+    try:
+        assert restored.databases() == ["main", "other"]
+        assert _rows(restored, "other") == expected_other  # no row of 'third'
+        assert _rows(restored, "main") == expected_main
+    finally:
+        restored.close()
+    events = [
+        json.loads(line)
+        for line in (tmp_path / "restored" / "events.jsonl").read_text().splitlines()
+    ]
+    names = {event["name"] for event in events}
+    assert {"recovery_database_detached", "restore_database_not_restored"} <= names
+
+
+def test_restore_across_detach_only(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(20), "m")
+    _load(inst, "other", range(20), "o")
+    inst.backup(tmp_path / "full")
+    _load(inst, "other", range(20, 30), "o")
+    expected_other = _rows(inst, "other")
+    inst.detach("other")
+    _load(inst, "main", range(20, 30), "m")
+    expected_main = _rows(inst, "main")
+    inst.close()
+
+    result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert [name for name, _at in result.detached] == ["other"]
+    assert result.not_restored == []
+    restored = _open(tmp_path / "restored")
+    try:
+        assert _rows(restored, "other") == expected_other
+        assert _rows(restored, "main") == expected_main
+    finally:
+        restored.close()
+
+
+def test_detach_and_attach_are_logged(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(3), "m")
+    _load(inst, "other", range(3), "o")
+    signature = inst.database("other").file.header.db_signature
+    inst.detach("other")
+    inst.attach(_foreign_database(tmp_path))
+    third_signature = inst.database("third").file.header.db_signature
+    inst.close()
+    records = _binding_records(live)
+    assert records == [
+        DetachDatabaseRecord(2, signature.random, signature.time_us, "other"),
+        AttachDatabaseRecord(2, third_signature.random, third_signature.time_us, "third"),
+    ]
+
+
+def test_soft_recovery_after_detach_and_attach_keeps_the_new_database(tmp_path: Path) -> None:
+    """A crash after the attach: the new database under the reused id gets its records."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(5), "m")
+    _load(inst, "other", range(5), "o")
+    shutil.move(inst.detach("other"), tmp_path / "other.edb")
+    inst.attach(_foreign_database(tmp_path))
+    _load(inst, "third", range(1000, 1005), "t")
+    expected = _rows(inst, "third")
+    inst.simulate_crash()
+    again = _open(live)
+    try:
+        assert _rows(again, "third") == expected
+    finally:
+        again.close()
