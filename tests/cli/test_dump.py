@@ -386,3 +386,29 @@ def test_dump_checkpoint_truncated_file_names_the_missing_copy(
     assert result["file_size"] == CHECKPOINT_COPY_SIZE
     assert [c["valid"] for c in result["copies"]] == [True, False]
     assert "missing" in result["copies"][1]["error"]
+
+
+def test_dump_logs_records_show_detach_and_attach(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    with jetstore.open(live, log_file_size=64 * 1024) as inst:
+        inst.database("main", create=True)
+        inst.database("other", create=True)
+        inst.detach("other")
+        elsewhere = tmp_path / "elsewhere"
+        with jetstore.open(elsewhere, log_file_size=64 * 1024) as source:
+            source.database("third", create=True)
+            third = source.detach("third")
+        inst.attach(third)
+    done = run_entry_point("dump", "logs", live, "--records", "--json")
+    assert done.returncode == 0, done.stderr
+    *records, _envelope = [json.loads(line) for line in done.stdout.splitlines()]
+    bindings = [r for r in records if r["type"] in ("detach_database", "attach_database")]
+    assert [(r["type"], r["database_id"], r["name"]) for r in bindings] == [
+        ("detach_database", 2, "other"),
+        ("attach_database", 2, "third"),
+    ]
+    assert all("@" in r["signature"] for r in bindings)
+    human = run_entry_point("dump", "logs", live, "--records")
+    assert human.returncode == 0, human.stderr
+    assert "detach_database" in human.stdout and "attach_database" in human.stdout
+    assert "'other'" in human.stdout and "'third'" in human.stdout

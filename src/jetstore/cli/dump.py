@@ -72,8 +72,10 @@ from jetstore.format.filenames import generation_log_name
 from jetstore.format.logheader import LogFileHeader
 from jetstore.format.logrecords import (
     OP_PUT,
+    AttachDatabaseRecord,
     CommitRecord,
     CreateDatabaseRecord,
+    DetachDatabaseRecord,
     LogRecord,
     ShutdownRecord,
     StartRecord,
@@ -538,6 +540,15 @@ def record_dict(start: LogPosition, end: LogPosition, payload: bytes) -> dict[st
             name=record.name,
             page_size=record.page_size,
         )
+    elif isinstance(record, (DetachDatabaseRecord, AttachDatabaseRecord)):
+        document.update(
+            type=(
+                "detach_database" if isinstance(record, DetachDatabaseRecord) else "attach_database"
+            ),
+            database_id=record.database_id,
+            name=record.name,
+            signature=str(Signature(record.signature_random, record.signature_time_us)),
+        )
     elif isinstance(record, ShutdownRecord):
         document.update(type="shutdown", time=time_text(record.time_us))
     else:
@@ -559,6 +570,8 @@ def _record_line(record: dict[str, Any]) -> Text:
         )
     elif kind == "create_database":
         body = f"db {record['database_id']}  {record['name']!r}  page size {record['page_size']}"
+    elif kind in ("detach_database", "attach_database"):
+        body = f"db {record['database_id']}  {record['name']!r}  signature {record['signature']}"
     elif kind == "undecodable":
         return Text.assemble(head, (str(record["error"]), "bold red"))
     else:
