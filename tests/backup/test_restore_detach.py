@@ -164,3 +164,29 @@ def test_soft_recovery_after_detach_and_attach_keeps_the_new_database(tmp_path: 
         assert _rows(again, "third") == expected
     finally:
         again.close()
+
+
+def test_restore_across_detach_and_reattach_of_the_same_database(tmp_path: Path) -> None:
+    """The image stays as it was at its detach: the file may have changed while detached."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(10), "m")
+    _load(inst, "other", range(10), "o")
+    inst.backup(tmp_path / "full")
+    _load(inst, "other", range(10, 15), "o")
+    expected_other = _rows(inst, "other")
+    moved = tmp_path / "other.edb"
+    shutil.move(inst.detach("other"), moved)
+    inst.attach(moved)
+    _load(inst, "other", range(15, 20), "o")
+    inst.close()
+
+    result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert [name for name, _at in result.detached] == ["other"]
+    assert [name for name, _at in result.not_restored] == ["other"]
+    assert any("attached again" in note for note in result.notes)
+    restored = _open(tmp_path / "restored")
+    try:
+        assert _rows(restored, "other") == expected_other
+    finally:
+        restored.close()

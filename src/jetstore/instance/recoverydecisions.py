@@ -770,6 +770,12 @@ class RecordMatcher:
             return name
         return None
 
+    def _bound_before(self, name: str, at: LogPosition) -> bool:
+        """File `name` was bound to its id before `at` (its checkpoint is not later): a file
+        whose checkpoint lies after `at` joined the stream again since (attached, or joined
+        at an open) and its records from its checkpoint on are its own."""
+        return self._files[name].header.checkpoint_position <= at
+
     def _end_binding(self, database_id: int, at: LogPosition, why: str) -> None:
         """The file bound to `database_id` receives no record from `at` on."""
         name = self._by_id.pop(database_id)
@@ -782,6 +788,8 @@ class RecordMatcher:
     def _match_detach(self, record: DetachDatabaseRecord, at: LogPosition) -> None:
         database_id = record.database_id
         name = self._bound_file(database_id, record.signature_random)
+        if name is not None and not self._bound_before(name, at):
+            return
         if name is not None:
             self._end_binding(database_id, at, "was detached")
             self._rebound[database_id] = ("detached", name, at)
@@ -805,7 +813,10 @@ class RecordMatcher:
         if self._bound_file(database_id, record.signature_random) is not None:
             self._rebound.pop(database_id, None)
             return  # its own file is here: its records after its checkpoint are applied
-        if database_id in self._by_id:
+        bound = self._by_id.get(database_id)
+        if bound is not None:
+            if not self._bound_before(bound, at):
+                return  # bound again after this attach: its records from there are its own
             # The file with this id is another database, whose detach the log does not hold
             # (written before DETACH records existed): it left the instance before this.
             self._end_binding(database_id, at, "left the instance (another database took its id)")
@@ -818,11 +829,20 @@ class RecordMatcher:
             if (database_id, bound_at) not in self._noted_skips:
                 self._noted_skips.add((database_id, bound_at))
                 self.not_restored.append((name, bound_at))
-                self.notes.append(
-                    f"database {name!r} attached at log position {bound_at} (id "
-                    f"{database_id}) is not in the backup: its changes in the later logs "
-                    f"(from {at} on) are not restored"
-                )
+                if any(detached == name for detached, _at in self.detached):
+                    # Its file may have changed while it was detached: what the log holds
+                    # from its attach on does not continue the image.
+                    self.notes.append(
+                        f"database {name!r} was attached again at log position {bound_at} "
+                        f"(id {database_id}): it is restored as it was at its detach; its "
+                        f"changes in the later logs (from {at} on) are not restored"
+                    )
+                else:
+                    self.notes.append(
+                        f"database {name!r} attached at log position {bound_at} (id "
+                        f"{database_id}) is not in the backup: its changes in the later logs "
+                        f"(from {at} on) are not restored"
+                    )
             return RecordMatch("skip", name, database_id)
         if what == "attached":
             detail = (
@@ -834,7 +854,8 @@ class RecordMatcher:
             detail = (
                 f"the log at {at} holds changes for database id {database_id}, which database "
                 f"{name!r} left at its detach at {bound_at}, and the log does not say which "
-                "database had the id next (its attach was logged by an older engine)"
+                "database had the id next (it joined without an ATTACH record: at an "
+                "open, or by an older engine)"
             )
         return self._lose_or_refuse(
             Refused(
