@@ -9,7 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import jetstore
+from jetstore.errors import AttachedDatabaseMismatch
 from jetstore.format.logrecords import (
     AttachDatabaseRecord,
     DetachDatabaseRecord,
@@ -190,3 +193,21 @@ def test_restore_across_detach_and_reattach_of_the_same_database(tmp_path: Path)
         assert _rows(restored, "other") == expected_other
     finally:
         restored.close()
+
+
+def test_soft_recovery_refuses_records_of_an_attached_database_whose_file_is_gone(
+    tmp_path: Path,
+) -> None:
+    """Never applied to the file that had the id before: refused, naming the database."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(5), "m")
+    _load(inst, "other", range(5), "o")
+    shutil.move(inst.detach("other"), tmp_path / "other.edb")
+    inst.attach(_foreign_database(tmp_path))
+    _load(inst, "third", range(1000, 1005), "t")
+    inst.simulate_crash()
+    (live / "third.edb").unlink()
+    with pytest.raises(AttachedDatabaseMismatch) as info:
+        _open(live)
+    assert "'third'" in str(info.value)

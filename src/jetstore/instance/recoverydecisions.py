@@ -714,12 +714,14 @@ class RecordMatcher:
                 create = self.pending_create.get(database_id)
                 if create is not None:
                     return RecordMatch("pending", create.name, database_id)
+                listed = self._listed.get(database_id)
+                owner = f" ({listed.name!r} in the checkpoint file)" if listed else ""
                 return self._lose_or_refuse(
                     Refused(
                         AttachedDatabaseMismatch(
                             f"the log at {entry.start} holds changes for database id "
-                            f"{database_id}, but no database file in '{self._directory}' "
-                            f"has that id",
+                            f"{database_id}{owner}, but no database file in "
+                            f"'{self._directory}' has that id",
                             hint="put the missing database file back, or restore from backup; "
                             "`jetstore recover DIR --accept-data-loss` recovers the other "
                             "databases and drops this one's changes",
