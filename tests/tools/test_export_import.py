@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,12 @@ from typing import Any
 import pytest
 
 import jetstore
-from jetstore.errors import ColumnNotFound, DatabaseDirtyShutdown, ObjectNotFound
+from jetstore.errors import (
+    ColumnNotFound,
+    DatabaseDirtyShutdown,
+    InvalidParameter,
+    ObjectNotFound,
+)
 from jetstore.tables.schema import ColumnType
 from jetstore.tools.export import export_table
 from jetstore.tools.importer import import_rows
@@ -109,6 +115,43 @@ def test_import_reports_failures_with_line_numbers(tmp_path: Path) -> None:
     assert [f["line"] for f in result.failures] == [2, 3, 4, 5, 7]
     assert "KeyDuplicate" in result.failures[2]["error"]
     assert [r["id"] for r in read(tmp_path)] == [1, 7]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_input_that_is_not_utf8_stops_the_import_saying_where_to_resume(
+    tmp_path: Path, fmt: str
+) -> None:
+    """Bytes that are not UTF-8 (a file saved in another encoding) end the import with
+    InvalidParameter, not an internal UnicodeDecodeError: every row read before them is
+    imported, and the message names the line to resume after; importing the rest of the
+    converted file then completes the table."""
+    make(tmp_path, [])
+    good = [f'{{"id": {i}, "name": "row {i}"}}' for i in range(3000)]
+    if fmt == "csv":
+        good = ["id,name"] + [f"{i},row {i}" for i in range(3000)]
+    data = ("\n".join(good) + "\n").encode() + "caf\u00e9\n".encode("latin-1")
+    source = tmp_path / f"input.{fmt}"
+    source.write_bytes(data)
+    with (
+        jetstore.open(tmp_path, **OPTIONS) as instance,
+        open(source, encoding="utf-8", newline="") as stream,
+        pytest.raises(InvalidParameter) as info,
+    ):
+        import_rows(instance.database("main"), "t", stream, fmt=fmt, batch_size=500)
+    message = str(info.value)
+    match = re.search(r"not UTF-8 after line (\d+)", message)
+    assert match is not None, message
+    resume = int(match.group(1))
+    assert 0 < resume <= len(good)
+    header = 1 if fmt == "csv" else 0
+    imported = [r["id"] for r in read(tmp_path)]
+    assert imported == list(range(resume - header))
+    assert f"the {len(imported)} row(s) before it were imported" in message
+    assert f"import the lines after line {resume}" in (info.value.hint or "")
+    rest = good[resume:] if fmt == "jsonl" else ["id,name", *good[resume:]]
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        import_rows(instance.database("main"), "t", io.StringIO("\n".join(rest)), fmt=fmt)
+    assert [r["id"] for r in read(tmp_path)] == list(range(3000))
 
 
 def test_import_csv_with_unknown_column_is_refused(tmp_path: Path) -> None:

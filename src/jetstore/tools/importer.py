@@ -167,14 +167,31 @@ def import_rows(
         result.inserted += len(inserted)
         batch.clear()
 
-    for line_number, row in rows:
-        result.rows += 1
-        if isinstance(row, str):
-            result.fail(line_number, row)
-            continue
-        batch.append((line_number, row))
-        if len(batch) >= batch_size:
-            flush()
+    last_line = 0
+    try:
+        for line_number, row in rows:
+            last_line = line_number
+            result.rows += 1
+            if isinstance(row, str):
+                result.fail(line_number, row)
+                continue
+            batch.append((line_number, row))
+            if len(batch) >= batch_size:
+                flush()
+    except UnicodeDecodeError as exc:
+        # The text layer decodes ahead of the rows handed out: what was read before the bad
+        # bytes is whole, and goes in, so the message can say exactly where to resume.
+        flush()
+        where = f"after line {last_line}" if last_line else "from its first line"
+        resume = f"the lines after line {last_line}" if last_line else "it"
+        raise InvalidParameter(
+            f"the input is not UTF-8 {where}: byte "
+            f"{exc.object[exc.start]:#04x} cannot be decoded ({exc.reason}); the "
+            f"{result.inserted} row(s) before it were imported in {result.batches} "
+            f"transaction(s), {result.failed} failed, nothing after it was read",
+            hint="the import format is UTF-8, as export writes it: convert the input (for "
+            f"example `iconv -f LATIN1 -t UTF-8`) and import {resume}",
+        ) from None
     flush()
     result.failures.sort(key=lambda failure: int(failure["line"]))
     return result
