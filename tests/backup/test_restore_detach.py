@@ -110,6 +110,50 @@ def test_restore_across_detach_and_attach_under_the_same_id(tmp_path: Path) -> N
     assert {"recovery_database_detached", "restore_database_not_restored"} <= names
 
 
+def test_restore_across_a_database_file_replaced_while_the_instance_was_closed(
+    tmp_path: Path,
+) -> None:
+    """No detach at all: while the instance is closed, `other.edb` is moved away and a clean
+    database from elsewhere that has the same id in its own header is put in the directory.
+    At open it joins the stream under that id, and the join is logged (an ATTACH record), so
+    a restore of a backup holding the old `other` over the later logs keeps it as it was at
+    the last checkpoint before the swap and skips the newcomer's changes (it used to apply
+    them to `other`'s image)."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    _load(inst, "main", range(20), "m")
+    _load(inst, "other", range(20), "o")
+    other_id = inst.database("other").db_id
+    inst.backup(tmp_path / "full")
+    _load(inst, "other", range(20, 30), "o")
+    expected_other = _rows(inst, "other")
+    inst.close()
+    shutil.move(live / "other.edb", tmp_path / "other.edb")
+    elsewhere = _open(tmp_path / "elsewhere")
+    _load(elsewhere, "first", range(1), "f")  # id 1 there
+    _load(elsewhere, "third", range(5000, 5001), "x")  # id 2 there, as 'other' had here
+    assert elsewhere.database("third").db_id == other_id
+    shutil.move(elsewhere.detach("third"), live / "third.edb")
+    elsewhere.close()
+    inst = _open(live)
+    assert inst.database("third").db_id == other_id  # it keeps its id: nobody here has it
+    _load(inst, "third", range(1000, 1010), "t")
+    _load(inst, "main", range(20, 25), "m")
+    expected_main = _rows(inst, "main")
+    inst.close()
+    joined = [r for r in _binding_records(live) if isinstance(r, AttachDatabaseRecord)]
+    assert [(r.name, r.database_id) for r in joined] == [("third", other_id)]
+
+    result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert [name for name, _at in result.not_restored] == ["third"]
+    restored = _open(tmp_path / "restored")
+    try:
+        assert _rows(restored, "other") == expected_other  # no row of 'third'
+        assert _rows(restored, "main") == expected_main
+    finally:
+        restored.close()
+
+
 def test_restore_across_detach_only(tmp_path: Path) -> None:
     live = tmp_path / "live"
     inst = _open(live)

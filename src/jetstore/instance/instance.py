@@ -379,7 +379,8 @@ class Instance:
                 owner=self.owner,
             )
             self._log.start(outcome.tail)
-            self._renumber_joining_databases(outcome)
+            joining = self._renumber_joining_databases(outcome)
+            self._log_joining(joining)
             if outcome.checkpoint is not None:
                 for attached in outcome.checkpoint.attached:
                     if attached.name not in self._databases:
@@ -499,8 +500,28 @@ class Instance:
                 )
         return self._databases
 
-    def _renumber_joining_databases(self, outcome: RecoveryOutcome) -> None:
-        """Give a clean database joining the log stream at open an id no other has.
+    def _log_joining(self, joining: list[str]) -> None:
+        """Log an ATTACH record for each database joining the stream at open, durable before
+        the first checkpoint puts the stream's signature in its header (as `attach` does).
+
+        Without it, the first records of a joining file's id followed the last ones of the
+        database that had the id before (one detached, or whose file was moved away while
+        the instance was closed), with nothing between them: a restore of an older image of
+        that database over the later logs took the joining file's changes as its own.
+        """
+        end: LogPosition | None = None
+        for name in joining:
+            db = self._databases[name]
+            signature = db.file.header.db_signature
+            end = self.log.append(
+                encode_attach_database(db.db_id, signature.random, signature.time_us, name)
+            )
+        if end is not None:
+            self.wait_durable(end)
+
+    def _renumber_joining_databases(self, outcome: RecoveryOutcome) -> list[str]:
+        """Give a clean database joining the log stream at open an id no other has; returns
+        the joining databases' names.
 
         Log records name their database by id, so ids are unique in an instance. The
         databases the log knows (its stream's, and those its creation records re-created)
@@ -534,6 +555,7 @@ class Instance:
                     path=db.file.path,
                 )
             taken.add(db.db_id)
+        return joining
 
     def create_database_file(self, record: CreateDatabaseRecord) -> Database:
         """Create a database's file from its creation record (creation or its replay)."""
