@@ -45,6 +45,17 @@ def _rows(inst: jetstore.Instance, name: str) -> dict[int, str]:
         return {row["k"]: row["v"] for row in txn.table("kv").scan()}
 
 
+def _assert_restored(directory: Path, expected: dict[str, dict[int, str]]) -> None:
+    """The restored instance at `directory` holds exactly the `expected` databases' rows."""
+    restored = _open(directory)
+    try:
+        assert restored.databases() == sorted(expected)
+        for name, rows in expected.items():
+            assert _rows(restored, name) == rows, name
+    finally:
+        restored.close()
+
+
 def _foreign_database(tmp_path: Path) -> Path:
     """A clean `third.edb` from another instance (id 1 there), ready to attach."""
     other = _open(tmp_path / "elsewhere")
@@ -95,13 +106,8 @@ def test_restore_across_detach_and_attach_under_the_same_id(tmp_path: Path) -> N
     assert data["detached"][0]["database"] == "other"
     assert data["not_restored"][0]["database"] == "third"
 
-    restored = _open(tmp_path / "restored")
-    try:
-        assert restored.databases() == ["main", "other"]
-        assert _rows(restored, "other") == expected_other  # no row of 'third'
-        assert _rows(restored, "main") == expected_main
-    finally:
-        restored.close()
+    # No row of 'third' in 'other'.
+    _assert_restored(tmp_path / "restored", {"main": expected_main, "other": expected_other})
     events = [
         json.loads(line)
         for line in (tmp_path / "restored" / "events.jsonl").read_text().splitlines()
@@ -146,12 +152,8 @@ def test_restore_across_a_database_file_replaced_while_the_instance_was_closed(
 
     result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
     assert [name for name, _at in result.not_restored] == ["third"]
-    restored = _open(tmp_path / "restored")
-    try:
-        assert _rows(restored, "other") == expected_other  # no row of 'third'
-        assert _rows(restored, "main") == expected_main
-    finally:
-        restored.close()
+    # No row of 'third' in 'other'.
+    _assert_restored(tmp_path / "restored", {"main": expected_main, "other": expected_other})
 
 
 def test_restore_across_detach_only(tmp_path: Path) -> None:
@@ -170,12 +172,7 @@ def test_restore_across_detach_only(tmp_path: Path) -> None:
     result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
     assert [name for name, _at in result.detached] == ["other"]
     assert result.not_restored == []
-    restored = _open(tmp_path / "restored")
-    try:
-        assert _rows(restored, "other") == expected_other
-        assert _rows(restored, "main") == expected_main
-    finally:
-        restored.close()
+    _assert_restored(tmp_path / "restored", {"main": expected_main, "other": expected_other})
 
 
 def test_detach_and_attach_are_logged(tmp_path: Path) -> None:

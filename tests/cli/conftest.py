@@ -77,6 +77,18 @@ def flip(path: Path, offset: int, mask: int = 0x40) -> None:
         file.write(bytes([byte ^ mask]))
 
 
+def closed_instance_with_generations(directory: Path, log_file_size: int, generations: int) -> None:
+    """A closed instance whose 20 KB rows fill about `generations` log files of
+    `log_file_size` bytes (real-sized files give the 7-digit offsets and sizes that the
+    output has to show in full)."""
+    with jetstore.open(directory, log_file_size=log_file_size) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        for n in range(generations * log_file_size // 20_000):
+            with db.transaction() as txn:
+                txn.table("t").insert({"id": n, "v": "x" * 20_000})
+
+
 def damage_second_frame(path: Path, generation: int) -> int:
     """Flip a bit inside the second frame of a closed generation; returns its offset."""
     data = path.read_bytes()

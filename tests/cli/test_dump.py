@@ -20,6 +20,7 @@ from jetstore.format.logheader import LOG_HEADER_SIZE
 from .conftest import (
     ROWS,
     RunJson,
+    closed_instance_with_generations,
     damage_second_frame,
     flip,
     run_entry_point,
@@ -284,12 +285,7 @@ def test_dump_logs_tables_fit_80_columns_without_cutting_a_cell(
     offsets (1 MiB log files, as real ones of 5 MiB have), every cell of both tables is shown
     in full: nothing cut to "…", each line within 80 columns."""
     directory = tmp_path / "instance"
-    with jetstore.open(directory, log_file_size=log_file_size) as instance:
-        db = instance.database("main", create=True)
-        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
-        for n in range(3 * log_file_size // 20_000):
-            with db.transaction() as txn:
-                txn.table("t").insert({"id": n, "v": "x" * 20_000})
+    closed_instance_with_generations(directory, log_file_size, 3)
     damage_second_frame(directory / generation_log_name(1), 1)
     monkeypatch.setenv("COLUMNS", "80")
     capsys.readouterr()

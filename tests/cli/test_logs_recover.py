@@ -23,6 +23,7 @@ from .conftest import (
     ROWS,
     SMALL,
     RunJson,
+    closed_instance_with_generations,
     damage_second_frame,
     flip,
     run_entry_point,
@@ -428,12 +429,7 @@ def test_logs_verify_tables_fit_80_columns_without_cutting_a_cell(
     times and sizes, nothing cut to "…", each line within 80 columns."""
     log_file_size = 1024 * 1024
     directory = tmp_path / "instance"
-    with jetstore.open(directory, log_file_size=log_file_size) as instance:
-        db = instance.database("main", create=True)
-        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
-        for n in range(4 * log_file_size // 20_000):
-            with db.transaction() as txn:
-                txn.table("t").insert({"id": n, "v": "x" * 20_000})
+    closed_instance_with_generations(directory, log_file_size, 4)
     damage_second_frame(directory / generation_log_name(1), 1)
     flip(directory / generation_log_name(2), 10)  # in the header: the file is unreadable
     monkeypatch.setenv("COLUMNS", "80")
