@@ -107,6 +107,8 @@ class Database:
         self.page_size = file.page_size
         self.max_transaction_bytes = instance.options.max_transaction_bytes
         self._published: tuple[Node | None, LogPosition, int] = (file.root(), position, 0)
+        file.point_index.enabled = instance.options.point_read_index
+        file.point_index.reset(self._published[0])
         self.dirty_nodes = 0
         self._active: dict[int, LogPosition] = {}
         # The open transactions themselves, weakly (an abandoned one must still be collected
@@ -436,6 +438,8 @@ class Database:
                 end = log.append(payload)
                 if txn.catalog_written:
                     self._catalog = (end, {})  # before publishing: see `catalog_cache`
+                # Before publishing: a reader of the new tree finds the index describing it.
+                self.file.point_index.advance(root, new_root, operations)
                 self._published = (new_root, end, plan_epoch)
                 dirtied_bytes = (dirty - self.dirty_nodes) * self.page_size
                 self.dirty_nodes = dirty
@@ -645,6 +649,7 @@ class Database:
                     mutation.put(key, value)
             new_root = mutation.root
             self.dirty_nodes += mutation.dirtied
+        self.file.point_index.reset(new_root)
         self._published = (new_root, end, plan_epoch)
         self.file.note_freed(end, freed)
         self._replay = {}

@@ -139,6 +139,9 @@ class InstanceOptions:
     #: Event 144 (log disk low) when the log volume's free space falls below this many log
     #: files at a roll (the reserve logs are extra). 0 turns the warning off.
     log_disk_low_files: int = 8
+    #: Answer point reads of the latest tree from a hash of the leaves they reached
+    #: (`jetstore.pages.pointindex`, design D18). False: every read descends the tree.
+    point_read_index: bool = True
 
     def validate(self) -> None:
         if self.page_size not in PAGE_SIZES:
@@ -818,6 +821,7 @@ class Instance:
                 self._fail(exc)
                 raise
             db._published = (None, end, 0)
+            db.file.point_index.reset(None)
         self.events.emit("database_created", f"database {name!r} created", database=name)
         return db
 
@@ -1562,6 +1566,7 @@ class Instance:
         end = log.end_position if log is not None else None
         lag_generations = self.checkpoint_lag_generations()
         caches = [db.file.cache for db in self._databases.values()]
+        points = [db.file.point_index for db in self._databases.values()]
         return {
             "state": self.state.value,
             "handles": self.registry.counts(),
@@ -1598,6 +1603,9 @@ class Instance:
             "cache_bytes": self.cache_budget.used,
             "cache_hits": sum(c.hits for c in caches),
             "cache_misses": sum(c.misses for c in caches),
+            "point_index_entries": sum(len(p) for p in points),
+            "point_index_hits": sum(p.hits for p in points),
+            "point_index_fills": sum(p.fills for p in points),
             "pages_read": sum(db.file.pages_read for db in self._databases.values()),
             "pages_written": sum(db.file.pages_written for db in self._databases.values()),
             "write_conflicts": sum(db.conflicts for db in self._databases.values()),

@@ -237,6 +237,7 @@ class Node:
         "children",
         "image",
         "index",
+        "indexed_in",
         "keys",
         "last_put",
         "leaf",
@@ -258,6 +259,9 @@ class Node:
     nbytes: int
     #: A written leaf's entries as a dict, built by the first `lookup` that reaches it.
     index: dict[bytes, bytes] | None
+    #: The generation of its database's point-read index that holds this leaf's entries
+    #: (`jetstore.pages.pointindex`), or -1: such a leaf gets no `index` of its own.
+    indexed_in: int
     #: The CRC32C of the page the node was written to (None until a checkpoint encodes it).
     page_crc: int | None
     #: A branch copied by a mutation shares its `keys` list with the node it copies until it
@@ -292,6 +296,7 @@ class Node:
         self.owner = owner
         self.nbytes = nbytes
         self.index = None
+        self.indexed_in = -1
         self.page_crc = None
         self.shared_keys = False
         self.referenced = False
@@ -535,6 +540,11 @@ def leaf_get(leaf: Node, key: bytes) -> bytes | None:
         # compare it with several keys scattered in memory.
         index = leaf.index = dict(zip(leaf.keys, leaf.values, strict=True))
         return index.get(key)
+    return leaf_search(leaf, key)
+
+
+def leaf_search(leaf: Node, key: bytes) -> bytes | None:
+    """The value under `key` in `leaf`, or None, by bisection (no `index` built)."""
     keys = leaf.keys
     i = bisect_left(keys, key)
     if i != len(keys) and keys[i] == key:

@@ -24,7 +24,7 @@ its own capacity only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from jetstore.pages.btree import Node
 
@@ -62,6 +62,10 @@ class NodeCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        #: Told of every node the cache drops, under its lock (the database file's point-read
+        #: index forgets a dropped leaf's entries), and of every emptying (`on_clear`).
+        self.on_drop: Callable[[Node], None] | None = None
+        self.on_clear: Callable[[], None] | None = None
 
     def get(self, pgno: int) -> Node | None:
         node = self._nodes.get(pgno)
@@ -75,7 +79,12 @@ class NodeCache:
     def put(self, pgno: int, node: Node) -> None:
         with self._lock:
             nodes = self._nodes
-            if nodes.pop(pgno, None) is None:
+            replaced = nodes.pop(pgno, None)
+            if replaced is not None:
+                # Two readers loaded the page at once: the first's node is dropped.
+                if replaced is not node and self.on_drop is not None:
+                    self.on_drop(replaced)
+            else:
                 # The victim is chosen among the pages already cached, before the new one
                 # joins the queue: a page just read is never its own victim.
                 while len(nodes) >= self.capacity:
@@ -105,20 +114,28 @@ class NodeCache:
             else:
                 del nodes[oldest]
                 self.evictions += 1
+                if self.on_drop is not None:
+                    self.on_drop(victim)
                 if self._budget is not None:
                     self._budget.used -= self.page_size
                 return
 
     def discard(self, pgno: int) -> None:
         with self._lock:
-            if self._nodes.pop(pgno, None) is not None and self._budget is not None:
-                self._budget.used -= self.page_size
+            node = self._nodes.pop(pgno, None)
+            if node is not None:
+                if self._budget is not None:
+                    self._budget.used -= self.page_size
+                if self.on_drop is not None:
+                    self.on_drop(node)
 
     def clear(self) -> None:
         with self._lock:
             if self._budget is not None:
                 self._budget.used -= self._held()
             self._nodes.clear()
+            if self.on_clear is not None:
+                self.on_clear()
 
     def release(self) -> None:
         """Empty the cache and leave its budget (its database file closed)."""
@@ -129,6 +146,8 @@ class NodeCache:
                 if self in budget.caches:
                     budget.caches.remove(self)
             self._nodes.clear()
+            if self.on_clear is not None:
+                self.on_clear()
 
     def __len__(self) -> int:
         return len(self._nodes)

@@ -74,11 +74,13 @@ from jetstore.pages.btree import (
     dirty_nodes_postorder,
     encode_node,
     leaf_get,
+    leaf_search,
     node_ref,
     page_crc_of,
     ref_crc,
 )
 from jetstore.pages.cache import CacheBudget, NodeCache
+from jetstore.pages.pointindex import PointReadIndex
 
 _FREELIST_HEAD = struct.Struct("<Q")
 #: Suffix of a database file being created (never opened as a database).
@@ -140,6 +142,10 @@ class DatabaseFile:
             cache_pages = cache_budget.limit // header.page_size
         self.cache = NodeCache(cache_pages, page_size=header.page_size, budget=cache_budget)
         self._cached = self.cache.nodes.get  # `lookup`'s inline cache hits
+        # Describes no tree until the database publishing this file's trees resets it.
+        self.point_index = PointReadIndex()
+        self.cache.on_drop = self.point_index.forget
+        self.cache.on_clear = self.point_index.clear
         self._space_lock = threading.Lock()
         self._header_lock = threading.Lock()
         self._free: list[int] = []
@@ -377,13 +383,25 @@ class DatabaseFile:
     def lookup(self, root: Node | None, key: bytes) -> bytes | None:
         """`jetstore.pages.btree.lookup` of `key` in this file's tree at `root` (same result).
 
-        The point-read path: a child found in the node cache is taken inline (the hit marked
-        and counted as `NodeCache.get` does) instead of through `load` and `NodeCache.get`,
-        two calls per tree level; anything else goes through `load`.
+        The point-read path. In the tree the database published last, a key whose leaf a
+        point read reached before is answered by the point-read index (one hash probe, see
+        `jetstore.pages.pointindex` for why that is exact); the first read reaching a written
+        leaf of that tree adds the leaf's entries to it. Otherwise the tree is descended: a
+        child found in the node cache is taken inline (the hit marked and counted as
+        `NodeCache.get` does) instead of through `load` and `NodeCache.get`, two calls per
+        tree level; anything else goes through `load`.
         """
         node = root
         if node is None:
             return None
+        points = self.point_index
+        version = points.version
+        if node is points.root:
+            value = points.entries.get(key)
+            # Only if no commit changed the index meanwhile (its invariant 2).
+            if value is not None and points.version == version:
+                points.hits += 1
+                return value
         cached = self._cached
         hits = 0
         while not node.leaf:
@@ -403,9 +421,15 @@ class DatabaseFile:
             self.cache.hits += hits
         # A written leaf's entries as a dict answer in one probe (the common case, kept
         # inline); the rest as `btree.lookup` reads a leaf.
+        if node.indexed_in != points.generation and root is points.root and node.pgno is not None:
+            points.fill(root, node, self.cache.nodes)
         index = node.index
         if index is not None:
             return index.get(key)
+        if node.indexed_in == points.generation:
+            # Its entries are in the point-read index (this key is not, or a commit is
+            # changing the index): bisected, not given a dict of its own as well.
+            return leaf_search(node, key)
         return leaf_get(node, key)
 
     def root(self) -> Node | None:

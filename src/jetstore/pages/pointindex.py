@@ -1,0 +1,156 @@
+"""The point-read index: the entries of a database's published tree by key, for point reads.
+
+A point read of the B+tree is a descent: a bisection in each branch, then the leaf, each a
+node somewhere in memory, so on a large tree every step is a cache miss or two. This index
+is a dict from full key to value, filled from the leaves that point reads reach in the tree
+the database published last; a later read of that tree finds its key with one hash probe.
+It is built from what reads touch and kept exact by every commit, as InnoDB's adaptive hash
+index is; unlike a cache it is never stale, never "mostly right" (design D18).
+
+Invariants:
+1. Exact: while `version` does not move, every entry (k, v) is what the tree `root` holds
+   under k. The index describes one tree, `root`, and nothing else.
+2. Readers take no lock (`DatabaseFile.lookup`): they read `version`, check that `root` is
+   their snapshot's root, probe `entries`, and use a value only if `version` is still what
+   they read (a sequence lock; the GIL orders these reads and writes). `advance` moves
+   `version` before it changes anything and holds `root` at None while it changes the
+   entries, so a reader that probed meanwhile reads the tree instead.
+3. Entries change only under `lock`, in four ways:
+   - `advance`: the database publishes a new tree (a commit): each key the commit changed
+     that is present is updated or removed, then `root` becomes the new tree. If the index
+     did not describe the commit's base tree, it is emptied instead. An exception halfway
+     leaves `root` at None: the next `advance` or `reset` empties it.
+   - `fill`: a reader of `root` adds a written leaf's entries, only while `root` is still
+     the tree the leaf was reached from and the node cache holds that very leaf.
+   - `forget`: the node cache dropped a filled leaf (evicted, its page freed): its keys go.
+   - `reset` and `clear`: emptied (a new tree not derived from `root`, the cache cleared).
+   Removing an entry is always safe for a concurrent reader (it reads the tree instead);
+   adding or changing one is what `version` and `root` guard.
+4. Bounded by the node cache: every key is a key of a filled leaf the cache held when it was
+   filled, and leaves the index when the cache drops that leaf. The index costs its dict
+   (about 60-100 bytes an entry, key and value objects shared with the leaf), in place of
+   the `index` dict point reads would otherwise build in the leaf (`btree.leaf_get`).
+5. `generation` counts the times the index was emptied: a leaf records the generation that
+   holds its entries (`Node.indexed_in`), so after emptying, leaves are filled again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from jetstore.pages.btree import Node
+
+#: A commit changing at most this many keys updates the index key by key; a larger one
+#: intersects its keys with the index's first (one C-level pass over the smaller side).
+_KEY_BY_KEY = 64
+
+
+class PointReadIndex:
+    """Full key -> value for the leaves point reads reached in the tree `root`."""
+
+    __slots__ = (
+        "clears",
+        "enabled",
+        "entries",
+        "fills",
+        "forgotten",
+        "generation",
+        "hits",
+        "lock",
+        "root",
+        "version",
+    )
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        #: False: the index stays empty and describes no tree (option `point_read_index`).
+        self.enabled = enabled
+        self.entries: dict[bytes, bytes] = {}
+        self.root: Node | None = None
+        self.version = 0
+        self.generation = 0
+        self.lock = threading.Lock()
+        self.hits = 0
+        self.fills = 0
+        self.forgotten = 0
+        self.clears = 0
+
+    def reset(self, root: Node | None) -> None:
+        """Describe `root` from now on, empty (a tree not derived from the one described)."""
+        with self.lock:
+            self.version += 1
+            self.root = None
+            self._empty()
+            if self.enabled:
+                self.root = root
+
+    def advance(
+        self, old_root: Node | None, new_root: Node | None, changes: Mapping[bytes, bytes | None]
+    ) -> None:
+        """The database publishes `new_root`: `old_root` with `changes` (key -> new value,
+        None for a removed key) applied. Called before the new tree is published."""
+        if not self.enabled:
+            return
+        with self.lock:
+            self.version += 1
+            described = self.root is old_root
+            self.root = None
+            entries = self.entries
+            if entries:
+                if not described:
+                    self._empty()
+                elif len(changes) <= _KEY_BY_KEY:
+                    for key, value in changes.items():
+                        if key in entries:
+                            if value is None:
+                                del entries[key]
+                            else:
+                                entries[key] = value
+                else:
+                    for key in changes.keys() & entries.keys():
+                        value = changes[key]
+                        if value is None:
+                            del entries[key]
+                        else:
+                            entries[key] = value
+            self.root = new_root  # only once every change is in (invariant 3)
+
+    def fill(self, root: Node | None, leaf: Node, cached: Mapping[int, Node]) -> bool:
+        """Add the entries of `leaf`, a written leaf reached from `root`, if `root` is still
+        the tree described and `cached` (the node cache) holds the leaf. True if added."""
+        with self.lock:
+            pgno = leaf.pgno
+            if self.root is not root or pgno is None or cached.get(pgno) is not leaf:
+                return False
+            self.entries.update(zip(leaf.keys, leaf.values, strict=True))
+            leaf.indexed_in = self.generation
+            leaf.index = None  # its entries are here now: one dict of them is enough
+            self.fills += 1
+            return True
+
+    def forget(self, node: Node) -> None:
+        """The node cache dropped `node`: if its entries are here, they go (invariant 4)."""
+        if node.indexed_in != self.generation:
+            return
+        with self.lock:
+            if node.indexed_in != self.generation:
+                return
+            pop = self.entries.pop
+            for key in node.keys:
+                pop(key, None)
+            node.indexed_in = -1
+            self.forgotten += 1
+
+    def clear(self) -> None:
+        """Empty the index, keeping the tree it describes (the node cache was emptied)."""
+        with self.lock:
+            self._empty()
+
+    def _empty(self) -> None:
+        if self.entries:
+            self.entries.clear()
+            self.clears += 1
+        self.generation += 1
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -1,0 +1,537 @@
+"""The point-read index (`jetstore.pages.pointindex`, design D18): exact for the tree it
+describes, kept exact by commits, bounded by the node cache, and never used for another tree.
+
+Unit tests drive `PointReadIndex` with hand-made nodes; the engine tests read through
+`Table.get` and check the index against a plain descent of the tree it describes; a state
+machine mixes commits, checkpoints, evictions and reads of old and new snapshots against a
+dict model; a thread test reads the latest snapshot while commits change the keys read.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import jetstore
+from jetstore.format.positions import LogPosition
+from jetstore.pages.btree import Node, lookup
+from jetstore.pages.pagefile import DatabaseFile
+from jetstore.pages.pointindex import PointReadIndex
+
+# ----------------------------------------------------------------- the index alone
+
+
+def leaf(pgno: int, *pairs: tuple[bytes, bytes]) -> Node:
+    return Node.new_leaf([k for k, _ in pairs], [v for _, v in pairs], pgno=pgno)
+
+
+def test_a_fill_adds_a_cached_leaf_of_the_described_tree_only() -> None:
+    index = PointReadIndex()
+    root, other = leaf(5, (b"a", b"1")), leaf(6, (b"b", b"2"))
+    index.reset(root)
+    assert not index.fill(other, other, {6: other})  # not the tree described
+    assert not index.fill(root, root, {})  # the cache does not hold it
+    assert not index.fill(root, root, {5: leaf(5, (b"a", b"1"))})  # another node of page 5
+    root.index = {b"a": b"1"}
+    assert index.fill(root, root, {5: root})
+    assert index.entries == {b"a": b"1"}
+    assert root.indexed_in == index.generation
+    assert root.index is None, "one dict of a leaf's entries is enough"
+    unwritten = Node.new_leaf([b"c"], [b"3"], pgno=None)
+    index.reset(unwritten)
+    assert not index.fill(unwritten, unwritten, {})
+
+
+def test_advance_updates_and_removes_present_keys_and_ignores_absent_ones() -> None:
+    index = PointReadIndex()
+    old = leaf(5, (b"a", b"1"), (b"b", b"2"), (b"c", b"3"))
+    index.reset(old)
+    assert index.fill(old, old, {5: old})
+    version = index.version
+    new = Node.new_leaf([b"a", b"c", b"d"], [b"9", b"3", b"4"], pgno=None)
+    index.advance(old, new, {b"a": b"9", b"b": None, b"d": b"4"})
+    assert index.version != version, "a reader that probed meanwhile must see it moved"
+    assert index.root is new
+    assert index.entries == {b"a": b"9", b"c": b"3"}
+
+
+def test_advance_of_many_keys_intersects_them_with_the_index() -> None:
+    index = PointReadIndex()
+    keys = [b"k%04d" % i for i in range(300)]
+    old = leaf(7, *[(k, b"old") for k in keys])
+    index.reset(old)
+    assert index.fill(old, old, {7: old})
+    changes: dict[bytes, bytes | None] = {b"z%04d" % i: b"new" for i in range(500)}
+    changes.update({k: (None if i % 2 else b"new") for i, k in enumerate(keys[:200])})
+    index.advance(old, None, changes)
+    expected = {k: b"new" for k in keys[:200:2]}
+    expected.update({k: b"old" for k in keys[200:]})
+    assert index.entries == expected
+
+
+def test_advance_from_a_tree_not_described_empties_the_index() -> None:
+    index = PointReadIndex()
+    old = leaf(5, (b"a", b"1"))
+    index.reset(old)
+    assert index.fill(old, old, {5: old})
+    generation = index.generation
+    stranger, new = leaf(6, (b"a", b"2")), leaf(7, (b"a", b"3"))
+    index.advance(stranger, new, {b"a": b"3"})
+    assert index.entries == {}
+    assert index.root is new
+    assert index.generation > generation
+    assert old.indexed_in != index.generation, "the leaf may be filled again"
+
+
+def test_an_advance_interrupted_halfway_describes_no_tree_until_the_next_one() -> None:
+    index = PointReadIndex()
+    old = leaf(5, (b"a", b"1"), (b"b", b"2"))
+    index.reset(old)
+    assert index.fill(old, old, {5: old})
+
+    class Interrupted(Mapping[bytes, bytes | None]):
+        """Changes whose reading stops halfway, as a KeyboardInterrupt would."""
+
+        def __getitem__(self, key: bytes) -> bytes | None:
+            raise KeyError(key)
+
+        def __len__(self) -> int:
+            return 2
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"a"
+            raise KeyboardInterrupt
+
+        def items(self) -> Iterator[tuple[bytes, bytes | None]]:  # type: ignore[override]
+            yield b"a", b"9"
+            raise KeyboardInterrupt
+
+    new = leaf(6, (b"a", b"9"), (b"b", b"8"))
+    with pytest.raises(KeyboardInterrupt):
+        index.advance(old, new, Interrupted())
+    assert index.root is None, "half-applied entries describe no tree"
+    assert not index.lock.locked()
+    newer = leaf(7, (b"a", b"9"))
+    index.advance(new, newer, {b"b": None})
+    assert index.entries == {} and index.root is newer
+
+
+def test_forget_removes_the_entries_of_a_leaf_filled_in_this_generation() -> None:
+    index = PointReadIndex()
+    first = leaf(5, (b"a", b"1"), (b"b", b"2"))
+    second = leaf(6, (b"c", b"3"))
+    root = leaf(9)
+    index.reset(root)
+    assert index.fill(root, first, {5: first})
+    assert index.fill(root, second, {6: second})
+    index.forget(second)
+    assert index.entries == {b"a": b"1", b"b": b"2"}
+    assert second.indexed_in == -1
+    index.forget(second)  # twice: nothing more
+    index.clear()
+    assert index.entries == {}
+    index.forget(first)  # filled in an older generation: its keys are not counted on
+    assert index.forgotten == 1
+
+
+def test_a_disabled_index_describes_no_tree() -> None:
+    index = PointReadIndex(enabled=False)
+    root = leaf(5, (b"a", b"1"))
+    index.reset(root)
+    index.advance(root, root, {})
+    assert index.root is None
+    assert not index.fill(root, root, {5: root})
+
+
+# ----------------------------------------------------------------- through the engine
+
+OPTIONS: dict[str, object] = dict(log_file_size=256 * 1024, control_socket=False)
+
+
+def key(i: int) -> bytes:
+    return b"key-%06d" % i
+
+
+def load(db: jetstore.Database, count: int, version: int = 0) -> None:
+    with db.transaction() as txn:
+        table = txn.table("t")
+        for i in range(count):
+            table.insert({"k": key(i), "v": b"v%d-%d" % (version, i)})
+
+
+def file_of(db: jetstore.Database) -> DatabaseFile:
+    return db.file
+
+
+def assert_exact(file: DatabaseFile) -> None:
+    """Invariants 1 and 4: every entry is what the described tree holds, and belongs to a
+    filled leaf the node cache holds."""
+    points = file.point_index
+    root = points.root
+    if root is None:
+        assert not points.entries
+        return
+    cached_keys: set[bytes] = set()
+    for node in list(file.cache.nodes.values()):
+        if node.leaf and node.indexed_in == points.generation:
+            cached_keys.update(node.keys)
+    for k, v in list(points.entries.items()):
+        # A plain descent of the tree, no index involved.
+        assert lookup(file, root, k) == v, k
+        assert k in cached_keys, k
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[jetstore.Database]:
+    with jetstore.open(tmp_path / "inst", **OPTIONS) as instance:  # type: ignore[arg-type]
+        database = instance.database("main", create=True)
+        database.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        yield database
+
+
+def test_point_reads_fill_the_index_and_are_answered_by_it(db: jetstore.Database) -> None:
+    load(db, 2000)
+    instance = db._instance
+    instance.checkpoint()  # written leaves: only those are filled
+    with db.transaction() as txn:
+        get = txn.table("t").get
+        for i in range(0, 2000, 7):
+            assert get(key(i)) == {"k": key(i), "v": b"v0-%d" % i}
+        before = instance.counters()
+        for i in range(2000):
+            assert get(key(i)) == {"k": key(i), "v": b"v0-%d" % i}
+        assert get(b"absent") is None
+        after = instance.counters()
+    assert after["point_index_entries"] >= 2000
+    assert after["point_index_hits"] - before["point_index_hits"] >= 2000 - 1
+    assert after["point_index_fills"] > 0
+    assert_exact(file_of(db))
+
+
+def test_commits_keep_the_index_exact_and_old_snapshots_read_their_own_tree(
+    db: jetstore.Database,
+) -> None:
+    load(db, 1000)
+    db._instance.checkpoint()
+    with db.transaction() as txn:
+        for i in range(1000):
+            txn.table("t").get(key(i))
+    assert len(file_of(db).point_index) >= 1000
+    old = db.transaction()
+    with db.transaction() as txn:
+        table = txn.table("t")
+        table.update(key(1), {"v": b"changed"})
+        table.delete(key(2))
+        table.insert({"k": key(5000), "v": b"new"})
+    assert_exact(file_of(db))
+    with db.transaction() as txn:
+        table = txn.table("t")
+        assert table.get(key(1)) == {"k": key(1), "v": b"changed"}
+        assert table.get(key(2)) is None
+        assert table.get(key(5000)) == {"k": key(5000), "v": b"new"}
+        assert table.get(key(3)) == {"k": key(3), "v": b"v0-3"}
+    old_table = old.table("t")
+    assert old_table.get(key(1)) == {"k": key(1), "v": b"v0-1"}
+    assert old_table.get(key(2)) == {"k": key(2), "v": b"v0-2"}
+    assert old_table.get(key(5000)) is None
+    old.rollback()
+    # A large commit (intersected with the index) keeps it exact as well.
+    with db.transaction() as txn:
+        table = txn.table("t")
+        for i in range(0, 1000, 3):
+            table.update(key(i), {"v": b"third"})
+    assert_exact(file_of(db))
+    with db.transaction() as txn:
+        assert txn.table("t").get(key(3)) == {"k": key(3), "v": b"third"}
+
+
+def test_a_read_that_a_commit_overtakes_reads_its_snapshot(db: jetstore.Database) -> None:
+    """The interleaving the sequence lock exists for: a reader checked that the index
+    describes its snapshot, then a commit changed the index before the reader's probe. The
+    probe finds the commit's value; the reader must see `version` moved and read its tree."""
+    load(db, 300)
+    db._instance.checkpoint()
+    with db.transaction() as txn:
+        assert txn.table("t").get(key(9)) is not None  # fills the index
+    points = file_of(db).point_index
+    reader = db.transaction()
+
+    class Overtaken(dict[bytes, bytes]):
+        commits = 0
+
+        def get(self, k: bytes, default: object = None) -> object:  # type: ignore[override]
+            if not Overtaken.commits:
+                Overtaken.commits += 1
+                with db.transaction() as writer:
+                    writer.table("t").update(key(9), {"v": b"newer"})
+            return super().get(k, default)
+
+    points.entries = Overtaken(points.entries)
+    try:
+        assert reader.table("t").get(key(9)) == {"k": key(9), "v": b"v0-9"}
+        assert Overtaken.commits == 1
+        with db.transaction() as txn:
+            assert txn.table("t").get(key(9)) == {"k": key(9), "v": b"newer"}
+    finally:
+        reader.rollback()
+
+
+def test_reads_in_a_transaction_with_writes_of_its_own_see_them(db: jetstore.Database) -> None:
+    load(db, 300)
+    db._instance.checkpoint()
+    with db.transaction() as txn:
+        table = txn.table("t")
+        assert table.get(key(7)) is not None  # fills
+        table.update(key(7), {"v": b"mine"})
+        assert table.get(key(7)) == {"k": key(7), "v": b"mine"}
+        txn.rollback()
+    with db.transaction() as txn:
+        assert txn.table("t").get(key(7)) == {"k": key(7), "v": b"v0-7"}
+
+
+def test_the_index_holds_only_leaves_the_node_cache_holds(tmp_path: Path) -> None:
+    # A cache of 32 pages (256 KiB) and ~100 leaves: reads evict, evictions forget.
+    options = dict(OPTIONS, cache_size=256 * 1024)
+    with jetstore.open(tmp_path / "inst", **options) as instance:  # type: ignore[arg-type]
+        db = instance.database("main", create=True)
+        db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        with db.transaction() as txn:
+            table = txn.table("t")
+            for i in range(4000):
+                table.insert({"k": key(i), "v": bytes(150)})
+        instance.checkpoint()
+        points = file_of(db).point_index
+        with db.transaction() as txn:
+            get = txn.table("t").get
+            for round_ in range(2):
+                for i in range(0, 4000, 3):
+                    assert get(key(i)) == {"k": key(i), "v": bytes(150)}, (round_, i)
+        assert points.forgotten > 0, "the cache evicted filled leaves"
+        assert len(points) < 4000
+        assert_exact(file_of(db))
+
+
+def test_the_index_can_be_turned_off(tmp_path: Path) -> None:
+    options = dict(OPTIONS, point_read_index=False)
+    with jetstore.open(tmp_path / "inst", **options) as instance:  # type: ignore[arg-type]
+        db = instance.database("main", create=True)
+        db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        load(db, 500)
+        instance.checkpoint()
+        with db.transaction() as txn:
+            for i in range(500):
+                assert txn.table("t").get(key(i)) == {"k": key(i), "v": b"v0-%d" % i}
+        counters = instance.counters()
+        assert counters["point_index_entries"] == counters["point_index_fills"] == 0
+
+
+def test_closing_and_detaching_empty_the_index(tmp_path: Path) -> None:
+    with jetstore.open(tmp_path / "inst", **OPTIONS) as instance:  # type: ignore[arg-type]
+        db = instance.database("main", create=True)
+        db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        load(db, 500)
+        instance.checkpoint()
+        with db.transaction() as txn:
+            txn.table("t").get(key(1))
+        points = file_of(db).point_index
+        assert len(points) > 0
+        instance.detach("main")
+        assert len(points) == 0
+        db = instance.attach(str(tmp_path / "inst" / "main.edb"))
+        with db.transaction() as txn:
+            assert txn.table("t").get(key(1)) == {"k": key(1), "v": b"v0-1"}
+
+
+# ----------------------------------------------------------------- model-based
+
+
+class PointReadMachine(RuleBasedStateMachine):
+    """Commits, checkpoints, evictions and reads of old and new snapshots, against a dict
+    model of every committed state; the index is checked exact after every step."""
+
+    KEYS = st.integers(min_value=0, max_value=300)
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory()
+        options = dict(OPTIONS, cache_size=256 * 1024)
+        self.instance = jetstore.open(Path(self._dir.name) / "inst", **options)  # type: ignore[arg-type]
+        self.db = self.instance.database("main", create=True)
+        self.db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        self.model: dict[bytes, bytes] = {}
+        self.snapshots: list[tuple[jetstore.Transaction, dict[bytes, bytes]]] = []
+        self.version = 0
+
+    @rule(
+        puts=st.lists(KEYS, max_size=40),
+        deletes=st.lists(KEYS, max_size=10),
+        bulk=st.booleans(),
+    )
+    def commit(self, puts: list[int], deletes: list[int], bulk: bool) -> None:
+        self.version += 1
+        changes: dict[bytes, bytes | None] = {}
+        for i in puts * (8 if bulk else 1):
+            changes[key(i if not bulk else i + 301 * (len(changes) % 8))] = b"v%d" % self.version
+        for i in deletes:
+            changes[key(i)] = None
+        with self.db.transaction() as txn:
+            table = txn.table("t")
+            for k, v in changes.items():
+                if v is None:
+                    if k in self.model:
+                        table.delete(k)
+                elif k in self.model:
+                    table.update(k, {"v": v})
+                else:
+                    table.insert({"k": k, "v": v})
+        for k, v in changes.items():
+            if v is None:
+                self.model.pop(k, None)
+            else:
+                self.model[k] = v
+
+    @rule()
+    def checkpoint(self) -> None:
+        self.instance.checkpoint()
+
+    @rule(keys=st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=60))
+    def read_latest(self, keys: list[int]) -> None:
+        with self.db.transaction() as txn:
+            get = txn.table("t").get
+            for i in keys:
+                k = key(i)
+                got = get(k)
+                expected = self.model.get(k)
+                assert (got and got["v"]) == expected, (k, got, expected)
+
+    @precondition(lambda self: len(self.snapshots) < 4)
+    @rule()
+    def open_snapshot(self) -> None:
+        self.snapshots.append((self.db.transaction(), dict(self.model)))
+
+    @precondition(lambda self: bool(self.snapshots))
+    @rule(which=st.integers(min_value=0, max_value=3), keys=st.lists(KEYS, max_size=20))
+    def read_snapshot(self, which: int, keys: list[int]) -> None:
+        txn, model = self.snapshots[which % len(self.snapshots)]
+        get = txn.table("t").get
+        for i in keys:
+            got = get(key(i))
+            assert (got and got["v"]) == model.get(key(i))
+
+    @precondition(lambda self: bool(self.snapshots))
+    @rule()
+    def end_snapshot(self) -> None:
+        txn, _ = self.snapshots.pop(0)
+        txn.rollback()
+
+    @rule()
+    def evict_everything(self) -> None:
+        self.db.file.cache.clear()
+
+    @invariant()
+    def index_is_exact(self) -> None:
+        assert_exact(self.db.file)
+
+    def teardown(self) -> None:
+        for txn, _ in self.snapshots:
+            txn.rollback()
+        self.instance.close()
+        self._dir.cleanup()
+
+
+TestPointReadMachine = PointReadMachine.TestCase
+TestPointReadMachine.settings = settings(
+    max_examples=50,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# ----------------------------------------------------------------- threads
+
+
+def test_readers_of_the_latest_snapshot_see_exactly_its_commits(tmp_path: Path) -> None:
+    """A writer changes keys (value = the commit's number) while readers read the latest
+    snapshot through the index and a checkpointer writes leaves (making them fillable);
+    every value read must be the last write at or before the reader's snapshot."""
+    keys = [key(i) for i in range(64)]
+    with jetstore.open(tmp_path / "inst", **OPTIONS) as instance:  # type: ignore[arg-type]
+        db = instance.database("main", create=True)
+        db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        with db.transaction() as txn:
+            for k in keys:
+                txn.table("t").insert({"k": k, "v": b"0"})
+        instance.checkpoint()
+        history: dict[bytes, list[tuple[LogPosition, bytes | None]]] = {
+            k: [(LogPosition.MIN, b"0")] for k in keys
+        }
+        reads: list[tuple[LogPosition, bytes, bytes | None]] = []
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                for n in range(1, 600):
+                    k = keys[(n * 7) % len(keys)]
+                    value: bytes | None = None if n % 5 == 0 else b"%d" % n
+                    with db.transaction() as txn:
+                        table = txn.table("t")
+                        present = table.get(k) is not None
+                        if value is None:
+                            if present:
+                                table.delete(k)
+                        elif present:
+                            table.update(k, {"v": value})
+                        else:
+                            table.insert({"k": k, "v": value})
+                    position = db.position
+                    history[k].append((position, value))
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                stop.set()
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    with db.transaction() as txn:
+                        get = txn.table("t").get
+                        for k in keys:
+                            got = get(k)
+                            reads.append((txn.snapshot_position, k, got and got["v"]))  # type: ignore[arg-type]
+            except BaseException as exc:
+                errors.append(exc)
+
+        def checkpointer() -> None:
+            try:
+                while not stop.is_set():
+                    instance.checkpoint()
+            except BaseException as exc:
+                errors.append(exc)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)
+        try:
+            threads = [threading.Thread(target=t) for t in (writer, reader, reader, checkpointer)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        finally:
+            sys.setswitchinterval(interval)
+        assert not errors, errors
+        assert instance.counters()["point_index_hits"] > 0
+    assert reads
+    for snapshot, k, got in reads:
+        expected = [v for position, v in history[k] if position <= snapshot][-1]
+        assert got == expected, (snapshot, k, got, expected)
