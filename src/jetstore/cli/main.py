@@ -5,15 +5,25 @@ This module owns wiring, not behaviour: it lists the commands (one module each),
 `jetstore.cli.output`. Whatever escapes a command ends here as a clean message and one of the
 documented exit codes; a traceback is shown only for an unexpected (non-engine) exception and
 only when JETSTORE_DEBUG=1 is set.
+
+A closed output is handled here for every command: when the reader of stdout (or stderr) goes
+away (``jetstore export DB T | head``), the write fails with EPIPE, the exception unwinds the
+command (its ``with`` and ``finally`` blocks close what it opened: instances, files), and the
+process ends quietly, without a message or traceback, with exit code 141
+(``ExitCode.OUTPUT_CLOSED``: what a shell reports for `cat` or `seq` ended by SIGPIPE in the
+same pipeline, so ``set -o pipefail`` scripts see that the output was cut short). SIGPIPE
+itself stays ignored (Python's default): being killed by it would skip that cleanup.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 import click
 from rich.text import Text
@@ -31,6 +41,8 @@ from jetstore.cli.logs_cmd import logs_group
 from jetstore.cli.output import (
     EXIT_CODES_HELP,
     ExitCode,
+    OutputClosed,
+    discard_closed_output,
     emit_json,
     envelope,
     report_error,
@@ -54,8 +66,33 @@ __all__ = ["cli", "main", "run"]
 _PROG = "jetstore"
 
 
+@contextlib.contextmanager
+def _epipe_as_output_closed() -> Iterator[None]:
+    """An EPIPE escaping the block becomes `OutputClosed` (click would make it exit 1)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        raise OutputClosed(str(exc)) from exc
+
+
+class _JetstoreGroup(click.Group):
+    """The `jetstore` group: a write to a closed output, in any command, in its own --help or
+    in --version, reaches `run` as `OutputClosed`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with _epipe_as_output_closed():  # --help and --version print while parsing
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _epipe_as_output_closed():
+            return super().invoke(ctx)
+
+
 @click.group(
     name=_PROG,
+    cls=_JetstoreGroup,
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -105,8 +142,19 @@ def _command_name(args: Sequence[str]) -> str:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI with `argv` (default: the process arguments); returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run the CLI with `argv` (default: the process arguments); returns the exit code.
+
+    141 (``ExitCode.OUTPUT_CLOSED``) when the output's reader went away: nothing more is
+    written (stdout or stderr, whichever lost its reader, now points at os.devnull).
+    """
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except (OutputClosed, BrokenPipeError):  # the latter: from run's own error reports
+        discard_closed_output()
+        return int(ExitCode.OUTPUT_CLOSED)
+
+
+def _run(args: list[str]) -> int:
     # Decided from the raw arguments because a usage error happens before click has parsed
     # the flag; a "--json" given as an argument value would only change the error's format.
     as_json = "--json" in args
@@ -126,6 +174,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except JetError as exc:  # commands catch their own; this is the safety net
         return int(report_error(exc, command=command, as_json=as_json))
+    except OutputClosed:
+        raise
     except Exception as exc:  # the contract is "exit 5 with a message", not a bare traceback
         return _internal_error(exc, command=command, as_json=as_json)
     # In non-standalone mode click returns the code of ctx.exit()/Exit, or the callback's value.

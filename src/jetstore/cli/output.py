@@ -3,7 +3,11 @@
 This module owns the CLI's contract with scripts and operators:
 
 * Exit codes (``ExitCode``): 0 ok, 1 problems found, 2 usage, 3 wrong database state, 4 I/O
-  error, 5 internal error (130 when interrupted with Ctrl-C, as shells expect).
+  error, 5 internal error (130 when interrupted with Ctrl-C, 141 when the reader of the
+  output went away, as shells report for a process ended by SIGINT or SIGPIPE).
+* A closed output (``OutputClosed``): a write to stdout or stderr whose reader is gone
+  (``jetstore export ... | head``) ends the command quietly; `jetstore.cli.main` catches it in
+  one place and `discard_closed_output` keeps the interpreter's final flush quiet.
 * The JSON envelope: with ``--json`` a command prints exactly one JSON object on stdout,
   ``{"schema": 1, "ok": bool, "command": str, "result": {...}}`` or, when it failed,
   ``{"schema": 1, "ok": false, "command": str, "error": {...}}``. Nothing else goes to stdout.
@@ -16,9 +20,11 @@ Commands decorate their callback with ``@command_errors("name")`` and end with
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar
@@ -34,7 +40,9 @@ __all__ = [
     "EXIT_CODES_HELP",
     "JSON_SCHEMA_VERSION",
     "ExitCode",
+    "OutputClosed",
     "command_errors",
+    "discard_closed_output",
     "emit_json",
     "envelope",
     "exit_code_for",
@@ -60,6 +68,7 @@ class ExitCode(enum.IntEnum):
     IO = 4
     INTERNAL = 5
     INTERRUPTED = 130
+    OUTPUT_CLOSED = 141
 
 
 #: For the group's `--help` epilog. The "\b" line stops click from re-wrapping the list.
@@ -71,7 +80,8 @@ EXIT_CODES_HELP: Final = (
     "    3  wrong database state (needs recovery, inconsistent files, not open)\n"
     "    4  I/O error (file missing, access denied, disk failure)\n"
     "    5  internal error (a bug, or a resource the engine ran out of)\n"
-    "  130  interrupted (Ctrl-C)"
+    "  130  interrupted (Ctrl-C)\n"
+    "  141  output closed by its reader (| head): the output is incomplete"
 )
 
 # Category (see jetstore.errors.CATEGORIES) -> exit code. Categories not listed (operation,
@@ -91,14 +101,58 @@ def exit_code_for(error: JetError | type[JetError]) -> ExitCode:
     return _EXIT_BY_CATEGORY.get(error.category, ExitCode.INTERNAL)
 
 
+class OutputClosed(Exception):
+    """A write to stdout or stderr found its reader gone (EPIPE: ``jetstore ... | head``).
+
+    Not an `OSError`: click turns an escaping EPIPE into ``sys.exit(1)`` itself, even outside
+    standalone mode, so the `jetstore` group raises this instead and `jetstore.cli.main.run`
+    ends the command with ``ExitCode.OUTPUT_CLOSED``, after every ``with`` and ``finally`` of
+    the command closed what it opened.
+    """
+
+
+class _Console(Console):
+    """A rich console that reports a broken pipe as `OutputClosed`.
+
+    Rich's own reaction is to point stdout at os.devnull and raise ``SystemExit(1)`` (even for
+    a console on stderr), which would bypass the CLI's exit-code contract.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # drop what is printed while the exception unwinds the command
+        raise OutputClosed("the output's reader went away") from sys.exc_info()[1]
+
+
 def stdout_console() -> Console:
     # Created per use, not at import: tests swap sys.stdout, and rich binds `file` lazily only
     # when none is given, so a fresh Console always writes where stdout points now.
-    return Console(highlight=False)
+    return _Console(highlight=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _Console(stderr=True, highlight=False)
+
+
+def discard_closed_output() -> None:
+    """Point stdout and stderr at os.devnull if their reader is gone; leave them otherwise.
+
+    For after a write failed with EPIPE. What a stream still holds in its buffer can never be
+    written, and the interpreter's final flush would fail on it and print "Exception ignored
+    ... BrokenPipeError" on stderr. A stream whose flush succeeds is left alone: with
+    ``2>&1 | head`` both streams lost their reader, with ``| head`` only stdout did (stderr
+    still reaches the terminal), and with ``2>&1 >FILE | head`` FILE keeps all of stdout.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, stream.fileno())
+                finally:
+                    os.close(devnull)
+                stream.flush()  # what it held goes to devnull now, not at exit
 
 
 def envelope(

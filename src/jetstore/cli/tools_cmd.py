@@ -341,6 +341,7 @@ def export_command(database: str, table: str, fmt: str, output: str | None, as_j
     """Export the records of TABLE of the database file DB (clean, instance not open).
 
     Values: bytes as base64, datetimes as ISO 8601, NULL as null (JSON) or \\N (CSV).
+    Exit 141 when the reader of stdout goes away first (| head): the output is incomplete.
     """
     if as_json and output is None:
         usage_failure(
