@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import jetstore
+from jetstore.cli import demo
 from jetstore.cli.main import run
 from jetstore.cli.output import ExitCode
 from jetstore.io.files import FileSystem
@@ -185,3 +186,25 @@ def test_rich_tables_in_process_raise_no_system_exit(
     assert run(["dump", "logs", str(closed)]) == ExitCode.OUTPUT_CLOSED
     assert run(["logs", "verify", str(closed)]) == ExitCode.OUTPUT_CLOSED
     raw.limit = sys.maxsize
+
+
+def test_demo_child_whose_parent_went_away_closes_the_instance(tmp_path: Path) -> None:
+    directory = tmp_path / "demo"
+    demo._setup(str(directory), seed=7)
+    with subprocess.Popen(
+        demo._child_argv(str(directory), 7),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"READY ")
+        assert process.stdout.readline().startswith(b"ACK 1 ")
+        process.stdout.close()  # the parent is gone: the next acknowledgement fails
+        stderr = process.stderr.read()
+        process.wait(timeout=60)
+    assert_quiet_exit(process, stderr)
+    assert "instance_not_closed" not in event_names(directory)
+    assert not is_locked(FileSystem(), str(directory))
+    with jetstore.open(directory, **demo.INSTANCE_OPTIONS) as instance:
+        assert instance.recovery is not None and not instance.recovery.needed

@@ -64,6 +64,7 @@ import jetstore
 from jetstore.cli.output import (
     ExitCode,
     command_errors,
+    discard_closed_output,
     finish,
     json_option,
     report_usage,
@@ -138,11 +139,11 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     try:
         _child_loop(args.child, args.seed, args.first_id, args.max_seconds)
     except BrokenPipeError:
-        # The parent went away: nobody is left to acknowledge to. Quiet exit; stdout is
-        # redirected so the interpreter's final flush does not fail a second time.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        # The parent went away: nobody is left to acknowledge to. The instance is closed
+        # (`_child_loop`); a quiet exit, with the status the `jetstore` command ends with
+        # when its reader goes away.
+        discard_closed_output()
+        return int(ExitCode.OUTPUT_CLOSED)
     except jetstore.JetError as exc:
         print(f"child: {exc}", file=sys.stderr, flush=True)
         return int(ExitCode.INTERNAL)
@@ -150,9 +151,20 @@ def child_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _child_loop(directory: str, seed: int, first_id: int, max_seconds: float) -> None:
+    instance = _open_instance(directory)
+    try:
+        _commit_until_killed(instance, seed, first_id, max_seconds)
+    finally:
+        # Never killed (the parent is gone: EPIPE on an acknowledgement, or stuck): shut
+        # down cleanly rather than leave the instance to the exit hook or run forever.
+        instance.close()
+
+
+def _commit_until_killed(
+    instance: jetstore.Instance, seed: int, first_id: int, max_seconds: float
+) -> None:
     out = sys.stdout
     deadline = time.monotonic() + max_seconds
-    instance = _open_instance(directory)
     db = instance.database(DATABASE)
     out.write(f"READY {os.getpid()}\n")
     out.flush()
@@ -180,8 +192,6 @@ def _child_loop(directory: str, seed: int, first_id: int, max_seconds: float) ->
             out.write(f"STAT {json.dumps(_child_stats(instance))}\n")
         out.flush()
         order_id += 1
-    # Never killed (the parent is gone or stuck): shut down cleanly rather than run forever.
-    instance.close()
 
 
 def _child_stats(instance: jetstore.Instance) -> dict[str, Any]:
