@@ -281,9 +281,9 @@ def test_dump_logs_tables_fit_80_columns_without_cutting_a_cell(
     monkeypatch: pytest.MonkeyPatch,
     log_file_size: int,
 ) -> None:
-    """At 80 columns, with the longest status ("damaged (not needed)") and 7-digit sizes and
-    offsets (1 MiB log files, as real ones of 5 MiB have), every cell of both tables is shown
-    in full: nothing cut to "…", each line within 80 columns."""
+    """At 80 columns, with a damaged generation recovery no longer reads and 7-digit sizes
+    and offsets (1 MiB log files, as real ones of 5 MiB have), every cell of both tables is
+    shown in full: nothing cut to "…", each line within 80 columns."""
     directory = tmp_path / "instance"
     closed_instance_with_generations(directory, log_file_size, 3)
     damage_second_frame(directory / generation_log_name(1), 1)
@@ -294,13 +294,14 @@ def test_dump_logs_tables_fit_80_columns_without_cutting_a_cell(
     assert max(len(line) for line in output.splitlines()) <= 80
     generations = table_rows(output, "Log generations")
     headers = table_rows(output, "Log file headers")
-    assert generations[0][:3] == ["1", generation_log_name(1), "damaged (not needed)"]
+    assert generations[0][:4] == ["1", generation_log_name(1), "damaged", "no"]
+    assert generations[-1][3] == "yes"  # recovery starts in the current generation
     assert [row[1] for row in generations][-1] == CURRENT_LOG
     assert len(headers) == len(generations) >= 3
     for row in generations + headers:
         assert not any("…" in cell for cell in row), row
     assert {row[2] for row in headers} == {str(log_file_size)}  # every file's size, in full
-    assert generations[0][5] == str(log_file_size)  # generation 1's frames end, in full
+    assert generations[0][6] == str(log_file_size)  # generation 1's frames end, in full
 
 
 def test_dump_logs_damage_recovery_needs_stays_an_error(crashed: Path, run_json: RunJson) -> None:

@@ -418,15 +418,17 @@ def test_logs_verify_damage_recovery_no_longer_needs_is_a_warning(
     human = run_entry_point("logs", "verify", closed)
     assert human.returncode == 0, human.stdout
     assert "not needed" in human.stdout
+    shown = table_rows(human.stdout, "Log generations")  # one more since the open above
+    assert (shown[0][2:4], shown[-1][2:4]) == (["damaged", "no"], ["ok", "yes"])
 
 
 def test_logs_verify_tables_fit_80_columns_without_cutting_a_cell(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At 80 columns, with real-sized log files (1 MiB: 7-digit offsets and sizes, as the
-    default 5 MiB ones have) and the two longest statuses, "damaged (not needed)" and
-    "unreadable (not needed)", every cell is shown in full: file names, statuses, creation
-    times and sizes, nothing cut to "…", each line within 80 columns."""
+    default 5 MiB ones have) and the longest statuses, "damaged" and "unreadable", in
+    generations recovery no longer reads, every cell is shown in full: file names, statuses,
+    creation times and sizes, nothing cut to "…", each line within 80 columns."""
     log_file_size = 1024 * 1024
     directory = tmp_path / "instance"
     closed_instance_with_generations(directory, log_file_size, 4)
@@ -440,15 +442,15 @@ def test_logs_verify_tables_fit_80_columns_without_cutting_a_cell(
     assert "…" not in output
     generations = table_rows(output, "Log generations")
     headers = table_rows(output, "Log file headers")
-    assert [row[:3] for row in generations[:2]] == [
-        ["1", generation_log_name(1), "damaged (not needed)"],
-        ["2", generation_log_name(2), "unreadable (not needed)"],
+    assert [row[:4] for row in generations[:2]] == [
+        ["1", generation_log_name(1), "damaged", "no"],
+        ["2", generation_log_name(2), "unreadable", "no"],
     ]
     assert generations[-1][1] == CURRENT_LOG
     assert len(headers) == len(generations) >= 4
     for row in generations + headers:
         assert not any("…" in cell for cell in row), row
-    assert generations[0][5] == str(log_file_size)  # generation 1's frames end, in full
+    assert generations[0][6] == str(log_file_size)  # generation 1's frames end, in full
     assert [row[1] for row in headers] == [row[1] for row in generations]
     created = [row[2] for row in headers]
     assert created[1] == "—"  # generation 2's header cannot be read

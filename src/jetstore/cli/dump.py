@@ -91,6 +91,7 @@ from jetstore.log.verify import GenerationReport, LogProblem, LogVerification
 __all__ = [
     "checkpoint_result",
     "dump_group",
+    "generation_needed",
     "generation_status",
     "header_result",
     "print_generations",
@@ -683,28 +684,45 @@ def _counted(record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
 
 
 def generation_status(row: dict[str, Any]) -> Text:
-    """A generation's status as `logs verify` and `dump logs` show it: a damaged or
-    unreadable generation recovery no longer reads is marked "(not needed)", in yellow."""
+    """A generation's status as `logs verify` and `dump logs` show it: ok in green, a torn
+    tail in yellow, damage in bold red, or in yellow when recovery no longer reads that
+    generation (the `needed` column then says "no")."""
     status = row["status"]
     if row.get("needed") is False and status in ("damaged", "unreadable"):
-        return Text(f"{status} (not needed)", "yellow")
+        return Text(status, "yellow")
     return Text(status, {"ok": "green", "torn-tail": "yellow"}.get(status, "bold red"))
+
+
+def generation_needed(row: dict[str, Any]) -> Text:
+    """Whether recovery reads the generation: "yes", "no", or "—" when nothing says where
+    recovery starts (every generation then counts as needed; the line after the tables says
+    why)."""
+    needed = row.get("needed")
+    return Text("—" if needed is None else "yes" if needed else "no")
 
 
 def print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
     """The verification of each generation as a table titled "Log generations" (shared with
-    `logs verify`): gen, file, status, records, frames, end.
+    `logs verify`): gen, file, status, needed, records, frames, end.
 
-    Within 80 columns with the values of real log files (5 MiB: 7-digit offsets) and the
-    longest status, "unreadable (not needed)" (80 wide then, 77 with "damaged (not
-    needed)"): every column is no_wrap, as a status or file name split over lines reads
-    as two. Anything else a command shows per file goes to a second table, not here.
+    Every column is no_wrap: a status or file name split over lines reads as two. Whether
+    recovery still reads a generation is a column of its own rather than a "(not needed)"
+    after the status: with it the longest status, "unreadable (not needed)", made the table
+    exactly 80 wide with 1 MiB log files and 3-digit generations, and 81 (the last column
+    cut to "…") from generation 1000 on. Now, with the longest status ("unreadable") and
+    counts as wide as their headers (up to 9,999,999 records), the table is 66 columns plus
+    the digits of the largest generation and of the largest end offset (3 at least, the
+    headers' width): within 80 while they add up to 14, so up to generation 9,999,999 with
+    log files under 10 MB (7-digit offsets: the default 5 MiB), 999,999 under 100 MB, 9,999
+    with the largest (1 GiB). Anything else a command shows per file goes to a second
+    table, not here.
     """
     table = Table(title="Log generations", title_justify="left")
     for name, justify in (
         ("gen", "right"),
         ("file", "left"),
         ("status", "left"),
+        ("needed", "left"),
         ("records", "right"),
         ("frames", "right"),
         ("end", "right"),
@@ -715,6 +733,7 @@ def print_generations(console: Console, rows: list[dict[str, Any]]) -> None:
             _text(row["generation"]),
             Text(row["file_name"]),
             generation_status(row),
+            generation_needed(row),
             _text(row["records"]),
             _text(row["frames"]),
             _text(row["end_offset"]),
