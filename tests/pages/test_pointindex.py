@@ -296,6 +296,21 @@ def test_reads_in_a_transaction_with_writes_of_its_own_see_them(db: jetstore.Dat
         assert txn.table("t").get(key(7)) == {"k": key(7), "v": b"v0-7"}
 
 
+def test_an_inserts_duplicate_check_does_not_fill_the_index(db: jetstore.Database) -> None:
+    """Inserts probe their key (usually absent) once: filling a leaf for that, or giving it a
+    dict of its own, would only cost the write path."""
+    load(db, 2000)
+    db._instance.checkpoint()
+    for i in range(2000, 2200):
+        with db.transaction() as txn:
+            txn.table("t").insert({"k": key(i * 7 % 2000) + b"+", "v": b"x"})
+    assert db._instance.counters()["point_index_fills"] == 0
+    assert not any(node.index for node in db.file.cache.nodes.values())
+    with db.transaction() as txn:
+        with pytest.raises(jetstore.errors.KeyDuplicate):
+            txn.table("t").insert({"k": key(5), "v": b"dup"})
+
+
 def test_the_index_holds_only_leaves_the_node_cache_holds(tmp_path: Path) -> None:
     # A cache of 32 pages (256 KiB) and ~100 leaves: reads evict, evictions forget.
     options = dict(OPTIONS, cache_size=256 * 1024)

@@ -380,7 +380,7 @@ class DatabaseFile:
         self.cache.put(pgno, node)
         return node
 
-    def lookup(self, root: Node | None, key: bytes) -> bytes | None:
+    def lookup(self, root: Node | None, key: bytes, fill: bool = True) -> bytes | None:
         """`jetstore.pages.btree.lookup` of `key` in this file's tree at `root` (same result).
 
         The point-read path. In the tree the database published last, a key whose leaf a
@@ -390,6 +390,9 @@ class DatabaseFile:
         child found in the node cache is taken inline (the hit marked and counted as
         `NodeCache.get` does) instead of through `load` and `NodeCache.get`, two calls per
         tree level; anything else goes through `load`.
+
+        `fill=False` (an insert's duplicate check: a one-off probe of a key that is usually
+        absent) neither fills the index nor gives the leaf an `index` dict: it bisects.
         """
         node = root
         if node is None:
@@ -421,14 +424,19 @@ class DatabaseFile:
             self.cache.hits += hits
         # A written leaf's entries as a dict answer in one probe (the common case, kept
         # inline); the rest as `btree.lookup` reads a leaf.
-        if node.indexed_in != points.generation and root is points.root and node.pgno is not None:
+        if (
+            fill
+            and node.indexed_in != points.generation
+            and root is points.root
+            and node.pgno is not None
+        ):
             points.fill(root, node, self.cache.nodes)
         index = node.index
         if index is not None:
             return index.get(key)
-        if node.indexed_in == points.generation:
+        if node.indexed_in == points.generation or not fill:
             # Its entries are in the point-read index (this key is not, or a commit is
-            # changing the index): bisected, not given a dict of its own as well.
+            # changing the index), or a one-off probe: bisected, no dict of its own.
             return leaf_search(node, key)
         return leaf_get(node, key)
 

@@ -93,10 +93,10 @@ class PointReadIndex:
             return
         with self.lock:
             self.version += 1
-            described = self.root is old_root
-            self.root = None
             entries = self.entries
             if entries:
+                described = self.root is old_root
+                self.root = None
                 if not described:
                     self._empty()
                 elif len(changes) <= _KEY_BY_KEY:

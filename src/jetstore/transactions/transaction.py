@@ -462,7 +462,7 @@ class Transaction:
         operations = self.operations
         current = operations.get(key, _ABSENT)
         if current is _ABSENT:
-            if self._file.lookup(self.snapshot_root, key) is not None:
+            if self._file.lookup(self.snapshot_root, key, fill=False) is not None:
                 return False
         elif current is not None:
             return False
