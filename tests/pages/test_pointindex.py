@@ -306,9 +306,8 @@ def test_an_inserts_duplicate_check_does_not_fill_the_index(db: jetstore.Databas
             txn.table("t").insert({"k": key(i * 7 % 2000) + b"+", "v": b"x"})
     assert db._instance.counters()["point_index_fills"] == 0
     assert not any(node.index for node in db.file.cache.nodes.values())
-    with db.transaction() as txn:
-        with pytest.raises(jetstore.errors.KeyDuplicate):
-            txn.table("t").insert({"k": key(5), "v": b"dup"})
+    with db.transaction() as txn, pytest.raises(jetstore.errors.KeyDuplicate):
+        txn.table("t").insert({"k": key(5), "v": b"dup"})
 
 
 def test_the_index_holds_only_leaves_the_node_cache_holds(tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ from jetstore.pages.btree import (
     max_entry_size,
     paired_entry_size,
 )
+from jetstore.pages.pointindex import PointReadIndex
 from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
 from jetstore.tables.keys import (
     KEY_BYTES_TAG,
@@ -142,9 +143,11 @@ class SnapshotSource(Protocol):
     def snapshot_root(self) -> Node | None: ...
 
 
-#: What a transaction hands `Table` for direct point reads: itself, and the lookup of its
-#: snapshot's tree (`DatabaseFile.lookup`: root, key -> value).
-Snapshot = tuple[SnapshotSource, Callable[[Node | None, bytes], bytes | None]]
+#: What a transaction hands `Table` for direct point reads: itself, the lookup of its
+#: snapshot's tree (`DatabaseFile.lookup`: root, key -> value) and that file's point-read
+#: index (`get` probes it inline, as `lookup` would first).
+Snapshot = tuple[SnapshotSource, Callable[[Node | None, bytes], bytes | None], PointReadIndex]
+_NO_POINTS = PointReadIndex(enabled=False)
 
 
 class TreeView(ReadView, Protocol):
@@ -279,6 +282,7 @@ class Table:
         "_ncolumns",
         "_pk_columns",
         "_pk_names",
+        "_points",
         "_prefix",
         "_root",
         "_snapshot",
@@ -322,8 +326,9 @@ class Table:
         self._active: object = None
         self._root: Node | None = None
         self._lookup: Callable[[Node | None, bytes], bytes | None] = _no_lookup
+        self._points = _NO_POINTS
         if snapshot is not None:
-            self._snapshot, self._lookup = snapshot
+            self._snapshot, self._lookup, self._points = snapshot
             self._active = self._snapshot.state
             self._root = self._snapshot.snapshot_root
         # A one-column bytes key is encoded inline by `get` up to this entry-key length (the
@@ -491,7 +496,16 @@ class Table:
         txn = self._snapshot
         raw: bytes | None
         if txn is not None and txn.state is self._active and not txn.operations:
-            raw = self._lookup(self._root, full)
+            # `DatabaseFile.lookup`'s first step inline: the point-read index, when it
+            # describes this snapshot's tree and no commit changed it during the probe.
+            points = self._points
+            version = points.version
+            root = self._root
+            raw = points.entries.get(full) if root is points.root else None
+            if raw is not None and points.version == version:
+                points.hits += 1
+            else:
+                raw = self._lookup(root, full)
         else:
             raw = self._view.get(full)
         if raw is None:

@@ -514,7 +514,9 @@ class Transaction:
             entry = cache.get(name)
             if entry is not None:
                 entry_key, table_def, codec, shape = entry
-                table = Table(self, table_def, codec, shape, (self, self._file.lookup))
+                table = Table(
+                    self, table_def, codec, shape, (self, self._file.lookup, self._file.point_index)
+                )
                 self._tables[name] = table
                 self.schema_keys[entry_key] = table_def
                 return table
@@ -523,7 +525,9 @@ class Transaction:
             self._no_table(name)
         table_def = self._db.table_def_from_bytes(raw)
         codec, shape = self._db.shape_for(table_def)
-        table = Table(self, table_def, codec, shape, (self, self._file.lookup))
+        table = Table(
+            self, table_def, codec, shape, (self, self._file.lookup, self._file.point_index)
+        )
         self._tables[name] = table
         # Writing through this table relies on its definition: a concurrent drop or
         # re-creation committed first makes this transaction's commit a WriteConflict.
