@@ -422,8 +422,7 @@ class DatabaseFile:
                     node = hit
         if hits:
             self.cache.hits += hits
-        # A written leaf's entries as a dict answer in one probe (the common case, kept
-        # inline); the rest as `btree.lookup` reads a leaf.
+        # The first read of the described tree to reach a written leaf adds its entries.
         if (
             fill
             and node.indexed_in != points.generation
@@ -431,12 +430,13 @@ class DatabaseFile:
             and node.pgno is not None
         ):
             points.fill(root, node, self.cache.nodes)
+        # A leaf's own dict answers in one probe. A leaf whose entries are in the index (this
+        # key is not, or a commit is changing the index) is bisected, as for a one-off
+        # probe: no dict of its own. Any other leaf as `btree.lookup` reads it.
         index = node.index
         if index is not None:
             return index.get(key)
         if node.indexed_in == points.generation or not fill:
-            # Its entries are in the point-read index (this key is not, or a commit is
-            # changing the index), or a one-off probe: bisected, no dict of its own.
             return leaf_search(node, key)
         return leaf_get(node, key)
 
