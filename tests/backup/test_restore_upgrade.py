@@ -1,0 +1,107 @@
+"""Restore of a backup an older engine took (before DETACH_DATABASE and ATTACH_DATABASE
+records), rolled forward over logs that engine and this one wrote: an instance upgraded in
+place between the backup and the restore (`older_engine` in `tests/older_engine.py`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jetstore
+from older_engine import binding_records, older_engine
+
+OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024}
+KV = [("k", "int"), ("v", "text")]
+Rows = dict[str, dict[Any, Any]]  # database -> key -> value
+
+
+def _write(
+    inst: jetstore.Instance,
+    model: Rows,
+    name: str,
+    keys: range,
+    tag: str,
+    *,
+    delete: int | None = None,
+) -> None:
+    """One transaction per key upserting `tag`+key (then, with `delete`, one deleting it)."""
+    db = inst.database(name, create=True)
+    if "kv" not in db.table_names():
+        db.create_table("kv", KV, primary_key="k")
+    rows = model.setdefault(name, {})
+    for k in keys:
+        with db.transaction() as txn:
+            txn.table("kv").upsert({"k": k, "v": f"{tag}{k}" * 20})
+        rows[k] = f"{tag}{k}" * 20
+    if delete is not None:
+        with db.transaction() as txn:
+            txn.table("kv").delete(delete)
+        del rows[delete]
+
+
+def _rows(inst: jetstore.Instance) -> Rows:
+    found: Rows = {}
+    for name in inst.databases():
+        with inst.database(name).transaction() as txn:
+            found[name] = {r["k"]: r["v"] for r in txn.table("kv").scan()}
+    return found
+
+
+def _restored(directory: Path) -> Rows:
+    with jetstore.open(directory, **OPTIONS) as inst:
+        assert inst.recovery is not None and not inst.recovery.needed
+        return _rows(inst)
+
+
+def _guest(directory: Path, model: Rows) -> Path:
+    """A clean `guest.edb` from another instance, ready to attach."""
+    other = jetstore.open(directory, **OPTIONS)
+    _write(other, model, "guest", range(0, 5), "g")
+    path = Path(other.detach("guest"))
+    other.close()
+    return path
+
+
+def test_restore_of_an_older_engines_backup_over_the_logs_of_both_engines(
+    tmp_path: Path,
+) -> None:
+    """Every database of the backup (one the older engine created, one it attached without
+    an ATTACH record) and one it created after the backup come back with every commit of
+    both parts, from a full backup alone and with an incremental one this engine took."""
+    live = tmp_path / "live"
+    model: Rows = {}
+    with older_engine():
+        inst = jetstore.open(live, **OPTIONS)
+        _write(inst, model, "main", range(0, 30), "a")
+        inst.attach(_guest(tmp_path / "elsewhere", model))
+        _write(inst, model, "guest", range(5, 20), "g", delete=2)
+        inst.backup(tmp_path / "full")
+        _write(inst, model, "main", range(20, 60), "b", delete=4)
+        _write(inst, model, "guest", range(15, 40), "h", delete=6)
+        _write(inst, model, "fresh", range(0, 10), "f")  # created after the backup
+        inst.simulate_crash()
+    assert binding_records(live) == []
+
+    inst = jetstore.open(live, **OPTIONS)  # this engine: recovers the older engine's crash
+    _write(inst, model, "main", range(50, 90), "c", delete=8)
+    _write(inst, model, "guest", range(35, 60), "i", delete=9)
+    _write(inst, model, "fresh", range(5, 15), "e", delete=1)
+    assert _rows(inst) == model
+    inst.simulate_crash()
+    assert binding_records(live) == []  # nothing joined or left: no binding record either
+    first = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert (first.detached, first.not_restored) == ([], [])
+    assert _restored(tmp_path / "restored") == model
+
+    # This engine detaches 'fresh' (a DETACH record; the incremental backup needs every
+    # database to have a full one) and takes an incremental backup over the older engine's.
+    inst = jetstore.open(live, **OPTIONS)
+    Path(inst.detach("fresh")).rename(tmp_path / "fresh.edb")
+    inst.backup(tmp_path / "incremental", kind="incremental")
+    _write(inst, model, "main", range(85, 95), "d")
+    _write(inst, model, "guest", range(0, 3), "j")
+    inst.close()
+    jetstore.restore(
+        [tmp_path / "full", tmp_path / "incremental"], tmp_path / "again", logs_from=live
+    )
+    assert _restored(tmp_path / "again") == model  # 'fresh' as it was at its detach
