@@ -105,3 +105,47 @@ def test_restore_of_an_older_engines_backup_over_the_logs_of_both_engines(
         [tmp_path / "full", tmp_path / "incremental"], tmp_path / "again", logs_from=live
     )
     assert _restored(tmp_path / "again") == model  # 'fresh' as it was at its detach
+
+
+def test_restore_across_a_detach_by_the_older_engine_and_a_join_at_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """The older engine detached 'other' after the backup (no DETACH record); it changed
+    elsewhere, came back while the instance was closed, and joined the stream at the first
+    open of this engine (an ATTACH record of its own signature). The image is restored as
+    it was when it left, as after a logged detach and attach
+    (`test_restore_across_detach_and_reattach_of_the_same_database`): what the log holds
+    from the join on continues the file as it came back, not the image. It used to be
+    applied to the image, which then held the rows written after the join without those
+    written elsewhere: a state the database never had."""
+    live = tmp_path / "live"
+    model: Rows = {}
+    with older_engine():
+        inst = jetstore.open(live, **OPTIONS)
+        _write(inst, model, "main", range(0, 10), "m")
+        _write(inst, model, "other", range(0, 10), "o")
+        inst.backup(tmp_path / "full")
+        _write(inst, model, "other", range(10, 15), "o", delete=0)
+        at_detach = dict(model["other"])
+        Path(inst.detach("other")).rename(tmp_path / "other.edb")
+        _write(inst, model, "main", range(10, 15), "m")
+        inst.close()
+    elsewhere = jetstore.open(tmp_path / "elsewhere", **OPTIONS)
+    elsewhere.attach(tmp_path / "other.edb")
+    _write(elsewhere, model, "other", range(100, 105), "x")
+    Path(elsewhere.detach("other")).rename(live / "other.edb")
+    elsewhere.close()
+
+    inst = jetstore.open(live, **OPTIONS)  # this engine: 'other' joins, logged
+    _write(inst, model, "other", range(200, 203), "n", delete=1)
+    _write(inst, model, "main", range(15, 20), "m")
+    assert _rows(inst) == model
+    inst.close()
+    joined = [record for _gen, record in binding_records(live)]
+    assert [(type(r).__name__, r.name) for r in joined] == [("AttachDatabaseRecord", "other")]
+
+    result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert [name for name, _at in result.detached] == ["other"]
+    assert [name for name, _at in result.not_restored] == ["other"]
+    assert any("'other'" in note and "attached again" in note for note in result.notes)
+    assert _restored(tmp_path / "restored") == {"main": model["main"], "other": at_detach}

@@ -639,7 +639,10 @@ class RecordMatcher:
     the database was attached after the backup, which does not hold it) and refused
     otherwise (AttachedDatabaseMismatch, or a loss under `accept_data_loss`), never applied
     to another database's file. Logs written before these records existed have none: there
-    the ids are taken as the files say, as before.
+    the ids are taken as the files say, as before. Where such logs continue with this
+    engine's (an instance upgraded in place), an ATTACH record of the very database a file
+    here was bound to before it (same id and signature) says that it left without a DETACH
+    record and came back: the file is final there, as at a DETACH followed by that ATTACH.
     """
 
     def __init__(
@@ -812,9 +815,21 @@ class RecordMatcher:
 
     def _match_attach(self, record: AttachDatabaseRecord, at: LogPosition) -> None:
         database_id = record.database_id
-        if self._bound_file(database_id, record.signature_random) is not None:
+        own = self._bound_file(database_id, record.signature_random)
+        if own is not None and not self._bound_before(own, at):
             self._rebound.pop(database_id, None)
             return  # its own file is here: its records after its checkpoint are applied
+        if own is not None:
+            # Its file here was bound before this attach of the same database: the database
+            # left the instance in between without a DETACH record (an engine older than
+            # these records detached it: an instance upgraded in place) and came back, maybe
+            # changed. As after a DETACH, the file is final here, and the records from here
+            # on continue the database as it came back, not this file.
+            self._end_binding(
+                database_id, at, "left the instance (no DETACH record) and was attached again"
+            )
+            self._rebound[database_id] = ("attached", record.name, at)
+            return
         bound = self._by_id.get(database_id)
         if bound is not None:
             if not self._bound_before(bound, at):
