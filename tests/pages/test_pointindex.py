@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import jetstore
 from jetstore.format.positions import LogPosition
 from jetstore.pages.btree import Node, lookup
+from jetstore.pages.cache import NodeCache
 from jetstore.pages.pagefile import DatabaseFile
 from jetstore.pages.pointindex import PointReadIndex
 
@@ -139,6 +141,50 @@ def test_forget_removes_the_entries_of_a_leaf_filled_in_this_generation() -> Non
     assert index.entries == {}
     index.forget(first)  # filled in an older generation: its keys are not counted on
     assert index.forgotten == 1
+
+
+def test_a_leaf_the_cache_drops_while_it_is_being_filled_leaves_no_entries() -> None:
+    """Invariant 4 under a race: a reader's `fill` saw the cache holding the leaf, then (on
+    another thread, before the fill marked the leaf) the cache dropped it. The drop's
+    `forget` must still take the leaf's keys out once the fill is done; else they stay in
+    the index, belonging to no cached leaf, until it is next emptied (a leak that grows with
+    every such race)."""
+    index = PointReadIndex()
+    cache = NodeCache(16)
+    cache.on_drop = index.forget
+    cache.on_clear = index.clear
+    root = leaf(5, (b"a", b"1"), (b"b", b"2"))
+    cache.put(5, root)
+    index.reset(root)
+    dropper: list[threading.Thread] = []
+
+    class DroppedRightAfter(Mapping[int, Node]):
+        """The cache's nodes, as a fill reads them; the leaf is dropped once it was seen."""
+
+        def __getitem__(self, pgno: int) -> Node:
+            return cache.nodes[pgno]
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(cache.nodes)
+
+        def __len__(self) -> int:
+            return len(cache.nodes)
+
+        def get(self, pgno: int, default: object = None) -> Node | None:  # type: ignore[override]
+            seen = cache.nodes.get(pgno)
+            thread = threading.Thread(target=cache.discard, args=(pgno,))
+            dropper.append(thread)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while pgno in cache.nodes and time.monotonic() < deadline:
+                time.sleep(0.0005)  # until the other thread took it out of the cache
+            return seen
+
+    index.fill(root, root, DroppedRightAfter())
+    dropper[0].join(10)
+    assert not dropper[0].is_alive()
+    assert 5 not in cache.nodes
+    assert index.entries == {}, "the keys of a leaf the cache no longer holds"
 
 
 def test_a_disabled_index_describes_no_tree() -> None:

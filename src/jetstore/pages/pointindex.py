@@ -23,6 +23,7 @@ Invariants:
    - `fill`: a reader of `root` adds a written leaf's entries, only while `root` is still
      the tree the leaf was reached from and the node cache holds that very leaf.
    - `forget`: the node cache dropped a filled leaf (evicted, its page freed): its keys go.
+     It asks whether the leaf is filled under `lock`, so a `fill` racing the drop is seen.
    - `reset` and `clear`: emptied (a new tree not derived from `root`, the cache cleared).
    Removing an entry is always safe for a concurrent reader (it reads the tree instead);
    adding or changing one is what `version` and `root` guard.
@@ -129,8 +130,17 @@ class PointReadIndex:
             return True
 
     def forget(self, node: Node) -> None:
-        """The node cache dropped `node`: if its entries are here, they go (invariant 4)."""
-        if node.indexed_in != self.generation:
+        """The node cache dropped `node`: if its entries are here, they go (invariant 4).
+
+        Whether they are is asked under the lock, never before it: a `fill` that saw the
+        cache holding the leaf may mark it (under the lock) only after the cache dropped it,
+        and this call must then wait for that fill and take its keys out again. (A check
+        before the lock saw the leaf unmarked and left them in the index, held by no cached
+        leaf, until the index was next emptied.) Only branches, never filled, are let go
+        without the lock; a dropped leaf costs one uncontended lock, next to the page read
+        that made room for it.
+        """
+        if not node.leaf:
             return
         with self.lock:
             if node.indexed_in != self.generation:
