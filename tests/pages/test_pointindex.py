@@ -378,6 +378,40 @@ def test_the_index_holds_only_leaves_the_node_cache_holds(tmp_path: Path) -> Non
         assert_exact(file_of(db))
 
 
+def test_a_leaf_whose_keys_a_dropped_leaf_took_along_is_filled_again(
+    db: jetstore.Database,
+) -> None:
+    """A commit copies a filled leaf; an older snapshot keeps the old page from being freed
+    at the next checkpoint, which writes the copy, and a read fills the copy. When the old
+    page is freed at last, the cache discards the old leaf and `forget` takes its keys out:
+    the copy's keys too (they are the same keys). The copy stays marked filled, so without a
+    refill the index would never answer its keys again until it is next emptied."""
+    load(db, 300)
+    instance = db._instance
+    instance.checkpoint()
+    points = file_of(db).point_index
+    with db.transaction() as txn:
+        assert txn.table("t").get(key(5)) is not None  # fills the leaf of keys 0..~130
+    older = db.transaction()  # keeps that leaf's page from being reused
+    with db.transaction() as txn:
+        txn.table("t").insert({"k": key(5) + b"+", "v": b"new"})  # copies the leaf
+    instance.checkpoint()  # writes the copy and caches it; the old page stays pending
+    with db.transaction() as txn:
+        # Not in the index: the read reaches the copy and fills it.
+        assert txn.table("t").get(key(5) + b"+") == {"k": key(5) + b"+", "v": b"new"}
+    older.rollback()
+    instance.checkpoint()  # frees the old page: the old leaf leaves the cache and the index
+    with db.transaction() as txn:
+        get = txn.table("t").get
+        for i in range(50):
+            assert get(key(i)) == {"k": key(i), "v": b"v0-%d" % i}
+        hits = points.hits
+        for i in range(50):
+            assert get(key(i)) == {"k": key(i), "v": b"v0-%d" % i}
+    assert points.hits - hits == 50, "the copy's keys are answered by the index again"
+    assert_exact(file_of(db))
+
+
 def test_the_index_can_be_turned_off(tmp_path: Path) -> None:
     options = dict(OPTIONS, point_read_index=False)
     with jetstore.open(tmp_path / "inst", **options) as instance:  # type: ignore[arg-type]

@@ -436,8 +436,20 @@ class DatabaseFile:
         index = node.index
         if index is not None:
             return index.get(key)
-        if node.indexed_in == points.generation or not fill:
+        if not fill:
             return leaf_search(node, key)
+        if node.indexed_in == points.generation:
+            # Its entries are in the point-read index (this key is not, or a commit is
+            # changing the index): bisected, not given a dict of its own as well.
+            value = leaf_search(node, key)
+            if value is not None and root is points.root:
+                # A key of a filled leaf of the tree described, missing from the index: a
+                # leaf the cache dropped since took it out (`PointReadIndex.forget` removes
+                # a dropped leaf's keys, which a copy of that leaf filled later shares).
+                # Filled again, or the index would never answer this leaf's keys until it
+                # is next emptied.
+                points.fill(root, node, self.cache.nodes)
+            return value
         return leaf_get(node, key)
 
     def root(self) -> Node | None:

@@ -32,7 +32,10 @@ Invariants:
    (about 60-100 bytes an entry, key and value objects shared with the leaf), in place of
    the `index` dict point reads would otherwise build in the leaf (`btree.leaf_get`).
 5. `generation` counts the times the index was emptied: a leaf records the generation that
-   holds its entries (`Node.indexed_in`), so after emptying, leaves are filled again.
+   holds its entries (`Node.indexed_in`), so after emptying, leaves are filled again. A
+   mark does not promise every key is still here: `forget` of one leaf takes out keys that
+   another leaf shares (an old leaf whose page is freed after its copy was filled), so a
+   point read that finds its key in a marked leaf of `root` but not here fills it again.
 """
 
 from __future__ import annotations
