@@ -125,6 +125,28 @@ def test_an_advance_interrupted_halfway_describes_no_tree_until_the_next_one() -
     assert index.entries == {} and index.root is newer
 
 
+def test_an_advance_interrupted_halfway_is_not_taken_for_the_empty_tree() -> None:
+    """`root` None is also the empty tree: an advance from it must not keep the entries an
+    interrupted advance left behind (half of a commit's changes, for a tree not described)."""
+    index = PointReadIndex()
+    old = leaf(5, (b"a", b"1"), (b"b", b"2"))
+    index.reset(old)
+    assert index.fill(old, old, {5: old})
+
+    class Interrupted(dict[bytes, bytes | None]):
+        def items(self) -> Iterator[tuple[bytes, bytes | None]]:  # type: ignore[override]
+            yield b"a", b"9"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        index.advance(old, leaf(6, (b"a", b"9"), (b"b", b"2")), Interrupted(a=None))
+    assert index.root is None and index.entries
+    new = leaf(7, (b"c", b"3"))
+    index.advance(None, new, {b"c": b"3"})  # a commit into an empty tree
+    assert index.root is new
+    assert index.entries == {}, "entries of another tree"
+
+
 def test_forget_removes_the_entries_of_a_leaf_filled_in_this_generation() -> None:
     index = PointReadIndex()
     first = leaf(5, (b"a", b"1"), (b"b", b"2"))

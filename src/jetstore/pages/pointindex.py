@@ -19,7 +19,8 @@ Invariants:
    - `advance`: the database publishes a new tree (a commit): each key the commit changed
      that is present is updated or removed, then `root` becomes the new tree. If the index
      did not describe the commit's base tree, it is emptied instead. An exception halfway
-     leaves `root` at None: the next `advance` or `reset` empties it.
+     leaves `root` at None with entries: the next `advance` (from the empty tree too, which
+     holds no key) or `reset` empties it.
    - `fill`: a reader of `root` adds a written leaf's entries, only while `root` is still
      the tree the leaf was reached from and the node cache holds that very leaf.
    - `forget`: the node cache dropped a filled leaf (evicted, its page freed): its keys go.
@@ -98,6 +99,10 @@ class PointReadIndex:
         with self.lock:
             self.version += 1
             entries = self.entries
+            # `root` None is the empty tree, which holds no key, or no tree at all (an
+            # advance interrupted halfway): entries then mean the latter.
+            described = self.root is old_root and (old_root is not None or not entries)
+            self.root = None
             if entries:
                 described = self.root is old_root
                 self.root = None
