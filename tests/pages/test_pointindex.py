@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -349,6 +350,71 @@ def test_a_read_that_a_commit_overtakes_reads_its_snapshot(db: jetstore.Database
             assert txn.table("t").get(key(9)) == {"k": key(9), "v": b"newer"}
     finally:
         reader.rollback()
+
+
+def test_a_read_between_the_version_moving_and_the_root_hidden_reads_its_snapshot(
+    db: jetstore.Database,
+) -> None:
+    """The sequence lock's other edge: a reader that reads `version` after a commit's
+    `advance` moved it must not still find `root` naming its (older) snapshot, or it probes
+    entries the commit then changes and sees `version` unmoved. The commit is paused at the
+    first line of `advance` after `version` moved; a reader of the older snapshot reads
+    there, and its probe lets the commit finish first."""
+    load(db, 300)
+    db._instance.checkpoint()
+    with db.transaction() as txn:
+        assert txn.table("t").get(key(9)) is not None  # fills the index
+    points = file_of(db).point_index
+    reader = db.transaction()
+    table = reader.table("t")
+    before = points.version
+    paused, resume, done = threading.Event(), threading.Event(), threading.Event()
+
+    def pause_once_version_moved(frame: FrameType, event: str, arg: object) -> object:
+        if frame.f_code is not PointReadIndex.advance.__code__:
+            return None
+
+        def line(frame: FrameType, event: str, arg: object) -> object:
+            if event == "line" and points.version != before and not paused.is_set():
+                paused.set()
+                resume.wait(10)
+            return line
+
+        return line
+
+    def writer() -> None:
+        sys.settrace(pause_once_version_moved)
+        try:
+            with db.transaction() as txn:
+                txn.table("t").update(key(9), {"v": b"newer"})
+        finally:
+            sys.settrace(None)
+            done.set()
+
+    class Overtaken(dict[bytes, bytes]):
+        armed = False
+
+        def get(self, k: bytes, default: object = None) -> object:  # type: ignore[override]
+            if Overtaken.armed:  # the reader's probe, not the writer's own read
+                Overtaken.armed = False
+                resume.set()  # the commit changes the entries before this probe reads them
+                done.wait(10)
+            return super().get(k, default)
+
+    points.entries = Overtaken(points.entries)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert paused.wait(10), "the commit never moved the version"
+        Overtaken.armed = True
+        assert table.get(key(9)) == {"k": key(9), "v": b"v0-9"}
+    finally:
+        resume.set()
+        thread.join(10)
+        reader.rollback()
+    assert done.is_set()
+    with db.transaction() as txn:
+        assert txn.table("t").get(key(9)) == {"k": key(9), "v": b"newer"}
 
 
 def test_reads_in_a_transaction_with_writes_of_its_own_see_them(db: jetstore.Database) -> None:

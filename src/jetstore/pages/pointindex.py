@@ -12,9 +12,13 @@ Invariants:
    under k. The index describes one tree, `root`, and nothing else.
 2. Readers take no lock (`DatabaseFile.lookup`): they read `version`, check that `root` is
    their snapshot's root, probe `entries`, and use a value only if `version` is still what
-   they read (a sequence lock; the GIL orders these reads and writes). `advance` moves
-   `version` before it changes anything and holds `root` at None while it changes the
-   entries, so a reader that probed meanwhile reads the tree instead.
+   they read (a sequence lock; the GIL orders these reads and writes). `advance` and
+   `reset` set `root` to None, then move `version`, then change the entries, and name the
+   new tree only once they are done. In that order: a reader that found `root` naming its
+   tree read `version` before it moved, so if the entries changed before its probe it sees
+   `version` moved and reads the tree instead. (Moving `version` first let a reader read
+   the moved `version`, then still find the old `root`, then probe entries changed for the
+   new tree with `version` unmoved since: a value of a later commit.)
 3. Entries change only under `lock`, in four ways:
    - `advance`: the database publishes a new tree (a commit): each key the commit changed
      that is present is updated or removed, then `root` becomes the new tree. If the index
@@ -83,8 +87,8 @@ class PointReadIndex:
     def reset(self, root: Node | None) -> None:
         """Describe `root` from now on, empty (a tree not derived from the one described)."""
         with self.lock:
+            self.root = None  # before `version` moves (invariant 2)
             self.version += 1
-            self.root = None
             self._empty()
             if self.enabled:
                 self.root = root
@@ -97,12 +101,12 @@ class PointReadIndex:
         if not self.enabled:
             return
         with self.lock:
-            self.version += 1
             entries = self.entries
             # `root` None is the empty tree, which holds no key, or no tree at all (an
             # advance interrupted halfway): entries then mean the latter.
             described = self.root is old_root and (old_root is not None or not entries)
-            self.root = None
+            self.root = None  # before `version` moves (invariant 2)
+            self.version += 1
             if entries:
                 described = self.root is old_root
                 self.root = None
