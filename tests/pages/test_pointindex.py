@@ -9,6 +9,7 @@ dict model; a thread test reads the latest snapshot while commits change the key
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 import time
@@ -208,6 +209,34 @@ def test_a_leaf_the_cache_drops_while_it_is_being_filled_leaves_no_entries() -> 
     assert not dropper[0].is_alive()
     assert 5 not in cache.nodes
     assert index.entries == {}, "the keys of a leaf the cache no longer holds"
+
+
+def test_evictions_make_the_next_point_reads_descend_and_probe_only_names_root() -> None:
+    """Invariant 6: each eviction owes descents (reads through the node cache, which mark
+    what they reach); meanwhile no read probes, and `probe` names `root` again once they
+    are made, across a commit too. It never names another tree."""
+    index = PointReadIndex()
+    root = leaf(5, (b"a", b"1"))
+    index.reset(root)
+    index.evicted()
+    assert index.probe is root and index.owed == 0, "nothing is answered here yet"
+    assert index.fill(root, root, {5: root})
+    index.evicted()
+    owed = index.owed
+    assert owed > 0 and index.probe is None
+    new = leaf(6, (b"a", b"2"))
+    index.advance(root, new, {b"a": b"2"})
+    assert index.root is new and index.probe is None
+    for _ in range(owed - 1):
+        index.descended()
+        assert index.probe is None
+    index.descended()
+    assert index.owed == 0 and index.probe is new
+    index.descended()  # a descent owed nothing
+    assert index.probe is new
+    for _ in range(1000):
+        index.evicted()
+    assert index.owed <= 256, "a burst of evictions owes a bounded number of descents"
 
 
 def test_a_disabled_index_describes_no_tree() -> None:
@@ -498,6 +527,43 @@ def test_a_leaf_whose_keys_a_dropped_leaf_took_along_is_filled_again(
             assert get(key(i)) == {"k": key(i), "v": b"v0-%d" % i}
     assert points.hits - hits == 50, "the copy's keys are answered by the index again"
     assert_exact(file_of(db))
+
+
+def test_leaves_hot_through_the_index_stay_in_the_node_cache(tmp_path: Path) -> None:
+    """Reads the index answers touch no node, so they cannot set a leaf's CLOCK bit: unless
+    some reads still go through the cache, the leaves read most look unread and are evicted
+    first, then read from disk again. A few hot leaves read between cold reads all over a
+    table larger than the cache must cost about as many page reads with the index as
+    without it."""
+
+    def pages_read(enabled: bool) -> int:
+        options = dict(OPTIONS, cache_size=256 * 1024, point_read_index=enabled)
+        with jetstore.open(tmp_path / f"inst-{enabled}", **options) as instance:  # type: ignore[arg-type]
+            db = instance.database("main", create=True)
+            db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+            with db.transaction() as txn:
+                table = txn.table("t")
+                for i in range(4000):  # ~100 leaves; the cache holds 32 pages
+                    table.insert({"k": key(i), "v": bytes(150)})
+            instance.checkpoint()
+            file_of(db).cache.clear()
+            before = file_of(db).pages_read
+            with db.transaction() as txn:
+                get = txn.table("t").get
+                draw = random.Random(7).randrange
+                for n in range(10000):
+                    if n % 16:
+                        assert get(key(draw(400))) is not None  # the first ~8 leaves
+                    else:
+                        assert get(key(400 + draw(3600))) is not None  # anywhere else
+            if enabled:
+                assert instance.counters()["point_index_hits"] > 0
+                assert_exact(file_of(db))
+            return file_of(db).pages_read - before
+
+    without = pages_read(False)
+    # Without the index ~540 pages; with it, and nothing to let hot leaves show: ~870.
+    assert pages_read(True) <= without * 6 // 5, without
 
 
 def test_the_index_can_be_turned_off(tmp_path: Path) -> None:

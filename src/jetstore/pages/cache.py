@@ -12,6 +12,9 @@ Replacement is second-chance FIFO (CLOCK): a hit only sets the node's `reference
 without a lock or any reordering, so concurrent readers never contend (a bit on the node the
 reader touches anyway, not a set of page numbers: no extra memory to miss on); eviction, under
 the lock, gives a referenced page one more round (clearing its bit) instead of dropping it.
+A read the point-read index answers touches no node: each eviction tells the index
+(`on_evict`), which then has the next few point reads descend through the cache, marking
+what they reach (`jetstore.pages.pointindex`, invariant 6).
 
 An instance's databases share one `cache_size` (`CacheBudget`, in bytes of pages: databases
 of different page sizes count what they hold): their caches share the budget's lock, and a
@@ -66,6 +69,9 @@ class NodeCache:
         #: index forgets a dropped leaf's entries), and of every emptying (`on_clear`).
         self.on_drop: Callable[[Node], None] | None = None
         self.on_clear: Callable[[], None] | None = None
+        #: Told of every eviction (CLOCK), under its lock: reads the point-read index answers
+        #: touch no node, so it has the next few reads descend and mark what they reach.
+        self.on_evict: Callable[[], None] | None = None
 
     def get(self, pgno: int) -> Node | None:
         node = self._nodes.get(pgno)
@@ -116,6 +122,8 @@ class NodeCache:
                 self.evictions += 1
                 if self.on_drop is not None:
                     self.on_drop(victim)
+                if self.on_evict is not None:
+                    self.on_evict()
                 if self._budget is not None:
                     self._budget.used -= self.page_size
                 return

@@ -146,6 +146,7 @@ class DatabaseFile:
         self.point_index = PointReadIndex()
         self.cache.on_drop = self.point_index.forget
         self.cache.on_clear = self.point_index.clear
+        self.cache.on_evict = self.point_index.evicted
         self._space_lock = threading.Lock()
         self._header_lock = threading.Lock()
         self._free: list[int] = []
@@ -386,7 +387,9 @@ class DatabaseFile:
         The point-read path. In the tree the database published last, a key whose leaf a
         point read reached before is answered by the point-read index (one hash probe, see
         `jetstore.pages.pointindex` for why that is exact); the first read reaching a written
-        leaf of that tree adds the leaf's entries to it. Otherwise the tree is descended: a
+        leaf of that tree adds the leaf's entries to it; after an eviction of the node cache,
+        the next few reads descend instead, so that its CLOCK sees which leaves are read (see
+        `jetstore.pages.pointindex`, invariant 6). Otherwise the tree is descended: a
         child found in the node cache is taken inline (the hit marked and counted as
         `NodeCache.get` does) instead of through `load` and `NodeCache.get`, two calls per
         tree level; anything else goes through `load`.
@@ -399,12 +402,15 @@ class DatabaseFile:
             return None
         points = self.point_index
         version = points.version
-        if node is points.root:
+        if node is points.probe:
             value = points.entries.get(key)
             # Only if no commit changed the index meanwhile (its invariant 2).
             if value is not None and points.version == version:
                 points.hits += 1
                 return value
+        # Read before the descent: a descent owed for an eviction this read itself causes
+        # would record this (likely cold) read instead of a later one.
+        owed = points.owed
         cached = self._cached
         hits = 0
         while not node.leaf:
@@ -422,6 +428,8 @@ class DatabaseFile:
                     node = hit
         if hits:
             self.cache.hits += hits
+        if owed and root is points.root:
+            points.descended()  # a sample for the cache's CLOCK (pointindex invariant 6)
         # The first read of the described tree to reach a written leaf adds its entries.
         if (
             fill
@@ -431,18 +439,17 @@ class DatabaseFile:
         ):
             points.fill(root, node, self.cache.nodes)
         # A leaf's own dict answers in one probe. A leaf whose entries are in the index (this
-        # key is not, or a commit is changing the index) is bisected, as for a one-off
-        # probe: no dict of its own. Any other leaf as `btree.lookup` reads it.
+        # key is not, a commit is changing the index, or the read descended for the cache's
+        # CLOCK) is bisected, as for a one-off probe: no dict of its own. Any other leaf as
+        # `btree.lookup` reads it.
         index = node.index
         if index is not None:
             return index.get(key)
         if not fill:
             return leaf_search(node, key)
         if node.indexed_in == points.generation:
-            # Its entries are in the point-read index (this key is not, or a commit is
-            # changing the index): bisected, not given a dict of its own as well.
             value = leaf_search(node, key)
-            if value is not None and root is points.root:
+            if value is not None and root is points.root and key not in points.entries:
                 # A key of a filled leaf of the tree described, missing from the index: a
                 # leaf the cache dropped since took it out (`PointReadIndex.forget` removes
                 # a dropped leaf's keys, which a copy of that leaf filled later shares).

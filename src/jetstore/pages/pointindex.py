@@ -10,15 +10,16 @@ index is; unlike a cache it is never stale, never "mostly right" (design D18).
 Invariants:
 1. Exact: while `version` does not move, every entry (k, v) is what the tree `root` holds
    under k. The index describes one tree, `root`, and nothing else.
-2. Readers take no lock (`DatabaseFile.lookup`): they read `version`, check that `root` is
-   their snapshot's root, probe `entries`, and use a value only if `version` is still what
-   they read (a sequence lock; the GIL orders these reads and writes). `advance` and
-   `reset` set `root` to None, then move `version`, then change the entries, and name the
-   new tree only once they are done. In that order: a reader that found `root` naming its
-   tree read `version` before it moved, so if the entries changed before its probe it sees
-   `version` moved and reads the tree instead. (Moving `version` first let a reader read
-   the moved `version`, then still find the old `root`, then probe entries changed for the
-   new tree with `version` unmoved since: a value of a later commit.)
+2. Readers take no lock (`DatabaseFile.lookup`): they read `version`, check that `probe`
+   (`root`, or None: invariant 6) is their snapshot's root, probe `entries`, and use a
+   value only if `version` is still what they read (a sequence lock; the GIL orders these
+   reads and writes). `advance` and `reset` set `root` and `probe` to None, then move
+   `version`, then change the entries, and name the new tree only once they are done. In
+   that order: a reader that found `probe` naming its tree read `version` before it moved,
+   so if the entries changed before its probe it sees `version` moved and reads the tree
+   instead. (Moving `version` first let a reader read the moved `version`, then still find
+   the old root, then probe entries changed for the new tree with `version` unmoved since:
+   a value of a later commit.)
 3. Entries change only under `lock`, in four ways:
    - `advance`: the database publishes a new tree (a commit): each key the commit changed
      that is present is updated or removed, then `root` becomes the new tree. If the index
@@ -41,6 +42,13 @@ Invariants:
    mark does not promise every key is still here: `forget` of one leaf takes out keys that
    another leaf shares (an old leaf whose page is freed after its copy was filled), so a
    point read that finds its key in a marked leaf of `root` but not here fills it again.
+6. The node cache's CLOCK sees point reads answered here only by samples. Such a read
+   touches no node, so it cannot set a leaf's `referenced` bit: the leaves read most would
+   look unread and be evicted first (then read from disk again). So each eviction owes a
+   few point reads (`evicted`): until they are made, `probe` is None and point reads of
+   `root` descend the tree, through the cache, marking the leaves they reach (`descended`).
+   The samples follow the reads, so a leaf read often through the index is marked often.
+   `probe` is `root` or None, hidden with it (invariant 2); it never names another tree.
 """
 
 from __future__ import annotations
@@ -53,6 +61,10 @@ from jetstore.pages.btree import Node
 #: A commit changing at most this many keys updates the index key by key; a larger one
 #: intersects its keys with the index's first (one C-level pass over the smaller side).
 _KEY_BY_KEY = 64
+#: Point reads that descend the tree instead of probing, for each node the cache evicts,
+#: and at most this many owed at once (a burst of evictions, such as a scan's).
+_DESCENTS_PER_EVICTION = 2
+_MAX_OWED = 256
 
 
 class PointReadIndex:
@@ -67,6 +79,8 @@ class PointReadIndex:
         "generation",
         "hits",
         "lock",
+        "owed",
+        "probe",
         "root",
         "version",
     )
@@ -76,6 +90,11 @@ class PointReadIndex:
         self.enabled = enabled
         self.entries: dict[bytes, bytes] = {}
         self.root: Node | None = None
+        #: The tree whose point reads probe `entries`: `root`, or None while the node cache
+        #: is owed descents (`owed`, invariant 6) or a commit changes the entries.
+        self.probe: Node | None = None
+        #: Point reads of `root` that are to descend the tree rather than probe (invariant 6).
+        self.owed = 0
         self.version = 0
         self.generation = 0
         self.lock = threading.Lock()
@@ -87,11 +106,13 @@ class PointReadIndex:
     def reset(self, root: Node | None) -> None:
         """Describe `root` from now on, empty (a tree not derived from the one described)."""
         with self.lock:
-            self.root = None  # before `version` moves (invariant 2)
+            self.root = self.probe = None  # before `version` moves (invariant 2)
             self.version += 1
             self._empty()
             if self.enabled:
                 self.root = root
+                if not self.owed:
+                    self.probe = root
 
     def advance(
         self, old_root: Node | None, new_root: Node | None, changes: Mapping[bytes, bytes | None]
@@ -105,7 +126,7 @@ class PointReadIndex:
             # `root` None is the empty tree, which holds no key, or no tree at all (an
             # advance interrupted halfway): entries then mean the latter.
             described = self.root is old_root and (old_root is not None or not entries)
-            self.root = None  # before `version` moves (invariant 2)
+            self.root = self.probe = None  # before `version` moves (invariant 2)
             self.version += 1
             if entries:
                 described = self.root is old_root
@@ -127,6 +148,8 @@ class PointReadIndex:
                         else:
                             entries[key] = value
             self.root = new_root  # only once every change is in (invariant 3)
+            if not self.owed:
+                self.probe = new_root
 
     def fill(self, root: Node | None, leaf: Node, cached: Mapping[int, Node]) -> bool:
         """Add the entries of `leaf`, a written leaf reached from `root`, if `root` is still
@@ -162,6 +185,24 @@ class PointReadIndex:
                 pop(key, None)
             node.indexed_in = -1
             self.forgotten += 1
+
+    def evicted(self) -> None:
+        """The node cache evicted a node (CLOCK, under its lock): the next point reads of
+        `root` descend the tree, so that the leaves they reach are marked referenced
+        (invariant 6)."""
+        if not self.entries:
+            return  # no read is answered here: the cache sees every one
+        with self.lock:
+            self.owed = min(self.owed + _DESCENTS_PER_EVICTION, _MAX_OWED)
+            self.probe = None
+
+    def descended(self) -> None:
+        """A point read of `root` descended the tree while descents were owed."""
+        with self.lock:
+            if self.owed:
+                self.owed -= 1
+                if not self.owed:
+                    self.probe = self.root
 
     def clear(self) -> None:
         """Empty the index, keeping the tree it describes (the node cache was emptied)."""
