@@ -350,6 +350,62 @@ def test_commits_keep_the_index_exact_and_old_snapshots_read_their_own_tree(
         assert txn.table("t").get(key(3)) == {"k": key(3), "v": b"third"}
 
 
+def test_schema_changes_long_values_and_a_table_dropped_and_created_again_keep_it_exact(
+    db: jetstore.Database,
+) -> None:
+    """Every change reaches the tree as commit operations, long-value chunks, index entries
+    and catalog entries included: after each kind of change, reads through the index give
+    the new state, an older snapshot its own, and every entry is what the tree holds."""
+    instance = db._instance
+    db.add_column("t", "n", "int")
+    long_value = bytes(range(256)) * 80  # kept in chunks beside the record
+
+    def value(i: int, version: int) -> bytes:
+        return long_value if i % 10 == 0 else b"v%d-%d" % (version, i)
+
+    with db.transaction() as txn:
+        table = txn.table("t")
+        for i in range(400):
+            table.insert({"k": key(i), "v": value(i, 0), "n": i})
+
+    def read_all(expected: dict[bytes, dict[str, object]]) -> None:
+        instance.checkpoint()  # written leaves, so that reads fill the index
+        for _ in range(2):
+            with db.transaction() as txn:
+                get = txn.table("t").get
+                for i in range(0, 420, 3):
+                    assert get(key(i)) == expected.get(key(i)), i
+        assert_exact(file_of(db))
+
+    rows = {key(i): {"k": key(i), "v": value(i, 0), "n": i} for i in range(400)}
+    read_all(rows)
+    older = db.transaction()
+    older_table = older.table("t")
+    db.create_index("t", "by_n", "n", unique=True)
+    read_all(rows)
+    db.drop_index("t", "by_n")
+    read_all(rows)
+    db.drop_column("t", "n")  # every record written again, in one commit
+    rows = {k: {"k": k, "v": row["v"]} for k, row in rows.items()}
+    read_all(rows)
+    with db.transaction() as txn:
+        table = txn.table("t")
+        for i in range(0, 400, 5):
+            table.update(key(i), {"v": value(i + 1, 1)})  # long values in and out
+    rows.update({key(i): {"k": key(i), "v": value(i + 1, 1)} for i in range(0, 400, 5)})
+    read_all(rows)
+    db.drop_table("t")
+    db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+    read_all({})
+    with db.transaction() as txn:
+        txn.table("t").insert({"k": key(3), "v": b"again"})
+    read_all({key(3): {"k": key(3), "v": b"again"}})
+    assert older_table.get(key(10)) == {"k": key(10), "v": long_value, "n": 10}
+    assert older_table.get(key(3)) == {"k": key(3), "v": b"v0-3", "n": 3}
+    older.rollback()
+    assert instance.counters()["point_index_hits"] > 0
+
+
 def test_a_read_that_a_commit_overtakes_reads_its_snapshot(db: jetstore.Database) -> None:
     """The interleaving the sequence lock exists for: a reader checked that the index
     describes its snapshot, then a commit changed the index before the reader's probe. The
@@ -564,6 +620,53 @@ def test_leaves_hot_through_the_index_stay_in_the_node_cache(tmp_path: Path) -> 
     without = pages_read(False)
     # Without the index ~540 pages; with it, and nothing to let hot leaves show: ~870.
     assert pages_read(True) <= without * 6 // 5, without
+
+
+def test_recovery_in_several_replay_batches_leaves_it_describing_the_recovered_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery publishes each replay batch without `advance` (`finish_replay`): the index
+    must describe the tree published last, and answer reads of it exactly."""
+    from jetstore.instance import database
+
+    with jetstore.open(tmp_path / "inst", **OPTIONS) as instance:  # type: ignore[arg-type]
+        db = instance.database("main", create=True)
+        db.create_table("t", [("k", "bytes"), ("v", "bytes")], primary_key="k")
+        load(db, 500)
+        instance.checkpoint()
+        for n in range(1, 40):
+            with db.transaction() as txn:
+                table = txn.table("t")
+                for i in range(n, 500, 37):
+                    table.update(key(i), {"v": b"r%d-%d" % (n, i)})
+                table.delete(key(n))
+        expected: dict[bytes, dict[str, object] | None] = {}
+        with db.transaction() as txn:
+            for i in range(500):
+                expected[key(i)] = txn.table("t").get(key(i))
+        instance.simulate_crash()
+    batches: list[int] = []
+    finish_replay = database.Database.finish_replay
+
+    def counted(self: database.Database) -> None:
+        if self._replay:
+            batches.append(len(self._replay))
+        finish_replay(self)
+
+    monkeypatch.setattr(database, "_REPLAY_BATCH_BYTES", 2048)
+    monkeypatch.setattr(database.Database, "finish_replay", counted)
+    with jetstore.open(tmp_path / "inst", **OPTIONS) as instance:  # type: ignore[arg-type]
+        db = instance.database("main")
+        assert len(batches) > 2, batches
+        points = file_of(db).point_index
+        assert points.root is db.root and points.probe is db.root
+        instance.checkpoint()
+        for _ in range(2):
+            with db.transaction() as txn:
+                for i in range(500):
+                    assert txn.table("t").get(key(i)) == expected[key(i)], i
+        assert points.hits > 0
+        assert_exact(file_of(db))
 
 
 def test_the_index_can_be_turned_off(tmp_path: Path) -> None:
