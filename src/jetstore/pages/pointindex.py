@@ -129,8 +129,6 @@ class PointReadIndex:
             self.root = self.probe = None  # before `version` moves (invariant 2)
             self.version += 1
             if entries:
-                described = self.root is old_root
-                self.root = None
                 if not described:
                     self._empty()
                 elif len(changes) <= _KEY_BY_KEY:

@@ -496,12 +496,13 @@ class Table:
         txn = self._snapshot
         raw: bytes | None
         if txn is not None and txn.state is self._active and not txn.operations:
-            # `DatabaseFile.lookup`'s first step inline: the point-read index, when it
-            # describes this snapshot's tree and no commit changed it during the probe.
+            # `DatabaseFile.lookup`'s first step inline: the point-read index, when its
+            # readers are to probe it for this snapshot's tree (`probe`) and no commit
+            # changed it during the probe.
             points = self._points
             version = points.version
             root = self._root
-            raw = points.entries.get(full) if root is points.root else None
+            raw = points.entries.get(full) if root is points.probe else None
             if raw is not None and points.version == version:
                 points.hits += 1
             else:
