@@ -812,6 +812,29 @@ TestPointReadMachine.settings = settings(
 
 
 def test_readers_of_the_latest_snapshot_see_exactly_its_commits(tmp_path: Path) -> None:
+    race_readers_with_a_writer(tmp_path, commits=600)
+
+
+@pytest.mark.soak
+def test_soak_readers_of_the_latest_snapshot_see_exactly_its_commits(tmp_path: Path) -> None:
+    for round_ in range(20):
+        race_readers_with_a_writer(tmp_path / str(round_), commits=5000)
+
+
+class SoakPointReadMachine(PointReadMachine):
+    pass
+
+
+SoakPointReadMachine.TestCase.settings = settings(
+    max_examples=1500,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSoakPointReadMachine = pytest.mark.soak(SoakPointReadMachine.TestCase)
+
+
+def race_readers_with_a_writer(tmp_path: Path, commits: int) -> None:
     """A writer changes keys (value = the commit's number) while readers read the latest
     snapshot through the index and a checkpointer writes leaves (making them fillable);
     every value read must be the last write at or before the reader's snapshot."""
@@ -832,7 +855,7 @@ def test_readers_of_the_latest_snapshot_see_exactly_its_commits(tmp_path: Path) 
 
         def writer() -> None:
             try:
-                for n in range(1, 600):
+                for n in range(1, commits):
                     k = keys[(n * 7) % len(keys)]
                     value: bytes | None = None if n % 5 == 0 else b"%d" % n
                     with db.transaction() as txn:
