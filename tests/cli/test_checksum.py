@@ -267,3 +267,12 @@ def test_copy_of_a_log_under_another_name(crashed: Path, tmp_path: Path, run_jso
     code, result = _checksum(run_json, lone)
     assert code == 0
     assert result["files"][0]["generation"] == 1 and result["files"][0]["frames"] > 0
+
+
+def test_an_unreadable_log_file_says_no_frame_was_found(closed: Path) -> None:
+    path = closed / generation_log_name(1)
+    path.write_bytes(bytes(path.stat().st_size))
+    done = run_entry_point("checksum", closed)
+    text = " ".join(done.stdout.replace("│", " ").split())  # cells wrap across lines
+    assert "None" not in text, done.stdout
+    assert "generation 1: 0 frames, no valid frame found" in text, done.stdout

@@ -62,6 +62,12 @@ def checksum_command(path: str, as_json: bool) -> None:
     finish("checksum", as_json=as_json, ok=report.ok, result=report.as_dict())
 
 
+def _end(counts: dict[str, object]) -> str:
+    """Where a log file's valid frames end, or that no end was found (an unreadable file)."""
+    end = counts.get("end_offset")
+    return "no valid frame found" if end is None else f"end at {end}"
+
+
 def _detail(counts: dict[str, object], kind: str, *, backup: bool = False) -> str:
     if backup:
         # `verify_backup`'s findings per file of a set: pages or frames, not the counts of a
@@ -70,7 +76,7 @@ def _detail(counts: dict[str, object], kind: str, *, backup: bool = False) -> st
             return "not read"
         if kind == "database":
             return f"{counts.get('pages')} pages verified"
-        return f"{counts.get('frames')} frames verified, end at {counts.get('end_offset')}"
+        return f"{counts.get('frames')} frames verified, {_end(counts)}"
     if kind == "database":
         return (
             f"{counts.get('pages')} pages ({counts.get('page_size')} bytes): "
@@ -80,8 +86,7 @@ def _detail(counts: dict[str, object], kind: str, *, backup: bool = False) -> st
         )
     if kind == "log":
         return (
-            f"generation {counts.get('generation')}: {counts.get('frames')} frames, "
-            f"end at {counts.get('end_offset')}"
+            f"generation {counts.get('generation')}: {counts.get('frames')} frames, {_end(counts)}"
         )
     if kind == "checkpoint":
         return f"copies ok: {counts.get('copies_ok')}/2"
