@@ -87,6 +87,16 @@ _COMMIT_ONE_PUT = struct.Struct("<BIQQIBH")  # a commit head, then its only oper
 _PUT_HEAD = struct.Struct("<BH")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
+#: The way out of a record that cannot be decoded. Its frame's checksum held (the bytes are as
+#: written), so `jetstore logs verify`, which checks frames, finds nothing: the record's own
+#: listing is where to look.
+UNDECODABLE_RECORD_HINT: Final = (
+    "The log's frames are intact; the record itself is not one this engine reads. Run "
+    "`jetstore dump logs DIR --records` to see it and the records around it. An unknown "
+    "record type means a newer engine wrote it: open the instance with that engine. "
+    "Otherwise restore the database from a backup, or `jetstore recover --accept-data-loss "
+    "DIR` keeps the transactions before this record"
+)
 _CREATE_HEAD = struct.Struct("<BII16sQ")
 _TIMED = struct.Struct("<BQ")
 _BINDING_HEAD = struct.Struct("<BI16sQ")
@@ -385,7 +395,9 @@ def decode_record(data: bytes, position: LogPosition | None = None) -> LogRecord
         )
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         where = f" at log position {position}" if position is not None else ""
-        raise LogFileCorrupt(f"undecodable log record{where}: {exc}") from exc
+        raise LogFileCorrupt(
+            f"undecodable log record{where}: {exc}", hint=UNDECODABLE_RECORD_HINT
+        ) from exc
 
 
 def _decode_commit(data: bytes) -> CommitRecord:
@@ -431,7 +443,9 @@ def _commit_head(data: bytes, position: LogPosition | None) -> tuple[int, int, i
         kind, db_id, txn_id, time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
     except struct.error as exc:
         where = f" at log position {position}" if position is not None else ""
-        raise LogFileCorrupt(f"undecodable commit record{where}: {exc}") from exc
+        raise LogFileCorrupt(
+            f"undecodable commit record{where}: {exc}", hint=UNDECODABLE_RECORD_HINT
+        ) from exc
     if kind != RECORD_COMMIT:
         raise LogFileCorrupt(f"record at {position} is not a commit record")
     return db_id, txn_id, time_us, count
@@ -516,7 +530,9 @@ def gather_commit_operations(
         return size
     except (struct.error, IndexError, ValueError) as exc:
         where = f" at log position {position}" if position is not None else ""
-        raise LogFileCorrupt(f"undecodable commit record{where}: {exc}") from exc
+        raise LogFileCorrupt(
+            f"undecodable commit record{where}: {exc}", hint=UNDECODABLE_RECORD_HINT
+        ) from exc
 
 
 def _gather_run(
