@@ -909,3 +909,28 @@ def race_readers_with_a_writer(tmp_path: Path, commits: int) -> None:
     for snapshot, k, got in reads:
         expected = [v for position, v in history[k] if position <= snapshot][-1]
         assert got == expected, (snapshot, k, got, expected)
+
+
+def test_a_fill_interrupted_halfway_leaves_no_keys_unaccounted_for() -> None:
+    """An interrupt inside `fill`'s update (entries added, more to come) must not leave keys
+    in the index that no marked leaf accounts for: `forget` of the leaf takes them out."""
+    index = PointReadIndex()
+    root = leaf(9)
+    index.reset(root)
+    filled = leaf(5, (b"a", b"1"), (b"b", b"2"), (b"c", b"3"))
+
+    class Interrupting(list[bytes]):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"a"
+            yield b"b"
+            raise KeyboardInterrupt
+
+    filled.keys = Interrupting(filled.keys)
+    with pytest.raises(KeyboardInterrupt):
+        index.fill(root, filled, {5: filled})
+    assert not index.lock.locked()
+    assert filled.indexed_in == index.generation
+    assert index.entries, "the update was under way"
+    filled.keys = list(filled.keys[:])  # a plain list again, for `forget`
+    index.forget(filled)
+    assert index.entries == {}

@@ -156,8 +156,11 @@ class PointReadIndex:
             pgno = leaf.pgno
             if self.root is not root or pgno is None or cached.get(pgno) is not leaf:
                 return False
-            self.entries.update(zip(leaf.keys, leaf.values, strict=True))
+            # Marked first: an exception during the update (an interrupt) then leaves a marked
+            # leaf missing keys, which `forget` cleans up and a later read fills again
+            # (invariant 5), never keys that no marked leaf accounts for (invariant 4).
             leaf.indexed_in = self.generation
+            self.entries.update(zip(leaf.keys, leaf.values, strict=True))
             leaf.index = None  # its entries are here now: one dict of them is enough
             self.fills += 1
             return True
