@@ -934,3 +934,18 @@ def test_a_fill_interrupted_halfway_leaves_no_keys_unaccounted_for() -> None:
     filled.keys = list(filled.keys[:])  # a plain list again, for `forget`
     index.forget(filled)
     assert index.entries == {}
+
+
+def test_a_leaf_the_cache_does_not_hold_is_refused_without_the_lock() -> None:
+    """A small tree's root leaf, evicted from the cache (the tree holds it, and no read
+    reaches it through the cache), is refused on every read: without taking the lock."""
+    index = PointReadIndex()
+    root = leaf(5, (b"a", b"1"))
+    index.reset(root)
+    results: list[bool] = []
+    with index.lock:  # held by a commit, say
+        reader = threading.Thread(target=lambda: results.append(index.fill(root, root, {})))
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "the refusal waited for the lock"
+    assert results == [False]

@@ -152,9 +152,13 @@ class PointReadIndex:
     def fill(self, root: Node | None, leaf: Node, cached: Mapping[int, Node]) -> bool:
         """Add the entries of `leaf`, a written leaf reached from `root`, if `root` is still
         the tree described and `cached` (the node cache) holds the leaf. True if added."""
+        pgno = leaf.pgno
+        if pgno is None or cached.get(pgno) is not leaf:
+            # Asked first without the lock: a root leaf the cache evicted (its tree holds it,
+            # no read reaches it through the cache) is refused on every read of a small tree.
+            return False
         with self.lock:
-            pgno = leaf.pgno
-            if self.root is not root or pgno is None or cached.get(pgno) is not leaf:
+            if self.root is not root or cached.get(pgno) is not leaf:
                 return False
             # Marked first: an exception during the update (an interrupt) then leaves a marked
             # leaf missing keys, which `forget` cleans up and a later read fills again
