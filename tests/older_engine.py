@@ -10,7 +10,8 @@ logged nothing after the clean header, and its open logged nothing for a databas
 the stream. `older_engine()` makes this engine do exactly that: an append of either record
 writes nothing and returns the log's end.
 
-Shared by `tests/crash/test_upgrade_in_place.py` and `tests/backup/test_restore_upgrade.py`.
+Shared by `tests/crash/test_upgrade_in_place.py` and `tests/backup/test_restore_upgrade.py`,
+with their workload (`write_rows`, `read_rows`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import jetstore
 from jetstore.format.logrecords import (
     RECORD_ATTACH_DATABASE,
     RECORD_DETACH_DATABASE,
@@ -34,6 +36,44 @@ from jetstore.log.reader import LogScanner, take_inventory
 from jetstore.log.writer import LogWriter
 
 BINDING_RECORDS = (RECORD_DETACH_DATABASE, RECORD_ATTACH_DATABASE)
+KV = [("k", "int"), ("v", "text")]
+Rows = dict[str, dict[Any, Any]]  # database -> key -> value
+
+
+def write_rows(
+    inst: jetstore.Instance,
+    model: Rows,
+    name: str,
+    keys: range,
+    tag: str,
+    *,
+    delete: int | None = None,
+    width: int = 30,
+) -> None:
+    """One transaction per key upserting `tag`+key repeated `width` times into table "kv" of
+    database `name` (created if needed), then, with `delete`, one deleting that key; `model`
+    follows."""
+    db = inst.database(name, create=True)
+    if "kv" not in db.table_names():
+        db.create_table("kv", KV, primary_key="k")
+    rows = model.setdefault(name, {})
+    for k in keys:
+        with db.transaction() as txn:
+            txn.table("kv").upsert({"k": k, "v": f"{tag}{k}" * width})
+        rows[k] = f"{tag}{k}" * width
+    if delete is not None:
+        with db.transaction() as txn:
+            txn.table("kv").delete(delete)
+        del rows[delete]
+
+
+def read_rows(inst: jetstore.Instance) -> Rows:
+    """Every database's "kv" rows, as `write_rows` models them."""
+    found: Rows = {}
+    for name in inst.databases():
+        with inst.database(name).transaction() as txn:
+            found[name] = {row["k"]: row["v"] for row in txn.table("kv").scan()}
+    return found
 
 
 @contextmanager

@@ -80,15 +80,24 @@ def _binding_records(directory: Path) -> list[Any]:
         fs.registry.close_owner("test")
 
 
-def test_restore_across_detach_and_attach_under_the_same_id(tmp_path: Path) -> None:
+def _backed_up_then_changed(
+    tmp_path: Path, rows: int, more: int
+) -> tuple[Path, jetstore.Instance, dict[int, str]]:
+    """An instance at `tmp_path`/live with `rows` rows in "main" and "other", a full backup
+    of it at `tmp_path`/full, then `more` rows added to "other" after the backup: (live
+    directory, open instance, "other"'s rows now)."""
     live = tmp_path / "live"
     inst = _open(live)
-    _load(inst, "main", range(50), "m")
-    _load(inst, "other", range(50), "o")
-    other_id = inst.database("other").db_id
+    _load(inst, "main", range(rows), "m")
+    _load(inst, "other", range(rows), "o")
     inst.backup(tmp_path / "full")
-    _load(inst, "other", range(50, 60), "o")
-    expected_other = _rows(inst, "other")
+    _load(inst, "other", range(rows, rows + more), "o")
+    return live, inst, _rows(inst, "other")
+
+
+def test_restore_across_detach_and_attach_under_the_same_id(tmp_path: Path) -> None:
+    live, inst, expected_other = _backed_up_then_changed(tmp_path, 50, 10)
+    other_id = inst.database("other").db_id
     detached = Path(inst.detach("other"))
     shutil.move(detached, tmp_path / "other.edb")
     third = inst.attach(_foreign_database(tmp_path))
@@ -125,14 +134,8 @@ def test_restore_across_a_database_file_replaced_while_the_instance_was_closed(
     a restore of a backup holding the old `other` over the later logs keeps it as it was at
     the last checkpoint before the swap and skips the newcomer's changes (it used to apply
     them to `other`'s image)."""
-    live = tmp_path / "live"
-    inst = _open(live)
-    _load(inst, "main", range(20), "m")
-    _load(inst, "other", range(20), "o")
+    live, inst, expected_other = _backed_up_then_changed(tmp_path, 20, 10)
     other_id = inst.database("other").db_id
-    inst.backup(tmp_path / "full")
-    _load(inst, "other", range(20, 30), "o")
-    expected_other = _rows(inst, "other")
     inst.close()
     shutil.move(live / "other.edb", tmp_path / "other.edb")
     elsewhere = _open(tmp_path / "elsewhere")
@@ -157,13 +160,7 @@ def test_restore_across_a_database_file_replaced_while_the_instance_was_closed(
 
 
 def test_restore_across_detach_only(tmp_path: Path) -> None:
-    live = tmp_path / "live"
-    inst = _open(live)
-    _load(inst, "main", range(20), "m")
-    _load(inst, "other", range(20), "o")
-    inst.backup(tmp_path / "full")
-    _load(inst, "other", range(20, 30), "o")
-    expected_other = _rows(inst, "other")
+    live, inst, expected_other = _backed_up_then_changed(tmp_path, 20, 10)
     inst.detach("other")
     _load(inst, "main", range(20, 30), "m")
     expected_main = _rows(inst, "main")
@@ -212,13 +209,7 @@ def test_soft_recovery_after_detach_and_attach_keeps_the_new_database(tmp_path: 
 
 def test_restore_across_detach_and_reattach_of_the_same_database(tmp_path: Path) -> None:
     """The image stays as it was at its detach: the file may have changed while detached."""
-    live = tmp_path / "live"
-    inst = _open(live)
-    _load(inst, "main", range(10), "m")
-    _load(inst, "other", range(10), "o")
-    inst.backup(tmp_path / "full")
-    _load(inst, "other", range(10, 15), "o")
-    expected_other = _rows(inst, "other")
+    live, inst, expected_other = _backed_up_then_changed(tmp_path, 10, 5)
     moved = tmp_path / "other.edb"
     shutil.move(inst.detach("other"), moved)
     inst.attach(moved)

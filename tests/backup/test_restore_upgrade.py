@@ -4,53 +4,24 @@ place between the backup and the restore (`older_engine` in `tests/older_engine.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import jetstore
-from older_engine import binding_records, older_engine
+from older_engine import Rows, binding_records, older_engine, read_rows, write_rows
 
 OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024}
-KV = [("k", "int"), ("v", "text")]
-Rows = dict[str, dict[Any, Any]]  # database -> key -> value
 
 
-def _write(
-    inst: jetstore.Instance,
-    model: Rows,
-    name: str,
-    keys: range,
-    tag: str,
-    *,
-    delete: int | None = None,
-) -> None:
-    """One transaction per key upserting `tag`+key (then, with `delete`, one deleting it)."""
-    db = inst.database(name, create=True)
-    if "kv" not in db.table_names():
-        db.create_table("kv", KV, primary_key="k")
-    rows = model.setdefault(name, {})
-    for k in keys:
-        with db.transaction() as txn:
-            txn.table("kv").upsert({"k": k, "v": f"{tag}{k}" * 20})
-        rows[k] = f"{tag}{k}" * 20
-    if delete is not None:
-        with db.transaction() as txn:
-            txn.table("kv").delete(delete)
-        del rows[delete]
-
-
-def _rows(inst: jetstore.Instance) -> Rows:
-    found: Rows = {}
-    for name in inst.databases():
-        with inst.database(name).transaction() as txn:
-            found[name] = {r["k"]: r["v"] for r in txn.table("kv").scan()}
-    return found
+#: The workload of `tests/older_engine.py` with shorter values than the crash tests'.
+_write = functools.partial(write_rows, width=20)
 
 
 def _restored(directory: Path) -> Rows:
     with jetstore.open(directory, **OPTIONS) as inst:
         assert inst.recovery is not None and not inst.recovery.needed
-        return _rows(inst)
+        return read_rows(inst)
 
 
 def _guest(directory: Path, model: Rows) -> Path:
@@ -86,7 +57,7 @@ def test_restore_of_an_older_engines_backup_over_the_logs_of_both_engines(
     _write(inst, model, "main", range(50, 90), "c", delete=8)
     _write(inst, model, "guest", range(35, 60), "i", delete=9)
     _write(inst, model, "fresh", range(5, 15), "e", delete=1)
-    assert _rows(inst) == model
+    assert read_rows(inst) == model
     inst.simulate_crash()
     assert binding_records(live) == []  # nothing joined or left: no binding record either
     first = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
@@ -139,7 +110,7 @@ def test_restore_across_a_detach_by_the_older_engine_and_a_join_at_the_upgrade(
     inst = jetstore.open(live, **OPTIONS)  # this engine: 'other' joins, logged
     _write(inst, model, "other", range(200, 203), "n", delete=1)
     _write(inst, model, "main", range(15, 20), "m")
-    assert _rows(inst) == model
+    assert read_rows(inst) == model
     inst.close()
     joined = [record for _gen, record in binding_records(live)]
     assert [(type(r).__name__, r.name) for r in joined] == [("AttachDatabaseRecord", "other")]

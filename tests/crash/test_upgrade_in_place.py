@@ -32,15 +32,13 @@ from jetstore.format.dbheader import PEEK_SIZE, DatabaseHeader, choose_db_header
 from jetstore.format.logrecords import AttachDatabaseRecord
 from jetstore.io import FileSystem
 from jetstore.io.recording import CrashSimulator, DataVariant, DirVariant, Recorder, Variant
-from older_engine import binding_records, older_engine
+from older_engine import Rows, binding_records, older_engine, read_rows, write_rows
 
 OPTIONS: dict[str, Any] = {
     "log_file_size": 64 * 1024,
     "checkpoint_depth": 1 << 30,
     "checkpoint_interval": 1e6,
 }
-KV = [("k", "int"), ("v", "text")]
-Rows = dict[str, dict[Any, Any]]  # database -> key -> value
 
 
 class Model:
@@ -53,29 +51,10 @@ class Model:
         self, inst: jetstore.Instance, name: str, keys: range, tag: str, delete: int | None = None
     ) -> None:
         """One transaction per key upserting `tag`+key (then, with `delete`, one deleting it)."""
-        db = inst.database(name, create=True)
-        if "kv" not in db.table_names():
-            db.create_table("kv", KV, primary_key="k")
-        rows = self.rows.setdefault(name, {})
-        for k in keys:
-            with db.transaction() as txn:
-                txn.table("kv").upsert({"k": k, "v": f"{tag}{k}" * 30})
-            rows[k] = f"{tag}{k}" * 30
-        if delete is not None:
-            with db.transaction() as txn:
-                txn.table("kv").delete(delete)
-            del rows[delete]
+        write_rows(inst, self.rows, name, keys, tag, delete=delete)
 
     def snapshot(self) -> Rows:
         return {name: dict(rows) for name, rows in self.rows.items()}
-
-
-def read_rows(inst: jetstore.Instance) -> Rows:
-    found: Rows = {}
-    for name in inst.databases():
-        with inst.database(name).transaction() as txn:
-            found[name] = {row["k"]: row["v"] for row in txn.table("kv").scan()}
-    return found
 
 
 def header_of(path: Path) -> DatabaseHeader:

@@ -406,16 +406,20 @@ def test_schema_changes_long_values_and_a_table_dropped_and_created_again_keep_i
     assert instance.counters()["point_index_hits"] > 0
 
 
-def test_a_read_that_a_commit_overtakes_reads_its_snapshot(db: jetstore.Database) -> None:
-    """The interleaving the sequence lock exists for: a reader checked that the index
-    describes its snapshot, then a commit changed the index before the reader's probe. The
-    probe finds the commit's value; the reader must see `version` moved and read its tree."""
+def index_filled_and_a_reader(db: jetstore.Database) -> tuple[PointReadIndex, jetstore.Transaction]:
+    """300 rows written, key 9's leaf in the index, and a transaction reading that snapshot."""
     load(db, 300)
     db._instance.checkpoint()
     with db.transaction() as txn:
         assert txn.table("t").get(key(9)) is not None  # fills the index
-    points = file_of(db).point_index
-    reader = db.transaction()
+    return file_of(db).point_index, db.transaction()
+
+
+def test_a_read_that_a_commit_overtakes_reads_its_snapshot(db: jetstore.Database) -> None:
+    """The interleaving the sequence lock exists for: a reader checked that the index
+    describes its snapshot, then a commit changed the index before the reader's probe. The
+    probe finds the commit's value; the reader must see `version` moved and read its tree."""
+    points, reader = index_filled_and_a_reader(db)
 
     class Overtaken(dict[bytes, bytes]):
         commits = 0
@@ -445,12 +449,7 @@ def test_a_read_between_the_version_moving_and_the_root_hidden_reads_its_snapsho
     entries the commit then changes and sees `version` unmoved. The commit is paused at the
     first line of `advance` after `version` moved; a reader of the older snapshot reads
     there, and its probe lets the commit finish first."""
-    load(db, 300)
-    db._instance.checkpoint()
-    with db.transaction() as txn:
-        assert txn.table("t").get(key(9)) is not None  # fills the index
-    points = file_of(db).point_index
-    reader = db.transaction()
+    points, reader = index_filled_and_a_reader(db)
     table = reader.table("t")
     before = points.version
     paused, resume, done = threading.Event(), threading.Event(), threading.Event()
