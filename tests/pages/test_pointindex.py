@@ -13,6 +13,7 @@ import random
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -514,18 +515,42 @@ def test_reads_in_a_transaction_with_writes_of_its_own_see_them(db: jetstore.Dat
         assert txn.table("t").get(key(7)) == {"k": key(7), "v": b"v0-7"}
 
 
-def test_an_inserts_duplicate_check_does_not_fill_the_index(db: jetstore.Database) -> None:
-    """Inserts probe their key (usually absent) once: filling a leaf for that, or giving it a
-    dict of its own, would only cost the write path."""
+@pytest.mark.parametrize("path", ["inline", "long value", "general", "moving update"])
+def test_a_writes_duplicate_check_does_not_fill_the_index(db: jetstore.Database, path: str) -> None:
+    """Writes probe their key (usually absent) once: filling a leaf for that, or giving it a
+    dict of its own, would only cost the write path. The long-value and general insert
+    paths filled a leaf per insert before `Transaction.contains`; an update moving a record
+    to a new primary key probes that key the same way."""
     load(db, 2000)
     db._instance.checkpoint()
-    for i in range(2000, 2200):
+
+    def write(table: jetstore.Table, old: bytes, new: bytes) -> None:
+        if path == "inline":
+            table.insert({"k": new, "v": b"x"})
+        elif path == "long value":
+            table.insert({"k": new, "v": b"L" * 10_000})  # too large to keep inline
+        elif path == "general":
+            table.insert(OrderedDict(k=new, v=b"x"))  # not a plain dict: validated first
+        else:
+            table.update(old, {"k": new})
+
+    for i in range(200):
+        old = key(i * 7 % 2000)
         with db.transaction() as txn:
-            txn.table("t").insert({"k": key(i * 7 % 2000) + b"+", "v": b"x"})
-    assert db._instance.counters()["point_index_fills"] == 0
-    assert not any(node.index for node in db.file.cache.nodes.values())
+            write(txn.table("t"), old, old + b"+")
+    if path != "moving update":  # an update reads the record it changes, as `get` does
+        assert db._instance.counters()["point_index_fills"] == 0
+        assert not any(node.index for node in db.file.cache.nodes.values())
     with db.transaction() as txn, pytest.raises(jetstore.errors.KeyDuplicate):
-        txn.table("t").insert({"k": key(5), "v": b"dup"})
+        write(txn.table("t"), key(5), key(6))
+    with db.transaction() as txn:  # and what was written reads back
+        expected = b"L" * 10_000 if path == "long value" else b"x"
+        if path == "moving update":
+            expected = b"v0-" + str(7 * 7 % 2000).encode()
+        assert txn.table("t").get(key(7 * 7 % 2000) + b"+") == {
+            "k": key(7 * 7 % 2000) + b"+",
+            "v": expected,
+        }
 
 
 def test_the_index_holds_only_leaves_the_node_cache_holds(tmp_path: Path) -> None:

@@ -165,6 +165,11 @@ class TreeView(ReadView, Protocol):
         """`put` unless `key` is present (then False, and nothing changes)."""
         ...
 
+    def contains(self, key: bytes) -> bool:
+        """``get(key) is not None`` as a one-off probe (a write's duplicate check): it
+        leaves no trace in the structures that speed up repeated reads."""
+        ...
+
     def frozen(self) -> ReadView:
         """The view as it is now, unaffected by later writes (for lazy iteration)."""
         ...
@@ -664,7 +669,7 @@ class Table:
                     if len(encoded) + len(key) + LEAF_ENTRY_OVERHEAD <= self._max_entry:
                         if self._view.put_new(key, encoded):
                             return
-                    elif self._view.get(key) is None:
+                    elif not self._view.contains(key):
                         # Too large to keep inline: a new record with long values, stored
                         # as `_store` stores the general path's (which would find nothing
                         # more to check: no indexes, and `record` is what validation gives).
@@ -672,7 +677,7 @@ class Table:
                         return
         checked = self.definition.validate_record(record)
         pk = self._encode_checked_pk(checked)
-        if self._view.get(self._prefix + pk) is not None:
+        if self._view.contains(self._prefix + pk):
             raise KeyDuplicate(
                 f"table {self.name!r} already has a record with primary key "
                 f"{self._describe_key(checked)}"
@@ -696,7 +701,7 @@ class Table:
         old = self._materialize(view, pk, raw)
         checked = self.definition.validate_record({**old, **changes})
         new_pk = self._encode_pk([checked[name] for name in self._pk_names])
-        if new_pk != pk and view.get(self._prefix + new_pk) is not None:
+        if new_pk != pk and view.contains(self._prefix + new_pk):
             raise KeyDuplicate(
                 f"table {self.name!r} already has a record with primary key "
                 f"{self._describe_key(checked)}"
