@@ -369,6 +369,35 @@ def test_a_write_racing_a_drop_table_leaves_no_orphans(store: Store) -> None:
     assert raw(store.db) == [(NEXT_OBJECT_ID_KEY, raw(store.db)[0][1])]
 
 
+def test_a_drop_table_racing_a_committed_write_conflicts_and_leaves_no_orphans(
+    store: Store,
+) -> None:
+    # The other order of the race above: the write commits first, after the drop's snapshot.
+    # The drop deletes the entries its snapshot holds, so it must conflict with that write
+    # (design.md: `Database.drop_table`'s conflict is a write to the table committed
+    # meanwhile). It used to commit, leaving the new record, its index entry and its long
+    # value under the object ids of a table that no longer exists.
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "kept"})
+    before = raw(store.db)
+    dropper = store.db.transaction()
+    dropper.drop_table("t")
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 2, "v": "late", "blob": b"x" * 10_000})
+    with pytest.raises(WriteConflict, match="table 't'"):
+        dropper.commit()
+    assert dropper.state is TransactionState.ROLLED_BACK
+    assert rows(store.db) == [
+        {"id": 1, "v": "kept", "blob": None},
+        {"id": 2, "v": "late", "blob": b"x" * 10_000},
+    ]
+    assert len(raw(store.db)) > len(before)
+    # Dropped again, on a snapshot holding the write, the table goes whole.
+    store.db.drop_table("t")
+    assert raw(store.db) == [(NEXT_OBJECT_ID_KEY, raw(store.db)[0][1])]
+
+
 def test_a_transaction_that_only_read_a_dropped_table_commits_its_other_writes(
     store: Store,
 ) -> None:

@@ -662,6 +662,11 @@ class Transaction:
             )
         keys.append(entry_key)
         self._delete_existing(keys)
+        # The drop deletes the entries its snapshot holds: a write to the table committed
+        # after the snapshot is not among them and would stay behind, an orphan under the
+        # dropped object ids. So the commit conflicts with it, as a schema change does
+        # (`Database._check_redefined`).
+        self.redefined.setdefault(entry_key, definition)
         self._tables.pop(name, None)
         table.mark_dropped()
 
