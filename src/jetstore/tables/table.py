@@ -530,15 +530,31 @@ class Table:
             full = self._prefix + self._encode_pk(key)
         return self._view.get(full) is not None
 
-    def _materialize(self, view: ReadView, pk: bytes, raw: bytes) -> dict[str, object]:
-        record, may_hold_long_values = self._codec.decode_plain(raw)
+    def _materialize(
+        self,
+        view: ReadView,
+        pk: bytes,
+        raw: bytes,
+        codec: RecordCodec | None = None,
+        lv_columns: list[tuple[int, str, bool]] | None = None,
+    ) -> dict[str, object]:
+        """The record `raw` stored under `pk`, its long values read from `view`. `codec` and
+        `lv_columns`: the layout of the definition `view` was read under, when it is not the
+        table's current one (a scan begun before a schema change of this transaction)."""
+        record, may_hold_long_values = (self._codec if codec is None else codec).decode_plain(raw)
         if may_hold_long_values:
-            self._load_long_values(view, pk, record)
+            self._load_long_values(view, pk, record, lv_columns)
         return record
 
-    def _load_long_values(self, view: ReadView, pk: bytes, record: dict[str, object]) -> None:
+    def _load_long_values(
+        self,
+        view: ReadView,
+        pk: bytes,
+        record: dict[str, object],
+        lv_columns: list[tuple[int, str, bool]] | None = None,
+    ) -> None:
         """Replace each `LongValueRef` of `record` (stored under `pk`) by its value."""
-        for position, name, _is_text in self._lv_columns:
+        for position, name, _is_text in self._lv_columns if lv_columns is None else lv_columns:
             value = record.get(name)
             if isinstance(value, LongValueRef):
                 record[name] = self._read_long_value(view, pk, position, value)
@@ -597,10 +613,30 @@ class Table:
         high = (
             prefix_successor(prefix) if stop is None else self._encode_bound(prefix, columns, stop)
         )
-        return self._scan(self._view.frozen(), index is not None, low, high, reverse)
+        # The layout (codec, long-value columns) is passed in now, not read when the
+        # generator's body first runs: the frozen view holds the records as written under the
+        # definition of this moment, and a schema change later in this transaction
+        # re-initialises this object for the new one (`redefine`), whose codec misreads them
+        # (after drop_column: DatabaseCorrupted, a column count above the table's).
+        return self._scan(
+            self._view.frozen(),
+            index is not None,
+            low,
+            high,
+            reverse,
+            self._codec,
+            self._lv_columns,
+        )
 
     def _scan(
-        self, view: ReadView, by_index: bool, low: bytes, high: bytes | None, reverse: bool
+        self,
+        view: ReadView,
+        by_index: bool,
+        low: bytes,
+        high: bytes | None,
+        reverse: bool,
+        codec: RecordCodec,
+        lv_columns: list[tuple[int, str, bool]],
     ) -> Iterator[dict[str, object]]:
         table_prefix = self._prefix
         plen = len(table_prefix)
@@ -608,7 +644,7 @@ class Table:
             # The scan loop of the engine: a leaf of records is decoded by one call to the
             # generated decoder (the common record: no NULL, no long value); anything else
             # takes the general path, record by record.
-            decode_many = self._codec.decode_many
+            decode_many = codec.decode_many
             materialize = self._materialize
             check = view.check_active
             # Every record is yielded only while the transaction is active: its state is
@@ -629,7 +665,11 @@ class Table:
                     continue
                 for key, value, plain in zip(keys, values, records, strict=True):
                     check()
-                    yield plain if plain is not None else materialize(view, key[plen:], value)
+                    yield (
+                        plain
+                        if plain is not None
+                        else materialize(view, key[plen:], value, codec, lv_columns)
+                    )
             return
         for key, value in view.iterate(low, high, reverse):
             if by_index:
@@ -642,7 +682,7 @@ class Table:
                     )
             else:
                 pk, raw = key[plen:], value
-            yield self._materialize(view, pk, raw)
+            yield self._materialize(view, pk, raw, codec, lv_columns)
 
     def __iter__(self) -> Iterator[dict[str, object]]:
         return self.scan()
