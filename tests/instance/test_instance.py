@@ -305,6 +305,11 @@ def test_unknown_database_needs_create(tmp_path: Path) -> None:
             instance.database("nope")
         with pytest.raises(InvalidParameter):
             instance.database("../evil", create=True)
+        # Names that are not strings: a bare TypeError from the lookup before the check.
+        for name in (None, [], 1, b"a"):
+            for create in (False, True):
+                with pytest.raises(InvalidParameter, match="must be a string"):
+                    instance.database(name, create=create)  # type: ignore[arg-type]
 
 
 def test_several_databases_share_one_log_stream(tmp_path: Path) -> None:

@@ -756,6 +756,12 @@ class Instance:
     def database(self, name: str, create: bool = False) -> Database:
         """The attached database `name` (`NAME.edb`); with create=True, create it if absent."""
         self.check_open()
+        if type(name) is not str:
+            # Before the lookup: an unhashable name would fail it with a bare TypeError.
+            raise InvalidParameter(
+                f"a database name must be a string, not {type(name).__name__} {name!r}",
+                hint="pass the name as str, for example instance.database('main')",
+            )
         db = self._databases.get(name)
         if db is not None:
             return db
