@@ -300,6 +300,47 @@ def test_manifest_tampering_is_detected(inst: jetstore.Instance, tmp_path: Path)
         read_manifest(tmp_path / "nowhere")
 
 
+def _all_files(root: Path) -> list[str]:
+    return sorted(os.path.join(d, n) for d, _dirs, names in os.walk(root) for n in names)
+
+
+@pytest.mark.parametrize("field", ["name", "stored_name"])
+@pytest.mark.parametrize("bad", ["../escaped.log", "ABSOLUTE", "..", "a/b.log", ""])
+def test_a_manifest_file_name_with_path_parts_is_refused(
+    inst: jetstore.Instance, tmp_path: Path, field: str, bad: str
+) -> None:
+    """Defect: a manifest file entry's `name` and `stored_name` were taken as they were, and
+    both are joined to a directory: restore wrote the file `name` says with
+    `os.path.join(staging, name)`, so a name like `../x` (a damaged or foreign manifest whose
+    CRC32C checksum is right: it is no signature) created a file outside the restore target,
+    left there after the restore failed; `stored_name` read a file outside the set. Such a
+    manifest is malformed: nothing is read or written through it."""
+    dest = tmp_path / "sets" / "set"
+    inst.backup(dest)
+    if bad == "ABSOLUTE":
+        bad = str(tmp_path / "elsewhere" / "escaped.log")  # inside the test's directory
+    path = dest / MANIFEST_NAME
+    body = {k: v for k, v in json.loads(path.read_text()).items() if k != "checksum"}
+    entry = next(f for f in body["files"] if f["kind"] == "log")
+    if field == "stored_name" and bad.endswith("escaped.log"):
+        # Make the outside file exist, so that only the name check can refuse it.
+        outside = os.path.normpath(os.path.join(str(dest), bad))
+        assert outside.startswith(str(tmp_path))
+        os.makedirs(os.path.dirname(outside), exist_ok=True)
+        with open(outside, "wb") as out:
+            out.write((dest / entry["stored_name"]).read_bytes())
+    entry[field] = bad
+    path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
+    with pytest.raises(InvalidBackup, match="malformed") as caught:
+        read_manifest(dest)
+    assert "plain file name" in str(caught.value)
+    before = _all_files(tmp_path)
+    with pytest.raises(InvalidBackup):
+        jetstore.restore(dest, tmp_path / "sets" / "restored")
+    assert _all_files(tmp_path) == before  # nothing written anywhere
+    assert not jetstore.verify_backup(dest).ok
+
+
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
 def test_read_backup_file_checks_content(
     inst: jetstore.Instance, tmp_path: Path, compress: bool

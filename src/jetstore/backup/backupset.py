@@ -132,8 +132,10 @@ class ManifestFile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ManifestFile:
         return cls(
-            name=_str(data, "name"),
-            stored_name=_str(data, "stored_name"),
+            # Both are joined to a directory (the restore's, the set's): a name with path
+            # parts would write or read outside it (the checksum is no signature).
+            name=_plain_name(data, "name"),
+            stored_name=_plain_name(data, "stored_name"),
             kind=_choice(data, "kind", ("database", "log")),
             size=_int(data, "size"),
             stored_size=_int(data, "stored_size"),
@@ -359,6 +361,15 @@ def _str(data: dict[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str):
         raise TypeError(f"{key!r} must be a string")
+    return value
+
+
+def _plain_name(data: dict[str, Any], key: str) -> str:
+    """A file name without any path part (no separator, not '.' or '..', not empty)."""
+    value = _str(data, key)
+    separators = [os.sep, *([os.altsep] if os.altsep else [])]
+    if value in ("", ".", "..") or "\0" in value or any(sep in value for sep in separators):
+        raise ValueError(f"{key!r} is {value!r}, not a plain file name")
     return value
 
 
