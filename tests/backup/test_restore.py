@@ -223,6 +223,34 @@ def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path)
     assert len(_restored_rows(tmp_path / "empty")) == 10
 
 
+@pytest.mark.parametrize("existed", [True, False], ids=["empty-target", "no-target"])
+def test_a_target_that_gains_a_file_during_the_restore_is_refused_as_a_path(
+    tmp_path: Path, existed: bool
+) -> None:
+    # Defect: the target is checked empty by the plan, but when a file appeared in it while
+    # the files were copied and replayed (another process, an operator), the final rmdir (or
+    # rename) failed with ENOTEMPTY, reported as DiskIO (-1022) telling the operator to check
+    # the disk's SMART data and cabling. It is a path problem, said as the backup set's
+    # publish says it: InvalidPath naming the target, the intruder left alone.
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    target = tmp_path / "target"
+    if existed:
+        target.mkdir()
+
+    def intrude(done: int, total: int, name: str) -> None:
+        target.mkdir(exist_ok=True)
+        (target / "intruder").write_text("not the restore's")
+
+    with pytest.raises(InvalidPath, match="no longer empty") as caught:
+        jetstore.restore(tmp_path / "full", target, progress=intrude)
+    assert caught.value.path == str(target)
+    assert os.listdir(target) == ["intruder"]
+    assert not Path(str(target) + STAGING_SUFFIX).exists()
+
+
 def test_a_mount_point_as_target_is_refused_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -656,7 +656,17 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         outcome = instance.recovery
         instance.close()
         if fs.exists(target):
-            fs.rmdir(target)  # checked empty (and no mount point) by the plan
+            # Checked empty (and no mount point) by the plan, but something may have been
+            # put there since: the rmdir (or rename) would fail with ENOTEMPTY, which is no
+            # disk error (DiskIO) but a path that is no longer what the plan accepted.
+            if fs.is_directory(target) and fs.listdir(target):
+                raise InvalidPath(
+                    f"restore target '{target}' is no longer empty: files appeared in it "
+                    "while the restore ran; nothing of the restore was put there",
+                    hint="restore into a new or empty directory (move those files away first)",
+                    path=target,
+                )
+            fs.rmdir(target)
         fs.rename(staging, target)
         fs.fsync_directory(os.path.dirname(target), owner=owner)
     except BaseException:
