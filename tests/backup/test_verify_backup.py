@@ -287,3 +287,25 @@ def test_manifest_problems(copy: Any, tmp_path: Path) -> None:
     assert [(p.file, p.error) for p in verification.problems] == [(MANIFEST_NAME, "FileNotFound")]
     with pytest.raises(FileNotFound):
         jetstore.verify_backup(tmp_path / "nowhere")
+
+
+def test_a_manifest_without_a_page_size_is_a_finding(copy: Any) -> None:
+    # Defect: a manifest (checksum right, a foreign or hand-edited writer) giving page size 0
+    # for an image made verification divide by zero: a bare ZeroDivisionError escaped
+    # `verify_backup`, which reports damage as findings and never raises for it.
+    path = copy("full")
+
+    def no_page_size(document: dict[str, Any]) -> None:
+        document["page_size"] = 0
+        for image in document["images"]:
+            image["page_size"] = 0
+
+    rewrite_manifest(path, no_page_size)
+    before = DEFAULT_REGISTRY.total()
+    verification = jetstore.verify_backup(path)
+    assert not verification.ok
+    assert any(
+        p.file == "main.edb" and p.error == "InvalidBackup" and "page size" in p.message
+        for p in verification.problems
+    ), verification.problems
+    assert DEFAULT_REGISTRY.total() == before

@@ -438,6 +438,18 @@ class _ImageChecker(_Capped):
         self.page_size = self.image.page_size if self.image is not None else 0
         if self.page_size <= 0:
             self.page_size = verifier.manifest.page_size
+        if self.page_size <= 0:
+            # A manifest (checksum right: a foreign or edited writer) that gives no page size:
+            # the pages cannot be cut out of the file (it would divide by zero). A finding,
+            # and `feed` skips the page checks.
+            self.problem(
+                InvalidBackup(
+                    f"the manifest gives no page size for {entry.name}: its pages cannot be "
+                    "checked",
+                    hint="the backup set's manifest is damaged; use another set",
+                ),
+                offset=0,
+            )
         self.pending = bytearray()
         self.pgno = 0
         self.header_pages: list[bytes] = []
@@ -445,8 +457,10 @@ class _ImageChecker(_Capped):
         self.references: PageReferences | None = None
 
     def feed(self, chunk: bytes) -> None:
-        self.pending += chunk
         size = self.page_size
+        if size <= 0:
+            return  # reported in __init__
+        self.pending += chunk
         whole = len(self.pending) - len(self.pending) % size
         if whole == 0:
             return
