@@ -19,6 +19,7 @@ import jetstore
 from jetstore.control.client import connect
 from jetstore.control.protocol import MAX_REQUEST
 from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
+from jetstore.io.handles import DEFAULT_REGISTRY
 
 
 @pytest.fixture
@@ -228,6 +229,38 @@ def test_a_path_too_long_for_af_unix_is_an_event_not_a_failure(tmp_path: Path) -
         load(inst, 0, 3)
     with pytest.raises(jetstore.errors.InvalidPath, match="longer than"):
         connect(directory)
+
+
+def test_an_interrupt_while_connecting_leaves_no_client_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: `connect` released its socket only for the OSErrors it translates; a
+    # KeyboardInterrupt while it waited for room in a full listen backlog (or during the
+    # connect itself) left the socket open and registered in DEFAULT_REGISTRY for good.
+    directory = tmp_path / "i"
+    directory.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / "jetstore.sock"))
+    listener.listen(0)  # never accepts: one pending connection fills the backlog
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    filler.connect(str(directory / "jetstore.sock"))
+    owner = f"control-client:{directory}"
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    import jetstore.control.client as client_module
+
+    monkeypatch.setattr(client_module.time, "sleep", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            connect(directory, timeout=5)
+        assert DEFAULT_REGISTRY.total(owner) == 0
+        assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        filler.close()
+        listener.close()
 
 
 def test_control_socket_option_off(tmp_path: Path) -> None:

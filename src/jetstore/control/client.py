@@ -303,6 +303,11 @@ def connect(
     except OSError as exc:
         handle.close()
         raise from_os_error(exc, op="connect to the control socket", path=path) from exc
+    except BaseException:
+        # An interrupt (KeyboardInterrupt while the backlog is full, or in the connect):
+        # the socket is nobody's once this raises, so it is closed here.
+        handle.close()
+        raise
     return ControlClient(sock, handle, directory, path)
 
 
