@@ -227,6 +227,24 @@ def test_destination_write_failure_on_the_client(inst: jetstore.Instance, tmp_pa
     assert counters["backups_aborted"] == 1 and counters["backups_completed"] == 0
 
 
+def test_a_destination_refused_by_the_client_sends_the_instance_nothing(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    # Defect: when the client refused DEST (not empty) before it asked for a backup, its
+    # clean-up still sent {"op": "abort"}: the instance answered a request it never got a
+    # backup for and logged event 161 ("control request rejected: "abort" outside a
+    # backup"), a protocol error it never had, for an operator's mistake on the client side.
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "other").write_text("not a backup")
+    baseline = Baseline.take(inst)
+    with pytest.raises(jetstore.errors.InvalidPath, match="not empty"):
+        connect(inst.directory).backup(dest)
+    baseline.wait(inst)  # the server dropped the connection: every line on it was read
+    assert events_named(inst, "control_request_rejected") == []
+    assert inst.counters()["backup_sessions_active"] == 0
+
+
 def test_client_that_stops_reading_is_cut_off(
     inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,8 +125,10 @@ class ControlClient:
             progress=progress,
         )
         confirmed = False
+        requested = False  # an abort is only for a backup the server was asked for
         try:
             writer.prepare()
+            requested = True
             self._send({"op": "backup", "kind": kind})
             self._reply(self._read_line())  # "started" (or the error that refused it)
             while True:
@@ -156,7 +158,10 @@ class ControlClient:
             return manifest
         except BaseException as exc:
             if not confirmed:
-                self._try_abort()
+                if requested:
+                    # Before the request, an abort would be a protocol error to the server
+                    # (a warning event there for a mistake made here).
+                    self._try_abort()
                 writer.discard()
             if isinstance(exc, OSError):
                 raise from_os_error(exc, op="write backup set", path=writer.partial) from exc
