@@ -398,6 +398,15 @@ class InternalError(JetError):
     code = -107
 
 
+class OutOfThreads(ResourceError):
+    description = "The process could not start a thread"
+    hint = (
+        "Raise the process's thread limit (`ulimit -u`, the container's pids limit) or give "
+        "it more memory, close other instances in this process, then retry."
+    )
+    code = -103
+
+
 class TermInProgress(StateError):
     description = "The instance is shutting down and accepts no new work"
     hint = "Wait for the shutdown to finish, then reopen the instance."

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import jetstore.errors
 from jetstore.io.handles import HandleKind, HandleRegistry
 from jetstore.io.threads import ManagedThread
 
@@ -158,3 +159,22 @@ def test_close_owner_stops_every_thread(registry: HandleRegistry) -> None:
     assert registry.close_owner("inst") == []
     assert not any(t.alive for t in threads)
     assert registry.total() == 0
+
+
+def test_a_thread_that_cannot_start_leaves_no_handle(
+    registry: HandleRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the handle was registered before `Thread.start()`, and a start that failed
+    # ("can't start new thread": a thread limit, no memory) left it registered: a thread
+    # counted as open that never existed, whose close then raised RuntimeError (a thread
+    # cannot be joined before it is started) from the owner's cleanup. Now the failed start
+    # unregisters it and raises the JetError of a resource that ran out.
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(jetstore.errors.JetError) as caught:
+        ManagedThread(registry, "inst/bg", "never", lambda stop: None)
+    assert caught.value.category == "resource" and "never" in caught.value.detail
+    assert registry.counts()[THREAD] == 0
+    assert registry.close_owner("inst") == []

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable
 from typing import Concatenate, Generic, ParamSpec, TypeVar
 
+from jetstore.errors import OutOfThreads
 from jetstore.io.handles import HandleKind, HandleRegistry
 
 T = TypeVar("T")
@@ -78,7 +79,14 @@ class ManagedThread:
         self._target = target
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._handle = registry.register(HandleKind.THREAD, owner, name, self._join)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread"
+            # No thread exists: the handle must not count one, and its closer would raise
+            # (a thread cannot be joined before it is started). Unregistered without it. (An
+            # interrupt in `start` is left alone: the thread may be running by then.)
+            registry._unregister(self._handle)
+            raise OutOfThreads(f"cannot start thread {name!r} of {owner!r}: {exc}") from exc
 
     def _run(self) -> None:
         try:
