@@ -245,6 +245,41 @@ def test_a_destination_refused_by_the_client_sends_the_instance_nothing(
     assert inst.counters()["backup_sessions_active"] == 0
 
 
+def test_a_backup_worker_that_cannot_start_answers_and_holds_nothing(
+    inst: jetstore.Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the selector thread took the connection away from its loop (and counted the
+    # worker) before the worker's thread started. When it could not start (a thread limit),
+    # the error reply went into a buffer nobody sent: the client waited for its timeout, the
+    # connection stayed open until the instance closed, and the dead worker kept counting,
+    # so after a few such failures every backup was refused as "already streaming". Now
+    # the client gets the error (OutOfThreads) on a connection that goes on, and nothing is
+    # held.
+    start = threading.Thread.start
+
+    def refuse_workers(thread: threading.Thread) -> None:
+        if thread.name.startswith("jetstore-control-backup"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    baseline = Baseline.take(inst)
+    monkeypatch.setattr(threading.Thread, "start", refuse_workers)
+    raw = Raw(Path(inst.directory), timeout=5.0)
+    try:
+        for _ in range(server.MAX_BACKUP_WORKERS + 1):
+            reply = raw.request({"op": "backup", "kind": "full"})
+            assert not reply["ok"] and reply["error"]["name"] == "OutOfThreads", reply
+        assert raw.request({"op": "ping"})["ok"]
+    finally:
+        raw.close()
+    monkeypatch.undo()
+    baseline.wait(inst)
+    assert inst.counters()["backup_sessions_active"] == 0
+    with connect(inst.directory) as client:
+        client.backup(tmp_path / "full")
+    check_set(tmp_path / "full")
+
+
 def test_client_that_stops_reading_is_cut_off(
     inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -517,11 +517,22 @@ class ControlServer:
                 + (f" (backup {running.id})" if running is not None else ""),
                 hint="wait for it to finish, or abort it",
             )
+        fd = conn.sock.fileno()
         selector.unregister(conn.sock)
-        del self._conns[conn.sock.fileno()]
+        del self._conns[fd]
         worker = _BackupWorker(self, conn, kind)
         self._workers[worker.ident] = worker
-        worker.begin()
+        try:
+            worker.begin()
+        except BaseException:
+            # No thread (OutOfThreads): the connection is given back to this loop, so the
+            # error reply is sent on it and it goes on (the loop looks its key up next), and
+            # a worker that never ran counts for nothing.
+            self._workers.pop(worker.ident, None)
+            conn.sock.setblocking(False)  # `begin` gave it the worker's blocking timeout
+            self._conns[fd] = conn
+            selector.register(conn.sock, selectors.EVENT_READ, conn)
+            raise
         return True
 
     def _worker_done(self, worker: _BackupWorker) -> None:
