@@ -272,6 +272,33 @@ def test_a_mount_point_as_target_is_refused_before_anything_is_written(
     assert len(_restored_rows(volume / "restored")) == 10
 
 
+def test_a_manifest_claiming_a_huge_generation_range_is_refused_without_enumerating_it(
+    tmp_path: Path,
+) -> None:
+    # Defect: the plan compared the set's log files with `list(range(low, high + 1))`: a
+    # manifest (checksum right: a foreign or damaged writer) claiming generations up to
+    # 2**40 made it allocate until MemoryError (or the process was killed for its memory),
+    # and 10**30 raised a bare OverflowError. The set is refused as MissingRestoreLogFiles,
+    # the missing generations named as ranges.
+    import json
+
+    from jetstore.backup.backupset import MANIFEST_NAME, manifest_checksum
+
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    manifest = inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    path = tmp_path / "full" / MANIFEST_NAME
+    body = {k: v for k, v in json.loads(path.read_text()).items() if k != "checksum"}
+    for high in (2**40, 10**30):
+        body["generation_high"] = high
+        path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
+        with pytest.raises(MissingRestoreLogFiles) as caught:
+            plan_restore(tmp_path / "full", tmp_path / "restored")
+        assert f"{manifest.generation_high + 1}-{high}" in caught.value.detail
+    assert not (tmp_path / "restored").exists()
+
+
 def test_stop_at_a_generation(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     writer = Writer(inst)

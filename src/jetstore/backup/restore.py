@@ -324,13 +324,16 @@ def plan_restore(
         if m.generation_low == 0 and m.generation_high == 0:
             continue  # an offline backup of a clean instance: images only
         generations = sorted(e.generation for e in m.files if e.generation is not None)
-        wanted = list(range(m.generation_low, m.generation_high + 1))
-        if generations != wanted:
-            missing_generations = sorted(set(wanted) - set(generations))
+        # Never `list(range(low, high + 1))`: the range is the manifest's word, and a damaged
+        # one may claim 2**40 generations (MemoryError, or the process killed for its memory).
+        # Compared by count first, and what is missing said as ranges.
+        low, high = m.generation_low, m.generation_high
+        if len(generations) != high - low + 1 or generations != list(range(low, high + 1)):
+            missing_generations = _missing_ranges(generations, low, high)
             raise MissingRestoreLogFiles(
                 f"backup set '{m.path}' covers generations {m.generation_low}-"
                 f"{m.generation_high} but lists no file for "
-                f"{', '.join(map(str, missing_generations)) or 'some of them'}",
+                f"{', '.join(missing_generations) or 'some of them'}",
                 hint="the manifest is inconsistent: use another backup",
                 path=m.path,
             )
@@ -392,6 +395,23 @@ def plan_restore(
         databases=[image.name for image in base.images],
         surviving_logs=surviving,
     )
+
+
+def _missing_ranges(present: list[int], low: int, high: int) -> list[str]:
+    """The generations of `low`-`high` not in the sorted `present`, as "a" or "a-b" texts
+    (computed from the gaps, never by listing the range: see `plan_restore`)."""
+    ranges: list[str] = []
+    following = low
+    for generation in present:
+        if generation < following or generation > high:
+            continue
+        if generation > following:
+            last = generation - 1
+            ranges.append(str(following) if following == last else f"{following}-{last}")
+        following = generation + 1
+    if following <= high:
+        ranges.append(str(following) if following == high else f"{following}-{high}")
+    return ranges
 
 
 def _check_target(fs: FileSystem, target: str) -> None:
