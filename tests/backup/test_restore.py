@@ -277,9 +277,10 @@ def test_a_manifest_claiming_a_huge_generation_range_is_refused_without_enumerat
 ) -> None:
     # Defect: the plan compared the set's log files with `list(range(low, high + 1))`: a
     # manifest (checksum right: a foreign or damaged writer) claiming generations up to
-    # 2**40 made it allocate until MemoryError (or the process was killed for its memory),
-    # and 10**30 raised a bare OverflowError. The set is refused as MissingRestoreLogFiles,
-    # the missing generations named as ranges.
+    # 0xFFFFFFFF or 2**40 made it allocate until MemoryError (or the process was killed for
+    # its memory), and 10**30 raised a bare OverflowError. The set is refused as
+    # MissingRestoreLogFiles, the missing generations named as ranges (InvalidBackup when
+    # the generation is above the highest a log file name holds).
     import json
 
     from jetstore.backup.backupset import MANIFEST_NAME, manifest_checksum
@@ -290,12 +291,16 @@ def test_a_manifest_claiming_a_huge_generation_range_is_refused_without_enumerat
     inst.close()
     path = tmp_path / "full" / MANIFEST_NAME
     body = {k: v for k, v in json.loads(path.read_text()).items() if k != "checksum"}
+    body["generation_high"] = 0xFFFFFFFF
+    path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
+    with pytest.raises(MissingRestoreLogFiles) as caught:
+        plan_restore(tmp_path / "full", tmp_path / "restored")
+    assert f"{manifest.generation_high + 1}-{0xFFFFFFFF}" in caught.value.detail
     for high in (2**40, 10**30):
         body["generation_high"] = high
         path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
-        with pytest.raises(MissingRestoreLogFiles) as caught:
+        with pytest.raises(InvalidBackup, match="above the highest log generation"):
             plan_restore(tmp_path / "full", tmp_path / "restored")
-        assert f"{manifest.generation_high + 1}-{high}" in caught.value.detail
     assert not (tmp_path / "restored").exists()
 
 

@@ -309,3 +309,41 @@ def test_a_manifest_without_a_page_size_is_a_finding(copy: Any) -> None:
         for p in verification.problems
     ), verification.problems
     assert DEFAULT_REGISTRY.total() == before
+
+
+@pytest.mark.parametrize("high", [0xFFFFFFFF, 2**40, 10**30])
+def test_a_manifest_claiming_a_huge_generation_range_is_a_finding(copy: Any, high: int) -> None:
+    # Defect: the missing generations were listed by walking `range(low, high + 1)`, the
+    # manifest's word: one (checksum right) claiming generations up to 0xFFFFFFFF or 2**40
+    # ran verification out of memory (a bare MemoryError, or the process killed), and a
+    # generation no log file name can hold raised a bare ValueError naming it. The gap is
+    # found from the generations the set lists and reported as one range; a generation
+    # above the highest a log file name holds makes the manifest malformed.
+    path = copy("incremental")
+    last: list[int] = []
+
+    def claim(document: dict[str, Any]) -> None:
+        last.append(document["generation_high"])
+        document["generation_high"] = high
+
+    rewrite_manifest(path, claim)
+    # Bounded (512 MiB more address space), so that the walk fails at once instead of
+    # taking the machine's memory.
+    import resource
+
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limits = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + 512 * 1024 * 1024, limits[1]))
+    try:
+        verification = jetstore.verify_backup(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, limits)
+    assert not verification.ok
+    if high <= 0xFFFFFFFF:
+        expected = ("MissingLogFile", f"{last[0] + 1}-{high}")
+    else:
+        expected = ("InvalidBackup", "above the highest log generation")
+    assert any(
+        p.error == expected[0] and expected[1] in p.message for p in verification.problems
+    ), verification.problems

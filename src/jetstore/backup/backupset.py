@@ -60,6 +60,7 @@ from jetstore.errors import (
     from_os_error,
 )
 from jetstore.format.common import Signature, format_time_us, now_us
+from jetstore.format.filenames import MAX_GENERATION
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File, FileSystem, absolute_path
 
@@ -141,7 +142,7 @@ class ManifestFile:
             stored_size=_int(data, "stored_size"),
             crc32c=int(_str(data, "crc32c"), 16),
             database=_opt_str(data, "database"),
-            generation=_opt_int(data, "generation"),
+            generation=_opt_generation(data, "generation"),
             compression=_choice(data, "compression", ("none", "zstd")),
         )
 
@@ -303,8 +304,8 @@ class Manifest:
             log_signature=_signature_from(_dict(data, "log_signature")),
             log_file_size=_int(data, "log_file_size"),
             page_size=_int(data, "page_size"),
-            generation_low=_int(data, "generation_low"),
-            generation_high=_int(data, "generation_high"),
+            generation_low=_generation(data, "generation_low"),
+            generation_high=_generation(data, "generation_high"),
             logs=_choice(data, "logs", (LOGS_INCLUDED, LOGS_NONE)),
             logs_note=_str(data, "logs_note"),
             images=[ManifestImage.from_dict(_as_dict(i)) for i in _list(data, "images")],
@@ -371,6 +372,18 @@ def _plain_name(data: dict[str, Any], key: str) -> str:
     if value in ("", ".", "..") or "\0" in value or any(sep in value for sep in separators):
         raise ValueError(f"{key!r} is {value!r}, not a plain file name")
     return value
+
+
+def _generation(data: dict[str, Any], key: str) -> int:
+    """A log generation number (0 for none): no log file name holds one above MAX_GENERATION."""
+    value = _int(data, key)
+    if value > MAX_GENERATION:
+        raise ValueError(f"{key!r} is {value}, above the highest log generation {MAX_GENERATION}")
+    return value
+
+
+def _opt_generation(data: dict[str, Any], key: str) -> int | None:
+    return None if data.get(key) is None else _generation(data, key)
 
 
 def _opt_str(data: dict[str, Any], key: str) -> str | None:

@@ -281,9 +281,9 @@ class _Verifier:
                     file=name,
                 )
             else:
-                present = set(generations)
-                missing = [g for g in range(low, high + 1) if g not in present]
-                for start, end in _runs(missing):
+                # From the gaps between the listed generations, never by walking the range:
+                # it is the manifest's word, and a damaged one may claim 2**40 generations.
+                for start, end in _missing_runs(generations, low, high):
                     names = generation_log_name(start) + (
                         "" if start == end else f" to {generation_log_name(end)}"
                     )
@@ -401,6 +401,22 @@ def _runs(values: list[int]) -> list[tuple[int, int]]:
             runs[-1] = (runs[-1][0], value)
         else:
             runs.append((value, value))
+    return runs
+
+
+def _missing_runs(present: list[int], low: int, high: int) -> list[tuple[int, int]]:
+    """The runs of `low`-`high` that the sorted `present` lacks (at most one more than it
+    has elements, whatever the range's size)."""
+    runs: list[tuple[int, int]] = []
+    following = low
+    for value in present:
+        if value < following or value > high:
+            continue
+        if value > following:
+            runs.append((following, value - 1))
+        following = value + 1
+    if following <= high:
+        runs.append((following, high))
     return runs
 
 
