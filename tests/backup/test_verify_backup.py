@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -327,23 +329,39 @@ def test_a_manifest_claiming_a_huge_generation_range_is_a_finding(copy: Any, hig
         document["generation_high"] = high
 
     rewrite_manifest(path, claim)
-    # Bounded (512 MiB more address space), so that the walk fails at once instead of
-    # taking the machine's memory.
-    import resource
-
-    with open("/proc/self/status") as status:
-        size = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-    limits = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + 512 * 1024 * 1024, limits[1]))
-    try:
-        verification = jetstore.verify_backup(path)
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, limits)
-    assert not verification.ok
+    # In a child whose address space is bounded (1 GiB), so that a walk of the range fails
+    # at once there instead of taking the machine's memory; a limit set in this process
+    # would also bound every other thread of the test run meanwhile.
+    child = subprocess.run(
+        [sys.executable, "-c", _VERIFY_IN_A_BOUNDED_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_bound_address_space,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    verification = json.loads(child.stdout)
+    problems = [(p["error"], p["message"]) for p in verification["problems"]]
+    assert not verification["ok"]
     if high <= 0xFFFFFFFF:
         expected = ("MissingLogFile", f"{last[0] + 1}-{high}")
     else:
         expected = ("InvalidBackup", "above the highest log generation")
-    assert any(
-        p.error == expected[0] and expected[1] in p.message for p in verification.problems
-    ), verification.problems
+    assert any(error == expected[0] and expected[1] in message for error, message in problems), (
+        problems
+    )
+
+
+_VERIFY_IN_A_BOUNDED_CHILD = """
+import json, sys
+import jetstore
+verification = jetstore.verify_backup(sys.argv[1])
+problems = [{"error": p.error, "message": p.message} for p in verification.problems]
+print(json.dumps({"ok": verification.ok, "problems": problems}))
+"""
+
+
+def _bound_address_space() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
