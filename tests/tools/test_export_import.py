@@ -190,3 +190,14 @@ def test_values_round_trip(ctype: ColumnType) -> None:
     assert math.isnan(from_json(ColumnType.FLOAT, to_json(ColumnType.FLOAT, math.nan)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected"):
         from_csv(ColumnType.INT, "x")
+
+
+def test_import_json_number_too_large_for_a_float_is_a_failed_row(tmp_path: Path) -> None:
+    # Defect: float() of a JSON integer beyond the float range raised OverflowError, not
+    # ValueError, so the whole import ended in an internal error instead of a failed line.
+    make(tmp_path, [])
+    lines = '{"id": 1, "score": 1' + "0" * 400 + '}\n{"id": 2, "score": 3}\n'
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", io.StringIO(lines))
+    assert result.inserted == 1 and [f["line"] for f in result.failures] == [1]
+    assert "column 'score'" in result.failures[0]["error"]

@@ -63,7 +63,12 @@ def from_json(ctype: ColumnType, value: object) -> object:
             return _SPECIAL_FLOATS[value]
         if type(value) not in (int, float):
             raise ValueError(f"expected a number, got {value!r:.60}")
-        return float(value)  # type: ignore[arg-type]
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            # a JSON integer beyond the float range: a bad value of its row, like any other
+            # (OverflowError is no ValueError, and ended the whole import)
+            raise ValueError(f"expected a number in the float range, got {value!r:.60}") from None
     if ctype is ColumnType.BOOL:
         if type(value) is not bool:
             raise ValueError(f"expected true or false, got {value!r:.60}")
