@@ -201,3 +201,23 @@ def test_import_json_number_too_large_for_a_float_is_a_failed_row(tmp_path: Path
         result = import_rows(instance.database("main"), "t", io.StringIO(lines))
     assert result.inserted == 1 and [f["line"] for f in result.failures] == [1]
     assert "column 'score'" in result.failures[0]["error"]
+
+
+def test_csv_round_trips_a_text_with_a_lone_carriage_return(tmp_path: Path) -> None:
+    # Defect: QUOTE_MINIMAL with lineterminator "\n" left a field holding a lone "\r"
+    # unquoted; the reader took the "\r" for a line end, so import stored "x" for "x\r2" and
+    # reported the rest as a bad line (and a row that parsed, silently, as another record).
+    rows: list[dict[str, object]] = [
+        {"id": 1, "name": "x\r2", "photo": None, "when": None, "score": None, "flag": None},
+        {"id": 3, "name": "y\r\n", "photo": None, "when": None, "score": None, "flag": None},
+    ]
+    make(tmp_path / "a", rows)
+    make(tmp_path / "b", [])
+    out = io.StringIO()
+    export_table(tmp_path / "a" / "main.edb", "t", out, fmt="csv")
+    with jetstore.open(tmp_path / "b", **OPTIONS) as instance:
+        imported = import_rows(
+            instance.database("main"), "t", io.StringIO(out.getvalue(), newline=""), fmt="csv"
+        )
+    assert imported.failed == 0 and imported.inserted == 2
+    assert read(tmp_path / "b") == read(tmp_path / "a")

@@ -131,9 +131,14 @@ def export_table(
         columns = [(c.name, c.type) for c in table_def.columns]
         if fmt == "csv":
             writer = csv.writer(out, lineterminator="\n")
+            # QUOTE_MINIMAL quotes a field holding a character of the line terminator ("\n")
+            # but not a lone "\r", which a reader takes for a line end (the record came back
+            # cut there): a row with a "\r" anywhere is written with every field quoted.
+            quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
             writer.writerow([name for name, _ in columns])
             for record in records:
-                writer.writerow([to_csv(ctype, record[name]) for name, ctype in columns])
+                fields = [to_csv(ctype, record[name]) for name, ctype in columns]
+                (quoted if any("\r" in f for f in fields) else writer).writerow(fields)
                 rows += 1
         else:
             for record in records:
