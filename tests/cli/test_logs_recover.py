@@ -314,6 +314,23 @@ def test_events_human_table(closed: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "event(s) shown" in out
 
 
+def test_events_skips_damaged_lines_that_are_json_but_no_event(
+    closed: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Defect: a damaged line that still parsed as JSON but not as an object (`42`) was kept:
+    # the table ended in an internal error (AttributeError, exit 5) and --json listed it as an
+    # event; a line with NaN was kept too, and --json then printed NaN, which is not JSON.
+    with (closed / "events.jsonl").open("a") as file:
+        file.write('42\n["x"]\n{"id": 1, "time_us": NaN, "level": "info", "name": "x"}\n')
+    assert run(["events", str(closed)]) == 0
+    assert "event(s) shown" in capsys.readouterr().out
+    code, document = run_json("events", closed)
+    assert code == 0
+    events = document["result"]["events"]
+    assert events and all(isinstance(e, dict) and e.get("name") != "x" for e in events)
+    assert document["result"]["total"] == len(events)
+
+
 # --------------------------------------------------------------------------- counters
 
 
