@@ -88,6 +88,27 @@ def test_until_options_are_exclusive(tmp_path: Path) -> None:
     assert bad_time.exit_code == 2
 
 
+def test_until_time_out_of_range_in_utc_is_a_usage_error(tmp_path: Path) -> None:
+    full, _inc = _sets(tmp_path)
+    # Defect: a time whose instant lies before year 1 in UTC (its zone pushes it there)
+    # parsed, then overflowed when the restore named it in its refusal: internal error, exit 5.
+    too_early = CliRunner().invoke(
+        cli,
+        [
+            "restore",
+            str(full),
+            "--to",
+            str(tmp_path / "r"),
+            "--until-time",
+            "0001-01-01T00:00:00+05:00",
+            "--json",
+        ],
+    )
+    assert too_early.exit_code == 2, too_early.output
+    assert "--until-time" in json.loads(too_early.stdout)["error"]["message"]
+    assert not (tmp_path / "r").exists()
+
+
 def _hashes(directory: Path) -> dict[str, str]:
     return {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest()

@@ -13,7 +13,7 @@ the time says otherwise). `--logs-from DIR` adds the surviving logs of the damag
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -32,10 +32,20 @@ __all__ = ["restore_command"]
 
 def _parse_time(text: str, *, as_json: bool) -> datetime:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         usage_failure(
             f"--until-time {text!r} is not an ISO 8601 time (e.g. 2026-11-22T10:30:00Z)",
+            command="restore",
+            as_json=as_json,
+        )
+    try:
+        # The same instant in UTC: one a zone pushes outside years 1..9999 there
+        # (0001-01-01T00:00+05:00) cannot be named by the restore, which overflowed (exit 5).
+        return moment if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        usage_failure(
+            f"--until-time {text!r} is outside the years 1 to 9999 in UTC",
             command="restore",
             as_json=as_json,
         )
