@@ -15,7 +15,7 @@ from jetstore.io.files import FileSystem
 from jetstore.pages.btree import iter_nodes
 from jetstore.tools.dbfile import OfflineDatabase
 
-from .conftest import ROWS, SMALL, RunJson, entry_point, flip, run_entry_point
+from .conftest import ROWS, SMALL, RunJson, entry_point, flip, run_entry_point, snapshot
 
 
 def leaf_pages(path: Path) -> tuple[list[int], int]:
@@ -98,6 +98,30 @@ def test_export_import_through_the_cli(closed: Path, tmp_path: Path, run_json: R
     with jetstore.open(target, **SMALL):
         code, document = run_json("import", target / "main.edb", "t", out)
     assert code == 3
+
+
+def test_export_refuses_to_write_over_the_instance_files(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # Defect: `export DB T -o DB` renamed the export over the database file it was reading
+    # (exit 0): a read-only command destroyed the database. The same for its logs and
+    # checkpoint file, or the database reached through another path (a hard link).
+    before = snapshot(closed)
+    (tmp_path / "link.edb").hardlink_to(closed / "main.edb")
+    for output in [
+        closed / "main.edb",
+        tmp_path / "link.edb",
+        closed / "edb.log",
+        closed / "edb.chk",
+        closed / "." / "main.edb",
+    ]:
+        code, document = run_json("export", closed / "main.edb", "t", "-o", output)
+        assert code == 2, (output, document)
+        assert document["error"]["name"] == "InvalidPath"
+        assert not Path(str(output) + ".partial").exists()
+    assert snapshot(closed) == before
+    code, _ = run_json("integrity", closed / "main.edb")
+    assert code == 0
 
 
 def test_entry_point_integrity_and_export(closed: Path, tmp_path: Path) -> None:

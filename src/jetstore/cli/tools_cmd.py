@@ -45,7 +45,16 @@ from jetstore.errors import (
     JetError,
     from_os_error,
 )
-from jetstore.format.filenames import parse_database_file_name
+from jetstore.format.filenames import (
+    CHECKPOINT_FILE,
+    CURRENT_LOG,
+    EVENT_LOG,
+    LOCK_FILE,
+    TEMP_LOG,
+    parse_database_file_name,
+    parse_generation_log_name,
+    parse_reserve_log_name,
+)
 from jetstore.io.files import FileSystem
 from jetstore.tools.compact import compact_database
 from jetstore.tools.export import FORMATS, export_table
@@ -323,6 +332,34 @@ def _output(path: str | None) -> Iterator[TextIO]:
         raise
 
 
+#: Names of files an instance directory's engine owns (besides NAME.edb, edbXXXXXXXX.log and
+#: edbresNNNNN.jrs).
+_INSTANCE_FILES = (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE, LOCK_FILE, EVENT_LOG)
+
+
+def _is_instance_file(output: str, database: str) -> bool:
+    """Whether `output` is DB itself (by any path: `.` segments, a hard link) or names a file
+    of the instance in DB's directory. The export is renamed over its output at the end: over
+    DB, a read-only command replaced the database by its records (exit 0)."""
+    target = os.path.abspath(output)
+    with contextlib.suppress(OSError):
+        if os.path.samefile(target, database):
+            return True
+    try:
+        same_directory = os.path.samefile(
+            os.path.dirname(target), os.path.dirname(os.path.abspath(database))
+        )
+    except OSError:
+        return False
+    name = os.path.basename(target)
+    return same_directory and (
+        name in _INSTANCE_FILES
+        or parse_database_file_name(name) is not None
+        or parse_generation_log_name(name) is not None
+        or parse_reserve_log_name(name) is not None
+    )
+
+
 @click.command("export", short_help="Write a table's records as JSON lines or CSV.")
 @_DB_ARGUMENT
 @click.argument("table", metavar="TABLE")
@@ -348,6 +385,13 @@ def export_command(database: str, table: str, fmt: str, output: str | None, as_j
             "--json needs --output FILE (stdout holds the JSON document)",
             command="export",
             as_json=as_json,
+        )
+    if output is not None and _is_instance_file(output, database):
+        raise InvalidPath(
+            f"--output '{output}' is the database file or another file of its instance: the "
+            "export would be renamed over it",
+            hint="write the export to a file outside the instance's files (a new name)",
+            path=os.path.abspath(output),
         )
     with _output(output) as stream:
         result = export_table(database, table, stream, fmt=fmt)
