@@ -256,6 +256,22 @@ def test_recover_into_a_copy_leaves_the_original_untouched(
     assert (code, document["error"]["name"]) == (2, "UsageError")
 
 
+def test_recover_into_and_backup_to_inside_dir_through_a_symlink_are_refused(
+    crashed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # Defect: "--into must not be DIR or inside it" compared unresolved paths, so DIR reached
+    # through a symbolic link passed: the copy (or backup set) was written into the original
+    # instance directory, which --into promises to leave untouched.
+    before = snapshot(crashed)
+    alias = tmp_path / "alias"
+    alias.symlink_to(crashed)
+    code, document = run_json("recover", crashed, "--into", alias / "copy")
+    assert (code, document["error"]["name"]) == (2, "UsageError")
+    code, document = run_json("backup", crashed, "--to", alias / "set", "--recover")
+    assert (code, document["error"]["name"]) == (2, "UsageError")
+    assert snapshot(crashed) == before and not (crashed / "copy").exists()
+
+
 def test_recover_into_with_missing_log_keeps_the_original(
     crashed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

@@ -176,7 +176,9 @@ def backup_command(
     fs = FileSystem()
     source = ensure_instance_directory(fs, directory)
     target = os.path.abspath(dest)
-    if target == source or target.startswith(source + os.sep):
+    # Resolved: INSTANCE_DIR reached through a symbolic link is INSTANCE_DIR too.
+    real_target, real_source = os.path.realpath(target), os.path.realpath(source)
+    if real_target == real_source or real_target.startswith(real_source + os.sep):
         _refuse(f"--to {target} must not be INSTANCE_DIR or inside it", as_json=as_json)
     if is_locked(fs, source):
         try:

@@ -202,7 +202,10 @@ def recover_command(
         # set too): a backup set is restored with `jetstore restore`.
         refuse_backup_set(fs, source, what="recovering a copy of it")
         target = os.path.abspath(into)
-        if target == source or target.startswith(source + os.sep):
+        # Resolved: DIR reached through a symbolic link is DIR too (compared as given, the
+        # copy went into the original directory).
+        real_target, real_source = os.path.realpath(target), os.path.realpath(source)
+        if real_target == real_source or real_target.startswith(real_source + os.sep):
             usage_failure(
                 f"--into {target} must not be DIR or inside it",
                 command="recover",
