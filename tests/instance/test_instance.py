@@ -573,3 +573,38 @@ def test_an_unexpected_error_in_the_background_round_fails_the_instance_loudly(
     monkeypatch.undo()
     with jetstore.open(tmp_path) as reopened, reopened.database("main").transaction() as txn:
         assert [row["id"] for row in txn.table("t").scan()] == [1]
+
+
+@pytest.mark.parametrize("op", ["write", "fdatasync"])
+def test_an_interrupt_during_a_checkpoints_page_writes_fails_the_instance(
+    tmp_path: Path, op: str
+) -> None:
+    """Ctrl-C while an explicit checkpoint wrote the page file used to leave the instance
+    serving, with the plan's page numbers given to nodes never written: the next checkpoint
+    (the clean close) took them as written and named them in the header, and the database no
+    longer opened (PageNotInitialized, page 3 blank). The interrupt now fails the instance;
+    the reopen replays the log and every acknowledged commit is there."""
+    armed = [False]
+
+    def hook(event: IOEvent) -> None:
+        if armed[0] and event.op == op and event.path.endswith("main.edb"):
+            armed[0] = False
+            raise KeyboardInterrupt("Ctrl-C")
+
+    inst = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook))
+    db = inst.database("main", create=True)
+    db.create_table("t", [("id", "int"), ("v", "str")], primary_key="id")
+    inst.checkpoint()
+    with db.transaction() as txn:
+        for i in range(300):
+            txn.table("t").insert({"id": i, "v": "x" * 50})
+    armed[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        inst.checkpoint()
+    assert not armed[0]
+    assert inst.state.value == "failed"
+    with pytest.raises(JetError, match="checkpoint was interrupted"), db.transaction() as txn:
+        txn.table("t").insert({"id": 1000})
+    inst.close()
+    with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as txn:
+        assert [row["id"] for row in txn.table("t").scan()] == list(range(300))

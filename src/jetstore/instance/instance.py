@@ -1134,6 +1134,21 @@ class Instance:
                 self._fail(exc)
                 if raise_errors:
                     raise
+            except BaseException as exc:
+                # Interrupted (KeyboardInterrupt from a signal handler, MemoryError) once the
+                # plan may have given dirty nodes page numbers: the next checkpoint takes
+                # them as written and names pages never written (a clean close left a
+                # database that no longer opened). Stop accepting updates (D9); reopening
+                # replays the log from the last durable header.
+                self._fail(
+                    InstanceUnavailable(
+                        f"a checkpoint was interrupted ({type(exc).__name__}) while it wrote "
+                        "the database files",
+                        hint="close the instance and open it again: recovery replays every "
+                        "acknowledged commit from the log",
+                    )
+                )
+                raise
             return self.durable_checkpoint
 
     @contextmanager
