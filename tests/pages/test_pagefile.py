@@ -1142,3 +1142,40 @@ def test_page_cut_short_by_the_end_of_the_file(tmp_path) -> None:
             db.root()
     finally:
         db.close()
+
+
+def test_a_checkpoint_never_writes_past_the_end_of_a_truncated_file(
+    fs: FileSystem, path: str
+) -> None:
+    """A file cut short in pages the work after its open does not read (a leaf of other keys,
+    free pages) used to be written past its end by the next checkpoint: the missing pages
+    became a hole of zeros, the new header counted them as written, and the leaf read later
+    was "page 114 is blank (all zeros)" (PageNotInitialized) instead of the file being
+    truncated. The checkpoint now refuses before writing, with the truncation and its size."""
+    h = Harness(fs, path)
+    h.commit([(b"a%05d" % i, b"v" * 100) for i in range(1000)])
+    h.checkpoint()
+    h.commit([(b"b%05d" % i, b"v" * 100) for i in range(1000)])
+    h.checkpoint()
+    h.commit([(b"a%05d" % i, None) for i in range(0, 1000, 2)])
+    h.checkpoint()
+    h.checkpoint()
+    h.commit([(b"a%05d" % 1, b"w")])
+    h.checkpoint()
+    h.checkpoint()
+    counted = h.db.header.page_count
+    last_leaf = max(n.pgno or 0 for n in iter_nodes(h.db, h.db.root()) if n.leaf)
+    assert 0 < last_leaf < counted - 1  # what the truncation below cuts off
+    h.db.close()
+    size = last_leaf * PAGE  # the last leaf and every page after it are gone
+    os.truncate(path, size)
+    h.db = reopen(fs, path, writable=True)
+    h.root = h.db.root()
+    h.commit([(b"a-%05d" % i, b"x" * 100) for i in range(3000)])  # reads the left side only
+    with pytest.raises(DatabaseCorrupted) as info:
+        h.checkpoint()
+    assert f"'{path}' is {size} bytes, shorter than the {counted} pages" in info.value.detail
+    assert "the file is truncated" in info.value.detail
+    assert "restore the database from a backup" in info.value.hint
+    assert os.path.getsize(path) == size  # nothing written past the end
+    h.db.close()

@@ -620,6 +620,19 @@ class DatabaseFile:
         page_size = self.page_size
         seq = plan.checkpoint_seq
         file = self._file
+        # A file shorter than the pages its durable header counts was cut short: writing a
+        # page past its end would leave a hole of zeros where the missing pages were, and a
+        # later read of one would call it a blank page, not a truncated file (and the next
+        # header would count the hole as written pages). Stop before writing anything.
+        counted = self._header.page_count
+        size = file.size()
+        if size < counted * page_size:
+            raise DatabaseCorrupted(
+                f"'{self.path}' is {size} bytes, shorter than the {counted} pages of "
+                f"{page_size} bytes its header counts: the file is truncated",
+                hint=truncated_hint(self.path),
+                path=self.path,
+            )
         batch: list[bytes] = []
         batch_start = -1
         written = 0
