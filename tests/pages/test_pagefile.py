@@ -10,6 +10,7 @@ freed pages come back only when D4 allows it; the persisted free list accounts f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import struct
@@ -28,8 +29,8 @@ from jetstore.errors import (
     ReadPgnoVerifyFailure,
     ReadVerifyFailure,
 )
-from jetstore.format.dbheader import DatabaseHeader, decode_db_header
-from jetstore.format.page import PageType, decode_page, verify_page
+from jetstore.format.dbheader import DatabaseHeader, decode_db_header, encode_db_header
+from jetstore.format.page import PageType, decode_page, encode_page, verify_page
 from jetstore.format.positions import LogPosition
 from jetstore.io import FileSystem, HandleRegistry
 from jetstore.io.files import File
@@ -44,6 +45,7 @@ from jetstore.pages.btree import (
     lookup,
     merge_sorted_columns,
     node_ref,
+    page_crc_of,
     ref_pgno,
     verify_tree,
 )
@@ -1179,3 +1181,39 @@ def test_a_checkpoint_never_writes_past_the_end_of_a_truncated_file(
     assert "restore the database from a backup" in info.value.hint
     assert os.path.getsize(path) == size  # nothing written past the end
     h.db.close()
+
+
+@pytest.mark.parametrize("damage", ["count", "header_copy", "past_the_end"])
+def test_a_free_list_page_that_verifies_but_lists_nonsense_is_refused(
+    fs: FileSystem, path: str, damage: str
+) -> None:
+    """A free-list page with a valid checksum but a payload no checkpoint writes (a bug, or
+    another program) was trusted at open: an entry count larger than its payload failed
+    with a bare struct.error, and an entry naming header copy 1 or a page past the end was
+    handed out by the allocator (a node written over the header). Now DatabaseCorrupted
+    naming the page."""
+    h = Harness(fs, path)
+    h.commit([(b"key%06d" % i, b"v" * 200) for i in range(2000)])
+    h.checkpoint()
+    h.commit([(b"key%06d" % i, None) for i in range(2000) if i % 10])
+    h.checkpoint()
+    h.checkpoint()
+    header = h.db.header
+    head = header.freelist_pgno
+    assert head
+    h.db.close()
+    page = decode_page(head, _read(path, head * PAGE, PAGE))
+    payload = bytes(page.payload)
+    count = page.count
+    if damage == "count":
+        count += 1
+    else:
+        bad = 1 if damage == "header_copy" else header.page_count + 5
+        payload = payload[:8] + struct.pack("<Q", bad) + payload[16:]
+    data = encode_page(head, PageType.FREE_LIST, count, payload, PAGE, page.checkpoint_seq)
+    _patch(path, head * PAGE, data)
+    patched = dataclasses.replace(header, freelist_crc=page_crc_of(data))
+    _patch(path, 0, encode_db_header(patched) * 2)
+    with pytest.raises(DatabaseCorrupted) as info:
+        reopen(fs, path, writable=True)
+    assert f"free-list page {head} of '{path}'" in info.value.detail

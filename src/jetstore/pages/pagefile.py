@@ -516,8 +516,27 @@ class DatabaseFile:
                     f"page {pgno} of '{self.path}' should be a free-list page", path=self.path
                 )
             payload = bytes(page.payload)
+            # A page that verifies can still hold what no checkpoint writes (a bug, another
+            # program): a payload not of its entry count was a bare struct.error, and an
+            # entry naming a header copy or a page past the end was handed out by
+            # `_allocate` (a node written over header copy 1).
+            if len(payload) != _FREELIST_HEAD.size + _U64.size * page.count:
+                raise DatabaseCorrupted(
+                    f"free-list page {pgno} of '{self.path}' has a payload of {len(payload)} "
+                    f"bytes for {page.count} entries",
+                    hint="run `jetstore integrity` and restore from backup",
+                    path=self.path,
+                )
             (next_ref,) = _FREELIST_HEAD.unpack_from(payload, 0)
             entries = struct.unpack_from(f"<{page.count}Q", payload, _FREELIST_HEAD.size)
+            for entry in entries:
+                if not HEADER_COPIES <= entry < self._page_count:
+                    raise DatabaseCorrupted(
+                        f"free-list page {pgno} of '{self.path}' lists page {entry}, outside "
+                        f"the database (pages {HEADER_COPIES}..{self._page_count - 1})",
+                        hint="run `jetstore integrity` and restore from backup",
+                        path=self.path,
+                    )
             free.extend(entries)
             referrer = f"free-list page {pgno}"
             pgno, expected_crc = next_ref & MAX_PGNO, ref_crc(next_ref)
