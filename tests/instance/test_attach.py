@@ -298,3 +298,32 @@ def test_attach_refused_by_a_backup_leaves_the_file_where_it_was(tmp_path: Path)
         assert not (live / "third.edb").exists()
         assert inst.databases() == ["main"]
         started[0].abort()  # type: ignore[attr-defined]
+
+
+def test_a_commit_between_detachs_checkpoint_and_its_clean_header_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    """Defect: `detach` checkpointed the database, then (after the commit lock was free for a
+    moment) wrote its header clean with the tree of that checkpoint. A transaction of another
+    thread that committed in between (acknowledged, durable in the log) was in neither the
+    page file nor any log the detached file would ever be replayed from: lost. The commit
+    here runs exactly in that gap; detach must still leave a file that holds it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        fill(db, 0, 10)
+        checkpoint = instance.checkpoint
+        calls = 0
+
+        def checkpoint_then_commit(*, final: bool = False) -> object:
+            nonlocal calls
+            calls += 1
+            result = checkpoint(final=final)
+            if calls == 1:  # detach's own checkpoint: another thread commits right after it
+                fill(db, 10, 5)
+            return result
+
+        instance.checkpoint = checkpoint_then_commit  # type: ignore[method-assign]
+        path = instance.detach("main")
+    with jetstore.open(b, **SMALL) as other:
+        assert rows(other.attach(path)) == list(range(15))

@@ -847,13 +847,24 @@ class Instance:
                 f"database {name!r} has {db.active_transactions()} open transaction(s)",
                 hint="commit or roll back every transaction of the database, then detach it",
             )
-        self.checkpoint()  # everything committed reaches its page file
+        for _attempt in range(5):
+            self.checkpoint()  # everything committed reaches its page file
+            if db.position <= db.file.header.checkpoint_position:
+                break  # no commit since: the checkpoint's tree is the whole database
         # The backup lock around the removal: a backup registered before it sees the
         # database attached and is refused here; one registered after it finds it gone.
         with self._backup_lock, self.commit_lock:
             self._refuse_during_backup("detach", name, locked=True)
             if db.active_transactions():
                 raise DatabaseInUse(f"database {name!r} got a new transaction while detaching")
+            if db.position > db.file.header.checkpoint_position:
+                # A transaction committed after the last checkpoint: the clean header below
+                # names the checkpoint's tree, which does not hold it, and the detached file
+                # is never replayed from this log again: the acknowledged commit would be lost.
+                raise DatabaseInUse(
+                    f"database {name!r} received commits while it was being detached",
+                    hint="stop the updates of the database, then detach it again",
+                )
             try:
                 db.file.write_header(
                     state=DatabaseState.CLEAN,
