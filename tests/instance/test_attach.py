@@ -3,7 +3,9 @@ stream); a database that was not shut down cleanly is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -327,3 +329,71 @@ def test_a_commit_between_detachs_checkpoint_and_its_clean_header_is_not_lost(
         path = instance.detach("main")
     with jetstore.open(b, **SMALL) as other:
         assert rows(other.attach(path)) == list(range(15))
+
+
+def test_detach_during_a_checkpoint_of_another_thread_fails_nothing(tmp_path: Path) -> None:
+    """Defect: detach's clean header was written (and its file closed) with no checkpoint
+    lock held, so a checkpoint of another thread (the background one) that had planned the
+    database before went on to write its pages and header into the detached file: the
+    instance failed (InstanceUnavailable, the file was closed) or the detached file was
+    made dirty again, bound to this log. Here the other checkpoint is held after its plan,
+    at its first page write, until detach has done its part."""
+    planned, resume = threading.Event(), threading.Event()
+    armed = {"thread": None}
+
+    def hook(event: IOEvent) -> None:
+        if (
+            armed["thread"] is threading.current_thread()
+            and event.op == "write"
+            and event.path.endswith("other.edb")
+        ):
+            armed["thread"] = None
+            planned.set()
+            resume.wait(5)
+
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL) as instance:
+        main = instance.database("main", create=True)
+        other = instance.database("other", create=True)
+        fill(main, 0, 10)
+        fill(other, 0, 10)
+        instance.checkpoint()
+        fill(other, 10, 10)  # dirty pages for the other thread's checkpoint to write
+
+        def other_checkpoint() -> None:
+            armed["thread"] = threading.current_thread()
+            with contextlib.suppress(JetError):
+                instance.checkpoint()
+
+        worker = threading.Thread(target=other_checkpoint)
+        checkpoint = instance.checkpoint
+        calls = 0
+
+        def detachs_checkpoint(*, final: bool = False) -> object:
+            nonlocal calls
+            calls += 1
+            result = checkpoint(final=final)
+            if calls == 1:
+                # Detach's own checkpoint is done: the other thread's checkpoint plans both
+                # databases now and stops at its first page write.
+                worker.start()
+                assert planned.wait(5)
+                # Detach's part runs from here; the other checkpoint goes on a little later
+                # (at once if detach waits for it).
+                timer.start()
+            return result
+
+        timer = threading.Timer(0.5, resume.set)
+        instance.checkpoint = detachs_checkpoint  # type: ignore[method-assign]
+        try:
+            path = instance.detach("main")
+        finally:
+            resume.set()
+            timer.cancel()
+            if timer.ident is not None:
+                timer.join(5)
+            if worker.ident is not None:
+                worker.join(5)
+        assert instance.failure is None, instance.failure
+        fill(other, 20, 5)
+    with jetstore.open(tmp_path / "b", **SMALL) as elsewhere:
+        assert rows(elsewhere.attach(path)) == list(range(10))

@@ -853,7 +853,10 @@ class Instance:
                 break  # no commit since: the checkpoint's tree is the whole database
         # The backup lock around the removal: a backup registered before it sees the
         # database attached and is refused here; one registered after it finds it gone.
-        with self._backup_lock, self.commit_lock:
+        # The checkpoint lock too: a checkpoint of another thread (the background one) that
+        # planned this database would otherwise write its pages and dirty header into the
+        # file after its clean header, or into the closed file (failing the instance).
+        with self._holding_checkpoint_lock(), self._backup_lock, self.commit_lock:
             self._refuse_during_backup("detach", name, locked=True)
             if db.active_transactions():
                 raise DatabaseInUse(f"database {name!r} got a new transaction while detaching")
