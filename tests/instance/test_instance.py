@@ -608,3 +608,50 @@ def test_an_interrupt_during_a_checkpoints_page_writes_fails_the_instance(
     inst.close()
     with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as txn:
         assert [row["id"] for row in txn.table("t").scan()] == list(range(300))
+
+
+def test_a_database_created_during_a_log_roll_requires_no_generation_not_on_disk(
+    tmp_path: Path,
+) -> None:
+    """Defect: `database(create=True)` wrote the new header requiring the log's current
+    generation in memory. A roll of another thread (a backup's `log.roll()`) that had closed
+    the generation in memory but not yet on disk made the header require a generation a
+    crash left unwritten: the instance then refused to start (RequiredLogFilesMissing) with
+    nothing acknowledged lost. Here the roll stops at its first write (the process dies
+    there) once the database was created."""
+    rolling, created = threading.Event(), threading.Event()
+    roller: dict[str, threading.Thread | None] = {"thread": None}
+
+    def hook(event: IOEvent) -> None:
+        name = os.path.basename(event.path)
+        if roller["thread"] is None and event.op == "create" and name.startswith("new.edb"):
+            thread = threading.Thread(target=roll_log)
+            roller["thread"] = thread
+            thread.start()
+            assert rolling.wait(5)  # the generation is closed in memory, not on disk
+        elif roller["thread"] is threading.current_thread() and event.op == "write":
+            rolling.set()
+            created.wait(5)
+            raise OSError(5, "injected: the process dies here")
+
+    def roll_log() -> None:
+        try:
+            instance.log.roll()
+        except JetError:
+            pass
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), log_file_size=64 * 1024)
+    db = instance.database("main", create=True)
+    db.create_table("t", [("id", "int")], primary_key="id")
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 1})
+    instance.database("new", create=True)
+    created.set()
+    thread = roller["thread"]
+    assert thread is not None
+    thread.join(5)
+    instance.simulate_crash()
+    with jetstore.open(tmp_path, log_file_size=64 * 1024) as reopened:
+        assert reopened.databases() == ["main", "new"]
+        with reopened.database("main").transaction() as txn:
+            assert [row["id"] for row in txn.table("t").scan()] == [1]

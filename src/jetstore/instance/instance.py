@@ -814,11 +814,17 @@ class Instance:
             db = self.create_database_file(record)
             try:
                 db.file.write_header(
+                    # The newest generation on disk, not the log's current one: a roll of
+                    # another thread (a backup's `log.roll()`) may have closed it in memory
+                    # only, and a header requiring a generation a crash leaves unwritten
+                    # makes recovery refuse (RequiredLogFilesMissing) with nothing lost. That
+                    # roll's flush raises the header itself (`_on_roll`: the database is
+                    # attached already); raised, never lowered, should it have done so.
+                    raise_max_required=self.log.durable_position.generation,
                     state=DatabaseState.DIRTY,
                     log_signature=self.log.signature,
                     checkpoint_position=end,
                     generation_min_required=end.generation,
-                    generation_max_required=self.log.current_generation,
                     generation_max_committed=end.generation,
                     last_attach_position=end,
                     last_attach_time=now_us(),
