@@ -655,3 +655,50 @@ def test_a_database_created_during_a_log_roll_requires_no_generation_not_on_disk
         assert reopened.databases() == ["main", "new"]
         with reopened.database("main").transaction() as txn:
             assert [row["id"] for row in txn.table("t").scan()] == [1]
+
+
+def test_a_checkpoint_called_while_the_instance_closes_leaves_it_clean(tmp_path: Path) -> None:
+    """Defect: `Instance.checkpoint()` of another thread that got the checkpoint lock after
+    close()'s final checkpoint ran a checkpoint of its own: it wrote every header DIRTY again
+    (and a checkpoint file) after the clean ones, so a close that reported a clean shutdown
+    left databases that need the logs and recovery (a detached copy of the file was then
+    refused as dirty), or it wrote into the files close() was releasing. A checkpoint asked
+    for while the instance closes is now left to the final one."""
+    stopping, resume = threading.Event(), threading.Event()
+
+    def hook(event: IOEvent) -> None:
+        if (
+            event.op == "write"
+            and event.path.endswith("events.jsonl")
+            and event.data is not None
+            and b"instance_stopped" in bytes(event.data)
+            and not stopping.is_set()
+        ):
+            # close(), its final checkpoint done, stops before releasing anything.
+            stopping.set()
+            resume.wait(30)
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    fill(instance.database("main", create=True), 50)
+    errors: list[BaseException] = []
+
+    def run(call) -> None:  # type: ignore[no-untyped-def]
+        try:
+            call()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    closer = threading.Thread(target=run, args=(instance.close,))
+    closer.start()
+    assert stopping.wait(30)
+    other = threading.Thread(target=run, args=(instance.checkpoint,))
+    other.start()
+    other.join(5)
+    resume.set()
+    closer.join(30)
+    assert not other.is_alive() and not closer.is_alive()
+    assert errors == []
+    assert header_of(tmp_path / "main.edb").state is DatabaseState.CLEAN
+    with jetstore.open(tmp_path, **SMALL) as again:
+        assert again.recovery is not None and not again.recovery.needed
+        assert count(again.database("main")) == 50

@@ -1144,6 +1144,11 @@ class Instance:
         with self._holding_checkpoint_lock():
             if self.state is not InstanceState.OPEN:
                 return self.durable_checkpoint
+            if self._closing and not final:
+                # close() runs the final checkpoint (or ran it: the files are being released).
+                # Another one after it would write every header dirty again behind a clean
+                # shutdown (or write into the files being closed).
+                return self.durable_checkpoint
             if write_back:
                 if self._dirty_bytes < self.options.cache_size:
                     return self.durable_checkpoint  # a checkpoint wrote them meanwhile
