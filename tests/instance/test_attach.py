@@ -397,3 +397,60 @@ def test_detach_during_a_checkpoint_of_another_thread_fails_nothing(tmp_path: Pa
         fill(other, 20, 5)
     with jetstore.open(tmp_path / "b", **SMALL) as elsewhere:
         assert rows(elsewhere.attach(path)) == list(range(10))
+
+
+def _leave_room_for(instance: jetstore.Instance, db: jetstore.Database, room: int) -> None:
+    """Lazy commits until less than `room` bytes are left in the current log generation."""
+    log = instance.log
+    size = log.config.log_file_size
+    key = 10**6
+    for _ in range(100):
+        if size - log.end_position.offset < room:
+            return
+        before = log.end_position
+        key += 1
+        txn = db.transaction()
+        txn.table("t").insert({"id": key, "v": ""})
+        txn.commit(lazy=True)
+        overhead = log.end_position.offset - before.offset
+        if log.end_position.generation != before.generation:
+            continue
+        # The next record (its value adds about its length) leaves about room // 2 bytes.
+        want = size - log.end_position.offset - overhead - room // 2
+        if want > 0:
+            key += 1
+            txn = db.transaction()
+            txn.table("t").insert({"id": key, "v": "x" * min(want, 20_000)})
+            txn.commit(lazy=True)
+    pytest.fail("could not fill the log generation up to its last bytes")
+
+
+def test_a_detach_whose_record_rolls_the_log_leaves_a_header_requiring_no_log(
+    tmp_path: Path,
+) -> None:
+    """Defect: a flush that rolled the log raised `generation_max_required` in the header of
+    every attached database, the one detach had just written clean and bound to no log
+    stream included (its DETACH record started the new generation). The clean file then
+    carried a required generation of this stream; put into another instance's directory it
+    joined that stream requiring it, and after a crash that instance refused to start
+    (RequiredLogFilesMissing for generations its log never had)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        main = first.database("main", create=True)
+        fill(main, 0, 10)
+        moving = first.database("moving", create=True)
+        fill(moving, 0, 10)
+        for start in range(10, 2000, 200):
+            fill(main, start, 200)  # generations well past those of a fresh instance
+        _leave_room_for(first, main, 48)  # the DETACH record does not fit any more
+        generation = first.log.current_generation
+        path = first.detach("moving")
+        assert first.log.current_generation > generation  # the DETACH record rolled
+    with jetstore.open(b, **SMALL) as second:
+        fill(second.database("other", create=True), 0, 5)
+    os.rename(path, b / "moving.edb")  # a clean database put into a closed instance
+    second = jetstore.open(b, **SMALL)
+    fill(second.database("moving"), 10, 5)
+    second.simulate_crash()
+    with jetstore.open(b, **SMALL) as reopened:
+        assert rows(reopened.database("moving")) == list(range(15))
