@@ -454,3 +454,34 @@ def test_a_detach_whose_record_rolls_the_log_leaves_a_header_requiring_no_log(
     second.simulate_crash()
     with jetstore.open(b, **SMALL) as reopened:
         assert rows(reopened.database("moving")) == list(range(15))
+
+
+def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
+    tmp_path: Path,
+) -> None:
+    """Defect: a database created after a detach gets the detached one's id. With the
+    checkpoint file held by another program (the seed condition) from before the detached
+    database's creation, recovery after a crash read that older CREATE_DATABASE record of the
+    id and refused the new database's file as 'not the database the log created with that
+    id' (AttachedDatabaseMismatch, 'move the foreign database file away'), though that file
+    took the id only later (its checkpoint lies after the record)."""
+    held = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if held["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "edb.chk is held by another program")
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    held["on"] = True  # the checkpoint file stays where the open wrote it
+    fill(instance.database("main", create=True), 0, 10)
+    moving = instance.database("moving", create=True)
+    fill(moving, 0, 10)
+    instance.detach("moving")
+    new = instance.database("new", create=True)
+    assert new.db_id == moving.db_id  # the detached database's id, reused
+    fill(new, 100, 5)
+    instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert rows(reopened.database("main")) == list(range(10))
+        assert rows(reopened.database("moving")) == list(range(10))
+        assert rows(reopened.database("new")) == list(range(100, 105))

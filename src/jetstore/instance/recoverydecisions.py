@@ -946,6 +946,13 @@ class RecordMatcher:
         if existing is not None:
             file = self._files[existing]
             if file.header.db_signature.random != record.signature_random:
+                if not self._bound_before(existing, at):
+                    # The file took the id after this record (ids are reused once a
+                    # database is detached): this is the creation of the id's earlier
+                    # database, whose records lie before the file's checkpoint and are
+                    # skipped as such. Replay reaches it when the checkpoint file could not
+                    # be written for a while (its position is older than the detach).
+                    return None
                 raise Refused(
                     AttachedDatabaseMismatch(
                         f"database file {file.path!r} has id {record.database_id} "
