@@ -485,3 +485,40 @@ def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
         assert rows(reopened.database("main")) == list(range(10))
         assert rows(reopened.database("moving")) == list(range(10))
         assert rows(reopened.database("new")) == list(range(100, 105))
+
+
+@pytest.mark.parametrize("created_before_the_hold", [False, True])
+def test_a_database_attached_again_under_a_new_id_recovers_while_the_checkpoint_file_is_held(
+    tmp_path: Path, created_before_the_hold: bool
+) -> None:
+    """Defect: a database detached and attached again gets a new id. With the checkpoint
+    file held by another program (the seed condition) from before the detach, recovery
+    after a crash met the records of its old id and refused its own file: 'database file
+    for 'main' exists with another id than the log created it with' when the creation
+    record was replayed, 'no database file has that id' when the checkpoint file listed it
+    (AttachedDatabaseMismatch both). Those records lie before the file's checkpoint: it
+    holds them."""
+    held = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if held["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "edb.chk is held by another program")
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    held["on"] = not created_before_the_hold
+    main = instance.database("main", create=True)
+    fill(main, 0, 5)
+    fill(instance.database("other", create=True), 0, 5)
+    instance.checkpoint()
+    held["on"] = True
+    fill(main, 5, 2)  # records of main's first id after the checkpoint file's position
+    path = instance.detach("main")
+    fill(instance.database("new", create=True), 0, 3)
+    again = instance.attach(path)
+    assert again.db_id != main.db_id
+    fill(again, 7, 2)
+    instance.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert rows(reopened.database("main")) == list(range(9))
+        assert rows(reopened.database("other")) == list(range(5))
+        assert rows(reopened.database("new")) == list(range(3))

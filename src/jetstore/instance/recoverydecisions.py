@@ -695,6 +695,13 @@ class RecordMatcher:
         #: (database name, position) of each database attached without a file here.
         self.not_restored: list[tuple[str, LogPosition]] = []
         self._noted_skips: set[tuple[int, LogPosition]] = set()
+        #: The database (signature's random part) each id names at the scan's point, as the
+        #: checkpoint file lists it and the binding records change it: a file here that
+        #: is that database under another id now (detached, then attached again) holds
+        #: the id's records before its own checkpoint (`_held_by_rebound_file`).
+        self._binding: dict[int, bytes] = {
+            db_id: attached.signature.random for db_id, attached in self._listed.items()
+        }
 
     def match(self, entry: LogRecordEntry) -> RecordMatch | None:
         """What `entry` means for which database (None: for none, e.g. not a commit or a
@@ -717,6 +724,9 @@ class RecordMatcher:
                 create = self.pending_create.get(database_id)
                 if create is not None:
                     return RecordMatch("pending", create.name, database_id)
+                held = self._held_by_rebound_file(database_id, entry.start)
+                if held is not None:
+                    return RecordMatch("skip", held, database_id)
                 listed = self._listed.get(database_id)
                 owner = f" ({listed.name!r} in the checkpoint file)" if listed else ""
                 return self._lose_or_refuse(
@@ -760,11 +770,29 @@ class RecordMatcher:
         record = decode_record(payload, entry.start)
         if isinstance(record, CreateDatabaseRecord):
             self._rebound.pop(record.database_id, None)
+            self._binding[record.database_id] = record.signature_random
             return self._match_create(record, entry.start)
         if isinstance(record, DetachDatabaseRecord):
+            self._binding.pop(record.database_id, None)
             self._match_detach(record, entry.start)
         elif isinstance(record, AttachDatabaseRecord):
+            self._binding[record.database_id] = record.signature_random
             self._match_attach(record, entry.start)
+        return None
+
+    def _held_by_rebound_file(self, database_id: int, at: LogPosition) -> str | None:
+        """The file here that already holds a record of `database_id` at `at`, though it
+        has another id now: the database the id named there (`_binding`), detached and
+        attached again since (ids are reused and a database attached gets a new one), with
+        its checkpoint after `at`. Replay meets such records when it starts before the
+        detach (the checkpoint file could not be written for a while)."""
+        signature = self._binding.get(database_id)
+        if signature is None:
+            return None
+        for name, file in self._files.items():
+            header = file.header
+            if header.db_signature.random == signature and at < header.checkpoint_position:
+                return name
         return None
 
     def _bound_file(self, database_id: int, signature_random: bytes) -> str | None:
@@ -968,6 +996,8 @@ class RecordMatcher:
         if record.name in self._files:
             if self._files[record.name].header.db_id in self._foreign:
                 return None  # created in this stream, since set apart from it
+            if self._held_by_rebound_file(record.database_id, at) == record.name:
+                return None  # created here, detached and attached again under another id
             raise Refused(
                 AttachedDatabaseMismatch(
                     f"database file for {record.name!r} exists with another id than the log "
