@@ -522,3 +522,39 @@ def test_a_database_attached_again_under_a_new_id_recovers_while_the_checkpoint_
         assert rows(reopened.database("main")) == list(range(9))
         assert rows(reopened.database("other")) == list(range(5))
         assert rows(reopened.database("new")) == list(range(3))
+
+
+def test_a_detached_database_moved_away_does_not_block_recovery_while_the_checkpoint_file_is_held(
+    tmp_path: Path,
+) -> None:
+    """Defect: with the checkpoint file held by another program (the seed condition) from
+    before a detach, the detached database's file moved away (to be attached elsewhere, as
+    detach is for), recovery after a crash met that database's changes after the checkpoint
+    file's position and refused: 'no database file has that id, put the missing database
+    file back' (AttachedDatabaseMismatch), though the log detaches it further on: its file
+    left with those changes. The refusal now waits for the end of the scan and is dropped
+    at the database's DETACH record."""
+    held = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if held["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "edb.chk is held by another program")
+
+    instance = jetstore.open(tmp_path / "a", filesystem=FileSystem(hook=hook), **SMALL)
+    main = instance.database("main", create=True)
+    fill(main, 0, 5)
+    moving = instance.database("moving", create=True)
+    fill(moving, 0, 5)
+    instance.checkpoint()  # the checkpoint file lists 'moving'
+    held["on"] = True
+    fill(moving, 5, 2)
+    path = instance.detach("moving")
+    moved = tmp_path / "moving.edb"
+    os.rename(path, moved)
+    fill(main, 5, 2)
+    instance.simulate_crash()
+    with jetstore.open(tmp_path / "a", **SMALL) as reopened:
+        assert reopened.databases() == ["main"]
+        assert rows(reopened.database("main")) == list(range(7))
+    with jetstore.open(tmp_path / "b", **SMALL) as elsewhere:
+        assert rows(elsewhere.attach(moved)) == list(range(7))

@@ -393,6 +393,7 @@ def _simulate(
         sim.losses.append(scan_stop_loss(exc, sim.last_good, start))
         scan_stopped = True
         sim.stopped_in = scan_stop_generation(scanner.result, start)
+    matcher.finish()
     sim.losses.extend(matcher.losses)
     sim.replayed, sim.skipped = matcher.replayed, matcher.skipped
     sim.needed = sim.needed or matcher.needed

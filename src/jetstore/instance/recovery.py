@@ -248,6 +248,7 @@ def _recover(
         losses.append(scan_stop_loss(exc, last_good, start))
         scan_stopped = True
         stopped_in = scan_stop_generation(scanner.result, start)
+    matcher.finish()
     losses.extend(matcher.losses)
     notes.extend(matcher.notes)
     outcome.detached = list(matcher.detached)

@@ -702,6 +702,10 @@ class RecordMatcher:
         self._binding: dict[int, bytes] = {
             db_id: attached.signature.random for db_id, attached in self._listed.items()
         }
+        #: Refusals held back until the end of the scan (`finish`): records of an id whose
+        #: database has no file here are its own if the log detaches it later (it was
+        #: detached and its file moved away while replay starts before the detach).
+        self._deferred: dict[int, Refused] = {}
 
     def match(self, entry: LogRecordEntry) -> RecordMatch | None:
         """What `entry` means for which database (None: for none, e.g. not a commit or a
@@ -729,21 +733,24 @@ class RecordMatcher:
                     return RecordMatch("skip", held, database_id)
                 listed = self._listed.get(database_id)
                 owner = f" ({listed.name!r} in the checkpoint file)" if listed else ""
-                return self._lose_or_refuse(
-                    Refused(
-                        AttachedDatabaseMismatch(
-                            f"the log at {entry.start} holds changes for database id "
-                            f"{database_id}{owner}, but no database file in "
-                            f"'{self._directory}' has that id",
-                            hint="put the missing database file back, or restore from backup; "
-                            "`jetstore recover DIR --accept-data-loss` recovers the other "
-                            "databases and drops this one's changes",
-                        ),
-                        "mismatch",
-                        position=entry.start,
+                unowned = Refused(
+                    AttachedDatabaseMismatch(
+                        f"the log at {entry.start} holds changes for database id "
+                        f"{database_id}{owner}, but no database file in "
+                        f"'{self._directory}' has that id",
+                        hint="put the missing database file back, or restore from backup; "
+                        "`jetstore recover DIR --accept-data-loss` recovers the other "
+                        "databases and drops this one's changes",
                     ),
-                    database_id,
+                    "mismatch",
+                    position=entry.start,
                 )
+                if database_id in self._binding:
+                    # The database the id names may be detached further on (its file then
+                    # left with these changes): decided at its DETACH record or at the end.
+                    self._deferred.setdefault(database_id, unowned)
+                    return RecordMatch("skip", listed.name if listed else "", database_id)
+                return self._lose_or_refuse(unowned, database_id)
             # Records before a database's own checkpoint are already in its pages.
             header = self._files[name].header
             if entry.start < header.checkpoint_position or name in self._kept_as_copies:
@@ -773,12 +780,26 @@ class RecordMatcher:
             self._binding[record.database_id] = record.signature_random
             return self._match_create(record, entry.start)
         if isinstance(record, DetachDatabaseRecord):
-            self._binding.pop(record.database_id, None)
+            if self._binding.pop(record.database_id, None) == record.signature_random:
+                deferred = self._deferred.pop(record.database_id, None)
+                if deferred is not None:
+                    self.notes.append(
+                        f"database {record.name!r} (id {record.database_id}), detached at log "
+                        f"position {entry.start}, has no file here: its changes before its "
+                        "detach left with its file"
+                    )
             self._match_detach(record, entry.start)
         elif isinstance(record, AttachDatabaseRecord):
             self._binding[record.database_id] = record.signature_random
             self._match_attach(record, entry.start)
         return None
+
+    def finish(self) -> None:
+        """At the end of the scan: the records held back (`_deferred`) whose database the
+        log did not detach are refused (or a loss under `accept_data_loss`)."""
+        deferred, self._deferred = self._deferred, {}
+        for database_id, refused in deferred.items():
+            self._lose_or_refuse(refused, database_id)
 
     def _held_by_rebound_file(self, database_id: int, at: LogPosition) -> str | None:
         """The file here that already holds a record of `database_id` at `at`, though it
