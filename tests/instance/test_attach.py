@@ -558,3 +558,32 @@ def test_a_detached_database_moved_away_does_not_block_recovery_while_the_checkp
         assert rows(reopened.database("main")) == list(range(7))
     with jetstore.open(tmp_path / "b", **SMALL) as elsewhere:
         assert rows(elsewhere.attach(moved)) == list(range(7))
+
+
+def test_a_clean_database_joining_ignores_a_required_generation_left_in_its_header(
+    tmp_path: Path,
+) -> None:
+    """Defect: a database joining a log stream at open kept the `generation_max_required`
+    its clean header carried (a stale value of the stream it left: engines before the
+    roll fix raised it in a just-detached header): the open's checkpoint only raised it, so
+    the joined database required generations of the new stream that did not exist, and
+    after a crash the instance refused to start (RequiredLogFilesMissing). A clean header
+    needs no log: the stream it joins requires from its own checkpoint on."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    with jetstore.open(home, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 5)
+    with jetstore.open(elsewhere, **SMALL) as instance:
+        fill(instance.database("guest", create=True), 0, 5)
+        path = instance.detach("guest")
+        # What a detach whose record rolled the log left with the engine before the fix.
+        guest = instance.open_database_file(path)
+        try:
+            guest.write_header(generation_max_required=40)
+        finally:
+            guest.close()
+    os.replace(path, home / "guest.edb")
+    instance = jetstore.open(home, **SMALL)
+    fill(instance.database("guest"), 5, 2)
+    instance.simulate_crash()
+    with jetstore.open(home, **SMALL) as reopened:
+        assert rows(reopened.database("guest")) == list(range(7))

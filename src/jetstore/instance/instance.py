@@ -1247,9 +1247,14 @@ class Instance:
                 )
                 if header.state is not DatabaseState.DIRTY:
                     changes.update(last_attach_position=position, last_attach_time=now_us())
-            db.file.header_for_plan(
-                plan, raise_max_required=None if final else generation, **changes
-            )
+            raise_to: int | None = None if final else generation
+            if not final and header.log_signature != signature:
+                # Joining this stream (a clean file put into the directory): whatever its
+                # header says it required belongs to the stream it left, and raised into
+                # this one it would require generations that never existed here.
+                changes["generation_max_required"] = generation
+                raise_to = None
+            db.file.header_for_plan(plan, raise_max_required=raise_to, **changes)
         for db, plan in plans:
             db.file.finish_checkpoint(plan, db.oldest_snapshot())
         self.checkpoints += 1
