@@ -587,3 +587,36 @@ def test_a_clean_database_joining_ignores_a_required_generation_left_in_its_head
     instance.simulate_crash()
     with jetstore.open(home, **SMALL) as reopened:
         assert rows(reopened.database("guest")) == list(range(7))
+
+
+def test_another_database_under_a_detached_ones_name_recovers_while_the_checkpoint_file_is_held(
+    tmp_path: Path,
+) -> None:
+    """Defect: a database detached (its file moved away) and another database of the same
+    name attached later under a new id. With the checkpoint file held by another program
+    (the seed condition) from before the first one's creation, recovery after a crash met
+    its creation record and refused the second one's file: 'database file for 'mv' exists
+    with another id than the log created it with' (AttachedDatabaseMismatch), though that
+    file took the name only after the record (its checkpoint lies after it)."""
+    held = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if held["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "edb.chk is held by another program")
+
+    instance = jetstore.open(tmp_path / "a", filesystem=FileSystem(hook=hook), **SMALL)
+    held["on"] = True
+    fill(instance.database("main", create=True), 0, 5)
+    fill(instance.database("mv", create=True), 0, 5)
+    fill(instance.database("other", create=True), 0, 1)
+    os.rename(instance.detach("mv"), tmp_path / "mv-first.edb")
+    with jetstore.open(tmp_path / "b", **SMALL) as elsewhere:
+        fill(elsewhere.database("mv", create=True), 100, 3)
+        path = elsewhere.detach("mv")
+    second = instance.attach(path)
+    fill(second, 103, 1)
+    instance.simulate_crash()
+    with jetstore.open(tmp_path / "a", **SMALL) as reopened:
+        assert rows(reopened.database("main")) == list(range(5))
+        assert rows(reopened.database("mv")) == list(range(100, 104))
+        assert rows(reopened.database("other")) == list(range(1))

@@ -1017,8 +1017,13 @@ class RecordMatcher:
         if record.name in self._files:
             if self._files[record.name].header.db_id in self._foreign:
                 return None  # created in this stream, since set apart from it
-            if self._held_by_rebound_file(record.database_id, at) == record.name:
-                return None  # created here, detached and attached again under another id
+            if not self._bound_before(record.name, at):
+                # The file took the name (with another id) after this record: this is the
+                # creation of an earlier database of that name, detached since (the file is
+                # that database attached again under a new id, or another one). Records of
+                # the old id are matched by the database it names (`_held_by_rebound_file`,
+                # or held back until its DETACH record: `_deferred`).
+                return None
             raise Refused(
                 AttachedDatabaseMismatch(
                     f"database file for {record.name!r} exists with another id than the log "
