@@ -958,3 +958,32 @@ def test_a_flush_across_generations_raises_the_headers_once(tmp_path: Path) -> N
     instance.simulate_crash()
     with jetstore.open(tmp_path, **SMALL) as reopened:
         assert read_ids(reopened) == list(range(600))
+
+
+def test_a_crash_after_the_only_database_was_detached_and_moved_away_recovers(
+    tmp_path: Path,
+) -> None:
+    """Defect: with no database of the log stream left in the directory, recovery reads the
+    newest generation from its start; a database detached in it (its file moved away, to be
+    attached elsewhere, as detach is for) had committed there before its detach. After a
+    crash the instance refused to open: 'the log holds changes for database id 1, but no
+    database file has that id, put the missing database file back'
+    (AttachedDatabaseMismatch). The log detaches that database further on: its file left with
+    those changes. Such a refusal waits for the end of the scan and is dropped at the DETACH
+    record of the id (when no record bound the id to another database in between)."""
+    directory = tmp_path / "instance"
+    with jetstore.open(directory, log_file_size=64 * 1024) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int")], primary_key="id")
+    instance = jetstore.open(directory, log_file_size=64 * 1024)
+    db = instance.database("main")
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 1})
+    os.rename(instance.detach("main"), tmp_path / "main.edb")
+    instance.simulate_crash()
+    with jetstore.open(directory, log_file_size=64 * 1024) as reopened:
+        assert reopened.databases() == []
+    with jetstore.open(tmp_path / "elsewhere", log_file_size=64 * 1024) as elsewhere:
+        moved = elsewhere.attach(tmp_path / "main.edb")
+        with moved.transaction() as txn:
+            assert [row["id"] for row in txn.table("t").scan()] == [1]

@@ -704,8 +704,9 @@ class RecordMatcher:
         }
         #: Refusals held back until the end of the scan (`finish`): records of an id whose
         #: database has no file here are its own if the log detaches it later (it was
-        #: detached and its file moved away while replay starts before the detach).
-        self._deferred: dict[int, Refused] = {}
+        #: detached and its file moved away while replay starts before the detach), with
+        #: the database the id named then (`_binding`; b"" when the scan does not know).
+        self._deferred: dict[int, tuple[Refused, bytes]] = {}
 
     def match(self, entry: LogRecordEntry) -> RecordMatch | None:
         """What `entry` means for which database (None: for none, e.g. not a commit or a
@@ -745,12 +746,12 @@ class RecordMatcher:
                     "mismatch",
                     position=entry.start,
                 )
-                if database_id in self._binding:
-                    # The database the id names may be detached further on (its file then
-                    # left with these changes): decided at its DETACH record or at the end.
-                    self._deferred.setdefault(database_id, unowned)
-                    return RecordMatch("skip", listed.name if listed else "", database_id)
-                return self._lose_or_refuse(unowned, database_id)
+                # The database the id names may be detached further on (its file then left
+                # with these changes): decided at its DETACH record or at the end.
+                self._deferred.setdefault(
+                    database_id, (unowned, self._binding.get(database_id, b""))
+                )
+                return RecordMatch("skip", listed.name if listed else "", database_id)
             # Records before a database's own checkpoint are already in its pages.
             header = self._files[name].header
             if entry.start < header.checkpoint_position or name in self._kept_as_copies:
@@ -780,14 +781,17 @@ class RecordMatcher:
             self._binding[record.database_id] = record.signature_random
             return self._match_create(record, entry.start)
         if isinstance(record, DetachDatabaseRecord):
-            if self._binding.pop(record.database_id, None) == record.signature_random:
-                deferred = self._deferred.pop(record.database_id, None)
-                if deferred is not None:
-                    self.notes.append(
-                        f"database {record.name!r} (id {record.database_id}), detached at log "
-                        f"position {entry.start}, has no file here: its changes before its "
-                        "detach left with its file"
-                    )
+            bound = self._binding.pop(record.database_id, b"")
+            deferred = self._deferred.get(record.database_id)
+            # The database detached here is the one the held-back records' id named then
+            # (not rebound in between), when the scan knew it or not.
+            if deferred is not None and deferred[1] == bound in (b"", record.signature_random):
+                del self._deferred[record.database_id]
+                self.notes.append(
+                    f"database {record.name!r} (id {record.database_id}), detached at log "
+                    f"position {entry.start}, has no file here: its changes before its "
+                    "detach left with its file"
+                )
             self._match_detach(record, entry.start)
         elif isinstance(record, AttachDatabaseRecord):
             self._binding[record.database_id] = record.signature_random
@@ -798,7 +802,7 @@ class RecordMatcher:
         """At the end of the scan: the records held back (`_deferred`) whose database the
         log did not detach are refused (or a loss under `accept_data_loss`)."""
         deferred, self._deferred = self._deferred, {}
-        for database_id, refused in deferred.items():
+        for database_id, (refused, _bound) in deferred.items():
             self._lose_or_refuse(refused, database_id)
 
     def _held_by_rebound_file(self, database_id: int, at: LogPosition) -> str | None:
