@@ -620,3 +620,34 @@ def test_another_database_under_a_detached_ones_name_recovers_while_the_checkpoi
         assert rows(reopened.database("main")) == list(range(5))
         assert rows(reopened.database("mv")) == list(range(100, 104))
         assert rows(reopened.database("other")) == list(range(1))
+
+
+def test_a_database_detached_again_after_joining_recovers_while_the_checkpoint_file_is_held(
+    tmp_path: Path,
+) -> None:
+    """Defect: a detached database left in the directory joins the log stream at the next
+    open (an ATTACH record); detached again there, it stays in the directory, set apart.
+    With the checkpoint file held by another program (the seed condition) from before that
+    open, recovery after a crash met its changes after the ATTACH record and refused: 'the
+    log holds changes for database 'a' (attached at ...), but no database file is that
+    database' (AttachedDatabaseMismatch), though its file is right there and holds them."""
+    held = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if held["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "edb.chk is held by another program")
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    held["on"] = True
+    fill(instance.database("main", create=True), 0, 3)
+    fill(instance.database("a", create=True), 0, 3)
+    instance.detach("a")
+    instance.close()
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    fill(instance.database("a"), 3, 2)  # joined at open
+    instance.detach("a")
+    instance.simulate_crash()
+    held["on"] = False
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert rows(reopened.database("main")) == list(range(3))
+        assert rows(reopened.database("a")) == list(range(5))

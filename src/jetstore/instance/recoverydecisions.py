@@ -707,6 +707,9 @@ class RecordMatcher:
         #: detached and its file moved away while replay starts before the detach), with
         #: the database the id named then (`_binding`; b"" when the scan does not know).
         self._deferred: dict[int, tuple[Refused, bytes]] = {}
+        #: Ids an ATTACH record bound to a file here that is set apart now (`_match_attach`):
+        #: their records, up to the next record binding the id, are in that file already.
+        self._set_apart_since: dict[int, str] = {}
 
     def match(self, entry: LogRecordEntry) -> RecordMatch | None:
         """What `entry` means for which database (None: for none, e.g. not a commit or a
@@ -716,6 +719,8 @@ class RecordMatcher:
         if record_type(payload) == RECORD_COMMIT:
             database_id, _count = decode_commit_header(payload, entry.start)
             name = self._by_id.get(database_id)
+            if name is None and database_id in self._set_apart_since:
+                return RecordMatch("skip", self._set_apart_since[database_id], database_id)
             if name is None and database_id in self._rebound:
                 return self._match_rebound(database_id, entry.start)
             if name is None:
@@ -776,6 +781,8 @@ class RecordMatcher:
                 )
             return RecordMatch("apply", name, database_id)
         record = decode_record(payload, entry.start)
+        if isinstance(record, CreateDatabaseRecord | DetachDatabaseRecord | AttachDatabaseRecord):
+            self._set_apart_since.pop(record.database_id, None)
         if isinstance(record, CreateDatabaseRecord):
             self._rebound.pop(record.database_id, None)
             self._binding[record.database_id] = record.signature_random
@@ -890,6 +897,19 @@ class RecordMatcher:
             # The file with this id is another database, whose detach the log does not hold
             # (written before DETACH records existed): it left the instance before this.
             self._end_binding(database_id, at, "left the instance (another database took its id)")
+        if bound is None:
+            for name, file in self._files.items():
+                header = file.header
+                if header.log_signature.is_none and (
+                    header.db_signature.random == record.signature_random
+                ):
+                    # Its file is here, set apart from the stream since (detached again and
+                    # left in the directory): it holds what the log has for it from here to
+                    # its detach. Replay meets this when it starts before the attach (the
+                    # checkpoint file could not be written for a while).
+                    self._rebound.pop(database_id, None)
+                    self._set_apart_since[database_id] = name
+                    return
         self._rebound[database_id] = ("attached", record.name, at)
 
     def _match_rebound(self, database_id: int, at: LogPosition) -> RecordMatch:
