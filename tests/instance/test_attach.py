@@ -651,3 +651,42 @@ def test_a_database_detached_again_after_joining_recovers_while_the_checkpoint_f
     with jetstore.open(tmp_path, **SMALL) as reopened:
         assert rows(reopened.database("main")) == list(range(3))
         assert rows(reopened.database("a")) == list(range(5))
+
+
+def _held_checkpoint_file() -> tuple[dict[str, bool], FileSystem]:
+    held = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if held["on"] and event.path.endswith("edb.chk"):
+            raise PermissionError(13, "edb.chk is held by another program")
+
+    return held, FileSystem(hook=hook)
+
+
+def test_a_database_joined_at_open_then_detached_and_moved_away_does_not_block_recovery(
+    tmp_path: Path,
+) -> None:
+    """Defect: a detached database left in the directory joins the stream at the next open
+    (ATTACH record), takes commits, and is detached again and moved away. With the
+    checkpoint file held (the seed condition) from before that open, the next open (after
+    a crash, or even after a clean close) refused: 'no database file in ... is that
+    database' (AttachedDatabaseMismatch), though the log detaches it further on and its file
+    left with those changes."""
+    held, fs = _held_checkpoint_file()
+    instance = jetstore.open(tmp_path / "a", filesystem=fs, **SMALL)
+    fill(instance.database("main", create=True), 0, 3)
+    fill(instance.database("b", create=True), 0, 3)
+    instance.checkpoint()
+    held["on"] = True
+    instance.detach("b")
+    instance.close()
+    instance = jetstore.open(tmp_path / "a", filesystem=fs, **SMALL)
+    fill(instance.database("b"), 3, 2)  # joined at open
+    os.rename(instance.detach("b"), tmp_path / "b.edb")
+    instance.simulate_crash()
+    held["on"] = False
+    with jetstore.open(tmp_path / "a", **SMALL) as reopened:
+        assert reopened.databases() == ["main"]
+        assert rows(reopened.database("main")) == list(range(3))
+    with jetstore.open(tmp_path / "elsewhere", **SMALL) as elsewhere:
+        assert rows(elsewhere.attach(tmp_path / "b.edb")) == list(range(5))

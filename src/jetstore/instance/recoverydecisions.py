@@ -947,20 +947,23 @@ class RecordMatcher:
                 "database had the id next (it joined without an ATTACH record: at an "
                 "open, or by an older engine)"
             )
-        return self._lose_or_refuse(
-            Refused(
-                AttachedDatabaseMismatch(
-                    detail,
-                    hint="put the database file that belongs to this instance back in place, "
-                    "or restore from backup; `jetstore recover DIR --accept-data-loss` "
-                    "recovers the other databases and drops this one's changes",
-                ),
-                "mismatch",
-                database=name,
-                position=at,
+        refused = Refused(
+            AttachedDatabaseMismatch(
+                detail,
+                hint="put the database file that belongs to this instance back in place, "
+                "or restore from backup; `jetstore recover DIR --accept-data-loss` "
+                "recovers the other databases and drops this one's changes",
             ),
-            database_id,
+            "mismatch",
+            database=name,
+            position=at,
         )
+        if what == "attached":
+            # Detached further on, its file left with these changes (moved away): decided
+            # at its DETACH record or at the end of the scan (`_deferred`).
+            self._deferred.setdefault(database_id, (refused, self._binding.get(database_id, b"")))
+            return RecordMatch("skip", name, database_id)
+        return self._lose_or_refuse(refused, database_id)
 
     def _lose_or_refuse(self, refused: Refused, database_id: int) -> RecordMatch:
         """A record whose database is not here: `refused`, or under `accept_data_loss` a
