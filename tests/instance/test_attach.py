@@ -690,3 +690,31 @@ def test_a_database_joined_at_open_then_detached_and_moved_away_does_not_block_r
         assert rows(reopened.database("main")) == list(range(3))
     with jetstore.open(tmp_path / "elsewhere", **SMALL) as elsewhere:
         assert rows(elsewhere.attach(tmp_path / "b.edb")) == list(range(5))
+
+
+def test_a_set_apart_database_whose_id_was_taken_recovers_while_the_checkpoint_file_is_held(
+    tmp_path: Path,
+) -> None:
+    """Defect: a database detached (left in the directory, set apart) whose id another
+    database took since. With the checkpoint file held (the seed condition) from before
+    its creation, recovery after a crash met its creation record and refused its own file:
+    'database file for 'c' exists with another id than the log created it with'
+    (AttachedDatabaseMismatch)."""
+    held, fs = _held_checkpoint_file()
+    instance = jetstore.open(tmp_path / "a", filesystem=fs, **SMALL)
+    held["on"] = True
+    fill(instance.database("c", create=True), 0, 3)
+    fill(instance.database("a", create=True), 0, 3)
+    os.rename(instance.detach("c"), tmp_path / "c.edb")
+    again = instance.attach(tmp_path / "c.edb")  # a new id
+    fill(again, 3, 2)
+    instance.detach("c")  # set apart, left in the directory
+    taker = instance.database("b", create=True)
+    assert taker.db_id == again.db_id
+    fill(taker, 0, 1)
+    instance.simulate_crash()
+    held["on"] = False
+    with jetstore.open(tmp_path / "a", **SMALL) as reopened:
+        assert rows(reopened.database("a")) == list(range(3))
+        assert rows(reopened.database("b")) == list(range(1))
+        assert rows(reopened.database("c")) == list(range(5))

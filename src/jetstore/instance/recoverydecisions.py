@@ -1044,6 +1044,11 @@ class RecordMatcher:
         if record.name in self._files:
             if self._files[record.name].header.db_id in self._foreign:
                 return None  # created in this stream, since set apart from it
+            header = self._files[record.name].header
+            if header.log_signature.is_none and header.db_signature.random == (
+                record.signature_random
+            ):
+                return None  # the same: set apart since (its id went to another database)
             if not self._bound_before(record.name, at):
                 # The file took the name (with another id) after this record: this is the
                 # creation of an earlier database of that name, detached since (the file is
