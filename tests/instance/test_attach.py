@@ -75,6 +75,36 @@ def test_detach_refuses_a_database_with_open_transactions(tmp_path: Path) -> Non
         instance.detach("main")
 
 
+def test_a_close_beginning_while_detach_checkpoints_refuses_the_detach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detach checked that updates are accepted only before its checkpoints: a close that
+    began meanwhile (its first step, under the commit lock) went unseen under detach's locks,
+    and detach logged its record after close's final checkpoint (or into the closed log: a
+    bare AssertionError). It checks again under its locks, and the database stays attached."""
+    instance = jetstore.open(tmp_path, **SMALL)
+    db = instance.database("main", create=True)
+    fill(db, 0, 10)
+    checkpoint = instance.checkpoint
+
+    def checkpoint_then_close_begins(*args: object, **kwargs: object) -> object:
+        result = checkpoint(*args, **kwargs)  # type: ignore[arg-type]
+        with instance.commit_lock:
+            instance._closing = True  # what close() does first
+        return result
+
+    monkeypatch.setattr(instance, "checkpoint", checkpoint_then_close_begins)
+    with pytest.raises(JetError, match="shutting down"):
+        instance.detach("main")
+    monkeypatch.undo()
+    instance._closing = False
+    assert instance.databases() == ["main"]
+    instance.close()
+    with jetstore.open(tmp_path, **SMALL) as reopened:
+        assert reopened.databases() == ["main"]
+        assert rows(reopened.database("main")) == list(range(10))
+
+
 def test_a_detached_database_object_refuses_new_transactions(tmp_path: Path) -> None:
     """Its file is closed: a transaction began on it used to read a closed file
     (`InvalidParameter`, "a bug in the caller")."""

@@ -864,6 +864,10 @@ class Instance:
         # file after its clean header, or into the closed file (failing the instance).
         with self._holding_checkpoint_lock(), self._backup_lock, self.commit_lock:
             self._refuse_during_backup("detach", name, locked=True)
+            # Again under the commit lock: a close that began during the checkpoints above
+            # (its `_closing` step) must not see a DETACH record logged after its final
+            # checkpoint, or into a log it closed.
+            self.check_writable()
             if db.active_transactions():
                 raise DatabaseInUse(f"database {name!r} got a new transaction while detaching")
             if db.position > db.file.header.checkpoint_position:
