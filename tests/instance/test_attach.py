@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ from jetstore.errors import (
 )
 from jetstore.format.dbheader import DatabaseState
 from jetstore.instance.diagnosis import plan_recovery
+from jetstore.instance.instance import InstanceState
 from jetstore.io import FileSystem, IOEvent
+from jetstore.pages.pagefile import DatabaseFile
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
 
@@ -748,3 +751,69 @@ def test_a_set_apart_database_whose_id_was_taken_recovers_while_the_checkpoint_f
         assert rows(reopened.database("a")) == list(range(3))
         assert rows(reopened.database("b")) == list(range(1))
         assert rows(reopened.database("c")) == list(range(5))
+
+
+def test_an_attach_during_a_circular_logging_checkpoint_fails_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: with circular logging, a checkpoint computes which logs it may delete from
+    the headers of the attached databases, iterating the instance's table of databases
+    while holding only the checkpoint lock; an attach adds to that table under the commit
+    lock alone. An attach landing between two steps of that iteration (a thread switch)
+    made it raise a bare RuntimeError (dictionary changed size during iteration), which
+    the checkpoint took for an interruption: the instance stopped accepting updates. The
+    pause below puts the attach exactly there."""
+    external = _clean_database_elsewhere(tmp_path / "elsewhere", "guest", 5)
+    main_thread = threading.current_thread()
+    armed = threading.Event()
+    errors: list[BaseException] = []
+    original = DatabaseFile.header
+
+    def attach() -> None:
+        try:
+            instance.attach(external)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    attacher = threading.Thread(target=attach, daemon=True)
+
+    def header(file: DatabaseFile) -> object:
+        if armed.is_set() and threading.current_thread() is main_thread:
+            armed.clear()
+            # In the middle of the checkpoint's log deletion step: an attach of another
+            # thread gets its turn (its own closing checkpoint then waits for this one).
+            attacher.start()
+            for _ in range(1000):
+                if "guest" in instance.databases():
+                    break
+                time.sleep(0.01)
+        return original.fget(file)  # type: ignore[attr-defined]
+
+    def hook(event: IOEvent) -> None:
+        if (
+            event.op == "fdatasync"
+            and event.path.endswith("edb.chk")
+            and threading.current_thread() is main_thread
+            and trigger
+        ):
+            armed.set()  # the next header read of this thread is the deletion step's
+
+    trigger = False
+    instance = jetstore.open(
+        tmp_path / "home", filesystem=FileSystem(hook=hook), circular_logging=True, **SMALL
+    )
+    try:
+        fill(instance.database("main", create=True), 0, 50)
+        monkeypatch.setattr(DatabaseFile, "header", property(header))
+        trigger = True
+        instance.checkpoint()
+        trigger = False
+        attacher.join(30)
+        assert not attacher.is_alive()
+        assert errors == []
+        assert instance.state is InstanceState.OPEN
+        assert rows(instance.database("guest")) == list(range(5))
+        fill(instance.database("main"), 50, 5)
+    finally:
+        monkeypatch.undo()
+        instance.close()

@@ -1336,11 +1336,15 @@ class Instance:
         durable = self.durable_checkpoint
         backup = self._backup
         extra: dict[str, int] = {} if margin is None else {"margin": margin}
+        # A copy taken in one step (`list` of a dict view runs no Python code): called with
+        # the checkpoint lock only, while an attach may add to the table under the commit
+        # lock, and iterating the live view then raised RuntimeError (dictionary changed
+        # size), which failed the checkpoint and the instance.
+        databases = list(self._databases.values())
         return deletion_limit(
             checkpoint_file_generation=None if durable is None else durable.generation,
             header_generations=[
-                (db.name, db.file.header.checkpoint_position.generation)
-                for db in self._databases.values()
+                (db.name, db.file.header.checkpoint_position.generation) for db in databases
             ],
             backup_generation=backup.first_generation if backup is not None else None,
             **extra,
