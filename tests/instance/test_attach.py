@@ -817,3 +817,41 @@ def test_an_attach_during_a_circular_logging_checkpoint_fails_nothing(
     finally:
         monkeypatch.undo()
         instance.close()
+
+
+def test_counters_while_a_database_is_attached_in_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: `Instance.counters()` (also what the control socket's `counters` serves)
+    iterated the live table of attached databases several times, holding no lock; an attach
+    of another thread between two steps made it raise a bare RuntimeError (dictionary
+    changed size during iteration). The pause below puts the attach exactly there."""
+    external = _clean_database_elsewhere(tmp_path / "elsewhere", "guest", 5)
+    armed = threading.Event()
+    errors: list[BaseException] = []
+    original = jetstore.Database.active_transactions
+
+    def attach() -> None:
+        try:
+            instance.attach(external)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    attacher = threading.Thread(target=attach, daemon=True)
+
+    def active_transactions(db: jetstore.Database) -> int:
+        if armed.is_set():
+            armed.clear()
+            attacher.start()
+            attacher.join(30)
+        return original(db)
+
+    with jetstore.open(tmp_path / "home", **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 5)
+        monkeypatch.setattr(jetstore.Database, "active_transactions", active_transactions)
+        armed.set()
+        counters = instance.counters()
+        assert not attacher.is_alive()
+        assert errors == []
+        assert counters["active_transactions"] == 0
+        assert instance.counters()["databases"] == ["guest", "main"]

@@ -1630,8 +1630,12 @@ class Instance:
         durable = self.durable_checkpoint
         end = log.end_position if log is not None else None
         lag_generations = self.checkpoint_lag_generations()
-        caches = [db.file.cache for db in self._databases.values()]
-        points = [db.file.point_index for db in self._databases.values()]
+        # One copy taken in one step (`list` of a dict view runs no Python code), iterated
+        # below: no lock is held here, and an attach or detach of another thread changing the
+        # live table between two steps made the iteration raise RuntimeError.
+        databases = list(self._databases.values())
+        caches = [db.file.cache for db in databases]
+        points = [db.file.point_index for db in databases]
         return {
             "state": self.state.value,
             "handles": self.registry.counts(),
@@ -1671,11 +1675,11 @@ class Instance:
             "point_index_entries": sum(len(p) for p in points),
             "point_index_hits": sum(p.hits for p in points),
             "point_index_fills": sum(p.fills for p in points),
-            "pages_read": sum(db.file.pages_read for db in self._databases.values()),
-            "pages_written": sum(db.file.pages_written for db in self._databases.values()),
-            "write_conflicts": sum(db.conflicts for db in self._databases.values()),
-            "active_transactions": sum(db.active_transactions() for db in self._databases.values()),
-            "databases": sorted(self._databases),
+            "pages_read": sum(db.file.pages_read for db in databases),
+            "pages_written": sum(db.file.pages_written for db in databases),
+            "write_conflicts": sum(db.conflicts for db in databases),
+            "active_transactions": sum(db.active_transactions() for db in databases),
+            "databases": sorted(db.name for db in databases),
             "backup_sessions_active": 1 if self._backup is not None else 0,
             "backup": self._backup.describe() if self._backup is not None else None,
             "backup_bytes_streamed": self.backup_bytes_streamed,
