@@ -855,3 +855,34 @@ def test_counters_while_a_database_is_attached_in_another_thread(
         assert errors == []
         assert counters["active_transactions"] == 0
         assert instance.counters()["databases"] == ["guest", "main"]
+
+
+def test_backed_up_through_while_a_database_is_attached_in_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backed_up_through` (which logs a removal may delete as backed up) walked the live
+    table of attached databases holding only the checkpoint lock: an attach of another
+    thread inserting into it mid-walk raised a bare RuntimeError (dictionary changed size
+    during iteration). The insertion is made at the walk's first header read."""
+    with jetstore.open(tmp_path / "home", **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 5)
+        fill(instance.database("second", create=True), 0, 5)
+        instance.backup(tmp_path / "set")
+        expected = instance.backed_up_through()
+        assert expected > 0
+        original = DatabaseFile.header
+        armed = [True]
+
+        def header(file: DatabaseFile) -> object:
+            if armed[0]:
+                armed[0] = False
+                instance._databases["guest"] = instance.database("main")  # attach's step
+            return original.fget(file)  # type: ignore[attr-defined]
+
+        monkeypatch.setattr(DatabaseFile, "header", property(header))
+        try:
+            assert instance.backed_up_through() == expected
+        finally:
+            monkeypatch.undo()
+            del instance._databases["guest"]
+        assert not armed[0]

@@ -1483,7 +1483,9 @@ class Instance:
         """The highest generation every attached database has in a completed full or
         incremental backup (0 if any has none): logs up to it are in a backup set."""
         highest: list[int] = []
-        for db in self._databases.values():
+        # A copy taken in one step: log removal calls this holding only the checkpoint
+        # lock, and an attach or detach of another thread changes the table meanwhile.
+        for db in list(self._databases.values()):
             header = db.file.header
             full = header.last_full_backup
             if full.is_none:
