@@ -523,3 +523,38 @@ def test_a_stop_time_between_the_images_last_commit_and_their_pin_restores(
     assert _moment(writer.times[3]) < moment <= _moment(writer.times[4])
     jetstore.restore(sets, tmp_path / "earliest", until=moment)
     assert set(_restored_rows(tmp_path / "earliest")) == set(range(5))
+
+
+def test_a_database_created_after_the_stop_time_is_not_restored(tmp_path: Path) -> None:
+    """Defect: replay stopped at the first *commit* later than T only, so the creation of a
+    database after T (its record carries the time it was made, stamped like a commit's) was
+    applied when it came before that commit, or when no commit followed: the restored
+    instance held an empty database it did not have at T. And the images of a full backup
+    taken after such a creation were accepted for a T before it. Now a creation later than
+    T stops replay like a commit, and counts for the images' bound."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(3)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(2)
+    time.sleep(0.02)
+    moment = datetime.now(UTC)
+    time.sleep(0.02)
+    inst.database("later", create=True)  # after T, and no commit after it
+    inst.simulate_crash()
+
+    result = jetstore.restore(
+        tmp_path / "full", tmp_path / "restored", logs_from=live, until=moment
+    )
+    assert result.stopped_early
+    with jetstore.open(tmp_path / "restored") as restored:
+        assert restored.databases() == ["main"]
+        assert set(_rows(restored)) == set(range(5))
+
+    # A full backup whose images hold that database cannot be taken back before it.
+    again = _open(live)
+    again.backup(tmp_path / "full2", kind="full")
+    again.close()
+    with pytest.raises(EndingRestoreLogTooLow, match="images"):
+        plan_restore(tmp_path / "full2", tmp_path / "x", until=moment)

@@ -18,11 +18,13 @@ Invariants:
   start, up to where the next generation's header says this one ends (or, without a next
   generation, up to the first frame that does not decode); records are reassembled across
   generations, a record cut off at the end of a generation is dropped when the next one
-  starts with a new record, and only complete COMMIT records count. Damaged frames are not
-  reported here: reading stops at them, as replay does (which then reports them, and the
-  restore fails and leaves nothing), so a commit found here is one replay reaches first. A
-  header that does not decode raises its `JetError` (the sets' files are checked against
-  their manifests while read; unreadable surviving files are never given).
+  starts with a new record, and only complete COMMIT records count (and CREATE_DATABASE
+  records, at their signature time: a database made after a stop time did not exist then).
+  Damaged frames are not reported here: reading stops at them, as replay does (which then
+  reports them, and the restore fails and leaves nothing), so a commit found here is one
+  replay reaches first. A header that does not decode raises its `JetError` (the sets'
+  files are checked against their manifests while read; unreadable surviving files are
+  never given).
 - Commit times are stamped under the commit lock right before the record is appended, so
   they do not decrease in log order, unless the wall clock stepped back (then, as for replay
   itself, a time stop means "up to the first commit stamped later than T"). The last commit
@@ -38,7 +40,14 @@ from dataclasses import dataclass
 
 from jetstore.format.logframe import KIND_FIRST, KIND_FULL, KIND_LAST, KIND_MIDDLE, decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
-from jetstore.format.logrecords import RECORD_COMMIT, commit_time_us, record_type
+from jetstore.format.logrecords import (
+    RECORD_COMMIT,
+    RECORD_CREATE_DATABASE,
+    CreateDatabaseRecord,
+    commit_time_us,
+    decode_record,
+    record_type,
+)
 from jetstore.format.positions import LogPosition
 
 __all__ = [
@@ -133,7 +142,19 @@ def commits(sources: Sequence[LogSource]) -> Iterator[CommitSeen]:
 
 
 def _commit(start: LogPosition, end: LogPosition, payload: bytes) -> CommitSeen | None:
-    if not payload or record_type(payload) != RECORD_COMMIT:
+    if not payload:
+        return None
+    kind = record_type(payload)
+    if kind == RECORD_CREATE_DATABASE:
+        # A database's creation counts as a commit at its signature time (stamped under the
+        # commit lock right before it is appended): replay stops at one later than the stop
+        # time (`RestoreRequest.stops_before`), and images holding one cannot be taken back
+        # before it. Left out, a stop time between it and the last commit before it gave a
+        # database the instance did not have then.
+        record = decode_record(payload, start)
+        assert isinstance(record, CreateDatabaseRecord)
+        return CommitSeen(start, end, record.signature_time_us)
+    if kind != RECORD_COMMIT:
         return None
     return CommitSeen(start, end, commit_time_us(payload, start))
 

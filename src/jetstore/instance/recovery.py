@@ -52,7 +52,14 @@ from jetstore.format.filenames import (
     parse_database_file_name,
     parse_generation_log_name,
 )
-from jetstore.format.logrecords import RECORD_COMMIT, commit_time_us, record_type
+from jetstore.format.logrecords import (
+    RECORD_COMMIT,
+    RECORD_CREATE_DATABASE,
+    CreateDatabaseRecord,
+    commit_time_us,
+    decode_record,
+    record_type,
+)
 from jetstore.format.positions import LogPosition
 from jetstore.instance.recoverydecisions import (
     SCAN_STOPS,
@@ -102,8 +109,18 @@ class RestoreRequest:
     def stops_before(self, entry: LogRecordEntry) -> bool:
         if self.stop_generation is not None and entry.end.generation > self.stop_generation:
             return True
-        if self.stop_time_us is not None and record_type(entry.payload) == RECORD_COMMIT:
-            return commit_time_us(entry.payload, entry.start) > self.stop_time_us
+        if self.stop_time_us is not None:
+            kind = record_type(entry.payload)
+            if kind == RECORD_COMMIT:
+                return commit_time_us(entry.payload, entry.start) > self.stop_time_us
+            if kind == RECORD_CREATE_DATABASE:
+                # A database created after the stop time did not exist then: its creation
+                # (stamped under the commit lock right before it is appended, as a commit
+                # is) stops replay like a later commit. Applied, it left an empty database
+                # the instance never had at that time.
+                record = decode_record(entry.payload, entry.start)
+                assert isinstance(record, CreateDatabaseRecord)
+                return record.signature_time_us > self.stop_time_us
         return False
 
 
