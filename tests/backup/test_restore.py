@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import jetstore
+from jetstore.backup.offline import backup_offline
 from jetstore.backup.restore import STAGING_SUFFIX, plan_restore
 from jetstore.errors import (
     EndingRestoreLogTooLow,
@@ -558,3 +559,30 @@ def test_a_database_created_after_the_stop_time_is_not_restored(tmp_path: Path) 
     again.close()
     with pytest.raises(EndingRestoreLogTooLow, match="images"):
         plan_restore(tmp_path / "full2", tmp_path / "x", until=moment)
+
+
+def test_an_offline_set_rolls_forward_over_logs_whose_first_generations_are_gone(
+    tmp_path: Path,
+) -> None:
+    """Defect: an offline set (no log) with `logs_from` expected the surviving logs from
+    generation 1, so once a backup had truncated the first generations (which its clean
+    images never need: they are consistent at the close that preceded it) the restore was
+    refused as a gap. Now the surviving logs are taken from the generation of the images'
+    consistent point."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(100, width=2000)
+    inst.backup(tmp_path / "full", kind="full")  # truncates the generations before it
+    writer.commit(100, width=2000)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    assert not (live / generation_log_name(1)).exists()
+    inst.close()
+    backup_offline(live, tmp_path / "offline")
+    inst = _open(live)
+    writer.inst, writer.db = inst, inst.database("main")
+    writer.commit(50)
+    expected = _rows(inst)
+    inst.simulate_crash()
+    jetstore.restore(tmp_path / "offline", tmp_path / "restored", logs_from=live)
+    assert _restored_rows(tmp_path / "restored") == expected

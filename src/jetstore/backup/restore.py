@@ -3,19 +3,20 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
 
 `restore(backup_paths, target_dir, logs_from=None, until=None, dry_run=False)`:
 
-1. Plan and check, before anything is written: exactly one full (or copy) set; the others
-   all incrementals or one differential; every set of the same log stream (signature) as the
-   full one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the
-   full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations);
-   every file the manifests list present; the surviving logs, when given, of the same stream
-   and continuing the last set without a gap (or an unreadable file) before their end or the
-   stop point (a generation before it; a time when a commit later than it lies before it,
-   `_check_stop_before_gap`); a stop point (`until`: a generation, or a time) the images can
-   reach (`EndingRestoreLogTooLow`, -553): a time before the full set's `started_us` (when
-   its images were pinned) only when no commit the images hold is later
-   (`_check_images_at`); the target absent or an empty directory, not the directory of an
-   open instance and no mount point (step 4 renames over it). The time checks read the
-   commit records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
+1. Plan and check, before anything is written: exactly one full (or copy) set; the others all
+   incrementals or one differential; every set of the same log stream (signature) as the full
+   one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the full
+   one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations); every
+   file the manifests list present; the surviving logs, when given, of the same stream and
+   continuing the last set (an offline set: from its images' consistent point) without a gap
+   (or an unreadable file) before their end or the stop point (a generation before it; a time
+   when a commit later than it lies before it, `_check_stop_before_gap`); a stop point
+   (`until`: a generation, or a time) the images can reach (`EndingRestoreLogTooLow`, -553): a
+   time before the full set's `started_us` (when its images were pinned) only when no commit
+   the images hold is later (`_check_images_at`); the target absent or an empty directory, not
+   the directory of an open instance and no mount point (step 4 renames over it). The time
+   checks read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing
+   else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
    a staging directory next to the target (`<target>.restoring`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
@@ -340,6 +341,12 @@ def plan_restore(
     surviving: list[int] = []
     gap: JetError | None = None  # a gap in the surviving logs a time stop may end before
     if logs_from is not None:
+        if base.generation_low == 0 and base.generation_high == 0 and not later and base.images:
+            # An offline set (no log): its clean images need the surviving logs from the
+            # generation of their consistent point on, not from generation 1, which the
+            # instance's backups (or circular logging) may have deleted long ago: the
+            # restore of such a set with the logs after it was refused as a gap.
+            expected = max(1, min(image.checkpoint.generation for image in base.images))
         surviving_steps, gap = _surviving_logs(
             fs,
             absolute_path(logs_from, what="--logs-from"),
