@@ -243,3 +243,25 @@ def test_soft_recovery_refuses_records_of_an_attached_database_whose_file_is_gon
     with pytest.raises(AttachedDatabaseMismatch) as info:
         _open(live)
     assert "'third'" in str(info.value)
+
+
+def test_restore_across_detach_and_a_new_database_under_the_same_name(tmp_path: Path) -> None:
+    """Defect: the image's database detached, its file moved away and a new database created
+    under its name: the restore copied every file, then failed with
+    AttachedDatabaseMismatch ("exists with another id", a foreign file to move away), though
+    set and logs belong together. Now, as for a database attached after the backup, the
+    image is restored as it was at its detach and the new database is reported not restored
+    (one file per name)."""
+    live, inst, expected_other = _backed_up_then_changed(tmp_path, 20, 10)
+    inst.detach("other")
+    shutil.move(str(live / "other.edb"), str(tmp_path / "other-detached.edb"))
+    _load(inst, "other", range(100, 105), "new")
+    _load(inst, "main", range(20, 30), "m")
+    expected_main = _rows(inst, "main")
+    inst.simulate_crash()
+
+    result = jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    assert [name for name, _at in result.detached] == ["other"]
+    assert [name for name, _at in result.not_restored] == ["other"]
+    assert any("not restored" in note for note in result.notes)
+    _assert_restored(tmp_path / "restored", {"main": expected_main, "other": expected_other})

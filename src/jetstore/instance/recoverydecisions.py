@@ -1056,6 +1056,23 @@ class RecordMatcher:
                 # the old id are matched by the database it names (`_held_by_rebound_file`,
                 # or held back until its DETACH record: `_deferred`).
                 return None
+            if self._restoring and any(name == record.name for name, _ in self.detached):
+                # A restore: the file is the backup's image of a database the log detached
+                # (final there), and a new database took its name later. One file per name:
+                # the image stays as it was at its detach and the new database is not
+                # restored (its records skipped, reported), as one attached after the
+                # backup. Refused, the restore failed after copying every file, with a
+                # message about a foreign file to move away.
+                self._rebound[record.database_id] = ("attached", record.name, at)
+                self._noted_skips.add((record.database_id, at))
+                self.not_restored.append((record.name, at))
+                self.notes.append(
+                    f"database {record.name!r} created at log position {at} (id "
+                    f"{record.database_id}) after the backup's database of that name was "
+                    "detached is not restored: the name is the detached one's, restored as "
+                    "it was at its detach"
+                )
+                return None
             raise Refused(
                 AttachedDatabaseMismatch(
                     f"database file for {record.name!r} exists with another id than the log "
