@@ -721,7 +721,18 @@ class LogWriter:
         second one here, propagates and fails the writer (`wait_durable`).
         """
         file = self._file
-        assert file is not None
+        if file is None:
+            # The log was closed under this flush's leader (a simulated crash, or the
+            # instance released, by another thread after the leader took its batch): the
+            # batch is not durable, and its committers get the log's failure, not a bare
+            # AssertionError.
+            if self._failed is not None:
+                self._raise_failed()
+            raise LogWriteFail(
+                "the log file was closed while a flush was under way; the commits of that "
+                "flush are not durable",
+                hint="close and reopen the instance (recovery replays what reached the disk)",
+            )
         first_generation = self._file_gen
         if end_generation == first_generation:
             # Every chunk is in the current generation. The parts are kept until the chunks
