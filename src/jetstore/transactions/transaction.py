@@ -265,7 +265,9 @@ class Transaction:
 
     # ----------------------------------------------------------------- TreeView
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, fill: bool = True) -> bytes | None:
+        """The value of `key` in this transaction's view. ``fill=False``: a one-off probe
+        (`contains`), which leaves the point-read index and the leaf's dict alone."""
         if self.state is not _ACTIVE:
             self._check_active()
         if type(key) is not bytes:
@@ -277,23 +279,14 @@ class Transaction:
             value = operations.get(key, _ABSENT)
             if value is not _ABSENT:
                 return value  # type: ignore[return-value]
-        return self._file.lookup(self.snapshot_root, key)
+        return self._file.lookup(self.snapshot_root, key, fill)
 
     def contains(self, key: bytes) -> bool:
         """``get(key) is not None`` for a write's duplicate check: a probe of a key that is
         usually absent, read once. It neither fills the point-read index nor gives the leaf
         an `index` dict (`DatabaseFile.lookup` with ``fill=False``): filling them there made
         a load of new records index a leaf per insert, work and memory no read asked for."""
-        if self.state is not _ACTIVE:
-            self._check_active()
-        if type(key) is not bytes:
-            key = _raw_key(key)
-        operations = self.operations
-        if operations:
-            value = operations.get(key, _ABSENT)
-            if value is not _ABSENT:
-                return value is not None
-        return self._file.lookup(self.snapshot_root, key, fill=False) is not None
+        return self.get(key, fill=False) is not None
 
     def iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool = False
