@@ -182,6 +182,17 @@ def test_close_releases_every_handle_and_is_idempotent(tmp_path: Path) -> None:
         instance.database("main")
 
 
+def _writes_instance_stopped(event: IOEvent) -> bool:
+    """The event log write of `instance_stopped`: close(), its final checkpoint done, about
+    to release everything."""
+    return (
+        event.op == "write"
+        and event.path.endswith("events.jsonl")
+        and event.data is not None
+        and b"instance_stopped" in bytes(event.data)
+    )
+
+
 def test_two_threads_closing_at_once_get_one_clean_shutdown(tmp_path: Path) -> None:
     """A second close() while the first was finishing ran a final checkpoint of its own on
     the files the first one was closing: `InvalidParameter` "file ... used after it was
@@ -191,13 +202,7 @@ def test_two_threads_closing_at_once_get_one_clean_shutdown(tmp_path: Path) -> N
     threads: dict[str, threading.Thread] = {}
 
     def hook(event: IOEvent) -> None:
-        if (
-            event.op == "write"
-            and event.path.endswith("events.jsonl")
-            and event.data is not None
-            and b"instance_stopped" in bytes(event.data)
-            and not stopping.is_set()
-        ):
+        if _writes_instance_stopped(event) and not stopping.is_set():
             # The first close, its final checkpoint done, stops before releasing anything.
             stopping.set()
             resume.wait(30)
@@ -667,13 +672,7 @@ def test_a_checkpoint_called_while_the_instance_closes_leaves_it_clean(tmp_path:
     stopping, resume = threading.Event(), threading.Event()
 
     def hook(event: IOEvent) -> None:
-        if (
-            event.op == "write"
-            and event.path.endswith("events.jsonl")
-            and event.data is not None
-            and b"instance_stopped" in bytes(event.data)
-            and not stopping.is_set()
-        ):
+        if _writes_instance_stopped(event) and not stopping.is_set():
             # close(), its final checkpoint done, stops before releasing anything.
             stopping.set()
             resume.wait(30)
