@@ -3,10 +3,13 @@ it records and deletes, and that every way out leaves no handle behind."""
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -544,3 +547,122 @@ def test_a_backup_ended_by_the_instance_closing_says_so_at_its_next_call(tmp_pat
     assert "once the instance is open again" in (info.value.hint or "")
     with pytest.raises(BackupAbortByServer, match="the instance is closing"):
         next(chunks)
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def _drop_a_session_mid_stream(inst: jetstore.Instance, *, cycle: bool = False) -> tuple[int, int]:
+    """Start a full backup, open its first file mid-stream, drop every reference to it
+    (without complete() or abort()); returns its id and first generation. `cycle`: the
+    session sits in a reference cycle, so only the cyclic collector frees it."""
+    session = inst.begin_backup("full")
+    chunks = session.read(session.database_files()[0])
+    next(chunks)
+    assert inst.registry.total(session.owner) >= 1
+    assert inst.database("main").file.pins == 1
+    if cycle:
+        session.progress = lambda _file, _done, keep=session: None  # session -> itself
+    ident, first = session.id, session.first_generation
+    assert first is not None
+    del chunks, session
+    gc.collect()
+    return ident, first
+
+
+def test_a_dropped_session_is_released_and_the_next_backup_runs(tmp_path: Path) -> None:
+    """A session dropped without complete() or abort() used to keep its pins, its handles
+    and its logs until the instance closed, and every later backup got BackupInProgress."""
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 300)
+        baseline_handles = _handles(inst)
+        for cycle in (False, True):
+            # Released by the background thread (woken by the finalizer) or by the next
+            # backup's start, whichever comes first; either warns before the start returns.
+            with pytest.warns(ResourceWarning, match="backup .* dropped") as caught:
+                ident, _first = _drop_a_session_mid_stream(inst, cycle=cycle)
+                session = inst.begin_backup("full")  # not BackupInProgress
+            assert f"backup {ident} " in str(caught[0].message)
+            _copy(session, tmp_path / f"set-{cycle}")
+            session.complete()
+            assert inst.database("main").file.pins == 0
+            assert _handles(inst) == baseline_handles
+        assert inst.counters()["backups_aborted"] == 2
+        events = [
+            json.loads(line)
+            for line in (Path(inst.directory) / "events.jsonl").read_text().splitlines()
+        ]
+        dropped = [e for e in events if e["name"] == "backup_not_ended"]
+        assert [e["id"] for e in dropped] == [154, 154]
+        assert "without complete() or abort()" in dropped[0]["message"]
+        assert EVENTS[154] == ("backup_not_ended", "warning")
+    finally:
+        inst.close()
+    restored = _open_from_copies(tmp_path / "restored", tmp_path / "set-True")
+    try:
+        assert len(_rows(restored)) == 300
+    finally:
+        restored.close()
+
+
+def test_the_background_round_releases_a_dropped_session(tmp_path: Path) -> None:
+    """With no later backup to notice it, the background thread releases the dropped
+    session: its pins and handles go, and circular logging deletes the logs it kept."""
+    inst = _open(
+        tmp_path / "live",
+        circular_logging=True,
+        checkpoint_depth=64 * 1024,
+        lazy_flush_interval=0.05,
+    )
+    try:
+        _load(inst, 0, 50)
+        baseline_handles = _handles(inst)
+        with pytest.warns(ResourceWarning):
+            _ident, first = _drop_a_session_mid_stream(inst)
+            assert _wait_for(lambda: inst.counters()["backup_sessions_active"] == 0)
+        assert inst.backup_session is None
+        assert inst.database("main").file.pins == 0
+        assert _handles(inst) == baseline_handles
+        _load(inst, 50, 1500)  # rolls and checkpoints: circular deletion runs
+        inst.checkpoint()
+        inst.checkpoint()
+        assert min(_generations(inst)) > first
+    finally:
+        inst.close()
+
+
+def test_a_dropped_session_does_not_refuse_detach_or_close(tmp_path: Path) -> None:
+    inst = _open(tmp_path / "live", lazy_flush_interval=3600)  # no background round
+    try:
+        _load(inst, 0, 50)
+        with pytest.warns(ResourceWarning):
+            _drop_a_session_mid_stream(inst)
+            path = inst.detach("main")  # not BackupInProgress
+        assert inst.counters()["backup_sessions_active"] == 0
+        inst.attach(path)
+        with pytest.warns(ResourceWarning):
+            _drop_a_session_mid_stream(inst)
+            inst.close()  # releases it if the background did not, then closes as usual
+    finally:
+        inst.close()
+    assert inst.registry.total() == 0
+    reopened = _open(tmp_path / "live")
+    try:
+        assert len(_rows(reopened)) == 50
+    finally:
+        reopened.close()
+
+
+def _generations(inst: jetstore.Instance) -> list[int]:
+    return [
+        int(name[3:11], 16)
+        for name in os.listdir(inst.directory)
+        if re.fullmatch(r"edb[0-9A-F]{8}\.log", name)
+    ]

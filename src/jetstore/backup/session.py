@@ -22,6 +22,11 @@ Invariants:
   (`<instance owner>/backup-<id>`); `_end()` closes them all with one `close_owner` call, is
   idempotent, and runs on every way out: complete, abort, a failed read, the context manager's
   exit, instance close (which aborts the backup and records event 152).
+- The instance keeps a session's `BackupHold` (its pins, its handles' owner, its first
+  generation), not the session: a session the application drops without `complete()` or
+  `abort()` is released at the instance's next safe point (event 154 and a ResourceWarning),
+  as a dropped file or instance is; it does not pin pages, keep logs or refuse every later
+  backup until the instance closes.
 - While a session runs, the pages its images copy are pinned (never reused) and the log
   generations it copies are kept (circular deletion stops below its first generation).
 - Only `complete()`, after every listed file was streamed to its end, records history or
@@ -39,6 +44,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -66,6 +72,7 @@ from jetstore.io.files import File
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
     from jetstore.instance.instance import Instance
+    from jetstore.io.handles import HandleRegistry
 
 #: Size of the chunks `read` yields (the last one of a file may be shorter).
 CHUNK_SIZE = 1024 * 1024
@@ -144,6 +151,66 @@ class _Image:
     image: DatabaseImage | None = None
 
 
+class BackupHold:
+    """What a running backup holds on its instance: the images' page pins, the handles
+    registered under its owner, and the log generations from `first_generation` on (circular
+    deletion and log truncation stop below it).
+
+    The instance keeps this object in place of the session, which it references only weakly,
+    so that a session the application drops without `complete()` or `abort()` does not hold
+    all that until the instance closes: its pinned pages would never be reused (the file
+    grows), its logs never deleted (the log volume fills) and every later backup refused
+    (`BackupInProgress`). The session's finalizer marks the hold `gone` and wakes the
+    background thread; it takes no lock, does no I/O and warns of nothing, because the
+    collector runs finalizers wherever an allocation triggers it, inside engine code holding
+    locks too (see `jetstore.instance.unclosed`). The instance releases a gone hold at its
+    next safe point: its background round, a backup starting, an attach or detach, close.
+    """
+
+    def __init__(self, session: BackupSession, wake: Callable[[], None]) -> None:
+        self.id = session.id
+        self.kind = session.kind
+        self.owner = session.owner
+        self.images = session._images  # the session's own list: pins added at its start
+        self.first_generation: int | None = None
+        self._dropped = False
+        self._session = weakref.ref(session)
+        self._finalizer = weakref.finalize(session, self._on_dropped, wake)
+
+    @property
+    def session(self) -> BackupSession | None:
+        return self._session()
+
+    @property
+    def gone(self) -> bool:
+        """The session object was collected without ending. Its weak reference is cleared
+        before the finalizer runs (which another thread may see first): either says so."""
+        return self._dropped or self._session() is None
+
+    def _on_dropped(self, wake: Callable[[], None]) -> None:
+        self._dropped = True
+        wake()
+
+    def release(self, registry: HandleRegistry) -> None:
+        """Unpin the images and close every handle of the session (called once: by the
+        session's `_end`, or by the instance for a gone session)."""
+        self._finalizer.detach()
+        for image in self.images:
+            image.db.file.unpin(image.pin)
+        registry.close_owner(self.owner)
+
+    def describe(self) -> dict[str, Any]:
+        session = self.session
+        if session is not None:
+            return session.describe()
+        return {
+            "session": self.id,
+            "kind": self.kind.value,
+            "state": "dropped without complete() or abort(); being released",
+            "first_generation": self.first_generation,
+        }
+
+
 class BackupSession:
     """One running backup. Use as a context manager: leaving it without `complete()` aborts."""
 
@@ -159,7 +226,6 @@ class BackupSession:
         #: later call on the session says it, not only the event.
         self.abort_reason: str | None = None
         self.bytes_streamed = 0
-        self.first_generation: int | None = None
         self.last_generation: int | None = None
         self._images: list[_Image] = []
         self._databases: list[Database] = []
@@ -168,6 +234,12 @@ class BackupSession:
         self._result: BackupResult | None = None
         self._lock = threading.RLock()
         self.progress: Callable[[BackupFile, int], None] | None = None
+        self.hold = BackupHold(self, instance.wake_background)
+
+    @property
+    def first_generation(self) -> int | None:
+        """The first log generation the backup copies (None until it started)."""
+        return self.hold.first_generation
 
     # ----------------------------------------------------------------- start
 
@@ -237,7 +309,7 @@ class BackupSession:
                     "logs this one would continue from)",
                     path=os.path.join(instance.directory, generation_log_name(missing[0])),
                 )
-            self.first_generation = low  # from here on circular logging keeps them
+            self.hold.first_generation = low  # from here on circular logging keeps them
             # The backup's starting point is fixed now: the images (pinned above, at the
             # checkpoint just taken) hold every commit of their checkpoint, and a writer may
             # have committed since the session was created. A restore to a time before this
@@ -577,9 +649,7 @@ class BackupSession:
             if self.state in ("completed", "aborted", "failed"):
                 return
             self.state = state
-            for image in self._images:
-                image.db.file.unpin(image.pin)
-            self.instance.registry.close_owner(self.owner)
+            self.hold.release(self.instance.registry)
             self.instance.backup_ended(self)
 
     def _check_running(self) -> None:
@@ -681,6 +751,7 @@ def begin_backup(instance: Instance, kind: str | BackupKind) -> BackupSession:
 
 __all__ = [
     "BackupFile",
+    "BackupHold",
     "BackupInProgress",
     "BackupKind",
     "BackupResult",

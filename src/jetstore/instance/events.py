@@ -60,6 +60,7 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
     151: ("backup_completed", "info"),
     152: ("backup_aborted", "warning"),
     153: ("backup_failed", "error"),
+    154: ("backup_not_ended", "warning"),
     160: ("control_socket_started", "info"),
     161: ("control_request_rejected", "warning"),
     162: ("control_socket_failed", "error"),

@@ -113,7 +113,7 @@ from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
 
 if TYPE_CHECKING:
     from jetstore.backup.backupset import Manifest, Progress
-    from jetstore.backup.session import BackupKind, BackupSession
+    from jetstore.backup.session import BackupHold, BackupKind, BackupSession
     from jetstore.control.server import ControlServer
 
 MIB = 1024 * 1024
@@ -256,7 +256,8 @@ class Instance:
         self.recovery: RecoveryOutcome | None = None
         self._disk_low_warned = False
         self.log_disk_free_bytes: int | None = None
-        self._backup: BackupSession | None = None
+        #: The running backup's hold (its session is referenced weakly: `BackupHold`).
+        self._backup: BackupHold | None = None
         #: Set by `jetstore.backup.restore` before opening a restored directory.
         self.restore_request: RestoreRequest | None = None
         self._backup_lock = threading.Lock()
@@ -1022,16 +1023,17 @@ class Instance:
         replayed into the wrong database. `locked`: the caller holds `_backup_lock`, so no
         backup can start until its change of the database list is made.
         """
+        self._release_dropped_backup(locked=locked)
         if locked:
-            session = self._backup
+            hold = self._backup
         else:
             with self._backup_lock:
-                session = self._backup
-        if session is None:
+                hold = self._backup
+        if hold is None:
             return
         raise BackupInProgress(
             f"cannot {action} database {name!r} of '{self.directory}' while "
-            f"{session.kind.value} backup {session.id} runs: the backup copies the databases "
+            f"{hold.kind.value} backup {hold.id} runs: the backup copies the databases "
             "attached when it began and the log records of each, by database id",
             hint=f"wait for the backup to complete (or abort it), then {action} the database",
         )
@@ -1054,6 +1056,11 @@ class Instance:
         ) and not self._wake_pending:
             self._wake_pending = True  # one wake a round, not one a commit until it runs
             self._inbox.put(None)
+
+    def wake_background(self) -> None:
+        """Wake the background thread for a round now (safe from a finalizer: one reentrant
+        queue put, no lock)."""
+        self._inbox.put(None)
 
     def write_back(self) -> None:
         """Back-pressure, called by a committer holding no lock: while the dirty pages reach
@@ -1524,7 +1531,8 @@ class Instance:
 
     @property
     def backup_session(self) -> BackupSession | None:
-        return self._backup
+        hold = self._backup
+        return hold.session if hold is not None else None
 
     def backup_started(self, session: BackupSession) -> None:
         """Register `session` as the running backup (BackupInProgress if one runs)."""
@@ -1533,6 +1541,7 @@ class Instance:
         self.check_open()
         if self._closing:
             raise InstanceUnavailable(f"instance '{self.directory}' is shutting down")
+        self._release_dropped_backup()
         with self._backup_lock:
             running = self._backup
             if running is not None:
@@ -1541,11 +1550,11 @@ class Instance:
                     "still running; one backup at a time",
                     hint="wait for it to finish, or abort it",
                 )
-            self._backup = session
+            self._backup = session.hold
 
     def backup_ended(self, session: BackupSession) -> None:
         with self._backup_lock:
-            if self._backup is session:
+            if self._backup is session.hold:
                 self._backup = None
         if session.state == "completed":
             self.backups_completed += 1
@@ -1553,6 +1562,36 @@ class Instance:
             self.backups_failed += 1
         else:
             self.backups_aborted += 1
+
+    def _release_dropped_backup(self, *, locked: bool = False) -> None:
+        """Release the hold of a backup session the application dropped without `complete()`
+        or `abort()` (`BackupHold`): its pins and handles, and the log generations it kept.
+        Called at safe points only (no engine lock held but `_backup_lock` when `locked`)."""
+        hold = self._backup
+        if hold is None or not hold.gone:
+            return
+        if not locked:
+            with self._backup_lock:
+                self._release_dropped_backup(locked=True)
+            return
+        if self._backup is not hold:
+            return  # another thread released it first
+        try:
+            hold.release(self.registry)
+            self.backups_aborted += 1
+            text = (
+                f"{hold.kind.value} backup {hold.id} of '{self.directory}' was dropped without "
+                "complete() or abort(); it is aborted: nothing was recorded and no log was "
+                "deleted"
+            )
+            self.events.emit("backup_not_ended", text, session=hold.id, kind=hold.kind.value)
+            unclosed.warn(
+                text + " -- use `with instance.begin_backup(...) as session:` or end the session",
+                self,
+            )
+        finally:
+            # Last: whoever sees no backup running sees its release, event and warning done.
+            self._backup = None
 
     @contextmanager
     def checkpoint_guard(self) -> Iterator[None]:
@@ -1603,6 +1642,7 @@ class Instance:
         self._wake_pending = False
         if self.state is not InstanceState.OPEN:
             return
+        self._release_dropped_backup()
         options = self.options
         log = self.log
         try:
@@ -1638,6 +1678,7 @@ class Instance:
         databases = list(self._databases.values())
         caches = [db.file.cache for db in databases]
         points = [db.file.point_index for db in databases]
+        backup = self._backup
         return {
             "state": self.state.value,
             "handles": self.registry.counts(),
@@ -1682,8 +1723,8 @@ class Instance:
             "write_conflicts": sum(db.conflicts for db in databases),
             "active_transactions": sum(db.active_transactions() for db in databases),
             "databases": sorted(db.name for db in databases),
-            "backup_sessions_active": 1 if self._backup is not None else 0,
-            "backup": self._backup.describe() if self._backup is not None else None,
+            "backup_sessions_active": 1 if backup is not None else 0,
+            "backup": backup.describe() if backup is not None else None,
             "backup_bytes_streamed": self.backup_bytes_streamed,
             "backups_completed": self.backups_completed,
             "backups_aborted": self.backups_aborted,
@@ -1816,7 +1857,10 @@ class Instance:
         unclosed.hand_off(self, self._background, self._inbox)
 
     def _abort_backup(self, reason: str) -> None:
-        session = self._backup
+        hold = self._backup
+        session = hold.session if hold is not None else None
+        if hold is not None and session is None:
+            self._release_dropped_backup()
         if session is not None:
             try:
                 session.abort(reason)
