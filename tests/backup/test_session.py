@@ -586,9 +586,11 @@ def test_a_dropped_session_is_released_and_the_next_backup_runs(tmp_path: Path) 
         for cycle in (False, True):
             # Released by the background thread (woken by the finalizer) or by the next
             # backup's start, whichever comes first; either warns before the start returns.
+            aborted = inst.counters()["backups_aborted"]
             with pytest.warns(ResourceWarning, match="backup .* dropped") as caught:
                 ident, _first = _drop_a_session_mid_stream(inst, cycle=cycle)
                 session = inst.begin_backup("full")  # not BackupInProgress
+                assert _wait_for(lambda n=aborted + 1: inst.counters()["backups_aborted"] == n)
             assert f"backup {ident} " in str(caught[0].message)
             _copy(session, tmp_path / f"set-{cycle}")
             session.complete()
@@ -626,7 +628,7 @@ def test_the_background_round_releases_a_dropped_session(tmp_path: Path) -> None
         baseline_handles = _handles(inst)
         with pytest.warns(ResourceWarning):
             _ident, first = _drop_a_session_mid_stream(inst)
-            assert _wait_for(lambda: inst.counters()["backup_sessions_active"] == 0)
+            assert _wait_for(lambda: inst.counters()["backups_aborted"] == 1)
         assert inst.backup_session is None
         assert inst.database("main").file.pins == 0
         assert _handles(inst) == baseline_handles
@@ -639,12 +641,14 @@ def test_the_background_round_releases_a_dropped_session(tmp_path: Path) -> None
 
 
 def test_a_dropped_session_does_not_refuse_detach_or_close(tmp_path: Path) -> None:
-    inst = _open(tmp_path / "live", lazy_flush_interval=3600)  # no background round
+    # No timed background round: only the finalizer's wake-up races the detach and close.
+    inst = _open(tmp_path / "live", lazy_flush_interval=3600)
     try:
         _load(inst, 0, 50)
         with pytest.warns(ResourceWarning):
             _drop_a_session_mid_stream(inst)
             path = inst.detach("main")  # not BackupInProgress
+            assert _wait_for(lambda: inst.counters()["backups_aborted"] == 1)
         assert inst.counters()["backup_sessions_active"] == 0
         inst.attach(path)
         with pytest.warns(ResourceWarning):

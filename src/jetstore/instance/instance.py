@@ -1023,7 +1023,8 @@ class Instance:
         replayed into the wrong database. `locked`: the caller holds `_backup_lock`, so no
         backup can start until its change of the database list is made.
         """
-        self._release_dropped_backup(locked=locked)
+        if not locked:
+            self._release_dropped_backup()
         if locked:
             hold = self._backup
         else:
@@ -1563,35 +1564,31 @@ class Instance:
         else:
             self.backups_aborted += 1
 
-    def _release_dropped_backup(self, *, locked: bool = False) -> None:
+    def _release_dropped_backup(self) -> None:
         """Release the hold of a backup session the application dropped without `complete()`
         or `abort()` (`BackupHold`): its pins and handles, and the log generations it kept.
-        Called at safe points only (no engine lock held but `_backup_lock` when `locked`)."""
+        Called at safe points only, holding no engine lock: the warning runs the
+        application's warning filters and hooks."""
         hold = self._backup
         if hold is None or not hold.gone:
             return
-        if not locked:
-            with self._backup_lock:
-                self._release_dropped_backup(locked=True)
-            return
-        if self._backup is not hold:
-            return  # another thread released it first
-        try:
-            hold.release(self.registry)
-            self.backups_aborted += 1
-            text = (
-                f"{hold.kind.value} backup {hold.id} of '{self.directory}' was dropped without "
-                "complete() or abort(); it is aborted: nothing was recorded and no log was "
-                "deleted"
-            )
-            self.events.emit("backup_not_ended", text, session=hold.id, kind=hold.kind.value)
-            unclosed.warn(
-                text + " -- use `with instance.begin_backup(...) as session:` or end the session",
-                self,
-            )
-        finally:
-            # Last: whoever sees no backup running sees its release, event and warning done.
-            self._backup = None
+        with self._backup_lock:
+            if self._backup is not hold:
+                return  # another thread released it first
+            try:
+                hold.release(self.registry)
+            finally:
+                self._backup = None
+        text = (
+            f"{hold.kind.value} backup {hold.id} of '{self.directory}' was dropped without "
+            "complete() or abort(); it is aborted: nothing was recorded and no log was deleted"
+        )
+        self.events.emit("backup_not_ended", text, session=hold.id, kind=hold.kind.value)
+        unclosed.warn(
+            text + " -- use `with instance.begin_backup(...) as session:` or end the session",
+            self,
+        )
+        self.backups_aborted += 1  # last: a caller waiting on it sees the event and warning
 
     @contextmanager
     def checkpoint_guard(self) -> Iterator[None]:
