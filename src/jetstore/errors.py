@@ -973,6 +973,17 @@ class DatabaseCorrupted(CorruptionError):
     code = -1206
 
 
+class InvalidDatabaseVersion(InconsistentError):
+    description = "The database file was written in another on-disk format version"
+    hint = (
+        "The file is intact, not damaged: do not repair it. Open it with the jetstore release "
+        "that wrote it (its format version is in the message) and take the tables across with "
+        "`jetstore export` there and `jetstore import` here, or restore a backup taken with "
+        "this engine."
+    )
+    code = -1209
+
+
 class AttachedDatabaseMismatch(InconsistentError):
     description = "A database the logs expect is missing or is not the file the logs describe"
     hint = (

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from jetstore.errors import (
     DatabaseCorrupted,
     FileInvalidType,
+    InvalidDatabaseVersion,
     InvalidParameter,
     JetError,
     ReadVerifyFailure,
@@ -350,11 +351,27 @@ def test_valid_crc_but_impossible_values_is_database_corrupted() -> None:
         decode_db_header(reseal(page))
 
 
-def test_unknown_version_is_corruption_for_database() -> None:
+@pytest.mark.parametrize("version", [FORMAT_VERSION - 1, FORMAT_VERSION + 1])
+def test_another_format_version_is_refused_as_such_not_as_damage(version: int) -> None:
+    """An intact header of another format version (version 1, before D12, or a newer engine)
+    is InvalidDatabaseVersion (-1209): calling it damaged sent the operator to restore or
+    repair a file that is fine, only not readable by this engine."""
     page = bytearray(encode_db_header(sample_header()))
-    struct.pack_into("<H", page, 14, FORMAT_VERSION + 1)
-    with pytest.raises(ReadVerifyFailure, match=f"format version {FORMAT_VERSION + 1}"):
-        decode_db_header(reseal(page))
+    struct.pack_into("<H", page, 14, version)
+    sealed = reseal(page)
+    with pytest.raises(InvalidDatabaseVersion, match=f"format version {version}"):
+        decode_db_header(sealed)
+    with pytest.raises(InvalidDatabaseVersion) as info:
+        choose_db_header(sealed, sealed, path="x.edb")
+    error = info.value
+    assert error.code == -1209
+    assert f"format version {version}" in error.detail and "x.edb" in error.detail
+    assert "repair" not in error.detail
+    assert "jetstore export" in str(error)
+    # A copy of this version beside it is used, the other reported for rewriting.
+    good = encode_db_header(sample_header())
+    header, problems = choose_db_header(sealed, good, path="x.edb")
+    assert header == sample_header() and "copy 0" in problems[0]
 
 
 # --- the shared prefix ------------------------------------------------------------------------

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 import jetstore
@@ -18,6 +20,7 @@ from jetstore.errors import (
     FileAccessDenied,
     InstanceUnavailable,
     InternalError,
+    InvalidDatabaseVersion,
     InvalidParameter,
     InvalidPath,
     JetError,
@@ -61,6 +64,29 @@ def test_directory_holds_the_expected_files(tmp_path: Path) -> None:
         for name in names:
             if name.startswith("edb0"):
                 assert name[3:11] == name[3:11].upper()
+
+
+def test_a_database_of_another_format_version_is_refused_at_open_and_left_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """Format version 1 (before D12's page references) is refused with InvalidDatabaseVersion
+    naming the file and the version, not called damaged; nothing in the directory changes."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 10)
+    path = tmp_path / "main.edb"
+    data = bytearray(path.read_bytes())
+    for copy in range(2):
+        start = copy * 8192
+        struct.pack_into("<H", data, start + 14, 1)
+        crc = google_crc32c.value(bytes(data[start + 4 : start + 8192]))
+        struct.pack_into("<I", data, start, crc)
+    path.write_bytes(bytes(data))
+    before = {name: (tmp_path / name).read_bytes() for name in ("main.edb", "edb.log", "edb.chk")}
+    with pytest.raises(InvalidDatabaseVersion) as info:
+        jetstore.open(tmp_path, **SMALL)
+    assert info.value.code == -1209
+    assert "format version 1" in str(info.value) and "main.edb" in str(info.value)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_second_opener_in_same_process_is_refused(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ from typing import Any, ClassVar
 from jetstore.errors import (
     DatabaseCorrupted,
     FileInvalidType,
+    InvalidDatabaseVersion,
     InvalidParameter,
     JetError,
     ReadVerifyFailure,
@@ -306,7 +307,8 @@ def decode_db_header(data: bytes, *, path: str = "", copy: int = 0) -> DatabaseH
     """Decode one header copy (a whole page).
 
     ReadVerifyFailure if the copy is blank, truncated or fails its checksum; FileInvalidType if
-    it is not a database header; DatabaseCorrupted if it verifies but its values are impossible.
+    it is not a database header; InvalidDatabaseVersion if it verifies but was written in
+    another format version; DatabaseCorrupted if it verifies but its values are impossible.
     """
     what = f"database header copy {copy}"
     subject = describe_subject(what, path)
@@ -316,6 +318,7 @@ def decode_db_header(data: bytes, *, path: str = "", copy: int = 0) -> DatabaseH
         path=path,
         what=what,
         error=ReadVerifyFailure,
+        version_error=InvalidDatabaseVersion,
         block_size=len(data),
     )
 
@@ -424,7 +427,9 @@ def choose_db_header(copy0: bytes, copy1: bytes, *, path: str) -> tuple[Database
     Takes the valid copy with the higher header_seq. Each problem is a sentence for the
     operator naming the copy and what the caller should do (rewrite the other copy from the
     chosen one). Neither copy valid: FileInvalidType if copy 0 is not a database header at
-    all (the file is something else), else ReadVerifyFailure naming both problems.
+    all (the file is something else), InvalidDatabaseVersion if a copy is intact but of
+    another format version (the file is another engine's, not damaged), else
+    ReadVerifyFailure naming both problems.
     """
     headers: list[DatabaseHeader | None] = []
     errors: list[JetError | None] = []
@@ -442,6 +447,11 @@ def choose_db_header(copy0: bytes, copy1: bytes, *, path: str) -> tuple[Database
         detail = f"{errors[0].detail}; {errors[1].detail}"
         if isinstance(errors[0], FileInvalidType):
             raise FileInvalidType(detail, path=path or None)
+        # Checked before damage: "restore or repair" would be the wrong way out for an intact
+        # file that only needs the engine that wrote it.
+        version = next((e for e in errors if isinstance(e, InvalidDatabaseVersion)), None)
+        if version is not None:
+            raise InvalidDatabaseVersion(version.detail, path=path or None)
         raise ReadVerifyFailure(
             f"both copies of the {subject} are unusable: {detail}",
             path=path or None,
