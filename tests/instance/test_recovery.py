@@ -10,6 +10,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 import jetstore
@@ -202,6 +203,34 @@ def test_an_unreadable_edb_log_is_named_not_called_missing(tmp_path: Path, damag
     assert f"but generation {newest} is missing" in message
     assert "edb.log, where the newest generation is written, cannot be read" in message
     assert {"empty": "empty (0 bytes)", "zeroed": "are zero", "garbage": "not a jetstore log"}[
+        damage
+    ] in message
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("damage", ["format version 1", "garbage"])
+def test_an_unreadable_only_log_is_named_not_called_absent(tmp_path: Path, damage: str) -> None:
+    """A crash in the stream's first generation leaves one log, edb.log. When it cannot be
+    read (another engine's format version, or damage), the refusal names it and says why:
+    "no log files are present" sent the user looking for files when the one needed was
+    there. Nothing is written."""
+    crashed_instance(tmp_path, batches=1, per_batch=5)
+    assert generations(tmp_path) == []
+    path = tmp_path / CURRENT_LOG
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data[:LOG_HEADER_SIZE] = os.urandom(LOG_HEADER_SIZE)
+    else:
+        struct.pack_into("<H", data, 14, 1)
+        struct.pack_into("<I", data, 0, google_crc32c.value(bytes(data[4:LOG_HEADER_SIZE])))
+    path.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    with pytest.raises(MissingLogFile) as info:
+        jetstore.open(tmp_path, **SMALL)
+    message = str(info.value)
+    assert "no log files are present" not in message
+    assert "edb.log" in message and "cannot be read" in message
+    assert {"format version 1": "format version 1", "garbage": "not a jetstore log"}[
         damage
     ] in message
     assert snapshot(tmp_path) == before

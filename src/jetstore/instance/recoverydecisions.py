@@ -387,14 +387,18 @@ def decide_start(
             if is_dirty(header):
                 low, high = required_range(header)
                 if signature is None:
+                    # No readable log, which is not the same as none: say what lies there
+                    # instead (an edb.log of another format version, a damaged one, nothing).
+                    needed = list(range(low, high + 1))
+                    why = "; ".join(_why_missing(needed[:5], inventory))
                     if accept_data_loss:
-                        losses.append((name, f"no log files are present (needed {low}-{high})"))
+                        losses.append((name, f"no readable log file ({why}; needed {low}-{high})"))
                         continue
                     raise Refused(
                         MissingLogFile(
                             f"database {name!r} was not shut down cleanly and needs log "
-                            f"generations {low}-{high}, but no log files are present in "
-                            f"'{directory}'",
+                            f"generations {low}-{high}, but no log file in '{directory}' can "
+                            f"be read: {why}",
                             hint=_OPTIONS_HINT,
                             path=file.path,
                         ),
