@@ -305,6 +305,32 @@ def test_a_manifest_claiming_a_huge_generation_range_is_refused_without_enumerat
     assert not (tmp_path / "restored").exists()
 
 
+def test_a_set_of_another_format_version_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """The manifest records the on-disk format version of the set's files: a set written in
+    another (version 1, before D12's page references) is refused from its manifest, naming
+    the version and the engine that wrote it, before any file is copied."""
+    import json
+
+    from jetstore.backup.backupset import MANIFEST_NAME, manifest_checksum
+
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(3)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    path = tmp_path / "full" / MANIFEST_NAME
+    body = {k: v for k, v in json.loads(path.read_text()).items() if k != "checksum"}
+    body["format_version"] = 1
+    path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
+    with pytest.raises(InvalidBackup) as caught:
+        jetstore.restore(tmp_path / "full", tmp_path / "restored")
+    assert "format version 1" in caught.value.detail
+    assert body["engine_version"] in str(caught.value)
+    assert not (tmp_path / "restored").exists()
+    assert not (tmp_path / f"restored{STAGING_SUFFIX}").exists()
+
+
 def test_stop_at_a_generation(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     writer = Writer(inst)

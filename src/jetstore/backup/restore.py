@@ -3,20 +3,20 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
 
 `restore(backup_paths, target_dir, logs_from=None, until=None, dry_run=False)`:
 
-1. Plan and check, before anything is written: exactly one full (or copy) set; the others all
-   incrementals or one differential; every set of the same log stream (signature) as the full
-   one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the full
-   one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations); every
+1. Plan and check, before anything is written: every set of this engine's format version (its
+   manifest's `format_version`, `InvalidBackup` otherwise); exactly one full (or copy) set; the
+   others all incrementals or one differential; every set of the same log stream (signature) as
+   the full one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the
+   full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations); every
    file the manifests list present; the surviving logs, when given, of the same stream and
-   continuing the last set (an offline set: from its images' consistent point) without a gap
-   (or an unreadable file) before their end or the stop point (a generation before it; a time
-   when a commit later than it lies before it, `_check_stop_before_gap`); a stop point
-   (`until`: a generation, or a time) the images can reach (`EndingRestoreLogTooLow`, -553): a
-   time before the full set's `started_us` (when its images were pinned) only when no commit
-   the images hold is later (`_check_images_at`); the target absent or an empty directory, not
-   the directory of an open instance and no mount point (step 4 renames over it). The time
-   checks read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing
-   else.
+   continuing the last set (an offline set: from its images' consistent point) without a gap (or
+   an unreadable file) before their end or the stop point (a generation before it; a time when a
+   commit later than it lies before it, `_check_stop_before_gap`); a stop point (`until`: a
+   generation, or a time) the images can reach (`EndingRestoreLogTooLow`, -553): a time before
+   the full set's `started_us` (when its images were pinned) only when no commit the images hold
+   is later (`_check_images_at`); the target absent or an empty directory, not the directory of
+   an open instance and no mount point (step 4 renames over it). The time checks read the commit
+   records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
    a staging directory next to the target (`<target>.restoring`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
@@ -56,7 +56,7 @@ from jetstore.errors import (
     JetError,
     MissingRestoreLogFiles,
 )
-from jetstore.format.common import format_time_us
+from jetstore.format.common import FORMAT_VERSION, format_time_us
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
@@ -264,6 +264,15 @@ def plan_restore(
     target = absolute_path(target_dir, what="restore target")
     _check_target(fs, target)
     manifests = [read_manifest(path) for path in paths]
+    for m in manifests:
+        if m.format_version != FORMAT_VERSION:
+            # Its images would only be refused once copied, at the open that replays them.
+            raise InvalidBackup(
+                f"backup set '{m.path}' holds files of format version {m.format_version} "
+                f"(written by {m.engine_version}); this engine reads version {FORMAT_VERSION}",
+                hint=f"restore it with the engine that wrote it ({m.engine_version})",
+                path=m.path,
+            )
     base_sets = [m for m in manifests if m.kind in ("full", "copy")]
     if len(base_sets) != 1:
         raise InvalidBackup(
