@@ -1,7 +1,7 @@
 """The prefix shared by every jetstore header block, and the small types all headers use.
 
-Every header jetstore writes (database header, log file header, checkpoint file, backup
-manifest) starts with the same 20-byte prefix, so any tool can tell what a file is and whether
+Every header block jetstore writes (database header, log file header, checkpoint file)
+starts with the same 20-byte prefix, so any tool can tell what a file is and whether
 its header is intact without knowing anything else about it (ESE puts `le_filetype` at the same
 offset 667 in all its headers for the same reason). Little-endian:
 
@@ -14,8 +14,8 @@ offset 667 in all its headers for the same reason). Little-endian:
 | 16 | 4 | block size: the number of bytes the CRC covers (the whole header block) |
 | 20 | ... | type-specific fields, then zero padding to the block size |
 
-File types: 1 database header, 2 log file header, 3 checkpoint file, 4 backup manifest
-(reserved).
+File types: 1 database header, 2 log file header, 3 checkpoint file, 4 reserved for a backup
+manifest (the manifest is JSON with a checksum of its own, `jetstore.backup.backupset`).
 
 Invariants:
 - The prefix layout and the CRC rule never change between format versions. A reader can

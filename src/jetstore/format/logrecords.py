@@ -21,12 +21,9 @@ CREATE_DATABASE (2): a database was created in this instance
   16s database signature random bytes, u64 signature time
   u16 name length, name (utf-8)
 
-SHUTDOWN (3): clean shutdown; everything before it is in the databases' page files
-  u8  type = 3
-  u64 time
-
-START (4): the instance started writing this log stream (first record of every open)
-  u8  type = 4
+SHUTDOWN (3), START (4): reserved for later use (a clean shutdown, an open); decoded, never
+  written by this engine
+  u8  type = 3 or 4
   u64 time
 
 DETACH_DATABASE (5): a database left the instance (`Instance.detach`, after its final
