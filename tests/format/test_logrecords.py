@@ -169,6 +169,17 @@ def test_gather_last_write_wins_within_one_record() -> None:
     assert changes == {b"a": None, b"b": b"3", b"c": b"4"}
 
 
+def test_create_database_layout() -> None:
+    """docs/design.md, "Log records": u8 type 2, u32 database id, u32 page size, 16-byte
+    signature random, u64 signature time, u16 name length, name (UTF-8)."""
+    signature = bytes(range(16))
+    data = encode_create_database(0x01020304, 8192, signature, 0x1122334455667788, "naïve")
+    raw = "naïve".encode()
+    assert data == (
+        struct.pack("<BII16sQH", 2, 0x01020304, 8192, signature, 0x1122334455667788, len(raw)) + raw
+    )
+
+
 @settings(max_examples=100)
 @given(
     db=U32,

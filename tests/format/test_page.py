@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import google_crc32c
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,6 +41,9 @@ def test_header_layout_matches_the_documented_offsets() -> None:
     assert page[28:32] == bytes(4)
     assert page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 3] == b"abc"
     assert page[PAGE_HEADER_SIZE + 3 :] == bytes(4096 - PAGE_HEADER_SIZE - 3)
+    # The CRC covers the page number the page is expected at (8 bytes), then bytes [4, size).
+    expected_at = (0x0102030405060708).to_bytes(8, "little")
+    assert page[0:4] == google_crc32c.value(expected_at + page[4:]).to_bytes(4, "little")
 
 
 @given(

@@ -10,6 +10,7 @@ that none of its in-memory nodes changed (immutability of published nodes).
 from __future__ import annotations
 
 import random
+import struct
 import threading
 from collections.abc import Iterable
 
@@ -702,6 +703,26 @@ def test_leaf_codec_property(entries: list[tuple[bytes, bytes]], page_size: int)
     back = decode_node(3, encode_node(leaf, page_size, 3, 0))
     assert list(zip(back.keys, back.values, strict=True)) == entries
     assert back.nbytes == leaf.nbytes
+
+
+def test_node_payloads_are_laid_out_as_the_design_documents() -> None:
+    """docs/design.md, "Database file": leaf n x (key length u16, value length u32) then key0
+    value0 key1 value1; branch (n+1) x child reference u64 (pgno | page CRC32C << 32), n x key
+    length u16, then the keys; the envelope's entry count is the number of keys."""
+    leaf = Node.new_leaf([b"ab", b"c"], [b"xyz", b""])
+    page = encode_node(leaf, PAGE, 7, 0)
+    assert page[4] == PageType.LEAF and struct.unpack_from("<H", page, 6)[0] == 2
+    payload = struct.pack("<HIHI", 2, 3, 1, 0) + b"ab" + b"xyz" + b"c"
+    assert struct.unpack_from("<I", page, 24)[0] == len(payload)
+    assert page[32 : 32 + len(payload)] == payload
+    refs = [child_ref(5, 0xDEADBEEF), child_ref(MAX_PGNO, 0x01020304)]
+    assert refs == [5 | 0xDEADBEEF << 32, 0x01020304FFFFFFFF]
+    branch = Node.new_branch([b"m"], list(refs))
+    page = encode_node(branch, PAGE, 8, 0)
+    assert page[4] == PageType.BRANCH and struct.unpack_from("<H", page, 6)[0] == 1
+    payload = struct.pack("<QQH", *refs, 1) + b"m"
+    assert page[32 : 32 + len(payload)] == payload
+    assert page[32 + len(payload) :] == bytes(PAGE - 32 - len(payload))
 
 
 def test_branch_with_a_dirty_child_cannot_be_encoded() -> None:
