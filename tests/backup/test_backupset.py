@@ -293,6 +293,16 @@ def test_manifest_tampering_is_detected(inst: jetstore.Instance, tmp_path: Path)
     path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
     with pytest.raises(InvalidBackup, match="malformed"):
         read_manifest(dest)
+    # The version is read only under a valid checksum: damaged, it is damage; sealed, it is a
+    # version this engine does not read.
+    body = {k: v for k, v in json.loads(original).items() if k != "checksum"}
+    path.write_text(original.replace('"manifest_version": 1', '"manifest_version": 2'))
+    with pytest.raises(InvalidBackup, match="fails its checksum"):
+        read_manifest(dest)
+    body["manifest_version"] = 2
+    path.write_text(json.dumps({**body, "checksum": manifest_checksum(body)}))
+    with pytest.raises(InvalidBackup, match="manifest version 2 is not supported"):
+        read_manifest(dest)
     path.unlink()
     with pytest.raises(FileNotFound, match=MANIFEST_NAME):
         read_manifest(dest)

@@ -191,6 +191,16 @@ def test_every_bit_flip_is_detected() -> None:
     decode_checkpoint_copy(bytes(block), path="edb.chk", copy=0)
 
 
+@pytest.mark.parametrize("version", [FORMAT_VERSION - 1, FORMAT_VERSION + 1])
+def test_another_format_version_is_checkpoint_corrupt_naming_it(version: int) -> None:
+    """An intact copy of another format version is not read: CheckpointCorrupt naming the
+    version, which recovery treats like any unusable checkpoint file (D6)."""
+    block = bytearray(encode_checkpoint_copy(sample_state()))
+    struct.pack_into("<H", block, 14, version)
+    with pytest.raises(CheckpointCorrupt, match=f"format version {version}"):
+        decode_checkpoint_copy(reseal(block), path="edb.chk", copy=0)
+
+
 def test_corruption_detail() -> None:
     block = bytearray(encode_checkpoint_copy(sample_state()))
     block[3000] ^= 0x80
