@@ -221,6 +221,25 @@ def test_clean_instance(closed: Path, run_json: RunJson) -> None:
     assert_plan_matches_open(closed, plan_recovery(closed), **SMALL)
 
 
+def test_clean_instance_with_an_unreadable_edb_log(closed: Path, run_json: RunJson) -> None:
+    """No database needs the log, but the stream would write over it: open refuses, and the
+    diagnosis says the option sets the logs aside without losing a change."""
+    path = closed / "edb.log"
+    data = bytearray(path.read_bytes())
+    data[30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, result = _diagnose(run_json, closed)
+    assert code == 1
+    assert result["verdict"] == "data-loss"
+    summary = str(result["summary"])
+    assert summary.startswith("edb.log cannot be read (LogFileCorrupt")
+    assert "put back an intact copy of it, or recover with --accept-data-loss" in summary
+    assert "no database loses a change" in summary
+    assert result["open_error"]["name"] == "LogFileCorrupt"  # type: ignore[index]
+    assert f"jetstore recover {closed} --accept-data-loss" in result["next_commands"]  # type: ignore[operator]
+    assert_plan_matches_open(closed, plan_recovery(closed), **SMALL)
+
+
 def test_crashed_instance_recovers_from_generation_1(crashed: Path, run_json: RunJson) -> None:
     code, result = _diagnose(run_json, crashed)
     assert code == 0

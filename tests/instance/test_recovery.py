@@ -1016,3 +1016,87 @@ def test_a_crash_after_the_only_database_was_detached_and_moved_away_recovers(
         moved = elsewhere.attach(tmp_path / "main.edb")
         with moved.transaction() as txn:
             assert [row["id"] for row in txn.table("t").scan()] == [1]
+
+
+def clean_instance(directory: Path, rows: int = 600) -> None:
+    """Rows across several generations, then a clean shutdown: nothing to replay."""
+    with jetstore.open(directory, **SMALL) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        for i in range(rows):
+            with db.transaction() as txn:
+                txn.table("t").insert({"id": i, "v": "x" * 200})
+
+
+@pytest.mark.parametrize("which", ["edb.log", "edb.log, first generation", "newest archived"])
+def test_an_unreadable_log_the_stream_would_write_over_is_refused_then_set_aside(
+    tmp_path: Path, which: str
+) -> None:
+    """After a clean shutdown no database needs the logs to recover, and an unreadable
+    edb.log (or an unreadable archived file numbered above every readable one) used to be
+    written over without a word: the stream went on under its name, destroying what it held,
+    and a new generation of the same stream stood where the old one was (a restore rolling
+    forward would replay it in the old one's place). Now the open refuses, writing nothing,
+    and `accept_data_loss` sets the logs aside (the damaged file kept as it was) and begins a
+    new stream; no row is lost."""
+    clean_instance(tmp_path, rows=5 if which == "edb.log, first generation" else 600)
+    gens = generations(tmp_path)
+    if which == "newest archived":
+        # The newest archived generation's name, with edb.log taken away: as after a roll
+        # whose archived file was damaged and whose new current log was lost.
+        damaged = tmp_path / gens[-1]
+        (tmp_path / CURRENT_LOG).unlink()
+    else:
+        damaged = tmp_path / CURRENT_LOG
+        assert (gens == []) == (which == "edb.log, first generation")
+    data = bytearray(damaged.read_bytes())
+    data[30] ^= 0xFF  # inside the header: its checksum fails
+    damaged.write_bytes(bytes(data))
+    if which == "newest archived":
+        os.rename(damaged, tmp_path / generation_log_name(int(gens[-1][3:11], 16) + 1))
+        damaged = tmp_path / generation_log_name(int(gens[-1][3:11], 16) + 1)
+    before = snapshot(tmp_path)
+    with pytest.raises(LogFileCorrupt) as info:
+        jetstore.open(tmp_path, **SMALL)
+    error = info.value
+    assert error.code == -501 and error.path == str(damaged)
+    assert f"{damaged.name} cannot be read" in str(error)
+    assert "would go on under its name and destroy it" in str(error)
+    assert "--accept-data-loss" in (error.hint or "")
+    assert snapshot(tmp_path) == before
+    with jetstore.open(tmp_path, accept_data_loss=True, **SMALL) as instance:
+        recovery = instance.recovery
+        assert recovery is not None and recovery.data_loss is not None
+        assert recovery.data_loss.databases == []  # no database lost a change
+        assert recovery.data_loss.recovered_completely == ["main"]
+        moved = recovery.data_loss.moved_logs_to
+        assert moved is not None
+        assert (Path(moved) / damaged.name).read_bytes() == bytes(data)
+        db = instance.database("main")
+        with db.transaction() as txn:
+            ids = [row["id"] for row in txn.table("t").scan()]
+        assert ids == list(range(5 if which == "edb.log, first generation" else 600))
+        with db.transaction() as txn:
+            txn.table("t").insert({"id": 10_000, "v": "after"})
+    with (
+        jetstore.open(tmp_path, **SMALL) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        assert txn.table("t").get(10_000) is not None
+
+
+def test_an_unreadable_archived_generation_below_the_newest_does_not_stop_a_clean_open(
+    tmp_path: Path,
+) -> None:
+    """An unreadable archived generation that no database needs and the stream never writes
+    over again (a readable one is newer) is no reason to refuse the open."""
+    clean_instance(tmp_path)
+    gens = generations(tmp_path)
+    assert len(gens) >= 2
+    (tmp_path / gens[0]).write_bytes(bytes(100))
+    with (
+        jetstore.open(tmp_path, **SMALL) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        assert len(list(txn.table("t").scan())) == 600
+    assert (tmp_path / gens[0]).read_bytes() == bytes(100)

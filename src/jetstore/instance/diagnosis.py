@@ -832,10 +832,18 @@ def _refusal(
                 what = f"{what}, needed by database {refused.database!r}"
         else:
             what = _damage_text(plan, refused)
-        plan.summary = (
-            f"{what}: restore from backup, or recover with data loss to {to} "
-            "(what was committed after that is lost)"
-        )
+        if refused.kind == "unreadable":
+            # Nothing needs the file: the option sets the logs aside, it loses no change.
+            plan.summary = (
+                f"{(error.detail or str(error)).rstrip('.')}: put back an intact copy of it, "
+                "or recover with --accept-data-loss, which sets every log aside and begins "
+                "a new log stream (no database loses a change; take a full backup afterwards)"
+            )
+        else:
+            plan.summary = (
+                f"{what}: restore from backup, or recover with data loss to {to} "
+                "(what was committed after that is lost)"
+            )
         plan.next_commands = [
             f"{command} logs verify {quoted}",
             f"{command} restore SET... --to NEW_DIR --logs-from {quoted}",

@@ -21,7 +21,8 @@ Invariants:
   `error` alone.
 - One order, the first failing check refuses: each stamped database against the log stream
   (dirty of another stream, or dirty with no log at all), two databases of the stream with
-  one id, the generations each dirty header requires, (the caller's scan, which may refuse
+  one id, the generations each dirty header requires, an unreadable log file the stream would
+  write over (`_overwritten_if_continued`), (the caller's scan, which may refuse
   with `SCAN_STOPS`), the generations required beyond the end of the log, a dirty database
   bound to no stream, a database being created that the log never created.
 - Database ids are unique among the stream's databases; a clean database joining it whose id
@@ -112,12 +113,13 @@ SCAN_STOPS: tuple[type[JetError], ...] = (
     BadLogSignature,
 )
 
+#: "unreadable": a log file that cannot be read lies where the stream would write next;
 #: "missing": generations are missing; "foreign": a dirty database of another log stream;
 #: "no-stream": a dirty database bound to no stream; "mismatch": database files and log do not
 #: belong together; "scan": the chain scan failed; "header": a database header is unreadable
 #: (the last two are found by the caller, which reads the files).
 RefusalKind = Literal[
-    "missing", "foreign", "no-stream", "mismatch", "scan", "header", "duplicate-id"
+    "missing", "foreign", "no-stream", "mismatch", "scan", "header", "duplicate-id", "unreadable"
 ]
 
 #: "valid" (kept), "missing", "damaged" (as read); "foreign", "stale", "set aside" (ignored by
@@ -245,6 +247,19 @@ def _why_missing(missing: list[int], inventory: LogInventory) -> list[str]:
         else:
             reasons.append(f"{name} is not there")
     return reasons
+
+
+def _overwritten_if_continued(inventory: LogInventory) -> list[GenerationFile]:
+    """The unreadable log files the stream would write over if it went on: an unreadable
+    `edb.log` (the name every new generation is written under), and an unreadable
+    `edbXXXXXXXX.log` numbered above every readable generation (a later roll archives a new
+    generation under its name). Set apart before the stream continues, or refused: never
+    destroyed without a word. An unreadable file below the newest readable generation is
+    never written over and only refuses where a database needs it."""
+    newest = inventory.highest or 0
+    return [
+        entry for entry in inventory.unreadable if entry.is_current or entry.generation > newest
+    ]
 
 
 def _error_text(entry: GenerationFile) -> str:
@@ -441,6 +456,34 @@ def decide_start(
                 "missing",
                 database=name,
                 missing=missing,
+            )
+
+    overwritten = _overwritten_if_continued(inventory)
+    if overwritten:
+        what = "; ".join(
+            f"{os.path.basename(entry.path)} cannot be read ({_error_text(entry)})"
+            for entry in overwritten
+        )
+        message = (
+            f"{what}: no database needs what it holds to recover, but the log stream would go on "
+            "under its name and destroy it (and a restore could then replay the new generation "
+            "in place of the old one)"
+        )
+        if accept_data_loss:
+            # No database loses anything: the logs are set aside and a new stream begins.
+            losses.append(("*", f"{message}; the logs were set aside"))
+        else:
+            raise Refused(
+                LogFileCorrupt(
+                    message,
+                    hint="put back an intact copy of the file; or, if it is not needed (every "
+                    "database was shut down cleanly, or needs only the generations before "
+                    "it), `jetstore recover DIR --accept-data-loss` sets every log aside into "
+                    "lost-logs-<time>/ and begins a new log stream (no database loses a "
+                    "change; take a full backup afterwards)",
+                    path=overwritten[0].path,
+                ),
+                "unreadable",
             )
 
     if checkpoint is not None:
