@@ -196,3 +196,29 @@ def test_until_time_before_a_gap_in_the_surviving_logs(tmp_path: Path) -> None:
     assert generation_log_name(gap) in error["detail"]
     assert f"--until-generation {gap - 1}" in error["hint"] and "--until-time" in error["hint"]
     assert not (tmp_path / "late").exists()
+
+
+@pytest.mark.parametrize("generation", ["0", "-1", str(1 << 32)])
+def test_until_generation_outside_the_log_generations_is_a_usage_error(
+    tmp_path: Path, generation: str
+) -> None:
+    # Defect: 0 and negative numbers reached the restore, which refused them as a stop point
+    # too early (EndingRestoreLogTooLow, exit 3); 2**32 as one the logs do not reach (exit 3).
+    # No log file can hold such a generation: a usage error naming the range, checked before
+    # the sets are read.
+    target = tmp_path / "r"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "restore",
+            str(tmp_path / "no-set"),
+            "--to",
+            str(target),
+            "--until-generation",
+            generation,
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--until-generation" in result.stderr
+    assert "1<=x<=4294967295" in result.stderr
+    assert not target.exists()

@@ -24,6 +24,7 @@ from jetstore.backup.restore import restore
 from jetstore.cli.output import ExitCode, command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import fail, progress, usage_failure
 from jetstore.errors import FileAccessDenied
+from jetstore.format.filenames import MAX_GENERATION
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import is_locked
 
@@ -72,7 +73,15 @@ def _is_live_instance(path: str | None) -> bool:
     default=None,
     help="Roll forward through the surviving logs of the damaged instance in DIR too.",
 )
-@click.option("--until-generation", type=int, default=None, help="Stop after this generation.")
+@click.option(
+    "--until-generation",
+    # A generation outside the 32 bits of a log file name (0, negative, 2**32) can name no
+    # log: a usage error (exit 2) saying the range, not the restore's "too low" (exit 3).
+    type=click.IntRange(1, MAX_GENERATION),
+    metavar="N",
+    default=None,
+    help=f"Stop after log generation N (1 to {MAX_GENERATION}).",
+)
 @click.option(
     "--until-time", metavar="ISO", default=None, help="Stop after the last commit at this time."
 )
