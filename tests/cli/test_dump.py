@@ -372,6 +372,28 @@ def test_dump_logs_bad_range_is_a_usage_error(crashed: Path, run_json: RunJson) 
     assert code == 2
 
 
+@pytest.mark.parametrize(
+    "text", ["1-4294967296", "0x100000000", "5000000000-", "0", "0-3", "1_0", "+3", "0x_2"]
+)
+def test_dump_logs_range_beyond_32_bits_is_a_usage_error(
+    crashed: Path, run_json: RunJson, text: str
+) -> None:
+    # Defect: int() took generations above 0xFFFFFFFF (a log file name holds 8 hex digits)
+    # and its own grammar ("1_0", "+3"): the command ran and showed no generation, exit 0.
+    code, document = run_json("dump", "logs", crashed, "--range", text)
+    assert code == 2, document
+    message = document["error"]["message"]
+    assert "--range" in message
+    if text[0].isdigit() and "_" not in text:
+        assert "1 to 4294967295 (0xFFFFFFFF" in message
+
+
+def test_dump_logs_range_takes_the_highest_generation(crashed: Path, run_json: RunJson) -> None:
+    code, document = run_json("dump", "logs", crashed, "--range", "0xFFFFFFFF")
+    assert code == 0
+    assert document["result"]["generations"] == []
+
+
 def test_dump_checkpoint_truncated_file_names_the_missing_copy(
     closed: Path, run_json: RunJson
 ) -> None:

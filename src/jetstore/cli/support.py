@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -50,6 +51,7 @@ from jetstore.format.filenames import (
     CURRENT_LOG,
     DATABASE_SUFFIX,
     LOCK_FILE,
+    MAX_GENERATION,
     generation_log_name,
     parse_database_file_name,
     parse_generation_log_name,
@@ -274,32 +276,42 @@ def progress(enabled: bool, *, kind: str = "count") -> Iterator[Progress]:
 # --------------------------------------------------------------------------- arguments
 
 
+#: A generation number as `--range` takes it. Not `int()`'s grammar, which also takes "1_000",
+#: "+3" and "0x_2A".
+_GENERATION_NUMBER = re.compile(r"0[xX][0-9A-Fa-f]+|[0-9]+")
+
+
 def _parse_generation(text: str) -> int:
     text = text.strip()
     named = parse_generation_log_name(text)
     if named is not None:
         return named
-    base = 16 if text.lower().startswith("0x") else 10
-    value = int(text, base)
-    if value < 1:
+    if _GENERATION_NUMBER.fullmatch(text) is None:
         raise ValueError(text)
-    return value
+    return int(text, 0) if text[1:2] in ("x", "X") else int(text)
 
 
 def parse_generation_range(text: str) -> tuple[int, int | None]:
     """``A-B``, ``A-`` (from A on) or ``A`` (that generation only); decimal, ``0x`` hex or
-    file names (``edb0000002A.log``). ValueError with a message when malformed."""
+    file names (``edb0000002A.log``). ValueError with a message when malformed, or when a
+    generation is outside 1 to ``MAX_GENERATION`` (a log file name holds 8 hex digits)."""
     first_text, dash, last_text = text.partition("-")
     try:
         first = _parse_generation(first_text)
-        if not dash:
-            return first, first
         last = _parse_generation(last_text) if last_text.strip() else None
+        if not dash:
+            last = first
     except ValueError:
         raise ValueError(
             f"{text!r} is not a generation range; use A-B, A- or A with generation numbers "
             "(3, 0x2A) or file names (edb0000002A.log)"
         ) from None
+    for value in (first, last):
+        if value is not None and not 1 <= value <= MAX_GENERATION:
+            raise ValueError(
+                f"{text!r}: generation {value} is outside the log generations, 1 to "
+                f"{MAX_GENERATION} (0x{MAX_GENERATION:X}: 8 hex digits in a log file name)"
+            )
     if last is not None and last < first:
         raise ValueError(f"{text!r}: the last generation is below the first")
     return first, last
