@@ -35,6 +35,7 @@ from rich.padding import Padding
 from rich.text import Text
 
 from jetstore.errors import JetError
+from jetstore.tools.values import json_float
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -171,9 +172,28 @@ def envelope(
     return document
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float, at any depth, in its `json_float` string form."""
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def emit_json(document: Mapping[str, Any]) -> None:
+    """Write `document` as one line of strict JSON: a float that is not finite is written as
+    `"nan"`, `"inf"` or `"-inf"`, the form `export` gives a float column and `import` reads
+    back (`json` would write NaN or Infinity, which JSON parsers other than Python's refuse)."""
+    try:
+        text = json.dumps(document, default=str, allow_nan=False)
+    except ValueError:
+        # Rare (no engine counter is a float), so the copy is only made when it is needed.
+        text = json.dumps(_finite(document), default=str, allow_nan=False)
     # Plain write, not rich: rich would wrap long lines and add colour codes to the JSON.
-    sys.stdout.write(json.dumps(document, sort_keys=False, default=str) + "\n")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

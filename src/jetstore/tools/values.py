@@ -28,10 +28,16 @@ from typing import Final
 
 from jetstore.tables.schema import ColumnType
 
-__all__ = ["CSV_NULL", "from_csv", "from_json", "to_csv", "to_json"]
+__all__ = ["CSV_NULL", "from_csv", "from_json", "json_float", "to_csv", "to_json"]
 
 CSV_NULL: Final = "\\N"
 _SPECIAL_FLOATS: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def json_float(value: float) -> float | str:
+    """`value` as strict JSON holds it: a non-finite float as `"nan"`, `"inf"` or `"-inf"`
+    (JSON has no NaN or Infinity; `json` would write those non-standard tokens)."""
+    return value if math.isfinite(value) else repr(value)
 
 
 def to_json(ctype: ColumnType, value: object) -> object:
@@ -40,7 +46,7 @@ def to_json(ctype: ColumnType, value: object) -> object:
         return None
     if ctype is ColumnType.FLOAT:
         assert isinstance(value, float)
-        return value if math.isfinite(value) else repr(value)
+        return json_float(value)
     if ctype is ColumnType.BYTES:
         assert isinstance(value, bytes)
         return base64.b64encode(value).decode("ascii")
