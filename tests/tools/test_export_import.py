@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import jetstore
+from jetstore.cli.output import exit_code_for
 from jetstore.errors import (
     ColumnNotFound,
     DatabaseDirtyShutdown,
@@ -161,6 +162,19 @@ def test_import_csv_with_unknown_column_is_refused(tmp_path: Path) -> None:
             import_rows(instance.database("main"), "t", io.StringIO("id,bogus\n1,2\n"), fmt="csv")
         with pytest.raises(ObjectNotFound):
             import_rows(instance.database("main"), "missing", io.StringIO(""))
+
+
+def test_import_csv_with_a_column_named_twice_is_refused(tmp_path: Path) -> None:
+    # Defect: the row dict kept the last field of a repeated name, so "id,name,name" stored
+    # "b" and dropped "a" without a word.
+    make(tmp_path, [])
+    source = io.StringIO("id,name,name\n1,a,b\n")
+    with jetstore.open(tmp_path, **OPTIONS) as instance, pytest.raises(InvalidParameter) as info:
+        import_rows(instance.database("main"), "t", source, fmt="csv")
+    message = str(info.value)
+    assert "line 1" in message and "'name' twice" in message and "fields 2 and 3" in message
+    assert exit_code_for(info.value) == 2
+    assert read(tmp_path) == []
 
 
 def test_export_refuses_a_dirty_database_and_unknown_table(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ Invariants:
   a NOT NULL column) is a failure with its line number; the other rows of its batch are
   inserted (`Table.insert` changes nothing when it fails).
 - A batch whose commit fails counts all its rows as failures; earlier batches stay.
-- CSV: the first row names the columns; an unknown name stops the import before anything is
-  inserted (`ColumnNotFound`). Columns left out take their default.
+- CSV: the first row names the columns; an unknown name (`ColumnNotFound`) or one named
+  twice (`InvalidParameter`) stops the import before anything is inserted. Columns left out
+  take their default.
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ def _csv_rows(
     header = next(reader, None)
     if header is None:
         return
+    seen: dict[str, int] = {}
+    for column, name in enumerate(header, start=1):
+        if name in seen:
+            # A dict row keeps the last value of a repeated name: the other was lost unseen.
+            raise InvalidParameter(
+                f"the CSV header (line {reader.line_num}) names column {name!r} twice: "
+                f"fields {seen[name]} and {column}",
+                hint="give each column once in the header row",
+            )
+        seen[name] = column
     unknown = [name for name in header if name not in types]
     if unknown:
         raise ColumnNotFound(
