@@ -177,6 +177,25 @@ def test_import_csv_with_a_column_named_twice_is_refused(tmp_path: Path) -> None
     assert read(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        ("csv", "\ufeffid,name\n1,a\n2,b\n"),
+        ("csv", '\ufeff"id",name\n1,a\n2,b\n'),
+        ("jsonl", '\ufeff{"id": 1, "name": "a"}\n{"id": 2, "name": "b"}\n'),
+    ],
+)
+def test_import_skips_a_byte_order_mark(tmp_path: Path, fmt: str, text: str) -> None:
+    # Defect: a BOM (as Windows editors and spreadsheets write UTF-8) made the first CSV
+    # column "\ufeffid", unknown to the table (ColumnNotFound), and the first JSON line
+    # malformed.
+    make(tmp_path, [])
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", io.StringIO(text), fmt=fmt)
+    assert result.failed == 0 and result.inserted == 2
+    assert [(r["id"], r["name"]) for r in read(tmp_path)] == [(1, "a"), (2, "b")]
+
+
 def test_export_refuses_a_dirty_database_and_unknown_table(tmp_path: Path) -> None:
     make(tmp_path / "a", ROWS[:1])
     with pytest.raises(ObjectNotFound, match="tables: t"):

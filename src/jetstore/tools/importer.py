@@ -13,6 +13,7 @@ Invariants:
 - CSV: the first row names the columns; an unknown name (`ColumnNotFound`) or one named
   twice (`InvalidParameter`) stops the import before anything is inserted. Columns left out
   take their default.
+- A UTF-8 byte order mark at the start of the input is skipped (export writes none).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = ["ImportResult", "import_rows"]
 
 #: Failures listed in a result; more are only counted.
 _LIST_LIMIT: Final = 1000
+
+_BOM: Final = "\ufeff"
 
 
 @dataclass
@@ -68,10 +71,22 @@ def _error_text(exc: Exception) -> str:
     return str(exc)
 
 
+def _without_bom(source: TextIO) -> Iterator[str]:
+    """The lines of `source`, a UTF-8 byte order mark at its start dropped: editors and
+    spreadsheets on Windows write one, and it made the first CSV column name unknown and the
+    first JSON line malformed."""
+    lines = iter(source)
+    first = next(lines, None)
+    if first is None:
+        return
+    yield first.removeprefix(_BOM)
+    yield from lines
+
+
 def _jsonl_rows(
     source: TextIO, types: dict[str, ColumnType]
 ) -> Iterator[tuple[int, dict[str, object] | str]]:
-    for line_number, line in enumerate(source, start=1):
+    for line_number, line in enumerate(_without_bom(source), start=1):
         if not line.strip():
             continue
         try:
@@ -96,7 +111,7 @@ def _jsonl_rows(
 def _csv_rows(
     source: TextIO, types: dict[str, ColumnType], table: str
 ) -> Iterator[tuple[int, dict[str, object] | str]]:
-    reader = csv.reader(source)
+    reader = csv.reader(_without_bom(source))
     header = next(reader, None)
     if header is None:
         return
