@@ -225,6 +225,50 @@ def test_values_round_trip(ctype: ColumnType) -> None:
         from_csv(ColumnType.INT, "x")
 
 
+@pytest.mark.parametrize(
+    ("ctype", "text"),
+    [
+        (ColumnType.INT, "1_000"),
+        (ColumnType.INT, "\u0661\u0662"),  # Arabic-Indic digits: int() reads 12
+        (ColumnType.INT, "0x10"),
+        (ColumnType.FLOAT, "1_0.5"),
+        (ColumnType.FLOAT, "Infinity"),
+        (ColumnType.FLOAT, "NaN"),
+        (ColumnType.FLOAT, "+inf"),
+        (ColumnType.FLOAT, "-nan"),
+        (ColumnType.FLOAT, "\u0661.5"),
+    ],
+)
+def test_csv_numbers_only_in_the_forms_export_writes(ctype: ColumnType, text: str) -> None:
+    # Defect: int() and float() took "1_000", digits of other scripts and every spelling of
+    # infinity and NaN, so a typo or another tool's format was stored as a number.
+    with pytest.raises(ValueError, match="expected"):
+        from_csv(ctype, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(" 12 ", 12.0), ("-3", -3.0), ("1.", 1.0), (".5", 0.5), ("1e+16", 1e16), ("-1.5E-3", -0.0015)],
+)
+def test_csv_floats_in_decimal_forms_are_read(text: str, value: float) -> None:
+    assert from_csv(ColumnType.FLOAT, text) == value
+    assert from_csv(ColumnType.INT, "-42") == -42 and from_csv(ColumnType.INT, "+7") == 7
+
+
+def test_import_csv_names_the_line_and_column_of_a_number_with_underscores(
+    tmp_path: Path,
+) -> None:
+    make(tmp_path, [])
+    source = io.StringIO("id,score\n1,2.5\n1_000,1\n3,1_0.5\n")
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", source, fmt="csv")
+    assert result.inserted == 1
+    assert [f["line"] for f in result.failures] == [3, 4]
+    assert "column 'id'" in result.failures[0]["error"] and "1_000" in result.failures[0]["error"]
+    assert "column 'score'" in result.failures[1]["error"]
+    assert [r["id"] for r in read(tmp_path)] == [1]
+
+
 def test_import_json_number_too_large_for_a_float_is_a_failed_row(tmp_path: Path) -> None:
     # Defect: float() of a JSON integer beyond the float range raised OverflowError, not
     # ValueError, so the whole import ended in an internal error instead of a failed line.

@@ -13,6 +13,12 @@ This module owns the mapping between column values and what `jetstore export` wr
 | datetime | ISO 8601 string (`2026-01-02T03:04:05.000006`, aware ones with `+00:00`) | same |
 | NULL | `null` | `\\N` |
 
+A CSV number is read in these forms only: ASCII digits with an optional sign, for a float a
+fraction and exponent too, and exactly `nan`, `inf`, `-inf` for the values that are not finite
+(as in JSON). Python's `int()` and `float()` also take `1_000`, digits of other scripts,
+`Infinity`, `NaN` and `+inf`: refused, as a typo or another tool's format would otherwise be
+stored as a number.
+
 Invariants: `from_json(t, to_json(t, v)) == v` and `from_csv(t, to_csv(t, v)) == v` for every
 value `v` a column of type `t` holds (aware datetimes come back as the same instant in UTC,
 as the engine returns them); a malformed input raises `ValueError` with what was expected.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from datetime import datetime
 from typing import Final
 
@@ -32,6 +39,9 @@ __all__ = ["CSV_NULL", "from_csv", "from_json", "json_float", "to_csv", "to_json
 
 CSV_NULL: Final = "\\N"
 _SPECIAL_FLOATS: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# The forms export writes (see above), not the wider grammar of int() and float().
+_INT_TEXT: Final = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def json_float(value: float) -> float | str:
@@ -112,15 +122,20 @@ def from_csv(ctype: ColumnType, field: str) -> object:
     if ctype is ColumnType.TEXT:
         return field[1:] if field.startswith("\\") else field
     if ctype is ColumnType.INT:
-        try:
-            return int(field.strip())
-        except ValueError:
-            raise ValueError(f"expected an integer, got {field!r:.60}") from None
+        text = field.strip()
+        if _INT_TEXT.fullmatch(text) is None:
+            raise ValueError(f"expected an integer (decimal digits), got {field!r:.60}")
+        return int(text)
     if ctype is ColumnType.FLOAT:
-        try:
-            return float(field.strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {field!r:.60}") from None
+        text = field.strip()
+        if text in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[text]
+        if _FLOAT_TEXT.fullmatch(text) is None:
+            raise ValueError(
+                f"expected a number (decimal, with an optional exponent) or nan, inf, -inf, "
+                f"got {field!r:.60}"
+            )
+        return float(text)
     if ctype is ColumnType.BOOL:
         text = field.strip().lower()
         if text in ("true", "1"):
