@@ -100,6 +100,22 @@ def test_export_import_through_the_cli(closed: Path, tmp_path: Path, run_json: R
     assert code == 3
 
 
+def test_import_of_a_missing_file_names_it_and_says_to_check_the_path(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # Defect: the hint was FileNotFound's generic one, "run `jetstore logs verify DIR`",
+    # about the instance's files, when the file the operator named is what is missing.
+    missing = tmp_path / "nowhere" / "rows.jsonl"
+    before = snapshot(closed)
+    code, document = run_json("import", closed / "main.edb", "t", missing)
+    assert code == 4
+    error = document["error"]
+    assert error["name"] == "FileNotFound"
+    assert str(missing) in error["detail"] and "import file" in error["detail"]
+    assert "check the path" in error["hint"] and "logs verify" not in error["hint"]
+    assert snapshot(closed) == before
+
+
 def test_export_refuses_to_write_over_the_instance_files(
     closed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

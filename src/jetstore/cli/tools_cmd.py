@@ -332,6 +332,24 @@ def _output(path: str | None) -> Iterator[TextIO]:
         raise
 
 
+def _named_file_error(exc: OSError, *, op: str, path: str, what: str) -> JetError:
+    """`from_os_error` for a file the operator named on the command line. A missing one is
+    a wrong path: FileNotFound's own hint is about the instance's files (run `logs verify`,
+    restore from a backup), which has nothing to do with it."""
+    error = from_os_error(exc, op=op, path=path)
+    if isinstance(error, FileNotFound):
+        full = os.path.abspath(path)
+        parent = os.path.dirname(full)
+        detail = (
+            f"{what} '{full}' does not exist"
+            if os.path.isdir(parent)
+            else f"{what} '{full}' cannot be reached: directory '{parent}' does not exist"
+        )
+        error = FileNotFound(detail, hint="check the path on the command line", path=full)
+        error.errno = exc.errno
+    return error
+
+
 #: Names of files an instance directory's engine owns (besides NAME.edb, edbXXXXXXXX.log and
 #: edbresNNNNN.jrs).
 _INSTANCE_FILES = (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE, LOCK_FILE, EVENT_LOG)
@@ -454,7 +472,7 @@ def import_command(
             else open(source, encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline="")  # noqa: SIM115
         )
     except OSError as exc:
-        raise from_os_error(exc, op="open", path=source) from exc
+        raise _named_file_error(exc, op="open", path=source, what="import file") from exc
     try:
         instance = open_instance(directory, command="import", as_json=as_json, why=why, **options)
         try:
