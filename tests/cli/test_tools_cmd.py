@@ -116,6 +116,22 @@ def test_import_of_a_missing_file_names_it_and_says_to_check_the_path(
     assert snapshot(closed) == before
 
 
+def test_export_into_a_missing_directory_names_it_and_says_to_check_the_path(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # Defect: as for import's FILE, the hint was to run `jetstore logs verify DIR`.
+    output = tmp_path / "nowhere" / "t.jsonl"
+    code, document = run_json("export", closed / "main.edb", "t", "-o", output)
+    assert code == 4
+    error = document["error"]
+    assert error["name"] == "FileNotFound"
+    assert (
+        f"'{output}'" in error["detail"] and f"'{output.parent}' does not exist" in error["detail"]
+    )
+    assert "check the path" in error["hint"] and "logs verify" not in error["hint"]
+    assert not output.parent.exists()
+
+
 def test_export_refuses_to_write_over_the_instance_files(
     closed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

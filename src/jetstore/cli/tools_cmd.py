@@ -321,7 +321,9 @@ def _output(path: str | None) -> Iterator[TextIO]:
             temporary, "w", encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline=""
         )
     except OSError as exc:
-        raise from_os_error(exc, op="create", path=temporary) from exc
+        # Named by FILE, not FILE.partial: the directory is what is missing, and FILE is
+        # what the operator typed.
+        raise _named_file_error(exc, op="create", path=path, what="--output file") from exc
     try:
         with stream:
             yield stream
