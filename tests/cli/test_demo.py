@@ -90,3 +90,17 @@ def test_child_that_never_gets_ready_is_killed_and_reported(
     out = capsys.readouterr().out
     assert "never ready" in out
     assert "FAILED" in out
+
+
+@pytest.mark.parametrize("seconds", ["nan", "NaN", "0", "61", "inf"])
+def test_kill_after_outside_its_range_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seconds: str
+) -> None:
+    # Defect: NaN compares false with both bounds of click's FloatRange, so it passed; the
+    # child was never killed (now - ready >= nan is never true) and the demo ran until the
+    # child stopped by itself two minutes later.
+    code = run(["demo", "--kill-after", seconds, "--dir", str(tmp_path / "i"), "--json"])
+    assert code == 2
+    document = json.loads(capsys.readouterr().out)
+    assert "--kill-after" in document["error"]["message"]
+    assert not (tmp_path / "i").exists()

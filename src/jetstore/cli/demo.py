@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import queue
 import random
@@ -685,6 +686,17 @@ def _print_summary(
 # --------------------------------------------------------------------------- command
 
 
+class _Seconds(click.FloatRange):
+    """click's FloatRange, NaN refused: NaN compares false with both bounds, so it passed, and
+    the demo never killed its child ("now - ready >= nan" is never true)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds (0 < x <= 60)", param, ctx)
+        return seconds
+
+
 @click.command(
     "demo",
     short_help="Crash a committing process with SIGKILL and verify recovery.",
@@ -707,7 +719,7 @@ def _print_summary(
 )
 @click.option(
     "--kill-after",
-    type=click.FloatRange(min=0.0, min_open=True, max=60.0),
+    type=_Seconds(min=0.0, min_open=True, max=60.0),
     default=None,
     metavar="SECONDS",
     help="Kill the child this long after it is ready. Default: random in 1.5-2.5 s.",
