@@ -177,6 +177,18 @@ def test_import_csv_with_a_column_named_twice_is_refused(tmp_path: Path) -> None
     assert read(tmp_path) == []
 
 
+def test_import_json_line_naming_a_column_twice_is_a_failed_row(tmp_path: Path) -> None:
+    # Defect: json.loads keeps the last value of a repeated name: '{"id": 1, "id": 2}' stored
+    # id 2, the 1 dropped unseen (the CSV header is refused for the same reason).
+    make(tmp_path, [])
+    lines = '{"id": 1, "name": "a", "id": 2}\n{"id": 3}\n'
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", io.StringIO(lines))
+    assert result.inserted == 1 and [f["line"] for f in result.failures] == [1]
+    assert "'id' is given twice" in result.failures[0]["error"]
+    assert [r["id"] for r in read(tmp_path)] == [3]
+
+
 @pytest.mark.parametrize(
     ("fmt", "text"),
     [

@@ -6,9 +6,9 @@ the caller gives an attached `Database` of an open instance (the CLI opens the i
 which must not be open elsewhere). The table must exist.
 
 Invariants:
-- A row that cannot be parsed or inserted (bad value, unknown column, duplicate key, NULL in
-  a NOT NULL column) is a failure with its line number; the other rows of its batch are
-  inserted (`Table.insert` changes nothing when it fails).
+- A row that cannot be parsed or inserted (bad value, unknown column, a column given twice,
+  duplicate key, NULL in a NOT NULL column) is a failure with its line number; the other
+  rows of its batch are inserted (`Table.insert` changes nothing when it fails).
 - A batch whose commit fails counts all its rows as failures; earlier batches stay.
 - CSV: the first row names the columns; an unknown name (`ColumnNotFound`) or one named
   twice (`InvalidParameter`) stops the import before anything is inserted. Columns left out
@@ -83,6 +83,17 @@ def _without_bom(source: TextIO) -> Iterator[str]:
     yield from lines
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, a name given twice refused: `json` keeps the last value of a repeated
+    name, and the other was lost without a word."""
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise ValueError(f"column {name!r} is given twice")
+        document[name] = value
+    return document
+
+
 def _jsonl_rows(
     source: TextIO, types: dict[str, ColumnType]
 ) -> Iterator[tuple[int, dict[str, object] | str]]:
@@ -90,7 +101,7 @@ def _jsonl_rows(
         if not line.strip():
             continue
         try:
-            document = json.loads(line)
+            document = json.loads(line, object_pairs_hook=_object)
             if not isinstance(document, dict):
                 raise ValueError("a line must hold one JSON object")
             row: dict[str, object] = {}
