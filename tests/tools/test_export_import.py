@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import re
@@ -175,6 +176,27 @@ def test_import_csv_with_a_column_named_twice_is_refused(tmp_path: Path) -> None
     assert "line 1" in message and "'name' twice" in message and "fields 2 and 3" in message
     assert exit_code_for(info.value) == 2
     assert read(tmp_path) == []
+
+
+def test_csv_round_trips_a_field_longer_than_the_csv_modules_limit(tmp_path: Path) -> None:
+    # Defect: csv refuses a field over 131072 characters (csv.Error, not ValueError), so a
+    # CSV export holding a long text or bytes value ended its import in an internal error.
+    rows: list[dict[str, object]] = [
+        {"id": 1, "name": "x" * 200_000, "photo": b"y" * 120_000, "when": None},
+        {"id": 2, "name": "short", "photo": None, "when": None},
+    ]
+    make(tmp_path / "a", rows)
+    make(tmp_path / "b", [])
+    out = io.StringIO()
+    export_table(tmp_path / "a" / "main.edb", "t", out, fmt="csv")
+    limit = csv.field_size_limit()
+    with jetstore.open(tmp_path / "b", **OPTIONS) as instance:
+        imported = import_rows(
+            instance.database("main"), "t", io.StringIO(out.getvalue(), newline=""), fmt="csv"
+        )
+    assert imported.failed == 0 and imported.inserted == 2
+    assert read(tmp_path / "b") == read(tmp_path / "a")
+    assert csv.field_size_limit() == limit  # the process's limit is restored
 
 
 def test_import_json_line_naming_a_column_twice_is_a_failed_row(tmp_path: Path) -> None:

@@ -14,12 +14,17 @@ Invariants:
   twice (`InvalidParameter`) stops the import before anything is inserted. Columns left out
   take their default.
 - A UTF-8 byte order mark at the start of the input is skipped (export writes none).
+- A CSV field may be of any length, as export writes long values whole (the csv module's
+  own limit, 131072 characters, is lifted while an import reads CSV).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
@@ -119,48 +124,75 @@ def _jsonl_rows(
         yield line_number, row
 
 
+_field_limit_lock = threading.Lock()
+_field_limit_users = 0
+_field_limit_before = 0
+
+
+@contextlib.contextmanager
+def _unlimited_csv_fields() -> Iterator[None]:
+    """No limit on a CSV field's length while the block runs.
+
+    The csv module refuses a field over 131072 characters (`csv.Error`, an internal error
+    here), and a text or bytes value export wrote may be longer. The limit is the process's:
+    it is restored when the last import reading CSV ends, not when the first one does."""
+    global _field_limit_users, _field_limit_before
+    with _field_limit_lock:
+        if _field_limit_users == 0:
+            _field_limit_before = csv.field_size_limit(sys.maxsize)
+        _field_limit_users += 1
+    try:
+        yield
+    finally:
+        with _field_limit_lock:
+            _field_limit_users -= 1
+            if _field_limit_users == 0:
+                csv.field_size_limit(_field_limit_before)
+
+
 def _csv_rows(
     source: TextIO, types: dict[str, ColumnType], table: str
 ) -> Iterator[tuple[int, dict[str, object] | str]]:
-    reader = csv.reader(_without_bom(source))
-    header = next(reader, None)
-    if header is None:
-        return
-    seen: dict[str, int] = {}
-    for column, name in enumerate(header, start=1):
-        if name in seen:
-            # A dict row keeps the last value of a repeated name: the other was lost unseen.
-            raise InvalidParameter(
-                f"the CSV header (line {reader.line_num}) names column {name!r} twice: "
-                f"fields {seen[name]} and {column}",
-                hint="give each column once in the header row",
+    with _unlimited_csv_fields():
+        reader = csv.reader(_without_bom(source))
+        header = next(reader, None)
+        if header is None:
+            return
+        seen: dict[str, int] = {}
+        for column, name in enumerate(header, start=1):
+            if name in seen:
+                # A dict row keeps the last value of a repeated name: the other was lost unseen.
+                raise InvalidParameter(
+                    f"the CSV header (line {reader.line_num}) names column {name!r} twice: "
+                    f"fields {seen[name]} and {column}",
+                    hint="give each column once in the header row",
+                )
+            seen[name] = column
+        unknown = [name for name in header if name not in types]
+        if unknown:
+            raise ColumnNotFound(
+                f"the CSV header names column(s) {', '.join(map(repr, unknown))}, which table "
+                f"{table!r} does not have",
+                hint="columns are: " + ", ".join(types),
             )
-        seen[name] = column
-    unknown = [name for name in header if name not in types]
-    if unknown:
-        raise ColumnNotFound(
-            f"the CSV header names column(s) {', '.join(map(repr, unknown))}, which table "
-            f"{table!r} does not have",
-            hint="columns are: " + ", ".join(types),
-        )
-    for fields in reader:
-        line_number = reader.line_num
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            yield line_number, f"{len(fields)} field(s), the header has {len(header)}"
-            continue
-        row: dict[str, object] = {}
-        try:
-            for name, text in zip(header, fields, strict=True):
-                try:
-                    row[name] = from_csv(types[name], text)
-                except ValueError as exc:
-                    raise ValueError(f"column {name!r}: {exc}") from None
-        except ValueError as exc:
-            yield line_number, str(exc)
-            continue
-        yield line_number, row
+        for fields in reader:
+            line_number = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                yield line_number, f"{len(fields)} field(s), the header has {len(header)}"
+                continue
+            row: dict[str, object] = {}
+            try:
+                for name, text in zip(header, fields, strict=True):
+                    try:
+                        row[name] = from_csv(types[name], text)
+                    except ValueError as exc:
+                        raise ValueError(f"column {name!r}: {exc}") from None
+            except ValueError as exc:
+                yield line_number, str(exc)
+                continue
+            yield line_number, row
 
 
 def import_rows(
