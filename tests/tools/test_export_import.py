@@ -199,6 +199,21 @@ def test_csv_round_trips_a_field_longer_than_the_csv_modules_limit(tmp_path: Pat
     assert csv.field_size_limit() == limit  # the process's limit is restored
 
 
+def test_import_malformed_csv_line_is_a_failed_row(tmp_path: Path) -> None:
+    # Defect: csv.Error (a lone "\r" in an unquoted field, read from a stream that splits
+    # lines at "\n" only) is no ValueError: it escaped import_rows, an internal error.
+    make(tmp_path, [])
+    source = io.StringIO("id,name\n1,a\rb\n2,c\n")
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", source, fmt="csv")
+    assert result.inserted == 1 and [f["line"] for f in result.failures] == [2]
+    assert "malformed CSV" in result.failures[0]["error"]
+    assert [r["id"] for r in read(tmp_path)] == [2]
+    with jetstore.open(tmp_path, **OPTIONS) as instance, pytest.raises(InvalidParameter) as info:
+        import_rows(instance.database("main"), "t", io.StringIO("id,na\rme\n"), fmt="csv")
+    assert "CSV header (line 1)" in str(info.value)
+
+
 def test_import_json_line_naming_a_column_twice_is_a_failed_row(tmp_path: Path) -> None:
     # Defect: json.loads keeps the last value of a repeated name: '{"id": 1, "id": 2}' stored
     # id 2, the 1 dropped unseen (the CSV header is refused for the same reason).

@@ -155,7 +155,13 @@ def _csv_rows(
 ) -> Iterator[tuple[int, dict[str, object] | str]]:
     with _unlimited_csv_fields():
         reader = csv.reader(_without_bom(source))
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise InvalidParameter(
+                f"the CSV header (line {reader.line_num}) is malformed: {exc}",
+                hint="the first row names the columns, separated by commas",
+            ) from None
         if header is None:
             return
         seen: dict[str, int] = {}
@@ -175,7 +181,16 @@ def _csv_rows(
                 f"{table!r} does not have",
                 hint="columns are: " + ", ".join(types),
             )
-        for fields in reader:
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                # A lone "\r" inside an unquoted field of a stream that splits lines at "\n"
+                # only (a StringIO): a bad line like any other, not an internal error.
+                yield reader.line_num, f"malformed CSV: {exc}"
+                continue
             line_number = reader.line_num
             if not fields:
                 continue
