@@ -214,6 +214,35 @@ def test_import_malformed_csv_line_is_a_failed_row(tmp_path: Path) -> None:
     assert "CSV header (line 1)" in str(info.value)
 
 
+def test_import_float_beyond_the_float_range_is_a_failed_row(tmp_path: Path) -> None:
+    # Defect: "1e400" (CSV) and 1e400, Infinity, NaN (JSON lines, as Python's json reads
+    # them) were stored as inf and nan: an overflow or a non-JSON token taken for a value.
+    make(tmp_path, [])
+    jsonl = "\n".join(
+        [
+            '{"id": 1, "score": 1e400}',
+            '{"id": 2, "score": -Infinity}',
+            '{"id": 3, "score": NaN}',
+            '{"id": 4, "score": "-inf"}',
+            '{"id": 5, "score": 1e308}',
+        ]
+    )
+    csv_text = "id,score\n6,1e400\n7,-1e999\n8,inf\n"
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        db = instance.database("main")
+        from_lines = import_rows(db, "t", io.StringIO(jsonl))
+        from_csv_file = import_rows(db, "t", io.StringIO(csv_text), fmt="csv")
+    assert [f["line"] for f in from_lines.failures] == [1, 2, 3]
+    assert [f["line"] for f in from_csv_file.failures] == [2, 3]
+    for failure in [*from_lines.failures, *from_csv_file.failures]:
+        assert "column 'score'" in failure["error"] and "float range" in failure["error"]
+    assert [(r["id"], r["score"]) for r in read(tmp_path)] == [
+        (4, -math.inf),
+        (5, 1e308),
+        (8, math.inf),
+    ]
+
+
 def test_import_json_line_naming_a_column_twice_is_a_failed_row(tmp_path: Path) -> None:
     # Defect: json.loads keeps the last value of a repeated name: '{"id": 1, "id": 2}' stored
     # id 2, the 1 dropped unseen (the CSV header is refused for the same reason).

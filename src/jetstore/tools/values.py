@@ -17,7 +17,8 @@ A CSV number is read in these forms only: ASCII digits with an optional sign, fo
 fraction and exponent too, and exactly `nan`, `inf`, `-inf` for the values that are not finite
 (as in JSON). Python's `int()` and `float()` also take `1_000`, digits of other scripts,
 `Infinity`, `NaN` and `+inf`: refused, as a typo or another tool's format would otherwise be
-stored as a number.
+stored as a number. A number beyond the float range (`1e400`) is refused in both formats
+rather than stored as inf, and so are the `NaN` and `Infinity` tokens Python's `json` reads.
 
 Invariants: `from_json(t, to_json(t, v)) == v` and `from_csv(t, to_csv(t, v)) == v` for every
 value `v` a column of type `t` holds (aware datetimes come back as the same instant in UTC,
@@ -80,11 +81,12 @@ def from_json(ctype: ColumnType, value: object) -> object:
         if type(value) not in (int, float):
             raise ValueError(f"expected a number, got {value!r:.60}")
         try:
-            return float(value)  # type: ignore[arg-type]
+            number = float(value)  # type: ignore[arg-type]
         except OverflowError:
             # a JSON integer beyond the float range: a bad value of its row, like any other
             # (OverflowError is no ValueError, and ended the whole import)
             raise ValueError(f"expected a number in the float range, got {value!r:.60}") from None
+        return _in_float_range(number, value)
     if ctype is ColumnType.BOOL:
         if type(value) is not bool:
             raise ValueError(f"expected true or false, got {value!r:.60}")
@@ -135,7 +137,7 @@ def from_csv(ctype: ColumnType, field: str) -> object:
                 f"expected a number (decimal, with an optional exponent) or nan, inf, -inf, "
                 f"got {field!r:.60}"
             )
-        return float(text)
+        return _in_float_range(float(text), field)
     if ctype is ColumnType.BOOL:
         text = field.strip().lower()
         if text in ("true", "1"):
@@ -146,6 +148,17 @@ def from_csv(ctype: ColumnType, field: str) -> object:
     if ctype is ColumnType.BYTES:
         return _base64(field)
     return _datetime(field)
+
+
+def _in_float_range(number: float, given: object) -> float:
+    """`number` if finite. A number written as digits that is not (1e400, or Python's NaN and
+    Infinity tokens in JSON) was stored as inf or nan: the forms for those are the strings."""
+    if not math.isfinite(number):
+        raise ValueError(
+            f'expected a number in the float range ("nan", "inf", "-inf" for the values that '
+            f"are not finite), got {given!r:.60}"
+        )
+    return number
 
 
 def _base64(text: str) -> bytes:
