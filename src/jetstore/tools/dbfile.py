@@ -264,9 +264,17 @@ def exclusive_directory(fs: FileSystem, directory: str, *, what: str) -> Iterato
     try:
         lock = acquire_directory_lock(fs, directory, owner=OWNER)
     except FileAccessDenied as exc:
-        if exc.path is not None and os.path.basename(exc.path) == LOCK_FILE:
+        if exc.errno is None:
             raise _in_use(fs, directory, what) from None
-        raise
+        # An OS refusal (a read-only mount, no write permission), not a lock holder: "the
+        # instance is open" would send the operator after a process that does not exist.
+        raise FileAccessDenied(
+            f"{what} cannot write in '{directory}': {exc.detail}; this process may not "
+            "create files there (permissions, or a read-only file system)",
+            hint="make the directory writable for this process, or copy the instance "
+            "directory somewhere writable and run the command on the copy",
+            path=exc.path or directory,
+        ) from exc
     try:
         yield
     finally:

@@ -1,0 +1,53 @@
+"""The offline tools under faults: an unwritable directory, a failed write or rename, an
+interruption. The original database must stay whole and usable, and each failure must be a
+`JetError` that says what is wrong."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from jetstore.errors import FileAccessDenied, InstanceNameInUse
+from jetstore.format.filenames import LOCK_FILE
+from jetstore.io.files import FileSystem, IOEvent
+from jetstore.tools.compact import compact_database
+from jetstore.tools.repair import repair_database
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def failing(op: str, name: str, number: int) -> FileSystem:
+    """A file system whose `op` on a file called `name` fails with `number`."""
+
+    def hook(event: IOEvent) -> None:
+        if event.op == op and os.path.basename(event.path) == name:
+            raise OSError(number, os.strerror(number))
+
+    return FileSystem(hook=hook)
+
+
+@pytest.mark.parametrize("number", [errno.EACCES, errno.EROFS])
+def test_an_unwritable_directory_is_not_reported_as_an_open_instance(
+    closed: Path, number: int
+) -> None:
+    # Root may write anywhere, so the read-only directory is injected: creating the lock
+    # file fails as it does on a read-only mount or without write permission.
+    path = closed / "main.edb"
+    before = digest(path)
+    fs = failing("create", LOCK_FILE, number)
+    for run in (
+        lambda: compact_database(path, fs=fs),
+        lambda: repair_database(path, accept_data_loss=True, fs=fs),
+    ):
+        with pytest.raises(FileAccessDenied) as caught:
+            run()
+        assert not isinstance(caught.value, InstanceNameInUse)
+        assert "holds its lock" not in str(caught.value)
+        assert str(closed) in str(caught.value) and "writ" in str(caught.value)
+    assert digest(path) == before
