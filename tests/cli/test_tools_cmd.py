@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -266,3 +267,25 @@ def test_export_and_import_through_stdio_are_utf8_whatever_the_locale(
 def _export_to_file(source: Path, fmt: str, output: Path) -> int:
     """`jetstore export` to a file, in-process."""
     return run(["export", str(source / "main.edb"), "t", "--format", fmt, "-o", str(output)])
+
+
+def test_import_into_an_unwritable_directory_is_not_reported_in_use(
+    closed: Path, tmp_path: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "t.csv"
+    assert run_json("export", closed / "main.edb", "t", "--format", "csv", "-o", out)[0] == 0
+    real_open = os.open
+
+    def read_only_mount(path: str, flags: int, *args: int) -> int:
+        # Root may write anywhere: the read-only file system is injected where the instance
+        # creates (or opens for writing) its lock file.
+        if os.path.basename(path) == "jetstore.lock" and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_mount)
+    code, document = run_json("import", closed / "main.edb", "t", out)
+    assert code != 3, document
+    assert document["error"]["name"] == "FileAccessDenied"
+    assert "holds its lock" not in document["error"]["message"]
+    assert "Read-only file system" in document["error"]["message"]

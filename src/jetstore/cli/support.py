@@ -237,14 +237,18 @@ def open_instance(
     try:
         return jetstore.open(directory, **options)
     except FileAccessDenied as exc:
-        if exc.path is not None and os.path.basename(exc.path) == LOCK_FILE:
+        # With an errno the OS refused the file (permissions, a read-only mount): nobody
+        # holds it, and "in use" would send the operator after a process that does not exist.
+        if exc.errno is not None or exc.path is None:
+            raise
+        if os.path.basename(exc.path) == LOCK_FILE:
             fail(
                 in_use_error(FileSystem(), directory, why),
                 command=command,
                 as_json=as_json,
                 exit_code=ExitCode.STATE,
             )
-        if exc.path is not None and parse_database_file_name(os.path.basename(exc.path)):
+        if parse_database_file_name(os.path.basename(exc.path)):
             # A database file another instance holds (a hard link or symlink to its file):
             # in use, like the instance lock, and its message names the holder.
             fail(exc, command=command, as_json=as_json, exit_code=ExitCode.STATE)

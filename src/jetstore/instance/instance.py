@@ -485,13 +485,16 @@ class Instance:
         except FileAccessDenied as exc:
             if exc.errno is None:
                 raise  # the lock is held by another opener: its message says by whom
-            raise FileAccessDenied(
+            denied = FileAccessDenied(
                 f"'{directory}' cannot hold an instance: {exc.detail}; this process may not "
                 "create files there (permissions, or a read-only or special file system)",
                 hint="Choose an instance directory this process can write to, or make this "
                 "one writable for it.",
                 path=exc.path or directory,
-            ) from exc
+            )
+            # Kept so that callers tell this from a lock held by another opener (errno None).
+            denied.errno = exc.errno
+            raise denied from exc
 
     def attach_recovered(
         self, files: Mapping[str, DatabaseFile], outcome: RecoveryOutcome
