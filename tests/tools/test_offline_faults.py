@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jetstore.errors import FileAccessDenied, InstanceNameInUse
+from jetstore.errors import DiskIO, FileAccessDenied, InstanceNameInUse
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.tools.compact import compact_database
@@ -51,3 +51,23 @@ def test_an_unwritable_directory_is_not_reported_as_an_open_instance(
         assert "holds its lock" not in str(caught.value)
         assert str(closed) in str(caught.value) and "writ" in str(caught.value)
     assert digest(path) == before
+
+
+def test_a_failed_swap_leaves_no_kept_copy_behind(closed: Path) -> None:
+    # The kept copy is a hard link: left behind after the swap failed, it is the live file
+    # under another name (the next open writes it too), and it blocks the next
+    # `compact --keep-original`.
+    path = closed / "main.edb"
+    before = digest(path)
+    with pytest.raises(DiskIO):
+        compact_database(
+            path, keep_original=True, fs=failing("rename", "main.edb.compacting", errno.EIO)
+        )
+    with pytest.raises(DiskIO):
+        repair_database(
+            path, accept_data_loss=True, fs=failing("rename", "main.edb.repairing", errno.EIO)
+        )
+    assert sorted(p.name for p in closed.glob("main.edb*")) == ["main.edb"]
+    assert digest(path) == before
+    result = compact_database(path, keep_original=True)
+    assert result.kept_original is not None and digest(Path(result.kept_original)) == before

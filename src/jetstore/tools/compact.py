@@ -37,13 +37,12 @@ from jetstore.errors import (
     DatabaseDuplicate,
     DiskFull,
     JetError,
-    from_os_error,
 )
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import iterate
 from jetstore.tools.dbfile import OfflineDatabase, exclusive_directory, require_clean
 from jetstore.tools.integrity import IntegrityReport, check_integrity
-from jetstore.tools.rebuild import write_database_file
+from jetstore.tools.rebuild import swap_into_place, write_database_file
 
 __all__ = [
     "COMPACTING_SUFFIX",
@@ -158,13 +157,7 @@ def compact_database(
                     "if the original passes",
                     path=temporary,
                 )
-            if keep_original:
-                try:
-                    os.link(full, original)
-                except OSError as exc:
-                    raise from_os_error(exc, op=f"link to '{original}'", path=full) from exc
-            fs.rename(temporary, full)
-            fs.fsync_directory(directory)
+            swap_into_place(fs, temporary, full, keep_as=original if keep_original else None)
         except BaseException:
             if fs.exists(temporary):
                 try:

@@ -13,20 +13,28 @@ Invariants:
 - Every parent and the header name the exact image of each page they reach (D12): a node's
   CRC is taken as it is encoded, before its parent is.
 - On any failure the partial file is removed; nothing else is touched.
+
+`swap_into_place` puts such a checked file in the place of the database: the old file first
+hard-linked under the name that keeps it, then the rename (atomic), then the directory sync.
+A swap that failed (or was interrupted) before the rename removes that link again: it would
+be the live file under a second name, not a kept copy (the next open writes through it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from collections.abc import Iterable
 from typing import Final
 
+from jetstore.errors import JetError, from_os_error
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, encode_db_header
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import build_tree, dirty_nodes_postorder, encode_node, page_crc_of
 from jetstore.tools.dbfile import OWNER
 
-__all__ = ["write_database_file"]
+__all__ = ["swap_into_place", "write_database_file"]
 
 #: Pages written per write call.
 _RUN_PAGES: Final = 256
@@ -87,3 +95,23 @@ def write_database_file(
         raise
     file.close()
     return written
+
+
+def swap_into_place(fs: FileSystem, temporary: str, target: str, *, keep_as: str | None) -> None:
+    """Rename `temporary` over `target` and sync the directory; with `keep_as` (a name that
+    does not exist) the old `target` stays reachable there (see the module docstring)."""
+    try:
+        if keep_as is not None:
+            try:
+                os.link(target, keep_as)
+            except OSError as exc:
+                raise from_os_error(exc, op=f"link to '{keep_as}'", path=target) from exc
+        fs.rename(temporary, target)
+        fs.fsync_directory(os.path.dirname(target))
+    except BaseException:
+        # Judged by the files, not by a flag: an interrupt may come between a call's return
+        # and the next statement. While `temporary` exists, `target` is still the old file.
+        if keep_as is not None and fs.exists(temporary) and fs.exists(keep_as):
+            with contextlib.suppress(JetError):
+                fs.unlink(keep_as)
+        raise

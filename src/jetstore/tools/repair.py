@@ -58,7 +58,6 @@ from jetstore.errors import (
     FileInvalidType,
     JetError,
     ReadVerifyFailure,
-    from_os_error,
 )
 from jetstore.format.common import Signature, format_time_us, now_us
 from jetstore.format.dbheader import (
@@ -106,7 +105,7 @@ from jetstore.tools.layout import (
     parse_long_value_key,
     primary_key_bytes,
 )
-from jetstore.tools.rebuild import write_database_file
+from jetstore.tools.rebuild import swap_into_place, write_database_file
 
 __all__ = ["REPAIRING_SUFFIX", "RepairReport", "TableSalvage", "repair_database"]
 
@@ -250,12 +249,7 @@ def repair_database(
                     path=temporary,
                 )
             damaged = f"{full}.damaged-{stamp}"
-            try:
-                os.link(full, damaged)
-            except OSError as exc:
-                raise from_os_error(exc, op=f"link to '{damaged}'", path=full) from exc
-            fs.rename(temporary, full)
-            fs.fsync_directory(directory)
+            swap_into_place(fs, temporary, full, keep_as=damaged)
         except BaseException:
             if fs.exists(temporary):
                 with contextlib.suppress(JetError):
