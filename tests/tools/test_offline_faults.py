@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import jetstore
 from jetstore.errors import DiskIO, FileAccessDenied, InstanceNameInUse
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
+from jetstore.tools import repair
 from jetstore.tools.compact import compact_database
 from jetstore.tools.repair import repair_database
 
@@ -71,3 +73,27 @@ def test_a_failed_swap_leaves_no_kept_copy_behind(closed: Path) -> None:
     assert digest(path) == before
     result = compact_database(path, keep_original=True)
     assert result.kept_original is not None and digest(Path(result.kept_original)) == before
+
+
+def test_two_repairs_in_the_same_second_keep_both_damaged_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kept file and the logs' directory are named after the time to the second: a second
+    # run in that second (a script running the repair again) failed on the first one's link,
+    # saying that the database "already exists".
+    with jetstore.open(tmp_path, page_size=4096) as instance:
+        db = instance.database("main", create=True)
+        db.create_table("kv", [("k", "int")], primary_key="k")
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": 1})
+    monkeypatch.setattr(repair, "now_us", lambda: 1_800_000_000_000_000)
+    first = repair.repair_database(tmp_path / "main.edb", accept_data_loss=True)
+    with jetstore.open(tmp_path, page_size=4096):
+        pass  # a new log stream, to be moved aside by the second repair
+    second = repair.repair_database(tmp_path / "main.edb", accept_data_loss=True)
+    assert first.kept_damaged != second.kept_damaged
+    assert first.moved_logs_to != second.moved_logs_to
+    assert first.moved_logs_to is not None and second.moved_logs_to is not None
+    for kept in (first.kept_damaged, second.kept_damaged, first.moved_logs_to):
+        assert kept is not None and os.path.exists(kept)
+    assert {"edb.chk", "edb.log"} <= set(os.listdir(first.moved_logs_to))

@@ -105,7 +105,7 @@ def swap_into_place(fs: FileSystem, temporary: str, target: str, *, keep_as: str
             try:
                 os.link(target, keep_as)
             except OSError as exc:
-                raise from_os_error(exc, op=f"link to '{keep_as}'", path=target) from exc
+                raise from_os_error(exc, op=f"link from '{target}'", path=keep_as) from exc
         fs.rename(temporary, target)
         fs.fsync_directory(os.path.dirname(target))
     except BaseException:

@@ -229,7 +229,7 @@ def repair_database(
         with _open(fs, full, report) as db:
             entries = _salvage(db, report)
             old = db.header
-        stamp = format_time_us(now_us()).replace(":", "").replace("-", "")
+        stamp = _unused_stamp(fs, directory, full)
         temporary = full + REPAIRING_SUFFIX
         if fs.exists(temporary):
             fs.unlink(temporary)
@@ -332,6 +332,20 @@ def _refuse_dirty_neighbours(fs: FileSystem, directory: str, target: str) -> Non
                 "directory if recovery fails on it), then repair",
                 path=path,
             )
+
+
+def _unused_stamp(fs: FileSystem, directory: str, target: str) -> str:
+    """The time that names the kept damaged file and the logs' directory, made unique: a
+    second repair within the same second must neither fail on the first one's kept file nor
+    rename its logs over the ones the first moved aside."""
+    base = format_time_us(now_us()).replace(":", "").replace("-", "")
+    stamp, number = base, 1
+    while fs.exists(f"{target}.damaged-{stamp}") or fs.exists(
+        os.path.join(directory, f"lost-logs-{stamp}")
+    ):
+        number += 1
+        stamp = f"{base}-{number}"
+    return stamp
 
 
 def _repaired_header(old: DatabaseHeader, path: str, signature: Signature) -> DatabaseHeader:
