@@ -7,12 +7,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 import jetstore
-from jetstore.errors import DiskIO, FileAccessDenied, InstanceNameInUse
+from jetstore.errors import DiskIO, FileAccessDenied, InstanceNameInUse, JetError
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.tools import repair
@@ -97,3 +98,74 @@ def test_two_repairs_in_the_same_second_keep_both_damaged_files(
     for kept in (first.kept_damaged, second.kept_damaged, first.moved_logs_to):
         assert kept is not None and os.path.exists(kept)
     assert {"edb.chk", "edb.log"} <= set(os.listdir(first.moved_logs_to))
+
+
+def crashed_with_changes_in_the_log(directory: Path) -> int:
+    """A database that crashed with committed changes after its last checkpoint: the log
+    holds records for it that recovery would replay. Returns the rows it holds on disk."""
+    instance = jetstore.open(directory, page_size=4096)
+    db = instance.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "bytes")], primary_key="k")
+    with db.transaction() as txn:
+        for i in range(300):
+            txn.table("kv").insert({"k": i, "v": bytes(40)})
+    instance.checkpoint()
+    with db.transaction() as txn:
+        for i in range(300, 400):
+            txn.table("kv").insert({"k": i, "v": bytes(40)})
+    instance.simulate_crash()
+    return 300
+
+
+def rows(directory: Path) -> int:
+    with (
+        jetstore.open(directory, page_size=4096) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        return sum(1 for _ in txn.table("kv").scan())
+
+
+class Counting:
+    """A hook that fails the `at`-th operation other than a read (0: none), counting them."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.calls = 0
+
+    def __call__(self, event: IOEvent) -> None:
+        if event.op == "read":
+            return
+        self.calls += 1
+        if self.calls == self.at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_repair_that_fails_anywhere_leaves_the_damaged_database_or_the_repaired_one(
+    tmp_path: Path,
+) -> None:
+    # Repair of a crashed database discards what its logs hold, so it moves them aside; a
+    # failure (or a kill) between putting the repaired file in place and moving the logs left
+    # a database that no open accepts (the log's changes name a database the checkpoint file
+    # knows with another signature), the hint saying to put the damaged file back.
+    template = tmp_path / "template"
+    salvaged = crashed_with_changes_in_the_log(template)
+    total = Counting(0)
+    repair_database(
+        shutil.copytree(template, tmp_path / "count") / "main.edb",
+        accept_data_loss=True,
+        fs=FileSystem(hook=total),
+    )
+    for at in range(1, total.calls + 1):
+        work = shutil.copytree(template, tmp_path / f"at{at}")
+        before = digest(work / "main.edb")
+        with pytest.raises(JetError):
+            repair_database(
+                work / "main.edb", accept_data_loss=True, fs=FileSystem(hook=Counting(at))
+            )
+        if digest(work / "main.edb") != before:
+            assert rows(work) == salvaged, f"failure at operation {at}"  # the repair is whole
+        else:
+            assert not list(work.glob("main.edb.*")), f"failure at operation {at}"
+        # and the way out of any failure: run the repair again
+        repair_database(work / "main.edb", accept_data_loss=True)
+        assert rows(work) == salvaged

@@ -34,9 +34,12 @@ densely into `NAME.edb.repairing` (`jetstore.tools.rebuild`) under a new header:
 database signature (it is not the same database any more), clean, bound to no log stream,
 backup history cleared, `repair_count + 1`. It is checked with `check_integrity`; the damaged
 file is kept as `NAME.edb.damaged-<time>` (a hard link), the new one renamed over `NAME.edb`,
-the directory synced; then the instance's log files and checkpoint file are moved into
-`lost-logs-<time>/` (the convention of recovery with data loss) so that nothing can ever be
-replayed into the repaired database, and the next open starts a new log stream.
+the directory synced. Just before that swap, the instance's log files and checkpoint file are
+moved into `lost-logs-<time>/` (the convention of recovery with data loss) so that nothing can
+ever be replayed into the repaired database, and the next open starts a new log stream. In
+that order a failure or a kill at any point leaves the damaged file in place (its logs
+perhaps moved aside: running the repair again finishes) or the repaired one without the old
+logs; never the repaired file next to logs that name the damaged one, which no open accepts.
 
 Memory holds every salvaged entry (the whole database): repair is a last resort.
 """
@@ -248,6 +251,11 @@ def repair_database(
                     hint="this is a bug in jetstore: keep both files and report it",
                     path=temporary,
                 )
+            # The logs go first: a repaired file next to the logs of the damaged one is
+            # refused by every open (their records name a database the checkpoint file
+            # knows with the old signature), while a damaged file whose logs were moved
+            # aside is only the state a second run of the repair starts from.
+            report.moved_logs_to = _logs_aside(fs, directory, stamp, full)
             damaged = f"{full}.damaged-{stamp}"
             swap_into_place(fs, temporary, full, keep_as=damaged)
         except BaseException:
@@ -256,7 +264,6 @@ def repair_database(
                     fs.unlink(temporary)
             raise
         report.kept_damaged = damaged
-        report.moved_logs_to = _move_logs_aside(fs, directory, stamp)
         report.applied = True
         report.pages_after = written.page_count
         report.db_signature = f"{signature.random.hex()}@{format_time_us(signature.time_us)}"
@@ -365,6 +372,24 @@ def _repaired_header(old: DatabaseHeader, path: str, signature: Signature) -> Da
         last_repair_time=now,
         name=name,  # and no backup history (the defaults): the history named old logs
     )
+
+
+def _logs_aside(fs: FileSystem, directory: str, stamp: str, target: str) -> str | None:
+    """`_move_logs_aside`, its failure saying what was done and the way out."""
+    try:
+        return _move_logs_aside(fs, directory, stamp)
+    except JetError as exc:
+        aside = os.path.join(directory, f"lost-logs-{stamp}")
+        failure = type(exc)(
+            f"repair could not move the log and checkpoint files of '{directory}' into "
+            f"'{aside}' ({exc.detail}); '{target}' was not changed, the files already "
+            "moved are there",
+            hint="remove the cause, then run the repair again: it moves the remaining ones "
+            f"(or move the files of '{aside}' back to keep the database as it was)",
+            path=exc.path,
+        )
+        failure.errno = exc.errno
+        raise failure from exc
 
 
 def _move_logs_aside(fs: FileSystem, directory: str, stamp: str) -> str | None:
