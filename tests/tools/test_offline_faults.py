@@ -8,16 +8,24 @@ import errno
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 import jetstore
-from jetstore.errors import DiskIO, FileAccessDenied, InstanceNameInUse, JetError
+from jetstore.errors import (
+    DiskIO,
+    FileAccessDenied,
+    InstanceNameInUse,
+    InvalidPath,
+    JetError,
+)
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.tools import repair
 from jetstore.tools.compact import compact_database
+from jetstore.tools.integrity import check_integrity
 from jetstore.tools.repair import repair_database
 
 
@@ -169,3 +177,28 @@ def test_a_repair_that_fails_anywhere_leaves_the_damaged_database_or_the_repaire
         # and the way out of any failure: run the repair again
         repair_database(work / "main.edb", accept_data_loss=True)
         assert rows(work) == salvaged
+
+
+def test_a_pipe_given_as_the_database_is_refused_at_once(tmp_path: Path) -> None:
+    # A FIFO without a writer blocked the open forever; a pipe with one (`<(zcat db.gz)`)
+    # failed at the first positional read as a disk error ("check the cabling").
+    fifo = tmp_path / "main.edb"
+    os.mkfifo(fifo)
+    outcomes: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            check_integrity(fifo)
+            outcomes.append(None)
+        except BaseException as exc:  # handed to the test's thread
+            outcomes.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # unblock it: a writer lets the blocked open return
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("opening a FIFO as the database blocked")
+    assert len(outcomes) == 1 and isinstance(outcomes[0], InvalidPath), outcomes
+    assert "FIFO" in str(outcomes[0]) and str(fifo) in str(outcomes[0])

@@ -15,7 +15,9 @@ Invariants:
   the path (`from_os_error`), never as a bare `OSError`. A mistake in the path (a directory
   where a file belongs or the reverse, a parent that is a file, a name too long, a symlink
   loop) is `InvalidPath` saying what is wrong with it; only genuine I/O errors are `DiskIO`.
-- `open` never returns a `File` for a directory (InvalidPath, as EISDIR), even read-only.
+- `open` never returns a `File` for a directory (InvalidPath, as EISDIR), even read-only, nor
+  for anything else that is not a regular file (a FIFO, a device, a socket: InvalidPath
+  naming it); the open itself never blocks on a FIFO that has no writer.
 - `pwrite` writes everything or raises; `pread` returns fewer bytes only at end of file.
 - Every durability-relevant operation (create, write, fsync, fdatasync, directory fsync,
   rename, unlink, truncate) first goes through the file system's `hook`, if one is set. The
@@ -27,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -353,6 +356,26 @@ class File:
         self.close()
 
 
+#: What a path that is no regular file is, for the refusal.
+_SPECIAL_KINDS: dict[int, str] = {
+    stat.S_IFIFO: "a FIFO or pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _not_a_regular_file(path: str, kind: int) -> InvalidPath:
+    # Every file is read and written at offsets: a pipe failed its first pread as an "I/O
+    # error" (sending the operator to the disk), a FIFO without a writer hung the open.
+    return InvalidPath(
+        f"'{path}' is {_SPECIAL_KINDS.get(kind, 'a special file')}, not a regular file: the "
+        "engine reads and writes its files at any offset",
+        hint="give the path of a file on disk (copy a stream to a file first)",
+        path=path,
+    )
+
+
 def _flock_at_once(fd: int, operation: int) -> bool:
     """`flock(fd, operation | LOCK_NB)`: False if a conflicting lock is held elsewhere."""
     try:
@@ -417,21 +440,29 @@ class FileSystem:
         flags |= getattr(os, "O_CLOEXEC", 0)
         op = "create" if create else "open"
         self._call_hook(IOEvent(op, path))
+        # Looked at before the open: a FIFO without a writer would block it forever. (Not
+        # O_NONBLOCK: on a regular file under a lease it fails instead of waiting its break.)
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                raise _not_a_regular_file(path, stat.S_IFIFO)
         try:
             fd = os.open(path, flags, 0o644)
         except OSError as exc:
             raise from_os_error(exc, op=op, path=path) from exc
         try:
-            is_directory = stat.S_ISDIR(os.fstat(fd).st_mode)
+            mode = os.fstat(fd).st_mode
         except OSError as exc:
             os.close(fd)
             raise from_os_error(exc, op="stat", path=path) from exc
-        if is_directory:
+        if stat.S_ISDIR(mode):
             # Read-only opens of a directory succeed; say what is wrong now, not at the
             # first read ("Is a directory") or, worse, after judging its size as a file's.
             os.close(fd)
             cause = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             raise from_os_error(cause, op=op, path=path) from cause
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise _not_a_regular_file(path, stat.S_IFMT(mode))
         return File(self, fd, path, kind=HandleKind.FILE, owner=owner, writable=writable)
 
     def read_file(self, path: str, *, owner: str, limit: int | None = None) -> bytes:
