@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import jetstore
+from jetstore.cli import tools_cmd
 from jetstore.cli.main import run
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import iter_nodes
@@ -289,3 +293,38 @@ def test_import_into_an_unwritable_directory_is_not_reported_in_use(
     assert document["error"]["name"] == "FileAccessDenied"
     assert "holds its lock" not in document["error"]["message"]
     assert "Read-only file system" in document["error"]["message"]
+
+
+class _FullDisk(io.StringIO):
+    """An output stream on a full disk: every write fails with ENOSPC."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_export_onto_a_full_disk_is_an_io_error_not_an_internal_one(
+    closed: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # the path on one line
+    out = tmp_path / "t.jsonl"
+    real_open = open
+
+    def open_on_full_disk(path: str, mode: str = "r", **kwargs: Any) -> io.StringIO:
+        real_open(path, mode, **kwargs).close()
+        return _FullDisk()
+
+    monkeypatch.setattr(tools_cmd, "open", open_on_full_disk, raising=False)
+    code = run(["export", str(closed / "main.edb"), "t", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "internal error" not in err and "No space left on device" in err
+    assert "t.jsonl.partial" in err
+    assert list(tmp_path.iterdir()) == [closed]  # neither the export nor its partial file
+    monkeypatch.setattr(sys, "stdout", _FullDisk())
+    code = run(["export", str(closed / "main.edb"), "t"])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "internal error" not in err and "No space left on device" in err

@@ -311,9 +311,18 @@ def _in_export_encoding(stream: TextIO) -> Iterator[TextIO]:
 
 @contextlib.contextmanager
 def _output(path: str | None) -> Iterator[TextIO]:
+    """The stream the export is written to: stdout, or `path` written as `path.partial` and
+    renamed when complete. A failed write (a full disk, EIO) is the `JetError` naming where
+    it went, not an internal error; a reader gone away (EPIPE) stays `BrokenPipeError`,
+    which the CLI reports as a closed output."""
     if path is None:
-        with _in_export_encoding(sys.stdout) as stdout:
-            yield stdout
+        try:
+            with _in_export_encoding(sys.stdout) as stdout:
+                yield stdout
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise from_os_error(exc, op="write the export to", path="<stdout>") from exc
         return
     temporary = path + ".partial"
     try:
@@ -325,9 +334,15 @@ def _output(path: str | None) -> Iterator[TextIO]:
         # what the operator typed.
         raise _named_file_error(exc, op="create", path=path, what="--output file") from exc
     try:
-        with stream:
-            yield stream
-        os.replace(temporary, path)
+        try:
+            with stream:
+                yield stream
+        except OSError as exc:
+            raise from_os_error(exc, op="write the export to", path=temporary) from exc
+        try:
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise from_os_error(exc, op=f"rename to '{path}'", path=temporary) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
