@@ -208,3 +208,27 @@ def test_demo_child_whose_parent_went_away_closes_the_instance(tmp_path: Path) -
     assert not is_locked(FileSystem(), str(directory))
     with jetstore.open(directory, **demo.INSTANCE_OPTIONS) as instance:
         assert instance.recovery is not None and not instance.recovery.needed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("integrity", "{db}"), ("integrity", "{db}", "--json"), ("status", "{dir}", "--json")],
+    ids=" ".join,
+)
+def test_stdout_on_a_full_disk_is_an_io_error_naming_it(
+    closed: Path, args: tuple[str, ...]
+) -> None:
+    # A failed write that is no EPIPE (`> FILE` on a full disk, EIO) was an "internal
+    # error ... this is a bug" (exit 5), and with --json a traceback: reporting the error as
+    # JSON failed on the same stdout.
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full to write to")
+    command = [arg.format(db=closed / "main.edb", dir=closed) for arg in args]
+    with open("/dev/full", "wb") as full:
+        process = subprocess.run(
+            [str(entry_point()), *command], stdout=full, stderr=subprocess.PIPE, timeout=60
+        )
+    stderr = process.stderr.decode()
+    assert process.returncode == ExitCode.IO, stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    assert "No space left on device" in stderr and "stdout" in stderr

@@ -42,6 +42,7 @@ from jetstore.cli.output import (
     EXIT_CODES_HELP,
     ExitCode,
     OutputClosed,
+    OutputFailed,
     discard_closed_output,
     emit_json,
     envelope,
@@ -176,6 +177,11 @@ def _run(args: list[str]) -> int:
         return int(report_error(exc, command=command, as_json=as_json))
     except OutputClosed:
         raise
+    except OutputFailed as failure:
+        # stdout may be the stream that failed: the report goes to stderr, as text.
+        with contextlib.suppress(OutputFailed, OutputClosed, OSError):
+            report_error(failure.error, command=command, as_json=False, exit_code=ExitCode.IO)
+        return int(ExitCode.IO)
     except Exception as exc:  # the contract is "exit 5 with a message", not a bare traceback
         return _internal_error(exc, command=command, as_json=as_json)
     # In non-standalone mode click returns the code of ctx.exit()/Exit, or the callback's value.

@@ -5,6 +5,8 @@ This module owns the CLI's contract with scripts and operators:
 * Exit codes (``ExitCode``): 0 ok, 1 problems found, 2 usage, 3 wrong database state, 4 I/O
   error, 5 internal error (130 when interrupted with Ctrl-C, 141 when the reader of the
   output went away, as shells report for a process ended by SIGINT or SIGPIPE).
+* A failed output (``OutputFailed``): any other failed write to stdout or stderr (a full disk
+  behind ``> FILE``) is reported on stderr with exit 4, never as an internal error.
 * A closed output (``OutputClosed``): a write to stdout or stderr whose reader is gone
   (``jetstore export ... | head``) ends the command quietly; `jetstore.cli.main` catches it in
   one place and `discard_closed_output` keeps the interpreter's final flush quiet.
@@ -34,7 +36,7 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 
-from jetstore.errors import JetError
+from jetstore.errors import JetError, from_os_error
 from jetstore.tools.values import json_float
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "JSON_SCHEMA_VERSION",
     "ExitCode",
     "OutputClosed",
+    "OutputFailed",
     "command_errors",
     "discard_closed_output",
     "emit_json",
@@ -112,6 +115,24 @@ class OutputClosed(Exception):
     """
 
 
+class OutputFailed(Exception):
+    """A write to stdout or stderr failed for another reason than a reader gone away (a full
+    disk behind ``> FILE``, EIO): `error` says which stream and why.
+
+    Not an `OSError` (see `OutputClosed`), nor a `JetError`: a command's error handling would
+    report it on the very stream that fails. `jetstore.cli.main.run` reports it on stderr
+    and ends with ``ExitCode.IO``.
+    """
+
+    def __init__(self, error: JetError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _output_failed(exc: OSError, stream: str) -> OutputFailed:
+    return OutputFailed(from_os_error(exc, op="write the output to", path=stream))
+
+
 class _Console(Console):
     """A rich console that reports a broken pipe as `OutputClosed`.
 
@@ -122,6 +143,15 @@ class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True  # drop what is printed while the exception unwinds the command
         raise OutputClosed("the output's reader went away") from sys.exc_info()[1]
+
+    def _check_buffer(self) -> None:
+        # rich handles only EPIPE (`on_broken_pipe`); any other failed write would leave the
+        # command as an internal error.
+        try:
+            super()._check_buffer()
+        except OSError as exc:
+            self.quiet = True
+            raise _output_failed(exc, "<stderr>" if self.stderr else "<stdout>") from exc
 
 
 def stdout_console() -> Console:
@@ -193,8 +223,13 @@ def emit_json(document: Mapping[str, Any]) -> None:
         # Rare (no engine counter is a float), so the copy is only made when it is needed.
         text = json.dumps(_finite(document), default=str, allow_nan=False)
     # Plain write, not rich: rich would wrap long lines and add colour codes to the JSON.
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _output_failed(exc, "<stdout>") from exc
 
 
 def error_document(error: JetError, *, exit_code: ExitCode | None = None) -> dict[str, Any]:
