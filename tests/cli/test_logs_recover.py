@@ -7,6 +7,7 @@ no directory = 4; and that `recover --into` leaves the original untouched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 
 import jetstore
+from jetstore.cli import recover
 from jetstore.cli.main import run
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
+from jetstore.io.files import FileSystem, IOEvent
 
 from .conftest import (
     ROWS,
@@ -522,3 +525,32 @@ def test_logs_verify_when_nothing_says_what_recovery_needs_damage_is_an_error(
     assert "main.edb" in needs["reason"]
     [problem] = [p for p in document["result"]["problems"] if p["error"] == "LogFileCorrupt"]
     assert (problem["severity"], problem["needed"]) == ("error", None)
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new", "empty"])
+def test_recover_into_a_full_disk_removes_its_partial_copy(
+    crashed: Path, tmp_path: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    # The copy failed halfway and was left in COPY: the next `--into COPY` (what the
+    # DiskFull hint says: "retry") was refused, COPY being no longer empty.
+    before = snapshot(crashed)
+    copy = tmp_path / "copy"
+    if exists:
+        copy.mkdir()
+    writes = 0
+
+    def disk_full_after_two_writes(event: IOEvent) -> None:
+        nonlocal writes
+        if event.op == "write" and event.path.startswith(str(copy)):
+            writes += 1
+            if writes == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(recover, "FileSystem", lambda: FileSystem(hook=disk_full_after_two_writes))
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert document["error"]["name"] == "DiskFull"
+    assert snapshot(crashed) == before
+    assert (list(copy.iterdir()) == []) if exists else not copy.exists()
+    monkeypatch.setattr(recover, "FileSystem", FileSystem)
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert code == 0 and _rows(copy) == ROWS

@@ -9,7 +9,8 @@ the log from the checkpoint and `close()` leaves every database clean. The comma
   the last consistent point instead of failing, and `result.data_loss` says what was lost,
   which databases lost it (`databases`) and which were recovered completely;
 * `--into COPY`: every file of DIR except `jetstore.lock` is copied into COPY (which must not
-  exist or be empty) and the copy is recovered; DIR is only read;
+  exist or be empty) and the copy is recovered; DIR is only read; a copy that fails (a full
+  disk) is removed again, so that the command can simply be run again;
 * the report: records replayed, where replay started, notes, databases created by replay,
   the torn tail, the data loss.
 
@@ -20,7 +21,9 @@ options, and the exit code follows its category (3 for missing or mismatched log
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 from typing import Any, Final
 
@@ -108,6 +111,21 @@ def copy_instance(
     for directory in sorted(directories, key=len, reverse=True):
         fs.fsync_directory(directory, owner=OWNER)
     return {"files": len(files), "bytes": total}
+
+
+def _remove_copy(target: str, existed: bool) -> None:
+    """Remove what `copy_instance` put into `target` (all of it: it was new or empty)."""
+    if not existed:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for name in os.listdir(target):
+            path = os.path.join(target, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -217,7 +235,18 @@ def recover_command(
                 command="recover",
                 as_json=as_json,
             )
-        copied = copy_instance(fs, source, target, show_progress=not as_json)
+        existed = fs.exists(target)
+        try:
+            copied = copy_instance(fs, source, target, show_progress=not as_json)
+        except BaseException:
+            # COPY was new or empty: all it holds is this copy, which is not whole. Left
+            # there, it made the next `--into COPY` a refusal (no longer empty).
+            _remove_copy(target, existed)
+            if not as_json:
+                stderr_console().print(
+                    Text(f"the partial copy in {target} was removed; {source} was not touched")
+                )
+            raise
     options = instance_options(fs, target)
     started = time.monotonic()
     try:
