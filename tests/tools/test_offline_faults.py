@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from pathlib import Path
 
@@ -202,3 +203,25 @@ def test_a_pipe_given_as_the_database_is_refused_at_once(tmp_path: Path) -> None
         pytest.fail("opening a FIFO as the database blocked")
     assert len(outcomes) == 1 and isinstance(outcomes[0], InvalidPath), outcomes
     assert "FIFO" in str(outcomes[0]) and str(fifo) in str(outcomes[0])
+
+
+@pytest.mark.parametrize("tool", ["compact", "repair"])
+def test_the_rebuilt_file_keeps_the_permissions_and_owner_of_the_original(
+    closed: Path, tool: str
+) -> None:
+    # The new file was created 0644 by the user running the tool: a database kept 0600 came
+    # back readable by everyone, and one owned by the service's user (the tool run as root)
+    # came back root's, which the service could then not open for writing.
+    path = closed / "main.edb"
+    path.chmod(0o600)
+    owner = 65534 if os.geteuid() == 0 else os.geteuid()
+    os.chown(path, owner, -1)
+    before = path.stat()
+    if tool == "compact":
+        compact_database(path)
+    else:
+        repair_database(path, accept_data_loss=True)
+    after = path.stat()
+    assert after.st_ino != before.st_ino  # a new file
+    assert stat.S_IMODE(after.st_mode) == 0o600
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)

@@ -145,6 +145,7 @@ def compact_database(
                 temporary,
                 dataclasses.replace(header),
                 counter.wrap(iterate(db, db.root())),
+                like=full,
             )
         try:
             report = check_integrity(temporary, fs=fs, check_open=False)

@@ -13,6 +13,8 @@ Invariants:
 - Every parent and the header name the exact image of each page they reach (D12): a node's
   CRC is taken as it is encoded, before its parent is.
 - On any failure the partial file is removed; nothing else is touched.
+- A file that is to replace another (`like`) has its permission bits and owner from the
+  start.
 
 `swap_into_place` puts such a checked file in the place of the database: the old file first
 hard-linked under the name that keeps it, then the rename (atomic), then the directory sync.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import stat
 from collections.abc import Iterable
 from typing import Final
 
@@ -47,11 +50,14 @@ def write_database_file(
     items: Iterable[tuple[bytes, bytes]],
     *,
     owner: str = OWNER,
+    like: str | None = None,
 ) -> DatabaseHeader:
     """Write a database file at `path` holding `items` (sorted, unique keys) under `header`.
 
     Only the tree and space fields of `header` are replaced (root, free list, page count);
-    `header_seq` is raised by one. Returns the header written. The file is synced.
+    `header_seq` is raised by one. Returns the header written. The file is synced. With
+    `like` (the file it is to replace), it takes that file's permission bits and owner before
+    any data is written.
     """
     page_size = header.page_size
     seq = max(header.checkpoint_seq, 1)
@@ -59,6 +65,8 @@ def write_database_file(
     nodes = dirty_nodes_postorder(root)
     file = fs.open(path, owner=owner, create=True, exclusive=True)
     try:
+        if like is not None:
+            _take_access_of(path, like)
         next_pgno = HEADER_COPIES
         run: list[bytes] = []
         run_start = next_pgno
@@ -95,6 +103,26 @@ def write_database_file(
         raise
     file.close()
     return written
+
+
+def _take_access_of(path: str, like: str) -> None:
+    """Give `path` the permission bits and owner of `like`.
+
+    The new file is created 0644 by whoever runs the tool: a database kept 0600 would come
+    back readable by everyone, one owned by a service's user (the tool run as root) would
+    come back root's, and the service could not open it for writing any more. Done before
+    the data is written, so no copy of it is ever more readable than the original. Without
+    the right to give the file away (not root) it stays the runner's, who could replace the
+    original anyway.
+    """
+    try:
+        info = os.stat(like)
+        if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):
+                os.chown(path, info.st_uid, info.st_gid)
+        os.chmod(path, stat.S_IMODE(info.st_mode))
+    except OSError as exc:
+        raise from_os_error(exc, op=f"give it the permissions of '{like}'", path=path) from exc
 
 
 def swap_into_place(fs: FileSystem, temporary: str, target: str, *, keep_as: str | None) -> None:

@@ -238,7 +238,7 @@ def repair_database(
             fs.unlink(temporary)
         signature = Signature.new()
         header = _repaired_header(old, full, signature)
-        written = write_database_file(fs, temporary, header, iter(entries))
+        written = write_database_file(fs, temporary, header, iter(entries), like=full)
         del entries
         try:
             check = check_integrity(temporary, fs=fs, check_open=False)
