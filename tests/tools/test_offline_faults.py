@@ -29,6 +29,8 @@ from jetstore.tools.compact import compact_database
 from jetstore.tools.integrity import check_integrity
 from jetstore.tools.repair import repair_database
 
+from .conftest import read_all
+
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -225,3 +227,29 @@ def test_the_rebuilt_file_keeps_the_permissions_and_owner_of_the_original(
     assert after.st_ino != before.st_ino  # a new file
     assert stat.S_IMODE(after.st_mode) == 0o600
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+@pytest.mark.parametrize("tool", ["compact", "repair"])
+def test_a_database_linked_from_another_directory_is_rewritten_where_it_lives(
+    closed: Path, tmp_path: Path, expected: dict[str, object], tool: str
+) -> None:
+    # NAME.edb a symbolic link to the file on another volume: the rename replaced the link by
+    # the new file, in the instance directory, and left the real file where the link pointed,
+    # stale: putting the link back would have taken the database back in time.
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    real = volume / "main.edb"
+    (closed / "main.edb").rename(real)
+    (closed / "main.edb").symlink_to(real)
+    before = real.stat().st_ino
+    if tool == "compact":
+        result = compact_database(closed / "main.edb", keep_original=True)
+        kept = result.kept_original
+    else:
+        kept = repair_database(closed / "main.edb", accept_data_loss=True).kept_damaged
+    assert (closed / "main.edb").is_symlink() and (closed / "main.edb").resolve() == real
+    assert real.stat().st_ino != before
+    assert kept is not None and Path(kept).parent == volume
+    assert Path(kept).stat().st_ino == before
+    assert sorted(p.name for p in closed.glob("main.edb*")) == ["main.edb"]
+    assert read_all(closed) == expected

@@ -16,7 +16,9 @@ This module owns the compaction procedure:
    leaves the original as it was.
 6. Swap: with `keep_original` the original is first hard-linked as `NAME.edb.precompact`;
    then `NAME.edb.compacting` is renamed over `NAME.edb` (atomic) and the directory synced.
-   At every instant `NAME.edb` is the old file or the new one, whole.
+   At every instant `NAME.edb` is the old file or the new one, whole. A `NAME.edb` that is a
+   symbolic link is rewritten where it points (the temporary and kept files next to it): the
+   link stays.
 
 A leftover `NAME.edb.compacting` (an earlier run that was interrupted) is removed first; it
 never holds the only copy of anything.
@@ -114,8 +116,11 @@ def compact_database(
     started = time.monotonic()
     full = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(full)
-    temporary = full + COMPACTING_SUFFIX
-    original = full + PRECOMPACT_SUFFIX
+    # A database linked from another volume is rewritten where it lives: a rename over the
+    # link would put the new file in its place and leave the real one there, stale.
+    target = os.path.realpath(full)
+    temporary = target + COMPACTING_SUFFIX
+    original = target + PRECOMPACT_SUFFIX
     with exclusive_directory(fs, directory, what="compaction"):
         with OfflineDatabase(fs, full) as db:
             header = db.header
@@ -129,13 +134,14 @@ def compact_database(
             live_pages = header.page_count - header.free_page_count
             live = live_pages * header.page_size
             need = required_space(live)
-            available = free_bytes(directory)
+            available = free_bytes(os.path.dirname(target))
             if available < need:
                 raise DiskFull(
-                    f"compacting '{full}' needs about {need} bytes free in '{directory}' "
-                    f"(its live data, {live} bytes, plus a margin); only {available} are free",
+                    f"compacting '{full}' needs about {need} bytes free in "
+                    f"'{os.path.dirname(target)}' (its live data, {live} bytes, plus a "
+                    f"margin); only {available} are free",
                     hint="free some space on that file system, then run the command again",
-                    path=directory,
+                    path=os.path.dirname(target),
                 )
             if fs.exists(temporary):
                 fs.unlink(temporary)
@@ -145,7 +151,7 @@ def compact_database(
                 temporary,
                 dataclasses.replace(header),
                 counter.wrap(iterate(db, db.root())),
-                like=full,
+                like=target,
             )
         try:
             report = check_integrity(temporary, fs=fs, check_open=False)
@@ -158,7 +164,7 @@ def compact_database(
                     "if the original passes",
                     path=temporary,
                 )
-            swap_into_place(fs, temporary, full, keep_as=original if keep_original else None)
+            swap_into_place(fs, temporary, target, keep_as=original if keep_original else None)
         except BaseException:
             if fs.exists(temporary):
                 try:

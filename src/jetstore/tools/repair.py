@@ -33,13 +33,14 @@ a dirty one still needs: `DatabaseDirtyShutdown` naming it). The salvaged entrie
 densely into `NAME.edb.repairing` (`jetstore.tools.rebuild`) under a new header: a new
 database signature (it is not the same database any more), clean, bound to no log stream,
 backup history cleared, `repair_count + 1`. It is checked with `check_integrity`; the damaged
-file is kept as `NAME.edb.damaged-<time>` (a hard link), the new one renamed over `NAME.edb`,
-the directory synced. Just before that swap, the instance's log files and checkpoint file are
-moved into `lost-logs-<time>/` (the convention of recovery with data loss) so that nothing can
-ever be replayed into the repaired database, and the next open starts a new log stream. In
-that order a failure or a kill at any point leaves the damaged file in place (its logs
-perhaps moved aside: running the repair again finishes) or the repaired one without the old
-logs; never the repaired file next to logs that name the damaged one, which no open accepts.
+file is kept as `NAME.edb.damaged-<time>` (a hard link), the new one renamed over `NAME.edb`
+(where a symbolic link `NAME.edb` points, as compaction does), the directory synced. Just
+before that swap, the instance's log files and checkpoint file are moved into
+`lost-logs-<time>/` (the convention of recovery with data loss) so that nothing can ever be
+replayed into the repaired database, and the next open starts a new log stream. In that
+order a failure or a kill at any point leaves the damaged file in place (its logs perhaps
+moved aside: running the repair again finishes) or the repaired one without the old logs;
+never the repaired file next to logs that name the damaged one, which no open accepts.
 
 Memory holds every salvaged entry (the whole database): repair is a last resort.
 """
@@ -232,13 +233,15 @@ def repair_database(
         with _open(fs, full, report) as db:
             entries = _salvage(db, report)
             old = db.header
-        stamp = _unused_stamp(fs, directory, full)
-        temporary = full + REPAIRING_SUFFIX
+        # A database linked from another volume is rewritten where it lives (see compact).
+        target = os.path.realpath(full)
+        stamp = _unused_stamp(fs, directory, target)
+        temporary = target + REPAIRING_SUFFIX
         if fs.exists(temporary):
             fs.unlink(temporary)
         signature = Signature.new()
         header = _repaired_header(old, full, signature)
-        written = write_database_file(fs, temporary, header, iter(entries), like=full)
+        written = write_database_file(fs, temporary, header, iter(entries), like=target)
         del entries
         try:
             check = check_integrity(temporary, fs=fs, check_open=False)
@@ -256,8 +259,8 @@ def repair_database(
             # knows with the old signature), while a damaged file whose logs were moved
             # aside is only the state a second run of the repair starts from.
             report.moved_logs_to = _logs_aside(fs, directory, stamp, full)
-            damaged = f"{full}.damaged-{stamp}"
-            swap_into_place(fs, temporary, full, keep_as=damaged)
+            damaged = f"{target}.damaged-{stamp}"
+            swap_into_place(fs, temporary, target, keep_as=damaged)
         except BaseException:
             if fs.exists(temporary):
                 with contextlib.suppress(JetError):
