@@ -328,3 +328,19 @@ def test_export_onto_a_full_disk_is_an_io_error_not_an_internal_one(
     err = capsys.readouterr().err
     assert code == 4, err
     assert "internal error" not in err and "No space left on device" in err
+
+
+def test_a_missing_export_directory_or_import_file_is_not_sent_to_the_backups(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # FileNotFound's own hint is about the engine's files ("if the file was lost, restore the
+    # database from a backup"): for a mistyped --output directory or import FILE it sent the
+    # operator to restore a database that is fine.
+    code, document = run_json("export", closed / "main.edb", "t", "-o", tmp_path / "no" / "t.csv")
+    assert code == 4 and document["error"]["name"] == "FileNotFound"
+    assert "backup" not in document["error"]["hint"]
+    assert "check the path" in document["error"]["hint"]
+    code, document = run_json("import", closed / "main.edb", "t", tmp_path / "missing.csv")
+    assert code == 4 and document["error"]["name"] == "FileNotFound"
+    assert "backup" not in document["error"]["hint"]
+    assert "check the path" in document["error"]["hint"]
