@@ -253,3 +253,17 @@ def test_a_database_linked_from_another_directory_is_rewritten_where_it_lives(
     assert Path(kept).stat().st_ino == before
     assert sorted(p.name for p in closed.glob("main.edb*")) == ["main.edb"]
     assert read_all(closed) == expected
+
+
+def test_a_kept_copy_left_by_a_killed_compaction_does_not_block_the_next_one(
+    closed: Path,
+) -> None:
+    # Killed between the hard link and the rename, a compaction leaves NAME.edb.precompact
+    # as a second name of the database itself, not a kept original: running it again with
+    # --keep-original was refused as if an earlier compaction had kept one.
+    path = closed / "main.edb"
+    os.link(path, closed / "main.edb.precompact")
+    before = digest(path)
+    result = compact_database(path, keep_original=True)
+    assert result.kept_original is not None and digest(Path(result.kept_original)) == before
+    assert digest(path) != before

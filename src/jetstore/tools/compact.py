@@ -21,7 +21,8 @@ This module owns the compaction procedure:
    link stays.
 
 A leftover `NAME.edb.compacting` (an earlier run that was interrupted) is removed first; it
-never holds the only copy of anything.
+never holds the only copy of anything. So is a `NAME.edb.precompact` that is the database file
+itself (a run killed between its link and its rename): another one is refused.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def compact_database(
         with OfflineDatabase(fs, full) as db:
             header = db.header
             require_clean(header, db.path, what="compaction")
+            if keep_original and fs.exists(original) and _same_file(original, target):
+                # A second name of the database itself, left by a run killed between its
+                # link and its rename: no kept original, nothing is lost with it.
+                fs.unlink(original)
             if keep_original and fs.exists(original):
                 raise DatabaseDuplicate(
                     f"'{original}' already exists (the original kept by an earlier compaction)",
@@ -184,6 +189,13 @@ def compact_database(
         integrity=report,
         seconds=time.monotonic() - started,
     )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 class _Counter:
