@@ -198,3 +198,42 @@ def test_removable_logs_reports_what_recovery_does_not_need(tmp_path: Path) -> N
         assert max(report["not_needed_for_recovery"]) < durable.generation - 1
         assert report["covered_by_backup"] == []
         assert set(report["not_needed_for_recovery"]) <= set(report["present"])
+
+
+def test_a_failed_directory_sync_after_circular_deletion_does_not_stop_the_instance(
+    tmp_path: Path,
+) -> None:
+    """Deleting old logs is housekeeping: the checkpoint is durable by then, and a deletion
+    the sync did not make durable only lets a few unneeded logs reappear after a crash. A
+    failed directory sync there failed the whole instance (no more commits)."""
+    armed = {"unlinked": False, "failed": 0}
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "unlink" and event.path.endswith(".log"):
+            armed["unlinked"] = True
+        elif event.op == "fsync_dir" and armed["unlinked"] and not armed["failed"]:
+            armed["failed"] += 1
+            raise OSError(5, "Input/output error")
+
+    options = dict(CIRCULAR, checkpoint_interval=3600.0, checkpoint_depth=1 << 30)
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **options) as instance:
+        db = setup(instance)
+        start = 0
+        while not armed["failed"] and start < 4000:
+            commit_rows(db, start, 100)
+            instance.checkpoint()
+            start += 100
+        assert armed["failed"] == 1
+        assert instance.state.value == "open"
+        assert instance.log_delete_error is not None
+        assert "fsync_dir" in str(instance.log_delete_error)
+        commit_rows(db, 10_000, 300)  # commits are still acknowledged, and roll the log
+        instance.checkpoint()
+        assert instance.log_delete_error is None  # the next deletion cleared it
+    events = (tmp_path / "events.jsonl").read_text()
+    assert "log_delete_failed" in events
+    with (
+        jetstore.open(tmp_path, **options) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        assert sum(1 for _ in txn.table("t").scan()) == start + 300

@@ -1383,29 +1383,37 @@ class Instance:
         if error is not None and self.log_delete_error is None:
             self.events.emit(
                 "log_delete_failed",
-                f"circular logging could not delete log generation "
-                f"{victims[len(deleted)]}: {error.brief()}; deletion stops there and resumes "
-                f"later{_what_to_do(error)}",
+                f"circular logging {_deletion_failure(victims, deleted, error)}; the next "
+                f"checkpoint tries again{_what_to_do(error)}",
                 error=error.name,
             )
         self.log_delete_error = error
         if deleted:
-            self.fs.fsync_directory(self.directory, owner=self.owner)
             self._report_deleted("circular logging", deleted, limit.keep_from, limit.reason)
 
     def _unlink_generations(self, victims: list[int]) -> tuple[list[int], JetError | None]:
         """Delete closed generations in ascending order, stopping at the first failure, so
-        what remains is always a contiguous run up to the current log. Returns those deleted
-        and the error that stopped it; the caller syncs the directory and decides what the
-        error means (`jetstore.log.policy`)."""
+        what remains is always a contiguous run up to the current log, then sync the
+        directory. Returns those deleted and the error that stopped it (or the failed
+        sync's); the caller decides what the error means (`jetstore.log.policy`).
+
+        A failed sync is an error like a failed unlink, never a failure of the instance:
+        the checkpoint that allowed the deletion is durable already, and a deletion that did
+        not reach the disk only lets logs nothing needs reappear after a crash."""
         deleted: list[int] = []
+        error: JetError | None = None
         try:
             for generation in victims:
                 self.fs.unlink(os.path.join(self.directory, generation_log_name(generation)))
                 deleted.append(generation)
         except JetError as exc:
-            return deleted, exc
-        return deleted, None
+            error = exc
+        if deleted:
+            try:
+                self.fs.fsync_directory(self.directory, owner=self.owner)
+            except JetError as exc:
+                error = error or exc
+        return deleted, error
 
     def _report_deleted(
         self, what: str, deleted: list[int], keep_from: int, reason: str, **fields: Any
@@ -1478,7 +1486,6 @@ class Instance:
                 return list(victims)
             deleted, error = self._unlink_generations(victims)
             if deleted:
-                self.fs.fsync_directory(self.directory, owner=self.owner)
                 self._report_deleted(
                     f"logs remove ({'safe' if safe else 'not needed for recovery'})",
                     deleted,
@@ -1611,20 +1618,14 @@ class Instance:
                 limit = DeletionLimit(first_copied, f"the backup copied from {first_copied}")
             victims = deletable(self._archived_generations(), limit)
             deleted, error = self._unlink_generations(victims)
-            try:
-                if deleted:
-                    self.fs.fsync_directory(self.directory, owner=self.owner)
-            except JetError as exc:
-                error = error or exc
             if error is not None:
                 # Deletion is housekeeping: what could not be deleted stays, in order, and
                 # the next truncation or `logs remove` tries again (as circular logging does).
                 self.log_delete_error = error
                 self.events.emit(
                     "log_delete_failed",
-                    f"backup truncation could not delete log generation "
-                    f"{victims[len(deleted)] if len(deleted) < len(victims) else victims[-1]}: "
-                    f"{error.brief()}; deletion stops there{_what_to_do(error)}",
+                    f"backup truncation {_deletion_failure(victims, deleted, error)}"
+                    f"{_what_to_do(error)}",
                     error=error.name,
                 )
             if deleted:
@@ -1966,6 +1967,19 @@ def _background_loop(
             # Collected (its hand-over is on its way here) or not: nothing is held while
             # waiting.
             del instance
+
+
+def _deletion_failure(victims: list[int], deleted: list[int], error: JetError) -> str:
+    """What `Instance._unlink_generations` could not do, for a log_delete_failed event."""
+    if len(deleted) < len(victims):
+        return (
+            f"could not delete log generation {victims[len(deleted)]}: {error.brief()}; "
+            "deletion stops there"
+        )
+    return (
+        f"deleted log generations {deleted[0]}-{deleted[-1]} but could not sync the "
+        f"directory: {error.brief()}; they may reappear after a crash (nothing needs them)"
+    )
 
 
 def _what_to_do(error: JetError) -> str:
