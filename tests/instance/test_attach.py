@@ -886,3 +886,49 @@ def test_backed_up_through_while_a_database_is_attached_in_another_thread(
             monkeypatch.undo()
             del instance._databases["guest"]
         assert not armed[0]
+
+
+def test_a_failed_header_sync_of_an_attach_fails_the_instance(tmp_path: Path) -> None:
+    """Once the ATTACH record is durable the file may carry this stream's dirty header (a
+    failed sync leaves its first copy unknown). The instance went on serving: circular
+    logging then deleted the generations that header requires, and the next open refused
+    (MissingLogFile) with nothing lost. D9: a failed header write fails the instance."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    armed = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if armed["on"] and event.op == "fdatasync" and event.path.endswith("moving.edb"):
+            armed["on"] = False
+            raise OSError(5, "Input/output error")
+
+    options = dict(SMALL, circular_logging=True)
+    second = jetstore.open(b, filesystem=FileSystem(hook=hook), **options)
+    db = second.database("other", create=True)
+    fill(db, 0, 5)
+    armed["on"] = True
+    with pytest.raises(JetError) as info:
+        second.attach(path)
+    assert info.value.code == -1022 and "moving.edb" in str(info.value)
+    assert second.state is InstanceState.FAILED
+    with pytest.raises(JetError):
+        fill(db, 5, 1)
+    # Were it serving: enough checkpointed generations for circular logging to delete
+    # the one the attached header requires.
+    start = second.log.current_generation
+    with contextlib.suppress(JetError):
+        while second.log.current_generation < start + 6:
+            with db.transaction() as txn:
+                txn.table("t").insert(
+                    {"id": 1000 + second.log.end_position.offset, "v": "x" * 4000}
+                )
+            second.checkpoint()
+    with contextlib.suppress(JetError):
+        second.close()
+    assert second.registry.total() == 0
+    with jetstore.open(b, **options) as reopened:
+        assert rows(reopened.database("other")) == list(range(5))
+        if "moving" in reopened.databases():
+            assert rows(reopened.database("moving")) == list(range(20))

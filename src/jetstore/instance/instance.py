@@ -996,10 +996,26 @@ class Instance:
                 )
                 db = Database(self, name, db_id, file, end)
                 self._databases[name] = db
-        except BaseException:
+        except BaseException as exc:
             if file is not None:
                 file.close()
-            if not header_written and source != target:
+            if header_written:
+                # The file may carry this stream's dirty header now (a failed sync leaves
+                # its first copy unknown), requiring generations no checkpoint of this
+                # instance protects: serving on, circular logging would delete them and the
+                # next open refuse the instance (D9, as for every header write).
+                self._fail(
+                    exc
+                    if isinstance(exc, JetError)
+                    else InstanceUnavailable(
+                        f"attaching '{target}' was interrupted ({type(exc).__name__}) while "
+                        "it wrote the database header",
+                        hint="close the instance and open it again: recovery replays every "
+                        "acknowledged commit from the log",
+                        path=target,
+                    )
+                )
+            elif source != target:
                 # Still the clean file it was: put it back, so that the next open of this
                 # instance does not find a foreign database in its directory.
                 with contextlib.suppress(JetError):
