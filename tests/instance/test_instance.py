@@ -27,6 +27,7 @@ from jetstore.errors import (
 )
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.dbheader import DatabaseState, choose_db_header
+from jetstore.instance.instance import InstanceState
 from jetstore.io import FileSystem, IOEvent
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
@@ -729,3 +730,44 @@ def test_a_checkpoint_called_while_the_instance_closes_leaves_it_clean(tmp_path:
     with jetstore.open(tmp_path, **SMALL) as again:
         assert again.recovery is not None and not again.recovery.needed
         assert count(again.database("main")) == 50
+
+
+@pytest.mark.parametrize(
+    ("op", "suffix"),
+    [("write", "main.edb.creating"), ("fsync", "main.edb.creating"), ("fsync_dir", "")],
+)
+def test_a_database_file_whose_creation_fails_after_its_record_fails_the_instance(
+    tmp_path: Path, op: str, suffix: str
+) -> None:
+    """The CREATE record is durable before the file is made (recovery re-creates it). A
+    failed write or sync of the new file left the instance serving without the database:
+    after a failed directory sync every `create=True` logged one more CREATE record of the
+    name and was refused (DatabaseDuplicate: "open it with create=False", which found no
+    database). D9: a page file's write or sync failing fails the instance; reopening
+    recovers the database from its record."""
+    armed = {"on": False, "renamed": False}
+
+    def hook(event: IOEvent) -> None:
+        if not armed["on"]:
+            return
+        if event.op == "rename" and event.path.endswith("main.edb.creating"):
+            armed["renamed"] = True
+        if event.op == op and event.path.endswith(suffix) and (suffix or armed["renamed"]):
+            armed["on"] = False
+            raise OSError(5, "Input/output error")
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook))
+    other = instance.database("other", create=True)
+    armed["on"] = True
+    with pytest.raises(JetError) as info:
+        instance.database("main", create=True)
+    assert info.value.code == -1022 and str(tmp_path) in str(info.value)
+    assert instance.state is InstanceState.FAILED
+    with pytest.raises(JetError):
+        other.create_table("t", [("id", "int")], primary_key="id")
+    instance.close()
+    assert instance.registry.total() == 0
+    with jetstore.open(tmp_path) as reopened:
+        assert reopened.databases() == ["main", "other"]
+        db = reopened.database("main", create=True)
+        db.create_table("t", [("id", "int")], primary_key="id")

@@ -815,8 +815,12 @@ class Instance:
             # The creation is durable in the log before the file exists: if the file is
             # lost in a crash, recovery re-creates it from the record.
             self.wait_durable(end)
-            db = self.create_database_file(record)
             try:
+                # A failure from here on fails the instance (D9): the log says the database
+                # exists while this instance has none, and the file may be half made (its
+                # name not synced): serving on, each create=True logged the name again and
+                # met the file. Reopening re-creates it from the record.
+                db = self.create_database_file(record)
                 db.file.write_header(
                     # The newest generation on disk, not the log's current one: a roll of
                     # another thread (a backup's `log.roll()`) may have closed it in memory
