@@ -771,3 +771,31 @@ def test_a_database_file_whose_creation_fails_after_its_record_fails_the_instanc
         assert reopened.databases() == ["main", "other"]
         db = reopened.database("main", create=True)
         db.create_table("t", [("id", "int")], primary_key="id")
+
+
+def test_a_database_file_whose_close_fails_still_releases_the_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close(2) can report a failed write (EIO on a network file system); the descriptor is
+    gone either way. That error stopped `close()` halfway: the instance stayed 'open' with
+    its directory lock and event log held, and the directory could not be opened again."""
+    instance = jetstore.open(tmp_path)
+    db = instance.database("main", create=True)
+    fill(db, 10)
+    target = db.file._file.fd
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        real_close(fd)
+        if fd == target:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(JetError) as info:
+        instance.close()
+    monkeypatch.undo()
+    assert info.value.code == -1022 and "main.edb" in str(info.value)
+    assert instance.state is InstanceState.CLOSED
+    assert instance.registry.total() == 0
+    with jetstore.open(tmp_path) as reopened:
+        assert count(reopened.database("main")) == 10

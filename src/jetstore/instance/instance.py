@@ -1783,10 +1783,12 @@ class Instance:
             error = exc
         if self._events is not None and self.state is InstanceState.OPEN:
             self._events.emit("instance_stopped", f"instance '{self.directory}' shut down cleanly")
-        self._release_everything()
+        released = self._release_everything()
         self._mark_closed()
         if error is not None:
             raise error
+        if released is not None:
+            raise released
 
     def simulate_crash(self) -> None:
         """Stop as a killed process would: no flush, no checkpoint, no clean header.
@@ -1901,7 +1903,11 @@ class Instance:
         if control is not None:
             control.stop()
 
-    def _release_everything(self) -> None:
+    def _release_everything(self) -> JetError | None:
+        """Release every thread, file and lock of the instance, whatever fails on the way;
+        returns the first file that could not be closed (close(2) may report a failed
+        write, EIO on a network file system: the descriptor is gone all the same)."""
+        failure: JetError | None = None
         self._stop_control()
         self._abort_backup("the instance stopped")
         if self._background is not None:
@@ -1915,14 +1921,22 @@ class Instance:
                 self._log.close()
             except JetError:
                 pass
+        closers = [db.file.close for db in self._databases.values()]
+        if self._events is not None:
+            closers.append(self._events.close)
+        if self._lock is not None:
+            closers.append(self._lock.release)
         for db in self._databases.values():
             db.close_transactions()
-            db.file.close()
-        if self._events is not None:
-            self._events.close()
-        if self._lock is not None:
-            self._lock.release()
-        self.registry.close_owner(self.owner)
+        for closer in closers:
+            try:
+                closer()
+            except JetError as exc:
+                failure = failure or exc
+        for error in self.registry.close_owner(self.owner):
+            if failure is None and isinstance(error, JetError):
+                failure = error
+        return failure
 
     def __enter__(self) -> Instance:
         return self

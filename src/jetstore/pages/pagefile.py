@@ -269,10 +269,12 @@ class DatabaseFile:
             raise
 
     def close(self) -> None:
-        if self._lock is not None:
-            self._lock.release()  # before the descriptor closes, while the fd is still ours
-        self._file.close()
-        self.cache.release()
+        try:
+            if self._lock is not None:
+                self._lock.release()  # before the descriptor closes, while the fd is still ours
+            self._file.close()
+        finally:
+            self.cache.release()  # the descriptor is gone even when close(2) reports EIO
 
     @property
     def locked(self) -> bool:
