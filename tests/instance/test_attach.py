@@ -932,3 +932,38 @@ def test_a_failed_header_sync_of_an_attach_fails_the_instance(tmp_path: Path) ->
         assert rows(reopened.database("other")) == list(range(5))
         if "moving" in reopened.databases():
             assert rows(reopened.database("moving")) == list(range(20))
+
+
+@pytest.mark.parametrize("failing_sync", [1, 2])
+def test_a_failed_directory_sync_of_an_attachs_move_puts_the_file_back(
+    tmp_path: Path, failing_sync: int
+) -> None:
+    """The move into the instance directory is synced in both directories before the
+    header is written. A failed sync raised with the file left in the instance directory:
+    gone from where the caller had it, and attached silently by the next open although
+    attach had failed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    armed = {"on": False, "syncs": 0}
+
+    def hook(event: IOEvent) -> None:
+        if armed["on"] and event.op == "fsync_dir":
+            armed["syncs"] += 1
+            if armed["syncs"] == failing_sync:
+                armed["on"] = False
+                raise OSError(5, "Input/output error")
+
+    with jetstore.open(b, filesystem=FileSystem(hook=hook), **SMALL) as second:
+        db = second.database("other", create=True)
+        armed["on"] = True
+        with pytest.raises(JetError) as info:
+            second.attach(path)
+        assert info.value.code == -1022 and "fsync_dir" in str(info.value)
+        assert os.path.exists(path) and not (b / "moving.edb").exists()
+        assert second.databases() == ["other"]
+        fill(db, 0, 5)  # nothing of the instance failed
+    with jetstore.open(b, **SMALL) as reopened:
+        assert reopened.databases() == ["other"]
+        assert rows(reopened.attach(path)) == list(range(20))

@@ -963,13 +963,15 @@ class Instance:
         # that never existed (the instance would refuse to start with nothing lost). Flushed
         # before the file moves, so that a failure here leaves it where it was.
         self.wait_durable(self.log.end_position)
-        if source != target:
-            self.fs.rename(source, target)
-            self.fs.fsync_directory(self.directory, owner=self.owner)
-            self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
         header_written = False
         file: DatabaseFile | None = None
         try:
+            if source != target:
+                # Inside the try: a failed sync of either directory puts the file back too,
+                # instead of leaving it where the next open would attach it silently.
+                self.fs.rename(source, target)
+                self.fs.fsync_directory(self.directory, owner=self.owner)
+                self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
             # Inside the try: a refused open (another opener locked the file since the probe)
             # moves the file back like any other failure before its header is written.
             file = self.open_database_file(target)
