@@ -799,3 +799,66 @@ def test_a_database_file_whose_close_fails_still_releases_the_instance(
     assert instance.registry.total() == 0
     with jetstore.open(tmp_path) as reopened:
         assert count(reopened.database("main")) == 10
+
+
+def test_a_sync_failure_reported_to_a_roll_stops_a_checkpoint_of_the_same_file(
+    tmp_path: Path,
+) -> None:
+    """fsyncgate: the kernel reports a failed writeback once, to whichever sync of the open
+    file comes first. A roll's header sync that failed while a checkpoint's page writes
+    waited for their own sync got the error meant for those pages; the checkpoint's sync
+    then succeeded and wrote headers naming pages that may never have reached the disk.
+    After one failed sync of an open file, no later sync of it may count as success."""
+    in_sync, resume = threading.Event(), threading.Event()
+    checkpointer = "checkpointer"
+
+    def hook(event: IOEvent) -> None:
+        if event.op != "fdatasync" or not event.path.endswith("main.edb") or not armed:
+            return
+        if threading.current_thread().name == checkpointer:
+            if not in_sync.is_set():
+                in_sync.set()
+                resume.wait(10)
+        else:  # the roll's header sync: the pages' writeback error is reported here
+            raise OSError(5, "Input/output error")
+
+    armed = False
+    options = dict(SMALL, checkpoint_depth=1 << 30, checkpoint_interval=3600.0)
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **options)
+    db = instance.database("main", create=True)
+    fill(db, 20)
+    instance.checkpoint()
+    before = header_of(tmp_path / "main.edb").checkpoint_position
+    fill(db, 20, start=20)  # dirty pages for the next checkpoint
+    outcome: list[object] = []
+
+    def run_checkpoint() -> None:
+        try:
+            outcome.append(instance.checkpoint())
+        except JetError as exc:
+            outcome.append(exc)
+
+    armed = True
+    thread = threading.Thread(target=run_checkpoint, name=checkpointer)
+    thread.start()
+    try:
+        assert in_sync.wait(10)
+        generation = instance.log.current_generation
+        with pytest.raises(JetError) as info:
+            for i in range(1000, 1100):
+                with db.transaction() as txn:
+                    txn.table("t").insert({"id": i, "v": "x" * 3000})
+        assert info.value.code == -1022
+        assert instance.log.current_generation > generation
+    finally:
+        resume.set()
+        thread.join(10)
+    assert isinstance(outcome[0], JetError), outcome
+    # Copy 0 may hold the failed roll's header (it names the old tree); neither names the
+    # checkpoint's pages.
+    data = (tmp_path / "main.edb").read_bytes()
+    header, _problems = choose_db_header(data[:8192], data[8192:16384], path="main.edb")
+    assert header.checkpoint_position == before
+    instance.close()
+    with jetstore.open(tmp_path) as reopened:
+        assert count(reopened.database("main")) >= 40

@@ -102,6 +102,8 @@ class File:
         "_handle",
         "_lock",
         "_pid",
+        "_sync_failure",
+        "_sync_lock",
         "path",
         "writable",
     )
@@ -125,6 +127,9 @@ class File:
         #: Guards `_deferred` and the closer's wait (never taken on the way into a call).
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        #: The first failed sync (`_sync`), and the lock that takes the syncs one at a time.
+        self._sync_failure: JetError | None = None
+        self._sync_lock = threading.Lock()
         self._handle = fs.registry.register(kind, owner, path, self._close_fd)
 
     @property
@@ -278,18 +283,47 @@ class File:
                 self._left()
 
     def fdatasync(self) -> None:
-        if self._closing:
-            raise self._closed_error("fdatasync")
-        if self._fs.hook is not None:
-            self._fs._call_hook(IOEvent("fdatasync", self.path))
-        self._call("fdatasync", os.fdatasync)
+        self._sync("fdatasync", os.fdatasync)
 
     def fsync(self) -> None:
+        self._sync("fsync", os.fsync)
+
+    def _sync(self, op: str, call: Callable[[int], None]) -> None:
+        """`fsync`/`fdatasync`, failing for good once one failed (fsyncgate).
+
+        The kernel reports a failed writeback once, to whichever sync of the open file
+        checks first, and may then drop the dirty pages: a sync that succeeds after a
+        failed one does not make the earlier writes durable, and one running in another
+        thread (a log roll's header sync while a checkpoint's pages wait for theirs) takes
+        the error meant for the other writes. The syncs of a file are therefore taken one at
+        a time, and after one failed every later one raises that failure."""
         if self._closing:
-            raise self._closed_error("fsync")
+            raise self._closed_error(op)
         if self._fs.hook is not None:
-            self._fs._call_hook(IOEvent("fsync", self.path))
-        self._call("fsync", os.fsync)
+            try:
+                self._fs._call_hook(IOEvent(op, self.path))
+            except JetError as exc:
+                with self._sync_lock:
+                    self._sync_failure = self._sync_failure or exc
+                raise
+        with self._sync_lock:
+            failure = self._sync_failure
+            if failure is None:
+                try:
+                    self._call(op, call)
+                except InstanceUnavailable:
+                    raise  # closed under the call: nothing about the disk
+                except JetError as exc:
+                    self._sync_failure = exc
+                    raise
+                return
+        raise type(failure)(
+            f"an earlier sync of '{self.path}' failed ({failure.detail}): the writes it was "
+            "to make durable may be lost, and no later sync of this open file can make them "
+            "durable",
+            hint=failure.hint,
+            path=self.path,
+        ) from failure
 
     def truncate(self, size: int) -> None:
         if self._closing:
