@@ -237,3 +237,30 @@ def test_a_failed_directory_sync_after_circular_deletion_does_not_stop_the_insta
         instance.database("main").transaction() as txn,
     ):
         assert sum(1 for _ in txn.table("t").scan()) == start + 300
+
+
+def test_a_directory_that_cannot_be_listed_for_circular_deletion_does_not_stop_the_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which logs to delete is read from the directory after the checkpoint file is durable;
+    a failed listing (EIO, ESTALE) raised into the checkpoint and failed the instance."""
+    from jetstore.errors import DiskIO
+
+    options = dict(CIRCULAR, checkpoint_interval=3600.0, checkpoint_depth=1 << 30)
+    with jetstore.open(tmp_path, **options) as instance:
+        db = setup(instance)
+        commit_rows(db, 0, 300)
+        listdir = instance.fs.listdir
+
+        def broken(path: str) -> list[str]:
+            raise DiskIO(f"list directory failed on {path!r}: [Errno 5] Input/output error")
+
+        monkeypatch.setattr(instance.fs, "listdir", broken)
+        instance.checkpoint()
+        assert instance.state.value == "open"
+        assert "list directory" in str(instance.log_delete_error)
+        monkeypatch.setattr(instance.fs, "listdir", listdir)
+        commit_rows(db, 300, 300)
+        instance.checkpoint()
+        assert instance.log_delete_error is None and instance.logs_deleted > 0
+    assert "log_delete_failed" in (tmp_path / "events.jsonl").read_text()

@@ -1398,10 +1398,9 @@ class Instance:
         just moved), ascending, stopping at the first failure; see `jetstore.log.policy`.
         """
         limit = self._deletion_limit()
-        victims = deletable(self._archived_generations(), limit)
-        if not victims:
+        victims, deleted, error = self._delete_below(limit)
+        if not victims and error is None:
             return
-        deleted, error = self._unlink_generations(victims)
         if error is not None and self.log_delete_error is None:
             self.events.emit(
                 "log_delete_failed",
@@ -1412,6 +1411,18 @@ class Instance:
         self.log_delete_error = error
         if deleted:
             self._report_deleted("circular logging", deleted, limit.keep_from, limit.reason)
+
+    def _delete_below(self, limit: DeletionLimit) -> tuple[list[int], list[int], JetError | None]:
+        """Housekeeping after a durable checkpoint or a completed backup, never raising: the
+        closed generations below `limit` found in the directory, those of them deleted
+        (`_unlink_generations`), and the error that stopped it; a directory that cannot be
+        listed deletes nothing (no victims, and the error)."""
+        try:
+            victims = deletable(self._archived_generations(), limit)
+        except JetError as exc:
+            return [], [], exc
+        deleted, error = self._unlink_generations(victims)
+        return victims, deleted, error
 
     def _unlink_generations(self, victims: list[int]) -> tuple[list[int], JetError | None]:
         """Delete closed generations in ascending order, stopping at the first failure, so
@@ -1638,8 +1649,7 @@ class Instance:
             limit = self._deletion_limit(margin=0)
             if first_copied < limit.keep_from:
                 limit = DeletionLimit(first_copied, f"the backup copied from {first_copied}")
-            victims = deletable(self._archived_generations(), limit)
-            deleted, error = self._unlink_generations(victims)
+            victims, deleted, error = self._delete_below(limit)
             if error is not None:
                 # Deletion is housekeeping: what could not be deleted stays, in order, and
                 # the next truncation or `logs remove` tries again (as circular logging does).
@@ -2006,7 +2016,9 @@ def _background_loop(
 
 
 def _deletion_failure(victims: list[int], deleted: list[int], error: JetError) -> str:
-    """What `Instance._unlink_generations` could not do, for a log_delete_failed event."""
+    """What `Instance._delete_below` could not do, for a log_delete_failed event."""
+    if not victims:
+        return f"could not list the log files: {error.brief()}"
     if len(deleted) < len(victims):
         return (
             f"could not delete log generation {victims[len(deleted)]}: {error.brief()}; "
