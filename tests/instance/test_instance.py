@@ -848,7 +848,9 @@ def test_a_sync_failure_reported_to_a_roll_stops_a_checkpoint_of_the_same_file(
             for i in range(1000, 1100):
                 with db.transaction() as txn:
                     txn.table("t").insert({"id": i, "v": "x" * 3000})
-        assert info.value.code == -1022
+        # The roll's own committer gets the header's error (D9); had the background
+        # thread led that flush, the log's failure.
+        assert info.value.code in (-1022, -510)
         assert instance.log.current_generation > generation
     finally:
         resume.set()
