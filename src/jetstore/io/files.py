@@ -19,6 +19,9 @@ Invariants:
   for anything else that is not a regular file (a FIFO, a device, a socket: InvalidPath
   naming it); the open itself never blocks on a FIFO that has no writer.
 - `pwrite` writes everything or raises; `pread` returns fewer bytes only at end of file.
+- Syncs are sticky per open file (fsyncgate, `File._sync`): the syncs of a `File` run one at
+  a time, and once one failed every later one raises that failure, since the kernel reports
+  a failed writeback only once and a later sync that succeeds proves nothing.
 - Every durability-relevant operation (create, write, fsync, fdatasync, directory fsync,
   rename, unlink, truncate) first goes through the file system's `hook`, if one is set. The
   hook sees the operation before it happens and may raise `OSError` to inject a fault; the
