@@ -4,6 +4,7 @@ path) and the text output."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -136,6 +137,31 @@ def test_backup_of_an_open_instance_without_a_control_socket(clean: Path, tmp_pa
         assert "control socket" in err
     finally:
         inst.close()
+
+
+def test_an_offline_backup_the_os_refuses_is_not_taken_for_an_open_instance(
+    clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory lock refused by the OS (a read-only mount, no permission: the error has
+    an errno) is not a lock held by another opener: the backup used to fall back to the
+    online path and report an instance "without a control socket" that was not running."""
+    from jetstore.cli import backup_cmd
+    from jetstore.errors import FileAccessDenied
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        error = FileAccessDenied(
+            "cannot create the lock file: Read-only file system", path=str(clean / "jetstore.lock")
+        )
+        error.errno = errno.EROFS
+        raise error
+
+    monkeypatch.setattr(backup_cmd, "backup_offline", refused)
+    code, document = invoke_json("backup", clean, "--to", tmp_path / "set")
+    assert code != 0
+    error = document["error"]
+    assert error["name"] == "FileAccessDenied"
+    assert "Read-only file system" in error["detail"]
+    assert "control socket" not in json.dumps(document)
 
 
 def test_backup_usage_errors(clean: Path, tmp_path: Path) -> None:

@@ -208,7 +208,14 @@ def backup_command(
                     source, target, recover=recover, compress=compress, progress=report
                 )
             except FileAccessDenied as exc:
-                if exc.path is None or os.path.basename(exc.path) != LOCK_FILE:
+                # With an errno the OS refused the lock file (a read-only mount, no
+                # permission): nobody holds it, and the online path would report an
+                # instance that is not running.
+                if (
+                    exc.errno is not None
+                    or exc.path is None
+                    or os.path.basename(exc.path) != LOCK_FILE
+                ):
                     raise
                 # Opened by another process since the check above.
                 try:
