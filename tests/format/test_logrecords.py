@@ -238,7 +238,7 @@ def test_binding_records_refuse_a_bad_signature_and_unknown_types_are_named() ->
     err = assert_corrupt(decode_record, b"\x07" + bytes(40), POSITION)
     assert "unknown record type 7" in str(err)
     assert str(POSITION) in str(err)
-    # Not sent to `logs verify`, which checks frames and finds these intact.
+    # Sent to the record's listing; `logs verify` reports it with this hint, not to itself.
     assert "dump logs DIR --records" in str(err) and "newer engine" in str(err)
     assert "logs verify" not in str(err)
 

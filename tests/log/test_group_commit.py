@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +21,7 @@ import jetstore
 import jetstore.log.writer as writer_module
 from jetstore.errors import LogWriteFail
 from jetstore.format.common import Signature
+from jetstore.format.logrecords import OP_PUT, CommitRecord, decode_record, encode_commit
 from jetstore.format.positions import LogPosition
 from jetstore.io import FileSystem, HandleRegistry, IOEvent
 from jetstore.log.reader import scan_to_end, take_inventory
@@ -480,13 +481,18 @@ def test_an_interrupt_at_any_line_of_append_never_leaves_a_log_recovery_refuses(
         line for line in _lines_of(code) if line != first and source[line - first].strip() != "try:"
     ]
     outcomes = set()
+
+    def record(key: bytes, value: bytes = b"") -> bytes:
+        # Records that decode: `verify_logs` decodes every record, as recovery does.
+        return encode_commit(1, 1, 0, [(OP_PUT, key, value)])
+
     for line in lines:
         directory = str(tmp_path_factory.mktemp(f"append{line}"))
         w = make_writer(directory)
-        w.wait_durable(w.append(b"before"))
+        w.wait_durable(w.append(record(b"before")))
         sys.settrace(_interrupt_at(code, line))
         try:
-            w.append(b"interrupted")
+            w.append(record(b"interrupted"))
         except KeyboardInterrupt:
             pass
         finally:
@@ -494,7 +500,7 @@ def test_an_interrupt_at_any_line_of_append_never_leaves_a_log_recovery_refuses(
         try:
             # Enough records to roll: the next header carries the checksum of this one.
             for i in range(SIZE // 256):
-                w.wait_durable(w.append(b"next %d " % i + b"x" * 400))
+                w.wait_durable(w.append(record(b"next %d" % i, b"x" * 400)))
             outcomes.add("served")
         except LogWriteFail:
             outcomes.add("failed")
@@ -502,8 +508,9 @@ def test_an_interrupt_at_any_line_of_append_never_leaves_a_log_recovery_refuses(
         payloads = read_payloads(directory)  # raises if recovery would refuse the log
         report = verify_logs(FileSystem(HandleRegistry("verify")), directory)
         assert report.ok, (line, [str(p) for p in report.problems])
-        assert payloads[0] == b"before", line
-        assert all(p == b"interrupted" or p.startswith(b"next") for p in payloads[1:]), line
+        assert payloads[0] == record(b"before"), line
+        keys = [cast(CommitRecord, decode_record(p)).operations[0][1] for p in payloads[1:]]
+        assert all(k == b"interrupted" or k.startswith(b"next") for k in keys), line
     assert outcomes == {"served", "failed"}, outcomes
 
 

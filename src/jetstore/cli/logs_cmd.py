@@ -9,8 +9,10 @@ This module owns the three `logs` commands:
   in a generation below it is a warning ("not needed", removable), damage in a generation
   recovery reads stays an error, and when nothing trustworthy says where recovery starts
   (no valid checkpoint file and no database of the stream, an unreadable database header)
-  every generation counts as needed. Exit 0 when no problem has severity "error" (a torn
-  tail of the newest log is normal after a crash and is shown as a note), 1 otherwise.
+  every generation counts as needed. Every record is decoded (`check_record`): the first
+  one of a generation that does not decode is an error of check "record". Exit 0 when no
+  problem has severity "error" (a torn tail of the newest log is normal after a crash and is
+  shown as a note), 1 otherwise.
   `result` is `LogVerification.as_dict()` (with `recovery_needs`); when DIR holds no log file
   at all it also has `databases_needing_logs` (the databases not cleanly shut down, or whose
   header cannot be read), and `ok` is false (exit 1) unless that list is empty.
@@ -163,7 +165,8 @@ def _print_verification(result: dict[str, Any]) -> None:
 @json_option
 @command_errors("logs verify")
 def logs_verify_command(directory: str, as_json: bool) -> None:
-    """Check every log file of DIR, read-only (esentutl /ml): headers, the chain, every frame.
+    """Check every log file of DIR, read-only (esentutl /ml): headers, the chain, every frame,
+    every record (decoded as recovery decodes it).
 
     Exits 0 when recovery can use the logs (a torn tail of the newest log is normal after a
     crash; damage in a generation recovery no longer reads is a warning), 1 when a problem

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -85,8 +86,8 @@ _PUT_HEAD = struct.Struct("<BH")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 #: The way out of a record that cannot be decoded. Its frame's checksum held (the bytes are as
-#: written), so `jetstore logs verify`, which checks frames, finds nothing: the record's own
-#: listing is where to look.
+#: written): `jetstore logs verify` names the first such record of each generation
+#: (`check_record`), and the record's own listing shows it.
 UNDECODABLE_RECORD_HINT: Final = (
     "The log's frames are intact; the record itself is not one this engine reads. Run "
     "`jetstore dump logs DIR --records` to see it and the records around it. An unknown "
@@ -391,17 +392,52 @@ def decode_record(data: bytes, position: LogPosition | None = None) -> LogRecord
             "the engine that wrote it)"
         )
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
-        where = f" at log position {position}" if position is not None else ""
-        raise LogFileCorrupt(
-            f"undecodable log record{where}: {exc}", hint=UNDECODABLE_RECORD_HINT
-        ) from exc
+        raise _undecodable(exc, position) from exc
+
+
+def _undecodable(exc: Exception, position: LogPosition | None) -> LogFileCorrupt:
+    where = f" at log position {position}" if position is not None else ""
+    return LogFileCorrupt(f"undecodable log record{where}: {exc}", hint=UNDECODABLE_RECORD_HINT)
+
+
+def check_record(data: bytes | bytearray, position: LogPosition | None = None) -> int:
+    """Decode one reassembled record as `decode_record` does, keeping nothing of it; returns
+    its type. `LogFileCorrupt` (decode_record's) when it does not decode.
+
+    For `jetstore logs verify`, which decodes every record of a log: a COMMIT's operations
+    are walked over a view of `data` (the record may be a bytearray the frames were
+    gathered into), never listed, so a record of millions of operations costs no more
+    memory than its bytes."""
+    kind = record_type(data)
+    if kind != RECORD_COMMIT:
+        # The other types are small by format (a u16-long name at most).
+        decode_record(data if isinstance(data, bytes) else bytes(data), position)
+        return kind
+    try:
+        view = memoryview(data)
+        _COMMIT_HEAD.unpack_from(view, 0)
+        deque(_commit_operations(view), maxlen=0)
+    except (struct.error, ValueError) as exc:
+        raise _undecodable(exc, position) from exc
+    return kind
 
 
 def _decode_commit(data: bytes) -> CommitRecord:
-    _, db_id, txn_id, time_us, count = _COMMIT_HEAD.unpack_from(data, 0)
+    _, db_id, txn_id, time_us, _count = _COMMIT_HEAD.unpack_from(data, 0)
+    # Keys and values are slices of `data`: bytes here.
+    operations = cast("list[Operation]", list(_commit_operations(data)))
+    return CommitRecord(db_id, txn_id, time_us, operations)
+
+
+def _commit_operations(
+    data: bytes | memoryview,
+) -> Iterator[tuple[int, bytes | memoryview, bytes | memoryview | None]]:
+    """The operations of a COMMIT record, one at a time, keys and values slices of `data`;
+    raises (struct.error, ValueError) at the first malformed one, or after the last when
+    bytes trail it. Lazy, and over a view without copies, so that `check_record` walks a
+    record of millions of operations, or one 64 MiB value, without a second copy of it."""
+    (count,) = _U32.unpack_from(data, _COMMIT_HEAD.size - 4)
     pos = _COMMIT_HEAD.size
-    operations: list[Operation] = []
-    append = operations.append
     put_head = _PUT_HEAD.unpack_from
     u32 = _U32.unpack_from
     end = len(data)
@@ -417,19 +453,18 @@ def _decode_commit(data: bytes) -> CommitRecord:
             pos += value_length
             if pos > end:
                 raise ValueError("operation runs past the end of the record")
-            append((OP_PUT, key, value))
+            yield (OP_PUT, key, value)
         elif op == OP_DELETE:
             if pos > end:
                 raise ValueError("operation runs past the end of the record")
-            append((OP_DELETE, key, None))
+            yield (OP_DELETE, key, None)
         else:
             raise ValueError(f"unknown operation {op}")
     if pos != end:
         raise ValueError(f"{end - pos} trailing bytes after the last operation")
-    return CommitRecord(db_id, txn_id, time_us, operations)
 
 
-def record_type(data: bytes) -> int:
+def record_type(data: bytes | bytearray) -> int:
     """The type byte of a reassembled record (0 for an empty one)."""
     return data[0] if data else 0
 

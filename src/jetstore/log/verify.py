@@ -10,7 +10,8 @@ Invariants:
 - Damage is a finding, never an exception: a file that cannot be opened, read or decoded is a
   reported problem. Only an unusable directory raises (`FileNotFound`, `InvalidPath`, or the
   error the operating system gave for listing it).
-- One log file is held in memory at a time (at most its `log_file_size` bytes). `edbtmp.log`
+- One log file is held in memory at a time (at most its `log_file_size` bytes), and the one
+  record being reassembled (see "every reassembled record decodes" below). `edbtmp.log`
   (prepared, not yet part of the log) and the reserve logs are not examined.
 - Frames, headers and checksums are decoded by `jetstore.format` (`decode_log_header`,
   `decode_frame`, `find_next_valid_frame`, `accumulate`); nothing here re-implements a codec.
@@ -41,6 +42,15 @@ What is checked (the error class named in a problem is the one recovery would ra
 - records reassemble (FULL, or FIRST … MIDDLE … LAST): a record interrupted inside a
   generation or a continuation frame without a beginning is `LogFileCorrupt`. Records are
   counted in the generation where they end.
+- every reassembled record decodes, by the decoder recovery's refusal comes from
+  (`jetstore.format.logrecords.check_record`: `decode_record`'s checks, a COMMIT's
+  operations walked, not built): an unknown type, a field cut short, an operation running
+  past the end, trailing bytes are `LogFileCorrupt` (check "record"), reported in the file
+  where the record starts at the record's offset, the first one of each generation only
+  (a frame with a valid checksum around bad bytes is a writer's bug, or a newer engine's
+  record type: one report per generation says where recovery stops). Nothing is built from
+  the records (no tree, no operation list); a record spanning generations is gathered frame
+  by frame, so memory is one log file plus the one record being gathered.
 
 Severities: "error" means recovery would refuse these logs (or lose acknowledged data);
 "warning" means something unusual that recovery tolerates; "info" is a normal consequence of
@@ -97,6 +107,7 @@ from jetstore.format.logheader import (
     decode_log_header,
     log_file_length_problem,
 )
+from jetstore.format.logrecords import check_record
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
 from jetstore.log.reader import stream_signature_of
@@ -137,7 +148,8 @@ class LogProblem:
 
     `check` is a stable short name of the check that found it: "directory", "header",
     "read", "generation-name", "size", "signature", "duplicate", "missing", "current-log",
-    "sequence", "frame", "end", "checksum", "torn-tail", "records".
+    "sequence", "frame", "end", "checksum", "torn-tail", "records", "record" (a reassembled
+    record that does not decode).
     """
 
     severity: Severity
@@ -355,6 +367,10 @@ class _Entry:
     torn: bool = False
     #: Start of a record still open at the end of the frames (continues in the next file).
     open_record: LogPosition | None = None
+    #: That record's bytes so far and the file it starts in; taken (and dropped from here)
+    #: by the next generation's scan, so no more than one record is held.
+    open_record_data: bytearray | None = None
+    open_record_entry: _Entry | None = None
 
     @property
     def generation(self) -> int | None:
@@ -373,6 +389,9 @@ class _Carry:
     #: The previous generation could not be verified: a first frame may continue a record
     #: whose beginning is not available.
     unknown_before: bool = True
+    #: The open record's bytes so far and the file it starts in (None: not known).
+    record_data: bytearray | None = None
+    record_entry: _Entry | None = None
 
 
 class _Verifier:
@@ -395,6 +414,8 @@ class _Verifier:
         self._problems: list[LogProblem] = []
         self._entries: list[_Entry] = []
         self._stream_signature: Signature | None = None
+        #: Generations in which an undecodable record was reported (the first one only).
+        self._undecodable_in: set[int] = set()
 
     # ----------------------------------------------------------------- reporting
 
@@ -699,7 +720,13 @@ class _Verifier:
                 expected_end = self._recorded_end(entry, header, successor)
             newest = generation == highest and newest_known
             self._verify_frames(entry, header, expected_end, newest=newest, carry=carry)
-            carry = _Carry(entry.open_record, unknown_before=False)
+            carry = _Carry(
+                entry.open_record,
+                unknown_before=False,
+                record_data=entry.open_record_data,
+                record_entry=entry.open_record_entry,
+            )
+            entry.open_record_data = entry.open_record_entry = None
 
     def _recorded_end(self, entry: _Entry, header: LogFileHeader, successor: _Entry) -> int | None:
         """Where `successor`'s header says `entry`'s frames end, if it links to `entry`."""
@@ -855,6 +882,8 @@ class _FrameScan:
         self._expected_end = expected_end
         self._newest = newest
         self._open_record = carry.open_record
+        self._record_data = carry.record_data
+        self._record_entry = carry.record_entry
         self._unknown_before = carry.unknown_before
         self._limit = min(len(data), header.log_file_size)
         self._damaged = False
@@ -899,6 +928,9 @@ class _FrameScan:
                 else None,
             )
         entry.open_record = self._open_record
+        if self._open_record is not None:
+            entry.open_record_data = self._record_data
+            entry.open_record_entry = self._record_entry
 
     # frames
 
@@ -930,11 +962,14 @@ class _FrameScan:
                         f"interrupted by a new record at {position}",
                         frame.offset,
                     )
-            self._open_record = None
+            self._drop_record()
             if kind == KIND_FULL:
                 entry.records += 1
+                self._decode(frame.payload, position, entry)
             else:
                 self._open_record = position
+                self._record_data = bytearray(frame.payload)
+                self._record_entry = entry
             return
         if self._open_record is None:
             if not (at_start and self._unknown_before):
@@ -947,9 +982,38 @@ class _FrameScan:
                 )
             # Otherwise the record began in a generation that is gone or unusable.
             return
+        data = self._record_data
+        if data is not None:
+            data += frame.payload
         if kind == KIND_LAST:
             entry.records += 1
-            self._open_record = None
+            if data is not None and self._record_entry is not None:
+                self._decode(data, self._open_record, self._record_entry)
+            self._drop_record()
+
+    def _drop_record(self) -> None:
+        self._open_record = None
+        self._record_data = self._record_entry = None
+
+    def _decode(self, record: bytes | bytearray, start: LogPosition, owner: _Entry) -> None:
+        """Decode a whole record as recovery would (`check_record`); report the first one of
+        a generation that does not decode, in the file where it starts."""
+        undecodable_in = self._v._undecodable_in
+        if start.generation in undecodable_in:
+            return
+        try:
+            check_record(record, start)
+        except LogFileCorrupt as exc:
+            undecodable_in.add(start.generation)
+            self._v._report_on(
+                owner,
+                "error",
+                "record",
+                LogFileCorrupt,
+                f"in {owner.name}: {exc.detail} ({len(record)} bytes; recovery stops at it; "
+                f"only the first such record of a generation is reported). {exc.hint}",
+                offset=start.offset,
+            )
 
     def _next_valid(self, offset: int, bound: int) -> Frame | None:
         frame = find_next_valid_frame(self._data, offset, self._generation)
@@ -999,7 +1063,7 @@ class _FrameScan:
             f"{expected_end}){resumes}",
             offset,
         )
-        self._open_record = None
+        self._drop_record()
         self._unknown_before = False
         return None if later is None else later.offset
 
@@ -1023,7 +1087,7 @@ class _FrameScan:
                 f"synced; valid frames resume at offset {first_later.offset}",
                 offset,
             )
-            self._open_record = None
+            self._drop_record()
             self._unknown_before = False
             return first_later.offset
         if first_later is None and self._data.count(0, offset, self._limit) == self._limit - offset:
