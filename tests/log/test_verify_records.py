@@ -338,6 +338,9 @@ def test_verify_reports_where_recovery_refuses(tmp_path: Path, what: str) -> Non
     with pytest.raises(LogFileCorrupt) as refused:
         jetstore.open(tmp_path, log_file_size=SMALL_FILE)
     assert refused.value.code == -501
+    # Where the record starts, as `logs verify` and `dump logs --records` name it (replay
+    # named the end of the record: the next record's position).
+    assert f"at log position {problem.position}:" in refused.value.detail
     assert "jetstore dump logs" in refused.value.hint
 
 

@@ -597,8 +597,10 @@ class Database:
 
     # ----------------------------------------------------------------- recovery
 
-    def apply_replayed(self, payload: bytes, position: LogPosition) -> None:
-        """Take a committed record found in the log (recovery; single-threaded).
+    def apply_replayed(self, payload: bytes, start: LogPosition, end: LogPosition) -> None:
+        """Take the committed record at `start` (ending at `end`) found in the log (recovery;
+        single-threaded). An undecodable record is named by `start`, as `logs verify` and
+        `dump logs --records` name it.
 
         Changes are gathered (last write per key wins, in log order) and applied in key order
         by `finish_replay`, or earlier when a lot has gathered: far cheaper than one
@@ -609,10 +611,10 @@ class Database:
         # Into a scratch map first: a record that turns out undecodable halfway (recovery with
         # accept_data_loss then stops before it) must leave none of its operations behind.
         record: dict[bytes, bytes | None] = {}
-        size = gather_commit_operations(payload, record, position)
+        size = gather_commit_operations(payload, record, start)
         changes.update(record)
         self._replay_bytes += size + 32 * (len(changes) - before)
-        self._replay_end = position
+        self._replay_end = end
         if self._replay_bytes >= _REPLAY_BATCH_BYTES:
             self.finish_replay()
 

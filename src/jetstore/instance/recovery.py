@@ -237,7 +237,7 @@ def _recover(
     # Databases become live objects now; replay applies to their in-memory trees only.
     databases = instance.attach_recovered(files, outcome)
     matcher = RecordMatcher(files, decided, restoring=restore is not None)
-    pending_ops: dict[int, list[tuple[LogPosition, bytes]]] = {}
+    pending_ops: dict[int, list[tuple[LogPosition, LogPosition, bytes]]] = {}
     scanner = LogScanner(fs, inventory, owner=instance.owner, signature=decided.signature)
     last_good: LogPosition | None = None
     scan_stopped = False
@@ -251,12 +251,12 @@ def _recover(
             found = matcher.match(entry)
             if found is not None:
                 if found.kind == "apply":
-                    databases[found.name].apply_replayed(entry.payload, entry.end)
+                    databases[found.name].apply_replayed(entry.payload, entry.start, entry.end)
                     brought_forward.add(found.name)
                 elif found.kind == "create":
                     pending_ops[found.database_id] = []
                 elif found.kind == "pending":
-                    pending_ops[found.database_id].append((entry.end, entry.payload))
+                    pending_ops[found.database_id].append((entry.start, entry.end, entry.payload))
                 matcher.count(found)
             last_good = entry.end
     except SCAN_STOPS as exc:
@@ -297,8 +297,8 @@ def _recover(
             partial.close()
             instance.fs.unlink(partial.path)
         db = instance.create_database_file(create)
-        for end, payload in pending_ops[db_id]:
-            db.apply_replayed(payload, end)
+        for start_at, end, payload in pending_ops[db_id]:
+            db.apply_replayed(payload, start_at, end)
         db.finish_replay()
         outcome.created.append(create.name)
     if inventory.interrupted_roll is not None:
