@@ -4,7 +4,9 @@ recovery would refuse it, and never passes as "ok".
 
 The logs are written here frame by frame (`write_stream`: real headers, a chain that links,
 valid checksums around any payload), so every kind of bad record can be placed anywhere,
-including a record split over several generations.
+including a record split over several generations. On real instances
+(`crashed_with_bad_last_commit`), recovery refuses the same record at the same position,
+as `LogFileCorrupt`, and with accept_data_loss stops before it.
 """
 
 from __future__ import annotations
@@ -361,3 +363,23 @@ def test_logs_verify_command_reports_the_record_and_exits_1(
     text = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert f"{CURRENT_LOG} @ {offset} LogFileCorrupt (-501)" in text
     assert "undecodable log record at log position 00000001:" in text
+
+
+def read_ids(instance: jetstore.Instance) -> list[int]:
+    with instance.database("main").transaction() as txn:
+        return [row["id"] for row in txn.table("t").scan()]
+
+
+def test_a_bad_record_of_a_database_recreated_from_the_log_stops_replay(tmp_path: Path) -> None:
+    """The file of a database the replayed log creates is gone: recovery makes it again from
+    the CREATE record and keeps its records until the scan ends. A bad one among them was
+    found only then, after the scan: with accept_data_loss the refusal escaped instead of
+    replay stopping before the record, and without it a half-made file was left behind."""
+    offset = crashed_with_bad_last_commit(tmp_path, MUTATIONS["unknown operation"])
+    (tmp_path / "main.edb").unlink()
+    with pytest.raises(LogFileCorrupt, match=f"at log position 00000001:{offset:08X}:"):
+        jetstore.open(tmp_path, log_file_size=SMALL_FILE)
+    assert not (tmp_path / "main.edb").exists()
+    with jetstore.open(tmp_path, log_file_size=SMALL_FILE, accept_data_loss=True) as instance:
+        assert instance.recovery is not None and instance.recovery.data_loss is not None
+        assert read_ids(instance) == [0, 1]

@@ -56,6 +56,7 @@ from jetstore.format.logrecords import (
     RECORD_COMMIT,
     RECORD_CREATE_DATABASE,
     CreateDatabaseRecord,
+    check_record,
     commit_time_us,
     decode_record,
     record_type,
@@ -256,6 +257,9 @@ def _recover(
                 elif found.kind == "create":
                     pending_ops[found.database_id] = []
                 elif found.kind == "pending":
+                    # Applied after the scan, once the file is made: decoded now, so that a
+                    # bad record stops the scan here (or refuses) before any file is made.
+                    check_record(entry.payload, entry.start)
                     pending_ops[found.database_id].append((entry.start, entry.end, entry.payload))
                 matcher.count(found)
             last_good = entry.end
