@@ -10,6 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jetstore.errors import JetError, LogFileCorrupt
+from jetstore.format.common import PAGE_SIZES
 from jetstore.format.logrecords import (
     OP_DELETE,
     OP_PUT,
@@ -25,6 +26,8 @@ from jetstore.format.logrecords import (
     DetachDatabaseRecord,
     ShutdownRecord,
     StartRecord,
+    check_record,
+    commit_time_us,
     decode_commit_header,
     decode_record,
     encode_attach_database,
@@ -49,7 +52,8 @@ OPERATIONS = st.lists(
     ),
     max_size=20,
 )
-NAMES = st.text(max_size=40)
+#: The names the engine makes databases with (`is_valid_database_name`).
+NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", fullmatch=True)
 
 POSITION = LogPosition(0x2A, 0x1000)
 
@@ -74,11 +78,11 @@ def sample_records() -> list[bytes]:
         ),
         encode_commit(1, 1, 0, []),
         encode_create_database(2, 8192, bytes(range(16)), 123456, "orders_2024"),
-        encode_create_database(9, 4096, b"\xff" * 16, 0, "naïve-数据"),
+        encode_create_database(9, 4096, b"\xff" * 16, 0, "naive-data"),
         encode_shutdown(2**63),
         encode_start(5),
         encode_detach_database(2, bytes(range(16)), 123456, "other"),
-        encode_attach_database(2, b"\xfe" * 16, 7, "naïve-数据"),
+        encode_attach_database(2, b"\xfe" * 16, 7, "naive-data"),
     ]
 
 
@@ -183,7 +187,7 @@ def test_create_database_layout() -> None:
 @settings(max_examples=100)
 @given(
     db=U32,
-    page_size=U32,
+    page_size=st.sampled_from(sorted(PAGE_SIZES)),
     signature=st.binary(min_size=16, max_size=16),
     sig_time=U64,
     name=NAMES,
@@ -199,13 +203,34 @@ def test_create_database_round_trip(
     )
 
 
-@pytest.mark.parametrize("name", ["", "a", "orders", "naïve", "数据库", "emoji-🗄️", "x" * 1000])
-def test_create_database_unicode_names(name: str) -> None:
+@pytest.mark.parametrize("name", ["a", "orders", "_x-1", "x" * 64])
+def test_create_database_names(name: str) -> None:
     data = encode_create_database(1, 8192, b"S" * 16, 99, name)
     record = decode_record(data)
     assert isinstance(record, CreateDatabaseRecord)
     assert record.name == name
     assert record.signature_random == b"S" * 16
+
+
+@pytest.mark.parametrize(
+    "name", ["", "naïve", "数据库", "emoji-🗄️", "x" * 65, "a/b", "..", "x\x00y", "1st"]
+)
+def test_names_the_engine_never_makes_are_corrupt(name: str) -> None:
+    # Replay makes a file of the name: a NUL, "/" or ".." would reach the file system.
+    for data in (
+        encode_create_database(1, 8192, b"S" * 16, 99, name),
+        encode_attach_database(1, b"S" * 16, 99, name),
+        encode_detach_database(1, b"S" * 16, 99, name),
+    ):
+        err = assert_corrupt(decode_record, data, POSITION)
+        assert "is not one this engine makes" in err.detail and str(POSITION) in err.detail
+
+
+@pytest.mark.parametrize("page_size", [0, 3, 2048, 65536, 2**32 - 1])
+def test_a_page_size_the_engine_does_not_have_is_corrupt(page_size: int) -> None:
+    data = encode_create_database(1, page_size, b"S" * 16, 99, "main")
+    err = assert_corrupt(decode_record, data, POSITION)
+    assert f"page size {page_size}" in err.detail
 
 
 def test_detach_and_attach_layout() -> None:
@@ -299,10 +324,23 @@ def test_gather_and_header_reject_malformed_commits() -> None:
 
 
 def check_only_corrupt(data: bytes) -> None:
-    """The three decoders either succeed or raise LogFileCorrupt, and agree with each other."""
+    """The decoders either succeed or raise LogFileCorrupt, and agree with each other:
+    `check_record` (`logs verify`) refuses exactly what `decode_record` refuses."""
     decoded = None
     try:
         decoded = decode_record(data, POSITION)
+    except LogFileCorrupt:
+        pass
+    for copy in (data, bytearray(data)):
+        try:
+            kind = check_record(copy, POSITION)
+        except LogFileCorrupt as exc:
+            assert decoded is None, exc
+            assert str(POSITION) in exc.detail
+        else:
+            assert decoded is not None and kind == record_type(data)
+    try:
+        commit_time_us(data, POSITION)
     except LogFileCorrupt:
         pass
     try:
@@ -350,10 +388,10 @@ def test_every_truncation_of_valid_records_is_corrupt() -> None:
 def test_every_single_byte_mutation_only_raises_log_file_corrupt() -> None:
     small = [
         encode_commit(3, 77, 5, [(OP_PUT, b"ab", b"xyz"), (OP_DELETE, b"q", None)]),
-        encode_create_database(2, 8192, bytes(range(16)), 1, "naïve"),
+        encode_create_database(2, 8192, bytes(range(16)), 1, "naive"),
         encode_shutdown(7),
         encode_start(8),
-        encode_detach_database(2, bytes(range(16)), 1, "naïve"),
+        encode_detach_database(2, bytes(range(16)), 1, "naive"),
         encode_attach_database(2, bytes(range(16)), 1, "db"),
     ]
     for data in small:

@@ -49,6 +49,7 @@ from jetstore.format.logrecords import (
     encode_attach_database,
     encode_commit,
     encode_create_database,
+    encode_detach_database,
     encode_start,
 )
 from jetstore.format.positions import LogPosition
@@ -383,3 +384,47 @@ def test_a_bad_record_of_a_database_recreated_from_the_log_stops_replay(tmp_path
     with jetstore.open(tmp_path, log_file_size=SMALL_FILE, accept_data_loss=True) as instance:
         assert instance.recovery is not None and instance.recovery.data_loss is not None
         assert read_ids(instance) == [0, 1]
+
+
+def append_record(directory: Path, payload: bytes) -> LogPosition:
+    """A FULL frame holding `payload` after the last valid frame of `edb.log`."""
+    log = directory / CURRENT_LOG
+    data = bytearray(log.read_bytes())
+    generation = decode_log_header(bytes(data[:LOG_HEADER_SIZE]), path=str(log)).generation
+    offset = LOG_HEADER_SIZE
+    while (frame := decode_frame(bytes(data), offset, generation)) is not None:
+        offset = frame.next_offset
+    frame_bytes, _ = encode_frame(generation, offset, offset, KIND_FULL, payload)
+    data[offset : offset + len(frame_bytes)] = frame_bytes
+    log.write_bytes(bytes(data))
+    return LogPosition(generation, offset)
+
+
+#: Records that decode field by field but that this engine never writes: a database name it
+#: refuses (a NUL made recovery fail with a bare ValueError from the file system, a "/" or
+#: an empty name made it create files outside the naming scheme) or a page size it has not.
+NEVER_WRITTEN = {
+    "name with a NUL": encode_create_database(5, 8192, b"r" * 16, 5, "x\x00y"),
+    "name with a slash": encode_create_database(5, 8192, b"r" * 16, 5, "a/b"),
+    "empty name": encode_create_database(5, 8192, b"r" * 16, 5, ""),
+    "dot-dot name": encode_create_database(5, 8192, b"r" * 16, 5, ".."),
+    "page size 3": encode_create_database(5, 3, b"r" * 16, 5, "other"),
+    "attach of a name with a NUL": encode_attach_database(9, b"q" * 16, 5, "a\x00"),
+    "detach of a name with a slash": encode_detach_database(9, b"q" * 16, 5, "../main"),
+}
+
+
+@pytest.mark.parametrize("what", list(NEVER_WRITTEN))
+def test_a_record_this_engine_never_writes_is_refused_where_it_is(
+    tmp_path: Path, what: str
+) -> None:
+    crashed_with_bad_last_commit(tmp_path, lambda record: None)
+    position = append_record(tmp_path, NEVER_WRITTEN[what])
+    (problem,) = verify(tmp_path).errors
+    assert (problem.check, problem.position) == ("record", position)
+    with pytest.raises(LogFileCorrupt, match=f"at log position {position}:"):
+        jetstore.open(tmp_path, log_file_size=SMALL_FILE)
+    assert [p.name for p in tmp_path.glob("*.edb*")] == ["main.edb"]
+    with jetstore.open(tmp_path, log_file_size=SMALL_FILE, accept_data_loss=True) as instance:
+        assert instance.recovery is not None and instance.recovery.data_loss is not None
+        assert read_ids(instance) == [0, 1, 2]

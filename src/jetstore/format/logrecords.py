@@ -19,7 +19,8 @@ CREATE_DATABASE (2): a database was created in this instance
   u32 database id
   u32 page size
   16s database signature random bytes, u64 signature time
-  u16 name length, name (utf-8)
+  u16 name length, name (utf-8; a name `is_valid_database_name` accepts, and for CREATE a
+  page size of `PAGE_SIZES`: anything else is no record this engine wrote)
 
 SHUTDOWN (3), START (4): reserved for later use (a clean shutdown, an open); decoded, never
   written by this engine
@@ -68,6 +69,8 @@ from operator import countOf, itemgetter, ne
 from typing import Final, cast
 
 from jetstore.errors import LogFileCorrupt
+from jetstore.format.common import PAGE_SIZES
+from jetstore.format.filenames import is_valid_database_name
 from jetstore.format.positions import LogPosition
 
 RECORD_COMMIT: Final = 1
@@ -372,7 +375,10 @@ def decode_record(data: bytes, position: LogPosition | None = None) -> LogRecord
             raw = data[start : start + name_length]
             if len(raw) != name_length or start + name_length != len(data):
                 raise ValueError("bad name length")
-            return CreateDatabaseRecord(db_id, page_size, sig, sig_time, raw.decode("utf-8"))
+            if page_size not in PAGE_SIZES:
+                raise ValueError(f"page size {page_size} is not one of {sorted(PAGE_SIZES)}")
+            name = _database_name(raw)
+            return CreateDatabaseRecord(db_id, page_size, sig, sig_time, name)
         if kind in (RECORD_SHUTDOWN, RECORD_START):
             if len(data) != _TIMED.size:
                 raise ValueError("bad length")
@@ -386,13 +392,23 @@ def decode_record(data: bytes, position: LogPosition | None = None) -> LogRecord
             if len(raw) != name_length or start + name_length != len(data):
                 raise ValueError("bad name length")
             cls = DetachDatabaseRecord if kind == RECORD_DETACH_DATABASE else AttachDatabaseRecord
-            return cls(db_id, sig, sig_time, raw.decode("utf-8"))
+            return cls(db_id, sig, sig_time, _database_name(raw))
         raise ValueError(
             f"unknown record type {kind} (a newer engine's record? the log file header names "
             "the engine that wrote it)"
         )
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise _undecodable(exc, position) from exc
+
+
+def _database_name(raw: bytes) -> str:
+    """The name of a CREATE, ATTACH or DETACH record: one the engine accepts
+    (`is_valid_database_name`), since every record is written with such a name. Replay
+    makes a file of it: another name (a NUL, a "/", "..") would reach the file system."""
+    name = raw.decode("utf-8")
+    if not is_valid_database_name(name):
+        raise ValueError(f"database name {name!r} is not one this engine makes")
+    return name
 
 
 def _undecodable(exc: Exception, position: LogPosition | None) -> LogFileCorrupt:
