@@ -428,3 +428,31 @@ def test_a_record_this_engine_never_writes_is_refused_where_it_is(
     with jetstore.open(tmp_path, log_file_size=SMALL_FILE, accept_data_loss=True) as instance:
         assert instance.recovery is not None and instance.recovery.data_loss is not None
         assert read_ids(instance) == [0, 1, 2]
+
+
+#: Commit records that decode but hold an entry no tree of the database holds: the engine
+#: refuses such a write before it logs it, so the record is no record it wrote. Replay
+#: failed with InvalidParameter and no position, in a batch after the record, and
+#: accept_data_loss did not stop before it.
+OVERSIZED = {
+    "key over 1024 bytes": (OP_PUT, b"k" * 1025, b"v"),
+    "entry over half a page": (OP_PUT, b"k", b"v" * 8000),
+}
+
+
+@pytest.mark.parametrize("recreated", [False, True], ids=["file present", "file re-created"])
+@pytest.mark.parametrize("what", list(OVERSIZED))
+def test_a_commit_no_tree_can_hold_is_refused_where_it_is(
+    tmp_path: Path, what: str, recreated: bool
+) -> None:
+    crashed_with_bad_last_commit(tmp_path, lambda record: None)
+    position = append_record(tmp_path, encode_commit(1, 99, 5, [OVERSIZED[what]]))
+    if recreated:
+        (tmp_path / "main.edb").unlink()
+    with pytest.raises(LogFileCorrupt, match=f"at log position {position}:") as refused:
+        jetstore.open(tmp_path, log_file_size=SMALL_FILE)
+    assert "main" in refused.value.detail and "jetstore dump logs" in refused.value.hint
+    assert [p.name for p in tmp_path.glob("*.edb*")] == ([] if recreated else ["main.edb"])
+    with jetstore.open(tmp_path, log_file_size=SMALL_FILE, accept_data_loss=True) as instance:
+        assert instance.recovery is not None and instance.recovery.data_loss is not None
+        assert read_ids(instance) == [0, 1, 2]

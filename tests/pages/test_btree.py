@@ -47,6 +47,7 @@ from jetstore.pages.btree import (
     max_entry_size,
     min_fill,
     node_ref,
+    oversized_entry,
     page_crc_of,
     paired_entry_size,
     ref_crc,
@@ -959,3 +960,29 @@ def test_copied_branches_share_keys_until_a_separator_changes() -> None:
     for snapshot_root, snapshot_model, prints in kept:
         assert_unchanged(prints)
         assert list(iterate(store, snapshot_root)) == sorted(snapshot_model.items())
+
+
+def test_oversized_entry_finds_what_a_put_refuses_and_nothing_else() -> None:
+    page_size = 8192
+    fits = max_entry_size(page_size) - LEAF_ENTRY_OVERHEAD
+    cases: list[tuple[dict[bytes, bytes | None], bool]] = [
+        ({}, False),
+        ({b"k": b"v", b"d": None}, False),
+        ({b"k" * MAX_KEY_SIZE: b"v" * (fits - MAX_KEY_SIZE)}, False),
+        # The longest key and the longest value are of different entries: each fits.
+        ({b"k" * MAX_KEY_SIZE: b"", b"x": b"v" * (fits - 1)}, False),
+        ({b"d" * (MAX_KEY_SIZE + 1): None}, False),  # a delete adds no entry
+        ({b"a": b"", b"k" * (MAX_KEY_SIZE + 1): b"v"}, True),
+        ({b"a": None, b"k": b"v" * fits}, True),
+    ]
+    for changes, refused in cases:
+        size = sum(len(k) + len(v or b"") for k, v in changes.items())
+        problem = oversized_entry(changes, page_size, size)
+        assert (problem is not None) is refused, changes.keys()
+        for key, value in changes.items():
+            if value is None:
+                continue
+            try:
+                Mutation(MemoryNodeStore(page_size), None, 1, []).put(key, value)
+            except InvalidParameter as exc:
+                assert problem is not None and problem.detail == exc.detail

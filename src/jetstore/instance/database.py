@@ -42,9 +42,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from jetstore.errors import DatabaseNotFound, JetError, KeyDuplicate, WriteConflict
+from jetstore.errors import (
+    DatabaseNotFound,
+    JetError,
+    KeyDuplicate,
+    LogFileCorrupt,
+    WriteConflict,
+)
 from jetstore.format.common import now_us
 from jetstore.format.logrecords import (
+    UNDECODABLE_RECORD_HINT,
     encode_commit_changes,
     encode_commit_ordered,
     gather_commit_operations,
@@ -57,6 +64,7 @@ from jetstore.pages.btree import (
     count_dirty_nodes,
     iterate,
     merge_sorted_columns,
+    oversized_entry,
 )
 from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tables.catalog import NEXT_OBJECT_ID_KEY, TABLE_ENTRY_PREFIX
@@ -87,6 +95,29 @@ def _pause_writes_hint(during: str) -> str:
         f"pause the application's writes to the table while {during}, or try again when the "
         "table is less busy; nothing of the change was committed"
     )
+
+
+def gather_replayable(
+    payload: bytes, start: LogPosition, page_size: int, name: str
+) -> tuple[dict[bytes, bytes | None], int]:
+    """The changes of the COMMIT record at `start` for database `name` (pages of
+    `page_size`), and their bytes: `gather_commit_operations`, then the tree's entry limits.
+
+    The engine refuses an entry too large for its tree before it logs it, so a record with
+    one is no record it wrote: `LogFileCorrupt` at the record's position (recovery with
+    accept_data_loss stops before it), not the tree's InvalidParameter from a later batch.
+    Recovery calls this for records of a database it re-creates too, as the scan meets
+    them, before any file is made."""
+    record: dict[bytes, bytes | None] = {}
+    size = gather_commit_operations(payload, record, start)
+    problem = oversized_entry(record, page_size, size)
+    if problem is not None:
+        raise LogFileCorrupt(
+            f"undecodable commit record at log position {start}: it holds a change database "
+            f"{name!r} cannot hold ({problem.detail})",
+            hint=UNDECODABLE_RECORD_HINT,
+        )
+    return record, size
 
 
 class Database:
@@ -610,8 +641,7 @@ class Database:
         before = len(changes)
         # Into a scratch map first: a record that turns out undecodable halfway (recovery with
         # accept_data_loss then stops before it) must leave none of its operations behind.
-        record: dict[bytes, bytes | None] = {}
-        size = gather_commit_operations(payload, record, start)
+        record, size = gather_replayable(payload, start, self.page_size, self.name)
         changes.update(record)
         self._replay_bytes += size + 32 * (len(changes) - before)
         self._replay_end = end

@@ -56,12 +56,12 @@ from jetstore.format.logrecords import (
     RECORD_COMMIT,
     RECORD_CREATE_DATABASE,
     CreateDatabaseRecord,
-    check_record,
     commit_time_us,
     decode_record,
     record_type,
 )
 from jetstore.format.positions import LogPosition
+from jetstore.instance.database import gather_replayable
 from jetstore.instance.recoverydecisions import (
     SCAN_STOPS,
     RecordMatcher,
@@ -257,9 +257,10 @@ def _recover(
                 elif found.kind == "create":
                     pending_ops[found.database_id] = []
                 elif found.kind == "pending":
-                    # Applied after the scan, once the file is made: decoded now, so that a
+                    # Applied after the scan, once the file is made: checked now, so that a
                     # bad record stops the scan here (or refuses) before any file is made.
-                    check_record(entry.payload, entry.start)
+                    create = matcher.pending_create[found.database_id]
+                    gather_replayable(entry.payload, entry.start, create.page_size, create.name)
                     pending_ops[found.database_id].append((entry.start, entry.end, entry.payload))
                 matcher.count(found)
             last_good = entry.end

@@ -96,7 +96,7 @@ from __future__ import annotations
 import functools
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate, compress, islice, pairwise, repeat
 from operator import add, is_, is_not, itemgetter, lt
 from typing import Final, NoReturn, Protocol, final
@@ -139,6 +139,7 @@ __all__ = [
     "merge_sorted_columns",
     "min_fill",
     "node_ref",
+    "oversized_entry",
     "page_crc_of",
     "paired_entry_size",
     "ref_crc",
@@ -1179,6 +1180,34 @@ def _as_bytes(data: object, what: str) -> bytes:
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     raise InvalidParameter(f"{what} must be bytes, not {type(data).__name__}")
+
+
+def oversized_entry(
+    changes: Mapping[bytes, bytes | None], page_size: int, size: int
+) -> InvalidParameter | None:
+    """The error `Mutation.put` would give for the first put of `changes` (key -> value, None
+    for a delete; keys and values `size` bytes in all) that no tree of `page_size` holds.
+
+    For replay, which gathers logged changes without the checks a transaction made before
+    they were logged: nothing to do when the whole lot would fit in one entry (most
+    commits), C-speed passes over the lengths otherwise, a loop only when the longest key
+    and the longest value together would not fit."""
+    max_entry = max_entry_size(page_size)
+    if size <= min(MAX_KEY_SIZE, max_entry - LEAF_ENTRY_OVERHEAD):
+        return None
+    longest_key = max(map(len, changes), default=0)
+    longest_value = max(map(len, filter(None, changes.values())), default=0)
+    if (
+        longest_key <= MAX_KEY_SIZE
+        and LEAF_ENTRY_OVERHEAD + longest_key + longest_value <= max_entry
+    ):
+        return None
+    for key, value in changes.items():
+        if value is not None and (
+            len(key) > MAX_KEY_SIZE or LEAF_ENTRY_OVERHEAD + len(key) + len(value) > max_entry
+        ):
+            return _entry_error(key, value, page_size)
+    return None
 
 
 def _entry_error(key: bytes, value: bytes, page_size: int) -> InvalidParameter:
