@@ -199,3 +199,8 @@ def test_empty_paths_are_refused_not_taken_for_the_current_directory(
     with pytest.raises(InvalidPath, match="logs-from path is empty"):
         restore(tmp_path / "set", tmp_path / "restored", logs_from="")
     assert os.listdir(cwd) == []
+    # A NUL byte: the OS API's bare ValueError ("embedded null byte") became InvalidPath.
+    with pytest.raises(InvalidPath, match=r"backup set path .* NUL"):
+        backup_offline(instance_dir, str(tmp_path / "x\x00y"))
+    with pytest.raises(InvalidPath, match=r"restore target path .* NUL"):
+        restore(tmp_path / "set", str(tmp_path / "x\x00y"))

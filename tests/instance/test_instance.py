@@ -513,6 +513,14 @@ def test_empty_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert os.listdir(tmp_path) == []  # nothing created in the current directory
 
 
+def test_a_path_with_a_nul_byte_is_a_path_error(tmp_path: Path) -> None:
+    # The OS API raises a bare ValueError ("embedded null byte") for it, before any OSError.
+    with pytest.raises(InvalidPath, match="NUL") as info:
+        jetstore.open(str(tmp_path / "a\x00b"), **SMALL)
+    assert "instance directory" in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
 def test_regular_file_as_instance_directory_is_a_path_error(tmp_path: Path) -> None:
     path = tmp_path / "afile"
     path.write_bytes(b"")

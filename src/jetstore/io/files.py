@@ -423,16 +423,23 @@ def _flock_at_once(fd: int, operation: int) -> bool:
 
 
 def absolute_path(path: str | os.PathLike[str], *, what: str) -> str:
-    """`path` made absolute; `InvalidPath` when it is empty.
+    """`path` made absolute; `InvalidPath` when it is empty or holds a NUL byte.
 
     `os.path.abspath("")` is the current directory: an empty string (an unset variable, a
     missing argument) must never quietly put an instance, a backup set or a restore there.
+    A NUL byte cannot be in a path: the OS API refuses it with a bare ValueError rather
+    than an OSError, which no caller would turn into the engine's error.
     """
     text = os.fspath(path)
     if not text:
         raise InvalidPath(
             f"the {what} path is empty",
             hint="Give the path (use '.' for the current directory).",
+        )
+    if "\0" in text:
+        raise InvalidPath(
+            f"the {what} path {text!r} holds a NUL byte, which no file name can hold",
+            hint="Give the path without the NUL byte (a string built from binary data?).",
         )
     return os.path.abspath(text)
 
