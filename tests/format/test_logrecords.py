@@ -24,6 +24,7 @@ from jetstore.format.logrecords import (
     CommitRecord,
     CreateDatabaseRecord,
     DetachDatabaseRecord,
+    GatheredCommit,
     ShutdownRecord,
     StartRecord,
     check_record,
@@ -56,6 +57,16 @@ OPERATIONS = st.lists(
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", fullmatch=True)
 
 POSITION = LogPosition(0x2A, 0x1000)
+
+
+def assert_gathered(result: GatheredCommit, operations: list) -> None:
+    """`gather_commit_operations`'s sizes agree with the operations it decoded."""
+    puts = [(k, v) for op, k, v in operations if op == OP_PUT and v is not None]
+    assert result == (
+        sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations),
+        max((len(k) for k, _ in puts), default=0),
+        max((len(k) + len(v) for k, v in puts), default=0),
+    )
 
 
 def apply(operations: list, changes: dict[bytes, bytes | None]) -> None:
@@ -137,9 +148,9 @@ def test_commit_round_trip(db: int, txn: int, time_us: int, operations: list) ->
     expected: dict[bytes, bytes | None] = {}
     apply(record.operations, expected)
     gathered: dict[bytes, bytes | None] = {}
-    size = gather_commit_operations(data, gathered, POSITION)
+    result = gather_commit_operations(data, gathered, POSITION)
     assert gathered == expected
-    assert size == sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations)
+    assert_gathered(result, operations)
 
 
 @settings(max_examples=60)
@@ -169,7 +180,9 @@ def test_gather_last_write_wins_within_one_record() -> None:
         (OP_PUT, b"c", b"4"),
     ]
     changes: dict[bytes, bytes | None] = {}
-    assert gather_commit_operations(encode_commit(1, 1, 1, ops), changes) == 2 + 2 + 1 + 2 + 1 + 2
+    assert (
+        gather_commit_operations(encode_commit(1, 1, 1, ops), changes).size == 2 + 2 + 1 + 2 + 1 + 2
+    )
     assert changes == {b"a": None, b"b": b"3", b"c": b"4"}
 
 
@@ -462,10 +475,10 @@ def test_gather_runs_agree_with_the_full_decoder(operations: list) -> None:
     apply(record.operations, expected)
     for _ in range(2):  # the second time every shape's structs are cached
         gathered: dict[bytes, bytes | None] = {}
-        size = gather_commit_operations(data, gathered, POSITION)
+        result = gather_commit_operations(data, gathered, POSITION)
         assert gathered == expected
         assert list(gathered) == list(expected)  # same insertion order: log order
-        assert size == sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations)
+        assert_gathered(result, operations)
 
 
 @settings(max_examples=200)
@@ -534,9 +547,9 @@ def test_records_without_runs_take_the_plain_loop_and_make_no_structs() -> None:
     expected: dict[bytes, bytes | None] = {}
     apply(operations, expected)
     gathered: dict[bytes, bytes | None] = {}
-    size = gather_commit_operations(data, gathered, POSITION)
+    result = gather_commit_operations(data, gathered, POSITION)
     assert gathered == expected
-    assert size == sum(len(k) + (len(v) if v is not None else 0) for _, k, v in operations)
+    assert_gathered(result, operations)
     assert logrecords._RUNS == {}
     for cut in range(25, len(data), 7):
         assert_corrupt(gather_commit_operations, data[:cut], {}, POSITION)

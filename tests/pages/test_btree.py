@@ -976,8 +976,10 @@ def test_oversized_entry_finds_what_a_put_refuses_and_nothing_else() -> None:
         ({b"a": None, b"k": b"v" * fits}, True),
     ]
     for changes, refused in cases:
-        size = sum(len(k) + len(v or b"") for k, v in changes.items())
-        problem = oversized_entry(changes, page_size, size)
+        puts = [(k, v) for k, v in changes.items() if v is not None]
+        longest_key = max((len(k) for k, _ in puts), default=0)
+        longest_put = max((len(k) + len(v) for k, v in puts), default=0)
+        problem = oversized_entry(changes, page_size, longest_key, longest_put)
         assert (problem is not None) is refused, changes.keys()
         for key, value in changes.items():
             if value is None:

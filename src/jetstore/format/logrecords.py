@@ -66,7 +66,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import countOf, itemgetter, ne
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 from jetstore.errors import LogFileCorrupt
 from jetstore.format.common import PAGE_SIZES
@@ -510,11 +510,21 @@ def commit_time_us(data: bytes, position: LogPosition | None = None) -> int:
     return _commit_head(data, position)[2]
 
 
+class GatheredCommit(NamedTuple):
+    """What `gather_commit_operations` saw besides the changes it gathered."""
+
+    size: int  #: bytes of every key and value
+    longest_key: int  #: the longest key of a PUT (0: no PUT)
+    longest_put: int  #: the most key + value bytes of one PUT (0: no PUT)
+
+
 def gather_commit_operations(
     data: bytes, changes: dict[bytes, bytes | None], position: LogPosition | None = None
-) -> int:
+) -> GatheredCommit:
     """Decode a COMMIT record's operations straight into `changes` (key -> value, None for a
-    delete; later records overwrite earlier ones). Returns the bytes of keys and values.
+    delete; later records overwrite earlier ones). Returns the bytes of keys and values and
+    the widths of its widest PUT, taken per shape as it decodes (replay checks them against
+    the tree's entry limits without another pass over the changes).
 
     The replay of a long log spends most of its time here. Operations often come in runs of
     one shape (op, key length, value length: rows of one table with fixed-size columns), and
@@ -536,6 +546,7 @@ def gather_commit_operations(
         put_head = _PUT_HEAD.unpack_from
         u32 = _U32.unpack_from
         last_op = last_key_length = last_value_length = -1
+        longest_key = longest_put = 0
         singles = 0
         while remaining:
             op, key_length = put_head(data, pos)
@@ -554,7 +565,9 @@ def gather_commit_operations(
                 # not repeat right away seldom repeats (variable-length values), so a run
                 # starts only on the second operation of a shape.
                 if singles == _SINGLES_LIMIT:
-                    size, pos = _gather_plain(data, pos, remaining, changes, size)
+                    size, pos, longest_key, longest_put = _gather_plain(
+                        data, pos, remaining, changes, size, longest_key, longest_put
+                    )
                     break
                 singles += 1
                 last_op, last_key_length, last_value_length = op, key_length, value_length
@@ -562,6 +575,11 @@ def gather_commit_operations(
                 if op == OP_PUT:
                     changes[key] = data[pos + 7 + key_length : following]
                     size += key_length + value_length
+                    # A shape is checked once, here: the run that may follow repeats it.
+                    if key_length > longest_key:
+                        longest_key = key_length
+                    if key_length + value_length > longest_put:
+                        longest_put = key_length + value_length
                 else:
                     changes[key] = None
                     size += key_length
@@ -575,7 +593,7 @@ def gather_commit_operations(
             remaining -= count
         if pos != end:
             raise ValueError(f"the operations end at byte {pos} of a {end}-byte record")
-        return size
+        return GatheredCommit(size, longest_key, longest_put)
     except (struct.error, IndexError, ValueError) as exc:
         where = f" at log position {position}" if position is not None else ""
         raise LogFileCorrupt(
@@ -615,9 +633,16 @@ def _gather_run(
 
 
 def _gather_plain(
-    data: bytes, pos: int, remaining: int, changes: dict[bytes, bytes | None], size: int
-) -> tuple[int, int]:
-    """The per-operation loop over the `remaining` operations from `pos`: (size, end)."""
+    data: bytes,
+    pos: int,
+    remaining: int,
+    changes: dict[bytes, bytes | None],
+    size: int,
+    longest_key: int,
+    longest_put: int,
+) -> tuple[int, int, int, int]:
+    """The per-operation loop over the `remaining` operations from `pos`: (size, end,
+    longest PUT key, longest PUT key + value)."""
     put_head = _PUT_HEAD.unpack_from
     u32 = _U32.unpack_from
     end = len(data)
@@ -632,6 +657,10 @@ def _gather_plain(
             changes[key] = data[pos : pos + value_length]
             pos += value_length
             size += key_length + value_length
+            if key_length > longest_key:
+                longest_key = key_length
+            if key_length + value_length > longest_put:
+                longest_put = key_length + value_length
         elif op == OP_DELETE:
             changes[key] = None
             size += key_length
@@ -639,7 +668,7 @@ def _gather_plain(
             raise ValueError(f"unknown operation {op}")
         if pos > end:
             raise ValueError("operation runs past the end of the record")
-    return size, pos
+    return size, pos, longest_key, longest_put
 
 
 # Per operation shape: iter_unpack of (header fields only, every key and value skipped) and

@@ -109,8 +109,8 @@ def gather_replayable(
     Recovery calls this for records of a database it re-creates too, as the scan meets
     them, before any file is made."""
     record: dict[bytes, bytes | None] = {}
-    size = gather_commit_operations(payload, record, start)
-    problem = oversized_entry(record, page_size, size)
+    size, longest_key, longest_put = gather_commit_operations(payload, record, start)
+    problem = oversized_entry(record, page_size, longest_key, longest_put)
     if problem is not None:
         raise LogFileCorrupt(
             f"undecodable commit record at log position {start}: it holds a change database "

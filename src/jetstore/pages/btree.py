@@ -1183,24 +1183,16 @@ def _as_bytes(data: object, what: str) -> bytes:
 
 
 def oversized_entry(
-    changes: Mapping[bytes, bytes | None], page_size: int, size: int
+    changes: Mapping[bytes, bytes | None], page_size: int, longest_key: int, longest_put: int
 ) -> InvalidParameter | None:
     """The error `Mutation.put` would give for the first put of `changes` (key -> value, None
-    for a delete; keys and values `size` bytes in all) that no tree of `page_size` holds.
+    for a delete) that no tree of `page_size` holds, given the longest key of a put and the
+    most key + value bytes of one (`GatheredCommit`, taken while the record was decoded).
 
     For replay, which gathers logged changes without the checks a transaction made before
-    they were logged: nothing to do when the whole lot would fit in one entry (most
-    commits), C-speed passes over the lengths otherwise, a loop only when the longest key
-    and the longest value together would not fit."""
+    they were logged: two comparisons, and a loop over the changes only when one fails."""
     max_entry = max_entry_size(page_size)
-    if size <= min(MAX_KEY_SIZE, max_entry - LEAF_ENTRY_OVERHEAD):
-        return None
-    longest_key = max(map(len, changes), default=0)
-    longest_value = max(map(len, filter(None, changes.values())), default=0)
-    if (
-        longest_key <= MAX_KEY_SIZE
-        and LEAF_ENTRY_OVERHEAD + longest_key + longest_value <= max_entry
-    ):
+    if longest_key <= MAX_KEY_SIZE and LEAF_ENTRY_OVERHEAD + longest_put <= max_entry:
         return None
     for key, value in changes.items():
         if value is not None and (
