@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import google_crc32c
@@ -872,3 +873,96 @@ def test_a_sync_failure_reported_to_a_roll_stops_a_checkpoint_of_the_same_file(
     instance.close()
     with jetstore.open(tmp_path) as reopened:
         assert count(reopened.database("main")) >= 40
+
+
+def _interrupt_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, when=None):  # type: ignore[no-untyped-def]
+    """Make `owner.name` raise KeyboardInterrupt at its first call (for which `when(*args)`
+    holds), as a Ctrl-C delivered there would; later calls run the original."""
+    original = getattr(owner, name)
+    fired: list[bool] = []
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not fired and (when is None or when(*args)):
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return fired
+
+
+def _wait_threads(target: int) -> int:
+    deadline = time.monotonic() + 5
+    while threading.active_count() > target and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return threading.active_count()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "background thread join",
+        "final checkpoint",
+        "database file close",
+        "event log close",
+        "directory lock release",
+        "a file's closer",
+    ],
+)
+def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C during close() (a signal handler raising KeyboardInterrupt between two
+    bytecodes) stopped the release where it landed: `close_owner` caught only Exception, the
+    handles after it stayed open, a descriptor or the directory lock was held for good, and
+    a second close() ran a final checkpoint on released files (InstanceUnavailable) or did
+    nothing. Now the release goes on past the interrupt, which is raised at the end, and a
+    second close() finishes whatever it left."""
+    from jetstore.instance.events import EventLog
+    from jetstore.io.files import File
+    from jetstore.io.locking import DirectoryLock, is_locked
+    from jetstore.pages.pagefile import DatabaseFile
+
+    armed = [False]
+    fired: list[bool] = []
+
+    def hook(event: IOEvent) -> None:
+        if armed[0] and not fired and event.op == "fdatasync" and event.path.endswith("main.edb"):
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    fill(instance.database("main", create=True), 100)
+    if where == "background thread join":
+        fired = _interrupt_once(
+            monkeypatch,
+            threading.Thread,
+            "join",
+            lambda thread, *_: thread.name == "jetstore-background",
+        )
+    elif where == "final checkpoint":
+        armed[0] = True
+    elif where == "database file close":
+        fired = _interrupt_once(monkeypatch, DatabaseFile, "close")
+    elif where == "event log close":
+        fired = _interrupt_once(monkeypatch, EventLog, "close")
+    elif where == "directory lock release":
+        fired = _interrupt_once(monkeypatch, DirectoryLock, "release")
+    else:  # the directory fsync's file, opened by the final checkpoint, closed last
+        fired = _interrupt_once(monkeypatch, File, "_close_fd")
+    with pytest.raises(KeyboardInterrupt):
+        instance.close()
+    assert fired == [True]  # the interrupt was delivered where intended
+    monkeypatch.undo()
+    instance.close()
+    assert instance.state.value == "closed"
+    assert instance.counters()["handles"] == dict.fromkeys(
+        ["file", "directory", "lock", "thread", "socket"], 0
+    )
+    assert instance.registry.total() == 0
+    assert not is_locked(FileSystem(), str(tmp_path))
+    assert _wait_threads(threads) == threads
+    assert len(os.listdir("/proc/self/fd")) == fds
+    with jetstore.open(tmp_path, **SMALL) as again:
+        assert count(again.database("main")) == 100

@@ -240,3 +240,73 @@ def test_close_owner_skips_already_closed_handles() -> None:
     assert registry.close_owner("o") == []
     assert log == ["a", "b"]
     assert registry.closed_total == 2
+
+
+def test_close_owner_goes_on_past_an_interrupt_and_raises_it_last() -> None:
+    """Ctrl-C in one closer (a thread join, a file's close) stopped `close_owner` there: the
+    handles after it stayed open and the interrupted one was unregistered unclosed. Now every
+    handle is closed, the interrupted one on a second try, and the interrupt comes last."""
+    registry = HandleRegistry("t")
+    log: list[str] = []
+    interrupts = [KeyboardInterrupt("Ctrl-C")]
+
+    def interrupted_once() -> None:
+        log.append("b")
+        if interrupts:
+            raise interrupts.pop()
+
+    registry.register(HandleKind.FILE, "o", "a", counting_closer(log, "a"))
+    registry.register(HandleKind.THREAD, "o", "b", interrupted_once)
+    registry.register(HandleKind.FILE, "o", "c", counting_closer(log, "c"))
+
+    with pytest.raises(KeyboardInterrupt):
+        registry.close_owner("o")
+    assert log == ["c", "b", "a", "b"]
+    assert registry.total() == 0
+    assert registry.closed_total == 3
+
+
+def test_a_closer_interrupted_twice_leaves_its_handle_open_for_the_next_close() -> None:
+    registry = HandleRegistry("t")
+    interrupts = [KeyboardInterrupt("again"), KeyboardInterrupt("Ctrl-C")]
+    joined: list[bool] = []
+
+    def join() -> None:
+        if interrupts:
+            raise interrupts.pop()
+        joined.append(True)
+
+    handle = registry.register(HandleKind.THREAD, "o", "t", join)
+    registry.register(HandleKind.FILE, "o", "f", lambda: None)
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C"):
+        registry.close_owner("o")
+    # Still counted: the thread it stands for was never joined.
+    assert registry.counts("o") == zero_counts() | {"thread": 1}
+    assert not handle.closed
+    assert registry.close_owner("o") == []
+    assert joined == [True]
+    assert registry.total() == 0 and handle.closed
+
+
+def test_an_interrupt_between_the_claim_and_the_closer_loses_no_handle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal handler runs after a call returns, before its result is used: an interrupt
+    right after the handle was marked closed must not leave it closed with its closer never
+    run (a descriptor nobody would ever close)."""
+    registry = HandleRegistry("t")
+    log: list[str] = []
+    handle = registry.register(HandleKind.FILE, "o", "f", counting_closer(log, "f"))
+    claim = HandleRegistry._claim
+
+    def claim_then_interrupt(self: HandleRegistry, h: Handle, thread: int) -> bool:
+        claim(self, h, thread)
+        raise KeyboardInterrupt("Ctrl-C")
+
+    monkeypatch.setattr(HandleRegistry, "_claim", claim_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        handle.close()
+    monkeypatch.undo()
+    assert log == [] and not handle.closed and registry.total() == 1
+    handle.close()
+    assert log == ["f"] and registry.total() == 0

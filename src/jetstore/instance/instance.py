@@ -23,7 +23,8 @@ Invariants:
   between checkpoints (`checkpoint_depth`), which for small records spread over many leaves
   dirtied a page per record.
 - `close()` is a clean shutdown: a final checkpoint marks every header clean (no logs needed);
-  it releases every handle even when something fails on the way.
+  it releases every handle even when something fails or is interrupted (Ctrl-C) on the way,
+  and a second `close()` after an interrupted one closes whatever was left.
 - An instance belongs to the process that opened it. In a child forked from it (which shares
   its descriptors and flock locks) every use raises `InstanceUnavailable` before any lock is
   taken, and `close()` only lets go of the child's copies of the descriptors
@@ -50,7 +51,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -445,8 +446,10 @@ class Instance:
             self._start_control()
             unclosed.track(self, self._round_lock)
         except BaseException:
-            self._release_everything()
-            self._mark_closed()
+            try:
+                self._release_everything()
+            finally:
+                self._mark_closed()
             raise
 
     def _claim_directory(self) -> DirectoryLock:
@@ -1778,12 +1781,19 @@ class Instance:
         with self._close_lock:
             if self.state is not InstanceState.CLOSED:
                 self._close()
+            elif self.registry.total():
+                # A close interrupted (Ctrl-C) while it released the handles gave back the
+                # one it was closing (`Handle.close`): this close finishes the job.
+                self.registry.close_owner(self.owner)
 
     def _close(self) -> None:
+        """The final checkpoint, then release everything. An interrupt (KeyboardInterrupt)
+        or an error anywhere skips what is left of the checkpoint (the next open recovers
+        from the log) but never the release: it is raised once every handle is closed."""
         error: BaseException | None = None
-        self._stop_control()  # first: no client may start anything while we shut down
-        self._abort_backup("the instance is closing")
         try:
+            self._stop_control()  # first: no client may start anything while we shut down
+            self._abort_backup("the instance is closing")
             if self._background is not None:
                 self._background.close()
                 self._background = None
@@ -1791,16 +1801,22 @@ class Instance:
                 self._closing = True  # no commit may slip in after the final checkpoint
             if self.state is InstanceState.OPEN:
                 self.checkpoint(final=True)
+                if self._events is not None and self.state is InstanceState.OPEN:
+                    self._events.emit(
+                        "instance_stopped", f"instance '{self.directory}' shut down cleanly"
+                    )
         except BaseException as exc:
             error = exc
-        if self._events is not None and self.state is InstanceState.OPEN:
-            self._events.emit("instance_stopped", f"instance '{self.directory}' shut down cleanly")
-        released = self._release_everything()
-        self._mark_closed()
+        try:
+            self._release_everything()
+        except BaseException as exc:
+            error = _to_raise(error, exc)
+        finally:
+            # Closed even if the release was interrupted: a second close() must not run a
+            # checkpoint on released files, only close what is left (see `close`).
+            self._mark_closed()
         if error is not None:
             raise error
-        if released is not None:
-            raise released
 
     def simulate_crash(self) -> None:
         """Stop as a killed process would: no flush, no checkpoint, no clean header.
@@ -1817,8 +1833,10 @@ class Instance:
             self.state = InstanceState.FAILED
             if self._log is not None:
                 self._log._failed = InstanceUnavailable("simulated crash")
-            self._release_everything()
-            self._mark_closed()
+            try:
+                self._release_everything()
+            finally:
+                self._mark_closed()
 
     def _let_go_in_child(self) -> None:
         """Close a forked child's copy of the instance without touching the parent's: its
@@ -1915,40 +1933,65 @@ class Instance:
         if control is not None:
             control.stop()
 
-    def _release_everything(self) -> JetError | None:
-        """Release every thread, file and lock of the instance, whatever fails on the way;
-        returns the first file that could not be closed (close(2) may report a failed
-        write, EIO on a network file system: the descriptor is gone all the same)."""
-        failure: JetError | None = None
-        self._stop_control()
-        self._abort_backup("the instance stopped")
+    def _release_everything(self) -> None:
+        """Release every handle of the instance. Each step runs even when an earlier one
+        failed or was interrupted (Ctrl-C): the first such error is raised at the end, after
+        the registry closed whatever the steps left. A file that could not be closed is such
+        an error (close(2) may report a failed write, EIO on a network file system: the
+        descriptor is gone all the same)."""
+        first: BaseException | None = None
+        steps: list[Callable[[], object] | None] = [
+            self._stop_control,
+            functools.partial(self._abort_backup, "the instance stopped"),
+            self._close_background,
+            self._close_log,
+            *(
+                functools.partial(self._close_database_file, db)
+                for db in list(self._databases.values())
+            ),
+            self._events.close if self._events is not None else None,
+            self._lock.release if self._lock is not None else None,
+            self._close_remaining_handles,
+        ]
+        for step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except BaseException as exc:
+                first = _to_raise(first, exc)
+        if first is not None:
+            raise first
+
+    def _close_remaining_handles(self) -> None:
+        """Close whatever the steps before left registered; the first file that could not be
+        closed is raised (the others are closed all the same)."""
+        errors = self.registry.close_owner(self.owner)
+        failure = next((error for error in errors if isinstance(error, JetError)), None)
+        if failure is not None:
+            raise failure
+
+    def _close_background(self) -> None:
         if self._background is not None:
             try:
                 self._background.close()
             except Exception:
                 pass
             self._background = None
+
+    def _close_log(self) -> None:
         if self._log is not None:
             try:
                 self._log.close()
             except JetError:
                 pass
-        closers = [db.file.close for db in self._databases.values()]
-        if self._events is not None:
-            closers.append(self._events.close)
-        if self._lock is not None:
-            closers.append(self._lock.release)
-        for db in self._databases.values():
+
+    @staticmethod
+    def _close_database_file(db: Database) -> None:
+        try:
             db.close_transactions()
-        for closer in closers:
-            try:
-                closer()
-            except JetError as exc:
-                failure = failure or exc
-        for error in self.registry.close_owner(self.owner):
-            if failure is None and isinstance(error, JetError):
-                failure = error
-        return failure
+        finally:
+            db.file.close()
 
     def __enter__(self) -> Instance:
         return self
@@ -2028,6 +2071,15 @@ def _deletion_failure(victims: list[int], deleted: list[int], error: JetError) -
         f"deleted log generations {deleted[0]}-{deleted[-1]} but could not sync the "
         f"directory: {error.brief()}; they may reappear after a crash (nothing needs them)"
     )
+
+
+def _to_raise(kept: BaseException | None, new: BaseException) -> BaseException:
+    """Which of two errors met on a cleanup path to raise at its end: the first one, unless
+    only the new one is an interrupt (Ctrl-C must reach the application even after an
+    engine error)."""
+    if kept is None or (isinstance(kept, Exception) and not isinstance(new, Exception)):
+        return new
+    return kept
 
 
 def _what_to_do(error: JetError) -> str:

@@ -105,6 +105,7 @@ class File:
         "_handle",
         "_lock",
         "_pid",
+        "_released",
         "_sync_failure",
         "_sync_lock",
         "path",
@@ -127,7 +128,12 @@ class File:
         #: True when the last call to leave its window is to close the descriptor (a close
         #: from a signal handler that interrupted this very thread's call, see `_close_fd`).
         self._deferred = False
-        #: Guards `_deferred` and the closer's wait (never taken on the way into a call).
+        #: True once the descriptor was closed, or left to the last call out: the closer may
+        #: run again (a close interrupted by Ctrl-C is retried, `Handle.close`) and must never
+        #: close the number twice (it may be another file's by then).
+        self._released = False
+        #: Guards `_deferred`, `_released` and the closer's wait (never taken on the way into
+        #: a call).
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         #: The first failed sync (`_sync`), and the lock that takes the syncs one at a time.
@@ -138,7 +144,7 @@ class File:
     @property
     def closed(self) -> bool:
         """True once `close()` (or the owner's cleanup) began: no new call is accepted."""
-        return self._handle.closed
+        return self._closing
 
     @property
     def fd(self) -> int:
@@ -184,7 +190,9 @@ class File:
         if self._pid != forks.PID:
             # A forked child closing its copy: the parent's threads that may be inside a call
             # do not exist here, and the lock may have been held at the fork.
-            os.close(self._fd)
+            if not self._released:
+                self._released = True
+                os.close(self._fd)
             return
         me = _get_ident()
         close_now = False
@@ -197,14 +205,18 @@ class File:
                         # to an interrupt between a call's `remove` and its `_left`.
                         self._cond.wait(0.05)
                 finally:
-                    if busy:
+                    if self._released:
+                        pass  # an earlier run of this closer closed it or left it to a call
+                    elif busy:
                         # Still in use, by this very thread (a signal handler interrupted
                         # one of its calls and closes the file: that call retries its system
                         # call once the handler returns, PEP 475), or by others when this
                         # wait was interrupted: the last call to leave closes it.
                         self._deferred = True
+                        self._released = True
                     else:
                         close_now = True
+                        self._released = True
         finally:
             if close_now:
                 os.close(self._fd)

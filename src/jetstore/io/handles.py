@@ -7,6 +7,12 @@ Invariants:
   open handles where it found it (the seed failure Q249148 was a handle leak on every backup).
 - Closing an owner (`close_owner`) closes every handle registered under it, newest first, and
   keeps going past errors, so one cleanup call releases everything on every exit path.
+- An interrupt (KeyboardInterrupt from a signal handler, or any BaseException that is not an
+  Exception) never loses a handle: a handle stays registered (and counted) until its closer
+  returned or failed with an Exception; a closer interrupted, or never started because the
+  interrupt came first, gives the handle back open, and the next `close()` runs the closer
+  again (every closer may run again after an interrupt). `close_owner` goes on past an
+  interrupt, gives each interrupted handle a second try, and raises the interrupt last.
 - In a child forked from the process that registered them (`jetstore.io.forks`), an owner's
   handles are let go instead (`forget_owner`): descriptors closed, locks and threads only
   unregistered (an unlock would release the parent's lock; the threads run in the parent).
@@ -39,11 +45,27 @@ class Handle:
     owner: str
     description: str
     closer: Callable[[], None]
+    #: True from the moment a `close()` claimed the handle (a concurrent close does nothing).
     closed: bool = field(default=False)
+    #: The thread running the closer, until it returned (None: nobody is closing it).
+    closing_thread: int | None = field(default=None)
 
     def close(self) -> None:
-        if self.registry._unregister(self):
-            self.closer()
+        me = threading.get_ident()
+        registry = self.registry
+        # The claim is inside the `try`, and whether it happened is read from the handle,
+        # not from a local: CPython runs signal handlers after a call returns, before its
+        # result is stored, so an interrupt right after the claim must still be seen.
+        try:
+            if registry._claim(self, me):
+                self.closer()
+        except Exception:
+            registry._closed(self, me)
+            raise
+        except BaseException:
+            registry._give_back(self, me)
+            raise
+        registry._closed(self, me)
 
 
 class HandleRegistry:
@@ -65,6 +87,35 @@ class HandleRegistry:
             self._handles[handle.ident] = handle
             self.opened_total += 1
             return handle
+
+    def _claim(self, handle: Handle, thread: int) -> bool:
+        """Mark `handle` closed for `thread`; True if this call is the one that must run its
+        closer. It stays in the table (and counted) until `_closed`."""
+        with self._lock:
+            if handle.closed:
+                return False
+            handle.closed = True
+            handle.closing_thread = thread
+            return True
+
+    def _closed(self, handle: Handle, thread: int) -> None:
+        """The closer `thread` ran for `handle` returned or failed: the handle is gone."""
+        with self._lock:
+            if handle.closing_thread != thread:
+                return  # not this thread's claim (another close, or none at all)
+            handle.closing_thread = None
+            if self._handles.pop(handle.ident, None) is not None:
+                self.closed_total += 1
+
+    def _give_back(self, handle: Handle, thread: int) -> None:
+        """`thread`'s closer of `handle` was interrupted (or never started): it is open again,
+        for the next `close()` to run the closer once more."""
+        with self._lock:
+            if handle.closing_thread != thread:
+                return
+            handle.closing_thread = None
+            if handle.ident in self._handles:
+                handle.closed = False
 
     def _unregister(self, handle: Handle) -> bool:
         """Mark `handle` closed; True if this call is the one that must run its closer."""
@@ -100,14 +151,32 @@ class HandleRegistry:
         """Close every handle of `owner` (and its sub-owners `owner/...`), newest first.
 
         Returns the errors raised by closers instead of stopping at the first one: a cleanup
-        path must release everything it can.
+        path must release everything it can. An interrupt (a BaseException that is not an
+        Exception: Ctrl-C) does not stop it either: the other handles are closed, each
+        interrupted one gets one more try (its closer was given back, see `Handle.close`),
+        and the first interrupt is raised at the end. A second interrupt during those tries
+        leaves the rest registered, for the next cleanup.
         """
         errors: list[BaseException] = []
+        interrupt: BaseException | None = None
+        interrupted: list[Handle] = []
         for handle in sorted(self.open_handles(owner), key=lambda h: -h.ident):
             try:
                 handle.close()
             except Exception as exc:  # keep closing the rest; report all
                 errors.append(exc)
+            except BaseException as exc:
+                interrupt = interrupt or exc
+                interrupted.append(handle)
+        try:
+            for handle in interrupted:
+                try:
+                    handle.close()
+                except Exception as exc:
+                    errors.append(exc)
+        finally:
+            if interrupt is not None:
+                raise interrupt
         return errors
 
     def forget_owner(self, owner: str) -> None:
