@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import array
 import errno
+import gc
 import os
+import signal
+import sys
+from types import FrameType
 
 import pytest
 
@@ -17,6 +21,7 @@ from jetstore.errors import (
     InvalidPath,
     JetError,
 )
+from jetstore.io import files as files_module
 from jetstore.io.files import File, FileSystem, IOEvent
 from jetstore.io.handles import HandleKind, HandleRegistry
 
@@ -680,3 +685,150 @@ def test_path_problem_tells_deleted_moved_and_replaced_files(fs: FileSystem, tmp
         assert file.path_problem() == "was deleted"
     with pytest.raises(JetError):
         file.path_problem()  # closed: never touch a descriptor number that may be reused
+
+
+# ----------------------------------------------------------------- interrupts while opening
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def interrupt_register_once(monkeypatch: pytest.MonkeyPatch, *, after: bool) -> list[bool]:
+    """Ctrl-C at `HandleRegistry.register`: at its entry (`after=False`: nothing registered)
+    or just after it returned (`after=True`: registered, the caller never saw the handle)."""
+    original = HandleRegistry.register
+    fired: list[bool] = []
+
+    def register(self: HandleRegistry, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if fired:
+            return original(self, *args, **kwargs)
+        fired.append(True)
+        if after:
+            original(self, *args, **kwargs)
+        raise KeyboardInterrupt("Ctrl-C")
+
+    monkeypatch.setattr(HandleRegistry, "register", register)
+    return fired
+
+
+@pytest.mark.parametrize("call", ["open", "fsync_directory"])
+def test_an_interrupt_before_registration_closes_the_descriptor(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A KeyboardInterrupt between `os.open` and the registration of its descriptor lost
+    the descriptor: open for the life of the process, counted nowhere."""
+    before = open_fds()
+    fired = interrupt_register_once(monkeypatch, after=False)
+    with pytest.raises(KeyboardInterrupt):
+        if call == "open":
+            fs.open(str(tmp_path / "a"), owner=OWNER, create=True)
+        else:
+            fs.fsync_directory(str(tmp_path), owner=OWNER)
+    assert fired == [True]
+    assert open_fds() == before
+    assert no_handles(registry)
+
+
+def test_an_interrupt_after_registration_leaves_the_descriptor_to_its_owner(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registered, then interrupted before the caller got the file: the owner's cleanup
+    closes it, once (the opener must not close it too: the number may be reused)."""
+    before = open_fds()
+    interrupt_register_once(monkeypatch, after=True)
+    with pytest.raises(KeyboardInterrupt):
+        fs.open(str(tmp_path / "a"), owner=OWNER, create=True)
+    assert registry.counts(OWNER)["file"] == 1
+    assert open_fds() == before + 1
+    reused = fs.open(str(tmp_path / "b"), owner="other", create=True)
+    registry.close_owner(OWNER)
+    assert open_fds() == before + 1
+    reused.pwrite(b"still open", 0)  # the other file's number was not closed by anyone
+    reused.close()
+    assert open_fds() == before and no_handles(registry)
+
+
+def test_an_interrupt_in_the_open_s_fstat_closes_the_descriptor(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = open_fds()
+
+    def fstat(fd: int) -> os.stat_result:
+        raise KeyboardInterrupt("Ctrl-C")
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    with pytest.raises(KeyboardInterrupt):
+        fs.open(str(tmp_path / "a"), owner=OWNER, create=True)
+    monkeypatch.undo()
+    assert open_fds() == before
+    assert no_handles(registry)
+
+
+def test_an_interrupt_while_a_database_file_lock_is_registered_leaves_no_holder(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt before `lock_file` registered the lock left its holder in the table of
+    locked files for good: every later opener of that file, even once it was closed, was
+    told this holder had it."""
+    from jetstore.io import locking
+
+    file = fs.open(str(tmp_path / "a.edb"), owner=OWNER, create=True)
+    info = file.stat()
+    interrupt_register_once(monkeypatch, after=False)
+    with pytest.raises(KeyboardInterrupt):
+        locking.lock_file(fs, file, owner=OWNER, holder="instance 'x'", what="database file")
+    monkeypatch.undo()
+    assert (info.st_dev, info.st_ino) not in locking._HELD
+    file.close()
+    assert locking.lock_holder_pid(fs, str(tmp_path / "a.edb")) is None
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_interrupts_at_any_point_of_open_and_close_leave_no_descriptor_behind(
+    fs: FileSystem, registry: HandleRegistry, tmp_path
+) -> None:
+    """A timer raises an exception from a signal handler every few dozen microseconds, at
+    whatever point of an open or a close the main thread has reached (KeyboardInterrupt
+    arrives so). Every descriptor is then registered (its owner's cleanup closes it) or
+    closed: none is left open and counted nowhere."""
+    from jetstore.io import handles as handles_module
+
+    before = open_fds()
+    path = str(tmp_path / "a")
+    where = {files_module.__file__, handles_module.__file__}
+    armed = False
+    fired = 0
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal armed, fired
+        if armed and sys._getframe(1).f_code.co_filename in where:
+            armed = False  # one interrupt per round: none in the test's own bookkeeping
+            fired += 1
+            raise Interrupted
+
+    callbacks = gc.callbacks[:]
+    gc.callbacks.clear()  # an interrupt in a gc callback would only be reported unraisable
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1e-4, 2.3e-5)
+        for _ in range(1_000):
+            try:
+                armed = True
+                fs.open(path, owner=OWNER, create=True).close()
+                armed = False
+            except Interrupted:
+                pass
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        gc.callbacks[:] = callbacks
+    assert fired > 100  # the rounds were indeed interrupted, many times
+    registry.close_owner(OWNER)
+    assert open_fds() == before
+    assert no_handles(registry)

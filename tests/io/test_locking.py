@@ -13,7 +13,7 @@ import pytest
 
 from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.filenames import LOCK_FILE
-from jetstore.io.files import FileSystem
+from jetstore.io.files import FileSystem, IOEvent
 from jetstore.io.handles import HandleKind, HandleRegistry
 from jetstore.io.locking import (
     PROC_LOCKS,
@@ -345,3 +345,19 @@ def test_file_lock_of_another_process_names_its_pid(fs: FileSystem, tmp_path) ->
         child.stdin.close()
         child.wait(timeout=30)
     assert file_lock_holder(fs, str(path)) is None  # the kernel dropped it with the process
+
+
+def test_an_interrupt_while_the_directory_lock_writes_its_pid_releases_it(
+    registry: HandleRegistry, tmp_path
+) -> None:
+    """Ctrl-C while the new holder wrote its pid (only an Exception was handled there) left
+    the lock and its file open, held by an opener that never got the `DirectoryLock`."""
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "truncate":
+            raise KeyboardInterrupt("Ctrl-C")
+
+    with pytest.raises(KeyboardInterrupt):
+        acquire_directory_lock(FileSystem(registry, hook), str(tmp_path), owner="inst")
+    assert registry.total() == 0
+    assert not is_locked(FileSystem(registry), str(tmp_path))

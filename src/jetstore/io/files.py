@@ -113,8 +113,18 @@ class File:
     )
 
     def __init__(
-        self, fs: FileSystem, fd: int, path: str, *, kind: HandleKind, owner: str, writable: bool
+        self,
+        fs: FileSystem,
+        fd: int,
+        path: str,
+        *,
+        kind: HandleKind,
+        owner: str,
+        writable: bool,
+        taking: list[int] | None = None,
     ) -> None:
+        """`taking`: the list holding `fd` (`open_descriptor`), emptied when the file is
+        registered; until then closing `fd` is the caller's."""
         self._fs = fs
         self._fd = fd
         self.path = path
@@ -139,7 +149,7 @@ class File:
         #: The first failed sync (`_sync`), and the lock that takes the syncs one at a time.
         self._sync_failure: JetError | None = None
         self._sync_lock = threading.Lock()
-        self._handle = fs.registry.register(kind, owner, path, self._close_fd)
+        self._handle = fs.registry.register(kind, owner, path, self._close_fd, taking=taking)
 
     @property
     def closed(self) -> bool:
@@ -425,6 +435,32 @@ def _not_a_regular_file(path: str, kind: int) -> InvalidPath:
     )
 
 
+def open_descriptor(into: list[int], path: str, flags: int, *, op: str) -> int:
+    """`os.open(path, flags, 0o644)`, the descriptor appended to `into` before any signal
+    handler can run: `list.extend` calls `os.open` (through `map`) from C, and CPython runs
+    handlers (KeyboardInterrupt) only when a call returns to Python code, so an interrupt
+    comes before the open or after the number is in `into`, never between (a plain
+    `fd = os.open(...)` loses it when the interrupt lands before the assignment). The
+    caller closes what `into` still holds on its way out (`close_unregistered`); registering
+    the file empties it (`HandleRegistry.register`'s `taking`)."""
+    try:
+        into.extend(map(os.open, (path,), (flags,), (0o644,)))
+    except OSError as exc:
+        raise from_os_error(exc, op=op, path=path) from exc
+    return into[-1]
+
+
+def close_unregistered(descriptors: list[int]) -> None:
+    """Close the descriptors an interrupt or an error left unregistered (the caller is on
+    its way out with that error: a failing close has nobody to tell)."""
+    for fd in descriptors:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    descriptors.clear()
+
+
 def _flock_at_once(fd: int, operation: int) -> bool:
     """`flock(fd, operation | LOCK_NB)`: False if a conflicting lock is held elsewhere."""
     try:
@@ -501,25 +537,31 @@ class FileSystem:
         with contextlib.suppress(OSError):
             if stat.S_ISFIFO(os.stat(path).st_mode):
                 raise _not_a_regular_file(path, stat.S_IFIFO)
+        unregistered: list[int] = []
         try:
-            fd = os.open(path, flags, 0o644)
-        except OSError as exc:
-            raise from_os_error(exc, op=op, path=path) from exc
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError as exc:
-            os.close(fd)
-            raise from_os_error(exc, op="stat", path=path) from exc
-        if stat.S_ISDIR(mode):
-            # Read-only opens of a directory succeed; say what is wrong now, not at the
-            # first read ("Is a directory") or, worse, after judging its size as a file's.
-            os.close(fd)
-            cause = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            raise from_os_error(cause, op=op, path=path) from cause
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            raise _not_a_regular_file(path, stat.S_IFMT(mode))
-        return File(self, fd, path, kind=HandleKind.FILE, owner=owner, writable=writable)
+            fd = open_descriptor(unregistered, path, flags, op=op)
+            try:
+                mode = os.fstat(fd).st_mode
+            except OSError as exc:
+                raise from_os_error(exc, op="stat", path=path) from exc
+            if stat.S_ISDIR(mode):
+                # Read-only opens of a directory succeed; say what is wrong now, not at the
+                # first read ("Is a directory") or, worse, after judging its size as a file's.
+                cause = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+                raise from_os_error(cause, op=op, path=path) from cause
+            if not stat.S_ISREG(mode):
+                raise _not_a_regular_file(path, stat.S_IFMT(mode))
+            return File(
+                self,
+                fd,
+                path,
+                kind=HandleKind.FILE,
+                owner=owner,
+                writable=writable,
+                taking=unregistered,
+            )
+        finally:
+            close_unregistered(unregistered)
 
     def read_file(self, path: str, *, owner: str, limit: int | None = None) -> bytes:
         """Whole contents of a (small) file, opened and closed here."""
@@ -529,12 +571,26 @@ class FileSystem:
 
     def fsync_directory(self, path: str, *, owner: str = "fsync-dir") -> None:
         self._call_hook(IOEvent("fsync_dir", path))
+        unregistered: list[int] = []
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError as exc:
-            raise from_os_error(exc, op="open directory", path=path) from exc
-        # A `File` like any other: its owner's cleanup may close it from another thread.
-        directory = File(self, fd, path, kind=HandleKind.DIRECTORY, owner=owner, writable=False)
+            fd = open_descriptor(
+                unregistered,
+                path,
+                os.O_RDONLY | getattr(os, "O_DIRECTORY", 0),
+                op="open directory",
+            )
+            # A `File` like any other: its owner's cleanup may close it from another thread.
+            directory = File(
+                self,
+                fd,
+                path,
+                kind=HandleKind.DIRECTORY,
+                owner=owner,
+                writable=False,
+                taking=unregistered,
+            )
+        finally:
+            close_unregistered(unregistered)
         try:
             directory._call("fsync directory", os.fsync)
         finally:

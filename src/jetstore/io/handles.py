@@ -3,6 +3,9 @@
 Invariants:
 - Every file descriptor, lock and thread the engine creates is registered here at creation and
   unregistered exactly once, by its deterministic `close()` (idempotent).
+- A raw resource passes to the registry in one step an interrupt cannot split: its creator
+  keeps it in a list (`taking`) that `register` empties as the handle enters the table, so
+  on any way out the creator releases exactly what is still in the list.
 - `counts()` is exact at every moment: a test can assert that an operation left the number of
   open handles where it found it (the seed failure Q249148 was a handle leak on every backup).
 - Closing an owner (`close_owner`) closes every handle registered under it, newest first, and
@@ -25,6 +28,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class HandleKind(enum.StrEnum):
@@ -80,12 +84,26 @@ class HandleRegistry:
         self.closed_total = 0
 
     def register(
-        self, kind: HandleKind, owner: str, description: str, closer: Callable[[], None]
+        self,
+        kind: HandleKind,
+        owner: str,
+        description: str,
+        closer: Callable[[], None],
+        *,
+        taking: list[Any] | None = None,
     ) -> Handle:
+        """Register a handle; `taking`, the list in which its creator holds the raw resource
+        (a descriptor), is emptied in the same step: whatever is still in it after an
+        interrupt was not registered and is the creator's to release."""
         with self._lock:
             handle = Handle(self, next(self._ids), kind, owner, description, closer)
+            # No call between the store and the `clear` (CPython runs a signal handler only
+            # after a call returns): the resource is in the table or in the list, never both
+            # and never neither.
             self._handles[handle.ident] = handle
             self.opened_total += 1
+            if taking is not None:
+                taking.clear()
             return handle
 
     def _claim(self, handle: Handle, thread: int) -> bool:

@@ -109,7 +109,7 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
     try:
         file.truncate(0)
         file.pwrite(f"{os.getpid()}\n".encode("ascii"), 0)
-    except Exception:
+    except BaseException:  # Ctrl-C too: a lock nobody holds a reference to is never released
         handle.close()
         file.close()
         raise
@@ -163,7 +163,16 @@ def lock_file(fs: FileSystem, file: File, *, owner: str, holder: str, what: str)
         # to another file by now, and unlocking it would drop someone else's lock.
         file.unlock()
 
-    return FileLock(fs.registry.register(HandleKind.LOCK, owner, file.path, unlock))
+    unregistered = [unlock]
+    try:
+        return FileLock(
+            fs.registry.register(HandleKind.LOCK, owner, file.path, unlock, taking=unregistered)
+        )
+    finally:
+        # Interrupted before the lock was registered: nobody would ever release it, and the
+        # table would name this holder to every later opener, even after the file closed.
+        for release in unregistered:
+            release()
 
 
 def file_lock_holder(fs: FileSystem, path: str, *, owner: str = "lock-probe") -> str | None:
