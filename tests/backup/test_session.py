@@ -670,3 +670,72 @@ def _generations(inst: jetstore.Instance) -> list[int]:
         for name in os.listdir(inst.directory)
         if re.fullmatch(r"edb[0-9A-F]{8}\.log", name)
     ]
+
+
+def test_an_abort_interrupted_while_it_releases_still_ends_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while an ending session released its pins (or closed its files) stopped the
+    release there, after the session was already marked ended: the pins stayed (their pages
+    never reused), and the instance kept it as its running backup, so every later backup
+    was refused (BackupInProgress) until the instance was reopened."""
+    from jetstore.pages.pagefile import DatabaseFile
+
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 100)
+        baseline_handles, baseline_fds = _handles(inst), _fds()
+        session = inst.begin_backup("full")
+        chunks = session.read(session.database_files()[0])
+        next(chunks)
+        unpin = DatabaseFile.unpin
+        fired: list[bool] = []
+
+        def interrupted_unpin(self: DatabaseFile, token: int) -> None:
+            if not fired:
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+            unpin(self, token)
+
+        monkeypatch.setattr(DatabaseFile, "unpin", interrupted_unpin)
+        with pytest.raises(KeyboardInterrupt):
+            session.abort("test")
+        monkeypatch.undo()
+        assert fired == [True]
+        assert session.state == "aborted"
+        assert inst.database("main").file.pins == 0
+        assert _handles(inst) == baseline_handles
+        assert _fds() == baseline_fds
+        assert inst.counters()["backup_sessions_active"] == 0
+        inst.begin_backup("full").abort()  # the next backup is not refused
+        assert inst.counters()["backups_aborted"] == 2
+    finally:
+        inst.close()
+
+
+def test_an_interrupt_right_after_a_backup_is_registered_leaves_no_running_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`begin_backup` registered the session as the instance's running backup before its
+    `try`: Ctrl-C landing between the two left a session nobody held, never ended, and
+    every later backup was refused (BackupInProgress) until the instance was reopened."""
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 20)
+        baseline = _handles(inst)
+        started = jetstore.Instance.backup_started
+
+        def interrupted(self: jetstore.Instance, session: BackupSession) -> None:
+            started(self, session)
+            raise KeyboardInterrupt("Ctrl-C")
+
+        monkeypatch.setattr(jetstore.Instance, "backup_started", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            inst.begin_backup("full")
+        monkeypatch.undo()
+        assert inst.backup_session is None
+        assert _handles(inst) == baseline
+        inst.begin_backup("full").abort()  # not refused
+        assert inst.database("main").file.pins == 0
+    finally:
+        inst.close()

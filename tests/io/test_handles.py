@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind, HandleRegistry
+from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind, HandleRegistry, release_all
 
 ALL_KINDS = {kind.value for kind in HandleKind}
 
@@ -310,3 +310,25 @@ def test_an_interrupt_between_the_claim_and_the_closer_loses_no_handle(
     assert log == [] and not handle.closed and registry.total() == 1
     handle.close()
     assert log == ["f"] and registry.total() == 0
+
+
+def test_release_all_runs_every_step_retries_an_interrupted_one_and_raises_the_interrupt() -> None:
+    log: list[str] = []
+    interrupts = [KeyboardInterrupt("Ctrl-C")]
+    error = RuntimeError("boom")
+
+    def failing() -> None:
+        log.append("a")
+        raise error
+
+    def interrupted_once() -> None:
+        log.append("b")
+        if interrupts:
+            raise interrupts.pop()
+
+    with pytest.raises(KeyboardInterrupt):
+        release_all(failing, None, interrupted_once, lambda: log.append("c"))
+    assert log == ["a", "b", "b", "c"]
+    with pytest.raises(RuntimeError, match="boom"):
+        release_all(failing, lambda: log.append("d"))
+    assert log[-1] == "d"

@@ -21,7 +21,10 @@ Invariants:
 - Every handle a session opens is registered under its own owner
   (`<instance owner>/backup-<id>`); `_end()` closes them all with one `close_owner` call, is
   idempotent, and runs on every way out: complete, abort, a failed read, the context manager's
-  exit, instance close (which aborts the backup and records event 152).
+  exit, instance close (which aborts the backup and records event 152). An interrupt (Ctrl-C)
+  in it skips none of its releases (pins, handles, the instance's running-backup slot:
+  `release_all`), and none lands between the registration as the running backup and the
+  `begin_backup` code that ends the session on failure.
 - The instance keeps a session's `BackupHold` (its pins, its handles' owner, its first
   generation), not the session: a session the application drops without `complete()` or
   `abort()` is released at the instance's next safe point (event 154 and a ResourceWarning),
@@ -40,6 +43,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import os
 import threading
@@ -68,6 +72,7 @@ from jetstore.format.filenames import CURRENT_LOG, database_file_name, generatio
 from jetstore.format.logheader import LogFileHeader
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File
+from jetstore.io.handles import release_all
 
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
@@ -649,8 +654,13 @@ class BackupSession:
             if self.state in ("completed", "aborted", "failed"):
                 return
             self.state = state
-            self.hold.release(self.instance.registry)
-            self.instance.backup_ended(self)
+            # Every step, whatever an earlier one raised: this runs once (the state says
+            # ended), so a pin, a file or the instance's running-backup slot skipped by a
+            # Ctrl-C would stay for the life of the instance.
+            release_all(
+                functools.partial(self.hold.release, self.instance.registry),
+                functools.partial(self.instance.backup_ended, self),
+            )
 
     def _check_running(self) -> None:
         if self.state == "running":
@@ -731,12 +741,16 @@ def begin_backup(instance: Instance, kind: str | BackupKind) -> BackupSession:
     """Start a backup of `instance` (see `Instance.begin_backup`)."""
     parsed = BackupKind.parse(kind)
     session = BackupSession(instance, parsed)
-    instance.backup_started(session)  # raises BackupInProgress if one runs
     try:
+        instance.backup_started(session)  # raises BackupInProgress if one runs
         session._start()
     except BaseException as exc:
-        error = exc if isinstance(exc, JetError) else BackupAbortByServer(str(exc))
-        session._fail(error)
+        # Inside the `try` even when refused: an interrupt right after `backup_started`
+        # returned would leave the session the instance's running backup, never ended, and
+        # every later backup refused.
+        if instance.backup_session is session:
+            error = exc if isinstance(exc, JetError) else BackupAbortByServer(str(exc))
+            session._fail(error)
         raise
     instance.events.emit(
         "backup_started",

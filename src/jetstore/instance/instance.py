@@ -51,7 +51,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -103,7 +103,7 @@ from jetstore.instance.recovery import (
 )
 from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
-from jetstore.io.handles import HandleRegistry
+from jetstore.io.handles import HandleRegistry, release_all
 from jetstore.io.locking import DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread, WeakOwner
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
@@ -1600,15 +1600,17 @@ class Instance:
             self._backup = session.hold
 
     def backup_ended(self, session: BackupSession) -> None:
+        """`session` ended (idempotent: it may run again after an interrupt, `release_all`)."""
         with self._backup_lock:
-            if self._backup is session.hold:
-                self._backup = None
-        if session.state == "completed":
-            self.backups_completed += 1
-        elif session.state == "failed":
-            self.backups_failed += 1
-        else:
-            self.backups_aborted += 1
+            if self._backup is not session.hold:
+                return
+            self._backup = None
+            if session.state == "completed":
+                self.backups_completed += 1
+            elif session.state == "failed":
+                self.backups_failed += 1
+            else:
+                self.backups_aborted += 1
 
     def _release_dropped_backup(self) -> None:
         """Release the hold of a backup session the application dropped without `complete()`
@@ -1790,33 +1792,28 @@ class Instance:
         """The final checkpoint, then release everything. An interrupt (KeyboardInterrupt)
         or an error anywhere skips what is left of the checkpoint (the next open recovers
         from the log) but never the release: it is raised once every handle is closed."""
-        error: BaseException | None = None
         try:
-            self._stop_control()  # first: no client may start anything while we shut down
-            self._abort_backup("the instance is closing")
-            if self._background is not None:
-                self._background.close()
-                self._background = None
-            with self.commit_lock:
-                self._closing = True  # no commit may slip in after the final checkpoint
-            if self.state is InstanceState.OPEN:
-                self.checkpoint(final=True)
-                if self._events is not None and self.state is InstanceState.OPEN:
-                    self._events.emit(
-                        "instance_stopped", f"instance '{self.directory}' shut down cleanly"
-                    )
-        except BaseException as exc:
-            error = exc
-        try:
-            self._release_everything()
-        except BaseException as exc:
-            error = _to_raise(error, exc)
+            release_all(self._shut_down, self._release_everything)
         finally:
             # Closed even if the release was interrupted: a second close() must not run a
             # checkpoint on released files, only close what is left (see `close`).
             self._mark_closed()
-        if error is not None:
-            raise error
+
+    def _shut_down(self) -> None:
+        """What a clean shutdown does before the release: the final checkpoint."""
+        self._stop_control()  # first: no client may start anything while we shut down
+        self._abort_backup("the instance is closing")
+        if self._background is not None:
+            self._background.close()
+            self._background = None
+        with self.commit_lock:
+            self._closing = True  # no commit may slip in after the final checkpoint
+        if self.state is InstanceState.OPEN:
+            self.checkpoint(final=True)
+            if self._events is not None and self.state is InstanceState.OPEN:
+                self._events.emit(
+                    "instance_stopped", f"instance '{self.directory}' shut down cleanly"
+                )
 
     def simulate_crash(self) -> None:
         """Stop as a killed process would: no flush, no checkpoint, no clean header.
@@ -1935,12 +1932,10 @@ class Instance:
 
     def _release_everything(self) -> None:
         """Release every handle of the instance. Each step runs even when an earlier one
-        failed or was interrupted (Ctrl-C): the first such error is raised at the end, after
-        the registry closed whatever the steps left. A file that could not be closed is such
-        an error (close(2) may report a failed write, EIO on a network file system: the
-        descriptor is gone all the same)."""
-        first: BaseException | None = None
-        steps: list[Callable[[], object] | None] = [
+        failed or was interrupted (Ctrl-C, `release_all`); the registry closes whatever the
+        steps left. A file that could not be closed is such an error (close(2) may report a
+        failed write, EIO on a network file system: the descriptor is gone all the same)."""
+        release_all(
             self._stop_control,
             functools.partial(self._abort_backup, "the instance stopped"),
             self._close_background,
@@ -1952,16 +1947,7 @@ class Instance:
             self._events.close if self._events is not None else None,
             self._lock.release if self._lock is not None else None,
             self._close_remaining_handles,
-        ]
-        for step in steps:
-            if step is None:
-                continue
-            try:
-                step()
-            except BaseException as exc:
-                first = _to_raise(first, exc)
-        if first is not None:
-            raise first
+        )
 
     def _close_remaining_handles(self) -> None:
         """Close whatever the steps before left registered; the first file that could not be
@@ -2071,15 +2057,6 @@ def _deletion_failure(victims: list[int], deleted: list[int], error: JetError) -
         f"deleted log generations {deleted[0]}-{deleted[-1]} but could not sync the "
         f"directory: {error.brief()}; they may reappear after a crash (nothing needs them)"
     )
-
-
-def _to_raise(kept: BaseException | None, new: BaseException) -> BaseException:
-    """Which of two errors met on a cleanup path to raise at its end: the first one, unless
-    only the new one is an interrupt (Ctrl-C must reach the application even after an
-    engine error)."""
-    if kept is None or (isinstance(kept, Exception) and not isinstance(new, Exception)):
-        return new
-    return kept
 
 
 def _what_to_do(error: JetError) -> str:

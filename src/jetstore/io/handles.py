@@ -216,4 +216,31 @@ class HandleRegistry:
                 pass  # a descriptor this process cannot close is not the parent's concern
 
 
+def release_all(*steps: Callable[[], object] | None) -> None:
+    """Run every step of a cleanup (None: nothing to do), each one even when an earlier one
+    raised; then raise the first error, or the first interrupt if there was one (it must
+    reach the application even after an engine error).
+
+    A step interrupted (Ctrl-C: a BaseException that is not an Exception) is run once more,
+    as `close_owner` does with a closer: one interrupt never skips a release, so every step
+    must be safe to run again (idempotent).
+    """
+    first: BaseException | None = None
+    for step in steps:
+        if step is None:
+            continue
+        for _attempt in range(2):
+            try:
+                step()
+                break
+            except Exception as exc:
+                first = first or exc
+                break
+            except BaseException as exc:
+                if first is None or isinstance(first, Exception):
+                    first = exc
+    if first is not None:
+        raise first
+
+
 DEFAULT_REGISTRY = HandleRegistry("default")
