@@ -902,6 +902,7 @@ def _wait_threads(target: int) -> int:
     "where",
     [
         "background thread join",
+        "control socket thread join",
         "final checkpoint",
         "database file close",
         "event log close",
@@ -918,6 +919,7 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
     a second close() ran a final checkpoint on released files (InstanceUnavailable) or did
     nothing. Now the release goes on past the interrupt, which is raised at the end, and a
     second close() finishes whatever it left."""
+    from jetstore.control.server import socket_path
     from jetstore.instance.events import EventLog
     from jetstore.io.files import File
     from jetstore.io.locking import DirectoryLock, is_locked
@@ -941,6 +943,14 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
             "join",
             lambda thread, *_: thread.name == "jetstore-background",
         )
+    elif where == "control socket thread join":
+        # The socket file was left behind: the next opener took it for a dead process's.
+        fired = _interrupt_once(
+            monkeypatch,
+            threading.Thread,
+            "join",
+            lambda thread, *_: thread.name == "jetstore-control",
+        )
     elif where == "final checkpoint":
         armed[0] = True
     elif where == "database file close":
@@ -962,6 +972,7 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
     )
     assert instance.registry.total() == 0
     assert not is_locked(FileSystem(), str(tmp_path))
+    assert not os.path.exists(socket_path(str(tmp_path)))
     assert _wait_threads(threads) == threads
     assert len(os.listdir("/proc/self/fd")) == fds
     with jetstore.open(tmp_path, **SMALL) as again:

@@ -41,6 +41,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import select
@@ -72,7 +73,7 @@ from jetstore.errors import (
     OutOfSessions,
 )
 from jetstore.format.filenames import CONTROL_SOCKET
-from jetstore.io.handles import Handle, HandleKind
+from jetstore.io.handles import Handle, HandleKind, release_all
 from jetstore.io.threads import ManagedThread
 
 if TYPE_CHECKING:
@@ -264,18 +265,25 @@ class ControlServer:
 
     def stop(self) -> None:
         """Stop serving: join every thread, close every handle, remove the socket file.
-        Idempotent; never raises."""
+        Idempotent; never raises an error. An interrupt (Ctrl-C) skips none of it (this
+        runs once: a socket file left behind would be taken for a dead process's by the
+        next opener): it is raised at the end (`release_all`)."""
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
         thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.close()  # the selector thread closes its connections on the way out
-        for worker in list(self._workers.values()):
-            worker.close()  # interrupts its socket; the worker aborts its backup
-        self._workers.clear()
-        self._registry.close_owner(self.owner)
+        release_all(
+            # The selector thread closes its connections on the way out.
+            thread.close if thread is not None else None,
+            # Each interrupts its socket; the worker aborts its backup.
+            *(worker.close for worker in list(self._workers.values())),
+            self._workers.clear,
+            functools.partial(self._registry.close_owner, self.owner),
+            self._remove_socket_file,
+        )
+
+    def _remove_socket_file(self) -> None:
         if self._inode is not None:
             try:
                 info = os.lstat(self.path)

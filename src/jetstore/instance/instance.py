@@ -1789,9 +1789,10 @@ class Instance:
                 self.registry.close_owner(self.owner)
 
     def _close(self) -> None:
-        """The final checkpoint, then release everything. An interrupt (KeyboardInterrupt)
-        or an error anywhere skips what is left of the checkpoint (the next open recovers
-        from the log) but never the release: it is raised once every handle is closed."""
+        """The final checkpoint, then release everything (`release_all`: a step interrupted
+        by Ctrl-C runs once more). A final checkpoint that fails or is interrupted is not run
+        again (the instance is FAILED: the next open recovers from the log); the release is
+        never skipped, and the error or interrupt is raised once every handle is closed."""
         try:
             release_all(self._shut_down, self._release_everything)
         finally:
