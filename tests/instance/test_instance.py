@@ -977,3 +977,49 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
     assert len(os.listdir("/proc/self/fd")) == fds
     with jetstore.open(tmp_path, **SMALL) as again:
         assert count(again.database("main")) == 100
+
+
+@pytest.mark.parametrize("where", ["clean header", "detach record sync"])
+def test_a_detach_interrupted_after_it_began_writing_fails_the_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C in `detach` once its clean header or its DETACH record was written (only a
+    JetError was handled there) left the database attached and serving: its next commits
+    were logged after its detach, and after a crash the instance no longer opened
+    (AttachedDatabaseMismatch: the log holds changes for the id the database left). The
+    interrupt now fails the instance; the reopen recovers every acknowledged commit."""
+    from jetstore.pages.pagefile import DatabaseFile
+
+    armed = [False]
+    fired: list[bool] = []
+
+    def hook(event: IOEvent) -> None:
+        if armed[0] and not fired and event.op == "fdatasync" and event.path.endswith(".log"):
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    inst = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    db = inst.database("main", create=True)
+    fill(db, 10)
+    if where == "clean header":
+        write_header = DatabaseFile.write_header
+
+        def interrupted(self: DatabaseFile, **fields):  # type: ignore[no-untyped-def]
+            write_header(self, **fields)
+            if fields.get("state") is DatabaseState.CLEAN and not fired:
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+
+        monkeypatch.setattr(DatabaseFile, "write_header", interrupted)
+    else:
+        armed[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        inst.detach("main")
+    monkeypatch.undo()
+    assert fired == [True]
+    assert inst.state.value == "failed"
+    with pytest.raises(JetError, match="detach of database 'main' was interrupted"):
+        fill(db, 1, start=100)
+    inst.simulate_crash()
+    with jetstore.open(tmp_path, **SMALL) as again:
+        assert count(again.database("main")) == 10

@@ -913,6 +913,22 @@ class Instance:
             except JetError as exc:
                 self._fail(exc)
                 raise
+            except BaseException as exc:
+                # Interrupted (Ctrl-C) after the clean header or the DETACH record may have
+                # been written: serving the database on would log its commits after its
+                # detach, and recovery would refuse them (AttachedDatabaseMismatch). Stop
+                # accepting updates (D9); the reopen settles it from the log.
+                self._fail(
+                    InstanceUnavailable(
+                        f"the detach of database {name!r} was interrupted "
+                        f"({type(exc).__name__}) while it wrote its clean header and its "
+                        "detach record",
+                        hint="close the instance and open it again: recovery replays every "
+                        "acknowledged commit from the log, and the database is attached or "
+                        "detached as the log says",
+                    )
+                )
+                raise
             del self._databases[name]
             path = db.file.path
             db.close_transactions()
