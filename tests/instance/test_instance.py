@@ -1023,3 +1023,41 @@ def test_a_detach_interrupted_after_it_began_writing_fails_the_instance(
     inst.simulate_crash()
     with jetstore.open(tmp_path, **SMALL) as again:
         assert count(again.database("main")) == 10
+
+
+def test_a_detach_interrupted_while_it_closes_the_file_leaves_it_closed_and_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a detached database's file released its lock skipped the close of the
+    file: it stayed open, and locked, until the instance closed, and the detached file could
+    not be attached anywhere else meanwhile."""
+    from jetstore.io.locking import FileLock, file_lock_holder
+
+    inst = jetstore.open(tmp_path / "a", **SMALL)
+    try:
+        fill(inst.database("main", create=True), 10)
+        inst.database("other", create=True)
+        release = FileLock.release
+        fired: list[bool] = []
+
+        def interrupted(self: FileLock) -> None:
+            if not fired:
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+            release(self)
+
+        monkeypatch.setattr(FileLock, "release", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            inst.detach("main")
+        monkeypatch.undo()
+        assert fired == [True]
+        path = str(tmp_path / "a" / "main.edb")
+        # (A created file's handle keeps the name it was created under, `main.edb.creating`.)
+        assert [h for h in inst.registry.open_handles() if h.description.startswith(path)] == []
+        assert file_lock_holder(FileSystem(), path) is None
+        assert inst.databases() == ["other"]
+        with jetstore.open(tmp_path / "b", **SMALL) as other:
+            os.rename(path, tmp_path / "b" / "main.edb")
+            assert count(other.attach(tmp_path / "b" / "main.edb")) == 10
+    finally:
+        inst.close()

@@ -64,6 +64,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.page import PageType, decode_page, encode_page, payload_capacity
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File, FileSystem
+from jetstore.io.handles import release_all
 from jetstore.io.locking import FileLock, lock_file
 from jetstore.pages.btree import (
     MAX_PGNO,
@@ -263,18 +264,19 @@ class DatabaseFile:
                 db._write_header_copies(header)  # repair the damaged copy from the good one
             return db
         except BaseException:
-            if held is not None:
-                held.release()
-            file.close()
+            release_all(held.release if held is not None else None, file.close)
             raise
 
     def close(self) -> None:
-        try:
-            if self._lock is not None:
-                self._lock.release()  # before the descriptor closes, while the fd is still ours
-            self._file.close()
-        finally:
-            self.cache.release()  # the descriptor is gone even when close(2) reports EIO
+        # Every step even when one is interrupted (Ctrl-C, `release_all`) or fails (close(2)
+        # may report EIO; the descriptor is gone all the same): a database detached from an
+        # instance that goes on must not stay open, or locked, until it closes.
+        release_all(
+            # Before the descriptor closes, while the fd is still ours.
+            self._lock.release if self._lock is not None else None,
+            self._file.close,
+            self.cache.release,
+        )
 
     @property
     def locked(self) -> bool:
