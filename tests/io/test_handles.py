@@ -332,3 +332,24 @@ def test_release_all_runs_every_step_retries_an_interrupted_one_and_raises_the_i
     with pytest.raises(RuntimeError, match="boom"):
         release_all(failing, lambda: log.append("d"))
     assert log[-1] == "d"
+
+
+def test_forget_owner_goes_on_past_an_interrupt() -> None:
+    """In a forked child, Ctrl-C in one descriptor's close stopped `forget_owner`: the
+    child kept its copies of the rest, the directory lock file's among them, and so held
+    the parent's flock (shared open file description) for as long as it lived."""
+    registry = HandleRegistry("t")
+    log: list[str] = []
+    interrupts = [KeyboardInterrupt("Ctrl-C")]
+
+    def interrupted() -> None:
+        log.append("b")
+        raise interrupts.pop()
+
+    registry.register(HandleKind.FILE, "o", "lock file", counting_closer(log, "a"))
+    registry.register(HandleKind.FILE, "o", "b", interrupted)
+    registry.register(HandleKind.LOCK, "o", "lock", counting_closer(log, "unlock"))
+    with pytest.raises(KeyboardInterrupt):
+        registry.forget_owner("o")
+    assert log == ["b", "a"]  # the lock's closer never runs in a child
+    assert registry.total() == 0

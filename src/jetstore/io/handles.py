@@ -204,7 +204,11 @@ class HandleRegistry:
         nothing of the parent's); locks and threads are unregistered without running their
         closers: an flock belongs to the open file description parent and child share, so an
         unlock here would release the parent's lock, and the threads exist in the parent only.
+        An interrupt (Ctrl-C reaches the child too) does not stop it: a copy left open would
+        keep the parent's flock held (it belongs to the open file description both share)
+        for as long as the child lives; the interrupt is raised at the end.
         """
+        interrupt: BaseException | None = None
         for handle in sorted(self.open_handles(owner), key=lambda h: -h.ident):
             if not self._unregister(handle):
                 continue
@@ -214,6 +218,10 @@ class HandleRegistry:
                 handle.closer()
             except Exception:
                 pass  # a descriptor this process cannot close is not the parent's concern
+            except BaseException as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
 
 
 def release_all(*steps: Callable[[], object] | None) -> None:
