@@ -1061,3 +1061,31 @@ def test_a_detach_interrupted_while_it_closes_the_file_leaves_it_closed_and_unlo
             assert count(other.attach(tmp_path / "b" / "main.edb")) == 10
     finally:
         inst.close()
+
+
+def test_an_open_interrupted_while_the_control_socket_starts_leaves_no_socket_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C once the control socket was bound (its start handled only Exception) left
+    the socket file in the directory after the failed open released everything else: the
+    next opener took it for one left by a process that died."""
+    from jetstore.control.server import ControlServer, socket_path
+
+    bind = ControlServer._bind
+
+    def interrupted(self: ControlServer) -> bool:
+        bind(self)
+        raise KeyboardInterrupt("Ctrl-C")
+
+    monkeypatch.setattr(ControlServer, "_bind", interrupted)
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    with pytest.raises(KeyboardInterrupt):
+        jetstore.open(tmp_path, **SMALL)
+    monkeypatch.undo()
+    assert not os.path.exists(socket_path(str(tmp_path)))
+    assert _wait_threads(threads) == threads
+    assert len(os.listdir("/proc/self/fd")) == fds
+    with jetstore.open(tmp_path, **SMALL) as again:
+        events = (tmp_path / "events.jsonl").read_text()
+        assert "replaced a stale socket file" not in events
+        assert again.counters()["state"] == "open"

@@ -176,8 +176,12 @@ class ControlServer:
             server._thread = ManagedThread(
                 server._registry, server.owner, "jetstore-control", server._serve, server._wake
             )
-        except Exception as exc:
+        except BaseException as exc:
             server.stop()
+            if not isinstance(exc, Exception):
+                # Ctrl-C: the open stops, but the socket file it bound is removed first (the
+                # next opener would take it for a dead process's).
+                raise
             error = exc if isinstance(exc, JetError) else _os_error(exc, "serve", server.path)
             instance.events.emit(
                 "control_socket_failed",
