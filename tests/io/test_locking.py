@@ -18,6 +18,7 @@ from jetstore.io.handles import HandleKind, HandleRegistry
 from jetstore.io.locking import (
     PROC_LOCKS,
     DirectoryLock,
+    FileLock,
     acquire_directory_lock,
     file_lock_holder,
     is_locked,
@@ -361,3 +362,28 @@ def test_an_interrupt_while_the_directory_lock_writes_its_pid_releases_it(
         acquire_directory_lock(FileSystem(registry, hook), str(tmp_path), owner="inst")
     assert registry.total() == 0
     assert not is_locked(FileSystem(registry), str(tmp_path))
+
+
+def test_a_directory_lock_release_interrupted_in_the_unlock_still_closes_the_file(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the unlock (the finally of the offline tools' `exclusive_directory`)
+    skipped the close of the lock file: the directory stayed locked until the process
+    ended."""
+    lock = acquire_directory_lock(fs, str(tmp_path), owner="tool")
+    release = FileLock.release
+    fired: list[bool] = []
+
+    def interrupted(self: FileLock) -> None:
+        if not fired:
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+        release(self)
+
+    monkeypatch.setattr(FileLock, "release", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.release()
+    monkeypatch.undo()
+    assert fired == [True]
+    assert registry.total() == 0
+    assert not is_locked(fs, str(tmp_path))

@@ -27,7 +27,7 @@ import threading
 from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import File, FileSystem
-from jetstore.io.handles import Handle, HandleKind
+from jetstore.io.handles import Handle, HandleKind, release_all
 
 
 class FileLock:
@@ -54,8 +54,9 @@ class DirectoryLock(FileLock):
         self._file = file
 
     def release(self) -> None:
-        super().release()
-        self._file.close()
+        # Both, even when the unlock is interrupted (Ctrl-C): the open lock file alone keeps
+        # the directory locked until the process ends.
+        release_all(super().release, self._file.close)
 
 
 def read_lock_holder(fs: FileSystem, directory: str) -> int | None:
