@@ -375,3 +375,42 @@ def test_a_forked_child_dropping_its_copy_leaves_the_parents_instance_alone(
 
 def test_the_event_is_in_the_table() -> None:
     assert EVENTS[103] == ("instance_not_closed", "warning")
+
+
+def test_an_interrupt_right_after_collect_took_a_round_lock_leaves_it_free(
+    tmp_path: Path,
+) -> None:
+    """`collect` recorded a round lock it took in a list after `acquire` returned: a Ctrl-C
+    landing there (CPython runs handlers after a call returns, before its result is used)
+    left the lock held for good, and the instance's background thread waited for it
+    forever: close() never returned. A profile function raising KeyboardInterrupt when a C
+    call of `collect` returns with the lock held reproduces that moment exactly."""
+    instance = jetstore.open(tmp_path, lazy_flush_interval=3600.0)  # no round meanwhile
+    lock = instance._round_lock
+    fired: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if (
+            event == "c_return"
+            and not fired
+            and frame.f_code is unclosed.collect.__code__
+            and lock.locked()
+        ):
+            fired.append(arg.__name__)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            unclosed.collect(timeout=1.0)
+    finally:
+        sys.setprofile(None)
+    assert fired
+    assert lock.acquire(timeout=5)
+    lock.release()
+    closer = threading.Thread(target=instance.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert instance.state.value == "closed"
+    assert fired == ["extend"]  # the lock was taken and recorded in one step

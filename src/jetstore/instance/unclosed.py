@@ -55,7 +55,10 @@ Invariants:
 from __future__ import annotations
 
 import atexit
+import collections
 import gc
+import itertools
+import operator
 import os
 import threading
 import time
@@ -84,6 +87,8 @@ _orphans: dict[int, tuple[Instance, ManagedThread | None]] = {}
 HAND_OVER_GRACE = 1.0
 #: How long `collect` waits for one background round (a checkpoint) to end.
 ROUND_WAIT = 10.0
+#: `lock.release()` as a C callable (`collect` releases the round locks from C).
+_RELEASE = operator.methodcaller("release")
 
 WHY_DROPPED = "the application dropped it"
 WHY_EXIT = "the interpreter is exiting"
@@ -182,12 +187,16 @@ def collect(timeout: float = 60.0) -> bool:
         try:
             for _ref, lock in list(_open.values()):
                 wait = min(ROUND_WAIT, max(0.0, deadline - time.monotonic()))
-                if lock.acquire(timeout=wait):
-                    held.append(lock)
+                # The lock is in `held` before any signal handler can run: `extend` calls
+                # `acquire` (through `map` and `compress`) from C, and CPython runs handlers
+                # only when a call returns to Python code. After `if lock.acquire(...)`, a
+                # Ctrl-C there left the lock taken and unrecorded, and the background thread
+                # (and the close() joining it) waited for it forever.
+                held.extend(itertools.compress((lock,), map(lock.acquire, (True,), (wait,))))
             collected_here = _full_collection()
         finally:
-            for lock in held:
-                lock.release()
+            # All released from C too: an interrupt between two releases keeps none.
+            collections.deque(map(_RELEASE, held), maxlen=0)
         if _collected():
             wait_for_shutdowns(max(0.0, deadline - time.monotonic()))
             return True
