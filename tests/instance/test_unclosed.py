@@ -414,3 +414,34 @@ def test_an_interrupt_right_after_collect_took_a_round_lock_leaves_it_free(
     assert not closer.is_alive()
     assert instance.state.value == "closed"
     assert fired == ["extend"]  # the lock was taken and recorded in one step
+
+
+def test_an_interrupt_right_after_a_shutdown_took_the_close_lock_leaves_it_free(
+    tmp_path: Path,
+) -> None:
+    """`close_unreferenced` (the exit hook's and `wait_for_shutdowns`' shutdown) took the
+    instance's close lock before its `try`: a Ctrl-C landing right after `acquire` returned
+    left it held by that thread for good, and a close() from any other thread (the
+    background thread's hand-over, the application's) waited forever."""
+    instance = jetstore.open(tmp_path, lazy_flush_interval=3600.0)
+    lock = instance._close_lock
+    fired: list[str] = []
+    shutdown = type(instance).close_unreferenced.__code__
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "c_return" and not fired and frame.f_code is shutdown and lock._is_owned():
+            fired.append(arg.__name__)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            instance.close_unreferenced("a test", wait=True)
+    finally:
+        sys.setprofile(None)
+    assert fired
+    closer = threading.Thread(target=instance.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert instance.state.value == "closed"

@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import itertools
 import math
 import os
 import queue
@@ -1878,10 +1879,13 @@ class Instance:
         recovers. With `wait=False` (the instance's background thread) it returns at once if
         another thread is closing the instance: that one joins the background thread, which
         must not wait for it in turn."""
-        if not self._close_lock.acquire(blocking=wait):
-            return
+        taken: list[bool] = []
         try:
-            if self.state is InstanceState.CLOSED:
+            # Taken and recorded in one step run from C (see `unclosed.collect`): after
+            # `if not lock.acquire(...)`, a Ctrl-C landing as the call returned left the lock
+            # held by this thread for good, and every close() of another thread waited.
+            taken.extend(itertools.compress((True,), map(self._close_lock.acquire, (wait,))))
+            if not taken or self.state is InstanceState.CLOSED:
                 return
             unclosed.warn(unclosed.message(self), self)
             if self._events is not None:
@@ -1902,7 +1906,8 @@ class Instance:
                     self,
                 )
         finally:
-            self._close_lock.release()
+            if taken:
+                self._close_lock.release()
 
     def __del__(self) -> None:
         # The last reference is gone while the instance is open: hand it to its background
