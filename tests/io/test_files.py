@@ -832,3 +832,39 @@ def test_interrupts_at_any_point_of_open_and_close_leave_no_descriptor_behind(
     registry.close_owner(OWNER)
     assert open_fds() == before
     assert no_handles(registry)
+
+
+@pytest.mark.parametrize("call", ["open", "fsync_directory"])
+def test_an_interrupt_as_os_open_returns_closes_the_descriptor(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, call: str
+) -> None:
+    """CPython runs a signal handler when a call returns, before its result is stored: with
+    `fd = os.open(...)` a Ctrl-C there lost the number. A profile function raising
+    KeyboardInterrupt at the first C call of the io layer that returns with one more
+    descriptor open reproduces that moment exactly."""
+    before = open_fds()
+    fired: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if (
+            event == "c_return"
+            and not fired
+            and frame.f_code.co_filename == files_module.__file__
+            and open_fds() > before
+        ):
+            fired.append(arg.__name__)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if call == "open":
+                fs.open(str(tmp_path / "a"), owner=OWNER, create=True)
+            else:
+                fs.fsync_directory(str(tmp_path), owner=OWNER)
+    finally:
+        sys.setprofile(None)
+    assert fired
+    assert open_fds() == before
+    assert no_handles(registry)
+    assert fired == ["extend"]  # the number was in the opener's list when it came
