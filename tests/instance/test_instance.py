@@ -903,6 +903,7 @@ def _wait_threads(target: int) -> int:
     [
         "background thread join",
         "control socket thread join",
+        "control socket stop",
         "final checkpoint",
         "database file close",
         "event log close",
@@ -919,7 +920,7 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
     a second close() ran a final checkpoint on released files (InstanceUnavailable) or did
     nothing. Now the release goes on past the interrupt, which is raised at the end, and a
     second close() finishes whatever it left."""
-    from jetstore.control.server import socket_path
+    from jetstore.control.server import ControlServer, socket_path
     from jetstore.instance.events import EventLog
     from jetstore.io.files import File
     from jetstore.io.locking import DirectoryLock, is_locked
@@ -951,6 +952,9 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
             "join",
             lambda thread, *_: thread.name == "jetstore-control",
         )
+    elif where == "control socket stop":
+        # At its very entry: the instance had already let go of the server.
+        fired = _interrupt_once(monkeypatch, ControlServer, "stop")
     elif where == "final checkpoint":
         armed[0] = True
     elif where == "database file close":

@@ -73,6 +73,7 @@ from jetstore.errors import (
     OutOfSessions,
 )
 from jetstore.format.filenames import CONTROL_SOCKET
+from jetstore.io import forks
 from jetstore.io.handles import Handle, HandleKind, release_all
 from jetstore.io.threads import ManagedThread
 
@@ -141,6 +142,9 @@ class ControlServer:
         self._workers: dict[int, _BackupWorker] = {}
         self._finished: collections.deque[int] = collections.deque()
         self._inode: tuple[int, int] | None = None
+        #: The process serving: a forked child letting go of its copies (`forget_owner` runs
+        #: the listening socket's closer) must not remove the parent's socket file.
+        self._pid = forks.PID
         self._stopped = False
         self._stop_lock = threading.Lock()
         self.requests = 0
@@ -235,7 +239,16 @@ class ControlServer:
             replaced = True
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener = listener
-        self._registry.register(HandleKind.SOCKET, self.owner, f"listen {path}", listener.close)
+        # The socket file goes with the listening socket's handle: whoever releases the
+        # handles (stop(), or the instance's own cleanup when an interrupt cut stop() short
+        # or kept it from running) removes the file, which the next opener would otherwise
+        # take for one left by a process that died.
+        self._registry.register(
+            HandleKind.SOCKET,
+            self.owner,
+            f"listen {path}",
+            functools.partial(release_all, listener.close, self._remove_socket_file),
+        )
         try:
             listener.bind(path)
             info = os.lstat(path)
@@ -268,10 +281,10 @@ class ControlServer:
         return replaced
 
     def stop(self) -> None:
-        """Stop serving: join every thread, close every handle, remove the socket file.
-        Idempotent; never raises an error. An interrupt (Ctrl-C) skips none of it (this
-        runs once: a socket file left behind would be taken for a dead process's by the
-        next opener): it is raised at the end (`release_all`)."""
+        """Stop serving: join every thread, close every handle, remove the socket file (the
+        listening socket's closer). Idempotent; never raises an error. An interrupt
+        (Ctrl-C) skips none of it: it is raised at the end (`release_all`), and what an
+        interrupt before that left is released by the instance's cleanup."""
         with self._stop_lock:
             if self._stopped:
                 return
@@ -284,11 +297,10 @@ class ControlServer:
             *(worker.close for worker in list(self._workers.values())),
             self._workers.clear,
             functools.partial(self._registry.close_owner, self.owner),
-            self._remove_socket_file,
         )
 
     def _remove_socket_file(self) -> None:
-        if self._inode is not None:
+        if self._inode is not None and self._pid == forks.PID:
             try:
                 info = os.lstat(self.path)
                 if (info.st_dev, info.st_ino) == self._inode:
