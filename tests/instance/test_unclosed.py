@@ -445,3 +445,29 @@ def test_an_interrupt_right_after_a_shutdown_took_the_close_lock_leaves_it_free(
     closer.join(10)
     assert not closer.is_alive()
     assert instance.state.value == "closed"
+
+
+def test_an_open_interrupted_while_the_instance_is_built_leaves_nothing_to_shut_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C inside `Instance.__init__` left a half-built instance already in state
+    RECOVERING: its finalizer handed it over to be shut down, which failed on attributes
+    never set (AttributeError reported as unraisable, and again by the exit hook)."""
+    from jetstore.io.threads import WeakOwner
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def interrupted(self: WeakOwner[object], owner: object) -> None:
+        raise KeyboardInterrupt("Ctrl-C")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WeakOwner, "__init__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            jetstore.open(tmp_path)
+    gc.collect()
+    assert unclosed.wait_for_shutdowns(5)
+    assert unraisable == []
+    assert not unclosed._orphans
+    with jetstore.open(tmp_path) as again:
+        assert again.state.value == "open"

@@ -200,6 +200,9 @@ class Instance:
         options: InstanceOptions,
         filesystem: FileSystem | None = None,
     ) -> None:
+        # CLOSED until `_open` begins: an instance whose construction was cut short (Ctrl-C)
+        # is nothing to shut down, and its finalizer must not hand it over half built.
+        self.state = InstanceState.CLOSED
         options.validate()
         self.directory = os.path.abspath(directory)
         self.options = options
@@ -212,7 +215,6 @@ class Instance:
         self.cache_pages = max(16, options.cache_size // options.page_size)
         #: cache_size is the instance's: the node caches of all its databases share it.
         self.cache_budget = CacheBudget(options.cache_size)
-        self.state = InstanceState.RECOVERING
         #: The process that opened the instance (`jetstore.io.forks`): only it may use it.
         self.pid = forks.PID
         self.failure: JetError | None = None
@@ -272,6 +274,7 @@ class Instance:
     # ----------------------------------------------------------------- open
 
     def _open(self) -> None:
+        self.state = InstanceState.RECOVERING
         try:
             self._lock = self._claim_directory()
             self._events = EventLog(self.fs, self.directory, owner=self.owner)
