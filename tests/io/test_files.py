@@ -868,3 +868,40 @@ def test_an_interrupt_as_os_open_returns_closes_the_descriptor(
     assert open_fds() == before
     assert no_handles(registry)
     assert fired == ["extend"]  # the number was in the opener's list when it came
+
+
+@pytest.mark.parametrize("call", ["read_file", "write_new_file", "is_locked"])
+def test_an_interrupt_as_a_short_use_s_open_returns_leaves_no_file_open(
+    fs: FileSystem, registry: HandleRegistry, tmp_path, call: str
+) -> None:
+    """`with fs.open(...) as f` (and `f = fs.open(...)` before a `try`): a Ctrl-C as `open`
+    returned, the file registered but not yet taken by the `with`, left it open under an
+    owner nobody cleans up (a peek's, a probe's) for the life of the process."""
+    from jetstore.io import locking
+
+    target = tmp_path / "a"
+    target.write_bytes(b"content")
+    (tmp_path / "jetstore.lock").write_bytes(b"")
+    before = open_fds()
+    fired: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        # The table itself: `total()` takes the registry lock, which `register` may hold.
+        if event == "c_return" and not fired and registry._handles:
+            fired.append(frame.f_code.co_name)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if call == "read_file":
+                fs.read_file(str(target), owner=OWNER)
+            elif call == "write_new_file":
+                fs.write_new_file(str(target), [b"new"], owner=OWNER)
+            else:
+                locking.is_locked(fs, str(tmp_path))
+    finally:
+        sys.setprofile(None)
+    assert fired
+    assert no_handles(registry)
+    assert open_fds() == before

@@ -73,18 +73,13 @@ def is_locked(fs: FileSystem, directory: str) -> bool:
     """True if some process holds the directory lock right now (probes without keeping it)."""
     path = os.path.join(directory, LOCK_FILE)
     try:
-        file = fs.open(path, owner="lock-probe", writable=False)
+        with fs.opened(path, owner="lock-probe", writable=False) as file:
+            if not file.try_lock():
+                return True
+            file.unlock()
+            return False
     except JetError:
         return False
-    try:
-        if not file.try_lock():
-            return True
-        file.unlock()
-        return False
-    except JetError:
-        return False
-    finally:
-        file.close()
 
 
 def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> DirectoryLock:
@@ -182,19 +177,14 @@ def file_lock_holder(fs: FileSystem, path: str, *, owner: str = "lock-probe") ->
     Probes with a shared lock taken and dropped at once: it never keeps the file locked.
     """
     try:
-        file = fs.open(path, owner=owner, writable=False)
+        with fs.opened(path, owner=owner, writable=False) as file:
+            info = file.stat()
+            if not file.try_lock(shared=True):
+                return _describe_holder(fs, (info.st_dev, info.st_ino))
+            file.unlock()
+            return None
     except JetError:
         return None
-    try:
-        info = file.stat()
-        if not file.try_lock(shared=True):
-            return _describe_holder(fs, (info.st_dev, info.st_ino))
-        file.unlock()
-        return None
-    except JetError:
-        return None
-    finally:
-        file.close()
 
 
 def _describe_holder(fs: FileSystem, key: tuple[int, int]) -> str:
@@ -224,23 +214,18 @@ def _kernel_lock_holder(fs: FileSystem, key: tuple[int, int]) -> int | None:
     like "1: FLOCK  ADVISORY  WRITE 3998 fe:00:2147820 0 EOF", device numbers in hex)."""
     dev, ino = key
     wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    chunks: list[bytes] = []
     try:
-        file = fs.open(PROC_LOCKS, owner="lock-probe", writable=False)
+        with fs.opened(PROC_LOCKS, owner="lock-probe", writable=False) as file:
+            offset = 0
+            while offset < (1 << 22):  # the size of a /proc file is 0: read until it ends
+                data = file.pread(65536, offset)
+                if not data:
+                    break
+                chunks.append(data)
+                offset += len(data)
     except JetError:
         return None
-    try:
-        chunks: list[bytes] = []
-        offset = 0
-        while offset < (1 << 22):  # the size of a /proc file is 0: read until it ends
-            data = file.pread(65536, offset)
-            if not data:
-                break
-            chunks.append(data)
-            offset += len(data)
-    except JetError:
-        return None
-    finally:
-        file.close()
     for line in b"".join(chunks).decode("ascii", "replace").splitlines():
         parts = line.split()
         if (
