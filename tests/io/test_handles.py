@@ -261,7 +261,7 @@ def test_close_owner_goes_on_past_an_interrupt_and_raises_it_last() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         registry.close_owner("o")
-    assert log == ["c", "b", "a", "b"]
+    assert log == ["c", "b", "b", "a"]  # a second round, from the interrupted one on
     assert registry.total() == 0
     assert registry.closed_total == 3
 
@@ -352,4 +352,31 @@ def test_forget_owner_goes_on_past_an_interrupt() -> None:
     with pytest.raises(KeyboardInterrupt):
         registry.forget_owner("o")
     assert log == ["b", "a"]  # the lock's closer never runs in a child
+    assert registry.total() == 0
+
+
+def test_close_owner_interrupted_while_it_takes_its_list_still_closes_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while `close_owner` took the list of handles to close (a signal handler runs
+    wherever a call returns) stopped it before it closed anything: a short use's file
+    (`FileSystem.opened`) stayed open for good."""
+    registry = HandleRegistry("t")
+    log: list[str] = []
+    registry.register(HandleKind.FILE, "o", "a", counting_closer(log, "a"))
+    registry.register(HandleKind.FILE, "o", "b", counting_closer(log, "b"))
+    open_handles = HandleRegistry.open_handles
+    fired: list[bool] = []
+
+    def interrupted(self: HandleRegistry, owner: str | None = None) -> list[Handle]:
+        if not fired:
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+        return open_handles(self, owner)
+
+    monkeypatch.setattr(HandleRegistry, "open_handles", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        registry.close_owner("o")
+    assert fired == [True]
+    assert log == ["b", "a"]
     assert registry.total() == 0

@@ -15,7 +15,7 @@ Invariants:
   returned or failed with an Exception; a closer interrupted, or never started because the
   interrupt came first, gives the handle back open, and the next `close()` runs the closer
   again (every closer may run again after an interrupt). `close_owner` goes on past an
-  interrupt, gives each interrupted handle a second try, and raises the interrupt last.
+  interrupt, closes in a second round what it left, and raises the interrupt last.
 - In a child forked from the process that registered them (`jetstore.io.forks`), an owner's
   handles are let go instead (`forget_owner`): descriptors closed, locks and threads only
   unregistered (an unlock would release the parent's lock; the threads run in the parent).
@@ -170,31 +170,31 @@ class HandleRegistry:
 
         Returns the errors raised by closers instead of stopping at the first one: a cleanup
         path must release everything it can. An interrupt (a BaseException that is not an
-        Exception: Ctrl-C) does not stop it either: the other handles are closed, each
-        interrupted one gets one more try (its closer was given back, see `Handle.close`),
-        and the first interrupt is raised at the end. A second interrupt during those tries
-        leaves the rest registered, for the next cleanup.
+        Exception: Ctrl-C) does not stop it either: a second round closes what it left (an
+        interrupted closer gives its handle back, see `Handle.close`), and the first
+        interrupt is raised at the end. An interrupt in the second round leaves the rest
+        registered, for the next cleanup.
         """
         errors: list[BaseException] = []
         interrupt: BaseException | None = None
-        interrupted: list[Handle] = []
-        for handle in sorted(self.open_handles(owner), key=lambda h: -h.ident):
+        # A second round for what an interrupt kept from closing: the handle whose closer it
+        # cut (given back open), the ones after it, or all of them when it came while the
+        # list was being taken (a signal handler runs wherever a call returns).
+        for _round in range(2):
             try:
-                handle.close()
-            except Exception as exc:  # keep closing the rest; report all
-                errors.append(exc)
+                for handle in sorted(self.open_handles(owner), key=lambda h: -h.ident):
+                    try:
+                        handle.close()
+                    except Exception as exc:  # keep closing the rest; report all
+                        errors.append(exc)
+            except Exception:
+                raise  # not from a closer (those are caught above): a bug, say it
             except BaseException as exc:
                 interrupt = interrupt or exc
-                interrupted.append(handle)
-        try:
-            for handle in interrupted:
-                try:
-                    handle.close()
-                except Exception as exc:
-                    errors.append(exc)
-        finally:
-            if interrupt is not None:
-                raise interrupt
+                continue
+            break
+        if interrupt is not None:
+            raise interrupt
         return errors
 
     def forget_owner(self, owner: str) -> None:
