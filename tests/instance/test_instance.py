@@ -1093,3 +1093,33 @@ def test_an_open_interrupted_while_the_control_socket_starts_leaves_no_socket_fi
         events = (tmp_path / "events.jsonl").read_text()
         assert "replaced a stale socket file" not in events
         assert again.counters()["state"] == "open"
+
+
+def test_an_open_interrupted_as_the_control_socket_is_bound_leaves_no_socket_file(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C as `bind` returned, before the socket file's inode was recorded: the closer
+    did not know the file was ours and left it, for the next opener to take for a dead
+    process's."""
+    from jetstore.control.server import ControlServer, socket_path
+
+    fired: list[bool] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if (
+            event == "c_return"
+            and not fired
+            and frame.f_code is ControlServer._bind.__code__
+            and getattr(arg, "__name__", "") == "bind"
+        ):
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            jetstore.open(tmp_path, **SMALL)
+    finally:
+        sys.setprofile(None)
+    assert fired == [True]
+    assert not os.path.exists(socket_path(str(tmp_path)))

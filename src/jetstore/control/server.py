@@ -145,6 +145,10 @@ class ControlServer:
         #: The process serving: a forked child letting go of its copies (`forget_owner` runs
         #: the listening socket's closer) must not remove the parent's socket file.
         self._pid = forks.PID
+        #: Set just before the bind: a socket file at our path is ours from then on, even if
+        #: an interrupt came before its inode was recorded (under our directory lock, no
+        #: other instance binds there, and a stale one was removed before the bind).
+        self._binding = False
         self._stopped = False
         self._stop_lock = threading.Lock()
         self.requests = 0
@@ -250,6 +254,7 @@ class ControlServer:
             functools.partial(release_all, listener.close, self._remove_socket_file),
         )
         try:
+            self._binding = True
             listener.bind(path)
             info = os.lstat(path)
             self._inode = (info.st_dev, info.st_ino)
@@ -300,13 +305,18 @@ class ControlServer:
         )
 
     def _remove_socket_file(self) -> None:
-        if self._inode is not None and self._pid == forks.PID:
-            try:
-                info = os.lstat(self.path)
-                if (info.st_dev, info.st_ino) == self._inode:
-                    os.unlink(self.path)
-            except OSError:
-                pass  # gone already, or not ours: nothing to remove
+        if not self._binding or self._pid != forks.PID:
+            return
+        try:
+            info = os.lstat(self.path)
+            if self._inode is not None:
+                ours = (info.st_dev, info.st_ino) == self._inode
+            else:
+                ours = stat.S_ISSOCK(info.st_mode)
+            if ours:
+                os.unlink(self.path)
+        except OSError:
+            pass  # gone already, or not ours: nothing to remove
 
     def _wake(self) -> None:
         wake = self._wake_w
