@@ -610,9 +610,11 @@ def test_an_unexpected_error_in_the_background_round_fails_the_instance_loudly(
     with pytest.raises(JetError) as refused, db.transaction() as txn:
         txn.table("t").insert({"id": 2})
     assert "background thread" in str(refused.value)
+    inst.close()
+    # Read after close, which joins the background thread: it sets FAILED before it writes
+    # the event, so reading at FAILED raced the write.
     events = (tmp_path / "events.jsonl").read_text()
     assert '"instance_failed"' in events and "injected bug" in events
-    inst.close()
     monkeypatch.undo()
     with jetstore.open(tmp_path) as reopened, reopened.database("main").transaction() as txn:
         assert [row["id"] for row in txn.table("t").scan()] == [1]
