@@ -143,6 +143,9 @@ def test_export_refuses_to_write_over_the_instance_files(
     # Defect: `export DB T -o DB` renamed the export over the database file it was reading
     # (exit 0): a read-only command destroyed the database. The same for its logs and
     # checkpoint file, or the database reached through another path (a hard link).
+    # Nor a kept original (`compact --keep-original`, `repair`): the only copy from before.
+    (closed / "main.edb.precompact").write_bytes(b"kept original")
+    (closed / "main.edb.damaged-20261123T040000Z").write_bytes(b"kept damaged file")
     before = snapshot(closed)
     (tmp_path / "link.edb").hardlink_to(closed / "main.edb")
     for output in [
@@ -151,6 +154,8 @@ def test_export_refuses_to_write_over_the_instance_files(
         closed / "edb.log",
         closed / "edb.chk",
         closed / "." / "main.edb",
+        closed / "main.edb.precompact",
+        closed / "main.edb.damaged-20261123T040000Z",
     ]:
         code, document = run_json("export", closed / "main.edb", "t", "-o", output)
         assert code == 2, (output, document)

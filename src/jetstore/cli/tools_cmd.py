@@ -56,7 +56,7 @@ from jetstore.format.filenames import (
     parse_reserve_log_name,
 )
 from jetstore.io.files import FileSystem
-from jetstore.tools.compact import compact_database
+from jetstore.tools.compact import PRECOMPACT_SUFFIX, compact_database
 from jetstore.tools.export import FORMATS, export_table
 from jetstore.tools.importer import import_rows
 from jetstore.tools.integrity import IntegrityReport, check_integrity
@@ -374,8 +374,9 @@ _INSTANCE_FILES = (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE, LOCK_FILE, EVENT_LOG)
 
 def _is_instance_file(output: str, database: str) -> bool:
     """Whether `output` is DB itself (by any path: `.` segments, a hard link) or names a file
-    of the instance in DB's directory. The export is renamed over its output at the end: over
-    DB, a read-only command replaced the database by its records (exit 0)."""
+    of the instance in DB's directory, a kept original among them. The export is renamed
+    over its output at the end: over DB, a read-only command replaced the database by its
+    records (exit 0)."""
     target = os.path.abspath(output)
     with contextlib.suppress(OSError):
         if os.path.samefile(target, database):
@@ -392,6 +393,18 @@ def _is_instance_file(output: str, database: str) -> bool:
         or parse_database_file_name(name) is not None
         or parse_generation_log_name(name) is not None
         or parse_reserve_log_name(name) is not None
+        or _is_kept_original(name)
+    )
+
+
+def _is_kept_original(name: str) -> bool:
+    """A database's copy kept by `compact --keep-original` (`NAME.edb.precompact`) or by
+    `repair` (`NAME.edb.damaged-<time>`): the only copy of the file before the tool ran."""
+    base, dot, suffix = name.rpartition(".")
+    return (
+        bool(dot)
+        and parse_database_file_name(base) is not None
+        and ("." + suffix == PRECOMPACT_SUFFIX or suffix.startswith("damaged-"))
     )
 
 
