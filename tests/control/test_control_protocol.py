@@ -17,7 +17,7 @@ from control_support import Baseline, Raw, load, open_instance, wait_for
 
 import jetstore
 from jetstore.control.client import connect
-from jetstore.control.protocol import MAX_REQUEST
+from jetstore.control.protocol import MAX_REQUEST, decode_reply
 from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
 from jetstore.io.handles import DEFAULT_REGISTRY
 
@@ -57,6 +57,9 @@ def test_ping_counters_events(inst: jetstore.Instance) -> None:
         (b'{"kind": "full"}\n', 'no "op"'),
         (b"\xff\xfe\n", "not UTF-8"),
         (b'{"op": "events", "limit": -1}\n', "positive integer"),
+        # json's parser recurses per level: this is RecursionError, not ValueError.
+        (b"[" * 60_000 + b"\n", "not valid JSON"),
+        (b'{"op": "ping", "x": ' + b'{"a":' * 10_000 + b"\n", "not valid JSON"),
     ],
 )
 def test_malformed_requests_get_an_error_reply_and_the_connection_goes_on(
@@ -75,6 +78,11 @@ def test_malformed_requests_get_an_error_reply_and_the_connection_goes_on(
     raw.close()
     assert len(_rejections(inst)) == before + 1
     baseline.wait(inst)
+
+
+def test_a_reply_nested_too_deeply_is_an_invalid_parameter_not_a_recursion_error() -> None:
+    with pytest.raises(InvalidParameter, match="nested too deeply"):
+        decode_reply(b"[" * 60_000, source="/x/jetstore.sock")
 
 
 def test_unknown_op_and_backup_ops_outside_a_backup(inst: jetstore.Instance) -> None:

@@ -64,9 +64,11 @@ def decode_request(line: bytes) -> dict[str, Any]:
         ) from None
     try:
         message = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # json recurses once per nesting level: a line of "[[[[..." within MAX_REQUEST is a
+        # RecursionError, which must cost this request only, like any other bad JSON.
         raise InvalidParameter(
-            f"request is not valid JSON: {exc}",
+            f"request is not valid JSON: {_json_failure(exc)}",
             hint='send one JSON object per line, e.g. {"op": "ping"}',
         ) from None
     if not isinstance(message, dict):
@@ -84,9 +86,9 @@ def decode_reply(line: bytes, *, source: str) -> dict[str, Any]:
     """Parse a reply line from the server at `source` (InvalidParameter if it is not one)."""
     try:
         message = json.loads(line.decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidParameter(
-            f"the control socket '{source}' sent a line that is not JSON: {exc}",
+            f"the control socket '{source}' sent a line that is not JSON: {_json_failure(exc)}",
             hint="the socket is not a jetstore control socket, or the server is a "
             "different version",
             path=source,
@@ -98,6 +100,12 @@ def decode_reply(line: bytes, *, source: str) -> dict[str, Any]:
             path=source,
         )
     return message
+
+
+def _json_failure(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, RecursionError):
+        return "arrays or objects nested too deeply"
+    return str(exc)
 
 
 def error_object(error: JetError) -> dict[str, Any]:
