@@ -4,11 +4,13 @@ every test holding exactly the fds, threads and handles it started with."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +180,36 @@ def test_many_clients_and_a_silent_one_do_not_block_each_other(inst: jetstore.In
     assert not errors, errors
     silent.close()
     hog.close()
+    baseline.wait(inst)
+
+
+def test_accept_out_of_descriptors_does_not_spin_the_selector_thread(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE leaves the pending client in the backlog, so the listener stays readable: the
+    server must back off instead of calling accept() in a tight loop, and serve the client
+    once descriptors are free again."""
+    baseline = Baseline.take(inst)
+    real_accept = socket.socket.accept
+    failing = threading.Event()
+    failing.set()
+    failed = 0
+
+    def accept(self: socket.socket) -> tuple[socket.socket, object]:
+        nonlocal failed
+        if failing.is_set() and threading.current_thread().name == "jetstore-control":
+            failed += 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_accept(self)
+
+    monkeypatch.setattr(socket.socket, "accept", accept)
+    raw = Raw(Path(inst.directory))  # connected: it waits in the listen backlog
+    wait_for(lambda: failed > 0, "a failed accept")
+    time.sleep(0.5)
+    assert failed < 50, f"accept() called {failed} times in 0.5 s while it failed"
+    failing.clear()
+    assert raw.request({"op": "ping"})["ok"] is True
+    raw.close()
     baseline.wait(inst)
 
 

@@ -41,6 +41,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import itertools
 import os
@@ -49,6 +50,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -94,6 +96,11 @@ STALL_TIMEOUT: float = 60.0
 CONFIRM_TIMEOUT: float = 300.0
 #: Backup workers at a time (one streams; the others are refused or ending).
 MAX_BACKUP_WORKERS: Final = 4
+#: Seconds the listener goes unwatched after accept() failed for want of descriptors or
+#: memory: the refused client stays in the backlog, so the listener stays readable and
+#: watching it would spin the selector thread until a descriptor is freed.
+ACCEPT_BACKOFF: Final = 0.1
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Most recent events an ``events`` request may ask for.
 MAX_EVENTS: Final = 10_000
 _SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE, never SIGPIPE
@@ -142,6 +149,8 @@ class ControlServer:
         self._workers: dict[int, _BackupWorker] = {}
         self._finished: collections.deque[int] = collections.deque()
         self._inode: tuple[int, int] | None = None
+        #: When the listener is watched again after an accept() out of descriptors.
+        self._accept_resume: float | None = None
         #: The process serving: a forked child letting go of its copies (`forget_owner` runs
         #: the listening socket's closer) must not remove the parent's socket file.
         self._pid = forks.PID
@@ -334,7 +343,9 @@ class ControlServer:
         assert selector is not None
         try:
             while not stop.is_set():
-                for key, mask in selector.select():
+                resume = self._accept_resume
+                timeout = None if resume is None else max(0.0, resume - time.monotonic())
+                for key, mask in selector.select(timeout):
                     if key.fileobj is self._listener:
                         self._accept(selector)
                     elif key.fileobj is self._wake_r:
@@ -344,6 +355,10 @@ class ControlServer:
                         assert isinstance(conn, _Conn)
                         self._service(selector, conn, mask)
                 self._reap_workers()
+                if resume is not None and time.monotonic() >= resume:
+                    assert self._listener is not None
+                    self._accept_resume = None
+                    selector.register(self._listener, selectors.EVENT_READ, None)
         except Exception as exc:
             error = exc if isinstance(exc, JetError) else InternalError(repr(exc))
             self._emit(
@@ -381,8 +396,11 @@ class ControlServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return  # ECONNABORTED, EMFILE...: the client retries; the loop goes on
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    selector.unregister(self._listener)
+                    self._accept_resume = time.monotonic() + ACCEPT_BACKOFF
+                return  # ECONNABORTED...: the client retries; the loop goes on
             handle = self._registry.register(
                 HandleKind.SOCKET, self.owner, f"client of {self.path}", sock.close
             )
