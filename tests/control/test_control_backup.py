@@ -295,6 +295,33 @@ def test_client_that_stops_reading_is_cut_off(
     baseline.wait(inst)
 
 
+def test_a_client_trickling_bytes_after_the_stream_is_cut_off_at_confirm_timeout(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONFIRM_TIMEOUT bounds the whole wait for complete or abort: a client that sends a
+    byte now and then (never a whole line) must not hold the session and its pins longer."""
+    monkeypatch.setattr(server, "CONFIRM_TIMEOUT", 0.5)
+    baseline = Baseline.take(inst)
+    raw = Raw(Path(inst.directory))
+    assert raw.request({"op": "backup"})["stage"] == "started"
+    while (line := raw.line())["stage"] != "streamed":
+        if line["stage"] == "file":
+            while raw.frame() is not None:
+                pass
+    streamed = time.monotonic()
+    try:
+        while inst.counters()["backup_sessions_active"] and time.monotonic() - streamed < 3:
+            raw.send(b" ")
+            time.sleep(0.1)
+    except OSError:
+        pass  # the server hung up: what this test waits for
+    assert inst.counters()["backup_sessions_active"] == 0, "the trickling client holds it"
+    assert time.monotonic() - streamed < 2
+    assert "neither complete nor abort" in events_named(inst, "backup_aborted")[-1]["message"]
+    raw.close()
+    baseline.wait(inst)
+
+
 def test_a_source_file_failing_its_check_fails_the_backup_cleanly(
     inst: jetstore.Instance, tmp_path: Path
 ) -> None:

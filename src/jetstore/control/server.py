@@ -775,7 +775,9 @@ class _BackupWorker:
 
     def _wait_confirmation(self) -> str:
         """The client's ``complete`` or ``abort`` (a hang-up or silence aborts)."""
-        self.sock.settimeout(CONFIRM_TIMEOUT)
+        # One deadline for the whole wait: a client trickling a byte now and then must not
+        # hold the session, and the logs and pages it pins, past CONFIRM_TIMEOUT.
+        deadline = time.monotonic() + CONFIRM_TIMEOUT
         while True:
             op = self._next_op()
             if op in ("complete", "abort"):
@@ -786,6 +788,10 @@ class _BackupWorker:
                     hint='send {"op": "complete"} once the backup set is durable',
                 )
             try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left)
                 data = self.sock.recv(65536)
             except TimeoutError:
                 raise _ClientGone(
