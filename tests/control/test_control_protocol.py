@@ -20,6 +20,7 @@ from control_support import Baseline, Raw, load, open_instance, wait_for
 import jetstore
 from jetstore.control.client import connect
 from jetstore.control.protocol import MAX_REQUEST, decode_reply
+from jetstore.control.server import MAX_PENDING_OUTPUT
 from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
 from jetstore.io.handles import DEFAULT_REGISTRY
 
@@ -208,6 +209,33 @@ def test_accept_out_of_descriptors_does_not_spin_the_selector_thread(
     time.sleep(0.5)
     assert failed < 50, f"accept() called {failed} times in 0.5 s while it failed"
     failing.clear()
+    assert raw.request({"op": "ping"})["ok"] is True
+    raw.close()
+    baseline.wait(inst)
+
+
+def test_pipelined_requests_stop_being_answered_at_the_reply_backlog_limit(
+    inst: jetstore.Instance,
+) -> None:
+    """One 64 KiB read can hold 2,000 ``events`` requests of up to ~100 KiB replies each: the
+    server must stop answering at the backlog limit (not build 200 MiB of replies for a
+    client that does not read), and answer the rest as the client reads."""
+    baseline = Baseline.take(inst)
+    with connect(inst.directory) as client:
+        for _ in range(200):  # fill the kept events (each rejection is one)
+            with pytest.raises(InvalidParameter):
+                client.request({"op": "x" * 300})
+    control = inst._control
+    assert control is not None
+    raw = Raw(Path(inst.directory))
+    request = b'{"op":"events","limit":200}\n'
+    count = 60  # 13 MiB of replies
+    raw.send(request * count)
+    time.sleep(0.5)
+    backlog = sum(len(conn.outbuf) for conn in control._conns.values())
+    assert backlog < 2 * MAX_PENDING_OUTPUT, f"{backlog} bytes of replies queued"
+    for _ in range(count):
+        assert raw.line()["op"] == "events"
     assert raw.request({"op": "ping"})["ok"] is True
     raw.close()
     baseline.wait(inst)

@@ -444,8 +444,10 @@ class ControlServer:
                     self._drop(selector, conn)
                     return
                 conn.inbuf += data
-                if self._process(selector, conn):
-                    return  # handed to a backup worker
+        # Also after a send: requests left unanswered at the backlog limit go on once the
+        # client has read some replies (it may be waiting for them, sending nothing more).
+        if conn.inbuf and self._process(selector, conn):
+            return  # handed to a backup worker
         if conn.closing and not conn.outbuf:
             self._drop(selector, conn)
             return
@@ -458,9 +460,11 @@ class ControlServer:
             selector.modify(conn.sock, events, conn)
 
     def _process(self, selector: selectors.BaseSelector, conn: _Conn) -> bool:
-        """Answer every complete request in `conn.inbuf`; True if a backup took the
-        connection."""
-        while not conn.closing:
+        """Answer the complete requests in `conn.inbuf` until the reply backlog reaches
+        `MAX_PENDING_OUTPUT`; True if a backup took the connection."""
+        # The limit is checked per request, not per read: one read of pipelined requests
+        # could otherwise queue thousands of large replies for a client that reads none.
+        while not conn.closing and len(conn.outbuf) < MAX_PENDING_OUTPUT:
             end = conn.inbuf.find(b"\n")
             if end < 0 and len(conn.inbuf) < MAX_REQUEST:
                 return False
