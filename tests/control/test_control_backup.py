@@ -6,6 +6,7 @@ the fds, threads and handles it had before, and no backup session is left runnin
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 import time
@@ -155,6 +156,40 @@ def test_client_abort_mid_stream(inst: jetstore.Instance) -> None:
     assert "aborted by the control client" in aborted["message"]
     assert inst.counters()["backups_aborted"] == 1
     load(inst, 300, 5)  # the instance goes on
+
+
+@pytest.mark.parametrize("op", ["abort", "complete"])
+def test_a_request_pipelined_with_backup_is_seen_before_the_files_stream(
+    inst: jetstore.Instance, op: str
+) -> None:
+    """Bytes sent with the backup request reach the worker in its buffer, not through the
+    socket: an abort there must stop the stream at the first frame boundary, and a complete
+    (before a single file was read) is a protocol error, not a completion."""
+    baseline = Baseline.take(inst)
+    raw = Raw(Path(inst.directory))
+    raw.send(b'{"op": "backup"}\n{"op": "' + op.encode() + b'"}\n')
+    lines: list[dict[str, Any]] = []
+    while True:
+        data = raw.sock.recv(1 << 20)
+        if not data:
+            break
+        raw.buffer += data
+    raw.close()
+    for line in raw.buffer.split(b"\n"):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            pass  # frame bytes (the old behaviour streamed files)
+    assert lines[0]["stage"] == "started"
+    assert not any(line.get("stage") in ("streamed", "file") for line in lines), lines
+    wait_idle(inst)
+    baseline.wait(inst)
+    assert inst.counters()["backups_completed"] == 0
+    if op == "abort":
+        assert lines[-1] == {"ok": True, "op": "abort", "session": lines[0]["session"]}
+        assert "while the files streamed" in events_named(inst, "backup_aborted")[-1]["message"]
+    else:
+        assert lines[-1]["error"]["name"] == "InvalidBackupSequence"
 
 
 def test_counters_are_served_while_a_backup_streams(inst: jetstore.Instance) -> None:

@@ -743,16 +743,9 @@ class _BackupWorker:
         stop = self._stop
         if stop is not None and stop.is_set():
             raise _ClientGone("the instance is closing")
-        while self._poll.poll(0):
-            try:
-                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                raise _ClientGone(f"the control client's connection failed ({exc})") from None
-            if not data:
-                raise _ClientGone("the control client disconnected while the files streamed")
-            self.inbuf += data
+        while True:
+            # The buffer first: requests pipelined with "backup" are in it from the start,
+            # and would otherwise wait (an abort ignored, a complete taken) until the end.
             op = self._next_op()
             if op == "abort":
                 raise _ClientAbort()
@@ -762,6 +755,17 @@ class _BackupWorker:
                     '"streamed" line',
                     hint='read every file, then send {"op": "complete"}',
                 )
+            if not self._poll.poll(0):
+                return
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise _ClientGone(f"the control client's connection failed ({exc})") from None
+            if not data:
+                raise _ClientGone("the control client disconnected while the files streamed")
+            self.inbuf += data
 
     def _next_op(self) -> str | None:
         end = self.inbuf.find(b"\n")
