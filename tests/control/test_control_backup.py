@@ -192,6 +192,27 @@ def test_a_request_pipelined_with_backup_is_seen_before_the_files_stream(
         assert lines[-1]["error"]["name"] == "InvalidBackupSequence"
 
 
+def test_blank_lines_during_a_backup_are_not_requests(inst: jetstore.Instance) -> None:
+    """As outside a backup (the selector loop skips them), an empty line is no request: a
+    client ending its lines with an extra newline must not lose its backup."""
+    baseline = Baseline.take(inst)
+    raw = Raw(Path(inst.directory))
+    raw.send(b'{"op": "backup"}\n\n')
+    assert raw.line()["stage"] == "started"
+    while (line := raw.line())["stage"] != "streamed":
+        assert line["ok"] is True, line
+        if line["stage"] == "file":
+            while raw.frame() is not None:
+                pass
+    raw.send(b'\r\n{"op": "complete"}\n\n')
+    assert raw.line()["op"] == "complete"
+    assert raw.closed_by_server()
+    raw.close()
+    wait_idle(inst)
+    baseline.wait(inst)
+    assert inst.counters()["backups_completed"] == 1
+
+
 def test_counters_are_served_while_a_backup_streams(inst: jetstore.Instance) -> None:
     baseline = Baseline.take(inst)
     raw = _raw_backup_to_first_frame(inst)  # then stops reading

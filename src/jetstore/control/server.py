@@ -768,18 +768,20 @@ class _BackupWorker:
             self.inbuf += data
 
     def _next_op(self) -> str | None:
-        end = self.inbuf.find(b"\n")
-        if end < 0:
-            if len(self.inbuf) >= MAX_REQUEST:
-                raise InvalidParameter(
-                    f"request over the {MAX_REQUEST}-byte limit during a backup",
-                    hint="requests are short JSON lines",
-                )
-            return None
-        line = bytes(self.inbuf[:end])
-        del self.inbuf[: end + 1]
-        op: str = decode_request(line)["op"]
-        return op
+        while True:
+            end = self.inbuf.find(b"\n")
+            if end < 0:
+                if len(self.inbuf) >= MAX_REQUEST:
+                    raise InvalidParameter(
+                        f"request over the {MAX_REQUEST}-byte limit during a backup",
+                        hint="requests are short JSON lines",
+                    )
+                return None
+            line = bytes(self.inbuf[:end])
+            del self.inbuf[: end + 1]
+            if line.strip():  # an empty line is not a request, as in the selector loop
+                op: str = decode_request(line)["op"]
+                return op
 
     def _wait_confirmation(self) -> str:
         """The client's ``complete`` or ``abort`` (a hang-up or silence aborts)."""
