@@ -18,11 +18,11 @@ import pytest
 from control_support import Baseline, Raw, load, open_instance, wait_for
 
 import jetstore
-from jetstore.control.client import connect
-from jetstore.control.protocol import MAX_REQUEST, decode_reply
+from jetstore.control.client import ControlClient, connect
+from jetstore.control.protocol import MAX_REQUEST, decode_reply, encode_line, frame_header
 from jetstore.control.server import MAX_PENDING_OUTPUT
 from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
-from jetstore.io.handles import DEFAULT_REGISTRY
+from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind
 
 
 @pytest.fixture
@@ -346,3 +346,31 @@ def test_counters_json_is_the_instance_counters(inst: jetstore.Instance) -> None
     local = json.loads(json.dumps(inst.counters()))
     assert set(local) <= set(reply["counters"])
     assert reply["counters"]["databases"] == ["main"]
+
+
+def test_the_client_refuses_a_frame_longer_than_the_file_left(tmp_path: Path) -> None:
+    """A frame header is trusted for nothing: a length past the file's announced size (a
+    desynchronised or foreign stream) is a protocol error at once, not up to 4 GiB read
+    into memory or a wait for bytes that never come."""
+    ours, theirs = socket.socketpair()
+    handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-client", "pair", ours.close)
+    ours.settimeout(5)
+    file = {"name": "main.edb", "kind": "database", "size": 8192, "database": "main"}
+    theirs.sendall(
+        b"".join(
+            encode_line(m)
+            for m in (
+                {"ok": True, "op": "backup", "stage": "started", "session": 1, "kind": "full"},
+                {"ok": True, "op": "backup", "stage": "files", "files": [file]},
+                {"ok": True, "op": "backup", "stage": "file", "file": file},
+            )
+        )
+        + frame_header(0xFFFFFFF0)
+    )
+    client = ControlClient(ours, handle, str(tmp_path), str(tmp_path / "jetstore.sock"))
+    started = time.monotonic()
+    with pytest.raises(InvalidParameter, match="frame of 4294967280 bytes"):
+        client.backup(tmp_path / "set")
+    assert time.monotonic() - started < 2
+    assert client.closed and not (tmp_path / "set.partial").exists()
+    theirs.close()

@@ -171,6 +171,7 @@ class ControlClient:
 
     def _frames(self, file: BackupFile) -> Iterator[bytes]:
         """The content of `file` as the server frames it (raises the server's error)."""
+        left = file.size
         while True:
             (length,) = FRAME_HEADER.unpack(self._read_exact(FRAME_HEADER.size))
             if length == 0:
@@ -178,6 +179,14 @@ class ControlClient:
             if length == FRAME_ERROR:
                 self._reply(self._read_line())  # raises the server's error
                 raise self._protocol_error(f"{file.name} cut short without an error")
+            if length > left:
+                # Checked before reading: a desynchronised stream's "length" can be up to
+                # 4 GiB, to be buffered here, or waited for until the timeout.
+                raise self._protocol_error(
+                    f"a frame of {length} bytes for {file.name}, which has {left} of its "
+                    f"{file.size} bytes left"
+                )
+            left -= length
             yield self._read_exact(length)
 
     def _try_abort(self) -> None:
