@@ -67,6 +67,23 @@ def test_online_backup_of_an_instance_without_a_socket_exits_3(
         assert not (tmp_path / "f").exists()
 
 
+def test_an_open_instance_whose_path_is_too_long_for_a_socket_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/cli.md: an instance open elsewhere that serves no socket, "opened with
+    # control_socket=False, or a directory path too long for a socket", is exit 3.
+    directory = tmp_path / ("d" * 100)
+    with open_instance(directory) as inst:
+        load(inst, 0, 3)
+        code, document = _json(capsys, "counters", str(directory))
+        assert code == 3, document
+        code, document = _json(capsys, "backup", str(directory), "--to", str(tmp_path / "f"))
+        assert code == 3, document
+        error = document["error"]
+        assert isinstance(error, dict) and "longer than the 107 bytes" in str(error["detail"])
+        assert not (tmp_path / "f").exists()
+
+
 def test_online_backup_errors_keep_their_own_exit_codes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -295,7 +295,7 @@ def test_a_path_too_long_for_af_unix_is_an_event_not_a_failure(tmp_path: Path) -
         assert failed and "more than the 107" in failed[-1]["message"]
         assert failed[-1]["level"] == "error"
         load(inst, 0, 3)
-    with pytest.raises(jetstore.errors.InvalidPath, match="longer than"):
+    with pytest.raises(InstanceUnavailable, match="longer than"):
         connect(directory)
 
 

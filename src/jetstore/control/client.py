@@ -42,7 +42,6 @@ from jetstore.errors import (
     FileAccessDenied,
     InstanceUnavailable,
     InvalidParameter,
-    InvalidPath,
     JetError,
     from_os_error,
 )
@@ -270,9 +269,12 @@ def connect(
     directory = os.path.abspath(os.fspath(instance_dir))
     path = socket_path(directory)
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise InvalidPath(
-            f"the control socket path '{path}' is longer than the {MAX_SOCKET_PATH} bytes an "
-            "AF_UNIX address holds, so no instance can serve it",
+        # Unavailable, as with no socket at all: the instance may well be open (it goes on
+        # without a socket, event 162), and callers treat both alike (the CLI's exit 3).
+        raise InstanceUnavailable(
+            f"no instance serves '{directory}': the control socket path '{path}' is longer "
+            f"than the {MAX_SOCKET_PATH} bytes an AF_UNIX address holds, so no instance can "
+            "serve it",
             hint="open the instance from a shorter path",
             path=path,
         )
