@@ -20,7 +20,7 @@ from control_support import Baseline, Raw, load, open_instance, wait_for
 import jetstore
 from jetstore.control.client import ControlClient, connect
 from jetstore.control.protocol import MAX_REQUEST, decode_reply, encode_line, frame_header
-from jetstore.control.server import MAX_PENDING_OUTPUT
+from jetstore.control.server import MAX_PENDING_OUTPUT, ControlServer
 from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
 from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind
 
@@ -239,6 +239,32 @@ def test_pipelined_requests_stop_being_answered_at_the_reply_backlog_limit(
     assert raw.request({"op": "ping"})["ok"] is True
     raw.close()
     baseline.wait(inst)
+
+
+def test_a_dead_selector_thread_stops_listening(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance goes on without its socket (event 162): a client must be told so at
+    once, not be accepted into a backlog nobody serves and wait for its timeout."""
+    baseline = Baseline.take(inst)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in the selector loop")
+
+    monkeypatch.setattr(ControlServer, "_service", broken)
+    raw = Raw(Path(inst.directory))
+    raw.send(b'{"op": "ping"}\n')
+    assert raw.closed_by_server()
+    raw.close()
+    wait_for(lambda: any(e["id"] == 162 for e in inst.events.recent()), "event 162")
+    started = time.monotonic()
+    with pytest.raises(InstanceUnavailable, match="no instance serves"):
+        connect(inst.directory, timeout=3).ping()
+    assert time.monotonic() - started < 1
+    assert not (Path(inst.directory) / "jetstore.sock").exists()
+    socket_handles = baseline.handles["socket"]
+    wait_for(lambda: inst.registry.counts()["socket"] < socket_handles, "the listener closed")
+    load(inst, 20, 3)  # the instance goes on
 
 
 def test_socket_is_owner_only_and_removed_on_close(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ Invariants:
   disconnect, SIGKILLed client, stalled client, instance closing, any error): the worker's
   `finally` calls `session.abort`, which closes every handle registered under the session.
 - The server never raises into the instance: a failure to start or a dead selector thread is
-  event 162 (`control_socket_failed`) and the instance goes on without the socket. A bad
+  event 162 (`control_socket_failed`) and the instance goes on without the socket (a dead
+  selector thread closes the listener, so clients are refused rather than left waiting). A bad
   request is an error reply plus event 161; no request can end the selector thread.
 - The server reaches its instance weakly (`Instance.weak_self`): its threads must not keep
   alive an instance the application dropped (`jetstore.instance.unclosed`). A request that
@@ -141,6 +142,7 @@ class ControlServer:
         self.owner = f"{instance.owner}/control"
         self._registry = instance.registry
         self._listener: socket.socket | None = None
+        self._listener_handle: Handle | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -256,7 +258,7 @@ class ControlServer:
         # handles (stop(), or the instance's own cleanup when an interrupt cut stop() short
         # or kept it from running) removes the file, which the next opener would otherwise
         # take for one left by a process that died.
-        self._registry.register(
+        self._listener_handle = self._registry.register(
             HandleKind.SOCKET,
             self.owner,
             f"listen {path}",
@@ -373,6 +375,11 @@ class ControlServer:
             for conn in list(self._conns.values()):
                 self._drop(selector, conn)
             selector.close()
+            # Nobody accepts from here on: a listener left open would take clients into its
+            # backlog to wait for their timeout; closed (its file removed), they are told at
+            # once that no instance serves the directory.
+            if self._listener_handle is not None:
+                self._listener_handle.close()
 
     def _drain_wake(self) -> None:
         assert self._wake_r is not None
