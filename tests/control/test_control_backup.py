@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +213,36 @@ def test_blank_lines_during_a_backup_are_not_requests(inst: jetstore.Instance) -
     wait_idle(inst)
     baseline.wait(inst)
     assert inst.counters()["backups_completed"] == 1
+
+
+def test_a_refused_client_with_default_sigpipe_is_not_killed(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    """The refusal closes the connection and the client then sends its abort: with SIGPIPE's
+    default action (an application's choice, common in pipeline tools) a plain send there
+    killed the client process silently instead of raising BackupInProgress."""
+    session = inst.begin_backup("full")
+    script = f"""
+import signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+from jetstore.control.client import connect
+from jetstore.errors import BackupInProgress
+refused = 0
+for i in range(10):
+    try:
+        connect({inst.directory!r}).backup({str(tmp_path)!r} + "/set%d" % i)
+    except BackupInProgress:
+        refused += 1
+print("refused", refused)
+"""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        session.abort("the test is over")
+    assert (done.returncode, done.stdout.strip()) == (0, "refused 10"), done.stderr[-2000:]
+    assert not list(tmp_path.glob("set*"))
 
 
 def test_counters_are_served_while_a_backup_streams(inst: jetstore.Instance) -> None:

@@ -33,6 +33,7 @@ from jetstore.control.protocol import (
     FRAME_ERROR,
     FRAME_HEADER,
     MAX_REPLY,
+    SEND_FLAGS,
     decode_reply,
     encode_line,
     error_from_object,
@@ -193,7 +194,7 @@ class ControlClient:
             return
         try:
             self._sock.settimeout(1.0)
-            self._sock.sendall(encode_line({"op": "abort"}))
+            self._sock.sendall(encode_line({"op": "abort"}), SEND_FLAGS)
         except OSError:
             pass
 
@@ -201,7 +202,7 @@ class ControlClient:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self._sock.sendall(encode_line(message))
+            self._sock.sendall(encode_line(message), SEND_FLAGS)
         except OSError as exc:
             raise self._gone(exc) from exc
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import socket
 import struct
 from typing import Any, Final
 
@@ -42,6 +43,9 @@ MAX_REPLY: Final = 64 * 1024 * 1024
 FRAME_HEADER: Final = struct.Struct(">I")
 #: Frame length meaning "this file was cut short; an error reply line follows".
 FRAME_ERROR: Final = 0xFFFFFFFF
+#: Flags of every send on a control connection, server and client: a peer that hung up is
+#: EPIPE, never SIGPIPE (an application may run with SIGPIPE's default action, death).
+SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 #: Requests a connection may send outside a backup.
 SIMPLE_OPS: Final = ("ping", "counters", "events")
 #: Every op of the protocol (``complete`` and ``abort`` only inside a backup).
@@ -182,6 +186,7 @@ __all__ = [
     "MAX_REPLY",
     "MAX_REQUEST",
     "PROTOCOL_VERSION",
+    "SEND_FLAGS",
     "SIMPLE_OPS",
     "decode_reply",
     "decode_request",

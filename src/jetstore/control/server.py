@@ -60,6 +60,7 @@ from jetstore.control.protocol import (
     FRAME_ERROR,
     MAX_REQUEST,
     PROTOCOL_VERSION,
+    SEND_FLAGS,
     decode_request,
     encode_line,
     error_reply,
@@ -104,7 +105,6 @@ ACCEPT_BACKOFF: Final = 0.1
 _OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Most recent events an ``events`` request may ask for.
 MAX_EVENTS: Final = 10_000
-_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE, never SIGPIPE
 _worker_ids = itertools.count(1)
 
 
@@ -334,7 +334,7 @@ class ControlServer:
         if wake is None:
             return
         try:
-            wake.send(b"x", _SEND_FLAGS)
+            wake.send(b"x", SEND_FLAGS)
         except OSError:
             pass  # buffer full (a wake is pending anyway) or closed (stopping)
 
@@ -419,7 +419,7 @@ class ControlServer:
                     hint="close idle control connections and connect again",
                 )
                 try:
-                    sock.send(encode_line(error_reply(error)), _SEND_FLAGS)
+                    sock.send(encode_line(error_reply(error)), SEND_FLAGS)
                 except OSError:
                     pass
                 handle.close()
@@ -430,7 +430,7 @@ class ControlServer:
     def _service(self, selector: selectors.BaseSelector, conn: _Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and conn.outbuf:
             try:
-                sent = conn.sock.send(conn.outbuf, _SEND_FLAGS)
+                sent = conn.sock.send(conn.outbuf, SEND_FLAGS)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -826,7 +826,7 @@ class _BackupWorker:
     def _send(self, data: bytes | memoryview) -> None:
         stop = self._stop
         try:
-            self.sock.sendall(data, _SEND_FLAGS)
+            self.sock.sendall(data, SEND_FLAGS)
         except TimeoutError:
             raise _ClientGone(
                 f"the control client read nothing for {STALL_TIMEOUT:g} s (stalled)"
