@@ -400,3 +400,34 @@ def test_the_client_refuses_a_frame_longer_than_the_file_left(tmp_path: Path) ->
     assert time.monotonic() - started < 2
     assert client.closed and not (tmp_path / "set.partial").exists()
     theirs.close()
+
+
+@pytest.mark.parametrize("name", ["../escape", "ABSOLUTE", ".", ""])
+def test_the_client_refuses_a_file_name_with_a_path_part(tmp_path: Path, name: str) -> None:
+    """The set is written under DEST.partial by the names the socket sends: a name that is
+    not a plain file name would put the file elsewhere (and discard would not remove it)."""
+    name = str(tmp_path / "escape") if name == "ABSOLUTE" else name
+    ours, theirs = socket.socketpair()
+    handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-client", "pair", ours.close)
+    ours.settimeout(5)
+    file = {"name": name, "kind": "database", "size": 4, "database": "main"}
+    theirs.sendall(
+        b"".join(
+            encode_line(m)
+            for m in (
+                {"ok": True, "op": "backup", "stage": "started", "session": 1, "kind": "full"},
+                {"ok": True, "op": "backup", "stage": "files", "files": [file]},
+                {"ok": True, "op": "backup", "stage": "file", "file": file},
+            )
+        )
+        + frame_header(4)
+        + b"evil"
+        + frame_header(0)
+    )
+    theirs.shutdown(socket.SHUT_WR)
+    client = ControlClient(ours, handle, str(tmp_path), str(tmp_path / "jetstore.sock"))
+    with pytest.raises(InvalidParameter, match="not a plain file name"):
+        client.backup(tmp_path / "set")
+    assert client.closed
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    theirs.close()

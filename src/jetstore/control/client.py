@@ -27,7 +27,13 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from jetstore.backup.backupset import Manifest, Progress, SetWriter, manifest_from_result
+from jetstore.backup.backupset import (
+    Manifest,
+    Progress,
+    SetWriter,
+    _plain_name,
+    manifest_from_result,
+)
 from jetstore.backup.session import BackupFile, BackupKind, BackupResult, ImageInfo
 from jetstore.control.protocol import (
     FRAME_ERROR,
@@ -336,7 +342,9 @@ def _backup_file(value: object) -> BackupFile:
         raise InvalidParameter("the control socket sent a file line without a file")
     try:
         return BackupFile(
-            name=str(value["name"]),
+            # Written as DEST.partial/NAME: a path part would put it outside the set, where
+            # a discard does not remove it.
+            name=_plain_name(value, "name"),
             kind=str(value["kind"]),
             size=int(value["size"]),
             database=value.get("database"),
