@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from control_support import Baseline, Raw, load, open_instance, wait_for
@@ -265,6 +266,33 @@ def test_a_dead_selector_thread_stops_listening(
     socket_handles = baseline.handles["socket"]
     wait_for(lambda: inst.registry.counts()["socket"] < socket_handles, "the listener closed")
     load(inst, 20, 3)  # the instance goes on
+
+
+def test_a_flood_of_bad_requests_does_not_flood_the_event_log(inst: jetstore.Instance) -> None:
+    """Every bad request gets its reply, but a 3-byte request must not cost ~450 bytes of
+    events.jsonl each (a client looping on them would fill the disk the logs are on): event
+    161 is rate-limited, and the next one says how many were left out."""
+    event_log = Path(inst.directory) / "events.jsonl"
+
+    def logged_161() -> list[dict[str, Any]]:
+        with open(event_log, "rb") as lines:
+            return [e for e in map(json.loads, lines) if e["id"] == 161]
+
+    before = len(logged_161())
+    raw = Raw(Path(inst.directory))
+    raw.send(b"{}\n" * 2000)
+    for _ in range(2000):
+        assert raw.line()["ok"] is False
+    emitted = len(logged_161()) - before
+    assert 1 <= emitted <= 40, emitted
+    time.sleep(1.1)
+    assert raw.request({"op": "nope"})["ok"] is False
+    last = logged_161()[-1]
+    assert last["fields"]["suppressed"] == 2000 - emitted
+    assert f"{2000 - emitted} more" in last["message"]
+    with connect(inst.directory) as client:
+        assert client.counters()["control_rejected"] == 2001
+    raw.close()
 
 
 def test_socket_is_owner_only_and_removed_on_close(tmp_path: Path) -> None:

@@ -103,6 +103,11 @@ MAX_BACKUP_WORKERS: Final = 4
 #: watching it would spin the selector thread until a descriptor is freed.
 ACCEPT_BACKOFF: Final = 0.1
 _OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Events 161 (request rejected) per second at most. Every bad request still gets its reply,
+#: but one 3-byte request is a ~450-byte line of events.jsonl: a client looping on bad
+#: requests must not fill the disk the instance's logs are on. The next event emitted says
+#: how many were left out.
+MAX_REJECTION_EVENTS: Final = 10
 #: Most recent events an ``events`` request may ask for.
 MAX_EVENTS: Final = 10_000
 _worker_ids = itertools.count(1)
@@ -164,6 +169,11 @@ class ControlServer:
         self._stop_lock = threading.Lock()
         self.requests = 0
         self.rejected = 0
+        # Event 161's rate limit (selector thread only): the current one-second window, the
+        # events emitted in it, and the rejections not logged since the last event.
+        self._rejection_window = 0.0
+        self._rejection_events = 0
+        self._rejections_unlogged = 0
 
     @property
     def instance(self) -> Instance:
@@ -555,12 +565,28 @@ class ControlServer:
     def _reject(self, conn: _Conn, error: JetError, op: object) -> None:
         self.rejected += 1
         conn.outbuf += encode_line(error_reply(error, op))
+        now = time.monotonic()
+        if now - self._rejection_window >= 1.0:
+            self._rejection_window = now
+            self._rejection_events = 0
+        if self._rejection_events >= MAX_REJECTION_EVENTS:
+            self._rejections_unlogged += 1
+            return
+        self._rejection_events += 1
+        suppressed, self._rejections_unlogged = self._rejections_unlogged, 0
         self._emit(
             "control_request_rejected",
-            f"control socket request rejected: {error}",
+            f"control socket request rejected: {error}"
+            + (
+                f" ({suppressed} more rejected since the last such event, not logged: at "
+                f"most {MAX_REJECTION_EVENTS} a second)"
+                if suppressed
+                else ""
+            ),
             op=op if isinstance(op, str) else None,
             error=error.name,
             code=error.code,
+            suppressed=suppressed,
         )
 
     def _start_backup(
