@@ -376,3 +376,23 @@ def test_csv_round_trips_a_text_with_a_lone_carriage_return(tmp_path: Path) -> N
         )
     assert imported.failed == 0 and imported.inserted == 2
     assert read(tmp_path / "b") == read(tmp_path / "a")
+
+
+def test_a_batch_over_the_transaction_bound_imports_every_row_that_fits(tmp_path: Path) -> None:
+    """A row that takes a batch's transaction over `max_transaction_bytes` rolls it back
+    (`VersionStoreOutOfMemory`) with the rows before it: they were counted as inserted while
+    nothing was stored, and the rows after it failed with NotInTransaction."""
+    make(tmp_path, [])
+    bound = 64 * 1024
+    photo = "A" * 26_000  # base64 of 19,500 bytes: three such rows fit the bound, not four
+    lines = [f'{{"id": {i}, "photo": "{photo}"}}' for i in range(1, 8)]
+    lines.insert(3, '{"id": 99, "photo": "' + "B" * (bound * 2) + '"}')  # too large alone
+    options = {**OPTIONS, "max_transaction_bytes": bound}
+    with jetstore.open(tmp_path, **options) as instance:
+        result = import_rows(
+            instance.database("main"), "t", io.StringIO("\n".join(lines)), batch_size=8
+        )
+    assert [f["line"] for f in result.failures] == [4]
+    assert "VersionStoreOutOfMemory" in result.failures[0]["error"]
+    assert result.rows == 8 and result.inserted == 7 and result.failed == 1
+    assert [r["id"] for r in read(tmp_path)] == list(range(1, 8))

@@ -10,6 +10,9 @@ Invariants:
   duplicate key, NULL in a NOT NULL column) is a failure with its line number; the other
   rows of its batch are inserted (`Table.insert` changes nothing when it fails).
 - A batch whose commit fails counts all its rows as failures; earlier batches stay.
+- A row that takes its batch's transaction over `max_transaction_bytes` rolls it back: the
+  rows inserted before it are inserted again in a transaction of their own, the row and the
+  rest in the next; a row over the bound alone is a failure (`VersionStoreOutOfMemory`).
 - CSV: the first row names the columns; an unknown name (`ColumnNotFound`) or one named
   twice (`InvalidParameter`) stops the import before anything is inserted. Columns left out
   take their default.
@@ -29,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-from jetstore.errors import ColumnNotFound, InvalidParameter, JetError
+from jetstore.errors import ColumnNotFound, InvalidParameter, JetError, VersionStoreOutOfMemory
 from jetstore.instance.database import Database
 from jetstore.tables.schema import ColumnType, TableDef
 from jetstore.tools.export import FORMATS
@@ -231,25 +234,41 @@ def import_rows(
     batch: list[tuple[int, dict[str, object]]] = []
 
     def flush() -> None:
-        if not batch:
-            return
-        result.batches += 1
-        inserted: list[int] = []
-        try:
-            with db.transaction() as txn:
-                target = txn.table(table)
-                for line_number, row in batch:
-                    try:
-                        target.insert(row)
-                        inserted.append(line_number)
-                    except JetError as exc:
-                        result.fail(line_number, _error_text(exc))
-        except JetError as exc:
-            for line_number in inserted:
-                result.fail(line_number, f"the batch's commit failed: {_error_text(exc)}")
-            inserted = []
-        result.inserted += len(inserted)
+        # Each part is one transaction. A row that takes it over the transaction's bound
+        # rolls it back with the rows before it (`VersionStoreOutOfMemory`): those go again
+        # in a transaction of their own (they fitted), the rest of the part in the next.
+        parts = [list(batch)] if batch else []
         batch.clear()
+        while parts:
+            part = parts.pop(0)
+            if not part:
+                continue
+            result.batches += 1
+            inserted: list[tuple[int, dict[str, object]]] = []
+            try:
+                with db.transaction() as txn:
+                    target = txn.table(table)
+                    for position, (line_number, row) in enumerate(part):
+                        try:
+                            target.insert(row)
+                            inserted.append((line_number, row))
+                        except VersionStoreOutOfMemory as exc:
+                            rest = part[position:]
+                            if inserted:
+                                parts[:0] = [inserted, rest]
+                            else:
+                                result.fail(line_number, _error_text(exc))  # too large alone
+                                parts.insert(0, rest[1:])
+                            result.batches -= 1  # rolled back: its rows are counted again
+                            inserted = []
+                            break
+                        except JetError as exc:
+                            result.fail(line_number, _error_text(exc))
+            except JetError as exc:
+                for line_number, _row in inserted:
+                    result.fail(line_number, f"the batch's commit failed: {_error_text(exc)}")
+                inserted = []
+            result.inserted += len(inserted)
 
     last_line = 0
     try:
