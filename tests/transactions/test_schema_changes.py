@@ -567,6 +567,40 @@ def test_add_column_near_the_transaction_bound_leaves_the_transaction_usable(
         store.close()
 
 
+def test_a_schema_change_over_the_bound_names_the_transactions_own_changes_only_if_any(
+    tmp_path: Path,
+) -> None:
+    """Regression: create_index and drop_column over the bound never said that the
+    transaction's own earlier changes took part of it (drop_index and drop_table did), and
+    add_column told a transaction without any to commit its other changes first."""
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        filled_under_the_bound(store, [])
+        changes = {
+            "create_index": lambda txn: txn.create_index("t", "by_a", "a"),
+            "drop_column": lambda txn: txn.drop_column("t", "a"),
+            # A definition larger than the whole bound (its default).
+            "add_column": lambda txn: txn.add_column("t", "c", "text", default="z" * 70_000),
+        }
+        for name, change in changes.items():
+            for own in (True, False):
+                with store.db.transaction() as txn:
+                    if own:
+                        txn.table("t").insert({"id": 5000, "a": "mine"})
+                    size = txn.size
+                    with pytest.raises(VersionStoreOutOfMemory) as caught:
+                        change(txn)
+                    hint = caught.value.hint
+                    assert "max_transaction_bytes" in hint, name
+                    assert ("in a transaction of its own" in hint) is own, (name, hint)
+                    assert ("other changes" in hint) is own, (name, hint)
+                    assert txn.is_active and txn.size == size
+                    txn.rollback()
+        assert definition(store).column_names == ("id", "a", "b", "f", "d")
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- columns
 
 

@@ -701,7 +701,11 @@ class Transaction:
         reserved = self._definition_cost(old, definition) + _writes_size([next_entry])
         codec, shape = self._db.shape_for(new)
         builder = Table(self, new, codec, shape)
-        entries = builder.index_entries(name, self._limit - self._bytes - reserved)
+        try:
+            entries = builder.index_entries(name, self._limit - self._bytes - reserved)
+        except VersionStoreOutOfMemory as exc:
+            exc.hint += self._own_changes_hint("create the index")
+            raise
         self.put(*next_entry)
         self._write_definition(old, definition)
         self._put_checked(entries)
@@ -775,9 +779,8 @@ class Transaction:
                 f"adding column {name!r} to table {old.name!r} writes the table's definition, "
                 f"more than the {max(left, 0)} bytes left under the transaction's bound of "
                 f"{self._limit} bytes; nothing was written and the transaction is still usable",
-                hint="commit this transaction's other changes first and add the column in a "
-                "transaction of its own, or open the instance with a larger "
-                "max_transaction_bytes",
+                hint="open the instance with a larger max_transaction_bytes"
+                + self._own_changes_hint("add the column"),
             )
         self._write_definition(old, definition)
         self._redefine(t, old, new)
@@ -796,9 +799,16 @@ class Transaction:
         new = old.without_column(name)
         definition = self._definition_writes(new)
         codec, shape = self._db.shape_for(new)
-        records, deleted, moved = t.entries_without_column(
-            name, codec, shape, self._limit - self._bytes - self._definition_cost(old, definition)
-        )
+        try:
+            records, deleted, moved = t.entries_without_column(
+                name,
+                codec,
+                shape,
+                self._limit - self._bytes - self._definition_cost(old, definition),
+            )
+        except VersionStoreOutOfMemory as exc:
+            exc.hint += self._own_changes_hint("drop the column")
+            raise
         self._put_checked(records)
         self._delete_existing(deleted)
         self._put_checked(moved)
