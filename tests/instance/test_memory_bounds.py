@@ -9,7 +9,10 @@ commit, and the pages the node cache holds.
 
 from __future__ import annotations
 
+import gc
+import os
 import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ import jetstore
 from jetstore.instance.database import Database
 from jetstore.instance.instance import Instance
 from jetstore.pages.btree import count_dirty_nodes
+from jetstore.transactions.transaction import TransactionState
 
 CACHE = 256 * 1024  # 32 pages of 8 KiB: far below the tables these tests build
 NEVER = 1 << 40  # no checkpoint by log volume or by time: only the dirty pages start one
@@ -172,3 +176,29 @@ def test_a_transaction_older_than_a_checkpoint_commits_without_replay(
             other.table("t").insert({"id": 3, "v": "y"})
         txn.commit()
         assert replays == [txn.id]
+
+
+def test_a_committed_transaction_holds_none_of_its_writes(tmp_path: Path) -> None:
+    """Regression: a commit kept the transaction's write map (`operations`), so a committed
+    transaction still referenced (the `txn` of a `with` block, until the name is rebound)
+    held every value it wrote, up to `max_transaction_bytes`, beside what `cache_size`
+    bounds; a rollback dropped it. A 16 MiB long value now leaves only the cache behind."""
+    value = os.urandom(16 << 20)
+    with open_instance(tmp_path) as inst:
+        db = inst.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("b", "bytes")], "id")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            with db.transaction() as txn:
+                txn.table("t").insert({"id": 1, "b": value})
+            gc.collect()
+            held, _peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert txn.state is TransactionState.COMMITTED
+        # The cache (256 KiB), the point-read index and the engine's bookkeeping, not the
+        # value's ~2,200 chunks.
+        assert held < 4 << 20, f"{held >> 20} MiB held after the commit"
+        with db.transaction() as reader:
+            assert reader.table("t").get(1) == {"id": 1, "b": value}

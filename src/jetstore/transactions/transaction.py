@@ -951,8 +951,13 @@ class Transaction:
         self.state = TransactionState.COMMITTED
         self.commit_position = position
         self.mutation = None
+        # The writes are in the published tree and the log now: an application that keeps
+        # the committed transaction (a `with` block's name) must not keep them, up to the
+        # whole bound, beside what `cache_size` bounds.
+        self.operations = {}
         self._pending = {}
         self._key_order = None
+        self.unique_checks = []
         self._tables.clear()
 
     def __enter__(self) -> Transaction:
