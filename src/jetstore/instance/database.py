@@ -469,6 +469,12 @@ class Database:
                 end = log.append(payload)
                 if txn.catalog_written:
                     self._catalog = (end, {})  # before publishing: see `catalog_cache`
+                for table_id in txn.dropped_table_ids:
+                    # A transaction reading the table from an older snapshot builds them
+                    # again if it needs them (a cache); kept, they leaked a table's worth
+                    # of codec per dropped table, as ids are never reused.
+                    self._shapes.pop(table_id, None)
+                    self._codecs.pop(table_id, None)
                 # Before publishing: a reader of the new tree finds the index describing it.
                 self.file.point_index.advance(root, new_root, operations)
                 self._published = (new_root, end, plan_epoch)

@@ -158,6 +158,7 @@ class Transaction:
         "_tables",
         "catalog_written",
         "commit_position",
+        "dropped_table_ids",
         "id",
         "mutation",
         "operations",
@@ -208,6 +209,9 @@ class Transaction:
         # commit conflicts with any write to the table committed after the snapshot (a new
         # index would miss it, a rewrite would undo it: see `Database._check_conflicts`).
         self.redefined: dict[bytes, TableDef] = {}
+        # The table id of every table this transaction dropped: once it commits, the
+        # database forgets their codecs (ids are never reused, so nothing else would).
+        self.dropped_table_ids: list[int] = []
         # Set when a write below the first object id (a catalog entry) reaches the private
         # tree: the commit then invalidates the database's cache of table definitions.
         self.catalog_written = False
@@ -661,6 +665,7 @@ class Transaction:
         # (`Database._check_redefined`).
         self.redefined.setdefault(entry_key, definition)
         self._tables.pop(name, None)
+        self.dropped_table_ids.append(definition.table_id)
         table.mark_dropped()
 
     # ----------------------------------------------------------------- schema changes
