@@ -208,6 +208,48 @@ def test_an_unreadable_or_missing_surviving_log_is_refused_unless_the_stop_is_be
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("how", ["last-set-generation-damaged", "last-set-generation-gone", "gap"])
+def test_an_unreadable_newest_surviving_log_is_not_left_out_after_incrementals(
+    tmp_path: Path, how: str
+) -> None:
+    # Defect: an unreadable edb.log stood for the generation after the newest *readable*
+    # surviving file. With that one below the sets' end (the sets' last generation damaged
+    # too, or already deleted), edb.log was taken for a generation the sets held and the
+    # restore ended at the sets, its commits left out without a word. Likewise an unreadable
+    # archived file after a gap did not count as surviving logs: they "ended" at the gap.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    writer.commit(300 if how == "gap" else 5, width=600)
+    inst.simulate_crash()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    high = plan_restore(sets, tmp_path / "x").generation_high
+    if how == "gap":
+        os.unlink(live / generation_log_name(high + 2))
+        _damage_log_header(live / generation_log_name(high + 3))
+        os.unlink(live / "edb.log")
+        error: type[JetError] = GivenLogFileIsNotContiguous
+        named, stop = generation_log_name(high + 2), high + 1
+    else:
+        if how == "last-set-generation-damaged":
+            _damage_log_header(live / generation_log_name(high))
+        else:
+            os.unlink(live / generation_log_name(high))
+        _damage_log_header(live / "edb.log")
+        error, named, stop = MissingRestoreLogFiles, "edb.log", high
+    with pytest.raises(error, match=re.escape(named)) as refused:
+        plan_restore(sets, tmp_path / "x", logs_from=live)
+    assert f"--until-generation {stop}" in str(refused.value)
+    jetstore.restore(sets, tmp_path / "restored", logs_from=live, until=stop)
+    rows = _restored_rows(tmp_path / "restored")
+    assert {key for key, end in writer.ends.items() if end.generation <= stop} <= set(rows)
+    assert all(writer.ends[key].generation <= stop + 1 for key in rows)
+
+
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     Writer(inst).commit(10)

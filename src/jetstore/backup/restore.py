@@ -513,18 +513,21 @@ def _surviving_logs(
             )
     # Unreadable files (`take_inventory` lists them apart): an archived one by the generation
     # its name says; an unreadable current log (edb.log) stands for the generation after
-    # the newest readable one.
+    # every other file there and after the sets, as the stream writes it last. Taking the
+    # newest readable file alone mapped it onto a generation the sets (or an unreadable
+    # archived file) already stood for, and the restore went on without it.
     unreadable = {entry.generation: entry for entry in inventory.unreadable if entry.generation}
-    newest = max(inventory.files, default=expected - 1)
+    newest = max([*inventory.files, *unreadable, expected - 1])
     for bad_file in inventory.unreadable:
         if bad_file.is_current:
-            unreadable.setdefault(newest + 1, bad_file)
+            unreadable[newest + 1] = bad_file
     first = expected
     steps: list[RestoreStep] = []
     while stop is None or expected <= stop:
         entry = inventory.files.get(expected)
         if entry is None:
-            later = [g for g in inventory.files if g > expected]
+            # Unreadable files count: the logs do not end before them.
+            later = [g for g in [*inventory.files, *unreadable] if g > expected]
             bad = unreadable.get(expected)
             file_name = generation_log_name(expected) if bad is None else os.path.basename(bad.path)
             stop_hint = (
@@ -544,12 +547,13 @@ def _surviving_logs(
             elif not later:
                 break  # the end of the surviving logs
             elif not steps:
+                resumes = min(later)
                 raise GivenLogFileIsNotContiguous(
-                    f"the surviving logs in '{directory}' start at generation {min(later)}, but "
+                    f"the surviving logs in '{directory}' start at generation {resumes}, but "
                     f"the backup sets end at generation {expected - 1}: generations {expected}-"
-                    f"{min(later) - 1} are missing",
+                    f"{resumes - 1} are missing",
                     hint="add the incremental backups that hold them",
-                    path=os.path.join(directory, generation_log_name(min(later))),
+                    path=(inventory.files.get(resumes) or unreadable[resumes]).path,
                 )
             else:
                 refusal = GivenLogFileIsNotContiguous(
