@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from jetstore.errors import (
     GivenLogFileHasBadSignature,
     GivenLogFileIsNotContiguous,
     InvalidBackup,
+    InvalidLogSequence,
     InvalidPath,
     JetError,
     MissingRestoreLogFiles,
@@ -248,6 +250,37 @@ def test_an_unreadable_newest_surviving_log_is_not_left_out_after_incrementals(
     rows = _restored_rows(tmp_path / "restored")
     assert {key for key, end in writer.ends.items() if end.generation <= stop} <= set(rows)
     assert all(writer.ends[key].generation <= stop + 1 for key in rows)
+
+
+def test_surviving_logs_of_a_copy_that_ran_on_by_itself_are_refused_before_copying(
+    tmp_path: Path,
+) -> None:
+    # Defect: a copy of the instance directory that ran on by itself has the same log stream
+    # (signature, generation numbers) but another history. The plan accepted its logs; replay
+    # refused them only once everything was copied, naming a file in the staging directory it
+    # then deleted ('<target>.restoring/edb00000002.log'), with "restore it from backup".
+    live = tmp_path / "live"
+    inst = _open(live)
+    Writer(inst).commit(20)
+    inst.close()
+    shutil.copytree(live, tmp_path / "copy")
+    with _open(live) as inst:
+        inst.backup(tmp_path / "full", kind="full")
+    inst = _open(tmp_path / "copy")
+    other = Writer(inst)
+    other.next = 1000
+    other.commit(300, width=600)
+    inst.simulate_crash()
+    target = tmp_path / "restored"
+    with pytest.raises(InvalidLogSequence, match="does not continue") as refused:
+        jetstore.restore(tmp_path / "full", target, logs_from=tmp_path / "copy")
+    first = plan_restore(tmp_path / "full", tmp_path / "x").generation_high + 1
+    assert refused.value.path == str(tmp_path / "copy" / generation_log_name(first))
+    assert "--logs-from" in str(refused.value)
+    assert sorted(os.listdir(tmp_path)) == ["copy", "full", "live"]
+    # Its own logs continue the backup.
+    jetstore.restore(tmp_path / "full", target, logs_from=live)
+    assert set(_restored_rows(target)) == set(range(20))
 
 
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:

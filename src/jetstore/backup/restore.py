@@ -11,7 +11,10 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    file the manifests list present; the surviving logs, when given, of the same stream and
    continuing the last set (an offline set: from its images' consistent point) without a gap (or
    an unreadable file) before their end or the stop point (a generation before it; a time when a
-   commit later than it lies before it, `_check_stop_before_gap`); a stop point (`until`: a
+   commit later than it lies before it, `_check_stop_before_gap`); each log file that comes
+   from another place than the one before it (the next set, the surviving logs) continuing it
+   as replay checks it (`InvalidLogSequence`, -515: a copy of the instance that ran on by
+   itself has the same stream and generation numbers); a stop point (`until`: a
    generation, or a time) the images can reach (`EndingRestoreLogTooLow`, -553): a time before
    the full set's `started_us` (when its images were pinned) only when no commit the images hold
    is later (`_check_images_at`); the target absent or an empty directory, not the directory of
@@ -34,6 +37,7 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -43,7 +47,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jetstore.backup.backupset import Manifest, ManifestFile, read_backup_file, read_manifest
-from jetstore.backup.stoptime import LogSource, first_commit_after, images_commit_bound
+from jetstore.backup.stoptime import (
+    LogSource,
+    first_commit_after,
+    images_commit_bound,
+    link_problem,
+)
 from jetstore.errors import (
     EndingRestoreLogTooLow,
     FileAccessDenied,
@@ -51,6 +60,7 @@ from jetstore.errors import (
     GivenLogFileHasBadSignature,
     GivenLogFileIsNotContiguous,
     InvalidBackup,
+    InvalidLogSequence,
     InvalidParameter,
     InvalidPath,
     JetError,
@@ -369,6 +379,7 @@ def plan_restore(
         steps.extend(surviving_steps)
         if surviving:
             expected = surviving[-1] + 1
+    _check_links(fs, steps)
     high = expected - 1
     stop_generation: int | None = None
     stop_time: int | None = None
@@ -571,6 +582,47 @@ def _surviving_logs(
         steps.append(RestoreStep(name, "log", entry.size, entry.path, expected, None))
         expected += 1
     return steps, None
+
+
+def _check_links(fs: FileSystem, steps: Sequence[RestoreStep]) -> None:
+    """Each log file that comes from another place than the one before it (the next set, or
+    the surviving logs) continues it (`link_problem`). Signatures and generation numbers do
+    not tell a copy of the instance that ran on by itself from the original: replay found out
+    only once everything was copied, and named a file of the staging directory it then
+    deleted, with the advice to restore it from backup."""
+    sources = _log_sources(fs, steps)
+    origins = {
+        step.generation: step.source if step.entry is not None else "surviving"
+        for step in steps
+        if step.kind == "log"
+    }
+    for previous, following in itertools.pairwise(sources):
+        if origins[previous.generation] == origins[following.generation]:
+            continue
+        problem = link_problem(previous, following)
+        if problem is None:
+            continue
+        step = next(s for s in steps if s.kind == "log" and s.generation == following.generation)
+        if step.entry is None:
+            hint = (
+                f"the logs in '{os.path.dirname(step.source)}' are of another history of the "
+                "instance than the backup (a copy of its directory that ran on by itself): "
+                "name the directory whose logs continue the backup, or restore without "
+                "--logs-from (up to the end of the backup sets)"
+            )
+            path = step.source
+        else:
+            hint = (
+                f"backup set '{step.source}' was taken of another history of the instance "
+                "than the sets before it: name the sets taken of one instance"
+            )
+            path = os.path.join(step.source, step.entry.stored_name)
+        raise InvalidLogSequence(
+            f"{following.name} (generation {following.generation}) does not continue "
+            f"{previous.name}: {problem}",
+            hint=hint,
+            path=path,
+        )
 
 
 def _check_images_at(

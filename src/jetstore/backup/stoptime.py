@@ -31,6 +31,10 @@ Invariants:
   before a position is therefore the latest one before it.
 - A generation's `created_time` is taken when the log rolls to it on disk, after every record
   of the generations before it was appended: no commit in an earlier generation is later.
+
+`link_problem` answers a third question: whether one file continues the one before it as
+replay will check it (`LogScanner._check_link`: the creation time, end and frame checksum the
+later header records for the earlier generation), where the two come from different places.
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from jetstore.format.logframe import KIND_FIRST, KIND_FULL, KIND_LAST, KIND_MIDDLE, decode_frame
+from jetstore.format.logframe import (
+    KIND_FIRST,
+    KIND_FULL,
+    KIND_LAST,
+    KIND_MIDDLE,
+    accumulate,
+    decode_frame,
+)
 from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
@@ -57,6 +68,7 @@ __all__ = [
     "commits",
     "first_commit_after",
     "images_commit_bound",
+    "link_problem",
 ]
 
 
@@ -193,3 +205,41 @@ def first_commit_after(
             return seen, last
         last = seen
     return None, last
+
+
+def link_problem(previous: LogSource, following: LogSource) -> str | None:
+    """Why `following` (generation n + 1) does not continue `previous` (generation n) as
+    replay reads them, or None when it does. Two histories of one stream (a copy of the
+    instance directory that ran on by itself) share the signature and the generation numbers;
+    only these links tell them apart."""
+    data = previous.read()
+    header = decode_log_header(data[:LOG_HEADER_SIZE], path=previous.name)
+    successor = decode_log_header(following.read()[:LOG_HEADER_SIZE], path=following.name)
+    generation = previous.generation
+    if successor.previous_generation_created_time != header.created_time:
+        return (
+            f"it records generation {generation} as created at "
+            f"{successor.previous_generation_created_time}, {previous.name} was created at "
+            f"{header.created_time}"
+        )
+    recorded_end = successor.previous_generation_end
+    limit = min(len(data), header.log_file_size, recorded_end)
+    offset = header.data_start
+    checksum = 0
+    while offset < limit:
+        frame = decode_frame(data, offset, generation)
+        if frame is None or frame.next_offset > limit:
+            break
+        checksum = accumulate(checksum, frame.crc)
+        offset = frame.next_offset
+    if offset != recorded_end:
+        return (
+            f"it records that generation {generation} holds records up to offset "
+            f"{recorded_end}, {previous.name} holds them up to offset {offset}"
+        )
+    if checksum != successor.previous_generation_checksum:
+        return (
+            f"it records another checksum for the records of generation {generation} than "
+            f"those of {previous.name}"
+        )
+    return None
