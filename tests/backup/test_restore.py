@@ -327,6 +327,34 @@ def test_a_target_that_gains_a_file_during_the_restore_is_refused_as_a_path(
     assert not Path(str(target) + STAGING_SUFFIX).exists()
 
 
+@pytest.mark.parametrize("to", ["empty-directory", "nothing"])
+def test_a_symbolic_link_as_target_is_refused_before_anything_is_written(
+    tmp_path: Path, to: str
+) -> None:
+    # Defect: a link to an empty directory (or to none) passed the plan; the files were
+    # copied and replayed, then the final rmdir (or rename) over the link failed with
+    # ENOTDIR, said as "a parent of the target is a file".
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    real = tmp_path / "real"
+    if to == "empty-directory":
+        real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(InvalidPath, match="symbolic link") as refused:
+        plan_restore(tmp_path / "full", link)
+    assert refused.value.path == str(link)
+    assert f"--to {real}" in str(refused.value)
+    with pytest.raises(InvalidPath, match="symbolic link"):
+        jetstore.restore(tmp_path / "full", link)
+    assert not Path(str(link) + STAGING_SUFFIX).exists()
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    jetstore.restore(tmp_path / "full", real)
+    assert len(_restored_rows(link)) == 10
+
+
 def test_a_mount_point_as_target_is_refused_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

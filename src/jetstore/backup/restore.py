@@ -18,8 +18,9 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    generation, or a time) the images can reach (`EndingRestoreLogTooLow`, -553): a time before
    the full set's `started_us` (when its images were pinned) only when no commit the images hold
    is later (`_check_images_at`); the target absent or an empty directory, not the directory of
-   an open instance and no mount point (step 4 renames over it). The time checks read the commit
-   records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
+   an open instance, no mount point and no symbolic link (step 4 renames over it). The time
+   checks read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing
+   else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
    a staging directory next to the target (`<target>.restoring`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
@@ -442,6 +443,17 @@ def _missing_ranges(present: list[int], low: int, high: int) -> list[str]:
 
 
 def _check_target(fs: FileSystem, target: str) -> None:
+    if os.path.islink(target):
+        # Step 4 renames the staging directory over the link, which is no directory to
+        # remove (ENOTDIR, reported as "a parent is a file" once everything was copied and
+        # replayed); a link whose directory does not exist went the same way.
+        raise InvalidPath(
+            f"restore target '{target}' is a symbolic link (to '{os.path.realpath(target)}'): the "
+            "restore is built next to it and renamed into its place, which would replace the "
+            "link, not fill the directory it names",
+            hint=f"name the directory itself (--to {os.path.realpath(target)}), or a new one",
+            path=target,
+        )
     if fs.exists(target):
         if not fs.is_directory(target):
             raise InvalidPath(
