@@ -25,6 +25,7 @@ from jetstore.errors import (
     InvalidLogSequence,
     InvalidPath,
     JetError,
+    LogFileCorrupt,
     MissingRestoreLogFiles,
 )
 from jetstore.format.filenames import generation_log_name
@@ -281,6 +282,41 @@ def test_surviving_logs_of_a_copy_that_ran_on_by_itself_are_refused_before_copyi
     # Its own logs continue the backup.
     jetstore.restore(tmp_path / "full", target, logs_from=live)
     assert set(_restored_rows(target)) == set(range(20))
+
+
+def test_surviving_logs_set_aside_by_a_recovery_accepting_data_loss_are_pointed_to(
+    tmp_path: Path,
+) -> None:
+    # Defect: once `accept_data_loss` set the logs aside (an unreadable edb.log the stream
+    # would write over: refused with LogFileCorrupt, then accepted) and began a new stream,
+    # `--logs-from` the instance directory was refused as another instance's, with the advice
+    # to "name the directory of the instance the backup was taken of", which it was.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(300, width=600)
+    inst.close()
+    current = max(end.generation for end in writer.ends.values())
+    _damage_log_header(live / "edb.log")
+    with pytest.raises(LogFileCorrupt, match=re.escape("edb.log")):
+        _open(live)
+    with _open(live, accept_data_loss=True) as inst:
+        assert inst.recovery is not None and inst.recovery.data_loss is not None
+        aside = inst.recovery.data_loss.moved_logs_to
+    assert aside is not None
+    with pytest.raises(GivenLogFileHasBadSignature, match="set aside") as refused:
+        plan_restore(tmp_path / "full", tmp_path / "x", logs_from=live)
+    assert f"--logs-from {aside}" in str(refused.value)
+    # There, the unreadable edb.log is named, and a stop before it restores the rest.
+    with pytest.raises(MissingRestoreLogFiles, match=re.escape("edb.log")):
+        plan_restore(tmp_path / "full", tmp_path / "x", logs_from=aside)
+    target = tmp_path / "restored"
+    jetstore.restore(tmp_path / "full", target, logs_from=aside, until=current - 1)
+    rows = _restored_rows(target)
+    assert {k for k, end in writer.ends.items() if end.generation < current} <= set(rows)
+    assert all(writer.ends[k].generation <= current for k in rows)
 
 
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:

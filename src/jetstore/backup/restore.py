@@ -68,7 +68,7 @@ from jetstore.errors import (
     MissingRestoreLogFiles,
 )
 from jetstore.format.common import FORMAT_VERSION, format_time_us
-from jetstore.format.filenames import CURRENT_LOG, generation_log_name
+from jetstore.format.filenames import CURRENT_LOG, LOST_LOGS_PREFIX, generation_log_name
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import is_locked, read_lock_holder
@@ -528,10 +528,20 @@ def _surviving_logs(
         # hold: another instance's directory is refused, not silently left unused.
         header = inventory.files[generation].header
         if header is not None and header.log_signature != base.log_signature:
+            aside = _set_aside_logs(fs, directory, base)
             raise GivenLogFileHasBadSignature(
                 f"surviving log file '{inventory.files[generation].path}' belongs to log "
-                f"stream {header.log_signature}, the backup to {base.log_signature}",
-                hint="name the directory of the instance the backup was taken of",
+                f"stream {header.log_signature}, the backup to {base.log_signature}"
+                + (
+                    f"; the logs of the backup's stream were set aside in '{aside}' by a "
+                    "recovery that accepted data loss (or a repair), and the instance began "
+                    "a new stream"
+                    if aside
+                    else ""
+                ),
+                hint=f"name that directory: --logs-from {aside}"
+                if aside
+                else "name the directory of the instance the backup was taken of",
                 path=inventory.files[generation].path,
             )
     # Unreadable files (`take_inventory` lists them apart): an archived one by the generation
@@ -635,6 +645,27 @@ def _check_links(fs: FileSystem, steps: Sequence[RestoreStep]) -> None:
             hint=hint,
             path=path,
         )
+
+
+def _set_aside_logs(fs: FileSystem, directory: str, base: Manifest) -> str | None:
+    """The newest `lost-logs-<time>/` of `directory` holding logs of the backup's stream.
+    Recovery with data loss moves the logs there and starts a new stream in `directory`,
+    so the instance the backup was taken of no longer looks like it."""
+    candidates = sorted(
+        (name for name in fs.listdir(directory) if name.startswith(LOST_LOGS_PREFIX)),
+        reverse=True,
+    )
+    for name in candidates:
+        path = os.path.join(directory, name)
+        if not fs.is_directory(path):
+            continue
+        inventory = take_inventory(fs, path, owner="restore")
+        if any(
+            entry.header is not None and entry.header.log_signature == base.log_signature
+            for entry in inventory.files.values()
+        ):
+            return path
+    return None
 
 
 def _check_images_at(

@@ -17,6 +17,8 @@ LOCK_FILE = "jetstore.lock"
 EVENT_LOG = "events.jsonl"
 CONTROL_SOCKET = "jetstore.sock"  # the open instance's control socket (jetstore.control)
 DATABASE_SUFFIX = ".edb"
+#: Where recovery with data loss (and repair) set an instance's logs aside: `lost-logs-<time>/`.
+LOST_LOGS_PREFIX = "lost-logs-"
 RESERVE_LOG_COUNT = 2
 
 MAX_GENERATION = 0xFFFFFFFF

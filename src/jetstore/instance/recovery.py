@@ -48,6 +48,7 @@ from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
+    LOST_LOGS_PREFIX,
     TEMP_LOG,
     parse_database_file_name,
     parse_generation_log_name,
@@ -437,7 +438,7 @@ def _move_logs_aside(instance: Instance) -> str | None:
     if not names:
         return None
     stamp = format_time_us(now_us()).replace(":", "").replace("-", "")
-    target = os.path.join(instance.directory, f"lost-logs-{stamp}")
+    target = os.path.join(instance.directory, LOST_LOGS_PREFIX + stamp)
     fs.makedirs(target)
     for name in names:
         fs.rename(os.path.join(instance.directory, name), os.path.join(target, name))

@@ -72,6 +72,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
+    LOST_LOGS_PREFIX,
     TEMP_LOG,
     parse_database_file_name,
     parse_generation_log_name,
@@ -351,7 +352,7 @@ def _unused_stamp(fs: FileSystem, directory: str, target: str) -> str:
     base = format_time_us(now_us()).replace(":", "").replace("-", "")
     stamp, number = base, 1
     while fs.exists(f"{target}.damaged-{stamp}") or fs.exists(
-        os.path.join(directory, f"lost-logs-{stamp}")
+        os.path.join(directory, LOST_LOGS_PREFIX + stamp)
     ):
         number += 1
         stamp = f"{base}-{number}"
@@ -382,7 +383,7 @@ def _logs_aside(fs: FileSystem, directory: str, stamp: str, target: str) -> str 
     try:
         return _move_logs_aside(fs, directory, stamp)
     except JetError as exc:
-        aside = os.path.join(directory, f"lost-logs-{stamp}")
+        aside = os.path.join(directory, LOST_LOGS_PREFIX + stamp)
         failure = type(exc)(
             f"repair could not move the log and checkpoint files of '{directory}' into "
             f"'{aside}' ({exc.detail}); '{target}' was not changed, the files already "
@@ -405,7 +406,7 @@ def _move_logs_aside(fs: FileSystem, directory: str, stamp: str) -> str | None:
     ]
     if not names:
         return None
-    target = os.path.join(directory, f"lost-logs-{stamp}")
+    target = os.path.join(directory, LOST_LOGS_PREFIX + stamp)
     fs.makedirs(target)
     for name in names:
         fs.rename(os.path.join(directory, name), os.path.join(target, name))
