@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import pytest
 
 import jetstore
@@ -28,6 +30,7 @@ from jetstore.errors import (
     LogFileCorrupt,
     MissingRestoreLogFiles,
 )
+from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import generation_log_name
 from jetstore.format.positions import LogPosition
 
@@ -317,6 +320,31 @@ def test_surviving_logs_set_aside_by_a_recovery_accepting_data_loss_are_pointed_
     rows = _restored_rows(target)
     assert {k for k, end in writer.ends.items() if end.generation < current} <= set(rows)
     assert all(writer.ends[k].generation <= current for k in rows)
+
+
+def test_a_surviving_log_of_another_format_version_is_not_called_damaged(tmp_path: Path) -> None:
+    # Defect: an edb.log written by an engine of another format version (an instance
+    # upgraded in place after the backup) was refused with the advice to put "a good copy"
+    # of it back, as if damaged; there is none: the way out is an engine that reads it.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(50)
+    inst.simulate_crash()
+    with open(live / "edb.log", "r+b") as file:
+        header = bytearray(file.read(4096))
+        struct.pack_into("<H", header, 14, FORMAT_VERSION + 1)
+        struct.pack_into("<I", header, 0, google_crc32c.value(bytes(header[4:])))
+        file.seek(0)
+        file.write(header)
+    with pytest.raises(MissingRestoreLogFiles, match="BadLogVersion") as refused:
+        plan_restore(tmp_path / "full", tmp_path / "x", logs_from=live)
+    assert refused.value.path == str(live / "edb.log")
+    hint = refused.value.hint or ""
+    assert "another format version" in hint and "good copy" not in hint
+    assert "--until-generation" in hint
 
 
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ from jetstore.backup.stoptime import (
     link_problem,
 )
 from jetstore.errors import (
+    BadLogVersion,
     EndingRestoreLogTooLow,
     FileAccessDenied,
     FileNotFound,
@@ -571,6 +572,14 @@ def _surviving_logs(
             refusal: JetError
             if bad is not None:
                 why = f"{bad.error.name}: {bad.error.detail}" if bad.error else "unreadable"
+                if isinstance(bad.error, BadLogVersion):
+                    # Not damage: no good copy exists to put back, and nothing need be lost.
+                    stop_hint = (
+                        f"{file_name} is not damaged but of another format version: restore "
+                        f"with an engine that reads it and the sets' version {FORMAT_VERSION}; "
+                        f"or restore up to generation {expected - 1} with --until-generation "
+                        f"{expected - 1} (the commits after it are lost)"
+                    )
                 refusal = MissingRestoreLogFiles(
                     f"surviving log file '{bad.path}' (generation {expected}, next after "
                     f"generation {expected - 1}) cannot be read ({why})",
