@@ -347,6 +347,38 @@ def test_a_surviving_log_of_another_format_version_is_not_called_damaged(tmp_pat
     assert "--until-generation" in hint
 
 
+def test_damage_replay_finds_in_a_surviving_log_names_that_file_and_a_stop_before_it(
+    tmp_path: Path,
+) -> None:
+    # Defect: damaged records inside a closed surviving generation (its header intact) are
+    # found by replay in the staging directory. The error named the copy there
+    # ('<target>.restoring/edb00000003.log', deleted as the restore failed) and said "restore
+    # it from backup", which is what was being done.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(300, width=600)
+    inst.simulate_crash()
+    surviving = plan_restore(tmp_path / "full", tmp_path / "x", logs_from=live).surviving_logs
+    damaged = surviving[1]
+    with open(live / generation_log_name(damaged), "r+b") as file:
+        file.seek(3 * 4096)
+        file.write(b"\xff" * 64)
+    target = tmp_path / "restored"
+    with pytest.raises(JetError) as failed:
+        jetstore.restore(tmp_path / "full", target, logs_from=live)
+    message = str(failed.value)
+    assert failed.value.path == str(live / generation_log_name(damaged))
+    assert STAGING_SUFFIX not in message
+    assert f"--until-generation {damaged - 1}" in message
+    assert sorted(os.listdir(tmp_path)) == ["full", "live"]
+    jetstore.restore(tmp_path / "full", target, logs_from=live, until=damaged - 1)
+    rows = _restored_rows(target)
+    assert {k for k, end in writer.ends.items() if end.generation < damaged} <= set(rows)
+
+
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     Writer(inst).commit(10)

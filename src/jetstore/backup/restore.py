@@ -32,6 +32,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
 Invariants:
 - A refused restore writes nothing; a failed one removes its staging directory; the target
   appears (by one rename) only when it holds a clean instance that opens without recovery.
+  A failure of replay about a copied file names the file it was copied from, with a
+  restore's way out (`_named_at_source`), never the copy the failure deletes.
 - A restored instance never shares a log stream with the original: logs and backups of the
   two can never be mixed up (generation numbers alone would allow it).
 """
@@ -385,9 +387,7 @@ def plan_restore(
     high = expected - 1
     stop_generation: int | None = None
     stop_time: int | None = None
-    image_generation = max(
-        (image.checkpoint.generation for image in base.images), default=base.generation_low
-    )
+    image_generation = _image_generation(base)
     if isinstance(until, datetime):
         stop_time = _stop_time_us(until)
         if stop_time < base.started_us:
@@ -796,7 +796,10 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
             options["control_socket"] = False
         instance = Instance(staging, InstanceOptions(**options))
         instance.restore_request = RestoreRequest(plan.stop_generation, plan.stop_time_us)
-        instance._open()
+        try:
+            instance._open()
+        except JetError as exc:
+            raise _named_at_source(exc, plan, staging) from exc
         outcome = instance.recovery
         instance.close()
         if fs.exists(target):
@@ -834,6 +837,44 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
             or any(note.startswith(f"database {name!r}") for name, _ in outcome.not_restored)
         ],
     )
+
+
+def _image_generation(base: Manifest) -> int:
+    """The generation of the latest checkpoint of the full set's images: no stop before it."""
+    return max((image.checkpoint.generation for image in base.images), default=base.generation_low)
+
+
+def _named_at_source(error: JetError, plan: RestorePlan, staging: str) -> JetError:
+    """`error` of replay in the staging directory, about a file copied there, said of the file
+    it was copied from, with a restore's way out. Said of the copy, it named a file of a
+    directory the failed restore then deleted, with recovery's advice ("restore it from
+    backup", `--accept-data-loss`), which does not apply to a restore."""
+    copies = {os.path.join(staging, step.name): step for step in plan.steps}
+    step = copies.get(error.path or "")
+    if step is None:
+        return error
+    detail = error.detail
+    for copy, origin in copies.items():
+        source = origin.source if origin.entry is None else f"{origin.source}: {origin.name}"
+        detail = detail.replace(f"'{copy}'", f"'{source}'").replace(copy, source)
+    if step.entry is not None:
+        hint = (
+            f"check the backup set with `jetstore verify-backup {step.source}`; restore "
+            "another set if it is damaged"
+        )
+        path = os.path.join(step.source, step.entry.stored_name)
+    else:
+        name = os.path.basename(step.source)
+        keep = (step.generation or 0) - 1
+        stop = (
+            f"restore up to generation {keep} with --until-generation {keep} (the commits "
+            "after it are lost), or "
+            if keep >= _image_generation(plan.sets[0])
+            else ""
+        )
+        hint = f"{stop}put a good copy of {name} back into '{os.path.dirname(step.source)}'"
+        path = step.source
+    return type(error)(f"{detail}; nothing was written to '{plan.target}'", hint=hint, path=path)
 
 
 def _read_plain(fs: FileSystem, path: str, owner: str) -> Iterator[bytes]:
