@@ -695,6 +695,34 @@ def test_a_stop_time_before_a_gap_in_the_surviving_logs_restores(tmp_path: Path,
     assert set(_restored_rows(tmp_path / "restored")) == set(range(last + 1))
 
 
+def test_a_stop_time_inside_the_sets_restores_when_the_surviving_logs_start_after_a_gap(
+    tmp_path: Path,
+) -> None:
+    """Defect: a gap right at the start of the surviving logs (the generation after the sets
+    gone) refused every time stop, also one that a commit in the sets' logs proves replay
+    stops before the gap, which a gap later in the surviving logs allows (D11)."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    writer.commit(300, width=600)
+    inst.simulate_crash()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    high = plan_restore(sets, tmp_path / "x").generation_high
+    os.unlink(live / generation_log_name(high + 1))
+    with pytest.raises(GivenLogFileIsNotContiguous, match="missing") as refused:
+        plan_restore(sets, tmp_path / "x", logs_from=live)
+    assert f"--until-generation {high}" in str(refused.value)
+    assert refused.value.path == str(live / generation_log_name(high + 1))
+    last = max(key for key, end in writer.ends.items() if end.generation == high - 1)
+    stop = _moment(writer.times[last])
+    jetstore.restore(sets, tmp_path / "restored", logs_from=live, until=stop)
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(last + 1))
+
+
 def test_a_stop_time_not_proven_before_a_gap_is_refused(tmp_path: Path) -> None:
     """Every commit before the gap is at or before T: the missing generation may hold
     commits at or before T too, which replay would skip without a word. Refused, naming the

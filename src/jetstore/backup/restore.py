@@ -589,13 +589,20 @@ def _surviving_logs(
             elif not later:
                 break  # the end of the surviving logs
             elif not steps:
+                # A gap like any other (a time stop may end before it, in the sets' logs).
                 resumes = min(later)
-                raise GivenLogFileIsNotContiguous(
+                missing = (
+                    f"generation {expected} is"
+                    if resumes == expected + 1
+                    else f"generations {expected}-{resumes - 1} are"
+                )
+                refusal = GivenLogFileIsNotContiguous(
                     f"the surviving logs in '{directory}' start at generation {resumes}, but "
-                    f"the backup sets end at generation {expected - 1}: generations {expected}-"
-                    f"{resumes - 1} are missing",
-                    hint="add the incremental backups that hold them",
-                    path=(inventory.files.get(resumes) or unreadable[resumes]).path,
+                    f"the backup sets end at generation {expected - 1}: {missing} missing",
+                    hint="add the incremental backups that hold them, or restore up to "
+                    f"generation {expected - 1} with --until-generation {expected - 1} (the "
+                    "commits after it are lost)",
+                    path=os.path.join(directory, generation_log_name(expected)),
                 )
             else:
                 refusal = GivenLogFileIsNotContiguous(
