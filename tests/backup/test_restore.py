@@ -16,6 +16,7 @@ import google_crc32c
 import pytest
 
 import jetstore
+import jetstore.backup.restore as restore_module
 from jetstore.backup.offline import backup_offline
 from jetstore.backup.restore import STAGING_SUFFIX, plan_restore
 from jetstore.errors import (
@@ -449,6 +450,35 @@ def test_a_symbolic_link_as_target_is_refused_before_anything_is_written(
     assert link.is_symlink() and os.readlink(link) == str(real)
     jetstore.restore(tmp_path / "full", real)
     assert len(_restored_rows(link)) == 10
+
+
+def test_a_staging_directory_made_after_the_plan_is_left_to_whoever_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the staging directory was created with makedirs(exist_ok): one that another
+    # restore into the same target made after this one's plan checked was taken over. The
+    # first exclusive file create failed, and the cleanup deleted the other restore's work
+    # (or, with other file names, this restore renamed its files into the target).
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.close()
+    target = tmp_path / "target"
+    staging = Path(str(target) + STAGING_SUFFIX)
+    planned = restore_module.plan_restore
+
+    def plan_then_another_restore_starts(*args: Any, **kwargs: Any) -> Any:
+        plan = planned(*args, **kwargs)
+        staging.mkdir()
+        (staging / "main.edb").write_bytes(b"the other restore's copy")
+        return plan
+
+    monkeypatch.setattr(restore_module, "plan_restore", plan_then_another_restore_starts)
+    with pytest.raises(InvalidPath, match="another restore") as refused:
+        jetstore.restore(tmp_path / "full", target)
+    assert refused.value.path == str(staging)
+    assert (staging / "main.edb").read_bytes() == b"the other restore's copy"
+    assert not target.exists()
 
 
 def test_a_mount_point_as_target_is_refused_before_anything_is_written(

@@ -489,8 +489,9 @@ def _check_target(fs: FileSystem, target: str) -> None:
     staging = target + STAGING_SUFFIX
     if fs.exists(staging):
         raise InvalidPath(
-            f"'{staging}' exists: an earlier restore into '{target}' was interrupted",
-            hint=f"delete '{staging}', then retry",
+            f"'{staging}' exists: an earlier restore into '{target}' was interrupted (or is "
+            "still running)",
+            hint=f"when no restore into '{target}' is running, delete '{staging}', then retry",
             path=staging,
         )
 
@@ -772,7 +773,19 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
     staging = target + STAGING_SUFFIX
     owner = "restore"
     base = plan.sets[0]
-    fs.makedirs(staging)
+    try:
+        fs.mkdir(staging)
+    except JetError:
+        if not fs.exists(staging):
+            raise
+        # Absent when the plan checked: another restore into the target made it since. Its
+        # work is not ours to take over, nor to delete on failure.
+        raise InvalidPath(
+            f"'{staging}' appeared while this restore was being planned: another restore "
+            f"into '{target}' is running (or was interrupted); nothing was written",
+            hint=f"let it finish; if none is running, delete '{staging}', then retry",
+            path=staging,
+        ) from None
     try:
         done = 0
         total = plan.total_bytes

@@ -646,6 +646,16 @@ class FileSystem:
         except OSError as exc:
             raise from_os_error(exc, op="create directory", path=path) from exc
 
+    def mkdir(self, path: str) -> None:
+        """Create the directory `path`, which must not exist: whoever creates it owns it (no
+        two callers can both think they made it, as with `makedirs`). An existing `path`
+        raises the `from_os_error` of EEXIST; the caller says what it means there."""
+        self._call_hook(IOEvent("mkdir", path))
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            raise from_os_error(exc, op="create directory", path=path) from exc
+
     def rmdir(self, path: str) -> None:
         """Remove the empty directory `path` (call `fsync_directory` on its parent after)."""
         self._call_hook(IOEvent("rmdir", path))
