@@ -30,6 +30,7 @@ from jetstore.errors import (
     JetError,
     LogFileCorrupt,
     MissingRestoreLogFiles,
+    ReadVerifyFailure,
 )
 from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import generation_log_name
@@ -676,6 +677,37 @@ def test_a_damaged_backup_file_fails_the_restore_and_leaves_nothing(tmp_path: Pa
     assert not target.exists()
     assert not Path(str(target) + STAGING_SUFFIX).exists()
     assert sorted(os.listdir(tmp_path)) == ["full", "live"]
+
+
+@pytest.mark.parametrize("cut", ["image", "log"])
+def test_a_set_cut_short_is_refused_before_anything_is_written(tmp_path: Path, cut: str) -> None:
+    # Defect: a set file of another size than its manifest says (a partial copy of the set)
+    # was found only while copied: a dry run accepted the set, and the restore copied every
+    # file before it first. The plan refuses it now, naming the file.
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    assert len(list((tmp_path / "inc").glob("edb*.log"))) > 1
+    victim = tmp_path / "full" / "main.edb"
+    if cut == "log":
+        victim = sorted((tmp_path / "inc").glob("edb*.log"))[-1]
+    with open(victim, "r+b") as file:
+        file.truncate(os.path.getsize(victim) - 4096)
+    with pytest.raises(ReadVerifyFailure, match="manifest says") as refused:
+        jetstore.restore(sets, tmp_path / "restored", dry_run=True)
+    assert refused.value.path == str(victim)
+    with pytest.raises(ReadVerifyFailure):
+        jetstore.restore(sets, tmp_path / "restored", progress=_no_copy)
+    assert not (tmp_path / "restored").exists()
+
+
+def _no_copy(done: int, total: int, name: str) -> None:
+    raise AssertionError(f"{name} was copied before the set was refused")
 
 
 # --------------------------------------------------------------------------- time stops

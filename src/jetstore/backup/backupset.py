@@ -77,6 +77,7 @@ __all__ = [
     "read_backup_file",
     "read_manifest",
     "refuse_backup_set",
+    "stored_size_mismatch",
     "write_backup_set",
 ]
 
@@ -545,12 +546,7 @@ def read_backup_file(
     try:
         stored_size = file.size()
         if stored_size != entry.stored_size:
-            raise ReadVerifyFailure(
-                f"'{stored}' is {stored_size} bytes, its manifest says {entry.stored_size}",
-                hint="the backup set is damaged (a file was truncated or replaced); use "
-                "another set",
-                path=stored,
-            )
+            raise stored_size_mismatch(stored, stored_size, entry)
         crc = 0
         size = 0
         for chunk in _stored_chunks(file, entry, stored):
@@ -575,6 +571,15 @@ def read_backup_file(
             )
     finally:
         file.close()
+
+
+def stored_size_mismatch(stored: str, size: int, entry: ManifestFile) -> ReadVerifyFailure:
+    """The error for the set's file `stored` of `size` bytes, where `entry` says otherwise."""
+    return ReadVerifyFailure(
+        f"'{stored}' is {size} bytes, its manifest says {entry.stored_size}",
+        hint="the backup set is damaged (a file was truncated or replaced); use another set",
+        path=stored,
+    )
 
 
 def _stored_chunks(file: File, entry: ManifestFile, stored: str) -> Iterator[bytes]:

@@ -8,7 +8,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    others all incrementals or one differential; every set of the same log stream (signature) as
    the full one (`GivenLogFileHasBadSignature`, -555); their generation ranges contiguous, the
    full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations); every
-   file the manifests list present; the surviving logs, when given, of the same stream and
+   file the manifests list present, of the stored size they list (`ReadVerifyFailure`; the
+   contents are checked while copied); the surviving logs, when given, of the same stream and
    continuing the last set (an offline set: from its images' consistent point) without a gap (or
    an unreadable file) before their end or the stop point (a generation before it; a time when a
    commit later than it lies before it, `_check_stop_before_gap`); each log file that comes
@@ -49,7 +50,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jetstore.backup.backupset import Manifest, ManifestFile, read_backup_file, read_manifest
+from jetstore.backup.backupset import (
+    Manifest,
+    ManifestFile,
+    read_backup_file,
+    read_manifest,
+    stored_size_mismatch,
+)
 from jetstore.backup.stoptime import (
     LogSource,
     first_commit_after,
@@ -341,6 +348,11 @@ def plan_restore(
                     hint="copy the whole backup set again, then retry",
                     path=stored,
                 )
+            # A set cut short (a partial copy) is told by its sizes alone: refused here, not
+            # after everything before it was copied (contents are checked while copied).
+            size = fs.size(stored)
+            if size != entry.stored_size:
+                raise stored_size_mismatch(stored, size, entry)
             steps.append(
                 RestoreStep(entry.name, entry.kind, entry.size, m.path, entry.generation, entry)
             )
