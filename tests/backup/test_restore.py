@@ -381,6 +381,36 @@ def test_damage_replay_finds_in_a_surviving_log_names_that_file_and_a_stop_befor
     assert {k for k, end in writer.ends.items() if end.generation < damaged} <= set(rows)
 
 
+def test_surviving_logs_from_a_directory_with_no_later_log_are_not_ignored(
+    tmp_path: Path,
+) -> None:
+    # Defect: `--logs-from` a directory holding no log after the sets (a wrong directory, or
+    # the database directory where the logs are kept elsewhere) was ignored without a word:
+    # the restore ended at the sets, the surviving commits lost while asked for.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    writer.commit(300, width=600)
+    inst.simulate_crash()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    wrong = tmp_path / "databases"
+    wrong.mkdir()
+    shutil.copy(live / "main.edb", wrong / "main.edb")
+    with pytest.raises(MissingRestoreLogFiles, match="no log file") as refused:
+        plan_restore(sets, tmp_path / "x", logs_from=wrong)
+    high = plan_restore(sets, tmp_path / "x").generation_high
+    assert "without --logs-from" in str(refused.value)
+    # A stop inside the sets never needed them.
+    plan_restore(sets, tmp_path / "x", logs_from=wrong, until=high)
+    last = max(key for key, end in writer.ends.items() if end.generation < high)
+    plan_restore(sets, tmp_path / "x", logs_from=wrong, until=_moment(writer.times[last]))
+    assert not (tmp_path / "x").exists()
+
+
 def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path) -> None:
     inst = _open(tmp_path / "live")
     Writer(inst).commit(10)

@@ -10,7 +10,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    full one's first (`GivenLogFileIsNotContiguous`, -556, naming the missing generations); every
    file the manifests list present, of the stored size they list (`ReadVerifyFailure`; the
    contents are checked while copied); the surviving logs, when given, of the same stream and
-   continuing the last set (an offline set: from its images' consistent point) without a gap (or
+   continuing the last set (an offline set: from its images' consistent point; a directory
+   holding no such file is refused, not ignored, like a gap) without a gap (or
    an unreadable file) before their end or the stop point (a generation before it; a time when a
    commit later than it lies before it, `_check_stop_before_gap`); each log file that comes
    from another place than the one before it (the next set, the surviving logs) continuing it
@@ -599,8 +600,20 @@ def _surviving_logs(
                     hint=stop_hint,
                     path=bad.path,
                 )
-            elif not later:
+            elif not later and steps:
                 break  # the end of the surviving logs
+            elif not later:
+                # Not one file continues the sets: a wrong directory, or one whose logs were
+                # moved. Ignored, the restore ended at the sets and lost what was asked for.
+                refusal = MissingRestoreLogFiles(
+                    f"no log file in '{directory}' continues the backup sets (generation "
+                    f"{expected} on: {CURRENT_LOG} or {generation_log_name(expected)}); "
+                    f"{inventory.describe_present()}",
+                    hint="name the directory holding the damaged instance's logs (its "
+                    f"{CURRENT_LOG}), or restore without --logs-from (the sets alone, up to "
+                    f"generation {expected - 1})",
+                    path=os.path.join(directory, CURRENT_LOG),
+                )
             elif not steps:
                 # A gap like any other (a time stop may end before it, in the sets' logs).
                 resumes = min(later)
