@@ -931,3 +931,32 @@ def test_an_offline_set_rolls_forward_over_logs_whose_first_generations_are_gone
     inst.simulate_crash()
     jetstore.restore(tmp_path / "offline", tmp_path / "restored", logs_from=live)
     assert _restored_rows(tmp_path / "restored") == expected
+
+
+def test_an_offline_set_whose_first_surviving_log_is_unreadable_is_not_told_to_stop_before_it(
+    tmp_path: Path,
+) -> None:
+    """Defect: with an offline set, the surviving logs start at the generation of the images'
+    consistent point; when that file was unreadable (or missing), the refusal advised
+    `--until-generation` one below it, a stop the images are already past (refused with
+    EndingRestoreLogTooLow). The way out there is a restore of the images alone."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    Writer(inst).commit(20)
+    inst.close()
+    backup_offline(live, tmp_path / "offline")
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.next = 20
+    writer.commit(50)
+    inst.simulate_crash()
+    first = plan_restore(tmp_path / "offline", tmp_path / "x", logs_from=live).surviving_logs[0]
+    name = "edb.log" if not (live / generation_log_name(first)).exists() else None
+    _damage_log_header(live / (name or generation_log_name(first)))
+    with pytest.raises(MissingRestoreLogFiles) as refused:
+        plan_restore(tmp_path / "offline", tmp_path / "x", logs_from=live)
+    message = str(refused.value)
+    assert f"--until-generation {first - 1}" not in message
+    assert "without --logs-from" in message
+    jetstore.restore(tmp_path / "offline", tmp_path / "restored")
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(20))

@@ -406,7 +406,7 @@ def plan_restore(
         if stop_time < base.started_us:
             _check_images_at(fs, base, steps, stop_time)
         if gap is not None:
-            _check_stop_before_gap(fs, steps, stop_time, gap, high)
+            _check_stop_before_gap(fs, base, steps, stop_time, gap, high)
     elif isinstance(until, int) and not isinstance(until, bool):
         stop_generation = until
         if until < image_generation:
@@ -579,9 +579,8 @@ def _surviving_logs(
             bad = unreadable.get(expected)
             file_name = generation_log_name(expected) if bad is None else os.path.basename(bad.path)
             stop_hint = (
-                f"restore up to generation {expected - 1} with --until-generation "
-                f"{expected - 1} (the commits after it are lost), or put a good copy of "
-                f"{file_name} back into '{directory}'"
+                f"{_stop_after(base, expected - 1)}, or put a good copy of {file_name} back "
+                f"into '{directory}'"
             )
             refusal: JetError
             if bad is not None:
@@ -591,8 +590,7 @@ def _surviving_logs(
                     stop_hint = (
                         f"{file_name} is not damaged but of another format version: restore "
                         f"with an engine that reads it and the sets' version {FORMAT_VERSION}; "
-                        f"or restore up to generation {expected - 1} with --until-generation "
-                        f"{expected - 1} (the commits after it are lost)"
+                        f"or {_stop_after(base, expected - 1)}"
                     )
                 refusal = MissingRestoreLogFiles(
                     f"surviving log file '{bad.path}' (generation {expected}, next after "
@@ -625,9 +623,8 @@ def _surviving_logs(
                 refusal = GivenLogFileIsNotContiguous(
                     f"the surviving logs in '{directory}' start at generation {resumes}, but "
                     f"the backup sets end at generation {expected - 1}: {missing} missing",
-                    hint="add the incremental backups that hold them, or restore up to "
-                    f"generation {expected - 1} with --until-generation {expected - 1} (the "
-                    "commits after it are lost)",
+                    hint="add the incremental backups that hold them, or "
+                    + _stop_after(base, expected - 1),
                     path=os.path.join(directory, generation_log_name(expected)),
                 )
             else:
@@ -760,7 +757,12 @@ def _check_images_at(
 
 
 def _check_stop_before_gap(
-    fs: FileSystem, steps: Sequence[RestoreStep], stop_time: int, gap: JetError, high: int
+    fs: FileSystem,
+    base: Manifest,
+    steps: Sequence[RestoreStep],
+    stop_time: int,
+    gap: JetError,
+    high: int,
 ) -> None:
     """A time stop with a gap (or an unreadable file) in the surviving logs after generation
     `high`: allowed when a complete commit later than `stop_time` lies in the logs before it
@@ -774,18 +776,18 @@ def _check_stop_before_gap(
     if last is not None:
         earlier = (
             f"stop before the last commit before it, of {_iso_us(last.time_us)} "
-            f"(--until-time {_iso_us(last.time_us - 1)}: everything before that commit), or"
+            f"(--until-time {_iso_us(last.time_us - 1)}: everything before that commit); or "
         )
         seen = f"the last one before it is of {_iso_us(last.time_us)}"
     else:
-        earlier = "stop"
+        earlier = ""
         seen = "they hold no commit"
     raise type(gap)(
         f"{gap.detail}; the restore should stop at {_iso_us(stop_time)}, and no commit "
         f"after that lies in the logs before the gap ({seen}), so commits at or before it may "
         "be in the missing generation and would be skipped",
-        hint=f"{earlier} after generation {high} (--until-generation {high}), or put a good "
-        f"copy of {os.path.basename(gap.path or '') or 'the missing file'} back",
+        hint=f"{earlier}{_stop_after(base, high)}, or put a good copy of "
+        f"{os.path.basename(gap.path or '') or 'the missing file'} back",
         path=gap.path,
     )
 
@@ -884,6 +886,20 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
     )
 
 
+def _stop_after(base: Manifest, generation: int) -> str:
+    """The way out that ends a restore after `generation`, for a hint. Below the images'
+    generation no stop is allowed (`EndingRestoreLogTooLow`): the backup alone is the way
+    (an offline set's surviving logs start at its images' generation)."""
+    if generation < _image_generation(base):
+        return (
+            "restore without --logs-from (the backup as it was taken; every later commit is lost)"
+        )
+    return (
+        f"restore up to generation {generation} with --until-generation {generation} (the "
+        "commits after it are lost)"
+    )
+
+
 def _image_generation(base: Manifest) -> int:
     """The generation of the latest checkpoint of the full set's images: no stop before it."""
     return max((image.checkpoint.generation for image in base.images), default=base.generation_low)
@@ -910,14 +926,8 @@ def _named_at_source(error: JetError, plan: RestorePlan, staging: str) -> JetErr
         path = os.path.join(step.source, step.entry.stored_name)
     else:
         name = os.path.basename(step.source)
-        keep = (step.generation or 0) - 1
-        stop = (
-            f"restore up to generation {keep} with --until-generation {keep} (the commits "
-            "after it are lost), or "
-            if keep >= _image_generation(plan.sets[0])
-            else ""
-        )
-        hint = f"{stop}put a good copy of {name} back into '{os.path.dirname(step.source)}'"
+        stop = _stop_after(plan.sets[0], (step.generation or 0) - 1)
+        hint = f"{stop}, or put a good copy of {name} back into '{os.path.dirname(step.source)}'"
         path = step.source
     return type(error)(f"{detail}; nothing was written to '{plan.target}'", hint=hint, path=path)
 
