@@ -960,3 +960,39 @@ def test_an_offline_set_whose_first_surviving_log_is_unreadable_is_not_told_to_s
     assert "without --logs-from" in message
     jetstore.restore(tmp_path / "offline", tmp_path / "restored")
     assert set(_restored_rows(tmp_path / "restored")) == set(range(20))
+
+
+def test_a_generation_stop_does_not_copy_or_check_the_set_logs_after_it(tmp_path: Path) -> None:
+    """Defect: `--until-generation N` still copied (and checked) every log of the sets after
+    N, so one damaged (or cut) log file after the stop failed the restore: the generations
+    before it, which the stop asked for, could not be restored from that set at all."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(300, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    plan = plan_restore(sets, tmp_path / "x")
+    stop = plan.generation_high - 1
+    last_log = tmp_path / "inc" / generation_log_name(plan.generation_high)
+    before_last = tmp_path / "inc" / generation_log_name(stop)
+    with open(last_log, "r+b") as file:
+        file.seek(5000)
+        file.write(b"\xff" * 16)
+    with pytest.raises(JetError):
+        jetstore.restore(sets, tmp_path / "all")
+    result = jetstore.restore(sets, tmp_path / "restored", until=stop)
+    assert all(step.generation is None or step.generation <= stop for step in result.plan.steps)
+    rows = set(_restored_rows(tmp_path / "restored"))
+    assert rows == {k for k, end in writer.ends.items() if end.generation <= stop}
+    # A file cut short after the stop is no reason to refuse either.
+    with open(last_log, "r+b") as file:
+        file.truncate(4096)
+    jetstore.restore(sets, tmp_path / "restored-again", until=stop)
+    with open(before_last, "r+b") as file:
+        file.truncate(4096)
+    with pytest.raises(ReadVerifyFailure):
+        plan_restore(sets, tmp_path / "x", until=stop)

@@ -23,8 +23,9 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    an open instance, no mount point and no symbolic link (step 4 renames over it). The time
    checks read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing
    else.
-2. Copy the images and logs (each file's size and CRC32C checked against its manifest) into
-   a staging directory next to the target (`<target>.restoring`).
+2. Copy the images and logs (each file's size and CRC32C checked against its manifest; with a
+   generation stop, no log after it) into a staging directory next to the target
+   (`<target>.restoring`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
    image's checkpoint to the stop point or the end of the logs; the databases are then
    written clean and bound to no log stream, their backup history cleared, the copied logs
@@ -349,14 +350,22 @@ def plan_restore(
                     hint="copy the whole backup set again, then retry",
                     path=stored,
                 )
-            # A set cut short (a partial copy) is told by its sizes alone: refused here, not
-            # after everything before it was copied (contents are checked while copied).
-            size = fs.size(stored)
-            if size != entry.stored_size:
-                raise stored_size_mismatch(stored, size, entry)
             steps.append(
                 RestoreStep(entry.name, entry.kind, entry.size, m.path, entry.generation, entry)
             )
+    if isinstance(until, int) and not isinstance(until, bool):
+        # Replay never reads past a generation stop: the sets' logs after it are neither
+        # copied nor checked, so damage there does not keep the generations before it from
+        # being restored.
+        steps = [s for s in steps if s.kind != "log" or (s.generation or 0) <= until]
+    for step in steps:
+        # A set cut short (a partial copy) is told by its sizes alone: refused here, not
+        # after everything before it was copied (contents are checked while copied).
+        assert step.entry is not None
+        stored = os.path.join(step.source, step.entry.stored_name)
+        size = fs.size(stored)
+        if size != step.entry.stored_size:
+            raise stored_size_mismatch(stored, size, step.entry)
     for m in [base, *later]:
         if m.generation_low == 0 and m.generation_high == 0:
             continue  # an offline backup of a clean instance: images only
