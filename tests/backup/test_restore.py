@@ -996,3 +996,27 @@ def test_a_generation_stop_does_not_copy_or_check_the_set_logs_after_it(tmp_path
         file.truncate(4096)
     with pytest.raises(ReadVerifyFailure):
         plan_restore(sets, tmp_path / "x", until=stop)
+
+
+def test_a_directory_whose_logs_a_repair_set_aside_points_to_them(tmp_path: Path) -> None:
+    """Defect: after `jetstore repair` moved the logs into `lost-logs-<time>/` (no new
+    stream yet), `--logs-from` the instance directory was refused as holding no log, with
+    no word of where they went, which the same refusal says for a new stream's logs."""
+    from jetstore.tools.repair import repair_database
+
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(100, width=600)
+    expected = _rows(inst)
+    inst.close()
+    report = repair_database(live / "main.edb", accept_data_loss=True)
+    aside = report.moved_logs_to
+    assert aside is not None and not (live / "edb.log").exists()
+    with pytest.raises(MissingRestoreLogFiles, match="set aside") as refused:
+        plan_restore(tmp_path / "full", tmp_path / "x", logs_from=live)
+    assert f"--logs-from {aside}" in str(refused.value)
+    jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=aside)
+    assert _restored_rows(tmp_path / "restored") == expected

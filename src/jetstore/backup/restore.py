@@ -558,7 +558,7 @@ def _surviving_logs(
                 f"stream {header.log_signature}, the backup to {base.log_signature}"
                 + (
                     f"; the logs of the backup's stream were set aside in '{aside}' by a "
-                    "recovery that accepted data loss (or a repair), and the instance began "
+                    "repair or a recovery that accepted data loss, and the instance began "
                     "a new stream"
                     if aside
                     else ""
@@ -612,11 +612,20 @@ def _surviving_logs(
             elif not later:
                 # Not one file continues the sets: a wrong directory, or one whose logs were
                 # moved. Ignored, the restore ended at the sets and lost what was asked for.
+                aside = _set_aside_logs(fs, directory, base)
                 refusal = MissingRestoreLogFiles(
                     f"no log file in '{directory}' continues the backup sets (generation "
                     f"{expected} on: {CURRENT_LOG} or {generation_log_name(expected)}); "
-                    f"{inventory.describe_present()}",
-                    hint="name the directory holding the damaged instance's logs (its "
+                    f"{inventory.describe_present()}"
+                    + (
+                        f"; the logs of the backup's stream were set aside in '{aside}' by a "
+                        "repair or a recovery that accepted data loss"
+                        if aside
+                        else ""
+                    ),
+                    hint=f"name that directory: --logs-from {aside}"
+                    if aside
+                    else "name the directory holding the damaged instance's logs (its "
                     f"{CURRENT_LOG}), or restore without --logs-from (the sets alone, up to "
                     f"generation {expected - 1})",
                     path=os.path.join(directory, CURRENT_LOG),
