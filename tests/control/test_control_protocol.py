@@ -402,26 +402,37 @@ def test_counters_json_is_the_instance_counters(inst: jetstore.Instance) -> None
     assert reply["counters"]["databases"] == ["main"]
 
 
-def test_the_client_refuses_a_frame_longer_than_the_file_left(tmp_path: Path) -> None:
-    """A frame header is trusted for nothing: a length past the file's announced size (a
-    desynchronised or foreign stream) is a protocol error at once, not up to 4 GiB read
-    into memory or a wait for bytes that never come."""
+def _client_of_a_fake_backup(
+    tmp_path: Path, file: dict[str, object], frames: bytes
+) -> tuple[ControlClient, socket.socket]:
+    """A client over a socket pair whose other end (returned, for the test to close) has sent
+    a backup's start, its one database `file` (name, size) and then `frames`."""
     ours, theirs = socket.socketpair()
     handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-client", "pair", ours.close)
     ours.settimeout(5)
-    file = {"name": "main.edb", "kind": "database", "size": 8192, "database": "main"}
+    listed = {**file, "kind": "database", "database": "main"}
     theirs.sendall(
         b"".join(
             encode_line(m)
             for m in (
                 {"ok": True, "op": "backup", "stage": "started", "session": 1, "kind": "full"},
-                {"ok": True, "op": "backup", "stage": "files", "files": [file]},
-                {"ok": True, "op": "backup", "stage": "file", "file": file},
+                {"ok": True, "op": "backup", "stage": "files", "files": [listed]},
+                {"ok": True, "op": "backup", "stage": "file", "file": listed},
             )
         )
-        + frame_header(0xFFFFFFF0)
+        + frames
     )
     client = ControlClient(ours, handle, str(tmp_path), str(tmp_path / "jetstore.sock"))
+    return client, theirs
+
+
+def test_the_client_refuses_a_frame_longer_than_the_file_left(tmp_path: Path) -> None:
+    """A frame header is trusted for nothing: a length past the file's announced size (a
+    desynchronised or foreign stream) is a protocol error at once, not up to 4 GiB read
+    into memory or a wait for bytes that never come."""
+    client, theirs = _client_of_a_fake_backup(
+        tmp_path, {"name": "main.edb", "size": 8192}, frame_header(0xFFFFFFF0)
+    )
     started = time.monotonic()
     with pytest.raises(InvalidParameter, match="frame of 4294967280 bytes"):
         client.backup(tmp_path / "set")
@@ -435,25 +446,10 @@ def test_the_client_refuses_a_file_name_with_a_path_part(tmp_path: Path, name: s
     """The set is written under DEST.partial by the names the socket sends: a name that is
     not a plain file name would put the file elsewhere (and discard would not remove it)."""
     name = str(tmp_path / "escape") if name == "ABSOLUTE" else name
-    ours, theirs = socket.socketpair()
-    handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-client", "pair", ours.close)
-    ours.settimeout(5)
-    file = {"name": name, "kind": "database", "size": 4, "database": "main"}
-    theirs.sendall(
-        b"".join(
-            encode_line(m)
-            for m in (
-                {"ok": True, "op": "backup", "stage": "started", "session": 1, "kind": "full"},
-                {"ok": True, "op": "backup", "stage": "files", "files": [file]},
-                {"ok": True, "op": "backup", "stage": "file", "file": file},
-            )
-        )
-        + frame_header(4)
-        + b"evil"
-        + frame_header(0)
+    client, theirs = _client_of_a_fake_backup(
+        tmp_path, {"name": name, "size": 4}, frame_header(4) + b"evil" + frame_header(0)
     )
     theirs.shutdown(socket.SHUT_WR)
-    client = ControlClient(ours, handle, str(tmp_path), str(tmp_path / "jetstore.sock"))
     with pytest.raises(InvalidParameter, match="not a plain file name"):
         client.backup(tmp_path / "set")
     assert client.closed

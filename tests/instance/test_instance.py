@@ -1043,16 +1043,7 @@ def test_a_detach_interrupted_while_it_closes_the_file_leaves_it_closed_and_unlo
     try:
         fill(inst.database("main", create=True), 10)
         inst.database("other", create=True)
-        release = FileLock.release
-        fired: list[bool] = []
-
-        def interrupted(self: FileLock) -> None:
-            if not fired:
-                fired.append(True)
-                raise KeyboardInterrupt("Ctrl-C")
-            release(self)
-
-        monkeypatch.setattr(FileLock, "release", interrupted)
+        fired = _interrupt_once(monkeypatch, FileLock, "release")
         with pytest.raises(KeyboardInterrupt):
             inst.detach("main")
         monkeypatch.undo()
