@@ -18,6 +18,7 @@ from jetstore.errors import (
     AttachedDatabaseMismatch,
     BadLogSignature,
     DatabaseLogSetMismatch,
+    DiskIO,
     FileAccessDenied,
     FileNotFound,
     InvalidLogSequence,
@@ -805,22 +806,25 @@ def test_accept_data_loss_changes_nothing_when_nothing_is_lost(tmp_path: Path) -
         assert read_ids(instance) == list(range(n))
 
 
-def test_crash_after_data_loss_repair_before_logs_moved(tmp_path: Path) -> None:
-    """The repair writes the databases (clean, no log stream) before it moves the old logs; a
-    crash in between must not replay the old logs into the repaired database."""
+def test_a_data_loss_repair_failing_before_its_record_changes_nothing(tmp_path: Path) -> None:
+    """The repair records the loss before it writes anything: a failure before that leaves
+    every file as it was, and a plain open refuses exactly as before."""
     crashed_instance(tmp_path)
     gens = generations(tmp_path)
     os.unlink(tmp_path / gens[2])
+    before = snapshot(tmp_path)
 
     def hook(event: IOEvent) -> None:
         if event.op == "mkdir" and "lost-logs" in event.path:
-            raise OSError(5, "crash before the logs are moved")
+            raise OSError(5, "crash before the loss is recorded")
 
     with pytest.raises(JetError):
         jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
-    with jetstore.open(tmp_path, **SMALL) as instance:
-        ids = read_ids(instance)
-        assert ids == list(range(len(ids)))
+    assert {k: v for k, v in snapshot(tmp_path).items() if k != "events.jsonl"} == {
+        k: v for k, v in before.items() if k != "events.jsonl"
+    }
+    with pytest.raises(RequiredLogFilesMissing):
+        jetstore.open(tmp_path, **SMALL)
 
 
 def test_undecodable_commit_record_is_not_half_replayed(tmp_path: Path) -> None:
@@ -1100,3 +1104,35 @@ def test_an_unreadable_archived_generation_below_the_newest_does_not_stop_a_clea
     ):
         assert len(list(txn.table("t").scan())) == 600
     assert (tmp_path / gens[0]).read_bytes() == bytes(100)
+
+
+def test_a_failed_move_of_the_lost_logs_is_reported_by_the_next_open(tmp_path: Path) -> None:
+    """The open accepting the loss writes the databases, then fails to move the old logs
+    aside: the next plain open must neither pass over the gap in silence nor go on with the
+    old stream; it finishes the accepted repair from its durable record and reports it."""
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "rename" and "lost-logs" in event.target:
+            raise OSError(5, "injected: the move into lost-logs fails")
+
+    with pytest.raises(DiskIO):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
+    plan = plan_recovery(str(tmp_path))
+    assert plan.error is None and plan.verdict == "recoverable"
+    assert "accepted data loss" in plan.summary
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and loss.databases == ["main"]
+        assert loss.moved_logs_to is not None
+        assert not generations(tmp_path)  # the old stream is set aside, not continued
+        aside = set(os.listdir(loss.moved_logs_to))
+        assert {gens[0], "edb.chk", "data-loss.json"} <= aside
+        assert "data-loss.pending.json" not in aside
+        ids = read_ids(instance)
+        assert ids and ids == list(range(len(ids)))
+        assert instance.database("main").file.header.repair_count == 1
+    events = (tmp_path / "events.jsonl").read_text()
+    assert events.count("recovery_data_loss") == 1

@@ -19,6 +19,10 @@ CONTROL_SOCKET = "jetstore.sock"  # the open instance's control socket (jetstore
 DATABASE_SUFFIX = ".edb"
 #: Where recovery with data loss (and repair) set an instance's logs aside: `lost-logs-<time>/`.
 LOST_LOGS_PREFIX = "lost-logs-"
+#: Inside `lost-logs-<time>/`: the loss a recovery accepted, written before it changes any file
+#: (`data-loss.pending.json`), renamed to `data-loss.json` once every log is moved there.
+DATA_LOSS_PENDING = "data-loss.pending.json"
+DATA_LOSS_RECORD = "data-loss.json"
 RESERVE_LOG_COUNT = 2
 
 MAX_GENERATION = 0xFFFFFFFF

@@ -66,6 +66,7 @@ from jetstore.instance.recoverydecisions import (
     decide_start,
     is_dirty,
     read_checkpoint,
+    read_pending_data_loss,
     required_range,
     scan_stop_generation,
     scan_stop_loss,
@@ -647,14 +648,25 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
             facts.required = required_range(header)
             facts.missing = inventory.missing(*facts.required)
 
+    # The open finishes a data-loss recovery it finds cut short, as if accepting the loss.
+    pending = read_pending_data_loss(fs, path, owner)
     try:
-        sim = _simulate(fs, path, owner, inventory, databases, accept_data_loss=False)
+        sim = _simulate(fs, path, owner, inventory, databases, accept_data_loss=bool(pending))
     except Refused as refused:
         plan.error = refused.error
         _refusal(fs, plan, path, owner, inventory, refused, command)
         _log_damage_not_read(plan, command)
         return plan
     _success(plan, sim, command)
+    if pending is not None:
+        plan.verdict = "recoverable"
+        plan.summary = (
+            f"opening finishes a recovery that accepted data loss and was cut short before "
+            f"it set every log aside (its record: '{pending.path}'; the loss: "
+            f"{pending.reason}): it moves the remaining logs there, reports the loss and "
+            "starts a new log stream"
+        )
+        plan.next_commands = [f"{command} recover {_quote(path)}"]
     _log_damage_not_read(plan, command)
     return plan
 

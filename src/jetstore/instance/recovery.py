@@ -38,6 +38,7 @@ so a crash during recovery just means recovery runs again from the same place.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
+    DATA_LOSS_PENDING,
+    DATA_LOSS_RECORD,
     LOST_LOGS_PREFIX,
     TEMP_LOG,
     parse_database_file_name,
@@ -65,6 +68,7 @@ from jetstore.format.positions import LogPosition
 from jetstore.instance.database import gather_replayable
 from jetstore.instance.recoverydecisions import (
     SCAN_STOPS,
+    PendingDataLoss,
     RecordMatcher,
     RecoveryStart,
     Refused,
@@ -72,6 +76,7 @@ from jetstore.instance.recoverydecisions import (
     databases_losing_data,
     decide_start,
     read_checkpoint,
+    read_pending_data_loss,
     scan_stop_generation,
     scan_stop_loss,
 )
@@ -216,6 +221,10 @@ def _recover(
     outcome = RecoveryOutcome()
     notes = outcome.notes
     fs = instance.fs
+    # A loss accepted and recorded by an open that failed before it set every log aside is
+    # still accepted: this open finishes that repair (and reports it) whatever it was asked.
+    pending = read_pending_data_loss(fs, instance.directory, instance.owner)
+    accept_data_loss = accept_data_loss or pending is not None
     reading = read_checkpoint(fs, instance.directory, instance.owner)
     inventory = take_inventory(fs, instance.directory, owner=instance.owner)
     decided = decide_start(
@@ -229,8 +238,10 @@ def _recover(
     if start is None:
         outcome.signature = None
         instance.attach_recovered(files, outcome)
-        if losses:
-            _settle_data_loss(instance, outcome, losses, None, decided, stopped_in=None)
+        if losses or pending is not None:
+            _settle_data_loss(
+                instance, outcome, losses, None, decided, stopped_in=None, pending=pending
+            )
         return outcome
     outcome.start = start
     outcome.signature = decided.signature
@@ -312,7 +323,7 @@ def _recover(
         # the current log's name, as the second rename would have done.
         fs.rename(inventory.interrupted_roll.path, os.path.join(instance.directory, CURRENT_LOG))
         fs.fsync_directory(instance.directory, owner=instance.owner)
-    if losses:
+    if losses or pending is not None:
         _settle_data_loss(
             instance,
             outcome,
@@ -321,6 +332,7 @@ def _recover(
             decided,
             stopped_in=stopped_in,
             brought_forward=brought_forward,
+            pending=pending,
         )
     elif restore is not None:
         _settle_restored(instance, outcome, last_good)
@@ -375,35 +387,56 @@ def _settle_data_loss(
     *,
     stopped_in: int | None,
     brought_forward: Collection[str] = (),
+    pending: PendingDataLoss | None = None,
 ) -> None:
     """Make the recovered state stand on its own, then set the unusable logs aside.
 
-    Order matters for a crash in the middle: first every database is written (pages, then
-    both header copies: clean, no log stream; those that lost data marked repaired), so it
-    needs no log at all; only then are the old logs moved into `lost-logs-<time>/` and a new
-    log stream starts.
+    Order matters for a failure or a crash in the middle: first the loss is recorded in
+    `lost-logs-<time>/` (`data-loss.pending.json`, synced), then every database is written
+    (pages, then both header copies: clean, no log stream; those that lost data marked
+    repaired), so it needs no log at all; only then are the old logs moved there, the record
+    renamed `data-loss.json`, and a new log stream starts. Until that rename, every open
+    finishes this repair from the record (`read_pending_data_loss`) and reports its loss:
+    rewritten databases next to the old logs are never taken for a stream to continue.
     """
     databases = instance.attached_databases()
-    now = now_us()
     # Only the databases that lost data are marked repaired (`databases_losing_data`: named
     # in `losses`, or needing what lies past where a stopped scan ended); the others got
     # every record they needed and are recovered completely.
     affected = databases_losing_data(
         losses, decided, stopped_in=stopped_in, brought_forward=brought_forward
     )
+    reasons = [reason for _, reason in losses]
+    without_file = {name for name in affected if name not in {db.name for db in databases}}
+    if pending is not None:
+        affected = sorted({*affected, *pending.databases})
+        reasons.insert(0, pending.reason)
+        stopped_at = pending.stopped_at or stopped_at
+        without_file.update(pending.without_file)
+    now = pending.time_us if pending is not None and pending.time_us else now_us()
     repaired = set(affected)
+    loss = DataLoss(
+        reason="; ".join(dict.fromkeys(reasons)),  # each once, in order
+        stopped_at=stopped_at,
+        databases=affected,
+        recovered_completely=sorted(db.name for db in databases if db.name not in repaired),
+        without_file=sorted(without_file),
+    )
+    target = _record_data_loss(instance, loss, now, pending)
     for db in databases:
         root, position, _epoch = db.published
         plan = db.file.plan_checkpoint(root, position)
         db.file.write_checkpoint_pages(plan)
         header = db.file.header
+        # A database the interrupted repair already stamped keeps its count.
+        counted = db.name in repaired and header.last_repair_time != now
         db.file.header_for_plan(
             plan,
             state=DatabaseState.CLEAN,
             log_signature=Signature.NONE,
             generation_min_required=0,
             generation_max_required=0,
-            repair_count=header.repair_count + (1 if db.name in repaired else 0),
+            repair_count=header.repair_count + (1 if counted else 0),
             last_repair_time=now if db.name in repaired else header.last_repair_time,
             # The generations the history names belong to the stream being set aside.
             **NO_BACKUP_HISTORY,
@@ -411,37 +444,55 @@ def _settle_data_loss(
         db.file.write_header(checkpoint_position=LogPosition.MIN)
         db.file.finish_checkpoint(plan, None)
         db.rebase_position(LogPosition.MIN)
-    moved = _move_logs_aside(instance)
-    reasons = list(dict.fromkeys(reason for _, reason in losses))  # each once, in order
-    outcome.data_loss = DataLoss(
-        reason="; ".join(reasons),
-        stopped_at=stopped_at,
-        databases=affected,
-        moved_logs_to=moved,
-        recovered_completely=sorted(db.name for db in databases if db.name not in repaired),
-        without_file=sorted(repaired - {db.name for db in databases}),
-    )
+    loss.moved_logs_to = _move_logs_aside(instance, target)
+    outcome.data_loss = loss
     outcome.signature = None
     outcome.tail = None
     outcome.checkpoint = None
     outcome.needed = True
 
 
-def _move_logs_aside(instance: Instance) -> str | None:
+def _record_data_loss(
+    instance: Instance, loss: DataLoss, now: int, pending: PendingDataLoss | None
+) -> str:
+    """Write `loss` durably into its `lost-logs-<time>/` (the interrupted repair's, if any)
+    as `data-loss.pending.json`; returns that directory."""
     fs = instance.fs
-    names = [
-        name
-        for name in fs.listdir(instance.directory)
-        if name in (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE)
-        or parse_generation_log_name(name) is not None
-    ]
-    if not names:
-        return None
-    stamp = format_time_us(now_us()).replace(":", "").replace("-", "")
-    target = os.path.join(instance.directory, LOST_LOGS_PREFIX + stamp)
-    fs.makedirs(target)
-    for name in names:
-        fs.rename(os.path.join(instance.directory, name), os.path.join(target, name))
+    if pending is not None:
+        target = pending.directory
+    else:
+        stamp = format_time_us(now).replace(":", "").replace("-", "")
+        target = os.path.join(instance.directory, LOST_LOGS_PREFIX + stamp)
+        fs.makedirs(target)
+    stopped = loss.stopped_at
+    record = {
+        "format": "jetstore-data-loss",
+        "time_us": now,
+        "time": format_time_us(now),
+        "reason": loss.reason,
+        "stopped_at": None if stopped is None else [stopped.generation, stopped.offset],
+        "databases": loss.databases,
+        "without_file": loss.without_file,
+        "recovered_completely": loss.recovered_completely,
+    }
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    fs.write_new_file(
+        os.path.join(target, DATA_LOSS_PENDING), [text.encode()], owner=instance.owner
+    )
     fs.fsync_directory(target, owner=instance.owner)
     fs.fsync_directory(instance.directory, owner=instance.owner)
+    return target
+
+
+def _move_logs_aside(instance: Instance, target: str) -> str:
+    """Move the logs and checkpoint file into `target`, then mark the repair finished."""
+    fs = instance.fs
+    for name in fs.listdir(instance.directory):
+        if name in (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE) or (
+            parse_generation_log_name(name) is not None
+        ):
+            fs.rename(os.path.join(instance.directory, name), os.path.join(target, name))
+    fs.fsync_directory(instance.directory, owner=instance.owner)
+    fs.rename(os.path.join(target, DATA_LOSS_PENDING), os.path.join(target, DATA_LOSS_RECORD))
+    fs.fsync_directory(target, owner=instance.owner)
     return target

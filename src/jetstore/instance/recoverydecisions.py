@@ -38,6 +38,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
+    DATA_LOSS_PENDING,
+    LOST_LOGS_PREFIX,
     database_file_name,
     generation_log_name,
 )
@@ -318,6 +321,59 @@ def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointRea
             (f"checkpoint file ignored: {exc.detail or exc}",),
         )
     return CheckpointReading(state, "valid", None, tuple(problems), tuple(problems))
+
+
+@dataclass(frozen=True)
+class PendingDataLoss:
+    """A loss a recovery accepted and recorded, whose logs it did not finish setting aside.
+
+    The record is written into `lost-logs-<time>/` before the databases are rewritten, so
+    the loss the user accepted outlives a failure after it: the next open (plain or not)
+    finishes that repair into the same directory and reports the recorded loss with
+    whatever it finds now. `time_us` is the repair time stamped into the databases the
+    loss touched (one already stamped is not counted twice).
+    """
+
+    path: str  # the record: <lost-logs dir>/data-loss.pending.json
+    time_us: int
+    reason: str
+    stopped_at: LogPosition | None
+    databases: tuple[str, ...]
+    without_file: tuple[str, ...]
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.path)
+
+
+def read_pending_data_loss(fs: FileSystem, directory: str, owner: str) -> PendingDataLoss | None:
+    """The interrupted data-loss repair of `directory`, if any (the newest one).
+
+    A record that cannot be read (cut short by a crash while it was written, before any
+    database was changed) is still an accepted loss, reported as such.
+    """
+    for name in sorted(fs.listdir(directory), reverse=True):
+        if not name.startswith(LOST_LOGS_PREFIX):
+            continue
+        path = os.path.join(directory, name, DATA_LOSS_PENDING)
+        if not fs.exists(path):
+            continue
+        try:
+            fields = json.loads(fs.read_file(path, owner=owner))
+            stopped = fields["stopped_at"]
+            return PendingDataLoss(
+                path,
+                int(fields["time_us"]),
+                str(fields["reason"]),
+                None if stopped is None else LogPosition(int(stopped[0]), int(stopped[1])),
+                tuple(str(n) for n in fields["databases"]),
+                tuple(str(n) for n in fields["without_file"]),
+            )
+        except (JetError, ValueError, TypeError, KeyError, IndexError):
+            return PendingDataLoss(
+                path, 0, f"an accepted data loss whose record '{path}' cannot be read", None, (), ()
+            )
+    return None
 
 
 @dataclass
