@@ -17,6 +17,7 @@ import jetstore
 from jetstore.errors import (
     AttachedDatabaseMismatch,
     BadLogSignature,
+    BadLogVersion,
     DatabaseLogSetMismatch,
     DiskIO,
     FileAccessDenied,
@@ -28,6 +29,7 @@ from jetstore.errors import (
     MissingLogFile,
     RequiredLogFilesMissing,
 )
+from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import KIND_FULL, decode_frame, encode_frame
@@ -1136,3 +1138,33 @@ def test_a_failed_move_of_the_lost_logs_is_reported_by_the_next_open(tmp_path: P
         assert instance.database("main").file.header.repair_count == 1
     events = (tmp_path / "events.jsonl").read_text()
     assert events.count("recovery_data_loss") == 1
+
+
+@pytest.mark.parametrize("copies", [(0, 1), (0,)])
+def test_a_checkpoint_file_of_a_newer_format_is_refused_not_written_over(
+    tmp_path: Path, copies: tuple[int, ...]
+) -> None:
+    """The checkpoint file is a hint, but one a newer engine wrote (both copies, or only the
+    copy it writes first) tells that a newer engine used the directory: this engine refuses
+    instead of writing its own over it, naming the file and the way out."""
+    crashed_instance(tmp_path, batches=2)
+    path = tmp_path / "edb.chk"
+    data = bytearray(path.read_bytes())
+    for copy in copies:
+        start = copy * 4096
+        struct.pack_into("<H", data, start + 14, FORMAT_VERSION + 1)
+        crc = google_crc32c.value(bytes(data[start + 4 : start + 4096]))
+        struct.pack_into("<I", data, start, crc)
+    path.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    for accept in (False, True):
+        with pytest.raises(BadLogVersion) as info:
+            jetstore.open(tmp_path, accept_data_loss=accept, **SMALL)
+        assert str(path) in str(info.value) and f"version {FORMAT_VERSION + 1}" in str(info.value)
+        assert "edb.chk" in info.value.hint
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k != "events.jsonl"} == {
+        k: v for k, v in before.items() if k != "events.jsonl"
+    }
+    plan = plan_recovery(str(tmp_path))
+    assert plan.error is not None and plan.error.name == "BadLogVersion"

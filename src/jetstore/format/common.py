@@ -287,6 +287,21 @@ def decode_block(
     return memoryview(raw)[PREFIX_SIZE:stored_size]
 
 
+def newer_block_version(data: bytes | bytearray | memoryview) -> int | None:
+    """The format version of a jetstore block whose checksum verifies when it is newer than
+    `FORMAT_VERSION` (a newer engine's intact block), else None; the version field is
+    trusted only once the checksum verifies, as in `decode_block`."""
+    raw = bytes(data)
+    if len(raw) < PREFIX_SIZE:
+        return None
+    stored_crc, magic, _type, version, stored_size = _PREFIX.unpack_from(raw, 0)
+    if magic != MAGIC or not PREFIX_SIZE <= stored_size <= len(raw):
+        return None
+    if stored_crc != google_crc32c.value(raw[_CRC_END:stored_size]):
+        return None
+    return int(version) if version > FORMAT_VERSION else None
+
+
 def block_size_of(data: bytes | bytearray | memoryview) -> int | None:
     """The block size recorded in a jetstore prefix, unverified; None if `data` has no prefix."""
     if len(data) < PREFIX_SIZE or bytes(data[4:12]) != MAGIC:

@@ -456,9 +456,9 @@ def logs_needed(fs: FileSystem, directory: str, *, owner: str) -> LogsNeeded:
         for f in databases
         if f.header is not None and f.header.state is not DatabaseState.JUST_CREATED
     }
-    reading = read_checkpoint(fs, directory, owner)
-    inventory = take_inventory(fs, directory, owner=owner)
     try:
+        reading = read_checkpoint(fs, directory, owner)
+        inventory = take_inventory(fs, directory, owner=owner)
         decided = decide_start(reading, inventory, files, directory, accept_data_loss=False)
     except Refused as refused:
         return LogsNeeded(
@@ -887,6 +887,13 @@ def _refusal(
             f"{command} dump checkpoint {_quote(os.path.join(path, CHECKPOINT_FILE))}",
             f"{command} dump header {_quote(os.path.join(path, str(name) + '.edb'))}",
         ]
+        return
+    elif refused.kind == "newer-version":
+        plan.summary = (
+            f"a newer jetstore used this directory ({(error.detail or str(error)).rstrip('.')}): "
+            "open it with that release"
+        )
+        plan.next_commands = [f"{command} dump checkpoint {_quote(error.path or path)}"]
         return
     elif refused.kind == "no-stream":
         plan.summary = (

@@ -19,7 +19,8 @@ Invariants:
   (class, detail, hint, path); `kind`, `database`, `missing` and `position` say what blocked,
   for the diagnosis's plain words (so it never works them out again). Recovery raises
   `error` alone.
-- One order, the first failing check refuses: each stamped database against the log stream
+- One order, the first failing check refuses: a checkpoint file of a newer format version
+  (`read_checkpoint`), each stamped database against the log stream
   (dirty of another stream, or dirty with no log at all), two databases of the stream with
   one id, the generations each dirty header requires, an unreadable log file the stream would
   write over (`_overwritten_if_continued`), (the caller's scan, which may refuse
@@ -47,6 +48,7 @@ from typing import Literal, Protocol
 from jetstore.errors import (
     AttachedDatabaseMismatch,
     BadLogSignature,
+    BadLogVersion,
     ConsistentTimeMismatch,
     DatabaseLogSetMismatch,
     DatabaseSignInUse,
@@ -59,8 +61,13 @@ from jetstore.errors import (
     MissingLogFile,
     RequiredLogFilesMissing,
 )
-from jetstore.format.checkpoint import CheckpointState, read_checkpoint_file
-from jetstore.format.common import Signature
+from jetstore.format.checkpoint import (
+    CHECKPOINT_COPIES,
+    CHECKPOINT_COPY_SIZE,
+    CheckpointState,
+    read_checkpoint_file,
+)
+from jetstore.format.common import FORMAT_VERSION, Signature, newer_block_version
 from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
@@ -122,7 +129,15 @@ SCAN_STOPS: tuple[type[JetError], ...] = (
 #: belong together; "scan": the chain scan failed; "header": a database header is unreadable
 #: (the last two are found by the caller, which reads the files).
 RefusalKind = Literal[
-    "missing", "foreign", "no-stream", "mismatch", "scan", "header", "duplicate-id", "unreadable"
+    "missing",
+    "foreign",
+    "no-stream",
+    "mismatch",
+    "scan",
+    "header",
+    "duplicate-id",
+    "unreadable",
+    "newer-version",
 ]
 
 #: "valid" (kept), "missing", "damaged" (as read); "foreign", "stale", "set aside" (ignored by
@@ -303,7 +318,8 @@ class CheckpointReading:
 
 
 def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointReading:
-    """`edb.chk` of `directory`; missing or damaged is a status, never an error."""
+    """`edb.chk` of `directory`; missing or damaged is a status, never an error. A newer
+    engine's file refuses (`Refused`, `BadLogVersion`): it is not this engine's to replace."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     if not fs.exists(path):
         notes: tuple[str, ...] = ()
@@ -312,6 +328,7 @@ def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointRea
         return CheckpointReading(None, "missing", f"there is no {CHECKPOINT_FILE}", notes)
     try:
         data = fs.read_file(path, owner=owner)
+        _refuse_newer_checkpoint(data, path)
         state, problems = read_checkpoint_file(data, path=path)
     except JetError as exc:
         return CheckpointReading(
@@ -321,6 +338,35 @@ def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointRea
             (f"checkpoint file ignored: {exc.detail or exc}",),
         )
     return CheckpointReading(state, "valid", None, tuple(problems), tuple(problems))
+
+
+def _refuse_newer_checkpoint(data: bytes, path: str) -> None:
+    """Refuses a checkpoint file with an intact copy of a newer format version.
+
+    Ignoring it like a damaged one (the file is only a hint) would write this engine's
+    checkpoint over it at the end of the open: a newer engine used this directory, and its
+    file is neither damaged nor this engine's to replace. Either copy counts: the newer
+    engine writes copy 0 first, so a crash there leaves copy 1 of this format.
+    """
+    for copy in range(CHECKPOINT_COPIES):
+        version = newer_block_version(
+            data[copy * CHECKPOINT_COPY_SIZE : (copy + 1) * CHECKPOINT_COPY_SIZE]
+        )
+        if version is not None:
+            raise Refused(
+                BadLogVersion(
+                    f"checkpoint copy {copy} of the checkpoint file '{path}' has format "
+                    f"version {version}, newer than this engine's {FORMAT_VERSION}: a newer "
+                    "jetstore used this directory; nothing was written",
+                    hint=f"open the directory with the jetstore release that wrote '{path}' "
+                    f"(format version {version}); this engine never writes over a newer "
+                    "engine's file. Only if that release is gone and every log and database "
+                    f"file is of version {FORMAT_VERSION}: move {CHECKPOINT_FILE} out of the "
+                    "directory (it is only a hint) and open again",
+                    path=path,
+                ),
+                "newer-version",
+            )
 
 
 @dataclass(frozen=True)
