@@ -967,3 +967,72 @@ def test_a_failed_directory_sync_of_an_attachs_move_puts_the_file_back(
     with jetstore.open(b, **SMALL) as reopened:
         assert reopened.databases() == ["other"]
         assert rows(reopened.attach(path)) == list(range(20))
+
+
+@pytest.mark.parametrize("where", ["record sync", "header write", "header written", "checkpoint"])
+def test_an_attach_interrupted_after_its_record_leaves_a_state_the_reopen_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C in `attach` once its ATTACH record is in the log. Before the header is written
+    (the record's sync) the file is still the clean one it was: it goes back where it came
+    from, the instance serves on, and the log's binding of the id to it binds nothing (a
+    retry attaches it under the same id). Once the header may be written the
+    instance fails (D9) and the reopen recovers it attached. Either way no handle is left
+    and no commit is lost."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    armed = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if armed["on"] and event.op == "fdatasync" and event.path.endswith(".log"):
+            armed["on"] = False
+            raise KeyboardInterrupt("Ctrl-C")
+
+    second = jetstore.open(b, filesystem=FileSystem(hook=hook), **SMALL)
+    db = second.database("other", create=True)
+    fill(db, 0, 5)
+    if where == "record sync":
+        armed["on"] = True
+    elif where == "checkpoint":
+        monkeypatch.setattr(second, "checkpoint", _raise_interrupt)
+    else:
+        write_header = DatabaseFile.write_header
+
+        def interrupted(self: DatabaseFile, **fields):  # type: ignore[no-untyped-def]
+            if where == "header written":
+                write_header(self, **fields)
+            raise KeyboardInterrupt("Ctrl-C")
+
+        monkeypatch.setattr(DatabaseFile, "write_header", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        second.attach(path)
+    monkeypatch.undo()
+    assert not armed["on"]
+    if where == "record sync":
+        assert second.state is InstanceState.OPEN and second.databases() == ["other"]
+        assert os.path.exists(path) and not (b / "moving.edb").exists()
+        fill(db, 5, 1)
+        assert rows(second.attach(path)) == list(range(20))
+        fill(second.database("moving"), 20, 1)
+    elif where == "checkpoint":
+        assert second.state is InstanceState.OPEN
+        fill(second.database("moving"), 20, 1)
+        fill(db, 5, 1)
+    else:
+        assert second.state is InstanceState.FAILED and second.databases() == ["other"]
+        assert not os.path.exists(path) and (b / "moving.edb").exists()
+        with pytest.raises(JetError, match=r"attaching .* was interrupted"):
+            fill(db, 5, 1)
+    second.simulate_crash()
+    assert second.registry.total() == 0
+    with jetstore.open(b, **SMALL) as reopened:
+        expected_other = list(range(5 if where.startswith("header") else 6))
+        assert rows(reopened.database("other")) == expected_other
+        moved = list(range(20 if where.startswith("header") else 21))
+        assert rows(reopened.database("moving")) == moved
+
+
+def _raise_interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt("Ctrl-C")
