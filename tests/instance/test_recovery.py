@@ -1168,3 +1168,32 @@ def test_a_checkpoint_file_of_a_newer_format_is_refused_not_written_over(
     }
     plan = plan_recovery(str(tmp_path))
     assert plan.error is not None and plan.error.name == "BadLogVersion"
+
+
+def test_two_data_loss_recoveries_within_one_second_keep_both_sets_of_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lost-logs-<time>/` is named to the second: a second recovery accepting a loss within
+    the same second moved its logs into the first one's directory, over the files of the
+    same names (each stream starts at generation 1), destroying what the first set aside."""
+    from jetstore.instance import recovery
+
+    monkeypatch.setattr(recovery, "now_us", lambda: 1_800_000_000_000_000)
+    crashed_instance(tmp_path)
+    os.unlink(tmp_path / generations(tmp_path)[2])
+    with _open_accepting_loss(tmp_path) as instance:
+        first = instance.recovery.data_loss.moved_logs_to
+        table = instance.database("main")
+        for batch in range(30):
+            with table.transaction() as txn:
+                for i in range(40):
+                    txn.table("t").insert({"id": 10**6 + batch * 40 + i, "v": "x" * 120})
+        instance.simulate_crash()
+    assert first is not None
+    kept = snapshot(Path(first))
+    os.unlink(tmp_path / generations(tmp_path)[2])
+    with _open_accepting_loss(tmp_path) as instance:
+        second = instance.recovery.data_loss.moved_logs_to
+    assert second is not None and second != first
+    assert snapshot(Path(first)) == kept
+    assert {generation_log_name(1), "edb.chk", "data-loss.json"} <= set(os.listdir(second))

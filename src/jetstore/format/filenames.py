@@ -8,6 +8,9 @@ the engine builds or parses these names.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+from jetstore.format.common import format_time_us
 
 BASE_NAME = "edb"
 CURRENT_LOG = f"{BASE_NAME}.log"
@@ -66,3 +69,16 @@ def parse_database_file_name(file_name: str) -> str | None:
 
 def is_valid_database_name(name: str) -> bool:
     return _DATABASE_NAME_RE.fullmatch(name) is not None
+
+
+def unused_time_stamp(time_us: int, taken: Callable[[str], bool]) -> str:
+    """The time that names a `lost-logs-<stamp>/` (and a repair's kept file): `time_us` to
+    the second, with `-2`, `-3`, ... appended while `taken(stamp)` says a name built from it
+    exists. Two set-asides within one second would otherwise share one directory, the
+    second renaming its logs over the first's (every stream starts at generation 1)."""
+    base = format_time_us(time_us).replace(":", "").replace("-", "")
+    stamp, number = base, 1
+    while taken(stamp):
+        number += 1
+        stamp = f"{base}-{number}"
+    return stamp

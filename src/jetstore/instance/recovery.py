@@ -55,6 +55,7 @@ from jetstore.format.filenames import (
     TEMP_LOG,
     parse_database_file_name,
     parse_generation_log_name,
+    unused_time_stamp,
 )
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
@@ -461,7 +462,10 @@ def _record_data_loss(
     if pending is not None:
         target = pending.directory
     else:
-        stamp = format_time_us(now).replace(":", "").replace("-", "")
+        stamp = unused_time_stamp(
+            now,
+            lambda stamp: fs.exists(os.path.join(instance.directory, LOST_LOGS_PREFIX + stamp)),
+        )
         target = os.path.join(instance.directory, LOST_LOGS_PREFIX + stamp)
         fs.makedirs(target)
     stopped = loss.stopped_at

@@ -76,6 +76,7 @@ from jetstore.format.filenames import (
     TEMP_LOG,
     parse_database_file_name,
     parse_generation_log_name,
+    unused_time_stamp,
 )
 from jetstore.format.page import PAGE_SIZES, PageType, verify_page
 from jetstore.format.positions import LogPosition
@@ -349,14 +350,13 @@ def _unused_stamp(fs: FileSystem, directory: str, target: str) -> str:
     """The time that names the kept damaged file and the logs' directory, made unique: a
     second repair within the same second must neither fail on the first one's kept file nor
     rename its logs over the ones the first moved aside."""
-    base = format_time_us(now_us()).replace(":", "").replace("-", "")
-    stamp, number = base, 1
-    while fs.exists(f"{target}.damaged-{stamp}") or fs.exists(
-        os.path.join(directory, LOST_LOGS_PREFIX + stamp)
-    ):
-        number += 1
-        stamp = f"{base}-{number}"
-    return stamp
+    return unused_time_stamp(
+        now_us(),
+        lambda stamp: (
+            fs.exists(f"{target}.damaged-{stamp}")
+            or fs.exists(os.path.join(directory, LOST_LOGS_PREFIX + stamp))
+        ),
+    )
 
 
 def _repaired_header(old: DatabaseHeader, path: str, signature: Signature) -> DatabaseHeader:
