@@ -1197,3 +1197,47 @@ def test_two_data_loss_recoveries_within_one_second_keep_both_sets_of_logs(
     assert second is not None and second != first
     assert snapshot(Path(first)) == kept
     assert {generation_log_name(1), "edb.chk", "data-loss.json"} <= set(os.listdir(second))
+
+
+def test_a_data_loss_repair_failing_between_two_databases_is_finished_by_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """The repair fails after it wrote one database (clean, repaired) and before the other's
+    header: the next open finishes it from the record, replays the other one to the same
+    point, and counts each repair once."""
+    instance = jetstore.open(tmp_path, **SMALL)
+    databases = [instance.database(name, create=True) for name in ("alpha", "beta")]
+    for db in databases:
+        db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    n = 0
+    for _ in range(30):
+        for db in databases:
+            with db.transaction() as txn:
+                for _ in range(20):
+                    txn.table("t").insert({"id": n, "v": f"{n:06d}" * 20})
+                    n += 1
+    instance.simulate_crash()
+    os.unlink(tmp_path / generations(tmp_path)[1])
+    syncs: list[str] = []
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "fdatasync" and event.path.endswith("beta.edb"):
+            syncs.append(event.path)
+            if len(syncs) == 1:
+                raise OSError(5, "injected: the second database's write fails")
+
+    with pytest.raises(DiskIO, match=r"beta\.edb"):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
+    assert generations(tmp_path)  # nothing moved yet
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and loss.databases == ["alpha", "beta"]
+        assert not generations(tmp_path)
+        counts = []
+        for name in ("alpha", "beta"):
+            with instance.database(name).transaction() as txn:
+                counts.append(len(list(txn.table("t").scan())))
+            assert instance.database(name).file.header.repair_count == 1
+        # Commits alternate between the two: the one the gap cut off may be alpha's.
+        assert 0 < counts[1] < n // 2 and counts[0] in (counts[1], counts[1] + 20)
+        assert loss.reason.count("database 'beta' needs log generations") == 1

@@ -663,8 +663,8 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
         plan.summary = (
             f"opening finishes a recovery that accepted data loss and was cut short before "
             f"it set every log aside (its record: '{pending.path}'; the loss: "
-            f"{pending.reason}): it moves the remaining logs there, reports the loss and "
-            "starts a new log stream"
+            f"{'; '.join(pending.reasons)}): it moves the remaining logs there, reports the "
+            "loss and starts a new log stream"
         )
         plan.next_commands = [f"{command} recover {_quote(path)}"]
     _log_damage_not_read(plan, command)

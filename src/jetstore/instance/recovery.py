@@ -411,19 +411,20 @@ def _settle_data_loss(
     without_file = {name for name in affected if name not in {db.name for db in databases}}
     if pending is not None:
         affected = sorted({*affected, *pending.databases})
-        reasons.insert(0, pending.reason)
+        reasons[:0] = pending.reasons
         stopped_at = pending.stopped_at or stopped_at
         without_file.update(pending.without_file)
     now = pending.time_us if pending is not None and pending.time_us else now_us()
     repaired = set(affected)
+    reasons = list(dict.fromkeys(reasons))  # each once, in order
     loss = DataLoss(
-        reason="; ".join(dict.fromkeys(reasons)),  # each once, in order
+        reason="; ".join(reasons),
         stopped_at=stopped_at,
         databases=affected,
         recovered_completely=sorted(db.name for db in databases if db.name not in repaired),
         without_file=sorted(without_file),
     )
-    target = _record_data_loss(instance, loss, now, pending)
+    target = _record_data_loss(instance, loss, reasons, now, pending)
     for db in databases:
         root, position, _epoch = db.published
         plan = db.file.plan_checkpoint(root, position)
@@ -454,7 +455,11 @@ def _settle_data_loss(
 
 
 def _record_data_loss(
-    instance: Instance, loss: DataLoss, now: int, pending: PendingDataLoss | None
+    instance: Instance,
+    loss: DataLoss,
+    reasons: list[str],
+    now: int,
+    pending: PendingDataLoss | None,
 ) -> str:
     """Write `loss` durably into its `lost-logs-<time>/` (the interrupted repair's, if any)
     as `data-loss.pending.json`; returns that directory."""
@@ -473,7 +478,7 @@ def _record_data_loss(
         "format": "jetstore-data-loss",
         "time_us": now,
         "time": format_time_us(now),
-        "reason": loss.reason,
+        "reasons": reasons,
         "stopped_at": None if stopped is None else [stopped.generation, stopped.offset],
         "databases": loss.databases,
         "without_file": loss.without_file,

@@ -382,7 +382,7 @@ class PendingDataLoss:
 
     path: str  # the record: <lost-logs dir>/data-loss.pending.json
     time_us: int
-    reason: str
+    reasons: tuple[str, ...]
     stopped_at: LogPosition | None
     databases: tuple[str, ...]
     without_file: tuple[str, ...]
@@ -410,14 +410,19 @@ def read_pending_data_loss(fs: FileSystem, directory: str, owner: str) -> Pendin
             return PendingDataLoss(
                 path,
                 int(fields["time_us"]),
-                str(fields["reason"]),
+                tuple(str(reason) for reason in fields["reasons"]),
                 None if stopped is None else LogPosition(int(stopped[0]), int(stopped[1])),
                 tuple(str(n) for n in fields["databases"]),
                 tuple(str(n) for n in fields["without_file"]),
             )
         except (JetError, ValueError, TypeError, KeyError, IndexError):
             return PendingDataLoss(
-                path, 0, f"an accepted data loss whose record '{path}' cannot be read", None, (), ()
+                path,
+                0,
+                (f"an accepted data loss whose record '{path}' cannot be read",),
+                None,
+                (),
+                (),
             )
     return None
 
