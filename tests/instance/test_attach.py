@@ -1023,8 +1023,10 @@ def test_an_attach_interrupted_after_its_record_leaves_a_state_the_reopen_recove
     else:
         assert second.state is InstanceState.FAILED and second.databases() == ["other"]
         assert not os.path.exists(path) and (b / "moving.edb").exists()
-        with pytest.raises(JetError, match=r"attaching .* was interrupted"):
+        with pytest.raises(JetError, match=r"attaching .* was interrupted") as refused:
             fill(db, 5, 1)
+        # The way out is said once, not the failure's and then the same again.
+        assert (refused.value.hint or "").count("open it again") == 1
     second.simulate_crash()
     assert second.registry.total() == 0
     with jetstore.open(b, **SMALL) as reopened:

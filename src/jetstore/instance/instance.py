@@ -723,13 +723,22 @@ class Instance:
             self._fail(log_failure)
         if self.state is InstanceState.FAILED:
             failure = self.failure
-            first = f"{failure.hint.rstrip('. ')}; then " if failure and failure.hint else ""
+            reopen = (
+                "close the instance and open it again; recovery replays every acknowledged "
+                "commit from the log"
+            )
+            if failure is not None and failure.hint and "open it again" in failure.hint:
+                # The failure's own way out already ends in the reopen: said twice, the
+                # second would read as a further step.
+                hint = failure.hint
+            else:
+                first = f"{failure.hint.rstrip('. ')}; then " if failure and failure.hint else ""
+                hint = first + reopen
             raise InstanceUnavailable(
                 "instance "
                 f"'{self.directory}' stopped accepting updates after an error: "
                 f"{failure.brief() if failure else 'unknown'}",
-                hint=f"{first}close the instance and open it again; recovery replays every "
-                "acknowledged commit from the log",
+                hint=hint,
             ) from failure
         self.check_open()
 
