@@ -17,6 +17,7 @@ import jetstore
 from jetstore.cli import tools_cmd
 from jetstore.cli.main import run
 from jetstore.io.files import FileSystem
+from jetstore.io.handles import DEFAULT_REGISTRY
 from jetstore.pages.btree import iter_nodes
 from jetstore.tools.dbfile import OfflineDatabase
 
@@ -315,13 +316,14 @@ def test_export_onto_a_full_disk_is_an_io_error_not_an_internal_one(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "1000")  # the path on one line
     out = tmp_path / "t.jsonl"
-    real_open = open
+    real_pwrite = os.pwrite
 
-    def open_on_full_disk(path: str, mode: str = "r", **kwargs: Any) -> io.StringIO:
-        real_open(path, mode, **kwargs).close()
-        return _FullDisk()
+    def pwrite_on_full_disk(fd: int, data: Any, offset: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".partial"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(tools_cmd, "open", open_on_full_disk, raising=False)
+    monkeypatch.setattr(os, "pwrite", pwrite_on_full_disk)
     code = run(["export", str(closed / "main.edb"), "t", "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 4, err
@@ -349,3 +351,57 @@ def test_a_missing_export_directory_or_import_file_is_not_sent_to_the_backups(
     assert code == 4 and document["error"]["name"] == "FileNotFound"
     assert "backup" not in document["error"]["hint"]
     assert "check the path" in document["error"]["hint"]
+
+
+def _handles_on(path: Path) -> list[str]:
+    """The registry's open handles on `path` (any owner), as `kind owner` lines."""
+    return [
+        f"{h.kind} {h.owner}"
+        for h in DEFAULT_REGISTRY.open_handles()
+        if os.path.abspath(h.description) == os.path.abspath(path)
+    ]
+
+
+def test_import_and_export_open_their_file_through_the_handle_registry(
+    closed: Path, tmp_path: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: both opened FILE with the built-in open(), outside the handle registry: the
+    # registry never saw them and nothing guaranteed their close.
+    out = tmp_path / "t.jsonl"
+    partial = tmp_path / "t.jsonl.partial"
+    seen: dict[str, list[str]] = {}
+    watched = {"import": out}
+    real_export, real_import = tools_cmd.export_table, tools_cmd.import_rows
+
+    def export_watched(*args: Any, **kwargs: Any) -> Any:
+        seen["export"] = _handles_on(partial)
+        return real_export(*args, **kwargs)
+
+    def import_watched(*args: Any, **kwargs: Any) -> Any:
+        seen["import"] = _handles_on(watched["import"])
+        return real_import(*args, **kwargs)
+
+    monkeypatch.setattr(tools_cmd, "export_table", export_watched)
+    monkeypatch.setattr(tools_cmd, "import_rows", import_watched)
+    assert run_json("export", closed / "main.edb", "t", "-o", out)[0] == 0
+    assert len(seen["export"]) == 1 and seen["export"][0].startswith("file ")
+    assert _handles_on(partial) == [] and _handles_on(out) == []
+    target = tmp_path / "target"
+    with jetstore.open(target, **SMALL) as instance:
+        instance.database("main", create=True).create_table(
+            "t", [("id", "int"), ("v", "text")], primary_key="id"
+        )
+    code, document = run_json("import", target / "main.edb", "t", out)
+    assert code == 0 and document["result"]["inserted"] == ROWS
+    assert len(seen["import"]) == 1 and seen["import"][0].startswith("file ")
+    assert _handles_on(out) == []
+    # An import that fails midway (bytes that are not UTF-8 after a few rows) closes it too.
+    lines = out.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join(lines[:3]) + b'{"id": 9999999, "v": "\xff"}\n')
+    seen.clear()
+    watched["import"] = bad
+    code, document = run_json("import", target / "main.edb", "t", bad)
+    assert code == 2 and document["error"]["name"] == "InvalidParameter"
+    assert len(seen["import"]) == 1
+    assert _handles_on(bad) == []

@@ -310,11 +310,11 @@ def _in_export_encoding(stream: TextIO) -> Iterator[TextIO]:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO]:
-    """The stream the export is written to: stdout, or `path` written as `path.partial` and
-    renamed when complete. A failed write (a full disk, EIO) is the `JetError` naming where
-    it went, not an internal error; a reader gone away (EPIPE) stays `BrokenPipeError`,
-    which the CLI reports as a closed output."""
+def _output(fs: FileSystem, path: str | None) -> Iterator[TextIO]:
+    """The stream the export is written to: stdout, or `path` written as `path.partial`
+    (a file of the handle registry, synced) and renamed when complete. A failed write (a
+    full disk, EIO) is the `JetError` naming where it went, not an internal error; a reader
+    gone away (EPIPE) stays `BrokenPipeError`, which the CLI reports as a closed output."""
     if path is None:
         try:
             with _in_export_encoding(sys.stdout) as stdout:
@@ -324,47 +324,51 @@ def _output(path: str | None) -> Iterator[TextIO]:
         except OSError as exc:
             raise from_os_error(exc, op="write the export to", path="<stdout>") from exc
         return
-    temporary = path + ".partial"
+    full = os.path.abspath(path)
+    temporary = full + ".partial"
     try:
-        stream = open(  # noqa: SIM115
-            temporary, "w", encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline=""
-        )
-    except OSError as exc:
-        # Named by FILE, not FILE.partial: the directory is what is missing, and FILE is
-        # what the operator typed.
-        raise _named_file_error(exc, op="create", path=path, what="--output file") from exc
-    try:
-        try:
-            with stream:
-                yield stream
-        except OSError as exc:
-            raise from_os_error(exc, op="write the export to", path=temporary) from exc
-        try:
-            os.replace(temporary, path)
-        except OSError as exc:
-            raise from_os_error(exc, op=f"rename to '{path}'", path=temporary) from exc
+        with contextlib.ExitStack() as stack:
+            try:
+                stream = stack.enter_context(
+                    fs.text_file(
+                        temporary,
+                        owner=f"export:{full}",
+                        create=True,
+                        encoding=_TEXT_ENCODING,
+                        errors=_TEXT_ERRORS,
+                        newline="",
+                    )
+                )
+            except JetError as error:
+                # Named by FILE, not FILE.partial: the directory is what is missing, and FILE
+                # is what the operator typed.
+                raise _named_file_error(error, path=path, what="--output file") from error
+            yield stream
+        fs.rename(temporary, full)
+        fs.fsync_directory(os.path.dirname(full))
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        with contextlib.suppress(JetError):  # not created, or already gone: nothing to do
+            fs.unlink(temporary)
         raise
 
 
-def _named_file_error(exc: OSError, *, op: str, path: str, what: str) -> JetError:
-    """`from_os_error` for a file the operator named on the command line. A missing one is
-    a wrong path: FileNotFound's own hint is about the instance's files (run `logs verify`,
-    restore from a backup), which has nothing to do with it."""
-    error = from_os_error(exc, op=op, path=path)
-    if isinstance(error, FileNotFound):
-        full = os.path.abspath(path)
-        parent = os.path.dirname(full)
-        detail = (
-            f"{what} '{full}' does not exist"
-            if os.path.isdir(parent)
-            else f"{what} '{full}' cannot be reached: directory '{parent}' does not exist"
-        )
-        error = FileNotFound(detail, hint="check the path on the command line", path=full)
-        error.errno = exc.errno
-    return error
+def _named_file_error(error: JetError, *, path: str, what: str) -> JetError:
+    """`error`, raised opening or creating a file the operator named on the command line,
+    as said to that operator. A missing one is a wrong path: FileNotFound's own hint is
+    about the instance's files (run `logs verify`, restore from a backup), which has nothing
+    to do with it."""
+    if not isinstance(error, FileNotFound):
+        return error
+    full = os.path.abspath(path)
+    parent = os.path.dirname(full)
+    detail = (
+        f"{what} '{full}' does not exist"
+        if os.path.isdir(parent)
+        else f"{what} '{full}' cannot be reached: directory '{parent}' does not exist"
+    )
+    named = FileNotFound(detail, hint="check the path on the command line", path=full)
+    named.errno = error.errno
+    return named
 
 
 #: Names of files an instance directory's engine owns (besides NAME.edb, edbXXXXXXXX.log and
@@ -441,8 +445,9 @@ def export_command(database: str, table: str, fmt: str, output: str | None, as_j
             hint="write the export to a file outside the instance's files (a new name)",
             path=os.path.abspath(output),
         )
-    with _output(output) as stream:
-        result = export_table(database, table, stream, fmt=fmt)
+    fs = FileSystem()
+    with _output(fs, output) as stream:
+        result = export_table(database, table, stream, fmt=fmt, fs=fs)
     if not as_json:
         where = output or "stdout"
         stderr_console().print(Text(f"exported {result.rows} row(s) of {table} to {where}"))
@@ -495,26 +500,29 @@ def import_command(
     refuse_if_in_use(fs, directory, command="import", as_json=as_json, why=why)
     fmt = fmt or ("csv" if source.lower().endswith(".csv") else "jsonl")
     options = instance_options(fs, directory)
-    try:
-        stream: TextIO = (
-            sys.stdin
-            if source == "-"
-            else open(source, encoding=_TEXT_ENCODING, errors=_TEXT_ERRORS, newline="")  # noqa: SIM115
-        )
-    except OSError as exc:
-        raise _named_file_error(exc, op="open", path=source, what="import file") from exc
-    try:
+    with contextlib.ExitStack() as stack:
+        if source == "-":
+            stream = stack.enter_context(_in_export_encoding(sys.stdin))
+        else:
+            try:
+                stream = stack.enter_context(
+                    fs.text_file(
+                        os.path.abspath(source),
+                        owner=f"import:{full}",
+                        encoding=_TEXT_ENCODING,
+                        errors=_TEXT_ERRORS,
+                        newline="",
+                    )
+                )
+            except JetError as error:
+                raise _named_file_error(error, path=source, what="import file") from error
         instance = open_instance(directory, command="import", as_json=as_json, why=why, **options)
         try:
-            with _in_export_encoding(stream) as rows:
-                result = import_rows(
-                    instance.database(name), table, rows, fmt=fmt, batch_size=batch_size
-                )
+            result = import_rows(
+                instance.database(name), table, stream, fmt=fmt, batch_size=batch_size
+            )
         finally:
             instance.close()
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
     if not as_json:
         console = stdout_console()
         console.print(

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import itertools
 import os
 import stat
@@ -43,7 +44,7 @@ from _thread import get_ident as _get_ident
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from jetstore.errors import (
     FileNotFound,
@@ -420,6 +421,50 @@ class File:
         self.close()
 
 
+class _FileStream(io.RawIOBase):
+    """A `File` read or written front to back, for the text layer of `FileSystem.text_file`.
+
+    Every read and write is the `File`'s (in-flight window, hook, errors as `JetError`).
+    `abandon()` makes later writes vanish: the text and buffer layers flush what they hold
+    when they are closed, and after a failure that flush must neither write nor raise again.
+    """
+
+    def __init__(self, file: File) -> None:
+        super().__init__()
+        self._file = file
+        self._offset = 0
+        self._abandoned = False
+
+    def readable(self) -> bool:
+        return not self._file.writable
+
+    def writable(self) -> bool:
+        return self._file.writable
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._file.pread(len(view), self._offset)
+        view[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if not self._abandoned:
+            self._file.pwrite(data, self._offset)
+            self._offset += size
+        return size
+
+    def abandon(self) -> None:
+        self._abandoned = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._file.close()
+
+
 #: What a path that is no regular file is, for the refusal.
 _SPECIAL_KINDS: dict[int, str] = {
     stat.S_IFIFO: "a FIFO or pipe",
@@ -587,6 +632,41 @@ class FileSystem:
                 if isinstance(error, OSError):
                     raise from_os_error(error, op="close", path=path) from error
                 raise error
+
+    @contextmanager
+    def text_file(
+        self,
+        path: str,
+        *,
+        owner: str,
+        create: bool = False,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        newline: str | None = None,
+    ) -> Iterator[TextIO]:
+        """`path` as a text stream read front to back, or with `create` written from empty
+        (created or truncated), for files an operator names (an export, an import's input).
+
+        The file is a registered `File` closed on every way out, like `opened`. Written, it
+        is flushed and fsynced when the block ends normally; when the block raises, what the
+        layers still buffer is dropped (the caller discards a half-written file), so the
+        block's error is the one reported."""
+        with self.opened(path, owner=owner, create=create, writable=create) as file:
+            if create:
+                file.truncate(0)
+            raw = _FileStream(file)
+            buffered = io.BufferedWriter(raw) if create else io.BufferedReader(raw)
+            text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors, newline=newline)
+            try:
+                yield text
+                if create:
+                    text.flush()
+                    file.fsync()
+            except BaseException:
+                raw.abandon()
+                raise
+            finally:
+                text.close()
 
     def read_file(self, path: str, *, owner: str, limit: int | None = None) -> bytes:
         """Whole contents of a (small) file, opened and closed here."""
