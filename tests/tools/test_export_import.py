@@ -22,7 +22,7 @@ from jetstore.errors import (
 )
 from jetstore.tables.schema import ColumnType
 from jetstore.tools.export import export_table
-from jetstore.tools.importer import import_rows
+from jetstore.tools.importer import ImportInterrupted, import_rows
 from jetstore.tools.values import from_csv, from_json, to_csv, to_json
 
 from .conftest import OPTIONS
@@ -396,3 +396,103 @@ def test_a_batch_over_the_transaction_bound_imports_every_row_that_fits(tmp_path
     assert "VersionStoreOutOfMemory" in result.failures[0]["error"]
     assert result.rows == 8 and result.inserted == 7 and result.failed == 1
     assert [r["id"] for r in read(tmp_path)] == list(range(1, 8))
+
+
+def _interrupt_commit(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
+    """KeyboardInterrupt inside the `number`th commit, after its record reached the log and
+    before the database showed it: the commit is in doubt (the instance fails)."""
+    from jetstore.pages.pointindex import PointReadIndex
+
+    real = PointReadIndex.advance
+    calls = [0]
+
+    def advance(self: PointReadIndex, *args: Any) -> None:
+        calls[0] += 1
+        if calls[0] == number:
+            raise KeyboardInterrupt
+        real(self, *args)
+
+    monkeypatch.setattr(PointReadIndex, "advance", advance)
+
+
+def _jsonl(ids: range) -> str:
+    return "".join(f'{{"id": {i}, "name": "n{i}"}}\n' for i in ids)
+
+
+def test_an_interrupted_commit_is_in_doubt_not_failed_and_the_committed_rows_are_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: Ctrl-C during an import left no word of how many rows were committed, and a
+    # batch whose commit was under way was counted as failed although it may be stored.
+    make(tmp_path, [])
+    _interrupt_commit(monkeypatch, 3)
+    instance = jetstore.open(tmp_path, **OPTIONS)
+    try:
+        with pytest.raises(ImportInterrupted) as info:
+            import_rows(
+                instance.database("main"), "t", io.StringIO(_jsonl(range(1, 11))), batch_size=3
+            )
+    finally:
+        instance.close()
+    result = info.value.result
+    assert result.interrupted and result.inserted == 6 and result.failed == 0
+    assert result.in_doubt == 3 and result.in_doubt_lines == [7, 9]
+    assert result.committed_through == 6
+    assert isinstance(info.value, KeyboardInterrupt)
+    monkeypatch.undo()
+    assert [r["id"] for r in read(tmp_path)] == list(range(1, 10))  # the record was logged
+
+
+def test_an_interrupt_between_commits_leaves_nothing_in_doubt(tmp_path: Path) -> None:
+    make(tmp_path, [])
+
+    class Interrupted(io.StringIO):
+        def __next__(self) -> str:
+            line = super().__next__()
+            if '"id": 8' in line:
+                raise KeyboardInterrupt
+            return line
+
+    with (
+        jetstore.open(tmp_path, **OPTIONS) as instance,
+        pytest.raises(ImportInterrupted) as info,
+    ):
+        import_rows(instance.database("main"), "t", Interrupted(_jsonl(range(1, 11))), batch_size=3)
+    result = info.value.result
+    assert result.interrupted and result.inserted == 6 and result.in_doubt == 0
+    assert result.committed_through == 6 and result.failed == 0
+    assert [r["id"] for r in read(tmp_path)] == list(range(1, 7))
+
+
+def test_a_commit_in_doubt_after_a_failed_flush_ends_the_import_without_counting_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the rows of a batch whose commit record reached the log were counted as
+    # failed (they may well be stored), and the import went on into a failed instance.
+    from jetstore.errors import DiskIO
+    from jetstore.instance.instance import Instance
+
+    make(tmp_path, [])
+    real = Instance.wait_durable
+    calls = [0]
+
+    def wait_durable(self: Instance, position: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            error = DiskIO("the log flush failed (injected)", hint="check the disk")
+            self.fail(error)
+            raise error
+        real(self, position)
+
+    monkeypatch.setattr(Instance, "wait_durable", wait_durable)
+    instance = jetstore.open(tmp_path, **OPTIONS)
+    try:
+        result = import_rows(
+            instance.database("main"), "t", io.StringIO(_jsonl(range(1, 11))), batch_size=3
+        )
+    finally:
+        instance.close()
+    assert result.inserted == 3 and result.failed == 0 and result.failures == []
+    assert result.in_doubt == 3 and result.in_doubt_lines == [4, 6]
+    assert "lines 4-6 is in doubt" in result.stopped and "injected" in result.stopped
+    assert result.rows == 6 and not result.interrupted

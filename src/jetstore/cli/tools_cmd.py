@@ -4,7 +4,8 @@ This module owns the command lines and the display; the work is done by `jetstor
 (one library function per command). What the commands add:
 
 * exit codes: `integrity` 1 when a problem is found; `repair` without `--accept-data-loss`
-  1 when data would be lost; `import` 1 when a row failed; 3 when the instance is open
+  1 when data would be lost; `import` 1 when a row failed or a batch's commit is in doubt,
+  130 when interrupted (saying what was committed before); 3 when the instance is open
   (`InstanceNameInUse`) or the database is not clean (`DatabaseDirtyShutdown`); 4 when
   compaction finds too little free space (`DiskFull`); the rest by the error's category;
 * `export --output FILE` (stdout by default; with `--json` an output file is required, since
@@ -58,7 +59,7 @@ from jetstore.format.filenames import (
 from jetstore.io.files import FileSystem
 from jetstore.tools.compact import PRECOMPACT_SUFFIX, compact_database
 from jetstore.tools.export import FORMATS, export_table
-from jetstore.tools.importer import import_rows
+from jetstore.tools.importer import ImportInterrupted, ImportResult, import_rows
 from jetstore.tools.integrity import IntegrityReport, check_integrity
 from jetstore.tools.repair import repair_database
 
@@ -521,6 +522,8 @@ def import_command(
             result = import_rows(
                 instance.database(name), table, stream, fmt=fmt, batch_size=batch_size
             )
+        except ImportInterrupted as interrupt:
+            result = interrupt.result
         finally:
             instance.close()
     if not as_json:
@@ -533,4 +536,46 @@ def import_command(
         )
         for failure in result.failures[:50]:
             console.print(Text(f"line {failure['line']}: {failure['error']}", "red"))
-    finish("import", as_json=as_json, ok=result.failed == 0, result=result.as_dict())
+        for line in _import_ending(result, directory):
+            stderr_console().print(Text(line, "bold yellow"))
+    if result.interrupted:
+        finish(
+            "import",
+            as_json=as_json,
+            ok=False,
+            result=result.as_dict(),
+            failed_code=ExitCode.INTERRUPTED,
+        )
+    ok = result.failed == 0 and not result.stopped
+    finish("import", as_json=as_json, ok=ok, result=result.as_dict())
+
+
+def _import_ending(result: ImportResult, directory: str) -> list[str]:
+    """What an import that ended early (Ctrl-C, a commit in doubt) committed, and how to
+    go on: the operator must know which rows are stored before importing again."""
+    if not result.interrupted and not result.stopped:
+        return []
+    lines = []
+    if result.interrupted:
+        lines.append(
+            f"interrupted: {result.inserted} row(s) committed in {result.batches} "
+            f"transaction(s) before the interrupt"
+        )
+    else:
+        lines.append(f"stopped: {result.stopped}")
+    if result.in_doubt:
+        first, last = result.in_doubt_lines
+        lines.append(
+            f"the batch of lines {first}-{last} ({result.in_doubt} row(s)) is in doubt: its "
+            "commit was under way; open the instance again (`jetstore recover "
+            f"{directory}`) and look for the row of line {first} to learn whether it is stored"
+        )
+    elif result.interrupted:
+        lines.append("the batch being inserted was rolled back: nothing of it is stored")
+    after = f"import the lines after line {result.committed_through}"
+    if result.in_doubt:
+        after = f"{after} (after line {result.in_doubt_lines[1]} if the batch in doubt is stored)"
+    lines.append(
+        f"every line up to line {result.committed_through} was dealt with; to go on, {after}"
+    )
+    return lines

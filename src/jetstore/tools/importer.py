@@ -9,7 +9,15 @@ Invariants:
 - A row that cannot be parsed or inserted (bad value, unknown column, a column given twice,
   duplicate key, NULL in a NOT NULL column) is a failure with its line number; the other
   rows of its batch are inserted (`Table.insert` changes nothing when it fails).
-- A batch whose commit fails counts all its rows as failures; earlier batches stay.
+- A batch whose commit fails counts all its rows as failures; earlier batches stay. A commit
+  that fails after its record reached the log leaves the batch *in doubt* (the instance
+  failed; only reopening it tells whether the rows are stored): its rows are counted in
+  `in_doubt`, not as failures, and the import ends there.
+- An interrupt (Ctrl-C) ends the import with `ImportInterrupted`, a KeyboardInterrupt that
+  carries the result: the rows committed before it, and whether its batch is in doubt (the
+  interrupt came during that batch's commit) or was rolled back (it came before). Every
+  line up to `committed_through` was dealt with (inserted or failed): the rest may be
+  imported again.
 - A row that takes its batch's transaction over `max_transaction_bytes` rolls it back: the
   rows inserted before it are inserted again in a transaction of their own, the row and the
   rest in the next; a row over the bound alone is a failure (`VersionStoreOutOfMemory`).
@@ -37,8 +45,9 @@ from jetstore.instance.database import Database
 from jetstore.tables.schema import ColumnType, TableDef
 from jetstore.tools.export import FORMATS
 from jetstore.tools.values import from_csv, from_json
+from jetstore.transactions.transaction import TransactionState
 
-__all__ = ["ImportResult", "import_rows"]
+__all__ = ["ImportInterrupted", "ImportResult", "import_rows"]
 
 #: Failures listed in a result; more are only counted.
 _LIST_LIMIT: Final = 1000
@@ -55,6 +64,14 @@ class ImportResult:
     failed: int = 0
     batches: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows of the batch whose commit is in doubt, and its first and last line ([] if none).
+    in_doubt: int = 0
+    in_doubt_lines: list[int] = field(default_factory=list)
+    #: The last line of the last batch committed: every line up to it was dealt with.
+    committed_through: int = 0
+    interrupted: bool = False
+    #: Why the import ended before the end of its input (a commit in doubt), or "".
+    stopped: str = ""
 
     def fail(self, line: int, message: str) -> None:
         self.failed += 1
@@ -70,7 +87,24 @@ class ImportResult:
             "failed": self.failed,
             "batches": self.batches,
             "failures": list(self.failures),
+            "in_doubt": self.in_doubt,
+            "in_doubt_lines": list(self.in_doubt_lines),
+            "committed_through": self.committed_through,
+            "interrupted": self.interrupted,
+            "stopped": self.stopped,
         }
+
+
+class ImportInterrupted(KeyboardInterrupt):
+    """An interrupt ended the import; `result` says what was committed before it."""
+
+    def __init__(self, result: ImportResult) -> None:
+        super().__init__(f"import into {result.table!r} interrupted")
+        self.result = result
+
+
+class _Stop(Exception):
+    """A commit in doubt ends the import (`ImportResult.stopped` says why)."""
 
 
 def _error_text(exc: Exception) -> str:
@@ -245,8 +279,9 @@ def import_rows(
                 continue
             result.batches += 1
             inserted: list[tuple[int, dict[str, object]]] = []
+            txn = db.transaction()
             try:
-                with db.transaction() as txn:
+                with txn:
                     target = txn.table(table)
                     for position, (line_number, row) in enumerate(part):
                         try:
@@ -265,36 +300,73 @@ def import_rows(
                         except JetError as exc:
                             result.fail(line_number, _error_text(exc))
             except JetError as exc:
+                if txn.state is TransactionState.IN_DOUBT:
+                    doubt(part, inserted)
+                    result.stopped = (
+                        f"the commit of lines {part[0][0]}-{part[-1][0]} is in doubt: "
+                        f"{_error_text(exc)}"
+                    )
+                    raise _Stop from None
                 for line_number, _row in inserted:
                     result.fail(line_number, f"the batch's commit failed: {_error_text(exc)}")
                 inserted = []
-            result.inserted += len(inserted)
+            except BaseException:
+                # An interrupt: before the commit the batch was rolled back (nothing of it is
+                # stored); during it, the state says whether its record reached the log.
+                if txn.state is TransactionState.IN_DOUBT:
+                    doubt(part, inserted)
+                elif txn.state is TransactionState.COMMITTED:
+                    committed(part, inserted)
+                else:
+                    result.batches -= 1
+                raise
+            committed(part, inserted)
+
+    def committed(
+        part: list[tuple[int, dict[str, object]]], inserted: list[tuple[int, dict[str, object]]]
+    ) -> None:
+        result.inserted += len(inserted)
+        result.committed_through = part[-1][0]
+
+    def doubt(
+        part: list[tuple[int, dict[str, object]]], inserted: list[tuple[int, dict[str, object]]]
+    ) -> None:
+        result.batches -= 1
+        result.in_doubt = len(inserted)
+        result.in_doubt_lines = [part[0][0], part[-1][0]]
 
     last_line = 0
     try:
-        for line_number, row in rows:
-            last_line = line_number
-            result.rows += 1
-            if isinstance(row, str):
-                result.fail(line_number, row)
-                continue
-            batch.append((line_number, row))
-            if len(batch) >= batch_size:
-                flush()
-    except UnicodeDecodeError as exc:
-        # The text layer decodes ahead of the rows handed out: what was read before the bad
-        # bytes is whole, and goes in, so the message can say exactly where to resume.
+        try:
+            for line_number, row in rows:
+                last_line = line_number
+                result.rows += 1
+                if isinstance(row, str):
+                    result.fail(line_number, row)
+                    continue
+                batch.append((line_number, row))
+                if len(batch) >= batch_size:
+                    flush()
+        except UnicodeDecodeError as exc:
+            # The text layer decodes ahead of the rows handed out: what was read before the
+            # bad bytes is whole, and goes in, so the message can say exactly where to resume.
+            flush()
+            where = f"after line {last_line}" if last_line else "from its first line"
+            resume = f"the lines after line {last_line}" if last_line else "it"
+            raise InvalidParameter(
+                f"the input is not UTF-8 {where}: byte "
+                f"{exc.object[exc.start]:#04x} cannot be decoded ({exc.reason}); the "
+                f"{result.inserted} row(s) before it were imported in {result.batches} "
+                f"transaction(s), {result.failed} failed, nothing after it was read",
+                hint="the import format is UTF-8, as export writes it: convert the input (for "
+                f"example `iconv -f LATIN1 -t UTF-8`) and import {resume}",
+            ) from None
         flush()
-        where = f"after line {last_line}" if last_line else "from its first line"
-        resume = f"the lines after line {last_line}" if last_line else "it"
-        raise InvalidParameter(
-            f"the input is not UTF-8 {where}: byte "
-            f"{exc.object[exc.start]:#04x} cannot be decoded ({exc.reason}); the "
-            f"{result.inserted} row(s) before it were imported in {result.batches} "
-            f"transaction(s), {result.failed} failed, nothing after it was read",
-            hint="the import format is UTF-8, as export writes it: convert the input (for "
-            f"example `iconv -f LATIN1 -t UTF-8`) and import {resume}",
-        ) from None
-    flush()
+    except _Stop:
+        pass
+    except KeyboardInterrupt:
+        result.interrupted = True
+        result.failures.sort(key=lambda failure: int(failure["line"]))
+        raise ImportInterrupted(result) from None
     result.failures.sort(key=lambda failure: int(failure["line"]))
     return result
