@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -905,3 +906,27 @@ def test_an_interrupt_as_a_short_use_s_open_returns_leaves_no_file_open(
     assert fired
     assert no_handles(registry)
     assert open_fds() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_as_root_what_is_created_takes_the_owner_of_its_directory(tmp_path: Path) -> None:
+    # Defect: root running a tool in a service's directory left root's files there.
+    uid, gid = 54321, 54322
+    os.chown(tmp_path, uid, gid)
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"x")  # root's, before: an existing file keeps its owner
+    fs = FileSystem(HandleRegistry("t"))
+    with fs.opened(str(tmp_path / "new"), owner="t", create=True):
+        pass
+    with fs.opened(str(kept), owner="t", create=True):
+        pass
+    fs.mkdir(str(tmp_path / "one"))
+    fs.makedirs(str(tmp_path / "two" / "three"))
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in tmp_path.rglob("*")}
+    assert owners == {
+        "new": (uid, gid),
+        "kept": (0, 0),
+        "one": (uid, gid),
+        "two": (uid, gid),
+        "three": (uid, gid),
+    }

@@ -385,6 +385,26 @@ class File:
         except JetError:
             pass
 
+    def take_owner(self, uid: int, gid: int, *, why: str = "chown") -> None:
+        """Give the file to `uid`:`gid` unless it is theirs already. Without the right to
+        give it away (not root, or root squashed on a network file system) it stays the
+        runner's, who could have replaced the original anyway."""
+        info = self.stat()
+        if (info.st_uid, info.st_gid) != (uid, gid):
+            self._call(why, _chown_if_allowed, uid, gid)
+
+    def take_access_of(self, like: str) -> None:
+        """Give the file the permission bits and owner of the file `like` (the one it is to
+        replace), before any data is written: no copy of the data is ever more readable than
+        the original, and a service's file a tool run as root rebuilt stays the service's."""
+        why = f"give it the permissions of '{like}'"
+        try:
+            info = os.stat(like)
+        except OSError as exc:
+            raise from_os_error(exc, op=why, path=self.path) from exc
+        self.take_owner(info.st_uid, info.st_gid, why=why)
+        self._call(why, os.fchmod, stat.S_IMODE(info.st_mode))
+
     def path_problem(self) -> str | None:
         """Why `self.path` no longer names this open file, or None if it still does.
 
@@ -463,6 +483,35 @@ class _FileStream(io.RawIOBase):
             super().close()
         finally:
             self._file.close()
+
+
+def _chown_if_allowed(fd: int, uid: int, gid: int) -> None:
+    with contextlib.suppress(PermissionError):
+        os.fchown(fd, uid, gid)
+
+
+def _chown_path_if_allowed(path: str, uid: int, gid: int) -> None:
+    """`os.chown` of a directory just created (no descriptor to hold), where not theirs."""
+    info = os.lstat(path)
+    if (info.st_uid, info.st_gid) != (uid, gid):
+        with contextlib.suppress(PermissionError):
+            os.lchown(path, uid, gid)
+
+
+def _inherited_owner(path: str) -> tuple[int, int] | None:
+    """The owner and group a file or directory created at `path` is to take: its parent
+    directory's when running as root, None otherwise (a user's files are theirs anyway).
+
+    Root running a tool (`recover`, `repair`, `compact`) in a service's instance directory
+    left root's files there (a new log generation, `lost-logs-<time>/`), which the service,
+    running as its own user, could then not write, rename or remove."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None  # the create fails and says why
+    return info.st_uid, info.st_gid
 
 
 #: What a path that is no regular file is, for the refusal.
@@ -587,6 +636,9 @@ class FileSystem:
         with contextlib.suppress(OSError):
             if stat.S_ISFIFO(os.stat(path).st_mode):
                 raise _not_a_regular_file(path, stat.S_IFIFO)
+        inherit = _inherited_owner(path) if create else None
+        if inherit is not None and not exclusive and os.path.lexists(path):
+            inherit = None  # not created here: it keeps its owner
         unregistered: list[int] = []
         try:
             fd = open_descriptor(unregistered, path, flags, op=op)
@@ -601,7 +653,7 @@ class FileSystem:
                 raise from_os_error(cause, op=op, path=path) from cause
             if not stat.S_ISREG(mode):
                 raise _not_a_regular_file(path, stat.S_IFMT(mode))
-            return File(
+            file = File(
                 self,
                 fd,
                 path,
@@ -612,6 +664,13 @@ class FileSystem:
             )
         finally:
             close_unregistered(unregistered)
+        if inherit is not None:
+            try:
+                file.take_owner(*inherit)
+            except BaseException:
+                file.close()
+                raise
+        return file
 
     @contextmanager
     def opened(self, path: str, *, owner: str, **flags: bool) -> Iterator[File]:
@@ -721,8 +780,17 @@ class FileSystem:
 
     def makedirs(self, path: str) -> None:
         self._call_hook(IOEvent("mkdir", path))
+        missing: list[str] = []
+        parent = os.path.abspath(path)
+        while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        inherit = _inherited_owner(missing[-1]) if missing else None
         try:
             os.makedirs(path, exist_ok=True)
+            if inherit is not None:
+                for directory in reversed(missing):
+                    _chown_path_if_allowed(directory, *inherit)
         except OSError as exc:
             raise from_os_error(exc, op="create directory", path=path) from exc
 
@@ -731,8 +799,11 @@ class FileSystem:
         two callers can both think they made it, as with `makedirs`). An existing `path`
         raises the `from_os_error` of EEXIST; the caller says what it means there."""
         self._call_hook(IOEvent("mkdir", path))
+        inherit = _inherited_owner(path)
         try:
             os.mkdir(path)
+            if inherit is not None:
+                _chown_path_if_allowed(path, *inherit)
         except OSError as exc:
             raise from_os_error(exc, op="create directory", path=path) from exc
 

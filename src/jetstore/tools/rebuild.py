@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import stat
 from collections.abc import Iterable
 from typing import Final
 
@@ -66,7 +65,7 @@ def write_database_file(
     file = fs.open(path, owner=owner, create=True, exclusive=True)
     try:
         if like is not None:
-            _take_access_of(path, like)
+            file.take_access_of(like)
         next_pgno = HEADER_COPIES
         run: list[bytes] = []
         run_start = next_pgno
@@ -103,26 +102,6 @@ def write_database_file(
         raise
     file.close()
     return written
-
-
-def _take_access_of(path: str, like: str) -> None:
-    """Give `path` the permission bits and owner of `like`.
-
-    The new file is created 0644 by whoever runs the tool: a database kept 0600 would come
-    back readable by everyone, one owned by a service's user (the tool run as root) would
-    come back root's, and the service could not open it for writing any more. Done before
-    the data is written, so no copy of it is ever more readable than the original. Without
-    the right to give the file away (not root) it stays the runner's, who could replace the
-    original anyway.
-    """
-    try:
-        info = os.stat(like)
-        if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
-            with contextlib.suppress(PermissionError):
-                os.chown(path, info.st_uid, info.st_gid)
-        os.chmod(path, stat.S_IMODE(info.st_mode))
-    except OSError as exc:
-        raise from_os_error(exc, op=f"give it the permissions of '{like}'", path=path) from exc
 
 
 def swap_into_place(fs: FileSystem, temporary: str, target: str, *, keep_as: str | None) -> None:
