@@ -504,3 +504,26 @@ def test_verify_reports_a_record_exactly_when_the_decoder_refuses_it(
     assert result.ok is not refused and len(problems) == int(refused)
     if refused:
         assert problems[0].position == LogPosition(1, LOG_HEADER_SIZE)
+
+
+def test_checksum_checks_checksums_only_and_leaves_records_to_logs_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Defect: `checksum` (esentutl /k) shares `verify_logs` with `logs verify` and reported
+    # an undecodable record inside frames whose checksums all hold as a bad block (exit 1).
+    record = BAD_RECORDS[0][1]
+    write_stream(
+        tmp_path,
+        [[(KIND_FULL, start()), (KIND_FULL, record), (KIND_FULL, GOOD)], [(KIND_FULL, GOOD)]],
+    )
+    log = tmp_path / generation_log_name(1)
+    code = run(["checksum", str(log), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 0, document
+    assert document["result"]["problems"] == []
+    assert document["result"]["files"][0]["status"] == "ok"
+    assert document["result"]["files"][0]["frames"] == 3
+    code = run(["logs", "verify", str(tmp_path), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [p["check"] for p in document["result"]["problems"]] == ["record"]

@@ -517,14 +517,15 @@ def logs_needed(fs: FileSystem, directory: str, *, owner: str) -> LogsNeeded:
 
 
 def verify_logs_as_recovery_needs(
-    fs: FileSystem, directory: str | os.PathLike[str], *, owner: str
+    fs: FileSystem, directory: str | os.PathLike[str], *, owner: str, records: bool = True
 ) -> LogVerification:
     """`verify_logs` of `directory` told where recovery starts reading (`logs_needed`).
 
     The one way the offline tools (`logs verify`, `dump logs`, `checksum`, `diagnose`) tell
     damage recovery would meet (an error) from damage in generations it no longer reads (a
     warning marked `needed: false`), so they cannot disagree with each other or with recovery.
-    Raises what `verify_logs` raises for a directory that cannot be used.
+    Raises what `verify_logs` raises for a directory that cannot be used. `records`: as
+    `verify_logs` takes it (False: checksums only).
     """
     path = os.fspath(directory)
     require_log_directory(fs, path)  # before `logs_needed` lists it: the same error as verify
@@ -535,6 +536,7 @@ def verify_logs_as_recovery_needs(
         owner=owner,
         needed_from=needs.first_generation,
         needed_reason=needs.reason,
+        records=records,
     )
 
 

@@ -315,6 +315,7 @@ def verify_logs(
     owner: str = "verify",
     needed_from: int | None = None,
     needed_reason: str | None = None,
+    records: bool = True,
 ) -> LogVerification:
     """Verify every log file of `directory` and report every problem (never writes).
 
@@ -322,10 +323,15 @@ def verify_logs(
     (or why it is unknown); problems that concern only generations below it are warnings
     (see the module docstring). None: every generation counts as needed.
 
+    `records=False` checks checksums only (`jetstore checksum`, esentutl /k): headers,
+    frames, the chain between generations; the records inside verified frames are neither
+    reassembled nor decoded (checks "records" and "record": `logs verify`'s), though still
+    counted.
+
     Raises only when the directory itself cannot be used: `FileNotFound` if it does not
     exist, `InvalidPath` if it is not a directory, or the error listing it gave.
     """
-    return _Verifier(fs, os.fspath(directory), owner, needed_from, needed_reason).run()
+    return _Verifier(fs, os.fspath(directory), owner, needed_from, needed_reason, records).run()
 
 
 def require_log_directory(fs: FileSystem, directory: str) -> None:
@@ -394,6 +400,10 @@ class _Carry:
     record_entry: _Entry | None = None
 
 
+#: The checks of the records inside verified frames (skipped with `records=False`).
+_RECORD_CHECKS: Final = frozenset({"records", "record"})
+
+
 class _Verifier:
     def __init__(
         self,
@@ -402,12 +412,15 @@ class _Verifier:
         owner: str,
         needed_from: int | None = None,
         needed_reason: str | None = None,
+        records: bool = True,
     ) -> None:
         self._fs = fs
         self._directory = directory
         self._owner = owner
         self._needed_from = needed_from
         self._needed_reason = needed_reason
+        #: Whether the records inside the verified frames are checked (see `verify_logs`).
+        self._records = records
         #: Problems turned from errors into warnings: they concern no generation recovery
         #: needs (their generation's status still says damaged).
         self._unneeded: set[int] = set()
@@ -434,6 +447,8 @@ class _Verifier:
         """Record a problem. `concerns` is the newest generation the problem concerns
         ("same": `generation`; a broken link concerns the generation before the one whose
         header records it, a gap its last missing generation)."""
+        if not self._records and check in _RECORD_CHECKS:
+            return
         last = generation if concerns == "same" else concerns
         needed = self._is_needed(last)
         unneeded = severity == "error" and needed is False
@@ -999,7 +1014,7 @@ class _FrameScan:
         """Decode a whole record as recovery would (`check_record`); report the first one of
         a generation that does not decode, in the file where it starts."""
         undecodable_in = self._v._undecodable_in
-        if start.generation in undecodable_in:
+        if start.generation in undecodable_in or not self._v._records:
             return
         try:
             check_record(record, start)

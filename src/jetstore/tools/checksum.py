@@ -14,6 +14,9 @@ Invariants:
   `decode_log_header`, `decode_frame`) and log files go through `verify_logs` (the whole
   chain: frames, torn tail vs damage, links between generations; the stream's signature is
   the lowest generation's, as recovery takes it); nothing re-implements them.
+- Checksums only: the records inside log frames whose checksums hold are not reassembled or
+  decoded (`verify_logs(records=False)`); a record recovery would refuse there is `jetstore
+  logs verify`'s finding, not a bad block.
 - Log damage is judged as `jetstore logs verify` judges it, by the same function
   (`jetstore.instance.diagnosis.verify_logs_as_recovery_needs`): a bad block in a generation
   recovery no longer reads is a "warning" (the report stays ok; the file's status stays
@@ -714,7 +717,9 @@ def _logs(
     if only is not None and only != CURRENT_LOG and parse_generation_log_name(only) is None:
         report.files.append(_lone_log(fs, report, os.path.join(directory, only), owner))
         return
-    verification = verify_logs_as_recovery_needs(fs, directory, owner=owner)
+    # Checksums only (esentutl /k): a record that does not decode inside frames whose
+    # checksums hold is no bad block; `logs verify` reports it.
+    verification = verify_logs_as_recovery_needs(fs, directory, owner=owner, records=False)
     for generation in verification.generations:
         if only is not None and generation.file_name != only:
             continue
