@@ -457,3 +457,27 @@ def test_an_interrupted_import_says_what_was_committed_and_exits_130(
     ):
         # The record of the batch in doubt was in the log: the reopen replayed it.
         assert sorted(r["id"] for r in txn.table("t").scan()) == list(range(1, 9))
+
+
+def test_import_reads_a_fifo_as_before(tmp_path: Path, run_json: RunJson) -> None:
+    # `import DB T <(zcat rows.gz)` names a pipe: the io layer's regular-file rule (right for
+    # the engine's own files, read at offsets) must not refuse an import's input.
+    import threading
+
+    with jetstore.open(tmp_path / "i", **SMALL) as instance:
+        instance.database("main", create=True).create_table(
+            "t", [("id", "int"), ("v", "text")], primary_key="id"
+        )
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as writer:
+            writer.writelines(f'{{"id": {i}, "v": "é"}}\n' for i in range(3000))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    code, document = run_json("import", tmp_path / "i" / "main.edb", "t", fifo)
+    feeder.join(10)
+    assert code == 0 and document["result"]["inserted"] == 3000
+    assert _handles_on(fifo) == []

@@ -17,7 +17,9 @@ Invariants:
   loop) is `InvalidPath` saying what is wrong with it; only genuine I/O errors are `DiskIO`.
 - `open` never returns a `File` for a directory (InvalidPath, as EISDIR), even read-only, nor
   for anything else that is not a regular file (a FIFO, a device, a socket: InvalidPath
-  naming it); the open itself never blocks on a FIFO that has no writer.
+  naming it); the open itself never blocks on a FIFO that has no writer. The exception is a
+  file opened as a `stream` (read-only, front to back once: an import's input), which may be
+  a FIFO, a pipe or a character device, and whose open waits for a FIFO's writer.
 - `pwrite` writes everything or raises; `pread` returns fewer bytes only at end of file.
 - Syncs are sticky per open file (fsyncgate, `File._sync`): the syncs of a `File` run one at
   a time, and once one failed every later one raises that failure, since the kernel reports
@@ -44,7 +46,7 @@ from _thread import get_ident as _get_ident
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import Any, Final, TextIO, TypeVar
 
 from jetstore.errors import (
     FileNotFound,
@@ -286,6 +288,16 @@ class File:
             if self._closing:
                 self._left()
 
+    def read(self, size: int, offset: int) -> bytes:
+        """Up to `size` bytes from the file's position (at `offset`, for the hook), for a
+        file read front to back once, which may be a pipe (`FileSystem.text_file`); b""
+        at its end."""
+        if self._closing:
+            raise self._closed_error("read")
+        if self._fs.hook is not None:
+            self._fs._call_hook(IOEvent("read", self.path, offset, size))
+        return self._call("read", os.read, size)
+
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         if self._closing:
             raise self._closed_error("write")
@@ -442,7 +454,8 @@ class File:
 
 
 class _FileStream(io.RawIOBase):
-    """A `File` read or written front to back, for the text layer of `FileSystem.text_file`.
+    """A `File` read or written front to back, for the text layer of `FileSystem.text_file`
+    (read with `File.read`, so a pipe reads as a file does).
 
     Every read and write is the `File`'s (in-flight window, hook, errors as `JetError`).
     `abandon()` makes later writes vanish: the text and buffer layers flush what they hold
@@ -463,7 +476,7 @@ class _FileStream(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        data = self._file.pread(len(view), self._offset)
+        data = self._file.read(len(view), self._offset)
         view[: len(data)] = data
         self._offset += len(data)
         return len(data)
@@ -521,6 +534,10 @@ _SPECIAL_KINDS: dict[int, str] = {
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
 }
+
+
+#: What a file read front to back once may also be (`FileSystem.open(stream=True)`).
+_STREAM_KINDS: Final = frozenset({stat.S_IFIFO, stat.S_IFCHR, stat.S_IFSOCK})
 
 
 def _not_a_regular_file(path: str, kind: int) -> InvalidPath:
@@ -622,7 +639,12 @@ class FileSystem:
         create: bool = False,
         exclusive: bool = False,
         writable: bool = True,
+        stream: bool = False,
     ) -> File:
+        """Open `path` (a regular file; see the module docstring). `stream`: a file read
+        front to back once (`File.read`), which may also be a FIFO, a pipe or a character
+        device (`import <(zcat rows.gz)`); its open waits for a FIFO's writer, as any reader
+        of a FIFO does."""
         flags = os.O_RDWR if writable else os.O_RDONLY
         if create:
             flags |= os.O_CREAT
@@ -634,7 +656,7 @@ class FileSystem:
         # Looked at before the open: a FIFO without a writer would block it forever. (Not
         # O_NONBLOCK: on a regular file under a lease it fails instead of waiting its break.)
         with contextlib.suppress(OSError):
-            if stat.S_ISFIFO(os.stat(path).st_mode):
+            if not stream and stat.S_ISFIFO(os.stat(path).st_mode):
                 raise _not_a_regular_file(path, stat.S_IFIFO)
         inherit = _inherited_owner(path) if create else None
         if inherit is not None and not exclusive and os.path.lexists(path):
@@ -651,7 +673,7 @@ class FileSystem:
                 # first read ("Is a directory") or, worse, after judging its size as a file's.
                 cause = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
                 raise from_os_error(cause, op=op, path=path) from cause
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(mode) and not (stream and stat.S_IFMT(mode) in _STREAM_KINDS):
                 raise _not_a_regular_file(path, stat.S_IFMT(mode))
             file = File(
                 self,
@@ -703,14 +725,17 @@ class FileSystem:
         errors: str = "strict",
         newline: str | None = None,
     ) -> Iterator[TextIO]:
-        """`path` as a text stream read front to back, or with `create` written from empty
-        (created or truncated), for files an operator names (an export, an import's input).
+        """`path` as a text stream read front to back (which may be a pipe: `open`'s
+        `stream`), or with `create` written from empty (created or truncated), for files an
+        operator names (an export, an import's input).
 
         The file is a registered `File` closed on every way out, like `opened`. Written, it
         is flushed and fsynced when the block ends normally; when the block raises, what the
         layers still buffer is dropped (the caller discards a half-written file), so the
         block's error is the one reported."""
-        with self.opened(path, owner=owner, create=create, writable=create) as file:
+        with self.opened(
+            path, owner=owner, create=create, writable=create, stream=not create
+        ) as file:
             if create:
                 file.truncate(0)
             raw = _FileStream(file)
