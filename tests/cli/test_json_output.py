@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
+from jetstore.cli.main import run
 from jetstore.cli.output import finish, json_option
 from jetstore.tables.schema import ColumnType
 from jetstore.tools.values import from_json
@@ -62,3 +64,26 @@ def test_finite_floats_are_written_as_numbers(value: float) -> None:
     done = CliRunner().invoke(probe, ["--json"])
     document = _strict(done.stdout)
     assert isinstance(document, dict) and document["result"]["v"] == value
+
+
+def test_an_interrupted_command_still_prints_its_one_json_object(
+    closed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Defect: Ctrl-C under --json printed "aborted" on stderr and nothing on stdout, where a
+    # script reading the one promised JSON object found none.
+    from jetstore.cli import tools_cmd
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tools_cmd, "check_integrity", interrupted)
+    code = run(["integrity", str(closed / "main.edb"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 130
+    document = json.loads(captured.out)
+    assert document["ok"] is False and document["command"] == "integrity"
+    assert document["error"]["category"] == "interrupted"
+    assert document["error"]["exit_code"] == 130
+    code = run(["integrity", str(closed / "main.edb")])
+    captured = capsys.readouterr()
+    assert code == 130 and captured.out == "" and "aborted" in captured.err

@@ -47,6 +47,7 @@ from jetstore.cli.output import (
     emit_json,
     envelope,
     report_error,
+    report_interrupt,
     report_usage,
     stderr_console,
 )
@@ -171,8 +172,7 @@ def _run(args: list[str]) -> int:
         exc.show()
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt):
-        stderr_console().print("aborted")
-        return int(ExitCode.INTERRUPTED)
+        return int(report_interrupt(command=command, as_json=as_json))
     except JetError as exc:  # commands catch their own; this is the safety net
         return int(report_error(exc, command=command, as_json=as_json))
     except OutputClosed:

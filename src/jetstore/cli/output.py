@@ -293,6 +293,27 @@ def report_usage(message: str, *, command: str, as_json: bool) -> ExitCode:
     return ExitCode.USAGE
 
 
+def report_interrupt(*, command: str, as_json: bool) -> ExitCode:
+    """Ctrl-C ended the command: "aborted" on stderr, and with `--json` the one JSON object
+    stdout promises (an error of category "interrupted"), so a script reading it finds one."""
+    if as_json:
+        emit_json(
+            envelope(
+                command,
+                ok=False,
+                error={
+                    "code": None,
+                    "name": "KeyboardInterrupt",
+                    "category": "interrupted",
+                    "message": "interrupted (Ctrl-C) before the command finished",
+                    "exit_code": int(ExitCode.INTERRUPTED),
+                },
+            )
+        )
+    stderr_console().print("aborted")
+    return ExitCode.INTERRUPTED
+
+
 def finish(
     command: str,
     *,
