@@ -175,7 +175,7 @@ def _required(fs: FileSystem, directory: str, header: DatabaseHeader) -> dict[st
 def header_result(fs: FileSystem, path: str) -> dict[str, Any]:
     """Everything `dump header` shows, JSON-ready. Raises the header's JetError when neither
     copy can be used (ReadVerifyFailure) or the file is not a database (FileInvalidType)."""
-    with fs.open(path, owner=OWNER, writable=False) as file:
+    with fs.opened(path, owner=OWNER, writable=False) as file:
         file_size = file.size()
         page_size = peek_page_size(file.pread(PEEK_SIZE, 0))
         page_size_from = "copy 0"

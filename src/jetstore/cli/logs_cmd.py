@@ -200,7 +200,7 @@ def _databases_needing_logs(fs: FileSystem, directory: str) -> list[dict[str, An
         path = os.path.join(directory, file_name)
         entry: dict[str, Any] = {"database": name, "file": file_name, "state": None}
         try:
-            with fs.open(path, owner=OWNER, writable=False) as file:
+            with fs.opened(path, owner=OWNER, writable=False) as file:
                 page_size = peek_page_size(file.pread(PEEK_SIZE, 0)) or PEEK_SIZE
                 copy0 = file.pread(page_size, 0)
                 copy1 = file.pread(page_size, page_size)

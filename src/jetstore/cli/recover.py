@@ -96,8 +96,8 @@ def copy_instance(
                 fs.makedirs(parent)
                 directories.add(parent)
             with (
-                fs.open(os.path.join(source, relative), owner=OWNER, writable=False) as reader,
-                fs.open(destination, owner=OWNER, create=True, exclusive=True) as writer,
+                fs.opened(os.path.join(source, relative), owner=OWNER, writable=False) as reader,
+                fs.opened(destination, owner=OWNER, create=True, exclusive=True) as writer,
             ):
                 offset = 0
                 while offset < size:

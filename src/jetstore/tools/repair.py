@@ -309,7 +309,7 @@ def _open(fs: FileSystem, path: str, report: RepairReport) -> Iterator[OfflineDa
 def _guess_page_size(fs: FileSystem, path: str) -> int:
     """The page size whose pages verify most often among the first pages of the file."""
     best, best_count = 8192, 0
-    with fs.open(path, owner="jetstore-tools", writable=False) as file:
+    with fs.opened(path, owner="jetstore-tools", writable=False) as file:
         for size in sorted(PAGE_SIZES):
             count = 0
             for pgno in range(HEADER_COPIES, HEADER_COPIES + 16):
