@@ -481,3 +481,21 @@ def test_import_reads_a_fifo_as_before(tmp_path: Path, run_json: RunJson) -> Non
     feeder.join(10)
     assert code == 0 and document["result"]["inserted"] == 3000
     assert _handles_on(fifo) == []
+
+
+def test_compact_whose_free_space_cannot_be_read_is_an_io_error_not_an_internal_one(
+    closed: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the preflight read the free space with shutil.disk_usage, whose OSError left
+    # the engine bare: "internal error ... this is a bug" (exit 5).
+    def statvfs_fails(path: Any) -> Any:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    before = snapshot(closed)
+    monkeypatch.setattr(os, "statvfs", statvfs_fails)
+    code, document = run_json("compact", closed / "main.edb")
+    assert code == 4, document
+    assert document["error"]["name"] == "DiskIO"
+    assert str(closed) in document["error"]["detail"]
+    monkeypatch.undo()
+    assert snapshot(closed) == before

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,19 +100,18 @@ def required_space(live_bytes: int) -> int:
     return live_bytes + max(_MARGIN_MIN, int(live_bytes * _MARGIN_FRACTION))
 
 
-def _free_bytes(directory: str) -> int:
-    return shutil.disk_usage(directory).free
-
-
 def compact_database(
     path: str | os.PathLike[str],
     *,
     keep_original: bool = False,
     fs: FileSystem | None = None,
-    free_bytes: Callable[[str], int] = _free_bytes,
+    free_bytes: Callable[[str], int] | None = None,
 ) -> CompactResult:
-    """Compact the database file at `path` in place (see the module docstring)."""
+    """Compact the database file at `path` in place (see the module docstring).
+    `free_bytes`: how the free space of a directory's file system is read (default
+    `FileSystem.free_bytes`, whose failure is the JetError naming the directory)."""
     fs = fs or FileSystem()
+    free_bytes = free_bytes or fs.free_bytes
     started = time.monotonic()
     full = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(full)
