@@ -13,6 +13,7 @@ import errno
 import itertools
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,10 +251,45 @@ def test_leftover_partial_directory(inst: jetstore.Instance, tmp_path: Path) -> 
     with pytest.raises(InvalidPath, match="not left by an interrupted backup"):
         inst.backup(dest)
     assert (partial / "main.edb").exists()
+    # Marked: an interrupted backup's, or a running one's. The marker does not tell them
+    # apart, so it used to be removed and the backup ran on: a second backup to DEST deleted
+    # the first one's files while it wrote them (or both wrote into one directory).
     (partial / PARTIAL_MARKER).write_bytes(b"")
-    inst.backup(dest)  # ours (marked): removed, then the backup runs
-    assert not partial.exists()
+    with pytest.raises(InvalidPath, match="another backup to") as refused:
+        inst.backup(dest)
+    assert refused.value.path == str(partial)
+    assert str(partial) in refused.value.detail and "no backup" in refused.value.hint
+    assert (partial / "main.edb").read_bytes() == b"half"
+    assert not dest.exists()
+    assert inst.database("main").file.header.last_full_backup.is_none
+    shutil.rmtree(partial)  # what the hint says to do
+    inst.backup(dest)
     assert jetstore.verify_backup(dest).ok
+
+
+def test_a_partial_directory_made_after_the_checks_is_left_to_whoever_made_it(
+    tmp_path: Path,
+) -> None:
+    # The staging directory was made with makedirs(exist_ok): one that another backup to
+    # DEST created between this one's checks and its creation was taken over, both backups
+    # writing into one directory (and the first failure deleting the other's work).
+    dest = tmp_path / "set"
+    partial = Path(str(dest) + PARTIAL_SUFFIX)
+
+    def another_backup_starts(event: IOEvent) -> None:
+        if event.op == "mkdir" and event.path == str(partial) and not partial.exists():
+            partial.mkdir()
+            (partial / PARTIAL_MARKER).write_bytes(b"")
+            (partial / "main.edb").write_bytes(b"the other backup's image")
+
+    inst = make_instance(tmp_path / "live", filesystem=FileSystem(hook=another_backup_starts))
+    try:
+        with pytest.raises(InvalidPath, match="another backup to"):
+            inst.backup(dest)
+        assert (partial / "main.edb").read_bytes() == b"the other backup's image"
+        assert not dest.exists()
+    finally:
+        inst.close()
 
 
 # --------------------------------------------------------------------------- manifest

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -278,17 +279,29 @@ def test_client_sigkilled_mid_stream_leaves_nothing_behind(
     baseline.wait(inst)
     assert inst.counters()["backups_aborted"] == 1
     assert inst.counters()["backups_completed"] == 0
-    # The next backup to the same destination cleans the partial set and completes.
+    # The next backup to the same destination is refused, naming the partial set (a
+    # running backup's looks the same), and writes nothing; once it is deleted, as the
+    # refusal says, the backup completes.
+    partial = Path(str(tmp_path / "killed") + ".partial")
+    assert partial.is_dir()
+    request = {
+        "dir": inst.directory,
+        "dest": str(tmp_path / "killed"),
+        "kind": "full",
+        "mode": "complete",
+    }
     agent = Agent()
     try:
-        reply = agent.run(
-            {
-                "dir": inst.directory,
-                "dest": str(tmp_path / "killed"),
-                "kind": "full",
-                "mode": "complete",
-            }
-        )
+        reply = agent.run(request)
+    finally:
+        agent.close()
+    assert not reply["ok"] and reply["error"] == "InvalidPath", reply
+    assert str(partial) in reply["message"]
+    assert inst.counters()["backups_aborted"] == 1
+    shutil.rmtree(partial)
+    agent = Agent()
+    try:
+        reply = agent.run(request)
         assert reply["ok"], reply
         wait_idle(inst)
     finally:

@@ -29,8 +29,10 @@ Invariants:
   durable: no log is ever deleted on the strength of a backup that could still vanish.
 - Any failure before that point aborts the session (nothing recorded, no log deleted),
   removes `DEST.partial` (or DEST, when only the sync of its parent after the rename failed:
-  the set is not known to be durable) and raises a `JetError` (never an `OSError`); a leftover
-  `DEST.partial` that carries the marker (a crash mid-backup) is removed by the next attempt.
+  the set is not known to be durable) and raises a `JetError` (never an `OSError`).
+- `DEST.partial` is created exclusively (`make_staging_directory`): whoever creates it owns
+  it. An existing one, marked or not, is refused (`InvalidPath`, naming it) and left alone:
+  the marker alone cannot tell a crashed backup's leftover from a running backup's work.
 - Every handle on the destination is opened through the instance's `FileSystem` under the
   session's owner, so the session's cleanup (`close_owner`) releases anything left open, and
   each handle is closed as soon as its file is written.
@@ -614,6 +616,19 @@ def _stored_chunks(file: File, entry: ManifestFile, stored: str) -> Iterator[byt
 # --------------------------------------------------------------------------- writing
 
 
+def make_staging_directory(fs: FileSystem, path: str, refusal: Callable[[], JetError]) -> None:
+    """Create the staging directory `path` (a backup's `DEST.partial`, a restore's
+    `<target>.restoring`), which must not exist: whoever creates it owns it, so two writers
+    into one destination never mix their files, and a failure removes only its own work. An
+    existing `path` raises `refusal()` (which says who may have made it and what to do)."""
+    try:
+        fs.mkdir(path)
+    except JetError:
+        if not fs.exists(path):
+            raise
+        raise refusal() from None
+
+
 class SetWriter:
     """Writes the files of one backup set into `DEST.partial`, then publishes it as DEST.
 
@@ -667,21 +682,14 @@ class SetWriter:
                     hint=f"give a directory inside it: {os.path.join(dest, 'NAME')}",
                     path=dest,
                 )
-        if fs.exists(self.partial):
-            if not fs.exists(os.path.join(self.partial, PARTIAL_MARKER)):
-                raise InvalidPath(
-                    f"'{self.partial}' exists and was not left by an interrupted backup",
-                    hint=f"move it away; the backup writes into it before renaming it to {dest}",
-                    path=self.partial,
-                )
-            self._remove_partial()  # an interrupted earlier attempt: ours to clean up
         parent = os.path.dirname(dest)
         missing: list[str] = []
         probe = parent
         while not fs.exists(probe) and os.path.dirname(probe) != probe:
             missing.append(probe)
             probe = os.path.dirname(probe)
-        fs.makedirs(self.partial)
+        fs.makedirs(parent)
+        make_staging_directory(fs, self.partial, self._partial_exists)
         self._created = True
         # The new directories (the set's parents, and the partial directory) must be durable
         # before anything relies on them: sync each directory that gained an entry.
@@ -689,6 +697,24 @@ class SetWriter:
             fs.fsync_directory(directory, owner=self.owner)
         marker = fs.open(os.path.join(self.partial, PARTIAL_MARKER), owner=self.owner, create=True)
         marker.close()
+
+    def _partial_exists(self) -> InvalidPath:
+        if not self.fs.exists(os.path.join(self.partial, PARTIAL_MARKER)):
+            return InvalidPath(
+                f"'{self.partial}' exists and was not left by an interrupted backup (it holds "
+                f"no {PARTIAL_MARKER}); nothing was written",
+                hint=f"move it away; the backup writes into it before renaming it to {self.dest}",
+                path=self.partial,
+            )
+        # The marker is there from the start of a backup to its rename: a running backup's
+        # directory looks just like an interrupted one's, so it is never removed here.
+        return InvalidPath(
+            f"'{self.partial}' exists: another backup to '{self.dest}' is running, or one was "
+            "interrupted and left it; nothing was written",
+            hint=f"check that no backup to '{self.dest}' is running, then delete "
+            f"'{self.partial}' and retry",
+            path=self.partial,
+        )
 
     def _remove_partial(self) -> None:
         self._remove_directory(self.partial)
@@ -703,7 +729,7 @@ class SetWriter:
     def discard(self) -> None:
         """Remove what this attempt wrote: `DEST.partial`, or DEST itself when the rename
         happened but its parent could not be synced (the set is not known to be durable).
-        Best effort: a leftover `DEST.partial` is removed by the next attempt."""
+        Best effort: a leftover `DEST.partial` is named by the next attempt's refusal."""
         if not self._created or self._durable:
             return
         try:
@@ -713,7 +739,7 @@ class SetWriter:
             elif self.fs.exists(self.partial):
                 self._remove_partial()
         except JetError:
-            pass  # the marker stays in DEST.partial, so the next backup to DEST removes it
+            pass  # DEST.partial stays, marked: the next backup to DEST refuses, naming it
 
     # ---------------------------------------------------------- files
 

@@ -55,6 +55,7 @@ from typing import Any
 from jetstore.backup.backupset import (
     Manifest,
     ManifestFile,
+    make_staging_directory,
     read_backup_file,
     read_manifest,
     stored_size_mismatch,
@@ -818,19 +819,18 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
     staging = target + STAGING_SUFFIX
     owner = "restore"
     base = plan.sets[0]
-    try:
-        fs.mkdir(staging)
-    except JetError:
-        if not fs.exists(staging):
-            raise
-        # Absent when the plan checked: another restore into the target made it since. Its
-        # work is not ours to take over, nor to delete on failure.
-        raise InvalidPath(
+    # Absent when the plan checked: another restore into the target made it since. Its work
+    # is not ours to take over, nor to delete on failure.
+    make_staging_directory(
+        fs,
+        staging,
+        lambda: InvalidPath(
             f"'{staging}' appeared while this restore was being planned: another restore "
             f"into '{target}' is running (or was interrupted); nothing was written",
             hint=f"let it finish; if none is running, delete '{staging}', then retry",
             path=staging,
-        ) from None
+        ),
+    )
     try:
         done = 0
         total = plan.total_bytes
