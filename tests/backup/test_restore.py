@@ -427,6 +427,69 @@ def test_restoring_over_a_live_or_non_empty_directory_is_refused(tmp_path: Path)
     assert len(_restored_rows(tmp_path / "empty")) == 10
 
 
+def test_surviving_logs_of_an_open_instance_are_refused_naming_its_process(
+    tmp_path: Path,
+) -> None:
+    # The refusal of a live --logs-from did not name the process holding the lock, as the
+    # refusal of a live target (and the instance lock's own error) does.
+    live = tmp_path / "live"
+    inst = _open(live)
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    try:
+        with pytest.raises(FileAccessDenied, match="open instance") as refused:
+            jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+        assert f"process {os.getpid()}" in refused.value.detail
+        assert refused.value.path == str(live)
+        with pytest.raises(FileAccessDenied, match=f"process {os.getpid()}"):
+            plan_restore(tmp_path / "full", tmp_path / "restored", logs_from=live)
+    finally:
+        inst.close()
+    assert not (tmp_path / "restored").exists()
+    # A dry run writes nothing, not even this process's pid into the instance's lock file.
+    (live / "jetstore.lock").write_text("12345\n")
+    jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=live, dry_run=True)
+    assert (live / "jetstore.lock").read_text() == "12345\n"
+
+
+def test_the_surviving_log_directory_stays_locked_while_the_restore_copies_from_it(
+    tmp_path: Path,
+) -> None:
+    # Defect: the lock of --logs-from was only probed while planning: an instance opened
+    # there afterwards (a restart of the damaged instance) ran recovery and wrote (or
+    # deleted) the logs the restore was copying. The restore now holds the directory lock
+    # from its plan to its end.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(100)
+    expected = _rows(inst)
+    inst.simulate_crash()
+    refusals: list[JetError] = []
+
+    def an_instance_starts_there(done: int, total: int, name: str) -> None:
+        if refusals:
+            return
+        try:
+            _open(live).close()
+        except FileAccessDenied as exc:
+            refusals.append(exc)
+        else:
+            refusals.append(JetError("the instance opened"))
+
+    jetstore.restore(
+        tmp_path / "full", tmp_path / "restored", logs_from=live, progress=an_instance_starts_there
+    )
+    assert len(refusals) == 1 and isinstance(refusals[0], FileAccessDenied)
+    assert str(os.getpid()) in refusals[0].detail
+    assert _restored_rows(tmp_path / "restored") == expected
+    # Released at the end: the instance opens (and recovers) now.
+    with _open(live) as reopened:
+        assert _rows(reopened) == expected
+
+
 @pytest.mark.parametrize("existed", [True, False], ids=["empty-target", "no-target"])
 def test_a_target_that_gains_a_file_during_the_restore_is_refused_as_a_path(
     tmp_path: Path, existed: bool

@@ -37,6 +37,9 @@ Invariants:
   appears (by one rename) only when it holds a clean instance that opens without recovery.
   A failure of replay about a copied file names the file it was copied from, with a
   restore's way out (`_named_at_source`), never the copy the failure deletes.
+- The surviving log directory, when it is an instance directory, is locked from the plan to
+  the end of the copy (`_lock_surviving_logs`): no instance opened there changes its logs
+  between their checks and their copy.
 - A restored instance never shares a log stream with the original: logs and backups of the
   two can never be mixed up (generation numbers alone would allow it).
 """
@@ -81,14 +84,27 @@ from jetstore.errors import (
     MissingRestoreLogFiles,
 )
 from jetstore.format.common import FORMAT_VERSION, format_time_us
-from jetstore.format.filenames import CURRENT_LOG, LOST_LOGS_PREFIX, generation_log_name
+from jetstore.format.filenames import (
+    CURRENT_LOG,
+    LOCK_FILE,
+    LOST_LOGS_PREFIX,
+    generation_log_name,
+)
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
-from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.io.locking import (
+    DirectoryLock,
+    acquire_directory_lock,
+    is_locked,
+    read_lock_holder,
+)
 from jetstore.log.reader import take_inventory
 
 #: Staging directory suffix: the restore is built there, then renamed into place.
 STAGING_SUFFIX = ".restoring"
+#: Owner of the `--logs-from` directory lock: apart from the copy's "restore", whose handles
+#: are closed when the copy ends, before the lock is released.
+_LOGS_LOCK_OWNER = "restore-logs-from"
 _COPY_CHUNK = 1024 * 1024
 
 Progress = Callable[[int, int, str], None]
@@ -220,12 +236,62 @@ def restore(
     """
     started = time.monotonic()
     fs = FileSystem(HandleRegistry("restore"))
-    plan = plan_restore(backup_paths, target_dir, logs_from=logs_from, until=until, fs=fs)
-    if dry_run:
-        return RestoreResult(plan, executed=False, seconds=time.monotonic() - started)
-    result = _execute(plan, fs, progress)
+    # A dry run only probes the lock (in the plan): taking it writes this process's pid
+    # into the instance's lock file, and a dry run writes nothing.
+    lock = None if logs_from is None or dry_run else _lock_surviving_logs(fs, logs_from, target_dir)
+    try:
+        plan = plan_restore(
+            backup_paths,
+            target_dir,
+            logs_from=logs_from,
+            until=until,
+            fs=fs,
+            logs_locked=lock is not None,
+        )
+        if dry_run:
+            return RestoreResult(plan, executed=False, seconds=time.monotonic() - started)
+        result = _execute(plan, fs, progress)
+    finally:
+        if lock is not None:
+            lock.release()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _lock_surviving_logs(
+    fs: FileSystem, logs_from: str | os.PathLike[str], target_dir: str | os.PathLike[str]
+) -> DirectoryLock | None:
+    """The directory lock of `logs_from` when it is an instance directory (it holds
+    `jetstore.lock`), held from the plan to the end of the copy: an instance opened there
+    meanwhile (a restart of the damaged one) would recover, roll and delete the very logs
+    the plan checked and the copy reads. None when it is no instance directory (a copy of
+    the logs; the plan says what is wrong with a path that is no directory), or when this
+    process may not write its lock file (a read-only copy: then the lock is only probed, as
+    no instance can write there either)."""
+    directory = absolute_path(logs_from, what="--logs-from")
+    if directory == absolute_path(target_dir, what="restore target"):
+        return None  # refused by the plan
+    if not fs.is_directory(directory) or not fs.exists(os.path.join(directory, LOCK_FILE)):
+        return None
+    try:
+        return acquire_directory_lock(fs, directory, owner=_LOGS_LOCK_OWNER)
+    except FileAccessDenied as exc:
+        if exc.errno is None:  # held by an instance, not refused by the OS
+            raise _logs_in_use(fs, directory) from None
+    if is_locked(fs, directory):
+        raise _logs_in_use(fs, directory)
+    return None
+
+
+def _logs_in_use(fs: FileSystem, directory: str) -> FileAccessDenied:
+    holder = read_lock_holder(fs, directory)
+    return FileAccessDenied(
+        f"'{directory}' is the directory of an open instance"
+        + (f" (process {holder})" if holder else "")
+        + ": its logs are still written (and deleted)",
+        hint="close (or stop) that instance first, then restore with its logs",
+        path=directory,
+    )
 
 
 def _paths(value: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -279,8 +345,12 @@ def plan_restore(
     logs_from: str | os.PathLike[str] | None = None,
     until: int | datetime | None = None,
     fs: FileSystem | None = None,
+    logs_locked: bool = False,
 ) -> RestorePlan:
-    """Every check of a restore, nothing written: the plan, or the error that refuses it."""
+    """Every check of a restore, nothing written: the plan, or the error that refuses it.
+
+    `logs_locked`: the caller holds the directory lock of `logs_from` (`restore` does);
+    otherwise it is probed, and the directory of an open instance refused."""
     fs = fs or FileSystem(HandleRegistry("restore"))
     paths = _paths(backup_paths)
     if not paths:
@@ -401,6 +471,7 @@ def plan_restore(
             target,
             stop=until if isinstance(until, int) and not isinstance(until, bool) else None,
             defer_gap=isinstance(until, datetime),
+            logs_locked=logs_locked,
         )
         surviving = [s.generation for s in surviving_steps if s.generation is not None]
         steps.extend(surviving_steps)
@@ -528,6 +599,7 @@ def _surviving_logs(
     *,
     stop: int | None = None,
     defer_gap: bool = False,
+    logs_locked: bool = False,
 ) -> tuple[list[RestoreStep], JetError | None]:
     """The surviving log files that continue the sets from generation `expected`, up to
     generation `stop` when given. A generation missing or unreadable before the end of the
@@ -541,12 +613,8 @@ def _surviving_logs(
     fs.require_directory(
         directory, what="surviving log directory", hint="name the damaged instance's directory"
     )
-    if is_locked(fs, directory):
-        raise FileAccessDenied(
-            f"'{directory}' is the directory of an open instance: its logs are still written",
-            hint="close (or stop) that instance first",
-            path=directory,
-        )
+    if not logs_locked and is_locked(fs, directory):
+        raise _logs_in_use(fs, directory)
     inventory = take_inventory(fs, directory, owner="restore")
     for generation in sorted(inventory.files):
         # Every log file there must be of the backup's stream, also those the sets already
