@@ -216,6 +216,40 @@ def test_an_unreadable_or_missing_surviving_log_is_refused_unless_the_stop_is_be
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("how", ["upper-case", "digits", "current-upper-case"])
+def test_misnamed_surviving_logs_are_named_with_the_right_name(tmp_path: Path, how: str) -> None:
+    # Defect: a surviving log under a name the engine does not read (EDB00000003.LOG,
+    # edb3.log) was ignored without a word: the refusal of the gap it left did not say why
+    # the file was not taken, and a misnamed current log (EDB.LOG) silently ended the
+    # restore a generation early, its commits lost.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(300, width=600)
+    expected = _rows(inst)
+    inst.simulate_crash()
+    full = tmp_path / "full"
+    first = plan_restore(full, tmp_path / "x", logs_from=live).surviving_logs[0]
+    middle = first + 1
+    right = generation_log_name(middle) if how != "current-upper-case" else "edb.log"
+    wrong = {
+        "upper-case": right.upper(),
+        "digits": f"edb{middle:X}.log",
+        "current-upper-case": "EDB.LOG",
+    }[how]
+    os.rename(live / right, live / wrong)
+    with pytest.raises(JetError) as refused:
+        plan_restore(full, tmp_path / "x", logs_from=live)
+    assert isinstance(refused.value, GivenLogFileIsNotContiguous | MissingRestoreLogFiles)
+    assert wrong in refused.value.detail
+    assert f"rename {wrong} to {right}" in refused.value.hint
+    os.rename(live / wrong, live / right)
+    jetstore.restore(full, tmp_path / "restored", logs_from=live)
+    assert _restored_rows(tmp_path / "restored") == expected
+
+
 @pytest.mark.parametrize("how", ["last-set-generation-damaged", "last-set-generation-gone", "gap"])
 def test_an_unreadable_newest_surviving_log_is_not_left_out_after_incrementals(
     tmp_path: Path, how: str

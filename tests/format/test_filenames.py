@@ -18,6 +18,7 @@ from jetstore.format.filenames import (
     database_file_name,
     generation_log_name,
     is_valid_database_name,
+    misnamed_log_name,
     parse_database_file_name,
     parse_generation_log_name,
     parse_reserve_log_name,
@@ -181,3 +182,23 @@ def test_database_name_validation_agrees_with_parsing(name: str) -> None:
         assert not name[0].isdigit() and name[0] != "-"
     elif "\n" not in name:
         assert parsed is None
+
+
+@pytest.mark.parametrize(
+    ("name", "right"),
+    [
+        ("edb0000000a.log", "edb0000000A.log"),
+        ("EDB00000003.LOG", "edb00000003.log"),
+        ("edb3.log", "edb00000003.log"),
+        ("edb000000003.log", "edb00000003.log"),
+        ("EDB.LOG", "edb.log"),
+        ("edb0000000A.log", None),
+        ("edb.log", None),
+        ("edbtmp.log", None),
+        ("edb00000000.log", None),
+        ("edb100000000.log", None),
+        ("main.edb", None),
+    ],
+)
+def test_misnamed_log_names_are_told_their_right_name(name: str, right: str | None) -> None:
+    assert misnamed_log_name(name) == right

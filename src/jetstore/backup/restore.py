@@ -11,7 +11,9 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    file the manifests list present, of the stored size they list (`ReadVerifyFailure`; the
    contents are checked while copied); the surviving logs, when given, of the same stream and
    continuing the last set (an offline set: from its images' consistent point; a directory
-   holding no such file is refused, not ignored, like a gap) without a gap (or
+   holding no such file is refused, not ignored, like a gap; a misnamed log file there is
+   named by the refusal, with the name to give it, and one that may continue the logs after
+   their end refuses too) without a gap (or
    an unreadable file) before their end or the stop point (a generation before it; a time when a
    commit later than it lies before it, `_check_stop_before_gap`); each log file that comes
    from another place than the one before it (the next set, the surviving logs) continuing it
@@ -89,7 +91,9 @@ from jetstore.format.filenames import (
     LOCK_FILE,
     LOST_LOGS_PREFIX,
     generation_log_name,
+    misnamed_log_name,
 )
+from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import (
@@ -723,13 +727,98 @@ def _surviving_logs(
                     hint=stop_hint,
                     path=os.path.join(directory, generation_log_name(expected)),
                 )
+            refusal = _naming_misnamed(
+                refusal,
+                [
+                    m
+                    for m in _misnamed_logs(fs, directory, base)
+                    if m.generation is None or m.generation not in inventory.files
+                ],
+            )
             if defer_gap:
                 return steps, refusal
             raise refusal
         name = CURRENT_LOG if entry.is_current else generation_log_name(expected)
         steps.append(RestoreStep(name, "log", entry.size, entry.path, expected, None))
         expected += 1
+    if stop is None:
+        # The end of the well-named logs: a misnamed file that may continue them (the
+        # current log as EDB.LOG) would otherwise end the restore early without a word.
+        later_misnamed = [
+            m
+            for m in _misnamed_logs(fs, directory, base)
+            if m.generation is None or m.generation >= expected
+        ]
+        if later_misnamed:
+            refusal = _naming_misnamed(
+                MissingRestoreLogFiles(
+                    f"the surviving logs in '{directory}' end at generation {expected - 1}, "
+                    "but a file there that may continue them is misnamed",
+                    hint=_stop_after(base, expected - 1),
+                    path=later_misnamed[0].path,
+                ),
+                later_misnamed,
+            )
+            if defer_gap:
+                return steps, refusal
+            raise refusal
     return steps, None
+
+
+@dataclass(frozen=True)
+class _Misnamed:
+    """A file that looks like a log file but is not read as one (`misnamed_log_name`)."""
+
+    path: str
+    right_name: str
+    generation: int | None  # its header's, when it reads as one of the backup's stream
+
+
+def _misnamed_logs(fs: FileSystem, directory: str, base: Manifest) -> list[_Misnamed]:
+    """The misnamed log files of `directory`, each with the name to give it: its header's
+    generation's name when the header reads (the name's own digits may be decimal, or
+    wrong), else what its name says. Files of another stream are left out: no rename makes
+    them continue the backup."""
+    found: list[_Misnamed] = []
+    for name in fs.listdir(directory):
+        right = misnamed_log_name(name)
+        if right is None:
+            continue
+        path = os.path.join(directory, name)
+        generation: int | None = None
+        try:
+            header = decode_log_header(
+                fs.read_file(path, owner="restore", limit=LOG_HEADER_SIZE), path=path
+            )
+        except JetError:
+            header = None
+        if header is not None:
+            if header.log_signature != base.log_signature:
+                continue
+            generation = header.generation
+            if right != CURRENT_LOG:
+                right = generation_log_name(generation)
+        found.append(_Misnamed(path, right, generation))
+    return found
+
+
+def _naming_misnamed(refusal: JetError, misnamed: Sequence[_Misnamed]) -> JetError:
+    """`refusal` (of logs missing from a directory) naming the misnamed files seen there,
+    which the engine never reads: the missing generation is often one of them."""
+    if not misnamed:
+        return refusal
+    names = ", ".join(
+        os.path.basename(m.path)
+        + (f" (generation {m.generation})" if m.generation is not None else "")
+        for m in misnamed
+    )
+    renames = ", ".join(f"rename {os.path.basename(m.path)} to {m.right_name}" for m in misnamed)
+    return type(refusal)(
+        f"{refusal.detail}; misnamed, and so not read as log files: {names} (a log file is "
+        f"named {CURRENT_LOG} or edb + 8 upper-case hex digits + .log)",
+        hint=f"{renames}, then retry; or {refusal.hint}",
+        path=refusal.path,
+    )
 
 
 def _check_links(fs: FileSystem, steps: Sequence[RestoreStep]) -> None:

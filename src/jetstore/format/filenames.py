@@ -30,6 +30,8 @@ RESERVE_LOG_COUNT = 2
 
 MAX_GENERATION = 0xFFFFFFFF
 _GENERATION_RE = re.compile(r"edb([0-9A-F]{8})\.log")
+#: What a log file name looks like to an operator: any case, any count of hex digits.
+_LOG_LIKE_RE = re.compile(r"edb([0-9A-F]*)\.log", re.IGNORECASE)
 _RESERVE_RE = re.compile(r"edbres([0-9]{5})\.jrs")
 _DATABASE_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]{0,63})\.edb")
 _DATABASE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
@@ -47,6 +49,24 @@ def parse_generation_log_name(name: str) -> int | None:
     match = _GENERATION_RE.fullmatch(name)
     generation = int(match.group(1), 16) if match else 0
     return generation if generation > 0 else None
+
+
+def misnamed_log_name(name: str) -> str | None:
+    """The name the engine reads for a file named `name` that looks like a log file but is
+    not named as one (`edb0000000a.log`, `EDB00000003.LOG`, `edb3.log`, `EDB.LOG`): the
+    generation its hex digits say, as `generation_log_name` spells it, or `edb.log`. None
+    for a right name, and for one that is no log name (nor a generation in range). Such a
+    file is never read as a log; this names it for the operator."""
+    if name == CURRENT_LOG or parse_generation_log_name(name) is not None:
+        return None
+    match = _LOG_LIKE_RE.fullmatch(name)
+    if match is None:
+        return None
+    digits = match.group(1)
+    if not digits:
+        return CURRENT_LOG
+    generation = int(digits, 16)
+    return generation_log_name(generation) if 0 < generation <= MAX_GENERATION else None
 
 
 def reserve_log_name(index: int) -> str:
