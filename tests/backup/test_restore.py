@@ -1030,6 +1030,41 @@ def test_an_offline_set_rolls_forward_over_logs_whose_first_generations_are_gone
     assert _restored_rows(tmp_path / "restored") == expected
 
 
+def test_a_stop_time_before_an_offline_set_was_taken_is_told_by_the_surviving_logs(
+    tmp_path: Path,
+) -> None:
+    """Defect: an offline set holds no log, so a stop time before it was taken was refused
+    even with `logs_from`, whose generation of the images' consistent point shows their last
+    commit: the images are the state at any time from that commit on."""
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(19)
+    time.sleep(0.01)
+    early = datetime.now(UTC)  # before the images' last commit
+    time.sleep(0.01)
+    writer.commit(1)
+    time.sleep(0.02)
+    quiet = datetime.now(UTC)  # after the images' last commit, before the backup
+    time.sleep(0.02)
+    inst.close()
+    backup_offline(live, tmp_path / "offline")
+    inst = _open(live)
+    writer.inst, writer.db = inst, inst.database("main")
+    writer.commit(30)
+    inst.simulate_crash()
+    offline = tmp_path / "offline"
+    with pytest.raises(EndingRestoreLogTooLow, match="--logs-from"):
+        plan_restore(offline, tmp_path / "x", until=quiet)
+    jetstore.restore(offline, tmp_path / "restored", logs_from=live, until=quiet)
+    assert set(_restored_rows(tmp_path / "restored")) == set(range(20))
+    # Before the images' last commit: refused, the earliest stop they allow named.
+    with pytest.raises(EndingRestoreLogTooLow, match="already hold a commit") as refused:
+        plan_restore(offline, tmp_path / "x", logs_from=live, until=early)
+    assert "--until-time" in refused.value.hint
+    assert not (tmp_path / "x").exists()
+
+
 def test_an_offline_set_whose_first_surviving_log_is_unreadable_is_not_told_to_stop_before_it(
     tmp_path: Path,
 ) -> None:

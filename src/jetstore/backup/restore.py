@@ -21,10 +21,10 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    itself has the same stream and generation numbers); a stop point (`until`: a
    generation, or a time) the images can reach (`EndingRestoreLogTooLow`, -553): a time before
    the full set's `started_us` (when its images were pinned) only when no commit the images hold
-   is later (`_check_images_at`); the target absent or an empty directory, not the directory of
-   an open instance, no mount point and no symbolic link (step 4 renames over it). The time
-   checks read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing
-   else.
+   is later (`_check_images_at`; an offline set's surviving logs tell it, the set has
+   none); the target absent or an empty directory, not the directory of an open instance,
+   no mount point and no symbolic link (step 4 renames over it). The time checks
+   read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest; with a
    generation stop, no log after it) into a staging directory next to the target
    (`<target>.restoring`).
@@ -896,20 +896,28 @@ def _check_images_at(
     the commits up to `stop_time` and stops at the first one after it. An earlier time
     cannot be reached: an image cannot be rolled back."""
     checkpoint = max((image.checkpoint for image in base.images), default=None)
-    if checkpoint is None or base.generation_low == 0:
-        # An offline backup of a clean instance (no log): its images hold everything up to
-        # their shutdown, whose time the set does not record; keep to when it was taken.
+    sources = [s for s in _log_sources(fs, steps) if s.generation >= base.generation_low]
+    if checkpoint is None or not sources or sources[0].generation > checkpoint.generation:
+        # An offline backup of a clean instance holds no log: its images hold everything up
+        # to their shutdown, whose time the set does not record. The surviving logs from
+        # the generation of their consistent point on tell it (an online set's own logs
+        # always start there); without them, keep to when the set was taken.
+        logs_hint = (
+            f"; or give the instance's surviving logs from generation "
+            f"{max(1, checkpoint.generation)} on (--logs-from), whose records tell when the "
+            "images' last commit was"
+            if checkpoint is not None and base.generation_low == 0
+            else ""
+        )
         raise EndingRestoreLogTooLow(
             f"the restore should stop at {_iso_us(stop_time)}, before the backup "
-            f"'{base.path}' was taken ({_iso_us(base.started_us)}), and the set holds no log "
-            "that tells when its images' last commit was",
+            f"'{base.path}' was taken ({_iso_us(base.started_us)}), and no log given tells "
+            "when its images' last commit was",
             hint=f"stop at {_iso_us(base.started_us)} or later (--until-time "
-            f"{_iso_us(base.started_us)}), or restore an older full backup",
+            f"{_iso_us(base.started_us)}), or restore an older full backup{logs_hint}",
             path=base.path,
         )
-    bound = images_commit_bound(
-        [s for s in _log_sources(fs, steps) if s.generation >= base.generation_low], checkpoint
-    )
+    bound = images_commit_bound(sources, checkpoint)
     if stop_time >= bound.time_us:
         return
     if bound.commit is not None:
