@@ -35,8 +35,10 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
 4. Rename the staging directory to the target and sync the parent directory.
 
 Invariants:
-- A refused restore writes nothing; a failed one removes its staging directory; the target
-  appears (by one rename) only when it holds a clean instance that opens without recovery.
+- A refused restore writes nothing; a failed one removes its staging directory (or, failing
+  after the rename, while the parent's sync has not made it durable, the target it became:
+  an empty target directory is made again); the target appears (by one rename) only when it
+  holds a clean instance that opens without recovery.
   A failure of replay about a copied file names the file it was copied from, with a
   restore's way out (`_named_at_source`), never the copy the failure deletes.
 - The surviving log directory, when it is an instance directory, is locked from the plan to
@@ -48,6 +50,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -996,6 +999,7 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
             path=staging,
         ),
     )
+    emptied = renamed = False
     try:
         done = 0
         total = plan.total_bytes
@@ -1044,10 +1048,19 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
                     path=target,
                 )
             fs.rmdir(target)
+            emptied = True
         fs.rename(staging, target)
+        renamed = True
         fs.fsync_directory(os.path.dirname(target), owner=owner)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        # After the rename, the restored instance at the target is not known to be durable
+        # (its parent's sync failed, or was interrupted): the restore failed, so it is taken
+        # back, as a backup set's publish does. Left there, the retry was refused ("not
+        # empty") with the failure reported.
+        shutil.rmtree(target if renamed else staging, ignore_errors=True)
+        if emptied:
+            with contextlib.suppress(JetError):
+                fs.mkdir(target)  # the empty directory the target was
         raise
     finally:
         fs.registry.close_owner(owner)
