@@ -243,6 +243,30 @@ def test_a_mount_point_destination_is_refused_before_anything(
     assert jetstore.verify_backup(dest / "full").ok
 
 
+@pytest.mark.parametrize("to", ["empty-directory", "nothing"])
+def test_a_symbolic_link_destination_is_refused_before_anything(
+    inst: jetstore.Instance, tmp_path: Path, to: str
+) -> None:
+    # Defect: a link to an empty directory (or to none) passed the checks; every file was
+    # copied, then the rename of DEST.partial over the link failed with ENOTDIR, said as "a
+    # parent of DEST.partial is a file", and the work was thrown away.
+    real = tmp_path / "real"
+    if to == "empty-directory":
+        real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(InvalidPath, match="symbolic link") as refused:
+        inst.backup(link)
+    assert refused.value.path == str(link)
+    assert str(real) in refused.value.hint
+    assert not os.path.exists(str(link) + PARTIAL_SUFFIX)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert inst.database("main").file.header.last_full_backup.is_none
+    assert inst.counters()["backups_failed"] + inst.counters()["backups_aborted"] <= 1
+    inst.backup(real)
+    assert jetstore.verify_backup(link).ok
+
+
 def test_leftover_partial_directory(inst: jetstore.Instance, tmp_path: Path) -> None:
     dest = tmp_path / "set"
     partial = Path(str(dest) + PARTIAL_SUFFIX)

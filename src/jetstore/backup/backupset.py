@@ -24,7 +24,8 @@ Invariants:
 - A set is written into the sibling `DEST.partial` (marked by `.jetstore-partial`), every file
   and the directory are fsynced, and only then is it renamed to DEST and DEST's parent fsynced:
   a directory named DEST is always a complete, durable set. DEST must not exist or be an
-  empty directory that is no mount point (the rename could not replace one).
+  empty directory that is no mount point and no symbolic link (the rename could not replace
+  a mount point, and would replace a link, not fill its directory).
 - `session.complete()` (backup history, log truncation) runs only after that rename is
   durable: no log is ever deleted on the strength of a backup that could still vanish.
 - Any failure before that point aborts the session (nothing recorded, no log deleted),
@@ -616,6 +617,23 @@ def _stored_chunks(file: File, entry: ManifestFile, stored: str) -> Iterator[byt
 # --------------------------------------------------------------------------- writing
 
 
+def refuse_symbolic_link(path: str, *, what: str, option: str) -> None:
+    """InvalidPath when `path` (a backup's DEST, a restore's target) is a symbolic link: the
+    staging directory built next to it is renamed into its place, which replaces the link
+    (or fails with ENOTDIR, said as "a parent is a file", once all the work is done), never
+    fills the directory it names. `option` names the path in the hint (`--to`)."""
+    if not os.path.islink(path):
+        return
+    real = os.path.realpath(path)
+    raise InvalidPath(
+        f"{what} '{path}' is a symbolic link (to '{real}'): the files are written next to it "
+        "and renamed into its place, which would replace the link, not fill the directory "
+        "it names",
+        hint=f"name the directory itself ({option} {real}), or a new one",
+        path=path,
+    )
+
+
 def make_staging_directory(fs: FileSystem, path: str, refusal: Callable[[], JetError]) -> None:
     """Create the staging directory `path` (a backup's `DEST.partial`, a restore's
     `<target>.restoring`), which must not exist: whoever creates it owns it, so two writers
@@ -665,6 +683,7 @@ class SetWriter:
         fs = self.fs
         dest = self.dest
         hint = "give a new directory (or an empty one) for the backup set"
+        refuse_symbolic_link(dest, what="backup destination", option="--to")
         if fs.exists(dest):
             if not fs.is_directory(dest):
                 raise InvalidPath(

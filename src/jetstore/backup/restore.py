@@ -66,6 +66,7 @@ from jetstore.backup.backupset import (
     make_staging_directory,
     read_backup_file,
     read_manifest,
+    refuse_symbolic_link,
     stored_size_mismatch,
 )
 from jetstore.backup.stoptime import (
@@ -545,17 +546,10 @@ def _missing_ranges(present: list[int], low: int, high: int) -> list[str]:
 
 
 def _check_target(fs: FileSystem, target: str) -> None:
-    if os.path.islink(target):
-        # Step 4 renames the staging directory over the link, which is no directory to
-        # remove (ENOTDIR, reported as "a parent is a file" once everything was copied and
-        # replayed); a link whose directory does not exist went the same way.
-        raise InvalidPath(
-            f"restore target '{target}' is a symbolic link (to '{os.path.realpath(target)}'): the "
-            "restore is built next to it and renamed into its place, which would replace the "
-            "link, not fill the directory it names",
-            hint=f"name the directory itself (--to {os.path.realpath(target)}), or a new one",
-            path=target,
-        )
+    # Step 4 renames the staging directory over the link, which is no directory to remove
+    # (ENOTDIR, reported as "a parent is a file" once everything was copied and replayed);
+    # a link whose directory does not exist went the same way.
+    refuse_symbolic_link(target, what="restore target", option="--to")
     if fs.exists(target):
         if not fs.is_directory(target):
             raise InvalidPath(
