@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,31 @@ def test_empty_paths_are_refused_not_taken_for_the_current_directory(
         backup_offline(instance_dir, str(tmp_path / "x\x00y"))
     with pytest.raises(InvalidPath, match=r"restore target path .* NUL"):
         restore(tmp_path / "set", str(tmp_path / "x\x00y"))
+
+
+def test_the_start_time_is_taken_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: `started` (the time the images hold no commit after, which a restore's time
+    # stop trusts without reading a log) was taken before the directory lock: an instance
+    # that committed and closed in between had its commit in the images, later than the
+    # set's start, and `--until-time` between the two gave a state holding it.
+    import jetstore.backup.offline as offline
+
+    live = tmp_path / "live"
+    build(live, rows=5)
+    acquire = offline.acquire_directory_lock
+    committed: list[int] = []
+
+    def an_instance_commits_first(*args: Any, **kwargs: Any) -> Any:
+        if not committed:
+            with jetstore.open(live, **OPTIONS) as inst, inst.database("main").transaction() as txn:
+                txn.table("kv").insert({"k": 99, "v": "late"})
+            committed.append(time.time_ns() // 1000)
+        return acquire(*args, **kwargs)
+
+    monkeypatch.setattr(offline, "acquire_directory_lock", an_instance_commits_first)
+    manifest = backup_offline(live, tmp_path / "set")
+    assert committed and manifest.started_us >= committed[0]
+    restore(tmp_path / "set", tmp_path / "restored")
+    assert 99 in rows_of(tmp_path / "restored")

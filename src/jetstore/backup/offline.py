@@ -21,6 +21,7 @@ could not be verified the way the online path verifies its logs.
 Invariants:
 - The lock is taken before the first header is read and released after the set is durable
   (or the attempt failed); nothing in the instance directory is written except the lock file.
+  The set's `started_us` is taken under it: the images hold no commit later than it.
 - No backup history is recorded in the headers and no log is deleted: an offline backup is a
   copy of the files, outside the log stream's sequence (a later incremental backup still needs
   an online full backup before it).
@@ -95,11 +96,14 @@ def backup_offline(
     if recover:
         _soft_recovery(fs, directory)
     owner = f"offline-backup:{directory}"
-    started = now_us()
     writer: SetWriter | None = None
     try:
         lock = acquire_directory_lock(fs, directory, owner=owner)
         try:
+            # Under the lock: the set's start is when its images hold no later commit (a
+            # restore's time stop at or after it reads no log). Taken before, an instance
+            # that committed and closed meanwhile had a commit in the images after it.
+            started = now_us()
             sources = _clean_databases(fs, directory, owner=owner)
             images = [
                 (name, header, DatabaseImage(file, header, path=file.path))
