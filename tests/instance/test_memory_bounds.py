@@ -127,7 +127,11 @@ def test_a_bulk_load_in_transactions_keeps_no_dirty_pages_between_them(tmp_path:
             assert dirty_after_commit(inst, db) * db.page_size <= CACHE
             assert len(db.file.cache) * db.page_size <= CACHE
         counters = inst.counters()
-        assert counters["write_backs"] >= 5
+        # Each commit's dirty nodes were written before it returned, by its own write-back
+        # or by the background thread's checkpoint (started at half the budget) when that
+        # one won the race (it does under load): every commit saw one of the two.
+        assert counters["checkpoints"] >= 6
+        assert counters["write_backs"] >= 1
         assert counters["cache_bytes"] <= CACHE
 
 
