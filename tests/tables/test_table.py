@@ -46,9 +46,10 @@ from jetstore.pages.btree import (
     max_entry_size,
     paired_entry_size,
 )
-from jetstore.tables.catalog import CATALOG_ID
+from jetstore.tables.catalog import CATALOG_ID, object_prefix
 from jetstore.tables.keys import encode_key, prefix_successor
-from jetstore.tables.table import MAX_PRIMARY_KEY_SIZE
+from jetstore.tables.records import RecordCodec
+from jetstore.tables.table import MAX_PRIMARY_KEY_SIZE, Table
 
 PAGE = 8192
 MAX_ENTRY = max_entry_size(PAGE)
@@ -983,6 +984,70 @@ def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None
     assert layout(store.db, "t") == {"records": 1, "lv": 0}
     store.reopen()
     assert layout(store.db, "t") == {"records": 1, "lv": 0}
+
+
+def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long value the update does not change stays as it is stored: its reference is kept,
+    its chunks are not read (unless the updated record is asked for), nor encoded into the
+    record, nor rewritten. An update of a 64 MiB row's counter used to read and encode it."""
+    store.db.create_table(
+        "t",
+        [("id", "int"), ("n", "int"), ("s", "text"), ("b", "bytes")],
+        "id",
+        indexes=[("by_n", "n")],
+    )
+    text, data = "\u00e9" * 40_000, bytes(range(256)) * 2_000
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "n": 0, "s": text, "b": data})
+        lv = object_prefix(txn.table("t").definition.lv_id)
+        text_chunks = sum(key[-6:-4] == b"\x00\x02" for key, _ in txn.iterate(lv, None))
+    reads: list[int] = []
+    encoded: list[int] = []
+    real_read, real_encode = Table._read_long_bytes, RecordCodec.encode
+
+    def counting_read(self: Table, view: Any, pk: bytes, column: int, ref: Any) -> bytes:
+        reads.append(column)
+        return real_read(self, view, pk, column, ref)
+
+    def measuring_encode(self: RecordCodec, record: Any) -> bytes:
+        out = real_encode(self, record)
+        encoded.append(len(out))
+        return out
+
+    monkeypatch.setattr(Table, "_read_long_bytes", counting_read)
+    monkeypatch.setattr(RecordCodec, "encode", measuring_encode)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        assert t.update(1, {"n": 1}, returning=False) is None
+        assert reads == [] and max(encoded) < PAGE
+        # The record entry and the index entry moved: no chunk deleted or written.
+        assert {key[:4] for key in txn.operations} == {
+            object_prefix(t.definition.table_id),
+            object_prefix(t.definition.index_ids[0]),
+        }
+        # Asked for, the updated record is read back whole: each long value once.
+        assert t.update(1, {"n": 2}) == {"id": 1, "n": 2, "s": text, "b": data}
+        assert sorted(reads) == [2, 3] and max(encoded) < PAGE
+        assert t.get(1) == {"id": 1, "n": 2, "s": text, "b": data}
+    reads.clear()
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        # A new primary key moves the chunks (their keys hold it): read and written again.
+        t.update(1, {"id": 5}, returning=False)
+        assert sorted(reads) == [2, 3]
+        t.update(5, {"b": b"small"}, returning=False)
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            assert list(txn.table("t").scan()) == [{"id": 5, "n": 2, "s": text, "b": b"small"}]
+            assert list(txn.table("t").scan(index="by_n")) == [
+                {"id": 5, "n": 2, "s": text, "b": b"small"}
+            ]
+
+    store.checked_twice(check)
+    assert layout(store.db, "t") == {"records": 1, "lv": text_chunks, "by_n": 1}
 
 
 # --------------------------------------------------------------------------- size limits

@@ -46,7 +46,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast, overload
 
 from jetstore.errors import (
     DatabaseCorrupted,
@@ -193,6 +193,7 @@ class _OldRecord:
     values: Mapping[str, object] | None  # the materialized record, when it was read
 
 
+_NO_REFS: Mapping[int, object] = {}
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 63) - 1
 _FAST_KEY_TYPES = {ColumnType.INT: int, ColumnType.TEXT: str, ColumnType.BYTES: bytes}
@@ -724,11 +725,31 @@ class Table:
             )
         self._store(pk, checked, None)
 
-    def update(self, key: object, changes: Mapping[str, object]) -> dict[str, object]:
-        """Change some columns of the record with primary key `key`; returns the new record
-        (as `get` would return it).
+    @overload
+    def update(
+        self, key: object, changes: Mapping[str, object], *, returning: Literal[True] = True
+    ) -> dict[str, object]: ...
 
-        Changing primary-key columns moves the record (its old key disappears).
+    @overload
+    def update(
+        self, key: object, changes: Mapping[str, object], *, returning: Literal[False]
+    ) -> None: ...
+
+    @overload
+    def update(
+        self, key: object, changes: Mapping[str, object], *, returning: bool
+    ) -> dict[str, object] | None: ...
+
+    def update(
+        self, key: object, changes: Mapping[str, object], *, returning: bool = True
+    ) -> dict[str, object] | None:
+        """Change some columns of the record with primary key `key`; returns the new record
+        (as `get` would return it), or None with ``returning=False``.
+
+        Changing primary-key columns moves the record (its old key disappears). A long value
+        the update does not change, too large to be kept in the record, stays where it is:
+        it is not rewritten, and read only to return the new record (``returning=False``
+        reads nothing but the record and what its indexes need).
         """
         pk = self._encode_pk(key)
         view = self._view
@@ -737,17 +758,56 @@ class Table:
             raise RecordNotFound(
                 f"table {self.name!r} has no record with primary key {_as_tuple(key)!r}"
             )
-        self.definition.validate_record(changes, partial=True)
-        old = self._materialize(view, pk, raw)
-        checked = self.definition.validate_record({**old, **changes})
+        changed = self.definition.validate_record(changes, partial=True)
+        old, refs = self._materialize_for_update(pk, raw, changed)
+        checked = self.definition.validate_record({**old, **changed})
         new_pk = self._encode_pk([checked[name] for name in self._pk_names])
         if new_pk != pk and view.contains(self._prefix + new_pk):
             raise KeyDuplicate(
                 f"table {self.name!r} already has a record with primary key "
                 f"{self._describe_key(checked)}"
             )
-        self._store(new_pk, checked, self._old_record(pk, raw, old))
+        if refs and new_pk != pk:
+            # Chunk keys hold the primary key: a moved record's long values move with it.
+            for position, (name, ref) in refs.items():
+                old[name] = checked[name] = self._read_long_value(view, pk, position, ref)
+            refs = {}
+        for name, ref in refs.values():
+            checked[name] = ref
+        self._store(new_pk, checked, self._old_record(pk, raw, old), refs)
+        if not returning:
+            return None
+        for position, (name, ref) in refs.items():
+            checked[name] = self._read_long_value(view, pk, position, ref)
         return self._as_read(checked)
+
+    def _materialize_for_update(
+        self, pk: bytes, raw: bytes, changed: Mapping[str, object]
+    ) -> tuple[dict[str, object], dict[int, tuple[str, LongValueRef]]]:
+        """The stored record `raw` under `pk` with its long values read, except those an
+        update changing `changed` keeps as they are: each of those (column position -> name
+        and reference) holds an empty value of its type in the record instead. Kept are the
+        values too large to be stored inline whatever the other columns hold (so the updated
+        record refers to them as the stored one did) and that no index reads."""
+        record, may_hold_long_values = self._codec.decode_plain(raw)
+        refs: dict[int, tuple[str, LongValueRef]] = {}
+        if not may_hold_long_values:
+            return record, refs
+        inline_limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(self._prefix) - len(pk)
+        for position, name, is_text in self._lv_columns:
+            ref = record.get(name)
+            if not isinstance(ref, LongValueRef):
+                continue
+            if (
+                ref.length > inline_limit
+                and name not in changed
+                and name not in self._index_columns
+            ):
+                refs[position] = (name, ref)
+                record[name] = "" if is_text else b""
+            else:
+                record[name] = self._read_long_value(self._view, pk, position, ref)
+        return record, refs
 
     def delete(self, key: object) -> None:
         """Remove the record with primary key `key`; `RecordNotFound` if there is none."""
@@ -844,8 +904,16 @@ class Table:
         values = [cast(KeyInput, record[name]) for name in index.columns]
         return self._index_prefixes[index.name] + encode_key(values) + pk
 
-    def _store(self, pk: bytes, record: dict[str, object], old: _OldRecord | None) -> None:
+    def _store(
+        self,
+        pk: bytes,
+        record: dict[str, object],
+        old: _OldRecord | None,
+        refs: Mapping[int, object] = _NO_REFS,
+    ) -> None:
         """Write `record` under `pk`, replacing `old` (which may live under another key).
+        `refs`: the columns of `old` whose long values `record` refers to as they are (an
+        update that keeps them, under the same key).
 
         Phase 1 checks everything that can fail without touching the view; phase 2 writes.
         """
@@ -874,6 +942,7 @@ class Table:
                     )
         encoded, long_values = self._encode_stored(key, record)
         kept = self._unchanged_long_values(pk, long_values, old)
+        kept.update(refs)
         # Phase 2: remove what the old record had and the new one does not, then write.
         if old is not None:
             for name, entry in old_entries.items():
