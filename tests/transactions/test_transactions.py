@@ -9,8 +9,10 @@ were there before, byte for byte.
 from __future__ import annotations
 
 import gc
+import sys
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -25,6 +27,8 @@ from jetstore.errors import (
     VersionStoreOutOfMemory,
     WriteConflict,
 )
+from jetstore.pages.pagefile import DatabaseFile
+from jetstore.pages.pointindex import PointReadIndex
 from jetstore.tables.catalog import (
     CATALOG_PREFIX,
     NEXT_OBJECT_ID_KEY,
@@ -182,6 +186,74 @@ def test_an_iterator_stops_when_its_transaction_ends(store: Store) -> None:
         next(records)
     with pytest.raises(NotInTransaction):
         next(entries)
+
+
+def reachable(starts: list[object]) -> list[object]:
+    """Every object reachable from `starts`, except through the engine's shared state (the
+    database and its file, caches and instance: what holds the published tree)."""
+    shared = (jetstore.Database, jetstore.Instance, DatabaseFile, PointReadIndex, type, ModuleType)
+    seen: dict[int, object] = {}
+    todo = list(starts)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, shared):
+            continue
+        seen[id(obj)] = obj
+        todo.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback", "close"])
+def test_a_finished_transaction_holds_no_tree(store: Store, end: str) -> None:
+    """A finished transaction the application still references (with its tables, a frozen
+    view, a scan and an iterator begun) holds no node of its snapshot: an old tree version
+    stays alive only while someone can read it. Every later use still raises."""
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        for i in range(500):
+            txn.table("t").insert({"id": i, "v": str(i)})
+    txn = store.db.transaction()
+    table = txn.table("t")
+    assert table.get(1) is not None
+    view = txn.frozen()
+    records = table.scan()
+    entries = txn.iterate(None, None)
+    chunks = view.chunks(None, None)
+    assert next(records)["id"] == 0
+    next(entries)
+    next(chunks)
+    root = txn.snapshot_root
+    assert root is not None
+    if end == "commit":
+        table.update(1, {"v": "changed"})
+        assert txn.items(None, None)  # the private tree is built
+        txn.commit()
+    elif end == "rollback":
+        table.update(1, {"v": "changed"})
+        txn.rollback()
+    else:
+        store.close()
+    if end != "close":
+        with store.db.transaction() as other:  # the snapshot is no longer the latest tree
+            other.table("t").update(2, {"v": "again"})
+    gc.collect()
+    held = reachable([txn, table, view, records, entries, chunks])
+    assert not any(obj is root for obj in held)
+    if end != "close":  # the closed database still publishes it (not the transaction's doing)
+        # This frame's `root`, and getrefcount's argument: nothing else holds the old root.
+        assert sys.getrefcount(root) == 2
+    for use in (
+        lambda: next(records),
+        lambda: next(entries),
+        lambda: next(chunks),
+        lambda: table.get(1),
+        lambda: view.get(b"\x00"),
+        lambda: view.chunks(None, None),
+        lambda: txn.get(b"\x00"),
+        lambda: txn.frozen(),
+    ):
+        with pytest.raises(NotInTransaction):
+            use()
 
 
 def test_a_transaction_open_when_the_instance_closes_is_rolled_back_and_says_so(

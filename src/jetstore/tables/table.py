@@ -358,6 +358,12 @@ class Table:
         (a write would otherwise leave entries under object ids no table owns)."""
         self._dropped = True
         self._bytes_head = None  # `get` then takes the general path, which raises
+        self.release_snapshot()
+
+    def release_snapshot(self) -> None:
+        """Its transaction ended (or it was dropped): hold no node of the snapshot. `get`
+        reads it only while the transaction is in the state the table was opened in."""
+        self._root = None
 
     def _check_usable(self) -> None:
         if self._dropped:

@@ -45,7 +45,9 @@ Invariants:
 - Nothing is read for a finished transaction: every read, including the next step of an
   iterator handed out before, raises `NotInTransaction` (its snapshot's pages may be reused
   once it ended). A transaction still open when its instance closes is rolled back then
-  (`Database.close_transactions`), and says so.
+  (`Database.close_transactions`), and says so. Once ended, neither it nor its tables, views
+  or iterators hold a node of its snapshot or private tree (`_release_trees`): an
+  application keeping one of them does not keep old tree versions in memory.
 - The raw tree API (`get`, `put`, `delete`, `iterate`, `chunks`, `items`, and a `frozen`
   view's reads) takes keys and bounds as bytes (bytes-like values are converted); anything
   else is `InvalidParameter`, never a `TypeError` from inside the tree.
@@ -56,7 +58,8 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from jetstore.errors import (
@@ -156,6 +159,7 @@ class Transaction:
         "_max_entry",
         "_pending",
         "_tables",
+        "_views",
         "catalog_written",
         "commit_position",
         "dropped_table_ids",
@@ -220,6 +224,9 @@ class Transaction:
         self._limit = database.max_transaction_bytes
         self._iterators_out = False
         self._tables: dict[str, Table] = {}
+        # Every frozen view and guarded iterator handed out that is still alive: each holds
+        # nodes of this transaction's trees, which it lets go when the transaction ends.
+        self._views: weakref.WeakSet[FrozenView | _Guarded[Any]] | None = None
         # Dirty nodes of the private tree beyond the snapshot's, from mutations replaced
         # since (the current one counts its own: `dirty_nodes`); after a bulk merge rebuilt
         # the tree, all of its dirty nodes (`_dirty_absolute`).
@@ -327,7 +334,32 @@ class Transaction:
         root = self._current_root()
         if self.mutation is not None:
             self._iterators_out = True
-        return FrozenView(self, root)
+        view = FrozenView(self, root)
+        self._track(view)
+        return view
+
+    def _track(self, view: FrozenView | _Guarded[Any]) -> None:
+        """Let `view` go of its nodes when the transaction ends (see `_release_trees`)."""
+        views = self._views
+        if views is None:
+            views = self._views = weakref.WeakSet()
+        views.add(view)
+
+    def _release_trees(self) -> None:
+        """The transaction ended: drop every reference it, its tables and the views and
+        iterators it handed out hold to its snapshot and private tree, so that an
+        application keeping any of them (a `with` block's name) does not keep old tree
+        versions alive. Each of them raises `NotInTransaction` before reading anyway."""
+        self.snapshot_root = None
+        self.mutation = None
+        for table in self._tables.values():
+            table.release_snapshot()
+        self._tables.clear()
+        views = self._views
+        if views is not None:
+            self._views = None
+            for view in list(views):
+                view.release()
 
     def _current_root(self) -> Node | None:
         self._apply_pending()
@@ -944,18 +976,16 @@ class Transaction:
     def _drop_changes(self, state: TransactionState) -> None:
         """End the transaction in `state` without publishing anything of it."""
         self.state = state
-        self.mutation = None
         self.operations = {}
         self._pending = {}
         self._key_order = None
         self.unique_checks = []
-        self._tables.clear()
+        self._release_trees()
         self._db.end_transaction(self)
 
     def _finish_committed(self, position: LogPosition | None) -> None:
         self.state = TransactionState.COMMITTED
         self.commit_position = position
-        self.mutation = None
         # The writes are in the published tree and the log now: an application that keeps
         # the committed transaction (a `with` block's name) must not keep them, up to the
         # whole bound, beside what `cache_size` bounds.
@@ -963,7 +993,7 @@ class Transaction:
         self._pending = {}
         self._key_order = None
         self.unique_checks = []
-        self._tables.clear()
+        self._release_trees()
 
     def __enter__(self) -> Transaction:
         return self
@@ -1006,13 +1036,17 @@ class FrozenView:
     `NotInTransaction` once the transaction ended (a scan calls it before each record).
     """
 
-    __slots__ = ("_root", "_txn", "check_active", "transaction")
+    __slots__ = ("__weakref__", "_root", "_txn", "check_active", "transaction")
 
     def __init__(self, txn: Transaction, root: Node | None) -> None:
         self._txn = txn
         self._root = root
         self.check_active = txn._check_active
         self.transaction = txn
+
+    def release(self) -> None:
+        """The transaction ended: hold none of its nodes (every read raises from now on)."""
+        self._root = None
 
     def get(self, key: bytes) -> bytes | None:
         txn = self._txn
@@ -1076,10 +1110,29 @@ def _raw_bounds(start: object, stop: object) -> tuple[bytes | None, bytes | None
 
 def _guarded(txn: Transaction, entries: Iterator[_T]) -> Iterator[_T]:
     """`entries`, checking before each step that `txn` is still active."""
-    check = txn._check_active
-    while True:
-        check()
-        entry = next(entries, _ABSENT)
-        if entry is _ABSENT:
-            return
-        yield entry  # type: ignore[misc]
+    guarded = _Guarded(txn._check_active, entries)
+    txn._track(guarded)
+    return guarded
+
+
+class _Guarded(Iterator[_T]):
+    """An iterator over a transaction's tree that checks before each step that the
+    transaction is still active, and lets go of the tree (its inner iterator holds a path of
+    nodes) when the transaction ends, however long the application keeps it."""
+
+    __slots__ = ("__weakref__", "_check", "_entries")
+
+    def __init__(self, check: Callable[[], None], entries: Iterator[_T]) -> None:
+        self._check = check
+        self._entries: Iterator[_T] | None = entries
+
+    def __next__(self) -> _T:
+        self._check()
+        entries = self._entries
+        if entries is None:  # the transaction ended since the check
+            self._check()
+            raise StopIteration
+        return next(entries)
+
+    def release(self) -> None:
+        self._entries = None
