@@ -36,6 +36,7 @@ from jetstore.tables.catalog import (
     object_prefix,
     table_entry_key,
 )
+from jetstore.tables.table import OPERATION_OVERHEAD
 from jetstore.transactions.transaction import TransactionState
 
 
@@ -768,6 +769,42 @@ def test_version_store_out_of_memory_rolls_back_and_leaves_nothing(tmp_path: Pat
         store.close()
 
 
+def test_the_bound_counts_what_the_transaction_holds_not_every_write(tmp_path: Path) -> None:
+    """A write replacing one of the transaction's own writes of the same key replaces it in
+    memory too: the bound counts the latest write of each key, not every write. 10,000
+    updates of one row in one transaction used to fail at a 64 KiB bound. (A delete of a key
+    the transaction wrote stays a write, of the key alone: a column of an index updated over
+    and over leaves one for each index key it passed through.)"""
+    store = Store(tmp_path, max_transaction_bytes=64 * 1024)
+    try:
+        make_table(store.db)
+        with store.db.transaction() as txn:
+            txn.table("t").insert({"id": 1, "v": "start"})
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            for i in range(10_000):
+                t.update(1, {"blob": f"value {i}".encode()})
+                txn.put(b"\xff raw", bytes(100))
+                txn.delete(b"\xff raw")
+            assert txn.size == sum(
+                len(key) + len(value or b"") + OPERATION_OVERHEAD
+                for key, value in txn.operations.items()
+            )
+            assert txn.size < 200
+            # A schema change's budget is what is left under what the transaction holds.
+            txn.create_index("t", "by_blob", "blob")
+        assert rows(store.db) == [{"id": 1, "v": "start", "blob": b"value 9999"}]
+        # What a transaction holds over the bound still rolls it back.
+        txn = store.db.transaction()
+        with pytest.raises(VersionStoreOutOfMemory) as info:
+            for i in range(100, 100_000):
+                txn.put(b"\xff" + i.to_bytes(4, "big"), bytes(100))
+        assert txn.state is TransactionState.ROLLED_BACK
+        assert 64 * 1024 < int(str(info.value).split(" holds ")[1].split()[0]) < 65 * 1024
+    finally:
+        store.close()
+
+
 def test_a_table_too_large_to_drop_at_once_says_how_to_drop_it(tmp_path: Path) -> None:
     store = Store(tmp_path, max_transaction_bytes=64 * 1024)
     try:
@@ -868,7 +905,7 @@ def test_put_new_writes_only_absent_keys(store: Store) -> None:
     assert txn.put_new(b"\x00\x00\x00\x09a", b"5")  # deleted by this transaction
     with pytest.raises(InvalidParameter):
         txn.put_new(b"\x00\x00\x00\x09c", b"v" * 10_000)
-    assert txn.size == (5 + 1 + 16) + (5 + 16) + (5 + 1 + 16)  # put b, delete a, put a
+    assert txn.size == (5 + 1 + 16) + (5 + 1 + 16)  # b, and a (its put replaced its delete)
     txn.commit()
     with store.db.transaction() as txn:
         assert txn.items(b"\x00\x00\x00\x09", b"\x00\x00\x00\x0a") == [

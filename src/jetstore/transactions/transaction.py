@@ -31,6 +31,8 @@ Invariants:
   snapshot; the private tree is brought up to date (in key order, in bulk when the writes are
   many) only when a range read or the commit needs it. Until then the pending writes are
   `operations` itself.
+- The memory bound (`max_transaction_bytes`) counts what the transaction holds: key + value
+  + 16 bytes for the latest write of each key in `operations`, not every write made.
 - The private tree is built on the snapshot's nodes as they were: once a checkpoint assigned
   pages to the snapshot's dirty nodes (its plan epoch moved), the commit builds it again from
   `operations` (`rebase`, when nothing was committed since the snapshot) or replays them.
@@ -159,6 +161,7 @@ class Transaction:
         "_max_entry",
         "_pending",
         "_tables",
+        "_threshold",
         "_views",
         "catalog_written",
         "commit_position",
@@ -220,8 +223,14 @@ class Transaction:
         # tree: the commit then invalidates the database's cache of table definitions.
         self.catalog_written = False
         self.commit_position: LogPosition | None = None
+        # Bytes of every write so far, each key + value + `_OP_OVERHEAD` (only grows: see
+        # `operations_in_key_order`). What the transaction holds is less when writes replaced
+        # its own earlier ones: it is counted (`_held`) only once `_bytes` passes
+        # `_threshold`, the bound plus what the last count found replaced, so that a write
+        # pays one addition and one comparison, not a dict lookup for the value it replaces.
         self._bytes = 0
         self._limit = database.max_transaction_bytes
+        self._threshold = self._limit
         self._iterators_out = False
         self._tables: dict[str, Table] = {}
         # Every frozen view and guarded iterator handed out that is still alive: each holds
@@ -271,8 +280,21 @@ class Transaction:
 
     @property
     def size(self) -> int:
-        """Bytes of private changes held (what the memory bound is checked against)."""
-        return self._bytes
+        """Bytes of private changes held (what the memory bound is checked against): key +
+        value + 16 bytes for the latest write of each key (counted: a pass over them)."""
+        return self._held()
+
+    def _held(self) -> int:
+        """What `size` says, counted now; moves `_threshold` to where the bound is reached
+        by the writes to come if none of them replaces another."""
+        operations = self.operations
+        held = (
+            sum(map(len, operations))
+            + sum(map(len, filter(None, operations.values())))
+            + _OP_OVERHEAD * len(operations)
+        )
+        self._threshold = self._limit + self._bytes - held
+        return held
 
     # ----------------------------------------------------------------- TreeView
 
@@ -450,8 +472,9 @@ class Transaction:
         """Every operation's key and value, in key order, or None if that is not at hand.
 
         At hand when one application of the gathered writes covered all of `operations` and
-        nothing was written since: every write adds to `_bytes`, and `operations` never loses
-        a key, so unchanged `_bytes` means unchanged keys and values.
+        nothing was written since: every write adds to `_bytes`, which nothing lowers, and
+        `operations` never loses a key, so unchanged `_bytes` means unchanged keys and
+        values.
         """
         keys = self._key_order
         if keys is None or self._bytes != self._applied_bytes:
@@ -460,8 +483,10 @@ class Transaction:
 
     def _charge(self, amount: int) -> None:
         self._bytes += amount
-        if self._bytes > self._limit:
-            size = self._bytes
+        if self._bytes <= self._threshold:
+            return
+        size = self._held()
+        if size > self._limit:
             self._abort()
             raise VersionStoreOutOfMemory(
                 f"transaction {self.id} holds {size} bytes of changes, more than its bound of "
@@ -488,7 +513,7 @@ class Transaction:
         if pending is not None:
             pending[key] = value
         self._bytes += len(key) + len(value) + _OP_OVERHEAD
-        if self._bytes > self._limit:
+        if self._bytes > self._threshold:
             self._charge(0)
 
     def put_new(self, key: bytes, value: bytes) -> bool:
@@ -516,7 +541,7 @@ class Transaction:
         if pending is not None:
             pending[key] = value
         self._bytes += size + _OP_OVERHEAD
-        if self._bytes > self._limit:
+        if self._bytes > self._threshold:
             self._charge(0)
         return True
 
@@ -524,12 +549,19 @@ class Transaction:
         self._check_active()
         if type(key) is not bytes:
             key = _raw_key(key)
-        if key in self.operations or self.get(key) is not None:
-            self.operations[key] = None
-            pending = self._pending
-            if pending is not None:
-                pending[key] = None
-            self._charge(len(key) + _OP_OVERHEAD)
+        operations = self.operations
+        current = operations.get(key, _ABSENT)
+        if current is None:
+            return  # deleted already
+        # A key only this transaction wrote keeps its delete (None) all the same: the
+        # commit writes it, so a concurrent writer of the key conflicts with it.
+        if current is _ABSENT and self._file.lookup(self.snapshot_root, key) is None:
+            return
+        operations[key] = None
+        pending = self._pending
+        if pending is not None:
+            pending[key] = None
+        self._charge(len(key) + _OP_OVERHEAD)
 
     def add_unique_check(self, prefix: bytes, own_key: bytes) -> None:
         self.unique_checks.append((prefix, own_key))
@@ -677,7 +709,7 @@ class Transaction:
         ]
         # Checked before the first delete, as a schema change is: over the bound, the
         # transaction stays as it was (and usable) rather than rolling back.
-        budget = self._limit - self._bytes - (len(entry_key) + _OP_OVERHEAD)
+        budget = self._limit - self._held() - (len(entry_key) + _OP_OVERHEAD)
         keys = self._keys_within(ranges, budget)
         if keys is None:
             # The generic hint (smaller transactions) cannot apply to one drop: say what does.
@@ -739,7 +771,7 @@ class Transaction:
         codec, shape = self._db.shape_for(new)
         builder = Table(self, new, codec, shape)
         try:
-            entries = builder.index_entries(name, self._limit - self._bytes - reserved)
+            entries = builder.index_entries(name, self._limit - self._held() - reserved)
         except VersionStoreOutOfMemory as exc:
             exc.hint += self._own_changes_hint("create the index")
             raise
@@ -765,7 +797,7 @@ class Transaction:
         start = object_prefix(index_id)
         # Every check before the first write, as `create_index` does: over the bound, the
         # transaction stays as it was (and usable) rather than rolling back.
-        budget = self._limit - self._bytes - self._definition_cost(old, definition)
+        budget = self._limit - self._held() - self._definition_cost(old, definition)
         keys = self._keys_within([(start, prefix_successor(start))], budget)
         if keys is None:
             raise VersionStoreOutOfMemory(
@@ -808,7 +840,7 @@ class Transaction:
             )
         new = old.with_column(column)
         definition = self._definition_writes(new)
-        left = self._limit - self._bytes
+        left = self._limit - self._held()
         if self._definition_cost(old, definition) > left:
             # Only the definition is written, but a transaction near its bound must not roll
             # back for it: refused first, as the other schema changes are.
@@ -841,7 +873,7 @@ class Transaction:
                 name,
                 codec,
                 shape,
-                self._limit - self._bytes - self._definition_cost(old, definition),
+                self._limit - self._held() - self._definition_cost(old, definition),
             )
         except VersionStoreOutOfMemory as exc:
             exc.hint += self._own_changes_hint("drop the column")
@@ -923,10 +955,11 @@ class Transaction:
     def _own_changes_hint(self, what: str) -> str:
         """The hint's addition when this transaction's own earlier changes took part of the
         bound: doing the change in a transaction of its own leaves it the whole bound."""
-        if not self._bytes:
+        held = self._held()
+        if not held:
             return ""
         return (
-            f"; this transaction already holds {self._bytes} bytes of other changes: commit "
+            f"; this transaction already holds {held} bytes of other changes: commit "
             f"them first and {what} in a transaction of its own"
         )
 
