@@ -5,7 +5,9 @@ concurrent transactions."""
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from instance_store import Store
 from jetstore.errors import ObjectNotFound
 from jetstore.tables.catalog import table_entry_key
 from jetstore.tables.records import RecordCodec
-from jetstore.tables.schema import Column
+from jetstore.tables.schema import Column, TableDef, encode_table_def
 from jetstore.tables.table import TableShape
 
 
@@ -211,3 +213,33 @@ def test_the_codec_cache_keeps_a_few_definitions_of_a_table(store: Store) -> Non
         assert store.db.shape_for(d)[0] is codec
         assert store.db.codec_for(d) is codec
     assert store.db.shape_for(first)[0] is not codecs[0]
+
+
+def test_decoded_definitions_are_kept_within_a_byte_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Definitions decoded from the catalog are cached by their encoding, at most
+    `_DEFINITIONS_MAX_BYTES` of it: a table of many columns changed over and over left every
+    version of its definition in the cache (up to 1,024 of them, ~4x their encoding each in
+    Python objects: 800 MB for a table of 2,000 columns)."""
+    bound = 128 * 1024
+    monkeypatch.setattr(database_module, "_DEFINITIONS_MAX_BYTES", bound, raising=False)
+    many = [("id", "int")] + [
+        (f"a_long_column_name_{i:04d}_{'x' * 40}", "text") for i in range(300)
+    ]
+    store.db.create_table("t", many, "id")
+    versions: list[weakref.ref[TableDef]] = []
+    for i in range(16):
+        store.db.add_column("t", f"added_{i}", "int")
+        with store.db.transaction() as txn:
+            definition = txn.table("t").definition  # read from the catalog: decoded
+            assert definition.columns[-1].name == f"added_{i}"
+            versions.append(weakref.ref(definition))
+            size = len(encode_table_def(definition))
+        del definition
+    gc.collect()
+    alive = sum(ref() is not None for ref in versions)
+    # The cache's share, and the last few built (`shape_for` keeps their codecs).
+    assert alive <= bound // size + database_module._DEFINITIONS_PER_TABLE
+    with store.db.transaction() as txn:
+        assert txn.table("t").definition.columns[-1].name == "added_15"

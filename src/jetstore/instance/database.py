@@ -84,6 +84,10 @@ _REPLAY_BATCH_BYTES = 256 * 1024 * 1024
 # begun before and after a schema change), a few more cover a burst of changes while older
 # readers run; a bound keeps a table changed many times from holding every old codec.
 _DEFINITIONS_PER_TABLE = 4
+# Definitions decoded from the catalog kept by their encoding: at most this many, and this
+# many bytes of encodings (the decoded objects take ~4x that: D17).
+_DEFINITIONS_MAX = 1025
+_DEFINITIONS_MAX_BYTES = 8 * 1024 * 1024
 #: How many times a `Database` schema change convenience (`create_table`, `create_index` and
 #: the rest) runs its change before it gives up on the WriteConflicts of concurrent commits.
 SCHEMA_CHANGE_ATTEMPTS = 5
@@ -152,6 +156,7 @@ class Database:
         self._recent: dict[bytes, LogPosition] = {}
         self._recent_log: deque[tuple[LogPosition, list[bytes]]] = deque()
         self._defs: dict[bytes, TableDef] = {}
+        self._defs_bytes = 0  # the encodings `_defs` is keyed by (`table_def_from_bytes`)
         # Record codecs and table shapes by table id, the most recently built first, at most
         # `_DEFINITIONS_PER_TABLE` each (see `shape_for`). Each tuple is replaced whole, never
         # changed in place, so a thread reading one meanwhile sees a consistent one.
@@ -343,12 +348,20 @@ class Database:
     # ----------------------------------------------------------------- schema cache
 
     def table_def_from_bytes(self, raw: bytes) -> TableDef:
-        table_def = self._defs.get(raw)
+        """The definition encoded as `raw`, one object per encoding while it stays cached:
+        at most `_DEFINITIONS_MAX` of them and `_DEFINITIONS_MAX_BYTES` of encodings (the
+        cache is emptied when either is reached). By count alone, a table of many columns
+        changed over and over kept every version of its definition (D17)."""
+        defs = self._defs
+        table_def = defs.get(raw)
         if table_def is None:
             table_def = decode_table_def(raw)
-            if len(self._defs) > 1024:
-                self._defs.clear()
-            self._defs[raw] = table_def
+            size = len(raw)
+            if len(defs) >= _DEFINITIONS_MAX or self._defs_bytes + size > _DEFINITIONS_MAX_BYTES:
+                defs.clear()
+                self._defs_bytes = 0
+            defs[raw] = table_def
+            self._defs_bytes += size
         return table_def
 
     def shape_for(self, table_def: TableDef) -> tuple[RecordCodec, TableShape]:
