@@ -13,10 +13,12 @@ import sys
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 import jetstore
+import jetstore.instance.database as database_module
 from instance_store import LOG, Store
 from jetstore.errors import (
     InvalidParameter,
@@ -956,3 +958,45 @@ def test_raw_reads_and_deletes_refuse_keys_that_are_not_bytes(store: Store) -> N
     txn.commit()
     with store.db.transaction() as txn:
         assert txn.items(b"\x00\x00\x00\x09", b"\x00\x00\x00\x0a") == [(b"\x00\x00\x00\x09b", b"2")]
+
+
+def test_a_unique_value_written_again_and_again_is_checked_once_at_commit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each unique index entry a transaction writes is checked again at commit against what
+    others committed since its snapshot: once per entry, however often it was written. A
+    value toggled between two values left a check per write, held until the commit and run
+    each under the commit lock (a range read apiece)."""
+    make_table(store.db)
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "a"})
+    txn = store.db.transaction()
+    for i in range(1_000):
+        txn.table("t").update(1, {"v": "b" if i % 2 == 0 else "a"})
+    assert len(txn.unique_checks) == 2
+    with store.db.transaction() as other:  # a commit since the snapshot: the checks run
+        other.table("t").insert({"id": 2, "v": "c"})
+    reads = 0
+    real_iterate = database_module.iterate
+
+    def counting_iterate(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_iterate(*args, **kwargs)
+
+    monkeypatch.setattr(database_module, "iterate", counting_iterate)
+    txn.commit()
+    assert reads <= 2
+    assert rows(store.db) == [
+        {"id": 1, "v": "a", "blob": None},
+        {"id": 2, "v": "c", "blob": None},
+    ]
+    # A unique value committed meanwhile by another transaction is still found.
+    first, second = store.db.transaction(), store.db.transaction()
+    for i in range(10):
+        first.table("t").update(2, {"v": "d" if i % 2 == 0 else "c"})
+    first.table("t").update(2, {"v": "d"})
+    second.table("t").insert({"id": 3, "v": "d"})
+    second.commit()
+    with pytest.raises(KeyDuplicate):
+        first.commit()

@@ -611,7 +611,7 @@ class Database:
 
     def _check_unique(self, txn: Transaction, root: Node | None) -> None:
         operations = txn.operations
-        for prefix, own_key in txn.unique_checks:
+        for own_key, prefix in txn.unique_checks.items():
             if operations.get(own_key) is None:
                 continue  # the entry was removed again later in the transaction
             for key, _ in iterate(self.file, root, prefix, tuple_prefix_stop(prefix)):

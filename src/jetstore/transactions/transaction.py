@@ -206,7 +206,10 @@ class Transaction:
         # all of `operations`: see `operations_in_key_order`.
         self._key_order: list[bytes] | None = None
         self._max_entry = _max_entry_size(database.page_size)
-        self.unique_checks: list[tuple[bytes, bytes]] = []
+        # Unique index entries written (entry key -> the index key's prefix), checked again
+        # at commit against what others committed since the snapshot: once an entry, however
+        # often it was written (a value toggled back and forth).
+        self.unique_checks: dict[bytes, bytes] = {}
         # The catalog entry of every table this transaction opened, and its definition as
         # read: a commit that wrote under the table's object ids conflicts with a concurrent
         # drop or re-creation of it (a read alone does not: see `Database._check_conflicts`).
@@ -564,7 +567,7 @@ class Transaction:
         self._charge(len(key) + _OP_OVERHEAD)
 
     def add_unique_check(self, prefix: bytes, own_key: bytes) -> None:
-        self.unique_checks.append((prefix, own_key))
+        self.unique_checks[own_key] = prefix
 
     # ----------------------------------------------------------------- tables
 
@@ -1012,7 +1015,7 @@ class Transaction:
         self.operations = {}
         self._pending = {}
         self._key_order = None
-        self.unique_checks = []
+        self.unique_checks = {}
         self._release_trees()
         self._db.end_transaction(self)
 
@@ -1025,7 +1028,7 @@ class Transaction:
         self.operations = {}
         self._pending = {}
         self._key_order = None
-        self.unique_checks = []
+        self.unique_checks = {}
         self._release_trees()
 
     def __enter__(self) -> Transaction:
