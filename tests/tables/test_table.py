@@ -1050,6 +1050,60 @@ def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
     assert layout(store.db, "t") == {"records": 1, "lv": text_chunks, "by_n": 1}
 
 
+def test_replacing_a_long_value_neither_reads_it_nor_encodes_the_new_one_inline(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update giving a long-value column a value of another length does not read the old
+    value (its chunks are deleted by key), and a value too large for the record is never
+    encoded into it first: replacing a 64 MiB value read the old one and copied the new one
+    into a record thrown away. The same length is compared chunk by chunk with the stored
+    value, and unchanged chunks stay."""
+    store.db.create_table(
+        "t", [("id", "int"), ("n", "int"), ("b", "bytes")], "id", indexes=[("by_n", "n")]
+    )
+    data = bytes(range(256)) * 2_000
+    with store.db.transaction() as txn:
+        for key in (1, 2, 3):
+            txn.table("t").insert({"id": key, "n": key, "b": data})
+    reads: list[int] = []
+    encoded: list[int] = []
+    real_read, real_encode = Table._read_long_bytes, RecordCodec.encode
+
+    def counting_read(self: Table, view: Any, pk: bytes, column: int, ref: Any) -> bytes:
+        reads.append(column)
+        return real_read(self, view, pk, column, ref)
+
+    def measuring_encode(self: RecordCodec, record: Any) -> bytes:
+        out = real_encode(self, record)
+        encoded.append(len(out))
+        return out
+
+    monkeypatch.setattr(Table, "_read_long_bytes", counting_read)
+    monkeypatch.setattr(RecordCodec, "encode", measuring_encode)
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.update(1, {"b": data + b"!"}, returning=False)
+        t.update(3, {"n": 6, "b": b"short"}, returning=False)
+        assert reads == [] and max(encoded) < PAGE
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.update(2, {"b": data}, returning=False)  # the same value: compared, kept
+        assert reads == [2]
+        assert object_prefix(t.definition.lv_id) not in {key[:4] for key in txn.operations}
+        t.update(1, {"b": data + b"?"}, returning=False)  # the same length: compared
+        assert reads == [2, 2]
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            assert list(txn.table("t").scan()) == [
+                {"id": 1, "n": 1, "b": data + b"?"},
+                {"id": 2, "n": 2, "b": data},
+                {"id": 3, "n": 6, "b": b"short"},
+            ]
+
+    store.checked_twice(check)
+
+
 # --------------------------------------------------------------------------- size limits
 
 

@@ -194,6 +194,7 @@ class _OldRecord:
 
 
 _NO_REFS: Mapping[int, object] = {}
+_STR_BYTES = (str, bytes)  # `isinstance` checks a tuple faster than `str | bytes`
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 63) - 1
 _FAST_KEY_TYPES = {ColumnType.INT: int, ColumnType.TEXT: str, ColumnType.BYTES: bytes}
@@ -780,7 +781,13 @@ class Table:
             refs = {}
         for name, ref in refs.values():
             checked[name] = ref
-        self._store(new_pk, checked, self._old_record(pk, raw, old), refs)
+        # A new value longer than any entry: the record is not encoded with it inline first.
+        # (Checked here, not in `_store`: an insert's values are rarely that long.)
+        try_inline = True
+        for value in changed.values():
+            if isinstance(value, _STR_BYTES) and len(value) > self._max_entry:
+                try_inline = False
+        self._store(new_pk, checked, self._old_record(pk, raw, old), refs, try_inline)
         if not returning:
             return None
         for position, (name, ref) in refs.items():
@@ -790,11 +797,13 @@ class Table:
     def _materialize_for_update(
         self, pk: bytes, raw: bytes, changed: Mapping[str, object]
     ) -> tuple[dict[str, object], dict[int, tuple[str, LongValueRef]]]:
-        """The stored record `raw` under `pk` with its long values read, except those an
-        update changing `changed` keeps as they are: each of those (column position -> name
-        and reference) holds an empty value of its type in the record instead. Kept are the
-        values too large to be stored inline whatever the other columns hold (so the updated
-        record refers to them as the stored one did) and that no index reads."""
+        """The stored record `raw` under `pk` with the long values an update changing
+        `changed` needs read: those an index reads, and those it keeps that could be stored
+        inline. Each value it keeps as it is (column position -> name and reference) holds an
+        empty value of its type in the record instead: one too large to be stored inline
+        whatever the other columns hold, so the updated record refers to it as the stored one
+        did. A value `changed` replaces is left out (its chunks are deleted by key, and read
+        only to compare it with a new value of the same length: `_unchanged_long_values`)."""
         record, may_hold_long_values = self._codec.decode_plain(raw)
         refs: dict[int, tuple[str, LongValueRef]] = {}
         if not may_hold_long_values:
@@ -804,11 +813,11 @@ class Table:
             ref = record.get(name)
             if not isinstance(ref, LongValueRef):
                 continue
-            if (
-                ref.length > inline_limit
-                and name not in changed
-                and name not in self._index_columns
-            ):
+            if name in self._index_columns:
+                record[name] = self._read_long_value(self._view, pk, position, ref)
+            elif name in changed:
+                del record[name]
+            elif ref.length > inline_limit:
                 refs[position] = (name, ref)
                 record[name] = "" if is_text else b""
             else:
@@ -916,10 +925,11 @@ class Table:
         record: dict[str, object],
         old: _OldRecord | None,
         refs: Mapping[int, object] = _NO_REFS,
+        try_inline: bool = True,
     ) -> None:
         """Write `record` under `pk`, replacing `old` (which may live under another key).
         `refs`: the columns of `old` whose long values `record` refers to as they are (an
-        update that keeps them, under the same key).
+        update that keeps them, under the same key). `try_inline`: as `_encode_stored` takes it.
 
         Phase 1 checks everything that can fail without touching the view; phase 2 writes.
         """
@@ -946,7 +956,7 @@ class Table:
                         f"key {tuple(record[c] for c in index.columns)!r} (another record; "
                         f"entry {other_key.hex()[:32]}…)"
                     )
-        encoded, long_values = self._encode_stored(key, record)
+        encoded, long_values = self._encode_stored(key, record, None, try_inline)
         kept = self._unchanged_long_values(pk, long_values, old)
         kept.update(refs)
         # Phase 2: remove what the old record had and the new one does not, then write.
@@ -983,15 +993,21 @@ class Table:
         self._view.put(key, encoded)
 
     def _encode_stored(
-        self, key: bytes, record: dict[str, object], encoded: bytes | None = None
+        self,
+        key: bytes,
+        record: dict[str, object],
+        encoded: bytes | None = None,
+        try_inline: bool = True,
     ) -> tuple[bytes, list[tuple[int, bytes]]]:
         """The record entry's value, and the (column, data) long values it refers to
-        (`encoded`: `record` already encoded whole, if the caller has it)."""
-        if encoded is None:
-            encoded = self._codec.encode(record)
+        (`encoded`: `record` already encoded whole, if the caller has it; not `try_inline`:
+        the caller knows a value too long for the entry, so `record` is not encoded whole
+        into an entry that could not hold it, a copy of up to 64 MiB thrown away)."""
         limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(key)
         long_values: list[tuple[int, bytes]] = []
-        if len(encoded) <= limit:
+        if encoded is None and try_inline:
+            encoded = self._codec.encode(record)
+        if encoded is not None and len(encoded) <= limit:
             return encoded, long_values
         stored = dict(record)
         candidates = sorted(
@@ -1011,6 +1027,7 @@ class Table:
             encoded = self._codec.encode(stored)
             if len(encoded) <= limit:
                 return encoded, long_values
+        assert encoded is not None  # skipped above only for a value it then moved out
         raise RecordTooBig(
             f"a record of table {self.name!r} needs {len(encoded)} bytes even with its "
             f"text and bytes values stored apart; a page of {self._view.page_size} "
