@@ -14,6 +14,7 @@ import math
 import random
 import shutil
 import tempfile
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -29,6 +30,7 @@ import jetstore
 from instance_store import Store
 from jetstore.errors import (
     ColumnNotFound,
+    DatabaseCorrupted,
     IndexNotFound,
     InvalidColumnType,
     InvalidParameter,
@@ -1087,11 +1089,11 @@ def test_replacing_a_long_value_neither_reads_it_nor_encodes_the_new_one_inline(
         assert reads == [] and max(encoded) < PAGE
     with store.db.transaction() as txn:
         t = txn.table("t")
-        t.update(2, {"b": data}, returning=False)  # the same value: compared, kept
-        assert reads == [2]
+        # The same length: compared in place (`test_a_long_value_given_again_is_compared_in_place`).
+        t.update(2, {"b": data}, returning=False)  # the same value: kept
         assert object_prefix(t.definition.lv_id) not in {key[:4] for key in txn.operations}
-        t.update(1, {"b": data + b"?"}, returning=False)  # the same length: compared
-        assert reads == [2, 2]
+        t.update(1, {"b": data + b"?"}, returning=False)  # another: rewritten
+        assert reads == []
 
     def check() -> None:
         with store.db.transaction() as txn:
@@ -1102,6 +1104,39 @@ def test_replacing_a_long_value_neither_reads_it_nor_encodes_the_new_one_inline(
             ]
 
     store.checked_twice(check)
+
+
+def test_a_long_value_given_again_is_compared_in_place(store: Store) -> None:
+    """A long value given again (an update or upsert that names it with the value it has) is
+    compared with its chunks where they lie, not joined into a copy first: giving a 64 MiB
+    value again took another 64 MiB. A stored value that turns out shorter than its record
+    says is still DatabaseCorrupted."""
+    store.db.create_table("t", [("id", "int"), ("b", "bytes")], "id")
+    data = bytes(range(256)) * 16_384  # 4 MiB
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "b": data})
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        assert t.get(2) is None  # the table opened, its caches built, before measuring
+        other = data[:-1] + b"!"
+        tracemalloc.start()
+        try:
+            t.update(1, {"b": data}, returning=False)  # the same: nothing rewritten
+            same = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            t.update(1, {"b": other}, returning=False)  # differs at the end: rewritten
+            rewritten = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert same < len(data) / 4
+        assert rewritten < 1.5 * len(data)  # the new chunks, and no copy of either value
+    with store.db.transaction() as txn:
+        assert txn.table("t").get(1) == {"id": 1, "b": other}
+        lv = object_prefix(txn.table("t").definition.lv_id)
+        last = txn.items(lv, None)[-1][0]
+        txn.delete(last)  # damage: the value's last chunk gone
+        with pytest.raises(DatabaseCorrupted):
+            txn.table("t").update(1, {"b": other})
 
 
 # --------------------------------------------------------------------------- size limits

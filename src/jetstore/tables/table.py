@@ -908,10 +908,27 @@ class Table:
             elif isinstance(known, bytes):
                 same = known == data
             else:
-                same = self._read_long_bytes(self._view, pk, position, ref) == data
+                same = self._long_value_is(pk, position, ref, data)
             if same:
                 kept.add(position)
         return kept
+
+    def _long_value_is(self, pk: bytes, column: int, ref: LongValueRef, data: bytes) -> bool:
+        """Whether long value `ref` (as `_read_long_bytes` reads it) is `data`, of the same
+        length: compared chunk by chunk where the chunks lie, up to the first difference,
+        rather than joined into a copy of the whole value first."""
+        prefix = long_value_prefix(self.definition.lv_id, pk, column)
+        whole = memoryview(data)
+        offset = 0
+        for _keys, chunks in self._view.chunks(prefix, prefix_successor(prefix)):
+            for chunk in chunks:
+                end = offset + len(chunk)
+                if end <= ref.length and whole[offset:end] != chunk:
+                    return False
+                offset = end
+        if offset != ref.length:
+            self._read_long_bytes(self._view, pk, column, ref)  # raises DatabaseCorrupted
+        return True
 
     def _index_entry_unchecked(
         self, index: IndexDef, record: Mapping[str, object], pk: bytes
