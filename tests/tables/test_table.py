@@ -1139,6 +1139,35 @@ def test_a_long_value_given_again_is_compared_in_place(store: Store) -> None:
             txn.table("t").update(1, {"b": other})
 
 
+def test_an_update_keeps_a_primary_key_stored_as_a_long_value_where_it_is(
+    tmp_path: Path,
+) -> None:
+    """On 4 KiB pages a primary key of ~1,000 bytes can be stored apart like any long
+    value, and be longer than a record under its key can hold inline. An update of another
+    column read it back as the empty value it stood for, and moved the record under the
+    empty key."""
+    s = Store(tmp_path, page_size=4096)
+    try:
+        s.db.create_table("t", [("k", "text"), ("n", "int"), ("a", "text")], "k")
+        k = "z" * 1012
+        with s.db.transaction() as txn:
+            t = txn.table("t")
+            t.insert({"k": k, "n": 1, "a": "q" * 900})
+            assert t.update(k, {"n": 2}) == {"k": k, "n": 2, "a": "q" * 900}
+            t.update(k, {"n": 3, "a": "r" * 900}, returning=False)
+
+        def check() -> None:
+            with s.db.transaction() as txn:
+                assert txn.table("t").get(k) == {"k": k, "n": 3, "a": "r" * 900}
+                assert [r["k"] for r in txn.table("t").scan()] == [k]
+
+        check()
+        s.reopen()
+        check()
+    finally:
+        s.close()
+
+
 # --------------------------------------------------------------------------- size limits
 
 

@@ -798,12 +798,13 @@ class Table:
         self, pk: bytes, raw: bytes, changed: Mapping[str, object]
     ) -> tuple[dict[str, object], dict[int, tuple[str, LongValueRef]]]:
         """The stored record `raw` under `pk` with the long values an update changing
-        `changed` needs read: those an index reads, and those it keeps that could be stored
-        inline. Each value it keeps as it is (column position -> name and reference) holds an
-        empty value of its type in the record instead: one too large to be stored inline
-        whatever the other columns hold, so the updated record refers to it as the stored one
-        did. A value `changed` replaces is left out (its chunks are deleted by key, and read
-        only to compare it with a new value of the same length: `_unchanged_long_values`)."""
+        `changed` needs read: those an index or the primary key reads, and those it keeps
+        that could be stored inline. Each value it keeps as it is (column position -> name
+        and reference) holds an empty value of its type in the record instead: one too large
+        to be stored inline whatever the other columns hold, so the updated record refers to
+        it as the stored one did. A value `changed` replaces is left out (its chunks are
+        deleted by key, and read only to compare it with a new value of the same length:
+        `_unchanged_long_values`)."""
         record, may_hold_long_values = self._codec.decode_plain(raw)
         refs: dict[int, tuple[str, LongValueRef]] = {}
         if not may_hold_long_values:
@@ -813,7 +814,9 @@ class Table:
             ref = record.get(name)
             if not isinstance(ref, LongValueRef):
                 continue
-            if name in self._index_columns:
+            if name in self._index_columns or name in self._pk_names:
+                # Needed as it is: for the index entries to remove, or for the primary key
+                # (on small pages one can be stored apart, and too long to be inline).
                 record[name] = self._read_long_value(self._view, pk, position, ref)
             elif name in changed:
                 del record[name]
