@@ -463,3 +463,28 @@ def test_instance_close_mid_stream_stops_everything(tmp_path: Path) -> None:
         in [e for e in inst.events.recent() if e["name"] == "backup_aborted"][-1]["message"]
     )
     os.listdir(tmp_path / "i")
+
+
+def test_a_backup_client_idle_between_files_and_before_complete_is_not_closed_as_idle(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle timeout is for connections waiting in the selector loop: a backup client
+    sends nothing while files stream and while it makes its set durable, and must keep its
+    session (STALL_TIMEOUT and CONFIRM_TIMEOUT bound those waits)."""
+    monkeypatch.setattr(server, "IDLE_TIMEOUT", 0.2)
+    baseline = Baseline.take(inst)
+    raw = _raw_backup_to_first_frame(inst)
+    time.sleep(0.6)  # copying the first frame somewhere slow
+    while raw.frame() is not None:
+        pass
+    while (line := raw.line())["stage"] != "streamed":
+        if line["stage"] == "file":
+            while raw.frame() is not None:
+                pass
+    time.sleep(0.6)  # fsyncing the set
+    raw.send(b'{"op": "complete"}\n')
+    assert raw.line()["op"] == "complete"
+    raw.close()
+    wait_idle(inst)
+    baseline.wait(inst)
+    assert inst.counters()["backups_completed"] == 1

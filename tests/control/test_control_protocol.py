@@ -19,10 +19,16 @@ import pytest
 from control_support import Baseline, Raw, load, open_instance, wait_for
 
 import jetstore
+from jetstore.control import server as server_module
 from jetstore.control.client import ControlClient, connect
 from jetstore.control.protocol import MAX_REQUEST, decode_reply, encode_line, frame_header
 from jetstore.control.server import MAX_PENDING_OUTPUT, ControlServer
-from jetstore.errors import InstanceUnavailable, InvalidBackupSequence, InvalidParameter
+from jetstore.errors import (
+    InstanceUnavailable,
+    InvalidBackupSequence,
+    InvalidParameter,
+    OutOfSessions,
+)
 from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind
 
 
@@ -455,3 +461,42 @@ def test_the_client_refuses_a_file_name_with_a_path_part(tmp_path: Path, name: s
     assert client.closed
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     theirs.close()
+
+
+def test_idle_connections_are_closed_so_they_cannot_lock_out_every_client(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local process opening 64 connections and sending nothing (or half a request, or
+    one request and then nothing) held every client slot for good: the admin tools got
+    OutOfSessions until it exited. A connection without a complete request for
+    IDLE_TIMEOUT is now closed with an error line, and event 161 (rate-limited) says so."""
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.4)
+    baseline = Baseline.take(inst)
+    squatters = [Raw(Path(inst.directory)) for _ in range(server_module.MAX_CLIENTS)]
+    squatters[0].send(b'{"op": "ping"')  # half a request
+    assert squatters[1].request({"op": "ping"})["ok"] is True  # one, then silence
+    with pytest.raises(OutOfSessions), connect(inst.directory) as refused:
+        refused.ping()
+    time.sleep(0.8)
+    with connect(inst.directory) as client:
+        assert client.ping()["ok"] is True
+    for raw in squatters:
+        closing = raw.line()
+        assert closing["error"]["name"] == "OutOfSessions"
+        assert "idle" in closing["error"]["message"]
+        assert raw.closed_by_server()
+        raw.close()
+    idle = [e for e in _rejections(inst) if "idle" in e["message"]]
+    assert 1 <= len(idle) <= server_module.MAX_REJECTION_EVENTS
+    baseline.wait(inst)
+
+
+def test_a_client_sending_requests_is_not_closed_as_idle(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.4)
+    raw = Raw(Path(inst.directory))
+    for _ in range(6):
+        time.sleep(0.2)
+        assert raw.request({"op": "ping"})["ok"] is True
+    raw.close()

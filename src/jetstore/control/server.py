@@ -9,6 +9,8 @@ Who does what:
 - The selector thread accepts clients and answers ``ping``, ``counters`` and ``events`` with
   non-blocking sockets: a slow or silent client never blocks another one, and a request is
   never longer than `MAX_REQUEST` bytes (longer: an error reply, then the connection closes).
+  A connection idle for `IDLE_TIMEOUT` (no complete request, no reply byte read) is closed,
+  so silent connections cannot hold all `MAX_CLIENTS` slots.
 - A ``backup`` request hands its connection to a backup worker (its own registered
   `ManagedThread`): it runs `instance.begin_backup(kind)`, streams every file in frames with
   blocking sends bounded by `STALL_TIMEOUT`, and calls `session.complete()` only after the
@@ -96,6 +98,12 @@ MAX_PENDING_OUTPUT: Final = 1024 * 1024
 STALL_TIMEOUT: float = 60.0
 #: Seconds the server waits for the client's ``complete`` or ``abort`` after the last file.
 CONFIRM_TIMEOUT: float = 300.0
+#: Seconds a connection served by the selector thread may go without a complete request or
+#: a reply byte read before it is closed: otherwise connections that never send anything (a
+#: local process opening `MAX_CLIENTS` of them) hold every slot and lock the admin tools
+#: out. A backup's connection belongs to its worker, bounded by the two timeouts above.
+#: Module-level so tests can shorten it.
+IDLE_TIMEOUT: float = 30.0
 #: Backup workers at a time (one streams; the others are refused or ending).
 MAX_BACKUP_WORKERS: Final = 4
 #: Seconds the listener goes unwatched after accept() failed for want of descriptors or
@@ -127,6 +135,8 @@ class _Conn:
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once outbuf is sent (after a fatal protocol error)
+    #: When the client last sent a complete request or read reply bytes (`IDLE_TIMEOUT`).
+    active: float = field(default_factory=time.monotonic)
 
 
 class _ClientGone(Exception):
@@ -356,7 +366,7 @@ class ControlServer:
         try:
             while not stop.is_set():
                 resume = self._accept_resume
-                timeout = None if resume is None else max(0.0, resume - time.monotonic())
+                timeout = self._next_wakeup(resume)
                 for key, mask in selector.select(timeout):
                     if key.fileobj is self._listener:
                         self._accept(selector)
@@ -367,6 +377,7 @@ class ControlServer:
                         assert isinstance(conn, _Conn)
                         self._service(selector, conn, mask)
                 self._reap_workers()
+                self._close_idle(selector)
                 if resume is not None and time.monotonic() >= resume:
                     assert self._listener is not None
                     self._accept_resume = None
@@ -390,6 +401,33 @@ class ControlServer:
             # once that no instance serves the directory.
             if self._listener_handle is not None:
                 self._listener_handle.close()
+
+    def _next_wakeup(self, resume: float | None) -> float | None:
+        """Seconds the selector may sleep: until the listener is watched again or the
+        first connection goes idle (None: until something happens)."""
+        deadlines = [conn.active + IDLE_TIMEOUT for conn in self._conns.values()]
+        if resume is not None:
+            deadlines.append(resume)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _close_idle(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if now - c.active >= IDLE_TIMEOUT]:
+            error = OutOfSessions(
+                f"control connection to '{self.path}' closed: idle for {IDLE_TIMEOUT:g} s "
+                "without a complete request (it held one of the "
+                f"{MAX_CLIENTS} client slots)",
+                hint="connect when there is a request to send, and send it at once",
+            )
+            self._note_rejection(error, None)
+            if not conn.outbuf:  # never inside a reply the client has only partly read
+                try:
+                    conn.sock.send(encode_line(error_reply(error)), SEND_FLAGS)
+                except OSError:
+                    pass
+            self._drop(selector, conn)
 
     def _drain_wake(self) -> None:
         assert self._wake_r is not None
@@ -428,6 +466,7 @@ class ControlServer:
                     f"the control socket '{self.path}' serves {MAX_CLIENTS} clients already",
                     hint="close idle control connections and connect again",
                 )
+                self._note_rejection(error, None)
                 try:
                     sock.send(encode_line(error_reply(error)), SEND_FLAGS)
                 except OSError:
@@ -447,6 +486,8 @@ class ControlServer:
                 self._drop(selector, conn)
                 return
             del conn.outbuf[:sent]
+            if sent:
+                conn.active = time.monotonic()
         if mask & selectors.EVENT_READ and not conn.closing:
             try:
                 data = conn.sock.recv(65536)
@@ -502,7 +543,8 @@ class ControlServer:
             line = bytes(conn.inbuf[:end])
             del conn.inbuf[: end + 1]
             if not line.strip():
-                continue  # an empty line is not a request
+                continue  # an empty line is not a request (nor activity)
+            conn.active = time.monotonic()
             if self._answer(selector, conn, line):
                 return True
         return False
@@ -563,8 +605,12 @@ class ControlServer:
         return False
 
     def _reject(self, conn: _Conn, error: JetError, op: object) -> None:
-        self.rejected += 1
         conn.outbuf += encode_line(error_reply(error, op))
+        self._note_rejection(error, op)
+
+    def _note_rejection(self, error: JetError, op: object) -> None:
+        """Count a refusal and emit event 161, at most `MAX_REJECTION_EVENTS` a second."""
+        self.rejected += 1
         now = time.monotonic()
         if now - self._rejection_window >= 1.0:
             self._rejection_window = now
