@@ -24,12 +24,14 @@ from jetstore.control.client import ControlClient, connect
 from jetstore.control.protocol import MAX_REQUEST, decode_reply, encode_line, frame_header
 from jetstore.control.server import MAX_PENDING_OUTPUT, ControlServer
 from jetstore.errors import (
+    FileAccessDenied,
     InstanceUnavailable,
     InvalidBackupSequence,
     InvalidParameter,
     OutOfSessions,
 )
 from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind
+from jetstore.io.sockets import peer_uid
 
 
 @pytest.fixture
@@ -500,3 +502,40 @@ def test_a_client_sending_requests_is_not_closed_as_idle(
         time.sleep(0.2)
         assert raw.request({"op": "ping"})["ok"] is True
     raw.close()
+
+
+def test_peer_uid_is_the_kernels_word() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        assert peer_uid(ours) == os.geteuid()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_client_refuses_a_server_run_by_another_user(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing checked who served the socket: a socket another user planted at the path
+    (in a shared directory) got the client's requests and, for a backup, wrote the set."""
+    import jetstore.control.client as client_module
+
+    monkeypatch.setattr(client_module, "peer_uid", lambda sock: 4242)
+    with pytest.raises(FileAccessDenied, match="uid 4242") as refused:
+        connect(inst.directory)
+    assert refused.value.path == str(Path(inst.directory) / "jetstore.sock")
+    assert DEFAULT_REGISTRY.total(f"control-client:{inst.directory}") == 0
+
+
+def test_the_server_refuses_a_client_run_by_another_user(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    baseline = Baseline.take(inst)
+    monkeypatch.setattr(server_module, "peer_uid", lambda sock: 4242)
+    raw = Raw(Path(inst.directory))
+    reply = raw.line()
+    assert reply["error"]["name"] == "FileAccessDenied" and "uid 4242" in reply["error"]["message"]
+    assert raw.closed_by_server()
+    raw.close()
+    assert any("uid 4242" in e["message"] for e in _rejections(inst))
+    baseline.wait(inst)

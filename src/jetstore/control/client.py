@@ -17,6 +17,8 @@ Invariants:
   are closed on every way out (`backup` uses the connection up and closes it).
 - Every failure is a `JetError`: a server error arrives as the class of its code, with its
   path and hint; a missing, stale or forbidden socket names the path and the way out.
+- The client talks only to a server run by its own user or root (`SO_PEERCRED`): a socket
+  another user put at the path is refused (`FileAccessDenied`) before any request.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from jetstore.format.common import Signature
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind
+from jetstore.io.sockets import peer_uid, trusted_uid
 
 #: Default seconds a client waits for the server (the backup's first checkpoint included).
 DEFAULT_TIMEOUT: Final = 120.0
@@ -302,6 +305,15 @@ def connect(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the listen backlog of '{path}' stayed full") from None
                 time.sleep(0.005)
+        uid = peer_uid(sock)
+        if not trusted_uid(uid):
+            raise FileAccessDenied(
+                f"the control socket '{path}' is served by a process of uid {uid}, neither "
+                f"this user (uid {os.geteuid()}) nor root: refusing to talk to it",
+                hint="run as the user that opened the instance; if no instance of that user "
+                "is open there, the socket is someone else's: remove it",
+                path=path,
+            )
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         handle.close()
         stale = isinstance(exc, ConnectionRefusedError)

@@ -71,6 +71,7 @@ from jetstore.control.protocol import (
 )
 from jetstore.errors import (
     BackupInProgress,
+    FileAccessDenied,
     InstanceUnavailable,
     InternalError,
     InvalidBackupSequence,
@@ -81,6 +82,7 @@ from jetstore.errors import (
 from jetstore.format.filenames import CONTROL_SOCKET
 from jetstore.io import forks
 from jetstore.io.handles import Handle, HandleKind, release_all
+from jetstore.io.sockets import peer_uid, trusted_uid
 from jetstore.io.threads import ManagedThread
 
 if TYPE_CHECKING:
@@ -461,11 +463,26 @@ class ControlServer:
             )
             sock.setblocking(False)
             conn = _Conn(sock, handle)
-            if len(self._conns) + len(self._workers) >= MAX_CLIENTS:
+            error: JetError | None = None
+            try:
+                uid = peer_uid(sock)
+            except OSError:
+                uid = None  # the client is gone already: its first read says so
+            if not trusted_uid(uid):
+                # The socket's mode keeps other users out; a mode changed under us (or a
+                # file system that ignores it) must not open the instance to them.
+                error = FileAccessDenied(
+                    f"the control socket '{self.path}' serves only its instance's user "
+                    f"(uid {os.geteuid()}) and root; the client runs as uid {uid}",
+                    hint="run the client as the user that opened the instance",
+                    path=self.path,
+                )
+            elif len(self._conns) + len(self._workers) >= MAX_CLIENTS:
                 error = OutOfSessions(
                     f"the control socket '{self.path}' serves {MAX_CLIENTS} clients already",
                     hint="close idle control connections and connect again",
                 )
+            if error is not None:
                 self._note_rejection(error, None)
                 try:
                     sock.send(encode_line(error_reply(error)), SEND_FLAGS)
