@@ -200,19 +200,19 @@ def test_accept_out_of_descriptors_does_not_spin_the_selector_thread(
     server must back off instead of calling accept() in a tight loop, and serve the client
     once descriptors are free again."""
     baseline = Baseline.take(inst)
-    real_accept = socket.socket.accept
+    real_accept = server_module.accept_socket
     failing = threading.Event()
     failing.set()
     failed = 0
 
-    def accept(self: socket.socket) -> tuple[socket.socket, object]:
+    def accept(into: list[socket.SocketType], listener: socket.SocketType) -> socket.SocketType:
         nonlocal failed
-        if failing.is_set() and threading.current_thread().name == "jetstore-control":
+        if failing.is_set():
             failed += 1
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        return real_accept(self)
+        return real_accept(into, listener)
 
-    monkeypatch.setattr(socket.socket, "accept", accept)
+    monkeypatch.setattr(server_module, "accept_socket", accept)
     raw = Raw(Path(inst.directory))  # connected: it waits in the listen backlog
     wait_for(lambda: failed > 0, "a failed accept")
     time.sleep(0.5)

@@ -16,6 +16,7 @@ import google_crc32c
 import pytest
 
 import jetstore
+from interrupts import interrupt_once
 from jetstore.errors import (
     DatabaseNotFound,
     FileAccessDenied,
@@ -877,22 +878,6 @@ def test_a_sync_failure_reported_to_a_roll_stops_a_checkpoint_of_the_same_file(
         assert count(reopened.database("main")) >= 40
 
 
-def _interrupt_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, when=None):  # type: ignore[no-untyped-def]
-    """Make `owner.name` raise KeyboardInterrupt at its first call (for which `when(*args)`
-    holds), as a Ctrl-C delivered there would; later calls run the original."""
-    original = getattr(owner, name)
-    fired: list[bool] = []
-
-    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if not fired and (when is None or when(*args)):
-            fired.append(True)
-            raise KeyboardInterrupt("Ctrl-C")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, interrupted)
-    return fired
-
-
 def _wait_threads(target: int) -> int:
     deadline = time.monotonic() + 5
     while threading.active_count() > target and time.monotonic() < deadline:
@@ -940,7 +925,7 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
     instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
     fill(instance.database("main", create=True), 100)
     if where == "background thread join":
-        fired = _interrupt_once(
+        fired = interrupt_once(
             monkeypatch,
             threading.Thread,
             "join",
@@ -948,7 +933,7 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
         )
     elif where == "control socket thread join":
         # The socket file was left behind: the next opener took it for a dead process's.
-        fired = _interrupt_once(
+        fired = interrupt_once(
             monkeypatch,
             threading.Thread,
             "join",
@@ -956,17 +941,17 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
         )
     elif where == "control socket stop":
         # At its very entry: the instance had already let go of the server.
-        fired = _interrupt_once(monkeypatch, ControlServer, "stop")
+        fired = interrupt_once(monkeypatch, ControlServer, "stop")
     elif where == "final checkpoint":
         armed[0] = True
     elif where == "database file close":
-        fired = _interrupt_once(monkeypatch, DatabaseFile, "close")
+        fired = interrupt_once(monkeypatch, DatabaseFile, "close")
     elif where == "event log close":
-        fired = _interrupt_once(monkeypatch, EventLog, "close")
+        fired = interrupt_once(monkeypatch, EventLog, "close")
     elif where == "directory lock release":
-        fired = _interrupt_once(monkeypatch, DirectoryLock, "release")
+        fired = interrupt_once(monkeypatch, DirectoryLock, "release")
     else:  # the directory fsync's file, opened by the final checkpoint, closed last
-        fired = _interrupt_once(monkeypatch, File, "_close_fd")
+        fired = interrupt_once(monkeypatch, File, "_close_fd")
     with pytest.raises(KeyboardInterrupt):
         instance.close()
     assert fired == [True]  # the interrupt was delivered where intended
@@ -1043,7 +1028,7 @@ def test_a_detach_interrupted_while_it_closes_the_file_leaves_it_closed_and_unlo
     try:
         fill(inst.database("main", create=True), 10)
         inst.database("other", create=True)
-        fired = _interrupt_once(monkeypatch, FileLock, "release")
+        fired = interrupt_once(monkeypatch, FileLock, "release")
         with pytest.raises(KeyboardInterrupt):
             inst.detach("main")
         monkeypatch.undo()

@@ -12,7 +12,8 @@ Invariants:
   may truncate logs) is sent only after `SetWriter.publish` made the whole set durable at
   DEST. Any failure before that (a write error, a bad frame, a server error, an interrupt)
   sends ``abort`` if the connection still works, removes `DEST.partial`, and raises.
-- The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR``) and
+- The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR``; a
+  Ctrl-C before that cannot lose it: `jetstore.io.sockets`) and
   the set's files in the registry of the `FileSystem` used (owner ``backup-set:DEST``); all
   are closed on every way out (`backup` uses the connection up and closes it).
 - Every failure is a `JetError`: a server error arrives as the class of its code, with its
@@ -58,7 +59,7 @@ from jetstore.format.common import Signature
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind
-from jetstore.io.sockets import peer_uid, trusted_uid
+from jetstore.io.sockets import close_unregistered_sockets, open_socket, peer_uid, trusted_uid
 
 #: Default seconds a client waits for the server (the backup's first checkpoint included).
 DEFAULT_TIMEOUT: Final = 120.0
@@ -67,7 +68,7 @@ DEFAULT_TIMEOUT: Final = 120.0
 class ControlClient:
     """One connection to an instance's control socket. Use as a context manager."""
 
-    def __init__(self, sock: socket.socket, handle: Handle, directory: str, path: str) -> None:
+    def __init__(self, sock: socket.SocketType, handle: Handle, directory: str, path: str) -> None:
         self._sock = sock
         self._handle = handle
         self.directory = directory
@@ -288,10 +289,14 @@ def connect(
             hint="open the instance from a shorter path",
             path=path,
         )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    handle = DEFAULT_REGISTRY.register(
-        HandleKind.SOCKET, f"control-client:{directory}", path, sock.close
-    )
+    unregistered: list[socket.SocketType] = []
+    try:
+        sock = open_socket(unregistered)
+        handle = DEFAULT_REGISTRY.register(
+            HandleKind.SOCKET, f"control-client:{directory}", path, sock.close, taking=unregistered
+        )
+    finally:
+        close_unregistered_sockets(unregistered)
     try:
         sock.settimeout(timeout)
         deadline = time.monotonic() + timeout

@@ -20,9 +20,11 @@ Who does what:
 
 Invariants:
 - Every OS handle of the server is registered under ``<instance owner>/control``: the
-  listening socket, the wake socket pair, each client connection (`HandleKind.SOCKET`) and
-  each thread (`HandleKind.THREAD`). A finished backup worker is joined and unregistered by
-  the selector thread; `stop()` closes whatever is left, so a closed instance holds none.
+  listening socket, the wake socket pair (one handle), each client connection
+  (`HandleKind.SOCKET`) and each thread (`HandleKind.THREAD`); each socket is created
+  through `jetstore.io.sockets`, so a Ctrl-C before it is registered cannot lose it. A
+  finished backup worker is joined and unregistered by the selector thread; `stop()` closes
+  whatever is left, so a closed instance holds none.
 - A backup that does not reach ``complete`` is aborted on every way out (client abort,
   disconnect, SIGKILLed client, stalled client, instance closing, any error): the worker's
   `finally` calls `session.abort`, which closes every handle registered under the session.
@@ -82,7 +84,14 @@ from jetstore.errors import (
 from jetstore.format.filenames import CONTROL_SOCKET
 from jetstore.io import forks
 from jetstore.io.handles import Handle, HandleKind, release_all
-from jetstore.io.sockets import peer_uid, trusted_uid
+from jetstore.io.sockets import (
+    accept_socket,
+    close_unregistered_sockets,
+    open_socket,
+    open_socket_pair,
+    peer_uid,
+    trusted_uid,
+)
 from jetstore.io.threads import ManagedThread
 
 if TYPE_CHECKING:
@@ -132,7 +141,7 @@ def socket_path(directory: str) -> str:
 class _Conn:
     """One client connection served by the selector thread."""
 
-    sock: socket.socket
+    sock: socket.SocketType
     handle: Handle
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
@@ -158,10 +167,10 @@ class ControlServer:
         self.path = socket_path(instance.directory)
         self.owner = f"{instance.owner}/control"
         self._registry = instance.registry
-        self._listener: socket.socket | None = None
+        self._listener: socket.SocketType | None = None
         self._listener_handle: Handle | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
+        self._wake_r: socket.SocketType | None = None
+        self._wake_w: socket.SocketType | None = None
         self._selector: selectors.BaseSelector | None = None
         self._thread: ManagedThread | None = None
         self._conns: dict[int, _Conn] = {}
@@ -274,18 +283,23 @@ class ControlServer:
             except OSError as exc:
                 raise _os_error(exc, "remove the stale socket", path) from exc
             replaced = True
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener = listener
-        # The socket file goes with the listening socket's handle: whoever releases the
-        # handles (stop(), or the instance's own cleanup when an interrupt cut stop() short
-        # or kept it from running) removes the file, which the next opener would otherwise
-        # take for one left by a process that died.
-        self._listener_handle = self._registry.register(
-            HandleKind.SOCKET,
-            self.owner,
-            f"listen {path}",
-            functools.partial(release_all, listener.close, self._remove_socket_file),
-        )
+        unregistered: list[socket.SocketType] = []
+        try:
+            listener = open_socket(unregistered)
+            self._listener = listener
+            # The socket file goes with the listening socket's handle: whoever releases the
+            # handles (stop(), or the instance's own cleanup when an interrupt cut stop()
+            # short or kept it from running) removes the file, which the next opener would
+            # otherwise take for one left by a process that died.
+            self._listener_handle = self._registry.register(
+                HandleKind.SOCKET,
+                self.owner,
+                f"listen {path}",
+                functools.partial(release_all, listener.close, self._remove_socket_file),
+                taking=unregistered,
+            )
+        finally:
+            close_unregistered_sockets(unregistered)
         try:
             self._binding = True
             listener.bind(path)
@@ -306,10 +320,19 @@ class ControlServer:
             listener.setblocking(False)
         except OSError as exc:
             raise _os_error(exc, "bind the control socket", path) from exc
-        wake_r, wake_w = socket.socketpair()
-        self._wake_r, self._wake_w = wake_r, wake_w
-        self._registry.register(HandleKind.SOCKET, self.owner, "control wake (read)", wake_r.close)
-        self._registry.register(HandleKind.SOCKET, self.owner, "control wake (write)", wake_w.close)
+        try:
+            wake_r, wake_w = open_socket_pair(unregistered)
+            self._wake_r, self._wake_w = wake_r, wake_w
+            # One handle for both: `taking` hands the whole list over in one step.
+            self._registry.register(
+                HandleKind.SOCKET,
+                self.owner,
+                "control wake pair",
+                functools.partial(release_all, wake_r.close, wake_w.close),
+                taking=unregistered,
+            )
+        finally:
+            close_unregistered_sockets(unregistered)
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         # PollSelector holds no file descriptor of its own (epoll would be one more handle).
@@ -448,19 +471,27 @@ class ControlServer:
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
         assert self._listener is not None
+        accepted: list[socket.SocketType] = []
         while True:
             try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    selector.unregister(self._listener)
-                    self._accept_resume = time.monotonic() + ACCEPT_BACKOFF
-                return  # ECONNABORTED...: the client retries; the loop goes on
-            handle = self._registry.register(
-                HandleKind.SOCKET, self.owner, f"client of {self.path}", sock.close
-            )
+                try:
+                    sock = accept_socket(accepted, self._listener)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in _OUT_OF_RESOURCES:
+                        selector.unregister(self._listener)
+                        self._accept_resume = time.monotonic() + ACCEPT_BACKOFF
+                    return  # ECONNABORTED...: the client retries; the loop goes on
+                handle = self._registry.register(
+                    HandleKind.SOCKET,
+                    self.owner,
+                    f"client of {self.path}",
+                    sock.close,
+                    taking=accepted,
+                )
+            finally:
+                close_unregistered_sockets(accepted)
             sock.setblocking(False)
             conn = _Conn(sock, handle)
             error: JetError | None = None

@@ -1,0 +1,31 @@
+"""Ctrl-C at a chosen point: tests that deliver a KeyboardInterrupt where a signal handler
+could raise it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+
+def interrupt_once(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    when: Callable[..., bool] | None = None,
+) -> list[bool]:
+    """Make `owner.name` raise KeyboardInterrupt at its first call (for which `when(*args)`
+    holds), as a Ctrl-C delivered there would; later calls run the original. The list
+    returned holds True once it fired."""
+    original = getattr(owner, name)
+    fired: list[bool] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if not fired and (when is None or when(*args)):
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return fired
