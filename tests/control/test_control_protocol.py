@@ -539,3 +539,27 @@ def test_the_server_refuses_a_client_run_by_another_user(
     raw.close()
     assert any("uid 4242" in e["message"] for e in _rejections(inst))
     baseline.wait(inst)
+
+
+def test_a_connect_that_times_out_is_instance_unavailable_not_a_disk_error(
+    tmp_path: Path,
+) -> None:
+    """A listen backlog that stays full until the timeout raised a TimeoutError that went
+    through `from_os_error` as JET_errDiskIO, sending the operator to the disk."""
+    directory = tmp_path / "i"
+    directory.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / "jetstore.sock"))
+    listener.listen(0)  # never accepts: one pending connection fills the backlog
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    filler.connect(str(directory / "jetstore.sock"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(InstanceUnavailable, match="did not accept") as refused:
+            connect(directory, timeout=0.3)
+        assert time.monotonic() - started < 2
+        assert refused.value.path == str(directory / "jetstore.sock")
+        assert DEFAULT_REGISTRY.total(f"control-client:{directory}") == 0
+    finally:
+        filler.close()
+        listener.close()

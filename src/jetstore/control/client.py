@@ -333,6 +333,16 @@ def connect(
             "control_socket=False); offline commands work on a closed instance",
             path=path,
         ) from exc
+    except TimeoutError as exc:
+        # Not an I/O error (from_os_error would say DiskIO): a process holds the socket but
+        # does not take connections, as with a reply that does not come (`_fill`).
+        handle.close()
+        raise InstanceUnavailable(
+            f"the instance serving '{directory}' did not accept a connection on '{path}' "
+            f"within {timeout:g} s",
+            hint="check the instance's events (jetstore events) and retry",
+            path=path,
+        ) from exc
     except PermissionError as exc:
         handle.close()
         raise FileAccessDenied(
