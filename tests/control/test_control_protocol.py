@@ -563,3 +563,22 @@ def test_a_connect_that_times_out_is_instance_unavailable_not_a_disk_error(
     finally:
         filler.close()
         listener.close()
+
+
+def test_a_client_that_half_closes_after_its_requests_gets_every_reply(
+    inst: jetstore.Instance,
+) -> None:
+    """A client that sends its requests and then shuts down its sending side (as `nc -N` or
+    `socat` do) waits for the replies: the server dropped the connection at the EOF, with
+    the replies not yet sent (past the socket buffer) and the requests not yet answered
+    (past the backlog limit) lost."""
+    baseline = Baseline.take(inst)
+    raw = Raw(Path(inst.directory))
+    count = 2000  # ~4 MiB of replies: past the socket buffer and the backlog limit
+    raw.send(b'{"op": "counters"}\n' * count + b'{"op": "pi')  # and half a request
+    raw.sock.shutdown(socket.SHUT_WR)
+    for _ in range(count):
+        assert raw.line()["op"] == "counters"
+    assert raw.closed_by_server() and not raw.buffer
+    raw.close()
+    baseline.wait(inst)

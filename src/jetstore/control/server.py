@@ -146,6 +146,9 @@ class _Conn:
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once outbuf is sent (after a fatal protocol error)
+    #: The client sent its last byte (EOF: a half-close after its requests, or a hang-up):
+    #: nothing more is read, its complete requests are still answered.
+    ended: bool = False
     #: When the client last sent a complete request or read reply bytes (`IDLE_TIMEOUT`).
     active: float = field(default_factory=time.monotonic)
 
@@ -536,7 +539,7 @@ class ControlServer:
             del conn.outbuf[:sent]
             if sent:
                 conn.active = time.monotonic()
-        if mask & selectors.EVENT_READ and not conn.closing:
+        if mask & selectors.EVENT_READ and not conn.closing and not conn.ended:
             try:
                 data = conn.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
@@ -544,23 +547,25 @@ class ControlServer:
             except OSError:
                 self._drop(selector, conn)
                 return
-            if data is not None:
-                if not data:
-                    # Hang-up, possibly mid-request: whatever it sent is dropped with it.
-                    self._drop(selector, conn)
-                    return
+            if data == b"":
+                # A client that shut down its sending side (`nc -N`) waits for the replies
+                # to what it sent; one that hung up fails the next send and is dropped then.
+                conn.ended = True
+            elif data is not None:
                 conn.inbuf += data
         # Also after a send: requests left unanswered at the backlog limit go on once the
         # client has read some replies (it may be waiting for them, sending nothing more).
         if conn.inbuf and self._process(selector, conn):
             return  # handed to a backup worker
-        if conn.closing and not conn.outbuf:
+        if (conn.closing or conn.ended) and not conn.outbuf:
+            # Every complete request answered (with no reply pending, `_process` stopped
+            # only at a partial one, which an ended client never finishes).
             self._drop(selector, conn)
             return
         events = 0
         if conn.outbuf:
             events |= selectors.EVENT_WRITE
-        if not conn.closing and len(conn.outbuf) < MAX_PENDING_OUTPUT:
+        if not conn.closing and not conn.ended and len(conn.outbuf) < MAX_PENDING_OUTPUT:
             events |= selectors.EVENT_READ
         if events != selector.get_key(conn.sock).events:
             selector.modify(conn.sock, events, conn)
