@@ -21,7 +21,13 @@ from control_support import Baseline, Raw, load, open_instance, wait_for
 import jetstore
 from jetstore.control import server as server_module
 from jetstore.control.client import ControlClient, connect
-from jetstore.control.protocol import MAX_REQUEST, decode_reply, encode_line, frame_header
+from jetstore.control.protocol import (
+    MAX_FRAME,
+    MAX_REQUEST,
+    decode_reply,
+    encode_line,
+    frame_header,
+)
 from jetstore.control.server import MAX_PENDING_OUTPUT, ControlServer
 from jetstore.errors import (
     FileAccessDenied,
@@ -582,3 +588,18 @@ def test_a_client_that_half_closes_after_its_requests_gets_every_reply(
     assert raw.closed_by_server() and not raw.buffer
     raw.close()
     baseline.wait(inst)
+
+
+def test_the_client_refuses_a_frame_over_the_protocols_limit(tmp_path: Path) -> None:
+    """Frames are at most 1 MiB: checking the length only against the file's size let a
+    desynchronised stream of a large database make the client buffer gigabytes (or wait
+    for them until its timeout)."""
+    client, theirs = _client_of_a_fake_backup(
+        tmp_path, {"name": "main.edb", "size": 8 << 30}, frame_header(MAX_FRAME + 1)
+    )
+    started = time.monotonic()
+    with pytest.raises(InvalidParameter, match=f"frame of {MAX_FRAME + 1} bytes"):
+        client.backup(tmp_path / "set")
+    assert time.monotonic() - started < 2
+    assert client.closed and not (tmp_path / "set.partial").exists()
+    theirs.close()

@@ -41,6 +41,7 @@ from jetstore.backup.session import BackupFile, BackupKind, BackupResult, ImageI
 from jetstore.control.protocol import (
     FRAME_ERROR,
     FRAME_HEADER,
+    MAX_FRAME,
     MAX_REPLY,
     SEND_FLAGS,
     decode_reply,
@@ -189,12 +190,12 @@ class ControlClient:
             if length == FRAME_ERROR:
                 self._reply(self._read_line())  # raises the server's error
                 raise self._protocol_error(f"{file.name} cut short without an error")
-            if length > left:
+            if length > min(left, MAX_FRAME):
                 # Checked before reading: a desynchronised stream's "length" can be up to
                 # 4 GiB, to be buffered here, or waited for until the timeout.
                 raise self._protocol_error(
                     f"a frame of {length} bytes for {file.name}, which has {left} of its "
-                    f"{file.size} bytes left"
+                    f"{file.size} bytes left (frames are at most {MAX_FRAME} bytes)"
                 )
             left -= length
             yield self._read_exact(length)

@@ -41,6 +41,9 @@ MAX_REQUEST: Final = 64 * 1024
 #: Largest reply line a client accepts (counters and events replies are far smaller).
 MAX_REPLY: Final = 64 * 1024 * 1024
 FRAME_HEADER: Final = struct.Struct(">I")
+#: Largest frame (the backup session's chunk): a reader checks a length before it buffers
+#: that many bytes.
+MAX_FRAME: Final = 1024 * 1024
 #: Frame length meaning "this file was cut short; an error reply line follows".
 FRAME_ERROR: Final = 0xFFFFFFFF
 #: Flags of every send on a control connection, server and client: a peer that hung up is
@@ -183,6 +186,7 @@ __all__ = [
     "ALL_OPS",
     "FRAME_ERROR",
     "FRAME_HEADER",
+    "MAX_FRAME",
     "MAX_REPLY",
     "MAX_REQUEST",
     "PROTOCOL_VERSION",

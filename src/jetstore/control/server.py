@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from jetstore.control.protocol import (
     FRAME_ERROR,
+    MAX_FRAME,
     MAX_REQUEST,
     PROTOCOL_VERSION,
     SEND_FLAGS,
@@ -861,9 +862,14 @@ class _BackupWorker:
         self._in_file = True
         try:
             for chunk in chunks:
-                self._check_client()
-                self._send(frame_header(len(chunk)))
-                self._send(chunk)
+                view = memoryview(chunk)
+                # Clients refuse a longer frame before buffering it, whatever the session's
+                # chunks are.
+                for start in range(0, len(view), MAX_FRAME):
+                    self._check_client()
+                    frame = view[start : start + MAX_FRAME]
+                    self._send(frame_header(len(frame)))
+                    self._send(frame)
             self._send(frame_header(0))
             self._in_file = False
         finally:
