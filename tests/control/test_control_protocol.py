@@ -603,3 +603,16 @@ def test_the_client_refuses_a_frame_over_the_protocols_limit(tmp_path: Path) -> 
     assert time.monotonic() - started < 2
     assert client.closed and not (tmp_path / "set.partial").exists()
     theirs.close()
+
+
+def test_a_client_closed_as_idle_is_told_why_at_its_next_request(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server says why it closes a connection before it does; the client's next send
+    failed (EPIPE) and it reported only "closed the control connection (Broken pipe)"."""
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.2)
+    with connect(inst.directory) as client:
+        assert client.ping()["ok"] is True
+        time.sleep(0.6)
+        with pytest.raises(OutOfSessions, match=r"idle for 0\.2 s"):
+            client.ping()

@@ -215,7 +215,30 @@ class ControlClient:
         try:
             self._sock.sendall(encode_line(message), SEND_FLAGS)
         except OSError as exc:
-            raise self._gone(exc) from exc
+            raise self._last_word() or self._gone(exc) from exc
+
+    def _last_word(self) -> JetError | None:
+        """The error the server sent before it closed the connection (idle, too many
+        clients, another user), if one waits unread: it says why, where a failed send
+        (EPIPE) says only that the connection is gone."""
+        try:
+            while b"\n" not in self._buffer:
+                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                self._buffer += data
+        except OSError:
+            pass  # nothing (more) to read
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return None
+        try:
+            message = decode_reply(bytes(self._buffer[:end]), source=self.path)
+        except JetError:
+            return None
+        if message["ok"]:
+            return None
+        return error_from_object(message.get("error"), source=self.path)
 
     def _fill(self) -> None:
         try:
