@@ -616,3 +616,15 @@ def test_a_client_closed_as_idle_is_told_why_at_its_next_request(
         time.sleep(0.6)
         with pytest.raises(OutOfSessions, match=r"idle for 0\.2 s"):
             client.ping()
+
+
+def test_the_client_says_a_file_in_the_way_is_not_a_stale_socket(tmp_path: Path) -> None:
+    """A regular file at the socket's path (which the instance leaves alone, serving no
+    socket: event 162) was reported as "a stale socket left by a process that ended"."""
+    directory = tmp_path / "i"
+    directory.mkdir()
+    (directory / "jetstore.sock").write_text("not a socket")
+    with pytest.raises(InstanceUnavailable, match="not a socket") as refused:
+        connect(directory)
+    assert "stale" not in str(refused.value)
+    assert DEFAULT_REGISTRY.total(f"control-client:{directory}") == 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -345,16 +346,18 @@ def connect(
             )
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         handle.close()
-        stale = isinstance(exc, ConnectionRefusedError)
+        if not isinstance(exc, ConnectionRefusedError):
+            why = f"there is no control socket '{path}'"
+        elif _is_socket(path):
+            why = f"'{path}' is a stale socket left by a process that ended"
+        else:
+            # Refused too: the instance leaves such a file alone and serves no socket.
+            why = f"'{path}' is not a socket (a file in the way of the control socket)"
         raise InstanceUnavailable(
-            f"no instance serves '{directory}': "
-            + (
-                f"'{path}' is a stale socket left by a process that ended"
-                if stale
-                else f"there is no control socket '{path}'"
-            ),
+            f"no instance serves '{directory}': {why}",
             hint="open the instance (a running instance serves the socket unless opened with "
-            "control_socket=False); offline commands work on a closed instance",
+            "control_socket=False, or a file is in the way); offline commands work on a "
+            "closed instance",
             path=path,
         ) from exc
     except TimeoutError as exc:
@@ -383,6 +386,13 @@ def connect(
         handle.close()
         raise
     return ControlClient(sock, handle, directory, path)
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------- backup set writing
