@@ -28,14 +28,21 @@ def _registering(prefix: str):  # type: ignore[no-untyped-def]
     )
 
 
-def test_an_interrupt_before_the_client_socket_is_registered_leaks_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("after", [False, True], ids=["before", "as it returns"])
+def test_an_interrupt_around_the_client_sockets_registration_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: bool
 ) -> None:
+    """As it returns: the handle was registered but not yet stored, and `connect` closed
+    only the handle it held: the socket stayed registered and open for good."""
     directory = tmp_path / "i"
     directory.mkdir()
     before = fds()
     fired = interrupt_once(
-        monkeypatch, HandleRegistry, "register", _registering(socket_path(str(directory)))
+        monkeypatch,
+        HandleRegistry,
+        "register",
+        _registering(socket_path(str(directory))),
+        after=after,
     )
     with pytest.raises(KeyboardInterrupt) as interrupted:
         connect(directory)

@@ -12,7 +12,7 @@ Invariants:
   may truncate logs) is sent only after `SetWriter.publish` made the whole set durable at
   DEST. Any failure before that (a write error, a bad frame, a server error, an interrupt)
   sends ``abort`` if the connection still works, removes `DEST.partial`, and raises.
-- The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR``; a
+- The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR/N``; a
   Ctrl-C before that cannot lose it: `jetstore.io.sockets`) and
   the set's files in the registry of the `FileSystem` used (owner ``backup-set:DEST``); all
   are closed on every way out (`backup` uses the connection up and closes it).
@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import stat
@@ -65,6 +66,7 @@ from jetstore.io.sockets import close_unregistered_sockets, open_socket, peer_ui
 
 #: Default seconds a client waits for the server (the backup's first checkpoint included).
 DEFAULT_TIMEOUT: Final = 120.0
+_CONNECTIONS = itertools.count(1)
 
 
 class ControlClient:
@@ -314,15 +316,18 @@ def connect(
             hint="open the instance from a shorter path",
             path=path,
         )
+    # An owner of this connection's own: every way out before the client is returned closes
+    # it, also a handle registered by a call an interrupt cut before its result was stored.
+    owner = f"control-client:{directory}/{next(_CONNECTIONS)}"
     unregistered: list[socket.SocketType] = []
     try:
-        sock = open_socket(unregistered)
-        handle = DEFAULT_REGISTRY.register(
-            HandleKind.SOCKET, f"control-client:{directory}", path, sock.close, taking=unregistered
-        )
-    finally:
-        close_unregistered_sockets(unregistered)
-    try:
+        try:
+            sock = open_socket(unregistered)
+            handle = DEFAULT_REGISTRY.register(
+                HandleKind.SOCKET, owner, path, sock.close, taking=unregistered
+            )
+        finally:
+            close_unregistered_sockets(unregistered)
         sock.settimeout(timeout)
         deadline = time.monotonic() + timeout
         while True:
@@ -345,7 +350,7 @@ def connect(
                 path=path,
             )
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        handle.close()
+        DEFAULT_REGISTRY.close_owner(owner)
         if not isinstance(exc, ConnectionRefusedError):
             why = f"there is no control socket '{path}'"
         elif _is_socket(path):
@@ -363,7 +368,7 @@ def connect(
     except TimeoutError as exc:
         # Not an I/O error (from_os_error would say DiskIO): a process holds the socket but
         # does not take connections, as with a reply that does not come (`_fill`).
-        handle.close()
+        DEFAULT_REGISTRY.close_owner(owner)
         raise InstanceUnavailable(
             f"the instance serving '{directory}' did not accept a connection on '{path}' "
             f"within {timeout:g} s",
@@ -371,19 +376,19 @@ def connect(
             path=path,
         ) from exc
     except PermissionError as exc:
-        handle.close()
+        DEFAULT_REGISTRY.close_owner(owner)
         raise FileAccessDenied(
             f"connecting to the control socket '{path}' was refused: {exc.strerror}",
             hint="run as the user that opened the instance (the socket is mode 0600)",
             path=path,
         ) from exc
     except OSError as exc:
-        handle.close()
+        DEFAULT_REGISTRY.close_owner(owner)
         raise from_os_error(exc, op="connect to the control socket", path=path) from exc
     except BaseException:
         # An interrupt (KeyboardInterrupt while the backlog is full, or in the connect):
         # the socket is nobody's once this raises, so it is closed here.
-        handle.close()
+        DEFAULT_REGISTRY.close_owner(owner)
         raise
     return ControlClient(sock, handle, directory, path)
 
