@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from jetstore.control.client import connect
 from jetstore.errors import JetError
 from jetstore.format.filenames import generation_log_name
 from jetstore.io.files import FileSystem
+from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind
 
 
 @pytest.fixture
@@ -488,3 +490,39 @@ def test_a_backup_client_idle_between_files_and_before_complete_is_not_closed_as
     wait_idle(inst)
     baseline.wait(inst)
     assert inst.counters()["backups_completed"] == 1
+
+
+def test_a_client_reading_slowly_but_steadily_is_not_cut_off_as_stalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """STALL_TIMEOUT is for a client that stops reading: it bounded the whole `sendall` of
+    a frame instead (Python's socket timeout is the total for sendall), so a client that
+    read a 1 MiB frame steadily at under 17 KiB/s (a slow destination) lost its backup."""
+    monkeypatch.setattr(server, "STALL_TIMEOUT", 0.3)
+    ours, theirs = socket.socketpair()
+    handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-worker", "pair", ours.close)
+    worker = server._BackupWorker(None, server._Conn(ours, handle), "full")  # type: ignore[arg-type]
+    ours.settimeout(server.STALL_TIMEOUT)  # as `begin` does
+    size = 2 * 1024 * 1024
+    received = 0
+
+    def read_steadily() -> None:
+        nonlocal received
+        while received < size:
+            time.sleep(0.02)  # never a pause near STALL_TIMEOUT
+            data = theirs.recv(32 * 1024)
+            if not data:
+                return
+            received += len(data)
+
+    reader = threading.Thread(target=read_steadily)
+    reader.start()
+    started = time.monotonic()
+    try:
+        worker._send(b"x" * size)
+    finally:
+        reader.join(10)
+        handle.close()
+        theirs.close()
+    assert received == size
+    assert time.monotonic() - started > server.STALL_TIMEOUT  # longer than the timeout in all

@@ -956,8 +956,13 @@ class _BackupWorker:
 
     def _send(self, data: bytes | memoryview) -> None:
         stop = self._stop
+        view = memoryview(data)
         try:
-            self.sock.sendall(data, SEND_FLAGS)
+            # Not sendall: its timeout bounds the whole send, so a client reading a frame
+            # slowly but steadily would be taken for a stalled one. Each send here waits at
+            # most STALL_TIMEOUT for room, i.e. for the client to read something.
+            while view:
+                view = view[self.sock.send(view, SEND_FLAGS) :]
         except TimeoutError:
             raise _ClientGone(
                 f"the control client read nothing for {STALL_TIMEOUT:g} s (stalled)"
