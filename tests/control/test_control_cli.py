@@ -136,3 +136,24 @@ def test_recover_into_a_copy_skips_a_stale_control_socket(
     code, document = _json(capsys, "recover", str(tmp_path / "i"), "--into", str(tmp_path / "c"))
     assert code == 0, document
     assert not (tmp_path / "c" / "jetstore.sock").exists()
+
+
+@pytest.mark.parametrize("command", ["counters", "backup"])
+def test_a_socket_served_by_another_user_is_refused_by_the_cli(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    import jetstore.control.client as client_module
+
+    with open_instance(tmp_path / "i") as inst:
+        monkeypatch.setattr(client_module, "peer_uid", lambda sock: 4242)
+        extra = ["--to", str(tmp_path / "set")] if command == "backup" else []
+        code, document = _json(capsys, command, str(tmp_path / "i"), *extra)
+        assert code == 4, document
+        error = document["error"]
+        assert isinstance(error, dict) and error["name"] == "FileAccessDenied", error
+        assert "uid 4242" in str(error["message"])
+        assert inst.counters()["backups_completed"] == 0
+    assert not (tmp_path / "set").exists()
