@@ -498,7 +498,7 @@ def test_a_client_reading_slowly_but_steadily_is_not_cut_off_as_stalled(
     """STALL_TIMEOUT is for a client that stops reading: it bounded the whole `sendall` of
     a frame instead (Python's socket timeout is the total for sendall), so a client that
     read a 1 MiB frame steadily at under 17 KiB/s (a slow destination) lost its backup."""
-    monkeypatch.setattr(server, "STALL_TIMEOUT", 0.3)
+    monkeypatch.setattr(server, "STALL_TIMEOUT", 0.5)
     ours, theirs = socket.socketpair()
     handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-worker", "pair", ours.close)
     worker = server._BackupWorker(None, server._Conn(ours, handle), "full")  # type: ignore[arg-type]
