@@ -634,3 +634,28 @@ def test_the_client_says_a_file_in_the_way_is_not_a_stale_socket(tmp_path: Path)
         connect(directory)
     assert "stale" not in str(refused.value)
     assert DEFAULT_REGISTRY.total(f"control-client:{directory}") == 0
+
+
+def test_a_send_that_times_out_is_reported_after_the_timeout_not_twice_it(
+    tmp_path: Path,
+) -> None:
+    """After a failed send the client looks for an error the server left unread; after a
+    send that timed out, that look waited for the socket's whole timeout again (a socket
+    with a timeout polls before it reads, whatever MSG_DONTWAIT says), and the error then
+    said the instance "closed the control connection (timed out)"."""
+    ours, theirs = socket.socketpair()
+    handle = DEFAULT_REGISTRY.register(HandleKind.SOCKET, "test-client", "pair", ours.close)
+    ours.setblocking(False)
+    try:
+        while True:
+            ours.send(b"x" * 65536)  # the server reads nothing: fill the buffers
+    except BlockingIOError:
+        pass
+    ours.settimeout(1.0)
+    client = ControlClient(ours, handle, str(tmp_path), str(tmp_path / "jetstore.sock"))
+    started = time.monotonic()
+    with pytest.raises(InstanceUnavailable, match="did not answer"):
+        client.ping()
+    assert time.monotonic() - started < 1.6
+    client.close()
+    theirs.close()

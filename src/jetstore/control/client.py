@@ -217,6 +217,8 @@ class ControlClient:
     def _send(self, message: dict[str, Any]) -> None:
         try:
             self._sock.sendall(encode_line(message), SEND_FLAGS)
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
         except OSError as exc:
             raise self._last_word() or self._gone(exc) from exc
 
@@ -225,8 +227,11 @@ class ControlClient:
         clients, another user), if one waits unread: it says why, where a failed send
         (EPIPE) says only that the connection is gone."""
         try:
+            # Not MSG_DONTWAIT alone: a socket with a timeout polls for the whole timeout
+            # before it reads. The connection is done with anyway.
+            self._sock.setblocking(False)
             while b"\n" not in self._buffer:
-                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+                data = self._sock.recv(65536)
                 if not data:
                     break
                 self._buffer += data
@@ -247,11 +252,7 @@ class ControlClient:
         try:
             data = self._sock.recv(1 << 20)
         except TimeoutError as exc:
-            raise InstanceUnavailable(
-                f"the instance serving '{self.directory}' did not answer on '{self.path}' in time",
-                hint="check the instance's events (jetstore events) and retry",
-                path=self.path,
-            ) from exc
+            raise self._timed_out() from exc
         except OSError as exc:
             raise self._gone(exc) from exc
         if not data:
@@ -283,6 +284,13 @@ class ControlClient:
         if not message["ok"]:
             raise error_from_object(message.get("error"), source=self.path)
         return message
+
+    def _timed_out(self) -> JetError:
+        return InstanceUnavailable(
+            f"the instance serving '{self.directory}' did not answer on '{self.path}' in time",
+            hint="check the instance's events (jetstore events) and retry",
+            path=self.path,
+        )
 
     def _gone(self, exc: OSError | None) -> JetError:
         why = f" ({exc.strerror or exc})" if exc is not None else ""
