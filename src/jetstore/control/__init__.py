@@ -7,6 +7,8 @@
 - `client`: `connect(instance_dir)` -> `ControlClient` (counters, events, backup into a
   backup set), for other processes (the `jetstore` CLI, a backup program).
 
-Invariant: the socket is owner-only (mode 0600) and every handle and thread of the server is
-registered under ``<instance owner>/control`` and released when the instance closes.
+Invariants: the socket is owner-only (mode 0600), and each end refuses a peer of another
+user than its own or root (``SO_PEERCRED``); every handle and thread of the server is
+registered under ``<instance owner>/control`` and released when the instance closes; a
+connection idle for `server.IDLE_TIMEOUT` outside a backup is closed.
 """
