@@ -95,9 +95,7 @@ from jetstore.format.filenames import (
     LOCK_FILE,
     LOST_LOGS_PREFIX,
     generation_log_name,
-    misnamed_log_name,
 )
-from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import (
@@ -106,7 +104,7 @@ from jetstore.io.locking import (
     is_locked,
     read_lock_holder,
 )
-from jetstore.log.reader import take_inventory
+from jetstore.log.reader import LogInventory, MisnamedLog, take_inventory
 
 #: Staging directory suffix: the restore is built there, then renamed into place.
 STAGING_SUFFIX = ".restoring"
@@ -728,7 +726,7 @@ def _surviving_logs(
                 refusal,
                 [
                     m
-                    for m in _misnamed_logs(fs, directory, base)
+                    for m in _misnamed_logs(inventory, base)
                     if m.generation is None or m.generation not in inventory.files
                 ],
             )
@@ -743,7 +741,7 @@ def _surviving_logs(
         # current log as EDB.LOG) would otherwise end the restore early without a word.
         later_misnamed = [
             m
-            for m in _misnamed_logs(fs, directory, base)
+            for m in _misnamed_logs(inventory, base)
             if m.generation is None or m.generation >= expected
         ]
         if later_misnamed:
@@ -762,44 +760,18 @@ def _surviving_logs(
     return steps, None
 
 
-@dataclass(frozen=True)
-class _Misnamed:
-    """A file that looks like a log file but is not read as one (`misnamed_log_name`)."""
-
-    path: str
-    right_name: str
-    generation: int | None  # its header's, when it reads as one of the backup's stream
-
-
-def _misnamed_logs(fs: FileSystem, directory: str, base: Manifest) -> list[_Misnamed]:
-    """The misnamed log files of `directory`, each with the name to give it: its header's
-    generation's name when the header reads (the name's own digits may be decimal, or
-    wrong), else what its name says. Files of another stream are left out: no rename makes
+def _misnamed_logs(inventory: LogInventory, base: Manifest) -> list[MisnamedLog]:
+    """The misnamed log files of the surviving log directory (`take_inventory` lists them,
+    each with the name to give it). Files of another stream are left out: no rename makes
     them continue the backup."""
-    found: list[_Misnamed] = []
-    for name in fs.listdir(directory):
-        right = misnamed_log_name(name)
-        if right is None:
-            continue
-        path = os.path.join(directory, name)
-        generation: int | None = None
-        try:
-            header = decode_log_header(
-                fs.read_file(path, owner="restore", limit=LOG_HEADER_SIZE), path=path
-            )
-        except JetError:
-            header = None
-        if header is not None:
-            if header.log_signature != base.log_signature:
-                continue
-            generation = header.generation
-            if right != CURRENT_LOG:
-                right = generation_log_name(generation)
-        found.append(_Misnamed(path, right, generation))
-    return found
+    return [
+        m
+        for m in inventory.misnamed
+        if m.header is None or m.header.log_signature == base.log_signature
+    ]
 
 
-def _naming_misnamed(refusal: JetError, misnamed: Sequence[_Misnamed]) -> JetError:
+def _naming_misnamed(refusal: JetError, misnamed: Sequence[MisnamedLog]) -> JetError:
     """`refusal` (of logs missing from a directory) naming the misnamed files seen there,
     which the engine never reads: the missing generation is often one of them."""
     if not misnamed:

@@ -65,6 +65,7 @@ from jetstore.instance.recoverydecisions import (
     databases_losing_data,
     decide_start,
     is_dirty,
+    misnamed_for_missing,
     read_checkpoint,
     read_pending_data_loss,
     required_range,
@@ -846,6 +847,30 @@ def _refusal(
                 what = f"{what}, needed by database {refused.database!r}"
         else:
             what = _damage_text(plan, refused)
+        misnamed = (
+            misnamed_for_missing(refused.missing, inventory) if refused.kind == "missing" else []
+        )
+        if misnamed:
+            # The commits are most likely all there, under a name the engine never reads:
+            # putting the name right loses nothing, where the options below lose them.
+            renames = ", ".join(f"{os.path.basename(m.path)} to {m.right_name}" for m in misnamed)
+            plan.summary = (
+                f"{what}; {', '.join(os.path.basename(m.path) for m in misnamed)} may hold "
+                f"{'it' if len(refused.missing) == 1 else 'them'} but is misnamed, so it is "
+                f"not read: rename {renames}, then open again; otherwise restore from "
+                f"backup, or recover with data loss to {to} (what was committed after that "
+                "is lost)"
+            )
+            plan.next_commands = [
+                *(
+                    f"mv -n {_quote(m.path)} {_quote(os.path.join(path, m.right_name))}"
+                    for m in misnamed
+                ),
+                f"{command} diagnose {quoted}   (again, once renamed)",
+            ]
+            if plan.checkpoint is not None:
+                _explain_checkpoint(plan.checkpoint, loss_sim, True)
+            return
         if refused.kind == "unreadable":
             # Nothing needs the file: the option sets the logs aside, it loses no change.
             plan.summary = (

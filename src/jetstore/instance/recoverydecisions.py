@@ -76,6 +76,7 @@ from jetstore.format.filenames import (
     LOST_LOGS_PREFIX,
     database_file_name,
     generation_log_name,
+    parse_generation_log_name,
 )
 from jetstore.format.logrecords import (
     RECORD_COMMIT,
@@ -88,7 +89,13 @@ from jetstore.format.logrecords import (
 )
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
-from jetstore.log.reader import GenerationFile, LogInventory, LogRecordEntry, ScanResult
+from jetstore.log.reader import (
+    GenerationFile,
+    LogInventory,
+    LogRecordEntry,
+    MisnamedLog,
+    ScanResult,
+)
 from jetstore.log.writer import LogTail
 
 __all__ = [
@@ -106,6 +113,7 @@ __all__ = [
     "databases_losing_data",
     "decide_start",
     "is_dirty",
+    "misnamed_for_missing",
     "read_checkpoint",
     "required_range",
     "scan_stop_generation",
@@ -240,11 +248,19 @@ def _why_missing(missing: list[int], inventory: LogInventory) -> list[str]:
     current = next((entry for entry in inventory.unreadable if entry.is_current), None)
     current_present = current is not None or any(f.is_current for f in inventory.files.values())
     newest = inventory.highest
+    misnamed = misnamed_for_missing(missing, inventory)
+    by_header = {m.generation: m for m in misnamed if m.generation is not None}
     reasons: list[str] = []
     for generation in missing:
         name = generation_log_name(generation)
         entry = holding.get(generation)
-        if entry is not None:
+        if generation in by_header:
+            reasons.append(
+                f"{name} is not there, but {os.path.basename(by_header[generation].path)} "
+                f"holds generation {generation} (its header says so) under a name that is "
+                f"no log file's ({_LOG_NAMES}), so it is not read"
+            )
+        elif entry is not None:
             reasons.append(
                 f"{os.path.basename(entry.path)} holds generation {generation} (its header "
                 f"says so) under the name of generation {entry.generation}"
@@ -264,7 +280,35 @@ def _why_missing(missing: list[int], inventory: LogInventory) -> list[str]:
                 reasons.append(f"{name} is not there")
         else:
             reasons.append(f"{name} is not there")
+    reasons.extend(
+        f"{os.path.basename(m.path)} may hold it, but it is misnamed ({_LOG_NAMES}), so it is "
+        "not read"
+        for m in misnamed
+        if m.generation is None
+    )
     return reasons
+
+
+#: How a log file is named; a misnamed one is never read (`filenames.misnamed_log_name`).
+_LOG_NAMES = f"a log file is named {CURRENT_LOG} or edb + 8 upper-case hex digits + .log"
+
+
+def misnamed_for_missing(missing: Collection[int], inventory: LogInventory) -> list[MisnamedLog]:
+    """The misnamed log files (`LogInventory.misnamed`) that may hold one of the `missing`
+    generations: by their header, when it reads as the directory's stream; by their name
+    when it does not (`EDB.LOG` for a generation after the newest present)."""
+    stream = inventory.stream_signature()
+    newest = inventory.highest or 0
+    found: list[MisnamedLog] = []
+    for m in inventory.misnamed:
+        if m.header is not None:
+            if m.header.generation in missing and stream in (None, m.header.log_signature):
+                found.append(m)
+            continue
+        named = parse_generation_log_name(m.right_name)
+        if named in missing or (named is None and any(g > newest for g in missing)):
+            found.append(m)
+    return found
 
 
 def _overwritten_if_continued(inventory: LogInventory) -> list[GenerationFile]:
@@ -294,12 +338,15 @@ def _missing_hint(missing: list[int], inventory: LogInventory) -> str:
         for entry in inventory.unreadable
         if entry.holds_generation is not None and entry.holds_generation in missing
     ]
+    renames.extend(
+        (os.path.basename(m.path), m.right_name) for m in misnamed_for_missing(missing, inventory)
+    )
     if not renames:
         return _OPTIONS_HINT
     steps = ", ".join(f"{old} to {new}" for old, new in renames)
     return (
-        f"rename each misnamed file to the generation its header holds ({steps}; through a "
-        f"temporary name where two files swap names), then open again; otherwise " + _OPTIONS_HINT
+        f"rename each misnamed file to the name of the generation it holds ({steps}; through "
+        f"a temporary name where two files swap names), then open again; otherwise " + _OPTIONS_HINT
     )
 
 
@@ -521,7 +568,7 @@ def decide_start(
                             f"database {name!r} was not shut down cleanly and needs log "
                             f"generations {low}-{high}, but no log file in '{directory}' can "
                             f"be read: {why}",
-                            hint=_OPTIONS_HINT,
+                            hint=_missing_hint(needed, inventory),
                             path=file.path,
                         ),
                         "missing",

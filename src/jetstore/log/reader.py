@@ -2,6 +2,11 @@
 
 Read-only: nothing here writes, renames or deletes (diagnose and dump rely on that).
 
+A file that looks like a log file but is misnamed (`EDB.LOG`, `edb0000000a.log`: see
+`filenames.misnamed_log_name`) is never read as part of the chain; `take_inventory` lists it
+apart (`LogInventory.misnamed`, with the name its header gives it) so that recovery, diagnose
+and restore can name it where a generation is missing, instead of saying nothing of it.
+
 Chain verification (each failure stops reading with ESE's error, naming the generation):
 - every file's header is valid (`LogFileCorrupt`) and its generation matches its name
   (`LogGenerationMismatch`); every generation carries the stream's signature (`BadLogSignature`).
@@ -44,6 +49,7 @@ from jetstore.format.filenames import (
     CURRENT_LOG,
     TEMP_LOG,
     generation_log_name,
+    misnamed_log_name,
     parse_generation_log_name,
 )
 from jetstore.format.logframe import (
@@ -82,6 +88,23 @@ class GenerationFile:
     holds_generation: int | None = None
 
 
+@dataclass(frozen=True)
+class MisnamedLog:
+    """A file that looks like a log file but is not named as one (`misnamed_log_name`:
+    `EDB.LOG`, `edb0000000a.log`, `edb3.log`). It is never read as a log; it is listed so
+    that a refusal for a missing generation can name it, and the name to give it."""
+
+    path: str
+    #: `edb.log` for a current log's name in another case; else the generation its header
+    #: holds (the name's own digits may be decimal, or wrong), or, unreadable, the name's.
+    right_name: str
+    header: LogFileHeader | None  # None: it does not read as a log file
+
+    @property
+    def generation(self) -> int | None:
+        return self.header.generation if self.header is not None else None
+
+
 @dataclass
 class LogInventory:
     """Every log file of an instance directory, by generation."""
@@ -93,6 +116,7 @@ class LogInventory:
     #: `edbtmp.log` standing for the current log of a roll cut short between its renames
     #: (`take_inventory`); recovery finishes the roll by renaming it to `edb.log`.
     interrupted_roll: GenerationFile | None = None
+    misnamed: list[MisnamedLog] = field(default_factory=list)
 
     @property
     def generations(self) -> list[int]:
@@ -153,9 +177,16 @@ def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventor
     names = fs.listdir(directory) if fs.is_directory(directory) else []
     for name in names:
         generation = parse_generation_log_name(name)
-        if generation is None and name != CURRENT_LOG:
-            continue
         path = os.path.join(directory, name)
+        if generation is None and name != CURRENT_LOG:
+            misnamed = _misnamed(fs, path, owner=owner)
+            if misnamed is not None:
+                inventory.misnamed.append(misnamed)
+                inventory.problems.append(
+                    f"{name} looks like a log file but is misnamed, and so is not read "
+                    f"(the name to give it: {misnamed.right_name})"
+                )
+            continue
         entry = _read_header(fs, path, generation, owner=owner)
         if entry.header is None:
             inventory.unreadable.append(entry)
@@ -180,6 +211,21 @@ def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventor
                 f"of {CURRENT_LOG}"
             )
     return inventory
+
+
+def _misnamed(fs: FileSystem, path: str, *, owner: str) -> MisnamedLog | None:
+    right = misnamed_log_name(os.path.basename(path))
+    if right is None or fs.is_directory(path):
+        return None  # a directory is no log file, whatever its name
+    try:
+        header: LogFileHeader | None = decode_log_header(
+            fs.read_file(path, owner=owner, limit=LOG_HEADER_SIZE), path=path
+        )
+    except JetError:
+        header = None  # a directory, a short or foreign file: named by what its name says
+    if header is not None and right != CURRENT_LOG:
+        right = generation_log_name(header.generation)
+    return MisnamedLog(path, right, header)
 
 
 def _interrupted_roll(

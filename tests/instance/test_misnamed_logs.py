@@ -1,0 +1,103 @@
+"""Soft recovery and `jetstore diagnose` with a log file under a name the engine does not read
+(`EDB.LOG`, `edb0000000a.log`, `edb6.log`): refused, naming the file and the name to give it,
+never continued past without a word; stray files that are no log names are left alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import jetstore
+from jetstore.errors import JetError, MissingLogFile, RequiredLogFilesMissing
+from jetstore.format.filenames import CURRENT_LOG, generation_log_name
+from jetstore.instance.diagnosis import plan_recovery
+from jetstore.io import FileSystem
+from jetstore.log.reader import take_inventory
+
+SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
+
+
+def crashed(directory: Path, batches: int) -> int:
+    """Rows committed over `batches` transactions (several generations when many), then a
+    crash: every row is acknowledged, and only the logs hold them."""
+    instance = jetstore.open(directory, **SMALL)
+    db = instance.database("main", create=True)
+    db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    n = 0
+    for _ in range(batches):
+        with db.transaction() as txn:
+            for _ in range(40):
+                txn.table("t").insert({"id": n, "v": f"{n:06d}" * 20})
+                n += 1
+    instance.simulate_crash()
+    return n
+
+
+def row_count(directory: Path) -> int:
+    instance = jetstore.open(directory, **SMALL)
+    try:
+        with instance.database("main").transaction() as txn:
+            return len(list(txn.table("t").scan()))
+    finally:
+        instance.close()
+
+
+def refusal(directory: Path) -> JetError:
+    with pytest.raises((MissingLogFile, RequiredLogFilesMissing)) as caught:
+        jetstore.open(directory, **SMALL)
+    return caught.value
+
+
+def test_misnamed_current_log_is_named_with_its_right_name(tmp_path: Path) -> None:
+    rows = crashed(tmp_path, batches=30)
+    os.rename(tmp_path / CURRENT_LOG, tmp_path / "EDB.LOG")
+
+    error = refusal(tmp_path)
+    assert "EDB.LOG holds generation" in (error.detail or "")
+    assert "EDB.LOG to edb.log" in (error.hint or "")
+    assert not (tmp_path / CURRENT_LOG).exists()  # refused before anything was written
+
+    plan = plan_recovery(str(tmp_path))
+    assert "EDB.LOG" in plan.summary and "rename EDB.LOG to edb.log" in plan.summary
+    assert plan.next_commands[0].startswith("mv -n ")
+    assert plan.next_commands[0].endswith(f"{tmp_path / 'EDB.LOG'} {tmp_path / CURRENT_LOG}")
+
+    os.rename(tmp_path / "EDB.LOG", tmp_path / CURRENT_LOG)
+    assert row_count(tmp_path) == rows
+
+
+@pytest.mark.parametrize("spell", ["lower-hex", "short"])
+def test_misnamed_closed_generation_is_named_with_its_right_name(
+    tmp_path: Path, spell: str
+) -> None:
+    rows = crashed(tmp_path, batches=100)
+    right = generation_log_name(10)
+    assert (tmp_path / right).exists()
+    wrong = "edb0000000a.log" if spell == "lower-hex" else "edbA.log"
+    os.rename(tmp_path / right, tmp_path / wrong)
+
+    error = refusal(tmp_path)
+    assert f"{wrong} holds generation 10" in (error.detail or "")
+    assert f"{wrong} to {right}" in (error.hint or "")
+    assert f"rename {wrong} to {right}" in plan_recovery(str(tmp_path)).summary
+
+    os.rename(tmp_path / wrong, tmp_path / right)
+    assert row_count(tmp_path) == rows
+
+
+def test_stray_files_are_no_logs(tmp_path: Path) -> None:
+    rows = crashed(tmp_path, batches=2)
+    shutil.copyfile(tmp_path / CURRENT_LOG, tmp_path / "edb.log.bak")
+    (tmp_path / "notes.txt").write_text("edb.log holds generation 1\n")
+    (tmp_path / "EDB.LOG").mkdir()  # a directory is no log file, whatever its name
+
+    inventory = take_inventory(FileSystem(), str(tmp_path), owner="test")
+    assert inventory.misnamed == [] and inventory.problems == []
+    plan = plan_recovery(str(tmp_path))
+    assert plan.verdict == "recoverable"
+    assert not any("misnamed" in note for note in plan.notes)
+    assert row_count(tmp_path) == rows
+    assert (tmp_path / "edb.log.bak").exists() and (tmp_path / "notes.txt").exists()
