@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1190,3 +1192,60 @@ def test_a_directory_whose_logs_a_repair_set_aside_points_to_them(tmp_path: Path
     assert f"--logs-from {aside}" in str(refused.value)
     jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=aside)
     assert _restored_rows(tmp_path / "restored") == expected
+
+
+def test_an_opener_refused_by_a_restore_holding_its_logs_is_told_it_is_a_restore(
+    tmp_path: Path,
+) -> None:
+    # Defect: the lock file held only a pid, so while a restore held --logs-from an Instance
+    # opened there in the same process was told "already open by this process, through
+    # another Instance object", and a restore in another process that the directory was
+    # "an open instance": both sent the operator after an instance that does not exist.
+    live = tmp_path / "live"
+    inst = _open(live)
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    inst.simulate_crash()
+    other_restore = (
+        "import jetstore\n"
+        "try:\n"
+        f"    jetstore.restore({str(tmp_path / 'full')!r}, {str(tmp_path / 'other')!r}, "
+        f"logs_from={str(live)!r})\n"
+        "except jetstore.errors.FileAccessDenied as exc:\n"
+        "    print(exc.detail)\n"
+    )
+    refusals: list[str] = []
+
+    def others_open_there(done: int, total: int, name: str) -> None:
+        if refusals:
+            return
+        with pytest.raises(FileAccessDenied) as refused:
+            _open(live)
+        refusals.append(refused.value.detail or "")
+        child = subprocess.run(
+            [sys.executable, "-c", other_restore],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert child.returncode == 0, child.stderr
+        refusals.append(child.stdout)
+
+    jetstore.restore(
+        tmp_path / "full", tmp_path / "restored", logs_from=live, progress=others_open_there
+    )
+    same_process, other_process = refusals
+    assert (
+        f"a restore copying its logs (restore --logs-from) in this process (process {os.getpid()})"
+        in (same_process)
+    )
+    assert "Instance object" not in same_process and "open instance" not in same_process
+    assert f"a restore copying its logs (restore --logs-from) (process {os.getpid()})" in (
+        other_process
+    )
+    assert "open instance" not in other_process
+    assert not (tmp_path / "other").exists()
+    # The instance's own lock names it as one, once the restore let go.
+    with _open(live), pytest.raises(FileAccessDenied, match="open instance in this process"):
+        _open(live)

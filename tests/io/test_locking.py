@@ -63,7 +63,7 @@ def test_acquire_registers_lock_and_writes_pid(
     directory = str(tmp_path)
     assert not is_locked(fs, directory)
     assert read_lock_holder(fs, directory) is None
-    lock = acquire_directory_lock(fs, directory, owner="inst")
+    lock = acquire_directory_lock(fs, directory, owner="inst", holder="a test")
     try:
         assert isinstance(lock, DirectoryLock)
         assert lock.held
@@ -71,7 +71,8 @@ def test_acquire_registers_lock_and_writes_pid(
         assert counts[HandleKind.LOCK.value] == 1
         assert counts[HandleKind.FILE.value] == 1
         assert read_lock_holder(fs, directory) == os.getpid()
-        assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+        # The pid, then what holds the lock: a refused opener names both.
+        assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\na test\n"
         assert is_locked(fs, directory)
         # probing leaves no handle behind
         assert registry.total() == 2
@@ -88,11 +89,11 @@ def test_second_acquire_in_same_process_is_refused(
     fs: FileSystem, registry: HandleRegistry, tmp_path
 ) -> None:
     directory = str(tmp_path)
-    lock = acquire_directory_lock(fs, directory, owner="first")
+    lock = acquire_directory_lock(fs, directory, owner="first", holder="a test")
     try:
         for other_fs in (fs, FileSystem(HandleRegistry("other"))):
             with pytest.raises(FileAccessDenied) as info:
-                acquire_directory_lock(other_fs, directory, owner="second")
+                acquire_directory_lock(other_fs, directory, owner="second", holder="a test")
             err = info.value
             assert err.code == -1032
             assert isinstance(err, JetError)
@@ -112,7 +113,7 @@ def test_second_acquire_in_same_process_is_refused(
 def test_release_then_reacquire(fs: FileSystem, registry: HandleRegistry, tmp_path) -> None:
     directory = str(tmp_path)
     for _ in range(3):
-        lock = acquire_directory_lock(fs, directory, owner="inst")
+        lock = acquire_directory_lock(fs, directory, owner="inst", holder="a test")
         assert is_locked(fs, directory)
         lock.release()
         assert not is_locked(fs, directory)
@@ -122,11 +123,11 @@ def test_release_then_reacquire(fs: FileSystem, registry: HandleRegistry, tmp_pa
 
 def test_close_owner_releases_the_lock(fs: FileSystem, registry: HandleRegistry, tmp_path) -> None:
     directory = str(tmp_path)
-    lock = acquire_directory_lock(fs, directory, owner="inst/lock")
+    lock = acquire_directory_lock(fs, directory, owner="inst/lock", holder="a test")
     assert registry.close_owner("inst") == []
     assert not lock.held
     assert not is_locked(fs, directory)
-    lock2 = acquire_directory_lock(fs, directory, owner="inst")
+    lock2 = acquire_directory_lock(fs, directory, owner="inst", holder="a test")
     lock2.release()
     lock.release()  # after close_owner, still harmless
 
@@ -134,7 +135,7 @@ def test_close_owner_releases_the_lock(fs: FileSystem, registry: HandleRegistry,
 def test_missing_directory_is_a_jet_error(fs: FileSystem, registry: HandleRegistry, tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(JetError):
-        acquire_directory_lock(fs, missing, owner="inst")
+        acquire_directory_lock(fs, missing, owner="inst", holder="a test")
     assert not is_locked(fs, missing)
     assert read_lock_holder(fs, missing) is None
     assert registry.total() == 0
@@ -153,7 +154,7 @@ def test_read_lock_holder_ignores_garbage(fs: FileSystem, tmp_path) -> None:
 
 def test_another_process_is_refused_naming_the_holder(fs: FileSystem, tmp_path) -> None:
     directory = str(tmp_path)
-    lock = acquire_directory_lock(fs, directory, owner="inst")
+    lock = acquire_directory_lock(fs, directory, owner="inst", holder="a test")
     try:
         result = run_child(
             f"""
@@ -165,7 +166,7 @@ def test_another_process_is_refused_naming_the_holder(fs: FileSystem, tmp_path) 
             print("locked", is_locked(fs, {directory!r}))
             print("holder", read_lock_holder(fs, {directory!r}))
             try:
-                acquire_directory_lock(fs, {directory!r}, owner="child")
+                acquire_directory_lock(fs, {directory!r}, owner="child", holder="a test")
             except FileAccessDenied as exc:
                 print("refused", exc.code, str(exc))
                 print("handles", fs.registry.total())
@@ -192,7 +193,7 @@ def test_another_process_is_refused_naming_the_holder(fs: FileSystem, tmp_path) 
         from jetstore.io.files import FileSystem
         from jetstore.io.locking import acquire_directory_lock, read_lock_holder
         fs = FileSystem()
-        lock = acquire_directory_lock(fs, {directory!r}, owner="child")
+        lock = acquire_directory_lock(fs, {directory!r}, owner="child", holder="a test")
         print(read_lock_holder(fs, {directory!r}) == os.getpid())
         lock.release()
         """
@@ -207,7 +208,7 @@ def test_lock_dies_with_its_holder(fs: FileSystem, tmp_path) -> None:
         import sys, time
         from jetstore.io.files import FileSystem
         from jetstore.io.locking import acquire_directory_lock
-        lock = acquire_directory_lock(FileSystem(), {directory!r}, owner="child")
+        lock = acquire_directory_lock(FileSystem(), {directory!r}, owner="child", holder="a test")
         print("ready", flush=True)
         time.sleep(60)
         """
@@ -225,7 +226,7 @@ def test_lock_dies_with_its_holder(fs: FileSystem, tmp_path) -> None:
         assert is_locked(fs, directory)
         assert read_lock_holder(fs, directory) == child.pid
         with pytest.raises(FileAccessDenied) as info:
-            acquire_directory_lock(fs, directory, owner="parent")
+            acquire_directory_lock(fs, directory, owner="parent", holder="a test")
         assert f"process {child.pid}" in str(info.value)
         assert fs.registry.total("parent") == 0
 
@@ -242,7 +243,7 @@ def test_lock_dies_with_its_holder(fs: FileSystem, tmp_path) -> None:
     # No stale lock: the kernel dropped it with the process (its pid is still in the file).
     assert read_lock_holder(fs, directory) == child.pid
     assert not is_locked(fs, directory)
-    lock = acquire_directory_lock(fs, directory, owner="parent")
+    lock = acquire_directory_lock(fs, directory, owner="parent", holder="a test")
     try:
         assert read_lock_holder(fs, directory) == os.getpid()
     finally:
@@ -359,7 +360,9 @@ def test_an_interrupt_while_the_directory_lock_writes_its_pid_releases_it(
             raise KeyboardInterrupt("Ctrl-C")
 
     with pytest.raises(KeyboardInterrupt):
-        acquire_directory_lock(FileSystem(registry, hook), str(tmp_path), owner="inst")
+        acquire_directory_lock(
+            FileSystem(registry, hook), str(tmp_path), owner="inst", holder="a test"
+        )
     assert registry.total() == 0
     assert not is_locked(FileSystem(registry), str(tmp_path))
 
@@ -370,7 +373,7 @@ def test_a_directory_lock_release_interrupted_in_the_unlock_still_closes_the_fil
     """Ctrl-C in the unlock (the finally of the offline tools' `exclusive_directory`)
     skipped the close of the lock file: the directory stayed locked until the process
     ended."""
-    lock = acquire_directory_lock(fs, str(tmp_path), owner="tool")
+    lock = acquire_directory_lock(fs, str(tmp_path), owner="tool", holder="a test")
     release = FileLock.release
     fired: list[bool] = []
 

@@ -98,7 +98,7 @@ def backup_offline(
     owner = f"offline-backup:{directory}"
     writer: SetWriter | None = None
     try:
-        lock = acquire_directory_lock(fs, directory, owner=owner)
+        lock = acquire_directory_lock(fs, directory, owner=owner, holder="an offline backup")
         try:
             # Under the lock: the set's start is when its images hold no later commit (a
             # restore's time stop at or after it reads no log). Taken before, an instance

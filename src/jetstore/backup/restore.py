@@ -99,10 +99,11 @@ from jetstore.format.filenames import (
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry
 from jetstore.io.locking import (
+    HOLDER_RESTORE,
     DirectoryLock,
     acquire_directory_lock,
+    describe_lock_holder,
     is_locked,
-    read_lock_holder,
 )
 from jetstore.log.reader import LogInventory, MisnamedLog, take_inventory
 
@@ -280,7 +281,7 @@ def _lock_surviving_logs(
     if not fs.is_directory(directory) or not fs.exists(os.path.join(directory, LOCK_FILE)):
         return None
     try:
-        return acquire_directory_lock(fs, directory, owner=_LOGS_LOCK_OWNER)
+        return acquire_directory_lock(fs, directory, owner=_LOGS_LOCK_OWNER, holder=HOLDER_RESTORE)
     except FileAccessDenied as exc:
         if exc.errno is None:  # held by an instance, not refused by the OS
             raise _logs_in_use(fs, directory) from None
@@ -290,12 +291,11 @@ def _lock_surviving_logs(
 
 
 def _logs_in_use(fs: FileSystem, directory: str) -> FileAccessDenied:
-    holder = read_lock_holder(fs, directory)
     return FileAccessDenied(
-        f"'{directory}' is the directory of an open instance"
-        + (f" (process {holder})" if holder else "")
-        + ": its logs are still written (and deleted)",
-        hint="close (or stop) that instance first, then restore with its logs",
+        f"'{directory}' is held by {describe_lock_holder(fs, directory)}: an instance "
+        "there writes (and deletes) its logs, and another opener there could start one",
+        hint="close (or stop) that instance, or wait for that restore or tool to end, then "
+        "restore with its logs",
         path=directory,
     )
 
@@ -556,11 +556,10 @@ def _check_target(fs: FileSystem, target: str) -> None:
                 path=target,
             )
         if is_locked(fs, target):
-            holder = read_lock_holder(fs, target)
             raise FileAccessDenied(
-                f"restore target '{target}' is the directory of an open instance"
-                + (f" (process {holder})" if holder else ""),
-                hint="close that instance first, or restore into a new directory",
+                f"restore target '{target}' is held by {describe_lock_holder(fs, target)}",
+                hint="close that instance (or wait for that restore or tool to end) first, "
+                "or restore into a new directory",
                 path=target,
             )
         if fs.listdir(target):

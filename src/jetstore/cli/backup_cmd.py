@@ -40,7 +40,7 @@ from jetstore.cli.support import (
 from jetstore.errors import FileAccessDenied, InstanceNameInUse, InstanceUnavailable, JetError
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.io.locking import describe_lock_holder, is_locked
 
 __all__ = ["backup_command", "verify_backup_command"]
 
@@ -54,8 +54,7 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
     try:
         client = connect(instance_dir)
     except InstanceUnavailable as exc:
-        holder = read_lock_holder(FileSystem(), instance_dir)
-        who = f"process {holder}" if holder is not None else "another process"
+        who = describe_lock_holder(FileSystem(), instance_dir)
         raise InstanceNameInUse(
             f"the instance in '{instance_dir}' is open ({who} holds {LOCK_FILE}) but serves no "
             f"control socket for an online {kind} backup: {exc.detail}",

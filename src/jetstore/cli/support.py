@@ -59,7 +59,7 @@ from jetstore.format.filenames import (
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.io.locking import describe_lock_holder, is_locked
 from jetstore.log.reader import take_inventory
 
 __all__ = [
@@ -181,10 +181,9 @@ def _is_instance_file(name: str) -> bool:
 
 
 def in_use_error(fs: FileSystem, directory: str, why: str) -> InstanceNameInUse:
-    holder = read_lock_holder(fs, directory)
-    who = f"process {holder}" if holder is not None else "another process"
     return InstanceNameInUse(
-        f"the instance in '{directory}' is in use: {who} holds its lock ({LOCK_FILE}); {why}",
+        f"the instance in '{directory}' is in use: {describe_lock_holder(fs, directory)} "
+        f"holds its lock ({LOCK_FILE}); {why}",
         hint="run the command again after that process closed the instance",
         path=os.path.join(directory, LOCK_FILE),
     )

@@ -74,7 +74,13 @@ from jetstore.instance.recoverydecisions import (
     stream_signature,
 )
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import file_lock_holder, is_locked, lock_holder_pid, read_lock_holder
+from jetstore.io.locking import (
+    describe_lock_holder,
+    file_lock_holder,
+    is_locked,
+    lock_holder_pid,
+    read_lock_holder,
+)
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
 from jetstore.log.verify import LogProblem, LogVerification, require_log_directory, verify_logs
 from jetstore.pages.pagefile import CREATING_SUFFIX
@@ -571,12 +577,12 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
     quoted = _quote(path)
     if is_locked(fs, path):
         pid = read_lock_holder(fs, path)
-        who = f"process {pid}" if pid is not None else "another process"
         return RecoveryPlan(
             path,
             "in-use",
-            f"the instance is open in {who}: it is live, and its files change while it runs "
-            "(a database shows as dirty while open); nothing needs recovering now",
+            f"the instance is held by {describe_lock_holder(fs, path)}: it is live, and its "
+            "files change while it is held (a database shows as dirty while open); nothing "
+            "needs recovering now",
             [f"{command} status {quoted}", f"{command} counters {quoted}"],
             open_by_pid=pid,
         )

@@ -105,7 +105,7 @@ from jetstore.instance.recovery import (
 from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry, release_all
-from jetstore.io.locking import DirectoryLock, acquire_directory_lock
+from jetstore.io.locking import HOLDER_INSTANCE, DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread, WeakOwner
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogWriter
@@ -480,7 +480,9 @@ class Instance:
             refuse_backup_set(self.fs, directory, what="opening it as an instance")
         try:
             self.fs.makedirs(directory)
-            return acquire_directory_lock(self.fs, directory, owner=self.owner)
+            return acquire_directory_lock(
+                self.fs, directory, owner=self.owner, holder=HOLDER_INSTANCE
+            )
         except FileNotFound as exc:
             raise InvalidPath(
                 f"'{directory}' cannot hold an instance: {exc.detail}; the engine cannot "

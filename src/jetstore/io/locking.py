@@ -7,8 +7,11 @@ description, so a second open in the same process conflicts too, and the kernel 
 lock when the holder dies (no stale lock to clean up).
 
 Invariants:
-- The directory lock's holder writes its pid into the lock file so a refused opener can name
-  it. A database file cannot carry a pid, so its holder is named from this process's table of
+- The directory lock's holder writes its pid into the lock file, and on the next line what it
+  is (`HOLDER_INSTANCE`, `HOLDER_RESTORE`, an offline tool's words), so a refused opener can
+  name it (`describe_lock_holder`): a restore holding `--logs-from` is not "an open
+  instance", nor another Instance object. A file of an older release holds the pid alone.
+  A database file cannot carry a pid, so its holder is named from this process's table of
   the files it locked (`_HELD`, by device and inode: a hard link or symlink reaches the same
   entry) or, for another process, from the kernel's lock table (`/proc/locks`), best effort.
 - Every lock is registered in the handle registry (kind LOCK) when taken and released by
@@ -59,14 +62,45 @@ class DirectoryLock(FileLock):
         release_all(super().release, self._file.close)
 
 
+#: What holds a directory lock, in a refusal's words (the second line of the lock file).
+HOLDER_INSTANCE = "an open instance"
+HOLDER_RESTORE = "a restore copying its logs (restore --logs-from)"
+_HOLDER_LIMIT = 120
+
+
+def _read_lock_file(fs: FileSystem, directory: str) -> tuple[int | None, str | None]:
+    """The pid and the holder's words written in the lock file (the holder may be gone)."""
+    try:
+        data = fs.read_file(
+            os.path.join(directory, LOCK_FILE), owner="lock-probe", limit=32 + _HOLDER_LIMIT
+        )
+    except JetError:
+        return None, None
+    lines = data.decode("utf-8", "replace").splitlines()
+    pid = lines[0].strip() if lines else ""
+    role = lines[1].strip() if len(lines) > 1 else ""
+    # Anyone may write the file: words that are no holder's are left out of messages.
+    usable = 0 < len(role) <= _HOLDER_LIMIT and role.isprintable()
+    return (int(pid) if pid.isdigit() else None), (role if usable else None)
+
+
 def read_lock_holder(fs: FileSystem, directory: str) -> int | None:
     """The pid written in the lock file, if any (the holder may be gone already)."""
-    try:
-        data = fs.read_file(os.path.join(directory, LOCK_FILE), owner="lock-probe", limit=64)
-    except JetError:
-        return None
-    text = data.decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else None
+    return _read_lock_file(fs, directory)[0]
+
+
+def describe_lock_holder(fs: FileSystem, directory: str) -> str:
+    """Who holds the lock of `directory`, as its lock file says: "a restore copying its logs
+    (restore --logs-from) (process 4242)", "an open instance in this process (process 4242),
+    another Instance object", "process 4242" (a lock file of an older release)."""
+    pid, role = _read_lock_file(fs, directory)
+    if pid is None:
+        return role or "another opener"
+    if pid != os.getpid():
+        return f"{role} (process {pid})" if role else f"process {pid}"
+    if role is None or role == HOLDER_INSTANCE:
+        return f"{HOLDER_INSTANCE} in this process (process {pid}), another Instance object"
+    return f"{role} in this process (process {pid})"
 
 
 def is_locked(fs: FileSystem, directory: str) -> bool:
@@ -82,7 +116,11 @@ def is_locked(fs: FileSystem, directory: str) -> bool:
         return False
 
 
-def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> DirectoryLock:
+def acquire_directory_lock(
+    fs: FileSystem, directory: str, *, owner: str, holder: str
+) -> DirectoryLock:
+    """Lock `directory`, or raise `FileAccessDenied` (without an errno) naming who holds it.
+    `holder` says what takes it (`HOLDER_INSTANCE`, ...): a refused opener reads it."""
     path = os.path.join(directory, LOCK_FILE)
     file = fs.open(path, owner=owner, create=True)
     try:
@@ -92,19 +130,17 @@ def acquire_directory_lock(fs: FileSystem, directory: str, *, owner: str) -> Dir
         raise
     if not locked:
         file.close()
-        holder = read_lock_holder(fs, directory)
-        who = f"process {holder}" if holder is not None else "another opener"
-        if holder == os.getpid():
-            who = f"this process ({holder}), through another Instance object"
         raise FileAccessDenied(
-            f"instance directory '{directory}' is already open by {who}",
-            hint="close the other opener first; only one Instance may hold a directory",
+            f"instance directory '{directory}' is already held by "
+            f"{describe_lock_holder(fs, directory)}",
+            hint="close the other opener first (or wait for its end): one opener at a time "
+            "holds a directory (an Instance, a restore reading its logs, an offline tool)",
             path=path,
         )
     handle = fs.registry.register(HandleKind.LOCK, owner, path, file.unlock)
     try:
         file.truncate(0)
-        file.pwrite(f"{os.getpid()}\n".encode("ascii"), 0)
+        file.pwrite(f"{os.getpid()}\n{holder[:_HOLDER_LIMIT]}\n".encode(), 0)
     except BaseException:  # Ctrl-C too: a lock nobody holds a reference to is never released
         handle.close()
         file.close()

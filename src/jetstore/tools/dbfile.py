@@ -53,7 +53,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.format.page import PAGE_SIZES
 from jetstore.io.files import File, FileSystem
-from jetstore.io.locking import acquire_directory_lock, is_locked, read_lock_holder
+from jetstore.io.locking import acquire_directory_lock, describe_lock_holder, is_locked
 from jetstore.pages.btree import Node, child_ref, decode_node, ref_crc, ref_pgno
 from jetstore.tables.catalog import (
     CATALOG_PREFIX,
@@ -244,10 +244,9 @@ def refuse_if_open(fs: FileSystem, directory: str, *, what: str) -> None:
 
 
 def _in_use(fs: FileSystem, directory: str, what: str) -> InstanceNameInUse:
-    holder = read_lock_holder(fs, directory)
-    who = f"process {holder}" if holder is not None else "another process"
     return InstanceNameInUse(
-        f"the instance in '{directory}' is open: {who} holds its lock ({LOCK_FILE}); "
+        f"the instance in '{directory}' is in use: {describe_lock_holder(fs, directory)} "
+        f"holds its lock ({LOCK_FILE}); "
         f"{what} needs the database file to itself",
         hint="close the instance (or stop that process) and run the command again",
         path=os.path.join(directory, LOCK_FILE),
@@ -262,7 +261,9 @@ def exclusive_directory(fs: FileSystem, directory: str, *, what: str) -> Iterato
 
     refuse_backup_set(fs, directory, what=what)
     try:
-        lock = acquire_directory_lock(fs, directory, owner=OWNER)
+        lock = acquire_directory_lock(
+            fs, directory, owner=OWNER, holder=f"an offline tool ({what})"
+        )
     except FileAccessDenied as exc:
         if exc.errno is None:
             raise _in_use(fs, directory, what) from None
