@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import jetstore
-from jetstore.errors import JetError, MissingLogFile, RequiredLogFilesMissing
+from jetstore.errors import InvalidPath, JetError, MissingLogFile, RequiredLogFilesMissing
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.instance.diagnosis import plan_recovery
 from jetstore.io import FileSystem
@@ -101,3 +101,38 @@ def test_stray_files_are_no_logs(tmp_path: Path) -> None:
     assert not any("misnamed" in note for note in plan.notes)
     assert row_count(tmp_path) == rows
     assert (tmp_path / "edb.log.bak").exists() and (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["crashed", "closed"])
+def test_a_directory_named_like_a_later_log_is_named_as_one_to_move_away(
+    tmp_path: Path, clean: bool
+) -> None:
+    # Defect: a directory named like a generation after the newest (or like edb.log after a
+    # clean shutdown) was refused as a damaged log (LogFileCorrupt, "put back an intact copy
+    # of the file", or accept the loss: every log set aside and a new stream begun), where
+    # moving a stray directory away is the whole way out.
+    rows = crashed(tmp_path, batches=2)
+    if clean:
+        jetstore.open(tmp_path, **SMALL).close()
+        os.unlink(tmp_path / CURRENT_LOG)
+        stray = tmp_path / CURRENT_LOG
+    else:
+        stray = tmp_path / generation_log_name(9)
+    stray.mkdir()
+    before = sorted(os.listdir(tmp_path))
+
+    for accept_data_loss in (False, True):
+        with pytest.raises(InvalidPath) as refused:
+            jetstore.open(tmp_path, accept_data_loss=accept_data_loss, **SMALL)
+        assert refused.value.path == str(stray)
+        assert "is a directory" in (refused.value.detail or "")
+        assert "away" in (refused.value.hint or "")
+        assert sorted(os.listdir(tmp_path)) == before  # nothing set aside, nothing written
+
+    plan = plan_recovery(str(tmp_path))
+    assert plan.error is not None and plan.error.path == str(stray)
+    assert stray.name in plan.summary and "away" in plan.summary
+    assert "restore" not in plan.summary and "data loss" not in plan.summary
+
+    stray.rmdir()
+    assert row_count(tmp_path) == rows

@@ -921,6 +921,13 @@ def _refusal(
             f"{command} dump header {_quote(os.path.join(path, str(name) + '.edb'))}",
         ]
         return
+    elif refused.kind == "not-a-file":
+        # Nothing is damaged or lost: a stray directory (or special file) takes a log's name.
+        plan.summary = f"{(error.detail or str(error)).rstrip('.')}: {error.hint or ''}".rstrip(
+            ": "
+        )
+        plan.next_commands = [f"{command} diagnose {quoted}   (again, once it is moved away)"]
+        return
     elif refused.kind == "newer-version":
         plan.summary = (
             f"a newer jetstore used this directory ({(error.detail or str(error)).rstrip('.')}): "

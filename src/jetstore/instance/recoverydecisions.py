@@ -54,6 +54,7 @@ from jetstore.errors import (
     DatabaseSignInUse,
     FileNotFound,
     InvalidLogSequence,
+    InvalidPath,
     JetError,
     LogFileCorrupt,
     LogFileSizeMismatch,
@@ -132,6 +133,7 @@ SCAN_STOPS: tuple[type[JetError], ...] = (
 )
 
 #: "unreadable": a log file that cannot be read lies where the stream would write next;
+#: "not-a-file": a directory or special file lies there, under a log file's name;
 #: "missing": generations are missing; "foreign": a dirty database of another log stream;
 #: "no-stream": a dirty database bound to no stream; "mismatch": database files and log do not
 #: belong together; "scan": the chain scan failed; "header": a database header is unreadable
@@ -145,6 +147,7 @@ RefusalKind = Literal[
     "header",
     "duplicate-id",
     "unreadable",
+    "not-a-file",
     "newer-version",
 ]
 
@@ -613,6 +616,12 @@ def decide_start(
             )
 
     overwritten = _overwritten_if_continued(inventory)
+    for entry in overwritten:
+        if isinstance(entry.error, InvalidPath):
+            # A directory (a FIFO, a device) under a log file's name holds no log: setting
+            # every log aside for it (accept_data_loss) or "an intact copy" would be wrong
+            # ways out; moving it away is the one (its error says so), loss accepted or not.
+            raise Refused(entry.error, "not-a-file")
     if overwritten:
         what = "; ".join(
             f"{os.path.basename(entry.path)} cannot be read ({_error_text(entry)})"
