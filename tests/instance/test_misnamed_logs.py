@@ -1,6 +1,7 @@
 """Soft recovery and `jetstore diagnose` with a log file under a name the engine does not read
 (`EDB.LOG`, `edb0000000a.log`, `edb6.log`): refused, naming the file and the name to give it,
-never continued past without a word; stray files that are no log names are left alone."""
+never continued past without a word; stray files that are no log names are left alone; a
+directory under a name the log uses is refused, naming it, before anything is written."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 import jetstore
 from jetstore.errors import InvalidPath, JetError, MissingLogFile, RequiredLogFilesMissing
-from jetstore.format.filenames import CURRENT_LOG, generation_log_name
+from jetstore.format.filenames import CURRENT_LOG, TEMP_LOG, generation_log_name, reserve_log_name
 from jetstore.instance.diagnosis import plan_recovery
 from jetstore.io import FileSystem
 from jetstore.log.reader import take_inventory
@@ -135,4 +136,28 @@ def test_a_directory_named_like_a_later_log_is_named_as_one_to_move_away(
     assert "restore" not in plan.summary and "data loss" not in plan.summary
 
     stray.rmdir()
+    assert row_count(tmp_path) == rows
+
+
+@pytest.mark.parametrize("name", [TEMP_LOG, reserve_log_name(1)])
+def test_a_directory_under_a_name_the_log_writes_is_refused_before_recovery_writes(
+    tmp_path: Path, name: str
+) -> None:
+    # Defect: diagnose called such a directory "recoverable" while the open failed after
+    # recovery, when the log writer prepared its next file (edbtmp.log, the reserve logs).
+    rows = crashed(tmp_path, batches=2)
+    (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    database = (tmp_path / "main.edb").read_bytes()
+
+    plan = plan_recovery(str(tmp_path))
+    assert plan.verdict != "recoverable"
+    assert plan.error is not None and plan.error.path == str(tmp_path / name)
+    assert name in plan.summary and "away" in plan.summary
+    with pytest.raises(InvalidPath) as refused:
+        jetstore.open(tmp_path, **SMALL)
+    assert refused.value.path == str(tmp_path / name)
+    assert (tmp_path / "main.edb").read_bytes() == database  # refused before replay
+
+    (tmp_path / name).rmdir()
     assert row_count(tmp_path) == rows

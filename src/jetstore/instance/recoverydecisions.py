@@ -133,7 +133,8 @@ SCAN_STOPS: tuple[type[JetError], ...] = (
 )
 
 #: "unreadable": a log file that cannot be read lies where the stream would write next;
-#: "not-a-file": a directory or special file lies there, under a log file's name;
+#: "not-a-file": a directory or special file lies there, under a log file's name (or
+#: where the log writer prepares its next file: `LogInventory.in_the_way`);
 #: "missing": generations are missing; "foreign": a dirty database of another log stream;
 #: "no-stream": a dirty database bound to no stream; "mismatch": database files and log do not
 #: belong together; "scan": the chain scan failed; "header": a database header is unreadable
@@ -622,6 +623,8 @@ def decide_start(
             # every log aside for it (accept_data_loss) or "an intact copy" would be wrong
             # ways out; moving it away is the one (its error says so), loss accepted or not.
             raise Refused(entry.error, "not-a-file")
+    if inventory.in_the_way:
+        raise Refused(inventory.in_the_way[0], "not-a-file")
     if overwritten:
         what = "; ".join(
             f"{os.path.basename(entry.path)} cannot be read ({_error_text(entry)})"

@@ -37,6 +37,7 @@ from typing import NoReturn
 from jetstore.errors import (
     BadLogSignature,
     InvalidLogSequence,
+    InvalidPath,
     JetError,
     LogFileCorrupt,
     LogFileSizeMismatch,
@@ -51,6 +52,7 @@ from jetstore.format.filenames import (
     generation_log_name,
     misnamed_log_name,
     parse_generation_log_name,
+    parse_reserve_log_name,
 )
 from jetstore.format.logframe import (
     FRAME_HEADER_SIZE,
@@ -117,6 +119,10 @@ class LogInventory:
     #: (`take_inventory`); recovery finishes the roll by renaming it to `edb.log`.
     interrupted_roll: GenerationFile | None = None
     misnamed: list[MisnamedLog] = field(default_factory=list)
+    #: `edbtmp.log` or a reserve log that is no regular file (a directory), as the error
+    #: opening it gives: the log writer fails on it as it prepares its next file, after
+    #: recovery has written; recovery refuses it before (`decide_start`).
+    in_the_way: list[JetError] = field(default_factory=list)
 
     @property
     def generations(self) -> list[int]:
@@ -178,6 +184,14 @@ def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventor
     for name in names:
         generation = parse_generation_log_name(name)
         path = os.path.join(directory, name)
+        if name == TEMP_LOG or parse_reserve_log_name(name) is not None:
+            try:
+                fs.read_file(path, owner=owner, limit=0)
+            except InvalidPath as exc:
+                inventory.in_the_way.append(exc)
+            except JetError:
+                pass  # the writer reports what else is wrong, as it replaces the file
+            continue
         if generation is None and name != CURRENT_LOG:
             misnamed = _misnamed(fs, path, owner=owner)
             if misnamed is not None:
