@@ -161,3 +161,25 @@ def test_a_directory_under_a_name_the_log_writes_is_refused_before_recovery_writ
 
     (tmp_path / name).rmdir()
     assert row_count(tmp_path) == rows
+
+
+@pytest.mark.parametrize("name", ["other.edb", "other.edb.creating"])
+def test_diagnose_names_a_directory_under_a_database_name_as_the_open_does(
+    tmp_path: Path, name: str
+) -> None:
+    # Defect: the open refused such a directory (InvalidPath: move it away), while diagnose
+    # said "restore the database from backup" (other.edb: its header "unreadable") or
+    # "recoverable" (other.edb.creating, which the open fails to delete).
+    rows = crashed(tmp_path, batches=2)
+    (tmp_path / name).mkdir()
+
+    with pytest.raises(InvalidPath) as refused:
+        jetstore.open(tmp_path, **SMALL)
+    assert refused.value.path == str(tmp_path / name)
+    plan = plan_recovery(str(tmp_path))
+    assert plan.verdict != "recoverable"
+    assert plan.error is not None and plan.error.path == str(tmp_path / name)
+    assert "away" in plan.summary and "backup" not in plan.summary
+
+    (tmp_path / name).rmdir()
+    assert row_count(tmp_path) == rows

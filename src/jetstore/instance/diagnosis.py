@@ -34,12 +34,13 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jetstore.errors import FileAccessDenied, JetError
+from jetstore.errors import FileAccessDenied, InvalidPath, JetError, from_os_error
 from jetstore.format.common import PAGE_SIZES, Signature, format_time_us
 from jetstore.format.dbheader import (
     PEEK_SIZE,
@@ -60,6 +61,7 @@ from jetstore.instance.recoverydecisions import (
     HeaderOnDisk,
     RecordMatcher,
     RecoveryStart,
+    RefusalKind,
     Refused,
     check_after_scan,
     databases_losing_data,
@@ -361,7 +363,9 @@ def _simulate(
     # DatabaseFile.open: an unreadable header fails the open before recovery starts.
     for facts in databases:
         if facts.error is not None:
-            raise Refused(facts.error, "header", database=facts.name)
+            # A directory (a FIFO) under a database file's name has no header to lose.
+            kind: RefusalKind = "not-a-file" if isinstance(facts.error, InvalidPath) else "header"
+            raise Refused(facts.error, kind, database=facts.name)
     on_disk = {
         f.name: HeaderOnDisk(os.path.join(directory, f.file), f.header)
         for f in databases
@@ -619,6 +623,16 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
     databases: list[DatabaseFacts] = []
     for name in names:
         if name.endswith(CREATING_SUFFIX):
+            creating = os.path.join(path, name)
+            if fs.is_directory(creating):
+                # The open fails to delete it (`open_database_files`): refused as it refuses.
+                error = from_os_error(
+                    IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
+                    op="delete",
+                    path=creating,
+                )
+                databases.append(DatabaseFacts(name, name, None, error=error))
+                continue
             notes.append(
                 f"{name} is a database creation cut short; opening deletes it (it holds no "
                 "data) and re-creates the database from its log record"
