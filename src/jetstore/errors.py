@@ -23,6 +23,7 @@ This module imports nothing from the rest of the package.
 from __future__ import annotations
 
 import errno as _errno
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -1314,6 +1315,20 @@ def _path_problem(number: int | None, op: str, path: str) -> tuple[str, str] | N
     return None
 
 
+def _dangling_link(path: str) -> tuple[str, str] | None:
+    """For "no such file" on `path`: when it is a symbolic link whose target is gone, say
+    so; a bare "No such file" contradicts `ls`, which shows the name."""
+    try:
+        target = os.readlink(path)
+    except (OSError, ValueError):
+        return None  # no link (or none any more): the OS message says it
+    return (
+        f"'{path}' is a symbolic link to '{target}', which does not exist",
+        "Put the file back where the link points (or replace the link with the file itself), "
+        "then retry.",
+    )
+
+
 def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
     """Translate an ``OSError`` from file operation ``op`` on ``path`` into an engine error.
 
@@ -1322,7 +1337,8 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
     Unrecognised errors (EIO and the rest) become ``DiskIO``. Errors about the path itself
     (EISDIR, ENOTDIR, ENAMETOOLONG, ELOOP, and EEXIST where a directory was to be made)
     become ``InvalidPath``, and EEXIST of a file ``FileAlreadyExists``; their detail says what
-    is wrong with the path and their hint what to do about it.
+    is wrong with the path and their hint what to do about it. So does ``FileNotFound`` for a
+    symbolic link whose target is gone (`_dangling_link`).
     """
     cls: type[JetError] | None = None
     if exc.errno is not None:
@@ -1346,6 +1362,8 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
     if cls is FileAlreadyExists and op == "create directory":
         cls = InvalidPath  # a file stands where a directory belongs
     problem = _path_problem(number, op, path) if cls in (InvalidPath, FileAlreadyExists) else None
+    if cls is FileNotFound and number == _errno.ENOENT:
+        problem = _dangling_link(path)
     if problem is None:
         err = cls(f"{op} failed on {path!r}: {os_message}", path=path)
     else:

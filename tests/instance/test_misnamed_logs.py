@@ -183,3 +183,22 @@ def test_diagnose_names_a_directory_under_a_database_name_as_the_open_does(
 
     (tmp_path / name).rmdir()
     assert row_count(tmp_path) == rows
+
+
+def test_a_log_that_is_a_dangling_symbolic_link_is_named_as_one(tmp_path: Path) -> None:
+    # Defect: the refusal said edb.log "cannot be read (FileNotFound: stat failed on
+    # '.../edb.log': No such file or directory)" while `ls` shows edb.log there: the link
+    # and where it points were never named.
+    rows = crashed(tmp_path, batches=2)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-logs"
+    elsewhere.mkdir()
+    os.rename(tmp_path / CURRENT_LOG, elsewhere / CURRENT_LOG)
+    os.symlink(elsewhere / "moved.log", tmp_path / CURRENT_LOG)
+
+    error = refusal(tmp_path)
+    assert f"symbolic link to '{elsewhere / 'moved.log'}', which does not exist" in (
+        error.detail or ""
+    )
+
+    os.rename(elsewhere / CURRENT_LOG, elsewhere / "moved.log")  # where the link points
+    assert row_count(tmp_path) == rows
