@@ -6,8 +6,10 @@ Every dump is read-only: the tests that matter for it hash the directory before 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 import jetstore
@@ -431,3 +433,45 @@ def test_dump_logs_records_show_detach_and_attach(tmp_path: Path) -> None:
     assert human.returncode == 0, human.stderr
     assert "detach_database" in human.stdout and "attach_database" in human.stdout
     assert "'other'" in human.stdout and "'third'" in human.stdout
+
+
+def reseal_at_version(path: Path, starts: tuple[int, ...], size: int, version: int) -> None:
+    """Rewrite the format version of the blocks at `starts` with a checksum that verifies:
+    an intact block a newer (or older) engine wrote."""
+    data = bytearray(path.read_bytes())
+    for start in starts:
+        struct.pack_into("<H", data, start + 14, version)
+        crc = google_crc32c.value(bytes(data[start + 4 : start + size]))
+        struct.pack_into("<I", data, start, crc)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("copies", [(0, 1), (0,)])
+def test_a_newer_checkpoint_file_is_reported_as_such_by_every_reader(
+    closed: Path, run_json: RunJson, copies: tuple[int, ...]
+) -> None:
+    """Open refuses a checkpoint file of a newer format version (BadLogVersion: never
+    written over); dump, status and checksum say the same, never CheckpointCorrupt with
+    "move edb.chk aside", which is what a damaged one calls for."""
+    path = closed / CHECKPOINT_FILE
+    starts = tuple(copy * CHECKPOINT_COPY_SIZE for copy in copies)
+    reseal_at_version(path, starts, CHECKPOINT_COPY_SIZE, FORMAT_VERSION + 1)
+    before = snapshot(closed)
+
+    code, document = run_json("dump", "checkpoint", path)
+    # Exit 3, as `dump header` of a newer database (InvalidDatabaseVersion): not damage.
+    assert (code, document["error"]["name"]) == (3, "BadLogVersion")
+    assert f"format version {FORMAT_VERSION + 1}" in document["error"]["detail"]
+    assert "release that wrote" in document["error"]["hint"]
+
+    code, document = run_json("status", closed)
+    assert code == 1
+    warnings = " ".join(document["result"]["warnings"])
+    assert "BadLogVersion" in warnings and "CheckpointCorrupt" not in warnings
+    assert "release that wrote" in warnings
+
+    code, document = run_json("checksum", closed)
+    assert code == 1
+    chk = [p for p in document["result"]["problems"] if p["file"].endswith(CHECKPOINT_FILE)]
+    assert [(p["copy"], p["error"]) for p in chk] == [(c, "BadLogVersion") for c in copies]
+    assert snapshot(closed) == before

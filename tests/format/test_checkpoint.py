@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetstore.errors import CheckpointCorrupt, FileInvalidType, InvalidParameter, JetError
+from jetstore.errors import (
+    BadLogVersion,
+    CheckpointCorrupt,
+    FileInvalidType,
+    InvalidParameter,
+    JetError,
+)
 from jetstore.format.checkpoint import (
     ATTACH_AREA_SIZE,
     CHECKPOINT_COPY_SIZE,
@@ -191,14 +197,29 @@ def test_every_bit_flip_is_detected() -> None:
     decode_checkpoint_copy(bytes(block), path="edb.chk", copy=0)
 
 
-@pytest.mark.parametrize("version", [FORMAT_VERSION - 1, FORMAT_VERSION + 1])
-def test_another_format_version_is_checkpoint_corrupt_naming_it(version: int) -> None:
-    """An intact copy of another format version is not read: CheckpointCorrupt naming the
+def test_an_older_format_version_is_checkpoint_corrupt_naming_it() -> None:
+    """An intact copy of an older format version is not read: CheckpointCorrupt naming the
     version, which recovery treats like any unusable checkpoint file (D6)."""
     block = bytearray(encode_checkpoint_copy(sample_state()))
-    struct.pack_into("<H", block, 14, version)
-    with pytest.raises(CheckpointCorrupt, match=f"format version {version}"):
+    struct.pack_into("<H", block, 14, FORMAT_VERSION - 1)
+    with pytest.raises(CheckpointCorrupt, match=f"format version {FORMAT_VERSION - 1}"):
         decode_checkpoint_copy(reseal(block), path="edb.chk", copy=0)
+
+
+def test_a_newer_format_version_is_bad_log_version_in_either_copy() -> None:
+    """A newer engine's copy is BadLogVersion (recovery refuses it rather than write over
+    it, D6), from the copy decoder and from the file reader even when the other copy is
+    valid: that copy is not this engine's to rewrite."""
+    block = bytearray(encode_checkpoint_copy(sample_state()))
+    struct.pack_into("<H", block, 14, FORMAT_VERSION + 1)
+    newer = reseal(block)
+    with pytest.raises(BadLogVersion, match=f"format version {FORMAT_VERSION + 1}") as info:
+        decode_checkpoint_copy(newer, path="edb.chk", copy=0)
+    assert "release that wrote" in info.value.hint
+    valid = encode_checkpoint_copy(sample_state())
+    for data in (newer + valid, valid + newer, newer + newer):
+        with pytest.raises(BadLogVersion, match=r"edb\.chk"):
+            read_checkpoint_file(data, path="edb.chk")
 
 
 def test_corruption_detail() -> None:
@@ -232,8 +253,8 @@ def test_valid_crc_impossible_values() -> None:
     with pytest.raises(CheckpointCorrupt, match="not unique"):
         decode_checkpoint_copy(reseal(block), path="", copy=0)
     block = bytearray(encode_checkpoint_copy(sample_state()))
-    struct.pack_into("<H", block, 14, 9)
-    with pytest.raises(CheckpointCorrupt, match="format version 9"):
+    struct.pack_into("<H", block, 14, 9)  # a newer engine's copy: not damage
+    with pytest.raises(BadLogVersion, match="format version 9"):
         decode_checkpoint_copy(reseal(block), path="", copy=0)
 
 

@@ -42,8 +42,15 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jetstore.errors import CheckpointCorrupt, FileInvalidType, InvalidParameter, JetError
+from jetstore.errors import (
+    BadLogVersion,
+    CheckpointCorrupt,
+    FileInvalidType,
+    InvalidParameter,
+    JetError,
+)
 from jetstore.format.common import (
+    FORMAT_VERSION,
     PAGE_SIZES,
     PREFIX_SIZE,
     FileType,
@@ -53,9 +60,11 @@ from jetstore.format.common import (
     describe_subject,
     encode_block,
     encode_name,
+    newer_block_version,
     pack_fields,
 )
 from jetstore.format.dbheader import BackupInfo
+from jetstore.format.filenames import CHECKPOINT_FILE
 from jetstore.format.logheader import log_file_size_problem
 from jetstore.format.positions import LogPosition
 
@@ -166,12 +175,52 @@ def encode_checkpoint_copy(state: CheckpointState) -> bytes:
     return encode_block(FileType.CHECKPOINT, fixed + bytes(entries), CHECKPOINT_COPY_SIZE)
 
 
+def newer_copy_error(data: bytes, *, path: str, copy: int) -> BadLogVersion | None:
+    """BadLogVersion for checkpoint copy `copy` when it is an intact block of a newer format
+    version, else None.
+
+    Not CheckpointCorrupt: that error's way out (move the file aside, it is only a hint) is
+    the one thing not to do here first, since recovery refuses such a file rather than write
+    its own over it (D6). Every reader (recovery, diagnose, dump, status, checksum) reports
+    it through this one error.
+    """
+    version = newer_block_version(data)
+    if version is None:
+        return None
+    return BadLogVersion(
+        f"checkpoint copy {copy} of {_file_subject(path)} has format version {version}, "
+        f"newer than this engine's {FORMAT_VERSION}: a newer jetstore used this directory",
+        hint=f"open the directory with the jetstore release that wrote {_file_subject(path)} "
+        f"(format version {version}); this engine never writes over a newer engine's file. "
+        "Only if that release is gone and every log and database file is of version "
+        f"{FORMAT_VERSION}: move {CHECKPOINT_FILE} out of the directory (it is only a hint) "
+        "and open again",
+        path=path or None,
+    )
+
+
+def newer_checkpoint_error(data: bytes, *, path: str) -> BadLogVersion | None:
+    """`newer_copy_error` of the first copy of the whole file that is newer, else None.
+    Either copy counts: a newer engine writes copy 0 first, so a crash there leaves copy 1
+    of this format."""
+    for copy in range(CHECKPOINT_COPIES):
+        start = copy * CHECKPOINT_COPY_SIZE
+        error = newer_copy_error(data[start : start + CHECKPOINT_COPY_SIZE], path=path, copy=copy)
+        if error is not None:
+            return error
+    return None
+
+
 def decode_checkpoint_copy(data: bytes, *, path: str, copy: int) -> CheckpointState:
     """Decode one checkpoint copy (the 4096 bytes at offset `copy` * 4096).
 
-    CheckpointCorrupt if it is blank, truncated, damaged or holds impossible values;
+    CheckpointCorrupt if it is blank, truncated, damaged, of an older format version or
+    holds impossible values; BadLogVersion (`newer_copy_error`) if it is of a newer one;
     FileInvalidType if it is not a checkpoint block.
     """
+    newer = newer_copy_error(data, path=path, copy=copy)
+    if newer is not None:
+        raise newer
     what = f"checkpoint copy {copy}"
     subject = describe_subject(what, path)
     body = decode_block(
@@ -251,10 +300,15 @@ def read_checkpoint_file(data: bytes, *, path: str) -> tuple[CheckpointState, li
     """The checkpoint to use from the whole file, and the problems found (empty if all is well).
 
     Takes the valid copy with the higher seq. A file shorter than `CHECKPOINT_FILE_SIZE` is
-    read as far as it goes: a copy that is not complete is reported as damaged. Neither copy
-    valid: FileInvalidType if copy 0 is not a checkpoint block at all (the file is something
-    else), else CheckpointCorrupt naming both problems.
+    read as far as it goes: a copy that is not complete is reported as damaged. Either copy
+    of a newer format version: BadLogVersion (`newer_checkpoint_error`), even when the other
+    copy is valid (its state is not this engine's to rewrite the newer copy from). Neither
+    copy valid: FileInvalidType if copy 0 is not a checkpoint block at all (the file is
+    something else), else CheckpointCorrupt naming both problems.
     """
+    newer = newer_checkpoint_error(data, path=path)
+    if newer is not None:
+        raise newer
     states: list[CheckpointState | None] = []
     errors: list[JetError | None] = []
     for number in range(CHECKPOINT_COPIES):

@@ -63,12 +63,10 @@ from jetstore.errors import (
     RequiredLogFilesMissing,
 )
 from jetstore.format.checkpoint import (
-    CHECKPOINT_COPIES,
-    CHECKPOINT_COPY_SIZE,
     CheckpointState,
     read_checkpoint_file,
 )
-from jetstore.format.common import FORMAT_VERSION, Signature, newer_block_version
+from jetstore.format.common import Signature
 from jetstore.format.dbheader import DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
@@ -378,9 +376,11 @@ def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointRea
             notes = (f"no checkpoint file ({CHECKPOINT_FILE}); the database headers decide",)
         return CheckpointReading(None, "missing", f"there is no {CHECKPOINT_FILE}", notes)
     try:
-        data = fs.read_file(path, owner=owner)
-        _refuse_newer_checkpoint(data, path)
-        state, problems = read_checkpoint_file(data, path=path)
+        state, problems = read_checkpoint_file(fs.read_file(path, owner=owner), path=path)
+    except BadLogVersion as exc:
+        # A newer engine's file (`newer_checkpoint_error`): ignoring it like a damaged one
+        # would write this engine's checkpoint over it at the end of the open.
+        raise Refused(exc, "newer-version") from None
     except JetError as exc:
         return CheckpointReading(
             None,
@@ -389,35 +389,6 @@ def read_checkpoint(fs: FileSystem, directory: str, owner: str) -> CheckpointRea
             (f"checkpoint file ignored: {exc.detail or exc}",),
         )
     return CheckpointReading(state, "valid", None, tuple(problems), tuple(problems))
-
-
-def _refuse_newer_checkpoint(data: bytes, path: str) -> None:
-    """Refuses a checkpoint file with an intact copy of a newer format version.
-
-    Ignoring it like a damaged one (the file is only a hint) would write this engine's
-    checkpoint over it at the end of the open: a newer engine used this directory, and its
-    file is neither damaged nor this engine's to replace. Either copy counts: the newer
-    engine writes copy 0 first, so a crash there leaves copy 1 of this format.
-    """
-    for copy in range(CHECKPOINT_COPIES):
-        version = newer_block_version(
-            data[copy * CHECKPOINT_COPY_SIZE : (copy + 1) * CHECKPOINT_COPY_SIZE]
-        )
-        if version is not None:
-            raise Refused(
-                BadLogVersion(
-                    f"checkpoint copy {copy} of the checkpoint file '{path}' has format "
-                    f"version {version}, newer than this engine's {FORMAT_VERSION}: a newer "
-                    "jetstore used this directory; nothing was written",
-                    hint=f"open the directory with the jetstore release that wrote '{path}' "
-                    f"(format version {version}); this engine never writes over a newer "
-                    "engine's file. Only if that release is gone and every log and database "
-                    f"file is of version {FORMAT_VERSION}: move {CHECKPOINT_FILE} out of the "
-                    "directory (it is only a hint) and open again",
-                    path=path,
-                ),
-                "newer-version",
-            )
 
 
 @dataclass(frozen=True)
