@@ -13,12 +13,14 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import pytest
 
 import jetstore
@@ -75,6 +77,17 @@ def flip(path: Path, offset: int, mask: int = 0x40) -> None:
         byte = file.read(1)[0]
         file.seek(offset)
         file.write(bytes([byte ^ mask]))
+
+
+def reseal_at_version(path: Path, starts: tuple[int, ...], size: int, version: int) -> None:
+    """Rewrite the format version of the blocks at `starts` with a checksum that verifies:
+    an intact block a newer (or older) engine wrote."""
+    data = bytearray(path.read_bytes())
+    for start in starts:
+        struct.pack_into("<H", data, start + 14, version)
+        crc = google_crc32c.value(bytes(data[start + 4 : start + size]))
+        struct.pack_into("<I", data, start, crc)
+    path.write_bytes(bytes(data))
 
 
 def closed_instance_with_generations(directory: Path, log_file_size: int, generations: int) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 import jetstore
 from jetstore.errors import JetError
+from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name, parse_generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
@@ -30,9 +31,12 @@ from .conftest import (
     build,
     damage_second_frame,
     flip,
+    reseal_at_version,
     run_entry_point,
     snapshot,
 )
+
+PAGE = 8192
 
 OPTIONS = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
 ROWS_PER_BATCH = 150
@@ -490,6 +494,22 @@ def test_unreadable_database_header(crashed: Path, run_json: RunJson) -> None:
     assert code == 1
     assert result["verdict"] == "restore"
     assert "the header of database 'main' is unreadable" in str(result["summary"])
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_a_database_of_a_newer_format_is_not_called_damaged(
+    crashed: Path, run_json: RunJson
+) -> None:
+    """Both header copies intact but of a newer format: open refuses with
+    InvalidDatabaseVersion ("not damaged: do not repair it", the release that wrote it);
+    diagnose says the same, not "unreadable: restore the database from backup"."""
+    reseal_at_version(crashed / "main.edb", (0, PAGE), PAGE, FORMAT_VERSION + 1)
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1 and result["open_error"]["name"] == "InvalidDatabaseVersion"  # type: ignore[index]
+    summary = str(result["summary"])
+    assert f"format version {FORMAT_VERSION + 1}" in summary
+    assert "release that wrote" in summary and "unreadable" not in summary
+    assert "from backup" not in summary.split(", or ")[0]
     assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
 
 

@@ -6,10 +6,8 @@ Every dump is read-only: the tests that matter for it hash the directory before 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
-import google_crc32c
 import pytest
 
 import jetstore
@@ -25,6 +23,7 @@ from .conftest import (
     closed_instance_with_generations,
     damage_second_frame,
     flip,
+    reseal_at_version,
     run_entry_point,
     snapshot,
     table_rows,
@@ -433,17 +432,6 @@ def test_dump_logs_records_show_detach_and_attach(tmp_path: Path) -> None:
     assert human.returncode == 0, human.stderr
     assert "detach_database" in human.stdout and "attach_database" in human.stdout
     assert "'other'" in human.stdout and "'third'" in human.stdout
-
-
-def reseal_at_version(path: Path, starts: tuple[int, ...], size: int, version: int) -> None:
-    """Rewrite the format version of the blocks at `starts` with a checksum that verifies:
-    an intact block a newer (or older) engine wrote."""
-    data = bytearray(path.read_bytes())
-    for start in starts:
-        struct.pack_into("<H", data, start + 14, version)
-        crc = google_crc32c.value(bytes(data[start + 4 : start + size]))
-        struct.pack_into("<I", data, start, crc)
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("copies", [(0, 1), (0,)])

@@ -40,7 +40,13 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jetstore.errors import FileAccessDenied, InvalidPath, JetError, from_os_error
+from jetstore.errors import (
+    FileAccessDenied,
+    InvalidDatabaseVersion,
+    InvalidPath,
+    JetError,
+    from_os_error,
+)
 from jetstore.format.common import PAGE_SIZES, Signature, format_time_us
 from jetstore.format.dbheader import (
     PEEK_SIZE,
@@ -917,6 +923,14 @@ def _refusal(
         plan.summary = (
             f"database {name!r} belongs to another log stream than the logs in this directory: "
             "put it next to its own log files (then recover there), or restore it from backup"
+        )
+    elif refused.kind == "header" and isinstance(error, InvalidDatabaseVersion):
+        # Intact, only another engine's: "restore from backup" would throw away a good file.
+        plan.summary = (
+            f"database {name!r} is intact but of another format version "
+            f"({(error.detail or str(error)).rstrip('.')}): open it with the jetstore release "
+            "that wrote it and take its tables across (export there, import here), or "
+            "restore a backup taken with this engine"
         )
     elif refused.kind == "header":
         plan.summary = (
