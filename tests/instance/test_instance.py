@@ -28,6 +28,7 @@ from jetstore.errors import (
     JetError,
 )
 from jetstore.format.checkpoint import read_checkpoint_file
+from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.dbheader import DatabaseState, choose_db_header
 from jetstore.instance.instance import InstanceState
 from jetstore.io import FileSystem, IOEvent
@@ -69,18 +70,25 @@ def test_directory_holds_the_expected_files(tmp_path: Path) -> None:
                 assert name[3:11] == name[3:11].upper()
 
 
+@pytest.mark.parametrize(
+    ("version", "copies"),
+    [(1, (0, 1)), (FORMAT_VERSION + 1, (0, 1)), (FORMAT_VERSION + 1, (0,))],
+)
 def test_a_database_of_another_format_version_is_refused_at_open_and_left_as_it_is(
-    tmp_path: Path,
+    tmp_path: Path, version: int, copies: tuple[int, ...]
 ) -> None:
-    """Format version 1 (before D12's page references) is refused with InvalidDatabaseVersion
-    naming the file and the version, not called damaged; nothing in the directory changes."""
+    """Format version 1 (before D12's page references) or a newer one is refused with
+    InvalidDatabaseVersion naming the file and the version, not called damaged; nothing in
+    the directory changes. A newer copy 0 beside a copy 1 of this format (a newer engine
+    writes copy 0 first) refuses too: rewriting it from copy 1 would undo a newer engine's
+    write, as the checkpoint file's rule says (D6)."""
     with jetstore.open(tmp_path, **SMALL) as instance:
         fill(instance.database("main", create=True), 10)
     path = tmp_path / "main.edb"
     data = bytearray(path.read_bytes())
-    for copy in range(2):
+    for copy in copies:
         start = copy * 8192
-        struct.pack_into("<H", data, start + 14, 1)
+        struct.pack_into("<H", data, start + 14, version)
         crc = google_crc32c.value(bytes(data[start + 4 : start + 8192]))
         struct.pack_into("<I", data, start, crc)
     path.write_bytes(bytes(data))
@@ -88,7 +96,7 @@ def test_a_database_of_another_format_version_is_refused_at_open_and_left_as_it_
     with pytest.raises(InvalidDatabaseVersion) as info:
         jetstore.open(tmp_path, **SMALL)
     assert info.value.code == -1209
-    assert "format version 1" in str(info.value) and "main.edb" in str(info.value)
+    assert f"format version {version}" in str(info.value) and "main.edb" in str(info.value)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 

@@ -58,7 +58,9 @@ Invariants (checked by the encoder as InvalidParameter and by the decoder as Dat
   the root or the head free-list page compares them (lost-write detection, D12).
 - Both copies of one header update carry the same header_seq. Copy 0 is written (and synced)
   before copy 1, so an interrupted update leaves at most one copy torn or older; the reader
-  (`choose_db_header`) takes the valid copy with the highest header_seq and reports the other.
+  (`choose_db_header`) takes the valid copy with the highest header_seq and reports the other,
+  except beside an intact copy of a newer format version: that refuses (InvalidDatabaseVersion),
+  since rewriting it from the other copy would undo a newer engine's write.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ from jetstore.format.common import (
     encode_block,
     encode_name,
     format_time_us,
+    newer_block_version,
     pack_ascii,
     pack_fields,
     unpack_ascii,
@@ -429,7 +432,8 @@ def choose_db_header(copy0: bytes, copy1: bytes, *, path: str) -> tuple[Database
     chosen one). Neither copy valid: FileInvalidType if copy 0 is not a database header at
     all (the file is something else), InvalidDatabaseVersion if a copy is intact but of
     another format version (the file is another engine's, not damaged), else
-    ReadVerifyFailure naming both problems.
+    ReadVerifyFailure naming both problems. A copy of a newer format version is
+    InvalidDatabaseVersion even when the other copy is valid.
     """
     headers: list[DatabaseHeader | None] = []
     errors: list[JetError | None] = []
@@ -440,6 +444,12 @@ def choose_db_header(copy0: bytes, copy1: bytes, *, path: str) -> tuple[Database
         except JetError as exc:
             headers.append(None)
             errors.append(exc)
+    # A newer engine writes copy 0 first: a crash there leaves copy 1 of this format, and
+    # taking it would write this engine's header over the newer engine's (as the checkpoint
+    # file's reader refuses, `checkpoint.newer_copy_error`).
+    for data, error in zip((copy0, copy1), errors, strict=True):
+        if isinstance(error, InvalidDatabaseVersion) and newer_block_version(data) is not None:
+            raise InvalidDatabaseVersion(error.detail, path=path or None)
     h0, h1 = headers
     subject = describe_subject("database header", path)
     if h0 is None and h1 is None:
