@@ -40,6 +40,7 @@ from jetstore.instance.diagnosis import plan_recovery
 from jetstore.instance.recoverydecisions import RecoveryStart, databases_losing_data
 from jetstore.io import FileSystem, IOEvent
 from jetstore.log.reader import LogInventory
+from jetstore.tools.repair import repair_database
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
 
@@ -1138,6 +1139,40 @@ def test_a_failed_move_of_the_lost_logs_is_reported_by_the_next_open(tmp_path: P
         assert instance.database("main").file.header.repair_count == 1
     events = (tmp_path / "events.jsonl").read_text()
     assert events.count("recovery_data_loss") == 1
+
+
+def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_once(
+    tmp_path: Path,
+) -> None:
+    """An offline repair run while a data-loss recovery is pending (the move of its logs
+    failed) used to move the logs into a directory of its own, and the next open still
+    finished the recorded loss and raised the repaired database's count again. The repair
+    now finishes that record: the logs go into its directory, the loss is reported by the
+    repair, and each loss is counted once (the recovery's and the repair's)."""
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "rename" and "lost-logs" in event.target:
+            raise OSError(5, "injected: the move into lost-logs fails")
+
+    with pytest.raises(DiskIO):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
+    (pending,) = [name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")]
+    report = repair_database(tmp_path / "main.edb", accept_data_loss=True)
+    assert report.applied and report.moved_logs_to == str(tmp_path / pending)
+    finished = report.finished_data_loss
+    assert finished is not None and finished["databases"] == ["main"]
+    assert finished["record"] == str(tmp_path / pending / "data-loss.json")
+    assert [name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")] == [pending]
+    aside = set(os.listdir(tmp_path / pending))
+    assert {gens[0], "edb.chk", "data-loss.json"} <= aside
+    assert "data-loss.pending.json" not in aside
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert instance.recovery.data_loss is None  # reported once, by the repair
+        assert instance.database("main").file.header.repair_count == 2
+    assert "recovery_data_loss" not in (tmp_path / "events.jsonl").read_text()
 
 
 @pytest.mark.parametrize("copies", [(0, 1), (0,)])

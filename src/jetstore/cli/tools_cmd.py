@@ -261,6 +261,17 @@ def _print_repair(result: dict[str, Any]) -> None:
         console.print(Text(f"repaired; the damaged file is kept as {result['kept_damaged']}"))
         if result["moved_logs_to"]:
             console.print(Text(f"old logs moved to {result['moved_logs_to']}"))
+        finished = result["finished_data_loss"]
+        if finished is not None:
+            # The open that would have reported this loss (event 113) finds it finished.
+            console.print(
+                Text(
+                    f"an interrupted data-loss recovery is finished ({finished['record']}): "
+                    f"{'; '.join(finished['reasons'])}; databases that lost data: "
+                    f"{', '.join(finished['databases']) or 'none'}",
+                    "red",
+                )
+            )
     elif result["data_lost"]:
         console.print(
             Text("run again with --accept-data-loss to replace the database", "bold yellow")

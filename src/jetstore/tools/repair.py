@@ -42,6 +42,15 @@ order a failure or a kill at any point leaves the damaged file in place (its log
 moved aside: running the repair again finishes) or the repaired one without the old logs;
 never the repaired file next to logs that name the damaged one, which no open accepts.
 
+**A pending data loss.** When a data-loss recovery recorded its loss but did not finish
+setting its logs aside (`lost-logs-<time>/data-loss.pending.json`, design D6), the repair
+finishes it instead of starting a second set-aside: the logs go into that directory, the
+record is renamed `data-loss.json` once the repaired file is in place, and the report
+carries the recorded loss (`finished_data_loss`). Left pending, the next open would finish
+it again and raise the repaired database's count a second time. The repaired database's
+count takes each loss once: the repair, and the recorded loss if the interrupted recovery
+had not yet stamped it.
+
 Memory holds every salvaged entry (the whole database): repair is a last resort.
 """
 
@@ -72,6 +81,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
+    DATA_LOSS_RECORD,
     LOST_LOGS_PREFIX,
     TEMP_LOG,
     parse_database_file_name,
@@ -80,6 +90,7 @@ from jetstore.format.filenames import (
 )
 from jetstore.format.page import PAGE_SIZES, PageType, verify_page
 from jetstore.format.positions import LogPosition
+from jetstore.instance.recoverydecisions import PendingDataLoss, read_pending_data_loss
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import Node, child_ref, decode_node, ref_crc, ref_pgno
 from jetstore.tables.catalog import (
@@ -93,6 +104,7 @@ from jetstore.tables.catalog import (
 from jetstore.tables.records import LongValueRef, RecordCodec
 from jetstore.tables.schema import TableDef
 from jetstore.tools.dbfile import (
+    OWNER,
     OfflineDatabase,
     decode_catalog,
     describe_key,
@@ -171,6 +183,8 @@ class RepairReport:
     pages_after: int | None = None
     kept_damaged: str | None = None
     moved_logs_to: str | None = None
+    #: The loss of an interrupted data-loss recovery this repair finished (its record).
+    finished_data_loss: dict[str, Any] | None = None
     db_signature: str | None = None
     integrity_ok: bool | None = None
     seconds: float = 0.0
@@ -206,6 +220,7 @@ class RepairReport:
             "pages_after": self.pages_after,
             "kept_damaged": self.kept_damaged,
             "moved_logs_to": self.moved_logs_to,
+            "finished_data_loss": self.finished_data_loss,
             "db_signature": self.db_signature,
             "integrity_ok": self.integrity_ok,
             "seconds": round(self.seconds, 3),
@@ -232,17 +247,23 @@ def repair_database(
         return report
     with exclusive_directory(fs, directory, what="repair"):
         _refuse_dirty_neighbours(fs, directory, full)
+        pending = read_pending_data_loss(fs, directory, OWNER)
         with _open(fs, full, report) as db:
             entries = _salvage(db, report)
             old = db.header
         # A database linked from another volume is rewritten where it lives (see compact).
         target = os.path.realpath(full)
         stamp = _unused_stamp(fs, directory, target)
+        aside = (
+            pending.directory
+            if pending is not None
+            else os.path.join(directory, LOST_LOGS_PREFIX + stamp)
+        )
         temporary = target + REPAIRING_SUFFIX
         if fs.exists(temporary):
             fs.unlink(temporary)
         signature = Signature.new()
-        header = _repaired_header(old, full, signature)
+        header = _repaired_header(old, full, signature, _unstamped_loss(old, pending))
         written = write_database_file(fs, temporary, header, iter(entries), like=target)
         del entries
         try:
@@ -260,9 +281,11 @@ def repair_database(
             # refused by every open (their records name a database the checkpoint file
             # knows with the old signature), while a damaged file whose logs were moved
             # aside is only the state a second run of the repair starts from.
-            report.moved_logs_to = _logs_aside(fs, directory, stamp, full)
+            report.moved_logs_to = _logs_aside(fs, directory, aside, full)
             damaged = f"{target}.damaged-{stamp}"
             swap_into_place(fs, temporary, target, keep_as=damaged)
+            if pending is not None:
+                report.finished_data_loss = _finish_pending(fs, pending)
         except BaseException:
             if fs.exists(temporary):
                 with contextlib.suppress(JetError):
@@ -359,7 +382,34 @@ def _unused_stamp(fs: FileSystem, directory: str, target: str) -> str:
     )
 
 
-def _repaired_header(old: DatabaseHeader, path: str, signature: Signature) -> DatabaseHeader:
+def _unstamped_loss(old: DatabaseHeader, pending: PendingDataLoss | None) -> bool:
+    """Whether the interrupted recovery's recorded loss names this database but was not yet
+    stamped into it (recovery's own test: its repair time is the record's)."""
+    return (
+        pending is not None
+        and old.name in pending.databases
+        and old.last_repair_time != pending.time_us
+    )
+
+
+def _finish_pending(fs: FileSystem, pending: PendingDataLoss) -> dict[str, Any]:
+    """Rename the record `data-loss.json`, as the recovery that wrote it would have: every
+    log is in its directory now, and no open is to finish (and count) that loss again."""
+    record = os.path.join(pending.directory, DATA_LOSS_RECORD)
+    fs.rename(pending.path, record)
+    fs.fsync_directory(pending.directory)
+    return {
+        "record": record,
+        "reasons": list(pending.reasons),
+        "stopped_at": None if pending.stopped_at is None else str(pending.stopped_at),
+        "databases": list(pending.databases),
+        "without_file": list(pending.without_file),
+    }
+
+
+def _repaired_header(
+    old: DatabaseHeader, path: str, signature: Signature, unstamped_loss: bool
+) -> DatabaseHeader:
     now = now_us()
     name = old.name or (parse_database_file_name(os.path.basename(path)) or "")[:64]
     return DatabaseHeader(
@@ -372,18 +422,17 @@ def _repaired_header(old: DatabaseHeader, path: str, signature: Signature) -> Da
         last_consistent_time=now,
         created_time=old.created_time or now,
         checkpoint_seq=1,
-        repair_count=old.repair_count + 1,
+        repair_count=old.repair_count + 1 + (1 if unstamped_loss else 0),
         last_repair_time=now,
         name=name,  # and no backup history (the defaults): the history named old logs
     )
 
 
-def _logs_aside(fs: FileSystem, directory: str, stamp: str, target: str) -> str | None:
+def _logs_aside(fs: FileSystem, directory: str, aside: str, target: str) -> str | None:
     """`_move_logs_aside`, its failure saying what was done and the way out."""
     try:
-        return _move_logs_aside(fs, directory, stamp)
+        return _move_logs_aside(fs, directory, aside)
     except JetError as exc:
-        aside = os.path.join(directory, LOST_LOGS_PREFIX + stamp)
         failure = type(exc)(
             f"repair could not move the log and checkpoint files of '{directory}' into "
             f"'{aside}' ({exc.detail}); '{target}' was not changed, the files already "
@@ -396,8 +445,9 @@ def _logs_aside(fs: FileSystem, directory: str, stamp: str, target: str) -> str 
         raise failure from exc
 
 
-def _move_logs_aside(fs: FileSystem, directory: str, stamp: str) -> str | None:
-    """Move the log and checkpoint files into `lost-logs-<stamp>/` (recovery's convention)."""
+def _move_logs_aside(fs: FileSystem, directory: str, target: str) -> str | None:
+    """Move the log and checkpoint files into `target`, a `lost-logs-<time>/` (recovery's
+    convention)."""
     names = [
         name
         for name in fs.listdir(directory)
@@ -406,7 +456,6 @@ def _move_logs_aside(fs: FileSystem, directory: str, stamp: str) -> str | None:
     ]
     if not names:
         return None
-    target = os.path.join(directory, LOST_LOGS_PREFIX + stamp)
     fs.makedirs(target)
     for name in names:
         fs.rename(os.path.join(directory, name), os.path.join(target, name))
