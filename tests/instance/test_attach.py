@@ -4,6 +4,7 @@ stream); a database that was not shut down cleanly is refused."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -1018,6 +1019,10 @@ def test_an_attach_interrupted_after_its_record_leaves_a_state_the_reopen_recove
         fill(second.database("moving"), 20, 1)
     elif where == "checkpoint":
         assert second.state is InstanceState.OPEN
+        # Attached and serving though its checkpoint was interrupted: the event log says so.
+        events = [json.loads(line) for line in (b / "events.jsonl").read_text().splitlines()]
+        attached = [e["fields"] for e in events if e["name"] == "database_attached"]
+        assert attached == [{"database": "moving", "db_id": 2, "path": str(b / "moving.edb")}]
         fill(second.database("moving"), 20, 1)
         fill(db, 5, 1)
     else:

@@ -1063,10 +1063,16 @@ class Instance:
                     self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
                     self.fs.fsync_directory(self.directory, owner=self.owner)
             raise
-        self.checkpoint()  # the checkpoint file lists it
+        # Said before the checkpoint: the database is attached and serves from here on (its
+        # header and ATTACH record are durable), even if that checkpoint is interrupted.
         self.events.emit(
-            "database_attached", f"database {name!r} attached from '{source}'", database=name
+            "database_attached",
+            f"database {name!r} attached from '{source}'",
+            database=name,
+            db_id=db.db_id,
+            path=db.file.path,
         )
+        self.checkpoint()  # the checkpoint file lists it
         return db
 
     def _refuse_during_backup(self, action: str, name: str, *, locked: bool = False) -> None:
