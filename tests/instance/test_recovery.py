@@ -1109,6 +1109,13 @@ def test_an_unreadable_archived_generation_below_the_newest_does_not_stop_a_clea
     assert (tmp_path / gens[0]).read_bytes() == bytes(100)
 
 
+def failed_move(event: IOEvent) -> None:
+    """An I/O hook failing the move of the logs into lost-logs-<time>/ (not the writes of
+    the data-loss record there)."""
+    if event.op == "rename" and "lost-logs" in event.target and "data-loss" not in event.target:
+        raise OSError(5, "injected: the move into lost-logs fails")
+
+
 def test_a_failed_move_of_the_lost_logs_is_reported_by_the_next_open(tmp_path: Path) -> None:
     """The open accepting the loss writes the databases, then fails to move the old logs
     aside: the next plain open must neither pass over the gap in silence nor go on with the
@@ -1117,12 +1124,10 @@ def test_a_failed_move_of_the_lost_logs_is_reported_by_the_next_open(tmp_path: P
     gens = generations(tmp_path)
     os.unlink(tmp_path / gens[2])
 
-    def hook(event: IOEvent) -> None:
-        if event.op == "rename" and "lost-logs" in event.target:
-            raise OSError(5, "injected: the move into lost-logs fails")
-
     with pytest.raises(DiskIO):
-        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
+        jetstore.open(
+            tmp_path, filesystem=FileSystem(hook=failed_move), accept_data_loss=True, **SMALL
+        )
     plan = plan_recovery(str(tmp_path))
     assert plan.error is None and plan.verdict == "recoverable"
     assert "accepted data loss" in plan.summary
@@ -1141,6 +1146,39 @@ def test_a_failed_move_of_the_lost_logs_is_reported_by_the_next_open(tmp_path: P
     assert events.count("recovery_data_loss") == 1
 
 
+def test_a_failure_while_the_pending_record_is_rewritten_keeps_the_recorded_loss(
+    tmp_path: Path,
+) -> None:
+    """The open finishing an interrupted data-loss repair writes its record again. It used
+    to truncate the record and write it in place: a failure or crash in between left an
+    empty record, and with it the only account of what was lost ("an accepted data loss
+    whose record cannot be read", no database named). The record is now replaced whole
+    (a new file renamed over it), so it is the old record or the new one."""
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+
+    with pytest.raises(DiskIO):
+        jetstore.open(
+            tmp_path, filesystem=FileSystem(hook=failed_move), accept_data_loss=True, **SMALL
+        )
+
+    def failed_rewrite(event: IOEvent) -> None:
+        if event.op == "write" and "data-loss.pending.json" in event.path:
+            raise OSError(28, "injected: no space left for the record")
+
+    with pytest.raises(JetError):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=failed_rewrite), **SMALL)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and loss.databases == ["main"]
+        assert f"generation 3 ({gens[2]}) is missing" in loss.reason
+        assert instance.database("main").file.header.repair_count == 1
+    (aside,) = [name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")]
+    record = json.loads((tmp_path / aside / "data-loss.json").read_text())
+    assert record["databases"] == ["main"]
+
+
 def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_once(
     tmp_path: Path,
 ) -> None:
@@ -1153,12 +1191,10 @@ def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_onc
     gens = generations(tmp_path)
     os.unlink(tmp_path / gens[2])
 
-    def hook(event: IOEvent) -> None:
-        if event.op == "rename" and "lost-logs" in event.target:
-            raise OSError(5, "injected: the move into lost-logs fails")
-
     with pytest.raises(DiskIO):
-        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL)
+        jetstore.open(
+            tmp_path, filesystem=FileSystem(hook=failed_move), accept_data_loss=True, **SMALL
+        )
     (pending,) = [name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")]
     report = repair_database(tmp_path / "main.edb", accept_data_loss=True)
     assert report.applied and report.moved_logs_to == str(tmp_path / pending)

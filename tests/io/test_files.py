@@ -344,7 +344,11 @@ def test_read_file_and_write_new_file_go_through_hook(
     with open(path, "wb") as raw:
         raw.write(b"old content that is longer")
     fs.write_new_file(path, [b"abc", b"", b"defg"], owner=OWNER)
-    assert hook.ops() == ["create", "truncate", "write", "write", "write", "fsync"]
+    # Written under another name and renamed over: a failure never leaves it cut short.
+    ops = ["create", "truncate", "write", "write", "write", "fsync", "rename"]
+    assert hook.ops() == ops
+    assert {e.path for e in hook.events if e.op != "rename"} == {path + ".new"}
+    assert hook.events[-1].target == path and not os.path.exists(path + ".new")
     assert [(e.offset, e.size) for e in hook.events if e.op == "write"] == [(0, 3), (3, 0), (3, 4)]
     assert hook.events[1].size == 0
     with open(path, "rb") as raw:

@@ -879,8 +879,15 @@ class FileSystem:
     def write_new_file(
         self, path: str, chunks: list[bytes], *, owner: str, sync: bool = True
     ) -> None:
-        """Create (or replace) `path` with `chunks` written in order, synced, closed."""
-        with self.opened(path, owner=owner, create=True) as f:
+        """Create (or replace) `path` with `chunks` written in order, synced, closed.
+
+        Written whole under `path` + ".new", then renamed over `path`: a failure or a crash
+        leaves the old file or the new one, never one cut short (a record rewritten in place
+        was truncated first, and lost with a failure before its bytes were written again).
+        The caller syncs the directory to make the rename durable.
+        """
+        temporary = path + ".new"
+        with self.opened(temporary, owner=owner, create=True) as f:
             f.truncate(0)
             offset = 0
             for chunk in chunks:
@@ -888,3 +895,4 @@ class FileSystem:
                 offset += len(chunk)
             if sync:
                 f.fsync()
+        self.rename(temporary, path)
