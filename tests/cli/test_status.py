@@ -69,6 +69,31 @@ def test_dirty_instance_warns_and_names_the_command(
     assert hashes(tmp_path) == before
 
 
+def test_a_pending_data_loss_repair_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data-loss recovery cut short before it set every log aside (its record pending):
+    the next open finishes it and reports a loss, so status must not say "no warnings"."""
+    make(tmp_path, crash=False)
+    aside = tmp_path / "lost-logs-20260101T000000Z"
+    aside.mkdir()
+    record = {
+        "time_us": 1,
+        "reasons": ["generation 3 (edb00000003.log) is missing"],
+        "stopped_at": [2, 4096],
+        "databases": ["main"],
+        "without_file": [],
+    }
+    (aside / "data-loss.pending.json").write_text(json.dumps(record))
+    before = hashes(tmp_path)
+    assert run(["status", str(tmp_path), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)["result"]
+    (warning,) = result["warnings"]
+    assert "data-loss.pending.json" in warning and "(edb00000003.log) is missing" in warning
+    assert "jetstore diagnose" in warning
+    assert hashes(tmp_path) == before
+
+
 def test_open_instance_is_reported_not_warned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,6 +28,7 @@ from jetstore.format.filenames import (
     generation_log_name,
     parse_database_file_name,
 )
+from jetstore.instance.recoverydecisions import read_pending_data_loss
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import is_locked, read_lock_holder
 from jetstore.log.reader import take_inventory
@@ -90,6 +91,15 @@ def status_command(directory: str, as_json: bool) -> None:
             )
         for problem in db.get("header_problems", []):
             warnings.append(f"{db['file']}: {problem}")
+    pending = read_pending_data_loss(fs, path, OWNER)
+    if pending is not None:
+        # The databases may all read clean, yet the next open finishes a repair that lost
+        # data (design D6): that is no "all is well".
+        warnings.append(
+            "a recovery that accepted data loss was cut short before it set every log aside "
+            f"(its record: '{pending.path}'; the loss: {'; '.join(pending.reasons)}): the "
+            f"next open finishes it and reports the loss; `jetstore diagnose {path}` says more"
+        )
     inventory = take_inventory(fs, path, owner=OWNER)
     warnings.extend(inventory.problems)
     generations = inventory.generations
