@@ -93,7 +93,6 @@ from jetstore.format.common import FORMAT_VERSION, format_time_us
 from jetstore.format.filenames import (
     CURRENT_LOG,
     LOCK_FILE,
-    LOST_LOGS_PREFIX,
     generation_log_name,
 )
 from jetstore.io.files import FileSystem, absolute_path
@@ -105,7 +104,7 @@ from jetstore.io.locking import (
     describe_lock_holder,
     is_locked,
 )
-from jetstore.log.reader import LogInventory, MisnamedLog, take_inventory
+from jetstore.log.reader import LogInventory, MisnamedLog, set_aside_logs_of, take_inventory
 
 #: Staging directory suffix: the restore is built there, then renamed into place.
 STAGING_SUFFIX = ".restoring"
@@ -619,7 +618,7 @@ def _surviving_logs(
         # hold: another instance's directory is refused, not silently left unused.
         header = inventory.files[generation].header
         if header is not None and header.log_signature != base.log_signature:
-            aside = _set_aside_logs(fs, directory, base)
+            aside = set_aside_logs_of(fs, directory, {base.log_signature}, owner="restore")
             raise GivenLogFileHasBadSignature(
                 f"surviving log file '{inventory.files[generation].path}' belongs to log "
                 f"stream {header.log_signature}, the backup to {base.log_signature}"
@@ -679,7 +678,7 @@ def _surviving_logs(
             elif not later:
                 # Not one file continues the sets: a wrong directory, or one whose logs were
                 # moved. Ignored, the restore ended at the sets and lost what was asked for.
-                aside = _set_aside_logs(fs, directory, base)
+                aside = set_aside_logs_of(fs, directory, {base.log_signature}, owner="restore")
                 refusal = MissingRestoreLogFiles(
                     f"no log file in '{directory}' continues the backup sets (generation "
                     f"{expected} on: {CURRENT_LOG} or {generation_log_name(expected)}); "
@@ -828,27 +827,6 @@ def _check_links(fs: FileSystem, steps: Sequence[RestoreStep]) -> None:
             hint=hint,
             path=path,
         )
-
-
-def _set_aside_logs(fs: FileSystem, directory: str, base: Manifest) -> str | None:
-    """The newest `lost-logs-<time>/` of `directory` holding logs of the backup's stream.
-    Recovery with data loss moves the logs there and starts a new stream in `directory`,
-    so the instance the backup was taken of no longer looks like it."""
-    candidates = sorted(
-        (name for name in fs.listdir(directory) if name.startswith(LOST_LOGS_PREFIX)),
-        reverse=True,
-    )
-    for name in candidates:
-        path = os.path.join(directory, name)
-        if not fs.is_directory(path):
-            continue
-        inventory = take_inventory(fs, path, owner="restore")
-        if any(
-            entry.header is not None and entry.header.log_signature == base.log_signature
-            for entry in inventory.files.values()
-        ):
-            return path
-    return None
 
 
 def _check_images_at(

@@ -30,7 +30,7 @@ Chain verification (each failure stops reading with ESE's error, naming the gene
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -48,6 +48,7 @@ from jetstore.errors import (
 from jetstore.format.common import Signature
 from jetstore.format.filenames import (
     CURRENT_LOG,
+    LOST_LOGS_PREFIX,
     TEMP_LOG,
     generation_log_name,
     misnamed_log_name,
@@ -175,6 +176,34 @@ def stream_signature_of(headers: Mapping[int, LogFileHeader]) -> Signature | Non
     if not headers:
         return None
     return headers[min(headers)].log_signature
+
+
+def set_aside_logs_of(
+    fs: FileSystem, directory: str, signatures: Collection[Signature], *, owner: str
+) -> str | None:
+    """The newest `lost-logs-<time>/` of `directory` holding a log file of one of the log
+    streams `signatures`, else None.
+
+    Recovery with data loss and repair move the logs there and start a new stream in
+    `directory`: a restore rolling forward from the old stream finds its logs there, and a
+    repair run again after a move that failed half-way moves the rest of the stream into
+    the same directory rather than split it over two.
+    """
+    candidates = sorted(
+        (name for name in fs.listdir(directory) if name.startswith(LOST_LOGS_PREFIX)),
+        reverse=True,
+    )
+    for name in candidates:
+        path = os.path.join(directory, name)
+        if not fs.is_directory(path):
+            continue
+        inventory = take_inventory(fs, path, owner=owner)
+        if any(
+            entry.header is not None and entry.header.log_signature in signatures
+            for entry in inventory.files.values()
+        ):
+            return path
+    return None
 
 
 def take_inventory(fs: FileSystem, directory: str, *, owner: str) -> LogInventory:

@@ -39,7 +39,8 @@ before that swap, the instance's log files and checkpoint file are moved into
 `lost-logs-<time>/` (the convention of recovery with data loss) so that nothing can ever be
 replayed into the repaired database, and the next open starts a new log stream. In that
 order a failure or a kill at any point leaves the damaged file in place (its logs perhaps
-moved aside: running the repair again finishes) or the repaired one without the old logs;
+moved aside: running the repair again finishes, moving the rest of that log stream into the
+same directory, `_interrupted_move`) or the repaired one without the old logs;
 never the repaired file next to logs that name the damaged one, which no open accepts.
 
 **A pending data loss.** When a data-loss recovery recorded its loss but did not finish
@@ -92,6 +93,7 @@ from jetstore.format.page import PAGE_SIZES, PageType, verify_page
 from jetstore.format.positions import LogPosition
 from jetstore.instance.recoverydecisions import PendingDataLoss, read_pending_data_loss
 from jetstore.io.files import FileSystem
+from jetstore.log.reader import set_aside_logs_of, take_inventory
 from jetstore.pages.btree import Node, child_ref, decode_node, ref_crc, ref_pgno
 from jetstore.tables.catalog import (
     CATALOG_ID,
@@ -257,7 +259,8 @@ def repair_database(
         aside = (
             pending.directory
             if pending is not None
-            else os.path.join(directory, LOST_LOGS_PREFIX + stamp)
+            else _interrupted_move(fs, directory)
+            or os.path.join(directory, LOST_LOGS_PREFIX + stamp)
         )
         temporary = target + REPAIRING_SUFFIX
         if fs.exists(temporary):
@@ -380,6 +383,15 @@ def _unused_stamp(fs: FileSystem, directory: str, target: str) -> str:
             or fs.exists(os.path.join(directory, LOST_LOGS_PREFIX + stamp))
         ),
     )
+
+
+def _interrupted_move(fs: FileSystem, directory: str) -> str | None:
+    """The `lost-logs-<time>/` an earlier repair began to move this directory's log stream
+    into before it failed: the rest goes there too, so that the stream is not split over
+    two directories (a restore reading the set-aside logs takes one)."""
+    here = take_inventory(fs, directory, owner=OWNER).files.values()
+    signatures = {entry.header.log_signature for entry in here if entry.header is not None}
+    return set_aside_logs_of(fs, directory, signatures, owner=OWNER) if signatures else None
 
 
 def _unstamped_loss(old: DatabaseHeader, pending: PendingDataLoss | None) -> bool:
