@@ -107,6 +107,34 @@ def test_logs_removable_lists_file_names(closed: Path, run_json: RunJson) -> Non
     assert result["not_needed_bytes"] == 64 * 1024 * len(result["not_needed_for_recovery"])
 
 
+@pytest.mark.parametrize("command", [("logs", "removable"), ("counters",)])
+def test_a_command_whose_open_finishes_a_data_loss_repair_says_so(
+    closed: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    """A data-loss recovery cut short before it set every log aside is finished by the
+    next open, plain or not (design D6). An admin command opening the instance for its own
+    purpose used to finish it in silence (only the event log said it); it now says so."""
+    aside = closed / "lost-logs-20260101T000000Z"
+    aside.mkdir()
+    record = {
+        "time_us": 1,
+        "reasons": ["generation 3 (edb00000003.log) is missing"],
+        "stopped_at": [2, 4096],
+        "databases": ["main"],
+        "without_file": [],
+    }
+    (aside / "data-loss.pending.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run([*command, str(closed), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is True
+    said = " ".join(captured.err.split())
+    assert "accepted data loss" in said and "(edb00000003.log) is missing" in said
+    assert "databases main were brought" in said
+    assert str(aside) in "".join(captured.err.split())  # a path may wrap at its hyphen
+    assert (aside / "data-loss.json").exists()
+
+
 def test_logs_removable_refuses_an_instance_in_use(closed: Path, run_json: RunJson) -> None:
     with jetstore.open(closed, **SMALL):
         code, document = run_json("logs", "removable", closed)

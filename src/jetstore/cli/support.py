@@ -35,6 +35,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 import jetstore
 from jetstore.cli.output import ExitCode, report_error, report_usage, stderr_console
@@ -232,9 +233,11 @@ def instance_options(fs: FileSystem, directory: str) -> dict[str, Any]:
 def open_instance(
     directory: str, *, command: str, as_json: bool, why: str, **options: Any
 ) -> jetstore.Instance:
-    """`jetstore.open`; losing the race for the lock is reported as "in use" (exit 3)."""
+    """`jetstore.open`; losing the race for the lock is reported as "in use" (exit 3). An
+    open that finished a data-loss repair (a plain open does, design D6) is said on stderr:
+    the command opened the instance for its own purpose, and the loss is no side note."""
     try:
-        return jetstore.open(directory, **options)
+        instance = jetstore.open(directory, **options)
     except FileAccessDenied as exc:
         # With an errno the OS refused the file (permissions, a read-only mount): nobody
         # holds it, and "in use" would send the operator after a process that does not exist.
@@ -252,6 +255,10 @@ def open_instance(
             # in use, like the instance lock, and its message names the holder.
             fail(exc, command=command, as_json=as_json, exit_code=ExitCode.STATE)
         raise
+    loss = instance.recovery.data_loss if instance.recovery is not None else None
+    if loss is not None and command != "recover":  # recover reports it in its result
+        stderr_console().print(Text(f"warning: {loss.describe()}", style="yellow"))
+    return instance
 
 
 # --------------------------------------------------------------------------- progress

@@ -326,27 +326,9 @@ class Instance:
                 self.durable_checkpoint = outcome.checkpoint.checkpoint_position
             if outcome.data_loss is not None:
                 loss = outcome.data_loss
-                complete = (
-                    f"; {', '.join(loss.recovered_completely)} lost nothing (every record "
-                    "they needed was replayed)"
-                    if loss.recovered_completely
-                    else ""
-                )
-                brought = [name for name in loss.databases if name not in loss.without_file]
-                fileless = (
-                    f"; {', '.join(loss.without_file)} had no file to recover (the changes the "
-                    "logs held for them were set aside with the logs)"
-                    if loss.without_file
-                    else ""
-                )
                 self.events.emit(
                     "recovery_data_loss",
-                    f"recovery accepted data loss: {loss.reason}; databases "
-                    f"{', '.join(brought) or 'none'} were brought to the last consistent "
-                    f"point the logs allowed ({loss.stopped_at or 'their checkpoint'})"
-                    f"{fileless}{complete}; "
-                    f"the old logs were moved to {loss.moved_logs_to or 'nowhere (none present)'} "
-                    "and a new log stream begins",
+                    loss.describe(),
                     databases=loss.databases,
                     without_file=loss.without_file,
                     recovered_completely=loss.recovered_completely,

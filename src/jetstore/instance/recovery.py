@@ -106,6 +106,31 @@ class DataLoss:
     recovered_completely: list[str] = field(default_factory=list)
     without_file: list[str] = field(default_factory=list)
 
+    def describe(self) -> str:
+        """The loss in one message: event 113's, and what a command says whose open
+        finished a data-loss repair (so the two never tell it differently)."""
+        complete = (
+            f"; {', '.join(self.recovered_completely)} lost nothing (every record "
+            "they needed was replayed)"
+            if self.recovered_completely
+            else ""
+        )
+        brought = [name for name in self.databases if name not in self.without_file]
+        fileless = (
+            f"; {', '.join(self.without_file)} had no file to recover (the changes the "
+            "logs held for them were set aside with the logs)"
+            if self.without_file
+            else ""
+        )
+        return (
+            f"recovery accepted data loss: {self.reason}; databases "
+            f"{', '.join(brought) or 'none'} were brought to the last consistent "
+            f"point the logs allowed ({self.stopped_at or 'their checkpoint'})"
+            f"{fileless}{complete}; "
+            f"the old logs were moved to {self.moved_logs_to or 'nowhere (none present)'} "
+            "and a new log stream begins"
+        )
+
 
 @dataclass(frozen=True)
 class RestoreRequest:
