@@ -1179,25 +1179,37 @@ def test_a_failure_while_the_pending_record_is_rewritten_keeps_the_recorded_loss
     assert record["databases"] == ["main"]
 
 
+@pytest.mark.parametrize("stamped", [True, False])
 def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_once(
-    tmp_path: Path,
+    tmp_path: Path, stamped: bool
 ) -> None:
     """An offline repair run while a data-loss recovery is pending (the move of its logs
     failed) used to move the logs into a directory of its own, and the next open still
     finished the recorded loss and raised the repaired database's count again. The repair
     now finishes that record: the logs go into its directory, the loss is reported by the
-    repair, and each loss is counted once (the recovery's and the repair's)."""
+    repair, and each loss is counted once (the recovery's and the repair's). Not
+    `stamped`: the recovery failed before it wrote the database, which the repair then
+    takes dirty, and still counts both losses."""
     crashed_instance(tmp_path)
     gens = generations(tmp_path)
     os.unlink(tmp_path / gens[2])
 
+    def failed_write(event: IOEvent) -> None:
+        recorded = any(tmp_path.glob("lost-logs-*/data-loss.pending.json"))
+        if recorded and event.op == "fdatasync" and event.path.endswith("main.edb"):
+            raise OSError(5, "injected: the database's write fails")
+
     with pytest.raises(DiskIO):
         jetstore.open(
-            tmp_path, filesystem=FileSystem(hook=failed_move), accept_data_loss=True, **SMALL
+            tmp_path,
+            filesystem=FileSystem(hook=failed_move if stamped else failed_write),
+            accept_data_loss=True,
+            **SMALL,
         )
     (pending,) = [name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")]
     report = repair_database(tmp_path / "main.edb", accept_data_loss=True)
     assert report.applied and report.moved_logs_to == str(tmp_path / pending)
+    assert report.was_dirty is not stamped
     finished = report.finished_data_loss
     assert finished is not None and finished["databases"] == ["main"]
     assert finished["record"] == str(tmp_path / pending / "data-loss.json")
