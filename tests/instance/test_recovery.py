@@ -1223,6 +1223,39 @@ def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_onc
     assert "recovery_data_loss" not in (tmp_path / "events.jsonl").read_text()
 
 
+def test_a_database_recreated_by_replay_that_stopped_is_named_as_losing_data(
+    tmp_path: Path,
+) -> None:
+    """A database created after the last checkpoint whose file is gone is re-created from
+    its CREATE record and replayed; when a missing generation stops replay, its commits
+    past the stop are lost. It used to be listed as recovered completely (not repaired,
+    event 113 saying it lost nothing); open and diagnose now name it as losing data."""
+    instance = jetstore.open(tmp_path, **SMALL)
+    main = instance.database("main", create=True)
+    main.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    instance.checkpoint()
+    late = instance.database("late", create=True)
+    late.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    for batch in range(30):
+        with late.transaction() as txn:
+            for n in range(batch * 40, batch * 40 + 40):
+                txn.table("t").insert({"id": n, "v": f"{n:06d}" * 20})
+    instance.simulate_crash()
+    gens = generations(tmp_path)
+    assert len(gens) >= 2
+    os.unlink(tmp_path / gens[1])
+    os.unlink(tmp_path / "late.edb")
+    plan = plan_recovery(str(tmp_path))
+    assert plan.data_loss is not None and "late" in plan.data_loss.databases
+    with jetstore.open(tmp_path, accept_data_loss=True, **SMALL) as reopened:
+        loss = reopened.recovery.data_loss
+        assert loss is not None and "late" in loss.databases
+        assert "late" not in loss.recovered_completely
+        assert reopened.database("late").file.header.repair_count == 1
+        with reopened.database("late").transaction() as txn:
+            assert 0 < sum(1 for _ in txn.table("t").scan()) < 1200
+
+
 @pytest.mark.parametrize("copies", [(0, 1), (0,)])
 def test_a_checkpoint_file_of_a_newer_format_is_refused_not_written_over(
     tmp_path: Path, copies: tuple[int, ...]

@@ -839,6 +839,7 @@ def _refusal(
             loss_sim.decided,
             stopped_in=loss_sim.stopped_in,
             brought_forward=loss_sim.applied,
+            created=loss_sim.created,
         )
         recovered_to: dict[str, str] = {}
         for facts in plan.databases:

@@ -358,6 +358,7 @@ def _recover(
             decided,
             stopped_in=stopped_in,
             brought_forward=brought_forward,
+            created=[create.name for create in pending_create.values()],
             pending=pending,
         )
     elif restore is not None:
@@ -413,6 +414,7 @@ def _settle_data_loss(
     *,
     stopped_in: int | None,
     brought_forward: Collection[str] = (),
+    created: Collection[str] = (),
     pending: PendingDataLoss | None = None,
 ) -> None:
     """Make the recovered state stand on its own, then set the unusable logs aside.
@@ -430,7 +432,11 @@ def _settle_data_loss(
     # in `losses`, or needing what lies past where a stopped scan ended); the others got
     # every record they needed and are recovered completely.
     affected = databases_losing_data(
-        losses, decided, stopped_in=stopped_in, brought_forward=brought_forward
+        losses,
+        decided,
+        stopped_in=stopped_in,
+        brought_forward=brought_forward,
+        created=created,
     )
     reasons = [reason for _, reason in losses]
     without_file = {name for name in affected if name not in {db.name for db in databases}}

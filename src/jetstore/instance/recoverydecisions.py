@@ -1301,6 +1301,7 @@ def databases_losing_data(
     *,
     stopped_in: int | None,
     brought_forward: Collection[str] = (),
+    created: Collection[str] = (),
 ) -> list[str]:
     """The databases a recovery with `accept_data_loss` does not bring fully up to date.
 
@@ -1317,7 +1318,10 @@ def databases_losing_data(
       (`brought_forward`), or the checkpoint file lists it at a later position
       (`decided.older_copies`); its later records may lie past the stop. Without such
       evidence a clean database has no record after its position (an open marks every
-      header dirty before the database can be changed) and lost nothing.
+      header dirty before the database can be changed) and lost nothing;
+    - each database replay re-created from its CREATE_DATABASE record (`created`: no file,
+      or one cut short): every change it ever had is in the log from that record on, with
+      no header to say where they end, so those past the stop are unknown.
 
     Every database no loss names is recovered completely when the scan did not stop.
     """
@@ -1333,6 +1337,7 @@ def databases_losing_data(
             for name in decided.behind
             if name in decided.older_copies or name in brought_forward
         )
+        affected.update(created)
     return sorted(affected)
 
 
