@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jetstore
+from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.dbheader import choose_db_header
 from jetstore.format.filenames import generation_log_name
 from jetstore.format.logframe import decode_frame
@@ -22,7 +23,15 @@ from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.format.page import PageType, verify_page
 from jetstore.pages.btree import decode_node, encode_node
 
-from .conftest import SMALL, RunJson, damage_second_frame, flip, run_entry_point, snapshot
+from .conftest import (
+    SMALL,
+    RunJson,
+    damage_second_frame,
+    flip,
+    reseal_at_version,
+    run_entry_point,
+    snapshot,
+)
 
 
 def _checksum(run_json: RunJson, path: Path) -> tuple[int, dict[str, Any]]:
@@ -276,3 +285,17 @@ def test_an_unreadable_log_file_says_no_frame_was_found(closed: Path) -> None:
     text = " ".join(done.stdout.replace("│", " ").split())  # cells wrap across lines
     assert "None" not in text, done.stdout
     assert "generation 1: 0 frames, no valid frame found" in text, done.stdout
+
+
+def test_a_newer_engines_files_are_unreadable_not_damaged(closed: Path, run_json: RunJson) -> None:
+    """Both header copies of main.edb and both checkpoint copies intact but of a newer
+    format: every reader says "not damaged, the release that wrote it reads it"
+    (InvalidDatabaseVersion, BadLogVersion); checksum's status said "damaged"."""
+    reseal_at_version(closed / "main.edb", (0, 8192), 8192, FORMAT_VERSION + 1)
+    reseal_at_version(closed / "edb.chk", (0, 4096), 4096, FORMAT_VERSION + 1)
+    code, document = run_json("checksum", closed)
+    assert code == 1
+    status = {f["file"]: f["status"] for f in document["result"]["files"]}
+    assert status["main.edb"] == status["edb.chk"] == "unreadable"
+    errors = {(p["file"].rsplit("/", 1)[-1], p["error"]) for p in document["result"]["problems"]}
+    assert errors == {("main.edb", "InvalidDatabaseVersion"), ("edb.chk", "BadLogVersion")}

@@ -51,10 +51,12 @@ from typing import Any, Final, Literal
 from jetstore.backup.backupset import MANIFEST_NAME
 from jetstore.backup.verify import verify_backup
 from jetstore.errors import (
+    BadLogVersion,
     CheckpointCorrupt,
     DatabaseCorrupted,
     FileInvalidType,
     FileNotFound,
+    InvalidDatabaseVersion,
     JetError,
     LogFileCorrupt,
     PageNotInitialized,
@@ -496,8 +498,15 @@ def _database(
         else:
             _references(report, path, chosen, pages, counts)
     if counts["bad"] or counts["header_copies_ok"] == 0:
-        check.status = "damaged"
+        check.status = _unusable_status(report, path, InvalidDatabaseVersion)
     return check
+
+
+def _unusable_status(report: ChecksumReport, path: str, version_error: type[JetError]) -> str:
+    """ "unreadable" when every error of `path` is `version_error` (another engine's intact
+    blocks: not damage, as every reader of them says), else "damaged"."""
+    errors = {p.error for p in report.problems if p.file == path and p.severity == "error"}
+    return "unreadable" if errors == {version_error.name} else "damaged"
 
 
 def _header_copies(
@@ -702,7 +711,7 @@ def _checkpoint(fs: FileSystem, report: ChecksumReport, path: str, owner: str) -
             f"the file is longer than {CHECKPOINT_FILE_SIZE} bytes; the rest is ignored",
         )
     if check.counts["copies_ok"] < CHECKPOINT_COPIES:
-        check.status = "damaged"
+        check.status = _unusable_status(report, path, BadLogVersion)
     return check
 
 
