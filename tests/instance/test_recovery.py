@@ -1179,6 +1179,29 @@ def test_a_failure_while_the_pending_record_is_rewritten_keeps_the_recorded_loss
     assert record["databases"] == ["main"]
 
 
+def test_an_unreadable_pending_record_claims_no_database_recovered_completely(
+    tmp_path: Path,
+) -> None:
+    """A pending data-loss record that cannot be read (damaged on disk) still reports an
+    accepted loss, but which databases lost data is unknown: the open used to list the
+    database the interrupted repair had rewritten as "recovered completely" (event 113:
+    "lost nothing"), which nothing supports."""
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+    with pytest.raises(DiskIO):
+        jetstore.open(
+            tmp_path, filesystem=FileSystem(hook=failed_move), accept_data_loss=True, **SMALL
+        )
+    (record,) = tmp_path.glob("lost-logs-*/data-loss.pending.json")
+    record.write_bytes(b'{"time_us": 17, "reas')
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and "cannot be read" in loss.reason
+        assert loss.recovered_completely == []
+        assert instance.database("main").file.header.repair_count == 1
+
+
 @pytest.mark.parametrize("stamped", [True, False])
 def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_once(
     tmp_path: Path, stamped: bool

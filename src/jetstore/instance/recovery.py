@@ -445,14 +445,18 @@ def _settle_data_loss(
         reasons[:0] = pending.reasons
         stopped_at = pending.stopped_at or stopped_at
         without_file.update(pending.without_file)
-    now = pending.time_us if pending is not None and pending.time_us else now_us()
+    now = pending.time_us if pending is not None and not pending.unreadable else now_us()
     repaired = set(affected)
     reasons = list(dict.fromkeys(reasons))  # each once, in order
     loss = DataLoss(
         reason="; ".join(reasons),
         stopped_at=stopped_at,
         databases=affected,
-        recovered_completely=sorted(db.name for db in databases if db.name not in repaired),
+        # An unreadable record cannot tell which databases the interrupted repair found
+        # losing data (it may have rewritten them already): none is said to have lost nothing.
+        recovered_completely=[]
+        if pending is not None and pending.unreadable
+        else sorted(db.name for db in databases if db.name not in repaired),
         without_file=sorted(without_file),
     )
     target = _record_data_loss(instance, loss, reasons, now, pending)

@@ -413,6 +413,12 @@ class PendingDataLoss:
     def directory(self) -> str:
         return os.path.dirname(self.path)
 
+    @property
+    def unreadable(self) -> bool:
+        """The record could not be read (`read_pending_data_loss` then gives no time): the
+        loss is known, not which databases it touched."""
+        return self.time_us == 0
+
 
 def read_pending_data_loss(fs: FileSystem, directory: str, owner: str) -> PendingDataLoss | None:
     """The interrupted data-loss repair of `directory`, if any (the newest one).
