@@ -4,46 +4,17 @@ whose `finally` is entered before the open (`jetstore.io.files`)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import pytest
 
+from interrupting import interrupt_as_open_returns
 from jetstore.cli.dump import header_result
 from jetstore.cli.logs_cmd import _databases_needing_logs
 from jetstore.cli.recover import copy_instance
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import HandleRegistry
 from jetstore.tools.repair import _guess_page_size
-
-
-@contextmanager
-def interrupt_as_open_returns(suffix: str) -> Iterator[None]:
-    """KeyboardInterrupt as the first `FileSystem.open` of a path ending in `suffix` returns
-    its file (a signal handler runs where a call returns)."""
-    code = FileSystem.open.__code__
-    fired = False
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal fired
-        if event == "return" and not fired and str(frame.f_locals["path"]).endswith(suffix):
-            fired = True
-            raise KeyboardInterrupt
-        return local
-
-    def tracer(frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
-        return local if frame.f_code is code else None
-
-    sys.settrace(tracer)
-    try:
-        yield
-    finally:
-        sys.settrace(None)
-    assert fired
 
 
 @pytest.mark.parametrize("site", ["dump header", "repair guess", "logs verify", "recover copy"])

@@ -833,7 +833,7 @@ class SetWriter:
         fs = self.fs
         manifest.files = list(self.entries)
         manifest.path = self.dest
-        with fs.open(
+        with fs.opened(
             os.path.join(self.partial, MANIFEST_NAME), owner=self.owner, create=True, exclusive=True
         ) as out:
             out.pwrite(manifest.encode(), 0)

@@ -1072,7 +1072,7 @@ def _named_at_source(error: JetError, plan: RestorePlan, staging: str) -> JetErr
 
 
 def _read_plain(fs: FileSystem, path: str, owner: str) -> Iterator[bytes]:
-    with fs.open(path, owner=owner, writable=False) as source:
+    with fs.opened(path, owner=owner, writable=False) as source:
         offset = 0
         size = source.size()
         while offset < size:

@@ -299,7 +299,7 @@ def _read_database(fs: FileSystem, path: str, name: str, owner: str) -> Database
     """The header as `DatabaseFile.open` reads it (read-only; a bad copy is not rewritten)."""
     facts = DatabaseFacts(name, os.path.basename(path), None)
     try:
-        with fs.open(path, owner=owner, writable=False) as file:
+        with fs.opened(path, owner=owner, writable=False) as file:
             page_size = peek_page_size(file.pread(4096, 0))
             if page_size is None:
                 for size in sorted(PAGE_SIZES):

@@ -1347,7 +1347,7 @@ class Instance:
         encoded = encode_checkpoint_copy(state)
         try:
             created = not self.fs.exists(path)
-            with self.fs.open(path, owner=self.owner, create=created) as file:
+            with self.fs.opened(path, owner=self.owner, create=created) as file:
                 file.pwrite(encoded, 0)
                 file.fdatasync()
                 file.pwrite(encoded, len(encoded))

@@ -562,7 +562,7 @@ class _Verifier:
 
     def _read_header(self, entry: _Entry) -> None:
         try:
-            with self._fs.open(entry.path, owner=self._owner, writable=False) as file:
+            with self._fs.opened(entry.path, owner=self._owner, writable=False) as file:
                 entry.size = file.size()
                 data = file.pread(LOG_HEADER_SIZE, 0)
             header = decode_log_header(data, path=entry.path)
@@ -812,7 +812,7 @@ class _Verifier:
         carry: _Carry,
     ) -> None:
         try:
-            with self._fs.open(entry.path, owner=self._owner, writable=False) as file:
+            with self._fs.opened(entry.path, owner=self._owner, writable=False) as file:
                 data = file.pread(min(file.size(), header.log_file_size), 0)
         except JetError as exc:
             entry.unreadable = True
