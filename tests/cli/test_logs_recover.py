@@ -582,3 +582,24 @@ def test_recover_into_a_full_disk_removes_its_partial_copy(
     monkeypatch.setattr(recover, "FileSystem", FileSystem)
     code, document = run_json("recover", crashed, "--into", copy)
     assert code == 0 and _rows(copy) == ROWS
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failed_copy_is_removed_through_the_io_layer(
+    closed: Path, tmp_path: Path, existed: bool
+) -> None:
+    # The partial copy was removed with shutil.rmtree and os.unlink: the I/O hook (fault
+    # injection, the crash recorder) never saw the removals.
+    target = tmp_path / "copy"
+    if existed:
+        target.mkdir()
+    events: list[IOEvent] = []
+    fs = FileSystem(hook=events.append)
+    copied = recover.copy_instance(fs, str(closed), str(target), show_progress=False)
+    created = {e.path for e in events if e.op == "create"}
+    events.clear()
+    recover._remove_copy(fs, str(target), existed)
+    assert os.path.isdir(target) == existed and (not existed or os.listdir(target) == [])
+    assert {e.path for e in events if e.op == "unlink"} == created
+    assert len(created) == copied["files"]
+    assert [e.path for e in events if e.op == "rmdir"] == ([] if existed else [str(target)])

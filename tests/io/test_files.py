@@ -934,3 +934,59 @@ def test_as_root_what_is_created_takes_the_owner_of_its_directory(tmp_path: Path
         "two": (uid, gid),
         "three": (uid, gid),
     }
+
+
+def test_hook_sees_links_and_every_removal_of_a_tree(
+    fs: FileSystem, hook: Recorder, tmp_path
+) -> None:
+    # `swap_into_place` keeps the old database under a second name, and a failed copy or
+    # restore is removed as a tree: made with `os`/`shutil` calls, the crash recorder and
+    # fault injection never saw them.
+    base = str(tmp_path / "tree")
+    a = os.path.join(base, "a")
+    fs.makedirs(os.path.join(base, "sub"))
+    fs.write_new_file(a, [b"x"], owner=OWNER)
+    fs.write_new_file(os.path.join(base, "sub", "b"), [b"y"], owner=OWNER)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    os.symlink(outside, os.path.join(base, "sub", "link"))
+    hook.events.clear()
+
+    fs.link(a, os.path.join(base, "a2"))
+    assert os.path.samefile(a, os.path.join(base, "a2"))
+    fs.remove_tree(base)
+
+    assert not os.path.lexists(base)
+    assert (outside / "keep").read_bytes() == b"k"  # a symlink is removed, not followed
+    assert (hook.events[0].op, hook.events[0].path, hook.events[0].target) == (
+        "link",
+        a,
+        os.path.join(base, "a2"),
+    )
+    removed = sorted((e.op, os.path.relpath(e.path, base)) for e in hook.events[1:])
+    assert removed == [
+        ("rmdir", "."),
+        ("rmdir", "sub"),
+        ("unlink", "a"),
+        ("unlink", "a2"),
+        ("unlink", os.path.join("sub", "b")),
+        ("unlink", os.path.join("sub", "link")),
+    ]
+
+
+def test_a_tree_removal_goes_on_past_a_failure_and_reports_it(
+    fs: FileSystem, hook: Recorder, tmp_path
+) -> None:
+    base = tmp_path / "tree"
+    (base / "sub").mkdir(parents=True)
+    (base / "a").write_bytes(b"x")
+    (base / "sub" / "b").write_bytes(b"y")
+    hook.fail_op = "rmdir"
+    with pytest.raises(DiskIO) as caught:
+        fs.remove_tree(str(base))
+    assert str(base / "sub") in str(caught.value)
+    assert sorted(os.listdir(base)) == ["sub"] and os.listdir(base / "sub") == []
+    (base / "c").write_bytes(b"c")
+    with pytest.raises(FileAlreadyExists):
+        fs.link(str(base / "c"), str(base / "sub"))

@@ -481,3 +481,24 @@ def test_audit_flags_an_entry_change_not_synced_before_the_acknowledgement(tmp_p
     ]
     assert "acknowledgement at mark" in findings[0].message
     assert "end of the recording" in findings[1].message
+
+
+def test_a_link_is_a_second_name_that_is_durable_once_its_directory_is_synced(
+    tmp_path: Path, scratch: Path
+) -> None:
+    def work(fs: FileSystem, root: str) -> None:
+        create_synced(fs, root, "a", b"data")
+        fs.link(os.path.join(root, "a"), os.path.join(root, "b"))
+        fs.fsync_directory(root)
+
+    sim, recorder = record(tmp_path / "root", work)
+    states = States(sim, scratch)
+    link = next(op.index for op in recorder.ops if op.op == "link")
+    assert recorder.ops[link].describe() == f"#{link} link a -> b"
+    none = Variant(DataVariant.NONE, DirVariant.REVERT)
+    assert states.files(link + 1, none) == {"a": b"data"}
+    assert states.files(link + 1, Variant(DataVariant.NONE, DirVariant.APPLY)) == {
+        "a": b"data",
+        "b": b"data",
+    }
+    assert states.files(link + 2, none) == {"a": b"data", "b": b"data"}

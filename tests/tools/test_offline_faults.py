@@ -87,6 +87,17 @@ def test_a_failed_swap_leaves_no_kept_copy_behind(closed: Path) -> None:
     assert result.kept_original is not None and digest(Path(result.kept_original)) == before
 
 
+def test_a_failed_link_of_the_kept_copy_is_seen_and_leaves_the_original(closed: Path) -> None:
+    # The kept copy was linked with `os.link`, which the I/O hook (fault injection, the crash
+    # recorder) never saw: a link failing on the disk could not be tested at all.
+    path = closed / "main.edb"
+    before = digest(path)
+    with pytest.raises(DiskIO, match=r"link failed on .*main\.edb"):
+        compact_database(path, keep_original=True, fs=failing("link", "main.edb", errno.EIO))
+    assert sorted(p.name for p in closed.glob("main.edb*")) == ["main.edb"]
+    assert digest(path) == before
+
+
 def test_two_repairs_in_the_same_second_keep_both_damaged_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

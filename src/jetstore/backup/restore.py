@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1000,7 +999,8 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         # (its parent's sync failed, or was interrupted): the restore failed, so it is taken
         # back, as a backup set's publish does. Left there, the retry was refused ("not
         # empty") with the failure reported.
-        shutil.rmtree(target if renamed else staging, ignore_errors=True)
+        with contextlib.suppress(JetError):
+            fs.remove_tree(target if renamed else staging)
         if emptied:
             with contextlib.suppress(JetError):
                 fs.mkdir(target)  # the empty directory the target was

@@ -36,7 +36,6 @@ import math
 import os
 import queue
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +70,8 @@ from jetstore.cli.output import (
     report_usage,
     stdout_console,
 )
+from jetstore.errors import JetError
+from jetstore.io.files import FileSystem
 
 __all__ = ["child_main", "demo_command", "expected_order", "run_demo"]
 
@@ -771,7 +772,8 @@ def demo_command(
     finally:
         # A failed run keeps its files: they are the evidence.
         if temporary and ok and not keep:
-            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(JetError):
+                FileSystem().remove_tree(directory)
         elif not as_json:
             console.print(f"  files kept in {directory}")
     result["kept"] = not (temporary and ok and not keep)

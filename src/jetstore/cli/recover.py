@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from typing import Any, Final
 
@@ -113,19 +112,15 @@ def copy_instance(
     return {"files": len(files), "bytes": total}
 
 
-def _remove_copy(target: str, existed: bool) -> None:
+def _remove_copy(fs: FileSystem, target: str, existed: bool) -> None:
     """Remove what `copy_instance` put into `target` (all of it: it was new or empty)."""
-    if not existed:
-        shutil.rmtree(target, ignore_errors=True)
-        return
-    with contextlib.suppress(OSError):
-        for name in os.listdir(target):
-            path = os.path.join(target, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+    with contextlib.suppress(JetError):
+        if not existed:
+            fs.remove_tree(target)
+            return
+        for name in fs.listdir(target):
+            with contextlib.suppress(JetError):
+                fs.remove_tree(os.path.join(target, name))
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -241,7 +236,7 @@ def recover_command(
         except BaseException:
             # COPY was new or empty: all it holds is this copy, which is not whole. Left
             # there, it made the next `--into COPY` a refusal (no longer empty).
-            _remove_copy(target, existed)
+            _remove_copy(fs, target, existed)
             if not as_json:
                 stderr_console().print(
                     Text(f"the partial copy in {target} was removed; {source} was not touched")

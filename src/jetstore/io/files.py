@@ -25,7 +25,9 @@ Invariants:
   a time, and once one failed every later one raises that failure, since the kernel reports
   a failed writeback only once and a later sync that succeeds proves nothing.
 - Every durability-relevant operation (create, write, fsync, fdatasync, directory fsync,
-  rename, unlink, truncate) first goes through the file system's `hook`, if one is set. The
+  rename, link, unlink, truncate, mkdir, rmdir; a tree's removal as its unlinks and rmdirs)
+  first goes through the file system's `hook`, if one is set; no module outside this layer
+  changes the file system with `os` or `shutil` calls, which the hook would never see. The
   hook sees the operation before it happens and may raise `OSError` to inject a fault; the
   crash and fault-injection harnesses record and replay workloads through it.
 - Metadata durability is explicit: callers that create, rename or unlink a file they rely on
@@ -802,6 +804,42 @@ class FileSystem:
             os.unlink(path)
         except OSError as exc:
             raise from_os_error(exc, op="delete", path=path) from exc
+
+    def link(self, source: str, target: str) -> None:
+        """Give the file `source` the second name `target` (which must not exist). Call
+        `fsync_directory` before relying on it."""
+        self._call_hook(IOEvent("link", source, target=target))
+        try:
+            os.link(source, target)
+        except OSError as exc:
+            raise from_os_error(exc, op=f"link from '{source}'", path=target) from exc
+
+    def remove_tree(self, path: str) -> None:
+        """Remove `path` and everything under it, each file through `unlink` and each
+        directory through `rmdir` (so the hook sees every removal, as it saw every create).
+        A symbolic link is removed, never followed. Goes on past a failure, removing what it
+        can (a cleanup after a failure), and raises the first failure at the end."""
+        first: JetError | None = None
+        try:
+            kind = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise from_os_error(exc, op="stat", path=path) from exc
+        try:
+            if not stat.S_ISDIR(kind):
+                self.unlink(path)
+                return
+            for name in self.listdir(path):
+                try:
+                    self.remove_tree(os.path.join(path, name))
+                except JetError as exc:
+                    first = first or exc
+            self.rmdir(path)
+        except JetError as exc:
+            first = first or exc
+        if first is not None:
+            raise first
 
     def makedirs(self, path: str) -> None:
         self._call_hook(IOEvent("mkdir", path))

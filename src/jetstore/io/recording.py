@@ -72,7 +72,7 @@ from jetstore.io.files import IOEvent, IOHook
 SYNC_OPS = frozenset({"fsync", "fdatasync", "fsync_dir"})
 FILE_SYNC_OPS = frozenset({"fsync", "fdatasync"})
 DATA_OPS = frozenset({"write", "truncate"})
-ENTRY_OPS = frozenset({"create", "rename", "unlink"})
+ENTRY_OPS = frozenset({"create", "rename", "link", "unlink"})
 SECTOR_SIZE = 512
 
 _MAGIC = b"JETSTORE-RECORDING-1\n"
@@ -102,8 +102,8 @@ class RecordedOp:
             return f"#{self.index} write {name} [{self.offset}, {self.offset + self.size})"
         if self.op == "truncate":
             return f"#{self.index} truncate {name} to {self.size}"
-        if self.op == "rename":
-            return f"#{self.index} rename {name} -> {os.path.basename(self.target)}"
+        if self.op in ("rename", "link"):
+            return f"#{self.index} {self.op} {name} -> {os.path.basename(self.target)}"
         return f"#{self.index} {self.op} {self.path if self.op == 'fsync_dir' else name}"
 
 
@@ -509,7 +509,23 @@ class CrashSimulator:
                 model.change(EntryChange(op.index, directory, "unlink", name, ident))
         elif kind == "rename":
             self._rename(model, op)
+        elif kind == "link":
+            self._link(model, op)
         # "open" and "read" change nothing.
+
+    def _link(self, model: _Model, op: RecordedOp) -> None:
+        source = self._split(op, op.path)
+        target = self._split(op, op.target)
+        if source is None or target is None:
+            return
+        (src_dir, src_name), (dst_dir, dst_name) = source, target
+        ident = model.current.get(src_dir, {}).get(src_name)
+        entries = model.current.get(dst_dir)
+        if ident is None or entries is None or dst_name in entries:
+            return  # the link failed
+        # A second name of the same inode: a crash state that keeps it gets the same contents.
+        entries[dst_name] = ident
+        model.change(EntryChange(op.index, dst_dir, "create", dst_name, ident))
 
     def _rename(self, model: _Model, op: RecordedOp) -> None:
         source = self._split(op, op.path)

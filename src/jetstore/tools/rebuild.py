@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable
 from typing import Final
 
-from jetstore.errors import JetError, from_os_error
+from jetstore.errors import JetError
 from jetstore.format.dbheader import HEADER_COPIES, DatabaseHeader, encode_db_header
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import build_tree, dirty_nodes_postorder, encode_node, page_crc_of
@@ -109,10 +109,7 @@ def swap_into_place(fs: FileSystem, temporary: str, target: str, *, keep_as: str
     does not exist) the old `target` stays reachable there (see the module docstring)."""
     try:
         if keep_as is not None:
-            try:
-                os.link(target, keep_as)
-            except OSError as exc:
-                raise from_os_error(exc, op=f"link from '{target}'", path=keep_as) from exc
+            fs.link(target, keep_as)
         fs.rename(temporary, target)
         fs.fsync_directory(os.path.dirname(target))
     except BaseException:
