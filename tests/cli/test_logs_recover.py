@@ -603,3 +603,36 @@ def test_a_failed_copy_is_removed_through_the_io_layer(
     assert {e.path for e in events if e.op == "unlink"} == created
     assert len(created) == copied["files"]
     assert [e.path for e in events if e.op == "rmdir"] == ([] if existed else [str(target)])
+
+
+def test_recover_into_skips_symbolic_links_to_directories_and_to_nothing(
+    crashed: Path, tmp_path: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Defect: the copy followed symbolic links to directories: `ln -s . DIR/loop` made it
+    # walk DIR/loop/loop/... until "Too many levels of symbolic links". No file of an
+    # instance lives under such a link; a link to a file (a database kept elsewhere) is
+    # still copied as the file.
+    before = snapshot(crashed)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"x" * 100)
+    os.symlink(".", crashed / "loop")
+    os.symlink(outside, crashed / "archive")
+    os.symlink(tmp_path / "gone", crashed / "dangling")
+    copy = tmp_path / "copy"
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert code == 0, document
+    copied = document["result"]["copied"]
+    assert copied["files"] == len(before)
+    assert copied["skipped"] == [
+        {"path": "archive", "why": "a symbolic link to a directory (not followed)"},
+        {"path": "dangling", "why": "a symbolic link to nothing"},
+        {"path": "loop", "why": "a symbolic link to a directory (not followed)"},
+    ]
+    assert not {"loop", "archive", "dangling"} & set(os.listdir(copy))
+    assert _rows(copy) == ROWS
+
+    copy2 = tmp_path / "copy2"
+    assert run(["recover", str(crashed), "--into", str(copy2)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped loop: a symbolic link to a directory (not followed)" in " ".join(out.split())

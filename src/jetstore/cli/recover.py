@@ -9,7 +9,8 @@ the log from the checkpoint and `close()` leaves every database clean. The comma
   the last consistent point instead of failing, and `result.data_loss` says what was lost,
   which databases lost it (`databases`) and which were recovered completely;
 * `--into COPY`: every file of DIR except `jetstore.lock` is copied into COPY (which must not
-  exist or be empty) and the copy is recovered; DIR is only read; a copy that fails (a full
+  exist or be empty) and the copy is recovered; DIR is only read; symbolic links to
+  directories (and to nothing) are skipped and listed, never followed; a copy that fails (a full
   disk) is removed again, so that the command can simply be run again;
 * the report: records replayed, where replay started, notes, databases created by replay,
   the torn tail, the data loss.
@@ -57,9 +58,21 @@ __all__ = ["copy_instance", "recover_command"]
 COPY_CHUNK: Final = 1 << 20
 
 
-def _walk(fs: FileSystem, source: str) -> list[tuple[str, int]]:
-    """Every file under `source` (relative path, size), the lock file and socket left out."""
+#: Why an entry of DIR is not copied (`copy_instance`'s `skipped`).
+LINK_TO_DIRECTORY: Final = "a symbolic link to a directory (not followed)"
+LINK_TO_NOTHING: Final = "a symbolic link to nothing"
+
+
+def _walk(fs: FileSystem, source: str) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
+    """Every file under `source` (relative path, size), the lock file and socket left out,
+    and the entries skipped (`path`, `why`).
+
+    A symbolic link to a file is copied as the file (a database kept on another volume). One
+    to a directory is not followed: no file of an instance lives under it, and `ln -s .
+    DIR/loop` made the walk go round until "too many levels of symbolic links". One to
+    nothing has nothing to copy."""
     found: list[tuple[str, int]] = []
+    skipped: list[dict[str, str]] = []
     pending = [""]
     while pending:
         relative = pending.pop()
@@ -67,11 +80,17 @@ def _walk(fs: FileSystem, source: str) -> list[tuple[str, int]]:
             if not relative and name in (LOCK_FILE, CONTROL_SOCKET):
                 continue  # the lock, and a stale control socket a crash left (not a file)
             path = os.path.join(source, relative, name)
-            if fs.is_directory(path):
-                pending.append(os.path.join(relative, name))
+            entry = os.path.join(relative, name)
+            link = fs.is_symbolic_link(path)
+            if link and fs.is_directory(path):
+                skipped.append({"path": entry, "why": LINK_TO_DIRECTORY})
+            elif link and not fs.exists(path):
+                skipped.append({"path": entry, "why": LINK_TO_NOTHING})
+            elif fs.is_directory(path):
+                pending.append(entry)
             else:
-                found.append((os.path.join(relative, name), fs.size(path)))
-    return sorted(found)
+                found.append((entry, fs.size(path)))
+    return sorted(found), sorted(skipped, key=lambda s: s["path"])
 
 
 def copy_instance(
@@ -80,9 +99,9 @@ def copy_instance(
     """Copy every file of `source` except the lock into the new or empty `target`.
 
     Files are read and written through `fs` (so the I/O hook sees them), each synced, then
-    the directories. Returns ``{"files": n, "bytes": b}``.
+    the directories. Returns ``{"files": n, "bytes": b, "skipped": [...]}`` (`_walk`).
     """
-    files = _walk(fs, source)
+    files, skipped = _walk(fs, source)
     total = sum(size for _name, size in files)
     fs.makedirs(target)
     directories = {target}
@@ -109,7 +128,7 @@ def copy_instance(
                 writer.fsync()
     for directory in sorted(directories, key=len, reverse=True):
         fs.fsync_directory(directory, owner=OWNER)
-    return {"files": len(files), "bytes": total}
+    return {"files": len(files), "bytes": total, "skipped": skipped}
 
 
 def _remove_copy(fs: FileSystem, target: str, existed: bool) -> None:
@@ -132,6 +151,8 @@ def _print_result(result: dict[str, Any]) -> None:
                 f"bytes from {result['source']} into {result['directory']} (original untouched)"
             )
         )
+        for entry in result["copied"]["skipped"]:
+            console.print(Text(f"skipped {entry['path']}: {entry['why']}"))
     table = Table(title=f"Recovery of {result['directory']}", show_header=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")

@@ -893,6 +893,10 @@ class FileSystem:
         except OSError:
             return False
 
+    def is_symbolic_link(self, path: str) -> bool:
+        """Whether `path` itself is a symbolic link (to anything, or to nothing)."""
+        return os.path.islink(path)
+
     def require_directory(self, path: str, *, what: str, hint: str) -> None:
         """FileNotFound if `path` does not exist, InvalidPath if it is not a directory."""
         if not self.exists(path):
