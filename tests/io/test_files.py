@@ -19,6 +19,7 @@ from jetstore.errors import (
     FileAccessDenied,
     FileAlreadyExists,
     FileNotFound,
+    InstanceUnavailable,
     InvalidPath,
     JetError,
 )
@@ -990,3 +991,18 @@ def test_a_tree_removal_goes_on_past_a_failure_and_reports_it(
     (base / "c").write_bytes(b"c")
     with pytest.raises(FileAlreadyExists):
         fs.link(str(base / "c"), str(base / "sub"))
+
+
+def test_opening_keeps_the_file_unless_the_block_raises(
+    fs: FileSystem, registry: HandleRegistry, tmp_path
+) -> None:
+    path = str(tmp_path / "f")
+    with fs.opening(path, owner=OWNER, create=True) as kept:
+        kept.pwrite(b"x", 0)
+    assert kept.pread(1, 0) == b"x" and registry.total() == 1
+    assert registry.close_owner(OWNER) == [] and registry.total() == 0  # a sub-owner's
+    with pytest.raises(KeyboardInterrupt), fs.opening(path, owner=OWNER) as dropped:
+        raise KeyboardInterrupt
+    assert registry.total() == 0
+    with pytest.raises(InstanceUnavailable):
+        dropped.pread(1, 0)

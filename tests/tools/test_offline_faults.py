@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import jetstore
+from interrupting import interrupt_as_open_returns
 from jetstore.errors import (
     DiskIO,
     FileAccessDenied,
@@ -24,6 +25,7 @@ from jetstore.errors import (
 )
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
+from jetstore.io.handles import HandleRegistry
 from jetstore.tools import repair
 from jetstore.tools.compact import compact_database
 from jetstore.tools.integrity import check_integrity
@@ -96,6 +98,22 @@ def test_a_failed_link_of_the_kept_copy_is_seen_and_leaves_the_original(closed: 
         compact_database(path, keep_original=True, fs=failing("link", "main.edb", errno.EIO))
     assert sorted(p.name for p in closed.glob("main.edb*")) == ["main.edb"]
     assert digest(path) == before
+
+
+@pytest.mark.parametrize("suffix", ["main.edb", "main.edb.compacting"])
+def test_a_compaction_interrupted_as_a_file_opens_leaves_no_file_open(
+    closed: Path, suffix: str
+) -> None:
+    # Defect: the reader and the new file were opened as `file = fs.open(...)` before the
+    # `try` that closes them: a Ctrl-C as open returned left them open in the process.
+    registry = HandleRegistry("interrupted-compaction")
+    path = closed / "main.edb"
+    before = digest(path)
+    with pytest.raises(KeyboardInterrupt), interrupt_as_open_returns(suffix):
+        compact_database(path, fs=FileSystem(registry))
+    assert [h.description for h in registry.open_handles()] == []
+    assert digest(path) == before
+    assert compact_database(path).pages_after > 0
 
 
 def test_two_repairs_in_the_same_second_keep_both_damaged_files(

@@ -717,6 +717,21 @@ class FileSystem:
                 raise error
 
     @contextmanager
+    def opening(self, path: str, *, owner: str, **flags: bool) -> Iterator[File]:
+        """`open(path, owner=owner, **flags)` for a file kept open after the block (a
+        database, an offline tool's reader): closed if the block raises, kept otherwise.
+        `file = fs.open(...)` followed by a `try` that closes it on failure lost the file to
+        a Ctrl-C as `open` returned, before the assignment; like `opened`, the `try` here is
+        entered before the open, and what an interrupt leaves is found under a sub-owner of
+        this use's own (which the owner's `close_owner` also closes)."""
+        scope = f"{owner}/{next(_USES)}"
+        try:
+            yield self.open(path, owner=scope, **flags)
+        except BaseException:
+            self.registry.close_owner(scope)
+            raise
+
+    @contextmanager
     def text_file(
         self,
         path: str,

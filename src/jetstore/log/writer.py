@@ -251,11 +251,8 @@ class LogWriter:
             path = os.path.join(self._config.directory, reserve_log_name(index))
             if self._fs.exists(path) and self._fs.size(path) == self._file_size:
                 continue
-            file = self._fs.open(path, owner=self._owner, create=True)
-            try:
+            with self._fs.opened(path, owner=self._owner, create=True) as file:
                 self._zero_fill(file)
-            finally:
-                file.close()
             created = True
         if created:
             self._fs.fsync_directory(self._config.directory, owner=self._owner)

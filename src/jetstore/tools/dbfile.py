@@ -138,20 +138,17 @@ class OfflineDatabase:
                 hint="give the path of a NAME.edb file inside the instance directory",
                 path=self.path,
             )
-        self._file: File = fs.open(self.path, owner=owner, writable=False)
-        try:
-            self.file_size = self._file.size()
+        with fs.opening(self.path, owner=owner, writable=False) as file:
+            self._file: File = file
+            self.file_size = file.size()
             if header is not None:
                 self.page_size = header.page_size
                 problems: list[str] = []
             else:
                 self.page_size = self._page_size()
-                copy0 = self._file.pread(self.page_size, 0)
-                copy1 = self._file.pread(self.page_size, self.page_size)
+                copy0 = file.pread(self.page_size, 0)
+                copy1 = file.pread(self.page_size, self.page_size)
                 header, problems = choose_db_header(copy0, copy1, path=self.path)
-        except BaseException:
-            self._file.close()
-            raise
         self.header: DatabaseHeader = header
         self.header_problems: list[str] = problems
         self._cache: OrderedDict[int, Node] = OrderedDict()

@@ -62,45 +62,44 @@ def write_database_file(
     seq = max(header.checkpoint_seq, 1)
     root = build_tree(items, page_size, epoch=1)
     nodes = dirty_nodes_postorder(root)
-    file = fs.open(path, owner=owner, create=True, exclusive=True)
-    try:
-        if like is not None:
-            file.take_access_of(like)
-        next_pgno = HEADER_COPIES
-        run: list[bytes] = []
-        run_start = next_pgno
-        for node, _parent, _index in nodes:
-            node.pgno = next_pgno
-            data = encode_node(node, page_size, next_pgno, seq)
-            node.page_crc = page_crc_of(data)
-            run.append(data)
-            next_pgno += 1
-            if len(run) >= _RUN_PAGES:
+    with fs.opened(path, owner=owner, create=True, exclusive=True) as file:
+        try:
+            if like is not None:
+                file.take_access_of(like)
+            next_pgno = HEADER_COPIES
+            run: list[bytes] = []
+            run_start = next_pgno
+            for node, _parent, _index in nodes:
+                node.pgno = next_pgno
+                data = encode_node(node, page_size, next_pgno, seq)
+                node.page_crc = page_crc_of(data)
+                run.append(data)
+                next_pgno += 1
+                if len(run) >= _RUN_PAGES:
+                    file.pwrite(b"".join(run), run_start * page_size)
+                    run_start += len(run)
+                    run = []
+            if run:
                 file.pwrite(b"".join(run), run_start * page_size)
-                run_start += len(run)
-                run = []
-        if run:
-            file.pwrite(b"".join(run), run_start * page_size)
-        written = dataclasses.replace(
-            header,
-            header_seq=header.header_seq + 1,
-            checkpoint_seq=seq,
-            root_pgno=0 if root is None else (root.pgno or 0),
-            root_crc=0 if root is None else (root.page_crc or 0),
-            freelist_pgno=0,
-            freelist_crc=0,
-            free_page_count=0,
-            page_count=next_pgno,
-        )
-        encoded = encode_db_header(written)
-        file.pwrite(encoded * HEADER_COPIES, 0)
-        file.fsync()
-    except BaseException:
-        file.close()
-        if fs.exists(path):
-            fs.unlink(path)
-        raise
-    file.close()
+            written = dataclasses.replace(
+                header,
+                header_seq=header.header_seq + 1,
+                checkpoint_seq=seq,
+                root_pgno=0 if root is None else (root.pgno or 0),
+                root_crc=0 if root is None else (root.page_crc or 0),
+                freelist_pgno=0,
+                freelist_crc=0,
+                free_page_count=0,
+                page_count=next_pgno,
+            )
+            encoded = encode_db_header(written)
+            file.pwrite(encoded * HEADER_COPIES, 0)
+            file.fsync()
+        except BaseException:
+            file.close()
+            if fs.exists(path):
+                fs.unlink(path)
+            raise
     return written
 
 
