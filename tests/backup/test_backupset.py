@@ -23,6 +23,7 @@ import google_crc32c
 import pytest
 
 import jetstore
+from interrupting import interrupt_as_open_returns
 from jetstore.backup.backupset import (
     MANIFEST_NAME,
     PARTIAL_MARKER,
@@ -437,6 +438,20 @@ def test_read_backup_file_checks_content(
     stored.unlink()
     with pytest.raises(FileNotFound, match=entry.stored_name):
         next(iter(read_backup_file(dest, entry, fs=fs, owner="t")))
+    assert registry.total() == 0
+
+
+def test_a_reader_interrupted_as_its_file_opens_leaves_it_closed(
+    inst: jetstore.Instance, tmp_path: Path
+) -> None:
+    # Defect: the stored file was opened as `file = fs.open(...)` before the `try` that
+    # closes it: a Ctrl-C as open returned left it open under the caller's owner.
+    dest = tmp_path / "set"
+    manifest = inst.backup(dest)
+    registry = HandleRegistry("test")
+    reader = read_backup_file(dest, manifest.file("main.edb"), fs=FileSystem(registry), owner="t")
+    with pytest.raises(KeyboardInterrupt), interrupt_as_open_returns("main.edb"):
+        next(reader)
     assert registry.total() == 0
 
 

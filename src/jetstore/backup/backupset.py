@@ -538,42 +538,45 @@ def read_backup_file(
     """
     directory, _manifest = manifest_path(path)
     stored = os.path.join(directory, entry.stored_name)
+    # The open's FileNotFound is the set's missing file; the block's own errors pass as
+    # they are (entered is set as the block's first step).
+    entered = False
     try:
-        file = fs.open(stored, owner=owner, writable=False)
+        with fs.opened(stored, owner=owner, writable=False) as file:
+            entered = True
+            stored_size = file.size()
+            if stored_size != entry.stored_size:
+                raise stored_size_mismatch(stored, stored_size, entry)
+            crc = 0
+            size = 0
+            for chunk in _stored_chunks(file, entry, stored):
+                crc = int(google_crc32c.extend(crc, chunk))
+                size += len(chunk)
+                if size > entry.size:
+                    break
+                yield chunk
+            if size != entry.size:
+                raise ReadVerifyFailure(
+                    f"'{stored}' holds {size}{'+' if size > entry.size else ''} bytes of content, "
+                    f"its manifest says {entry.size}",
+                    hint="the backup set is damaged; use another set",
+                    path=stored,
+                )
+            if crc != entry.crc32c:
+                raise ReadVerifyFailure(
+                    f"the content of '{stored}' fails its CRC32C (manifest {entry.crc32c:08x}, "
+                    f"computed {crc:08x})",
+                    hint="the backup set is damaged; use another set",
+                    path=stored,
+                )
     except FileNotFound as exc:
+        if entered:
+            raise
         raise FileNotFound(
             f"backup set '{directory}' is missing {entry.stored_name}, listed in its manifest",
             hint="the backup set is incomplete; use another set",
             path=stored,
         ) from exc
-    try:
-        stored_size = file.size()
-        if stored_size != entry.stored_size:
-            raise stored_size_mismatch(stored, stored_size, entry)
-        crc = 0
-        size = 0
-        for chunk in _stored_chunks(file, entry, stored):
-            crc = int(google_crc32c.extend(crc, chunk))
-            size += len(chunk)
-            if size > entry.size:
-                break
-            yield chunk
-        if size != entry.size:
-            raise ReadVerifyFailure(
-                f"'{stored}' holds {size}{'+' if size > entry.size else ''} bytes of content, "
-                f"its manifest says {entry.size}",
-                hint="the backup set is damaged; use another set",
-                path=stored,
-            )
-        if crc != entry.crc32c:
-            raise ReadVerifyFailure(
-                f"the content of '{stored}' fails its CRC32C (manifest {entry.crc32c:08x}, "
-                f"computed {crc:08x})",
-                hint="the backup set is damaged; use another set",
-                path=stored,
-            )
-    finally:
-        file.close()
 
 
 def stored_size_mismatch(stored: str, size: int, entry: ManifestFile) -> ReadVerifyFailure:
@@ -714,8 +717,8 @@ class SetWriter:
         # before anything relies on them: sync each directory that gained an entry.
         for directory in sorted({parent, *(os.path.dirname(d) for d in missing)}, key=len):
             fs.fsync_directory(directory, owner=self.owner)
-        marker = fs.open(os.path.join(self.partial, PARTIAL_MARKER), owner=self.owner, create=True)
-        marker.close()
+        with fs.opened(os.path.join(self.partial, PARTIAL_MARKER), owner=self.owner, create=True):
+            pass
 
     def _partial_exists(self) -> InvalidPath:
         if not self.fs.exists(os.path.join(self.partial, PARTIAL_MARKER)):
