@@ -58,6 +58,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.filenames import database_file_name, parse_database_file_name
 from jetstore.instance.instance import InstanceOptions
 from jetstore.io.files import File, FileSystem
+from jetstore.io.handles import use_owner
 from jetstore.io.locking import acquire_directory_lock
 from jetstore.log.reader import take_inventory
 
@@ -95,7 +96,7 @@ def backup_offline(
     )
     if recover:
         _soft_recovery(fs, directory)
-    owner = f"offline-backup:{directory}"
+    owner = use_owner(f"offline-backup:{directory}")
     writer: SetWriter | None = None
     try:
         lock = acquire_directory_lock(fs, directory, owner=owner, holder="an offline backup")

@@ -67,6 +67,7 @@ from jetstore.format.logframe import FRAME_HEADER_SIZE, accumulate, decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE, LogFileHeader, decode_log_header
 from jetstore.format.page import verify_page
 from jetstore.io.files import FileSystem
+from jetstore.io.handles import use_owner
 from jetstore.pages.references import PageReferences
 
 __all__ = ["BackupProblem", "BackupVerification", "FileReport", "verify_backup"]
@@ -193,7 +194,7 @@ def verify_backup(
         what="backup set",
         hint="give the directory a backup was written to (`jetstore backup --to DEST`)",
     )
-    owner = f"verify-backup:{directory}"
+    owner = use_owner(f"verify-backup:{directory}")
     result = BackupVerification(directory)
     try:
         try:

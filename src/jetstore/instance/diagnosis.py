@@ -82,6 +82,7 @@ from jetstore.instance.recoverydecisions import (
     stream_signature,
 )
 from jetstore.io.files import FileSystem
+from jetstore.io.handles import use_owner
 from jetstore.io.locking import (
     describe_lock_holder,
     file_lock_holder,
@@ -577,6 +578,7 @@ def plan_recovery(
     fs.require_directory(
         path, what="instance directory", hint="give the directory that holds the instance"
     )
+    owner = use_owner(owner)
     try:
         return _plan(fs, path, owner, command)
     finally:

@@ -40,7 +40,6 @@ import contextlib
 import errno
 import fcntl
 import io
-import itertools
 import os
 import stat
 import threading
@@ -58,7 +57,7 @@ from jetstore.errors import (
     from_os_error,
 )
 from jetstore.io import forks
-from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind, HandleRegistry
+from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind, HandleRegistry, use_owner
 
 _T = TypeVar("_T")
 
@@ -76,9 +75,6 @@ class IOEvent:
 
 
 IOHook = Callable[[IOEvent], None]
-
-#: Numbers the short uses of `FileSystem.opened` (each closes its own sub-owner).
-_USES = itertools.count(1)
 
 
 class File:
@@ -703,7 +699,7 @@ class FileSystem:
         (before the `with` took the file) left it open and registered under an owner
         nobody cleans up (a probe's, a peek's). Here the `finally` is entered before the
         open, and closes whatever was registered under a sub-owner of this use's own."""
-        scope = f"{owner}/{next(_USES)}"
+        scope = use_owner(owner)
         done = False
         try:
             yield self.open(path, owner=scope, **flags)
@@ -724,7 +720,7 @@ class FileSystem:
         a Ctrl-C as `open` returned, before the assignment; like `opened`, the `try` here is
         entered before the open, and what an interrupt leaves is found under a sub-owner of
         this use's own (which the owner's `close_owner` also closes)."""
-        scope = f"{owner}/{next(_USES)}"
+        scope = use_owner(owner)
         try:
             yield self.open(path, owner=scope, **flags)
         except BaseException:

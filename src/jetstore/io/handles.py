@@ -9,7 +9,9 @@ Invariants:
 - `counts()` is exact at every moment: a test can assert that an operation left the number of
   open handles where it found it (the seed failure Q249148 was a handle leak on every backup).
 - Closing an owner (`close_owner`) closes every handle registered under it, newest first, and
-  keeps going past errors, so one cleanup call releases everything on every exit path.
+  keeps going past errors, so one cleanup call releases everything on every exit path. An
+  operation that cleans up that way owns a label of its own (`use_owner`), never a fixed one
+  that a concurrent use of the same operation shares.
 - An interrupt (KeyboardInterrupt from a signal handler, or any BaseException that is not an
   Exception) never loses a handle: a handle stays registered (and counted) until its closer
   returned or failed with an Exception; a closer interrupted, or never started because the
@@ -222,6 +224,18 @@ class HandleRegistry:
                 interrupt = interrupt or exc
         if interrupt is not None:
             raise interrupt
+
+
+#: Numbers the uses that close their handles by owner (`use_owner`).
+_USES = itertools.count(1)
+
+
+def use_owner(owner: str) -> str:
+    """A sub-owner of `owner` for one use that ends with `close_owner` of it: an operation
+    that closed `owner` itself closed every concurrent use's handles too (two threads
+    diagnosing, checksumming or verifying a backup set with the same owner label: the first
+    to end closed the files the other was reading). `close_owner(owner)` still reaches it."""
+    return f"{owner}/{next(_USES)}"
 
 
 def release_all(*steps: Callable[[], object] | None) -> None:

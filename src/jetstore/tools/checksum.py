@@ -86,6 +86,7 @@ from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.page import PageType, verify_page
 from jetstore.instance.diagnosis import verify_logs_as_recovery_needs
 from jetstore.io.files import FileSystem
+from jetstore.io.handles import use_owner
 from jetstore.io.locking import is_locked, read_lock_holder
 from jetstore.log.verify import LogProblem
 from jetstore.pages.references import PageReferences
@@ -222,6 +223,7 @@ def checksum_path(
     target = os.path.abspath(os.fspath(path))
     if not fs.exists(target):
         raise FileNotFound(f"'{target}' does not exist", path=target)
+    owner = use_owner(owner)
     try:
         if fs.is_directory(target):
             if fs.exists(os.path.join(target, MANIFEST_NAME)):
