@@ -12,15 +12,17 @@ from jetstore.io.files import FileSystem
 
 
 @contextmanager
-def interrupt_as_open_returns(suffix: str) -> Iterator[None]:
-    """KeyboardInterrupt as the first `FileSystem.open` of a path ending in `suffix` returns
-    its file (a signal handler runs where a call returns)."""
-    code = FileSystem.open.__code__
+def interrupt_as_call_returns(
+    function: Callable[..., Any], when: Callable[[dict[str, Any]], bool]
+) -> Iterator[None]:
+    """KeyboardInterrupt as the first call of `function` whose arguments (its frame's
+    locals) satisfy `when` returns (a signal handler runs where a call returns)."""
+    code = function.__code__
     fired = False
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
         nonlocal fired
-        if event == "return" and not fired and str(frame.f_locals["path"]).endswith(suffix):
+        if event == "return" and not fired and when(frame.f_locals):
             fired = True
             raise KeyboardInterrupt
         return local
@@ -34,3 +36,11 @@ def interrupt_as_open_returns(suffix: str) -> Iterator[None]:
     finally:
         sys.settrace(None)
     assert fired
+
+
+def interrupt_as_open_returns(suffix: str) -> Any:
+    """KeyboardInterrupt as the first `FileSystem.open` of a path ending in `suffix` returns
+    its file."""
+    return interrupt_as_call_returns(
+        FileSystem.open, lambda args: str(args["path"]).endswith(suffix)
+    )

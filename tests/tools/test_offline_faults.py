@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import jetstore
-from interrupting import interrupt_as_open_returns
+from interrupting import interrupt_as_call_returns, interrupt_as_open_returns
 from jetstore.errors import (
     DiskIO,
     FileAccessDenied,
@@ -25,7 +25,7 @@ from jetstore.errors import (
 )
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem, IOEvent
-from jetstore.io.handles import HandleRegistry
+from jetstore.io.handles import HandleKind, HandleRegistry
 from jetstore.tools import repair
 from jetstore.tools.compact import compact_database
 from jetstore.tools.integrity import check_integrity
@@ -114,6 +114,25 @@ def test_a_compaction_interrupted_as_a_file_opens_leaves_no_file_open(
     assert [h.description for h in registry.open_handles()] == []
     assert digest(path) == before
     assert compact_database(path).pages_after > 0
+
+
+@pytest.mark.parametrize("at", ["open", "register"])
+def test_a_directory_lock_interrupted_as_it_is_taken_is_released(closed: Path, at: str) -> None:
+    # Defect: the lock file was opened, and its lock registered, before the `try` that
+    # releases them: a Ctrl-C as either returned left the file open, and after the
+    # registration the directory locked, until the process ended (the instance refused
+    # "already open by this process").
+    registry = HandleRegistry("interrupted-lock")
+    if at == "open":
+        interrupt = interrupt_as_open_returns(LOCK_FILE)
+    else:
+        interrupt = interrupt_as_call_returns(
+            HandleRegistry.register, lambda args: args["kind"] is HandleKind.LOCK
+        )
+    with pytest.raises(KeyboardInterrupt), interrupt:
+        compact_database(closed / "main.edb", fs=FileSystem(registry))
+    assert [h.description for h in registry.open_handles()] == []
+    jetstore.open(closed).close()
 
 
 def test_two_repairs_in_the_same_second_keep_both_damaged_files(

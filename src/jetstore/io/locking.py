@@ -30,7 +30,7 @@ import threading
 from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import File, FileSystem
-from jetstore.io.handles import Handle, HandleKind, release_all
+from jetstore.io.handles import Handle, HandleKind, release_all, use_owner
 
 
 class FileLock:
@@ -122,28 +122,28 @@ def acquire_directory_lock(
     """Lock `directory`, or raise `FileAccessDenied` (without an errno) naming who holds it.
     `holder` says what takes it (`HOLDER_INSTANCE`, ...): a refused opener reads it."""
     path = os.path.join(directory, LOCK_FILE)
-    file = fs.open(path, owner=owner, create=True)
+    # The file and its lock are registered under a sub-owner of this take's own, and the
+    # `try` that releases them is entered before the open: a Ctrl-C as the open or the
+    # registration returned (before the assignment) left the file open, and the directory
+    # locked, until the process ended. The owner's `close_owner` still reaches both.
+    scope = use_owner(owner)
     try:
-        locked = file.try_lock()
-    except BaseException:
-        file.close()
-        raise
-    if not locked:
-        file.close()
-        raise FileAccessDenied(
-            f"instance directory '{directory}' is already held by "
-            f"{describe_lock_holder(fs, directory)}",
-            hint="close the other opener first (or wait for its end): one opener at a time "
-            "holds a directory (an Instance, a restore reading its logs, an offline tool)",
-            path=path,
-        )
-    handle = fs.registry.register(HandleKind.LOCK, owner, path, file.unlock)
-    try:
+        file = fs.open(path, owner=scope, create=True)
+        if not file.try_lock():
+            file.close()
+            raise FileAccessDenied(
+                f"instance directory '{directory}' is already held by "
+                f"{describe_lock_holder(fs, directory)}",
+                hint="close the other opener first (or wait for its end): one opener at a "
+                "time holds a directory (an Instance, a restore reading its logs, an offline "
+                "tool)",
+                path=path,
+            )
+        handle = fs.registry.register(HandleKind.LOCK, scope, path, file.unlock)
         file.truncate(0)
         file.pwrite(f"{os.getpid()}\n{holder[:_HOLDER_LIMIT]}\n".encode(), 0)
     except BaseException:  # Ctrl-C too: a lock nobody holds a reference to is never released
-        handle.close()
-        file.close()
+        fs.registry.close_owner(scope)  # the lock first (newest), then the file
         raise
     return DirectoryLock(file, handle)
 
