@@ -636,3 +636,21 @@ def test_recover_into_skips_symbolic_links_to_directories_and_to_nothing(
     assert run(["recover", str(crashed), "--into", str(copy2)]) == 0
     out = capsys.readouterr().out
     assert "skipped loop: a symbolic link to a directory (not followed)" in " ".join(out.split())
+
+
+def test_recover_into_skips_what_is_no_regular_file(
+    crashed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # Defect: a FIFO in DIR (or a link to a device) was refused by its open after the
+    # files before it were copied, and the whole copy was removed again: `recover --into`
+    # failed where `recover DIR` in place works.
+    os.mkfifo(crashed / "pipe")
+    os.symlink("/dev/null", crashed / "null")
+    copy = tmp_path / "copy"
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert code == 0, document
+    assert document["result"]["copied"]["skipped"] == [
+        {"path": "null", "why": "a character device, not a regular file"},
+        {"path": "pipe", "why": "a FIFO or pipe, not a regular file"},
+    ]
+    assert _rows(copy) == ROWS

@@ -70,7 +70,8 @@ def _walk(fs: FileSystem, source: str) -> tuple[list[tuple[str, int]], list[dict
     A symbolic link to a file is copied as the file (a database kept on another volume). One
     to a directory is not followed: no file of an instance lives under it, and `ln -s .
     DIR/loop` made the walk go round until "too many levels of symbolic links". One to
-    nothing has nothing to copy."""
+    nothing has nothing to copy. Nor has a FIFO, socket or device (no instance file is one):
+    its open refused the whole copy after the files before it were copied."""
     found: list[tuple[str, int]] = []
     skipped: list[dict[str, str]] = []
     pending = [""]
@@ -88,6 +89,8 @@ def _walk(fs: FileSystem, source: str) -> tuple[list[tuple[str, int]], list[dict
                 skipped.append({"path": entry, "why": LINK_TO_NOTHING})
             elif fs.is_directory(path):
                 pending.append(entry)
+            elif (special := fs.special_kind(path)) is not None:
+                skipped.append({"path": entry, "why": f"{special}, not a regular file"})
             else:
                 found.append((entry, fs.size(path)))
     return sorted(found), sorted(skipped, key=lambda s: s["path"])

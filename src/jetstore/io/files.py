@@ -904,6 +904,17 @@ class FileSystem:
         except OSError:
             return False
 
+    def special_kind(self, path: str) -> str | None:
+        """What `path` (followed if a link) is when it is neither a regular file nor a
+        directory ("a FIFO or pipe", "a socket", ...), None otherwise or if it is gone."""
+        try:
+            kind = stat.S_IFMT(os.stat(path).st_mode)
+        except OSError:
+            return None
+        if kind in (stat.S_IFREG, stat.S_IFDIR):
+            return None
+        return _SPECIAL_KINDS.get(kind, "a special file")
+
     def is_symbolic_link(self, path: str) -> bool:
         """Whether `path` itself is a symbolic link (to anything, or to nothing)."""
         return os.path.islink(path)
