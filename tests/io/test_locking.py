@@ -343,9 +343,12 @@ def test_file_lock_of_another_process_names_its_pid(fs: FileSystem, tmp_path) ->
         else:
             assert holder is not None
     finally:
-        assert child.stdin is not None
+        assert child.stdin is not None and child.stdout is not None
         child.stdin.close()
         child.wait(timeout=30)
+        # Left to the garbage collector, the pipe closed in whatever test ran next, whose
+        # count of the process's descriptors then came out one short.
+        child.stdout.close()
     assert file_lock_holder(fs, str(path)) is None  # the kernel dropped it with the process
 
 
