@@ -1006,3 +1006,17 @@ def test_opening_keeps_the_file_unless_the_block_raises(
     assert registry.total() == 0
     with pytest.raises(InstanceUnavailable):
         dropped.pread(1, 0)
+
+
+def test_a_symbolic_link_to_nothing_is_named_as_one(fs: FileSystem, tmp_path) -> None:
+    # Defect: "open failed: No such file or directory" for a path `ls` shows: the operator
+    # looked for a missing file, not at where the link points.
+    link = tmp_path / "main.edb"
+    os.symlink(tmp_path / "moved" / "main.edb", link)
+    with pytest.raises(FileNotFound) as caught:
+        fs.open(str(link), owner=OWNER, writable=False)
+    assert f"is a symbolic link to '{tmp_path / 'moved' / 'main.edb'}'" in str(caught.value)
+    assert "put the file back" in str(caught.value)
+    with pytest.raises(FileNotFound, match="No such file") as plain:
+        fs.open(str(tmp_path / "absent"), owner=OWNER, writable=False)
+    assert "symbolic link" not in str(plain.value)

@@ -549,6 +549,23 @@ def _not_a_regular_file(path: str, kind: int) -> InvalidPath:
     )
 
 
+def _link_to_nothing(path: str, error: FileNotFound) -> FileNotFound | None:
+    """The refusal for `path` when it is a symbolic link whose target does not exist (None
+    when it is not one): "No such file or directory" alone sent the operator looking for a
+    file that `ls` shows is there."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    refusal = FileNotFound(
+        f"'{path}' is a symbolic link to '{target}', which does not exist ({error.detail})",
+        hint=f"put the file back at '{target}', or replace the link with the file itself",
+        path=path,
+    )
+    refusal.errno = error.errno
+    return refusal
+
+
 def open_descriptor(into: list[int], path: str, flags: int, *, op: str) -> int:
     """`os.open(path, flags, 0o644)`, the descriptor appended to `into` before any signal
     handler can run: `list.extend` calls `os.open` (through `map`) from C, and CPython runs
@@ -661,7 +678,13 @@ class FileSystem:
             inherit = None  # not created here: it keeps its owner
         unregistered: list[int] = []
         try:
-            fd = open_descriptor(unregistered, path, flags, op=op)
+            try:
+                fd = open_descriptor(unregistered, path, flags, op=op)
+            except FileNotFound as exc:
+                dangling = _link_to_nothing(path, exc)
+                if dangling is None:
+                    raise
+                raise dangling from exc
             try:
                 mode = os.fstat(fd).st_mode
             except OSError as exc:
