@@ -193,8 +193,10 @@ class Counting:
 
     def __call__(self, event: IOEvent) -> None:
         # A log header read only to see which lost-logs directory holds the stream is no
-        # failure of the repair: an unreadable log is set aside like the others.
-        if event.op == "read" or (event.op == "open" and event.path.endswith(".log")):
+        # failure of the repair: an unreadable log is set aside like the others. Nor is the
+        # inventory's probe of a reserve log (is it a regular file?): the log writer, which
+        # replaces the file, reports what else is wrong with it.
+        if event.op == "read" or (event.op == "open" and event.path.endswith((".log", ".jrs"))):
             return
         self.calls += 1
         if self.calls == self.at:
