@@ -615,13 +615,16 @@ def test_a_client_closed_as_idle_is_told_why_at_its_next_request(
     inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server says why it closes a connection before it does; the client's next send
-    failed (EPIPE) and it reported only "closed the control connection (Broken pipe)"."""
+    failed (EPIPE) and it reported only "closed the control connection (Broken pipe)". (A
+    request with side effects is the one that reports it: ping and the like reconnect.)"""
     monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.2)
+    control = inst._control
+    assert control is not None
     with connect(inst.directory) as client:
         assert client.ping()["ok"] is True
-        time.sleep(1.0)
+        wait_for(lambda: not control._conns, "the idle connection to be closed", 5)
         with pytest.raises(OutOfSessions, match=r"idle for 0\.2 s"):
-            client.ping()
+            client.request({"op": "complete"})
 
 
 def test_the_client_says_a_file_in_the_way_is_not_a_stale_socket(tmp_path: Path) -> None:
@@ -659,3 +662,51 @@ def test_a_send_that_times_out_is_reported_after_the_timeout_not_twice_it(
     assert time.monotonic() - started < 1.6
     client.close()
     theirs.close()
+
+
+def test_a_long_lived_client_reconnects_once_after_the_idle_close(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An application polling counters() less often than IDLE_TIMEOUT got OutOfSessions
+    ("idle for 30 s") on every poll after the first: the server had closed the connection.
+    A request without side effects now reconnects once (the same checks as connect());
+    a backup, which has side effects, is never repeated and reports the idle close."""
+    control = inst._control
+    assert control is not None
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.2)
+    baseline = Baseline.take(inst)
+    owner = f"control-client:{inst.directory}"
+    with connect(inst.directory) as client:
+        for ask in (client.counters, client.ping, lambda: client.events(5)):
+            assert ask()
+            wait_for(lambda: not control._conns, "the idle connection to be closed", 5)
+            assert ask()  # the server had closed it: answered all the same
+            assert DEFAULT_REGISTRY.total(owner) == 1  # the old socket is closed
+        wait_for(lambda: not control._conns, "the idle connection to be closed", 5)
+        with pytest.raises(OutOfSessions, match="idle"):
+            client.backup(tmp_path / "set")
+        assert client.closed
+    assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
+    assert inst.counters()["backup_sessions_active"] == 0
+    assert DEFAULT_REGISTRY.total(owner) == 0
+    baseline.wait(inst)
+
+
+def test_a_reconnect_after_the_idle_close_checks_who_serves_the_socket(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new connection is made as connect() makes one: a socket served by another user
+    by then (the instance closed, someone else's socket at the path) is refused."""
+    import jetstore.control.client as client_module
+
+    control = inst._control
+    assert control is not None
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.2)
+    owner = f"control-client:{inst.directory}"
+    with connect(inst.directory) as client:
+        assert client.ping()["ok"] is True
+        wait_for(lambda: not control._conns, "the idle connection to be closed", 5)
+        monkeypatch.setattr(client_module, "peer_uid", lambda sock: 4242)
+        with pytest.raises(FileAccessDenied, match="uid 4242"):
+            client.counters()
+        assert DEFAULT_REGISTRY.total(owner) == 0

@@ -7,6 +7,9 @@ the same as one written in-process by `write_backup_set` (files written into `DE
 each fsynced, `manifest.json` from the server's `BackupResult`, renamed to DEST, parent
 fsynced); `read_manifest`, verification and restore read both alike.
 
+A connection the server closed as idle (`server.IDLE_TIMEOUT`) is made again, once and as
+`connect` makes it, for a request without side effects (`SIMPLE_OPS`); a backup never is.
+
 Invariants:
 - The backup rule: ``{"op": "complete"}`` (after which the server records the backup and
   may truncate logs) is sent only after `SetWriter.publish` made the whole set durable at
@@ -29,8 +32,8 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
 
 from jetstore.backup.backupset import (
     Manifest,
@@ -46,6 +49,7 @@ from jetstore.control.protocol import (
     MAX_FRAME,
     MAX_REPLY,
     SEND_FLAGS,
+    SIMPLE_OPS,
     decode_reply,
     encode_line,
     error_from_object,
@@ -56,6 +60,7 @@ from jetstore.errors import (
     InstanceUnavailable,
     InvalidParameter,
     JetError,
+    OutOfSessions,
     from_os_error,
 )
 from jetstore.format.common import Signature
@@ -67,17 +72,31 @@ from jetstore.io.sockets import close_unregistered_sockets, open_socket, peer_ui
 #: Default seconds a client waits for the server (the backup's first checkpoint included).
 DEFAULT_TIMEOUT: Final = 120.0
 _CONNECTIONS = itertools.count(1)
+_T = TypeVar("_T")
 
 
 class ControlClient:
     """One connection to an instance's control socket. Use as a context manager."""
 
-    def __init__(self, sock: socket.SocketType, handle: Handle, directory: str, path: str) -> None:
+    def __init__(
+        self,
+        sock: socket.SocketType,
+        handle: Handle,
+        directory: str,
+        path: str,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self._sock = sock
         self._handle = handle
         self.directory = directory
         self.path = path
+        self._timeout = timeout
         self._buffer = bytearray()
+        #: A request was answered on this connection: the server accepted it (not refused
+        #: it for the client limit or the user), so a later hang-up is its idle close.
+        self._answered = False
+        #: The server ended the connection before a byte of the current reply came.
+        self._hung_up = False
         #: The server's reply to ``complete`` after a `backup` (``result.truncated``: the log
         #: generations the completion deleted).
         self.completion: dict[str, Any] | None = None
@@ -98,9 +117,38 @@ class ControlClient:
         self.close()
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one request and return its reply; a failed reply raises its `JetError`."""
+        """Send one request and return its reply; a failed reply raises its `JetError`.
+
+        A request without side effects (`SIMPLE_OPS`) on a connection the server closed as
+        idle (its `OutOfSessions` line, or a hang-up before any byte of the reply) is sent
+        again once on a new connection, made as `connect` makes one."""
+        repeatable = self._answered and message.get("op") in SIMPLE_OPS
+        try:
+            reply = self._exchange(message)
+        except (OutOfSessions, InstanceUnavailable) as exc:
+            # OutOfSessions on an accepted connection is only ever the idle close.
+            if not (repeatable and (isinstance(exc, OutOfSessions) or self._hung_up)):
+                raise
+            self._reconnect()
+            reply = self._exchange(message)
+        self._answered = True
+        return reply
+
+    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._hung_up = False
         self._send(message)
         return self._reply(self._read_line())
+
+    def _reconnect(self) -> None:
+        self._handle.close()
+        self._buffer.clear()
+
+        def adopt(sock: socket.SocketType, handle: Handle) -> None:
+            # The handle first: close() then closes the new socket whatever interrupts here.
+            self._handle = handle
+            self._sock = sock
+
+        _open_connection(self.directory, self.path, self._timeout, adopt)
 
     def ping(self) -> dict[str, Any]:
         return self.request({"op": "ping"})
@@ -220,6 +268,7 @@ class ControlClient:
         except TimeoutError as exc:
             raise self._timed_out() from exc
         except OSError as exc:
+            self._hung_up = True
             raise self._last_word() or self._gone(exc) from exc
 
     def _last_word(self) -> JetError | None:
@@ -254,8 +303,10 @@ class ControlClient:
         except TimeoutError as exc:
             raise self._timed_out() from exc
         except OSError as exc:
+            self._hung_up = not self._buffer
             raise self._gone(exc) from exc
         if not data:
+            self._hung_up = not self._buffer
             raise self._gone(None)
         self._buffer += data
 
@@ -324,6 +375,23 @@ def connect(
             hint="open the instance from a shorter path",
             path=path,
         )
+    return _open_connection(
+        directory,
+        path,
+        timeout,
+        lambda sock, handle: ControlClient(sock, handle, directory, path, timeout),
+    )
+
+
+def _open_connection(
+    directory: str,
+    path: str,
+    timeout: float,
+    adopt: Callable[[socket.SocketType, Handle], _T],
+) -> _T:
+    """Connect to the socket `path` of `directory`, check who serves it, and hand the
+    connection to `adopt` (inside the cleanup's reach: an interrupt before `adopt` stored it
+    closes it): `connect`, and a client reconnecting after the server's idle close."""
     # An owner of this connection's own: every way out before the client is returned closes
     # it, also a handle registered by a call an interrupt cut before its result was stored.
     owner = f"control-client:{directory}/{next(_CONNECTIONS)}"
@@ -357,6 +425,7 @@ def connect(
                 "is open there, the socket is someone else's: remove it",
                 path=path,
             )
+        return adopt(sock, handle)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         DEFAULT_REGISTRY.close_owner(owner)
         if not isinstance(exc, ConnectionRefusedError):
@@ -398,7 +467,6 @@ def connect(
         # the socket is nobody's once this raises, so it is closed here.
         DEFAULT_REGISTRY.close_owner(owner)
         raise
-    return ControlClient(sock, handle, directory, path)
 
 
 def _is_socket(path: str) -> bool:

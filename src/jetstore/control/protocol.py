@@ -49,7 +49,8 @@ FRAME_ERROR: Final = 0xFFFFFFFF
 #: Flags of every send on a control connection, server and client: a peer that hung up is
 #: EPIPE, never SIGPIPE (an application may run with SIGPIPE's default action, death).
 SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
-#: Requests a connection may send outside a backup.
+#: Requests a connection may send outside a backup. They have no side effects, so a client
+#: may send one again on a new connection (after the server's idle close).
 SIMPLE_OPS: Final = ("ping", "counters", "events")
 #: Every op of the protocol (``complete`` and ``abort`` only inside a backup).
 ALL_OPS: Final = (*SIMPLE_OPS, "backup", "complete", "abort")
