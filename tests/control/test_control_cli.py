@@ -157,3 +157,29 @@ def test_a_socket_served_by_another_user_is_refused_by_the_cli(
         assert "uid 4242" in str(error["message"])
         assert inst.counters()["backups_completed"] == 0
     assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, DiskFull])
+def test_the_cli_closes_its_control_connection_when_the_backup_never_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: type[BaseException],
+) -> None:
+    """A failure or Ctrl-C between connecting and client.backup() (the progress bar's
+    start) left the connection open until the process exited."""
+    from jetstore.cli import backup_cmd
+    from jetstore.io.handles import DEFAULT_REGISTRY
+
+    def broken_progress(*args: object, **kwargs: object) -> None:
+        if failure is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        raise DiskFull("no room for the progress bar", hint="free space")
+
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 10)
+        monkeypatch.setattr(backup_cmd, "progress", broken_progress)
+        with pytest.raises(failure):
+            backup_cmd._online_backup(inst.directory, str(tmp_path / "f"), "full", False, True)
+        assert DEFAULT_REGISTRY.total(f"control-client:{inst.directory}") == 0
+        assert not (tmp_path / "f").exists()

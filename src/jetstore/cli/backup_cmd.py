@@ -7,7 +7,8 @@ This module owns the two commands:
   database must be cleanly shut down, `--recover` runs soft recovery first). When the
   instance is open (its lock is held), the backup has to be taken by the process that has it
   open: from another process that goes through the instance's control socket,
-  `_online_backup` (`jetstore.control.client`); any kind (full, incremental, differential,
+  `_online_backup` (`jetstore.control.client`; its connection is closed on every way out,
+  a Ctrl-C before the backup starts included); any kind (full, incremental, differential,
   copy) works online. Exit codes as docs/cli.md lists them, online too: what the instance
   refuses is 3, a bad DEST 2, an I/O error 4, a full disk 5, a damaged source 1.
   `result` is the set's manifest (`Manifest.to_dict()`) plus `path`.
@@ -49,33 +50,40 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
     """An online backup of the instance another process has open, through its control
     socket (`jetstore.control.client`): the set is written here, made durable, and only then
     does the instance record the backup (and truncate logs). A progress bar unless `json`."""
-    from jetstore.control.client import connect
+    from jetstore.control.client import ControlClient, connect
 
+    # Closed on every way out, a Ctrl-C before `backup` (which closes it itself) included:
+    # the connection would otherwise hold one of the server's client slots until exit.
+    client: ControlClient | None = None
     try:
-        client = connect(instance_dir)
-    except InstanceUnavailable as exc:
-        who = describe_lock_holder(FileSystem(), instance_dir)
-        raise InstanceNameInUse(
-            f"the instance in '{instance_dir}' is open ({who} holds {LOCK_FILE}) but serves no "
-            f"control socket for an online {kind} backup: {exc.detail}",
-            hint="open the instance with control_socket=True (the default) from a directory "
-            "path short enough for a socket, or take the backup inside that process "
-            "(`instance.backup(DEST)`), or close it and run `jetstore backup` for an offline "
-            "backup",
-            path=exc.path,
-        ) from exc
-    with progress(not json, kind="bytes") as bar:
-        task = bar.add_task(f"{kind} backup", total=None)
+        try:
+            client = connect(instance_dir)
+        except InstanceUnavailable as exc:
+            who = describe_lock_holder(FileSystem(), instance_dir)
+            raise InstanceNameInUse(
+                f"the instance in '{instance_dir}' is open ({who} holds {LOCK_FILE}) but serves "
+                f"no control socket for an online {kind} backup: {exc.detail}",
+                hint="open the instance with control_socket=True (the default) from a directory "
+                "path short enough for a socket, or take the backup inside that process "
+                "(`instance.backup(DEST)`), or close it and run `jetstore backup` for an offline "
+                "backup",
+                path=exc.path,
+            ) from exc
+        with progress(not json, kind="bytes") as bar:
+            task = bar.add_task(f"{kind} backup", total=None)
 
-        def report(done: int, total: int, name: str) -> None:
-            bar.update(
-                task,
-                completed=done,
-                total=max(total, 1),
-                description=f"{kind} backup: {name}" if name else f"{kind} backup",
-            )
+            def report(done: int, total: int, name: str) -> None:
+                bar.update(
+                    task,
+                    completed=done,
+                    total=max(total, 1),
+                    description=f"{kind} backup: {name}" if name else f"{kind} backup",
+                )
 
-        return client.backup(dest, kind, compress=compress, progress=report)
+            return client.backup(dest, kind, compress=compress, progress=report)
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _online_exit_code(error: JetError) -> ExitCode | None:
