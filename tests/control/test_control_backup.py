@@ -526,3 +526,71 @@ def test_a_client_reading_slowly_but_steadily_is_not_cut_off_as_stalled(
         theirs.close()
     assert received == size
     assert time.monotonic() - started > server.STALL_TIMEOUT  # longer than the timeout in all
+
+
+def test_complete_that_cannot_be_sent_says_the_set_is_whole_but_not_recorded(
+    inst: jetstore.Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection failing once the set was published at DEST (before `complete` reached
+    the instance) left a durable set the instance never recorded, and the error said only
+    that the instance "closed the control connection". The set is whole (the instance
+    aborted the session: no history written, no log deleted, so nothing it needs is gone)
+    and the error now says so, naming DEST and what the instance's history lacks."""
+    from jetstore.backup.backupset import SetWriter
+    from jetstore.errors import InstanceUnavailable
+
+    publish = SetWriter.publish
+    client = connect(inst.directory)
+
+    def publish_then_lose_the_connection(self: SetWriter, manifest: Any) -> Any:
+        published = publish(self, manifest)
+        client._sock.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE)
+        return published
+
+    monkeypatch.setattr(SetWriter, "publish", publish_then_lose_the_connection)
+    logs_before = {p.name for p in Path(inst.directory).glob("*.log")}
+    with pytest.raises(InstanceUnavailable) as failed:
+        client.backup(tmp_path / "set", "full")
+    message = str(failed.value)
+    assert failed.value.path == str(tmp_path / "set")
+    assert f"backup set '{tmp_path / 'set'}' is complete" in message
+    assert "did not record" in message and "restore" in message
+    assert client.closed
+    wait_idle(inst)
+    assert inst.counters()["backups_completed"] == 0
+    assert events_named(inst, "backup_aborted")
+    assert set(logs_before) <= {p.name for p in Path(inst.directory).glob("*.log")}
+    check_set(tmp_path / "set")
+    expected = rows(inst)
+    inst.close()
+    assert restored_rows([tmp_path / "set"], tmp_path / "restored") == expected
+
+
+def test_complete_whose_answer_is_lost_says_the_record_is_unknown(
+    inst: jetstore.Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`complete` sent, its answer lost: the instance may have recorded the backup (here it
+    did); the error says the set is whole and where to read whether it was recorded."""
+    from jetstore.control.client import ControlClient
+    from jetstore.errors import InstanceUnavailable
+
+    send, fill = ControlClient._send, ControlClient._fill
+    sent: list[dict[str, Any]] = []
+
+    def recording_send(self: ControlClient, message: dict[str, Any]) -> None:
+        send(self, message)
+        sent.append(message)
+
+    def fill_until_complete(self: ControlClient) -> None:
+        if {"op": "complete"} in sent:  # the answer never comes: the connection ends
+            wait_for(lambda: inst.counters()["backups_completed"] == 1, "the record", 5)
+            raise self._gone(None)
+        fill(self)
+
+    monkeypatch.setattr(ControlClient, "_send", recording_send)
+    monkeypatch.setattr(ControlClient, "_fill", fill_until_complete)
+    with pytest.raises(InstanceUnavailable, match="recorded it is unknown") as failed:
+        connect(inst.directory).backup(tmp_path / "set", "full")
+    assert failed.value.path == str(tmp_path / "set")
+    assert "backup_completed" in str(failed.value)
+    check_set(tmp_path / "set")

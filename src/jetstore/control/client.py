@@ -14,7 +14,9 @@ Invariants:
 - The backup rule: ``{"op": "complete"}`` (after which the server records the backup and
   may truncate logs) is sent only after `SetWriter.publish` made the whole set durable at
   DEST. Any failure before that (a write error, a bad frame, a server error, an interrupt)
-  sends ``abort`` if the connection still works, removes `DEST.partial`, and raises.
+  sends ``abort`` if the connection still works, removes `DEST.partial`, and raises. A
+  connection failing after that keeps the set at DEST (whole and durable) and says so in
+  the error, with whether the instance recorded the backup (no, or unknown: `_set_kept`).
 - The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR/N``; a
   Ctrl-C before that cannot lose it: `jetstore.io.sockets`) and
   the set's files in the registry of the `FileSystem` used (owner ``backup-set:DEST``); all
@@ -214,9 +216,16 @@ class ControlClient:
             )
             # The set is durable at dest: only now may the server record the backup and
             # truncate logs.
-            self._send({"op": "complete"})
+            try:
+                self._send({"op": "complete"})
+            except JetError as exc:
+                raise self._set_kept(exc, writer.dest, kind, sent=False) from exc
             confirmed = True
-            self.completion = self._reply(self._read_line())
+            try:
+                line = self._read_line()
+            except JetError as exc:
+                raise self._set_kept(exc, writer.dest, kind, sent=True) from exc
+            self.completion = self._reply(line)
             return manifest
         except BaseException as exc:
             if not confirmed:
@@ -230,6 +239,52 @@ class ControlClient:
             raise
         finally:
             self.close()
+
+    def _set_kept(self, error: JetError, dest: str, kind: str, *, sent: bool) -> JetError:
+        """`error` (the connection failed after the set was published), saying what the set
+        at `dest` is worth: whole and durable, so restorable, whatever the instance did.
+        Unsent, ``complete`` never reached the instance (the connection is closed at once, so
+        a partial line never becomes one): the session was aborted, nothing recorded, no log
+        deleted, and later backups continue from the one the instance last recorded."""
+        if not sent:
+            keep = f"keep '{dest}' to restore from (`jetstore verify-backup` checks it)"
+            hint = f"{keep}; take the {kind} backup again into a new directory for one the "
+            hint += "instance records, which later incremental backups continue"
+            if kind == BackupKind.FULL.value:
+                lacks = (
+                    "incremental and differential backups taken later continue from the full "
+                    "backup the instance last recorded (or are refused without one), not from "
+                    "this set"
+                )
+            elif kind == BackupKind.INCREMENTAL.value:
+                lacks = (
+                    "the next incremental backup starts where this one does, so a restore "
+                    "chain takes this set or that one, not both"
+                )
+            else:
+                lacks = f"no later backup continues from a {kind} backup, so nothing is missing"
+                hint = keep
+            record = (
+                "the instance did not record it: the control connection failed before "
+                f"`complete` reached it ({error.brief()}), so it aborted the backup session "
+                f"(no backup history written, no log deleted); {lacks}"
+            )
+        else:
+            record = (
+                f"whether the instance recorded it is unknown: `complete` was sent but its "
+                f"answer did not come ({error.brief()}); its events say which (151 "
+                "backup_completed, or 152 backup_aborted)"
+            )
+            hint = (
+                f"keep '{dest}' to restore from (`jetstore verify-backup` checks it); see "
+                f"`jetstore events {self.directory}` before chaining an incremental on it"
+            )
+        return type(error)(
+            f"the {kind} backup set '{dest}' is complete and durable and can be restored "
+            f"from, but {record}",
+            hint=hint,
+            path=dest,
+        )
 
     def _frames(self, file: BackupFile) -> Iterator[bytes]:
         """The content of `file` as the server frames it (raises the server's error)."""
