@@ -1,12 +1,18 @@
-"""Interrupts forced at chosen points, for the tests that check nothing is left open."""
+"""Interrupts forced at chosen points, for the tests that check nothing is left open: a
+KeyboardInterrupt where a signal handler could raise it (as a call returns, at a call of a
+patched function), and the end of an interval timer's storm of them."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+
+import pytest
 
 from jetstore.io.files import FileSystem
 
@@ -44,3 +50,43 @@ def interrupt_as_open_returns(suffix: str) -> Any:
     return interrupt_as_call_returns(
         FileSystem.open, lambda args: str(args["path"]).endswith(suffix)
     )
+
+
+def interrupt_once(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    when: Callable[..., bool] | None = None,
+    *,
+    after: bool = False,
+) -> list[bool]:
+    """Make `owner.name` raise KeyboardInterrupt at its first call (for which `when(*args)`
+    holds), as a Ctrl-C delivered there would; later calls run the original. With `after`,
+    the original runs first and its result is lost, as when the Ctrl-C lands as the call
+    returns, before the caller stored the result. The list returned holds True once it
+    fired."""
+    original = getattr(owner, name)
+    fired: list[bool] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if not fired and (when is None or when(*args)):
+            fired.append(True)
+            if after:
+                original(*args, **kwargs)
+            raise KeyboardInterrupt("Ctrl-C")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return fired
+
+
+def stop_interval_timer(previous: Any) -> None:
+    """Stop an ITIMER_REAL storm of SIGALRM and give the signal back to `previous` (pytest-
+    timeout's handler, say). A signal the timer raised just before it stopped may still be on
+    its way to another thread of the process (an xdist worker has one); reaching `previous`
+    after the handler was restored, it read as that handler's own alarm (a false "Timeout").
+    So the signal is ignored for a moment first: the kernel drops what is still pending."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(0.01)
+    signal.signal(signal.SIGALRM, previous)

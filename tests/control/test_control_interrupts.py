@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from control_support import Baseline, Raw, fds, open_instance, wait_for
 
-from interrupts import interrupt_once
+from interrupting import interrupt_once
 from jetstore.control.client import connect
 from jetstore.control.server import socket_path
 from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind, HandleRegistry

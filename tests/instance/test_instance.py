@@ -16,7 +16,7 @@ import google_crc32c
 import pytest
 
 import jetstore
-from interrupts import interrupt_once
+from interrupting import interrupt_once
 from jetstore.errors import (
     DatabaseNotFound,
     FileAccessDenied,

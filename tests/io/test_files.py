@@ -13,6 +13,7 @@ from types import FrameType
 
 import pytest
 
+from interrupting import stop_interval_timer
 from jetstore.errors import (
     DiskFull,
     DiskIO,
@@ -831,8 +832,7 @@ def test_interrupts_at_any_point_of_open_and_close_leave_no_descriptor_behind(
                 pass
     finally:
         armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        stop_interval_timer(previous)
         gc.callbacks[:] = callbacks
     assert fired > 100  # the rounds were indeed interrupted, many times
     registry.close_owner(OWNER)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from interrupting import stop_interval_timer
 from jetstore.errors import InstanceUnavailable, JetError
 from jetstore.io.files import File, FileSystem, IOEvent
 from jetstore.io.handles import HandleRegistry
@@ -562,8 +563,7 @@ def test_interrupts_at_any_point_of_a_call_never_leave_it_counted_as_under_way(
                 break
     finally:
         armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        stop_interval_timer(previous)
         gc.callbacks[:] = callbacks
     assert counted_after_return == []
     assert fired > 100  # the calls were indeed interrupted, many times
