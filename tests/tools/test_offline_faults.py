@@ -354,3 +354,36 @@ def test_a_repair_run_again_after_a_failed_move_keeps_the_logs_in_one_directory(
     ]
     assert holding == [os.path.basename(report.moved_logs_to or "")]
     assert set(logs) <= set(os.listdir(tmp_path / holding[0]))
+
+
+@pytest.mark.parametrize(
+    ("number", "error"), [(errno.EIO, DiskIO), (errno.EACCES, FileAccessDenied)]
+)
+def test_a_neighbour_whose_header_cannot_be_read_stops_the_repair_moving_the_logs(
+    tmp_path: Path, number: int, error: type[JetError]
+) -> None:
+    # An unreadable neighbour was skipped ("recovery will say"), then its logs were moved
+    # aside: one that could not be read only for a moment (an EIO, a permission) and was
+    # dirty lost its acknowledged commits since its checkpoint.
+    instance = jetstore.open(tmp_path, page_size=4096)
+    instance.database("main", create=True)
+    other = instance.database("other", create=True)
+    other.create_table("kv", [("k", "int")], primary_key="k")
+    instance.checkpoint()
+    with other.transaction() as txn:
+        txn.table("kv").insert({"k": 7})
+    instance.simulate_crash()
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(error) as caught:
+        repair_database(
+            tmp_path / "main.edb", accept_data_loss=True, fs=failing("open", "other.edb", number)
+        )
+    message = str(caught.value)
+    assert str(tmp_path / "other.edb") in message and "log" in message
+    assert caught.value.hint and "other.edb" in caught.value.hint
+    assert sorted(os.listdir(tmp_path)) == before
+    with (
+        jetstore.open(tmp_path, page_size=4096) as again,
+        again.database("other").transaction() as txn,
+    ):
+        assert [row["k"] for row in txn.table("kv").scan()] == [7]

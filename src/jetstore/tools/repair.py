@@ -29,7 +29,10 @@ older versions of pages in free pages, and those must not win over the tree. So:
 
 **Replace** (only with `accept_data_loss`, holding the instance directory lock): every other
 database of the directory must be clean (the logs are moved aside, and with them the changes
-a dirty one still needs: `DatabaseDirtyShutdown` naming it). The salvaged entries are written
+a dirty one still needs: `DatabaseDirtyShutdown` naming it), and so must be seen to be: one
+whose header cannot be read (an EIO, a permission, a volume its link points to is not
+mounted) may be dirty, and is refused with its read error naming it. A directory or a FIFO
+under a database's name holds no database and is passed over. The salvaged entries are written
 densely into `NAME.edb.repairing` (`jetstore.tools.rebuild`) under a new header: a new
 database signature (it is not the same database any more), clean, bound to no log stream,
 backup history cleared, `repair_count + 1`. It is checked with `check_integrity`; the damaged
@@ -356,11 +359,24 @@ def _refuse_dirty_neighbours(fs: FileSystem, directory: str, target: str) -> Non
         path = os.path.join(directory, name)
         if path == target or parse_database_file_name(name) is None:
             continue
+        if fs.is_directory(path) or fs.special_kind(path) is not None:
+            continue  # no database lives there (the open refuses it by name, D6)
         try:
             with OfflineDatabase(fs, path) as other:
                 state = other.header.state
-        except JetError:
-            continue  # unreadable: not ours to judge, recovery will say
+        except JetError as exc:
+            # Its header may say dirty: moving the logs would then lose its commits since
+            # its checkpoint, and an EIO or a permission can be gone by the next open.
+            raise _restated(
+                exc,
+                f"repair moves the log files of '{directory}' aside, and cannot tell whether "
+                f"database '{path}' of the same instance still needs them: its header cannot "
+                f"be read ({exc.detail}); nothing was changed",
+                hint=f"make '{path}' readable and run the repair again; if its header is "
+                f"damaged, repair it first (`jetstore repair {path}`), or move it out of "
+                f"'{directory}' and keep its logs with it",
+                path=path,
+            ) from exc
         if state is not DatabaseState.CLEAN:
             raise DatabaseDirtyShutdown(
                 f"database '{path}' in the same instance directory is in state "
@@ -445,16 +461,22 @@ def _logs_aside(fs: FileSystem, directory: str, aside: str, target: str) -> str 
     try:
         return _move_logs_aside(fs, directory, aside)
     except JetError as exc:
-        failure = type(exc)(
+        raise _restated(
+            exc,
             f"repair could not move the log and checkpoint files of '{directory}' into "
             f"'{aside}' ({exc.detail}); '{target}' was not changed, the files already "
             "moved are there",
             hint="remove the cause, then run the repair again: it moves the remaining ones "
             f"(or move the files of '{aside}' back to keep the database as it was)",
             path=exc.path,
-        )
-        failure.errno = exc.errno
-        raise failure from exc
+        ) from exc
+
+
+def _restated(exc: JetError, message: str, *, hint: str, path: str | None) -> JetError:
+    """`exc` said in repair's terms, keeping its error (name, number) and its errno."""
+    failure = type(exc)(message, hint=hint, path=path)
+    failure.errno = exc.errno
+    return failure
 
 
 def _move_logs_aside(fs: FileSystem, directory: str, target: str) -> str | None:
