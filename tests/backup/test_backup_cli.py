@@ -16,6 +16,8 @@ from click.testing import CliRunner
 import jetstore
 from jetstore.backup.backupset import MANIFEST_NAME, PARTIAL_SUFFIX
 from jetstore.cli.main import cli
+from jetstore.errors import DiskIO
+from jetstore.io.files import FileSystem, IOEvent
 
 OPTIONS: dict[str, Any] = {"log_file_size": 64 * 1024, "checkpoint_interval": 1e6}
 
@@ -118,6 +120,53 @@ def test_backup_of_a_dirty_instance(dirty: Path, tmp_path: Path) -> None:
     code, document = invoke_json("backup", dirty, "--to", dest, "--recover")
     assert code == 0, document
     assert invoke_json("verify-backup", dest)[0] == 0
+
+
+def pending_data_loss(path: Path) -> None:
+    """A crashed instance whose data-loss recovery recorded its loss but failed to move the
+    logs aside: `lost-logs-*/data-loss.pending.json`, which the next open finishes."""
+    inst = jetstore.open(path, **OPTIONS)
+    db = inst.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    for i in range(200):
+        with db.transaction() as txn:
+            txn.table("kv").insert({"k": i, "v": "c" * 1000})
+    inst.simulate_crash()
+    generations = sorted(name for name in os.listdir(path) if name.startswith("edb0"))
+    assert len(generations) >= 3
+    os.unlink(path / generations[1])
+
+    def failed_move(event: IOEvent) -> None:
+        if event.op == "rename" and "lost-logs" in event.target and "data-loss" not in event.target:
+            raise OSError(errno.EIO, "injected: the move into lost-logs fails")
+
+    with pytest.raises(DiskIO):
+        jetstore.open(
+            path, filesystem=FileSystem(hook=failed_move), accept_data_loss=True, **OPTIONS
+        )
+    assert list(path.glob("lost-logs-*/data-loss.pending.json"))
+
+
+def test_backup_recover_reports_the_data_loss_it_finishes(tmp_path: Path) -> None:
+    # The soft recovery of `--recover` finishes a pending data loss (as every open does):
+    # its report went nowhere, and the backup said only "written".
+    for as_json in (True, False):
+        live = tmp_path / f"live-{as_json}"
+        pending_data_loss(live)
+        dest = tmp_path / f"set-{as_json}"
+        if as_json:
+            code, document = invoke_json("backup", live, "--to", dest, "--recover")
+            assert code == 0, document
+            loss = document["result"]["data_loss"]
+            assert loss is not None and loss["databases"] == ["main"]
+            assert "missing" in loss["reason"] and loss["moved_logs_to"]
+        else:
+            code, out, err = invoke("backup", live, "--to", dest, "--recover")
+            assert code == 0 and "backup set written" in out
+            assert "warning: recovery accepted data loss" in err and "main" in err
+        assert not list(live.glob("lost-logs-*/data-loss.pending.json"))
+    code, document = invoke_json("backup", tmp_path / "live-True", "--to", tmp_path / "again")
+    assert code == 0 and document["result"]["data_loss"] is None
 
 
 def test_backup_of_an_open_instance_without_a_control_socket(clean: Path, tmp_path: Path) -> None:

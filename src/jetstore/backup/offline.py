@@ -4,10 +4,12 @@
 (`jetstore.io.locking`) from the first check to the last byte, so nobody opens the instance
 meanwhile (an instance that is open is refused with the lock's error naming the holder's
 pid). Every database must be in clean shutdown state; `recover=True` first opens and closes
-the instance (soft recovery leaves every database clean). Each database is then copied as an
-image (`jetstore.backup.image.DatabaseImage`) at its clean header, verified page by page as
-the online path does, into the same backup set form (`jetstore.backup.backupset`), kind
-"full", `"offline": true`.
+the instance (soft recovery leaves every database clean). That open also finishes a data
+loss an earlier recovery accepted but did not finish setting aside (design D6): the loss it
+reports goes to `on_data_loss`, so that the command that asked for the backup says it.
+Each database is then copied as an image (`jetstore.backup.image.DatabaseImage`) at its
+clean header, verified page by page as the online path does, into the same backup set form
+(`jetstore.backup.backupset`), kind "full", `"offline": true`.
 
 Why an offline set holds no log file (`"logs": "none"` in the manifest, with the reason in
 `logs_note`): a clean image needs none — its header requires no generation
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jetstore
@@ -57,6 +60,7 @@ from jetstore.format.dbheader import (
 )
 from jetstore.format.filenames import database_file_name, parse_database_file_name
 from jetstore.instance.instance import InstanceOptions
+from jetstore.instance.recovery import DataLoss
 from jetstore.io.files import File, FileSystem
 from jetstore.io.handles import use_owner
 from jetstore.io.locking import acquire_directory_lock
@@ -79,13 +83,16 @@ def backup_offline(
     compress: bool = False,
     progress: Progress | None = None,
     filesystem: FileSystem | None = None,
+    on_data_loss: Callable[[DataLoss], None] | None = None,
 ) -> Manifest:
     """Write a full backup set of the stopped instance in `instance_dir` to `dest`.
 
     `dest` must not exist or be an empty directory. Raises the directory lock's error
     (`FileAccessDenied`, naming the holder's pid) when the instance is open, and
     `DatabaseDirtyShutdown` naming the database when one is not cleanly shut down (unless
-    `recover`, which runs soft recovery first by opening and closing the instance).
+    `recover`, which runs soft recovery first by opening and closing the instance). A
+    data loss that recovery reports (it finished a pending one) is handed to `on_data_loss`
+    before the backup is taken (and is event 113 either way).
     """
     fs = filesystem if filesystem is not None else FileSystem()
     directory = os.path.abspath(os.fspath(instance_dir))
@@ -95,7 +102,9 @@ def backup_offline(
         hint="give the directory that holds the instance's edb.log, edb.chk and .edb files",
     )
     if recover:
-        _soft_recovery(fs, directory)
+        loss = _soft_recovery(fs, directory)
+        if loss is not None and on_data_loss is not None:
+            on_data_loss(loss)
     owner = use_owner(f"offline-backup:{directory}")
     writer: SetWriter | None = None
     try:
@@ -132,10 +141,13 @@ def backup_offline(
     return manifest
 
 
-def _soft_recovery(fs: FileSystem, directory: str) -> None:
-    """Open and close the instance: recovery replays the logs, close leaves it clean."""
+def _soft_recovery(fs: FileSystem, directory: str) -> DataLoss | None:
+    """Open and close the instance: recovery replays the logs, close leaves it clean. The
+    data loss the open finished, if any."""
     instance = jetstore.open(directory, filesystem=fs, **_open_options(fs, directory))
+    loss = instance.recovery.data_loss if instance.recovery is not None else None
     instance.close()
+    return loss
 
 
 def _open_options(fs: FileSystem, directory: str) -> dict[str, Any]:

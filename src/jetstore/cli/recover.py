@@ -41,6 +41,7 @@ from jetstore.cli.output import (
 )
 from jetstore.cli.support import (
     OWNER,
+    data_loss_dict,
     ensure_instance_directory,
     instance_options,
     open_instance,
@@ -308,16 +309,7 @@ def recover_command(
         "created": list(outcome.created),
         "databases": databases,
         "log_generation": log_generation,
-        "data_loss": None
-        if loss is None
-        else {
-            "reason": loss.reason,
-            "stopped_at": position_dict(loss.stopped_at),
-            "databases": list(loss.databases),
-            "recovered_completely": list(loss.recovered_completely),
-            "without_file": list(loss.without_file),
-            "moved_logs_to": loss.moved_logs_to,
-        },
+        "data_loss": data_loss_dict(loss),
         "seconds": round(time.monotonic() - started, 3),
     }
     if not as_json:

@@ -10,7 +10,9 @@ This module owns the small pieces those commands would otherwise repeat:
   another process (`refuse_if_in_use`, exit 3), and the options to open it with
   (`instance_options`: the log file size and page size its newest log says, never circular
   logging, so an admin command never deletes a log file as a side effect);
-* `open_instance`: `jetstore.open` with a lock conflict reported as "in use" (exit 3);
+* `open_instance`: `jetstore.open` with a lock conflict reported as "in use" (exit 3), and
+  a data loss the open finished said on stderr (`warn_data_loss`; `data_loss_dict` for a
+  JSON result);
 * `progress`: a transient progress display on stderr, only when stderr is a terminal;
 * `parse_generation_range` for ``--range A-B``.
 
@@ -59,12 +61,14 @@ from jetstore.format.filenames import (
 )
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.positions import LogPosition
+from jetstore.instance.recovery import DataLoss
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import describe_lock_holder, is_locked
 from jetstore.log.reader import take_inventory
 
 __all__ = [
     "OWNER",
+    "data_loss_dict",
     "ensure_instance_directory",
     "fail",
     "instance_options",
@@ -76,6 +80,7 @@ __all__ = [
     "refuse_if_in_use",
     "signature_text",
     "time_text",
+    "warn_data_loss",
 ]
 
 #: Handle owner label for everything the admin commands open.
@@ -257,8 +262,27 @@ def open_instance(
         raise
     loss = instance.recovery.data_loss if instance.recovery is not None else None
     if loss is not None and command != "recover":  # recover reports it in its result
-        stderr_console().print(Text(f"warning: {loss.describe()}", style="yellow"))
+        warn_data_loss(loss)
     return instance
+
+
+def warn_data_loss(loss: DataLoss) -> None:
+    """Say on stderr the loss an open accepted or finished (event 113's words)."""
+    stderr_console().print(Text(f"warning: {loss.describe()}", style="yellow"))
+
+
+def data_loss_dict(loss: DataLoss | None) -> dict[str, Any] | None:
+    """A `DataLoss` in a command's JSON result (`recover`'s and `backup --recover`'s)."""
+    if loss is None:
+        return None
+    return {
+        "reason": loss.reason,
+        "stopped_at": position_dict(loss.stopped_at),
+        "databases": list(loss.databases),
+        "recovered_completely": list(loss.recovered_completely),
+        "without_file": list(loss.without_file),
+        "moved_logs_to": loss.moved_logs_to,
+    }
 
 
 # --------------------------------------------------------------------------- progress
