@@ -1246,6 +1246,52 @@ def test_an_offline_repair_finishes_a_pending_data_loss_and_counts_each_loss_onc
     assert "recovery_data_loss" not in (tmp_path / "events.jsonl").read_text()
 
 
+@pytest.mark.parametrize("stamped", [True, False])
+def test_a_repair_killed_before_it_finishes_the_pending_record_counts_each_loss_once(
+    tmp_path: Path, stamped: bool
+) -> None:
+    """The repair finishing a pending data loss swaps the repaired file in, then renames
+    the record `data-loss.json`. Killed in between (here: that rename fails, which leaves
+    the same files), the next open finished the record again and, the repaired header
+    not carrying the record's repair time, counted the recorded loss a second time."""
+    crashed_instance(tmp_path)
+    gens = generations(tmp_path)
+    os.unlink(tmp_path / gens[2])
+
+    def failed_write(event: IOEvent) -> None:
+        recorded = any(tmp_path.glob("lost-logs-*/data-loss.pending.json"))
+        if recorded and event.op == "fdatasync" and event.path.endswith("main.edb"):
+            raise OSError(5, "injected: the database's write fails")
+
+    with pytest.raises(DiskIO):
+        jetstore.open(
+            tmp_path,
+            filesystem=FileSystem(hook=failed_move if stamped else failed_write),
+            accept_data_loss=True,
+            **SMALL,
+        )
+
+    def killed_before_the_rename(event: IOEvent) -> None:
+        if event.op == "rename" and event.target.endswith("data-loss.json"):
+            raise OSError(5, "injected: killed before the record is finished")
+
+    with pytest.raises(DiskIO) as caught:
+        repair_database(
+            tmp_path / "main.edb",
+            accept_data_loss=True,
+            fs=FileSystem(hook=killed_before_the_rename),
+        )
+    assert "next open" in str(caught.value)
+    assert list(tmp_path.glob("main.edb.damaged-*"))  # the repaired file is in place
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        loss = instance.recovery.data_loss
+        assert loss is not None and loss.databases == ["main"]  # reported, the repair could not
+        assert instance.database("main").file.header.repair_count == 2
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert instance.recovery.data_loss is None
+        assert instance.database("main").file.header.repair_count == 2
+
+
 def test_a_database_recreated_by_replay_that_stopped_is_named_as_losing_data(
     tmp_path: Path,
 ) -> None:

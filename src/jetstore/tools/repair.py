@@ -53,7 +53,10 @@ record is renamed `data-loss.json` once the repaired file is in place, and the r
 carries the recorded loss (`finished_data_loss`). Left pending, the next open would finish
 it again and raise the repaired database's count a second time. The repaired database's
 count takes each loss once: the repair, and the recorded loss if the interrupted recovery
-had not yet stamped it.
+had not yet stamped it. When the record names the database, its repair time is the record's
+(recovery's own test of "already stamped"): a kill after the swap and before the rename
+leaves the record for the next open, which finishes it and reports the loss without
+counting it again.
 
 Memory holds every salvaged entry (the whole database): repair is a last resort.
 """
@@ -269,7 +272,7 @@ def repair_database(
         if fs.exists(temporary):
             fs.unlink(temporary)
         signature = Signature.new()
-        header = _repaired_header(old, full, signature, _unstamped_loss(old, pending))
+        header = _repaired_header(old, full, signature, pending)
         written = write_database_file(fs, temporary, header, iter(entries), like=target)
         del entries
         try:
@@ -424,8 +427,18 @@ def _finish_pending(fs: FileSystem, pending: PendingDataLoss) -> dict[str, Any]:
     """Rename the record `data-loss.json`, as the recovery that wrote it would have: every
     log is in its directory now, and no open is to finish (and count) that loss again."""
     record = os.path.join(pending.directory, DATA_LOSS_RECORD)
-    fs.rename(pending.path, record)
-    fs.fsync_directory(pending.directory)
+    try:
+        fs.rename(pending.path, record)
+        fs.fsync_directory(pending.directory)
+    except JetError as exc:
+        raise _restated(
+            exc,
+            f"repair put the repaired database in place but could not finish the pending "
+            f"data-loss record '{pending.path}' ({exc.detail})",
+            hint="the next open of the instance finishes it and reports the recorded loss "
+            "(counted once: the repaired database carries it); nothing else is to be done",
+            path=exc.path,
+        ) from exc
     return {
         "record": record,
         "reasons": list(pending.reasons),
@@ -436,9 +449,14 @@ def _finish_pending(fs: FileSystem, pending: PendingDataLoss) -> dict[str, Any]:
 
 
 def _repaired_header(
-    old: DatabaseHeader, path: str, signature: Signature, unstamped_loss: bool
+    old: DatabaseHeader, path: str, signature: Signature, pending: PendingDataLoss | None
 ) -> DatabaseHeader:
     now = now_us()
+    repaired_at = now
+    if pending is not None and old.name in pending.databases:
+        # Its count takes the recorded loss: its repair time is the record's, which tells
+        # an open finishing that record (a kill before `_finish_pending`) it is counted.
+        repaired_at = pending.time_us
     name = old.name or (parse_database_file_name(os.path.basename(path)) or "")[:64]
     return DatabaseHeader(
         page_size=old.page_size,
@@ -450,8 +468,8 @@ def _repaired_header(
         last_consistent_time=now,
         created_time=old.created_time or now,
         checkpoint_seq=1,
-        repair_count=old.repair_count + 1 + (1 if unstamped_loss else 0),
-        last_repair_time=now,
+        repair_count=old.repair_count + 1 + (1 if _unstamped_loss(old, pending) else 0),
+        last_repair_time=repaired_at,
         name=name,  # and no backup history (the defaults): the history named old logs
     )
 
