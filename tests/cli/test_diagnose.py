@@ -146,7 +146,7 @@ def assert_plan_matches_open(directory: Path, plan: RecoveryPlan, **options: obj
     except JetError as exc:
         assert plan.error is not None, f"plan said open succeeds; it raised {exc!r}"
         assert type(exc).name == plan.error.name, (exc, plan.error)
-        assert plan.verdict in ("data-loss", "restore")
+        assert plan.verdict in ("data-loss", "restore", "move-away", "other-release")
         assert plan.data_loss is not None
         if plan.data_loss.possible:
             with jetstore.open(spare, accept_data_loss=True, **options) as lossy:
@@ -506,10 +506,25 @@ def test_a_database_of_a_newer_format_is_not_called_damaged(
     reseal_at_version(crashed / "main.edb", (0, PAGE), PAGE, FORMAT_VERSION + 1)
     code, result = _diagnose(run_json, crashed)
     assert code == 1 and result["open_error"]["name"] == "InvalidDatabaseVersion"  # type: ignore[index]
+    # Not "restore": the file is intact, the way out is the release that wrote it.
+    assert result["verdict"] == "other-release" and result["ok"] is False
     summary = str(result["summary"])
     assert f"format version {FORMAT_VERSION + 1}" in summary
     assert "release that wrote" in summary and "unreadable" not in summary
     assert "from backup" not in summary.split(", or ")[0]
+    assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
+
+
+def test_a_directory_under_a_database_name_is_a_move_away_verdict(
+    crashed: Path, run_json: RunJson
+) -> None:
+    # The open refuses it (InvalidPath: move it away); the verdict was "restore", which
+    # only the summary contradicted.
+    (crashed / "stray.edb").mkdir()
+    code, result = _diagnose(run_json, crashed)
+    assert code == 1 and result["verdict"] == "move-away" and result["ok"] is False
+    assert result["open_error"]["name"] == "InvalidPath"  # type: ignore[index]
+    assert "restore" not in " ".join(result["next_commands"])  # type: ignore[arg-type]
     assert_plan_matches_open(crashed, plan_recovery(crashed), **SMALL)
 
 

@@ -259,7 +259,7 @@ def test_a_copy_of_a_database_inside_its_instance_is_refused_clearly(tmp_path: P
     message = str(raised.value)
     assert "'main'" in message and "'copy'" in message and "database id 1" in message
     plan = plan_recovery(str(tmp_path))
-    assert plan.verdict == "restore"
+    assert plan.verdict == "move-away"  # nothing is lost: the copy is in the way
     assert "same id" in plan.summary
     assert plan.error is not None and plan.error.code == -1222
     os.remove(tmp_path / "copy.edb")

@@ -132,6 +132,7 @@ def test_a_directory_named_like_a_later_log_is_named_as_one_to_move_away(
 
     plan = plan_recovery(str(tmp_path))
     assert plan.error is not None and plan.error.path == str(stray)
+    assert plan.verdict == "move-away"
     assert stray.name in plan.summary and "away" in plan.summary
     assert "restore" not in plan.summary and "data loss" not in plan.summary
 
@@ -151,7 +152,7 @@ def test_a_directory_under_a_name_the_log_writes_is_refused_before_recovery_writ
     database = (tmp_path / "main.edb").read_bytes()
 
     plan = plan_recovery(str(tmp_path))
-    assert plan.verdict != "recoverable"
+    assert plan.verdict == "move-away" and not plan.ok
     assert plan.error is not None and plan.error.path == str(tmp_path / name)
     assert name in plan.summary and "away" in plan.summary
     with pytest.raises(InvalidPath) as refused:
@@ -177,7 +178,7 @@ def test_diagnose_names_a_directory_under_a_database_name_as_the_open_does(
         jetstore.open(tmp_path, **SMALL)
     assert refused.value.path == str(tmp_path / name)
     plan = plan_recovery(str(tmp_path))
-    assert plan.verdict != "recoverable"
+    assert plan.verdict == "move-away" and not plan.ok
     assert plan.error is not None and plan.error.path == str(tmp_path / name)
     assert "away" in plan.summary and "backup" not in plan.summary
 

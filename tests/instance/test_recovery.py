@@ -1353,6 +1353,7 @@ def test_a_checkpoint_file_of_a_newer_format_is_refused_not_written_over(
     }
     plan = plan_recovery(str(tmp_path))
     assert plan.error is not None and plan.error.name == "BadLogVersion"
+    assert plan.verdict == "other-release" and "that release" in plan.summary
 
 
 def test_two_data_loss_recoveries_within_one_second_keep_both_sets_of_logs(

@@ -6,9 +6,12 @@ instance-directory check (`ensure_instance_directory`), the human display and th
 
 * 0: "clean" (nothing to replay) or "recoverable" (soft recovery will succeed; run
   `jetstore recover DIR` or just open it);
-* 1: "data-loss" (logs missing or damaged: restore from backup, or recover with
-  `--accept-data-loss`) or "restore" (no option of recovery helps: a database of another log
-  stream, an unreadable header, files that do not belong together);
+* 1: opening fails: "data-loss" (logs missing or damaged: restore from backup, or recover
+  with `--accept-data-loss`), "restore" (no option of recovery helps: a database of another
+  log stream, an unreadable header, files that do not belong together), "move-away" (a
+  directory under a log's or database's name, a copy with a database's id: nothing is lost,
+  move it and open again) or "other-release" (an intact file of another format version:
+  open it with the release that wrote it);
 * 3: "in-use": another process has the instance open (it is live: `jetstore status DIR`);
 * 2 / 4: DIR is not an instance directory / does not exist.
 
@@ -35,6 +38,8 @@ _STYLES: Final = {
     "recoverable": "bold green",
     "data-loss": "bold red",
     "restore": "bold red",
+    "move-away": "bold yellow",
+    "other-release": "bold yellow",
     "in-use": "bold yellow",
 }
 
@@ -48,7 +53,8 @@ def diagnose_command(directory: str, as_json: bool) -> None:
     itself (from which generation), needs a restore or a recovery with data loss, or is
     open elsewhere, and the exact command to run next.
 
-    Exit 0 clean or recoverable, 1 data loss or a restore needed, 3 open in another process.
+    Exit 0 clean or recoverable; 1 data loss, a restore needed, a file to move away or a
+    file of another release; 3 open in another process.
     """
     fs = FileSystem()
     path = ensure_instance_directory(fs, directory)

@@ -106,7 +106,13 @@ __all__ = [
     "verify_logs_as_recovery_needs",
 ]
 
-Verdict = Literal["clean", "recoverable", "data-loss", "restore", "in-use"]
+#: "move-away": a file or directory is in the way (a directory under a log's or a database's
+#: name, a second file with a database's id): nothing is lost, moving it lets the open go on.
+#: "other-release": an intact file of another format version (a database, the checkpoint
+#: file): the release that wrote it opens it. Neither is advice to restore from backup.
+Verdict = Literal[
+    "clean", "recoverable", "data-loss", "restore", "move-away", "other-release", "in-use"
+]
 
 
 @dataclass
@@ -929,6 +935,7 @@ def _refusal(
         )
     elif refused.kind == "header" and isinstance(error, InvalidDatabaseVersion):
         # Intact, only another engine's: "restore from backup" would throw away a good file.
+        plan.verdict = "other-release"
         plan.summary = (
             f"database {name!r} is intact but of another format version "
             f"({(error.detail or str(error)).rstrip('.')}): open it with the jetstore release "
@@ -941,6 +948,7 @@ def _refusal(
             f"{error.name}): restore the database from backup"
         )
     elif refused.kind == "duplicate-id":
+        plan.verdict = "move-away"
         plan.summary = (
             f"two database files carry the same id in this log stream "
             f"({(error.detail or str(error)).rstrip('.')}): move the one that is not the "
@@ -954,12 +962,14 @@ def _refusal(
         return
     elif refused.kind == "not-a-file":
         # Nothing is damaged or lost: a stray directory (or special file) takes a log's name.
+        plan.verdict = "move-away"
         plan.summary = f"{(error.detail or str(error)).rstrip('.')}: {error.hint or ''}".rstrip(
             ": "
         )
         plan.next_commands = [f"{command} diagnose {quoted}   (again, once it is moved away)"]
         return
     elif refused.kind == "newer-version":
+        plan.verdict = "other-release"
         plan.summary = (
             f"a newer jetstore used this directory ({(error.detail or str(error)).rstrip('.')}): "
             "open it with that release"
