@@ -18,6 +18,7 @@ from jetstore.instance.diagnosis import _read_database
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import HandleRegistry
 from jetstore.log.verify import verify_logs
+from jetstore.pages.pagefile import CREATING_SUFFIX
 
 OPTIONS = {"log_file_size": 64 * 1024, "checkpoint_interval": 1e6}
 
@@ -65,3 +66,32 @@ def test_a_reader_leaves_no_file_open(tmp_path: Path, site: str) -> None:
         else:
             list(_read_plain(fs, str(live / "main.edb"), "t"))
     assert [h.description for h in registry.open_handles()] == []
+
+
+@pytest.mark.parametrize("site", ["create", "attach"])
+def test_a_database_interrupted_as_its_file_opens_is_not_left_open(
+    tmp_path: Path, site: str
+) -> None:
+    # Defect: `DatabaseFile.create`/`open` opened as `file = fs.open(...)` before the `try`
+    # that closes it: a Ctrl-C as the open returned left the file open in the instance
+    # until it closed.
+    inst = _instance(tmp_path / "live")
+    try:
+        if site == "create":
+            suffix = "new.edb" + CREATING_SUFFIX
+            with pytest.raises(KeyboardInterrupt), interrupt_as_open_returns(suffix):
+                inst.database("new", create=True)
+        else:
+            other = jetstore.open(tmp_path / "other", **OPTIONS)
+            other.database("extra", create=True)
+            other.detach("extra")
+            other.close()
+            source = tmp_path / "other" / "extra.edb"
+            suffix = "extra.edb"
+            with pytest.raises(KeyboardInterrupt), interrupt_as_open_returns(suffix):
+                inst.attach(source)
+        assert _open_paths(inst.registry, suffix) == []
+        if site == "attach":
+            assert inst.attach(source).name == "extra"
+    finally:
+        inst.close()

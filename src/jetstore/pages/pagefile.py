@@ -187,26 +187,31 @@ class DatabaseFile:
         temporary = path + CREATING_SUFFIX
         if fs.exists(temporary):
             fs.unlink(temporary)
-        file = fs.open(temporary, owner=owner, create=True, exclusive=True)
-        lock: FileLock | None = None
-        try:
-            # Locked under its temporary name: the lock is the inode's, so it holds once renamed.
-            lock = lock_file(fs, file, owner=owner, holder=holder or owner, what="database file")
-            encoded = encode_db_header(header)
-            file.pwrite(encoded, 0)
-            file.pwrite(encoded, header.page_size)
-            file.fsync()
-            fs.rename(temporary, path)
-            fs.fsync_directory(os.path.dirname(path) or ".", owner=owner)
-            file.path = path
-            return cls(
-                fs, file, header, cache_pages=cache_pages, cache_budget=cache_budget, lock=lock
-            )
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            file.close()
-            raise
+        # `opening`, not `file = fs.open(...)` before a `try`: a Ctrl-C as the open returned
+        # left the file open (and, in an instance, registered under its owner) until the
+        # instance closed; `opening` closes it on every way out of the block but success.
+        with fs.opening(temporary, owner=owner, create=True, exclusive=True) as file:
+            lock: FileLock | None = None
+            try:
+                # Locked under its temporary name: the lock is the inode's, so it holds once
+                # renamed.
+                lock = lock_file(
+                    fs, file, owner=owner, holder=holder or owner, what="database file"
+                )
+                encoded = encode_db_header(header)
+                file.pwrite(encoded, 0)
+                file.pwrite(encoded, header.page_size)
+                file.fsync()
+                fs.rename(temporary, path)
+                fs.fsync_directory(os.path.dirname(path) or ".", owner=owner)
+                file.path = path
+                return cls(
+                    fs, file, header, cache_pages=cache_pages, cache_budget=cache_budget, lock=lock
+                )
+            except BaseException:
+                # Before the descriptor closes (`opening` closes it), while the fd is ours.
+                release_all(lock.release if lock is not None else None)
+                raise
 
     @classmethod
     def open(
@@ -224,48 +229,50 @@ class DatabaseFile:
         """Open `path`; `lock` (default: `writable`) takes the file's exclusive lock first,
         refused with `FileAccessDenied` naming the holder while another instance has it.
         `holder` names this opener in such a refusal (default: `owner`)."""
-        file = fs.open(path, owner=owner, writable=writable)
-        held: FileLock | None = None
-        try:
-            if writable if lock is None else lock:
-                # Before the header is read: what another instance is writing is not read
-                # (or "repaired" below) as if it were ours.
-                held = lock_file(
-                    fs, file, owner=owner, holder=holder or owner, what="database file"
+        # As in `create`: closed by `opening` if anything fails, a Ctrl-C as it opens too.
+        with fs.opening(path, owner=owner, writable=writable) as file:
+            held: FileLock | None = None
+            try:
+                if writable if lock is None else lock:
+                    # Before the header is read: what another instance is writing is not read
+                    # (or "repaired" below) as if it were ours.
+                    held = lock_file(
+                        fs, file, owner=owner, holder=holder or owner, what="database file"
+                    )
+                first = file.pread(4096, 0)
+                page_size = peek_page_size(first)
+                if page_size is None:
+                    # The first copy cannot even say its page size: try every size for copy 1.
+                    page_size = _guess_page_size(file) or 8192
+                size = file.size()
+                if size < page_size:
+                    # Else both header copies fail on their own terms ("block size field says
+                    # 8192, expected 5000"), which hides what happened: the file was cut short.
+                    raise DatabaseCorrupted(
+                        f"'{path}' is {size} bytes, shorter than one page ({page_size} bytes): "
+                        "it is truncated",
+                        hint=truncated_hint(path),
+                        path=path,
+                    )
+                copy0 = file.pread(page_size, 0)
+                copy1 = file.pread(page_size, page_size)
+                header, problems = choose_db_header(copy0, copy1, path=path)
+                db = cls(
+                    fs,
+                    file,
+                    header,
+                    cache_pages=cache_pages,
+                    cache_budget=cache_budget,
+                    problems=problems,
+                    lock=held,
                 )
-            first = file.pread(4096, 0)
-            page_size = peek_page_size(first)
-            if page_size is None:
-                # The first copy cannot even say its page size: try every size for copy 1.
-                page_size = _guess_page_size(file) or 8192
-            size = file.size()
-            if size < page_size:
-                # Else both header copies fail on their own terms ("block size field says
-                # 8192, expected 5000"), which hides what happened: the file was cut short.
-                raise DatabaseCorrupted(
-                    f"'{path}' is {size} bytes, shorter than one page ({page_size} bytes): "
-                    "it is truncated",
-                    hint=truncated_hint(path),
-                    path=path,
-                )
-            copy0 = file.pread(page_size, 0)
-            copy1 = file.pread(page_size, page_size)
-            header, problems = choose_db_header(copy0, copy1, path=path)
-            db = cls(
-                fs,
-                file,
-                header,
-                cache_pages=cache_pages,
-                cache_budget=cache_budget,
-                problems=problems,
-                lock=held,
-            )
-            if problems and writable:
-                db._write_header_copies(header)  # repair the damaged copy from the good one
-            return db
-        except BaseException:
-            release_all(held.release if held is not None else None, file.close)
-            raise
+                if problems and writable:
+                    db._write_header_copies(header)  # repair the damaged copy from the good one
+                return db
+            except BaseException:
+                # The lock before the descriptor closes (`opening` closes it).
+                release_all(held.release if held is not None else None)
+                raise
 
     def close(self) -> None:
         # Every step even when one is interrupted (Ctrl-C, `release_all`) or fails (close(2)
