@@ -13,11 +13,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from control_support import Baseline, Raw, fds, open_instance, wait_for
+from control_support import Baseline, Raw, fds, load, open_instance, wait_for, wait_idle
 
-from interrupting import interrupt_once
+from interrupting import interrupt_as_open_returns, interrupt_once
 from jetstore.control.client import connect
 from jetstore.control.server import socket_path
+from jetstore.io.files import FileSystem
 from jetstore.io.handles import DEFAULT_REGISTRY, HandleKind, HandleRegistry
 
 
@@ -118,3 +119,22 @@ def test_the_socket_helpers_hand_over_every_socket(tmp_path: Path) -> None:
     assert held == [] and all(s.fileno() == -1 for s in (listener, accepted, left, right))
     client.close()
     assert fds() == before
+
+
+def test_an_interrupt_as_a_backup_sets_file_opens_leaves_it_closed(tmp_path: Path) -> None:
+    """Defect: `SetWriter.add` opened the set's file as `out = fs.open(...)` before the `try`
+    that closes it; a client's set files are registered under ``backup-set:DEST``, which
+    nobody closes, so a Ctrl-C as the open returned left the file open for the life of the
+    process (the in-process writer's owner is the session's, closed when it aborts)."""
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 20)
+        registry = HandleRegistry("client-set")
+        with (
+            pytest.raises(KeyboardInterrupt),
+            interrupt_as_open_returns("main.edb"),
+            connect(inst.directory) as client,
+        ):
+            client.backup(tmp_path / "set", fs=FileSystem(registry))
+        assert [h.description for h in registry.open_handles()] == []
+        assert not (tmp_path / "set.partial").exists()
+        wait_idle(inst)

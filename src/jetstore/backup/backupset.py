@@ -779,14 +779,15 @@ class SetWriter:
         compression = "zstd" if self.compress else "none"
         stored_name = file.name + ZSTD_SUFFIX if self.compress else file.name
         path = os.path.join(self.partial, stored_name)
-        out = self.fs.open(path, owner=self.owner, create=True, exclusive=True)
         compressor = (
             zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj() if self.compress else None
         )
         crc = 0
         size = 0
         offset = 0
-        try:
+        # `opened`, not `out = fs.open(...)` before a `try`: a Ctrl-C as the open returned left
+        # the file open, and a control client's owner (`backup-set:DEST`) is closed by nobody.
+        with self.fs.opened(path, owner=self.owner, create=True, exclusive=True) as out:
             try:
                 for chunk in chunks:
                     crc = int(google_crc32c.extend(crc, chunk))
@@ -813,8 +814,6 @@ class SetWriter:
                     path=path,
                 )
             out.fsync()
-        finally:
-            out.close()
         entry = ManifestFile(
             name=file.name,
             stored_name=stored_name,
