@@ -322,6 +322,10 @@ class BackupSession:
             self.started_us = now_us()
         for image in self._images:
             path = image.db.file.path
+            # Plain `open` (not `fs.opening`): a Ctrl-C as it returns leaves the file under
+            # the session's owner, and `begin_backup` fails the session on any way out, whose
+            # `_end` closes that owner at once. The same holds for the opens in `read`'s
+            # generators below: `read` fails the session on any exception but GeneratorExit.
             file = instance.fs.open(path, owner=self.owner, writable=False)
             image.image = DatabaseImage(file, image.header, path=path)
         self.state = "running"

@@ -79,6 +79,8 @@ class EventLog:
         self._file: File | None = None
         self._offset = 0
         try:
+            # Plain `open`: opened once, while the instance opens, under the instance's owner;
+            # an interrupt here fails that open, whose cleanup closes the owner at once.
             self._file = fs.open(self._path, owner=owner, create=True)
             self._offset = self._file.size()
         except JetError as exc:
