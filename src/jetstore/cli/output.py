@@ -26,7 +26,6 @@ import contextlib
 import enum
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar
@@ -37,6 +36,7 @@ from rich.padding import Padding
 from rich.text import Text
 
 from jetstore.errors import JetError, from_os_error
+from jetstore.io.files import discard_writes_to
 from jetstore.tools.values import json_float
 
 __all__ = [
@@ -177,12 +177,8 @@ def discard_closed_output() -> None:
         try:
             stream.flush()
         except (OSError, ValueError):
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                try:
-                    os.dup2(devnull, stream.fileno())
-                finally:
-                    os.close(devnull)
+            with contextlib.suppress(OSError, ValueError, JetError):
+                discard_writes_to(stream.fileno())
                 stream.flush()  # what it held goes to devnull now, not at exit
 
 

@@ -2,7 +2,9 @@
 
 Invariants:
 - Every open file (and every directory opened to fsync it) is a `File` registered in a
-  `HandleRegistry`; `File.close()` is idempotent.
+  `HandleRegistry`; `File.close()` is idempotent. (`discard_writes_to`, the CLI's standard
+  streams pointed at os.devnull once their reader went away, holds its descriptor only
+  within the call.)
 - No system call is ever made on a descriptor number after its `os.close`: the number may
   already name another file (another database, a log, a backup target) opened meanwhile. Every
   call on a `File`'s descriptor (read, write, syncs, truncate, stat, flock) runs in an in-flight
@@ -590,6 +592,26 @@ def close_unregistered(descriptors: list[int]) -> None:
         except OSError:
             pass
     descriptors.clear()
+
+
+def discard_writes_to(fd: int) -> None:
+    """Point the descriptor `fd` (a standard stream whose reader went away) at os.devnull,
+    so what is still written to it, the interpreter's final flush included, goes nowhere.
+
+    Not a registered `File`: the descriptor of os.devnull lives only inside this call (`dup2`
+    copies it onto `fd`, which is the process's, not the engine's), and nothing written there
+    is durable, for the hook to see. Opened through `open_descriptor`, so a Ctrl-C as the
+    open returns does not leave it open."""
+    held: list[int] = []
+    try:
+        devnull = open_descriptor(
+            held, os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), op="open"
+        )
+        os.dup2(devnull, fd)
+    except OSError as exc:
+        raise from_os_error(exc, op=f"redirect descriptor {fd} to", path=os.devnull) from exc
+    finally:
+        close_unregistered(held)
 
 
 def _flock_at_once(fd: int, operation: int) -> bool:
