@@ -88,9 +88,11 @@ from jetstore.io.handles import Handle, HandleKind, release_all
 from jetstore.io.sockets import (
     accept_socket,
     close_unregistered_sockets,
+    make_private,
     open_socket,
     open_socket_pair,
     peer_uid,
+    remove_socket_file,
     trusted_uid,
 )
 from jetstore.io.threads import ManagedThread
@@ -283,10 +285,9 @@ class ControlServer:
             # The directory lock is ours, so no live instance serves this socket: a process
             # that held the directory before us died without removing it.
             try:
-                os.unlink(path)
+                replaced = remove_socket_file(path)
             except OSError as exc:
                 raise _os_error(exc, "remove the stale socket", path) from exc
-            replaced = True
         unregistered: list[socket.SocketType] = []
         try:
             listener = open_socket(unregistered)
@@ -311,8 +312,7 @@ class ControlServer:
             self._inode = (info.st_dev, info.st_ino)
             # chmod before listen: until listen() no client can connect, so no one ever
             # connects while the mode is the umask's.
-            os.chmod(path, 0o600)
-            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            mode = make_private(path)
             if mode != 0o600:
                 raise InvalidParameter(
                     f"the socket '{path}' has mode {mode:o} after chmod 600",
@@ -368,13 +368,9 @@ class ControlServer:
         if not self._binding or self._pid != forks.PID:
             return
         try:
-            info = os.lstat(self.path)
-            if self._inode is not None:
-                ours = (info.st_dev, info.st_ino) == self._inode
-            else:
-                ours = stat.S_ISSOCK(info.st_mode)
-            if ours:
-                os.unlink(self.path)
+            # Without the inode (an interrupt before it was recorded), any socket there is
+            # ours: under our directory lock no other instance binds it.
+            remove_socket_file(self.path, self._inode)
         except OSError:
             pass  # gone already, or not ours: nothing to remove
 

@@ -29,7 +29,9 @@ Invariants:
 - Every durability-relevant operation (create, write, fsync, fdatasync, directory fsync,
   rename, link, unlink, truncate, mkdir, rmdir; a tree's removal as its unlinks and rmdirs)
   first goes through the file system's `hook`, if one is set; no module outside this layer
-  changes the file system with `os` or `shutil` calls, which the hook would never see. The
+  changes the file system with `os` or `shutil` calls, which the hook would never see (the
+  control socket's file, which `bind` creates out of any hook's sight, is changed only by
+  `jetstore.io.sockets`, and not through the hook: design.md, D15). The
   hook sees the operation before it happens and may raise `OSError` to inject a fault; the
   crash and fault-injection harnesses record and replay workloads through it.
 - Metadata durability is explicit: callers that create, rename or unlink a file they rely on

@@ -12,6 +12,12 @@ Invariants:
   engine makes), created by the C constructor, `_socket.socketpair` and `_accept`. The
   creator closes what its list still holds on the way out (`close_unregistered_sockets`);
   registering the socket empties it (`HandleRegistry.register`'s `taking`).
+- The control socket's file (created by ``bind``) is changed here only: `make_private`
+  and `remove_socket_file`, not through `FileSystem`'s hook. The hook sees the operations
+  that decide what a crash leaves (`jetstore.io.files`); this file holds no data, nothing
+  relies on its directory entry (a crash leaves a stale socket that the next open replaces),
+  and its creation, inside ``bind``, is one no hook can see or fail, so a recording would
+  hold a mode change and a removal of a name it never saw created (design.md, D15).
 - `peer_uid` is the kernel's word (``SO_PEERCRED``, taken at ``connect``/``listen``), not
   anything the peer says: the control socket's mode keeps other users out, and this check
   keeps a client from talking to (and sending a backup set's trust to) a socket another
@@ -25,6 +31,7 @@ import itertools
 import operator
 import os
 import socket
+import stat
 import struct
 from typing import Final
 
@@ -80,6 +87,32 @@ def close_unregistered_sockets(sockets: list[socket.SocketType]) -> None:
     sockets.clear()
 
 
+def make_private(path: str) -> int:
+    """Give the socket file `path` (just bound, not yet listening) mode 0600; return the
+    mode read back, which a file system that keeps no socket permissions leaves as it was
+    (OSError as the calls raise it)."""
+    os.chmod(path, 0o600)
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def remove_socket_file(path: str, inode: tuple[int, int] | None = None) -> bool:
+    """Remove the socket file at `path` if it is the one of `inode` ((st_dev, st_ino), as
+    bound), or, with no inode, if it is a socket at all; True if it was removed. Anything
+    else at `path` is left alone (OSError as the calls raise it; none when nothing is
+    there)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if inode is not None:
+        ours = (info.st_dev, info.st_ino) == inode
+    else:
+        ours = stat.S_ISSOCK(info.st_mode)
+    if ours:
+        os.unlink(path)
+    return ours
+
+
 def peer_uid(sock: socket.SocketType) -> int | None:
     """The uid of the process at the other end of the AF_UNIX `sock` (None where the system
     does not say: no ``SO_PEERCRED``)."""
@@ -99,8 +132,10 @@ def trusted_uid(uid: int | None) -> bool:
 __all__ = [
     "accept_socket",
     "close_unregistered_sockets",
+    "make_private",
     "open_socket",
     "open_socket_pair",
     "peer_uid",
+    "remove_socket_file",
     "trusted_uid",
 ]
