@@ -5,6 +5,7 @@ every test holding exactly the fds, threads and handles it started with."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import socket
@@ -710,3 +711,33 @@ def test_a_reconnect_after_the_idle_close_checks_who_serves_the_socket(
         with pytest.raises(FileAccessDenied, match="uid 4242"):
             client.counters()
         assert DEFAULT_REGISTRY.total(owner) == 0
+
+
+def test_a_client_dropped_without_close_closes_its_socket(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: a ControlClient dropped without close() stayed registered, its socket open
+    (the registry's closer held it), for the life of the process. Collected, it now closes
+    the socket it uses (also one a reconnect made) with a ResourceWarning, without taking
+    the registry's lock: the collector may run its finalizer on a thread holding it."""
+    control = inst._control
+    assert control is not None
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.2)
+    baseline = Baseline.take(inst)
+    owner = f"control-client:{inst.directory}"
+    clients = [connect(inst.directory)]
+    assert clients[0].ping()["ok"] is True
+    wait_for(lambda: not control._conns, "the idle connection to be closed", 5)
+    assert clients[0].ping()["ok"] is True  # on a new connection
+    sock = clients[0]._sock
+    assert DEFAULT_REGISTRY.total(owner) == 1
+    dropper = threading.Thread(target=clients.clear)
+    with pytest.warns(ResourceWarning, match="control client of .* was not closed"):
+        with DEFAULT_REGISTRY._lock:
+            dropper.start()
+            dropper.join(5)
+            assert not dropper.is_alive(), "the finalizer waited for the registry's lock"
+        gc.collect()
+    assert sock.fileno() == -1, "the dropped client's socket is still open"
+    assert DEFAULT_REGISTRY.total(owner) == 0
+    baseline.wait(inst)

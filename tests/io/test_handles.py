@@ -380,3 +380,19 @@ def test_close_owner_interrupted_while_it_takes_its_list_still_closes_everything
     assert fired == [True]
     assert log == ["b", "a"]
     assert registry.total() == 0
+
+
+def test_release_later_removes_the_handle_at_the_next_operation_without_its_closer() -> None:
+    # For a finalizer, which must not take the lock: the resource is released already.
+    registry = HandleRegistry("t")
+    closed: list[str] = []
+    handle = registry.register(HandleKind.SOCKET, "o", "s", lambda: closed.append("s"))
+    registry.release_later(handle)
+    assert registry._handles  # nothing done under the caller's feet
+    assert registry.total("o") == 0 and registry.closed_total == 1
+    handle.close()  # a later close does nothing: the finalizer released it
+    assert closed == [] and registry.closed_total == 1
+    other = registry.register(HandleKind.SOCKET, "o", "t", lambda: closed.append("t"))
+    other.close()
+    registry.release_later(other)  # closed already: not counted twice
+    assert registry.open_handles() == [] and registry.closed_total == 2

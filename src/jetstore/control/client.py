@@ -20,7 +20,9 @@ Invariants:
 - The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR/N``; a
   Ctrl-C before that cannot lose it: `jetstore.io.sockets`) and
   the set's files in the registry of the `FileSystem` used (owner ``backup-set:DEST``); all
-  are closed on every way out (`backup` uses the connection up and closes it).
+  are closed on every way out (`backup` uses the connection up and closes it). A client
+  dropped without `close()` closes its socket when collected, with a ResourceWarning, taking
+  no lock (`_dropped`; design.md, D16).
 - Every failure is a `JetError`: a server error arrives as the class of its code, with its
   path and hint; a missing, stale or forbidden socket names the path and the way out.
 - The client talks only to a server run by its own user or root (`SO_PEERCRED`): a socket
@@ -34,7 +36,9 @@ import os
 import socket
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from jetstore.backup.backupset import (
@@ -67,6 +71,7 @@ from jetstore.errors import (
 )
 from jetstore.format.common import Signature
 from jetstore.format.positions import LogPosition
+from jetstore.instance import unclosed
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import DEFAULT_REGISTRY, Handle, HandleKind
 from jetstore.io.sockets import close_unregistered_sockets, open_socket, peer_uid, trusted_uid
@@ -88,8 +93,15 @@ class ControlClient:
         path: str,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._sock = sock
-        self._handle = handle
+        #: The connection, shared with the finalizer (which must not reference the client);
+        #: a reconnect changes it in place.
+        self._connection = _Connection(sock, handle)
+        #: A client dropped without `close()` closes its socket when collected (`_dropped`),
+        #: instead of staying open and registered for the life of the process. Not at exit:
+        #: a client the application still holds then is not dropped (and the socket closes
+        #: with the process).
+        self._finalizer = weakref.finalize(self, _dropped, self._connection, directory)
+        self._finalizer.atexit = False
         self.directory = directory
         self.path = path
         self._timeout = timeout
@@ -104,6 +116,14 @@ class ControlClient:
         self.completion: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- basics
+
+    @property
+    def _sock(self) -> socket.SocketType:
+        return self._connection.sock
+
+    @property
+    def _handle(self) -> Handle:
+        return self._connection.handle
 
     def close(self) -> None:
         self._handle.close()
@@ -147,8 +167,8 @@ class ControlClient:
 
         def adopt(sock: socket.SocketType, handle: Handle) -> None:
             # The handle first: close() then closes the new socket whatever interrupts here.
-            self._handle = handle
-            self._sock = sock
+            self._connection.handle = handle
+            self._connection.sock = sock
 
         _open_connection(self.directory, self.path, self._timeout, adopt)
 
@@ -436,6 +456,39 @@ def connect(
         timeout,
         lambda sock, handle: ControlClient(sock, handle, directory, path, timeout),
     )
+
+
+@dataclass(slots=True)
+class _Connection:
+    """A client's socket and its registered handle (replaced together on a reconnect)."""
+
+    sock: socket.SocketType
+    handle: Handle
+
+
+def _dropped(connection: _Connection, directory: str) -> None:
+    """A `ControlClient` was collected without `close()`: close its socket, as a Python
+    file object or socket dropped unclosed is, with a ResourceWarning.
+
+    The collector runs this wherever an allocation triggers it, inside the handle registry's
+    lock on this very thread too, so no lock is taken (`jetstore.instance.unclosed`, D16):
+    the socket's close is one C call that marks it closed before the system call (a
+    concurrent close of the handle then closes nothing), and the registry removes the handle
+    at its next operation (`release_later`). The warning is what CPython's own socket
+    finalizer emits in the same place."""
+    handle = connection.handle
+    if handle.closed:
+        return
+    connection.sock.close()
+    handle.registry.release_later(handle)
+    try:
+        unclosed.warn(
+            f"jetstore control client of {directory} was not closed; closing its socket now "
+            "— use `with connect(...)` or call close()",
+            connection.sock,
+        )
+    except Exception:
+        pass  # the warning is not worth an error inside whatever the collector interrupted
 
 
 def _open_connection(

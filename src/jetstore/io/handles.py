@@ -18,6 +18,10 @@ Invariants:
   interrupt came first, gives the handle back open, and the next `close()` runs the closer
   again (every closer may run again after an interrupt). `close_owner` goes on past an
   interrupt, closes in a second round what it left, and raises the interrupt last.
+- A finalizer never takes the registry's lock (the collector runs it wherever an
+  allocation triggers it, inside a registry operation of the same thread too): one that
+  released a handle's resource itself hands the handle to `release_later`, a lock-free
+  append, and the next operation that reads or changes the table removes it.
 - In a child forked from the process that registered them (`jetstore.io.forks`), an owner's
   handles are let go instead (`forget_owner`): descriptors closed, locks and threads only
   unregistered (an unlock would release the parent's lock; the threads run in the parent).
@@ -84,6 +88,9 @@ class HandleRegistry:
         self._ids = itertools.count(1)
         self.opened_total = 0
         self.closed_total = 0
+        #: Handles whose resource a finalizer released (`release_later`), to be removed
+        #: from the table by the next operation, under the lock.
+        self._released_later: list[Handle] = []
 
     def register(
         self,
@@ -98,6 +105,8 @@ class HandleRegistry:
         (a descriptor), is emptied in the same step: whatever is still in it after an
         interrupt was not registered and is the creator's to release."""
         with self._lock:
+            if self._released_later:
+                self._remove_released()
             handle = Handle(self, next(self._ids), kind, owner, description, closer)
             # No call between the store and the `clear` (CPython runs a signal handler only
             # after a call returns): the resource is in the table or in the list, never both
@@ -107,6 +116,22 @@ class HandleRegistry:
             if taking is not None:
                 taking.clear()
             return handle
+
+    def release_later(self, handle: Handle) -> None:
+        """From a finalizer that released `handle`'s resource itself: no lock is taken here
+        (`list.append` is one C call, atomic under the GIL); the handle leaves the table, as
+        closed, at the next `register`, `counts` or `open_handles` (so `close_owner`)."""
+        self._released_later.append(handle)
+
+    def _remove_released(self) -> None:
+        """Under the lock: remove the handles `release_later` was given."""
+        released = self._released_later
+        while released:
+            handle = released.pop()
+            # One a close() claimed meanwhile is that close's to remove (`_closed`).
+            if not handle.closed and self._handles.pop(handle.ident, None) is not None:
+                handle.closed = True
+                self.closed_total += 1
 
     def _claim(self, handle: Handle, thread: int) -> bool:
         """Mark `handle` closed for `thread`; True if this call is the one that must run its
@@ -150,6 +175,8 @@ class HandleRegistry:
     def counts(self, owner: str | None = None) -> dict[str, int]:
         """Open handles by kind (every kind present, zero included)."""
         with self._lock:
+            if self._released_later:
+                self._remove_released()
             result = {kind.value: 0 for kind in HandleKind}
             for handle in self._handles.values():
                 if owner is None or handle.owner == owner or handle.owner.startswith(owner + "/"):
@@ -161,6 +188,8 @@ class HandleRegistry:
 
     def open_handles(self, owner: str | None = None) -> list[Handle]:
         with self._lock:
+            if self._released_later:
+                self._remove_released()
             return [
                 h
                 for h in self._handles.values()
