@@ -1139,6 +1139,76 @@ def test_a_long_value_given_again_is_compared_in_place(store: Store) -> None:
             txn.table("t").update(1, {"b": other})
 
 
+def test_long_values_are_read_without_building_the_private_tree(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading, replacing or deleting a long value inside a transaction that has written
+    takes its chunks by point reads (the write map, then the snapshot), as a record's own
+    read does: a range read made the transaction apply its gathered writes to its private
+    tree first, so a load that read such a record after every insert applied each insert by
+    a path copy of its own instead of one bulk merge at commit."""
+    import jetstore.transactions.transaction as transaction_module
+
+    store.db.create_table("t", [("id", "int"), ("n", "int"), ("b", "bytes")], "id")
+    old = bytes(range(256)) * 40
+    with store.db.transaction() as txn:
+        for key in (-1, -2, -3):
+            txn.table("t").insert({"id": key, "n": key, "b": old})
+    applied: list[int] = []
+    real_put, real_delete = transaction_module.Mutation.put, transaction_module.Mutation.delete
+    real_merge = transaction_module.merge_sorted_columns
+
+    def counting_put(self: Any, key: bytes, value: bytes) -> None:
+        applied.append(1)
+        real_put(self, key, value)
+
+    def counting_delete(self: Any, key: bytes) -> None:
+        applied.append(1)
+        real_delete(self, key)
+
+    def counting_merge(*args: Any, **kwargs: Any) -> Any:
+        applied.append(len(args[2]))
+        return real_merge(*args, **kwargs)
+
+    monkeypatch.setattr(transaction_module.Mutation, "put", counting_put)
+    monkeypatch.setattr(transaction_module.Mutation, "delete", counting_delete)
+    monkeypatch.setattr(transaction_module, "merge_sorted_columns", counting_merge)
+    new = b"\x07" * 20_000
+    payload = CHUNK_ENTRY - LEAF_ENTRY_OVERHEAD - (len(encode_key([0])) + 10)
+
+    def chunks(size: int) -> int:
+        return math.ceil(size / payload)
+
+    expected: dict[int, dict[str, object]] = {}
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 0, "n": 0, "b": new})  # its own long value, written in this transaction
+        expected[0] = {"id": 0, "n": 0, "b": new}
+        assert t.update(-1, {"n": 5}) == {"id": -1, "n": 5, "b": old}
+        expected[-1] = {"id": -1, "n": 5, "b": old}
+        t.update(-2, {"b": old + b"!"}, returning=False)  # replaced twice: old chunks go
+        t.update(-2, {"b": new}, returning=False)
+        expected[-2] = {"id": -2, "n": -2, "b": new}
+        t.delete(-3)
+        for key in range(1, 5_001):
+            t.insert({"id": key, "n": key, "b": b"x"})
+            expected[key] = {"id": key, "n": key, "b": b"x"}
+            assert t.get(0) == expected[0]
+            assert t.get(-1) == expected[-1]
+            assert t.get(-2) == expected[-2]
+            assert t.get(-3) is None
+        assert applied == []
+    assert len(applied) == 1  # the commit: one bulk merge of every write
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            assert {r["id"]: r for r in txn.table("t").scan()} == expected
+        # -1's chunks, and 0's and -2's (none left of -2's former values, nor of -3's).
+        assert layout(store.db, "t")["lv"] == chunks(len(old)) + 2 * chunks(len(new))
+
+    store.checked_twice(check)
+
+
 def test_an_update_keeps_a_primary_key_stored_as_a_long_value_where_it_is(
     tmp_path: Path,
 ) -> None:

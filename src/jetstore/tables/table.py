@@ -38,12 +38,15 @@ Invariants:
   and is still in the state it opened the table in is read straight from its snapshot's tree
   (the lookup `Transaction.table` handed over); the result is what the general path
   (`encode_key`, `Transaction.get`) gives, and anything else takes that path.
+- Reading, comparing or removing a long value never makes a transaction that holds gathered
+  writes apply them to its private tree: its chunks are then read by key (chunk 0, 1, ... up
+  to the first absent one), as a record is, not by a range read of the value's prefix.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, cast, overload
@@ -124,6 +127,12 @@ class ReadView(Protocol):
 
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         """Every entry in ``[start, stop)``, read at once (the view may change afterwards)."""
+        ...
+
+    @property
+    def gathering(self) -> bool:
+        """Whether it holds writes that a range read would first apply to its private tree
+        (point reads take them from the write map as they are)."""
         ...
 
 
@@ -574,8 +583,12 @@ class Table:
         return data.decode("utf-8", "surrogatepass") if ref.is_text else data
 
     def _read_long_bytes(self, view: ReadView, pk: bytes, column: int, ref: LongValueRef) -> bytes:
-        prefix = long_value_prefix(self.definition.lv_id, pk, column)
-        data = b"".join([chunk for _key, chunk in view.items(prefix, prefix_successor(prefix))])
+        if view.gathering:
+            entries: Iterable[tuple[bytes, bytes]] = self._chunks_by_key(view, pk, column)
+        else:
+            prefix = long_value_prefix(self.definition.lv_id, pk, column)
+            entries = view.items(prefix, prefix_successor(prefix))
+        data = b"".join([chunk for _key, chunk in entries])
         if len(data) != ref.length:
             raise DatabaseCorrupted(
                 f"long value of column {self.definition.columns[column].name!r} in table "
@@ -920,10 +933,16 @@ class Table:
         """Whether long value `ref` (as `_read_long_bytes` reads it) is `data`, of the same
         length: compared chunk by chunk where the chunks lie, up to the first difference,
         rather than joined into a copy of the whole value first."""
-        prefix = long_value_prefix(self.definition.lv_id, pk, column)
+        view = self._view
+        runs: Iterable[Iterable[bytes]]
+        if view.gathering:
+            runs = [(chunk for _key, chunk in self._chunks_by_key(view, pk, column))]
+        else:
+            prefix = long_value_prefix(self.definition.lv_id, pk, column)
+            runs = (chunks for _keys, chunks in view.chunks(prefix, prefix_successor(prefix)))
         whole = memoryview(data)
         offset = 0
-        for _keys, chunks in self._view.chunks(prefix, prefix_successor(prefix)):
+        for chunks in runs:
             for chunk in chunks:
                 end = offset + len(chunk)
                 if end <= ref.length and whole[offset:end] != chunk:
@@ -1088,10 +1107,35 @@ class Table:
             start = end
 
     def _delete_long_value(self, pk: bytes, column: int) -> None:
-        prefix = long_value_prefix(self.definition.lv_id, pk, column)
-        delete = self._view.delete
-        for key, _ in self._view.items(prefix, prefix_successor(prefix)):
+        view = self._view
+        entries: Iterable[tuple[bytes, bytes]]
+        if view.gathering:
+            entries = self._chunks_by_key(view, pk, column)
+        else:
+            prefix = long_value_prefix(self.definition.lv_id, pk, column)
+            entries = view.items(prefix, prefix_successor(prefix))
+        delete = view.delete
+        for key, _ in entries:
             delete(key)
+
+    def _chunks_by_key(
+        self, view: ReadView, pk: bytes, column: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The chunk entries of long value `column` of record `pk`, read one key at a time:
+        chunk 0, 1, ... up to the first absent one (every writer numbers them from 0 without a
+        gap, whatever their size). For a transaction holding gathered writes: a range read
+        would apply them to its private tree first, and a record's read between inserts then
+        cost each insert a path copy of its own instead of its share of one bulk merge."""
+        lv_id = self.definition.lv_id
+        get = view.get
+        chunk = 0
+        while True:
+            key = long_value_key(lv_id, pk, column, chunk)
+            value = get(key)
+            if value is None:
+                return
+            yield key, value
+            chunk += 1
 
     # ----------------------------------------------------------------- schema changes
 

@@ -347,6 +347,12 @@ class Transaction:
     def transaction(self) -> Transaction:
         return self
 
+    @property
+    def gathering(self) -> bool:
+        """Whether writes are gathered that a range read (`items`, `iterate`, `frozen`)
+        would first apply to the private tree; point reads take them as they are."""
+        return bool(self.operations if self._pending is None else self._pending)
+
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         """Entries with ``start <= key < stop``, read at once (no iterator stays out)."""
         self._check_active()
@@ -1090,6 +1096,10 @@ class FrozenView:
         if type(key) is not bytes:
             key = _raw_key(key)
         return lookup(txn.database.file, self._root, key)
+
+    @property
+    def gathering(self) -> bool:
+        return False  # one state of the tree: its range reads apply nothing
 
     def items(self, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, bytes]]:
         txn = self._txn
