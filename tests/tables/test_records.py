@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetstore.errors import DatabaseCorrupted, InvalidParameter
-from jetstore.tables.records import LongValueRef, RecordCodec
+from jetstore.tables.records import INLINE_VALUE_MAX, OVERSIZED, LongValueRef, RecordCodec
 from jetstore.tables.schema import Column, ColumnType, TableDef, make_table_def
 
 _offsets = st.builds(
@@ -393,6 +393,35 @@ def test_layouts_tell_apart_records_of_one_length() -> None:
     with_null = codec.encode({"id": 1, "name": None, "blob": b""})
     with_lv = codec.encode({"id": 1, "name": "a", "blob": LongValueRef(5, 9, False)})
     assert codec.decode_many([encoded[0], with_null, with_lv]) == [records[0], None, None]
+
+
+def test_fast_encode_refuses_to_copy_a_value_too_long_for_any_entry() -> None:
+    """A record of exactly-typed values whose text and bytes values encode to more than
+    `INLINE_VALUE_MAX` bytes together is `OVERSIZED` for the fast encoder (as long as no
+    entry can be, holding nothing); `encode_inline` gives None for it, and for any record
+    with one such value; `encode` still encodes it whole. A value out of range elsewhere in
+    the record is still refused as before."""
+    codec = RecordCodec(three_columns())
+    half = INLINE_VALUE_MAX // 2
+    long_bytes = {"id": 7, "name": "", "blob": b"\x01" * (INLINE_VALUE_MAX + 1)}
+    long_text = {"id": 7, "name": "\u00e9" * (half + 1), "blob": b""}  # 2 bytes a character
+    together = {"id": 7, "name": "a" * half, "blob": b"\x01" * (half + 1)}
+    for record in (long_bytes, long_text, together):
+        assert codec.fast_encode(record) is OVERSIZED
+        assert len(OVERSIZED) > INLINE_VALUE_MAX << 20
+        assert codec.encode_inline(record) is None
+        assert codec.decode(codec.encode(record)) == record
+    for record in (long_bytes, long_text):
+        with_null = {**record, "id": None}  # the general loop refuses it too
+        assert codec.encode_inline(with_null) is None
+        assert codec.decode(codec.encode(with_null)) == with_null
+    at_bound = {"id": 7, "name": "a" * half, "blob": b"\x01" * half}
+    encoded = codec.fast_encode(at_bound)
+    assert encoded is not OVERSIZED
+    assert encoded == codec.encode_inline(at_bound) == codec.encode(at_bound)
+    assert codec.decode(encoded) == at_bound
+    with pytest.raises(struct.error):
+        codec.fast_encode({**long_bytes, "id": 1 << 63})
 
 
 def test_fast_encode_matches_encode_or_declines() -> None:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import jetstore
+import jetstore.tables.records as records_module
 from instance_store import Store
 from jetstore.errors import (
     ColumnNotFound,
@@ -1008,6 +1009,7 @@ def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
     reads: list[int] = []
     encoded: list[int] = []
     real_read, real_encode = Table._read_long_bytes, RecordCodec.encode
+    real_encode_inline = RecordCodec.encode_inline
 
     def counting_read(self: Table, view: Any, pk: bytes, column: int, ref: Any) -> bytes:
         reads.append(column)
@@ -1018,8 +1020,14 @@ def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
         encoded.append(len(out))
         return out
 
+    def measuring_encode_inline(self: RecordCodec, record: Any) -> bytes | None:
+        out = real_encode_inline(self, record)
+        encoded.append(0 if out is None else len(out))
+        return out
+
     monkeypatch.setattr(Table, "_read_long_bytes", counting_read)
     monkeypatch.setattr(RecordCodec, "encode", measuring_encode)
+    monkeypatch.setattr(RecordCodec, "encode_inline", measuring_encode_inline)
     with store.db.transaction() as txn:
         t = txn.table("t")
         assert t.update(1, {"n": 1}, returning=False) is None
@@ -1070,6 +1078,7 @@ def test_replacing_a_long_value_neither_reads_it_nor_encodes_the_new_one_inline(
     reads: list[int] = []
     encoded: list[int] = []
     real_read, real_encode = Table._read_long_bytes, RecordCodec.encode
+    real_encode_inline = RecordCodec.encode_inline
 
     def counting_read(self: Table, view: Any, pk: bytes, column: int, ref: Any) -> bytes:
         reads.append(column)
@@ -1080,8 +1089,14 @@ def test_replacing_a_long_value_neither_reads_it_nor_encodes_the_new_one_inline(
         encoded.append(len(out))
         return out
 
+    def measuring_encode_inline(self: RecordCodec, record: Any) -> bytes | None:
+        out = real_encode_inline(self, record)
+        encoded.append(0 if out is None else len(out))
+        return out
+
     monkeypatch.setattr(Table, "_read_long_bytes", counting_read)
     monkeypatch.setattr(RecordCodec, "encode", measuring_encode)
+    monkeypatch.setattr(RecordCodec, "encode_inline", measuring_encode_inline)
     with store.db.transaction() as txn:
         t = txn.table("t")
         t.update(1, {"b": data + b"!"}, returning=False)
@@ -1205,6 +1220,60 @@ def test_long_values_are_read_without_building_the_private_tree(
             assert {r["id"]: r for r in txn.table("t").scan()} == expected
         # -1's chunks, and 0's and -2's (none left of -2's former values, nor of -3's).
         assert layout(store.db, "t")["lv"] == chunks(len(old)) + 2 * chunks(len(new))
+
+    store.checked_twice(check)
+
+
+def test_an_insert_copies_no_value_too_long_for_any_entry_into_a_record(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text or bytes value longer than any page's leaf entry is not encoded into a record
+    first, by the fast insert or by the general one: a 64 MiB insert copied the value into
+    a record thrown away as soon as its length was seen (the fast path kept it while the
+    chunks were written: twice the value in memory)."""
+    produced: list[int] = []
+    real_compile = records_module._compile_fast_paths
+    real_encode = RecordCodec.encode
+
+    def compile_counting(table_def: Any) -> Any:
+        decode, encode, decode_many = real_compile(table_def)
+
+        def encode_counting(record: Any) -> Any:
+            out = encode(record)
+            if type(out) is bytes:  # a record, not a refusal
+                produced.append(len(out))
+            return out
+
+        return decode, encode_counting, decode_many
+
+    def encode_counting(self: RecordCodec, record: Any) -> bytes:
+        out = real_encode(self, record)
+        produced.append(len(out))
+        return out
+
+    monkeypatch.setattr(records_module, "_compile_fast_paths", compile_counting)
+    monkeypatch.setattr(RecordCodec, "encode", encode_counting)
+    columns = [("id", "int"), ("n", "int"), ("b", "bytes"), ("s", "text")]
+    store.db.create_table("plain", columns, "id")  # the fast insert
+    store.db.create_table("indexed", columns, "id", indexes=[("by_n", "n")])  # the general one
+    data, text = bytes(range(256)) * 1024, "\u00e9" * 200_000
+    expected = [
+        {"id": 1, "n": 1, "b": data, "s": ""},
+        {"id": 2, "n": 2, "b": b"", "s": text},
+        {"id": 3, "n": None, "b": data, "s": "x"},  # a NULL: the general path in both
+        {"id": 4, "n": 4, "b": data, "s": text},
+    ]
+    with store.db.transaction() as txn:
+        for name in ("plain", "indexed"):
+            for record in expected:
+                txn.table(name).insert(record)
+    assert produced and max(produced) < PAGE
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            for name in ("plain", "indexed"):
+                assert list(txn.table(name).scan()) == expected
+                assert [txn.table(name).get(r["id"]) for r in expected] == expected
 
     store.checked_twice(check)
 

@@ -17,6 +17,9 @@ Invariants
    ``struct`` formats (a bounded memo per codec); a remembered layout is used only when every
    header, tag and length field of a record matches it, so every result is the one the
    sequential decoder gives.
+5. ``fast_encode`` and ``encode_inline`` never copy into a record text and bytes values that
+   no page's leaf entry could hold (more than ``INLINE_VALUE_MAX`` bytes): they say so
+   (``OVERSIZED``, None) and the table layer moves the values out first.
 
 Byte format (little-endian)
 ---------------------------
@@ -58,7 +61,7 @@ from jetstore.tables.keys import (
 )
 from jetstore.tables.schema import ColumnType, TableDef
 
-__all__ = ["RECORD_VERSION", "LongValueRef", "RecordCodec"]
+__all__ = ["INLINE_VALUE_MAX", "OVERSIZED", "RECORD_VERSION", "LongValueRef", "RecordCodec"]
 
 RECORD_VERSION = 1
 
@@ -93,6 +96,35 @@ _U32 = struct.Struct("<I")
 _LV = struct.Struct("<QQB")
 
 _VAR_TYPES = (ColumnType.TEXT, ColumnType.BYTES)
+
+#: Longest text or bytes value (encoded) `fast_encode` and `encode_inline` copy into a
+#: record: a longer one could not be stored inline on any page size (the leaf entry of the
+#: largest page holds half of it), and copying a value of up to 64 MiB into a record only to
+#: throw the record away cost as much as storing the value.
+INLINE_VALUE_MAX = 1 << 15
+
+
+class _Oversized(bytes):
+    """The type of `OVERSIZED`."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        # Longer than any entry: a caller comparing the record's length with what its leaf
+        # entry holds (the fast insert) takes it as too long to keep inline, at no extra cost.
+        return 1 << 62
+
+
+#: What `fast_encode` returns, instead of the record, for a record it would encode (every
+#: column of exactly its type) but whose text and bytes values encode to more than
+#: `INLINE_VALUE_MAX` bytes together. It holds no bytes and is never stored: its length
+#: says "too long to keep inline".
+OVERSIZED: bytes = _Oversized()
+
+_NO_BOUND = 1 << 62
+# What the generated encoder may raise for a record it does not take (the general path then
+# raises the precise error).
+_FAST_ENCODE_REFUSALS = (KeyError, TypeError, struct.error, UnicodeEncodeError, AttributeError)
 
 _B_NULL = bytes([TAG_NULL])
 _B_FALSE = bytes([TAG_BOOL, 0])
@@ -141,10 +173,27 @@ class RecordCodec:
         """
         try:
             fast = self._fast_encode(record)
-        except (KeyError, TypeError, struct.error, UnicodeEncodeError, AttributeError):
+        except _FAST_ENCODE_REFUSALS:
+            fast = None
+        if fast is not None and fast is not OVERSIZED:
+            return fast
+        return self._encode_general(record, _NO_BOUND)  # type: ignore[return-value]
+
+    def encode_inline(self, record: Mapping[str, object]) -> bytes | None:
+        """`encode`, or None when a text or bytes value encodes to more than
+        `INLINE_VALUE_MAX` bytes, or (every column of exactly its type) its text and bytes
+        values do together: the record could not be stored inline, and the values are not
+        copied into one first."""
+        try:
+            fast = self._fast_encode(record)
+        except _FAST_ENCODE_REFUSALS:
             fast = None
         if fast is not None:
-            return fast
+            return None if fast is OVERSIZED else fast
+        return self._encode_general(record, INLINE_VALUE_MAX)
+
+    def _encode_general(self, record: Mapping[str, object], bound: int) -> bytes | None:
+        """`encode` column by column; None for a text or bytes value longer than `bound`."""
         parts = [self._header]
         append = parts.append
         name = ""
@@ -160,12 +209,16 @@ class RecordCodec:
                 elif tag == TAG_TEXT:
                     if type(v) is str:
                         raw = v.encode("utf-8", "surrogatepass")
+                        if len(raw) > bound:
+                            return None
                         append(_TAG_U32.pack(TAG_TEXT, len(raw)))
                         append(raw)
                     else:
                         append(_encode_lv(v, True))
                 elif tag == TAG_BYTES:
                     if type(v) is bytes:
+                        if len(v) > bound:
+                            return None
                         append(_TAG_U32.pack(TAG_BYTES, len(v)))
                         append(v)
                     else:
@@ -224,7 +277,9 @@ class RecordCodec:
     def fast_encode(self) -> Callable[[Mapping[str, object]], bytes | None]:
         """The generated encoder of the common record: the bytes `encode` returns, or None
         when the record is not every column with a non-NULL value of exactly its type
-        (then it may also raise, for a missing column or a value out of range)."""
+        (then it may also raise, for a missing column or a value out of range), or
+        `OVERSIZED` when it is, but its text and bytes values encode to more than
+        `INLINE_VALUE_MAX` bytes together."""
         return self._fast_encode
 
     @property
@@ -389,6 +444,7 @@ def _compile_fast_paths(
         "LAYOUTS": {},
         "BATCHES": {},
         "MAX_LAYOUTS": _MAX_LAYOUTS,
+        "OVERSIZED": OVERSIZED,
     }
     layouts = all(c.type in _STRUCT_CODES or c.type in _VAR_TYPES for c in cols)
     dec = [
@@ -399,6 +455,7 @@ def _compile_fast_paths(
     ]
     enc = ["def fast_encode(r):"]
     parts = ["HEADER"]
+    var_lengths: list[str] = []  # the encoder's locals holding text and bytes lengths
     # The struct form of a layout: the format, and the expression of each value in the
     # unpacked tuple `t`. Each column's meta fields (its tag and length; the record header
     # too for the first) are read as one bytes field, so a layout is checked by comparing
@@ -469,7 +526,9 @@ def _compile_fast_paths(
                 dec.append(f"    {v} = data[p:e{i}]")
                 enc += [f"    if type({v}) is not bytes:", "        return None"]
             dec.append(f"    p = e{i}")
-            parts.append(f"P_U32({tag}, len({v}))")
+            enc.append(f"    n{i} = len({v})")
+            var_lengths.append(f"n{i}")
+            parts.append(f"P_U32({tag}, n{i})")
             parts.append(v)
         if layouts:
             meta_fields.append(field)
@@ -503,7 +562,17 @@ def _compile_fast_paths(
             "        learn(" + "".join(f"{n}, " for n in lengths) + "p)",
         ]
     dec.append("    return " + record)
-    enc.append("    return b''.join((" + ", ".join(parts) + ",))")
+    packed = "(" + ", ".join(parts) + ",)"
+    if var_lengths:
+        # One sum and one comparison on the common path (a record that large cannot be
+        # inline on any page either). Not copied, the parts are still packed: a value out of
+        # range raises here as it does above, for the general path's precise error.
+        enc.append(f"    if {' + '.join(var_lengths)} <= {INLINE_VALUE_MAX}:")
+        enc.append(f"        return b''.join({packed})")
+        enc.append(f"    {packed}")
+        enc.append("    return OVERSIZED")
+    else:
+        enc.append(f"    return b''.join({packed})")
     code = "\n".join(dec) + "\n\n" + "\n".join(enc) + "\n"
     if layouts:
         built = "{" + ", ".join(f"{c.name!r}: {x}" for c, x in zip(cols, values, strict=True)) + "}"

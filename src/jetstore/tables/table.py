@@ -1039,13 +1039,15 @@ class Table:
         try_inline: bool = True,
     ) -> tuple[bytes, list[tuple[int, bytes]]]:
         """The record entry's value, and the (column, data) long values it refers to
-        (`encoded`: `record` already encoded whole, if the caller has it; not `try_inline`:
+        (`encoded`: `record` already encoded whole, or `OVERSIZED`, if the caller has it
+        (the fast insert); without it, `encode_inline` copies no value too long for any
+        entry into a record; not `try_inline`:
         the caller knows a value too long for the entry, so `record` is not encoded whole
         into an entry that could not hold it, a copy of up to 64 MiB thrown away)."""
         limit = self._max_entry - LEAF_ENTRY_OVERHEAD - len(key)
         long_values: list[tuple[int, bytes]] = []
         if encoded is None and try_inline:
-            encoded = self._codec.encode(record)
+            encoded = self._codec.encode_inline(record)  # None: a value too long for any entry
         if encoded is not None and len(encoded) <= limit:
             return encoded, long_values
         stored = dict(record)
@@ -1057,12 +1059,17 @@ class Table:
             ),
             reverse=True,
         )
-        for _size, position, name, is_text in candidates:
+        last = len(candidates) - 1
+        for n, (_size, position, name, is_text) in enumerate(candidates):
             value = stored[name]
             assert isinstance(value, str | bytes)
             data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
             long_values.append((position, data))
             stored[name] = LongValueRef(position, len(data), is_text)
+            if n < last and candidates[n + 1][0] > limit:
+                # The next value alone is too long for the entry (its length in characters
+                # is at most its length in bytes): a record holding it would be thrown away.
+                continue
             encoded = self._codec.encode(stored)
             if len(encoded) <= limit:
                 return encoded, long_values
