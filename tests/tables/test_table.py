@@ -1278,6 +1278,28 @@ def test_an_insert_copies_no_value_too_long_for_any_entry_into_a_record(
     store.checked_twice(check)
 
 
+def test_the_largest_value_in_bytes_is_moved_out_first(store: Store) -> None:
+    """Values are moved out of a record too large for its entry largest first, measured in
+    the bytes they take (UTF-8 for text): a text was measured in characters, so 1,900 "é"
+    (3,800 bytes) stayed inline while a 2,000-byte value beside it was moved out."""
+    store.db.create_table("t", [("id", "int"), ("s", "text"), ("b", "bytes")], "id")
+    record = {"id": 1, "s": "\u00e9" * 1900, "b": b"x" * 2000}
+    with store.db.transaction() as txn:
+        txn.table("t").insert(record)
+        txn.table("t").insert({**record, "id": 2, "s": None})  # the general path
+        txn.table("t").upsert({**record, "id": 3})
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert t.get(1) == record
+            prefix = object_prefix(t.definition.lv_id)
+            moved = {(key[4:13], key[-6:-4]) for key, _ in txn.iterate(prefix, None)}
+        assert moved == {(encode_key([1]), b"\x00\x01"), (encode_key([3]), b"\x00\x01")}
+
+    store.checked_twice(check)
+
+
 def test_an_update_keeps_a_primary_key_stored_as_a_long_value_where_it_is(
     tmp_path: Path,
 ) -> None:

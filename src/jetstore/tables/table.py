@@ -1051,24 +1051,24 @@ class Table:
         if encoded is not None and len(encoded) <= limit:
             return encoded, long_values
         stored = dict(record)
-        candidates = sorted(
-            (
-                (len(value), position, name, is_text)
-                for position, name, is_text in self._lv_columns
-                if isinstance(value := stored.get(name), str | bytes)
-            ),
-            reverse=True,
-        )
+        # Largest first by the bytes stored (UTF-8 for text), not by characters: the value
+        # moved out is the one that frees most of the entry.
+        candidates: list[tuple[int, int, str, bool, bytes]] = []
+        for position, name, is_text in self._lv_columns:
+            value = stored.get(name)
+            if isinstance(value, str):
+                value = value.encode("utf-8", "surrogatepass")
+            elif not isinstance(value, bytes):
+                continue
+            candidates.append((len(value), position, name, is_text, value))
+        candidates.sort(reverse=True)
         last = len(candidates) - 1
-        for n, (_size, position, name, is_text) in enumerate(candidates):
-            value = stored[name]
-            assert isinstance(value, str | bytes)
-            data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        for n, (size, position, name, is_text, data) in enumerate(candidates):
             long_values.append((position, data))
-            stored[name] = LongValueRef(position, len(data), is_text)
+            stored[name] = LongValueRef(position, size, is_text)
             if n < last and candidates[n + 1][0] > limit:
-                # The next value alone is too long for the entry (its length in characters
-                # is at most its length in bytes): a record holding it would be thrown away.
+                # The next value alone is too long for the entry: a record holding it would
+                # be thrown away.
                 continue
             encoded = self._codec.encode(stored)
             if len(encoded) <= limit:
