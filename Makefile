@@ -21,8 +21,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/jetstore
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per process at a time:
+# the fsync-bound suites then overlap with the CPU-bound ones (CI has 2 cores).
+TEST_WORKERS ?= 2
+
 test: lint typecheck $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 soak: $(STAMP)
 	JETSTORE_SOAK=1 $(BIN)/python -m pytest -q -m soak -o addopts='' --timeout=14400
