@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.interrupting import interrupt_as_call_returns
 
 import jetstore
 from jetstore.errors import (
@@ -24,6 +25,7 @@ from jetstore.format.dbheader import DatabaseState
 from jetstore.instance.diagnosis import plan_recovery
 from jetstore.instance.instance import InstanceState
 from jetstore.io import FileSystem, IOEvent
+from jetstore.io.locking import file_lock_holder
 from jetstore.pages.pagefile import DatabaseFile
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024}
@@ -1039,6 +1041,31 @@ def test_an_attach_interrupted_after_its_record_leaves_a_state_the_reopen_recove
         assert rows(reopened.database("other")) == expected_other
         moved = list(range(20 if where.startswith("header") else 21))
         assert rows(reopened.database("moving")) == moved
+
+
+@pytest.mark.parametrize("writable", [False, True], ids=["probe", "target"])
+def test_an_attach_interrupted_as_a_database_file_open_returns_leaves_nothing_open(
+    tmp_path: Path, writable: bool
+) -> None:
+    # A Ctrl-C as `DatabaseFile.open` returned, before attach held the file: the probe (or
+    # the moved file) stayed open and locked until the instance closed, and a retry of the
+    # attach was refused with FileAccessDenied naming this very instance.
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 20)
+        with (
+            pytest.raises(KeyboardInterrupt),
+            interrupt_as_call_returns(DatabaseFile.open, lambda args: args["writable"] is writable),
+        ):
+            inst.attach(outside)
+        assert os.path.exists(outside)
+        assert not (tmp_path / "live" / "third.edb").exists()
+        assert inst.databases() == ["main"]
+        leftover = [h for h in inst.registry.open_handles() if "third.edb" in h.description]
+        assert leftover == []
+        assert file_lock_holder(FileSystem(), outside) is None
+        moved = inst.attach(outside)
+        assert rows(moved) == list(range(1000, 1005))
 
 
 def _raise_interrupt(*args: object, **kwargs: object) -> None:

@@ -104,7 +104,7 @@ from jetstore.instance.recovery import (
 )
 from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
-from jetstore.io.handles import HandleRegistry, release_all
+from jetstore.io.handles import HandleRegistry, release_all, use_owner
 from jetstore.io.locking import HOLDER_INSTANCE, DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread, WeakOwner
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
@@ -582,14 +582,20 @@ class Instance:
         return db
 
     def open_database_file(
-        self, path: str, *, writable: bool = True, lock: bool | None = None
+        self,
+        path: str,
+        *,
+        writable: bool = True,
+        lock: bool | None = None,
+        owner: str | None = None,
     ) -> DatabaseFile:
-        """`DatabaseFile.open` of `path` with this instance's file system, owner, node-cache
-        budget and lock holder name (`lock` defaults to `writable`)."""
+        """`DatabaseFile.open` of `path` with this instance's file system, owner (or `owner`,
+        one of its sub-owners), node-cache budget and lock holder name (`lock` defaults to
+        `writable`)."""
         return DatabaseFile.open(
             self.fs,
             path,
-            owner=self.owner,
+            owner=owner or self.owner,
             cache_pages=self.cache_pages,
             cache_budget=self.cache_budget,
             writable=writable,
@@ -958,12 +964,20 @@ class Instance:
         # Read-only but locked: a file another instance has open (its own, or one it reaches
         # through a link) is refused here, before it is moved (FileAccessDenied). The lock
         # is dropped with the probe; the writable open below takes it again, and a file
-        # locked in between is refused there and moved back.
-        probe = self.open_database_file(source, writable=False, lock=True)
+        # locked in between is refused there and moved back. Opened under a sub-owner of
+        # its own, closed whatever happens: a Ctrl-C as the open returned, before `probe`
+        # was assigned, left the file open and locked until the instance closed (a retried
+        # attach was refused, the lock's holder being this instance).
+        probe_owner = use_owner(self.owner)
+        probe: DatabaseFile | None = None
         try:
+            probe = self.open_database_file(source, writable=False, lock=True, owner=probe_owner)
             header = probe.header
         finally:
-            probe.close()
+            release_all(
+                probe.close if probe is not None else None,
+                lambda: self.registry.close_owner(probe_owner),
+            )
         if header.state is not DatabaseState.CLEAN:
             raise DatabaseDirtyShutdown(
                 f"database '{source}' is in state {header.state.name.lower()}, not clean",
@@ -981,6 +995,9 @@ class Instance:
         self.wait_durable(self.log.end_position)
         header_written = False
         file: DatabaseFile | None = None
+        # Its handles under a sub-owner, closed on failure: `file` is None still when a
+        # Ctrl-C lands as the open returns (as for the probe).
+        file_owner = use_owner(self.owner)
         try:
             if source != target:
                 # Inside the try: a failed sync of either directory puts the file back too,
@@ -990,7 +1007,7 @@ class Instance:
                 self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
             # Inside the try: a refused open (another opener locked the file since the probe)
             # moves the file back like any other failure before its header is written.
-            file = self.open_database_file(target)
+            file = self.open_database_file(target, owner=file_owner)
             with self._backup_lock, self.commit_lock:
                 self._refuse_during_backup("attach", name, locked=True)
                 self.check_writable()
@@ -1019,8 +1036,10 @@ class Instance:
                 db = Database(self, name, db_id, file, end)
                 self._databases[name] = db
         except BaseException as exc:
-            if file is not None:
-                file.close()
+            release_all(
+                file.close if file is not None else None,
+                lambda: self.registry.close_owner(file_owner),
+            )
             if header_written:
                 # The file may carry this stream's dirty header now (a failed sync leaves
                 # its first copy unknown), requiring generations no checkpoint of this
