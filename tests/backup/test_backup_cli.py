@@ -169,6 +169,26 @@ def test_backup_recover_reports_the_data_loss_it_finishes(tmp_path: Path) -> Non
     assert code == 0 and document["result"]["data_loss"] is None
 
 
+def test_an_offline_backup_without_recover_refuses_a_pending_data_loss(tmp_path: Path) -> None:
+    # Its databases are clean already (the loss was accepted, the logs not yet set aside):
+    # the backup went ahead, finishing nothing and saying nothing of the loss, and took
+    # the log signature of the stream the loss ended for its set's.
+    live = tmp_path / "live"
+    pending_data_loss(live)
+    dest = tmp_path / "set"
+    code, document = invoke_json("backup", live, "--to", dest)
+    assert code == 3, document
+    error = document["error"]
+    assert error["name"] == "DatabaseDirtyShutdown" and error["code"] == -550
+    assert "data-loss.pending.json" in error["message"]
+    assert "--recover" in error["hint"] and "jetstore recover" in error["hint"]
+    assert not dest.exists()
+    assert list(live.glob("lost-logs-*/data-loss.pending.json"))
+    code, document = invoke_json("backup", live, "--to", dest, "--recover")
+    assert code == 0, document
+    assert document["result"]["data_loss"]["databases"] == ["main"]
+
+
 def test_backup_of_an_open_instance_without_a_control_socket(clean: Path, tmp_path: Path) -> None:
     """An open instance is backed up online through its control socket (tests/control); one
     that serves none is refused with exit 3, naming the holder and the ways out."""

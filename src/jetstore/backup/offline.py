@@ -7,6 +7,8 @@ pid). Every database must be in clean shutdown state; `recover=True` first opens
 the instance (soft recovery leaves every database clean). That open also finishes a data
 loss an earlier recovery accepted but did not finish setting aside (design D6): the loss it
 reports goes to `on_data_loss`, so that the command that asked for the backup says it.
+Without `recover`, such a pending loss is refused (`DatabaseDirtyShutdown`) even when every
+database is clean already: the set would not say that data was lost.
 Each database is then copied as an image (`jetstore.backup.image.DatabaseImage`) at its
 clean header, verified page by page as the online path does, into the same backup set form
 (`jetstore.backup.backupset`), kind "full", `"offline": true`.
@@ -61,6 +63,7 @@ from jetstore.format.dbheader import (
 from jetstore.format.filenames import database_file_name, parse_database_file_name
 from jetstore.instance.instance import InstanceOptions
 from jetstore.instance.recovery import DataLoss
+from jetstore.instance.recoverydecisions import read_pending_data_loss
 from jetstore.io.files import File, FileSystem
 from jetstore.io.handles import use_owner
 from jetstore.io.locking import acquire_directory_lock
@@ -90,7 +93,8 @@ def backup_offline(
     `dest` must not exist or be an empty directory. Raises the directory lock's error
     (`FileAccessDenied`, naming the holder's pid) when the instance is open, and
     `DatabaseDirtyShutdown` naming the database when one is not cleanly shut down (unless
-    `recover`, which runs soft recovery first by opening and closing the instance). A
+    `recover`, which runs soft recovery first by opening and closing the instance), or
+    when a data loss an earlier recovery accepted is not finished (its pending record). A
     data loss that recovery reports (it finished a pending one) is handed to `on_data_loss`
     before the backup is taken (and is event 113 either way).
     """
@@ -114,6 +118,7 @@ def backup_offline(
             # restore's time stop at or after it reads no log). Taken before, an instance
             # that committed and closed meanwhile had a commit in the images after it.
             started = now_us()
+            _refuse_pending_data_loss(fs, directory, owner=owner)
             sources = _clean_databases(fs, directory, owner=owner)
             images = [
                 (name, header, DatabaseImage(file, header, path=file.path))
@@ -165,6 +170,29 @@ def _open_options(fs: FileSystem, directory: str) -> dict[str, Any]:
         if header is not None:
             options.update(log_file_size=header.log_file_size, page_size=header.page_size)
     return options
+
+
+def _refuse_pending_data_loss(fs: FileSystem, directory: str, *, owner: str) -> None:
+    """Refuse an instance whose accepted data loss is not finished (design D6).
+
+    Its databases may all be clean already, rewritten at the last consistent point with no
+    log stream, while the old logs wait to be set aside: copied as they are, the set said
+    nothing of the loss (only the record in the instance directory does, until an open
+    finishes it) and took the stream the loss ended for its own. Refused rather than
+    finished here: finishing is recovery's work, and `--recover` does it with the loss
+    reported.
+    """
+    pending = read_pending_data_loss(fs, directory, owner)
+    if pending is None:
+        return
+    raise DatabaseDirtyShutdown(
+        f"instance '{directory}' has a data loss that recovery accepted but did not finish "
+        f"setting aside ('{pending.path}'): an offline backup copies finished, clean "
+        "instances only",
+        hint="run `jetstore backup DIR --to DEST --recover` (its soft recovery finishes it and "
+        "reports the loss), or `jetstore recover DIR` and then the backup",
+        path=pending.path,
+    )
 
 
 def _clean_databases(
