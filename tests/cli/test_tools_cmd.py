@@ -84,6 +84,32 @@ def test_repair_report_then_apply(closed: Path, run_json: RunJson) -> None:
     assert code == 0 and document["result"]["tables"]["t"]["records"] == kept
 
 
+def test_repair_report_says_a_dirty_neighbour_would_refuse_the_run(
+    closed: Path,
+    run_json: RunJson,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    instance = jetstore.open(closed, **SMALL)
+    instance.database("other", create=True)
+    instance.simulate_crash()
+    db = closed / "main.edb"
+    pages, page_size = leaf_pages(db)
+    flip(db, pages[2] * page_size + 100)
+    code, document = run_json("repair", db)
+    assert code == 1
+    refusal = document["result"]["would_refuse"]
+    assert refusal["name"] == "DatabaseDirtyShutdown"
+    assert refusal["path"] == str(closed / "other.edb")
+    monkeypatch.setenv("COLUMNS", "2000")  # paths of any length on one line
+    capsys.readouterr()
+    assert run(["repair", str(db)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--accept-data-loss would be refused" in out
+    assert "other.edb" in out and "jetstore recover" in out
+    assert "then run again with --accept-data-loss" in out
+
+
 def test_export_import_through_the_cli(closed: Path, tmp_path: Path, run_json: RunJson) -> None:
     out = tmp_path / "t.csv"
     code, document = run_json("export", closed / "main.edb", "t", "--format", "csv", "-o", out)

@@ -356,6 +356,21 @@ def test_a_repair_run_again_after_a_failed_move_keeps_the_logs_in_one_directory(
     assert set(logs) <= set(os.listdir(tmp_path / holding[0]))
 
 
+def test_the_report_says_an_unreadable_neighbour_would_refuse_the_repair(
+    tmp_path: Path,
+) -> None:
+    instance = jetstore.open(tmp_path, page_size=4096)
+    instance.database("main", create=True)
+    instance.database("other", create=True)
+    instance.close()
+    report = repair_database(tmp_path / "main.edb", fs=failing("open", "other.edb", errno.EIO))
+    assert not report.applied and not report.data_lost
+    refusal = report.would_refuse
+    assert refusal is not None and refusal["name"] == "DiskIO"
+    assert refusal["path"] == str(tmp_path / "other.edb")
+    assert "cannot be read" in refusal["message"]
+
+
 @pytest.mark.parametrize(
     ("number", "error"), [(errno.EIO, DiskIO), (errno.EACCES, FileAccessDenied)]
 )

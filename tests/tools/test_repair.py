@@ -128,3 +128,22 @@ def test_a_dirty_neighbour_database_is_refused(closed: Path) -> None:
     instance.simulate_crash()
     with pytest.raises(DatabaseDirtyShutdown, match=r"other\.edb"):
         repair_database(closed / "main.edb", accept_data_loss=True)
+
+
+def test_the_report_says_a_dirty_neighbour_would_refuse_the_repair(closed: Path) -> None:
+    # The report promised a repair that the run with accept_data_loss then refused.
+    instance = jetstore.open(closed, **OPTIONS)
+    instance.database("other", create=True)
+    instance.simulate_crash()
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in closed.iterdir()}
+    report = repair_database(closed / "main.edb")
+    assert not report.applied
+    refusal = report.as_dict()["would_refuse"]
+    assert refusal is not None
+    assert refusal["name"] == "DatabaseDirtyShutdown" and refusal["code"] == -550
+    assert refusal["path"] == str(closed / "other.edb")
+    assert "jetstore recover" in refusal["hint"]
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in closed.iterdir()}
+    assert after == before
+    jetstore.open(closed, **OPTIONS).close()  # recovered: nothing to refuse any more
+    assert repair_database(closed / "main.edb").would_refuse is None

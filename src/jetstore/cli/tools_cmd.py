@@ -272,12 +272,20 @@ def _print_repair(result: dict[str, Any]) -> None:
                     "red",
                 )
             )
-    elif result["data_lost"]:
-        console.print(
-            Text("run again with --accept-data-loss to replace the database", "bold yellow")
-        )
     else:
-        console.print(Text("nothing would be lost", "bold green"))
+        refusal = result["would_refuse"]
+        if refusal is not None:
+            console.print(Text(f"--accept-data-loss would be refused: {refusal['message']}", "red"))
+        if not result["data_lost"]:
+            console.print(Text("nothing would be lost", "bold green"))
+        elif refusal is None:
+            console.print(
+                Text("run again with --accept-data-loss to replace the database", "bold yellow")
+            )
+        else:
+            console.print(
+                Text("then run again with --accept-data-loss to replace it", "bold yellow")
+            )
 
 
 # --------------------------------------------------------------------------- export

@@ -1,8 +1,9 @@
 """`repair_database`: salvage what a damaged database file still holds (esentutl /p).
 
 This module owns the last-resort repair. Without `accept_data_loss` it only reports what a
-repair would keep and drop (nothing is written, the instance directory is only probed); with
-it, the salvaged data replaces the database.
+repair would keep and drop (nothing is written, the instance directory is only probed), and
+whether the real run would be refused by a database beside this one (`would_refuse`, see
+**Replace**); with it, the salvaged data replaces the database.
 
 **Salvage.** Only pages the header's tree reaches are authoritative: copy-on-write leaves
 older versions of pages in free pages, and those must not win over the tree. So:
@@ -193,6 +194,9 @@ class RepairReport:
     moved_logs_to: str | None = None
     #: The loss of an interrupted data-loss recovery this repair finished (its record).
     finished_data_loss: dict[str, Any] | None = None
+    #: Report only: the error the run with `accept_data_loss` would stop at before changing
+    #: anything (a dirty or unreadable database beside this one), as `JetError.as_dict`.
+    would_refuse: dict[str, Any] | None = None
     db_signature: str | None = None
     integrity_ok: bool | None = None
     seconds: float = 0.0
@@ -229,6 +233,7 @@ class RepairReport:
             "kept_damaged": self.kept_damaged,
             "moved_logs_to": self.moved_logs_to,
             "finished_data_loss": self.finished_data_loss,
+            "would_refuse": self.would_refuse,
             "db_signature": self.db_signature,
             "integrity_ok": self.integrity_ok,
             "seconds": round(self.seconds, 3),
@@ -249,6 +254,12 @@ def repair_database(
     report = RepairReport(path=full)
     if not accept_data_loss:
         refuse_if_open(fs, directory, what="repair")
+        # Said here, not first learnt from the real run: a report promising a repair that
+        # the run then refuses sent the operator back without the reason or the way out.
+        try:
+            _refuse_dirty_neighbours(fs, directory, full)
+        except JetError as refusal:
+            report.would_refuse = refusal.as_dict()
         with _open(fs, full, report) as db:
             _salvage(db, report)
         report.seconds = time.monotonic() - started
