@@ -2065,3 +2065,112 @@ def test_fast_point_reads_keep_snapshot_isolation_and_own_writes(store: Store) -
     with pytest.raises(ObjectNotFound):
         t.get(b"a")
     txn.rollback()
+
+
+def _count_applications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every write applied to a private tree: 1 per path-copy put or delete, the number of
+    entries of a bulk merge."""
+    import jetstore.transactions.transaction as transaction_module
+
+    applied: list[int] = []
+    real_put, real_delete = transaction_module.Mutation.put, transaction_module.Mutation.delete
+    real_merge = transaction_module.merge_sorted_columns
+
+    def counting_put(self: Any, key: bytes, value: bytes) -> None:
+        applied.append(1)
+        real_put(self, key, value)
+
+    def counting_delete(self: Any, key: bytes) -> None:
+        applied.append(1)
+        real_delete(self, key)
+
+    def counting_merge(*args: Any, **kwargs: Any) -> Any:
+        applied.append(len(args[2]))
+        return real_merge(*args, **kwargs)
+
+    monkeypatch.setattr(transaction_module.Mutation, "put", counting_put)
+    monkeypatch.setattr(transaction_module.Mutation, "delete", counting_delete)
+    monkeypatch.setattr(transaction_module, "merge_sorted_columns", counting_merge)
+    return applied
+
+
+def test_unique_checks_do_not_build_the_private_tree(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unique index's check of a write takes the snapshot's entries under the index key
+    and the transaction's own (registered) index entries under it, not a range read of the
+    transaction's view: that read made it apply its gathered writes to its private tree
+    first, so a load into a table with a unique index applied each insert by path copies of
+    its own (~2 per row) instead of one bulk merge at commit."""
+    store.db.create_table(
+        "t", [("id", "int"), ("v", "text")], "id", [jetstore.IndexDef("by_v", ["v"], unique=True)]
+    )
+    with store.db.transaction() as txn:
+        for key in (-1, -2, -3, -4):
+            txn.table("t").insert({"id": key, "v": f"c{key}"})
+    applied = _count_applications(monkeypatch)
+    expected: dict[int, str | None] = {key: f"c{key}" for key in (-1, -2, -3, -4)}
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        t.insert({"id": 0, "v": "own"})
+        expected[0] = "own"
+        with pytest.raises(KeyDuplicate):  # one of its own
+            t.insert({"id": 1, "v": "own"})
+        with pytest.raises(KeyDuplicate):  # a committed one
+            t.insert({"id": 1, "v": "c-1"})
+        with pytest.raises(KeyDuplicate):
+            t.update(0, {"v": "c-2"})
+        t.delete(-1)  # its value is free again
+        del expected[-1]
+        t.insert({"id": 1, "v": "c-1"})
+        expected[1] = "c-1"
+        t.update(-3, {"v": "moved"})  # frees c-3
+        t.update(-2, {"v": "c-3"})  # frees c-2, takes c-3
+        t.update(0, {"v": "c-2"})  # frees own, takes c-2
+        t.insert({"id": 2, "v": "own"})
+        expected.update({-3: "moved", -2: "c-3", 0: "c-2", 2: "own"})
+        with pytest.raises(KeyDuplicate):
+            t.insert({"id": 3, "v": "moved"})
+        t.update(-4, {"v": "c-4"})  # its own value: no collision
+        t.insert({"id": 3, "v": None})  # NULLs never collide
+        t.insert({"id": 4, "v": None})
+        expected.update({3: None, 4: None})
+        for key in range(10, 5_010):
+            t.insert({"id": key, "v": f"v{key}"})
+            expected[key] = f"v{key}"
+        with pytest.raises(KeyDuplicate):
+            t.insert({"id": 1, "v": "v4321"})
+        assert applied == []
+        writes = len(txn.operations)
+    assert applied == [writes]  # the commit: one bulk merge of every write
+
+    def check() -> None:
+        with store.db.transaction() as txn:
+            t = txn.table("t")
+            assert {r["id"]: r["v"] for r in t.scan()} == expected
+            assert [r["id"] for r in t.scan(index="by_v")] == [
+                key
+                for key, v in sorted(
+                    expected.items(), key=lambda kv: (kv[1] is not None, kv[1] or "", kv[0])
+                )
+            ]
+
+    store.checked_twice(check)
+
+
+def test_unique_checks_see_index_entries_they_did_not_register(store: Store) -> None:
+    """Index entries a transaction wrote outside the table's writes (an index created in it,
+    the raw API) are not in its register of unique entries: their checks read its view."""
+    store.db.create_table("t", [("id", "int"), ("v", "text")], "id")
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "v": "a"})
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 2, "v": "b"})
+        txn.create_index("t", "by_v", "v", unique=True)
+        with pytest.raises(KeyDuplicate):
+            txn.table("t").insert({"id": 3, "v": "b"})
+        index_prefix = object_prefix(txn.table("t").definition.index_ids[0])
+        txn.put(index_prefix + encode_key(["c"]) + encode_key([9]), encode_key([9]))
+        with pytest.raises(KeyDuplicate):
+            txn.table("t").insert({"id": 3, "v": "c"})
+        txn.rollback()

@@ -611,18 +611,19 @@ class Database:
 
     def _check_unique(self, txn: Transaction, root: Node | None) -> None:
         operations = txn.operations
-        for own_key, prefix in txn.unique_checks.items():
-            if operations.get(own_key) is None:
-                continue  # the entry was removed again later in the transaction
-            for key, _ in iterate(self.file, root, prefix, tuple_prefix_stop(prefix)):
-                if key == own_key or (key in operations and operations[key] is None):
-                    continue
-                raise KeyDuplicate(
-                    f"a concurrent transaction committed {txn.describe_key(key)} in database "
-                    f"{self.name!r} first; this transaction wrote {txn.describe_key(own_key)}, "
-                    "the same key of that unique index",
-                    hint="the transaction was rolled back; retry it",
-                )
+        for prefix, own_keys in txn.unique_checks.items():
+            for own_key in own_keys:
+                if operations.get(own_key) is None:
+                    continue  # the entry was removed again later in the transaction
+                for key, _ in iterate(self.file, root, prefix, tuple_prefix_stop(prefix)):
+                    if key == own_key or (key in operations and operations[key] is None):
+                        continue
+                    raise KeyDuplicate(
+                        f"a concurrent transaction committed {txn.describe_key(key)} in "
+                        f"database {self.name!r} first; this transaction wrote "
+                        f"{txn.describe_key(own_key)}, the same key of that unique index",
+                        hint="the transaction was rolled back; retry it",
+                    )
 
     def _remember_writes(
         self, txn: Transaction, position: LogPosition, keys: Iterable[bytes]

@@ -41,6 +41,9 @@ Invariants:
 - Reading, comparing or removing a long value never makes a transaction that holds gathered
   writes apply them to its private tree: its chunks are then read by key (chunk 0, 1, ... up
   to the first absent one), as a record is, not by a range read of the value's prefix.
+- Nor does a unique index's check of a write (`TreeView.unique_entries`): it reads the
+  snapshot's entries under the index key and the entries the transaction put there, which
+  the table registers (`add_unique_check`) and writes with ``raw=False``.
 """
 
 from __future__ import annotations
@@ -164,13 +167,22 @@ class TreeView(ReadView, Protocol):
 
     page_size: int
 
-    def put(self, key: bytes, value: bytes) -> None: ...
+    def put(self, key: bytes, value: bytes, raw: bool = True) -> None:
+        """``raw=False``: the table's own write (its unique index entries registered)."""
+        ...
 
     def delete(self, key: bytes) -> None: ...
 
-    def add_unique_check(self, prefix: bytes, own_key: bytes) -> None: ...
+    def add_unique_check(self, prefix: bytes, own_key: bytes) -> None:
+        """Register `own_key`, an entry just put under unique index key `prefix`."""
+        ...
 
-    def put_new(self, key: bytes, value: bytes) -> bool:
+    def unique_entries(self, prefix: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
+        """`items(prefix, stop)` for one key of a unique index, which, while every entry put
+        under it is registered, leaves gathered writes gathered."""
+        ...
+
+    def put_new(self, key: bytes, value: bytes, raw: bool = True) -> bool:
         """`put` unless `key` is present (then False, and nothing changes)."""
         ...
 
@@ -728,7 +740,7 @@ class Table:
                 key = self._full_key(record[self._pk_names[0]])
                 if key is not None:
                     if len(encoded) + len(key) + LEAF_ENTRY_OVERHEAD <= self._max_entry:
-                        if self._view.put_new(key, encoded):
+                        if self._view.put_new(key, encoded, False):
                             return
                     elif not self._view.contains(key):
                         # Too large to keep inline: a new record with long values, stored
@@ -988,7 +1000,7 @@ class Table:
             unique = self._unique_prefix(index, record)
             if unique is None or old_entries.get(index.name) == entries[index.name]:
                 continue
-            for other_key, other_pk in view.items(unique, tuple_prefix_stop(unique)):
+            for other_key, other_pk in view.unique_entries(unique, tuple_prefix_stop(unique)):
                 if other_pk not in own_pks:
                     raise KeyDuplicate(
                         f"unique index {index.name!r} of table {self.name!r} already has "
@@ -1012,14 +1024,14 @@ class Table:
             entry = entries[index.name]
             if old_entries.get(index.name) == entry:
                 continue
-            view.put(entry, pk)
+            view.put(entry, pk, False)
             unique = self._unique_prefix(index, record)
             if unique is not None:
                 view.add_unique_check(unique, entry)
         for position, data in long_values:
             if position not in kept:
                 self._write_long_value(pk, position, data)
-        view.put(key, encoded)
+        view.put(key, encoded, False)
 
     def _store_new(self, key: bytes, record: dict[str, object], encoded: bytes | None) -> None:
         """Write a new record (no old one, no secondary indexes) under the entry key `key`;
@@ -1029,7 +1041,7 @@ class Table:
             pk = key[len(self._prefix) :]
             for position, data in long_values:
                 self._write_long_value(pk, position, data)
-        self._view.put(key, encoded)
+        self._view.put(key, encoded, False)
 
     def _encode_stored(
         self,
@@ -1092,7 +1104,7 @@ class Table:
     def _write_long_value(self, pk: bytes, column: int, data: bytes) -> None:
         put = self._view.put
         for key, chunk in self._long_value_chunks(pk, column, data):
-            put(key, chunk)
+            put(key, chunk, False)
 
     def _long_value_chunks(
         self, pk: bytes, column: int, data: bytes

@@ -30,7 +30,10 @@ Invariants:
   B+tree operations the commit record will carry. Point reads look there first, then in the
   snapshot; the private tree is brought up to date (in key order, in bulk when the writes are
   many) only when a range read or the commit needs it. Until then the pending writes are
-  `operations` itself.
+  `operations` itself. A unique index's check (`unique_entries`) is not such a range read
+  while every entry put under a unique index is registered in `unique_checks` (by its index
+  key); a write of the raw API (``raw=True``) or an index built here may not be, and the
+  check then reads the private tree.
 - The memory bound (`max_transaction_bytes`) counts what the transaction holds: key + value
   + 16 bytes for the latest write of each key in `operations`, not every write made.
 - The private tree is built on the snapshot's nodes as they were: once a checkpoint assigned
@@ -162,6 +165,7 @@ class Transaction:
         "_pending",
         "_tables",
         "_threshold",
+        "_unregistered",
         "_views",
         "catalog_written",
         "commit_position",
@@ -206,10 +210,16 @@ class Transaction:
         # all of `operations`: see `operations_in_key_order`.
         self._key_order: list[bytes] | None = None
         self._max_entry = _max_entry_size(database.page_size)
-        # Unique index entries written (entry key -> the index key's prefix), checked again
-        # at commit against what others committed since the snapshot: once an entry, however
-        # often it was written (a value toggled back and forth).
-        self.unique_checks: dict[bytes, bytes] = {}
+        # Unique index entries the table layer wrote (the index key's prefix -> the entry
+        # keys written under it), checked again at commit against what others committed since
+        # the snapshot: once an entry, however often it was written (a value toggled back and
+        # forth). Keyed by prefix so that a write's own check finds them without a range read
+        # of the private tree (`unique_entries`).
+        self.unique_checks: dict[bytes, tuple[bytes, ...]] = {}
+        # Set once an entry may have been put outside the table layer's writes (the raw API,
+        # an index built by `create_index`): one under a unique index would be missing from
+        # `unique_checks`, so `unique_entries` then reads the private tree.
+        self._unregistered = False
         # The catalog entry of every table this transaction opened, and its definition as
         # read: a commit that wrote under the table's object ids conflicts with a concurrent
         # drop or re-creation of it (a read alone does not: see `Database._check_conflicts`).
@@ -504,9 +514,13 @@ class Transaction:
                 "larger max_transaction_bytes",
             )
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, raw: bool = True) -> None:
+        """Write `value` under `key`. ``raw=False``: a write of the table layer, which
+        registers its unique index entries (`add_unique_check`), or of a catalog entry."""
         if self.state is not _ACTIVE:
             self._check_active()
+        if raw:
+            self._unregistered = True
         if (
             type(key) is not bytes
             or type(value) is not bytes
@@ -525,10 +539,12 @@ class Transaction:
         if self._bytes > self._threshold:
             self._charge(0)
 
-    def put_new(self, key: bytes, value: bytes) -> bool:
+    def put_new(self, key: bytes, value: bytes, raw: bool = True) -> bool:
         """`put` unless `key` is present (then False, and nothing changes)."""
         if self.state is not _ACTIVE:
             self._check_active()
+        if raw:
+            self._unregistered = True
         size = len(key) + len(value)
         if (
             type(key) is not bytes
@@ -573,7 +589,35 @@ class Transaction:
         self._charge(len(key) + _OP_OVERHEAD)
 
     def add_unique_check(self, prefix: bytes, own_key: bytes) -> None:
-        self.unique_checks[own_key] = prefix
+        checks = self.unique_checks
+        own = checks.get(prefix)
+        if own is None:
+            checks[prefix] = (own_key,)
+        elif own_key not in own:
+            checks[prefix] = (*own, own_key)
+
+    def unique_entries(self, prefix: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
+        """`items(prefix, stop)` for the entries of one key of a unique index (`prefix`: the
+        index key, `stop`: its `tuple_prefix_stop`), without applying gathered writes to the
+        private tree: the snapshot's entries there, less those this transaction deleted or
+        with the value it wrote, plus the entries it put there, all of which the table layer
+        registered (`unique_checks`) unless something was put outside it. A range read of
+        the view would apply every gathered write by path copies of its own, one insert at a
+        time, where the commit would have merged them in bulk."""
+        if self._unregistered or not self.gathering:
+            return self.items(prefix, stop)
+        self._check_active()
+        operations = self.operations
+        found: dict[bytes, bytes] = {}
+        for key, value in iterate(self._file, self.snapshot_root, prefix, stop):
+            own = operations.get(key, value)
+            if own is not None:
+                found[key] = own
+        for key in self.unique_checks.get(prefix, ()):
+            own = operations[key]
+            if own is not None:
+                found[key] = own
+        return sorted(found.items())
 
     # ----------------------------------------------------------------- tables
 
@@ -689,9 +733,9 @@ class Transaction:
             lv_id=lv_id,
             index_ids=index_ids,
         )
-        self.put(NEXT_OBJECT_ID_KEY, encode_next_object_id(next_id + 2 + len(index_list)))
+        self.put(NEXT_OBJECT_ID_KEY, encode_next_object_id(next_id + 2 + len(index_list)), False)
         for key, value in table_def_entries(name, encode_table_def(table_def), self.page_size):
-            self.put(key, value)
+            self.put(key, value, False)
         return table_def
 
     def drop_table(self, name: str) -> None:
@@ -784,7 +828,7 @@ class Transaction:
         except VersionStoreOutOfMemory as exc:
             exc.hint += self._own_changes_hint("create the index")
             raise
-        self.put(*next_entry)
+        self.put(*next_entry, False)
         self._write_definition(old, definition)
         self._put_checked(entries)
         self._redefine(t, old, new)
@@ -906,11 +950,12 @@ class Transaction:
             if key not in keep:
                 self.delete(key)
         for key, value in entries:
-            self.put(key, value)
+            self.put(key, value, False)
 
     def _put_checked(self, entries: list[tuple[bytes, bytes]]) -> None:
         """Write entries the table layer already checked against the entry limit, in one
         step (charged together: over the bound, the transaction rolls back as for `put`)."""
+        self._unregistered = True  # an index's entries too (`create_index`), unregistered
         operations = self.operations
         size = 0
         for key, value in entries:
