@@ -2174,3 +2174,40 @@ def test_unique_checks_see_index_entries_they_did_not_register(store: Store) -> 
         with pytest.raises(KeyDuplicate):
             txn.table("t").insert({"id": 3, "v": "c"})
         txn.rollback()
+
+
+def test_a_unique_index_key_is_encoded_once_per_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unique index's key prefix (what its check reads under and registers) is the index
+    entry without its primary key: it is cut from the entry, not encoded again, once to check
+    and once more to register, so a write encodes as many keys as with a non-unique index."""
+    import jetstore.tables.table as table_module
+
+    for name, unique in (("u", True), ("n", False)):
+        store.db.create_table(
+            name,
+            [("id", "int"), ("v", "text")],
+            "id",
+            [jetstore.IndexDef(f"{name}_v", ["v"], unique=unique)],
+        )
+    encoded: Counter[str] = Counter()
+    real_encode_key = table_module.encode_key
+    table = ""
+
+    def counting_encode_key(values: Any) -> bytes:
+        encoded[table] += 1
+        return real_encode_key(values)
+
+    monkeypatch.setattr(table_module, "encode_key", counting_encode_key)
+    with store.db.transaction() as txn:
+        for table in ("u", "n"):
+            t = txn.table(table)
+            for key in range(20):
+                t.insert({"id": key, "v": f"v{key}"})
+            t.update(3, {"v": "w3"})
+            t.insert({"id": 99, "v": "v3"})  # freed by the update
+        assert encoded["u"] == encoded["n"] > 0
+        with pytest.raises(KeyDuplicate):
+            txn.table("u").insert({"id": 100, "v": "v4"})
+    assert store.read("u") == store.read("n")

@@ -483,11 +483,19 @@ class Table:
             ),
         )
 
-    def _unique_prefix(self, index: IndexDef, record: Mapping[str, object]) -> bytes | None:
-        values = [cast(KeyInput, record[name]) for name in index.columns]
-        if not index.unique or any(v is None for v in values):
-            return None  # NULLs never collide, as in SQL
-        return self._index_prefixes[index.name] + encode_key(values)
+    @staticmethod
+    def _unique_prefix(
+        index: IndexDef, record: Mapping[str, object], entry: bytes, pk: bytes
+    ) -> bytes | None:
+        """The key of unique index `index` in its entry `entry` for `record` (stored under
+        `pk`): the entry without its primary key, not encoded again; None if the index is
+        not unique or the key holds a NULL."""
+        if not index.unique:
+            return None
+        for name in index.columns:
+            if record[name] is None:
+                return None  # NULLs never collide, as in SQL
+        return entry[: len(entry) - len(pk)]
 
     def _encode_bound(self, prefix: bytes, columns: Sequence[Column], bound: object) -> bytes:
         """A scan bound: a value or a tuple prefix of `columns`, checked like column values."""
@@ -996,10 +1004,13 @@ class Table:
         # Phase 1: index entries (KeyTooBig), unique indexes (KeyDuplicate), the record's
         # stored form (RecordTooBig).
         entries = {index.name: self._index_entry(index, record, pk) for index in indexes}
+        uniques: list[tuple[bytes, bytes]] = []  # (index key, entry) to register once written
         for index in indexes:
-            unique = self._unique_prefix(index, record)
-            if unique is None or old_entries.get(index.name) == entries[index.name]:
+            entry = entries[index.name]
+            unique = self._unique_prefix(index, record, entry, pk)
+            if unique is None or old_entries.get(index.name) == entry:
                 continue
+            uniques.append((unique, entry))
             for other_key, other_pk in view.unique_entries(unique, tuple_prefix_stop(unique)):
                 if other_pk not in own_pks:
                     raise KeyDuplicate(
@@ -1025,9 +1036,8 @@ class Table:
             if old_entries.get(index.name) == entry:
                 continue
             view.put(entry, pk, False)
-            unique = self._unique_prefix(index, record)
-            if unique is not None:
-                view.add_unique_check(unique, entry)
+        for unique, entry in uniques:
+            view.add_unique_check(unique, entry)
         for position, data in long_values:
             if position not in kept:
                 self._write_long_value(pk, position, data)
