@@ -44,8 +44,7 @@ from jetstore.cli.output import (
     OutputClosed,
     OutputFailed,
     discard_closed_output,
-    emit_json,
-    envelope,
+    emit_codeless_error,
     report_error,
     report_interrupt,
     report_usage,
@@ -192,19 +191,7 @@ def _internal_error(exc: Exception, *, command: str, as_json: bool) -> int:
     debug = os.environ.get("JETSTORE_DEBUG") == "1"
     message = f"internal error: {type(exc).__name__}: {exc}"
     if as_json:
-        emit_json(
-            envelope(
-                command,
-                ok=False,
-                error={
-                    "code": None,
-                    "name": type(exc).__name__,
-                    "category": "internal",
-                    "message": message,
-                    "exit_code": int(ExitCode.INTERNAL),
-                },
-            )
-        )
+        emit_codeless_error(command, type(exc).__name__, "internal", message, ExitCode.INTERNAL)
     console = stderr_console()
     if debug:
         console.print(Text("".join(traceback.format_exception(exc))))

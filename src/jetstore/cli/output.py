@@ -268,22 +268,30 @@ def report_error(
     return code
 
 
+def emit_codeless_error(
+    command: str, name: str, category: str, message: str, exit_code: ExitCode
+) -> None:
+    """The `--json` envelope of a failure that is no engine error (no ESE code): a usage
+    problem, an interrupt, an internal error."""
+    emit_json(
+        envelope(
+            command,
+            ok=False,
+            error={
+                "code": None,
+                "name": name,
+                "category": category,
+                "message": message,
+                "exit_code": int(exit_code),
+            },
+        )
+    )
+
+
 def report_usage(message: str, *, command: str, as_json: bool) -> ExitCode:
     """A usage problem found by the CLI itself (not by the engine)."""
     if as_json:
-        emit_json(
-            envelope(
-                command,
-                ok=False,
-                error={
-                    "code": None,
-                    "name": "UsageError",
-                    "category": "usage",
-                    "message": message,
-                    "exit_code": int(ExitCode.USAGE),
-                },
-            )
-        )
+        emit_codeless_error(command, "UsageError", "usage", message, ExitCode.USAGE)
     else:
         stderr_console().print(Text.assemble(("error: ", "bold red"), message))
     return ExitCode.USAGE
@@ -293,18 +301,12 @@ def report_interrupt(*, command: str, as_json: bool) -> ExitCode:
     """Ctrl-C ended the command: "aborted" on stderr, and with `--json` the one JSON object
     stdout promises (an error of category "interrupted"), so a script reading it finds one."""
     if as_json:
-        emit_json(
-            envelope(
-                command,
-                ok=False,
-                error={
-                    "code": None,
-                    "name": "KeyboardInterrupt",
-                    "category": "interrupted",
-                    "message": "interrupted (Ctrl-C) before the command finished",
-                    "exit_code": int(ExitCode.INTERRUPTED),
-                },
-            )
+        emit_codeless_error(
+            command,
+            "KeyboardInterrupt",
+            "interrupted",
+            "interrupted (Ctrl-C) before the command finished",
+            ExitCode.INTERRUPTED,
         )
     stderr_console().print("aborted")
     return ExitCode.INTERRUPTED
