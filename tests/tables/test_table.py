@@ -989,23 +989,11 @@ def test_huge_long_values_round_trip_and_free_their_chunks(store: Store) -> None
     assert layout(store.db, "t") == {"records": 1, "lv": 0}
 
 
-def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A long value the update does not change stays as it is stored: its reference is kept,
-    its chunks are not read (unless the updated record is asked for), nor encoded into the
-    record, nor rewritten. An update of a 64 MiB row's counter used to read and encode it."""
-    store.db.create_table(
-        "t",
-        [("id", "int"), ("n", "int"), ("s", "text"), ("b", "bytes")],
-        "id",
-        indexes=[("by_n", "n")],
-    )
-    text, data = "\u00e9" * 40_000, bytes(range(256)) * 2_000
-    with store.db.transaction() as txn:
-        txn.table("t").insert({"id": 1, "n": 0, "s": text, "b": data})
-        lv = object_prefix(txn.table("t").definition.lv_id)
-        text_chunks = sum(key[-6:-4] == b"\x00\x02" for key, _ in txn.iterate(lv, None))
+def _watch_long_value_reads_and_record_sizes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[int], list[int]]:
+    """From now on, the columns whose long value is read (`Table._read_long_bytes`) and the
+    size of every record encoded (`RecordCodec.encode` / `encode_inline`, 0 for none)."""
     reads: list[int] = []
     encoded: list[int] = []
     real_read, real_encode = Table._read_long_bytes, RecordCodec.encode
@@ -1028,6 +1016,27 @@ def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
     monkeypatch.setattr(Table, "_read_long_bytes", counting_read)
     monkeypatch.setattr(RecordCodec, "encode", measuring_encode)
     monkeypatch.setattr(RecordCodec, "encode_inline", measuring_encode_inline)
+    return reads, encoded
+
+
+def test_an_update_of_other_columns_neither_reads_nor_encodes_a_long_value(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long value the update does not change stays as it is stored: its reference is kept,
+    its chunks are not read (unless the updated record is asked for), nor encoded into the
+    record, nor rewritten. An update of a 64 MiB row's counter used to read and encode it."""
+    store.db.create_table(
+        "t",
+        [("id", "int"), ("n", "int"), ("s", "text"), ("b", "bytes")],
+        "id",
+        indexes=[("by_n", "n")],
+    )
+    text, data = "\u00e9" * 40_000, bytes(range(256)) * 2_000
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "n": 0, "s": text, "b": data})
+        lv = object_prefix(txn.table("t").definition.lv_id)
+        text_chunks = sum(key[-6:-4] == b"\x00\x02" for key, _ in txn.iterate(lv, None))
+    reads, encoded = _watch_long_value_reads_and_record_sizes(monkeypatch)
     with store.db.transaction() as txn:
         t = txn.table("t")
         assert t.update(1, {"n": 1}, returning=False) is None
@@ -1075,28 +1084,7 @@ def test_replacing_a_long_value_neither_reads_it_nor_encodes_the_new_one_inline(
     with store.db.transaction() as txn:
         for key in (1, 2, 3):
             txn.table("t").insert({"id": key, "n": key, "b": data})
-    reads: list[int] = []
-    encoded: list[int] = []
-    real_read, real_encode = Table._read_long_bytes, RecordCodec.encode
-    real_encode_inline = RecordCodec.encode_inline
-
-    def counting_read(self: Table, view: Any, pk: bytes, column: int, ref: Any) -> bytes:
-        reads.append(column)
-        return real_read(self, view, pk, column, ref)
-
-    def measuring_encode(self: RecordCodec, record: Any) -> bytes:
-        out = real_encode(self, record)
-        encoded.append(len(out))
-        return out
-
-    def measuring_encode_inline(self: RecordCodec, record: Any) -> bytes | None:
-        out = real_encode_inline(self, record)
-        encoded.append(0 if out is None else len(out))
-        return out
-
-    monkeypatch.setattr(Table, "_read_long_bytes", counting_read)
-    monkeypatch.setattr(RecordCodec, "encode", measuring_encode)
-    monkeypatch.setattr(RecordCodec, "encode_inline", measuring_encode_inline)
+    reads, encoded = _watch_long_value_reads_and_record_sizes(monkeypatch)
     with store.db.transaction() as txn:
         t = txn.table("t")
         t.update(1, {"b": data + b"!"}, returning=False)
