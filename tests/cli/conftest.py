@@ -102,6 +102,23 @@ def closed_instance_with_generations(directory: Path, log_file_size: int, genera
                 txn.table("t").insert({"id": n, "v": "x" * 20_000})
 
 
+def write_pending_data_loss(directory: Path) -> Path:
+    """Leave in `directory` the record of a data-loss recovery cut short before it set every
+    log aside (`lost-logs-*/data-loss.pending.json`, design D6): the next open finishes it.
+    Returns that lost-logs directory."""
+    aside = directory / "lost-logs-20260101T000000Z"
+    aside.mkdir()
+    record = {
+        "time_us": 1,
+        "reasons": ["generation 3 (edb00000003.log) is missing"],
+        "stopped_at": [2, 4096],
+        "databases": ["main"],
+        "without_file": [],
+    }
+    (aside / "data-loss.pending.json").write_text(json.dumps(record))
+    return aside
+
+
 def damage_second_frame(path: Path, generation: int) -> int:
     """Flip a bit inside the second frame of a closed generation; returns its offset."""
     data = path.read_bytes()

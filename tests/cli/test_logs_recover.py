@@ -32,6 +32,7 @@ from .conftest import (
     run_entry_point,
     snapshot,
     table_rows,
+    write_pending_data_loss,
 )
 
 # --------------------------------------------------------------------------- logs verify
@@ -114,16 +115,7 @@ def test_a_command_whose_open_finishes_a_data_loss_repair_says_so(
     """A data-loss recovery cut short before it set every log aside is finished by the
     next open, plain or not (design D6). An admin command opening the instance for its own
     purpose used to finish it in silence (only the event log said it); it now says so."""
-    aside = closed / "lost-logs-20260101T000000Z"
-    aside.mkdir()
-    record = {
-        "time_us": 1,
-        "reasons": ["generation 3 (edb00000003.log) is missing"],
-        "stopped_at": [2, 4096],
-        "databases": ["main"],
-        "without_file": [],
-    }
-    (aside / "data-loss.pending.json").write_text(json.dumps(record))
+    aside = write_pending_data_loss(closed)
     capsys.readouterr()
     assert run([*command, str(closed), "--json"]) == 0
     captured = capsys.readouterr()

@@ -12,6 +12,8 @@ import pytest
 import jetstore
 from jetstore.cli.main import main
 
+from .conftest import write_pending_data_loss
+
 SMALL = {"log_file_size": 64 * 1024}
 
 
@@ -75,16 +77,7 @@ def test_a_pending_data_loss_repair_is_a_warning(
     """A data-loss recovery cut short before it set every log aside (its record pending):
     the next open finishes it and reports a loss, so status must not say "no warnings"."""
     make(tmp_path, crash=False)
-    aside = tmp_path / "lost-logs-20260101T000000Z"
-    aside.mkdir()
-    record = {
-        "time_us": 1,
-        "reasons": ["generation 3 (edb00000003.log) is missing"],
-        "stopped_at": [2, 4096],
-        "databases": ["main"],
-        "without_file": [],
-    }
-    (aside / "data-loss.pending.json").write_text(json.dumps(record))
+    write_pending_data_loss(tmp_path)
     before = hashes(tmp_path)
     assert run(["status", str(tmp_path), "--json"]) == 1
     result = json.loads(capsys.readouterr().out)["result"]
