@@ -513,12 +513,20 @@ class CrashSimulator:
             self._link(model, op)
         # "open" and "read" change nothing.
 
-    def _link(self, model: _Model, op: RecordedOp) -> None:
+    def _split_pair(self, op: RecordedOp) -> tuple[tuple[str, str], tuple[str, str]] | None:
+        """(directory, name) of a rename's or link's source and of its target, or None when
+        either lies outside the recorded tree (each such path noted as an anomaly)."""
         source = self._split(op, op.path)
         target = self._split(op, op.target)
         if source is None or target is None:
+            return None
+        return source, target
+
+    def _link(self, model: _Model, op: RecordedOp) -> None:
+        pair = self._split_pair(op)
+        if pair is None:
             return
-        (src_dir, src_name), (dst_dir, dst_name) = source, target
+        (src_dir, src_name), (dst_dir, dst_name) = pair
         ident = model.current.get(src_dir, {}).get(src_name)
         entries = model.current.get(dst_dir)
         if ident is None or entries is None or dst_name in entries:
@@ -528,11 +536,10 @@ class CrashSimulator:
         model.change(EntryChange(op.index, dst_dir, "create", dst_name, ident))
 
     def _rename(self, model: _Model, op: RecordedOp) -> None:
-        source = self._split(op, op.path)
-        target = self._split(op, op.target)
-        if source is None or target is None:
+        pair = self._split_pair(op)
+        if pair is None:
             return
-        (src_dir, src_name), (dst_dir, dst_name) = source, target
+        (src_dir, src_name), (dst_dir, dst_name) = pair
         ident = model.current.get(src_dir, {}).get(src_name)
         if ident is None or dst_dir not in model.current:
             return  # the rename failed
