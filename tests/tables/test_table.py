@@ -1150,32 +1150,13 @@ def test_long_values_are_read_without_building_the_private_tree(
     read does: a range read made the transaction apply its gathered writes to its private
     tree first, so a load that read such a record after every insert applied each insert by
     a path copy of its own instead of one bulk merge at commit."""
-    import jetstore.transactions.transaction as transaction_module
 
     store.db.create_table("t", [("id", "int"), ("n", "int"), ("b", "bytes")], "id")
     old = bytes(range(256)) * 40
     with store.db.transaction() as txn:
         for key in (-1, -2, -3):
             txn.table("t").insert({"id": key, "n": key, "b": old})
-    applied: list[int] = []
-    real_put, real_delete = transaction_module.Mutation.put, transaction_module.Mutation.delete
-    real_merge = transaction_module.merge_sorted_columns
-
-    def counting_put(self: Any, key: bytes, value: bytes) -> None:
-        applied.append(1)
-        real_put(self, key, value)
-
-    def counting_delete(self: Any, key: bytes) -> None:
-        applied.append(1)
-        real_delete(self, key)
-
-    def counting_merge(*args: Any, **kwargs: Any) -> Any:
-        applied.append(len(args[2]))
-        return real_merge(*args, **kwargs)
-
-    monkeypatch.setattr(transaction_module.Mutation, "put", counting_put)
-    monkeypatch.setattr(transaction_module.Mutation, "delete", counting_delete)
-    monkeypatch.setattr(transaction_module, "merge_sorted_columns", counting_merge)
+    applied = _count_applications(monkeypatch)
     new = b"\x07" * 20_000
     payload = CHUNK_ENTRY - LEAF_ENTRY_OVERHEAD - (len(encode_key([0])) + 10)
 
