@@ -1,7 +1,8 @@
-"""`jetstore events DIR`: the instance's event log (`events.jsonl`), filtered, as a table.
+"""`jetstore events DIR`: the instance's event log (`events.jsonl`, after its previous file
+`events.1.jsonl` when it has rotated), filtered, as a table.
 
 This module owns the command only; the events are written by `jetstore.instance.events` and
-read with its `read_events` (damaged lines are skipped). Filters: `--since` (an ISO 8601
+read with its `read_event_log` (damaged lines are skipped). Filters: `--since` (an ISO 8601
 time; without a zone it is UTC) and `--level` (the lowest level shown: `warning` shows
 warnings and errors). Read-only; works whether or not the instance is open.
 """
@@ -18,8 +19,7 @@ from rich.text import Text
 
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
 from jetstore.errors import FileNotFound, InvalidPath
-from jetstore.format.filenames import EVENT_LOG
-from jetstore.instance.events import read_events
+from jetstore.instance.events import event_log_paths, read_event_log
 from jetstore.io.files import FileSystem
 
 __all__ = ["events_command", "parse_since"]
@@ -80,9 +80,10 @@ def events_command(directory: str, since_us: int | None, level: str | None, as_j
         raise FileNotFound(f"instance directory '{path}' does not exist", path=path)
     if not fs.is_directory(path):
         raise InvalidPath(f"'{path}' is not a directory", path=path)
-    log_path = os.path.join(path, EVENT_LOG)
-    exists = fs.exists(log_path)
-    events = read_events(fs, log_path)
+    previous_path, log_path = event_log_paths(path)
+    files = [p for p in (previous_path, log_path) if fs.exists(p)]
+    exists = bool(files)
+    events = read_event_log(fs, path)
     shown = []
     for event in events:
         if since_us is not None:
@@ -95,6 +96,7 @@ def events_command(directory: str, since_us: int | None, level: str | None, as_j
     result: dict[str, Any] = {
         "path": log_path,
         "exists": exists,
+        "files": files,
         "total": len(events),
         "shown": len(shown),
         "filters": {"since_us": since_us, "level": level},
@@ -114,7 +116,7 @@ def _print_events(result: dict[str, Any]) -> None:
     # names (32 characters, "recovery_checkpoint_file_ignored") a message column was left 4
     # wide at 80 columns and rich cut the level to "warn…". time, id, level and the longest
     # name take 75 columns; the message wraps within the name's width, whole words first.
-    console.print(Text(f"Events in {result['path']}"))
+    console.print(Text("Events in " + ", then ".join(result["files"])))
     table = Table()
     table.add_column("time", no_wrap=True)
     table.add_column("id", justify="right", no_wrap=True)

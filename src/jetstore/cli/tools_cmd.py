@@ -50,6 +50,7 @@ from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
     EVENT_LOG,
+    EVENT_LOG_PREVIOUS,
     LOCK_FILE,
     TEMP_LOG,
     parse_database_file_name,
@@ -393,7 +394,14 @@ def _named_file_error(error: JetError, *, path: str, what: str) -> JetError:
 
 #: Names of files an instance directory's engine owns (besides NAME.edb, edbXXXXXXXX.log and
 #: edbresNNNNN.jrs).
-_INSTANCE_FILES = (CURRENT_LOG, TEMP_LOG, CHECKPOINT_FILE, LOCK_FILE, EVENT_LOG)
+_INSTANCE_FILES = (
+    CURRENT_LOG,
+    TEMP_LOG,
+    CHECKPOINT_FILE,
+    LOCK_FILE,
+    EVENT_LOG,
+    EVENT_LOG_PREVIOUS,
+)
 
 
 def _is_instance_file(output: str, database: str) -> bool:

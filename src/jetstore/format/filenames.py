@@ -18,6 +18,8 @@ TEMP_LOG = f"{BASE_NAME}tmp.log"
 CHECKPOINT_FILE = f"{BASE_NAME}.chk"
 LOCK_FILE = "jetstore.lock"
 EVENT_LOG = "events.jsonl"
+#: The event log's previous file: `events.jsonl` is renamed to it when it reaches its size.
+EVENT_LOG_PREVIOUS = "events.1.jsonl"
 CONTROL_SOCKET = "jetstore.sock"  # the open instance's control socket (jetstore.control)
 DATABASE_SUFFIX = ".edb"
 #: Where recovery with data loss (and repair) set an instance's logs aside: `lost-logs-<time>/`.

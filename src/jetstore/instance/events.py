@@ -10,6 +10,15 @@ Event ids are stable (table `EVENTS` below, `docs/events.md`); a monitoring scri
 them. The most recent events are also kept in memory for `counters` and the control socket.
 Writing an event never raises: the event log is diagnostics, and a full disk must not turn a
 warning into a failure.
+
+The log is bounded: once `events.jsonl` holds `max_bytes` (the instance option
+`event_log_size`), it is renamed `events.1.jsonl` (replacing the one before) and a new
+`events.jsonl` begins, so an instance that runs for years keeps at most about twice that on
+disk, the newest events always included. `read_event_log` reads both files, oldest first.
+Lines are written whole with one `pwrite` each but never synced: a power loss can leave the
+file ending in a partial line or in NUL bytes, so an open that finds the file not ending in a
+newline starts its first line on a new one (that event is not glued to the damaged tail,
+which readers skip).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any, Final
 
 from jetstore.errors import JetError
 from jetstore.format.common import format_time_us, now_us
-from jetstore.format.filenames import EVENT_LOG
+from jetstore.format.filenames import EVENT_LOG, EVENT_LOG_PREVIOUS
 from jetstore.io.files import File, FileSystem
 
 _logger = logging.getLogger("jetstore.events")
@@ -68,23 +77,68 @@ EVENTS: Final[dict[int, tuple[str, str]]] = {
 _BY_NAME: Final = {name: (event_id, level) for event_id, (name, level) in EVENTS.items()}
 
 
+#: Default size at which `events.jsonl` is renamed `events.1.jsonl` (instance option
+#: `event_log_size`): about 18,000 events of ~450 bytes.
+DEFAULT_EVENT_LOG_SIZE: Final = 8 * 1024 * 1024
+
+
 class EventLog:
-    def __init__(self, fs: FileSystem, directory: str, *, owner: str, keep: int = 200) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        *,
+        owner: str,
+        keep: int = 200,
+        max_bytes: int = DEFAULT_EVENT_LOG_SIZE,
+    ) -> None:
         self._fs = fs
         self._path = os.path.join(directory, EVENT_LOG)
+        self._previous_path = os.path.join(directory, EVENT_LOG_PREVIOUS)
         self._directory = directory
         self._owner = owner
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self._file: File | None = None
         self._offset = 0
+        self._start_line = False  # the file ends inside a line: begin the next one anew
+        # Plain `open`: opened once, while the instance opens, under the instance's owner;
+        # an interrupt here fails that open, whose cleanup closes the owner at once.
+        self._open_file()
+
+    def _open_file(self) -> None:
+        """Open (or create) `events.jsonl` for appending. Called with `_lock` held or before
+        the log is shared."""
         try:
-            # Plain `open`: opened once, while the instance opens, under the instance's owner;
-            # an interrupt here fails that open, whose cleanup closes the owner at once.
-            self._file = fs.open(self._path, owner=owner, create=True)
-            self._offset = self._file.size()
+            file = self._fs.open(self._path, owner=self._owner, create=True)
         except JetError as exc:
             _logger.warning("cannot open the event log %s: %s", self._path, exc)
+            return
+        try:
+            offset = file.size()
+            start_line = offset > 0 and file.pread(1, offset - 1) != b"\n"
+        except JetError as exc:
+            # Where the file ends is unknown: writing at a guess could overwrite events.
+            _logger.warning("cannot read the end of the event log %s: %s", self._path, exc)
+            file.close()
+            return
+        self._file, self._offset, self._start_line = file, offset, start_line
+
+    def _rotate(self) -> None:
+        """`events.jsonl` is full: it becomes `events.1.jsonl` and a new one begins. Called
+        with `_lock` held. A failure leaves events in memory only (and says so in `logging`),
+        never raises."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+        try:
+            self._fs.rename(self._path, self._previous_path)
+        except JetError as exc:
+            # Not renamed: appending on would grow the file without bound; try again at the
+            # next event instead (a rename that fails once, say an EBUSY, may work later).
+            _logger.warning("cannot rotate the event log %s: %s", self._path, exc)
+        self._open_file()
 
     @property
     def path(self) -> str:
@@ -112,10 +166,19 @@ class EventLog:
         line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
             self._recent.append(event)
+            if (
+                self._file is not None
+                and self._offset
+                and self._offset + len(line) > (self._max_bytes)
+            ):
+                self._rotate()
             if self._file is not None:
+                if self._start_line:
+                    line = b"\n" + line
                 try:
                     self._file.pwrite(line, self._offset)
                     self._offset += len(line)
+                    self._start_line = False
                 except JetError as exc:
                     _logger.warning("cannot write the event log %s: %s", self._path, exc)
         getattr(_logger, "error" if level == "error" else level)(
@@ -145,6 +208,20 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return str(value)
+
+
+def event_log_paths(directory: str) -> tuple[str, str]:
+    """The event log's previous file and its current one, in the order they were written."""
+    return os.path.join(directory, EVENT_LOG_PREVIOUS), os.path.join(directory, EVENT_LOG)
+
+
+def read_event_log(fs: FileSystem, directory: str) -> list[dict[str, Any]]:
+    """Every parseable event of the instance in `directory`, oldest first: the previous file
+    (`events.1.jsonl`), then the current one."""
+    events: list[dict[str, Any]] = []
+    for path in event_log_paths(directory):
+        events.extend(read_events(fs, path))
+    return events
 
 
 def read_events(fs: FileSystem, path: str) -> list[dict[str, Any]]:

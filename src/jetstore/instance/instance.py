@@ -95,7 +95,7 @@ from jetstore.format.logrecords import (
 from jetstore.format.positions import LogPosition
 from jetstore.instance import unclosed
 from jetstore.instance.database import Database
-from jetstore.instance.events import EventLog
+from jetstore.instance.events import DEFAULT_EVENT_LOG_SIZE, EventLog
 from jetstore.instance.recovery import (
     RecoveryOutcome,
     RestoreRequest,
@@ -144,6 +144,9 @@ class InstanceOptions:
     #: Answer point reads of the latest tree from a hash of the leaves they reached
     #: (`jetstore.pages.pointindex`, design D18). False: every read descends the tree.
     point_read_index: bool = True
+    #: Bytes at which the event log `events.jsonl` is renamed `events.1.jsonl` and a new one
+    #: begins (`jetstore.instance.events`): at most about twice this on disk.
+    event_log_size: int = DEFAULT_EVENT_LOG_SIZE
 
     def validate(self) -> None:
         if self.page_size not in PAGE_SIZES:
@@ -174,6 +177,12 @@ class InstanceOptions:
                     hint=f"give {name} in seconds, more than 0"
                     + (f" and at most {limit:g}" if limit < math.inf else ""),
                 )
+        if self.event_log_size < 4096:
+            raise InvalidParameter(
+                f"event_log_size {self.event_log_size} is below 4096 bytes",
+                hint="give the event log at least 4096 bytes a file (the default is "
+                f"{DEFAULT_EVENT_LOG_SIZE})",
+            )
         if self.log_disk_low_files < 0:
             raise InvalidParameter("log_disk_low_files must be 0 (off) or more")
         if self.checkpoint_too_deep < 4:
@@ -277,7 +286,12 @@ class Instance:
         self.state = InstanceState.RECOVERING
         try:
             self._lock = self._claim_directory()
-            self._events = EventLog(self.fs, self.directory, owner=self.owner)
+            self._events = EventLog(
+                self.fs,
+                self.directory,
+                owner=self.owner,
+                max_bytes=self.options.event_log_size,
+            )
             files = open_database_files(self)
             # Replay allocates millions of long-lived objects that hold no cycles: the
             # cyclic collector pauses for the replay (`building_in_bulk`).
