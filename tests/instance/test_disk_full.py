@@ -5,6 +5,7 @@ mounting is permitted (root)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -179,3 +180,29 @@ def test_low_log_volume_is_reported_once_until_space_comes_back(
         free["bytes"] = 1024
         roll_a_few(30_000)
         assert len(low_events()) == 2
+
+
+def test_a_reserve_log_taken_while_the_instance_opens_is_reported(tmp_path: Path) -> None:
+    """The first log file of an open is prepared before the instance is ready: a reserve
+    log taken there is reported (event 143) like one taken later, not only counted."""
+    jetstore.open(tmp_path, **OPTIONS).close()
+    full = {"on": True}
+
+    def hook(event: IOEvent) -> None:
+        # One refused allocation, while the open prepares its first log file.
+        if (
+            full["on"]
+            and event.op == "write"
+            and event.path.endswith("edbtmp.log")
+            and event.offset + event.size > os.path.getsize(event.path)
+        ):
+            full["on"] = False
+            raise OSError(28, "No space left on device")
+
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **OPTIONS) as instance:
+        assert instance.counters()["reserve_logs_used"] == 1
+        with pytest.raises(LogDiskFull):
+            setup(instance)
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    full_events = [e for e in events if e["name"] == "log_disk_full"]
+    assert [(e["id"], e["fields"]["reserve"]) for e in full_events] == [(143, 1)]

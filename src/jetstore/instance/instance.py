@@ -383,6 +383,12 @@ class Instance:
                 ),
                 owner=self.owner,
             )
+            # The log preparer thread holds the writer, and the writer these callbacks:
+            # weakly bound, so that the thread does not keep the instance alive. Bound
+            # before `start`: the open's first log file may already be a reserve log, and
+            # event 143 must say so then too.
+            self._log.on_roll = self.weak_self.bind(Instance._on_roll)
+            self._log.on_disk_full = self.weak_self.bind(Instance._on_disk_full)
             self._log.start(outcome.tail)
             joining = self._renumber_joining_databases(outcome)
             self._log_joining(joining)
@@ -401,10 +407,6 @@ class Instance:
                             db_id=attached.db_id,
                         )
             self._first_generation = self._log.current_generation
-            # The log preparer thread holds the writer, and the writer these callbacks:
-            # weakly bound, so that the thread does not keep the instance alive.
-            self._log.on_roll = self.weak_self.bind(Instance._on_roll)
-            self._log.on_disk_full = self.weak_self.bind(Instance._on_disk_full)
             # The first checkpoint marks every database attached (dirty) and, after a
             # recovery, writes the replayed changes: from here on, the logs before it are
             # not needed any more.
