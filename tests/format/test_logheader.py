@@ -48,7 +48,8 @@ def headers(draw: st.DrawFn) -> LogFileHeader:
     data_start = draw(st.sampled_from([LOG_HEADER_SIZE, LOG_HEADER_SIZE * 2]))
     if data_start >= log_file_size:
         data_start = LOG_HEADER_SIZE
-    previous_end = draw(st.just(0) | st.integers(data_start, log_file_size))
+    # Any end past the header: the previous file may be larger than this one.
+    previous_end = draw(st.just(0) | st.integers(LOG_HEADER_SIZE, 2**32 - 1))
     return LogFileHeader(
         generation=draw(st.integers(1, 2**32 - 1)),
         log_signature=draw(signatures),
@@ -152,7 +153,7 @@ def test_first_generation_defaults() -> None:
         {"data_start": 6000},
         {"data_start": 1 << 20},
         {"previous_generation_end": 10},
-        {"previous_generation_end": (1 << 20) + 1},
+        {"previous_generation_end": LOG_HEADER_SIZE - 8},
         {"page_size": 512},
         {"created_time": -1},
         {"previous_generation_checksum": 2**32},

@@ -26,10 +26,14 @@ SIZE = 64 * 1024
 
 
 def make_writer(
-    directory: str, tail: LogTail | None = None, signature: Signature | None = None, fs=None
+    directory: str,
+    tail: LogTail | None = None,
+    signature: Signature | None = None,
+    fs=None,
+    size: int = SIZE,
 ) -> LogWriter:
     fs = fs or FileSystem(HandleRegistry("test"))
-    config = LogConfig(directory, SIZE, 8192, False, signature or Signature.new())
+    config = LogConfig(directory, size, 8192, False, signature or Signature.new())
     writer = LogWriter(fs, config, owner="log")
     writer.start(tail)
     return writer
@@ -99,6 +103,29 @@ def test_reopen_starts_new_generation_and_chains(tmp_path):
     w2.close()
     records, result = read_all(d, signature=sig)
     assert [r.payload for r in records] == first + second
+
+
+def test_a_smaller_log_file_size_after_a_reopen_chains_to_the_larger_generation(tmp_path):
+    """The option may change between opens, each file keeping its own size: the new, smaller
+    generation's header records where the larger one before it ends, beyond its own size.
+    That link used to be refused as a damaged header, and the open failed."""
+    d = str(tmp_path)
+    w = make_writer(d, size=4 * SIZE)
+    sig = w.signature
+    first = [os.urandom(1000) for _ in range(150)]  # beyond SIZE in the larger generation
+    for p in first:
+        w.append(p)
+    w.close()
+    _records, result = read_all(d)
+    assert result.tail.end_offset > SIZE
+    w2 = make_writer(d, tail=result.tail, signature=sig)
+    second = [os.urandom(3000) for _ in range(50)]
+    for p in second:
+        w2.append(p)
+    w2.close()
+    records, result = read_all(d, signature=sig)
+    assert [r.payload for r in records] == first + second
+    assert result.torn_tail is False
 
 
 def test_start_position_skips_earlier_records(tmp_path):

@@ -37,7 +37,8 @@ is detected even when every file verifies on its own.
 Invariants (InvalidParameter when encoding, LogFileCorrupt when decoding): generation >= 1;
 log_file_size is a multiple of `LOG_FILE_ALIGNMENT`; `LOG_HEADER_SIZE` <= data_start <
 log_file_size, data_start a multiple of `LOG_FILE_ALIGNMENT`; previous_generation_end is 0 or
-in [data_start, log_file_size]; page_size is one of `PAGE_SIZES`. An unknown format version is
+at least `LOG_HEADER_SIZE` (not bounded by this file's log_file_size: the previous file's may
+be larger); page_size is one of `PAGE_SIZES`. An unknown format version is
 BadLogVersion, not LogFileCorrupt (the checksum is verified first, see `common`).
 """
 
@@ -157,12 +158,12 @@ def _invariant_problems(h: LogFileHeader) -> list[str]:
             f"data start {h.data_start} is not a multiple of {LOG_FILE_ALIGNMENT} "
             f"in [{LOG_HEADER_SIZE}, {h.log_file_size})"
         )
-    if h.previous_generation_end != 0 and not (
-        h.data_start <= h.previous_generation_end <= h.log_file_size
-    ):
+    # Bounded by the previous file's frame area, not this file's: the option may change
+    # between opens, so a smaller generation can follow one that ends past its own size.
+    if h.previous_generation_end != 0 and h.previous_generation_end < LOG_HEADER_SIZE:
         problems.append(
-            f"previous generation end {h.previous_generation_end} is outside "
-            f"[{h.data_start}, {h.log_file_size}]"
+            f"previous generation end {h.previous_generation_end} is inside the "
+            f"{LOG_HEADER_SIZE}-byte header"
         )
     if h.page_size not in PAGE_SIZES:
         problems.append(f"page size {h.page_size} is not one of {sorted(PAGE_SIZES)}")
