@@ -16,6 +16,8 @@ import pytest
 
 import jetstore
 from jetstore.errors import JetError, LogDiskFull
+from jetstore.format.filenames import generation_log_name
+from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.io import FileSystem, IOEvent
 
 OPTIONS = {"log_file_size": 64 * 1024, "checkpoint_depth": 64 * 1024, "page_size": 4096}
@@ -206,3 +208,33 @@ def test_a_reserve_log_taken_while_the_instance_opens_is_reported(tmp_path: Path
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     full_events = [e for e in events if e["name"] == "log_disk_full"]
     assert [(e["id"], e["fields"]["reserve"]) for e in full_events] == [(143, 1)]
+
+
+def test_a_generation_made_from_a_reserve_log_says_so_in_its_header(tmp_path: Path) -> None:
+    """Bit 1 of a log header's flags marks the generation that a reserve log became (what
+    `dump logs` shows): the operator can tell which generations the full volume forced."""
+    jetstore.open(tmp_path, **OPTIONS).close()
+    full = {"on": True}
+
+    def hook(event: IOEvent) -> None:
+        if (
+            full["on"]
+            and event.op == "write"
+            and event.path.endswith("edbtmp.log")
+            and event.offset + event.size > os.path.getsize(event.path)
+        ):
+            full["on"] = False
+            raise OSError(28, "No space left on device")
+
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **OPTIONS) as instance:
+        from_reserve = instance.log.current_generation
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        normal = instance.log.current_generation
+        names = {from_reserve: generation_log_name(from_reserve), normal: "edb.log"}
+        flags = {
+            generation: decode_log_header(
+                (tmp_path / name).read_bytes()[:LOG_HEADER_SIZE], path=name
+            ).reserve_log
+            for generation, name in names.items()
+        }
+    assert flags == {from_reserve: True, normal: False}

@@ -191,6 +191,7 @@ class LogWriter:
         self._prepare_state = "idle"  # idle -> preparing -> ready -> idle (taken)
         self._prepared: File | None = None
         self._prepared_error: JetError | None = None
+        self._prepared_reserve = False  # `_prepared` is a reserve log that took its place
         self._preparer: ManagedThread | None = None
         self.on_roll: RollCallback | None = None
         self.on_disk_full: Callable[[int], None] | None = None
@@ -798,7 +799,7 @@ class LogWriter:
         archive_current: bool,
     ) -> None:
         directory = self._config.directory
-        tmp = self._take_prepared()
+        tmp, from_reserve = self._take_prepared()
         created = now_us()
         if created <= prev_created:
             created = prev_created + 1  # the chain link must be unique even if clocks step
@@ -813,9 +814,12 @@ class LogWriter:
             data_start=DATA_START,
             page_size=self._config.page_size,
             flags=(
-                LogFileFlags.CIRCULAR_LOGGING
-                if self._config.circular_logging
-                else LogFileFlags.NONE
+                (
+                    LogFileFlags.CIRCULAR_LOGGING
+                    if self._config.circular_logging
+                    else LogFileFlags.NONE
+                )
+                | (LogFileFlags.RESERVE_LOG if from_reserve else LogFileFlags.NONE)
             ),
         )
         try:
@@ -867,8 +871,9 @@ class LogWriter:
                 self._prepare_cond.wait(min(left, 0.1))
         return True
 
-    def _take_prepared(self) -> File:
-        """The prepared `edbtmp.log`, waiting for the preparer if it is still at work.
+    def _take_prepared(self) -> tuple[File, bool]:
+        """The prepared `edbtmp.log`, waiting for the preparer if it is still at work, and
+        whether it is a reserve log that took its place.
 
         Only one preparation is ever under way and none starts until the previous file was
         taken and renamed, so the preparer never touches a file the roll is renaming.
@@ -882,13 +887,17 @@ class LogWriter:
                 self._prepare_cond.wait(0.5)
                 if self._prepare_state == "preparing" and not preparer.alive:
                     raise LogWriteFail("the log file preparer thread stopped")
-            error, file = self._prepared_error, self._prepared
-            self._prepared_error, self._prepared = None, None
+            error, file, from_reserve = (
+                self._prepared_error,
+                self._prepared,
+                self._prepared_reserve,
+            )
+            self._prepared_error, self._prepared, self._prepared_reserve = None, None, False
             self._prepare_state = "idle"
         if error is not None:
             raise error
         assert file is not None
-        return file
+        return file, from_reserve
 
     def _prepare_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -898,18 +907,21 @@ class LogWriter:
             if stop.is_set():
                 return
             file: File | None = None
+            from_reserve = False
             error: JetError | None = None
             try:
-                file = self._prepare_file()
+                file, from_reserve = self._prepare_file()
             except JetError as exc:
                 error = exc
             with self._prepare_cond:
                 self._prepared, self._prepared_error = file, error
+                self._prepared_reserve = from_reserve
                 self._prepare_state = "ready"
                 self._prepare_cond.notify_all()
 
-    def _prepare_file(self) -> File:
-        """Create `edbtmp.log` at full size, every byte written once, synced.
+    def _prepare_file(self) -> tuple[File, bool]:
+        """Create `edbtmp.log` at full size, every byte written once, synced; True with it
+        when a reserve log took its place (its generation's header says so).
 
         Overwriting an already-written file later costs about half the sync time of an
         append that grows the file, which is what every commit pays. When the volume is full,
@@ -921,16 +933,16 @@ class LogWriter:
         try:
             file = self._fs.open(path, owner=self._owner, create=True)
         except DiskFull:
-            return self._take_reserve(path)
+            return self._take_reserve(path), True
         try:
             self._zero_fill(file)
         except DiskFull:
             file.close()
-            return self._take_reserve(path)
+            return self._take_reserve(path), True
         except BaseException:
             file.close()
             raise
-        return file
+        return file, False
 
     def _take_reserve(self, tmp_path: str) -> File:
         for index in range(1, RESERVE_LOG_COUNT + 1):
