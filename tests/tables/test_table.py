@@ -1142,6 +1142,55 @@ def test_a_long_value_given_again_is_compared_in_place(store: Store) -> None:
             txn.table("t").update(1, {"b": other})
 
 
+@pytest.mark.parametrize("pending", [False, True], ids=["alone", "after-writes"])
+@pytest.mark.parametrize("operation", ["delete", "update", "upsert"])
+def test_a_write_over_a_damaged_long_value_refuses_and_changes_nothing(
+    store: Store, operation: str, pending: bool
+) -> None:
+    """A delete (or an update or upsert replacing the value) of a record whose long value
+    lost a chunk (a damaged file) refuses before changing anything, with DatabaseCorrupted
+    naming the table, the record's key, the column and the missing chunk: a transaction
+    holding pending writes read the chunks by key up to the first absent one, so it removed
+    the record, its index entry and chunk 0 and left the chunks past the gap behind, and a
+    write was half done whatever the transaction held. Repair drops such a record."""
+    store.db.create_table("t", [("id", "int"), ("n", "int"), ("b", "bytes")], "id")
+    store.db.create_index("t", "by_n", ["n"])
+    value = bytes(range(256)) * 80  # 20 KiB: six chunks on 8 KiB pages
+    with store.db.transaction() as txn:
+        txn.table("t").insert({"id": 1, "n": 7, "b": value})
+        lv = object_prefix(txn.table("t").definition.lv_id)
+        chunk_keys = [key for key, _ in txn.iterate(lv, prefix_successor(lv))]
+    assert len(chunk_keys) >= 4
+    with store.db.transaction() as txn:
+        txn.delete(chunk_keys[1])  # the damage: chunk 1 gone
+    before = layout(store.db, "t")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        if pending:
+            t.insert({"id": 2, "n": 8, "b": b"x"})
+        with pytest.raises(DatabaseCorrupted) as caught:
+            if operation == "delete":
+                t.delete(1)
+            elif operation == "update":
+                t.update(1, {"b": b"new"})
+            else:
+                t.upsert({"id": 1, "n": 9, "b": b"new"})
+        message = str(caught.value)
+        for part in ("'t'", "(1,)", "'b'", "chunk 1 is missing", "nothing", "jetstore repair"):
+            assert part in message, (part, message)
+        # Nothing of record 1 changed: its entry, its index entry and its chunks are there.
+        assert [key for key, _ in txn.iterate(lv, prefix_successor(lv))] == [
+            key for key in chunk_keys if key != chunk_keys[1]
+        ]
+        d = t.definition
+        for object_id in (d.table_id, *d.index_ids):
+            entries = txn.items(object_prefix(object_id), object_prefix(object_id + 1))
+            assert len(entries) == (2 if pending else 1)
+        if pending:
+            t.delete(2)
+    assert layout(store.db, "t") == before
+
+
 def test_long_values_are_read_without_building_the_private_tree(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

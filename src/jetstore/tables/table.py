@@ -11,8 +11,9 @@ Invariants:
 - A record and all its index entries and chunks change together, in one transaction, so every
   committed state has each index entry matching its record and vice versa.
 - A write either fails before changing anything or changes everything: every check that can
-  fail (unique indexes, key and record sizes) runs before the first B+tree operation, so a
-  caught `KeyDuplicate`, `KeyTooBig` or `RecordTooBig` leaves the transaction as it was.
+  fail (unique indexes, key and record sizes, the long values it removes being whole) runs
+  before the first B+tree operation, so a caught `KeyDuplicate`, `KeyTooBig`, `RecordTooBig`
+  or `DatabaseCorrupted` leaves the transaction as it was.
 - A unique index never holds two records with the same non-NULL key (checked at write time
   against the transaction's view, and again at commit against the latest state).
 - Every leaf entry fits the B+tree's entry limit: values that would not are moved out of the
@@ -603,19 +604,50 @@ class Table:
         return data.decode("utf-8", "surrogatepass") if ref.is_text else data
 
     def _read_long_bytes(self, view: ReadView, pk: bytes, column: int, ref: LongValueRef) -> bytes:
+        return b"".join([chunk for _key, chunk in self._long_value_entries(view, pk, column, ref)])
+
+    def _long_value_entries(
+        self, view: ReadView, pk: bytes, column: int, ref: LongValueRef, writing: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """The chunk entries of long value `ref` of column `column` of record `pk`, checked
+        to add up to its length: DatabaseCorrupted (naming the record and the first missing
+        chunk) otherwise, before the caller reads or removes any of them, so that a write over
+        a damaged value is refused whole rather than half done."""
         if view.gathering:
-            entries: Iterable[tuple[bytes, bytes]] = self._chunks_by_key(view, pk, column)
+            entries = list(self._chunks_by_key(view, pk, column))
         else:
             prefix = long_value_prefix(self.definition.lv_id, pk, column)
             entries = view.items(prefix, prefix_successor(prefix))
-        data = b"".join([chunk for _key, chunk in entries])
-        if len(data) != ref.length:
-            raise DatabaseCorrupted(
-                f"long value of column {self.definition.columns[column].name!r} in table "
-                f"{self.name!r} has {len(data)} bytes, its record says {ref.length}",
-                hint="run `jetstore integrity` on the database",
-            )
-        return data
+        size = sum([len(chunk) for _key, chunk in entries])
+        if size != ref.length:
+            raise self._damaged_long_value(pk, column, ref, entries, size, writing)
+        return entries
+
+    def _damaged_long_value(
+        self,
+        pk: bytes,
+        column: int,
+        ref: LongValueRef,
+        entries: list[tuple[bytes, bytes]],
+        size: int,
+        writing: bool,
+    ) -> DatabaseCorrupted:
+        numbers = [_LV_SUFFIX.unpack_from(key, len(key) - _LV_SUFFIX.size)[1] for key, _ in entries]
+        gap = next((n for n, number in enumerate(numbers) if number != n), len(numbers))
+        if gap < len(numbers) or size < ref.length:
+            what = f"chunk {gap} is missing"
+        else:
+            what = "its chunks hold more than that"
+        return DatabaseCorrupted(
+            f"long value of column {self.definition.columns[column].name!r} of the record "
+            f"with primary key {decode_key(pk)!r} in table {self.name!r} is damaged: "
+            f"{what} ({len(entries)} chunk(s) of {size} bytes found, its record says "
+            f"{ref.length} bytes)"
+            + ("; the write was refused, nothing changed" if writing else ""),
+            hint="run `jetstore integrity` on the database to list the damage; "
+            "`jetstore repair --accept-data-loss` drops the records whose long value is "
+            "incomplete (or restore a backup)",
+        )
 
     def scan(
         self,
@@ -870,10 +902,11 @@ class Table:
                 f"table {self.name!r} has no record with primary key {_as_tuple(key)!r}"
             )
         old = self._old_record(pk, raw, None)
+        chunks = self._long_value_keys(old)
         for entry in old.entries.values():
             view.delete(entry)
-        for position in old.long_values:
-            self._delete_long_value(pk, position)
+        for chunk in chunks:
+            view.delete(chunk)
         view.delete(self._prefix + pk)
 
     def upsert(self, record: Mapping[str, object]) -> None:
@@ -1021,14 +1054,14 @@ class Table:
         encoded, long_values = self._encode_stored(key, record, None, try_inline)
         kept = self._unchanged_long_values(pk, long_values, old)
         kept.update(refs)
+        removed = [] if old is None else self._long_value_keys(old, kept)
         # Phase 2: remove what the old record had and the new one does not, then write.
         if old is not None:
             for name, entry in old_entries.items():
                 if entries[name] != entry:
                     view.delete(entry)
-            for position in old.long_values:
-                if position not in kept:
-                    self._delete_long_value(old.pk, position)
+            for chunk in removed:
+                view.delete(chunk)
             if old.pk != pk:
                 view.delete(self._prefix + old.pk)
         for index in indexes:
@@ -1135,17 +1168,15 @@ class Table:
             yield long_value_key(lv_id, pk, column, chunk), bytes(view[start:end])
             start = end
 
-    def _delete_long_value(self, pk: bytes, column: int) -> None:
-        view = self._view
-        entries: Iterable[tuple[bytes, bytes]]
-        if view.gathering:
-            entries = self._chunks_by_key(view, pk, column)
-        else:
-            prefix = long_value_prefix(self.definition.lv_id, pk, column)
-            entries = view.items(prefix, prefix_successor(prefix))
-        delete = view.delete
-        for key, _ in entries:
-            delete(key)
+    def _long_value_keys(self, old: _OldRecord, keep: set[int] | None = None) -> list[bytes]:
+        """The chunk keys of the long values of `old` not in `keep`, for phase 2 of a write
+        to delete: read (and checked complete) before anything is written."""
+        return [
+            key
+            for position, ref in old.long_values.items()
+            if keep is None or position not in keep
+            for key, _ in self._long_value_entries(self._view, old.pk, position, ref, True)
+        ]
 
     def _chunks_by_key(
         self, view: ReadView, pk: bytes, column: int
