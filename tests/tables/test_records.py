@@ -396,16 +396,18 @@ def test_layouts_tell_apart_records_of_one_length() -> None:
 
 
 def test_fast_encode_refuses_to_copy_a_value_too_long_for_any_entry() -> None:
-    """A record of exactly-typed values whose text and bytes values encode to more than
-    `INLINE_VALUE_MAX` bytes together is `OVERSIZED` for the fast encoder (as long as no
-    entry can be, holding nothing); `encode_inline` gives None for it, and for any record
-    with one such value; `encode` still encodes it whole. A value out of range elsewhere in
-    the record is still refused as before."""
+    """A record of exactly-typed values whose text and bytes values take more than
+    `INLINE_VALUE_MAX` together (a text counted in characters) is `OVERSIZED` for the fast
+    encoder (as long as no entry can be, holding nothing); `encode_inline` gives None for
+    it, and for any record with one such value; `encode` still encodes it whole. A text is
+    measured before it is encoded: one of fewer characters but more UTF-8 bytes is encoded
+    (once, and kept). A value out of range elsewhere in the record is still refused as
+    before."""
     codec = RecordCodec(three_columns())
     half = INLINE_VALUE_MAX // 2
     long_bytes = {"id": 7, "name": "", "blob": b"\x01" * (INLINE_VALUE_MAX + 1)}
-    long_text = {"id": 7, "name": "\u00e9" * (half + 1), "blob": b""}  # 2 bytes a character
-    together = {"id": 7, "name": "a" * half, "blob": b"\x01" * (half + 1)}
+    long_text = {"id": 7, "name": "\u00e9" * (INLINE_VALUE_MAX + 1), "blob": b""}
+    together = {"id": 7, "name": "\u00e9" * half, "blob": b"\x01" * (half + 1)}
     for record in (long_bytes, long_text, together):
         assert codec.fast_encode(record) is OVERSIZED
         assert len(OVERSIZED) > INLINE_VALUE_MAX << 20
@@ -415,7 +417,8 @@ def test_fast_encode_refuses_to_copy_a_value_too_long_for_any_entry() -> None:
         with_null = {**record, "id": None}  # the general loop refuses it too
         assert codec.encode_inline(with_null) is None
         assert codec.decode(codec.encode(with_null)) == with_null
-    at_bound = {"id": 7, "name": "a" * half, "blob": b"\x01" * half}
+    # 2 bytes a character: more than INLINE_VALUE_MAX bytes, encoded to be kept, not refused.
+    at_bound = {"id": 7, "name": "\u00e9" * half, "blob": b"\x01" * half}
     encoded = codec.fast_encode(at_bound)
     assert encoded is not OVERSIZED
     assert encoded == codec.encode_inline(at_bound) == codec.encode(at_bound)

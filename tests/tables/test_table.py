@@ -1318,6 +1318,58 @@ def test_the_largest_value_in_bytes_is_moved_out_first(store: Store) -> None:
     store.checked_twice(check)
 
 
+def test_text_moved_to_long_value_chunks_is_encoded_once(store: Store) -> None:
+    """A text value stored apart is encoded to UTF-8 once: it was encoded to measure the
+    record (by the generated encoder or the general one) and again for its chunks. Counted
+    by profiling the calls of `str.encode` on the value itself, for the fast insert, the
+    general one (a table with an index), an update and an upsert, for a text longer than an
+    entry in characters and for one only its UTF-8 form makes too long."""
+    import sys
+
+    store.db.create_table("plain", [("id", "int"), ("s", "text")], "id")
+    store.db.create_table("indexed", [("id", "int"), ("n", "int"), ("s", "text")], "id")
+    store.db.create_index("indexed", "by_n", ["n"])
+    texts = [
+        "\u00e9\u20ac\U0001d11e" * 40_000,  # 280,000 bytes: beyond INLINE_VALUE_MAX
+        "x" * 10_000,  # longer than an entry, shorter than INLINE_VALUE_MAX
+        "\u20ac" * 1_500,  # 1,500 characters but 4,500 bytes
+    ]
+    calls: list[str] = []
+    watched: list[str] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__self__", None) is watched[0]:
+            calls.append(getattr(arg, "__name__", "?"))
+
+    for number, text in enumerate(texts):
+        watched[:] = [text]
+
+        with store.db.transaction() as txn:
+            plain, indexed = txn.table("plain"), txn.table("indexed")
+            plain.insert({"id": number + 100, "s": "short"})
+            writes: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
+                (plain.insert, ({"id": number, "s": text},), {}),
+                (indexed.insert, ({"id": number, "n": 1, "s": text},), {}),
+                (plain.update, (number + 100, {"s": text}), {"returning": False}),
+                (indexed.upsert, ({"id": number + 100, "n": 2, "s": text},), {}),
+            ]
+            for write, args, kwargs in writes:
+                calls.clear()
+                sys.setprofile(profile)
+                try:
+                    write(*args, **kwargs)
+                finally:
+                    sys.setprofile(None)
+                assert calls.count("encode") == 1, (number, write, calls)
+        with store.db.transaction() as txn:
+            for name in ("plain", "indexed"):
+                t = txn.table(name)
+                assert t.get(number)["s"] == text  # type: ignore[index]
+                assert t.get(number + 100)["s"] == text  # type: ignore[index]
+                lv = object_prefix(t.definition.lv_id)
+                assert txn.items(lv, prefix_successor(lv))  # stored apart
+
+
 def test_an_update_keeps_a_primary_key_stored_as_a_long_value_where_it_is(
     tmp_path: Path,
 ) -> None:

@@ -18,8 +18,10 @@ Invariants
    header, tag and length field of a record matches it, so every result is the one the
    sequential decoder gives.
 5. ``fast_encode`` and ``encode_inline`` never copy into a record text and bytes values that
-   no page's leaf entry could hold (more than ``INLINE_VALUE_MAX`` bytes): they say so
-   (``OVERSIZED``, None) and the table layer moves the values out first.
+   no page's leaf entry could hold (more than ``INLINE_VALUE_MAX`` bytes, a text measured
+   in characters, which it takes at least as many bytes as): they say so (``OVERSIZED``,
+   None) without encoding the text, and the table layer moves the values out first, each
+   text encoded once (an ``EncodedText`` in a text column is copied as it is).
 
 Byte format (little-endian)
 ---------------------------
@@ -61,7 +63,14 @@ from jetstore.tables.keys import (
 )
 from jetstore.tables.schema import ColumnType, TableDef
 
-__all__ = ["INLINE_VALUE_MAX", "OVERSIZED", "RECORD_VERSION", "LongValueRef", "RecordCodec"]
+__all__ = [
+    "INLINE_VALUE_MAX",
+    "OVERSIZED",
+    "RECORD_VERSION",
+    "EncodedText",
+    "LongValueRef",
+    "RecordCodec",
+]
 
 RECORD_VERSION = 1
 
@@ -97,10 +106,12 @@ _LV = struct.Struct("<QQB")
 
 _VAR_TYPES = (ColumnType.TEXT, ColumnType.BYTES)
 
-#: Longest text or bytes value (encoded) `fast_encode` and `encode_inline` copy into a
+#: Longest text (in characters) or bytes value `fast_encode` and `encode_inline` copy into a
 #: record: a longer one could not be stored inline on any page size (the leaf entry of the
 #: largest page holds half of it), and copying a value of up to 64 MiB into a record only to
-#: throw the record away cost as much as storing the value.
+#: throw the record away cost as much as storing the value. A text is measured before it is
+#: encoded, by its characters (at most its UTF-8 bytes), so that one moved out of the record
+#: is encoded once, for its chunks, not also to be measured.
 INLINE_VALUE_MAX = 1 << 15
 
 
@@ -117,8 +128,8 @@ class _Oversized(bytes):
 
 #: What `fast_encode` returns, instead of the record, for a record it would encode (every
 #: column of exactly its type) but whose text and bytes values encode to more than
-#: `INLINE_VALUE_MAX` bytes together. It holds no bytes and is never stored: its length
-#: says "too long to keep inline".
+#: `INLINE_VALUE_MAX` bytes together (a text counted in characters). It holds no bytes and is
+#: never stored: its length says "too long to keep inline".
 OVERSIZED: bytes = _Oversized()
 
 _NO_BOUND = 1 << 62
@@ -129,6 +140,15 @@ _FAST_ENCODE_REFUSALS = (KeyError, TypeError, struct.error, UnicodeEncodeError, 
 _B_NULL = bytes([TAG_NULL])
 _B_FALSE = bytes([TAG_BOOL, 0])
 _B_TRUE = bytes([TAG_BOOL, 1])
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedText:
+    """A text value already encoded to UTF-8 (``surrogatepass``), which `RecordCodec.encode`
+    copies into a text column as it is: the table layer encodes a text it may move out of
+    the record once, and measures and stores those bytes."""
+
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +200,10 @@ class RecordCodec:
         return self._encode_general(record, _NO_BOUND)  # type: ignore[return-value]
 
     def encode_inline(self, record: Mapping[str, object]) -> bytes | None:
-        """`encode`, or None when a text or bytes value encodes to more than
-        `INLINE_VALUE_MAX` bytes, or (every column of exactly its type) its text and bytes
+        """`encode`, or None when a text value has more than `INLINE_VALUE_MAX` characters
+        or a bytes value more bytes, or (every column of exactly its type) its text and bytes
         values do together: the record could not be stored inline, and the values are not
-        copied into one first."""
+        copied (nor a text encoded) into one first."""
         try:
             fast = self._fast_encode(record)
         except _FAST_ENCODE_REFUSALS:
@@ -208,9 +228,9 @@ class RecordCodec:
                     append(_TAG_I64.pack(TAG_INT, v))
                 elif tag == TAG_TEXT:
                     if type(v) is str:
+                        if len(v) > bound:
+                            return None  # at least as many bytes: not encoded to measure
                         raw = v.encode("utf-8", "surrogatepass")
-                        if len(raw) > bound:
-                            return None
                         append(_TAG_U32.pack(TAG_TEXT, len(raw)))
                         append(raw)
                     else:
@@ -278,8 +298,8 @@ class RecordCodec:
         """The generated encoder of the common record: the bytes `encode` returns, or None
         when the record is not every column with a non-NULL value of exactly its type
         (then it may also raise, for a missing column or a value out of range), or
-        `OVERSIZED` when it is, but its text and bytes values encode to more than
-        `INLINE_VALUE_MAX` bytes together."""
+        `OVERSIZED` when it is, but its text and bytes values take more than
+        `INLINE_VALUE_MAX` together, a text counted in characters (then it encodes none)."""
         return self._fast_encode
 
     @property
@@ -299,7 +319,18 @@ class RecordCodec:
             return fast, False
         return self._decode_general(data), True
 
-    def _decode_general(self, data: bytes) -> dict[str, object]:
+    def encoded_texts(self, data: bytes) -> dict[str, bytes]:
+        """The UTF-8 bytes of each text value stored inline in record `data`, as they are in
+        it (by column name): the table layer moving values out of a record it encoded takes
+        them from there rather than encoding them again."""
+        record = self._decode_general(data, raw_text=True)
+        return {
+            name: value
+            for name, _, is_text, _ in self._decode_plan
+            if is_text and type(value := record[name]) is bytes
+        }
+
+    def _decode_general(self, data: bytes, raw_text: bool = False) -> dict[str, object]:
         n = len(data)
         if n < 3:
             raise self._corrupt(data, 0, "shorter than the record header")
@@ -337,7 +368,7 @@ class RecordCodec:
                     end = pos + length
                     if end > n:
                         raise self._corrupt(data, pos, f"value of column {name!r} overruns")
-                    if tag == TAG_TEXT:
+                    if tag == TAG_TEXT and not raw_text:
                         out[name] = data[pos:end].decode("utf-8", "surrogatepass")
                     else:
                         out[name] = data[pos:end]
@@ -381,6 +412,8 @@ def _encode_lv(v: object, is_text: bool) -> bytes:
         if v.is_text != is_text:
             raise TypeError("long value reference of the wrong kind (text vs bytes)")
         return _TAG_LV.pack(TAG_LONG_VALUE, v.lv_id, v.length, v.is_text)
+    if is_text and type(v) is EncodedText:
+        return _TAG_U32.pack(TAG_TEXT, len(v.data)) + v.data
     if is_text and isinstance(v, str):
         raw = str(v).encode("utf-8", "surrogatepass")
         return _TAG_U32.pack(TAG_TEXT, len(raw)) + raw
@@ -456,6 +489,7 @@ def _compile_fast_paths(
     enc = ["def fast_encode(r):"]
     parts = ["HEADER"]
     var_lengths: list[str] = []  # the encoder's locals holding text and bytes lengths
+    texts: list[str] = []  # the encoder's text locals, encoded once the record fits
     # The struct form of a layout: the format, and the expression of each value in the
     # unpacked tuple `t`. Each column's meta fields (its tag and length; the record header
     # too for the first) are read as one bytes field, so a layout is checked by comparing
@@ -517,11 +551,8 @@ def _compile_fast_paths(
             dec += [f"    n{i} = U32(data, p + 1)[0]", "    p += 5", f"    e{i} = p + n{i}"]
             if text:
                 dec.append(f"    {v} = data[p:e{i}].decode('utf-8', 'surrogatepass')")
-                enc += [
-                    f"    if type({v}) is not str:",
-                    "        return None",
-                    f"    {v} = {v}.encode('utf-8', 'surrogatepass')",
-                ]
+                enc += [f"    if type({v}) is not str:", "        return None"]
+                texts.append(f"{v}")
             else:
                 dec.append(f"    {v} = data[p:e{i}]")
                 enc += [f"    if type({v}) is not bytes:", "        return None"]
@@ -565,9 +596,14 @@ def _compile_fast_paths(
     packed = "(" + ", ".join(parts) + ",)"
     if var_lengths:
         # One sum and one comparison on the common path (a record that large cannot be
-        # inline on any page either). Not copied, the parts are still packed: a value out of
-        # range raises here as it does above, for the general path's precise error.
+        # inline on any page either), a text measured in characters before it is encoded.
+        # Not copied, the parts are still packed: a value out of range raises here as it
+        # does above, for the general path's precise error.
         enc.append(f"    if {' + '.join(var_lengths)} <= {INLINE_VALUE_MAX}:")
+        for v in texts:
+            n = "n" + v[1:]
+            enc.append(f"        {v} = {v}.encode('utf-8', 'surrogatepass')")
+            enc.append(f"        {n} = len({v})")
         enc.append(f"        return b''.join({packed})")
         enc.append(f"    {packed}")
         enc.append("    return OVERSIZED")

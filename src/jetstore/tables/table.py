@@ -87,7 +87,7 @@ from jetstore.tables.keys import (
     single_key_encoder,
     tuple_prefix_stop,
 )
-from jetstore.tables.records import LongValueRef, RecordCodec
+from jetstore.tables.records import OVERSIZED, EncodedText, LongValueRef, RecordCodec
 from jetstore.tables.schema import Column, ColumnType, IndexDef, TableDef
 
 _LV_KEY_EXTRA = 4 + 2 + 4  # lv object id, column, chunk number
@@ -216,6 +216,7 @@ class _OldRecord:
 
 
 _NO_REFS: Mapping[int, object] = {}
+_NO_TEXTS: Mapping[str, bytes] = {}
 _STR_BYTES = (str, bytes)  # `isinstance` checks a tuple faster than `str | bytes`
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 63) - 1
@@ -1106,13 +1107,22 @@ class Table:
         if encoded is not None and len(encoded) <= limit:
             return encoded, long_values
         stored = dict(record)
+        # Each text is encoded once: taken from the record as encoded when it was (the
+        # encoders measure a text by its characters, and encode none they refuse), and the
+        # bytes are what the record holds while it stays inline and what its chunks hold.
+        texts = (
+            self._codec.encoded_texts(encoded)
+            if encoded is not None and encoded is not OVERSIZED
+            else _NO_TEXTS
+        )
         # Largest first by the bytes stored (UTF-8 for text), not by characters: the value
         # moved out is the one that frees most of the entry.
         candidates: list[tuple[int, int, str, bool, bytes]] = []
         for position, name, is_text in self._lv_columns:
             value = stored.get(name)
             if isinstance(value, str):
-                value = value.encode("utf-8", "surrogatepass")
+                value = texts.get(name) or value.encode("utf-8", "surrogatepass")
+                stored[name] = EncodedText(value)
             elif not isinstance(value, bytes):
                 continue
             candidates.append((len(value), position, name, is_text, value))
