@@ -1318,6 +1318,48 @@ def test_the_largest_value_in_bytes_is_moved_out_first(store: Store) -> None:
     store.checked_twice(check)
 
 
+@pytest.mark.parametrize(
+    "operation", ["get", "scan", "scan_index", "update", "delete", "upsert", "create_index"]
+)
+def test_a_damaged_record_is_named_by_its_primary_key(store: Store, operation: str) -> None:
+    """A record that does not decode (a damaged file) raises DatabaseCorrupted naming the
+    table, the record's primary key and what is wrong, and saying how to find and drop such
+    records: it named only the table and a byte offset, and its way out was the generic one
+    for damaged log files (`jetstore logs verify`), which finds nothing."""
+    store.db.create_table(
+        "t", [("id", "int"), ("k", "text"), ("x", "int"), ("s", "text")], ["id", "k"]
+    )
+    store.db.create_index("t", "by_x", ["x"])
+    with store.db.transaction() as txn:
+        for i in range(3):
+            txn.table("t").insert({"id": i, "k": "key", "x": i, "s": "abc"})
+        key = object_prefix(txn.table("t").definition.table_id) + encode_key([1, "key"])
+        raw = txn.get(key)
+        assert raw is not None
+        txn.put(key, raw[:-2])  # the damage: the record's last bytes gone
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        with pytest.raises(DatabaseCorrupted) as caught:
+            if operation == "get":
+                t.get((1, "key"))
+            elif operation == "scan":
+                list(t.scan(reverse=True))
+            elif operation == "scan_index":
+                list(t.scan(index="by_x"))
+            elif operation == "update":
+                t.update((1, "key"), {"x": 5})
+            elif operation == "delete":
+                t.delete((1, "key"))
+            elif operation == "upsert":
+                t.upsert({"id": 1, "k": "key", "x": 5, "s": "new"})
+            else:
+                txn.create_index("t", "by_s", ["s"])
+    message = str(caught.value)
+    for part in ("'t'", "primary key (1, 'key')", "at byte", "jetstore integrity", "repair"):
+        assert part in message, (part, message)
+    assert "logs verify" not in message
+
+
 def test_text_moved_to_long_value_chunks_is_encoded_once(store: Store) -> None:
     """A text value stored apart is encoded to UTF-8 once: it was encoded to measure the
     record (by the generated encoder or the general one) and again for its chunks. Counted

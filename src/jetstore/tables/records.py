@@ -12,7 +12,8 @@ Invariants
 2. A record written under a table definition with fewer columns (columns appended later)
    decodes under the longer definition, the missing trailing columns taking their default.
 3. ``decode`` of any byte string either returns a record whose values have the types of its
-   columns or raises ``DatabaseCorrupted``; no other exception escapes it.
+   columns or raises ``DatabaseCorrupted`` (naming the record's primary key when the caller
+   gives it, and how to find and drop damaged records); no other exception escapes it.
 4. The generated decoders (``fast_decode``, ``decode_many``) remember record layouts as
    ``struct`` formats (a bounded memo per codec); a remembered layout is used only when every
    header, tag and length field of a record matches it, so every result is the one the
@@ -59,6 +60,7 @@ from jetstore.tables.keys import (
     MAX_DATETIME_MICROS,
     MIN_DATETIME_MICROS,
     datetime_to_micros,
+    decode_key,
     micros_to_datetime,
 )
 from jetstore.tables.schema import ColumnType, TableDef
@@ -274,8 +276,11 @@ class RecordCodec:
             ) from None
         return b"".join(parts)
 
-    def decode(self, data: bytes | bytearray | memoryview) -> dict[str, object]:
-        """Decode a record; anything malformed raises DatabaseCorrupted."""
+    def decode(
+        self, data: bytes | bytearray | memoryview, pk: bytes | None = None
+    ) -> dict[str, object]:
+        """Decode a record (stored under encoded primary key `pk`, which the error names);
+        anything malformed raises DatabaseCorrupted."""
         if type(data) is not bytes:
             data = bytes(data)
         try:
@@ -284,7 +289,7 @@ class RecordCodec:
             fast = None
         if fast is not None:
             return fast
-        return self._decode_general(data)
+        return self._decode_general(data, pk=pk)
 
     @property
     def fast_decode(self) -> Callable[[bytes], dict[str, object] | None]:
@@ -309,15 +314,15 @@ class RecordCodec:
         `fast_decode` raises, for the whole list."""
         return self._decode_many
 
-    def decode_plain(self, data: bytes) -> tuple[dict[str, object], bool]:
-        """Decode a record; the flag is False when it certainly holds no `LongValueRef`."""
+    def decode_plain(self, data: bytes, pk: bytes | None = None) -> tuple[dict[str, object], bool]:
+        """`decode`; the flag is False when it certainly holds no `LongValueRef`."""
         try:
             fast = self._fast_decode(data)
         except (IndexError, struct.error, UnicodeDecodeError, ValueError):
             fast = None
         if fast is not None:
             return fast, False
-        return self._decode_general(data), True
+        return self._decode_general(data, pk=pk), True
 
     def encoded_texts(self, data: bytes) -> dict[str, bytes]:
         """The UTF-8 bytes of each text value stored inline in record `data`, as they are in
@@ -330,15 +335,19 @@ class RecordCodec:
             if is_text and type(value := record[name]) is bytes
         }
 
-    def _decode_general(self, data: bytes, raw_text: bool = False) -> dict[str, object]:
+    def _decode_general(
+        self, data: bytes, raw_text: bool = False, pk: bytes | None = None
+    ) -> dict[str, object]:
         n = len(data)
         if n < 3:
-            raise self._corrupt(data, 0, "shorter than the record header")
+            raise self._corrupt(data, pk, 0, "shorter than the record header")
         version, count = _HEADER.unpack_from(data)
         if version != RECORD_VERSION:
-            raise self._corrupt(data, 0, f"unknown record version {version}")
+            raise self._corrupt(data, pk, 0, f"unknown record version {version}")
         if count > self._ncolumns:
-            raise self._corrupt(data, 1, f"{count} columns but the table has only {self._ncolumns}")
+            raise self._corrupt(
+                data, pk, 1, f"{count} columns but the table has only {self._ncolumns}"
+            )
         out: dict[str, object] = {}
         plan = self._decode_plan
         pos = 3
@@ -354,11 +363,13 @@ class RecordCodec:
                     if tag == TAG_LONG_VALUE and expected in (TAG_TEXT, TAG_BYTES):
                         lv_id, length, flag = _LV.unpack_from(data, pos)
                         if flag != is_text:
-                            raise self._corrupt(data, pos, f"long value flag of column {name!r}")
+                            raise self._corrupt(
+                                data, pk, pos, f"long value flag of column {name!r}"
+                            )
                         out[name] = LongValueRef(lv_id, length, is_text)
                         pos += 17
                         continue
-                    raise self._corrupt(data, pos - 1, f"tag 0x{tag:02x} in column {name!r}")
+                    raise self._corrupt(data, pk, pos - 1, f"tag 0x{tag:02x} in column {name!r}")
                 if tag == TAG_INT:
                     out[name] = _I64.unpack_from(data, pos)[0]
                     pos += 8
@@ -367,7 +378,7 @@ class RecordCodec:
                     pos += 4
                     end = pos + length
                     if end > n:
-                        raise self._corrupt(data, pos, f"value of column {name!r} overruns")
+                        raise self._corrupt(data, pk, pos, f"value of column {name!r} overruns")
                     if tag == TAG_TEXT and not raw_text:
                         out[name] = data[pos:end].decode("utf-8", "surrogatepass")
                     else:
@@ -379,31 +390,39 @@ class RecordCodec:
                 elif tag == TAG_BOOL:
                     b = data[pos]
                     if b > 1:
-                        raise self._corrupt(data, pos, f"bool byte {b} in column {name!r}")
+                        raise self._corrupt(data, pk, pos, f"bool byte {b} in column {name!r}")
                     out[name] = b == 1
                     pos += 1
                 else:
                     micros, flag = _I64_FLAG.unpack_from(data, pos)
                     if flag > 1 or not MIN_DATETIME_MICROS <= micros <= MAX_DATETIME_MICROS:
-                        raise self._corrupt(data, pos, f"datetime in column {name!r}")
+                        raise self._corrupt(data, pk, pos, f"datetime in column {name!r}")
                     out[name] = micros_to_datetime(micros, flag == 1)
                     pos += 9
         except (struct.error, IndexError):
-            raise self._corrupt(data, pos, "truncated") from None
+            raise self._corrupt(data, pk, pos, "truncated") from None
         except UnicodeDecodeError:
-            raise self._corrupt(data, pos, "invalid UTF-8 in a text column") from None
+            raise self._corrupt(data, pk, pos, "invalid UTF-8 in a text column") from None
         if pos != n:
-            raise self._corrupt(data, pos, f"{n - pos} trailing bytes")
+            raise self._corrupt(data, pk, pos, f"{n - pos} trailing bytes")
         # Columns appended to the table after this record was written.
         for i in range(count, self._ncolumns):
             name, _, _, default = plan[i]
             out[name] = default
         return out
 
-    def _corrupt(self, data: bytes, pos: int, what: str) -> DatabaseCorrupted:
+    def _corrupt(self, data: bytes, pk: bytes | None, pos: int, what: str) -> DatabaseCorrupted:
+        record = "record"
+        if pk is not None:
+            try:
+                record += f" with primary key {decode_key(pk)!r}"
+            except DatabaseCorrupted:
+                record += f" under key {pk.hex()}"
         return DatabaseCorrupted(
-            f"malformed record of table {self.table_def.name!r} at byte {pos} of "
-            f"{len(data)}: {what}"
+            f"malformed {record} of table {self.table_def.name!r} at byte {pos} of "
+            f"{len(data)}: {what}",
+            hint="run `jetstore integrity` on the database file to list the damaged records; "
+            "`jetstore repair --accept-data-loss` drops them (or restore a backup)",
         )
 
 

@@ -580,7 +580,9 @@ class Table:
         """The record `raw` stored under `pk`, its long values read from `view`. `codec` and
         `lv_columns`: the layout of the definition `view` was read under, when it is not the
         table's current one (a scan begun before a schema change of this transaction)."""
-        record, may_hold_long_values = (self._codec if codec is None else codec).decode_plain(raw)
+        record, may_hold_long_values = (self._codec if codec is None else codec).decode_plain(
+            raw, pk
+        )
         if may_hold_long_values:
             self._load_long_values(view, pk, record, lv_columns)
         return record
@@ -871,7 +873,7 @@ class Table:
         it as the stored one did. A value `changed` replaces is left out (its chunks are
         deleted by key, and read only to compare it with a new value of the same length:
         `_unchanged_long_values`)."""
-        record, may_hold_long_values = self._codec.decode_plain(raw)
+        record, may_hold_long_values = self._codec.decode_plain(raw, pk)
         refs: dict[int, tuple[str, LongValueRef]] = {}
         if not may_hold_long_values:
             return record, refs
@@ -940,7 +942,7 @@ class Table:
         `record` is its materialized form when the caller has it; otherwise only the long
         values of indexed columns are read.
         """
-        stored = self._codec.decode(raw)
+        stored = self._codec.decode(raw, pk)
         long_values = {
             position: ref
             for position, name, _is_text in self._lv_columns
@@ -1248,7 +1250,7 @@ class Table:
                 if plain is not None:
                     record = plain  # the common record: no NULL, no long value
                 else:
-                    record = full = decode(raw)
+                    record = full = decode(raw, pk)
                     for position, name in lv_positions:
                         ref = full.get(name)
                         if isinstance(ref, LongValueRef):
@@ -1328,7 +1330,7 @@ class Table:
         limit = self._max_entry - LEAF_ENTRY_OVERHEAD
         for keys, values in view.chunks(prefix, prefix_successor(prefix)):
             for key, raw in zip(keys, values, strict=True):
-                record = decode(raw)
+                record = decode(raw, key[len(prefix) :])
                 del record[name]
                 for column, column_name, _is_text in self._lv_columns:
                     ref = record.get(column_name)
