@@ -1360,6 +1360,23 @@ def test_a_damaged_record_is_named_by_its_primary_key(store: Store, operation: s
     assert "logs verify" not in message
 
 
+def test_an_index_entry_without_its_record_is_named(store: Store) -> None:
+    """An index scan that meets an entry whose record is gone (a damaged file) raises
+    DatabaseCorrupted naming the index, the entry's index key and the primary key: it said
+    only "an index of table 't' points to a missing record"."""
+    store.db.create_table("t", [("id", "int"), ("x", "text")], "id")
+    store.db.create_index("t", "by_x", ["x"])
+    with store.db.transaction() as txn:
+        for i in range(3):
+            txn.table("t").insert({"id": i, "x": f"v{i}"})
+        txn.delete(object_prefix(txn.table("t").definition.table_id) + encode_key([1]))
+    with store.db.transaction() as txn, pytest.raises(DatabaseCorrupted) as caught:
+        list(txn.table("t").scan(index="by_x", reverse=True))
+    message = str(caught.value)
+    for part in ("'by_x'", "'t'", "('v1',)", "primary key (1,)", "missing", "jetstore integrity"):
+        assert part in message, (part, message)
+
+
 def test_text_moved_to_long_value_chunks_is_encoded_once(store: Store) -> None:
     """A text value stored apart is encoded to UTF-8 once: it was encoded to measure the
     record (by the generated encoder or the general one) and again for its chunks. Counted

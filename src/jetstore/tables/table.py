@@ -73,7 +73,12 @@ from jetstore.pages.btree import (
     paired_entry_size,
 )
 from jetstore.pages.pointindex import PointReadIndex
-from jetstore.tables.catalog import long_value_key, long_value_prefix, object_prefix
+from jetstore.tables.catalog import (
+    describe_key,
+    long_value_key,
+    long_value_prefix,
+    object_prefix,
+)
 from jetstore.tables.keys import (
     KEY_BYTES_TAG,
     KEY_NUL,
@@ -696,7 +701,7 @@ class Table:
         # (after drop_column: DatabaseCorrupted, a column count above the table's).
         return self._scan(
             self._view.frozen(),
-            index is not None,
+            index,
             low,
             high,
             reverse,
@@ -707,7 +712,7 @@ class Table:
     def _scan(
         self,
         view: ReadView,
-        by_index: bool,
+        index: str | None,
         low: bytes,
         high: bytes | None,
         reverse: bool,
@@ -716,7 +721,7 @@ class Table:
     ) -> Iterator[dict[str, object]]:
         table_prefix = self._prefix
         plen = len(table_prefix)
-        if not by_index:
+        if index is None:
             # The scan loop of the engine: a leaf of records is decoded by one call to the
             # generated decoder (the common record: no NULL, no long value); anything else
             # takes the general path, record by record.
@@ -748,16 +753,15 @@ class Table:
                     )
             return
         for key, value in view.iterate(low, high, reverse):
-            if by_index:
-                pk = value
-                raw = view.get(table_prefix + pk)
-                if raw is None:
-                    raise DatabaseCorrupted(
-                        f"an index of table {self.name!r} points to a missing record",
-                        hint="run `jetstore integrity` on the database",
-                    )
-            else:
-                pk, raw = key[plen:], value
+            pk = value
+            raw = view.get(table_prefix + pk)
+            if raw is None:
+                raise DatabaseCorrupted(
+                    f"{describe_key(key, [self.definition])} points to a missing record",
+                    hint="run `jetstore integrity` on the database file to list the damage; "
+                    "`jetstore repair --accept-data-loss` rebuilds the indexes from the "
+                    "records (or restore a backup)",
+                )
             yield self._materialize(view, pk, raw, codec, lv_columns)
 
     def __iter__(self) -> Iterator[dict[str, object]]:
