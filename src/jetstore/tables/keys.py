@@ -63,6 +63,7 @@ __all__ = [
     "datetime_as_read",
     "datetime_to_micros",
     "decode_key",
+    "describe_encoded_key",
     "encode_key",
     "encode_key_prefix",
     "micros_to_datetime",
@@ -327,6 +328,15 @@ def _unescape_at(data: bytes, pos: int) -> tuple[bytes, int]:
         if _NUL_BYTE in raw:
             raw = raw.replace(_NUL_ESCAPED, _NUL)
         return raw, i + 1
+
+
+def describe_encoded_key(data: bytes) -> str:
+    """A key read from the tree as its values, for an error message; its bytes when it does
+    not decode (a message about a damaged entry must not fail in turn)."""
+    try:
+        return repr(decode_key(data))
+    except DatabaseCorrupted:
+        return data.hex()
 
 
 def decode_key(data: bytes | bytearray | memoryview) -> tuple[KeyValue, ...]:

@@ -60,7 +60,7 @@ from jetstore.tables.keys import (
     MAX_DATETIME_MICROS,
     MIN_DATETIME_MICROS,
     datetime_to_micros,
-    decode_key,
+    describe_encoded_key,
     micros_to_datetime,
 )
 from jetstore.tables.schema import ColumnType, TableDef
@@ -412,12 +412,7 @@ class RecordCodec:
         return out
 
     def _corrupt(self, data: bytes, pk: bytes | None, pos: int, what: str) -> DatabaseCorrupted:
-        record = "record"
-        if pk is not None:
-            try:
-                record += f" with primary key {decode_key(pk)!r}"
-            except DatabaseCorrupted:
-                record += f" under key {pk.hex()}"
+        record = "record" if pk is None else f"record with primary key {describe_encoded_key(pk)}"
         return DatabaseCorrupted(
             f"malformed {record} of table {self.table_def.name!r} at byte {pos} of "
             f"{len(data)}: {what}",

@@ -87,6 +87,7 @@ from jetstore.tables.keys import (
     KeyInput,
     datetime_as_read,
     decode_key,
+    describe_encoded_key,
     encode_key,
     prefix_successor,
     single_key_encoder,
@@ -1051,12 +1052,14 @@ class Table:
             if unique is None or old_entries.get(index.name) == entry:
                 continue
             uniques.append((unique, entry))
-            for other_key, other_pk in view.unique_entries(unique, tuple_prefix_stop(unique)):
+            for _other_key, other_pk in view.unique_entries(unique, tuple_prefix_stop(unique)):
                 if other_pk not in own_pks:
                     raise KeyDuplicate(
                         f"unique index {index.name!r} of table {self.name!r} already has "
-                        f"key {tuple(record[c] for c in index.columns)!r} (another record; "
-                        f"entry {other_key.hex()[:32]}…)"
+                        f"key {tuple(record[c] for c in index.columns)!r}, in the record with "
+                        f"primary key {describe_encoded_key(other_pk)}",
+                        hint="use another value, or change or delete that record first; "
+                        "nothing was written",
                     )
         encoded, long_values = self._encode_stored(key, record, None, try_inline)
         kept = self._unchanged_long_values(pk, long_values, old)
