@@ -44,6 +44,41 @@ def interrupt_as_call_returns(
     assert fired
 
 
+@contextmanager
+def interrupt_at_return(within: Callable[..., Any], point: int) -> Iterator[list[bool]]:
+    """KeyboardInterrupt as the `point`-th (from 1) function return inside the calls of
+    `within` (their own returns included), counting every Python function they run: a sweep
+    of point = 1, 2, ... until it no longer fires interrupts them wherever a signal handler
+    could run after a call. The list yielded holds True once it fired."""
+    code = within.__code__
+    seen = 0
+    inside = 0  # frames of `within` running
+    fired: list[bool] = []
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal seen, inside
+        if event == "return":
+            if frame.f_code is code:
+                inside -= 1
+            seen += 1
+            if seen == point and not fired:
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
+        nonlocal inside
+        if frame.f_code is code:
+            inside += 1
+        return local if inside else None
+
+    sys.settrace(tracer)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
 def interrupt_as_open_returns(suffix: str) -> Any:
     """KeyboardInterrupt as the first `FileSystem.open` of a path ending in `suffix` returns
     its file."""

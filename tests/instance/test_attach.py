@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.interrupting import interrupt_as_call_returns
+from tests.interrupting import interrupt_as_call_returns, interrupt_at_return
 
 import jetstore
 from jetstore.errors import (
@@ -23,7 +23,7 @@ from jetstore.errors import (
 )
 from jetstore.format.dbheader import DatabaseState
 from jetstore.instance.diagnosis import plan_recovery
-from jetstore.instance.instance import InstanceState
+from jetstore.instance.instance import Instance, InstanceState
 from jetstore.io import FileSystem, IOEvent
 from jetstore.io.locking import file_lock_holder
 from jetstore.pages.pagefile import DatabaseFile
@@ -1070,3 +1070,36 @@ def test_an_attach_interrupted_as_a_database_file_open_returns_leaves_nothing_op
 
 def _raise_interrupt(*args: object, **kwargs: object) -> None:
     raise KeyboardInterrupt("Ctrl-C")
+
+
+def test_an_attach_interrupted_anywhere_in_its_file_opens_leaves_no_cache_handle_or_fd(
+    tmp_path: Path,
+) -> None:
+    # Every return inside the opens of the probe and of the moved file, the open's own
+    # returns included: a node cache joined the instance's cache budget as the file opened,
+    # and stayed listed there when a Ctrl-C came before attach held the file (a leak per
+    # interrupted attach), though the file itself was closed.
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 20)
+        caches = list(inst.cache_budget.caches)
+        handles = inst.registry.counts()
+        fds = len(os.listdir("/proc/self/fd"))
+        point = 0
+        while True:
+            point += 1
+            with (
+                interrupt_at_return(Instance.open_database_file, point) as fired,
+                contextlib.suppress(KeyboardInterrupt),
+            ):
+                inst.attach(outside)
+            if not fired:
+                break
+            assert inst.state is InstanceState.OPEN, point
+            assert inst.databases() == ["main"], point
+            assert inst.cache_budget.caches == caches, point
+            assert inst.registry.counts() == handles, point
+            assert len(os.listdir("/proc/self/fd")) == fds, point
+            assert os.path.exists(outside), point
+        assert point > 20  # the sweep reached into the opens
+        assert rows(inst.database("third")) == list(range(1000, 1005))

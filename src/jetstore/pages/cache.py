@@ -17,7 +17,8 @@ A read the point-read index answers touches no node: each eviction tells the ind
 what they reach (`jetstore.pages.pointindex`, invariant 6).
 
 An instance's databases share one `cache_size` (`CacheBudget`, in bytes of pages: databases
-of different page sizes count what they hold): their caches share the budget's lock, and a
+of different page sizes count what they hold): their caches share the budget's lock, are
+listed in it from their first page until `release` (their file closed), and a
 put that would take them past the limit first evicts (CLOCK) from the cache holding the most
 bytes among those above `MIN_PAGES` pages (no cache shrinks below that for another, so only
 those floors can overrun the budget). Without a budget (tools, tests) a cache is bounded by
@@ -59,9 +60,13 @@ class NodeCache:
         self.page_size = page_size
         self._budget = budget
         self._lock = budget.lock if budget is not None else threading.Lock()
-        if budget is not None:
-            with budget.lock:
-                budget.caches.append(self)
+        # Listed in the budget from its first page on, not from here: a database file whose
+        # open fails or is interrupted after this (a damaged free list, a Ctrl-C as the open
+        # returns, before its opener holds it) is never closed, and its cache stayed listed
+        # for the life of the instance. Holding no page, it had nothing to give way anyway.
+        self._listed = False
+        #: Set by `release` (its file closed): a page a reader loaded before that is not kept.
+        self._released = False
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -84,6 +89,8 @@ class NodeCache:
 
     def put(self, pgno: int, node: Node) -> None:
         with self._lock:
+            if self._released:
+                return  # nor listed again: it would stay in the budget for good
             nodes = self._nodes
             replaced = nodes.pop(pgno, None)
             if replaced is not None:
@@ -97,6 +104,11 @@ class NodeCache:
                     self._evict_one()
                 budget = self._budget
                 if budget is not None:
+                    if not self._listed:
+                        # Checked, not assumed: a Ctrl-C after the append, before the flag.
+                        if self not in budget.caches:
+                            budget.caches.append(self)
+                        self._listed = True
                     while budget.used + self.page_size > budget.limit:
                         above = [c for c in budget.caches if len(c._nodes) > MIN_PAGES]
                         if not above:
@@ -148,6 +160,7 @@ class NodeCache:
     def release(self) -> None:
         """Empty the cache and leave its budget (its database file closed)."""
         with self._lock:
+            self._released = True
             budget = self._budget
             if budget is not None:
                 budget.used -= self._held()
