@@ -45,11 +45,14 @@ def interrupt_as_call_returns(
 
 
 @contextmanager
-def interrupt_at_return(within: Callable[..., Any], point: int) -> Iterator[list[bool]]:
+def interrupt_at_return(
+    within: Callable[..., Any], point: int, *, own_returns: bool = True
+) -> Iterator[list[bool]]:
     """KeyboardInterrupt as the `point`-th (from 1) function return inside the calls of
-    `within` (their own returns included), counting every Python function they run: a sweep
-    of point = 1, 2, ... until it no longer fires interrupts them wherever a signal handler
-    could run after a call. The list yielded holds True once it fired."""
+    `within` (their own returns too, unless `own_returns` is False: those land in the
+    caller), counting every Python function they run: a sweep of point = 1, 2, ... until it
+    no longer fires interrupts them wherever a signal handler could run after a call. The
+    list yielded holds True once it fired."""
     code = within.__code__
     seen = 0
     inside = 0  # frames of `within` running
@@ -60,6 +63,8 @@ def interrupt_at_return(within: Callable[..., Any], point: int) -> Iterator[list
         if event == "return":
             if frame.f_code is code:
                 inside -= 1
+                if not own_returns:
+                    return local
             seen += 1
             if seen == point and not fired:
                 fired.append(True)

@@ -3,6 +3,7 @@ precise refusals (before anything is written) when required logs are missing or 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import google_crc32c
 import pytest
+from tests.interrupting import interrupt_at_return
 
 import jetstore
 from jetstore.errors import (
@@ -36,10 +38,13 @@ from jetstore.format.logframe import KIND_FULL, decode_frame, encode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.logrecords import OP_PUT, RECORD_COMMIT
 from jetstore.format.positions import LogPosition
+from jetstore.instance import instance as instance_module
 from jetstore.instance.diagnosis import plan_recovery
+from jetstore.instance.recovery import open_database_files
 from jetstore.instance.recoverydecisions import RecoveryStart, databases_losing_data
 from jetstore.io import FileSystem, IOEvent
 from jetstore.log.reader import LogInventory
+from jetstore.pages.pagefile import DatabaseFile
 from jetstore.tools.repair import repair_database
 
 SMALL = {"log_file_size": 64 * 1024, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
@@ -1421,3 +1426,46 @@ def test_a_data_loss_repair_failing_between_two_databases_is_finished_by_the_nex
         # Commits alternate between the two: the one the gap cut off may be alpha's.
         assert 0 < counts[1] < n // 2 and counts[0] in (counts[1], counts[1] + 20)
         assert loss.reason.count("database 'beta' needs log generations") == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_open_interrupted_while_it_opens_the_database_files_leaves_none_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every return inside `open_database_files` (after its own, the caller's cleanup closes
+    # them): a Ctrl-C as a database file's open
+    # returned, before the file was stored, left it open and locked under the instance's
+    # owner, for its final cleanup alone to close; what the function opened is closed on its
+    # own way out now.
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        for name in ("a", "b"):
+            instance.database(name, create=True).create_table("t", [("id", "int")], "id")
+    left: list[list[str]] = []
+
+    def watched(instance: jetstore.Instance) -> dict[str, DatabaseFile]:
+        try:
+            return open_database_files(instance)
+        except BaseException:
+            left.append([h.description for h in instance.registry.open_handles()])
+            raise
+
+    monkeypatch.setattr(instance_module, "open_database_files", watched)
+    fds = len(os.listdir("/proc/self/fd"))
+    point = checked = 0
+    while True:
+        point += 1
+        with (
+            interrupt_at_return(open_database_files, point, own_returns=False) as fired,
+            contextlib.suppress(KeyboardInterrupt),
+        ):
+            jetstore.open(tmp_path, **SMALL).close()
+        if not fired:
+            break
+        # None where the interrupt landed in a finalizer (a weak reference's callback), which
+        # Python reports as unraisable: the open went on.
+        for handles in left:
+            assert [p for p in handles if p.endswith(".edb")] == [], point
+            checked += 1
+        left.clear()
+        assert len(os.listdir("/proc/self/fd")) == fds, point
+    assert checked > 20

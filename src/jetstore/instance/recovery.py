@@ -38,6 +38,7 @@ so a crash during recovery just means recovery runs again from the same place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Collection
@@ -81,6 +82,7 @@ from jetstore.instance.recoverydecisions import (
     scan_stop_generation,
     scan_stop_loss,
 )
+from jetstore.io.handles import release_all, use_owner
 from jetstore.log.reader import LogRecordEntry, LogScanner, take_inventory
 from jetstore.log.writer import LogTail
 from jetstore.pages.pagefile import CREATING_SUFFIX, DatabaseFile
@@ -182,7 +184,16 @@ class RecoveryOutcome:
 
 
 def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
+    """Open every `NAME.edb` of the instance directory (deleting creations cut short); on
+    any way out but success none stays open.
+
+    The files open under a sub-owner of this call's own, closed with them on failure: a
+    Ctrl-C as an open returned, before its file was stored, left it open and locked under
+    the instance's owner, for the instance's final cleanup alone to close (as in
+    `Instance.attach`). The sub-owner stays theirs once opened: `close_owner` of the
+    instance's owner reaches it."""
     files: dict[str, DatabaseFile] = {}
+    scope = use_owner(instance.owner)
     try:
         for name in instance.fs.listdir(instance.directory):
             if name.endswith(CREATING_SUFFIX):
@@ -194,10 +205,14 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
             if db_name is None:
                 continue
             path = os.path.join(instance.directory, name)
-            files[db_name] = instance.open_database_file(path)
+            files[db_name] = instance.open_database_file(path, owner=scope)
     except BaseException:
-        for file in files.values():
-            file.close()
+        # The error that stopped the opens is the one reported, not a failed close.
+        with contextlib.suppress(Exception):
+            release_all(
+                *(file.close for file in files.values()),
+                lambda: instance.registry.close_owner(scope),
+            )
         raise
     return files
 
