@@ -389,6 +389,7 @@ def _errno(name: str) -> int:
         ("EISDIR", InvalidPath),
         ("EEXIST", FileAlreadyExists),
         ("ELOOP", InvalidPath),
+        ("EXDEV", InvalidPath),
         ("ENOMEM", OutOfMemory),
         ("EIO", DiskIO),
         ("EINVAL", DiskIO),
@@ -420,6 +421,7 @@ def test_from_os_error_maps_errno(errno_name: str, expected: type[JetError]) -> 
         ("ENOTDIR", "create", "a parent of '/x/edbtmp.log' is a file, not a directory"),
         ("ENAMETOOLONG", "create", "is too long for the file system"),
         ("ELOOP", "create", "loop of symbolic links"),
+        ("EXDEV", "rename", "a rename cannot move a file between file systems"),
     ],
 )
 def test_from_os_error_path_errors_say_what_is_wrong(errno_name: str, op: str, says: str) -> None:

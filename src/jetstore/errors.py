@@ -1249,7 +1249,7 @@ def _errno_table() -> dict[int, type[JetError]]:
         (("EACCES", "EPERM", "EROFS", "ETXTBSY", "EBUSY"), FileAccessDenied),
         (("ENOSPC", "EDQUOT", "EFBIG"), DiskFull),
         (("EMFILE", "ENFILE"), OutOfFileHandles),
-        (("ENOTDIR", "ENAMETOOLONG", "EISDIR", "ELOOP"), InvalidPath),
+        (("ENOTDIR", "ENAMETOOLONG", "EISDIR", "ELOOP", "EXDEV"), InvalidPath),
         (("EEXIST",), FileAlreadyExists),
         (("ENOMEM",), OutOfMemory),
     ]
@@ -1307,6 +1307,13 @@ def _path_problem(number: int | None, op: str, path: str) -> tuple[str, str] | N
             f"the path '{path}' (or one of its names) is too long for the file system",
             "Use a shorter path.",
         )
+    if number == _errno.EXDEV:
+        return (
+            f"'{path}' is on another file system than where it was to be moved, and a "
+            "rename cannot move a file between file systems",
+            "Copy the file onto the destination's file system (for an attach: into the "
+            "instance directory), then retry with the copy.",
+        )
     if number == _errno.ELOOP:
         return (
             f"'{path}' goes through a loop of symbolic links (or too many of them)",
@@ -1335,7 +1342,7 @@ def from_os_error(exc: OSError, *, op: str, path: str) -> JetError:
     The result names the operation, the path and the OS message, carries ``errno`` and has
     ``__cause__`` set to ``exc``. Callers raise it: ``raise from_os_error(e, ...) from e``.
     Unrecognised errors (EIO and the rest) become ``DiskIO``. Errors about the path itself
-    (EISDIR, ENOTDIR, ENAMETOOLONG, ELOOP, and EEXIST where a directory was to be made)
+    (EISDIR, ENOTDIR, ENAMETOOLONG, ELOOP, EXDEV, and EEXIST where a directory was to be made)
     become ``InvalidPath``, and EEXIST of a file ``FileAlreadyExists``; their detail says what
     is wrong with the path and their hint what to do about it. So does ``FileNotFound`` for a
     symbolic link whose target is gone (`_dangling_link`).

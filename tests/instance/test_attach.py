@@ -4,6 +4,7 @@ stream); a database that was not shut down cleanly is refused."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -1103,3 +1104,25 @@ def test_an_attach_interrupted_anywhere_in_its_file_opens_leaves_no_cache_handle
             assert os.path.exists(outside), point
         assert point > 20  # the sweep reached into the opens
         assert rows(inst.database("third")) == list(range(1000, 1005))
+
+
+def test_an_attach_across_file_systems_is_a_path_mistake_not_a_disk_error(
+    tmp_path: Path,
+) -> None:
+    # A rename cannot move a file to another file system (EXDEV): the attach said DiskIO,
+    # "check the disk (SMART data, cabling)", for a file that only had to be copied first.
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "rename" and event.path == outside:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    with jetstore.open(tmp_path / "live", filesystem=FileSystem(hook=hook), **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 5)
+        with pytest.raises(jetstore.errors.InvalidPath) as refused:
+            inst.attach(outside)
+        error = refused.value
+        assert error.path == outside and "another file system" in error.detail
+        assert "copy" in (error.hint or "") and "SMART" not in str(error)
+        assert os.path.exists(outside) and inst.databases() == ["main"]
+        assert inst.state is InstanceState.OPEN
