@@ -1126,3 +1126,111 @@ def test_an_attach_across_file_systems_is_a_path_mistake_not_a_disk_error(
         assert "copy" in (error.hint or "") and "SMART" not in str(error)
         assert os.path.exists(outside) and inst.databases() == ["main"]
         assert inst.state is InstanceState.OPEN
+
+
+def _attach_inside_rename(
+    inst: jetstore.Instance, source: str, nested: str, outcome: dict[str, object]
+) -> FileSystem:
+    """A hook that runs `inst.attach(nested)` to its end inside the rename of `source` of
+    another attach (as a second thread would between that attach's checks and its move)."""
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "rename" and event.path == source and "nested" not in outcome:
+            outcome["nested"] = None
+            try:
+                outcome["nested"] = inst.attach(nested)
+            except JetError as exc:
+                outcome["nested"] = exc
+
+    return FileSystem(hook=hook)
+
+
+def test_two_attaches_of_one_file_at_once_leave_it_attached_once(tmp_path: Path) -> None:
+    # The attach that lost the race failed its rename (the file was gone) and then "moved
+    # the file back": the other attach's file, out of the instance directory under it.
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    outcome: dict[str, object] = {}
+    inst = jetstore.open(tmp_path / "live", **SMALL)
+    inst.fs.hook = _attach_inside_rename(inst, outside, outside, outcome).hook
+    try:
+        with contextlib.suppress(JetError):
+            inst.attach(outside)
+        assert "nested" in outcome
+        assert inst.databases() == ["third"]
+        assert (tmp_path / "live" / "third.edb").exists() and not os.path.exists(outside)
+        fill(inst.database("third"), 1005, 5)
+        inst.checkpoint()
+        assert inst.state is InstanceState.OPEN
+    finally:
+        inst.fs.hook = None
+        inst.close()
+    with jetstore.open(tmp_path / "live", **SMALL) as reopened:
+        assert rows(reopened.database("third")) == list(range(1000, 1010))
+
+
+def test_two_attaches_of_one_name_at_once_never_replace_a_file(tmp_path: Path) -> None:
+    # Both checked that NAME.edb was free, then both renamed: the second rename replaced the
+    # file the first had just attached (unlinked under it, its data gone at close), and the
+    # second database took the name in the instance's table.
+    first = _external_database(tmp_path / "one", "third", 1000)
+    second = _external_database(tmp_path / "two", "third", 2000)
+    outcome: dict[str, object] = {}
+    inst = jetstore.open(tmp_path / "live", **SMALL)
+    inst.fs.hook = _attach_inside_rename(inst, first, second, outcome).hook
+    try:
+        try:
+            winner: jetstore.Database | None = inst.attach(first)
+        except JetError as exc:
+            assert exc.code == -1201 and exc.path == first  # DatabaseDuplicate
+            winner = None
+        nested = outcome["nested"]
+        if winner is None:
+            assert isinstance(nested, jetstore.Database)
+            winner, loser, expected = nested, first, list(range(2000, 2005))
+        else:
+            assert isinstance(nested, JetError) and nested.code == -1201
+            loser, expected = second, list(range(1000, 1005))
+        assert inst.databases() == ["third"] and inst.database("third") is winner
+        assert os.path.exists(loser)
+        assert rows(winner) == expected
+        inst.checkpoint()
+        assert inst.state is InstanceState.OPEN
+    finally:
+        inst.fs.hook = None
+        inst.close()
+    with jetstore.open(tmp_path / "live", **SMALL) as reopened:
+        assert rows(reopened.database("third")) == expected
+
+
+def test_an_attach_and_a_creation_of_one_name_at_once_never_replace_a_file(
+    tmp_path: Path,
+) -> None:
+    # A creation (under the commit lock) made NAME.edb between the attach's check and its
+    # rename: the rename replaced the new file under the created database. The attach holds
+    # the name now: a creation meanwhile is refused.
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    created: list[object] = []
+    inst = jetstore.open(tmp_path / "live", **SMALL)
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "rename" and event.path == outside and not created:
+            try:
+                created.append(inst.database("third", create=True))
+            except JetError as exc:
+                created.append(exc)
+
+    inst.fs.hook = hook
+    try:
+        attached = inst.attach(outside)
+        refused = created[0]
+        assert isinstance(refused, JetError) and refused.code == -1201
+        assert "being attached" in refused.detail
+        assert inst.databases() == ["third"] and inst.database("third") is attached
+        fill(attached, 1005, 1)
+        inst.checkpoint()
+        assert inst.state is InstanceState.OPEN
+    finally:
+        inst.fs.hook = None
+        inst.close()
+    with jetstore.open(tmp_path / "live", **SMALL) as reopened:
+        assert rows(reopened.database("third")) == list(range(1000, 1006))

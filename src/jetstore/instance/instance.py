@@ -232,6 +232,9 @@ class Instance:
         # The thread holding `_checkpoint_lock` (its commits must not wait for a checkpoint).
         self._checkpoint_holder: int | None = None
         self._databases: dict[str, Database] = {}
+        #: Names an attach holds from its checks to its end, each with the attach's token:
+        #: another attach or a creation of the name is refused meanwhile (`attach`).
+        self._attaching: dict[str, object] = {}
         self._lock: DirectoryLock | None = None
         self._events: EventLog | None = None
         self._log: LogWriter | None = None
@@ -820,6 +823,14 @@ class Instance:
             self.check_writable()
             if name in self._databases:
                 return self._databases[name]
+            if name in self._attaching:
+                # Its file may be in the directory already: creating it would fail the
+                # instance (the file exists), or the attach's move would replace it.
+                raise DatabaseDuplicate(
+                    f"database {name!r} is being attached to instance '{self.directory}'",
+                    hint="wait for the attach to end, then open the database without create",
+                    path=os.path.join(self.directory, database_file_name(name)),
+                )
             db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
             signature = Signature.new()
             record = CreateDatabaseRecord(
@@ -971,10 +982,31 @@ class Instance:
             raise InvalidParameter(
                 f"'{source}' is not a database file name (NAME.edb)", path=source
             )
-        if name in self._databases:
-            raise DatabaseDuplicate(
-                f"instance '{self.directory}' already has a database {name!r}", path=source
-            )
+        # The name is taken under the lock a creation holds, for the whole attach: two
+        # attaches of one name (or of one file) both found NAME.edb free, and the second
+        # rename replaced the file the first had moved there (or the loser "moved back" the
+        # winner's file); a creation made the file between the check and the move.
+        token = object()
+        try:
+            with self.commit_lock:
+                if name in self._databases or self._attaching.setdefault(name, token) is not token:
+                    raise DatabaseDuplicate(
+                        f"instance '{self.directory}' already has a database {name!r}"
+                        f"{'' if name in self._databases else ' (being attached)'}",
+                        hint=f"detach that database first, or attach '{source}' under another "
+                        "name (rename the file, NAME.edb)",
+                        path=source,
+                    )
+            return self._attach_file(source, name)
+        finally:
+            release_all(functools.partial(self._end_attaching, name, token))
+
+    def _end_attaching(self, name: str, token: object) -> None:
+        if self._attaching.get(name) is token:
+            del self._attaching[name]
+
+    def _attach_file(self, source: str, name: str) -> Database:
+        """`attach` of `source` under `name`, which it has taken (`_attaching`)."""
         self._refuse_during_backup("attach", name)
         target = os.path.join(self.directory, database_file_name(name))
         # Read-only but locked: a file another instance has open (its own, or one it reaches
