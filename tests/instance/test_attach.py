@@ -1234,3 +1234,47 @@ def test_an_attach_and_a_creation_of_one_name_at_once_never_replace_a_file(
         inst.close()
     with jetstore.open(tmp_path / "live", **SMALL) as reopened:
         assert rows(reopened.database("third")) == list(range(1000, 1006))
+
+
+@pytest.mark.parametrize("link", ["hard link", "symbolic link"])
+def test_a_second_name_of_a_database_file_in_the_directory_is_named_as_such(
+    tmp_path: Path, link: str
+) -> None:
+    # A hard link or symbolic link b.edb to a.edb in the instance directory: the open was
+    # refused with FileAccessDenied, "in use by instance <this directory> in this process:
+    # close that instance first" (the instance being opened held it), and diagnose called it
+    # two copies to move one away and attach afterwards (the same file again).
+    with jetstore.open(tmp_path, **SMALL) as inst:
+        fill(inst.database("a", create=True), 0, 5)
+    if link == "hard link":
+        os.link(tmp_path / "a.edb", tmp_path / "b.edb")
+    else:
+        os.symlink("a.edb", tmp_path / "b.edb")
+    with pytest.raises(DatabaseSignInUse) as refused:
+        jetstore.open(tmp_path, **SMALL)
+    error = refused.value
+    assert error.path == str(tmp_path / "b.edb")
+    assert "one database file under two names" in error.detail
+    assert "remove" in (error.hint or "") and "close that instance" not in str(error)
+    plan = plan_recovery(str(tmp_path))
+    assert plan.error is not None and plan.error.code == error.code
+    assert plan.error.detail == error.detail and plan.verdict == "move-away"
+    assert "attach it afterwards" not in plan.summary
+    os.unlink(tmp_path / "b.edb")
+    with jetstore.open(tmp_path, **SMALL) as inst:
+        assert inst.databases() == ["a"] and rows(inst.database("a")) == list(range(5))
+
+
+def test_attaching_another_name_of_an_attached_database_says_it_is_attached(
+    tmp_path: Path,
+) -> None:
+    # Was FileAccessDenied "in use by instance <this one>: close that instance first".
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        fill(inst.database("a", create=True), 0, 5)
+        os.symlink(tmp_path / "live" / "a.edb", tmp_path / "other.edb")
+        with pytest.raises(JetError) as refused:
+            inst.attach(tmp_path / "other.edb")
+        error = refused.value
+        assert error.code == -1201 and "database 'a' of this instance" in error.detail
+        assert "close that instance" not in str(error)
+        assert os.path.islink(tmp_path / "other.edb") and inst.databases() == ["a"]

@@ -70,6 +70,7 @@ from jetstore.instance.recoverydecisions import (
     RefusalKind,
     Refused,
     check_after_scan,
+    check_one_name_per_file,
     databases_losing_data,
     decide_start,
     is_dirty,
@@ -373,6 +374,15 @@ def _simulate(
     """`recovery._recover` without the writes: the same decisions (`recoverydecisions`), acted
     on by counting. Raises `Refused` where recovery raises."""
     sim = _Simulation()
+    # `open_database_files`: two names of one file refuse the open before any file opens.
+    check_one_name_per_file(
+        fs,
+        {
+            db_name: os.path.join(directory, f.file)
+            for f in databases
+            if (db_name := parse_database_file_name(f.file)) is not None
+        },
+    )
     # DatabaseFile.open: an unreadable header fails the open before recovery starts.
     for facts in databases:
         if facts.error is not None:
@@ -960,7 +970,7 @@ def _refusal(
             f"{command} dump header {_quote(os.path.join(path, str(name) + '.edb'))}",
         ]
         return
-    elif refused.kind == "not-a-file":
+    elif refused.kind in ("not-a-file", "same-file"):
         # Nothing is damaged or lost: a stray directory (or special file) takes a log's name.
         plan.verdict = "move-away"
         plan.summary = f"{(error.detail or str(error)).rstrip('.')}: {error.hint or ''}".rstrip(

@@ -1008,6 +1008,17 @@ class Instance:
     def _attach_file(self, source: str, name: str) -> Database:
         """`attach` of `source` under `name`, which it has taken (`_attaching`)."""
         self._refuse_during_backup("attach", name)
+        # Another name of a file attached here (a link) met the lock this very instance
+        # holds, refused as "in use by" it with "close that instance first".
+        identity = self.fs.file_identity(source)
+        for attached, db in list(self._databases.items()):
+            if identity is not None and self.fs.file_identity(db.file.path) == identity:
+                raise DatabaseDuplicate(
+                    f"'{source}' is database {attached!r} of this instance "
+                    f"('{db.file.path}') under another name (a hard link or symbolic link)",
+                    hint=f"it is attached already: use instance.database({attached!r})",
+                    path=source,
+                )
         target = os.path.join(self.directory, database_file_name(name))
         # Read-only but locked: a file another instance has open (its own, or one it reaches
         # through a link) is refused here, before it is moved (FileAccessDenied). The lock

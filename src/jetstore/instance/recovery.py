@@ -75,6 +75,7 @@ from jetstore.instance.recoverydecisions import (
     RecoveryStart,
     Refused,
     check_after_scan,
+    check_one_name_per_file,
     databases_losing_data,
     decide_start,
     read_checkpoint,
@@ -192,10 +193,20 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
     the instance's owner, for the instance's final cleanup alone to close (as in
     `Instance.attach`). The sub-owner stays theirs once opened: `close_owner` of the
     instance's owner reaches it."""
+    names = instance.fs.listdir(instance.directory)
+    paths = {
+        db_name: os.path.join(instance.directory, name)
+        for name in names
+        if (db_name := parse_database_file_name(name)) is not None
+    }
+    try:
+        check_one_name_per_file(instance.fs, paths)
+    except Refused as refused:
+        raise refused.error from None
     files: dict[str, DatabaseFile] = {}
     scope = use_owner(instance.owner)
     try:
-        for name in instance.fs.listdir(instance.directory):
+        for name in names:
             if name.endswith(CREATING_SUFFIX):
                 # A creation cut short: the file holds no data (recovery re-creates the
                 # database from its log record).

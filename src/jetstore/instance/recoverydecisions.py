@@ -109,6 +109,7 @@ __all__ = [
     "RefusalKind",
     "Refused",
     "check_after_scan",
+    "check_one_name_per_file",
     "databases_losing_data",
     "decide_start",
     "is_dirty",
@@ -147,6 +148,7 @@ RefusalKind = Literal[
     "duplicate-id",
     "unreadable",
     "not-a-file",
+    "same-file",
     "newer-version",
 ]
 
@@ -197,6 +199,39 @@ class HeaderOnDisk:
 
     path: str
     header: DatabaseHeader
+
+
+def check_one_name_per_file(fs: FileSystem, paths: Mapping[str, str]) -> None:
+    """`Refused` (DatabaseSignInUse) when two database names of the directory (`paths`, by
+    database name) are one file: a hard link or a symbolic link to another database file.
+
+    Checked before any file is opened: the open of the second name met the first's lock,
+    taken by the very instance opening, and was refused as "in use by" that instance,
+    "close it first". The extra name is the one to remove, never a copy to attach.
+    """
+    seen: dict[tuple[int, int], str] = {}
+    for name in sorted(paths):
+        identity = fs.file_identity(paths[name])
+        if identity is None:
+            continue  # the open says what is wrong with it
+        first = seen.setdefault(identity, name)
+        if first == name:
+            continue
+        # The symbolic link is the extra name; between hard links, the later one.
+        extra, kept = (first, name) if fs.is_symbolic_link(paths[first]) else (name, first)
+        raise Refused(
+            DatabaseSignInUse(
+                f"'{paths[extra]}' and '{paths[kept]}' are one database file under two names "
+                f"(a {'symbolic' if fs.is_symbolic_link(paths[extra]) else 'hard'} link): "
+                "opened as two databases, its log records could not be told apart",
+                hint=f"remove the name '{paths[extra]}' (the file stays under "
+                f"'{paths[kept]}'), then open again; it is not a copy to attach: both names "
+                "are the same database",
+                path=paths[extra],
+            ),
+            "same-file",
+            database=extra,
+        )
 
 
 def is_dirty(header: DatabaseHeader) -> bool:

@@ -962,6 +962,15 @@ class FileSystem:
             return None
         return _SPECIAL_KINDS.get(kind, "a special file")
 
+    def file_identity(self, path: str) -> tuple[int, int] | None:
+        """The (device, inode) of the file `path` names (followed if a link): equal for
+        every name of one file. None if it cannot be read (gone, no permission)."""
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return info.st_dev, info.st_ino
+
     def is_symbolic_link(self, path: str) -> bool:
         """Whether `path` itself is a symbolic link (to anything, or to nothing)."""
         return os.path.islink(path)
