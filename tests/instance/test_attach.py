@@ -1278,3 +1278,31 @@ def test_attaching_another_name_of_an_attached_database_says_it_is_attached(
         assert error.code == -1201 and "database 'a' of this instance" in error.detail
         assert "close that instance" not in str(error)
         assert os.path.islink(tmp_path / "other.edb") and inst.databases() == ["a"]
+
+
+def test_a_detach_whose_last_checkpoint_is_interrupted_is_still_in_the_event_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database was detached (clean header, DETACH record durable, gone from the
+    # instance) but its event was emitted only after the checkpoint that follows: a Ctrl-C
+    # there left the event log without the detach (attach says its event first for this).
+    with jetstore.open(tmp_path, **SMALL) as inst:
+        fill(inst.database("moving", create=True), 0, 5)
+        fill(inst.database("main", create=True), 0, 5)
+        checkpoint = inst.checkpoint
+        calls: list[int] = []
+
+        def interrupted(**kwargs: bool) -> object:
+            calls.append(1)
+            if len(calls) == 2:  # the one after the database left
+                raise KeyboardInterrupt("Ctrl-C")
+            return checkpoint(**kwargs)
+
+        monkeypatch.setattr(inst, "checkpoint", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            inst.detach("moving")
+        monkeypatch.undo()
+        assert inst.state is InstanceState.OPEN and inst.databases() == ["main"]
+        events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        detached = [e["fields"] for e in events if e["name"] == "database_detached"]
+        assert detached == [{"database": "moving"}]

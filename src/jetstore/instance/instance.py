@@ -963,8 +963,10 @@ class Instance:
             path = db.file.path
             db.close_transactions()
             db.file.close()
-        self.checkpoint()  # the checkpoint file no longer lists it
+        # Said before the checkpoint, as attach does: the database is detached from here on
+        # (clean header, DETACH record durable), even if that checkpoint is interrupted.
         self.events.emit("database_detached", f"database {name!r} detached", database=name)
+        self.checkpoint()  # the checkpoint file no longer lists it
         return path
 
     def attach(self, path: str | os.PathLike[str]) -> Database:
