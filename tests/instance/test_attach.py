@@ -1306,3 +1306,24 @@ def test_a_detach_whose_last_checkpoint_is_interrupted_is_still_in_the_event_log
         events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
         detached = [e["fields"] for e in events if e["name"] == "database_detached"]
         assert detached == [{"database": "moving"}]
+
+
+def test_an_attach_over_a_detached_file_left_in_the_directory_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    # The detached file stays in the instance directory; attaching another file of its name
+    # said "already exists: choose another name, or open the existing database instead of
+    # creating it", though no database of that name is open to use.
+    outside = _external_database(tmp_path / "elsewhere", "third", 1000)
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        fill(inst.database("third", create=True), 0, 5)
+        left = inst.detach("third")
+        with pytest.raises(JetError) as refused:
+            inst.attach(outside)
+        error = refused.value
+        assert error.code == -1201 and error.path == left
+        assert "not attached" in error.detail
+        hint = error.hint or ""
+        assert "instead of creating" not in hint
+        assert left in hint and outside in hint
+        assert os.path.exists(outside) and inst.databases() == []

@@ -1047,7 +1047,14 @@ class Instance:
                 path=source,
             )
         if source != target and self.fs.exists(target):
-            raise DatabaseDuplicate(f"'{target}' already exists", path=target)
+            raise DatabaseDuplicate(
+                f"'{target}' already exists, a file no database of the instance has open "
+                "(not attached: a database detached here, or a file put there meanwhile)",
+                hint=f"move '{target}' out of the instance directory (or attach it: "
+                f"instance.attach('{target}')), or rename '{source}' to attach it under "
+                "another name",
+                path=target,
+            )
         # The header written below requires the log's current generation, so that generation
         # must be on disk first: a lazy commit may have closed the previous one in memory
         # only, and a crash before the roll would leave a database requiring a generation
