@@ -1327,3 +1327,33 @@ def test_an_attach_over_a_detached_file_left_in_the_directory_says_what_to_do(
         assert "instead of creating" not in hint
         assert left in hint and outside in hint
         assert os.path.exists(outside) and inst.databases() == []
+
+
+@pytest.mark.parametrize("path", [None, 5, b"/x/third.edb", ""])
+def test_attach_of_a_value_that_is_no_path_is_refused_with_the_engine_error(
+    tmp_path: Path, path: object
+) -> None:
+    # None, a number or bytes escaped as a bare TypeError; "" was taken for the current
+    # directory ("'/cwd' is not a database file name").
+    with jetstore.open(tmp_path, **SMALL) as inst:
+        with pytest.raises(JetError) as refused:
+            inst.attach(path)  # type: ignore[arg-type]
+        assert refused.value.code in (-1003, -1023) and refused.value.hint
+        assert os.getcwd() not in str(refused.value)
+
+
+def test_attach_and_detach_refusals_of_a_name_say_the_way_out(tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    odd = tmp_path / "e" / "my db.edb"
+    odd.write_bytes(b"")
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 1)
+        with pytest.raises(JetError) as refused:
+            inst.attach(odd)
+        # Was the generic "check the value against the documentation".
+        assert "letters, digits" in (refused.value.hint or "")
+        with pytest.raises(DatabaseNotFound) as missing:
+            inst.detach("nope")
+        # Was "pass create=True to create it", for a detach.
+        assert "create=True" not in str(missing.value)
+        assert "main" in str(missing.value)

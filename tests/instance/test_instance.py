@@ -523,6 +523,13 @@ def test_empty_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert os.listdir(tmp_path) == []  # nothing created in the current directory
 
 
+@pytest.mark.parametrize("path", [None, 5, b"/tmp/x"])
+def test_a_value_that_is_no_str_path_is_refused_with_the_engine_error(path: object) -> None:
+    # A bare TypeError escaped from os.fspath (None, a number) or from the NUL check (bytes).
+    with pytest.raises(jetstore.errors.InvalidParameter, match="instance directory path must"):
+        jetstore.open(path, **SMALL)  # type: ignore[arg-type]
+
+
 def test_a_path_with_a_nul_byte_is_a_path_error(tmp_path: Path) -> None:
     # The OS API raises a bare ValueError ("embedded null byte") for it, before any OSError.
     with pytest.raises(InvalidPath, match="NUL") as info:

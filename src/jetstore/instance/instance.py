@@ -887,6 +887,14 @@ class Instance:
         (`Instance.attach`). Returns the path of its file (it stays where it is).
         """
         self.check_writable()
+        if isinstance(name, str) and is_valid_database_name(name) and name not in self._databases:
+            # Not `database`'s refusal, whose way out is to create the database.
+            raise DatabaseNotFound(
+                f"instance '{self.directory}' has no database {name!r} to detach "
+                f"(databases: {', '.join(sorted(self._databases)) or 'none'})",
+                hint="check the name: Instance.databases() lists the attached databases",
+                path=os.path.join(self.directory, database_file_name(name)),
+            )
         db = self.database(name)
         self._refuse_during_backup("detach", name)
         if db.active_transactions():
@@ -977,12 +985,16 @@ class Instance:
         changes are in the logs of the instance it came from; recover it there first.
         """
         self.check_writable()
-        source = os.path.abspath(os.fspath(path))
+        source = absolute_path(path, what="database file")
         file_name = os.path.basename(source)
         name = parse_database_file_name(file_name)
         if name is None:
             raise InvalidParameter(
-                f"'{source}' is not a database file name (NAME.edb)", path=source
+                f"'{source}' is not a database file name (NAME.edb)",
+                hint="the file must be named NAME.edb, NAME of letters, digits, '_' or '-' "
+                "starting with a letter or '_' (at most 64 characters): rename it (the "
+                "database takes that name here), then attach it",
+                path=source,
             )
         # The name is taken under the lock a creation holds, for the whole attach: two
         # attaches of one name (or of one file) both found NAME.edb free, and the second

@@ -56,6 +56,7 @@ from typing import Any, Final, TextIO, TypeVar
 from jetstore.errors import (
     FileNotFound,
     InstanceUnavailable,
+    InvalidParameter,
     InvalidPath,
     JetError,
     from_os_error,
@@ -626,14 +627,23 @@ def _flock_at_once(fd: int, operation: int) -> bool:
 
 
 def absolute_path(path: str | os.PathLike[str], *, what: str) -> str:
-    """`path` made absolute; `InvalidPath` when it is empty or holds a NUL byte.
+    """`path` made absolute; `InvalidPath` when it is empty or holds a NUL byte,
+    `InvalidParameter` when it is no str path (None, a number, bytes).
 
     `os.path.abspath("")` is the current directory: an empty string (an unset variable, a
     missing argument) must never quietly put an instance, a backup set or a restore there.
     A NUL byte cannot be in a path: the OS API refuses it with a bare ValueError rather
     than an OSError, which no caller would turn into the engine's error.
     """
-    text = os.fspath(path)
+    # Checked first: os.fspath and the `in` below fail on anything else with a bare
+    # TypeError (None for an unset setting, bytes from an OS API).
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(text, str):
+        raise InvalidParameter(
+            f"the {what} path must be a str or os.PathLike of str, not "
+            f"{type(text).__name__} {text!r}",
+            hint="Pass the path as a str or a pathlib.Path (bytes: os.fsdecode(path)).",
+        )
     if not text:
         raise InvalidPath(
             f"the {what} path is empty",
