@@ -1031,19 +1031,25 @@ def test_a_detach_interrupted_after_it_began_writing_fails_the_instance(
         assert count(again.database("main")) == 10
 
 
+@pytest.mark.parametrize("where", ["lock release", "transactions ended"])
 def test_a_detach_interrupted_while_it_closes_the_file_leaves_it_closed_and_unlocked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Ctrl-C while a detached database's file released its lock skipped the close of the
     file: it stayed open, and locked, until the instance closed, and the detached file could
-    not be attached anywhere else meanwhile."""
+    not be attached anywhere else meanwhile. So did one as the database's transactions were
+    ended, once it had left the instance, before its file closed."""
+    from jetstore.instance.database import Database
     from jetstore.io.locking import FileLock, file_lock_holder
 
     inst = jetstore.open(tmp_path / "a", **SMALL)
     try:
         fill(inst.database("main", create=True), 10)
         inst.database("other", create=True)
-        fired = interrupt_once(monkeypatch, FileLock, "release")
+        if where == "lock release":
+            fired = interrupt_once(monkeypatch, FileLock, "release")
+        else:
+            fired = interrupt_once(monkeypatch, Database, "close_transactions", after=True)
         with pytest.raises(KeyboardInterrupt):
             inst.detach("main")
         monkeypatch.undo()

@@ -969,8 +969,9 @@ class Instance:
                 raise
             del self._databases[name]
             path = db.file.path
-            db.close_transactions()
-            db.file.close()
+            # Each step whatever interrupts the other: a Ctrl-C as the transactions ended
+            # left the detached file open and locked until the instance closed.
+            release_all(db.close_transactions, db.file.close)
         # Said before the checkpoint, as attach does: the database is detached from here on
         # (clean header, DETACH record durable), even if that checkpoint is interrupted.
         self.events.emit("database_detached", f"database {name!r} detached", database=name)
