@@ -1357,3 +1357,32 @@ def test_attach_and_detach_refusals_of_a_name_say_the_way_out(tmp_path: Path) ->
         # Was "pass create=True to create it", for a detach.
         assert "create=True" not in str(missing.value)
         assert "main" in str(missing.value)
+
+
+@pytest.mark.parametrize("how", ["attach", "join at open"])
+def test_a_database_from_another_stream_brings_no_backup_history_into_this_one(
+    tmp_path: Path, how: str
+) -> None:
+    # A database shut down cleanly in another instance (not detached, which clears it) kept
+    # that instance's backup history here: generations of the other stream. An incremental
+    # backup then "followed" a full backup this instance never took (a set of nothing), and
+    # `backed_up_through` counted generations no backup of this stream holds.
+    from jetstore.backup.backupset import write_backup_set
+
+    with jetstore.open(tmp_path / "a", **SMALL) as first:
+        fill(first.database("third", create=True), 0, 20)
+        first.log.roll()
+        first.log.roll()
+        with first.begin_backup("full") as session:
+            write_backup_set(session, tmp_path / "full-a")
+        assert not first.database("third").file.header.last_full_backup.is_none
+    moved = tmp_path / ("b" if how == "join at open" else "elsewhere") / "third.edb"
+    moved.parent.mkdir()
+    os.rename(tmp_path / "a" / "third.edb", moved)
+    with jetstore.open(tmp_path / "b", **SMALL) as second:
+        db = second.attach(moved) if how == "attach" else second.database("third")
+        second.checkpoint()
+        assert db.file.header.last_full_backup.is_none
+        assert second.backed_up_through() == 0
+        with pytest.raises(jetstore.errors.MissingFullBackup):
+            second.begin_backup("incremental")

@@ -1113,6 +1113,10 @@ class Instance:
                     last_attach_position=end,
                     last_attach_time=now_us(),
                     name=name,
+                    # Joining this stream: a history of the stream it left (a clean shutdown
+                    # there keeps it; a detach clears it) named backups and generations that
+                    # are not this stream's, which an incremental backup would "follow".
+                    **NO_BACKUP_HISTORY,
                 )
                 db = Database(self, name, db_id, file, end)
                 self._databases[name] = db
@@ -1407,6 +1411,9 @@ class Instance:
                 if header.state is not DatabaseState.DIRTY:
                     changes.update(last_attach_position=position, last_attach_time=now_us())
             raise_to: int | None = None if final else generation
+            if header.log_signature != signature:
+                # Joining, its backup history is the stream's it left (as for `attach`).
+                changes.update(NO_BACKUP_HISTORY)
             if not final and header.log_signature != signature:
                 # Joining this stream (a clean file put into the directory): whatever its
                 # header says it required belongs to the stream it left, and raised into
