@@ -1386,3 +1386,26 @@ def test_a_database_from_another_stream_brings_no_backup_history_into_this_one(
         assert second.backed_up_through() == 0
         with pytest.raises(jetstore.errors.MissingFullBackup):
             second.begin_backup("incremental")
+
+
+def test_creating_a_database_over_a_detached_file_left_in_the_directory_fails_nothing(
+    tmp_path: Path,
+) -> None:
+    # The creation logged its record, then met the file the detach had left: the instance
+    # failed (stopped accepting updates for every database), with the hint "open it with
+    # create=False", which is DatabaseNotFound for a file not attached.
+    with jetstore.open(tmp_path, **SMALL) as inst:
+        fill(inst.database("moving", create=True), 0, 5)
+        fill(inst.database("main", create=True), 0, 5)
+        left = inst.detach("moving")
+        with pytest.raises(JetError) as refused:
+            inst.database("moving", create=True)
+        error = refused.value
+        assert error.code == -1201 and error.path == left
+        assert "attach" in (error.hint or "") and "create=False" not in str(error)
+        assert inst.state is InstanceState.OPEN
+        fill(inst.database("main"), 5, 1)
+        assert rows(inst.attach(left)) == list(range(5))
+    with jetstore.open(tmp_path, **SMALL) as inst:
+        assert rows(inst.database("moving")) == list(range(5))
+        assert rows(inst.database("main")) == list(range(6))

@@ -831,6 +831,15 @@ class Instance:
                     hint="wait for the attach to end, then open the database without create",
                     path=os.path.join(self.directory, database_file_name(name)),
                 )
+            target = os.path.join(self.directory, database_file_name(name))
+            if self.fs.exists(target):
+                # Before the creation record: once it is logged, meeting the file fails the
+                # instance (D9), every database with it.
+                raise self._unattached_file(
+                    target,
+                    f"attach it to use the database it holds (instance.attach('{target}')), "
+                    "or move it out of the instance directory to create a new, empty one",
+                )
             db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
             signature = Signature.new()
             record = CreateDatabaseRecord(
@@ -1016,6 +1025,16 @@ class Instance:
         finally:
             release_all(functools.partial(self._end_attaching, name, token))
 
+    @staticmethod
+    def _unattached_file(path: str, hint: str) -> DatabaseDuplicate:
+        """The refusal of a name whose file is in the directory but not attached."""
+        return DatabaseDuplicate(
+            f"'{path}' already exists, a file no database of the instance has open "
+            "(not attached: a database detached here, or a file put there meanwhile)",
+            hint=hint,
+            path=path,
+        )
+
     def _end_attaching(self, name: str, token: object) -> None:
         if self._attaching.get(name) is token:
             del self._attaching[name]
@@ -1060,13 +1079,11 @@ class Instance:
                 path=source,
             )
         if source != target and self.fs.exists(target):
-            raise DatabaseDuplicate(
-                f"'{target}' already exists, a file no database of the instance has open "
-                "(not attached: a database detached here, or a file put there meanwhile)",
-                hint=f"move '{target}' out of the instance directory (or attach it: "
+            raise self._unattached_file(
+                target,
+                f"move '{target}' out of the instance directory (or attach it: "
                 f"instance.attach('{target}')), or rename '{source}' to attach it under "
                 "another name",
-                path=target,
             )
         # The header written below requires the log's current generation, so that generation
         # must be on disk first: a lazy commit may have closed the previous one in memory
