@@ -1271,13 +1271,13 @@ def test_attaching_another_name_of_an_attached_database_says_it_is_attached(
     # Was FileAccessDenied "in use by instance <this one>: close that instance first".
     with jetstore.open(tmp_path / "live", **SMALL) as inst:
         fill(inst.database("a", create=True), 0, 5)
-        os.symlink(tmp_path / "live" / "a.edb", tmp_path / "other.edb")
+        os.link(tmp_path / "live" / "a.edb", tmp_path / "other.edb")
         with pytest.raises(JetError) as refused:
             inst.attach(tmp_path / "other.edb")
         error = refused.value
         assert error.code == -1201 and "database 'a' of this instance" in error.detail
         assert "close that instance" not in str(error)
-        assert os.path.islink(tmp_path / "other.edb") and inst.databases() == ["a"]
+        assert (tmp_path / "other.edb").exists() and inst.databases() == ["a"]
 
 
 def test_a_detach_whose_last_checkpoint_is_interrupted_is_still_in_the_event_log(
@@ -1409,3 +1409,25 @@ def test_creating_a_database_over_a_detached_file_left_in_the_directory_fails_no
     with jetstore.open(tmp_path, **SMALL) as inst:
         assert rows(inst.database("moving")) == list(range(5))
         assert rows(inst.database("main")) == list(range(6))
+
+
+@pytest.mark.parametrize("link", ["absolute", "relative"])
+def test_attach_of_a_symbolic_link_is_refused_naming_the_file_to_attach(
+    tmp_path: Path, link: str
+) -> None:
+    # The rename moved the link, not the file: an absolute link left the data outside the
+    # instance directory (removing the old directory destroyed the attached database), a
+    # relative one broke on the way and was refused as "a symbolic link to 'third.edb',
+    # which does not exist" under a name the attach had just taken back.
+    real = _external_database(tmp_path / "elsewhere", "third", 1000)
+    named = tmp_path / "elsewhere" / "named.edb"
+    os.symlink(real if link == "absolute" else "third.edb", named)
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        with pytest.raises(jetstore.errors.InvalidPath) as refused:
+            inst.attach(named)
+        error = refused.value
+        assert error.path == str(named) and "symbolic link" in error.detail
+        assert real in (error.hint or "")
+        assert os.path.islink(named) and inst.databases() == []
+        assert os.listdir(tmp_path / "live").count("named.edb") == 0
+        assert rows(inst.attach(real)) == list(range(1000, 1005))

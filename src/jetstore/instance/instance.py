@@ -1006,6 +1006,18 @@ class Instance:
                 "database takes that name here), then attach it",
                 path=source,
             )
+        if self.fs.is_symbolic_link(source):
+            # The rename would move the link, not the file: the data stayed outside the
+            # directory (its old place removed, the database was gone), or a relative link
+            # broke on the way.
+            real = os.path.realpath(source)
+            raise InvalidPath(
+                f"'{source}' is a symbolic link (to '{real}'): attach moves the database file "
+                "itself into the instance directory, and would move only the link",
+                hint=f"attach the file the link points to ('{real}'; rename it NAME.edb for "
+                "another name), or replace the link with that file",
+                path=source,
+            )
         # The name is taken under the lock a creation holds, for the whole attach: two
         # attaches of one name (or of one file) both found NAME.edb free, and the second
         # rename replaced the file the first had moved there (or the loser "moved back" the
