@@ -1431,3 +1431,28 @@ def test_attach_of_a_symbolic_link_is_refused_naming_the_file_to_attach(
         assert os.path.islink(named) and inst.databases() == []
         assert os.listdir(tmp_path / "live").count("named.edb") == 0
         assert rows(inst.attach(real)) == list(range(1000, 1005))
+
+
+@pytest.mark.parametrize("end", ["close", "crash"])
+def test_the_only_database_detached_and_moved_away_does_not_come_back(
+    tmp_path: Path, end: str
+) -> None:
+    # With no database left, the next open reads the newest generation from its start
+    # (the checkpoint file names no database): replay met the database's CREATE record,
+    # found no file and re-created it from the log, as it was at its detach: a second copy
+    # of the database just moved to another instance, back in the old one.
+    live, away = tmp_path / "live", tmp_path / "away"
+    inst = jetstore.open(live, **SMALL)
+    fill(inst.database("moving", create=True), 0, 5)
+    path = inst.detach("moving")
+    away.mkdir()
+    os.rename(path, away / "moving.edb")
+    if end == "close":
+        inst.close()
+    else:
+        inst.simulate_crash()
+    with jetstore.open(live, **SMALL) as reopened:
+        assert reopened.databases() == []
+        assert not (live / "moving.edb").exists()
+        assert reopened.recovery is not None and reopened.recovery.created == []
+        assert rows(reopened.attach(away / "moving.edb")) == list(range(5))

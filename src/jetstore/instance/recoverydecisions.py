@@ -1086,13 +1086,24 @@ class RecordMatcher:
             return
         pending = self.pending_create.get(database_id)
         if pending is not None and pending.signature_random == record.signature_random:
+            self._rebound[database_id] = ("detached", pending.name, at)
+            if not self._restoring:
+                # Soft recovery: its file left the directory after its detach (moved to
+                # another instance, say). Re-created from the log, a second copy of it came
+                # back here (replay starts before the detach when no database is left).
+                del self.pending_create[database_id]
+                self.notes.append(
+                    f"database {pending.name!r} (id {database_id}) was detached at log "
+                    f"position {at} and its file is not here: it is not re-created (its "
+                    "changes left with its file)"
+                )
+                return
             # Created from the log in this replay, then detached: it is still created, as
             # it was at its detach; later records of the id are not kept for it.
             self.notes.append(
                 f"database {pending.name!r} (id {database_id}), created after the images, was "
                 f"detached at log position {at}: it is recovered as it was there"
             )
-            self._rebound[database_id] = ("detached", pending.name, at)
             return
         if database_id not in self._by_id:
             # A database without a file here (not restored, or set apart): the id is free.
