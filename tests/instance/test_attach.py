@@ -493,6 +493,56 @@ def test_a_detach_whose_record_rolls_the_log_leaves_a_header_requiring_no_log(
         assert rows(reopened.database("moving")) == list(range(15))
 
 
+def test_a_roll_racing_detachs_clean_header_requires_no_log_of_it(tmp_path: Path) -> None:
+    """Defect: a flush of another thread that rolled the log asked whether each database's
+    header was clean, then wrote it with `generation_max_required` raised, the two steps
+    apart. Detach writing the clean header (bound to no log stream) in between got it
+    overwritten with a required generation of this stream, which a roll must never give a
+    detached header. Here detach's clean header is written exactly between the two."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 10)
+        moving = instance.database("moving", create=True)
+        fill(moving, 0, 10)
+        write_header = moving.file.write_header
+        roll_writing, clean_written = threading.Event(), threading.Event()
+
+        def roll() -> None:
+            instance.log.roll()
+
+        roller = threading.Thread(target=roll)
+
+        def hooked(**changes: object) -> object:
+            if threading.current_thread() is roller:
+                # The roll's header write of this database: detach writes its clean header
+                # now, before this one goes on.
+                roll_writing.set()
+                assert clean_written.wait(5)
+            elif changes.get("state") is DatabaseState.CLEAN:
+                roller.start()
+                assert roll_writing.wait(5)
+                try:
+                    return write_header(**changes)
+                finally:
+                    clean_written.set()
+            return write_header(**changes)
+
+        moving.file.write_header = hooked  # type: ignore[method-assign]
+        try:
+            path = instance.detach("moving")
+        finally:
+            clean_written.set()
+            if roller.ident is not None:
+                roller.join(5)
+        assert instance.failure is None, instance.failure
+    detached = DatabaseFile.open(FileSystem(), path, owner="test", cache_pages=16, writable=False)
+    try:
+        header = detached.header
+    finally:
+        detached.close()
+    assert header.state is DatabaseState.CLEAN
+    assert (header.generation_min_required, header.generation_max_required) == (0, 0)
+
+
 def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
     tmp_path: Path,
 ) -> None:

@@ -1281,13 +1281,12 @@ class Instance:
         here fails the flush (the commits waiting on it are not acknowledged).
         """
         for db in list(self._databases.values()):
-            if db.file.header.state is DatabaseState.CLEAN:
-                # Needs no log (detach wrote it clean and bound to no stream, and its DETACH
-                # record may be what started the generation): a required generation of
-                # this stream in it would follow the file into another instance's stream,
-                # which then refuses to start after a crash (RequiredLogFilesMissing).
-                continue
-            db.file.write_header(raise_max_required=last)
+            # Not a clean header: it needs no log (detach wrote it clean and bound to no
+            # stream, and its DETACH record may be what started the generation, or a detach
+            # of another thread writes it now): a required generation of this stream in it
+            # would follow the file into another instance's stream, which then refuses to
+            # start after a crash (RequiredLogFilesMissing).
+            db.file.write_header(raise_max_required=last, unless_clean=True)
         for generation in range(first, last + 1):
             self.events.emit(
                 "log_generation_started",

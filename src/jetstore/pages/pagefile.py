@@ -44,6 +44,7 @@ import threading
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from jetstore.errors import (
     DatabaseCorrupted,
@@ -57,6 +58,7 @@ from jetstore.errors import (
 from jetstore.format.dbheader import (
     HEADER_COPIES,
     DatabaseHeader,
+    DatabaseState,
     choose_db_header,
     encode_db_header,
     peek_page_size,
@@ -333,14 +335,23 @@ class DatabaseFile:
         return self._header
 
     def write_header(
-        self, *, raise_max_required: int | None = None, **changes: object
+        self,
+        *,
+        raise_max_required: int | None = None,
+        unless_clean: bool = False,
+        **changes: object,
     ) -> DatabaseHeader:
         """Write both header copies with `changes` applied to the durable header.
 
         `raise_max_required` raises `generation_max_required` to at least that generation and
         never lowers it: a log roll and a checkpoint may both write it, in either order.
+        `unless_clean`: leave a clean header as it is (returned unwritten). Asked under the
+        header lock, as the write is: a roll that asked before it wrote raised the required
+        generation of the clean header a detach wrote in between.
         """
         with self._header_lock:
+            if unless_clean and self._header.state is DatabaseState.CLEAN:
+                return self._header
             if raise_max_required is not None:
                 changes["generation_max_required"] = max(
                     self._header.generation_max_required, raise_max_required
@@ -721,7 +732,7 @@ class DatabaseFile:
             self.cache.put(node.pgno, node)
 
     def header_for_plan(
-        self, plan: CheckpointPlan, *, raise_max_required: int | None = None, **changes: object
+        self, plan: CheckpointPlan, *, raise_max_required: int | None = None, **changes: Any
     ) -> DatabaseHeader:
         """Write both header copies naming the plan's tree; returns the new durable header."""
         root = plan.root
