@@ -775,3 +775,38 @@ def test_a_durable_commit_whose_log_flush_fails_is_in_doubt(tmp_path: Path) -> N
     inst.close()
     with jetstore.open(tmp_path) as inst, inst.database("main").transaction() as reader:
         assert [row["id"] for row in reader.table("t").scan()] == [1]
+
+
+def test_a_commit_a_close_overtakes_after_its_publication_stays_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: a committed transaction stayed registered as open until its committer
+    unregistered it, after the commit lock was free. A close of another thread landing
+    there (its final checkpoint wrote the commit) rolled back "every transaction still
+    open": it, too. Its commit returned a position, durable, but the transaction said
+    ROLLED_BACK, and its next use said it was rolled back by the close. Here the close runs
+    exactly there, right after the commit marked the transaction committed."""
+    store = Store(tmp_path)
+    store.db.create_table("t", [("id", "int")], primary_key="id")
+    txn = store.db.transaction()
+    txn.table("t").insert({"id": 1})
+    finish = Transaction._finish_committed
+
+    def finish_then_close(self: Transaction, position: Any) -> None:
+        finish(self, position)
+        if self is txn:
+            closer = threading.Thread(target=store.inst.close)
+            closer.start()
+            closer.join(5)
+            assert not closer.is_alive()
+
+    monkeypatch.setattr(Transaction, "_finish_committed", finish_then_close)
+    position = txn.commit()
+    assert position is not None
+    assert txn.state is TransactionState.COMMITTED
+    with pytest.raises(NotInTransaction, match="committed"):
+        txn.table("t")
+    store.inst = jetstore.open(tmp_path, **store.options)
+    store.db = store.inst.database("main")
+    assert rows(store.db) == [{"id": 1}]
+    store.close()

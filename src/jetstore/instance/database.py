@@ -30,7 +30,9 @@ Invariants:
   instance checkpoints early, and makes committers wait, when they grow past `cache_size`.
 - When the instance closes (`close_transactions`) every transaction still open is rolled
   back: its next use, a step of its iterators included, raises `NotInTransaction` saying the
-  instance closed, and no new one begins (its file is closed).
+  instance closed, and no new one begins (its file is closed). A committing transaction is
+  open until its publication and no longer after it: it leaves the registry under the
+  commit lock, where the close's own step that stops commits (`_closing`) is taken.
 """
 
 from __future__ import annotations
@@ -509,8 +511,11 @@ class Database:
                 raise
             self.commits += 1
             instance.note_commit(len(payload), dirtied_bytes)
+            # No longer open, before the lock is free: a close (whose final checkpoint writes
+            # this commit) rolls back the transactions still registered, and one that found
+            # this one there said ROLLED_BACK of a durable commit.
+            self.end_transaction(txn)
         txn._finish_committed(end)
-        self.end_transaction(txn)
         if not lazy:
             try:
                 instance.wait_durable(end)
