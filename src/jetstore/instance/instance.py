@@ -37,6 +37,36 @@ Invariants:
   background thread, which shuts it down as `close()` does after a `ResourceWarning`
   (`jetstore.instance.unclosed`, which also closes the instances still open at interpreter
   exit). The finalizer itself takes no lock: the collector may run inside engine code.
+
+Lock order (instance-wide): a thread holding one of these locks takes only locks below it,
+so no two threads ever wait for each other in a cycle (`tests/instance/test_lock_order.py`
+records every pair held together on every path and checks them against this list):
+
+    _close_lock            close(), simulate_crash(), the shutdown of a dropped instance
+    _round_lock            one background round (`unclosed.collect` takes it to look)
+    BackupSession._lock    a backup's start checkpoints, its completion truncates the logs
+    _checkpoint_lock       checkpoints (by depth, time, dirty bytes, a write-back, explicit,
+                           final), `checkpoint_guard`, log removal, detach
+    _backup_lock           the running backup's slot; attach and detach change the
+                           database list under it
+    commit_lock            commits, a checkpoint's plan, database create, attach, detach
+    Database._active_lock  the open transactions of one database
+    DatabaseFile._space_lock  free pages and pins (a plan allocates, a checkpoint releases)
+    CacheBudget.lock       every node cache of the instance
+    PointReadIndex.lock    taken under the budget's lock by the cache's drop, evict and
+                           clear callbacks; nothing is taken under it (`fill` reads the
+                           cache's dict without its lock), so a commit's `advance` under the
+                           commit lock and a write-back's cache puts never wait in a cycle
+    DatabaseFile._header_lock  one header write (I/O only)
+    LogWriter._lock        appends and a flush's bookkeeping; a flush writes, syncs and rolls
+                           with no lock held, and its roll's header writes (`_on_roll`) take
+                           only header locks and the event log's, so a caller may wait for
+                           the log (`wait_durable`) holding the commit lock
+    EventLog._lock         one event written
+    HandleRegistry._lock   the table of open handles
+
+The log writer's waiter locks are each taken alone; the io layer's per-file locks (`File`)
+are taken inside its system calls, below every lock here.
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ put that would take them past the limit first evicts (CLOCK) from the cache hold
 bytes among those above `MIN_PAGES` pages (no cache shrinks below that for another, so only
 those floors can overrun the budget). Without a budget (tools, tests) a cache is bounded by
 its own capacity only.
+
+The budget's lock comes after a database file's space lock (a checkpoint's plan and its
+release of freed pages discard pages under it) and before the point-read indexes' locks (the
+callbacks above run under it); a callback never reaches back into a cache (the instance's
+lock order, `jetstore.instance.instance`).
 """
 
 from __future__ import annotations

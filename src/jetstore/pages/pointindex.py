@@ -49,6 +49,12 @@ Invariants:
    `root` descend the tree, through the cache, marking the leaves they reach (`descended`).
    The samples follow the reads, so a leaf read often through the index is marked often.
    `probe` is `root` or None, hidden with it (invariant 2); it never names another tree.
+7. `lock` is the last lock the engine takes (the instance's lock order,
+   `jetstore.instance.instance`): the node cache calls `forget`, `evicted` and `clear` holding
+   its budget's lock, and nothing here takes another lock while holding it (`fill` reads the
+   cache's dict, never its lock). A commit's `advance`, under the commit lock, and the cache
+   puts of a checkpoint (a large commit's write-back among them), under the budget's lock,
+   therefore never wait for each other in a cycle.
 """
 
 from __future__ import annotations
