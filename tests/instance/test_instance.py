@@ -275,6 +275,24 @@ def test_two_threads_closing_at_once_get_one_clean_shutdown(tmp_path: Path) -> N
         assert count(again.database("main")) == 500
 
 
+def test_a_checkpoint_asked_once_another_thread_closed_the_instance_says_it_is_closed(
+    tmp_path: Path,
+) -> None:
+    """Defect: `checkpoint()` of an instance another thread had closed returned the last
+    durable position, as if it had written a checkpoint, where every other call says the
+    instance is closed (InstanceUnavailable). A thread checkpointing in a loop went on
+    "checkpointing" a closed instance, without a word."""
+    instance = jetstore.open(tmp_path, **SMALL)
+    fill(instance.database("main", create=True), 50)
+    closer = threading.Thread(target=instance.close)
+    closer.start()
+    closer.join(10)
+    assert instance.state is InstanceState.CLOSED
+    with pytest.raises(InstanceUnavailable, match="is closed") as info:
+        instance.checkpoint()
+    assert "jetstore.open" in (info.value.hint or "")
+
+
 def test_options_are_validated(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameter):
         jetstore.open(tmp_path, page_size=1000)

@@ -1358,9 +1358,10 @@ class Instance:
 
         A failed page or header write raises (and the instance stops accepting updates, D9);
         a checkpoint file that cannot be written does not (the durable value stays, event 121).
+        A closed instance (by another thread too) is `InstanceUnavailable`: it returned the
+        last durable position as if it had written a checkpoint.
         """
-        if self.pid != forks.PID:
-            raise self.forked_error()
+        self.check_open()
         if self.state is InstanceState.FAILED:
             self.check_writable()  # raises: say why the instance stopped
         return self._checkpoint(final=final, raise_errors=True)
