@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from jetstore.pages.btree import Node
 from jetstore.pages.cache import MIN_PAGES, CacheBudget, NodeCache
@@ -248,3 +253,69 @@ def test_caches_sharing_a_budget_stay_within_it() -> None:
     assert tiny.used == 16 * 8192 and tiny.caches == [b]
     b.clear()
     assert tiny.used == 0
+
+
+def test_a_page_read_that_ends_after_a_detach_leaves_the_budget_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: a page read of a database being detached (by a transaction begun while the
+    detach waited for its DETACH record's flush) that ended after the file closed put its
+    node into the released cache: the instance's budget counted that page for the rest of
+    its life, held by no cache of it, and every later read evicted that much sooner
+    (`counters()["cache_bytes"]` drifted up with each such race). Here the read is held
+    between its page read and its cache put until the detach is over."""
+    import jetstore
+    import jetstore.pages.pagefile as pagefile
+    from jetstore.errors import JetError
+    from jetstore.format.dbheader import DatabaseState
+
+    instance = jetstore.open(tmp_path, log_file_size=64 * 1024)
+    try:
+        instance.database("main", create=True)
+        moving = instance.database("moving", create=True)
+        moving.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+        with moving.transaction() as txn:
+            for i in range(500):
+                txn.table("t").insert({"id": i, "v": f"row {i}" * 10})
+        reading, detached = threading.Event(), threading.Event()
+        reader: list[threading.Thread] = []
+        decode = pagefile.decode_node
+
+        def held_decode(*args: Any, **kwargs: Any) -> Node:
+            decoded = decode(*args, **kwargs)
+            if reader and threading.current_thread() is reader[0] and not reading.is_set():
+                reading.set()
+                assert detached.wait(5)
+            return decoded
+
+        def read() -> None:
+            with contextlib.suppress(JetError):
+                moving.transaction().table("t").get(250)
+
+        write_header = moving.file.write_header
+
+        def clean_then_read(**changes: Any) -> Any:
+            written = write_header(**changes)
+            if changes.get("state") is DatabaseState.CLEAN and not reader:
+                # Detach waits for its DETACH record's flush next: a transaction begins
+                # and reads a page that is not cached.
+                moving.file.cache.clear()
+                reader.append(threading.Thread(target=read))
+                reader[0].start()
+                assert reading.wait(5)
+            return written
+
+        monkeypatch.setattr(pagefile, "decode_node", held_decode)
+        moving.file.write_header = clean_then_read  # type: ignore[method-assign]
+        try:
+            instance.detach("moving")
+        finally:
+            detached.set()
+            if reader:
+                reader[0].join(5)
+        assert reader and not reader[0].is_alive()
+        budget = instance.cache_budget
+        assert budget.used == sum(len(cache) * cache.page_size for cache in budget.caches)
+        assert instance.counters()["cache_bytes"] == budget.used
+    finally:
+        instance.close()

@@ -7,6 +7,9 @@ Invariants:
   checkpoint writes them (the instance bounds them by `cache_size` as well, by checkpointing
   early: `Instance.write_back`, design D17).
 - A page number is dropped from the cache before its page may be reused for another node.
+- A released cache (its file closed: the instance closed, the database detached) takes no
+  page: a read that ends after the close puts nothing, so the budget counts only pages
+  some cache of it holds.
 
 Replacement is second-chance FIFO (CLOCK): a hit only sets the node's `referenced` bit,
 without a lock or any reordering, so concurrent readers never contend (a bit on the node the
@@ -75,6 +78,8 @@ class NodeCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        # Set by `release` (its file closed): a page read that ends after it puts nothing.
+        self._released = False
         #: Told of every node the cache drops, under its lock (the database file's point-read
         #: index forgets a dropped leaf's entries), and of every emptying (`on_clear`).
         self.on_drop: Callable[[Node], None] | None = None
@@ -95,7 +100,11 @@ class NodeCache:
     def put(self, pgno: int, node: Node) -> None:
         with self._lock:
             if self._released:
-                return  # nor listed again: it would stay in the budget for good
+                # A read that began before the file closed (a database detached under a
+                # transaction's read): held here, or listed in the budget again, the page
+                # would count against it for the rest of the instance's life, in a cache
+                # nobody reads.
+                return
             nodes = self._nodes
             replaced = nodes.pop(pgno, None)
             if replaced is not None:
