@@ -543,6 +543,73 @@ def test_a_roll_racing_detachs_clean_header_requires_no_log_of_it(tmp_path: Path
     assert (header.generation_min_required, header.generation_max_required) == (0, 0)
 
 
+def test_a_commit_waiting_while_detach_holds_the_commit_lock_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: a transaction of the database being detached, begun while detach waited for
+    its DETACH record's flush, whose commit then waited for the commit lock detach held, was
+    rolled back by the detach and committed anyway once the lock was free: nothing under
+    the lock asked whether the transaction was still active or its database still
+    attached. The commit returned a position and its record went into the log after the
+    DETACH record (an id the next database created may take, and recovery would replay it
+    there), while the detached file never had it: an acknowledged commit lost. Here the
+    commit reaches the lock exactly while detach holds it."""
+    from jetstore.instance.database import Database
+    from jetstore.transactions.transaction import Transaction
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 5)
+        moving = instance.database("moving", create=True)
+        fill(moving, 0, 5)
+        committing = threading.Event()
+        outcome: list[object] = []
+        committer: list[threading.Thread] = []
+        prepare_commit = Transaction.prepare_commit
+
+        def prepared(self: Transaction) -> None:
+            prepare_commit(self)
+            if committer and threading.current_thread() is committer[0]:
+                committing.set()  # next: the commit lock, which detach holds
+
+        def commit() -> None:
+            txn = moving.transaction()
+            txn.table("t").insert({"id": 100, "v": "committed during the detach"})
+            try:
+                outcome.append(txn.commit())
+            except JetError as exc:
+                outcome.append(exc)
+
+        write_header = moving.file.write_header
+
+        def clean_then_commit(**changes: object) -> object:
+            written = write_header(**changes)
+            if changes.get("state") is DatabaseState.CLEAN and not committer:
+                committer.append(threading.Thread(target=commit))
+                committer[0].start()
+                assert committing.wait(5)
+            return written
+
+        monkeypatch.setattr(Transaction, "prepare_commit", prepared)
+        moving.file.write_header = clean_then_commit  # type: ignore[method-assign]
+        records = instance.log.records_appended
+        try:
+            path = instance.detach("moving")
+        finally:
+            committing.set()
+            if committer:
+                committer[0].join(5)
+        assert committer and not committer[0].is_alive()
+        assert instance.failure is None, instance.failure
+        assert isinstance(moving, Database) and moving.closed
+        # Nothing but the DETACH record was logged since, and the commit says it failed.
+        assert instance.log.records_appended == records + 1
+        assert len(outcome) == 1 and isinstance(outcome[0], JetError), outcome
+        assert "detached" in str(outcome[0])
+    with jetstore.open(b, **SMALL) as elsewhere:
+        assert rows(elsewhere.attach(path)) == list(range(5))
+
+
 def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
     tmp_path: Path,
 ) -> None:

@@ -32,7 +32,9 @@ Invariants:
   back: its next use, a step of its iterators included, raises `NotInTransaction` saying the
   instance closed, and no new one begins (its file is closed). A committing transaction is
   open until its publication and no longer after it: it leaves the registry under the
-  commit lock, where the close's own step that stops commits (`_closing`) is taken.
+  commit lock, where the close's own step that stops commits (`_closing`) is taken. One
+  rolled back while its commit waited for that lock (a detach holding it) is refused
+  under the lock (`NotInTransaction`), never logged after the database's DETACH record.
 """
 
 from __future__ import annotations
@@ -446,6 +448,11 @@ class Database:
         ordered = txn.operations_in_key_order() if len(operations) > 1 else None
         with instance.commit_lock:
             instance.check_writable()
+            if txn.state is not TransactionState.ACTIVE:
+                # Rolled back while it waited for the lock: a detach holding it closed the
+                # database (`close_transactions`). Committed anyway, its record followed the
+                # DETACH record in the log and the detached file never had it.
+                txn._check_active()
             root, position, plan_epoch = self._published
             mutation = txn.mutation
             # Nothing committed since the snapshot (every commit moves the position, even one
