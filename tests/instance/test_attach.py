@@ -610,6 +610,69 @@ def test_a_commit_waiting_while_detach_holds_the_commit_lock_is_refused(
         assert rows(elsewhere.attach(path)) == list(range(5))
 
 
+def test_two_threads_detaching_one_database_the_second_is_told_it_is_detached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: of two threads detaching the same database, the second (which found it
+    attached, then waited for the first's checkpoint lock) checkpointed five times for
+    nothing and then said `DatabaseInUse`, "received commits while it was being detached:
+    stop the updates, then detach it again", of a database nobody wrote and that was gone.
+    It is now told the database was detached (`DatabaseNotFound`)."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 5)
+        moving = instance.database("moving", create=True)
+        fill(moving, 0, 5)
+        checkpoint, database = jetstore.Instance.checkpoint, jetstore.Instance.database
+        second: list[threading.Thread] = []
+        waiting = threading.Event()
+        checkpoints = 0
+
+        def counted(self: jetstore.Instance, *, final: bool = False) -> object:
+            nonlocal checkpoints
+            if second and threading.current_thread() is second[0]:
+                checkpoints += 1
+            return checkpoint(self, final=final)
+
+        def found(self: jetstore.Instance, name: str, create: bool = False) -> object:
+            found = database(self, name, create)
+            if second and threading.current_thread() is second[0]:
+                waiting.set()  # found it attached; now waits for the first's locks
+            return found
+
+        outcome: list[object] = []
+
+        def detach_too() -> None:
+            try:
+                outcome.append(instance.detach("moving"))
+            except JetError as exc:
+                outcome.append(exc)
+
+        write_header = moving.file.write_header
+
+        def clean_then_second(**changes: object) -> object:
+            if changes.get("state") is DatabaseState.CLEAN and not second:
+                second.append(threading.Thread(target=detach_too))
+                second[0].start()
+                assert waiting.wait(5)
+            return write_header(**changes)
+
+        monkeypatch.setattr(jetstore.Instance, "checkpoint", counted)
+        monkeypatch.setattr(jetstore.Instance, "database", found)
+        moving.file.write_header = clean_then_second  # type: ignore[method-assign]
+        try:
+            path = instance.detach("moving")
+        finally:
+            waiting.set()
+            if second:
+                second[0].join(10)
+        assert second and not second[0].is_alive()
+        assert instance.failure is None and instance.databases() == ["main"]
+        assert len(outcome) == 1 and isinstance(outcome[0], DatabaseNotFound), outcome
+        assert "detached" in str(outcome[0])
+        assert checkpoints <= 2
+    assert os.path.exists(path)
+
+
 def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
     tmp_path: Path,
 ) -> None:

@@ -943,7 +943,7 @@ class Instance:
             )
         for _attempt in range(5):
             self.checkpoint()  # everything committed reaches its page file
-            if db.position <= db.file.header.checkpoint_position:
+            if db.closed or db.position <= db.file.header.checkpoint_position:
                 break  # no commit since: the checkpoint's tree is the whole database
         # The backup lock around the removal: a backup registered before it sees the
         # database attached and is refused here; one registered after it finds it gone.
@@ -951,6 +951,10 @@ class Instance:
         # planned this database would otherwise write its pages and dirty header into the
         # file after its clean header, or into the closed file (failing the instance).
         with self._holding_checkpoint_lock(), self._backup_lock, self.commit_lock:
+            if db.closed:
+                # Detached by another thread meanwhile: its clean header names no checkpoint
+                # position, which the check below took for commits that came in.
+                db._refuse_closed()
             self._refuse_during_backup("detach", name, locked=True)
             # Again under the commit lock: a close that began during the checkpoints above
             # (its `_closing` step) must not see a DETACH record logged after its final
