@@ -673,6 +673,129 @@ def test_two_threads_detaching_one_database_the_second_is_told_it_is_detached(
     assert os.path.exists(path)
 
 
+@pytest.mark.parametrize("files", ["one file", "two files of one name"])
+def test_two_threads_attaching_one_name_leave_one_database_attached(
+    tmp_path: Path, files: str
+) -> None:
+    """Defect: two attaches of one file name both found it free. The second to move its
+    file either found it gone (the same file, moved in by the first) and, putting "its"
+    file back where it came from, moved the first one's attached database out of the
+    instance directory, open and serving; or it replaced the first one's file with its
+    own. Either way the next checkpoint found the attached file gone (FileNotFound) and
+    failed the instance. An attach now claims the name for its whole run: the other is
+    refused (`DatabaseDuplicate`) and the one attached serves on."""
+    sources = []
+    for i in range(1 if files == "one file" else 2):
+        with jetstore.open(tmp_path / f"from{i}", **SMALL) as origin:
+            fill(origin.database("moving", create=True), 0, 20)
+            sources.append(origin.detach("moving"))
+    home = tmp_path / "home"
+    second: list[threading.Thread] = []
+    moving_second, attached = threading.Event(), threading.Event()
+
+    def hook(event: IOEvent) -> None:
+        if (
+            second
+            and threading.current_thread() is second[0]
+            and event.op == "rename"
+            and event.path == sources[0]
+            and not moving_second.is_set()
+        ):
+            # The second attach probed its file where it was; it moves it once the other
+            # attach is over.
+            moving_second.set()
+            attached.wait(5)
+
+    outcomes: dict[str, object] = {}
+
+    def attach(who: str, path: str) -> None:
+        try:
+            outcomes[who] = instance.attach(path)
+        except JetError as exc:
+            outcomes[who] = exc
+
+    with jetstore.open(home, filesystem=FileSystem(hook=hook), **SMALL) as instance:
+        fill(instance.database("other", create=True), 0, 5)
+        second.append(threading.Thread(target=attach, args=("second", sources[0])))
+        second[0].start()
+        try:
+            assert moving_second.wait(5)
+            attach("first", sources[-1])
+        finally:
+            attached.set()
+            second[0].join(10)
+        assert not second[0].is_alive()
+        done = [db for db in outcomes.values() if isinstance(db, jetstore.Database)]
+        refused = [exc for exc in outcomes.values() if isinstance(exc, JetError)]
+        assert len(done) == len(refused) == 1, outcomes
+        fill(done[0], 20, 5)
+        instance.checkpoint()
+        assert instance.failure is None, instance.failure
+        assert instance.databases() == ["moving", "other"]
+    with jetstore.open(home, **SMALL) as reopened:
+        assert rows(reopened.database("moving")) == list(range(25))
+
+
+def test_creating_a_database_while_another_thread_attaches_its_name_leaves_one(
+    tmp_path: Path,
+) -> None:
+    """Defect: `database(name, create=True)` while another thread attached a file of that
+    name: both found the name free, the creation made its file, and the attach then moved
+    its own file over it. The created database was left serving from a file no longer in
+    the directory (its commits logged, lost at the next open), the instance's table named
+    the attached one. The creation is now refused (`DatabaseDuplicate`) while the name is
+    being attached, as a second attach is."""
+    with jetstore.open(tmp_path / "from", **SMALL) as origin:
+        fill(origin.database("moving", create=True), 0, 20)
+        source = origin.detach("moving")
+    attaching: list[threading.Thread] = []
+    moving, attached = threading.Event(), threading.Event()
+
+    def hook(event: IOEvent) -> None:
+        if (
+            attaching
+            and threading.current_thread() is attaching[0]
+            and event.op == "rename"
+            and event.path == source
+            and not moving.is_set()
+        ):
+            moving.set()
+            attached.wait(5)
+
+    outcomes: dict[str, object] = {}
+
+    def attach() -> None:
+        try:
+            outcomes["attach"] = instance.attach(source)
+        except JetError as exc:
+            outcomes["attach"] = exc
+
+    home = tmp_path / "home"
+    with jetstore.open(home, filesystem=FileSystem(hook=hook), **SMALL) as instance:
+        fill(instance.database("other", create=True), 0, 5)
+        attaching.append(threading.Thread(target=attach))
+        attaching[0].start()
+        try:
+            assert moving.wait(5)
+            try:
+                outcomes["create"] = instance.database("moving", create=True)
+            except JetError as exc:
+                outcomes["create"] = exc
+        finally:
+            attached.set()
+            attaching[0].join(10)
+        assert not attaching[0].is_alive()
+        done = [db for db in outcomes.values() if isinstance(db, jetstore.Database)]
+        assert len(done) == 1, outcomes
+        assert instance.database("moving") is done[0]
+        fill(done[0], 100, 5)
+        instance.checkpoint()
+        assert instance.failure is None, instance.failure
+        expected = rows(done[0])
+    with jetstore.open(home, **SMALL) as reopened:
+        assert rows(reopened.database("moving")) == expected
+
+
 def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
     tmp_path: Path,
 ) -> None:
