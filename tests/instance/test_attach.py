@@ -1759,3 +1759,30 @@ def test_the_only_database_detached_and_moved_away_does_not_come_back(
         assert not (live / "moving.edb").exists()
         assert reopened.recovery is not None and reopened.recovery.created == []
         assert rows(reopened.attach(away / "moving.edb")) == list(range(5))
+
+
+def test_a_database_the_log_detached_is_not_reported_missing_after_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint file could not be written after the detach (held by another program,
+    # or the detach's last checkpoint interrupted), so it still listed the database; its
+    # file moved to another instance, the crash's reopen warned it "missing" (event 135)
+    # and `database(name)` said to put its file back, though the log says it was detached.
+    live, away = tmp_path / "live", tmp_path / "away"
+    inst = jetstore.open(live, **SMALL)
+    fill(inst.database("moving", create=True), 0, 5)
+    fill(inst.database("main", create=True), 0, 5)
+    inst.checkpoint()
+    monkeypatch.setattr(inst, "_write_checkpoint_file", lambda position: None)
+    path = inst.detach("moving")
+    away.mkdir()
+    os.rename(path, away / "moving.edb")
+    inst.simulate_crash()
+    monkeypatch.undo()
+    with jetstore.open(live, **SMALL) as reopened:
+        assert reopened.databases() == ["main"]
+        events = [json.loads(line) for line in (live / "events.jsonl").read_text().splitlines()]
+        assert [e for e in events if e["name"] == "database_missing"] == []
+        with pytest.raises(DatabaseNotFound):
+            reopened.database("moving")
+        assert rows(reopened.database("main")) == list(range(5))

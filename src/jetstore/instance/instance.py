@@ -427,7 +427,7 @@ class Instance:
             self._log_joining(joining)
             if outcome.checkpoint is not None:
                 for attached in outcome.checkpoint.attached:
-                    if attached.name not in self._databases:
+                    if attached.name not in self._databases and attached.name not in outcome.left:
                         # The checkpoint written below will not list it any more: this event
                         # is what is left of it.
                         self.events.emit(
@@ -832,8 +832,14 @@ class Instance:
             )
         if not create:
             path = os.path.join(self.directory, database_file_name(name))
-            listed = self.recovery.checkpoint if self.recovery is not None else None
-            if listed is not None and any(a.name == name for a in listed.attached):
+            recovered = self.recovery
+            listed = recovered.checkpoint if recovered is not None else None
+            if (
+                listed is not None
+                and recovered is not None
+                and name not in recovered.left  # the log detached it: moved away since
+                and any(a.name == name for a in listed.attached)
+            ):
                 # Its file went missing while the instance was closed: say so, rather than
                 # invite create=True, which would make a new, empty database in its place.
                 raise FileNotFound(

@@ -182,6 +182,9 @@ class RecoveryOutcome:
     #: restore: (database, log position) of each database attached after the backup (its
     #: records skipped, it has no image).
     not_restored: list[tuple[str, LogPosition]] = field(default_factory=list)
+    #: Databases the log detached whose file is not here (`RecordMatcher.left`): the
+    #: checkpoint file may list them still; they are not missing.
+    left: list[str] = field(default_factory=list)
 
 
 def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
@@ -339,6 +342,7 @@ def _recover(
     notes.extend(matcher.notes)
     outcome.detached = list(matcher.detached)
     outcome.not_restored = list(matcher.not_restored)
+    outcome.left = sorted(matcher.left)
     outcome.replayed = matcher.replayed
     outcome.skipped = matcher.skipped
     outcome.needed = outcome.needed or matcher.needed

@@ -919,6 +919,10 @@ class RecordMatcher:
         self.detached: list[tuple[str, LogPosition]] = []
         #: (database name, position) of each database attached without a file here.
         self.not_restored: list[tuple[str, LogPosition]] = []
+        #: Databases the log detached last, with no file of theirs here (moved away after
+        #: their detach): by name, the position of the DETACH record. The checkpoint file
+        #: may still list them (it could not be written after the detach); not missing.
+        self.left: dict[str, LogPosition] = {}
         self._noted_skips: set[tuple[int, LogPosition]] = set()
         #: The database (signature's random part) each id names at the scan's point, as the
         #: checkpoint file lists it and the binding records change it: a file here that
@@ -1008,6 +1012,7 @@ class RecordMatcher:
         record = decode_record(payload, entry.start)
         if isinstance(record, CreateDatabaseRecord | DetachDatabaseRecord | AttachDatabaseRecord):
             self._set_apart_since.pop(record.database_id, None)
+            self.left.pop(record.name, None)  # bound again, or (below) detached again
         if isinstance(record, CreateDatabaseRecord):
             self._rebound.pop(record.database_id, None)
             self._binding[record.database_id] = record.signature_random
@@ -1092,6 +1097,7 @@ class RecordMatcher:
                 # another instance, say). Re-created from the log, a second copy of it came
                 # back here (replay starts before the detach when no database is left).
                 del self.pending_create[database_id]
+                self.left[record.name] = at
                 self.notes.append(
                     f"database {pending.name!r} (id {database_id}) was detached at log "
                     f"position {at} and its file is not here: it is not re-created (its "
@@ -1108,6 +1114,8 @@ class RecordMatcher:
         if database_id not in self._by_id:
             # A database without a file here (not restored, or set apart): the id is free.
             self._rebound[database_id] = ("detached", record.name, at)
+            if record.name not in self._files:
+                self.left[record.name] = at
 
     def _match_attach(self, record: AttachDatabaseRecord, at: LogPosition) -> None:
         database_id = record.database_id
