@@ -1786,3 +1786,22 @@ def test_a_database_the_log_detached_is_not_reported_missing_after_a_crash(
         with pytest.raises(DatabaseNotFound):
             reopened.database("moving")
         assert rows(reopened.database("main")) == list(range(5))
+
+
+def test_attach_of_an_image_in_a_backup_set_says_to_restore_the_set(tmp_path: Path) -> None:
+    # An image is dirty by design (recovery replays the set's logs into it): the attach said
+    # "recover it with the log files of the instance it belongs to (`jetstore recover
+    # DIR`)", which is no way to use a backup set.
+    from jetstore.backup.backupset import write_backup_set
+
+    with jetstore.open(tmp_path / "live", **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 5)
+        with inst.begin_backup("full") as session:
+            write_backup_set(session, tmp_path / "set")
+    before = sorted(os.listdir(tmp_path / "set"))
+    with jetstore.open(tmp_path / "other", **SMALL) as other:
+        with pytest.raises(jetstore.errors.InvalidPath) as refused:
+            other.attach(tmp_path / "set" / "main.edb")
+        assert "backup set" in refused.value.detail
+        assert "jetstore restore" in (refused.value.hint or "")
+        assert sorted(os.listdir(tmp_path / "set")) == before

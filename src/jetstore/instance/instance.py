@@ -1058,6 +1058,11 @@ class Instance:
                 "another name), or replace the link with that file",
                 path=source,
             )
+        from jetstore.backup.backupset import refuse_backup_set
+
+        # An image of a set is dirty by design: refused as such, its way out would be
+        # "recover it with the logs of its instance", not the restore of the set.
+        refuse_backup_set(self.fs, os.path.dirname(source), what="attaching one of its images")
         # The name is taken under the lock a creation holds, for the whole attach: two
         # attaches of one name (or of one file) both found NAME.edb free, and the second
         # rename replaced the file the first had moved there (or the loser "moved back" the
