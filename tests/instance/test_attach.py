@@ -1805,3 +1805,20 @@ def test_attach_of_an_image_in_a_backup_set_says_to_restore_the_set(tmp_path: Pa
         assert "backup set" in refused.value.detail
         assert "jetstore restore" in (refused.value.hint or "")
         assert sorted(os.listdir(tmp_path / "set")) == before
+
+
+def test_attach_of_an_attached_database_file_says_it_is_attached(tmp_path: Path) -> None:
+    # Was "already has a database 'main': detach that database first, or attach the file
+    # under another name (rename it)": renaming the instance's own file away. Also through
+    # a link to the instance directory.
+    live = tmp_path / "live"
+    with jetstore.open(live, **SMALL) as inst:
+        fill(inst.database("main", create=True), 0, 1)
+        os.symlink(live, tmp_path / "alias")
+        for path in (live / "main.edb", tmp_path / "alias" / "main.edb"):
+            with pytest.raises(JetError) as refused:
+                inst.attach(path)
+            error = refused.value
+            assert error.code == -1201 and "attached already" in error.detail
+            assert "rename" not in (error.hint or "")
+            assert "database('main')" in (error.hint or "")

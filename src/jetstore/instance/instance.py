@@ -1070,6 +1070,20 @@ class Instance:
         token = object()
         try:
             with self.commit_lock:
+                attached = self._databases.get(name)
+                if attached is not None and (
+                    os.path.abspath(attached.file.path) == source
+                    # The same file through another path (a directory link, `..`).
+                    or self.fs.file_identity(attached.file.path)
+                    == self.fs.file_identity(source)
+                    is not None
+                ):
+                    raise DatabaseDuplicate(
+                        f"'{source}' is database {name!r} of instance '{self.directory}', "
+                        "attached already",
+                        hint=f"use it: instance.database({name!r})",
+                        path=source,
+                    )
                 if name in self._databases or self._attaching.setdefault(name, token) is not token:
                     raise DatabaseDuplicate(
                         f"instance '{self.directory}' already has a database {name!r}"
