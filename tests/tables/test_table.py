@@ -51,7 +51,7 @@ from jetstore.pages.btree import (
 )
 from jetstore.tables.catalog import CATALOG_ID, object_prefix
 from jetstore.tables.keys import encode_key, prefix_successor
-from jetstore.tables.records import RecordCodec
+from jetstore.tables.records import LongValueRef, RecordCodec
 from jetstore.tables.table import MAX_PRIMARY_KEY_SIZE, Table
 
 PAGE = 8192
@@ -1376,6 +1376,25 @@ def test_an_index_entry_without_its_record_is_named(store: Store) -> None:
         list(txn.table("t").scan(index="by_x", reverse=True))
     message = str(caught.value)
     for part in ("'by_x'", "'t'", "('v1',)", "primary key (1,)", "missing", "jetstore integrity"):
+        assert part in message, (part, message)
+
+
+def test_a_damaged_long_value_under_a_key_that_does_not_decode_is_still_named(
+    store: Store,
+) -> None:
+    """The error for a long value missing chunks names the record's key by its bytes when the
+    key does not decode (a damaged tree): composing the message raised the key's own
+    "malformed key" error instead, which named neither the long value nor the way out."""
+    store.db.create_table("t", [("id", "int"), ("b", "bytes")], "id")
+    with store.db.transaction() as txn:
+        t = txn.table("t")
+        bad_pk = b"\x99\x01"  # no key tag is 0x99
+        record = RecordCodec(t.definition).encode({"id": 1, "b": LongValueRef(1, 10_000, False)})
+        txn.put(object_prefix(t.definition.table_id) + bad_pk, record)
+        with pytest.raises(DatabaseCorrupted) as caught:
+            list(t.scan())
+    message = str(caught.value)
+    for part in ("long value of column 'b'", "9901", "chunk 0 is missing", "jetstore repair"):
         assert part in message, (part, message)
 
 

@@ -649,7 +649,7 @@ class Table:
             what = "its chunks hold more than that"
         return DatabaseCorrupted(
             f"long value of column {self.definition.columns[column].name!r} of the record "
-            f"with primary key {decode_key(pk)!r} in table {self.name!r} is damaged: "
+            f"with primary key {describe_encoded_key(pk)} in table {self.name!r} is damaged: "
             f"{what} ({len(entries)} chunk(s) of {size} bytes found, its record says "
             f"{ref.length} bytes)"
             + ("; the write was refused, nothing changed" if writing else ""),
