@@ -619,3 +619,43 @@ def test_rmdir_goes_through_the_hook(tmp_path: Path) -> None:
     assert caught.value.name == "DiskIO" and not isinstance(caught.value, OSError)
     with pytest.raises(FileNotFound):
         fs.rmdir(str(tmp_path / "nothing"))
+
+
+def test_a_failed_history_write_keeps_the_set_and_says_what_was_recorded(
+    inst: jetstore.Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`complete()` failing after the set was published raised the header write's bare
+    error: it named neither the set (kept, whole, restorable) nor what the instance's
+    history held (here: one database's header records the backup, the other's may not)."""
+    from jetstore.errors import DiskIO
+    from jetstore.pages.pagefile import DatabaseFile
+
+    other = inst.database("other", create=True)
+    other.create_table("t", [("k", "int")], primary_key="k")
+    write_header = DatabaseFile.write_header
+    failing = other.file
+
+    def failing_history(self: DatabaseFile, **changes: Any) -> Any:
+        if self is failing and "last_full_backup" in changes:
+            raise DiskIO(f"write failed on '{self.path}': [Errno 5] Input/output error")
+        return write_header(self, **changes)
+
+    monkeypatch.setattr(DatabaseFile, "write_header", failing_history)
+    baseline, fds = baseline_of(inst)
+    logs = log_files(tmp_path / "live")
+    dest = tmp_path / "set"
+    with pytest.raises(DiskIO) as failed:
+        inst.backup(dest)
+    error = failed.value
+    assert error.path == str(dest)
+    assert f"the full backup set '{dest}' is complete and durable" in error.detail
+    assert "the header(s) of 'main' record it" in error.detail
+    assert f"'{failing.path}'" in error.detail and "'other' does is unknown" in error.detail
+    assert "no log was deleted" in error.detail and "stopped accepting updates" in error.detail
+    assert f"keep '{dest}'" in error.hint and "take a new full backup" in error.hint
+    assert inst.state.value == "failed"
+    assert set(logs) - {"edbtmp.log"} <= set(log_files(tmp_path / "live"))  # none deleted
+    settle(inst, baseline, fds)
+    assert jetstore.verify_backup(dest).ok
+    [event] = [e for e in inst.events.recent(50) if e["name"] == "backup_failed"]
+    assert "nothing was recorded" not in event["message"]

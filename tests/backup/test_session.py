@@ -739,3 +739,16 @@ def test_an_interrupt_right_after_a_backup_is_registered_leaves_no_running_backu
         assert inst.database("main").file.pins == 0
     finally:
         inst.close()
+
+
+def test_a_second_complete_does_not_deny_what_the_first_recorded(tmp_path: Path) -> None:
+    with _open(tmp_path / "i") as inst:
+        _load(inst, 0, 20)
+        with inst.begin_backup("full") as session:
+            _copy(session, tmp_path / "set")
+            session.complete()
+            with pytest.raises(InvalidBackupSequence) as again:
+                session.complete()
+        assert "completed" in str(again.value)
+        assert "nothing was recorded" not in str(again.value)
+        assert not inst.database("main").file.header.last_full_backup.is_none

@@ -594,3 +594,41 @@ def test_complete_whose_answer_is_lost_says_the_record_is_unknown(
     assert failed.value.path == str(tmp_path / "set")
     assert "backup_completed" in str(failed.value)
     check_set(tmp_path / "set")
+
+
+def test_a_complete_the_instance_fails_says_the_set_is_kept_and_what_the_instance_is(
+    inst: jetstore.Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`complete` reached the instance, whose backup-history write failed: the client raised
+    the server's bare header-write error, which said nothing of the set at DEST (whole and
+    durable: restorable) nor of the instance (stopped accepting updates, no log deleted)."""
+    from jetstore.errors import DiskIO
+    from jetstore.pages.pagefile import DatabaseFile
+
+    write_header = DatabaseFile.write_header
+
+    def failing_history(self: DatabaseFile, **changes: Any) -> Any:
+        if "last_full_backup" in changes:
+            raise DiskIO(f"write failed on '{self.path}': [Errno 5] Input/output error")
+        return write_header(self, **changes)
+
+    monkeypatch.setattr(DatabaseFile, "write_header", failing_history)
+    logs_before = {p.name for p in Path(inst.directory).glob("*.log")}
+    baseline = Baseline.take(inst)
+    dest = tmp_path / "set"
+    with pytest.raises(DiskIO) as failed:
+        connect(inst.directory).backup(dest, "full")
+    error = failed.value
+    assert error.path == str(dest)
+    assert f"backup set '{dest}' is complete and durable" in error.detail
+    assert "main.edb" in error.detail  # the header whose write failed
+    assert "stopped accepting updates" in error.detail
+    assert "no log was deleted" in error.detail
+    assert f"keep '{dest}'" in error.hint and "reopen the instance" in error.hint
+    assert "take a new full backup" in error.hint
+    wait_idle(inst)
+    baseline.wait(inst)
+    assert inst.state.value == "failed"
+    assert inst.counters()["backups_failed"] == 1
+    assert set(logs_before) <= {p.name for p in Path(inst.directory).glob("*.log")}
+    check_set(dest)

@@ -870,9 +870,9 @@ def write_backup_set(
     `session.complete()` records the backup and truncates logs. On any failure before that,
     the session is aborted, the partial set removed and a `JetError` raised. If `complete()`
     itself fails (its header history write: the instance then fails too, D9), the set at
-    `dest` stays (it is whole and durable; the instance did not record it and deleted no log)
-    and its error is raised. A log that cannot be deleted by the truncation after it is not
-    an error: it stays (event 142).
+    `dest` stays (it is whole and durable; no log was deleted) and its error is raised, naming
+    `dest` and saying what the instance's history holds (`completion_failed`). A log that
+    cannot be deleted by the truncation after it is not an error: it stays (event 142).
     """
     fs = session.instance.fs
     writer = SetWriter(fs, dest, owner=session.owner, compress=compress, progress=progress)
@@ -898,8 +898,24 @@ def write_backup_set(
         if error is None or error is exc:
             raise
         raise error from exc
-    session.complete()
+    try:
+        session.complete()
+    except JetError as exc:
+        raise completion_failed(exc, writer.dest, session.kind.value) from exc
     return manifest
+
+
+def completion_failed(error: JetError, dest: str, kind: str) -> JetError:
+    """`error` (`BackupSession.complete()` failed, in this process or in the instance a
+    control client talks to) for the owner of the set already published at `dest`: that set
+    is whole and durable, so it is kept, and `error` says what the instance recorded, deleted
+    and is now in."""
+    return type(error)(
+        f"the {kind} backup set '{dest}' is complete and durable and can be restored from, "
+        f"but {error.detail}",
+        hint=f"keep '{dest}' to restore from (`jetstore verify-backup` checks it); {error.hint}",
+        path=dest,
+    )
 
 
 def _as_jet_error(exc: BaseException, writer: SetWriter) -> JetError | None:

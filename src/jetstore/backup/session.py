@@ -554,23 +554,35 @@ class BackupSession:
         and, for full and incremental backups without circular logging, delete the log
         generations it makes unnecessary. Every listed file must have been read to its end."""
         with self._lock:
-            result = self.result()
             instance = self.instance
-            if instance.state.value != "open":
-                raise InstanceUnavailable(
-                    f"backup {self.id} cannot complete: instance '{instance.directory}' is "
-                    f"{instance.state.value}",
-                    hint="nothing was recorded; take the backup again once the instance is open",
-                )
+            try:
+                result = self.result()
+                if instance.state.value != "open":
+                    raise InstanceUnavailable(
+                        f"backup {self.id} cannot complete: instance '{instance.directory}' "
+                        f"is {instance.state.value}",
+                        hint="take the backup again once the instance is open",
+                    )
+            except JetError as exc:
+                if self.state in ("completed", "failed"):
+                    raise  # what it recorded was said when it ended
+                # Said in the error, not left to the reader to infer: a backup set already
+                # written (`write_backup_set`, the control client) is kept on this error,
+                # and its owner must know whether the instance's history names it.
+                raise type(exc)(
+                    f"{exc.detail}; nothing was recorded and no log was deleted",
+                    hint=exc.hint,
+                    path=exc.path,
+                ) from exc
             low, high = result.generation_low, result.generation_high
             try:
                 self._record_history(low, high, result.completed_us)
-            except JetError as exc:
+            except _HistoryWriteFailed as failed:
                 # A header write that fails stops the instance like any other (D9): what
                 # reached the header copies is unknown.
-                instance.fail(exc)
-                self._fail(exc)
-                raise
+                instance.fail(failed.cause)
+                self._fail(failed.error, outcome=None)  # its error says what was recorded
+                raise failed.error from failed.cause
             if self.kind in (BackupKind.FULL, BackupKind.INCREMENTAL):
                 # Never raises: a log that cannot be deleted stays (event 142), as with
                 # circular logging; the backup is complete either way.
@@ -597,6 +609,7 @@ class BackupSession:
     def _record_history(self, low: int, high: int, completed: int) -> None:
         if self.kind is BackupKind.COPY:
             return
+        recorded: list[str] = []
         for db in self._databases:
             if db.file.closed:
                 continue  # detached while the backup ran
@@ -616,7 +629,32 @@ class BackupSession:
                 # do not apply on top of it.
                 changes["last_incremental_backup"] = BackupInfo.NONE
                 changes["last_differential_backup"] = BackupInfo.NONE
-            db.file.write_header(**changes)
+            try:
+                db.file.write_header(**changes)
+            except JetError as exc:
+                raise _HistoryWriteFailed(self._history_error(exc, db, recorded), exc) from exc
+            recorded.append(db.name)
+
+    def _history_error(self, exc: JetError, db: Database, recorded: list[str]) -> JetError:
+        """`exc` (the failed header write of `db`), saying what the instance's backup history
+        now holds and what state the instance is in: the caller keeps a written set on it."""
+        if recorded:
+            held = (
+                f"the header(s) of {', '.join(repr(n) for n in recorded)} record it, whether "
+                f"that of {db.name!r} does is unknown"
+            )
+        else:
+            held = f"whether the header of {db.name!r} records it is unknown, no other does"
+        steps = exc.hint.rstrip(". ") if exc.hint else "close the instance and open it again"
+        return type(exc)(
+            f"{self.kind.value} backup {self.id} of '{self.instance.directory}' could not be "
+            f"recorded: writing the backup history into the header of '{db.file.path}' failed "
+            f"({exc.brief()}); {held}; no log was deleted, and the instance stopped accepting "
+            "updates",
+            hint=f"{steps}; once it is open again, take a new full backup before any "
+            "incremental or differential one: its record of this backup is not reliable",
+            path=db.file.path,
+        )
 
     def abort(self, reason: str = "aborted by the caller") -> None:
         """End the backup without recording anything (idempotent)."""
@@ -635,7 +673,12 @@ class BackupSession:
             bytes=self.bytes_streamed,
         )
 
-    def _fail(self, error: JetError) -> None:
+    def _fail(
+        self,
+        error: JetError,
+        *,
+        outcome: str | None = "nothing was recorded and no log was deleted",
+    ) -> None:
         with self._lock:
             if self.state in ("completed", "aborted", "failed"):
                 return
@@ -643,8 +686,8 @@ class BackupSession:
             self._end("failed")
         self.instance.events.emit(
             "backup_failed",
-            f"{self.kind.value} backup {self.id} failed: {error}; nothing was recorded and no "
-            "log was deleted",
+            f"{self.kind.value} backup {self.id} failed: {error.brief()}"
+            + (f"; {outcome}" if outcome else ""),
             session=self.id,
             kind=self.kind.value,
             error=error.name,
@@ -721,6 +764,16 @@ class BackupSession:
                 if exc is None
                 else f"an exception ended the session ({type(exc).__name__})"
             )
+
+
+class _HistoryWriteFailed(Exception):
+    """A backup-history header write failed (`_record_history`): `error` says what the
+    history holds; `cause` is the write's own error, which fails the instance."""
+
+    def __init__(self, error: JetError, cause: JetError) -> None:
+        super().__init__(error)
+        self.error = error
+        self.cause = cause
 
 
 def _rechunk(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -46,6 +46,7 @@ from jetstore.backup.backupset import (
     Progress,
     SetWriter,
     _plain_name,
+    completion_failed,
     manifest_from_result,
 )
 from jetstore.backup.session import BackupFile, BackupKind, BackupResult, ImageInfo
@@ -245,7 +246,12 @@ class ControlClient:
                 line = self._read_line()
             except JetError as exc:
                 raise self._set_kept(exc, writer.dest, kind, sent=True) from exc
-            self.completion = self._reply(line)
+            try:
+                self.completion = self._reply(line)
+            except JetError as exc:
+                # The instance answered: its error says what it recorded and what state it
+                # is in; the set at dest is whole whatever it says.
+                raise completion_failed(exc, writer.dest, kind) from exc
             return manifest
         except BaseException as exc:
             if not confirmed:
