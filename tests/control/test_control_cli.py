@@ -183,3 +183,76 @@ def test_the_cli_closes_its_control_connection_when_the_backup_never_starts(
             backup_cmd._online_backup(inst.directory, str(tmp_path / "f"), "full", False, True)
         assert DEFAULT_REGISTRY.total(f"control-client:{inst.directory}") == 0
         assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    "when", ["complete sent", "before complete", "complete not gone out", "asking again"]
+)
+def test_a_ctrl_c_once_the_set_is_written_says_whether_the_instance_recorded_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """A Ctrl-C after the set at DEST was published (before or while `complete` went to the
+    instance) ended with the plain "aborted": nothing said that DEST was whole and kept, nor
+    whether the instance recorded the backup, which decides what later incrementals continue
+    from. The CLI now says it (asking the instance once `complete` was sent; a second Ctrl-C
+    there leaves it unknown, with the commands that tell), exit 130, in --json too."""
+    from jetstore.control import client as client_module
+    from jetstore.control.client import ControlClient
+    from jetstore.io.handles import DEFAULT_REGISTRY
+
+    if when == "before complete":
+        publish = SetWriter.publish
+
+        def publish_then_interrupt(self: SetWriter, manifest: object) -> object:
+            publish(self, manifest)  # type: ignore[arg-type]
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(SetWriter, "publish", publish_then_interrupt)
+    else:
+        send = ControlClient._send
+
+        def send_then_interrupt(self: ControlClient, message: dict[str, object]) -> None:
+            if message == {"op": "complete"} and when == "complete not gone out":
+                raise KeyboardInterrupt  # the instance aborts on the hang-up: asked, it says
+            send(self, message)
+            if message == {"op": "complete"}:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(ControlClient, "_send", send_then_interrupt)
+    if when == "asking again":
+
+        def interrupted_query(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(client_module, "backup_outcome", interrupted_query)
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 10)
+        baseline = Baseline.take(inst)
+        dest = tmp_path / "f"
+        code, document = _json(capsys, "backup", inst.directory, "--to", str(dest))
+        assert code == 130, document
+        error = document["error"]
+        assert isinstance(error, dict)
+        assert error["name"] == "KeyboardInterrupt" and error["category"] == "interrupted"
+        assert error["exit_code"] == 130 and error["path"] == str(dest)
+        assert isinstance(error["session"], int)
+        message = str(error["message"])
+        assert f"backup set '{dest}' was written: it is complete and durable" in message
+        recorded = when in ("complete sent", "asking again")
+        expected = {"complete sent": True, "asking again": None}.get(when, False)
+        assert error["backup_recorded"] is expected
+        if when == "complete not gone out":
+            assert "event 152 backup_aborted" in message
+        if expected is None:
+            assert f"jetstore events {inst.directory}" in message
+            assert f"jetstore status {inst.directory}" in message
+        wait_idle(inst)
+        baseline.wait(inst)
+        assert DEFAULT_REGISTRY.total(f"control-client:{inst.directory}") == 0
+        counters = inst.counters()
+        assert counters["backups_completed"] == (1 if recorded else 0)
+        assert counters["backups_aborted"] == (0 if recorded else 1)
+    assert read_manifest(dest).kind.value == "full"

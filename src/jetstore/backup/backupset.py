@@ -748,6 +748,11 @@ class SetWriter:
         fs.rmdir(directory)
         fs.fsync_directory(os.path.dirname(directory), owner=self.owner)
 
+    @property
+    def durable(self) -> bool:
+        """The set is whole and durable at `dest` (`publish` got past its last sync)."""
+        return self._durable
+
     def discard(self) -> None:
         """Remove what this attempt wrote: `DEST.partial`, or DEST itself when the rename
         happened but its parent could not be synced (the set is not known to be durable).

@@ -11,6 +11,8 @@ This module owns the two commands:
   a Ctrl-C before the backup starts included); any kind (full, incremental, differential,
   copy) works online. Exit codes as docs/cli.md lists them, online too: what the instance
   refuses is 3, a bad DEST 2, an I/O error 4, a full disk 5, a damaged source 1.
+  A Ctrl-C once the set is written keeps it and says whether the instance recorded the
+  backup (asking it when `complete` was sent: `_interrupted_after_publish`), exit 130.
   `result` is the set's manifest (`Manifest.to_dict()`) plus `path` and `data_loss` (the
   loss `--recover`'s open finished, also said on stderr; null when none).
 * `verify-backup PATH`: `jetstore.verify_backup`, read-only. Exit 0 when the set is whole,
@@ -22,7 +24,7 @@ A progress bar (stderr, only on a terminal, never with --json) follows long copi
 from __future__ import annotations
 
 import os
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.table import Table
@@ -32,7 +34,14 @@ from jetstore.backup.backupset import Manifest
 from jetstore.backup.offline import backup_offline
 from jetstore.backup.session import BackupKind
 from jetstore.backup.verify import verify_backup
-from jetstore.cli.output import ExitCode, command_errors, finish, json_option, stdout_console
+from jetstore.cli.output import (
+    ExitCode,
+    command_errors,
+    finish,
+    json_option,
+    report_interrupt,
+    stdout_console,
+)
 from jetstore.cli.support import (
     data_loss_dict,
     ensure_instance_directory,
@@ -47,6 +56,9 @@ from jetstore.instance.recovery import DataLoss
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import describe_lock_holder, is_locked
 
+if TYPE_CHECKING:
+    from jetstore.control.client import ControlClient
+
 __all__ = ["backup_command", "verify_backup_command"]
 
 
@@ -54,7 +66,7 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
     """An online backup of the instance another process has open, through its control
     socket (`jetstore.control.client`): the set is written here, made durable, and only then
     does the instance record the backup (and truncate logs). A progress bar unless `json`."""
-    from jetstore.control.client import ControlClient, connect
+    from jetstore.control.client import connect
 
     # Closed on every way out, a Ctrl-C before `backup` (which closes it itself) included:
     # the connection would otherwise hold one of the server's client slots until exit.
@@ -73,21 +85,96 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
                 "backup",
                 path=exc.path,
             ) from exc
-        with progress(not json, kind="bytes") as bar:
-            task = bar.add_task(f"{kind} backup", total=None)
+        try:
+            with progress(not json, kind="bytes") as bar:
+                task = bar.add_task(f"{kind} backup", total=None)
 
-            def report(done: int, total: int, name: str) -> None:
-                bar.update(
-                    task,
-                    completed=done,
-                    total=max(total, 1),
-                    description=f"{kind} backup: {name}" if name else f"{kind} backup",
-                )
+                def report(done: int, total: int, name: str) -> None:
+                    bar.update(
+                        task,
+                        completed=done,
+                        total=max(total, 1),
+                        description=f"{kind} backup: {name}" if name else f"{kind} backup",
+                    )
 
-            return client.backup(dest, kind, compress=compress, progress=report)
+                return client.backup(dest, kind, compress=compress, progress=report)
+        except KeyboardInterrupt:
+            if client.published is None:
+                raise  # nothing was kept: the plain "aborted" says it all
+            _interrupted_after_publish(client, instance_dir, kind, json)
     finally:
         if client is not None:
             client.close()
+
+
+def _interrupted_after_publish(
+    client: ControlClient, instance_dir: str, kind: str, json: bool
+) -> NoReturn:
+    """Ctrl-C once the set was published: it is kept (whole and durable), and whether the
+    instance recorded the backup decides what a later incremental continues from. Before
+    `complete` was sent the instance did not (the client aborted the session); after, it is
+    asked (`backup_outcome`), and a second Ctrl-C or no answer leaves it unknown, said with
+    the commands that tell. Exit 130, with `path`, `session`, `backup_recorded` in --json."""
+    from jetstore.control.client import backup_outcome
+
+    dest, session = client.published, client.backup_session
+    recorded: bool | None = None
+    which = f"session {session}" if session is not None else "the last backup session"
+    if not client.complete_sent:
+        recorded = False
+        record = (
+            "the instance did not record it: the interrupt came before `complete` was sent, "
+            "so the backup session was aborted (no backup history written, no log deleted)"
+        )
+    else:
+        outcome = None
+        if session is not None:
+            try:
+                outcome = backup_outcome(instance_dir, session)
+            except KeyboardInterrupt:
+                pass  # asked to stop asking: said unknown below
+        if outcome == "completed":
+            recorded = True
+            record = f"the instance recorded the backup (event 151 backup_completed, {which})"
+        elif outcome == "aborted":
+            recorded = False
+            record = (
+                f"the instance did not record it (event 152 backup_aborted, {which}; "
+                f"`jetstore events {instance_dir}` says why)"
+            )
+        elif outcome is not None:
+            recorded = False
+            record = (
+                f"the instance failed to record it (event 153 backup_failed, {which}: "
+                f"`jetstore events {instance_dir}` says why, and which database headers hold "
+                "it); take a new full backup before any incremental or differential one"
+            )
+        else:
+            record = (
+                "whether the instance recorded it is unknown: `complete` was sent, and the "
+                f"instance could not be asked; `jetstore events {instance_dir}` tells (event 151 "
+                f"backup_completed: recorded; 152 backup_aborted or 153 backup_failed: not; "
+                f"{which})"
+                + (
+                    f", and `jetstore status {instance_dir}` shows each database's last full backup"
+                    if kind == BackupKind.FULL.value
+                    else ""
+                )
+            )
+    message = (
+        f"interrupted (Ctrl-C) after the {kind} backup set '{dest}' was written: it is "
+        "complete and durable and can be restored from (`jetstore verify-backup` checks it); "
+        + record
+    )
+    code = report_interrupt(
+        command="backup",
+        as_json=json,
+        message=message,
+        path=dest,
+        session=session,
+        backup_recorded=recorded,
+    )
+    raise click.exceptions.Exit(int(code))
 
 
 def _online_exit_code(error: JetError) -> ExitCode | None:

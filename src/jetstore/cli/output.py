@@ -269,10 +269,10 @@ def report_error(
 
 
 def emit_codeless_error(
-    command: str, name: str, category: str, message: str, exit_code: ExitCode
+    command: str, name: str, category: str, message: str, exit_code: ExitCode, **extra: Any
 ) -> None:
     """The `--json` envelope of a failure that is no engine error (no ESE code): a usage
-    problem, an interrupt, an internal error."""
+    problem, an interrupt, an internal error; `extra` adds command-specific fields."""
     emit_json(
         envelope(
             command,
@@ -283,6 +283,7 @@ def emit_codeless_error(
                 "category": category,
                 "message": message,
                 "exit_code": int(exit_code),
+                **extra,
             },
         )
     )
@@ -297,18 +298,25 @@ def report_usage(message: str, *, command: str, as_json: bool) -> ExitCode:
     return ExitCode.USAGE
 
 
-def report_interrupt(*, command: str, as_json: bool) -> ExitCode:
+def report_interrupt(
+    *, command: str, as_json: bool, message: str | None = None, **extra: Any
+) -> ExitCode:
     """Ctrl-C ended the command: "aborted" on stderr, and with `--json` the one JSON object
-    stdout promises (an error of category "interrupted"), so a script reading it finds one."""
+    stdout promises (an error of category "interrupted"), so a script reading it finds one.
+    `message` says what the interrupt left (on stderr too), `extra` adds it as fields."""
     if as_json:
         emit_codeless_error(
             command,
             "KeyboardInterrupt",
             "interrupted",
-            "interrupted (Ctrl-C) before the command finished",
+            message or "interrupted (Ctrl-C) before the command finished",
             ExitCode.INTERRUPTED,
+            **extra,
         )
-    stderr_console().print("aborted")
+    console = stderr_console()
+    console.print("aborted")
+    if message:
+        console.print(Padding(Text(message), (0, 0, 0, 2)))
     return ExitCode.INTERRUPTED
 
 

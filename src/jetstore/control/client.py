@@ -16,7 +16,9 @@ Invariants:
   DEST. Any failure before that (a write error, a bad frame, a server error, an interrupt)
   sends ``abort`` if the connection still works, removes `DEST.partial`, and raises. A
   connection failing after that keeps the set at DEST (whole and durable) and says so in
-  the error, with whether the instance recorded the backup (no, or unknown: `_set_kept`).
+  the error, with whether the instance recorded the backup (no, or unknown: `_set_kept`);
+  an interrupt there leaves `published`, `backup_session` and `complete_sent` set, from
+  which `backup_outcome` asks the instance how the session ended.
 - The client's socket is registered in `DEFAULT_REGISTRY` (owner ``control-client:DIR/N``; a
   Ctrl-C before that cannot lose it: `jetstore.io.sockets`) and
   the set's files in the registry of the `FileSystem` used (owner ``backup-set:DEST``); all
@@ -115,6 +117,13 @@ class ControlClient:
         #: The server's reply to ``complete`` after a `backup` (``result.truncated``: the log
         #: generations the completion deleted).
         self.completion: dict[str, Any] | None = None
+        #: The id of the session a `backup` started on the instance (None before "started").
+        self.backup_session: int | None = None
+        #: The backup set a `backup` published (whole and durable), once it did.
+        self.published: str | None = None
+        #: `backup` began sending ``complete``: from then on the instance may record the
+        #: backup whatever happens here (an interrupt included); `backup_outcome` tells.
+        self.complete_sent = False
 
     # ----------------------------------------------------------------- basics
 
@@ -215,7 +224,9 @@ class ControlClient:
             writer.prepare()
             requested = True
             self._send({"op": "backup", "kind": kind})
-            self._reply(self._read_line())  # "started" (or the error that refused it)
+            started = self._reply(self._read_line())  # "started" (or the error refusing it)
+            session = started.get("session")
+            self.backup_session = session if isinstance(session, int) else None
             while True:
                 message = self._reply(self._read_line())
                 stage = message.get("stage")
@@ -235,13 +246,15 @@ class ControlClient:
             manifest = writer.publish(
                 manifest_from_result(result, compress=compress, path=writer.dest)
             )
+            self.published = writer.dest
             # The set is durable at dest: only now may the server record the backup and
-            # truncate logs.
+            # truncate logs. No abort follows once the send began (an interrupt in it): the
+            # instance may have the whole line, and one that does not aborts on the hang-up.
+            confirmed = self.complete_sent = True
             try:
                 self._send({"op": "complete"})
             except JetError as exc:
                 raise self._set_kept(exc, writer.dest, kind, sent=False) from exc
-            confirmed = True
             try:
                 line = self._read_line()
             except JetError as exc:
@@ -254,6 +267,8 @@ class ControlClient:
                 raise completion_failed(exc, writer.dest, kind) from exc
             return manifest
         except BaseException as exc:
+            if writer.durable:
+                self.published = writer.dest  # an interrupt as `publish` returned included
             if not confirmed:
                 if requested:
                     # Before the request, an abort would be a protocol error to the server
@@ -438,6 +453,51 @@ class ControlClient:
             hint="the server speaks another protocol version; use the jetstore of the instance",
             path=self.path,
         )
+
+
+#: The events that end a backup session, and what each says of it.
+_BACKUP_ENDINGS: Final = {
+    "backup_completed": "completed",
+    "backup_aborted": "aborted",
+    "backup_failed": "failed",
+}
+
+
+def backup_outcome(
+    instance_dir: str | os.PathLike[str], session: int, *, wait: float = 10.0
+) -> str | None:
+    """How backup `session` of the instance serving `instance_dir` ended: "completed" (the
+    instance recorded it), "aborted" or "failed" (it did not), read from the instance's
+    recent events (151, 152, 153) over a new connection, waiting up to `wait` seconds for a
+    session still completing. None when that cannot be told: no instance serves the
+    directory any more, it does not answer, or its recent events no longer hold the ending."""
+    deadline = time.monotonic() + wait
+    try:
+        with connect(instance_dir, timeout=wait) as client:
+            ended_at: float | None = None
+            while True:
+                for event in reversed(client.events(200)):
+                    fields = event.get("fields")
+                    name = event.get("name")
+                    if (
+                        isinstance(name, str)
+                        and name in _BACKUP_ENDINGS
+                        and isinstance(fields, dict)
+                        and fields.get("session") == session
+                    ):
+                        return _BACKUP_ENDINGS[name]
+                now = time.monotonic()
+                running = client.counters().get("backup")
+                if not isinstance(running, dict) or running.get("session") != session:
+                    # Ended: its event follows the release of the session by a moment.
+                    ended_at = now if ended_at is None else ended_at
+                    if now - ended_at > 1.0:
+                        return None
+                if now > deadline:
+                    return None
+                time.sleep(0.05)
+    except JetError:
+        return None
 
 
 def connect(
@@ -660,4 +720,4 @@ def result_from_json(value: object, *, source: str) -> BackupResult:
         ) from None
 
 
-__all__ = ["ControlClient", "connect", "result_from_json"]
+__all__ = ["ControlClient", "backup_outcome", "connect", "result_from_json"]
