@@ -752,3 +752,58 @@ def test_a_second_complete_does_not_deny_what_the_first_recorded(tmp_path: Path)
         assert "completed" in str(again.value)
         assert "nothing was recorded" not in str(again.value)
         assert not inst.database("main").file.header.last_full_backup.is_none
+
+
+@pytest.mark.parametrize("where", ["deleting logs", "writing the second header"])
+def test_a_ctrl_c_while_complete_records_the_backup_ends_it_for_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A Ctrl-C inside `complete()` once headers named the backup (in the log truncation, or
+    between two databases' history writes) left the session running, and the `with` block's
+    exit aborted it: counted aborted, announced "nothing was recorded and no log was
+    deleted" (event 152) while the headers named the backup. Cut in the truncation it is
+    completed (recorded); cut between headers it failed, saying which headers hold it."""
+    from jetstore.instance.instance import Instance
+    from jetstore.pages.pagefile import DatabaseFile
+
+    with _open(tmp_path / "i") as inst:
+        _load(inst, 0, 40)
+        other = inst.database("other", create=True)
+        other.create_table("t", [("k", "int")], primary_key="k")
+        if where == "deleting logs":
+
+            def interrupted(self: Instance, first_copied: int) -> list[int]:
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(Instance, "truncate_logs_after_backup", interrupted)
+        else:
+            write_header = DatabaseFile.write_header
+
+            def interrupted_header(self: DatabaseFile, **changes: Any) -> Any:
+                if self is other.file and "last_full_backup" in changes:
+                    raise KeyboardInterrupt
+                return write_header(self, **changes)
+
+            monkeypatch.setattr(DatabaseFile, "write_header", interrupted_header)
+        baseline, fds = _handles(inst), _fds()
+        with pytest.raises(KeyboardInterrupt):
+            inst.backup(tmp_path / "set")
+        monkeypatch.undo()
+        names = [e["name"] for e in inst.events.recent(50)]
+        assert "backup_aborted" not in names
+        counters = inst.counters()
+        assert counters["backup_sessions_active"] == 0 and counters["backups_aborted"] == 0
+        assert not inst.database("main").file.header.last_full_backup.is_none
+        if where == "deleting logs":
+            assert counters["backups_completed"] == 1 and "backup_completed" in names
+        else:
+            assert counters["backups_failed"] == 1
+            [failed] = [e for e in inst.events.recent(50) if e["name"] == "backup_failed"]
+            assert (
+                "interrupted (KeyboardInterrupt) while it was being recorded" in (failed["message"])
+            )
+            assert "the header(s) of 'main' record it" in failed["message"]
+            assert "nothing was recorded" not in failed["message"]
+        assert _handles(inst) == baseline and _fds() == fds
+        assert jetstore.verify_backup(tmp_path / "set").ok
+        inst.backup(tmp_path / "again")  # no session left running

@@ -583,27 +583,33 @@ class BackupSession:
                 instance.fail(failed.cause)
                 self._fail(failed.error, outcome=None)  # its error says what was recorded
                 raise failed.error from failed.cause
-            if self.kind in (BackupKind.FULL, BackupKind.INCREMENTAL):
-                # Never raises: a log that cannot be deleted stays (event 142), as with
-                # circular logging; the backup is complete either way.
-                result.truncated = instance.truncate_logs_after_backup(low)
-            self._end("completed")
-            instance.events.emit(
-                "backup_completed",
-                f"{self.kind.value} backup {self.id} completed: log generations {low}-{high}, "
-                f"{len(self._images)} database image(s), {self.bytes_streamed} bytes"
-                + (
-                    f"; deleted log generations {result.truncated[0]}-{result.truncated[-1]}"
-                    if result.truncated
-                    else ""
-                ),
-                session=self.id,
-                kind=self.kind.value,
-                generation_low=low,
-                generation_high=high,
-                bytes=self.bytes_streamed,
-                truncated=result.truncated,
-            )
+            try:
+                if self.kind in (BackupKind.FULL, BackupKind.INCREMENTAL):
+                    # Never raises an error: a log that cannot be deleted stays (event 142),
+                    # as with circular logging; the backup is complete either way.
+                    result.truncated = instance.truncate_logs_after_backup(low)
+            finally:
+                # Recorded, so completed, even when an interrupt (Ctrl-C) cuts the deletion
+                # short: ended by the caller's abort instead, it was counted and announced
+                # as "aborted, nothing recorded" while the headers named it.
+                self._end("completed")
+                instance.events.emit(
+                    "backup_completed",
+                    f"{self.kind.value} backup {self.id} completed: log generations "
+                    f"{low}-{high}, {len(self._images)} database image(s), "
+                    f"{self.bytes_streamed} bytes"
+                    + (
+                        f"; deleted log generations {result.truncated[0]}-{result.truncated[-1]}"
+                        if result.truncated
+                        else ""
+                    ),
+                    session=self.id,
+                    kind=self.kind.value,
+                    generation_low=low,
+                    generation_high=high,
+                    bytes=self.bytes_streamed,
+                    truncated=result.truncated,
+                )
             return result
 
     def _record_history(self, low: int, high: int, completed: int) -> None:
@@ -633,18 +639,27 @@ class BackupSession:
                 db.file.write_header(**changes)
             except JetError as exc:
                 raise _HistoryWriteFailed(self._history_error(exc, db, recorded), exc) from exc
+            except BaseException as exc:
+                # An interrupt (Ctrl-C): ended by the caller's abort instead, the session
+                # was announced as "nothing recorded" while earlier headers named it.
+                self._fail(
+                    BackupAbortByServer(
+                        f"{self.kind.value} backup {self.id} of '{self.instance.directory}' "
+                        f"was interrupted ({type(exc).__name__}) while it was being recorded: "
+                        f"{_history_held(db, recorded)}; no log was deleted",
+                        hint="take a new full backup before any incremental or differential "
+                        "one: the instance's record of this backup is not reliable",
+                        path=db.file.path,
+                    ),
+                    outcome=None,
+                )
+                raise
             recorded.append(db.name)
 
     def _history_error(self, exc: JetError, db: Database, recorded: list[str]) -> JetError:
         """`exc` (the failed header write of `db`), saying what the instance's backup history
         now holds and what state the instance is in: the caller keeps a written set on it."""
-        if recorded:
-            held = (
-                f"the header(s) of {', '.join(repr(n) for n in recorded)} record it, whether "
-                f"that of {db.name!r} does is unknown"
-            )
-        else:
-            held = f"whether the header of {db.name!r} records it is unknown, no other does"
+        held = _history_held(db, recorded)
         steps = exc.hint.rstrip(". ") if exc.hint else "close the instance and open it again"
         return type(exc)(
             f"{self.kind.value} backup {self.id} of '{self.instance.directory}' could not be "
@@ -764,6 +779,17 @@ class BackupSession:
                 if exc is None
                 else f"an exception ended the session ({type(exc).__name__})"
             )
+
+
+def _history_held(db: Database, recorded: list[str]) -> str:
+    """What the backup history holds after the header write of `db` went wrong, the headers
+    of `recorded` written before it."""
+    if recorded:
+        return (
+            f"the header(s) of {', '.join(repr(n) for n in recorded)} record it, whether "
+            f"that of {db.name!r} does is unknown"
+        )
+    return f"whether the header of {db.name!r} records it is unknown, no other does"
 
 
 class _HistoryWriteFailed(Exception):
