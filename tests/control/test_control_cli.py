@@ -256,3 +256,34 @@ def test_a_ctrl_c_once_the_set_is_written_says_whether_the_instance_recorded_it(
         assert counters["backups_completed"] == (1 if recorded else 0)
         assert counters["backups_aborted"] == (0 if recorded else 1)
     assert read_manifest(dest).kind.value == "full"
+
+
+@pytest.mark.parametrize("refusal", ["circular logging", "no client slot"])
+def test_a_backup_the_instance_refuses_exits_3(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: str,
+) -> None:
+    """docs/cli.md: online, what the instance refuses is exit 3. An incremental refused for
+    circular logging (InvalidBackup, category usage) exited 2, as for a bad option, and a
+    socket serving its maximum of clients (OutOfSessions, resource) exited 5, the code of
+    an internal error or a full destination disk."""
+    from jetstore.control import server
+
+    kind = "incremental" if refusal == "circular logging" else "full"
+    with open_instance(tmp_path / "i", circular_logging=refusal == "circular logging") as inst:
+        load(inst, 0, 10)
+        if refusal == "no client slot":
+            monkeypatch.setattr(server, "MAX_CLIENTS", 0)
+        code, document = _json(
+            capsys, "backup", inst.directory, "--to", str(tmp_path / "set"), "--kind", kind
+        )
+        error = document["error"]
+        assert isinstance(error, dict)
+        assert error["name"] == (
+            "InvalidBackup" if refusal == "circular logging" else "OutOfSessions"
+        ), error
+        assert code == 3 and error["exit_code"] == 3, document
+        wait_idle(inst)
+    assert not (tmp_path / "set").exists()

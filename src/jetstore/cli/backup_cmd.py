@@ -50,7 +50,14 @@ from jetstore.cli.support import (
     usage_failure,
     warn_data_loss,
 )
-from jetstore.errors import FileAccessDenied, InstanceNameInUse, InstanceUnavailable, JetError
+from jetstore.errors import (
+    FileAccessDenied,
+    InstanceNameInUse,
+    InstanceUnavailable,
+    InvalidBackup,
+    JetError,
+    OutOfSessions,
+)
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.instance.recovery import DataLoss
 from jetstore.io.files import FileSystem
@@ -179,9 +186,14 @@ def _interrupted_after_publish(
 
 def _online_exit_code(error: JetError) -> ExitCode | None:
     """The exit code of a failed online backup: 3 when the instance could not be backed up
-    (in use without a socket, its state, a backup already running, gone meanwhile); a bad
-    DEST, an I/O error, a damaged source or a full disk keep their category's code (2, 4, 1,
-    5), as docs/cli.md lists them."""
+    (in use without a socket, its state, a backup already running, gone meanwhile, a kind
+    its circular logging refuses, no client slot free on its socket); a bad DEST, an I/O
+    error, a damaged source or a full disk keep their category's code (2, 4, 1, 5), as
+    docs/cli.md lists them."""
+    # By class, not category: the instance's refusals of a kind (usage) or of a client
+    # (resource) share their categories with a bad DEST and a full destination disk.
+    if isinstance(error, InvalidBackup | OutOfSessions):
+        return ExitCode.STATE
     if error.category in ("usage", "io", "corruption", "resource"):
         return None
     return ExitCode.STATE
