@@ -807,3 +807,27 @@ def test_a_ctrl_c_while_complete_records_the_backup_ends_it_for_what_it_is(
         assert _handles(inst) == baseline and _fds() == fds
         assert jetstore.verify_backup(tmp_path / "set").ok
         inst.backup(tmp_path / "again")  # no session left running
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["in the pin", "as the pin returns"])
+def test_a_ctrl_c_as_an_image_is_pinned_leaves_no_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: bool
+) -> None:
+    """A Ctrl-C as `DatabaseFile.pin` returned (its token not yet in the session's images)
+    left the pin for the life of the instance: the pages it held were never reused again."""
+    from interrupting import interrupt_once
+    from jetstore.pages.pagefile import DatabaseFile
+
+    with _open(tmp_path / "i") as inst:
+        _load(inst, 0, 20)
+        db = inst.database("main")
+        fired = interrupt_once(monkeypatch, DatabaseFile, "pin", after=after)
+        with pytest.raises(KeyboardInterrupt):
+            inst.begin_backup("full")
+        assert fired == [True]
+        assert db.file.pins == 0
+        assert inst.counters()["backup_sessions_active"] == 0
+        with inst.begin_backup("full") as session:
+            assert db.file.pins == 1
+            session.abort()
+        assert db.file.pins == 0

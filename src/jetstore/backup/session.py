@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from jetstore.instance.database import Database
     from jetstore.instance.instance import Instance
     from jetstore.io.handles import HandleRegistry
+    from jetstore.pages.pagefile import DatabaseFile
 
 #: Size of the chunks `read` yields (the last one of a file may be shorter).
 CHUNK_SIZE = 1024 * 1024
@@ -176,7 +177,10 @@ class BackupHold:
         self.id = session.id
         self.kind = session.kind
         self.owner = session.owner
-        self.images = session._images  # the session's own list: pins added at its start
+        #: Every pin taken for the session's images, by file: each token is here before
+        #: its pin is in force (`DatabaseFile.pin(taking=...)`), so an interrupt as a pin
+        #: returns, before the image holding it is listed, cannot leave it behind.
+        self.pins: list[tuple[DatabaseFile, list[int]]] = []
         self.first_generation: int | None = None
         self._dropped = False
         self._session = weakref.ref(session)
@@ -200,8 +204,9 @@ class BackupHold:
         """Unpin the images and close every handle of the session (called once: by the
         session's `_end`, or by the instance for a gone session)."""
         self._finalizer.detach()
-        for image in self.images:
-            image.db.file.unpin(image.pin)
+        for file, tokens in self.pins:
+            for token in tokens:
+                file.unpin(token)
         registry.close_owner(self.owner)
 
     def describe(self) -> dict[str, Any]:
@@ -291,7 +296,9 @@ class BackupSession:
             current = instance.log.durable_position.generation
             if kind in (BackupKind.FULL, BackupKind.COPY):
                 for db in self._databases:
-                    token, header = db.file.pin()
+                    tokens: list[int] = []
+                    self.hold.pins.append((db.file, tokens))
+                    token, header = db.file.pin(taking=tokens)
                     self._images.append(_Image(db, token, header))
                 low = min(
                     (image.header.checkpoint_position.generation for image in self._images),

@@ -587,16 +587,20 @@ class DatabaseFile:
         self._page_count += 1
         return pgno
 
-    def pin(self) -> tuple[int, DatabaseHeader]:
+    def pin(self, taking: list[int] | None = None) -> tuple[int, DatabaseHeader]:
         """Keep every page the durable header reaches from being reused until `unpin`.
 
         Returns (token, that header). Call it with no checkpoint in flight (the instance holds
         its checkpoint lock): pages the header reaches are then either in its tree or waiting
         in `_pending` at positions after the header's, and the pin holds those back.
+        `taking` gets the token before the pin is in force: a caller interrupted (Ctrl-C) as
+        this returns, its result lost, still finds the token there to `unpin`.
         """
         with self._space_lock:
             token = self._next_pin
             self._next_pin += 1
+            if taking is not None:
+                taking.append(token)
             header = self._header
             self._pins[token] = header.checkpoint_position
             return token, header
