@@ -287,3 +287,30 @@ def test_a_backup_the_instance_refuses_exits_3(
         assert code == 3 and error["exit_code"] == 3, document
         wait_idle(inst)
     assert not (tmp_path / "set").exists()
+
+
+def test_a_directory_held_by_an_offline_tool_is_not_called_an_open_instance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jetstore backup` on a directory an offline backup (or restore, or repair) holds took
+    the holder for an open instance without a socket: "the instance ... is open ... but
+    serves no control socket", and advised opening it with control_socket=True."""
+    from jetstore.io.files import FileSystem
+    from jetstore.io.locking import acquire_directory_lock
+
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 10)
+    lock = acquire_directory_lock(
+        FileSystem(), str(tmp_path / "i"), owner="test-holder", holder="an offline backup"
+    )
+    try:
+        code, document = _json(capsys, "backup", str(tmp_path / "i"), "--to", str(tmp_path / "set"))
+    finally:
+        lock.release()
+    assert code == 3, document
+    error = document["error"]
+    assert isinstance(error, dict)
+    assert "an offline backup" in str(error["detail"])
+    assert "is open" not in str(error["detail"]) and "control_socket" not in str(error["hint"])
+    assert "wait for it to end" in str(error["hint"])
+    assert not (tmp_path / "set").exists()

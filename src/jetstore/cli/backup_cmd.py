@@ -61,7 +61,12 @@ from jetstore.errors import (
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.instance.recovery import DataLoss
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import describe_lock_holder, is_locked
+from jetstore.io.locking import (
+    HOLDER_INSTANCE,
+    describe_lock_holder,
+    is_locked,
+    lock_holder_role,
+)
 
 if TYPE_CHECKING:
     from jetstore.control.client import ControlClient
@@ -82,7 +87,18 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
         try:
             client = connect(instance_dir)
         except InstanceUnavailable as exc:
-            who = describe_lock_holder(FileSystem(), instance_dir)
+            fs = FileSystem()
+            who = describe_lock_holder(fs, instance_dir)
+            role = lock_holder_role(fs, instance_dir)
+            if role is not None and role != HOLDER_INSTANCE:
+                # An offline backup, a restore or a repair: no instance to serve a socket,
+                # and no backup can be taken until it lets the directory go.
+                raise InstanceNameInUse(
+                    f"'{instance_dir}' is held by {who} ({LOCK_FILE}), not by an open "
+                    f"instance: no {kind} backup can be taken while it holds the directory",
+                    hint="wait for it to end (or end it), then run `jetstore backup` again",
+                    path=os.path.join(instance_dir, LOCK_FILE),
+                ) from exc
             raise InstanceNameInUse(
                 f"the instance in '{instance_dir}' is open ({who} holds {LOCK_FILE}) but serves "
                 f"no control socket for an online {kind} backup: {exc.detail}",

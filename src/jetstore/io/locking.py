@@ -89,6 +89,13 @@ def read_lock_holder(fs: FileSystem, directory: str) -> int | None:
     return _read_lock_file(fs, directory)[0]
 
 
+def lock_holder_role(fs: FileSystem, directory: str) -> str | None:
+    """What holds the lock of `directory`, in the words its lock file gives
+    (`HOLDER_INSTANCE`, `HOLDER_RESTORE`, an offline tool's); None when it gives none (a lock
+    file of an older release) or cannot be read."""
+    return _read_lock_file(fs, directory)[1]
+
+
 def describe_lock_holder(fs: FileSystem, directory: str) -> str:
     """Who holds the lock of `directory`, as its lock file says: "a restore copying its logs
     (restore --logs-from) (process 4242)", "an open instance in this process (process 4242),
