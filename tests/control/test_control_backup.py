@@ -632,3 +632,37 @@ def test_a_complete_the_instance_fails_says_the_set_is_kept_and_what_the_instanc
     assert inst.counters()["backups_failed"] == 1
     assert set(logs_before) <= {p.name for p in Path(inst.directory).glob("*.log")}
     check_set(dest)
+
+
+def test_an_instance_closing_while_it_completes_a_backup_still_answers_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`close()` landing while the instance ran `complete` shut the backup connection down
+    at once: the backup was recorded (and logs truncated), but its answer never left, and
+    the client could only say "whether the instance recorded it is unknown". The close now
+    lets the worker answer the `complete` it is running before the connection ends."""
+    from jetstore.instance.instance import Instance
+
+    inst = open_instance(tmp_path / "i")
+    load(inst, 0, 100)
+    truncate = Instance.truncate_logs_after_backup
+    completing = threading.Event()
+
+    def slow_truncation(self: Instance, first_copied: int) -> list[int]:
+        completing.set()
+        time.sleep(0.3)  # the close lands meanwhile
+        return truncate(self, first_copied)
+
+    monkeypatch.setattr(Instance, "truncate_logs_after_backup", slow_truncation)
+    closer = threading.Thread(target=lambda: (completing.wait(10), inst.close()))
+    closer.start()
+    try:
+        client = connect(inst.directory)
+        manifest = client.backup(tmp_path / "set", "full")
+    finally:
+        closer.join(10)
+    assert not closer.is_alive()
+    assert manifest.kind.value == "full"
+    assert client.completion is not None and client.completion["ok"] is True
+    assert inst.backups_completed == 1
+    check_set(tmp_path / "set")

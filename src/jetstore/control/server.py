@@ -748,6 +748,13 @@ class _BackupWorker:
         self._stop: threading.Event | None = None
         self._in_file = False
         self._poll = select.poll()  # no file descriptor of its own
+        #: `interrupt` and the start of `session.complete()` exclude each other: a close
+        #: landing once the instance records the backup leaves the connection up for the
+        #: answer (the join waits for the completion either way), and one landing before
+        #: keeps the completion from starting.
+        self._interrupt_lock = threading.Lock()
+        self._interrupted = False
+        self._completing = False
 
     def begin(self) -> None:
         self.sock.settimeout(STALL_TIMEOUT)
@@ -765,7 +772,13 @@ class _BackupWorker:
             self._thread.close()
 
     def interrupt(self) -> None:
-        """Called by `close()` from another thread: a blocked send or recv returns at once."""
+        """Called by `close()` from another thread: a blocked send or recv returns at once.
+        Not while the session completes: the client is owed its answer, or it could only
+        say that whether the instance recorded the backup is unknown."""
+        with self._interrupt_lock:
+            self._interrupted = True
+            if self._completing:
+                return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -816,6 +829,10 @@ class _BackupWorker:
             )
             request = self._wait_confirmation()
             if request == "complete":
+                with self._interrupt_lock:
+                    if self._interrupted:
+                        raise _ClientGone("the instance is closing")
+                    self._completing = True
                 final = session.complete()
                 self._send_line({"ok": True, "op": "complete", "result": to_jsonable(final)})
             else:
