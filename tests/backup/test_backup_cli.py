@@ -265,3 +265,15 @@ def test_verify_backup_missing_paths(tmp_path: Path) -> None:
     code, document = invoke_json("verify-backup", empty)
     assert code == 1
     assert document["result"]["problems"][0]["error"] == "FileNotFound"
+
+
+def test_the_backup_commands_short_help_does_not_say_offline_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`jetstore --help` described `backup` as "(offline for now)", though an open instance
+    is backed up online through its control socket, every kind."""
+    from jetstore.cli.main import run
+
+    assert run(["--help"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "backup " in line[:12]]
+    assert "offline for now" not in line and "online" in line, line

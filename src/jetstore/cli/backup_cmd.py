@@ -264,7 +264,7 @@ def _refuse(message: str, *, as_json: bool) -> NoReturn:
     usage_failure(message, command="backup", as_json=as_json)
 
 
-@click.command("backup", short_help="Write a backup set of an instance (offline for now).")
+@click.command("backup", short_help="Write a backup set of an instance (online if it is open).")
 @click.argument("directory", metavar="INSTANCE_DIR", type=click.Path(path_type=str))
 @click.option(
     "--to",
