@@ -589,10 +589,14 @@ def test_complete_whose_answer_is_lost_says_the_record_is_unknown(
 
     monkeypatch.setattr(ControlClient, "_send", recording_send)
     monkeypatch.setattr(ControlClient, "_fill", fill_until_complete)
+    client = connect(inst.directory)
     with pytest.raises(InstanceUnavailable, match="recorded it is unknown") as failed:
-        connect(inst.directory).backup(tmp_path / "set", "full")
+        client.backup(tmp_path / "set", "full")
     assert failed.value.path == str(tmp_path / "set")
     assert "backup_completed" in str(failed.value)
+    # Which session to look for, and every ending: a failed history write is event 153.
+    assert f"backup session {client.backup_session}" in str(failed.value)
+    assert "153 backup_failed" in str(failed.value)
     check_set(tmp_path / "set")
 
 

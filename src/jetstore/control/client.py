@@ -313,8 +313,9 @@ class ControlClient:
         else:
             record = (
                 f"whether the instance recorded it is unknown: `complete` was sent but its "
-                f"answer did not come ({error.brief()}); its events say which (151 "
-                "backup_completed, or 152 backup_aborted)"
+                f"answer did not come ({error.brief()}); its events for backup session "
+                f"{self.backup_session} say which (151 backup_completed: recorded; 152 "
+                "backup_aborted or 153 backup_failed: not, or not wholly)"
             )
             hint = (
                 f"keep '{dest}' to restore from (`jetstore verify-backup` checks it); see "
