@@ -623,7 +623,16 @@ class BackupSession:
         if self.kind is BackupKind.COPY:
             return
         recorded: list[str] = []
-        for db in self._databases:
+        databases = list(self._databases)
+        if self.kind is BackupKind.FULL:
+            # A database created while the backup ran (attach is refused meanwhile) is in
+            # it: its whole life is in the logs from the backup's first generation on, so a
+            # restore recreates it, and the logs an incremental copies next continue it.
+            # Unrecorded, the next incremental was refused for want of a full backup.
+            databases += [
+                db for db in self.instance.attached_databases() if db not in self._databases
+            ]
+        for db in databases:
             if db.file.closed:
                 continue  # detached while the backup ran
             position = LogPosition(low, 0)
