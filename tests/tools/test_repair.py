@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import jetstore
-from jetstore.errors import DatabaseDirtyShutdown
+from jetstore.errors import DatabaseDirtyShutdown, FileInvalidType
 from jetstore.format.dbheader import DatabaseState
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import Node, iterate
@@ -147,3 +147,26 @@ def test_the_report_says_a_dirty_neighbour_would_refuse_the_repair(closed: Path)
     assert after == before
     jetstore.open(closed, **OPTIONS).close()  # recovered: nothing to refuse any more
     assert repair_database(closed / "main.edb").would_refuse is None
+
+
+@pytest.mark.parametrize("name", ["edb.log", "edb.chk"])
+@pytest.mark.parametrize("accept", [False, True])
+def test_a_log_or_checkpoint_file_is_no_database_to_repair(
+    closed: Path, name: str, accept: bool
+) -> None:
+    # Its intact header block says what it is; it was taken for a database whose header
+    # copies were both lost, and the run moved the instance's logs aside (the named file
+    # with them) before failing on the file it had just moved.
+    def files() -> dict[str, str]:  # the lock file names its last holder: not compared
+        return {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in closed.iterdir()
+            if p.name != "jetstore.lock"
+        }
+
+    before = files()
+    with pytest.raises(FileInvalidType, match=r"not a database") as caught:
+        repair_database(closed / name, accept_data_loss=accept)
+    assert caught.value.path == str(closed / name)
+    assert "nothing was changed" in caught.value.detail
+    assert files() == before

@@ -19,6 +19,8 @@ older versions of pages in free pages, and those must not win over the tree. So:
    damaged range and inside no span (first to last key) of a newer candidate; then its own
    span is claimed. The newest copy of a key range decides, so a key deleted later is not
    brought back by an older copy of its page (except from a gap between newer spans).
+   A file whose first block is an intact header of another jetstore file (a log, the
+   checkpoint file) has lost no header: it is refused (`FileInvalidType`), nothing changed.
 3. Logical salvage over the merged entries: the catalog is decoded (a table whose definition
    is lost loses its entries: reported by object id); each record must decode with its
    table's schema, be stored under its own primary key and have every long value complete
@@ -74,13 +76,21 @@ from itertools import pairwise
 from typing import Any, Final
 
 from jetstore.errors import (
+    BadLogVersion,
     DatabaseCorrupted,
     DatabaseDirtyShutdown,
     FileInvalidType,
     JetError,
     ReadVerifyFailure,
 )
-from jetstore.format.common import Signature, format_time_us, now_us
+from jetstore.format.common import (
+    FileType,
+    Signature,
+    decode_block,
+    format_time_us,
+    identify_file,
+    now_us,
+)
 from jetstore.format.dbheader import (
     HEADER_COPIES,
     DatabaseHeader,
@@ -327,6 +337,8 @@ def _open(fs: FileSystem, path: str, report: RepairReport) -> Iterator[OfflineDa
     try:
         db = OfflineDatabase(fs, path)
     except (ReadVerifyFailure, FileInvalidType, DatabaseCorrupted) as exc:
+        if isinstance(exc, FileInvalidType):
+            _refuse_other_file_type(fs, path)
         # Both header copies are unusable: every page is a candidate, the whole key space
         # is "damaged".
         report.header_lost = exc.detail or exc.description
@@ -347,6 +359,30 @@ def _open(fs: FileSystem, path: str, report: RepairReport) -> Iterator[OfflineDa
         yield db
     finally:
         db.close()
+
+
+def _refuse_other_file_type(fs: FileSystem, path: str) -> None:
+    """FileInvalidType if the file starts with an intact header block of another jetstore
+    file (a log, a checkpoint file, a manifest): that is what it is, not a database whose
+    header copies were lost. Rebuilding it would write an empty database in its place, and
+    the run would first move the instance's logs aside, this file among them when it is one."""
+    data = fs.read_file(path, owner=OWNER, limit=max(PAGE_SIZES))
+    found = identify_file(data)
+    if found is None or found is FileType.DATABASE:
+        return
+    with contextlib.suppress(ReadVerifyFailure):  # a damaged block may be our own header
+        try:
+            decode_block(data, found, path=path, what="first block", error=ReadVerifyFailure)
+        except BadLogVersion:
+            pass  # intact, of another format version: still a log
+        raise FileInvalidType(
+            f"'{path}' is a jetstore {found.name.lower().replace('_', ' ')} file (its first "
+            "block is intact), not a "
+            "database file; repair rebuilds database files only, nothing was changed",
+            hint="give the NAME.edb file of the database to repair; `jetstore checksum "
+            "PATH` says what a file is",
+            path=path,
+        )
 
 
 def _guess_page_size(fs: FileSystem, path: str) -> int:
