@@ -250,6 +250,11 @@ def test_crashed_instance_recovers_from_generation_1(crashed: Path, run_json: Ru
     assert result["verdict"] == "recoverable"
     assert "soft recovery will succeed from generation 1" in str(result["summary"])
     assert result["replay_generations"] == [1, 3]
+    # Generation 3 is the current log: named by the file that holds it, as `dump header`
+    # names it, not as an edb00000003.log that does not exist.
+    (database,) = result["databases"]  # type: ignore[misc]
+    assert database["required"] == [1, 3]
+    assert database["required_files"] == ["edb00000001.log", CURRENT_LOG]
     assert result["next_commands"][0] == f"jetstore recover {crashed}"  # type: ignore[index]
     human = run_entry_point("diagnose", crashed)
     assert human.returncode == 0, human.stderr

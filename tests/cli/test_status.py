@@ -95,3 +95,18 @@ def test_open_instance_is_reported_not_warned(
         assert run(["status", str(tmp_path), "--json"]) == 0
         result = json.loads(capsys.readouterr().out)["result"]
         assert result["open_by_pid"] == os.getpid()
+
+
+def test_required_logs_are_named_by_the_files_that_hold_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The newest required generation is the current log, edb.log: it was named
+    # edbXXXXXXXX.log, a file that does not exist, as if it were missing.
+    make(tmp_path, crash=True)
+    assert run(["status", str(tmp_path), "--json"]) == 1
+    (database,) = json.loads(capsys.readouterr().out)["result"]["databases"]
+    low, high = database["logs_required"]
+    expected = ["edb.log" if g == high else f"edb{g:08X}.log" for g in (low, high)]
+    assert database["logs_required_files"] == expected
+    for name in database["logs_required_files"]:
+        assert (tmp_path / name).is_file()

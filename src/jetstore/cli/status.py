@@ -19,13 +19,12 @@ from rich.table import Table
 from rich.text import Text
 
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
-from jetstore.cli.support import OWNER, ensure_instance_directory
+from jetstore.cli.support import OWNER, ensure_instance_directory, log_file_name
 from jetstore.errors import JetError
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.dbheader import DatabaseState, choose_db_header, peek_page_size
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
-    generation_log_name,
     parse_database_file_name,
 )
 from jetstore.instance.recoverydecisions import read_pending_data_loss
@@ -56,7 +55,9 @@ def _database(fs: FileSystem, path: str) -> dict[str, Any]:
         "clean": header.state is DatabaseState.CLEAN,
         "logs_required": [low, high],
         "logs_required_files": (
-            [generation_log_name(low), generation_log_name(high)] if low and high else []
+            [log_file_name(fs, os.path.dirname(path), g) for g in (low, high)]
+            if low and high
+            else []
         ),
         "checkpoint_generation": header.checkpoint_position.generation,
         "last_full_backup": None if full.is_none else str(full),

@@ -130,6 +130,8 @@ class DatabaseFacts:
     #: "this stream", "another stream", "no stream".
     stream: str = "no stream"
     required: tuple[int, int] | None = None  # generations a dirty database needs
+    #: The files holding `required` (`edb.log` for the current generation).
+    required_files: list[str] | None = None
     missing: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,11 +144,7 @@ class DatabaseFacts:
             "db_id": None if header is None else header.db_id,
             "checkpoint_position": None if header is None else str(header.checkpoint_position),
             "required": None if self.required is None else list(self.required),
-            "required_files": (
-                None
-                if self.required is None or self.required[0] < 1
-                else [generation_log_name(g) for g in self.required]
-            ),
+            "required_files": self.required_files,
             "missing": self.missing,
             "missing_files": [generation_log_name(g) for g in self.missing],
             "header_problems": self.header_problems,
@@ -694,6 +692,13 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
         if is_dirty(header) and header.state is not DatabaseState.JUST_CREATED:
             facts.required = required_range(header)
             facts.missing = inventory.missing(*facts.required)
+            if facts.required[0] >= 1:
+                facts.required_files = [
+                    os.path.basename(inventory.files[g].path)
+                    if g in inventory.files
+                    else generation_log_name(g)
+                    for g in facts.required
+                ]
 
     # The open finishes a data-loss recovery it finds cut short, as if accepting the loss.
     pending = read_pending_data_loss(fs, path, owner)
