@@ -117,3 +117,19 @@ def test_remove_never_touches_what_a_running_backup_copies(tmp_path: Path) -> No
         session.abort()
     finally:
         inst.close()
+
+
+def test_both_modes_at_once_is_a_usage_error_and_removes_nothing(tmp_path: Path) -> None:
+    # With both flags the later one won: `--safe --unneeded` deleted logs no backup holds.
+    path = tmp_path / "inst"
+    _build(path, backup_to=tmp_path / "copy")
+    before = sorted(p.name for p in path.iterdir())
+    runner = CliRunner()
+    for flags in (["--safe", "--unneeded"], ["--unneeded", "--safe"]):
+        both = runner.invoke(cli, ["logs", "remove", str(path), *flags, "--json"])
+        assert both.exit_code == 2, both.output
+        error = json.loads(both.stdout)["error"]
+        assert error["name"] == "UsageError"
+        assert "--safe" in error["message"] and "--unneeded" in error["message"]
+        assert "not both" in error["message"]
+    assert sorted(p.name for p in path.iterdir()) == before  # not even opened

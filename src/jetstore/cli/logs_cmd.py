@@ -314,32 +314,36 @@ def _print_removable(result: dict[str, Any]) -> None:
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
 @click.option(
     "--safe",
-    "mode",
-    flag_value="safe",
+    is_flag=True,
     help="Delete only what crash recovery no longer needs AND a completed backup holds.",
 )
 @click.option(
     "--unneeded",
-    "mode",
-    flag_value="unneeded",
+    is_flag=True,
     help="Delete everything crash recovery no longer needs, backed up or not "
     "(restore points are lost).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
 @json_option
 @command_errors("logs remove")
-def logs_remove_command(directory: str, mode: str | None, dry_run: bool, as_json: bool) -> None:
+def logs_remove_command(
+    directory: str, safe: bool, unneeded: bool, dry_run: bool, as_json: bool
+) -> None:
     """Delete closed log files of DIR that crash recovery no longer needs.
 
-    One of --safe or --unneeded is required. Opens the instance for the purpose and closes it
-    again; refuses (exit 3) when another process has it open.
+    Exactly one of --safe or --unneeded is required. Opens the instance for the purpose and
+    closes it again; refuses (exit 3) when another process has it open.
     """
-    if mode is None:
+    # Two flags, not one option with two flag values: with those the last flag given won,
+    # and `--safe --unneeded` deleted the restore points --safe promises to keep.
+    if safe == unneeded:
         usage_failure(
-            "say which logs to remove: --safe (backed up) or --unneeded (loses restore points)",
+            "say which logs to remove: --safe (backed up) or --unneeded (loses restore points)"
+            + (", not both" if safe else ""),
             command="logs remove",
             as_json=as_json,
         )
+    mode = "safe" if safe else "unneeded"
     fs = FileSystem()
     path = ensure_instance_directory(fs, directory)
     why = "log files are removed by opening the instance"
