@@ -132,6 +132,28 @@ def test_export_import_through_the_cli(closed: Path, tmp_path: Path, run_json: R
     assert code == 3
 
 
+def test_export_to_a_csv_file_writes_csv_as_import_reads_it(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # Without --format, export wrote JSON lines into t.csv, and import (which takes the
+    # format of a .csv FILE from its name) refused the first line as a CSV header.
+    out = tmp_path / "t.CSV"
+    code, document = run_json("export", closed / "main.edb", "t", "-o", out)
+    assert code == 0 and document["result"]["format"] == "csv"
+    assert out.read_text(encoding="utf-8").splitlines()[0] == "id,v"
+    target = tmp_path / "target"
+    with jetstore.open(target, **SMALL) as instance:
+        instance.database("main", create=True).create_table(
+            "t", [("id", "int"), ("v", "text")], primary_key="id"
+        )
+    code, document = run_json("import", target / "main.edb", "t", out)
+    assert code == 0 and document["result"]["inserted"] == ROWS
+    lines = tmp_path / "t.jsonl"
+    code, document = run_json("export", closed / "main.edb", "t", "-o", lines)
+    assert code == 0 and document["result"]["format"] == "jsonl"
+    assert json.loads(lines.read_text(encoding="utf-8").splitlines()[0])["id"] == 0
+
+
 def test_import_of_a_missing_file_names_it_and_says_to_check_the_path(
     closed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

@@ -440,10 +440,22 @@ def _is_kept_original(name: str) -> bool:
     )
 
 
+def _format_of(path: str | None) -> str:
+    """The format a file's name says: the same rule for `export -o` as for `import`, so that
+    what `export -o t.csv` writes is what `import DB T t.csv` reads."""
+    return "csv" if path is not None and path.lower().endswith(".csv") else "jsonl"
+
+
 @click.command("export", short_help="Write a table's records as JSON lines or CSV.")
 @_DB_ARGUMENT
 @click.argument("table", metavar="TABLE")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Default: csv for a .csv FILE, else jsonl.",
+)
 @click.option(
     "--output",
     "-o",
@@ -454,7 +466,9 @@ def _is_kept_original(name: str) -> bool:
 )
 @json_option
 @_tool_errors("export")
-def export_command(database: str, table: str, fmt: str, output: str | None, as_json: bool) -> None:
+def export_command(
+    database: str, table: str, fmt: str | None, output: str | None, as_json: bool
+) -> None:
     """Export the records of TABLE of the database file DB (clean, instance not open).
 
     Values: bytes as base64, datetimes as ISO 8601, NULL as null (JSON) or \\N (CSV).
@@ -475,7 +489,7 @@ def export_command(database: str, table: str, fmt: str, output: str | None, as_j
         )
     fs = FileSystem()
     with _output(fs, output) as stream:
-        result = export_table(database, table, stream, fmt=fmt, fs=fs)
+        result = export_table(database, table, stream, fmt=fmt or _format_of(output), fs=fs)
     if not as_json:
         where = output or "stdout"
         stderr_console().print(Text(f"exported {result.rows} row(s) of {table} to {where}"))
@@ -526,7 +540,7 @@ def import_command(
     directory = ensure_instance_directory(fs, os.path.dirname(full))
     why = "import opens the instance"
     refuse_if_in_use(fs, directory, command="import", as_json=as_json, why=why)
-    fmt = fmt or ("csv" if source.lower().endswith(".csv") else "jsonl")
+    fmt = fmt or _format_of(source)
     options = instance_options(fs, directory)
     with contextlib.ExitStack() as stack:
         if source == "-":
