@@ -423,6 +423,22 @@ def test_logs_verify_without_logs_on_clean_databases_says_none_needed(
     assert "can be used by recovery" not in human.stdout
 
 
+def test_logs_verify_without_logs_reads_a_header_whose_copy_0_cannot_say_its_page_size(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    # Only copy 1 says the page size (32 KiB): the header was read as 8 KiB pages, called
+    # unreadable, and the verdict was exit 1 for a clean database that needs no log.
+    with jetstore.open(tmp_path, page_size=32768, **SMALL) as instance:
+        instance.database("main", create=True)
+    _remove_logs(tmp_path)
+    with (tmp_path / "main.edb").open("r+b") as file:
+        file.seek(16)  # the block size field of copy 0's prefix
+        file.write(b"\xff")
+    code, document = run_json("logs", "verify", tmp_path)
+    assert code == 0, document
+    assert document["result"]["databases_needing_logs"] == []
+
+
 def test_logs_verify_without_logs_on_a_dirty_database_exits_1(
     crashed: Path, run_json: RunJson
 ) -> None:

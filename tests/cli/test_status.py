@@ -110,3 +110,24 @@ def test_required_logs_are_named_by_the_files_that_hold_them(
     assert database["logs_required_files"] == expected
     for name in database["logs_required_files"]:
         assert (tmp_path / name).is_file()
+
+
+def test_a_damaged_header_copy_0_of_another_page_size_is_no_unreadable_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Copy 0's size fields are damaged, so only copy 1 says the page size (32 KiB): status
+    # read both copies as 8 KiB pages and called the header unrecoverable ("restore the
+    # database from a backup") where the open, dump header and diagnose use copy 1.
+    with jetstore.open(tmp_path, page_size=32768, **SMALL) as instance:
+        instance.database("main", create=True)
+    with (tmp_path / "main.edb").open("r+b") as file:
+        file.seek(16)  # the block size field of copy 0's prefix
+        file.write(b"\xff")
+    assert run(["status", str(tmp_path), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)["result"]
+    (database,) = result["databases"]
+    assert "error" not in database
+    assert database["state"] == "clean"
+    (problem,) = database["header_problems"]
+    assert "copy 0" in problem and "copy 1 is valid" in problem
+    assert not any("both copies" in warning for warning in result["warnings"])

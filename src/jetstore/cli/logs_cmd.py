@@ -46,10 +46,11 @@ from jetstore.cli.support import (
     usage_failure,
 )
 from jetstore.errors import JetError
-from jetstore.format.dbheader import PEEK_SIZE, DatabaseState, choose_db_header, peek_page_size
+from jetstore.format.dbheader import DatabaseState
 from jetstore.format.filenames import generation_log_name, parse_database_file_name
 from jetstore.instance.diagnosis import verify_logs_as_recovery_needs
 from jetstore.io.files import FileSystem
+from jetstore.tools.dbfile import OfflineDatabase
 
 __all__ = ["logs_group"]
 
@@ -200,11 +201,9 @@ def _databases_needing_logs(fs: FileSystem, directory: str) -> list[dict[str, An
         path = os.path.join(directory, file_name)
         entry: dict[str, Any] = {"database": name, "file": file_name, "state": None}
         try:
-            with fs.opened(path, owner=OWNER, writable=False) as file:
-                page_size = peek_page_size(file.pread(PEEK_SIZE, 0)) or PEEK_SIZE
-                copy0 = file.pread(page_size, 0)
-                copy1 = file.pread(page_size, page_size)
-            header, _problems = choose_db_header(copy0, copy1, path=path)
+            # OfflineDatabase takes the page size from copy 1 when copy 0 cannot say it.
+            with OfflineDatabase(fs, path, owner=OWNER) as db:
+                header = db.header
         except JetError as exc:
             entry["reason"] = f"its header cannot be read ({exc.name}: {exc.detail})"
             needing.append(entry)

@@ -22,7 +22,7 @@ from jetstore.cli.output import command_errors, finish, json_option, stdout_cons
 from jetstore.cli.support import OWNER, ensure_instance_directory, log_file_name
 from jetstore.errors import JetError
 from jetstore.format.checkpoint import read_checkpoint_file
-from jetstore.format.dbheader import DatabaseState, choose_db_header, peek_page_size
+from jetstore.format.dbheader import DatabaseState
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     parse_database_file_name,
@@ -31,6 +31,7 @@ from jetstore.instance.recoverydecisions import read_pending_data_loss
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import is_locked, read_lock_holder
 from jetstore.log.reader import take_inventory
+from jetstore.tools.dbfile import OfflineDatabase
 
 __all__ = ["status_command"]
 
@@ -39,12 +40,9 @@ LAG_WARNING = 256
 
 def _database(fs: FileSystem, path: str) -> dict[str, Any]:
     try:
-        first = fs.read_file(path, owner=OWNER, limit=4096)
-        page_size = peek_page_size(first) or 8192
-        data = fs.read_file(path, owner=OWNER, limit=2 * page_size)
-        header, problems = choose_db_header(
-            data[:page_size], data[page_size : 2 * page_size], path=path
-        )
+        # OfflineDatabase takes the page size from copy 1 when copy 0 cannot say it.
+        with OfflineDatabase(fs, path, owner=OWNER) as db:
+            header, problems = db.header, db.header_problems
     except JetError as exc:
         return {"file": os.path.basename(path), "error": str(exc)}
     low, high = header.generation_min_required, header.generation_max_required
