@@ -222,3 +222,28 @@ def test_until_generation_outside_the_log_generations_is_a_usage_error(
     assert "--until-generation" in result.stderr
     assert "1<=x<=4294967295" in result.stderr
     assert not target.exists()
+
+
+def test_a_target_inside_a_set_or_the_surviving_logs_is_refused(tmp_path: Path) -> None:
+    # `restore FULL --to FULL/restored` built the instance inside the backup set: the set
+    # then held a live instance (deleting the old set deleted the restore with it).
+    full, inc = _sets(tmp_path)
+    live = tmp_path / "live"
+    before = {p: _hashes(p) for p in (full, inc, live)}
+    runner = CliRunner()
+    for target, extra in (
+        (full / "restored", []),
+        (inc / "sub" / "restored", []),
+        (inc, []),
+        (live / "restored", ["--logs-from", str(live)]),
+    ):
+        result = runner.invoke(
+            cli, ["restore", str(full), str(inc), "--to", str(target), *extra, "--json"]
+        )
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.stdout)["error"]
+        assert error["name"] == "UsageError"
+        assert f"--to {target} must not be" in error["message"]
+        assert target == inc or not target.exists()
+    assert {p: _hashes(p) for p in (full, inc, live)} == before
+    assert sorted(p.name for p in full.iterdir()) == sorted(before[full])

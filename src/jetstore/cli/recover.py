@@ -44,6 +44,7 @@ from jetstore.cli.support import (
     data_loss_dict,
     ensure_instance_directory,
     instance_options,
+    is_within,
     open_instance,
     position_dict,
     progress,
@@ -240,10 +241,7 @@ def recover_command(
         # set too): a backup set is restored with `jetstore restore`.
         refuse_backup_set(fs, source, what="recovering a copy of it")
         target = os.path.abspath(into)
-        # Resolved: DIR reached through a symbolic link is DIR too (compared as given, the
-        # copy went into the original directory).
-        real_target, real_source = os.path.realpath(target), os.path.realpath(source)
-        if real_target == real_source or real_target.startswith(real_source + os.sep):
+        if is_within(target, source):
             usage_failure(
                 f"--into {target} must not be DIR or inside it",
                 command="recover",

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from jetstore.backup.restore import restore
 from jetstore.cli.output import ExitCode, command_errors, finish, json_option, stdout_console
-from jetstore.cli.support import fail, progress, usage_failure
+from jetstore.cli.support import fail, is_within, progress, usage_failure
 from jetstore.errors import FileAccessDenied
 from jetstore.format.filenames import MAX_GENERATION
 from jetstore.io.files import FileSystem
@@ -108,6 +108,17 @@ def restore_command(
             command="restore",
             as_json=as_json,
         )
+    # The restored instance must not live inside a set (the set would hold an instance, and
+    # removing the old set would remove the restore with it) nor inside the damaged
+    # instance whose surviving logs it reads.
+    for source in (*sets, *([logs_from] if logs_from is not None else [])):
+        if is_within(target, source):
+            usage_failure(
+                f"--to {os.path.abspath(target)} must not be a SET or --logs-from directory, "
+                "or inside one: restore into a directory of its own",
+                command="restore",
+                as_json=as_json,
+            )
     until: int | datetime | None = until_generation
     if until_time is not None:
         until = _parse_time(until_time, as_json=as_json)

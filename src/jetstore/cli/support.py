@@ -72,6 +72,7 @@ __all__ = [
     "ensure_instance_directory",
     "fail",
     "instance_options",
+    "is_within",
     "log_file_name",
     "open_instance",
     "parse_generation_range",
@@ -148,6 +149,13 @@ def usage_failure(message: str, *, command: str, as_json: bool) -> NoReturn:
     """A usage problem found by the command itself: message, exit 2."""
     code = report_usage(message, command=command, as_json=as_json)
     raise click.exceptions.Exit(int(code))
+
+
+def is_within(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies inside it, symbolic links resolved: a directory
+    reached through a link is that directory (compared as given, a copy went into it)."""
+    real, base = os.path.realpath(path), os.path.realpath(directory)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 # --------------------------------------------------------------------------- instance
