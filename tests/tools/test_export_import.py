@@ -214,6 +214,23 @@ def test_import_malformed_csv_line_is_a_failed_row(tmp_path: Path) -> None:
     assert "CSV header (line 1)" in str(info.value)
 
 
+def test_a_csv_quote_left_open_is_a_failed_row_not_a_value_holding_the_rest(
+    tmp_path: Path,
+) -> None:
+    # A CSV file cut short inside a quoted field (an export killed mid-row, a partial copy),
+    # or a stray opening quote: the field ran on to the end of the file, and the row was
+    # inserted with the following lines as its text, those rows lost without a word.
+    make(tmp_path, [])
+    source = io.StringIO('id,name\n1,a\n2,"cut short\n3,c\n4,d\n')
+    with jetstore.open(tmp_path, **OPTIONS) as instance:
+        result = import_rows(instance.database("main"), "t", source, fmt="csv")
+    assert result.inserted == 1 and result.failed == 1
+    (failure,) = result.failures
+    assert failure["line"] == 5 and "malformed CSV" in failure["error"]
+    assert "line 3" in failure["error"]  # where the field that never closed began
+    assert [r["id"] for r in read(tmp_path)] == [1]
+
+
 def test_import_float_beyond_the_float_range_is_a_failed_row(tmp_path: Path) -> None:
     # Defect: "1e400" (CSV) and 1e400, Infinity, NaN (JSON lines, as Python's json reads
     # them) were stored as inf and nan: an overflow or a non-JSON token taken for a value.

@@ -23,7 +23,9 @@ Invariants:
   rest in the next; a row over the bound alone is a failure (`VersionStoreOutOfMemory`).
 - CSV: the first row names the columns; an unknown name (`ColumnNotFound`) or one named
   twice (`InvalidParameter`) stops the import before anything is inserted. Columns left out
-  take their default.
+  take their default. CSV is read strictly: a quoted field that is never closed (a file cut
+  short inside it) is a failed row at the end of the data, naming the line its row began
+  on, not a value holding every line after it.
 - A UTF-8 byte order mark at the start of the input is skipped (export writes none).
 - A CSV field may be of any length, as export writes long values whole (the csv module's
   own limit, 131072 characters, is lifted while an import reads CSV).
@@ -191,7 +193,10 @@ def _csv_rows(
     source: TextIO, types: dict[str, ColumnType], table: str
 ) -> Iterator[tuple[int, dict[str, object] | str]]:
     with _unlimited_csv_fields():
-        reader = csv.reader(_without_bom(source))
+        # Strict: a quoted field left open (a file cut short inside it) is an error at the
+        # end of the data, where the lenient reader made it one field holding every line
+        # after it, inserted as a value while those rows were lost.
+        reader = csv.reader(_without_bom(source), strict=True)
         try:
             header = next(reader, None)
         except csv.Error as exc:
@@ -219,6 +224,7 @@ def _csv_rows(
                 hint="columns are: " + ", ".join(types),
             )
         while True:
+            start = reader.line_num + 1
             try:
                 fields = next(reader)
             except StopIteration:
@@ -226,7 +232,9 @@ def _csv_rows(
             except csv.Error as exc:
                 # A lone "\r" inside an unquoted field of a stream that splits lines at "\n"
                 # only (a StringIO): a bad line like any other, not an internal error.
-                yield reader.line_num, f"malformed CSV: {exc}"
+                # A quoted field left open ends only with the data: say where its row began.
+                began = f" (the row began on line {start})" if reader.line_num > start else ""
+                yield reader.line_num, f"malformed CSV: {exc}{began}"
                 continue
             line_number = reader.line_num
             if not fields:
