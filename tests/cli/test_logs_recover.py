@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import jetstore
-from jetstore.cli import recover
+from jetstore.cli import events_cmd, recover
 from jetstore.cli.main import run
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import decode_frame
@@ -368,6 +368,32 @@ def test_events_skips_damaged_lines_that_are_json_but_no_event(
     events = document["result"]["events"]
     assert events and all(isinstance(e, dict) and e.get("name") != "x" for e in events)
     assert document["result"]["total"] == len(events)
+
+
+def test_an_event_log_that_cannot_be_read_is_an_error_not_an_empty_log(
+    closed: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any read error was taken for "no events": exists true, 0 of 0 shown, exit 0, while
+    # the operator looked for what happened to the instance.
+    log = closed / "events.jsonl"
+
+    def read_fails(event: IOEvent) -> None:
+        if event.op == "read" and event.path == str(log):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(events_cmd, "FileSystem", lambda: FileSystem(hook=read_fails))
+    code, document = run_json("events", closed)
+    assert code == 4
+    assert document["error"]["name"] == "DiskIO" and document["error"]["path"] == str(log)
+    monkeypatch.setattr(events_cmd, "FileSystem", FileSystem)
+    log.unlink()
+    log.mkdir()
+    code, document = run_json("events", closed)
+    assert code == 2
+    assert document["error"]["name"] == "InvalidPath" and document["error"]["path"] == str(log)
+    log.rmdir()
+    code, document = run_json("events", closed)  # no event log at all: still no error
+    assert code == 0 and document["result"]["exists"] is False
 
 
 # --------------------------------------------------------------------------- counters

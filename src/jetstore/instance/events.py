@@ -30,7 +30,7 @@ import threading
 from collections import deque
 from typing import Any, Final
 
-from jetstore.errors import JetError
+from jetstore.errors import FileNotFound, JetError
 from jetstore.format.common import format_time_us, now_us
 from jetstore.format.filenames import EVENT_LOG, EVENT_LOG_PREVIOUS
 from jetstore.io.files import File, FileSystem
@@ -225,10 +225,12 @@ def read_event_log(fs: FileSystem, directory: str) -> list[dict[str, Any]]:
 
 
 def read_events(fs: FileSystem, path: str) -> list[dict[str, Any]]:
-    """Every parseable event of an event log file (damaged lines are skipped)."""
+    """Every parseable event of an event log file (damaged lines are skipped); none when
+    there is no such file. A file that cannot be read raises its error: "no events" would
+    hide the log from the operator who needs it."""
     try:
         data = fs.read_file(path, owner="event-reader")
-    except JetError:
+    except FileNotFound:
         return []
     events: list[dict[str, Any]] = []
     for line in data.decode("utf-8", "replace").splitlines():
