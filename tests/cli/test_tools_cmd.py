@@ -65,6 +65,22 @@ def test_compact_reports_pages(closed: Path, run_json: RunJson) -> None:
     assert code == 0
 
 
+def test_compact_refusing_to_overwrite_a_kept_original_is_a_usage_error(
+    closed: Path, run_json: RunJson
+) -> None:
+    # The refusal (NAME.edb.precompact exists: move it or run without --keep-original) is
+    # the operator's to fix; it ended with exit 5, which says "a bug in jetstore".
+    assert run_json("compact", closed / "main.edb", "--keep-original")[0] == 0
+    before = snapshot(closed)
+    code, document = run_json("compact", closed / "main.edb", "--keep-original")
+    assert code == 2
+    error = document["error"]
+    assert (error["name"], error["exit_code"]) == ("DatabaseDuplicate", 2)
+    assert error["path"] == str(closed / "main.edb.precompact")
+    assert "without --keep-original" in error["hint"]
+    assert snapshot(closed) == before
+
+
 def test_repair_report_then_apply(closed: Path, run_json: RunJson) -> None:
     db = closed / "main.edb"
     code, document = run_json("repair", db)

@@ -7,7 +7,8 @@ This module owns the command lines and the display; the work is done by `jetstor
   1 when data would be lost; `import` 1 when a row failed or a batch's commit is in doubt,
   130 when interrupted (saying what was committed before); 3 when the instance is open
   (`InstanceNameInUse`) or the database is not clean (`DatabaseDirtyShutdown`); 4 when
-  compaction finds too little free space (`DiskFull`); the rest by the error's category;
+  compaction finds too little free space (`DiskFull`); 2 when `compact --keep-original`
+  finds a kept original (`DatabaseDuplicate`); the rest by the error's category;
 * `export --output FILE` (stdout by default; with `--json` an output file is required, since
   stdout then holds the JSON document); the format is UTF-8 on stdout and on `import`'s
   stdin too, whatever the locale's encoding (`_in_export_encoding`);
@@ -39,6 +40,7 @@ from jetstore.cli.support import (
     usage_failure,
 )
 from jetstore.errors import (
+    DatabaseDuplicate,
     DiskFull,
     FileNotFound,
     InstanceNameInUse,
@@ -89,6 +91,10 @@ def _tool_errors(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 fail(error, command=command, as_json=as_json, exit_code=ExitCode.STATE)
             except DiskFull as error:
                 fail(error, command=command, as_json=as_json, exit_code=ExitCode.IO)
+            except DatabaseDuplicate as error:
+                # compact --keep-original finding a kept original: the operator moves it or
+                # drops the option. Its category (conflict) would say exit 5, "a bug".
+                fail(error, command=command, as_json=as_json, exit_code=ExitCode.USAGE)
             except JetError as error:
                 fail(error, command=command, as_json=as_json)
 
