@@ -170,6 +170,26 @@ def test_export_to_a_csv_file_writes_csv_as_import_reads_it(
     assert json.loads(lines.read_text(encoding="utf-8").splitlines()[0])["id"] == 0
 
 
+def test_export_to_dash_writes_to_stdout_as_import_reads_dash_from_stdin(
+    closed: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    run_json: RunJson,
+) -> None:
+    # `-o -` wrote a file named "-" in the working directory and nothing to stdout.
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert run(["export", str(closed / "main.edb"), "t", "-o", "-"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == ROWS and json.loads(lines[0])["id"] == 0
+    assert list(work.iterdir()) == []
+    code, document = run_json("export", closed / "main.edb", "t", "-o", "-")
+    assert code == 2 and "--json needs --output FILE" in document["error"]["message"]
+    assert list(work.iterdir()) == []
+
+
 def test_import_of_a_missing_file_names_it_and_says_to_check_the_path(
     closed: Path, tmp_path: Path, run_json: RunJson
 ) -> None:

@@ -468,7 +468,7 @@ def _format_of(path: str | None) -> str:
     metavar="FILE",
     type=click.Path(dir_okay=False, path_type=str),
     default=None,
-    help="Write to FILE (written as FILE.partial, renamed when complete); default stdout.",
+    help="Write to FILE (written as FILE.partial, renamed when complete); default (or '-') stdout.",
 )
 @json_option
 @_tool_errors("export")
@@ -480,6 +480,8 @@ def export_command(
     Values: bytes as base64, datetimes as ISO 8601, NULL as null (JSON) or \\N (CSV).
     Exit 141 when the reader of stdout goes away first (| head): the output is incomplete.
     """
+    if output == "-":  # stdout, as import's FILE "-" is stdin (not a file named "-")
+        output = None
     if as_json and output is None:
         usage_failure(
             "--json needs --output FILE (stdout holds the JSON document)",
