@@ -11,6 +11,8 @@ import pytest
 
 from jetstore import __version__
 from jetstore.cli.main import run
+from jetstore.cli.output import ExitCode, exit_code_for
+from jetstore.errors import InstanceNameInUse
 
 FORMS_OF_1811 = ["-1811", "4294965485", "0xfffff8ed", "0xFFFFF8ED"]
 
@@ -69,6 +71,22 @@ def test_other_categories_report_their_exit_code(capsys: pytest.CaptureFixture[s
     result = _json(capsys)["result"]
     assert isinstance(result, dict)
     assert (result["code"], result["category"], result["exit_code"]) == (-1003, "usage", 2)
+
+
+def test_instance_in_use_reports_the_exit_code_commands_end_with(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Every admin command ends an instance in use with 3 (a wrong state: cli.md), but
+    # `jetstore error -1086` said 5 from the category alone, the code that means "a bug".
+    assert run(["error", "-1086", "--json"]) == 0
+    result = _json(capsys)["result"]
+    assert isinstance(result, dict)
+    assert (result["name"], result["category"], result["exit_code"]) == (
+        "InstanceNameInUse",
+        "conflict",
+        3,
+    )
+    assert exit_code_for(InstanceNameInUse("held")) == ExitCode.STATE
 
 
 @pytest.mark.parametrize("code", ["1811", "-2", "bogus", "0x1ffffffff"])

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 
-from jetstore.errors import JetError, from_os_error
+from jetstore.errors import InstanceNameInUse, JetError, from_os_error
 from jetstore.io.files import discard_writes_to
 from jetstore.tools.values import json_float
 
@@ -81,7 +81,7 @@ EXIT_CODES_HELP: Final = (
     "    0  ok\n"
     "    1  problems found (a check failed, or corruption)\n"
     "    2  usage error (bad option, unknown error code, invalid argument)\n"
-    "    3  wrong database state (needs recovery, inconsistent files, not open)\n"
+    "    3  wrong database state (needs recovery, bad file set, not open, in use)\n"
     "    4  I/O error (file missing, access denied, disk failure)\n"
     "    5  internal error (a bug, or a resource the engine ran out of)\n"
     "  130  interrupted (Ctrl-C)\n"
@@ -102,6 +102,11 @@ _EXIT_BY_CATEGORY: Final[Mapping[str, ExitCode]] = {
 
 def exit_code_for(error: JetError | type[JetError]) -> ExitCode:
     """The exit code a command ends with when `error` (or an error of that class) escapes it."""
+    # An instance another process holds is a wrong state for every admin command (cli.md,
+    # "The instance directory"), whatever its category says; `jetstore error` must say so.
+    kind = error if isinstance(error, type) else type(error)
+    if issubclass(kind, InstanceNameInUse):
+        return ExitCode.STATE
     return _EXIT_BY_CATEGORY.get(error.category, ExitCode.INTERNAL)
 
 
