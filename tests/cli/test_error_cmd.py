@@ -87,6 +87,10 @@ def test_instance_in_use_reports_the_exit_code_commands_end_with(
         3,
     )
     assert exit_code_for(InstanceNameInUse("held")) == ExitCode.STATE
+    assert run(["error", "DatabaseDuplicate", "--json"]) == 0
+    result = _json(capsys)["result"]
+    assert isinstance(result, dict)
+    assert result["exit_code"] == 2  # as compact --keep-original ends it
 
 
 @pytest.mark.parametrize("code", ["1811", "-2", "bogus", "0x1ffffffff"])

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 
-from jetstore.errors import InstanceNameInUse, JetError, from_os_error
+from jetstore.errors import DatabaseDuplicate, InstanceNameInUse, JetError, from_os_error
 from jetstore.io.files import discard_writes_to
 from jetstore.tools.values import json_float
 
@@ -100,13 +100,22 @@ _EXIT_BY_CATEGORY: Final[Mapping[str, ExitCode]] = {
 }
 
 
+# Errors whose exit code is not their category's, for every command (and for what
+# `jetstore error` says): an instance another process holds is a wrong state (cli.md, "The
+# instance directory"); a file in the way of one a command creates (compact's kept
+# original) is the operator's to move. Their category (conflict) would say "a bug".
+_EXIT_BY_ERROR: Final[Mapping[type[JetError], ExitCode]] = {
+    InstanceNameInUse: ExitCode.STATE,
+    DatabaseDuplicate: ExitCode.USAGE,
+}
+
+
 def exit_code_for(error: JetError | type[JetError]) -> ExitCode:
     """The exit code a command ends with when `error` (or an error of that class) escapes it."""
-    # An instance another process holds is a wrong state for every admin command (cli.md,
-    # "The instance directory"), whatever its category says; `jetstore error` must say so.
     kind = error if isinstance(error, type) else type(error)
-    if issubclass(kind, InstanceNameInUse):
-        return ExitCode.STATE
+    for cls, code in _EXIT_BY_ERROR.items():
+        if issubclass(kind, cls):
+            return code
     return _EXIT_BY_CATEGORY.get(error.category, ExitCode.INTERNAL)
 
 

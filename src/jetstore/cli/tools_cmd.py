@@ -40,7 +40,6 @@ from jetstore.cli.support import (
     usage_failure,
 )
 from jetstore.errors import (
-    DatabaseDuplicate,
     DiskFull,
     FileNotFound,
     InstanceNameInUse,
@@ -91,10 +90,6 @@ def _tool_errors(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 fail(error, command=command, as_json=as_json, exit_code=ExitCode.STATE)
             except DiskFull as error:
                 fail(error, command=command, as_json=as_json, exit_code=ExitCode.IO)
-            except DatabaseDuplicate as error:
-                # compact --keep-original finding a kept original: the operator moves it or
-                # drops the option. Its category (conflict) would say exit 5, "a bug".
-                fail(error, command=command, as_json=as_json, exit_code=ExitCode.USAGE)
             except JetError as error:
                 fail(error, command=command, as_json=as_json)
 
