@@ -43,6 +43,24 @@ def test_integrity_clean_then_damaged(closed: Path, run_json: RunJson) -> None:
     assert problems[0]["page"] == pages[1] and problems[0]["area"] == "tree"
 
 
+def test_a_damaged_page_stopping_export_or_compact_names_integrity_and_repair(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # The way out was the engine's: run `jetstore logs verify DIR` (the logs have nothing to
+    # do with a damaged page of a clean file) and restore; never repair, the tool for it.
+    db = closed / "main.edb"
+    pages, page_size = leaf_pages(db)
+    flip(db, pages[1] * page_size + 100)
+    for args in (("export", db, "t", "-o", tmp_path / "t.jsonl"), ("compact", db)):
+        code, document = run_json(*args)
+        assert code == 1, document
+        error = document["error"]
+        assert error["name"] == "ReadVerifyFailure" and f"page {pages[1]}" in error["detail"]
+        assert f"jetstore integrity {db}" in error["hint"]
+        assert f"jetstore repair {db}" in error["hint"]
+        assert "logs verify" not in error["hint"]
+
+
 def test_integrity_refuses_dirty_and_open(crashed: Path, closed: Path, run_json: RunJson) -> None:
     code, document = run_json("integrity", crashed / "main.edb")
     assert code == 3 and document["error"]["name"] == "DatabaseDirtyShutdown"

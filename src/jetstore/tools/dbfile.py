@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from jetstore.errors import (
+    CorruptionError,
     DatabaseCorrupted,
     DatabaseDirtyShutdown,
     FileAccessDenied,
@@ -202,9 +203,21 @@ class OfflineDatabase:
                 hint="restore the database from a backup, or `jetstore repair` it",
                 path=self.path,
             )
-        node = decode_node(
-            pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
-        )
+        try:
+            node = decode_node(
+                pgno, data, path=self.path, page_size=self.page_size, expected_crc=ref_crc(ref)
+            )
+        except CorruptionError as exc:
+            # The engine's way out (look at the logs, restore) is an instance's: offline, the
+            # file is all there is, and the tools that deal with its damage are named.
+            damaged = type(exc)(
+                exc.detail,
+                hint=f"`jetstore integrity {self.path}` lists every damaged page; restore the "
+                f"database from a backup, or `jetstore repair {self.path}` salvages the rest",
+                path=exc.path,
+            )
+            damaged.errno = exc.errno
+            raise damaged from exc
         self._cache[pgno] = node
         if len(self._cache) > _CACHE_NODES:
             self._cache.popitem(last=False)
