@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import jetstore
-from jetstore.errors import DatabaseDirtyShutdown, FileInvalidType
+from jetstore.errors import DatabaseDirtyShutdown, FileInvalidType, InvalidPath
 from jetstore.format.dbheader import DatabaseState
 from jetstore.io.files import FileSystem
 from jetstore.pages.btree import Node, iterate
@@ -147,6 +147,23 @@ def test_the_report_says_a_dirty_neighbour_would_refuse_the_repair(closed: Path)
     assert after == before
     jetstore.open(closed, **OPTIONS).close()  # recovered: nothing to refuse any more
     assert repair_database(closed / "main.edb").would_refuse is None
+
+
+def test_the_report_says_a_backup_set_would_refuse_the_repair(closed: Path, tmp_path: Path) -> None:
+    # The report of a set's image promised a repair (would_refuse null, exit 0 when nothing
+    # is lost) that the run then refused: the set would no longer match its manifest.
+    backup = tmp_path / "set"
+    with jetstore.open(closed, **OPTIONS) as instance:
+        instance.backup(backup)
+    image = backup / "main.edb"
+    report = repair_database(image)
+    assert not report.applied
+    refusal = report.as_dict()["would_refuse"]
+    assert refusal is not None
+    assert refusal["name"] == "InvalidPath" and refusal["path"] == str(backup)
+    assert "backup set" in refusal["detail"] and "jetstore restore" in refusal["hint"]
+    with pytest.raises(InvalidPath, match="backup set"):
+        repair_database(image, accept_data_loss=True)
 
 
 @pytest.mark.parametrize("name", ["edb.log", "edb.chk"])

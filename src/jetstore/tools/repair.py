@@ -2,8 +2,9 @@
 
 This module owns the last-resort repair. Without `accept_data_loss` it only reports what a
 repair would keep and drop (nothing is written, the instance directory is only probed), and
-whether the real run would be refused by a database beside this one (`would_refuse`, see
-**Replace**); with it, the salvaged data replaces the database.
+whether the real run would be refused, the file being a backup set's image or by a database
+beside this one (`would_refuse`, see **Replace**); with it, the salvaged data replaces the
+database.
 
 **Salvage.** Only pages the header's tree reaches are authoritative: copy-on-write leaves
 older versions of pages in free pages, and those must not win over the tree. So:
@@ -75,6 +76,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
 
+from jetstore.backup.backupset import refuse_backup_set
 from jetstore.errors import (
     BadLogVersion,
     DatabaseCorrupted,
@@ -266,7 +268,10 @@ def repair_database(
         refuse_if_open(fs, directory, what="repair")
         # Said here, not first learnt from the real run: a report promising a repair that
         # the run then refuses sent the operator back without the reason or the way out.
+        # The run's refusals in its order: a backup set (`exclusive_directory`), then a
+        # neighbour that still needs the logs.
         try:
+            refuse_backup_set(fs, directory, what="repair")
             _refuse_dirty_neighbours(fs, directory, full)
         except JetError as refusal:
             report.would_refuse = refusal.as_dict()
