@@ -17,6 +17,7 @@ import pytest
 import jetstore
 from jetstore.cli import events_cmd, recover
 from jetstore.cli.main import run
+from jetstore.errors import JetError
 from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
@@ -616,6 +617,35 @@ def test_recover_into_a_full_disk_removes_its_partial_copy(
     monkeypatch.setattr(recover, "FileSystem", FileSystem)
     code, document = run_json("recover", crashed, "--into", copy)
     assert code == 0 and _rows(copy) == ROWS
+
+
+def test_recover_into_holds_dir_while_copying_it(
+    crashed: Path, tmp_path: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DIR was only probed before the copy: an instance opened there meanwhile recovered,
+    # rolled and checkpointed while the files were being read, and the copy mixed files
+    # from before and after (a restore --logs-from holds its directory for that reason).
+    copy = tmp_path / "copy"
+    refusals: list[str] = []
+
+    def open_dir_during_the_copy(event: IOEvent) -> None:
+        if event.op == "write" and event.path.startswith(str(copy)) and not refusals:
+            try:
+                jetstore.open(crashed, **SMALL).close()
+                refusals.append("opened")
+            except JetError as exc:
+                refusals.append(f"{exc.name}: {exc.detail}")
+
+    monkeypatch.setattr(recover, "FileSystem", lambda: FileSystem(hook=open_dir_during_the_copy))
+    code, document = run_json("recover", crashed, "--into", copy)
+    assert code == 0, document
+    (refusal,) = refusals
+    assert refusal.startswith("FileAccessDenied: ") and "recover --into" in refusal
+    assert _rows(copy) == ROWS
+    assert not (crashed / "jetstore.sock").exists()
+    monkeypatch.setattr(recover, "FileSystem", FileSystem)
+    code, document = run_json("recover", crashed)  # the lock was let go
+    assert code == 0 and _rows(crashed) == ROWS
 
 
 @pytest.mark.parametrize("existed", [False, True])

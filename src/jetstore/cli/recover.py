@@ -9,7 +9,8 @@ the log from the checkpoint and `close()` leaves every database clean. The comma
   the last consistent point instead of failing, and `result.data_loss` says what was lost,
   which databases lost it (`databases`) and which were recovered completely;
 * `--into COPY`: every file of DIR except `jetstore.lock` is copied into COPY (which must not
-  exist or be empty) and the copy is recovered; DIR is only read; symbolic links to
+  exist or be empty) and the copy is recovered; DIR is only read (and held, its directory
+  lock taken, while it is copied: `_hold_while_copying`); symbolic links to
   directories (and to nothing) are skipped and listed, never followed; a copy that fails (a full
   disk) is removed again, so that the command can simply be run again;
 * the report: records replayed, where replay started, notes, databases created by replay,
@@ -33,6 +34,7 @@ from rich.text import Text
 
 from jetstore.backup.backupset import refuse_backup_set
 from jetstore.cli.output import (
+    ExitCode,
     command_errors,
     finish,
     json_option,
@@ -43,6 +45,8 @@ from jetstore.cli.support import (
     OWNER,
     data_loss_dict,
     ensure_instance_directory,
+    fail,
+    in_use_error,
     instance_options,
     is_within,
     open_instance,
@@ -51,13 +55,16 @@ from jetstore.cli.support import (
     refuse_if_in_use,
     usage_failure,
 )
-from jetstore.errors import JetError
+from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.filenames import CONTROL_SOCKET, LOCK_FILE, TEMP_LOG
 from jetstore.io.files import FileSystem
+from jetstore.io.locking import DirectoryLock, acquire_directory_lock
 
 __all__ = ["copy_instance", "recover_command"]
 
 COPY_CHUNK: Final = 1 << 20
+#: What the lock file of DIR says holds it while `--into` copies it.
+_COPY_HOLDER: Final = "an offline tool (recover --into, copying it)"
 
 
 #: Why an entry of DIR is not copied (`copy_instance`'s `skipped`).
@@ -134,6 +141,29 @@ def copy_instance(
     for directory in sorted(directories, key=len, reverse=True):
         fs.fsync_directory(directory, owner=OWNER)
     return {"files": len(files), "bytes": total, "skipped": skipped}
+
+
+def _hold_while_copying(
+    fs: FileSystem, source: str, *, as_json: bool, why: str
+) -> DirectoryLock | None:
+    """The directory lock of `source` for the copy (as `restore --logs-from` holds its
+    directory): probed only, an instance opened meanwhile recovered, rolled and checkpointed
+    while the files were read, and the copy mixed files from before and after. None when
+    `source` has no lock file (no instance ever opened it: only read, as promised) or this
+    process may not write it (a read-only DIR, where no instance can write either)."""
+    if not fs.exists(os.path.join(source, LOCK_FILE)):
+        return None
+    try:
+        return acquire_directory_lock(fs, source, owner=OWNER, holder=_COPY_HOLDER)
+    except FileAccessDenied as exc:
+        if exc.errno is None:  # taken since the probe
+            fail(
+                in_use_error(fs, source, why),
+                command="recover",
+                as_json=as_json,
+                exit_code=ExitCode.STATE,
+            )
+    return None
 
 
 def _remove_copy(fs: FileSystem, target: str, existed: bool) -> None:
@@ -254,6 +284,7 @@ def recover_command(
                 as_json=as_json,
             )
         existed = fs.exists(target)
+        held = _hold_while_copying(fs, source, as_json=as_json, why=why)
         try:
             copied = copy_instance(fs, source, target, show_progress=not as_json)
         except BaseException:
@@ -265,6 +296,9 @@ def recover_command(
                     Text(f"the partial copy in {target} was removed; {source} was not touched")
                 )
             raise
+        finally:
+            if held is not None:
+                held.release()
     options = instance_options(fs, target)
     started = time.monotonic()
     try:
