@@ -22,6 +22,7 @@ from jetstore.format.filenames import CURRENT_LOG, generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.io.files import FileSystem, IOEvent
+from jetstore.io.locking import acquire_directory_lock
 
 from .conftest import (
     ROWS,
@@ -398,6 +399,25 @@ def test_an_event_log_that_cannot_be_read_is_an_error_not_an_empty_log(
 
 
 # --------------------------------------------------------------------------- counters
+
+
+def test_counters_refused_by_an_offline_tool_does_not_blame_a_control_socket(
+    closed: Path, run_json: RunJson
+) -> None:
+    # The refusal explained itself as an instance serving no control socket ("opened with
+    # control_socket=False"), for a compaction or a restore that holds the directory.
+    lock = acquire_directory_lock(
+        FileSystem(), str(closed), owner="test-tool", holder="an offline tool (compaction)"
+    )
+    try:
+        code, document = run_json("counters", closed)
+    finally:
+        lock.release()
+    assert code == 3
+    detail = document["error"]["detail"]
+    assert "an offline tool (compaction)" in detail
+    assert "control_socket" not in detail and "control socket" not in detail
+    assert "no instance is open there" in detail
 
 
 def test_counters_opens_a_closed_instance(closed: Path, run_json: RunJson) -> None:

@@ -25,13 +25,18 @@ from jetstore.cli.support import (
 from jetstore.control.client import connect
 from jetstore.errors import InstanceUnavailable
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import is_locked
+from jetstore.io.locking import HOLDER_INSTANCE, is_locked, lock_holder_role
 
 __all__ = ["counters_command"]
 
 _WHY = (
     "its live counters come from its control socket, and it serves none (opened with "
     "control_socket=False, or its directory path is too long for a socket)"
+)
+#: When the holder is no instance (a restore, an offline tool): there is no socket to blame.
+_WHY_NO_INSTANCE = (
+    "no instance is open there to give live counters, and the command cannot open one for "
+    "them while the directory is held"
 )
 
 
@@ -82,7 +87,9 @@ def counters_command(directory: str, as_json: bool) -> None:
             _print_table(live)
         finish("counters", as_json=as_json, ok=True, result=result)
         return
-    refuse_if_in_use(fs, path, command="counters", as_json=as_json, why=_WHY)
+    role = lock_holder_role(fs, path)
+    why = _WHY if role in (None, HOLDER_INSTANCE) else _WHY_NO_INSTANCE
+    refuse_if_in_use(fs, path, command="counters", as_json=as_json, why=why)
     options = instance_options(fs, path)
     options["control_socket"] = False  # opened for a moment: nobody to serve
     instance = open_instance(path, command="counters", as_json=as_json, why=_WHY, **options)
