@@ -4,6 +4,7 @@ that cannot be written (the seed failure, KB Q176239), back-pressure, removable 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -264,3 +265,62 @@ def test_a_directory_that_cannot_be_listed_for_circular_deletion_does_not_stop_t
         instance.checkpoint()
         assert instance.log_delete_error is None and instance.logs_deleted > 0
     assert "log_delete_failed" in (tmp_path / "events.jsonl").read_text()
+
+
+def test_a_transaction_longer_than_the_depth_limit_gets_a_checkpoint_not_a_stall(
+    tmp_path: Path,
+) -> None:
+    """With a writable checkpoint file, a lag of generations that reaches a quarter of
+    `checkpoint_too_deep` makes the background thread checkpoint: a transaction that moved
+    the log past the limit by itself (small log files) used to have every later update
+    refused, with a hint blaming edb.chk, until `checkpoint_interval` (30 s) had passed."""
+    options = dict(CIRCULAR, checkpoint_too_deep=8, checkpoint_interval=30.0)
+    options["checkpoint_depth"] = 64 * 1024 * 1024
+    with jetstore.open(tmp_path, **options) as instance:
+        db = setup(instance)
+        with db.transaction() as txn:
+            for i in range(1500):
+                txn.table("t").insert({"id": i, "v": "x" * 700})
+        assert instance.checkpoint_lag_generations() >= 8
+        assert wait_for(lambda: instance.checkpoint_lag_generations() < 2, timeout=5.0)
+        commit_rows(db, 10_000, 10)
+        assert instance.checkpoint_file_error is None
+
+
+def test_updates_refused_while_the_checkpoint_catches_up_do_not_blame_the_checkpoint_file(
+    tmp_path: Path,
+) -> None:
+    """At the depth limit with a writable checkpoint file the refusal says a checkpoint is
+    being written and to retry, not to make edb.chk writable."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hook(event: IOEvent) -> None:
+        # The background checkpoint's writes wait until the test lets them go (a roll's
+        # header writes, in the committing thread, do not).
+        if (
+            held.is_set()
+            and event.op == "write"
+            and event.path.endswith("main.edb")
+            and threading.current_thread().name == "jetstore-background"
+        ):
+            release.wait(10)
+
+    options = dict(CIRCULAR, checkpoint_too_deep=8, checkpoint_interval=30.0)
+    options["checkpoint_depth"] = 64 * 1024 * 1024
+    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **options) as instance:
+        db = setup(instance)
+        held.set()
+        try:
+            with db.transaction() as txn:
+                for i in range(1500):
+                    txn.table("t").insert({"id": i, "v": "x" * 700})
+            with pytest.raises(CheckpointDepthTooDeep) as info:
+                commit_rows(db, 10_000, 1)
+            assert "a checkpoint is being written" in info.value.detail
+            assert "edb.chk" not in str(info.value)
+            assert "retry" in info.value.hint
+        finally:
+            release.set()
+        assert wait_for(lambda: instance.checkpoint_lag_generations() < 2, timeout=5.0)
+        commit_rows(db, 10_000, 10)

@@ -695,16 +695,24 @@ class Instance:
         lag = self.checkpoint_lag_generations()
         limit = self.options.checkpoint_too_deep
         if lag >= limit:
+            error = self.checkpoint_file_error
+            if error is None:
+                # Nothing stops the checkpoint: a large transaction moved the log on faster
+                # than one could run. The background thread is at it (`_lag_due`).
+                self.wake_background()
             raise CheckpointDepthTooDeep(
                 f"the durable checkpoint is {lag} log generations behind the current log "
                 f"(limit {limit}); updates are refused until it catches up"
                 + (
-                    f" (the checkpoint file cannot be written: {self.checkpoint_file_error})"
-                    if self.checkpoint_file_error is not None
-                    else ""
+                    f" (the checkpoint file cannot be written: {error})"
+                    if error is not None
+                    else " (a checkpoint is being written)"
                 ),
                 hint="make the checkpoint file (edb.chk) writable again — another program may "
-                "hold it; the engine retries every second and updates resume by themselves",
+                "hold it; the engine retries every second and updates resume by themselves"
+                if error is not None
+                else "retry in a moment: updates resume by themselves once the checkpoint "
+                "is written",
             )
         if lag >= limit // 4 and not self._depth_warned:
             self._depth_warned = True
@@ -1297,6 +1305,18 @@ class Instance:
             self._wake_pending = True  # one wake a round, not one a commit until it runs
             self._inbox.put(None)
 
+    def _lag_due(self) -> bool:
+        """A checkpoint is due because the log ran an eighth of `checkpoint_too_deep`
+        generations past the durable checkpoint. `checkpoint_depth` counts bytes and may be
+        far more than that many generations (small log files, one large transaction):
+        without this, updates were refused at the limit (`_check_depth`) with a writable
+        checkpoint file until `checkpoint_interval` passed. Not while the checkpoint file
+        cannot be written: the background thread retries that once a second. Asked at each
+        flush that rolled (`_on_roll`), where the lag grows, not at every commit."""
+        return self.checkpoint_file_error is None and self.checkpoint_lag_generations() >= max(
+            1, self.options.checkpoint_too_deep // 8
+        )
+
     def wake_background(self) -> None:
         """Wake the background thread for a round now (safe from a finalizer: one reentrant
         queue put, no lock)."""
@@ -1353,6 +1373,8 @@ class Instance:
                 generation=generation,
             )
         self._check_log_disk_space()
+        if self._lag_due():
+            self.wake_background()
 
     def _check_log_disk_space(self) -> None:
         """Warn (event 144, once until space comes back) when the log volume runs low, so
@@ -1906,6 +1928,7 @@ class Instance:
         due = (
             self._bytes_since_checkpoint >= options.checkpoint_depth
             or self._dirty_bytes >= options.cache_size // 2
+            or self._lag_due()
         ) or (
             self._bytes_since_checkpoint > 0
             and time.monotonic() - self._last_checkpoint_time >= options.checkpoint_interval
