@@ -3,6 +3,7 @@ several databases on one log stream, checkpoints, counters and handles."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
@@ -528,6 +529,43 @@ def test_durable_commit_of_nothing_makes_earlier_lazy_commits_durable(tmp_path: 
         instance.database("main").transaction() as txn,
     ):
         assert txn.table("t").get(7) == {"id": 7, "v": "lazy"}
+
+
+def test_durable_commit_of_nothing_after_a_lazy_commit_whose_flush_failed_fails(
+    tmp_path: Path,
+) -> None:
+    """The background flush of a lazy commit failed (the log is failed for good): a durable
+    commit that saw the lazy commit cannot promise it, and says so, instead of returning as
+    if everything it could see were durable (the lazy commit is gone after a reopen)."""
+    failing = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if failing["on"] and event.op == "write" and event.path.endswith("edb.log"):
+            raise OSError(5, "Input/output error")
+
+    instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    db = instance.database("main", create=True)
+    fill(db, 1)
+    failing["on"] = True
+    with db.transaction() as txn:
+        txn.table("t").insert({"id": 7, "v": "lazy"})
+        txn.commit(lazy=True)
+    deadline = time.monotonic() + 5
+    while instance.log.failed is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert instance.log.failed is not None  # the background's lazy flush failed
+    txn = db.transaction()
+    assert txn.table("t").get(7) is not None
+    with pytest.raises(JetError) as info:
+        txn.commit()  # nothing to write; what it saw is not durable
+    assert info.value.code in (-1022, -510)
+    with contextlib.suppress(JetError):
+        instance.close()
+    with (
+        jetstore.open(tmp_path, **SMALL) as instance,
+        instance.database("main").transaction() as txn,
+    ):
+        assert txn.table("t").get(7) is None
 
 
 # --------------------------------------------------------------------------- operator's paths

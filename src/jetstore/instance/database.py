@@ -434,9 +434,12 @@ class Database:
             if not lazy:
                 # A durable commit, even of nothing, returns only once everything it could
                 # have seen is durable: lazy commits before it must not be lost after it.
+                # Not `needs_flush()`, which is False once the log failed: a lazy commit
+                # whose flush failed is lost, and the wait raises the log's failure.
                 log = self._instance.log
-                if log.needs_flush():
-                    self._instance.wait_durable(log.end_position)
+                seen = log.end_position
+                if log.durable_position < seen:
+                    self._instance.wait_durable(seen)
             return None
         log = instance.log
         _root, position, plan_epoch = self._published
