@@ -27,6 +27,7 @@ from jetstore.errors import (
     InvalidParameter,
     InvalidPath,
     JetError,
+    TooManyOpenDatabases,
 )
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.common import FORMAT_VERSION
@@ -566,6 +567,39 @@ def test_durable_commit_of_nothing_after_a_lazy_commit_whose_flush_failed_fails(
         instance.database("main").transaction() as txn,
     ):
         assert txn.table("t").get(7) is None
+
+
+def test_a_database_the_checkpoint_file_cannot_list_is_refused_before_it_is_logged(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint file lists every attached database in 3,966 bytes (30 plus the name
+    each). One more database than fits used to be logged and created, then every checkpoint
+    failed the instance, and every later open too (recovery replays the creation): the
+    directory could no longer be opened at all."""
+    names = [f"db{i:02d}_" + "x" * 58 for i in range(60)]
+    directory = tmp_path / "instance"
+    with jetstore.open(directory, **SMALL) as instance:
+        created = 0
+        with pytest.raises(TooManyOpenDatabases) as info:
+            for name in names:
+                instance.database(name, create=True)
+                created += 1
+        assert info.value.code == -1027
+        assert "edb.chk" in str(info.value) and "detach" in info.value.hint
+        assert 30 < created < 60 and instance.state is InstanceState.OPEN
+        assert names[created] not in instance.databases()
+        # Attaching is refused the same way, and the file stays where it was.
+        with jetstore.open(tmp_path / "other", **SMALL) as other:
+            other.database(names[created], create=True)
+            detached = other.detach(names[created])
+        with pytest.raises(TooManyOpenDatabases):
+            instance.attach(detached)
+        assert os.path.exists(detached)
+        instance.checkpoint()
+        fill(instance.database(names[0]), 3)
+    with jetstore.open(directory, **SMALL) as instance:
+        assert instance.databases() == sorted(names[:created])
+        assert not (directory / f"{names[created]}.edb").exists()
 
 
 # --------------------------------------------------------------------------- operator's paths

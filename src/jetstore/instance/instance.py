@@ -102,8 +102,15 @@ from jetstore.errors import (
     InvalidPath,
     JetError,
     LogDiskFull,
+    TooManyOpenDatabases,
 )
-from jetstore.format.checkpoint import AttachedDatabase, CheckpointState, encode_checkpoint_copy
+from jetstore.format.checkpoint import (
+    ATTACH_AREA_SIZE,
+    AttachedDatabase,
+    CheckpointState,
+    attached_size,
+    encode_checkpoint_copy,
+)
 from jetstore.format.common import PAGE_SIZES, Signature, now_us
 from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseHeader, DatabaseState
 from jetstore.format.filenames import (
@@ -884,6 +891,7 @@ class Instance:
                     f"attach it to use the database it holds (instance.attach('{target}')), "
                     "or move it out of the instance directory to create a new, empty one",
                 )
+            self._refuse_beyond_the_checkpoint_list(name)
             db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
             signature = Signature.new()
             record = CreateDatabaseRecord(
@@ -933,6 +941,26 @@ class Instance:
 
     def databases(self) -> list[str]:
         return sorted(self._databases)
+
+    def _refuse_beyond_the_checkpoint_list(self, name: str) -> None:
+        """Refuse a new database `name` (under the commit lock, before anything is logged)
+        when the checkpoint file could not list it with the attached ones: the next
+        checkpoint would fail the instance, and every open after it, replaying the creation,
+        would fail the same way."""
+        listed = [
+            AttachedDatabase(db.db_id, db.name, Signature.NONE) for db in self._databases.values()
+        ]
+        listed.append(AttachedDatabase(0, name, Signature.NONE))
+        size = attached_size(listed)
+        if size > ATTACH_AREA_SIZE:
+            raise TooManyOpenDatabases(
+                f"instance '{self.directory}' cannot take database {name!r}: the checkpoint "
+                f"file ({CHECKPOINT_FILE}) lists every attached database in {ATTACH_AREA_SIZE} "
+                f"bytes (30 plus the name's length each), and {len(listed)} databases with "
+                f"these names need {size}",
+                hint="detach a database the instance no longer needs, or give this one a "
+                "shorter name",
+            )
 
     def detach(self, name: str) -> str:
         """Detach database `name`: it is checkpointed, marked clean and bound to no log stream,
@@ -1188,6 +1216,7 @@ class Instance:
             with self._backup_lock, self.commit_lock:
                 self._refuse_during_backup("attach", name, locked=True)
                 self.check_writable()
+                self._refuse_beyond_the_checkpoint_list(name)
                 db_id = max((d.db_id for d in self._databases.values()), default=0) + 1
                 # The binding of the id to this database is logged and durable before the
                 # database is usable (and before its header names this stream): records of
