@@ -17,6 +17,7 @@ from tests.interrupting import interrupt_as_call_returns, interrupt_at_return
 import jetstore
 from jetstore.errors import (
     DatabaseDirtyShutdown,
+    DatabaseDuplicate,
     DatabaseInUse,
     DatabaseNotFound,
     DatabaseSignInUse,
@@ -794,6 +795,29 @@ def test_creating_a_database_while_another_thread_attaches_its_name_leaves_one(
         expected = rows(done[0])
     with jetstore.open(home, **SMALL) as reopened:
         assert rows(reopened.database("moving")) == expected
+
+
+def test_creating_a_database_over_a_detached_file_left_in_place_is_refused_before_logging(
+    tmp_path: Path,
+) -> None:
+    """Defect: `database(name, create=True)` with `NAME.edb` in the directory but not
+    attached (detach leaves the file where it was) logged the creation, then met the file
+    and failed the instance (DatabaseDuplicate, "open it with create=False", which says
+    the database does not exist). The file is now looked for before anything is logged:
+    refused, saying to attach it or move it away, and the instance serves on."""
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("main", create=True), 0, 5)
+        fill(instance.database("moving", create=True), 0, 10)
+        path = instance.detach("moving")
+        records = instance.log.records_appended
+        with pytest.raises(DatabaseDuplicate, match="not attached") as info:
+            instance.database("moving", create=True)
+        assert "attach" in (info.value.hint or "") and info.value.path == path
+        assert instance.failure is None and instance.log.records_appended == records
+        fill(instance.database("main"), 5, 5)
+    with jetstore.open(tmp_path, **SMALL) as reopened:  # a clean file left there joins
+        assert rows(reopened.database("main")) == list(range(10))
+        assert rows(reopened.database("moving")) == list(range(10))
 
 
 def test_a_reused_id_after_a_detach_recovers_while_the_checkpoint_file_is_held(
