@@ -184,14 +184,12 @@ def test_low_log_volume_is_reported_once_until_space_comes_back(
         assert len(low_events()) == 2
 
 
-def test_a_reserve_log_taken_while_the_instance_opens_is_reported(tmp_path: Path) -> None:
-    """The first log file of an open is prepared before the instance is ready: a reserve
-    log taken there is reported (event 143) like one taken later, not only counted."""
-    jetstore.open(tmp_path, **OPTIONS).close()
+def _one_refused_log_allocation() -> FileSystem:
+    """A file system on which the first write growing `edbtmp.log` (the open preparing its
+    first log file) fails with ENOSPC, and every later one succeeds."""
     full = {"on": True}
 
     def hook(event: IOEvent) -> None:
-        # One refused allocation, while the open prepares its first log file.
         if (
             full["on"]
             and event.op == "write"
@@ -201,7 +199,14 @@ def test_a_reserve_log_taken_while_the_instance_opens_is_reported(tmp_path: Path
             full["on"] = False
             raise OSError(28, "No space left on device")
 
-    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **OPTIONS) as instance:
+    return FileSystem(hook=hook)
+
+
+def test_a_reserve_log_taken_while_the_instance_opens_is_reported(tmp_path: Path) -> None:
+    """The first log file of an open is prepared before the instance is ready: a reserve
+    log taken there is reported (event 143) like one taken later, not only counted."""
+    jetstore.open(tmp_path, **OPTIONS).close()
+    with jetstore.open(tmp_path, filesystem=_one_refused_log_allocation(), **OPTIONS) as instance:
         assert instance.counters()["reserve_logs_used"] == 1
         with pytest.raises(LogDiskFull):
             setup(instance)
@@ -214,19 +219,7 @@ def test_a_generation_made_from_a_reserve_log_says_so_in_its_header(tmp_path: Pa
     """Bit 1 of a log header's flags marks the generation that a reserve log became (what
     `dump logs` shows): the operator can tell which generations the full volume forced."""
     jetstore.open(tmp_path, **OPTIONS).close()
-    full = {"on": True}
-
-    def hook(event: IOEvent) -> None:
-        if (
-            full["on"]
-            and event.op == "write"
-            and event.path.endswith("edbtmp.log")
-            and event.offset + event.size > os.path.getsize(event.path)
-        ):
-            full["on"] = False
-            raise OSError(28, "No space left on device")
-
-    with jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **OPTIONS) as instance:
+    with jetstore.open(tmp_path, filesystem=_one_refused_log_allocation(), **OPTIONS) as instance:
         from_reserve = instance.log.current_generation
     with jetstore.open(tmp_path, **OPTIONS) as instance:
         normal = instance.log.current_generation
