@@ -381,10 +381,21 @@ _LOSSY = (
     "if no copy exists, `jetstore recover --accept-data-loss DIR` brings the database to a "
     "consistent state without the missing transactions"
 )
-_CORRUPT = (
-    f"{_DIAGNOSE}; check the storage (disk errors in the system log, failing hardware) and "
-    f"{_RESTORE}."
-)
+
+
+def page_damage_hint(path: str | None, lead: str = "") -> str:
+    """What to do about damage in the database file `path` (None: not known here): the
+    tools that look at a database's pages, not `logs verify`, which reads only the logs."""
+    target = f"'{path}'" if path else "DB.edb"
+    return (
+        f"{lead}Check the storage (disk errors in the system log, failing hardware). With the "
+        f"instance closed, `jetstore integrity {target}` shows what else is damaged; "
+        f"{_RESTORE}, or if there is none, `jetstore repair {target}` salvages what it can "
+        "(with --accept-data-loss it keeps the result)."
+    )
+
+
+_CORRUPT = page_damage_hint(None)
 
 
 # --- internal / engine state ------------------------------------------------------------

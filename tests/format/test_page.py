@@ -147,6 +147,25 @@ def test_all_zero_page_is_not_initialized(size: int) -> None:
     assert info.value.code == -1019
 
 
+def test_damaged_page_hints_name_the_page_tools_for_that_file() -> None:
+    """Defect: a damaged page's error told the operator to run `jetstore logs verify DIR`,
+    which reads only the logs and finds nothing. The way out names the tools that read a
+    database's pages, with the damaged file's own path."""
+    damaged = [
+        _flip(encode_page(7, PageType.LEAF, 1, b"data", 8192, 5), 900),  # checksum
+        encode_page(6, PageType.LEAF, 1, b"data", 8192, 5),  # another page's image
+        bytes(8192),  # blank
+    ]
+    for data in damaged:
+        with pytest.raises(JetError) as info:
+            decode_page(7, data, path="/data/inst/main.edb")
+        hint = info.value.hint
+        assert "logs verify" not in hint
+        assert "`jetstore integrity '/data/inst/main.edb'`" in hint
+        assert "`jetstore repair '/data/inst/main.edb'`" in hint
+        assert "backup" in hint
+
+
 def test_wrong_length_is_corruption() -> None:
     page = encode_page(5, PageType.LEAF, 0, b"", 4096, 0)
     with pytest.raises(DatabaseCorrupted, match="page 5"):

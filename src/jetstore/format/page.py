@@ -45,6 +45,7 @@ from jetstore.errors import (
     PageNotInitialized,
     ReadPgnoVerifyFailure,
     ReadVerifyFailure,
+    page_damage_hint,
 )
 
 __all__ = [
@@ -216,14 +217,20 @@ def _raise_bad_checksum(
 ) -> None:
     where = _where(pgno, path)
     if crc == 0 and data.count(0) == len(data):
-        raise PageNotInitialized(f"{where} is blank (all zeros)", path=path or None)
+        raise PageNotInitialized(
+            f"{where} is blank (all zeros)",
+            hint=page_damage_hint(path or None, "The page was never written or was zeroed. "),
+            path=path or None,
+        )
     if stored_pgno != pgno and _crc(stored_pgno, body) == crc:
         raise ReadPgnoVerifyFailure(
             f"{where} holds page {stored_pgno}: the page is intact but was written to or read "
             "from the wrong place",
+            hint=page_damage_hint(path or None, "The storage returned the wrong block. "),
             path=path or None,
         )
     raise ReadVerifyFailure(
         f"checksum mismatch on {where} (stored 0x{crc:08x}, computed 0x{computed:08x})",
+        hint=page_damage_hint(path or None, "The page is damaged. "),
         path=path or None,
     )

@@ -107,6 +107,7 @@ from jetstore.errors import (
     JetError,
     PageNotInitialized,
     ReadLostFlushVerifyFailure,
+    page_damage_hint,
 )
 from jetstore.format.page import PAGE_HEADER_SIZE, PageType, encode_page, payload_capacity
 from jetstore.format.page import verify_page as _verify_page
@@ -202,8 +203,7 @@ def check_page_crc(
             f"{where} is a valid page but not the image {referrer} was written with "
             f"(checksum {found:#010x}, expected {expected_crc:#010x}): a write of this page "
             "was lost or the page was overwritten with an older copy",
-            hint="the database is damaged: run `jetstore integrity` to see what it reaches, "
-            "then restore from backup or run `jetstore repair`",
+            hint=page_damage_hint(path or None, "The storage lost a write. "),
             path=path or None,
         )
 

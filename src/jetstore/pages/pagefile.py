@@ -54,6 +54,7 @@ from jetstore.errors import (
     JetError,
     OutOfDatabaseSpace,
     PageNotInitialized,
+    page_damage_hint,
 )
 from jetstore.format.dbheader import (
     HEADER_COPIES,
@@ -385,7 +386,7 @@ class DatabaseFile:
             raise PageNotInitialized(
                 f"page {pgno} of '{self.path}' is outside the database "
                 f"(pages {HEADER_COPIES}..{self._page_count - 1} are in use)",
-                hint="the database is damaged: run `jetstore checksum` and restore from backup",
+                hint=page_damage_hint(self.path, "A reference in the tree is damaged. "),
                 path=self.path,
             )
         try:
@@ -525,7 +526,7 @@ class DatabaseFile:
             if pgno in seen or not HEADER_COPIES <= pgno < self._page_count:
                 raise DatabaseCorrupted(
                     f"free-list chain of '{self.path}' is broken at page {pgno}",
-                    hint="run `jetstore integrity` and restore from backup",
+                    hint=page_damage_hint(self.path, "The list of free pages is damaged. "),
                     path=self.path,
                 )
             seen.add(pgno)
@@ -546,7 +547,7 @@ class DatabaseFile:
                 raise DatabaseCorrupted(
                     f"free-list page {pgno} of '{self.path}' has a payload of {len(payload)} "
                     f"bytes for {page.count} entries",
-                    hint="run `jetstore integrity` and restore from backup",
+                    hint=page_damage_hint(self.path, "The list of free pages is damaged. "),
                     path=self.path,
                 )
             (next_ref,) = _FREELIST_HEAD.unpack_from(payload, 0)
@@ -556,7 +557,7 @@ class DatabaseFile:
                     raise DatabaseCorrupted(
                         f"free-list page {pgno} of '{self.path}' lists page {entry}, outside "
                         f"the database (pages {HEADER_COPIES}..{self._page_count - 1})",
-                        hint="run `jetstore integrity` and restore from backup",
+                        hint=page_damage_hint(self.path, "The list of free pages is damaged. "),
                         path=self.path,
                     )
             free.extend(entries)
