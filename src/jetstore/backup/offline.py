@@ -51,7 +51,13 @@ from jetstore.backup.backupset import (
 from jetstore.backup.image import DatabaseImage
 from jetstore.backup.session import BackupFile, BackupKind
 from jetstore.errors import DatabaseDirtyShutdown, JetError
-from jetstore.format.common import ENGINE_VERSION, FORMAT_VERSION, Signature, now_us
+from jetstore.format.common import (
+    ENGINE_VERSION,
+    FORMAT_VERSION,
+    PAGE_SIZES,
+    Signature,
+    now_us,
+)
 from jetstore.format.dbheader import (
     HEADER_COPIES,
     PEEK_SIZE,
@@ -220,11 +226,20 @@ def _clean_databases(
 
 
 def _read_header(file: File, path: str) -> DatabaseHeader:
-    first = file.pread(PEEK_SIZE, 0)
-    page_size = peek_page_size(first)
+    page_size = peek_page_size(file.pread(PEEK_SIZE, 0))
     if page_size is None:
-        # Let the header decoder say what is wrong with it.
-        page_size = PEEK_SIZE
+        # Copy 0 cannot say its page size: copy 1 starts one page in, so the size at which
+        # a header starts there is the page size (as `dump header` and open find it). Else
+        # copy 1 was read from inside copy 0 and a database whose copy 1 is intact refused.
+        page_size = next(
+            (
+                size
+                for size in sorted(PAGE_SIZES)
+                if peek_page_size(file.pread(PEEK_SIZE, size)) == size
+            ),
+            # Neither copy says: let the header decoder say what is wrong with both.
+            PEEK_SIZE,
+        )
     data = file.pread(page_size * HEADER_COPIES, 0)
     header, _problems = choose_db_header(
         data[:page_size], data[page_size : 2 * page_size], path=path
