@@ -11,6 +11,8 @@ import pytest
 
 import jetstore
 from jetstore.cli.main import main
+from jetstore.io.files import FileSystem
+from jetstore.tools.dbfile import exclusive_directory
 
 from .conftest import write_pending_data_loss
 
@@ -131,3 +133,23 @@ def test_a_damaged_header_copy_0_of_another_page_size_is_no_unreadable_database(
     (problem,) = database["header_problems"]
     assert "copy 0" in problem and "copy 1 is valid" in problem
     assert not any("both copies" in warning for warning in result["warnings"])
+
+
+def test_a_tool_holding_the_lock_is_named_not_taken_for_an_instance(
+    closed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A compact holds the directory lock: "open by process N" sent the operator after an
+    # instance to close, where a compact is to wait for.
+    with exclusive_directory(FileSystem(), str(closed), what="compact"):
+        assert run(["status", str(closed)]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "open by process" not in out
+        assert f"an offline tool (compact) (process {os.getpid()}) holds its lock" in out
+        assert run(["status", str(closed), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)["result"]
+    assert result["open_by_pid"] is None
+    assert result["lock_holder"] == {
+        "pid": os.getpid(),
+        "role": "an offline tool (compact)",
+        "instance": False,
+    }

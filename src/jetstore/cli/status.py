@@ -29,7 +29,7 @@ from jetstore.format.filenames import (
 )
 from jetstore.instance.recoverydecisions import read_pending_data_loss
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.io.locking import HOLDER_INSTANCE, is_locked, lock_holder_role, read_lock_holder
 from jetstore.log.reader import take_inventory
 from jetstore.tools.dbfile import OfflineDatabase
 
@@ -72,7 +72,14 @@ def status_command(directory: str, as_json: bool) -> None:
     logs, checkpoint and its lag, log files, last backup, warnings (exit 1 when any)."""
     fs = FileSystem()
     path = ensure_instance_directory(fs, directory)
-    open_by = read_lock_holder(fs, path) if is_locked(fs, path) else None
+    locked = is_locked(fs, path)
+    holder_pid = read_lock_holder(fs, path) if locked else None
+    role = lock_holder_role(fs, path) if locked else None
+    # A compact, repair, offline backup or restore holds the same lock as an instance: it
+    # is no open instance (nothing to connect to, nothing to close), so it is named as what
+    # it is. A lock file without words (an older release's) was written by an instance.
+    instance_holds = locked and (role is None or role == HOLDER_INSTANCE)
+    open_by = holder_pid if instance_holds else None
     warnings: list[str] = []
     databases = [
         _database(fs, os.path.join(path, name))
@@ -82,7 +89,7 @@ def status_command(directory: str, as_json: bool) -> None:
     for db in databases:
         if "error" in db:
             warnings.append(f"{db['file']}: {db['error']}")
-        elif not db["clean"] and open_by is None:
+        elif not db["clean"] and not locked:
             warnings.append(
                 f"{db['file']} was not shut down cleanly and needs logs "
                 f"{db['logs_required'][0]}-{db['logs_required'][1]}: run `jetstore recover "
@@ -132,6 +139,11 @@ def status_command(directory: str, as_json: bool) -> None:
     result: dict[str, Any] = {
         "directory": path,
         "open_by_pid": open_by,
+        "lock_holder": (
+            {"pid": holder_pid, "role": role or HOLDER_INSTANCE, "instance": instance_holds}
+            if locked
+            else None
+        ),
         "databases": databases,
         "checkpoint": checkpoint,
         "checkpoint_lag_generations": lag,
@@ -142,7 +154,13 @@ def status_command(directory: str, as_json: bool) -> None:
     }
     if not as_json:
         console = stdout_console()
-        opened = f"open by process {open_by}" if open_by is not None else "not open"
+        if instance_holds:
+            opened = f"open by process {holder_pid}" if holder_pid is not None else "open"
+        elif locked:
+            by = f" (process {holder_pid})" if holder_pid is not None else ""
+            opened = f"not open as an instance: {role}{by} holds its lock"
+        else:
+            opened = "not open"
         console.print(Text(f"{path}: {opened}"))
         table = Table(title="Databases", title_justify="left")
         for column in ("file", "state", "logs required", "last full backup"):
