@@ -299,3 +299,17 @@ def test_a_newer_engines_files_are_unreadable_not_damaged(closed: Path, run_json
     assert status["main.edb"] == status["edb.chk"] == "unreadable"
     errors = {(p["file"].rsplit("/", 1)[-1], p["error"]) for p in document["result"]["problems"]}
     assert errors == {("main.edb", "InvalidDatabaseVersion"), ("edb.chk", "BadLogVersion")}
+
+
+def test_a_kept_original_is_named_for_what_it_is(closed: Path, run_json: RunJson) -> None:
+    # `compact --keep-original` leaves NAME.edb.precompact next to the instance's files: it
+    # was listed as "not a database, log or checkpoint file", a foreign file to hunt down.
+    assert run_json("compact", closed / "main.edb", "--keep-original")[0] == 0
+    code, result = _checksum(run_json, closed)
+    assert code == 0
+    reasons = {entry["file"]: entry["reason"] for entry in result["not_checked"]}
+    kept = reasons["main.edb.precompact"]
+    assert "not a database" not in kept
+    assert "the original of main.edb that `jetstore compact --keep-original` kept" in kept
+    assert "`jetstore checksum main.edb.precompact` checks it" in kept
+    assert reasons["events.jsonl"] == "the instance's event log, read by `jetstore events`"

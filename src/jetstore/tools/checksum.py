@@ -79,6 +79,9 @@ from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
     DATABASE_SUFFIX,
+    EVENT_LOG,
+    EVENT_LOG_PREVIOUS,
+    LOCK_FILE,
     parse_generation_log_name,
 )
 from jetstore.format.logframe import decode_frame, find_next_valid_frame
@@ -90,6 +93,7 @@ from jetstore.io.handles import use_owner
 from jetstore.io.locking import is_locked, read_lock_holder
 from jetstore.log.verify import LogProblem
 from jetstore.pages.references import PageReferences
+from jetstore.tools.compact import COMPACTING_SUFFIX, PRECOMPACT_SUFFIX
 
 __all__ = [
     "CHUNK_BYTES",
@@ -315,10 +319,35 @@ def _instance(
 
 
 def _why_not_checked(name: str) -> str:
+    # The files the engine and its tools leave next to the instance's own are named for what
+    # they are: "not a database, log or checkpoint file" called a database a compact kept (or
+    # a repair set aside) foreign, and sent the operator to find out where it came from.
     if name.endswith(".log") or name.endswith(".jrs"):
         return "prepared ahead of use (not part of the log yet)"
     if name.endswith(".creating"):
         return "a database creation cut short (recovery deletes it)"
+    stem, dot, suffix = name.rpartition(".")
+    if dot and stem.endswith(DATABASE_SUFFIX):
+        if f".{suffix}" == PRECOMPACT_SUFFIX:
+            return (
+                f"the original of {stem} that `jetstore compact --keep-original` kept: not "
+                f"part of the instance; `jetstore checksum {name}` checks it, delete it "
+                "once the compacted database is trusted"
+            )
+        if f".{suffix}" == COMPACTING_SUFFIX:
+            return (
+                f"a compact of {stem} that is running or was cut short: not part of the "
+                "instance; the next `jetstore compact` removes it"
+            )
+        if suffix.startswith("damaged-"):
+            return (
+                f"the damaged original of {stem} that `jetstore repair` replaced and kept: "
+                "not part of the instance"
+            )
+    if name in (EVENT_LOG, EVENT_LOG_PREVIOUS):
+        return "the instance's event log, read by `jetstore events`"
+    if name == LOCK_FILE:
+        return "the instance directory's lock file"
     return "not a database, log or checkpoint file"
 
 
