@@ -463,3 +463,16 @@ def test_a_newer_checkpoint_file_is_reported_as_such_by_every_reader(
     chk = [p for p in document["result"]["problems"] if p["file"].endswith(CHECKPOINT_FILE)]
     assert [(p["copy"], p["error"]) for p in chk] == [(c, "BadLogVersion") for c in copies]
     assert snapshot(closed) == before
+
+
+def test_dump_logs_of_a_directory_that_is_no_instance_is_a_usage_error(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    # It showed an empty log stream and exited 0, as if that directory's logs were fine.
+    (tmp_path / "notes.txt").write_text("not an instance")
+    code, document = run_json("dump", "logs", tmp_path)
+    assert code == 2
+    error = document["error"]
+    assert error["name"] == "InvalidPath" and error["exit_code"] == 2
+    assert f"'{tmp_path}' is not a jetstore instance directory" in error["message"]
+    assert not (tmp_path / "jetstore.lock").exists()

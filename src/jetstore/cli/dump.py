@@ -43,6 +43,7 @@ from jetstore.cli.output import (
 )
 from jetstore.cli.support import (
     OWNER,
+    ensure_instance_directory,
     log_file_name,
     parse_generation_range,
     position_dict,
@@ -862,6 +863,9 @@ def dump_logs_command(
     in `logs verify`.
     """
     fs = FileSystem()
+    # As `logs verify`: a directory that is no instance (a typo, the parent directory) was
+    # shown as an empty log stream with exit 0, as if its logs were fine.
+    ensure_instance_directory(fs, directory)
     verification: LogVerification = verify_logs_as_recovery_needs(fs, directory, owner=OWNER)
     inventory = take_inventory(fs, directory, owner=OWNER)
     needs = verification.as_dict()["recovery_needs"]
