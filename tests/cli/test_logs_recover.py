@@ -372,6 +372,29 @@ def test_events_skips_damaged_lines_that_are_json_but_no_event(
     assert document["result"]["total"] == len(events)
 
 
+def test_events_skips_json_objects_without_the_event_fields(
+    closed: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An object that parsed but was no event (`{}`, another tool's log line, an event whose
+    # level or id is no level or id) was kept and shown as a blank row.
+    code, document = run_json("events", closed)
+    before = document["result"]["events"]
+    with (closed / "events.jsonl").open("a") as file:
+        file.write('{}\n{"msg": "rotated", "ts": 1}\n')
+        good = dict(before[-1])
+        file.write(json.dumps({**good, "level": "loud"}) + "\n")
+        file.write(json.dumps({**good, "id": "7"}) + "\n")
+        file.write(json.dumps({**good, "time_us": True}) + "\n")
+    capsys.readouterr()
+    assert run(["events", str(closed)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(before)} of {len(before)} event(s) shown" in out
+    code, document = run_json("events", closed)
+    assert code == 0
+    assert document["result"]["events"] == before
+    assert document["result"]["total"] == len(before)
+
+
 def test_an_event_log_that_cannot_be_read_is_an_error_not_an_empty_log(
     closed: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,9 +2,10 @@
 `events.1.jsonl` when it has rotated), filtered, as a table.
 
 This module owns the command only; the events are written by `jetstore.instance.events` and
-read with its `read_event_log` (damaged lines are skipped). Filters: `--since` (an ISO 8601
-time; without a zone it is UTC) and `--level` (the lowest level shown: `warning` shows
-warnings and errors). Read-only; works whether or not the instance is open.
+read with its `read_event_log` (damaged lines, and JSON lines that are no event, are
+skipped). Filters: `--since` (an ISO 8601 time; without a zone it is UTC) and `--level` (the
+lowest level shown: `warning` shows warnings and errors). Read-only; works whether or not
+the instance is open.
 """
 
 from __future__ import annotations

@@ -240,9 +240,34 @@ def read_events(fs: FileSystem, path: str) -> list[dict[str, Any]]:
             event = json.loads(line, parse_constant=_no_constant)
         except ValueError:
             continue
-        if isinstance(event, dict):  # `42` or `[...]` parse but are no event: damaged too
+        if _is_event(event):
             events.append(event)
     return events
+
+
+#: The fields every event is written with, and their types (`fields` and `instance` are
+#: left out: nothing shows or filters by them).
+_EVENT_FIELDS: Final = {
+    "time": str,
+    "time_us": int,
+    "id": int,
+    "level": str,
+    "name": str,
+    "message": str,
+}
+
+
+def _is_event(value: Any) -> bool:
+    """True if `value` is an event object as `EventLog.emit` writes it. `42` or `[...]` parse
+    but are no event, and neither is an object without the event fields (`{}`, a line of
+    another tool's log): kept, it was shown as a blank row, as if an event said nothing."""
+    if not isinstance(value, dict):
+        return False
+    for key, kind in _EVENT_FIELDS.items():
+        field_value = value.get(key)
+        if not isinstance(field_value, kind) or isinstance(field_value, bool):
+            return False
+    return value["level"] in ("info", "warning", "error")
 
 
 def _no_constant(name: str) -> Any:
