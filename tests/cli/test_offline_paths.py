@@ -3,7 +3,11 @@ damaged first header copy, a directory that is no instance, a lock file held by 
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+from jetstore.format.filenames import LOCK_FILE
 
 from .conftest import RunJson
 
@@ -21,3 +25,22 @@ def test_offline_backup_takes_the_page_size_from_copy_1_when_copy_0_is_damaged(
     assert image["page_size"] == 8192
     code, document = run_json("verify-backup", dest)
     assert code == 0, document
+
+
+def test_compact_and_repair_of_a_database_outside_an_instance_leave_no_lock_file(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # A database copied to a folder of its own: compact and repair took the directory lock
+    # there and left `jetstore.lock` behind, in a folder that had none.
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    shutil.copy2(closed / "main.edb", folder / "main.edb")
+    code, document = run_json("compact", folder / "main.edb")
+    assert code == 0, document
+    assert sorted(os.listdir(folder)) == ["main.edb"]
+    code, document = run_json("repair", folder / "main.edb", "--accept-data-loss")
+    assert code == 0, document
+    assert LOCK_FILE not in os.listdir(folder)
+    # In an instance directory, whose lock file was there before, it stays.
+    assert run_json("compact", closed / "main.edb")[0] == 0
+    assert (closed / LOCK_FILE).exists()

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from jetstore.errors import FileAccessDenied, JetError
 from jetstore.format.filenames import LOCK_FILE
-from jetstore.io.files import FileSystem, IOEvent
+from jetstore.io.files import File, FileSystem, IOEvent
 from jetstore.io.handles import HandleKind, HandleRegistry
 from jetstore.io.locking import (
     PROC_LOCKS,
@@ -393,3 +394,33 @@ def test_a_directory_lock_release_interrupted_in_the_unlock_still_closes_the_fil
     assert fired == [True]
     assert registry.total() == 0
     assert not is_locked(fs, str(tmp_path))
+
+
+def test_a_lock_taken_on_a_lock_file_its_holder_deleted_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An offline tool deletes the lock file it created before it lets go. An opener that had
+    # opened that file just before took the lock on a file no path reaches any more, while
+    # the next opener created a new one: two holders of one directory.
+    holder = acquire_directory_lock(FileSystem(), str(tmp_path), owner="tool", holder="a tool")
+    path = tmp_path / LOCK_FILE
+    try_lock = File.try_lock
+    calls = 0
+
+    def holder_lets_go_first(file: File, *, shared: bool = False) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # between this opener's open and its lock
+            path.unlink()
+            holder.release()
+        return try_lock(file, shared=shared)
+
+    monkeypatch.setattr(File, "try_lock", holder_lets_go_first)
+    lock = acquire_directory_lock(
+        FileSystem(), str(tmp_path), owner="opener", holder="an open instance"
+    )
+    try:
+        assert calls == 2 and path.exists()
+        assert is_locked(FileSystem(), str(tmp_path))
+    finally:
+        lock.release()

@@ -14,6 +14,9 @@ Invariants:
   A database file cannot carry a pid, so its holder is named from this process's table of
   the files it locked (`_HELD`, by device and inode: a hard link or symlink reaches the same
   entry) or, for another process, from the kernel's lock table (`/proc/locks`), best effort.
+- A directory lock is held on a lock file a path still names: a holder may delete the
+  file before it lets go (an offline tool in a folder that had none), so a take that got
+  the lock on a deleted file takes it again on the path.
 - Every lock is registered in the handle registry (kind LOCK) when taken and released by
   its handle's `close()`, exactly once; releasing also removes the `_HELD` entry.
 - The database file lock is advisory and only writers take it: read-only openers (diagnose,
@@ -135,17 +138,25 @@ def acquire_directory_lock(
     # locked, until the process ended. The owner's `close_owner` still reaches both.
     scope = use_owner(owner)
     try:
-        file = fs.open(path, owner=scope, create=True)
-        if not file.try_lock():
+        while True:
+            file = fs.open(path, owner=scope, create=True)
+            if not file.try_lock():
+                file.close()
+                raise FileAccessDenied(
+                    f"instance directory '{directory}' is already held by "
+                    f"{describe_lock_holder(fs, directory)}",
+                    hint="close the other opener first (or wait for its end): one opener at "
+                    "a time holds a directory (an Instance, a restore reading its logs, an "
+                    "offline tool)",
+                    path=path,
+                )
+            if file.stat().st_nlink > 0:
+                break
+            # The holder this take waited behind deleted the lock file before it let go (an
+            # offline tool removes the one it created in a directory that had none): this
+            # lock is on a file nobody else can open, so the take starts again on the path.
+            file.unlock()
             file.close()
-            raise FileAccessDenied(
-                f"instance directory '{directory}' is already held by "
-                f"{describe_lock_holder(fs, directory)}",
-                hint="close the other opener first (or wait for its end): one opener at a "
-                "time holds a directory (an Instance, a restore reading its logs, an offline "
-                "tool)",
-                path=path,
-            )
         handle = fs.registry.register(HandleKind.LOCK, scope, path, file.unlock)
         file.truncate(0)
         file.pwrite(f"{os.getpid()}\n{holder[:_HOLDER_LIMIT]}\n".encode(), 0)

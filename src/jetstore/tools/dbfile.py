@@ -270,6 +270,10 @@ def exclusive_directory(fs: FileSystem, directory: str, *, what: str) -> Iterato
     from jetstore.backup.backupset import refuse_backup_set
 
     refuse_backup_set(fs, directory, what=what)
+    lock_path = os.path.join(directory, LOCK_FILE)
+    # A database file on its own (a copy, a folder that is no instance) has no lock file:
+    # the one this run creates is removed again, so that the folder is left as it was found.
+    created = not fs.exists(lock_path)
     try:
         lock = acquire_directory_lock(
             fs, directory, owner=OWNER, holder=f"an offline tool ({what})"
@@ -289,7 +293,14 @@ def exclusive_directory(fs: FileSystem, directory: str, *, what: str) -> Iterato
     try:
         yield
     finally:
-        lock.release()
+        try:
+            if created:
+                # Removed while still held: an opener that opened it meanwhile finds it
+                # deleted once it gets the lock, and takes a new one (`acquire_directory_lock`).
+                with contextlib.suppress(JetError):
+                    fs.unlink(lock_path)
+        finally:
+            lock.release()
 
 
 def require_clean(header: DatabaseHeader, path: str, *, what: str) -> None:
