@@ -12,6 +12,11 @@ The package is layered; each sub-package owns one job (docs/design.md):
 io -> format -> log -> pages -> tables -> transactions -> instance -> cli.
 """
 
+# isort: off
+# First: a Ctrl-C while the `jetstore` command imports everything below ends it quietly.
+import jetstore._startup  # noqa: F401  (installs its handler in that process only)
+
+# isort: on
 import logging
 
 from jetstore import errors

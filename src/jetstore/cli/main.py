@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import click
 from rich.text import Text
 
+from jetstore import _startup
 from jetstore._version import __version__
 from jetstore.cli.backup_cmd import backup_command, verify_backup_command
 from jetstore.cli.checksum_cmd import checksum_command
@@ -205,6 +206,7 @@ def _internal_error(exc: Exception, *, command: str, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
+    _startup.finished()
     sys.exit(run(argv))
 
 
