@@ -10,18 +10,24 @@ Every run hashes the files before and after (read-only).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import jetstore
+from jetstore.cli.main import run
 from jetstore.format.common import FORMAT_VERSION
 from jetstore.format.dbheader import choose_db_header
 from jetstore.format.filenames import generation_log_name
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.format.page import PageType, verify_page
+from jetstore.io.files import FileSystem
 from jetstore.pages.btree import decode_node, encode_node
+from jetstore.tools.dbfile import exclusive_directory
 
 from .conftest import (
     SMALL,
@@ -313,3 +319,24 @@ def test_a_kept_original_is_named_for_what_it_is(closed: Path, run_json: RunJson
     assert "the original of main.edb that `jetstore compact --keep-original` kept" in kept
     assert "`jetstore checksum main.edb.precompact` checks it" in kept
     assert reasons["events.jsonl"] == "the instance's event log, read by `jetstore events`"
+
+
+def test_a_tool_holding_the_directory_is_named_not_taken_for_an_open_instance(
+    closed: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A compact held the lock: the warning said "the instance is open in process N", an
+    # instance to close that does not exist.
+    with exclusive_directory(FileSystem(), str(closed), what="compact"):
+        code, result = _checksum(run_json, closed)
+        assert run(["checksum", str(closed)]) == 0
+    assert code == 0
+    assert result["open_elsewhere"] is True
+    assert result["held_by"] == "an offline tool (compact)"
+    out = " ".join(capsys.readouterr().out.split())
+    assert "instance is open" not in out
+    assert (
+        f"warning: an offline tool (compact) (process {os.getpid()}) holds the instance "
+        "directory" in out
+    )
+    (note,) = [p for p in result["problems"] if p["location"] == "page references"]
+    assert note["message"].startswith("an offline tool (compact) holds the directory")

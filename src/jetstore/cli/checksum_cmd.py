@@ -23,6 +23,7 @@ from jetstore.backup.backupset import MANIFEST_NAME
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import ensure_instance_directory, progress
 from jetstore.io.files import FileSystem
+from jetstore.io.locking import HOLDER_INSTANCE
 from jetstore.tools.checksum import ChecksumReport, checksum_path
 
 __all__ = ["checksum_command"]
@@ -97,10 +98,16 @@ def _print(report: ChecksumReport) -> None:
     console = stdout_console()
     if report.open_elsewhere:
         who = f"process {report.open_by_pid}" if report.open_by_pid else "another process"
+        if report.held_by is None or report.held_by == HOLDER_INSTANCE:
+            held = f"the instance is open in {who}"
+        else:
+            # A compact, repair, backup or restore: no instance to close, one to wait for.
+            held = f"{report.held_by} ({who}) holds the instance directory"
         console.print(
             Text(
-                f"warning: the instance is open in {who}: pages and log blocks written while "
-                "this runs may show as damaged (for a consistent check, verify a backup)",
+                f"warning: {held}: pages and log blocks written while this runs may show as "
+                "damaged (for a consistent check, run it again once that has ended, or verify "
+                "a backup)",
                 style="yellow",
             )
         )

@@ -90,7 +90,7 @@ from jetstore.format.page import PageType, verify_page
 from jetstore.instance.diagnosis import verify_logs_as_recovery_needs
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import use_owner
-from jetstore.io.locking import is_locked, read_lock_holder
+from jetstore.io.locking import is_locked, lock_holder_role, read_lock_holder
 from jetstore.log.verify import LogProblem
 from jetstore.pages.references import PageReferences
 from jetstore.tools.compact import COMPACTING_SUFFIX, PRECOMPACT_SUFFIX
@@ -185,6 +185,9 @@ class ChecksumReport:
     not_checked: list[dict[str, str]] = field(default_factory=list)
     open_by_pid: int | None = None
     open_elsewhere: bool = False
+    #: What holds the directory lock, in its lock file's words (`HOLDER_INSTANCE`, "an
+    #: offline tool (compact)", ...); None when nobody does or the file gives no words.
+    held_by: str | None = None
 
     @property
     def bad(self) -> list[ChecksumProblem]:
@@ -202,6 +205,7 @@ class ChecksumReport:
             "bad": len(self.bad),
             "open_elsewhere": self.open_elsewhere,
             "open_by_pid": self.open_by_pid,
+            "held_by": self.held_by,
             "files": [f.as_dict() for f in self.files],
             "problems": [p.as_dict() for p in self.problems],
             "not_checked": self.not_checked,
@@ -239,8 +243,7 @@ def checksum_path(
         report = ChecksumReport(target, kind)
         directory = os.path.dirname(target)
         if kind == "database" and is_locked(fs, directory):
-            report.open_elsewhere = True
-            report.open_by_pid = read_lock_holder(fs, directory)
+            _held(fs, report, directory)
         _check_file(fs, report, target, kind, owner, progress)
         return report
     finally:
@@ -298,8 +301,7 @@ def _instance(
 ) -> ChecksumReport:
     report = ChecksumReport(directory, "instance")
     if is_locked(fs, directory):
-        report.open_elsewhere = True
-        report.open_by_pid = read_lock_holder(fs, directory)
+        _held(fs, report, directory)
     names = sorted(fs.listdir(directory))
     for name in names:
         path = os.path.join(directory, name)
@@ -316,6 +318,13 @@ def _instance(
     if any(name == CURRENT_LOG or parse_generation_log_name(name) for name in names):
         _logs(fs, report, directory, owner, only=None)
     return report
+
+
+def _held(fs: FileSystem, report: ChecksumReport, directory: str) -> None:
+    """Someone holds the directory lock: its files may change while they are read."""
+    report.open_elsewhere = True
+    report.open_by_pid = read_lock_holder(fs, directory)
+    report.held_by = lock_holder_role(fs, directory)
 
 
 def _why_not_checked(name: str) -> str:
@@ -522,9 +531,10 @@ def _database(
                 "database",
                 "page references",
                 None,
-                "the instance is open, so pages may be reused while they are read: the check "
-                "that every page is the image its parent names (lost writes) was skipped; "
-                "close the instance (or check a backup) to run it",
+                f"{report.held_by or 'an open instance'} holds the directory, so pages may "
+                "be rewritten while they are read: the check that every page is the image its "
+                "parent names (lost writes) was skipped; run it again once that has ended "
+                "(or check a backup)",
             )
         else:
             _references(report, path, chosen, pages, counts)
