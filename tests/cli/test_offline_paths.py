@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 from jetstore.format.filenames import LOCK_FILE
+from jetstore.io.files import FileSystem
+from jetstore.io.locking import acquire_directory_lock
 
 from .conftest import RunJson
 
@@ -44,3 +46,29 @@ def test_compact_and_repair_of_a_database_outside_an_instance_leave_no_lock_file
     # In an instance directory, whose lock file was there before, it stays.
     assert run_json("compact", closed / "main.edb")[0] == 0
     assert (closed / LOCK_FILE).exists()
+
+
+def test_a_refusal_by_a_tool_holding_the_directory_says_to_wait_for_it(
+    closed: Path, run_json: RunJson
+) -> None:
+    # The way out said to close the instance, where a compact or an offline backup holds the
+    # directory and no instance is open.
+    lock = acquire_directory_lock(
+        FileSystem(), str(closed), owner="test-backup", holder="an offline backup"
+    )
+    try:
+        refusals = [
+            run_json("recover", closed),
+            run_json("logs", "removable", closed),
+            run_json("compact", closed / "main.edb"),
+            run_json("integrity", closed / "main.edb"),
+        ]
+    finally:
+        lock.release()
+    for code, document in refusals:
+        assert code == 3, document
+        error = document["error"]
+        assert error["name"] == "InstanceNameInUse"
+        assert "an offline backup" in error["detail"]
+        assert error["hint"].startswith("wait for an offline backup to end"), error["hint"]
+        assert "close" not in error["hint"]

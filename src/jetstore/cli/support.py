@@ -63,7 +63,12 @@ from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.positions import LogPosition
 from jetstore.instance.recovery import DataLoss
 from jetstore.io.files import FileSystem
-from jetstore.io.locking import describe_lock_holder, is_locked
+from jetstore.io.locking import (
+    HOLDER_INSTANCE,
+    describe_lock_holder,
+    is_locked,
+    lock_holder_role,
+)
 from jetstore.log.reader import take_inventory
 
 __all__ = [
@@ -198,9 +203,18 @@ def in_use_error(fs: FileSystem, directory: str, why: str) -> InstanceNameInUse:
     return InstanceNameInUse(
         f"the instance in '{directory}' is in use: {describe_lock_holder(fs, directory)} "
         f"holds its lock ({LOCK_FILE}); {why}",
-        hint="run the command again after that process closed the instance",
+        hint=in_use_hint(fs, directory),
         path=os.path.join(directory, LOCK_FILE),
     )
+
+
+def in_use_hint(fs: FileSystem, directory: str) -> str:
+    """The way out of a refusal by the directory lock's holder: an instance is closed, a
+    compact, repair, offline backup or restore is waited for (it has no instance to close)."""
+    role = lock_holder_role(fs, directory)
+    if role is None or role == HOLDER_INSTANCE:
+        return "run the command again after that process closed the instance"
+    return f"wait for {role} to end (or stop that process), then run the command again"
 
 
 def refuse_if_in_use(

@@ -54,7 +54,13 @@ from jetstore.format.dbheader import (
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.format.page import PAGE_SIZES
 from jetstore.io.files import File, FileSystem
-from jetstore.io.locking import acquire_directory_lock, describe_lock_holder, is_locked
+from jetstore.io.locking import (
+    HOLDER_INSTANCE,
+    acquire_directory_lock,
+    describe_lock_holder,
+    is_locked,
+    lock_holder_role,
+)
 from jetstore.pages.btree import Node, child_ref, decode_node, ref_crc, ref_pgno
 from jetstore.tables.catalog import (
     CATALOG_PREFIX,
@@ -254,11 +260,15 @@ def refuse_if_open(fs: FileSystem, directory: str, *, what: str) -> None:
 
 
 def _in_use(fs: FileSystem, directory: str, what: str) -> InstanceNameInUse:
+    role = lock_holder_role(fs, directory)
     return InstanceNameInUse(
         f"the instance in '{directory}' is in use: {describe_lock_holder(fs, directory)} "
         f"holds its lock ({LOCK_FILE}); "
         f"{what} needs the database file to itself",
-        hint="close the instance (or stop that process) and run the command again",
+        hint="close the instance (or stop that process) and run the command again"
+        if role is None or role == HOLDER_INSTANCE
+        # A compact, repair, offline backup or restore has no instance to close.
+        else f"wait for {role} to end (or stop that process), then run the command again",
         path=os.path.join(directory, LOCK_FILE),
     )
 
