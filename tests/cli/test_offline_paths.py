@@ -72,3 +72,17 @@ def test_a_refusal_by_a_tool_holding_the_directory_says_to_wait_for_it(
         assert "an offline backup" in error["detail"]
         assert error["hint"].startswith("wait for an offline backup to end"), error["hint"]
         assert "close" not in error["hint"]
+
+
+def test_an_offline_backup_of_databases_outside_an_instance_leaves_no_lock_file(
+    closed: Path, tmp_path: Path, run_json: RunJson
+) -> None:
+    # As compact and repair: the backup left `jetstore.lock` in a folder that had none.
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    shutil.copy2(closed / "main.edb", folder / "main.edb")
+    code, document = run_json("backup", folder, "--to", tmp_path / "set")
+    assert code == 0, document
+    assert sorted(os.listdir(folder)) == ["main.edb"]
+    assert run_json("backup", closed, "--to", tmp_path / "set2")[0] == 0
+    assert (closed / LOCK_FILE).exists()

@@ -24,7 +24,8 @@ could not be verified the way the online path verifies its logs.
 
 Invariants:
 - The lock is taken before the first header is read and released after the set is durable
-  (or the attempt failed); nothing in the instance directory is written except the lock file.
+  (or the attempt failed); nothing in the instance directory is written except the lock file
+  (removed again when the directory had none).
   The set's `started_us` is taken under it: the images hold no commit later than it.
 - No backup history is recorded in the headers and no log is deleted: an offline backup is a
   copy of the files, outside the log stream's sequence (a later incremental backup still needs
@@ -35,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -66,7 +68,7 @@ from jetstore.format.dbheader import (
     choose_db_header,
     peek_page_size,
 )
-from jetstore.format.filenames import database_file_name, parse_database_file_name
+from jetstore.format.filenames import LOCK_FILE, database_file_name, parse_database_file_name
 from jetstore.instance.instance import InstanceOptions
 from jetstore.instance.recovery import DataLoss
 from jetstore.instance.recoverydecisions import read_pending_data_loss
@@ -117,6 +119,10 @@ def backup_offline(
             on_data_loss(loss)
     owner = use_owner(f"offline-backup:{directory}")
     writer: SetWriter | None = None
+    lock_path = os.path.join(directory, LOCK_FILE)
+    # Database files on their own (a folder that is no instance yet) have no lock file: the
+    # one the backup creates is removed again, the folder left as it was found.
+    created = not fs.exists(lock_path)
     try:
         lock = acquire_directory_lock(fs, directory, owner=owner, holder="an offline backup")
         try:
@@ -146,7 +152,13 @@ def backup_offline(
                 writer.discard()
             raise
         finally:
-            lock.release()
+            try:
+                if created:
+                    # While still held: a take that opened it meanwhile takes a new one.
+                    with contextlib.suppress(JetError):
+                        fs.unlink(lock_path)
+            finally:
+                lock.release()
     finally:
         fs.registry.close_owner(owner)
     return manifest
