@@ -761,3 +761,17 @@ def test_recover_into_skips_what_is_no_regular_file(
         {"path": "pipe", "why": "a FIFO or pipe, not a regular file"},
     ]
     assert _rows(copy) == ROWS
+
+
+def test_recover_into_a_copy_that_cannot_be_created_says_nothing_was_copied(
+    closed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "the partial copy in COPY was removed" of a COPY that never existed (its
+    # parent is a file), sending the operator to look for it.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    capsys.readouterr()
+    assert run(["recover", str(closed), "--into", str(blocker / "copy")]) == 2
+    err = "".join(capsys.readouterr().err.split())  # rich folds the long paths anywhere
+    assert "partialcopy" not in err
+    assert f"nothingwascopiedinto{blocker / 'copy'};{closed}wasnottouched" in err

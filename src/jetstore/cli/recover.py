@@ -166,6 +166,13 @@ def _hold_while_copying(
     return None
 
 
+def _holds_anything(fs: FileSystem, target: str) -> bool:
+    try:
+        return fs.is_directory(target) and bool(fs.listdir(target))
+    except JetError:
+        return fs.exists(target)
+
+
 def _remove_copy(fs: FileSystem, target: str, existed: bool) -> None:
     """Remove what `copy_instance` put into `target` (all of it: it was new or empty)."""
     with contextlib.suppress(JetError):
@@ -290,11 +297,17 @@ def recover_command(
         except BaseException:
             # COPY was new or empty: all it holds is this copy, which is not whole. Left
             # there, it made the next `--into COPY` a refusal (no longer empty).
+            # "the partial copy was removed" where COPY could not even be created (a parent
+            # that is a file, a name too long) sent the operator looking for it.
+            began = _holds_anything(fs, target)
             _remove_copy(fs, target, existed)
             if not as_json:
-                stderr_console().print(
-                    Text(f"the partial copy in {target} was removed; {source} was not touched")
+                what = (
+                    f"the partial copy in {target} was removed"
+                    if began
+                    else f"nothing was copied into {target}"
                 )
+                stderr_console().print(Text(f"{what}; {source} was not touched"))
             raise
         finally:
             if held is not None:
