@@ -395,6 +395,21 @@ def test_events_skips_json_objects_without_the_event_fields(
     assert document["result"]["total"] == len(before)
 
 
+def test_events_of_a_missing_directory_or_a_file_names_the_way_out(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    # The generic hints said to run `jetstore logs verify DIR` (DIR missing) and that every
+    # parent must be a directory (DIR itself a file).
+    code, document = run_json("events", tmp_path / "absent")
+    assert (code, document["error"]["name"]) == (4, "FileNotFound")
+    assert document["error"]["hint"].startswith("give the directory that holds the instance")
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    code, document = run_json("events", afile)
+    assert (code, document["error"]["name"]) == (2, "InvalidPath")
+    assert document["error"]["hint"].startswith("give the directory that holds the instance")
+
+
 def test_an_event_log_that_cannot_be_read_is_an_error_not_an_empty_log(
     closed: Path, run_json: RunJson, monkeypatch: pytest.MonkeyPatch
 ) -> None:

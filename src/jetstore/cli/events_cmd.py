@@ -19,7 +19,6 @@ from rich.table import Table
 from rich.text import Text
 
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
-from jetstore.errors import FileNotFound, InvalidPath
 from jetstore.instance.events import event_log_paths, read_event_log
 from jetstore.io.files import FileSystem
 
@@ -77,10 +76,14 @@ def events_command(directory: str, since_us: int | None, level: str | None, as_j
     """Show the events of the instance in DIR (events.jsonl), oldest first."""
     fs = FileSystem()
     path = os.path.abspath(directory)
-    if not fs.exists(path):
-        raise FileNotFound(f"instance directory '{path}' does not exist", path=path)
-    if not fs.is_directory(path):
-        raise InvalidPath(f"'{path}' is not a directory", path=path)
+    # With a hint of its own: the generic ones sent the operator to `jetstore logs verify` (a
+    # missing directory) or said every parent must be a directory (of DIR itself a file).
+    fs.require_directory(
+        path,
+        what="instance directory",
+        hint="give the directory that holds the instance's events.jsonl (its edb.log, edb.chk "
+        "and .edb files)",
+    )
     previous_path, log_path = event_log_paths(path)
     files = [p for p in (previous_path, log_path) if fs.exists(p)]
     exists = bool(files)
