@@ -274,6 +274,10 @@ def test_not_a_jetstore_file(tmp_path: Path, run_json: RunJson) -> None:
     assert (code, document["error"]["name"]) == (3, "FileInvalidType")
     code, document = run_json("checksum", tmp_path / "absent")
     assert (code, document["error"]["name"]) == (4, "FileNotFound")
+    # Not the generic hint, which sent the operator to `jetstore logs verify DIR`.
+    assert document["error"]["hint"] == (
+        "give the path of a database, log or checkpoint file, an instance directory or a backup set"
+    )
 
 
 def test_copy_of_a_log_under_another_name(crashed: Path, tmp_path: Path, run_json: RunJson) -> None:

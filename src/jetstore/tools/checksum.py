@@ -230,7 +230,12 @@ def checksum_path(
     fs = fs if fs is not None else FileSystem()
     target = os.path.abspath(os.fspath(path))
     if not fs.exists(target):
-        raise FileNotFound(f"'{target}' does not exist", path=target)
+        raise FileNotFound(
+            f"'{target}' does not exist",
+            hint="give the path of a database, log or checkpoint file, an instance directory "
+            "or a backup set",
+            path=target,
+        )
     owner = use_owner(owner)
     try:
         if fs.is_directory(target):
