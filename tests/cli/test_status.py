@@ -153,3 +153,17 @@ def test_a_tool_holding_the_lock_is_named_not_taken_for_an_instance(
         "role": "an offline tool (compact)",
         "instance": False,
     }
+
+
+def test_a_directory_named_like_a_database_says_to_move_it_away(
+    closed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The warning's way out was "give the path of a NAME.edb file", a tool's hint, where DIR
+    # was given and the directory is what has to go.
+    (closed / "other.edb").mkdir()
+    assert run(["status", str(closed), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)["result"]
+    (other,) = [db for db in result["databases"] if db["file"] == "other.edb"]
+    assert "is a directory, where the engine keeps a database file" in other["error"]
+    assert f"move the directory '{closed / 'other.edb'}' away" in other["error"]
+    assert "give the path of a NAME.edb file" not in other["error"]

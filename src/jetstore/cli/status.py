@@ -20,7 +20,7 @@ from rich.text import Text
 
 from jetstore.cli.output import command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import OWNER, ensure_instance_directory, log_file_name
-from jetstore.errors import JetError
+from jetstore.errors import InvalidPath, JetError
 from jetstore.format.checkpoint import read_checkpoint_file
 from jetstore.format.dbheader import DatabaseState
 from jetstore.format.filenames import (
@@ -39,6 +39,16 @@ LAG_WARNING = 256
 
 
 def _database(fs: FileSystem, path: str) -> dict[str, Any]:
+    if fs.is_directory(path):
+        # OfflineDatabase's refusal says to give the path of a NAME.edb file, a way out for
+        # the tools that take one; here DIR was given, and the directory is in the way.
+        error = InvalidPath(
+            f"'{path}' is a directory, where the engine keeps a database file",
+            hint=f"move the directory '{path}' away (or rename it): the name is one the "
+            "engine uses for a database file",
+            path=path,
+        )
+        return {"file": os.path.basename(path), "error": str(error)}
     try:
         # OfflineDatabase takes the page size from copy 1 when copy 0 cannot say it.
         with OfflineDatabase(fs, path, owner=OWNER) as db:
