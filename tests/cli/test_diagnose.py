@@ -24,6 +24,8 @@ from jetstore.format.filenames import CURRENT_LOG, generation_log_name, parse_ge
 from jetstore.format.logframe import decode_frame
 from jetstore.format.logheader import LOG_HEADER_SIZE
 from jetstore.instance.diagnosis import RecoveryPlan, plan_recovery
+from jetstore.io.files import FileSystem
+from jetstore.tools.dbfile import exclusive_directory
 
 from .conftest import (
     SMALL,
@@ -553,6 +555,21 @@ def test_instance_open_elsewhere_exits_3(closed: Path, run_json: RunJson) -> Non
     assert result["open_by_pid"] == os.getpid()
     assert f"process {os.getpid()}" in str(result["summary"])
     assert result["next_commands"][0] == f"jetstore status {closed}"  # type: ignore[index]
+
+
+def test_a_tool_holding_the_directory_is_not_sent_to_counters(
+    closed: Path, run_json: RunJson
+) -> None:
+    # The next commands were `status` and `counters`, and counters is refused while a
+    # compact holds the directory (no instance serves them).
+    with exclusive_directory(FileSystem(), str(closed), what="compact"):
+        code, result = _diagnose(run_json, closed)
+    assert code == 3
+    assert result["verdict"] == "in-use"
+    assert result["next_commands"] == [
+        f"jetstore status {closed}",
+        f"jetstore diagnose {closed}   (again, once an offline tool (compact) has ended)",
+    ]
 
 
 def test_database_file_locked_by_another_instance_is_in_use(

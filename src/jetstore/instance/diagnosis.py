@@ -85,10 +85,12 @@ from jetstore.instance.recoverydecisions import (
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import use_owner
 from jetstore.io.locking import (
+    HOLDER_INSTANCE,
     describe_lock_holder,
     file_lock_holder,
     is_locked,
     lock_holder_pid,
+    lock_holder_role,
     read_lock_holder,
 )
 from jetstore.log.reader import LogInventory, LogScanner, take_inventory
@@ -603,13 +605,23 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
     quoted = _quote(path)
     if is_locked(fs, path):
         pid = read_lock_holder(fs, path)
+        role = lock_holder_role(fs, path)
+        if role is None or role == HOLDER_INSTANCE:
+            steps = [f"{command} status {quoted}", f"{command} counters {quoted}"]
+        else:
+            # A compact, repair, offline backup or restore: no instance serves counters
+            # (`counters` is refused), and the diagnosis is worth having once it has ended.
+            steps = [
+                f"{command} status {quoted}",
+                f"{command} diagnose {quoted}   (again, once {role} has ended)",
+            ]
         return RecoveryPlan(
             path,
             "in-use",
             f"the instance is held by {describe_lock_holder(fs, path)}: it is live, and its "
             "files change while it is held (a database shows as dirty while open); nothing "
             "needs recovering now",
-            [f"{command} status {quoted}", f"{command} counters {quoted}"],
+            steps,
             open_by_pid=pid,
         )
     names = fs.listdir(path)
