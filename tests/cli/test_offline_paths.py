@@ -7,6 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
+from jetstore.cli.main import run
 from jetstore.format.filenames import LOCK_FILE
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import acquire_directory_lock
@@ -86,3 +89,17 @@ def test_an_offline_backup_of_databases_outside_an_instance_leaves_no_lock_file(
     assert sorted(os.listdir(folder)) == ["main.edb"]
     assert run_json("backup", closed, "--to", tmp_path / "set2")[0] == 0
     assert (closed / LOCK_FILE).exists()
+
+
+def test_a_dry_run_restore_of_an_offline_set_says_it_has_no_logs(
+    closed: Path, tmp_path: Path, run_json: RunJson, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The plan said "log generations 0-0" and "roll forward through generations 0-0" of a
+    # set that holds no log by design, as if its logs were lost.
+    assert run_json("backup", closed, "--to", tmp_path / "set")[0] == 0
+    capsys.readouterr()
+    assert run(["restore", str(tmp_path / "set"), "--to", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0-0" not in out
+    assert "no log files (offline: clean images)" in out
+    assert "databases main; no log to roll forward: the images are clean" in out

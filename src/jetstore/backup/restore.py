@@ -173,9 +173,15 @@ class RestorePlan:
         """The plan in words, one line each (for `--dry-run`)."""
         lines = [f"restore into {self.target}"]
         for m in self.sets:
+            # An offline set holds no log (its images are clean): "log generations 0-0" read
+            # as a set whose logs were lost.
+            logs = (
+                "no log files (offline: clean images)"
+                if m.generation_high == 0
+                else f"log generations {m.generation_low}-{m.generation_high}"
+            )
             lines.append(
-                f"  {m.kind} backup {m.path}: log generations {m.generation_low}-"
-                f"{m.generation_high}, completed {format_time_us(m.completed_us)}"
+                f"  {m.kind} backup {m.path}: {logs}, completed {format_time_us(m.completed_us)}"
             )
         if self.surviving_logs:
             lines.append(
@@ -186,10 +192,14 @@ class RestorePlan:
             stop = f"the end of log generation {self.stop_generation}"
         elif self.stop_time_us is not None:
             stop = f"the last commit at or before {format_time_us(self.stop_time_us)}"
-        lines.append(
-            f"  databases {', '.join(self.databases) or '(none)'}; roll forward through "
-            f"generations {self.generation_low}-{self.generation_high}, stopping at {stop}"
-        )
+        databases = ", ".join(self.databases) or "(none)"
+        if self.generation_high == 0:
+            lines.append(f"  databases {databases}; no log to roll forward: the images are clean")
+        else:
+            lines.append(
+                f"  databases {databases}; roll forward through generations "
+                f"{self.generation_low}-{self.generation_high}, stopping at {stop}"
+            )
         lines.append(f"  {len(self.steps)} file(s), {self.total_bytes} bytes")
         return lines
 
