@@ -3,14 +3,18 @@ power loss does not swallow the next event."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import jetstore
-from jetstore.errors import InvalidParameter
+from jetstore.errors import InvalidParameter, JetError
 from jetstore.instance.events import EventLog, read_event_log, read_events
 from jetstore.io import FileSystem, HandleRegistry, IOEvent
 
@@ -127,3 +131,117 @@ def test_events_command_reads_the_rotated_file_first(tmp_path: Path) -> None:
     numbers = [e["fields"]["number"] for e in document["events"]]
     assert numbers == list(range(40 - len(numbers), 40)) and len(numbers) > 14
     assert document["total"] == len(numbers)
+
+
+class _Recording(logging.Handler):
+    """Records the events it is given, and runs `act` on each (what an application's
+    handler may do)."""
+
+    def __init__(self, act: Callable[[logging.LogRecord], None] | None = None) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.threads: set[str] = set()
+        self.act = act
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.names.append(getattr(record, "event_name", ""))
+        self.threads.add(threading.current_thread().name)
+        if self.act is not None:
+            self.act(record)
+
+
+@contextlib.contextmanager
+def _handler(handler: logging.Handler) -> Iterator[None]:
+    logger = logging.getLogger("jetstore.events")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _interrupted_flush_hook(armed: list[int]) -> Callable[[IOEvent], None]:
+    """Two interrupts on the syncs of edb.log once armed: the flush, then its retry (the log
+    writer fails for good, `test_a_second_interrupt_while_the_flush_is_redone_fails_the_log`)."""
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "fdatasync" and event.path.endswith("edb.log") and armed[0]:
+            armed[0] -= 1
+            raise KeyboardInterrupt("injected")
+
+    return hook
+
+
+def test_a_logging_handler_that_closes_the_instance_on_instance_failed_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """Events reached the `logging` handlers from the thread that emitted them, with the
+    engine's locks held: instance_failed is emitted under the commit lock by the commit that
+    finds the log failed, and a handler closing the instance there waited for the commit lock
+    its own thread held, for ever. The handlers now run on the event log's own thread, which
+    holds no engine lock; events reach them in the order of events.jsonl."""
+    armed = [0]
+    opened: list[jetstore.Instance] = []
+    closed = threading.Event()
+
+    def close_on_failure(record: logging.LogRecord) -> None:
+        if getattr(record, "event_name", "") == "instance_failed":
+            opened[0].close()
+            closed.set()
+
+    handler = _Recording(close_on_failure)
+    with _handler(handler):
+        instance = jetstore.open(
+            tmp_path, filesystem=FileSystem(hook=_interrupted_flush_hook(armed)), **SMALL
+        )
+        opened.append(instance)
+        db = instance.database("main", create=True)
+        db.create_table("t", [("id", "int")], primary_key="id")
+        armed[0] = 2
+        with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
+            txn.table("t").insert({"id": 1})
+        outcome: list[BaseException] = []
+
+        def commit_again() -> None:
+            try:
+                with db.transaction() as txn:
+                    txn.table("t").insert({"id": 2})
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=commit_again, daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "the commit that found the log failed hung"
+        assert outcome and isinstance(outcome[0], JetError), outcome
+        assert closed.wait(20), "the handler's close did not return"
+        assert instance.wait_closed(20)
+        instance.close()  # closed already: returns at once
+    assert instance.registry.total() == 0
+    assert handler.threads == {"jetstore-events"}
+    written = [e["name"] for e in read_event_log(FileSystem(), str(tmp_path))]
+    assert "instance_failed" in handler.names
+    assert handler.names == written
+
+
+def test_a_logging_handler_that_raises_does_not_reach_the_engine(tmp_path: Path) -> None:
+    """A handler's exception went up through `emit` into the engine (a commit, a checkpoint,
+    the open itself). It is dropped now: every record after it is delivered all the same."""
+
+    def refuse(record: logging.LogRecord) -> None:
+        raise RuntimeError("a broken handler")
+
+    handler = _Recording(refuse)
+    with _handler(handler):
+        with jetstore.open(tmp_path, **SMALL) as instance:
+            db = instance.database("main", create=True)
+            db.create_table("t", [("id", "int")], primary_key="id")
+            with db.transaction() as txn:
+                txn.table("t").insert({"id": 1})
+            instance.checkpoint()
+        assert instance.registry.total() == 0
+    written = [e["name"] for e in read_event_log(FileSystem(), str(tmp_path))]
+    assert handler.names == written and written[-1] == "instance_stopped"

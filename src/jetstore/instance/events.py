@@ -6,6 +6,14 @@ Events are JSON lines in `events.jsonl` in the instance directory, one object pe
 its code in the three forms an admin meets (`fields.code_forms`). Python `logging` records go
 to the `jetstore.events` logger with `event_id`, `event_name` and `instance` attributes.
 
+The `logging` records are not handed to the handlers by the thread that emits the event: that
+thread may hold engine locks (the commit lock, a checkpoint's), and a handler that closes the
+instance on `instance_failed` deadlocked there, one that was slow held every commit. They are
+queued, in the order the events were written, and delivered by the event log's own thread
+(`jetstore-events`), which holds no engine lock; a handler that raises is ignored (the next
+record is delivered all the same). `close` delivers every record still queued before it
+returns (the instance closes the event log last, so its final events are among them).
+
 Event ids are stable (table `EVENTS` below, `docs/events.md`); a monitoring script may match on
 them. The most recent events are also kept in memory for `counters` and the control socket.
 Writing an event never raises: the event log is diagnostics, and a full disk must not turn a
@@ -30,12 +38,14 @@ import threading
 from collections import deque
 from typing import Any, Final
 
-from jetstore.errors import FileNotFound, JetError
+from jetstore.errors import FileNotFound, JetError, OutOfThreads
 from jetstore.format.common import format_time_us, now_us
 from jetstore.format.filenames import EVENT_LOG, EVENT_LOG_PREVIOUS
 from jetstore.io.files import File, FileSystem
+from jetstore.io.threads import ManagedThread
 
 _logger = logging.getLogger("jetstore.events")
+_LEVELS: Final = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # id: (name, level)
 EVENTS: Final[dict[int, tuple[str, str]]] = {
@@ -103,9 +113,29 @@ class EventLog:
         self._file: File | None = None
         self._offset = 0
         self._start_line = False  # the file ends inside a line: begin the next one anew
+        # `logging` records waiting for the delivery thread, in event order (guarded by
+        # `_lock`, appended with the line that is written, so both orders agree).
+        self._undelivered: deque[logging.LogRecord] = deque()
+        self._delivery_wake = threading.Event()
+        # Set (under `_lock`) once the delivery thread delivers no more: later records are
+        # delivered by the thread that emits them (nothing is left queued for nobody).
+        self._delivery_done = False
         # Plain `open`: opened once, while the instance opens, under the instance's owner;
         # an interrupt here fails that open, whose cleanup closes the owner at once.
         self._open_file()
+        self._delivery: ManagedThread | None = None
+        try:
+            self._delivery = ManagedThread(
+                fs.registry,
+                owner,
+                "jetstore-events",
+                self._deliver_loop,
+                wake=self._delivery_wake.set,
+            )
+        except OutOfThreads as exc:
+            # Events are diagnostics: without a thread, the emitting thread delivers.
+            self._delivery_done = True
+            _logger.warning("no thread for the event log %s: %s", self._path, exc)
 
     def _open_file(self) -> None:
         """Open (or create) `events.jsonl` for appending. Called with `_lock` held or before
@@ -164,7 +194,11 @@ class EventLog:
             "fields": clean,
         }
         line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
+        record = self._record(event_id, name, level, message)
         with self._lock:
+            deliver_here = self._delivery_done
+            if record is not None and not deliver_here:
+                self._undelivered.append(record)
             self._recent.append(event)
             if (
                 self._file is not None
@@ -181,23 +215,84 @@ class EventLog:
                     self._start_line = False
                 except JetError as exc:
                     _logger.warning("cannot write the event log %s: %s", self._path, exc)
-        getattr(_logger, "error" if level == "error" else level)(
+        if record is not None:
+            if deliver_here:
+                _deliver(record)
+            else:
+                self._delivery_wake.set()
+        return event
+
+    def _record(
+        self, event_id: int, name: str, level: str, message: str
+    ) -> logging.LogRecord | None:
+        """The `logging` record of an event (None when the logger would drop it), made now:
+        it carries the event's time and the emitting thread, not the delivery's."""
+        levelno = _LEVELS[level]
+        if not _logger.isEnabledFor(levelno):
+            return None
+        path, line, function, _stack = _logger.findCaller()
+        record = _logger.makeRecord(
+            _logger.name,
+            levelno,
+            path,
+            line,
             "%s: %s",
-            name,
-            message,
+            (name, message),
+            None,
+            function,
             extra={"event_id": event_id, "event_name": name, "instance": self._directory},
         )
-        return event
+        return record
+
+    def _deliver_loop(self, stop: threading.Event) -> None:
+        """The delivery thread: hands the queued records to the `logging` handlers, oldest
+        first, holding no engine lock; once stopped, it ends only when none is left."""
+        while True:
+            if not stop.is_set():
+                self._delivery_wake.wait()
+                self._delivery_wake.clear()
+            while True:
+                with self._lock:
+                    if not self._undelivered:
+                        if stop.is_set():
+                            self._delivery_done = True
+                            return
+                        break
+                    record = self._undelivered.popleft()
+                _deliver(record)
+
+    def on_delivery_thread(self) -> bool:
+        """True in the thread that runs the `logging` handlers (a handler's own call)."""
+        delivery = self._delivery
+        return delivery is not None and delivery.is_current
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._recent)[-limit:]
 
     def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        """Deliver every queued `logging` record (the delivery thread is joined, unless this
+        is it: a handler that closed the instance, whose thread delivers the rest once the
+        handler returns), then close the file."""
+        delivery, self._delivery = self._delivery, None
+        try:
+            if delivery is not None:
+                delivery.close()
+        finally:
+            with self._lock:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+
+
+def _deliver(record: logging.LogRecord) -> None:
+    """One record to the handlers of `jetstore.events` and its parents. A handler that raises
+    (logging lets a handler's own exception through `Logger.handle`) loses its record, not
+    the ones after it, and never reaches the engine."""
+    try:
+        _logger.handle(record)
+    except BaseException:
+        pass  # the handler's failure is the application's to see, in its own handler
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,7 +31,8 @@ Invariants:
   (`HandleRegistry.forget_owner`): no checkpoint, no unlock, no socket removed
   (`jetstore.io.forks`).
 - Nothing but the application keeps an open instance alive: its threads (background, log
-  preparer, control socket) reach it through `weak_self` only. When the application drops
+  preparer, control socket) reach it through `weak_self` only (the event log's delivery
+  thread reaches nothing but the event log). When the application drops
   the last reference (to the instance and to every `Database`, `Transaction`, `Table` or
   backup session of it, each of which keeps it alive), `__del__` hands it to its own
   background thread, which shuts it down as `close()` does after a `ResourceWarning`
@@ -62,7 +63,8 @@ records every pair held together on every path and checks them against this list
                            with no lock held, and its roll's header writes (`_on_roll`) take
                            only header locks and the event log's, so a caller may wait for
                            the log (`wait_durable`) holding the commit lock
-    EventLog._lock         one event written
+    EventLog._lock         one event written (its `logging` handlers run later, on the
+                           event log's thread, holding no lock of this list)
     HandleRegistry._lock   the table of open handles
 
 The log writer's waiter locks are each taken alone; the io layer's per-file locks (`File`)
@@ -2046,13 +2048,29 @@ class Instance:
         if self.pid != forks.PID:
             self._let_go_in_child()
             return
+        events = self._events
+        if events is not None and events.on_delivery_thread():
+            # A `logging` handler's call (the event log's delivery thread). Another thread's
+            # close waits, before it ends, for this thread's handlers to return
+            # (`EventLog.close`): waiting for its lock here would deadlock, and that close
+            # completes what this one asked for.
+            if not self._close_lock.acquire(blocking=False):
+                return
+            try:
+                self._close_held()
+            finally:
+                self._close_lock.release()
+            return
         with self._close_lock:
-            if self.state is not InstanceState.CLOSED:
-                self._close()
-            elif self.registry.total():
-                # A close interrupted (Ctrl-C) while it released the handles gave back the
-                # one it was closing (`Handle.close`): this close finishes the job.
-                self.registry.close_owner(self.owner)
+            self._close_held()
+
+    def _close_held(self) -> None:
+        if self.state is not InstanceState.CLOSED:
+            self._close()
+        elif self.registry.total():
+            # A close interrupted (Ctrl-C) while it released the handles gave back the
+            # one it was closing (`Handle.close`): this close finishes the job.
+            self.registry.close_owner(self.owner)
 
     def _close(self) -> None:
         """The final checkpoint, then release everything (`release_all`: a step interrupted
