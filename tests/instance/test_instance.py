@@ -1212,3 +1212,31 @@ def test_an_open_interrupted_as_the_control_socket_is_bound_leaves_no_socket_fil
         sys.setprofile(None)
     assert fired == [True]
     assert not os.path.exists(socket_path(str(tmp_path)))
+
+
+def test_the_state_is_failed_as_soon_as_the_log_writer_failed(tmp_path: Path) -> None:
+    """A flush interrupted twice (the sync, then its retry) fails the log writer for good,
+    and the interrupt goes to the committer, not a JetError the instance records: the
+    instance said OPEN (state, counters) until the next update asked the log. It says FAILED
+    at once now, with the writer's failure and event 102."""
+    armed = [0]
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "fdatasync" and event.path.endswith("edb.log") and armed[0]:
+            armed[0] -= 1
+            raise KeyboardInterrupt("injected")
+
+    inst = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    try:
+        db = inst.database("main", create=True)
+        db.create_table("t", [("id", "int")], primary_key="id")
+        armed[0] = 2
+        with pytest.raises(KeyboardInterrupt), db.transaction() as txn:
+            txn.table("t").insert({"id": 1})
+        assert inst.log.failed is not None
+        assert inst.state is InstanceState.FAILED
+        assert inst.counters()["state"] == "failed"
+        assert inst.failure is inst.log.failed
+        assert [e["name"] for e in inst.events.recent()][-1] == "instance_failed"
+    finally:
+        inst.close()

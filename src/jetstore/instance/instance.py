@@ -664,6 +664,25 @@ class Instance:
     # ----------------------------------------------------------------- properties
 
     @property
+    def state(self) -> InstanceState:
+        """OPEN, FAILED, ... A log writer that failed on its own (a flush interrupted twice,
+        an append interrupted halfway: the interrupt goes to its caller, not a failure the
+        instance records) makes an open instance FAILED at the first look, with the writer's
+        failure and event 102: it said OPEN until the next update asked the log."""
+        state = self._state
+        if state is InstanceState.OPEN:
+            log = self._log
+            failed = log.failed if log is not None else None
+            if failed is not None:
+                self._fail(failed)
+                return self._state
+        return state
+
+    @state.setter
+    def state(self, state: InstanceState) -> None:
+        self._state = state
+
+    @property
     def log(self) -> LogWriter:
         log = self._log
         if log is None:
@@ -678,7 +697,7 @@ class Instance:
     def check_open(self) -> None:
         if self.pid != forks.PID:
             raise self.forked_error()
-        if self.state is InstanceState.CLOSED:
+        if self._state is InstanceState.CLOSED:  # every transaction asks: not the property
             raise InstanceUnavailable(
                 f"instance '{self.directory}' is closed", hint="open it again with jetstore.open"
             )
@@ -737,7 +756,7 @@ class Instance:
         """Raise unless updates are accepted now (every commit asks, under the commit lock)."""
         log = self._log
         if (
-            self.state is InstanceState.OPEN
+            self._state is InstanceState.OPEN
             and self.pid == forks.PID
             and log is not None
             and log.failed is None
@@ -816,7 +835,7 @@ class Instance:
         self._fail(error)
 
     def _fail(self, error: JetError) -> None:
-        if self.state in (InstanceState.OPEN, InstanceState.RECOVERING):
+        if self._state in (InstanceState.OPEN, InstanceState.RECOVERING):
             self.failure = error
             self.state = InstanceState.FAILED
             if self._events is not None:
@@ -2186,7 +2205,9 @@ class Instance:
                 return  # threads may be frozen already: the OS and soft recovery take over
         except Exception:
             return
-        if getattr(self, "state", InstanceState.CLOSED) is InstanceState.CLOSED:
+        # `_state`, not `state`: a failed log makes that record the failure (an event: a
+        # lock and I/O, which a finalizer must not do).
+        if getattr(self, "_state", InstanceState.CLOSED) is InstanceState.CLOSED:
             return  # closed, or its open failed (or never began: __init__ raised)
         if self.pid != forks.PID:
             return  # a forked child's copy of the parent's instance: not ours to touch
