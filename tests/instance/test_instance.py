@@ -1240,3 +1240,34 @@ def test_the_state_is_failed_as_soon_as_the_log_writer_failed(tmp_path: Path) ->
         assert [e["name"] for e in inst.events.recent()][-1] == "instance_failed"
     finally:
         inst.close()
+
+
+def test_a_log_preparer_that_died_of_a_bug_is_named_by_the_commit_and_event_102(
+    tmp_path: Path,
+) -> None:
+    # The commit that needed the next log file said "the log file preparer thread stopped",
+    # and so did event 102: the cause was nowhere.
+    armed = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        preparing = threading.current_thread().name == "jetstore-log-preparer"
+        if armed["on"] and preparing and event.op == "write":
+            raise ZeroDivisionError("injected bug")
+
+    inst = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+    try:
+        db = inst.database("main", create=True)
+        db.create_table("t", [("id", "int"), ("v", "bytes")], primary_key="id")
+        assert inst.log.wait_prepared()
+        armed["on"] = True
+        with pytest.raises(JetError) as failed:
+            for i in range(20):
+                with db.transaction() as txn:
+                    txn.table("t").insert({"id": i, "v": b"x" * 30_000})
+        assert "injected bug" in str(failed.value)
+        assert inst.state is InstanceState.FAILED
+        event = [e for e in inst.events.recent() if e["name"] == "instance_failed"][-1]
+        assert "ZeroDivisionError('injected bug')" in event["message"]
+    finally:
+        armed["on"] = False
+        inst.close()

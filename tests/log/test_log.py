@@ -280,3 +280,32 @@ def test_scanner_reports_tail_for_empty_current_generation(tmp_path):
     assert list(scanner.records(LogPosition(1, 0))) == []
     assert scanner.result.tail is not None
     assert scanner.result.tail.end_offset == DATA_START
+
+
+def test_a_preparer_that_died_of_an_unexpected_error_names_it_to_the_committer(tmp_path):
+    """The thread that prepares the next log file died of an exception that is no JetError
+    (a bug, MemoryError), and the commit whose flush needed the file got "the log file
+    preparer thread stopped", with no word of why. The error the committer gets now names
+    the cause and chains it."""
+    armed = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        preparing = threading.current_thread().name == "jetstore-log-preparer"
+        if armed["on"] and preparing and event.op == "write":
+            raise ZeroDivisionError("injected bug")
+
+    fs = FileSystem(HandleRegistry("t"), hook)
+    w = make_writer(str(tmp_path), fs=fs)
+    assert w.wait_prepared()
+    armed["on"] = True
+    with pytest.raises(LogWriteFail) as failed:
+        for i in range(10):
+            w.wait_durable(w.append(bytes([i]) * 40_000))
+    assert "ZeroDivisionError" in str(failed.value) and "injected bug" in str(failed.value)
+    cause = failed.value.__cause__
+    while cause is not None and not isinstance(cause, ZeroDivisionError):
+        cause = cause.__cause__
+    assert isinstance(cause, ZeroDivisionError)
+    armed["on"] = False
+    w.close()
+    assert fs.registry.total() == 0

@@ -866,8 +866,9 @@ class LogWriter:
         with self._prepare_cond:
             while self._prepare_state == "preparing":
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
+                preparer = self._preparer
+                if left <= 0 or preparer is None or not preparer.alive:
+                    return False  # a preparer that ended will never settle it
                 self._prepare_cond.wait(min(left, 0.1))
         return True
 
@@ -909,15 +910,31 @@ class LogWriter:
             file: File | None = None
             from_reserve = False
             error: JetError | None = None
+            unexpected: BaseException | None = None
             try:
                 file, from_reserve = self._prepare_file()
             except JetError as exc:
                 error = exc
+            except BaseException as exc:
+                # Not an I/O error: a bug, MemoryError. The thread used to die of it, and the
+                # roll that needed the file said only "the preparer thread stopped". The roll
+                # gets an error naming it instead (the writer fails, and the instance with
+                # it, event 102 saying why).
+                unexpected = exc
+                error = LogWriteFail(
+                    "preparing the next log file "
+                    f"'{os.path.join(self._config.directory, TEMP_LOG)}' failed: {exc!r}",
+                    hint="close and reopen the instance (recovery replays what reached the "
+                    "disk); report the message if it happens again",
+                )
+                error.__cause__ = exc
             with self._prepare_cond:
                 self._prepared, self._prepared_error = file, error
                 self._prepared_reserve = from_reserve
                 self._prepare_state = "ready"
                 self._prepare_cond.notify_all()
+            if unexpected is not None and not isinstance(unexpected, Exception):
+                raise unexpected  # SystemExit and the like end the thread, its error told
 
     def _prepare_file(self) -> tuple[File, bool]:
         """Create `edbtmp.log` at full size, every byte written once, synced; True with it
