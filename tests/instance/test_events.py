@@ -245,3 +245,42 @@ def test_a_logging_handler_that_raises_does_not_reach_the_engine(tmp_path: Path)
         assert instance.registry.total() == 0
     written = [e["name"] for e in read_event_log(FileSystem(), str(tmp_path))]
     assert handler.names == written and written[-1] == "instance_stopped"
+
+
+def test_a_handler_of_the_event_logs_own_warning_may_use_the_event_log(tmp_path: Path) -> None:
+    """When `events.jsonl` cannot be written (a full disk), the event log says so in a
+    `logging` warning. That warning went to the handlers at once, from inside `emit`, with
+    the event log's lock held (and the engine's: a checkpoint's, a commit's): a handler that
+    read the recent events, or closed the instance, waited for that lock for ever. It is
+    queued with the events and delivered the same way now."""
+    full = {"on": False}
+
+    def hook(event: IOEvent) -> None:
+        if full["on"] and event.op == "write" and event.path.endswith("events.jsonl"):
+            raise OSError(28, "No space left on device")
+
+    opened: list[jetstore.Instance] = []
+    seen: list[int] = []
+
+    def read_recent(record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("cannot write the event log"):
+            seen.append(len(opened[0].events.recent()))
+
+    handler = _Recording(read_recent)
+    with _handler(handler):
+        instance = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
+        opened.append(instance)
+        worker: threading.Thread | None = None
+        try:
+            db = instance.database("main", create=True)
+            db.create_table("t", [("id", "int")], primary_key="id")
+            full["on"] = True
+            worker = threading.Thread(target=instance.checkpoint, daemon=True)
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive(), "the checkpoint hung in the event log's warning"
+        finally:
+            full["on"] = False
+            if worker is None or not worker.is_alive():
+                instance.close()  # else it hangs: the checkpoint holds its lock for ever
+    assert seen, "the warning was not delivered"

@@ -114,7 +114,8 @@ class EventLog:
         self._offset = 0
         self._start_line = False  # the file ends inside a line: begin the next one anew
         # `logging` records waiting for the delivery thread, in event order (guarded by
-        # `_lock`, appended with the line that is written, so both orders agree).
+        # `_lock`, appended with the line that is written, so both orders agree), the event
+        # log's own warnings (a line it could not write) among them.
         self._undelivered: deque[logging.LogRecord] = deque()
         self._delivery_wake = threading.Event()
         # Set (under `_lock`) once the delivery thread delivers no more: later records are
@@ -124,6 +125,7 @@ class EventLog:
         # an interrupt here fails that open, whose cleanup closes the owner at once.
         self._open_file()
         self._delivery: ManagedThread | None = None
+        self._delivery_wake.set()  # `_open_file` may have queued a warning
         try:
             self._delivery = ManagedThread(
                 fs.registry,
@@ -135,7 +137,28 @@ class EventLog:
         except OutOfThreads as exc:
             # Events are diagnostics: without a thread, the emitting thread delivers.
             self._delivery_done = True
-            _logger.warning("no thread for the event log %s: %s", self._path, exc)
+            self._warn("no thread for the event log %s: %s", exc)
+            self._deliver_queued()
+
+    def _warn(self, text: str, exc: JetError | OutOfThreads) -> None:
+        """Queue a warning of the event log about itself (`text` with its path and `exc`),
+        delivered as the events are: it is met inside `emit`, which holds `_lock` and may run
+        under the engine's locks, so a handler called there could not even read the recent
+        events. Called with `_lock` held or before the log is shared."""
+        if _logger.isEnabledFor(logging.WARNING):
+            path, line, function, _stack = _logger.findCaller()
+            self._undelivered.append(
+                _logger.makeRecord(
+                    _logger.name,
+                    logging.WARNING,
+                    path,
+                    line,
+                    text,
+                    (self._path, exc),
+                    None,
+                    function,
+                )
+            )
 
     def _open_file(self) -> None:
         """Open (or create) `events.jsonl` for appending. Called with `_lock` held or before
@@ -143,14 +166,14 @@ class EventLog:
         try:
             file = self._fs.open(self._path, owner=self._owner, create=True)
         except JetError as exc:
-            _logger.warning("cannot open the event log %s: %s", self._path, exc)
+            self._warn("cannot open the event log %s: %s", exc)
             return
         try:
             offset = file.size()
             start_line = offset > 0 and file.pread(1, offset - 1) != b"\n"
         except JetError as exc:
             # Where the file ends is unknown: writing at a guess could overwrite events.
-            _logger.warning("cannot read the end of the event log %s: %s", self._path, exc)
+            self._warn("cannot read the end of the event log %s: %s", exc)
             file.close()
             return
         self._file, self._offset, self._start_line = file, offset, start_line
@@ -167,7 +190,7 @@ class EventLog:
         except JetError as exc:
             # Not renamed: appending on would grow the file without bound; try again at the
             # next event instead (a rename that fails once, say an EBUSY, may work later).
-            _logger.warning("cannot rotate the event log %s: %s", self._path, exc)
+            self._warn("cannot rotate the event log %s: %s", exc)
         self._open_file()
 
     @property
@@ -196,8 +219,7 @@ class EventLog:
         line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
         record = self._record(event_id, name, level, message)
         with self._lock:
-            deliver_here = self._delivery_done
-            if record is not None and not deliver_here:
+            if record is not None:
                 self._undelivered.append(record)
             self._recent.append(event)
             if (
@@ -214,10 +236,12 @@ class EventLog:
                     self._offset += len(line)
                     self._start_line = False
                 except JetError as exc:
-                    _logger.warning("cannot write the event log %s: %s", self._path, exc)
-        if record is not None:
+                    self._warn("cannot write the event log %s: %s", exc)
+            queued = bool(self._undelivered)
+            deliver_here = self._delivery_done
+        if queued:
             if deliver_here:
-                _deliver(record)
+                self._deliver_queued()
             else:
                 self._delivery_wake.set()
         return event
@@ -251,15 +275,21 @@ class EventLog:
             if not stop.is_set():
                 self._delivery_wake.wait()
                 self._delivery_wake.clear()
-            while True:
+            self._deliver_queued()
+            if stop.is_set():
                 with self._lock:
                     if not self._undelivered:
-                        if stop.is_set():
-                            self._delivery_done = True
-                            return
-                        break
-                    record = self._undelivered.popleft()
-                _deliver(record)
+                        self._delivery_done = True
+                        return
+
+    def _deliver_queued(self) -> None:
+        """Hand every queued record to the handlers, oldest first, with no lock held."""
+        while True:
+            with self._lock:
+                if not self._undelivered:
+                    return
+                record = self._undelivered.popleft()
+            _deliver(record)
 
     def on_delivery_thread(self) -> bool:
         """True in the thread that runs the `logging` handlers (a handler's own call)."""
