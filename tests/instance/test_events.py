@@ -284,3 +284,31 @@ def test_a_handler_of_the_event_logs_own_warning_may_use_the_event_log(tmp_path:
             if worker is None or not worker.is_alive():
                 instance.close()  # else it hangs: the checkpoint holds its lock for ever
     assert seen, "the warning was not delivered"
+
+
+def test_a_handler_closing_the_instance_while_another_thread_closes_it_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """`close()` waits, before it returns, for the handlers of the events it emitted (the
+    final checkpoint's, instance_stopped). A handler that closes the instance on one of them
+    runs while that close holds the close lock: it returns at once, the first close ends it."""
+    opened: list[jetstore.Instance] = []
+    returned = threading.Event()
+
+    def close_too(record: logging.LogRecord) -> None:
+        if getattr(record, "event_name", "") == "instance_stopped":
+            opened[0].close()
+            returned.set()
+
+    handler = _Recording(close_too)
+    with _handler(handler):
+        instance = jetstore.open(tmp_path, **SMALL)
+        opened.append(instance)
+        instance.database("main", create=True)
+        closer = threading.Thread(target=instance.close, daemon=True)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "close() waited for a handler waiting for it"
+    assert returned.is_set()
+    assert instance.registry.total() == 0
+    assert handler.names[-1] == "instance_stopped"

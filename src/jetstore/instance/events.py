@@ -304,9 +304,11 @@ class EventLog:
         """Deliver every queued `logging` record (the delivery thread is joined, unless this
         is it: a handler that closed the instance, whose thread delivers the rest once the
         handler returns), then close the file."""
-        delivery, self._delivery = self._delivery, None
+        delivery = self._delivery
         try:
             if delivery is not None:
+                # Still named while it is joined: a handler's `Instance.close` asks whether it
+                # runs on it (and must not wait for the close that joins it).
                 delivery.close()
         finally:
             with self._lock:
