@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 import google_crc32c
 import pytest
@@ -1271,3 +1272,55 @@ def test_a_log_preparer_that_died_of_a_bug_is_named_by_the_commit_and_event_102(
     finally:
         armed["on"] = False
         inst.close()
+
+
+def test_two_threads_seeing_the_log_failed_at_once_record_it_once(tmp_path: Path) -> None:
+    """Every look at `state` records a failure the log writer keeps (the application's
+    threads, the background round): two that looked together both passed the OPEN check in
+    `_fail` and both wrote event 102. The first one records it; the other says FAILED."""
+    from typing import Any
+
+    from jetstore.errors import LogWriteFail
+    from jetstore.instance.instance import Instance
+
+    inst = jetstore.open(tmp_path, control_socket=False, lazy_flush_interval=3600)
+    paused, go = threading.Event(), threading.Event()
+    code = Instance._fail.__code__
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        # Hold the first thread in `_fail` where it records the failure, until the second
+        # one's look ended.
+        if event == "line" and "self.failure = error" in _source_line(frame):
+            paused.set()
+            go.wait(5)
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code else None
+
+    def first() -> None:
+        sys.settrace(tracer)
+        try:
+            inst.state  # noqa: B018 - the look records the failure
+        finally:
+            sys.settrace(None)
+
+    try:
+        inst.log._failed = LogWriteFail("injected")  # as a flush interrupted twice leaves it
+        looker = threading.Thread(target=first)
+        looker.start()
+        assert paused.wait(5)
+        assert inst.state is InstanceState.FAILED
+        go.set()
+        looker.join(5)
+        failed = [e for e in inst.events.recent() if e["name"] == "instance_failed"]
+        assert len(failed) == 1, failed
+    finally:
+        go.set()
+        inst.close()
+
+
+def _source_line(frame: FrameType) -> str:
+    import linecache
+
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)

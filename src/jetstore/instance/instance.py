@@ -266,6 +266,7 @@ class Instance:
         #: The process that opened the instance (`jetstore.io.forks`): only it may use it.
         self.pid = forks.PID
         self.failure: JetError | None = None
+        self._failing: dict[str, object] = {}  # `_fail`'s claim: the first failure only
         self.commit_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         # The thread holding `_checkpoint_lock` (its commits must not wait for a checkpoint).
@@ -674,8 +675,8 @@ class Instance:
             log = self._log
             failed = log.failed if log is not None else None
             if failed is not None:
-                self._fail(failed)
-                return self._state
+                self._fail(failed)  # or another thread records it, at this moment
+                return InstanceState.FAILED
         return state
 
     @state.setter
@@ -836,6 +837,12 @@ class Instance:
 
     def _fail(self, error: JetError) -> None:
         if self._state in (InstanceState.OPEN, InstanceState.RECOVERING):
+            # Claimed in one step (`dict.setdefault` runs no Python code): two threads that
+            # passed the check together (two looks at `state` after the log failed) both
+            # recorded the failure and wrote event 102 twice.
+            claim = object()
+            if self._failing.setdefault("by", claim) is not claim:
+                return
             self.failure = error
             self.state = InstanceState.FAILED
             if self._events is not None:
