@@ -312,3 +312,37 @@ def test_a_handler_closing_the_instance_while_another_thread_closes_it_does_not_
     assert returned.is_set()
     assert instance.registry.total() == 0
     assert handler.names[-1] == "instance_stopped"
+
+
+def test_a_slow_logging_handler_does_not_hold_up_commits(tmp_path: Path) -> None:
+    """A handler that takes its time (a network log shipper) ran in the flush that rolled
+    the log (event 140, from the roll's bookkeeping), so every durable commit waiting for
+    that flush waited for the handler. It runs on the event log's thread now."""
+    release = threading.Event()
+
+    def stall(record: logging.LogRecord) -> None:
+        if getattr(record, "event_name", "") == "log_generation_started":
+            release.wait(30)
+
+    handler = _Recording(stall)
+    with _handler(handler):
+        instance = jetstore.open(tmp_path, control_socket=False, **SMALL)
+        try:
+            db = instance.database("main", create=True)
+            db.create_table("t", [("id", "int"), ("v", "bytes")], primary_key="id")
+            done = threading.Event()
+
+            def commit_past_rolls() -> None:
+                for i in range(12):  # 12 x 20 KB: several 64 KB generations
+                    with db.transaction() as txn:
+                        txn.table("t").insert({"id": i, "v": b"x" * 20_000})
+                done.set()
+
+            worker = threading.Thread(target=commit_past_rolls, daemon=True)
+            worker.start()
+            assert done.wait(10), "the commits waited for a slow logging handler"
+            assert instance.counters()["log_rolls"] >= 2
+        finally:
+            release.set()
+            instance.close()
+    assert handler.names.count("log_generation_started") >= 2
