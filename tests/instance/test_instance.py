@@ -1290,7 +1290,7 @@ def test_two_threads_seeing_the_log_failed_at_once_record_it_once(tmp_path: Path
     def local(frame: FrameType, event: str, arg: Any) -> Any:
         # Hold the first thread in `_fail` where it records the failure, until the second
         # one's look ended.
-        if event == "line" and "self.failure = error" in _source_line(frame):
+        if event == "line" and "self._failure = error" in _source_line(frame):
             paused.set()
             go.wait(5)
         return local
@@ -1324,3 +1324,18 @@ def _source_line(frame: FrameType) -> str:
     import linecache
 
     return linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+
+
+def test_the_failure_is_named_as_soon_as_the_log_writer_failed(tmp_path: Path) -> None:
+    # `failure` said None after the log writer failed until something looked at `state`
+    # (the background round does every `lazy_flush_interval`).
+    inst = jetstore.open(tmp_path, control_socket=False, lazy_flush_interval=3600)
+    try:
+        inst.database("main", create=True)
+        from jetstore.errors import LogWriteFail
+
+        inst.log._failed = LogWriteFail("injected")  # as a flush interrupted twice leaves it
+        assert inst.failure is inst.log.failed
+        assert inst.state is InstanceState.FAILED
+    finally:
+        inst.close()

@@ -265,7 +265,7 @@ class Instance:
         self.cache_budget = CacheBudget(options.cache_size)
         #: The process that opened the instance (`jetstore.io.forks`): only it may use it.
         self.pid = forks.PID
-        self.failure: JetError | None = None
+        self._failure: JetError | None = None
         self._failing: dict[str, object] = {}  # `_fail`'s claim: the first failure only
         self.commit_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
@@ -684,6 +684,13 @@ class Instance:
         self._state = state
 
     @property
+    def failure(self) -> JetError | None:
+        """What made the instance FAILED (None while it is not); a log writer's own failure
+        is named at the first look, as `state` says FAILED."""
+        _ = self.state  # records a failure of the log writer not recorded yet
+        return self._failure
+
+    @property
     def log(self) -> LogWriter:
         log = self._log
         if log is None:
@@ -843,7 +850,7 @@ class Instance:
             claim = object()
             if self._failing.setdefault("by", claim) is not claim:
                 return
-            self.failure = error
+            self._failure = error
             self.state = InstanceState.FAILED
             if self._events is not None:
                 self._events.emit(
