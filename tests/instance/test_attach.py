@@ -1846,3 +1846,49 @@ def test_attach_of_an_attached_database_file_says_it_is_attached(tmp_path: Path)
             assert error.code == -1201 and "attached already" in error.detail
             assert "rename" not in (error.hint or "")
             assert "database('main')" in (error.hint or "")
+
+
+def _damage_header_copy(path: Path, copy: int, page_size: int = 8192) -> None:
+    """A torn write of one header copy: bytes in its middle overwritten."""
+    with open(path, "r+b") as handle:
+        handle.seek(copy * page_size + 200)
+        handle.write(b"\xa5" * 64)
+
+
+def test_attach_of_a_file_with_a_damaged_header_copy_says_it_repaired_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open that rewrites a damaged header copy says so (event 132); attach rewrote it
+    too, and said nothing. A refused attach leaves the file as it was (nothing repaired)."""
+    from jetstore.errors import TooManyOpenDatabases
+    from jetstore.instance.events import read_event_log
+
+    with jetstore.open(tmp_path / "a", **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = Path(first.detach("moving"))
+    _damage_header_copy(path, 1)
+    damaged = path.read_bytes()
+    with jetstore.open(tmp_path / "b", **SMALL) as second:
+
+        def refuse(self: Instance, name: str) -> None:
+            raise TooManyOpenDatabases("refused for the test")
+
+        monkeypatch.setattr(Instance, "_refuse_beyond_the_checkpoint_list", refuse)
+        with pytest.raises(TooManyOpenDatabases):
+            second.attach(path)
+        assert path.read_bytes() == damaged
+        monkeypatch.undo()
+        moved = second.attach(path)
+        assert rows(moved) == list(range(20))
+        target = moved.file.path
+    repaired = [
+        e
+        for e in read_event_log(FileSystem(), str(tmp_path / "b"))
+        if e["name"] == "database_header_repaired"
+    ]
+    assert [(e["id"], e["fields"]["database"], e["fields"]["path"]) for e in repaired] == [
+        (132, "moving", target)
+    ]
+    assert "copy 1" in repaired[0]["message"]
+    data = Path(target).read_bytes()
+    assert data[200:264] != b"\xa5" * 64 and data[8192 + 200 : 8192 + 264] != b"\xa5" * 64

@@ -647,10 +647,11 @@ class Instance:
         writable: bool = True,
         lock: bool | None = None,
         owner: str | None = None,
+        repair: bool = True,
     ) -> DatabaseFile:
         """`DatabaseFile.open` of `path` with this instance's file system, owner (or `owner`,
         one of its sub-owners), node-cache budget and lock holder name (`lock` defaults to
-        `writable`)."""
+        `writable`; `repair=False` leaves a damaged header copy for `repair_header`)."""
         return DatabaseFile.open(
             self.fs,
             path,
@@ -660,6 +661,7 @@ class Instance:
             writable=writable,
             lock=lock,
             holder=self.lock_holder,
+            repair=repair,
         )
 
     # ----------------------------------------------------------------- properties
@@ -1246,8 +1248,10 @@ class Instance:
                 self.fs.fsync_directory(self.directory, owner=self.owner)
                 self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
             # Inside the try: a refused open (another opener locked the file since the probe)
-            # moves the file back like any other failure before its header is written.
-            file = self.open_database_file(target, owner=file_owner)
+            # moves the file back like any other failure before its header is written. A
+            # damaged header copy is not repaired here: the attach's own header write below
+            # rewrites both copies, and a refused attach leaves the file as it was.
+            file = self.open_database_file(target, owner=file_owner, repair=False)
             with self._backup_lock, self.commit_lock:
                 self._refuse_during_backup("attach", name, locked=True)
                 self.check_writable()
@@ -1309,6 +1313,10 @@ class Instance:
                     self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
                     self.fs.fsync_directory(self.directory, owner=self.owner)
             raise
+        # The header write above rewrote a damaged copy from the good one: said as an open
+        # says it (event 132).
+        for problem in file.problems:
+            self.events.emit("database_header_repaired", problem, database=name, path=file.path)
         # Said before the checkpoint: the database is attached and serves from here on (its
         # header and ATTACH record are durable), even if that checkpoint is interrupted.
         self.events.emit(

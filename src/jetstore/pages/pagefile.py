@@ -142,6 +142,9 @@ class DatabaseFile:
         self.page_size = header.page_size
         self._header = header
         self.problems = problems or []
+        # A header copy is still damaged on disk (`problems`): `repair_header` rewrites it,
+        # and so does any header write.
+        self.header_damaged = bool(self.problems)
         if cache_budget is not None:  # the instance's cache_size, in this file's pages
             cache_pages = cache_budget.limit // header.page_size
         self.cache = NodeCache(cache_pages, page_size=header.page_size, budget=cache_budget)
@@ -228,10 +231,16 @@ class DatabaseFile:
         writable: bool = True,
         lock: bool | None = None,
         holder: str | None = None,
+        repair: bool = True,
     ) -> DatabaseFile:
         """Open `path`; `lock` (default: `writable`) takes the file's exclusive lock first,
         refused with `FileAccessDenied` naming the holder while another instance has it.
-        `holder` names this opener in such a refusal (default: `owner`)."""
+        `holder` names this opener in such a refusal (default: `owner`).
+
+        A damaged header copy (`problems`) of a writable open is rewritten from the other one
+        at once, unless `repair=False`: then the opener decides first whether it takes the
+        file at all, and calls `repair_header` (or writes a header) only once it does, so
+        that a file it refuses is left as it was."""
         # As in `create`: closed by `opening` if anything fails, a Ctrl-C as it opens too.
         with fs.opening(path, owner=owner, writable=writable) as file:
             held: FileLock | None = None
@@ -269,8 +278,8 @@ class DatabaseFile:
                     problems=problems,
                     lock=held,
                 )
-                if problems and writable:
-                    db._write_header_copies(header)  # repair the damaged copy from the good one
+                if repair and writable:
+                    db.repair_header()
                 return db
             except BaseException:
                 # The lock before the descriptor closes (`opening` closes it).
@@ -360,6 +369,15 @@ class DatabaseFile:
             header = dataclasses.replace(self._header, **changes)  # type: ignore[arg-type]
             return self._write_header_copies(header)
 
+    def repair_header(self) -> bool:
+        """Rewrite a header copy found damaged at open from the other one (both copies of
+        the chosen header); True if one was rewritten, False if none needed it."""
+        with self._header_lock:
+            if not self.header_damaged:
+                return False
+            self._write_header_copies(self._header)
+            return True
+
     def _write_header_copies(self, header: DatabaseHeader) -> DatabaseHeader:
         header = dataclasses.replace(header, header_seq=self._header.header_seq + 1)
         encoded = encode_db_header(header)
@@ -368,6 +386,7 @@ class DatabaseFile:
         self._file.pwrite(encoded, header.page_size)
         self._file.fdatasync()
         self._header = header
+        self.header_damaged = False
         return header
 
     # ----------------------------------------------------------------- pages
