@@ -1469,3 +1469,27 @@ def test_an_open_interrupted_while_it_opens_the_database_files_leaves_none_open(
         left.clear()
         assert len(os.listdir("/proc/self/fd")) == fds, point
     assert checked > 20
+
+
+def test_a_refused_recovery_does_not_repair_a_damaged_header_copy_first(tmp_path: Path) -> None:
+    """The writable open of each database rewrote a damaged header copy before recovery's
+    checks ran: a database recovery then refused (here: the log it needs is gone) had been
+    written all the same. The copy is rewritten (event 132) by an open that recovers."""
+    from jetstore.instance.events import read_event_log
+
+    n = crashed_instance(tmp_path, batches=3)
+    database = tmp_path / "main.edb"
+    with open(database, "r+b") as handle:
+        handle.seek(8192 + 200)  # header copy 1
+        handle.write(b"\xa5" * 64)
+    damaged = database.read_bytes()
+    os.rename(tmp_path / CURRENT_LOG, tmp_path / "edb.log.away")
+    with pytest.raises((MissingLogFile, RequiredLogFilesMissing)):
+        jetstore.open(tmp_path, **SMALL)
+    assert database.read_bytes() == damaged
+    os.rename(tmp_path / "edb.log.away", tmp_path / CURRENT_LOG)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert read_ids(instance) == list(range(n))
+    repaired = [e for e in read_event_log(FileSystem(), str(tmp_path)) if e["id"] == 132]
+    assert [e["fields"]["database"] for e in repaired] == ["main"]
+    assert database.read_bytes()[8192 + 200 : 8192 + 264] != b"\xa5" * 64

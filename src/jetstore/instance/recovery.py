@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -219,7 +219,9 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
             if db_name is None:
                 continue
             path = os.path.join(instance.directory, name)
-            files[db_name] = instance.open_database_file(path, owner=scope)
+            # A damaged header copy is rewritten only once recovery accepted every file
+            # (`repair_header_copies`): a refused open leaves the files as it found them.
+            files[db_name] = instance.open_database_file(path, owner=scope, repair=False)
     except BaseException:
         # The error that stopped the opens is the one reported, not a failed close.
         with contextlib.suppress(Exception):
@@ -229,6 +231,16 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
             )
         raise
     return files
+
+
+def repair_header_copies(files: Mapping[str, DatabaseFile]) -> None:
+    """Rewrite each damaged header copy from the good one (event 132 says so at open).
+
+    Called once recovery's checks have passed, before anything else is written: a
+    writable open used to rewrite the copy at once, so a database recovery then refused
+    (another log stream, missing logs, ...) had been modified all the same."""
+    for file in files.values():
+        file.repair_header()
 
 
 def recover(
@@ -292,6 +304,7 @@ def _recover(
     start = decided.start
     if start is None:
         outcome.signature = None
+        repair_header_copies(files)
         instance.attach_recovered(files, outcome)
         if losses or pending is not None:
             _settle_data_loss(
@@ -364,6 +377,8 @@ def _recover(
             replay_stopped=scan_stopped or outcome.restore_stopped,
         )
     )
+    # Every check passed: the first write to a database file.
+    repair_header_copies(files)
     for db_id, create in pending_create.items():
         partial = creating.pop(create.name, None)
         if partial is not None:
