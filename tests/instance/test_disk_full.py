@@ -231,3 +231,103 @@ def test_a_generation_made_from_a_reserve_log_says_so_in_its_header(tmp_path: Pa
             for generation, name in names.items()
         }
     assert flags == {from_reserve: True, normal: False}
+
+
+def _volume_of(directory: Path, free: int) -> FileSystem:
+    """A file system whose volume holds what `directory` holds now plus `free` bytes: a write
+    growing a file past that fails with ENOSPC, as on a full disk (a truncation or a deletion
+    gives space back). The event log is left out of the count (it is bounded, and its lines
+    vary in length)."""
+
+    def used() -> int:
+        return sum(
+            entry.stat().st_size
+            for entry in os.scandir(directory)
+            if entry.is_file() and not entry.name.startswith("events")
+        )
+
+    capacity = used() + free
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "write" and os.path.dirname(event.path) == str(directory):
+            grows = event.offset + event.size - os.path.getsize(event.path)
+            if grows > 0 and used() + grows > capacity:
+                raise OSError(28, "No space left on device")
+
+    return FileSystem(hook=hook)
+
+
+@pytest.mark.parametrize("free", [0, 100_000])
+def test_failed_opens_on_a_full_volume_leave_no_log_generation_behind(
+    tmp_path: Path, free: int
+) -> None:
+    """Every open starts a new generation (D7). An open whose recovery checkpoint then failed
+    on a full volume left it behind: a log file of space never given back (taking a reserve
+    log when the volume was full), and each retry took another one until the volume was
+    full. A failed open that wrote nothing naming its generation now takes it back."""
+    options = {**OPTIONS, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
+    instance = jetstore.open(tmp_path, **options)
+    db = setup(instance)
+    for i in range(400):
+        with db.transaction() as txn:
+            txn.table("t").insert({"id": i, "v": "x" * 500})
+    instance.simulate_crash()
+
+    def files() -> dict[str, int]:
+        return {
+            entry.name: entry.stat().st_size
+            for entry in os.scandir(tmp_path)
+            if entry.is_file() and not entry.name.startswith("events")
+        }
+
+    def logs() -> dict[str, int]:
+        """The generations and the reserve logs (`edbtmp.log` is prepared ahead of use)."""
+        return {name: size for name, size in files().items() if name.endswith((".log", ".jrs"))}
+
+    before = logs()
+    del before["edbtmp.log"]
+    used = sum(files().values())
+    filesystem = _volume_of(tmp_path, free)
+    for _attempt in range(4):
+        with pytest.raises(JetError) as refused:
+            jetstore.open(tmp_path, filesystem=filesystem, **options)
+        assert refused.value.code == -1808  # DiskFull: the recovery checkpoint's pages
+        after = logs()
+        after.pop("edbtmp.log", None)
+        assert after == before
+        assert sum(files().values()) <= used + free
+    with jetstore.open(tmp_path, **options) as instance:
+        assert ids(instance) == set(range(400))
+        assert (
+            instance.log.current_generation
+            == max(int(name[3:11], 16) for name in before if name.startswith("edb0")) + 2
+        )
+
+
+def test_a_generation_taken_back_halfway_is_finished_by_the_next_open(tmp_path: Path) -> None:
+    """Taking a failed open's generation back undoes the roll's two renames in reverse order:
+    stopped between them (here the second one fails), the directory is what a crash inside
+    a roll leaves (no `edb.log`, `edbtmp.log` the next generation with no record), which the
+    next open finishes; nothing acknowledged is lost."""
+    options = {**OPTIONS, "checkpoint_depth": 1 << 30, "checkpoint_interval": 1e6}
+    instance = jetstore.open(tmp_path, **options)
+    db = setup(instance)
+    for i in range(50):
+        with db.transaction() as txn:
+            txn.table("t").insert({"id": i, "v": "x" * 500})
+    instance.simulate_crash()
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "write" and event.path.endswith("main.edb"):
+            raise OSError(28, "No space left on device")
+        second_take_back_rename = event.op == "rename" and not event.path.endswith("edbtmp.log")
+        if second_take_back_rename and event.target.endswith(os.sep + "edb.log"):
+            raise OSError(5, "injected EIO")
+
+    with pytest.raises(JetError):
+        jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **options)
+    names = os.listdir(tmp_path)
+    assert "edb.log" not in names and "edbtmp.log" in names
+    with jetstore.open(tmp_path, **options) as instance:
+        assert ids(instance) == set(range(50))
+        assert any("cut short" in note for note in instance.recovery.notes)

@@ -118,13 +118,16 @@ from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseHeader, Database
 from jetstore.format.filenames import (
     CHECKPOINT_FILE,
     CURRENT_LOG,
+    RESERVE_LOG_COUNT,
+    TEMP_LOG,
     database_file_name,
     generation_log_name,
     is_valid_database_name,
     parse_database_file_name,
     parse_generation_log_name,
+    reserve_log_name,
 )
-from jetstore.format.logheader import decode_log_header
+from jetstore.format.logheader import LOG_HEADER_SIZE, decode_log_header
 from jetstore.format.logrecords import (
     CreateDatabaseRecord,
     encode_attach_database,
@@ -147,7 +150,7 @@ from jetstore.io.handles import HandleRegistry, release_all, use_owner
 from jetstore.io.locking import HOLDER_INSTANCE, DirectoryLock, acquire_directory_lock
 from jetstore.io.threads import ManagedThread, WeakOwner
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
-from jetstore.log.writer import LogConfig, LogWriter
+from jetstore.log.writer import LogConfig, LogTail, LogWriter
 from jetstore.pages.cache import CacheBudget
 from jetstore.pages.collector import building_in_bulk
 from jetstore.pages.pagefile import CheckpointPlan, DatabaseFile
@@ -296,6 +299,11 @@ class Instance:
         # finish instead of closing the files under its final checkpoint.
         self._close_lock = threading.RLock()
         self._bytes_since_checkpoint = 0
+        # The generation this open started (D7) and the tail it follows, until the open
+        # ends; and whether a header or the checkpoint file may name it (a checkpoint or a
+        # roll began writing them): see `_take_back_open_generation`.
+        self._open_roll: tuple[LogTail | None, int] | None = None
+        self._generation_named = False
         #: Bytes of pages the next checkpoint writes (the dirty nodes' count, in pages).
         self._dirty_bytes = 0
         self.write_backs = 0
@@ -433,6 +441,7 @@ class Instance:
             self._log.on_roll = self.weak_self.bind(Instance._on_roll)
             self._log.on_disk_full = self.weak_self.bind(Instance._on_disk_full)
             self._log.start(outcome.tail)
+            self._open_roll = (outcome.tail, self._log.current_generation)
             joining = self._renumber_joining_databases(outcome)
             self._log_joining(joining)
             if outcome.checkpoint is not None:
@@ -490,12 +499,74 @@ class Instance:
             )
             self._start_control()
             unclosed.track(self, self._round_lock)
+            self._open_roll = None
         except BaseException:
             try:
-                self._release_everything()
+                # The log closed first (its preparer stopped), then the generation taken
+                # back while the directory lock is still held.
+                release_all(self._close_log, self._take_back_open_generation)
             finally:
-                self._mark_closed()
+                try:
+                    self._release_everything()
+                finally:
+                    self._mark_closed()
             raise
+
+    def _take_back_open_generation(self) -> None:
+        """Undo the roll of an open that failed (D7) when nothing depends on its generation:
+        no record was appended to it and no header or checkpoint file write began (a
+        checkpoint's page writes may have failed before them, the usual failure on a full
+        volume). Each failed open used to leave a generation behind, a log file of space
+        that is never given back, and on a full volume took a reserve log for it: repeated
+        failing opens ate the volume.
+
+        The renames of the roll are undone in reverse order, each synced: `edb.log` (the
+        new generation, a header and no record) back to `edbtmp.log`, where it replaces the
+        log file prepared meanwhile and is filled again by the next open's preparation; then
+        the archived previous generation back to `edb.log`. A crash between the two leaves
+        what a crash between the roll's two renames leaves, which recovery finishes. The
+        next open rolls again from the same end. A reserve log the open used up is put
+        back from the file taken back (a failed open on a full volume used to eat them).
+        Anything unexpected (the files not as the roll left them, a failed rename) leaves
+        the generation where it is, as before."""
+        roll, self._open_roll = self._open_roll, None
+        log = self._log
+        if roll is None or log is None or self._generation_named or log.records_appended:
+            return
+        tail, generation = roll
+        directory = self.directory
+        current = os.path.join(directory, CURRENT_LOG)
+        archived = (
+            os.path.join(directory, generation_log_name(tail.generation))
+            if tail is not None and tail.is_current_file
+            else None
+        )
+        with contextlib.suppress(JetError):
+            header = decode_log_header(
+                self.fs.read_file(current, owner=self.owner, limit=LOG_HEADER_SIZE),
+                path=current,
+            )
+            if header.generation != generation or header.log_signature != log.signature:
+                return
+            if archived is not None and not self.fs.exists(archived):
+                return
+            temporary = os.path.join(directory, TEMP_LOG)
+            self.fs.rename(current, temporary)
+            self.fs.fsync_directory(directory, owner=self.owner)
+            if archived is not None:
+                self.fs.rename(archived, current)
+                self.fs.fsync_directory(directory, owner=self.owner)
+            # On a full volume the open took a reserve log for the file it prepared next
+            # (which the rename above replaced): the file taken back, of the same size and
+            # blank past its header, is a reserve log again.
+            size = log.config.log_file_size
+            for index in range(1, RESERVE_LOG_COUNT + 1):
+                reserve = os.path.join(directory, reserve_log_name(index))
+                if not self.fs.exists(reserve) or self.fs.size(reserve) != size:
+                    if self.fs.size(temporary) == size:
+                        self.fs.rename(temporary, reserve)
+                        self.fs.fsync_directory(directory, owner=self.owner)
+                    break
 
     def _claim_directory(self) -> DirectoryLock:
         """Create the instance directory if needed and take its lock.
@@ -1431,6 +1502,7 @@ class Instance:
         log files is then detected (`RequiredLogFilesMissing`), never silent (D8). A failure
         here fails the flush (the commits waiting on it are not acknowledged).
         """
+        self._generation_named = True
         for db in list(self._databases.values()):
             # Not a clean header: it needs no log (detach wrote it clean and bound to no
             # stream, and its DETACH record may be what started the generation, or a detach
@@ -1568,6 +1640,7 @@ class Instance:
         # required by the flushes that create them (`_on_roll`).
         generation = position.generation
         signature = log.signature
+        self._generation_named = True  # the headers (then edb.chk) may name it from here on
         for db, plan in plans:
             header = db.file.header
             changes: dict[str, Any] = {
