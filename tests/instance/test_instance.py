@@ -603,6 +603,71 @@ def test_a_database_the_checkpoint_file_cannot_list_is_refused_before_it_is_logg
         assert not (directory / f"{names[created]}.edb").exists()
 
 
+def test_a_directory_with_more_databases_than_the_checkpoint_file_lists_says_what_to_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older jetstore created databases beyond what edb.chk can list: every checkpoint,
+    and every open after it, failed with InvalidParameter from the checkpoint file's
+    encoder ("check the value named in the message"), each open leaving a log generation
+    behind. Now the open recovers the databases (its checkpoint writes them clean, and
+    edb.chk at the end of the log listing the others) and refuses with TooManyOpenDatabases
+    naming the files to move out; the next open refuses before it writes anything; with
+    those files moved out, it opens, and the log does not bring them back."""
+    from jetstore.instance.events import read_event_log
+    from jetstore.instance.instance import Instance
+
+    with jetstore.open(tmp_path / "seed", **SMALL) as seed:
+        fill(seed.database("seed", create=True), 5)
+        seed_file = Path(seed.detach("seed"))
+    directory = tmp_path / "instance"
+    directory.mkdir()
+    names = [f"db{i:02d}_" + "x" * 58 for i in range(42)]  # 93 bytes each: 42 fit
+    for name in names:
+        (directory / f"{name}.edb").write_bytes(seed_file.read_bytes())
+    with jetstore.open(directory, **SMALL) as instance:
+        assert len(instance.databases()) == 42
+        # What an older jetstore let through: two more databases, written to, then a crash.
+        monkeypatch.setattr(Instance, "_refuse_beyond_the_checkpoint_list", lambda *_: None)
+        extra = [f"extra{i}_" + "y" * 57 for i in range(2)]  # 94 bytes each
+        for name in extra:
+            fill(instance.database(name, create=True), 50)
+        fill(instance.database(names[0]), 20, start=100)
+        instance.simulate_crash()
+    monkeypatch.undo()
+
+    def files() -> dict[str, bytes]:
+        return {
+            entry.name: Path(entry.path).read_bytes()
+            for entry in os.scandir(directory)
+            if entry.name not in ("events.jsonl", "jetstore.lock")
+        }
+
+    with pytest.raises(TooManyOpenDatabases) as refused:
+        jetstore.open(directory, **SMALL)
+    error = refused.value
+    assert error.code == -1027 and "44 databases" in error.detail and "edb.chk" in error.detail
+    assert "loses nothing" in error.hint and "move at least 2 database file(s) out" in error.hint
+    assert all(f"'{name}.edb'" in error.hint for name in extra)
+    for name in [*names, *extra]:
+        assert header_of(directory / f"{name}.edb").state is DatabaseState.CLEAN
+    before = files()
+    with pytest.raises(TooManyOpenDatabases):
+        jetstore.open(directory, **SMALL)
+    assert files() == before  # refused before anything was written
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in extra:
+        os.rename(directory / f"{name}.edb", aside / f"{name}.edb")
+    for _ in range(2):
+        with jetstore.open(directory, **SMALL) as instance:
+            assert sorted(instance.databases()) == names
+            assert count(instance.database(names[0])) == 25
+    events = read_event_log(FileSystem(), str(directory))
+    assert not [e for e in events if e["name"] == "database_missing"]
+    with jetstore.open(tmp_path / "other", **SMALL) as other:
+        assert count(other.attach(aside / f"{extra[0]}.edb")) == 50
+
+
 # --------------------------------------------------------------------------- operator's paths
 
 

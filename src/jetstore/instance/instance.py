@@ -84,7 +84,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -144,6 +144,7 @@ from jetstore.instance.recovery import (
     open_database_files,
     recover,
 )
+from jetstore.instance.recoverydecisions import names_to_move_out, too_many_to_list
 from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry, release_all, use_owner
@@ -463,9 +464,12 @@ class Instance:
             # recovery, writes the replayed changes: from here on, the logs before it are
             # not needed any more.
             self.state = InstanceState.OPEN
-            if outcome.needed:
+            if outcome.needed or too_many_to_list(self.directory, list(self._databases)):
                 # Soft recovery ends like ESE's: the replayed changes are written and every
                 # header is marked clean (nothing left to replay) before the instance is used.
+                # With more databases than the checkpoint file lists, it refuses there (the
+                # databases clean, the file naming the end of the log: see
+                # `_write_checkpoint_file`).
                 self.checkpoint(final=True)
             self.checkpoint(final=False)  # attach: headers dirty while the instance is open
             if self.failure is not None:
@@ -1690,7 +1694,26 @@ class Instance:
         )
 
     def _write_checkpoint_file(self, position: LogPosition) -> None:
-        """Write both copies of `edb.chk`; the durable checkpoint moves only on success."""
+        """Write both copies of `edb.chk`; the durable checkpoint moves only on success.
+
+        Databases it cannot list (a directory an older jetstore filled, recovered by this
+        open: creating or attaching one more is refused) are `TooManyOpenDatabases` saying
+        which files to move out, not the encoder's `InvalidParameter`. After a final
+        checkpoint (every header clean) the file is written first, listing all but those
+        files: the next open starts at this position, so that the files moved out are not
+        created again by the replay of their creation."""
+        too_many = too_many_to_list(self.directory, list(self._databases))
+        if too_many is not None:
+            if all(db.file.header.state is DatabaseState.CLEAN for db in self._databases.values()):
+                self._write_checkpoint_file_listing(
+                    position, omit=set(names_to_move_out(list(self._databases)))
+                )
+            raise too_many
+        self._write_checkpoint_file_listing(position)
+
+    def _write_checkpoint_file_listing(
+        self, position: LogPosition, *, omit: Collection[str] = ()
+    ) -> None:
         path = os.path.join(self.directory, CHECKPOINT_FILE)
         previous = self._checkpoint_seq
         state = CheckpointState(
@@ -1704,6 +1727,7 @@ class Instance:
             attached=tuple(
                 AttachedDatabase(db.db_id, db.name, db.file.header.db_signature)
                 for db in sorted(self._databases.values(), key=lambda d: d.db_id)
+                if db.name not in omit
             ),
         )
         encoded = encode_checkpoint_copy(state)

@@ -82,6 +82,7 @@ from jetstore.instance.recoverydecisions import (
     read_pending_data_loss,
     scan_stop_generation,
     scan_stop_loss,
+    too_many_to_list,
 )
 from jetstore.io.handles import release_all, use_owner
 from jetstore.log.reader import LogRecordEntry, LogScanner, take_inventory
@@ -233,6 +234,21 @@ def open_database_files(instance: Instance) -> dict[str, DatabaseFile]:
     return files
 
 
+def _refuse_beyond_the_checkpoint_list(
+    instance: Instance, files: Mapping[str, DatabaseFile]
+) -> None:
+    """`TooManyOpenDatabases` before anything is written when the checkpoint file cannot
+    list the database files of the directory, every one clean and the log holding no record
+    from where recovery starts (files moved out then stay out: a record of one after that
+    point, its creation above all, would bring it back). Otherwise recovery goes on: the
+    open's final checkpoint writes every database clean and a checkpoint file at the end of
+    the log listing all but the files to move out, then refuses (`Instance`); the next open
+    refuses here."""
+    error = too_many_to_list(instance.directory, list(files))
+    if error is not None:
+        raise error
+
+
 def repair_header_copies(files: Mapping[str, DatabaseFile]) -> None:
     """Rewrite each damaged header copy from the good one (event 132 says so at open).
 
@@ -304,6 +320,8 @@ def _recover(
     start = decided.start
     if start is None:
         outcome.signature = None
+        if not losses and pending is None:
+            _refuse_beyond_the_checkpoint_list(instance, files)
         repair_header_copies(files)
         instance.attach_recovered(files, outcome)
         if losses or pending is not None:
@@ -324,8 +342,10 @@ def _recover(
     scan_stopped = False
     stopped_in: int | None = None  # the generation a stopped scan could not read through
     brought_forward: set[str] = set()  # databases records were applied to
+    scanned = 0  # records read from `start` on
     try:
         for entry in scanner.records(start):
+            scanned += 1
             if restore is not None and restore.stops_before(entry):
                 outcome.restore_stopped = True
                 break
@@ -377,6 +397,8 @@ def _recover(
             replay_stopped=scan_stopped or outcome.restore_stopped,
         )
     )
+    if not (scanned or outcome.needed or pending_create or losses or pending or restore):
+        _refuse_beyond_the_checkpoint_list(instance, files)
     # Every check passed: the first write to a database file.
     repair_header_copies(files)
     for db_id, create in pending_create.items():

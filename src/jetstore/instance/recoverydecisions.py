@@ -61,9 +61,13 @@ from jetstore.errors import (
     LogSequenceChecksumMismatch,
     MissingLogFile,
     RequiredLogFilesMissing,
+    TooManyOpenDatabases,
 )
 from jetstore.format.checkpoint import (
+    ATTACH_AREA_SIZE,
+    AttachedDatabase,
     CheckpointState,
+    attached_size,
     read_checkpoint_file,
 )
 from jetstore.format.common import Signature
@@ -114,11 +118,13 @@ __all__ = [
     "decide_start",
     "is_dirty",
     "misnamed_for_missing",
+    "names_to_move_out",
     "read_checkpoint",
     "required_range",
     "scan_stop_generation",
     "scan_stop_loss",
     "stream_signature",
+    "too_many_to_list",
 ]
 
 #: The scan errors a recovery with `accept_data_loss` turns into a stop instead of a refusal.
@@ -199,6 +205,55 @@ class HeaderOnDisk:
 
     path: str
     header: DatabaseHeader
+
+
+def names_to_move_out(names: Collection[str]) -> list[str]:
+    """The fewest databases of `names` whose removal lets the checkpoint file list the rest
+    (the longest names first); empty when all fit."""
+    excess = attached_size([AttachedDatabase(0, name, Signature.NONE) for name in names])
+    excess -= ATTACH_AREA_SIZE
+    chosen: list[str] = []
+    for name in sorted(names, key=lambda name: (-len(name.encode()), name)):
+        if excess <= 0:
+            break
+        chosen.append(name)
+        excess -= attached_size([AttachedDatabase(0, name, Signature.NONE)])
+    return chosen
+
+
+def too_many_to_list(directory: str, names: Collection[str]) -> TooManyOpenDatabases | None:
+    """`TooManyOpenDatabases` (-1027) when the checkpoint file cannot list the databases
+    `names` of the instance in `directory`, else None.
+
+    Creating or attaching such a database is refused, but a directory may hold more: one
+    made by an older jetstore (which created them, then failed at every checkpoint, and at
+    every open after it), or clean files put into it. The open refused it with
+    `InvalidParameter` from the checkpoint file's encoder ("check the value named in the
+    message"). The open now recovers such a directory (its final checkpoint writes every
+    database clean and a checkpoint file listing all but `names_to_move_out`), then
+    refuses with this error, and refuses again before writing anything until the files
+    are moved out.
+    """
+    size = attached_size([AttachedDatabase(0, name, Signature.NONE) for name in names])
+    if size <= ATTACH_AREA_SIZE:
+        return None
+    move = names_to_move_out(names)
+    examples = ", ".join(f"'{database_file_name(name)}'" for name in move[:3])
+    return TooManyOpenDatabases(
+        f"instance '{directory}' holds {len(names)} databases, more than the checkpoint "
+        f"file ({CHECKPOINT_FILE}) can list: it lists every attached database in "
+        f"{ATTACH_AREA_SIZE} bytes (30 plus the name's length each), and these need {size} "
+        "(a directory made by an older jetstore, which created them, or database files put "
+        "into it)",
+        hint="every database file here is clean (none needs a log of this instance), so "
+        f"moving one out loses nothing: move at least {len(move)} "
+        f"database file(s) out of the instance directory ({examples}"
+        f"{', ...' if len(move) > 3 else ''}: the checkpoint file does not list "
+        f"{'them' if len(move) > 1 else 'it'}), then open it again; attach them to another "
+        "instance (Instance.attach) to use them. A file moved out that the checkpoint file "
+        "lists is reported missing (event 135) by the next open",
+        path=directory,
+    )
 
 
 def check_one_name_per_file(fs: FileSystem, paths: Mapping[str, str]) -> None:
