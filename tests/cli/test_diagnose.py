@@ -615,3 +615,36 @@ def test_data_loss_with_no_logs_at_all_raises_the_repair_count(crashed: Path) ->
         loss = instance.recovery.data_loss  # type: ignore[union-attr]
         assert loss is not None and loss.databases == ["main"]
         assert instance.database("main").file.header.repair_count == 1
+
+
+def test_more_databases_than_the_checkpoint_file_lists_is_move_away_as_the_open_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open refuses a directory holding more databases than edb.chk lists
+    (TooManyOpenDatabases, naming the files to move out); diagnose called it clean, or
+    recoverable when the open would recover first and then refuse."""
+    from jetstore.instance.instance import Instance
+
+    with jetstore.open(tmp_path / "seed", **OPTIONS) as seed:
+        seed.database("seed", create=True)
+        seed_file = Path(seed.detach("seed"))
+    directory = tmp_path / "instance"
+    directory.mkdir()
+    for i in range(42):  # 93 bytes each in edb.chk: 42 fit
+        shutil.copy(seed_file, directory / (f"db{i:02d}_" + "x" * 58 + ".edb"))
+    assert plan_recovery(directory).verdict == "clean"
+    with jetstore.open(directory, **OPTIONS) as instance:
+        # An older jetstore let a 43rd through, then crashed.
+        monkeypatch.setattr(Instance, "_refuse_beyond_the_checkpoint_list", lambda *_: None)
+        instance.database("extra_" + "y" * 58, create=True)
+        instance.simulate_crash()
+    monkeypatch.undo()
+    for recovers_first in (True, False):
+        plan = plan_recovery(directory)
+        assert plan.verdict == "move-away" and not plan.ok
+        assert plan.error is not None and plan.error.code == -1027
+        assert "'extra_" in plan.summary and "move at least 1 database file(s)" in plan.summary
+        assert ("opening recovers every database first" in plan.summary) is recovers_first
+        with pytest.raises(JetError) as refused:
+            jetstore.open(directory, **OPTIONS)
+        assert refused.value.code == -1027

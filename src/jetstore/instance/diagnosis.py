@@ -81,6 +81,7 @@ from jetstore.instance.recoverydecisions import (
     scan_stop_generation,
     scan_stop_loss,
     stream_signature,
+    too_many_to_list,
 )
 from jetstore.io.files import FileSystem
 from jetstore.io.handles import use_owner
@@ -349,6 +350,8 @@ class _Simulation:
     decided: RecoveryStart | None = None
     #: The generation a scan that stopped (accepting data loss) could not read through.
     stopped_in: int | None = None
+    #: Records read from `start` on.
+    scanned: int = 0
 
 
 def _checkpoint_facts(reading: CheckpointReading, decided: RecoveryStart) -> CheckpointFacts:
@@ -416,6 +419,7 @@ def _simulate(
     scan_stopped = False
     try:
         for entry in scanner.records(start):
+            sim.scanned += 1
             found = matcher.match(entry)
             if found is not None:
                 if found.kind == "apply":
@@ -722,6 +726,9 @@ def _plan(fs: FileSystem, path: str, owner: str, command: str) -> RecoveryPlan:
         _log_damage_not_read(plan, command)
         return plan
     _success(plan, sim, command)
+    if _too_many_to_list(plan, sim, command):
+        _log_damage_not_read(plan, command)
+        return plan
     if pending is not None:
         plan.verdict = "recoverable"
         plan.summary = (
@@ -783,6 +790,40 @@ def _success(plan: RecoveryPlan, sim: _Simulation, command: str) -> None:
         if not plan.databases:
             plan.summary = "clean; no database and nothing to replay"
         plan.next_commands = []
+
+
+def _too_many_to_list(plan: RecoveryPlan, sim: _Simulation, command: str) -> bool:
+    """The open's refusal of more databases than the checkpoint file lists
+    (`recoverydecisions.too_many_to_list`), said as the open says it; True if it refuses.
+
+    The open refuses before writing when every database is clean and no record follows
+    where recovery starts; otherwise it recovers first (every database written clean, the
+    checkpoint file at the end of the log), then refuses."""
+    names = {
+        facts.name
+        for facts in plan.databases
+        if facts.header is not None and facts.header.state is not DatabaseState.JUST_CREATED
+    }
+    error = too_many_to_list(plan.directory, sorted(names | set(sim.created)))
+    if error is None:
+        return False
+    quoted = _quote(plan.directory)
+    plan.error = error
+    plan.verdict = "move-away"
+    detail = (error.detail or str(error)).rstrip(".")
+    if sim.scanned or sim.needed or sim.created:
+        plan.summary = (
+            f"{detail}: opening recovers every database first (it writes them clean, and the "
+            f"checkpoint file at the end of the log), then refuses; after that, {error.hint}"
+        )
+        plan.next_commands = [
+            f"{command} recover {quoted}   (refused once it has written every database clean)",
+            f"{command} diagnose {quoted}   (again: it names the files to move out)",
+        ]
+    else:
+        plan.summary = f"{detail}: {error.hint}"
+        plan.next_commands = [f"{command} diagnose {quoted}   (again, once they are moved out)"]
+    return True
 
 
 def _explain_checkpoint(checkpoint: CheckpointFacts, sim: _Simulation, needed: bool) -> None:
