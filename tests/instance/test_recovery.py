@@ -1493,3 +1493,32 @@ def test_a_refused_recovery_does_not_repair_a_damaged_header_copy_first(tmp_path
     repaired = [e for e in read_event_log(FileSystem(), str(tmp_path)) if e["id"] == 132]
     assert [e["fields"]["database"] for e in repaired] == ["main"]
     assert database.read_bytes()[8192 + 200 : 8192 + 264] != b"\xa5" * 64
+
+
+def test_a_data_loss_record_that_cannot_be_written_leaves_no_lost_logs_directory(
+    tmp_path: Path,
+) -> None:
+    """An open accepting data loss makes `lost-logs-<time>/` and writes the loss's record
+    there before it writes anything else. When that write failed (a full volume), the
+    directory stayed, holding only the record's partial temporary file: each retry left
+    another one, looking like the record of a repair that never happened."""
+    crashed_instance(tmp_path, batches=20)
+    oldest = generations(tmp_path)[0]
+    os.unlink(tmp_path / oldest)
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "write" and event.path.endswith("data-loss.pending.json.new"):
+            raise OSError(28, "No space left on device")
+
+    for _attempt in range(3):
+        with pytest.raises(JetError) as failed:
+            jetstore.open(
+                tmp_path, filesystem=FileSystem(hook=hook), accept_data_loss=True, **SMALL
+            )
+        assert failed.value.code == -1808
+        assert not [name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")]
+    with pytest.raises((MissingLogFile, RequiredLogFilesMissing)):
+        jetstore.open(tmp_path, **SMALL)  # nothing was accepted
+    with jetstore.open(tmp_path, accept_data_loss=True, **SMALL) as instance:
+        assert instance.recovery.data_loss is not None
+    assert len([name for name in os.listdir(tmp_path) if name.startswith("lost-logs-")]) == 1

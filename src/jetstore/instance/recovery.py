@@ -45,6 +45,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jetstore.errors import JetError
 from jetstore.format.common import Signature, format_time_us, now_us
 from jetstore.format.dbheader import NO_BACKUP_HISTORY, DatabaseState
 from jetstore.format.filenames import (
@@ -587,11 +588,23 @@ def _record_data_loss(
         "recovered_completely": loss.recovered_completely,
     }
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    fs.write_new_file(
-        os.path.join(target, DATA_LOSS_PENDING), [text.encode()], owner=instance.owner
-    )
-    fs.fsync_directory(target, owner=instance.owner)
-    fs.fsync_directory(instance.directory, owner=instance.owner)
+    path = os.path.join(target, DATA_LOSS_PENDING)
+    try:
+        fs.write_new_file(path, [text.encode()], owner=instance.owner)
+        fs.fsync_directory(target, owner=instance.owner)
+        fs.fsync_directory(instance.directory, owner=instance.owner)
+    except BaseException:
+        if pending is None:
+            # The directory made here holds no record: the loss is not accepted (nothing
+            # was written to a database yet), and the next open makes a directory of its
+            # own. Left behind, each failed open (a full volume) added an empty
+            # `lost-logs-<time>/` that looked like the record of a repair.
+            with contextlib.suppress(JetError):
+                if not fs.exists(path):
+                    for name in fs.listdir(target):
+                        fs.unlink(os.path.join(target, name))
+                    fs.rmdir(target)
+        raise
     return target
 
 
