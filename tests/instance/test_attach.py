@@ -1892,3 +1892,34 @@ def test_attach_of_a_file_with_a_damaged_header_copy_says_it_repaired_it(
     assert "copy 1" in repaired[0]["message"]
     data = Path(target).read_bytes()
     assert data[200:264] != b"\xa5" * 64 and data[8192 + 200 : 8192 + 264] != b"\xa5" * 64
+
+
+def test_an_attach_beyond_the_checkpoint_list_is_refused_before_the_file_moves(
+    tmp_path: Path,
+) -> None:
+    """An attach the checkpoint file cannot list (TooManyOpenDatabases) was refused only
+    once the file had been moved into the instance directory and opened: it was moved
+    back, and a crash in between left it there to join the instance at the next open."""
+    from jetstore.errors import TooManyOpenDatabases
+
+    with jetstore.open(tmp_path / "seed", **SMALL) as seed:
+        seed.database("seed", create=True)
+        seed_file = Path(seed.detach("seed"))
+    directory = tmp_path / "instance"
+    directory.mkdir()
+    for i in range(42):  # 93 bytes each in edb.chk: 42 fit
+        (directory / (f"db{i:02d}_" + "x" * 58 + ".edb")).write_bytes(seed_file.read_bytes())
+    renames: list[str] = []
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "rename" and event.path.endswith(".edb"):
+            renames.append(event.path)
+
+    with jetstore.open(directory, filesystem=FileSystem(hook=hook), **SMALL) as instance:
+        other = tmp_path / "other" / ("another_" + "z" * 56 + ".edb")
+        other.parent.mkdir()
+        other.write_bytes(seed_file.read_bytes())
+        with pytest.raises(TooManyOpenDatabases):
+            instance.attach(other)
+        assert renames == [] and other.exists()
+        assert not (directory / other.name).exists()

@@ -1304,6 +1304,11 @@ class Instance:
                 f"instance.attach('{target}')), or rename '{source}' to attach it under "
                 "another name",
             )
+        # Before the file moves (checked again under the lock): refused after it, the file
+        # went into the instance directory and back, and a crash in between left it there,
+        # to join the instance at the next open.
+        with self.commit_lock:
+            self._refuse_beyond_the_checkpoint_list(name)
         # The header written below requires the log's current generation, so that generation
         # must be on disk first: a lazy commit may have closed the previous one in memory
         # only, and a crash before the roll would leave a database requiring a generation
