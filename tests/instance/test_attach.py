@@ -1923,3 +1923,33 @@ def test_an_attach_beyond_the_checkpoint_list_is_refused_before_the_file_moves(
             instance.attach(other)
         assert renames == [] and other.exists()
         assert not (directory / other.name).exists()
+
+
+def test_a_database_file_renamed_while_closed_is_not_reported_missing(tmp_path: Path) -> None:
+    """A database file renamed while the instance was closed opens under its new name, and
+    the open said the old name's file was missing (event 135: "put the file back"), and
+    `database(old name)` said to put the file back, though it is there, attached (and
+    diagnose that the log must re-create it)."""
+    from jetstore.instance.events import read_event_log
+
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        fill(instance.database("before", create=True), 0, 5)
+    os.rename(tmp_path / "before.edb", tmp_path / "after.edb")
+    # diagnose said the same: "has no file; it must be re-created by the log or it is
+    # reported missing".
+    notes = plan_recovery(tmp_path).notes
+    assert any("renamed while the instance was closed" in note for note in notes)
+    assert not any("has no file" in note for note in notes)
+    with jetstore.open(tmp_path, **SMALL) as instance:
+        assert instance.databases() == ["after"]
+        assert rows(instance.database("after")) == list(range(5))
+        with pytest.raises(DatabaseNotFound) as refused:
+            instance.database("before")
+        assert "attached as 'after'" in refused.value.detail
+        assert "instance.database('after')" in (refused.value.hint or "")
+    (missing,) = [
+        e for e in read_event_log(FileSystem(), str(tmp_path)) if e["name"] == "database_missing"
+    ]
+    assert missing["fields"]["renamed_to"] == "after"
+    assert "renamed while the instance was closed" in missing["message"]
+    assert "is missing" not in missing["message"]

@@ -450,11 +450,26 @@ class Instance:
                     if attached.name not in self._databases and attached.name not in outcome.left:
                         # The checkpoint written below will not list it any more: this event
                         # is what is left of it.
+                        old_path = os.path.join(self.directory, database_file_name(attached.name))
+                        renamed = self._renamed_database(attached)
+                        if renamed is not None:
+                            # "Put the file back" would be wrong advice: it is here.
+                            self.events.emit(
+                                "database_missing",
+                                f"database {attached.name!r} (id {attached.db_id}) was "
+                                f"attached at the last checkpoint as '{old_path}'; that file "
+                                f"is now '{renamed.file.path}' (the same database, renamed "
+                                f"while the instance was closed) and is attached as "
+                                f"{renamed.name!r}",
+                                database=attached.name,
+                                db_id=attached.db_id,
+                                renamed_to=renamed.name,
+                            )
+                            continue
                         self.events.emit(
                             "database_missing",
                             f"database {attached.name!r} (id {attached.db_id}) was attached "
-                            f"at the last checkpoint, but its file "
-                            f"'{os.path.join(self.directory, database_file_name(attached.name))}'"
+                            f"at the last checkpoint, but its file '{old_path}'"
                             " is missing; the instance opens without it",
                             database=attached.name,
                             db_id=attached.db_id,
@@ -631,6 +646,21 @@ class Instance:
                     self, name, header.db_id, file, header.checkpoint_position
                 )
         return self._databases
+
+    def _renamed_database(self, attached: AttachedDatabase) -> Database | None:
+        """The database attached here under another name that is the one the checkpoint
+        file lists as `attached` (same id and signature): its file was renamed while the
+        instance was closed."""
+        for db in self._databases.values():
+            header = db.file.header
+            if (
+                db.name != attached.name
+                and db.db_id == attached.db_id
+                and not attached.signature.is_none
+                and header.db_signature == attached.signature
+            ):
+                return db
+        return None
 
     def _log_joining(self, joining: list[str]) -> None:
         """Log an ATTACH record for each database joining the stream at open, durable before
@@ -969,6 +999,19 @@ class Instance:
             ):
                 # Its file went missing while the instance was closed: say so, rather than
                 # invite create=True, which would make a new, empty database in its place.
+                for attached in listed.attached:
+                    renamed = self._renamed_database(attached) if attached.name == name else None
+                    if renamed is not None:
+                        raise DatabaseNotFound(
+                            f"database {name!r} was attached when the instance last "
+                            f"checkpointed; its file was renamed while the instance was "
+                            f"closed and it is attached as {renamed.name!r} "
+                            f"('{renamed.file.path}')",
+                            hint=f"use instance.database({renamed.name!r}); to give it its "
+                            f"old name, close the instance and rename the file back to "
+                            f"'{path}'",
+                            path=path,
+                        )
                 raise FileNotFound(
                     f"database {name!r} was attached when the instance last checkpointed "
                     f"({CHECKPOINT_FILE} lists it), but its file '{path}' is missing",

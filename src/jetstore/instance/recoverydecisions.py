@@ -722,6 +722,20 @@ def decide_start(
     if checkpoint is not None:
         for attached in checkpoint.attached:
             if attached.name not in files:
+                renamed = [
+                    name
+                    for name, file in files.items()
+                    if file.header.db_id == attached.db_id
+                    and not attached.signature.is_none
+                    and file.header.db_signature == attached.signature
+                ]
+                if renamed:
+                    notes.append(
+                        f"database {attached.name!r} listed in the checkpoint file is file "
+                        f"{database_file_name(renamed[0])} now (the same database, renamed "
+                        f"while the instance was closed): it opens as {renamed[0]!r}"
+                    )
+                    continue
                 notes.append(
                     f"database {attached.name!r} listed in the checkpoint file has no file; "
                     "it must be re-created by the log or it is reported missing"
