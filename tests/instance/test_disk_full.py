@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -257,9 +258,9 @@ def _volume_of(directory: Path, free: int) -> FileSystem:
     return FileSystem(hook=hook)
 
 
-@pytest.mark.parametrize("free", [0, 100_000])
+@pytest.mark.parametrize(("free", "joining"), [(0, False), (100_000, False), (0, True)])
 def test_failed_opens_on_a_full_volume_leave_no_log_generation_behind(
-    tmp_path: Path, free: int
+    tmp_path: Path, free: int, joining: bool
 ) -> None:
     """Every open starts a new generation (D7). An open whose recovery checkpoint then failed
     on a full volume left it behind: a log file of space never given back (taking a reserve
@@ -272,6 +273,13 @@ def test_failed_opens_on_a_full_volume_leave_no_log_generation_behind(
         with db.transaction() as txn:
             txn.table("t").insert({"id": i, "v": "x" * 500})
     instance.simulate_crash()
+    if joining:
+        # A clean database joining at open: the open logs its ATTACH record in the new
+        # generation before the checkpoint fails.
+        with jetstore.open(tmp_path / "elsewhere", **options) as elsewhere:
+            elsewhere.database("joiner", create=True)
+            os.rename(elsewhere.detach("joiner"), tmp_path / "joiner.edb")
+        shutil.rmtree(tmp_path / "elsewhere")
 
     def files() -> dict[str, int]:
         return {
@@ -302,9 +310,13 @@ def test_failed_opens_on_a_full_volume_leave_no_log_generation_behind(
             instance.log.current_generation
             == max(int(name[3:11], 16) for name in before if name.startswith("edb0")) + 2
         )
+        assert instance.databases() == (["joiner", "main"] if joining else ["main"])
 
 
-def test_a_generation_taken_back_halfway_is_finished_by_the_next_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("joining", [False, True])
+def test_a_generation_taken_back_halfway_is_finished_by_the_next_open(
+    tmp_path: Path, joining: bool
+) -> None:
     """Taking a failed open's generation back undoes the roll's two renames in reverse order:
     stopped between them (here the second one fails), the directory is what a crash inside
     a roll leaves (no `edb.log`, `edbtmp.log` the next generation with no record), which the
@@ -316,6 +328,11 @@ def test_a_generation_taken_back_halfway_is_finished_by_the_next_open(tmp_path: 
         with db.transaction() as txn:
             txn.table("t").insert({"id": i, "v": "x" * 500})
     instance.simulate_crash()
+    if joining:  # its ATTACH record, in the generation taken back, is blanked first
+        with jetstore.open(tmp_path / "elsewhere", **options) as elsewhere:
+            elsewhere.database("joiner", create=True)
+            os.rename(elsewhere.detach("joiner"), tmp_path / "joiner.edb")
+        shutil.rmtree(tmp_path / "elsewhere")
 
     def hook(event: IOEvent) -> None:
         if event.op == "write" and event.path.endswith("main.edb"):
@@ -331,3 +348,4 @@ def test_a_generation_taken_back_halfway_is_finished_by_the_next_open(tmp_path: 
     with jetstore.open(tmp_path, **options) as instance:
         assert ids(instance) == set(range(50))
         assert any("cut short" in note for note in instance.recovery.notes)
+        assert instance.databases() == (["joiner", "main"] if joining else ["main"])

@@ -533,11 +533,11 @@ class Instance:
 
     def _take_back_open_generation(self) -> None:
         """Undo the roll of an open that failed (D7) when nothing depends on its generation:
-        no record was appended to it and no header or checkpoint file write began (a
-        checkpoint's page writes may have failed before them, the usual failure on a full
-        volume). Each failed open used to leave a generation behind, a log file of space
-        that is never given back, and on a full volume took a reserve log for it: repeated
-        failing opens ate the volume.
+        no header or checkpoint file write began (a checkpoint's page writes may have failed
+        before them, the usual failure on a full volume), and it holds no record but the
+        ATTACH records of databases joining at open, which are blanked. Each failed open
+        used to leave a generation behind, a log file of space that is never given back, and
+        on a full volume took a reserve log for it: repeated failing opens ate the volume.
 
         The renames of the roll are undone in reverse order, each synced: `edb.log` (the
         new generation, a header and no record) back to `edbtmp.log`, where it replaces the
@@ -550,9 +550,12 @@ class Instance:
         the generation where it is, as before."""
         roll, self._open_roll = self._open_roll, None
         log = self._log
-        if roll is None or log is None or self._generation_named or log.records_appended:
+        if roll is None or log is None or self._generation_named:
             return
         tail, generation = roll
+        end = log.end_position
+        if end.generation != generation:
+            return
         directory = self.directory
         current = os.path.join(directory, CURRENT_LOG)
         archived = (
@@ -569,6 +572,16 @@ class Instance:
                 return
             if archived is not None and not self.fs.exists(archived):
                 return
+            if end.offset > LOG_HEADER_SIZE:
+                # The ATTACH records of the databases joining at open (`_log_joining`), the
+                # only records an open appends: no header names this stream for them yet,
+                # and the next open logs them again. Blanked first, so that the file is a
+                # header and nothing more (what a crash between the renames below must
+                # leave for recovery to take it as a roll cut short, and what a reserve log
+                # must hold).
+                with self.fs.opened(current, owner=self.owner) as file:
+                    file.pwrite(bytes(end.offset - LOG_HEADER_SIZE), LOG_HEADER_SIZE)
+                    file.fdatasync()
             temporary = os.path.join(directory, TEMP_LOG)
             self.fs.rename(current, temporary)
             self.fs.fsync_directory(directory, owner=self.owner)
