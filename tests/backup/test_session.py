@@ -762,7 +762,8 @@ def test_a_ctrl_c_while_complete_records_the_backup_ends_it_for_what_it_is(
     between two databases' history writes) left the session running, and the `with` block's
     exit aborted it: counted aborted, announced "nothing was recorded and no log was
     deleted" (event 152) while the headers named the backup. Cut in the truncation it is
-    completed (recorded); cut between headers it failed, saying which headers hold it."""
+    completed (recorded); cut in a header's history write, and again in the write made once
+    more, it failed, saying which headers hold it."""
     from jetstore.instance.instance import Instance
     from jetstore.pages.pagefile import DatabaseFile
 
@@ -807,6 +808,70 @@ def test_a_ctrl_c_while_complete_records_the_backup_ends_it_for_what_it_is(
         assert _handles(inst) == baseline and _fds() == fds
         assert jetstore.verify_backup(tmp_path / "set").ok
         inst.backup(tmp_path / "again")  # no session left running
+
+
+@pytest.mark.parametrize("where", ["before the write", "in its sync", "as the write returns"])
+def test_a_ctrl_c_during_a_history_header_write_completes_the_backup_then_propagates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A Ctrl-C while `complete()` wrote a database's header history (its sync is most of
+    the write) failed the backup, "whether the header of 'other' records it is unknown", while
+    the instance served on with an in-memory header that did not hold what the first copy on
+    disk might. The write is made again, as the log writer does for an interrupted flush: the
+    backup completes, every header records it, and the interrupt reaches the caller after."""
+    from interrupting import interrupt_once
+    from jetstore.io.files import File
+    from jetstore.pages.pagefile import DatabaseFile
+
+    with _open(tmp_path / "i") as inst:
+        _load(inst, 0, 40)
+        other = inst.database("other", create=True)
+        other.create_table("t", [("k", "int")], primary_key="k")
+
+        write_header = DatabaseFile.write_header
+        in_history: list[bool] = []
+        fired: list[bool] = []
+
+        def patched(self: DatabaseFile, **changes: Any) -> Any:
+            if self is not other.file or "last_full_backup" not in changes or in_history:
+                return write_header(self, **changes)
+            in_history.append(True)
+            if where == "before the write":
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+            header = write_header(self, **changes)
+            if where == "as the write returns":
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+            return header
+
+        monkeypatch.setattr(DatabaseFile, "write_header", patched)
+        if where == "in its sync":
+            fired = interrupt_once(
+                monkeypatch,
+                File,
+                "fdatasync",
+                lambda f: bool(in_history) and f.path == other.file.path,
+            )
+        with pytest.raises(KeyboardInterrupt):
+            inst.backup(tmp_path / "set")
+        monkeypatch.undo()
+        assert fired == [True]
+        counters = inst.counters()
+        assert counters["backups_completed"] == 1 and counters["backups_failed"] == 0
+        assert counters["backup_sessions_active"] == 0
+        names = [e["name"] for e in inst.events.recent(50)]
+        assert "backup_completed" in names and "backup_failed" not in names
+        for db in (inst.database("main"), other):
+            assert not db.file.header.last_full_backup.is_none
+        assert inst.state.value == "open"
+        _load(inst, 40, 5)  # serving
+        assert jetstore.verify_backup(tmp_path / "set").ok
+        inst.backup(tmp_path / "incremental", kind="incremental")  # follows the full one
+    with _open(tmp_path / "i") as again:
+        # What the headers hold on disk, not only in memory.
+        for name in ("main", "other"):
+            assert not again.database(name).file.header.last_full_backup.is_none
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["in the pin", "as the pin returns"])

@@ -33,7 +33,8 @@ Invariants:
 - While a session runs, the pages its images copy are pinned (never reused) and the log
   generations it copies are kept (circular deletion stops below its first generation).
 - Only `complete()`, after every listed file was streamed to its end, records history or
-  deletes logs; a failed or aborted backup changes nothing on disk.
+  deletes logs; a failed or aborted backup changes nothing on disk. An interrupt (Ctrl-C) in
+  a history header write makes the write again and is raised once the backup completed.
 - `started_us` is taken once the starting point is fixed (images pinned, first generation
   chosen): the images hold no commit after it, so a restore to a later time is always
   possible; to an earlier one only when no commit the images hold is later (the restore
@@ -583,7 +584,7 @@ class BackupSession:
                 ) from exc
             low, high = result.generation_low, result.generation_high
             try:
-                self._record_history(low, high, result.completed_us)
+                interrupted = self._record_history(low, high, result.completed_us)
             except _HistoryWriteFailed as failed:
                 # A header write that fails stops the instance like any other (D9): what
                 # reached the header copies is unknown.
@@ -617,11 +618,27 @@ class BackupSession:
                     bytes=self.bytes_streamed,
                     truncated=result.truncated,
                 )
+            if interrupted is not None:
+                # A Ctrl-C while a header recorded the backup, raised once the backup is
+                # complete (every header records it): the caller asked to stop, not to lose it.
+                raise interrupted
             return result
 
-    def _record_history(self, low: int, high: int, completed: int) -> None:
+    def _record_history(self, low: int, high: int, completed: int) -> BaseException | None:
+        """Write the backup into the history of every database's header; returns an
+        interrupt deferred until the backup is complete.
+
+        A header write interrupted by a BaseException other than an Exception (Ctrl-C, most
+        often while it syncs) is written again, as the log writer does for an interrupted
+        flush: the same changes, so the header's state is known again and the backup is
+        recorded. The interrupt is returned, for `complete()` to raise once the session
+        ended completed. Failed before, the session claimed the header of the interrupted
+        database "unknown" though the instance served on, and its in-memory header (which
+        the next checkpoint writes) did not hold what the first copy on disk might.
+        """
         if self.kind is BackupKind.COPY:
-            return
+            return None
+        deferred: BaseException | None = None
         recorded: list[str] = []
         databases = list(self._databases)
         if self.kind is BackupKind.FULL:
@@ -652,12 +669,19 @@ class BackupSession:
                 changes["last_incremental_backup"] = BackupInfo.NONE
                 changes["last_differential_backup"] = BackupInfo.NONE
             try:
-                db.file.write_header(**changes)
+                try:
+                    db.file.write_header(**changes)
+                except Exception:
+                    raise
+                except BaseException as interrupt:
+                    db.file.write_header(**changes)
+                    deferred = deferred or interrupt
             except JetError as exc:
                 raise _HistoryWriteFailed(self._history_error(exc, db, recorded), exc) from exc
             except BaseException as exc:
-                # An interrupt (Ctrl-C): ended by the caller's abort instead, the session
-                # was announced as "nothing recorded" while earlier headers named it.
+                # A second interrupt, in the write made again (or any other exception):
+                # ended by the caller's abort instead, the session was announced as
+                # "nothing recorded" while earlier headers named it.
                 self._fail(
                     BackupAbortByServer(
                         f"{self.kind.value} backup {self.id} of '{self.instance.directory}' "
@@ -671,6 +695,7 @@ class BackupSession:
                 )
                 raise
             recorded.append(db.name)
+        return deferred
 
     def _history_error(self, exc: JetError, db: Database, recorded: list[str]) -> JetError:
         """`exc` (the failed header write of `db`), saying what the instance's backup history
