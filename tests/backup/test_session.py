@@ -874,6 +874,68 @@ def test_a_ctrl_c_during_a_history_header_write_completes_the_backup_then_propag
             assert not again.database(name).file.header.last_full_backup.is_none
 
 
+def test_a_ctrl_c_during_the_backups_log_roll_leaves_the_instance_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C during the roll that ends a backup's logs (`log_files`: a flush that renames,
+    which the log writer cannot make again as it does a flush within a generation) failed
+    the log writer, and with it the whole instance: every later update was refused until a
+    reopen. The roll runs out of the interrupt's reach (a real SIGINT to the main thread,
+    sent as the roll archives edb.log); it completes, the instance serves on, and the
+    interrupt reaches the caller once the log list is taken."""
+    import signal
+
+    from jetstore.format.filenames import CURRENT_LOG
+    from jetstore.io.files import FileSystem
+
+    inst = _open(tmp_path / "live")
+    received = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        received.set()
+        raise KeyboardInterrupt("Ctrl-C")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        _load(inst, 0, 60)
+        session = inst.begin_backup("full")
+        dest = tmp_path / "set"
+        dest.mkdir()
+        for file in session.database_files():
+            (dest / file.name).write_bytes(b"".join(session.read(file)))
+        rename = FileSystem.rename
+        fired: list[bool] = []
+
+        def archiving(self: FileSystem, source: str, target: str) -> None:
+            if not fired and os.path.basename(source) == CURRENT_LOG:
+                fired.append(True)
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                if threading.current_thread() is not threading.main_thread():
+                    assert received.wait(10)  # the main thread took it, mid-roll
+            rename(self, source, target)
+
+        monkeypatch.setattr(FileSystem, "rename", archiving)
+        with pytest.raises(KeyboardInterrupt):
+            session.log_files()
+        monkeypatch.undo()
+        assert fired == [True] and received.is_set()
+        assert inst.log.failed is None and inst.state.value == "open"
+        _load(inst, 60, 5)  # serving
+        for file in session.log_files():  # the roll was made: the list stands
+            (dest / file.name).write_bytes(b"".join(session.read(file)))
+        result = session.complete()
+        assert result.generation_high == session.last_generation
+        assert inst.counters()["backups_completed"] == 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        inst.close()
+    restored = _open_from_copies(tmp_path / "restored", dest)
+    try:
+        assert len(_rows(restored)) == 60
+    finally:
+        restored.close()
+
+
 @pytest.mark.parametrize("after", [False, True], ids=["in the pin", "as the pin returns"])
 def test_a_ctrl_c_as_an_image_is_pinned_leaves_no_pin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: bool

@@ -12,7 +12,8 @@ images first (`jetstore.backup.image`), then log generations (`jetstore.backup.l
 | differential | no | after the last full | "last differential" |
 
 The log is rolled when the log list is first asked for (after the images), so the backup
-holds every transaction acknowledged before that moment. Truncation (circular logging off)
+holds every transaction acknowledged before that moment; by a thread of its own, out of a
+Ctrl-C's reach (`_roll_out_of_reach`). Truncation (circular logging off)
 deletes the closed generations below min(durable checkpoint file, every database header's
 checkpoint, the first generation this backup copied).
 
@@ -74,6 +75,7 @@ from jetstore.format.logheader import LogFileHeader
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File
 from jetstore.io.handles import release_all
+from jetstore.io.threads import ManagedThread
 
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
@@ -388,7 +390,7 @@ class BackupSession:
             self._check_running()
             if self._log_files is None:
                 try:
-                    high = self.instance.log.roll()
+                    high, interrupted = self._roll_out_of_reach()
                 except JetError as exc:
                     self._fail(exc)
                     raise
@@ -406,7 +408,46 @@ class BackupSession:
                         raise
                     files.append(BackupFile(name, "log", size, generation=generation))
                 self._log_files = files
+                if interrupted is not None:
+                    raise interrupted  # the roll is made and the list taken: it stands
             return list(self._log_files)
+
+    def _roll_out_of_reach(self) -> tuple[int, BaseException | None]:
+        """`LogWriter.roll` run by a thread of its own; returns the closed generation and an
+        interrupt that arrived while it ran (for the caller to raise once it is done).
+
+        The roll is a flush that renames: interrupted (Ctrl-C), it cannot be made again as a
+        flush within a generation is (`LogWriter._write_chunks`), and the log writer fails
+        for good, so the whole instance stopped accepting updates over a Ctrl-C meant for
+        the backup. Python raises a signal handler's exception (KeyboardInterrupt) in the
+        main thread only: here it lands in the wait, which goes on until the roll ended.
+        The thread is registered under the session's owner: a session that ends meanwhile
+        (an interrupt before the wait, the instance closing) joins it.
+        """
+        outcome: list[int] = []
+        done = threading.Event()
+
+        def roll(_stop: threading.Event) -> None:
+            try:
+                outcome.append(self.instance.log.roll())
+            finally:
+                done.set()
+
+        thread = ManagedThread(self.instance.registry, self.owner, f"backup-{self.id}-roll", roll)
+        interrupted: BaseException | None = None
+        while not done.is_set():
+            try:
+                # An event, not `Thread.join`: an interrupted join (3.11) marks the thread
+                # ended while it runs (bpo-45274's clean-up), and the next join returns.
+                done.wait()
+            except Exception:
+                raise
+            except BaseException as exc:
+                interrupted = interrupted or exc
+        thread.close()
+        if thread.error is not None:
+            raise thread.error
+        return outcome[0], interrupted
 
     def files(self) -> Iterator[BackupFile]:
         """Every file, in the order a backup copies them (the log list comes last, see
