@@ -113,6 +113,100 @@ def test_a_close_beginning_while_detach_checkpoints_refuses_the_detach(
         assert rows(reopened.database("main")) == list(range(10))
 
 
+def _close_in_another_thread_at(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch, event: str
+) -> list[bool]:
+    """Close `instance` from another thread, to its end, as `event` is emitted (an attach
+    or detach says it is done, then checkpoints): a close landing just then."""
+    emit = instance.events.emit
+    closed: list[bool] = []
+
+    def emit_then_close(name: str, message: str, **fields: object) -> object:
+        result = emit(name, message, **fields)
+        if name == event and not closed:
+            closer = threading.Thread(target=instance.close)
+            closer.start()
+            closer.join(30)
+            closed.append(instance.state is InstanceState.CLOSED)
+        return result
+
+    monkeypatch.setattr(instance.events, "emit", emit_then_close)
+    return closed
+
+
+def test_a_close_landing_before_detachs_last_checkpoint_does_not_deny_the_detach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close of another thread landing once detach was done (clean header, DETACH record
+    durable, the database gone from the instance) and before its last checkpoint made
+    detach raise InstanceUnavailable ("closed"): the caller, told it failed, would retry
+    on a database no longer attached, or leave the file it can now move. The close's final
+    checkpoint did what that one would; detach returns the file's path."""
+    instance = jetstore.open(tmp_path / "a", **SMALL)
+    fill(instance.database("main", create=True), 0, 10)
+    fill(instance.database("moving", create=True), 0, 20)
+    closed = _close_in_another_thread_at(instance, monkeypatch, "database_detached")
+    path = instance.detach("moving")
+    assert closed == [True]
+    assert path == str(tmp_path / "a" / "moving.edb")
+    with jetstore.open(tmp_path / "b", **SMALL) as other:
+        assert rows(other.attach(path)) == list(range(20))  # clean, bound to no log
+    with jetstore.open(tmp_path / "a", **SMALL) as reopened:
+        assert reopened.databases() == ["main"]
+        assert rows(reopened.database("main")) == list(range(10))
+
+
+def test_a_failure_before_detachs_last_checkpoint_says_the_database_is_detached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance failing (another thread's failed write) between a done detach and its
+    last checkpoint raised only the instance's failure: the error says the detach is done."""
+    from jetstore.errors import DiskIO, InstanceUnavailable
+
+    instance = jetstore.open(tmp_path / "a", **SMALL)
+    fill(instance.database("main", create=True), 0, 10)
+    fill(instance.database("moving", create=True), 0, 20)
+    emit = instance.events.emit
+
+    def emit_then_fail(name: str, message: str, **fields: object) -> object:
+        result = emit(name, message, **fields)
+        if name == "database_detached":
+            instance.fail(DiskIO("a write of another thread failed"))
+        return result
+
+    monkeypatch.setattr(instance.events, "emit", emit_then_fail)
+    with pytest.raises(InstanceUnavailable) as raised:
+        instance.detach("moving")
+    monkeypatch.undo()
+    assert "database 'moving' is detached" in raised.value.detail
+    assert "a write of another thread failed" in raised.value.detail
+    assert instance.databases() == ["main"]
+    instance.close()
+    with jetstore.open(tmp_path / "b", **SMALL) as other:
+        assert rows(other.attach(tmp_path / "a" / "moving.edb")) == list(range(20))
+
+
+def test_a_close_landing_before_attachs_last_checkpoint_does_not_deny_the_attach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for detach: an attach done (ATTACH record and header durable, the file moved in)
+    raised InstanceUnavailable when a close of another thread landed before its last
+    checkpoint; its caller took the file for not attached, while it was in the instance
+    directory, recorded in the log. It returns the database (of a closed instance now)."""
+    with jetstore.open(tmp_path / "a", **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    instance = jetstore.open(tmp_path / "b", **SMALL)
+    fill(instance.database("main", create=True), 0, 10)
+    closed = _close_in_another_thread_at(instance, monkeypatch, "database_attached")
+    attached = instance.attach(path)
+    assert closed == [True]
+    assert attached.name == "moving" and not os.path.exists(path)
+    with jetstore.open(tmp_path / "b", **SMALL) as reopened:
+        assert reopened.databases() == ["main", "moving"]
+        assert rows(reopened.database("moving")) == list(range(20))
+
+
 def test_a_detached_database_object_refuses_new_transactions(tmp_path: Path) -> None:
     """Its file is closed: a transaction began on it used to read a closed file
     (`InvalidParameter`, "a bug in the caller")."""
