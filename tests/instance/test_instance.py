@@ -1141,15 +1141,20 @@ def test_a_close_interrupted_anywhere_is_finished_by_the_next_close(
         assert count(again.database("main")) == 100
 
 
-@pytest.mark.parametrize("where", ["clean header", "detach record sync"])
-def test_a_detach_interrupted_after_it_began_writing_fails_the_instance(
+@pytest.mark.parametrize("where", ["clean header", "detach record sync", "clean header twice"])
+def test_a_detach_interrupted_after_it_began_writing_completes_or_fails_the_instance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Ctrl-C in `detach` once its clean header or its DETACH record was written (only a
     JetError was handled there) left the database attached and serving: its next commits
     were logged after its detach, and after a crash the instance no longer opened
-    (AttachedDatabaseMismatch: the log holds changes for the id the database left). The
-    interrupt now fails the instance; the reopen recovers every acknowledged commit."""
+    (AttachedDatabaseMismatch: the log holds changes for the id the database left). Then
+    the interrupt failed the instance, even where the detach was known done: a clean header
+    write it interrupted is made again, and the log writer completes a flush interrupted
+    while it synced, so the DETACH record is durable. Such a detach now completes (the
+    database is gone from the instance, which serves on) and the interrupt follows; one
+    not known done (the header write interrupted again) still fails the instance, and the
+    reopen recovers every acknowledged commit."""
     from jetstore.pages.pagefile import DatabaseFile
 
     armed = [False]
@@ -1163,12 +1168,16 @@ def test_a_detach_interrupted_after_it_began_writing_fails_the_instance(
     inst = jetstore.open(tmp_path, filesystem=FileSystem(hook=hook), **SMALL)
     db = inst.database("main", create=True)
     fill(db, 10)
-    if where == "clean header":
+    other = inst.database("other", create=True)
+    fill(other, 5)
+    if where.startswith("clean header"):
         write_header = DatabaseFile.write_header
 
         def interrupted(self: DatabaseFile, **fields):  # type: ignore[no-untyped-def]
             write_header(self, **fields)
-            if fields.get("state") is DatabaseState.CLEAN and not fired:
+            if fields.get("state") is DatabaseState.CLEAN and (
+                not fired or where == "clean header twice"
+            ):
                 fired.append(True)
                 raise KeyboardInterrupt("Ctrl-C")
 
@@ -1178,13 +1187,24 @@ def test_a_detach_interrupted_after_it_began_writing_fails_the_instance(
     with pytest.raises(KeyboardInterrupt):
         inst.detach("main")
     monkeypatch.undo()
-    assert fired == [True]
-    assert inst.state.value == "failed"
-    with pytest.raises(JetError, match="detach of database 'main' was interrupted"):
-        fill(db, 1, start=100)
+    if where == "clean header twice":
+        assert fired == [True, True]
+        assert inst.state.value == "failed"
+        with pytest.raises(JetError, match="detach of database 'main' was interrupted"):
+            fill(db, 1, start=100)
+    else:
+        assert fired == [True]
+        assert inst.state.value == "open" and inst.databases() == ["other"]
+        assert db.file.closed
+        assert db.file.header.state is DatabaseState.CLEAN
+        fill(other, 1, start=100)  # the instance serves on
+        names = [e["name"] for e in inst.events.recent(20)]
+        assert "database_detached" in names and "instance_failed" not in names
     inst.simulate_crash()
     with jetstore.open(tmp_path, **SMALL) as again:
+        # The detached file is still in the directory: clean, it joins at the open.
         assert count(again.database("main")) == 10
+        assert count(again.database("other")) == (5 if where == "clean header twice" else 6)
 
 
 @pytest.mark.parametrize("where", ["lock release", "transactions ended"])

@@ -1180,18 +1180,29 @@ class Instance:
                     f"database {name!r} received commits while it was being detached",
                     hint="stop the updates of the database, then detach it again",
                 )
+            clean: dict[str, Any] = dict(
+                state=DatabaseState.CLEAN,
+                log_signature=Signature.NONE,
+                checkpoint_position=LogPosition.MIN,
+                generation_min_required=0,
+                generation_max_required=0,
+                last_consistent_position=db.position,
+                last_consistent_time=now_us(),
+                # Its backup history names generations of this stream only.
+                **NO_BACKUP_HISTORY,
+            )
+            # An interrupt (Ctrl-C) the detach completes despite, raised once it is done.
+            interrupted: BaseException | None = None
             try:
-                db.file.write_header(
-                    state=DatabaseState.CLEAN,
-                    log_signature=Signature.NONE,
-                    checkpoint_position=LogPosition.MIN,
-                    generation_min_required=0,
-                    generation_max_required=0,
-                    last_consistent_position=db.position,
-                    last_consistent_time=now_us(),
-                    # Its backup history names generations of this stream only.
-                    **NO_BACKUP_HISTORY,
-                )
+                try:
+                    db.file.write_header(**clean)
+                except Exception:
+                    raise
+                except BaseException as exc:
+                    # Most often in its sync: written again, the header's state is known
+                    # (as the log writer makes an interrupted flush again).
+                    interrupted = exc
+                    db.file.write_header(**clean)
                 # Logged after the final checkpoint and the clean header, durable before
                 # detach returns: records of its id after this one belong to whatever
                 # database gets the id next, and a roll-forward of an older image of this
@@ -1200,15 +1211,27 @@ class Instance:
                 detached_at = self.log.append(
                     encode_detach_database(db.db_id, signature.random, signature.time_us, name)
                 )
-                self.wait_durable(detached_at)
+                try:
+                    self.wait_durable(detached_at)
+                except Exception:
+                    raise
+                except BaseException as exc:
+                    # The log writer completes a flush interrupted while it wrote or synced
+                    # and raises the interrupt after it: the record is durable then, and the
+                    # detach done (it used to fail the instance all the same).
+                    log = self.log
+                    if log.failed is not None or log.durable_position < detached_at:
+                        raise
+                    interrupted = interrupted or exc
             except JetError as exc:
                 self._fail(exc)
                 raise
             except BaseException as exc:
                 # Interrupted (Ctrl-C) after the clean header or the DETACH record may have
-                # been written: serving the database on would log its commits after its
-                # detach, and recovery would refuse them (AttachedDatabaseMismatch). Stop
-                # accepting updates (D9); the reopen settles it from the log.
+                # been written, and not known to be done: serving the database on would log
+                # its commits after its detach, and recovery would refuse them
+                # (AttachedDatabaseMismatch). Stop accepting updates (D9); the reopen
+                # settles it from the log.
                 self._fail(
                     InstanceUnavailable(
                         f"the detach of database {name!r} was interrupted "
@@ -1228,6 +1251,8 @@ class Instance:
         # Said before the checkpoint, as attach does: the database is detached from here on
         # (clean header, DETACH record durable), even if that checkpoint is interrupted.
         self.events.emit("database_detached", f"database {name!r} detached", database=name)
+        if interrupted is not None:
+            raise interrupted  # the next checkpoint drops it from the checkpoint file
         # The checkpoint file no longer lists it.
         self._checkpoint_after(
             f"database {name!r} is detached (its clean header and its DETACH record are "
