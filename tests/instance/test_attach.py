@@ -1401,8 +1401,9 @@ def test_an_attach_interrupted_after_its_record_leaves_a_state_the_reopen_recove
     """Ctrl-C in `attach` once its ATTACH record is in the log. Before the header is written
     (the record's sync) the file is still the clean one it was: it goes back where it came
     from, the instance serves on, and the log's binding of the id to it binds nothing (a
-    retry attaches it under the same id). Once the header may be written the
-    instance fails (D9) and the reopen recovers it attached. Either way no handle is left
+    retry attaches it under the same id). Once the header may be written (interrupted
+    there twice: the write made again too) the instance fails (D9) and the reopen recovers
+    it attached. Either way no handle is left
     and no commit is lost."""
     a, b = tmp_path / "a", tmp_path / "b"
     with jetstore.open(a, **SMALL) as first:
@@ -1463,6 +1464,60 @@ def test_an_attach_interrupted_after_its_record_leaves_a_state_the_reopen_recove
         assert rows(reopened.database("other")) == expected_other
         moved = list(range(20 if where.startswith("header") else 21))
         assert rows(reopened.database("moving")) == moved
+
+
+@pytest.mark.parametrize("where", ["in its sync", "as it returns"])
+def test_an_attach_interrupted_once_in_its_header_write_completes_then_propagates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C once in the header write that binds an attached database to the stream (its
+    sync is most of it) failed the instance: the header's content was unknown. The write is
+    made again, as the log writer does for an interrupted flush: the attach completes, the
+    instance serves on, and the interrupt reaches the caller after."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    armed = {"on": False}
+    fired: list[bool] = []
+
+    def hook(event: IOEvent) -> None:
+        if armed["on"] and event.op == "fdatasync" and event.path.endswith("moving.edb"):
+            armed["on"] = False
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+
+    second = jetstore.open(b, filesystem=FileSystem(hook=hook), **SMALL)
+    db = second.database("other", create=True)
+    fill(db, 0, 5)
+    write_header = DatabaseFile.write_header
+
+    def binding(self: DatabaseFile, **fields):  # type: ignore[no-untyped-def]
+        if fields.get("state") is not DatabaseState.DIRTY or "last_attach_time" not in fields:
+            return write_header(self, **fields)
+        if where == "in its sync":
+            armed["on"] = not fired
+            return write_header(self, **fields)
+        header = write_header(self, **fields)
+        if not fired:
+            fired.append(True)
+            raise KeyboardInterrupt("Ctrl-C")
+        return header
+
+    monkeypatch.setattr(DatabaseFile, "write_header", binding)
+    with pytest.raises(KeyboardInterrupt):
+        second.attach(path)
+    monkeypatch.undo()
+    assert fired == [True]
+    assert second.state is InstanceState.OPEN and second.databases() == ["moving", "other"]
+    moving = second.database("moving")
+    assert not moving.file.closed and moving.file.header.state is DatabaseState.DIRTY
+    fill(moving, 20, 1)
+    fill(db, 5, 1)
+    second.simulate_crash()
+    with jetstore.open(b, **SMALL) as reopened:
+        assert rows(reopened.database("moving")) == list(range(21))
+        assert rows(reopened.database("other")) == list(range(6))
 
 
 @pytest.mark.parametrize("writable", [False, True], ids=["probe", "target"])

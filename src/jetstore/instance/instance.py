@@ -1422,6 +1422,7 @@ class Instance:
         # before the file moves, so that a failure here leaves it where it was.
         self.wait_durable(self.log.end_position)
         header_written = False
+        interrupted: BaseException | None = None
         file: DatabaseFile | None = None
         # Its handles under a sub-owner, closed on failure: `file` is None still when a
         # Ctrl-C lands as the open returns (as for the probe).
@@ -1453,7 +1454,7 @@ class Instance:
                 )
                 self.wait_durable(end)
                 header_written = True  # from here on the file may carry this instance's header
-                file.write_header(
+                bound: dict[str, Any] = dict(
                     state=DatabaseState.DIRTY,
                     db_id=db_id,
                     log_signature=self.log.signature,
@@ -1468,6 +1469,17 @@ class Instance:
                     # are not this stream's, which an incremental backup would "follow".
                     **NO_BACKUP_HISTORY,
                 )
+                try:
+                    file.write_header(**bound)
+                except Exception:
+                    raise
+                except BaseException as exc:
+                    # An interrupt (Ctrl-C, most often in its sync): written again, the
+                    # header's state is known, as the log writer makes an interrupted flush
+                    # again; the attach completes and the interrupt follows (it used to
+                    # fail the instance). A second one fails it below.
+                    interrupted = exc
+                    file.write_header(**bound)
                 db = Database(self, name, db_id, file, end)
                 self._databases[name] = db
         except BaseException as exc:
@@ -1512,6 +1524,8 @@ class Instance:
             db_id=db.db_id,
             path=db.file.path,
         )
+        if interrupted is not None:
+            raise interrupted  # the next checkpoint lists it in the checkpoint file
         # The checkpoint file lists it.
         self._checkpoint_after(
             f"database {name!r} is attached from '{source}' (its ATTACH record and its "
