@@ -1520,6 +1520,53 @@ def test_an_attach_interrupted_once_in_its_header_write_completes_then_propagate
         assert rows(reopened.database("other")) == list(range(6))
 
 
+def test_an_attach_interrupted_as_it_releases_its_locks_keeps_the_database_it_attached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as attach released its locks, once the database was attached (record and
+    header durable, the database registered) closed the attached database's file and
+    failed the instance, the database still listed with its file closed. The attach is
+    done: it stays attached and serving, and the interrupt reaches the caller."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    second = jetstore.open(b, **SMALL)
+    db = second.database("other", create=True)
+    fill(db, 0, 5)
+    fired: list[bool] = []
+
+    class InterruptedRelease:
+        def __init__(self, lock: threading.Lock) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> bool:
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.__exit__(*exc)  # type: ignore[arg-type]
+            if not fired and "moving" in second.databases():
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+
+    monkeypatch.setattr(second, "_backup_lock", InterruptedRelease(second._backup_lock))
+    with pytest.raises(KeyboardInterrupt):
+        second.attach(path)
+    monkeypatch.undo()
+    assert fired == [True]
+    assert second.state is InstanceState.OPEN and second.databases() == ["moving", "other"]
+    moving = second.database("moving")
+    assert not moving.file.closed
+    fill(moving, 20, 1)
+    fill(db, 5, 1)
+    names = [e["name"] for e in second.events.recent(20)]
+    assert "database_attached" in names
+    second.simulate_crash()
+    with jetstore.open(b, **SMALL) as reopened:
+        assert rows(reopened.database("moving")) == list(range(21))
+        assert rows(reopened.database("other")) == list(range(6))
+
+
 @pytest.mark.parametrize("writable", [False, True], ids=["probe", "target"])
 def test_an_attach_interrupted_as_a_database_file_open_returns_leaves_nothing_open(
     tmp_path: Path, writable: bool

@@ -1483,34 +1483,21 @@ class Instance:
                 db = Database(self, name, db_id, file, end)
                 self._databases[name] = db
         except BaseException as exc:
-            release_all(
-                file.close if file is not None else None,
-                lambda: self.registry.close_owner(file_owner),
-            )
-            if header_written:
-                # The file may carry this stream's dirty header now (a failed sync leaves
-                # its first copy unknown), requiring generations no checkpoint of this
-                # instance protects: serving on, circular logging would delete them and the
-                # next open refuse the instance (D9, as for every header write).
-                self._fail(
-                    exc
-                    if isinstance(exc, JetError)
-                    else InstanceUnavailable(
-                        f"attaching '{target}' was interrupted ({type(exc).__name__}) while "
-                        "it wrote the database header",
-                        hint="close the instance and open it again: recovery replays every "
-                        "acknowledged commit from the log",
-                        path=target,
-                    )
-                )
-            elif source != target:
-                # Still the clean file it was: put it back, so that the next open of this
-                # instance does not find a foreign database in its directory.
-                with contextlib.suppress(JetError):
-                    self.fs.rename(target, source)
-                    self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
-                    self.fs.fsync_directory(self.directory, owner=self.owner)
-            raise
+            registered = self._databases.get(name)
+            if (
+                not isinstance(exc, Exception)
+                and file is not None
+                and registered is not None
+                and registered.file is file
+            ):
+                # Interrupted (Ctrl-C) once the database was attached, as the locks were
+                # released: the attach is done and the database serves. Closing its file
+                # and failing the instance left it listed with its file closed.
+                db = registered
+                interrupted = interrupted or exc
+            else:
+                self._undo_attach(exc, file, file_owner, source, target, header_written)
+                raise
         # The header write above rewrote a damaged copy from the good one: said as an open
         # says it (event 132).
         for problem in file.problems:
@@ -1532,6 +1519,46 @@ class Instance:
             f"header are durable; its file is '{db.file.path}')"
         )
         return db
+
+    def _undo_attach(
+        self,
+        exc: BaseException,
+        file: DatabaseFile | None,
+        file_owner: str,
+        source: str,
+        target: str,
+        header_written: bool,
+    ) -> None:
+        """What an attach that failed or was interrupted (`exc`) before it was done leaves:
+        its file closed, and put back where it came from, or the instance failed once the
+        header may bind it to this stream."""
+        release_all(
+            file.close if file is not None else None,
+            lambda: self.registry.close_owner(file_owner),
+        )
+        if header_written:
+            # The file may carry this stream's dirty header now (a failed sync leaves
+            # its first copy unknown), requiring generations no checkpoint of this
+            # instance protects: serving on, circular logging would delete them and the
+            # next open refuse the instance (D9, as for every header write).
+            self._fail(
+                exc
+                if isinstance(exc, JetError)
+                else InstanceUnavailable(
+                    f"attaching '{target}' was interrupted ({type(exc).__name__}) while "
+                    "it wrote the database header",
+                    hint="close the instance and open it again: recovery replays every "
+                    "acknowledged commit from the log",
+                    path=target,
+                )
+            )
+        elif source != target:
+            # Still the clean file it was: put it back, so that the next open of this
+            # instance does not find a foreign database in its directory.
+            with contextlib.suppress(JetError):
+                self.fs.rename(target, source)
+                self.fs.fsync_directory(os.path.dirname(source), owner=self.owner)
+                self.fs.fsync_directory(self.directory, owner=self.owner)
 
     def _refuse_during_backup(self, action: str, name: str, *, locked: bool = False) -> None:
         """`BackupInProgress` (-505) if a backup session runs: `attach` and `detach` wait for
