@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -118,6 +119,52 @@ def interrupt_once(
 
     monkeypatch.setattr(owner, name, interrupted)
     return fired
+
+
+@contextmanager
+def ctrl_c_to_the_main_thread(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    when: Callable[..., bool] | None = None,
+) -> Iterator[list[bool]]:
+    """A real SIGINT sent to the main thread at the first call of `owner.name` (for which
+    `when(*args)` holds), as a Ctrl-C pressed then. Called in the main thread, the handler's
+    KeyboardInterrupt lands there, before the original runs; called in another thread (the
+    engine runs the work out of the interrupt's reach), the call waits until the main thread
+    took it, then runs the original. The list yielded holds True once it was sent."""
+    received = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.set()
+        raise KeyboardInterrupt("Ctrl-C")
+
+    original = getattr(owner, name)
+    sent: list[bool] = []
+
+    def sending(*args: Any, **kwargs: Any) -> Any:
+        if not sent and (when is None or when(*args)):
+            sent.append(True)
+            main = threading.main_thread().ident or 0
+            signal.pthread_kill(main, signal.SIGINT)
+            if threading.current_thread() is not threading.main_thread():
+                # A signal that lands as the main thread is about to block (its lock wait
+                # released the GIL, not yet in sem_wait) runs no handler until something
+                # wakes it, as for a real Ctrl-C (one presses it again): so is this one.
+                for _attempt in range(40):
+                    if received.wait(0.25):
+                        break
+                    signal.pthread_kill(main, signal.SIGINT)
+                assert received.is_set(), "the main thread did not take the SIGINT"
+        return original(*args, **kwargs)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    monkeypatch.setattr(owner, name, sending)
+    try:
+        yield sent
+    finally:
+        monkeypatch.setattr(owner, name, original)
+        signal.signal(signal.SIGINT, previous)
 
 
 def stop_interval_timer(previous: Any) -> None:

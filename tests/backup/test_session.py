@@ -883,19 +883,11 @@ def test_a_ctrl_c_during_the_backups_log_roll_leaves_the_instance_serving(
     reopen. The roll runs out of the interrupt's reach (a real SIGINT to the main thread,
     sent as the roll archives edb.log); it completes, the instance serves on, and the
     interrupt reaches the caller once the log list is taken."""
-    import signal
-
+    from interrupting import ctrl_c_to_the_main_thread
     from jetstore.format.filenames import CURRENT_LOG
     from jetstore.io.files import FileSystem
 
     inst = _open(tmp_path / "live")
-    received = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        received.set()
-        raise KeyboardInterrupt("Ctrl-C")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         _load(inst, 0, 60)
         session = inst.begin_backup("full")
@@ -903,22 +895,17 @@ def test_a_ctrl_c_during_the_backups_log_roll_leaves_the_instance_serving(
         dest.mkdir()
         for file in session.database_files():
             (dest / file.name).write_bytes(b"".join(session.read(file)))
-        rename = FileSystem.rename
-        fired: list[bool] = []
-
-        def archiving(self: FileSystem, source: str, target: str) -> None:
-            if not fired and os.path.basename(source) == CURRENT_LOG:
-                fired.append(True)
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-                if threading.current_thread() is not threading.main_thread():
-                    assert received.wait(10)  # the main thread took it, mid-roll
-            rename(self, source, target)
-
-        monkeypatch.setattr(FileSystem, "rename", archiving)
-        with pytest.raises(KeyboardInterrupt):
+        with (
+            ctrl_c_to_the_main_thread(
+                monkeypatch,
+                FileSystem,
+                "rename",
+                lambda fs, source, target: os.path.basename(source) == CURRENT_LOG,
+            ) as sent,
+            pytest.raises(KeyboardInterrupt),
+        ):
             session.log_files()
-        monkeypatch.undo()
-        assert fired == [True] and received.is_set()
+        assert sent == [True]
         assert inst.log.failed is None and inst.state.value == "open"
         _load(inst, 60, 5)  # serving
         for file in session.log_files():  # the roll was made: the list stands
@@ -927,13 +914,48 @@ def test_a_ctrl_c_during_the_backups_log_roll_leaves_the_instance_serving(
         assert result.generation_high == session.last_generation
         assert inst.counters()["backups_completed"] == 1
     finally:
-        signal.signal(signal.SIGINT, previous)
         inst.close()
     restored = _open_from_copies(tmp_path / "restored", dest)
     try:
         assert len(_rows(restored)) == 60
     finally:
         restored.close()
+
+
+def test_a_ctrl_c_in_a_backups_first_checkpoint_leaves_the_instance_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (a real SIGINT to the main thread) during the checkpoint a full backup
+    starts with failed the whole instance (an interrupted checkpoint cannot be finished).
+    It runs out of the interrupt's reach: it completes, the backup is not started, the
+    interrupt reaches the caller, and the instance serves on."""
+    from interrupting import ctrl_c_to_the_main_thread
+    from jetstore.pages.pagefile import DatabaseFile
+
+    inst = _open(tmp_path / "live")
+    try:
+        _load(inst, 0, 30)
+        checkpoints = inst.checkpoints
+        with (
+            ctrl_c_to_the_main_thread(
+                monkeypatch,
+                DatabaseFile,
+                "write_checkpoint_pages",
+                # Not a checkpoint of the background thread's own.
+                lambda *args: threading.current_thread().name != "jetstore-background",
+            ) as sent,
+            pytest.raises(KeyboardInterrupt),
+        ):
+            inst.begin_backup("full")
+        assert sent == [True]
+        assert inst.checkpoints == checkpoints + 1  # it completed
+        assert inst.state.value == "open" and inst.log.failed is None
+        assert inst.backup_session is None and inst.database("main").file.pins == 0
+        _load(inst, 30, 5)  # serving
+        inst.backup(tmp_path / "set")
+    finally:
+        inst.close()
+    assert jetstore.verify_backup(tmp_path / "set").ok
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["in the pin", "as the pin returns"])

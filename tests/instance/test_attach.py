@@ -1567,6 +1567,68 @@ def test_an_attach_interrupted_as_it_releases_its_locks_keeps_the_database_it_at
         assert rows(reopened.database("other")) == list(range(6))
 
 
+@pytest.mark.parametrize("where", ["detach's first", "detach's last", "attach's last"])
+def test_a_ctrl_c_in_a_checkpoint_of_attach_or_detach_leaves_the_instance_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A Ctrl-C (a real SIGINT to the main thread) while attach or detach checkpointed
+    failed the whole instance: an interrupted checkpoint cannot be finished (its plan gave
+    pages it did not write). Those checkpoints run out of the interrupt's reach: each
+    completes, the interrupt follows it, and the instance serves on; a detach cancelled in
+    its first checkpoint did nothing, one interrupted in its last is done, as is the attach."""
+    from tests.interrupting import ctrl_c_to_the_main_thread
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    with jetstore.open(a, **SMALL) as first:
+        fill(first.database("moving", create=True), 0, 20)
+        path = first.detach("moving")
+    instance = jetstore.open(b, **SMALL)
+    main = instance.database("main", create=True)
+    fill(main, 0, 10)
+    if where.startswith("detach"):
+        instance.attach(path)
+        fill(instance.database("moving"), 20, 5)  # something for the checkpoint to write
+
+    def when(*args: object) -> bool:
+        if threading.current_thread().name == "jetstore-background":
+            return False  # a checkpoint of its own, not the one of the call
+        attached = "moving" in instance.databases()
+        return where == "detach's first" or attached == (where == "attach's last")
+
+    with (
+        ctrl_c_to_the_main_thread(
+            monkeypatch, DatabaseFile, "write_checkpoint_pages", when
+        ) as sent,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        if where.startswith("detach"):
+            instance.detach("moving")
+        else:
+            instance.attach(path)
+    assert sent == [True]
+    assert instance.state is InstanceState.OPEN and instance.log.failed is None
+    fill(main, 10, 1)  # serving
+    if where.startswith("detach"):
+        path = str(b / "moving.edb")
+    if where == "detach's first":
+        assert instance.databases() == ["main", "moving"]
+        assert instance.detach("moving") == path  # a retry does it
+    elif where == "detach's last":
+        assert instance.databases() == ["main"]
+    else:
+        assert instance.databases() == ["main", "moving"]
+        fill(instance.database("moving"), 20, 1)
+    instance.checkpoint()
+    instance.close()
+    if where.startswith("detach"):
+        with jetstore.open(a, **SMALL) as first:
+            assert rows(first.attach(path)) == list(range(25))
+    with jetstore.open(b, **SMALL) as reopened:
+        assert rows(reopened.database("main")) == list(range(11))
+        if where == "attach's last":
+            assert rows(reopened.database("moving")) == list(range(21))
+
+
 @pytest.mark.parametrize("writable", [False, True], ids=["probe", "target"])
 def test_an_attach_interrupted_as_a_database_file_open_returns_leaves_nothing_open(
     tmp_path: Path, writable: bool

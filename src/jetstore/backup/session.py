@@ -75,7 +75,7 @@ from jetstore.format.logheader import LogFileHeader
 from jetstore.format.positions import LogPosition
 from jetstore.io.files import File
 from jetstore.io.handles import release_all
-from jetstore.io.threads import ManagedThread
+from jetstore.io.threads import run_out_of_reach
 
 if TYPE_CHECKING:
     from jetstore.instance.database import Database
@@ -287,8 +287,9 @@ class BackupSession:
                     hint="take a full backup, or reopen the instance with circular_logging=False",
                 )
         else:
-            # A fresh checkpoint keeps the log part of the backup short.
-            instance.checkpoint()
+            # A fresh checkpoint keeps the log part of the backup short (out of a Ctrl-C's
+            # reach: interrupted, a checkpoint fails the instance).
+            instance.checkpoint_out_of_reach()
         with instance.checkpoint_guard():
             self._databases = instance.attached_databases()
             # Generations before the newest one on disk are archived files; the log's current
@@ -413,41 +414,18 @@ class BackupSession:
             return list(self._log_files)
 
     def _roll_out_of_reach(self) -> tuple[int, BaseException | None]:
-        """`LogWriter.roll` run by a thread of its own; returns the closed generation and an
-        interrupt that arrived while it ran (for the caller to raise once it is done).
+        """`LogWriter.roll` run by a thread of its own (`run_out_of_reach`); returns the
+        closed generation and an interrupt that arrived while it ran.
 
         The roll is a flush that renames: interrupted (Ctrl-C), it cannot be made again as a
         flush within a generation is (`LogWriter._write_chunks`), and the log writer fails
         for good, so the whole instance stopped accepting updates over a Ctrl-C meant for
-        the backup. Python raises a signal handler's exception (KeyboardInterrupt) in the
-        main thread only: here it lands in the wait, which goes on until the roll ended.
-        The thread is registered under the session's owner: a session that ends meanwhile
-        (an interrupt before the wait, the instance closing) joins it.
+        the backup. The thread is registered under the session's owner: a session that ends
+        meanwhile (the instance closing) joins it.
         """
-        outcome: list[int] = []
-        done = threading.Event()
-
-        def roll(_stop: threading.Event) -> None:
-            try:
-                outcome.append(self.instance.log.roll())
-            finally:
-                done.set()
-
-        thread = ManagedThread(self.instance.registry, self.owner, f"backup-{self.id}-roll", roll)
-        interrupted: BaseException | None = None
-        while not done.is_set():
-            try:
-                # An event, not `Thread.join`: an interrupted join (3.11) marks the thread
-                # ended while it runs (bpo-45274's clean-up), and the next join returns.
-                done.wait()
-            except Exception:
-                raise
-            except BaseException as exc:
-                interrupted = interrupted or exc
-        thread.close()
-        if thread.error is not None:
-            raise thread.error
-        return outcome[0], interrupted
+        return run_out_of_reach(
+            self.instance.registry, self.owner, f"backup-{self.id}-roll", self.instance.log.roll
+        )
 
     def files(self) -> Iterator[BackupFile]:
         """Every file, in the order a backup copies them (the log list comes last, see

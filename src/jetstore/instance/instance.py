@@ -149,7 +149,7 @@ from jetstore.io import forks
 from jetstore.io.files import FileSystem, absolute_path
 from jetstore.io.handles import HandleRegistry, release_all, use_owner
 from jetstore.io.locking import HOLDER_INSTANCE, DirectoryLock, acquire_directory_lock
-from jetstore.io.threads import ManagedThread, WeakOwner
+from jetstore.io.threads import ManagedThread, WeakOwner, run_out_of_reach
 from jetstore.log.policy import DeletionLimit, deletable, deletion_limit
 from jetstore.log.writer import LogConfig, LogTail, LogWriter
 from jetstore.pages.cache import CacheBudget
@@ -1152,7 +1152,7 @@ class Instance:
                 hint="commit or roll back every transaction of the database, then detach it",
             )
         for _attempt in range(5):
-            self.checkpoint()  # everything committed reaches its page file
+            self.checkpoint_out_of_reach()  # everything committed reaches its page file
             if db.closed or db.position <= db.file.header.checkpoint_position:
                 break  # no commit since: the checkpoint's tree is the whole database
         # The backup lock around the removal: a backup registered before it sees the
@@ -1271,7 +1271,7 @@ class Instance:
         Any other error is raised saying what is done.
         """
         try:
-            self.checkpoint()
+            self.checkpoint_out_of_reach()
         except JetError as exc:
             if self.state is InstanceState.CLOSED or self._closing:
                 return
@@ -1720,6 +1720,18 @@ class Instance:
         if self.state is InstanceState.FAILED:
             self.check_writable()  # raises: say why the instance stopped
         return self._checkpoint(final=final, raise_errors=True)
+
+    def checkpoint_out_of_reach(self) -> None:
+        """`checkpoint()` by a thread of its own (`run_out_of_reach`), for the checkpoints of
+        attach, detach and a backup's start: a Ctrl-C meant for them lands in the wait and is
+        raised once the checkpoint completed. Interrupted itself, a checkpoint fails the
+        instance (its plan gave pages that were never written, `_checkpoint`): a Ctrl-C that
+        cancelled a detach stopped the whole instance accepting updates."""
+        _position, interrupted = run_out_of_reach(
+            self.registry, self.owner, "jetstore-checkpoint", self.checkpoint
+        )
+        if interrupted is not None:
+            raise interrupted
 
     def _checkpoint(
         self, *, final: bool, raise_errors: bool, write_back: bool = False

@@ -13,6 +13,8 @@ Invariants:
   (`jetstore.instance.unclosed`).
 - A thread never joins itself: `close()` from the thread's own code (an owner shut down by its
   own background thread) stops and unregisters it, and the thread ends when its target returns.
+- `run_out_of_reach` runs a call that an interrupt would leave half done in a thread of its
+  own: Python raises a signal handler's exception (KeyboardInterrupt) in the main thread only.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from typing import Concatenate, Generic, ParamSpec, TypeVar
 
 from jetstore.errors import OutOfThreads
-from jetstore.io.handles import HandleKind, HandleRegistry
+from jetstore.io.handles import HandleKind, HandleRegistry, use_owner
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -118,3 +120,69 @@ class ManagedThread:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def run_out_of_reach(
+    registry: HandleRegistry, owner: str, name: str, call: Callable[[], T]
+) -> tuple[T, BaseException | None]:
+    """`call()` run by a thread of its own, out of a Ctrl-C's reach; returns its result and
+    the interrupt that arrived while it ran (None if none did), for the caller to raise once
+    it is done with the result. The call's own exception is raised.
+
+    For work that an interrupt leaves in a state nothing can finish or undo, which fails the
+    instance: a flush that renames (a log roll), a checkpoint once its plan gave pages.
+    Python raises a signal handler's exception (KeyboardInterrupt) in the main thread only:
+    it lands in the wait here, which goes on until the call ended. The wait is on an event,
+    not `Thread.join`: an interrupted join (3.11) marks the thread ended while it runs
+    (bpo-45274's clean-up), and the next join returns at once.
+
+    The thread begins the call only once it is told to (`go`), after its start returned
+    here: an interrupt during the start (`Thread.start` waits for the thread, in Python)
+    cancels a call that has not begun, instead of leaving it running unwaited for. The
+    thread is registered under a sub-owner of `owner`, closed (joined) on every way out.
+    Without a thread to spare (`OutOfThreads`) the call runs in the caller's, as it did.
+    """
+    use = use_owner(owner)
+    outcome: list[T] = []
+    done = threading.Event()
+    go = threading.Event()
+    cancelled: list[bool] = []
+    failure: list[BaseException] = []
+
+    def run(_stop: threading.Event) -> None:
+        go.wait()
+        if cancelled:
+            return
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    interrupted: BaseException | None = None
+    try:
+        ManagedThread(registry, use, name, run)
+        go.set()
+    except OutOfThreads:
+        return call(), None
+    except Exception:
+        raise
+    except BaseException as exc:
+        if not go.is_set():
+            cancelled.append(True)
+            go.set()
+            registry.close_owner(use)
+            raise
+        interrupted = exc
+    while not done.is_set():
+        try:
+            done.wait()
+        except Exception:
+            raise
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    registry.close_owner(use)  # joins the thread, which ended its call
+    if failure:
+        raise failure[0]
+    return outcome[0], interrupted
