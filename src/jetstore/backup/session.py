@@ -424,7 +424,7 @@ class BackupSession:
         meanwhile (the instance closing) joins it.
         """
         return run_out_of_reach(
-            self.instance.registry, self.owner, f"backup-{self.id}-roll", self.instance.log.roll
+            self.instance.registry, self.owner, "jetstore-backup-roll", self.instance.log.roll
         )
 
     def files(self) -> Iterator[BackupFile]:
