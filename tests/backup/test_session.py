@@ -874,6 +874,44 @@ def test_a_ctrl_c_during_a_history_header_write_completes_the_backup_then_propag
             assert not again.database(name).file.header.last_full_backup.is_none
 
 
+def test_a_ctrl_c_between_two_history_writes_completes_the_backup_then_propagates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C landing between two databases' history writes (none half done) escaped
+    `complete()` with the session still running: the `with` block's exit aborted it, event
+    152 said "nothing was recorded" while the first header named the backup. The loop goes
+    on, the backup completes, and the interrupt reaches the caller after."""
+    from jetstore.pages.pagefile import DatabaseFile
+
+    with _open(tmp_path / "i") as inst:
+        _load(inst, 0, 40)
+        other = inst.database("other", create=True)
+        other.create_table("t", [("k", "int")], primary_key="k")
+        main = inst.database("main")
+        closed = DatabaseFile.closed
+        fired: list[bool] = []
+
+        def interrupted(self: DatabaseFile) -> bool:
+            # Asked before each history write: once the first header records the backup.
+            if self is other.file and not fired and not main.file.header.last_full_backup.is_none:
+                fired.append(True)
+                raise KeyboardInterrupt("Ctrl-C")
+            return bool(closed.fget(self))  # type: ignore[attr-defined]
+
+        monkeypatch.setattr(DatabaseFile, "closed", property(interrupted))
+        with pytest.raises(KeyboardInterrupt):
+            inst.backup(tmp_path / "set")
+        monkeypatch.undo()
+        assert fired == [True]
+        counters = inst.counters()
+        assert counters["backups_completed"] == 1 and counters["backups_aborted"] == 0
+        names = [e["name"] for e in inst.events.recent(50)]
+        assert "backup_completed" in names and "backup_aborted" not in names
+        for db in (main, other):
+            assert not db.file.header.last_full_backup.is_none
+        inst.backup(tmp_path / "incremental", kind="incremental")
+
+
 def test_a_ctrl_c_during_the_backups_log_roll_leaves_the_instance_serving(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

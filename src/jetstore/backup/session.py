@@ -668,52 +668,96 @@ class BackupSession:
             databases += [
                 db for db in self.instance.attached_databases() if db not in self._databases
             ]
-        for db in databases:
-            if db.file.closed:
-                continue  # detached while the backup ran
-            position = LogPosition(low, 0)
-            for image in self._images:
-                if image.db is db:
-                    position = image.header.checkpoint_position
-            info = BackupInfo(low, high, position, completed)
-            field_name = {
-                BackupKind.FULL: "last_full_backup",
-                BackupKind.INCREMENTAL: "last_incremental_backup",
-                BackupKind.DIFFERENTIAL: "last_differential_backup",
-            }[self.kind]
-            changes: dict[str, Any] = {field_name: info}
-            if self.kind is BackupKind.FULL:
-                # A new full backup starts a new chain: older incrementals and differentials
-                # do not apply on top of it.
-                changes["last_incremental_backup"] = BackupInfo.NONE
-                changes["last_differential_backup"] = BackupInfo.NONE
+        # An interrupt that lands between two writes (none half done) is deferred too, and
+        # the loop goes on from the first database not recorded; escaping, it ended the
+        # session as aborted ("nothing recorded") while the headers before named it. A
+        # second one fails the session saying which headers hold the backup.
+        pending = list(databases)
+        between: BaseException | None = None
+        while True:
             try:
-                try:
-                    db.file.write_header(**changes)
-                except Exception:
-                    raise
-                except BaseException as interrupt:
-                    db.file.write_header(**changes)
-                    deferred = deferred or interrupt
-            except JetError as exc:
-                raise _HistoryWriteFailed(self._history_error(exc, db, recorded), exc) from exc
+                while pending:
+                    interrupted = self._record_one(pending[0], low, high, completed, recorded)
+                    deferred = deferred or interrupted
+                    pending.pop(0)
+                return deferred or between
+            except Exception:
+                raise
             except BaseException as exc:
-                # A second interrupt, in the write made again (or any other exception):
-                # ended by the caller's abort instead, the session was announced as
-                # "nothing recorded" while earlier headers named it.
+                if self.state != "running":
+                    raise  # `_record_one` failed the session, saying what is recorded
+                if between is None:
+                    between = exc
+                    continue
+                held = (
+                    f"the header(s) of {', '.join(repr(n) for n in recorded)} record it, "
+                    "no other does"
+                    if recorded
+                    else "no header records it"
+                )
                 self._fail(
                     BackupAbortByServer(
                         f"{self.kind.value} backup {self.id} of '{self.instance.directory}' "
-                        f"was interrupted ({type(exc).__name__}) while it was being recorded: "
-                        f"{_history_held(db, recorded)}; no log was deleted",
+                        f"was interrupted twice ({type(exc).__name__}) while it was being "
+                        f"recorded: {held}; no log was deleted",
                         hint="take a new full backup before any incremental or differential "
                         "one: the instance's record of this backup is not reliable",
-                        path=db.file.path,
                     ),
                     outcome=None,
                 )
                 raise
-            recorded.append(db.name)
+
+    def _record_one(
+        self, db: Database, low: int, high: int, completed: int, recorded: list[str]
+    ) -> BaseException | None:
+        """Write the backup into the history of `db`'s header (`_record_history`); returns
+        the interrupt of a write made again, and adds `db` to `recorded`."""
+        if db.file.closed or db.name in recorded:
+            return None  # detached while the backup ran; or written before an interrupt
+        position = LogPosition(low, 0)
+        for image in self._images:
+            if image.db is db:
+                position = image.header.checkpoint_position
+        info = BackupInfo(low, high, position, completed)
+        field_name = {
+            BackupKind.FULL: "last_full_backup",
+            BackupKind.INCREMENTAL: "last_incremental_backup",
+            BackupKind.DIFFERENTIAL: "last_differential_backup",
+        }[self.kind]
+        changes: dict[str, Any] = {field_name: info}
+        if self.kind is BackupKind.FULL:
+            # A new full backup starts a new chain: older incrementals and differentials
+            # do not apply on top of it.
+            changes["last_incremental_backup"] = BackupInfo.NONE
+            changes["last_differential_backup"] = BackupInfo.NONE
+        deferred: BaseException | None = None
+        try:
+            try:
+                db.file.write_header(**changes)
+            except Exception:
+                raise
+            except BaseException as interrupt:
+                db.file.write_header(**changes)
+                deferred = interrupt
+        except JetError as exc:
+            raise _HistoryWriteFailed(self._history_error(exc, db, recorded), exc) from exc
+        except BaseException as exc:
+            # A second interrupt, in the write made again (or any other exception):
+            # ended by the caller's abort instead, the session was announced as
+            # "nothing recorded" while earlier headers named it.
+            self._fail(
+                BackupAbortByServer(
+                    f"{self.kind.value} backup {self.id} of '{self.instance.directory}' "
+                    f"was interrupted ({type(exc).__name__}) while it was being recorded: "
+                    f"{_history_held(db, recorded)}; no log was deleted",
+                    hint="take a new full backup before any incremental or differential "
+                    "one: the instance's record of this backup is not reliable",
+                    path=db.file.path,
+                ),
+                outcome=None,
+            )
+            raise
+        recorded.append(db.name)
         return deferred
 
     def _history_error(self, exc: JetError, db: Database, recorded: list[str]) -> JetError:
