@@ -741,3 +741,42 @@ def test_a_client_dropped_without_close_closes_its_socket(
     assert sock.fileno() == -1, "the dropped client's socket is still open"
     assert DEFAULT_REGISTRY.total(owner) == 0
     baseline.wait(inst)
+
+
+def test_a_reply_that_comes_after_its_timeout_is_not_taken_for_the_next_ones(
+    inst: jetstore.Instance, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Defect: after a request timed out, its late reply stayed in the connection and was
+    read as the reply to the next request: ping() returned the counters, and events() then
+    failed with a KeyError. The client now gives up a connection whose reply did not come
+    whole; the next request without side effects reconnects, and any other request says why
+    it cannot go on."""
+    slow = threading.Event()
+    counters = inst.counters
+
+    def late_counters() -> dict[str, Any]:
+        if slow.is_set():
+            slow.clear()
+            time.sleep(0.6)
+        return counters()
+
+    monkeypatch.setattr(inst, "counters", late_counters)
+    baseline = Baseline.take(inst)
+    owner = f"control-client:{inst.directory}"
+    with connect(inst.directory, timeout=0.2) as client:
+        slow.set()
+        with pytest.raises(InstanceUnavailable, match="did not answer"):
+            client.counters()
+        time.sleep(0.8)  # the late reply has come by now
+        assert client.ping()["op"] == "ping"
+        assert [e["name"] for e in client.events(1)]
+        assert "log_generation" in client.counters()
+        assert DEFAULT_REGISTRY.total(owner) == 1
+        slow.set()
+        with pytest.raises(InstanceUnavailable, match="did not answer"):
+            client.counters()
+        with pytest.raises(InstanceUnavailable, match=r"did not answer.*in time.*given up"):
+            client.backup(tmp_path / "set")
+        assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
+    assert DEFAULT_REGISTRY.total(owner) == 0
+    baseline.wait(inst)

@@ -9,6 +9,8 @@ fsynced); `read_manifest`, verification and restore read both alike.
 
 A connection the server closed as idle (`server.IDLE_TIMEOUT`) is made again, once and as
 `connect` makes it, for a request without side effects (`SIMPLE_OPS`); a backup never is.
+So is a connection given up because a reply did not come whole (a timeout, an interrupt):
+its late reply must never be read as the next request's.
 
 Invariants:
 - The backup rule: ``{"op": "complete"}`` (after which the server records the backup and
@@ -114,6 +116,9 @@ class ControlClient:
         self._answered = False
         #: The server ended the connection before a byte of the current reply came.
         self._hung_up = False
+        #: Why the connection was given up (a request's reply did not come whole: a late
+        #: one would be read as the next request's), or None while it is in step.
+        self._given_up: JetError | None = None
         #: The server's reply to ``complete`` after a `backup` (``result.truncated``: the log
         #: generations the completion deleted).
         self.completion: dict[str, Any] | None = None
@@ -154,6 +159,8 @@ class ControlClient:
         A request without side effects (`SIMPLE_OPS`) on a connection the server closed as
         idle (its `OutOfSessions` line, or a hang-up before any byte of the reply) is sent
         again once on a new connection, made as `connect` makes one."""
+        if self._given_up is not None and message.get("op") in SIMPLE_OPS:
+            self._reconnect()
         repeatable = self._answered and message.get("op") in SIMPLE_OPS
         try:
             reply = self._exchange(message)
@@ -168,12 +175,35 @@ class ControlClient:
 
     def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
         self._hung_up = False
-        self._send(message)
-        return self._reply(self._read_line())
+        try:
+            self._send(message)
+            line = self._read_line()
+        except BaseException as exc:
+            # The request may have reached the server, and its reply be on the way: read on
+            # this connection, it would be taken for the next request's (a timed-out
+            # counters() answering the next ping()). The connection is out of step for good.
+            self._give_up(exc)
+            raise
+        return self._reply(line)
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Close the connection after a request whose reply did not come whole; the next
+        request without side effects makes a new one, any other says why it cannot."""
+        if self._given_up is None:
+            self._given_up = (
+                exc
+                if isinstance(exc, JetError)
+                else InstanceUnavailable(
+                    f"a request to '{self.path}' was interrupted ({type(exc).__name__})",
+                    path=self.path,
+                )
+            )
+        self._handle.close()
 
     def _reconnect(self) -> None:
         self._handle.close()
         self._buffer.clear()
+        self._given_up = None
 
         def adopt(sock: socket.SocketType, handle: Handle) -> None:
             # The handle first: close() then closes the new socket whatever interrupts here.
@@ -360,6 +390,14 @@ class ControlClient:
     # ----------------------------------------------------------------- wire
 
     def _send(self, message: dict[str, Any]) -> None:
+        given_up = self._given_up
+        if given_up is not None:
+            raise type(given_up)(
+                f"{given_up.detail}; the control connection was given up then (a late answer "
+                "would have been read as this request's)",
+                hint=f"connect to '{self.directory}' again for this request",
+                path=self.path,
+            )
         try:
             self._sock.sendall(encode_line(message), SEND_FLAGS)
         except TimeoutError as exc:
