@@ -4,6 +4,7 @@ socket, `jetstore backup` takes an online backup through it (any kind)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,47 @@ def test_a_directory_held_by_an_offline_tool_is_not_called_an_open_instance(
     assert "is open" not in str(error["detail"]) and "control_socket" not in str(error["hint"])
     assert "wait for it to end" in str(error["hint"])
     assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.parametrize("trouble", ["slow", "no free slot"])
+def test_live_counters_that_do_not_come_are_not_blamed_on_a_missing_socket(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    trouble: str,
+) -> None:
+    """Defect: an instance that serves its socket but did not answer in time was reported
+    as serving none ("opened with control_socket=False, or its directory path is too long"),
+    sending the operator after a setting that was fine; one with every client slot taken
+    ended with exit 5, a full disk's code. Both are now exit 3 with the socket's own word."""
+    from jetstore.cli import counters as counters_module
+    from jetstore.control import client as client_module
+    from jetstore.control import server as server_module
+
+    with open_instance(tmp_path / "i") as inst:
+        load(inst, 0, 3)
+        if trouble == "slow":
+            fast = inst.counters
+
+            def slow() -> dict[str, object]:
+                time.sleep(1.0)
+                return fast()
+
+            monkeypatch.setattr(inst, "counters", slow)
+            monkeypatch.setattr(
+                counters_module,
+                "connect",
+                lambda path, timeout: client_module.connect(path, timeout=0.3),
+            )
+            expected = "did not answer"
+        else:
+            monkeypatch.setattr(server_module, "MAX_CLIENTS", 0)
+            expected = "serves 0 clients already"
+        code, document = _json(capsys, "counters", str(tmp_path / "i"))
+        assert code == 3, document
+        error = document["error"]
+        assert isinstance(error, dict)
+        assert expected in str(error["message"]), error
+        assert "control_socket=False" not in str(error["message"])
+        assert "jetstore.sock" in str(error["message"])
+        time.sleep(1.0 if trouble == "slow" else 0)

@@ -2,9 +2,10 @@
 
 This module owns the command only. When another process has the instance open, the live
 counters come from its control socket (`jetstore.control.client`; ``"live": true``); if that
-process serves no socket the command says so and exits 3. Otherwise it opens the instance for
-the purpose (recovery runs if it was not shut down cleanly), prints the counters just after
-the open, and closes it again (``"live": false, "opened_for_this": true``).
+process serves no socket the command says so and exits 3, as it does, with the socket's own
+error, when one is served but does not answer in time or has no client slot free. Otherwise
+it opens the instance for the purpose (recovery runs if it was not shut down cleanly), prints
+the counters just after the open, and closes it again (``"live": false, "opened_for_this": true``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from jetstore.cli.output import command_errors, finish, json_option, stdout_console
+from jetstore.cli.output import ExitCode, command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import (
     ensure_instance_directory,
+    fail,
     instance_options,
     open_instance,
     refuse_if_in_use,
 )
 from jetstore.control.client import connect
-from jetstore.errors import InstanceUnavailable
+from jetstore.errors import InstanceUnavailable, OutOfSessions
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import HOLDER_INSTANCE, is_locked, lock_holder_role
 
@@ -50,14 +52,23 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def _live_counters(path: str) -> dict[str, Any] | None:
+def _live_counters(fs: FileSystem, path: str, *, as_json: bool) -> dict[str, Any] | None:
     """The counters from the control socket of the process that has `path` open (None if
-    no process serves it)."""
+    no process serves it, or it closed the instance meanwhile)."""
     try:
-        with connect(path, timeout=30.0) as client:
-            return client.counters()
+        client = connect(path, timeout=30.0)
     except InstanceUnavailable:
         return None
+    with client:
+        try:
+            return client.counters()
+        except (InstanceUnavailable, OutOfSessions) as exc:
+            # A socket is served: it did not answer in time, closed the connection, or has
+            # no client slot free. Its own words say which; "serves none" would send the
+            # operator after a setting that is fine.
+            if not is_locked(fs, path):
+                return None  # the instance closed meanwhile: read the counters offline
+            fail(exc, command="counters", as_json=as_json, exit_code=ExitCode.STATE)
 
 
 @click.command("counters", short_help="Show the instance's counters (live if it is open).")
@@ -73,7 +84,7 @@ def counters_command(directory: str, as_json: bool) -> None:
     """
     fs = FileSystem()
     path = ensure_instance_directory(fs, directory)
-    live = _live_counters(path) if is_locked(fs, path) else None
+    live = _live_counters(fs, path, as_json=as_json) if is_locked(fs, path) else None
     if live is not None:
         result: dict[str, Any] = {
             "directory": path,
