@@ -780,3 +780,34 @@ def test_a_reply_that_comes_after_its_timeout_is_not_taken_for_the_next_ones(
         assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
     assert DEFAULT_REGISTRY.total(owner) == 0
     baseline.wait(inst)
+
+
+_HUGE = "\U0001f600" * 16_000  # 64,000 bytes as UTF-8, 192,000 once JSON-escaped
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [{"op": _HUGE}, {"op": "events", "limit": _HUGE}, {"op": "backup", "kind": [_HUGE]}],
+    ids=["op", "limit", "kind"],
+)
+def test_a_bad_request_quotes_what_it_sent_briefly(
+    inst: jetstore.Instance, request_: dict[str, Any]
+) -> None:
+    """Defect: a rejected value was quoted whole, in the reply and twice in event 161 (the
+    message and the op field), each character JSON-escaped: one 64 KiB request was a
+    384 KiB line of events.jsonl (rotating the history away every 21 requests), and the 200
+    events kept in memory made an `events` reply over the 64 MiB every client refuses."""
+    baseline = Baseline.take(inst)
+    event_log = Path(inst.directory) / "events.jsonl"
+    raw = Raw(Path(inst.directory))
+    raw.send(json.dumps(request_, ensure_ascii=False).encode() + b"\n")
+    reply = raw.line()
+    assert reply["ok"] is False and reply["error"]["name"] == "InvalidParameter"
+    message = reply["error"]["message"]
+    assert len(message) < 1000 and "characters)" in message, message[:300]
+    assert raw.request({"op": "ping"})["ok"] is True
+    raw.close()
+    with open(event_log, "rb") as lines:
+        rejected = [line for line in lines if json.loads(line)["id"] == 161]
+    assert len(rejected[-1]) < 4096, rejected[-1][:300]
+    baseline.wait(inst)

@@ -56,6 +56,25 @@ SIMPLE_OPS: Final = ("ping", "counters", "events")
 ALL_OPS: Final = (*SIMPLE_OPS, "backup", "complete", "abort")
 
 
+#: Characters of a client's value an error message or event quotes (`quote`, `clip`).
+QUOTE_LIMIT: Final = 60
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` cut to `limit` characters, saying how long it was: what a client sent is
+    quoted briefly whatever it sent. Quoted whole, one 64 KiB request was a 384 KiB line of
+    events.jsonl (every character JSON-escaped, in the message and a field), and the
+    events an instance keeps made an ``events`` reply longer than any client accepts."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut as `clip` cuts."""
+    return clip(repr(value), limit)
+
+
 def encode_line(message: dict[str, Any]) -> bytes:
     """One JSON line (compact, UTF-8, newline-terminated)."""
     return (json.dumps(to_jsonable(message), separators=(",", ":")) + "\n").encode()
@@ -191,8 +210,10 @@ __all__ = [
     "MAX_REPLY",
     "MAX_REQUEST",
     "PROTOCOL_VERSION",
+    "QUOTE_LIMIT",
     "SEND_FLAGS",
     "SIMPLE_OPS",
+    "clip",
     "decode_reply",
     "decode_request",
     "encode_line",
@@ -200,5 +221,6 @@ __all__ = [
     "error_object",
     "error_reply",
     "frame_header",
+    "quote",
     "to_jsonable",
 ]

@@ -66,10 +66,12 @@ from jetstore.control.protocol import (
     MAX_REQUEST,
     PROTOCOL_VERSION,
     SEND_FLAGS,
+    clip,
     decode_request,
     encode_line,
     error_reply,
     frame_header,
+    quote,
     to_jsonable,
 )
 from jetstore.errors import (
@@ -628,7 +630,7 @@ class ControlServer:
                 limit = request.get("limit", 50)
                 if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
                     raise InvalidParameter(
-                        f'"limit" must be a positive integer, got {limit!r}',
+                        f'"limit" must be a positive integer, got {quote(limit)}',
                         hint=f'ask for {{"op": "events", "limit": 50}} (at most {MAX_EVENTS})',
                     )
                 events = self.instance.events.recent(min(limit, MAX_EVENTS))
@@ -642,7 +644,7 @@ class ControlServer:
                 )
             else:
                 raise InvalidParameter(
-                    f"unknown op {op!r} on the control socket '{self.path}'",
+                    f"unknown op {quote(op)} on the control socket '{self.path}'",
                     hint="ops: ping, counters, events, backup (then complete or abort)",
                 )
         except JetError as exc:
@@ -679,7 +681,7 @@ class ControlServer:
                 if suppressed
                 else ""
             ),
-            op=op if isinstance(op, str) else None,
+            op=clip(op) if isinstance(op, str) else None,
             error=error.name,
             code=error.code,
             suppressed=suppressed,
@@ -690,7 +692,7 @@ class ControlServer:
     ) -> bool:
         kind = request.get("kind", "full")
         if not isinstance(kind, str):
-            raise InvalidParameter(f'"kind" must be a string, got {kind!r}')
+            raise InvalidParameter(f'"kind" must be a string, got {quote(kind)}')
         self._reap_workers()
         if len(self._workers) >= MAX_BACKUP_WORKERS:
             # The instance runs one backup at a time and `begin_backup` is the judge (a
@@ -902,7 +904,7 @@ class _BackupWorker:
                 raise _ClientAbort()
             if op is not None:
                 raise InvalidBackupSequence(
-                    f'"{op}" while the files stream: only "abort" may be sent before the '
+                    f'"{clip(op)}" while the files stream: only "abort" may be sent before the '
                     '"streamed" line',
                     hint='read every file, then send {"op": "complete"}',
                 )
@@ -945,7 +947,7 @@ class _BackupWorker:
                 return op
             if op is not None:
                 raise InvalidBackupSequence(
-                    f'"{op}" after the last file: the backup waits for "complete" or "abort"',
+                    f'"{clip(op)}" after the last file: the backup waits for "complete" or "abort"',
                     hint='send {"op": "complete"} once the backup set is durable',
                 )
             try:
