@@ -811,3 +811,32 @@ def test_a_bad_request_quotes_what_it_sent_briefly(
         rejected = [line for line in lines if json.loads(line)["id"] == 161]
     assert len(rejected[-1]) < 4096, rejected[-1][:300]
     baseline.wait(inst)
+
+
+@pytest.mark.parametrize("kind", ["fulll", "FULL", ""])
+def test_an_unknown_backup_kind_is_a_bad_argument_and_the_connection_goes_on(
+    inst: jetstore.Instance, kind: str, tmp_path: Path
+) -> None:
+    """Defect: a kind that is not a string was a bad argument (error reply, event 161, the
+    connection goes on), but an unknown string started a backup worker thread, which
+    refused it, logged nothing and closed the connection: the client's next request was
+    ECONNRESET."""
+    baseline = Baseline.take(inst)
+    before = len(_rejections(inst))
+    raw = Raw(Path(inst.directory))
+    reply = raw.request({"op": "backup", "kind": kind})
+    assert reply["ok"] is False and reply["error"]["name"] == "InvalidParameter"
+    assert "full, incremental, differential, copy" in reply["error"]["message"]
+    assert raw.request({"op": "ping"})["ok"] is True  # the connection still works
+    raw.close()
+    assert len(_rejections(inst)) == before + 1
+    assert _rejections(inst)[-1]["fields"]["op"] == "backup"
+    with connect(inst.directory) as client:
+        with pytest.raises(InvalidParameter, match="must be one of"):
+            client.backup(tmp_path / "set", kind)
+        assert client.closed
+    assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
+    assert inst.counters()["backup_sessions_active"] == 0
+    baseline.wait(inst)  # the server has read all the client sent (and dropped it)
+    # The refusal only: the client sends no abort for a backup that never started.
+    assert len(_rejections(inst)) == before + 2

@@ -254,7 +254,14 @@ class ControlClient:
             writer.prepare()
             requested = True
             self._send({"op": "backup", "kind": kind})
-            started = self._reply(self._read_line())  # "started" (or the error refusing it)
+            line = self._read_line()
+            try:
+                started = self._reply(line)  # "started" (or the error refusing it)
+            except JetError:
+                # Refused: no session to abort, and an abort would be one more protocol
+                # error to the server (a bad kind leaves the connection up).
+                requested = False
+                raise
             session = started.get("session")
             self.backup_session = session if isinstance(session, int) else None
             while True:

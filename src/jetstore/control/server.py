@@ -60,6 +60,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from jetstore.backup.session import BackupKind
 from jetstore.control.protocol import (
     FRAME_ERROR,
     MAX_FRAME,
@@ -691,8 +692,15 @@ class ControlServer:
         self, selector: selectors.BaseSelector, conn: _Conn, request: dict[str, Any]
     ) -> bool:
         kind = request.get("kind", "full")
-        if not isinstance(kind, str):
-            raise InvalidParameter(f'"kind" must be a string, got {quote(kind)}')
+        kinds = [k.value for k in BackupKind]
+        if kind not in kinds:
+            # Here, not in the worker's `begin_backup`: a bad argument is answered on the
+            # connection, which goes on (event 161), as for every other op; refused by the
+            # worker it cost a thread, logged nothing and closed the connection.
+            raise InvalidParameter(
+                f'"kind" must be one of {", ".join(kinds)}, got {quote(kind)}',
+                hint='send {"op": "backup", "kind": "full"}',
+            )
         self._reap_workers()
         if len(self._workers) >= MAX_BACKUP_WORKERS:
             # The instance runs one backup at a time and `begin_backup` is the judge (a
