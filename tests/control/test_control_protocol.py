@@ -757,17 +757,17 @@ def test_a_reply_that_comes_after_its_timeout_is_not_taken_for_the_next_ones(
     def late_counters() -> dict[str, Any]:
         if slow.is_set():
             slow.clear()
-            time.sleep(0.6)
+            time.sleep(1.5)
         return counters()
 
     monkeypatch.setattr(inst, "counters", late_counters)
     baseline = Baseline.take(inst)
     owner = f"control-client:{inst.directory}"
-    with connect(inst.directory, timeout=0.2) as client:
+    with connect(inst.directory, timeout=0.8) as client:
         slow.set()
         with pytest.raises(InstanceUnavailable, match="did not answer"):
             client.counters()
-        time.sleep(0.8)  # the late reply has come by now
+        time.sleep(1.5)  # the late reply has come by now
         assert client.ping()["op"] == "ping"
         assert [e["name"] for e in client.events(1)]
         assert "log_generation" in client.counters()
