@@ -840,3 +840,19 @@ def test_an_unknown_backup_kind_is_a_bad_argument_and_the_connection_goes_on(
     baseline.wait(inst)  # the server has read all the client sent (and dropped it)
     # The refusal only: the client sends no abort for a backup that never started.
     assert len(_rejections(inst)) == before + 2
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), None, "5"])
+def test_a_client_timeout_that_is_no_wait_is_refused_clearly(
+    inst: jetstore.Instance, timeout: object
+) -> None:
+    """Defect: timeout=0 made a non-blocking socket, whose first read failed at once as
+    "the instance closed the control connection (Resource temporarily unavailable)"; -1
+    and NaN were a ValueError, infinity an OverflowError, None a TypeError, none of them a
+    JetError. A timeout must be a positive number of seconds."""
+    baseline = Baseline.take(inst)
+    with pytest.raises(InvalidParameter, match="timeout") as refused:
+        connect(inst.directory, timeout=timeout)  # type: ignore[arg-type]
+    assert "jetstore.sock" in str(refused.value)
+    assert DEFAULT_REGISTRY.total(f"control-client:{inst.directory}") == 0
+    baseline.wait(inst)

@@ -83,6 +83,8 @@ from jetstore.io.sockets import close_unregistered_sockets, open_socket, peer_ui
 
 #: Default seconds a client waits for the server (the backup's first checkpoint included).
 DEFAULT_TIMEOUT: Final = 120.0
+#: Above this a timeout does not fit the socket calls (and is no bound anyway): a year.
+_MAX_TIMEOUT: Final = 365 * 86400.0
 _CONNECTIONS = itertools.count(1)
 _T = TypeVar("_T")
 
@@ -552,6 +554,19 @@ def connect(
     """Connect to the instance that has `instance_dir` open (InstanceUnavailable if none)."""
     directory = os.path.abspath(os.fspath(instance_dir))
     path = socket_path(directory)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < _MAX_TIMEOUT
+    ):
+        # 0 would make the socket non-blocking (its first read "the instance closed the
+        # connection"), and the others fail deep in the socket calls, as no JetError.
+        raise InvalidParameter(
+            f"the timeout for the control socket '{path}' must be a positive number of "
+            f"seconds, got {timeout!r}",
+            hint=f"pass timeout=SECONDS, e.g. {DEFAULT_TIMEOUT:g} (the default)",
+            path=path,
+        )
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         # Unavailable, as with no socket at all: the instance may well be open (it goes on
         # without a socket, event 162), and callers treat both alike (the CLI's exit 3).
