@@ -856,3 +856,20 @@ def test_a_client_timeout_that_is_no_wait_is_refused_clearly(
     assert "jetstore.sock" in str(refused.value)
     assert DEFAULT_REGISTRY.total(f"control-client:{inst.directory}") == 0
     baseline.wait(inst)
+
+
+def test_a_backup_asked_for_as_a_plain_request_is_refused_before_it_starts(
+    inst: jetstore.Instance,
+) -> None:
+    """Defect: request({"op": "backup"}) returned the "started" line and left a backup
+    session streaming into a connection nobody read (its logs pinned until the stall
+    timeout); the next ping() returned the stream's "files" line as its reply. A backup
+    streams files and needs a set to write them to: `backup(dest)` takes it."""
+    baseline = Baseline.take(inst)
+    with connect(inst.directory) as client:
+        with pytest.raises(InvalidParameter, match=r"backup\(dest"):
+            client.request({"op": "backup", "kind": "full"})
+        assert client.ping()["op"] == "ping"
+    assert inst.counters()["backup_sessions_active"] == 0
+    assert inst.counters()["backups_aborted"] == 0
+    baseline.wait(inst)

@@ -160,7 +160,19 @@ class ControlClient:
 
         A request without side effects (`SIMPLE_OPS`) on a connection the server closed as
         idle (its `OutOfSessions` line, or a hang-up before any byte of the reply) is sent
-        again once on a new connection, made as `connect` makes one."""
+        again once on a new connection, made as `connect` makes one. A ``backup`` is not a
+        request: it streams files, to a set `backup` writes (InvalidParameter here)."""
+        if message.get("op") == "backup":
+            # Its reply is only the first line of a stream: returned as a reply, the session
+            # would stream into a connection nobody reads, pinning the instance's logs until
+            # the server's stall timeout, and the next request would get a "files" line.
+            raise InvalidParameter(
+                f"a backup through the control socket '{self.path}' streams files and needs a "
+                "backup set to write them to: it is not a single request",
+                hint="call ControlClient.backup(dest, kind) (or run `jetstore backup DIR --to "
+                "DEST`)",
+                path=self.path,
+            )
         if self._given_up is not None and message.get("op") in SIMPLE_OPS:
             self._reconnect()
         repeatable = self._answered and message.get("op") in SIMPLE_OPS
