@@ -873,3 +873,32 @@ def test_a_backup_asked_for_as_a_plain_request_is_refused_before_it_starts(
     assert inst.counters()["backup_sessions_active"] == 0
     assert inst.counters()["backups_aborted"] == 0
     baseline.wait(inst)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a threaded process
+def test_a_client_learns_at_once_that_the_instance_closed_while_a_forked_child_lives(
+    tmp_path: Path,
+) -> None:
+    """Defect: the server closed its connections with close() alone; a child forked while
+    a client was connected holds a copy of the server's end, so the close ended nothing: the
+    client's next request waited for its whole timeout, and was told the instance "did not
+    answer in time" rather than that it had closed. A shutdown() ends the connection for
+    every copy."""
+    inst = open_instance(tmp_path / "i")
+    load(inst, 0, 3)
+    with connect(inst.directory, timeout=10) as client:
+        assert client.ping()["ok"] is True
+        pid = os.fork()
+        if pid == 0:  # the child holds its copies of every descriptor, then leaves
+            time.sleep(8)
+            os._exit(0)
+        try:
+            inst.close()
+            started = time.monotonic()
+            with pytest.raises(InstanceUnavailable, match="no control socket") as refused:
+                client.events(1)
+            assert "in time" not in str(refused.value)
+            assert time.monotonic() - started < 3
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)

@@ -740,6 +740,13 @@ class ControlServer:
         except (KeyError, ValueError):
             pass
         self._conns.pop(conn.sock.fileno(), None)
+        try:
+            # Not close() alone: a child forked while the client was connected holds a copy
+            # of this end, and the client would see no end of stream until that child exits
+            # (its next request waiting out its timeout after the instance closed).
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client is gone already
         conn.handle.close()
 
 
