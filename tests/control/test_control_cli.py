@@ -359,3 +359,57 @@ def test_live_counters_that_do_not_come_are_not_blamed_on_a_missing_socket(
         assert "control_socket=False" not in str(error["message"])
         assert "jetstore.sock" in str(error["message"])
         time.sleep(1.0 if trouble == "slow" else 0)
+
+
+@pytest.mark.parametrize("command", ["counters", "backup"])
+def test_a_socket_that_accepts_no_connection_is_not_called_missing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """Defect: a control socket whose server accepts nothing (its process stopped, its
+    listen backlog full) was reported as no socket at all: "serves no control socket",
+    with the advice to open the instance with control_socket=True. It is served, and did
+    not accept in time: exit 3 with that."""
+    import socket
+
+    from jetstore.control import client as client_module
+
+    connect = client_module.connect
+    monkeypatch.setattr(
+        client_module, "connect", lambda path, timeout=120.0: connect(path, timeout=0.3)
+    )
+    from jetstore.cli import counters as counters_module
+
+    monkeypatch.setattr(
+        counters_module, "connect", lambda path, timeout=120.0: connect(path, timeout=0.3)
+    )
+    directory = tmp_path / "i"
+    with open_instance(directory, control_socket=False):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(directory / "jetstore.sock"))
+        listener.listen(0)
+        waiting = []
+        try:
+            while True:  # fill the backlog: nobody accepts
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                waiting.append(client)
+                client.connect(str(directory / "jetstore.sock"))
+        except BlockingIOError:
+            pass
+        try:
+            extra = ["--to", str(tmp_path / "set")] if command == "backup" else []
+            code, document = _json(capsys, command, str(directory), *extra)
+        finally:
+            for sock in (*waiting, listener):
+                sock.close()
+            (directory / "jetstore.sock").unlink()
+    assert code == 3, document
+    error = document["error"]
+    assert isinstance(error, dict)
+    assert "did not accept a connection" in str(error["message"]), error
+    assert "control_socket=False" not in str(error["message"])
+    assert "serves no control socket" not in str(error["message"])
+    assert not (tmp_path / "set").exists()

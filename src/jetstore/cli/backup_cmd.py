@@ -78,7 +78,7 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
     """An online backup of the instance another process has open, through its control
     socket (`jetstore.control.client`): the set is written here, made durable, and only then
     does the instance record the backup (and truncate logs). A progress bar unless `json`."""
-    from jetstore.control.client import connect
+    from jetstore.control.client import connect, nothing_serves
 
     # Closed on every way out, a Ctrl-C before `backup` (which closes it itself) included:
     # the connection would otherwise hold one of the server's client slots until exit.
@@ -87,6 +87,8 @@ def _online_backup(instance_dir: str, dest: str, kind: str, compress: bool, json
         try:
             client = connect(instance_dir)
         except InstanceUnavailable as exc:
+            if not nothing_serves(exc):
+                raise  # served, but it did not accept in time: its own words, exit 3
             fs = FileSystem()
             who = describe_lock_holder(fs, instance_dir)
             role = lock_holder_role(fs, instance_dir)

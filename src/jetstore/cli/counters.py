@@ -3,9 +3,10 @@
 This module owns the command only. When another process has the instance open, the live
 counters come from its control socket (`jetstore.control.client`; ``"live": true``); if that
 process serves no socket the command says so and exits 3, as it does, with the socket's own
-error, when one is served but does not answer in time or has no client slot free. Otherwise
-it opens the instance for the purpose (recovery runs if it was not shut down cleanly), prints
-the counters just after the open, and closes it again (``"live": false, "opened_for_this": true``).
+error, when one is served but does not accept or answer in time, or has no client slot free.
+Otherwise it opens the instance for the purpose (recovery runs if it was not shut down
+cleanly), prints the counters just after the open, and closes it again (``"live": false,
+"opened_for_this": true``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from jetstore.cli.support import (
     open_instance,
     refuse_if_in_use,
 )
-from jetstore.control.client import connect
+from jetstore.control.client import connect, nothing_serves
 from jetstore.errors import InstanceUnavailable, OutOfSessions
 from jetstore.io.files import FileSystem
 from jetstore.io.locking import HOLDER_INSTANCE, is_locked, lock_holder_role
@@ -57,8 +58,10 @@ def _live_counters(fs: FileSystem, path: str, *, as_json: bool) -> dict[str, Any
     no process serves it, or it closed the instance meanwhile)."""
     try:
         client = connect(path, timeout=30.0)
-    except InstanceUnavailable:
-        return None
+    except InstanceUnavailable as exc:
+        if nothing_serves(exc) or not is_locked(fs, path):
+            return None
+        fail(exc, command="counters", as_json=as_json, exit_code=ExitCode.STATE)
     with client:
         try:
             return client.counters()

@@ -597,6 +597,14 @@ def connect(
     )
 
 
+def nothing_serves(error: JetError) -> bool:
+    """Whether `error`, raised by `connect`, means that no process serves the control
+    socket (none there, a stale one, a file in the way, a path too long for one), not that
+    one is served but did not accept the connection in time (its process stopped, its
+    backlog full): the CLI tells an instance without a socket from an unresponsive one."""
+    return isinstance(error, InstanceUnavailable) and not isinstance(error.__cause__, TimeoutError)
+
+
 @dataclass(slots=True)
 class _Connection:
     """A client's socket and its registered handle (replaced together on a reconnect)."""
@@ -691,7 +699,8 @@ def _open_connection(
         ) from exc
     except TimeoutError as exc:
         # Not an I/O error (from_os_error would say DiskIO): a process holds the socket but
-        # does not take connections, as with a reply that does not come (`_fill`).
+        # does not take connections, as with a reply that does not come (`_fill`). Raised
+        # from the TimeoutError, which `nothing_serves` looks for.
         DEFAULT_REGISTRY.close_owner(owner)
         raise InstanceUnavailable(
             f"the instance serving '{directory}' did not accept a connection on '{path}' "
@@ -793,4 +802,4 @@ def result_from_json(value: object, *, source: str) -> BackupResult:
         ) from None
 
 
-__all__ = ["ControlClient", "backup_outcome", "connect", "result_from_json"]
+__all__ = ["ControlClient", "backup_outcome", "connect", "nothing_serves", "result_from_json"]
