@@ -778,6 +778,9 @@ def test_a_reply_that_comes_after_its_timeout_is_not_taken_for_the_next_ones(
         with pytest.raises(InstanceUnavailable, match=r"did not answer.*in time.*given up"):
             client.backup(tmp_path / "set")
         assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
+        client.close()
+        with pytest.raises(InstanceUnavailable, match=r"control client .* is closed"):
+            client.ping()  # closed by its owner: no reconnect
     assert DEFAULT_REGISTRY.total(owner) == 0
     baseline.wait(inst)
 
@@ -902,3 +905,26 @@ def test_a_client_learns_at_once_that_the_instance_closed_while_a_forked_child_l
         finally:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+
+
+def test_a_closed_client_says_so_and_stays_closed(inst: jetstore.Instance, tmp_path: Path) -> None:
+    """Defect: a request on a client after close() (or after a backup, which uses its
+    connection up) quietly made a new connection, registered and left open, when the client
+    had answered a request before; otherwise it said that the instance "closed the control
+    connection (Bad file descriptor)". It now says the client is closed, and stays so."""
+    baseline = Baseline.take(inst)
+    owner = f"control-client:{inst.directory}"
+    with connect(inst.directory) as client:
+        assert client.ping()["ok"] is True
+    for ask in (client.ping, client.counters, lambda: client.backup(tmp_path / "set")):
+        with pytest.raises(InstanceUnavailable, match=r"control client .* is closed"):
+            ask()
+        assert client.closed and DEFAULT_REGISTRY.total(owner) == 0
+    assert not (tmp_path / "set").exists() and not (tmp_path / "set.partial").exists()
+    with (
+        connect(inst.directory) as client,
+        pytest.raises(InstanceUnavailable, match=r"control client .* is closed"),
+    ):
+        client.close()
+        client.events(1)
+    baseline.wait(inst)

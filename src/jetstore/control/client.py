@@ -143,6 +143,7 @@ class ControlClient:
         return self._connection.handle
 
     def close(self) -> None:
+        self._given_up = None  # closed by its owner: no request reconnects it
         self._handle.close()
 
     @property
@@ -189,6 +190,10 @@ class ControlClient:
 
     def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
         self._hung_up = False
+        if self.closed and self._given_up is None:
+            # Closed by its owner: nothing went out, nothing to give up (and a given-up
+            # client reconnects on its next request).
+            raise self._closed_error()
         try:
             self._send(message)
             line = self._read_line()
@@ -254,6 +259,9 @@ class ControlClient:
         empty directory) and return its manifest. The connection is used up (the server
         closes it after the backup); the server's final reply (with the log generations the
         completion truncated) is kept in `completion`."""
+        unusable = self._unusable()
+        if unusable is not None:
+            raise unusable  # before DEST.partial is made
         files = fs if fs is not None else FileSystem()
         writer = SetWriter(
             files,
@@ -410,15 +418,34 @@ class ControlClient:
 
     # ----------------------------------------------------------------- wire
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _unusable(self) -> JetError | None:
+        """Why no request can go out on this client: its connection was given up, or the
+        client is closed (a closed socket's EBADF would read as the instance hanging up,
+        and a request that then reconnected would reopen a client its owner closed)."""
         given_up = self._given_up
         if given_up is not None:
-            raise type(given_up)(
+            return type(given_up)(
                 f"{given_up.detail}; the control connection was given up then (a late answer "
                 "would have been read as this request's)",
                 hint=f"connect to '{self.directory}' again for this request",
                 path=self.path,
             )
+        if self.closed:
+            return self._closed_error()
+        return None
+
+    def _closed_error(self) -> JetError:
+        return InstanceUnavailable(
+            f"this control client of '{self.directory}' is closed (by close(), or used up by "
+            "a backup, whose connection the server ends)",
+            hint=f"connect to '{self.directory}' again (jetstore.control.client.connect)",
+            path=self.path,
+        )
+
+    def _send(self, message: dict[str, Any]) -> None:
+        unusable = self._unusable()
+        if unusable is not None:
+            raise unusable
         try:
             self._sock.sendall(encode_line(message), SEND_FLAGS)
         except TimeoutError as exc:
