@@ -40,7 +40,8 @@ Invariants:
   an empty target directory is made again); the target appears (by one rename) only when it
   holds a clean instance that opens without recovery.
   A failure of replay about a copied file names the file it was copied from, with a
-  restore's way out (`_named_at_source`), never the copy the failure deletes.
+  restore's way out (`_named_at_source`), never the copy the failure deletes; a full disk
+  under the staging directory is the target's, never the set's (`_no_room`).
 - The surviving log directory, when it is an instance directory, is locked from the plan to
   the end of the copy (`_lock_surviving_logs`): no instance opened there changes its logs
   between their checks and their copy.
@@ -51,6 +52,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import time
@@ -76,6 +78,7 @@ from jetstore.backup.stoptime import (
 )
 from jetstore.errors import (
     BadLogVersion,
+    DiskFull,
     EndingRestoreLogTooLow,
     FileAccessDenied,
     FileNotFound,
@@ -86,6 +89,7 @@ from jetstore.errors import (
     InvalidParameter,
     InvalidPath,
     JetError,
+    LogDiskFull,
     MissingRestoreLogFiles,
 )
 from jetstore.format.common import FORMAT_VERSION, format_time_us
@@ -1004,7 +1008,7 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         fs.rename(staging, target)
         renamed = True
         fs.fsync_directory(os.path.dirname(target), owner=owner)
-    except BaseException:
+    except BaseException as exc:
         # After the rename, the restored instance at the target is not known to be durable
         # (its parent's sync failed, or was interrupted): the restore failed, so it is taken
         # back, as a backup set's publish does. Left there, the retry was refused ("not
@@ -1014,6 +1018,8 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         if emptied:
             with contextlib.suppress(JetError):
                 fs.mkdir(target)  # the empty directory the target was
+        if isinstance(exc, JetError) and _out_of_space(exc):
+            raise _no_room(exc, plan, fs, staging) from exc
         raise
     finally:
         fs.registry.close_owner(owner)
@@ -1061,7 +1067,8 @@ def _named_at_source(error: JetError, plan: RestorePlan, staging: str) -> JetErr
     backup", `--accept-data-loss`), which does not apply to a restore."""
     copies = {os.path.join(staging, step.name): step for step in plan.steps}
     step = copies.get(error.path or "")
-    if step is None:
+    if step is None or _out_of_space(error):
+        # A full disk writing the copy is the target's, not the source's (`_no_room`).
         return error
     detail = error.detail
     for copy, origin in copies.items():
@@ -1079,6 +1086,35 @@ def _named_at_source(error: JetError, plan: RestorePlan, staging: str) -> JetErr
         hint = f"{stop}, or put a good copy of {name} back into '{os.path.dirname(step.source)}'"
         path = step.source
     return type(error)(f"{detail}; nothing was written to '{plan.target}'", hint=hint, path=path)
+
+
+def _out_of_space(error: JetError) -> bool:
+    return isinstance(error, DiskFull | LogDiskFull) or error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+    )
+
+
+def _no_room(error: JetError, plan: RestorePlan, fs: FileSystem, staging: str) -> JetError:
+    """`error`, a full disk (or quota) under the staging directory, said as a restore's: the
+    copy, replay's page writes and the restored instance's log all write there. Said as it
+    was, it blamed the backup set once replay had written a copied database ("check the
+    backup set"), or told to "reopen the instance", which never existed."""
+    parent = os.path.dirname(plan.target)
+    if fs.exists(staging):
+        left = f"its staging directory '{staging}' could not be removed: delete it, then "
+    else:
+        left = ""
+    said = type(error)(
+        f"{error.detail or error.description}: the file system holding '{parent}' has no "
+        f"room for the restore (its files alone are {plan.total_bytes} bytes, replay writes more); "
+        f"nothing was written to '{plan.target}'",
+        hint=f"{left}free space on the file system holding '{parent}' (or restore into a "
+        "directory on another one with --to), then retry",
+        path=error.path,
+    )
+    said.errno = error.errno
+    return said
 
 
 def _read_plain(fs: FileSystem, path: str, owner: str) -> Iterator[bytes]:
