@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.interrupting import interrupt_as_call_returns
 
 import jetstore
+import jetstore.backup.restore as restore_module
 from jetstore.backup.restore import STAGING_SUFFIX
 from jetstore.errors import JetError, ResourceError
 from jetstore.io.files import FileSystem, IOEvent
+from jetstore.io.locking import is_locked
 
 
 def _rows(target: Path) -> int:
@@ -111,3 +114,29 @@ def test_a_full_disk_under_the_restore_says_so_and_leaves_nothing(
     monkeypatch.undo()
     jetstore.restore(sets, target)
     assert _rows(target) == 220
+
+
+def test_a_ctrl_c_as_the_surviving_logs_are_locked_leaves_them_unlocked(tmp_path: Path) -> None:
+    # Defect: the directory lock of --logs-from was taken before the `try` that releases it:
+    # a Ctrl-C as it was returned left it held (and its file open) for the life of the
+    # process, so the damaged instance could no longer be opened there ("held by a restore
+    # copying its logs"), nor its logs given to the next restore.
+    inst = jetstore.open(tmp_path / "live", log_file_size=64 * 1024)
+    db = inst.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    _commit(db, range(10), 200)
+    inst.backup(tmp_path / "full", kind="full")
+    _commit(db, range(10, 60), 600)
+    inst.simulate_crash()
+    fds = _open_descriptors()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        interrupt_as_call_returns(restore_module._lock_surviving_logs, lambda _: True),
+    ):
+        jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=tmp_path / "live")
+    assert _open_descriptors() == fds
+    assert not is_locked(FileSystem(), str(tmp_path / "live"))
+    assert not (tmp_path / "restored").exists()
+    jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=tmp_path / "live")
+    assert _rows(tmp_path / "restored") == 60
+    jetstore.open(tmp_path / "live").close()

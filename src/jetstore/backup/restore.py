@@ -255,10 +255,12 @@ def restore(
     """
     started = time.monotonic()
     fs = FileSystem(HandleRegistry("restore"))
-    # A dry run only probes the lock (in the plan): taking it writes this process's pid
-    # into the instance's lock file, and a dry run writes nothing.
-    lock = None if logs_from is None or dry_run else _lock_surviving_logs(fs, logs_from, target_dir)
+    lock = None
     try:
+        # A dry run only probes the lock (in the plan): taking it writes this process's pid
+        # into the instance's lock file, and a dry run writes nothing.
+        if logs_from is not None and not dry_run:
+            lock = _lock_surviving_logs(fs, logs_from, target_dir)
         plan = plan_restore(
             backup_paths,
             target_dir,
@@ -271,8 +273,13 @@ def restore(
             return RestoreResult(plan, executed=False, seconds=time.monotonic() - started)
         result = _execute(plan, fs, progress)
     finally:
-        if lock is not None:
-            lock.release()
+        try:
+            if lock is not None:
+                lock.release()
+        finally:
+            # Also a lock taken as a Ctrl-C came (`lock` never assigned): held by its
+            # owner's handles until the process ended, it refused every opener there.
+            fs.registry.close_owner(_LOGS_LOCK_OWNER)
     result.seconds = time.monotonic() - started
     return result
 
