@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,24 @@ def test_a_ctrl_c_as_the_surviving_logs_are_locked_leaves_them_unlocked(tmp_path
     jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=tmp_path / "live")
     assert _rows(tmp_path / "restored") == 60
     jetstore.open(tmp_path / "live").close()
+
+
+def test_a_ctrl_c_as_the_restored_instance_opens_leaves_it_closed(tmp_path: Path) -> None:
+    # Defect: only a JetError of the staging instance's open was handled: a Ctrl-C as the
+    # open returned (replay done) left that instance open, its threads running and its
+    # files open, while the restore removed the staging directory under it.
+    from jetstore.instance.instance import Instance
+
+    sets = _sets(tmp_path)
+    fds = _open_descriptors()
+    threads = set(threading.enumerate())
+    with (
+        pytest.raises(KeyboardInterrupt),
+        interrupt_as_call_returns(Instance._open, lambda _: True),
+    ):
+        jetstore.restore(sets, tmp_path / "restored")
+    assert set(threading.enumerate()) <= threads
+    assert _open_descriptors() == fds
+    assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]
+    jetstore.restore(sets, tmp_path / "restored")
+    assert _rows(tmp_path / "restored") == 220

@@ -994,10 +994,18 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         instance = Instance(staging, InstanceOptions(**options))
         instance.restore_request = RestoreRequest(plan.stop_generation, plan.stop_time_us)
         try:
-            instance._open()
-        except JetError as exc:
-            raise _named_at_source(exc, plan, staging) from exc
-        outcome = instance.recovery
+            try:
+                instance._open()
+            except JetError as exc:
+                raise _named_at_source(exc, plan, staging) from exc
+            outcome = instance.recovery
+        except BaseException:
+            # Closed before its directory is removed: a Ctrl-C as the open returned left the
+            # instance running (threads, files, lock) on a directory deleted under it. A
+            # failed open has closed itself already.
+            with contextlib.suppress(JetError):
+                instance.close()
+            raise
         instance.close()
         if fs.exists(target):
             # Checked empty (and no mount point) by the plan, but something may have been
