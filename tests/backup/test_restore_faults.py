@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +20,7 @@ from tests.interrupting import interrupt_as_call_returns
 import jetstore
 import jetstore.backup.restore as restore_module
 from jetstore.backup.restore import STAGING_SUFFIX
-from jetstore.errors import JetError, ResourceError
+from jetstore.errors import InvalidPath, JetError, ResourceError
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.io.locking import is_locked
 
@@ -162,3 +166,46 @@ def test_a_ctrl_c_as_the_restored_instance_opens_leaves_it_closed(tmp_path: Path
     assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]
     jetstore.restore(sets, tmp_path / "restored")
     assert _rows(tmp_path / "restored") == 220
+
+
+@pytest.mark.parametrize("killed", ["copied", "replayed"])
+def test_a_restore_killed_midway_leaves_no_instance_that_opens(tmp_path: Path, killed: str) -> None:
+    # Defect: the staging directory a killed restore left (`<target>.restoring`: the process
+    # killed, or the machine down) opened as an instance: recovery replayed the copied logs
+    # and it ran on as the original instance, bound to its log stream (D11: a restored
+    # instance never shares it), or as a restore whose end nobody checked. It is refused now,
+    # as a backup set being written is, saying to delete it and restore again.
+    sets = _sets(tmp_path)
+    target = tmp_path / "restored"
+    staging = str(target) + STAGING_SUFFIX
+    child = (
+        "import os, signal, sys, jetstore\n"
+        "from jetstore.instance.instance import Instance\n"
+        "def progress(done, total, name):\n"
+        f"    if {killed!r} == 'copied' and done == total:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "checkpoint = Instance.checkpoint\n"
+        "def replayed(self, *args, **kwargs):\n"
+        f"    if {killed!r} == 'replayed' and kwargs.get('final'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return checkpoint(self, *args, **kwargs)\n"
+        "Instance.checkpoint = replayed\n"
+        f"jetstore.restore({[str(s) for s in sets]!r}, {str(target)!r}, progress=progress)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", child],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert ran.returncode == -signal.SIGKILL, ran.stderr
+    assert os.path.isdir(staging) and not target.exists()
+    with pytest.raises(InvalidPath, match="interrupted restore") as refused:
+        jetstore.open(staging)
+    assert refused.value.path == staging
+    assert f"delete '{staging}'" in refused.value.hint
+    with pytest.raises(InvalidPath, match="interrupted"):
+        jetstore.restore(sets, target)
+    shutil.rmtree(staging)
+    jetstore.restore(sets, target)
+    assert _rows(target) == 220

@@ -73,6 +73,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "PARTIAL_MARKER",
     "PARTIAL_SUFFIX",
+    "RESTORING_MARKER",
     "Manifest",
     "ManifestFile",
     "ManifestImage",
@@ -89,6 +90,9 @@ MANIFEST_FORMAT: Final = "jetstore-backup-set"
 MANIFEST_VERSION: Final = 1
 PARTIAL_SUFFIX: Final = ".partial"
 PARTIAL_MARKER: Final = ".jetstore-partial"
+#: Marks a restore's staging directory (`jetstore.backup.restore`) until its instance is
+#: restored and closed: what an interrupted restore leaves is no instance to open.
+RESTORING_MARKER: Final = ".jetstore-restoring"
 ZSTD_SUFFIX: Final = ".zst"
 ZSTD_LEVEL: Final = 3
 #: Bytes read from a stored file per call while reading a set back.
@@ -422,10 +426,26 @@ def _choice(data: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def refuse_backup_set(fs: FileSystem, directory: str, *, what: str) -> None:
+def refuse_backup_set(
+    fs: FileSystem, directory: str, *, what: str, restoring: bool = False
+) -> None:
     """InvalidPath if `directory` is a backup set (it holds `manifest.json`) or a set being
     written (`.jetstore-partial`): `what` (opening it as an instance, a tool that rewrites a
-    database file) would change its files, and a set must keep matching its manifest."""
+    database file) would change its files, and a set must keep matching its manifest.
+
+    So is a restore's staging directory (`.jetstore-restoring`), unless `restoring` (the
+    restore's own open there): left by a restore that was killed, it holds the backup's
+    images and logs, which an ordinary open replays as the original instance's, its log
+    stream continued (D11: a restored instance never shares it)."""
+    if not restoring and fs.exists(os.path.join(directory, RESTORING_MARKER)):
+        raise InvalidPath(
+            f"'{directory}' is the staging directory of a restore still running, or left by "
+            f"an interrupted restore (it holds {RESTORING_MARKER}), not an instance "
+            f"directory: {what} would run it on as the backed-up instance, not as a restore",
+            hint=f"when no restore into it is running, delete '{directory}' and run the "
+            "restore again (`jetstore restore SET... --to DIR`)",
+            path=directory,
+        )
     if fs.exists(os.path.join(directory, MANIFEST_NAME)):
         raise InvalidPath(
             f"'{directory}' is a backup set (it holds {MANIFEST_NAME}), not an instance "

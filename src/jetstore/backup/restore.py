@@ -27,7 +27,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest; with a
    generation stop, no log after it) into a staging directory next to the target
-   (`<target>.restoring`).
+   (`<target>.restoring`), marked (`RESTORING_MARKER`) until step 3 is done: what a killed
+   restore leaves there is refused as an instance (`refuse_backup_set`).
 3. Recover there (`jetstore.instance.recovery` with a `RestoreRequest`): replay from every
    image's checkpoint to the stop point or the end of the logs; the databases are then
    written clean and bound to no log stream, their backup history cleared, the copied logs
@@ -62,6 +63,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jetstore.backup.backupset import (
+    RESTORING_MARKER,
     Manifest,
     ManifestFile,
     make_staging_directory,
@@ -964,6 +966,13 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
     )
     emptied = renamed = False
     try:
+        # Durable before any file it guards: a staging directory the restore leaves (killed,
+        # or the machine down) is refused as an instance (`refuse_backup_set`), where it
+        # opened and recovered as the backed-up instance, bound to its log stream.
+        marker = os.path.join(staging, RESTORING_MARKER)
+        with fs.opened(marker, owner=owner, create=True, exclusive=True):
+            pass
+        fs.fsync_directory(staging, owner=owner)
         done = 0
         total = plan.total_bytes
         for step in plan.steps:
@@ -1007,6 +1016,9 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
                 instance.close()
             raise
         instance.close()
+        # Restored and closed clean: from here on the directory is the restored instance.
+        fs.unlink(marker)
+        fs.fsync_directory(staging, owner=owner)
         if fs.exists(target):
             # Checked empty (and no mount point) by the plan, but something may have been
             # put there since: the rmdir (or rename) would fail with ENOTEMPTY, which is no

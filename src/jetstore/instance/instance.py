@@ -621,7 +621,12 @@ class Instance:
             from jetstore.backup.backupset import refuse_backup_set
 
             # Recovery would replay a set's logs into its images: the set would be lost.
-            refuse_backup_set(self.fs, directory, what="opening it as an instance")
+            refuse_backup_set(
+                self.fs,
+                directory,
+                what="opening it as an instance",
+                restoring=self.restore_request is not None,
+            )
         try:
             self.fs.makedirs(directory)
             return acquire_directory_lock(
