@@ -20,7 +20,7 @@ from tests.interrupting import interrupt_as_call_returns
 import jetstore
 import jetstore.backup.restore as restore_module
 from jetstore.backup.restore import STAGING_SUFFIX
-from jetstore.errors import InvalidPath, JetError, ResourceError
+from jetstore.errors import DiskIO, InvalidPath, JetError, ResourceError
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.io.locking import is_locked
 
@@ -207,5 +207,45 @@ def test_a_restore_killed_midway_leaves_no_instance_that_opens(tmp_path: Path, k
     with pytest.raises(InvalidPath, match="interrupted"):
         jetstore.restore(sets, target)
     shutil.rmtree(staging)
+    jetstore.restore(sets, target)
+    assert _rows(target) == 220
+
+
+@pytest.mark.parametrize("phase", ["copy", "replay"])
+def test_a_disk_error_under_the_restore_is_said_of_the_target_not_the_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    # Defect: an I/O error (EIO) writing the restored database in the staging directory was
+    # said of the backup set's file ("write failed on 'full: main.edb'"), with the advice to
+    # verify the set and restore another one; one under the copy told to "reopen the
+    # instance". The set was read and checked whole: the target's disk failed.
+    sets = _sets(tmp_path)
+    target = tmp_path / "restored"
+    staging = str(target) + STAGING_SUFFIX
+    copied: list[bool] = []
+
+    def progress(done: int, total: int, name: str) -> None:
+        if done == total:
+            copied.append(True)
+
+    def fails(event: IOEvent) -> bool:
+        return event.path == os.path.join(staging, "main.edb") and bool(copied) == (
+            phase == "replay"
+        )
+
+    fds = _open_descriptors()
+    fired = _fail_writes(monkeypatch, fails, errno.EIO)
+    with pytest.raises(DiskIO) as caught:
+        jetstore.restore(sets, target, progress=progress)
+    assert fired, "the fault was not reached"
+    error = caught.value
+    message = str(error)
+    assert "verify-backup" not in message and "reopen" not in message, message
+    assert error.path == os.path.join(staging, "main.edb"), message
+    assert f"nothing was written to '{target}'" in message, message
+    assert str(tmp_path) in error.hint, message
+    assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]
+    assert _open_descriptors() == fds
+    monkeypatch.undo()
     jetstore.restore(sets, target)
     assert _rows(target) == 220

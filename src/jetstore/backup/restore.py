@@ -42,7 +42,8 @@ Invariants:
   holds a clean instance that opens without recovery.
   A failure of replay about a copied file names the file it was copied from, with a
   restore's way out (`_named_at_source`), never the copy the failure deletes; a full disk
-  under the staging directory is the target's, never the set's (`_no_room`).
+  or a disk error under the staging directory is the target's, never the set's
+  (`_target_failure`).
 - The surviving log directory, when it is an instance directory, is locked from the plan to
   the end of the copy (`_lock_surviving_logs`): no instance opened there changes its logs
   between their checks and their copy.
@@ -1045,8 +1046,10 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         if emptied:
             with contextlib.suppress(JetError):
                 fs.mkdir(target)  # the empty directory the target was
-        if isinstance(exc, JetError) and _out_of_space(exc):
-            raise _no_room(exc, plan, fs, staging) from exc
+        if isinstance(exc, JetError):
+            said = _target_failure(exc, plan, fs, staging)
+            if said is not None:
+                raise said from exc
         raise
     finally:
         fs.registry.close_owner(owner)
@@ -1094,8 +1097,9 @@ def _named_at_source(error: JetError, plan: RestorePlan, staging: str) -> JetErr
     backup", `--accept-data-loss`), which does not apply to a restore."""
     copies = {os.path.join(staging, step.name): step for step in plan.steps}
     step = copies.get(error.path or "")
-    if step is None or _out_of_space(error):
-        # A full disk writing the copy is the target's, not the source's (`_no_room`).
+    if step is None or _out_of_space(error) or error.category == "io":
+        # A full disk, or a disk error, on the copy is the target's, not the source's: the
+        # source was read and checked whole (`_target_failure`).
         return error
     detail = error.detail
     for copy, origin in copies.items():
@@ -1122,23 +1126,40 @@ def _out_of_space(error: JetError) -> bool:
     )
 
 
-def _no_room(error: JetError, plan: RestorePlan, fs: FileSystem, staging: str) -> JetError:
-    """`error`, a full disk (or quota) under the staging directory, said as a restore's: the
-    copy, replay's page writes and the restored instance's log all write there. Said as it
-    was, it blamed the backup set once replay had written a copied database ("check the
-    backup set"), or told to "reopen the instance", which never existed."""
+def _target_failure(
+    error: JetError, plan: RestorePlan, fs: FileSystem, staging: str
+) -> JetError | None:
+    """`error` said as a restore's when it is the target's file system failing under the
+    copy, replay or the restored instance's log (all write in `staging`): a full disk (or
+    quota) anywhere, an I/O error on a file there. Said as it was, it blamed the backup set
+    once replay had written a copied database ("check the backup set"), or told to "reopen
+    the instance", which never existed. None for any other error."""
     parent = os.path.dirname(plan.target)
-    if fs.exists(staging):
-        left = f"its staging directory '{staging}' could not be removed: delete it, then "
+    left = (
+        f"its staging directory '{staging}' could not be removed: delete it, then "
+        if fs.exists(staging)
+        else ""
+    )
+    detail = error.detail or error.description
+    if _out_of_space(error):
+        detail = (
+            f"{detail}: the file system holding '{parent}' has no room for the restore (its "
+            f"files alone are {plan.total_bytes} bytes, replay writes more)"
+        )
+        hint = (
+            f"{left}free space on the file system holding '{parent}' (or restore into a "
+            "directory on another one with --to), then retry"
+        )
+    elif error.category == "io" and (error.path or "").startswith(staging + os.sep):
+        detail = f"{detail}: the disk holding '{parent}' failed under the restore"
+        hint = (
+            f"{left}check the disk holding '{parent}' (system log, SMART data, cabling, "
+            "network storage), then retry; or restore into a directory on another disk (--to)"
+        )
     else:
-        left = ""
+        return None
     said = type(error)(
-        f"{error.detail or error.description}: the file system holding '{parent}' has no "
-        f"room for the restore (its files alone are {plan.total_bytes} bytes, replay writes more); "
-        f"nothing was written to '{plan.target}'",
-        hint=f"{left}free space on the file system holding '{parent}' (or restore into a "
-        "directory on another one with --to), then retry",
-        path=error.path,
+        f"{detail}; nothing was written to '{plan.target}'", hint=hint, path=error.path
     )
     said.errno = error.errno
     return said
