@@ -1249,3 +1249,34 @@ def test_an_opener_refused_by_a_restore_holding_its_logs_is_told_it_is_a_restore
     # The instance's own lock names it as one, once the restore let go.
     with _open(live), pytest.raises(FileAccessDenied, match="open instance in this process"):
         _open(live)
+
+
+def test_a_target_inside_a_set_or_the_surviving_logs_is_refused_by_the_api_too(
+    tmp_path: Path,
+) -> None:
+    # Defect: only the command line refused a target inside a backup set or inside the
+    # --logs-from directory; `jetstore.restore(FULL, FULL / "restored")` built the restored
+    # instance inside the set (deleting the old set deleted the restore with it), and one
+    # inside the damaged instance's directory nested an instance in it.
+    live = tmp_path / "live"
+    inst = _open(live)
+    writer = Writer(inst)
+    writer.commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(20)
+    inst.simulate_crash()
+    full = tmp_path / "full"
+    before = sorted(os.listdir(full)), sorted(os.listdir(live))
+    for target, logs_from in (
+        (full / "restored", None),
+        (full / "sub" / "restored", None),
+        (live / "restored", live),
+    ):
+        for dry_run in (True, False):
+            with pytest.raises(InvalidPath, match="inside") as refused:
+                jetstore.restore(full, target, logs_from=logs_from, dry_run=dry_run)
+            assert refused.value.path == str(target)
+            assert "directory of its own" in refused.value.hint
+    assert (sorted(os.listdir(full)), sorted(os.listdir(live))) == before
+    jetstore.restore(full, tmp_path / "restored", logs_from=live)
+    assert len(_restored_rows(tmp_path / "restored")) == 30

@@ -23,7 +23,8 @@ the surviving logs of the damaged instance, into a fresh instance directory, rol
    the full set's `started_us` (when its images were pinned) only when no commit the images hold
    is later (`_check_images_at`; an offline set's surviving logs tell it, the set has
    none); the target absent or an empty directory, not the directory of an open instance,
-   no mount point and no symbolic link (step 4 renames over it). The time checks
+   no mount point and no symbolic link (step 4 renames over it), not inside a set or the
+   surviving log directory (`_check_target_outside`). The time checks
    read the commit records of the logs to copy (`jetstore.backup.stoptime`), nothing else.
 2. Copy the images and logs (each file's size and CRC32C checked against its manifest; with a
    generation stop, no log after it) into a staging directory next to the target
@@ -384,6 +385,11 @@ def plan_restore(
     if not paths:
         raise InvalidParameter("no backup set given", hint="name a full backup set to restore")
     target = absolute_path(target_dir, what="restore target")
+    _check_target_outside(
+        target,
+        paths,
+        None if logs_from is None else absolute_path(logs_from, what="--logs-from"),
+    )
     _check_target(fs, target)
     manifests = [read_manifest(path) for path in paths]
     for m in manifests:
@@ -563,6 +569,28 @@ def _missing_ranges(present: list[int], low: int, high: int) -> list[str]:
     if following <= high:
         ranges.append(str(following) if following == high else f"{following}-{high}")
     return ranges
+
+
+def _check_target_outside(target: str, sets: Sequence[str], logs_from: str | None) -> None:
+    """InvalidPath for a target inside a backup set or the `--logs-from` directory (the
+    command line refused it, the API built the restore there): a set would hold the restored
+    instance, which deleting the old set deletes, and a file its manifest does not list; the
+    damaged instance's directory would nest an instance in its own. Links resolved: a
+    directory reached through one is that directory."""
+    real = os.path.realpath(target)
+    places = [(path, "backup set") for path in sets]
+    if logs_from is not None:
+        places.append((logs_from, "--logs-from directory"))
+    for place, what in places:
+        base = os.path.realpath(place).rstrip(os.sep)
+        if real.startswith(base + os.sep):
+            raise InvalidPath(
+                f"restore target '{target}' is inside the {what} '{place}': the restored "
+                "instance would live in it (and go with it when it is deleted)",
+                hint="restore into a directory of its own, outside every backup set and the "
+                "--logs-from directory",
+                path=target,
+            )
 
 
 def _check_target(fs: FileSystem, target: str) -> None:
