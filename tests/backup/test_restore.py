@@ -1280,3 +1280,29 @@ def test_a_target_inside_a_set_or_the_surviving_logs_is_refused_by_the_api_too(
     assert (sorted(os.listdir(full)), sorted(os.listdir(live))) == before
     jetstore.restore(full, tmp_path / "restored", logs_from=live)
     assert len(_restored_rows(tmp_path / "restored")) == 30
+
+
+def test_a_set_listed_twice_or_of_an_older_chain_is_told_to_be_left_out(tmp_path: Path) -> None:
+    # Defect: an incremental whose generations the sets before it already hold (the same set
+    # named twice, or one taken before the full backup given) was refused with the advice for
+    # a gap, "add the missing incremental backups": there is nothing to add, one is to go.
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(10)
+    inst.backup(tmp_path / "full1", kind="full")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "inc1", kind="incremental")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "full2", kind="full")
+    inst.close()
+    full1, inc1, full2 = tmp_path / "full1", tmp_path / "inc1", tmp_path / "full2"
+    for sets, why, way_out in (
+        ([full1, inc1, inc1], "named twice", "name it once"),
+        ([full2, inc1], "taken before", f"leave {inc1} out"),
+    ):
+        with pytest.raises(GivenLogFileIsNotContiguous) as refused:
+            jetstore.restore(sets, tmp_path / "restored", dry_run=True)
+        assert refused.value.path == str(inc1)
+        assert why in str(refused.value)
+        assert "add the missing" not in refused.value.hint
+        assert way_out in refused.value.hint

@@ -426,20 +426,36 @@ def plan_restore(
                 path=m.path,
             )
     expected = base.generation_high + 1
+    seen: set[str] = {base.path}
     for m in later:
         if m.generation_low != expected:
+            hint = "add the missing incremental backups, or restore from a later full backup"
             if m.generation_low > expected:
                 missing = f"generations {expected}-{m.generation_low - 1} are in no set given"
             else:
+                # Nothing is missing: one set is too many (the advice for a gap sent the
+                # operator looking for backups that do not exist).
+                why = (
+                    "it is named twice"
+                    if m.path in seen
+                    else f"it was taken before the {base.kind} backup '{base.path}', or "
+                    "belongs to another chain of backups"
+                )
                 missing = (
                     f"it starts at generation {m.generation_low}, inside what the sets before "
-                    f"it cover (up to {expected - 1})"
+                    f"it cover (up to {expected - 1}): {why}"
+                )
+                hint = (
+                    f"{'name it once' if m.path in seen else f'leave {m.path} out'}: name "
+                    f"the {base.kind} backup, then each incremental taken after it once (in "
+                    "any order), or the one differential"
                 )
             raise GivenLogFileIsNotContiguous(
                 f"{m.kind} backup '{m.path}' does not continue the chain: {missing}",
-                hint="add the missing incremental backups, or restore from a later full backup",
+                hint=hint,
                 path=m.path,
             )
+        seen.add(m.path)
         expected = m.generation_high + 1
     steps: list[RestoreStep] = []
     for m in [base, *later]:
