@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.interrupting import interrupt_as_call_returns
+from tests.interrupting import interrupt_as_call_returns, interrupt_once
 
 import jetstore
 import jetstore.backup.restore as restore_module
@@ -247,5 +247,37 @@ def test_a_disk_error_under_the_restore_is_said_of_the_target_not_the_set(
     assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]
     assert _open_descriptors() == fds
     monkeypatch.undo()
+    jetstore.restore(sets, target)
+    assert _rows(target) == 220
+
+
+def test_a_second_ctrl_c_while_a_failed_restore_cleans_up_leaves_no_instance_that_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the cleanup of a failed restore removed its staging directory's marker first
+    # (it sorts first): a second Ctrl-C in the cleanup (or a file it could not remove) left
+    # the copied images and logs unmarked, and the directory opened as the backed-up
+    # instance, its log stream continued. The marker now goes last.
+    sets = _sets(tmp_path)
+    target = tmp_path / "restored"
+    staging = str(target) + STAGING_SUFFIX
+
+    def stop(done: int, total: int, name: str) -> None:
+        if done == total:
+            raise KeyboardInterrupt("the first Ctrl-C")
+
+    fired = interrupt_once(
+        monkeypatch,
+        FileSystem,
+        "unlink",
+        lambda _fs, path: path == os.path.join(staging, "edb00000001.log"),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        jetstore.restore(sets, target, progress=stop)
+    assert fired
+    assert os.path.exists(os.path.join(staging, "edb00000001.log"))
+    with pytest.raises(InvalidPath, match="interrupted restore"):
+        jetstore.open(staging)
+    shutil.rmtree(staging)
     jetstore.restore(sets, target)
     assert _rows(target) == 220

@@ -1086,7 +1086,10 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
         # back, as a backup set's publish does. Left there, the retry was refused ("not
         # empty") with the failure reported.
         with contextlib.suppress(JetError):
-            fs.remove_tree(target if renamed else staging)
+            if renamed:
+                fs.remove_tree(target)
+            else:
+                _remove_staging(fs, staging)
         if emptied:
             with contextlib.suppress(JetError):
                 fs.mkdir(target)  # the empty directory the target was
@@ -1113,6 +1116,25 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
             or any(note.startswith(f"database {name!r}") for name, _ in outcome.not_restored)
         ],
     )
+
+
+def _remove_staging(fs: FileSystem, staging: str) -> None:
+    """Remove the staging directory, its marker last: whatever a second Ctrl-C (or a file
+    that cannot be removed) leaves of it is still refused as an instance. `remove_tree`
+    alone removed the marker first (it sorts first), and the copied images and logs left
+    opened as the backed-up instance, its log stream continued."""
+    first: JetError | None = None
+    if fs.is_directory(staging):
+        for name in fs.listdir(staging):
+            if name == RESTORING_MARKER:
+                continue
+            try:
+                fs.remove_tree(os.path.join(staging, name))
+            except JetError as exc:
+                first = first or exc
+    if first is not None:
+        raise first  # the marker stays: what is left is no instance to open
+    fs.remove_tree(staging)
 
 
 def _stop_after(base: Manifest, generation: int) -> str:
