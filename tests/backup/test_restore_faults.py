@@ -20,7 +20,7 @@ from tests.interrupting import interrupt_as_call_returns, interrupt_once
 import jetstore
 import jetstore.backup.restore as restore_module
 from jetstore.backup.restore import STAGING_SUFFIX
-from jetstore.errors import DiskIO, InvalidPath, JetError, ResourceError
+from jetstore.errors import DiskIO, FileAccessDenied, InvalidPath, JetError, ResourceError
 from jetstore.io.files import FileSystem, IOEvent
 from jetstore.io.locking import is_locked
 
@@ -281,3 +281,50 @@ def test_a_second_ctrl_c_while_a_failed_restore_cleans_up_leaves_no_instance_tha
     shutil.rmtree(staging)
     jetstore.restore(sets, target)
     assert _rows(target) == 220
+
+
+@pytest.mark.parametrize(
+    ("op", "code", "error_type", "words"),
+    [
+        ("mkdir", errno.ENOSPC, ResourceError, "free space"),
+        ("mkdir", errno.EACCES, FileAccessDenied, "write access"),
+        ("create", errno.EACCES, FileAccessDenied, "write access"),
+        ("fsync_dir", errno.EIO, DiskIO, "check the disk"),
+    ],
+)
+def test_the_staging_directory_failing_is_said_of_the_target(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    op: str,
+    code: int,
+    error_type: type[JetError],
+    words: str,
+) -> None:
+    # Defect: a failure making or syncing the staging directory itself (not a file in it)
+    # kept the generic advice ("reopen the instance"), and a permission refused in it was
+    # called a failing disk ("check the disk ... SMART data").
+    sets = _sets(tmp_path)
+    target = tmp_path / "restored"
+    staging = str(target) + STAGING_SUFFIX
+    made = FileSystem.__init__
+    fired: list[IOEvent] = []
+
+    def hook(event: IOEvent) -> None:
+        if not fired and event.op == op and event.path.startswith(staging):
+            fired.append(event)
+            raise OSError(code, os.strerror(code))
+
+    def init(self: FileSystem, registry: Any = None, hook_: Any = None) -> None:
+        made(self, registry, hook_ if hook_ is not None else hook)
+
+    monkeypatch.setattr(FileSystem, "__init__", init)
+    with pytest.raises(error_type) as caught:
+        jetstore.restore(sets, target)
+    assert fired
+    message = str(caught.value)
+    assert words == "check the disk" or "SMART" not in message, message
+    assert "reopen" not in message, message
+    assert words in caught.value.hint, message
+    assert str(tmp_path) in caught.value.hint, message
+    assert f"nothing was written to '{target}'" in message, message
+    assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]

@@ -999,16 +999,22 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
     base = plan.sets[0]
     # Absent when the plan checked: another restore into the target made it since. Its work
     # is not ours to take over, nor to delete on failure.
-    make_staging_directory(
-        fs,
-        staging,
-        lambda: InvalidPath(
-            f"'{staging}' appeared while this restore was being planned: another restore "
-            f"into '{target}' is running (or was interrupted); nothing was written",
-            hint=f"let it finish; if none is running, delete '{staging}', then retry",
-            path=staging,
-        ),
-    )
+    try:
+        make_staging_directory(
+            fs,
+            staging,
+            lambda: InvalidPath(
+                f"'{staging}' appeared while this restore was being planned: another restore "
+                f"into '{target}' is running (or was interrupted); nothing was written",
+                hint=f"let it finish; if none is running, delete '{staging}', then retry",
+                path=staging,
+            ),
+        )
+    except JetError as exc:
+        said = _target_failure(exc, plan, fs, staging)
+        if said is None:
+            raise
+        raise said from exc
     emptied = renamed = False
     try:
         # Durable before any file it guards: a staging directory the restore leaves (killed,
@@ -1197,9 +1203,9 @@ def _target_failure(
 ) -> JetError | None:
     """`error` said as a restore's when it is the target's file system failing under the
     copy, replay or the restored instance's log (all write in `staging`): a full disk (or
-    quota) anywhere, an I/O error on a file there. Said as it was, it blamed the backup set
-    once replay had written a copied database ("check the backup set"), or told to "reopen
-    the instance", which never existed. None for any other error."""
+    quota) anywhere, a permission refused or an I/O error there. Said as it was, it blamed
+    the backup set once replay had written a copied database ("check the backup set"), or
+    told to "reopen the instance", which never existed. None for any other error."""
     parent = os.path.dirname(plan.target)
     left = (
         f"its staging directory '{staging}' could not be removed: delete it, then "
@@ -1216,7 +1222,17 @@ def _target_failure(
             f"{left}free space on the file system holding '{parent}' (or restore into a "
             "directory on another one with --to), then retry"
         )
-    elif error.category == "io" and (error.path or "").startswith(staging + os.sep):
+    elif not _within(error.path, staging) or (
+        isinstance(error, FileAccessDenied) and error.errno is None  # a lock, not the OS
+    ):
+        return None
+    elif isinstance(error, FileAccessDenied):
+        detail = f"{detail}: the restore may not write in '{parent}'"
+        hint = (
+            f"{left}give this process write access to '{parent}' (or restore into a directory "
+            "it may write in, with --to), then retry"
+        )
+    elif error.category == "io":
         detail = f"{detail}: the disk holding '{parent}' failed under the restore"
         hint = (
             f"{left}check the disk holding '{parent}' (system log, SMART data, cabling, "
@@ -1229,6 +1245,10 @@ def _target_failure(
     )
     said.errno = error.errno
     return said
+
+
+def _within(path: str | None, directory: str) -> bool:
+    return path is not None and (path == directory or path.startswith(directory + os.sep))
 
 
 def _read_plain(fs: FileSystem, path: str, owner: str) -> Iterator[bytes]:
