@@ -1306,3 +1306,26 @@ def test_a_set_listed_twice_or_of_an_older_chain_is_told_to_be_left_out(tmp_path
         assert why in str(refused.value)
         assert "add the missing" not in refused.value.hint
         assert way_out in refused.value.hint
+
+
+def test_a_generation_stop_restores_from_a_set_missing_a_log_after_it(tmp_path: Path) -> None:
+    # Defect: `--until-generation N` kept a set whose log after N was damaged or cut short
+    # from being refused, but not one whose log after N was missing: the restore was refused
+    # ("copy the whole backup set again"), without a word of the stop that avoids it.
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(20)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(300, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    sets = [tmp_path / "full", tmp_path / "inc"]
+    plan = plan_restore(sets, tmp_path / "x")
+    stop = plan.generation_high - 1
+    (tmp_path / "inc" / generation_log_name(plan.generation_high)).unlink()
+    with pytest.raises(MissingRestoreLogFiles) as refused:
+        jetstore.restore(sets, tmp_path / "all")
+    assert f"--until-generation {stop}" in refused.value.hint
+    jetstore.restore(sets, tmp_path / "restored", until=stop)
+    rows = set(_restored_rows(tmp_path / "restored"))
+    assert rows == {k for k, end in writer.ends.items() if end.generation <= stop}

@@ -458,27 +458,36 @@ def plan_restore(
         seen.add(m.path)
         expected = m.generation_high + 1
     steps: list[RestoreStep] = []
+    # Replay never reads past a generation stop: the sets' logs after it are neither copied
+    # nor checked, so damage there (a missing file too) does not keep the generations before
+    # it from being restored.
+    last_needed = until if isinstance(until, int) and not isinstance(until, bool) else None
     for m in [base, *later]:
         for entry in m.files:
             if entry.kind == "database" and m is not base:
                 continue
+            if (
+                entry.kind == "log"
+                and last_needed is not None
+                and (entry.generation or 0) > last_needed
+            ):
+                continue
             stored = os.path.join(m.path, entry.stored_name)
             if not fs.exists(stored):
                 error = MissingRestoreLogFiles if entry.kind == "log" else FileNotFound
+                hint = "copy the whole backup set again, then retry"
+                before = (entry.generation or 0) - 1
+                if entry.kind == "log" and before >= _image_generation(base):
+                    hint += f"; or {_stop_after(base, before)}"
                 raise error(
                     f"backup set '{m.path}' lists {entry.name}, but {entry.stored_name} is not "
                     "there",
-                    hint="copy the whole backup set again, then retry",
+                    hint=hint,
                     path=stored,
                 )
             steps.append(
                 RestoreStep(entry.name, entry.kind, entry.size, m.path, entry.generation, entry)
             )
-    if isinstance(until, int) and not isinstance(until, bool):
-        # Replay never reads past a generation stop: the sets' logs after it are neither
-        # copied nor checked, so damage there does not keep the generations before it from
-        # being restored.
-        steps = [s for s in steps if s.kind != "log" or (s.generation or 0) <= until]
     for step in steps:
         # A set cut short (a partial copy) is told by its sizes alone: refused here, not
         # after everything before it was copied (contents are checked while copied).
