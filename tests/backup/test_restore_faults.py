@@ -328,3 +328,33 @@ def test_the_staging_directory_failing_is_said_of_the_target(
     assert str(tmp_path) in caught.value.hint, message
     assert f"nothing was written to '{target}'" in message, message
     assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]
+
+
+def test_a_failed_sync_of_the_targets_parent_is_said_of_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect: the sync of the target's parent after the rename (the restore is then taken
+    # back) failing kept the generic advice: "then reopen the instance; run `jetstore logs
+    # verify DIR`", of an instance that is not there.
+    sets = _sets(tmp_path)
+    target = tmp_path / "restored"
+    made = FileSystem.__init__
+    fired: list[str] = []
+
+    def hook(event: IOEvent) -> None:
+        if event.op == "fsync_dir" and event.path == str(tmp_path) and target.exists():
+            fired.append(event.path)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def init(self: FileSystem, registry: Any = None, hook_: Any = None) -> None:
+        made(self, registry, hook_ if hook_ is not None else hook)
+
+    monkeypatch.setattr(FileSystem, "__init__", init)
+    with pytest.raises(DiskIO) as caught:
+        jetstore.restore(sets, target)
+    assert fired
+    message = str(caught.value)
+    assert "reopen" not in message and "logs verify" not in message, message
+    assert f"check the disk holding '{tmp_path}'" in caught.value.hint, message
+    assert f"nothing was written to '{target}'" in message, message
+    assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]

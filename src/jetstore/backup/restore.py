@@ -1216,11 +1216,15 @@ def _target_failure(
     the backup set once replay had written a copied database ("check the backup set"), or
     told to "reopen the instance", which never existed. None for any other error."""
     parent = os.path.dirname(plan.target)
-    left = (
-        f"its staging directory '{staging}' could not be removed: delete it, then "
-        if fs.exists(staging)
-        else ""
-    )
+    left = ""
+    outcome = f"nothing was written to '{plan.target}'"
+    with contextlib.suppress(JetError):  # a look on a failing disk: the error stands
+        if fs.exists(staging):
+            left = f"its staging directory '{staging}' could not be removed: delete it, then "
+        elif fs.is_directory(plan.target) and fs.listdir(plan.target):
+            # Renamed into place, then not taken back (its parent's sync failed first).
+            left = f"delete what is left in '{plan.target}', then "
+            outcome = f"the restore into '{plan.target}' was not taken back whole"
     detail = error.detail or error.description
     if _out_of_space(error):
         detail = (
@@ -1231,9 +1235,10 @@ def _target_failure(
             f"{left}free space on the file system holding '{parent}' (or restore into a "
             "directory on another one with --to), then retry"
         )
-    elif not _within(error.path, staging) or (
+    elif not (_within(error.path, staging) or error.path == parent) or (
         isinstance(error, FileAccessDenied) and error.errno is None  # a lock, not the OS
     ):
+        # The parent: its sync after the rename (the restore is then taken back).
         return None
     elif isinstance(error, FileAccessDenied):
         detail = f"{detail}: the restore may not write in '{parent}'"
@@ -1249,9 +1254,7 @@ def _target_failure(
         )
     else:
         return None
-    said = type(error)(
-        f"{detail}; nothing was written to '{plan.target}'", hint=hint, path=error.path
-    )
+    said = type(error)(f"{detail}; {outcome}", hint=hint, path=error.path)
     said.errno = error.errno
     return said
 
