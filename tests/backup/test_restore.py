@@ -1329,3 +1329,28 @@ def test_a_generation_stop_restores_from_a_set_missing_a_log_after_it(tmp_path: 
     jetstore.restore(sets, tmp_path / "restored", until=stop)
     rows = set(_restored_rows(tmp_path / "restored"))
     assert rows == {k for k, end in writer.ends.items() if end.generation <= stop}
+
+
+def test_an_incremental_after_a_copy_backup_is_told_to_go_with_its_full_backup(
+    tmp_path: Path,
+) -> None:
+    # Defect: a copy backup with the incremental (or differential) taken after it was
+    # refused saying the incremental was taken before the copy, or to add missing backups:
+    # incrementals follow the last full (or incremental) backup, never a copy.
+    inst = _open(tmp_path / "live")
+    writer = Writer(inst)
+    writer.commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "copy", kind="copy")
+    writer.commit(150, width=600)
+    inst.backup(tmp_path / "inc", kind="incremental")
+    inst.close()
+    with pytest.raises(GivenLogFileIsNotContiguous) as refused:
+        jetstore.restore([tmp_path / "copy", tmp_path / "inc"], tmp_path / "restored")
+    message = str(refused.value)
+    assert "never a copy backup" in message, message
+    assert "taken before" not in message and "add the missing" not in message, message
+    assert "the full backup it follows" in refused.value.hint, message
+    jetstore.restore([tmp_path / "full", tmp_path / "inc"], tmp_path / "restored")
+    assert len(_restored_rows(tmp_path / "restored")) == 310

@@ -429,27 +429,40 @@ def plan_restore(
     seen: set[str] = {base.path}
     for m in later:
         if m.generation_low != expected:
-            hint = "add the missing incremental backups, or restore from a later full backup"
             if m.generation_low > expected:
                 missing = f"generations {expected}-{m.generation_low - 1} are in no set given"
             else:
-                # Nothing is missing: one set is too many (the advice for a gap sent the
-                # operator looking for backups that do not exist).
-                why = (
-                    "it is named twice"
-                    if m.path in seen
-                    else f"it was taken before the {base.kind} backup '{base.path}', or "
-                    "belongs to another chain of backups"
-                )
                 missing = (
                     f"it starts at generation {m.generation_low}, inside what the sets before "
-                    f"it cover (up to {expected - 1}): {why}"
+                    f"it cover (up to {expected - 1})"
+                )
+            # Nothing may be missing: one set too many, or a copy backup at the head of a
+            # chain it does not start (the advice for a gap sent the operator looking for
+            # backups that do not exist).
+            chain = (
+                f": name the {base.kind} backup, then each incremental taken after it once (in "
+                "any order), or the one differential"
+            )
+            if m.path in seen:
+                missing += ": it is named twice"
+                hint = f"name it once{chain}"
+            elif base.kind == "copy":
+                missing += (
+                    ": incremental and differential backups follow the last full (or "
+                    f"incremental) backup, never a copy backup such as '{base.path}'"
                 )
                 hint = (
-                    f"{'name it once' if m.path in seen else f'leave {m.path} out'}: name "
-                    f"the {base.kind} backup, then each incremental taken after it once (in "
-                    "any order), or the one differential"
+                    f"restore the full backup it follows, with {m.path} (and the incrementals "
+                    f"between them); or the copy backup '{base.path}' alone"
                 )
+            elif m.generation_low < expected:
+                missing += (
+                    f": it was taken before the {base.kind} backup '{base.path}', or belongs "
+                    "to another chain of backups"
+                )
+                hint = f"leave {m.path} out{chain}"
+            else:
+                hint = "add the missing incremental backups, or restore from a later full backup"
             raise GivenLogFileIsNotContiguous(
                 f"{m.kind} backup '{m.path}' does not continue the chain: {missing}",
                 hint=hint,
