@@ -1354,3 +1354,21 @@ def test_an_incremental_after_a_copy_backup_is_told_to_go_with_its_full_backup(
     assert "the full backup it follows" in refused.value.hint, message
     jetstore.restore([tmp_path / "full", tmp_path / "inc"], tmp_path / "restored")
     assert len(_restored_rows(tmp_path / "restored")) == 310
+
+
+def test_restoring_over_a_live_instance_is_told_the_way_that_works(tmp_path: Path) -> None:
+    # Defect: the refusal of a live instance's directory as the target said to "close that
+    # instance first", after which the same restore was refused as "not empty": a restore
+    # never replaces an instance's files.
+    inst = _open(tmp_path / "live")
+    Writer(inst).commit(10)
+    inst.backup(tmp_path / "full", kind="full")
+    try:
+        with pytest.raises(FileAccessDenied, match="open instance") as refused:
+            jetstore.restore(tmp_path / "full", tmp_path / "live")
+    finally:
+        inst.close()
+    hint = refused.value.hint
+    assert "close that instance (or wait for that restore or tool to end) first" not in hint
+    assert "restore into a new or empty directory" in hint
+    assert "move its directory away" in hint

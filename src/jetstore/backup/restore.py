@@ -644,10 +644,13 @@ def _check_target(fs: FileSystem, target: str) -> None:
                 path=target,
             )
         if is_locked(fs, target):
+            # Never "close it first": closed, it is refused as not empty all the same.
             raise FileAccessDenied(
-                f"restore target '{target}' is held by {describe_lock_holder(fs, target)}",
-                hint="close that instance (or wait for that restore or tool to end) first, "
-                "or restore into a new directory",
+                f"restore target '{target}' is held by {describe_lock_holder(fs, target)}: "
+                "a restore never replaces an instance's files",
+                hint="restore into a new or empty directory; to have the restore at this "
+                "path, close that instance (or let that restore or tool end) and move its "
+                "directory away first",
                 path=target,
             )
         if fs.listdir(target):
