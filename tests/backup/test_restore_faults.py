@@ -358,3 +358,55 @@ def test_a_failed_sync_of_the_targets_parent_is_said_of_the_target(
     assert f"check the disk holding '{tmp_path}'" in caught.value.hint, message
     assert f"nothing was written to '{target}'" in message, message
     assert sorted(os.listdir(tmp_path)) == ["full", "inc", "live"]
+
+
+@pytest.mark.parametrize("source", ["set", "surviving"])
+def test_a_read_error_on_a_source_names_it_with_a_restores_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    # Defect: an I/O error reading a backup set's file (or a surviving log) while it was
+    # copied kept the engine's generic advice, "then reopen the instance; run `jetstore logs
+    # verify DIR`", for a set that is no instance; nothing said another copy of the set, or
+    # a stop before the log, would do.
+    inst = jetstore.open(tmp_path / "live", log_file_size=64 * 1024)
+    db = inst.database("main", create=True)
+    db.create_table("kv", [("k", "int"), ("v", "text")], primary_key="k")
+    _commit(db, range(20), 200)
+    inst.backup(tmp_path / "full", kind="full")
+    _commit(db, range(20, 200), 600)
+    inst.simulate_crash()
+    victim = str(tmp_path / "full" / "main.edb")
+    if source == "surviving":
+        victim = str(tmp_path / "live" / "edb.log")
+    made = FileSystem.__init__
+    fired: list[str] = []
+    copying: list[bool] = []
+
+    def hook(event: IOEvent) -> None:
+        if copying and not fired and event.op == "read" and event.path == victim:
+            fired.append(event.path)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def init(self: FileSystem, registry: Any = None, hook_: Any = None) -> None:
+        made(self, registry, hook_ if hook_ is not None else hook)
+
+    original = restore_module._execute
+
+    def execute(*args: Any, **kwargs: Any) -> Any:
+        copying.append(True)  # the plan's reads pass
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(FileSystem, "__init__", init)
+    monkeypatch.setattr(restore_module, "_execute", execute)
+    with pytest.raises(DiskIO) as caught:
+        jetstore.restore(tmp_path / "full", tmp_path / "restored", logs_from=tmp_path / "live")
+    assert fired
+    message = str(caught.value)
+    assert caught.value.path == victim, message
+    assert "reopen" not in message and "logs verify" not in message, message
+    assert f"nothing was written to '{tmp_path / 'restored'}'" in message, message
+    if source == "set":
+        assert "copy of the backup set" in caught.value.hint, message
+    else:
+        assert "--until-generation" in caught.value.hint, message
+    assert sorted(os.listdir(tmp_path)) == ["full", "live"]

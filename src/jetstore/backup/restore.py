@@ -1125,7 +1125,7 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
             with contextlib.suppress(JetError):
                 fs.mkdir(target)  # the empty directory the target was
         if isinstance(exc, JetError):
-            said = _target_failure(exc, plan, fs, staging)
+            said = _target_failure(exc, plan, fs, staging) or _source_failure(exc, plan)
             if said is not None:
                 raise said from exc
         raise
@@ -1273,6 +1273,39 @@ def _target_failure(
     said = type(error)(f"{detail}; {outcome}", hint=hint, path=error.path)
     said.errno = error.errno
     return said
+
+
+def _source_failure(error: JetError, plan: RestorePlan) -> JetError | None:
+    """`error`, an I/O error reading a file the restore copies (a set's, a surviving log),
+    with a restore's way out; it kept the engine's generic advice ("reopen the instance",
+    `jetstore logs verify DIR`), for a set that is no instance. None for any other error."""
+    if error.category != "io" or error.path is None:
+        return None
+    for step in plan.steps:
+        if step.entry is not None:
+            path = os.path.join(step.source, step.entry.stored_name)
+            way_out = (
+                f"restore from a copy of the backup set '{step.source}' on another disk, or "
+                "from another set"
+            )
+        else:
+            path = step.source
+            directory = os.path.dirname(path)
+            way_out = (
+                f"{_stop_after(plan.sets[0], (step.generation or 0) - 1)}, or put a good "
+                f"copy of {os.path.basename(path)} back into '{directory}'"
+            )
+        if path == error.path:
+            said = type(error)(
+                f"{error.detail or error.description}: reading it for the restore failed; "
+                f"nothing was written to '{plan.target}'",
+                hint=f"check the disk holding '{os.path.dirname(path)}' (system log, SMART "
+                f"data, cabling, network storage), then retry; or {way_out}",
+                path=error.path,
+            )
+            said.errno = error.errno
+            return said
+    return None
 
 
 def _within(path: str | None, directory: str) -> bool:
