@@ -29,6 +29,7 @@ from jetstore.errors import (
     GivenLogFileIsNotContiguous,
     InvalidBackup,
     InvalidLogSequence,
+    InvalidParameter,
     InvalidPath,
     JetError,
     LogFileCorrupt,
@@ -1372,3 +1373,16 @@ def test_restoring_over_a_live_instance_is_told_the_way_that_works(tmp_path: Pat
     assert "close that instance (or wait for that restore or tool to end) first" not in hint
     assert "restore into a new or empty directory" in hint
     assert "move its directory away" in hint
+
+
+@pytest.mark.parametrize("given", [None, b"/backups/full", 7])
+def test_backup_sets_given_as_no_path_or_list_are_refused_as_a_parameter(
+    tmp_path: Path, given: Any
+) -> None:
+    # Defect: `jetstore.restore(None, ...)` failed with a bare TypeError ("'NoneType' object
+    # is not iterable"), and a bytes path was read as a list of numbers ("not int 47").
+    with pytest.raises(InvalidParameter) as refused:
+        jetstore.restore(given, tmp_path / "restored")
+    assert "backup set" in str(refused.value)
+    assert "int 47" not in str(refused.value)
+    assert not (tmp_path / "restored").exists()

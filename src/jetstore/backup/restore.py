@@ -59,7 +59,7 @@ import errno
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -325,6 +325,10 @@ def _logs_in_use(fs: FileSystem, directory: str) -> FileAccessDenied:
 
 def _paths(value: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
     if isinstance(value, str | os.PathLike):
+        return [absolute_path(value, what="backup set")]
+    if isinstance(value, bytes | bytearray) or not isinstance(value, Iterable):
+        # One path of the wrong type: a bytes path was taken for a list of numbers, and None
+        # failed as a bare TypeError.
         return [absolute_path(value, what="backup set")]
     return [absolute_path(p, what="backup set") for p in value]
 
