@@ -648,3 +648,34 @@ def test_more_databases_than_the_checkpoint_file_lists_is_move_away_as_the_open_
         with pytest.raises(JetError) as refused:
             jetstore.open(directory, **OPTIONS)
         assert refused.value.code == -1027
+
+
+def test_a_backup_set_or_a_restores_staging_directory_is_no_instance_to_diagnose(
+    tmp_path: Path, run_json: RunJson
+) -> None:
+    # Defect: `diagnose` said "recoverable: soft recovery will succeed" of a backup set and
+    # of the staging directory a killed restore left, which `jetstore.open` refuses
+    # (InvalidPath): the verdict is to name the error opening would raise.
+    from jetstore.backup.backupset import RESTORING_MARKER
+    from jetstore.backup.restore import STAGING_SUFFIX
+
+    instance = jetstore.open(tmp_path / "live", **OPTIONS)
+    db = instance.database("main", create=True)
+    db.create_table("t", [("id", "int"), ("v", "text")], primary_key="id")
+    _batch(db, 0)
+    instance.backup(tmp_path / "set")
+    instance.close()
+    staging = tmp_path / ("restored" + STAGING_SUFFIX)
+    staging.mkdir()
+    (staging / RESTORING_MARKER).write_bytes(b"")
+    for name in os.listdir(tmp_path / "set"):
+        if name != "manifest.json":
+            shutil.copy(tmp_path / "set" / name, staging / name)
+    for directory in (tmp_path / "set", staging):
+        before = snapshot(directory)
+        with pytest.raises(JetError) as opened:
+            jetstore.open(directory)
+        code, document = run_json("diagnose", directory)
+        assert code == 2, document
+        assert document["error"]["name"] == type(opened.value).__name__ == "InvalidPath"
+        assert snapshot(directory) == before

@@ -26,6 +26,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from jetstore.backup.backupset import refuse_backup_set
 from jetstore.cli.output import ExitCode, command_errors, finish, json_option, stdout_console
 from jetstore.cli.support import ensure_instance_directory
 from jetstore.instance.diagnosis import RecoveryPlan, plan_recovery
@@ -58,6 +59,9 @@ def diagnose_command(directory: str, as_json: bool) -> None:
     """
     fs = FileSystem()
     path = ensure_instance_directory(fs, directory)
+    # What `jetstore.open` refuses before recovery (a backup set, a restore's staging
+    # directory) is no instance: said "recoverable", the next command was refused.
+    refuse_backup_set(fs, path, what="opening it as an instance")
     plan = plan_recovery(path, fs=fs, owner="jetstore-cli")
     if not as_json:
         _print(plan)
