@@ -259,7 +259,20 @@ def restore(
     """
     started = time.monotonic()
     fs = FileSystem(HandleRegistry("restore"))
-    lock = None
+    lock: DirectoryLock | None = None
+
+    def release_logs() -> None:
+        # Once the copy ends (D11): replay, the longest part, needs none of those files.
+        nonlocal lock
+        held, lock = lock, None
+        try:
+            if held is not None:
+                held.release()
+        finally:
+            # Also a lock taken as a Ctrl-C came (`lock` never assigned): held by its
+            # owner's handles until the process ended, it refused every opener there.
+            fs.registry.close_owner(_LOGS_LOCK_OWNER)
+
     try:
         # A dry run only probes the lock (in the plan): taking it writes this process's pid
         # into the instance's lock file, and a dry run writes nothing.
@@ -275,15 +288,9 @@ def restore(
         )
         if dry_run:
             return RestoreResult(plan, executed=False, seconds=time.monotonic() - started)
-        result = _execute(plan, fs, progress)
+        result = _execute(plan, fs, progress, copied=release_logs)
     finally:
-        try:
-            if lock is not None:
-                lock.release()
-        finally:
-            # Also a lock taken as a Ctrl-C came (`lock` never assigned): held by its
-            # owner's handles until the process ended, it refused every opener there.
-            fs.registry.close_owner(_LOGS_LOCK_OWNER)
+        release_logs()
     result.seconds = time.monotonic() - started
     return result
 
@@ -1018,7 +1025,15 @@ def _check_stop_before_gap(
     )
 
 
-def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> RestoreResult:
+def _execute(
+    plan: RestorePlan,
+    fs: FileSystem,
+    progress: Progress | None,
+    *,
+    copied: Callable[[], None] | None = None,
+) -> RestoreResult:
+    """Steps 2 to 4 of the module docstring; `copied` is called once every file is copied
+    (and synced), before replay."""
     from jetstore.instance.instance import Instance, InstanceOptions
     from jetstore.instance.recovery import RestoreRequest
 
@@ -1074,6 +1089,8 @@ def _execute(plan: RestorePlan, fs: FileSystem, progress: Progress | None) -> Re
             finally:
                 out.close()
         fs.fsync_directory(staging, owner=owner)
+        if copied is not None:
+            copied()
         options: dict[str, Any] = {
             "log_file_size": base.log_file_size,
             "page_size": base.page_size,
