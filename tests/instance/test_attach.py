@@ -383,6 +383,8 @@ def test_detach_and_attach_wait_for_a_running_backup(tmp_path: Path) -> None:
     with jetstore.open(live, **SMALL) as inst:
         fill(inst.database("main", create=True), 0, 50)
         fill(inst.database("other", create=True), 0, 50)
+        # Counted with no log file being prepared (it holds one file while at work).
+        assert inst.log.wait_prepared()
         before = inst.registry.counts()
         with inst.begin_backup("full") as session:
             with pytest.raises(jetstore.errors.BackupInProgress, match="detach database 'other'"):
@@ -396,6 +398,7 @@ def test_detach_and_attach_wait_for_a_running_backup(tmp_path: Path) -> None:
             from jetstore.backup.backupset import write_backup_set
 
             write_backup_set(session, dest)
+        assert inst.log.wait_prepared()
         assert inst.registry.counts() == before
         # Once the backup ended, both work again.
         inst.detach("other")
