@@ -36,7 +36,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -152,12 +151,9 @@ def backup_offline(
                 writer.discard()
             raise
         finally:
-            try:
-                if created:
-                    # While still held: a take that opened it meanwhile takes a new one.
-                    with contextlib.suppress(JetError):
-                        fs.unlink(lock_path)
-            finally:
+            if created:
+                lock.release_removing_file(fs)
+            else:
                 lock.release()
     finally:
         fs.registry.close_owner(owner)

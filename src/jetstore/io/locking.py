@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -63,6 +64,17 @@ class DirectoryLock(FileLock):
         # Both, even when the unlock is interrupted (Ctrl-C): the open lock file alone keeps
         # the directory locked until the process ends.
         release_all(super().release, self._file.close)
+
+    def release_removing_file(self, fs: FileSystem) -> None:
+        """`release()`, deleting the lock file first while it is still held (a run that
+        created it in a folder that had none leaves the folder as it found it): an opener
+        that opened the file meanwhile finds it deleted once it gets the lock, and takes a
+        new one (`acquire_directory_lock`)."""
+        try:
+            with contextlib.suppress(JetError):
+                fs.unlink(self._file.path)
+        finally:
+            self.release()
 
 
 #: What holds a directory lock, in a refusal's words (the second line of the lock file).

@@ -303,13 +303,9 @@ def exclusive_directory(fs: FileSystem, directory: str, *, what: str) -> Iterato
     try:
         yield
     finally:
-        try:
-            if created:
-                # Removed while still held: an opener that opened it meanwhile finds it
-                # deleted once it gets the lock, and takes a new one (`acquire_directory_lock`).
-                with contextlib.suppress(JetError):
-                    fs.unlink(lock_path)
-        finally:
+        if created:
+            lock.release_removing_file(fs)
+        else:
             lock.release()
 
 
